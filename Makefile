@@ -1,0 +1,103 @@
+# lss - build, tests, benchmarks and the demo. See README.md.
+#   make demo       build and run the demo on built-in simulated data (out/demo/REPORT.md)
+#   make test       build and run the whole test suite
+#   make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench      benchmarks (figures go to BENCHMARKS.md by hand, with the machine)
+#   make cuda       compile lss_gpu.cu with nvcc (a no-op message when nvcc is absent)
+#   make deps       install the Debian packages the build needs (as root), or say how
+
+CC       ?= cc
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+STB_INC  ?= /usr/include/stb
+ARCH     ?= -march=native
+OPT      ?= -O2
+WARN      = -Wall -Wextra -Werror
+CFLAGS_ALL = -std=c11 $(OPT) $(ARCH) $(WARN) -fopenmp -I. -I$(STB_INC) $(CFLAGS)
+LDLIBS_ALL = -lfftw3f -lfftw3 -lm $(LDLIBS)
+SAN       = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+
+HEADERS  := $(wildcard lss_*.h)
+DRIVERS  := $(patsubst drivers/%.c,bin/%,$(wildcard drivers/*.c))
+TESTSRC  := $(wildcard tests/test_*.c)
+TESTS    := $(patsubst tests/%.c,build/tests/%,$(TESTSRC))
+ATESTS   := $(patsubst tests/%.c,build/asan/%,$(TESTSRC))
+BENCHES  := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
+DEBS      = libfftw3-dev libstb-dev
+
+# CUDA objects join the tests when nvcc exists (lss_gpu.cu compiled for sm_90 plus PTX).
+ifneq ($(strip $(NVCC)),)
+GPU_OBJ   = build/lss_gpu.o
+GPU_FLAGS = -DLSS_CUDA
+GPU_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart
+endif
+
+.PHONY: all demo test test-asan bench cuda clean deps check-headers
+
+all: deps $(DRIVERS)
+
+deps:
+	@missing=""; \
+	[ -f /usr/include/fftw3.h ] || missing="$$missing libfftw3-dev"; \
+	[ -f $(STB_INC)/stb_image_write.h ] || missing="$$missing libstb-dev"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "deps: installing$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || exit 1; \
+	  else \
+	    echo "deps: missing$$missing; install with: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+bin/%: drivers/%.c $(HEADERS) drivers/lss_driver.h | deps
+	@mkdir -p bin
+	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDLIBS_ALL)
+
+build/tests/%: tests/%.c $(HEADERS) tests/lss_test.h $(GPU_OBJ) | deps
+	@mkdir -p build/tests
+	$(CC) $(CFLAGS_ALL) $(GPU_FLAGS) $< $(GPU_OBJ) -o $@ $(LDLIBS_ALL) $(GPU_LIBS)
+
+build/asan/%: tests/%.c $(HEADERS) tests/lss_test.h | deps
+	@mkdir -p build/asan
+	$(CC) -std=c11 $(WARN) -fopenmp -I. -I$(STB_INC) $(SAN) $< -o $@ $(LDLIBS_ALL)
+
+build/bench/%: bench/%.c $(HEADERS) | deps
+	@mkdir -p build/bench
+	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDLIBS_ALL)
+
+build/runner: tests/runner.c
+	@mkdir -p build
+	$(CC) -std=c11 -O2 $(WARN) $< -o $@
+
+build/lss_gpu.o: lss_gpu.cu $(HEADERS)
+	@mkdir -p build
+	$(NVCC) -O2 -std=c++17 -I. -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -c $< -o $@
+
+cuda:
+	@if [ -n "$(strip $(NVCC))" ]; then $(MAKE) --no-print-directory build/lss_gpu.o && echo "cuda: build/lss_gpu.o built with $(NVCC)"; \
+	else echo "cuda: nvcc not found; nothing to build (the CPU build is complete without it)"; fi
+
+# Each header compiles alone, with its implementation, under -pedantic.
+check-headers: | deps
+	@mkdir -p build/hdr
+	@for h in $(HEADERS); do \
+	  n=$$(basename $$h .h); m=$$(echo $$n | tr a-z A-Z)_IMPLEMENTATION; \
+	  printf '#define %s\n#include "%s"\n' $$m $$h > build/hdr/$$n.c; \
+	  $(CC) -std=c11 -O2 $(WARN) -pedantic -I. -I$(STB_INC) -c build/hdr/$$n.c -o build/hdr/$$n.o || exit 1; \
+	  echo "check-headers: $$h compiles alone with -pedantic"; \
+	done
+
+test: deps check-headers build/runner $(TESTS) $(DRIVERS)
+	@./build/runner $(TESTS)
+
+test-asan: deps build/runner $(ATESTS) $(DRIVERS)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 LSS_TEST_ASAN=1 ./build/runner $(ATESTS)
+
+bench: deps $(BENCHES)
+	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+
+demo: deps $(DRIVERS)
+	@sh drivers/demo.sh
+
+clean:
+	rm -rf build bin out/demo

@@ -1,0 +1,157 @@
+/* lss_driver.h - what the lss driver programs share: error exits, strict number parsing, lists,
+ * output directories, run.json, and progress on stderr. Drivers only; the libraries never exit
+ * or print. Include after lss_core.h. */
+#ifndef LSS_DRIVER_H
+#define LSS_DRIVER_H
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *lss_drv_prog = "lss";
+
+/* One line on stderr ("prog: error: ...") and exit with `code` (2 for bad input, 1 otherwise). */
+static inline void lss_drv_die(int code, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s: error: ", lss_drv_prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(code);
+}
+
+/* Exits with the library's last error when status is not LSS_OK. Input errors (format, range,
+ * argument, shape, I/O on a named file) exit 2, others 1. */
+static inline void lss_drv_check(int status, const char *what) {
+    if (status == LSS_OK) return;
+    lss_drv_die(status == LSS_ERR_NOMEM || status == LSS_ERR_NUMERIC || status == LSS_ERR_CUDA ? 1 : 2,
+                "%s: %s", what, lss_last_error()[0] ? lss_last_error() : lss_strerror(status));
+}
+
+static inline double lss_drv_double(const char *opt, const char *s) {
+    char *end;
+    double v;
+    errno = 0;
+    v = strtod(s, &end);
+    if (!*s || *end || errno == ERANGE || v != v)
+        lss_drv_die(2, "option %s: '%s' is not a number", opt, s);
+    return v;
+}
+
+static inline long long lss_drv_int(const char *opt, const char *s, long long lo, long long hi) {
+    char *end;
+    long long v;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (!*s || *end || errno == ERANGE) lss_drv_die(2, "option %s: '%s' is not an integer", opt, s);
+    if (v < lo || v > hi) lss_drv_die(2, "option %s: %lld is outside [%lld, %lld]", opt, v, lo, hi);
+    return v;
+}
+
+/* Comma-separated numbers; *out is malloc'd. */
+static inline int lss_drv_list(const char *opt, const char *s, double **out) {
+    int n = 1, i = 0;
+    const char *p;
+    char *copy, *tok, *save = NULL;
+    for (p = s; *p; p++) n += *p == ',';
+    *out = (double *)malloc(sizeof(double) * (size_t)n);
+    copy = (char *)malloc(strlen(s) + 1);
+    if (!*out || !copy) lss_drv_die(1, "out of memory");
+    strcpy(copy, s);
+    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) (*out)[i++] = lss_drv_double(opt, tok);
+    free(copy);
+    if (i != n || i == 0) lss_drv_die(2, "option %s: '%s' is not a comma-separated list of numbers", opt, s);
+    return n;
+}
+
+/* mkdir -p; exits 2 when the directory cannot be made. */
+static inline void lss_drv_mkdirs(const char *dir) {
+    char buf[4096];
+    size_t i, n = strlen(dir);
+    struct stat st;
+    if (n == 0 || n >= sizeof buf) lss_drv_die(2, "bad output directory '%s'", dir);
+    strcpy(buf, dir);
+    for (i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == 0) {
+            char c = buf[i];
+            buf[i] = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST) lss_drv_die(2, "cannot create '%s': %s", buf, strerror(errno));
+            buf[i] = c;
+        }
+    }
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) lss_drv_die(2, "'%s' is not a directory", dir);
+}
+
+static inline void lss_drv_json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* Writes DIR/run.json: program, version, command line, seed, UTC time, and `extra` (a JSON
+ * fragment of further "key": value pairs, or NULL). Atomic. */
+static inline int lss_drv_runjson(const char *dir, int argc, char **argv, uint64_t seed, const char *extra) {
+    char path[4096], when[64];
+    lss_wfile w;
+    time_t t = time(NULL);
+    struct tm tmv;
+    int i, s;
+    snprintf(path, sizeof path, "%s/run.json", dir);
+    if ((s = lss_wfile_open(&w, path)) != 0) return s;
+    gmtime_r(&t, &tmv);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+    fprintf(w.f, "{\n  \"program\": ");
+    lss_drv_json_str(w.f, lss_drv_prog);
+    fprintf(w.f, ",\n  \"version\": \"%s\",\n  \"argv\": [", LSS_VERSION_STRING);
+    for (i = 0; i < argc; i++) {
+        if (i) fputs(", ", w.f);
+        lss_drv_json_str(w.f, argv[i]);
+    }
+    fprintf(w.f, "],\n  \"seed\": %llu,\n  \"time_utc\": \"%s\"", (unsigned long long)seed, when);
+    if (extra && *extra) fprintf(w.f, ",\n  %s", extra);
+    fprintf(w.f, "\n}\n");
+    return lss_wfile_commit(&w);
+}
+
+/* Progress on stderr: a live line with rate and time left on a terminal, otherwise one line
+ * every few seconds. */
+typedef struct {
+    const char *label;
+    int64_t total;
+    double t0, last;
+    int tty;
+} lss_drv_progress;
+
+static inline void lss_drv_progress_init(lss_drv_progress *p, const char *label, int64_t total) {
+    p->label = label;
+    p->total = total;
+    p->t0 = p->last = lss_time_now();
+    p->tty = isatty(2);
+}
+
+static inline void lss_drv_progress_update(lss_drv_progress *p, int64_t done) {
+    double now = lss_time_now(), el = now - p->t0, rate = el > 0 ? done / el : 0;
+    double left = rate > 0 ? (p->total - done) / rate : 0;
+    if (now - p->last < (p->tty ? 0.2 : 5.0) && done < p->total) return;
+    p->last = now;
+    fprintf(stderr, "%s%s: %lld/%lld (%.3g/s, %.0f s left)%s", p->tty ? "\r" : "", p->label, (long long)done,
+            (long long)p->total, rate, left, p->tty ? "   " : "\n");
+    fflush(stderr);
+}
+
+static inline void lss_drv_progress_end(lss_drv_progress *p) {
+    fprintf(stderr, "%s%s: done, %lld in %.1f s\n", p->tty ? "\r" : "", p->label, (long long)p->total,
+            lss_time_now() - p->t0);
+}
+#endif

@@ -1,0 +1,1266 @@
+/* lss_core.h - the shared base of the lss toolkit (errors, randomness, NPY/CSV/PNG files)
+ *
+ * Single-file library in the STB style. In exactly one C file:
+ *
+ *     #define LSS_CORE_IMPLEMENTATION
+ *     #include "lss_core.h"
+ *
+ * Every other file includes it without the macro and sees declarations only.
+ * (The other lss headers include this one; defining LSS_IMPLEMENTATION implements them all.)
+ *
+ * What it gives
+ *   - status codes (LSS_OK == 0, negative on failure), lss_strerror(), and a thread-local message
+ *     lss_last_error() naming what went wrong; an optional log callback (the library never prints).
+ *   - Philox4x32-10, a counter-based generator: every number is a pure function of
+ *     (seed, stream, counter), on the CPU and on the GPU alike; uniform, normal and Poisson draws
+ *     (Poisson exact for every mean: inversion below 10, PTRS transformed rejection above).
+ *   - NPY read/write (v1/v2/v3 headers; <f4 <f8 <i4 <i8; C order), validated against the file length.
+ *   - CSV write and read (header row, numeric columns).
+ *   - PNG pictures through stb_image_write: an RGB canvas with text, lines, colour-mapped maps
+ *     (viridis), colour bars, and simple line plots.
+ *   - atomic file writing: a temporary file in the same directory renamed into place on success.
+ *
+ * Example
+ *     #define LSS_CORE_IMPLEMENTATION
+ *     #include "lss_core.h"
+ *     int main(void) {
+ *         lss_rng r; float m[64 * 64]; int64_t shape[2] = {64, 64};
+ *         lss_rng_init(&r, 42, 0);                 // seed 42, stream 0
+ *         for (int i = 0; i < 64 * 64; i++) m[i] = (float)lss_rng_normal(&r);
+ *         if (lss_npy_save("m.npy", LSS_F32, 2, shape, m) != LSS_OK ||
+ *             lss_png_map("m.png", m, 64, 64, 0, 0, "white noise", 4) != LSS_OK) {
+ *             fprintf(stderr, "error: %s\n", lss_last_error());
+ *             return 1;
+ *         }
+ *         lss_array a;
+ *         if (lss_npy_load("m.npy", &a) != LSS_OK) return 1;
+ *         printf("%d-D array, %lld x %lld\n", a.ndim, (long long)a.shape[0], (long long)a.shape[1]);
+ *         lss_array_free(&a);
+ *         return 0;
+ *     }
+ *
+ * Options (define before including)
+ *   LSS_MALLOC(sz) LSS_REALLOC(p,sz) LSS_FREE(p)  allocator; override all three or none
+ *   LSS_ASSERT(x)                                 internal invariants only (default assert())
+ *   LSS_NO_PNG                                    leave out the PNG writer (no stb_image_write needed)
+ * Link with -lm. PNG output needs stb_image_write.h on the include path (Debian: libstb-dev,
+ * -I/usr/include/stb).
+ *
+ * Version 0.1.0. Public names start with lss_/LSS_; internal ones with lss__.
+ */
+#ifndef LSS_CORE_H
+#define LSS_CORE_H
+
+/* The implementation uses a few POSIX calls (clock_gettime, fsync, getpid) when available; in the
+ * implementing file include this header first so that they are declared under -std=c11. */
+#if (defined(LSS_CORE_IMPLEMENTATION) || defined(LSS_IMPLEMENTATION)) && !defined(_POSIX_C_SOURCE) && \
+    !defined(_GNU_SOURCE) && !defined(_XOPEN_SOURCE) && (defined(__unix__) || defined(__APPLE__))
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#define LSS_VERSION_MAJOR 0
+#define LSS_VERSION_MINOR 1
+#define LSS_VERSION_PATCH 0
+#define LSS_VERSION_STRING "0.1.0"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(LSS_MALLOC) || defined(LSS_REALLOC) || defined(LSS_FREE)
+#if !defined(LSS_MALLOC) || !defined(LSS_REALLOC) || !defined(LSS_FREE)
+#error "lss: define LSS_MALLOC, LSS_REALLOC and LSS_FREE all together, or none of them"
+#endif
+#else
+#include <stdlib.h>
+#define LSS_MALLOC(sz) malloc(sz)
+#define LSS_REALLOC(p, sz) realloc(p, sz)
+#define LSS_FREE(p) free(p)
+#endif
+#ifndef LSS_ASSERT
+#include <assert.h>
+#define LSS_ASSERT(x) assert(x)
+#endif
+
+#ifdef LSS_IMPLEMENTATION
+#ifndef LSS_CORE_IMPLEMENTATION
+#define LSS_CORE_IMPLEMENTATION
+#endif
+#endif
+
+#ifndef LSSDEF
+#ifdef LSS_STATIC
+#define LSSDEF static
+#else
+#define LSSDEF extern
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- errors */
+enum {
+    LSS_OK = 0,
+    LSS_ERR_NOMEM = -1,       /* an allocation failed */
+    LSS_ERR_ARG = -2,         /* an argument is invalid (NULL, negative size, NaN, ...) */
+    LSS_ERR_IO = -3,          /* a file could not be opened, read, written or renamed */
+    LSS_ERR_FORMAT = -4,      /* a file is malformed or of an unsupported kind */
+    LSS_ERR_SHAPE = -5,       /* array shapes do not fit together */
+    LSS_ERR_RANGE = -6,       /* a parameter lies outside its allowed range or prior */
+    LSS_ERR_NUMERIC = -7,     /* a computation produced NaN/inf or did not converge */
+    LSS_ERR_CUDA = -8,        /* a CUDA, cuBLAS or cuDNN call failed */
+    LSS_ERR_UNSUPPORTED = -9, /* the build or the device lacks the feature */
+    LSS_ERR_STATE = -10       /* an object is used in the wrong state */
+};
+
+/* Description of a status code ("ok", "out of memory", ...). Never NULL. */
+LSSDEF const char *lss_strerror(int status);
+/* Message of the last failure in this thread ("" when none). */
+LSSDEF const char *lss_last_error(void);
+/* Records a failure (printf-style message) for this thread and returns `status`. */
+LSSDEF int lss_seterr(int status, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+LSSDEF void lss_clearerr(void);
+
+/* Optional log callback; level 0 = info, 1 = warning. NULL (default) discards everything. */
+typedef void (*lss_log_fn)(int level, const char *msg, void *user);
+LSSDEF void lss_set_log(lss_log_fn fn, void *user);
+LSSDEF void lss_log(int level, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Wall-clock seconds from a monotonic clock. */
+LSSDEF double lss_time_now(void);
+
+/* ---------------------------------------------------------------- randomness */
+/* The Philox4x32-10 bijection (Salmon et al. 2011): out = philox(ctr, key). */
+LSSDEF void lss_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
+/* Block `counter` of stream `stream` under `seed`:
+ * key = (seed lo, seed hi), ctr = (counter lo, counter hi, stream lo, stream hi). */
+LSSDEF void lss_philox_block(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4]);
+
+/* Conversions shared by CPU and GPU code: a u32 to a float in (0,1), two u32 to a double in (0,1). */
+LSSDEF float lss_u32_to_float(uint32_t u);
+LSSDEF double lss_u32x2_to_double(uint32_t hi, uint32_t lo);
+
+/* A sequential generator over one (seed, stream). Draws consume whole 128-bit blocks in order:
+ * uniform() uses two words, uniformf() one, normal() one block (two normals, Box-Muller; the
+ * second is returned by the next call). State is plain data: copy it to fork. */
+typedef struct {
+    uint64_t seed, stream, counter; /* counter = index of the next block */
+    uint32_t buf[4];
+    int pos;                        /* next unused word of buf (4 = empty) */
+    int has_spare;
+    double spare;
+} lss_rng;
+
+LSSDEF void lss_rng_init(lss_rng *r, uint64_t seed, uint64_t stream);
+/* Positions the generator at block `counter` of its stream (drops buffered words). */
+LSSDEF void lss_rng_seek(lss_rng *r, uint64_t counter);
+LSSDEF uint32_t lss_rng_u32(lss_rng *r);
+LSSDEF double lss_rng_uniform(lss_rng *r);  /* in (0, 1), 53 bits */
+LSSDEF float lss_rng_uniformf(lss_rng *r);  /* in (0, 1), 24 bits */
+LSSDEF double lss_rng_normal(lss_rng *r);   /* N(0, 1) */
+/* Poisson(mean), exact. Returns -1 for a NaN, negative or infinite mean, or a mean above 1e15. */
+LSSDEF int64_t lss_rng_poisson(lss_rng *r, double mean);
+/* Uniform integer in [0, n) without modulo bias; n >= 1. */
+LSSDEF uint32_t lss_rng_below(lss_rng *r, uint32_t n);
+
+/* ---------------------------------------------------------------- arrays and NPY */
+#define LSS_MAX_DIM 8
+typedef enum { LSS_F32 = 1, LSS_F64 = 2, LSS_I32 = 3, LSS_I64 = 4 } lss_dtype;
+
+typedef struct {
+    lss_dtype dtype;
+    int ndim;
+    int64_t shape[LSS_MAX_DIM];
+    void *data; /* owned; release with lss_array_free */
+} lss_array;
+
+LSSDEF size_t lss_dtype_size(lss_dtype t);
+LSSDEF int64_t lss_array_count(const lss_array *a); /* product of the shape (1 for 0-D) */
+LSSDEF void lss_array_free(lss_array *a);           /* frees data, zeroes the struct */
+
+/* Loads an NPY file (v1, v2 or v3 header; <f4 <f8 <i4 <i8; C order). On failure `a` is zeroed
+ * and nothing is allocated. The caller frees with lss_array_free. */
+LSSDEF int lss_npy_load(const char *path, lss_array *a);
+/* The same from a buffer holding a whole NPY file. */
+LSSDEF int lss_npy_load_mem(const void *buf, size_t len, lss_array *a);
+/* Loads and converts to float32 (from any supported dtype). *data is LSS_MALLOC'd; caller frees
+ * with LSS_FREE. shape must hold LSS_MAX_DIM entries. */
+LSSDEF int lss_npy_load_f32(const char *path, float **data, int *ndim, int64_t *shape);
+/* Writes an NPY v1 file (v2 when the header needs it), atomically (temporary file + rename). */
+LSSDEF int lss_npy_save(const char *path, lss_dtype t, int ndim, const int64_t *shape,
+                        const void *data);
+
+/* ---------------------------------------------------------------- atomic files */
+typedef struct {
+    FILE *f;
+    char *path, *tmp; /* owned */
+} lss_wfile;
+/* Opens a temporary file next to `path` for writing ("wb"). */
+LSSDEF int lss_wfile_open(lss_wfile *w, const char *path);
+/* Flushes, closes and renames into place; on any failure removes the temporary file and leaves
+ * an existing `path` untouched. Always releases w. */
+LSSDEF int lss_wfile_commit(lss_wfile *w);
+/* Discards the temporary file. */
+LSSDEF void lss_wfile_abort(lss_wfile *w);
+
+/* ---------------------------------------------------------------- CSV */
+/* Writes `nrows` rows of `ncols` doubles (row-major) under a header row, atomically. Values are
+ * printed with %.9g; NaN as "nan". */
+LSSDEF int lss_csv_write(const char *path, int ncols, const char *const *header, int64_t nrows,
+                         const double *data);
+
+typedef struct {
+    int ncols;
+    int64_t nrows;
+    char **names;  /* ncols column names */
+    double *data;  /* nrows x ncols, row-major */
+} lss_csv;
+/* Reads a CSV file with a header row and numeric cells ("nan", "inf" accepted). Blank lines and
+ * lines starting with '#' are skipped. Rows with a different number of cells are an error naming
+ * the line. Free with lss_csv_free. */
+LSSDEF int lss_csv_read(const char *path, lss_csv *out);
+LSSDEF void lss_csv_free(lss_csv *c);
+/* Index of a column by name, or -1. */
+LSSDEF int lss_csv_col(const lss_csv *c, const char *name);
+
+/* ---------------------------------------------------------------- pictures */
+typedef struct {
+    int w, h;
+    unsigned char *rgb; /* w * h * 3, row-major from the top */
+} lss_image;
+
+LSSDEF int lss_image_create(lss_image *im, int w, int h); /* filled white */
+LSSDEF void lss_image_free(lss_image *im);
+LSSDEF void lss_image_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3]);
+LSSDEF void lss_image_line(lss_image *im, double x0, double y0, double x1, double y1,
+                           const unsigned char c[3], int thick);
+/* Text with a small built-in vector font; `scale` 1 gives characters about 6 x 9 pixels. */
+LSSDEF void lss_image_text(lss_image *im, int x, int y, const char *s, const unsigned char c[3],
+                           int scale);
+LSSDEF int lss_image_text_width(const char *s, int scale);
+/* Viridis colour for t in [0, 1] (clamped; NaN gives grey). */
+LSSDEF void lss_viridis(double t, unsigned char c[3]);
+/* Draws a map [h][w] at (x, y), each pixel as a scale x scale block, coloured over [vmin, vmax]. */
+LSSDEF void lss_image_map(lss_image *im, int x, int y, const float *map, int h, int w,
+                          double vmin, double vmax, int scale);
+/* A vertical colour bar of size bw x bh at (x, y) with tick labels on its right. */
+LSSDEF void lss_image_colorbar(lss_image *im, int x, int y, int bw, int bh, double vmin,
+                               double vmax);
+LSSDEF int lss_image_save_png(const lss_image *im, const char *path); /* atomic */
+
+/* One map as a PNG with a title and a colour bar. vmin == vmax picks the finite min and max. */
+LSSDEF int lss_png_map(const char *path, const float *map, int h, int w, double vmin, double vmax,
+                       const char *title, int scale);
+
+/* A line plot: nseries curves of n points each (x shared; y[s] per series), optional log axes
+ * (non-positive values are skipped there), a legend from labels (may be NULL). */
+typedef struct {
+    const char *title, *xlabel, *ylabel;
+    int logx, logy;
+    int width, height; /* 0: 640 x 480 */
+} lss_plot_opts;
+LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries, int n,
+                          const double *x, const double *const *y, const char *const *labels);
+/* Draws the same into a region of an existing image. */
+LSSDEF void lss_plot_lines_into(lss_image *im, int x0, int y0, int pw, int ph,
+                                const lss_plot_opts *o, int nseries, int n, const double *x,
+                                const double *const *y, const char *const *labels);
+/* A distinct colour for series i (tab10). */
+LSSDEF void lss_series_color(int i, unsigned char c[3]);
+/* Formats a tick value compactly ("0.5", "1e-08", "100"). */
+LSSDEF void lss_format_tick(double v, char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LSS_CORE_H */
+
+/* ================================================================ implementation */
+#ifdef LSS_CORE_IMPLEMENTATION
+#ifndef LSS_CORE_IMPLEMENTATION_DONE
+#define LSS_CORE_IMPLEMENTATION_DONE
+
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+#if (defined(__unix__) || defined(__APPLE__)) && defined(_POSIX_C_SOURCE) && _POSIX_C_SOURCE >= 200112L
+#include <unistd.h>
+#define LSS__POSIX 1
+#endif
+
+#if defined(__cplusplus)
+#define LSS__TLS thread_local
+#elif defined(_MSC_VER)
+#define LSS__TLS __declspec(thread)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
+#define LSS__TLS _Thread_local
+#else
+#define LSS__TLS __thread
+#endif
+
+static LSS__TLS char lss__errmsg[1024];
+static lss_log_fn lss__logfn = NULL;
+static void *lss__loguser = NULL;
+
+LSSDEF const char *lss_strerror(int s) {
+    switch (s) {
+    case LSS_OK: return "ok";
+    case LSS_ERR_NOMEM: return "out of memory";
+    case LSS_ERR_ARG: return "invalid argument";
+    case LSS_ERR_IO: return "input/output error";
+    case LSS_ERR_FORMAT: return "malformed or unsupported file";
+    case LSS_ERR_SHAPE: return "shape mismatch";
+    case LSS_ERR_RANGE: return "value out of range";
+    case LSS_ERR_NUMERIC: return "numerical failure";
+    case LSS_ERR_CUDA: return "CUDA error";
+    case LSS_ERR_UNSUPPORTED: return "unsupported";
+    case LSS_ERR_STATE: return "invalid state";
+    default: return "unknown error";
+    }
+}
+
+LSSDEF const char *lss_last_error(void) { return lss__errmsg; }
+LSSDEF void lss_clearerr(void) { lss__errmsg[0] = 0; }
+
+LSSDEF int lss_seterr(int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(lss__errmsg, sizeof lss__errmsg, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+LSSDEF void lss_set_log(lss_log_fn fn, void *user) {
+    lss__logfn = fn;
+    lss__loguser = user;
+}
+
+LSSDEF void lss_log(int level, const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    if (!lss__logfn) return;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    lss__logfn(level, buf, lss__loguser);
+}
+
+LSSDEF double lss_time_now(void) {
+    struct timespec ts;
+#if defined(LSS__POSIX) && defined(CLOCK_MONOTONIC)
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#else
+    timespec_get(&ts, TIME_UTC);
+#endif
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- Philox */
+LSSDEF void lss_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
+    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+    uint32_t k0 = key[0], k1 = key[1];
+    int i;
+    for (i = 0; i < 10; i++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0;
+        uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+LSSDEF void lss_philox_block(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4]) {
+    uint32_t ctr[4], key[2];
+    ctr[0] = (uint32_t)counter; ctr[1] = (uint32_t)(counter >> 32);
+    ctr[2] = (uint32_t)stream;  ctr[3] = (uint32_t)(stream >> 32);
+    key[0] = (uint32_t)seed;    key[1] = (uint32_t)(seed >> 32);
+    lss_philox4x32(ctr, key, out);
+}
+
+LSSDEF float lss_u32_to_float(uint32_t u) {
+    return ((float)(u >> 8) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+LSSDEF double lss_u32x2_to_double(uint32_t hi, uint32_t lo) {
+    uint64_t m = ((uint64_t)(hi >> 5) << 26) | (uint64_t)(lo >> 6); /* 53 bits */
+    return ((double)m + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+LSSDEF void lss_rng_init(lss_rng *r, uint64_t seed, uint64_t stream) {
+    r->seed = seed;
+    r->stream = stream;
+    r->counter = 0;
+    r->pos = 4;
+    r->has_spare = 0;
+    r->spare = 0;
+}
+
+LSSDEF void lss_rng_seek(lss_rng *r, uint64_t counter) {
+    r->counter = counter;
+    r->pos = 4;
+    r->has_spare = 0;
+}
+
+static void lss__rng_refill(lss_rng *r) {
+    lss_philox_block(r->seed, r->stream, r->counter, r->buf);
+    r->counter++;
+    r->pos = 0;
+}
+
+LSSDEF uint32_t lss_rng_u32(lss_rng *r) {
+    if (r->pos >= 4) lss__rng_refill(r);
+    return r->buf[r->pos++];
+}
+
+LSSDEF double lss_rng_uniform(lss_rng *r) {
+    uint32_t hi, lo;
+    if (r->pos > 2) lss__rng_refill(r);
+    hi = r->buf[r->pos++];
+    lo = r->buf[r->pos++];
+    return lss_u32x2_to_double(hi, lo);
+}
+
+LSSDEF float lss_rng_uniformf(lss_rng *r) { return lss_u32_to_float(lss_rng_u32(r)); }
+
+LSSDEF double lss_rng_normal(lss_rng *r) {
+    double u1, u2, rad;
+    if (r->has_spare) {
+        r->has_spare = 0;
+        return r->spare;
+    }
+    lss__rng_refill(r); /* one whole block per pair: position-independent pairs */
+    u1 = lss_u32x2_to_double(r->buf[0], r->buf[1]);
+    u2 = lss_u32x2_to_double(r->buf[2], r->buf[3]);
+    r->pos = 4;
+    rad = sqrt(-2.0 * log(u1));
+    r->spare = rad * sin(6.283185307179586 * u2);
+    r->has_spare = 1;
+    return rad * cos(6.283185307179586 * u2);
+}
+
+LSSDEF uint32_t lss_rng_below(lss_rng *r, uint32_t n) {
+    uint32_t lim, x;
+    if (n <= 1) return 0;
+    lim = (uint32_t)(0xFFFFFFFFu - (0xFFFFFFFFu % n + 1) % n); /* largest multiple of n, minus 1 */
+    do x = lss_rng_u32(r); while (x > lim);
+    return x % n;
+}
+
+LSSDEF int64_t lss_rng_poisson(lss_rng *r, double mean) {
+    if (!(mean >= 0) || mean > 1e15) return -1;
+    if (mean == 0) return 0;
+    if (mean < 10) {
+        /* inversion by sequential search */
+        double p = exp(-mean), s = p, u = lss_rng_uniform(r);
+        int64_t k = 0;
+        while (u > s && k < 1000) {
+            k++;
+            p *= mean / (double)k;
+            s += p;
+            if (p == 0) break;
+        }
+        return k;
+    } else {
+        /* PTRS: Hormann (1993), transformed rejection with squeeze */
+        double slam = sqrt(mean), loglam = log(mean);
+        double b = 0.931 + 2.53 * slam, a = -0.059 + 0.02483 * b;
+        double invalpha = 1.1239 + 1.1328 / (b - 3.4), vr = 0.9277 - 3.6224 / (b - 2);
+        for (;;) {
+            double U = lss_rng_uniform(r) - 0.5, V = lss_rng_uniform(r);
+            double us = 0.5 - fabs(U);
+            double kd = floor((2 * a / us + b) * U + mean + 0.43);
+            if (us >= 0.07 && V <= vr) return (int64_t)kd;
+            if (kd < 0 || (us < 0.013 && V > us)) continue;
+            if (log(V) + log(invalpha) - log(a / (us * us) + b) <=
+                -mean + kd * loglam - lgamma(kd + 1))
+                return (int64_t)kd;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- arrays */
+LSSDEF size_t lss_dtype_size(lss_dtype t) {
+    switch (t) {
+    case LSS_F32: case LSS_I32: return 4;
+    case LSS_F64: case LSS_I64: return 8;
+    default: return 0;
+    }
+}
+
+LSSDEF int64_t lss_array_count(const lss_array *a) {
+    int64_t n = 1;
+    int i;
+    for (i = 0; i < a->ndim; i++) n *= a->shape[i];
+    return n;
+}
+
+LSSDEF void lss_array_free(lss_array *a) {
+    if (!a) return;
+    LSS_FREE(a->data);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---------------------------------------------------------------- atomic files */
+static char *lss__strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = (char *)LSS_MALLOC(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+LSSDEF int lss_wfile_open(lss_wfile *w, const char *path) {
+    static unsigned counter = 0;
+    size_t n;
+    memset(w, 0, sizeof *w);
+    if (!path || !*path) return lss_seterr(LSS_ERR_ARG, "empty output path");
+    n = strlen(path) + 64;
+    w->path = lss__strdup(path);
+    w->tmp = (char *)LSS_MALLOC(n);
+    if (!w->path || !w->tmp) {
+        LSS_FREE(w->path); LSS_FREE(w->tmp);
+        w->path = w->tmp = NULL;
+        return lss_seterr(LSS_ERR_NOMEM, "out of memory opening '%s'", path);
+    }
+#if defined(LSS__POSIX)
+    snprintf(w->tmp, n, "%s.tmp.%ld.%u", path, (long)getpid(), counter++);
+#else
+    snprintf(w->tmp, n, "%s.tmp.%u", path, counter++);
+#endif
+    w->f = fopen(w->tmp, "wb");
+    if (!w->f) {
+        int e = errno;
+        LSS_FREE(w->path); LSS_FREE(w->tmp);
+        w->path = w->tmp = NULL;
+        return lss_seterr(LSS_ERR_IO, "cannot write '%s': %s", path, strerror(e));
+    }
+    return LSS_OK;
+}
+
+LSSDEF void lss_wfile_abort(lss_wfile *w) {
+    if (w->f) fclose(w->f);
+    if (w->tmp) remove(w->tmp);
+    LSS_FREE(w->path); LSS_FREE(w->tmp);
+    memset(w, 0, sizeof *w);
+}
+
+LSSDEF int lss_wfile_commit(lss_wfile *w) {
+    int bad = 0, e = 0;
+    if (!w->f) return lss_seterr(LSS_ERR_STATE, "file not open");
+    if (ferror(w->f) || fflush(w->f) != 0) { bad = 1; e = errno; }
+#if defined(LSS__POSIX)
+    if (!bad && fsync(fileno(w->f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
+#endif
+    if (fclose(w->f) != 0 && !bad) { bad = 1; e = errno; }
+    w->f = NULL;
+    if (!bad && rename(w->tmp, w->path) != 0) { bad = 2; e = errno; }
+    if (bad) {
+        int s = lss_seterr(LSS_ERR_IO, "cannot %s '%s': %s", bad == 2 ? "rename into" : "write",
+                           w->path, e ? strerror(e) : "write error");
+        lss_wfile_abort(w);
+        return s;
+    }
+    LSS_FREE(w->path); LSS_FREE(w->tmp);
+    memset(w, 0, sizeof *w);
+    return LSS_OK;
+}
+
+/* ---------------------------------------------------------------- NPY */
+static const char *lss__skipws(const char *p, const char *e) {
+    while (p < e && (*p == ' ' || *p == '\t')) p++;
+    return p;
+}
+
+static int lss__npy_parse_header(const char *h, size_t hl, lss_array *a) {
+    const char *e = h + hl, *p;
+    int have_descr = 0, have_fo = 0, have_shape = 0, fortran = 0;
+    while (e > h && (e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\0')) e--;
+    p = lss__skipws(h, e);
+    if (p >= e || *p != '{') return lss_seterr(LSS_ERR_FORMAT, "NPY header is not a dictionary");
+    p++;
+    for (;;) {
+        char key[32];
+        size_t kl = 0;
+        char q;
+        p = lss__skipws(p, e);
+        if (p < e && *p == '}') { p++; break; }
+        if (p >= e || (*p != '\'' && *p != '"')) return lss_seterr(LSS_ERR_FORMAT, "NPY header: expected a quoted key");
+        q = *p++;
+        while (p < e && *p != q && kl < sizeof key - 1) key[kl++] = *p++;
+        key[kl] = 0;
+        if (p >= e || *p != q) return lss_seterr(LSS_ERR_FORMAT, "NPY header: unterminated key");
+        p++;
+        p = lss__skipws(p, e);
+        if (p >= e || *p != ':') return lss_seterr(LSS_ERR_FORMAT, "NPY header: expected ':' after '%s'", key);
+        p = lss__skipws(p + 1, e);
+        if (!strcmp(key, "descr")) {
+            char d[16];
+            size_t dl = 0;
+            if (p >= e || (*p != '\'' && *p != '"')) return lss_seterr(LSS_ERR_FORMAT, "NPY header: descr is not a string");
+            q = *p++;
+            while (p < e && *p != q && dl < sizeof d - 1) d[dl++] = *p++;
+            d[dl] = 0;
+            if (p >= e || *p != q) return lss_seterr(LSS_ERR_FORMAT, "NPY header: unterminated descr");
+            p++;
+            if (!strcmp(d, "<f4")) a->dtype = LSS_F32;
+            else if (!strcmp(d, "<f8")) a->dtype = LSS_F64;
+            else if (!strcmp(d, "<i4")) a->dtype = LSS_I32;
+            else if (!strcmp(d, "<i8")) a->dtype = LSS_I64;
+            else return lss_seterr(LSS_ERR_FORMAT, "NPY dtype '%s' is not supported (use <f4, <f8, <i4 or <i8)", d);
+            have_descr = 1;
+        } else if (!strcmp(key, "fortran_order")) {
+            if (e - p >= 4 && !strncmp(p, "True", 4)) { fortran = 1; p += 4; }
+            else if (e - p >= 5 && !strncmp(p, "False", 5)) { fortran = 0; p += 5; }
+            else return lss_seterr(LSS_ERR_FORMAT, "NPY header: fortran_order is not True/False");
+            have_fo = 1;
+        } else if (!strcmp(key, "shape")) {
+            if (p >= e || *p != '(') return lss_seterr(LSS_ERR_FORMAT, "NPY header: shape is not a tuple");
+            p++;
+            a->ndim = 0;
+            for (;;) {
+                int64_t v = 0;
+                int digits = 0;
+                p = lss__skipws(p, e);
+                if (p < e && *p == ')') { p++; break; }
+                while (p < e && *p >= '0' && *p <= '9') {
+                    if (v > (INT64_MAX - 9) / 10) return lss_seterr(LSS_ERR_FORMAT, "NPY header: dimension too large");
+                    v = v * 10 + (*p - '0');
+                    p++;
+                    digits++;
+                }
+                if (!digits) return lss_seterr(LSS_ERR_FORMAT, "NPY header: bad shape entry");
+                if (a->ndim >= LSS_MAX_DIM) return lss_seterr(LSS_ERR_FORMAT, "NPY array has more than %d dimensions", LSS_MAX_DIM);
+                a->shape[a->ndim++] = v;
+                p = lss__skipws(p, e);
+                if (p < e && *p == 'L') p++;
+                p = lss__skipws(p, e);
+                if (p < e && *p == ',') p++;
+                else if (p < e && *p == ')') { p++; break; }
+                else return lss_seterr(LSS_ERR_FORMAT, "NPY header: bad shape tuple");
+            }
+            have_shape = 1;
+        } else {
+            return lss_seterr(LSS_ERR_FORMAT, "NPY header: unknown key '%s'", key);
+        }
+        p = lss__skipws(p, e);
+        if (p < e && *p == ',') { p++; continue; }
+        p = lss__skipws(p, e);
+        if (p < e && *p == '}') { p++; break; }
+        return lss_seterr(LSS_ERR_FORMAT, "NPY header: expected ',' or '}'");
+    }
+    p = lss__skipws(p, e);
+    if (p != e) return lss_seterr(LSS_ERR_FORMAT, "NPY header: trailing characters");
+    if (!have_descr || !have_fo || !have_shape)
+        return lss_seterr(LSS_ERR_FORMAT, "NPY header lacks %s", !have_descr ? "descr" : !have_fo ? "fortran_order" : "shape");
+    if (fortran) {
+        int i, multi = 0;
+        for (i = 0; i < a->ndim; i++) multi += a->shape[i] > 1;
+        if (multi > 1) return lss_seterr(LSS_ERR_FORMAT, "NPY array is in Fortran order; save it in C order (np.ascontiguousarray)");
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_npy_load_mem(const void *buf, size_t len, lss_array *a) {
+    const unsigned char *b = (const unsigned char *)buf;
+    size_t hl, off, nbytes, esz;
+    int64_t count = 1;
+    int i, s;
+    lss_array t;
+    memset(a, 0, sizeof *a);
+    memset(&t, 0, sizeof t);
+    if (!buf) return lss_seterr(LSS_ERR_ARG, "NULL buffer");
+    if (len < 10 || memcmp(b, "\x93NUMPY", 6) != 0) return lss_seterr(LSS_ERR_FORMAT, "not an NPY file (bad magic)");
+    if (b[6] == 1) { hl = (size_t)b[8] | ((size_t)b[9] << 8); off = 10; }
+    else if (b[6] == 2 || b[6] == 3) {
+        if (len < 12) return lss_seterr(LSS_ERR_FORMAT, "NPY file truncated in its header");
+        hl = (size_t)b[8] | ((size_t)b[9] << 8) | ((size_t)b[10] << 16) | ((size_t)b[11] << 24);
+        off = 12;
+    } else return lss_seterr(LSS_ERR_FORMAT, "NPY format version %d.%d is not supported", b[6], b[7]);
+    if (hl > len - off) return lss_seterr(LSS_ERR_FORMAT, "NPY header length %zu exceeds the file", hl);
+    if (memchr(b + off, 0, hl) && b[6] != 3) {
+        /* NUL inside a v1/v2 header is malformed (padding is spaces) */
+        return lss_seterr(LSS_ERR_FORMAT, "NPY header contains a NUL byte");
+    }
+    s = lss__npy_parse_header((const char *)b + off, hl, &t);
+    if (s) return s;
+    for (i = 0; i < t.ndim; i++) {
+        if (t.shape[i] < 0) return lss_seterr(LSS_ERR_FORMAT, "NPY negative dimension");
+        if (t.shape[i] && count > INT64_MAX / 8 / t.shape[i]) return lss_seterr(LSS_ERR_FORMAT, "NPY array too large");
+        count *= t.shape[i];
+    }
+    esz = lss_dtype_size(t.dtype);
+    nbytes = (size_t)count * esz;
+    off += hl;
+    if (len - off != nbytes)
+        return lss_seterr(LSS_ERR_FORMAT, "NPY data has %zu bytes but the shape needs %zu (truncated or padded file)", len - off, nbytes);
+    t.data = LSS_MALLOC(nbytes ? nbytes : 1);
+    if (!t.data) return lss_seterr(LSS_ERR_NOMEM, "out of memory for a %zu-byte array", nbytes);
+    memcpy(t.data, b + off, nbytes);
+    *a = t;
+    return LSS_OK;
+}
+
+LSSDEF int lss_npy_load(const char *path, lss_array *a) {
+    FILE *f;
+    long sz;
+    unsigned char *buf;
+    int s;
+    memset(a, 0, sizeof *a);
+    if (!path) return lss_seterr(LSS_ERR_ARG, "NULL path");
+    f = fopen(path, "rb");
+    if (!f) return lss_seterr(LSS_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return lss_seterr(LSS_ERR_IO, "cannot read '%s'", path);
+    }
+    buf = (unsigned char *)LSS_MALLOC((size_t)sz + 1);
+    if (!buf) { fclose(f); return lss_seterr(LSS_ERR_NOMEM, "out of memory reading '%s'", path); }
+    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        fclose(f); LSS_FREE(buf);
+        return lss_seterr(LSS_ERR_IO, "cannot read '%s'", path);
+    }
+    fclose(f);
+    s = lss_npy_load_mem(buf, (size_t)sz, a);
+    LSS_FREE(buf);
+    if (s) {
+        char m[1024];
+        snprintf(m, sizeof m, "%s", lss_last_error());
+        return lss_seterr(s, "%s: %s", path, m);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_npy_load_f32(const char *path, float **data, int *ndim, int64_t *shape) {
+    lss_array a;
+    int64_t n, i;
+    float *d;
+    int s = lss_npy_load(path, &a);
+    *data = NULL;
+    if (s) return s;
+    n = lss_array_count(&a);
+    if (a.dtype == LSS_F32) d = (float *)a.data;
+    else {
+        d = (float *)LSS_MALLOC((size_t)(n ? n : 1) * sizeof(float));
+        if (!d) { lss_array_free(&a); return lss_seterr(LSS_ERR_NOMEM, "out of memory converting '%s'", path); }
+        for (i = 0; i < n; i++) {
+            switch (a.dtype) {
+            case LSS_F64: d[i] = (float)((double *)a.data)[i]; break;
+            case LSS_I32: d[i] = (float)((int32_t *)a.data)[i]; break;
+            default: d[i] = (float)((int64_t *)a.data)[i]; break;
+            }
+        }
+        LSS_FREE(a.data);
+    }
+    *data = d;
+    *ndim = a.ndim;
+    for (i = 0; i < a.ndim; i++) shape[i] = a.shape[i];
+    return LSS_OK;
+}
+
+LSSDEF int lss_npy_save(const char *path, lss_dtype t, int ndim, const int64_t *shape,
+                        const void *data) {
+    char hdr[512], dict[400];
+    const char *descr;
+    size_t dl, total, pre, nbytes, esz = lss_dtype_size(t);
+    int64_t count = 1;
+    int i, v2;
+    lss_wfile w;
+    if (!esz) return lss_seterr(LSS_ERR_ARG, "unknown dtype %d", (int)t);
+    if (ndim < 0 || ndim > LSS_MAX_DIM) return lss_seterr(LSS_ERR_ARG, "ndim %d out of range", ndim);
+    descr = t == LSS_F32 ? "<f4" : t == LSS_F64 ? "<f8" : t == LSS_I32 ? "<i4" : "<i8";
+    dl = (size_t)snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return lss_seterr(LSS_ERR_ARG, "negative dimension");
+        count *= shape[i];
+        dl += (size_t)snprintf(dict + dl, sizeof dict - dl, "%lld%s", (long long)shape[i],
+                               (ndim == 1 || i < ndim - 1) ? ", " : "");
+    }
+    if (ndim == 1) dl -= 1; /* "(5,)" */
+    dl += (size_t)snprintf(dict + dl, sizeof dict - dl, "), }");
+    if (count > 0 && !data) return lss_seterr(LSS_ERR_ARG, "NULL data");
+    v2 = (10 + dl + 1) > 65535;
+    pre = v2 ? 12 : 10;
+    total = ((pre + dl + 1 + 63) / 64) * 64;
+    memcpy(hdr, "\x93NUMPY", 6);
+    hdr[6] = (char)(v2 ? 2 : 1);
+    hdr[7] = 0;
+    {
+        size_t hl = total - pre;
+        hdr[8] = (char)(hl & 0xff);
+        hdr[9] = (char)((hl >> 8) & 0xff);
+        if (v2) { hdr[10] = (char)((hl >> 16) & 0xff); hdr[11] = (char)((hl >> 24) & 0xff); }
+    }
+    memcpy(hdr + pre, dict, dl);
+    memset(hdr + pre + dl, ' ', total - pre - dl - 1);
+    hdr[total - 1] = '\n';
+    nbytes = (size_t)count * esz;
+    if ((i = lss_wfile_open(&w, path)) != 0) return i;
+    if (fwrite(hdr, 1, total, w.f) != total || (nbytes && fwrite(data, 1, nbytes, w.f) != nbytes)) {
+        int e = errno;
+        lss_wfile_abort(&w);
+        return lss_seterr(LSS_ERR_IO, "cannot write '%s': %s", path, strerror(e));
+    }
+    return lss_wfile_commit(&w);
+}
+
+/* ---------------------------------------------------------------- CSV */
+LSSDEF int lss_csv_write(const char *path, int ncols, const char *const *header, int64_t nrows,
+                         const double *data) {
+    lss_wfile w;
+    int64_t r;
+    int c, s;
+    if (ncols <= 0 || nrows < 0 || !header || (nrows && !data)) return lss_seterr(LSS_ERR_ARG, "bad CSV arguments");
+    if ((s = lss_wfile_open(&w, path)) != 0) return s;
+    for (c = 0; c < ncols; c++) fprintf(w.f, "%s%s", header[c], c + 1 < ncols ? "," : "\n");
+    for (r = 0; r < nrows; r++)
+        for (c = 0; c < ncols; c++) {
+            double v = data[r * ncols + c];
+            if (isnan(v)) fputs("nan", w.f);
+            else fprintf(w.f, "%.9g", v);
+            fputc(c + 1 < ncols ? ',' : '\n', w.f);
+        }
+    return lss_wfile_commit(&w);
+}
+
+LSSDEF void lss_csv_free(lss_csv *c) {
+    int i;
+    if (!c) return;
+    if (c->names)
+        for (i = 0; i < c->ncols; i++) LSS_FREE(c->names[i]);
+    LSS_FREE(c->names);
+    LSS_FREE(c->data);
+    memset(c, 0, sizeof *c);
+}
+
+LSSDEF int lss_csv_col(const lss_csv *c, const char *name) {
+    int i;
+    for (i = 0; i < c->ncols; i++)
+        if (!strcmp(c->names[i], name)) return i;
+    return -1;
+}
+
+static char *lss__trim(char *s) {
+    char *e;
+    while (*s == ' ' || *s == '\t') s++;
+    e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n')) *--e = 0;
+    return s;
+}
+
+LSSDEF int lss_csv_read(const char *path, lss_csv *out) {
+    FILE *f;
+    char *line = NULL;
+    size_t cap = 0;
+    int64_t lineno = 0, rcap = 0;
+    int s = LSS_OK;
+    memset(out, 0, sizeof *out);
+    f = fopen(path, "rb");
+    if (!f) return lss_seterr(LSS_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    for (;;) {
+        /* read one line of any length */
+        size_t len = 0;
+        int ch;
+        while ((ch = fgetc(f)) != EOF) {
+            if (len + 2 > cap) {
+                size_t nc = cap ? cap * 2 : 256;
+                char *nl = (char *)LSS_REALLOC(line, nc);
+                if (!nl) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory reading '%s'", path); goto done; }
+                line = nl;
+                cap = nc;
+            }
+            if (ch == '\n') break;
+            line[len++] = (char)ch;
+        }
+        if (ch == EOF && len == 0) break;
+        line[len] = 0;
+        lineno++;
+        {
+            char *t = lss__trim(line), *p, *tok;
+            int n = 0;
+            if (!*t || *t == '#') continue;
+            if (!out->names) {
+                int k = 1;
+                for (p = t; *p; p++) k += *p == ',';
+                out->names = (char **)LSS_MALLOC(sizeof(char *) * (size_t)k);
+                if (!out->names) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto done; }
+                for (p = t;; ) {
+                    char *comma = strchr(p, ',');
+                    if (comma) *comma = 0;
+                    tok = lss__trim(p);
+                    out->names[n] = lss__strdup(tok);
+                    if (!out->names[n]) { out->ncols = n; s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto done; }
+                    n++;
+                    if (!comma) break;
+                    p = comma + 1;
+                }
+                out->ncols = n;
+                continue;
+            }
+            if (out->nrows == rcap) {
+                int64_t nr = rcap ? rcap * 2 : 64;
+                double *nd = (double *)LSS_REALLOC(out->data, (size_t)nr * (size_t)out->ncols * sizeof(double));
+                if (!nd) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory reading '%s'", path); goto done; }
+                out->data = nd;
+                rcap = nr;
+            }
+            for (p = t;; ) {
+                char *comma = strchr(p, ','), *end;
+                double v;
+                if (comma) *comma = 0;
+                tok = lss__trim(p);
+                if (n >= out->ncols) { s = lss_seterr(LSS_ERR_FORMAT, "%s:%lld: more cells than the %d header columns", path, (long long)lineno, out->ncols); goto done; }
+                errno = 0;
+                v = strtod(tok, &end);
+                if (!*tok || *end) { s = lss_seterr(LSS_ERR_FORMAT, "%s:%lld: cell '%s' is not a number", path, (long long)lineno, tok); goto done; }
+                out->data[out->nrows * out->ncols + n] = v;
+                n++;
+                if (!comma) break;
+                p = comma + 1;
+            }
+            if (n != out->ncols) { s = lss_seterr(LSS_ERR_FORMAT, "%s:%lld: %d cells, header has %d", path, (long long)lineno, n, out->ncols); goto done; }
+            out->nrows++;
+        }
+        if (ch == EOF) break;
+    }
+    if (!out->names) s = lss_seterr(LSS_ERR_FORMAT, "'%s' is empty (no header row)", path);
+done:
+    LSS_FREE(line);
+    fclose(f);
+    if (s) lss_csv_free(out);
+    return s;
+}
+
+/* ---------------------------------------------------------------- pictures */
+LSSDEF int lss_image_create(lss_image *im, int w, int h) {
+    memset(im, 0, sizeof *im);
+    if (w <= 0 || h <= 0 || w > 32768 || h > 32768) return lss_seterr(LSS_ERR_ARG, "image size %d x %d out of range", w, h);
+    im->rgb = (unsigned char *)LSS_MALLOC((size_t)w * (size_t)h * 3);
+    if (!im->rgb) return lss_seterr(LSS_ERR_NOMEM, "out of memory for a %d x %d image", w, h);
+    memset(im->rgb, 255, (size_t)w * (size_t)h * 3);
+    im->w = w;
+    im->h = h;
+    return LSS_OK;
+}
+
+LSSDEF void lss_image_free(lss_image *im) {
+    if (!im) return;
+    LSS_FREE(im->rgb);
+    memset(im, 0, sizeof *im);
+}
+
+LSSDEF void lss_image_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3]) {
+    int x, y;
+    if (x0 < 0) x0 = 0;
+    if (y0 < 0) y0 = 0;
+    if (x1 > im->w) x1 = im->w;
+    if (y1 > im->h) y1 = im->h;
+    for (y = y0; y < y1; y++)
+        for (x = x0; x < x1; x++) {
+            unsigned char *p = im->rgb + 3 * ((size_t)y * im->w + x);
+            p[0] = c[0]; p[1] = c[1]; p[2] = c[2];
+        }
+}
+
+LSSDEF void lss_image_line(lss_image *im, double x0, double y0, double x1, double y1,
+                           const unsigned char c[3], int thick) {
+    double dx = x1 - x0, dy = y1 - y0, len = sqrt(dx * dx + dy * dy);
+    int n, i, h0 = (thick - 1) / 2;
+    if (!(len < 1e6)) return; /* NaN/inf or absurd */
+    n = (int)ceil(len * 2) + 1;
+    for (i = 0; i <= n; i++) {
+        double t = (double)i / n;
+        int x = (int)floor(x0 + t * dx + 0.5), y = (int)floor(y0 + t * dy + 0.5);
+        lss_image_rect(im, x - h0, y - h0, x - h0 + thick, y - h0 + thick, c);
+    }
+}
+
+#ifndef LSS_NO_PNG
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wconversion"
+#pragma GCC diagnostic ignored "-Wpedantic"
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wmissing-braces"
+#endif
+#include "stb_easy_font.h"
+#ifndef LSS_NO_STB_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#endif
+#include "stb_image_write.h"
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+
+LSSDEF int lss_image_text_width(const char *s, int scale) {
+#ifndef LSS_NO_PNG
+    return stb_easy_font_width((char *)s) * (scale < 1 ? 1 : scale);
+#else
+    return (int)strlen(s) * 6 * (scale < 1 ? 1 : scale);
+#endif
+}
+
+LSSDEF void lss_image_text(lss_image *im, int x, int y, const char *s, const unsigned char c[3],
+                           int scale) {
+    static LSS__TLS float buf[16 * 4 * 1200]; /* 16-byte vertices, up to ~1200 quads */
+    char tmp[512];
+    int nq, q;
+#ifdef LSS_NO_PNG
+    (void)im; (void)x; (void)y; (void)s; (void)c; (void)scale; (void)buf; (void)tmp; (void)nq; (void)q;
+    return;
+#endif
+    if (scale < 1) scale = 1;
+    snprintf(tmp, sizeof tmp, "%s", s);
+    nq = stb_easy_font_print(0, 0, tmp, NULL, buf, (int)sizeof buf);
+    for (q = 0; q < nq; q++) {
+        const float *v0 = buf + q * 16, *v2 = buf + q * 16 + 8; /* vertices 0 and 2: opposite corners */
+        int xa = x + (int)floor(v0[0] * scale + 0.5), ya = y + (int)floor(v0[1] * scale + 0.5);
+        int xb = x + (int)floor(v2[0] * scale + 0.5), yb = y + (int)floor(v2[1] * scale + 0.5);
+        lss_image_rect(im, xa < xb ? xa : xb, ya < yb ? ya : yb, xa < xb ? xb : xa, ya < yb ? yb : ya, c);
+    }
+}
+
+/* viridis, 16 anchor colours interpolated linearly */
+LSSDEF void lss_viridis(double t, unsigned char c[3]) {
+    static const unsigned char v[16][3] = {
+        {68, 1, 84}, {72, 26, 108}, {71, 47, 125}, {65, 68, 135}, {57, 86, 140}, {49, 104, 142},
+        {42, 120, 142}, {35, 136, 142}, {31, 152, 139}, {34, 168, 132}, {53, 183, 121},
+        {84, 197, 104}, {122, 209, 81}, {165, 219, 54}, {210, 226, 27}, {253, 231, 37}};
+    double f;
+    int i, k;
+    if (t != t) { c[0] = c[1] = c[2] = 128; return; }
+    if (t < 0) t = 0;
+    if (t > 1) t = 1;
+    f = t * 15;
+    i = (int)f;
+    if (i > 14) i = 14;
+    f -= i;
+    for (k = 0; k < 3; k++) c[k] = (unsigned char)floor(v[i][k] + f * (v[i + 1][k] - v[i][k]) + 0.5);
+}
+
+LSSDEF void lss_image_map(lss_image *im, int x, int y, const float *map, int h, int w,
+                          double vmin, double vmax, int scale) {
+    int i, j;
+    double span = vmax - vmin;
+    if (scale < 1) scale = 1;
+    if (!(span > 0)) span = 1;
+    for (i = 0; i < h; i++)
+        for (j = 0; j < w; j++) {
+            unsigned char c[3];
+            double val = map[(size_t)i * w + j];
+            lss_viridis(isfinite(val) ? (val - vmin) / span : NAN, c);
+            lss_image_rect(im, x + j * scale, y + i * scale, x + (j + 1) * scale, y + (i + 1) * scale, c);
+        }
+}
+
+LSSDEF void lss_format_tick(double v, char *buf, size_t n) {
+    double a = fabs(v);
+    if (v == 0) snprintf(buf, n, "0");
+    else if (a >= 1e-3 && a < 1e5) {
+        snprintf(buf, n, "%.4g", v);
+    } else snprintf(buf, n, "%.2g", v);
+}
+
+static double lss__nice_step(double span, int target) {
+    double raw = span / (target > 0 ? target : 5), mag, f;
+    if (!(raw > 0)) return 1;
+    mag = pow(10, floor(log10(raw)));
+    f = raw / mag;
+    return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * mag;
+}
+
+LSSDEF void lss_image_colorbar(lss_image *im, int x, int y, int bw, int bh, double vmin, double vmax) {
+    static const unsigned char black[3] = {0, 0, 0};
+    int i;
+    double step, t;
+    for (i = 0; i < bh; i++) {
+        unsigned char c[3];
+        lss_viridis(1.0 - (double)i / (bh > 1 ? bh - 1 : 1), c);
+        lss_image_rect(im, x, y + i, x + bw, y + i + 1, c);
+    }
+    if (!(vmax > vmin)) return;
+    step = lss__nice_step(vmax - vmin, 5);
+    for (t = ceil(vmin / step) * step; t <= vmax + 1e-9 * step; t += step) {
+        char lab[32];
+        int yy = y + (int)floor((1.0 - (t - vmin) / (vmax - vmin)) * (bh - 1) + 0.5);
+        lss_image_rect(im, x + bw, yy, x + bw + 4, yy + 1, black);
+        lss_format_tick(fabs(t) < 1e-12 * step ? 0.0 : t, lab, sizeof lab);
+        lss_image_text(im, x + bw + 6, yy - 4, lab, black, 1);
+    }
+}
+
+#ifndef LSS_NO_PNG
+static void lss__png_sink(void *ctx, void *data, int size) {
+    FILE *f = (FILE *)ctx;
+    if (size > 0) fwrite(data, 1, (size_t)size, f);
+}
+
+LSSDEF int lss_image_save_png(const lss_image *im, const char *path) {
+    lss_wfile w;
+    int s;
+    if (!im || !im->rgb) return lss_seterr(LSS_ERR_ARG, "empty image");
+    if ((s = lss_wfile_open(&w, path)) != 0) return s;
+    if (!stbi_write_png_to_func(lss__png_sink, w.f, im->w, im->h, 3, im->rgb, im->w * 3)) {
+        lss_wfile_abort(&w);
+        return lss_seterr(LSS_ERR_IO, "cannot encode PNG '%s'", path);
+    }
+    return lss_wfile_commit(&w);
+}
+#else
+LSSDEF int lss_image_save_png(const lss_image *im, const char *path) {
+    (void)im; (void)path;
+    return lss_seterr(LSS_ERR_UNSUPPORTED, "built with LSS_NO_PNG");
+}
+#endif
+
+LSSDEF int lss_png_map(const char *path, const float *map, int h, int w, double vmin, double vmax,
+                       const char *title, int scale) {
+    static const unsigned char black[3] = {0, 0, 0};
+    lss_image im;
+    int s, i, W, H;
+    if (!map || h <= 0 || w <= 0) return lss_seterr(LSS_ERR_ARG, "bad map for '%s'", path);
+    if (scale <= 0) scale = w >= 256 ? 1 : (256 + w - 1) / w;
+    if (vmin == vmax) {
+        double lo = INFINITY, hi = -INFINITY;
+        for (i = 0; i < h * w; i++)
+            if (isfinite(map[i])) {
+                if (map[i] < lo) lo = map[i];
+                if (map[i] > hi) hi = map[i];
+            }
+        if (!(lo <= hi)) lo = 0, hi = 1;
+        if (lo == hi) lo -= 0.5, hi += 0.5;
+        vmin = lo;
+        vmax = hi;
+    }
+    W = w * scale + 110;
+    H = h * scale + 40;
+    if ((s = lss_image_create(&im, W, H)) != 0) return s;
+    if (title) lss_image_text(&im, 10, 8, title, black, 1);
+    lss_image_map(&im, 10, 30, map, h, w, vmin, vmax, scale);
+    lss_image_colorbar(&im, 10 + w * scale + 10, 30, 14, h * scale, vmin, vmax);
+    s = lss_image_save_png(&im, path);
+    lss_image_free(&im);
+    return s;
+}
+
+LSSDEF void lss_series_color(int i, unsigned char c[3]) {
+    static const unsigned char t[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40}, {148, 103, 189},
+                                           {140, 86, 75}, {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
+    int k = ((i % 10) + 10) % 10;
+    c[0] = t[k][0]; c[1] = t[k][1]; c[2] = t[k][2];
+}
+
+LSSDEF void lss_plot_lines_into(lss_image *im, int x0, int y0, int pw, int ph,
+                                const lss_plot_opts *o, int nseries, int n, const double *x,
+                                const double *const *y, const char *const *labels) {
+    static const unsigned char black[3] = {0, 0, 0}, grey[3] = {225, 225, 225};
+    double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY, step, t;
+    int s, i, lx = x0 + 70, ly = y0 + 30, lw = pw - 90, lh = ph - 75;
+    int logx = o && o->logx, logy = o && o->logy;
+#define LSS__TX(v) (logx ? log10(v) : (v))
+#define LSS__TY(v) (logy ? log10(v) : (v))
+    for (i = 0; i < n; i++) {
+        if (!isfinite(x[i]) || (logx && x[i] <= 0)) continue;
+        if (LSS__TX(x[i]) < xlo) xlo = LSS__TX(x[i]);
+        if (LSS__TX(x[i]) > xhi) xhi = LSS__TX(x[i]);
+        for (s = 0; s < nseries; s++) {
+            double v = y[s][i];
+            if (!isfinite(v) || (logy && v <= 0)) continue;
+            if (LSS__TY(v) < ylo) ylo = LSS__TY(v);
+            if (LSS__TY(v) > yhi) yhi = LSS__TY(v);
+        }
+    }
+    if (!(xlo <= xhi)) xlo = 0, xhi = 1;
+    if (!(ylo <= yhi)) ylo = 0, yhi = 1;
+    if (xlo == xhi) xlo -= 0.5, xhi += 0.5;
+    if (ylo == yhi) ylo -= 0.5, yhi += 0.5;
+    { double m = 0.04 * (yhi - ylo); ylo -= m; yhi += m; }
+    if (lw < 10 || lh < 10) return;
+    /* grid and ticks */
+    step = logx ? (xhi - xlo > 1.5 ? 1 : lss__nice_step(xhi - xlo, 5)) : lss__nice_step(xhi - xlo, 6);
+    for (t = ceil(xlo / step) * step; t <= xhi + 1e-9 * step; t += step) {
+        char lab[32];
+        int px = lx + (int)floor((t - xlo) / (xhi - xlo) * lw + 0.5);
+        lss_image_rect(im, px, ly, px + 1, ly + lh, grey);
+        lss_format_tick(logx ? pow(10, t) : (fabs(t) < 1e-12 * step ? 0.0 : t), lab, sizeof lab);
+        lss_image_text(im, px - lss_image_text_width(lab, 1) / 2, ly + lh + 6, lab, black, 1);
+    }
+    step = logy ? (yhi - ylo > 1.5 ? (double)(int)ceil((yhi - ylo) / 6) : lss__nice_step(yhi - ylo, 5)) : lss__nice_step(yhi - ylo, 6);
+    for (t = ceil(ylo / step) * step; t <= yhi + 1e-9 * step; t += step) {
+        char lab[32];
+        int py = ly + lh - (int)floor((t - ylo) / (yhi - ylo) * lh + 0.5);
+        lss_image_rect(im, lx, py, lx + lw, py + 1, grey);
+        lss_format_tick(logy ? pow(10, t) : (fabs(t) < 1e-12 * step ? 0.0 : t), lab, sizeof lab);
+        lss_image_text(im, lx - 6 - lss_image_text_width(lab, 1), py - 4, lab, black, 1);
+    }
+    lss_image_rect(im, lx, ly, lx + lw, ly + 1, black);
+    lss_image_rect(im, lx, ly + lh, lx + lw, ly + lh + 1, black);
+    lss_image_rect(im, lx, ly, lx + 1, ly + lh, black);
+    lss_image_rect(im, lx + lw, ly, lx + lw + 1, ly + lh + 1, black);
+    /* curves */
+    for (s = 0; s < nseries; s++) {
+        unsigned char c[3];
+        int have = 0;
+        double px0 = 0, py0 = 0;
+        lss_series_color(s, c);
+        for (i = 0; i < n; i++) {
+            double v = y[s][i], px, py;
+            if (!isfinite(v) || !isfinite(x[i]) || (logy && v <= 0) || (logx && x[i] <= 0)) { have = 0; continue; }
+            px = lx + (LSS__TX(x[i]) - xlo) / (xhi - xlo) * lw;
+            py = ly + lh - (LSS__TY(v) - ylo) / (yhi - ylo) * lh;
+            if (have) lss_image_line(im, px0, py0, px, py, c, 2);
+            else if (n == 1) lss_image_rect(im, (int)px - 2, (int)py - 2, (int)px + 3, (int)py + 3, c);
+            px0 = px; py0 = py; have = 1;
+        }
+        if (labels && labels[s]) {
+            int ry = ly + 8 + 12 * s;
+            lss_image_rect(im, lx + lw - 120, ry + 3, lx + lw - 104, ry + 5, c);
+            lss_image_text(im, lx + lw - 100, ry, labels[s], black, 1);
+        }
+    }
+    if (o && o->title) lss_image_text(im, lx + lw / 2 - lss_image_text_width(o->title, 1) / 2, y0 + 10, o->title, black, 1);
+    if (o && o->xlabel) lss_image_text(im, lx + lw / 2 - lss_image_text_width(o->xlabel, 1) / 2, ly + lh + 24, o->xlabel, black, 1);
+    if (o && o->ylabel) lss_image_text(im, x0 + 4, y0 + 10, o->ylabel, black, 1);
+#undef LSS__TX
+#undef LSS__TY
+}
+
+LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries, int n,
+                          const double *x, const double *const *y, const char *const *labels) {
+    lss_image im;
+    int s, W = o && o->width > 0 ? o->width : 640, H = o && o->height > 0 ? o->height : 480;
+    if (n <= 0 || nseries <= 0 || !x || !y) return lss_seterr(LSS_ERR_ARG, "nothing to plot in '%s'", path);
+    if ((s = lss_image_create(&im, W, H)) != 0) return s;
+    lss_plot_lines_into(&im, 0, 0, W, H, o, nseries, n, x, y, labels);
+    s = lss_image_save_png(&im, path);
+    lss_image_free(&im);
+    return s;
+}
+
+#endif /* LSS_CORE_IMPLEMENTATION_DONE */
+#endif /* LSS_CORE_IMPLEMENTATION */
