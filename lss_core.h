@@ -166,8 +166,8 @@ LSSDEF void lss_rng_init(lss_rng *r, uint64_t seed, uint64_t stream);
 /* Positions the generator at block `counter` of its stream (drops buffered words). */
 LSSDEF void lss_rng_seek(lss_rng *r, uint64_t counter);
 LSSDEF uint32_t lss_rng_u32(lss_rng *r);
-LSSDEF double lss_rng_uniform(lss_rng *r);  /* in (0, 1), 53 bits */
-LSSDEF float lss_rng_uniformf(lss_rng *r);  /* in (0, 1), 24 bits */
+LSSDEF double lss_rng_uniform(lss_rng *r);  /* in (0, 1), 52 random bits */
+LSSDEF float lss_rng_uniformf(lss_rng *r);  /* in (0, 1), 23 random bits */
 LSSDEF double lss_rng_normal(lss_rng *r);   /* N(0, 1) */
 /* Poisson(mean), exact. Returns -1 for a NaN, negative or infinite mean, or a mean above 1e15. */
 LSSDEF int64_t lss_rng_poisson(lss_rng *r, double mean);
@@ -399,12 +399,12 @@ LSSDEF void lss_philox_block(uint64_t seed, uint64_t stream, uint64_t counter, u
 }
 
 LSSDEF float lss_u32_to_float(uint32_t u) {
-    return ((float)(u >> 8) + 0.5f) * (1.0f / 16777216.0f);
+    return ((float)(u >> 9) + 0.5f) * (1.0f / 8388608.0f); /* 23 bits + 1/2: exact, in (0, 1) */
 }
 
 LSSDEF double lss_u32x2_to_double(uint32_t hi, uint32_t lo) {
-    uint64_t m = ((uint64_t)(hi >> 5) << 26) | (uint64_t)(lo >> 6); /* 53 bits */
-    return ((double)m + 0.5) * (1.0 / 9007199254740992.0);
+    uint64_t m = ((uint64_t)(hi >> 6) << 26) | (uint64_t)(lo >> 6); /* 52 bits + 1/2: exact, in (0, 1) */
+    return ((double)m + 0.5) * (1.0 / 4503599627370496.0);
 }
 
 LSSDEF void lss_rng_init(lss_rng *r, uint64_t seed, uint64_t stream) {
