@@ -4,6 +4,53 @@
  * In exactly one C file:   #define LSS_MAPS_IMPLEMENTATION   before   #include "lss_maps.h"
  * (and LSS_CORE_IMPLEMENTATION once somewhere). Link with -lfftw3f -lfftw3 -lm (and -fopenmp).
  *
+ * THEORY (cosmology, redshift distributions, Limber spectra)
+ *   Flat LCDM (w = -1) without radiation. Units: distances in Mpc/h, k in h/Mpc, P(k) in (Mpc/h)^3,
+ *   c/H0 = LSS_C_OVER_H0 = 2997.92458 Mpc/h.
+ *   - lss_params: Omega_m, sigma_8, Omega_b, h, n_s and the DeepLSS Table I nuisance parameters (A_IA, eta_IA,
+ *     b_g, eta_bg, r_g, b_g2, eta_bg2); lss_params_fiducial() fills the Table I fiducial values (Omega_m 0.29,
+ *     sigma_8 0.71, ...) with Omega_b 0.0493, h 0.6736, n_s 0.9649; lss_params_check() enforces the priors.
+ *   - lss_cosmo: tables built once per parameter set (about 40 ms): E(z), chi(z), D_A(z), D+(z) (exact integral
+ *     for LCDM, D+(0) = 1), Eisenstein & Hu (1998) P_lin with or without baryon wiggles normalised to sigma_8
+ *     (top-hat, R = 8 Mpc/h), Halofit (Takahashi et al. 2012) P_NL tabulated in (ln k, z) for 1e-5 <= k <= 1e4 h/Mpc
+ *     and 0 <= z <= 20 (bicubic, about 50 ns a call; outside that range computed directly). Where sigma(R) < 1 on
+ *     all scales (very high z, low sigma_8) there is no non-linear scale and P_NL = P_lin. Agreement with CCL:
+ *     chi, D+ 1e-7; P_lin, P_NL 1e-5. All evaluation functions are read-only and thread-safe.
+ *   - lss_nz: normalised tabulated n(z), linear between nodes. Built in: "deeplss" (the 4 Stage-III bins of DeepLSS,
+ *     means 0.299 0.478 0.751 0.940) and "cosmos" (one COSMOS-like distribution, mean 1.05); lss_nz_load() reads
+ *     "z n_1 n_2 ..." text files and validates them.
+ *   - Limber spectra: lss_cl_shell() (a top-hat matter shell in chi), lss_cl_tomo() (every auto and cross
+ *     spectrum of kappa_i = lensing + NLA intrinsic alignments, F(z) = -A_IA^i C1 rho_crit Omega_m / D+(z), and of
+ *     delta_j = b^j delta_m, with the per-bin A_IA^i, b^j of DeepLSS eqs. 8-9, pivot z0 = 0.7); k = (ell + 1/2)/chi.
+ *     C1 rho_crit is LSS_C1RHOCRIT_NLA = 0.0134 unless p.c1_rho_crit is set (CCL uses LSS_C1RHOCRIT_CCL = 0.0138768).
+ *
+ *   Example (theory):
+ *     #define LSS_CORE_IMPLEMENTATION
+ *     #define LSS_MAPS_IMPLEMENTATION
+ *     #include "lss_maps.h"
+ *     int main(void) {
+ *         lss_params p; lss_cosmo *c; lss_nz *bins; int nb, np, q; char name[32];
+ *         double ell[3] = {100, 300, 1000}, *cl;
+ *         lss_params_fiducial(&p);                 // DeepLSS Table I + Planck 2018 Omega_b, h, n_s
+ *         p.omega_m = 0.3; p.sigma_8 = 0.8;
+ *         if (lss_params_check(&p) || lss_cosmo_create(&p, &c)) { fprintf(stderr, "%s\n", lss_last_error()); return 2; }
+ *         printf("chi(1) = %.2f Mpc/h  D+(1) = %.4f  P_NL(k=1, z=0.5) = %.4g\n", lss_cosmo_chi(c, 1),
+ *                lss_cosmo_growth(c, 1), lss_cosmo_pk_nl(c, 1.0, 0.5));
+ *         if (lss_nz_builtin("deeplss", &bins, &nb)) return 1;
+ *         np = lss_cl_npairs(nb);                  // 36 for 4 bins: kk_i_j, kd_i_j, dd_i_j
+ *         cl = (double *)malloc(sizeof(double) * np * 3);
+ *         if (cl && lss_cl_tomo(c, bins, nb, ell, 3, cl) == LSS_OK)
+ *             for (q = 0; q < np; q++) {
+ *                 lss_cl_pair_name(nb, q, name, sizeof name);
+ *                 printf("%s  C(100) = %.4g\n", name, cl[q * 3 + 0]);   // layout out[pair * nell + l]
+ *             }
+ *         free(cl); lss_nz_free(bins, nb); lss_cosmo_free(c);
+ *         return 0;
+ *     }
+ *   Theory options: the fields of lss_params (zero c1_rho_crit / t_cmb mean the defaults; transfer
+ *   LSS_TRANSFER_EH or LSS_TRANSFER_EH_NOWIGGLE; linear = 1 uses P_lin everywhere); the lss-theory driver prints
+ *   all of it as CSV.
+ *
  * (manual, example and options: filled in by the sections below)
  *
  * Version 0.1.0.
@@ -23,9 +70,340 @@ extern "C" {
 #endif
 
 /* ==== THEORY DECLARATIONS (cosmology, n(z), Limber) ==== */
+/* Cosmology: flat LCDM (w = -1), no radiation. Units: distances in Mpc/h, k in h/Mpc, P(k) in (Mpc/h)^3.
+   The lss_cosmo_* evaluation functions only read the tables: call them from any number of threads. They return NaN
+   for a NULL cosmology, z <= -1, k < 0 or non-finite input. */
+#define LSS_C_OVER_H0 2997.92458          /* c / H0 in Mpc/h */
+#define LSS_C1RHOCRIT_NLA 0.0134          /* NLA C1 rho_crit, the rounded value of the NLA literature (default) */
+#define LSS_C1RHOCRIT_CCL 0.0138768       /* the value CCL uses (C1 = 5e-14 h^-2 Msun^-1 Mpc^3 times rho_crit) */
+#define LSS_IA_Z0 0.7                     /* pivot redshift of the per-bin evolution (DeepLSS eqs. 8-9) */
+#define LSS_T_CMB 2.725                   /* default CMB temperature (K) in the Eisenstein-Hu fit */
+enum { LSS_TRANSFER_EH = 0, LSS_TRANSFER_EH_NOWIGGLE = 1 };
+
+typedef struct {
+    double omega_m, sigma_8, omega_b, h, n_s;                 /* cosmology (flat LCDM, w = -1) */
+    double a_ia, eta_ia, b_g, eta_bg, r_g, b_g2, eta_bg2;     /* DeepLSS Table I nuisance parameters */
+    double c1_rho_crit;  /* NLA amplitude constant; 0 means LSS_C1RHOCRIT_NLA (0.0134). LSS_C1RHOCRIT_CCL = 0.0138768 */
+    int transfer;        /* LSS_TRANSFER_EH (0, with wiggles) or LSS_TRANSFER_EH_NOWIGGLE */
+    int linear;          /* 1: use the linear P(k) where the non-linear one is asked for */
+    double t_cmb;        /* CMB temperature in K for the transfer function; 0 means LSS_T_CMB (2.725) */
+} lss_params;
+
+/* Fiducial values of DeepLSS Table I plus Omega_b = 0.0493, h = 0.6736, n_s = 0.9649, EH with wiggles. */
+LSSDEF void lss_params_fiducial(lss_params *p);
+/* LSS_OK, or LSS_ERR_RANGE naming the parameter and its prior when a Table I parameter is outside its prior
+   (or Omega_b, h, n_s outside a sane range: 0 < Omega_b < Omega_m, 0.2 < h < 1.5, 0.5 < n_s < 1.5). */
+LSSDEF int  lss_params_check(const lss_params *p);
+/* Like lss_params_check but only the physical validity needed to compute (Omega_m in (0, 1], sigma_8 > 0, ...),
+   not the Table I priors: used by lss_cosmo_create so that tests can use any cosmology. */
+LSSDEF int  lss_params_check_physical(const lss_params *p);
+
+typedef struct lss_cosmo lss_cosmo;               /* opaque: precomputed tables for one parameter set */
+/* Builds the background, growth and P(k, z) tables (lin + Halofit) for p. *out is freed with lss_cosmo_free.
+   Checks only physical validity (lss_params_check_physical); call lss_params_check for the Table I priors. */
+LSSDEF int    lss_cosmo_create(const lss_params *p, lss_cosmo **out);
+LSSDEF void   lss_cosmo_free(lss_cosmo *c);
+const lss_params *lss_cosmo_params(const lss_cosmo *c);
+LSSDEF double lss_cosmo_ez(const lss_cosmo *c, double z);           /* H(z)/H0 */
+LSSDEF double lss_cosmo_chi(const lss_cosmo *c, double z);          /* comoving distance, Mpc/h */
+LSSDEF double lss_cosmo_z_of_chi(const lss_cosmo *c, double chi);   /* inverse of lss_cosmo_chi */
+LSSDEF double lss_cosmo_da(const lss_cosmo *c, double z);           /* angular-diameter distance chi/(1+z), Mpc/h */
+LSSDEF double lss_cosmo_growth(const lss_cosmo *c, double z);       /* D+(z), D+(0) = 1 */
+LSSDEF double lss_cosmo_pk_lin(const lss_cosmo *c, double k, double z);  /* k in h/Mpc, P in (Mpc/h)^3 */
+LSSDEF double lss_cosmo_pk_nl(const lss_cosmo *c, double k, double z);   /* Halofit (Takahashi 2012); = pk_lin if p->linear */
+LSSDEF double lss_cosmo_sigma8(const lss_cosmo *c);                 /* sigma_8 of the table P_lin at z = 0 (check) */
+LSSDEF double lss_cosmo_zmax(const lss_cosmo *c);                   /* tables cover 0 <= z <= zmax (larger z: computed directly) */
+/* NLA factor F(z) = -C1 rho_crit Omega_m / D+(z) (without A_IA). */
+LSSDEF double lss_cosmo_nla_f(const lss_cosmo *c, double z);
+
+/* Redshift distributions: one tabulated n(z) per tomographic bin, normalised to int n dz = 1. */
+typedef struct { int n; double *z, *nz; double zmean; } lss_nz;  /* one tabulated, normalised n(z) */
+/* Built-in sets: "deeplss" (the 4 DeepLSS Stage-III bins) or "cosmos" (1 COSMOS-like distribution).
+   *bins is an array of *nbins lss_nz, freed with lss_nz_free. */
+LSSDEF int  lss_nz_builtin(const char *name, lss_nz **bins, int *nbins);
+/* Text file: '#' comments, then rows "z n_1 [n_2 ...]" (whitespace or comma separated); z strictly increasing,
+   n >= 0 and finite, each column with a positive integral. Freed with lss_nz_free. */
+LSSDEF int  lss_nz_load(const char *path, lss_nz **bins, int *nbins);
+/* From arrays: z[n], nz[nbins][n] row-major (nz[b*n + i]). Same validation as lss_nz_load. */
+LSSDEF int  lss_nz_from_table(const double *z, const double *nz, int n, int nbins, lss_nz **bins);
+LSSDEF void lss_nz_free(lss_nz *bins, int nbins);
+LSSDEF double lss_nz_eval(const lss_nz *b, double z);               /* linear interpolation, 0 outside the table */
+/* Per-bin amplitudes of DeepLSS eqs. 8-9, pivot z0 = LSS_IA_Z0 = 0.7, averaged over the bin's normalised n(z):
+   A_IA^i = A_IA int dz n_i(z) ((1+z)/(1+z0))^eta_IA, b^i = b_g int dz n_i(z) ((1+z)/(1+z0))^eta_bg,
+   b2^i = b_g2 int dz n_i(z) ((1+z)/(1+z0))^eta_bg2. */
+LSSDEF double lss_params_a_ia_bin(const lss_params *p, const lss_nz *bin);
+LSSDEF double lss_params_b_bin(const lss_params *p, const lss_nz *bin);
+LSSDEF double lss_params_b2_bin(const lss_params *p, const lss_nz *bin);
+
+/* Limber C_ell of a top-hat shell in comoving distance [chi1, chi2] Mpc/h:
+   int_{chi1}^{chi2} dchi P_NL((ell+1/2)/chi, z(chi)) / (chi^2 (chi2-chi1)^2) */
+LSSDEF double lss_cl_shell(const lss_cosmo *c, double chi1, double chi2, double ell);
+/* The same at nell multipoles at once (the redshifts of the quadrature nodes are found once): out[l] for ell[l].
+   LSS_ERR_ARG for a bad shell (chi1 < 0, chi2 <= chi1) or a negative / non-finite ell. */
+LSSDEF int lss_cl_shell_many(const lss_cosmo *c, double chi1, double chi2, const double *ell, int nell, double *out);
+/* Lensing efficiency of bin b at comoving distance chi (dimensionless kernel of kappa, including 3/2 Omega_m (H0/c)^2
+   chi (1+z)): W_WL(chi) = 3/2 Om (H0/c)^2 chi (1+z(chi)) int_{chi}^{inf} dchi' n(chi') (chi'-chi)/chi'. Units 1/(Mpc/h). */
+LSSDEF double lss_cl_lensing_kernel(const lss_cosmo *c, const lss_nz *b, double chi);
+
+/* All auto/cross spectra of kappa_i (lensing + NLA IA: GG, GI, II) and delta_j (linear bias per bin, eqs. 8-9):
+   out[pair * nell + l], pairs ordered kk_i_j (i<=j), kd_i_j (all i,j), dd_i_j (i<=j); names via lss_cl_pair_name.
+   out has lss_cl_npairs(nbins) * nell doubles, owned by the caller. IA and bias from lss_cosmo_params(c).
+   Linear theory: r_g (stochasticity) and b_g2/eta_bg2 act on maps only and do not enter here (r = 1, no b2).
+   Kernels (Mpc/h units): lensing lss_cl_lensing_kernel; IA A_IA^i F(z) n_i(z) H(z)/c; galaxies b^i n_i(z) H(z)/c;
+   C_ab(ell) = int dchi W_a W_b / chi^2 P_NL((ell+1/2)/chi, z). Thread-safe; uses OpenMP over ell when enabled. */
+LSSDEF int  lss_cl_tomo(const lss_cosmo *c, const lss_nz *bins, int nbins, const double *ell, int nell, double *out);
+/* Component spectra, same layout as lss_cl_tomo but for one term only (for tests and diagnostics). */
+enum { LSS_CL_ALL = 0, LSS_CL_GG = 1, LSS_CL_GI = 2, LSS_CL_II = 3 };
+LSSDEF int  lss_cl_tomo_terms(const lss_cosmo *c, const lss_nz *bins, int nbins, const double *ell, int nell,
+                       int terms, double *out);
+LSSDEF int  lss_cl_npairs(int nbins);                               /* nbins(nbins+1)/2 * 2 + nbins^2 */
+LSSDEF void lss_cl_pair_name(int nbins, int pair, char *buf, size_t n);   /* "kk_1_2", "kd_1_3", "dd_4_4" (1-based) */
 /* ==== END THEORY DECLARATIONS ==== */
 
 /* ==== MAPS DECLARATIONS (shells, lognormal fields, projection, noise, statistics) ==== */
+/* Forward model of DeepLSS tomographic maps (Kacprzak & Fluri 2022, section II, appendices A, B, E, F).
+ *
+ * Pipeline (one "field" = one nside x nside patch, default 64 x 64 pixels of 4.6875 arcmin = 5 x 5 deg):
+ *   1. shells: the light cone 0 < z <= zmax cut into redshift shells (default dz = 0.05 below z = 1.55, 0.1
+ *      above, up to 3.5); each shell's 2-D density contrast has the Limber spectrum lss_cl_shell(), tabulated
+ *      once per cosmology on a log-ell grid.
+ *   2. each shell is a lognormal field drawn on a periodic grid of (pad * nside)^2 pixels (default pad 2) by
+ *      the exact grid method: xi = IDFT(C_ell), xi_G = log(1 + xi), P_G = DFT(xi_G) (negative P_G clipped to 0,
+ *      the clipped fraction reported), Gaussian g with spectrum P_G, delta = exp(g - var(g)/2) - 1. The
+ *      expected spectrum of the drawn shell on the grid is then exactly the target (up to the clipping).
+ *   3. Born projection (eqs. 1-5): kappa_i = sum_b W_WL[i][b] delta_b, kappa_IA_i = sum_b W_IA[i][b] delta_b,
+ *      delta_i = sum_b W_G[i][b] (1 + delta_b), with W_WL = int_shell q_i(chi) dchi (lss_cl_lensing_kernel),
+ *      W_IA = int_shell F(z) n_i(z) dz, W_G = int_shell n_i(z) dz.
+ *   4. optional Gaussian smoothing per bin (section II B: sigma_R of R = 4 Mpc/h for lensing and 8 Mpc/h for
+ *      clustering, the pixel kernel included as a Gaussian of variance d^2/12), a sampled kernel applied on the
+ *      periodic grid around the cut-out so that it has no edge effects (or, as an option, per field with zeros
+ *      outside as the released code does);
+ *      the nside^2 field is then cut out of the grid (so maps are not periodic); means removed (eq. 6) and the
+ *      density normalised by its field mean (eq. 7).
+ *   The result, a "noise-free field", has 3 * nbins channels: kappa_1..n, kappa_IA_1..n, delta_1..n.
+ *   5. observation (cheap, on the fly, own random stream): kappa_i + A_IA^i kappa_IA_i; stochasticity (eq. 12,
+ *      appendix B) on delta_i; galaxy bias (eqs. 10, 13); Poisson counts with the clipping of appendix E;
+ *      shape noise (eq. 11). Output 2 * nbins channels: kappa_g of bins 1..n, then delta_g = N / nbar - 1.
+ *   6. surveys: mosaics of grid x grid fields (default 6 x 6) placed at random with random flips.
+ *   7. statistics: auto and cross power spectra of all channel pairs in log-spaced ell bins.
+ *
+ * Randomness: every draw is a pure function of (seed, index, shell or bin, purpose) through Philox streams,
+ * so a field is identical bit for bit whatever the thread count and whatever other fields are generated.
+ * FFTW (single precision) plans are made once per lss_sim under an OpenMP critical section named
+ * lss_fftw_plan (FFTW planning is not thread-safe) and executed with the new-array interface on per-thread
+ * buffers (lss_sim_work).
+ *
+ * Example (noise-free fields, then noisy observations):
+ *     lss_params p; lss_cosmo *c; lss_nz *nz; int nb; lss_sim *sim; lss_sim_work *w;
+ *     lss_params_fiducial(&p);
+ *     lss_cosmo_create(&p, &c); lss_nz_builtin("deeplss", &nz, &nb);
+ *     lss_sim_create(c, nz, nb, NULL, &sim);          // shells, C_ell tables, weights, FFTW plans
+ *     lss_sim_work_create(sim, &w);                    // one per thread
+ *     float *f = malloc(lss_sim_field_size(sim) * sizeof(float));
+ *     float *m = malloc(lss_sim_obs_size(sim) * sizeof(float));
+ *     lss_sim_field(sim, w, 42, 7, f);                 // field 7 of seed 42
+ *     lss_sim_observe(sim, w, f, &p, NULL, 43, 0, m);  // noise realisation 0 of noise seed 43
+ *     ... lss_sim_work_free(w); lss_sim_free(sim); lss_cosmo_free(c); lss_nz_free(nz, nb);
+ */
+
+#define LSS_SIM_MAX_BINS 16
+#define LSS_DEEPLSS_PIXEL_ARCMIN 4.6875  /* 5 deg / 64 */
+#define LSS_DEEPLSS_SIGMA_E 0.4
+#define LSS_DEEPLSS_NGAL_ARCMIN2 2.5     /* galaxies per arcmin^2 per bin: 10 over 4 bins */
+#define LSS_DEEPLSS_KAPPA_SIG 0.005      /* the signal scale of appendix E: kappa x (0.005^2 + sigma_pix^2)^-1/2 */
+
+/* ---- redshift shells */
+typedef struct {
+    double zmax;    /* last shell edge; 0: 3.5 */
+    double dz_lo;   /* shell width below z_split; 0: 0.05 */
+    double z_split; /* 0: 1.55 */
+    double dz_hi;   /* shell width above z_split; 0: 0.1 (the last shell ends at zmax) */
+} lss_shell_opts;
+
+/* Shell edges: writes at most `cap` edges (z_0 = 0 < z_1 < ... ) to zedges and returns the number of shells
+   (edges - 1), or a negative status (LSS_ERR_ARG for bad options, LSS_ERR_RANGE when cap is too small).
+   zedges may be NULL to count. */
+LSSDEF int lss_shell_edges(const lss_shell_opts *o, double *zedges, int cap);
+
+/* ---- simulator of noise-free fields */
+enum { LSS_SMOOTH_GRID = 0,     /* smoothing on the periodic generation grid before the cut-out (no edges) */
+       LSS_SMOOTH_ZEROPAD = 1   /* per field, zeros outside it (the released DeepLSS code's form) */ };
+typedef struct {
+    int nside;            /* field pixels per side; 0: 64. Even, 8 <= nside <= 4096 */
+    double pixel_arcmin;  /* 0: 4.6875 */
+    int pad;              /* generation grid = pad * nside per side (periodic); 0: 2; 2 <= pad <= 8 */
+    lss_shell_opts shells;
+    int nell;             /* points of each shell's log-ell C_ell table; 0: 96 */
+    int no_pixwin;        /* 0 (default): grid values are point samples of the field (spectrum C_ell, GLASS's
+                             convention for matter fields) and the pixel kernel of a pixel-averaged map is added
+                             as section II B treats it, a Gaussian of variance d^2/12 in quadrature with each
+                             smoothing sigma (total sigma_R), or alone where smoothing is off; 1: no pixel kernel */
+    double r_wl, r_gc;    /* smoothing scales in comoving Mpc/h for lensing and clustering maps; 0: 4 and 8
+                             (section II B, linear bias setup); negative: no smoothing of that probe */
+    int smooth_mode;      /* LSS_SMOOTH_GRID (default) or LSS_SMOOTH_ZEROPAD */
+    int keep_empty_shells;/* 1: also draw shells whose weights are all zero (beyond the sources); 0: skip them */
+    const double *smooth_zmean; /* NULL: smoothing scales converted at the n(z) means; else [nbins] redshifts
+                                   (copied; e.g. the paper's 0.31, 0.48, 0.75, 0.94) */
+} lss_sim_opts;
+
+typedef struct lss_sim lss_sim;
+typedef struct lss_sim_work lss_sim_work;
+
+/* Builds shells, their C_ell tables, lognormal amplitudes, projection weights, smoothing kernels and FFTW
+   plans for cosmology c and n(z) bins. c and bins are only read during the call. o may be NULL (defaults).
+   *out freed with lss_sim_free. LSS_ERR_ARG for impossible sizes or options. */
+LSSDEF int lss_sim_create(const lss_cosmo *c, const lss_nz *bins, int nbins, const lss_sim_opts *o, lss_sim **out);
+/* Recomputes everything that depends on the cosmology (C_ell tables, amplitudes, weights, smoothing) for a new
+   cosmology with the same shells and sizes, without allocating. Not safe while other threads use sim. */
+LSSDEF int lss_sim_set_cosmo(lss_sim *sim, const lss_cosmo *c);
+LSSDEF void lss_sim_free(lss_sim *sim);
+/* Per-thread buffers (the caller creates one per thread; freed with lss_sim_work_free). */
+LSSDEF int lss_sim_work_create(const lss_sim *sim, lss_sim_work **out);
+LSSDEF void lss_sim_work_free(lss_sim_work *w);
+
+/* Sizes (in floats) of one noise-free field (3 nbins channels) and one observed field (2 nbins channels). */
+LSSDEF size_t lss_sim_field_size(const lss_sim *sim);
+LSSDEF size_t lss_sim_obs_size(const lss_sim *sim);
+
+/* Read-only information about a simulator. */
+typedef struct {
+    int nside, ngrid, nbins, nshell, nshell_drawn;
+    double pixel_arcmin;
+    const double *z_lo, *z_hi, *chi_lo, *chi_hi; /* [nshell] */
+    const double *w_wl, *w_ia, *w_g;             /* [nbins][nshell] projection weights (W_IA without A_IA) */
+    const double *sigma_wl_arcmin, *sigma_gc_arcmin; /* [nbins] Gaussian smoothing sigmas (0: none) */
+    const double *zmean;                         /* [nbins] n(z) means */
+    double clip_max;      /* largest fraction of Gaussian power clipped (negative P_G) over the shells */
+    int clip_worst_shell; /* its index (-1 when nothing was clipped) */
+    int ell_n;            /* the shells' C_ell table: ell_n log-spaced points */
+    const double *ell;    /* [ell_n] */
+    const double *cl;     /* [nshell][ell_n] lss_cl_shell at those points */
+} lss_sim_info;
+LSSDEF void lss_sim_get_info(const lss_sim *sim, lss_sim_info *info);
+
+/* Noise-free field `index` of `seed`: out[3*nbins][nside][nside] = kappa_i, kappa_IA_i (means removed, eq. 6),
+   delta_i (eq. 7: normalised by its field mean, so delta >= -1), smoothed as configured. */
+LSSDEF int lss_sim_field(const lss_sim *sim, lss_sim_work *w, uint64_t seed, uint64_t index, float *out);
+/* Fields first .. first+n-1 into out[n][3*nbins][nside][nside], OpenMP over fields (work buffers created once
+   per thread inside). Identical to n calls of lss_sim_field. */
+LSSDEF int lss_sim_fields(const lss_sim *sim, uint64_t seed, uint64_t first, int64_t n, float *out);
+
+/* ---- observation: IA, bias, stochasticity, galaxies and noise */
+enum { LSS_POISSON_EXACT = 0,          /* lss_rng_poisson */
+       LSS_POISSON_ANSCOMBE = 1,       /* z ~ N(2 sqrt(lam + 3/8), 1), N = round(max((z^2 - 1)/4 - 3/8, 0)):
+                                          the algebraic inverse, unbiased for a unit-variance Gaussian */
+       LSS_POISSON_ANSCOMBE_PAPER = 2  /* appendix F as printed (F1-F3); its mean is high by about 1/4 count
+                                          (5% at lam = 5, 0.5% at lam = 55) */ };
+enum { LSS_BIAS_LINEAR = 0,            /* n (1 + b delta_r), eq. 10 */
+       LSS_BIAS_NONLINEAR = 1,         /* n (1 + b delta_r + b2 delta_r^2), eq. 13 */
+       LSS_BIAS_NONLINEAR_CODE = 2     /* n (1 + b delta_r + 1/2 b2 sign(delta_r) delta_r^2): the released code */ };
+enum { LSS_SHAPE_NOISE_PAPER = 0,      /* sigma_e / sqrt(max(N, 1)), eq. 11 (a pixel without galaxies as one) */
+       LSS_SHAPE_NOISE_CODE = 1        /* sigma_e / sqrt(N + 1), the released code */ };
+typedef struct {
+    int no_noise;         /* 1: noise-free maps: kappa + A_IA^i kappa_IA and the galaxy contrast b delta_r (+ b2 term) */
+    int poisson;          /* LSS_POISSON_* (default exact) */
+    int bias;             /* LSS_BIAS_* (default linear) */
+    int shape_noise;      /* LSS_SHAPE_NOISE_* (default paper) */
+    double sigma_e;       /* 0: 0.4 */
+    double ngal_arcmin2;  /* galaxies per arcmin^2 per bin; 0: 2.5 */
+    double max_rate;      /* upper clip of the Poisson mean per pixel; 0: 1e5 */
+} lss_noise_opts;
+
+/* Per-bin amplitudes of eqs. 8-9 for the simulator's bins: a_ia[nbins], b[nbins], b2[nbins] (any may be NULL). */
+LSSDEF void lss_sim_bin_amplitudes(const lss_sim *sim, const lss_params *p, double *a_ia, double *b, double *b2);
+/* Observed maps out[2*nbins][nside][nside] (kappa_g bins 1..n, then delta_g bins 1..n) from a noise-free field
+   (lss_sim_field layout), parameters p (A_IA, eta_IA, b_g, eta_bg, r_g, b_g2, eta_bg2 used; checked against the
+   Table I priors: LSS_ERR_RANGE), options o (NULL: defaults) and the noise stream (seed, index). Galaxy counts
+   are Poisson(lam) with lam = nbar (1 + delta') clipped to [0, max_rate] and rescaled to keep the field's total
+   (appendix E); delta_g = N / nbar - 1; kappa_g = kappa + A_IA^i kappa_IA + sigma_e / sqrt(N) N(0, 1). */
+LSSDEF int lss_sim_observe(const lss_sim *sim, lss_sim_work *w, const float *field, const lss_params *p,
+                           const lss_noise_opts *o, uint64_t seed, uint64_t index, float *out);
+/* The galaxy counts of the last lss_sim_observe with noise on this work buffer ([nbins][nside][nside]). */
+LSSDEF const float *lss_sim_work_counts(const lss_sim_work *w);
+
+/* Stochasticity (eq. 12): adds (1 - r_g)^(2/3) U(-pi, pi) to the phase of every Fourier coefficient of the
+   n x n map (in place), keeping Hermitian symmetry (self-conjugate modes unchanged); stream (seed, index, bin). */
+LSSDEF int lss_sim_stochastic(const lss_sim *sim, lss_sim_work *w, float *map, double r_g, uint64_t seed,
+                              uint64_t index, int bin);
+/* Expected correlation of a mode with its decorrelated copy, sin(a pi)/(a pi) with a = (1 - r_g)^(2/3). */
+LSSDEF double lss_stochastic_corr(double r_g);
+
+/* One approximate Poisson draw by the inverse Anscombe route (mode LSS_POISSON_ANSCOMBE or _PAPER). */
+LSSDEF double lss_poisson_anscombe(lss_rng *r, double lam, int mode);
+/* Rescales a rate map so that it is >= 0 and <= max_rate while its total is kept (appendix E). Returns the
+   number of clipped pixels. */
+LSSDEF int64_t lss_clip_rates(float *lam, int64_t n, double max_rate);
+
+/* Appendix E scaling before networks: kappa_g x (0.005^2 + sigma_pix^2)^-1/2 (18.45 for DeepLSS), delta_g
+   unchanged (already N/nbar - 1), non-finite values set to 0. maps[2*nbins][npix]. */
+LSSDEF double lss_kappa_net_scale(double sigma_e, double ngal_arcmin2, double pixel_arcmin);
+LSSDEF void lss_scale_for_network(float *maps, int nbins, int64_t npix, double kappa_scale);
+
+/* Gaussian smoothing sigmas (arcmin) of section II B for scale R (Mpc/h) at the redshifts zmean[nbins],
+   with the pixel kernel taken out: sigma = sqrt(sigma_R^2 - d^2/12), sigma_R = R h (1+z) / (2 sqrt 2 chi(z))
+   (radians, chi in Mpc/h); this reproduces the paper's 4.8, 3.5, 2.8, 2.5 (R = 4) and 9.8, 7.4, 6.0, 5.6
+   (R = 8) arcmin at the paper's bin means 0.31, 0.48, 0.75, 0.94 (the built-in n(z) table, read off a figure,
+   has means 0.299, 0.478, 0.751, 0.940 and gives 4.9, 3.5, 2.8, 2.5 and 10.1, 7.5, 6.0, 5.6; lss_sim_opts.
+   smooth_zmean selects the redshifts). out[nbins]; 0 where sigma_R <= d/sqrt(12) or R <= 0. */
+LSSDEF void lss_smoothing_sigmas(const lss_cosmo *c, const double *zmean, int nbins, double r_mpch,
+                                 double pixel_arcmin, double *out);
+/* Smooths an h x w map in place with a sampled Gaussian of sigma_px pixels (kernel half-width int(5 sigma),
+   normalised to 1), zeros outside the map (the released code's form). tmp holds h*w floats. */
+LSSDEF void lss_smooth_zeropad(float *map, int h, int w, double sigma_px, float *tmp);
+
+/* ---- surveys: mosaics */
+/* out[nchan][grid*n][grid*n] from grid*grid fields fields[k] ([nchan][n][n] each): field k goes to a random
+   slot (a permutation from stream (seed, index)) with random up-down and left-right flips. */
+LSSDEF int lss_mosaic(const float *const *fields, int grid, int nchan, int n, uint64_t seed, uint64_t index,
+                      float *out);
+
+/* ---- power spectra */
+/* Bin edges: nbins + 1 log-spaced edges from lmin to lmax; when dl_min > 0 every bin is at least dl_min wide
+   (linear steps of dl_min at low ell, log steps above, ending exactly at lmax), as DeepLSS describes. */
+LSSDEF int lss_ps_edges(double lmin, double lmax, int nbins, double dl_min, double *edges);
+
+typedef struct lss_ps lss_ps;
+enum { LSS_PS_REAL = 0, /* cross spectra Re(X_i X_j*) */ LSS_PS_ABS = 1 /* |X_i X_j*| (the released code) */ };
+/* Power-spectrum estimator for ny x nx maps of pixel_arcmin pixels and nchan channels. Flat-sky normalisation:
+   C_ell estimate of a mode = X_i X_j* * Omega_pix / N_pix (X the unnormalised DFT, Omega_pix in sr), at
+   ell = 2 pi |k| with k in cycles per radian; a bin averages over every mode of the full plane whose ell lies in
+   [edge_b, edge_b+1). Bins without modes give NaN. edges are copied. Free with lss_ps_free. */
+LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const double *edges, int nbins,
+                         lss_ps **out);
+LSSDEF void lss_ps_free(lss_ps *ps);
+LSSDEF int lss_ps_nbins(const lss_ps *ps);
+LSSDEF int lss_ps_npairs(const lss_ps *ps, int cross); /* nchan (autos) or nchan (nchan+1)/2 */
+/* Pair p -> channels (i, j), i <= j: (0,0), (0,1), ..., (0,n-1), (1,1), ... when cross; (p, p) otherwise. */
+LSSDEF void lss_ps_pair(const lss_ps *ps, int cross, int p, int *i, int *j);
+LSSDEF const double *lss_ps_ell(const lss_ps *ps);     /* [nbins] mean ell of each bin's modes */
+LSSDEF const int64_t *lss_ps_nmodes(const lss_ps *ps); /* [nbins] modes per bin */
+/* Spectra of maps[nchan][ny][nx] into out[npairs][nbins]. Not thread-safe on one ps (uses its buffers);
+   use one ps per thread. mode LSS_PS_REAL or LSS_PS_ABS. */
+LSSDEF int lss_ps_compute(lss_ps *ps, const float *maps, int cross, int mode, double *out);
+/* Bins a per-mode power given on the half-complex grid p2d[ny][nx/2+1] (already in C_ell units) into out[nbins]
+   with the same modes and weights as lss_ps_compute. */
+LSSDEF void lss_ps_bin2d(const lss_ps *ps, const double *p2d, double *out);
+
+/* Exact expected spectra of noise-free observed fields (lss_sim_observe with no_noise, linear bias) for
+   parameters p, binned by ps (which must match the field size): out[npairs][nbins] for the 2*nbins channels,
+   pairs as lss_ps_pair(ps, 1, ...). Includes the shell sum, the lognormal grid spectra after clipping, the
+   periodic padded grid, the cut-out (finite patch), smoothing and pixel kernel, stochasticity
+   (kappa x delta pairs scaled by lss_stochastic_corr mode by mode) and the binning over the same modes; the only
+   approximation is the second-order effect of eq. 7 (division by the field mean).
+   With limber != NULL the grid spectra are instead the continuous Limber spectra lss_cl_tomo of that cosmology
+   (IA and bias from its parameters, r_g from p; no lognormal clipping): everything else the same, so the
+   difference from the shell version is the shell discretisation of the Limber integral (up to ~6% for the
+   default dz = 0.05 shells at low redshift, < 0.3% with dz = 0.01). */
+LSSDEF int lss_sim_expected_ps(const lss_sim *sim, const lss_params *p, const lss_cosmo *limber, const lss_ps *ps,
+                               double *out);
+
+/* ---- parameters from the Table I priors */
+/* Sobol point `index` (Joe-Kuo direction numbers, dims <= 9, Gray-code order, point 0 = origin) with a random
+   digital shift from `seed` (seed 0: no shift): u[dim] in [0, 1). */
+LSSDEF int lss_sobol(uint64_t index, int dim, uint64_t seed, double *u);
+/* Maps u[ndim] in [0,1) to the Table I prior box: Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g (7 dims),
+   then b_g2, eta_bg2 (9 dims, non-linear bias). Other fields of p (Omega_b, h, n_s, ...) are left as they are. */
+LSSDEF int lss_params_from_unit(const double *u, int ndim, lss_params *p);
 /* ==== END MAPS DECLARATIONS ==== */
 
 #ifdef __cplusplus
@@ -40,9 +418,2388 @@ extern "C" {
 #include <string.h>
 
 /* ==== THEORY IMPLEMENTATION ==== */
+#include <stdio.h>
+#include <stdlib.h>
+
+/* ---- constants, quadrature and interpolation helpers ---- */
+#define LSS__BG_N 4096          /* background nodes, uniform in x = ln(1+z) */
+#define LSS__BG_ZMAX 1200.0     /* background table covers 0 <= z <= 1200 */
+#define LSS__PK_NK 1024         /* P(k) table nodes, uniform in ln k */
+#define LSS__PK_KMIN 1e-5       /* h/Mpc */
+#define LSS__PK_KMAX 1e4        /* h/Mpc */
+#define LSS__PK_NZ 128          /* P(k, z) table nodes, uniform in x = ln(1+z) */
+#define LSS__PK_ZMAX 20.0
+#define LSS__SIG_N 1201         /* Simpson nodes in ln k for the Gaussian-filtered sigma(R) of Halofit */
+#define LSS__SIG_LNKMIN (-13.815510557964274) /* ln 1e-6 */
+#define LSS__SIG_LNKMAX (11.512925464970229)  /* ln 1e5 */
+#define LSS__HF_RMIN 1e-4       /* smallest non-linear scale searched (Mpc/h); below it: no non-linear scale */
+#define LSS__E 2.718281828459045
+#define LSS__PI 3.14159265358979323846
+
+static const double lss__gl4x[4] = {-0.8611363115940526, -0.3399810435848563, 0.3399810435848563, 0.8611363115940526};
+static const double lss__gl4w[4] = {0.3478548451374538, 0.6521451548625461, 0.6521451548625461, 0.3478548451374538};
+static const double lss__gl8x[8] = {-0.9602898564975363, -0.7966664774136267, -0.5255324099163290, -0.1834346424956498,
+                                    0.1834346424956498,  0.5255324099163290,  0.7966664774136267,  0.9602898564975363};
+static const double lss__gl8w[8] = {0.1012285362903763, 0.2223810344533745, 0.3137066458778873, 0.3626837833783620,
+                                    0.3626837833783620, 0.3137066458778873, 0.2223810344533745, 0.1012285362903763};
+
+typedef struct {             /* Eisenstein & Hu (1998) fit, all k in h/Mpc */
+    double fb, omhh, theta, keq, rs, ksilk, alpha_c, beta_c, alpha_b, beta_b, beta_node;
+    double alpha_gamma, s_nw, omh; /* no-wiggle form (eqs. 26, 28-31) */
+    int nowiggle;
+} lss__eh;
+
+typedef struct { double lnks, neff, curv; int ok; } lss__hfpar; /* Halofit scale, n_eff, C at one z */
+
+struct lss_cosmo {
+    lss_params p;
+    double om, ol, c1rc;
+    double bg_dx, *bg_chi, *bg_d; /* chi(z) and unnormalised D(z) at x_i = i bg_dx */
+    double d0;                    /* unnormalised D at z = 0 */
+    lss__eh eh;
+    double amp;                   /* P_lin(k, 0) = amp k^n_s T(k)^2 */
+    double sigma8_tab;            /* sigma_8 of the tabulated P_lin */
+    double lnkmin, dlnk, *lnp0;   /* ln P_lin(k, 0) at ln k_j = lnkmin + j dlnk */
+    double pz_dx;                 /* P(k, z) z nodes: x_i = i pz_dx */
+    double *lnpnl;                /* ln P_NL [iz * LSS__PK_NK + ik] */
+    lss__hfpar *hf;               /* Halofit parameters per z node */
+    double *sig_k3p;              /* Simpson weight * Delta^2_lin(k, 0) on the sigma(R) grid */
+    double *sig_k2;               /* k^2 on the sigma(R) grid */
+};
+
+/* cubic Lagrange weights on a uniform grid; returns the first of 4 nodes */
+static int lss__lag4(double t, int n, double w[4]) {
+    int i = (int)floor(t) - 1;
+    double u;
+    if (i < 0) i = 0;
+    if (i > n - 4) i = n - 4;
+    u = t - i;
+    w[0] = -(u - 1) * (u - 2) * (u - 3) / 6.0;
+    w[1] = u * (u - 2) * (u - 3) / 2.0;
+    w[2] = -u * (u - 1) * (u - 3) / 2.0;
+    w[3] = u * (u - 1) * (u - 2) / 6.0;
+    return i;
+}
+
+static double lss__ez(double om, double ol, double z) {
+    double a1 = 1 + z;
+    return sqrt(om * a1 * a1 * a1 + ol);
+}
+
+/* ---- parameters ---- */
+LSSDEF void lss_params_fiducial(lss_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->omega_m = 0.29; p->sigma_8 = 0.71; p->omega_b = 0.0493; p->h = 0.6736; p->n_s = 0.9649;
+    p->a_ia = 0.5; p->eta_ia = 1.6; p->b_g = 1.5; p->eta_bg = 0.5; p->r_g = 0.7; p->b_g2 = 0.5; p->eta_bg2 = 0.0;
+    p->c1_rho_crit = LSS_C1RHOCRIT_NLA;
+    p->transfer = LSS_TRANSFER_EH;
+    p->linear = 0;
+    p->t_cmb = LSS_T_CMB;
+}
+
+static int lss__range(const char *name, double v, double lo, double hi, const char *what) {
+    if (!(v >= lo && v <= hi))
+        return lss_seterr(LSS_ERR_RANGE, "%s = %g is outside its %s [%g, %g]", name, v, what, lo, hi);
+    return LSS_OK;
+}
+
+LSSDEF int lss_params_check_physical(const lss_params *p) {
+    int s;
+    if (!p) return lss_seterr(LSS_ERR_ARG, "lss_params: NULL");
+    if (!(p->omega_m > 0 && p->omega_m <= 1))
+        return lss_seterr(LSS_ERR_RANGE, "omega_m = %g must lie in (0, 1] (flat LCDM)", p->omega_m);
+    if (!(p->sigma_8 > 0 && p->sigma_8 <= 10)) return lss_seterr(LSS_ERR_RANGE, "sigma_8 = %g must lie in (0, 10]", p->sigma_8);
+    if (!(p->omega_b > 0 && p->omega_b < p->omega_m))
+        return lss_seterr(LSS_ERR_RANGE, "omega_b = %g must lie in (0, omega_m = %g)", p->omega_b, p->omega_m);
+    if ((s = lss__range("h", p->h, 0.2, 1.5, "allowed range")) != LSS_OK) return s;
+    if ((s = lss__range("n_s", p->n_s, 0.5, 1.5, "allowed range")) != LSS_OK) return s;
+    if (!(p->c1_rho_crit >= 0 && p->c1_rho_crit < 1))
+        return lss_seterr(LSS_ERR_RANGE, "c1_rho_crit = %g must lie in [0, 1) (0 means %g)", p->c1_rho_crit, LSS_C1RHOCRIT_NLA);
+    if (!(p->t_cmb == 0 || (p->t_cmb >= 1 && p->t_cmb <= 5)))
+        return lss_seterr(LSS_ERR_RANGE, "t_cmb = %g K must be 0 (default %g) or lie in [1, 5]", p->t_cmb, LSS_T_CMB);
+    if (p->transfer != LSS_TRANSFER_EH && p->transfer != LSS_TRANSFER_EH_NOWIGGLE)
+        return lss_seterr(LSS_ERR_RANGE, "transfer = %d is not LSS_TRANSFER_EH (0) or LSS_TRANSFER_EH_NOWIGGLE (1)", p->transfer);
+    if (!isfinite(p->a_ia) || !isfinite(p->eta_ia) || !isfinite(p->b_g) || !isfinite(p->eta_bg) || !isfinite(p->r_g) ||
+        !isfinite(p->b_g2) || !isfinite(p->eta_bg2))
+        return lss_seterr(LSS_ERR_RANGE, "a nuisance parameter (a_ia, eta_ia, b_g, eta_bg, r_g, b_g2, eta_bg2) is not finite");
+    return LSS_OK;
+}
+
+LSSDEF int lss_params_check(const lss_params *p) {
+    int s;
+    if (!p) return lss_seterr(LSS_ERR_ARG, "lss_params: NULL");
+    /* Table I of DeepLSS (Kacprzak & Fluri 2022): flat priors */
+    if ((s = lss__range("omega_m", p->omega_m, 0.15, 0.45, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("sigma_8", p->sigma_8, 0.5, 1.2, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("a_ia", p->a_ia, -6, 6, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("b_g", p->b_g, 0.5, 2.5, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("r_g", p->r_g, 0.4, 1, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("eta_ia", p->eta_ia, -4, 6, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("eta_bg", p->eta_bg, -3, 3, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("b_g2", p->b_g2, -3, 1, "prior")) != LSS_OK) return s;
+    if ((s = lss__range("eta_bg2", p->eta_bg2, -2, 2, "prior")) != LSS_OK) return s;
+    return lss_params_check_physical(p);
+}
+
+/* ---- Eisenstein & Hu (1998) transfer function ---- */
+static void lss__eh_init(lss__eh *e, const lss_params *p) {
+    double h = p->h, omhh = p->omega_m * h * h, obhh = p->omega_b * h * h, th = (p->t_cmb > 0 ? p->t_cmb : LSS_T_CMB) / 2.7;
+    double th4 = th * th * th * th, zeq, zd, b1, b2, req, rd, a1, a2, bb1, bb2, y, sy, gy, fb = obhh / omhh;
+    e->fb = fb; e->omhh = omhh; e->theta = th; e->omh = p->omega_m * h;
+    e->nowiggle = p->transfer == LSS_TRANSFER_EH_NOWIGGLE;
+    zeq = 2.50e4 * omhh / th4;                                  /* eq. 2 */
+    e->keq = 0.0746 * omhh / (th * th) / h;                     /* eq. 3, in h/Mpc */
+    b1 = 0.313 * pow(omhh, -0.419) * (1 + 0.607 * pow(omhh, 0.674));
+    b2 = 0.238 * pow(omhh, 0.223);
+    zd = 1291 * pow(omhh, 0.251) / (1 + 0.659 * pow(omhh, 0.828)) * (1 + b1 * pow(obhh, b2)); /* eq. 4 */
+    rd = 31.5 * obhh / th4 * (1000 / (1 + zd));                 /* eq. 5 */
+    req = 31.5 * obhh / th4 * (1000 / zeq);
+    e->rs = 2.0 / (3.0 * e->keq) * sqrt(6.0 / req) * log((sqrt(1 + rd) + sqrt(rd + req)) / (1 + sqrt(req))); /* eq. 6, Mpc/h */
+    e->ksilk = 1.6 * pow(obhh, 0.52) * pow(omhh, 0.73) * (1 + pow(10.4 * omhh, -0.95)) / h; /* eq. 7 */
+    a1 = pow(46.9 * omhh, 0.670) * (1 + pow(32.1 * omhh, -0.532));
+    a2 = pow(12.0 * omhh, 0.424) * (1 + pow(45.0 * omhh, -0.582));
+    e->alpha_c = pow(a1, -fb) * pow(a2, -fb * fb * fb);         /* eq. 11 */
+    bb1 = 0.944 / (1 + pow(458 * omhh, -0.708));
+    bb2 = pow(0.395 * omhh, -0.0266);
+    e->beta_c = 1.0 / (1 + bb1 * (pow(1 - fb, bb2) - 1));      /* eq. 12 */
+    y = zeq / (1 + zd);
+    sy = sqrt(1 + y);
+    gy = y * (-6 * sy + (2 + 3 * y) * log((sy + 1) / (sy - 1))); /* eq. 15 */
+    e->alpha_b = 2.07 * e->keq * e->rs * pow(1 + rd, -0.75) * gy; /* eq. 14 */
+    e->beta_b = 0.5 + fb + (3 - 2 * fb) * sqrt(pow(17.2 * omhh, 2) + 1); /* eq. 24 */
+    e->beta_node = 8.41 * pow(omhh, 0.435);                     /* eq. 23 */
+    e->alpha_gamma = 1 - 0.328 * log(431 * omhh) * fb + 0.38 * log(22.3 * omhh) * fb * fb; /* eq. 31 */
+    e->s_nw = 44.5 * log(9.83 / omhh) / sqrt(1 + 10 * pow(obhh, 0.75)) * h; /* eq. 26, Mpc/h */
+}
+
+static double lss__t0(double q, double a, double b) { /* eq. 19 */
+    double l = log(LSS__E + 1.8 * b * q), c = 14.2 / a + 386.0 / (1 + 69.9 * pow(q, 1.08));
+    return l / (l + c * q * q);
+}
+
+static double lss__eh_t(const lss__eh *e, double k) { /* k in h/Mpc */
+    double q, x, f, tc, tb, st, xt, j0;
+    if (k <= 0) return 1;
+    if (e->nowiggle) {
+        double ge = e->omh * (e->alpha_gamma + (1 - e->alpha_gamma) / (1 + pow(0.43 * k * e->s_nw, 4))); /* eq. 30 */
+        double qq = k * e->theta * e->theta / ge, l0 = log(2 * LSS__E + 1.8 * qq), c0 = 14.2 + 731.0 / (1 + 62.5 * qq);
+        return l0 / (l0 + c0 * qq * qq);                        /* eqs. 28-29 */
+    }
+    q = k / (13.41 * e->keq);                                   /* eq. 10 */
+    x = k * e->rs;
+    f = 1.0 / (1 + pow(x / 5.4, 4));                            /* eq. 18 */
+    tc = f * lss__t0(q, 1, e->beta_c) + (1 - f) * lss__t0(q, e->alpha_c, e->beta_c); /* eq. 17 */
+    st = e->rs / cbrt(1 + pow(e->beta_node / x, 3));            /* eq. 22 */
+    xt = k * st;
+    j0 = xt * xt < 1e-8 ? 1 - xt * xt / 6 : sin(xt) / xt;
+    tb = (lss__t0(q, 1, 1) / (1 + (x / 5.2) * (x / 5.2)) +
+          e->alpha_b / (1 + pow(e->beta_b / x, 3)) * exp(-pow(k / e->ksilk, 1.4))) * j0; /* eq. 21 */
+    return e->fb * tb + (1 - e->fb) * tc;                       /* eq. 16 */
+}
+
+/* ---- background ---- */
+/* integrand of the growth integral in x = ln(1+z): a^(5/2) (Om + OL a^3)^(-3/2), with a = e^-x */
+static double lss__gint(double om, double ol, double x) {
+    double a = exp(-x), u = om + ol * a * a * a;
+    return a * a * sqrt(a) / (u * sqrt(u));
+}
+/* int_0^a da'/(a' E)^3 for a tiny (matter dominated) by its series: a^(5/2) Om^(-3/2) sum_n c_n (OL a^3/Om)^n */
+static double lss__gint_series(double om, double ol, double a) {
+    double u = ol * a * a * a / om;
+    return pow(a, 2.5) * pow(om, -1.5) * (0.4 - 1.5 * u * 2.0 / 11.0 + 1.875 * u * u * 2.0 / 17.0 - 2.1875 * u * u * u * 2.0 / 23.0);
+}
+/* chi / (c/H0) between x0 and x1 by 8-point Gauss-Legendre on panels of at most 0.01 in x */
+static double lss__chi_int(double om, double ol, double x0, double x1) {
+    int np = (int)ceil(fabs(x1 - x0) / 0.01), i, j;
+    double h, s = 0;
+    if (np < 1) np = 1;
+    h = (x1 - x0) / np;
+    for (i = 0; i < np; i++) {
+        double m = x0 + (i + 0.5) * h;
+        for (j = 0; j < 8; j++) {
+            double x = m + 0.5 * h * lss__gl8x[j], z1 = exp(x);
+            s += lss__gl8w[j] * z1 / lss__ez(om, ol, z1 - 1);
+        }
+    }
+    return s * 0.5 * h;
+}
+static double lss__gint_int(double om, double ol, double x0, double x1) {
+    int np = (int)ceil(fabs(x1 - x0) / 0.01), i, j;
+    double h, s = 0;
+    if (np < 1) np = 1;
+    h = (x1 - x0) / np;
+    for (i = 0; i < np; i++) {
+        double m = x0 + (i + 0.5) * h;
+        for (j = 0; j < 8; j++) s += lss__gl8w[j] * lss__gint(om, ol, m + 0.5 * h * lss__gl8x[j]);
+    }
+    return s * 0.5 * h;
+}
+
+LSSDEF double lss_cosmo_ez(const lss_cosmo *c, double z) {
+    if (!c || !(z > -1)) return NAN;
+    return lss__ez(c->om, c->ol, z);
+}
+
+LSSDEF double lss_cosmo_chi(const lss_cosmo *c, double z) {
+    double x, w[4], s = 0;
+    int i, j;
+    if (!c || !(z > -1)) return NAN;
+    x = log1p(z);
+    if (x < 0 || x > LSS__BG_N * c->bg_dx - c->bg_dx) {
+        if (x < 0) return -LSS_C_OVER_H0 * lss__chi_int(c->om, c->ol, x, 0);
+        if (!isfinite(x)) return NAN;
+        return c->bg_chi[LSS__BG_N - 1] + LSS_C_OVER_H0 * lss__chi_int(c->om, c->ol, (LSS__BG_N - 1) * c->bg_dx, x);
+    }
+    i = lss__lag4(x / c->bg_dx, LSS__BG_N, w);
+    for (j = 0; j < 4; j++) s += w[j] * c->bg_chi[i + j];
+    return s;
+}
+
+LSSDEF double lss_cosmo_da(const lss_cosmo *c, double z) {
+    return lss_cosmo_chi(c, z) / (1 + z);
+}
+
+/* unnormalised D(z) = 5/2 Om E(z) int_0^a da/(aE)^3 (exact for flat LCDM without radiation) */
+static double lss__growth_raw(const lss_cosmo *c, double z) {
+    double x, w[4], s = 0;
+    int i, j;
+    x = log1p(z);
+    if (x >= 0 && x <= (LSS__BG_N - 1) * c->bg_dx) {
+        i = lss__lag4(x / c->bg_dx, LSS__BG_N, w);
+        for (j = 0; j < 4; j++) s += w[j] * c->bg_d[i + j];
+        return s;
+    }
+    if (x > 0) /* beyond the table: matter dominated, the series is exact to double precision there */
+        return 2.5 * c->om * lss__ez(c->om, c->ol, z) * lss__gint_series(c->om, c->ol, exp(-x));
+    /* z < 0 (the future): extend the integral from a = 1 */
+    s = c->bg_d[0] / (2.5 * c->om * lss__ez(c->om, c->ol, 0)) + lss__gint_int(c->om, c->ol, x, 0);
+    return 2.5 * c->om * lss__ez(c->om, c->ol, z) * s;
+}
+
+LSSDEF double lss_cosmo_growth(const lss_cosmo *c, double z) {
+    if (!c || !(z > -1) || !isfinite(z)) return NAN;
+    return lss__growth_raw(c, z) / c->d0;
+}
+
+LSSDEF double lss_cosmo_z_of_chi(const lss_cosmo *c, double chi) {
+    int lo = 0, hi = LSS__BG_N - 1, it;
+    double z;
+    if (!c || !(chi >= 0) || !isfinite(chi)) return NAN;
+    if (chi == 0) return 0;
+    if (chi > c->bg_chi[LSS__BG_N - 1]) { /* beyond z = 1200: bisection on the direct integral */
+        double zlo = LSS__BG_ZMAX, zhi = 2 * LSS__BG_ZMAX + 1;
+        double chimax = c->bg_chi[LSS__BG_N - 1] + LSS_C_OVER_H0 * lss__chi_int(c->om, c->ol, (LSS__BG_N - 1) * c->bg_dx, 60.0);
+        if (chi >= chimax) return INFINITY; /* beyond the particle horizon (to double precision) */
+        while (lss_cosmo_chi(c, zhi) < chi) zlo = zhi, zhi = 2 * zhi + 1;
+        for (it = 0; it < 200 && zhi - zlo > 1e-12 * zhi; it++) {
+            double zm = 0.5 * (zlo + zhi);
+            if (lss_cosmo_chi(c, zm) < chi) zlo = zm; else zhi = zm;
+        }
+        return 0.5 * (zlo + zhi);
+    }
+    while (hi - lo > 1) {
+        int m = (lo + hi) / 2;
+        if (c->bg_chi[m] < chi) lo = m; else hi = m;
+    }
+    /* Newton on the interpolated chi(z), started by linear interpolation between the nodes */
+    {
+        double x0 = lo * c->bg_dx, x1 = hi * c->bg_dx, t = (chi - c->bg_chi[lo]) / (c->bg_chi[hi] - c->bg_chi[lo]);
+        z = expm1(x0 + t * (x1 - x0));
+    }
+    for (it = 0; it < 30; it++) {
+        double f = lss_cosmo_chi(c, z) - chi, d = LSS_C_OVER_H0 / lss__ez(c->om, c->ol, z), dz = f / d;
+        z -= dz;
+        if (z < 0) z = 0;
+        if (fabs(dz) <= 1e-14 * (1 + z)) break;
+    }
+    return z;
+}
+
+LSSDEF double lss_cosmo_nla_f(const lss_cosmo *c, double z) {
+    if (!c) return NAN;
+    return -c->c1rc * c->om / lss_cosmo_growth(c, z);
+}
+
+LSSDEF const lss_params *lss_cosmo_params(const lss_cosmo *c) { return c ? &c->p : NULL; }
+LSSDEF double lss_cosmo_sigma8(const lss_cosmo *c) { return c ? c->sigma8_tab : NAN; }
+LSSDEF double lss_cosmo_zmax(const lss_cosmo *c) { return c ? LSS__PK_ZMAX : NAN; }
+
+/* ---- linear and non-linear power ---- */
+static double lss__pk0_direct(const lss_cosmo *c, double k) { /* P_lin(k, z = 0) */
+    double t;
+    if (!(k > 0)) return 0;
+    t = lss__eh_t(&c->eh, k);
+    return c->amp * pow(k, c->p.n_s) * t * t;
+}
+
+/* sigma^2(R) of the z = 0 linear spectrum with a Gaussian filter, and its first two ln R derivatives */
+static void lss__sig_gauss(const lss_cosmo *c, double r, double *s0, double *s1, double *s2) {
+    int j;
+    double a = 0, b = 0, d = 0, r2 = r * r;
+    for (j = 0; j < LSS__SIG_N; j++) {
+        double y = c->sig_k2[j] * r2, e;
+        if (y > 120) break; /* exp(-120) ~ 1e-52: nothing left */
+        e = c->sig_k3p[j] * exp(-y);
+        a += e;
+        b += e * (-2 * y);
+        d += e * (4 * y * y - 4 * y);
+    }
+    *s0 = a; *s1 = b; *s2 = d;
+}
+
+/* Halofit parameters at growth D (relative to z = 0): the scale where D^2 sigma^2(R) = 1, n_eff and C
+   (Takahashi et al. 2012, eqs. A4-A5). ok = 0 when sigma < 1 on all scales searched (no non-linear scale). */
+static lss__hfpar lss__hf_params(const lss_cosmo *c, double dgrow, double rstart) {
+    lss__hfpar hp;
+    double s0, s1, s2, lnr, d2 = dgrow * dgrow;
+    int it;
+    memset(&hp, 0, sizeof hp);
+    lss__sig_gauss(c, LSS__HF_RMIN, &s0, &s1, &s2);
+    if (!(d2 * s0 > 1)) return hp; /* ok = 0 */
+    lnr = log(rstart > LSS__HF_RMIN ? rstart : 1.0);
+    /* Newton on ln(D^2 sigma^2) = 0 in ln R; ln sigma^2 is decreasing and convex enough for safeguarded steps */
+    {
+        double lo = log(LSS__HF_RMIN), hi = log(1e3);
+        lss__sig_gauss(c, 1e3, &s0, &s1, &s2);
+        if (d2 * s0 > 1) return hp; /* non-linear on all scales: outside any sensible cosmology */
+        for (it = 0; it < 100; it++) {
+            double f, df, step;
+            lss__sig_gauss(c, exp(lnr), &s0, &s1, &s2);
+            f = log(d2 * s0);
+            if (f > 0) lo = lnr; else hi = lnr;
+            df = s1 / s0;
+            step = df < 0 ? -f / df : 0;
+            if (!(df < 0) || lnr + step <= lo || lnr + step >= hi) step = 0.5 * (lo + hi) - lnr;
+            lnr += step;
+            if (fabs(step) < 1e-12 || hi - lo < 1e-12) break;
+        }
+    }
+    lss__sig_gauss(c, exp(lnr), &s0, &s1, &s2);
+    hp.lnks = -lnr;
+    hp.neff = -3 - s1 / s0;
+    hp.curv = -(s2 / s0 - (s1 / s0) * (s1 / s0));
+    hp.ok = 1;
+    return hp;
+}
+
+/* Takahashi et al. (2012) Halofit for flat LCDM (w = -1), eqs. A1-A13: the coefficients depend on z only */
+typedef struct { double an, bn, cn, gn, al, be, nu, f1, f2, f3, iks; int ok; } lss__hfco;
+
+static void lss__hf_coef(const lss__hfpar *hp, double omz, lss__hfco *co) {
+    double n = hp->neff, n2 = n * n, n3 = n2 * n, n4 = n3 * n, C = hp->curv;
+    co->ok = hp->ok;
+    if (!hp->ok) return;
+    co->an = pow(10.0, 1.5222 + 2.8553 * n + 2.3706 * n2 + 0.9903 * n3 + 0.2250 * n4 - 0.6038 * C);
+    co->bn = pow(10.0, -0.5642 + 0.5864 * n + 0.5716 * n2 - 1.5474 * C);
+    co->cn = pow(10.0, 0.3698 + 2.0404 * n + 0.8161 * n2 + 0.5869 * C);
+    co->gn = 0.1971 - 0.0843 * n + 0.8460 * C;
+    co->al = fabs(6.0835 + 1.3373 * n - 0.1959 * n2 - 5.5274 * C);
+    co->be = 2.0379 - 0.7354 * n + 0.3157 * n2 + 1.2490 * n3 + 0.3980 * n4 - 0.1682 * C;
+    co->nu = pow(10.0, 5.2105 + 3.6902 * n);
+    co->f1 = pow(omz, -0.0307); co->f2 = pow(omz, -0.0585); co->f3 = pow(omz, 0.0743); /* flat: the Lambda branch */
+    co->iks = exp(-hp->lnks);
+}
+
+static double lss__halofit_co(double k, double plin, const lss__hfco *co) {
+    double y, fy, dl, dq, dh, norm = k * k * k / (2 * LSS__PI * LSS__PI);
+    if (!co->ok || !(plin > 0)) return plin;
+    y = k * co->iks;
+    fy = y / 4 + y * y / 8;
+    dl = plin * norm;
+    dq = dl * pow(1 + dl, co->be) / (1 + co->al * dl) * exp(-fy);
+    dh = co->an * pow(y, 3 * co->f1) / (1 + co->bn * pow(y, co->f2) + pow(co->cn * co->f3 * y, 3 - co->gn));
+    dh /= 1 + co->nu / (y * y);
+    return (dq + dh) / norm;
+}
+
+static double lss__halofit(double k, double plin, const lss__hfpar *hp, double omz) {
+    lss__hfco co;
+    lss__hf_coef(hp, omz, &co);
+    return lss__halofit_co(k, plin, &co);
+}
+
+static double lss__omz(const lss_cosmo *c, double z) {
+    double a1 = 1 + z, m = c->om * a1 * a1 * a1;
+    return m / (m + c->ol);
+}
+
+/* Halofit parameters at any z: interpolated from the z nodes when inside the table, else computed */
+static lss__hfpar lss__hf_at(const lss_cosmo *c, double z) {
+    double x = log1p(z), w[4];
+    lss__hfpar hp;
+    int i, j;
+    if (x >= 0 && x <= (LSS__PK_NZ - 1) * c->pz_dx) {
+        i = lss__lag4(x / c->pz_dx, LSS__PK_NZ, w);
+        memset(&hp, 0, sizeof hp);
+        for (j = 0; j < 4; j++) {
+            if (!c->hf[i + j].ok) { hp.ok = 0; return hp; }
+            hp.lnks += w[j] * c->hf[i + j].lnks;
+            hp.neff += w[j] * c->hf[i + j].neff;
+            hp.curv += w[j] * c->hf[i + j].curv;
+        }
+        hp.ok = 1;
+        return hp;
+    }
+    /* beyond the last z node D+ is smaller still: no non-linear scale there if there is none at the last node */
+    if (x > 0 && !c->hf[LSS__PK_NZ - 1].ok) {
+        memset(&hp, 0, sizeof hp);
+        return hp;
+    }
+    return lss__hf_params(c, lss__growth_raw(c, z) / c->d0, 1.0);
+}
+
+LSSDEF double lss_cosmo_pk_lin(const lss_cosmo *c, double k, double z) {
+    double lk, t, w[4], s = 0, d;
+    int i, j;
+    if (!c || !(k >= 0) || !(z > -1) || !isfinite(k) || !isfinite(z)) return NAN;
+    if (k == 0) return 0;
+    d = lss__growth_raw(c, z) / c->d0;
+    lk = log(k);
+    t = (lk - c->lnkmin) / c->dlnk;
+    if (t < 0 || t > LSS__PK_NK - 1) return lss__pk0_direct(c, k) * d * d;
+    i = lss__lag4(t, LSS__PK_NK, w);
+    for (j = 0; j < 4; j++) s += w[j] * c->lnp0[i + j];
+    return exp(s) * d * d;
+}
+
+LSSDEF double lss_cosmo_pk_nl(const lss_cosmo *c, double k, double z) {
+    double lk, t, x, wk[4], wz[4], s = 0;
+    int i, j, iz, jz;
+    if (!c || !(k >= 0) || !(z > -1) || !isfinite(k) || !isfinite(z)) return NAN;
+    if (c->p.linear || k == 0) return lss_cosmo_pk_lin(c, k, z);
+    lk = log(k);
+    t = (lk - c->lnkmin) / c->dlnk;
+    x = log1p(z);
+    if (t < 0 || t > LSS__PK_NK - 1 || x < 0 || x > (LSS__PK_NZ - 1) * c->pz_dx) {
+        lss__hfpar hp = lss__hf_at(c, z);
+        return lss__halofit(k, lss_cosmo_pk_lin(c, k, z), &hp, lss__omz(c, z));
+    }
+    i = lss__lag4(t, LSS__PK_NK, wk);
+    iz = lss__lag4(x / c->pz_dx, LSS__PK_NZ, wz);
+    for (jz = 0; jz < 4; jz++) {
+        const double *row = c->lnpnl + (size_t)(iz + jz) * LSS__PK_NK + i;
+        double r = 0;
+        for (j = 0; j < 4; j++) r += wk[j] * row[j];
+        s += wz[jz] * r;
+    }
+    return exp(s);
+}
+
+LSSDEF void lss_cosmo_free(lss_cosmo *c) {
+    if (!c) return;
+    LSS_FREE(c->bg_chi);
+    LSS_FREE(c->bg_d);
+    LSS_FREE(c->lnp0);
+    LSS_FREE(c->lnpnl);
+    LSS_FREE(c->hf);
+    LSS_FREE(c->sig_k3p);
+    LSS_FREE(c->sig_k2);
+    LSS_FREE(c);
+}
+
+LSSDEF int lss_cosmo_create(const lss_params *p, lss_cosmo **out) {
+    lss_cosmo *c;
+    int s, i, j;
+    double x, sum;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_cosmo_create: out is NULL");
+    *out = NULL;
+    if ((s = lss_params_check_physical(p)) != LSS_OK) return s;
+    c = (lss_cosmo *)LSS_MALLOC(sizeof *c);
+    if (!c) return lss_seterr(LSS_ERR_NOMEM, "lss_cosmo_create: out of memory");
+    memset(c, 0, sizeof *c);
+    c->p = *p;
+    if (c->p.c1_rho_crit == 0) c->p.c1_rho_crit = LSS_C1RHOCRIT_NLA;
+    if (c->p.t_cmb == 0) c->p.t_cmb = LSS_T_CMB;
+    c->om = p->omega_m;
+    c->ol = 1 - p->omega_m;
+    c->c1rc = c->p.c1_rho_crit;
+    c->bg_chi = (double *)LSS_MALLOC(sizeof(double) * LSS__BG_N);
+    c->bg_d = (double *)LSS_MALLOC(sizeof(double) * LSS__BG_N);
+    c->lnp0 = (double *)LSS_MALLOC(sizeof(double) * LSS__PK_NK);
+    c->lnpnl = (double *)LSS_MALLOC(sizeof(double) * LSS__PK_NK * LSS__PK_NZ);
+    c->hf = (lss__hfpar *)LSS_MALLOC(sizeof(lss__hfpar) * LSS__PK_NZ);
+    c->sig_k3p = (double *)LSS_MALLOC(sizeof(double) * LSS__SIG_N);
+    c->sig_k2 = (double *)LSS_MALLOC(sizeof(double) * LSS__SIG_N);
+    if (!c->bg_chi || !c->bg_d || !c->lnp0 || !c->lnpnl || !c->hf || !c->sig_k3p || !c->sig_k2) {
+        lss_cosmo_free(c);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_cosmo_create: out of memory");
+    }
+    /* background: chi from 0 upward, the growth integral from the top (matter-dominated series) downward */
+    c->bg_dx = log1p(LSS__BG_ZMAX) / (LSS__BG_N - 1);
+    c->bg_chi[0] = 0;
+    for (i = 1; i < LSS__BG_N; i++)
+        c->bg_chi[i] = c->bg_chi[i - 1] + LSS_C_OVER_H0 * lss__chi_int(c->om, c->ol, (i - 1) * c->bg_dx, i * c->bg_dx);
+    sum = lss__gint_series(c->om, c->ol, exp(-(LSS__BG_N - 1) * c->bg_dx));
+    for (i = LSS__BG_N - 1; i >= 0; i--) {
+        if (i < LSS__BG_N - 1) sum += lss__gint_int(c->om, c->ol, i * c->bg_dx, (i + 1) * c->bg_dx);
+        c->bg_d[i] = 2.5 * c->om * lss__ez(c->om, c->ol, expm1(i * c->bg_dx)) * sum;
+    }
+    c->d0 = c->bg_d[0];
+    /* linear spectrum: EH transfer, amplitude from sigma_8 with a top-hat of R = 8 Mpc/h:
+       sigma^2 = int dlnk k^3 P(k) W^2(kR) / (2 pi^2), Simpson in ln k over [1e-6, 1e3] h/Mpc, step 2.6e-3 */
+    lss__eh_init(&c->eh, &c->p);
+    c->amp = 1;
+    {
+        int n = 8000; /* even number of intervals */
+        double l0 = log(1e-6), l1 = log(1e3), h = (l1 - l0) / n, acc = 0;
+        for (i = 0; i <= n; i++) {
+            double k = exp(l0 + i * h), kr = 8 * k, wth, wgt = (i == 0 || i == n) ? 1 : (i % 2 ? 4 : 2);
+            wth = kr < 1e-3 ? 1 - kr * kr / 10 : 3 * (sin(kr) - kr * cos(kr)) / (kr * kr * kr);
+            acc += wgt * k * k * k * lss__pk0_direct(c, k) * wth * wth;
+        }
+        acc *= h / 3 / (2 * LSS__PI * LSS__PI);
+        c->amp = p->sigma_8 * p->sigma_8 / acc;
+        c->sigma8_tab = p->sigma_8;
+    }
+    c->lnkmin = log(LSS__PK_KMIN);
+    c->dlnk = (log(LSS__PK_KMAX) - c->lnkmin) / (LSS__PK_NK - 1);
+    for (i = 0; i < LSS__PK_NK; i++) c->lnp0[i] = log(lss__pk0_direct(c, exp(c->lnkmin + i * c->dlnk)));
+    /* Gaussian-filtered sigma(R) grid: Simpson weights times Delta^2(k, 0) */
+    {
+        double h = (LSS__SIG_LNKMAX - LSS__SIG_LNKMIN) / (LSS__SIG_N - 1);
+        for (j = 0; j < LSS__SIG_N; j++) {
+            double k = exp(LSS__SIG_LNKMIN + j * h), wgt = (j == 0 || j == LSS__SIG_N - 1) ? 1 : (j % 2 ? 4 : 2);
+            c->sig_k2[j] = k * k;
+            c->sig_k3p[j] = wgt * h / 3 * k * k * k * lss__pk0_direct(c, k) / (2 * LSS__PI * LSS__PI);
+        }
+    }
+    /* Halofit parameters and ln P_NL on the (z, ln k) nodes */
+    c->pz_dx = log1p(LSS__PK_ZMAX) / (LSS__PK_NZ - 1);
+    {
+        double rprev = 1.0;
+        for (i = 0; i < LSS__PK_NZ; i++) {
+            double z = expm1(i * c->pz_dx);
+            c->hf[i] = lss__hf_params(c, lss__growth_raw(c, z) / c->d0, rprev);
+            if (c->hf[i].ok) rprev = exp(-c->hf[i].lnks);
+        }
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(j, x)
+#endif
+    for (i = 0; i < LSS__PK_NZ; i++) {
+        double z, d;
+        lss__hfco co;
+        x = i * c->pz_dx;
+        z = expm1(x);
+        d = lss__growth_raw(c, z) / c->d0;
+        lss__hf_coef(&c->hf[i], lss__omz(c, z), &co);
+        for (j = 0; j < LSS__PK_NK; j++) {
+            double k = exp(c->lnkmin + j * c->dlnk), pl = exp(c->lnp0[j]) * d * d;
+            c->lnpnl[(size_t)i * LSS__PK_NK + j] = co.ok ? log(lss__halofit_co(k, pl, &co)) : c->lnp0[j] + 2 * log(d);
+        }
+    }
+    for (i = 0; i < LSS__PK_NK * LSS__PK_NZ; i++)
+        if (!isfinite(c->lnpnl[i])) {
+            lss_cosmo_free(c);
+            return lss_seterr(LSS_ERR_NUMERIC, "lss_cosmo_create: non-finite P(k) table (omega_m %g, sigma_8 %g)",
+                              p->omega_m, p->sigma_8);
+        }
+    *out = c;
+    return LSS_OK;
+}
+
+/* The four DeepLSS Stage-III bins (Kacprzak & Fluri 2022, appendix A, figure 7), read off the n(z) figure of the
+   public DeepLSS notebook: z = 0, 0.01, ..., 2.00 (201 nodes), each column normalised to unit integral (means
+   0.299, 0.478, 0.751, 0.940; the paper quotes 0.31, 0.48, 0.75, 0.94). */
+static const double lss__nz_deeplss[4][201] = {
+   {
+    0.00000, 0.04599, 0.09957, 0.19094, 0.31459, 0.46010, 0.62360, 0.79883, 0.97918, 1.16496, 1.35801, 1.54295,
+    1.72021, 1.89447, 2.05874, 2.20509, 2.33793, 2.45978, 2.56300, 2.65265, 2.72284, 2.77700, 2.82107, 2.84778,
+    2.85778, 2.85116, 2.82931, 2.79802, 2.75538, 2.70292, 2.64453, 2.57611, 2.50254, 2.42221, 2.33602, 2.26138,
+    2.21439, 1.98857, 1.96908, 1.87290, 1.78013, 1.68702, 1.59140, 1.49748, 1.41048, 1.32315, 1.24030, 1.15662,
+    1.07742, 1.00411, 0.94255, 0.91824, 0.73590, 0.73661, 0.67950, 0.62282, 0.58457, 0.56979, 0.44464, 0.43411,
+    0.39776, 0.35957, 0.32180, 0.29041, 0.26146, 0.23677, 0.20864, 0.18780, 0.16597, 0.14624, 0.13006, 0.11230,
+    0.09854, 0.08643, 0.07367, 0.06231, 0.04930, 0.04235, 0.03439, 0.02678, 0.01948, 0.01583, 0.00822, 0.00457,
+    0.00091, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000},
+   {
+    0.00000, 0.00000, 0.00000, 0.00077, 0.00242, 0.00407, 0.00571, 0.00736, 0.01189, 0.01992, 0.03035, 0.05082,
+    0.07698, 0.11228, 0.14719, 0.19300, 0.24440, 0.29810, 0.36075, 0.42685, 0.50305, 0.58392, 0.66988, 0.76050,
+    0.85536, 0.95537, 1.05973, 1.16407, 1.26834, 1.37650, 1.48657, 1.59244, 1.70003, 1.80472, 1.90548, 1.99883,
+    2.09141, 2.17360, 2.25437, 2.32046, 2.38482, 2.43672, 2.48071, 2.51503, 2.54339, 2.55854, 2.56382, 2.55965,
+    2.54553, 2.51857, 2.48562, 2.44391, 2.39395, 2.33865, 2.27621, 2.20652, 2.13141, 2.05504, 1.96740, 1.88202,
+    1.82192, 1.71709, 1.55524, 1.52235, 1.43349, 1.34496, 1.25200, 1.16565, 1.08151, 1.04318, 0.85411, 0.83626,
+    0.77337, 0.70694, 0.64063, 0.57800, 0.51961, 0.46714, 0.41672, 0.36970, 0.32963, 0.28843, 0.25367, 0.22065,
+    0.18872, 0.16416, 0.13944, 0.11859, 0.09767, 0.08069, 0.06393, 0.05021, 0.03675, 0.02683, 0.01860, 0.01169,
+    0.00457, 0.00091, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000},
+   {
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.01254, 0.03664, 0.06075, 0.08485, 0.10896,
+    0.12948, 0.14816, 0.16926, 0.19015, 0.21857, 0.24962, 0.28820, 0.32955, 0.37762, 0.42788, 0.48192, 0.53866,
+    0.60108, 0.66635, 0.73753, 0.80955, 0.88192, 0.96474, 1.04919, 1.13388, 1.22073, 1.31061, 1.40096, 1.49324,
+    1.58212, 1.67806, 1.76493, 1.85178, 1.93787, 2.02209, 2.09846, 2.17501, 2.23916, 2.30246, 2.35499, 2.40303,
+    2.44142, 2.47766, 2.50018, 2.51743, 2.52099, 2.51133, 2.49416, 2.46787, 2.43533, 2.39019, 2.33848, 2.27816,
+    2.21258, 2.13596, 2.05924, 1.97508, 1.88272, 1.79172, 1.73471, 1.54304, 1.48376, 1.40042, 1.30121, 1.20659,
+    1.10960, 1.01747, 0.92909, 0.83921, 0.75981, 0.68040, 0.60841, 0.53866, 0.47262, 0.41694, 0.36076, 0.31068,
+    0.26901, 0.22394, 0.18892, 0.15755, 0.12806, 0.10346, 0.07913, 0.06177, 0.04709, 0.03121, 0.01953, 0.01190,
+    0.00163, 0.00038, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000},
+   {
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00070, 0.00093, 0.00590, 0.01255, 0.01955, 0.02618, 0.03321, 0.03983, 0.05028, 0.05773, 0.07025,
+    0.08070, 0.08987, 0.10347, 0.11712, 0.13088, 0.14671, 0.16180, 0.17547, 0.19671, 0.21427, 0.23155, 0.25228,
+    0.27373, 0.29522, 0.32032, 0.34519, 0.36690, 0.39532, 0.42047, 0.44916, 0.47900, 0.50686, 0.53903, 0.57295,
+    0.60473, 0.63821, 0.67373, 0.70864, 0.74344, 0.77835, 0.81635, 0.85539, 0.89142, 0.93270, 0.96776, 1.00629,
+    1.04565, 1.08344, 1.12418, 1.16091, 1.19944, 1.23838, 1.27659, 1.31181, 1.34960, 1.38524, 1.42004, 1.45051,
+    1.48064, 1.51201, 1.54072, 1.56590, 1.59092, 1.61202, 1.63344, 1.65072, 1.66558, 1.68176, 1.67451, 1.67451,
+    1.67451, 1.67451, 1.67451, 1.67451, 1.67451, 1.67048, 1.66086, 1.65393, 1.63882, 1.61430, 1.59265, 1.56199,
+    1.53403, 1.50191, 1.46701, 1.43065, 1.39327, 1.35060, 1.30835, 1.26574, 1.21733, 1.17356, 1.12621, 1.07734,
+    1.02763, 0.97877, 0.93298, 0.88392, 0.83412, 0.78535, 0.73805, 0.69050, 0.64535, 0.59937, 0.55713, 0.51415,
+    0.47594, 0.43358, 0.39475, 0.35995, 0.32876, 0.29486, 0.26300, 0.23502, 0.20911, 0.18654, 0.16317, 0.14174,
+    0.12353, 0.10308, 0.08960, 0.07242, 0.05838, 0.04474, 0.03507, 0.02625, 0.01955, 0.00890, 0.00466, 0.00093,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000,
+    0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000, 0.00000}};
+
+/* ---- redshift distributions ---- */
+LSSDEF void lss_nz_free(lss_nz *bins, int nbins) {
+    int b;
+    if (!bins) return;
+    for (b = 0; b < nbins; b++) {
+        LSS_FREE(bins[b].z);
+        LSS_FREE(bins[b].nz);
+    }
+    LSS_FREE(bins);
+}
+
+LSSDEF double lss_nz_eval(const lss_nz *b, double z) {
+    int lo = 0, hi;
+    double t;
+    if (!b || b->n < 2 || !(z >= b->z[0] && z <= b->z[b->n - 1])) return 0;
+    hi = b->n - 1;
+    while (hi - lo > 1) {
+        int m = (lo + hi) / 2;
+        if (b->z[m] <= z) lo = m; else hi = m;
+    }
+    t = (z - b->z[lo]) / (b->z[hi] - b->z[lo]);
+    return b->nz[lo] + t * (b->nz[hi] - b->nz[lo]);
+}
+
+LSSDEF int lss_nz_from_table(const double *z, const double *nz, int n, int nbins, lss_nz **bins) {
+    lss_nz *out;
+    int b, i;
+    if (!bins) return lss_seterr(LSS_ERR_ARG, "lss_nz_from_table: bins is NULL");
+    *bins = NULL;
+    if (!z || !nz) return lss_seterr(LSS_ERR_ARG, "lss_nz_from_table: NULL table");
+    if (n < 2) return lss_seterr(LSS_ERR_FORMAT, "n(z) table: %d rows, at least 2 are needed", n);
+    if (nbins < 1) return lss_seterr(LSS_ERR_FORMAT, "n(z) table: no n(z) column (at least z and one n)");
+    for (i = 0; i < n; i++) {
+        if (!isfinite(z[i]) || z[i] < 0) return lss_seterr(LSS_ERR_FORMAT, "n(z) table: row %d: z = %g is not a finite z >= 0", i + 1, z[i]);
+        if (i > 0 && !(z[i] > z[i - 1]))
+            return lss_seterr(LSS_ERR_FORMAT, "n(z) table: z is not strictly increasing at row %d (%g after %g)", i + 1, z[i], z[i - 1]);
+    }
+    for (b = 0; b < nbins; b++)
+        for (i = 0; i < n; i++)
+            if (!isfinite(nz[(size_t)b * n + i]) || nz[(size_t)b * n + i] < 0)
+                return lss_seterr(LSS_ERR_FORMAT, "n(z) table: bin %d, row %d: n = %g is not finite and >= 0", b + 1, i + 1,
+                                  nz[(size_t)b * n + i]);
+    out = (lss_nz *)LSS_MALLOC(sizeof(lss_nz) * (size_t)nbins);
+    if (!out) return lss_seterr(LSS_ERR_NOMEM, "lss_nz_from_table: out of memory");
+    memset(out, 0, sizeof(lss_nz) * (size_t)nbins);
+    for (b = 0; b < nbins; b++) {
+        const double *v = nz + (size_t)b * n;
+        double norm = 0, m1 = 0;
+        out[b].z = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+        out[b].nz = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+        if (!out[b].z || !out[b].nz) {
+            lss_nz_free(out, nbins);
+            return lss_seterr(LSS_ERR_NOMEM, "lss_nz_from_table: out of memory");
+        }
+        out[b].n = n;
+        for (i = 0; i + 1 < n; i++) { /* exact integrals of the linear interpolant */
+            double h = z[i + 1] - z[i];
+            norm += 0.5 * h * (v[i] + v[i + 1]);
+            m1 += h * (v[i] * (2 * z[i] + z[i + 1]) + v[i + 1] * (z[i] + 2 * z[i + 1])) / 6;
+        }
+        if (!(norm > 0) || !isfinite(norm)) {
+            lss_nz_free(out, nbins);
+            return lss_seterr(LSS_ERR_FORMAT, "n(z) table: bin %d has no positive integral", b + 1);
+        }
+        for (i = 0; i < n; i++) {
+            out[b].z[i] = z[i];
+            out[b].nz[i] = v[i] / norm;
+        }
+        out[b].zmean = m1 / norm;
+    }
+    *bins = out;
+    return LSS_OK;
+}
+
+/* Reads one line of any length into *buf (grown as needed); returns its length, -1 at end of file, -2 on no memory. */
+static long lss__getline(FILE *f, char **buf, size_t *cap) {
+    size_t n = 0;
+    int ch;
+    if ((ch = fgetc(f)) == EOF) return -1;
+    while (ch != EOF && ch != '\n') {
+        if (n + 2 > *cap) {
+            size_t nc = *cap ? 2 * *cap : 256;
+            char *nb = (char *)LSS_REALLOC(*buf, nc);
+            if (!nb) return -2;
+            *buf = nb;
+            *cap = nc;
+        }
+        (*buf)[n++] = (char)ch;
+        ch = fgetc(f);
+    }
+    if (n + 1 > *cap) {
+        char *nb = (char *)LSS_REALLOC(*buf, n + 1);
+        if (!nb) return -2;
+        *buf = nb;
+        *cap = n + 1;
+    }
+    (*buf)[n] = 0;
+    return (long)n;
+}
+
+LSSDEF int lss_nz_load(const char *path, lss_nz **bins, int *nbins) {
+    FILE *f;
+    char *line = NULL;
+    size_t cap = 0;
+    double *vals = NULL, *z = NULL, *nz = NULL;
+    long len, lineno = 0;
+    size_t nv = 0, vcap = 0;
+    int ncol = 0, nrow = 0, s = LSS_OK, i, b;
+    if (!bins || !nbins || !path) return lss_seterr(LSS_ERR_ARG, "lss_nz_load: NULL argument");
+    *bins = NULL;
+    *nbins = 0;
+    f = fopen(path, "r");
+    if (!f) return lss_seterr(LSS_ERR_IO, "cannot open n(z) file '%s'", path);
+    while ((len = lss__getline(f, &line, &cap)) >= 0) {
+        char *p = line, *end;
+        int nc = 0;
+        lineno++;
+        while (*p == ' ' || *p == '\t' || *p == '\r') p++;
+        if (*p == 0 || *p == '#') continue;
+        for (;;) {
+            double v;
+            while (*p == ' ' || *p == '\t' || *p == ',' || *p == '\r') p++;
+            if (*p == 0 || *p == '#') break;
+            v = strtod(p, &end);
+            if (end == p || (*end && *end != ' ' && *end != '\t' && *end != ',' && *end != '\r' && *end != '#')) {
+                s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s', line %ld: '%.20s' is not a number", path, lineno, p);
+                goto done;
+            }
+            if (nv + 1 > vcap) {
+                size_t nc2 = vcap ? 2 * vcap : 1024;
+                double *nb = (double *)LSS_REALLOC(vals, sizeof(double) * nc2);
+                if (!nb) { s = lss_seterr(LSS_ERR_NOMEM, "lss_nz_load: out of memory"); goto done; }
+                vals = nb;
+                vcap = nc2;
+            }
+            vals[nv++] = v;
+            nc++;
+            p = end;
+        }
+        if (ncol == 0) ncol = nc;
+        if (nc != ncol) {
+            s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s', line %ld: %d columns, the first row has %d", path, lineno, nc, ncol);
+            goto done;
+        }
+        nrow++;
+    }
+    if (len == -2) { s = lss_seterr(LSS_ERR_NOMEM, "lss_nz_load: out of memory"); goto done; }
+    if (ferror(f)) { s = lss_seterr(LSS_ERR_IO, "error reading n(z) file '%s'", path); goto done; }
+    if (nrow == 0) { s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s' has no data rows", path); goto done; }
+    if (ncol < 2) { s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s': %d column, need z and at least one n(z)", path, ncol); goto done; }
+    z = (double *)LSS_MALLOC(sizeof(double) * (size_t)nrow);
+    nz = (double *)LSS_MALLOC(sizeof(double) * (size_t)nrow * (size_t)(ncol - 1));
+    if (!z || !nz) { s = lss_seterr(LSS_ERR_NOMEM, "lss_nz_load: out of memory"); goto done; }
+    for (i = 0; i < nrow; i++) {
+        z[i] = vals[(size_t)i * ncol];
+        for (b = 0; b < ncol - 1; b++) nz[(size_t)b * nrow + i] = vals[(size_t)i * ncol + 1 + b];
+    }
+    s = lss_nz_from_table(z, nz, nrow, ncol - 1, bins);
+    if (s != LSS_OK) {
+        char msg[1024];
+        const char *e = lss_last_error();
+        size_t el = strlen(e) < sizeof msg - 1 ? strlen(e) : sizeof msg - 1;
+        memcpy(msg, e, el);
+        msg[el] = 0;
+        s = lss_seterr(s, "n(z) file '%s': %s", path, msg);
+    } else *nbins = ncol - 1;
+done:
+    fclose(f);
+    LSS_FREE(line);
+    LSS_FREE(vals);
+    LSS_FREE(z);
+    LSS_FREE(nz);
+    return s;
+}
+
+LSSDEF int lss_nz_builtin(const char *name, lss_nz **bins, int *nbins) {
+    int i, s;
+    if (!bins || !nbins || !name) return lss_seterr(LSS_ERR_ARG, "lss_nz_builtin: NULL argument");
+    *bins = NULL;
+    *nbins = 0;
+    if (strcmp(name, "deeplss") == 0) {
+        double z[201];
+        for (i = 0; i < 201; i++) z[i] = 0.01 * i;
+        s = lss_nz_from_table(z, &lss__nz_deeplss[0][0], 201, 4, bins);
+        if (s == LSS_OK) *nbins = 4;
+        return s;
+    }
+    if (strcmp(name, "cosmos") == 0) {
+        /* COSMOS-like single distribution: the Smail et al. (1994) form n(z) ~ z^2 exp(-(z/z0)^1.5) with z0 = 0.7,
+           tabulated on 0 <= z <= 5 (step 0.01). It peaks at z = 0.85 and has mean 1.05 and median 0.93, with a tail to
+           z ~ 3, as the combined bright + faint COSMOS distribution of Schrabback et al. (2010) shown in figure 4 of the
+           mass-mapping paper (Remy et al. 2022); the same form is the usual fit of COSMOS-depth lensing samples. */
+        double z[501], v[501];
+        for (i = 0; i < 501; i++) {
+            z[i] = 0.01 * i;
+            v[i] = z[i] * z[i] * exp(-pow(z[i] / 0.7, 1.5));
+        }
+        s = lss_nz_from_table(z, v, 501, 1, bins);
+        if (s == LSS_OK) *nbins = 1;
+        return s;
+    }
+    return lss_seterr(LSS_ERR_ARG, "unknown built-in n(z) '%s' (known: deeplss, cosmos)", name);
+}
+
+/* int dz n(z) ((1+z)/(1+z0))^eta over the linear pieces of the table (4-point Gauss-Legendre each) */
+static double lss__nz_powmean(const lss_nz *b, double eta) {
+    int i, j;
+    double s = 0;
+    if (!b || b->n < 2) return NAN;
+    if (eta == 0) return 1;
+    for (i = 0; i + 1 < b->n; i++) {
+        double z0 = b->z[i], h = b->z[i + 1] - z0;
+        for (j = 0; j < 4; j++) {
+            double t = 0.5 * (1 + lss__gl4x[j]), z = z0 + t * h, n = b->nz[i] + t * (b->nz[i + 1] - b->nz[i]);
+            s += 0.5 * h * lss__gl4w[j] * n * pow((1 + z) / (1 + LSS_IA_Z0), eta);
+        }
+    }
+    return s;
+}
+LSSDEF double lss_params_a_ia_bin(const lss_params *p, const lss_nz *bin) {
+    return p ? p->a_ia * lss__nz_powmean(bin, p->eta_ia) : NAN;
+}
+LSSDEF double lss_params_b_bin(const lss_params *p, const lss_nz *bin) {
+    return p ? p->b_g * lss__nz_powmean(bin, p->eta_bg) : NAN;
+}
+LSSDEF double lss_params_b2_bin(const lss_params *p, const lss_nz *bin) {
+    return p ? p->b_g2 * lss__nz_powmean(bin, p->eta_bg2) : NAN;
+}
+
+/* ---- Limber spectra ---- */
+/* quadrature of a shell: 8-point Gauss-Legendre on np panels of at most (0.02 chi2 + 2) Mpc/h */
+static int lss__shell_panels(double chi1, double chi2) {
+    int np = (int)ceil((chi2 - chi1) / (0.02 * chi2 + 2.0));
+    return np < 2 ? 2 : np > 4096 ? 4096 : np;
+}
+
+LSSDEF int lss_cl_shell_many(const lss_cosmo *c, double chi1, double chi2, const double *ell, int nell, double *out) {
+    int np, i, j, l;
+    double h, norm;
+    if (!c || !ell || !out || nell < 0) return lss_seterr(LSS_ERR_ARG, "lss_cl_shell_many: NULL argument or nell < 0");
+    if (!(chi1 >= 0) || !(chi2 > chi1) || !isfinite(chi2))
+        return lss_seterr(LSS_ERR_ARG, "lss_cl_shell_many: bad shell [%g, %g] Mpc/h", chi1, chi2);
+    for (l = 0; l < nell; l++) {
+        if (!(ell[l] >= 0) || !isfinite(ell[l])) return lss_seterr(LSS_ERR_ARG, "lss_cl_shell_many: ell[%d] = %g", l, ell[l]);
+        out[l] = 0;
+    }
+    np = lss__shell_panels(chi1, chi2);
+    h = (chi2 - chi1) / np;
+    norm = 0.5 * h / ((chi2 - chi1) * (chi2 - chi1));
+    for (i = 0; i < np; i++) {
+        double m = chi1 + (i + 0.5) * h;
+        for (j = 0; j < 8; j++) {
+            double chi = m + 0.5 * h * lss__gl8x[j], z = lss_cosmo_z_of_chi(c, chi), w = lss__gl8w[j] * norm / (chi * chi);
+            for (l = 0; l < nell; l++) out[l] += w * lss_cosmo_pk_nl(c, (ell[l] + 0.5) / chi, z);
+        }
+    }
+    return LSS_OK;
+}
+
+LSSDEF double lss_cl_shell(const lss_cosmo *c, double chi1, double chi2, double ell) {
+    double v;
+    if (!c || !(chi1 >= 0) || !(chi2 > chi1) || !isfinite(chi2) || !(ell >= 0) || !isfinite(ell)) return NAN;
+    if (lss_cl_shell_many(c, chi1, chi2, &ell, 1, &v) != LSS_OK) return NAN;
+    return v;
+}
+
+LSSDEF double lss_cl_lensing_kernel(const lss_cosmo *c, const lss_nz *b, double chi) {
+    double z, s = 0;
+    int i, j;
+    if (!c || !b || b->n < 2 || !(chi >= 0) || !isfinite(chi)) return NAN;
+    if (chi == 0) return 0;
+    z = lss_cosmo_z_of_chi(c, chi);
+    for (i = 0; i + 1 < b->n; i++) {
+        double za = b->z[i], zb = b->z[i + 1], na = b->nz[i], nb = b->nz[i + 1];
+        if (zb <= z) continue;
+        if (za < z) { na = lss_nz_eval(b, z); za = z; }
+        for (j = 0; j < 4; j++) {
+            double t = 0.5 * (1 + lss__gl4x[j]), zz = za + t * (zb - za), n = na + t * (nb - na);
+            s += 0.5 * (zb - za) * lss__gl4w[j] * n * (1 - chi / lss_cosmo_chi(c, zz));
+        }
+    }
+    return 1.5 * c->om / (LSS_C_OVER_H0 * LSS_C_OVER_H0) * chi * (1 + z) * s;
+}
+
+LSSDEF int lss_cl_npairs(int nbins) { return nbins < 1 ? 0 : nbins * (nbins + 1) + nbins * nbins; }
+
+/* pair -> (kind, i, j): kind 0 kk (i <= j), 1 kd (all), 2 dd (i <= j) */
+static int lss__pair(int nb, int pair, int *i, int *j) {
+    int nt = nb * (nb + 1) / 2, a, b, m = pair;
+    if (nb < 1 || pair < 0 || pair >= lss_cl_npairs(nb)) return -1;
+    if (m < nt || m >= nt + nb * nb) {
+        if (m >= nt) m -= nt + nb * nb;
+        for (a = 0; a < nb; a++)
+            for (b = a; b < nb; b++)
+                if (m-- == 0) { *i = a; *j = b; return pair < nt ? 0 : 2; }
+        return -1;
+    }
+    m -= nt;
+    *i = m / nb;
+    *j = m % nb;
+    return 1;
+}
+
+LSSDEF void lss_cl_pair_name(int nbins, int pair, char *buf, size_t n) {
+    static const char *kinds[3] = {"kk", "kd", "dd"};
+    int i = 0, j = 0, k;
+    if (!buf || n == 0) return;
+    k = lss__pair(nbins, pair, &i, &j);
+    if (k < 0) snprintf(buf, n, "?");
+    else snprintf(buf, n, "%s_%d_%d", kinds[k], i + 1, j + 1);
+}
+
+static int lss__cmpd(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+LSSDEF int lss_cl_tomo_terms(const lss_cosmo *c, const lss_nz *bins, int nbins, const double *ell, int nell, int terms,
+                             double *out) {
+    double zmax = 0, *bp = NULL, *zn = NULL, *chin = NULL, *wn = NULL, *kg = NULL, *ki = NULL, *kd = NULL, *pk = NULL;
+    double *c1 = NULL, *c2 = NULL;
+    int nbp = 0, nbpcap, b, i, j, l, m, M, np, s = LSS_OK;
+    const double pref = 1.5 * (c ? c->om : 0) / (LSS_C_OVER_H0 * LSS_C_OVER_H0);
+    if (!c || !bins || !ell || !out) return lss_seterr(LSS_ERR_ARG, "lss_cl_tomo: NULL argument");
+    if (nbins < 1 || nell < 1) return lss_seterr(LSS_ERR_ARG, "lss_cl_tomo: nbins = %d and nell = %d must be >= 1", nbins, nell);
+    if (terms < LSS_CL_ALL || terms > LSS_CL_II) return lss_seterr(LSS_ERR_ARG, "lss_cl_tomo_terms: unknown terms %d", terms);
+    for (l = 0; l < nell; l++)
+        if (!(ell[l] >= 0) || !isfinite(ell[l])) return lss_seterr(LSS_ERR_RANGE, "lss_cl_tomo: ell[%d] = %g is not >= 0", l, ell[l]);
+    for (b = 0; b < nbins; b++) {
+        if (bins[b].n < 2 || !bins[b].z || !bins[b].nz) return lss_seterr(LSS_ERR_ARG, "lss_cl_tomo: bin %d is empty", b + 1);
+        if (bins[b].z[bins[b].n - 1] > zmax) zmax = bins[b].z[bins[b].n - 1];
+    }
+    if (!(zmax > 0)) return lss_seterr(LSS_ERR_RANGE, "lss_cl_tomo: the n(z) tables end at z = 0");
+    np = lss_cl_npairs(nbins);
+    /* breakpoints: every n(z) node, a uniform grid of step <= 0.01, and a geometric refinement towards z = 0 */
+    nbpcap = 2 + (int)ceil(zmax / 0.01) + 20;
+    for (b = 0; b < nbins; b++) nbpcap += bins[b].n;
+    bp = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbpcap);
+    if (!bp) return lss_seterr(LSS_ERR_NOMEM, "lss_cl_tomo: out of memory");
+    {
+        int nu = (int)ceil(zmax / 0.01);
+        for (i = 0; i <= nu; i++) bp[nbp++] = zmax * i / nu;
+        for (i = 1; i <= 16; i++) bp[nbp++] = zmax / nu * pow(0.5, i);
+        for (b = 0; b < nbins; b++)
+            for (i = 0; i < bins[b].n; i++)
+                if (bins[b].z[i] <= zmax) bp[nbp++] = bins[b].z[i];
+        qsort(bp, (size_t)nbp, sizeof(double), lss__cmpd);
+        m = 0;
+        for (i = 0; i < nbp; i++)
+            if (m == 0 || bp[i] > bp[m - 1] * (1 + 1e-12) + 1e-14) bp[m++] = bp[i];
+        nbp = m;
+    }
+    M = 4 * (nbp - 1);
+    zn = (double *)LSS_MALLOC(sizeof(double) * (size_t)M);
+    chin = (double *)LSS_MALLOC(sizeof(double) * (size_t)M);
+    wn = (double *)LSS_MALLOC(sizeof(double) * (size_t)M);
+    kg = (double *)LSS_MALLOC(sizeof(double) * (size_t)M * nbins);
+    ki = (double *)LSS_MALLOC(sizeof(double) * (size_t)M * nbins);
+    kd = (double *)LSS_MALLOC(sizeof(double) * (size_t)M * nbins);
+    pk = (double *)LSS_MALLOC(sizeof(double) * (size_t)M * nell);
+    c1 = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbp);
+    c2 = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbp);
+    if (!zn || !chin || !wn || !kg || !ki || !kd || !pk || !c1 || !c2) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_cl_tomo: out of memory");
+        goto done;
+    }
+    /* nodes: 4-point Gauss-Legendre on each interval; weight dz (c/H0) / (E chi^2) */
+    for (i = 0; i + 1 < nbp; i++) {
+        double h = bp[i + 1] - bp[i];
+        for (j = 0; j < 4; j++) {
+            int q = 4 * i + j;
+            zn[q] = bp[i] + 0.5 * h * (1 + lss__gl4x[j]);
+            chin[q] = lss_cosmo_chi(c, zn[q]);
+            wn[q] = 0.5 * h * lss__gl4w[j] * LSS_C_OVER_H0 / (lss__ez(c->om, c->ol, zn[q]) * chin[q] * chin[q]);
+        }
+    }
+    for (b = 0; b < nbins; b++) {
+        const lss_nz *nb = &bins[b];
+        const lss_params *p = &c->p;
+        double aia = lss_params_a_ia_bin(p, nb), bias = lss_params_b_bin(p, nb);
+        /* c1[m] = int_{bp_m}^{zmax} n dz, c2[m] = int_{bp_m}^{zmax} n / chi dz */
+        c1[nbp - 1] = c2[nbp - 1] = 0;
+        for (i = nbp - 2; i >= 0; i--) {
+            double h = bp[i + 1] - bp[i], a1 = 0, a2 = 0;
+            for (j = 0; j < 4; j++) {
+                double n = lss_nz_eval(nb, zn[4 * i + j]);
+                a1 += lss__gl4w[j] * n;
+                a2 += lss__gl4w[j] * n / chin[4 * i + j];
+            }
+            c1[i] = c1[i + 1] + 0.5 * h * a1;
+            c2[i] = c2[i + 1] + 0.5 * h * a2;
+        }
+        for (i = 0; i + 1 < nbp; i++)
+            for (j = 0; j < 4; j++) {
+                int q = 4 * i + j, r;
+                double z = zn[q], chi = chin[q], n1 = c1[i + 1], n2 = c2[i + 1], h = bp[i + 1] - z, n, ez;
+                for (r = 0; r < 4; r++) { /* from the node to the end of its interval */
+                    double zz = z + 0.5 * h * (1 + lss__gl4x[r]), nn = lss_nz_eval(nb, zz);
+                    n1 += 0.5 * h * lss__gl4w[r] * nn;
+                    n2 += 0.5 * h * lss__gl4w[r] * nn / lss_cosmo_chi(c, zz);
+                }
+                n = lss_nz_eval(nb, z);
+                ez = lss__ez(c->om, c->ol, z) / LSS_C_OVER_H0;
+                kg[(size_t)b * M + q] = pref * chi * (1 + z) * (n1 - chi * n2);
+                ki[(size_t)b * M + q] = aia * lss_cosmo_nla_f(c, z) * n * ez;
+                kd[(size_t)b * M + q] = bias * n * ez;
+            }
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic) private(m)
+#endif
+    for (l = 0; l < nell; l++) {
+        double *row = pk + (size_t)l * M;
+        int pr;
+        for (m = 0; m < M; m++) row[m] = wn[m] * lss_cosmo_pk_nl(c, (ell[l] + 0.5) / chin[m], zn[m]);
+        for (pr = 0; pr < np; pr++) {
+            int a = 0, bb = 0, kind = lss__pair(nbins, pr, &a, &bb);
+            const double *ga = kg + (size_t)a * M, *gb = kg + (size_t)bb * M, *ia = ki + (size_t)a * M,
+                         *ib = ki + (size_t)bb * M, *da = kd + (size_t)a * M, *db = kd + (size_t)bb * M;
+            double acc = 0;
+            for (m = 0; m < M; m++) {
+                double v = 0;
+                if (kind == 0) {
+                    if (terms == LSS_CL_ALL) v = (ga[m] + ia[m]) * (gb[m] + ib[m]);
+                    else if (terms == LSS_CL_GG) v = ga[m] * gb[m];
+                    else if (terms == LSS_CL_GI) v = ga[m] * ib[m] + ia[m] * gb[m];
+                    else v = ia[m] * ib[m];
+                } else if (kind == 1) {
+                    if (terms == LSS_CL_ALL) v = (ga[m] + ia[m]) * db[m];
+                    else if (terms == LSS_CL_GG) v = ga[m] * db[m];
+                    else if (terms == LSS_CL_GI) v = ia[m] * db[m];
+                } else if (terms == LSS_CL_ALL || terms == LSS_CL_GG) v = da[m] * db[m];
+                acc += row[m] * v;
+            }
+            out[(size_t)pr * nell + l] = acc;
+        }
+    }
+done:
+    LSS_FREE(bp); LSS_FREE(zn); LSS_FREE(chin); LSS_FREE(wn); LSS_FREE(kg); LSS_FREE(ki); LSS_FREE(kd); LSS_FREE(pk);
+    LSS_FREE(c1); LSS_FREE(c2);
+    return s;
+}
+
+LSSDEF int lss_cl_tomo(const lss_cosmo *c, const lss_nz *bins, int nbins, const double *ell, int nell, double *out) {
+    return lss_cl_tomo_terms(c, bins, nbins, ell, nell, LSS_CL_ALL, out);
+}
 /* ==== END THEORY IMPLEMENTATION ==== */
 
 /* ==== MAPS IMPLEMENTATION ==== */
+#include <fftw3.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define LSS__MOMP(x) _Pragma(#x)
+#else
+#define LSS__MOMP(x)
+#endif
+
+#define LSS__PI 3.14159265358979323846
+#define LSS__ARCMIN (LSS__PI / (180.0 * 60.0))
+/* purposes of the random streams: stream = index * 2^20 + purpose * 2^12 + sub (sub < 4096) */
+enum { LSS__P_SHELL = 1, LSS__P_PHASE = 2, LSS__P_POISSON = 3, LSS__P_SHAPE = 4, LSS__P_MOSAIC = 5 };
+
+static uint64_t lss__stream(uint64_t index, int purpose, int sub) {
+    return (index << 20) ^ ((uint64_t)(purpose & 255) << 12) ^ (uint64_t)(sub & 4095);
+}
+
+/* Ziggurat tables (Marsaglia & Tsang 2000, 128 layers) for standard normals; the layer comes from the low 7 bits
+   of a 32-bit word and the value from its top 25 bits (no correlation between the two). Built once per
+   simulator in double precision. */
+typedef struct {
+    int32_t kn[128];
+    float wn[128], fn[128];
+} lss__zig;
+
+static void lss__zig_init(lss__zig *z) {
+    double dn = 3.442619855899, tn = dn, vn = 9.91256303526217e-3, m1 = 16777216.0, q;
+    int i;
+    q = vn / exp(-0.5 * dn * dn);
+    z->kn[0] = (int32_t)((dn / q) * m1);
+    z->kn[1] = 0;
+    z->wn[0] = (float)(q / m1);
+    z->wn[127] = (float)(dn / m1);
+    z->fn[0] = 1.0f;
+    z->fn[127] = (float)exp(-0.5 * dn * dn);
+    for (i = 126; i >= 1; i--) {
+        dn = sqrt(-2.0 * log(vn / dn + exp(-0.5 * dn * dn)));
+        z->kn[i + 1] = (int32_t)((dn / tn) * m1);
+        tn = dn;
+        z->fn[i] = (float)exp(-0.5 * dn * dn);
+        z->wn[i] = (float)(dn / m1);
+    }
+}
+
+/* one standard normal from the word stream r */
+static float lss__zig_normal(const lss__zig *z, lss_rng *r) {
+    for (;;) {
+        uint32_t u = lss_rng_u32(r);
+        int iz = (int)(u & 127);
+        int32_t hz = (int32_t)(u >> 7) - 16777216;   /* [-2^24, 2^24) */
+        int32_t ah = hz < 0 ? -hz : hz;
+        float x = (float)hz * z->wn[iz];
+        if (ah < z->kn[iz]) return x;
+        if (iz == 0) {
+            /* the tail beyond r = 3.4426 (Marsaglia 1964) */
+            float xt, yt;
+            do {
+                xt = -logf(lss_u32_to_float(lss_rng_u32(r))) * 0.2904764f;
+                yt = -logf(lss_u32_to_float(lss_rng_u32(r)));
+            } while (yt + yt < xt * xt);
+            return hz > 0 ? 3.442620f + xt : -3.442620f - xt;
+        }
+        /* the wedge: accept under the density */
+        if (z->fn[iz] + lss_u32_to_float(lss_rng_u32(r)) * (z->fn[iz - 1] - z->fn[iz]) < expf(-0.5f * x * x)) return x;
+    }
+}
+
+/* n standard normals from the words of (seed, stream), blocks 0, 1, ... in order */
+static void lss__normals(const lss__zig *z, uint64_t seed, uint64_t stream, float *dst, int64_t n) {
+    lss_rng r;
+    int64_t i;
+    lss_rng_init(&r, seed, stream);
+    for (i = 0; i < n; i++) dst[i] = lss__zig_normal(z, &r);
+}
+
+/* ---------------------------------------------------------------- shells */
+LSSDEF int lss_shell_edges(const lss_shell_opts *o, double *zedges, int cap) {
+    double zmax = 3.5, dlo = 0.05, zs = 1.55, dhi = 0.1, z = 0;
+    int n = 0;
+    if (o) {
+        if (o->zmax != 0) zmax = o->zmax;
+        if (o->dz_lo != 0) dlo = o->dz_lo;
+        if (o->z_split != 0) zs = o->z_split;
+        if (o->dz_hi != 0) dhi = o->dz_hi;
+    }
+    if (!(zmax > 0 && zmax <= 20) || !(dlo > 0) || !(dhi > 0) || !(zs > 0) || !isfinite(zs))
+        return lss_seterr(LSS_ERR_ARG, "shells: need 0 < zmax <= 20 and positive dz_lo, dz_hi, z_split (got zmax %g, "
+                                       "dz_lo %g, z_split %g, dz_hi %g)", zmax, dlo, zs, dhi);
+    if (zmax / (dlo < dhi ? dlo : dhi) > 100000) return lss_seterr(LSS_ERR_ARG, "shells: more than 100000 shells");
+    if (zedges) { if (cap < 1) return lss_seterr(LSS_ERR_RANGE, "shells: no room for the edges"); zedges[0] = 0; }
+    while (z < zmax * (1 - 1e-12)) {
+        /* edges on the exact grid k * dz (no accumulated rounding) */
+        double nz;
+        if (z < zs * (1 - 1e-12)) {
+            nz = dlo * floor(z / dlo + 1 + 1e-9);
+            if (nz > zs * (1 + 1e-12)) nz = zs;
+        } else {
+            nz = zs + dhi * floor((z - zs) / dhi + 1 + 1e-9);
+        }
+        if (nz > zmax * (1 - 1e-9)) nz = zmax;
+        n++;
+        if (zedges) {
+            if (n >= cap) return lss_seterr(LSS_ERR_RANGE, "shells: more than %d edges", cap);
+            zedges[n] = nz;
+        }
+        z = nz;
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- simulator */
+struct lss_sim {
+    lss_sim_opts o;
+    int n, M, nbins, nshell, ndraw, hmax, region;
+    double pix_rad, clip_max;
+    int clip_worst;
+    lss_nz *nz;                        /* deep copy of the bins */
+    double *zmean, *szmean;            /* n(z) means; redshifts of the smoothing scales */
+    double *z_lo, *z_hi, *chi_lo, *chi_hi;
+    int *draw;                         /* [ndraw] shell index of each drawn shell */
+    double *w_wl, *w_ia, *w_g, *w_tot; /* [nbins][nshell], w_tot[nbins] = sum_b w_g */
+    double *sig_wl, *sig_gc;           /* [nbins] arcmin */
+    int *khw;                          /* [2][nbins] kernel half-widths (0: no smoothing) */
+    float *kern;                       /* [2][nbins][2*LSS__KMAX+1] */
+    int ell_n;
+    double *ell, *cl;                  /* [ell_n], [nshell][ell_n] */
+    float *amp;                        /* [ndraw][M][M/2+1] */
+    float *hvar;                       /* [ndraw] var(g)/2 */
+    /* double-precision setup buffers and plans */
+    double *dreal;
+    fftw_complex *dcplx;
+    fftw_plan d_c2r, d_r2c;
+    fftwf_plan g_c2r, f_r2c, f_c2r;
+    lss__zig zig;
+};
+#define LSS__KMAX 64
+
+struct lss_sim_work {
+    fftwf_complex *gc;   /* [M][M/2+1] */
+    float *gr;           /* [M][M] */
+    float *acc;          /* [3 nbins][region][region] */
+    float *tmp;          /* [region][region] */
+    fftwf_complex *fc;   /* [n][n/2+1] */
+    float *fr;           /* [n][n] */
+    float *fr2;          /* [n][n] */
+    float *noise;        /* [2 M (M/2+1)] normals */
+    float *counts;       /* [nbins][n][n] */
+};
+
+static double lss__interp_loglog(const double *x, const double *y, int n, double xv) {
+    /* x log-spaced; y >= 0 */
+    double lx0 = log(x[0]), dl = (log(x[n - 1]) - lx0) / (n - 1), t, f;
+    int i;
+    if (xv <= x[0]) return y[0];
+    if (xv >= x[n - 1]) return y[n - 1];
+    t = (log(xv) - lx0) / dl;
+    i = (int)t;
+    if (i >= n - 1) i = n - 2;
+    f = t - i;
+    if (y[i] > 0 && y[i + 1] > 0) return exp((1 - f) * log(y[i]) + f * log(y[i + 1]));
+    return (1 - f) * y[i] + f * y[i + 1];
+}
+
+
+/* signed frequency index of entry i of an n-point DFT */
+static int lss__fidx(int i, int n) { return i <= n / 2 ? i : i - n; }
+
+static void lss__fftw_lock_plan_free(lss_sim *s) {
+LSS__MOMP(omp critical(lss_fftw_plan))
+    {
+        if (s->d_c2r) fftw_destroy_plan(s->d_c2r);
+        if (s->d_r2c) fftw_destroy_plan(s->d_r2c);
+        if (s->g_c2r) fftwf_destroy_plan(s->g_c2r);
+        if (s->f_r2c) fftwf_destroy_plan(s->f_r2c);
+        if (s->f_c2r) fftwf_destroy_plan(s->f_c2r);
+    }
+}
+
+LSSDEF void lss_sim_free(lss_sim *s) {
+    int i;
+    if (!s) return;
+    lss__fftw_lock_plan_free(s);
+    if (s->nz) {
+        for (i = 0; i < s->nbins; i++) { LSS_FREE(s->nz[i].z); LSS_FREE(s->nz[i].nz); }
+        LSS_FREE(s->nz);
+    }
+    LSS_FREE(s->zmean); LSS_FREE(s->szmean); LSS_FREE(s->z_lo); LSS_FREE(s->z_hi); LSS_FREE(s->chi_lo); LSS_FREE(s->chi_hi);
+    LSS_FREE(s->draw); LSS_FREE(s->w_wl); LSS_FREE(s->w_ia); LSS_FREE(s->w_g); LSS_FREE(s->w_tot);
+    LSS_FREE(s->sig_wl); LSS_FREE(s->sig_gc); LSS_FREE(s->khw); LSS_FREE(s->kern); LSS_FREE(s->ell);
+    LSS_FREE(s->cl); LSS_FREE(s->hvar);
+    if (s->amp) fftwf_free(s->amp);
+    if (s->dreal) fftw_free(s->dreal);
+    if (s->dcplx) fftw_free(s->dcplx);
+    LSS_FREE(s);
+}
+
+/* Gaussian smoothing sigmas of section II B. */
+LSSDEF void lss_smoothing_sigmas(const lss_cosmo *c, const double *zmean, int nbins, double r_mpch,
+                                 double pixel_arcmin, double *out) {
+    int i;
+    double h = lss_cosmo_params(c)->h;
+    for (i = 0; i < nbins; i++) {
+        double z = zmean[i], chi = lss_cosmo_chi(c, z);
+        double sr = r_mpch * h * (1 + z) / (2 * sqrt(2.0) * chi) / LSS__ARCMIN;
+        double v = sr * sr - pixel_arcmin * pixel_arcmin / 12.0;
+        out[i] = (r_mpch > 0 && v > 0) ? sqrt(v) : 0.0;
+    }
+}
+
+/* shell spectrum on the grid: fills s->dcplx with G'_k (clipped Gaussian spectrum, real) of shell `sh`,
+   s->dreal is scratch. Returns var(g) via *varg and the clipped fraction via *clipfrac. */
+static int lss__shell_gauss(const lss_sim *s, int sh, double *dreal, fftw_complex *dcplx, double *varg,
+                            double *clipfrac) {
+    int M = s->M, Mh = M / 2 + 1, i, j;
+    double dk = 1.0 / (M * s->pix_rad), omega = s->pix_rad * s->pix_rad, neg = 0, tot = 0, v = 0;
+    const double *cl = s->cl + (size_t)sh * s->ell_n;
+    for (i = 0; i < M; i++) {
+        double kx = lss__fidx(i, M) * dk;
+        for (j = 0; j < Mh; j++) {
+            /* the mean mode of the grid (ell = 0) gets C at the table's first point, half the fundamental */
+            double ky = j * dk, ell = 2 * LSS__PI * sqrt(kx * kx + ky * ky), c;
+            c = lss__interp_loglog(s->ell, cl, s->ell_n, ell);
+            dcplx[(size_t)i * Mh + j][0] = c / ((double)M * M * omega);
+            dcplx[(size_t)i * Mh + j][1] = 0;
+        }
+    }
+    fftw_execute_dft_c2r(s->d_c2r, dcplx, dreal); /* xi(r) */
+    for (i = 0; i < M * M; i++) {
+        if (!(dreal[i] > -1)) return lss_seterr(LSS_ERR_NUMERIC, "lognormal shell %d (z %g-%g): correlation %g <= -1",
+                                                     sh, s->z_lo[sh], s->z_hi[sh], dreal[i]);
+        dreal[i] = log1p(dreal[i]);
+    }
+    fftw_execute_dft_r2c(s->d_r2c, dreal, dcplx); /* G_k = sum_r xi_G(r) e^{-ikr} */
+    for (i = 0; i < M; i++)
+        for (j = 0; j < Mh; j++) {
+            double g = dcplx[(size_t)i * Mh + j][0], wgt = (j == 0 || j == M / 2) ? 1 : 2;
+            if (!isfinite(g)) return lss_seterr(LSS_ERR_NUMERIC, "lognormal shell %d: non-finite spectrum", sh);
+            tot += wgt * fabs(g);
+            if (g < 0) { neg += wgt * -g; g = 0; }
+            dcplx[(size_t)i * Mh + j][0] = g;
+            dcplx[(size_t)i * Mh + j][1] = 0;
+            v += wgt * g;
+        }
+    *varg = v / ((double)M * M);
+    *clipfrac = tot > 0 ? neg / tot : 0;
+    return LSS_OK;
+}
+
+static void lss__gl3(double a, double b, double *x, double *w) {
+    static const double gx[3] = {-0.7745966692414834, 0.0, 0.7745966692414834};
+    static const double gw[3] = {0.5555555555555556, 0.8888888888888888, 0.5555555555555556};
+    int k;
+    for (k = 0; k < 3; k++) { x[k] = 0.5 * (a + b) + 0.5 * (b - a) * gx[k]; w[k] = 0.5 * (b - a) * gw[k]; }
+}
+
+/* int_{za}^{zb} f(z) n(z) dz with n piecewise linear: split at the table nodes, 3-point Gauss on each piece.
+   f = NULL means 1; else F(z) of the cosmology (NLA). */
+static double lss__nz_integral(const lss_nz *b, double za, double zb, const lss_cosmo *c) {
+    double s = 0, lo = za;
+    int i = 0;
+    while (lo < zb) {
+        double hi = zb, x[3], w[3];
+        int k;
+        while (i < b->n && b->z[i] <= lo) i++;
+        if (i < b->n && b->z[i] < hi) hi = b->z[i];
+        lss__gl3(lo, hi, x, w);
+        for (k = 0; k < 3; k++) s += w[k] * lss_nz_eval(b, x[k]) * (c ? lss_cosmo_nla_f(c, x[k]) : 1.0);
+        lo = hi;
+    }
+    return s;
+}
+
+LSSDEF int lss_sim_set_cosmo(lss_sim *s, const lss_cosmo *c) {
+    static const double gx[8] = {-0.9602898564975363, -0.7966664774136267, -0.5255324099163290, -0.1834346424956498,
+                                 0.1834346424956498, 0.5255324099163290, 0.7966664774136267, 0.9602898564975363};
+    static const double gw[8] = {0.1012285362903763, 0.2223810344533745, 0.3137066458778873, 0.3626837833783620,
+                                 0.3626837833783620, 0.3137066458778873, 0.2223810344533745, 0.1012285362903763};
+    int b, i, k, d, st, M, Mh, pass;
+    if (!s || !c) return lss_seterr(LSS_ERR_ARG, "lss_sim_set_cosmo: NULL argument");
+    M = s->M; Mh = M / 2 + 1;
+    for (b = 0; b < s->nshell; b++) {
+        s->chi_lo[b] = lss_cosmo_chi(c, s->z_lo[b]);
+        s->chi_hi[b] = lss_cosmo_chi(c, s->z_hi[b]);
+        if (!(s->chi_hi[b] > s->chi_lo[b]) || !isfinite(s->chi_hi[b]))
+            return lss_seterr(LSS_ERR_NUMERIC, "shell %d: bad comoving distances %g-%g", b, s->chi_lo[b], s->chi_hi[b]);
+    }
+    /* weights */
+    for (i = 0; i < s->nbins; i++) {
+        s->w_tot[i] = 0;
+        for (b = 0; b < s->nshell; b++) {
+            double wl = 0, hw = 0.5 * (s->chi_hi[b] - s->chi_lo[b]), mid = 0.5 * (s->chi_hi[b] + s->chi_lo[b]);
+            for (k = 0; k < 8; k++) wl += gw[k] * hw * lss_cl_lensing_kernel(c, &s->nz[i], mid + hw * gx[k]);
+            s->w_wl[i * s->nshell + b] = wl;
+            s->w_g[i * s->nshell + b] = lss__nz_integral(&s->nz[i], s->z_lo[b], s->z_hi[b], NULL);
+            s->w_ia[i * s->nshell + b] = lss__nz_integral(&s->nz[i], s->z_lo[b], s->z_hi[b], c);
+            s->w_tot[i] += s->w_g[i * s->nshell + b];
+            if (!isfinite(wl) || !isfinite(s->w_ia[i * s->nshell + b]))
+                return lss_seterr(LSS_ERR_NUMERIC, "projection weights of bin %d, shell %d are not finite", i + 1, b);
+        }
+        if (!(s->w_tot[i] > 0)) return lss_seterr(LSS_ERR_ARG, "bin %d has no galaxies inside the shells (z <= %g)",
+                                                  i + 1, s->z_hi[s->nshell - 1]);
+    }
+    /* which shells are drawn (fixed at create: the count must not change) */
+    d = 0;
+    for (b = 0; b < s->nshell; b++) {
+        int any = s->o.keep_empty_shells;
+        for (i = 0; i < s->nbins && !any; i++)
+            any = s->w_wl[i * s->nshell + b] != 0 || s->w_g[i * s->nshell + b] != 0 || s->w_ia[i * s->nshell + b] != 0;
+        if (any) {
+            if (s->draw && d < s->ndraw) s->draw[d] = b;
+            d++;
+        }
+    }
+    if (s->draw && d != s->ndraw)
+        return lss_seterr(LSS_ERR_STATE, "lss_sim_set_cosmo: the set of shells with sources changed (%d, was %d)", d, s->ndraw);
+    s->ndraw = d;
+    if (!s->draw) return LSS_OK; /* first pass of create: sizes only */
+    /* smoothing */
+    lss_smoothing_sigmas(c, s->szmean, s->nbins, s->o.r_wl, s->o.pixel_arcmin, s->sig_wl);
+    lss_smoothing_sigmas(c, s->szmean, s->nbins, s->o.r_gc, s->o.pixel_arcmin, s->sig_gc);
+    s->hmax = 0;
+    for (pass = 0; pass < 2; pass++)
+        for (i = 0; i < s->nbins; i++) {
+            /* the pixel kernel as section II B treats it: a Gaussian of variance d^2/12 added in quadrature */
+            double sp = (pass ? s->sig_gc[i] : s->sig_wl[i]) / s->o.pixel_arcmin, sum = 0;
+            if (!s->o.no_pixwin) sp = sqrt(sp * sp + 1.0 / 12.0);
+            int hw = sp > 0 ? (int)(5 * sp) : 0;
+            float *kk = s->kern + ((size_t)pass * s->nbins + i) * (2 * LSS__KMAX + 1);
+            if (sp > 0 && hw < 1) hw = 1;
+            if (hw > LSS__KMAX || (s->o.smooth_mode == LSS_SMOOTH_GRID && hw > (M - s->n) / 2))
+                return lss_seterr(LSS_ERR_ARG, "smoothing sigma %g arcmin (%d pixels half-width) is too large for the "
+                                  "grid (at most %d)", sp * s->o.pixel_arcmin, hw,
+                                  (M - s->n) / 2 < LSS__KMAX ? (M - s->n) / 2 : LSS__KMAX);
+            s->khw[pass * s->nbins + i] = hw;
+            for (k = -hw; k <= hw; k++) sum += exp(-0.5 * k * k / (sp * sp));
+            for (k = -hw; k <= hw; k++) kk[k + hw] = (float)(exp(-0.5 * k * k / (sp * sp)) / sum);
+            if (hw > s->hmax) s->hmax = hw;
+        }
+    if (s->o.smooth_mode == LSS_SMOOTH_ZEROPAD) s->hmax = 0;
+    if (s->n + 2 * s->hmax > s->region)
+        return lss_seterr(LSS_ERR_STATE, "lss_sim_set_cosmo: smoothing wider than the simulator was created for");
+    /* shell spectra */
+    for (k = 0; k < s->ell_n; k++)
+        for (b = 0; b < s->nshell; b++) s->cl[(size_t)b * s->ell_n + k] = 0;
+    for (d = 0; d < s->ndraw; d++) {
+        b = s->draw[d];
+        for (k = 0; k < s->ell_n; k++) {
+            double v = lss_cl_shell(c, s->chi_lo[b], s->chi_hi[b], s->ell[k]);
+            if (!(v >= 0) || !isfinite(v))
+                return lss_seterr(LSS_ERR_NUMERIC, "shell %d (z %g-%g): C_ell(%g) = %g", b, s->z_lo[b], s->z_hi[b], s->ell[k], v);
+            s->cl[(size_t)b * s->ell_n + k] = v;
+        }
+    }
+    s->clip_max = 0;
+    s->clip_worst = -1;
+    for (d = 0; d < s->ndraw; d++) {
+        double varg, clip;
+        float *a = s->amp + (size_t)d * M * Mh;
+        if ((st = lss__shell_gauss(s, s->draw[d], s->dreal, s->dcplx, &varg, &clip)) != LSS_OK) return st;
+        for (k = 0; k < M * Mh; k++) a[k] = (float)(sqrt(s->dcplx[k][0]) / M);
+        s->hvar[d] = (float)(0.5 * varg);
+        if (clip > s->clip_max) { s->clip_max = clip; s->clip_worst = s->draw[d]; }
+    }
+    if (s->clip_max > 0)
+        lss_log(s->clip_max > 1e-3 ? 1 : 0, "lognormal shells: up to %.3g of the Gaussian power was negative and "
+                "clipped (shell %d)", s->clip_max, s->clip_worst);
+    return LSS_OK;
+}
+
+LSSDEF int lss_sim_create(const lss_cosmo *c, const lss_nz *bins, int nbins, const lss_sim_opts *o, lss_sim **out) {
+    lss_sim *s;
+    double *edges = NULL;
+    int i, b, st, M, Mh, ne, hcap;
+    if (out) *out = NULL;
+    if (!c || !bins || !out) return lss_seterr(LSS_ERR_ARG, "lss_sim_create: NULL argument");
+    if (nbins < 1 || nbins > LSS_SIM_MAX_BINS)
+        return lss_seterr(LSS_ERR_ARG, "lss_sim_create: %d bins (need 1..%d)", nbins, LSS_SIM_MAX_BINS);
+    s = (lss_sim *)LSS_MALLOC(sizeof *s);
+    if (!s) return lss_seterr(LSS_ERR_NOMEM, "lss_sim_create: out of memory");
+    memset(s, 0, sizeof *s);
+    if (o) s->o = *o;
+    if (s->o.nside == 0) s->o.nside = 64;
+    if (s->o.pixel_arcmin == 0) s->o.pixel_arcmin = LSS_DEEPLSS_PIXEL_ARCMIN;
+    if (s->o.pad == 0) s->o.pad = 2;
+    if (s->o.nell == 0) s->o.nell = 96;
+    if (s->o.r_wl == 0) s->o.r_wl = 4;
+    if (s->o.r_gc == 0) s->o.r_gc = 8;
+    st = LSS_OK;
+    if (s->o.nside < 8 || s->o.nside > 4096 || s->o.nside % 2)
+        st = lss_seterr(LSS_ERR_ARG, "field size %d pixels: need an even number in 8..4096", s->o.nside);
+    else if (s->o.pad < 2 || s->o.pad > 8)
+        st = lss_seterr(LSS_ERR_ARG, "padding factor %d: need 2..8", s->o.pad);
+    else if ((double)s->o.nside * s->o.pad > 8192)
+        st = lss_seterr(LSS_ERR_ARG, "generation grid %d x %d is too large (at most 8192)", s->o.nside * s->o.pad,
+                        s->o.nside * s->o.pad);
+    else if (!(s->o.pixel_arcmin > 0.01 && s->o.pixel_arcmin < 600))
+        st = lss_seterr(LSS_ERR_ARG, "pixel size %g arcmin: need 0.01..600", s->o.pixel_arcmin);
+    else if (s->o.nell < 8 || s->o.nell > 100000)
+        st = lss_seterr(LSS_ERR_ARG, "C_ell table of %d points: need 8..100000", s->o.nell);
+    else if (!isfinite(s->o.r_wl) || !isfinite(s->o.r_gc) || s->o.r_wl > 1000 || s->o.r_gc > 1000)
+        st = lss_seterr(LSS_ERR_ARG, "smoothing scales %g, %g Mpc/h: need finite values <= 1000", s->o.r_wl, s->o.r_gc);
+    else if (s->o.smooth_mode != LSS_SMOOTH_GRID && s->o.smooth_mode != LSS_SMOOTH_ZEROPAD)
+        st = lss_seterr(LSS_ERR_ARG, "unknown smoothing mode %d", s->o.smooth_mode);
+    if (st) { LSS_FREE(s); return st; }
+    lss__zig_init(&s->zig);
+    s->n = s->o.nside;
+    s->M = M = s->o.nside * s->o.pad;
+    Mh = M / 2 + 1;
+    s->nbins = nbins;
+    s->pix_rad = s->o.pixel_arcmin * LSS__ARCMIN;
+    /* shells */
+    ne = lss_shell_edges(&s->o.shells, NULL, 0);
+    if (ne < 0) { LSS_FREE(s); return ne; }
+    s->nshell = ne;
+    edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(ne + 1));
+    s->nz = (lss_nz *)LSS_MALLOC(sizeof(lss_nz) * (size_t)nbins);
+    if (!edges || !s->nz) { LSS_FREE(edges); LSS_FREE(s->nz); LSS_FREE(s); return lss_seterr(LSS_ERR_NOMEM, "lss_sim_create: out of memory"); }
+    memset(s->nz, 0, sizeof(lss_nz) * (size_t)nbins);
+    lss_shell_edges(&s->o.shells, edges, ne + 1);
+#define LSS__A(p, T, cnt) do { p = (T *)LSS_MALLOC(sizeof(T) * (size_t)(cnt)); if (!p) goto nomem; } while (0)
+    for (i = 0; i < nbins; i++) {
+        if (!bins[i].z || !bins[i].nz || bins[i].n < 2) { st = lss_seterr(LSS_ERR_ARG, "n(z) bin %d is empty", i + 1); goto fail; }
+        for (b = 1; b < bins[i].n; b++)
+            if (!(bins[i].z[b] > bins[i].z[b - 1])) { st = lss_seterr(LSS_ERR_FORMAT, "n(z) bin %d: z not increasing", i + 1); goto fail; }
+        LSS__A(s->nz[i].z, double, bins[i].n);
+        LSS__A(s->nz[i].nz, double, bins[i].n);
+        memcpy(s->nz[i].z, bins[i].z, sizeof(double) * (size_t)bins[i].n);
+        memcpy(s->nz[i].nz, bins[i].nz, sizeof(double) * (size_t)bins[i].n);
+        s->nz[i].n = bins[i].n;
+        s->nz[i].zmean = bins[i].zmean;
+    }
+    LSS__A(s->zmean, double, nbins);
+    LSS__A(s->szmean, double, nbins);
+    for (i = 0; i < nbins; i++) {
+        s->zmean[i] = bins[i].zmean;
+        s->szmean[i] = o && o->smooth_zmean ? o->smooth_zmean[i] : bins[i].zmean;
+        if (!(s->szmean[i] > 0 && s->szmean[i] < 20)) {
+            st = lss_seterr(LSS_ERR_ARG, "smoothing redshift of bin %d is %g (need 0 < z < 20)", i + 1, s->szmean[i]);
+            goto fail;
+        }
+    }
+    s->o.smooth_zmean = NULL;
+    LSS__A(s->z_lo, double, ne); LSS__A(s->z_hi, double, ne); LSS__A(s->chi_lo, double, ne); LSS__A(s->chi_hi, double, ne);
+    for (b = 0; b < ne; b++) { s->z_lo[b] = edges[b]; s->z_hi[b] = edges[b + 1]; }
+    LSS_FREE(edges); edges = NULL;
+    LSS__A(s->w_wl, double, nbins * ne); LSS__A(s->w_ia, double, nbins * ne); LSS__A(s->w_g, double, nbins * ne);
+    LSS__A(s->w_tot, double, nbins);
+    LSS__A(s->sig_wl, double, nbins); LSS__A(s->sig_gc, double, nbins);
+    LSS__A(s->khw, int, 2 * nbins);
+    LSS__A(s->kern, float, 2 * nbins * (2 * LSS__KMAX + 1));
+    s->ell_n = s->o.nell;
+    LSS__A(s->ell, double, s->ell_n);
+    LSS__A(s->cl, double, (size_t)ne * s->ell_n);
+    {
+        double l0 = 0.5 * 2 * LSS__PI / (M * s->pix_rad), l1 = 1.05 * sqrt(2.0) * LSS__PI / s->pix_rad;
+        for (i = 0; i < s->ell_n; i++) s->ell[i] = l0 * pow(l1 / l0, (double)i / (s->ell_n - 1));
+    }
+    /* first pass: weights and the number of drawn shells */
+    if ((st = lss_sim_set_cosmo(s, c)) != LSS_OK) goto fail;
+    if (s->ndraw < 1) { st = lss_seterr(LSS_ERR_ARG, "no shell overlaps the sources"); goto fail; }
+    LSS__A(s->draw, int, s->ndraw);
+    LSS__A(s->hvar, float, s->ndraw);
+    s->amp = (float *)fftwf_malloc(sizeof(float) * (size_t)s->ndraw * M * Mh);
+    s->dreal = (double *)fftw_malloc(sizeof(double) * (size_t)M * M);
+    s->dcplx = (fftw_complex *)fftw_malloc(sizeof(fftw_complex) * (size_t)M * Mh);
+    if (!s->amp || !s->dreal || !s->dcplx) goto nomem;
+    hcap = (M - s->n) / 2 < LSS__KMAX ? (M - s->n) / 2 : LSS__KMAX;
+    s->region = s->o.smooth_mode == LSS_SMOOTH_GRID ? s->n + 2 * hcap : s->n;
+    {
+        /* plans (FFTW planning is not thread-safe): made once, with scratch arrays of the same alignment */
+        fftwf_complex *fc = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * (size_t)M * Mh);
+        float *fr = (float *)fftwf_malloc(sizeof(float) * (size_t)M * M);
+        int ok;
+LSS__MOMP(omp critical(lss_fftw_plan))
+        {
+            if (fc && fr) {
+                s->d_c2r = fftw_plan_dft_c2r_2d(M, M, s->dcplx, s->dreal, FFTW_ESTIMATE);
+                s->d_r2c = fftw_plan_dft_r2c_2d(M, M, s->dreal, s->dcplx, FFTW_ESTIMATE);
+                s->g_c2r = fftwf_plan_dft_c2r_2d(M, M, fc, fr, FFTW_ESTIMATE);
+                s->f_r2c = fftwf_plan_dft_r2c_2d(s->n, s->n, fr, fc, FFTW_ESTIMATE);
+                s->f_c2r = fftwf_plan_dft_c2r_2d(s->n, s->n, fc, fr, FFTW_ESTIMATE);
+            }
+        }
+        ok = fc && fr && s->d_c2r && s->d_r2c && s->g_c2r && s->f_r2c && s->f_c2r;
+        if (fc) fftwf_free(fc);
+        if (fr) fftwf_free(fr);
+        if (!ok) { st = lss_seterr(LSS_ERR_NOMEM, "lss_sim_create: FFTW plans could not be made"); goto fail; }
+    }
+    /* second pass: the drawn shells, smoothing, spectra */
+    if ((st = lss_sim_set_cosmo(s, c)) != LSS_OK) goto fail;
+    *out = s;
+    return LSS_OK;
+nomem:
+    st = lss_seterr(LSS_ERR_NOMEM, "lss_sim_create: out of memory");
+fail:
+    LSS_FREE(edges);
+    lss_sim_free(s);
+    return st;
+#undef LSS__A
+}
+
+LSSDEF void lss_sim_work_free(lss_sim_work *w) {
+    if (!w) return;
+    if (w->gc) fftwf_free(w->gc);
+    if (w->gr) fftwf_free(w->gr);
+    if (w->fc) fftwf_free(w->fc);
+    if (w->fr) fftwf_free(w->fr);
+    if (w->fr2) fftwf_free(w->fr2);
+    LSS_FREE(w->acc); LSS_FREE(w->tmp); LSS_FREE(w->noise); LSS_FREE(w->counts);
+    LSS_FREE(w);
+}
+
+LSSDEF int lss_sim_work_create(const lss_sim *s, lss_sim_work **out) {
+    lss_sim_work *w;
+    size_t M, Mh, n, R;
+    if (out) *out = NULL;
+    if (!s || !out) return lss_seterr(LSS_ERR_ARG, "lss_sim_work_create: NULL argument");
+    M = (size_t)s->M; Mh = M / 2 + 1; n = (size_t)s->n; R = (size_t)s->region;
+    w = (lss_sim_work *)LSS_MALLOC(sizeof *w);
+    if (!w) return lss_seterr(LSS_ERR_NOMEM, "lss_sim_work_create: out of memory");
+    memset(w, 0, sizeof *w);
+    w->gc = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * M * Mh);
+    w->gr = (float *)fftwf_malloc(sizeof(float) * M * M);
+    w->fc = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * n * (n / 2 + 1));
+    w->fr = (float *)fftwf_malloc(sizeof(float) * n * n);
+    w->fr2 = (float *)fftwf_malloc(sizeof(float) * n * n);
+    w->acc = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)s->nbins * R * R);
+    w->tmp = (float *)LSS_MALLOC(sizeof(float) * R * R);
+    w->noise = (float *)LSS_MALLOC(sizeof(float) * 2 * M * Mh);
+    w->counts = (float *)LSS_MALLOC(sizeof(float) * (size_t)s->nbins * n * n);
+    if (!w->gc || !w->gr || !w->fc || !w->fr || !w->fr2 || !w->acc || !w->tmp || !w->noise || !w->counts) {
+        lss_sim_work_free(w);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_sim_work_create: out of memory");
+    }
+    *out = w;
+    return LSS_OK;
+}
+
+LSSDEF size_t lss_sim_field_size(const lss_sim *s) { return s ? (size_t)3 * s->nbins * s->n * s->n : 0; }
+LSSDEF size_t lss_sim_obs_size(const lss_sim *s) { return s ? (size_t)2 * s->nbins * s->n * s->n : 0; }
+LSSDEF const float *lss_sim_work_counts(const lss_sim_work *w) { return w ? w->counts : NULL; }
+
+LSSDEF void lss_sim_get_info(const lss_sim *s, lss_sim_info *f) {
+    memset(f, 0, sizeof *f);
+    if (!s) return;
+    f->nside = s->n; f->ngrid = s->M; f->nbins = s->nbins; f->nshell = s->nshell; f->nshell_drawn = s->ndraw;
+    f->pixel_arcmin = s->o.pixel_arcmin;
+    f->z_lo = s->z_lo; f->z_hi = s->z_hi; f->chi_lo = s->chi_lo; f->chi_hi = s->chi_hi;
+    f->w_wl = s->w_wl; f->w_ia = s->w_ia; f->w_g = s->w_g;
+    f->sigma_wl_arcmin = s->sig_wl; f->sigma_gc_arcmin = s->sig_gc; f->zmean = s->zmean;
+    f->clip_max = s->clip_max; f->clip_worst_shell = s->clip_worst;
+    f->ell_n = s->ell_n; f->ell = s->ell; f->cl = s->cl;
+}
+
+/* Separable smoothing of src (rows x cols with row stride `stride`, the region around the output) into
+   dst[n][n]: output pixel (y, x) is centred on src (y + h, x + h). Kernel kk of half-width h (>= 0). */
+static void lss__smooth_region(const float *src, int stride, int n, int h, const float *kk, float *tmp, float *dst) {
+    int y, x, t, rows = n + 2 * h;
+    for (y = 0; y < rows; y++) {
+        const float *r = src + (size_t)y * stride;
+        float *o = tmp + (size_t)y * n;
+        for (x = 0; x < n; x++) {
+            float a = 0;
+            for (t = 0; t <= 2 * h; t++) a += kk[t] * r[x + t];
+            o[x] = a;
+        }
+    }
+    for (y = 0; y < n; y++) {
+        float *o = dst + (size_t)y * n;
+        for (x = 0; x < n; x++) o[x] = 0;
+        for (t = 0; t <= 2 * h; t++) {
+            const float *r = tmp + (size_t)(y + t) * n;
+            float kt = kk[t];
+            for (x = 0; x < n; x++) o[x] += kt * r[x];
+        }
+    }
+}
+
+LSSDEF void lss_smooth_zeropad(float *map, int h, int w, double sigma_px, float *tmp) {
+    float kk[2 * LSS__KMAX + 1];
+    double sum = 0;
+    int hw, k, y, x;
+    if (!(sigma_px > 0) || !map || !tmp || h < 1 || w < 1) return;
+    hw = (int)(5 * sigma_px);
+    if (hw < 1) hw = 1;
+    if (hw > LSS__KMAX) hw = LSS__KMAX;
+    for (k = -hw; k <= hw; k++) sum += exp(-0.5 * k * k / (sigma_px * sigma_px));
+    for (k = -hw; k <= hw; k++) kk[k + hw] = (float)(exp(-0.5 * k * k / (sigma_px * sigma_px)) / sum);
+    for (y = 0; y < h; y++)
+        for (x = 0; x < w; x++) {
+            float a = 0;
+            for (k = -hw; k <= hw; k++)
+                if (x + k >= 0 && x + k < w) a += kk[k + hw] * map[(size_t)y * w + x + k];
+            tmp[(size_t)y * w + x] = a;
+        }
+    for (y = 0; y < h; y++)
+        for (x = 0; x < w; x++) {
+            float a = 0;
+            for (k = -hw; k <= hw; k++)
+                if (y + k >= 0 && y + k < h) a += kk[k + hw] * tmp[(size_t)(y + k) * w + x];
+            map[(size_t)y * w + x] = a;
+        }
+}
+
+LSSDEF int lss_sim_field(const lss_sim *s, lss_sim_work *w, uint64_t seed, uint64_t index, float *out) {
+    int M, Mh, n, h, R, off, d, i, y, x, nb;
+    size_t RR, nn;
+    if (!s || !w || !out) return lss_seterr(LSS_ERR_ARG, "lss_sim_field: NULL argument");
+    if (index >= ((uint64_t)1 << 43)) return lss_seterr(LSS_ERR_ARG, "lss_sim_field: index %llu too large (< 2^43)",
+                                                       (unsigned long long)index);
+    M = s->M; Mh = M / 2 + 1; n = s->n; nb = s->nbins;
+    h = s->hmax; R = n + 2 * h; RR = (size_t)R * R; nn = (size_t)n * n;
+    off = (M - n) / 2 - h;
+    memset(w->acc, 0, sizeof(float) * 3 * (size_t)nb * RR);
+    for (d = 0; d < s->ndraw; d++) {
+        int b = s->draw[d], i0, j;
+        const float *a = s->amp + (size_t)d * M * Mh;
+        float hv = s->hvar[d], wl[LSS_SIM_MAX_BINS], wi[LSS_SIM_MAX_BINS], wg[LSS_SIM_MAX_BINS];
+        lss__normals(&s->zig, seed, lss__stream(index, LSS__P_SHELL, b), w->noise, 2 * (int64_t)M * Mh);
+        for (i0 = 0; i0 < M; i0++)
+            for (j = 0; j < Mh; j++) {
+                size_t k = (size_t)i0 * Mh + j;
+                w->gc[k][0] = a[k] * w->noise[2 * k] * 0.70710678f;
+                w->gc[k][1] = a[k] * w->noise[2 * k + 1] * 0.70710678f;
+            }
+        /* Hermitian symmetry on the columns j = 0 and j = M/2 */
+        for (j = 0; j < Mh; j += M / 2) {
+            for (i0 = M / 2 + 1; i0 < M; i0++) {
+                w->gc[(size_t)i0 * Mh + j][0] = w->gc[(size_t)(M - i0) * Mh + j][0];
+                w->gc[(size_t)i0 * Mh + j][1] = -w->gc[(size_t)(M - i0) * Mh + j][1];
+            }
+            for (i0 = 0; i0 <= M / 2; i0 += M / 2) {
+                size_t k = (size_t)i0 * Mh + j;
+                w->gc[k][0] = a[k] * w->noise[2 * k];
+                w->gc[k][1] = 0;
+            }
+        }
+        fftwf_execute_dft_c2r(s->g_c2r, w->gc, w->gr);
+        for (i = 0; i < nb; i++) {
+            wl[i] = (float)s->w_wl[i * s->nshell + b];
+            wi[i] = (float)s->w_ia[i * s->nshell + b];
+            wg[i] = (float)s->w_g[i * s->nshell + b];
+        }
+        for (y = 0; y < R; y++) {
+            const float *g = w->gr + (size_t)(off + y) * M + off;
+            float *t = w->tmp + (size_t)y * R;
+            for (x = 0; x < R; x++) t[x] = expf(g[x] - hv) - 1.0f;
+        }
+        for (i = 0; i < nb; i++) {
+            float *ak = w->acc + (size_t)i * RR, *ai = w->acc + (size_t)(nb + i) * RR, *ag = w->acc + (size_t)(2 * nb + i) * RR;
+            size_t p;
+            if (wl[i] != 0) for (p = 0; p < RR; p++) ak[p] += wl[i] * w->tmp[p];
+            if (wi[i] != 0) for (p = 0; p < RR; p++) ai[p] += wi[i] * w->tmp[p];
+            if (wg[i] != 0) for (p = 0; p < RR; p++) ag[p] += wg[i] * w->tmp[p];
+        }
+    }
+    /* smoothing (grid mode) and cut-out */
+    for (i = 0; i < 3 * nb; i++) {
+        int bin = i % nb, probe = i < 2 * nb ? 0 : 1, hw = s->khw[probe * nb + bin];
+        float *dst = out + (size_t)i * nn;
+        const float *src = w->acc + (size_t)i * RR;
+        if (s->o.smooth_mode == LSS_SMOOTH_GRID && hw > 0)
+            lss__smooth_region(src + (size_t)(h - hw) * R + (h - hw), R, n, hw,
+                               s->kern + ((size_t)probe * nb + bin) * (2 * LSS__KMAX + 1), w->tmp, dst);
+        else
+            for (y = 0; y < n; y++) memcpy(dst + (size_t)y * n, src + (size_t)(y + h) * R + h, sizeof(float) * (size_t)n);
+    }
+    /* eqs. 6-7 */
+    for (i = 0; i < 3 * nb; i++) {
+        float *m = out + (size_t)i * nn;
+        double mean = 0;
+        size_t p;
+        for (p = 0; p < nn; p++) mean += m[p];
+        mean /= (double)nn;
+        if (i < 2 * nb) {
+            for (p = 0; p < nn; p++) m[p] = (float)(m[p] - mean);
+        } else {
+            double tot = s->w_tot[i - 2 * nb], den = tot + mean;
+            if (!(den > 0)) return lss_seterr(LSS_ERR_NUMERIC, "field %llu: empty galaxy density in bin %d",
+                                               (unsigned long long)index, i - 2 * nb + 1);
+            for (p = 0; p < nn; p++) {
+                float v = (float)((tot + m[p]) / den - 1.0);
+                m[p] = v < -1.0f ? -1.0f : v;
+            }
+        }
+    }
+    if (s->o.smooth_mode == LSS_SMOOTH_ZEROPAD)
+        for (i = 0; i < 3 * nb; i++) {
+            int bin = i % nb, probe = i < 2 * nb ? 0 : 1;
+            double sp = (probe ? s->sig_gc[bin] : s->sig_wl[bin]) / s->o.pixel_arcmin;
+            if (!s->o.no_pixwin) sp = sqrt(sp * sp + 1.0 / 12.0);
+            if (sp > 0) lss_smooth_zeropad(out + (size_t)i * nn, n, n, sp, w->tmp);
+        }
+    return LSS_OK;
+}
+
+LSSDEF int lss_sim_fields(const lss_sim *s, uint64_t seed, uint64_t first, int64_t n, float *out) {
+    int st = LSS_OK;
+    size_t fs;
+    if (!s || (!out && n > 0) || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_sim_fields: bad arguments");
+    fs = lss_sim_field_size(s);
+LSS__MOMP(omp parallel)
+    {
+        lss_sim_work *w = NULL;
+        int64_t k;
+        int mine = lss_sim_work_create(s, &w);
+        if (mine != LSS_OK) {
+LSS__MOMP(omp critical(lss_sim_fields_err))
+            st = mine;
+        }
+LSS__MOMP(omp for schedule(dynamic, 1))
+        for (k = 0; k < n; k++) {
+            int r;
+            if (!w) continue;
+            r = lss_sim_field(s, w, seed, first + (uint64_t)k, out + (size_t)k * fs);
+            if (r != LSS_OK) {
+LSS__MOMP(omp critical(lss_sim_fields_err))
+                st = r;
+            }
+        }
+        lss_sim_work_free(w);
+    }
+    return st;
+}
+
+/* ---------------------------------------------------------------- observation */
+LSSDEF double lss_stochastic_corr(double r_g) {
+    double a = pow(1 - r_g, 2.0 / 3.0);
+    return a == 0 ? 1.0 : sin(a * LSS__PI) / (a * LSS__PI);
+}
+
+LSSDEF int lss_sim_stochastic(const lss_sim *s, lss_sim_work *w, float *map, double r_g, uint64_t seed,
+                              uint64_t index, int bin) {
+    int n, nh, i, j;
+    float a;
+    size_t k, nn;
+    lss_rng r;
+    if (!s || !w || !map) return lss_seterr(LSS_ERR_ARG, "lss_sim_stochastic: NULL argument");
+    if (!(r_g >= 0 && r_g <= 1)) return lss_seterr(LSS_ERR_RANGE, "stochasticity r_g = %g: need 0..1", r_g);
+    if (r_g == 1) return LSS_OK;
+    n = s->n; nh = n / 2 + 1; nn = (size_t)n * n;
+    a = (float)(pow(1 - r_g, 2.0 / 3.0) * LSS__PI);
+    memcpy(w->fr, map, sizeof(float) * nn);
+    fftwf_execute_dft_r2c(s->f_r2c, w->fr, w->fc);
+    lss_rng_init(&r, seed, lss__stream(index, LSS__P_PHASE, bin));
+    for (i = 0; i < n; i++)
+        for (j = 0; j < nh; j++) {
+            float u = lss_rng_uniformf(&r), ph, c, sn, re, im;
+            k = (size_t)i * nh + j;
+            if ((j == 0 || j == n / 2) && (i == 0 || i == n / 2)) continue; /* real modes stay real */
+            if ((j == 0 || j == n / 2) && i > n / 2) continue;              /* set from their partners below */
+            ph = a * (2.0f * u - 1.0f);
+            c = cosf(ph); sn = sinf(ph);
+            re = w->fc[k][0]; im = w->fc[k][1];
+            w->fc[k][0] = re * c - im * sn;
+            w->fc[k][1] = re * sn + im * c;
+        }
+    for (j = 0; j < nh; j += n / 2)
+        for (i = n / 2 + 1; i < n; i++) {
+            w->fc[(size_t)i * nh + j][0] = w->fc[(size_t)(n - i) * nh + j][0];
+            w->fc[(size_t)i * nh + j][1] = -w->fc[(size_t)(n - i) * nh + j][1];
+        }
+    fftwf_execute_dft_c2r(s->f_c2r, w->fc, w->fr);
+    for (k = 0; k < nn; k++) map[k] = w->fr[k] / (float)nn;
+    return LSS_OK;
+}
+
+LSSDEF double lss_poisson_anscombe(lss_rng *r, double lam, int mode) {
+    double z, x;
+    if (!(lam > 0) || !isfinite(lam)) return 0;
+    if (mode == LSS_POISSON_ANSCOMBE_PAPER) {
+        z = 2 * sqrt(lam + 0.375) - 0.25 / sqrt(lam) + lss_rng_normal(r);
+        if (z < 1) return 0;
+        x = 0.25 * z * z - 0.125 + 0.25 * sqrt(1.5) / z - 1.375 / (z * z) + 0.625 * sqrt(1.5) / (z * z * z);
+    } else {
+        z = 2 * sqrt(lam + 0.375) + lss_rng_normal(r);
+        x = 0.25 * (z * z - 1) - 0.375;
+    }
+    return floor((x > 0 ? x : 0) + 0.5);
+}
+
+LSSDEF int64_t lss_clip_rates(float *lam, int64_t n, double max_rate) {
+    double tot = 0, totc = 0, f;
+    int64_t i, nc = 0;
+    if (!lam || n <= 0) return 0;
+    for (i = 0; i < n; i++) {
+        double v = lam[i], c = v < 0 ? 0 : (v > max_rate ? max_rate : v);
+        if (!(v == v)) c = 0;
+        tot += v == v ? v : 0;
+        totc += c;
+        if (c != v) nc++;
+        lam[i] = (float)c;
+    }
+    if (nc == 0) return 0;
+    f = (tot > 0 && totc > 0) ? tot / totc : 0;
+    for (i = 0; i < n; i++) {
+        double v = lam[i] * f;
+        lam[i] = (float)(v > max_rate ? max_rate : v);
+    }
+    return nc;
+}
+
+LSSDEF void lss_sim_bin_amplitudes(const lss_sim *s, const lss_params *p, double *a_ia, double *b, double *b2) {
+    int i;
+    for (i = 0; s && p && i < s->nbins; i++) {
+        if (a_ia) a_ia[i] = lss_params_a_ia_bin(p, &s->nz[i]);
+        if (b) b[i] = lss_params_b_bin(p, &s->nz[i]);
+        if (b2) b2[i] = lss_params_b2_bin(p, &s->nz[i]);
+    }
+}
+
+LSSDEF double lss_kappa_net_scale(double sigma_e, double ngal_arcmin2, double pixel_arcmin) {
+    double npix = ngal_arcmin2 * pixel_arcmin * pixel_arcmin, sp = sigma_e / sqrt(npix);
+    return 1.0 / sqrt(LSS_DEEPLSS_KAPPA_SIG * LSS_DEEPLSS_KAPPA_SIG + sp * sp);
+}
+
+LSSDEF void lss_scale_for_network(float *maps, int nbins, int64_t npix, double kappa_scale) {
+    int64_t i, nk = (int64_t)nbins * npix;
+    for (i = 0; i < 2 * nk; i++) {
+        float v = maps[i];
+        if (!isfinite(v)) v = 0;
+        maps[i] = i < nk ? (float)(v * kappa_scale) : v;
+    }
+}
+
+LSSDEF int lss_sim_observe(const lss_sim *s, lss_sim_work *w, const float *field, const lss_params *p,
+                           const lss_noise_opts *o, uint64_t seed, uint64_t index, float *out) {
+    lss_noise_opts no;
+    double aia[LSS_SIM_MAX_BINS], bb[LSS_SIM_MAX_BINS], bb2[LSS_SIM_MAX_BINS], nbar;
+    int i, st, nb;
+    size_t nn, k;
+    if (!s || !w || !field || !p || !out) return lss_seterr(LSS_ERR_ARG, "lss_sim_observe: NULL argument");
+    if ((st = lss_params_check(p)) != LSS_OK) return st;
+    if (index >= ((uint64_t)1 << 43)) return lss_seterr(LSS_ERR_ARG, "lss_sim_observe: index too large (< 2^43)");
+    memset(&no, 0, sizeof no);
+    if (o) no = *o;
+    if (no.sigma_e == 0) no.sigma_e = LSS_DEEPLSS_SIGMA_E;
+    if (no.ngal_arcmin2 == 0) no.ngal_arcmin2 = LSS_DEEPLSS_NGAL_ARCMIN2;
+    if (no.max_rate == 0) no.max_rate = 1e5;
+    if (!(no.sigma_e > 0) || !(no.ngal_arcmin2 > 0) || !(no.max_rate > 0) || !isfinite(no.sigma_e) ||
+        !isfinite(no.ngal_arcmin2) || no.poisson < 0 || no.poisson > 2 || no.bias < 0 || no.bias > 2 ||
+        no.shape_noise < 0 || no.shape_noise > 1)
+        return lss_seterr(LSS_ERR_ARG, "noise options: need positive sigma_e, galaxy density and max_rate and known "
+                          "modes (sigma_e %g, n_gal %g, max_rate %g, poisson %d, bias %d, shape noise %d)", no.sigma_e,
+                          no.ngal_arcmin2, no.max_rate, no.poisson, no.bias, no.shape_noise);
+    nb = s->nbins; nn = (size_t)s->n * s->n;
+    nbar = no.ngal_arcmin2 * s->o.pixel_arcmin * s->o.pixel_arcmin;
+    lss_sim_bin_amplitudes(s, p, aia, bb, bb2);
+    for (i = 0; i < nb; i++) {
+        const float *kap = field + (size_t)i * nn, *kia = field + (size_t)(nb + i) * nn, *del = field + (size_t)(2 * nb + i) * nn;
+        float *ko = out + (size_t)i * nn, *go = out + (size_t)(nb + i) * nn, *lam = w->fr2;
+        float fa = (float)aia[i], fb = (float)bb[i], fb2 = (float)bb2[i];
+        for (k = 0; k < nn; k++) ko[k] = kap[k] + fa * kia[k];
+        memcpy(go, del, sizeof(float) * nn);
+        if ((st = lss_sim_stochastic(s, w, go, p->r_g, seed, index, i)) != LSS_OK) return st;
+        for (k = 0; k < nn; k++) {
+            float d = go[k], v = fb * d;
+            if (no.bias == LSS_BIAS_NONLINEAR) v += fb2 * d * d;
+            else if (no.bias == LSS_BIAS_NONLINEAR_CODE) v += 0.5f * fb2 * (d < 0 ? -d * d : d * d);
+            go[k] = v;
+        }
+        if (no.no_noise) continue;
+        for (k = 0; k < nn; k++) lam[k] = (float)(nbar * (1.0 + go[k]));
+        lss_clip_rates(lam, (int64_t)nn, no.max_rate);
+        {
+            lss_rng r;
+            float *cnt = w->counts + (size_t)i * nn, *eps = w->fr;
+            lss_rng_init(&r, seed, lss__stream(index, LSS__P_POISSON, i));
+            for (k = 0; k < nn; k++) {
+                double c = no.poisson == LSS_POISSON_EXACT ? (double)lss_rng_poisson(&r, lam[k])
+                                                           : lss_poisson_anscombe(&r, lam[k], no.poisson);
+                if (c < 0) return lss_seterr(LSS_ERR_NUMERIC, "Poisson draw failed for mean %g", (double)lam[k]);
+                cnt[k] = (float)c;
+            }
+            lss__normals(&s->zig, seed, lss__stream(index, LSS__P_SHAPE, i), eps, (int64_t)nn);
+            for (k = 0; k < nn; k++) {
+                double ng = no.shape_noise == LSS_SHAPE_NOISE_CODE ? cnt[k] + 1.0 : (cnt[k] > 1 ? cnt[k] : 1.0);
+                ko[k] = (float)(ko[k] + no.sigma_e / sqrt(ng) * eps[k]);
+                go[k] = (float)(cnt[k] / nbar - 1.0);
+            }
+        }
+    }
+    return LSS_OK;
+}
+
+/* ---------------------------------------------------------------- mosaics */
+LSSDEF int lss_mosaic(const float *const *fields, int grid, int nchan, int n, uint64_t seed, uint64_t index,
+                      float *out) {
+    int perm[4096], f, c, y, x, nf, W;
+    lss_rng r;
+    if (!fields || !out || grid < 1 || grid > 64 || nchan < 1 || n < 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_mosaic: bad arguments (grid %d, channels %d, size %d)", grid, nchan, n);
+    nf = grid * grid; W = grid * n;
+    for (f = 0; f < nf; f++) {
+        if (!fields[f]) return lss_seterr(LSS_ERR_ARG, "lss_mosaic: field %d is NULL", f);
+        perm[f] = f;
+    }
+    lss_rng_init(&r, seed, lss__stream(index, LSS__P_MOSAIC, 0));
+    for (f = nf - 1; f > 0; f--) {
+        int j = (int)lss_rng_below(&r, (uint32_t)(f + 1)), t = perm[f];
+        perm[f] = perm[j]; perm[j] = t;
+    }
+    for (f = 0; f < nf; f++) {
+        uint32_t fl = lss_rng_u32(&r);
+        int slot = perm[f], sy = slot / grid, sx = slot % grid, fy = fl & 1, fx = (fl >> 1) & 1;
+        for (c = 0; c < nchan; c++) {
+            const float *src = fields[f] + (size_t)c * n * n;
+            float *dst = out + (size_t)c * W * W + (size_t)sy * n * W + (size_t)sx * n;
+            for (y = 0; y < n; y++) {
+                const float *row = src + (size_t)(fy ? n - 1 - y : y) * n;
+                float *o = dst + (size_t)y * W;
+                for (x = 0; x < n; x++) o[x] = row[fx ? n - 1 - x : x];
+            }
+        }
+    }
+    return LSS_OK;
+}
+
+/* ---------------------------------------------------------------- power spectra */
+struct lss_ps {
+    int ny, nx, nxh, nchan, nbins;
+    double pix_rad, norm; /* norm = Omega_pix / N_pix */
+    double *edges, *ell;
+    int64_t *nmodes;
+    int *bin;             /* [ny][nxh] bin of each stored mode (-1: none) */
+    double *wgt;          /* [ny][nxh] 1 or 2 (modes of the full plane it stands for) */
+    double *wsum;         /* [nbins] */
+    float *in;
+    fftwf_complex *X;     /* [nchan][ny][nxh] */
+    fftwf_plan plan;
+};
+
+LSSDEF int lss_ps_edges(double lmin, double lmax, int nbins, double dl_min, double *edges) {
+    int k, it;
+    double lo, hi;
+    if (!edges || nbins < 1 || nbins > 100000 || !(lmin > 0) || !(lmax > lmin) || !isfinite(lmax) || !(dl_min >= 0))
+        return lss_seterr(LSS_ERR_ARG, "power-spectrum bins: need 0 < lmin < lmax, nbins >= 1, dl_min >= 0 "
+                          "(got %g, %g, %d, %g)", lmin, lmax, nbins, dl_min);
+    if (dl_min > 0 && lmin + nbins * dl_min > lmax * (1 + 1e-12))
+        return lss_seterr(LSS_ERR_ARG, "power-spectrum bins: %d bins of at least %g do not fit in %g..%g", nbins,
+                          dl_min, lmin, lmax);
+    if (dl_min <= 0) {
+        for (k = 0; k <= nbins; k++) edges[k] = lmin * pow(lmax / lmin, (double)k / nbins);
+        edges[nbins] = lmax;
+        return LSS_OK;
+    }
+    /* ratio r with e_{k+1} = max(r e_k, e_k + dl_min) reaching lmax after nbins steps (bisection) */
+    lo = 1; hi = pow(lmax / lmin, 1.0 / nbins);
+    for (it = 0; it < 200; it++) {
+        double r = 0.5 * (lo + hi), e = lmin;
+        for (k = 0; k < nbins; k++) e = r * e > e + dl_min ? r * e : e + dl_min;
+        if (e > lmax) hi = r; else lo = r;
+    }
+    edges[0] = lmin;
+    for (k = 0; k < nbins; k++) edges[k + 1] = lo * edges[k] > edges[k] + dl_min ? lo * edges[k] : edges[k] + dl_min;
+    edges[nbins] = lmax;
+    return LSS_OK;
+}
+
+LSSDEF void lss_ps_free(lss_ps *ps) {
+    if (!ps) return;
+    if (ps->plan) {
+LSS__MOMP(omp critical(lss_fftw_plan))
+        fftwf_destroy_plan(ps->plan);
+    }
+    if (ps->in) fftwf_free(ps->in);
+    if (ps->X) fftwf_free(ps->X);
+    LSS_FREE(ps->edges); LSS_FREE(ps->ell); LSS_FREE(ps->nmodes); LSS_FREE(ps->bin); LSS_FREE(ps->wgt);
+    LSS_FREE(ps->wsum);
+    LSS_FREE(ps);
+}
+
+LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const double *edges, int nbins,
+                         lss_ps **out) {
+    lss_ps *ps;
+    int i, j, b;
+    size_t nm;
+    if (out) *out = NULL;
+    if (!out || !edges) return lss_seterr(LSS_ERR_ARG, "lss_ps_create: NULL argument");
+    if (ny < 2 || nx < 2 || ny > 65536 || nx > 65536 || (double)ny * nx > 1e9 || nchan < 1 || nchan > 1024 ||
+        nbins < 1 || nbins > 100000 || !(pixel_arcmin > 0) || !isfinite(pixel_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "lss_ps_create: bad sizes (%d x %d maps, %d channels, %d bins, pixel %g arcmin)",
+                          ny, nx, nchan, nbins, pixel_arcmin);
+    for (b = 0; b < nbins; b++)
+        if (!(edges[b + 1] > edges[b]) || !(edges[b] >= 0))
+            return lss_seterr(LSS_ERR_ARG, "lss_ps_create: bin edges must increase from >= 0 (edge %d)", b);
+    ps = (lss_ps *)LSS_MALLOC(sizeof *ps);
+    if (!ps) return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: out of memory");
+    memset(ps, 0, sizeof *ps);
+    ps->ny = ny; ps->nx = nx; ps->nxh = nx / 2 + 1; ps->nchan = nchan; ps->nbins = nbins;
+    ps->pix_rad = pixel_arcmin * LSS__ARCMIN;
+    ps->norm = ps->pix_rad * ps->pix_rad / ((double)ny * nx);
+    nm = (size_t)ny * ps->nxh;
+    ps->edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nbins + 1));
+    ps->ell = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbins);
+    ps->wsum = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbins);
+    ps->nmodes = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
+    ps->bin = (int *)LSS_MALLOC(sizeof(int) * nm);
+    ps->wgt = (double *)LSS_MALLOC(sizeof(double) * nm);
+    ps->in = (float *)fftwf_malloc(sizeof(float) * (size_t)ny * nx);
+    ps->X = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * nm * (size_t)nchan);
+    if (!ps->edges || !ps->ell || !ps->wsum || !ps->nmodes || !ps->bin || !ps->wgt || !ps->in || !ps->X) {
+        lss_ps_free(ps);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: out of memory");
+    }
+    memcpy(ps->edges, edges, sizeof(double) * (size_t)(nbins + 1));
+    for (b = 0; b < nbins; b++) { ps->ell[b] = 0; ps->wsum[b] = 0; ps->nmodes[b] = 0; }
+    for (i = 0; i < ny; i++) {
+        double ky = lss__fidx(i, ny) / (ny * ps->pix_rad);
+        for (j = 0; j < ps->nxh; j++) {
+            double kx = j / (nx * ps->pix_rad), ell = 2 * LSS__PI * sqrt(kx * kx + ky * ky);
+            double wg = (j == 0 || (nx % 2 == 0 && j == nx / 2)) ? 1 : 2;
+            size_t k = (size_t)i * ps->nxh + j;
+            int lo = 0, hi = nbins;
+            ps->bin[k] = -1;
+            ps->wgt[k] = wg;
+            if (i == 0 && j == 0) continue;
+            if (ell < edges[0] || ell >= edges[nbins]) continue;
+            while (hi - lo > 1) { int m = (lo + hi) / 2; if (ell >= edges[m]) lo = m; else hi = m; }
+            ps->bin[k] = lo;
+            ps->ell[lo] += wg * ell;
+            ps->wsum[lo] += wg;
+            ps->nmodes[lo] += (int64_t)wg;
+        }
+    }
+    for (b = 0; b < nbins; b++) ps->ell[b] = ps->wsum[b] > 0 ? ps->ell[b] / ps->wsum[b] : NAN;
+LSS__MOMP(omp critical(lss_fftw_plan))
+    ps->plan = fftwf_plan_dft_r2c_2d(ny, nx, ps->in, ps->X, FFTW_ESTIMATE);
+    if (!ps->plan) { lss_ps_free(ps); return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: FFTW plan failed"); }
+    *out = ps;
+    return LSS_OK;
+}
+
+LSSDEF int lss_ps_nbins(const lss_ps *ps) { return ps ? ps->nbins : 0; }
+LSSDEF int lss_ps_npairs(const lss_ps *ps, int cross) { return ps ? (cross ? ps->nchan * (ps->nchan + 1) / 2 : ps->nchan) : 0; }
+LSSDEF void lss_ps_pair(const lss_ps *ps, int cross, int p, int *i, int *j) {
+    int a, n = ps->nchan;
+    if (!cross) { *i = *j = p; return; }
+    for (a = 0; a < n; a++) {
+        if (p < n - a) { *i = a; *j = a + p; return; }
+        p -= n - a;
+    }
+    *i = *j = -1;
+}
+LSSDEF const double *lss_ps_ell(const lss_ps *ps) { return ps ? ps->ell : NULL; }
+LSSDEF const int64_t *lss_ps_nmodes(const lss_ps *ps) { return ps ? ps->nmodes : NULL; }
+
+LSSDEF int lss_ps_compute(lss_ps *ps, const float *maps, int cross, int mode, double *out) {
+    int c, p, np, b;
+    size_t nm, npix, k;
+    if (!ps || !maps || !out) return lss_seterr(LSS_ERR_ARG, "lss_ps_compute: NULL argument");
+    nm = (size_t)ps->ny * ps->nxh; npix = (size_t)ps->ny * ps->nx;
+    for (c = 0; c < ps->nchan; c++) {
+        memcpy(ps->in, maps + (size_t)c * npix, sizeof(float) * npix);
+        fftwf_execute_dft_r2c(ps->plan, ps->in, ps->X + (size_t)c * nm);
+    }
+    np = lss_ps_npairs(ps, cross);
+    for (p = 0; p < np; p++) {
+        int i, j;
+        fftwf_complex *A, *B;
+        double *o = out + (size_t)p * ps->nbins;
+        lss_ps_pair(ps, cross, p, &i, &j);
+        A = ps->X + (size_t)i * nm; B = ps->X + (size_t)j * nm;
+        for (b = 0; b < ps->nbins; b++) o[b] = 0;
+        for (k = 0; k < nm; k++) {
+            double re, v;
+            if (ps->bin[k] < 0) continue;
+            re = (double)A[k][0] * B[k][0] + (double)A[k][1] * B[k][1];
+            if (mode == LSS_PS_ABS) {
+                double im = (double)A[k][1] * B[k][0] - (double)A[k][0] * B[k][1];
+                v = sqrt(re * re + im * im);
+            } else v = re;
+            o[ps->bin[k]] += ps->wgt[k] * v;
+        }
+        for (b = 0; b < ps->nbins; b++) o[b] = ps->wsum[b] > 0 ? o[b] * ps->norm / ps->wsum[b] : NAN;
+    }
+    return LSS_OK;
+}
+
+LSSDEF void lss_ps_bin2d(const lss_ps *ps, const double *p2d, double *out) {
+    size_t k, nm = (size_t)ps->ny * ps->nxh;
+    int b;
+    for (b = 0; b < ps->nbins; b++) out[b] = 0;
+    for (k = 0; k < nm; k++)
+        if (ps->bin[k] >= 0) out[ps->bin[k]] += ps->wgt[k] * p2d[k];
+    for (b = 0; b < ps->nbins; b++) out[b] = ps->wsum[b] > 0 ? out[b] / ps->wsum[b] : NAN;
+}
+
+LSSDEF int lss_sim_expected_ps(const lss_sim *s, const lss_params *p, const lss_cosmo *limber, const lss_ps *ps,
+                               double *out) {
+    int M, Mh, n, nb, nch, d, c, pr, np, i, j, pad, st = LSS_OK, nl = 400, ntp = 0;
+    size_t MM, Mc;
+    double *Ps = NULL, *kw = NULL, *dreal = NULL, *Q = NULL, *E = NULL, *u = NULL, aia[LSS_SIM_MAX_BINS],
+           bb[LSS_SIM_MAX_BINS], cs, *lt = NULL, *tomo = NULL;
+    fftw_complex *dc = NULL;
+    if (!s || !p || !ps || !out) return lss_seterr(LSS_ERR_ARG, "lss_sim_expected_ps: NULL argument");
+    if (ps->ny != s->n || ps->nx != s->n || ps->nchan != 2 * s->nbins || fabs(ps->pix_rad / s->pix_rad - 1) > 1e-9)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_sim_expected_ps: the estimator must be for %d channels of %d x %d maps of "
+                          "%g arcmin", 2 * s->nbins, s->n, s->n, s->o.pixel_arcmin);
+    if (s->o.smooth_mode != LSS_SMOOTH_GRID)
+        return lss_seterr(LSS_ERR_UNSUPPORTED, "lss_sim_expected_ps: only for smoothing on the grid (edges of the "
+                          "zero-padded smoothing are not modelled)");
+    if (!(p->r_g >= 0 && p->r_g <= 1)) return lss_seterr(LSS_ERR_RANGE, "r_g = %g outside [0, 1]", p->r_g);
+    M = s->M; Mh = M / 2 + 1; n = s->n; nb = s->nbins; nch = 2 * nb; pad = s->o.pad;
+    MM = (size_t)M * M; Mc = (size_t)M * Mh;
+    Ps = (double *)LSS_MALLOC(sizeof(double) * Mc * (size_t)(limber ? 1 : s->ndraw));
+    kw = (double *)LSS_MALLOC(sizeof(double) * (size_t)2 * nb * M);
+    u = (double *)LSS_MALLOC(sizeof(double) * (size_t)nch * s->ndraw);
+    Q = (double *)LSS_MALLOC(sizeof(double) * Mc);
+    E = (double *)LSS_MALLOC(sizeof(double) * (size_t)n * (n / 2 + 1));
+    dreal = (double *)fftw_malloc(sizeof(double) * MM);
+    dc = (fftw_complex *)fftw_malloc(sizeof(fftw_complex) * Mc);
+    if (!Ps || !kw || !u || !Q || !E || !dreal || !dc) { st = lss_seterr(LSS_ERR_NOMEM, "lss_sim_expected_ps: out of memory"); goto done; }
+    if (limber) {
+        /* the continuous Limber spectra of the theory on a dense log-ell table */
+        ntp = lss_cl_npairs(nb);
+        lt = (double *)LSS_MALLOC(sizeof(double) * (size_t)nl);
+        tomo = (double *)LSS_MALLOC(sizeof(double) * (size_t)nl * ntp);
+        if (!lt || !tomo) { st = lss_seterr(LSS_ERR_NOMEM, "lss_sim_expected_ps: out of memory"); goto done; }
+        for (i = 0; i < nl; i++) lt[i] = s->ell[0] * pow(s->ell[s->ell_n - 1] / s->ell[0], (double)i / (nl - 1));
+        if ((st = lss_cl_tomo(limber, s->nz, nb, lt, nl, tomo)) != LSS_OK) goto done;
+    }
+    /* exact spectra of the drawn lognormal shells on the grid: DFT of expm1(xi_G') */
+    for (d = 0; d < s->ndraw && !limber; d++) {
+        double varg, clip;
+        size_t k;
+        if ((st = lss__shell_gauss(s, s->draw[d], dreal, dc, &varg, &clip)) != LSS_OK) goto done;
+        fftw_execute_dft_c2r(s->d_c2r, dc, dreal);
+        for (k = 0; k < MM; k++) dreal[k] = expm1(dreal[k] / (double)MM);
+        fftw_execute_dft_r2c(s->d_r2c, dreal, dc);
+        for (k = 0; k < Mc; k++) Ps[(size_t)d * Mc + k] = dc[k][0];
+    }
+    /* 1-D DFTs of the smoothing kernels on the grid (real: symmetric kernels) */
+    for (pr = 0; pr < 2; pr++)
+        for (i = 0; i < nb; i++) {
+            int hw = s->khw[pr * nb + i], f, t;
+            const float *kk = s->kern + ((size_t)pr * nb + i) * (2 * LSS__KMAX + 1);
+            for (f = 0; f < M; f++) {
+                double a = hw > 0 ? 0 : 1;
+                for (t = -hw; t <= hw && hw > 0; t++) a += kk[t + hw] * cos(2 * LSS__PI * f * t / M);
+                kw[((size_t)pr * nb + i) * M + f] = a;
+            }
+        }
+    lss_sim_bin_amplitudes(s, p, aia, bb, NULL);
+    for (c = 0; c < nch; c++)
+        for (d = 0; d < s->ndraw; d++) {
+            int b = s->draw[d], bin = c % nb;
+            u[(size_t)c * s->ndraw + d] = c < nb ? s->w_wl[bin * s->nshell + b] + aia[bin] * s->w_ia[bin * s->nshell + b]
+                                                 : bb[bin] * s->w_g[bin * s->nshell + b] / s->w_tot[bin];
+        }
+    cs = lss_stochastic_corr(p->r_g);
+    np = lss_ps_npairs(ps, 1);
+    for (pr = 0; pr < np; pr++) {
+        int ca, cb, qy, qx, nh = n / 2 + 1;
+        const double *ka, *kb;
+        double fac;
+        lss_ps_pair(ps, 1, pr, &ca, &cb);
+        ka = kw + ((size_t)(ca < nb ? 0 : 1) * nb + ca % nb) * M;
+        kb = kw + ((size_t)(cb < nb ? 0 : 1) * nb + cb % nb) * M;
+        if (limber) {
+            /* theory pair: kk_i_j (i <= j), kd_i_j, dd_i_j (i <= j) */
+            char want[32], nm[32];
+            int t, tp = -1, bi = ca % nb, bj = cb % nb;
+            double dk = 1.0 / (M * s->pix_rad), omega = s->pix_rad * s->pix_rad, l0 = log(lt[0]),
+                   dl = (log(lt[nl - 1]) - l0) / (nl - 1);
+            snprintf(want, sizeof want, "%s_%d_%d", ca < nb ? (cb < nb ? "kk" : "kd") : "dd", bi + 1, bj + 1);
+            for (t = 0; t < ntp && tp < 0; t++) {
+                lss_cl_pair_name(nb, t, nm, sizeof nm);
+                if (!strcmp(nm, want)) tp = t;
+            }
+            if (tp < 0) { st = lss_seterr(LSS_ERR_STATE, "lss_sim_expected_ps: no theory pair %s", want); goto done; }
+            for (i = 0; i < M; i++)
+                for (j = 0; j < Mh; j++) {
+                    size_t k = (size_t)i * Mh + j;
+                    double kx = lss__fidx(i, M) * dk, ky = j * dk, ell = 2 * LSS__PI * sqrt(kx * kx + ky * ky), a = 0, x, f;
+                    int q;
+                    {
+                        x = ell > 0 ? (log(ell) - l0) / dl : 0;
+                        if (x < 0) x = 0;
+                        if (x > nl - 1) x = nl - 1;
+                        q = (int)x;
+                        if (q > nl - 2) q = nl - 2;
+                        f = x - q;
+                        a = ((1 - f) * tomo[(size_t)tp * nl + q] + f * tomo[(size_t)tp * nl + q + 1]) / omega;
+                    }
+                    dc[k][0] = a * ka[i] * ka[j] * kb[i] * kb[j];
+                    dc[k][1] = 0;
+                }
+        } else
+        for (i = 0; i < M; i++)
+            for (j = 0; j < Mh; j++) {
+                size_t k = (size_t)i * Mh + j;
+                double a = 0;
+                for (d = 0; d < s->ndraw; d++) a += u[(size_t)ca * s->ndraw + d] * u[(size_t)cb * s->ndraw + d] * Ps[(size_t)d * Mc + k];
+                dc[k][0] = a * ka[i] * ka[j] * kb[i] * kb[j];
+                dc[k][1] = 0;
+            }
+        fftw_execute_dft_c2r(s->d_c2r, dc, dreal); /* M^2 xi_ab(r) */
+        for (i = 0; i < M; i++) {
+            int dy = lss__fidx(i, M);
+            for (j = 0; j < M; j++) {
+                int dx = lss__fidx(j, M);
+                double t = (abs(dy) < n && abs(dx) < n) ? (double)(n - abs(dy)) * (n - abs(dx)) : 0;
+                dreal[(size_t)i * M + j] *= t / (double)MM;
+            }
+        }
+        fftw_execute_dft_r2c(s->d_r2c, dreal, dc);
+        /* stochasticity: kappa x delta pairs get cs, delta_i x delta_j (i != j) cs^2, per mode (real modes: 1) */
+        fac = (ca < nb) != (cb < nb) ? cs : ((ca >= nb && ca != cb) ? cs * cs : 1);
+        for (qy = 0; qy < n; qy++)
+            for (qx = 0; qx < nh; qx++) {
+                size_t k = (size_t)((qy * pad) % M) * Mh + (size_t)qx * pad;
+                int real_mode = (qx == 0 || qx == n / 2) && (qy == 0 || qy == n / 2);
+                E[(size_t)qy * nh + qx] = dc[k][0] * ps->norm * (real_mode ? 1 : fac);
+            }
+        lss_ps_bin2d(ps, E, out + (size_t)pr * ps->nbins);
+    }
+done:
+    LSS_FREE(Ps); LSS_FREE(kw); LSS_FREE(u); LSS_FREE(Q); LSS_FREE(E); LSS_FREE(lt); LSS_FREE(tomo);
+    if (dreal) fftw_free(dreal);
+    if (dc) fftw_free(dc);
+    return st;
+}
+
+/* ---------------------------------------------------------------- Sobol and priors */
+LSSDEF int lss_sobol(uint64_t index, int dim, uint64_t seed, double *u) {
+    /* Joe & Kuo (2008) new-joe-kuo-6.21201, dimensions 2-9 (dimension 1: van der Corput) */
+    static const int S[9] = {0, 1, 2, 3, 3, 4, 4, 5, 5}, A[9] = {0, 0, 1, 1, 2, 1, 4, 2, 4};
+    static const int MI[9][5] = {{0}, {1}, {1, 3}, {1, 3, 1}, {1, 1, 1}, {1, 1, 3, 3}, {1, 3, 5, 13}, {1, 1, 5, 5, 17},
+                                 {1, 1, 5, 5, 5}};
+    uint32_t v[32], x;
+    uint64_t g;
+    int d, k, b;
+    if (!u || dim < 1 || dim > 9) return lss_seterr(LSS_ERR_ARG, "lss_sobol: dimension %d (need 1..9)", dim);
+    if (index >= ((uint64_t)1 << 32)) return lss_seterr(LSS_ERR_ARG, "lss_sobol: index above 2^32");
+    g = index ^ (index >> 1);
+    for (d = 0; d < dim; d++) {
+        if (d == 0) {
+            for (k = 0; k < 32; k++) v[k] = (uint32_t)1 << (31 - k);
+        } else {
+            int s = S[d], a = A[d];
+            for (k = 0; k < s; k++) v[k] = (uint32_t)MI[d][k] << (31 - k);
+            for (k = s; k < 32; k++) {
+                uint32_t t = v[k - s] ^ (v[k - s] >> s);
+                for (b = 1; b < s; b++)
+                    if ((a >> (s - 1 - b)) & 1) t ^= v[k - b];
+                v[k] = t;
+            }
+        }
+        x = 0;
+        for (k = 0; k < 32; k++)
+            if ((g >> k) & 1) x ^= v[k];
+        if (seed) {
+            uint32_t blk[4];
+            lss_philox_block(seed, 0x50B0Lu, (uint64_t)d, blk);
+            x ^= blk[0];
+        }
+        u[d] = x / 4294967296.0;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_params_from_unit(const double *u, int ndim, lss_params *p) {
+    static const double lo[9] = {0.15, 0.5, -6, -4, 0.5, -3, 0.4, -3, -2}, hi[9] = {0.45, 1.2, 6, 6, 2.5, 3, 1, 1, 2};
+    double v[9];
+    int k;
+    if (!u || !p || (ndim != 7 && ndim != 9)) return lss_seterr(LSS_ERR_ARG, "lss_params_from_unit: need 7 or 9 dimensions");
+    for (k = 0; k < ndim; k++) {
+        if (!(u[k] >= 0 && u[k] <= 1)) return lss_seterr(LSS_ERR_RANGE, "lss_params_from_unit: u[%d] = %g outside [0, 1]", k, u[k]);
+        v[k] = lo[k] + u[k] * (hi[k] - lo[k]);
+    }
+    p->omega_m = v[0]; p->sigma_8 = v[1]; p->a_ia = v[2]; p->eta_ia = v[3]; p->b_g = v[4]; p->eta_bg = v[5]; p->r_g = v[6];
+    if (ndim == 9) { p->b_g2 = v[7]; p->eta_bg2 = v[8]; }
+    return LSS_OK;
+}
 /* ==== END MAPS IMPLEMENTATION ==== */
 
 #endif /* LSS_MAPS_IMPLEMENTATION_DONE */
