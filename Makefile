@@ -34,7 +34,7 @@ GPU_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas 
 endif
 endif
 
-.PHONY: all demo test test-asan bench cuda clean deps check-headers
+.PHONY: all demo test test-asan bench cuda clean deps check-headers docs
 
 all: deps $(DRIVERS)
 
@@ -101,6 +101,12 @@ bench: deps $(BENCHES)
 
 demo: deps $(DRIVERS)
 	@sh drivers/demo.sh
+
+# The pictures the README shows.
+docs: deps bin/lss-theory bin/lss-sim
+	@mkdir -p docs
+	bin/lss-theory cl --nell 60 --lmin 20 --lmax 5000 --png docs/cl_deeplss.png > /dev/null
+	bin/lss-sim --out build/docs_sim --n 1 --seed 1 && cp build/docs_sim/example.png docs/sim_example.png
 
 clean:
 	rm -rf build bin out/demo
