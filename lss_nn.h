@@ -1,0 +1,3217 @@
+/* lss_nn.h - tensors, reverse-mode autodiff, layers, losses, optimizers and checkpoints for
+ * neural networks on the CPU. Part of lss; includes lss_core.h.
+ *
+ * In exactly one C file:   #define LSS_NN_IMPLEMENTATION   before   #include "lss_nn.h"
+ * (and LSS_CORE_IMPLEMENTATION once somewhere). Build with -fopenmp (optional) and -lm.
+ *
+ * The pieces
+ *   lss_tensor   float32 data in NCHW order (up to 4 dimensions) and an optional gradient.
+ *   lss_store    the parameter store: every trainable tensor (and every non-trained buffer such as
+ *                batch-norm running statistics) lives in ONE contiguous data buffer with one
+ *                contiguous gradient buffer and a table of names and shapes, so an optimizer step is
+ *                one loop and a checkpoint is one table. Initialisers (He, Glorot) draw from Philox:
+ *                tensor i of a store with seed s uses stream i, so weights are a pure function of
+ *                (seed, registration order).
+ *   lss_graph    a tape. A model is plain C code calling operations (lss_conv2d, lss_relu, ...) on a
+ *                graph; each returns a new tensor owned by the graph. lss_backward walks the tape in
+ *                reverse and ACCUMULATES into the store's gradients. lss_graph_reset forgets the
+ *                tensors but keeps the memory, so a training loop allocates nothing after its first
+ *                step. Errors are sticky: an operation that fails (bad shapes, no memory) returns
+ *                NULL and records the failure; any operation given a NULL input returns NULL, so a
+ *                forward pass is written without checks and tested once (lss_graph_status, or the
+ *                status returned by lss_backward).
+ *   lss_optim    SGD with momentum, Adam, AdamW, RMSProp; learning-rate schedules; gradient clipping
+ *                by global norm or by a percentile of the history of norms (DeepLSS: 50th percentile
+ *                of the last 10,000, each tensor clipped to it).
+ *   checkpoints  lss_ckpt_save/lss_ckpt_load: one versioned binary file (magic, version, named
+ *                tensors with shapes, CRC32) written atomically; loading validates everything and
+ *                names the offending tensor; the optimizer state is saved too, so a resumed run
+ *                continues bit for bit.
+ *   operations   lss_matmul, lss_dense, lss_conv2d (any kernel, stride, padding),
+ *                lss_conv2d_transpose, lss_avgpool2d, lss_upsample2d (nearest), lss_concat, lss_add,
+ *                lss_sub, lss_mul (numpy broadcasting), lss_scale, lss_add_scalar, lss_relu,
+ *                lss_leaky_relu, lss_softplus, lss_tanh, lss_sigmoid, lss_exp, lss_ln, lss_batchnorm
+ *                (train/eval), lss_spectral_norm (power iteration), lss_reshape, lss_flatten,
+ *                lss_sum, lss_mean, lss_global_avgpool.
+ *   losses       lss_mse, lss_l1, lss_gauss_nll (DeepLSS eq. 14, Cholesky factor of the precision),
+ *                lss_gmm_nll and lss_gmm_logpdf (mixture density network), lss_dsm_loss (denoising
+ *                score matching), lss_wgan_critic_loss.
+ *   blocks       lss_mlp, lss_resblock (optionally strided, projection shortcut, batch norm,
+ *                average-pool downsampling), lss_resnet (the DeepLSS CNN), lss_unet (3 scales,
+ *                residual blocks, batch norm, noise-level conditioning).
+ * A graph is backpropagated once; lss_graph_reset invalidates every tensor it returned.
+ * Convolutions run as im2col + SGEMM (batched over the samples: one GEMM per layer and pass). When
+ * a gradient is recorded the forward keeps its column buffer for the weight gradient, so a
+ * training graph needs about C_in kh kw / stride^2 floats per input pixel per layer (about 0.5 GB
+ * for the DeepLSS ResNet at a batch of 32 maps of 8 x 64 x 64, 16 times that at 384 x 384);
+ * evaluation graphs reuse one scratch buffer sized for the largest layer.
+ *
+ * Example: a small MLP fitted by Adam (error handling shortened)
+ *     lss_store *st; lss_graph *g; lss_optim *opt; lss_mlp net;
+ *     int sizes[] = {2, 64, 64, 1};
+ *     lss_store_create(&st, 42);                                   // seed of the initialisers
+ *     lss_mlp_init(&net, st, "mlp", 3, sizes, LSS_ACT_RELU);       // 2 -> 64 -> 64 -> 1
+ *     lss_optim_opts oo = {0}; oo.kind = LSS_OPT_ADAM; oo.lr = 1e-3;
+ *     lss_optim_create(&opt, st, &oo);
+ *     lss_graph_create(&g);
+ *     for (int step = 0; step < 1000; step++) {
+ *         float xb[32 * 2], yb[32];  fill_batch(step, xb, yb);   // your data
+ *         lss_graph_reset(g);
+ *         lss_tensor *x = lss_view(g, xb, 2, (int64_t[]){32, 2});
+ *         lss_tensor *y = lss_view(g, yb, 2, (int64_t[]){32, 1});
+ *         lss_tensor *loss = lss_mse(g, lss_mlp_forward(g, &net, x), y);
+ *         lss_store_zero_grad(st);
+ *         if (lss_backward(g, loss) || lss_optim_step(opt)) { puts(lss_last_error()); break; }
+ *     }
+ *     lss_ckpt_save("mlp.ckpt", st, opt);          // lss_ckpt_load(path, st, opt) resumes
+ *     lss_graph_free(g); lss_optim_free(opt); lss_store_free(st);
+ *
+ * Options (define before including)
+ *   LSS_MALLOC/LSS_REALLOC/LSS_FREE   allocator (all three or none; see lss_core.h)
+ *   LSS_CBLAS        use a system cblas_sgemm (link -lopenblas or -lcblas) instead of the built-in
+ *                    blocked SGEMM
+ *   LSS_NO_OPENMP    ignore OpenMP even when compiled with -fopenmp
+ * The built-in SGEMM (packed panels, 6 x 16 register tiles) uses AVX2/FMA intrinsics when __AVX2__
+ * and __FMA__ are defined (-march=native) and portable C otherwise; it is threaded with OpenMP over
+ * blocks of C. Results do not depend on the number of threads: every output element is computed by
+ * the same sequence of operations, and reductions run in fixed-size chunks added in a fixed order.
+ * A graph sizes its packing buffers for omp_get_max_threads() at creation and never uses more
+ * threads than that.
+ *
+ * Conventions. Shapes: dense input [N, in] (any [N, ...] is flattened), dense weight [in, out],
+ * conv weight [C_out, C_in, kh, kw], transposed-conv weight [C_in, C_out, kh, kw] (as PyTorch),
+ * batch-norm statistics per channel (axis 1). Losses return a 0-D tensor (one element).
+ *
+ * Version 0.1.0.
+ */
+#ifndef LSS_NN_H
+#define LSS_NN_H
+#include "lss_core.h"
+
+#ifdef LSS_IMPLEMENTATION
+#ifndef LSS_NN_IMPLEMENTATION
+#define LSS_NN_IMPLEMENTATION
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LSS_NN_VERSION 1        /* checkpoint format version written by this code */
+#define LSS_NN_MAXDIM 4
+
+/* ---------------------------------------------------------------- tensors */
+typedef struct lss_tensor {
+    int ndim;                        /* 0..4; a 0-D tensor holds one number */
+    int64_t shape[LSS_NN_MAXDIM];
+    int64_t n;                       /* number of elements */
+    float *data;                     /* n floats (not owned by the tensor struct) */
+    float *grad;                     /* n floats, or NULL when no gradient flows into it */
+    const char *name;                /* store tensors only, else NULL */
+    int flags;                       /* internal (LSS_T_* below) */
+} lss_tensor;
+enum { LSS_T_PARAM = 1, LSS_T_BUFFER = 2, LSS_T_OWNED = 4 };
+
+/* A standalone tensor that owns its data (zero-filled; no gradient). Free with lss_tensor_free.
+ * NULL on failure (message set). */
+LSSDEF lss_tensor *lss_tensor_create(int ndim, const int64_t *shape);
+LSSDEF void lss_tensor_free(lss_tensor *t);
+/* Number of elements of a shape; -1 when ndim is outside 0..4 or a size is < 1 or it overflows. */
+LSSDEF int64_t lss_shape_count(int ndim, const int64_t *shape);
+
+/* ---------------------------------------------------------------- parameter store */
+typedef enum {
+    LSS_INIT_ZERO = 0,
+    LSS_INIT_ONE,
+    LSS_INIT_HE,          /* normal, std sqrt(2 / fan_in) (ReLU layers) */
+    LSS_INIT_HE_UNIFORM,  /* uniform +-sqrt(6 / fan_in) */
+    LSS_INIT_GLOROT,      /* uniform +-sqrt(6 / (fan_in + fan_out)) */
+    LSS_INIT_NORMAL       /* normal, std 1 (spectral-norm power-iteration vectors) */
+} lss_init;
+/* fan_in/fan_out from the shape: [in, out] for 2-D; [a, b, kh, kw] gives fan_in = b kh kw and
+ * fan_out = a kh kw (conv weight [C_out, C_in, kh, kw]); 1-D: fan_in = fan_out = n. */
+
+typedef struct lss_store lss_store;
+/* Creates an empty store. `seed` drives the initialisers. Free with lss_store_free. */
+LSSDEF int lss_store_create(lss_store **st, uint64_t seed);
+LSSDEF void lss_store_free(lss_store *st);
+/* Registers a trainable tensor, initialised now. Returns the tensor (owned by the store; the pointer
+ * stays valid for the store's life, its data pointer may change while tensors are added), or NULL
+ * on failure: duplicate or empty name (longer than 127 characters), bad shape, no memory. Failures
+ * are sticky: see lss_store_status. */
+LSSDEF lss_tensor *lss_store_add(lss_store *st, const char *name, int ndim, const int64_t *shape,
+                                 lss_init init);
+/* Registers a tensor that is saved in checkpoints but never trained (running statistics, spectral
+ * norm vectors, scaler constants), filled with `fill` (or drawn by `init` when init != ZERO). */
+LSSDEF lss_tensor *lss_store_buffer(lss_store *st, const char *name, int ndim, const int64_t *shape,
+                                    lss_init init, float fill);
+LSSDEF int lss_store_status(const lss_store *st);          /* LSS_OK or the first failure */
+LSSDEF lss_tensor *lss_store_get(const lss_store *st, const char *name); /* NULL if absent */
+LSSDEF int lss_store_ntensors(const lss_store *st);
+LSSDEF lss_tensor *lss_store_tensor(const lss_store *st, int i);
+LSSDEF int64_t lss_store_nparams(const lss_store *st);     /* trainable scalars */
+LSSDEF int64_t lss_store_size(const lss_store *st);        /* all scalars (trainable + buffers) */
+LSSDEF float *lss_store_data(const lss_store *st);         /* the contiguous buffers */
+LSSDEF float *lss_store_grad(const lss_store *st);
+LSSDEF void lss_store_zero_grad(lss_store *st);
+/* Global L2 norm of the trainable gradients (double accumulation, fixed order). */
+LSSDEF double lss_store_grad_norm(const lss_store *st);
+/* Copies the data of every tensor of `src` into the same-named tensor of `dst` (shapes must match). */
+LSSDEF int lss_store_copy(lss_store *dst, const lss_store *src);
+
+/* ---------------------------------------------------------------- graph (tape) */
+typedef struct lss_graph lss_graph;
+LSSDEF int lss_graph_create(lss_graph **g);
+LSSDEF void lss_graph_free(lss_graph *g);
+/* Forgets every tensor and tape entry of the graph (their memory is reused) and clears its error. */
+LSSDEF void lss_graph_reset(lss_graph *g);
+/* training = 1 (default): operations are recorded for lss_backward and batch norm uses batch
+ * statistics and updates its running statistics. training = 0: nothing is recorded (inference is
+ * faster and lighter) and batch norm uses the running statistics. */
+LSSDEF void lss_graph_set_training(lss_graph *g, int training);
+LSSDEF int lss_graph_training(const lss_graph *g);
+/* Records operations (record = 1) even in an evaluation graph, so gradients flow through layers in
+ * evaluation mode (input sensitivity maps of a trained network). lss_graph_set_training resets it. */
+LSSDEF void lss_graph_set_record(lss_graph *g, int record);
+LSSDEF int lss_graph_status(const lss_graph *g);
+/* Bytes held by the graph's memory pool. */
+LSSDEF size_t lss_graph_memory(const lss_graph *g);
+
+/* New zero-filled tensor owned by the graph (no gradient). */
+LSSDEF lss_tensor *lss_tensor_new(lss_graph *g, int ndim, const int64_t *shape);
+/* Wraps caller memory (not copied; must outlive the graph's use) as a tensor without gradient. */
+LSSDEF lss_tensor *lss_view(lss_graph *g, float *data, int ndim, const int64_t *shape);
+
+/* Backpropagation from a one-element tensor (seeded with 1). Gradients are ADDED to the store's
+ * gradient buffer (call lss_store_zero_grad first) and to the graph tensors' gradients. Returns the
+ * graph's sticky status when a forward operation failed. */
+LSSDEF int lss_backward(lss_graph *g, lss_tensor *loss);
+/* The same seeded with dy (y->n floats) for a tensor of any shape. */
+LSSDEF int lss_backward_seed(lss_graph *g, lss_tensor *y, const float *dy);
+
+/* ---------------------------------------------------------------- operations
+ * Each returns a new graph-owned tensor or NULL (see "Errors are sticky" above). */
+LSSDEF lss_tensor *lss_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b);       /* [M,K]x[K,N] */
+/* y = x W + b: x [N, ...] flattened to [N, in], W [in, out], b [out] or NULL -> y [N, out]. */
+LSSDEF lss_tensor *lss_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b);
+/* 2-D convolution (cross-correlation): x [N,Ci,H,W], w [Co,Ci,kh,kw], b [Co] or NULL; the same
+ * stride and zero padding in both directions; out [N, Co, (H+2p-kh)/s+1, (W+2p-kw)/s+1]. */
+LSSDEF lss_tensor *lss_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
+                              int pad);
+/* Transposed convolution (the adjoint of lss_conv2d): x [N,Ci,H,W], w [Ci,Co,kh,kw], b [Co] or NULL;
+ * out [N, Co, (H-1)s - 2p + kh + outpad, (W-1)s - 2p + kw + outpad], 0 <= outpad < s. */
+LSSDEF lss_tensor *lss_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b,
+                                        int stride, int pad, int outpad);
+/* Average pooling with a k x k window moved by `stride` (no padding); [N,C,H,W] -> [N,C,Ho,Wo]. */
+LSSDEF lss_tensor *lss_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride);
+/* Nearest-neighbour upsampling by an integer factor. */
+LSSDEF lss_tensor *lss_upsample2d(lss_graph *g, lss_tensor *x, int factor);
+/* Concatenation of two tensors along `axis` (other sizes equal). */
+LSSDEF lss_tensor *lss_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis);
+/* Elementwise a + b and a * b with numpy broadcasting (shapes aligned on the right; a size-1 or
+ * missing dimension is broadcast). */
+LSSDEF lss_tensor *lss_add(lss_graph *g, lss_tensor *a, lss_tensor *b);
+LSSDEF lss_tensor *lss_sub(lss_graph *g, lss_tensor *a, lss_tensor *b);
+LSSDEF lss_tensor *lss_mul(lss_graph *g, lss_tensor *a, lss_tensor *b);
+LSSDEF lss_tensor *lss_scale(lss_graph *g, lss_tensor *x, float s);            /* s x */
+LSSDEF lss_tensor *lss_add_scalar(lss_graph *g, lss_tensor *x, float c);       /* x + c */
+LSSDEF lss_tensor *lss_relu(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_leaky_relu(lss_graph *g, lss_tensor *x, float slope);
+LSSDEF lss_tensor *lss_softplus(lss_graph *g, lss_tensor *x);  /* log(1 + e^x), overflow-safe */
+LSSDEF lss_tensor *lss_tanh(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_sigmoid(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_exp(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_ln(lss_graph *g, lss_tensor *x);        /* natural log; needs x > 0 (else NaN) */
+/* Batch normalisation over axis 1 of [N,C] or [N,C,H,W]: y = gamma (x - mean) / sqrt(var + eps) + beta.
+ * Training graphs use the batch statistics (biased variance) and update the running ones as
+ * running = momentum running + (1 - momentum) batch (unbiased variance), momentum 0 meaning 0.9;
+ * evaluation graphs use running_mean/running_var. gamma, beta, running_* are [C]. eps 0 means 1e-5. */
+LSSDEF lss_tensor *lss_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma, lss_tensor *beta,
+                                 lss_tensor *running_mean, lss_tensor *running_var, float momentum,
+                                 float eps);
+/* Spectral normalisation: w / sigma with sigma = u^T W v, W = w reshaped to [shape[0], rest],
+ * u [shape[0]] a store buffer refined by `iters` power iterations (v = W^T u / |.|,
+ * u = W v / |.|). In training graphs the refined u is written back (so one iteration per step
+ * converges over steps); the gradient treats u and v as constants (as is usual). */
+LSSDEF lss_tensor *lss_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u, int iters);
+/* The same view with new sizes (same element count; data and gradient shared, nothing recorded). */
+LSSDEF lss_tensor *lss_reshape(lss_graph *g, lss_tensor *x, int ndim, const int64_t *shape);
+LSSDEF lss_tensor *lss_flatten(lss_graph *g, lss_tensor *x);   /* [N, ...] -> [N, rest] */
+LSSDEF lss_tensor *lss_sum(lss_graph *g, lss_tensor *x);       /* all elements -> 0-D */
+LSSDEF lss_tensor *lss_mean(lss_graph *g, lss_tensor *x);
+/* Mean over the spatial axes: [N,C,H,W] -> [N,C]. */
+LSSDEF lss_tensor *lss_global_avgpool(lss_graph *g, lss_tensor *x);
+
+/* ---------------------------------------------------------------- losses (0-D results) */
+/* mean (pred - target)^2 and mean |pred - target| over all elements; target gets no gradient. */
+LSSDEF lss_tensor *lss_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target);
+LSSDEF lss_tensor *lss_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target);
+/* Diagonal of a Cholesky factor from a raw network output: softplus(raw) + 1e-4. */
+#define LSS_CHOL_DIAG_EPS 1e-4
+/* Gaussian NLL with a full covariance (DeepLSS eq. 14). out [N, d + d(d+1)/2]: per sample d means
+ * mu, then the d(d+1)/2 entries of the lower-triangular Cholesky factor L of the PRECISION
+ * (row-major lower triangle: L00, L10, L11, L20, L21, L22, ...; diagonal through softplus + 1e-4).
+ * target [N, d]. Value: mean over samples of ||L^T (y - mu)||^2 - 2 sum_i log L_ii
+ * = r^T Sigma^-1 r + ln|Sigma| (no 1/2, no constant). */
+LSSDEF lss_tensor *lss_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *target);
+/* Width of a Gaussian-mixture output: K (1 + d + d(d+1)/2). */
+LSSDEF int64_t lss_gmm_width(int K, int d);
+/* Gaussian-mixture NLL. out [N, K (1 + d + d(d+1)/2)]: per sample K logits, then K d means
+ * (component-major: mu_k = out[K + k d .. K + k d + d - 1]), then K blocks of d(d+1)/2 entries of
+ * the lower-triangular Cholesky factor L_k of component k's PRECISION (layout and diagonal as in
+ * lss_gauss_nll). target [N, d]. Value: mean over samples of
+ *   -logsumexp_k( log_softmax(logits)_k + sum_i log L_kii - 1/2 ||L_k^T (y - mu_k)||^2 - d/2 log 2 pi ).
+ * Computed in double per sample. */
+LSSDEF lss_tensor *lss_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *target, int K);
+/* Per-sample log-densities log p(y_n) of the same mixture from raw outputs, in double, forward only
+ * (for samplers): out [n, lss_gmm_width(K, d)] row-major, y [n, d], logp [n]. LSS_ERR_ARG on bad
+ * sizes; non-finite outputs give -inf (never NaN). Thread-safe; parallel over n with OpenMP. */
+LSSDEF int lss_gmm_logpdf(const float *out, const double *y, int64_t n, int K, int d, double *logp);
+/* Denoising score matching: mean over all elements of (u + sigma_n r)^2, where r [N, ...] is the
+ * network's output at x + sigma u, u the same shape (no gradient) and sigma [N] one noise level per
+ * sample (no gradient; signed values allowed). Equals ||u + sigma r||^2 / (elements per sample),
+ * averaged over the batch. */
+LSSDEF lss_tensor *lss_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_tensor *sigma);
+/* Wasserstein critic loss mean(critic(fake)) - mean(critic(real)) (the critic minimises it; the
+ * generator minimises -mean(critic(fake)), i.e. lss_scale(g, lss_mean(g, fake), -1)). */
+LSSDEF lss_tensor *lss_wgan_critic_loss(lss_graph *g, lss_tensor *real, lss_tensor *fake);
+
+/* ---------------------------------------------------------------- optimizers */
+typedef enum { LSS_OPT_ADAM = 0, LSS_OPT_ADAMW, LSS_OPT_SGD, LSS_OPT_RMSPROP } lss_opt_kind;
+typedef enum { LSS_SCHED_CONSTANT = 0, LSS_SCHED_STEP, LSS_SCHED_COSINE, LSS_SCHED_EXP } lss_sched;
+typedef enum { LSS_CLIP_NONE = 0, LSS_CLIP_NORM, LSS_CLIP_PERCENTILE } lss_clip;
+typedef struct {
+    lss_opt_kind kind;   /* default Adam */
+    double lr;           /* 0: 1e-3 */
+    double beta1, beta2; /* Adam/AdamW; 0: 0.9, 0.999 */
+    double eps;          /* Adam/AdamW/RMSProp; 0: 1e-8 */
+    double weight_decay; /* AdamW: decoupled (w -= lr wd w); SGD/RMSProp/Adam: added to the gradient */
+    double momentum;     /* SGD (heavy ball, PyTorch form) and RMSProp; default 0 */
+    double rho;          /* RMSProp decay; 0: 0.9 */
+    lss_sched sched;     /* learning-rate schedule over optimizer steps t = 0, 1, ... */
+    int64_t step_size;   /* STEP: lr x gamma every step_size steps */
+    double gamma;        /* STEP and EXP (lr gamma^t); 0: 0.1 for STEP, 0.999 for EXP */
+    int64_t total_steps; /* COSINE: lr_min + (lr - lr_min)(1 + cos(pi t / total)) / 2, then lr_min */
+    double lr_min;
+    lss_clip clip;       /* NORM: global gradient norm clipped to clip_norm */
+    double clip_norm;
+    double clip_percentile; /* PERCENTILE: 0: 50; each tensor's gradient norm clipped to this percentile */
+    int clip_history;       /* of the last clip_history global norms (0: 10,000), current one included */
+} lss_optim_opts;
+typedef struct lss_optim lss_optim;
+/* Creates an optimizer over the trainable tensors of `st` (the store must not change size after). */
+LSSDEF int lss_optim_create(lss_optim **o, lss_store *st, const lss_optim_opts *opts);
+LSSDEF void lss_optim_free(lss_optim *o);
+/* One update from the gradients now in the store (clipping, schedule, update). Clipping scales the
+ * store's gradients in place. Returns LSS_ERR_NUMERIC (and changes nothing) when a gradient is not
+ * finite. Does not zero gradients. */
+LSSDEF int lss_optim_step(lss_optim *o);
+LSSDEF double lss_optim_lr(const lss_optim *o);        /* learning rate of the next step */
+LSSDEF int64_t lss_optim_steps(const lss_optim *o);    /* steps taken */
+LSSDEF double lss_optim_last_norm(const lss_optim *o); /* global gradient norm at the last step */
+LSSDEF void lss_optim_set_lr(lss_optim *o, double lr); /* changes the base learning rate */
+
+/* ---------------------------------------------------------------- checkpoints
+ * File: "LSSNNCK1" magic (8 bytes), u32 version, u32 number of tensors, then per tensor: u32 name
+ * length, name, u32 dtype (1 = f32, 2 = f64, 4 = i64), u32 ndim, i64 shape[ndim], data; finally the
+ * CRC32 (IEEE) of everything before it. Little-endian. The optimizer, when given, is saved as
+ * "optim.*" tensors (kind and hyper-parameters, step count, moments, clip history). */
+LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim *o);
+/* Validates the whole file first (magic, version, sizes against the file length, CRC32, every
+ * store tensor present with its shape, optimizer state of the same kind and size when o != NULL)
+ * and changes nothing unless all is right; errors name the file and the tensor. Tensors in the
+ * file that the store lacks are an error too. */
+LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o);
+/* CRC32 (IEEE 802.3, as zlib's crc32) of a buffer, continuing from `crc` (start with 0). */
+LSSDEF uint32_t lss_crc32(uint32_t crc, const void *buf, size_t n);
+
+/* ---------------------------------------------------------------- SGEMM
+ * C = alpha op(A) op(B) + beta C, row-major; op(A) is M x K (A stored M x K with lda, or K x M when
+ * transa), op(B) is K x N. Threaded with OpenMP; the result does not depend on the thread count.
+ * Returns LSS_ERR_ARG on bad sizes, LSS_ERR_NOMEM when the packing buffers cannot be allocated. */
+LSSDEF int lss_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                     int64_t ldc);
+/* Number of OpenMP threads the library uses (1 without OpenMP). */
+LSSDEF int lss_nn_threads(void);
+
+/* ---------------------------------------------------------------- blocks */
+typedef enum { LSS_ACT_RELU = 0, LSS_ACT_LEAKY, LSS_ACT_TANH, LSS_ACT_SOFTPLUS, LSS_ACT_NONE } lss_act;
+LSSDEF lss_tensor *lss_activate(lss_graph *g, lss_tensor *x, lss_act act); /* LEAKY: slope 0.2 */
+
+#define LSS_MLP_MAX 16
+typedef struct {
+    int nlayers;                 /* dense layers */
+    lss_act act;                 /* after every layer but the last */
+    lss_tensor *w[LSS_MLP_MAX], *b[LSS_MLP_MAX];
+} lss_mlp;
+/* sizes[0..nlayers]: input width, hidden widths, output width. Tensors "<name>.w<i>", "<name>.b<i>"
+ * (He init for ReLU-like activations, Glorot otherwise; zero biases). */
+LSSDEF int lss_mlp_init(lss_mlp *m, lss_store *st, const char *name, int nlayers, const int *sizes,
+                        lss_act act);
+LSSDEF lss_tensor *lss_mlp_forward(lss_graph *g, const lss_mlp *m, lss_tensor *x);
+
+/* Residual block (ResNet v1): h = act(norm(conv_k(x, stride))), h = norm(conv_k(h)),
+ * out = act(h + skip), skip = x, or norm(conv_1x1(x, stride)) when the stride is not 1 or the
+ * channel count changes. pool = 1 downsamples by 2 x 2 average pooling of the main path (after the
+ * first convolution) and of the shortcut instead of strided convolutions. Padding k/2 ("same").
+ * Tensors "<name>.conv1.w" etc.; batch-norm running statistics are store buffers. */
+typedef struct {
+    int cin, cout, kernel, stride, batchnorm, pool;
+    lss_act act;
+    lss_tensor *w1, *b1, *w2, *b2, *wp, *bp;          /* convolutions (biases NULL with batch norm) */
+    lss_tensor *bn[3][4];                             /* per norm: gamma, beta, running mean, running var */
+} lss_resblock;
+LSSDEF int lss_resblock_init(lss_resblock *rb, lss_store *st, const char *name, int cin, int cout, int kernel,
+                             int stride, int batchnorm, int pool, lss_act act);
+LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, lss_tensor *x);
+
+/* The DeepLSS CNN: nconv convolutions (kernel k, stride 2, padding k/2, ReLU) to `channels`
+ * channels, nres residual blocks of two k x k convolutions at `channels` (no normalisation), flatten,
+ * one dense layer with nout outputs (n + n(n+1)/2 for lss_gauss_nll with n parameters). Zeroed
+ * fields mean the paper's values: nconv 4, nres 10, channels 128, kernel 5. */
+typedef struct {
+    int in_ch, in_h, in_w;   /* input maps [N, in_ch, in_h, in_w] (required) */
+    int nout;                /* required */
+    int nconv, nres, channels, kernel;
+} lss_resnet_opts;
+#define LSS_RESNET_MAXCONV 8
+#define LSS_RESNET_MAXRES 32
+typedef struct {
+    lss_resnet_opts o;
+    int out_h, out_w;        /* spatial size after the strided convolutions */
+    lss_tensor *cw[LSS_RESNET_MAXCONV], *cb[LSS_RESNET_MAXCONV], *dw, *db;
+    lss_resblock rb[LSS_RESNET_MAXRES];
+} lss_resnet;
+LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, const lss_resnet_opts *opts);
+LSSDEF lss_tensor *lss_resnet_forward(lss_graph *g, const lss_resnet *net, lss_tensor *x);
+
+/* A 3-scale U-net with residual blocks and batch norm: stem conv 3x3 + BN + ReLU to c0; residual
+ * block at full size (skip s0); 2 x 2 average pool + residual block to c1 (skip s1); 2 x 2 average
+ * pool + residual block to c2 (bottleneck; with conditioning the noise map is concatenated here
+ * and a second residual block follows); transposed conv 2x2 stride 2 up, concatenation with the
+ * skip and a residual block, twice; 3x3 conv to out_ch. With noise conditioning (sigma_cond = 1) a
+ * constant map of sigma_n is concatenated to the input and at the bottleneck, and the output is
+ * divided by (|sigma_n| + sigma_eps) (sigma_eps 0 means 1e-3). H and W must be multiples of 4. */
+typedef struct {
+    int in_ch, out_ch;       /* required */
+    int c0;                  /* channels at full size; 0 means 32 (then 2 c0, 4 c0) */
+    int sigma_cond;
+    float sigma_eps;
+} lss_unet_opts;
+typedef struct {
+    lss_unet_opts o;
+    lss_tensor *stem_w, *stem_bn[4], *up1_w, *up1_b, *up2_w, *up2_b, *head_w, *head_b;
+    lss_resblock enc0, enc1, enc2, mid, dec1, dec0;
+} lss_unet;
+LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss_unet_opts *opts);
+/* x [N, in_ch, H, W]; sigma [N] noise levels (required when sigma_cond, else may be NULL). */
+LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor *x, lss_tensor *sigma);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LSS_NN_H */
+
+/* ================================================================ implementation */
+#ifdef LSS_NN_IMPLEMENTATION
+#ifndef LSS_NN_IMPLEMENTATION_DONE
+#define LSS_NN_IMPLEMENTATION_DONE
+
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
+#include <omp.h>
+#define LSS__OMP 1
+#define LSS__PRAGMA(x) _Pragma(#x)
+#else
+#define LSS__PRAGMA(x)
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(LSS_CBLAS)
+#include <immintrin.h>
+#define LSS__AVX2 1
+#endif
+#ifdef LSS_CBLAS
+#include <cblas.h>
+#define LSS__PANEL 0 /* convolution buffers in plain row-major layout for cblas_sgemm */
+#else
+#define LSS__PANEL 1 /* convolution buffers in the packed panel layout of the built-in SGEMM */
+#endif
+
+#define LSS__ALIGN 64
+#define LSS__CHUNK 8192 /* fixed reduction chunk: sums do not depend on the thread count */
+
+LSSDEF int lss_nn_threads(void) {
+#ifdef LSS__OMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Sum of x[0..n) in double: chunks of LSS__CHUNK summed in parallel, chunk sums added in order. */
+static double lss__dsum(const float *x, int64_t n) {
+    int64_t nc = (n + LSS__CHUNK - 1) / LSS__CHUNK, c;
+    double part[64], tot = 0;
+    if (n <= 0) return 0;
+    if (nc > 64) { /* large: sum blocks of chunks serially per block in order */
+        int64_t i;
+        for (i = 0; i < n; i += 64 * (int64_t)LSS__CHUNK) {
+            int64_t m = n - i < 64 * (int64_t)LSS__CHUNK ? n - i : 64 * (int64_t)LSS__CHUNK;
+            tot += lss__dsum(x + i, m);
+        }
+        return tot;
+    }
+    LSS__PRAGMA(omp parallel for schedule(static) if (n > 65536))
+    for (c = 0; c < nc; c++) {
+        int64_t i0 = c * LSS__CHUNK, i1 = i0 + LSS__CHUNK < n ? i0 + LSS__CHUNK : n, i;
+        double s = 0;
+        for (i = i0; i < i1; i++) s += x[i];
+        part[c] = s;
+    }
+    for (c = 0; c < nc; c++) tot += part[c];
+    return tot;
+}
+/* Sum of squares (same fixed order). */
+static double lss__dsumsq(const float *x, int64_t n) {
+    int64_t nc = (n + LSS__CHUNK - 1) / LSS__CHUNK, c;
+    double part[64], tot = 0;
+    if (n <= 0) return 0;
+    if (nc > 64) {
+        int64_t i;
+        for (i = 0; i < n; i += 64 * (int64_t)LSS__CHUNK) {
+            int64_t m = n - i < 64 * (int64_t)LSS__CHUNK ? n - i : 64 * (int64_t)LSS__CHUNK;
+            tot += lss__dsumsq(x + i, m);
+        }
+        return tot;
+    }
+    LSS__PRAGMA(omp parallel for schedule(static) if (n > 65536))
+    for (c = 0; c < nc; c++) {
+        int64_t i0 = c * LSS__CHUNK, i1 = i0 + LSS__CHUNK < n ? i0 + LSS__CHUNK : n, i;
+        double s = 0;
+        for (i = i0; i < i1; i++) s += (double)x[i] * x[i];
+        part[c] = s;
+    }
+    for (c = 0; c < nc; c++) tot += part[c];
+    return tot;
+}
+
+LSSDEF int64_t lss_shape_count(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    int i;
+    if (ndim < 0 || ndim > LSS_NN_MAXDIM || (ndim > 0 && !shape)) return -1;
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] < 1 || shape[i] > ((int64_t)1 << 40) || n > ((int64_t)1 << 46) / shape[i]) return -1;
+        n *= shape[i];
+    }
+    return n;
+}
+
+static void lss__shape_str(const lss_tensor *t, char *buf, size_t cap) {
+    size_t k = 0;
+    int i;
+    if (!t) { snprintf(buf, cap, "(null)"); return; }
+    k += (size_t)snprintf(buf + k, cap - k, "[");
+    for (i = 0; i < t->ndim && k < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, i ? ",%lld" : "%lld", (long long)t->shape[i]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+LSSDEF lss_tensor *lss_tensor_create(int ndim, const int64_t *shape) {
+    int64_t n = lss_shape_count(ndim, shape);
+    lss_tensor *t;
+    int i;
+    if (n < 0) { lss_seterr(LSS_ERR_SHAPE, "lss_tensor_create: bad shape (ndim %d)", ndim); return NULL; }
+    t = (lss_tensor *)LSS_MALLOC(sizeof *t);
+    if (!t) { lss_seterr(LSS_ERR_NOMEM, "lss_tensor_create: out of memory"); return NULL; }
+    memset(t, 0, sizeof *t);
+    t->data = (float *)LSS_MALLOC((size_t)n * sizeof(float));
+    if (!t->data) {
+        LSS_FREE(t);
+        lss_seterr(LSS_ERR_NOMEM, "lss_tensor_create: out of memory for %lld floats", (long long)n);
+        return NULL;
+    }
+    memset(t->data, 0, (size_t)n * sizeof(float));
+    t->ndim = ndim; t->n = n; t->flags = LSS_T_OWNED;
+    for (i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    return t;
+}
+
+LSSDEF void lss_tensor_free(lss_tensor *t) {
+    if (!t) return;
+    if (t->flags & LSS_T_OWNED) { LSS_FREE(t->data); LSS_FREE(t->grad); LSS_FREE(t); }
+}
+
+/* ================================================================ CRC32 */
+LSSDEF uint32_t lss_crc32(uint32_t crc, const void *buf, size_t n) {
+    static const uint32_t poly = 0xEDB88320u;
+    uint32_t tab[256];
+    const unsigned char *p = (const unsigned char *)buf;
+    uint32_t c;
+    size_t i;
+    int k;
+    for (i = 0; i < 256; i++) {
+        c = (uint32_t)i;
+        for (k = 0; k < 8; k++) c = (c & 1) ? poly ^ (c >> 1) : c >> 1;
+        tab[i] = c;
+    }
+    c = crc ^ 0xFFFFFFFFu;
+    for (i = 0; i < n; i++) c = tab[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* ================================================================ SGEMM */
+#define LSS__MR 6
+#define LSS__NR 16
+#define LSS__KC 256
+#define LSS__MC 144
+#define LSS__NC 2048 /* largest column block of a task */
+#define LSS__GEMM_WS ((size_t)LSS__KC * LSS__NC + (size_t)LSS__MC * LSS__KC + 256)
+
+#ifndef LSS_CBLAS
+/* Micro-kernel: acc[6][16] = sum_k a[k*6 + i] b[k*16 + j]; c = alpha acc + beta c (beta 0: c not read). */
+static void lss__kern(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
+                      float beta) {
+#ifdef LSS__AVX2
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+           c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
+           c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(),
+           c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+    __m256 b0, b1, av, va, vb;
+    int64_t k;
+    for (k = 0; k < kc; k++) {
+        b0 = _mm256_load_ps(b); b1 = _mm256_load_ps(b + 8);
+        av = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+        a += 6; b += 16;
+    }
+    va = _mm256_set1_ps(alpha);
+#define LSS__ST(r, x0, x1)                                                                        \
+    do {                                                                                          \
+        float *cr = c + (r) * ldc;                                                                \
+        if (beta == 0.0f) {                                                                       \
+            _mm256_storeu_ps(cr, _mm256_mul_ps(va, x0));                                          \
+            _mm256_storeu_ps(cr + 8, _mm256_mul_ps(va, x1));                                      \
+        } else {                                                                                  \
+            _mm256_storeu_ps(cr, _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), _mm256_mul_ps(va, x0)));  \
+            _mm256_storeu_ps(cr + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), _mm256_mul_ps(va, x1))); \
+        }                                                                                         \
+    } while (0)
+    vb = _mm256_set1_ps(beta);
+    LSS__ST(0, c00, c01); LSS__ST(1, c10, c11); LSS__ST(2, c20, c21);
+    LSS__ST(3, c30, c31); LSS__ST(4, c40, c41); LSS__ST(5, c50, c51);
+#undef LSS__ST
+#else
+    float acc[LSS__MR][LSS__NR];
+    int64_t k;
+    int i, j;
+    memset(acc, 0, sizeof acc);
+    for (k = 0; k < kc; k++) {
+        for (i = 0; i < LSS__MR; i++) {
+            float ai = a[i];
+            for (j = 0; j < LSS__NR; j++) acc[i][j] += ai * b[j];
+        }
+        a += LSS__MR; b += LSS__NR;
+    }
+    for (i = 0; i < LSS__MR; i++)
+        for (j = 0; j < LSS__NR; j++)
+            c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : beta * c[i * ldc + j] + alpha * acc[i][j];
+#endif
+}
+
+/* Edge tile: m x n valid elements of a 6 x 16 tile. */
+static void lss__kern_edge(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int m,
+                           int n, float alpha, float beta) {
+    float tmp[LSS__MR * LSS__NR];
+    int i, j;
+#ifdef LSS__AVX2
+    if (m <= 2) { /* two rows only (e.g. M = 128 = 21 x 6 + 2): a third of the work */
+        __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+               c11 = _mm256_setzero_ps(), b0, b1, av;
+        int64_t k;
+        for (k = 0; k < kc; k++) {
+            b0 = _mm256_load_ps(b + k * LSS__NR); b1 = _mm256_load_ps(b + k * LSS__NR + 8);
+            av = _mm256_broadcast_ss(a + k * LSS__MR); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+            av = _mm256_broadcast_ss(a + k * LSS__MR + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        }
+        _mm256_storeu_ps(tmp, c00); _mm256_storeu_ps(tmp + 8, c01);
+        _mm256_storeu_ps(tmp + 16, c10); _mm256_storeu_ps(tmp + 24, c11);
+    } else
+#endif
+    lss__kern(kc, a, b, tmp, LSS__NR, 1.0f, 0.0f);
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++)
+            c[i * ldc + j] = beta == 0.0f ? alpha * tmp[i * LSS__NR + j]
+                                          : beta * c[i * ldc + j] + alpha * tmp[i * LSS__NR + j];
+}
+
+#endif /* !LSS_CBLAS */
+
+#ifndef LSS_CBLAS
+#ifdef LSS__AVX2
+/* 8 x 8 transpose of r[0..7] in place. */
+static void lss__tr8(__m256 *r) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20); r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20); r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31); r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+/* Packs a kc x 16 panel of op(B) (rows pc.., columns j0..j0+nn-1; zero beyond nn): d[k*16 + j]. */
+/* tb: 0 B is K x N row-major (ldb); 1 B is N x K row-major (op(B) = B^T); 3 op(B) = S^T where S
+ * (N rows) is stored in panel layout S(r, c) = B[(c / 16) N 16 + r 16 + c % 16] with its column
+ * count padded to a multiple of 16 (zeros); then kc is rounded up to 16 (the rows past kc land in
+ * the next panel's slot, packed later, or in the workspace slack). Mode 2 (op(B) itself in panel
+ * layout) needs no packing. */
+static void lss__pack_b(int tb, const float *B, int64_t ldb, int64_t N, int64_t pc, int64_t j0, int64_t kc,
+                        int64_t nn, float *d) {
+    int64_t k = 0, j;
+    if (tb == 3) {
+        for (k = 0; k < kc; k += 16) {
+            const float *blk = B + ((pc + k) / 16) * N * 16 + j0 * 16; /* row j: blk[j*16 + t] = op(B)(pc+k+t, j0+j) */
+            int64_t t;
+#ifdef LSS__AVX2
+            if (nn == LSS__NR) {
+                int h, q, i;
+                for (h = 0; h < 2; h++)     /* k half: t = 8h .. 8h+7 */
+                    for (q = 0; q < 2; q++) { /* j half: j = 8q .. 8q+7 */
+                        __m256 r[8];
+                        for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(blk + (8 * q + i) * 16 + 8 * h);
+                        lss__tr8(r); /* r[t'] = values for k = 8h + t', j = 8q .. 8q+7 */
+                        for (i = 0; i < 8; i++) _mm256_store_ps(d + (k + 8 * h + i) * LSS__NR + 8 * q, r[i]);
+                    }
+                continue;
+            }
+#endif
+            for (t = 0; t < 16; t++) {
+                for (j = 0; j < nn; j++) d[(k + t) * LSS__NR + j] = blk[j * 16 + t];
+                for (j = nn; j < LSS__NR; j++) d[(k + t) * LSS__NR + j] = 0.0f;
+            }
+        }
+        return;
+    }
+    if (!tb) {
+        if (nn == LSS__NR) {
+            for (k = 0; k < kc; k++) {
+                const float *sp = B + (pc + k) * ldb + j0;
+#ifdef LSS__AVX2
+                _mm256_store_ps(d + k * LSS__NR, _mm256_loadu_ps(sp));
+                _mm256_store_ps(d + k * LSS__NR + 8, _mm256_loadu_ps(sp + 8));
+#else
+                for (j = 0; j < LSS__NR; j++) d[k * LSS__NR + j] = sp[j];
+#endif
+            }
+            return;
+        }
+        for (k = 0; k < kc; k++) {
+            const float *sp = B + (pc + k) * ldb + j0;
+            for (j = 0; j < nn; j++) d[k * LSS__NR + j] = sp[j];
+            for (j = nn; j < LSS__NR; j++) d[k * LSS__NR + j] = 0.0f;
+        }
+        return;
+    }
+#ifdef LSS__AVX2
+    if (nn == LSS__NR) {
+        const float *s0 = B + j0 * ldb + pc;
+        for (; k + 8 <= kc; k += 8) {
+            __m256 r[8], q[8];
+            int i;
+            for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(s0 + i * ldb + k);
+            for (i = 0; i < 8; i++) q[i] = _mm256_loadu_ps(s0 + (8 + i) * ldb + k);
+            lss__tr8(r);
+            lss__tr8(q);
+            for (i = 0; i < 8; i++) {
+                _mm256_store_ps(d + (k + i) * LSS__NR, r[i]);
+                _mm256_store_ps(d + (k + i) * LSS__NR + 8, q[i]);
+            }
+        }
+    }
+#endif
+    for (; k < kc; k++) {
+        const float *sp = B + j0 * ldb + (pc + k);
+        for (j = 0; j < nn; j++) d[k * LSS__NR + j] = sp[j * ldb];
+        for (j = nn; j < LSS__NR; j++) d[k * LSS__NR + j] = 0.0f;
+    }
+}
+
+/* Packs a 6 x kc panel of op(A) (rows i0..i0+mm-1, zero beyond mm): d[k*6 + i]. May write 2 floats
+ * past the panel (the workspace has room; later panels overwrite them). */
+static void lss__pack_a(int ta, const float *A, int64_t lda, int64_t pc, int64_t i0, int64_t kc, int64_t mm, float *d) {
+    int64_t k = 0, i;
+    if (ta) {
+#ifdef LSS__AVX2
+        if (mm == LSS__MR && i0 + 8 <= lda) { /* 8-float copies; the 2 extra floats are overwritten next */
+            for (k = 0; k < kc; k++) _mm256_storeu_ps(d + k * LSS__MR, _mm256_loadu_ps(A + (pc + k) * lda + i0));
+            return;
+        }
+#endif
+        for (k = 0; k < kc; k++) {
+            const float *sp = A + (pc + k) * lda + i0;
+            for (i = 0; i < mm; i++) d[k * LSS__MR + i] = sp[i];
+            for (i = mm; i < LSS__MR; i++) d[k * LSS__MR + i] = 0.0f;
+        }
+        return;
+    }
+#ifdef LSS__AVX2
+    if (mm == LSS__MR) {
+        const float *s0 = A + i0 * lda + pc;
+        for (; k + 8 <= kc; k += 8) {
+            __m256 r[8];
+            int q;
+            for (q = 0; q < 6; q++) r[q] = _mm256_loadu_ps(s0 + q * lda + k);
+            r[6] = r[7] = _mm256_setzero_ps();
+            lss__tr8(r);
+            for (q = 0; q < 8; q++) _mm256_storeu_ps(d + (k + q) * LSS__MR, r[q]);
+        }
+    }
+#endif
+    for (; k < kc; k++) {
+        for (i = 0; i < mm; i++) d[k * LSS__MR + i] = A[(i0 + i) * lda + pc + k];
+        for (i = mm; i < LSS__MR; i++) d[k * LSS__MR + i] = 0.0f;
+    }
+}
+#endif /* !LSS_CBLAS */
+
+/* The blocked product. ws holds LSS__GEMM_WS floats for each of `wst` threads. C is cut into tasks
+ * of LSS__MC rows x ncs columns (multiples of the 6 x 16 tile, so whether a tile is a full or an
+ * edge tile depends only on M and N); each task packs its own panels and runs through K in blocks
+ * of LSS__KC in order. Every element of C therefore sees the same operations whatever the number of
+ * threads and whichever thread runs its task; the only synchronisation is the end of the loop. */
+static void lss__sgemm_ws(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                          int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                          float *ws, int wst) {
+    int64_t mb, nt, mg, bpg, ntask, task, ncs;
+    int par;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        int64_t i, j;
+        for (i = 0; i < M; i++)
+            for (j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+#ifdef LSS_CBLAS
+    (void)ws; (void)wst; (void)mb; (void)nt; (void)mg; (void)bpg; (void)ntask; (void)task; (void)par; (void)ncs;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M,
+                (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+#else
+    mb = (M + LSS__MC - 1) / LSS__MC;
+    /* Tasks: column chunks of ncs (a multiple of 16 in [256, LSS__NC], about N / 8) times groups of
+     * row blocks, aiming at >= 8 tasks; the split depends on M and N only. A task packs each of its
+     * B panels once per K block and reuses it over its row blocks. */
+    ncs = ((N + 7) / 8 + LSS__NR - 1) / LSS__NR * LSS__NR;
+    if (ncs < 256) ncs = 256;
+    if (ncs > LSS__NC) ncs = LSS__NC;
+    nt = (N + ncs - 1) / ncs;
+    mg = nt >= 8 ? 1 : (8 + nt - 1) / nt;
+    if (mg > mb) mg = mb;
+    bpg = (mb + mg - 1) / mg;
+    mg = (mb + bpg - 1) / bpg;
+    ntask = mg * nt;
+    par = ntask > 1 && wst > 1 && (double)M * (double)N * (double)K >= 16777216.0; /* below: too little work to share */
+    (void)par;
+    LSS__PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(wst) if (par))
+    for (task = 0; task < ntask; task++) {
+        int tid = 0;
+        float *bp, *ap;
+        int64_t r0 = (task / nt) * bpg * LSS__MC, r1 = r0 + bpg * LSS__MC, jc = (task % nt) * ncs, pc, ic;
+        int64_t nc = N - jc < ncs ? N - jc : ncs, npan = (nc + LSS__NR - 1) / LSS__NR;
+        if (r1 > M) r1 = M;
+#ifdef LSS__OMP
+        tid = omp_get_thread_num();
+#endif
+        bp = (float *)(((uintptr_t)(ws + (size_t)tid * LSS__GEMM_WS) + 63) & ~(uintptr_t)63);
+        ap = bp + (size_t)LSS__KC * LSS__NC;
+        for (pc = 0; pc < K; pc += LSS__KC) {
+            int64_t kc = K - pc < LSS__KC ? K - pc : LSS__KC, jp;
+            float be = pc == 0 ? beta : 1.0f;
+            for (jp = 0; jp < npan; jp++) {
+                int64_t j0 = jc + jp * LSS__NR;
+                if (tb != 2) lss__pack_b(tb, B, ldb, N, pc, j0, kc, N - j0 < LSS__NR ? N - j0 : LSS__NR, bp + jp * kc * LSS__NR);
+            }
+            for (ic = r0; ic < r1; ic += LSS__MC) {
+                int64_t mc = r1 - ic < LSS__MC ? r1 - ic : LSS__MC, mpan = (mc + LSS__MR - 1) / LSS__MR, ip, jr, ir;
+                for (ip = 0; ip < mpan; ip++) {
+                    int64_t i0 = ic + ip * LSS__MR;
+                    lss__pack_a(ta, A, lda, pc, i0, kc, M - i0 < LSS__MR ? M - i0 : LSS__MR, ap + ip * kc * LSS__MR);
+                }
+                for (jr = 0; jr < npan; jr++)
+                    for (ir = 0; ir < mpan; ir++) {
+                        int64_t i0 = ic + ir * LSS__MR, j0 = jc + jr * LSS__NR;
+                        int mm = (int)(M - i0 < LSS__MR ? M - i0 : LSS__MR);
+                        int nn = (int)(N - j0 < LSS__NR ? N - j0 : LSS__NR);
+                        float *cc = C + i0 * ldc + j0;
+                        const float *bq = tb == 2 ? B + (j0 / LSS__NR) * K * LSS__NR + pc * LSS__NR : bp + jr * kc * LSS__NR;
+                        if (mm == LSS__MR && nn == LSS__NR)
+                            lss__kern(kc, ap + ir * kc * LSS__MR, bq, cc, ldc, alpha, be);
+                        else
+                            lss__kern_edge(kc, ap + ir * kc * LSS__MR, bq, cc, ldc, mm, nn, alpha, be);
+                    }
+            }
+        }
+    }
+#endif
+}
+
+LSSDEF int lss_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    float *ws;
+    int wst;
+    if (M < 0 || N < 0 || K < 0 || !C || (K > 0 && (!A || !B)))
+        return lss_seterr(LSS_ERR_ARG, "lss_sgemm: bad arguments (M %lld N %lld K %lld)", (long long)M,
+                          (long long)N, (long long)K);
+    if (ldc < N || (K > 0 && ((!transa && lda < K) || (transa && lda < M) || (!transb && ldb < N) ||
+                              (transb && ldb < K))))
+        return lss_seterr(LSS_ERR_ARG, "lss_sgemm: leading dimension too small");
+    if (M == 0 || N == 0) return LSS_OK;
+    transa = transa ? 1 : 0;
+    transb = transb ? 1 : 0;
+    wst = lss_nn_threads();
+    ws = (float *)LSS_MALLOC(LSS__GEMM_WS * sizeof(float) * (size_t)wst);
+    if (!ws) return lss_seterr(LSS_ERR_NOMEM, "lss_sgemm: out of memory for packing buffers");
+    lss__sgemm_ws(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, wst);
+    LSS_FREE(ws);
+    return LSS_OK;
+}
+
+/* ================================================================ parameter store */
+struct lss_store {
+    uint64_t seed;
+    int status;
+    int n, cap;
+    lss_tensor **t;      /* each allocated with its name after the struct */
+    int64_t *off;        /* offset of tensor i in data/grad */
+    float *data, *grad;
+    int64_t size, capel, nparams;
+};
+
+LSSDEF int lss_store_create(lss_store **st, uint64_t seed) {
+    lss_store *s;
+    if (!st) return lss_seterr(LSS_ERR_ARG, "lss_store_create: NULL argument");
+    *st = NULL;
+    s = (lss_store *)LSS_MALLOC(sizeof *s);
+    if (!s) return lss_seterr(LSS_ERR_NOMEM, "lss_store_create: out of memory");
+    memset(s, 0, sizeof *s);
+    s->seed = seed;
+    *st = s;
+    return LSS_OK;
+}
+
+LSSDEF void lss_store_free(lss_store *st) {
+    int i;
+    if (!st) return;
+    for (i = 0; i < st->n; i++) LSS_FREE(st->t[i]);
+    LSS_FREE(st->t); LSS_FREE(st->off); LSS_FREE(st->data); LSS_FREE(st->grad);
+    LSS_FREE(st);
+}
+
+static void lss__fans(int ndim, const int64_t *shape, int64_t n, double *fi, double *fo) {
+    if (ndim == 2) { *fi = (double)shape[0]; *fo = (double)shape[1]; }
+    else if (ndim >= 3) {
+        double rf = 1;
+        int i;
+        for (i = 2; i < ndim; i++) rf *= (double)shape[i];
+        *fi = (double)shape[1] * rf; *fo = (double)shape[0] * rf;
+    } else { *fi = *fo = (double)n; }
+}
+
+static void lss__init_fill(float *x, int64_t n, int ndim, const int64_t *shape, lss_init init, float fill,
+                           uint64_t seed, uint64_t stream) {
+    lss_rng r;
+    double fi, fo, a;
+    int64_t i;
+    lss__fans(ndim, shape, n, &fi, &fo);
+    lss_rng_init(&r, seed, stream);
+    switch (init) {
+    case LSS_INIT_ONE: for (i = 0; i < n; i++) x[i] = 1.0f; break;
+    case LSS_INIT_HE: a = sqrt(2.0 / fi); for (i = 0; i < n; i++) x[i] = (float)(a * lss_rng_normal(&r)); break;
+    case LSS_INIT_HE_UNIFORM:
+        a = sqrt(6.0 / fi);
+        for (i = 0; i < n; i++) x[i] = (float)(a * (2.0 * lss_rng_uniform(&r) - 1.0));
+        break;
+    case LSS_INIT_GLOROT:
+        a = sqrt(6.0 / (fi + fo));
+        for (i = 0; i < n; i++) x[i] = (float)(a * (2.0 * lss_rng_uniform(&r) - 1.0));
+        break;
+    case LSS_INIT_NORMAL: for (i = 0; i < n; i++) x[i] = (float)lss_rng_normal(&r); break;
+    default: for (i = 0; i < n; i++) x[i] = fill; break;
+    }
+}
+
+static lss_tensor *lss__store_add(lss_store *st, const char *name, int ndim, const int64_t *shape,
+                                  lss_init init, float fill, int buffer) {
+    int64_t n;
+    size_t nl;
+    lss_tensor *t;
+    int i;
+    if (!st) { lss_seterr(LSS_ERR_ARG, "lss_store_add: NULL store"); return NULL; }
+    if (st->status) return NULL;
+    if (!name || !*name || strlen(name) > 127) {
+        st->status = lss_seterr(LSS_ERR_ARG, "lss_store_add: empty or too long tensor name");
+        return NULL;
+    }
+    if ((int)init < 0 || init > LSS_INIT_NORMAL) {
+        st->status = lss_seterr(LSS_ERR_ARG, "lss_store_add: '%s': unknown initialiser %d", name, (int)init);
+        return NULL;
+    }
+    n = lss_shape_count(ndim, shape);
+    if (n < 0) {
+        st->status = lss_seterr(LSS_ERR_SHAPE, "lss_store_add: '%s': bad shape", name);
+        return NULL;
+    }
+    if (lss_store_get(st, name)) {
+        st->status = lss_seterr(LSS_ERR_ARG, "lss_store_add: duplicate tensor name '%s'", name);
+        return NULL;
+    }
+    if (st->n == st->cap) {
+        int nc = st->cap ? 2 * st->cap : 16;
+        lss_tensor **nt = (lss_tensor **)LSS_REALLOC(st->t, (size_t)nc * sizeof *nt);
+        int64_t *no;
+        if (!nt) goto nomem;
+        st->t = nt;
+        no = (int64_t *)LSS_REALLOC(st->off, (size_t)nc * sizeof *no);
+        if (!no) goto nomem;
+        st->off = no;
+        st->cap = nc;
+    }
+    if (st->size + n > st->capel) {
+        int64_t nc = st->capel ? 2 * st->capel : 1024;
+        float *nd, *ng;
+        while (nc < st->size + n) nc *= 2;
+        nd = (float *)LSS_REALLOC(st->data, (size_t)nc * sizeof(float));
+        if (!nd) goto nomem;
+        st->data = nd;
+        ng = (float *)LSS_REALLOC(st->grad, (size_t)nc * sizeof(float));
+        if (!ng) goto nomem;
+        st->grad = ng;
+        st->capel = nc;
+        for (i = 0; i < st->n; i++) {
+            st->t[i]->data = st->data + st->off[i];
+            if (!(st->t[i]->flags & LSS_T_BUFFER)) st->t[i]->grad = st->grad + st->off[i];
+        }
+    }
+    nl = strlen(name);
+    t = (lss_tensor *)LSS_MALLOC(sizeof *t + nl + 1);
+    if (!t) goto nomem;
+    memset(t, 0, sizeof *t);
+    memcpy((char *)(t + 1), name, nl + 1);
+    t->name = (const char *)(t + 1);
+    t->ndim = ndim; t->n = n;
+    for (i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->flags = buffer ? LSS_T_BUFFER : LSS_T_PARAM;
+    st->off[st->n] = st->size;
+    t->data = st->data + st->size;
+    t->grad = buffer ? NULL : st->grad + st->size;
+    memset(st->grad + st->size, 0, (size_t)n * sizeof(float));
+    lss__init_fill(t->data, n, ndim, shape, init, fill, st->seed, (uint64_t)st->n);
+    st->t[st->n++] = t;
+    st->size += n;
+    if (!buffer) st->nparams += n;
+    return t;
+nomem:
+    st->status = lss_seterr(LSS_ERR_NOMEM, "lss_store_add: out of memory adding '%s'", name);
+    return NULL;
+}
+
+LSSDEF lss_tensor *lss_store_add(lss_store *st, const char *name, int ndim, const int64_t *shape,
+                                 lss_init init) {
+    return lss__store_add(st, name, ndim, shape, init, 0.0f, 0);
+}
+LSSDEF lss_tensor *lss_store_buffer(lss_store *st, const char *name, int ndim, const int64_t *shape,
+                                    lss_init init, float fill) {
+    return lss__store_add(st, name, ndim, shape, init, fill, 1);
+}
+LSSDEF int lss_store_status(const lss_store *st) { return st ? st->status : LSS_ERR_ARG; }
+LSSDEF lss_tensor *lss_store_get(const lss_store *st, const char *name) {
+    int i;
+    if (!st || !name) return NULL;
+    for (i = 0; i < st->n; i++)
+        if (!strcmp(st->t[i]->name, name)) return st->t[i];
+    return NULL;
+}
+LSSDEF int lss_store_ntensors(const lss_store *st) { return st ? st->n : 0; }
+LSSDEF lss_tensor *lss_store_tensor(const lss_store *st, int i) {
+    return st && i >= 0 && i < st->n ? st->t[i] : NULL;
+}
+LSSDEF int64_t lss_store_nparams(const lss_store *st) { return st ? st->nparams : 0; }
+LSSDEF int64_t lss_store_size(const lss_store *st) { return st ? st->size : 0; }
+LSSDEF float *lss_store_data(const lss_store *st) { return st ? st->data : NULL; }
+LSSDEF float *lss_store_grad(const lss_store *st) { return st ? st->grad : NULL; }
+LSSDEF void lss_store_zero_grad(lss_store *st) {
+    if (st && st->grad && st->size) memset(st->grad, 0, (size_t)st->size * sizeof(float));
+}
+LSSDEF double lss_store_grad_norm(const lss_store *st) {
+    double s = 0;
+    int i;
+    if (!st) return 0;
+    for (i = 0; i < st->n; i++)
+        if (st->t[i]->grad) s += lss__dsumsq(st->t[i]->grad, st->t[i]->n);
+    return sqrt(s);
+}
+LSSDEF int lss_store_copy(lss_store *dst, const lss_store *src) {
+    int i, k;
+    if (!dst || !src) return lss_seterr(LSS_ERR_ARG, "lss_store_copy: NULL store");
+    for (i = 0; i < src->n; i++) {
+        lss_tensor *a = src->t[i], *b = lss_store_get(dst, a->name);
+        if (!b) return lss_seterr(LSS_ERR_SHAPE, "lss_store_copy: destination lacks tensor '%s'", a->name);
+        if (a->ndim != b->ndim) return lss_seterr(LSS_ERR_SHAPE, "lss_store_copy: '%s': shapes differ", a->name);
+        for (k = 0; k < a->ndim; k++)
+            if (a->shape[k] != b->shape[k])
+                return lss_seterr(LSS_ERR_SHAPE, "lss_store_copy: '%s': shapes differ", a->name);
+    }
+    for (i = 0; i < src->n; i++) {
+        lss_tensor *a = src->t[i], *b = lss_store_get(dst, a->name);
+        memcpy(b->data, a->data, (size_t)a->n * sizeof(float));
+    }
+    return LSS_OK;
+}
+
+/* ================================================================ graph */
+typedef struct lss__blk {
+    struct lss__blk *next;
+    size_t cap, used;
+} lss__blk;
+
+enum {
+    LSS__OP_MATMUL = 1, LSS__OP_DENSE, LSS__OP_CONV, LSS__OP_CONVT, LSS__OP_AVGPOOL, LSS__OP_UPSAMPLE,
+    LSS__OP_CONCAT, LSS__OP_ADD, LSS__OP_SUB, LSS__OP_MUL, LSS__OP_SCALE, LSS__OP_ADDS, LSS__OP_RELU,
+    LSS__OP_LEAKY, LSS__OP_SOFTPLUS, LSS__OP_TANH, LSS__OP_SIGMOID, LSS__OP_EXP, LSS__OP_LOG, LSS__OP_BN,
+    LSS__OP_SN, LSS__OP_SUM, LSS__OP_MEAN, LSS__OP_GAP, LSS__OP_MSE, LSS__OP_L1, LSS__OP_GNLL,
+    LSS__OP_GMM, LSS__OP_DSM, LSS__OP_WGAN
+};
+
+typedef struct lss__node {
+    int op;
+    lss_tensor *out, *in[4];
+    int64_t ip[8];
+    float fp[4];
+    float *aux[3];
+    double *daux;
+    struct lss__node *prev;
+} lss__node;
+
+struct lss_graph {
+    lss__blk *blk;     /* current block first */
+    size_t total;      /* capacity of all blocks */
+    lss__node *tape;
+    int status, training, record;
+    float *ws;         /* SGEMM packing workspace, for wst threads */
+    int wst;
+    float *scratch;    /* reused buffers of operations whose inputs need no gradient (inference) */
+    void *scratch_raw; /* its allocation (scratch is 64-byte aligned inside) */
+    size_t scap;       /* floats */
+};
+
+LSSDEF int lss_graph_create(lss_graph **g) {
+    lss_graph *h;
+    if (!g) return lss_seterr(LSS_ERR_ARG, "lss_graph_create: NULL argument");
+    *g = NULL;
+    h = (lss_graph *)LSS_MALLOC(sizeof *h);
+    if (!h) return lss_seterr(LSS_ERR_NOMEM, "lss_graph_create: out of memory");
+    memset(h, 0, sizeof *h);
+    h->wst = lss_nn_threads();
+    h->ws = (float *)LSS_MALLOC(LSS__GEMM_WS * sizeof(float) * (size_t)h->wst);
+    if (!h->ws) { LSS_FREE(h); return lss_seterr(LSS_ERR_NOMEM, "lss_graph_create: out of memory"); }
+    h->training = h->record = 1;
+    *g = h;
+    return LSS_OK;
+}
+
+static void lss__blk_free_all(lss_graph *g) {
+    lss__blk *b = g->blk;
+    while (b) { lss__blk *nx = b->next; LSS_FREE(b); b = nx; }
+    g->blk = NULL;
+    g->total = 0;
+}
+
+LSSDEF void lss_graph_free(lss_graph *g) {
+    if (!g) return;
+    lss__blk_free_all(g);
+    LSS_FREE(g->ws);
+    LSS_FREE(g->scratch_raw);
+    LSS_FREE(g);
+}
+
+#define LSS__BLKHDR ((sizeof(lss__blk) + LSS__ALIGN - 1) / LSS__ALIGN * LSS__ALIGN)
+
+LSSDEF void lss_graph_reset(lss_graph *g) {
+    if (!g) return;
+    if (g->blk && g->blk->next) { /* merge into one block of the total size (steady state: no allocation) */
+        size_t tot = g->total;
+        lss__blk *b;
+        lss__blk_free_all(g);
+        b = (lss__blk *)LSS_MALLOC(LSS__BLKHDR + tot + LSS__ALIGN);
+        if (b) { b->next = NULL; b->cap = tot; b->used = 0; g->blk = b; g->total = tot; }
+    }
+    if (g->blk) g->blk->used = 0;
+    g->tape = NULL;
+    g->status = LSS_OK;
+}
+
+static void *lss__alloc(lss_graph *g, size_t bytes) {
+    lss__blk *b = g->blk;
+    char *base;
+    bytes = (bytes + LSS__ALIGN - 1) / LSS__ALIGN * LSS__ALIGN;
+    if (!b || b->used + bytes > b->cap) {
+        size_t cap = g->total > bytes ? g->total : bytes;
+        if (cap < ((size_t)1 << 20)) cap = (size_t)1 << 20;
+        b = (lss__blk *)LSS_MALLOC(LSS__BLKHDR + cap + LSS__ALIGN);
+        if (!b) {
+            if (!g->status) g->status = lss_seterr(LSS_ERR_NOMEM, "graph: out of memory (%zu bytes)", bytes);
+            return NULL;
+        }
+        b->next = g->blk; b->cap = cap; b->used = 0;
+        g->blk = b;
+        g->total += cap;
+    }
+    base = (char *)(((uintptr_t)b + LSS__BLKHDR + LSS__ALIGN - 1) & ~(uintptr_t)(LSS__ALIGN - 1));
+    base += b->used;
+    b->used += bytes;
+    return base;
+}
+
+static void *lss__zalloc(lss_graph *g, size_t bytes) {
+    void *p = lss__alloc(g, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+/* Scratch space of n floats, valid until the next call (grown when needed, kept across resets). */
+static float *lss__scratch(lss_graph *g, size_t n) {
+    if (n > g->scap) {
+        void *p = LSS_MALLOC((n + 64) * sizeof(float));
+        if (!p) {
+            if (!g->status) g->status = lss_seterr(LSS_ERR_NOMEM, "graph: out of memory (%zu bytes of scratch)", n * sizeof(float));
+            return NULL;
+        }
+        LSS_FREE(g->scratch_raw);
+        g->scratch_raw = p;
+        g->scratch = (float *)(((uintptr_t)p + LSS__ALIGN - 1) & ~(uintptr_t)(LSS__ALIGN - 1));
+        g->scap = n;
+    }
+    return g->scratch;
+}
+
+LSSDEF void lss_graph_set_training(lss_graph *g, int training) {
+    if (g) g->training = g->record = training ? 1 : 0;
+}
+LSSDEF int lss_graph_training(const lss_graph *g) { return g ? g->training : 0; }
+LSSDEF void lss_graph_set_record(lss_graph *g, int record) {
+    if (g) g->record = record ? 1 : 0;
+}
+LSSDEF int lss_graph_status(const lss_graph *g) { return g ? g->status : LSS_ERR_ARG; }
+LSSDEF size_t lss_graph_memory(const lss_graph *g) {
+    return g ? g->total + (LSS__GEMM_WS * (size_t)g->wst + g->scap) * sizeof(float) : 0;
+}
+
+/* Records the first failure of the graph; returns NULL for the caller to return. */
+static lss_tensor *lss__fail(lss_graph *g, int code, const char *fmt, const char *what, const char *detail) {
+    if (g && !g->status) g->status = lss_seterr(code, fmt, what, detail ? detail : "");
+    return NULL;
+}
+
+/* A new graph tensor; grad allocated (zeroed) when `need_grad`; data zeroed when `zero`. */
+static lss_tensor *lss__new(lss_graph *g, int ndim, const int64_t *shape, int need_grad, int zero) {
+    int64_t n = lss_shape_count(ndim, shape);
+    lss_tensor *t;
+    int i;
+    if (n < 0) return lss__fail(g, LSS_ERR_SHAPE, "%s: bad shape%s", "graph", NULL);
+    t = (lss_tensor *)lss__alloc(g, sizeof *t);
+    if (!t) return NULL;
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim; t->n = n;
+    for (i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->data = (float *)(zero ? lss__zalloc(g, (size_t)n * sizeof(float)) : lss__alloc(g, (size_t)n * sizeof(float)));
+    if (!t->data) return NULL;
+    if (need_grad) {
+        t->grad = (float *)lss__zalloc(g, (size_t)n * sizeof(float));
+        if (!t->grad) return NULL;
+    }
+    return t;
+}
+
+LSSDEF lss_tensor *lss_tensor_new(lss_graph *g, int ndim, const int64_t *shape) {
+    if (!g) { lss_seterr(LSS_ERR_ARG, "lss_tensor_new: NULL graph"); return NULL; }
+    if (g->status) return NULL;
+    return lss__new(g, ndim, shape, 0, 1);
+}
+
+LSSDEF lss_tensor *lss_view(lss_graph *g, float *data, int ndim, const int64_t *shape) {
+    int64_t n;
+    lss_tensor *t;
+    int i;
+    if (!g) { lss_seterr(LSS_ERR_ARG, "lss_view: NULL graph"); return NULL; }
+    if (g->status) return NULL;
+    if (!data) return lss__fail(g, LSS_ERR_ARG, "%s: NULL data%s", "lss_view", NULL);
+    n = lss_shape_count(ndim, shape);
+    if (n < 0) return lss__fail(g, LSS_ERR_SHAPE, "%s: bad shape%s", "lss_view", NULL);
+    t = (lss_tensor *)lss__alloc(g, sizeof *t);
+    if (!t) return NULL;
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim; t->n = n; t->data = data;
+    for (i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    return t;
+}
+
+/* Common entry of every operation: graph ok, inputs non-NULL. */
+static int lss__enter(lss_graph *g, const char *op, int nin, lss_tensor *a, lss_tensor *b, lss_tensor *c) {
+    if (!g) { lss_seterr(LSS_ERR_ARG, "%s: NULL graph", op); return 0; }
+    if (g->status) return 0;
+    if (!a || (nin > 1 && !b) || (nin > 2 && !c)) {
+        g->status = lss_seterr(LSS_ERR_ARG, "%s: NULL input tensor", op);
+        return 0;
+    }
+    return 1;
+}
+
+static int lss__wants_grad(lss_graph *g, lss_tensor *a, lss_tensor *b, lss_tensor *c) {
+    return g->record && ((a && a->grad) || (b && b->grad) || (c && c->grad));
+}
+
+static lss__node *lss__record(lss_graph *g, int op, lss_tensor *out, lss_tensor *a, lss_tensor *b, lss_tensor *c) {
+    lss__node *nd;
+    if (!out->grad) return NULL; /* nothing flows back */
+    nd = (lss__node *)lss__zalloc(g, sizeof *nd);
+    if (!nd) return NULL;
+    nd->op = op; nd->out = out; nd->in[0] = a; nd->in[1] = b; nd->in[2] = c;
+    nd->prev = g->tape;
+    g->tape = nd;
+    return nd;
+}
+
+static lss_tensor *lss__shape_err(lss_graph *g, const char *op, lss_tensor *a, lss_tensor *b) {
+    char s1[96], s2[96], msg[256];
+    lss__shape_str(a, s1, sizeof s1);
+    lss__shape_str(b, s2, sizeof s2);
+    snprintf(msg, sizeof msg, "%s and %s", s1, s2);
+    return lss__fail(g, LSS_ERR_SHAPE, "%s: incompatible shapes %s", op, msg);
+}
+
+#define LSS__REC(g, nd, op, out, a, b, c)                                                         \
+    lss__node *nd = lss__record(g, op, out, a, b, c);                                             \
+    if ((out)->grad && !nd) return NULL
+
+/* ---------------------------------------------------------------- matmul and dense */
+LSSDEF lss_tensor *lss_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b) {
+    lss_tensor *y;
+    int64_t sh[2];
+    if (!lss__enter(g, "lss_matmul", 2, a, b, NULL)) return NULL;
+    if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0]) return lss__shape_err(g, "lss_matmul", a, b);
+    sh[0] = a->shape[0]; sh[1] = b->shape[1];
+    y = lss__new(g, 2, sh, lss__wants_grad(g, a, b, NULL), 0);
+    if (!y) return NULL;
+    lss__sgemm_ws(0, 0, sh[0], sh[1], a->shape[1], 1.0f, a->data, a->shape[1], b->data, sh[1], 0.0f, y->data,
+                  sh[1], g->ws, g->wst);
+    {
+        LSS__REC(g, nd, LSS__OP_MATMUL, y, a, b, NULL);
+        (void)nd;
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b) {
+    lss_tensor *y;
+    int64_t sh[2], nin, i, j;
+    if (!lss__enter(g, "lss_dense", 2, x, w, NULL)) return NULL;
+    if (x->ndim < 1) return lss__shape_err(g, "lss_dense", x, w);
+    nin = x->n / x->shape[0];
+    if (w->ndim != 2 || w->shape[0] != nin) return lss__shape_err(g, "lss_dense (input, weight)", x, w);
+    if (b && (b->n != w->shape[1])) return lss__shape_err(g, "lss_dense (weight, bias)", w, b);
+    sh[0] = x->shape[0]; sh[1] = w->shape[1];
+    y = lss__new(g, 2, sh, lss__wants_grad(g, x, w, b), 0);
+    if (!y) return NULL;
+    if (b) {
+        for (i = 0; i < sh[0]; i++)
+            for (j = 0; j < sh[1]; j++) y->data[i * sh[1] + j] = b->data[j];
+    }
+    lss__sgemm_ws(0, 0, sh[0], sh[1], nin, 1.0f, x->data, nin, w->data, sh[1], b ? 1.0f : 0.0f, y->data, sh[1],
+                  g->ws, g->wst);
+    {
+        LSS__REC(g, nd, LSS__OP_DENSE, y, x, w, b);
+        (void)nd;
+    }
+    return y;
+}
+
+/* ---------------------------------------------------------------- convolution helpers */
+/* col[(c*kh + ki)*kw + kj][n*Ho*Wo + p] = x[n, c, oy*s - pad + ki, ox*s - pad + kj] (0 outside). */
+/* tab[(ki kw + kj) P + oy Wo + ox] = iy W + ix of the input pixel under tap (ki, kj) of output
+ * (oy, ox), or -1 where it falls in the zero padding. */
+static void lss__conv_table(int64_t H, int64_t W, int kh, int kw, int s, int pad, int64_t Ho, int64_t Wo, int32_t *tab) {
+    int64_t ki, kj, oy, ox, P = Ho * Wo;
+    for (ki = 0; ki < kh; ki++)
+        for (kj = 0; kj < kw; kj++)
+            for (oy = 0; oy < Ho; oy++)
+                for (ox = 0; ox < Wo; ox++) {
+                    int64_t iy = oy * s - pad + ki, ix = ox * s - pad + kj;
+                    tab[(ki * kw + kj) * P + oy * Wo + ox] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? (int32_t)(iy * W + ix) : -1;
+                }
+}
+
+/* With rowbuf != NULL (wst rows of N Ho Wo floats, one per thread) col is written in panel layout
+ * col[(j / 16) K 16 + r 16 + j % 16] (K = C kh kw rows, columns padded to a multiple of 16 with
+ * zeros), the packed form the SGEMM reads directly (tb = 2) and transposed (tb = 3). */
+static void lss__im2col(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int kh, int kw, int s,
+                        int pad, int64_t Ho, int64_t Wo, float *col, float *rowbuf, int wst) {
+    int64_t rows = C * kh * kw, P = Ho * Wo, NP = N * P, r;
+    int32_t tab[4096]; /* small output planes: input offset of every (tap, output pixel), -1 in the padding */
+    int small = P <= 64 && (int64_t)kh * kw * P <= 4096 && H * W < ((int64_t)1 << 30);
+    (void)wst;
+    if (small) lss__conv_table(H, W, kh, kw, s, pad, Ho, Wo, tab);
+    LSS__PRAGMA(omp parallel for schedule(static) num_threads(wst) if (rows * NP > 1048576))
+    for (r = 0; r < rows; r++) {
+        int64_t c = r / (kh * kw), ki = (r / kw) % kh, kj = r % kw, n, oy, ox;
+        int tid = 0;
+        float *dst;
+#ifdef LSS__OMP
+        tid = omp_get_thread_num();
+#endif
+        dst = rowbuf ? rowbuf + (size_t)tid * NP : col + r * NP;
+        if (small) {
+            const int32_t *tb = tab + (ki * kw + kj) * P;
+            int64_t p;
+            for (n = 0; n < N; n++) {
+                const float *xs = x + (n * C + c) * H * W;
+                float *d = dst + n * P;
+                for (p = 0; p < P; p++) d[p] = tb[p] >= 0 ? xs[tb[p]] : 0.0f;
+            }
+            (void)oy; (void)ox;
+        } else
+        for (n = 0; n < N; n++) {
+            const float *xs = x + (n * C + c) * H * W;
+            float *d = dst + n * P;
+            for (oy = 0; oy < Ho; oy++) {
+                int64_t iy = oy * s - pad + ki;
+                float *dr = d + oy * Wo;
+                if (iy < 0 || iy >= H) { for (ox = 0; ox < Wo; ox++) dr[ox] = 0.0f; continue; }
+                {
+                    /* ox range with 0 <= ox s - pad + kj < W; zeros outside */
+                    int64_t lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0, hi = (W - 1 + pad - kj) / s + 1;
+                    const float *xr = xs + iy * W;
+                    int64_t base = kj - pad;
+                    if (W - 1 + pad - kj < 0) hi = 0;
+                    if (hi > Wo) hi = Wo;
+                    if (lo > hi) lo = hi;
+                    for (ox = 0; ox < lo; ox++) dr[ox] = 0.0f;
+                    if (s == 1) { for (ox = lo; ox < hi; ox++) dr[ox] = xr[ox + base]; }
+                    else {
+                        ox = lo;
+#ifdef LSS__AVX2
+                        if (s == 2) /* even lanes of two loads; the last odd lane read stays inside the row */
+                            for (; ox + 8 <= hi && base + 2 * ox + 15 < W; ox += 8) {
+                                __m256 v0 = _mm256_loadu_ps(xr + base + 2 * ox), v1 = _mm256_loadu_ps(xr + base + 2 * ox + 8);
+                                __m256 e = _mm256_shuffle_ps(v0, v1, 0x88);
+                                _mm256_storeu_ps(dr + ox, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+                            }
+#endif
+                        for (; ox < hi; ox++) dr[ox] = xr[ox * s + base];
+                    }
+                    for (ox = hi; ox < Wo; ox++) dr[ox] = 0.0f;
+                }
+            }
+        }
+        if (rowbuf) {
+            int64_t q, nq = NP / 16, t;
+            for (q = 0; q < nq; q++) {
+                float *o = col + q * rows * 16 + r * 16;
+#ifdef LSS__AVX2
+                _mm256_storeu_ps(o, _mm256_loadu_ps(dst + q * 16));
+                _mm256_storeu_ps(o + 8, _mm256_loadu_ps(dst + q * 16 + 8));
+#else
+                for (t = 0; t < 16; t++) o[t] = dst[q * 16 + t];
+#endif
+            }
+            if (NP % 16) {
+                float *o = col + nq * rows * 16 + r * 16;
+                for (t = 0; t < 16; t++) o[t] = nq * 16 + t < NP ? dst[nq * 16 + t] : 0.0f;
+            }
+            (void)t;
+        }
+    }
+}
+
+/* x[n, c, ...] += col (the adjoint of im2col). Parallel over channels; each channel streams through
+ * its kh kw rows of col in order, so every element of x receives its terms in a fixed order. */
+static void lss__col2im_add(const float *col, int64_t N, int64_t C, int64_t H, int64_t W, int kh, int kw,
+                            int s, int pad, int64_t Ho, int64_t Wo, float *x) {
+    int64_t P = Ho * Wo, NP = N * P, c;
+    int32_t tab[4096];
+    int small = P <= 64 && (int64_t)kh * kw * P <= 4096 && H * W < ((int64_t)1 << 30);
+    if (small) lss__conv_table(H, W, kh, kw, s, pad, Ho, Wo, tab);
+    LSS__PRAGMA(omp parallel for schedule(static) if (N * C * kh * kw * P > 1048576))
+    for (c = 0; c < C; c++) {
+        int64_t ki, kj, n, oy, ox;
+        if (small) { /* each input pixel gets at most one term per tap: the same order as below */
+            int64_t t, p;
+            for (t = 0; t < (int64_t)kh * kw; t++) {
+                const float *row = col + (c * kh * kw + t) * NP;
+                const int32_t *tb = tab + t * P;
+                for (n = 0; n < N; n++) {
+                    float *xs = x + (n * C + c) * H * W;
+                    const float *src = row + n * P;
+                    for (p = 0; p < P; p++)
+                        if (tb[p] >= 0) xs[tb[p]] += src[p];
+                }
+            }
+            continue;
+        }
+        for (ki = 0; ki < kh; ki++)
+            for (kj = 0; kj < kw; kj++) {
+                const float *row = col + ((c * kh + ki) * kw + kj) * NP;
+                /* ox range with 0 <= ox s - pad + kj < W */
+                int64_t lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0, hi = (W - 1 + pad - kj) / s + 1;
+                if (W - 1 + pad - kj < 0) hi = 0;
+                if (hi > Wo) hi = Wo;
+                for (n = 0; n < N; n++) {
+                    float *xs = x + (n * C + c) * H * W;
+                    const float *src = row + n * P;
+                    for (oy = 0; oy < Ho; oy++) {
+                        int64_t iy = oy * s - pad + ki, base = iy * W - pad + kj;
+                        const float *sr = src + oy * Wo;
+                        if (iy < 0 || iy >= H) continue;
+                        if (s == 1) for (ox = lo; ox < hi; ox++) xs[base + ox] += sr[ox];
+                        else for (ox = lo; ox < hi; ox++) xs[base + ox * s] += sr[ox];
+                    }
+                }
+            }
+    }
+}
+
+/* [C, N*P] <-> [N, C, P] */
+static void lss__cnp_to_ncp(const float *src, int64_t N, int64_t C, int64_t P, float *dst, int add) {
+    int64_t pl;
+    LSS__PRAGMA(omp parallel for schedule(static) if (N * C * P > 1048576))
+    for (pl = 0; pl < N * C; pl++) {
+        int64_t n = pl / C, c = pl % C, p;
+        const float *s = src + c * N * P + n * P;
+        float *d = dst + pl * P;
+        if (add) for (p = 0; p < P; p++) d[p] += s[p];
+        else memcpy(d, s, (size_t)P * sizeof(float));
+    }
+}
+static void lss__ncp_to_cnp(const float *src, int64_t N, int64_t C, int64_t P, float *dst) {
+    int64_t pl;
+    LSS__PRAGMA(omp parallel for schedule(static) if (N * C * P > 1048576))
+    for (pl = 0; pl < N * C; pl++) {
+        int64_t n = pl / C, c = pl % C;
+        memcpy(dst + c * N * P + n * P, src + pl * P, (size_t)P * sizeof(float));
+    }
+}
+
+/* Per-channel sums of g [N, C, P] added to db[C] (double, fixed order). */
+static void lss__chan_sum_add(const float *g, int64_t N, int64_t C, int64_t P, float *db) {
+    int64_t c;
+    LSS__PRAGMA(omp parallel for schedule(static) if (N * C * P > 1048576))
+    for (c = 0; c < C; c++) {
+        double s = 0;
+        int64_t n, p;
+        for (n = 0; n < N; n++) {
+            const float *r = g + (n * C + c) * P;
+            for (p = 0; p < P; p++) s += r[p];
+        }
+        db[c] += (float)s;
+    }
+}
+
+LSSDEF lss_tensor *lss_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
+    lss_tensor *y;
+    int64_t N, C, H, W, Co, kh, kw, Ho, Wo, sh[4], K, NP;
+    float *col, *tmp, *rowbuf;
+    if (!lss__enter(g, "lss_conv2d", 2, x, w, NULL)) return NULL;
+    if (stride < 1 || pad < 0)
+        return lss__fail(g, LSS_ERR_ARG, "%s: stride must be >= 1 and padding >= 0%s", "lss_conv2d", NULL);
+    if (x->ndim != 4 || w->ndim != 4 || w->shape[1] != x->shape[1]) return lss__shape_err(g, "lss_conv2d (input, weight)", x, w);
+    N = x->shape[0]; C = x->shape[1]; H = x->shape[2]; W = x->shape[3];
+    Co = w->shape[0]; kh = w->shape[2]; kw = w->shape[3];
+    if (b && b->n != Co) return lss__shape_err(g, "lss_conv2d (weight, bias)", w, b);
+    if (H + 2 * pad < kh || W + 2 * pad < kw) return lss__shape_err(g, "lss_conv2d (input smaller than kernel)", x, w);
+    Ho = (H + 2 * pad - kh) / stride + 1; Wo = (W + 2 * pad - kw) / stride + 1;
+    sh[0] = N; sh[1] = Co; sh[2] = Ho; sh[3] = Wo;
+    y = lss__new(g, 4, sh, lss__wants_grad(g, x, w, b), 0);
+    if (!y) return NULL;
+    K = C * kh * kw; NP = N * Ho * Wo;
+    /* col in panel layout (columns padded to 16): the GEMM reads it without packing */
+    {
+        size_t ncol = (size_t)(K * ((NP + 15) / 16 * 16)), ntmp = (size_t)(Co * NP), nrow = (size_t)NP * (size_t)g->wst;
+        if (y->grad) { /* kept for the backward pass */
+            col = (float *)lss__alloc(g, ncol * sizeof(float));
+            tmp = (float *)lss__alloc(g, ntmp * sizeof(float));
+            rowbuf = (float *)lss__alloc(g, nrow * sizeof(float));
+        } else { /* inference: one scratch area reused by every layer */
+            col = lss__scratch(g, ncol + ntmp + nrow + 32);
+            tmp = col ? col + (ncol + 15) / 16 * 16 : NULL;
+            rowbuf = tmp ? tmp + (ntmp + 15) / 16 * 16 : NULL;
+        }
+        if (!col || !tmp || !rowbuf) return NULL;
+    }
+    lss__im2col(x->data, N, C, H, W, (int)kh, (int)kw, stride, pad, Ho, Wo, col, LSS__PANEL ? rowbuf : NULL, g->wst);
+    if (b) {
+        int64_t c, p;
+        for (c = 0; c < Co; c++)
+            for (p = 0; p < NP; p++) tmp[c * NP + p] = b->data[c];
+    }
+    lss__sgemm_ws(0, LSS__PANEL ? 2 : 0, Co, NP, K, 1.0f, w->data, K, col, NP, b ? 1.0f : 0.0f, tmp, NP, g->ws, g->wst);
+    lss__cnp_to_ncp(tmp, N, Co, Ho * Wo, y->data, 0);
+    {
+        LSS__REC(g, nd, LSS__OP_CONV, y, x, w, b);
+        if (nd) { nd->aux[0] = col; nd->aux[1] = tmp; nd->ip[0] = stride; nd->ip[1] = pad; }
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
+                                        int pad, int outpad) {
+    lss_tensor *y;
+    int64_t N, Ci, H, W, Co, kh, kw, Ho, Wo, sh[4], HW, M;
+    float *xt, *col;
+    if (!lss__enter(g, "lss_conv2d_transpose", 2, x, w, NULL)) return NULL;
+    if (stride < 1 || pad < 0 || outpad < 0 || outpad >= stride)
+        return lss__fail(g, LSS_ERR_ARG, "%s: need stride >= 1, pad >= 0, 0 <= outpad < stride%s",
+                         "lss_conv2d_transpose", NULL);
+    if (x->ndim != 4 || w->ndim != 4 || w->shape[0] != x->shape[1])
+        return lss__shape_err(g, "lss_conv2d_transpose (input, weight)", x, w);
+    N = x->shape[0]; Ci = x->shape[1]; H = x->shape[2]; W = x->shape[3];
+    Co = w->shape[1]; kh = w->shape[2]; kw = w->shape[3];
+    if (b && b->n != Co) return lss__shape_err(g, "lss_conv2d_transpose (weight, bias)", w, b);
+    Ho = (H - 1) * stride - 2 * pad + kh + outpad; Wo = (W - 1) * stride - 2 * pad + kw + outpad;
+    if (Ho < 1 || Wo < 1) return lss__shape_err(g, "lss_conv2d_transpose (output would be empty)", x, w);
+    sh[0] = N; sh[1] = Co; sh[2] = Ho; sh[3] = Wo;
+    y = lss__new(g, 4, sh, lss__wants_grad(g, x, w, b), 1);
+    if (!y) return NULL;
+    HW = H * W; M = Co * kh * kw;
+    if (y->grad) {
+        xt = (float *)lss__alloc(g, (size_t)(Ci * N * HW) * sizeof(float));
+        col = (float *)lss__alloc(g, (size_t)(M * N * HW) * sizeof(float));
+    } else {
+        xt = lss__scratch(g, (size_t)(Ci * N * HW) + (size_t)(M * N * HW) + 16);
+        col = xt ? xt + ((size_t)(Ci * N * HW) + 15) / 16 * 16 : NULL;
+    }
+    if (!xt || !col) return NULL;
+    lss__ncp_to_cnp(x->data, N, Ci, HW, xt);
+    /* col [Co kh kw, N HW] = w^T [Co kh kw, Ci] x xt [Ci, N HW] */
+    lss__sgemm_ws(1, 0, M, N * HW, Ci, 1.0f, w->data, M, xt, N * HW, 0.0f, col, N * HW, g->ws, g->wst);
+    lss__col2im_add(col, N, Co, Ho, Wo, (int)kh, (int)kw, stride, pad, H, W, y->data);
+    if (b) {
+        int64_t pl, P = Ho * Wo;
+        for (pl = 0; pl < N * Co; pl++) {
+            float bv = b->data[pl % Co];
+            int64_t p;
+            for (p = 0; p < P; p++) y->data[pl * P + p] += bv;
+        }
+    }
+    {
+        LSS__REC(g, nd, LSS__OP_CONVT, y, x, w, b);
+        if (nd) { nd->aux[0] = xt; nd->aux[1] = col; nd->ip[0] = stride; nd->ip[1] = pad; }
+    }
+    return y;
+}
+
+/* ---------------------------------------------------------------- pooling, upsampling, concat */
+LSSDEF lss_tensor *lss_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride) {
+    lss_tensor *y;
+    int64_t sh[4], pl, H, W, Ho, Wo;
+    float inv;
+    if (!lss__enter(g, "lss_avgpool2d", 1, x, NULL, NULL)) return NULL;
+    if (k < 1 || stride < 1) return lss__fail(g, LSS_ERR_ARG, "%s: window and stride must be >= 1%s", "lss_avgpool2d", NULL);
+    if (x->ndim != 4 || x->shape[2] < k || x->shape[3] < k) return lss__shape_err(g, "lss_avgpool2d", x, NULL);
+    H = x->shape[2]; W = x->shape[3];
+    Ho = (H - k) / stride + 1; Wo = (W - k) / stride + 1;
+    sh[0] = x->shape[0]; sh[1] = x->shape[1]; sh[2] = Ho; sh[3] = Wo;
+    y = lss__new(g, 4, sh, lss__wants_grad(g, x, NULL, NULL), 0);
+    if (!y) return NULL;
+    inv = 1.0f / (float)(k * k);
+    LSS__PRAGMA(omp parallel for schedule(static) if (x->n > 1048576))
+    for (pl = 0; pl < sh[0] * sh[1]; pl++) {
+        const float *xs = x->data + pl * H * W;
+        float *ys = y->data + pl * Ho * Wo;
+        int64_t oy, ox, i, j;
+        for (oy = 0; oy < Ho; oy++)
+            for (ox = 0; ox < Wo; ox++) {
+                float s = 0;
+                for (i = 0; i < k; i++)
+                    for (j = 0; j < k; j++) s += xs[(oy * stride + i) * W + ox * stride + j];
+                ys[oy * Wo + ox] = s * inv;
+            }
+    }
+    {
+        LSS__REC(g, nd, LSS__OP_AVGPOOL, y, x, NULL, NULL);
+        if (nd) { nd->ip[0] = k; nd->ip[1] = stride; }
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_upsample2d(lss_graph *g, lss_tensor *x, int f) {
+    lss_tensor *y;
+    int64_t sh[4], pl, H, W, Ho, Wo;
+    if (!lss__enter(g, "lss_upsample2d", 1, x, NULL, NULL)) return NULL;
+    if (f < 1) return lss__fail(g, LSS_ERR_ARG, "%s: factor must be >= 1%s", "lss_upsample2d", NULL);
+    if (x->ndim != 4) return lss__shape_err(g, "lss_upsample2d", x, NULL);
+    H = x->shape[2]; W = x->shape[3]; Ho = H * f; Wo = W * f;
+    sh[0] = x->shape[0]; sh[1] = x->shape[1]; sh[2] = Ho; sh[3] = Wo;
+    y = lss__new(g, 4, sh, lss__wants_grad(g, x, NULL, NULL), 0);
+    if (!y) return NULL;
+    LSS__PRAGMA(omp parallel for schedule(static) if (y->n > 1048576))
+    for (pl = 0; pl < sh[0] * sh[1]; pl++) {
+        const float *xs = x->data + pl * H * W;
+        float *ys = y->data + pl * Ho * Wo;
+        int64_t oy, ox;
+        for (oy = 0; oy < Ho; oy++)
+            for (ox = 0; ox < Wo; ox++) ys[oy * Wo + ox] = xs[(oy / f) * W + ox / f];
+    }
+    {
+        LSS__REC(g, nd, LSS__OP_UPSAMPLE, y, x, NULL, NULL);
+        if (nd) nd->ip[0] = f;
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis) {
+    lss_tensor *y;
+    int64_t sh[LSS_NN_MAXDIM], outer = 1, ia = 1, ib = 1, o;
+    int i;
+    if (!lss__enter(g, "lss_concat", 2, a, b, NULL)) return NULL;
+    if (a->ndim != b->ndim || axis < 0 || axis >= a->ndim) return lss__shape_err(g, "lss_concat", a, b);
+    for (i = 0; i < a->ndim; i++) {
+        if (i != axis && a->shape[i] != b->shape[i]) return lss__shape_err(g, "lss_concat", a, b);
+        sh[i] = a->shape[i];
+        if (i < axis) outer *= a->shape[i];
+        if (i >= axis) { ia *= a->shape[i]; ib *= b->shape[i]; }
+    }
+    sh[axis] = a->shape[axis] + b->shape[axis];
+    y = lss__new(g, a->ndim, sh, lss__wants_grad(g, a, b, NULL), 0);
+    if (!y) return NULL;
+    for (o = 0; o < outer; o++) {
+        memcpy(y->data + o * (ia + ib), a->data + o * ia, (size_t)ia * sizeof(float));
+        memcpy(y->data + o * (ia + ib) + ia, b->data + o * ib, (size_t)ib * sizeof(float));
+    }
+    {
+        LSS__REC(g, nd, LSS__OP_CONCAT, y, a, b, NULL);
+        if (nd) { nd->ip[0] = outer; nd->ip[1] = ia; nd->ip[2] = ib; }
+    }
+    return y;
+}
+
+/* ---------------------------------------------------------------- broadcasting binary operations */
+typedef struct { int64_t sh[4], sa[4], sb[4]; } lss__bc;
+
+/* Output shape and element strides (0 where broadcast) of a and b, as 4-D. */
+static int lss__bcast(const lss_tensor *a, const lss_tensor *b, int *ndim, lss__bc *bc) {
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim, i;
+    int64_t ea[4], eb[4], st;
+    for (i = 0; i < 4; i++) { ea[i] = eb[i] = 1; }
+    for (i = 0; i < a->ndim; i++) ea[4 - a->ndim + i] = a->shape[i];
+    for (i = 0; i < b->ndim; i++) eb[4 - b->ndim + i] = b->shape[i];
+    for (i = 0; i < 4; i++) {
+        if (ea[i] != eb[i] && ea[i] != 1 && eb[i] != 1) return 0;
+        bc->sh[i] = ea[i] > eb[i] ? ea[i] : eb[i];
+    }
+    st = 1;
+    for (i = 3; i >= 0; i--) { bc->sa[i] = ea[i] == 1 ? 0 : st; st *= ea[i]; }
+    st = 1;
+    for (i = 3; i >= 0; i--) { bc->sb[i] = eb[i] == 1 ? 0 : st; st *= eb[i]; }
+    *ndim = nd;
+    return 1;
+}
+
+static lss_tensor *lss__binary(lss_graph *g, lss_tensor *a, lss_tensor *b, int op, const char *name) {
+    lss_tensor *y;
+    lss__bc bc;
+    int nd, i;
+    int64_t sh[4];
+    if (!lss__enter(g, name, 2, a, b, NULL)) return NULL;
+    if (!lss__bcast(a, b, &nd, &bc)) return lss__shape_err(g, name, a, b);
+    for (i = 0; i < nd; i++) sh[i] = bc.sh[4 - nd + i];
+    y = lss__new(g, nd, sh, lss__wants_grad(g, a, b, NULL), 0);
+    if (!y) return NULL;
+    if (a->n == y->n && b->n == y->n) {
+        int64_t k, n = y->n;
+        float *o = y->data;
+        const float *pa = a->data, *pb = b->data;
+        if (op == LSS__OP_ADD) { for (k = 0; k < n; k++) o[k] = pa[k] + pb[k]; }
+        else if (op == LSS__OP_SUB) { for (k = 0; k < n; k++) o[k] = pa[k] - pb[k]; }
+        else { for (k = 0; k < n; k++) o[k] = pa[k] * pb[k]; }
+    } else {
+        int64_t i0, i1, i2, i3, k = 0;
+        for (i0 = 0; i0 < bc.sh[0]; i0++)
+            for (i1 = 0; i1 < bc.sh[1]; i1++)
+                for (i2 = 0; i2 < bc.sh[2]; i2++)
+                    for (i3 = 0; i3 < bc.sh[3]; i3++, k++) {
+                        float va = a->data[i0 * bc.sa[0] + i1 * bc.sa[1] + i2 * bc.sa[2] + i3 * bc.sa[3]];
+                        float vb = b->data[i0 * bc.sb[0] + i1 * bc.sb[1] + i2 * bc.sb[2] + i3 * bc.sb[3]];
+                        y->data[k] = op == LSS__OP_ADD ? va + vb : op == LSS__OP_SUB ? va - vb : va * vb;
+                    }
+    }
+    {
+        LSS__REC(g, nd2, op, y, a, b, NULL);
+        if (nd2) for (i = 0; i < 4; i++) { nd2->ip[i] = bc.sh[i]; }
+    }
+    return y;
+}
+LSSDEF lss_tensor *lss_add(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_ADD, "lss_add"); }
+LSSDEF lss_tensor *lss_sub(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_SUB, "lss_sub"); }
+LSSDEF lss_tensor *lss_mul(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_MUL, "lss_mul"); }
+
+/* ---------------------------------------------------------------- elementwise unary operations */
+static float lss__softplusf(float x) { return x > 20.0f ? x : x < -20.0f ? expf(x) : log1pf(expf(x)); }
+static float lss__sigmoidf(float x) {
+    if (x >= 0) return 1.0f / (1.0f + expf(-x));
+    else { float e = expf(x); return e / (1.0f + e); }
+}
+
+static lss_tensor *lss__unary(lss_graph *g, lss_tensor *x, int op, float p, const char *name) {
+    lss_tensor *y;
+    int64_t k, n;
+    const float *a;
+    float *o;
+    if (!lss__enter(g, name, 1, x, NULL, NULL)) return NULL;
+    y = lss__new(g, x->ndim, x->shape, lss__wants_grad(g, x, NULL, NULL), 0);
+    if (!y) return NULL;
+    n = x->n; a = x->data; o = y->data;
+    switch (op) {
+    case LSS__OP_SCALE: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = p * a[k]; break;
+    case LSS__OP_ADDS: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = a[k] + p; break;
+    case LSS__OP_RELU: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = a[k] > 0 ? a[k] : 0.0f; break;
+    case LSS__OP_LEAKY: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = a[k] > 0 ? a[k] : p * a[k]; break;
+    case LSS__OP_SOFTPLUS: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = lss__softplusf(a[k]); break;
+    case LSS__OP_TANH: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = tanhf(a[k]); break;
+    case LSS__OP_SIGMOID: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = lss__sigmoidf(a[k]); break;
+    case LSS__OP_EXP: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = expf(a[k]); break;
+    default: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = logf(a[k]); break;
+    }
+    {
+        LSS__REC(g, nd, op, y, x, NULL, NULL);
+        if (nd) nd->fp[0] = p;
+    }
+    return y;
+}
+LSSDEF lss_tensor *lss_scale(lss_graph *g, lss_tensor *x, float s) { return lss__unary(g, x, LSS__OP_SCALE, s, "lss_scale"); }
+LSSDEF lss_tensor *lss_add_scalar(lss_graph *g, lss_tensor *x, float c) { return lss__unary(g, x, LSS__OP_ADDS, c, "lss_add_scalar"); }
+LSSDEF lss_tensor *lss_relu(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_RELU, 0, "lss_relu"); }
+LSSDEF lss_tensor *lss_leaky_relu(lss_graph *g, lss_tensor *x, float slope) { return lss__unary(g, x, LSS__OP_LEAKY, slope, "lss_leaky_relu"); }
+LSSDEF lss_tensor *lss_softplus(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SOFTPLUS, 0, "lss_softplus"); }
+LSSDEF lss_tensor *lss_tanh(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_TANH, 0, "lss_tanh"); }
+LSSDEF lss_tensor *lss_sigmoid(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SIGMOID, 0, "lss_sigmoid"); }
+LSSDEF lss_tensor *lss_exp(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_EXP, 0, "lss_exp"); }
+LSSDEF lss_tensor *lss_ln(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_LOG, 0, "lss_ln"); }
+
+/* ---------------------------------------------------------------- normalisation */
+LSSDEF lss_tensor *lss_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma, lss_tensor *beta,
+                                 lss_tensor *running_mean, lss_tensor *running_var, float momentum, float eps) {
+    lss_tensor *y;
+    int64_t N, C, P, c;
+    float *mean, *invstd;
+    int train;
+    if (!lss__enter(g, "lss_batchnorm", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim != 2 && x->ndim != 4) return lss__shape_err(g, "lss_batchnorm (input must be [N,C] or [N,C,H,W])", x, NULL);
+    N = x->shape[0]; C = x->shape[1]; P = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
+    if ((gamma && gamma->n != C) || (beta && beta->n != C) || (running_mean && running_mean->n != C) ||
+        (running_var && running_var->n != C))
+        return lss__fail(g, LSS_ERR_SHAPE, "%s: gamma, beta and running statistics must have C elements%s",
+                         "lss_batchnorm", NULL);
+    if (momentum == 0.0f) momentum = 0.9f;
+    if (eps == 0.0f) eps = 1e-5f;
+    if (!(momentum > 0.0f && momentum < 1.0f) || !(eps > 0.0f))
+        return lss__fail(g, LSS_ERR_RANGE, "%s: momentum must be in (0, 1) and eps > 0%s", "lss_batchnorm", NULL);
+    train = g->training;
+    if (!train && (!running_mean || !running_var))
+        return lss__fail(g, LSS_ERR_ARG, "%s: evaluation needs the running statistics%s", "lss_batchnorm", NULL);
+    if (train && N * P < 2)
+        return lss__fail(g, LSS_ERR_SHAPE, "%s: batch statistics need at least 2 values per channel%s", "lss_batchnorm", NULL);
+    y = lss__new(g, x->ndim, x->shape, lss__wants_grad(g, x, gamma, beta), 0);
+    mean = (float *)lss__alloc(g, (size_t)C * sizeof(float));
+    invstd = (float *)lss__alloc(g, (size_t)C * sizeof(float));
+    if (!y || !mean || !invstd) return NULL;
+    LSS__PRAGMA(omp parallel for schedule(static) if (x->n > 1048576))
+    for (c = 0; c < C; c++) {
+        int64_t n, p;
+        double m, v, is;
+        float gm = gamma ? gamma->data[c] : 1.0f, bt = beta ? beta->data[c] : 0.0f;
+        if (train) {
+            double s = 0, s2 = 0, M = (double)(N * P);
+            for (n = 0; n < N; n++) {
+                const float *r = x->data + (n * C + c) * P;
+                for (p = 0; p < P; p++) s += r[p];
+            }
+            m = s / M;
+            for (n = 0; n < N; n++) {
+                const float *r = x->data + (n * C + c) * P;
+                for (p = 0; p < P; p++) { double d = r[p] - m; s2 += d * d; }
+            }
+            v = s2 / M;
+            if (running_mean) running_mean->data[c] = (float)(momentum * running_mean->data[c] + (1.0 - momentum) * m);
+            if (running_var)
+                running_var->data[c] = (float)(momentum * running_var->data[c] + (1.0 - momentum) * v * M / (M - 1.0));
+        } else {
+            m = running_mean->data[c];
+            v = running_var->data[c];
+        }
+        is = 1.0 / sqrt(v + eps);
+        mean[c] = (float)m; invstd[c] = (float)is;
+        for (n = 0; n < N; n++) {
+            const float *r = x->data + (n * C + c) * P;
+            float *o = y->data + (n * C + c) * P;
+            float a = (float)(gm * is), b0 = (float)(bt - gm * is * m);
+            for (p = 0; p < P; p++) o[p] = a * r[p] + b0;
+        }
+    }
+    {
+        LSS__REC(g, nd, LSS__OP_BN, y, x, gamma, beta);
+        if (nd) { nd->aux[0] = mean; nd->aux[1] = invstd; nd->ip[0] = train; }
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u, int iters) {
+    lss_tensor *y;
+    int64_t R, Cc, i, j, k;
+    double *du, *dv, nrm, sigma;
+    float *fu, *fv, inv;
+    int it;
+    if (!lss__enter(g, "lss_spectral_norm", 2, w, u, NULL)) return NULL;
+    if (w->ndim < 1 || u->n != w->shape[0]) return lss__shape_err(g, "lss_spectral_norm (weight, u)", w, u);
+    if (iters < 1) return lss__fail(g, LSS_ERR_ARG, "%s: iters must be >= 1%s", "lss_spectral_norm", NULL);
+    R = w->shape[0]; Cc = w->n / R;
+    du = (double *)lss__alloc(g, (size_t)R * sizeof(double));
+    dv = (double *)lss__alloc(g, (size_t)Cc * sizeof(double));
+    fu = (float *)lss__alloc(g, (size_t)R * sizeof(float));
+    fv = (float *)lss__alloc(g, (size_t)Cc * sizeof(float));
+    if (!du || !dv || !fu || !fv) return NULL;
+    nrm = 0;
+    for (i = 0; i < R; i++) { du[i] = u->data[i]; nrm += du[i] * du[i]; }
+    if (!(nrm > 0) || !isfinite(nrm)) { for (i = 0; i < R; i++) du[i] = 1.0; nrm = (double)R; }
+    nrm = sqrt(nrm);
+    for (i = 0; i < R; i++) du[i] /= nrm;
+    sigma = 0;
+    for (it = 0; it < iters; it++) {
+        for (j = 0; j < Cc; j++) dv[j] = 0;
+        for (i = 0; i < R; i++) {
+            const float *wr = w->data + i * Cc;
+            for (j = 0; j < Cc; j++) dv[j] += wr[j] * du[i];
+        }
+        nrm = 0;
+        for (j = 0; j < Cc; j++) nrm += dv[j] * dv[j];
+        nrm = sqrt(nrm);
+        if (!(nrm > 0)) return lss__fail(g, LSS_ERR_NUMERIC, "%s: weight is zero%s", "lss_spectral_norm", NULL);
+        for (j = 0; j < Cc; j++) dv[j] /= nrm;
+        nrm = 0;
+        for (i = 0; i < R; i++) {
+            const float *wr = w->data + i * Cc;
+            double s = 0;
+            for (j = 0; j < Cc; j++) s += wr[j] * dv[j];
+            du[i] = s;
+            nrm += s * s;
+        }
+        nrm = sqrt(nrm);
+        if (!(nrm > 0) || !isfinite(nrm)) return lss__fail(g, LSS_ERR_NUMERIC, "%s: weight is zero or not finite%s", "lss_spectral_norm", NULL);
+        for (i = 0; i < R; i++) du[i] /= nrm;
+        sigma = nrm; /* u^T W v with the new u */
+    }
+    for (i = 0; i < R; i++) fu[i] = (float)du[i];
+    for (j = 0; j < Cc; j++) fv[j] = (float)dv[j];
+    if (g->training) for (i = 0; i < R; i++) u->data[i] = fu[i];
+    y = lss__new(g, w->ndim, w->shape, lss__wants_grad(g, w, NULL, NULL), 0);
+    if (!y) return NULL;
+    inv = (float)(1.0 / sigma);
+    for (k = 0; k < w->n; k++) y->data[k] = w->data[k] * inv;
+    {
+        LSS__REC(g, nd, LSS__OP_SN, y, w, NULL, NULL);
+        if (nd) { nd->aux[0] = fu; nd->aux[1] = fv; nd->fp[0] = (float)sigma; nd->ip[0] = R; }
+    }
+    return y;
+}
+
+/* ---------------------------------------------------------------- shapes and reductions */
+LSSDEF lss_tensor *lss_reshape(lss_graph *g, lss_tensor *x, int ndim, const int64_t *shape) {
+    lss_tensor *y;
+    int64_t n;
+    int i;
+    if (!lss__enter(g, "lss_reshape", 1, x, NULL, NULL)) return NULL;
+    n = lss_shape_count(ndim, shape);
+    if (n != x->n) return lss__fail(g, LSS_ERR_SHAPE, "%s: element count differs%s", "lss_reshape", NULL);
+    y = (lss_tensor *)lss__alloc(g, sizeof *y);
+    if (!y) return NULL;
+    *y = *x;
+    y->flags = 0;
+    y->name = NULL;
+    y->ndim = ndim;
+    for (i = 0; i < LSS_NN_MAXDIM; i++) y->shape[i] = i < ndim ? shape[i] : 0;
+    return y;
+}
+
+LSSDEF lss_tensor *lss_flatten(lss_graph *g, lss_tensor *x) {
+    int64_t sh[2];
+    if (!lss__enter(g, "lss_flatten", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim < 1) return lss__shape_err(g, "lss_flatten", x, NULL);
+    sh[0] = x->shape[0]; sh[1] = x->n / x->shape[0];
+    return lss_reshape(g, x, 2, sh);
+}
+
+static lss_tensor *lss__scalar_out(lss_graph *g, lss_tensor *a, lss_tensor *b, lss_tensor *c) {
+    return lss__new(g, 0, NULL, lss__wants_grad(g, a, b, c), 0);
+}
+
+LSSDEF lss_tensor *lss_sum(lss_graph *g, lss_tensor *x) {
+    lss_tensor *y;
+    if (!lss__enter(g, "lss_sum", 1, x, NULL, NULL)) return NULL;
+    if (!(y = lss__scalar_out(g, x, NULL, NULL))) return NULL;
+    y->data[0] = (float)lss__dsum(x->data, x->n);
+    {
+        LSS__REC(g, nd, LSS__OP_SUM, y, x, NULL, NULL);
+        (void)nd;
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_mean(lss_graph *g, lss_tensor *x) {
+    lss_tensor *y;
+    if (!lss__enter(g, "lss_mean", 1, x, NULL, NULL)) return NULL;
+    if (!(y = lss__scalar_out(g, x, NULL, NULL))) return NULL;
+    y->data[0] = (float)(lss__dsum(x->data, x->n) / (double)x->n);
+    {
+        LSS__REC(g, nd, LSS__OP_MEAN, y, x, NULL, NULL);
+        (void)nd;
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_global_avgpool(lss_graph *g, lss_tensor *x) {
+    lss_tensor *y;
+    int64_t sh[2], P, pl;
+    if (!lss__enter(g, "lss_global_avgpool", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim != 4) return lss__shape_err(g, "lss_global_avgpool", x, NULL);
+    sh[0] = x->shape[0]; sh[1] = x->shape[1]; P = x->shape[2] * x->shape[3];
+    if (!(y = lss__new(g, 2, sh, lss__wants_grad(g, x, NULL, NULL), 0))) return NULL;
+    for (pl = 0; pl < sh[0] * sh[1]; pl++) {
+        double s = 0;
+        int64_t p;
+        for (p = 0; p < P; p++) s += x->data[pl * P + p];
+        y->data[pl] = (float)(s / (double)P);
+    }
+    {
+        LSS__REC(g, nd, LSS__OP_GAP, y, x, NULL, NULL);
+        (void)nd;
+    }
+    return y;
+}
+
+/* ---------------------------------------------------------------- losses */
+static lss_tensor *lss__pair_loss(lss_graph *g, lss_tensor *p, lss_tensor *t, int op, const char *name) {
+    lss_tensor *y;
+    int64_t k;
+    double s = 0;
+    if (!lss__enter(g, name, 2, p, t, NULL)) return NULL;
+    if (p->n != t->n) return lss__shape_err(g, name, p, t);
+    if (!(y = lss__scalar_out(g, p, NULL, NULL))) return NULL;
+    for (k = 0; k < p->n; k++) {
+        double d = (double)p->data[k] - t->data[k];
+        s += op == LSS__OP_MSE ? d * d : fabs(d);
+    }
+    y->data[0] = (float)(s / (double)p->n);
+    {
+        LSS__REC(g, nd, op, y, p, t, NULL);
+        (void)nd;
+    }
+    return y;
+}
+LSSDEF lss_tensor *lss_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_MSE, "lss_mse"); }
+LSSDEF lss_tensor *lss_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_L1, "lss_l1"); }
+
+static double lss__softplus(double x) { return x > 30 ? x : x < -30 ? exp(x) : log1p(exp(x)); }
+static double lss__sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x)); }
+
+/* One Gaussian component: raw mean mu[d], raw triangle tri[d(d+1)/2], y[d]. Returns
+ * logdet = sum log L_ii and q = ||L^T (y - mu)||^2; fills r = y - mu and z = L^T r (d entries each). */
+static void lss__chol_terms(const float *mu, const float *tri, const double *y, int d, double *r, double *z,
+                            double *logdet, double *q) {
+    int i, j;
+    double ld = 0, qq = 0;
+    for (i = 0; i < d; i++) r[i] = y[i] - (double)mu[i];
+    for (j = 0; j < d; j++) z[j] = 0;
+    for (i = 0; i < d; i++) {
+        const float *row = tri + i * (i + 1) / 2;
+        for (j = 0; j < i; j++) z[j] += (double)row[j] * r[i];
+        {
+            double lii = lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS;
+            z[i] += lii * r[i];
+            ld += log(lii);
+        }
+    }
+    for (j = 0; j < d; j++) qq += z[j] * z[j];
+    *logdet = ld; *q = qq;
+}
+
+LSSDEF int64_t lss_gmm_width(int K, int d) {
+    if (K < 1 || d < 1) return -1;
+    return (int64_t)K * (1 + d + (int64_t)d * (d + 1) / 2);
+}
+
+static int lss__target_dim(const lss_tensor *t) { return t->ndim <= 1 ? 1 : (int)(t->n / t->shape[0]); }
+
+LSSDEF lss_tensor *lss_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *target) {
+    lss_tensor *y;
+    int64_t N, n;
+    int d;
+    double tot = 0;
+    if (!lss__enter(g, "lss_gauss_nll", 2, out, target, NULL)) return NULL;
+    if (out->ndim < 1 || target->ndim < 1 || out->shape[0] != target->shape[0]) return lss__shape_err(g, "lss_gauss_nll", out, target);
+    N = out->shape[0]; d = lss__target_dim(target);
+    if (d > 64 || out->n / N != d + (int64_t)d * (d + 1) / 2) return lss__shape_err(g, "lss_gauss_nll (need [N, d + d(d+1)/2] and [N, d])", out, target);
+    if (!(y = lss__scalar_out(g, out, NULL, NULL))) return NULL;
+    for (n = 0; n < N; n++) {
+        const float *o = out->data + n * (out->n / N);
+        double yy[64], r[64], z[64], ld, q;
+        int i;
+        for (i = 0; i < d; i++) yy[i] = target->data[n * d + i];
+        lss__chol_terms(o, o + d, yy, d, r, z, &ld, &q);
+        tot += q - 2.0 * ld;
+    }
+    y->data[0] = (float)(tot / (double)N);
+    {
+        LSS__REC(g, nd, LSS__OP_GNLL, y, out, target, NULL);
+        (void)nd;
+    }
+    return y;
+}
+
+/* Per-sample GMM terms: returns -log p; when grad != NULL adds scale * d(-log p)/d(out) to grad. */
+static double lss__gmm_one(const float *o, const double *y, int K, int d, double *work, float *grad, double scale) {
+    int k, i, j;
+    int64_t T = (int64_t)d * (d + 1) / 2;
+    const float *lg = o, *mu = o + K, *tri = o + K + (int64_t)K * d;
+    double *a = work, *r = work + K, *z = r + d, mx = -HUGE_VAL, lse = 0, lmx = -HUGE_VAL, lsel = 0;
+    const double c0 = 0.5 * d * log(2.0 * 3.14159265358979323846);
+    for (k = 0; k < K; k++) if (lg[k] > lmx) lmx = lg[k];
+    for (k = 0; k < K; k++) lsel += exp(lg[k] - lmx);
+    lsel = lmx + log(lsel);
+    for (k = 0; k < K; k++) {
+        double ld, q;
+        lss__chol_terms(mu + (int64_t)k * d, tri + k * T, y, d, r, z, &ld, &q);
+        a[k] = (lg[k] - lsel) + ld - 0.5 * q - c0;
+        if (a[k] > mx) mx = a[k];
+    }
+    if (!isfinite(mx)) return HUGE_VAL;
+    for (k = 0; k < K; k++) lse += exp(a[k] - mx);
+    lse = mx + log(lse);
+    if (grad) {
+        for (k = 0; k < K; k++) {
+            double gk = exp(a[k] - lse);               /* responsibility */
+            double pk = exp(lg[k] - lsel);             /* mixture weight */
+            const float *trk = tri + k * T;
+            float *gmu = grad + K + (int64_t)k * d, *gtri = grad + K + (int64_t)K * d + k * T;
+            double ld, q;
+            grad[k] += (float)(scale * -(gk - pk));
+            lss__chol_terms(mu + (int64_t)k * d, trk, y, d, r, z, &ld, &q);
+            /* a_k = ... + sum log L_ii - 1/2 ||z||^2, z = L^T r; d a/d mu = L z; d a/d L_ij = -z_j r_i (+1/L_ii) */
+            for (i = 0; i < d; i++) {
+                double lz = 0;
+                const float *row = trk + i * (i + 1) / 2;
+                for (j = 0; j < i; j++) lz += (double)row[j] * z[j];
+                lz += (lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS) * z[i];
+                gmu[i] += (float)(scale * -gk * lz);
+            }
+            for (i = 0; i < d; i++) {
+                const float *row = trk + i * (i + 1) / 2;
+                float *grow = gtri + i * (i + 1) / 2;
+                for (j = 0; j < i; j++) grow[j] += (float)(scale * -gk * (-z[j] * r[i]));
+                {
+                    double lii = lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS;
+                    grow[i] += (float)(scale * -gk * (-z[i] * r[i] + 1.0 / lii) * lss__sigmoid(row[i]));
+                }
+            }
+        }
+    }
+    return -lse;
+}
+
+LSSDEF lss_tensor *lss_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *target, int K) {
+    lss_tensor *y;
+    int64_t N, n;
+    int d;
+    double tot = 0;
+    if (!lss__enter(g, "lss_gmm_nll", 2, out, target, NULL)) return NULL;
+    if (K < 1 || K > 256) return lss__fail(g, LSS_ERR_ARG, "%s: K must be in 1..256%s", "lss_gmm_nll", NULL);
+    if (out->ndim < 1 || target->ndim < 1 || out->shape[0] != target->shape[0]) return lss__shape_err(g, "lss_gmm_nll", out, target);
+    N = out->shape[0]; d = lss__target_dim(target);
+    if (d > 64 || out->n / N != lss_gmm_width(K, d)) return lss__shape_err(g, "lss_gmm_nll (need [N, K(1 + d + d(d+1)/2)] and [N, d])", out, target);
+    if (!(y = lss__scalar_out(g, out, NULL, NULL))) return NULL;
+    for (n = 0; n < N; n++) {
+        double yy[64], work[256 + 128];
+        int i;
+        for (i = 0; i < d; i++) yy[i] = target->data[n * d + i];
+        tot += lss__gmm_one(out->data + n * (out->n / N), yy, K, d, work, NULL, 0);
+    }
+    y->data[0] = (float)(tot / (double)N);
+    {
+        LSS__REC(g, nd, LSS__OP_GMM, y, out, target, NULL);
+        if (nd) nd->ip[0] = K;
+    }
+    return y;
+}
+
+LSSDEF int lss_gmm_logpdf(const float *out, const double *y, int64_t n, int K, int d, double *logp) {
+    int64_t i, w = lss_gmm_width(K, d);
+    if (!out || !y || !logp || n < 0 || K < 1 || K > 256 || d < 1 || d > 64)
+        return lss_seterr(LSS_ERR_ARG, "lss_gmm_logpdf: bad arguments (n %lld, K %d, d %d; K <= 256, d <= 64)",
+                          (long long)n, K, d);
+    LSS__PRAGMA(omp parallel for schedule(static) if (n > 64))
+    for (i = 0; i < n; i++) {
+        double work[256 + 128], v = lss__gmm_one(out + i * w, y + i * d, K, d, work, NULL, 0);
+        logp[i] = isnan(v) ? -HUGE_VAL : -v;
+    }
+    return LSS_OK;
+}
+
+LSSDEF lss_tensor *lss_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_tensor *sigma) {
+    lss_tensor *y;
+    int64_t N, per, n, k;
+    double s = 0;
+    if (!lss__enter(g, "lss_dsm_loss", 3, r, u, sigma)) return NULL;
+    if (r->n != u->n || r->ndim < 1 || sigma->n != r->shape[0]) return lss__shape_err(g, "lss_dsm_loss (r and u; sigma has one value per sample)", r, sigma);
+    N = r->shape[0]; per = r->n / N;
+    if (!(y = lss__scalar_out(g, r, NULL, NULL))) return NULL;
+    for (n = 0; n < N; n++) {
+        double sg = sigma->data[n];
+        for (k = n * per; k < (n + 1) * per; k++) { double e = u->data[k] + sg * r->data[k]; s += e * e; }
+    }
+    y->data[0] = (float)(s / (double)r->n);
+    {
+        LSS__REC(g, nd, LSS__OP_DSM, y, r, u, sigma);
+        (void)nd;
+    }
+    return y;
+}
+
+LSSDEF lss_tensor *lss_wgan_critic_loss(lss_graph *g, lss_tensor *real, lss_tensor *fake) {
+    lss_tensor *y;
+    if (!lss__enter(g, "lss_wgan_critic_loss", 2, real, fake, NULL)) return NULL;
+    if (!(y = lss__scalar_out(g, real, fake, NULL))) return NULL;
+    y->data[0] = (float)(lss__dsum(fake->data, fake->n) / (double)fake->n - lss__dsum(real->data, real->n) / (double)real->n);
+    {
+        LSS__REC(g, nd, LSS__OP_WGAN, y, real, fake, NULL);
+        (void)nd;
+    }
+    return y;
+}
+
+/* ================================================================ backward */
+static void lss__bwd_binary(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1], *y = nd->out;
+    const float *go = y->grad;
+    int op = nd->op;
+    if (a->n == y->n && b->n == y->n) {
+        int64_t k, n = y->n;
+        if (a->grad) {
+            if (op == LSS__OP_MUL) { for (k = 0; k < n; k++) a->grad[k] += go[k] * b->data[k]; }
+            else { for (k = 0; k < n; k++) a->grad[k] += go[k]; }
+        }
+        if (b->grad) {
+            if (op == LSS__OP_MUL) { for (k = 0; k < n; k++) b->grad[k] += go[k] * a->data[k]; }
+            else if (op == LSS__OP_SUB) { for (k = 0; k < n; k++) b->grad[k] -= go[k]; }
+            else { for (k = 0; k < n; k++) b->grad[k] += go[k]; }
+        }
+    } else {
+        lss__bc bc;
+        int ndim;
+        int64_t i0, i1, i2, i3, k = 0;
+        lss__bcast(a, b, &ndim, &bc);
+        for (i0 = 0; i0 < bc.sh[0]; i0++)
+            for (i1 = 0; i1 < bc.sh[1]; i1++)
+                for (i2 = 0; i2 < bc.sh[2]; i2++)
+                    for (i3 = 0; i3 < bc.sh[3]; i3++, k++) {
+                        int64_t ia = i0 * bc.sa[0] + i1 * bc.sa[1] + i2 * bc.sa[2] + i3 * bc.sa[3];
+                        int64_t ib = i0 * bc.sb[0] + i1 * bc.sb[1] + i2 * bc.sb[2] + i3 * bc.sb[3];
+                        if (a->grad) a->grad[ia] += op == LSS__OP_MUL ? go[k] * b->data[ib] : go[k];
+                        if (b->grad) b->grad[ib] += op == LSS__OP_MUL ? go[k] * a->data[ia] : op == LSS__OP_SUB ? -go[k] : go[k];
+                    }
+    }
+}
+
+static void lss__bwd_unary(lss__node *nd) {
+    lss_tensor *x = nd->in[0], *y = nd->out;
+    const float *go = y->grad, *a = x->data, *o = y->data;
+    float *gx = x->grad, p = nd->fp[0];
+    int64_t k, n = x->n;
+    if (!gx) return;
+    switch (nd->op) {
+    case LSS__OP_SCALE: for (k = 0; k < n; k++) gx[k] += p * go[k]; break;
+    case LSS__OP_ADDS: for (k = 0; k < n; k++) gx[k] += go[k]; break;
+    case LSS__OP_RELU: for (k = 0; k < n; k++) gx[k] += a[k] > 0 ? go[k] : 0.0f; break;
+    case LSS__OP_LEAKY: for (k = 0; k < n; k++) gx[k] += a[k] > 0 ? go[k] : p * go[k]; break;
+    case LSS__OP_SOFTPLUS: for (k = 0; k < n; k++) gx[k] += go[k] * lss__sigmoidf(a[k]); break;
+    case LSS__OP_TANH: for (k = 0; k < n; k++) gx[k] += go[k] * (1.0f - o[k] * o[k]); break;
+    case LSS__OP_SIGMOID: for (k = 0; k < n; k++) gx[k] += go[k] * o[k] * (1.0f - o[k]); break;
+    case LSS__OP_EXP: for (k = 0; k < n; k++) gx[k] += go[k] * o[k]; break;
+    default: for (k = 0; k < n; k++) gx[k] += go[k] / a[k]; break;
+    }
+}
+
+static int lss__bwd_node(lss_graph *g, lss__node *nd) {
+    lss_tensor *y = nd->out, *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
+    const float *go = y->grad;
+    switch (nd->op) {
+    case LSS__OP_MATMUL: {
+        int64_t M = a->shape[0], K = a->shape[1], N = b->shape[1];
+        if (a->grad) lss__sgemm_ws(0, 1, M, K, N, 1.0f, go, N, b->data, N, 1.0f, a->grad, K, g->ws, g->wst);
+        if (b->grad) lss__sgemm_ws(1, 0, K, N, M, 1.0f, a->data, K, go, N, 1.0f, b->grad, N, g->ws, g->wst);
+        break;
+    }
+    case LSS__OP_DENSE: {
+        int64_t M = y->shape[0], N = y->shape[1], K = a->n / M, j;
+        if (a->grad) lss__sgemm_ws(0, 1, M, K, N, 1.0f, go, N, b->data, N, 1.0f, a->grad, K, g->ws, g->wst);
+        if (b->grad) lss__sgemm_ws(1, 0, K, N, M, 1.0f, a->data, K, go, N, 1.0f, b->grad, N, g->ws, g->wst);
+        if (c && c->grad)
+            for (j = 0; j < N; j++) {
+                double s = 0;
+                int64_t i;
+                for (i = 0; i < M; i++) s += go[i * N + j];
+                c->grad[j] += (float)s;
+            }
+        break;
+    }
+    case LSS__OP_CONV: {
+        int64_t N = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3];
+        int64_t Co = b->shape[0], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
+        int64_t K = C * kh * kw, NP = N * Ho * Wo;
+        float *col = nd->aux[0], *gt = nd->aux[1]; /* the forward's output buffer is reused for dY^T */
+        lss__ncp_to_cnp(go, N, Co, Ho * Wo, gt);
+        if (b->grad)
+            lss__sgemm_ws(0, LSS__PANEL ? 3 : 1, Co, K, NP, 1.0f, gt, NP, col, LSS__PANEL ? K : NP, 1.0f, b->grad, K, g->ws, g->wst);
+        if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
+        if (a->grad) {
+            /* dcol = W^T dY^T, written over col (no longer needed) */
+            lss__sgemm_ws(1, 0, K, NP, Co, 1.0f, b->data, K, gt, NP, 0.0f, col, NP, g->ws, g->wst);
+            lss__col2im_add(col, N, C, H, W, (int)kh, (int)kw, (int)nd->ip[0], (int)nd->ip[1], Ho, Wo, a->grad);
+        }
+        break;
+    }
+    case LSS__OP_CONVT: {
+        int64_t N = a->shape[0], Ci = a->shape[1], H = a->shape[2], W = a->shape[3];
+        int64_t Co = b->shape[1], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
+        int64_t M = Co * kh * kw, NHW = N * H * W;
+        float *xt = nd->aux[0], *col = nd->aux[1];
+        lss__im2col(go, N, Co, Ho, Wo, (int)kh, (int)kw, (int)nd->ip[0], (int)nd->ip[1], H, W, col, NULL, g->wst);
+        if (b->grad) lss__sgemm_ws(0, 1, Ci, M, NHW, 1.0f, xt, NHW, col, NHW, 1.0f, b->grad, M, g->ws, g->wst);
+        if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
+        if (a->grad) {
+            lss__sgemm_ws(0, 0, Ci, NHW, M, 1.0f, b->data, M, col, NHW, 0.0f, xt, NHW, g->ws, g->wst);
+            lss__cnp_to_ncp(xt, N, Ci, H * W, a->grad, 1);
+        }
+        break;
+    }
+    case LSS__OP_AVGPOOL: {
+        int k = (int)nd->ip[0], s = (int)nd->ip[1];
+        int64_t H = a->shape[2], W = a->shape[3], Ho = y->shape[2], Wo = y->shape[3], pl;
+        float inv = 1.0f / (float)(k * k);
+        if (!a->grad) break;
+        for (pl = 0; pl < a->shape[0] * a->shape[1]; pl++) {
+            float *gx = a->grad + pl * H * W;
+            const float *gy = go + pl * Ho * Wo;
+            int64_t oy, ox, i, j;
+            for (oy = 0; oy < Ho; oy++)
+                for (ox = 0; ox < Wo; ox++)
+                    for (i = 0; i < k; i++)
+                        for (j = 0; j < k; j++) gx[(oy * s + i) * W + ox * s + j] += gy[oy * Wo + ox] * inv;
+        }
+        break;
+    }
+    case LSS__OP_UPSAMPLE: {
+        int64_t f = nd->ip[0], H = a->shape[2], W = a->shape[3], Wo = y->shape[3], pl;
+        if (!a->grad) break;
+        LSS__PRAGMA(omp parallel for schedule(static) if (y->n > 1048576))
+        for (pl = 0; pl < a->shape[0] * a->shape[1]; pl++) {
+            float *gx = a->grad + pl * H * W;
+            const float *gy = go + pl * H * f * Wo;
+            int64_t iy, ix, i, j;
+            for (iy = 0; iy < H; iy++)
+                for (ix = 0; ix < W; ix++) {
+                    float s = 0;
+                    for (i = 0; i < f; i++)
+                        for (j = 0; j < f; j++) s += gy[(iy * f + i) * Wo + ix * f + j];
+                    gx[iy * W + ix] += s;
+                }
+        }
+        break;
+    }
+    case LSS__OP_CONCAT: {
+        int64_t outer = nd->ip[0], ia = nd->ip[1], ib = nd->ip[2], o, k;
+        for (o = 0; o < outer; o++) {
+            if (a->grad) for (k = 0; k < ia; k++) a->grad[o * ia + k] += go[o * (ia + ib) + k];
+            if (b->grad) for (k = 0; k < ib; k++) b->grad[o * ib + k] += go[o * (ia + ib) + ia + k];
+        }
+        break;
+    }
+    case LSS__OP_ADD: case LSS__OP_SUB: case LSS__OP_MUL: lss__bwd_binary(nd); break;
+    case LSS__OP_SCALE: case LSS__OP_ADDS: case LSS__OP_RELU: case LSS__OP_LEAKY: case LSS__OP_SOFTPLUS:
+    case LSS__OP_TANH: case LSS__OP_SIGMOID: case LSS__OP_EXP: case LSS__OP_LOG: lss__bwd_unary(nd); break;
+    case LSS__OP_BN: {
+        int64_t N = a->shape[0], C = a->shape[1], P = a->ndim == 4 ? a->shape[2] * a->shape[3] : 1, ch;
+        const float *mean = nd->aux[0], *invstd = nd->aux[1];
+        int train = (int)nd->ip[0];
+        LSS__PRAGMA(omp parallel for schedule(static) if (a->n > 1048576))
+        for (ch = 0; ch < C; ch++) {
+            double sdy = 0, sdyx = 0, M = (double)(N * P);
+            float m = mean[ch], is = invstd[ch], gm = b ? b->data[ch] : 1.0f;
+            int64_t n, p;
+            for (n = 0; n < N; n++) {
+                const float *xr = a->data + (n * C + ch) * P, *gr = go + (n * C + ch) * P;
+                for (p = 0; p < P; p++) { sdy += gr[p]; sdyx += gr[p] * (xr[p] - m) * is; }
+            }
+            if (b && b->grad) b->grad[ch] += (float)sdyx;
+            if (c && c->grad) c->grad[ch] += (float)sdy;
+            if (a->grad)
+                for (n = 0; n < N; n++) {
+                    const float *xr = a->data + (n * C + ch) * P, *gr = go + (n * C + ch) * P;
+                    float *gx = a->grad + (n * C + ch) * P;
+                    if (train) {
+                        float k1 = gm * is, mdy = (float)(sdy / M), mdyx = (float)(sdyx / M);
+                        for (p = 0; p < P; p++) gx[p] += k1 * (gr[p] - mdy - (xr[p] - m) * is * mdyx);
+                    } else {
+                        for (p = 0; p < P; p++) gx[p] += gr[p] * gm * is;
+                    }
+                }
+        }
+        break;
+    }
+    case LSS__OP_SN: {
+        int64_t R = nd->ip[0], Cc = a->n / R, i, j;
+        double sg = nd->fp[0], gw = 0;
+        const float *u = nd->aux[0], *v = nd->aux[1];
+        if (!a->grad) break;
+        for (i = 0; i < a->n; i++) gw += (double)go[i] * a->data[i];
+        for (i = 0; i < R; i++)
+            for (j = 0; j < Cc; j++)
+                a->grad[i * Cc + j] += (float)(go[i * Cc + j] / sg - gw / (sg * sg) * u[i] * v[j]);
+        break;
+    }
+    case LSS__OP_SUM: case LSS__OP_MEAN: {
+        float v = nd->op == LSS__OP_SUM ? go[0] : (float)(go[0] / (double)a->n);
+        int64_t k;
+        if (a->grad) for (k = 0; k < a->n; k++) a->grad[k] += v;
+        break;
+    }
+    case LSS__OP_GAP: {
+        int64_t P = a->shape[2] * a->shape[3], pl, p;
+        if (a->grad)
+            for (pl = 0; pl < y->n; pl++) {
+                float v = (float)(go[pl] / (double)P);
+                for (p = 0; p < P; p++) a->grad[pl * P + p] += v;
+            }
+        break;
+    }
+    case LSS__OP_MSE: case LSS__OP_L1: {
+        double sc = go[0] / (double)a->n;
+        int64_t k;
+        if (a->grad)
+            for (k = 0; k < a->n; k++) {
+                double d = (double)a->data[k] - b->data[k];
+                a->grad[k] += (float)(nd->op == LSS__OP_MSE ? 2.0 * d * sc : (d > 0 ? sc : d < 0 ? -sc : 0.0));
+            }
+        break;
+    }
+    case LSS__OP_GNLL: {
+        int64_t N = a->shape[0], w = a->n / N, n;
+        int d = lss__target_dim(b), i, j;
+        double sc = go[0] / (double)N;
+        if (!a->grad) break;
+        for (n = 0; n < N; n++) {
+            const float *o = a->data + n * w, *tri = o + d;
+            float *gmu = a->grad + n * w, *gtri = gmu + d;
+            double yy[64], r[64], z[64], ld, q;
+            for (i = 0; i < d; i++) yy[i] = b->data[n * d + i];
+            lss__chol_terms(o, tri, yy, d, r, z, &ld, &q);
+            /* value q - 2 sum log L_ii; dq/dmu = -2 L z; dq/dL_ij = 2 z_j r_i */
+            for (i = 0; i < d; i++) {
+                const float *row = tri + i * (i + 1) / 2;
+                double lz = 0;
+                for (j = 0; j < i; j++) lz += (double)row[j] * z[j];
+                lz += (lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS) * z[i];
+                gmu[i] += (float)(sc * -2.0 * lz);
+            }
+            for (i = 0; i < d; i++) {
+                const float *row = tri + i * (i + 1) / 2;
+                float *grow = gtri + i * (i + 1) / 2;
+                for (j = 0; j < i; j++) grow[j] += (float)(sc * 2.0 * z[j] * r[i]);
+                grow[i] += (float)(sc * (2.0 * z[i] * r[i] - 2.0 / (lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS)) *
+                                   lss__sigmoid(row[i]));
+            }
+        }
+        break;
+    }
+    case LSS__OP_GMM: {
+        int64_t N = a->shape[0], w = a->n / N, n;
+        int d = lss__target_dim(b), K = (int)nd->ip[0], i;
+        double sc = go[0] / (double)N;
+        if (!a->grad) break;
+        for (n = 0; n < N; n++) {
+            double yy[64], work[256 + 128];
+            for (i = 0; i < d; i++) yy[i] = b->data[n * d + i];
+            lss__gmm_one(a->data + n * w, yy, K, d, work, a->grad + n * w, sc);
+        }
+        break;
+    }
+    case LSS__OP_DSM: {
+        int64_t N = a->shape[0], per = a->n / N, n, k;
+        double sc = go[0] / (double)a->n;
+        if (!a->grad) break;
+        for (n = 0; n < N; n++) {
+            double sg = c->data[n];
+            for (k = n * per; k < (n + 1) * per; k++)
+                a->grad[k] += (float)(sc * 2.0 * (b->data[k] + sg * a->data[k]) * sg);
+        }
+        break;
+    }
+    case LSS__OP_WGAN: {
+        int64_t k;
+        float vr = (float)(-go[0] / (double)a->n), vf = (float)(go[0] / (double)b->n);
+        if (a->grad) for (k = 0; k < a->n; k++) a->grad[k] += vr;
+        if (b->grad) for (k = 0; k < b->n; k++) b->grad[k] += vf;
+        break;
+    }
+    default: return lss_seterr(LSS_ERR_STATE, "lss_backward: corrupted tape (operation %d)", nd->op);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_backward_seed(lss_graph *g, lss_tensor *y, const float *dy) {
+    lss__node *nd;
+    int64_t k;
+    if (!g) return lss_seterr(LSS_ERR_ARG, "lss_backward: NULL graph");
+    if (g->status) return g->status;
+    if (!y || !dy) return lss_seterr(LSS_ERR_ARG, "lss_backward: NULL tensor or seed");
+    if (!g->record) return lss_seterr(LSS_ERR_STATE, "lss_backward: the graph is in evaluation mode (nothing recorded)");
+    if (!y->grad) return lss_seterr(LSS_ERR_STATE, "lss_backward: the tensor does not depend on any trainable tensor");
+    for (k = 0; k < y->n; k++) y->grad[k] += dy[k];
+    for (nd = g->tape; nd; nd = nd->prev) {
+        int s = lss__bwd_node(g, nd);
+        if (s) return s;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_backward(lss_graph *g, lss_tensor *loss) {
+    float one = 1.0f;
+    if (g && !g->status && loss && loss->n != 1)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_backward: the loss must have one element (has %lld)", (long long)loss->n);
+    return lss_backward_seed(g, loss, &one);
+}
+
+/* ================================================================ optimizers */
+struct lss_optim {
+    lss_optim_opts o;
+    lss_store *st;
+    int64_t size, t;      /* store size at creation; steps taken */
+    float *m, *v;         /* moments (Adam), momentum buffer (SGD: m; RMSProp: v and m) */
+    double *hist, *scratch, *tnorm;
+    int64_t nhist, hpos;  /* norms recorded (capped at clip_history), next slot of the ring */
+    double last_norm;
+};
+
+LSSDEF int lss_optim_create(lss_optim **op, lss_store *st, const lss_optim_opts *opts) {
+    lss_optim *o;
+    lss_optim_opts d;
+    if (!op || !st) return lss_seterr(LSS_ERR_ARG, "lss_optim_create: NULL argument");
+    *op = NULL;
+    if (st->status) return lss_seterr(st->status, "lss_optim_create: the store is in a failed state");
+    if (opts) d = *opts; else memset(&d, 0, sizeof d);
+    if ((int)d.kind < 0 || d.kind > LSS_OPT_RMSPROP) return lss_seterr(LSS_ERR_ARG, "lss_optim_create: unknown optimizer %d", (int)d.kind);
+    if ((int)d.sched < 0 || d.sched > LSS_SCHED_EXP) return lss_seterr(LSS_ERR_ARG, "lss_optim_create: unknown schedule %d", (int)d.sched);
+    if ((int)d.clip < 0 || d.clip > LSS_CLIP_PERCENTILE) return lss_seterr(LSS_ERR_ARG, "lss_optim_create: unknown clipping %d", (int)d.clip);
+    if (d.lr == 0) d.lr = 1e-3;
+    if (d.beta1 == 0) d.beta1 = 0.9;
+    if (d.beta2 == 0) d.beta2 = 0.999;
+    if (d.eps == 0) d.eps = 1e-8;
+    if (d.rho == 0) d.rho = 0.9;
+    if (d.gamma == 0) d.gamma = d.sched == LSS_SCHED_STEP ? 0.1 : 0.999;
+    if (d.clip_percentile == 0) d.clip_percentile = 50;
+    if (d.clip_history == 0) d.clip_history = 10000;
+    if (!(d.lr > 0) || !(d.beta1 >= 0 && d.beta1 < 1) || !(d.beta2 >= 0 && d.beta2 < 1) || !(d.eps > 0) ||
+        !(d.rho > 0 && d.rho < 1) || !(d.momentum >= 0 && d.momentum < 1) || !(d.weight_decay >= 0) ||
+        !(d.gamma > 0) || !(d.lr_min >= 0) || !(d.clip_percentile > 0 && d.clip_percentile <= 100) ||
+        d.clip_history < 1 || (d.sched == LSS_SCHED_STEP && d.step_size < 1) ||
+        (d.sched == LSS_SCHED_COSINE && d.total_steps < 1) || (d.clip == LSS_CLIP_NORM && !(d.clip_norm > 0)))
+        return lss_seterr(LSS_ERR_RANGE, "lss_optim_create: hyper-parameter out of range (lr %g, betas %g %g, eps %g, "
+                          "momentum %g, rho %g, gamma %g, step_size %lld, total_steps %lld, clip_norm %g, "
+                          "percentile %g, history %d)", d.lr, d.beta1, d.beta2, d.eps, d.momentum, d.rho, d.gamma,
+                          (long long)d.step_size, (long long)d.total_steps, d.clip_norm, d.clip_percentile,
+                          d.clip_history);
+    o = (lss_optim *)LSS_MALLOC(sizeof *o);
+    if (!o) return lss_seterr(LSS_ERR_NOMEM, "lss_optim_create: out of memory");
+    memset(o, 0, sizeof *o);
+    o->o = d; o->st = st; o->size = st->size;
+    o->m = (float *)LSS_MALLOC((size_t)(st->size > 0 ? st->size : 1) * sizeof(float));
+    o->v = (float *)LSS_MALLOC((size_t)(st->size > 0 ? st->size : 1) * sizeof(float));
+    o->tnorm = (double *)LSS_MALLOC((size_t)(st->n > 0 ? st->n : 1) * sizeof(double));
+    if (d.clip == LSS_CLIP_PERCENTILE) {
+        o->hist = (double *)LSS_MALLOC((size_t)d.clip_history * sizeof(double));
+        o->scratch = (double *)LSS_MALLOC((size_t)d.clip_history * sizeof(double));
+    }
+    if (!o->m || !o->v || !o->tnorm || (d.clip == LSS_CLIP_PERCENTILE && (!o->hist || !o->scratch))) {
+        lss_optim_free(o);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_optim_create: out of memory for the optimizer state");
+    }
+    memset(o->m, 0, (size_t)st->size * sizeof(float));
+    memset(o->v, 0, (size_t)st->size * sizeof(float));
+    if (o->hist) memset(o->hist, 0, (size_t)d.clip_history * sizeof(double));
+    *op = o;
+    return LSS_OK;
+}
+
+LSSDEF void lss_optim_free(lss_optim *o) {
+    if (!o) return;
+    LSS_FREE(o->m); LSS_FREE(o->v); LSS_FREE(o->hist); LSS_FREE(o->scratch); LSS_FREE(o->tnorm);
+    LSS_FREE(o);
+}
+
+LSSDEF double lss_optim_lr(const lss_optim *o) {
+    double t, lr;
+    if (!o) return 0;
+    t = (double)o->t; lr = o->o.lr;
+    switch (o->o.sched) {
+    case LSS_SCHED_STEP: return lr * pow(o->o.gamma, (double)(o->t / o->o.step_size));
+    case LSS_SCHED_COSINE:
+        if (o->t >= o->o.total_steps) return o->o.lr_min;
+        return o->o.lr_min + (lr - o->o.lr_min) * 0.5 * (1.0 + cos(3.14159265358979323846 * t / (double)o->o.total_steps));
+    case LSS_SCHED_EXP: return lr * pow(o->o.gamma, t);
+    default: return lr;
+    }
+}
+LSSDEF int64_t lss_optim_steps(const lss_optim *o) { return o ? o->t : 0; }
+LSSDEF double lss_optim_last_norm(const lss_optim *o) { return o ? o->last_norm : 0; }
+LSSDEF void lss_optim_set_lr(lss_optim *o, double lr) { if (o && lr > 0) o->o.lr = lr; }
+
+/* k-th smallest of x[0..n) (x is reordered). */
+static double lss__select(double *x, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        double piv = x[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] < piv) i++;
+            while (x[j] > piv) j--;
+            if (i <= j) { double tmp = x[i]; x[i] = x[j]; x[j] = tmp; i++; j--; }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return x[k];
+    }
+    return x[k];
+}
+
+/* Percentile with linear interpolation between order statistics (numpy's default). */
+static double lss__percentile(double *x, int64_t n, double q) {
+    double pos = q / 100.0 * (double)(n - 1), lo, hi;
+    int64_t k = (int64_t)floor(pos);
+    if (k >= n - 1) return lss__select(x, n, n - 1);
+    lo = lss__select(x, n, k);
+    hi = lss__select(x, n, k + 1);
+    return lo + (pos - (double)k) * (hi - lo);
+}
+
+LSSDEF int lss_optim_step(lss_optim *o) {
+    lss_store *st;
+    double gn2 = 0, gn, lr, b1, b2, bc1, bc2, wd;
+    int i;
+    if (!o) return lss_seterr(LSS_ERR_ARG, "lss_optim_step: NULL optimizer");
+    st = o->st;
+    if (st->size != o->size)
+        return lss_seterr(LSS_ERR_STATE, "lss_optim_step: the store changed size after the optimizer was created");
+    for (i = 0; i < st->n; i++) {
+        lss_tensor *t = st->t[i];
+        o->tnorm[i] = t->flags & LSS_T_BUFFER ? 0.0 : lss__dsumsq(t->grad, t->n);
+        gn2 += o->tnorm[i];
+    }
+    gn = sqrt(gn2);
+    if (!isfinite(gn)) return lss_seterr(LSS_ERR_NUMERIC, "lss_optim_step: gradient is not finite (step %lld)", (long long)o->t);
+    o->last_norm = gn;
+    if (o->o.clip == LSS_CLIP_NORM && gn > o->o.clip_norm) {
+        float f = (float)(o->o.clip_norm / gn);
+        for (i = 0; i < st->n; i++) {
+            lss_tensor *t = st->t[i];
+            int64_t k;
+            if (t->flags & LSS_T_BUFFER) continue;
+            for (k = 0; k < t->n; k++) t->grad[k] *= f;
+        }
+    } else if (o->o.clip == LSS_CLIP_PERCENTILE) {
+        double thr;
+        o->hist[o->hpos] = gn;
+        o->hpos = (o->hpos + 1) % o->o.clip_history;
+        if (o->nhist < o->o.clip_history) o->nhist++;
+        memcpy(o->scratch, o->hist, (size_t)o->nhist * sizeof(double));
+        thr = lss__percentile(o->scratch, o->nhist, o->o.clip_percentile);
+        for (i = 0; i < st->n; i++) {
+            lss_tensor *t = st->t[i];
+            double tn = sqrt(o->tnorm[i]);
+            int64_t k;
+            if ((t->flags & LSS_T_BUFFER) || !(tn > thr)) continue;
+            {
+                float f = (float)(thr / tn);
+                for (k = 0; k < t->n; k++) t->grad[k] *= f;
+            }
+        }
+    }
+    lr = lss_optim_lr(o);
+    b1 = o->o.beta1; b2 = o->o.beta2; wd = o->o.weight_decay;
+    bc1 = 1.0 - pow(b1, (double)(o->t + 1));
+    bc2 = 1.0 - pow(b2, (double)(o->t + 1));
+    for (i = 0; i < st->n; i++) {
+        lss_tensor *t = st->t[i];
+        int64_t off = t->data - st->data, k, n = t->n;
+        float *w = t->data, *gr = t->grad, *m = o->m + off, *v = o->v + off;
+        if (t->flags & LSS_T_BUFFER) continue;
+        switch (o->o.kind) {
+        case LSS_OPT_ADAM: case LSS_OPT_ADAMW: {
+            float fb1 = (float)b1, fb2 = (float)b2, a = (float)(lr / bc1), sb2 = (float)(1.0 / sqrt(bc2)),
+                  eps = (float)o->o.eps, fwd = (float)wd, dec = (float)(1.0 - lr * wd);
+            int adamw = o->o.kind == LSS_OPT_ADAMW;
+            LSS__PRAGMA(omp parallel for schedule(static) if (n > 1048576))
+            for (k = 0; k < n; k++) {
+                float gk = gr[k];
+                if (!adamw && fwd != 0.0f) gk += fwd * w[k];
+                m[k] = fb1 * m[k] + (1.0f - fb1) * gk;
+                v[k] = fb2 * v[k] + (1.0f - fb2) * gk * gk;
+                if (adamw) w[k] *= dec;
+                w[k] -= a * m[k] / (sqrtf(v[k]) * sb2 + eps);
+            }
+            break;
+        }
+        case LSS_OPT_SGD: {
+            float mu = (float)o->o.momentum, flr = (float)lr, fwd = (float)wd;
+            for (k = 0; k < n; k++) {
+                float gk = gr[k] + fwd * w[k];
+                if (mu != 0.0f) { m[k] = o->t == 0 ? gk : mu * m[k] + gk; gk = m[k]; }
+                w[k] -= flr * gk;
+            }
+            break;
+        }
+        default: { /* RMSProp (PyTorch form): v = rho v + (1 - rho) g^2; step g / (sqrt(v) + eps) */
+            float rho = (float)o->o.rho, mu = (float)o->o.momentum, flr = (float)lr, eps = (float)o->o.eps,
+                  fwd = (float)wd;
+            for (k = 0; k < n; k++) {
+                float gk = gr[k] + fwd * w[k], s;
+                v[k] = rho * v[k] + (1.0f - rho) * gk * gk;
+                s = gk / (sqrtf(v[k]) + eps);
+                if (mu != 0.0f) { m[k] = mu * m[k] + s; s = m[k]; }
+                w[k] -= flr * s;
+            }
+            break;
+        }
+        }
+    }
+    o->t++;
+    return LSS_OK;
+}
+
+/* ================================================================ checkpoints */
+static const char lss__ck_magic[8] = {'L', 'S', 'S', 'N', 'N', 'C', 'K', '1'};
+
+typedef struct {
+    FILE *f;
+    uint32_t crc;
+    int bad;
+} lss__cw;
+
+static void lss__cw_put(lss__cw *w, const void *p, size_t n) {
+    if (w->bad || n == 0) return;
+    if (fwrite(p, 1, n, w->f) != n) { w->bad = 1; return; }
+    w->crc = lss_crc32(w->crc, p, n);
+}
+static void lss__cw_u32(lss__cw *w, uint32_t v) { lss__cw_put(w, &v, 4); }
+
+static void lss__cw_tensor(lss__cw *w, const char *name, uint32_t dtype, int ndim, const int64_t *shape,
+                           const void *data, size_t elsize) {
+    int64_t n = 1;
+    int i;
+    lss__cw_u32(w, (uint32_t)strlen(name));
+    lss__cw_put(w, name, strlen(name));
+    lss__cw_u32(w, dtype);
+    lss__cw_u32(w, (uint32_t)ndim);
+    for (i = 0; i < ndim; i++) { lss__cw_put(w, &shape[i], 8); n *= shape[i]; }
+    lss__cw_put(w, data, (size_t)n * elsize);
+}
+
+static int lss__little_endian(void) {
+    uint32_t x = 1;
+    unsigned char c;
+    memcpy(&c, &x, 1);
+    return c == 1;
+}
+
+LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim *o) {
+    lss_wfile wf;
+    lss__cw w;
+    uint32_t count;
+    int i, s;
+    if (!path || !st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_save: NULL argument");
+    if (!lss__little_endian()) return lss_seterr(LSS_ERR_UNSUPPORTED, "lss_ckpt_save: big-endian hosts are not supported");
+    if (st->status) return lss_seterr(LSS_ERR_STATE, "lss_ckpt_save: the store is in a failed state");
+    if (o && o->st != st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_save: the optimizer belongs to another store");
+    count = (uint32_t)st->n + (o ? (o->size > 0 ? 4u : 2u) + (o->hist ? 1u : 0u) : 0u);
+    if ((s = lss_wfile_open(&wf, path)) != LSS_OK) return s;
+    w.f = wf.f; w.crc = 0; w.bad = 0;
+    lss__cw_put(&w, lss__ck_magic, 8);
+    lss__cw_u32(&w, LSS_NN_VERSION);
+    lss__cw_u32(&w, count);
+    for (i = 0; i < st->n; i++) {
+        const lss_tensor *t = st->t[i];
+        lss__cw_tensor(&w, t->name, 1, t->ndim, t->shape, t->data, 4);
+    }
+    if (o) {
+        double cfg[4];
+        int64_t stp[3], sh;
+        cfg[0] = (double)o->o.kind; cfg[1] = (double)o->o.clip; cfg[2] = (double)o->o.clip_history; cfg[3] = (double)o->size;
+        stp[0] = o->t; stp[1] = o->nhist; stp[2] = o->hpos;
+        sh = 4; lss__cw_tensor(&w, "optim.config", 2, 1, &sh, cfg, 8);
+        sh = 3; lss__cw_tensor(&w, "optim.step", 4, 1, &sh, stp, 8);
+        if (o->size > 0) {
+            sh = o->size;
+            lss__cw_tensor(&w, "optim.m", 1, 1, &sh, o->m, 4);
+            lss__cw_tensor(&w, "optim.v", 1, 1, &sh, o->v, 4);
+        }
+        if (o->hist) { sh = o->o.clip_history; lss__cw_tensor(&w, "optim.hist", 2, 1, &sh, o->hist, 8); }
+    }
+    {
+        uint32_t c = w.crc;
+        if (!w.bad && fwrite(&c, 1, 4, w.f) != 4) w.bad = 1;
+    }
+    if (w.bad) {
+        lss_wfile_abort(&wf);
+        return lss_seterr(LSS_ERR_IO, "lss_ckpt_save: write error on '%s'", path);
+    }
+    return lss_wfile_commit(&wf);
+}
+
+typedef struct {
+    const char *name;
+    uint32_t nlen, dtype;
+    int ndim;
+    int64_t shape[8], n;
+    const unsigned char *data;
+} lss__ckent;
+
+static const lss__ckent *lss__ck_find(const lss__ckent *e, int64_t ne, const char *name) {
+    int64_t i;
+    size_t l = strlen(name);
+    for (i = 0; i < ne; i++)
+        if (e[i].nlen == l && !memcmp(e[i].name, name, l)) return &e[i];
+    return NULL;
+}
+
+static int lss__ck_check(const char *path, const lss__ckent *e, const char *name, uint32_t dtype, int ndim,
+                         const int64_t *shape) {
+    int i;
+    if (!e) return lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor '%s' is missing", path, name);
+    if (e->dtype != dtype) return lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor '%s' has dtype %u, expected %u", path, name, e->dtype, dtype);
+    if (e->ndim != ndim) return lss_seterr(LSS_ERR_SHAPE, "checkpoint '%s': tensor '%s' has %d dimensions, expected %d", path, name, e->ndim, ndim);
+    for (i = 0; i < ndim; i++)
+        if (e->shape[i] != shape[i])
+            return lss_seterr(LSS_ERR_SHAPE, "checkpoint '%s': tensor '%s' has size %lld in dimension %d, expected %lld",
+                              path, name, (long long)e->shape[i], i, (long long)shape[i]);
+    return LSS_OK;
+}
+
+LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o) {
+    FILE *f;
+    unsigned char *buf = NULL;
+    lss__ckent *ent = NULL;
+    long flen;
+    size_t len, pos;
+    uint32_t ver, count, crc, i;
+    int s = LSS_OK, k;
+    if (!path || !st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_load: NULL argument");
+    if (!lss__little_endian()) return lss_seterr(LSS_ERR_UNSUPPORTED, "lss_ckpt_load: big-endian hosts are not supported");
+    if (o && o->st != st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_load: the optimizer belongs to another store");
+    f = fopen(path, "rb");
+    if (!f) return lss_seterr(LSS_ERR_IO, "checkpoint '%s': cannot open", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (flen = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return lss_seterr(LSS_ERR_IO, "checkpoint '%s': cannot determine the size", path);
+    }
+    len = (size_t)flen;
+    if (len < 20) { fclose(f); return lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': too short (%zu bytes)", path, len); }
+    buf = (unsigned char *)LSS_MALLOC(len);
+    if (!buf) { fclose(f); return lss_seterr(LSS_ERR_NOMEM, "checkpoint '%s': out of memory (%zu bytes)", path, len); }
+    if (fread(buf, 1, len, f) != len) {
+        fclose(f); LSS_FREE(buf);
+        return lss_seterr(LSS_ERR_IO, "checkpoint '%s': read error", path);
+    }
+    fclose(f);
+    if (memcmp(buf, lss__ck_magic, 8) != 0) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': not an lss checkpoint (bad magic)", path); goto done; }
+    memcpy(&ver, buf + 8, 4);
+    memcpy(&count, buf + 12, 4);
+    if (ver != LSS_NN_VERSION) {
+        s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': format version %u, this build reads version %d", path, ver, LSS_NN_VERSION);
+        goto done;
+    }
+    memcpy(&crc, buf + len - 4, 4);
+    if (lss_crc32(0, buf, len - 4) != crc) {
+        s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': CRC32 mismatch (file truncated or corrupted)", path);
+        goto done;
+    }
+    if ((size_t)count > len / 12) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor count %u exceeds the file size", path, count); goto done; }
+    ent = (lss__ckent *)LSS_MALLOC((count ? count : 1) * sizeof *ent);
+    if (!ent) { s = lss_seterr(LSS_ERR_NOMEM, "checkpoint '%s': out of memory", path); goto done; }
+    pos = 16;
+    for (i = 0; i < count; i++) {
+        lss__ckent *e = &ent[i];
+        size_t es;
+        int64_t n = 1;
+        uint32_t nd;
+        if (len - 4 - pos < 4) goto trunc;
+        memcpy(&e->nlen, buf + pos, 4); pos += 4;
+        if (e->nlen == 0 || e->nlen > 4096 || len - 4 - pos < (size_t)e->nlen + 8) goto trunc;
+        e->name = (const char *)buf + pos; pos += e->nlen;
+        memcpy(&e->dtype, buf + pos, 4); memcpy(&nd, buf + pos + 4, 4); pos += 8;
+        if (nd > 8) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor %u has %u dimensions", path, i, nd); goto done; }
+        e->ndim = (int)nd;
+        if (len - 4 - pos < (size_t)nd * 8) goto trunc;
+        for (k = 0; k < e->ndim; k++) {
+            memcpy(&e->shape[k], buf + pos, 8); pos += 8;
+            if (e->shape[k] < 1 || e->shape[k] > ((int64_t)1 << 40) || n > ((int64_t)1 << 46) / e->shape[k]) {
+                s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor '%.*s' has a bad size", path, (int)e->nlen, e->name);
+                goto done;
+            }
+            n *= e->shape[k];
+        }
+        es = e->dtype == 1 ? 4 : (e->dtype == 2 || e->dtype == 4) ? 8 : 0;
+        if (!es) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor '%.*s' has unknown dtype %u", path, (int)e->nlen, e->name, e->dtype); goto done; }
+        e->n = n;
+        if ((size_t)n > (len - 4 - pos) / es) goto trunc;
+        e->data = buf + pos;
+        pos += (size_t)n * es;
+    }
+    if (pos != len - 4) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': %zu unexpected bytes after the last tensor", path, len - 4 - pos); goto done; }
+    /* validate against the store and the optimizer */
+    for (i = 0; i < (uint32_t)st->n; i++) {
+        const lss_tensor *t = st->t[i];
+        if ((s = lss__ck_check(path, lss__ck_find(ent, count, t->name), t->name, 1, t->ndim, t->shape)) != LSS_OK) goto done;
+    }
+    for (i = 0; i < count; i++) {
+        char nm[4100];
+        memcpy(nm, ent[i].name, ent[i].nlen); nm[ent[i].nlen] = 0;
+        if (ent[i].nlen >= 6 && !memcmp(nm, "optim.", 6)) continue;
+        if (!lss_store_get(st, nm)) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor '%s' is not in the model", path, nm); goto done; }
+    }
+    if (o) {
+        const lss__ckent *ec = lss__ck_find(ent, count, "optim.config");
+        double cfg[4];
+        int64_t sh;
+        sh = 4; if ((s = lss__ck_check(path, ec, "optim.config", 2, 1, &sh)) != LSS_OK) goto done;
+        memcpy(cfg, ec->data, sizeof cfg);
+        if (cfg[0] != (double)o->o.kind || cfg[1] != (double)o->o.clip || cfg[2] != (double)o->o.clip_history ||
+            cfg[3] != (double)o->size) {
+            s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': optimizer state is for another optimizer (kind %g clip %g history %g size %g; "
+                           "this one: kind %d clip %d history %d size %lld)", path, cfg[0], cfg[1], cfg[2], cfg[3],
+                           (int)o->o.kind, (int)o->o.clip, o->o.clip_history, (long long)o->size);
+            goto done;
+        }
+        sh = 3; if ((s = lss__ck_check(path, lss__ck_find(ent, count, "optim.step"), "optim.step", 4, 1, &sh)) != LSS_OK) goto done;
+        if (o->size > 0) {
+            sh = o->size;
+            if ((s = lss__ck_check(path, lss__ck_find(ent, count, "optim.m"), "optim.m", 1, 1, &sh)) != LSS_OK) goto done;
+            if ((s = lss__ck_check(path, lss__ck_find(ent, count, "optim.v"), "optim.v", 1, 1, &sh)) != LSS_OK) goto done;
+        }
+        if (o->hist) {
+            sh = o->o.clip_history;
+            if ((s = lss__ck_check(path, lss__ck_find(ent, count, "optim.hist"), "optim.hist", 2, 1, &sh)) != LSS_OK) goto done;
+        }
+        {
+            int64_t stp[3];
+            memcpy(stp, lss__ck_find(ent, count, "optim.step")->data, sizeof stp);
+            if (stp[0] < 0 || stp[1] < 0 || stp[1] > o->o.clip_history || stp[2] < 0 || stp[2] >= o->o.clip_history) {
+                s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor 'optim.step' holds invalid counters", path);
+                goto done;
+            }
+        }
+    }
+    /* everything is valid: copy */
+    for (i = 0; i < (uint32_t)st->n; i++) {
+        lss_tensor *t = st->t[i];
+        memcpy(t->data, lss__ck_find(ent, count, t->name)->data, (size_t)t->n * 4);
+    }
+    if (o) {
+        int64_t stp[3];
+        memcpy(stp, lss__ck_find(ent, count, "optim.step")->data, sizeof stp);
+        o->t = stp[0]; o->nhist = stp[1]; o->hpos = stp[2];
+        if (o->size > 0) {
+            memcpy(o->m, lss__ck_find(ent, count, "optim.m")->data, (size_t)o->size * 4);
+            memcpy(o->v, lss__ck_find(ent, count, "optim.v")->data, (size_t)o->size * 4);
+        }
+        if (o->hist) memcpy(o->hist, lss__ck_find(ent, count, "optim.hist")->data, (size_t)o->o.clip_history * 8);
+    }
+    s = LSS_OK;
+    goto done;
+trunc:
+    s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': truncated (tensor %u runs past the end)", path, i);
+done:
+    LSS_FREE(ent);
+    LSS_FREE(buf);
+    return s;
+}
+
+/* ================================================================ blocks */
+LSSDEF lss_tensor *lss_activate(lss_graph *g, lss_tensor *x, lss_act act) {
+    switch (act) {
+    case LSS_ACT_RELU: return lss_relu(g, x);
+    case LSS_ACT_LEAKY: return lss_leaky_relu(g, x, 0.2f);
+    case LSS_ACT_TANH: return lss_tanh(g, x);
+    case LSS_ACT_SOFTPLUS: return lss_softplus(g, x);
+    default: return x;
+    }
+}
+
+LSSDEF int lss_mlp_init(lss_mlp *m, lss_store *st, const char *name, int nlayers, const int *sizes, lss_act act) {
+    int i;
+    char nm[160];
+    if (!m || !st || !name || !sizes) return lss_seterr(LSS_ERR_ARG, "lss_mlp_init: NULL argument");
+    memset(m, 0, sizeof *m);
+    if (nlayers < 1 || nlayers > LSS_MLP_MAX) return lss_seterr(LSS_ERR_ARG, "lss_mlp_init: %d layers (1..%d)", nlayers, LSS_MLP_MAX);
+    if (strlen(name) > 100) return lss_seterr(LSS_ERR_ARG, "lss_mlp_init: name too long");
+    if ((int)act < 0 || act > LSS_ACT_NONE) return lss_seterr(LSS_ERR_ARG, "lss_mlp_init: unknown activation %d", (int)act);
+    for (i = 0; i <= nlayers; i++)
+        if (sizes[i] < 1) return lss_seterr(LSS_ERR_ARG, "lss_mlp_init: layer width %d is %d", i, sizes[i]);
+    m->nlayers = nlayers; m->act = act;
+    for (i = 0; i < nlayers; i++) {
+        int64_t sw[2], sb[1];
+        int last = i == nlayers - 1;
+        sw[0] = sizes[i]; sw[1] = sizes[i + 1]; sb[0] = sizes[i + 1];
+        snprintf(nm, sizeof nm, "%s.w%d", name, i);
+        m->w[i] = lss_store_add(st, nm, 2, sw, (!last && (act == LSS_ACT_RELU || act == LSS_ACT_LEAKY)) ? LSS_INIT_HE : LSS_INIT_GLOROT);
+        snprintf(nm, sizeof nm, "%s.b%d", name, i);
+        m->b[i] = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        if (!m->w[i] || !m->b[i]) return lss_store_status(st) ? lss_store_status(st) : LSS_ERR_STATE;
+    }
+    return LSS_OK;
+}
+
+LSSDEF lss_tensor *lss_mlp_forward(lss_graph *g, const lss_mlp *m, lss_tensor *x) {
+    int i;
+    if (!m) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_mlp_forward: NULL network"); return NULL; }
+    for (i = 0; i < m->nlayers; i++) {
+        x = lss_dense(g, x, m->w[i], m->b[i]);
+        if (i < m->nlayers - 1) x = lss_activate(g, x, m->act);
+    }
+    return x;
+}
+
+static int lss__bn_init(lss_store *st, const char *name, const char *part, int c, lss_tensor **bn) {
+    char nm[200];
+    int64_t sh[1];
+    sh[0] = c;
+    snprintf(nm, sizeof nm, "%s.%s.gamma", name, part); bn[0] = lss_store_add(st, nm, 1, sh, LSS_INIT_ONE);
+    snprintf(nm, sizeof nm, "%s.%s.beta", name, part); bn[1] = lss_store_add(st, nm, 1, sh, LSS_INIT_ZERO);
+    snprintf(nm, sizeof nm, "%s.%s.mean", name, part); bn[2] = lss_store_buffer(st, nm, 1, sh, LSS_INIT_ZERO, 0.0f);
+    snprintf(nm, sizeof nm, "%s.%s.var", name, part); bn[3] = lss_store_buffer(st, nm, 1, sh, LSS_INIT_ZERO, 1.0f);
+    return lss_store_status(st);
+}
+
+static int lss__conv_init(lss_store *st, const char *name, const char *part, int cout, int cin, int k, int bias,
+                          lss_tensor **w, lss_tensor **b) {
+    char nm[200];
+    int64_t sw[4], sb[1];
+    sw[0] = cout; sw[1] = cin; sw[2] = k; sw[3] = k; sb[0] = cout;
+    snprintf(nm, sizeof nm, "%s.%s.w", name, part); *w = lss_store_add(st, nm, 4, sw, LSS_INIT_HE);
+    *b = NULL;
+    if (bias) { snprintf(nm, sizeof nm, "%s.%s.b", name, part); *b = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO); }
+    return lss_store_status(st);
+}
+
+LSSDEF int lss_resblock_init(lss_resblock *rb, lss_store *st, const char *name, int cin, int cout, int kernel,
+                             int stride, int batchnorm, int pool, lss_act act) {
+    int s;
+    if (!rb || !st || !name) return lss_seterr(LSS_ERR_ARG, "lss_resblock_init: NULL argument");
+    memset(rb, 0, sizeof *rb);
+    if (cin < 1 || cout < 1 || kernel < 1 || stride < 1 || strlen(name) > 150)
+        return lss_seterr(LSS_ERR_ARG, "lss_resblock_init: '%s': bad channels %d -> %d, kernel %d or stride %d", name, cin, cout, kernel, stride);
+    if (pool && stride != 1 && stride != 2) return lss_seterr(LSS_ERR_ARG, "lss_resblock_init: pooling blocks downsample by 2 only");
+    rb->cin = cin; rb->cout = cout; rb->kernel = kernel; rb->stride = stride; rb->batchnorm = batchnorm ? 1 : 0;
+    rb->pool = pool ? 1 : 0; rb->act = act;
+    if ((s = lss__conv_init(st, name, "conv1", cout, cin, kernel, !batchnorm, &rb->w1, &rb->b1))) return s;
+    if (batchnorm && (s = lss__bn_init(st, name, "bn1", cout, rb->bn[0]))) return s;
+    if ((s = lss__conv_init(st, name, "conv2", cout, cout, kernel, !batchnorm, &rb->w2, &rb->b2))) return s;
+    if (batchnorm && (s = lss__bn_init(st, name, "bn2", cout, rb->bn[1]))) return s;
+    if (stride != 1 || cin != cout) {
+        if ((s = lss__conv_init(st, name, "proj", cout, cin, 1, !batchnorm, &rb->wp, &rb->bp))) return s;
+        if (batchnorm && (s = lss__bn_init(st, name, "bnp", cout, rb->bn[2]))) return s;
+    }
+    return LSS_OK;
+}
+
+static lss_tensor *lss__norm(lss_graph *g, const lss_resblock *rb, int i, lss_tensor *x) {
+    if (!rb->batchnorm) return x;
+    return lss_batchnorm(g, x, rb->bn[i][0], rb->bn[i][1], rb->bn[i][2], rb->bn[i][3], 0.9f, 1e-5f);
+}
+
+LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, lss_tensor *x) {
+    lss_tensor *h, *sk;
+    int p;
+    if (!rb) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resblock_forward: NULL block"); return NULL; }
+    p = rb->kernel / 2;
+    if (rb->pool) {
+        h = lss_conv2d(g, x, rb->w1, rb->b1, 1, p);
+        if (rb->stride == 2) h = lss_avgpool2d(g, h, 2, 2);
+    } else h = lss_conv2d(g, x, rb->w1, rb->b1, rb->stride, p);
+    h = lss_activate(g, lss__norm(g, rb, 0, h), rb->act);
+    h = lss__norm(g, rb, 1, lss_conv2d(g, h, rb->w2, rb->b2, 1, p));
+    if (rb->wp) {
+        if (rb->pool) sk = lss_conv2d(g, rb->stride == 2 ? lss_avgpool2d(g, x, 2, 2) : x, rb->wp, rb->bp, 1, 0);
+        else sk = lss_conv2d(g, x, rb->wp, rb->bp, rb->stride, 0);
+        sk = lss__norm(g, rb, 2, sk);
+    } else sk = x;
+    return lss_activate(g, lss_add(g, h, sk), rb->act);
+}
+
+LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, const lss_resnet_opts *opts) {
+    lss_resnet_opts o;
+    char nm[200];
+    int i, h, w, c, s;
+    if (!net || !st || !name || !opts) return lss_seterr(LSS_ERR_ARG, "lss_resnet_init: NULL argument");
+    memset(net, 0, sizeof *net);
+    o = *opts;
+    if (o.nconv == 0) o.nconv = 4;
+    if (o.nres == 0) o.nres = 10;
+    if (o.channels == 0) o.channels = 128;
+    if (o.kernel == 0) o.kernel = 5;
+    if (o.in_ch < 1 || o.in_h < 1 || o.in_w < 1 || o.nout < 1 || o.nconv < 1 || o.nconv > LSS_RESNET_MAXCONV ||
+        o.nres < 0 || o.nres > LSS_RESNET_MAXRES || o.channels < 1 || o.kernel < 1 || strlen(name) > 120)
+        return lss_seterr(LSS_ERR_ARG, "lss_resnet_init: bad options (input %d x %d x %d, nout %d, nconv %d (1..%d), "
+                          "nres %d (0..%d), channels %d, kernel %d)", o.in_ch, o.in_h, o.in_w, o.nout, o.nconv,
+                          LSS_RESNET_MAXCONV, o.nres, LSS_RESNET_MAXRES, o.channels, o.kernel);
+    h = o.in_h; w = o.in_w; c = o.in_ch;
+    for (i = 0; i < o.nconv; i++) {
+        char part[16];
+        if (h + 2 * (o.kernel / 2) < o.kernel || w + 2 * (o.kernel / 2) < o.kernel)
+            return lss_seterr(LSS_ERR_SHAPE, "lss_resnet_init: input %d x %d too small for %d strided convolutions", o.in_h, o.in_w, o.nconv);
+        snprintf(part, sizeof part, "conv%d", i);
+        if ((s = lss__conv_init(st, name, part, o.channels, c, o.kernel, 1, &net->cw[i], &net->cb[i]))) return s;
+        h = (h + 2 * (o.kernel / 2) - o.kernel) / 2 + 1;
+        w = (w + 2 * (o.kernel / 2) - o.kernel) / 2 + 1;
+        c = o.channels;
+    }
+    for (i = 0; i < o.nres; i++) {
+        snprintf(nm, sizeof nm, "%s.res%d", name, i);
+        if ((s = lss_resblock_init(&net->rb[i], st, nm, c, c, o.kernel, 1, 0, 0, LSS_ACT_RELU))) return s;
+    }
+    {
+        int64_t sw[2], sb[1];
+        sw[0] = (int64_t)c * h * w; sw[1] = o.nout; sb[0] = o.nout;
+        snprintf(nm, sizeof nm, "%s.dense.w", name); net->dw = lss_store_add(st, nm, 2, sw, LSS_INIT_GLOROT);
+        snprintf(nm, sizeof nm, "%s.dense.b", name); net->db = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        if ((s = lss_store_status(st))) return s;
+    }
+    net->o = o; net->out_h = h; net->out_w = w;
+    return LSS_OK;
+}
+
+LSSDEF lss_tensor *lss_resnet_forward(lss_graph *g, const lss_resnet *net, lss_tensor *x) {
+    int i;
+    if (!net) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resnet_forward: NULL network"); return NULL; }
+    for (i = 0; i < net->o.nconv; i++) x = lss_relu(g, lss_conv2d(g, x, net->cw[i], net->cb[i], 2, net->o.kernel / 2));
+    for (i = 0; i < net->o.nres; i++) x = lss_resblock_forward(g, &net->rb[i], x);
+    return lss_dense(g, lss_flatten(g, x), net->dw, net->db);
+}
+
+LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss_unet_opts *opts) {
+    lss_unet_opts o;
+    char nm[200];
+    int c0, c1, c2, cc, s;
+    if (!u || !st || !name || !opts) return lss_seterr(LSS_ERR_ARG, "lss_unet_init: NULL argument");
+    memset(u, 0, sizeof *u);
+    o = *opts;
+    if (o.c0 == 0) o.c0 = 32;
+    if (o.sigma_eps == 0) o.sigma_eps = 1e-3f;
+    if (o.in_ch < 1 || o.out_ch < 1 || o.c0 < 1 || !(o.sigma_eps > 0) || strlen(name) > 120)
+        return lss_seterr(LSS_ERR_ARG, "lss_unet_init: bad options (in %d, out %d, c0 %d)", o.in_ch, o.out_ch, o.c0);
+    c0 = o.c0; c1 = 2 * c0; c2 = 4 * c0; cc = o.sigma_cond ? 1 : 0;
+    u->o = o;
+    {
+        lss_tensor *nob;
+        if ((s = lss__conv_init(st, name, "stem", c0, o.in_ch + cc, 3, 0, &u->stem_w, &nob))) return s;
+    }
+    if ((s = lss__bn_init(st, name, "stem_bn", c0, u->stem_bn))) return s;
+#define LSS__RB(field, part, ci, co, str)                                                          \
+    snprintf(nm, sizeof nm, "%s.%s", name, part);                                                  \
+    if ((s = lss_resblock_init(&u->field, st, nm, ci, co, 3, str, 1, 1, LSS_ACT_RELU))) return s
+    LSS__RB(enc0, "enc0", c0, c0, 1);
+    LSS__RB(enc1, "enc1", c0, c1, 2);
+    LSS__RB(enc2, "enc2", c1, c2, 2);
+    LSS__RB(mid, "mid", c2 + cc, c2, 1);
+    LSS__RB(dec1, "dec1", 2 * c1, c1, 1);
+    LSS__RB(dec0, "dec0", 2 * c0, c0, 1);
+#undef LSS__RB
+    {
+        int64_t sw[4], sb[1];
+        sw[0] = c2; sw[1] = c1; sw[2] = 2; sw[3] = 2; sb[0] = c1;
+        snprintf(nm, sizeof nm, "%s.up1.w", name); u->up1_w = lss_store_add(st, nm, 4, sw, LSS_INIT_HE);
+        snprintf(nm, sizeof nm, "%s.up1.b", name); u->up1_b = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        sw[0] = c1; sw[1] = c0; sb[0] = c0;
+        snprintf(nm, sizeof nm, "%s.up2.w", name); u->up2_w = lss_store_add(st, nm, 4, sw, LSS_INIT_HE);
+        snprintf(nm, sizeof nm, "%s.up2.b", name); u->up2_b = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        if ((s = lss_store_status(st))) return s;
+    }
+    if ((s = lss__conv_init(st, name, "head", o.out_ch, c0, 3, 1, &u->head_w, &u->head_b))) return s;
+    return LSS_OK;
+}
+
+/* A [N, 1, H, W] map of sigma_n (no gradient). */
+static lss_tensor *lss__sigma_map(lss_graph *g, const lss_tensor *sigma, int64_t N, int64_t H, int64_t W) {
+    int64_t sh[4], n, p;
+    lss_tensor *m;
+    sh[0] = N; sh[1] = 1; sh[2] = H; sh[3] = W;
+    if (!(m = lss_tensor_new(g, 4, sh))) return NULL;
+    for (n = 0; n < N; n++)
+        for (p = 0; p < H * W; p++) m->data[n * H * W + p] = sigma->data[n];
+    return m;
+}
+
+LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor *x, lss_tensor *sigma) {
+    lss_tensor *h, *s0, *s1;
+    int64_t N, H, W;
+    if (!lss__enter(g, "lss_unet_forward", 1, x, NULL, NULL)) return NULL;
+    if (!u) return lss__fail(g, LSS_ERR_ARG, "%s: NULL network%s", "lss_unet_forward", NULL);
+    if (x->ndim != 4 || x->shape[1] != u->o.in_ch || x->shape[2] % 4 || x->shape[3] % 4)
+        return lss__shape_err(g, "lss_unet_forward (input must be [N, in_ch, H, W], H and W multiples of 4)", x, NULL);
+    N = x->shape[0]; H = x->shape[2]; W = x->shape[3];
+    if (u->o.sigma_cond) {
+        if (!sigma || sigma->n != N) return lss__shape_err(g, "lss_unet_forward (sigma needs one value per sample)", x, sigma);
+        x = lss_concat(g, x, lss__sigma_map(g, sigma, N, H, W), 1);
+    }
+    h = lss_conv2d(g, x, u->stem_w, NULL, 1, 1);
+    h = lss_relu(g, lss_batchnorm(g, h, u->stem_bn[0], u->stem_bn[1], u->stem_bn[2], u->stem_bn[3], 0.9f, 1e-5f));
+    s0 = lss_resblock_forward(g, &u->enc0, h);
+    s1 = lss_resblock_forward(g, &u->enc1, s0);
+    h = lss_resblock_forward(g, &u->enc2, s1);
+    if (u->o.sigma_cond) h = lss_concat(g, h, lss__sigma_map(g, sigma, N, H / 4, W / 4), 1);
+    h = lss_resblock_forward(g, &u->mid, h);
+    h = lss_conv2d_transpose(g, h, u->up1_w, u->up1_b, 2, 0, 0);
+    h = lss_resblock_forward(g, &u->dec1, lss_concat(g, h, s1, 1));
+    h = lss_conv2d_transpose(g, h, u->up2_w, u->up2_b, 2, 0, 0);
+    h = lss_resblock_forward(g, &u->dec0, lss_concat(g, h, s0, 1));
+    h = lss_conv2d(g, h, u->head_w, u->head_b, 1, 1);
+    if (u->o.sigma_cond && h) {
+        int64_t sh[4], n;
+        lss_tensor *inv;
+        sh[0] = N; sh[1] = 1; sh[2] = 1; sh[3] = 1;
+        if (!(inv = lss_tensor_new(g, 4, sh))) return NULL;
+        for (n = 0; n < N; n++) inv->data[n] = 1.0f / (fabsf(sigma->data[n]) + u->o.sigma_eps);
+        h = lss_mul(g, h, inv);
+    }
+    return h;
+}
+
+#endif /* LSS_NN_IMPLEMENTATION_DONE */
+#endif /* LSS_NN_IMPLEMENTATION */
