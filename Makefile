@@ -34,7 +34,7 @@ GPU_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas 
 endif
 endif
 
-.PHONY: all demo test test-asan bench cuda clean deps check-headers docs
+.PHONY: all demo test test-asan bench bench-deps cuda clean deps check-headers docs
 
 all: deps $(DRIVERS)
 
@@ -61,7 +61,7 @@ build/tests/%: tests/%.c $(HEADERS) tests/lss_test.h $(GPU_OBJ) | deps
 
 build/asan/%: tests/%.c $(HEADERS) tests/lss_test.h | deps
 	@mkdir -p build/asan
-	$(CC) -std=c11 $(WARN) -fopenmp -I. -I$(STB_INC) $(SAN) $< -o $@ $(LDLIBS_ALL)
+	$(CC) -std=c11 $(ARCH) $(WARN) -fopenmp -I. -I$(STB_INC) $(SAN) $< -o $@ $(LDLIBS_ALL)
 
 build/bench/%: bench/%.c $(HEADERS) | deps
 	@mkdir -p build/bench
@@ -96,7 +96,19 @@ test: deps check-headers build/runner $(TESTS) $(DRIVERS)
 test-asan: deps build/runner $(ATESTS) $(DRIVERS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 LSS_TEST_ASAN=1 ./build/runner $(ATESTS)
 
-bench: deps $(BENCHES)
+# The references the benchmarks compare against (OpenBLAS, PyTorch, emcee) are installed for the
+# benchmarks only; the library never needs them.
+BENCH_DEBS = libopenblas0 python3-numpy python3-torch python3-emcee
+bench-deps:
+	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "bench-deps: installing$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || exit 1; \
+	  else echo "bench-deps: missing$$missing (benchmarks skip those references); install with: sudo apt-get install -y$$missing"; fi; \
+	fi
+
+bench: deps bench-deps $(BENCHES)
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
 
 demo: deps $(DRIVERS)
