@@ -30,7 +30,7 @@ ifneq ($(strip $(NVCC)),)
 ifneq ($(wildcard lss_gpu.cu),)
 GPU_OBJ   = build/lss_gpu.o
 GPU_FLAGS = -DLSS_CUDA
-GPU_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart
+GPU_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
 endif
 endif
 

@@ -409,6 +409,120 @@ LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss
 /* x [N, in_ch, H, W]; sigma [N] noise levels (required when sigma_cond, else may be NULL). */
 LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor *x, lss_tensor *sigma);
 
+/* ==== GPU API (LSS_CUDA) ==== */
+#ifdef LSS_CUDA
+/* The CUDA backend (lss_gpu.cu, built with nvcc and linked with -lcudnn -lcublas -lcudart; define
+ * LSS_CUDA to see these declarations). A context owns one device's stream, cuBLAS and cuDNN handles
+ * and a workspace; all work is queued on its stream. Functions return LSS_OK or LSS_ERR_CUDA with a
+ * message naming the failed call, its error string, file and line (LSS_ERR_ARG for bad arguments,
+ * LSS_ERR_UNSUPPORTED when there is no device). Pointers named d... or passed to kernels are device
+ * memory from lss_gpu_alloc; host pointers are named as such. A context is used by one thread at a
+ * time. Arithmetic is strict fp32 by default (cuBLAS CUBLAS_COMPUTE_32F, cuDNN CUDNN_FMA_MATH, the
+ * element-wise kernels round every operation as the CPU code does); lss_gpu_set_tf32 opts into TF32
+ * tensor cores for SGEMM and convolutions. Results are deterministic: the same calls on the same
+ * device give bitwise the same outputs (deterministic cuDNN algorithms only). */
+typedef struct lss_gpu lss_gpu;
+
+/* Number of CUDA devices; *n = 0 and LSS_OK when there is no driver or no device. */
+LSSDEF int lss_gpu_device_count(int *n);
+/* Opens device `device` (0-based). LSS_ERR_UNSUPPORTED when there is no device, LSS_ERR_ARG when
+ * `device` is out of range. Free with lss_gpu_free (NULL allowed). */
+LSSDEF int lss_gpu_init(int device, lss_gpu **ctx);
+LSSDEF void lss_gpu_free(lss_gpu *ctx);
+/* The device's name, e.g. "NVIDIA H100 80GB HBM3" (truncated to n - 1 characters). */
+LSSDEF int lss_gpu_name(const lss_gpu *ctx, char *buf, size_t n);
+/* on = 1: TF32 tensor-core math for SGEMM and convolutions (faster, about 1e-3 relative error);
+ * on = 0 (default): strict fp32. */
+LSSDEF int lss_gpu_set_tf32(lss_gpu *ctx, int on);
+/* Waits until all queued work is done (and reports asynchronous kernel failures). */
+LSSDEF int lss_gpu_sync(lss_gpu *ctx);
+
+/* ---- device buffers (the caller frees what it allocates with lss_gpu_dealloc) */
+LSSDEF int lss_gpu_alloc(lss_gpu *ctx, void **dptr, size_t bytes);     /* uninitialised */
+LSSDEF int lss_gpu_allocf(lss_gpu *ctx, float **dptr, int64_t n);       /* n floats, uninitialised */
+LSSDEF void lss_gpu_dealloc(lss_gpu *ctx, void *dptr);                  /* NULL allowed */
+/* Copies (synchronous: the host buffer may be reused when they return). */
+LSSDEF int lss_gpu_upload(lss_gpu *ctx, void *dst, const void *host_src, size_t bytes);
+LSSDEF int lss_gpu_download(lss_gpu *ctx, void *host_dst, const void *src, size_t bytes);
+LSSDEF int lss_gpu_uploadf(lss_gpu *ctx, float *dst, const float *host_src, int64_t n);
+LSSDEF int lss_gpu_downloadf(lss_gpu *ctx, float *host_dst, const float *src, int64_t n);
+LSSDEF int lss_gpu_memset(lss_gpu *ctx, void *dptr, int byte, size_t bytes);
+LSSDEF int lss_gpu_zerof(lss_gpu *ctx, float *dptr, int64_t n);
+
+/* ---- SGEMM: the same row-major semantics and argument checks as lss_sgemm, on device buffers
+ * (dimensions and leading dimensions up to INT_MAX). */
+LSSDEF int lss_gpu_sgemm(lss_gpu *ctx, int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
+                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                         int64_t ldc);
+
+/* ---- 2-D convolution (cross-correlation) as lss_conv2d: x [n,cin,h,w], w [cout,cin,kh,kw], b [cout],
+ * y [n,cout,ho,wo] with ho = (h + 2 pad - kh) / stride + 1 (the same for wo). */
+typedef struct {
+    int n, cin, h, w;       /* input */
+    int cout, kh, kw;       /* weight */
+    int stride, pad;        /* stride >= 1, pad >= 0 in both directions */
+} lss_gpu_conv_shape;
+/* Output size; LSS_ERR_ARG/LSS_ERR_SHAPE for a bad shape (sizes < 1, input smaller than the kernel). */
+LSSDEF int lss_gpu_conv2d_outsize(const lss_gpu_conv_shape *s, int *ho, int *wo);
+/* y = conv(x, w) + b (b may be NULL). */
+LSSDEF int lss_gpu_conv2d_forward(lss_gpu *ctx, const lss_gpu_conv_shape *s, const float *x, const float *w,
+                                  const float *b, float *y);
+/* dx += conv^T(dy, w) (accumulates, as lss_backward does). */
+LSSDEF int lss_gpu_conv2d_backward_data(lss_gpu *ctx, const lss_gpu_conv_shape *s, const float *dy,
+                                        const float *w, float *dx);
+/* dw += dL/dw from x and dy; db += the sum of dy over n, ho, wo (db may be NULL). */
+LSSDEF int lss_gpu_conv2d_backward_filter(lss_gpu *ctx, const lss_gpu_conv_shape *s, const float *x,
+                                          const float *dy, float *dw, float *db);
+
+/* ---- element-wise operations, the same formulas as lss_nn.h's CPU code (x, y, dy, gx: n floats;
+ * y may equal x in the forward). p: slope (LEAKY), factor (SCALE), constant (ADDS), else unused. */
+typedef enum { LSS_GPU_RELU = 0, LSS_GPU_LEAKY, LSS_GPU_SOFTPLUS, LSS_GPU_TANH, LSS_GPU_SIGMOID, LSS_GPU_EXP,
+               LSS_GPU_LOG, LSS_GPU_SCALE, LSS_GPU_ADDS } lss_gpu_unop;
+LSSDEF int lss_gpu_unary(lss_gpu *ctx, lss_gpu_unop op, float p, const float *x, float *y, int64_t n);
+/* gx += dy op'(x), from x and y = op(x) as the CPU backward (tanh, sigmoid and exp use y). */
+LSSDEF int lss_gpu_unary_backward(lss_gpu *ctx, lss_gpu_unop op, float p, const float *x, const float *y,
+                                  const float *dy, float *gx, int64_t n);
+/* y = a + b, a - b, a * b for equal shapes (y may equal a or b). */
+typedef enum { LSS_GPU_ADD = 0, LSS_GPU_SUB, LSS_GPU_MUL } lss_gpu_binop;
+LSSDEF int lss_gpu_binary(lss_gpu *ctx, lss_gpu_binop op, const float *a, const float *b, float *y, int64_t n);
+/* ga += dy (MUL: dy b), gb += dy (SUB: -dy, MUL: dy a); ga or gb may be NULL, or both the same
+ * buffer (the gradient of x * x). */
+LSSDEF int lss_gpu_binary_backward(lss_gpu *ctx, lss_gpu_binop op, const float *a, const float *b,
+                                   const float *dy, float *ga, float *gb, int64_t n);
+/* One Adam (adamw = 0; weight decay added to the gradient) or AdamW (adamw = 1; decoupled decay)
+ * update of n weights, bitwise the formula of lss_optim_step: t is the number of steps already
+ * taken (bias corrections 1 - beta^(t+1)), lr the learning rate of this step. */
+LSSDEF int lss_gpu_adam(lss_gpu *ctx, float *w, const float *g, float *m, float *v, int64_t n, double lr,
+                        double beta1, double beta2, double eps, double weight_decay, int adamw, int64_t t);
+
+/* ---- DeepLSS noise from the Philox streams of lss_core.h. Layouts: the fills reproduce the
+ * sequential lss_rng draws of (seed, stream) started at block counter0 (lss_rng_init +
+ * lss_rng_seek(counter0)): u32 and uniformf element i is word i % 4 of block counter0 + i / 4;
+ * uniform (double) element i is words 2 (i % 2), 2 (i % 2) + 1 of block counter0 + i / 2; normal
+ * element i is the cos (even i) or sin (odd i) Box-Muller value of block counter0 + i / 2, exactly
+ * as consecutive lss_rng_normal calls (normalf: rounded to float). */
+LSSDEF int lss_gpu_rand_u32(lss_gpu *ctx, uint32_t *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
+LSSDEF int lss_gpu_rand_uniformf(lss_gpu *ctx, float *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
+LSSDEF int lss_gpu_rand_uniform(lss_gpu *ctx, double *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
+LSSDEF int lss_gpu_rand_normal(lss_gpu *ctx, double *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
+LSSDEF int lss_gpu_rand_normalf(lss_gpu *ctx, float *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
+/* Shape noise on nmaps maps of npix pixels: kappa[j][k] = (float)(kappa + sigma_e / sqrt(N') eps) in
+ * double with N' = max(N, 1) (mode LSS_SHAPE_NOISE_PAPER = 0) or N + 1 (LSS_SHAPE_NOISE_CODE = 1), N =
+ * counts[j][k], eps = the float normal of element k of map j's stream host_streams[j] (normalf layout,
+ * counter0 = 0). The CPU's lss_sim_observe draws its normals sequentially by a ziggurat, which a
+ * per-pixel kernel cannot reproduce: this layout is the GPU's own (same distribution, other values). */
+LSSDEF int lss_gpu_shape_noise(lss_gpu *ctx, float *kappa, const float *counts, int nmaps, int64_t npix,
+                               double sigma_e, int mode, uint64_t seed, const uint64_t *host_streams);
+/* Random flips of nfield fields of nchan x h x w (dst and src must not overlap): field f uses word 0
+ * of block counter0 + f of (seed, stream): bit 0 flips up-down, bit 1 left-right (lss_mosaic's bits). */
+LSSDEF int lss_gpu_random_flip(lss_gpu *ctx, const float *src, float *dst, int nfield, int nchan, int h, int w,
+                               uint64_t seed, uint64_t stream, uint64_t counter0);
+/* Appendix-E scaling of nsamples stacks [2 nbins][npix] in place, as lss_scale_for_network. */
+LSSDEF int lss_gpu_scale_for_network(lss_gpu *ctx, float *maps, int nsamples, int nbins, int64_t npix,
+                                     double kappa_scale);
+#endif
+/* ==== END GPU API ==== */
+
 #ifdef __cplusplus
 }
 #endif
