@@ -1,0 +1,3012 @@
+/* lss_massmap.h - weak-lensing mass mapping: shear/convergence operators, shear catalogue binning,
+ * mock COSMOS-like data, Kaiser-Squires, Wiener filter (exact and iterative), the Gaussian prior
+ * score, posterior sampling by annealed HMC + probability-flow ODE, metrics, NFW clusters and
+ * starlet aperture-mass detection. Part of lss; includes lss_core.h and lss_maps.h (FFTW3).
+ *
+ * In exactly one C file:   #define LSS_MASSMAP_IMPLEMENTATION   before   #include "lss_massmap.h"
+ * (and LSS_CORE_IMPLEMENTATION, LSS_MAPS_IMPLEMENTATION, LSS_NN_IMPLEMENTATION once somewhere). Link with
+ * -lfftw3f -lfftw3 -lm (and -fopenmp for parallel chains).
+ *
+ * Conventions (used everywhere, files included)
+ *   - A map is a float array [H, W] indexed [y, x] (row y, column x, as an image), C order.
+ *   - Fourier frequencies k_x (along columns) and k_y (along rows) in cycles per pixel; the
+ *     multipole of a Fourier cell is ell = 2 pi |k| / pix (pix in radians).
+ *   - gamma1 + i gamma2 = F^-1[ ((k_x^2 - k_y^2) + 2i k_x k_y) / k^2  F[kappa_E + i kappa_B] ]: the
+ *     operator P is unitary (P^dagger P = 1) for every k != 0 and its k = 0 cell is 0. On even grids
+ *     the Nyquist row/column carries the sign of the other frequency (k_x = +-1/2 following the
+ *     sign of k_y), which keeps P unitary and the output real; this differs from taking numpy's
+ *     .real of a plain complex-FFT product (which zeroes p2 there) only on those cells.
+ *   - FFTs are orthonormal: a map's power spectrum on the grid is P_pix(k) = E|F[x]_k|^2 / N with
+ *     P_pix = C_ell / pix^2 (pix in radians), no pixel window; the k = 0 cell of the prior is 0:
+ *     every map this header reconstructs or samples has zero mean (the mass-sheet mode is fixed).
+ *   - Noise: per-pixel variance of each shear component, sigma_e^2 / N (eq. 26 of Remy et al.
+ *     2022); empty or masked pixels carry LSS_MM_EMPTY_VAR = 1e10 and shear 0.
+ *   - Metrics (RMSE, Pearson r) are computed over observed pixels after subtracting from each map
+ *     its mean over those observed pixels.
+ *
+ * Example: Wiener filter and posterior samples of a mock field (error checks shortened)
+ *     lss_mm_grid *g;  lss_mm_post *post;
+ *     lss_mm_grid_create(64, 64, 1.0, &g);                    // 64 x 64 pixels of 1 arcmin
+ *     double *pk = malloc(sizeof(double) * 64 * 64);
+ *     lss_mm_grid_spectrum(g, ell, cl, nell, pk);             // C_kk(ell) -> grid spectrum
+ *     lss_mm_gaussian_field(g, pk, 42, 0, kappa);             // a truth map
+ *     lss_mm_kappa_to_shear(g, kappa, NULL, g1, g2);          // + noise of variance nv per pixel
+ *     lss_mm_wiener(g, pk, g1, g2, nv, NULL, wf, NULL, NULL); // MAP under the Gaussian prior
+ *     lss_mm_post_create(g, pk, g1, g2, nv, &post);
+ *     lss_mm_sample_opts so = {0}; so.nchains = 8; so.seed = 1;
+ *     lss_mm_sample(post, &so, samples, NULL);                // 8 independent posterior samples
+ *     lss_mm_post_free(post); lss_mm_grid_free(g);
+ *
+ * Sampling (lss_mm_sample). Annealed HMC on the tempered posterior (eq. 25: prior convolved at
+ * sigma, likelihood variance nvar + sigma^2) from sigma_max down to sigma_min, then the
+ * probability-flow ODE (eq. 22) with Dormand-Prince RK45. Defaults follow the reference
+ * (sigma 1 -> 8e-3 by x0.98, 12 steps per level, 3 leapfrog steps, Simpson rule on 5 points with
+ * the endpoint scores reused); two additions, both validated against the exact Wiener posterior:
+ * a Fourier-diagonal mass matrix M = 1/(P + s^2) + mean(1/(nvar + s^2)) (the default; the
+ * reference's identity is LSS_MM_MASS_IDENTITY) and an exact Metropolis-Hastings ratio for the
+ * Gaussian parts, the Simpson path integral being kept for the residual (neural) score only. With
+ * them a schedule of 13 levels (x0.6, 2 steps per level, 10 at the end) gives the same posterior as
+ * the reference schedule for about 1% of the score evaluations. sigma_min must lie well below the
+ * noise standard deviation (the tempered family is not the convolved posterior, so the ODE only
+ * removes the last sigma^2 when sigma^2 << nvar). Without a residual score the chains are
+ * independent and run one per thread; with one they advance in lock step so that the network
+ * sees whole batches.
+ * Neural prior (lss_mm_net_*): the U-net of lss_nn.h as the residual score (eqs. 23-24) or as the
+ * DeepMass baseline; trained on simulated maps drawn on the fly; checkpoints in lss_nn's format.
+ *
+ * Options: LSS_MALLOC/LSS_REALLOC/LSS_FREE (see lss_core.h); LSS_NO_OPENMP ignores OpenMP.
+ * Threads: a grid holds one FFT workspace per OpenMP thread; functions of this header may be called
+ * from the threads of one parallel region (nested regions fall back to a temporary workspace).
+ * Create grids outside parallel regions (FFTW planning is not thread-safe).
+ *
+ * Version 0.1.0.
+ */
+#ifndef LSS_MASSMAP_H
+#define LSS_MASSMAP_H
+#include "lss_core.h"
+#include "lss_maps.h"
+#include "lss_nn.h"
+
+#ifdef LSS_IMPLEMENTATION
+#ifndef LSS_MASSMAP_IMPLEMENTATION
+#define LSS_MASSMAP_IMPLEMENTATION
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LSS_MM_EMPTY_VAR 1e10          /* noise variance of an empty or masked pixel (eq. 26) */
+#define LSS_MM_COSMOS_PIX_ARCMIN 0.29  /* COSMOS mock: 360 x 360 pixels of 0.29 arcmin */
+#define LSS_MM_COSMOS_NPIX 360
+#define LSS_MM_COSMOS_SIGMA_E 0.305    /* shape noise per component */
+#define LSS_MM_COSMOS_NGAL 71.7        /* galaxies per arcmin^2 of observed pixels (6.03 per pixel;
+                                          64.2 per arcmin^2 over the survey footprint) */
+#define LSS_MM_COSMOS_OBSERVED 0.534   /* fraction of observed pixels */
+
+/* ---------------------------------------------------------------- grid and operators */
+typedef struct lss_mm_grid lss_mm_grid;  /* opaque: sizes, Fourier tables, FFTW plans, workspaces */
+/* A grid of h x w pixels (h, w >= 2) of pix_arcmin arcmin. Free with lss_mm_grid_free. */
+LSSDEF int lss_mm_grid_create(int h, int w, double pix_arcmin, lss_mm_grid **out);
+LSSDEF void lss_mm_grid_free(lss_mm_grid *g);
+LSSDEF int lss_mm_grid_h(const lss_mm_grid *g);
+LSSDEF int lss_mm_grid_w(const lss_mm_grid *g);
+LSSDEF double lss_mm_grid_pix_arcmin(const lss_mm_grid *g);
+/* Multipole of Fourier cell i (row-major, unshifted FFT order). */
+LSSDEF double lss_mm_grid_ell(const lss_mm_grid *g, int64_t i);
+
+/* kappa (E, B; kB may be NULL for a pure E field) -> shear (g1, g2). Maps of h*w floats. */
+LSSDEF int lss_mm_kappa_to_shear(const lss_mm_grid *g, const float *kE, const float *kB, float *g1,
+                                 float *g2);
+/* shear -> kappa (Kaiser-Squires, eqs. 5-7): kE and kB (kB may be NULL). */
+LSSDEF int lss_mm_shear_to_kappa(const lss_mm_grid *g, const float *g1, const float *g2, float *kE,
+                                 float *kB);
+/* Periodic Gaussian smoothing with standard deviation sigma_arcmin (0: copy). in may equal out. */
+LSSDEF int lss_mm_smooth(const lss_mm_grid *g, const float *in, float *out, double sigma_arcmin);
+/* Kaiser-Squires followed by Gaussian smoothing of both modes (eqs. 10-11); kB may be NULL. */
+LSSDEF int lss_mm_ks(const lss_mm_grid *g, const float *g1, const float *g2, double smooth_arcmin,
+                     float *kE, float *kB);
+
+/* ---------------------------------------------------------------- spectra and fields */
+/* Grid spectrum pk[h*w] (double, FFT order) of a C_ell table: P_pix = C_ell(ell)/pix^2 with ell of
+ * each cell, linear interpolation in ell clamped at the table ends, pk[0] = 0. ell strictly
+ * increasing, cl >= 0 and finite, n >= 2. */
+LSSDEF int lss_mm_grid_spectrum(const lss_mm_grid *g, const double *ell, const double *cl, int n,
+                                double *pk);
+/* Gaussian random field with grid spectrum pk (zero mean): a pure function of (seed, stream). */
+LSSDEF int lss_mm_gaussian_field(const lss_mm_grid *g, const double *pk, uint64_t seed,
+                                 uint64_t stream, float *out);
+/* Spectrum of the Gaussian field behind a shifted lognormal field kappa = lambda (exp(G - var/2) - 1)
+ * with spectrum pk: xi_G = ln(1 + xi / lambda^2) on the grid, negative powers clipped to 0. */
+LSSDEF int lss_mm_lognormal_spectrum(const lss_mm_grid *g, const double *pk, double lambda,
+                                     double *pk_gauss);
+/* Shifted lognormal field from the Gaussian spectrum of lss_mm_lognormal_spectrum (mean removed). */
+LSSDEF int lss_mm_lognormal_field(const lss_mm_grid *g, const double *pk_gauss, double lambda,
+                                  uint64_t seed, uint64_t stream, float *out);
+/* Binned power spectrum of a map (or the cross spectrum of a and b; b may be NULL) in nbins
+ * log-spaced ell bins over [ell_min, ell_max] (0, 0: from the grid's fundamental to its Nyquist
+ * multipole): C_ell = pix^2 <|F a|^2>/N per bin. ell_c (bin centres, geometric) may be NULL; empty
+ * bins give NaN. */
+LSSDEF int lss_mm_power_spectrum(const lss_mm_grid *g, const float *a, const float *b, int nbins,
+                                 double ell_min, double ell_max, double *ell_c, double *cl);
+/* The same binning applied to a grid spectrum pk (theory on the grid): mean of C_ell per bin. */
+LSSDEF int lss_mm_bin_spectrum(const lss_mm_grid *g, const double *pk, int nbins, double ell_min,
+                               double ell_max, double *cl);
+
+/* The cosmology of the mass-mapping paper's Gaussian prior: Planck 2015 (Table 4, last column):
+ * Omega_m = 0.3089, sigma_8 = 0.8159, h = 0.6774, n_s = 0.9667, Omega_b = 0.0486; no IA. */
+LSSDEF void lss_mm_params_planck15(lss_params *p);
+/* Convergence power spectrum C_kk(ell) of a source n(z) ("cosmos", "deeplss" bin 1, or a path to a
+ * two-column table) for cosmology p (NULL: lss_mm_params_planck15), from lss_maps.h (Halofit). */
+LSSDEF int lss_mm_theory_ckk(const lss_params *p, const char *nz, int nell, const double *ell,
+                             double *cl);
+
+/* Empty-beam convergence of the n(z) (the value kappa takes where delta = -1 along every line of
+ * sight): int W_WL(chi) dchi; the natural shift of a lognormal convergence model. */
+LSSDEF int lss_mm_theory_kappa_empty(const lss_params *p, const char *nz, double *kappa_empty);
+
+/* ---------------------------------------------------------------- data */
+/* A shear catalogue: n galaxies, positions (x, y in pixels, or ra, dec in degrees), ellipticities
+ * and weights (all 1 when the file has none). Free with lss_mm_catalogue_free. */
+typedef struct {
+    int64_t n;
+    int radec;              /* 1: x = ra, y = dec in degrees; 0: pixel coordinates */
+    double *x, *y, *e1, *e2, *w;
+} lss_mm_catalogue;
+/* CSV with a header naming x,y or ra,dec, e1,e2 and optionally w or weight; or NPY [n, 4|5] with
+ * columns (x, y, e1, e2[, w]) (radec_npy = 1 reads the first two as ra, dec). */
+LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalogue *cat);
+LSSDEF void lss_mm_catalogue_free(lss_mm_catalogue *cat);
+
+typedef struct {
+    int h, w;              /* grid size; 0: the bounding box of the positions */
+    double pix_arcmin;     /* pixel size for ra/dec input (0: LSS_MM_COSMOS_PIX_ARCMIN) */
+    double sigma_e;        /* shape noise per component; 0: estimated from the catalogue */
+    double x0, y0;         /* pixel (or ra/dec) origin of the grid; used when set_origin = 1 */
+    int set_origin;
+} lss_mm_bin_opts;
+/* Bins a catalogue: g1, g2 = weighted mean ellipticity per pixel, nvar = sigma_e^2 sum w^2/(sum w)^2
+ * (sigma_e^2/N for unit weights; LSS_MM_EMPTY_VAR and shear 0 where empty), count = galaxies per
+ * pixel (may be NULL). Pixel coordinates: galaxy at (x, y) falls in pixel [floor(y), floor(x)].
+ * ra/dec: x = (ra - ra_min) cos(dec_mid) / pix, y = (dec - dec_min) / pix. The arrays must hold h*w
+ * values: call with g1 == NULL first to get *h_out, *w_out. Galaxies outside are dropped and
+ * counted in *dropped (may be NULL). */
+LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int *h_out, int *w_out,
+                      float *g1, float *g2, float *nvar, float *count, int64_t *dropped,
+                      double *sigma_e_used);
+
+typedef struct {
+    double ngal_arcmin2;   /* galaxies per arcmin^2 of observed pixels (0: LSS_MM_COSMOS_NGAL) */
+    double sigma_e;        /* 0: LSS_MM_COSMOS_SIGMA_E */
+    double observed;       /* target fraction of observed pixels (0: LSS_MM_COSMOS_OBSERVED) */
+    int no_mask;           /* 1: every pixel observed */
+} lss_mm_survey_opts;
+/* An irregular survey mask (1 observed, 0 not): a wobbly outer boundary and circular holes,
+ * a pure function of seed; about o->observed of the pixels are observed. */
+LSSDEF int lss_mm_mock_mask(int h, int w, const lss_mm_survey_opts *o, uint64_t seed, float *mask);
+/* Galaxy counts per pixel (Poisson, mean ngal * pixel area on observed pixels, 0 elsewhere) and
+ * the per-pixel noise variance sigma_e^2/N (LSS_MM_EMPTY_VAR where N = 0). */
+LSSDEF int lss_mm_mock_noise_map(const lss_mm_grid *g, const float *mask, const lss_mm_survey_opts *o,
+                                 uint64_t seed, float *count, float *nvar);
+/* Noisy masked shear from a convergence map: gamma = P kappa + N(0, nvar) per component, 0 where
+ * nvar >= LSS_MM_EMPTY_VAR. (seed, stream) select the noise. */
+LSSDEF int lss_mm_mock_shear(const lss_mm_grid *g, const float *kappa, const float *nvar,
+                             uint64_t seed, uint64_t stream, float *g1, float *g2);
+/* A convergence map of h x w pixels cut out at the centre of a field generated on the (larger)
+ * grid `big` (same pixel size) so that it is not periodic. pk_big is the target convergence
+ * spectrum on `big` (lss_mm_grid_spectrum); the field is a shifted lognormal with shift lambda
+ * when lambda > 0 (its Gaussian spectrum derived with lss_mm_lognormal_spectrum), Gaussian when
+ * lambda = 0; the cut-out's mean is removed. */
+LSSDEF int lss_mm_mock_kappa(const lss_mm_grid *big, const double *pk_big, double lambda, int h,
+                             int w, uint64_t seed, uint64_t stream, float *kappa);
+
+/* ---------------------------------------------------------------- estimators */
+/* Exact Wiener filter for uniform noise (variance nvar per pixel and component; eq. 14):
+ * kE = F^-1[ S/(S + nvar) F[KS_E(gamma)] ]. post_std_pix (may be NULL) receives the analytic
+ * posterior standard deviation of each pixel (the same for all pixels). */
+LSSDEF int lss_mm_wiener_fourier(const lss_mm_grid *g, const double *pk, const float *g1,
+                                 const float *g2, double nvar, float *kE, double *post_std_pix);
+typedef struct {
+    int max_iter;          /* 0: 5000 */
+    double tol;            /* relative residual |r|/|b| (0: 1e-8) */
+} lss_mm_wiener_opts;
+/* MAP of eq. 13 (the Wiener filter) with per-pixel noise variance nvar (masked pixels carry
+ * LSS_MM_EMPTY_VAR) by preconditioned conjugate gradients in double precision on
+ * (S^-1 + A^T N^-1 A) x = A^T N^-1 gamma (A: kappa_E -> shear), preconditioned in Fourier space by
+ * (S^-1 + mean(N^-1))^-1. iters and relres (may be NULL) report the convergence; LSS_ERR_NUMERIC
+ * when tol is not reached. */
+LSSDEF int lss_mm_wiener(const lss_mm_grid *g, const double *pk, const float *g1, const float *g2,
+                         const float *nvar, const lss_mm_wiener_opts *o, float *kE, int *iters,
+                         double *relres);
+/* A Wiener posterior sample (constrained realisation): s + W(gamma - A s - n) with s ~ N(0, S),
+ * n ~ N(0, nvar). A pure function of (seed, stream). */
+LSSDEF int lss_mm_wiener_sample(const lss_mm_grid *g, const double *pk, const float *g1,
+                                const float *g2, const float *nvar, const lss_mm_wiener_opts *o,
+                                uint64_t seed, uint64_t stream, float *kE);
+/* Applies the Wiener normal operator (S^-1 + A^T N^-1 A) to x (double, for tests and diagnostics;
+ * x is projected to zero mean first). */
+LSSDEF int lss_mm_wiener_apply(const lss_mm_grid *g, const double *pk, const float *nvar,
+                               const double *x, double *out);
+
+/* Gaussian prior score at noise level sigma (eq. 12 convolved): -F^-1[F[x]/(P + sigma^2)] for n maps
+ * with per-map sigma; the k = 0 cell gives 0. logp (may be NULL) receives
+ * -1/2 sum_k |F x|^2/(P + sigma^2) per map. */
+LSSDEF int lss_mm_gauss_score(const lss_mm_grid *g, const double *pk, int n, const float *x,
+                              const float *sigma, float *out, double *logp);
+
+/* ---------------------------------------------------------------- posterior and sampling */
+/* Residual prior score (eq. 23): out = r(x, s_G, sigma) for n maps, so that the prior score is
+ * s_G + out. Returns LSS_OK or an error status. */
+typedef int (*lss_mm_residual_fn)(void *user, int n, const float *x, const float *score_gauss,
+                                  const float *sigma, float *out);
+
+typedef struct lss_mm_post lss_mm_post;  /* the tempered posterior of one shear data set */
+/* Copies pk, g1, g2 and nvar (h*w each). Free with lss_mm_post_free. */
+LSSDEF int lss_mm_post_create(const lss_mm_grid *g, const double *pk, const float *g1,
+                              const float *g2, const float *nvar, lss_mm_post **out);
+LSSDEF void lss_mm_post_free(lss_mm_post *p);
+/* Adds a residual prior score (NULL removes it). */
+LSSDEF void lss_mm_post_set_residual(lss_mm_post *p, lss_mm_residual_fn fn, void *user);
+/* Score of the tempered posterior (eq. 25 likelihood, prior convolved at sigma) for n maps:
+ * out = s_G(x, sigma) + r + A^T[(gamma - A x)/(nvar + sigma^2)]. logp (may be NULL): the exact log
+ * density of the Gaussian parts (prior + likelihood, without the residual) per map. */
+LSSDEF int lss_mm_post_score(lss_mm_post *p, int n, const float *x, const float *sigma, float *out,
+                             double *logp);
+LSSDEF int64_t lss_mm_post_nevals(const lss_mm_post *p);  /* single-map score evaluations so far */
+
+enum { LSS_MM_MASS_FOURIER = 0, LSS_MM_MASS_IDENTITY = 1 };
+enum { LSS_MM_MH_AUTO = 0, LSS_MM_MH_PATH = 1, LSS_MM_MH_NONE = 2 };
+enum { LSS_MM_INIT_KS = 0, LSS_MM_INIT_NOISE = 1 };
+typedef struct {
+    int nchains;           /* chains run as a batch (0: 8) */
+    double sigma_max;      /* first temperature (0: 1.0) */
+    double sigma_min;      /* last temperature of the HMC (0: 8e-3) */
+    double anneal;         /* sigma <- max(anneal sigma, sigma_min) per level (0: 0.98) */
+    int steps_per_level;   /* HMC steps per temperature (0: 12) */
+    int final_steps;       /* extra HMC steps at sigma_min (0: steps_per_level) */
+    int leapfrog;          /* leapfrog steps per HMC step (0: 3) */
+    double step;           /* leapfrog step; 0: auto (0.5 with the Fourier mass matrix; with the
+                              identity, 0.5 / sqrt(max curvature) of the tempered posterior) */
+    int mass;              /* LSS_MM_MASS_FOURIER (default): M = 1/(P + s^2) + mean 1/(nvar + s^2)
+                              per Fourier cell; LSS_MM_MASS_IDENTITY as the paper */
+    int mh;                /* LSS_MM_MH_AUTO: exact Gaussian log-ratio + Simpson path integral of
+                              the residual score; LSS_MM_MH_PATH: Simpson path integral of the
+                              whole score (appendix A); LSS_MM_MH_NONE: no correction */
+    int simpson;           /* points of the Simpson rule (3 or 5; 0: 5, endpoints reused) */
+    int init;              /* LSS_MM_INIT_KS: KS of the shear + N(0, sigma_max^2); or pure noise */
+    int no_ode;            /* 1: stop at sigma_min (no probability-flow ODE) */
+    double ode_rtol, ode_atol;  /* RK45 tolerances (0: 1e-3, 1e-6) */
+    double ode_t_end;      /* ODE from t = sigma_min^2 down to t_end (0: 1e-5; < 0: exactly 0) */
+    uint64_t seed;
+    void (*progress)(void *user, double fraction);  /* optional, called between levels */
+    void *progress_user;
+} lss_mm_sample_opts;
+typedef struct {
+    int64_t hmc_steps, levels, ode_steps, ode_rejected;
+    double accept_rate;          /* mean over chains and steps */
+    double evals_per_chain;      /* single-map score evaluations per chain (HMC + ODE) */
+    double hmc_evals_per_chain, ode_evals_per_chain;
+    double seconds;
+} lss_mm_sample_stats;
+/* Draws o->nchains posterior samples into samples[nchains*h*w]: annealed HMC from sigma_max to
+ * sigma_min, then the probability-flow ODE dx/dt = -1/2 s(x, sqrt t) (eq. 22) with Dormand-Prince
+ * RK45 to t_end. st may be NULL. Chain c draws from Philox stream 1000 + c of o->seed; without a
+ * residual score each chain (and its ODE) is independent of the others, so results are identical
+ * whatever the thread count or the number of chains; with one the ODE step is shared by the batch. */
+LSSDEF int lss_mm_sample(lss_mm_post *p, const lss_mm_sample_opts *o, float *samples,
+                         lss_mm_sample_stats *st);
+/* Per-pixel mean and standard deviation (ddof = 1) of n maps of npix pixels (std may be NULL). */
+LSSDEF int lss_mm_mean_std(int n, int64_t npix, const float *maps, float *mean, float *std);
+
+/* ---------------------------------------------------------------- metrics */
+/* RMSE (eq. 27) and Pearson r (eq. 28) of est against truth over pixels with mask > 0 (mask NULL:
+ * all), each map's mean over those pixels subtracted first. Either output may be NULL. */
+LSSDEF int lss_mm_metrics(int64_t npix, const float *est, const float *truth, const float *mask,
+                          double *rmse, double *r);
+
+/* ---------------------------------------------------------------- clusters and detection */
+typedef struct {
+    double m200;           /* Msun (not Msun/h) */
+    double c200;           /* concentration (0: 1, as section 7.3) */
+    double z_l, z_s;       /* lens and source redshifts (0: 0.5 and 1.0) */
+} lss_mm_nfw;
+/* Scale radius (arcmin) and kappa_s = rho_s r_s / Sigma_crit of an NFW halo (M200 with respect to
+ * the critical density at z_l) for cosmology c. */
+LSSDEF int lss_mm_nfw_params(const lss_cosmo *c, const lss_mm_nfw *h, double *rs_arcmin,
+                             double *kappa_s);
+/* Dimensionless profiles at x = r / r_s (x > 0): kappa = 2 kappa_s f(x), gamma_t = kappa_s g(x)
+ * (Wright & Brainerd 2000), with f and g returned here. */
+LSSDEF double lss_mm_nfw_f(double x);
+LSSDEF double lss_mm_nfw_g(double x);
+/* Adds the NFW shear (g1 = -gamma_t cos 2phi, g2 = -gamma_t sin 2phi, phi measured from the x axis)
+ * and optionally convergence (kappa may be NULL) of a halo centred at pixel (xc, yc) to the maps,
+ * averaging sub x sub points per pixel (sub 0: 4). */
+LSSDEF int lss_mm_nfw_add(const lss_mm_grid *g, double rs_arcmin, double kappa_s, double xc, double yc,
+                          int sub, float *g1, float *g2, float *kappa);
+/* Aperture mass with the starlet filter U(r/theta) of Leonard et al. (2012), theta in pixels,
+ * evaluated by periodic FFT convolution with the kernel sampled on the grid out to 2 theta. */
+LSSDEF int lss_mm_starlet_filter(const lss_mm_grid *g, const float *in, double theta_pix, float *out);
+/* Starlet aperture kernel value at radius r (pixels) for aperture theta (pixels). */
+LSSDEF double lss_mm_starlet_u(double r, double theta);
+
+
+/* ---------------------------------------------------------------- neural prior (lss_nn.h) */
+/* The U-net of lss_nn.h (3 scales, residual blocks, batch norm) used two ways:
+ *  - score residual (eqs. 20, 23, 24): inputs [x, sigma^2 s_G(x, sigma)] plus the noise level
+ *    (a constant sigma channel, also at the bottleneck), output divided by |sigma| + 1e-3, trained
+ *    by residual denoising score matching: loss mean (u + sigma (r + s_G))^2, sigma = s N(0, 1)
+ *    (signed), u ~ N(0, 1), on simulated convergence maps drawn on the fly;
+ *  - DeepMass baseline: inputs the KS E and B maps of the noisy masked shear, output kappa, MSE loss.
+ * Convolution weights are projected to spectral norm <= 1 after every optimizer step when asked. */
+typedef struct {
+    int c0;                /* U-net width (channels at full size; 0: 32) */
+    int deepmass;          /* 0: score residual; 1: DeepMass */
+    uint64_t seed;         /* initialisation */
+} lss_mm_net_opts;
+typedef struct lss_mm_net lss_mm_net;
+/* A network for maps of grid g (h and w multiples of 4) with the Gaussian prior pk (kept for s_G and
+ * the input scale). Free with lss_mm_net_free. */
+LSSDEF int lss_mm_net_create(const lss_mm_grid *g, const double *pk, const lss_mm_net_opts *o,
+                             lss_mm_net **out);
+LSSDEF void lss_mm_net_free(lss_mm_net *n);
+LSSDEF int64_t lss_mm_net_nparams(const lss_mm_net *n);
+/* Checkpoint (lss_nn format: weights, batch-norm statistics, scales, optimizer state). */
+LSSDEF int lss_mm_net_save(const lss_mm_net *n, const char *path);
+LSSDEF int lss_mm_net_load(lss_mm_net *n, const char *path);
+/* Reads the architecture (c0, deepmass, h, w) stored in a checkpoint without loading it. */
+LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, int *w);
+/* lss_mm_residual_fn for lss_mm_post_set_residual (user = a score-residual network). */
+LSSDEF int lss_mm_net_residual(void *net, int n, const float *x, const float *score_gauss,
+                               const float *sigma, float *out);
+/* DeepMass prediction of kappa from a shear map (masked pixels: shear 0). */
+LSSDEF int lss_mm_net_deepmass(lss_mm_net *net, const float *g1, const float *g2, float *kappa);
+
+typedef struct {
+    int steps;             /* 0: 1000 */
+    int batch;             /* 0: 16 */
+    double lr;             /* Adam learning rate (0: 1e-3), divided by 10 at 40% and 80% of the steps */
+    double s;              /* DSM noise scale: sigma = s N(0, 1) (0: 0.2) */
+    int no_spectral;       /* 1: no spectral-norm projection */
+    double lambda;         /* lognormal shift of the training maps (0: Gaussian) */
+    const lss_mm_grid *big;      /* padded grid on which training maps are drawn (required) */
+    const double *pk_big;        /* its convergence spectrum (required) */
+    const float *nvar;           /* DeepMass: the survey's per-pixel noise variance (required then) */
+    uint64_t seed;
+    void (*progress)(void *user, int step, double loss);
+    void *progress_user;
+} lss_mm_train_opts;
+/* Trains the network; *final_loss (may be NULL) receives the mean loss of the last 10% of steps. */
+LSSDEF int lss_mm_net_train(lss_mm_net *net, const lss_mm_train_opts *o, double *final_loss);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LSS_MASSMAP_H */
+
+/* ================================================================ implementation */
+#ifdef LSS_MASSMAP_IMPLEMENTATION
+#ifndef LSS_MASSMAP_IMPLEMENTATION_DONE
+#define LSS_MASSMAP_IMPLEMENTATION_DONE
+
+#include <fftw3.h>
+#include <math.h>
+#include <string.h>
+#if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
+#include <omp.h>
+#define LSS__MM_OMP 1
+#endif
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
+#define LSS__MM_ARCMIN (M_PI / 180.0 / 60.0)
+
+typedef struct {
+    fftwf_complex *a, *b;
+    fftw_complex *c, *d;
+} lss__mm_ws;
+
+struct lss_mm_grid {
+    int h, w;
+    int64_t n;
+    double pix_arcmin, pix_rad;
+    float *p1, *p2;     /* P = p1 + i p2 per Fourier cell (0 at k = 0) */
+    double *kk;         /* |k|^2 in cycles per pixel squared */
+    double ellmax;
+    fftwf_plan pf_fwd, pf_inv;
+    fftw_plan pd_fwd, pd_inv;
+    int nws;
+    lss__mm_ws *ws;
+};
+
+static void lss__mm_ws_release(lss__mm_ws *w) {
+    if (w->a) fftwf_free(w->a);
+    if (w->b) fftwf_free(w->b);
+    if (w->c) fftw_free(w->c);
+    if (w->d) fftw_free(w->d);
+    w->a = w->b = NULL;
+    w->c = w->d = NULL;
+}
+
+static int lss__mm_ws_alloc(lss__mm_ws *w, int64_t n) {
+    w->a = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * (size_t)n);
+    w->b = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * (size_t)n);
+    w->c = (fftw_complex *)fftw_malloc(sizeof(fftw_complex) * (size_t)n);
+    w->d = (fftw_complex *)fftw_malloc(sizeof(fftw_complex) * (size_t)n);
+    if (!w->a || !w->b || !w->c || !w->d) {
+        lss__mm_ws_release(w);
+        return lss_seterr(LSS_ERR_NOMEM, "massmap: out of memory for FFT workspace (%lld cells)",
+                          (long long)n);
+    }
+    return LSS_OK;
+}
+
+/* The calling thread's workspace, or a temporary one (tmp) in nested regions / extra threads. */
+static lss__mm_ws *lss__mm_ws_get(const lss_mm_grid *g, lss__mm_ws *tmp) {
+    int t = 0;
+#ifdef LSS__MM_OMP
+    if (omp_get_level() > 1) t = -1;
+    else t = omp_get_thread_num();
+#endif
+    if (t >= 0 && t < g->nws) return &g->ws[t];
+    memset(tmp, 0, sizeof *tmp);
+    if (lss__mm_ws_alloc(tmp, g->n) != LSS_OK) return NULL;
+    return tmp;
+}
+static void lss__mm_ws_put(lss__mm_ws *w, lss__mm_ws *tmp) {
+    if (w == tmp) lss__mm_ws_release(tmp);
+}
+
+static double lss__mm_freq(int i, int n) { return (i <= (n - 1) / 2 ? i : i - n) / (double)n; }
+
+LSSDEF int lss_mm_grid_create(int h, int w, double pix_arcmin, lss_mm_grid **out) {
+    lss_mm_grid *g;
+    int iy, ix, t;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_create: out is NULL");
+    *out = NULL;
+    if (h < 2 || w < 2 || (int64_t)h * w > ((int64_t)1 << 30))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_create: grid %d x %d outside [2, 2^15]^2", h, w);
+    if (!(pix_arcmin > 0) || !isfinite(pix_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_create: pixel size %g arcmin must be > 0", pix_arcmin);
+    g = (lss_mm_grid *)LSS_MALLOC(sizeof *g);
+    if (!g) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_grid_create: out of memory");
+    memset(g, 0, sizeof *g);
+    g->h = h;
+    g->w = w;
+    g->n = (int64_t)h * w;
+    g->pix_arcmin = pix_arcmin;
+    g->pix_rad = pix_arcmin * LSS__MM_ARCMIN;
+    g->p1 = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
+    g->p2 = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
+    g->kk = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+#ifdef LSS__MM_OMP
+    g->nws = omp_get_max_threads();
+    if (g->nws < 1) g->nws = 1;
+#else
+    g->nws = 1;
+#endif
+    g->ws = (lss__mm_ws *)LSS_MALLOC(sizeof(lss__mm_ws) * (size_t)g->nws);
+    if (!g->p1 || !g->p2 || !g->kk || !g->ws) {
+        if (g->ws) memset(g->ws, 0, sizeof(lss__mm_ws) * (size_t)g->nws);
+        else g->nws = 0;
+        lss_mm_grid_free(g);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_grid_create: out of memory");
+    }
+    memset(g->ws, 0, sizeof(lss__mm_ws) * (size_t)g->nws);
+    for (t = 0; t < g->nws; t++)
+        if (lss__mm_ws_alloc(&g->ws[t], g->n) != LSS_OK) {
+            lss_mm_grid_free(g);
+            return LSS_ERR_NOMEM;
+        }
+    for (iy = 0; iy < h; iy++) {
+        for (ix = 0; ix < w; ix++) {
+            double fy = lss__mm_freq(iy, h), fx = lss__mm_freq(ix, w), k2;
+            int nyx = (w % 2 == 0 && ix == w / 2), nyy = (h % 2 == 0 && iy == h / 2);
+            int64_t i = (int64_t)iy * w + ix;
+            if (nyx && !nyy) fx = fy > 0 ? 0.5 : -0.5;
+            if (nyy && !nyx) fy = fx > 0 ? 0.5 : -0.5;
+            k2 = fx * fx + fy * fy;
+            g->kk[i] = k2;
+            if (k2 > 0) {
+                g->p1[i] = (float)((fx * fx - fy * fy) / k2);
+                g->p2[i] = (float)(2.0 * fx * fy / k2);
+            } else {
+                g->p1[i] = g->p2[i] = 0.0f;
+            }
+            {
+                double ell = 2.0 * M_PI * sqrt(k2) / g->pix_rad;
+                if (ell > g->ellmax) g->ellmax = ell;
+            }
+        }
+    }
+    g->pf_fwd = fftwf_plan_dft_2d(h, w, g->ws[0].a, g->ws[0].a, FFTW_FORWARD, FFTW_ESTIMATE);
+    g->pf_inv = fftwf_plan_dft_2d(h, w, g->ws[0].a, g->ws[0].a, FFTW_BACKWARD, FFTW_ESTIMATE);
+    g->pd_fwd = fftw_plan_dft_2d(h, w, g->ws[0].c, g->ws[0].c, FFTW_FORWARD, FFTW_ESTIMATE);
+    g->pd_inv = fftw_plan_dft_2d(h, w, g->ws[0].c, g->ws[0].c, FFTW_BACKWARD, FFTW_ESTIMATE);
+    if (!g->pf_fwd || !g->pf_inv || !g->pd_fwd || !g->pd_inv) {
+        lss_mm_grid_free(g);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_grid_create: FFTW could not plan a %d x %d transform", h, w);
+    }
+    *out = g;
+    return LSS_OK;
+}
+
+LSSDEF void lss_mm_grid_free(lss_mm_grid *g) {
+    int t;
+    if (!g) return;
+    if (g->pf_fwd) fftwf_destroy_plan(g->pf_fwd);
+    if (g->pf_inv) fftwf_destroy_plan(g->pf_inv);
+    if (g->pd_fwd) fftw_destroy_plan(g->pd_fwd);
+    if (g->pd_inv) fftw_destroy_plan(g->pd_inv);
+    if (g->ws) {
+        for (t = 0; t < g->nws; t++) lss__mm_ws_release(&g->ws[t]);
+        LSS_FREE(g->ws);
+    }
+    LSS_FREE(g->p1);
+    LSS_FREE(g->p2);
+    LSS_FREE(g->kk);
+    LSS_FREE(g);
+}
+
+LSSDEF int lss_mm_grid_h(const lss_mm_grid *g) { return g->h; }
+LSSDEF int lss_mm_grid_w(const lss_mm_grid *g) { return g->w; }
+LSSDEF double lss_mm_grid_pix_arcmin(const lss_mm_grid *g) { return g->pix_arcmin; }
+LSSDEF double lss_mm_grid_ell(const lss_mm_grid *g, int64_t i) {
+    return 2.0 * M_PI * sqrt(g->kk[i]) / g->pix_rad;
+}
+
+#define LSS__MM_FWD(g, buf) fftwf_execute_dft((g)->pf_fwd, (buf), (buf))
+#define LSS__MM_INV(g, buf) fftwf_execute_dft((g)->pf_inv, (buf), (buf))
+#define LSS__MM_FWD_D(g, buf) fftw_execute_dft((g)->pd_fwd, (buf), (buf))
+#define LSS__MM_INV_D(g, buf) fftw_execute_dft((g)->pd_inv, (buf), (buf))
+
+/* ---- operators (float) */
+static void lss__mm_k2g(const lss_mm_grid *g, lss__mm_ws *w, const float *kE, const float *kB,
+                        float *g1, float *g2) {
+    int64_t i, n = g->n;
+    float s = 1.0f / (float)n;
+    fftwf_complex *a = w->a;
+    for (i = 0; i < n; i++) {
+        a[i][0] = kE[i];
+        a[i][1] = kB ? kB[i] : 0.0f;
+    }
+    LSS__MM_FWD(g, a);
+    for (i = 0; i < n; i++) {
+        float re = a[i][0], im = a[i][1], p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        a[i][0] = p1 * re - p2 * im;
+        a[i][1] = p2 * re + p1 * im;
+    }
+    LSS__MM_INV(g, a);
+    for (i = 0; i < n; i++) {
+        g1[i] = a[i][0];
+        g2[i] = a[i][1];
+    }
+}
+
+static void lss__mm_g2k(const lss_mm_grid *g, lss__mm_ws *w, const float *g1, const float *g2,
+                        float *kE, float *kB) {
+    int64_t i, n = g->n;
+    float s = 1.0f / (float)n;
+    fftwf_complex *a = w->a;
+    for (i = 0; i < n; i++) {
+        a[i][0] = g1[i];
+        a[i][1] = g2[i];
+    }
+    LSS__MM_FWD(g, a);
+    for (i = 0; i < n; i++) {
+        float re = a[i][0], im = a[i][1], p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        a[i][0] = p1 * re + p2 * im;
+        a[i][1] = -p2 * re + p1 * im;
+    }
+    LSS__MM_INV(g, a);
+    for (i = 0; i < n; i++) {
+        kE[i] = a[i][0];
+        if (kB) kB[i] = a[i][1];
+    }
+}
+
+LSSDEF int lss_mm_kappa_to_shear(const lss_mm_grid *g, const float *kE, const float *kB, float *g1,
+                                 float *g2) {
+    lss__mm_ws tmp, *w;
+    if (!g || !kE || !g1 || !g2) return lss_seterr(LSS_ERR_ARG, "lss_mm_kappa_to_shear: NULL argument");
+    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    lss__mm_k2g(g, w, kE, kB, g1, g2);
+    lss__mm_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_shear_to_kappa(const lss_mm_grid *g, const float *g1, const float *g2, float *kE,
+                                 float *kB) {
+    lss__mm_ws tmp, *w;
+    if (!g || !g1 || !g2 || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_shear_to_kappa: NULL argument");
+    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    lss__mm_g2k(g, w, g1, g2, kE, kB);
+    lss__mm_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+/* out = F^-1[ m(k) F[in] ] for a real even multiplier given as a function of |k|^2 (cycles/pixel). */
+static void lss__mm_smooth_ws(const lss_mm_grid *g, lss__mm_ws *w, const float *in, float *out,
+                              double sigma_pix) {
+    int64_t i, n = g->n;
+    fftwf_complex *a = w->a;
+    double c = 2.0 * M_PI * M_PI * sigma_pix * sigma_pix;
+    for (i = 0; i < n; i++) {
+        a[i][0] = in[i];
+        a[i][1] = 0.0f;
+    }
+    LSS__MM_FWD(g, a);
+    for (i = 0; i < n; i++) {
+        float m = (float)(exp(-c * g->kk[i]) / (double)n);
+        a[i][0] *= m;
+        a[i][1] *= m;
+    }
+    LSS__MM_INV(g, a);
+    for (i = 0; i < n; i++) out[i] = a[i][0];
+}
+
+LSSDEF int lss_mm_smooth(const lss_mm_grid *g, const float *in, float *out, double sigma_arcmin) {
+    lss__mm_ws tmp, *w;
+    if (!g || !in || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_smooth: NULL argument");
+    if (!(sigma_arcmin >= 0) || !isfinite(sigma_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_smooth: smoothing scale %g must be >= 0", sigma_arcmin);
+    if (sigma_arcmin == 0) {
+        if (out != in) memmove(out, in, sizeof(float) * (size_t)g->n);
+        return LSS_OK;
+    }
+    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    lss__mm_smooth_ws(g, w, in, out, sigma_arcmin / g->pix_arcmin);
+    lss__mm_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_ks(const lss_mm_grid *g, const float *g1, const float *g2, double smooth_arcmin,
+                     float *kE, float *kB) {
+    int s;
+    if ((s = lss_mm_shear_to_kappa(g, g1, g2, kE, kB)) != LSS_OK) return s;
+    if ((s = lss_mm_smooth(g, kE, kE, smooth_arcmin)) != LSS_OK) return s;
+    if (kB && (s = lss_mm_smooth(g, kB, kB, smooth_arcmin)) != LSS_OK) return s;
+    return LSS_OK;
+}
+
+/* ---- spectra and fields */
+LSSDEF int lss_mm_grid_spectrum(const lss_mm_grid *g, const double *ell, const double *cl, int n,
+                                double *pk) {
+    int64_t i;
+    int j;
+    double pix2;
+    if (!g || !ell || !cl || !pk) return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: NULL argument");
+    if (n < 2) return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: need at least 2 (ell, C_ell) rows, got %d", n);
+    for (j = 0; j < n; j++) {
+        if (!isfinite(ell[j]) || !isfinite(cl[j]) || cl[j] < 0)
+            return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: row %d (ell %g, C_ell %g) is not finite and >= 0", j, ell[j], cl[j]);
+        if (j && !(ell[j] > ell[j - 1]))
+            return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: ell must increase strictly (row %d: %g after %g)", j, ell[j], ell[j - 1]);
+    }
+    pix2 = g->pix_rad * g->pix_rad;
+    for (i = 0; i < g->n; i++) {
+        double l = lss_mm_grid_ell(g, i), c;
+        if (i == 0) {
+            pk[i] = 0.0;
+            continue;
+        }
+        if (l <= ell[0]) c = cl[0];
+        else if (l >= ell[n - 1]) c = cl[n - 1];
+        else {
+            int lo = 0, hi = n - 1;
+            while (hi - lo > 1) {
+                int mid = (lo + hi) / 2;
+                if (ell[mid] <= l) lo = mid;
+                else hi = mid;
+            }
+            c = cl[lo] + (cl[hi] - cl[lo]) * (l - ell[lo]) / (ell[hi] - ell[lo]);
+        }
+        pk[i] = c / pix2;
+    }
+    return LSS_OK;
+}
+
+static int lss__mm_check_pk(const lss_mm_grid *g, const double *pk, const char *fn) {
+    int64_t i;
+    for (i = 0; i < g->n; i++)
+        if (!(pk[i] >= 0) || !isfinite(pk[i]))
+            return lss_seterr(LSS_ERR_ARG, "%s: grid spectrum cell %lld is %g (must be finite and >= 0)", fn, (long long)i, pk[i]);
+    return LSS_OK;
+}
+
+/* White N(0,1) map from (seed, stream), drawn in pixel order. */
+static void lss__mm_white_d(int64_t n, uint64_t seed, uint64_t stream, double *out) {
+    int64_t i;
+    lss_rng r;
+    lss_rng_init(&r, seed, stream);
+    for (i = 0; i < n; i++) out[i] = lss_rng_normal(&r);
+}
+
+/* Field with spectrum pk from a white map (double precision). */
+static void lss__mm_color_d(const lss_mm_grid *g, lss__mm_ws *w, const double *white, const double *pk,
+                            double *out) {
+    int64_t i, n = g->n;
+    fftw_complex *c = w->c;
+    for (i = 0; i < n; i++) {
+        c[i][0] = white[i];
+        c[i][1] = 0.0;
+    }
+    LSS__MM_FWD_D(g, c);
+    for (i = 0; i < n; i++) {
+        double m = sqrt(pk[i]) / (double)n;
+        c[i][0] *= m;
+        c[i][1] *= m;
+    }
+    LSS__MM_INV_D(g, c);
+    for (i = 0; i < n; i++) out[i] = c[i][0];
+}
+
+LSSDEF int lss_mm_gaussian_field(const lss_mm_grid *g, const double *pk, uint64_t seed,
+                                 uint64_t stream, float *out) {
+    lss__mm_ws tmp, *w;
+    double *wd;
+    int64_t i;
+    int s;
+    if (!g || !pk || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_gaussian_field: NULL argument");
+    if ((s = lss__mm_check_pk(g, pk, "lss_mm_gaussian_field")) != LSS_OK) return s;
+    wd = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+    if (!wd) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_gaussian_field: out of memory");
+    if (!(w = lss__mm_ws_get(g, &tmp))) {
+        LSS_FREE(wd);
+        return LSS_ERR_NOMEM;
+    }
+    lss__mm_white_d(g->n, seed, stream, wd);
+    lss__mm_color_d(g, w, wd, pk, wd);
+    for (i = 0; i < g->n; i++) out[i] = (float)wd[i];
+    lss__mm_ws_put(w, &tmp);
+    LSS_FREE(wd);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_lognormal_spectrum(const lss_mm_grid *g, const double *pk, double lambda,
+                                     double *pk_gauss) {
+    lss__mm_ws tmp, *w;
+    int64_t i, n;
+    int s;
+    fftw_complex *c;
+    if (!g || !pk || !pk_gauss) return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_spectrum: NULL argument");
+    if (!(lambda > 0) || !isfinite(lambda))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_spectrum: shift %g must be > 0", lambda);
+    if ((s = lss__mm_check_pk(g, pk, "lss_mm_lognormal_spectrum")) != LSS_OK) return s;
+    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    n = g->n;
+    c = w->c;
+    /* xi(r) = (1/N) sum_k P_k e^{ikr} (orthonormal convention: xi(0) = variance per pixel) */
+    for (i = 0; i < n; i++) {
+        c[i][0] = pk[i] / (double)n;
+        c[i][1] = 0.0;
+    }
+    LSS__MM_INV_D(g, c);
+    for (i = 0; i < n; i++) {
+        double xi = c[i][0] / (lambda * lambda);
+        if (xi <= -1.0) {
+            lss__mm_ws_put(w, &tmp);
+            return lss_seterr(LSS_ERR_RANGE, "lss_mm_lognormal_spectrum: correlation %g <= -lambda^2 (shift %g too small)", c[i][0], lambda);
+        }
+        c[i][0] = log1p(xi);
+        c[i][1] = 0.0;
+    }
+    LSS__MM_FWD_D(g, c);
+    for (i = 0; i < n; i++) {
+        double v = c[i][0];
+        pk_gauss[i] = (i == 0 || v < 0) ? 0.0 : v;
+    }
+    lss__mm_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_lognormal_field(const lss_mm_grid *g, const double *pk_gauss, double lambda,
+                                  uint64_t seed, uint64_t stream, float *out) {
+    lss__mm_ws tmp, *w;
+    double *wd, var = 0, mean = 0;
+    int64_t i;
+    int s;
+    if (!g || !pk_gauss || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_field: NULL argument");
+    if (!(lambda > 0) || !isfinite(lambda))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_field: shift %g must be > 0", lambda);
+    if ((s = lss__mm_check_pk(g, pk_gauss, "lss_mm_lognormal_field")) != LSS_OK) return s;
+    wd = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+    if (!wd) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_lognormal_field: out of memory");
+    if (!(w = lss__mm_ws_get(g, &tmp))) {
+        LSS_FREE(wd);
+        return LSS_ERR_NOMEM;
+    }
+    lss__mm_white_d(g->n, seed, stream, wd);
+    lss__mm_color_d(g, w, wd, pk_gauss, wd);
+    for (i = 0; i < g->n; i++) var += pk_gauss[i];
+    var /= (double)g->n;
+    for (i = 0; i < g->n; i++) {
+        wd[i] = lambda * expm1(wd[i] - 0.5 * var);
+        mean += wd[i];
+    }
+    mean /= (double)g->n;
+    for (i = 0; i < g->n; i++) out[i] = (float)(wd[i] - mean);
+    lss__mm_ws_put(w, &tmp);
+    LSS_FREE(wd);
+    return LSS_OK;
+}
+
+static int lss__mm_bins(const lss_mm_grid *g, int nbins, double *ell_min, double *ell_max,
+                        const char *fn) {
+    if (nbins < 1) return lss_seterr(LSS_ERR_ARG, "%s: nbins %d must be >= 1", fn, nbins);
+    if (*ell_min == 0 && *ell_max == 0) {
+        *ell_min = 2.0 * M_PI / (g->pix_rad * (g->h > g->w ? g->h : g->w));
+        *ell_max = M_PI / g->pix_rad;
+    }
+    if (!(*ell_min > 0) || !(*ell_max > *ell_min) || !isfinite(*ell_max))
+        return lss_seterr(LSS_ERR_ARG, "%s: ell range [%g, %g] is not 0 < min < max", fn, *ell_min, *ell_max);
+    return LSS_OK;
+}
+static int lss__mm_bin_of(double ell, int nbins, double lmin, double lmax) {
+    int b;
+    if (ell < lmin || ell > lmax || ell <= 0) return -1;
+    b = (int)floor(log(ell / lmin) / log(lmax / lmin) * nbins);
+    if (b >= nbins) b = nbins - 1;
+    if (b < 0) b = 0;
+    return b;
+}
+
+LSSDEF int lss_mm_power_spectrum(const lss_mm_grid *g, const float *a, const float *b, int nbins,
+                                 double ell_min, double ell_max, double *ell_c, double *cl) {
+    lss__mm_ws tmp, *w;
+    int64_t i, *cnt;
+    int s, k;
+    fftw_complex *ca, *cb;
+    double pix2;
+    if (!g || !a || !cl) return lss_seterr(LSS_ERR_ARG, "lss_mm_power_spectrum: NULL argument");
+    if ((s = lss__mm_bins(g, nbins, &ell_min, &ell_max, "lss_mm_power_spectrum")) != LSS_OK) return s;
+    cnt = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
+    if (!cnt) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_power_spectrum: out of memory");
+    if (!(w = lss__mm_ws_get(g, &tmp))) {
+        LSS_FREE(cnt);
+        return LSS_ERR_NOMEM;
+    }
+    ca = w->c;
+    cb = w->d;
+    for (i = 0; i < g->n; i++) {
+        ca[i][0] = a[i];
+        ca[i][1] = 0;
+        cb[i][0] = b ? b[i] : a[i];
+        cb[i][1] = 0;
+    }
+    LSS__MM_FWD_D(g, ca);
+    LSS__MM_FWD_D(g, cb);
+    for (k = 0; k < nbins; k++) {
+        cl[k] = 0;
+        cnt[k] = 0;
+        if (ell_c) ell_c[k] = ell_min * pow(ell_max / ell_min, (k + 0.5) / nbins);
+    }
+    pix2 = g->pix_rad * g->pix_rad;
+    for (i = 1; i < g->n; i++) {
+        int bi = lss__mm_bin_of(lss_mm_grid_ell(g, i), nbins, ell_min, ell_max);
+        if (bi < 0) continue;
+        cl[bi] += (ca[i][0] * cb[i][0] + ca[i][1] * cb[i][1]) / (double)g->n * pix2;
+        cnt[bi]++;
+    }
+    for (k = 0; k < nbins; k++) cl[k] = cnt[k] ? cl[k] / (double)cnt[k] : NAN;
+    lss__mm_ws_put(w, &tmp);
+    LSS_FREE(cnt);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_bin_spectrum(const lss_mm_grid *g, const double *pk, int nbins, double ell_min,
+                               double ell_max, double *cl) {
+    int64_t i, *cnt;
+    int k, s;
+    if (!g || !pk || !cl) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin_spectrum: NULL argument");
+    if ((s = lss__mm_bins(g, nbins, &ell_min, &ell_max, "lss_mm_bin_spectrum")) != LSS_OK) return s;
+    cnt = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
+    if (!cnt) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_bin_spectrum: out of memory");
+    for (k = 0; k < nbins; k++) cl[k] = 0, cnt[k] = 0;
+    for (i = 1; i < g->n; i++) {
+        int bi = lss__mm_bin_of(lss_mm_grid_ell(g, i), nbins, ell_min, ell_max);
+        if (bi < 0) continue;
+        cl[bi] += pk[i] * g->pix_rad * g->pix_rad;
+        cnt[bi]++;
+    }
+    for (k = 0; k < nbins; k++) cl[k] = cnt[k] ? cl[k] / (double)cnt[k] : NAN;
+    LSS_FREE(cnt);
+    return LSS_OK;
+}
+
+LSSDEF void lss_mm_params_planck15(lss_params *p) {
+    lss_params_fiducial(p);
+    p->omega_m = 0.3089;
+    p->sigma_8 = 0.8159;
+    p->h = 0.6774;
+    p->n_s = 0.9667;
+    p->omega_b = 0.0486;
+    p->a_ia = 0.0;
+}
+
+static int lss__mm_theory_setup(const lss_params *p, const char *nz, lss_cosmo **c, lss_nz **bins, int *nb) {
+    lss_params par;
+    int s;
+    if (p) par = *p;
+    else lss_mm_params_planck15(&par);
+    if (!nz || !*nz) nz = "cosmos";
+    if (!strcmp(nz, "cosmos") || !strcmp(nz, "deeplss")) s = lss_nz_builtin(nz, bins, nb);
+    else s = lss_nz_load(nz, bins, nb);
+    if (s != LSS_OK) return s;
+    if ((s = lss_cosmo_create(&par, c)) != LSS_OK) {
+        lss_nz_free(*bins, *nb);
+        *bins = NULL;
+        return s;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_theory_ckk(const lss_params *p, const char *nz, int nell, const double *ell,
+                             double *cl) {
+    lss_cosmo *c = NULL;
+    lss_nz *bins = NULL;
+    int nb = 0, s, np, j;
+    double *out;
+    if (!ell || !cl || nell < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_theory_ckk: bad arguments");
+    if ((s = lss__mm_theory_setup(p, nz, &c, &bins, &nb)) != LSS_OK) return s;
+    np = lss_cl_npairs(1);
+    out = (double *)LSS_MALLOC(sizeof(double) * (size_t)np * (size_t)nell);
+    if (!out) {
+        lss_cosmo_free(c);
+        lss_nz_free(bins, nb);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_theory_ckk: out of memory");
+    }
+    /* one source distribution: the first bin; pair 0 is kk_1_1 */
+    s = lss_cl_tomo_terms(c, bins, 1, ell, nell, LSS_CL_GG, out);
+    if (s == LSS_OK)
+        for (j = 0; j < nell; j++) cl[j] = out[j];
+    LSS_FREE(out);
+    lss_cosmo_free(c);
+    lss_nz_free(bins, nb);
+    return s;
+}
+
+LSSDEF int lss_mm_theory_kappa_empty(const lss_params *p, const char *nz, double *kappa_empty) {
+    lss_cosmo *c = NULL;
+    lss_nz *bins = NULL;
+    int nb = 0, s, i, m = 2000;
+    double zmax, chimax, sum = 0;
+    if (!kappa_empty) return lss_seterr(LSS_ERR_ARG, "lss_mm_theory_kappa_empty: NULL output");
+    if ((s = lss__mm_theory_setup(p, nz, &c, &bins, &nb)) != LSS_OK) return s;
+    zmax = bins[0].z[bins[0].n - 1];
+    chimax = lss_cosmo_chi(c, zmax);
+    for (i = 0; i < m; i++) sum += lss_cl_lensing_kernel(c, &bins[0], (i + 0.5) * chimax / m) * chimax / m;
+    *kappa_empty = sum;
+    lss_cosmo_free(c);
+    lss_nz_free(bins, nb);
+    return LSS_OK;
+}
+
+/* ---- data: catalogues and binning */
+LSSDEF void lss_mm_catalogue_free(lss_mm_catalogue *cat) {
+    if (!cat) return;
+    LSS_FREE(cat->x);
+    LSS_FREE(cat->y);
+    LSS_FREE(cat->e1);
+    LSS_FREE(cat->e2);
+    LSS_FREE(cat->w);
+    memset(cat, 0, sizeof *cat);
+}
+
+static int lss__mm_cat_alloc(lss_mm_catalogue *cat, int64_t n) {
+    size_t b = sizeof(double) * (size_t)(n > 0 ? n : 1);
+    cat->n = n;
+    cat->x = (double *)LSS_MALLOC(b);
+    cat->y = (double *)LSS_MALLOC(b);
+    cat->e1 = (double *)LSS_MALLOC(b);
+    cat->e2 = (double *)LSS_MALLOC(b);
+    cat->w = (double *)LSS_MALLOC(b);
+    if (!cat->x || !cat->y || !cat->e1 || !cat->e2 || !cat->w) {
+        lss_mm_catalogue_free(cat);
+        return lss_seterr(LSS_ERR_NOMEM, "catalogue: out of memory for %lld galaxies", (long long)n);
+    }
+    return LSS_OK;
+}
+
+static int lss__mm_endswith(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalogue *cat) {
+    int64_t i;
+    int s;
+    if (!path || !cat) return lss_seterr(LSS_ERR_ARG, "lss_mm_catalogue_load: NULL argument");
+    memset(cat, 0, sizeof *cat);
+    if (lss__mm_endswith(path, ".npy")) {
+        lss_array a;
+        int nc;
+        if ((s = lss_npy_load(path, &a)) != LSS_OK) return s;
+        if (a.ndim != 2 || (a.shape[1] != 4 && a.shape[1] != 5)) {
+            lss_array_free(&a);
+            return lss_seterr(LSS_ERR_SHAPE, "%s: catalogue NPY must be [n, 4] or [n, 5] (x, y, e1, e2[, w])", path);
+        }
+        nc = (int)a.shape[1];
+        if ((s = lss__mm_cat_alloc(cat, a.shape[0])) != LSS_OK) {
+            lss_array_free(&a);
+            return s;
+        }
+        for (i = 0; i < cat->n; i++) {
+            double v[5] = {0, 0, 0, 0, 1};
+            int j;
+            for (j = 0; j < nc; j++) {
+                int64_t k = i * nc + j;
+                switch (a.dtype) {
+                case LSS_F32: v[j] = ((const float *)a.data)[k]; break;
+                case LSS_F64: v[j] = ((const double *)a.data)[k]; break;
+                case LSS_I32: v[j] = ((const int32_t *)a.data)[k]; break;
+                default: v[j] = (double)((const int64_t *)a.data)[k]; break;
+                }
+            }
+            cat->x[i] = v[0];
+            cat->y[i] = v[1];
+            cat->e1[i] = v[2];
+            cat->e2[i] = v[3];
+            cat->w[i] = v[4];
+        }
+        cat->radec = radec_npy ? 1 : 0;
+        lss_array_free(&a);
+    } else {
+        lss_csv c;
+        int cx, cy, c1, c2, cw;
+        if ((s = lss_csv_read(path, &c)) != LSS_OK) return s;
+        cx = lss_csv_col(&c, "x");
+        cy = lss_csv_col(&c, "y");
+        cat->radec = 0;
+        if (cx < 0 || cy < 0) {
+            cx = lss_csv_col(&c, "ra");
+            cy = lss_csv_col(&c, "dec");
+            cat->radec = 1;
+        }
+        c1 = lss_csv_col(&c, "e1");
+        c2 = lss_csv_col(&c, "e2");
+        cw = lss_csv_col(&c, "w");
+        if (cw < 0) cw = lss_csv_col(&c, "weight");
+        if (cx < 0 || cy < 0 || c1 < 0 || c2 < 0) {
+            lss_csv_free(&c);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: catalogue CSV needs columns x,y (or ra,dec), e1, e2", path);
+        }
+        if ((s = lss__mm_cat_alloc(cat, c.nrows)) != LSS_OK) {
+            lss_csv_free(&c);
+            return s;
+        }
+        for (i = 0; i < c.nrows; i++) {
+            const double *row = c.data + i * c.ncols;
+            cat->x[i] = row[cx];
+            cat->y[i] = row[cy];
+            cat->e1[i] = row[c1];
+            cat->e2[i] = row[c2];
+            cat->w[i] = cw >= 0 ? row[cw] : 1.0;
+        }
+        lss_csv_free(&c);
+    }
+    for (i = 0; i < cat->n; i++) {
+        if (!isfinite(cat->x[i]) || !isfinite(cat->y[i]) || !isfinite(cat->e1[i]) || !isfinite(cat->e2[i]) ||
+            !isfinite(cat->w[i]) || cat->w[i] < 0) {
+            int64_t bad = i;
+            lss_mm_catalogue_free(cat);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: galaxy %lld has a non-finite value or a negative weight", path, (long long)bad);
+        }
+    }
+    if (cat->n == 0) {
+        lss_mm_catalogue_free(cat);
+        return lss_seterr(LSS_ERR_FORMAT, "%s: the catalogue has no galaxies", path);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int *h_out, int *w_out,
+                      float *g1, float *g2, float *nvar, float *count, int64_t *dropped,
+                      double *sigma_e_used) {
+    lss_mm_bin_opts def;
+    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY, cosd = 1, pix = 1;
+    double se, *sw = NULL, *sw2 = NULL, *s1 = NULL, *s2 = NULL;
+    int64_t i, n, drop = 0;
+    int h, w;
+    if (!cat || cat->n < 1 || !cat->x) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin: empty catalogue");
+    if (!o) {
+        memset(&def, 0, sizeof def);
+        o = &def;
+    }
+    if (o->h < 0 || o->w < 0 || o->pix_arcmin < 0 || o->sigma_e < 0)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_bin: negative size, pixel or sigma_e");
+    for (i = 0; i < cat->n; i++) {
+        if (cat->x[i] < xmin) xmin = cat->x[i];
+        if (cat->x[i] > xmax) xmax = cat->x[i];
+        if (cat->y[i] < ymin) ymin = cat->y[i];
+        if (cat->y[i] > ymax) ymax = cat->y[i];
+    }
+    if (cat->radec) {
+        pix = (o->pix_arcmin > 0 ? o->pix_arcmin : LSS_MM_COSMOS_PIX_ARCMIN) / 60.0;
+        if (o->set_origin) {
+            xmin = o->x0;
+            ymin = o->y0;
+        }
+        cosd = cos(0.5 * (ymin + ymax) * M_PI / 180.0);
+        if (o->h > 0 && o->w > 0) {
+            h = o->h;
+            w = o->w;
+        } else {
+            w = (int)floor((xmax - xmin) * cosd / pix) + 1;
+            h = (int)floor((ymax - ymin) / pix) + 1;
+        }
+    } else {
+        if (!o->set_origin) {
+            xmin = o->h > 0 && o->w > 0 ? 0.0 : floor(xmin);
+            ymin = o->h > 0 && o->w > 0 ? 0.0 : floor(ymin);
+        } else {
+            xmin = o->x0;
+            ymin = o->y0;
+        }
+        if (o->h > 0 && o->w > 0) {
+            h = o->h;
+            w = o->w;
+        } else {
+            w = (int)floor(xmax - xmin) + 1;
+            h = (int)floor(ymax - ymin) + 1;
+        }
+    }
+    if (h < 2 || w < 2 || (int64_t)h * w > ((int64_t)1 << 28))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin: grid %d x %d is too small or too large", h, w);
+    if (h_out) *h_out = h;
+    if (w_out) *w_out = w;
+    if (!g1) return LSS_OK;
+    if (!g2 || !nvar) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin: g2 and nvar are required with g1");
+    n = (int64_t)h * w;
+    sw = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    sw2 = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    s1 = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    s2 = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    if (!sw || !sw2 || !s1 || !s2) {
+        LSS_FREE(sw); LSS_FREE(sw2); LSS_FREE(s1); LSS_FREE(s2);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_bin: out of memory");
+    }
+    memset(sw, 0, sizeof(double) * (size_t)n);
+    memset(sw2, 0, sizeof(double) * (size_t)n);
+    memset(s1, 0, sizeof(double) * (size_t)n);
+    memset(s2, 0, sizeof(double) * (size_t)n);
+    if (count) memset(count, 0, sizeof(float) * (size_t)n);
+    {
+        double m2 = 0, wsum = 0;
+        for (i = 0; i < cat->n; i++) {
+            double px, py;
+            int64_t ix, iy, k;
+            if (cat->radec) {
+                px = (cat->x[i] - xmin) * cosd / pix;
+                py = (cat->y[i] - ymin) / pix;
+            } else {
+                px = cat->x[i] - xmin;
+                py = cat->y[i] - ymin;
+            }
+            ix = (int64_t)floor(px);
+            iy = (int64_t)floor(py);
+            if (ix < 0 || iy < 0 || ix >= w || iy >= h || cat->w[i] <= 0) {
+                drop++;
+                continue;
+            }
+            k = iy * w + ix;
+            sw[k] += cat->w[i];
+            sw2[k] += cat->w[i] * cat->w[i];
+            s1[k] += cat->w[i] * cat->e1[i];
+            s2[k] += cat->w[i] * cat->e2[i];
+            if (count) count[k] += 1.0f;
+            m2 += cat->w[i] * 0.5 * (cat->e1[i] * cat->e1[i] + cat->e2[i] * cat->e2[i]);
+            wsum += cat->w[i];
+        }
+        se = o->sigma_e > 0 ? o->sigma_e : (wsum > 0 ? sqrt(m2 / wsum) : 0.0);
+    }
+    for (i = 0; i < n; i++) {
+        if (sw[i] > 0) {
+            g1[i] = (float)(s1[i] / sw[i]);
+            g2[i] = (float)(s2[i] / sw[i]);
+            nvar[i] = (float)(se * se * sw2[i] / (sw[i] * sw[i]));
+            if (!(nvar[i] > 0)) nvar[i] = (float)LSS_MM_EMPTY_VAR;
+        } else {
+            g1[i] = g2[i] = 0.0f;
+            nvar[i] = (float)LSS_MM_EMPTY_VAR;
+        }
+    }
+    LSS_FREE(sw); LSS_FREE(sw2); LSS_FREE(s1); LSS_FREE(s2);
+    if (dropped) *dropped = drop;
+    if (sigma_e_used) *sigma_e_used = se;
+    if (drop == cat->n) return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin: no galaxy falls on the %d x %d grid", h, w);
+    return LSS_OK;
+}
+
+/* ---- mocks */
+LSSDEF int lss_mm_mock_mask(int h, int w, const lss_mm_survey_opts *o, uint64_t seed, float *mask) {
+    lss_mm_survey_opts def;
+    lss_rng r;
+    double amp[6], ph[6], target, cx, cy, rad, lo, hi;
+    double hx[64], hy[64], hr[64];
+    int nh, k, it;
+    int64_t i, n = (int64_t)h * w, obs;
+    if (h < 2 || w < 2 || !mask) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_mask: bad size or NULL mask");
+    if (!o) {
+        memset(&def, 0, sizeof def);
+        o = &def;
+    }
+    if (o->no_mask) {
+        for (i = 0; i < n; i++) mask[i] = 1.0f;
+        return LSS_OK;
+    }
+    target = o->observed > 0 ? o->observed : LSS_MM_COSMOS_OBSERVED;
+    if (!(target > 0.05 && target <= 1.0))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_mask: observed fraction %g outside (0.05, 1]", target);
+    lss_rng_init(&r, seed, 0x6d61736bULL);
+    for (k = 0; k < 6; k++) {
+        amp[k] = 0.12 * lss_rng_uniform(&r) / (k + 1);
+        ph[k] = 2 * M_PI * lss_rng_uniform(&r);
+    }
+    /* holes: bright stars, radii 1.5%-5% of the field */
+    nh = 6 + (int)lss_rng_below(&r, 10);
+    for (k = 0; k < nh; k++) {
+        hx[k] = (0.15 + 0.7 * lss_rng_uniform(&r)) * w;
+        hy[k] = (0.15 + 0.7 * lss_rng_uniform(&r)) * h;
+        hr[k] = (0.015 + 0.035 * lss_rng_uniform(&r)) * (h < w ? h : w);
+    }
+    cx = 0.5 * w + 0.05 * w * (lss_rng_uniform(&r) - 0.5);
+    cy = 0.5 * h + 0.05 * h * (lss_rng_uniform(&r) - 0.5);
+    /* bisection on the boundary size so that the observed fraction matches the target */
+    lo = 0.05;
+    hi = 1.5;
+    for (it = 0; it < 40; it++) {
+        rad = 0.5 * (lo + hi);
+        obs = 0;
+        for (i = 0; i < n; i++) {
+            int64_t iy = i / w, ix = i % w;
+            double dx = (ix + 0.5 - cx) / (0.5 * w), dy = (iy + 0.5 - cy) / (0.5 * h);
+            double phi = atan2(dy, dx), rr, bound = 1.0, d4;
+            int in = 1;
+            for (k = 0; k < 6; k++) bound += amp[k] * sin((k + 2) * phi + ph[k]);
+            /* rounded square (superellipse of order 4), rotated slightly by the wobble */
+            d4 = pow(pow(fabs(dx), 4) + pow(fabs(dy), 4), 0.25);
+            rr = d4 / (rad * bound);
+            if (rr > 1.0) in = 0;
+            for (k = 0; in && k < nh; k++) {
+                double ex = ix + 0.5 - hx[k], ey = iy + 0.5 - hy[k];
+                if (ex * ex + ey * ey < hr[k] * hr[k]) in = 0;
+            }
+            mask[i] = in ? 1.0f : 0.0f;
+            obs += in;
+        }
+        if ((double)obs / (double)n > target) hi = rad;
+        else lo = rad;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_mock_noise_map(const lss_mm_grid *g, const float *mask, const lss_mm_survey_opts *o,
+                                 uint64_t seed, float *count, float *nvar) {
+    lss_mm_survey_opts def;
+    double ngal, se, mean;
+    lss_rng r;
+    int64_t i;
+    if (!g || !nvar) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_noise_map: NULL argument");
+    if (!o) {
+        memset(&def, 0, sizeof def);
+        o = &def;
+    }
+    ngal = o->ngal_arcmin2 > 0 ? o->ngal_arcmin2 : LSS_MM_COSMOS_NGAL;
+    se = o->sigma_e > 0 ? o->sigma_e : LSS_MM_COSMOS_SIGMA_E;
+    if (!isfinite(ngal) || !isfinite(se) || o->ngal_arcmin2 < 0 || o->sigma_e < 0)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_noise_map: ngal %g and sigma_e %g must be > 0", ngal, se);
+    mean = ngal * g->pix_arcmin * g->pix_arcmin;
+    lss_rng_init(&r, seed, 0x636f756eULL);
+    for (i = 0; i < g->n; i++) {
+        int64_t N = (!mask || mask[i] > 0) ? lss_rng_poisson(&r, mean) : 0;
+        if (N < 0) return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_noise_map: bad Poisson mean %g", mean);
+        if (count) count[i] = (float)N;
+        nvar[i] = N > 0 ? (float)(se * se / (double)N) : (float)LSS_MM_EMPTY_VAR;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_mock_shear(const lss_mm_grid *g, const float *kappa, const float *nvar,
+                             uint64_t seed, uint64_t stream, float *g1, float *g2) {
+    lss_rng r;
+    int64_t i;
+    int s;
+    if (!g || !kappa || !nvar || !g1 || !g2) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_shear: NULL argument");
+    if ((s = lss_mm_kappa_to_shear(g, kappa, NULL, g1, g2)) != LSS_OK) return s;
+    lss_rng_init(&r, seed, stream);
+    for (i = 0; i < g->n; i++) {
+        double n1 = lss_rng_normal(&r), n2 = lss_rng_normal(&r);
+        if (nvar[i] >= (float)(0.5 * LSS_MM_EMPTY_VAR) || !(nvar[i] >= 0)) {
+            g1[i] = g2[i] = 0.0f;
+        } else {
+            double sd = sqrt((double)nvar[i]);
+            g1[i] += (float)(sd * n1);
+            g2[i] += (float)(sd * n2);
+        }
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_mock_kappa(const lss_mm_grid *big, const double *pk_big, double lambda, int h,
+                             int w, uint64_t seed, uint64_t stream, float *kappa) {
+    float *f;
+    int64_t i;
+    int s, y0, x0, y;
+    double mean = 0;
+    if (!big || !pk_big || !kappa) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_kappa: NULL argument");
+    if (h < 2 || w < 2 || h > big->h || w > big->w)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_mm_mock_kappa: cut-out %d x %d does not fit the %d x %d grid", h, w, big->h, big->w);
+    if (lambda < 0 || !isfinite(lambda)) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_kappa: shift %g must be >= 0", lambda);
+    f = (float *)LSS_MALLOC(sizeof(float) * (size_t)big->n);
+    if (!f) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_kappa: out of memory");
+    if (lambda > 0) {
+        double *pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)big->n);
+        if (!pg) {
+            LSS_FREE(f);
+            return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_kappa: out of memory");
+        }
+        s = lss_mm_lognormal_spectrum(big, pk_big, lambda, pg);
+        if (s == LSS_OK) s = lss_mm_lognormal_field(big, pg, lambda, seed, stream, f);
+        LSS_FREE(pg);
+    } else {
+        s = lss_mm_gaussian_field(big, pk_big, seed, stream, f);
+    }
+    if (s != LSS_OK) {
+        LSS_FREE(f);
+        return s;
+    }
+    y0 = (big->h - h) / 2;
+    x0 = (big->w - w) / 2;
+    for (y = 0; y < h; y++) memcpy(kappa + (int64_t)y * w, f + (int64_t)(y + y0) * big->w + x0, sizeof(float) * (size_t)w);
+    for (i = 0; i < (int64_t)h * w; i++) mean += kappa[i];
+    mean /= (double)h * w;
+    for (i = 0; i < (int64_t)h * w; i++) kappa[i] = (float)(kappa[i] - mean);
+    LSS_FREE(f);
+    return LSS_OK;
+}
+
+/* ---- Wiener filter (double precision) */
+/* Cells excluded from the Gaussian prior (k = 0 and P = 0): fixed at zero. */
+#define LSS__MM_EXCL(pk, i) ((i) == 0 || !((pk)[i] > 0))
+
+/* out = S^-1 x + A^T W A x, projected on the prior's support (x must lie on it). */
+static void lss__mm_wop(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, const double *winv,
+                        const double *x, double *out) {
+    int64_t i, n = g->n;
+    fftw_complex *c = w->c, *d = w->d;
+    double s = 1.0 / (double)n;
+    for (i = 0; i < n; i++) {
+        c[i][0] = x[i];
+        c[i][1] = 0;
+    }
+    LSS__MM_FWD_D(g, c);
+    for (i = 0; i < n; i++) {
+        double p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        d[i][0] = p1 * c[i][0] - p2 * c[i][1];
+        d[i][1] = p2 * c[i][0] + p1 * c[i][1];
+    }
+    LSS__MM_INV_D(g, d);
+    for (i = 0; i < n; i++) {
+        d[i][0] *= winv[i];
+        d[i][1] *= winv[i];
+    }
+    LSS__MM_FWD_D(g, d);
+    for (i = 0; i < n; i++) {
+        double p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        if (LSS__MM_EXCL(pk, i)) {
+            c[i][0] = c[i][1] = 0;
+            continue;
+        }
+        {
+            double a0 = c[i][0] * s / pk[i], a1 = c[i][1] * s / pk[i];
+            c[i][0] = a0 + p1 * d[i][0] + p2 * d[i][1];
+            c[i][1] = a1 + p1 * d[i][1] - p2 * d[i][0];
+        }
+    }
+    LSS__MM_INV_D(g, c);
+    for (i = 0; i < n; i++) out[i] = c[i][0];
+}
+
+/* out = A^T W y (y = (y1, y2)), projected on the prior's support. */
+static void lss__mm_wrhs(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, const double *winv,
+                         const double *y1, const double *y2, double *out) {
+    int64_t i, n = g->n;
+    fftw_complex *d = w->d;
+    double s = 1.0 / (double)n;
+    for (i = 0; i < n; i++) {
+        d[i][0] = y1[i] * winv[i];
+        d[i][1] = y2[i] * winv[i];
+    }
+    LSS__MM_FWD_D(g, d);
+    for (i = 0; i < n; i++) {
+        double p1 = g->p1[i] * s, p2 = g->p2[i] * s, a0, a1;
+        if (LSS__MM_EXCL(pk, i)) {
+            d[i][0] = d[i][1] = 0;
+            continue;
+        }
+        a0 = p1 * d[i][0] + p2 * d[i][1];
+        a1 = p1 * d[i][1] - p2 * d[i][0];
+        d[i][0] = a0;
+        d[i][1] = a1;
+    }
+    LSS__MM_INV_D(g, d);
+    for (i = 0; i < n; i++) out[i] = d[i][0];
+}
+
+/* out = F^-1[ F[x] / (1/P + wbar) ] */
+static void lss__mm_wprec(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, double wbar,
+                          const double *x, double *out) {
+    int64_t i, n = g->n;
+    fftw_complex *c = w->c;
+    for (i = 0; i < n; i++) {
+        c[i][0] = x[i];
+        c[i][1] = 0;
+    }
+    LSS__MM_FWD_D(g, c);
+    for (i = 0; i < n; i++) {
+        double m = LSS__MM_EXCL(pk, i) ? 0.0 : 1.0 / ((1.0 / pk[i] + wbar) * (double)n);
+        c[i][0] *= m;
+        c[i][1] *= m;
+    }
+    LSS__MM_INV_D(g, c);
+    for (i = 0; i < n; i++) out[i] = c[i][0];
+}
+
+static int lss__mm_check_nvar(const lss_mm_grid *g, const float *nvar, const char *fn) {
+    int64_t i;
+    for (i = 0; i < g->n; i++)
+        if (!(nvar[i] > 0) || !isfinite(nvar[i]))
+            return lss_seterr(LSS_ERR_ARG, "%s: noise variance of pixel %lld is %g (must be > 0; masked pixels carry 1e10)", fn, (long long)i, (double)nvar[i]);
+    return LSS_OK;
+}
+
+static double lss__mm_dot(int64_t n, const double *a, const double *b) {
+    double s = 0;
+    int64_t i;
+    for (i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* PCG solve of the Wiener system for data y; x receives the solution (double). */
+static int lss__mm_pcg(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, const double *winv,
+                       const double *y1, const double *y2, const lss_mm_wiener_opts *o, double *x,
+                       double *work, int *iters, double *relres) {
+    int64_t i, n = g->n;
+    double *r = work, *z = work + n, *p = work + 2 * n, *ap = work + 3 * n;
+    double wbar = 0, bn, rz, tol = (o && o->tol > 0) ? o->tol : 1e-8, rel = 1.0;
+    int it, maxit = (o && o->max_iter > 0) ? o->max_iter : 5000;
+    for (i = 0; i < n; i++) wbar += winv[i];
+    wbar /= (double)n;
+    lss__mm_wrhs(g, w, pk, winv, y1, y2, r);
+    bn = sqrt(lss__mm_dot(n, r, r));
+    for (i = 0; i < n; i++) x[i] = 0;
+    if (iters) *iters = 0;
+    if (relres) *relres = 0;
+    if (bn == 0) return LSS_OK;
+    lss__mm_wprec(g, w, pk, wbar, r, z);
+    memcpy(p, z, sizeof(double) * (size_t)n);
+    rz = lss__mm_dot(n, r, z);
+    for (it = 1; it <= maxit; it++) {
+        double pap, alpha, rzn, beta;
+        lss__mm_wop(g, w, pk, winv, p, ap);
+        pap = lss__mm_dot(n, p, ap);
+        if (!(pap > 0)) break;
+        alpha = rz / pap;
+        for (i = 0; i < n; i++) {
+            x[i] += alpha * p[i];
+            r[i] -= alpha * ap[i];
+        }
+        rel = sqrt(lss__mm_dot(n, r, r)) / bn;
+        if (iters) *iters = it;
+        if (relres) *relres = rel;
+        if (rel < tol) return LSS_OK;
+        lss__mm_wprec(g, w, pk, wbar, r, z);
+        rzn = lss__mm_dot(n, r, z);
+        beta = rzn / rz;
+        rz = rzn;
+        for (i = 0; i < n; i++) p[i] = z[i] + beta * p[i];
+    }
+    if (!isfinite(rel)) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_wiener: the solve produced NaN");
+    return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_wiener: relative residual %.3g after %d iterations (tolerance %.3g)", rel, maxit, tol);
+}
+
+LSSDEF int lss_mm_wiener_fourier(const lss_mm_grid *g, const double *pk, const float *g1,
+                                 const float *g2, double nvar, float *kE, double *post_std_pix) {
+    lss__mm_ws tmp, *w;
+    int64_t i, n;
+    int s;
+    double v = 0;
+    fftw_complex *d;
+    if (!g || !pk || !g1 || !g2 || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_fourier: NULL argument");
+    if (!(nvar > 0) || !isfinite(nvar)) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_fourier: noise variance %g must be > 0", nvar);
+    if ((s = lss__mm_check_pk(g, pk, "lss_mm_wiener_fourier")) != LSS_OK) return s;
+    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    n = g->n;
+    d = w->d;
+    for (i = 0; i < n; i++) {
+        d[i][0] = g1[i];
+        d[i][1] = g2[i];
+    }
+    LSS__MM_FWD_D(g, d);
+    for (i = 0; i < n; i++) {
+        double p1 = g->p1[i], p2 = g->p2[i], a0, a1, f;
+        if (LSS__MM_EXCL(pk, i)) {
+            d[i][0] = d[i][1] = 0;
+            continue;
+        }
+        f = pk[i] / (pk[i] + nvar) / (double)n;
+        v += pk[i] * nvar / (pk[i] + nvar);
+        /* E part of P^dagger gamma: keep the Hermitian projection via the real part below */
+        a0 = (p1 * d[i][0] + p2 * d[i][1]) * f;
+        a1 = (p1 * d[i][1] - p2 * d[i][0]) * f;
+        d[i][0] = a0;
+        d[i][1] = a1;
+    }
+    LSS__MM_INV_D(g, d);
+    for (i = 0; i < n; i++) kE[i] = (float)d[i][0];
+    if (post_std_pix) *post_std_pix = sqrt(v / (double)n);
+    lss__mm_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+static int lss__mm_wiener_common(const lss_mm_grid *g, const double *pk, const float *nvar,
+                                 const char *fn, double **buf, int64_t nd) {
+    int s;
+    if ((s = lss__mm_check_pk(g, pk, fn)) != LSS_OK) return s;
+    if ((s = lss__mm_check_nvar(g, nvar, fn)) != LSS_OK) return s;
+    *buf = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nd * g->n));
+    if (!*buf) return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory", fn);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_wiener(const lss_mm_grid *g, const double *pk, const float *g1, const float *g2,
+                         const float *nvar, const lss_mm_wiener_opts *o, float *kE, int *iters,
+                         double *relres) {
+    lss__mm_ws tmp, *w;
+    double *buf, *winv, *y1, *y2, *x;
+    int64_t i, n;
+    int s;
+    if (!g || !pk || !g1 || !g2 || !nvar || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener: NULL argument");
+    if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener", &buf, 8)) != LSS_OK) return s;
+    if (!(w = lss__mm_ws_get(g, &tmp))) {
+        LSS_FREE(buf);
+        return LSS_ERR_NOMEM;
+    }
+    n = g->n;
+    winv = buf;
+    y1 = buf + n;
+    y2 = buf + 2 * n;
+    x = buf + 3 * n;
+    for (i = 0; i < n; i++) {
+        winv[i] = 1.0 / (double)nvar[i];
+        y1[i] = g1[i];
+        y2[i] = g2[i];
+    }
+    s = lss__mm_pcg(g, w, pk, winv, y1, y2, o, x, buf + 4 * n, iters, relres);
+    if (s == LSS_OK)
+        for (i = 0; i < n; i++) kE[i] = (float)x[i];
+    lss__mm_ws_put(w, &tmp);
+    LSS_FREE(buf);
+    return s;
+}
+
+LSSDEF int lss_mm_wiener_sample(const lss_mm_grid *g, const double *pk, const float *g1,
+                                const float *g2, const float *nvar, const lss_mm_wiener_opts *o,
+                                uint64_t seed, uint64_t stream, float *kE) {
+    lss__mm_ws tmp, *w;
+    double *buf, *winv, *y1, *y2, *x, *sg;
+    int64_t i, n;
+    int s;
+    lss_rng r;
+    if (!g || !pk || !g1 || !g2 || !nvar || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_sample: NULL argument");
+    if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener_sample", &buf, 9)) != LSS_OK) return s;
+    if (!(w = lss__mm_ws_get(g, &tmp))) {
+        LSS_FREE(buf);
+        return LSS_ERR_NOMEM;
+    }
+    n = g->n;
+    winv = buf;
+    y1 = buf + n;
+    y2 = buf + 2 * n;
+    x = buf + 3 * n;
+    sg = buf + 8 * n;
+    /* s ~ N(0, S) */
+    lss__mm_white_d(n, seed, 2 * stream, sg);
+    lss__mm_color_d(g, w, sg, pk, sg);
+    /* A s (double) */
+    {
+        fftw_complex *c = w->c;
+        double sc = 1.0 / (double)n;
+        for (i = 0; i < n; i++) {
+            c[i][0] = sg[i];
+            c[i][1] = 0;
+        }
+        LSS__MM_FWD_D(g, c);
+        for (i = 0; i < n; i++) {
+            double p1 = g->p1[i] * sc, p2 = g->p2[i] * sc, a0 = c[i][0], a1 = c[i][1];
+            c[i][0] = p1 * a0 - p2 * a1;
+            c[i][1] = p2 * a0 + p1 * a1;
+        }
+        LSS__MM_INV_D(g, c);
+        lss_rng_init(&r, seed, 2 * stream + 1);
+        for (i = 0; i < n; i++) {
+            double sd = sqrt((double)nvar[i]);
+            winv[i] = 1.0 / (double)nvar[i];
+            y1[i] = g1[i] - c[i][0] - sd * lss_rng_normal(&r);
+            y2[i] = g2[i] - c[i][1] - sd * lss_rng_normal(&r);
+        }
+    }
+    s = lss__mm_pcg(g, w, pk, winv, y1, y2, o, x, buf + 4 * n, NULL, NULL);
+    if (s == LSS_OK)
+        for (i = 0; i < n; i++) kE[i] = (float)(sg[i] + x[i]);
+    lss__mm_ws_put(w, &tmp);
+    LSS_FREE(buf);
+    return s;
+}
+
+LSSDEF int lss_mm_wiener_apply(const lss_mm_grid *g, const double *pk, const float *nvar,
+                               const double *x, double *out) {
+    lss__mm_ws tmp, *w;
+    double *buf, mean = 0;
+    int64_t i;
+    int s;
+    if (!g || !pk || !nvar || !x || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_apply: NULL argument");
+    if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener_apply", &buf, 2)) != LSS_OK) return s;
+    if (!(w = lss__mm_ws_get(g, &tmp))) {
+        LSS_FREE(buf);
+        return LSS_ERR_NOMEM;
+    }
+    for (i = 0; i < g->n; i++) mean += x[i];
+    mean /= (double)g->n;
+    for (i = 0; i < g->n; i++) {
+        buf[i] = 1.0 / (double)nvar[i];
+        buf[g->n + i] = x[i] - mean;
+    }
+    lss__mm_wop(g, w, pk, buf, buf + g->n, out);
+    lss__mm_ws_put(w, &tmp);
+    LSS_FREE(buf);
+    return LSS_OK;
+}
+
+/* ---- Gaussian prior score (float) */
+static double lss__mm_gscore1(const lss_mm_grid *g, lss__mm_ws *w, const float *pkf, const float *x,
+                              float sigma, float *out) {
+    int64_t i, n = g->n;
+    fftwf_complex *a = w->a;
+    float s2 = sigma * sigma, sc = 1.0f / (float)n;
+    double lp = 0;
+    for (i = 0; i < n; i++) {
+        a[i][0] = x[i];
+        a[i][1] = 0;
+    }
+    LSS__MM_FWD(g, a);
+    for (i = 0; i < n; i++) {
+        float den = pkf[i] + s2, m;
+        if (i == 0 || !(den > 0)) {
+            a[i][0] = a[i][1] = 0;
+            continue;
+        }
+        lp -= 0.5 * ((double)a[i][0] * a[i][0] + (double)a[i][1] * a[i][1]) / (double)n / (double)den;
+        m = -sc / den;
+        a[i][0] *= m;
+        a[i][1] *= m;
+    }
+    LSS__MM_INV(g, a);
+    for (i = 0; i < n; i++) out[i] = a[i][0];
+    return lp;
+}
+
+static float *lss__mm_pkf(const lss_mm_grid *g, const double *pk) {
+    float *f = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
+    int64_t i;
+    if (!f) return NULL;
+    for (i = 0; i < g->n; i++) f[i] = (float)pk[i];
+    f[0] = 0.0f;
+    return f;
+}
+
+LSSDEF int lss_mm_gauss_score(const lss_mm_grid *g, const double *pk, int n, const float *x,
+                              const float *sigma, float *out, double *logp) {
+    float *pkf;
+    int s, j, fail = 0;
+    if (!g || !pk || !x || !sigma || !out || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_mm_gauss_score: bad argument");
+    if ((s = lss__mm_check_pk(g, pk, "lss_mm_gauss_score")) != LSS_OK) return s;
+    if (!(pkf = lss__mm_pkf(g, pk))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_gauss_score: out of memory");
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(static) if (n > 1)
+#endif
+    for (j = 0; j < n; j++) {
+        lss__mm_ws tmp, *w = lss__mm_ws_get(g, &tmp);
+        double lp;
+        if (!w) {
+#ifdef LSS__MM_OMP
+#pragma omp atomic write
+#endif
+            fail = 1;
+            continue;
+        }
+        lp = lss__mm_gscore1(g, w, pkf, x + (int64_t)j * g->n, sigma[j], out + (int64_t)j * g->n);
+        if (logp) logp[j] = lp;
+        lss__mm_ws_put(w, &tmp);
+    }
+    LSS_FREE(pkf);
+    return fail ? lss_seterr(LSS_ERR_NOMEM, "lss_mm_gauss_score: out of memory") : LSS_OK;
+}
+
+/* ---- tempered posterior */
+struct lss_mm_post {
+    const lss_mm_grid *g;
+    float *pkf, *g1, *g2, *nvar;
+    lss_mm_residual_fn res;
+    void *res_user;
+    int64_t nevals;
+    float *sg, *rs;      /* batch buffers for the residual path */
+    int cap;
+};
+
+LSSDEF int lss_mm_post_create(const lss_mm_grid *g, const double *pk, const float *g1,
+                              const float *g2, const float *nvar, lss_mm_post **out) {
+    lss_mm_post *p;
+    int s;
+    size_t b;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_post_create: out is NULL");
+    *out = NULL;
+    if (!g || !pk || !g1 || !g2 || !nvar) return lss_seterr(LSS_ERR_ARG, "lss_mm_post_create: NULL argument");
+    if ((s = lss__mm_check_pk(g, pk, "lss_mm_post_create")) != LSS_OK) return s;
+    if ((s = lss__mm_check_nvar(g, nvar, "lss_mm_post_create")) != LSS_OK) return s;
+    p = (lss_mm_post *)LSS_MALLOC(sizeof *p);
+    if (!p) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_post_create: out of memory");
+    memset(p, 0, sizeof *p);
+    p->g = g;
+    b = sizeof(float) * (size_t)g->n;
+    p->pkf = lss__mm_pkf(g, pk);
+    p->g1 = (float *)LSS_MALLOC(b);
+    p->g2 = (float *)LSS_MALLOC(b);
+    p->nvar = (float *)LSS_MALLOC(b);
+    if (!p->pkf || !p->g1 || !p->g2 || !p->nvar) {
+        lss_mm_post_free(p);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_post_create: out of memory");
+    }
+    memcpy(p->g1, g1, b);
+    memcpy(p->g2, g2, b);
+    memcpy(p->nvar, nvar, b);
+    {   /* masked pixels: shear set to 0 (their weight is ~1e-10 anyway) */
+        int64_t i;
+        for (i = 0; i < g->n; i++)
+            if (nvar[i] >= (float)(0.5 * LSS_MM_EMPTY_VAR)) p->g1[i] = p->g2[i] = 0.0f;
+    }
+    *out = p;
+    return LSS_OK;
+}
+
+LSSDEF void lss_mm_post_free(lss_mm_post *p) {
+    if (!p) return;
+    LSS_FREE(p->pkf);
+    LSS_FREE(p->g1);
+    LSS_FREE(p->g2);
+    LSS_FREE(p->nvar);
+    LSS_FREE(p->sg);
+    LSS_FREE(p->rs);
+    LSS_FREE(p);
+}
+
+LSSDEF void lss_mm_post_set_residual(lss_mm_post *p, lss_mm_residual_fn fn, void *user) {
+    if (!p) return;
+    p->res = fn;
+    p->res_user = user;
+}
+
+LSSDEF int64_t lss_mm_post_nevals(const lss_mm_post *p) { return p ? p->nevals : 0; }
+
+/* Score of the Gaussian parts (prior at sigma + tempered likelihood) of one map; if sg is given the
+ * prior part alone is stored there too. Returns the log density of those parts. */
+static double lss__mm_pscore1(const lss_mm_post *p, lss__mm_ws *w, const float *x, float sigma,
+                              float *out, float *sg) {
+    const lss_mm_grid *g = p->g;
+    int64_t i, n = g->n;
+    fftwf_complex *a = w->a, *b = w->b;
+    float s2 = sigma * sigma, sc = 1.0f / (float)n;
+    double lp = 0;
+    for (i = 0; i < n; i++) {
+        a[i][0] = x[i];
+        a[i][1] = 0;
+    }
+    LSS__MM_FWD(g, a);
+    for (i = 0; i < n; i++) {
+        float den = p->pkf[i] + s2, m, re = a[i][0], im = a[i][1], p1 = g->p1[i] * sc, p2 = g->p2[i] * sc;
+        if (i == 0 || !(den > 0)) {
+            b[i][0] = b[i][1] = 0;
+        } else {
+            lp -= 0.5 * ((double)re * re + (double)im * im) / (double)n / (double)den;
+            m = -sc / den;
+            b[i][0] = re * m;
+            b[i][1] = im * m;
+        }
+        a[i][0] = p1 * re - p2 * im;
+        a[i][1] = p2 * re + p1 * im;
+    }
+    LSS__MM_INV(g, a);
+    for (i = 0; i < n; i++) {
+        float wi = 1.0f / (p->nvar[i] + s2);
+        float r1 = p->g1[i] - a[i][0], r2 = p->g2[i] - a[i][1];
+        lp -= 0.5 * ((double)r1 * r1 + (double)r2 * r2) * (double)wi;
+        a[i][0] = r1 * wi;
+        a[i][1] = r2 * wi;
+    }
+    LSS__MM_FWD(g, a);
+    if (sg) {
+        /* prior part alone, then the likelihood part */
+        LSS__MM_INV(g, b);
+        for (i = 0; i < n; i++) sg[i] = out[i] = b[i][0];
+        for (i = 0; i < n; i++) {
+            float p1 = g->p1[i] * sc, p2 = g->p2[i] * sc, re = a[i][0], im = a[i][1];
+            a[i][0] = p1 * re + p2 * im;
+            a[i][1] = p1 * im - p2 * re;
+        }
+        LSS__MM_INV(g, a);
+        for (i = 0; i < n; i++) out[i] += a[i][0];
+    } else {
+        for (i = 0; i < n; i++) {
+            float p1 = g->p1[i] * sc, p2 = g->p2[i] * sc, re = a[i][0], im = a[i][1];
+            b[i][0] += p1 * re + p2 * im;
+            b[i][1] += p1 * im - p2 * re;
+        }
+        LSS__MM_INV(g, b);
+        for (i = 0; i < n; i++) out[i] = b[i][0];
+    }
+    return lp;
+}
+
+static int lss__mm_post_reserve(lss_mm_post *p, int n) {
+    size_t b;
+    float *a, *c;
+    if (n <= p->cap) return LSS_OK;
+    b = sizeof(float) * (size_t)n * (size_t)p->g->n;
+    a = (float *)LSS_REALLOC(p->sg, b);
+    if (!a) return lss_seterr(LSS_ERR_NOMEM, "massmap posterior: out of memory");
+    p->sg = a;
+    c = (float *)LSS_REALLOC(p->rs, b);
+    if (!c) return lss_seterr(LSS_ERR_NOMEM, "massmap posterior: out of memory");
+    p->rs = c;
+    p->cap = n;
+    return LSS_OK;
+}
+
+/* Batch evaluation: out = full score; logp = Gaussian parts; resid (may be NULL) = residual part. */
+static int lss__mm_post_eval(lss_mm_post *p, int n, const float *x, const float *sigma, float *out,
+                             double *logp, float *resid, lss__mm_ws *fixed, int64_t *count) {
+    const lss_mm_grid *g = p->g;
+    int j, fail = 0, s;
+    int64_t np = g->n;
+    if (p->res && (s = lss__mm_post_reserve(p, n)) != LSS_OK) return s;
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(static) if (n > 1 && !fixed)
+#endif
+    for (j = 0; j < n; j++) {
+        lss__mm_ws tmp, *w = fixed ? fixed : lss__mm_ws_get(g, &tmp);
+        double lp;
+        if (!w) {
+#ifdef LSS__MM_OMP
+#pragma omp atomic write
+#endif
+            fail = 1;
+            continue;
+        }
+        lp = lss__mm_pscore1(p, w, x + j * np, sigma[j], out + j * np, p->res ? p->sg + j * np : NULL);
+        if (logp) logp[j] = lp;
+        lss__mm_ws_put(w, &tmp);
+    }
+    if (fail) return lss_seterr(LSS_ERR_NOMEM, "massmap posterior: out of memory");
+#ifdef LSS__MM_OMP
+#pragma omp atomic
+#endif
+    p->nevals += n;
+    if (count) *count += n;
+    if (p->res) {
+        int64_t i;
+        if ((s = p->res(p->res_user, n, x, p->sg, sigma, p->rs)) != LSS_OK) return s;
+        for (j = 0; j < n; j++) {
+            float *rj = p->rs + j * np, *oj = out + j * np;
+            double m = 0;
+            for (i = 0; i < np; i++) m += rj[i];
+            m /= (double)np;
+            for (i = 0; i < np; i++) {
+                float v = rj[i] - (float)m;
+                if (!isfinite(v)) return lss_seterr(LSS_ERR_NUMERIC, "massmap posterior: the residual score is not finite");
+                oj[i] += v;
+                if (resid) resid[j * np + i] = v;
+            }
+        }
+    } else if (resid) {
+        memset(resid, 0, sizeof(float) * (size_t)n * (size_t)np);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_post_score(lss_mm_post *p, int n, const float *x, const float *sigma, float *out,
+                             double *logp) {
+    int j;
+    if (!p || !x || !sigma || !out || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_mm_post_score: bad argument");
+    for (j = 0; j < n; j++)
+        if (!(sigma[j] >= 0) || !isfinite(sigma[j])) return lss_seterr(LSS_ERR_ARG, "lss_mm_post_score: sigma[%d] = %g must be >= 0", j, (double)sigma[j]);
+    return lss__mm_post_eval(p, n, x, sigma, out, logp, NULL, NULL, NULL);
+}
+
+/* ---- annealed HMC + probability-flow ODE */
+typedef struct {
+    lss_mm_post *p;
+    const lss_mm_grid *g;
+    int B, L, mass, mh, simpson;
+    int64_t N;
+    float eps;
+    float *msq, *minv;     /* Fourier mass: sqrt(M)/n and 1/(M n) per cell (0 at excluded cells) */
+    float *x, *mom, *xs, *ps, *sc0, *sc1, *r0, *r1, *xt, *st, *sig;
+    double *lp0, *lp1, *lpt, *k0;
+    lss_rng *rng;
+    int64_t acc, tries, nev;
+    lss__mm_ws *fixed;    /* one workspace for all chains (serial), or NULL: chains in parallel */
+} lss__mm_hmc;
+
+static void lss__mm_mass_setup(lss__mm_hmc *h, float sigma) {
+    const lss_mm_grid *g = h->g;
+    int64_t i;
+    double wbar = 0, s2 = (double)sigma * sigma;
+    for (i = 0; i < g->n; i++) wbar += 1.0 / ((double)h->p->nvar[i] + s2);
+    wbar /= (double)g->n;
+    for (i = 0; i < g->n; i++) {
+        double den = (double)h->p->pkf[i] + s2, m;
+        if (i == 0 || !(den > 0)) {
+            h->msq[i] = h->minv[i] = 0.0f;
+            continue;
+        }
+        m = 1.0 / den + wbar;
+        h->msq[i] = (float)(sqrt(m) / (double)g->n);
+        h->minv[i] = (float)(1.0 / (m * (double)g->n));
+    }
+}
+
+/* Draws the momentum of chain j; returns its kinetic energy. */
+static double lss__mm_draw_mom(lss__mm_hmc *h, lss__mm_ws *w, int j) {
+    const lss_mm_grid *g = h->g;
+    int64_t i, n = g->n;
+    float *pj = h->mom + j * n;
+    double k = 0;
+    if (h->mass == LSS_MM_MASS_IDENTITY) {
+        double m = 0;
+        for (i = 0; i < n; i++) {
+            pj[i] = (float)lss_rng_normal(&h->rng[j]);
+            m += pj[i];
+        }
+        m /= (double)n;
+        for (i = 0; i < n; i++) {
+            pj[i] = (float)(pj[i] - m);
+            k += 0.5 * (double)pj[i] * pj[i];
+        }
+        return k;
+    }
+    {
+        fftwf_complex *a = w->a;
+        for (i = 0; i < n; i++) {
+            a[i][0] = (float)lss_rng_normal(&h->rng[j]);
+            a[i][1] = 0;
+        }
+        LSS__MM_FWD(g, a);
+        for (i = 0; i < n; i++) {
+            /* K = 1/2 p M^-1 p = 1/2 sum over supported cells of |F_o z|^2 */
+            if (h->msq[i] != 0.0f) k += 0.5 * ((double)a[i][0] * a[i][0] + (double)a[i][1] * a[i][1]) / (double)n;
+            a[i][0] *= h->msq[i];
+            a[i][1] *= h->msq[i];
+        }
+        LSS__MM_INV(g, a);
+        for (i = 0; i < n; i++) pj[i] = a[i][0];
+    }
+    return k;
+}
+
+/* v = M^-1 p (v may equal p); returns the kinetic energy 1/2 p M^-1 p. */
+static double lss__mm_minv(lss__mm_hmc *h, lss__mm_ws *w, const float *p, float *v) {
+    const lss_mm_grid *g = h->g;
+    int64_t i, n = g->n;
+    double k = 0;
+    if (h->mass == LSS_MM_MASS_IDENTITY) {
+        for (i = 0; i < n; i++) {
+            k += 0.5 * (double)p[i] * p[i];
+            v[i] = p[i];
+        }
+        return k;
+    }
+    {
+        fftwf_complex *a = w->a;
+        for (i = 0; i < n; i++) {
+            a[i][0] = p[i];
+            a[i][1] = 0;
+        }
+        LSS__MM_FWD(g, a);
+        for (i = 0; i < n; i++) {
+            k += 0.5 * ((double)a[i][0] * a[i][0] + (double)a[i][1] * a[i][1]) * (double)h->minv[i];
+            a[i][0] *= h->minv[i];
+            a[i][1] *= h->minv[i];
+        }
+        LSS__MM_INV(g, a);
+        for (i = 0; i < n; i++) v[i] = a[i][0];
+    }
+    return k;
+}
+
+/* Per-chain loop helpers (parallel over chains). */
+#ifdef LSS__MM_OMP
+#define LSS__MM_PAR_CHAINS _Pragma("omp parallel for schedule(static) if (h->B > 1 && !h->fixed)")
+#else
+#define LSS__MM_PAR_CHAINS
+#endif
+
+static int lss__mm_hmc_step(lss__mm_hmc *h) {
+    int B = h->B, j, l, s, fail = 0;
+    int64_t N = h->N, i;
+    float eps = h->eps;
+    /* momenta */
+    LSS__MM_PAR_CHAINS
+    for (j = 0; j < B; j++) {
+        lss__mm_ws tmp, *w = h->fixed ? h->fixed : lss__mm_ws_get(h->g, &tmp);
+        if (!w) { fail = 1; continue; }
+        h->k0[j] = lss__mm_draw_mom(h, w, j);
+        lss__mm_ws_put(w, &tmp);
+    }
+    if (fail) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory");
+    memcpy(h->xs, h->x, sizeof(float) * (size_t)(B * N));
+    memcpy(h->ps, h->mom, sizeof(float) * (size_t)(B * N));
+    for (l = 0; l < h->L; l++) {
+        const float *gsc = l == 0 ? h->sc0 : h->sc1;
+        LSS__MM_PAR_CHAINS
+        for (j = 0; j < B; j++) {
+            lss__mm_ws tmp, *w = h->fixed ? h->fixed : lss__mm_ws_get(h->g, &tmp);
+            float *pj = h->ps + j * N, *xj = h->xs + j * N, *vj = h->st + j * N;
+            const float *gj = gsc + j * N;
+            if (!w) { fail = 1; continue; }
+            for (i = 0; i < N; i++) pj[i] += 0.5f * eps * gj[i];
+            lss__mm_minv(h, w, pj, vj);
+            for (i = 0; i < N; i++) xj[i] += eps * vj[i];
+            lss__mm_ws_put(w, &tmp);
+        }
+        if (fail) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory");
+        if ((s = lss__mm_post_eval(h->p, B, h->xs, h->sig, h->sc1, h->lp1, h->r1, h->fixed, &h->nev)) != LSS_OK) return s;
+        for (i = 0; i < B * N; i++) h->ps[i] += 0.5f * eps * h->sc1[i];
+    }
+    /* Metropolis-Hastings */
+    {
+        int np = h->simpson == 3 ? 3 : 5, q;
+        double wts5[5] = {1.0 / 12, 4.0 / 12, 2.0 / 12, 4.0 / 12, 1.0 / 12}, wts3[3] = {1.0 / 6, 4.0 / 6, 1.0 / 6};
+        const double *wt = np == 5 ? wts5 : wts3;
+        double *dlp = h->lpt + B; /* log-ratio accumulator per chain */
+        int path = h->mh == LSS_MM_MH_PATH || (h->mh == LSS_MM_MH_AUTO && h->p->res);
+        const float *e0 = h->mh == LSS_MM_MH_PATH ? h->sc0 : h->r0;
+        const float *e1 = h->mh == LSS_MM_MH_PATH ? h->sc1 : h->r1;
+        for (j = 0; j < B; j++) dlp[j] = h->mh == LSS_MM_MH_PATH ? 0.0 : h->lp1[j] - h->lp0[j];
+        if (h->mh != LSS_MM_MH_NONE && path) {
+            /* endpoints */
+            for (j = 0; j < B; j++) {
+                double a = 0, b = 0;
+                const float *x0 = h->x + j * N, *x1 = h->xs + j * N;
+                for (i = 0; i < N; i++) {
+                    double d = (double)x1[i] - x0[i];
+                    a += (double)e0[j * N + i] * d;
+                    b += (double)e1[j * N + i] * d;
+                }
+                dlp[j] += wt[0] * a + wt[np - 1] * b;
+            }
+            for (q = 1; q < np - 1; q++) {
+                float t = (float)q / (float)(np - 1);
+                for (i = 0; i < B * N; i++) h->xt[i] = h->x[i] + t * (h->xs[i] - h->x[i]);
+                if ((s = lss__mm_post_eval(h->p, B, h->xt, h->sig, h->st, h->lpt, h->mh == LSS_MM_MH_PATH ? NULL : h->xt, h->fixed, &h->nev)) != LSS_OK)
+                    return s;
+                /* with MH_AUTO the residual part was written over xt; recompute the segment */
+                for (j = 0; j < B; j++) {
+                    double a = 0;
+                    const float *x0 = h->x + j * N, *x1 = h->xs + j * N;
+                    const float *f = h->mh == LSS_MM_MH_PATH ? h->st + j * N : h->xt + j * N;
+                    for (i = 0; i < N; i++) a += (double)f[i] * ((double)x1[i] - x0[i]);
+                    dlp[j] += wt[q] * a;
+                }
+            }
+        }
+        LSS__MM_PAR_CHAINS
+        for (j = 0; j < B; j++) {
+            lss__mm_ws tmp, *w = h->fixed ? h->fixed : lss__mm_ws_get(h->g, &tmp);
+            double k1, la;
+            if (!w) { fail = 1; continue; }
+            k1 = lss__mm_minv(h, w, h->ps + j * N, h->st + j * N);
+            lss__mm_ws_put(w, &tmp);
+            la = dlp[j] - k1 + h->k0[j];
+            if (h->mh == LSS_MM_MH_NONE || (isfinite(la) && log(lss_rng_uniform(&h->rng[j])) < la)) {
+                memcpy(h->x + j * N, h->xs + j * N, sizeof(float) * (size_t)N);
+                memcpy(h->sc0 + j * N, h->sc1 + j * N, sizeof(float) * (size_t)N);
+                memcpy(h->r0 + j * N, h->r1 + j * N, sizeof(float) * (size_t)N);
+                h->lp0[j] = h->lp1[j];
+#ifdef LSS__MM_OMP
+#pragma omp atomic
+#endif
+                h->acc++;
+            }
+        }
+        if (fail) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory");
+        h->tries += B;
+    }
+    return LSS_OK;
+}
+
+/* Dormand-Prince 5(4) on all chains together from t0 down to t1 (t0 > t1 >= 0). */
+static int lss__mm_ode(lss_mm_post *p, int B, float *x, double t0, double t1, double rtol, double atol,
+                       float *buf, float *sig, int64_t *nsteps, int64_t *nrej, lss__mm_ws *fixed, int64_t *nev) {
+    static const double c[7] = {0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0};
+    static const double a[7][6] = {{0, 0, 0, 0, 0, 0},
+                                   {0.2, 0, 0, 0, 0, 0},
+                                   {3.0 / 40, 9.0 / 40, 0, 0, 0, 0},
+                                   {44.0 / 45, -56.0 / 15, 32.0 / 9, 0, 0, 0},
+                                   {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729, 0, 0},
+                                   {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656, 0},
+                                   {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84}};
+    static const double e[7] = {71.0 / 57600, 0, -71.0 / 16695, 71.0 / 1920, -17253.0 / 339200, 22.0 / 525, -1.0 / 40};
+    int64_t N = p->g->n, M = (int64_t)B * N, i;
+    float *k[7], *xn = buf + 7 * M, *xtmp = buf + 8 * M;
+    double t = t0, h, err;
+    int st, j, q, r, have_k1 = 0;
+    for (q = 0; q < 7; q++) k[q] = buf + q * M;
+    h = -(t0 - t1) / 8.0;
+    *nsteps = *nrej = 0;
+    while (t > t1) {
+        if (t + h < t1) h = t1 - t;
+        if (!have_k1) {
+            for (j = 0; j < B; j++) sig[j] = (float)sqrt(t > 0 ? t : 0);
+            if ((st = lss__mm_post_eval(p, B, x, sig, k[0], NULL, NULL, fixed, nev)) != LSS_OK) return st;
+            for (i = 0; i < M; i++) k[0][i] *= -0.5f;
+            have_k1 = 1;
+        }
+        for (q = 1; q < 7; q++) {
+            double tq = t + c[q] * h;
+            for (i = 0; i < M; i++) {
+                double v = x[i];
+                for (r = 0; r < q; r++) v += h * a[q][r] * k[r][i];
+                xtmp[i] = (float)v;
+            }
+            if (q == 6) memcpy(xn, xtmp, sizeof(float) * (size_t)M);
+            for (j = 0; j < B; j++) sig[j] = (float)sqrt(tq > 0 ? tq : 0);
+            if ((st = lss__mm_post_eval(p, B, xtmp, sig, k[q], NULL, NULL, fixed, nev)) != LSS_OK) return st;
+            for (i = 0; i < M; i++) k[q][i] *= -0.5f;
+        }
+        err = 0;
+        for (i = 0; i < M; i++) {
+            double d = 0, sc;
+            for (q = 0; q < 7; q++) d += e[q] * k[q][i];
+            d *= h;
+            sc = atol + rtol * fmax(fabs((double)x[i]), fabs((double)xn[i]));
+            err += (d / sc) * (d / sc);
+        }
+        err = sqrt(err / (double)M);
+        if (!isfinite(err)) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_sample: the ODE produced NaN");
+        if (err <= 1.0) {
+            t += h;
+            if (t < t1 + 1e-12 * t0) t = t1;
+            memcpy(x, xn, sizeof(float) * (size_t)M);
+            memcpy(k[0], k[6], sizeof(float) * (size_t)M);
+            (*nsteps)++;
+            h *= fmin(5.0, fmax(0.2, 0.9 * pow(err > 1e-10 ? err : 1e-10, -0.2)));
+        } else {
+            (*nrej)++;
+            h *= fmax(0.2, 0.9 * pow(err, -0.2));
+        }
+        if (*nsteps + *nrej > 100000) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_sample: the ODE needs more than 100000 steps");
+    }
+    return LSS_OK;
+}
+
+/* Runs chains [chain0, chain0 + B) of a resolved option set; fixed: serial with one workspace. */
+static int lss__mm_sample_run(lss_mm_post *p, const lss_mm_sample_opts *o, int chain0, int B, float *samples,
+                              lss__mm_ws *fixed, lss_mm_sample_stats *st) {
+    const lss_mm_sample_opts d = *o;
+    lss__mm_hmc h;
+    double sigma, lam;
+    int64_t N, M, i, ev1 = 0;
+    int s = LSS_OK, j, lev = 0, nlev, step, nsteps;
+    float *mem = NULL;
+    size_t nf;
+    memset(&h, 0, sizeof h);
+    h.p = p;
+    h.g = p->g;
+    h.B = B;
+    h.L = d.leapfrog;
+    h.mass = d.mass;
+    h.mh = d.mh;
+    h.simpson = d.simpson;
+    h.fixed = fixed;
+    N = h.N = p->g->n;
+    M = (int64_t)h.B * N;
+    /* x mom xs ps sc0 sc1 r0 r1 xt st (10 M) + msq minv (2 N) + sig (B) */
+    nf = (size_t)(10 * M + 2 * N + h.B);
+    mem = (float *)LSS_MALLOC(sizeof(float) * nf);
+    h.lp0 = (double *)LSS_MALLOC(sizeof(double) * (size_t)h.B * 5);
+    h.rng = (lss_rng *)LSS_MALLOC(sizeof(lss_rng) * (size_t)h.B);
+    if (!mem || !h.lp0 || !h.rng) {
+        LSS_FREE(mem);
+        LSS_FREE(h.lp0);
+        LSS_FREE(h.rng);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory for %d chains", h.B);
+    }
+    h.x = mem;
+    h.mom = mem + M;
+    h.xs = mem + 2 * M;
+    h.ps = mem + 3 * M;
+    h.sc0 = mem + 4 * M;
+    h.sc1 = mem + 5 * M;
+    h.r0 = mem + 6 * M;
+    h.r1 = mem + 7 * M;
+    h.xt = mem + 8 * M;
+    h.st = mem + 9 * M;
+    h.msq = mem + 10 * M;
+    h.minv = h.msq + N;
+    h.sig = h.minv + N;
+    h.lp1 = h.lp0 + h.B;
+    h.lpt = h.lp0 + 2 * h.B;  /* lpt[0..B) and the log-ratio accumulator lpt[B..2B) */
+    h.k0 = h.lp0 + 4 * h.B;
+    /* initial state: KS of the (masked) shear + N(0, sigma_max^2), projected to zero mean; chain c
+       draws from stream 1000 + c whatever the batch it runs in */
+    {
+        float *ks = h.st;
+        lss__mm_ws tmp, *w = fixed ? fixed : lss__mm_ws_get(p->g, &tmp);
+        if (!w) s = LSS_ERR_NOMEM;
+        else if (d.init == LSS_MM_INIT_KS) lss__mm_g2k(p->g, w, p->g1, p->g2, ks, NULL);
+        else memset(ks, 0, sizeof(float) * (size_t)N);
+        if (w) lss__mm_ws_put(w, &tmp);
+        for (j = 0; s == LSS_OK && j < h.B; j++) {
+            double m = 0;
+            lss_rng_init(&h.rng[j], d.seed, 1000 + (uint64_t)(chain0 + j));
+            for (i = 0; i < N; i++) {
+                h.x[j * N + i] = ks[i] + (float)(d.sigma_max * lss_rng_normal(&h.rng[j]));
+                m += h.x[j * N + i];
+            }
+            m /= (double)N;
+            for (i = 0; i < N; i++) h.x[j * N + i] = (float)(h.x[j * N + i] - m);
+        }
+    }
+    /* number of levels */
+    nlev = 1;
+    for (sigma = d.sigma_max; sigma > d.sigma_min * (1 + 1e-12); sigma = fmax(sigma * d.anneal, d.sigma_min)) nlev++;
+    sigma = d.sigma_max;
+    for (lev = 0; s == LSS_OK && lev < nlev; lev++) {
+        for (j = 0; j < h.B; j++) h.sig[j] = (float)sigma;
+        if (h.mass == LSS_MM_MASS_FOURIER) lss__mm_mass_setup(&h, (float)sigma);
+        if (d.step > 0) h.eps = (float)d.step;
+        else if (h.mass == LSS_MM_MASS_FOURIER) h.eps = 0.5f;
+        else {
+            double pmax = 0, vmin = INFINITY, s2 = sigma * sigma;
+            for (i = 1; i < N; i++) pmax = fmax(pmax, 1.0 / ((double)p->pkf[i] + s2));
+            for (i = 0; i < N; i++) vmin = fmin(vmin, (double)p->nvar[i]);
+            lam = pmax + 1.0 / (vmin + s2);
+            h.eps = (float)(0.5 / sqrt(lam));
+        }
+        if ((s = lss__mm_post_eval(p, h.B, h.x, h.sig, h.sc0, h.lp0, h.r0, fixed, &h.nev)) != LSS_OK) break;
+        nsteps = lev == nlev - 1 ? d.final_steps : d.steps_per_level;
+        for (step = 0; step < nsteps; step++)
+            if ((s = lss__mm_hmc_step(&h)) != LSS_OK) break;
+        if (d.progress && !fixed) d.progress(d.progress_user, (double)(lev + 1) / (double)(nlev + 1));
+        sigma = fmax(sigma * d.anneal, d.sigma_min);
+    }
+    memset(st, 0, sizeof *st);
+    st->levels = nlev;
+    st->hmc_steps = h.tries / (h.B > 0 ? h.B : 1);
+    st->accept_rate = h.tries ? (double)h.acc / (double)h.tries : 0;
+    st->hmc_evals_per_chain = (double)h.nev / h.B;
+    /* probability-flow ODE from t = sigma_min^2 */
+    if (s == LSS_OK && !d.no_ode && d.sigma_min * d.sigma_min > d.ode_t_end) {
+        float *buf = (float *)LSS_MALLOC(sizeof(float) * (size_t)(9 * M));
+        int64_t ns = 0, nr = 0;
+        if (!buf) s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory for the ODE");
+        else {
+            s = lss__mm_ode(p, h.B, h.x, d.sigma_min * d.sigma_min, d.ode_t_end, d.ode_rtol, d.ode_atol, buf, h.sig, &ns, &nr,
+                            fixed, &ev1);
+            LSS_FREE(buf);
+        }
+        st->ode_steps = ns;
+        st->ode_rejected = nr;
+        st->ode_evals_per_chain = (double)ev1 / h.B;
+    }
+    if (s == LSS_OK) {
+        for (i = 0; i < M; i++)
+            if (!isfinite(h.x[i])) {
+                s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_sample: a chain diverged (non-finite map)");
+                break;
+            }
+        if (s == LSS_OK) memcpy(samples, h.x, sizeof(float) * (size_t)M);
+    }
+    st->evals_per_chain = st->hmc_evals_per_chain + st->ode_evals_per_chain;
+    LSS_FREE(mem);
+    LSS_FREE(h.lp0);
+    LSS_FREE(h.rng);
+    return s;
+}
+
+LSSDEF int lss_mm_sample(lss_mm_post *p, const lss_mm_sample_opts *o, float *samples,
+                         lss_mm_sample_stats *st) {
+    lss_mm_sample_opts d;
+    lss_mm_sample_stats tot;
+    double t0 = lss_time_now();
+    int s = LSS_OK, nth = 1;
+    if (!p || !samples) return lss_seterr(LSS_ERR_ARG, "lss_mm_sample: NULL argument");
+    memset(&d, 0, sizeof d);
+    if (o) d = *o;
+    if (d.nchains == 0) d.nchains = 8;
+    if (d.sigma_max == 0) d.sigma_max = 1.0;
+    if (d.sigma_min == 0) d.sigma_min = 8e-3;
+    if (d.anneal == 0) d.anneal = 0.98;
+    if (d.steps_per_level == 0) d.steps_per_level = 12;
+    if (d.final_steps == 0) d.final_steps = d.steps_per_level;
+    if (d.leapfrog == 0) d.leapfrog = 3;
+    if (d.simpson == 0) d.simpson = 5;
+    if (d.ode_rtol == 0) d.ode_rtol = 1e-3;
+    if (d.ode_atol == 0) d.ode_atol = 1e-6;
+    if (d.ode_t_end == 0) d.ode_t_end = 1e-5;
+    if (d.ode_t_end < 0) d.ode_t_end = 0;
+    if (d.nchains < 1 || d.nchains > 100000) return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: nchains %d outside [1, 100000]", d.nchains);
+    if (!(d.sigma_max > 0) || !(d.sigma_min > 0) || d.sigma_min > d.sigma_max || !isfinite(d.sigma_max))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: need 0 < sigma_min (%g) <= sigma_max (%g)", d.sigma_min, d.sigma_max);
+    if (!(d.anneal > 0 && d.anneal < 1)) return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: anneal factor %g outside (0, 1)", d.anneal);
+    if (d.steps_per_level < 0 || d.final_steps < 0 || d.leapfrog < 1 || d.leapfrog > 1000)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: bad step counts (steps %d, final %d, leapfrog %d)", d.steps_per_level, d.final_steps, d.leapfrog);
+    if (d.simpson != 3 && d.simpson != 5) return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: Simpson points %d must be 3 or 5", d.simpson);
+    if (d.mass != LSS_MM_MASS_FOURIER && d.mass != LSS_MM_MASS_IDENTITY) return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: unknown mass matrix %d", d.mass);
+    if (d.mh < LSS_MM_MH_AUTO || d.mh > LSS_MM_MH_NONE) return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: unknown MH mode %d", d.mh);
+    if (d.step < 0 || !isfinite(d.step) || !(d.ode_rtol > 0) || !(d.ode_atol > 0))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_sample: step and ODE tolerances must be positive");
+    memset(&tot, 0, sizeof tot);
+#ifdef LSS__MM_OMP
+    if (omp_get_level() == 0) nth = omp_get_max_threads();
+    if (nth > p->g->nws) nth = p->g->nws;
+    if (nth > d.nchains) nth = d.nchains;
+#endif
+    if (nth < 1) nth = 1;
+    if (p->res) {
+        /* one batch: chains advance in lock step (the residual network sees whole batches) */
+        s = lss__mm_sample_run(p, &d, 0, d.nchains, samples, NULL, &tot);
+    } else {
+        /* Gaussian prior only: every chain runs alone on one thread (no synchronisation between
+           chains); the results do not depend on the thread count */
+        int c, done = 0, own = 1;
+        int64_t N = p->g->n;
+#ifdef LSS__MM_OMP
+        own = omp_get_level() == 0; /* else: inside a caller's parallel region, workspaces of our own */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+#endif
+        for (c = 0; c < d.nchains; c++) {
+            lss_mm_sample_stats sc;
+            int t = 0, sc_s;
+            lss__mm_ws tmp, *w;
+#ifdef LSS__MM_OMP
+            t = omp_get_thread_num();
+#endif
+            if (s != LSS_OK) continue;
+            w = own ? &p->g->ws[t] : NULL;
+            if (!w) {
+                memset(&tmp, 0, sizeof tmp);
+                w = lss__mm_ws_alloc(&tmp, N) == LSS_OK ? &tmp : NULL;
+            }
+            sc_s = w ? lss__mm_sample_run(p, &d, c, 1, samples + (int64_t)c * N, w, &sc) : LSS_ERR_NOMEM;
+            if (w == &tmp) lss__mm_ws_release(&tmp);
+            if (!w) memset(&sc, 0, sizeof sc);
+#ifdef LSS__MM_OMP
+#pragma omp critical(lss__mm_sample_acc)
+#endif
+            {
+                if (sc_s != LSS_OK && s == LSS_OK) s = sc_s;
+                tot.levels = sc.levels;
+                tot.hmc_steps = sc.hmc_steps;
+                tot.ode_steps += sc.ode_steps;
+                tot.ode_rejected += sc.ode_rejected;
+                tot.accept_rate += sc.accept_rate;
+                tot.hmc_evals_per_chain += sc.hmc_evals_per_chain;
+                tot.ode_evals_per_chain += sc.ode_evals_per_chain;
+                done++;
+                if (d.progress) d.progress(d.progress_user, (double)done / (double)(d.nchains + 1));
+            }
+        }
+        tot.accept_rate /= d.nchains;
+        tot.hmc_evals_per_chain /= d.nchains;
+        tot.ode_evals_per_chain /= d.nchains;
+        tot.ode_steps /= d.nchains;
+        tot.ode_rejected /= d.nchains;
+        tot.evals_per_chain = tot.hmc_evals_per_chain + tot.ode_evals_per_chain;
+    }
+    tot.seconds = lss_time_now() - t0;
+    if (st) *st = tot;
+    if (d.progress && s == LSS_OK) d.progress(d.progress_user, 1.0);
+    return s;
+}
+
+LSSDEF int lss_mm_mean_std(int n, int64_t npix, const float *maps, float *mean, float *std) {
+    int64_t i;
+    int j;
+    if (n < 1 || npix < 1 || !maps || !mean) return lss_seterr(LSS_ERR_ARG, "lss_mm_mean_std: bad argument");
+    for (i = 0; i < npix; i++) {
+        double m = 0, v = 0;
+        for (j = 0; j < n; j++) m += maps[(int64_t)j * npix + i];
+        m /= n;
+        for (j = 0; j < n; j++) {
+            double d = maps[(int64_t)j * npix + i] - m;
+            v += d * d;
+        }
+        mean[i] = (float)m;
+        if (std) std[i] = (float)(n > 1 ? sqrt(v / (n - 1)) : 0.0);
+    }
+    return LSS_OK;
+}
+
+/* ---- metrics */
+LSSDEF int lss_mm_metrics(int64_t npix, const float *est, const float *truth, const float *mask,
+                          double *rmse, double *r) {
+    double me = 0, mt = 0, cnt = 0, se = 0, vee = 0, vtt = 0, vet = 0;
+    int64_t i;
+    if (npix < 1 || !est || !truth) return lss_seterr(LSS_ERR_ARG, "lss_mm_metrics: bad argument");
+    for (i = 0; i < npix; i++)
+        if (!mask || mask[i] > 0) {
+            me += est[i];
+            mt += truth[i];
+            cnt += 1;
+        }
+    if (cnt < 2) return lss_seterr(LSS_ERR_ARG, "lss_mm_metrics: fewer than 2 observed pixels");
+    me /= cnt;
+    mt /= cnt;
+    for (i = 0; i < npix; i++)
+        if (!mask || mask[i] > 0) {
+            double a = est[i] - me, b = truth[i] - mt;
+            se += (a - b) * (a - b);
+            vee += a * a;
+            vtt += b * b;
+            vet += a * b;
+        }
+    if (rmse) *rmse = sqrt(se / cnt);
+    if (r) *r = (vee > 0 && vtt > 0) ? vet / sqrt(vee * vtt) : 0.0;
+    return LSS_OK;
+}
+
+/* ---- NFW and starlet */
+LSSDEF double lss_mm_nfw_f(double x) {
+    if (x <= 0) return INFINITY;
+    if (fabs(x - 1.0) < 1e-5) return 1.0 / 3.0 - 0.4 * (x - 1.0);
+    if (x < 1) return (1.0 - 2.0 / sqrt(1 - x * x) * atanh(sqrt((1 - x) / (1 + x)))) / (x * x - 1);
+    return (1.0 - 2.0 / sqrt(x * x - 1) * atan(sqrt((x - 1) / (x + 1)))) / (x * x - 1);
+}
+
+LSSDEF double lss_mm_nfw_g(double x) {
+    double x2 = x * x;
+    if (x <= 0) return INFINITY;
+    if (fabs(x - 1.0) < 1e-5) return 10.0 / 3.0 + 4.0 * log(0.5);
+    if (x < 1) {
+        double at = atanh(sqrt((1 - x) / (1 + x))), r = sqrt(1 - x2);
+        return 8 * at / (x2 * r) + 4 / x2 * log(x / 2) - 2 / (x2 - 1) + 4 * at / ((x2 - 1) * r);
+    } else {
+        double at = atan(sqrt((x - 1) / (1 + x))), r = sqrt(x2 - 1);
+        return 8 * at / (x2 * r) + 4 / x2 * log(x / 2) - 2 / (x2 - 1) + 4 * at / pow(x2 - 1, 1.5);
+    }
+}
+
+LSSDEF int lss_mm_nfw_params(const lss_cosmo *c, const lss_mm_nfw *hl, double *rs_arcmin,
+                             double *kappa_s) {
+    const lss_params *par;
+    double cc, zl, zs, h, ez, rhoc, r200, rs, dc, rhos, dl, ds, dls, scrit;
+    if (!c || !hl || !rs_arcmin || !kappa_s) return lss_seterr(LSS_ERR_ARG, "lss_mm_nfw_params: NULL argument");
+    cc = hl->c200 > 0 ? hl->c200 : 1.0;
+    zl = hl->z_l > 0 ? hl->z_l : 0.5;
+    zs = hl->z_s > 0 ? hl->z_s : 1.0;
+    if (!(hl->m200 > 0) || !isfinite(hl->m200) || !(zs > zl) || hl->c200 < 0 || hl->z_l < 0)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_nfw_params: need M200 > 0, c200 >= 0 and z_s (%g) > z_l (%g)", zs, zl);
+    par = lss_cosmo_params(c);
+    h = par->h;
+    ez = lss_cosmo_ez(c, zl);
+    rhoc = 2.77536627e11 * h * h * ez * ez;                    /* Msun / Mpc^3 (physical) */
+    r200 = cbrt(3.0 * hl->m200 / (4.0 * M_PI * 200.0 * rhoc)); /* Mpc */
+    rs = r200 / cc;
+    dc = 200.0 / 3.0 * cc * cc * cc / (log(1 + cc) - cc / (1 + cc));
+    rhos = dc * rhoc;
+    dl = lss_cosmo_da(c, zl) / h;
+    ds = lss_cosmo_da(c, zs) / h;
+    dls = (lss_cosmo_chi(c, zs) - lss_cosmo_chi(c, zl)) / (1 + zs) / h;
+    if (!(dl > 0) || !(dls > 0)) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_nfw_params: bad distances");
+    scrit = 1.66295e18 * ds / (dl * dls);                      /* c^2/(4 pi G) D_s/(D_l D_ls), Msun/Mpc^2 */
+    *rs_arcmin = rs / dl / LSS__MM_ARCMIN;
+    *kappa_s = rhos * rs / scrit;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_nfw_add(const lss_mm_grid *g, double rs_arcmin, double kappa_s, double xc, double yc,
+                          int sub, float *g1, float *g2, float *kappa) {
+    int iy, ix, a, b;
+    double rs_pix;
+    if (!g || !g1 || !g2) return lss_seterr(LSS_ERR_ARG, "lss_mm_nfw_add: NULL argument");
+    if (!(rs_arcmin > 0) || !isfinite(kappa_s) || !isfinite(xc) || !isfinite(yc) || sub < 0 || sub > 64)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_nfw_add: bad halo parameters");
+    if (sub == 0) sub = 4;
+    rs_pix = rs_arcmin / g->pix_arcmin;
+    for (iy = 0; iy < g->h; iy++)
+        for (ix = 0; ix < g->w; ix++) {
+            double s1 = 0, s2 = 0, sk = 0;
+            for (a = 0; a < sub; a++)
+                for (b = 0; b < sub; b++) {
+                    double dx = ix + (b + 0.5) / sub - xc, dy = iy + (a + 0.5) / sub - yc;
+                    double r = sqrt(dx * dx + dy * dy), x = r / rs_pix, gt, phi;
+                    if (x < 1e-6) x = 1e-6;
+                    gt = kappa_s * lss_mm_nfw_g(x);
+                    phi = atan2(dy, dx);
+                    s1 -= gt * cos(2 * phi);
+                    s2 -= gt * sin(2 * phi);
+                    sk += 2 * kappa_s * lss_mm_nfw_f(x);
+                }
+            g1[(int64_t)iy * g->w + ix] += (float)(s1 / (sub * sub));
+            g2[(int64_t)iy * g->w + ix] += (float)(s2 / (sub * sub));
+            if (kappa) kappa[(int64_t)iy * g->w + ix] += (float)(sk / (sub * sub));
+        }
+    return LSS_OK;
+}
+
+LSSDEF double lss_mm_starlet_u(double r, double theta) {
+    double y = fabs(r / theta), t1, t2, t3;
+    if (y >= 2.0) return 0.0;
+    t1 = 93 * y * y * y - 64 * (pow(fabs(0.5 - y), 3) + pow(0.5 + y, 3));
+    t2 = 18 * (pow(fabs(1 - y), 3) + pow(1 + y, 3));
+    t3 = 0.5 * (pow(fabs(2 - y), 3) + pow(2 + y, 3));
+    return (t1 + t2 - t3) / (9.0 * theta * theta);
+}
+
+LSSDEF int lss_mm_starlet_filter(const lss_mm_grid *g, const float *in, double theta_pix, float *out) {
+    lss__mm_ws tmp, *w;
+    int64_t i, n;
+    int iy, ix;
+    fftw_complex *c, *d;
+    if (!g || !in || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_starlet_filter: NULL argument");
+    if (!(theta_pix > 0) || !isfinite(theta_pix)) return lss_seterr(LSS_ERR_ARG, "lss_mm_starlet_filter: theta %g must be > 0", theta_pix);
+    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    n = g->n;
+    c = w->c;
+    d = w->d;
+    for (iy = 0; iy < g->h; iy++)
+        for (ix = 0; ix < g->w; ix++) {
+            int dy = iy <= g->h / 2 ? iy : iy - g->h, dx = ix <= g->w / 2 ? ix : ix - g->w;
+            i = (int64_t)iy * g->w + ix;
+            d[i][0] = lss_mm_starlet_u(sqrt((double)dx * dx + (double)dy * dy), theta_pix);
+            d[i][1] = 0;
+            c[i][0] = in[i];
+            c[i][1] = 0;
+        }
+    LSS__MM_FWD_D(g, c);
+    LSS__MM_FWD_D(g, d);
+    for (i = 0; i < n; i++) {
+        double re = c[i][0] * d[i][0] - c[i][1] * d[i][1], im = c[i][0] * d[i][1] + c[i][1] * d[i][0];
+        c[i][0] = re / (double)n;
+        c[i][1] = im / (double)n;
+    }
+    LSS__MM_INV_D(g, c);
+    for (i = 0; i < n; i++) out[i] = (float)c[i][0];
+    lss__mm_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+
+/* ---- neural prior */
+struct lss_mm_net {
+    const lss_mm_grid *g;
+    lss_mm_net_opts o;
+    float *pkf;
+    lss_store *st;
+    lss_unet u;
+    lss_graph *gr;
+    lss_optim *opt;
+    lss_tensor *meta;     /* [4]: c0, deepmass, h, w */
+    lss_tensor *scale;    /* [2]: input and output scales (DeepMass) */
+    float *in, *aux, *sig;
+    int cap;
+    float **su;           /* spectral-norm power-iteration vectors per conv weight */
+    int nsu;
+};
+
+LSSDEF void lss_mm_net_free(lss_mm_net *n) {
+    int i;
+    if (!n) return;
+    if (n->su) {
+        for (i = 0; i < n->nsu; i++) LSS_FREE(n->su[i]);
+        LSS_FREE(n->su);
+    }
+    lss_optim_free(n->opt);
+    lss_graph_free(n->gr);
+    lss_store_free(n->st);
+    LSS_FREE(n->pkf);
+    LSS_FREE(n->in);
+    LSS_FREE(n->aux);
+    LSS_FREE(n->sig);
+    LSS_FREE(n);
+}
+
+LSSDEF int lss_mm_net_create(const lss_mm_grid *g, const double *pk, const lss_mm_net_opts *o,
+                             lss_mm_net **out) {
+    lss_mm_net *n;
+    lss_unet_opts uo;
+    int s;
+    int64_t one[1] = {4}, two[1] = {2};
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_create: out is NULL");
+    *out = NULL;
+    if (!g || !pk) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_create: NULL argument");
+    if (g->h % 4 || g->w % 4) return lss_seterr(LSS_ERR_SHAPE, "lss_mm_net_create: map %d x %d must have sides that are multiples of 4", g->h, g->w);
+    if ((s = lss__mm_check_pk(g, pk, "lss_mm_net_create")) != LSS_OK) return s;
+    n = (lss_mm_net *)LSS_MALLOC(sizeof *n);
+    if (!n) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_create: out of memory");
+    memset(n, 0, sizeof *n);
+    n->g = g;
+    if (o) n->o = *o;
+    if (n->o.c0 == 0) n->o.c0 = 32;
+    if (n->o.c0 < 1 || n->o.c0 > 512) {
+        int c0 = n->o.c0;
+        LSS_FREE(n);
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_net_create: width c0 %d outside [1, 512]", c0);
+    }
+    if (!(n->pkf = lss__mm_pkf(g, pk))) {
+        lss_mm_net_free(n);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_create: out of memory");
+    }
+    if ((s = lss_store_create(&n->st, n->o.seed)) != LSS_OK || (s = lss_graph_create(&n->gr)) != LSS_OK) {
+        lss_mm_net_free(n);
+        return s;
+    }
+    memset(&uo, 0, sizeof uo);
+    uo.in_ch = 2;
+    uo.out_ch = 1;
+    uo.c0 = n->o.c0;
+    uo.sigma_cond = n->o.deepmass ? 0 : 1;
+    if ((s = lss_unet_init(&n->u, n->st, "unet", &uo)) != LSS_OK) {
+        lss_mm_net_free(n);
+        return s;
+    }
+    n->meta = lss_store_buffer(n->st, "massmap.meta", 1, one, LSS_INIT_ZERO, 0.0f);
+    n->scale = lss_store_buffer(n->st, "massmap.scale", 1, two, LSS_INIT_ZERO, 1.0f);
+    if ((s = lss_store_status(n->st)) != LSS_OK) {
+        lss_mm_net_free(n);
+        return s;
+    }
+    n->meta->data[0] = (float)n->o.c0;
+    n->meta->data[1] = (float)n->o.deepmass;
+    n->meta->data[2] = (float)g->h;
+    n->meta->data[3] = (float)g->w;
+    *out = n;
+    return LSS_OK;
+}
+
+LSSDEF int64_t lss_mm_net_nparams(const lss_mm_net *n) { return n ? lss_store_nparams(n->st) : 0; }
+
+LSSDEF int lss_mm_net_save(const lss_mm_net *n, const char *path) {
+    if (!n || !path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_save: NULL argument");
+    /* the meta buffer may have been renumbered by a store reallocation: refresh it */
+    lss_store_get(n->st, "massmap.meta")->data[0] = (float)n->o.c0;
+    return lss_ckpt_save(path, n->st, NULL);
+}
+
+LSSDEF int lss_mm_net_load(lss_mm_net *n, const char *path) {
+    int s;
+    lss_tensor *m;
+    if (!n || !path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_load: NULL argument");
+    if ((s = lss_ckpt_load(path, n->st, NULL)) != LSS_OK) return s;
+    m = lss_store_get(n->st, "massmap.meta");
+    if (!m || (int)m->data[0] != n->o.c0 || (int)m->data[1] != n->o.deepmass || (int)m->data[2] != n->g->h || (int)m->data[3] != n->g->w)
+        return lss_seterr(LSS_ERR_FORMAT, "%s: checkpoint is for another network or map size", path);
+    return LSS_OK;
+}
+
+static int lss__mm_rd(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
+
+LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, int *w) {
+    FILE *f;
+    char magic[8];
+    uint32_t ver, nt, i, len, dt, nd, k;
+    int64_t sh[8], cnt;
+    char name[256];
+    if (!path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_probe: NULL path");
+    f = fopen(path, "rb");
+    if (!f) return lss_seterr(LSS_ERR_IO, "%s: cannot open", path);
+    if (!lss__mm_rd(f, magic, 8) || memcmp(magic, "LSSNNCK1", 8) || !lss__mm_rd(f, &ver, 4) || !lss__mm_rd(f, &nt, 4)) {
+        fclose(f);
+        return lss_seterr(LSS_ERR_FORMAT, "%s: not an lss network checkpoint", path);
+    }
+    for (i = 0; i < nt; i++) {
+        if (!lss__mm_rd(f, &len, 4) || len >= sizeof name || !lss__mm_rd(f, name, len) || !lss__mm_rd(f, &dt, 4) ||
+            !lss__mm_rd(f, &nd, 4) || nd > 8) break;
+        name[len] = 0;
+        cnt = 1;
+        for (k = 0; k < nd; k++) {
+            if (!lss__mm_rd(f, &sh[k], 8) || sh[k] < 0) { cnt = -1; break; }
+            cnt *= sh[k];
+        }
+        if (cnt < 0 || (dt != 1 && dt != 2 && dt != 4)) break;
+        if (!strcmp(name, "massmap.meta") && dt == 1 && cnt == 4) {
+            float m[4];
+            if (!lss__mm_rd(f, m, sizeof m)) break;
+            fclose(f);
+            if (c0) *c0 = (int)m[0];
+            if (deepmass) *deepmass = (int)m[1];
+            if (h) *h = (int)m[2];
+            if (w) *w = (int)m[3];
+            return LSS_OK;
+        }
+        if (fseek(f, (long)(cnt * (dt == 1 ? 4 : 8)), SEEK_CUR) != 0) break;
+    }
+    fclose(f);
+    return lss_seterr(LSS_ERR_FORMAT, "%s: no massmap network description in the checkpoint", path);
+}
+
+static int lss__mm_net_reserve(lss_mm_net *n, int b) {
+    size_t m;
+    if (b <= n->cap) return LSS_OK;
+    m = sizeof(float) * (size_t)b * (size_t)n->g->n;
+    LSS_FREE(n->in);
+    LSS_FREE(n->aux);
+    LSS_FREE(n->sig);
+    n->in = (float *)LSS_MALLOC(2 * m);
+    n->aux = (float *)LSS_MALLOC(2 * m);
+    n->sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
+    n->cap = 0;
+    if (!n->in || !n->aux || !n->sig) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory for a batch of %d", b);
+    n->cap = b;
+    return LSS_OK;
+}
+
+/* Forward pass of a prepared input [b, 2, H, W] in n->in; output copied to out [b, H, W]. */
+static int lss__mm_net_forward(lss_mm_net *n, int b, const float *sigma, float *out, int training, lss_tensor **res) {
+    int64_t sh[4] = {b, 2, n->g->h, n->g->w}, s1[1] = {b};
+    lss_tensor *x, *sg = NULL, *y;
+    lss_graph_reset(n->gr);
+    lss_graph_set_training(n->gr, training);
+    x = lss_view(n->gr, n->in, 4, sh);
+    if (!n->o.deepmass) {
+        memcpy(n->sig, sigma, sizeof(float) * (size_t)b);
+        sg = lss_view(n->gr, n->sig, 1, s1);
+    }
+    y = lss_unet_forward(n->gr, &n->u, x, sg);
+    if (!y) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "massmap network: forward failed");
+    if (res) *res = y;
+    if (out) memcpy(out, y->data, sizeof(float) * (size_t)b * (size_t)n->g->n);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_net_residual(void *net, int b, const float *x, const float *score_gauss,
+                               const float *sigma, float *out) {
+    lss_mm_net *n = (lss_mm_net *)net;
+    int64_t np, i;
+    int j, s;
+    if (!n || n->o.deepmass || !x || !score_gauss || !sigma || !out || b < 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_net_residual: bad argument (a score network is needed)");
+    if ((s = lss__mm_net_reserve(n, b)) != LSS_OK) return s;
+    np = n->g->n;
+    for (j = 0; j < b; j++) {
+        float s2 = sigma[j] * sigma[j];
+        for (i = 0; i < np; i++) {
+            n->in[(2 * (int64_t)j) * np + i] = x[j * np + i];
+            n->in[(2 * (int64_t)j + 1) * np + i] = s2 * score_gauss[j * np + i];
+        }
+    }
+    return lss__mm_net_forward(n, b, sigma, out, 0, NULL);
+}
+
+/* KS (E, B) of a shear map, scaled, into the input slot j. */
+static void lss__mm_dm_input(lss_mm_net *n, lss__mm_ws *w, int j, const float *g1, const float *g2) {
+    int64_t np = n->g->n, i;
+    float *e = n->in + 2 * (int64_t)j * np, *bm = e + np, sc = n->scale->data[0];
+    lss__mm_g2k(n->g, w, g1, g2, e, bm);
+    for (i = 0; i < np; i++) {
+        e[i] *= sc;
+        bm[i] *= sc;
+    }
+}
+
+LSSDEF int lss_mm_net_deepmass(lss_mm_net *n, const float *g1, const float *g2, float *kappa) {
+    lss__mm_ws tmp, *w;
+    int s;
+    int64_t i;
+    if (!n || !n->o.deepmass || !g1 || !g2 || !kappa) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_deepmass: bad argument (a DeepMass network is needed)");
+    if ((s = lss__mm_net_reserve(n, 1)) != LSS_OK) return s;
+    n->scale = lss_store_get(n->st, "massmap.scale");
+    if (!(w = lss__mm_ws_get(n->g, &tmp))) return LSS_ERR_NOMEM;
+    lss__mm_dm_input(n, w, 0, g1, g2);
+    lss__mm_ws_put(w, &tmp);
+    if ((s = lss__mm_net_forward(n, 1, NULL, kappa, 0, NULL)) != LSS_OK) return s;
+    for (i = 0; i < n->g->n; i++) kappa[i] *= n->scale->data[1];
+    return LSS_OK;
+}
+
+/* Projects every convolution weight to spectral norm <= 1 (one power iteration per call on the
+ * weight reshaped to [C_out, rest], the vector kept between calls). */
+static int lss__mm_spectral(lss_mm_net *n) {
+    int t, k = 0, nt = lss_store_ntensors(n->st);
+    if (!n->su) {
+        n->su = (float **)LSS_MALLOC(sizeof(float *) * (size_t)nt);
+        if (!n->su) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory");
+        memset(n->su, 0, sizeof(float *) * (size_t)nt);
+        n->nsu = nt;
+    }
+    for (t = 0; t < nt; t++) {
+        lss_tensor *w = lss_store_tensor(n->st, t);
+        int64_t rows, cols, i, j;
+        double nu = 0, sig = 0;
+        float *u, *v;
+        if (!(w->flags & LSS_T_PARAM) || w->ndim != 4) continue;
+        rows = w->shape[0];
+        cols = w->n / rows;
+        if (!n->su[t]) {
+            lss_rng r;
+            n->su[t] = (float *)LSS_MALLOC(sizeof(float) * (size_t)(rows + cols));
+            if (!n->su[t]) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory");
+            lss_rng_init(&r, 12345, (uint64_t)t);
+            for (i = 0; i < rows; i++) n->su[t][i] = (float)lss_rng_normal(&r);
+        }
+        u = n->su[t];
+        v = u + rows;
+        for (j = 0; j < cols; j++) {
+            double a = 0;
+            for (i = 0; i < rows; i++) a += (double)w->data[i * cols + j] * u[i];
+            v[j] = (float)a;
+            nu += a * a;
+        }
+        nu = sqrt(nu) + 1e-12;
+        for (j = 0; j < cols; j++) v[j] = (float)(v[j] / nu);
+        nu = 0;
+        for (i = 0; i < rows; i++) {
+            double a = 0;
+            for (j = 0; j < cols; j++) a += (double)w->data[i * cols + j] * v[j];
+            u[i] = (float)a;
+            nu += a * a;
+        }
+        sig = sqrt(nu);
+        for (i = 0; i < rows; i++) u[i] = (float)(u[i] / (sig + 1e-12));
+        if (sig > 1.0)
+            for (i = 0; i < w->n; i++) w->data[i] = (float)(w->data[i] / sig);
+        k++;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *final_loss) {
+    lss_mm_train_opts d;
+    lss_optim_opts oo;
+    double *pg = NULL, lsum = 0;
+    float *fbig = NULL, *truth = NULL, *u = NULL, *sgs = NULL, *sig = NULL;
+    int s = LSS_OK, step, j, nlast, b;
+    int64_t np, i;
+    lss__mm_ws tmp, *w = NULL;
+    lss_rng r;
+    if (!n || !o) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: NULL argument");
+    d = *o;
+    if (d.steps == 0) d.steps = 1000;
+    if (d.batch == 0) d.batch = 16;
+    if (d.lr == 0) d.lr = 1e-3;
+    if (d.s == 0) d.s = 0.2;
+    if (d.steps < 1 || d.batch < 1 || !(d.lr > 0) || !(d.s > 0) || d.lambda < 0)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_net_train: bad options (steps %d, batch %d, lr %g, s %g)", d.steps, d.batch, d.lr, d.s);
+    if (!d.big || !d.pk_big || d.big->h < n->g->h || d.big->w < n->g->w)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: a training grid at least as large as the maps is required");
+    if (n->o.deepmass && !d.nvar) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: DeepMass training needs the survey noise map");
+    if ((s = lss__mm_check_pk(d.big, d.pk_big, "lss_mm_net_train")) != LSS_OK) return s;
+    if (d.nvar && (s = lss__mm_check_nvar(n->g, d.nvar, "lss_mm_net_train")) != LSS_OK) return s;
+    b = d.batch;
+    np = n->g->n;
+    if (!n->opt) {
+        memset(&oo, 0, sizeof oo);
+        oo.kind = LSS_OPT_ADAM;
+        oo.lr = d.lr;
+        oo.sched = LSS_SCHED_STEP;
+        oo.step_size = (int64_t)(0.4 * d.steps) > 0 ? (int64_t)(0.4 * d.steps) : 1;
+        oo.gamma = 0.1;
+        if ((s = lss_optim_create(&n->opt, n->st, &oo)) != LSS_OK) return s;
+    }
+    if ((s = lss__mm_net_reserve(n, b)) != LSS_OK) return s;
+    n->scale = lss_store_get(n->st, "massmap.scale");
+    pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)d.big->n);
+    fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)d.big->n);
+    truth = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
+    u = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
+    sgs = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * b * np));
+    sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
+    if (!pg || !fbig || !truth || !u || !sgs || !sig) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_train: out of memory");
+        goto done;
+    }
+    if (d.lambda > 0) s = lss_mm_lognormal_spectrum(d.big, d.pk_big, d.lambda, pg);
+    else memcpy(pg, d.pk_big, sizeof(double) * (size_t)d.big->n);
+    if (s != LSS_OK) goto done;
+    if (!(w = lss__mm_ws_get(n->g, &tmp))) {
+        s = LSS_ERR_NOMEM;
+        goto done;
+    }
+    if (n->o.deepmass) {
+        /* scales: inputs by the typical KS noise, output by the prior pixel std */
+        double mv = 0, cnt = 0, pv = 0;
+        for (i = 0; i < np; i++)
+            if (d.nvar[i] < 0.5 * LSS_MM_EMPTY_VAR) mv += d.nvar[i], cnt++;
+        for (i = 0; i < n->g->n; i++) pv += n->pkf[i];
+        n->scale->data[0] = (float)(cnt > 0 ? 1.0 / sqrt(mv / cnt) : 1.0);
+        n->scale->data[1] = (float)sqrt(pv / (double)n->g->n);
+    }
+    lss_rng_init(&r, d.seed, 0x747261696eULL);
+    nlast = d.steps / 10 > 0 ? d.steps / 10 : 1;
+    for (step = 0; step < d.steps && s == LSS_OK; step++) {
+        int64_t sh4[4] = {b, 1, n->g->h, n->g->w}, s1[1] = {b};
+        lss_tensor *y, *loss;
+        /* a batch of simulated maps (lognormal or Gaussian cut-outs of the large grid) */
+        for (j = 0; j < b && s == LSS_OK; j++) {
+            uint64_t stream = (uint64_t)step * (uint64_t)b + (uint64_t)j;
+            float *t = truth + j * np;
+            int yy, y0 = (d.big->h - n->g->h) / 2, x0 = (d.big->w - n->g->w) / 2;
+            double m = 0;
+            if (d.lambda > 0) s = lss_mm_lognormal_field(d.big, pg, d.lambda, d.seed, stream, fbig);
+            else s = lss_mm_gaussian_field(d.big, pg, d.seed, stream, fbig);
+            for (yy = 0; yy < n->g->h; yy++) memcpy(t + (int64_t)yy * n->g->w, fbig + (int64_t)(yy + y0) * d.big->w + x0, sizeof(float) * (size_t)n->g->w);
+            for (i = 0; i < np; i++) m += t[i];
+            m /= (double)np;
+            for (i = 0; i < np; i++) t[i] = (float)(t[i] - m);
+        }
+        if (s != LSS_OK) break;
+        if (!n->o.deepmass) {
+            for (j = 0; j < b; j++) {
+                float sj = (float)(d.s * lss_rng_normal(&r)), s2 = sj * sj;
+                float *uj = u + j * np, *xin = n->in + 2 * (int64_t)j * np, *gin = xin + np, *sgj = sgs + j * np;
+                sig[j] = sj;
+                for (i = 0; i < np; i++) {
+                    uj[i] = (float)lss_rng_normal(&r);
+                    xin[i] = truth[j * np + i] + sj * uj[i];
+                }
+                lss__mm_gscore1(n->g, w, n->pkf, xin, fabsf(sj), sgj);
+                for (i = 0; i < np; i++) gin[i] = s2 * sgj[i];
+            }
+            if ((s = lss__mm_net_forward(n, b, sig, NULL, 1, &y)) != LSS_OK) break;
+            /* residual DSM (eq. 24): (u + sigma (r + s_G))^2 */
+            y = lss_add(n->gr, y, lss_view(n->gr, sgs, 4, sh4));
+            loss = lss_dsm_loss(n->gr, y, lss_view(n->gr, u, 4, sh4), lss_view(n->gr, sig, 1, s1));
+        } else {
+            /* DeepMass: noisy masked shear -> KS (E, B) -> kappa, MSE */
+            float *g1 = sgs, *g2 = sgs + np;
+            for (j = 0; j < b; j++) {
+                lss__mm_k2g(n->g, w, truth + j * np, NULL, g1, g2);
+                for (i = 0; i < np; i++) {
+                    double n1 = lss_rng_normal(&r), n2 = lss_rng_normal(&r);
+                    if (d.nvar[i] >= 0.5 * LSS_MM_EMPTY_VAR) g1[i] = g2[i] = 0.0f;
+                    else {
+                        double sd = sqrt((double)d.nvar[i]);
+                        g1[i] += (float)(sd * n1);
+                        g2[i] += (float)(sd * n2);
+                    }
+                }
+                lss__mm_dm_input(n, w, j, g1, g2);
+                for (i = 0; i < np; i++) u[j * np + i] = truth[j * np + i] / n->scale->data[1];
+            }
+            if ((s = lss__mm_net_forward(n, b, NULL, NULL, 1, &y)) != LSS_OK) break;
+            loss = lss_mse(n->gr, y, lss_view(n->gr, u, 4, sh4));
+        }
+        lss_store_zero_grad(n->st);
+        if ((s = lss_backward(n->gr, loss)) != LSS_OK) break;
+        if ((s = lss_optim_step(n->opt)) != LSS_OK) break;
+        if (!d.no_spectral && (s = lss__mm_spectral(n)) != LSS_OK) break;
+        if (!isfinite(loss->data[0])) {
+            s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_net_train: the loss is not finite at step %d", step);
+            break;
+        }
+        if (step >= d.steps - nlast) lsum += loss->data[0];
+        if (d.progress) d.progress(d.progress_user, step + 1, loss->data[0]);
+        n->scale = lss_store_get(n->st, "massmap.scale");
+    }
+    if (s == LSS_OK && final_loss) *final_loss = lsum / nlast;
+done:
+    if (w) lss__mm_ws_put(w, &tmp);
+    LSS_FREE(pg);
+    LSS_FREE(fbig);
+    LSS_FREE(truth);
+    LSS_FREE(u);
+    LSS_FREE(sgs);
+    LSS_FREE(sig);
+    return s;
+}
+
+#endif /* LSS_MASSMAP_IMPLEMENTATION_DONE */
+#endif /* LSS_MASSMAP_IMPLEMENTATION */

@@ -1,0 +1,967 @@
+/* Tests of lss_massmap.h: operators against a brute-force DFT, Wiener solvers against a dense direct
+ * solve, the Gaussian-prior validation of the annealed HMC + ODE sampler against the exact Wiener
+ * posterior (Remy et al. 2022, section 7.1), binning, mocks, metrics, NFW profiles, the starlet
+ * filter and a tiny end-to-end run. */
+#define LSS_CORE_IMPLEMENTATION
+#define LSS_MAPS_IMPLEMENTATION
+#define LSS_NN_IMPLEMENTATION
+#define LSS_MASSMAP_IMPLEMENTATION
+#include "lss_massmap.h"
+#include "tests/lss_test.h"
+
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int asan_mode(void) {
+    const char *s = getenv("LSS_TEST_ASAN");
+    return s && *s == '1';
+}
+
+static float *fmalloc(int64_t n) { return (float *)calloc((size_t)n, sizeof(float)); }
+static double *dmalloc(int64_t n) { return (double *)calloc((size_t)n, sizeof(double)); }
+
+static double maxabs(int64_t n, const float *a) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
+    return m;
+}
+static double maxdiff(int64_t n, const float *a, const float *b) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+static double rms(int64_t n, const float *a) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * a[i];
+    return sqrt(s / n);
+}
+static void white(int64_t n, uint64_t seed, float *out) {
+    lss_rng r;
+    lss_rng_init(&r, seed, 7);
+    for (int64_t i = 0; i < n; i++) out[i] = (float)lss_rng_normal(&r);
+}
+static void demean(int64_t n, float *a) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m += a[i];
+    m /= n;
+    for (int64_t i = 0; i < n; i++) a[i] = (float)(a[i] - m);
+}
+
+/* The convention, coded independently of the library: frequency of index i on n points with the
+ * Nyquist cell carrying the sign of the other axis' frequency. */
+static double ref_freq(int i, int n) { return (i <= (n - 1) / 2 ? i : i - n) / (double)n; }
+static void ref_kxy(int iy, int ix, int h, int w, double *fx, double *fy) {
+    *fy = ref_freq(iy, h);
+    *fx = ref_freq(ix, w);
+    int nx = (w % 2 == 0 && ix == w / 2), ny = (h % 2 == 0 && iy == h / 2);
+    if (nx && !ny) *fx = *fy > 0 ? 0.5 : -0.5;
+    if (ny && !nx) *fy = *fx > 0 ? 0.5 : -0.5;
+}
+
+/* Brute-force DFT of gamma = P kappa in double. */
+static void ref_k2g(int h, int w, const float *kE, const float *kB, double *g1, double *g2) {
+    int n = h * w;
+    double *Fr = dmalloc(n), *Fi = dmalloc(n);
+    for (int ky = 0; ky < h; ky++)
+        for (int kx = 0; kx < w; kx++) {
+            double sr = 0, si = 0;
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++) {
+                    double ph = -2 * M_PI * ((double)ky * y / h + (double)kx * x / w);
+                    double a = kE[y * w + x], b = kB ? kB[y * w + x] : 0;
+                    sr += a * cos(ph) - b * sin(ph);
+                    si += a * sin(ph) + b * cos(ph);
+                }
+            double fx, fy;
+            ref_kxy(ky, kx, h, w, &fx, &fy);
+            double k2 = fx * fx + fy * fy, p1 = k2 > 0 ? (fx * fx - fy * fy) / k2 : 0, p2 = k2 > 0 ? 2 * fx * fy / k2 : 0;
+            Fr[ky * w + kx] = p1 * sr - p2 * si;
+            Fi[ky * w + kx] = p2 * sr + p1 * si;
+        }
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            double sr = 0, si = 0;
+            for (int ky = 0; ky < h; ky++)
+                for (int kx = 0; kx < w; kx++) {
+                    double ph = 2 * M_PI * ((double)ky * y / h + (double)kx * x / w);
+                    sr += Fr[ky * w + kx] * cos(ph) - Fi[ky * w + kx] * sin(ph);
+                    si += Fr[ky * w + kx] * sin(ph) + Fi[ky * w + kx] * cos(ph);
+                }
+            g1[y * w + x] = sr / n;
+            g2[y * w + x] = si / n;
+        }
+    free(Fr);
+    free(Fi);
+}
+
+static void test_operators(void) {
+    /* brute-force reference on small grids: even (with Nyquist cells), odd, non-square */
+    int sizes[3][2] = {{6, 8}, {5, 7}, {8, 8}};
+    for (int t = 0; t < 3; t++) {
+        int h = sizes[t][0], w = sizes[t][1], n = h * w;
+        lss_mm_grid *g;
+        CHECK_OK(lss_mm_grid_create(h, w, 1.0, &g));
+        float *kE = fmalloc(n), *kB = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n);
+        double *r1 = dmalloc(n), *r2 = dmalloc(n), md = 0, mr = 0;
+        white(n, 10 + t, kE);
+        white(n, 20 + t, kB);
+        CHECK_OK(lss_mm_kappa_to_shear(g, kE, kB, g1, g2));
+        ref_k2g(h, w, kE, kB, r1, r2);
+        for (int i = 0; i < n; i++) {
+            md = fmax(md, fmax(fabs(g1[i] - r1[i]), fabs(g2[i] - r2[i])));
+            mr = fmax(mr, fmax(fabs(r1[i]), fabs(r2[i])));
+        }
+        CHECK(md <= 1e-5 * mr, "kappa->shear %dx%d vs brute-force DFT: max diff %.3g (scale %.3g)", h, w, md, mr);
+        free(kE); free(kB); free(g1); free(g2); free(r1); free(r2);
+        lss_mm_grid_free(g);
+    }
+    /* round trips on a 64 x 48 grid: gamma -> kappa -> gamma for an E-mode field, pure B to zero E */
+    {
+        int h = 64, w = 48, n = h * w;
+        lss_mm_grid *g;
+        CHECK_OK(lss_mm_grid_create(h, w, 0.5, &g));
+        float *k = fmalloc(n), *kb = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *k2 = fmalloc(n), *kb2 = fmalloc(n);
+        float *h1 = fmalloc(n), *h2 = fmalloc(n);
+        white(n, 3, k);
+        CHECK_OK(lss_mm_kappa_to_shear(g, k, NULL, g1, g2));    /* an E-mode shear field */
+        CHECK_OK(lss_mm_shear_to_kappa(g, g1, g2, k2, kb2));
+        CHECK_OK(lss_mm_kappa_to_shear(g, k2, kb2, h1, h2));
+        double sc = fmax(maxabs(n, g1), maxabs(n, g2));
+        CHECK(maxdiff(n, g1, h1) <= 1e-5 * sc && maxdiff(n, g2, h2) <= 1e-5 * sc,
+              "gamma -> kappa -> gamma: max diff %.3g, %.3g (scale %.3g)", maxdiff(n, g1, h1), maxdiff(n, g2, h2), sc);
+        demean(n, k);
+        CHECK(maxdiff(n, k, k2) <= 1e-5 * maxabs(n, k), "kappa_E recovered (mean removed): diff %.3g", maxdiff(n, k, k2));
+        CHECK(maxabs(n, kb2) <= 1e-5 * maxabs(n, k), "E field gives no B: %.3g", maxabs(n, kb2));
+        /* pure B */
+        float *zero = fmalloc(n);
+        white(n, 4, kb);
+        CHECK_OK(lss_mm_kappa_to_shear(g, zero, kb, g1, g2));
+        CHECK_OK(lss_mm_shear_to_kappa(g, g1, g2, k2, kb2));
+        CHECK(maxabs(n, k2) <= 1e-5 * maxabs(n, kb), "pure B field maps to zero E: max |kE| %.3g", maxabs(n, k2));
+        demean(n, kb);
+        CHECK(maxdiff(n, kb, kb2) <= 1e-5 * maxabs(n, kb), "B recovered: %.3g", maxdiff(n, kb, kb2));
+        /* unitarity: |gamma|^2 = |kappa|^2 for zero-mean fields (Parseval) */
+        double s1 = 0, s2 = 0;
+        for (int i = 0; i < n; i++) s1 += (double)g1[i] * g1[i] + (double)g2[i] * g2[i], s2 += (double)kb[i] * kb[i];
+        CHECK_REL(s1, s2, 1e-5, "P is unitary (sum gamma^2 = sum kappa^2)");
+        /* smoothing a delta: unit sum and variance sigma^2 per axis */
+        memset(k, 0, sizeof(float) * n);
+        k[(h / 2) * w + w / 2] = 1.0f;
+        CHECK_OK(lss_mm_smooth(g, k, k2, 1.0)); /* 1 arcmin = 2 pixels */
+        double sum = 0, vx = 0, vy = 0;
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                double v = k2[y * w + x];
+                sum += v;
+                vx += v * (x - w / 2) * (x - w / 2);
+                vy += v * (y - h / 2) * (y - h / 2);
+            }
+        CHECK_CLOSE(sum, 1.0, 0, 1e-5, "smoothed delta sums to 1");
+        CHECK_CLOSE(vx, 4.0, 1e-3, 0, "smoothing variance along x (sigma = 2 px)");
+        CHECK_CLOSE(vy, 4.0, 1e-3, 0, "smoothing variance along y");
+        CHECK_ERR(lss_mm_smooth(g, k, k2, -1.0), LSS_ERR_ARG);
+        free(k); free(kb); free(g1); free(g2); free(k2); free(kb2); free(h1); free(h2); free(zero);
+        lss_mm_grid_free(g);
+    }
+    {
+        lss_mm_grid *g = NULL;
+        CHECK_ERR(lss_mm_grid_create(1, 8, 1.0, &g), LSS_ERR_ARG);
+        CHECK_ERR(lss_mm_grid_create(8, 8, 0.0, &g), LSS_ERR_ARG);
+        CHECK(g == NULL, "no grid on failure");
+    }
+}
+
+/* COSMOS-like convergence spectrum from the theory part of lss_maps.h */
+static int theory(double *ell, double *cl, int n) {
+    for (int i = 0; i < n; i++) ell[i] = pow(10, 1 + 4.5 * i / (n - 1));
+    return lss_mm_theory_ckk(NULL, "cosmos", n, ell, cl);
+}
+
+static void test_fields(void) {
+    int h = 64, w = 64, n = h * w, nreal = asan_mode() ? 8 : 24, nb = 8;
+    double ell[120], cl[120];
+    CHECK_OK(theory(ell, cl, 120));
+    lss_mm_grid *g;
+    CHECK_OK(lss_mm_grid_create(h, w, 1.0, &g));
+    double *pk = dmalloc(n), *pg = dmalloc(n), th[8], acc[8] = {0}, acc2[8] = {0}, cnt[8] = {0};
+    CHECK_OK(lss_mm_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK(pk[0] == 0.0, "k = 0 cell of the grid spectrum is 0");
+    {   /* interpolation at one cell: (ky, kx) = (0, 3) has ell = 2 pi 3/64 / pix */
+        double l = lss_mm_grid_ell(g, 3), pix = M_PI / 180 / 60;
+        CHECK_REL(l, 2 * M_PI * 3.0 / 64 / pix, 1e-12, "ell of a Fourier cell");
+        int j = 0;
+        while (ell[j + 1] < l) j++;
+        double c = cl[j] + (cl[j + 1] - cl[j]) * (l - ell[j]) / (ell[j + 1] - ell[j]);
+        CHECK_REL(pk[3], c / (pix * pix), 1e-12, "P_pix = C_ell / pix^2");
+    }
+    CHECK_OK(lss_mm_bin_spectrum(g, pk, nb, 0, 0, th));
+    /* the binned spectrum of Gaussian fields converges to the binned theory: per bin the estimate
+       of nreal maps has relative std sqrt(2 / (modes per bin * nreal)) (half the cells are
+       independent for a real field); tolerance 5 sigma */
+    float *f = fmalloc(n);
+    for (int r = 0; r < nreal; r++) {
+        double c[8];
+        CHECK_OK(lss_mm_gaussian_field(g, pk, 5, (uint64_t)r, f));
+        CHECK_OK(lss_mm_power_spectrum(g, f, NULL, nb, 0, 0, NULL, c));
+        for (int b = 0; b < nb; b++) acc[b] += c[b] / nreal;
+    }
+    {
+        double lmin = 2 * M_PI / (64 * M_PI / 180 / 60), lmax = M_PI / (M_PI / 180 / 60);
+        for (int64_t i = 1; i < n; i++) {
+            double l = lss_mm_grid_ell(g, i);
+            if (l < lmin || l > lmax) continue;
+            int b = (int)floor(log(l / lmin) / log(lmax / lmin) * nb);
+            if (b >= nb) b = nb - 1;
+            cnt[b] += 1;
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        double tol = 5 * sqrt(2.0 / (cnt[b] * nreal)) * 1.5;  /* 1.5: spectrum varies inside a bin */
+        CHECK_CLOSE(acc[b], th[b], tol, 0, "Gaussian field power spectrum in a bin");
+    }
+    /* lognormal: target spectrum reproduced, one-point floor -lambda respected */
+    double lambda = 0.03;
+    CHECK_OK(lss_mm_lognormal_spectrum(g, pk, lambda, pg));
+    double fmin = 1e9;
+    for (int b = 0; b < nb; b++) acc2[b] = 0;
+    for (int r = 0; r < nreal; r++) {
+        double c[8];
+        CHECK_OK(lss_mm_lognormal_field(g, pg, lambda, 6, (uint64_t)r, f));
+        for (int i = 0; i < n; i++) fmin = fmin < f[i] ? fmin : f[i];
+        CHECK_OK(lss_mm_power_spectrum(g, f, NULL, nb, 0, 0, NULL, c));
+        for (int b = 0; b < nb; b++) acc2[b] += c[b] / nreal;
+    }
+    for (int b = 0; b < nb; b++) {
+        /* non-Gaussian fields scatter more: tolerance doubled */
+        double tol = 10 * sqrt(2.0 / (cnt[b] * nreal)) * 1.5;
+        CHECK_CLOSE(acc2[b], th[b], tol, 0, "lognormal field power spectrum in a bin");
+    }
+    CHECK(fmin > -lambda * 1.5, "lognormal field bounded below (min %g, shift %g; mean removal moves it)", fmin, lambda);
+    /* errors */
+    double badell[2] = {10, 5}, badcl[2] = {1, 1};
+    CHECK_ERR(lss_mm_grid_spectrum(g, badell, badcl, 2, pk), LSS_ERR_ARG);
+    free(f); free(pk); free(pg);
+    lss_mm_grid_free(g);
+}
+
+/* Dense reference of the Wiener system (S^-1 + A^T W A) from real-space kernels computed by direct
+ * DFT sums, solved by Cholesky. */
+static void dense_wiener(int h, int w, const double *pk, const float *nvar, const float *g1, const float *g2,
+                         double *M, double *x) {
+    int n = h * w;
+    double *ks = dmalloc(n), *k1 = dmalloc(n), *k2 = dmalloc(n), *b = dmalloc(n);
+    /* kernels as functions of the separation (dy, dx) mod (h, w):
+       S^-1: (1/n) sum_k e^{ik.d}/P_k (prior support), A_1 = Re, A_2 = Im of (1/n) sum_k P(k) e^{ik.d} */
+    for (int dy = 0; dy < h; dy++)
+        for (int dx = 0; dx < w; dx++) {
+            double s = 0, a1 = 0, a2 = 0;
+            for (int ky = 0; ky < h; ky++)
+                for (int kx = 0; kx < w; kx++) {
+                    int i = ky * w + kx;
+                    double ph = 2 * M_PI * ((double)ky * dy / h + (double)kx * dx / w), fx, fy;
+                    ref_kxy(ky, kx, h, w, &fx, &fy);
+                    double k2v = fx * fx + fy * fy;
+                    if (k2v == 0) continue;
+                    double p1 = (fx * fx - fy * fy) / k2v, p2 = 2 * fx * fy / k2v;
+                    if (pk[i] > 0) s += cos(ph) / pk[i];
+                    a1 += p1 * cos(ph) - p2 * sin(ph);
+                    a2 += p2 * cos(ph) + p1 * sin(ph);
+                }
+            ks[dy * w + dx] = s / n;
+            k1[dy * w + dx] = a1 / n;
+            k2[dy * w + dx] = a2 / n;
+        }
+    /* A[(c, j), i] = K_c(r_j - r_i); M = S^-1 + sum_j A_j^T w_j A_j; b = A^T W g */
+    for (int i = 0; i < n; i++) {
+        int yi = i / w, xi = i % w;
+        for (int l = 0; l < n; l++) {
+            int yl = l / w, xl = l % w;
+            M[(int64_t)i * n + l] = ks[((yi - yl + h) % h) * w + (xi - xl + w) % w];
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        int yj = j / w, xj = j % w;
+        double wj = 1.0 / nvar[j];
+        double *c1 = dmalloc(n), *c2 = dmalloc(n);
+        for (int i = 0; i < n; i++) {
+            int yi = i / w, xi = i % w, d = ((yj - yi + h) % h) * w + (xj - xi + w) % w;
+            c1[i] = k1[d];
+            c2[i] = k2[d];
+        }
+        for (int i = 0; i < n; i++) {
+            double a = wj * c1[i], bb = wj * c2[i];
+            b[i] += a * g1[j] + bb * g2[j];
+            double *row = M + (int64_t)i * n;
+            for (int l = 0; l < n; l++) row[l] += a * c1[l] + bb * c2[l];
+        }
+        free(c1);
+        free(c2);
+    }
+    /* the k = 0 mode is outside the prior's support: add the projector onto it (mean fixed at 0) */
+    for (int i = 0; i < n; i++)
+        for (int l = 0; l < n; l++) M[(int64_t)i * n + l] += 1.0 / n;
+    /* Cholesky */
+    double *L = dmalloc((int64_t)n * n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j <= i; j++) {
+            double s = M[(int64_t)i * n + j];
+            for (int k = 0; k < j; k++) s -= L[(int64_t)i * n + k] * L[(int64_t)j * n + k];
+            if (i == j) L[(int64_t)i * n + i] = sqrt(s);
+            else L[(int64_t)i * n + j] = s / L[(int64_t)j * n + j];
+        }
+    for (int i = 0; i < n; i++) {
+        double s = b[i];
+        for (int k = 0; k < i; k++) s -= L[(int64_t)i * n + k] * x[k];
+        x[i] = s / L[(int64_t)i * n + i];
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        double s = x[i];
+        for (int k = i + 1; k < n; k++) s -= L[(int64_t)k * n + i] * x[k];
+        x[i] = s / L[(int64_t)i * n + i];
+    }
+    /* M now receives its inverse's diagonal in the first n entries (posterior variances) */
+    for (int c = 0; c < n; c++) {
+        double *e = dmalloc(n);
+        e[c] = 1;
+        for (int i = 0; i < n; i++) {
+            double s = e[i];
+            for (int k = 0; k < i; k++) s -= L[(int64_t)i * n + k] * e[k];
+            e[i] = s / L[(int64_t)i * n + i];
+        }
+        double v = 0;
+        for (int i = c; i < n; i++) v += e[i] * e[i];
+        M[c] = v - 1.0 / n; /* minus the variance of the fixed mean mode's stand-in */
+        free(e);
+    }
+    free(L); free(ks); free(k1); free(k2); free(b);
+}
+
+static void setup_cosmos_like(int h, int w, double pix, lss_mm_grid **g, double **pk) {
+    double ell[120], cl[120];
+    CHECK_OK(theory(ell, cl, 120));
+    CHECK_OK(lss_mm_grid_create(h, w, pix, g));
+    *pk = dmalloc(h * w);
+    CHECK_OK(lss_mm_grid_spectrum(*g, ell, cl, 120, *pk));
+}
+
+static void test_wiener(void) {
+    int h = asan_mode() ? 16 : 32, w = h, n = h * w;
+    lss_mm_grid *g;
+    double *pk;
+    setup_cosmos_like(h, w, 2.0, &g, &pk);
+    float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *mask = fmalloc(n);
+    float *wf = fmalloc(n), *wi = fmalloc(n);
+    CHECK_OK(lss_mm_gaussian_field(g, pk, 11, 0, kap));
+    /* uniform noise: exact Fourier Wiener = iterative solution */
+    for (int i = 0; i < n; i++) nv[i] = 3e-4f;
+    CHECK_OK(lss_mm_mock_shear(g, kap, nv, 12, 0, g1, g2));
+    double pstd;
+    int it;
+    double rel;
+    CHECK_OK(lss_mm_wiener_fourier(g, pk, g1, g2, 3e-4, wf, &pstd));
+    CHECK_OK(lss_mm_wiener(g, pk, g1, g2, nv, NULL, wi, &it, &rel));
+    CHECK(maxdiff(n, wf, wi) <= 1e-5 * maxabs(n, wf), "PCG = exact Fourier Wiener for uniform noise: diff %.3g of %.3g (%d iterations)", maxdiff(n, wf, wi), maxabs(n, wf), it);
+    /* masked, varying noise: PCG against the dense direct solve */
+    lss_mm_survey_opts so = {0};
+    so.ngal_arcmin2 = 30;
+    CHECK_OK(lss_mm_mock_mask(h, w, &so, 3, mask));
+    float *cnt = fmalloc(n);
+    CHECK_OK(lss_mm_mock_noise_map(g, mask, &so, 4, cnt, nv));
+    int nobs = 0;
+    for (int i = 0; i < n; i++) nobs += mask[i] > 0;
+    CHECK(nobs > 0.4 * n && nobs < 0.7 * n, "mock mask observes about half the pixels (%d of %d)", nobs, n);
+    CHECK_OK(lss_mm_mock_shear(g, kap, nv, 13, 0, g1, g2));
+    lss_mm_wiener_opts wo = {0};
+    wo.tol = 1e-10;
+    CHECK_OK(lss_mm_wiener(g, pk, g1, g2, nv, &wo, wi, &it, &rel));
+    double *M = dmalloc((int64_t)n * n), *x = dmalloc(n), md = 0, mx = 0;
+    dense_wiener(h, w, pk, nv, g1, g2, M, x);
+    for (int i = 0; i < n; i++) md = fmax(md, fabs(wi[i] - x[i])), mx = fmax(mx, fabs(x[i]));
+    CHECK(md <= 1e-4 * mx, "masked PCG Wiener vs dense direct solve (%dx%d): max diff %.3g of %.3g (%d iterations)", h, w, md, mx, it);
+    printf("  masked Wiener %dx%d: PCG %d iterations, max |PCG - dense| / max |dense| = %.2e\n", h, w, it, md / mx);
+    /* constrained realisations: (sample - WF) has the dense posterior variance */
+    {
+        int ns = 60;
+        float *smp = fmalloc(n);
+        double *v = dmalloc(n), ratio = 0;
+        for (int s = 0; s < ns; s++) {
+            CHECK_OK(lss_mm_wiener_sample(g, pk, g1, g2, nv, NULL, 21, (uint64_t)s, smp));
+            for (int i = 0; i < n; i++) v[i] += (double)(smp[i] - wi[i]) * (smp[i] - wi[i]) / ns;
+        }
+        for (int i = 0; i < n; i++) ratio += v[i] / M[i] / n;
+        /* mean over pixels of a chi^2_ns / ns ratio: std about sqrt(2/ns)/sqrt(n_eff); 10% is > 4 sigma */
+        CHECK_CLOSE(ratio, 1.0, 0.1, 0, "Wiener samples have the posterior variance (mean ratio over pixels)");
+        free(smp); free(v);
+    }
+    CHECK_ERR(lss_mm_wiener_fourier(g, pk, g1, g2, -1.0, wf, NULL), LSS_ERR_ARG);
+    nv[3] = 0.0f;
+    CHECK_ERR(lss_mm_wiener(g, pk, g1, g2, nv, NULL, wi, NULL, NULL), LSS_ERR_ARG);
+    free(M); free(x); free(cnt);
+    free(kap); free(g1); free(g2); free(nv); free(mask); free(wf); free(wi); free(pk);
+    lss_mm_grid_free(g);
+}
+
+/* Section 7.1: with the Gaussian prior and uniform noise, annealed HMC + ODE samples reproduce the
+ * exact Wiener posterior. */
+static void test_gaussian_validation(void) {
+    int h = 32, w = 32, n = h * w, ns = 256, nb = 6;
+    /* 2 arcmin pixels with shape noise of variance 3e-5 per pixel: the signal-to-noise per Fourier
+       cell stays above ~1 over the whole grid, so the mean of 256 samples resolves every ell bin */
+    double nvar = 3e-5;
+    lss_mm_grid *g;
+    double *pk;
+    setup_cosmos_like(h, w, 2.0, &g, &pk);
+    float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *wf = fmalloc(n);
+    float *smp = fmalloc((int64_t)ns * n), *mean = fmalloc(n), *sd = fmalloc(n), *res = fmalloc(n);
+    for (int i = 0; i < n; i++) nv[i] = (float)nvar;
+    CHECK_OK(lss_mm_gaussian_field(g, pk, 31, 0, kap));
+    CHECK_OK(lss_mm_mock_shear(g, kap, nv, 32, 0, g1, g2));
+    double pstd;
+    CHECK_OK(lss_mm_wiener_fourier(g, pk, g1, g2, nvar, wf, &pstd));
+    lss_mm_post *post;
+    CHECK_OK(lss_mm_post_create(g, pk, g1, g2, nv, &post));
+    lss_mm_sample_opts so = {0};
+    so.nchains = ns;
+    so.seed = 5;
+    /* a short schedule (13 levels, 34 HMC steps) with the Fourier mass matrix; the last temperature
+       (1e-3, variance 1e-6) lies well below the noise variance, then the ODE runs to t = 0 */
+    so.sigma_max = 0.3;
+    so.anneal = 0.6;
+    so.steps_per_level = 2;
+    so.final_steps = 10;
+    so.sigma_min = 1e-3;
+    so.ode_t_end = -1;
+    lss_mm_sample_stats st;
+    CHECK_OK(lss_mm_sample(post, &so, smp, &st));
+    printf("  %d chains: %lld levels, %lld HMC steps, acceptance %.3f, %.1f score evaluations per sample "
+           "(%.1f HMC + %.1f ODE, %lld ODE steps), %.2f s\n", ns, (long long)st.levels, (long long)st.hmc_steps,
+           st.accept_rate, st.evals_per_chain, st.hmc_evals_per_chain, st.ode_evals_per_chain, (long long)st.ode_steps, st.seconds);
+    CHECK_OK(lss_mm_mean_std(ns, n, smp, mean, sd));
+    for (int i = 0; i < n; i++) res[i] = mean[i] - wf[i];
+    double rr = rms(n, res) / rms(n, wf);
+    /* expected sampling error of the mean: pstd / sqrt(ns) per pixel */
+    printf("  posterior mean vs Wiener: residual RMS %.4f of the Wiener RMS (sampling noise alone %.4f)\n", rr,
+           pstd / sqrt(ns) / rms(n, wf));
+    CHECK(rr <= 0.05, "posterior mean matches the Wiener filter: residual RMS %.4f of Wiener RMS", rr);
+    double ps_m[6], ps_w[6];
+    CHECK_OK(lss_mm_power_spectrum(g, mean, NULL, nb, 0, 0, NULL, ps_m));
+    CHECK_OK(lss_mm_power_spectrum(g, wf, NULL, nb, 0, 0, NULL, ps_w));
+    for (int b = 0; b < nb; b++) {
+        printf("  bin %d: power ratio mean/Wiener %.4f\n", b, ps_m[b] / ps_w[b]);
+        CHECK_CLOSE(ps_m[b] / ps_w[b], 1.0, 0, 0.05, "posterior-mean / Wiener power in an ell bin");
+    }
+    double sdm = 0, within = 0;
+    for (int i = 0; i < n; i++) {
+        sdm += sd[i] / pstd / n;
+        within += fabs(sd[i] / pstd - 1) <= 0.1;
+    }
+    printf("  posterior std / analytic: mean %.4f, fraction of pixels within 10%% %.3f\n", sdm, within / n);
+    CHECK_CLOSE(sdm, 1.0, 0, 0.1, "per-pixel posterior std matches the analytic Wiener posterior std (pixel mean)");
+    /* per pixel: a std from ns samples has relative error 1/sqrt(2 ns) = 4.4% for 256: 10% is 2.3
+       sigma, so at least 90% of pixels must lie within 10% */
+    CHECK(within / n >= 0.9, "per-pixel std within 10%% for %.3f of pixels", within / n);
+    free(kap); free(g1); free(g2); free(nv); free(wf); free(smp); free(mean); free(sd); free(res); free(pk);
+    lss_mm_post_free(post);
+    lss_mm_grid_free(g);
+}
+
+
+static void test_binning(void) {
+    /* 5 galaxies on a 4 x 3 grid in pixel coordinates, known per-pixel means and variances */
+    double x[5] = {0.2, 0.7, 2.5, 2.9, 1.5}, y[5] = {0.1, 0.9, 3.5, 3.2, 1.0}, e1[5] = {0.1, 0.3, -0.2, 0.4, 0.05},
+           e2[5] = {0.0, 0.2, 0.1, 0.1, -0.3}, wt[5] = {1, 1, 1, 3, 1};
+    lss_mm_catalogue cat = {5, 0, x, y, e1, e2, wt};
+    lss_mm_bin_opts bo = {0};
+    bo.h = 4;
+    bo.w = 3;
+    bo.sigma_e = 0.3;
+    float g1[12], g2[12], nv[12], cnt[12];
+    int h, w;
+    int64_t drop;
+    double se;
+    CHECK_OK(lss_mm_bin(&cat, &bo, &h, &w, g1, g2, nv, cnt, &drop, &se));
+    CHECK(h == 4 && w == 3 && drop == 0, "grid 4 x 3, nothing dropped (got %d x %d, %lld)", h, w, (long long)drop);
+    CHECK_CLOSE(g1[0], 0.2, 0, 1e-6, "pixel (0,0) mean e1 of two galaxies");
+    CHECK_CLOSE(g2[0], 0.1, 0, 1e-6, "pixel (0,0) mean e2");
+    CHECK_CLOSE(nv[0], 0.09 / 2, 1e-6, 0, "pixel (0,0) variance sigma_e^2 / 2");
+    CHECK_CLOSE(cnt[0], 2, 0, 0, "pixel (0,0) count");
+    /* pixel (3, 2): weights 1 and 3: mean (−0.2 + 1.2)/4, variance 0.09 (1 + 9)/16 */
+    CHECK_CLOSE(g1[3 * 3 + 2], 0.25, 0, 1e-6, "weighted mean e1");
+    CHECK_CLOSE(nv[3 * 3 + 2], 0.09 * 10.0 / 16.0, 1e-6, 0, "weighted variance sigma_e^2 sum w^2 / (sum w)^2");
+    CHECK_CLOSE(g1[1 * 3 + 1], 0.05, 0, 1e-6, "single galaxy");
+    CHECK(nv[2] == (float)LSS_MM_EMPTY_VAR && g1[2] == 0.0f, "empty pixel: shear 0, variance 1e10");
+    /* outside galaxies are dropped; sigma_e estimated when not given */
+    x[4] = 7.0;
+    bo.sigma_e = 0;
+    CHECK_OK(lss_mm_bin(&cat, &bo, &h, &w, g1, g2, nv, cnt, &drop, &se));
+    CHECK(drop == 1, "one galaxy outside the grid dropped (%lld)", (long long)drop);
+    {
+        double m2 = 0, ws = 0;
+        for (int i = 0; i < 4; i++) m2 += wt[i] * 0.5 * (e1[i] * e1[i] + e2[i] * e2[i]), ws += wt[i];
+        CHECK_REL(se, sqrt(m2 / ws), 1e-12, "sigma_e estimated from the weighted ellipticities");
+    }
+    /* ra/dec: pixel of 0.29 arcmin, origin at the minimum, x scaled by cos(dec) */
+    {
+        double ra[2] = {150.0, 150.0 + 10.5 * 0.29 / 60 / cos((2.2 + 2.75 * 0.29 / 60) * M_PI / 180)}, dec[2] = {2.2, 2.2 + 5.5 * 0.29 / 60},
+               a1[2] = {0.1, 0.2}, a2[2] = {0, 0}, ww[2] = {1, 1};
+        lss_mm_catalogue c2 = {2, 1, ra, dec, a1, a2, ww};
+        lss_mm_bin_opts b2 = {0};
+        int hh, www;
+        CHECK_OK(lss_mm_bin(&c2, &b2, &hh, &www, NULL, NULL, NULL, NULL, NULL, NULL));
+        CHECK(hh == 6 && www == 11, "ra/dec bounding box %d x %d (want 6 x 11)", hh, www);
+    }
+    /* CSV and NPY catalogue files */
+    {
+        const char *csv = "build/tests/mm_cat.csv", *npy = "build/tests/mm_cat.npy";
+        FILE *f = fopen(csv, "w");
+        fprintf(f, "x,y,e1,e2,weight\n0.5,0.5,0.1,0.2,2\n1.5,0.5,-0.1,0.0,1\n");
+        fclose(f);
+        lss_mm_catalogue c3;
+        CHECK_OK(lss_mm_catalogue_load(csv, 0, &c3));
+        CHECK(c3.n == 2 && c3.w[0] == 2 && c3.e2[0] == 0.2 && !c3.radec, "CSV catalogue read");
+        lss_mm_catalogue_free(&c3);
+        double arr[8] = {0.5, 0.5, 0.1, 0.2, 1.5, 0.5, -0.1, 0.0};
+        int64_t shp[2] = {2, 4};
+        CHECK_OK(lss_npy_save(npy, LSS_F64, 2, shp, arr));
+        CHECK_OK(lss_mm_catalogue_load(npy, 0, &c3));
+        CHECK(c3.n == 2 && c3.w[1] == 1 && c3.e1[1] == -0.1, "NPY catalogue read");
+        lss_mm_catalogue_free(&c3);
+        f = fopen(csv, "w");
+        fprintf(f, "a,b\n1,2\n");
+        fclose(f);
+        CHECK_ERR(lss_mm_catalogue_load(csv, 0, &c3), LSS_ERR_FORMAT);
+        int64_t shp3[2] = {2, 3};
+        CHECK_OK(lss_npy_save(npy, LSS_F64, 2, shp3, arr));
+        CHECK_ERR(lss_mm_catalogue_load(npy, 0, &c3), LSS_ERR_SHAPE);
+    }
+}
+
+static void test_metrics(void) {
+    float t[6] = {1, 2, 3, 4, 5, 6}, e[6], m[6] = {1, 1, 1, 1, 0, 0};
+    double rm, r;
+    for (int i = 0; i < 6; i++) e[i] = t[i] + 10;
+    CHECK_OK(lss_mm_metrics(6, e, t, NULL, &rm, &r));
+    CHECK_CLOSE(rm, 0, 0, 1e-12, "RMSE ignores the mean");
+    CHECK_CLOSE(r, 1, 0, 1e-12, "Pearson r of a shifted map");
+    for (int i = 0; i < 6; i++) e[i] = -t[i];
+    CHECK_OK(lss_mm_metrics(6, e, t, m, &rm, &r));
+    CHECK_CLOSE(r, -1, 0, 1e-12, "Pearson r of a flipped map");
+    /* over pixels 0..3: centred truth (-1.5,-0.5,0.5,1.5), centred est = -that: rmse = 2 sqrt(5/4) */
+    CHECK_CLOSE(rm, 2 * sqrt(1.25), 1e-12, 0, "RMSE over observed pixels only");
+    CHECK_ERR(lss_mm_metrics(0, e, t, NULL, &rm, &r), LSS_ERR_ARG);
+}
+
+static void test_nfw(void) {
+    /* gamma_t(x) = mean kappa inside x - kappa(x), i.e. g(x) = (4/x^2) int_0^x f(u) u du - 2 f(x) */
+    double xs[5] = {0.2, 0.7, 0.99999, 1.5, 4.0};
+    for (int k = 0; k < 5; k++) {
+        double x = xs[k], s = 0;
+        int m = 200000;
+        for (int i = 0; i < m; i++) {
+            double u = (i + 0.5) * x / m;
+            s += lss_mm_nfw_f(u) * u * x / m;
+        }
+        double gref = 4 * s / (x * x) - 2 * lss_mm_nfw_f(x);
+        CHECK_CLOSE(lss_mm_nfw_g(x), gref, 2e-4, 1e-6, "NFW shear = mean convergence inside - convergence");
+    }
+    CHECK_CLOSE(lss_mm_nfw_f(1 - 1e-4), lss_mm_nfw_f(1 + 1e-4), 1e-3, 0, "f continuous at x = 1");
+    CHECK_CLOSE(lss_mm_nfw_g(1 - 1e-4), lss_mm_nfw_g(1 + 1e-4), 1e-3, 0, "g continuous at x = 1");
+    /* a 3e14 Msun, c = 1 halo at z = 0.5 seen from z_s = 1 */
+    lss_params p;
+    lss_cosmo *c;
+    lss_params_fiducial(&p);
+    CHECK_OK(lss_cosmo_create(&p, &c));
+    lss_mm_nfw hl = {3e14, 1.0, 0.5, 1.0};
+    double rs, ks;
+    CHECK_OK(lss_mm_nfw_params(c, &hl, &rs, &ks));
+    printf("  NFW 3e14 Msun, c = 1, z = 0.5 -> z_s = 1: r_s = %.3f arcmin, kappa_s = %.4f\n", rs, ks);
+    /* r200 = (3 M / (800 pi rho_c))^(1/3) ~ 1.0-1.2 Mpc at z = 0.5 and D_A ~ 1.2-1.3 Gpc: r_s ~ 3 arcmin */
+    CHECK(rs > 2.0 && rs < 4.5 && ks > 0.01 && ks < 0.2, "NFW scale radius %.3f arcmin and kappa_s %.4f plausible", rs, ks);
+    lss_mm_nfw bad = {-1, 1, 0.5, 1};
+    CHECK_ERR(lss_mm_nfw_params(c, &bad, &rs, &ks), LSS_ERR_RANGE);
+    lss_cosmo_free(c);
+    /* KS of the injected shear recovers the injected convergence (mean removed, periodic grid) */
+    int h = 128, w = 128, n = h * w;
+    lss_mm_grid *g;
+    CHECK_OK(lss_mm_grid_create(h, w, 0.29, &g));
+    float *g1 = fmalloc(n), *g2 = fmalloc(n), *kap = fmalloc(n), *ke = fmalloc(n), *kb = fmalloc(n);
+    CHECK_OK(lss_mm_nfw_add(g, 3.0, 0.05, 64.0, 64.0, 4, g1, g2, kap));
+    CHECK_OK(lss_mm_shear_to_kappa(g, g1, g2, ke, kb));
+    double rmse, r;
+    CHECK_OK(lss_mm_metrics(n, ke, kap, NULL, &rmse, &r));
+    CHECK(r > 0.97, "KS of NFW shear correlates with the NFW convergence (r = %.4f)", r);
+    CHECK(maxabs(n, kb) < 0.05 * maxabs(n, ke), "NFW shear is E-mode (max B %.3g vs E %.3g)", maxabs(n, kb), maxabs(n, ke));
+    /* starlet aperture filter: compensated (zero sum), zero on a constant map, peaks on the halo */
+    {
+        double su = 0, sa = 0;
+        for (int dy = -40; dy <= 40; dy++)
+            for (int dx = -40; dx <= 40; dx++) {
+                double u = lss_mm_starlet_u(sqrt(dx * dx + dy * dy), 16.0);
+                su += u;
+                sa += fabs(u);
+            }
+        CHECK(fabs(su) < 2e-3 * sa, "starlet kernel compensated: sum %.3g, sum |U| %.3g", su, sa);
+        float *f = fmalloc(n), *o = fmalloc(n);
+        for (int i = 0; i < n; i++) f[i] = 0.7f;
+        CHECK_OK(lss_mm_starlet_filter(g, f, 16.0, o));
+        CHECK(maxabs(n, o) < 2e-3 * 0.7 * sa, "filtered constant map ~ 0 (%.3g)", maxabs(n, o));
+        CHECK_OK(lss_mm_starlet_filter(g, kap, 16.0, o));
+        int best = 0;
+        for (int i = 0; i < n; i++)
+            if (o[i] > o[best]) best = i;
+        CHECK(abs(best / w - 64) <= 1 && abs(best % w - 64) <= 1, "filtered NFW map peaks at the halo (%d, %d)", best / w, best % w);
+        free(f); free(o);
+    }
+    free(g1); free(g2); free(kap); free(ke); free(kb);
+    lss_mm_grid_free(g);
+}
+
+/* A tiny end-to-end run: mock fields -> galaxy catalogue -> binning -> KS, Wiener, posterior mean. */
+static void test_end_to_end(void) {
+    int h = 48, w = 48, n = h * w, nf = 2, ns = 16;
+    double ell[120], cl[120], shift, se = LSS_MM_COSMOS_SIGMA_E;
+    CHECK_OK(theory(ell, cl, 120));
+    CHECK_OK(lss_mm_theory_kappa_empty(NULL, "cosmos", &shift));
+    /* empty-beam convergence of a z ~ 1 source population: 0.0644 at z_s = 1 for CCL's cosmology */
+    CHECK(shift > 0.04 && shift < 0.12, "empty-beam convergence of the COSMOS n(z): %g", shift);
+    lss_mm_grid *g, *big;
+    CHECK_OK(lss_mm_grid_create(h, w, 0.29, &g));
+    CHECK_OK(lss_mm_grid_create(2 * h, 2 * w, 0.29, &big));
+    double *pk = dmalloc(n), *pkb = dmalloc(4 * n), acc[3] = {0}, accr[3] = {0};
+    CHECK_OK(lss_mm_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK_OK(lss_mm_grid_spectrum(big, ell, cl, 120, pkb));
+    float *kap = fmalloc(n), *mask = fmalloc(n), *cnt = fmalloc(n), *nv = fmalloc(n), *t1 = fmalloc(n), *t2 = fmalloc(n);
+    float *g1 = fmalloc(n), *g2 = fmalloc(n), *bv = fmalloc(n), *bc = fmalloc(n), *ks = fmalloc(n), *wf = fmalloc(n);
+    float *smp = fmalloc((int64_t)ns * n), *mean = fmalloc(n);
+    lss_mm_survey_opts so = {0};
+    CHECK_OK(lss_mm_mock_mask(h, w, &so, 8, mask));
+    CHECK_OK(lss_mm_mock_noise_map(g, mask, &so, 8, cnt, nv));
+    for (int f = 0; f < nf; f++) {
+        CHECK_OK(lss_mm_mock_kappa(big, pkb, shift, h, w, 9, (uint64_t)f, kap));
+        CHECK_OK(lss_mm_kappa_to_shear(g, kap, NULL, t1, t2));
+        /* galaxy catalogue: uniform positions inside each pixel, e = gamma + N(0, sigma_e) */
+        int64_t ng = 0, j = 0;
+        for (int i = 0; i < n; i++) ng += (int64_t)cnt[i];
+        double *x = dmalloc(ng), *y = dmalloc(ng), *e1 = dmalloc(ng), *e2 = dmalloc(ng), *wt = dmalloc(ng);
+        lss_rng r;
+        lss_rng_init(&r, 10, (uint64_t)f);
+        for (int i = 0; i < n; i++)
+            for (int q = 0; q < (int)cnt[i]; q++, j++) {
+                x[j] = i % w + lss_rng_uniform(&r);
+                y[j] = i / w + lss_rng_uniform(&r);
+                e1[j] = t1[i] + se * lss_rng_normal(&r);
+                e2[j] = t2[i] + se * lss_rng_normal(&r);
+                wt[j] = 1;
+            }
+        lss_mm_catalogue cat = {ng, 0, x, y, e1, e2, wt};
+        lss_mm_bin_opts bo = {0};
+        bo.h = h;
+        bo.w = w;
+        bo.sigma_e = se;
+        CHECK_OK(lss_mm_bin(&cat, &bo, NULL, NULL, g1, g2, bv, bc, NULL, NULL));
+        double md = 0;
+        for (int i = 0; i < n; i++) md = fmax(md, fabs(bv[i] - nv[i]) / nv[i]);
+        CHECK(md < 1e-6, "binned noise variance = sigma_e^2 / N of the mock (max rel diff %.2g)", md);
+        free(x); free(y); free(e1); free(e2); free(wt);
+        /* estimators */
+        double best = 1e9, rb = 0, rm, rr;
+        double scales[4] = {0.29, 0.5, 1.0, 2.0};
+        for (int k = 0; k < 4; k++) {
+            CHECK_OK(lss_mm_ks(g, g1, g2, scales[k], ks, NULL));
+            CHECK_OK(lss_mm_metrics(n, ks, kap, mask, &rm, &rr));
+            if (rm < best) best = rm, rb = rr;
+        }
+        acc[0] += best / nf;
+        accr[0] += rb / nf;
+        CHECK_OK(lss_mm_wiener(g, pk, g1, g2, bv, NULL, wf, NULL, NULL));
+        CHECK_OK(lss_mm_metrics(n, wf, kap, mask, &rm, &rr));
+        acc[1] += rm / nf;
+        accr[1] += rr / nf;
+        lss_mm_post *post;
+        CHECK_OK(lss_mm_post_create(g, pk, g1, g2, bv, &post));
+        lss_mm_sample_opts o = {0};
+        o.nchains = ns;
+        o.seed = 3 + (uint64_t)f;
+        o.sigma_max = 1.0;
+        o.anneal = 0.6;
+        o.steps_per_level = 2;
+        o.final_steps = 10;
+        CHECK_OK(lss_mm_sample(post, &o, smp, NULL));
+        CHECK_OK(lss_mm_mean_std(ns, n, smp, mean, NULL));
+        CHECK_OK(lss_mm_metrics(n, mean, kap, mask, &rm, &rr));
+        acc[2] += rm / nf;
+        accr[2] += rr / nf;
+        lss_mm_post_free(post);
+    }
+    printf("  end to end (%d fields of %d x %d): RMSE / r  KS %.4f / %.3f  Wiener %.4f / %.3f  posterior mean (%d samples) %.4f / %.3f\n",
+           nf, h, w, acc[0], accr[0], acc[1], accr[1], ns, acc[2], accr[2]);
+    CHECK(acc[1] <= acc[0], "Wiener RMSE %.4f <= best smoothed KS RMSE %.4f", acc[1], acc[0]);
+    CHECK(accr[1] >= accr[0], "Wiener r %.3f >= KS r %.3f", accr[1], accr[0]);
+    /* with the Gaussian prior the posterior mean is the Wiener filter up to the Monte Carlo error of
+       16 samples (the posterior std is about the Wiener RMSE: RMSE grows by at most sqrt(1 + 1/16)) */
+    CHECK(acc[2] <= acc[1] * 1.06, "posterior-mean RMSE %.4f within Monte Carlo error of Wiener %.4f", acc[2], acc[1]);
+    free(pk); free(pkb); free(kap); free(mask); free(cnt); free(nv); free(t1); free(t2); free(g1); free(g2);
+    free(bv); free(bc); free(ks); free(wf); free(smp); free(mean);
+    lss_mm_grid_free(g);
+    lss_mm_grid_free(big);
+}
+
+/* A known residual: the exact score of N(0, P' + sigma^2) with 1/P' = 1/P + c, minus the Gaussian
+ * score the sampler passes in; the posterior is then the Wiener posterior of spectrum P'. */
+typedef struct {
+    const lss_mm_grid *g;
+    double *pk2;
+    int calls;
+} known_res;
+static int known_residual(void *user, int n, const float *x, const float *sg, const float *sigma, float *out) {
+    known_res *k = (known_res *)user;
+    int64_t np = (int64_t)lss_mm_grid_h(k->g) * lss_mm_grid_w(k->g);
+    int s = lss_mm_gauss_score(k->g, k->pk2, n, x, sigma, out, NULL);
+    for (int64_t i = 0; i < n * np; i++) out[i] -= sg[i];
+    k->calls++;
+    return s;
+}
+
+static void test_residual_sampling(void) {
+    int h = 32, w = 32, n = h * w, ns = 256;
+    double nvar = 3e-5;
+    lss_mm_grid *g;
+    double *pk;
+    setup_cosmos_like(h, w, 2.0, &g, &pk);
+    double *pk2 = dmalloc(n), pmed = pk[n / 2 + 3];
+    for (int i = 0; i < n; i++) pk2[i] = pk[i] > 0 ? 1.0 / (1.0 / pk[i] + 1.0 / pmed) : 0.0;
+    float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *wf = fmalloc(n), *wf0 = fmalloc(n);
+    float *smp = fmalloc((int64_t)ns * n), *mean = fmalloc(n), *sd = fmalloc(n), *res = fmalloc(n);
+    for (int i = 0; i < n; i++) nv[i] = (float)nvar;
+    CHECK_OK(lss_mm_gaussian_field(g, pk2, 41, 0, kap));
+    CHECK_OK(lss_mm_mock_shear(g, kap, nv, 42, 0, g1, g2));
+    double pstd, pstd0;
+    CHECK_OK(lss_mm_wiener_fourier(g, pk2, g1, g2, nvar, wf, &pstd));
+    CHECK_OK(lss_mm_wiener_fourier(g, pk, g1, g2, nvar, wf0, &pstd0));
+    lss_mm_post *post;
+    known_res kr = {g, pk2, 0};
+    CHECK_OK(lss_mm_post_create(g, pk, g1, g2, nv, &post));
+    lss_mm_post_set_residual(post, known_residual, &kr);
+    lss_mm_sample_opts so = {0};
+    so.nchains = ns;
+    so.seed = 6;
+    so.sigma_max = 0.3;
+    so.anneal = 0.6;
+    so.steps_per_level = 2;
+    so.final_steps = 10;
+    so.sigma_min = 1e-3;
+    so.ode_t_end = -1;
+    lss_mm_sample_stats st;
+    CHECK_OK(lss_mm_sample(post, &so, smp, &st));
+    printf("  residual prior (Simpson MH on the residual): acceptance %.3f, %.1f evaluations per sample, %d batch calls\n",
+           st.accept_rate, st.evals_per_chain, kr.calls);
+    CHECK(st.accept_rate > 0.3, "acceptance with a residual prior %.3f", st.accept_rate);
+    CHECK_OK(lss_mm_mean_std(ns, n, smp, mean, sd));
+    for (int i = 0; i < n; i++) res[i] = mean[i] - wf[i];
+    double rr = rms(n, res) / rms(n, wf), sdm = 0;
+    for (int i = 0; i < n; i++) sdm += sd[i] / pstd / n;
+    for (int i = 0; i < n; i++) res[i] = wf0[i] - wf[i];
+    printf("  mean vs Wiener(P'): residual %.4f of its RMS, Monte Carlo error %.4f (the Wiener filter of P differs by %.4f); std ratio %.4f\n", rr,
+           pstd / sqrt((double)ns) / rms(n, wf), rms(n, res) / rms(n, wf), sdm);
+    /* the Monte Carlo error of the mean of ns samples alone is pstd / sqrt(ns) per pixel: allow 1.5 x */
+    double mc = pstd / sqrt((double)ns) / rms(n, wf);
+    CHECK(rr <= 1.5 * mc, "posterior mean with the residual prior = Wiener filter of P' (residual RMS %.4f, Monte Carlo %.4f)", rr, mc);
+    CHECK_CLOSE(sdm, 1.0, 0, 0.1, "posterior std with the residual prior = analytic");
+    /* the score with a residual = Gaussian score + residual (mean removed) */
+    {
+        float sig[2] = {0.1f, 0.01f}, *a = fmalloc(2 * n), *b = fmalloc(2 * n), *x = fmalloc(2 * n), *sg = fmalloc(2 * n), *r = fmalloc(2 * n);
+        white(2 * n, 51, x);
+        for (int i = 0; i < 2 * n; i++) x[i] *= 0.02f;
+        CHECK_OK(lss_mm_post_score(post, 2, x, sig, a, NULL));
+        lss_mm_post_set_residual(post, NULL, NULL);
+        CHECK_OK(lss_mm_post_score(post, 2, x, sig, b, NULL));
+        CHECK_OK(lss_mm_gauss_score(g, pk, 2, x, sig, sg, NULL));
+        CHECK_OK(known_residual(&kr, 2, x, sg, sig, r));
+        for (int j = 0; j < 2; j++) demean(n, r + j * n);
+        double md = 0, mr = 0;
+        for (int i = 0; i < 2 * n; i++) md = fmax(md, fabs((a[i] - b[i]) - r[i])), mr = fmax(mr, fabs(r[i]));
+        CHECK(md <= 1e-3 * mr, "posterior score = Gaussian parts + residual (max diff %.3g of %.3g)", md, mr);
+        free(a); free(b); free(x); free(sg); free(r);
+    }
+    lss_mm_post_free(post);
+    free(kap); free(g1); free(g2); free(nv); free(wf); free(wf0); free(smp); free(mean); free(sd); free(res); free(pk); free(pk2);
+    lss_mm_grid_free(g);
+}
+
+static void test_neural(void) {
+    int h = 16, w = 16, n = h * w;
+    double ell[120], cl[120], shift;
+    CHECK_OK(theory(ell, cl, 120));
+    CHECK_OK(lss_mm_theory_kappa_empty(NULL, "cosmos", &shift));
+    lss_mm_grid *g, *big;
+    CHECK_OK(lss_mm_grid_create(h, w, 1.0, &g));
+    CHECK_OK(lss_mm_grid_create(2 * h, 2 * w, 1.0, &big));
+    double *pk = dmalloc(n), *pkb = dmalloc(4 * n);
+    CHECK_OK(lss_mm_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK_OK(lss_mm_grid_spectrum(big, ell, cl, 120, pkb));
+    for (int dm = 0; dm < 2; dm++) {
+        lss_mm_net *net, *net2;
+        lss_mm_net_opts no = {4, dm, 3};
+        CHECK_OK(lss_mm_net_create(g, pk, &no, &net));
+        float *nv = fmalloc(n);
+        for (int i = 0; i < n; i++) nv[i] = (i % 7 == 0) ? (float)LSS_MM_EMPTY_VAR : 0.01f;
+        lss_mm_train_opts to = {0};
+        int steps = 60;
+        double *lossv = dmalloc(steps), fl;
+        struct { double *l; } cbu = {lossv};
+        (void)cbu;
+        to.steps = steps;
+        to.batch = 4;
+        to.lr = 3e-3;
+        to.lambda = shift;
+        to.big = big;
+        to.pk_big = pkb;
+        to.nvar = nv;
+        to.seed = 5;
+        CHECK_OK(lss_mm_net_train(net, &to, &fl));
+        CHECK(isfinite(fl) && fl > 0, "%s training loss finite (%g)", dm ? "DeepMass" : "DSM", fl);
+        /* loss of the trained network vs the untrained one on the same batches: training helps */
+        {
+            lss_mm_net *fresh;
+            CHECK_OK(lss_mm_net_create(g, pk, &no, &fresh));
+            lss_mm_train_opts t0 = to;
+            double l0, l1;
+            t0.steps = 10;
+            t0.lr = 1e-12; /* a step that changes nothing measurable: the loss of the weights as they are */
+            t0.seed = 99;
+            t0.no_spectral = 1;
+            CHECK_OK(lss_mm_net_train(fresh, &t0, &l0));
+            CHECK_OK(lss_mm_net_save(net, "build/tests/mm_net.ckpt"));
+            CHECK_OK(lss_mm_net_create(g, pk, &no, &net2));
+            CHECK_OK(lss_mm_net_load(net2, "build/tests/mm_net.ckpt"));
+            CHECK_OK(lss_mm_net_train(net2, &t0, &l1));
+            printf("  %s: loss of the untrained network %.4f, after %d steps %.4f (held-out batches)\n", dm ? "DeepMass" : "DSM", l0, steps, l1);
+            CHECK(l1 < l0, "%s training lowers the held-out loss (%.4f -> %.4f)", dm ? "DeepMass" : "DSM", l0, l1);
+            lss_mm_net_free(fresh);
+            lss_mm_net_free(net2);
+        }
+        /* checkpoint round trip: the same outputs bit for bit */
+        {
+            int c0, d2, hh, ww;
+            CHECK_OK(lss_mm_net_probe("build/tests/mm_net.ckpt", &c0, &d2, &hh, &ww));
+            CHECK(c0 == 4 && d2 == dm && hh == h && ww == w, "checkpoint describes the network (%d %d %d %d)", c0, d2, hh, ww);
+            CHECK_OK(lss_mm_net_create(g, pk, &no, &net2));
+            CHECK_OK(lss_mm_net_load(net2, "build/tests/mm_net.ckpt"));
+            float *x = fmalloc(3 * n), *sg = fmalloc(3 * n), *o1 = fmalloc(3 * n), *o2 = fmalloc(3 * n), sig[3] = {0.5f, -0.05f, 0.01f};
+            white(3 * n, 61, x);
+            for (int i = 0; i < 3 * n; i++) x[i] *= 0.03f;
+            if (!dm) {
+                CHECK_OK(lss_mm_gauss_score(g, pk, 3, x, (float[3]){0.5f, 0.05f, 0.01f}, sg, NULL));
+                CHECK_OK(lss_mm_net_residual(net, 3, x, sg, sig, o1));
+                CHECK_OK(lss_mm_net_residual(net2, 3, x, sg, sig, o2));
+                CHECK(maxabs(3 * n, o1) > 0 && isfinite(maxabs(3 * n, o1)), "residual output finite and non-zero");
+                CHECK(memcmp(o1, o2, sizeof(float) * 3 * n) == 0, "reloaded score network gives identical outputs");
+                CHECK_ERR(lss_mm_net_deepmass(net, x, x, o1), LSS_ERR_ARG);
+            } else {
+                CHECK_OK(lss_mm_net_deepmass(net, x, x + n, o1));
+                CHECK_OK(lss_mm_net_deepmass(net2, x, x + n, o2));
+                CHECK(memcmp(o1, o2, sizeof(float) * n) == 0, "reloaded DeepMass network gives identical outputs");
+                CHECK_ERR(lss_mm_net_residual(net, 1, x, sg, sig, o1), LSS_ERR_ARG);
+            }
+            lss_mm_net_free(net2);
+            /* a corrupted checkpoint is refused */
+            FILE *f = fopen("build/tests/mm_net.ckpt", "r+b");
+            fseek(f, 200, SEEK_SET);
+            int ch = fgetc(f);
+            fseek(f, 200, SEEK_SET);
+            fputc(ch ^ 0x55, f);
+            fclose(f);
+            CHECK_OK(lss_mm_net_create(g, pk, &no, &net2));
+            CHECK(lss_mm_net_load(net2, "build/tests/mm_net.ckpt") != LSS_OK, "corrupted checkpoint refused");
+            lss_mm_net_free(net2);
+            free(x); free(sg); free(o1); free(o2);
+        }
+        /* the trained score network inside the sampler (batched, Simpson MH on the residual) */
+        if (!dm) {
+            float *g1 = fmalloc(n), *g2 = fmalloc(n), *kap = fmalloc(n), *smp = fmalloc(4 * n);
+            CHECK_OK(lss_mm_mock_kappa(big, pkb, shift, h, w, 71, 0, kap));
+            CHECK_OK(lss_mm_mock_shear(g, kap, nv, 72, 0, g1, g2));
+            lss_mm_post *post;
+            CHECK_OK(lss_mm_post_create(g, pk, g1, g2, nv, &post));
+            lss_mm_post_set_residual(post, lss_mm_net_residual, net);
+            lss_mm_sample_opts so = {0};
+            lss_mm_sample_stats st;
+            so.nchains = 4;
+            so.anneal = 0.6;
+            so.steps_per_level = 1;
+            so.final_steps = 3;
+            CHECK_OK(lss_mm_sample(post, &so, smp, &st));
+            CHECK(isfinite(maxabs(4 * n, smp)) && st.accept_rate > 0, "sampling with the U-net prior (acceptance %.2f)", st.accept_rate);
+            lss_mm_post_free(post);
+            free(g1); free(g2); free(kap); free(smp);
+        }
+        lss_mm_net_free(net);
+        free(nv); free(lossv);
+    }
+    {
+        lss_mm_net *bad;
+        lss_mm_grid *g2;
+        CHECK_OK(lss_mm_grid_create(18, 16, 1.0, &g2));
+        double *p2 = dmalloc(18 * 16);
+        CHECK_ERR(lss_mm_net_create(g2, p2, NULL, &bad), LSS_ERR_SHAPE);
+        free(p2);
+        lss_mm_grid_free(g2);
+    }
+    free(pk); free(pkb);
+    lss_mm_grid_free(g);
+    lss_mm_grid_free(big);
+}
+
+/* Same seed, same samples bit for bit whatever the thread count (independent-chain mode). */
+static void test_determinism(void) {
+#ifdef _OPENMP
+    int h = 16, w = 16, n = h * w, nc = 6;
+    lss_mm_grid *g;
+    double *pk;
+    setup_cosmos_like(h, w, 2.0, &g, &pk);
+    float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *a = fmalloc(nc * n), *b = fmalloc(nc * n);
+    for (int i = 0; i < n; i++) nv[i] = i % 5 ? 3e-4f : (float)LSS_MM_EMPTY_VAR;
+    CHECK_OK(lss_mm_gaussian_field(g, pk, 81, 0, kap));
+    CHECK_OK(lss_mm_mock_shear(g, kap, nv, 82, 0, g1, g2));
+    lss_mm_post *post;
+    CHECK_OK(lss_mm_post_create(g, pk, g1, g2, nv, &post));
+    lss_mm_sample_opts so = {0};
+    so.nchains = nc;
+    so.seed = 7;
+    so.anneal = 0.6;
+    so.steps_per_level = 2;
+    int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    CHECK_OK(lss_mm_sample(post, &so, a, NULL));
+    omp_set_num_threads(nt > 1 ? nt : 2);
+    CHECK_OK(lss_mm_sample(post, &so, b, NULL));
+    omp_set_num_threads(nt);
+    CHECK(memcmp(a, b, sizeof(float) * nc * n) == 0, "samples identical with 1 and %d threads", nt > 1 ? nt : 2);
+    /* each chain is a pure function of (seed, chain index): the first chains of a larger run agree */
+    so.nchains = 2;
+    CHECK_OK(lss_mm_sample(post, &so, b, NULL));
+    CHECK(memcmp(a, b, sizeof(float) * 2 * n) == 0, "chain c does not depend on how many chains run");
+    lss_mm_post_free(post);
+    free(kap); free(g1); free(g2); free(nv); free(a); free(b); free(pk);
+    lss_mm_grid_free(g);
+#else
+    SKIP("built without OpenMP");
+#endif
+}
+
+int main(void) {
+    RUN(test_operators);
+    RUN(test_fields);
+    RUN(test_wiener);
+    RUN(test_gaussian_validation);
+    RUN(test_binning);
+    RUN(test_metrics);
+    RUN(test_nfw);
+    RUN(test_end_to_end);
+    RUN(test_residual_sampling);
+    RUN(test_neural);
+    RUN(test_determinism);
+    LSS_TEST_END();
+}
