@@ -89,6 +89,10 @@ check-headers: | deps
 	  $(CC) -std=c11 -O2 $(WARN) -pedantic -I. -I$(STB_INC) -c build/hdr/$$n.c -o build/hdr/$$n.o || exit 1; \
 	  echo "check-headers: $$h compiles alone with -pedantic"; \
 	done
+	@printf '#define LSS_IMPLEMENTATION\n' > build/hdr/all.c; \
+	for h in $(HEADERS); do printf '#include "%s"\n' $$h >> build/hdr/all.c; done; \
+	$(CC) -std=c11 -O0 $(WARN) -pedantic -fopenmp -I. -I$(STB_INC) -c build/hdr/all.c -o build/hdr/all.o && \
+	echo "check-headers: all headers implemented together in one file"
 
 test: deps check-headers build/runner $(TESTS) $(DRIVERS)
 	@./build/runner $(TESTS)

@@ -2387,7 +2387,7 @@ static void lss__hist2(const double *x, int64_t n, int d, int i, int j, int nx, 
     }
 }
 
-static void lss__range(const double *x, int64_t n, int d, int i, double pad, double *lo, double *hi) {
+static void lss__chain_range(const double *x, int64_t n, int d, int i, double pad, double *lo, double *hi) {
     double a = INFINITY, b = -INFINITY;
     int64_t t;
     for (t = 0; t < n; t++) {
@@ -2416,8 +2416,8 @@ LSSDEF int lss_hpd_area(const double *x, int64_t n, int d, int i, int j, const l
     if (o.bins <= 0) o.bins = 399;
     if (o.bins > 8192) return lss_seterr(LSS_ERR_ARG, "hpd_area: %d bins is too many", o.bins);
     if (o.xlo == 0 && o.xhi == 0 && o.ylo == 0 && o.yhi == 0) {
-        lss__range(x, n, d, i, 0.05, &o.xlo, &o.xhi);
-        lss__range(x, n, d, j, 0.05, &o.ylo, &o.yhi);
+        lss__chain_range(x, n, d, i, 0.05, &o.xlo, &o.xhi);
+        lss__chain_range(x, n, d, j, 0.05, &o.ylo, &o.yhi);
     }
     if (!(o.xhi > o.xlo && o.yhi > o.ylo)) return lss_seterr(LSS_ERR_ARG, "hpd_area: empty histogram range");
     nn = (size_t)o.bins * (size_t)o.bins;
@@ -2546,7 +2546,7 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
         } else {
             double a = INFINITY, b = -INFINITY, l, h;
             for (c = 0; c < nchains; c++) {
-                lss__range(x[c], n[c], d, i, 0.02, &l, &h);
+                lss__chain_range(x[c], n[c], d, i, 0.02, &l, &h);
                 a = fmin(a, l);
                 b = fmax(b, h);
             }
