@@ -514,8 +514,10 @@ static void test_binning(void) {
     }
     /* CSV and NPY catalogue files */
     {
-        const char *csv = "build/tests/mm_cat.csv", *npy = "build/tests/mm_cat.npy";
+        const char *csv = "build/test_massmap_cat.csv", *npy = "build/test_massmap_cat.npy";
         FILE *f = fopen(csv, "w");
+        CHECK(f != NULL, "cannot write %s", csv);
+        if (!f) return;
         fprintf(f, "x,y,e1,e2,weight\n0.5,0.5,0.1,0.2,2\n1.5,0.5,-0.1,0.0,1\n");
         fclose(f);
         lss_mm_catalogue c3;
@@ -529,6 +531,8 @@ static void test_binning(void) {
         CHECK(c3.n == 2 && c3.w[1] == 1 && c3.e1[1] == -0.1, "NPY catalogue read");
         lss_mm_catalogue_free(&c3);
         f = fopen(csv, "w");
+        CHECK(f != NULL, "cannot write %s", csv);
+        if (!f) return;
         fprintf(f, "a,b\n1,2\n");
         fclose(f);
         CHECK_ERR(lss_mm_catalogue_load(csv, 0, &c3), LSS_ERR_FORMAT);
@@ -833,9 +837,9 @@ static void test_neural(void) {
             t0.seed = 99;
             t0.no_spectral = 1;
             CHECK_OK(lss_mm_net_train(fresh, &t0, &l0));
-            CHECK_OK(lss_mm_net_save(net, "build/tests/mm_net.ckpt"));
+            CHECK_OK(lss_mm_net_save(net, "build/test_massmap_net.ckpt"));
             CHECK_OK(lss_mm_net_create(g, pk, &no, &net2));
-            CHECK_OK(lss_mm_net_load(net2, "build/tests/mm_net.ckpt"));
+            CHECK_OK(lss_mm_net_load(net2, "build/test_massmap_net.ckpt"));
             CHECK_OK(lss_mm_net_train(net2, &t0, &l1));
             printf("  %s: loss of the untrained network %.4f, after %d steps %.4f (held-out batches)\n", dm ? "DeepMass" : "DSM", l0, steps, l1);
             CHECK(l1 < l0, "%s training lowers the held-out loss (%.4f -> %.4f)", dm ? "DeepMass" : "DSM", l0, l1);
@@ -845,10 +849,10 @@ static void test_neural(void) {
         /* checkpoint round trip: the same outputs bit for bit */
         {
             int c0, d2, hh, ww;
-            CHECK_OK(lss_mm_net_probe("build/tests/mm_net.ckpt", &c0, &d2, &hh, &ww));
+            CHECK_OK(lss_mm_net_probe("build/test_massmap_net.ckpt", &c0, &d2, &hh, &ww));
             CHECK(c0 == 4 && d2 == dm && hh == h && ww == w, "checkpoint describes the network (%d %d %d %d)", c0, d2, hh, ww);
             CHECK_OK(lss_mm_net_create(g, pk, &no, &net2));
-            CHECK_OK(lss_mm_net_load(net2, "build/tests/mm_net.ckpt"));
+            CHECK_OK(lss_mm_net_load(net2, "build/test_massmap_net.ckpt"));
             float *x = fmalloc(3 * n), *sg = fmalloc(3 * n), *o1 = fmalloc(3 * n), *o2 = fmalloc(3 * n), sig[3] = {0.5f, -0.05f, 0.01f};
             white(3 * n, 61, x);
             for (int i = 0; i < 3 * n; i++) x[i] *= 0.03f;
@@ -867,14 +871,17 @@ static void test_neural(void) {
             }
             lss_mm_net_free(net2);
             /* a corrupted checkpoint is refused */
-            FILE *f = fopen("build/tests/mm_net.ckpt", "r+b");
-            fseek(f, 200, SEEK_SET);
-            int ch = fgetc(f);
-            fseek(f, 200, SEEK_SET);
-            fputc(ch ^ 0x55, f);
-            fclose(f);
+            FILE *f = fopen("build/test_massmap_net.ckpt", "r+b");
+            CHECK(f != NULL, "cannot reopen the checkpoint");
+            if (f) {
+                fseek(f, 200, SEEK_SET);
+                int ch = fgetc(f);
+                fseek(f, 200, SEEK_SET);
+                fputc(ch ^ 0x55, f);
+                fclose(f);
+            }
             CHECK_OK(lss_mm_net_create(g, pk, &no, &net2));
-            CHECK(lss_mm_net_load(net2, "build/tests/mm_net.ckpt") != LSS_OK, "corrupted checkpoint refused");
+            CHECK(lss_mm_net_load(net2, "build/test_massmap_net.ckpt") != LSS_OK, "corrupted checkpoint refused");
             lss_mm_net_free(net2);
             free(x); free(sg); free(o1); free(o2);
         }
