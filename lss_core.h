@@ -140,6 +140,43 @@ LSSDEF void lss_log(int level, const char *fmt, ...)
 LSSDEF double lss_time_now(void);
 
 /* ---------------------------------------------------------------- randomness */
+/* The counter-based kernels below are inline and, under nvcc, __host__ __device__: the CPU and the GPU
+ * (lss_gpu.cu) share this one definition, so they draw the same numbers. */
+#if defined(__CUDACC__)
+#define LSS_HOST_DEVICE __host__ __device__
+#else
+#define LSS_HOST_DEVICE
+#endif
+/* Philox4x32-10 of ctr = (counter lo, counter hi, stream lo, stream hi), key = (seed lo, seed hi). */
+static inline LSS_HOST_DEVICE void lss_philox_block_inline(uint64_t seed, uint64_t stream, uint64_t counter,
+                                                           uint32_t out[4]) {
+    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = (uint32_t)stream;
+    uint32_t c3 = (uint32_t)(stream >> 32), k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    int i;
+    for (i = 0; i < 10; i++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0;
+        uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+/* A u32 to a float in (0, 1): 23 bits + 1/2, exact. */
+static inline LSS_HOST_DEVICE float lss_u32_to_float_inline(uint32_t u) {
+    return ((float)(u >> 9) + 0.5f) * (1.0f / 8388608.0f);
+}
+/* Two u32 to a double in (0, 1): 52 bits + 1/2, exact. */
+static inline LSS_HOST_DEVICE double lss_u32x2_to_double_inline(uint32_t hi, uint32_t lo) {
+    uint64_t m = ((uint64_t)(hi >> 6) << 26) | (uint64_t)(lo >> 6);
+    return ((double)m + 0.5) * (1.0 / 4503599627370496.0);
+}
+
 /* The Philox4x32-10 bijection (Salmon et al. 2011): out = philox(ctr, key). */
 LSSDEF void lss_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
@@ -372,40 +409,17 @@ LSSDEF double lss_time_now(void) {
 
 /* ---------------------------------------------------------------- Philox */
 LSSDEF void lss_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
-    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    int i;
-    for (i = 0; i < 10; i++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0;
-        uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
-        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+    lss_philox_block_inline((uint64_t)key[0] | ((uint64_t)key[1] << 32), (uint64_t)ctr[2] | ((uint64_t)ctr[3] << 32),
+                            (uint64_t)ctr[0] | ((uint64_t)ctr[1] << 32), out);
 }
 
 LSSDEF void lss_philox_block(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4]) {
-    uint32_t ctr[4], key[2];
-    ctr[0] = (uint32_t)counter; ctr[1] = (uint32_t)(counter >> 32);
-    ctr[2] = (uint32_t)stream;  ctr[3] = (uint32_t)(stream >> 32);
-    key[0] = (uint32_t)seed;    key[1] = (uint32_t)(seed >> 32);
-    lss_philox4x32(ctr, key, out);
+    lss_philox_block_inline(seed, stream, counter, out);
 }
 
-LSSDEF float lss_u32_to_float(uint32_t u) {
-    return ((float)(u >> 9) + 0.5f) * (1.0f / 8388608.0f); /* 23 bits + 1/2: exact, in (0, 1) */
-}
+LSSDEF float lss_u32_to_float(uint32_t u) { return lss_u32_to_float_inline(u); }
 
-LSSDEF double lss_u32x2_to_double(uint32_t hi, uint32_t lo) {
-    uint64_t m = ((uint64_t)(hi >> 6) << 26) | (uint64_t)(lo >> 6); /* 52 bits + 1/2: exact, in (0, 1) */
-    return ((double)m + 0.5) * (1.0 / 4503599627370496.0);
-}
+LSSDEF double lss_u32x2_to_double(uint32_t hi, uint32_t lo) { return lss_u32x2_to_double_inline(hi, lo); }
 
 LSSDEF void lss_rng_init(lss_rng *r, uint64_t seed, uint64_t stream) {
     r->seed = seed;

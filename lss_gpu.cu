@@ -718,43 +718,14 @@ extern "C" int lss_gpu_adam(lss_gpu *ctx, float *w, const float *g, float *m, fl
     return LSS_OK;
 }
 
-/* ---------------------------------------------------------------- Philox (as lss_core.h) */
-__host__ __device__ static inline void lss__philox(uint64_t seed, uint64_t stream, uint64_t counter,
-                                                   uint32_t out[4]) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = (uint32_t)stream,
-             c3 = (uint32_t)(stream >> 32);
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int i = 0; i < 10; i++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0;
-        uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
-        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
-
-/* lss_u32_to_float and lss_u32x2_to_double: both exact */
-__host__ __device__ static inline float lss__u2f(uint32_t u) {
-    return ((float)(u >> 9) + 0.5f) * (1.0f / 8388608.0f);
-}
-__host__ __device__ static inline double lss__u2d(uint32_t hi, uint32_t lo) {
-    uint64_t m = ((uint64_t)(hi >> 6) << 26) | (uint64_t)(lo >> 6);
-    return ((double)m + 0.5) * (1.0 / 4503599627370496.0);
-}
-
+/* ---------------------------------------------------------------- Philox (lss_core.h's own inline kernels) */
 /* Normal number `which` (0: cos, 1: sin) of block `counter`, as lss_rng_normal. */
 __device__ static inline double lss__normal(uint64_t seed, uint64_t stream, uint64_t counter, int which) {
     uint32_t b[4];
     double u1, u2, rad, ang;
-    lss__philox(seed, stream, counter, b);
-    u1 = lss__u2d(b[0], b[1]);
-    u2 = lss__u2d(b[2], b[3]);
+    lss_philox_block_inline(seed, stream, counter, b);
+    u1 = lss_u32x2_to_double_inline(b[0], b[1]);
+    u2 = lss_u32x2_to_double_inline(b[2], b[3]);
     rad = sqrt(__dmul_rn(-2.0, log(u1)));
     ang = __dmul_rn(6.283185307179586, u2);
     return __dmul_rn(rad, which ? sin(ang) : cos(ang));
@@ -769,13 +740,13 @@ __global__ static void lss__k_rand(int kind, void *dst, int64_t n, uint64_t seed
         switch (kind) {
         case LSS__R_U32:
         case LSS__R_UNIFORMF:
-            lss__philox(seed, stream, counter0 + (uint64_t)i / 4, b);
+            lss_philox_block_inline(seed, stream, counter0 + (uint64_t)i / 4, b);
             if (kind == LSS__R_U32) ((uint32_t *)dst)[i] = b[i & 3];
-            else ((float *)dst)[i] = lss__u2f(b[i & 3]);
+            else ((float *)dst)[i] = lss_u32_to_float_inline(b[i & 3]);
             break;
         case LSS__R_UNIFORM:
-            lss__philox(seed, stream, counter0 + (uint64_t)i / 2, b);
-            ((double *)dst)[i] = lss__u2d(b[2 * (i & 1)], b[2 * (i & 1) + 1]);
+            lss_philox_block_inline(seed, stream, counter0 + (uint64_t)i / 2, b);
+            ((double *)dst)[i] = lss_u32x2_to_double_inline(b[2 * (i & 1)], b[2 * (i & 1) + 1]);
             break;
         case LSS__R_NORMAL:
             ((double *)dst)[i] = lss__normal(seed, stream, counter0 + (uint64_t)i / 2, (int)(i & 1));
@@ -861,7 +832,7 @@ __global__ static void lss__k_flip(const float *__restrict__ src, float *__restr
         int64_t c = r / ((int64_t)h * w), p = r - c * (int64_t)h * w;
         int y = (int)(p / w), x = (int)(p - (int64_t)y * w);
         uint32_t b[4];
-        lss__philox(seed, stream, counter0 + (uint64_t)f, b);
+        lss_philox_block_inline(seed, stream, counter0 + (uint64_t)f, b);
         int sy = (b[0] & 1) ? h - 1 - y : y, sx = ((b[0] >> 1) & 1) ? w - 1 - x : x;
         dst[i] = src[f * per + c * (int64_t)h * w + (int64_t)sy * w + sx];
     }
