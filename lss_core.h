@@ -14,6 +14,8 @@
  *   - Philox4x32-10, a counter-based generator: every number is a pure function of
  *     (seed, stream, counter), on the CPU and on the GPU alike; uniform, normal and Poisson draws
  *     (Poisson exact for every mean: inversion below 10, PTRS transformed rejection above).
+ *   - the registry of named streams: lss_stream(purpose, index, sub) and data sets lss_set_index(),
+ *     the one place where a draw's stream is decided (training and evaluation data never share one).
  *   - NPY read/write (v1/v2/v3 headers; <f4 <f8 <i4 <i8; C order), validated against the file length.
  *   - CSV write and read (header row, numeric columns).
  *   - PNG pictures through stb_image_write: an RGB canvas with text, lines, colour-mapped maps
@@ -211,6 +213,61 @@ LSSDEF int64_t lss_rng_poisson(lss_rng *r, double mean);
 /* Uniform integer in [0, n) without modulo bias; n >= 1. */
 LSSDEF uint32_t lss_rng_below(lss_rng *r, uint32_t n);
 
+/* ---------------------------------------------------------------- named random streams
+ * Streams are named, not computed: every random draw of the project comes from Philox under the user's
+ * seed and a stream lss_stream(purpose, index, sub), so that a map, a noise realisation, a network's
+ * initial weights or a chain is a pure function of (seed, purpose, index, sub), draws of different
+ * purposes never coincide, and no caller derives seeds by arithmetic (seed * K + i collides).
+ * Layout of the 64-bit stream: index (44 bits) << 20 | purpose (8 bits) << 12 | sub (12 bits).
+ * Data sets split the index space: lss_set_index(set, i) = set << 40 | i, so that training,
+ * validation and evaluation data drawn with the same seed are disjoint. */
+typedef enum {
+    LSS_STREAM_SHELL = 1,      /* lss_maps.h: Gaussian shell fields (sub = shell) */
+    LSS_STREAM_PHASE = 2,      /* lss_maps.h: stochasticity phases (sub = bin) */
+    LSS_STREAM_POISSON = 3,    /* lss_maps.h: galaxy counts (sub = bin) */
+    LSS_STREAM_SHAPE = 4,      /* lss_maps.h: shape noise (sub = bin) */
+    LSS_STREAM_MOSAIC = 5,     /* lss_maps.h: mosaic placement and flips */
+    LSS_STREAM_COSMO = 6,      /* parameter draws: Sobol scrambling, cosmology grids */
+    LSS_STREAM_NUISANCE = 7,   /* nuisance-parameter and field choices of one draw */
+    LSS_STREAM_NET_INIT = 8,   /* network initialisation (sub = network) */
+    LSS_STREAM_BATCH = 9,      /* minibatch order and on-the-fly training noise */
+    LSS_STREAM_MDN = 10,       /* mixture density network initialisation and training */
+    LSS_STREAM_MCMC = 11,      /* ensemble and HMC samplers (index = chain or job) */
+    LSS_STREAM_MM_FIELD = 12,  /* lss_massmap.h: convergence fields (truth maps, training maps) */
+    LSS_STREAM_MM_MASK = 13,   /* lss_massmap.h: survey masks */
+    LSS_STREAM_MM_COUNTS = 14, /* lss_massmap.h: galaxy counts of mocks */
+    LSS_STREAM_MM_NOISE = 15,  /* lss_massmap.h: shear noise */
+    LSS_STREAM_MM_CHAIN = 16,  /* lss_massmap.h: posterior chains (index = chain) */
+    LSS_STREAM_MM_DSM = 17,    /* lss_massmap.h: denoising-score-matching noise */
+    LSS_STREAM_MM_HALO = 18,   /* lss_massmap.h: injected clusters */
+    LSS_STREAM_CHECK = 19,     /* validation draws (calibration checks, diagnostics) */
+    LSS_STREAM_NPURPOSES
+} lss_purpose;
+typedef enum {
+    LSS_SET_TRAIN = 0,         /* training data */
+    LSS_SET_VALID = 1,         /* held-out data seen during training (early stopping, plateaus) */
+    LSS_SET_TEST = 2,          /* evaluation data and mocks, never trained on */
+    LSS_SET_FIDUCIAL = 3,      /* fiducial-cosmology draws (covariances, calibration) */
+    LSS_SET_NSETS = 16
+} lss_set;
+#define LSS_STREAM_INDEX_MAX ((uint64_t)1 << 44)  /* index < 2^44 */
+#define LSS_STREAM_SUB_MAX 4096u                  /* sub < 2^12 */
+#define LSS_SET_INDEX_MAX ((uint64_t)1 << 40)     /* i < 2^40 within a set */
+/* The stream of (purpose, index, sub). Arguments at or beyond their maximum are reduced modulo it
+ * (and then coincide with a smaller one): keep index < LSS_STREAM_INDEX_MAX and sub < 4096. */
+static inline LSS_HOST_DEVICE uint64_t lss_stream(lss_purpose purpose, uint64_t index, uint32_t sub) {
+    return ((index & (LSS_STREAM_INDEX_MAX - 1)) << 20) | ((uint64_t)((unsigned)purpose & 255u) << 12) |
+           (uint64_t)(sub & (LSS_STREAM_SUB_MAX - 1));
+}
+/* The index of item i of data set `set` (i < 2^40, set < 16; reduced modulo those otherwise). */
+static inline LSS_HOST_DEVICE uint64_t lss_set_index(lss_set set, uint64_t i) {
+    return ((uint64_t)((unsigned)set & 15u) << 40) | (i & (LSS_SET_INDEX_MAX - 1));
+}
+/* lss_rng_init(r, seed, lss_stream(purpose, index, sub)). */
+LSSDEF void lss_rng_for(lss_rng *r, uint64_t seed, lss_purpose purpose, uint64_t index, uint32_t sub);
+/* "shell", "phase", ..., or "?" for an unknown purpose (for messages and run.json). */
+LSSDEF const char *lss_purpose_name(lss_purpose purpose);
+
 /* ---------------------------------------------------------------- arrays and NPY */
 #define LSS_MAX_DIM 8
 typedef enum { LSS_F32 = 1, LSS_F64 = 2, LSS_I32 = 3, LSS_I64 = 4 } lss_dtype;
@@ -277,7 +334,7 @@ typedef struct {
     unsigned char *rgb; /* w * h * 3, row-major from the top */
 } lss_image;
 
-LSSDEF int lss_image_create(lss_image *im, int w, int h); /* filled white */
+LSSDEF int lss_image_init(lss_image *im, int w, int h); /* filled white */
 LSSDEF void lss_image_free(lss_image *im);
 LSSDEF void lss_image_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3]);
 LSSDEF void lss_image_line(lss_image *im, double x0, double y0, double x1, double y1,
@@ -511,6 +568,17 @@ LSSDEF int64_t lss_rng_poisson(lss_rng *r, double mean) {
                 return (int64_t)kd;
         }
     }
+}
+
+LSSDEF void lss_rng_for(lss_rng *r, uint64_t seed, lss_purpose purpose, uint64_t index, uint32_t sub) {
+    lss_rng_init(r, seed, lss_stream(purpose, index, sub));
+}
+
+LSSDEF const char *lss_purpose_name(lss_purpose purpose) {
+    static const char *const names[LSS_STREAM_NPURPOSES] = {
+        "?", "shell", "phase", "poisson", "shape", "mosaic", "cosmo", "nuisance", "net_init", "batch", "mdn", "mcmc",
+        "mm_field", "mm_mask", "mm_counts", "mm_noise", "mm_chain", "mm_dsm", "mm_halo", "check"};
+    return ((int)purpose > 0 && (int)purpose < LSS_STREAM_NPURPOSES) ? names[purpose] : "?";
 }
 
 /* ---------------------------------------------------------------- arrays */
@@ -965,7 +1033,7 @@ done:
 }
 
 /* ---------------------------------------------------------------- pictures */
-LSSDEF int lss_image_create(lss_image *im, int w, int h) {
+LSSDEF int lss_image_init(lss_image *im, int w, int h) {
     memset(im, 0, sizeof *im);
     if (w <= 0 || h <= 0 || w > 32768 || h > 32768) return lss_seterr(LSS_ERR_ARG, "image size %d x %d out of range", w, h);
     im->rgb = (unsigned char *)LSS_MALLOC((size_t)w * (size_t)h * 3);
@@ -1173,7 +1241,7 @@ LSSDEF int lss_png_map(const char *path, const float *map, int h, int w, double 
     }
     W = w * scale + 110;
     H = h * scale + 40;
-    if ((s = lss_image_create(&im, W, H)) != 0) return s;
+    if ((s = lss_image_init(&im, W, H)) != 0) return s;
     if (title) lss_image_text(&im, 10, 8, title, black, 1);
     lss_image_map(&im, 10, 30, map, h, w, vmin, vmax, scale);
     lss_image_colorbar(&im, 10 + w * scale + 10, 30, 14, h * scale, vmin, vmax);
@@ -1269,7 +1337,7 @@ LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries,
     lss_image im;
     int s, W = o && o->width > 0 ? o->width : 640, H = o && o->height > 0 ? o->height : 480;
     if (n <= 0 || nseries <= 0 || !x || !y) return lss_seterr(LSS_ERR_ARG, "nothing to plot in '%s'", path);
-    if ((s = lss_image_create(&im, W, H)) != 0) return s;
+    if ((s = lss_image_init(&im, W, H)) != 0) return s;
     lss_plot_lines_into(&im, 0, 0, W, H, o, nseries, n, x, y, labels);
     s = lss_image_save_png(&im, path);
     lss_image_free(&im);

@@ -36,7 +36,7 @@
  *     lss_rng r; lss_rng_init(&r, 1, 0);
  *     for (int i = 0; i < 64; i++) p0[i] = 0.1 * lss_rng_normal(&r);
  *     o.seed = 42;
- *     if (lss_emcee_create(&e, 32, 2, &o) || lss_emcee_start(e, p0, logp, NULL) ||
+ *     if (lss_emcee_create(32, 2, &o, &e) || lss_emcee_start(e, p0, logp, NULL) ||
  *         lss_emcee_run(e, 200, logp, NULL)) { fprintf(stderr, "%s\n", lss_last_error()); return 1; }
  *     lss_emcee_reset(e);                                   // drop the burn-in
  *     if (lss_emcee_run(e, 5000, logp, NULL)) return 1;
@@ -45,7 +45,7 @@
  *
  * With a mixture density network as the likelihood (DeepLSS):
  *     lss_mdn *m; lss_mdn_opts mo = {0};                    // 3 x 256 ReLU, K = 4
- *     lss_mdn_create(&m, 7, 7, &mo);
+ *     lss_mdn_create(7, 7, &mo, &m);
  *     lss_mdn_fit(m, theta_true, summaries, n, &mo);        // scalers, Adam, early stopping
  *     lss_mdn_set_obs(m, observed_summary);                 // refuses one outside the training range
  *     lss_emcee_start(e, p0, lss_mdn_loglike, m); lss_emcee_run(e, 500, lss_mdn_loglike, m);
@@ -181,7 +181,7 @@ typedef struct {
 
 /* Creates a sampler of nwalkers walkers in d dimensions. Fewer than 2 d walkers: LSS_ERR_ARG.
  * Free with lss_emcee_free. */
-LSSDEF int lss_emcee_create(lss_emcee **out, int nwalkers, int d, const lss_emcee_opts *o);
+LSSDEF int lss_emcee_create(int nwalkers, int d, const lss_emcee_opts *o, lss_emcee **out);
 /* Sets the walkers to p0 [nwalkers][d] after checking that they lie inside the prior
  * (LSS_ERR_RANGE naming walker and parameter), are not degenerate (LSS_ERR_ARG: condition number
  * of the centred, scaled ensemble), and have no NaN log-probability (LSS_ERR_NUMERIC). */
@@ -243,7 +243,7 @@ LSSDEF int lss_hmc_run(int nchains, int d, const double *x0, lss_logprob_grad_fn
 /* ---------------------------------------------------------------- mixture density network */
 /* p(theta_p | theta_t): an MLP from theta_t (dimension p) to K Gaussians over theta_p (dimension d),
  * output per sample K logits, K d means and K d(d+1)/2 entries of the lower-triangular Cholesky
- * factor of each component's precision (diagonal softplus + 1e-4): the layout of lss_gmm_nll.
+ * factor of each component's precision (diagonal softplus + 1e-4): the layout of lss_op_gmm_nll.
  * Inputs are scaled before the network: theta_t with the robust scaler and theta_p with min-max +
  * normal quantile (DeepLSS appendix C), or as chosen in the options; log-densities are in the scaled
  * space (as DeepLSS: constant in theta_t) unless a Jacobian is asked for. Not thread-safe: one
@@ -289,7 +289,7 @@ typedef struct {
 
 /* Creates an untrained MDN for p inputs and d outputs (architecture from o; NULL: defaults).
  * Free with lss_mdn_free. */
-LSSDEF int lss_mdn_create(lss_mdn **m, int p, int d, const lss_mdn_opts *o);
+LSSDEF int lss_mdn_create(int p, int d, const lss_mdn_opts *o, lss_mdn **m);
 LSSDEF void lss_mdn_free(lss_mdn *m);
 /* Fits the scalers and trains on n pairs theta_t [n][p], theta_p [n][d] (rows with a non-finite
  * value dropped): Adam, minibatches, a validation split, LR reduction on plateaus, early stopping
@@ -941,7 +941,7 @@ LSSDEF void lss_emcee_free(lss_emcee *e) {
     LSS_FREE(e);
 }
 
-LSSDEF int lss_emcee_create(lss_emcee **out, int nwalkers, int d, const lss_emcee_opts *o) {
+LSSDEF int lss_emcee_create(int nwalkers, int d, const lss_emcee_opts *o, lss_emcee **out) {
     lss_emcee *e;
     size_t W, D;
     if (!out) return lss_seterr(LSS_ERR_ARG, "emcee_create: NULL output");
@@ -1616,7 +1616,7 @@ static int lss__mdn_build(lss_store *st, lss_mlp *net, int p, int d, int K, int 
     return lss_mlp_init(net, st, "mdn", nhidden + 1, sizes, LSS_ACT_RELU);
 }
 
-LSSDEF int lss_mdn_create(lss_mdn **out, int p, int d, const lss_mdn_opts *opt) {
+LSSDEF int lss_mdn_create(int p, int d, const lss_mdn_opts *opt, lss_mdn **out) {
     lss_mdn_opts o;
     lss_mdn *m;
     int st;
@@ -1642,7 +1642,7 @@ LSSDEF int lss_mdn_create(lss_mdn **out, int p, int d, const lss_mdn_opts *opt) 
         lss_mdn_free(m);
         return lss_seterr(LSS_ERR_NOMEM, "mdn_create: out of memory");
     }
-    if ((st = lss_store_create(&m->store, o.seed)) != LSS_OK ||
+    if ((st = lss_store_create(o.seed, &m->store)) != LSS_OK ||
         (st = lss__mdn_build(m->store, &m->net, p, d, o.K, o.nhidden, o.width)) != LSS_OK ||
         (st = lss_graph_create(&m->graph)) != LSS_OK) {
         lss_mdn_free(m);
@@ -1927,14 +1927,14 @@ LSSDEF int lss_mdn_fit(lss_mdn *m, const double *theta_t, const double *theta_p,
         if (st == LSS_OK) st = lss_seterr(LSS_ERR_NOMEM, "mdn_fit: out of memory");
         goto done;
     }
-    if ((st = lss_store_create(&best, o.seed)) != LSS_OK ||
+    if ((st = lss_store_create(o.seed, &best)) != LSS_OK ||
         (st = lss__mdn_build(best, &bnet, p, d, m->K, m->nhidden, m->width)) != LSS_OK || (st = lss_graph_create(&g)) != LSS_OK)
         goto done;
     memset(&oo, 0, sizeof oo);
     oo.kind = LSS_OPT_ADAM;
     oo.lr = o.lr;
     oo.eps = 1e-7;
-    if ((st = lss_optim_create(&optim, m->store, &oo)) != LSS_OK) goto done;
+    if ((st = lss_optim_create(m->store, &oo, &optim)) != LSS_OK) goto done;
     lr = o.lr;
     m->best_val = HUGE_VAL;
     m->best_epoch = -1;
@@ -1960,7 +1960,7 @@ LSSDEF int lss_mdn_fit(lss_mdn *m, const double *theta_t, const double *theta_p,
             x = lss_view(g, xb, 2, sx);
             y = lss_view(g, yb, 2, sy);
             out = lss_mlp_forward(g, &m->net, x);
-            loss = lss_gmm_nll(g, out, y, m->K);
+            loss = lss_op_gmm_nll(g, out, y, m->K);
             lss_store_zero_grad(m->store);
             if ((st = lss_backward(g, loss)) != LSS_OK) goto done;
             if (!isfinite(loss->data[0])) {
@@ -2533,7 +2533,7 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
     H = top + d * P + margin;
     lo = (double *)LSS_MALLOC(sizeof(double) * (size_t)d * 2);
     grid = (double *)LSS_MALLOC(sizeof(double) * (size_t)B * B);
-    if (!lo || !grid || (st = lss_image_create(&im, W, H)) != LSS_OK) {
+    if (!lo || !grid || (st = lss_image_init(&im, W, H)) != LSS_OK) {
         LSS_FREE(lo);
         LSS_FREE(grid);
         return lss_seterr(LSS_ERR_NOMEM, "corner_png: out of memory");

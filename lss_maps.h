@@ -1535,12 +1535,6 @@ LSSDEF int lss_cl_tomo(const lss_cosmo *c, const lss_nz *bins, int nbins, const 
 
 #define LSS__PI 3.14159265358979323846
 #define LSS__ARCMIN (LSS__PI / (180.0 * 60.0))
-/* purposes of the random streams: stream = index * 2^20 + purpose * 2^12 + sub (sub < 4096) */
-enum { LSS__P_SHELL = 1, LSS__P_PHASE = 2, LSS__P_POISSON = 3, LSS__P_SHAPE = 4, LSS__P_MOSAIC = 5 };
-
-static uint64_t lss__stream(uint64_t index, int purpose, int sub) {
-    return (index << 20) ^ ((uint64_t)(purpose & 255) << 12) ^ (uint64_t)(sub & 4095);
-}
 
 /* Ziggurat tables (Marsaglia & Tsang 2000, 128 layers) for standard normals; the layer comes from the low 7 bits
    of a 32-bit word and the value from its top 25 bits (no correlation between the two). Built once per
@@ -2143,7 +2137,7 @@ LSSDEF int lss_sim_field(const lss_sim *s, lss_sim_work *w, uint64_t seed, uint6
         int b = s->draw[d], i0, j;
         const float *a = s->amp + (size_t)d * M * Mh;
         float hv = s->hvar[d], wl[LSS_SIM_MAX_BINS], wi[LSS_SIM_MAX_BINS], wg[LSS_SIM_MAX_BINS];
-        lss__normals(&s->zig, seed, lss__stream(index, LSS__P_SHELL, b), w->noise, 2 * (int64_t)M * Mh);
+        lss__normals(&s->zig, seed, lss_stream(LSS_STREAM_SHELL, index, (uint32_t)b), w->noise, 2 * (int64_t)M * Mh);
         for (i0 = 0; i0 < M; i0++)
             for (j = 0; j < Mh; j++) {
                 size_t k = (size_t)i0 * Mh + j;
@@ -2269,7 +2263,7 @@ LSSDEF int lss_sim_stochastic(const lss_sim *s, lss_sim_work *w, float *map, dou
     a = (float)(pow(1 - r_g, 2.0 / 3.0) * LSS__PI);
     memcpy(w->fr, map, sizeof(float) * nn);
     fftwf_execute_dft_r2c(s->f_r2c, w->fr, w->fc);
-    lss_rng_init(&r, seed, lss__stream(index, LSS__P_PHASE, bin));
+    lss_rng_init(&r, seed, lss_stream(LSS_STREAM_PHASE, index, (uint32_t)bin));
     for (i = 0; i < n; i++)
         for (j = 0; j < nh; j++) {
             float u = lss_rng_uniformf(&r), ph, c, sn, re, im;
@@ -2392,14 +2386,14 @@ LSSDEF int lss_sim_observe(const lss_sim *s, lss_sim_work *w, const float *field
         {
             lss_rng r;
             float *cnt = w->counts + (size_t)i * nn, *eps = w->fr;
-            lss_rng_init(&r, seed, lss__stream(index, LSS__P_POISSON, i));
+            lss_rng_init(&r, seed, lss_stream(LSS_STREAM_POISSON, index, (uint32_t)i));
             for (k = 0; k < nn; k++) {
                 double c = no.poisson == LSS_POISSON_EXACT ? (double)lss_rng_poisson(&r, lam[k])
                                                            : lss_poisson_anscombe(&r, lam[k], no.poisson);
                 if (c < 0) return lss_seterr(LSS_ERR_NUMERIC, "Poisson draw failed for mean %g", (double)lam[k]);
                 cnt[k] = (float)c;
             }
-            lss__normals(&s->zig, seed, lss__stream(index, LSS__P_SHAPE, i), eps, (int64_t)nn);
+            lss__normals(&s->zig, seed, lss_stream(LSS_STREAM_SHAPE, index, (uint32_t)i), eps, (int64_t)nn);
             for (k = 0; k < nn; k++) {
                 double ng = no.shape_noise == LSS_SHAPE_NOISE_CODE ? cnt[k] + 1.0 : (cnt[k] > 1 ? cnt[k] : 1.0);
                 ko[k] = (float)(ko[k] + no.sigma_e / sqrt(ng) * eps[k]);
@@ -2422,7 +2416,7 @@ LSSDEF int lss_mosaic(const float *const *fields, int grid, int nchan, int n, ui
         if (!fields[f]) return lss_seterr(LSS_ERR_ARG, "lss_mosaic: field %d is NULL", f);
         perm[f] = f;
     }
-    lss_rng_init(&r, seed, lss__stream(index, LSS__P_MOSAIC, 0));
+    lss_rng_init(&r, seed, lss_stream(LSS_STREAM_MOSAIC, index, (uint32_t)0));
     for (f = nf - 1; f > 0; f--) {
         int j = (int)lss_rng_below(&r, (uint32_t)(f + 1)), t = perm[f];
         perm[f] = perm[j]; perm[j] = t;

@@ -2650,7 +2650,7 @@ LSSDEF int lss_mm_net_create(const lss_mm_grid *g, const double *pk, const lss_m
         lss_mm_net_free(n);
         return lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_create: out of memory");
     }
-    if ((s = lss_store_create(&n->st, n->o.seed)) != LSS_OK || (s = lss_graph_create(&n->gr)) != LSS_OK) {
+    if ((s = lss_store_create(n->o.seed, &n->st)) != LSS_OK || (s = lss_graph_create(&n->gr)) != LSS_OK) {
         lss_mm_net_free(n);
         return s;
     }
@@ -2899,7 +2899,7 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
         oo.sched = LSS_SCHED_STEP;
         oo.step_size = (int64_t)(0.4 * d.steps) > 0 ? (int64_t)(0.4 * d.steps) : 1;
         oo.gamma = 0.1;
-        if ((s = lss_optim_create(&n->opt, n->st, &oo)) != LSS_OK) return s;
+        if ((s = lss_optim_create(n->st, &oo, &n->opt)) != LSS_OK) return s;
     }
     if ((s = lss__mm_net_reserve(n, b)) != LSS_OK) return s;
     n->scale = lss_store_get(n->st, "massmap.scale");
@@ -2962,8 +2962,8 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
             }
             if ((s = lss__mm_net_forward(n, b, sig, NULL, 1, &y)) != LSS_OK) break;
             /* residual DSM (eq. 24): (u + sigma (r + s_G))^2 */
-            y = lss_add(n->gr, y, lss_view(n->gr, sgs, 4, sh4));
-            loss = lss_dsm_loss(n->gr, y, lss_view(n->gr, u, 4, sh4), lss_view(n->gr, sig, 1, s1));
+            y = lss_op_add(n->gr, y, lss_view(n->gr, sgs, 4, sh4));
+            loss = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, u, 4, sh4), lss_view(n->gr, sig, 1, s1));
         } else {
             /* DeepMass: noisy masked shear -> KS (E, B) -> kappa, MSE */
             float *g1 = sgs, *g2 = sgs + np;
@@ -2982,7 +2982,7 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
                 for (i = 0; i < np; i++) u[j * np + i] = truth[j * np + i] / n->scale->data[1];
             }
             if ((s = lss__mm_net_forward(n, b, NULL, NULL, 1, &y)) != LSS_OK) break;
-            loss = lss_mse(n->gr, y, lss_view(n->gr, u, 4, sh4));
+            loss = lss_op_mse(n->gr, y, lss_view(n->gr, u, 4, sh4));
         }
         lss_store_zero_grad(n->st);
         if ((s = lss_backward(n->gr, loss)) != LSS_OK) break;

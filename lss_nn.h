@@ -12,7 +12,7 @@
  *                one loop and a checkpoint is one table. Initialisers (He, Glorot) draw from Philox:
  *                tensor i of a store with seed s uses stream i, so weights are a pure function of
  *                (seed, registration order).
- *   lss_graph    a tape. A model is plain C code calling operations (lss_conv2d, lss_relu, ...) on a
+ *   lss_graph    a tape. A model is plain C code calling operations (lss_op_conv2d, lss_op_relu, ...) on a
  *                graph; each returns a new tensor owned by the graph. lss_backward walks the tape in
  *                reverse and ACCUMULATES into the store's gradients. lss_graph_reset forgets the
  *                tensors but keeps the memory, so a training loop allocates nothing after its first
@@ -27,15 +27,15 @@
  *                tensors with shapes, CRC32) written atomically; loading validates everything and
  *                names the offending tensor; the optimizer state is saved too, so a resumed run
  *                continues bit for bit.
- *   operations   lss_matmul, lss_dense, lss_conv2d (any kernel, stride, padding),
- *                lss_conv2d_transpose, lss_avgpool2d, lss_upsample2d (nearest), lss_concat, lss_add,
- *                lss_sub, lss_mul (numpy broadcasting), lss_scale, lss_add_scalar, lss_relu,
- *                lss_leaky_relu, lss_softplus, lss_tanh, lss_sigmoid, lss_exp, lss_ln, lss_batchnorm
- *                (train/eval), lss_spectral_norm (power iteration), lss_reshape, lss_flatten,
- *                lss_sum, lss_mean, lss_global_avgpool.
- *   losses       lss_mse, lss_l1, lss_gauss_nll (DeepLSS eq. 14, Cholesky factor of the precision),
- *                lss_gmm_nll and lss_gmm_logpdf (mixture density network), lss_dsm_loss (denoising
- *                score matching), lss_wgan_critic_loss.
+ *   operations   lss_op_matmul, lss_op_dense, lss_op_conv2d (any kernel, stride, padding),
+ *                lss_op_conv2d_transpose, lss_op_avgpool2d, lss_op_upsample2d (nearest), lss_op_concat, lss_op_add,
+ *                lss_op_sub, lss_op_mul (numpy broadcasting), lss_op_scale, lss_op_add_scalar, lss_op_relu,
+ *                lss_op_leaky_relu, lss_op_softplus, lss_op_tanh, lss_op_sigmoid, lss_op_exp, lss_op_ln, lss_op_batchnorm
+ *                (train/eval), lss_op_spectral_norm (power iteration), lss_op_reshape, lss_op_flatten,
+ *                lss_op_sum, lss_op_mean, lss_op_global_avgpool.
+ *   losses       lss_op_mse, lss_op_l1, lss_op_gauss_nll (DeepLSS eq. 14, Cholesky factor of the precision),
+ *                lss_op_gmm_nll and lss_gmm_logpdf (mixture density network), lss_op_dsm_loss (denoising
+ *                score matching), lss_op_wgan_critic_loss.
  *   blocks       lss_mlp, lss_resblock (optionally strided, projection shortcut, batch norm,
  *                average-pool downsampling), lss_resnet (the DeepLSS CNN), lss_unet (3 scales,
  *                residual blocks, batch norm, noise-level conditioning).
@@ -49,17 +49,17 @@
  * Example: a small MLP fitted by Adam (error handling shortened)
  *     lss_store *st; lss_graph *g; lss_optim *opt; lss_mlp net;
  *     int sizes[] = {2, 64, 64, 1};
- *     lss_store_create(&st, 42);                                   // seed of the initialisers
+ *     lss_store_create(42, &st);                                   // seed of the initialisers
  *     lss_mlp_init(&net, st, "mlp", 3, sizes, LSS_ACT_RELU);       // 2 -> 64 -> 64 -> 1
  *     lss_optim_opts oo = {0}; oo.kind = LSS_OPT_ADAM; oo.lr = 1e-3;
- *     lss_optim_create(&opt, st, &oo);
+ *     lss_optim_create(st, &oo, &opt);
  *     lss_graph_create(&g);
  *     for (int step = 0; step < 1000; step++) {
  *         float xb[32 * 2], yb[32];  fill_batch(step, xb, yb);   // your data
  *         lss_graph_reset(g);
  *         lss_tensor *x = lss_view(g, xb, 2, (int64_t[]){32, 2});
  *         lss_tensor *y = lss_view(g, yb, 2, (int64_t[]){32, 1});
- *         lss_tensor *loss = lss_mse(g, lss_mlp_forward(g, &net, x), y);
+ *         lss_tensor *loss = lss_op_mse(g, lss_mlp_forward(g, &net, x), y);
  *         lss_store_zero_grad(st);
  *         if (lss_backward(g, loss) || lss_optim_step(opt)) { puts(lss_last_error()); break; }
  *     }
@@ -134,7 +134,7 @@ typedef enum {
 
 typedef struct lss_store lss_store;
 /* Creates an empty store. `seed` drives the initialisers. Free with lss_store_free. */
-LSSDEF int lss_store_create(lss_store **st, uint64_t seed);
+LSSDEF int lss_store_create(uint64_t seed, lss_store **st);
 LSSDEF void lss_store_free(lss_store *st);
 /* Registers a trainable tensor, initialised now. Returns the tensor (owned by the store; the pointer
  * stays valid for the store's life, its data pointer may change while tensors are added), or NULL
@@ -192,61 +192,61 @@ LSSDEF int lss_backward_seed(lss_graph *g, lss_tensor *y, const float *dy);
 
 /* ---------------------------------------------------------------- operations
  * Each returns a new graph-owned tensor or NULL (see "Errors are sticky" above). */
-LSSDEF lss_tensor *lss_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b);       /* [M,K]x[K,N] */
+LSSDEF lss_tensor *lss_op_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b);       /* [M,K]x[K,N] */
 /* y = x W + b: x [N, ...] flattened to [N, in], W [in, out], b [out] or NULL -> y [N, out]. */
-LSSDEF lss_tensor *lss_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b);
+LSSDEF lss_tensor *lss_op_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b);
 /* 2-D convolution (cross-correlation): x [N,Ci,H,W], w [Co,Ci,kh,kw], b [Co] or NULL; the same
  * stride and zero padding in both directions; out [N, Co, (H+2p-kh)/s+1, (W+2p-kw)/s+1]. */
-LSSDEF lss_tensor *lss_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
+LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
                               int pad);
-/* Transposed convolution (the adjoint of lss_conv2d): x [N,Ci,H,W], w [Ci,Co,kh,kw], b [Co] or NULL;
+/* Transposed convolution (the adjoint of lss_op_conv2d): x [N,Ci,H,W], w [Ci,Co,kh,kw], b [Co] or NULL;
  * out [N, Co, (H-1)s - 2p + kh + outpad, (W-1)s - 2p + kw + outpad], 0 <= outpad < s. */
-LSSDEF lss_tensor *lss_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b,
+LSSDEF lss_tensor *lss_op_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b,
                                         int stride, int pad, int outpad);
 /* Average pooling with a k x k window moved by `stride` (no padding); [N,C,H,W] -> [N,C,Ho,Wo]. */
-LSSDEF lss_tensor *lss_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride);
+LSSDEF lss_tensor *lss_op_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride);
 /* Nearest-neighbour upsampling by an integer factor. */
-LSSDEF lss_tensor *lss_upsample2d(lss_graph *g, lss_tensor *x, int factor);
+LSSDEF lss_tensor *lss_op_upsample2d(lss_graph *g, lss_tensor *x, int factor);
 /* Concatenation of two tensors along `axis` (other sizes equal). */
-LSSDEF lss_tensor *lss_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis);
+LSSDEF lss_tensor *lss_op_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis);
 /* Elementwise a + b and a * b with numpy broadcasting (shapes aligned on the right; a size-1 or
  * missing dimension is broadcast). */
-LSSDEF lss_tensor *lss_add(lss_graph *g, lss_tensor *a, lss_tensor *b);
-LSSDEF lss_tensor *lss_sub(lss_graph *g, lss_tensor *a, lss_tensor *b);
-LSSDEF lss_tensor *lss_mul(lss_graph *g, lss_tensor *a, lss_tensor *b);
-LSSDEF lss_tensor *lss_scale(lss_graph *g, lss_tensor *x, float s);            /* s x */
-LSSDEF lss_tensor *lss_add_scalar(lss_graph *g, lss_tensor *x, float c);       /* x + c */
-LSSDEF lss_tensor *lss_relu(lss_graph *g, lss_tensor *x);
-LSSDEF lss_tensor *lss_leaky_relu(lss_graph *g, lss_tensor *x, float slope);
-LSSDEF lss_tensor *lss_softplus(lss_graph *g, lss_tensor *x);  /* log(1 + e^x), overflow-safe */
-LSSDEF lss_tensor *lss_tanh(lss_graph *g, lss_tensor *x);
-LSSDEF lss_tensor *lss_sigmoid(lss_graph *g, lss_tensor *x);
-LSSDEF lss_tensor *lss_exp(lss_graph *g, lss_tensor *x);
-LSSDEF lss_tensor *lss_ln(lss_graph *g, lss_tensor *x);        /* natural log; needs x > 0 (else NaN) */
+LSSDEF lss_tensor *lss_op_add(lss_graph *g, lss_tensor *a, lss_tensor *b);
+LSSDEF lss_tensor *lss_op_sub(lss_graph *g, lss_tensor *a, lss_tensor *b);
+LSSDEF lss_tensor *lss_op_mul(lss_graph *g, lss_tensor *a, lss_tensor *b);
+LSSDEF lss_tensor *lss_op_scale(lss_graph *g, lss_tensor *x, float s);            /* s x */
+LSSDEF lss_tensor *lss_op_add_scalar(lss_graph *g, lss_tensor *x, float c);       /* x + c */
+LSSDEF lss_tensor *lss_op_relu(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_op_leaky_relu(lss_graph *g, lss_tensor *x, float slope);
+LSSDEF lss_tensor *lss_op_softplus(lss_graph *g, lss_tensor *x);  /* log(1 + e^x), overflow-safe */
+LSSDEF lss_tensor *lss_op_tanh(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_op_sigmoid(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_op_exp(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_op_ln(lss_graph *g, lss_tensor *x);        /* natural log; needs x > 0 (else NaN) */
 /* Batch normalisation over axis 1 of [N,C] or [N,C,H,W]: y = gamma (x - mean) / sqrt(var + eps) + beta.
  * Training graphs use the batch statistics (biased variance) and update the running ones as
  * running = momentum running + (1 - momentum) batch (unbiased variance), momentum 0 meaning 0.9;
  * evaluation graphs use running_mean/running_var. gamma, beta, running_* are [C]. eps 0 means 1e-5. */
-LSSDEF lss_tensor *lss_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma, lss_tensor *beta,
+LSSDEF lss_tensor *lss_op_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma, lss_tensor *beta,
                                  lss_tensor *running_mean, lss_tensor *running_var, float momentum,
                                  float eps);
 /* Spectral normalisation: w / sigma with sigma = u^T W v, W = w reshaped to [shape[0], rest],
  * u [shape[0]] a store buffer refined by `iters` power iterations (v = W^T u / |.|,
  * u = W v / |.|). In training graphs the refined u is written back (so one iteration per step
  * converges over steps); the gradient treats u and v as constants (as is usual). */
-LSSDEF lss_tensor *lss_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u, int iters);
+LSSDEF lss_tensor *lss_op_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u, int iters);
 /* The same view with new sizes (same element count; data and gradient shared, nothing recorded). */
-LSSDEF lss_tensor *lss_reshape(lss_graph *g, lss_tensor *x, int ndim, const int64_t *shape);
-LSSDEF lss_tensor *lss_flatten(lss_graph *g, lss_tensor *x);   /* [N, ...] -> [N, rest] */
-LSSDEF lss_tensor *lss_sum(lss_graph *g, lss_tensor *x);       /* all elements -> 0-D */
-LSSDEF lss_tensor *lss_mean(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_op_reshape(lss_graph *g, lss_tensor *x, int ndim, const int64_t *shape);
+LSSDEF lss_tensor *lss_op_flatten(lss_graph *g, lss_tensor *x);   /* [N, ...] -> [N, rest] */
+LSSDEF lss_tensor *lss_op_sum(lss_graph *g, lss_tensor *x);       /* all elements -> 0-D */
+LSSDEF lss_tensor *lss_op_mean(lss_graph *g, lss_tensor *x);
 /* Mean over the spatial axes: [N,C,H,W] -> [N,C]. */
-LSSDEF lss_tensor *lss_global_avgpool(lss_graph *g, lss_tensor *x);
+LSSDEF lss_tensor *lss_op_global_avgpool(lss_graph *g, lss_tensor *x);
 
 /* ---------------------------------------------------------------- losses (0-D results) */
 /* mean (pred - target)^2 and mean |pred - target| over all elements; target gets no gradient. */
-LSSDEF lss_tensor *lss_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target);
-LSSDEF lss_tensor *lss_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target);
+LSSDEF lss_tensor *lss_op_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target);
+LSSDEF lss_tensor *lss_op_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target);
 /* Diagonal of a Cholesky factor from a raw network output: softplus(raw) + 1e-4. */
 #define LSS_CHOL_DIAG_EPS 1e-4
 /* Gaussian NLL with a full covariance (DeepLSS eq. 14). out [N, d + d(d+1)/2]: per sample d means
@@ -254,16 +254,16 @@ LSSDEF lss_tensor *lss_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target);
  * (row-major lower triangle: L00, L10, L11, L20, L21, L22, ...; diagonal through softplus + 1e-4).
  * target [N, d]. Value: mean over samples of ||L^T (y - mu)||^2 - 2 sum_i log L_ii
  * = r^T Sigma^-1 r + ln|Sigma| (no 1/2, no constant). */
-LSSDEF lss_tensor *lss_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *target);
+LSSDEF lss_tensor *lss_op_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *target);
 /* Width of a Gaussian-mixture output: K (1 + d + d(d+1)/2). */
 LSSDEF int64_t lss_gmm_width(int K, int d);
 /* Gaussian-mixture NLL. out [N, K (1 + d + d(d+1)/2)]: per sample K logits, then K d means
  * (component-major: mu_k = out[K + k d .. K + k d + d - 1]), then K blocks of d(d+1)/2 entries of
  * the lower-triangular Cholesky factor L_k of component k's PRECISION (layout and diagonal as in
- * lss_gauss_nll). target [N, d]. Value: mean over samples of
+ * lss_op_gauss_nll). target [N, d]. Value: mean over samples of
  *   -logsumexp_k( log_softmax(logits)_k + sum_i log L_kii - 1/2 ||L_k^T (y - mu_k)||^2 - d/2 log 2 pi ).
  * Computed in double per sample. */
-LSSDEF lss_tensor *lss_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *target, int K);
+LSSDEF lss_tensor *lss_op_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *target, int K);
 /* Per-sample log-densities log p(y_n) of the same mixture from raw outputs, in double, forward only
  * (for samplers): out [n, lss_gmm_width(K, d)] row-major, y [n, d], logp [n]. LSS_ERR_ARG on bad
  * sizes; non-finite outputs give -inf (never NaN). Thread-safe; parallel over n with OpenMP. */
@@ -272,10 +272,10 @@ LSSDEF int lss_gmm_logpdf(const float *out, const double *y, int64_t n, int K, i
  * network's output at x + sigma u, u the same shape (no gradient) and sigma [N] one noise level per
  * sample (no gradient; signed values allowed). Equals ||u + sigma r||^2 / (elements per sample),
  * averaged over the batch. */
-LSSDEF lss_tensor *lss_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_tensor *sigma);
+LSSDEF lss_tensor *lss_op_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_tensor *sigma);
 /* Wasserstein critic loss mean(critic(fake)) - mean(critic(real)) (the critic minimises it; the
- * generator minimises -mean(critic(fake)), i.e. lss_scale(g, lss_mean(g, fake), -1)). */
-LSSDEF lss_tensor *lss_wgan_critic_loss(lss_graph *g, lss_tensor *real, lss_tensor *fake);
+ * generator minimises -mean(critic(fake)), i.e. lss_op_scale(g, lss_op_mean(g, fake), -1)). */
+LSSDEF lss_tensor *lss_op_wgan_critic_loss(lss_graph *g, lss_tensor *real, lss_tensor *fake);
 
 /* ---------------------------------------------------------------- optimizers */
 typedef enum { LSS_OPT_ADAM = 0, LSS_OPT_ADAMW, LSS_OPT_SGD, LSS_OPT_RMSPROP } lss_opt_kind;
@@ -301,7 +301,7 @@ typedef struct {
 } lss_optim_opts;
 typedef struct lss_optim lss_optim;
 /* Creates an optimizer over the trainable tensors of `st` (the store must not change size after). */
-LSSDEF int lss_optim_create(lss_optim **o, lss_store *st, const lss_optim_opts *opts);
+LSSDEF int lss_optim_create(lss_store *st, const lss_optim_opts *opts, lss_optim **o);
 LSSDEF void lss_optim_free(lss_optim *o);
 /* One update from the gradients now in the store (clipping, schedule, update). Clipping scales the
  * store's gradients in place. Returns LSS_ERR_NUMERIC (and changes nothing) when a gradient is not
@@ -369,7 +369,7 @@ LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, ls
 
 /* The DeepLSS CNN: nconv convolutions (kernel k, stride 2, padding k/2, ReLU) to `channels`
  * channels, nres residual blocks of two k x k convolutions at `channels` (no normalisation), flatten,
- * one dense layer with nout outputs (n + n(n+1)/2 for lss_gauss_nll with n parameters). Zeroed
+ * one dense layer with nout outputs (n + n(n+1)/2 for lss_op_gauss_nll with n parameters). Zeroed
  * fields mean the paper's values: nconv 4, nres 10, channels 128, kernel 5. */
 typedef struct {
     int in_ch, in_h, in_w;   /* input maps [N, in_ch, in_h, in_w] (required) */
@@ -455,7 +455,7 @@ LSSDEF int lss_gpu_sgemm(lss_gpu *ctx, int transa, int transb, int64_t M, int64_
                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                          int64_t ldc);
 
-/* ---- 2-D convolution (cross-correlation) as lss_conv2d: x [n,cin,h,w], w [cout,cin,kh,kw], b [cout],
+/* ---- 2-D convolution (cross-correlation) as lss_op_conv2d: x [n,cin,h,w], w [cout,cin,kh,kw], b [cout],
  * y [n,cout,ho,wo] with ho = (h + 2 pad - kh) / stride + 1 (the same for wo). */
 typedef struct {
     int n, cin, h, w;       /* input */
@@ -1014,7 +1014,7 @@ struct lss_store {
     int64_t size, capel, nparams;
 };
 
-LSSDEF int lss_store_create(lss_store **st, uint64_t seed) {
+LSSDEF int lss_store_create(uint64_t seed, lss_store **st) {
     lss_store *s;
     if (!st) return lss_seterr(LSS_ERR_ARG, "lss_store_create: NULL argument");
     *st = NULL;
@@ -1421,11 +1421,11 @@ static lss_tensor *lss__shape_err(lss_graph *g, const char *op, lss_tensor *a, l
     if ((out)->grad && !nd) return NULL
 
 /* ---------------------------------------------------------------- matmul and dense */
-LSSDEF lss_tensor *lss_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b) {
+LSSDEF lss_tensor *lss_op_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b) {
     lss_tensor *y;
     int64_t sh[2];
-    if (!lss__enter(g, "lss_matmul", 2, a, b, NULL)) return NULL;
-    if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0]) return lss__shape_err(g, "lss_matmul", a, b);
+    if (!lss__enter(g, "lss_op_matmul", 2, a, b, NULL)) return NULL;
+    if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0]) return lss__shape_err(g, "lss_op_matmul", a, b);
     sh[0] = a->shape[0]; sh[1] = b->shape[1];
     y = lss__new(g, 2, sh, lss__wants_grad(g, a, b, NULL), 0);
     if (!y) return NULL;
@@ -1438,14 +1438,14 @@ LSSDEF lss_tensor *lss_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b) {
     return y;
 }
 
-LSSDEF lss_tensor *lss_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b) {
+LSSDEF lss_tensor *lss_op_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b) {
     lss_tensor *y;
     int64_t sh[2], nin, i, j;
-    if (!lss__enter(g, "lss_dense", 2, x, w, NULL)) return NULL;
-    if (x->ndim < 1) return lss__shape_err(g, "lss_dense", x, w);
+    if (!lss__enter(g, "lss_op_dense", 2, x, w, NULL)) return NULL;
+    if (x->ndim < 1) return lss__shape_err(g, "lss_op_dense", x, w);
     nin = x->n / x->shape[0];
-    if (w->ndim != 2 || w->shape[0] != nin) return lss__shape_err(g, "lss_dense (input, weight)", x, w);
-    if (b && (b->n != w->shape[1])) return lss__shape_err(g, "lss_dense (weight, bias)", w, b);
+    if (w->ndim != 2 || w->shape[0] != nin) return lss__shape_err(g, "lss_op_dense (input, weight)", x, w);
+    if (b && (b->n != w->shape[1])) return lss__shape_err(g, "lss_op_dense (weight, bias)", w, b);
     sh[0] = x->shape[0]; sh[1] = w->shape[1];
     y = lss__new(g, 2, sh, lss__wants_grad(g, x, w, b), 0);
     if (!y) return NULL;
@@ -1642,18 +1642,18 @@ static void lss__chan_sum_add(const float *g, int64_t N, int64_t C, int64_t P, f
     }
 }
 
-LSSDEF lss_tensor *lss_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
+LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
     lss_tensor *y;
     int64_t N, C, H, W, Co, kh, kw, Ho, Wo, sh[4], K, NP;
     float *col, *tmp, *rowbuf;
-    if (!lss__enter(g, "lss_conv2d", 2, x, w, NULL)) return NULL;
+    if (!lss__enter(g, "lss_op_conv2d", 2, x, w, NULL)) return NULL;
     if (stride < 1 || pad < 0)
-        return lss__fail(g, LSS_ERR_ARG, "%s: stride must be >= 1 and padding >= 0%s", "lss_conv2d", NULL);
-    if (x->ndim != 4 || w->ndim != 4 || w->shape[1] != x->shape[1]) return lss__shape_err(g, "lss_conv2d (input, weight)", x, w);
+        return lss__fail(g, LSS_ERR_ARG, "%s: stride must be >= 1 and padding >= 0%s", "lss_op_conv2d", NULL);
+    if (x->ndim != 4 || w->ndim != 4 || w->shape[1] != x->shape[1]) return lss__shape_err(g, "lss_op_conv2d (input, weight)", x, w);
     N = x->shape[0]; C = x->shape[1]; H = x->shape[2]; W = x->shape[3];
     Co = w->shape[0]; kh = w->shape[2]; kw = w->shape[3];
-    if (b && b->n != Co) return lss__shape_err(g, "lss_conv2d (weight, bias)", w, b);
-    if (H + 2 * pad < kh || W + 2 * pad < kw) return lss__shape_err(g, "lss_conv2d (input smaller than kernel)", x, w);
+    if (b && b->n != Co) return lss__shape_err(g, "lss_op_conv2d (weight, bias)", w, b);
+    if (H + 2 * pad < kh || W + 2 * pad < kw) return lss__shape_err(g, "lss_op_conv2d (input smaller than kernel)", x, w);
     Ho = (H + 2 * pad - kh) / stride + 1; Wo = (W + 2 * pad - kw) / stride + 1;
     sh[0] = N; sh[1] = Co; sh[2] = Ho; sh[3] = Wo;
     y = lss__new(g, 4, sh, lss__wants_grad(g, x, w, b), 0);
@@ -1688,22 +1688,22 @@ LSSDEF lss_tensor *lss_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_te
     return y;
 }
 
-LSSDEF lss_tensor *lss_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
+LSSDEF lss_tensor *lss_op_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
                                         int pad, int outpad) {
     lss_tensor *y;
     int64_t N, Ci, H, W, Co, kh, kw, Ho, Wo, sh[4], HW, M;
     float *xt, *col;
-    if (!lss__enter(g, "lss_conv2d_transpose", 2, x, w, NULL)) return NULL;
+    if (!lss__enter(g, "lss_op_conv2d_transpose", 2, x, w, NULL)) return NULL;
     if (stride < 1 || pad < 0 || outpad < 0 || outpad >= stride)
         return lss__fail(g, LSS_ERR_ARG, "%s: need stride >= 1, pad >= 0, 0 <= outpad < stride%s",
-                         "lss_conv2d_transpose", NULL);
+                         "lss_op_conv2d_transpose", NULL);
     if (x->ndim != 4 || w->ndim != 4 || w->shape[0] != x->shape[1])
-        return lss__shape_err(g, "lss_conv2d_transpose (input, weight)", x, w);
+        return lss__shape_err(g, "lss_op_conv2d_transpose (input, weight)", x, w);
     N = x->shape[0]; Ci = x->shape[1]; H = x->shape[2]; W = x->shape[3];
     Co = w->shape[1]; kh = w->shape[2]; kw = w->shape[3];
-    if (b && b->n != Co) return lss__shape_err(g, "lss_conv2d_transpose (weight, bias)", w, b);
+    if (b && b->n != Co) return lss__shape_err(g, "lss_op_conv2d_transpose (weight, bias)", w, b);
     Ho = (H - 1) * stride - 2 * pad + kh + outpad; Wo = (W - 1) * stride - 2 * pad + kw + outpad;
-    if (Ho < 1 || Wo < 1) return lss__shape_err(g, "lss_conv2d_transpose (output would be empty)", x, w);
+    if (Ho < 1 || Wo < 1) return lss__shape_err(g, "lss_op_conv2d_transpose (output would be empty)", x, w);
     sh[0] = N; sh[1] = Co; sh[2] = Ho; sh[3] = Wo;
     y = lss__new(g, 4, sh, lss__wants_grad(g, x, w, b), 1);
     if (!y) return NULL;
@@ -1736,13 +1736,13 @@ LSSDEF lss_tensor *lss_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor 
 }
 
 /* ---------------------------------------------------------------- pooling, upsampling, concat */
-LSSDEF lss_tensor *lss_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride) {
+LSSDEF lss_tensor *lss_op_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride) {
     lss_tensor *y;
     int64_t sh[4], pl, H, W, Ho, Wo;
     float inv;
-    if (!lss__enter(g, "lss_avgpool2d", 1, x, NULL, NULL)) return NULL;
-    if (k < 1 || stride < 1) return lss__fail(g, LSS_ERR_ARG, "%s: window and stride must be >= 1%s", "lss_avgpool2d", NULL);
-    if (x->ndim != 4 || x->shape[2] < k || x->shape[3] < k) return lss__shape_err(g, "lss_avgpool2d", x, NULL);
+    if (!lss__enter(g, "lss_op_avgpool2d", 1, x, NULL, NULL)) return NULL;
+    if (k < 1 || stride < 1) return lss__fail(g, LSS_ERR_ARG, "%s: window and stride must be >= 1%s", "lss_op_avgpool2d", NULL);
+    if (x->ndim != 4 || x->shape[2] < k || x->shape[3] < k) return lss__shape_err(g, "lss_op_avgpool2d", x, NULL);
     H = x->shape[2]; W = x->shape[3];
     Ho = (H - k) / stride + 1; Wo = (W - k) / stride + 1;
     sh[0] = x->shape[0]; sh[1] = x->shape[1]; sh[2] = Ho; sh[3] = Wo;
@@ -1769,12 +1769,12 @@ LSSDEF lss_tensor *lss_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride)
     return y;
 }
 
-LSSDEF lss_tensor *lss_upsample2d(lss_graph *g, lss_tensor *x, int f) {
+LSSDEF lss_tensor *lss_op_upsample2d(lss_graph *g, lss_tensor *x, int f) {
     lss_tensor *y;
     int64_t sh[4], pl, H, W, Ho, Wo;
-    if (!lss__enter(g, "lss_upsample2d", 1, x, NULL, NULL)) return NULL;
-    if (f < 1) return lss__fail(g, LSS_ERR_ARG, "%s: factor must be >= 1%s", "lss_upsample2d", NULL);
-    if (x->ndim != 4) return lss__shape_err(g, "lss_upsample2d", x, NULL);
+    if (!lss__enter(g, "lss_op_upsample2d", 1, x, NULL, NULL)) return NULL;
+    if (f < 1) return lss__fail(g, LSS_ERR_ARG, "%s: factor must be >= 1%s", "lss_op_upsample2d", NULL);
+    if (x->ndim != 4) return lss__shape_err(g, "lss_op_upsample2d", x, NULL);
     H = x->shape[2]; W = x->shape[3]; Ho = H * f; Wo = W * f;
     sh[0] = x->shape[0]; sh[1] = x->shape[1]; sh[2] = Ho; sh[3] = Wo;
     y = lss__new(g, 4, sh, lss__wants_grad(g, x, NULL, NULL), 0);
@@ -1794,14 +1794,14 @@ LSSDEF lss_tensor *lss_upsample2d(lss_graph *g, lss_tensor *x, int f) {
     return y;
 }
 
-LSSDEF lss_tensor *lss_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis) {
+LSSDEF lss_tensor *lss_op_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis) {
     lss_tensor *y;
     int64_t sh[LSS_NN_MAXDIM], outer = 1, ia = 1, ib = 1, o;
     int i;
-    if (!lss__enter(g, "lss_concat", 2, a, b, NULL)) return NULL;
-    if (a->ndim != b->ndim || axis < 0 || axis >= a->ndim) return lss__shape_err(g, "lss_concat", a, b);
+    if (!lss__enter(g, "lss_op_concat", 2, a, b, NULL)) return NULL;
+    if (a->ndim != b->ndim || axis < 0 || axis >= a->ndim) return lss__shape_err(g, "lss_op_concat", a, b);
     for (i = 0; i < a->ndim; i++) {
-        if (i != axis && a->shape[i] != b->shape[i]) return lss__shape_err(g, "lss_concat", a, b);
+        if (i != axis && a->shape[i] != b->shape[i]) return lss__shape_err(g, "lss_op_concat", a, b);
         sh[i] = a->shape[i];
         if (i < axis) outer *= a->shape[i];
         if (i >= axis) { ia *= a->shape[i]; ib *= b->shape[i]; }
@@ -1876,9 +1876,9 @@ static lss_tensor *lss__binary(lss_graph *g, lss_tensor *a, lss_tensor *b, int o
     }
     return y;
 }
-LSSDEF lss_tensor *lss_add(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_ADD, "lss_add"); }
-LSSDEF lss_tensor *lss_sub(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_SUB, "lss_sub"); }
-LSSDEF lss_tensor *lss_mul(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_MUL, "lss_mul"); }
+LSSDEF lss_tensor *lss_op_add(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_ADD, "lss_op_add"); }
+LSSDEF lss_tensor *lss_op_sub(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_SUB, "lss_op_sub"); }
+LSSDEF lss_tensor *lss_op_mul(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_MUL, "lss_op_mul"); }
 
 /* ---------------------------------------------------------------- elementwise unary operations */
 static float lss__softplusf(float x) { return x > 20.0f ? x : x < -20.0f ? expf(x) : log1pf(expf(x)); }
@@ -1913,39 +1913,39 @@ static lss_tensor *lss__unary(lss_graph *g, lss_tensor *x, int op, float p, cons
     }
     return y;
 }
-LSSDEF lss_tensor *lss_scale(lss_graph *g, lss_tensor *x, float s) { return lss__unary(g, x, LSS__OP_SCALE, s, "lss_scale"); }
-LSSDEF lss_tensor *lss_add_scalar(lss_graph *g, lss_tensor *x, float c) { return lss__unary(g, x, LSS__OP_ADDS, c, "lss_add_scalar"); }
-LSSDEF lss_tensor *lss_relu(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_RELU, 0, "lss_relu"); }
-LSSDEF lss_tensor *lss_leaky_relu(lss_graph *g, lss_tensor *x, float slope) { return lss__unary(g, x, LSS__OP_LEAKY, slope, "lss_leaky_relu"); }
-LSSDEF lss_tensor *lss_softplus(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SOFTPLUS, 0, "lss_softplus"); }
-LSSDEF lss_tensor *lss_tanh(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_TANH, 0, "lss_tanh"); }
-LSSDEF lss_tensor *lss_sigmoid(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SIGMOID, 0, "lss_sigmoid"); }
-LSSDEF lss_tensor *lss_exp(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_EXP, 0, "lss_exp"); }
-LSSDEF lss_tensor *lss_ln(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_LOG, 0, "lss_ln"); }
+LSSDEF lss_tensor *lss_op_scale(lss_graph *g, lss_tensor *x, float s) { return lss__unary(g, x, LSS__OP_SCALE, s, "lss_op_scale"); }
+LSSDEF lss_tensor *lss_op_add_scalar(lss_graph *g, lss_tensor *x, float c) { return lss__unary(g, x, LSS__OP_ADDS, c, "lss_op_add_scalar"); }
+LSSDEF lss_tensor *lss_op_relu(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_RELU, 0, "lss_op_relu"); }
+LSSDEF lss_tensor *lss_op_leaky_relu(lss_graph *g, lss_tensor *x, float slope) { return lss__unary(g, x, LSS__OP_LEAKY, slope, "lss_op_leaky_relu"); }
+LSSDEF lss_tensor *lss_op_softplus(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SOFTPLUS, 0, "lss_op_softplus"); }
+LSSDEF lss_tensor *lss_op_tanh(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_TANH, 0, "lss_op_tanh"); }
+LSSDEF lss_tensor *lss_op_sigmoid(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SIGMOID, 0, "lss_op_sigmoid"); }
+LSSDEF lss_tensor *lss_op_exp(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_EXP, 0, "lss_op_exp"); }
+LSSDEF lss_tensor *lss_op_ln(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_LOG, 0, "lss_op_ln"); }
 
 /* ---------------------------------------------------------------- normalisation */
-LSSDEF lss_tensor *lss_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma, lss_tensor *beta,
+LSSDEF lss_tensor *lss_op_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma, lss_tensor *beta,
                                  lss_tensor *running_mean, lss_tensor *running_var, float momentum, float eps) {
     lss_tensor *y;
     int64_t N, C, P, c;
     float *mean, *invstd;
     int train;
-    if (!lss__enter(g, "lss_batchnorm", 1, x, NULL, NULL)) return NULL;
-    if (x->ndim != 2 && x->ndim != 4) return lss__shape_err(g, "lss_batchnorm (input must be [N,C] or [N,C,H,W])", x, NULL);
+    if (!lss__enter(g, "lss_op_batchnorm", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim != 2 && x->ndim != 4) return lss__shape_err(g, "lss_op_batchnorm (input must be [N,C] or [N,C,H,W])", x, NULL);
     N = x->shape[0]; C = x->shape[1]; P = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
     if ((gamma && gamma->n != C) || (beta && beta->n != C) || (running_mean && running_mean->n != C) ||
         (running_var && running_var->n != C))
         return lss__fail(g, LSS_ERR_SHAPE, "%s: gamma, beta and running statistics must have C elements%s",
-                         "lss_batchnorm", NULL);
+                         "lss_op_batchnorm", NULL);
     if (momentum == 0.0f) momentum = 0.9f;
     if (eps == 0.0f) eps = 1e-5f;
     if (!(momentum > 0.0f && momentum < 1.0f) || !(eps > 0.0f))
-        return lss__fail(g, LSS_ERR_RANGE, "%s: momentum must be in (0, 1) and eps > 0%s", "lss_batchnorm", NULL);
+        return lss__fail(g, LSS_ERR_RANGE, "%s: momentum must be in (0, 1) and eps > 0%s", "lss_op_batchnorm", NULL);
     train = g->training;
     if (!train && (!running_mean || !running_var))
-        return lss__fail(g, LSS_ERR_ARG, "%s: evaluation needs the running statistics%s", "lss_batchnorm", NULL);
+        return lss__fail(g, LSS_ERR_ARG, "%s: evaluation needs the running statistics%s", "lss_op_batchnorm", NULL);
     if (train && N * P < 2)
-        return lss__fail(g, LSS_ERR_SHAPE, "%s: batch statistics need at least 2 values per channel%s", "lss_batchnorm", NULL);
+        return lss__fail(g, LSS_ERR_SHAPE, "%s: batch statistics need at least 2 values per channel%s", "lss_op_batchnorm", NULL);
     y = lss__new(g, x->ndim, x->shape, lss__wants_grad(g, x, gamma, beta), 0);
     mean = (float *)lss__alloc(g, (size_t)C * sizeof(float));
     invstd = (float *)lss__alloc(g, (size_t)C * sizeof(float));
@@ -1990,15 +1990,15 @@ LSSDEF lss_tensor *lss_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma,
     return y;
 }
 
-LSSDEF lss_tensor *lss_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u, int iters) {
+LSSDEF lss_tensor *lss_op_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u, int iters) {
     lss_tensor *y;
     int64_t R, Cc, i, j, k;
     double *du, *dv, nrm, sigma;
     float *fu, *fv, inv;
     int it;
-    if (!lss__enter(g, "lss_spectral_norm", 2, w, u, NULL)) return NULL;
-    if (w->ndim < 1 || u->n != w->shape[0]) return lss__shape_err(g, "lss_spectral_norm (weight, u)", w, u);
-    if (iters < 1) return lss__fail(g, LSS_ERR_ARG, "%s: iters must be >= 1%s", "lss_spectral_norm", NULL);
+    if (!lss__enter(g, "lss_op_spectral_norm", 2, w, u, NULL)) return NULL;
+    if (w->ndim < 1 || u->n != w->shape[0]) return lss__shape_err(g, "lss_op_spectral_norm (weight, u)", w, u);
+    if (iters < 1) return lss__fail(g, LSS_ERR_ARG, "%s: iters must be >= 1%s", "lss_op_spectral_norm", NULL);
     R = w->shape[0]; Cc = w->n / R;
     du = (double *)lss__alloc(g, (size_t)R * sizeof(double));
     dv = (double *)lss__alloc(g, (size_t)Cc * sizeof(double));
@@ -2020,7 +2020,7 @@ LSSDEF lss_tensor *lss_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u,
         nrm = 0;
         for (j = 0; j < Cc; j++) nrm += dv[j] * dv[j];
         nrm = sqrt(nrm);
-        if (!(nrm > 0)) return lss__fail(g, LSS_ERR_NUMERIC, "%s: weight is zero%s", "lss_spectral_norm", NULL);
+        if (!(nrm > 0)) return lss__fail(g, LSS_ERR_NUMERIC, "%s: weight is zero%s", "lss_op_spectral_norm", NULL);
         for (j = 0; j < Cc; j++) dv[j] /= nrm;
         nrm = 0;
         for (i = 0; i < R; i++) {
@@ -2031,7 +2031,7 @@ LSSDEF lss_tensor *lss_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u,
             nrm += s * s;
         }
         nrm = sqrt(nrm);
-        if (!(nrm > 0) || !isfinite(nrm)) return lss__fail(g, LSS_ERR_NUMERIC, "%s: weight is zero or not finite%s", "lss_spectral_norm", NULL);
+        if (!(nrm > 0) || !isfinite(nrm)) return lss__fail(g, LSS_ERR_NUMERIC, "%s: weight is zero or not finite%s", "lss_op_spectral_norm", NULL);
         for (i = 0; i < R; i++) du[i] /= nrm;
         sigma = nrm; /* u^T W v with the new u */
     }
@@ -2050,13 +2050,13 @@ LSSDEF lss_tensor *lss_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u,
 }
 
 /* ---------------------------------------------------------------- shapes and reductions */
-LSSDEF lss_tensor *lss_reshape(lss_graph *g, lss_tensor *x, int ndim, const int64_t *shape) {
+LSSDEF lss_tensor *lss_op_reshape(lss_graph *g, lss_tensor *x, int ndim, const int64_t *shape) {
     lss_tensor *y;
     int64_t n;
     int i;
-    if (!lss__enter(g, "lss_reshape", 1, x, NULL, NULL)) return NULL;
+    if (!lss__enter(g, "lss_op_reshape", 1, x, NULL, NULL)) return NULL;
     n = lss_shape_count(ndim, shape);
-    if (n != x->n) return lss__fail(g, LSS_ERR_SHAPE, "%s: element count differs%s", "lss_reshape", NULL);
+    if (n != x->n) return lss__fail(g, LSS_ERR_SHAPE, "%s: element count differs%s", "lss_op_reshape", NULL);
     y = (lss_tensor *)lss__alloc(g, sizeof *y);
     if (!y) return NULL;
     *y = *x;
@@ -2067,21 +2067,21 @@ LSSDEF lss_tensor *lss_reshape(lss_graph *g, lss_tensor *x, int ndim, const int6
     return y;
 }
 
-LSSDEF lss_tensor *lss_flatten(lss_graph *g, lss_tensor *x) {
+LSSDEF lss_tensor *lss_op_flatten(lss_graph *g, lss_tensor *x) {
     int64_t sh[2];
-    if (!lss__enter(g, "lss_flatten", 1, x, NULL, NULL)) return NULL;
-    if (x->ndim < 1) return lss__shape_err(g, "lss_flatten", x, NULL);
+    if (!lss__enter(g, "lss_op_flatten", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim < 1) return lss__shape_err(g, "lss_op_flatten", x, NULL);
     sh[0] = x->shape[0]; sh[1] = x->n / x->shape[0];
-    return lss_reshape(g, x, 2, sh);
+    return lss_op_reshape(g, x, 2, sh);
 }
 
 static lss_tensor *lss__scalar_out(lss_graph *g, lss_tensor *a, lss_tensor *b, lss_tensor *c) {
     return lss__new(g, 0, NULL, lss__wants_grad(g, a, b, c), 0);
 }
 
-LSSDEF lss_tensor *lss_sum(lss_graph *g, lss_tensor *x) {
+LSSDEF lss_tensor *lss_op_sum(lss_graph *g, lss_tensor *x) {
     lss_tensor *y;
-    if (!lss__enter(g, "lss_sum", 1, x, NULL, NULL)) return NULL;
+    if (!lss__enter(g, "lss_op_sum", 1, x, NULL, NULL)) return NULL;
     if (!(y = lss__scalar_out(g, x, NULL, NULL))) return NULL;
     y->data[0] = (float)lss__dsum(x->data, x->n);
     {
@@ -2091,9 +2091,9 @@ LSSDEF lss_tensor *lss_sum(lss_graph *g, lss_tensor *x) {
     return y;
 }
 
-LSSDEF lss_tensor *lss_mean(lss_graph *g, lss_tensor *x) {
+LSSDEF lss_tensor *lss_op_mean(lss_graph *g, lss_tensor *x) {
     lss_tensor *y;
-    if (!lss__enter(g, "lss_mean", 1, x, NULL, NULL)) return NULL;
+    if (!lss__enter(g, "lss_op_mean", 1, x, NULL, NULL)) return NULL;
     if (!(y = lss__scalar_out(g, x, NULL, NULL))) return NULL;
     y->data[0] = (float)(lss__dsum(x->data, x->n) / (double)x->n);
     {
@@ -2103,11 +2103,11 @@ LSSDEF lss_tensor *lss_mean(lss_graph *g, lss_tensor *x) {
     return y;
 }
 
-LSSDEF lss_tensor *lss_global_avgpool(lss_graph *g, lss_tensor *x) {
+LSSDEF lss_tensor *lss_op_global_avgpool(lss_graph *g, lss_tensor *x) {
     lss_tensor *y;
     int64_t sh[2], P, pl;
-    if (!lss__enter(g, "lss_global_avgpool", 1, x, NULL, NULL)) return NULL;
-    if (x->ndim != 4) return lss__shape_err(g, "lss_global_avgpool", x, NULL);
+    if (!lss__enter(g, "lss_op_global_avgpool", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim != 4) return lss__shape_err(g, "lss_op_global_avgpool", x, NULL);
     sh[0] = x->shape[0]; sh[1] = x->shape[1]; P = x->shape[2] * x->shape[3];
     if (!(y = lss__new(g, 2, sh, lss__wants_grad(g, x, NULL, NULL), 0))) return NULL;
     for (pl = 0; pl < sh[0] * sh[1]; pl++) {
@@ -2142,8 +2142,8 @@ static lss_tensor *lss__pair_loss(lss_graph *g, lss_tensor *p, lss_tensor *t, in
     }
     return y;
 }
-LSSDEF lss_tensor *lss_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_MSE, "lss_mse"); }
-LSSDEF lss_tensor *lss_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_L1, "lss_l1"); }
+LSSDEF lss_tensor *lss_op_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_MSE, "lss_op_mse"); }
+LSSDEF lss_tensor *lss_op_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_L1, "lss_op_l1"); }
 
 static double lss__softplus(double x) { return x > 30 ? x : x < -30 ? exp(x) : log1p(exp(x)); }
 static double lss__sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x)); }
@@ -2176,15 +2176,15 @@ LSSDEF int64_t lss_gmm_width(int K, int d) {
 
 static int lss__target_dim(const lss_tensor *t) { return t->ndim <= 1 ? 1 : (int)(t->n / t->shape[0]); }
 
-LSSDEF lss_tensor *lss_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *target) {
+LSSDEF lss_tensor *lss_op_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *target) {
     lss_tensor *y;
     int64_t N, n;
     int d;
     double tot = 0;
-    if (!lss__enter(g, "lss_gauss_nll", 2, out, target, NULL)) return NULL;
-    if (out->ndim < 1 || target->ndim < 1 || out->shape[0] != target->shape[0]) return lss__shape_err(g, "lss_gauss_nll", out, target);
+    if (!lss__enter(g, "lss_op_gauss_nll", 2, out, target, NULL)) return NULL;
+    if (out->ndim < 1 || target->ndim < 1 || out->shape[0] != target->shape[0]) return lss__shape_err(g, "lss_op_gauss_nll", out, target);
     N = out->shape[0]; d = lss__target_dim(target);
-    if (d > 64 || out->n / N != d + (int64_t)d * (d + 1) / 2) return lss__shape_err(g, "lss_gauss_nll (need [N, d + d(d+1)/2] and [N, d])", out, target);
+    if (d > 64 || out->n / N != d + (int64_t)d * (d + 1) / 2) return lss__shape_err(g, "lss_op_gauss_nll (need [N, d + d(d+1)/2] and [N, d])", out, target);
     if (!(y = lss__scalar_out(g, out, NULL, NULL))) return NULL;
     for (n = 0; n < N; n++) {
         const float *o = out->data + n * (out->n / N);
@@ -2252,16 +2252,16 @@ static double lss__gmm_one(const float *o, const double *y, int K, int d, double
     return -lse;
 }
 
-LSSDEF lss_tensor *lss_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *target, int K) {
+LSSDEF lss_tensor *lss_op_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *target, int K) {
     lss_tensor *y;
     int64_t N, n;
     int d;
     double tot = 0;
-    if (!lss__enter(g, "lss_gmm_nll", 2, out, target, NULL)) return NULL;
-    if (K < 1 || K > 256) return lss__fail(g, LSS_ERR_ARG, "%s: K must be in 1..256%s", "lss_gmm_nll", NULL);
-    if (out->ndim < 1 || target->ndim < 1 || out->shape[0] != target->shape[0]) return lss__shape_err(g, "lss_gmm_nll", out, target);
+    if (!lss__enter(g, "lss_op_gmm_nll", 2, out, target, NULL)) return NULL;
+    if (K < 1 || K > 256) return lss__fail(g, LSS_ERR_ARG, "%s: K must be in 1..256%s", "lss_op_gmm_nll", NULL);
+    if (out->ndim < 1 || target->ndim < 1 || out->shape[0] != target->shape[0]) return lss__shape_err(g, "lss_op_gmm_nll", out, target);
     N = out->shape[0]; d = lss__target_dim(target);
-    if (d > 64 || out->n / N != lss_gmm_width(K, d)) return lss__shape_err(g, "lss_gmm_nll (need [N, K(1 + d + d(d+1)/2)] and [N, d])", out, target);
+    if (d > 64 || out->n / N != lss_gmm_width(K, d)) return lss__shape_err(g, "lss_op_gmm_nll (need [N, K(1 + d + d(d+1)/2)] and [N, d])", out, target);
     if (!(y = lss__scalar_out(g, out, NULL, NULL))) return NULL;
     for (n = 0; n < N; n++) {
         double yy[64], work[256 + 128];
@@ -2290,12 +2290,12 @@ LSSDEF int lss_gmm_logpdf(const float *out, const double *y, int64_t n, int K, i
     return LSS_OK;
 }
 
-LSSDEF lss_tensor *lss_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_tensor *sigma) {
+LSSDEF lss_tensor *lss_op_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_tensor *sigma) {
     lss_tensor *y;
     int64_t N, per, n, k;
     double s = 0;
-    if (!lss__enter(g, "lss_dsm_loss", 3, r, u, sigma)) return NULL;
-    if (r->n != u->n || r->ndim < 1 || sigma->n != r->shape[0]) return lss__shape_err(g, "lss_dsm_loss (r and u; sigma has one value per sample)", r, sigma);
+    if (!lss__enter(g, "lss_op_dsm_loss", 3, r, u, sigma)) return NULL;
+    if (r->n != u->n || r->ndim < 1 || sigma->n != r->shape[0]) return lss__shape_err(g, "lss_op_dsm_loss (r and u; sigma has one value per sample)", r, sigma);
     N = r->shape[0]; per = r->n / N;
     if (!(y = lss__scalar_out(g, r, NULL, NULL))) return NULL;
     for (n = 0; n < N; n++) {
@@ -2310,9 +2310,9 @@ LSSDEF lss_tensor *lss_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_
     return y;
 }
 
-LSSDEF lss_tensor *lss_wgan_critic_loss(lss_graph *g, lss_tensor *real, lss_tensor *fake) {
+LSSDEF lss_tensor *lss_op_wgan_critic_loss(lss_graph *g, lss_tensor *real, lss_tensor *fake) {
     lss_tensor *y;
-    if (!lss__enter(g, "lss_wgan_critic_loss", 2, real, fake, NULL)) return NULL;
+    if (!lss__enter(g, "lss_op_wgan_critic_loss", 2, real, fake, NULL)) return NULL;
     if (!(y = lss__scalar_out(g, real, fake, NULL))) return NULL;
     y->data[0] = (float)(lss__dsum(fake->data, fake->n) / (double)fake->n - lss__dsum(real->data, real->n) / (double)real->n);
     {
@@ -2635,7 +2635,7 @@ struct lss_optim {
     double last_norm;
 };
 
-LSSDEF int lss_optim_create(lss_optim **op, lss_store *st, const lss_optim_opts *opts) {
+LSSDEF int lss_optim_create(lss_store *st, const lss_optim_opts *opts, lss_optim **op) {
     lss_optim *o;
     lss_optim_opts d;
     if (!op || !st) return lss_seterr(LSS_ERR_ARG, "lss_optim_create: NULL argument");
@@ -3080,10 +3080,10 @@ done:
 /* ================================================================ blocks */
 LSSDEF lss_tensor *lss_activate(lss_graph *g, lss_tensor *x, lss_act act) {
     switch (act) {
-    case LSS_ACT_RELU: return lss_relu(g, x);
-    case LSS_ACT_LEAKY: return lss_leaky_relu(g, x, 0.2f);
-    case LSS_ACT_TANH: return lss_tanh(g, x);
-    case LSS_ACT_SOFTPLUS: return lss_softplus(g, x);
+    case LSS_ACT_RELU: return lss_op_relu(g, x);
+    case LSS_ACT_LEAKY: return lss_op_leaky_relu(g, x, 0.2f);
+    case LSS_ACT_TANH: return lss_op_tanh(g, x);
+    case LSS_ACT_SOFTPLUS: return lss_op_softplus(g, x);
     default: return x;
     }
 }
@@ -3116,7 +3116,7 @@ LSSDEF lss_tensor *lss_mlp_forward(lss_graph *g, const lss_mlp *m, lss_tensor *x
     int i;
     if (!m) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_mlp_forward: NULL network"); return NULL; }
     for (i = 0; i < m->nlayers; i++) {
-        x = lss_dense(g, x, m->w[i], m->b[i]);
+        x = lss_op_dense(g, x, m->w[i], m->b[i]);
         if (i < m->nlayers - 1) x = lss_activate(g, x, m->act);
     }
     return x;
@@ -3167,7 +3167,7 @@ LSSDEF int lss_resblock_init(lss_resblock *rb, lss_store *st, const char *name, 
 
 static lss_tensor *lss__norm(lss_graph *g, const lss_resblock *rb, int i, lss_tensor *x) {
     if (!rb->batchnorm) return x;
-    return lss_batchnorm(g, x, rb->bn[i][0], rb->bn[i][1], rb->bn[i][2], rb->bn[i][3], 0.9f, 1e-5f);
+    return lss_op_batchnorm(g, x, rb->bn[i][0], rb->bn[i][1], rb->bn[i][2], rb->bn[i][3], 0.9f, 1e-5f);
 }
 
 LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, lss_tensor *x) {
@@ -3176,17 +3176,17 @@ LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, ls
     if (!rb) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resblock_forward: NULL block"); return NULL; }
     p = rb->kernel / 2;
     if (rb->pool) {
-        h = lss_conv2d(g, x, rb->w1, rb->b1, 1, p);
-        if (rb->stride == 2) h = lss_avgpool2d(g, h, 2, 2);
-    } else h = lss_conv2d(g, x, rb->w1, rb->b1, rb->stride, p);
+        h = lss_op_conv2d(g, x, rb->w1, rb->b1, 1, p);
+        if (rb->stride == 2) h = lss_op_avgpool2d(g, h, 2, 2);
+    } else h = lss_op_conv2d(g, x, rb->w1, rb->b1, rb->stride, p);
     h = lss_activate(g, lss__norm(g, rb, 0, h), rb->act);
-    h = lss__norm(g, rb, 1, lss_conv2d(g, h, rb->w2, rb->b2, 1, p));
+    h = lss__norm(g, rb, 1, lss_op_conv2d(g, h, rb->w2, rb->b2, 1, p));
     if (rb->wp) {
-        if (rb->pool) sk = lss_conv2d(g, rb->stride == 2 ? lss_avgpool2d(g, x, 2, 2) : x, rb->wp, rb->bp, 1, 0);
-        else sk = lss_conv2d(g, x, rb->wp, rb->bp, rb->stride, 0);
+        if (rb->pool) sk = lss_op_conv2d(g, rb->stride == 2 ? lss_op_avgpool2d(g, x, 2, 2) : x, rb->wp, rb->bp, 1, 0);
+        else sk = lss_op_conv2d(g, x, rb->wp, rb->bp, rb->stride, 0);
         sk = lss__norm(g, rb, 2, sk);
     } else sk = x;
-    return lss_activate(g, lss_add(g, h, sk), rb->act);
+    return lss_activate(g, lss_op_add(g, h, sk), rb->act);
 }
 
 LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, const lss_resnet_opts *opts) {
@@ -3234,9 +3234,9 @@ LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, con
 LSSDEF lss_tensor *lss_resnet_forward(lss_graph *g, const lss_resnet *net, lss_tensor *x) {
     int i;
     if (!net) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resnet_forward: NULL network"); return NULL; }
-    for (i = 0; i < net->o.nconv; i++) x = lss_relu(g, lss_conv2d(g, x, net->cw[i], net->cb[i], 2, net->o.kernel / 2));
+    for (i = 0; i < net->o.nconv; i++) x = lss_op_relu(g, lss_op_conv2d(g, x, net->cw[i], net->cb[i], 2, net->o.kernel / 2));
     for (i = 0; i < net->o.nres; i++) x = lss_resblock_forward(g, &net->rb[i], x);
-    return lss_dense(g, lss_flatten(g, x), net->dw, net->db);
+    return lss_op_dense(g, lss_op_flatten(g, x), net->dw, net->db);
 }
 
 LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss_unet_opts *opts) {
@@ -3302,27 +3302,27 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
     N = x->shape[0]; H = x->shape[2]; W = x->shape[3];
     if (u->o.sigma_cond) {
         if (!sigma || sigma->n != N) return lss__shape_err(g, "lss_unet_forward (sigma needs one value per sample)", x, sigma);
-        x = lss_concat(g, x, lss__sigma_map(g, sigma, N, H, W), 1);
+        x = lss_op_concat(g, x, lss__sigma_map(g, sigma, N, H, W), 1);
     }
-    h = lss_conv2d(g, x, u->stem_w, NULL, 1, 1);
-    h = lss_relu(g, lss_batchnorm(g, h, u->stem_bn[0], u->stem_bn[1], u->stem_bn[2], u->stem_bn[3], 0.9f, 1e-5f));
+    h = lss_op_conv2d(g, x, u->stem_w, NULL, 1, 1);
+    h = lss_op_relu(g, lss_op_batchnorm(g, h, u->stem_bn[0], u->stem_bn[1], u->stem_bn[2], u->stem_bn[3], 0.9f, 1e-5f));
     s0 = lss_resblock_forward(g, &u->enc0, h);
     s1 = lss_resblock_forward(g, &u->enc1, s0);
     h = lss_resblock_forward(g, &u->enc2, s1);
-    if (u->o.sigma_cond) h = lss_concat(g, h, lss__sigma_map(g, sigma, N, H / 4, W / 4), 1);
+    if (u->o.sigma_cond) h = lss_op_concat(g, h, lss__sigma_map(g, sigma, N, H / 4, W / 4), 1);
     h = lss_resblock_forward(g, &u->mid, h);
-    h = lss_conv2d_transpose(g, h, u->up1_w, u->up1_b, 2, 0, 0);
-    h = lss_resblock_forward(g, &u->dec1, lss_concat(g, h, s1, 1));
-    h = lss_conv2d_transpose(g, h, u->up2_w, u->up2_b, 2, 0, 0);
-    h = lss_resblock_forward(g, &u->dec0, lss_concat(g, h, s0, 1));
-    h = lss_conv2d(g, h, u->head_w, u->head_b, 1, 1);
+    h = lss_op_conv2d_transpose(g, h, u->up1_w, u->up1_b, 2, 0, 0);
+    h = lss_resblock_forward(g, &u->dec1, lss_op_concat(g, h, s1, 1));
+    h = lss_op_conv2d_transpose(g, h, u->up2_w, u->up2_b, 2, 0, 0);
+    h = lss_resblock_forward(g, &u->dec0, lss_op_concat(g, h, s0, 1));
+    h = lss_op_conv2d(g, h, u->head_w, u->head_b, 1, 1);
     if (u->o.sigma_cond && h) {
         int64_t sh[4], n;
         lss_tensor *inv;
         sh[0] = N; sh[1] = 1; sh[2] = 1; sh[3] = 1;
         if (!(inv = lss_tensor_new(g, 4, sh))) return NULL;
         for (n = 0; n < N; n++) inv->data[n] = 1.0f / (fabsf(sigma->data[n]) + u->o.sigma_eps);
-        h = lss_mul(g, h, inv);
+        h = lss_op_mul(g, h, inv);
     }
     return h;
 }

@@ -86,7 +86,7 @@ int main(int argc, char **argv) {
     mo.batch = 500;
     mo.seed = 3;
     t0 = lss_time_now();
-    if (lss_mdn_create(&m, P, D, &mo) || lss_mdn_fit(m, tt, yy, n, &mo)) die("MDN");
+    if (lss_mdn_create(P, D, &mo, &m) || lss_mdn_fit(m, tt, yy, n, &mo)) die("MDN");
     fprintf(stderr, "bench_mcmc: MDN 3 x 256, K = 4 trained for %d epochs in %.1f s (validation NLL %.3f)\n", m->epochs,
             lss_time_now() - t0, m->best_val);
     /* the observation: a summary drawn at the fiducial parameters */
@@ -135,7 +135,7 @@ int main(int argc, char **argv) {
     memset(&eo, 0, sizeof eo);
     eo.seed = 11;
     eo.prior = &pr;
-    if (lss_emcee_create(&e, W, P, &eo) || lss_emcee_start(e, start, lss_mdn_loglike, m)) die("sampler");
+    if (lss_emcee_create(W, P, &eo, &e) || lss_emcee_start(e, start, lss_mdn_loglike, m)) die("sampler");
     if (lss_emcee_run(e, 20, lss_mdn_loglike, m)) die("sampler warm-up");
     t0 = lss_time_now();
     if (lss_emcee_run(e, csteps, lss_mdn_loglike, m)) die("sampler");

@@ -4,7 +4,7 @@
  * Network at the paper's layer sizes: 4 convolutions 5x5 stride 2 to 128 channels, 10 residual
  * blocks of two 5x5 convolutions at 128 channels, flatten, one dense layer with 7 + 28 = 35
  * outputs (sized for the 64 x 64 input: 128 x 4 x 4 -> 35); a batch of 32 maps of 8 x 64 x 64;
- * loss lss_gauss_nll. One step = graph reset + forward + loss + backward (no optimizer update).
+ * loss lss_op_gauss_nll. One step = graph reset + forward + loss + backward (no optimizer update).
  * The PyTorch reference is bench/resnet_torch.py (the same network and loss), run through
  * /usr/bin/python3 (Debian's python3-torch) or python3, once before and once after the lss
  * measurements (the best of both is kept, so a change of machine load between them matters less);
@@ -57,7 +57,7 @@ int main(int argc, char **argv) {
     float *x, *y;
     lss_rng r;
     if (steps < 1) steps = 1;
-    if (lss_store_create(&st, 1) || lss_graph_create(&g)) { fprintf(stderr, "error: %s\n", lss_last_error()); return 1; }
+    if (lss_store_create(1, &st) || lss_graph_create(&g)) { fprintf(stderr, "error: %s\n", lss_last_error()); return 1; }
     memset(&ro, 0, sizeof ro);
     ro.in_ch = C; ro.in_h = S; ro.in_w = S; ro.nout = nout;
     if (lss_resnet_init(&net, st, "cnn", &ro)) { fprintf(stderr, "error: %s\n", lss_last_error()); return 1; }
@@ -80,7 +80,7 @@ int main(int argc, char **argv) {
             double t0 = lss_time_now(), c0 = (double)clock() / CLOCKS_PER_SEC;
             lss_graph_reset(g);
             lss_tensor *in = lss_view(g, x, 4, (int64_t[]){B, C, S, S});
-            lss_tensor *l = lss_gauss_nll(g, lss_resnet_forward(g, &net, in), lss_view(g, y, 2, (int64_t[]){B, np}));
+            lss_tensor *l = lss_op_gauss_nll(g, lss_resnet_forward(g, &net, in), lss_view(g, y, 2, (int64_t[]){B, np}));
             lss_store_zero_grad(st);
             if (lss_backward(g, l)) { fprintf(stderr, "error: %s\n", lss_last_error()); return 1; }
             double dt = lss_time_now() - t0, dc = (double)clock() / CLOCKS_PER_SEC - c0;

@@ -4,7 +4,7 @@
 Same network: 4 convolutions (5x5, stride 2, padding 2, ReLU) from 8 to 128 channels, 10 residual
 blocks of two 5x5 convolutions at 128 channels (no normalisation), flatten, one dense layer with
 n + n(n+1)/2 = 35 outputs (n = 7); input a batch of 32 maps of 8 x 64 x 64; loss the Gaussian NLL
-with a Cholesky-parametrised precision (softplus diagonal + 1e-4), as lss_gauss_nll.
+with a Cholesky-parametrised precision (softplus diagonal + 1e-4), as lss_op_gauss_nll.
 Prints one line per thread count: "torch threads T forward+backward S seconds (cpu C s)" (best
 wall-clock and process CPU time of the timed steps after one warm-up step).
 

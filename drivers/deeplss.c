@@ -453,7 +453,7 @@ static int dl_net_init(dl_net *n, const dl_ctx *x, int kind, int probe, int batc
     memset(n, 0, sizeof *n);
     n->kind = kind;
     n->probe = probe;
-    if ((s = lss_store_create(&n->st, c->seed * 101u + (uint64_t)(kind * 3 + probe)))) return s;
+    if ((s = lss_store_create(c->seed * 101u + (uint64_t)(kind * 3 + probe), &n->st))) return s;
     if ((s = lss_graph_create(&n->g))) return s;
     if (kind == 0) {
         lss_resnet_opts ro;
@@ -495,7 +495,7 @@ static int dl_net_init(dl_net *n, const dl_ctx *x, int kind, int probe, int batc
             oo.total_steps = c->steps;
             oo.lr_min = 0.05 * oo.lr;
         }
-        if ((s = lss_optim_create(&n->opt, n->st, &oo))) return s;
+        if ((s = lss_optim_create(n->st, &oo, &n->opt))) return s;
     }
     return LSS_OK;
 }
@@ -586,7 +586,7 @@ static int dl_net_loss(const dl_ctx *x, dl_net *n, int nb, float *y, int train, 
     lss_graph_set_training(n->g, train);
     out = dl_net_forward(x, n, nb);
     tg = lss_view(n->g, y, 2, sh);
-    l = out && tg ? lss_gauss_nll(n->g, out, tg) : NULL;
+    l = out && tg ? lss_op_gauss_nll(n->g, out, tg) : NULL;
     if (!l) return lss_graph_status(n->g) ? lss_graph_status(n->g) : LSS_ERR_STATE;
     *loss = l->data[0];
     if (!train) return LSS_OK;
@@ -1008,7 +1008,7 @@ static int dl_mdn(dl_ctx *x, int mask) {
         snprintf(name, sizeof name, "pred_mdn_%s_%s.npy", dl_kind_name[k / 3], dl_probe_name[k % 3]);
         if ((s = dl_load_f64(x, name, &n2, DL_NP, &tp))) goto out;
         if (n2 != n) { s = lss_seterr(LSS_ERR_FORMAT, "%s: %lld rows, theta_mdn.npy has %lld", name, (long long)n2, (long long)n); goto out; }
-        if ((s = lss_mdn_create(&m, DL_NP, DL_NP, &mo))) goto out;
+        if ((s = lss_mdn_create(DL_NP, DL_NP, &mo, &m))) goto out;
         if ((s = lss_mdn_fit(m, tt, tp, n, &mo))) goto out;
         fprintf(stderr, "deeplss mdn %s_%s: %d epochs, best validation loss %.4f at epoch %d\n", dl_kind_name[k / 3],
                 dl_probe_name[k % 3], m->epochs, m->best_val, m->best_epoch);
@@ -1098,7 +1098,7 @@ static int dl_run_chain(const dl_ctx *x, lss_mdn *m, const lss_prior *pr, dl_job
             }
         }
     }
-    if ((s = lss_emcee_create(&e, W, DL_NP, &eo)) || (s = lss_emcee_start(e, p0, lss_mdn_loglike, m)) ||
+    if ((s = lss_emcee_create(W, DL_NP, &eo, &e)) || (s = lss_emcee_start(e, p0, lss_mdn_loglike, m)) ||
         (s = lss_emcee_run(e, c->burn, lss_mdn_loglike, m)))
         goto out;
     lss_emcee_reset(e);
@@ -1158,7 +1158,7 @@ static int dl_mcmc(dl_ctx *x, int mask) {
         snprintf(name, sizeof name, "mdn_%s_%s.ckpt", dl_kind_name[k / 3], dl_probe_name[k % 3]);
         dl_path(x, path, sizeof path, name);
         for (t = 0; t < NT; t++)
-            if ((s = lss_mdn_create(&mdn[t][k], DL_NP, DL_NP, &mo)) || (s = lss_mdn_load(mdn[t][k], path))) goto out;
+            if ((s = lss_mdn_create(DL_NP, DL_NP, &mo, &mdn[t][k])) || (s = lss_mdn_load(mdn[t][k], path))) goto out;
         snprintf(name, sizeof name, "pred_fid_%s_%s.npy", dl_kind_name[k / 3], dl_probe_name[k % 3]);
         if ((s = dl_load_f64(x, name, &n, DL_NP, &fidp[k]))) goto out;
         if (n != c->nfid) { s = lss_seterr(LSS_ERR_FORMAT, "%s: %lld rows, expected %d", name, (long long)n, c->nfid); goto out; }
@@ -1343,7 +1343,7 @@ static int dl_sensitivity(dl_ctx *x, float *map_out, float *sens) {
     if ((s = lss_ckpt_load(path, net.st, NULL))) goto out;
     dl_set_draw(x, DL_SET_FID, 0, &d);
     if ((s = dl_observe_many(x, &d, 1, map_out, NULL))) goto out;
-    if ((s = lss_store_create(&ist, 1))) goto out;
+    if ((s = lss_store_create(1, &ist))) goto out;
     in = lss_store_add(ist, "input", 4, sh, LSS_INIT_ZERO);
     if (!in) { s = lss_store_status(ist); goto out; }
     g = net.g;
@@ -1387,7 +1387,7 @@ static int dl_sens_png(const dl_ctx *x, const char *path, const float *map, cons
     int W = lw + 2 * DL_NBINS * (M * sc + pad) + 70, H = top + 3 * (M * sc + 22) + 10;
     const unsigned char black[3] = {0, 0, 0};
     static const char *const rl[3] = {"map m", "dA_IA/dm", "dsigma_8/dm"};
-    if ((s = lss_image_create(&im, W, H))) return s;
+    if ((s = lss_image_init(&im, W, H))) return s;
     lss_image_text(&im, 8, 8, "Sensitivity of the combined-probe CNN (section VI): kappa_g bins 1-4, delta_g bins 1-4", black, 1);
     for (row = 0; row < 3; row++) {
         const float *base = row == 0 ? map : sens + (size_t)(row - 1) * 2 * DL_NBINS * M * M;

@@ -71,7 +71,7 @@ static int write_example(const char *path, const float *m, int nb, int h, int w)
     lss_image im;
     int scale = h <= 96 ? 3 : 1, cw = w * scale, ch = h * scale, padx = 70, pady = 30, r, b, st;
     const unsigned char black[3] = {0, 0, 0};
-    st = lss_image_create(&im, nb * (cw + padx) + 10, 2 * (ch + pady) + 10);
+    st = lss_image_init(&im, nb * (cw + padx) + 10, 2 * (ch + pady) + 10);
     if (st) return st;
     for (r = 0; r < 2; r++)
         for (b = 0; b < nb; b++) {

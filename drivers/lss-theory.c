@@ -90,7 +90,7 @@ static void draw_png(const char *path, int nbins, const double *ell, int nell, c
     lss_plot_opts o;
     int kind, b, s;
     if (!y || !lab || !names) lss_drv_die(1, "out of memory");
-    lss_drv_check(lss_image_create(&im, 1200, 520), "png");
+    lss_drv_check(lss_image_init(&im, 1200, 520), "png");
     for (kind = 0; kind < 2; kind++) {
         for (b = 0; b < nbins; b++) {
             /* kk_b_b sits at pair index sum_{a<b}(nbins-a); dd_b_b at the same offset after the kk and kd pairs */

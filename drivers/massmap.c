@@ -837,7 +837,7 @@ static int cmd_eval(int argc, char **argv) {
                     lss_image im;
                     double vmin = 1e9, vmax = -1e9, smax = 0;
                     for (int64_t i = 0; i < np; i++) vmin = fmin(vmin, truth[i]), vmax = fmax(vmax, truth[i]), smax = fmax(smax, sd[i]);
-                    lss_drv_check(lss_image_create(&im, 4 * pw, 2 * ph), "figure");
+                    lss_drv_check(lss_image_init(&im, 4 * pw, 2 * ph), "figure");
                     panel(&im, 0, 0, truth, h, w, sc, vmin, vmax, "truth");
                     panel(&im, pw, 0, ks, h, w, sc, vmin, vmax, "Kaiser-Squires");
                     panel(&im, 2 * pw, 0, wf, h, w, sc, vmin, vmax, "Wiener");

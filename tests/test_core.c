@@ -455,12 +455,12 @@ static void test_png(void) {
         lss_image im;
         static const unsigned char black[3] = {0, 0, 0};
         long dark = 0;
-        CHECK_OK(lss_image_create(&im, 60, 20));
+        CHECK_OK(lss_image_init(&im, 60, 20));
         lss_image_text(&im, 2, 2, "8", black, 1);
         for (i = 0; i < 60 * 20 * 3; i++) dark += im.rgb[i] == 0;
         CHECK(dark > 10, "text draws pixels (%ld)", dark);
         lss_image_free(&im);
-        CHECK_ERR(lss_image_create(&im, 0, 5), LSS_ERR_ARG);
+        CHECK_ERR(lss_image_init(&im, 0, 5), LSS_ERR_ARG);
     }
 }
 

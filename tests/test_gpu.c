@@ -3,7 +3,7 @@
  * numerical comparisons. With a device, every GPU function is compared with the CPU code of
  * lss_nn.h / lss_core.h / lss_maps.h and with double-precision references written here:
  *   SGEMM and convolutions    against a double loop, within the worst-case bound of a floating-point
- *                             sum (below), and against lss_sgemm / lss_conv2d + lss_backward_seed;
+ *                             sum (below), and against lss_sgemm / lss_op_conv2d + lss_backward_seed;
  *   element-wise ops, Adam    in units in the last place (ulp) of the CPU result;
  *   Philox fills              bitwise against lss_rng (u32, uniform), <= 1 ulp for the Box-Muller
  *                             normals (CUDA's double log/sin/cos may differ from glibc's by 1 ulp);
@@ -112,7 +112,7 @@ static void test_errors_without_device(void) {
     CHECK_ERR(lss_gpu_init(-1, &ctx), n == 0 ? LSS_ERR_UNSUPPORTED : LSS_ERR_ARG);
     CHECK_ERR(lss_gpu_sgemm(NULL, 0, 0, 2, 2, 2, 1.0f, NULL, 2, NULL, 2, 0.0f, NULL, 2), LSS_ERR_ARG);
     CHECK_ERR(lss_gpu_sync(NULL), LSS_ERR_ARG);
-    /* output sizes as lss_conv2d: (17 + 2 - 3) / 2 + 1 = 9, (13 + 2 - 4) / 2 + 1 = 6 */
+    /* output sizes as lss_op_conv2d: (17 + 2 - 3) / 2 + 1 = 9, (13 + 2 - 4) / 2 + 1 = 6 */
     CHECK_OK(lss_gpu_conv2d_outsize(&s, &ho, &wo));
     CHECK(ho == 9 && wo == 6, "conv output %dx%d, want 9x6", ho, wo);
     s.pad = -1;
@@ -223,8 +223,8 @@ static void conv_case_run(const conv_case *c) {
     ny = (int64_t)c->N * c->Co * Ho * Wo;
     snprintf(tag, sizeof tag, "conv x[%d,%d,%d,%d] w[%d,%d,%d,%d] s%d p%d%s", c->N, c->Ci, c->H, c->W, c->Co, c->Ci,
              c->kh, c->kw, c->s, c->p, c->bias ? " bias" : "");
-    /* CPU: lss_conv2d on store tensors, gradients by lss_backward_seed */
-    CHECK_OK(lss_store_create(&st, 99));
+    /* CPU: lss_op_conv2d on store tensors, gradients by lss_backward_seed */
+    CHECK_OK(lss_store_create(99, &st));
     tx = lss_store_add(st, "x", 4, (int64_t[]){c->N, c->Ci, c->H, c->W}, LSS_INIT_NORMAL);
     tw = lss_store_add(st, "w", 4, (int64_t[]){c->Co, c->Ci, c->kh, c->kw}, LSS_INIT_NORMAL);
     if (c->bias) tb = lss_store_add(st, "b", 1, (int64_t[]){c->Co}, LSS_INIT_NORMAL);
@@ -236,8 +236,8 @@ static void conv_case_run(const conv_case *c) {
     g0x = malloc(sizeof(float) * nx); g0w = malloc(sizeof(float) * nw); g0b = malloc(sizeof(float) * c->Co);
     fill_uniform(g0x, nx, -0.5f, 0.5f, 22); fill_uniform(g0w, nw, -0.5f, 0.5f, 23); fill_uniform(g0b, c->Co, -0.5f, 0.5f, 24);
     lss_store_zero_grad(st);
-    ty = lss_conv2d(g, tx, tw, tb, c->s, c->p);
-    CHECK(ty && ty->n == ny, "%s: lss_conv2d failed: %s", tag, lss_last_error());
+    ty = lss_op_conv2d(g, tx, tw, tb, c->s, c->p);
+    CHECK(ty && ty->n == ny, "%s: lss_op_conv2d failed: %s", tag, lss_last_error());
     if (!ty || ty->n != ny) goto done;
     CHECK_OK(lss_backward_seed(g, ty, dy));
     /* double references */
@@ -373,7 +373,7 @@ static void test_elementwise(void) {
         lss_graph *g = NULL;
         lss_tensor *tx, *ty = NULL;
         int64_t k, du;
-        CHECK_OK(lss_store_create(&st, 5));
+        CHECK_OK(lss_store_create(5, &st));
         tx = lss_store_add(st, "x", 1, (int64_t[]){n}, LSS_INIT_ZERO);
         CHECK_OK(lss_graph_create(&g));
         if (!tx || !g) { lss_graph_free(g); lss_store_free(st); continue; }
@@ -382,15 +382,15 @@ static void test_elementwise(void) {
         memcpy(tx->data, x, sizeof(float) * n);
         lss_store_zero_grad(st);
         switch (ops[o].op) {
-        case LSS_GPU_RELU: ty = lss_relu(g, tx); break;
-        case LSS_GPU_LEAKY: ty = lss_leaky_relu(g, tx, ops[o].p); break;
-        case LSS_GPU_SOFTPLUS: ty = lss_softplus(g, tx); break;
-        case LSS_GPU_TANH: ty = lss_tanh(g, tx); break;
-        case LSS_GPU_SIGMOID: ty = lss_sigmoid(g, tx); break;
-        case LSS_GPU_EXP: ty = lss_exp(g, tx); break;
-        case LSS_GPU_LOG: ty = lss_ln(g, tx); break;
-        case LSS_GPU_SCALE: ty = lss_scale(g, tx, ops[o].p); break;
-        default: ty = lss_add_scalar(g, tx, ops[o].p); break;
+        case LSS_GPU_RELU: ty = lss_op_relu(g, tx); break;
+        case LSS_GPU_LEAKY: ty = lss_op_leaky_relu(g, tx, ops[o].p); break;
+        case LSS_GPU_SOFTPLUS: ty = lss_op_softplus(g, tx); break;
+        case LSS_GPU_TANH: ty = lss_op_tanh(g, tx); break;
+        case LSS_GPU_SIGMOID: ty = lss_op_sigmoid(g, tx); break;
+        case LSS_GPU_EXP: ty = lss_op_exp(g, tx); break;
+        case LSS_GPU_LOG: ty = lss_op_ln(g, tx); break;
+        case LSS_GPU_SCALE: ty = lss_op_scale(g, tx, ops[o].p); break;
+        default: ty = lss_op_add_scalar(g, tx, ops[o].p); break;
         }
         CHECK(ty != NULL, "%s on the CPU: %s", ops[o].name, lss_last_error());
         if (ty) {
@@ -458,7 +458,7 @@ static void test_elementwise(void) {
             lss_store *st = NULL;
             lss_graph *g = NULL;
             lss_tensor *ta, *tb, *ty;
-            CHECK_OK(lss_store_create(&st, 5));
+            CHECK_OK(lss_store_create(5, &st));
             ta = lss_store_add(st, "a", 1, (int64_t[]){n}, LSS_INIT_ZERO);
             tb = lss_store_add(st, "b", 1, (int64_t[]){n}, LSS_INIT_ZERO);
             CHECK_OK(lss_graph_create(&g));
@@ -466,26 +466,26 @@ static void test_elementwise(void) {
                 memcpy(ta->data, x, sizeof(float) * n);
                 memcpy(tb->data, b, sizeof(float) * n);
                 lss_store_zero_grad(st);
-                ty = lss_mul(g, ta, tb);
+                ty = lss_op_mul(g, ta, tb);
                 CHECK_OK(lss_backward_seed(g, ty, dy));
                 CHECK_OK(lss_gpu_binary(G, LSS_GPU_MUL, dX, dB, dY, n));
                 CHECK_OK(lss_gpu_downloadf(G, gy, dY, n));
-                CHECK(ty && max_ulp(gy, ty->data, n) == 0, "mul forward differs from lss_mul");
+                CHECK(ty && max_ulp(gy, ty->data, n) == 0, "mul forward differs from lss_op_mul");
                 CHECK_OK(lss_gpu_zerof(G, dG, n));
                 CHECK_OK(lss_gpu_zerof(G, dG2, n));
                 CHECK_OK(lss_gpu_binary_backward(G, LSS_GPU_MUL, dX, dB, dDY, dG, dG2, n));
                 CHECK_OK(lss_gpu_downloadf(G, ga, dG, n));
                 CHECK_OK(lss_gpu_downloadf(G, gb, dG2, n));
-                CHECK(max_ulp(ga, ta->grad, n) == 0 && max_ulp(gb, tb->grad, n) == 0, "mul backward differs from lss_mul");
+                CHECK(max_ulp(ga, ta->grad, n) == 0 && max_ulp(gb, tb->grad, n) == 0, "mul backward differs from lss_op_mul");
                 /* x * x: both gradients into one buffer, as the tape accumulates a then b */
                 lss_graph_reset(g);
                 lss_store_zero_grad(st);
-                ty = lss_mul(g, ta, ta);
+                ty = lss_op_mul(g, ta, ta);
                 CHECK_OK(lss_backward_seed(g, ty, dy));
                 CHECK_OK(lss_gpu_zerof(G, dG, n));
                 CHECK_OK(lss_gpu_binary_backward(G, LSS_GPU_MUL, dX, dX, dDY, dG, dG, n));
                 CHECK_OK(lss_gpu_downloadf(G, ga, dG, n));
-                CHECK(max_ulp(ga, ta->grad, n) == 0, "x * x backward (one gradient buffer) differs from lss_mul");
+                CHECK(max_ulp(ga, ta->grad, n) == 0, "x * x backward (one gradient buffer) differs from lss_op_mul");
             }
             lss_graph_free(g);
             lss_store_free(st);
@@ -515,9 +515,9 @@ static void test_adam(void) {
         oo.kind = kind ? LSS_OPT_ADAMW : LSS_OPT_ADAM;
         oo.lr = 3e-3;
         oo.weight_decay = kind ? 0.05 : 0.01;
-        CHECK_OK(lss_store_create(&st, 77));
+        CHECK_OK(lss_store_create(77, &st));
         tw = lss_store_add(st, "w", 1, (int64_t[]){n}, LSS_INIT_NORMAL);
-        CHECK_OK(lss_optim_create(&opt, st, &oo));
+        CHECK_OK(lss_optim_create(st, &oo, &opt));
         if (!tw || !opt) { lss_optim_free(opt); lss_store_free(st); continue; }
         w0 = malloc(sizeof(float) * n); gr = malloc(sizeof(float) * n); gw = malloc(sizeof(float) * n);
         memcpy(w0, tw->data, sizeof(float) * n);

@@ -433,7 +433,7 @@ static void test_emcee_normal(void) {
     memset(&o, 0, sizeof o);
     o.seed = 1234;
     ball(p0, 32, 2, NULL, 0.1, 1);
-    CHECK_OK(lss_emcee_create(&e, 32, 2, &o));
+    CHECK_OK(lss_emcee_create(32, 2, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, gauss_lp, &g));
     CHECK_OK(lss_emcee_run(e, 2000, gauss_lp, &g));
     CHECK(g.calls == 1 + 2 * 2000, "one batched call per half-step: %ld calls", g.calls);
@@ -455,13 +455,13 @@ static void test_emcee_normal(void) {
     /* determinism: the same seed gives the same chain bit for bit, another seed another chain */
     {
         lss_emcee *e2;
-        CHECK_OK(lss_emcee_create(&e2, 32, 2, &o));
+        CHECK_OK(lss_emcee_create(32, 2, &o, &e2));
         CHECK_OK(lss_emcee_start(e2, p0, gauss_lp, &g));
         CHECK_OK(lss_emcee_run(e2, 2000, gauss_lp, &g));
         CHECK(memcmp(e2->chain, e->chain, sizeof(double) * 2000 * 64) == 0, "same seed, same chain");
         lss_emcee_free(e2);
         o.seed = 1235;
-        CHECK_OK(lss_emcee_create(&e2, 32, 2, &o));
+        CHECK_OK(lss_emcee_create(32, 2, &o, &e2));
         CHECK_OK(lss_emcee_start(e2, p0, gauss_lp, &g));
         CHECK_OK(lss_emcee_run(e2, 10, gauss_lp, &g));
         CHECK(memcmp(e2->chain, e->chain, sizeof(double) * 10 * 64) != 0, "another seed, another chain");
@@ -481,7 +481,7 @@ static void test_emcee_gauss5(void) {
     memset(&o, 0, sizeof o);
     o.seed = 99;
     ball(p0, W, 5, g.mu, 0.5, 2);
-    CHECK_OK(lss_emcee_create(&e, W, 5, &o));
+    CHECK_OK(lss_emcee_create(W, 5, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, gauss_lp, &g));
     CHECK_OK(lss_emcee_run(e, 2000, gauss_lp, &g)); /* burn-in */
     lss_emcee_reset(e);
@@ -550,7 +550,7 @@ static void test_emcee_banana(void) {
     o.seed = 7;
     ball(p0, W, 2, (const double[]){1, 1}, 0.5, 3);
     keep = (double *)malloc(sizeof(double) * N * 2);
-    CHECK_OK(lss_emcee_create(&e, W, 2, &o));
+    CHECK_OK(lss_emcee_create(W, 2, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, rosen_lp, NULL));
     CHECK_OK(lss_emcee_run(e, 10000, rosen_lp, NULL)); /* burn-in: about 5 tau */
     for (c = 0; c < nchunk; c++) {
@@ -616,7 +616,7 @@ static void test_emcee_bimodal(void) {
     o.seed = 21;
     ball(p0, W, 2, NULL, 0.5, 4);
     for (k = 0; k < W; k++) p0[k * 2] += k % 2 ? 10 : -10;
-    CHECK_OK(lss_emcee_create(&e, W, 2, &o));
+    CHECK_OK(lss_emcee_create(W, 2, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, bimodal_lp, &w));
     CHECK_OK(lss_emcee_run(e, n, bimodal_lp, &w));
     for (t = 0; t < n; t++)
@@ -700,7 +700,7 @@ static void test_prior_hull_sampling(void) {
     o.seed = 8;
     o.prior = &pr;
     ball(p0, 32, 2, (const double[]){0.25, 0.25}, 0.05, 5);
-    CHECK_OK(lss_emcee_create(&e, 32, 2, &o));
+    CHECK_OK(lss_emcee_create(32, 2, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, flat_lp, NULL));
     CHECK_OK(lss_emcee_run(e, 500, flat_lp, NULL));
     lss_emcee_reset(e);
@@ -722,7 +722,7 @@ static void test_prior_hull_sampling(void) {
     lss_emcee_free(e);
     /* start outside the prior, named */
     lss_prior_set_names(&pr, (const char *const[]){"Omega_m", "sigma_8"});
-    CHECK_OK(lss_emcee_create(&e, 32, 2, &o));
+    CHECK_OK(lss_emcee_create(32, 2, &o, &e));
     p0[2 * 5] = 1.5;
     CHECK_ERR(lss_emcee_start(e, p0, flat_lp, NULL), LSS_ERR_RANGE);
     CHECK(strstr(lss_last_error(), "walker 5 starts outside the prior") && strstr(lss_last_error(), "Omega_m"),
@@ -754,9 +754,9 @@ static void test_emcee_errors(void) {
     g.P[0] = g.P[4] = g.P[8] = 1;
     memset(&o, 0, sizeof o);
     /* too few walkers */
-    CHECK_ERR(lss_emcee_create(&e, 5, 3, &o), LSS_ERR_ARG);
+    CHECK_ERR(lss_emcee_create(5, 3, &o, &e), LSS_ERR_ARG);
     CHECK(strstr(lss_last_error(), "fewer than 2*d walkers") != NULL, "message: %s", lss_last_error());
-    CHECK_OK(lss_emcee_create(&e, 16, 3, &o));
+    CHECK_OK(lss_emcee_create(16, 3, &o, &e));
     /* walkers on a plane: x3 = x1 + x2 */
     ball(p0, 16, 3, NULL, 1.0, 6);
     for (k = 0; k < 16; k++) p0[k * 3 + 2] = p0[k * 3] + p0[k * 3 + 1];
@@ -802,7 +802,7 @@ static void test_emcee_inf(void) {
     o.seed = 4;
     ball(p0, 16, 2, (const double[]){1, 0}, 0.3, 9);
     for (k = 0; k < 4; k++) p0[k * 2] = -0.05 * (k + 1); /* four walkers start at -inf */
-    CHECK_OK(lss_emcee_create(&e, 16, 2, &o));
+    CHECK_OK(lss_emcee_create(16, 2, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, halfplane_lp, NULL));
     CHECK(e->lp[0] == -INFINITY, "walker 0 starts at -inf");
     CHECK_OK(lss_emcee_run(e, 2000, halfplane_lp, NULL));
@@ -840,7 +840,7 @@ static void test_emcee_progress(void) {
     o.progress_user = &lim;
     o.progress_every = 10;
     ball(p0, 8, 2, NULL, 1, 3);
-    CHECK_OK(lss_emcee_create(&e, 8, 2, &o));
+    CHECK_OK(lss_emcee_create(8, 2, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, gauss_lp, &g));
     CHECK_ERR(lss_emcee_run(e, 100, gauss_lp, &g), LSS_ERR_STATE);
     CHECK(e->nsteps == 30, "progress callback stopped the run after 30 steps (%lld)", (long long)e->nsteps);

@@ -100,7 +100,7 @@ static void test_mdn_fit(void) {
     g_opts.plateau_factor = 0.5;
     g_opts.seed = 5;
     g_opts.progress = print_epoch;
-    CHECK_OK(lss_mdn_create(&g_mdn, 2, 2, &g_opts));
+    CHECK_OK(lss_mdn_create(2, 2, &g_opts, &g_mdn));
     CHECK_OK(lss_mdn_fit(g_mdn, tt, yy, n, &g_opts));
     printf("  trained %d epochs (best %d, validation NLL %.4f) on %lld rows (%lld validation, %lld dropped) in %.1f s\n",
            g_mdn->epochs, g_mdn->best_epoch, g_mdn->best_val, (long long)g_mdn->ntrain, (long long)g_mdn->nval,
@@ -183,7 +183,7 @@ static void test_mdn_io_and_obs(void) {
     double t[4] = {0.3, 0.6, 0.7, 0.2}, y[4] = {0.9, 0.0, 1.1, 1.2}, l1[2], l2[2];
     if (!g_mdn || !g_mdn->fitted) return;
     CHECK_OK(lss_mdn_save(g_mdn, "build/test_infer_mdn.ckpt"));
-    CHECK_OK(lss_mdn_create(&m2, 2, 2, &g_opts));
+    CHECK_OK(lss_mdn_create(2, 2, &g_opts, &m2));
     CHECK_OK(lss_mdn_load(m2, "build/test_infer_mdn.ckpt"));
     CHECK_OK(lss_mdn_logpdf(g_mdn, t, y, 2, 0, l1));
     CHECK_OK(lss_mdn_logpdf(m2, t, y, 2, 0, l2));
@@ -193,7 +193,7 @@ static void test_mdn_io_and_obs(void) {
     {
         lss_mdn_opts o = g_opts;
         o.width = 32;
-        CHECK_OK(lss_mdn_create(&m2, 2, 2, &o));
+        CHECK_OK(lss_mdn_create(2, 2, &o, &m2));
         CHECK(lss_mdn_load(m2, "build/test_infer_mdn.ckpt") != LSS_OK, "a checkpoint of another architecture is refused");
         lss_mdn_free(m2);
     }
@@ -229,7 +229,7 @@ static void test_mdn_mcmc(void) {
         p0[2 * k] = 0.5 + 0.05 * lss_rng_normal(&r);
         p0[2 * k + 1] = 0.5 + 0.05 * lss_rng_normal(&r);
     }
-    CHECK_OK(lss_emcee_create(&e, 32, 2, &o));
+    CHECK_OK(lss_emcee_create(32, 2, &o, &e));
     CHECK_OK(lss_emcee_start(e, p0, lss_mdn_loglike, g_mdn));
     CHECK_OK(lss_emcee_run(e, asan_mode() ? 200 : 1500, lss_mdn_loglike, g_mdn));
     CHECK_OK(lss_emcee_flat(e, e->nsteps / 3, 1, &flat, &nf));
@@ -251,12 +251,12 @@ static void test_mdn_errors(void) {
     lss_mdn_opts o;
     double t[4] = {0, 0, 1, 1}, y[2] = {0, 1};
     memset(&o, 0, sizeof o);
-    CHECK_ERR(lss_mdn_create(&m, 0, 2, &o), LSS_ERR_ARG);
+    CHECK_ERR(lss_mdn_create(0, 2, &o, &m), LSS_ERR_ARG);
     o.K = 300;
-    CHECK_ERR(lss_mdn_create(&m, 2, 2, &o), LSS_ERR_ARG);
+    CHECK_ERR(lss_mdn_create(2, 2, &o, &m), LSS_ERR_ARG);
     o.K = 2;
     o.width = 8;
-    CHECK_OK(lss_mdn_create(&m, 2, 1, &o));
+    CHECK_OK(lss_mdn_create(2, 1, &o, &m));
     CHECK_ERR(lss_mdn_fit(m, t, y, 1, &o), LSS_ERR_ARG);
     o.val_frac = 1.5;
     CHECK_ERR(lss_mdn_fit(m, t, y, 2, &o), LSS_ERR_ARG);
@@ -286,7 +286,7 @@ static void test_mdn_determinism(void) {
     for (rep = 0; rep < 3; rep++) {
         lss_mdn *m = NULL;
         o.seed = rep < 2 ? 1 : 2;
-        CHECK_OK(lss_mdn_create(&m, 2, 2, &o));
+        CHECK_OK(lss_mdn_create(2, 2, &o, &m));
         CHECK_OK(lss_mdn_fit(m, tt, yy, N, &o));
         for (i = 0; i < 4; i++) qy[2 * i] = fmin(fmax(qy[2 * i], m->sp.a[0]), m->sp.b[0]), qy[2 * i + 1] = fmin(fmax(qy[2 * i + 1], m->sp.a[1]), m->sp.b[1]);
         CHECK_OK(lss_mdn_logpdf(m, q, qy, 4, 0, l[rep]));

@@ -47,7 +47,7 @@ static void gradcheck(const char *name, const gc_spec *sp, build_fn build, ref_f
     int64_t n[MAXIN], nout, k;
     lss_rng r;
     char nm[16];
-    CHECK_OK(lss_store_create(&st, 1));
+    CHECK_OK(lss_store_create(1, &st));
     CHECK_OK(lss_graph_create(&g));
     if (!sp->train) { lss_graph_set_training(g, 0); lss_graph_set_record(g, 1); }
     lss_rng_init(&r, 1234, 0);
@@ -141,7 +141,7 @@ static void ref_conv(double **in, double *out, void *c_) {
 }
 static lss_tensor *b_conv(lss_graph *g, lss_tensor **in, void *c_) {
     conv_ctx *c = c_;
-    return lss_conv2d(g, in[0], in[1], c->bias ? in[2] : NULL, (int)c->s, (int)c->p);
+    return lss_op_conv2d(g, in[0], in[1], c->bias ? in[2] : NULL, (int)c->s, (int)c->p);
 }
 static void t_conv(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Co, int64_t kh, int64_t kw, int64_t s,
                    int64_t p, int bias) {
@@ -176,7 +176,7 @@ static void ref_convt(double **in, double *out, void *c_) {
 }
 static lss_tensor *b_convt(lss_graph *g, lss_tensor **in, void *c_) {
     conv_ctx *c = c_;
-    return lss_conv2d_transpose(g, in[0], in[1], c->bias ? in[2] : NULL, (int)c->s, (int)c->p, (int)c->op);
+    return lss_op_conv2d_transpose(g, in[0], in[1], c->bias ? in[2] : NULL, (int)c->s, (int)c->p, (int)c->op);
 }
 static void t_convt(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Co, int64_t k, int64_t s, int64_t p,
                     int64_t op, int bias) {
@@ -201,10 +201,10 @@ static void ref_mm(double **in, double *out, void *c_) {
             out[i * c->N + j] = s;
         }
 }
-static lss_tensor *b_matmul(lss_graph *g, lss_tensor **in, void *c) { (void)c; return lss_matmul(g, in[0], in[1]); }
+static lss_tensor *b_matmul(lss_graph *g, lss_tensor **in, void *c) { (void)c; return lss_op_matmul(g, in[0], in[1]); }
 static lss_tensor *b_dense(lss_graph *g, lss_tensor **in, void *c_) {
     mm_ctx *c = c_;
-    return lss_dense(g, in[0], in[1], c->bias ? in[2] : NULL);
+    return lss_op_dense(g, in[0], in[1], c->bias ? in[2] : NULL);
 }
 
 typedef struct { int64_t N, C, H, W, k, s; } pool_ctx;
@@ -220,7 +220,7 @@ static void ref_avgpool(double **in, double *out, void *c_) {
                 out[(pl * Ho + y) * Wo + x] = s / (double)(c->k * c->k);
             }
 }
-static lss_tensor *b_avgpool(lss_graph *g, lss_tensor **in, void *c_) { pool_ctx *c = c_; return lss_avgpool2d(g, in[0], (int)c->k, (int)c->s); }
+static lss_tensor *b_avgpool(lss_graph *g, lss_tensor **in, void *c_) { pool_ctx *c = c_; return lss_op_avgpool2d(g, in[0], (int)c->k, (int)c->s); }
 static void ref_upsample(double **in, double *out, void *c_) {
     pool_ctx *c = c_;
     int64_t f = c->k, Ho = c->H * f, Wo = c->W * f;
@@ -228,7 +228,7 @@ static void ref_upsample(double **in, double *out, void *c_) {
         for (int64_t y = 0; y < Ho; y++)
             for (int64_t x = 0; x < Wo; x++) out[(pl * Ho + y) * Wo + x] = in[0][pl * c->H * c->W + (y / f) * c->W + x / f];
 }
-static lss_tensor *b_upsample(lss_graph *g, lss_tensor **in, void *c_) { pool_ctx *c = c_; return lss_upsample2d(g, in[0], (int)c->k); }
+static lss_tensor *b_upsample(lss_graph *g, lss_tensor **in, void *c_) { pool_ctx *c = c_; return lss_op_upsample2d(g, in[0], (int)c->k); }
 static void ref_gap(double **in, double *out, void *c_) {
     pool_ctx *c = c_;
     for (int64_t pl = 0; pl < c->N * c->C; pl++) {
@@ -237,7 +237,7 @@ static void ref_gap(double **in, double *out, void *c_) {
         out[pl] = s / (double)(c->H * c->W);
     }
 }
-static lss_tensor *b_gap(lss_graph *g, lss_tensor **in, void *c) { (void)c; return lss_global_avgpool(g, in[0]); }
+static lss_tensor *b_gap(lss_graph *g, lss_tensor **in, void *c) { (void)c; return lss_op_global_avgpool(g, in[0]); }
 
 /* broadcasting binary ops: shapes of a and b as 4-D with 1s */
 typedef struct { int64_t sa[4], sb[4]; int op; } bin_ctx;
@@ -256,7 +256,7 @@ static void ref_bin(double **in, double *out, void *c_) {
 }
 static lss_tensor *b_bin(lss_graph *g, lss_tensor **in, void *c_) {
     bin_ctx *c = c_;
-    return c->op == 0 ? lss_add(g, in[0], in[1]) : c->op == 1 ? lss_sub(g, in[0], in[1]) : lss_mul(g, in[0], in[1]);
+    return c->op == 0 ? lss_op_add(g, in[0], in[1]) : c->op == 1 ? lss_op_sub(g, in[0], in[1]) : lss_op_mul(g, in[0], in[1]);
 }
 
 typedef struct { int op; double p; int64_t n; } un_ctx;
@@ -281,15 +281,15 @@ static void ref_un(double **in, double *out, void *c_) {
 static lss_tensor *b_un(lss_graph *g, lss_tensor **in, void *c_) {
     un_ctx *c = c_;
     switch (c->op) {
-    case 0: return lss_scale(g, in[0], (float)c->p);
-    case 1: return lss_add_scalar(g, in[0], (float)c->p);
-    case 2: return lss_relu(g, in[0]);
-    case 3: return lss_leaky_relu(g, in[0], (float)c->p);
-    case 4: return lss_softplus(g, in[0]);
-    case 5: return lss_tanh(g, in[0]);
-    case 6: return lss_sigmoid(g, in[0]);
-    case 7: return lss_exp(g, in[0]);
-    default: return lss_ln(g, in[0]);
+    case 0: return lss_op_scale(g, in[0], (float)c->p);
+    case 1: return lss_op_add_scalar(g, in[0], (float)c->p);
+    case 2: return lss_op_relu(g, in[0]);
+    case 3: return lss_op_leaky_relu(g, in[0], (float)c->p);
+    case 4: return lss_op_softplus(g, in[0]);
+    case 5: return lss_op_tanh(g, in[0]);
+    case 6: return lss_op_sigmoid(g, in[0]);
+    case 7: return lss_op_exp(g, in[0]);
+    default: return lss_op_ln(g, in[0]);
     }
 }
 
@@ -322,7 +322,7 @@ static lss_tensor *b_bn(lss_graph *g, lss_tensor **in, void *c_) {
         rm = lss_view(g, in[3]->data, 1, sh);
         rv = lss_view(g, in[3]->data + c->C, 1, sh);
     }
-    return lss_batchnorm(g, in[0], in[1], in[2], rm, rv, 0.9f, 1e-5f);
+    return lss_op_batchnorm(g, in[0], in[1], in[2], rm, rv, 0.9f, 1e-5f);
 }
 static void ref_bn_eval(double **in, double *out, void *c_) {
     bn_ctx *c = c_;
@@ -353,7 +353,7 @@ static void ref_sn(double **in, double *out, void *c_) {
     }
     for (int64_t k = 0; k < c->R * c->Cc; k++) out[k] = in[0][k] / sg;
 }
-static lss_tensor *b_sn(lss_graph *g, lss_tensor **in, void *c) { (void)c; return lss_spectral_norm(g, in[0], in[1], 300); }
+static lss_tensor *b_sn(lss_graph *g, lss_tensor **in, void *c) { (void)c; return lss_op_spectral_norm(g, in[0], in[1], 300); }
 
 typedef struct { int64_t n; int op; } red_ctx;
 static void ref_red(double **in, double *out, void *c_) {
@@ -367,10 +367,10 @@ static lss_tensor *b_red(lss_graph *g, lss_tensor **in, void *c_) {
     red_ctx *c = c_;
     if (c->op == 2) { /* reshape + flatten: a view, then a product so that a gradient flows */
         int64_t sh[3] = {2, 3, 4};
-        lss_tensor *r = lss_flatten(g, lss_reshape(g, in[0], 3, sh));
-        return lss_mul(g, r, lss_reshape(g, in[1], 2, r->shape));
+        lss_tensor *r = lss_op_flatten(g, lss_op_reshape(g, in[0], 3, sh));
+        return lss_op_mul(g, r, lss_op_reshape(g, in[1], 2, r->shape));
     }
-    return c->op == 0 ? lss_sum(g, in[0]) : lss_mean(g, in[0]);
+    return c->op == 0 ? lss_op_sum(g, in[0]) : lss_op_mean(g, in[0]);
 }
 
 typedef struct { int64_t N, a, b, c; int axis; } cat_ctx;
@@ -381,7 +381,7 @@ static void ref_cat(double **in, double *out, void *c_) {
         for (int64_t k = 0; k < c->b; k++) out[o * (c->a + c->b) + c->a + k] = in[1][o * c->b + k];
     }
 }
-static lss_tensor *b_cat(lss_graph *g, lss_tensor **in, void *c_) { cat_ctx *c = c_; return lss_concat(g, in[0], in[1], c->axis); }
+static lss_tensor *b_cat(lss_graph *g, lss_tensor **in, void *c_) { cat_ctx *c = c_; return lss_op_concat(g, in[0], in[1], c->axis); }
 
 /* losses */
 typedef struct { int64_t N; int d, K, op; } loss_ctx;
@@ -444,12 +444,12 @@ static void ref_loss(double **in, double *out, void *c_) {
 static lss_tensor *b_loss(lss_graph *g, lss_tensor **in, void *c_) {
     loss_ctx *c = c_;
     switch (c->op) {
-    case 0: return lss_mse(g, in[0], in[1]);
-    case 1: return lss_l1(g, in[0], in[1]);
-    case 2: return lss_gauss_nll(g, in[0], in[1]);
-    case 3: return lss_gmm_nll(g, in[0], in[1], c->K);
-    case 4: return lss_dsm_loss(g, in[0], in[1], in[2]);
-    default: return lss_wgan_critic_loss(g, in[0], in[1]);
+    case 0: return lss_op_mse(g, in[0], in[1]);
+    case 1: return lss_op_l1(g, in[0], in[1]);
+    case 2: return lss_op_gauss_nll(g, in[0], in[1]);
+    case 3: return lss_op_gmm_nll(g, in[0], in[1], c->K);
+    case 4: return lss_op_dsm_loss(g, in[0], in[1], in[2]);
+    default: return lss_op_wgan_critic_loss(g, in[0], in[1]);
     }
 }
 
@@ -614,7 +614,7 @@ static void test_gauss_independent(void) {
     }
     CHECK_OK(lss_graph_create(&g));
     lss_tensor *o = lss_view(g, out, 2, (int64_t[]){N, W}), *t = lss_view(g, y, 2, (int64_t[]){N, d});
-    lss_tensor *l = lss_gauss_nll(g, o, t);
+    lss_tensor *l = lss_op_gauss_nll(g, o, t);
     CHECK(l != NULL, "gauss_nll failed: %s", lss_last_error());
     if (l) CHECK_CLOSE(l->data[0], tot / N, 1e-5, 1e-5, "gauss_nll vs ln|Sigma| + r^T Sigma^-1 r (Cholesky of Sigma)");
     /* GMM with K = 1 is the normalised Gaussian: -log N(y; mu, Sigma) = (gauss_nll + d log 2 pi) / 2 */
@@ -632,7 +632,7 @@ static void test_gauss_independent(void) {
         for (int n = 0; n < N; n++) tot2 += -lp[n];
         CHECK_CLOSE(tot2 / N, 0.5 * (tot / N + d * log(2 * M_PI)), 1e-9, 1e-9, "gmm_logpdf (one live component) vs independent Gaussian");
         lss_tensor *og_t = lss_view(g, og, 2, (int64_t[]){N, 30});
-        lss_tensor *lg = lss_gmm_nll(g, og_t, t, K);
+        lss_tensor *lg = lss_op_gmm_nll(g, og_t, t, K);
         if (lg) CHECK_CLOSE(lg->data[0], tot2 / N, 1e-5, 1e-6, "gmm_nll vs gmm_logpdf");
         CHECK_ERR(lss_gmm_logpdf(og, y2, N, 0, d, lp), LSS_ERR_ARG);
     }
@@ -650,10 +650,10 @@ static void test_optim(void) {
         double w[3] = {1.0, 2.0, -3.0}, m[3] = {0}, v[3] = {0};
         memset(&oo, 0, sizeof oo);
         oo.kind = (lss_opt_kind)kind; oo.lr = 0.05; oo.momentum = kind >= 2 ? 0.8 : 0; oo.weight_decay = 0.1;
-        CHECK_OK(lss_store_create(&st, 3));
+        CHECK_OK(lss_store_create(3, &st));
         lss_tensor *t = lss_store_add(st, "w", 1, (int64_t[]){3}, LSS_INIT_ZERO);
         for (int i = 0; i < 3; i++) t->data[i] = (float)w[i];
-        CHECK_OK(lss_optim_create(&o, st, &oo));
+        CHECK_OK(lss_optim_create(st, &oo, &o));
         for (int step = 0; step < 5; step++) {
             for (int i = 0; i < 3; i++) t->grad[i] = (float)(t->data[i] - tgt[i]);
             for (int i = 0; i < 3; i++) {
@@ -693,25 +693,25 @@ static void test_optim(void) {
         lss_store *st;
         lss_optim *o;
         lss_optim_opts oo;
-        CHECK_OK(lss_store_create(&st, 3));
+        CHECK_OK(lss_store_create(3, &st));
         lss_store_add(st, "w", 1, (int64_t[]){2}, LSS_INIT_ZERO);
         memset(&oo, 0, sizeof oo); oo.lr = 1.0; oo.sched = LSS_SCHED_COSINE; oo.total_steps = 10; oo.lr_min = 0.1;
-        CHECK_OK(lss_optim_create(&o, st, &oo));
+        CHECK_OK(lss_optim_create(st, &oo, &o));
         for (int s = 0; s < 5; s++) lss_optim_step(o);
         CHECK_CLOSE(lss_optim_lr(o), 0.1 + 0.9 * 0.5 * (1 + cos(M_PI * 0.5)), 1e-12, 0, "cosine schedule at t = 5 of 10");
         lss_optim_free(o);
         memset(&oo, 0, sizeof oo); oo.lr = 1.0; oo.sched = LSS_SCHED_STEP; oo.step_size = 2; oo.gamma = 0.5;
-        CHECK_OK(lss_optim_create(&o, st, &oo));
+        CHECK_OK(lss_optim_create(st, &oo, &o));
         for (int s = 0; s < 5; s++) lss_optim_step(o);
         CHECK_CLOSE(lss_optim_lr(o), 0.25, 1e-12, 0, "step schedule at t = 5 (x0.5 every 2)");
         lss_optim_free(o);
         memset(&oo, 0, sizeof oo); oo.lr = 2.0; oo.sched = LSS_SCHED_EXP; oo.gamma = 0.9;
-        CHECK_OK(lss_optim_create(&o, st, &oo));
+        CHECK_OK(lss_optim_create(st, &oo, &o));
         for (int s = 0; s < 3; s++) lss_optim_step(o);
         CHECK_CLOSE(lss_optim_lr(o), 2.0 * 0.729, 1e-12, 0, "exponential schedule at t = 3");
         lss_optim_free(o);
         memset(&oo, 0, sizeof oo); oo.sched = LSS_SCHED_STEP;
-        CHECK_ERR(lss_optim_create(&o, st, &oo), LSS_ERR_RANGE);
+        CHECK_ERR(lss_optim_create(st, &oo, &o), LSS_ERR_RANGE);
         lss_store_free(st);
     }
     /* clipping: by global norm (SGD lr 1 shows the clipped gradient) and by percentile */
@@ -719,11 +719,11 @@ static void test_optim(void) {
         lss_store *st;
         lss_optim *o;
         lss_optim_opts oo;
-        CHECK_OK(lss_store_create(&st, 3));
+        CHECK_OK(lss_store_create(3, &st));
         lss_tensor *a = lss_store_add(st, "a", 1, (int64_t[]){2}, LSS_INIT_ZERO);
         lss_tensor *b = lss_store_add(st, "b", 1, (int64_t[]){1}, LSS_INIT_ZERO);
         memset(&oo, 0, sizeof oo); oo.kind = LSS_OPT_SGD; oo.lr = 1.0; oo.clip = LSS_CLIP_NORM; oo.clip_norm = 1.0;
-        CHECK_OK(lss_optim_create(&o, st, &oo));
+        CHECK_OK(lss_optim_create(st, &oo, &o));
         a->grad[0] = 3; a->grad[1] = 0; b->grad[0] = 4; /* norm 5 -> scaled by 1/5 */
         CHECK_OK(lss_optim_step(o));
         CHECK_CLOSE(a->data[0], -0.6, 1e-6, 0, "global-norm clipping a");
@@ -732,7 +732,7 @@ static void test_optim(void) {
         lss_optim_free(o);
         a->data[0] = a->data[1] = b->data[0] = 0;
         memset(&oo, 0, sizeof oo); oo.kind = LSS_OPT_SGD; oo.lr = 1.0; oo.clip = LSS_CLIP_PERCENTILE; oo.clip_history = 4;
-        CHECK_OK(lss_optim_create(&o, st, &oo));
+        CHECK_OK(lss_optim_create(st, &oo, &o));
         /* norms 1, 2, 3 then a step with a = (6, 8) (norm 10), b = 0: history {1,2,3,10} -> median 2.5;
          * a is clipped to norm 2.5: (1.5, 2.0) */
         for (int s = 1; s <= 3; s++) { a->grad[0] = (float)s; a->grad[1] = 0; b->grad[0] = 0; CHECK_OK(lss_optim_step(o)); }
@@ -754,14 +754,14 @@ static void test_optim(void) {
 static void test_store_errors(void) {
     lss_store *st;
     lss_graph *g;
-    CHECK_OK(lss_store_create(&st, 9));
+    CHECK_OK(lss_store_create(9, &st));
     lss_tensor *w = lss_store_add(st, "w", 2, (int64_t[]){3, 4}, LSS_INIT_HE);
     CHECK(w && w->grad && lss_store_nparams(st) == 12, "store add");
     CHECK(lss_store_add(st, "w", 1, (int64_t[]){2}, LSS_INIT_ZERO) == NULL, "duplicate name refused");
     CHECK(lss_store_status(st) == LSS_ERR_ARG && strstr(lss_last_error(), "'w'"), "duplicate name message: %s", lss_last_error());
     lss_store_free(st);
     /* He init statistics: 4000 draws with std sqrt(2/1000) -> sample std within 5% (sd of the estimate 1.1%) */
-    CHECK_OK(lss_store_create(&st, 9));
+    CHECK_OK(lss_store_create(9, &st));
     w = lss_store_add(st, "big", 2, (int64_t[]){1000, 4}, LSS_INIT_HE);
     {
         double s2 = 0;
@@ -772,18 +772,18 @@ static void test_store_errors(void) {
     CHECK_OK(lss_graph_create(&g));
     float buf[12] = {0};
     lss_tensor *a = lss_view(g, buf, 2, (int64_t[]){3, 4}), *b = lss_view(g, buf, 2, (int64_t[]){3, 4});
-    CHECK(lss_matmul(g, a, b) == NULL, "matmul shape mismatch returns NULL");
+    CHECK(lss_op_matmul(g, a, b) == NULL, "matmul shape mismatch returns NULL");
     CHECK(lss_graph_status(g) == LSS_ERR_SHAPE && strstr(lss_last_error(), "[3,4]"), "shape error names shapes: %s", lss_last_error());
-    CHECK(lss_relu(g, a) == NULL, "sticky failure");
+    CHECK(lss_op_relu(g, a) == NULL, "sticky failure");
     CHECK(lss_backward(g, NULL) == LSS_ERR_SHAPE, "backward returns the sticky status");
     lss_graph_reset(g);
-    CHECK(lss_relu(g, NULL) == NULL && lss_graph_status(g) == LSS_ERR_ARG, "NULL input");
+    CHECK(lss_op_relu(g, NULL) == NULL && lss_graph_status(g) == LSS_ERR_ARG, "NULL input");
     lss_graph_reset(g);
-    CHECK(lss_conv2d(g, lss_view(g, buf, 4, (int64_t[]){1, 1, 3, 4}), lss_view(g, buf, 4, (int64_t[]){1, 1, 5, 5}), NULL, 1, 0) == NULL,
+    CHECK(lss_op_conv2d(g, lss_view(g, buf, 4, (int64_t[]){1, 1, 3, 4}), lss_view(g, buf, 4, (int64_t[]){1, 1, 5, 5}), NULL, 1, 0) == NULL,
           "kernel larger than input refused");
     lss_graph_reset(g);
-    CHECK(lss_relu(g, a) != NULL && lss_graph_status(g) == LSS_OK, "reset clears the failure");
-    CHECK_ERR(lss_backward(g, lss_relu(g, a)), LSS_ERR_SHAPE); /* 12 elements */
+    CHECK(lss_op_relu(g, a) != NULL && lss_graph_status(g) == LSS_OK, "reset clears the failure");
+    CHECK_ERR(lss_backward(g, lss_op_relu(g, a)), LSS_ERR_SHAPE); /* 12 elements */
     lss_graph_free(g);
 }
 
@@ -800,7 +800,7 @@ static void run_small_net(int threads, float *out, int64_t nout, float *grads, i
     lss_store *st;
     lss_graph *g;
     lss_resblock rb;
-    lss_store_create(&st, 11);
+    lss_store_create(11, &st);
     lss_tensor *w0 = lss_store_add(st, "c0.w", 4, (int64_t[]){32, 8, 5, 5}, LSS_INIT_HE);
     lss_tensor *b0 = lss_store_add(st, "c0.b", 1, (int64_t[]){32}, LSS_INIT_ZERO);
     lss_resblock_init(&rb, st, "rb", 32, 64, 3, 2, 1, 0, LSS_ACT_RELU);
@@ -809,9 +809,9 @@ static void run_small_net(int threads, float *out, int64_t nout, float *grads, i
     lss_rng r;
     lss_rng_init(&r, 3, 0);
     for (int k = 0; k < 4 * 8 * 128 * 128; k++) x[k] = (float)lss_rng_normal(&r);
-    lss_tensor *h = lss_conv2d(g, lss_view(g, x, 4, (int64_t[]){4, 8, 128, 128}), w0, b0, 2, 2);
-    h = lss_resblock_forward(g, &rb, lss_relu(g, h));
-    lss_tensor *l = lss_mean(g, lss_mul(g, h, h));
+    lss_tensor *h = lss_op_conv2d(g, lss_view(g, x, 4, (int64_t[]){4, 8, 128, 128}), w0, b0, 2, 2);
+    h = lss_resblock_forward(g, &rb, lss_op_relu(g, h));
+    lss_tensor *l = lss_op_mean(g, lss_op_mul(g, h, h));
     lss_store_zero_grad(st);
     lss_backward(g, l);
     CHECK(h && h->n == nout, "small net output size");
@@ -869,7 +869,7 @@ typedef struct {
 static int tnet_make(tnet *t, uint64_t seed) {
     lss_optim_opts oo;
     memset(t, 0, sizeof *t);
-    if (lss_store_create(&t->st, seed)) return -1;
+    if (lss_store_create(seed, &t->st)) return -1;
     t->w0 = lss_store_add(t->st, "c.w", 4, (int64_t[]){4, 1, 3, 3}, LSS_INIT_HE);
     t->b0 = lss_store_add(t->st, "c.b", 1, (int64_t[]){4}, LSS_INIT_ZERO);
     t->bn[0] = lss_store_add(t->st, "bn.g", 1, (int64_t[]){4}, LSS_INIT_ONE);
@@ -883,7 +883,7 @@ static int tnet_make(tnet *t, uint64_t seed) {
     memset(&oo, 0, sizeof oo);
     oo.kind = LSS_OPT_ADAM; oo.lr = 3e-3; oo.clip = LSS_CLIP_PERCENTILE; oo.clip_history = 16;
     oo.sched = LSS_SCHED_COSINE; oo.total_steps = 40;
-    if (lss_optim_create(&t->opt, t->st, &oo)) return -1;
+    if (lss_optim_create(t->st, &oo, &t->opt)) return -1;
     if (lss_graph_create(&t->g)) return -1;
     return 0;
 }
@@ -897,10 +897,10 @@ static int tnet_step(tnet *t, int step, float *loss) {
     for (int k = 0; k < 8 * 64; k++) x[k] = (float)lss_rng_normal(&r);
     for (int k = 0; k < 16; k++) y[k] = x[k * 7] * 0.5f;
     lss_graph_reset(t->g);
-    lss_tensor *h = lss_conv2d(t->g, lss_view(t->g, x, 4, (int64_t[]){8, 1, 8, 8}), lss_spectral_norm(t->g, t->w0, t->sn_u, 1), t->b0, 2, 1);
-    h = lss_relu(t->g, lss_batchnorm(t->g, h, t->bn[0], t->bn[1], t->bn[2], t->bn[3], 0.9f, 1e-5f));
-    h = lss_dense(t->g, h, t->dw, t->db);
-    lss_tensor *l = lss_mse(t->g, h, lss_view(t->g, y, 2, (int64_t[]){8, 2}));
+    lss_tensor *h = lss_op_conv2d(t->g, lss_view(t->g, x, 4, (int64_t[]){8, 1, 8, 8}), lss_op_spectral_norm(t->g, t->w0, t->sn_u, 1), t->b0, 2, 1);
+    h = lss_op_relu(t->g, lss_op_batchnorm(t->g, h, t->bn[0], t->bn[1], t->bn[2], t->bn[3], 0.9f, 1e-5f));
+    h = lss_op_dense(t->g, h, t->dw, t->db);
+    lss_tensor *l = lss_op_mse(t->g, h, lss_view(t->g, y, 2, (int64_t[]){8, 2}));
     lss_store_zero_grad(t->st);
     int s = lss_backward(t->g, l);
     if (s) return s;
@@ -965,14 +965,14 @@ static void test_checkpoint(void) {
     /* a model with a different shape: refused, naming the tensor; nothing changed */
     {
         lss_store *s2;
-        lss_store_create(&s2, 1);
+        lss_store_create(1, &s2);
         lss_store_add(s2, "c.w", 4, (int64_t[]){4, 1, 5, 5}, LSS_INIT_ZERO);
         CHECK_ERR(lss_ckpt_load(path, s2, NULL), LSS_ERR_SHAPE);
         CHECK(strstr(lss_last_error(), "'c.w'") != NULL, "mismatch names the tensor: %s", lss_last_error());
         CHECK(lss_store_tensor(s2, 0)->data[0] == 0.0f, "failed load changes nothing");
         lss_store_free(s2);
         /* weights only (no optimizer) into a store that lacks a tensor of the file */
-        lss_store_create(&s2, 1);
+        lss_store_create(1, &s2);
         lss_store_add(s2, "c.w", 4, (int64_t[]){4, 1, 3, 3}, LSS_INIT_ZERO);
         CHECK_ERR(lss_ckpt_load(path, s2, NULL), LSS_ERR_FORMAT);
         CHECK(strstr(lss_last_error(), "'c.b'") != NULL, "extra tensor named: %s", lss_last_error());
@@ -984,7 +984,7 @@ static void test_checkpoint(void) {
         lss_optim_free(c.opt);
         lss_optim_opts oo;
         memset(&oo, 0, sizeof oo); oo.kind = LSS_OPT_SGD;
-        lss_optim_create(&c.opt, c.st, &oo);
+        lss_optim_create(c.st, &oo, &c.opt);
         CHECK_ERR(lss_ckpt_load(path, c.st, c.opt), LSS_ERR_FORMAT);
         CHECK_OK(lss_ckpt_load(path, c.st, NULL)); /* weights alone are fine */
         tnet_free(&c);
@@ -1000,7 +1000,7 @@ static void test_blocks(void) {
     lss_resnet net;
     lss_resnet_opts ro;
     /* paper size: 8 x 384 x 384, 7 parameters -> 35 outputs */
-    CHECK_OK(lss_store_create(&st, 1));
+    CHECK_OK(lss_store_create(1, &st));
     memset(&ro, 0, sizeof ro);
     ro.in_ch = 8; ro.in_h = 384; ro.in_w = 384; ro.nout = 7 + 28;
     CHECK_OK(lss_resnet_init(&net, st, "cnn", &ro));
@@ -1021,14 +1021,14 @@ static void test_blocks(void) {
         lss_rng r;
         lss_rng_init(&r, 8, 0);
         for (int k = 0; k < 2 * 256; k++) x[k] = (float)lss_rng_normal(&r);
-        CHECK_OK(lss_store_create(&st, 2));
+        CHECK_OK(lss_store_create(2, &st));
         memset(&uo, 0, sizeof uo); uo.in_ch = 1; uo.out_ch = 1; uo.c0 = 4; uo.sigma_cond = 1;
         CHECK_OK(lss_unet_init(&u, st, "unet", &uo));
         CHECK_OK(lss_graph_create(&g));
         lss_tensor *y = lss_unet_forward(g, &u, lss_view(g, x, 4, (int64_t[]){2, 1, 16, 16}), lss_view(g, sg, 1, (int64_t[]){2}));
         CHECK(y && y->ndim == 4 && y->shape[0] == 2 && y->shape[1] == 1 && y->shape[2] == 16 && y->shape[3] == 16, "U-net output shape: %s", lss_last_error());
         lss_store_zero_grad(st);
-        CHECK_OK(lss_backward(g, lss_mean(g, lss_mul(g, y, y))));
+        CHECK_OK(lss_backward(g, lss_op_mean(g, lss_op_mul(g, y, y))));
         int dead = 0;
         for (int i = 0; i < lss_store_ntensors(st); i++) {
             lss_tensor *t = lss_store_tensor(st, i);
@@ -1053,7 +1053,7 @@ static void test_unet_sigma(void) {
     lss_rng r;
     lss_rng_init(&r, 8, 0);
     for (int k = 0; k < 2 * 256; k++) x[k] = (float)lss_rng_normal(&r);
-    lss_store_create(&st, 2);
+    lss_store_create(2, &st);
     memset(&uo, 0, sizeof uo); uo.in_ch = 1; uo.out_ch = 1; uo.c0 = 4; uo.sigma_cond = 1;
     CHECK_OK(lss_unet_init(&u, st, "unet", &uo));
     lss_graph_create(&g1); lss_graph_create(&g2);
@@ -1112,7 +1112,7 @@ static void test_cnn_learns(void) {
     lss_optim_opts oo;
     const int B = 32, steps = g_asan ? 150 : 500, ntest = 256; /* fewer steps under ASan, same tolerance */
     double t0 = lss_time_now();
-    CHECK_OK(lss_store_create(&st, 21));
+    CHECK_OK(lss_store_create(21, &st));
     lss_tensor *w1 = lss_store_add(st, "c1.w", 4, (int64_t[]){16, 1, 3, 3}, LSS_INIT_HE);
     lss_tensor *b1 = lss_store_add(st, "c1.b", 1, (int64_t[]){16}, LSS_INIT_ZERO);
     lss_tensor *w2 = lss_store_add(st, "c2.w", 4, (int64_t[]){16, 16, 3, 3}, LSS_INIT_HE);
@@ -1121,25 +1121,25 @@ static void test_cnn_learns(void) {
     int sizes[3] = {16, 16, 1};
     CHECK_OK(lss_mlp_init(&head, st, "head", 2, sizes, LSS_ACT_RELU));
     memset(&oo, 0, sizeof oo); oo.lr = 3e-3; oo.sched = LSS_SCHED_COSINE; oo.total_steps = steps; oo.lr_min = 1e-4;
-    CHECK_OK(lss_optim_create(&opt, st, &oo));
+    CHECK_OK(lss_optim_create(st, &oo, &opt));
     CHECK_OK(lss_graph_create(&g));
     float *xb = malloc(sizeof(float) * 32 * 32 * ntest), yb[256];
     for (int s = 0; s < steps; s++) {
         for (int i = 0; i < B; i++) grf_map((uint64_t)(1000 + s * B + i), xb + i * 1024, &yb[i]);
         lss_graph_reset(g);
-        lss_tensor *h = lss_relu(g, lss_conv2d(g, lss_view(g, xb, 4, (int64_t[]){B, 1, 32, 32}), w1, b1, 2, 1));
-        h = lss_relu(g, lss_conv2d(g, h, w2, b2, 2, 1));
-        h = lss_mlp_forward(g, &head, lss_global_avgpool(g, h));
-        lss_tensor *l = lss_mse(g, h, lss_view(g, yb, 2, (int64_t[]){B, 1}));
+        lss_tensor *h = lss_op_relu(g, lss_op_conv2d(g, lss_view(g, xb, 4, (int64_t[]){B, 1, 32, 32}), w1, b1, 2, 1));
+        h = lss_op_relu(g, lss_op_conv2d(g, h, w2, b2, 2, 1));
+        h = lss_mlp_forward(g, &head, lss_op_global_avgpool(g, h));
+        lss_tensor *l = lss_op_mse(g, h, lss_view(g, yb, 2, (int64_t[]){B, 1}));
         lss_store_zero_grad(st);
         if (lss_backward(g, l) || lss_optim_step(opt)) { CHECK(0, "training step: %s", lss_last_error()); break; }
     }
     for (int i = 0; i < ntest; i++) grf_map((uint64_t)i, xb + i * 1024, &yb[i]);
     lss_graph_reset(g);
     lss_graph_set_training(g, 0);
-    lss_tensor *h = lss_relu(g, lss_conv2d(g, lss_view(g, xb, 4, (int64_t[]){ntest, 1, 32, 32}), w1, b1, 2, 1));
-    h = lss_relu(g, lss_conv2d(g, h, w2, b2, 2, 1));
-    h = lss_mlp_forward(g, &head, lss_global_avgpool(g, h));
+    lss_tensor *h = lss_op_relu(g, lss_op_conv2d(g, lss_view(g, xb, 4, (int64_t[]){ntest, 1, 32, 32}), w1, b1, 2, 1));
+    h = lss_op_relu(g, lss_op_conv2d(g, h, w2, b2, 2, 1));
+    h = lss_mlp_forward(g, &head, lss_op_global_avgpool(g, h));
     double se = 0, sv = 0, mean = 0;
     for (int i = 0; i < ntest; i++) mean += yb[i] / ntest;
     for (int i = 0; i < ntest; i++) { se += (h->data[i] - yb[i]) * (h->data[i] - yb[i]); sv += (yb[i] - mean) * (yb[i] - mean); }

@@ -53,7 +53,7 @@ static int scenario(int save) {
         if (!t) { s = LSS_ERR_NOMEM; goto done; }
         lss_tensor_free(t);
     }
-    if ((s = lss_store_create(&st, 3))) goto done;
+    if ((s = lss_store_create(3, &st))) goto done;
     lss_tensor *w = lss_store_add(st, "c.w", 4, (int64_t[]){8, 2, 3, 3}, LSS_INIT_HE);
     lss_tensor *bg = lss_store_add(st, "bn.g", 1, (int64_t[]){8}, LSS_INIT_ONE);
     lss_tensor *bb = lss_store_add(st, "bn.b", 1, (int64_t[]){8}, LSS_INIT_ZERO);
@@ -64,16 +64,16 @@ static int scenario(int save) {
     if ((s = lss_mlp_init(&head, st, "head", 2, sizes, LSS_ACT_LEAKY))) goto done;
     memset(&oo, 0, sizeof oo);
     oo.clip = LSS_CLIP_PERCENTILE; oo.clip_history = 8;
-    if ((s = lss_optim_create(&opt, st, &oo))) goto done;
+    if ((s = lss_optim_create(st, &oo, &opt))) goto done;
     if ((s = lss_graph_create(&g))) goto done;
     for (int step = 0; step < 2; step++) {
         lss_graph_reset(g);
-        lss_tensor *h = lss_conv2d(g, lss_view(g, x, 4, (int64_t[]){4, 2, 8, 8}), w, NULL, 1, 1);
-        h = lss_relu(g, lss_batchnorm(g, h, bg, bb, bm, bv, 0, 0));
+        lss_tensor *h = lss_op_conv2d(g, lss_view(g, x, 4, (int64_t[]){4, 2, 8, 8}), w, NULL, 1, 1);
+        h = lss_op_relu(g, lss_op_batchnorm(g, h, bg, bb, bm, bv, 0, 0));
         h = lss_resblock_forward(g, &rb, h);
-        h = lss_upsample2d(g, lss_avgpool2d(g, h, 2, 2), 2);
+        h = lss_op_upsample2d(g, lss_op_avgpool2d(g, h, 2, 2), 2);
         h = lss_mlp_forward(g, &head, h);
-        lss_tensor *l = lss_gauss_nll(g, lss_concat(g, h, lss_concat(g, h, lss_scale(g, h, 0.5f), 1), 1), lss_view(g, y, 2, (int64_t[]){4, 3}));
+        lss_tensor *l = lss_op_gauss_nll(g, lss_op_concat(g, h, lss_op_concat(g, h, lss_op_scale(g, h, 0.5f), 1), 1), lss_view(g, y, 2, (int64_t[]){4, 3}));
         lss_store_zero_grad(st);
         if ((s = lss_backward(g, l))) goto done;
         if ((s = lss_optim_step(opt))) goto done;
@@ -82,8 +82,8 @@ static int scenario(int save) {
     lss_graph_reset(g);
     lss_graph_set_training(g, 0);
     {
-        lss_tensor *h = lss_conv2d(g, lss_view(g, x, 4, (int64_t[]){4, 2, 8, 8}), w, NULL, 1, 1);
-        h = lss_resblock_forward(g, &rb, lss_relu(g, lss_batchnorm(g, h, bg, bb, bm, bv, 0, 0)));
+        lss_tensor *h = lss_op_conv2d(g, lss_view(g, x, 4, (int64_t[]){4, 2, 8, 8}), w, NULL, 1, 1);
+        h = lss_resblock_forward(g, &rb, lss_op_relu(g, lss_op_batchnorm(g, h, bg, bb, bm, bv, 0, 0)));
         if (!h) { s = lss_graph_status(g); goto done; }
     }
     if (save && (s = lss_ckpt_save(CK, st, opt))) goto done;
