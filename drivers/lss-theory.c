@@ -4,60 +4,21 @@
 #define LSS_MAPS_IMPLEMENTATION
 #include "lss_maps.h"
 #include "drivers/lss_driver.h"
-#include <getopt.h>
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: lss-theory COMMAND [options]\n"
-            "\n"
-            "Flat LCDM theory of lss_maps.h: Eisenstein-Hu linear P(k) normalised to sigma_8, Halofit (Takahashi 2012)\n"
-            "non-linear P(k), NLA intrinsic alignments and linear galaxy bias per tomographic bin (DeepLSS eqs. 8-9),\n"
-            "Limber angular spectra. Units: distances Mpc/h, k h/Mpc, P (Mpc/h)^3. Results are CSV on stdout\n"
-            "(or DIR/COMMAND.csv with --out DIR, which also writes DIR/run.json).\n"
-            "\n"
-            "commands\n"
-            "  background   CSV z,chi_mpc_h,da_mpc_h,growth,e_z at the redshifts of --z\n"
-            "  pk           CSV k_h_mpc,pk_mpc3_h3 at one redshift --z and the wavenumbers of --k\n"
-            "  cl           CSV ell,kk_1_1,...,kd_i_j,...,dd_4_4: every auto and cross spectrum of the convergence\n"
-            "               kappa_i (lensing + IA) and galaxy density delta_j of the tomographic bins\n"
-            "\n"
-            "cosmology (defaults: DeepLSS Table I fiducial, Planck 2018 Omega_b, h, n_s)\n"
-            "  --omega-m X  (0.29, prior [0.15, 0.45])    --sigma-8 X (0.71, prior [0.5, 1.2])\n"
-            "  --omega-b X  (0.0493)   --h X (0.6736)   --n-s X (0.9649)\n"
-            "  --nowiggle   Eisenstein-Hu transfer function without baryon wiggles\n"
-            "  --linear     linear P(k) wherever the non-linear one is used\n"
-            "nuisance parameters (DeepLSS Table I fiducial values and priors)\n"
-            "  --a-ia X (0.5, [-6, 6])     --eta-ia X (1.6, [-4, 6])    --b-g X (1.5, [0.5, 2.5])\n"
-            "  --eta-bg X (0.5, [-3, 3])   --r-g X (0.7, [0.4, 1])      --b-g2 X (0.5, [-3, 1])\n"
-            "  --eta-bg2 X (0.0, [-2, 2])  --c1-rho-crit X (NLA constant, 0.0134; CCL uses 0.0138768)\n"
-            "  (r_g, b_g2 and eta_bg2 act on maps, not on these linear-bias spectra; they are checked and recorded)\n"
-            "\n"
-            "command options\n"
-            "  --z LIST       redshifts, comma-separated (background: default 0,0.5,1,2; pk: one value, default 0)\n"
-            "  --k LIST       wavenumbers in h/Mpc (pk; default 0.001,0.01,0.1,1,10)\n"
-            "  --ell LIST     multipoles (cl)\n"
-            "  --nell N --lmin L --lmax L   N log-spaced multipoles in [L, L] (cl; default 30 in [10, 10000])\n"
-            "  --bins NAME    deeplss (4 bins, default), cosmos (1), or a text FILE: z then one n(z) column per bin\n"
-            "  --terms T      all (default), gg (lensing and clustering only), gi (IA-lensing and IA-galaxy\n"
-            "                 cross terms), ii (IA auto term)\n"
-            "  --png FILE     (cl) draw the kk and dd auto spectra, log-log, in two panels\n"
-            "  --out DIR      write DIR/COMMAND.csv and DIR/run.json instead of printing\n"
-            "  --help         this text\n"
-            "\n"
-            "examples\n"
-            "  lss-theory background --z 0.1,0.5,1\n"
-            "  lss-theory pk --z 0.5 --k 0.01,0.1,1 --linear\n"
-            "  lss-theory cl --ell 100,1000 --bins deeplss --omega-m 0.3 --sigma-8 0.8\n"
-            "  lss-theory cl --nell 40 --lmin 20 --lmax 5000 --png cl.png > cl.csv\n"
-            "\n"
-            "Bad input (unknown option, value outside its range, unreadable or malformed file) gives one line on\n"
-            "stderr and exit status 2.\n");
-}
-
-enum {
-    O_OM = 1000, O_S8, O_OB, O_H, O_NS, O_AIA, O_EIA, O_BG, O_EBG, O_RG, O_BG2, O_EBG2, O_C1, O_NOWIG, O_LIN, O_Z, O_K,
-    O_ELL, O_NELL, O_LMIN, O_LMAX, O_BINS, O_PNG, O_OUT, O_TERMS, O_HELP
-};
+static const char *const about =
+    "Flat LCDM theory of lss_maps.h: Eisenstein-Hu linear P(k) normalised to sigma_8, Halofit (Takahashi 2012)\n"
+    "non-linear P(k), NLA intrinsic alignments and linear galaxy bias per tomographic bin (DeepLSS eqs. 8-9),\n"
+    "Limber angular spectra. Units: distances Mpc/h, k h/Mpc, P (Mpc/h)^3. Results are CSV on stdout\n"
+    "(or DIR/COMMAND.csv with --out DIR, which also writes DIR/run.json).\n"
+    "commands\n"
+    "  background   CSV z,chi_mpc_h,da_mpc_h,growth,e_z at the redshifts of --z\n"
+    "  pk           CSV k_h_mpc,pk_mpc3_h3 at one redshift --z and the wavenumbers of --k\n"
+    "  cl           CSV ell,kk_1_1,...,kd_i_j,...,dd_4_4: every auto and cross spectrum of the convergence\n"
+    "               kappa_i (lensing + IA) and galaxy density delta_j of the tomographic bins\n"
+    "Defaults: DeepLSS Table I fiducial values with Planck 2018 Omega_b, h, n_s; parameters outside the Table I\n"
+    "priors are refused (r_g, b_g2 and eta_bg2 act on maps, not on these spectra: they are checked and recorded).\n"
+    "Bad input (unknown option, value outside its range, unreadable or malformed file) gives one line on\n"
+    "stderr and exit status 2.";
 
 static FILE *open_out(const char *dir, const char *cmd, lss_wfile *w, char *path, size_t n) {
     int s;
@@ -117,73 +78,72 @@ static void draw_png(const char *path, int nbins, const double *ell, int nell, c
 }
 
 int main(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"omega-m", 1, 0, O_OM}, {"sigma-8", 1, 0, O_S8}, {"omega-b", 1, 0, O_OB}, {"h", 1, 0, O_H}, {"n-s", 1, 0, O_NS},
-        {"a-ia", 1, 0, O_AIA}, {"eta-ia", 1, 0, O_EIA}, {"b-g", 1, 0, O_BG}, {"eta-bg", 1, 0, O_EBG}, {"r-g", 1, 0, O_RG},
-        {"b-g2", 1, 0, O_BG2}, {"eta-bg2", 1, 0, O_EBG2}, {"c1-rho-crit", 1, 0, O_C1}, {"nowiggle", 0, 0, O_NOWIG},
-        {"linear", 0, 0, O_LIN}, {"z", 1, 0, O_Z}, {"k", 1, 0, O_K}, {"ell", 1, 0, O_ELL}, {"nell", 1, 0, O_NELL},
-        {"lmin", 1, 0, O_LMIN}, {"lmax", 1, 0, O_LMAX}, {"bins", 1, 0, O_BINS}, {"png", 1, 0, O_PNG}, {"out", 1, 0, O_OUT},
-        {"terms", 1, 0, O_TERMS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     lss_params p;
     lss_cosmo *c = NULL;
     double *zs = NULL, *ks = NULL, *ells = NULL, lmin = 10, lmax = 10000;
-    int nz = 0, nk = 0, nell = 0, nlog = 30, have_nell = 0, have_lrange = 0, terms = LSS_CL_ALL, opt, i, j;
-    const char *bins = "deeplss", *png = NULL, *outdir = NULL, *cmd;
+    int nz = 0, nk = 0, nell = 0, nlog = 30, have_lrange, terms = LSS_CL_ALL, nowiggle = 0, i, j;
+    const char *bins = "deeplss", *png = NULL, *outdir = NULL, *cmd, *zlist = NULL, *klist = NULL, *elllist = NULL;
+    const char *termname = "all";
     char path[4096], extra[512];
     lss_wfile w;
     FILE *f;
+    const lss_drv_opt opts[] = {
+        {"omega-m", LSS_DRV_DOUBLE, &p.omega_m, 0, 0, 0, "Omega_m"},
+        {"sigma-8", LSS_DRV_DOUBLE, &p.sigma_8, 0, 0, 0, "sigma_8"},
+        {"omega-b", LSS_DRV_DOUBLE, &p.omega_b, 0, 0, 0, "Omega_b"},
+        {"h", LSS_DRV_DOUBLE, &p.h, 0, 0, 0, "H0 / (100 km/s/Mpc)"},
+        {"n-s", LSS_DRV_DOUBLE, &p.n_s, 0, 0, 0, "spectral index"},
+        {"a-ia", LSS_DRV_DOUBLE, &p.a_ia, 0, 0, 0, "NLA amplitude A_IA"},
+        {"eta-ia", LSS_DRV_DOUBLE, &p.eta_ia, 0, 0, 0, "IA redshift exponent"},
+        {"b-g", LSS_DRV_DOUBLE, &p.b_g, 0, 0, 0, "galaxy bias b_g"},
+        {"eta-bg", LSS_DRV_DOUBLE, &p.eta_bg, 0, 0, 0, "bias redshift exponent"},
+        {"r-g", LSS_DRV_DOUBLE, &p.r_g, 0, 0, 0, "stochasticity r_g"},
+        {"b-g2", LSS_DRV_DOUBLE, &p.b_g2, 0, 0, 0, "second-order bias"},
+        {"eta-bg2", LSS_DRV_DOUBLE, &p.eta_bg2, 0, 0, 0, "its redshift exponent"},
+        {"c1-rho-crit", LSS_DRV_DOUBLE, &p.c1_rho_crit, 1e-12, 1, 0, "NLA constant (0: 0.0134; CCL uses 0.0138768)"},
+        {"nowiggle", LSS_DRV_FLAG, &nowiggle, 0, 0, 0, "Eisenstein-Hu transfer function without baryon wiggles"},
+        {"linear", LSS_DRV_FLAG, &p.linear, 0, 0, 0, "linear P(k) wherever the non-linear one is used"},
+        {"z", LSS_DRV_STR, &zlist, 0, 0, 0, "redshifts, comma-separated (background: 0,0.5,1,2; pk: one value, 0)"},
+        {"k", LSS_DRV_STR, &klist, 0, 0, 0, "wavenumbers in h/Mpc, comma-separated (pk: 0.001,0.01,0.1,1,10)"},
+        {"ell", LSS_DRV_STR, &elllist, 0, 0, 0, "multipoles, comma-separated (cl)"},
+        {"nell", LSS_DRV_INT, &nlog, 1, 100000, 0, "number of log-spaced multipoles in [lmin, lmax] (cl)"},
+        {"lmin", LSS_DRV_DOUBLE, &lmin, 1, 1e6, 0, "smallest multipole (cl)"},
+        {"lmax", LSS_DRV_DOUBLE, &lmax, 1, 1e6, 0, "largest multipole (cl)"},
+        {"bins", LSS_DRV_STR, &bins, 0, 0, 0, "deeplss (4 bins), cosmos (1), or a text FILE: z then one n(z) column per bin"},
+        {"terms", LSS_DRV_STR, &termname, 0, 0, 0, "all, gg (lensing and clustering), gi (IA cross terms), ii (IA auto)"},
+        {"png", LSS_DRV_STR, &png, 0, 0, 0, "(cl) draw the kk and dd auto spectra, log-log, in two panels"},
+        {"out", LSS_DRV_STR, &outdir, 0, 0, 0, "write DIR/COMMAND.csv and DIR/run.json instead of printing"},
+        {NULL, LSS_DRV_STR, NULL, 0, 0, 0, NULL}};
+    const lss_drv_cmd info = {"lss-theory", "lss-theory background|pk|cl [options]", about,
+                              "lss-theory cl --nell 40 --lmin 20 --lmax 5000 --png cl.png > cl.csv"};
     lss_drv_prog = "lss-theory";
     lss_params_fiducial(&p);
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
-        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
-        switch (opt) {
-        case O_OM: p.omega_m = lss_drv_double("--omega-m", optarg); break;
-        case O_S8: p.sigma_8 = lss_drv_double("--sigma-8", optarg); break;
-        case O_OB: p.omega_b = lss_drv_double("--omega-b", optarg); break;
-        case O_H: p.h = lss_drv_double("--h", optarg); break;
-        case O_NS: p.n_s = lss_drv_double("--n-s", optarg); break;
-        case O_AIA: p.a_ia = lss_drv_double("--a-ia", optarg); break;
-        case O_EIA: p.eta_ia = lss_drv_double("--eta-ia", optarg); break;
-        case O_BG: p.b_g = lss_drv_double("--b-g", optarg); break;
-        case O_EBG: p.eta_bg = lss_drv_double("--eta-bg", optarg); break;
-        case O_RG: p.r_g = lss_drv_double("--r-g", optarg); break;
-        case O_BG2: p.b_g2 = lss_drv_double("--b-g2", optarg); break;
-        case O_EBG2: p.eta_bg2 = lss_drv_double("--eta-bg2", optarg); break;
-        case O_C1:
-            p.c1_rho_crit = lss_drv_double("--c1-rho-crit", optarg);
-            if (!(p.c1_rho_crit > 0 && p.c1_rho_crit < 1)) lss_drv_die(2, "option --c1-rho-crit: %g is outside (0, 1)", p.c1_rho_crit);
-            break;
-        case O_NOWIG: p.transfer = LSS_TRANSFER_EH_NOWIGGLE; break;
-        case O_LIN: p.linear = 1; break;
-        case O_Z: free(zs); nz = lss_drv_list("--z", optarg, &zs); break;
-        case O_K: free(ks); nk = lss_drv_list("--k", optarg, &ks); break;
-        case O_ELL: free(ells); nell = lss_drv_list("--ell", optarg, &ells); break;
-        case O_NELL: nlog = (int)lss_drv_int("--nell", optarg, 1, 100000); have_nell = 1; break;
-        case O_LMIN: lmin = lss_drv_double("--lmin", optarg); have_lrange = 1; break;
-        case O_LMAX: lmax = lss_drv_double("--lmax", optarg); have_lrange = 1; break;
-        case O_BINS: bins = optarg; break;
-        case O_PNG: png = optarg; break;
-        case O_OUT: outdir = optarg; break;
-        case O_TERMS:
-            if (strcmp(optarg, "all") == 0) terms = LSS_CL_ALL;
-            else if (strcmp(optarg, "gg") == 0) terms = LSS_CL_GG;
-            else if (strcmp(optarg, "gi") == 0) terms = LSS_CL_GI;
-            else if (strcmp(optarg, "ii") == 0) terms = LSS_CL_II;
-            else lss_drv_die(2, "option --terms: '%s' is not all, gg, gi or ii", optarg);
-            break;
-        case O_HELP: usage(stdout); return 0;
-        case ':': lss_drv_die(2, "option %s needs a value (see --help)", name); break;
-        default: lss_drv_die(2, "unknown option '%s' (see --help)", name); break;
-        }
+    if (argc < 2 || strncmp(argv[1], "--", 2) == 0) {
+        lss_drv_parse(&info, opts, argc, argv); /* --help exits; other options need a command first */
+        lss_drv_die(2, "no command: background, pk or cl (see --help)");
     }
-    if (optind >= argc) lss_drv_die(2, "no command: background, pk or cl (see --help)");
-    if (optind + 1 < argc) lss_drv_die(2, "unexpected argument '%s' (see --help)", argv[optind + 1]);
-    cmd = argv[optind];
+    cmd = argv[1];
     if (strcmp(cmd, "background") && strcmp(cmd, "pk") && strcmp(cmd, "cl"))
         lss_drv_die(2, "unknown command '%s': background, pk or cl (see --help)", cmd);
+    {
+        lss_drv_cmd sub = info;
+        char name[64];
+        snprintf(name, sizeof name, "lss-theory %s", cmd);
+        sub.name = name;
+        lss_drv_parse(&sub, opts, argc - 1, argv + 1);
+    }
+    if (nowiggle) p.transfer = LSS_TRANSFER_EH_NOWIGGLE;
+    if (!strcmp(termname, "all")) terms = LSS_CL_ALL;
+    else if (!strcmp(termname, "gg")) terms = LSS_CL_GG;
+    else if (!strcmp(termname, "gi")) terms = LSS_CL_GI;
+    else if (!strcmp(termname, "ii")) terms = LSS_CL_II;
+    else lss_drv_die(2, "option --terms: '%s' is not all, gg, gi or ii", termname);
+    if (zlist) nz = lss_drv_list("--z", zlist, &zs);
+    if (klist) nk = lss_drv_list("--k", klist, &ks);
+    if (elllist) nell = lss_drv_list("--ell", elllist, &ells);
+    have_lrange = lmin != 10 || lmax != 10000 || nlog != 30;
     if (png && strcmp(cmd, "cl")) lss_drv_die(2, "--png applies to the cl command only");
-    if ((nell || have_nell || have_lrange || strcmp(bins, "deeplss") || terms != LSS_CL_ALL) && strcmp(cmd, "cl"))
+    if ((nell || have_lrange || strcmp(bins, "deeplss") || terms != LSS_CL_ALL) && strcmp(cmd, "cl"))
         lss_drv_die(2, "--ell, --nell, --lmin, --lmax, --bins and --terms apply to the cl command only");
     if (nk && strcmp(cmd, "pk")) lss_drv_die(2, "--k applies to the pk command only");
     if (nz && !strcmp(cmd, "cl")) lss_drv_die(2, "--z does not apply to the cl command");
@@ -222,7 +182,7 @@ int main(int argc, char **argv) {
         int nb = 0, np;
         double *out;
         char name[32];
-        if (nell && (have_nell || have_lrange)) lss_drv_die(2, "give either --ell or --nell/--lmin/--lmax, not both");
+        if (nell && have_lrange) lss_drv_die(2, "give either --ell or --nell/--lmin/--lmax, not both");
         if (!nell) {
             if (!(lmin >= 1 && lmax > lmin && lmax <= 1e6))
                 lss_drv_die(2, "options --lmin %g --lmax %g: need 1 <= lmin < lmax <= 1e6", lmin, lmax);

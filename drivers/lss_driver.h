@@ -4,6 +4,7 @@
 #ifndef LSS_DRIVER_H
 #define LSS_DRIVER_H
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -68,6 +69,120 @@ static inline int lss_drv_list(const char *opt, const char *s, double **out) {
     free(copy);
     if (i != n || i == 0) lss_drv_die(2, "option %s: '%s' is not a comma-separated list of numbers", opt, s);
     return n;
+}
+
+/* ---------------------------------------------------------------- options
+ * One table-driven parser for every driver and subcommand: a table of long options, each with its
+ * kind, destination, range and one line of help. --help is generated from the table (usage, what
+ * the command does, every option with its current value as the default, an example). */
+typedef enum { LSS_DRV_STR, LSS_DRV_INT, LSS_DRV_U64, LSS_DRV_DOUBLE, LSS_DRV_FLAG } lss_drv_kind;
+typedef struct {
+    const char *name;   /* long option without "--"; NULL ends the table */
+    lss_drv_kind kind;
+    void *dst;          /* STR: const char **; INT, FLAG: int * (FLAG sets 1); U64: uint64_t *; DOUBLE: double * */
+    double lo, hi;      /* inclusive range of a number (lo = hi = 0: any finite value; U64: [0, 2^63)) */
+    int required;       /* 1: the option must be given */
+    const char *help;   /* one line */
+} lss_drv_opt;
+typedef struct {
+    const char *name;    /* "deeplss train", "lss-sim", ... (used in messages) */
+    const char *usage;   /* the synopsis after "usage: " */
+    const char *about;   /* what the command does (may span lines) */
+    const char *example; /* one command line */
+} lss_drv_cmd;
+
+static inline void lss_drv_print_help(const lss_drv_cmd *cmd, const lss_drv_opt *opts) {
+    const lss_drv_opt *o;
+    printf("usage: %s\n", cmd->usage ? cmd->usage : cmd->name);
+    if (cmd->about && *cmd->about) printf("%s\n", cmd->about);
+    if (opts && opts[0].name) printf("options:\n");
+    for (o = opts; o && o->name; o++) {
+        char lhs[96], def[64] = "";
+        const char *arg = o->kind == LSS_DRV_STR ? " S" : o->kind == LSS_DRV_DOUBLE ? " X" : o->kind == LSS_DRV_FLAG ? "" : " N";
+        snprintf(lhs, sizeof lhs, "--%s%s", o->name, arg);
+        if (o->required) snprintf(def, sizeof def, " (required)");
+        else if (o->kind == LSS_DRV_STR && *(const char **)o->dst) snprintf(def, sizeof def, " (default %.40s)", *(const char **)o->dst);
+        else if (o->kind == LSS_DRV_INT) snprintf(def, sizeof def, " (default %d)", *(int *)o->dst);
+        else if (o->kind == LSS_DRV_U64) snprintf(def, sizeof def, " (default %llu)", (unsigned long long)*(uint64_t *)o->dst);
+        else if (o->kind == LSS_DRV_DOUBLE) snprintf(def, sizeof def, " (default %g)", *(double *)o->dst);
+        printf("  %-24s %s%s\n", lhs, o->help ? o->help : "", def);
+    }
+    printf("  %-24s %s\n", "--help", "this text");
+    if (cmd->example && *cmd->example) printf("example: %s\n", cmd->example);
+}
+
+/* Parses argv[1..argc-1] (argv[0] is the program or the subcommand) against opts. Accepts
+ * "--name value" and "--name=value". --help prints the help and exits 0; an unknown option, a
+ * missing value, a value that is not a number or lies outside its range, a missing required option
+ * or a stray argument exits 2 with one line naming it. */
+static inline void lss_drv_parse(const lss_drv_cmd *cmd, const lss_drv_opt *opts, int argc, char **argv) {
+    int i, n = 0;
+    unsigned char seen[256];
+    const lss_drv_opt *o;
+    /* messages start "prog: error: "; name the subcommand only once */
+    const char *who = cmd->name;
+    size_t pl = strlen(lss_drv_prog);
+    if (strncmp(who, lss_drv_prog, pl) == 0) who = who[pl] == ' ' ? who + pl + 1 : who[pl] ? who : "";
+    const char *sep = *who ? ": " : "";
+    for (o = opts; o && o->name; o++) n++;
+    if (n > 256) lss_drv_die(1, "%s%soption table too long", who, sep);
+    memset(seen, 0, sizeof seen);
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = NULL, *eq;
+        size_t len;
+        int k;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            lss_drv_print_help(cmd, opts);
+            exit(0);
+        }
+        if (strncmp(a, "--", 2) != 0 || !a[2])
+            lss_drv_die(2, "%s%sunexpected argument '%s' (see %s --help)", who, sep, a, cmd->name);
+        a += 2;
+        eq = strchr(a, '=');
+        len = eq ? (size_t)(eq - a) : strlen(a);
+        for (k = 0; k < n; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, a, len) == 0) break;
+        if (k == n) lss_drv_die(2, "%s%sunknown option '--%.*s' (see %s --help)", who, sep, (int)len, a, cmd->name);
+        o = &opts[k];
+        seen[k] = 1;
+        if (o->kind == LSS_DRV_FLAG) {
+            if (eq) lss_drv_die(2, "%s%soption --%s takes no value", who, sep, o->name);
+            *(int *)o->dst = 1;
+            continue;
+        }
+        if (eq) val = eq + 1;
+        else if (i + 1 < argc) val = argv[++i];
+        else lss_drv_die(2, "%s%soption --%s needs a value", who, sep, o->name);
+        {
+            char optname[96];
+            snprintf(optname, sizeof optname, "--%s", o->name);
+            switch (o->kind) {
+            case LSS_DRV_STR:
+                if (!*val) lss_drv_die(2, "%s%soption --%s needs a non-empty value", who, sep, o->name);
+                *(const char **)o->dst = val;
+                break;
+            case LSS_DRV_INT: {
+                long long lo = o->lo == o->hi ? INT32_MIN : (long long)o->lo, hi = o->lo == o->hi ? INT32_MAX : (long long)o->hi;
+                *(int *)o->dst = (int)lss_drv_int(optname, val, lo, hi);
+                break;
+            }
+            case LSS_DRV_U64:
+                *(uint64_t *)o->dst = (uint64_t)lss_drv_int(optname, val, 0, INT64_MAX);
+                break;
+            case LSS_DRV_DOUBLE: {
+                double v = lss_drv_double(optname, val);
+                if (!(v > -HUGE_VAL && v < HUGE_VAL)) lss_drv_die(2, "option %s: '%s' is not finite", optname, val);
+                if (o->lo != o->hi && (v < o->lo || v > o->hi))
+                    lss_drv_die(2, "option %s: %g is outside [%g, %g]", optname, v, o->lo, o->hi);
+                *(double *)o->dst = v;
+                break;
+            }
+            default: break;
+            }
+        }
+    }
+    for (i = 0; i < n; i++)
+        if (opts[i].required && !seen[i]) lss_drv_die(2, "%s%soption --%s is required (see %s --help)", who, sep, opts[i].name, cmd->name);
 }
 
 /* mkdir -p; exits 2 when the directory cannot be made. */
