@@ -8,20 +8,39 @@
  * Every other file includes it without the macro and sees declarations only.
  * (The other lss headers include this one; defining LSS_IMPLEMENTATION implements them all.)
  *
- * What it gives
- *   - status codes (LSS_OK == 0, negative on failure), lss_strerror(), and a thread-local message
- *     lss_last_error() naming what went wrong; an optional log callback (the library never prints).
- *   - Philox4x32-10, a counter-based generator: every number is a pure function of
- *     (seed, stream, counter), on the CPU and on the GPU alike; uniform, normal and Poisson draws
- *     (Poisson exact for every mean: inversion below 10, PTRS transformed rejection above).
- *   - the registry of named streams: lss_stream(purpose, index, sub) and data sets lss_set_index(),
- *     the one place where a draw's stream is decided (training and evaluation data never share one).
- *   - NPY read/write (v1/v2/v3 headers; <f4 <f8 <i4 <i8; C order), validated against the file length.
- *   - CSV write and read (header row, numeric columns).
- *   - PNG pictures through stb_image_write: an RGB canvas with text, lines, colour-mapped maps
- *     (viridis), colour bars, and simple line plots.
- *   - atomic file writing: a temporary file in the same directory renamed into place on success.
+ * Contents (the sections of this header, in order)
+ *   errors        status codes (LSS_OK == 0, negative on failure), lss_strerror(), a thread-local
+ *                 message lss_last_error() naming what went wrong, lss_seterr(); an optional log
+ *                 callback (lss_set_log, lss_log: the library never prints); lss_time_now().
+ *   randomness    Philox4x32-10, a counter-based generator: every number is a pure function of
+ *                 (seed, stream, counter), on the CPU and on the GPU alike (lss_philox4x32,
+ *                 lss_philox_block, inline __host__ __device__ kernels); lss_rng: uniform, normal
+ *                 and Poisson draws (Poisson exact for every mean: inversion below 10, PTRS above).
+ *   named streams the registry of random streams: lss_stream(purpose, index, sub), data sets
+ *                 lss_set_index(set, i), lss_rng_for(), lss_purpose_name(); the one place where a
+ *                 draw's stream is decided, so training and evaluation data never share one.
+ *   arrays, NPY   lss_array; NPY read/write (v1/v2/v3 headers; <f4 <f8 <i4 <i8; C order),
+ *                 validated against the file length (lss_npy_load, _load_mem, _load_f32, _save).
+ *   atomic files  lss_wfile: a temporary file in the same directory renamed into place on success.
+ *   CSV           lss_csv_write, lss_csv_read (header row, numeric columns), lss_csv_col (by name).
+ *   pictures      PNG through stb_image_write: an RGB canvas (lss_image_init/_free) with text,
+ *                 lines, colour-mapped maps (viridis), colour bars, line plots (lss_plot_lines).
  *
+ * Conventions of every lss header (one rule each)
+ *   - Status: functions that can fail on input return int (LSS_OK or a negative code) and set the
+ *     message; functions that cannot fail return their value.
+ *   - Argument order: the object operated on first, inputs next, outputs last; an object that a
+ *     function creates comes back through a trailing `**out` (lss_cosmo_create(&p, &c)).
+ *   - Lifetimes: opaque objects (they own buffers, plans or workspaces) come in lss_xxx_create /
+ *     lss_xxx_free pairs; public structs (plain data: parameters, options, results) are the
+ *     caller's, filled by lss_xxx_init (or a fitting verb) and released by lss_xxx_free when they
+ *     own memory. Option structs mean "default" when zeroed. _free accepts NULL.
+ *   - Memory: library code allocates and frees only through LSS_MALLOC/LSS_REALLOC/LSS_FREE, and
+ *     what it hands to the caller is released with the matching lss_xxx_free (or LSS_FREE where
+ *     a comment says so).
+ *   - Names: public lss_/LSS_, internal static lss__; graph operations of lss_nn.h are lss_op_*.
+ *   - Randomness: every draw from lss_stream(); no caller derives seeds by arithmetic.
+
  * Example
  *     #define LSS_CORE_IMPLEMENTATION
  *     #include "lss_core.h"
