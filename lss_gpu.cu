@@ -15,6 +15,7 @@
 #define LSS_CUDA
 #endif
 #include "lss_nn.h"
+#include "lss_maps.h" /* declarations of the map-domain kernels (lss_gpu_shape_noise, ...) */
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -133,13 +134,13 @@ extern "C" void lss_gpu_free(lss_gpu *ctx) {
     cudaSetDevice(ctx->device);
     if (ctx->stream) cudaStreamSynchronize(ctx->stream);
     for (i = 0; i < ctx->nconv; i++) lss__conv_entry_free(&ctx->conv[i]);
-    free(ctx->conv);
+    LSS_FREE(ctx->conv);
     if (ctx->ws) cudaFree(ctx->ws);
     if (ctx->scratch) cudaFree(ctx->scratch);
     if (ctx->dnn) cudnnDestroy(ctx->dnn);
     if (ctx->blas) cublasDestroy(ctx->blas);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
-    free(ctx);
+    LSS_FREE(ctx);
 }
 
 static int lss__init_handles(lss_gpu *g) {
@@ -172,7 +173,8 @@ extern "C" int lss_gpu_init(int device, lss_gpu **ctx) {
     }
     if (device < 0 || device >= n)
         return lss_seterr(LSS_ERR_ARG, "lss_gpu_init: device %d out of range (%d device%s)", device, n, n == 1 ? "" : "s");
-    g = (lss_gpu *)calloc(1, sizeof *g);
+    g = (lss_gpu *)LSS_MALLOC(sizeof *g);
+    if (g) memset(g, 0, sizeof *g);
     if (!g) return lss_seterr(LSS_ERR_NOMEM, "lss_gpu_init: out of memory");
     g->device = device;
     if ((st = lss__init_handles(g)) != LSS_OK) {
@@ -209,7 +211,7 @@ extern "C" int lss_gpu_sync(lss_gpu *ctx) {
 }
 
 /* ---------------------------------------------------------------- buffers */
-extern "C" int lss_gpu_alloc(lss_gpu *ctx, void **dptr, size_t bytes) {
+extern "C" int lss_gpu_alloc(lss_gpu *ctx, size_t bytes, void **dptr) {
     int st;
     if (!dptr) return lss_seterr(LSS_ERR_ARG, "lss_gpu_alloc: NULL argument");
     *dptr = NULL;
@@ -228,14 +230,14 @@ extern "C" int lss_gpu_alloc(lss_gpu *ctx, void **dptr, size_t bytes) {
     return LSS_OK;
 }
 
-extern "C" int lss_gpu_allocf(lss_gpu *ctx, float **dptr, int64_t n) {
+extern "C" int lss_gpu_allocf(lss_gpu *ctx, int64_t n, float **dptr) {
     void *p = NULL;
     int st;
     if (!dptr) return lss_seterr(LSS_ERR_ARG, "lss_gpu_allocf: NULL argument");
     *dptr = NULL;
     if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof(float))
         return lss_seterr(LSS_ERR_ARG, "lss_gpu_allocf: bad size %lld", (long long)n);
-    if ((st = lss_gpu_alloc(ctx, &p, (size_t)n * sizeof(float))) != LSS_OK) return st;
+    if ((st = lss_gpu_alloc(ctx, (size_t)n * sizeof(float), &p)) != LSS_OK) return st;
     *dptr = (float *)p;
     return LSS_OK;
 }
@@ -424,7 +426,7 @@ static int lss__conv_get(lss_gpu *ctx, const lss_gpu_conv_shape *s, lss__conv_en
     }
     if (ctx->nconv == ctx->capconv) {
         int nc = ctx->capconv ? 2 * ctx->capconv : 16;
-        lss__conv_entry *p = (lss__conv_entry *)realloc(ctx->conv, (size_t)nc * sizeof *p);
+        lss__conv_entry *p = (lss__conv_entry *)LSS_REALLOC(ctx->conv, (size_t)nc * sizeof *p);
         if (!p) return lss_seterr(LSS_ERR_NOMEM, "lss_gpu_conv2d: out of memory for the algorithm cache");
         ctx->conv = p;
         ctx->capconv = nc;

@@ -21,6 +21,16 @@
  *   - HMC for a batch of chains (leapfrog, diagonal mass matrix, dual-averaging step size).
  *   - summaries: means, standard deviations, 68/95% intervals, correlations, split R-hat, effective
  *     sample size, std ratios ("gains"), figures of merit; corner plots as PNG; chains as NPY/CSV.
+ *   - helpers: lss_percentile, lss_median_range, lss_stream_key (a key from a named stream for the
+ *     APIs that take one seed), lss_walkers_init (walker starts inside a prior).
+ *   - DeepLSS summaries: appendix E targets (lss_s8, LSS_S8_PIVOT, lss_deeplss_to_target/_from_target),
+ *     summary networks lss_sumnet_* (CNN on maps, PSD network on standardised spectra; Gaussian NLL
+ *     output, input standardisation, loss and optimizer step, predict, sensitivity maps), and the
+ *     report's numbers: lss_constraint_summary (stds, S8, FoM, 68% HPD area with LSS_DEEPLSS_HPD_*),
+ *     lss_coverage (calibration of 68% intervals). The Table I prior box comes from lss_maps.h
+ *     (lss_table1), which this header does not include: callers pass its lo/hi to lss_prior_init.
+ *   Conventions: outputs last; opaque objects via lss_xxx_create(..., **out)/lss_xxx_free; caller-owned
+ *   structs lss_xxx_init/lss_xxx_free; library code allocates with LSS_MALLOC and frees with LSS_FREE.
  *
  * Example (sampling a 2-D Gaussian)
  *     static int logp(const double *x, int n, int d, double *lp, void *u) {
@@ -140,10 +150,6 @@ LSSDEF int lss_prior_init(lss_prior *p, int d, const double *lo, const double *h
 LSSDEF int lss_prior_set_hull(lss_prior *p, int i, int j, const double *xy, int n);
 /* Names the parameters (copied); used in error messages. */
 LSSDEF int lss_prior_set_names(lss_prior *p, const char *const *names);
-/* The prior of DeepLSS Table I: Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g, and with
- * nonlinear != 0 also b_g2, eta_bg2 (d = 7 or 9), with names. Fiducial values in fid (may be NULL,
- * room for 9). */
-LSSDEF int lss_prior_deeplss(lss_prior *p, int nonlinear, double *fid);
 LSSDEF int lss_prior_contains(const lss_prior *p, const double *x);
 LSSDEF void lss_prior_free(lss_prior *p);
 
@@ -380,6 +386,186 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
 LSSDEF int lss_chain_save(const char *path, const double *x, int64_t n, int d,
                           const char *const *names);
 
+/* ---------------------------------------------------------------- small helpers of every analysis */
+/* Percentile q (0..100, linear interpolation between order statistics) of the finite values of v[n];
+ * v is reordered. NaN when no value is finite or q is outside [0, 100]. */
+LSSDEF double lss_percentile(double *v, int64_t n, double q);
+/* A 64-bit key drawn from the named stream (seed, purpose, index, sub), for the APIs that take one
+ * seed (lss_store_create, lss_mdn_opts.seed, lss_sobol): different streams give unrelated keys. */
+LSSDEF uint64_t lss_stream_key(uint64_t seed, lss_purpose purpose, uint64_t index, uint32_t sub);
+/* Walker starts inside a prior: walker w at center + spread_k N(0, 1) per parameter, drawn from stream
+ * (seed, LSS_STREAM_MCMC, index, 1); a start outside the prior is pulled towards mid (d values, e.g.
+ * the middle of the prior box) in steps of 2% until it lies inside (at most 200 steps, then
+ * LSS_ERR_RANGE). p0 [nwalkers][d]. */
+LSSDEF int lss_walkers_init(const lss_prior *prior, int nwalkers, const double *center, const double *spread,
+                            const double *mid, uint64_t seed, uint64_t index, double *p0);
+
+/* ---------------------------------------------------------------- DeepLSS summaries
+ * The parameter vector of DeepLSS is (Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g) (the order of
+ * lss_maps.h's Table I). Networks predict the targets of appendix E: S8 = sigma_8 (Omega_m /
+ * LSS_S8_PIVOT)^LSS_S8_EXPONENT in place of sigma_8 and LSS_DEEPLSS_AIA_TARGET A_IA in place of A_IA,
+ * with a Gaussian likelihood output (eq. 14: 7 means and the 28 entries of the Cholesky factor of
+ * the precision). */
+#define LSS_DEEPLSS_NPARAM 7
+#define LSS_DEEPLSS_NOUT (LSS_DEEPLSS_NPARAM + LSS_DEEPLSS_NPARAM * (LSS_DEEPLSS_NPARAM + 1) / 2)
+#define LSS_S8_PIVOT 0.3
+#define LSS_S8_EXPONENT 0.5
+#define LSS_DEEPLSS_AIA_TARGET 0.1
+#define LSS_DEEPLSS_OM_FLOOR 1e-3   /* Omega_m predictions below it are raised to it before S8 is undone */
+LSSDEF double lss_s8(double omega_m, double sigma_8);
+LSSDEF void lss_deeplss_to_target(const double *theta, double *y);
+LSSDEF void lss_deeplss_from_target(const double *y, double *theta);
+
+/* A summary network: a CNN on maps (lss_resnet) or an MLP on standardised spectra (2 hidden ReLU
+ * layers), with its inputs standardised by checkpointed buffers, an optimizer, and its own graph.
+ * Maps are [map_ch][side][side] (the CNN takes channels ch0 .. ch0 + nch - 1); spectra [npairs][nell]
+ * (the PSD network takes the pairs with use_pair[q] != 0). Not thread-safe: one network per thread. */
+typedef enum { LSS_SUMNET_CNN = 0, LSS_SUMNET_PSD = 1 } lss_sumnet_kind;
+typedef struct {
+    int kind;                    /* lss_sumnet_kind */
+    int batch;                   /* largest batch (required) */
+    int map_ch, side, ch0, nch;  /* CNN input */
+    int nconv, nres, channels, kernel;   /* CNN architecture (lss_resnet_opts) */
+    double in_std;               /* CNN: each channel scaled to this standard deviation (0: unscaled) */
+    int npairs, nell;            /* PSD input */
+    const int *use_pair;         /* PSD: [npairs] (NULL: every pair) */
+    int width;                   /* PSD hidden width */
+    uint64_t seed;               /* initialisation: stream (seed, LSS_STREAM_NET_INIT, 0, sub) */
+    uint32_t sub;
+    const lss_optim_opts *optim; /* NULL: no optimizer (prediction only) */
+} lss_sumnet_opts;
+typedef struct {
+    lss_sumnet_opts o;
+    int nfeat;                   /* PSD input features */
+    lss_store *store;
+    lss_optim *optim;
+    lss_graph *g;
+    lss_resnet cnn;
+    lss_mlp mlp;
+    lss_tensor *fmu, *fsd;       /* PSD feature mean and std (buffers) */
+    lss_tensor *cscale;          /* CNN per-channel input scale (buffer) */
+    float *xin;                  /* [batch][input] */
+} lss_sumnet;
+/* Creates the network (*out freed with lss_sumnet_free); the options are copied (use_pair too). */
+LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out);
+LSSDEF void lss_sumnet_free(lss_sumnet *n);
+/* Input standardisation from ns examples: the CNN's per-channel scale in_std / std over the maps,
+   the PSD network's per-feature mean and std of the spectra (non-finite values ignored). */
+LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double *spec, int ns);
+/* Row i of the input batch from one map [map_ch][side][side] or spectra [npairs][nell]. */
+LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double *spec);
+/* Gaussian NLL (eq. 14) of the nb rows in the batch against targets y [nb][7]; train != 0: backward
+   and one optimizer step (LSS_ERR_NUMERIC when the gradient is not finite: the step is skipped). */
+LSSDEF int lss_sumnet_loss(lss_sumnet *n, int nb, const float *y, int train, double *loss);
+/* Parameters (targets undone) of the nb rows: theta [nb][7]. */
+LSSDEF int lss_sumnet_predict(lss_sumnet *n, int nb, double *theta);
+/* Section VI: d theta_k / d m for k = A_IA (sens[0]) and sigma_8 (sens[1]) of a CNN at one map:
+   sens [2][nch][side][side], gradients with respect to the unscaled map. */
+LSSDEF int lss_sumnet_sensitivity(lss_sumnet *n, const float *map, float *sens);
+
+/* ---------------------------------------------------------------- DeepLSS report numbers */
+/* Per-mock constraint summary of one MCMC run: std of the 7 parameters and S8, FoM 1/sqrt(det C) and
+   the 68% HPD area in (Omega_m, sigma_8) with the DeepLSS histogram (LSS_DEEPLSS_HPD_*). */
+#define LSS_DEEPLSS_HPD_BINS 100
+#define LSS_DEEPLSS_HPD_XLO 0.0
+#define LSS_DEEPLSS_HPD_XHI 0.6
+#define LSS_DEEPLSS_HPD_YLO 0.4
+#define LSS_DEEPLSS_HPD_YHI 1.5
+#define LSS_DEEPLSS_HPD_SMOOTH 1.0
+typedef struct {
+    double mean[LSS_DEEPLSS_NPARAM], std[LSS_DEEPLSS_NPARAM + 1];   /* std[7]: S8 */
+    double lo68[LSS_DEEPLSS_NPARAM], hi68[LSS_DEEPLSS_NPARAM];
+    double fom_det, area68;
+} lss_constraint;
+/* From flat samples [n][7]. */
+LSSDEF int lss_constraint_summary(const double *x, int64_t n, lss_constraint *c);
+/* Median and 16/84 percentiles of v[n] (finite values; v reordered): out[3]. */
+LSSDEF void lss_median_range(double *v, int64_t n, double *out);
+/* Coverage of 68% intervals: n mocks x d parameters, inside[i*d + k] 1/0 (NaN: mock not analysed);
+   frac (all pooled) and per-parameter fractions frac_k[d] (may be NULL); returns the mocks analysed. */
+LSSDEF int64_t lss_coverage(const double *inside, int64_t n, int d, double *frac, double *frac_k);
+/* Table II: the gains of network `net` over the reference `ref` on n mocks analysed by both (entry i of
+   each array: the same observed map): per mock std_ref / std_net for the 7 parameters and S8 (rows 0..7),
+   fom_det_net / fom_det_ref (row 8) and area68_ref / area68_net (row 9); gain[row] = median, 16th and
+   84th percentile over the mocks. A mock counts when both constraints have a finite std[0] (write NaN
+   there for a mock that was not analysed). Returns the mocks counted, or a negative status. */
+#define LSS_DEEPLSS_NGAIN (LSS_DEEPLSS_NPARAM + 3)
+LSSDEF int64_t lss_deeplss_gains(const lss_constraint *ref, const lss_constraint *net, int64_t n, double (*gain)[3]);
+/* Figures of merit of one network over n mocks: fom[0] = 1/sqrt(det C) and fom[1] = 1/area68, each the
+   median, 16th and 84th percentile over the analysed mocks (finite std[0]). Returns the mocks counted, or
+   a negative status. */
+LSSDEF int64_t lss_deeplss_fom(const lss_constraint *c, int64_t n, double (*fom)[3]);
+
+/* ---------------------------------------------------------------- DeepLSS training and chains */
+/* Training of summary networks together through lss_train (lss_nn.h): every step draws one batch with
+ * draw(user, step, batch, maps, spec, theta), a pure function of the step (so that resume is exact),
+ * and takes one optimizer step of every network on it (the networks run in parallel, one per thread);
+ * the held-out set is evaluated every eval_every steps. The networks' input standardisation
+ * (lss_sumnet_standardise) is the caller's, before the call; a resumed run reloads it with the
+ * checkpoints. Columns of the loss CSV: step, train_<name>..., valid_<name>... */
+typedef struct {
+    int64_t steps;               /* total optimizer steps (required) */
+    int batch;                   /* examples per step (required; at most every network's batch) */
+    int eval_every, ckpt_every;  /* as lss_train_opts (0: only at the end) */
+    const char *loss_csv;        /* NULL: none */
+    int resume;                  /* 1: continue from the checkpoints (every network needs one) */
+    int64_t map_size, spec_size; /* floats of one map (CNN input layout) and doubles of one spectra set
+                                    (PSD input layout); each must match the networks of its kind */
+    /* fills maps [n][map_size], spec [n][spec_size] and the parameters theta [n][LSS_DEEPLSS_NPARAM] */
+    int (*draw)(void *user, int64_t step, int n, float *maps, double *spec, double *theta);
+    void *user;                  /* passed to draw and progress */
+    int ntest;                   /* held-out examples (0: no evaluation) */
+    const float *test_maps;      /* [ntest][map_size] */
+    const double *test_spec;     /* [ntest][spec_size] */
+    const double *test_theta;    /* [ntest][LSS_DEEPLSS_NPARAM] */
+    void (*progress)(void *user, int64_t step, int64_t steps, const double *train, const double *valid);
+} lss_sumnet_train_opts;
+/* names[nnet] (required) and ckpt_paths[nnet] (NULL or entries NULL: no checkpoint); res may be NULL.
+   LSS_ERR_ARG for bad options or networks that do not fit them; the draw callback's and lss_train's
+   errors as they come. */
+LSSDEF int lss_sumnet_train(lss_sumnet *const *nets, int nnet, const char *const *names, const char *const *ckpt_paths,
+                            const lss_sumnet_train_opts *o, lss_train_result *res);
+
+/* The most likely summary at theta (section V: the mock observation "at the fiducial parameters"): of
+   nsamp draws from the MDN at theta, the one of highest density among those inside the summary scaler's
+   range. obs [d]. LSS_ERR_RANGE when no draw lies inside. */
+LSSDEF int lss_mdn_mode(lss_mdn *m, const double *theta, int nsamp, lss_rng *r, double *obs);
+
+/* Ensemble MCMC with an MDN likelihood. Walkers start in a ball around `start` (std spread times the
+   prior box width per parameter; a parameter with an unbounded box uses spread itself) by
+   lss_walkers_init with stream index `job`; the sampler's draws come from (seed, LSS_STREAM_MCMC, job);
+   `burn` steps are run and dropped, then `steps` kept. */
+typedef struct {
+    const lss_prior *prior;      /* required */
+    int walkers, burn, steps;    /* walkers >= 2 d (even), burn >= 0, steps >= 1 */
+    uint64_t seed;
+    double spread;               /* 0: 1e-3 */
+    const double *mid;           /* [d] where walkers outside the prior are pulled (NULL: middle of the box) */
+} lss_chain_opts;
+/* One chain for the observation obs [d]: flat samples [*nflat][p] in *flat (LSS_MALLOC'd; free with
+   LSS_FREE), the mean acceptance in *acc (may be NULL). LSS_ERR_RANGE when obs lies outside the MDN's
+   summary range (lss_mdn_set_obs). */
+LSSDEF int lss_mdn_chain(lss_mdn *m, const double *obs, const double *start, const lss_chain_opts *o, uint64_t job,
+                         double **flat, int64_t *nflat, double *acc);
+/* A table of DeepLSS chains (7 parameters) run in parallel: job i uses MDN jobs[i].mdn and stream index i. */
+typedef struct {
+    int mdn;                                /* which MDN, 0..nmdn-1 */
+    double obs[LSS_DEEPLSS_NPARAM];         /* observed summary */
+    double start[LSS_DEEPLSS_NPARAM];       /* centre of the walkers (the truth of a mock) */
+    int keep;                               /* 1: keep the flat chain */
+    /* results */
+    int ok;                                 /* 1: analysed; 0: obs outside the MDN's summary range */
+    double acc;                             /* mean acceptance */
+    lss_constraint c;                       /* summary of the chain (NaN when not ok) */
+    double *flat;                           /* keep: [nflat][7] (LSS_FREE), else NULL */
+    int64_t nflat;
+} lss_deeplss_job;
+/* mdn[t * nmdn + k]: copy t of MDN k, ncopy copies (one per thread: at most ncopy threads run; an MDN
+   is not thread-safe). progress (may be NULL) gets the jobs done so far, from one thread at a time; a
+   non-zero return stops with LSS_ERR_STATE. The results do not depend on the number of copies. */
+LSSDEF int lss_deeplss_chains(lss_mdn *const *mdn, int nmdn, int ncopy, const lss_chain_opts *o, lss_deeplss_job *jobs,
+                              int njobs, int (*progress)(int done, int total, void *user), void *user);
+
 #ifdef __cplusplus
 }
 #endif
@@ -393,6 +579,12 @@ LSSDEF int lss_chain_save(const char *path, const double *x, int64_t n, int d,
 #include <fftw3.h>
 #include <math.h>
 #include <string.h>
+#if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
+#include <omp.h>
+#define LSS__IOMP(x) _Pragma(#x)
+#else
+#define LSS__IOMP(x)
+#endif
 
 /* ---------------------------------------------------------------- normal distribution */
 LSSDEF double lss_norm_cdf(double x) {
@@ -886,22 +1078,6 @@ LSSDEF int lss_prior_set_names(lss_prior *p, const char *const *names) {
         if (!p->names[i]) return lss_seterr(LSS_ERR_NOMEM, "prior_set_names: out of memory");
         memcpy(p->names[i], names[i] ? names[i] : "", l);
     }
-    return LSS_OK;
-}
-
-LSSDEF int lss_prior_deeplss(lss_prior *p, int nonlinear, double *fid) {
-    static const double lo[9] = {0.15, 0.5, -6.0, -4.0, 0.5, -3.0, 0.4, -3.0, -2.0};
-    static const double hi[9] = {0.45, 1.2, 6.0, 6.0, 2.5, 3.0, 1.0, 1.0, 2.0};
-    static const double fv[9] = {0.29, 0.71, 0.5, 1.6, 1.5, 0.5, 0.7, 0.5, 0.0};
-    static const char *const nm[9] = {"Omega_m", "sigma_8", "A_IA", "eta_IA", "b_g", "eta_bg", "r_g",
-                                      "b_g2", "eta_bg2"};
-    int d = nonlinear ? 9 : 7, st;
-    if ((st = lss_prior_init(p, d, lo, hi)) != LSS_OK) return st;
-    if ((st = lss_prior_set_names(p, nm)) != LSS_OK) {
-        lss_prior_free(p);
-        return st;
-    }
-    if (fid) memcpy(fid, fv, sizeof(double) * (size_t)d);
     return LSS_OK;
 }
 
@@ -1839,33 +2015,134 @@ static double lss__mdn_eval_loss(lss_mdn *m, const double *tt, const double *yy,
     return tot / (double)(r1 - r0);
 }
 
+/* lss_mdn_fit's loop state for lss_train: one step is one minibatch, an evaluation ends every epoch. */
+typedef struct {
+    lss_mdn *m;
+    lss_optim *optim;
+    lss_graph *g;
+    const lss_mdn_opts *o;
+    const double *tt, *yy;       /* scaled rows */
+    const int64_t *idx;          /* training rows idx[0..ntr), validation rows idx[ntr..ngood) */
+    int64_t *perm;               /* the training rows in the order of the current epoch */
+    int64_t ntr, ngood, B, nbe, perm_epoch;
+    float *xb, *yb;
+    double *lp, tl, lr, plateau_best;
+    int64_t ntl;
+    int epoch, since_plateau, cooldown;
+    int stop;                    /* 1: the progress callback asked to stop; 2: the training loss is not finite */
+    char msg[256];
+} lss__mdn_fit_state;
+
+/* Minibatch b of epoch e: the training rows shuffled by stream (seed, 2000 + e), a pure function of the step. */
+static int lss__mdn_fit_step(void *user, int64_t t, double *loss) {
+    lss__mdn_fit_state *f = (lss__mdn_fit_state *)user;
+    lss_mdn *m = f->m;
+    int64_t e = t / f->nbe, b0 = (t % f->nbe) * f->B, i, sx[2], sy[2];
+    lss_tensor *x, *y, *out, *l;
+    int p = m->p, d = m->d, j, st;
+    if (f->stop) return LSS_ERR_NUMERIC;   /* stopped: the remaining steps leave the network alone */
+    if (e != f->perm_epoch) {
+        lss_rng rng;
+        lss_rng_init(&rng, f->o->seed, 2000 + (uint64_t)e);
+        memcpy(f->perm, f->idx, sizeof(int64_t) * (size_t)f->ntr);
+        for (i = f->ntr - 1; i > 0; i--) {
+            int64_t k = (int64_t)(lss_rng_uniform(&rng) * (double)(i + 1)), tmp;
+            if (k > i) k = i;
+            tmp = f->perm[i]; f->perm[i] = f->perm[k]; f->perm[k] = tmp;
+        }
+        f->perm_epoch = e;
+    }
+    for (i = 0; i < f->B; i++) {
+        for (j = 0; j < p; j++) f->xb[i * p + j] = (float)f->tt[f->perm[b0 + i] * p + j];
+        for (j = 0; j < d; j++) f->yb[i * d + j] = (float)f->yy[f->perm[b0 + i] * d + j];
+    }
+    lss_graph_reset(f->g);
+    sx[0] = f->B; sx[1] = p; sy[0] = f->B; sy[1] = d;
+    x = lss_view(f->g, f->xb, 2, sx);
+    y = lss_view(f->g, f->yb, 2, sy);
+    out = lss_mlp_forward(f->g, &m->net, x);
+    l = lss_op_gmm_nll(f->g, out, y, m->K);
+    lss_store_zero_grad(m->store);
+    if ((st = lss_backward(f->g, l)) != LSS_OK) return st;
+    if (!isfinite(l->data[0])) {
+        snprintf(f->msg, sizeof f->msg, "mdn_fit: the training loss is not finite at epoch %d", f->epoch);
+        f->stop = 2;
+        return LSS_ERR_NUMERIC;
+    }
+    if ((st = lss_optim_step(f->optim)) != LSS_OK) {
+        if (st != LSS_ERR_NUMERIC) return st;
+        snprintf(f->msg, sizeof f->msg, "mdn_fit: the gradient is not finite at epoch %d", f->epoch);
+        f->stop = 2;
+        return st;
+    }
+    loss[0] = l->data[0];
+    f->tl += l->data[0];
+    f->ntl++;
+    return LSS_OK;
+}
+
+/* End of an epoch: validation loss, learning-rate reduction on a plateau (cooldown of 5 epochs), the
+   progress callback. A stopped fit reports NaN, which never improves, so lss_train's plateau rule ends it. */
+static int lss__mdn_fit_eval(void *user, double *loss) {
+    lss__mdn_fit_state *f = (lss__mdn_fit_state *)user;
+    lss_mdn *m = f->m;
+    const lss_mdn_opts *o = f->o;
+    double vl;
+    int st;
+    if (f->stop) { loss[0] = NAN; return LSS_OK; }
+    vl = lss__mdn_eval_loss(m, f->tt, f->yy, f->idx, f->ntr, f->ngood, f->lp, &st);
+    if (st != LSS_OK) return st;
+    m->train_loss = f->tl / (double)(f->ntl ? f->ntl : 1);
+    f->tl = 0;
+    f->ntl = 0;
+    m->epochs = f->epoch + 1;
+    if (vl < m->best_val - o->min_delta) { m->best_val = vl; m->best_epoch = f->epoch; }
+    if (o->plateau_patience > 0) {
+        if (vl < f->plateau_best - o->min_delta) {
+            f->plateau_best = vl;
+            f->since_plateau = 0;
+        } else if (f->cooldown > 0) {
+            f->cooldown--;
+        } else if (++f->since_plateau >= o->plateau_patience && f->lr > o->lr_min) {
+            f->lr = fmax(f->lr * o->plateau_factor, o->lr_min);
+            lss_optim_set_lr(f->optim, f->lr);
+            f->since_plateau = 0;
+            f->cooldown = 5;
+        }
+    }
+    if (o->progress && o->progress(f->epoch, m->train_loss, vl, o->progress_user)) f->stop = 1;
+    f->epoch++;
+    loss[0] = vl;
+    return LSS_OK;
+}
+
 LSSDEF int lss_mdn_fit(lss_mdn *m, const double *theta_t, const double *theta_p, int64_t n, const lss_mdn_opts *opt) {
     lss_mdn_opts o;
-    lss_store *best = NULL;
-    lss_mlp bnet;
-    lss_optim *optim = NULL;
-    lss_graph *g = NULL;
     lss_optim_opts oo;
     lss_rng rng;
-    double *tt = NULL, *yy = NULL, *lp = NULL, lr, plateau_best = HUGE_VAL;
-    float *xb = NULL, *yb = NULL;
-    int64_t *idx = NULL, i, ngood = 0, ntr, nva, B;
-    int st = LSS_OK, epoch, since_best = 0, since_plateau = 0, cooldown = 0, p, d, j;
+    lss__mdn_fit_state f;
+    lss_train_net tn;
+    lss_train_opts to;
+    double *tt = NULL, *yy = NULL;
+    int64_t *idx = NULL, i, ngood = 0, ntr, nva;
+    int st = LSS_OK, p, d, j;
     if (!m || !theta_t || !theta_p || n < 2) return lss_seterr(LSS_ERR_ARG, "mdn_fit: need at least 2 samples");
     memset(&o, 0, sizeof o);
     if (opt) o = *opt;
     lss__mdn_defaults(&o);
     if (!(o.val_frac > 0 && o.val_frac < 1) || o.batch < 1 || o.max_epochs < 1 || o.patience < 1 || !(o.lr > 0) ||
-        !(o.plateau_factor > 0 && o.plateau_factor <= 1))
+        !(o.plateau_factor > 0 && o.plateau_factor <= 1) || !(o.min_delta >= 0))
         return lss_seterr(LSS_ERR_ARG, "mdn_fit: options out of range (val_frac %g, batch %d, epochs %d, patience %d, lr %g)",
                           o.val_frac, o.batch, o.max_epochs, o.patience, o.lr);
+    memset(&f, 0, sizeof f);
     p = m->p;
     d = m->d;
     tt = (double *)LSS_MALLOC(sizeof(double) * (size_t)n * p);
     yy = (double *)LSS_MALLOC(sizeof(double) * (size_t)n * d);
     idx = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)n);
-    lp = (double *)LSS_MALLOC(sizeof(double) * 4096);
-    if (!tt || !yy || !idx || !lp) {
+    f.perm = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)n);
+    f.lp = (double *)LSS_MALLOC(sizeof(double) * 4096);
+    if (!tt || !yy || !idx || !f.perm || !f.lp) {
         st = lss_seterr(LSS_ERR_NOMEM, "mdn_fit: out of memory");
         goto done;
     }
@@ -1920,101 +2197,58 @@ LSSDEF int lss_mdn_fit(lss_mdn *m, const double *theta_t, const double *theta_p,
                 for (j = 0; j < d; j++) yy[i * d + j] = fmin(fmax(yy[i * d + j], m->sp.a[j]), m->sp.b[j]);
         if ((st = lss__mdn_scale_p(m, yy, yy, ngood, NULL)) != LSS_OK) goto done;
     }
-    B = o.batch < ntr ? o.batch : ntr;
-    xb = (float *)LSS_MALLOC(sizeof(float) * (size_t)B * p);
-    yb = (float *)LSS_MALLOC(sizeof(float) * (size_t)B * d);
-    if (!xb || !yb || (st = lss__mdn_reserve(m, 4096)) != LSS_OK) {
+    f.m = m; f.o = &o; f.tt = tt; f.yy = yy; f.idx = idx; f.ntr = ntr; f.ngood = ngood;
+    f.B = o.batch < ntr ? o.batch : ntr;
+    f.nbe = ntr / f.B;   /* full batches; the remainder of an epoch's order is left out of it */
+    f.perm_epoch = -1;
+    f.lr = o.lr;
+    f.plateau_best = HUGE_VAL;
+    f.xb = (float *)LSS_MALLOC(sizeof(float) * (size_t)f.B * p);
+    f.yb = (float *)LSS_MALLOC(sizeof(float) * (size_t)f.B * d);
+    if (!f.xb || !f.yb || (st = lss__mdn_reserve(m, 4096)) != LSS_OK) {
         if (st == LSS_OK) st = lss_seterr(LSS_ERR_NOMEM, "mdn_fit: out of memory");
         goto done;
     }
-    if ((st = lss_store_create(o.seed, &best)) != LSS_OK ||
-        (st = lss__mdn_build(best, &bnet, p, d, m->K, m->nhidden, m->width)) != LSS_OK || (st = lss_graph_create(&g)) != LSS_OK)
-        goto done;
+    if ((st = lss_graph_create(&f.g)) != LSS_OK) goto done;
+    lss_graph_set_training(f.g, 1);
     memset(&oo, 0, sizeof oo);
     oo.kind = LSS_OPT_ADAM;
     oo.lr = o.lr;
     oo.eps = 1e-7;
-    if ((st = lss_optim_create(m->store, &oo, &optim)) != LSS_OK) goto done;
-    lr = o.lr;
+    if ((st = lss_optim_create(m->store, &oo, &f.optim)) != LSS_OK) goto done;
     m->best_val = HUGE_VAL;
     m->best_epoch = -1;
-    lss_graph_set_training(g, 1);
-    for (epoch = 0; epoch < o.max_epochs; epoch++) {
-        double tl = 0, vl;
-        int64_t b0, nb = 0;
-        lss_rng_init(&rng, o.seed, 2000 + (uint64_t)epoch);
-        for (i = ntr - 1; i > 0; i--) { /* reshuffle the training part */
-            int64_t k = (int64_t)(lss_rng_uniform(&rng) * (double)(i + 1)), t;
-            if (k > i) k = i;
-            t = idx[i]; idx[i] = idx[k]; idx[k] = t;
-        }
-        for (b0 = 0; b0 + B <= ntr; b0 += B) { /* full batches; the remainder joins the next epoch's */
-            int64_t sx[2], sy[2];
-            lss_tensor *x, *y, *out, *loss;
-            for (i = 0; i < B; i++) {
-                for (j = 0; j < p; j++) xb[i * p + j] = (float)tt[idx[b0 + i] * p + j];
-                for (j = 0; j < d; j++) yb[i * d + j] = (float)yy[idx[b0 + i] * d + j];
-            }
-            lss_graph_reset(g);
-            sx[0] = B; sx[1] = p; sy[0] = B; sy[1] = d;
-            x = lss_view(g, xb, 2, sx);
-            y = lss_view(g, yb, 2, sy);
-            out = lss_mlp_forward(g, &m->net, x);
-            loss = lss_op_gmm_nll(g, out, y, m->K);
-            lss_store_zero_grad(m->store);
-            if ((st = lss_backward(g, loss)) != LSS_OK) goto done;
-            if (!isfinite(loss->data[0])) {
-                st = lss_seterr(LSS_ERR_NUMERIC, "mdn_fit: the training loss is not finite at epoch %d", epoch);
-                goto done;
-            }
-            if ((st = lss_optim_step(optim)) != LSS_OK) goto done;
-            tl += loss->data[0];
-            nb++;
-        }
-        m->train_loss = tl / (double)(nb ? nb : 1);
-        vl = lss__mdn_eval_loss(m, tt, yy, idx, ntr, ngood, lp, &st);
-        if (st != LSS_OK) goto done;
-        m->epochs = epoch + 1;
-        if (vl < m->best_val - o.min_delta) {
-            m->best_val = vl;
-            m->best_epoch = epoch;
-            since_best = 0;
-            if ((st = lss_store_copy(best, m->store)) != LSS_OK) goto done;
-        } else {
-            since_best++;
-        }
-        /* learning rate reduced on a plateau of the validation loss (with a cooldown of 5 epochs) */
-        if (o.plateau_patience > 0) {
-            if (vl < plateau_best - o.min_delta) {
-                plateau_best = vl;
-                since_plateau = 0;
-            } else if (cooldown > 0) {
-                cooldown--;
-            } else if (++since_plateau >= o.plateau_patience && lr > o.lr_min) {
-                lr = fmax(lr * o.plateau_factor, o.lr_min);
-                lss_optim_set_lr(optim, lr);
-                since_plateau = 0;
-                cooldown = 5;
-            }
-        }
-        if (o.progress && o.progress(epoch, m->train_loss, vl, o.progress_user)) break;
-        if (since_best >= o.patience) break;
-    }
-    if (m->best_epoch >= 0 && (st = lss_store_copy(m->store, best)) != LSS_OK) goto done;
+    m->epochs = 0;
+    /* early stopping: lss_train's plateau rule on the validation loss, with the best weights restored */
+    memset(&tn, 0, sizeof tn);
+    tn.store = m->store;
+    tn.optim = f.optim;
+    memset(&to, 0, sizeof to);
+    to.steps = (int64_t)o.max_epochs * f.nbe;
+    to.eval_every = (int)(f.nbe < INT32_MAX ? f.nbe : INT32_MAX);
+    to.patience = o.patience;
+    to.min_delta = o.min_delta;
+    to.keep_best = 1;
+    to.step = lss__mdn_fit_step;
+    to.eval = lss__mdn_fit_eval;
+    to.user = &f;
+    st = lss_train(&tn, 1, &to, NULL);
+    if (st == LSS_OK && f.stop == 2) st = lss_seterr(LSS_ERR_NUMERIC, "%s", f.msg);
+    if (st != LSS_OK) goto done;
     m->ntrain = ntr;
     m->nval = nva;
     m->fitted = 1;
     m->has_obs = 0;
 done:
-    lss_optim_free(optim);
-    lss_graph_free(g);
-    lss_store_free(best);
+    lss_optim_free(f.optim);
+    lss_graph_free(f.g);
     LSS_FREE(tt);
     LSS_FREE(yy);
     LSS_FREE(idx);
-    LSS_FREE(lp);
-    LSS_FREE(xb);
-    LSS_FREE(yb);
+    LSS_FREE(f.perm);
+    LSS_FREE(f.lp);
+    LSS_FREE(f.xb);
+    LSS_FREE(f.yb);
     return st;
 }
 
@@ -2654,6 +2888,668 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
     LSS_FREE(lo);
     LSS_FREE(grid);
     return st;
+}
+
+
+/* ---------------------------------------------------------------- small helpers */
+LSSDEF double lss_percentile(double *v, int64_t n, double q) {
+    int64_t m = 0, i;
+    double pos;
+    if (!v || n <= 0 || !(q >= 0 && q <= 100)) return NAN;
+    for (i = 0; i < n; i++) if (isfinite(v[i])) v[m++] = v[i];
+    if (m == 0) return NAN;
+    qsort(v, (size_t)m, sizeof(double), lss__cmp_double);
+    pos = q / 100.0 * (double)(m - 1);
+    i = (int64_t)floor(pos);
+    if (i >= m - 1) return v[m - 1];
+    return v[i] + (pos - (double)i) * (v[i + 1] - v[i]);
+}
+
+LSSDEF void lss_median_range(double *v, int64_t n, double *out) {
+    if (!out) return;
+    out[0] = lss_percentile(v, n, 50);
+    out[1] = lss_percentile(v, n, 16);
+    out[2] = lss_percentile(v, n, 84);
+}
+
+LSSDEF uint64_t lss_stream_key(uint64_t seed, lss_purpose purpose, uint64_t index, uint32_t sub) {
+    lss_rng r;
+    uint64_t k;
+    lss_rng_for(&r, seed, purpose, index, sub);
+    k = (uint64_t)lss_rng_u32(&r) << 32;
+    k |= lss_rng_u32(&r);
+    return k ? k : 1;
+}
+
+LSSDEF int lss_walkers_init(const lss_prior *prior, int nwalkers, const double *center, const double *spread,
+                            const double *mid, uint64_t seed, uint64_t index, double *p0) {
+    lss_rng r;
+    int w, k, t, d;
+    if (!prior || !center || !spread || !mid || !p0 || nwalkers < 1 || prior->d < 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_walkers_init: NULL argument or %d walkers", nwalkers);
+    d = prior->d;
+    lss_rng_for(&r, seed, LSS_STREAM_MCMC, index, 1);
+    for (w = 0; w < nwalkers; w++) {
+        double *q = p0 + (size_t)w * d;
+        for (k = 0; k < d; k++) q[k] = center[k] + spread[k] * lss_rng_normal(&r);
+        for (t = 0; t < 200 && !lss_prior_contains(prior, q); t++)
+            for (k = 0; k < d; k++) q[k] = 0.98 * q[k] + 0.02 * mid[k];
+        if (!lss_prior_contains(prior, q))
+            return lss_seterr(LSS_ERR_RANGE, "lss_walkers_init: walker %d stays outside the prior (is mid inside it?)", w);
+    }
+    return LSS_OK;
+}
+
+/* ---------------------------------------------------------------- DeepLSS summaries */
+LSSDEF double lss_s8(double omega_m, double sigma_8) { return sigma_8 * pow(omega_m / LSS_S8_PIVOT, LSS_S8_EXPONENT); }
+
+LSSDEF void lss_deeplss_to_target(const double *th, double *y) {
+    int i;
+    for (i = 0; i < LSS_DEEPLSS_NPARAM; i++) y[i] = th[i];
+    y[1] = lss_s8(th[0], th[1]);
+    y[2] = LSS_DEEPLSS_AIA_TARGET * th[2];
+}
+
+LSSDEF void lss_deeplss_from_target(const double *y, double *th) {
+    int i;
+    double om = y[0] > LSS_DEEPLSS_OM_FLOOR ? y[0] : LSS_DEEPLSS_OM_FLOOR;
+    for (i = 0; i < LSS_DEEPLSS_NPARAM; i++) th[i] = y[i];
+    th[1] = y[1] / pow(om / LSS_S8_PIVOT, LSS_S8_EXPONENT);
+    th[2] = y[2] / LSS_DEEPLSS_AIA_TARGET;
+}
+
+LSSDEF void lss_sumnet_free(lss_sumnet *n) {
+    if (!n) return;
+    lss_optim_free(n->optim);
+    lss_graph_free(n->g);
+    lss_store_free(n->store);
+    LSS_FREE(n->xin);
+    LSS_FREE((void *)n->o.use_pair);
+    LSS_FREE(n);
+}
+
+static int lss__sumnet_uses(const lss_sumnet *n, int q) { return !n->o.use_pair || n->o.use_pair[q]; }
+
+LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out) {
+    lss_sumnet *n;
+    int s, q;
+    size_t nin;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: NULL out");
+    *out = NULL;
+    if (!o || o->batch < 1 || (o->kind != LSS_SUMNET_CNN && o->kind != LSS_SUMNET_PSD))
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: NULL options, kind %d or batch %d", o ? o->kind : -1, o ? o->batch : 0);
+    if (o->kind == LSS_SUMNET_CNN && (o->nch < 1 || o->ch0 < 0 || o->ch0 + o->nch > o->map_ch || o->side < 1))
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: CNN channels %d..%d of %d, side %d", o->ch0, o->ch0 + o->nch - 1,
+                          o->map_ch, o->side);
+    if (o->kind == LSS_SUMNET_PSD && (o->npairs < 1 || o->nell < 1 || o->width < 1))
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: PSD input %d x %d or width %d", o->npairs, o->nell, o->width);
+    n = (lss_sumnet *)LSS_MALLOC(sizeof *n);
+    if (!n) return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory");
+    memset(n, 0, sizeof *n);
+    n->o = *o;
+    n->o.use_pair = NULL;
+    n->o.optim = NULL;
+    if (o->kind == LSS_SUMNET_PSD) {
+        int *up = (int *)LSS_MALLOC(sizeof(int) * (size_t)o->npairs);
+        if (!up) { lss_sumnet_free(n); return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory"); }
+        for (q = 0; q < o->npairs; q++) up[q] = o->use_pair ? o->use_pair[q] != 0 : 1;
+        n->o.use_pair = up;
+        for (q = 0; q < o->npairs; q++) n->nfeat += up[q] ? o->nell : 0;
+        if (n->nfeat < 1) { lss_sumnet_free(n); return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: no spectrum selected"); }
+    }
+    if ((s = lss_store_create(lss_stream_key(o->seed, LSS_STREAM_NET_INIT, 0, o->sub), &n->store)) ||
+        (s = lss_graph_create(&n->g))) {
+        lss_sumnet_free(n);
+        return s;
+    }
+    if (o->kind == LSS_SUMNET_CNN) {
+        lss_resnet_opts ro;
+        int64_t shc[1];
+        memset(&ro, 0, sizeof ro);
+        ro.in_ch = o->nch; ro.in_h = o->side; ro.in_w = o->side; ro.nout = LSS_DEEPLSS_NOUT;
+        ro.nconv = o->nconv; ro.nres = o->nres; ro.channels = o->channels; ro.kernel = o->kernel;
+        if ((s = lss_resnet_init(&n->cnn, n->store, "cnn", &ro))) { lss_sumnet_free(n); return s; }
+        shc[0] = o->nch;
+        n->cscale = lss_store_buffer(n->store, "cnn.chan_scale", 1, shc, LSS_INIT_ZERO, 1.0f);
+        nin = (size_t)o->nch * (size_t)o->side * (size_t)o->side;
+    } else {
+        int sizes[4];
+        int64_t sh[1];
+        sizes[0] = n->nfeat; sizes[1] = o->width; sizes[2] = o->width; sizes[3] = LSS_DEEPLSS_NOUT;
+        if ((s = lss_mlp_init(&n->mlp, n->store, "psd", 3, sizes, LSS_ACT_RELU))) { lss_sumnet_free(n); return s; }
+        sh[0] = n->nfeat;
+        n->fmu = lss_store_buffer(n->store, "psd.feat_mean", 1, sh, LSS_INIT_ZERO, 0.0f);
+        n->fsd = lss_store_buffer(n->store, "psd.feat_std", 1, sh, LSS_INIT_ZERO, 1.0f);
+        nin = (size_t)n->nfeat;
+    }
+    if ((s = lss_store_status(n->store))) { lss_sumnet_free(n); return s; }
+    n->xin = (float *)LSS_MALLOC(sizeof(float) * (size_t)o->batch * nin);
+    if (!n->xin) { lss_sumnet_free(n); return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory"); }
+    if (o->optim && (s = lss_optim_create(n->store, o->optim, &n->optim))) { lss_sumnet_free(n); return s; }
+    *out = n;
+    return LSS_OK;
+}
+
+LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double *spec, int ns) {
+    int q, b, f = 0, i, ch;
+    if (!n || ns < 1) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL network or %d examples", ns);
+    if (n->o.kind == LSS_SUMNET_CNN) {
+        int64_t plane = (int64_t)n->o.side * n->o.side, msz = (int64_t)n->o.map_ch * plane, p;
+        if (!maps) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL maps");
+        for (ch = 0; ch < n->o.nch; ch++) {
+            double s1 = 0, s2 = 0, v, cnt = (double)ns * (double)plane;
+            for (i = 0; i < ns; i++) {
+                const float *mp = maps + i * msz + (int64_t)(n->o.ch0 + ch) * plane;
+                for (p = 0; p < plane; p++) { s1 += mp[p]; s2 += (double)mp[p] * mp[p]; }
+            }
+            v = s2 / cnt - (s1 / cnt) * (s1 / cnt);
+            n->cscale->data[ch] = (float)(n->o.in_std > 0 && v > 0 ? n->o.in_std / sqrt(v) : 1.0);
+        }
+        return LSS_OK;
+    }
+    if (!spec) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL spectra");
+    for (q = 0; q < n->o.npairs; q++) {
+        if (!lss__sumnet_uses(n, q)) continue;
+        for (b = 0; b < n->o.nell; b++, f++) {
+            double s1 = 0, s2 = 0, m, v;
+            int cnt = 0;
+            for (i = 0; i < ns; i++) {
+                double y = spec[(size_t)i * n->o.npairs * n->o.nell + (size_t)q * n->o.nell + b];
+                if (isfinite(y)) { s1 += y; s2 += y * y; cnt++; }
+            }
+            m = cnt ? s1 / cnt : 0;
+            v = cnt ? s2 / cnt - m * m : 1;
+            n->fmu->data[f] = (float)m;
+            n->fsd->data[f] = (float)(v > 0 ? sqrt(v) : 1.0);
+        }
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double *spec) {
+    if (!n || i < 0 || i >= n->o.batch) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: row %d outside the batch", i);
+    if (n->o.kind == LSS_SUMNET_CNN) {
+        size_t plane = (size_t)n->o.side * (size_t)n->o.side, p;
+        int ch;
+        if (!map) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: NULL map");
+        for (ch = 0; ch < n->o.nch; ch++) {
+            const float *src = map + (size_t)(n->o.ch0 + ch) * plane;
+            float *dst = n->xin + ((size_t)i * n->o.nch + ch) * plane, sc = n->cscale->data[ch];
+            for (p = 0; p < plane; p++) dst[p] = src[p] * sc;
+        }
+    } else {
+        int q, b, f = 0;
+        if (!spec) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: NULL spectra");
+        for (q = 0; q < n->o.npairs; q++) {
+            if (!lss__sumnet_uses(n, q)) continue;
+            for (b = 0; b < n->o.nell; b++, f++) {
+                double v = (spec[q * n->o.nell + b] - n->fmu->data[f]) / n->fsd->data[f];
+                n->xin[(size_t)i * n->nfeat + f] = isfinite(v) ? (float)v : 0.0f;
+            }
+        }
+    }
+    return LSS_OK;
+}
+
+static lss_tensor *lss__sumnet_forward(lss_sumnet *n, lss_tensor *in) {
+    return n->o.kind == LSS_SUMNET_CNN ? lss_resnet_forward(n->g, &n->cnn, in) : lss_mlp_forward(n->g, &n->mlp, in);
+}
+
+static lss_tensor *lss__sumnet_view(lss_sumnet *n, int nb) {
+    if (n->o.kind == LSS_SUMNET_CNN) {
+        int64_t sh[4] = {nb, n->o.nch, n->o.side, n->o.side};
+        return lss_view(n->g, n->xin, 4, sh);
+    } else {
+        int64_t sh[2] = {nb, n->nfeat};
+        return lss_view(n->g, n->xin, 2, sh);
+    }
+}
+
+LSSDEF int lss_sumnet_loss(lss_sumnet *n, int nb, const float *y, int train, double *loss) {
+    lss_tensor *out, *tg, *l;
+    int64_t sh[2] = {nb, LSS_DEEPLSS_NPARAM};
+    int s;
+    if (!n || !y || !loss || nb < 1 || nb > n->o.batch) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_loss: bad arguments (batch %d)", nb);
+    if (train && !n->optim) return lss_seterr(LSS_ERR_STATE, "lss_sumnet_loss: training a network created without an optimizer");
+    lss_graph_reset(n->g);
+    lss_graph_set_training(n->g, train);
+    out = lss__sumnet_forward(n, lss__sumnet_view(n, nb));
+    tg = lss_view(n->g, (float *)y, 2, sh);
+    l = out && tg ? lss_op_gauss_nll(n->g, out, tg) : NULL;
+    if (!l) return lss_graph_status(n->g) ? lss_graph_status(n->g) : lss_seterr(LSS_ERR_STATE, "lss_sumnet_loss: no loss");
+    *loss = l->data[0];
+    if (!train) return LSS_OK;
+    lss_store_zero_grad(n->store);
+    if ((s = lss_backward(n->g, l))) return s;
+    return lss_optim_step(n->optim);
+}
+
+LSSDEF int lss_sumnet_predict(lss_sumnet *n, int nb, double *theta) {
+    lss_tensor *out;
+    int i, k;
+    if (!n || !theta || nb < 1 || nb > n->o.batch) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_predict: bad arguments (batch %d)", nb);
+    lss_graph_reset(n->g);
+    lss_graph_set_training(n->g, 0);
+    out = lss__sumnet_forward(n, lss__sumnet_view(n, nb));
+    if (!out) return lss_graph_status(n->g) ? lss_graph_status(n->g) : lss_seterr(LSS_ERR_STATE, "lss_sumnet_predict: no output");
+    for (i = 0; i < nb; i++) {
+        double y[LSS_DEEPLSS_NPARAM];
+        for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) y[k] = out->data[(size_t)i * LSS_DEEPLSS_NOUT + k];
+        lss_deeplss_from_target(y, theta + (size_t)i * LSS_DEEPLSS_NPARAM);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_sumnet_sensitivity(lss_sumnet *n, const float *map, float *sens) {
+    lss_store *ist = NULL;
+    lss_tensor *in, *out;
+    int64_t plane, sh[4];
+    float dy[LSS_DEEPLSS_NOUT];
+    int s = LSS_OK, which, k;
+    if (!n || !map || !sens || n->o.kind != LSS_SUMNET_CNN)
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_sensitivity: needs a CNN, a map and an output");
+    plane = (int64_t)n->o.side * n->o.side;
+    sh[0] = 1; sh[1] = n->o.nch; sh[2] = n->o.side; sh[3] = n->o.side;
+    if ((s = lss_store_create(1, &ist))) return s;
+    in = lss_store_add(ist, "input", 4, sh, LSS_INIT_ZERO);
+    if (!in) { s = lss_store_status(ist); goto out; }
+    for (which = 0; which < 2; which++) {
+        double om, s8v;
+        for (k = 0; k < n->o.nch; k++) {
+            int64_t q;
+            for (q = 0; q < plane; q++) in->data[k * plane + q] = map[(n->o.ch0 + k) * plane + q] * n->cscale->data[k];
+        }
+        lss_graph_reset(n->g);
+        lss_graph_set_training(n->g, 0);
+        lss_graph_set_record(n->g, 1);
+        out = lss_resnet_forward(n->g, &n->cnn, in);
+        if (!out) { s = lss_graph_status(n->g) ? lss_graph_status(n->g) : LSS_ERR_STATE; goto out; }
+        for (k = 0; k < LSS_DEEPLSS_NOUT; k++) dy[k] = 0;
+        om = out->data[0] > LSS_DEEPLSS_OM_FLOOR ? out->data[0] : LSS_DEEPLSS_OM_FLOOR;
+        s8v = out->data[1];
+        if (which == 0) dy[2] = (float)(1.0 / LSS_DEEPLSS_AIA_TARGET);          /* A_IA = y_2 / 0.1 */
+        else {                                                                   /* sigma_8 = S8 (Omega_m / pivot)^-e */
+            dy[1] = (float)pow(om / LSS_S8_PIVOT, -LSS_S8_EXPONENT);
+            dy[0] = (float)(-LSS_S8_EXPONENT * s8v * pow(om / LSS_S8_PIVOT, -LSS_S8_EXPONENT - 1) / LSS_S8_PIVOT);
+        }
+        lss_store_zero_grad(ist);
+        lss_store_zero_grad(n->store);
+        if ((s = lss_backward_seed(n->g, out, dy))) goto out;
+        for (k = 0; k < n->o.nch; k++) {   /* d/dm = d/dx * dx/dm with x = m * scale */
+            int64_t q;
+            for (q = 0; q < plane; q++)
+                sens[((size_t)which * n->o.nch + k) * plane + q] = in->grad[k * plane + q] * n->cscale->data[k];
+        }
+    }
+out:
+    lss_store_free(ist);
+    return s;
+}
+
+/* ---------------------------------------------------------------- DeepLSS report numbers */
+LSSDEF int lss_constraint_summary(const double *x, int64_t n, lss_constraint *c) {
+    lss_param_stats st[LSS_DEEPLSS_NPARAM], st8;
+    lss_hist2_opts ho;
+    double *s8;
+    int64_t i;
+    int k, s;
+    if (!x || !c || n < 2) return lss_seterr(LSS_ERR_ARG, "lss_constraint_summary: NULL argument or %lld samples", (long long)n);
+    if ((s = lss_chain_stats(x, n, LSS_DEEPLSS_NPARAM, st, NULL))) return s;
+    s8 = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    if (!s8) return lss_seterr(LSS_ERR_NOMEM, "lss_constraint_summary: out of memory");
+    for (i = 0; i < n; i++) s8[i] = lss_s8(x[i * LSS_DEEPLSS_NPARAM], x[i * LSS_DEEPLSS_NPARAM + 1]);
+    s = lss_chain_stats(s8, n, 1, &st8, NULL);
+    LSS_FREE(s8);
+    if (s) return s;
+    for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) {
+        c->mean[k] = st[k].mean; c->std[k] = st[k].std; c->lo68[k] = st[k].lo68; c->hi68[k] = st[k].hi68;
+    }
+    c->std[LSS_DEEPLSS_NPARAM] = st8.std;
+    if ((s = lss_fom_det(x, n, LSS_DEEPLSS_NPARAM, 0, 1, &c->fom_det))) return s;
+    memset(&ho, 0, sizeof ho);
+    ho.bins = LSS_DEEPLSS_HPD_BINS;
+    ho.xlo = LSS_DEEPLSS_HPD_XLO; ho.xhi = LSS_DEEPLSS_HPD_XHI; ho.ylo = LSS_DEEPLSS_HPD_YLO; ho.yhi = LSS_DEEPLSS_HPD_YHI;
+    ho.smooth = LSS_DEEPLSS_HPD_SMOOTH;
+    return lss_hpd_area(x, n, LSS_DEEPLSS_NPARAM, 0, 1, &ho, &c->area68, NULL);
+}
+
+LSSDEF int64_t lss_coverage(const double *inside, int64_t n, int d, double *frac, double *frac_k) {
+    int64_t i, mocks = 0;
+    double in = 0, cnt = 0;
+    int k;
+    if (frac) *frac = NAN;
+    if (frac_k) for (k = 0; k < d; k++) frac_k[k] = NAN;
+    if (!inside || n < 1 || d < 1) return 0;
+    for (k = 0; k < d; k++) {
+        double a = 0, c = 0;
+        for (i = 0; i < n; i++)
+            if (isfinite(inside[i * d + k])) { a += inside[i * d + k]; c++; }
+        if (frac_k) frac_k[k] = c > 0 ? a / c : NAN;
+        in += a; cnt += c;
+    }
+    for (i = 0; i < n; i++) {
+        int ok = 1;
+        for (k = 0; k < d; k++) ok &= isfinite(inside[i * d + k]) != 0;
+        mocks += ok;
+    }
+    if (frac) *frac = cnt > 0 ? in / cnt : NAN;
+    return mocks;
+}
+
+
+/* ---------------------------------------------------------------- DeepLSS gains and figures of merit */
+static int lss__constraint_ok(const lss_constraint *c) { return isfinite(c->std[0]) != 0; }
+
+LSSDEF int64_t lss_deeplss_gains(const lss_constraint *ref, const lss_constraint *net, int64_t n, double (*gain)[3]) {
+    double *v;
+    int64_t i, cnt = 0;
+    int k;
+    if (!gain) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_gains: NULL output");
+    for (k = 0; k < LSS_DEEPLSS_NGAIN; k++) gain[k][0] = gain[k][1] = gain[k][2] = NAN;
+    if (n < 0 || (n > 0 && (!ref || !net))) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_gains: NULL input or n = %lld", (long long)n);
+    if (n == 0) return 0;
+    v = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    if (!v) return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_gains: out of memory");
+    for (k = 0; k < LSS_DEEPLSS_NGAIN; k++) {
+        cnt = 0;
+        for (i = 0; i < n; i++) {
+            const lss_constraint *a = ref + i, *b = net + i;
+            if (!lss__constraint_ok(a) || !lss__constraint_ok(b)) continue;
+            if (k <= LSS_DEEPLSS_NPARAM) v[cnt++] = a->std[k] / b->std[k];
+            else if (k == LSS_DEEPLSS_NPARAM + 1) v[cnt++] = b->fom_det / a->fom_det;
+            else v[cnt++] = a->area68 / b->area68;
+        }
+        lss_median_range(v, cnt, gain[k]);
+    }
+    LSS_FREE(v);
+    return cnt;
+}
+
+LSSDEF int64_t lss_deeplss_fom(const lss_constraint *c, int64_t n, double (*fom)[3]) {
+    double *v;
+    int64_t i, cnt = 0;
+    int k;
+    if (!fom) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_fom: NULL output");
+    for (k = 0; k < 2; k++) fom[k][0] = fom[k][1] = fom[k][2] = NAN;
+    if (n < 0 || (n > 0 && !c)) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_fom: NULL input or n = %lld", (long long)n);
+    if (n == 0) return 0;
+    v = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    if (!v) return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_fom: out of memory");
+    for (k = 0; k < 2; k++) {
+        cnt = 0;
+        for (i = 0; i < n; i++)
+            if (lss__constraint_ok(c + i)) v[cnt++] = k == 0 ? c[i].fom_det : 1.0 / c[i].area68;
+        lss_median_range(v, cnt, fom[k]);
+    }
+    LSS_FREE(v);
+    return cnt;
+}
+
+/* ---------------------------------------------------------------- DeepLSS training */
+typedef struct {
+    lss_sumnet *const *nets;
+    int nnet;
+    const lss_sumnet_train_opts *o;
+    float *maps, *y, *ty;
+    double *spec, *theta;
+} lss__sumnet_train_state;
+
+static void lss__targets(const double *theta, int n, float *y) {
+    int i, k;
+    for (i = 0; i < n; i++) {
+        double t[LSS_DEEPLSS_NPARAM];
+        lss_deeplss_to_target(theta + (size_t)i * LSS_DEEPLSS_NPARAM, t);
+        for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) y[(size_t)i * LSS_DEEPLSS_NPARAM + k] = (float)t[k];
+    }
+}
+
+/* Runs network k on rows [r0, r0 + nb) of maps/spec: the input rows, then the loss (train: one step). */
+static int lss__sumnet_rows(lss_sumnet *n, const lss_sumnet_train_opts *o, const float *maps, const double *spec,
+                            const float *y, int64_t r0, int nb, int train, double *loss) {
+    int i, s;
+    for (i = 0; i < nb; i++)
+        if ((s = lss_sumnet_input(n, i, maps ? maps + (size_t)(r0 + i) * (size_t)o->map_size : NULL,
+                                  spec ? spec + (size_t)(r0 + i) * (size_t)o->spec_size : NULL)) != LSS_OK)
+            return s;
+    return lss_sumnet_loss(n, nb, y + (size_t)r0 * LSS_DEEPLSS_NPARAM, train, loss);
+}
+
+/* The networks run in parallel; an error message of a worker thread is carried to the caller's thread. */
+static int lss__sumnet_all(lss__sumnet_train_state *S, int train, double *loss) {
+    const lss_sumnet_train_opts *o = S->o;
+    int k, status = LSS_OK, numeric = 0;
+    char msg[512] = "";
+LSS__IOMP(omp parallel for schedule(dynamic, 1))
+    for (k = 0; k < S->nnet; k++) {
+        lss_sumnet *n = S->nets[k];
+        int s = LSS_OK;
+        if (train) {
+            s = lss__sumnet_rows(n, o, S->maps, S->spec, S->y, 0, o->batch, 1, &loss[k]);
+        } else {
+            int64_t done = 0;
+            double tot = 0, l = 0;
+            while (done < o->ntest && s == LSS_OK) {
+                int nb = (int)(o->ntest - done < n->o.batch ? o->ntest - done : n->o.batch);
+                s = lss__sumnet_rows(n, o, o->test_maps, o->test_spec, S->ty, done, nb, 0, &l);
+                tot += l * nb;
+                done += nb;
+            }
+            loss[k] = s == LSS_OK ? tot / (double)o->ntest : NAN;
+        }
+LSS__IOMP(omp critical(lss_sumnet_train))
+        {
+            if (s == LSS_ERR_NUMERIC && train) numeric = 1;
+            else if (s != LSS_OK && status == LSS_OK) {
+                status = s;
+                if (snprintf(msg, sizeof msg, "%s", lss_last_error()) < 0) msg[0] = 0;
+            }
+        }
+    }
+    if (status != LSS_OK) return lss_seterr(status, "%s", msg);
+    return numeric ? LSS_ERR_NUMERIC : LSS_OK;
+}
+
+static int lss__sumnet_train_step(void *user, int64_t t, double *loss) {
+    lss__sumnet_train_state *S = (lss__sumnet_train_state *)user;
+    int s;
+    if ((s = S->o->draw(S->o->user, t, S->o->batch, S->maps, S->spec, S->theta)) != LSS_OK) return s;
+    lss__targets(S->theta, S->o->batch, S->y);
+    return lss__sumnet_all(S, 1, loss);
+}
+
+static int lss__sumnet_train_eval(void *user, double *loss) { return lss__sumnet_all((lss__sumnet_train_state *)user, 0, loss); }
+
+static void lss__sumnet_train_progress(void *user, int64_t step, int64_t steps, const double *train, const double *valid) {
+    lss__sumnet_train_state *S = (lss__sumnet_train_state *)user;
+    S->o->progress(S->o->user, step, steps, train, valid);
+}
+
+LSSDEF int lss_sumnet_train(lss_sumnet *const *nets, int nnet, const char *const *names, const char *const *ckpt_paths,
+                            const lss_sumnet_train_opts *o, lss_train_result *res) {
+    lss__sumnet_train_state S;
+    lss_train_net *tn = NULL;
+    lss_train_opts to;
+    int k, s = LSS_OK;
+    if (res) { memset(res, 0, sizeof *res); res->best_step = -1; }
+    if (!nets || !names || !o || nnet < 1 || !o->draw || o->steps < 1 || o->batch < 1 || o->map_size < 1 || o->spec_size < 1 ||
+        o->ntest < 0 || (o->ntest > 0 && (!o->test_maps || !o->test_spec || !o->test_theta)))
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_train: NULL argument, %d networks, batch %d, sizes %lld/%lld or %d test "
+                          "examples without data", nnet, o ? o->batch : 0, o ? (long long)o->map_size : 0LL,
+                          o ? (long long)o->spec_size : 0LL, o ? o->ntest : 0);
+    for (k = 0; k < nnet; k++) {
+        const lss_sumnet *n = nets[k];
+        if (!n || !n->optim || !names[k] || n->o.batch < o->batch)
+            return lss_seterr(LSS_ERR_ARG, "lss_sumnet_train: network %d is NULL, unnamed, has no optimizer or a batch below %d", k,
+                              o->batch);
+        if (n->o.kind == LSS_SUMNET_CNN ? (int64_t)n->o.map_ch * n->o.side * n->o.side != o->map_size
+                                        : (int64_t)n->o.npairs * n->o.nell != o->spec_size)
+            return lss_seterr(LSS_ERR_ARG, "lss_sumnet_train: network '%s' expects inputs of another size", names[k]);
+    }
+    memset(&S, 0, sizeof S);
+    S.nets = nets; S.nnet = nnet; S.o = o;
+    S.maps = (float *)LSS_MALLOC(sizeof(float) * (size_t)o->batch * (size_t)o->map_size);
+    S.spec = (double *)LSS_MALLOC(sizeof(double) * (size_t)o->batch * (size_t)o->spec_size);
+    S.theta = (double *)LSS_MALLOC(sizeof(double) * (size_t)o->batch * LSS_DEEPLSS_NPARAM);
+    S.y = (float *)LSS_MALLOC(sizeof(float) * (size_t)o->batch * LSS_DEEPLSS_NPARAM);
+    S.ty = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o->ntest > 0 ? o->ntest : 1) * LSS_DEEPLSS_NPARAM);
+    tn = (lss_train_net *)LSS_MALLOC(sizeof(lss_train_net) * (size_t)nnet);
+    if (!S.maps || !S.spec || !S.theta || !S.y || !S.ty || !tn) { s = lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_train: out of memory"); goto out; }
+    if (o->ntest > 0) lss__targets(o->test_theta, o->ntest, S.ty);
+    for (k = 0; k < nnet; k++) {
+        tn[k].name = names[k];
+        tn[k].store = nets[k]->store;
+        tn[k].optim = nets[k]->optim;
+        tn[k].ckpt_path = ckpt_paths ? ckpt_paths[k] : NULL;
+    }
+    memset(&to, 0, sizeof to);
+    to.steps = o->steps;
+    to.eval_every = o->eval_every;
+    to.ckpt_every = o->ckpt_every;
+    to.loss_csv = o->loss_csv;
+    to.resume = o->resume;
+    to.step = lss__sumnet_train_step;
+    to.eval = o->ntest > 0 ? lss__sumnet_train_eval : NULL;
+    to.progress = o->progress ? lss__sumnet_train_progress : NULL;
+    to.user = &S;
+    s = lss_train(tn, nnet, &to, res);
+out:
+    LSS_FREE(S.maps); LSS_FREE(S.spec); LSS_FREE(S.theta); LSS_FREE(S.y); LSS_FREE(S.ty); LSS_FREE(tn);
+    return s;
+}
+
+/* ---------------------------------------------------------------- chains */
+LSSDEF int lss_mdn_mode(lss_mdn *m, const double *theta, int nsamp, lss_rng *r, double *obs) {
+    double *tt = NULL, *tp = NULL, *lp = NULL;
+    int i, nin = 0, b = 0, s = LSS_OK, p, d;
+    if (!m || !theta || !r || !obs || nsamp < 1) return lss_seterr(LSS_ERR_ARG, "lss_mdn_mode: NULL argument or %d draws", nsamp);
+    if (!m->fitted) return lss_seterr(LSS_ERR_STATE, "lss_mdn_mode: the MDN is not fitted");
+    p = m->p;
+    d = m->d;
+    tt = (double *)LSS_MALLOC(sizeof(double) * (size_t)nsamp * p);
+    tp = (double *)LSS_MALLOC(sizeof(double) * (size_t)nsamp * d);
+    lp = (double *)LSS_MALLOC(sizeof(double) * (size_t)nsamp);
+    if (!tt || !tp || !lp) { s = lss_seterr(LSS_ERR_NOMEM, "lss_mdn_mode: out of memory"); goto out; }
+    for (i = 0; i < nsamp; i++) memcpy(tt + (size_t)i * p, theta, sizeof(double) * (size_t)p);
+    if ((s = lss_mdn_sample(m, tt, nsamp, r, tp)) != LSS_OK) goto out;
+    for (i = 0; i < nsamp; i++)
+        if (!m->sp.kind || lss_scaler_check(&m->sp, tp + (size_t)i * d, 1) == LSS_OK) {
+            if (nin != i) memcpy(tp + (size_t)nin * d, tp + (size_t)i * d, sizeof(double) * (size_t)d);
+            nin++;
+        }
+    lss_clearerr();
+    if (nin == 0) { s = lss_seterr(LSS_ERR_RANGE, "lss_mdn_mode: none of %d draws lies inside the summary range", nsamp); goto out; }
+    if ((s = lss_mdn_logpdf(m, tt, tp, nin, 1, lp)) != LSS_OK) goto out;
+    for (i = 1; i < nin; i++) if (lp[i] > lp[b]) b = i;
+    memcpy(obs, tp + (size_t)b * d, sizeof(double) * (size_t)d);
+out:
+    LSS_FREE(tt); LSS_FREE(tp); LSS_FREE(lp);
+    return s;
+}
+
+LSSDEF int lss_mdn_chain(lss_mdn *m, const double *obs, const double *start, const lss_chain_opts *o, uint64_t job,
+                         double **flat, int64_t *nflat, double *acc) {
+    lss_emcee *e = NULL;
+    lss_emcee_opts eo;
+    double *p0 = NULL, *spread = NULL, *mid = NULL, sp;
+    int s, k, d;
+    if (flat) *flat = NULL;
+    if (nflat) *nflat = 0;
+    if (!m || !obs || !start || !o || !o->prior || !flat || !nflat)
+        return lss_seterr(LSS_ERR_ARG, "lss_mdn_chain: NULL argument");
+    d = m->p;
+    if (o->prior->d != d || o->walkers < 2 * d || o->walkers % 2 || o->burn < 0 || o->steps < 1 || o->spread < 0)
+        return lss_seterr(LSS_ERR_ARG, "lss_mdn_chain: prior of %d parameters for %d, %d walkers (even, >= %d), %d + %d steps",
+                          o->prior->d, d, o->walkers, 2 * d, o->burn, o->steps);
+    if ((s = lss_mdn_set_obs(m, obs)) != LSS_OK) return s;
+    sp = o->spread > 0 ? o->spread : 1e-3;
+    p0 = (double *)LSS_MALLOC(sizeof(double) * ((size_t)o->walkers * d + 2 * (size_t)d));
+    if (!p0) return lss_seterr(LSS_ERR_NOMEM, "lss_mdn_chain: out of memory");
+    spread = p0 + (size_t)o->walkers * d;
+    mid = spread + d;
+    for (k = 0; k < d; k++) {
+        double lo = o->prior->lo[k], hi = o->prior->hi[k];
+        int box = isfinite(lo) && isfinite(hi);
+        spread[k] = box ? sp * (hi - lo) : sp;
+        mid[k] = o->mid ? o->mid[k] : box ? 0.5 * (lo + hi) : start[k];
+    }
+    memset(&eo, 0, sizeof eo);
+    eo.seed = o->seed;
+    eo.stream = lss_stream(LSS_STREAM_MCMC, job, 0);
+    eo.prior = o->prior;
+    if ((s = lss_walkers_init(o->prior, o->walkers, start, spread, mid, o->seed, job, p0)) != LSS_OK) goto out;
+    if ((s = lss_emcee_create(o->walkers, d, &eo, &e)) != LSS_OK || (s = lss_emcee_start(e, p0, lss_mdn_loglike, m)) != LSS_OK ||
+        (s = lss_emcee_run(e, o->burn, lss_mdn_loglike, m)) != LSS_OK)
+        goto out;
+    lss_emcee_reset(e);
+    if ((s = lss_emcee_run(e, o->steps, lss_mdn_loglike, m)) != LSS_OK) goto out;
+    if (acc) *acc = lss_emcee_acceptance(e, NULL);
+    s = lss_emcee_flat(e, 0, 1, flat, nflat);
+out:
+    lss_emcee_free(e);
+    LSS_FREE(p0);
+    return s;
+}
+
+static void lss__constraint_nan(lss_constraint *c) {
+    int k;
+    for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) c->mean[k] = c->std[k] = c->lo68[k] = c->hi68[k] = NAN;
+    c->std[LSS_DEEPLSS_NPARAM] = c->fom_det = c->area68 = NAN;
+}
+
+LSSDEF int lss_deeplss_chains(lss_mdn *const *mdn, int nmdn, int ncopy, const lss_chain_opts *o, lss_deeplss_job *jobs,
+                              int njobs, int (*progress)(int done, int total, void *user), void *user) {
+    int i, k, status = LSS_OK, done = 0, nthr = ncopy;
+    char msg[512] = "";
+    if (!mdn || !o || (!jobs && njobs > 0) || nmdn < 1 || ncopy < 1 || njobs < 0)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_chains: NULL argument, %d MDNs, %d copies or %d jobs", nmdn, ncopy, njobs);
+    for (k = 0; k < nmdn * ncopy; k++)
+        if (!mdn[k] || mdn[k]->p != LSS_DEEPLSS_NPARAM || mdn[k]->d != LSS_DEEPLSS_NPARAM)
+            return lss_seterr(LSS_ERR_ARG, "lss_deeplss_chains: MDN %d is NULL or not of %d parameters and summaries", k,
+                              LSS_DEEPLSS_NPARAM);
+    for (i = 0; i < njobs; i++) {
+        if (jobs[i].mdn < 0 || jobs[i].mdn >= nmdn) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_chains: job %d uses MDN %d of %d", i, jobs[i].mdn, nmdn);
+        jobs[i].ok = 0; jobs[i].acc = NAN; jobs[i].flat = NULL; jobs[i].nflat = 0;
+        lss__constraint_nan(&jobs[i].c);
+    }
+    (void)nthr;
+LSS__IOMP(omp parallel for schedule(dynamic) num_threads(nthr))
+    for (i = 0; i < njobs; i++) {
+        lss_deeplss_job *j = jobs + i;
+        int tid = 0, s;
+        double *flat = NULL;
+        int64_t nf = 0;
+#if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
+        tid = omp_get_thread_num();
+#endif
+        if (status != LSS_OK) continue;
+        if (tid >= ncopy) s = lss_seterr(LSS_ERR_STATE, "lss_deeplss_chains: thread %d has no MDN copy", tid);
+        else s = lss_mdn_chain(mdn[tid * nmdn + j->mdn], j->obs, j->start, o, (uint64_t)i, &flat, &nf, &j->acc);
+        if (s == LSS_OK) s = lss_constraint_summary(flat, nf, &j->c);
+        if (s == LSS_OK) {
+            j->ok = 1;
+            if (j->keep) { j->flat = flat; j->nflat = nf; flat = NULL; }
+        } else {
+            lss__constraint_nan(&j->c);
+            j->acc = NAN;
+        }
+        if (s == LSS_ERR_RANGE) { s = LSS_OK; lss_clearerr(); }   /* the observation is outside the MDN's range: not analysed */
+        LSS_FREE(flat);
+LSS__IOMP(omp critical(lss_deeplss_chains))
+        {
+            done++;
+            if (s == LSS_OK && progress && progress(done, njobs, user))
+                s = lss_seterr(LSS_ERR_STATE, "lss_deeplss_chains: stopped by the progress callback");
+            if (s != LSS_OK && status == LSS_OK) {
+                status = s;
+                if (snprintf(msg, sizeof msg, "%s", lss_last_error()) < 0) msg[0] = 0;
+            }
+        }
+    }
+    if (status != LSS_OK) {
+        for (i = 0; i < njobs; i++) { LSS_FREE(jobs[i].flat); jobs[i].flat = NULL; jobs[i].nflat = 0; }
+        return lss_seterr(status, "%s", msg);
+    }
+    return LSS_OK;
 }
 
 #endif /* LSS_INFER_IMPLEMENTATION_DONE */

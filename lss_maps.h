@@ -51,7 +51,21 @@
  *   LSS_TRANSFER_EH or LSS_TRANSFER_EH_NOWIGGLE; linear = 1 uses P_lin everywhere); the lss-theory driver prints
  *   all of it as CSV.
  *
- * (manual, example and options: filled in by the sections below)
+ * Contents (each group's declarations carry its own manual and example):
+ *   THEORY       lss_params (+ lss_table1: Table I names, priors, fiducial values; lss_params_to_vec/_from_vec),
+ *                lss_cosmo_*, lss_nz_*, lss_cl_* (above).
+ *   FORWARD MODEL (MAPS DECLARATIONS) shells lss_shell_edges; noise-free fields lss_sim_create/_field/_fields;
+ *                observation lss_sim_observe, lss_sim_stochastic, lss_clip_rates, lss_scale_for_network;
+ *                mosaics lss_mosaic; expected spectra lss_sim_expected_ps.
+ *   OBSERVATION RECIPE lss_survey_create/_observe/_simulate (the one path from fields to network inputs, shared
+ *                by lss-sim and deeplss); DeepLSS data: lss_pool_init/_simulate/_grid, lss_pool_draw_random,
+ *                lss_pool_eval_draw, lss_pool_observe/_many.
+ *   PARAMETERS   lss_sobol, lss_params_from_unit (Table I box).
+ *   STATISTICS   grids, FFTs, smoothing, power spectra and the other map statistics: see the STATISTICS section.
+ * Conventions: outputs last; created opaque objects through a trailing **out with _create/_free; caller-owned
+ * public structs with _init/_free (lss_pool); every random draw under the user's seed and a named stream of
+ * lss_core.h (SHELL, PHASE, POISSON, SHAPE, MOSAIC, COSMO, NUISANCE), indices from lss_set_index.
+ * Options: LSS_MALLOC/LSS_REALLOC/LSS_FREE (all or none), LSS_ASSERT, LSS_NO_OPENMP (see lss_core.h).
  *
  * Version 0.1.0.
  */
@@ -97,6 +111,23 @@ LSSDEF int  lss_params_check(const lss_params *p);
 /* Like lss_params_check but only the physical validity needed to compute (Omega_m in (0, 1], sigma_8 > 0, ...),
    not the Table I priors: used by lss_cosmo_create so that tests can use any cosmology. */
 LSSDEF int  lss_params_check_physical(const lss_params *p);
+
+/* Table I of DeepLSS, the one source of the parameter names, flat priors and fiducial values: lss_params_fiducial,
+   lss_params_check and lss_params_from_unit read it, and drivers pass its lo/hi to lss_prior_init. The order is
+   that of parameter vectors everywhere (LSS_P_*); the first LSS_NPARAM_LINEAR belong to the linear-bias model. */
+enum { LSS_P_OMEGA_M = 0, LSS_P_SIGMA_8, LSS_P_A_IA, LSS_P_ETA_IA, LSS_P_B_G, LSS_P_ETA_BG, LSS_P_R_G, LSS_P_B_G2,
+       LSS_P_ETA_BG2, LSS_NPARAM_TABLE1 };
+#define LSS_NPARAM_LINEAR 7
+typedef struct {
+    const char *name[LSS_NPARAM_TABLE1];  /* "Omega_m", "sigma_8", "A_IA", ... (tables and plots) */
+    const char *key[LSS_NPARAM_TABLE1];   /* "omega_m", "sigma_8", "a_ia", ... (options and CSV columns) */
+    double lo[LSS_NPARAM_TABLE1], hi[LSS_NPARAM_TABLE1], fiducial[LSS_NPARAM_TABLE1];
+} lss_param_table;
+LSSDEF const lss_param_table *lss_table1(void);
+/* Parameter vectors in LSS_P_* order: v[0..n-1] from p, or p's first n Table I parameters from v (the other
+   fields of p unchanged). n in 1..LSS_NPARAM_TABLE1, else LSS_ERR_ARG. */
+LSSDEF int lss_params_to_vec(const lss_params *p, int n, double *v);
+LSSDEF int lss_params_from_vec(const double *v, int n, lss_params *p);
 
 typedef struct lss_cosmo lss_cosmo;               /* opaque: precomputed tables for one parameter set */
 /* Builds the background, growth and P(k, z) tables (lin + Halofit) for p. *out is freed with lss_cosmo_free.
@@ -347,9 +378,6 @@ LSSDEF void lss_scale_for_network(float *maps, int nbins, int64_t npix, double k
    smooth_zmean selects the redshifts). out[nbins]; 0 where sigma_R <= d/sqrt(12) or R <= 0. */
 LSSDEF void lss_smoothing_sigmas(const lss_cosmo *c, const double *zmean, int nbins, double r_mpch,
                                  double pixel_arcmin, double *out);
-/* Smooths an h x w map in place with a sampled Gaussian of sigma_px pixels (kernel half-width int(5 sigma),
-   normalised to 1), zeros outside the map (the released code's form). tmp holds h*w floats. */
-LSSDEF void lss_smooth_zeropad(float *map, int h, int w, double sigma_px, float *tmp);
 
 /* ---- surveys: mosaics */
 /* out[nchan][grid*n][grid*n] from grid*grid fields fields[k] ([nchan][n][n] each): field k goes to a random
@@ -357,32 +385,8 @@ LSSDEF void lss_smooth_zeropad(float *map, int h, int w, double sigma_px, float 
 LSSDEF int lss_mosaic(const float *const *fields, int grid, int nchan, int n, uint64_t seed, uint64_t index,
                       float *out);
 
-/* ---- power spectra */
-/* Bin edges: nbins + 1 log-spaced edges from lmin to lmax; when dl_min > 0 every bin is at least dl_min wide
-   (linear steps of dl_min at low ell, log steps above, ending exactly at lmax), as DeepLSS describes. */
-LSSDEF int lss_ps_edges(double lmin, double lmax, int nbins, double dl_min, double *edges);
-
+/* ---- power spectra: the estimator lss_ps (declared in the STATISTICS section below) */
 typedef struct lss_ps lss_ps;
-enum { LSS_PS_REAL = 0, /* cross spectra Re(X_i X_j*) */ LSS_PS_ABS = 1 /* |X_i X_j*| (the released code) */ };
-/* Power-spectrum estimator for ny x nx maps of pixel_arcmin pixels and nchan channels. Flat-sky normalisation:
-   C_ell estimate of a mode = X_i X_j* * Omega_pix / N_pix (X the unnormalised DFT, Omega_pix in sr), at
-   ell = 2 pi |k| with k in cycles per radian; a bin averages over every mode of the full plane whose ell lies in
-   [edge_b, edge_b+1). Bins without modes give NaN. edges are copied. Free with lss_ps_free. */
-LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const double *edges, int nbins,
-                         lss_ps **out);
-LSSDEF void lss_ps_free(lss_ps *ps);
-LSSDEF int lss_ps_nbins(const lss_ps *ps);
-LSSDEF int lss_ps_npairs(const lss_ps *ps, int cross); /* nchan (autos) or nchan (nchan+1)/2 */
-/* Pair p -> channels (i, j), i <= j: (0,0), (0,1), ..., (0,n-1), (1,1), ... when cross; (p, p) otherwise. */
-LSSDEF void lss_ps_pair(const lss_ps *ps, int cross, int p, int *i, int *j);
-LSSDEF const double *lss_ps_ell(const lss_ps *ps);     /* [nbins] mean ell of each bin's modes */
-LSSDEF const int64_t *lss_ps_nmodes(const lss_ps *ps); /* [nbins] modes per bin */
-/* Spectra of maps[nchan][ny][nx] into out[npairs][nbins]. Not thread-safe on one ps (uses its buffers);
-   use one ps per thread. mode LSS_PS_REAL or LSS_PS_ABS. */
-LSSDEF int lss_ps_compute(lss_ps *ps, const float *maps, int cross, int mode, double *out);
-/* Bins a per-mode power given on the half-complex grid p2d[ny][nx/2+1] (already in C_ell units) into out[nbins]
-   with the same modes and weights as lss_ps_compute. */
-LSSDEF void lss_ps_bin2d(const lss_ps *ps, const double *p2d, double *out);
 
 /* Exact expected spectra of noise-free observed fields (lss_sim_observe with no_noise, linear bias) for
    parameters p, binned by ps (which must match the field size): out[npairs][nbins] for the 2*nbins channels,
@@ -404,6 +408,274 @@ LSSDEF int lss_sobol(uint64_t index, int dim, uint64_t seed, double *u);
 /* Maps u[ndim] in [0,1) to the Table I prior box: Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g (7 dims),
    then b_g2, eta_bg2 (9 dims, non-linear bias). Other fields of p (Omega_b, h, n_s, ...) are left as they are. */
 LSSDEF int lss_params_from_unit(const double *u, int ndim, lss_params *p);
+
+/* ---- the observation recipe: from noise-free fields to what a network sees
+ * One survey = grid x grid fields. lss_survey_observe turns grid^2 noise-free fields (lss_sim_field layout)
+ * into one survey map and its spectra, always in this order:
+ *   1. field k observed (lss_sim_observe) with the noise stream (seed, lss_survey_field_index(sv, index, k));
+ *   2. appendix E scaling for networks (lss_scale_for_network; off with no_scale);
+ *   3. the mosaic of the grid^2 fields, placement and flips from stream (seed, index) (lss_mosaic);
+ *   4. all auto and cross spectra of the 2 nbins channels in nell log-spaced bins (lss_ps_compute, LSS_PS_REAL).
+ * lss-sim writes lss_survey_simulate's maps and deeplss trains on lss_pool_observe's, which both end in
+ * lss_survey_observe: the same fields, parameters and (seed, index) give the same map, bit for bit.
+ * `index` is an item of a data set (lss_set_index): training, validation and test surveys never share draws.
+ *
+ * Example (survey 3 of the test set, fresh fields):
+ *     lss_survey_opts so = {0}; lss_survey *sv; lss_survey_work *w;
+ *     so.grid = 6; so.nell = 20; so.ell_min = 36; so.ell_max = 4536;
+ *     lss_survey_create(sim, &so, &sv); lss_survey_work_create(sv, &w);
+ *     float *m = malloc(sizeof(float) * lss_survey_map_size(sv));
+ *     double *cl = malloc(sizeof(double) * lss_survey_spec_size(sv));
+ *     lss_survey_simulate(sv, sim, w, &p, seed, lss_set_index(LSS_SET_TEST, 3), m, cl);
+ *     ... lss_survey_work_free(w); lss_survey_free(sv);
+ */
+typedef struct {
+    int grid;               /* fields per side of a survey, 1..64 (0: 1) */
+    int no_scale;           /* 1: no appendix E scaling (maps as observed) */
+    lss_noise_opts noise;   /* observation options (zeroed: defaults) */
+    int nell;               /* spectra in nell log-spaced ell bins (0: no spectra) */
+    double ell_min, ell_max;/* bin range (0: 36 and 4536) */
+} lss_survey_opts;
+typedef struct lss_survey lss_survey;            /* opaque; read-only after creation */
+typedef struct lss_survey_work lss_survey_work;  /* per-thread buffers */
+/* A survey recipe observing with sim (its noise model, bin amplitudes and sizes; only read, and its
+   cosmology does not enter the observation). sim must outlive the survey. o NULL: defaults. Free with
+   lss_survey_free. LSS_ERR_ARG for a bad grid or bins. */
+LSSDEF int lss_survey_create(const lss_sim *sim, const lss_survey_opts *o, lss_survey **out);
+LSSDEF void lss_survey_free(lss_survey *sv);
+LSSDEF int lss_survey_work_create(const lss_survey *sv, lss_survey_work **out);
+LSSDEF void lss_survey_work_free(lss_survey_work *w);
+LSSDEF int lss_survey_grid(const lss_survey *sv);        /* fields per side */
+LSSDEF int lss_survey_side(const lss_survey *sv);        /* map pixels per side, grid * nside */
+LSSDEF int lss_survey_nbins(const lss_survey *sv);       /* tomographic bins (the map has 2 nbins channels) */
+LSSDEF int64_t lss_survey_map_size(const lss_survey *sv);  /* floats of one map [2 nbins][side][side] */
+LSSDEF int lss_survey_npairs(const lss_survey *sv);      /* channel pairs i <= j of the spectra */
+LSSDEF int lss_survey_nell(const lss_survey *sv);        /* ell bins (0: no spectra) */
+LSSDEF int64_t lss_survey_spec_size(const lss_survey *sv); /* doubles of one spectra set [npairs][nell] */
+/* Pair q -> channels (i, j), i <= j (lss_ps_pair order); LSS_ERR_ARG for q outside 0..npairs-1. */
+LSSDEF int lss_survey_pair(const lss_survey *sv, int q, int *i, int *j);
+/* Item of field k (0..grid^2-1) of survey `index`: the data set of index kept, item i -> i grid^2 + k, so
+   fresh fields and their noise never collide between surveys. LSS_STREAM_INDEX_MAX (an invalid index) when
+   the item is too large (i grid^2 + k >= LSS_SET_INDEX_MAX) or k is out of range. */
+LSSDEF uint64_t lss_survey_field_index(const lss_survey *sv, uint64_t index, int k);
+/* The recipe above: fields[grid^2] noise-free fields, p the parameters (Table I prior enforced), map
+   [2 nbins][side][side], spec [npairs][nell] (may be NULL). */
+LSSDEF int lss_survey_observe(const lss_survey *sv, lss_survey_work *w, const float *const *fields,
+                              const lss_params *p, uint64_t seed, uint64_t index, float *map, double *spec);
+/* Fresh fields: field k = lss_sim_field(fsim, ..., seed, lss_survey_field_index(sv, index, k)) with fsim's
+   cosmology (fsim: the same sizes and bins as the survey's simulator, e.g. one per cosmology), then
+   lss_survey_observe. */
+LSSDEF int lss_survey_simulate(const lss_survey *sv, const lss_sim *fsim, lss_survey_work *w, const lss_params *p,
+                               uint64_t seed, uint64_t index, float *map, double *spec);
+
+/* ---- DeepLSS training data: a pool of noise-free fields at grid cosmologies, and draws from it
+ * Section III: noise-free fields are expensive, observations cheap. The pool holds nf_train training and
+ * nf_test held-out fields at each of ncosmo grid cosmologies (Omega_m, sigma_8); a draw picks a grid
+ * cosmology, the other Table I parameters, grid^2 pool fields and a fresh observation. */
+typedef struct {
+    int ncosmo, nf_train, nf_test, nbins, nside;
+    int64_t field_size;     /* floats of one field, 3 nbins nside^2 */
+    double *cosmo;          /* [ncosmo][2] Omega_m, sigma_8; cosmology 0 is the fiducial */
+    float *fields;          /* [ncosmo][nf_train + nf_test][3 nbins][nside][nside] */
+} lss_pool;
+/* Allocates an empty pool (caller-owned struct, freed with lss_pool_free). LSS_ERR_ARG for sizes < 1. */
+LSSDEF int lss_pool_init(lss_pool *pool, int ncosmo, int nf_train, int nf_test, int nbins, int nside);
+LSSDEF void lss_pool_free(lss_pool *pool);
+/* Grid cosmologies: the fiducial first, then a scrambled Sobol sequence over the Table I (Omega_m, sigma_8)
+   box, the scrambling drawn from stream (seed, LSS_STREAM_COSMO). cosmo[ncosmo][2]. */
+LSSDEF int lss_pool_grid(uint64_t seed, int ncosmo, double *cosmo);
+/* Fills pool->cosmo (lss_pool_grid) and simulates every field: training field f of cosmology c is
+   lss_sim_field(..., seed, lss_set_index(LSS_SET_TRAIN, c nf_train + f)), held-out field f
+   lss_set_index(LSS_SET_TEST, c nf_test + f). so: the simulator options (nside must match the pool).
+   progress (may be NULL) is called after each cosmology; a non-zero return stops with LSS_ERR_STATE. */
+LSSDEF int lss_pool_simulate(lss_pool *pool, const lss_nz *nz, const lss_sim_opts *so, uint64_t seed,
+                             int (*progress)(int done, int total, void *user), void *user);
+/* One draw. index: the survey (lss_set_index(set, i)); its nuisance parameters, grid cosmology and field
+   choice come from stream (seed, LSS_STREAM_NUISANCE, index), its noise and mosaic from (seed, index). */
+typedef struct {
+    int ci;                            /* grid cosmology */
+    double theta[LSS_NPARAM_LINEAR];   /* Table I parameters (theta[0..1] = the grid cosmology) */
+    int test;                          /* 1: fields from the held-out part of the pool */
+    uint64_t index;
+} lss_pool_draw;
+/* A random draw: a uniform grid cosmology, the nuisance parameters uniform over the Table I box. */
+LSSDEF void lss_pool_draw_random(const lss_pool *pool, uint64_t seed, uint64_t index, int test, lss_pool_draw *d);
+/* Evaluation draws of section IV, each its own data set:
+   LSS_DRAWS_MDN   item i: grid cosmology i / per, the nuisance parameters a scrambled Sobol point (per
+                   draws per cosmology, the scrambling from stream COSMO of the cosmology), held-out fields;
+   LSS_DRAWS_CAL   random draws (lss_pool_draw_random) on held-out fields (calibration mocks);
+   LSS_DRAWS_FID   the fiducial parameters, fresh noise and held-out fields;
+   LSS_DRAWS_CHECK per draws at each of a set of random parameter points (item i: point i / per). */
+enum { LSS_DRAWS_MDN = 0, LSS_DRAWS_CAL, LSS_DRAWS_FID, LSS_DRAWS_CHECK, LSS_DRAWS_NSETS };
+#define LSS_SET_DEEPLSS_CAL ((lss_set)4)    /* data sets of the registry used only here */
+#define LSS_SET_DEEPLSS_CHECK ((lss_set)5)
+LSSDEF int lss_pool_eval_draw(const lss_pool *pool, uint64_t seed, int which, int64_t i, int per, lss_pool_draw *d);
+/* The draw's survey: grid^2 pool fields chosen by the draw's stream, then lss_survey_observe. */
+LSSDEF int lss_pool_observe(const lss_pool *pool, const lss_survey *sv, lss_survey_work *w, const lss_pool_draw *d,
+                            uint64_t seed, float *map, double *spec);
+/* n draws in parallel (OpenMP; works[nwork], one per thread, nwork >= the number of threads): maps
+   [n][map_size], spec [n][spec_size] (may be NULL). Identical whatever the thread count. */
+LSSDEF int lss_pool_observe_many(const lss_pool *pool, const lss_survey *sv, lss_survey_work *const *works, int nwork,
+                                 const lss_pool_draw *d, int n, uint64_t seed, float *maps, double *spec);
+/* A batch of n random draws: draw i = lss_pool_draw_random(pool, seed, lss_set_index(set, first + i), test),
+   observed by lss_pool_observe_many; theta [n][LSS_NPARAM_LINEAR] receives their parameters (may be NULL).
+   A training batch of step t is (LSS_SET_TRAIN, first = t n, test = 0): a pure function of t. */
+LSSDEF int lss_pool_batch(const lss_pool *pool, const lss_survey *sv, lss_survey_work *const *works, int nwork, lss_set set,
+                          uint64_t first, int n, int test, uint64_t seed, float *maps, double *spec, double *theta);
+
+/* ==== STATISTICS DECLARATIONS (flat-sky grids, FFTs, fields, spectra, smoothing) ==== */
+/* Map statistics shared by DeepLSS, the generators' validation and mass mapping (lss_massmap.h calls this
+ * section and keeps no grid or spectrum code of its own). Statistics take a map [H, W] (float, C order,
+ * indexed [y, x]) or a stack [C, H, W] and the pixel scale in arcmin.
+ *
+ * What it holds
+ *   - lss_grid: a flat-sky grid of h x w pixels with its Fourier tables (multipole, spin-2 phase) and one
+ *     complex FFT workspace per OpenMP thread (lss_grid_ws_get/put); complex FFTs in float and double.
+ *   - spectra and fields on a grid: the grid spectrum of a C_ell table (lss_grid_spectrum), Gaussian fields
+ *     (lss_field_gaussian), shifted lognormal fields (lss_field_lognormal_spectrum, lss_field_lognormal).
+ *   - binned power spectra: one map or a cross pair on a grid (lss_grid_ps), a grid spectrum binned the same
+ *     way (lss_grid_bin_spectrum), stacks of channels with all auto and cross pairs (lss_ps_*); bin edges
+ *     from lss_ps_edges (log-spaced, optionally with a minimum width) or lss_grid_ps_edges (fundamental to
+ *     Nyquist multipole of a grid).
+ *   - smoothing: FFT Gaussian on the periodic grid (lss_grid_smooth) and the sampled separable Gaussian with
+ *     zeros outside the map (lss_smooth_zeropad, the DeepLSS released code's form).
+ *   Statistics to come in this section keep the same shape (a map or a stack, a pixel scale, outputs last):
+ *   peak counts, Minkowski functionals, bispectrum, SSIM, Wasserstein and Frechet distances.
+ *
+ * Conventions
+ *   - FFTs are unnormalised (FFTW's sign -1 forward, +1 inverse, no 1/N); the orthonormal spectrum of a map
+ *     on the grid is P_pix(k) = E|F[x]_k|^2 / N, N = h w, and C_ell = P_pix pix^2 (pix in radians), no pixel
+ *     window. A grid spectrum pk[h*w] is P_pix per cell in FFT order (row-major, unshifted).
+ *   - Frequencies k_y (rows) and k_x (columns) in cycles per pixel, index i -> i/n for i <= (n-1)/2 and
+ *     (i - n)/n above; on even sides the Nyquist cell k = +-1/2 takes the sign of the other axis' frequency
+ *     (this keeps spin-2 operators unitary). Multipole ell = 2 pi |k| / pix (pix in radians).
+ *   - Binning (one convention for every binned spectrum): a bin b holds the modes of the full Fourier plane
+ *     with edge_b <= ell < edge_{b+1}, k = 0 excluded; its value is the mean over those modes and its ell the
+ *     mean ell of those modes; bins without modes give NaN. Cross spectra take Re(X_a X_b^*).
+ *   - Gaussian smoothing kernel exp(-r^2 / (2 sigma^2)) of unit sum; FFT smoothing multiplies by
+ *     exp(-2 pi^2 sigma_pix^2 |k|^2).
+ *   - Randomness: a field is a pure function of (seed, stream) (use the registry, lss_stream()). */
+typedef float lss_cfloat[2];    /* complex float as FFTW's fftwf_complex */
+typedef double lss_cdouble[2];  /* complex double as FFTW's fftw_complex */
+typedef struct lss_grid lss_grid; /* opaque: sizes, Fourier tables, FFTW plans, per-thread workspaces */
+typedef struct {
+    lss_cfloat *a, *b;          /* two float buffers of h*w cells */
+    lss_cdouble *c, *d;         /* two double buffers of h*w cells */
+} lss_grid_ws;
+/* A grid of h x w pixels (h, w >= 2, h w <= 2^30) of pix_arcmin arcmin. Creates FFTW plans: call outside
+   parallel regions. Free with lss_grid_free. */
+LSSDEF int lss_grid_create(int h, int w, double pix_arcmin, lss_grid **out);
+LSSDEF void lss_grid_free(lss_grid *g);
+LSSDEF int lss_grid_h(const lss_grid *g);
+LSSDEF int lss_grid_w(const lss_grid *g);
+LSSDEF int64_t lss_grid_npix(const lss_grid *g);
+LSSDEF double lss_grid_pix_arcmin(const lss_grid *g);
+LSSDEF double lss_grid_pix_rad(const lss_grid *g);
+/* |k|^2 (cycles per pixel squared) and multipole of Fourier cell i (FFT order). */
+LSSDEF double lss_grid_k2(const lss_grid *g, int64_t i);
+LSSDEF double lss_grid_ell(const lss_grid *g, int64_t i);
+/* Spin-2 phase tables: cos 2 phi_k = (k_x^2 - k_y^2)/k^2 and sin 2 phi_k = 2 k_x k_y / k^2 per cell
+   (0 at k = 0), the Kaiser-Squires kernel. Owned by the grid. */
+LSSDEF const float *lss_grid_cos2(const lss_grid *g);
+LSSDEF const float *lss_grid_sin2(const lss_grid *g);
+/* Workspaces: lss_grid_ws_get returns the calling thread's workspace (threads of one parallel region), or
+   fills tmp with a temporary one in nested regions (NULL when that allocation fails, error set); release
+   with lss_grid_ws_put(w, tmp). lss_grid_ws_thread(g, t) is thread t's workspace (NULL when t is out of
+   range); lss_grid_nws the number of them. lss_grid_ws_alloc/release manage a workspace of one's own. */
+LSSDEF lss_grid_ws *lss_grid_ws_get(const lss_grid *g, lss_grid_ws *tmp);
+LSSDEF void lss_grid_ws_put(lss_grid_ws *w, lss_grid_ws *tmp);
+LSSDEF lss_grid_ws *lss_grid_ws_thread(const lss_grid *g, int t);
+LSSDEF int lss_grid_nws(const lss_grid *g);
+LSSDEF int lss_grid_ws_alloc(const lss_grid *g, lss_grid_ws *w);
+LSSDEF void lss_grid_ws_release(lss_grid_ws *w);
+/* In-place unnormalised complex FFT of h*w cells; sign -1 forward, +1 inverse. Thread-safe. */
+LSSDEF void lss_grid_fft(const lss_grid *g, lss_cfloat *buf, int sign);
+LSSDEF void lss_grid_fft_d(const lss_grid *g, lss_cdouble *buf, int sign);
+
+/* Grid spectrum pk[h*w] of a C_ell table: P_pix = C_ell(ell)/pix^2 at each cell's ell, linear interpolation
+   in ell clamped at the table ends, pk[0] = 0. ell strictly increasing, cl finite and >= 0, n >= 2. */
+LSSDEF int lss_grid_spectrum(const lss_grid *g, const double *ell, const double *cl, int n, double *pk);
+/* Zero-mean Gaussian random field with grid spectrum pk (white noise of (seed, stream) in pixel order,
+   coloured in double precision). */
+LSSDEF int lss_field_gaussian(const lss_grid *g, const double *pk, uint64_t seed, uint64_t stream, float *out);
+/* Spectrum of the Gaussian field G behind a shifted lognormal field kappa = lambda (exp(G - var/2) - 1) of
+   spectrum pk: xi_G = ln(1 + xi / lambda^2) on the grid, negative powers clipped to 0. */
+LSSDEF int lss_field_lognormal_spectrum(const lss_grid *g, const double *pk, double lambda, double *pk_gauss);
+/* Shifted lognormal field (mean removed) from the Gaussian spectrum of lss_field_lognormal_spectrum. */
+LSSDEF int lss_field_lognormal(const lss_grid *g, const double *pk_gauss, double lambda, uint64_t seed,
+                               uint64_t stream, float *out);
+
+/* nbins + 1 log-spaced edges from the grid's fundamental multipole 2 pi / (pix max(h, w)) to its Nyquist
+   multipole pi / pix; the last edge is raised by 1e-9 (relative) so that the Nyquist modes on the axes are
+   included. */
+LSSDEF int lss_grid_ps_edges(const lss_grid *g, int nbins, double *edges);
+/* Binned power spectrum of map a, or cross spectrum of a and b (b NULL: auto), [h*w] each:
+   cl[b] = mean over the bin's modes of pix^2 Re(F a F b^*) / N. ell_mean (may be NULL) receives the mean ell
+   of each bin's modes. */
+LSSDEF int lss_grid_ps(const lss_grid *g, const float *a, const float *b, const double *edges, int nbins,
+                       double *ell_mean, double *cl);
+/* A grid spectrum pk (theory on the grid) binned like lss_grid_ps: mean of pix^2 pk over each bin's modes. */
+LSSDEF int lss_grid_bin_spectrum(const lss_grid *g, const double *pk, const double *edges, int nbins, double *cl);
+
+/* Periodic Gaussian smoothing of a map on the grid by FFT, sigma_arcmin >= 0 (0: copy); in may equal out. */
+LSSDEF int lss_grid_smooth(const lss_grid *g, const float *in, float *out, double sigma_arcmin);
+/* Smooths an h x w map in place with a sampled Gaussian of sigma_px pixels (kernel half-width int(5 sigma),
+   at most 64, normalised to 1), zeros outside the map (the released code's form). tmp holds h*w floats.
+   Does nothing when sigma_px <= 0 or an argument is NULL. */
+LSSDEF void lss_smooth_zeropad(float *map, int h, int w, double sigma_px, float *tmp);
+
+/* Bin edges: nbins + 1 log-spaced edges from lmin to lmax; when dl_min > 0 every bin is at least dl_min wide
+   (linear steps of dl_min at low ell, log steps above, ending exactly at lmax), as DeepLSS describes. */
+LSSDEF int lss_ps_edges(double lmin, double lmax, int nbins, double dl_min, double *edges);
+
+typedef struct lss_ps lss_ps;
+enum { LSS_PS_REAL = 0, /* cross spectra Re(X_i X_j*) */ LSS_PS_ABS = 1 /* |X_i X_j*| (the released code) */ };
+/* Power-spectrum estimator for stacks of nchan maps [nchan][ny][nx] of pixel_arcmin pixels (real-to-complex
+   FFTs, every auto and cross pair). Normalisation and binning as the section head: C_ell estimate of a mode
+   = X_i X_j* * Omega_pix / N_pix (X the unnormalised DFT, Omega_pix in sr); edges are copied. Free with
+   lss_ps_free. */
+LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const double *edges, int nbins,
+                         lss_ps **out);
+LSSDEF void lss_ps_free(lss_ps *ps);
+LSSDEF int lss_ps_nbins(const lss_ps *ps);
+LSSDEF int lss_ps_npairs(const lss_ps *ps, int cross); /* nchan (autos) or nchan (nchan+1)/2 */
+/* Pair p -> channels (i, j), i <= j: (0,0), (0,1), ..., (0,n-1), (1,1), ... when cross; (p, p) otherwise. */
+LSSDEF void lss_ps_pair(const lss_ps *ps, int cross, int p, int *i, int *j);
+LSSDEF const double *lss_ps_ell(const lss_ps *ps);     /* [nbins] mean ell of each bin's modes */
+LSSDEF const int64_t *lss_ps_nmodes(const lss_ps *ps); /* [nbins] modes per bin */
+/* Spectra of maps[nchan][ny][nx] into out[npairs][nbins]. Not thread-safe on one ps (uses its buffers);
+   use one ps per thread. mode LSS_PS_REAL or LSS_PS_ABS. */
+LSSDEF int lss_ps_compute(lss_ps *ps, const float *maps, int cross, int mode, double *out);
+/* Bins a per-mode power given on the half-complex grid p2d[ny][nx/2+1] (already in C_ell units) into out[nbins]
+   with the same modes and weights as lss_ps_compute. */
+LSSDEF void lss_ps_bin2d(const lss_ps *ps, const double *p2d, double *out);
+/* ==== END STATISTICS DECLARATIONS ==== */
+/* ==== GPU MAP KERNELS (LSS_CUDA; implemented in lss_gpu.cu) ==== */
+#ifdef LSS_CUDA
+/* DeepLSS noise and augmentation on device buffers, on a context of lss_nn.h's GPU API (lss_gpu_init;
+ * link lss_gpu.cu). Same status conventions as that API; the draws use the Philox streams of
+ * lss_core.h. No code of this header calls them. */
+#ifndef LSS_GPU_TYPE_DECLARED
+#define LSS_GPU_TYPE_DECLARED
+typedef struct lss_gpu lss_gpu;
+#endif
+/* Shape noise on nmaps maps of npix pixels: kappa[j][k] = (float)(kappa + sigma_e / sqrt(N') eps) in
+ * double with N' = max(N, 1) (mode LSS_SHAPE_NOISE_PAPER = 0) or N + 1 (LSS_SHAPE_NOISE_CODE = 1), N =
+ * counts[j][k], eps = the float normal of element k of map j's stream host_streams[j] (the normalf
+ * layout of lss_gpu_rand_normalf, counter0 = 0). The CPU's lss_sim_observe draws its normals
+ * sequentially by a ziggurat, which a per-pixel kernel cannot reproduce: this layout is the GPU's own
+ * (same distribution, other values). */
+LSSDEF int lss_gpu_shape_noise(lss_gpu *ctx, float *kappa, const float *counts, int nmaps, int64_t npix,
+                               double sigma_e, int mode, uint64_t seed, const uint64_t *host_streams);
+/* Random flips of nfield fields of nchan x h x w (dst and src must not overlap): field f uses word 0
+ * of block counter0 + f of (seed, stream): bit 0 flips up-down, bit 1 left-right (lss_mosaic's bits). */
+LSSDEF int lss_gpu_random_flip(lss_gpu *ctx, const float *src, float *dst, int nfield, int nchan, int h, int w,
+                               uint64_t seed, uint64_t stream, uint64_t counter0);
+/* Appendix-E scaling of nsamples stacks [2 nbins][npix] in place, as lss_scale_for_network. */
+LSSDEF int lss_gpu_scale_for_network(lss_gpu *ctx, float *maps, int nsamples, int nbins, int64_t npix,
+                                     double kappa_scale);
+#endif
+/* ==== END GPU MAP KERNELS ==== */
 /* ==== END MAPS DECLARATIONS ==== */
 
 #ifdef __cplusplus
@@ -490,8 +762,8 @@ static double lss__ez(double om, double ol, double z) {
 LSSDEF void lss_params_fiducial(lss_params *p) {
     if (!p) return;
     memset(p, 0, sizeof *p);
-    p->omega_m = 0.29; p->sigma_8 = 0.71; p->omega_b = 0.0493; p->h = 0.6736; p->n_s = 0.9649;
-    p->a_ia = 0.5; p->eta_ia = 1.6; p->b_g = 1.5; p->eta_bg = 0.5; p->r_g = 0.7; p->b_g2 = 0.5; p->eta_bg2 = 0.0;
+    lss_params_from_vec(lss_table1()->fiducial, LSS_NPARAM_TABLE1, p);
+    p->omega_b = 0.0493; p->h = 0.6736; p->n_s = 0.9649;
     p->c1_rho_crit = LSS_C1RHOCRIT_NLA;
     p->transfer = LSS_TRANSFER_EH;
     p->linear = 0;
@@ -526,19 +798,46 @@ LSSDEF int lss_params_check_physical(const lss_params *p) {
     return LSS_OK;
 }
 
+LSSDEF const lss_param_table *lss_table1(void) {
+    /* Table I of DeepLSS (Kacprzak & Fluri 2022): flat priors and fiducial values */
+    static const lss_param_table t = {
+        {"Omega_m", "sigma_8", "A_IA", "eta_IA", "b_g", "eta_bg", "r_g", "b_g2", "eta_bg2"},
+        {"omega_m", "sigma_8", "a_ia", "eta_ia", "b_g", "eta_bg", "r_g", "b_g2", "eta_bg2"},
+        {0.15, 0.5, -6.0, -4.0, 0.5, -3.0, 0.4, -3.0, -2.0},
+        {0.45, 1.2, 6.0, 6.0, 2.5, 3.0, 1.0, 1.0, 2.0},
+        {0.29, 0.71, 0.5, 1.6, 1.5, 0.5, 0.7, 0.5, 0.0}};
+    return &t;
+}
+
+LSSDEF int lss_params_to_vec(const lss_params *p, int n, double *v) {
+    const double f[LSS_NPARAM_TABLE1] = {p ? p->omega_m : 0, p ? p->sigma_8 : 0, p ? p->a_ia : 0, p ? p->eta_ia : 0,
+                                         p ? p->b_g : 0, p ? p->eta_bg : 0, p ? p->r_g : 0, p ? p->b_g2 : 0,
+                                         p ? p->eta_bg2 : 0};
+    if (!p || !v || n < 1 || n > LSS_NPARAM_TABLE1)
+        return lss_seterr(LSS_ERR_ARG, "lss_params_to_vec: NULL argument or n = %d outside 1..%d", n, LSS_NPARAM_TABLE1);
+    memcpy(v, f, sizeof(double) * (size_t)n);
+    return LSS_OK;
+}
+
+LSSDEF int lss_params_from_vec(const double *v, int n, lss_params *p) {
+    double *slot[LSS_NPARAM_TABLE1];
+    int k;
+    if (!p || !v || n < 1 || n > LSS_NPARAM_TABLE1)
+        return lss_seterr(LSS_ERR_ARG, "lss_params_from_vec: NULL argument or n = %d outside 1..%d", n, LSS_NPARAM_TABLE1);
+    slot[0] = &p->omega_m; slot[1] = &p->sigma_8; slot[2] = &p->a_ia; slot[3] = &p->eta_ia; slot[4] = &p->b_g;
+    slot[5] = &p->eta_bg; slot[6] = &p->r_g; slot[7] = &p->b_g2; slot[8] = &p->eta_bg2;
+    for (k = 0; k < n; k++) *slot[k] = v[k];
+    return LSS_OK;
+}
+
 LSSDEF int lss_params_check(const lss_params *p) {
-    int s;
+    const lss_param_table *t = lss_table1();
+    double v[LSS_NPARAM_TABLE1];
+    int s, k;
     if (!p) return lss_seterr(LSS_ERR_ARG, "lss_params: NULL");
-    /* Table I of DeepLSS (Kacprzak & Fluri 2022): flat priors */
-    if ((s = lss__range("omega_m", p->omega_m, 0.15, 0.45, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("sigma_8", p->sigma_8, 0.5, 1.2, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("a_ia", p->a_ia, -6, 6, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("b_g", p->b_g, 0.5, 2.5, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("r_g", p->r_g, 0.4, 1, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("eta_ia", p->eta_ia, -4, 6, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("eta_bg", p->eta_bg, -3, 3, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("b_g2", p->b_g2, -3, 1, "prior")) != LSS_OK) return s;
-    if ((s = lss__range("eta_bg2", p->eta_bg2, -2, 2, "prior")) != LSS_OK) return s;
+    lss_params_to_vec(p, LSS_NPARAM_TABLE1, v);
+    for (k = 0; k < LSS_NPARAM_TABLE1; k++)
+        if ((s = lss__range(t->key[k], v[k], t->lo[k], t->hi[k], "prior")) != LSS_OK) return s;
     return lss_params_check_physical(p);
 }
 
@@ -2451,6 +2750,27 @@ struct lss_ps {
     fftwf_plan plan;
 };
 
+/* The binning convention of every binned spectrum: the bin b with edges[b] <= ell < edges[b + 1], or -1. */
+static int lss__ps_bin_of(const double *edges, int nbins, double ell) {
+    int lo = 0, hi = nbins;
+    if (!(ell >= edges[0]) || !(ell < edges[nbins])) return -1;
+    while (hi - lo > 1) {
+        int m = (lo + hi) / 2;
+        if (ell >= edges[m]) lo = m;
+        else hi = m;
+    }
+    return lo;
+}
+
+static int lss__ps_check_edges(const double *edges, int nbins, const char *fn) {
+    int b;
+    if (!edges || nbins < 1 || nbins > 100000) return lss_seterr(LSS_ERR_ARG, "%s: need edges and 1 <= nbins <= 100000 (got %d)", fn, nbins);
+    for (b = 0; b < nbins; b++)
+        if (!(edges[b + 1] > edges[b]) || !(edges[b] >= 0) || !isfinite(edges[b + 1]))
+            return lss_seterr(LSS_ERR_ARG, "%s: bin edges must increase from >= 0 (edge %d)", fn, b);
+    return LSS_OK;
+}
+
 LSSDEF int lss_ps_edges(double lmin, double lmax, int nbins, double dl_min, double *edges) {
     int k, it;
     double lo, hi;
@@ -2502,9 +2822,7 @@ LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const d
         nbins < 1 || nbins > 100000 || !(pixel_arcmin > 0) || !isfinite(pixel_arcmin))
         return lss_seterr(LSS_ERR_ARG, "lss_ps_create: bad sizes (%d x %d maps, %d channels, %d bins, pixel %g arcmin)",
                           ny, nx, nchan, nbins, pixel_arcmin);
-    for (b = 0; b < nbins; b++)
-        if (!(edges[b + 1] > edges[b]) || !(edges[b] >= 0))
-            return lss_seterr(LSS_ERR_ARG, "lss_ps_create: bin edges must increase from >= 0 (edge %d)", b);
+    if ((b = lss__ps_check_edges(edges, nbins, "lss_ps_create")) != LSS_OK) return b;
     ps = (lss_ps *)LSS_MALLOC(sizeof *ps);
     if (!ps) return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: out of memory");
     memset(ps, 0, sizeof *ps);
@@ -2532,12 +2850,11 @@ LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const d
             double kx = j / (nx * ps->pix_rad), ell = 2 * LSS__PI * sqrt(kx * kx + ky * ky);
             double wg = (j == 0 || (nx % 2 == 0 && j == nx / 2)) ? 1 : 2;
             size_t k = (size_t)i * ps->nxh + j;
-            int lo = 0, hi = nbins;
+            int lo;
             ps->bin[k] = -1;
             ps->wgt[k] = wg;
             if (i == 0 && j == 0) continue;
-            if (ell < edges[0] || ell >= edges[nbins]) continue;
-            while (hi - lo > 1) { int m = (lo + hi) / 2; if (ell >= edges[m]) lo = m; else hi = m; }
+            if ((lo = lss__ps_bin_of(edges, nbins, ell)) < 0) continue;
             ps->bin[k] = lo;
             ps->ell[lo] += wg * ell;
             ps->wsum[lo] += wg;
@@ -2782,18 +3099,822 @@ LSSDEF int lss_sobol(uint64_t index, int dim, uint64_t seed, double *u) {
 }
 
 LSSDEF int lss_params_from_unit(const double *u, int ndim, lss_params *p) {
-    static const double lo[9] = {0.15, 0.5, -6, -4, 0.5, -3, 0.4, -3, -2}, hi[9] = {0.45, 1.2, 6, 6, 2.5, 3, 1, 1, 2};
-    double v[9];
+    const lss_param_table *t = lss_table1();
+    double v[LSS_NPARAM_TABLE1];
     int k;
-    if (!u || !p || (ndim != 7 && ndim != 9)) return lss_seterr(LSS_ERR_ARG, "lss_params_from_unit: need 7 or 9 dimensions");
+    if (!u || !p || (ndim != LSS_NPARAM_LINEAR && ndim != LSS_NPARAM_TABLE1))
+        return lss_seterr(LSS_ERR_ARG, "lss_params_from_unit: need %d or %d dimensions", LSS_NPARAM_LINEAR, LSS_NPARAM_TABLE1);
     for (k = 0; k < ndim; k++) {
         if (!(u[k] >= 0 && u[k] <= 1)) return lss_seterr(LSS_ERR_RANGE, "lss_params_from_unit: u[%d] = %g outside [0, 1]", k, u[k]);
-        v[k] = lo[k] + u[k] * (hi[k] - lo[k]);
+        v[k] = t->lo[k] + u[k] * (t->hi[k] - t->lo[k]);
     }
-    p->omega_m = v[0]; p->sigma_8 = v[1]; p->a_ia = v[2]; p->eta_ia = v[3]; p->b_g = v[4]; p->eta_bg = v[5]; p->r_g = v[6];
-    if (ndim == 9) { p->b_g2 = v[7]; p->eta_bg2 = v[8]; }
+    return lss_params_from_vec(v, ndim, p);
+}
+
+/* ---------------------------------------------------------------- the observation recipe */
+struct lss_survey {
+    const lss_sim *sim;
+    lss_survey_opts o;
+    int grid, nside, nbins, side, npairs, nell;
+    double kscale, *edges;
+};
+struct lss_survey_work {
+    lss_sim_work *sw;
+    float *obs, *fields;  /* grid^2 observed fields; grid^2 fresh noise-free fields (lss_survey_simulate) */
+    lss_ps *ps;
+};
+
+LSSDEF void lss_survey_free(lss_survey *sv) {
+    if (!sv) return;
+    LSS_FREE(sv->edges);
+    LSS_FREE(sv);
+}
+
+LSSDEF int lss_survey_create(const lss_sim *sim, const lss_survey_opts *o, lss_survey **out) {
+    lss_survey *sv;
+    lss_sim_info inf;
+    int s;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_survey_create: NULL out");
+    *out = NULL;
+    if (!sim) return lss_seterr(LSS_ERR_ARG, "lss_survey_create: NULL simulator");
+    sv = (lss_survey *)LSS_MALLOC(sizeof *sv);
+    if (!sv) return lss_seterr(LSS_ERR_NOMEM, "lss_survey_create: out of memory");
+    memset(sv, 0, sizeof *sv);
+    if (o) sv->o = *o;
+    lss_sim_get_info(sim, &inf);
+    sv->sim = sim;
+    sv->grid = sv->o.grid ? sv->o.grid : 1;
+    sv->nside = inf.nside;
+    sv->nbins = inf.nbins;
+    sv->side = sv->grid * inf.nside;
+    sv->nell = sv->o.nell;
+    if (sv->grid < 1 || sv->grid > 64 || sv->nell < 0 || sv->nell > 4096) {
+        int g = sv->grid, ne = sv->nell;
+        lss_survey_free(sv);
+        return lss_seterr(LSS_ERR_ARG, "lss_survey_create: grid %d outside 1..64 or %d ell bins", g, ne);
+    }
+    sv->npairs = 2 * inf.nbins * (2 * inf.nbins + 1) / 2;
+    sv->kscale = lss_kappa_net_scale(sv->o.noise.sigma_e > 0 ? sv->o.noise.sigma_e : LSS_DEEPLSS_SIGMA_E,
+                                     sv->o.noise.ngal_arcmin2 > 0 ? sv->o.noise.ngal_arcmin2 : LSS_DEEPLSS_NGAL_ARCMIN2,
+                                     inf.pixel_arcmin);
+    if (sv->nell > 0) {
+        double lmin = sv->o.ell_min > 0 ? sv->o.ell_min : 36, lmax = sv->o.ell_max > 0 ? sv->o.ell_max : 4536;
+        sv->edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(sv->nell + 1));
+        if (!sv->edges) { lss_survey_free(sv); return lss_seterr(LSS_ERR_NOMEM, "lss_survey_create: out of memory"); }
+        if ((s = lss_ps_edges(lmin, lmax, sv->nell, lmin, sv->edges)) != LSS_OK) { lss_survey_free(sv); return s; }
+    }
+    *out = sv;
     return LSS_OK;
 }
+
+LSSDEF void lss_survey_work_free(lss_survey_work *w) {
+    if (!w) return;
+    lss_sim_work_free(w->sw);
+    lss_ps_free(w->ps);
+    LSS_FREE(w->obs);
+    LSS_FREE(w->fields);
+    LSS_FREE(w);
+}
+
+LSSDEF int lss_survey_work_create(const lss_survey *sv, lss_survey_work **out) {
+    lss_survey_work *w;
+    lss_sim_info inf;
+    int s, G;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_survey_work_create: NULL out");
+    *out = NULL;
+    if (!sv) return lss_seterr(LSS_ERR_ARG, "lss_survey_work_create: NULL survey");
+    w = (lss_survey_work *)LSS_MALLOC(sizeof *w);
+    if (!w) return lss_seterr(LSS_ERR_NOMEM, "lss_survey_work_create: out of memory");
+    memset(w, 0, sizeof *w);
+    G = sv->grid * sv->grid;
+    lss_sim_get_info(sv->sim, &inf);
+    if ((s = lss_sim_work_create(sv->sim, &w->sw)) != LSS_OK) { lss_survey_work_free(w); return s; }
+    w->obs = (float *)LSS_MALLOC(sizeof(float) * (size_t)G * lss_sim_obs_size(sv->sim));
+    w->fields = (float *)LSS_MALLOC(sizeof(float) * (size_t)G * lss_sim_field_size(sv->sim));
+    if (!w->obs || !w->fields) { lss_survey_work_free(w); return lss_seterr(LSS_ERR_NOMEM, "lss_survey_work_create: out of memory"); }
+    if (sv->nell > 0 &&
+        (s = lss_ps_create(sv->side, sv->side, inf.pixel_arcmin, 2 * sv->nbins, sv->edges, sv->nell, &w->ps)) != LSS_OK) {
+        lss_survey_work_free(w);
+        return s;
+    }
+    *out = w;
+    return LSS_OK;
+}
+
+LSSDEF int lss_survey_grid(const lss_survey *sv) { return sv ? sv->grid : 0; }
+LSSDEF int lss_survey_side(const lss_survey *sv) { return sv ? sv->side : 0; }
+LSSDEF int lss_survey_nbins(const lss_survey *sv) { return sv ? sv->nbins : 0; }
+LSSDEF int64_t lss_survey_map_size(const lss_survey *sv) { return sv ? (int64_t)2 * sv->nbins * sv->side * sv->side : 0; }
+LSSDEF int lss_survey_npairs(const lss_survey *sv) { return sv ? sv->npairs : 0; }
+LSSDEF int lss_survey_nell(const lss_survey *sv) { return sv ? sv->nell : 0; }
+LSSDEF int64_t lss_survey_spec_size(const lss_survey *sv) { return sv ? (int64_t)sv->npairs * sv->nell : 0; }
+
+LSSDEF int lss_survey_pair(const lss_survey *sv, int q, int *i, int *j) {
+    int a, b, n, c = 0;
+    if (!sv || !i || !j || q < 0 || q >= sv->npairs) return lss_seterr(LSS_ERR_ARG, "lss_survey_pair: pair %d out of range", q);
+    n = 2 * sv->nbins;
+    for (a = 0; a < n; a++)
+        for (b = a; b < n; b++, c++)
+            if (c == q) { *i = a; *j = b; return LSS_OK; }
+    return lss_seterr(LSS_ERR_STATE, "lss_survey_pair: pair %d not found", q);
+}
+
+LSSDEF uint64_t lss_survey_field_index(const lss_survey *sv, uint64_t index, int k) {
+    uint64_t G, item = index & (LSS_SET_INDEX_MAX - 1);
+    if (!sv || k < 0 || k >= sv->grid * sv->grid) return LSS_STREAM_INDEX_MAX;
+    G = (uint64_t)sv->grid * (uint64_t)sv->grid;
+    if (item >= (LSS_SET_INDEX_MAX - (uint64_t)k) / G) return LSS_STREAM_INDEX_MAX;
+    return (index & ~(LSS_SET_INDEX_MAX - 1)) | (item * G + (uint64_t)k);
+}
+
+LSSDEF int lss_survey_observe(const lss_survey *sv, lss_survey_work *w, const float *const *fields,
+                              const lss_params *p, uint64_t seed, uint64_t index, float *map, double *spec) {
+    const float *fp[64 * 64];
+    size_t osz;
+    int G, k, s;
+    if (!sv || !w || !fields || !p || !map) return lss_seterr(LSS_ERR_ARG, "lss_survey_observe: NULL argument");
+    if (spec && sv->nell == 0) return lss_seterr(LSS_ERR_ARG, "lss_survey_observe: spectra asked of a survey without ell bins");
+    G = sv->grid * sv->grid;
+    osz = lss_sim_obs_size(sv->sim);
+    for (k = 0; k < G; k++) {
+        uint64_t fi = lss_survey_field_index(sv, index, k);
+        float *o = w->obs + (size_t)k * osz;
+        if (fi == LSS_STREAM_INDEX_MAX) return lss_seterr(LSS_ERR_RANGE, "lss_survey_observe: survey index %llu too large",
+                                                         (unsigned long long)index);
+        if (!fields[k]) return lss_seterr(LSS_ERR_ARG, "lss_survey_observe: field %d is NULL", k);
+        if ((s = lss_sim_observe(sv->sim, w->sw, fields[k], p, &sv->o.noise, seed, fi, o)) != LSS_OK) return s;
+        if (!sv->o.no_scale) lss_scale_for_network(o, sv->nbins, (int64_t)sv->nside * sv->nside, sv->kscale);
+        fp[k] = o;
+    }
+    if ((s = lss_mosaic(fp, sv->grid, 2 * sv->nbins, sv->nside, seed, index, map)) != LSS_OK) return s;
+    if (spec) return lss_ps_compute(w->ps, map, 1, LSS_PS_REAL, spec);
+    return LSS_OK;
+}
+
+LSSDEF int lss_survey_simulate(const lss_survey *sv, const lss_sim *fsim, lss_survey_work *w, const lss_params *p,
+                               uint64_t seed, uint64_t index, float *map, double *spec) {
+    const float *fp[64 * 64];
+    size_t fsz;
+    int G, k, s;
+    if (!sv || !fsim || !w || !p || !map) return lss_seterr(LSS_ERR_ARG, "lss_survey_simulate: NULL argument");
+    if (lss_sim_field_size(fsim) != lss_sim_field_size(sv->sim) || lss_sim_obs_size(fsim) != lss_sim_obs_size(sv->sim))
+        return lss_seterr(LSS_ERR_ARG, "lss_survey_simulate: the field simulator's sizes differ from the survey's");
+    G = sv->grid * sv->grid;
+    fsz = lss_sim_field_size(fsim);
+    for (k = 0; k < G; k++) {
+        uint64_t fi = lss_survey_field_index(sv, index, k);
+        if (fi == LSS_STREAM_INDEX_MAX) return lss_seterr(LSS_ERR_RANGE, "lss_survey_simulate: survey index %llu too large",
+                                                         (unsigned long long)index);
+        if ((s = lss_sim_field(fsim, w->sw, seed, fi, w->fields + (size_t)k * fsz)) != LSS_OK) return s;
+        fp[k] = w->fields + (size_t)k * fsz;
+    }
+    return lss_survey_observe(sv, w, fp, p, seed, index, map, spec);
+}
+
+/* ---------------------------------------------------------------- DeepLSS pool and draws */
+LSSDEF void lss_pool_free(lss_pool *pool) {
+    if (!pool) return;
+    LSS_FREE(pool->cosmo);
+    LSS_FREE(pool->fields);
+    memset(pool, 0, sizeof *pool);
+}
+
+LSSDEF int lss_pool_init(lss_pool *pool, int ncosmo, int nf_train, int nf_test, int nbins, int nside) {
+    size_t nfl;
+    if (!pool) return lss_seterr(LSS_ERR_ARG, "lss_pool_init: NULL pool");
+    memset(pool, 0, sizeof *pool);
+    if (ncosmo < 1 || nf_train < 1 || nf_test < 1 || nbins < 1 || nbins > LSS_SIM_MAX_BINS || nside < 2)
+        return lss_seterr(LSS_ERR_ARG, "lss_pool_init: bad sizes (%d cosmologies, %d + %d fields, %d bins, side %d)", ncosmo,
+                          nf_train, nf_test, nbins, nside);
+    pool->ncosmo = ncosmo; pool->nf_train = nf_train; pool->nf_test = nf_test; pool->nbins = nbins; pool->nside = nside;
+    pool->field_size = (int64_t)3 * nbins * nside * nside;
+    nfl = (size_t)ncosmo * (size_t)(nf_train + nf_test) * (size_t)pool->field_size;
+    pool->cosmo = (double *)LSS_MALLOC(sizeof(double) * 2 * (size_t)ncosmo);
+    pool->fields = (float *)LSS_MALLOC(sizeof(float) * nfl);
+    if (!pool->cosmo || !pool->fields) {
+        lss_pool_free(pool);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_pool_init: out of memory (%d x %d fields)", ncosmo, nf_train + nf_test);
+    }
+    memset(pool->cosmo, 0, sizeof(double) * 2 * (size_t)ncosmo);
+    memset(pool->fields, 0, sizeof(float) * nfl);
+    return LSS_OK;
+}
+
+/* The scrambling key of a Sobol sequence: one draw from stream (seed, COSMO, index), never 0 (no shift). */
+static uint64_t lss__sobol_key(uint64_t seed, uint64_t index) {
+    lss_rng r;
+    uint64_t k;
+    lss_rng_for(&r, seed, LSS_STREAM_COSMO, index, 0);
+    k = (uint64_t)lss_rng_u32(&r) << 32;
+    k |= lss_rng_u32(&r);
+    return k ? k : 1;
+}
+
+LSSDEF int lss_pool_grid(uint64_t seed, int ncosmo, double *cosmo) {
+    const lss_param_table *t = lss_table1();
+    uint64_t key = lss__sobol_key(seed, 0);
+    double u[2];
+    int k, s;
+    if (!cosmo || ncosmo < 1) return lss_seterr(LSS_ERR_ARG, "lss_pool_grid: NULL output or %d cosmologies", ncosmo);
+    cosmo[0] = t->fiducial[LSS_P_OMEGA_M];
+    cosmo[1] = t->fiducial[LSS_P_SIGMA_8];
+    for (k = 1; k < ncosmo; k++) {
+        if ((s = lss_sobol((uint64_t)k, 2, key, u)) != LSS_OK) return s;
+        cosmo[2 * k] = t->lo[LSS_P_OMEGA_M] + (t->hi[LSS_P_OMEGA_M] - t->lo[LSS_P_OMEGA_M]) * u[0];
+        cosmo[2 * k + 1] = t->lo[LSS_P_SIGMA_8] + (t->hi[LSS_P_SIGMA_8] - t->lo[LSS_P_SIGMA_8]) * u[1];
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_pool_simulate(lss_pool *pool, const lss_nz *nz, const lss_sim_opts *so, uint64_t seed,
+                             int (*progress)(int done, int total, void *user), void *user) {
+    lss_sim *sim = NULL;
+    int k, s = LSS_OK, nf;
+    if (!pool || !pool->fields || !nz) return lss_seterr(LSS_ERR_ARG, "lss_pool_simulate: NULL or empty pool");
+    if ((s = lss_pool_grid(seed, pool->ncosmo, pool->cosmo)) != LSS_OK) return s;
+    nf = pool->nf_train + pool->nf_test;
+    for (k = 0; k < pool->ncosmo && s == LSS_OK; k++) {
+        lss_params p;
+        lss_cosmo *cc = NULL;
+        float *dst = pool->fields + (size_t)k * (size_t)nf * (size_t)pool->field_size;
+        lss_params_fiducial(&p);
+        p.omega_m = pool->cosmo[2 * k];
+        p.sigma_8 = pool->cosmo[2 * k + 1];
+        if ((s = lss_cosmo_create(&p, &cc)) != LSS_OK) break;
+        s = sim ? lss_sim_set_cosmo(sim, cc) : lss_sim_create(cc, nz, pool->nbins, so, &sim);
+        if (s == LSS_OK && (int64_t)lss_sim_field_size(sim) != pool->field_size)
+            s = lss_seterr(LSS_ERR_ARG, "lss_pool_simulate: simulator fields of %lld floats, the pool's of %lld",
+                           (long long)lss_sim_field_size(sim), (long long)pool->field_size);
+        if (s == LSS_OK)
+            s = lss_sim_fields(sim, seed, lss_set_index(LSS_SET_TRAIN, (uint64_t)k * (uint64_t)pool->nf_train),
+                               pool->nf_train, dst);
+        if (s == LSS_OK)
+            s = lss_sim_fields(sim, seed, lss_set_index(LSS_SET_TEST, (uint64_t)k * (uint64_t)pool->nf_test), pool->nf_test,
+                               dst + (size_t)pool->nf_train * (size_t)pool->field_size);
+        lss_cosmo_free(cc);
+        if (s == LSS_OK && progress && progress(k + 1, pool->ncosmo, user))
+            s = lss_seterr(LSS_ERR_STATE, "lss_pool_simulate: stopped by the progress callback");
+    }
+    lss_sim_free(sim);
+    return s;
+}
+
+LSSDEF void lss_pool_draw_random(const lss_pool *pool, uint64_t seed, uint64_t index, int test, lss_pool_draw *d) {
+    const lss_param_table *t = lss_table1();
+    lss_rng r;
+    int k;
+    if (!pool || !d) return;
+    lss_rng_for(&r, seed, LSS_STREAM_NUISANCE, index, 0);
+    d->ci = (int)lss_rng_below(&r, (uint32_t)pool->ncosmo);
+    d->theta[0] = pool->cosmo[2 * d->ci];
+    d->theta[1] = pool->cosmo[2 * d->ci + 1];
+    for (k = 2; k < LSS_NPARAM_LINEAR; k++) d->theta[k] = t->lo[k] + (t->hi[k] - t->lo[k]) * lss_rng_uniform(&r);
+    d->test = test;
+    d->index = index;
+}
+
+LSSDEF int lss_pool_eval_draw(const lss_pool *pool, uint64_t seed, int which, int64_t i, int per, lss_pool_draw *d) {
+    const lss_param_table *t = lss_table1();
+    int k, s;
+    if (!pool || !d || i < 0 || (per < 1 && (which == LSS_DRAWS_MDN || which == LSS_DRAWS_CHECK)))
+        return lss_seterr(LSS_ERR_ARG, "lss_pool_eval_draw: bad arguments (item %lld, %d per point)", (long long)i, per);
+    switch (which) {
+    case LSS_DRAWS_MDN: {
+        double u[LSS_NPARAM_LINEAR - 2];
+        int ci = (int)(i / per);
+        if (ci >= pool->ncosmo) return lss_seterr(LSS_ERR_RANGE, "lss_pool_eval_draw: item %lld beyond the grid", (long long)i);
+        if ((s = lss_sobol((uint64_t)(i % per), LSS_NPARAM_LINEAR - 2, lss__sobol_key(seed, lss_set_index(LSS_SET_TEST, (uint64_t)ci + 1)), u)) != LSS_OK)
+            return s;
+        d->ci = ci;
+        d->theta[0] = pool->cosmo[2 * ci];
+        d->theta[1] = pool->cosmo[2 * ci + 1];
+        for (k = 2; k < LSS_NPARAM_LINEAR; k++) d->theta[k] = t->lo[k] + (t->hi[k] - t->lo[k]) * u[k - 2];
+        d->test = 1;
+        d->index = lss_set_index(LSS_SET_TEST, (uint64_t)i);
+        return LSS_OK;
+    }
+    case LSS_DRAWS_CAL:
+        lss_pool_draw_random(pool, seed, lss_set_index(LSS_SET_DEEPLSS_CAL, (uint64_t)i), 1, d);
+        return LSS_OK;
+    case LSS_DRAWS_FID:
+        d->ci = 0;
+        for (k = 0; k < LSS_NPARAM_LINEAR; k++) d->theta[k] = t->fiducial[k];
+        d->theta[0] = pool->cosmo[0];
+        d->theta[1] = pool->cosmo[1];
+        d->test = 1;
+        d->index = lss_set_index(LSS_SET_FIDUCIAL, (uint64_t)i);
+        return LSS_OK;
+    case LSS_DRAWS_CHECK:
+        /* the parameter point from the stream of item (i / per) * per, fresh noise and fields for every item */
+        lss_pool_draw_random(pool, seed, lss_set_index(LSS_SET_DEEPLSS_CHECK, (uint64_t)(i / per) * (uint64_t)per), 1, d);
+        d->index = lss_set_index(LSS_SET_DEEPLSS_CHECK, (uint64_t)i);
+        return LSS_OK;
+    default:
+        return lss_seterr(LSS_ERR_ARG, "lss_pool_eval_draw: unknown draw set %d", which);
+    }
+}
+
+LSSDEF int lss_pool_observe(const lss_pool *pool, const lss_survey *sv, lss_survey_work *w, const lss_pool_draw *d,
+                            uint64_t seed, float *map, double *spec) {
+    const float *fp[64 * 64];
+    lss_params p;
+    lss_rng r;
+    int G, k, nf, s;
+    if (!pool || !pool->fields || !sv || !w || !d || !map) return lss_seterr(LSS_ERR_ARG, "lss_pool_observe: NULL argument");
+    if (d->ci < 0 || d->ci >= pool->ncosmo) return lss_seterr(LSS_ERR_ARG, "lss_pool_observe: cosmology %d outside the pool", d->ci);
+    if ((int64_t)lss_sim_field_size(sv->sim) != pool->field_size)
+        return lss_seterr(LSS_ERR_ARG, "lss_pool_observe: the pool's fields do not match the survey's simulator");
+    G = sv->grid * sv->grid;
+    nf = pool->nf_train + pool->nf_test;
+    lss_rng_for(&r, seed, LSS_STREAM_NUISANCE, d->index, 1);
+    for (k = 0; k < G; k++) {
+        int f = d->test ? pool->nf_train + (int)lss_rng_below(&r, (uint32_t)pool->nf_test)
+                        : (int)lss_rng_below(&r, (uint32_t)pool->nf_train);
+        fp[k] = pool->fields + ((size_t)d->ci * (size_t)nf + (size_t)f) * (size_t)pool->field_size;
+    }
+    lss_params_fiducial(&p);
+    if ((s = lss_params_from_vec(d->theta, LSS_NPARAM_LINEAR, &p)) != LSS_OK) return s;
+    return lss_survey_observe(sv, w, fp, &p, seed, d->index, map, spec);
+}
+
+LSSDEF int lss_pool_observe_many(const lss_pool *pool, const lss_survey *sv, lss_survey_work *const *works, int nwork,
+                                 const lss_pool_draw *d, int n, uint64_t seed, float *maps, double *spec) {
+    int64_t msz = lss_survey_map_size(sv), ssz = lss_survey_spec_size(sv);
+    int status = LSS_OK, i;
+    char msg[512] = "";
+    if (!works || nwork < 1 || !d || !maps || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_pool_observe_many: bad arguments");
+LSS__MOMP(omp parallel for schedule(dynamic))
+    for (i = 0; i < n; i++) {
+        int tid = 0, s;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        if (tid >= nwork) s = lss_seterr(LSS_ERR_ARG, "lss_pool_observe_many: %d work buffers for thread %d", nwork, tid);
+        else s = lss_pool_observe(pool, sv, works[tid], &d[i], seed, maps + i * msz, spec ? spec + i * ssz : NULL);
+        if (s) {
+LSS__MOMP(omp critical(lss_pool_err))
+            {
+                if (status == LSS_OK) { status = s; if (snprintf(msg, sizeof msg, "%s", lss_last_error()) < 0) msg[0] = 0; }
+            }
+        }
+    }
+    if (status) return lss_seterr(status, "%s", msg);
+    return LSS_OK;
+}
+
+LSSDEF int lss_pool_batch(const lss_pool *pool, const lss_survey *sv, lss_survey_work *const *works, int nwork, lss_set set,
+                          uint64_t first, int n, int test, uint64_t seed, float *maps, double *spec, double *theta) {
+    lss_pool_draw *d;
+    int i, s;
+    if (!pool || !pool->cosmo || n < 0 || first + (uint64_t)n > LSS_SET_INDEX_MAX)
+        return lss_seterr(LSS_ERR_ARG, "lss_pool_batch: NULL pool, %d draws or items beyond the data set", n);
+    if (n == 0) return LSS_OK;
+    d = (lss_pool_draw *)LSS_MALLOC(sizeof(lss_pool_draw) * (size_t)n);
+    if (!d) return lss_seterr(LSS_ERR_NOMEM, "lss_pool_batch: out of memory");
+    for (i = 0; i < n; i++) {
+        lss_pool_draw_random(pool, seed, lss_set_index(set, first + (uint64_t)i), test, &d[i]);
+        if (theta) memcpy(theta + (size_t)i * LSS_NPARAM_LINEAR, d[i].theta, sizeof d[i].theta);
+    }
+    s = lss_pool_observe_many(pool, sv, works, nwork, d, n, seed, maps, spec);
+    LSS_FREE(d);
+    return s;
+}
+/* ==== STATISTICS IMPLEMENTATION ==== */
+/* (lss_ps_edges, the lss_ps estimator and lss_smooth_zeropad are implemented above, next to the forward
+   model that uses them; the binning rule of every binned spectrum is lss__ps_bin_of.) */
+struct lss_grid {
+    int h, w;
+    int64_t n;
+    double pix_arcmin, pix_rad;
+    float *c2, *s2;     /* spin-2 phase per Fourier cell (0 at k = 0) */
+    double *kk;         /* |k|^2 in cycles per pixel squared */
+    fftwf_plan pf_fwd, pf_inv;
+    fftw_plan pd_fwd, pd_inv;
+    int nws;
+    lss_grid_ws *ws;
+};
+
+LSSDEF void lss_grid_ws_release(lss_grid_ws *w) {
+    if (!w) return;
+    if (w->a) fftwf_free(w->a);
+    if (w->b) fftwf_free(w->b);
+    if (w->c) fftw_free(w->c);
+    if (w->d) fftw_free(w->d);
+    w->a = w->b = NULL;
+    w->c = w->d = NULL;
+}
+
+static int lss__grid_ws_alloc_n(lss_grid_ws *w, int64_t n) {
+    w->a = (lss_cfloat *)fftwf_malloc(sizeof(lss_cfloat) * (size_t)n);
+    w->b = (lss_cfloat *)fftwf_malloc(sizeof(lss_cfloat) * (size_t)n);
+    w->c = (lss_cdouble *)fftw_malloc(sizeof(lss_cdouble) * (size_t)n);
+    w->d = (lss_cdouble *)fftw_malloc(sizeof(lss_cdouble) * (size_t)n);
+    if (!w->a || !w->b || !w->c || !w->d) {
+        lss_grid_ws_release(w);
+        return lss_seterr(LSS_ERR_NOMEM, "grid: out of memory for an FFT workspace (%lld cells)", (long long)n);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_grid_ws_alloc(const lss_grid *g, lss_grid_ws *w) {
+    if (!g || !w) return lss_seterr(LSS_ERR_ARG, "lss_grid_ws_alloc: NULL argument");
+    memset(w, 0, sizeof *w);
+    return lss__grid_ws_alloc_n(w, g->n);
+}
+
+LSSDEF lss_grid_ws *lss_grid_ws_get(const lss_grid *g, lss_grid_ws *tmp) {
+    int t = 0;
+    if (!g || !tmp) {
+        lss_seterr(LSS_ERR_ARG, "lss_grid_ws_get: NULL argument");
+        return NULL;
+    }
+#ifdef _OPENMP
+    if (omp_get_level() > 1) t = -1;
+    else t = omp_get_thread_num();
+#endif
+    if (t >= 0 && t < g->nws) return &g->ws[t];
+    memset(tmp, 0, sizeof *tmp);
+    if (lss__grid_ws_alloc_n(tmp, g->n) != LSS_OK) return NULL;
+    return tmp;
+}
+
+LSSDEF void lss_grid_ws_put(lss_grid_ws *w, lss_grid_ws *tmp) {
+    if (w && w == tmp) lss_grid_ws_release(tmp);
+}
+
+LSSDEF lss_grid_ws *lss_grid_ws_thread(const lss_grid *g, int t) {
+    return (g && t >= 0 && t < g->nws) ? &g->ws[t] : NULL;
+}
+LSSDEF int lss_grid_nws(const lss_grid *g) { return g ? g->nws : 0; }
+
+static double lss__grid_freq(int i, int n) { return (i <= (n - 1) / 2 ? i : i - n) / (double)n; }
+
+LSSDEF void lss_grid_free(lss_grid *g) {
+    int t;
+    if (!g) return;
+LSS__MOMP(omp critical(lss_fftw_plan))
+    {
+        if (g->pf_fwd) fftwf_destroy_plan(g->pf_fwd);
+        if (g->pf_inv) fftwf_destroy_plan(g->pf_inv);
+        if (g->pd_fwd) fftw_destroy_plan(g->pd_fwd);
+        if (g->pd_inv) fftw_destroy_plan(g->pd_inv);
+    }
+    if (g->ws) {
+        for (t = 0; t < g->nws; t++) lss_grid_ws_release(&g->ws[t]);
+        LSS_FREE(g->ws);
+    }
+    LSS_FREE(g->c2);
+    LSS_FREE(g->s2);
+    LSS_FREE(g->kk);
+    LSS_FREE(g);
+}
+
+LSSDEF int lss_grid_create(int h, int w, double pix_arcmin, lss_grid **out) {
+    lss_grid *g;
+    int iy, ix, t;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_grid_create: out is NULL");
+    *out = NULL;
+    if (h < 2 || w < 2 || (int64_t)h * w > ((int64_t)1 << 30))
+        return lss_seterr(LSS_ERR_ARG, "lss_grid_create: grid %d x %d outside [2, 2^15]^2", h, w);
+    if (!(pix_arcmin > 0) || !isfinite(pix_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "lss_grid_create: pixel size %g arcmin must be > 0", pix_arcmin);
+    g = (lss_grid *)LSS_MALLOC(sizeof *g);
+    if (!g) return lss_seterr(LSS_ERR_NOMEM, "lss_grid_create: out of memory");
+    memset(g, 0, sizeof *g);
+    g->h = h;
+    g->w = w;
+    g->n = (int64_t)h * w;
+    g->pix_arcmin = pix_arcmin;
+    g->pix_rad = pix_arcmin * LSS__ARCMIN;
+    g->c2 = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
+    g->s2 = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
+    g->kk = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+#ifdef _OPENMP
+    g->nws = omp_get_max_threads();
+    if (g->nws < 1) g->nws = 1;
+#else
+    g->nws = 1;
+#endif
+    g->ws = (lss_grid_ws *)LSS_MALLOC(sizeof(lss_grid_ws) * (size_t)g->nws);
+    if (!g->c2 || !g->s2 || !g->kk || !g->ws) {
+        if (g->ws) memset(g->ws, 0, sizeof(lss_grid_ws) * (size_t)g->nws);
+        else g->nws = 0;
+        lss_grid_free(g);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_grid_create: out of memory");
+    }
+    memset(g->ws, 0, sizeof(lss_grid_ws) * (size_t)g->nws);
+    for (t = 0; t < g->nws; t++)
+        if (lss__grid_ws_alloc_n(&g->ws[t], g->n) != LSS_OK) {
+            lss_grid_free(g);
+            return LSS_ERR_NOMEM;
+        }
+    for (iy = 0; iy < h; iy++)
+        for (ix = 0; ix < w; ix++) {
+            double fy = lss__grid_freq(iy, h), fx = lss__grid_freq(ix, w), k2;
+            int nyx = (w % 2 == 0 && ix == w / 2), nyy = (h % 2 == 0 && iy == h / 2);
+            int64_t i = (int64_t)iy * w + ix;
+            if (nyx && !nyy) fx = fy > 0 ? 0.5 : -0.5;
+            if (nyy && !nyx) fy = fx > 0 ? 0.5 : -0.5;
+            k2 = fx * fx + fy * fy;
+            g->kk[i] = k2;
+            g->c2[i] = k2 > 0 ? (float)((fx * fx - fy * fy) / k2) : 0.0f;
+            g->s2[i] = k2 > 0 ? (float)(2.0 * fx * fy / k2) : 0.0f;
+        }
+LSS__MOMP(omp critical(lss_fftw_plan))
+    {
+        g->pf_fwd = fftwf_plan_dft_2d(h, w, (fftwf_complex *)g->ws[0].a, (fftwf_complex *)g->ws[0].a, FFTW_FORWARD, FFTW_ESTIMATE);
+        g->pf_inv = fftwf_plan_dft_2d(h, w, (fftwf_complex *)g->ws[0].a, (fftwf_complex *)g->ws[0].a, FFTW_BACKWARD, FFTW_ESTIMATE);
+        g->pd_fwd = fftw_plan_dft_2d(h, w, (fftw_complex *)g->ws[0].c, (fftw_complex *)g->ws[0].c, FFTW_FORWARD, FFTW_ESTIMATE);
+        g->pd_inv = fftw_plan_dft_2d(h, w, (fftw_complex *)g->ws[0].c, (fftw_complex *)g->ws[0].c, FFTW_BACKWARD, FFTW_ESTIMATE);
+    }
+    if (!g->pf_fwd || !g->pf_inv || !g->pd_fwd || !g->pd_inv) {
+        lss_grid_free(g);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_grid_create: FFTW could not plan a %d x %d transform", h, w);
+    }
+    *out = g;
+    return LSS_OK;
+}
+
+LSSDEF int lss_grid_h(const lss_grid *g) { return g ? g->h : 0; }
+LSSDEF int lss_grid_w(const lss_grid *g) { return g ? g->w : 0; }
+LSSDEF int64_t lss_grid_npix(const lss_grid *g) { return g ? g->n : 0; }
+LSSDEF double lss_grid_pix_arcmin(const lss_grid *g) { return g ? g->pix_arcmin : 0.0; }
+LSSDEF double lss_grid_pix_rad(const lss_grid *g) { return g ? g->pix_rad : 0.0; }
+LSSDEF double lss_grid_k2(const lss_grid *g, int64_t i) { return (g && i >= 0 && i < g->n) ? g->kk[i] : NAN; }
+LSSDEF double lss_grid_ell(const lss_grid *g, int64_t i) {
+    return (g && i >= 0 && i < g->n) ? 2.0 * LSS__PI * sqrt(g->kk[i]) / g->pix_rad : NAN;
+}
+LSSDEF const float *lss_grid_cos2(const lss_grid *g) { return g ? g->c2 : NULL; }
+LSSDEF const float *lss_grid_sin2(const lss_grid *g) { return g ? g->s2 : NULL; }
+
+LSSDEF void lss_grid_fft(const lss_grid *g, lss_cfloat *buf, int sign) {
+    fftwf_execute_dft(sign < 0 ? g->pf_fwd : g->pf_inv, (fftwf_complex *)buf, (fftwf_complex *)buf);
+}
+LSSDEF void lss_grid_fft_d(const lss_grid *g, lss_cdouble *buf, int sign) {
+    fftw_execute_dft(sign < 0 ? g->pd_fwd : g->pd_inv, (fftw_complex *)buf, (fftw_complex *)buf);
+}
+
+/* ---- spectra and fields */
+LSSDEF int lss_grid_spectrum(const lss_grid *g, const double *ell, const double *cl, int n, double *pk) {
+    int64_t i;
+    int j;
+    double pix2;
+    if (!g || !ell || !cl || !pk) return lss_seterr(LSS_ERR_ARG, "lss_grid_spectrum: NULL argument");
+    if (n < 2) return lss_seterr(LSS_ERR_ARG, "lss_grid_spectrum: need at least 2 (ell, C_ell) rows, got %d", n);
+    for (j = 0; j < n; j++) {
+        if (!isfinite(ell[j]) || !isfinite(cl[j]) || cl[j] < 0)
+            return lss_seterr(LSS_ERR_ARG, "lss_grid_spectrum: row %d (ell %g, C_ell %g) is not finite and >= 0", j, ell[j], cl[j]);
+        if (j && !(ell[j] > ell[j - 1]))
+            return lss_seterr(LSS_ERR_ARG, "lss_grid_spectrum: ell must increase strictly (row %d: %g after %g)", j, ell[j], ell[j - 1]);
+    }
+    pix2 = g->pix_rad * g->pix_rad;
+    pk[0] = 0.0;
+    for (i = 1; i < g->n; i++) {
+        double l = lss_grid_ell(g, i), c;
+        if (l <= ell[0]) c = cl[0];
+        else if (l >= ell[n - 1]) c = cl[n - 1];
+        else {
+            int lo = 0, hi = n - 1;
+            while (hi - lo > 1) {
+                int mid = (lo + hi) / 2;
+                if (ell[mid] <= l) lo = mid;
+                else hi = mid;
+            }
+            c = cl[lo] + (cl[hi] - cl[lo]) * (l - ell[lo]) / (ell[hi] - ell[lo]);
+        }
+        pk[i] = c / pix2;
+    }
+    return LSS_OK;
+}
+
+static int lss__grid_check_pk(const lss_grid *g, const double *pk, const char *fn) {
+    int64_t i;
+    for (i = 0; i < g->n; i++)
+        if (!(pk[i] >= 0) || !isfinite(pk[i]))
+            return lss_seterr(LSS_ERR_ARG, "%s: grid spectrum cell %lld is %g (must be finite and >= 0)", fn, (long long)i, pk[i]);
+    return LSS_OK;
+}
+
+/* A field of spectrum pk from the white noise of (seed, stream) in pixel order, in double precision. */
+static int lss__grid_colored(const lss_grid *g, const double *pk, uint64_t seed, uint64_t stream, double *wd) {
+    lss_grid_ws tmp, *w;
+    lss_rng r;
+    int64_t i, n = g->n;
+    lss_cdouble *c;
+    if (!(w = lss_grid_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    c = w->c;
+    lss_rng_init(&r, seed, stream);
+    for (i = 0; i < n; i++) {
+        c[i][0] = lss_rng_normal(&r);
+        c[i][1] = 0.0;
+    }
+    lss_grid_fft_d(g, c, -1);
+    for (i = 0; i < n; i++) {
+        double m = sqrt(pk[i]) / (double)n;
+        c[i][0] *= m;
+        c[i][1] *= m;
+    }
+    lss_grid_fft_d(g, c, +1);
+    for (i = 0; i < n; i++) wd[i] = c[i][0];
+    lss_grid_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+LSSDEF int lss_field_gaussian(const lss_grid *g, const double *pk, uint64_t seed, uint64_t stream, float *out) {
+    double *wd;
+    int64_t i;
+    int s;
+    if (!g || !pk || !out) return lss_seterr(LSS_ERR_ARG, "lss_field_gaussian: NULL argument");
+    if ((s = lss__grid_check_pk(g, pk, "lss_field_gaussian")) != LSS_OK) return s;
+    wd = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+    if (!wd) return lss_seterr(LSS_ERR_NOMEM, "lss_field_gaussian: out of memory");
+    if ((s = lss__grid_colored(g, pk, seed, stream, wd)) == LSS_OK)
+        for (i = 0; i < g->n; i++) out[i] = (float)wd[i];
+    LSS_FREE(wd);
+    return s;
+}
+
+LSSDEF int lss_field_lognormal_spectrum(const lss_grid *g, const double *pk, double lambda, double *pk_gauss) {
+    lss_grid_ws tmp, *w;
+    int64_t i, n;
+    int s;
+    lss_cdouble *c;
+    if (!g || !pk || !pk_gauss) return lss_seterr(LSS_ERR_ARG, "lss_field_lognormal_spectrum: NULL argument");
+    if (!(lambda > 0) || !isfinite(lambda))
+        return lss_seterr(LSS_ERR_ARG, "lss_field_lognormal_spectrum: shift %g must be > 0", lambda);
+    if ((s = lss__grid_check_pk(g, pk, "lss_field_lognormal_spectrum")) != LSS_OK) return s;
+    if (!(w = lss_grid_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    n = g->n;
+    c = w->c;
+    /* xi(r) = (1/N) sum_k P_k e^{ikr} (orthonormal convention: xi(0) = variance per pixel) */
+    for (i = 0; i < n; i++) {
+        c[i][0] = pk[i] / (double)n;
+        c[i][1] = 0.0;
+    }
+    lss_grid_fft_d(g, c, +1);
+    for (i = 0; i < n; i++) {
+        double xi = c[i][0] / (lambda * lambda);
+        if (xi <= -1.0) {
+            double v = c[i][0];
+            lss_grid_ws_put(w, &tmp);
+            return lss_seterr(LSS_ERR_RANGE, "lss_field_lognormal_spectrum: correlation %g <= -lambda^2 (shift %g too small)", v, lambda);
+        }
+        c[i][0] = log1p(xi);
+        c[i][1] = 0.0;
+    }
+    lss_grid_fft_d(g, c, -1);
+    for (i = 0; i < n; i++) {
+        double v = c[i][0];
+        pk_gauss[i] = (i == 0 || v < 0) ? 0.0 : v;
+    }
+    lss_grid_ws_put(w, &tmp);
+    return LSS_OK;
+}
+
+LSSDEF int lss_field_lognormal(const lss_grid *g, const double *pk_gauss, double lambda, uint64_t seed,
+                               uint64_t stream, float *out) {
+    double *wd, var = 0, mean = 0;
+    int64_t i;
+    int s;
+    if (!g || !pk_gauss || !out) return lss_seterr(LSS_ERR_ARG, "lss_field_lognormal: NULL argument");
+    if (!(lambda > 0) || !isfinite(lambda))
+        return lss_seterr(LSS_ERR_ARG, "lss_field_lognormal: shift %g must be > 0", lambda);
+    if ((s = lss__grid_check_pk(g, pk_gauss, "lss_field_lognormal")) != LSS_OK) return s;
+    wd = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+    if (!wd) return lss_seterr(LSS_ERR_NOMEM, "lss_field_lognormal: out of memory");
+    if ((s = lss__grid_colored(g, pk_gauss, seed, stream, wd)) != LSS_OK) {
+        LSS_FREE(wd);
+        return s;
+    }
+    for (i = 0; i < g->n; i++) var += pk_gauss[i];
+    var /= (double)g->n;
+    for (i = 0; i < g->n; i++) {
+        wd[i] = lambda * expm1(wd[i] - 0.5 * var);
+        mean += wd[i];
+    }
+    mean /= (double)g->n;
+    for (i = 0; i < g->n; i++) out[i] = (float)(wd[i] - mean);
+    LSS_FREE(wd);
+    return LSS_OK;
+}
+
+/* ---- binned spectra */
+LSSDEF int lss_grid_ps_edges(const lss_grid *g, int nbins, double *edges) {
+    int s;
+    if (!g || !edges) return lss_seterr(LSS_ERR_ARG, "lss_grid_ps_edges: NULL argument");
+    s = lss_ps_edges(2.0 * LSS__PI / (g->pix_rad * (g->h > g->w ? g->h : g->w)), LSS__PI / g->pix_rad, nbins, 0, edges);
+    if (s == LSS_OK) edges[nbins] *= 1.0 + 1e-9;
+    return s;
+}
+
+/* Mean of v over the modes of each bin (k = 0 excluded); ell_mean (may be NULL) the mean ell. */
+static int lss__grid_bin(const lss_grid *g, const double *edges, int nbins, const double *v, double *ell_mean,
+                         double *out, const char *fn) {
+    int64_t i, *cnt;
+    int k;
+    cnt = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
+    if (!cnt) return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory", fn);
+    for (k = 0; k < nbins; k++) {
+        out[k] = 0;
+        cnt[k] = 0;
+        if (ell_mean) ell_mean[k] = 0;
+    }
+    for (i = 1; i < g->n; i++) {
+        double l = lss_grid_ell(g, i);
+        int b = lss__ps_bin_of(edges, nbins, l);
+        if (b < 0) continue;
+        out[b] += v[i];
+        if (ell_mean) ell_mean[b] += l;
+        cnt[b]++;
+    }
+    for (k = 0; k < nbins; k++) {
+        out[k] = cnt[k] ? out[k] / (double)cnt[k] : NAN;
+        if (ell_mean) ell_mean[k] = cnt[k] ? ell_mean[k] / (double)cnt[k] : NAN;
+    }
+    LSS_FREE(cnt);
+    return LSS_OK;
+}
+
+LSSDEF int lss_grid_ps(const lss_grid *g, const float *a, const float *b, const double *edges, int nbins,
+                       double *ell_mean, double *cl) {
+    lss_grid_ws tmp, *w;
+    int64_t i;
+    int s;
+    lss_cdouble *ca, *cb;
+    double *v, pix2;
+    if (!g || !a || !cl) return lss_seterr(LSS_ERR_ARG, "lss_grid_ps: NULL argument");
+    if ((s = lss__ps_check_edges(edges, nbins, "lss_grid_ps")) != LSS_OK) return s;
+    v = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+    if (!v) return lss_seterr(LSS_ERR_NOMEM, "lss_grid_ps: out of memory");
+    if (!(w = lss_grid_ws_get(g, &tmp))) {
+        LSS_FREE(v);
+        return LSS_ERR_NOMEM;
+    }
+    ca = w->c;
+    cb = w->d;
+    for (i = 0; i < g->n; i++) {
+        ca[i][0] = a[i];
+        ca[i][1] = 0;
+        cb[i][0] = b ? b[i] : a[i];
+        cb[i][1] = 0;
+    }
+    lss_grid_fft_d(g, ca, -1);
+    lss_grid_fft_d(g, cb, -1);
+    pix2 = g->pix_rad * g->pix_rad;
+    for (i = 0; i < g->n; i++) v[i] = (ca[i][0] * cb[i][0] + ca[i][1] * cb[i][1]) / (double)g->n * pix2;
+    lss_grid_ws_put(w, &tmp);
+    s = lss__grid_bin(g, edges, nbins, v, ell_mean, cl, "lss_grid_ps");
+    LSS_FREE(v);
+    return s;
+}
+
+LSSDEF int lss_grid_bin_spectrum(const lss_grid *g, const double *pk, const double *edges, int nbins, double *cl) {
+    int64_t i;
+    int s;
+    double *v;
+    if (!g || !pk || !cl) return lss_seterr(LSS_ERR_ARG, "lss_grid_bin_spectrum: NULL argument");
+    if ((s = lss__ps_check_edges(edges, nbins, "lss_grid_bin_spectrum")) != LSS_OK) return s;
+    v = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
+    if (!v) return lss_seterr(LSS_ERR_NOMEM, "lss_grid_bin_spectrum: out of memory");
+    for (i = 0; i < g->n; i++) v[i] = pk[i] * g->pix_rad * g->pix_rad;
+    s = lss__grid_bin(g, edges, nbins, v, NULL, cl, "lss_grid_bin_spectrum");
+    LSS_FREE(v);
+    return s;
+}
+
+/* ---- smoothing */
+LSSDEF int lss_grid_smooth(const lss_grid *g, const float *in, float *out, double sigma_arcmin) {
+    lss_grid_ws tmp, *w;
+    int64_t i, n;
+    lss_cfloat *a;
+    double c;
+    if (!g || !in || !out) return lss_seterr(LSS_ERR_ARG, "lss_grid_smooth: NULL argument");
+    if (!(sigma_arcmin >= 0) || !isfinite(sigma_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "lss_grid_smooth: smoothing scale %g must be >= 0", sigma_arcmin);
+    n = g->n;
+    if (sigma_arcmin == 0) {
+        if (out != in) memmove(out, in, sizeof(float) * (size_t)n);
+        return LSS_OK;
+    }
+    if (!(w = lss_grid_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    a = w->a;
+    c = 2.0 * LSS__PI * LSS__PI * (sigma_arcmin / g->pix_arcmin) * (sigma_arcmin / g->pix_arcmin);
+    for (i = 0; i < n; i++) {
+        a[i][0] = in[i];
+        a[i][1] = 0.0f;
+    }
+    lss_grid_fft(g, a, -1);
+    for (i = 0; i < n; i++) {
+        float m = (float)(exp(-c * g->kk[i]) / (double)n);
+        a[i][0] *= m;
+        a[i][1] *= m;
+    }
+    lss_grid_fft(g, a, +1);
+    for (i = 0; i < n; i++) out[i] = a[i][0];
+    lss_grid_ws_put(w, &tmp);
+    return LSS_OK;
+}
+/* ==== END STATISTICS IMPLEMENTATION ==== */
 /* ==== END MAPS IMPLEMENTATION ==== */
 
 #endif /* LSS_MAPS_IMPLEMENTATION_DONE */

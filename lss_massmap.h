@@ -1,41 +1,67 @@
 /* lss_massmap.h - weak-lensing mass mapping: shear/convergence operators, shear catalogue binning,
- * mock COSMOS-like data, Kaiser-Squires, Wiener filter (exact and iterative), the Gaussian prior
- * score, posterior sampling by annealed HMC + probability-flow ODE, metrics, NFW clusters and
- * starlet aperture-mass detection. Part of lss; includes lss_core.h and lss_maps.h (FFTW3).
+ * mock COSMOS-like data sets, Kaiser-Squires, Wiener filter (exact and iterative), the Gaussian prior
+ * score, posterior sampling by annealed HMC + probability-flow ODE, the neural score prior, metrics,
+ * the Table 1 evaluation, NFW clusters and starlet aperture-mass detection. Part of lss; includes
+ * lss_core.h, lss_maps.h (its STATISTICS section: grids, FFTs, fields, spectra, smoothing; FFTW3) and
+ * lss_nn.h (the U-net, checkpoints and optimizers of the neural prior).
  *
  * In exactly one C file:   #define LSS_MASSMAP_IMPLEMENTATION   before   #include "lss_massmap.h"
  * (and LSS_CORE_IMPLEMENTATION, LSS_MAPS_IMPLEMENTATION, LSS_NN_IMPLEMENTATION once somewhere). Link with
  * -lfftw3f -lfftw3 -lm (and -fopenmp for parallel chains).
  *
- * Conventions (used everywhere, files included)
+ * Contents (public function groups)
+ *   operators            lss_mm_kappa_to_shear, lss_mm_shear_to_kappa, lss_mm_ks
+ *   theory               lss_mm_params_planck15, lss_mm_theory_ckk, lss_mm_theory_kappa_empty
+ *   data                 lss_mm_catalogue_load/_free, lss_mm_bin
+ *   mock pieces          lss_mm_mock_mask, lss_mm_mock_noise_map, lss_mm_mock_shear, lss_mm_mock_kappa,
+ *                        lss_mm_field, lss_mm_field_stream
+ *   mock data sets       lss_mm_mock_create/_free, lss_mm_mock_save, lss_mm_mock_load, lss_mm_mock_grid
+ *   estimators           lss_mm_wiener_fourier, lss_mm_wiener, lss_mm_wiener_sample, lss_mm_wiener_apply,
+ *                        lss_mm_gauss_score
+ *   posterior, sampling  lss_mm_post_create/_free, lss_mm_post_set_residual, lss_mm_post_score,
+ *                        lss_mm_sample, lss_mm_sample_batched, lss_mm_sample_preset, lss_mm_schedule_parse,
+ *                        lss_mm_auto_sigma_min, lss_mm_mean_std
+ *   metrics, evaluation  lss_mm_metrics, lss_mm_ks_scales, lss_mm_ks_best, lss_mm_eval/_free, lss_mm_eval_save
+ *   clusters, detection  lss_mm_nfw_params, lss_mm_nfw_f/_g, lss_mm_nfw_add, lss_mm_starlet_filter/_u,
+ *                        lss_mm_detect_theta, lss_mm_filtered_std, lss_mm_detect_peak, lss_mm_detect_rate,
+ *                        lss_mm_detect/_free, lss_mm_detect_save
+ *   neural prior         lss_mm_net_create/_free, lss_mm_net_open, lss_mm_net_save/_load/_probe,
+ *                        lss_mm_net_residual, lss_mm_net_deepmass, lss_mm_net_train, lss_mm_net_heldout,
+ *                        lss_mm_train_on_mock
+ *
+ * Conventions (used everywhere, files included); grids, FFT normalisation, multipoles and spectrum
+ * binning are those of the STATISTICS section of lss_maps.h.
  *   - A map is a float array [H, W] indexed [y, x] (row y, column x, as an image), C order.
- *   - Fourier frequencies k_x (along columns) and k_y (along rows) in cycles per pixel; the
- *     multipole of a Fourier cell is ell = 2 pi |k| / pix (pix in radians).
- *   - gamma1 + i gamma2 = F^-1[ ((k_x^2 - k_y^2) + 2i k_x k_y) / k^2  F[kappa_E + i kappa_B] ]: the
- *     operator P is unitary (P^dagger P = 1) for every k != 0 and its k = 0 cell is 0. On even grids
- *     the Nyquist row/column carries the sign of the other frequency (k_x = +-1/2 following the
- *     sign of k_y), which keeps P unitary and the output real; this differs from taking numpy's
- *     .real of a plain complex-FFT product (which zeroes p2 there) only on those cells.
- *   - FFTs are orthonormal: a map's power spectrum on the grid is P_pix(k) = E|F[x]_k|^2 / N with
- *     P_pix = C_ell / pix^2 (pix in radians), no pixel window; the k = 0 cell of the prior is 0:
+ *   - gamma1 + i gamma2 = F^-1[ ((k_x^2 - k_y^2) + 2i k_x k_y) / k^2  F[kappa_E + i kappa_B] ] (the spin-2
+ *     tables lss_grid_cos2/sin2): the operator P is unitary (P^dagger P = 1) for every k != 0 and its
+ *     k = 0 cell is 0. On even grids the Nyquist cell carries the sign of the other frequency, which keeps
+ *     P unitary and the output real; this differs from numpy's .real of a plain complex-FFT product
+ *     (which zeroes p2 there) only on those cells.
+ *   - Spectra: P_pix = C_ell / pix^2 on the grid, no pixel window; the k = 0 cell of the prior is 0:
  *     every map this header reconstructs or samples has zero mean (the mass-sheet mode is fixed).
  *   - Noise: per-pixel variance of each shear component, sigma_e^2 / N (eq. 26 of Remy et al.
  *     2022); empty or masked pixels carry LSS_MM_EMPTY_VAR = 1e10 and shear 0.
  *   - Metrics (RMSE, Pearson r) are computed over observed pixels after subtracting from each map
  *     its mean over those observed pixels.
+ *   - Randomness through the registry of lss_core.h: convergence fields LSS_STREAM_MM_FIELD with data sets
+ *     (mocks and evaluation LSS_SET_TEST, training LSS_SET_TRAIN, held-out LSS_SET_VALID, comparison
+ *     simulations LSS_SET_FIDUCIAL), masks MM_MASK, counts MM_COUNTS, noise MM_NOISE, chains MM_CHAIN
+ *     (index = chain, sub = job), DSM noise MM_DSM. No seed is derived by arithmetic.
+ *   - Outputs last; created objects through a trailing **out; _create/_free pairs.
  *
  * Example: Wiener filter and posterior samples of a mock field (error checks shortened)
- *     lss_mm_grid *g;  lss_mm_post *post;
- *     lss_mm_grid_create(64, 64, 1.0, &g);                    // 64 x 64 pixels of 1 arcmin
+ *     lss_grid *g;  lss_mm_post *post;
+ *     lss_grid_create(64, 64, 1.0, &g);                       // 64 x 64 pixels of 1 arcmin
  *     double *pk = malloc(sizeof(double) * 64 * 64);
- *     lss_mm_grid_spectrum(g, ell, cl, nell, pk);             // C_kk(ell) -> grid spectrum
- *     lss_mm_gaussian_field(g, pk, 42, 0, kappa);             // a truth map
+ *     lss_grid_spectrum(g, ell, cl, nell, pk);                // C_kk(ell) -> grid spectrum
+ *     lss_field_gaussian(g, pk, 42, lss_mm_field_stream(LSS_SET_TEST, 0), kappa);  // a truth map
  *     lss_mm_kappa_to_shear(g, kappa, NULL, g1, g2);          // + noise of variance nv per pixel
  *     lss_mm_wiener(g, pk, g1, g2, nv, NULL, wf, NULL, NULL); // MAP under the Gaussian prior
  *     lss_mm_post_create(g, pk, g1, g2, nv, &post);
  *     lss_mm_sample_opts so = {0}; so.nchains = 8; so.seed = 1;
+ *     lss_mm_sample_preset(LSS_MM_SCHEDULE_FAST, &so);
  *     lss_mm_sample(post, &so, samples, NULL);                // 8 independent posterior samples
- *     lss_mm_post_free(post); lss_mm_grid_free(g);
+ *     lss_mm_post_free(post); lss_grid_free(g);
  *
  * Sampling (lss_mm_sample). Annealed HMC on the tempered posterior (eq. 25: prior convolved at
  * sigma, likelihood variance nvar + sigma^2) from sigma_max down to sigma_min, then the
@@ -45,8 +71,9 @@
  * a Fourier-diagonal mass matrix M = 1/(P + s^2) + mean(1/(nvar + s^2)) (the default; the
  * reference's identity is LSS_MM_MASS_IDENTITY) and an exact Metropolis-Hastings ratio for the
  * Gaussian parts, the Simpson path integral being kept for the residual (neural) score only. With
- * them a schedule of 13 levels (x0.6, 2 steps per level, 10 at the end) gives the same posterior as
- * the reference schedule for about 1% of the score evaluations. sigma_min must lie well below the
+ * them the schedule LSS_MM_SCHEDULE_FAST (x0.6, 2 steps per level, 10 at the end; lss_mm_sample_preset,
+ * the one definition) gives the same posterior as the reference schedule for about 1% of the score
+ * evaluations. sigma_min must lie well below the
  * noise standard deviation (the tempered family is not the convolved posterior, so the ODE only
  * removes the last sigma^2 when sigma^2 << nvar). Without a residual score the chains are
  * independent and run one per thread; with one they advance in lock step so that the network
@@ -84,55 +111,32 @@ extern "C" {
 #define LSS_MM_COSMOS_NGAL 71.7        /* galaxies per arcmin^2 of observed pixels (6.03 per pixel;
                                           64.2 per arcmin^2 over the survey footprint) */
 #define LSS_MM_COSMOS_OBSERVED 0.534   /* fraction of observed pixels */
+#define LSS_MM_SIGMA_MIN 8e-3          /* last HMC temperature of the reference */
+#define LSS_MM_SIGMA_MIN_NOISE 0.1     /* ... at most this times the smallest noise standard deviation */
+#define LSS_MM_DETECT_THETA_PIX 16.0   /* starlet aperture (pixels), at most a quarter of the field */
+#define LSS_MM_DETECT_DISC 0.5         /* detection disc radius around the halo, in apertures */
+#define LSS_MM_DETECT_THRESHOLD 3.0    /* detection level in standard deviations of the background */
+#define LSS_MM_KS_NSCALES 8            /* smoothing scales scanned for Kaiser-Squires (lss_mm_ks_scales) */
+#define LSS_MM_SPECTRUM_BINS 10        /* ell bins of the evaluation spectra */
+/* subs of the streams of this header (see lss_stream in lss_core.h) */
+#define LSS_MM_SUB_WIENER_SIGNAL 4094u /* constrained realisations: the signal draw */
+#define LSS_MM_SUB_WIENER_NOISE 4095u  /* constrained realisations: the noise draw */
+#define LSS_MM_SUB_CATALOGUE 1u        /* mock catalogue positions and shapes (purpose MM_NOISE) */
+#define LSS_MM_SUB_SPECTRAL 4095u      /* spectral-norm start vectors (purpose NET_INIT) */
 
-/* ---------------------------------------------------------------- grid and operators */
-typedef struct lss_mm_grid lss_mm_grid;  /* opaque: sizes, Fourier tables, FFTW plans, workspaces */
-/* A grid of h x w pixels (h, w >= 2) of pix_arcmin arcmin. Free with lss_mm_grid_free. */
-LSSDEF int lss_mm_grid_create(int h, int w, double pix_arcmin, lss_mm_grid **out);
-LSSDEF void lss_mm_grid_free(lss_mm_grid *g);
-LSSDEF int lss_mm_grid_h(const lss_mm_grid *g);
-LSSDEF int lss_mm_grid_w(const lss_mm_grid *g);
-LSSDEF double lss_mm_grid_pix_arcmin(const lss_mm_grid *g);
-/* Multipole of Fourier cell i (row-major, unshifted FFT order). */
-LSSDEF double lss_mm_grid_ell(const lss_mm_grid *g, int64_t i);
-
+/* ---------------------------------------------------------------- operators
+ * Grids, FFTs, grid spectra, Gaussian and lognormal fields, smoothing and binned power spectra come from
+ * the STATISTICS section of lss_maps.h (lss_grid_*, lss_field_*, lss_ps_*); this header uses them. */
 /* kappa (E, B; kB may be NULL for a pure E field) -> shear (g1, g2). Maps of h*w floats. */
-LSSDEF int lss_mm_kappa_to_shear(const lss_mm_grid *g, const float *kE, const float *kB, float *g1,
+LSSDEF int lss_mm_kappa_to_shear(const lss_grid *g, const float *kE, const float *kB, float *g1,
                                  float *g2);
 /* shear -> kappa (Kaiser-Squires, eqs. 5-7): kE and kB (kB may be NULL). */
-LSSDEF int lss_mm_shear_to_kappa(const lss_mm_grid *g, const float *g1, const float *g2, float *kE,
+LSSDEF int lss_mm_shear_to_kappa(const lss_grid *g, const float *g1, const float *g2, float *kE,
                                  float *kB);
-/* Periodic Gaussian smoothing with standard deviation sigma_arcmin (0: copy). in may equal out. */
-LSSDEF int lss_mm_smooth(const lss_mm_grid *g, const float *in, float *out, double sigma_arcmin);
-/* Kaiser-Squires followed by Gaussian smoothing of both modes (eqs. 10-11); kB may be NULL. */
-LSSDEF int lss_mm_ks(const lss_mm_grid *g, const float *g1, const float *g2, double smooth_arcmin,
+/* Kaiser-Squires followed by periodic Gaussian smoothing (lss_grid_smooth) of both modes (eqs. 10-11);
+ * kB may be NULL. */
+LSSDEF int lss_mm_ks(const lss_grid *g, const float *g1, const float *g2, double smooth_arcmin,
                      float *kE, float *kB);
-
-/* ---------------------------------------------------------------- spectra and fields */
-/* Grid spectrum pk[h*w] (double, FFT order) of a C_ell table: P_pix = C_ell(ell)/pix^2 with ell of
- * each cell, linear interpolation in ell clamped at the table ends, pk[0] = 0. ell strictly
- * increasing, cl >= 0 and finite, n >= 2. */
-LSSDEF int lss_mm_grid_spectrum(const lss_mm_grid *g, const double *ell, const double *cl, int n,
-                                double *pk);
-/* Gaussian random field with grid spectrum pk (zero mean): a pure function of (seed, stream). */
-LSSDEF int lss_mm_gaussian_field(const lss_mm_grid *g, const double *pk, uint64_t seed,
-                                 uint64_t stream, float *out);
-/* Spectrum of the Gaussian field behind a shifted lognormal field kappa = lambda (exp(G - var/2) - 1)
- * with spectrum pk: xi_G = ln(1 + xi / lambda^2) on the grid, negative powers clipped to 0. */
-LSSDEF int lss_mm_lognormal_spectrum(const lss_mm_grid *g, const double *pk, double lambda,
-                                     double *pk_gauss);
-/* Shifted lognormal field from the Gaussian spectrum of lss_mm_lognormal_spectrum (mean removed). */
-LSSDEF int lss_mm_lognormal_field(const lss_mm_grid *g, const double *pk_gauss, double lambda,
-                                  uint64_t seed, uint64_t stream, float *out);
-/* Binned power spectrum of a map (or the cross spectrum of a and b; b may be NULL) in nbins
- * log-spaced ell bins over [ell_min, ell_max] (0, 0: from the grid's fundamental to its Nyquist
- * multipole): C_ell = pix^2 <|F a|^2>/N per bin. ell_c (bin centres, geometric) may be NULL; empty
- * bins give NaN. */
-LSSDEF int lss_mm_power_spectrum(const lss_mm_grid *g, const float *a, const float *b, int nbins,
-                                 double ell_min, double ell_max, double *ell_c, double *cl);
-/* The same binning applied to a grid spectrum pk (theory on the grid): mean of C_ell per bin. */
-LSSDEF int lss_mm_bin_spectrum(const lss_mm_grid *g, const double *pk, int nbins, double ell_min,
-                               double ell_max, double *cl);
 
 /* The cosmology of the mass-mapping paper's Gaussian prior: Planck 2015 (Table 4, last column):
  * Omega_m = 0.3089, sigma_8 = 0.8159, h = 0.6774, n_s = 0.9667, Omega_b = 0.0486; no IA. */
@@ -187,25 +191,25 @@ typedef struct {
 LSSDEF int lss_mm_mock_mask(int h, int w, const lss_mm_survey_opts *o, uint64_t seed, float *mask);
 /* Galaxy counts per pixel (Poisson, mean ngal * pixel area on observed pixels, 0 elsewhere) and
  * the per-pixel noise variance sigma_e^2/N (LSS_MM_EMPTY_VAR where N = 0). */
-LSSDEF int lss_mm_mock_noise_map(const lss_mm_grid *g, const float *mask, const lss_mm_survey_opts *o,
+LSSDEF int lss_mm_mock_noise_map(const lss_grid *g, const float *mask, const lss_mm_survey_opts *o,
                                  uint64_t seed, float *count, float *nvar);
 /* Noisy masked shear from a convergence map: gamma = P kappa + N(0, nvar) per component, 0 where
  * nvar >= LSS_MM_EMPTY_VAR. (seed, stream) select the noise. */
-LSSDEF int lss_mm_mock_shear(const lss_mm_grid *g, const float *kappa, const float *nvar,
+LSSDEF int lss_mm_mock_shear(const lss_grid *g, const float *kappa, const float *nvar,
                              uint64_t seed, uint64_t stream, float *g1, float *g2);
 /* A convergence map of h x w pixels cut out at the centre of a field generated on the (larger)
  * grid `big` (same pixel size) so that it is not periodic. pk_big is the target convergence
- * spectrum on `big` (lss_mm_grid_spectrum); the field is a shifted lognormal with shift lambda
+ * spectrum on `big` (lss_grid_spectrum); the field is a shifted lognormal with shift lambda
  * when lambda > 0 (its Gaussian spectrum derived with lss_mm_lognormal_spectrum), Gaussian when
  * lambda = 0; the cut-out's mean is removed. */
-LSSDEF int lss_mm_mock_kappa(const lss_mm_grid *big, const double *pk_big, double lambda, int h,
+LSSDEF int lss_mm_mock_kappa(const lss_grid *big, const double *pk_big, double lambda, int h,
                              int w, uint64_t seed, uint64_t stream, float *kappa);
 
 /* ---------------------------------------------------------------- estimators */
 /* Exact Wiener filter for uniform noise (variance nvar per pixel and component; eq. 14):
  * kE = F^-1[ S/(S + nvar) F[KS_E(gamma)] ]. post_std_pix (may be NULL) receives the analytic
  * posterior standard deviation of each pixel (the same for all pixels). */
-LSSDEF int lss_mm_wiener_fourier(const lss_mm_grid *g, const double *pk, const float *g1,
+LSSDEF int lss_mm_wiener_fourier(const lss_grid *g, const double *pk, const float *g1,
                                  const float *g2, double nvar, float *kE, double *post_std_pix);
 typedef struct {
     int max_iter;          /* 0: 5000 */
@@ -216,23 +220,24 @@ typedef struct {
  * (S^-1 + A^T N^-1 A) x = A^T N^-1 gamma (A: kappa_E -> shear), preconditioned in Fourier space by
  * (S^-1 + mean(N^-1))^-1. iters and relres (may be NULL) report the convergence; LSS_ERR_NUMERIC
  * when tol is not reached. */
-LSSDEF int lss_mm_wiener(const lss_mm_grid *g, const double *pk, const float *g1, const float *g2,
+LSSDEF int lss_mm_wiener(const lss_grid *g, const double *pk, const float *g1, const float *g2,
                          const float *nvar, const lss_mm_wiener_opts *o, float *kE, int *iters,
                          double *relres);
 /* A Wiener posterior sample (constrained realisation): s + W(gamma - A s - n) with s ~ N(0, S),
- * n ~ N(0, nvar). A pure function of (seed, stream). */
-LSSDEF int lss_mm_wiener_sample(const lss_mm_grid *g, const double *pk, const float *g1,
+ * n ~ N(0, nvar). A pure function of (seed, index): s and n draw from the streams
+ * lss_stream(LSS_STREAM_MM_CHAIN, index, LSS_MM_SUB_WIENER_SIGNAL / _NOISE). */
+LSSDEF int lss_mm_wiener_sample(const lss_grid *g, const double *pk, const float *g1,
                                 const float *g2, const float *nvar, const lss_mm_wiener_opts *o,
-                                uint64_t seed, uint64_t stream, float *kE);
+                                uint64_t seed, uint64_t index, float *kE);
 /* Applies the Wiener normal operator (S^-1 + A^T N^-1 A) to x (double, for tests and diagnostics;
  * x is projected to zero mean first). */
-LSSDEF int lss_mm_wiener_apply(const lss_mm_grid *g, const double *pk, const float *nvar,
+LSSDEF int lss_mm_wiener_apply(const lss_grid *g, const double *pk, const float *nvar,
                                const double *x, double *out);
 
 /* Gaussian prior score at noise level sigma (eq. 12 convolved): -F^-1[F[x]/(P + sigma^2)] for n maps
  * with per-map sigma; the k = 0 cell gives 0. logp (may be NULL) receives
  * -1/2 sum_k |F x|^2/(P + sigma^2) per map. */
-LSSDEF int lss_mm_gauss_score(const lss_mm_grid *g, const double *pk, int n, const float *x,
+LSSDEF int lss_mm_gauss_score(const lss_grid *g, const double *pk, int n, const float *x,
                               const float *sigma, float *out, double *logp);
 
 /* ---------------------------------------------------------------- posterior and sampling */
@@ -243,7 +248,7 @@ typedef int (*lss_mm_residual_fn)(void *user, int n, const float *x, const float
 
 typedef struct lss_mm_post lss_mm_post;  /* the tempered posterior of one shear data set */
 /* Copies pk, g1, g2 and nvar (h*w each). Free with lss_mm_post_free. */
-LSSDEF int lss_mm_post_create(const lss_mm_grid *g, const double *pk, const float *g1,
+LSSDEF int lss_mm_post_create(const lss_grid *g, const double *pk, const float *g1,
                               const float *g2, const float *nvar, lss_mm_post **out);
 LSSDEF void lss_mm_post_free(lss_mm_post *p);
 /* Adds a residual prior score (NULL removes it). */
@@ -279,6 +284,9 @@ typedef struct {
     double ode_rtol, ode_atol;  /* RK45 tolerances (0: 1e-3, 1e-6) */
     double ode_t_end;      /* ODE from t = sigma_min^2 down to t_end (0: 1e-5; < 0: exactly 0) */
     uint64_t seed;
+    uint64_t first_chain;  /* chain c of this call is chain first_chain + c of the run */
+    uint32_t job;          /* independent runs on one seed (fields, injected halos): the sub of the chains'
+                              streams, < LSS_MM_SUB_WIENER_SIGNAL */
     void (*progress)(void *user, double fraction);  /* optional, called between levels */
     void *progress_user;
 } lss_mm_sample_opts;
@@ -291,7 +299,8 @@ typedef struct {
 } lss_mm_sample_stats;
 /* Draws o->nchains posterior samples into samples[nchains*h*w]: annealed HMC from sigma_max to
  * sigma_min, then the probability-flow ODE dx/dt = -1/2 s(x, sqrt t) (eq. 22) with Dormand-Prince
- * RK45 to t_end. st may be NULL. Chain c draws from Philox stream 1000 + c of o->seed; without a
+ * RK45 to t_end. st may be NULL. Chain c draws from lss_stream(LSS_STREAM_MM_CHAIN, o->first_chain + c,
+ * o->job) under o->seed; without a
  * residual score each chain (and its ODE) is independent of the others, so results are identical
  * whatever the thread count or the number of chains; with one the ODE step is shared by the batch. */
 LSSDEF int lss_mm_sample(lss_mm_post *p, const lss_mm_sample_opts *o, float *samples,
@@ -322,11 +331,11 @@ LSSDEF double lss_mm_nfw_g(double x);
 /* Adds the NFW shear (g1 = -gamma_t cos 2phi, g2 = -gamma_t sin 2phi, phi measured from the x axis)
  * and optionally convergence (kappa may be NULL) of a halo centred at pixel (xc, yc) to the maps,
  * averaging sub x sub points per pixel (sub 0: 4). */
-LSSDEF int lss_mm_nfw_add(const lss_mm_grid *g, double rs_arcmin, double kappa_s, double xc, double yc,
+LSSDEF int lss_mm_nfw_add(const lss_grid *g, double rs_arcmin, double kappa_s, double xc, double yc,
                           int sub, float *g1, float *g2, float *kappa);
 /* Aperture mass with the starlet filter U(r/theta) of Leonard et al. (2012), theta in pixels,
  * evaluated by periodic FFT convolution with the kernel sampled on the grid out to 2 theta. */
-LSSDEF int lss_mm_starlet_filter(const lss_mm_grid *g, const float *in, double theta_pix, float *out);
+LSSDEF int lss_mm_starlet_filter(const lss_grid *g, const float *in, double theta_pix, float *out);
 /* Starlet aperture kernel value at radius r (pixels) for aperture theta (pixels). */
 LSSDEF double lss_mm_starlet_u(double r, double theta);
 
@@ -347,7 +356,7 @@ typedef struct {
 typedef struct lss_mm_net lss_mm_net;
 /* A network for maps of grid g (h and w multiples of 4) with the Gaussian prior pk (kept for s_G and
  * the input scale). Free with lss_mm_net_free. */
-LSSDEF int lss_mm_net_create(const lss_mm_grid *g, const double *pk, const lss_mm_net_opts *o,
+LSSDEF int lss_mm_net_create(const lss_grid *g, const double *pk, const lss_mm_net_opts *o,
                              lss_mm_net **out);
 LSSDEF void lss_mm_net_free(lss_mm_net *n);
 LSSDEF int64_t lss_mm_net_nparams(const lss_mm_net *n);
@@ -369,7 +378,7 @@ typedef struct {
     double s;              /* DSM noise scale: sigma = s N(0, 1) (0: 0.2) */
     int no_spectral;       /* 1: no spectral-norm projection */
     double lambda;         /* lognormal shift of the training maps (0: Gaussian) */
-    const lss_mm_grid *big;      /* padded grid on which training maps are drawn (required) */
+    const lss_grid *big;      /* padded grid on which training maps are drawn (required) */
     const double *pk_big;        /* its convergence spectrum (required) */
     const float *nvar;           /* DeepMass: the survey's per-pixel noise variance (required then) */
     uint64_t seed;
@@ -378,6 +387,187 @@ typedef struct {
 } lss_mm_train_opts;
 /* Trains the network; *final_loss (may be NULL) receives the mean loss of the last 10% of steps. */
 LSSDEF int lss_mm_net_train(lss_mm_net *net, const lss_mm_train_opts *o, double *final_loss);
+
+/* Held-out denoising-score-matching loss of a score network against the Gaussian prior alone, on
+ * nbatch batches of o->batch maps drawn from the validation set (LSS_SET_VALID, never trained on) with
+ * the noise of the training recipe: loss_net = mean (u + sigma (s_G + r))^2 with r from
+ * lss_mm_net_residual (the residual exactly as the sampler uses it), loss_gauss the same with r = 0. Both
+ * use the same maps, noise levels and u. o as for lss_mm_net_train (big, pk_big, lambda, s, batch, seed). */
+LSSDEF int lss_mm_net_heldout(lss_mm_net *net, const lss_mm_train_opts *o, int nbatch, double *loss_net,
+                              double *loss_gauss);
+/* A network from a checkpoint of lss_mm_net_save for maps of grid g with prior pk: the architecture is
+ * read from the file (lss_mm_net_probe); want_deepmass selects the kind required. Free with
+ * lss_mm_net_free (g must outlive it). */
+LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk, int want_deepmass,
+                           lss_mm_net **out);
+
+/* ---------------------------------------------------------------- sampling presets and batches */
+typedef enum {
+    LSS_MM_SCHEDULE_FAST = 0,  /* sigma 1 -> sigma_min by x0.6, 2 HMC steps per level, 10 at the end, Fourier
+                                  mass, exact Gaussian MH: validated against the exact Wiener posterior
+                                  (tests/test_massmap.c, test_gaussian_validation) */
+    LSS_MM_SCHEDULE_PAPER = 1  /* the reference: x0.98, 12 steps per level, identity mass, Simpson MH */
+} lss_mm_schedule;
+/* Sets the schedule fields of o (sigma_max, anneal, steps_per_level, final_steps, mass, mh) and leaves
+ * the others. */
+LSSDEF int lss_mm_sample_preset(lss_mm_schedule s, lss_mm_sample_opts *o);
+/* "fast" or "paper" -> *out; the name of a schedule ("?" when unknown). */
+LSSDEF int lss_mm_schedule_parse(const char *name, lss_mm_schedule *out);
+LSSDEF const char *lss_mm_schedule_name(lss_mm_schedule s);
+/* sigma_min for noise variances nvar[npix]: LSS_MM_SIGMA_MIN unless the data are so precise that the
+ * temperature would not lie well below the noise: then LSS_MM_SIGMA_MIN_NOISE x the smallest noise std. */
+LSSDEF double lss_mm_auto_sigma_min(int64_t npix, const float *nvar);
+/* nsamples posterior samples in calls of at most `batch` chains: chains o->first_chain, ... in order, so
+ * that the samples do not depend on the batch size without a residual score. o->progress (if any)
+ * receives the fraction of samples done. st (may be NULL): HMC steps and levels of a chain, the rest
+ * averaged over chains, seconds summed. */
+LSSDEF int lss_mm_sample_batched(lss_mm_post *p, const lss_mm_sample_opts *o, int nsamples, int batch,
+                                 float *samples, lss_mm_sample_stats *st);
+
+/* ---------------------------------------------------------------- Kaiser-Squires smoothing scan */
+/* The LSS_MM_KS_NSCALES smoothing scales (arcmin) scanned by default: 0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3. */
+LSSDEF const double *lss_mm_ks_scales(void);
+/* Kaiser-Squires of nfields shear fields shear[K][2][H][W] against the truths kappa[K][H][W] at each of
+ * nscales smoothing scales: *best = the scale index of the least mean RMSE (lss_mm_metrics over mask > 0;
+ * mask NULL: all pixels), rmse[nscales] (may be NULL) those means. */
+LSSDEF int lss_mm_ks_best(const lss_grid *g, int nfields, const float *shear, const float *kappa,
+                          const float *mask, int nscales, const double *scales, double *rmse, int *best);
+
+/* ---------------------------------------------------------------- cluster detection (section 7.3) */
+/* The default aperture for an h x w field: LSS_MM_DETECT_THETA_PIX, at most a quarter of the smaller side. */
+LSSDEF double lss_mm_detect_theta(int h, int w);
+/* Standard deviation over the pixels with mask > 0 (mask NULL: all) of the starlet-filtered map. */
+LSSDEF int lss_mm_filtered_std(const lss_grid *g, const float *map, const float *mask, double theta_pix,
+                               double *std);
+/* The detection statistic: the maximum of the starlet-filtered map over the pixels whose centres
+ * (integer + 0.5) lie within LSS_MM_DETECT_DISC x theta of (xc, yc). */
+LSSDEF int lss_mm_detect_peak(const lss_grid *g, const float *map, double theta_pix, double xc, double yc,
+                              double *peak);
+/* Fraction of the n maps maps[n][H][W] whose detection statistic exceeds level. */
+LSSDEF int lss_mm_detect_rate(const lss_grid *g, int n, const float *maps, double theta_pix, double xc,
+                              double yc, double level, double *rate);
+
+/* ---------------------------------------------------------------- mock data sets */
+/* The stream of convergence field i of data set `set`: lss_stream(LSS_STREAM_MM_FIELD, lss_set_index(set,
+ * i), 0). Mocks and evaluation fields are LSS_SET_TEST, training maps LSS_SET_TRAIN, held-out maps of
+ * training LSS_SET_VALID, comparison simulations LSS_SET_FIDUCIAL: they never share a draw. */
+LSSDEF uint64_t lss_mm_field_stream(lss_set set, uint64_t i);
+/* Convergence map i of data set `set` (lss_mm_mock_kappa with lss_mm_field_stream(set, i)). */
+LSSDEF int lss_mm_field(const lss_grid *big, const double *pk_big, double lambda, int h, int w, uint64_t seed,
+                        lss_set set, uint64_t i, float *kappa);
+typedef struct {
+    int size;              /* N x N pixels (0: 64) */
+    int nfields;           /* 0: 4 */
+    int pad;               /* fields are cut out of a grid pad times larger (0: 2) */
+    double pix_arcmin;     /* 0: LSS_MM_COSMOS_PIX_ARCMIN */
+    double shift;          /* lognormal shift (0: the empty-beam convergence of the COSMOS n(z)) */
+    int gaussian;          /* 1: Gaussian fields (no shift) */
+    int nell;              /* rows of the theory C_kk table, ell 10^0.5 .. 10^5.5 (0: 200) */
+    int catalogue;         /* 1: a galaxy catalogue of field 0 as well */
+    lss_mm_survey_opts survey;
+    uint64_t seed;
+} lss_mm_mock_opts;
+/* A mock data set: K fields of H x W pixels sharing one survey (mask, galaxy counts, noise). */
+typedef struct {
+    int h, w, nfields;
+    double pix_arcmin, shift;
+    uint64_t seed;
+    float *kappa;          /* [K][H][W] true convergence */
+    float *shear;          /* [K][2][H][W] noisy masked shear */
+    float *nvar, *mask, *count;  /* [H][W] noise variance per component, mask, galaxies per pixel */
+    double *ell, *cl;      /* [nell] the convergence spectrum (Planck 2015, COSMOS n(z)) */
+    int nell;
+    lss_mm_catalogue cat;  /* galaxies of field 0 (n = 0 when not made) */
+} lss_mm_mock;
+/* Makes the whole mock: theory C_kk, mask (lss_mm_mock_mask), counts and noise (lss_mm_mock_noise_map),
+ * per field the convergence (lss_mm_field, LSS_SET_TEST field f) and the noisy shear (stream
+ * lss_stream(LSS_STREAM_MM_NOISE, lss_set_index(LSS_SET_TEST, f), 0)), and the catalogue when asked
+ * (positions uniform in their pixel, e = gamma + N(0, sigma_e)). Free with lss_mm_mock_free. */
+LSSDEF int lss_mm_mock_create(const lss_mm_mock_opts *o, lss_mm_mock **out);
+LSSDEF void lss_mm_mock_free(lss_mm_mock *m);
+/* Writes DIR (which must exist): kappa.npy [K,H,W], shear.npy [K,2,H,W], noise_var.npy, mask.npy,
+ * count.npy, ps.csv (ell, cl), grid.csv (h, w, pixel_arcmin, shift, nfields, seed) and, with a catalogue,
+ * catalogue.csv (x, y, e1, e2). */
+LSSDEF int lss_mm_mock_save(const lss_mm_mock *m, const char *dir);
+/* Reads a directory written by lss_mm_mock_save (columns and metadata by name; shapes checked). */
+LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out);
+/* The grid of a mock, pad times its size (pad >= 1), and the prior spectrum on it (pk: LSS_MALLOC'd
+ * doubles, one per pixel; free with LSS_FREE). */
+LSSDEF int lss_mm_mock_grid(const lss_mm_mock *m, int pad, lss_grid **g, double **pk);
+
+/* Trains a network on maps drawn on the fly like the fields of mock m (its spectrum, shift and, for
+ * DeepMass, noise) on a grid twice its size: creates the network for grid g (the mock's grid) with
+ * options no, fills the big, pk_big, lambda and nvar of a copy of to from the mock and runs
+ * lss_mm_net_train. *final_loss (may be NULL) as there. */
+LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
+                                const lss_mm_train_opts *to, lss_mm_net **out, double *final_loss);
+
+/* ---------------------------------------------------------------- evaluation (Table 1, figures 6-7) */
+enum { LSS_MM_METHOD_KS = 0, LSS_MM_METHOD_WIENER = 1, LSS_MM_METHOD_POSTERIOR = 2,
+       LSS_MM_METHOD_DEEPMASS = 3, LSS_MM_NMETHODS = 4 };
+typedef struct {
+    int nfields;           /* the first nfields fields (0: all) */
+    int nsamples;          /* posterior samples per field (0: 16; >= 2) */
+    int batch;             /* chains per sampler call (0: 16) */
+    lss_mm_sample_opts sample;  /* schedule and seed (sigma_min 0: lss_mm_auto_sigma_min); field f
+                                   samples with job f */
+    lss_mm_net *prior;     /* score residual (NULL: Gaussian prior alone) */
+    lss_mm_net *deepmass;  /* DeepMass network (NULL: no DeepMass row) */
+    int nsims;             /* prior simulations for figure 6 (0: 32; >= 2; LSS_SET_FIDUCIAL fields) */
+    int nbins;             /* spectrum bins (0: LSS_MM_SPECTRUM_BINS), edges from lss_grid_ps_edges */
+    void (*progress)(void *user, int field, int nfields);
+    void *progress_user;
+} lss_mm_eval_opts;
+typedef struct {
+    int nfields, nsamples, nbins, nmethods;     /* nmethods 3, or 4 with DeepMass */
+    int h, w;
+    double ks_smoothing, sigma_min;
+    double *rmse, *r;                           /* [nfields][LSS_MM_NMETHODS], NaN where not run */
+    double mean_rmse[LSS_MM_NMETHODS], std_rmse[LSS_MM_NMETHODS], mean_r[LSS_MM_NMETHODS], std_r[LSS_MM_NMETHODS];
+    /* figure 6 (field 0), [nbins] each */
+    double *ell, *cl_theory, *cl_truth, *cl_sims_mean, *cl_sims_std, *cl_samples_mean, *cl_samples_std,
+        *cl_wiener, *cl_post_mean, *frac_within_2sigma;
+    int bins_within_1sigma;                     /* bins where the samples' mean is within 1 sigma of the sims */
+    /* figure 7 (field 0), [H*W] each; samples holds nsample_maps maps; deepmass NULL without it */
+    float *truth, *ks, *wiener, *post_mean, *post_std, *samples, *deepmass;
+    int nsample_maps;
+    lss_mm_sample_stats cost;                   /* per sample, averaged over fields; seconds summed */
+} lss_mm_eval_result;
+/* Table 1 on the fields of a mock: Kaiser-Squires at the scanned best smoothing (lss_mm_ks_best), Wiener
+ * filter, posterior mean (Gaussian prior plus o->prior), DeepMass; RMSE and Pearson r (lss_mm_metrics
+ * over observed pixels) per field with their mean and standard deviation over fields; the spectra and
+ * maps of field 0. Free with lss_mm_eval_free. */
+LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_eval_result **out);
+LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r);
+/* Writes into DIR (which must exist): table1.csv (method, smoothing_arcmin, rmse, rmse_std, r, r_std; methods
+ * as LSS_MM_METHOD_*), fields.csv (per field), spectra.csv and spectra.png (figure 6), figure7.png (truth, KS,
+ * Wiener, posterior mean, std, samples) and deepmass0.png when DeepMass ran. */
+LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *r, const char *dir);
+
+typedef struct {
+    int field;             /* mock field (0) */
+    int nmasses;           /* halos (M200 in Msun, c200 = 1, z_l = 0.5, z_s = 1); 0: none */
+    const double *masses;
+    int nsamples, batch;   /* 0: 16, 16; nsamples >= 2 */
+    lss_mm_sample_opts sample;  /* schedule and seed; the background run uses job 0, halo k job k + 1 */
+    double theta_pix;      /* 0: lss_mm_detect_theta */
+    double threshold;      /* 0: LSS_MM_DETECT_THRESHOLD */
+} lss_mm_detect_opts;
+typedef struct {
+    int nrows;             /* 1 + nmasses; row 0: no halo (the false-detection rate) */
+    double *mass, *snr, *rate, *rs_arcmin, *kappa_s;
+    double background_std, theta_pix;
+} lss_mm_detect_result;
+/* Section 7.3: each NFW halo's shear added at the field centre to the noisy shear (observed pixels);
+ * a posterior sample detects it when lss_mm_detect_peak exceeds threshold x the filtered std (observed
+ * pixels) of the posterior mean without halo. Input SNR (eq. 29): maximum of the filtered halo
+ * convergence over the filtered std (observed pixels) of the true convergence. Free with
+ * lss_mm_detect_free. */
+LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_mm_detect_result **out);
+LSSDEF void lss_mm_detect_free(lss_mm_detect_result *r);
+/* Writes DIR/detect.csv (mass_msun, snr_input, detection_rate, rs_arcmin, kappa_s; row 0 no halo) and
+ * DIR/detect.png (detection rate against input SNR, figure 9). */
+LSSDEF int lss_mm_detect_save(const lss_mm_detect_result *r, const char *dir);
 
 #ifdef __cplusplus
 }
@@ -389,7 +579,6 @@ LSSDEF int lss_mm_net_train(lss_mm_net *net, const lss_mm_train_opts *o, double 
 #ifndef LSS_MASSMAP_IMPLEMENTATION_DONE
 #define LSS_MASSMAP_IMPLEMENTATION_DONE
 
-#include <fftw3.h>
 #include <math.h>
 #include <string.h>
 #if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
@@ -401,179 +590,24 @@ LSSDEF int lss_mm_net_train(lss_mm_net *net, const lss_mm_train_opts *o, double 
 #define M_PI 3.14159265358979323846
 #endif
 #define LSS__MM_ARCMIN (M_PI / 180.0 / 60.0)
-
-typedef struct {
-    fftwf_complex *a, *b;
-    fftw_complex *c, *d;
-} lss__mm_ws;
-
-struct lss_mm_grid {
-    int h, w;
-    int64_t n;
-    double pix_arcmin, pix_rad;
-    float *p1, *p2;     /* P = p1 + i p2 per Fourier cell (0 at k = 0) */
-    double *kk;         /* |k|^2 in cycles per pixel squared */
-    double ellmax;
-    fftwf_plan pf_fwd, pf_inv;
-    fftw_plan pd_fwd, pd_inv;
-    int nws;
-    lss__mm_ws *ws;
-};
-
-static void lss__mm_ws_release(lss__mm_ws *w) {
-    if (w->a) fftwf_free(w->a);
-    if (w->b) fftwf_free(w->b);
-    if (w->c) fftw_free(w->c);
-    if (w->d) fftw_free(w->d);
-    w->a = w->b = NULL;
-    w->c = w->d = NULL;
-}
-
-static int lss__mm_ws_alloc(lss__mm_ws *w, int64_t n) {
-    w->a = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * (size_t)n);
-    w->b = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * (size_t)n);
-    w->c = (fftw_complex *)fftw_malloc(sizeof(fftw_complex) * (size_t)n);
-    w->d = (fftw_complex *)fftw_malloc(sizeof(fftw_complex) * (size_t)n);
-    if (!w->a || !w->b || !w->c || !w->d) {
-        lss__mm_ws_release(w);
-        return lss_seterr(LSS_ERR_NOMEM, "massmap: out of memory for FFT workspace (%lld cells)",
-                          (long long)n);
-    }
-    return LSS_OK;
-}
-
-/* The calling thread's workspace, or a temporary one (tmp) in nested regions / extra threads. */
-static lss__mm_ws *lss__mm_ws_get(const lss_mm_grid *g, lss__mm_ws *tmp) {
-    int t = 0;
-#ifdef LSS__MM_OMP
-    if (omp_get_level() > 1) t = -1;
-    else t = omp_get_thread_num();
-#endif
-    if (t >= 0 && t < g->nws) return &g->ws[t];
-    memset(tmp, 0, sizeof *tmp);
-    if (lss__mm_ws_alloc(tmp, g->n) != LSS_OK) return NULL;
-    return tmp;
-}
-static void lss__mm_ws_put(lss__mm_ws *w, lss__mm_ws *tmp) {
-    if (w == tmp) lss__mm_ws_release(tmp);
-}
-
-static double lss__mm_freq(int i, int n) { return (i <= (n - 1) / 2 ? i : i - n) / (double)n; }
-
-LSSDEF int lss_mm_grid_create(int h, int w, double pix_arcmin, lss_mm_grid **out) {
-    lss_mm_grid *g;
-    int iy, ix, t;
-    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_create: out is NULL");
-    *out = NULL;
-    if (h < 2 || w < 2 || (int64_t)h * w > ((int64_t)1 << 30))
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_create: grid %d x %d outside [2, 2^15]^2", h, w);
-    if (!(pix_arcmin > 0) || !isfinite(pix_arcmin))
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_create: pixel size %g arcmin must be > 0", pix_arcmin);
-    g = (lss_mm_grid *)LSS_MALLOC(sizeof *g);
-    if (!g) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_grid_create: out of memory");
-    memset(g, 0, sizeof *g);
-    g->h = h;
-    g->w = w;
-    g->n = (int64_t)h * w;
-    g->pix_arcmin = pix_arcmin;
-    g->pix_rad = pix_arcmin * LSS__MM_ARCMIN;
-    g->p1 = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
-    g->p2 = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
-    g->kk = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
-#ifdef LSS__MM_OMP
-    g->nws = omp_get_max_threads();
-    if (g->nws < 1) g->nws = 1;
-#else
-    g->nws = 1;
-#endif
-    g->ws = (lss__mm_ws *)LSS_MALLOC(sizeof(lss__mm_ws) * (size_t)g->nws);
-    if (!g->p1 || !g->p2 || !g->kk || !g->ws) {
-        if (g->ws) memset(g->ws, 0, sizeof(lss__mm_ws) * (size_t)g->nws);
-        else g->nws = 0;
-        lss_mm_grid_free(g);
-        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_grid_create: out of memory");
-    }
-    memset(g->ws, 0, sizeof(lss__mm_ws) * (size_t)g->nws);
-    for (t = 0; t < g->nws; t++)
-        if (lss__mm_ws_alloc(&g->ws[t], g->n) != LSS_OK) {
-            lss_mm_grid_free(g);
-            return LSS_ERR_NOMEM;
-        }
-    for (iy = 0; iy < h; iy++) {
-        for (ix = 0; ix < w; ix++) {
-            double fy = lss__mm_freq(iy, h), fx = lss__mm_freq(ix, w), k2;
-            int nyx = (w % 2 == 0 && ix == w / 2), nyy = (h % 2 == 0 && iy == h / 2);
-            int64_t i = (int64_t)iy * w + ix;
-            if (nyx && !nyy) fx = fy > 0 ? 0.5 : -0.5;
-            if (nyy && !nyx) fy = fx > 0 ? 0.5 : -0.5;
-            k2 = fx * fx + fy * fy;
-            g->kk[i] = k2;
-            if (k2 > 0) {
-                g->p1[i] = (float)((fx * fx - fy * fy) / k2);
-                g->p2[i] = (float)(2.0 * fx * fy / k2);
-            } else {
-                g->p1[i] = g->p2[i] = 0.0f;
-            }
-            {
-                double ell = 2.0 * M_PI * sqrt(k2) / g->pix_rad;
-                if (ell > g->ellmax) g->ellmax = ell;
-            }
-        }
-    }
-    g->pf_fwd = fftwf_plan_dft_2d(h, w, g->ws[0].a, g->ws[0].a, FFTW_FORWARD, FFTW_ESTIMATE);
-    g->pf_inv = fftwf_plan_dft_2d(h, w, g->ws[0].a, g->ws[0].a, FFTW_BACKWARD, FFTW_ESTIMATE);
-    g->pd_fwd = fftw_plan_dft_2d(h, w, g->ws[0].c, g->ws[0].c, FFTW_FORWARD, FFTW_ESTIMATE);
-    g->pd_inv = fftw_plan_dft_2d(h, w, g->ws[0].c, g->ws[0].c, FFTW_BACKWARD, FFTW_ESTIMATE);
-    if (!g->pf_fwd || !g->pf_inv || !g->pd_fwd || !g->pd_inv) {
-        lss_mm_grid_free(g);
-        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_grid_create: FFTW could not plan a %d x %d transform", h, w);
-    }
-    *out = g;
-    return LSS_OK;
-}
-
-LSSDEF void lss_mm_grid_free(lss_mm_grid *g) {
-    int t;
-    if (!g) return;
-    if (g->pf_fwd) fftwf_destroy_plan(g->pf_fwd);
-    if (g->pf_inv) fftwf_destroy_plan(g->pf_inv);
-    if (g->pd_fwd) fftw_destroy_plan(g->pd_fwd);
-    if (g->pd_inv) fftw_destroy_plan(g->pd_inv);
-    if (g->ws) {
-        for (t = 0; t < g->nws; t++) lss__mm_ws_release(&g->ws[t]);
-        LSS_FREE(g->ws);
-    }
-    LSS_FREE(g->p1);
-    LSS_FREE(g->p2);
-    LSS_FREE(g->kk);
-    LSS_FREE(g);
-}
-
-LSSDEF int lss_mm_grid_h(const lss_mm_grid *g) { return g->h; }
-LSSDEF int lss_mm_grid_w(const lss_mm_grid *g) { return g->w; }
-LSSDEF double lss_mm_grid_pix_arcmin(const lss_mm_grid *g) { return g->pix_arcmin; }
-LSSDEF double lss_mm_grid_ell(const lss_mm_grid *g, int64_t i) {
-    return 2.0 * M_PI * sqrt(g->kk[i]) / g->pix_rad;
-}
-
-#define LSS__MM_FWD(g, buf) fftwf_execute_dft((g)->pf_fwd, (buf), (buf))
-#define LSS__MM_INV(g, buf) fftwf_execute_dft((g)->pf_inv, (buf), (buf))
-#define LSS__MM_FWD_D(g, buf) fftw_execute_dft((g)->pd_fwd, (buf), (buf))
-#define LSS__MM_INV_D(g, buf) fftw_execute_dft((g)->pd_inv, (buf), (buf))
+#define LSS__MM_FWD(g, buf) lss_grid_fft((g), (buf), -1)
+#define LSS__MM_INV(g, buf) lss_grid_fft((g), (buf), +1)
+#define LSS__MM_FWD_D(g, buf) lss_grid_fft_d((g), (buf), -1)
+#define LSS__MM_INV_D(g, buf) lss_grid_fft_d((g), (buf), +1)
 
 /* ---- operators (float) */
-static void lss__mm_k2g(const lss_mm_grid *g, lss__mm_ws *w, const float *kE, const float *kB,
+static void lss__mm_k2g(const lss_grid *g, lss_grid_ws *w, const float *kE, const float *kB,
                         float *g1, float *g2) {
-    int64_t i, n = g->n;
+    int64_t i, n = lss_grid_npix(g);
     float s = 1.0f / (float)n;
-    fftwf_complex *a = w->a;
+    lss_cfloat *a = w->a;
     for (i = 0; i < n; i++) {
         a[i][0] = kE[i];
         a[i][1] = kB ? kB[i] : 0.0f;
     }
     LSS__MM_FWD(g, a);
     for (i = 0; i < n; i++) {
-        float re = a[i][0], im = a[i][1], p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        float re = a[i][0], im = a[i][1], p1 = lss_grid_cos2(g)[i] * s, p2 = lss_grid_sin2(g)[i] * s;
         a[i][0] = p1 * re - p2 * im;
         a[i][1] = p2 * re + p1 * im;
     }
@@ -584,18 +618,18 @@ static void lss__mm_k2g(const lss_mm_grid *g, lss__mm_ws *w, const float *kE, co
     }
 }
 
-static void lss__mm_g2k(const lss_mm_grid *g, lss__mm_ws *w, const float *g1, const float *g2,
+static void lss__mm_g2k(const lss_grid *g, lss_grid_ws *w, const float *g1, const float *g2,
                         float *kE, float *kB) {
-    int64_t i, n = g->n;
+    int64_t i, n = lss_grid_npix(g);
     float s = 1.0f / (float)n;
-    fftwf_complex *a = w->a;
+    lss_cfloat *a = w->a;
     for (i = 0; i < n; i++) {
         a[i][0] = g1[i];
         a[i][1] = g2[i];
     }
     LSS__MM_FWD(g, a);
     for (i = 0; i < n; i++) {
-        float re = a[i][0], im = a[i][1], p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        float re = a[i][0], im = a[i][1], p1 = lss_grid_cos2(g)[i] * s, p2 = lss_grid_sin2(g)[i] * s;
         a[i][0] = p1 * re + p2 * im;
         a[i][1] = -p2 * re + p1 * im;
     }
@@ -606,312 +640,40 @@ static void lss__mm_g2k(const lss_mm_grid *g, lss__mm_ws *w, const float *g1, co
     }
 }
 
-LSSDEF int lss_mm_kappa_to_shear(const lss_mm_grid *g, const float *kE, const float *kB, float *g1,
+LSSDEF int lss_mm_kappa_to_shear(const lss_grid *g, const float *kE, const float *kB, float *g1,
                                  float *g2) {
-    lss__mm_ws tmp, *w;
+    lss_grid_ws tmp, *w;
     if (!g || !kE || !g1 || !g2) return lss_seterr(LSS_ERR_ARG, "lss_mm_kappa_to_shear: NULL argument");
-    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    if (!(w = lss_grid_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
     lss__mm_k2g(g, w, kE, kB, g1, g2);
-    lss__mm_ws_put(w, &tmp);
+    lss_grid_ws_put(w, &tmp);
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_shear_to_kappa(const lss_mm_grid *g, const float *g1, const float *g2, float *kE,
+LSSDEF int lss_mm_shear_to_kappa(const lss_grid *g, const float *g1, const float *g2, float *kE,
                                  float *kB) {
-    lss__mm_ws tmp, *w;
+    lss_grid_ws tmp, *w;
     if (!g || !g1 || !g2 || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_shear_to_kappa: NULL argument");
-    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    if (!(w = lss_grid_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
     lss__mm_g2k(g, w, g1, g2, kE, kB);
-    lss__mm_ws_put(w, &tmp);
+    lss_grid_ws_put(w, &tmp);
     return LSS_OK;
 }
 
-/* out = F^-1[ m(k) F[in] ] for a real even multiplier given as a function of |k|^2 (cycles/pixel). */
-static void lss__mm_smooth_ws(const lss_mm_grid *g, lss__mm_ws *w, const float *in, float *out,
-                              double sigma_pix) {
-    int64_t i, n = g->n;
-    fftwf_complex *a = w->a;
-    double c = 2.0 * M_PI * M_PI * sigma_pix * sigma_pix;
-    for (i = 0; i < n; i++) {
-        a[i][0] = in[i];
-        a[i][1] = 0.0f;
-    }
-    LSS__MM_FWD(g, a);
-    for (i = 0; i < n; i++) {
-        float m = (float)(exp(-c * g->kk[i]) / (double)n);
-        a[i][0] *= m;
-        a[i][1] *= m;
-    }
-    LSS__MM_INV(g, a);
-    for (i = 0; i < n; i++) out[i] = a[i][0];
-}
-
-LSSDEF int lss_mm_smooth(const lss_mm_grid *g, const float *in, float *out, double sigma_arcmin) {
-    lss__mm_ws tmp, *w;
-    if (!g || !in || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_smooth: NULL argument");
-    if (!(sigma_arcmin >= 0) || !isfinite(sigma_arcmin))
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_smooth: smoothing scale %g must be >= 0", sigma_arcmin);
-    if (sigma_arcmin == 0) {
-        if (out != in) memmove(out, in, sizeof(float) * (size_t)g->n);
-        return LSS_OK;
-    }
-    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
-    lss__mm_smooth_ws(g, w, in, out, sigma_arcmin / g->pix_arcmin);
-    lss__mm_ws_put(w, &tmp);
-    return LSS_OK;
-}
-
-LSSDEF int lss_mm_ks(const lss_mm_grid *g, const float *g1, const float *g2, double smooth_arcmin,
+LSSDEF int lss_mm_ks(const lss_grid *g, const float *g1, const float *g2, double smooth_arcmin,
                      float *kE, float *kB) {
     int s;
     if ((s = lss_mm_shear_to_kappa(g, g1, g2, kE, kB)) != LSS_OK) return s;
-    if ((s = lss_mm_smooth(g, kE, kE, smooth_arcmin)) != LSS_OK) return s;
-    if (kB && (s = lss_mm_smooth(g, kB, kB, smooth_arcmin)) != LSS_OK) return s;
+    if ((s = lss_grid_smooth(g, kE, kE, smooth_arcmin)) != LSS_OK) return s;
+    if (kB && (s = lss_grid_smooth(g, kB, kB, smooth_arcmin)) != LSS_OK) return s;
     return LSS_OK;
 }
 
-/* ---- spectra and fields */
-LSSDEF int lss_mm_grid_spectrum(const lss_mm_grid *g, const double *ell, const double *cl, int n,
-                                double *pk) {
+static int lss__mm_check_pk(const lss_grid *g, const double *pk, const char *fn) {
     int64_t i;
-    int j;
-    double pix2;
-    if (!g || !ell || !cl || !pk) return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: NULL argument");
-    if (n < 2) return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: need at least 2 (ell, C_ell) rows, got %d", n);
-    for (j = 0; j < n; j++) {
-        if (!isfinite(ell[j]) || !isfinite(cl[j]) || cl[j] < 0)
-            return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: row %d (ell %g, C_ell %g) is not finite and >= 0", j, ell[j], cl[j]);
-        if (j && !(ell[j] > ell[j - 1]))
-            return lss_seterr(LSS_ERR_ARG, "lss_mm_grid_spectrum: ell must increase strictly (row %d: %g after %g)", j, ell[j], ell[j - 1]);
-    }
-    pix2 = g->pix_rad * g->pix_rad;
-    for (i = 0; i < g->n; i++) {
-        double l = lss_mm_grid_ell(g, i), c;
-        if (i == 0) {
-            pk[i] = 0.0;
-            continue;
-        }
-        if (l <= ell[0]) c = cl[0];
-        else if (l >= ell[n - 1]) c = cl[n - 1];
-        else {
-            int lo = 0, hi = n - 1;
-            while (hi - lo > 1) {
-                int mid = (lo + hi) / 2;
-                if (ell[mid] <= l) lo = mid;
-                else hi = mid;
-            }
-            c = cl[lo] + (cl[hi] - cl[lo]) * (l - ell[lo]) / (ell[hi] - ell[lo]);
-        }
-        pk[i] = c / pix2;
-    }
-    return LSS_OK;
-}
-
-static int lss__mm_check_pk(const lss_mm_grid *g, const double *pk, const char *fn) {
-    int64_t i;
-    for (i = 0; i < g->n; i++)
+    for (i = 0; i < lss_grid_npix(g); i++)
         if (!(pk[i] >= 0) || !isfinite(pk[i]))
             return lss_seterr(LSS_ERR_ARG, "%s: grid spectrum cell %lld is %g (must be finite and >= 0)", fn, (long long)i, pk[i]);
-    return LSS_OK;
-}
-
-/* White N(0,1) map from (seed, stream), drawn in pixel order. */
-static void lss__mm_white_d(int64_t n, uint64_t seed, uint64_t stream, double *out) {
-    int64_t i;
-    lss_rng r;
-    lss_rng_init(&r, seed, stream);
-    for (i = 0; i < n; i++) out[i] = lss_rng_normal(&r);
-}
-
-/* Field with spectrum pk from a white map (double precision). */
-static void lss__mm_color_d(const lss_mm_grid *g, lss__mm_ws *w, const double *white, const double *pk,
-                            double *out) {
-    int64_t i, n = g->n;
-    fftw_complex *c = w->c;
-    for (i = 0; i < n; i++) {
-        c[i][0] = white[i];
-        c[i][1] = 0.0;
-    }
-    LSS__MM_FWD_D(g, c);
-    for (i = 0; i < n; i++) {
-        double m = sqrt(pk[i]) / (double)n;
-        c[i][0] *= m;
-        c[i][1] *= m;
-    }
-    LSS__MM_INV_D(g, c);
-    for (i = 0; i < n; i++) out[i] = c[i][0];
-}
-
-LSSDEF int lss_mm_gaussian_field(const lss_mm_grid *g, const double *pk, uint64_t seed,
-                                 uint64_t stream, float *out) {
-    lss__mm_ws tmp, *w;
-    double *wd;
-    int64_t i;
-    int s;
-    if (!g || !pk || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_gaussian_field: NULL argument");
-    if ((s = lss__mm_check_pk(g, pk, "lss_mm_gaussian_field")) != LSS_OK) return s;
-    wd = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
-    if (!wd) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_gaussian_field: out of memory");
-    if (!(w = lss__mm_ws_get(g, &tmp))) {
-        LSS_FREE(wd);
-        return LSS_ERR_NOMEM;
-    }
-    lss__mm_white_d(g->n, seed, stream, wd);
-    lss__mm_color_d(g, w, wd, pk, wd);
-    for (i = 0; i < g->n; i++) out[i] = (float)wd[i];
-    lss__mm_ws_put(w, &tmp);
-    LSS_FREE(wd);
-    return LSS_OK;
-}
-
-LSSDEF int lss_mm_lognormal_spectrum(const lss_mm_grid *g, const double *pk, double lambda,
-                                     double *pk_gauss) {
-    lss__mm_ws tmp, *w;
-    int64_t i, n;
-    int s;
-    fftw_complex *c;
-    if (!g || !pk || !pk_gauss) return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_spectrum: NULL argument");
-    if (!(lambda > 0) || !isfinite(lambda))
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_spectrum: shift %g must be > 0", lambda);
-    if ((s = lss__mm_check_pk(g, pk, "lss_mm_lognormal_spectrum")) != LSS_OK) return s;
-    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
-    n = g->n;
-    c = w->c;
-    /* xi(r) = (1/N) sum_k P_k e^{ikr} (orthonormal convention: xi(0) = variance per pixel) */
-    for (i = 0; i < n; i++) {
-        c[i][0] = pk[i] / (double)n;
-        c[i][1] = 0.0;
-    }
-    LSS__MM_INV_D(g, c);
-    for (i = 0; i < n; i++) {
-        double xi = c[i][0] / (lambda * lambda);
-        if (xi <= -1.0) {
-            lss__mm_ws_put(w, &tmp);
-            return lss_seterr(LSS_ERR_RANGE, "lss_mm_lognormal_spectrum: correlation %g <= -lambda^2 (shift %g too small)", c[i][0], lambda);
-        }
-        c[i][0] = log1p(xi);
-        c[i][1] = 0.0;
-    }
-    LSS__MM_FWD_D(g, c);
-    for (i = 0; i < n; i++) {
-        double v = c[i][0];
-        pk_gauss[i] = (i == 0 || v < 0) ? 0.0 : v;
-    }
-    lss__mm_ws_put(w, &tmp);
-    return LSS_OK;
-}
-
-LSSDEF int lss_mm_lognormal_field(const lss_mm_grid *g, const double *pk_gauss, double lambda,
-                                  uint64_t seed, uint64_t stream, float *out) {
-    lss__mm_ws tmp, *w;
-    double *wd, var = 0, mean = 0;
-    int64_t i;
-    int s;
-    if (!g || !pk_gauss || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_field: NULL argument");
-    if (!(lambda > 0) || !isfinite(lambda))
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_lognormal_field: shift %g must be > 0", lambda);
-    if ((s = lss__mm_check_pk(g, pk_gauss, "lss_mm_lognormal_field")) != LSS_OK) return s;
-    wd = (double *)LSS_MALLOC(sizeof(double) * (size_t)g->n);
-    if (!wd) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_lognormal_field: out of memory");
-    if (!(w = lss__mm_ws_get(g, &tmp))) {
-        LSS_FREE(wd);
-        return LSS_ERR_NOMEM;
-    }
-    lss__mm_white_d(g->n, seed, stream, wd);
-    lss__mm_color_d(g, w, wd, pk_gauss, wd);
-    for (i = 0; i < g->n; i++) var += pk_gauss[i];
-    var /= (double)g->n;
-    for (i = 0; i < g->n; i++) {
-        wd[i] = lambda * expm1(wd[i] - 0.5 * var);
-        mean += wd[i];
-    }
-    mean /= (double)g->n;
-    for (i = 0; i < g->n; i++) out[i] = (float)(wd[i] - mean);
-    lss__mm_ws_put(w, &tmp);
-    LSS_FREE(wd);
-    return LSS_OK;
-}
-
-static int lss__mm_bins(const lss_mm_grid *g, int nbins, double *ell_min, double *ell_max,
-                        const char *fn) {
-    if (nbins < 1) return lss_seterr(LSS_ERR_ARG, "%s: nbins %d must be >= 1", fn, nbins);
-    if (*ell_min == 0 && *ell_max == 0) {
-        *ell_min = 2.0 * M_PI / (g->pix_rad * (g->h > g->w ? g->h : g->w));
-        *ell_max = M_PI / g->pix_rad;
-    }
-    if (!(*ell_min > 0) || !(*ell_max > *ell_min) || !isfinite(*ell_max))
-        return lss_seterr(LSS_ERR_ARG, "%s: ell range [%g, %g] is not 0 < min < max", fn, *ell_min, *ell_max);
-    return LSS_OK;
-}
-static int lss__mm_bin_of(double ell, int nbins, double lmin, double lmax) {
-    int b;
-    if (ell < lmin || ell > lmax || ell <= 0) return -1;
-    b = (int)floor(log(ell / lmin) / log(lmax / lmin) * nbins);
-    if (b >= nbins) b = nbins - 1;
-    if (b < 0) b = 0;
-    return b;
-}
-
-LSSDEF int lss_mm_power_spectrum(const lss_mm_grid *g, const float *a, const float *b, int nbins,
-                                 double ell_min, double ell_max, double *ell_c, double *cl) {
-    lss__mm_ws tmp, *w;
-    int64_t i, *cnt;
-    int s, k;
-    fftw_complex *ca, *cb;
-    double pix2;
-    if (!g || !a || !cl) return lss_seterr(LSS_ERR_ARG, "lss_mm_power_spectrum: NULL argument");
-    if ((s = lss__mm_bins(g, nbins, &ell_min, &ell_max, "lss_mm_power_spectrum")) != LSS_OK) return s;
-    cnt = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
-    if (!cnt) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_power_spectrum: out of memory");
-    if (!(w = lss__mm_ws_get(g, &tmp))) {
-        LSS_FREE(cnt);
-        return LSS_ERR_NOMEM;
-    }
-    ca = w->c;
-    cb = w->d;
-    for (i = 0; i < g->n; i++) {
-        ca[i][0] = a[i];
-        ca[i][1] = 0;
-        cb[i][0] = b ? b[i] : a[i];
-        cb[i][1] = 0;
-    }
-    LSS__MM_FWD_D(g, ca);
-    LSS__MM_FWD_D(g, cb);
-    for (k = 0; k < nbins; k++) {
-        cl[k] = 0;
-        cnt[k] = 0;
-        if (ell_c) ell_c[k] = ell_min * pow(ell_max / ell_min, (k + 0.5) / nbins);
-    }
-    pix2 = g->pix_rad * g->pix_rad;
-    for (i = 1; i < g->n; i++) {
-        int bi = lss__mm_bin_of(lss_mm_grid_ell(g, i), nbins, ell_min, ell_max);
-        if (bi < 0) continue;
-        cl[bi] += (ca[i][0] * cb[i][0] + ca[i][1] * cb[i][1]) / (double)g->n * pix2;
-        cnt[bi]++;
-    }
-    for (k = 0; k < nbins; k++) cl[k] = cnt[k] ? cl[k] / (double)cnt[k] : NAN;
-    lss__mm_ws_put(w, &tmp);
-    LSS_FREE(cnt);
-    return LSS_OK;
-}
-
-LSSDEF int lss_mm_bin_spectrum(const lss_mm_grid *g, const double *pk, int nbins, double ell_min,
-                               double ell_max, double *cl) {
-    int64_t i, *cnt;
-    int k, s;
-    if (!g || !pk || !cl) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin_spectrum: NULL argument");
-    if ((s = lss__mm_bins(g, nbins, &ell_min, &ell_max, "lss_mm_bin_spectrum")) != LSS_OK) return s;
-    cnt = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
-    if (!cnt) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_bin_spectrum: out of memory");
-    for (k = 0; k < nbins; k++) cl[k] = 0, cnt[k] = 0;
-    for (i = 1; i < g->n; i++) {
-        int bi = lss__mm_bin_of(lss_mm_grid_ell(g, i), nbins, ell_min, ell_max);
-        if (bi < 0) continue;
-        cl[bi] += pk[i] * g->pix_rad * g->pix_rad;
-        cnt[bi]++;
-    }
-    for (k = 0; k < nbins; k++) cl[k] = cnt[k] ? cl[k] / (double)cnt[k] : NAN;
-    LSS_FREE(cnt);
     return LSS_OK;
 }
 
@@ -1239,7 +1001,7 @@ LSSDEF int lss_mm_mock_mask(int h, int w, const lss_mm_survey_opts *o, uint64_t 
     target = o->observed > 0 ? o->observed : LSS_MM_COSMOS_OBSERVED;
     if (!(target > 0.05 && target <= 1.0))
         return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_mask: observed fraction %g outside (0.05, 1]", target);
-    lss_rng_init(&r, seed, 0x6d61736bULL);
+    lss_rng_for(&r, seed, LSS_STREAM_MM_MASK, 0, 0);
     for (k = 0; k < 6; k++) {
         amp[k] = 0.12 * lss_rng_uniform(&r) / (k + 1);
         ph[k] = 2 * M_PI * lss_rng_uniform(&r);
@@ -1282,7 +1044,7 @@ LSSDEF int lss_mm_mock_mask(int h, int w, const lss_mm_survey_opts *o, uint64_t 
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_mock_noise_map(const lss_mm_grid *g, const float *mask, const lss_mm_survey_opts *o,
+LSSDEF int lss_mm_mock_noise_map(const lss_grid *g, const float *mask, const lss_mm_survey_opts *o,
                                  uint64_t seed, float *count, float *nvar) {
     lss_mm_survey_opts def;
     double ngal, se, mean;
@@ -1297,9 +1059,9 @@ LSSDEF int lss_mm_mock_noise_map(const lss_mm_grid *g, const float *mask, const 
     se = o->sigma_e > 0 ? o->sigma_e : LSS_MM_COSMOS_SIGMA_E;
     if (!isfinite(ngal) || !isfinite(se) || o->ngal_arcmin2 < 0 || o->sigma_e < 0)
         return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_noise_map: ngal %g and sigma_e %g must be > 0", ngal, se);
-    mean = ngal * g->pix_arcmin * g->pix_arcmin;
-    lss_rng_init(&r, seed, 0x636f756eULL);
-    for (i = 0; i < g->n; i++) {
+    mean = ngal * lss_grid_pix_arcmin(g) * lss_grid_pix_arcmin(g);
+    lss_rng_for(&r, seed, LSS_STREAM_MM_COUNTS, 0, 0);
+    for (i = 0; i < lss_grid_npix(g); i++) {
         int64_t N = (!mask || mask[i] > 0) ? lss_rng_poisson(&r, mean) : 0;
         if (N < 0) return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_noise_map: bad Poisson mean %g", mean);
         if (count) count[i] = (float)N;
@@ -1308,7 +1070,7 @@ LSSDEF int lss_mm_mock_noise_map(const lss_mm_grid *g, const float *mask, const 
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_mock_shear(const lss_mm_grid *g, const float *kappa, const float *nvar,
+LSSDEF int lss_mm_mock_shear(const lss_grid *g, const float *kappa, const float *nvar,
                              uint64_t seed, uint64_t stream, float *g1, float *g2) {
     lss_rng r;
     int64_t i;
@@ -1316,7 +1078,7 @@ LSSDEF int lss_mm_mock_shear(const lss_mm_grid *g, const float *kappa, const flo
     if (!g || !kappa || !nvar || !g1 || !g2) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_shear: NULL argument");
     if ((s = lss_mm_kappa_to_shear(g, kappa, NULL, g1, g2)) != LSS_OK) return s;
     lss_rng_init(&r, seed, stream);
-    for (i = 0; i < g->n; i++) {
+    for (i = 0; i < lss_grid_npix(g); i++) {
         double n1 = lss_rng_normal(&r), n2 = lss_rng_normal(&r);
         if (nvar[i] >= (float)(0.5 * LSS_MM_EMPTY_VAR) || !(nvar[i] >= 0)) {
             g1[i] = g2[i] = 0.0f;
@@ -1329,42 +1091,45 @@ LSSDEF int lss_mm_mock_shear(const lss_mm_grid *g, const float *kappa, const flo
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_mock_kappa(const lss_mm_grid *big, const double *pk_big, double lambda, int h,
+/* The h x w centre of a field of Gaussian spectrum pg on `big` (shifted lognormal with shift lambda > 0,
+   Gaussian when lambda = 0), mean removed; fbig holds big's pixels. */
+static int lss__mm_cutout(const lss_grid *big, const double *pg, double lambda, int h, int w, uint64_t seed,
+                          uint64_t stream, float *fbig, float *kappa) {
+    int64_t i, n = (int64_t)h * w;
+    int s, y, y0 = (lss_grid_h(big) - h) / 2, x0 = (lss_grid_w(big) - w) / 2;
+    double mean = 0;
+    if (lambda > 0) s = lss_field_lognormal(big, pg, lambda, seed, stream, fbig);
+    else s = lss_field_gaussian(big, pg, seed, stream, fbig);
+    if (s != LSS_OK) return s;
+    for (y = 0; y < h; y++)
+        memcpy(kappa + (int64_t)y * w, fbig + (int64_t)(y + y0) * lss_grid_w(big) + x0, sizeof(float) * (size_t)w);
+    for (i = 0; i < n; i++) mean += kappa[i];
+    mean /= (double)n;
+    for (i = 0; i < n; i++) kappa[i] = (float)(kappa[i] - mean);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_mock_kappa(const lss_grid *big, const double *pk_big, double lambda, int h,
                              int w, uint64_t seed, uint64_t stream, float *kappa) {
     float *f;
-    int64_t i;
-    int s, y0, x0, y;
-    double mean = 0;
+    double *pg = NULL;
+    int s = LSS_OK;
     if (!big || !pk_big || !kappa) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_kappa: NULL argument");
-    if (h < 2 || w < 2 || h > big->h || w > big->w)
-        return lss_seterr(LSS_ERR_SHAPE, "lss_mm_mock_kappa: cut-out %d x %d does not fit the %d x %d grid", h, w, big->h, big->w);
+    if (h < 2 || w < 2 || h > lss_grid_h(big) || w > lss_grid_w(big))
+        return lss_seterr(LSS_ERR_SHAPE, "lss_mm_mock_kappa: cut-out %d x %d does not fit the %d x %d grid", h, w, lss_grid_h(big), lss_grid_w(big));
     if (lambda < 0 || !isfinite(lambda)) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_kappa: shift %g must be >= 0", lambda);
-    f = (float *)LSS_MALLOC(sizeof(float) * (size_t)big->n);
-    if (!f) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_kappa: out of memory");
-    if (lambda > 0) {
-        double *pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)big->n);
-        if (!pg) {
-            LSS_FREE(f);
-            return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_kappa: out of memory");
-        }
-        s = lss_mm_lognormal_spectrum(big, pk_big, lambda, pg);
-        if (s == LSS_OK) s = lss_mm_lognormal_field(big, pg, lambda, seed, stream, f);
-        LSS_FREE(pg);
-    } else {
-        s = lss_mm_gaussian_field(big, pk_big, seed, stream, f);
-    }
-    if (s != LSS_OK) {
+    f = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(big));
+    if (lambda > 0) pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(big));
+    if (!f || (lambda > 0 && !pg)) {
         LSS_FREE(f);
-        return s;
+        LSS_FREE(pg);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_kappa: out of memory");
     }
-    y0 = (big->h - h) / 2;
-    x0 = (big->w - w) / 2;
-    for (y = 0; y < h; y++) memcpy(kappa + (int64_t)y * w, f + (int64_t)(y + y0) * big->w + x0, sizeof(float) * (size_t)w);
-    for (i = 0; i < (int64_t)h * w; i++) mean += kappa[i];
-    mean /= (double)h * w;
-    for (i = 0; i < (int64_t)h * w; i++) kappa[i] = (float)(kappa[i] - mean);
+    if (lambda > 0) s = lss_field_lognormal_spectrum(big, pk_big, lambda, pg);
+    if (s == LSS_OK) s = lss__mm_cutout(big, lambda > 0 ? pg : pk_big, lambda, h, w, seed, stream, f, kappa);
     LSS_FREE(f);
-    return LSS_OK;
+    LSS_FREE(pg);
+    return s;
 }
 
 /* ---- Wiener filter (double precision) */
@@ -1372,10 +1137,10 @@ LSSDEF int lss_mm_mock_kappa(const lss_mm_grid *big, const double *pk_big, doubl
 #define LSS__MM_EXCL(pk, i) ((i) == 0 || !((pk)[i] > 0))
 
 /* out = S^-1 x + A^T W A x, projected on the prior's support (x must lie on it). */
-static void lss__mm_wop(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, const double *winv,
+static void lss__mm_wop(const lss_grid *g, lss_grid_ws *w, const double *pk, const double *winv,
                         const double *x, double *out) {
-    int64_t i, n = g->n;
-    fftw_complex *c = w->c, *d = w->d;
+    int64_t i, n = lss_grid_npix(g);
+    lss_cdouble *c = w->c, *d = w->d;
     double s = 1.0 / (double)n;
     for (i = 0; i < n; i++) {
         c[i][0] = x[i];
@@ -1383,7 +1148,7 @@ static void lss__mm_wop(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, c
     }
     LSS__MM_FWD_D(g, c);
     for (i = 0; i < n; i++) {
-        double p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        double p1 = lss_grid_cos2(g)[i] * s, p2 = lss_grid_sin2(g)[i] * s;
         d[i][0] = p1 * c[i][0] - p2 * c[i][1];
         d[i][1] = p2 * c[i][0] + p1 * c[i][1];
     }
@@ -1394,7 +1159,7 @@ static void lss__mm_wop(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, c
     }
     LSS__MM_FWD_D(g, d);
     for (i = 0; i < n; i++) {
-        double p1 = g->p1[i] * s, p2 = g->p2[i] * s;
+        double p1 = lss_grid_cos2(g)[i] * s, p2 = lss_grid_sin2(g)[i] * s;
         if (LSS__MM_EXCL(pk, i)) {
             c[i][0] = c[i][1] = 0;
             continue;
@@ -1410,10 +1175,10 @@ static void lss__mm_wop(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, c
 }
 
 /* out = A^T W y (y = (y1, y2)), projected on the prior's support. */
-static void lss__mm_wrhs(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, const double *winv,
+static void lss__mm_wrhs(const lss_grid *g, lss_grid_ws *w, const double *pk, const double *winv,
                          const double *y1, const double *y2, double *out) {
-    int64_t i, n = g->n;
-    fftw_complex *d = w->d;
+    int64_t i, n = lss_grid_npix(g);
+    lss_cdouble *d = w->d;
     double s = 1.0 / (double)n;
     for (i = 0; i < n; i++) {
         d[i][0] = y1[i] * winv[i];
@@ -1421,7 +1186,7 @@ static void lss__mm_wrhs(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, 
     }
     LSS__MM_FWD_D(g, d);
     for (i = 0; i < n; i++) {
-        double p1 = g->p1[i] * s, p2 = g->p2[i] * s, a0, a1;
+        double p1 = lss_grid_cos2(g)[i] * s, p2 = lss_grid_sin2(g)[i] * s, a0, a1;
         if (LSS__MM_EXCL(pk, i)) {
             d[i][0] = d[i][1] = 0;
             continue;
@@ -1436,10 +1201,10 @@ static void lss__mm_wrhs(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, 
 }
 
 /* out = F^-1[ F[x] / (1/P + wbar) ] */
-static void lss__mm_wprec(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, double wbar,
+static void lss__mm_wprec(const lss_grid *g, lss_grid_ws *w, const double *pk, double wbar,
                           const double *x, double *out) {
-    int64_t i, n = g->n;
-    fftw_complex *c = w->c;
+    int64_t i, n = lss_grid_npix(g);
+    lss_cdouble *c = w->c;
     for (i = 0; i < n; i++) {
         c[i][0] = x[i];
         c[i][1] = 0;
@@ -1454,9 +1219,9 @@ static void lss__mm_wprec(const lss_mm_grid *g, lss__mm_ws *w, const double *pk,
     for (i = 0; i < n; i++) out[i] = c[i][0];
 }
 
-static int lss__mm_check_nvar(const lss_mm_grid *g, const float *nvar, const char *fn) {
+static int lss__mm_check_nvar(const lss_grid *g, const float *nvar, const char *fn) {
     int64_t i;
-    for (i = 0; i < g->n; i++)
+    for (i = 0; i < lss_grid_npix(g); i++)
         if (!(nvar[i] > 0) || !isfinite(nvar[i]))
             return lss_seterr(LSS_ERR_ARG, "%s: noise variance of pixel %lld is %g (must be > 0; masked pixels carry 1e10)", fn, (long long)i, (double)nvar[i]);
     return LSS_OK;
@@ -1470,10 +1235,10 @@ static double lss__mm_dot(int64_t n, const double *a, const double *b) {
 }
 
 /* PCG solve of the Wiener system for data y; x receives the solution (double). */
-static int lss__mm_pcg(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, const double *winv,
+static int lss__mm_pcg(const lss_grid *g, lss_grid_ws *w, const double *pk, const double *winv,
                        const double *y1, const double *y2, const lss_mm_wiener_opts *o, double *x,
                        double *work, int *iters, double *relres) {
-    int64_t i, n = g->n;
+    int64_t i, n = lss_grid_npix(g);
     double *r = work, *z = work + n, *p = work + 2 * n, *ap = work + 3 * n;
     double wbar = 0, bn, rz, tol = (o && o->tol > 0) ? o->tol : 1e-8, rel = 1.0;
     int it, maxit = (o && o->max_iter > 0) ? o->max_iter : 5000;
@@ -1512,18 +1277,18 @@ static int lss__mm_pcg(const lss_mm_grid *g, lss__mm_ws *w, const double *pk, co
     return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_wiener: relative residual %.3g after %d iterations (tolerance %.3g)", rel, maxit, tol);
 }
 
-LSSDEF int lss_mm_wiener_fourier(const lss_mm_grid *g, const double *pk, const float *g1,
+LSSDEF int lss_mm_wiener_fourier(const lss_grid *g, const double *pk, const float *g1,
                                  const float *g2, double nvar, float *kE, double *post_std_pix) {
-    lss__mm_ws tmp, *w;
+    lss_grid_ws tmp, *w;
     int64_t i, n;
     int s;
     double v = 0;
-    fftw_complex *d;
+    lss_cdouble *d;
     if (!g || !pk || !g1 || !g2 || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_fourier: NULL argument");
     if (!(nvar > 0) || !isfinite(nvar)) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_fourier: noise variance %g must be > 0", nvar);
     if ((s = lss__mm_check_pk(g, pk, "lss_mm_wiener_fourier")) != LSS_OK) return s;
-    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
-    n = g->n;
+    if (!(w = lss_grid_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    n = lss_grid_npix(g);
     d = w->d;
     for (i = 0; i < n; i++) {
         d[i][0] = g1[i];
@@ -1531,7 +1296,7 @@ LSSDEF int lss_mm_wiener_fourier(const lss_mm_grid *g, const double *pk, const f
     }
     LSS__MM_FWD_D(g, d);
     for (i = 0; i < n; i++) {
-        double p1 = g->p1[i], p2 = g->p2[i], a0, a1, f;
+        double p1 = lss_grid_cos2(g)[i], p2 = lss_grid_sin2(g)[i], a0, a1, f;
         if (LSS__MM_EXCL(pk, i)) {
             d[i][0] = d[i][1] = 0;
             continue;
@@ -1547,34 +1312,34 @@ LSSDEF int lss_mm_wiener_fourier(const lss_mm_grid *g, const double *pk, const f
     LSS__MM_INV_D(g, d);
     for (i = 0; i < n; i++) kE[i] = (float)d[i][0];
     if (post_std_pix) *post_std_pix = sqrt(v / (double)n);
-    lss__mm_ws_put(w, &tmp);
+    lss_grid_ws_put(w, &tmp);
     return LSS_OK;
 }
 
-static int lss__mm_wiener_common(const lss_mm_grid *g, const double *pk, const float *nvar,
+static int lss__mm_wiener_common(const lss_grid *g, const double *pk, const float *nvar,
                                  const char *fn, double **buf, int64_t nd) {
     int s;
     if ((s = lss__mm_check_pk(g, pk, fn)) != LSS_OK) return s;
     if ((s = lss__mm_check_nvar(g, nvar, fn)) != LSS_OK) return s;
-    *buf = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nd * g->n));
+    *buf = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nd * lss_grid_npix(g)));
     if (!*buf) return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory", fn);
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_wiener(const lss_mm_grid *g, const double *pk, const float *g1, const float *g2,
+LSSDEF int lss_mm_wiener(const lss_grid *g, const double *pk, const float *g1, const float *g2,
                          const float *nvar, const lss_mm_wiener_opts *o, float *kE, int *iters,
                          double *relres) {
-    lss__mm_ws tmp, *w;
+    lss_grid_ws tmp, *w;
     double *buf, *winv, *y1, *y2, *x;
     int64_t i, n;
     int s;
     if (!g || !pk || !g1 || !g2 || !nvar || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener: NULL argument");
     if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener", &buf, 8)) != LSS_OK) return s;
-    if (!(w = lss__mm_ws_get(g, &tmp))) {
+    if (!(w = lss_grid_ws_get(g, &tmp))) {
         LSS_FREE(buf);
         return LSS_ERR_NOMEM;
     }
-    n = g->n;
+    n = lss_grid_npix(g);
     winv = buf;
     y1 = buf + n;
     y2 = buf + 2 * n;
@@ -1587,37 +1352,41 @@ LSSDEF int lss_mm_wiener(const lss_mm_grid *g, const double *pk, const float *g1
     s = lss__mm_pcg(g, w, pk, winv, y1, y2, o, x, buf + 4 * n, iters, relres);
     if (s == LSS_OK)
         for (i = 0; i < n; i++) kE[i] = (float)x[i];
-    lss__mm_ws_put(w, &tmp);
+    lss_grid_ws_put(w, &tmp);
     LSS_FREE(buf);
     return s;
 }
 
-LSSDEF int lss_mm_wiener_sample(const lss_mm_grid *g, const double *pk, const float *g1,
+LSSDEF int lss_mm_wiener_sample(const lss_grid *g, const double *pk, const float *g1,
                                 const float *g2, const float *nvar, const lss_mm_wiener_opts *o,
-                                uint64_t seed, uint64_t stream, float *kE) {
-    lss__mm_ws tmp, *w;
+                                uint64_t seed, uint64_t index, float *kE) {
+    lss_grid_ws tmp, *w;
     double *buf, *winv, *y1, *y2, *x, *sg;
     int64_t i, n;
     int s;
     lss_rng r;
     if (!g || !pk || !g1 || !g2 || !nvar || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_sample: NULL argument");
     if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener_sample", &buf, 9)) != LSS_OK) return s;
-    if (!(w = lss__mm_ws_get(g, &tmp))) {
+    if (!(w = lss_grid_ws_get(g, &tmp))) {
         LSS_FREE(buf);
         return LSS_ERR_NOMEM;
     }
-    n = g->n;
+    n = lss_grid_npix(g);
     winv = buf;
     y1 = buf + n;
     y2 = buf + 2 * n;
     x = buf + 3 * n;
     sg = buf + 8 * n;
-    /* s ~ N(0, S) */
-    lss__mm_white_d(n, seed, 2 * stream, sg);
-    lss__mm_color_d(g, w, sg, pk, sg);
+    /* s ~ N(0, S), drawn into kE first (it is overwritten at the end) */
+    if ((s = lss_field_gaussian(g, pk, seed, lss_stream(LSS_STREAM_MM_CHAIN, index, LSS_MM_SUB_WIENER_SIGNAL), kE)) != LSS_OK) {
+        lss_grid_ws_put(w, &tmp);
+        LSS_FREE(buf);
+        return s;
+    }
+    for (i = 0; i < n; i++) sg[i] = kE[i];
     /* A s (double) */
     {
-        fftw_complex *c = w->c;
+        lss_cdouble *c = w->c;
         double sc = 1.0 / (double)n;
         for (i = 0; i < n; i++) {
             c[i][0] = sg[i];
@@ -1625,12 +1394,12 @@ LSSDEF int lss_mm_wiener_sample(const lss_mm_grid *g, const double *pk, const fl
         }
         LSS__MM_FWD_D(g, c);
         for (i = 0; i < n; i++) {
-            double p1 = g->p1[i] * sc, p2 = g->p2[i] * sc, a0 = c[i][0], a1 = c[i][1];
+            double p1 = lss_grid_cos2(g)[i] * sc, p2 = lss_grid_sin2(g)[i] * sc, a0 = c[i][0], a1 = c[i][1];
             c[i][0] = p1 * a0 - p2 * a1;
             c[i][1] = p2 * a0 + p1 * a1;
         }
         LSS__MM_INV_D(g, c);
-        lss_rng_init(&r, seed, 2 * stream + 1);
+        lss_rng_for(&r, seed, LSS_STREAM_MM_CHAIN, index, LSS_MM_SUB_WIENER_NOISE);
         for (i = 0; i < n; i++) {
             double sd = sqrt((double)nvar[i]);
             winv[i] = 1.0 / (double)nvar[i];
@@ -1641,40 +1410,40 @@ LSSDEF int lss_mm_wiener_sample(const lss_mm_grid *g, const double *pk, const fl
     s = lss__mm_pcg(g, w, pk, winv, y1, y2, o, x, buf + 4 * n, NULL, NULL);
     if (s == LSS_OK)
         for (i = 0; i < n; i++) kE[i] = (float)(sg[i] + x[i]);
-    lss__mm_ws_put(w, &tmp);
+    lss_grid_ws_put(w, &tmp);
     LSS_FREE(buf);
     return s;
 }
 
-LSSDEF int lss_mm_wiener_apply(const lss_mm_grid *g, const double *pk, const float *nvar,
+LSSDEF int lss_mm_wiener_apply(const lss_grid *g, const double *pk, const float *nvar,
                                const double *x, double *out) {
-    lss__mm_ws tmp, *w;
+    lss_grid_ws tmp, *w;
     double *buf, mean = 0;
     int64_t i;
     int s;
     if (!g || !pk || !nvar || !x || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_apply: NULL argument");
     if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener_apply", &buf, 2)) != LSS_OK) return s;
-    if (!(w = lss__mm_ws_get(g, &tmp))) {
+    if (!(w = lss_grid_ws_get(g, &tmp))) {
         LSS_FREE(buf);
         return LSS_ERR_NOMEM;
     }
-    for (i = 0; i < g->n; i++) mean += x[i];
-    mean /= (double)g->n;
-    for (i = 0; i < g->n; i++) {
+    for (i = 0; i < lss_grid_npix(g); i++) mean += x[i];
+    mean /= (double)lss_grid_npix(g);
+    for (i = 0; i < lss_grid_npix(g); i++) {
         buf[i] = 1.0 / (double)nvar[i];
-        buf[g->n + i] = x[i] - mean;
+        buf[lss_grid_npix(g) + i] = x[i] - mean;
     }
-    lss__mm_wop(g, w, pk, buf, buf + g->n, out);
-    lss__mm_ws_put(w, &tmp);
+    lss__mm_wop(g, w, pk, buf, buf + lss_grid_npix(g), out);
+    lss_grid_ws_put(w, &tmp);
     LSS_FREE(buf);
     return LSS_OK;
 }
 
 /* ---- Gaussian prior score (float) */
-static double lss__mm_gscore1(const lss_mm_grid *g, lss__mm_ws *w, const float *pkf, const float *x,
+static double lss__mm_gscore1(const lss_grid *g, lss_grid_ws *w, const float *pkf, const float *x,
                               float sigma, float *out) {
-    int64_t i, n = g->n;
-    fftwf_complex *a = w->a;
+    int64_t i, n = lss_grid_npix(g);
+    lss_cfloat *a = w->a;
     float s2 = sigma * sigma, sc = 1.0f / (float)n;
     double lp = 0;
     for (i = 0; i < n; i++) {
@@ -1698,16 +1467,16 @@ static double lss__mm_gscore1(const lss_mm_grid *g, lss__mm_ws *w, const float *
     return lp;
 }
 
-static float *lss__mm_pkf(const lss_mm_grid *g, const double *pk) {
-    float *f = (float *)LSS_MALLOC(sizeof(float) * (size_t)g->n);
+static float *lss__mm_pkf(const lss_grid *g, const double *pk) {
+    float *f = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(g));
     int64_t i;
     if (!f) return NULL;
-    for (i = 0; i < g->n; i++) f[i] = (float)pk[i];
+    for (i = 0; i < lss_grid_npix(g); i++) f[i] = (float)pk[i];
     f[0] = 0.0f;
     return f;
 }
 
-LSSDEF int lss_mm_gauss_score(const lss_mm_grid *g, const double *pk, int n, const float *x,
+LSSDEF int lss_mm_gauss_score(const lss_grid *g, const double *pk, int n, const float *x,
                               const float *sigma, float *out, double *logp) {
     float *pkf;
     int s, j, fail = 0;
@@ -1718,7 +1487,7 @@ LSSDEF int lss_mm_gauss_score(const lss_mm_grid *g, const double *pk, int n, con
 #pragma omp parallel for schedule(static) if (n > 1)
 #endif
     for (j = 0; j < n; j++) {
-        lss__mm_ws tmp, *w = lss__mm_ws_get(g, &tmp);
+        lss_grid_ws tmp, *w = lss_grid_ws_get(g, &tmp);
         double lp;
         if (!w) {
 #ifdef LSS__MM_OMP
@@ -1727,9 +1496,9 @@ LSSDEF int lss_mm_gauss_score(const lss_mm_grid *g, const double *pk, int n, con
             fail = 1;
             continue;
         }
-        lp = lss__mm_gscore1(g, w, pkf, x + (int64_t)j * g->n, sigma[j], out + (int64_t)j * g->n);
+        lp = lss__mm_gscore1(g, w, pkf, x + (int64_t)j * lss_grid_npix(g), sigma[j], out + (int64_t)j * lss_grid_npix(g));
         if (logp) logp[j] = lp;
-        lss__mm_ws_put(w, &tmp);
+        lss_grid_ws_put(w, &tmp);
     }
     LSS_FREE(pkf);
     return fail ? lss_seterr(LSS_ERR_NOMEM, "lss_mm_gauss_score: out of memory") : LSS_OK;
@@ -1737,7 +1506,7 @@ LSSDEF int lss_mm_gauss_score(const lss_mm_grid *g, const double *pk, int n, con
 
 /* ---- tempered posterior */
 struct lss_mm_post {
-    const lss_mm_grid *g;
+    const lss_grid *g;
     float *pkf, *g1, *g2, *nvar;
     lss_mm_residual_fn res;
     void *res_user;
@@ -1746,7 +1515,7 @@ struct lss_mm_post {
     int cap;
 };
 
-LSSDEF int lss_mm_post_create(const lss_mm_grid *g, const double *pk, const float *g1,
+LSSDEF int lss_mm_post_create(const lss_grid *g, const double *pk, const float *g1,
                               const float *g2, const float *nvar, lss_mm_post **out) {
     lss_mm_post *p;
     int s;
@@ -1760,7 +1529,7 @@ LSSDEF int lss_mm_post_create(const lss_mm_grid *g, const double *pk, const floa
     if (!p) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_post_create: out of memory");
     memset(p, 0, sizeof *p);
     p->g = g;
-    b = sizeof(float) * (size_t)g->n;
+    b = sizeof(float) * (size_t)lss_grid_npix(g);
     p->pkf = lss__mm_pkf(g, pk);
     p->g1 = (float *)LSS_MALLOC(b);
     p->g2 = (float *)LSS_MALLOC(b);
@@ -1774,7 +1543,7 @@ LSSDEF int lss_mm_post_create(const lss_mm_grid *g, const double *pk, const floa
     memcpy(p->nvar, nvar, b);
     {   /* masked pixels: shear set to 0 (their weight is ~1e-10 anyway) */
         int64_t i;
-        for (i = 0; i < g->n; i++)
+        for (i = 0; i < lss_grid_npix(g); i++)
             if (nvar[i] >= (float)(0.5 * LSS_MM_EMPTY_VAR)) p->g1[i] = p->g2[i] = 0.0f;
     }
     *out = p;
@@ -1802,11 +1571,11 @@ LSSDEF int64_t lss_mm_post_nevals(const lss_mm_post *p) { return p ? p->nevals :
 
 /* Score of the Gaussian parts (prior at sigma + tempered likelihood) of one map; if sg is given the
  * prior part alone is stored there too. Returns the log density of those parts. */
-static double lss__mm_pscore1(const lss_mm_post *p, lss__mm_ws *w, const float *x, float sigma,
+static double lss__mm_pscore1(const lss_mm_post *p, lss_grid_ws *w, const float *x, float sigma,
                               float *out, float *sg) {
-    const lss_mm_grid *g = p->g;
-    int64_t i, n = g->n;
-    fftwf_complex *a = w->a, *b = w->b;
+    const lss_grid *g = p->g;
+    int64_t i, n = lss_grid_npix(g);
+    lss_cfloat *a = w->a, *b = w->b;
     float s2 = sigma * sigma, sc = 1.0f / (float)n;
     double lp = 0;
     for (i = 0; i < n; i++) {
@@ -1815,7 +1584,7 @@ static double lss__mm_pscore1(const lss_mm_post *p, lss__mm_ws *w, const float *
     }
     LSS__MM_FWD(g, a);
     for (i = 0; i < n; i++) {
-        float den = p->pkf[i] + s2, m, re = a[i][0], im = a[i][1], p1 = g->p1[i] * sc, p2 = g->p2[i] * sc;
+        float den = p->pkf[i] + s2, m, re = a[i][0], im = a[i][1], p1 = lss_grid_cos2(g)[i] * sc, p2 = lss_grid_sin2(g)[i] * sc;
         if (i == 0 || !(den > 0)) {
             b[i][0] = b[i][1] = 0;
         } else {
@@ -1841,7 +1610,7 @@ static double lss__mm_pscore1(const lss_mm_post *p, lss__mm_ws *w, const float *
         LSS__MM_INV(g, b);
         for (i = 0; i < n; i++) sg[i] = out[i] = b[i][0];
         for (i = 0; i < n; i++) {
-            float p1 = g->p1[i] * sc, p2 = g->p2[i] * sc, re = a[i][0], im = a[i][1];
+            float p1 = lss_grid_cos2(g)[i] * sc, p2 = lss_grid_sin2(g)[i] * sc, re = a[i][0], im = a[i][1];
             a[i][0] = p1 * re + p2 * im;
             a[i][1] = p1 * im - p2 * re;
         }
@@ -1849,7 +1618,7 @@ static double lss__mm_pscore1(const lss_mm_post *p, lss__mm_ws *w, const float *
         for (i = 0; i < n; i++) out[i] += a[i][0];
     } else {
         for (i = 0; i < n; i++) {
-            float p1 = g->p1[i] * sc, p2 = g->p2[i] * sc, re = a[i][0], im = a[i][1];
+            float p1 = lss_grid_cos2(g)[i] * sc, p2 = lss_grid_sin2(g)[i] * sc, re = a[i][0], im = a[i][1];
             b[i][0] += p1 * re + p2 * im;
             b[i][1] += p1 * im - p2 * re;
         }
@@ -1863,7 +1632,7 @@ static int lss__mm_post_reserve(lss_mm_post *p, int n) {
     size_t b;
     float *a, *c;
     if (n <= p->cap) return LSS_OK;
-    b = sizeof(float) * (size_t)n * (size_t)p->g->n;
+    b = sizeof(float) * (size_t)n * (size_t)lss_grid_npix(p->g);
     a = (float *)LSS_REALLOC(p->sg, b);
     if (!a) return lss_seterr(LSS_ERR_NOMEM, "massmap posterior: out of memory");
     p->sg = a;
@@ -1876,16 +1645,16 @@ static int lss__mm_post_reserve(lss_mm_post *p, int n) {
 
 /* Batch evaluation: out = full score; logp = Gaussian parts; resid (may be NULL) = residual part. */
 static int lss__mm_post_eval(lss_mm_post *p, int n, const float *x, const float *sigma, float *out,
-                             double *logp, float *resid, lss__mm_ws *fixed, int64_t *count) {
-    const lss_mm_grid *g = p->g;
+                             double *logp, float *resid, lss_grid_ws *fixed, int64_t *count) {
+    const lss_grid *g = p->g;
     int j, fail = 0, s;
-    int64_t np = g->n;
+    int64_t np = lss_grid_npix(g);
     if (p->res && (s = lss__mm_post_reserve(p, n)) != LSS_OK) return s;
 #ifdef LSS__MM_OMP
 #pragma omp parallel for schedule(static) if (n > 1 && !fixed)
 #endif
     for (j = 0; j < n; j++) {
-        lss__mm_ws tmp, *w = fixed ? fixed : lss__mm_ws_get(g, &tmp);
+        lss_grid_ws tmp, *w = fixed ? fixed : lss_grid_ws_get(g, &tmp);
         double lp;
         if (!w) {
 #ifdef LSS__MM_OMP
@@ -1896,7 +1665,7 @@ static int lss__mm_post_eval(lss_mm_post *p, int n, const float *x, const float 
         }
         lp = lss__mm_pscore1(p, w, x + j * np, sigma[j], out + j * np, p->res ? p->sg + j * np : NULL);
         if (logp) logp[j] = lp;
-        lss__mm_ws_put(w, &tmp);
+        lss_grid_ws_put(w, &tmp);
     }
     if (fail) return lss_seterr(LSS_ERR_NOMEM, "massmap posterior: out of memory");
 #ifdef LSS__MM_OMP
@@ -1937,7 +1706,7 @@ LSSDEF int lss_mm_post_score(lss_mm_post *p, int n, const float *x, const float 
 /* ---- annealed HMC + probability-flow ODE */
 typedef struct {
     lss_mm_post *p;
-    const lss_mm_grid *g;
+    const lss_grid *g;
     int B, L, mass, mh, simpson;
     int64_t N;
     float eps;
@@ -1946,31 +1715,31 @@ typedef struct {
     double *lp0, *lp1, *lpt, *k0;
     lss_rng *rng;
     int64_t acc, tries, nev;
-    lss__mm_ws *fixed;    /* one workspace for all chains (serial), or NULL: chains in parallel */
+    lss_grid_ws *fixed;    /* one workspace for all chains (serial), or NULL: chains in parallel */
 } lss__mm_hmc;
 
 static void lss__mm_mass_setup(lss__mm_hmc *h, float sigma) {
-    const lss_mm_grid *g = h->g;
+    const lss_grid *g = h->g;
     int64_t i;
     double wbar = 0, s2 = (double)sigma * sigma;
-    for (i = 0; i < g->n; i++) wbar += 1.0 / ((double)h->p->nvar[i] + s2);
-    wbar /= (double)g->n;
-    for (i = 0; i < g->n; i++) {
+    for (i = 0; i < lss_grid_npix(g); i++) wbar += 1.0 / ((double)h->p->nvar[i] + s2);
+    wbar /= (double)lss_grid_npix(g);
+    for (i = 0; i < lss_grid_npix(g); i++) {
         double den = (double)h->p->pkf[i] + s2, m;
         if (i == 0 || !(den > 0)) {
             h->msq[i] = h->minv[i] = 0.0f;
             continue;
         }
         m = 1.0 / den + wbar;
-        h->msq[i] = (float)(sqrt(m) / (double)g->n);
-        h->minv[i] = (float)(1.0 / (m * (double)g->n));
+        h->msq[i] = (float)(sqrt(m) / (double)lss_grid_npix(g));
+        h->minv[i] = (float)(1.0 / (m * (double)lss_grid_npix(g)));
     }
 }
 
 /* Draws the momentum of chain j; returns its kinetic energy. */
-static double lss__mm_draw_mom(lss__mm_hmc *h, lss__mm_ws *w, int j) {
-    const lss_mm_grid *g = h->g;
-    int64_t i, n = g->n;
+static double lss__mm_draw_mom(lss__mm_hmc *h, lss_grid_ws *w, int j) {
+    const lss_grid *g = h->g;
+    int64_t i, n = lss_grid_npix(g);
     float *pj = h->mom + j * n;
     double k = 0;
     if (h->mass == LSS_MM_MASS_IDENTITY) {
@@ -1987,7 +1756,7 @@ static double lss__mm_draw_mom(lss__mm_hmc *h, lss__mm_ws *w, int j) {
         return k;
     }
     {
-        fftwf_complex *a = w->a;
+        lss_cfloat *a = w->a;
         for (i = 0; i < n; i++) {
             a[i][0] = (float)lss_rng_normal(&h->rng[j]);
             a[i][1] = 0;
@@ -2006,9 +1775,9 @@ static double lss__mm_draw_mom(lss__mm_hmc *h, lss__mm_ws *w, int j) {
 }
 
 /* v = M^-1 p (v may equal p); returns the kinetic energy 1/2 p M^-1 p. */
-static double lss__mm_minv(lss__mm_hmc *h, lss__mm_ws *w, const float *p, float *v) {
-    const lss_mm_grid *g = h->g;
-    int64_t i, n = g->n;
+static double lss__mm_minv(lss__mm_hmc *h, lss_grid_ws *w, const float *p, float *v) {
+    const lss_grid *g = h->g;
+    int64_t i, n = lss_grid_npix(g);
     double k = 0;
     if (h->mass == LSS_MM_MASS_IDENTITY) {
         for (i = 0; i < n; i++) {
@@ -2018,7 +1787,7 @@ static double lss__mm_minv(lss__mm_hmc *h, lss__mm_ws *w, const float *p, float 
         return k;
     }
     {
-        fftwf_complex *a = w->a;
+        lss_cfloat *a = w->a;
         for (i = 0; i < n; i++) {
             a[i][0] = p[i];
             a[i][1] = 0;
@@ -2049,10 +1818,10 @@ static int lss__mm_hmc_step(lss__mm_hmc *h) {
     /* momenta */
     LSS__MM_PAR_CHAINS
     for (j = 0; j < B; j++) {
-        lss__mm_ws tmp, *w = h->fixed ? h->fixed : lss__mm_ws_get(h->g, &tmp);
+        lss_grid_ws tmp, *w = h->fixed ? h->fixed : lss_grid_ws_get(h->g, &tmp);
         if (!w) { fail = 1; continue; }
         h->k0[j] = lss__mm_draw_mom(h, w, j);
-        lss__mm_ws_put(w, &tmp);
+        lss_grid_ws_put(w, &tmp);
     }
     if (fail) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory");
     memcpy(h->xs, h->x, sizeof(float) * (size_t)(B * N));
@@ -2061,14 +1830,14 @@ static int lss__mm_hmc_step(lss__mm_hmc *h) {
         const float *gsc = l == 0 ? h->sc0 : h->sc1;
         LSS__MM_PAR_CHAINS
         for (j = 0; j < B; j++) {
-            lss__mm_ws tmp, *w = h->fixed ? h->fixed : lss__mm_ws_get(h->g, &tmp);
+            lss_grid_ws tmp, *w = h->fixed ? h->fixed : lss_grid_ws_get(h->g, &tmp);
             float *pj = h->ps + j * N, *xj = h->xs + j * N, *vj = h->st + j * N;
             const float *gj = gsc + j * N;
             if (!w) { fail = 1; continue; }
             for (i = 0; i < N; i++) pj[i] += 0.5f * eps * gj[i];
             lss__mm_minv(h, w, pj, vj);
             for (i = 0; i < N; i++) xj[i] += eps * vj[i];
-            lss__mm_ws_put(w, &tmp);
+            lss_grid_ws_put(w, &tmp);
         }
         if (fail) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory");
         if ((s = lss__mm_post_eval(h->p, B, h->xs, h->sig, h->sc1, h->lp1, h->r1, h->fixed, &h->nev)) != LSS_OK) return s;
@@ -2113,11 +1882,11 @@ static int lss__mm_hmc_step(lss__mm_hmc *h) {
         }
         LSS__MM_PAR_CHAINS
         for (j = 0; j < B; j++) {
-            lss__mm_ws tmp, *w = h->fixed ? h->fixed : lss__mm_ws_get(h->g, &tmp);
+            lss_grid_ws tmp, *w = h->fixed ? h->fixed : lss_grid_ws_get(h->g, &tmp);
             double k1, la;
             if (!w) { fail = 1; continue; }
             k1 = lss__mm_minv(h, w, h->ps + j * N, h->st + j * N);
-            lss__mm_ws_put(w, &tmp);
+            lss_grid_ws_put(w, &tmp);
             la = dlp[j] - k1 + h->k0[j];
             if (h->mh == LSS_MM_MH_NONE || (isfinite(la) && log(lss_rng_uniform(&h->rng[j])) < la)) {
                 memcpy(h->x + j * N, h->xs + j * N, sizeof(float) * (size_t)N);
@@ -2138,7 +1907,7 @@ static int lss__mm_hmc_step(lss__mm_hmc *h) {
 
 /* Dormand-Prince 5(4) on all chains together from t0 down to t1 (t0 > t1 >= 0). */
 static int lss__mm_ode(lss_mm_post *p, int B, float *x, double t0, double t1, double rtol, double atol,
-                       float *buf, float *sig, int64_t *nsteps, int64_t *nrej, lss__mm_ws *fixed, int64_t *nev) {
+                       float *buf, float *sig, int64_t *nsteps, int64_t *nrej, lss_grid_ws *fixed, int64_t *nev) {
     static const double c[7] = {0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0};
     static const double a[7][6] = {{0, 0, 0, 0, 0, 0},
                                    {0.2, 0, 0, 0, 0, 0},
@@ -2148,7 +1917,7 @@ static int lss__mm_ode(lss_mm_post *p, int B, float *x, double t0, double t1, do
                                    {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656, 0},
                                    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84}};
     static const double e[7] = {71.0 / 57600, 0, -71.0 / 16695, 71.0 / 1920, -17253.0 / 339200, 22.0 / 525, -1.0 / 40};
-    int64_t N = p->g->n, M = (int64_t)B * N, i;
+    int64_t N = lss_grid_npix(p->g), M = (int64_t)B * N, i;
     float *k[7], *xn = buf + 7 * M, *xtmp = buf + 8 * M;
     double t = t0, h, err;
     int st, j, q, r, have_k1 = 0;
@@ -2203,7 +1972,7 @@ static int lss__mm_ode(lss_mm_post *p, int B, float *x, double t0, double t1, do
 
 /* Runs chains [chain0, chain0 + B) of a resolved option set; fixed: serial with one workspace. */
 static int lss__mm_sample_run(lss_mm_post *p, const lss_mm_sample_opts *o, int chain0, int B, float *samples,
-                              lss__mm_ws *fixed, lss_mm_sample_stats *st) {
+                              lss_grid_ws *fixed, lss_mm_sample_stats *st) {
     const lss_mm_sample_opts d = *o;
     lss__mm_hmc h;
     double sigma, lam;
@@ -2220,7 +1989,7 @@ static int lss__mm_sample_run(lss_mm_post *p, const lss_mm_sample_opts *o, int c
     h.mh = d.mh;
     h.simpson = d.simpson;
     h.fixed = fixed;
-    N = h.N = p->g->n;
+    N = h.N = lss_grid_npix(p->g);
     M = (int64_t)h.B * N;
     /* x mom xs ps sc0 sc1 r0 r1 xt st (10 M) + msq minv (2 N) + sig (B) */
     nf = (size_t)(10 * M + 2 * N + h.B);
@@ -2250,17 +2019,17 @@ static int lss__mm_sample_run(lss_mm_post *p, const lss_mm_sample_opts *o, int c
     h.lpt = h.lp0 + 2 * h.B;  /* lpt[0..B) and the log-ratio accumulator lpt[B..2B) */
     h.k0 = h.lp0 + 4 * h.B;
     /* initial state: KS of the (masked) shear + N(0, sigma_max^2), projected to zero mean; chain c
-       draws from stream 1000 + c whatever the batch it runs in */
+       draws from lss_stream(LSS_STREAM_MM_CHAIN, first_chain + c, job) whatever the batch it runs in */
     {
         float *ks = h.st;
-        lss__mm_ws tmp, *w = fixed ? fixed : lss__mm_ws_get(p->g, &tmp);
+        lss_grid_ws tmp, *w = fixed ? fixed : lss_grid_ws_get(p->g, &tmp);
         if (!w) s = LSS_ERR_NOMEM;
         else if (d.init == LSS_MM_INIT_KS) lss__mm_g2k(p->g, w, p->g1, p->g2, ks, NULL);
         else memset(ks, 0, sizeof(float) * (size_t)N);
-        if (w) lss__mm_ws_put(w, &tmp);
+        if (w) lss_grid_ws_put(w, &tmp);
         for (j = 0; s == LSS_OK && j < h.B; j++) {
             double m = 0;
-            lss_rng_init(&h.rng[j], d.seed, 1000 + (uint64_t)(chain0 + j));
+            lss_rng_for(&h.rng[j], d.seed, LSS_STREAM_MM_CHAIN, d.first_chain + (uint64_t)(chain0 + j), d.job);
             for (i = 0; i < N; i++) {
                 h.x[j * N + i] = ks[i] + (float)(d.sigma_max * lss_rng_normal(&h.rng[j]));
                 m += h.x[j * N + i];
@@ -2361,7 +2130,7 @@ LSSDEF int lss_mm_sample(lss_mm_post *p, const lss_mm_sample_opts *o, float *sam
     memset(&tot, 0, sizeof tot);
 #ifdef LSS__MM_OMP
     if (omp_get_level() == 0) nth = omp_get_max_threads();
-    if (nth > p->g->nws) nth = p->g->nws;
+    if (nth > lss_grid_nws(p->g)) nth = lss_grid_nws(p->g);
     if (nth > d.nchains) nth = d.nchains;
 #endif
     if (nth < 1) nth = 1;
@@ -2372,7 +2141,7 @@ LSSDEF int lss_mm_sample(lss_mm_post *p, const lss_mm_sample_opts *o, float *sam
         /* Gaussian prior only: every chain runs alone on one thread (no synchronisation between
            chains); the results do not depend on the thread count */
         int c, done = 0, own = 1;
-        int64_t N = p->g->n;
+        int64_t N = lss_grid_npix(p->g);
 #ifdef LSS__MM_OMP
         own = omp_get_level() == 0; /* else: inside a caller's parallel region, workspaces of our own */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
@@ -2380,18 +2149,18 @@ LSSDEF int lss_mm_sample(lss_mm_post *p, const lss_mm_sample_opts *o, float *sam
         for (c = 0; c < d.nchains; c++) {
             lss_mm_sample_stats sc;
             int t = 0, sc_s;
-            lss__mm_ws tmp, *w;
+            lss_grid_ws tmp, *w;
 #ifdef LSS__MM_OMP
             t = omp_get_thread_num();
 #endif
             if (s != LSS_OK) continue;
-            w = own ? &p->g->ws[t] : NULL;
+            w = own ? lss_grid_ws_thread(p->g, t) : NULL;
             if (!w) {
                 memset(&tmp, 0, sizeof tmp);
-                w = lss__mm_ws_alloc(&tmp, N) == LSS_OK ? &tmp : NULL;
+                w = lss_grid_ws_alloc(p->g, &tmp) == LSS_OK ? &tmp : NULL;
             }
             sc_s = w ? lss__mm_sample_run(p, &d, c, 1, samples + (int64_t)c * N, w, &sc) : LSS_ERR_NOMEM;
-            if (w == &tmp) lss__mm_ws_release(&tmp);
+            if (w == &tmp) lss_grid_ws_release(&tmp);
             if (!w) memset(&sc, 0, sizeof sc);
 #ifdef LSS__MM_OMP
 #pragma omp critical(lss__mm_sample_acc)
@@ -2517,7 +2286,7 @@ LSSDEF int lss_mm_nfw_params(const lss_cosmo *c, const lss_mm_nfw *hl, double *r
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_nfw_add(const lss_mm_grid *g, double rs_arcmin, double kappa_s, double xc, double yc,
+LSSDEF int lss_mm_nfw_add(const lss_grid *g, double rs_arcmin, double kappa_s, double xc, double yc,
                           int sub, float *g1, float *g2, float *kappa) {
     int iy, ix, a, b;
     double rs_pix;
@@ -2525,9 +2294,9 @@ LSSDEF int lss_mm_nfw_add(const lss_mm_grid *g, double rs_arcmin, double kappa_s
     if (!(rs_arcmin > 0) || !isfinite(kappa_s) || !isfinite(xc) || !isfinite(yc) || sub < 0 || sub > 64)
         return lss_seterr(LSS_ERR_ARG, "lss_mm_nfw_add: bad halo parameters");
     if (sub == 0) sub = 4;
-    rs_pix = rs_arcmin / g->pix_arcmin;
-    for (iy = 0; iy < g->h; iy++)
-        for (ix = 0; ix < g->w; ix++) {
+    rs_pix = rs_arcmin / lss_grid_pix_arcmin(g);
+    for (iy = 0; iy < lss_grid_h(g); iy++)
+        for (ix = 0; ix < lss_grid_w(g); ix++) {
             double s1 = 0, s2 = 0, sk = 0;
             for (a = 0; a < sub; a++)
                 for (b = 0; b < sub; b++) {
@@ -2540,9 +2309,9 @@ LSSDEF int lss_mm_nfw_add(const lss_mm_grid *g, double rs_arcmin, double kappa_s
                     s2 -= gt * sin(2 * phi);
                     sk += 2 * kappa_s * lss_mm_nfw_f(x);
                 }
-            g1[(int64_t)iy * g->w + ix] += (float)(s1 / (sub * sub));
-            g2[(int64_t)iy * g->w + ix] += (float)(s2 / (sub * sub));
-            if (kappa) kappa[(int64_t)iy * g->w + ix] += (float)(sk / (sub * sub));
+            g1[(int64_t)iy * lss_grid_w(g) + ix] += (float)(s1 / (sub * sub));
+            g2[(int64_t)iy * lss_grid_w(g) + ix] += (float)(s2 / (sub * sub));
+            if (kappa) kappa[(int64_t)iy * lss_grid_w(g) + ix] += (float)(sk / (sub * sub));
         }
     return LSS_OK;
 }
@@ -2556,21 +2325,21 @@ LSSDEF double lss_mm_starlet_u(double r, double theta) {
     return (t1 + t2 - t3) / (9.0 * theta * theta);
 }
 
-LSSDEF int lss_mm_starlet_filter(const lss_mm_grid *g, const float *in, double theta_pix, float *out) {
-    lss__mm_ws tmp, *w;
+LSSDEF int lss_mm_starlet_filter(const lss_grid *g, const float *in, double theta_pix, float *out) {
+    lss_grid_ws tmp, *w;
     int64_t i, n;
     int iy, ix;
-    fftw_complex *c, *d;
+    lss_cdouble *c, *d;
     if (!g || !in || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_starlet_filter: NULL argument");
     if (!(theta_pix > 0) || !isfinite(theta_pix)) return lss_seterr(LSS_ERR_ARG, "lss_mm_starlet_filter: theta %g must be > 0", theta_pix);
-    if (!(w = lss__mm_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
-    n = g->n;
+    if (!(w = lss_grid_ws_get(g, &tmp))) return LSS_ERR_NOMEM;
+    n = lss_grid_npix(g);
     c = w->c;
     d = w->d;
-    for (iy = 0; iy < g->h; iy++)
-        for (ix = 0; ix < g->w; ix++) {
-            int dy = iy <= g->h / 2 ? iy : iy - g->h, dx = ix <= g->w / 2 ? ix : ix - g->w;
-            i = (int64_t)iy * g->w + ix;
+    for (iy = 0; iy < lss_grid_h(g); iy++)
+        for (ix = 0; ix < lss_grid_w(g); ix++) {
+            int dy = iy <= lss_grid_h(g) / 2 ? iy : iy - lss_grid_h(g), dx = ix <= lss_grid_w(g) / 2 ? ix : ix - lss_grid_w(g);
+            i = (int64_t)iy * lss_grid_w(g) + ix;
             d[i][0] = lss_mm_starlet_u(sqrt((double)dx * dx + (double)dy * dy), theta_pix);
             d[i][1] = 0;
             c[i][0] = in[i];
@@ -2585,14 +2354,14 @@ LSSDEF int lss_mm_starlet_filter(const lss_mm_grid *g, const float *in, double t
     }
     LSS__MM_INV_D(g, c);
     for (i = 0; i < n; i++) out[i] = (float)c[i][0];
-    lss__mm_ws_put(w, &tmp);
+    lss_grid_ws_put(w, &tmp);
     return LSS_OK;
 }
 
 
 /* ---- neural prior */
 struct lss_mm_net {
-    const lss_mm_grid *g;
+    const lss_grid *g;
     lss_mm_net_opts o;
     float *pkf;
     lss_store *st;
@@ -2624,7 +2393,7 @@ LSSDEF void lss_mm_net_free(lss_mm_net *n) {
     LSS_FREE(n);
 }
 
-LSSDEF int lss_mm_net_create(const lss_mm_grid *g, const double *pk, const lss_mm_net_opts *o,
+LSSDEF int lss_mm_net_create(const lss_grid *g, const double *pk, const lss_mm_net_opts *o,
                              lss_mm_net **out) {
     lss_mm_net *n;
     lss_unet_opts uo;
@@ -2633,7 +2402,7 @@ LSSDEF int lss_mm_net_create(const lss_mm_grid *g, const double *pk, const lss_m
     if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_create: out is NULL");
     *out = NULL;
     if (!g || !pk) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_create: NULL argument");
-    if (g->h % 4 || g->w % 4) return lss_seterr(LSS_ERR_SHAPE, "lss_mm_net_create: map %d x %d must have sides that are multiples of 4", g->h, g->w);
+    if (lss_grid_h(g) % 4 || lss_grid_w(g) % 4) return lss_seterr(LSS_ERR_SHAPE, "lss_mm_net_create: map %d x %d must have sides that are multiples of 4", lss_grid_h(g), lss_grid_w(g));
     if ((s = lss__mm_check_pk(g, pk, "lss_mm_net_create")) != LSS_OK) return s;
     n = (lss_mm_net *)LSS_MALLOC(sizeof *n);
     if (!n) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_create: out of memory");
@@ -2671,8 +2440,8 @@ LSSDEF int lss_mm_net_create(const lss_mm_grid *g, const double *pk, const lss_m
     }
     n->meta->data[0] = (float)n->o.c0;
     n->meta->data[1] = (float)n->o.deepmass;
-    n->meta->data[2] = (float)g->h;
-    n->meta->data[3] = (float)g->w;
+    n->meta->data[2] = (float)lss_grid_h(g);
+    n->meta->data[3] = (float)lss_grid_w(g);
     *out = n;
     return LSS_OK;
 }
@@ -2692,7 +2461,7 @@ LSSDEF int lss_mm_net_load(lss_mm_net *n, const char *path) {
     if (!n || !path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_load: NULL argument");
     if ((s = lss_ckpt_load(path, n->st, NULL)) != LSS_OK) return s;
     m = lss_store_get(n->st, "massmap.meta");
-    if (!m || (int)m->data[0] != n->o.c0 || (int)m->data[1] != n->o.deepmass || (int)m->data[2] != n->g->h || (int)m->data[3] != n->g->w)
+    if (!m || (int)m->data[0] != n->o.c0 || (int)m->data[1] != n->o.deepmass || (int)m->data[2] != lss_grid_h(n->g) || (int)m->data[3] != lss_grid_w(n->g))
         return lss_seterr(LSS_ERR_FORMAT, "%s: checkpoint is for another network or map size", path);
     return LSS_OK;
 }
@@ -2741,7 +2510,7 @@ LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, in
 static int lss__mm_net_reserve(lss_mm_net *n, int b) {
     size_t m;
     if (b <= n->cap) return LSS_OK;
-    m = sizeof(float) * (size_t)b * (size_t)n->g->n;
+    m = sizeof(float) * (size_t)b * (size_t)lss_grid_npix(n->g);
     LSS_FREE(n->in);
     LSS_FREE(n->aux);
     LSS_FREE(n->sig);
@@ -2756,7 +2525,7 @@ static int lss__mm_net_reserve(lss_mm_net *n, int b) {
 
 /* Forward pass of a prepared input [b, 2, H, W] in n->in; output copied to out [b, H, W]. */
 static int lss__mm_net_forward(lss_mm_net *n, int b, const float *sigma, float *out, int training, lss_tensor **res) {
-    int64_t sh[4] = {b, 2, n->g->h, n->g->w}, s1[1] = {b};
+    int64_t sh[4] = {b, 2, lss_grid_h(n->g), lss_grid_w(n->g)}, s1[1] = {b};
     lss_tensor *x, *sg = NULL, *y;
     lss_graph_reset(n->gr);
     lss_graph_set_training(n->gr, training);
@@ -2768,7 +2537,7 @@ static int lss__mm_net_forward(lss_mm_net *n, int b, const float *sigma, float *
     y = lss_unet_forward(n->gr, &n->u, x, sg);
     if (!y) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "massmap network: forward failed");
     if (res) *res = y;
-    if (out) memcpy(out, y->data, sizeof(float) * (size_t)b * (size_t)n->g->n);
+    if (out) memcpy(out, y->data, sizeof(float) * (size_t)b * (size_t)lss_grid_npix(n->g));
     return LSS_OK;
 }
 
@@ -2780,7 +2549,7 @@ LSSDEF int lss_mm_net_residual(void *net, int b, const float *x, const float *sc
     if (!n || n->o.deepmass || !x || !score_gauss || !sigma || !out || b < 1)
         return lss_seterr(LSS_ERR_ARG, "lss_mm_net_residual: bad argument (a score network is needed)");
     if ((s = lss__mm_net_reserve(n, b)) != LSS_OK) return s;
-    np = n->g->n;
+    np = lss_grid_npix(n->g);
     for (j = 0; j < b; j++) {
         float s2 = sigma[j] * sigma[j];
         for (i = 0; i < np; i++) {
@@ -2792,8 +2561,8 @@ LSSDEF int lss_mm_net_residual(void *net, int b, const float *x, const float *sc
 }
 
 /* KS (E, B) of a shear map, scaled, into the input slot j. */
-static void lss__mm_dm_input(lss_mm_net *n, lss__mm_ws *w, int j, const float *g1, const float *g2) {
-    int64_t np = n->g->n, i;
+static void lss__mm_dm_input(lss_mm_net *n, lss_grid_ws *w, int j, const float *g1, const float *g2) {
+    int64_t np = lss_grid_npix(n->g), i;
     float *e = n->in + 2 * (int64_t)j * np, *bm = e + np, sc = n->scale->data[0];
     lss__mm_g2k(n->g, w, g1, g2, e, bm);
     for (i = 0; i < np; i++) {
@@ -2803,17 +2572,17 @@ static void lss__mm_dm_input(lss_mm_net *n, lss__mm_ws *w, int j, const float *g
 }
 
 LSSDEF int lss_mm_net_deepmass(lss_mm_net *n, const float *g1, const float *g2, float *kappa) {
-    lss__mm_ws tmp, *w;
+    lss_grid_ws tmp, *w;
     int s;
     int64_t i;
     if (!n || !n->o.deepmass || !g1 || !g2 || !kappa) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_deepmass: bad argument (a DeepMass network is needed)");
     if ((s = lss__mm_net_reserve(n, 1)) != LSS_OK) return s;
     n->scale = lss_store_get(n->st, "massmap.scale");
-    if (!(w = lss__mm_ws_get(n->g, &tmp))) return LSS_ERR_NOMEM;
+    if (!(w = lss_grid_ws_get(n->g, &tmp))) return LSS_ERR_NOMEM;
     lss__mm_dm_input(n, w, 0, g1, g2);
-    lss__mm_ws_put(w, &tmp);
+    lss_grid_ws_put(w, &tmp);
     if ((s = lss__mm_net_forward(n, 1, NULL, kappa, 0, NULL)) != LSS_OK) return s;
-    for (i = 0; i < n->g->n; i++) kappa[i] *= n->scale->data[1];
+    for (i = 0; i < lss_grid_npix(n->g); i++) kappa[i] *= n->scale->data[1];
     return LSS_OK;
 }
 
@@ -2839,7 +2608,7 @@ static int lss__mm_spectral(lss_mm_net *n) {
             lss_rng r;
             n->su[t] = (float *)LSS_MALLOC(sizeof(float) * (size_t)(rows + cols));
             if (!n->su[t]) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory");
-            lss_rng_init(&r, 12345, (uint64_t)t);
+            lss_rng_for(&r, n->o.seed, LSS_STREAM_NET_INIT, (uint64_t)t, LSS_MM_SUB_SPECTRAL);
             for (i = 0; i < rows; i++) n->su[t][i] = (float)lss_rng_normal(&r);
         }
         u = n->su[t];
@@ -2875,7 +2644,7 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
     float *fbig = NULL, *truth = NULL, *u = NULL, *sgs = NULL, *sig = NULL;
     int s = LSS_OK, step, j, nlast, b;
     int64_t np, i;
-    lss__mm_ws tmp, *w = NULL;
+    lss_grid_ws tmp, *w = NULL;
     lss_rng r;
     if (!n || !o) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: NULL argument");
     d = *o;
@@ -2885,13 +2654,13 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
     if (d.s == 0) d.s = 0.2;
     if (d.steps < 1 || d.batch < 1 || !(d.lr > 0) || !(d.s > 0) || d.lambda < 0)
         return lss_seterr(LSS_ERR_RANGE, "lss_mm_net_train: bad options (steps %d, batch %d, lr %g, s %g)", d.steps, d.batch, d.lr, d.s);
-    if (!d.big || !d.pk_big || d.big->h < n->g->h || d.big->w < n->g->w)
+    if (!d.big || !d.pk_big || lss_grid_h(d.big) < lss_grid_h(n->g) || lss_grid_w(d.big) < lss_grid_w(n->g))
         return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: a training grid at least as large as the maps is required");
     if (n->o.deepmass && !d.nvar) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: DeepMass training needs the survey noise map");
     if ((s = lss__mm_check_pk(d.big, d.pk_big, "lss_mm_net_train")) != LSS_OK) return s;
     if (d.nvar && (s = lss__mm_check_nvar(n->g, d.nvar, "lss_mm_net_train")) != LSS_OK) return s;
     b = d.batch;
-    np = n->g->n;
+    np = lss_grid_npix(n->g);
     if (!n->opt) {
         memset(&oo, 0, sizeof oo);
         oo.kind = LSS_OPT_ADAM;
@@ -2903,8 +2672,8 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
     }
     if ((s = lss__mm_net_reserve(n, b)) != LSS_OK) return s;
     n->scale = lss_store_get(n->st, "massmap.scale");
-    pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)d.big->n);
-    fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)d.big->n);
+    pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(d.big));
+    fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(d.big));
     truth = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
     u = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
     sgs = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * b * np));
@@ -2913,10 +2682,10 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
         s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_train: out of memory");
         goto done;
     }
-    if (d.lambda > 0) s = lss_mm_lognormal_spectrum(d.big, d.pk_big, d.lambda, pg);
-    else memcpy(pg, d.pk_big, sizeof(double) * (size_t)d.big->n);
+    if (d.lambda > 0) s = lss_field_lognormal_spectrum(d.big, d.pk_big, d.lambda, pg);
+    else memcpy(pg, d.pk_big, sizeof(double) * (size_t)lss_grid_npix(d.big));
     if (s != LSS_OK) goto done;
-    if (!(w = lss__mm_ws_get(n->g, &tmp))) {
+    if (!(w = lss_grid_ws_get(n->g, &tmp))) {
         s = LSS_ERR_NOMEM;
         goto done;
     }
@@ -2925,28 +2694,20 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
         double mv = 0, cnt = 0, pv = 0;
         for (i = 0; i < np; i++)
             if (d.nvar[i] < 0.5 * LSS_MM_EMPTY_VAR) mv += d.nvar[i], cnt++;
-        for (i = 0; i < n->g->n; i++) pv += n->pkf[i];
+        for (i = 0; i < lss_grid_npix(n->g); i++) pv += n->pkf[i];
         n->scale->data[0] = (float)(cnt > 0 ? 1.0 / sqrt(mv / cnt) : 1.0);
-        n->scale->data[1] = (float)sqrt(pv / (double)n->g->n);
+        n->scale->data[1] = (float)sqrt(pv / (double)lss_grid_npix(n->g));
     }
-    lss_rng_init(&r, d.seed, 0x747261696eULL);
     nlast = d.steps / 10 > 0 ? d.steps / 10 : 1;
     for (step = 0; step < d.steps && s == LSS_OK; step++) {
-        int64_t sh4[4] = {b, 1, n->g->h, n->g->w}, s1[1] = {b};
+        int64_t sh4[4] = {b, 1, lss_grid_h(n->g), lss_grid_w(n->g)}, s1[1] = {b};
         lss_tensor *y, *loss;
-        /* a batch of simulated maps (lognormal or Gaussian cut-outs of the large grid) */
-        for (j = 0; j < b && s == LSS_OK; j++) {
-            uint64_t stream = (uint64_t)step * (uint64_t)b + (uint64_t)j;
-            float *t = truth + j * np;
-            int yy, y0 = (d.big->h - n->g->h) / 2, x0 = (d.big->w - n->g->w) / 2;
-            double m = 0;
-            if (d.lambda > 0) s = lss_mm_lognormal_field(d.big, pg, d.lambda, d.seed, stream, fbig);
-            else s = lss_mm_gaussian_field(d.big, pg, d.seed, stream, fbig);
-            for (yy = 0; yy < n->g->h; yy++) memcpy(t + (int64_t)yy * n->g->w, fbig + (int64_t)(yy + y0) * d.big->w + x0, sizeof(float) * (size_t)n->g->w);
-            for (i = 0; i < np; i++) m += t[i];
-            m /= (double)np;
-            for (i = 0; i < np; i++) t[i] = (float)(t[i] - m);
-        }
+        /* a batch of simulated maps of the training set (lognormal or Gaussian cut-outs of the large
+           grid) and the step's noise: a pure function of (seed, step) */
+        for (j = 0; j < b && s == LSS_OK; j++)
+            s = lss__mm_cutout(d.big, pg, d.lambda, lss_grid_h(n->g), lss_grid_w(n->g), d.seed,
+                               lss_mm_field_stream(LSS_SET_TRAIN, (uint64_t)step * (uint64_t)b + (uint64_t)j), fbig, truth + j * np);
+        lss_rng_for(&r, d.seed, LSS_STREAM_MM_DSM, lss_set_index(LSS_SET_TRAIN, (uint64_t)step), 0);
         if (s != LSS_OK) break;
         if (!n->o.deepmass) {
             for (j = 0; j < b; j++) {
@@ -2998,13 +2759,955 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
     }
     if (s == LSS_OK && final_loss) *final_loss = lsum / nlast;
 done:
-    if (w) lss__mm_ws_put(w, &tmp);
+    if (w) lss_grid_ws_put(w, &tmp);
     LSS_FREE(pg);
     LSS_FREE(fbig);
     LSS_FREE(truth);
     LSS_FREE(u);
     LSS_FREE(sgs);
     LSS_FREE(sig);
+    return s;
+}
+
+
+/* ---- held-out loss and checkpoints */
+LSSDEF int lss_mm_net_heldout(lss_mm_net *n, const lss_mm_train_opts *o, int nbatch, double *loss_net,
+                              double *loss_gauss) {
+    lss_grid_ws tmp, *w = NULL;
+    float *fbig = NULL, *x = NULL, *u = NULL, *sg = NULL, *r = NULL, *sig = NULL, *sga = NULL;
+    double *pg = NULL, ln = 0, lg = 0, ns;
+    int s = LSS_OK, bt, j, b;
+    int64_t np, i;
+    lss_rng rng;
+    if (!n || !o || !loss_net || !loss_gauss || nbatch < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: bad argument");
+    if (n->o.deepmass) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: a score network is needed");
+    if (!o->big || !o->pk_big || lss_grid_h(o->big) < lss_grid_h(n->g) || lss_grid_w(o->big) < lss_grid_w(n->g))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: a map grid at least as large as the maps is required");
+    b = o->batch > 0 ? o->batch : 16;
+    ns = o->s > 0 ? o->s : 0.2;
+    if (o->lambda < 0 || !isfinite(o->lambda)) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: shift %g must be >= 0", o->lambda);
+    np = lss_grid_npix(n->g);
+    pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(o->big));
+    fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(o->big));
+    x = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
+    u = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
+    sg = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
+    r = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
+    sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
+    sga = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
+    if (!pg || !fbig || !x || !u || !sg || !r || !sig || !sga) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_heldout: out of memory");
+        goto done;
+    }
+    if (o->lambda > 0) s = lss_field_lognormal_spectrum(o->big, o->pk_big, o->lambda, pg);
+    else if ((s = lss__mm_check_pk(o->big, o->pk_big, "lss_mm_net_heldout")) == LSS_OK)
+        memcpy(pg, o->pk_big, sizeof(double) * (size_t)lss_grid_npix(o->big));
+    if (s != LSS_OK) goto done;
+    if (!(w = lss_grid_ws_get(n->g, &tmp))) {
+        s = LSS_ERR_NOMEM;
+        goto done;
+    }
+    for (bt = 0; bt < nbatch && s == LSS_OK; bt++) {
+        lss_rng_for(&rng, o->seed, LSS_STREAM_MM_DSM, lss_set_index(LSS_SET_VALID, (uint64_t)bt), 0);
+        for (j = 0; j < b && s == LSS_OK; j++) {
+            float *xj = x + j * np, *uj = u + j * np;
+            s = lss__mm_cutout(o->big, pg, o->lambda, lss_grid_h(n->g), lss_grid_w(n->g), o->seed,
+                               lss_mm_field_stream(LSS_SET_VALID, (uint64_t)bt * (uint64_t)b + (uint64_t)j), fbig, xj);
+            sig[j] = (float)(ns * lss_rng_normal(&rng));
+            sga[j] = fabsf(sig[j]);
+            for (i = 0; i < np; i++) {
+                uj[i] = (float)lss_rng_normal(&rng);
+                xj[i] += sig[j] * uj[i];
+            }
+            if (s == LSS_OK) lss__mm_gscore1(n->g, w, n->pkf, xj, sga[j], sg + j * np);
+        }
+        if (s == LSS_OK) s = lss_mm_net_residual(n, b, x, sg, sig, r);
+        for (j = 0; j < b && s == LSS_OK; j++)
+            for (i = 0; i < np; i++) {
+                double e0 = u[j * np + i] + (double)sig[j] * sg[j * np + i], e1 = e0 + (double)sig[j] * r[j * np + i];
+                lg += e0 * e0;
+                ln += e1 * e1;
+            }
+    }
+    if (s == LSS_OK) {
+        *loss_net = ln / ((double)nbatch * b * np);
+        *loss_gauss = lg / ((double)nbatch * b * np);
+    }
+done:
+    if (w) lss_grid_ws_put(w, &tmp);
+    LSS_FREE(pg); LSS_FREE(fbig); LSS_FREE(x); LSS_FREE(u); LSS_FREE(sg); LSS_FREE(r); LSS_FREE(sig); LSS_FREE(sga);
+    return s;
+}
+
+LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk, int want_deepmass,
+                           lss_mm_net **out) {
+    int c0, dm, h, w, s;
+    lss_mm_net_opts no;
+    lss_mm_net *net;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_open: out is NULL");
+    *out = NULL;
+    if (!path || !g || !pk) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_open: NULL argument");
+    if ((s = lss_mm_net_probe(path, &c0, &dm, &h, &w)) != LSS_OK) return s;
+    if ((dm != 0) != (want_deepmass != 0))
+        return lss_seterr(LSS_ERR_FORMAT, "%s: is a %s network, a %s network is needed", path, dm ? "DeepMass" : "score", want_deepmass ? "DeepMass" : "score");
+    if (h != lss_grid_h(g) || w != lss_grid_w(g))
+        return lss_seterr(LSS_ERR_SHAPE, "%s: trained on %d x %d maps, the data are %d x %d", path, h, w, lss_grid_h(g), lss_grid_w(g));
+    memset(&no, 0, sizeof no);
+    no.c0 = c0;
+    no.deepmass = dm;
+    if ((s = lss_mm_net_create(g, pk, &no, &net)) != LSS_OK) return s;
+    if ((s = lss_mm_net_load(net, path)) != LSS_OK) {
+        lss_mm_net_free(net);
+        return s;
+    }
+    *out = net;
+    return LSS_OK;
+}
+
+/* ---- presets and batches */
+LSSDEF int lss_mm_sample_preset(lss_mm_schedule sch, lss_mm_sample_opts *o) {
+    if (!o) return lss_seterr(LSS_ERR_ARG, "lss_mm_sample_preset: NULL options");
+    switch (sch) {
+    case LSS_MM_SCHEDULE_FAST:
+        o->sigma_max = 1.0;
+        o->anneal = 0.6;
+        o->steps_per_level = 2;
+        o->final_steps = 10;
+        o->mass = LSS_MM_MASS_FOURIER;
+        o->mh = LSS_MM_MH_AUTO;
+        return LSS_OK;
+    case LSS_MM_SCHEDULE_PAPER:
+        o->sigma_max = 1.0;
+        o->anneal = 0.98;
+        o->steps_per_level = 12;
+        o->final_steps = 12;
+        o->mass = LSS_MM_MASS_IDENTITY;
+        o->mh = LSS_MM_MH_PATH;
+        return LSS_OK;
+    }
+    return lss_seterr(LSS_ERR_ARG, "lss_mm_sample_preset: unknown schedule %d", (int)sch);
+}
+
+LSSDEF int lss_mm_schedule_parse(const char *name, lss_mm_schedule *out) {
+    if (!name || !out) return lss_seterr(LSS_ERR_ARG, "lss_mm_schedule_parse: NULL argument");
+    if (!strcmp(name, "fast")) *out = LSS_MM_SCHEDULE_FAST;
+    else if (!strcmp(name, "paper")) *out = LSS_MM_SCHEDULE_PAPER;
+    else return lss_seterr(LSS_ERR_ARG, "schedule '%s' is not fast or paper", name);
+    return LSS_OK;
+}
+
+LSSDEF const char *lss_mm_schedule_name(lss_mm_schedule s) {
+    return s == LSS_MM_SCHEDULE_FAST ? "fast" : s == LSS_MM_SCHEDULE_PAPER ? "paper" : "?";
+}
+
+LSSDEF double lss_mm_auto_sigma_min(int64_t npix, const float *nvar) {
+    double vmin = INFINITY;
+    int64_t i;
+    for (i = 0; nvar && i < npix; i++)
+        if (nvar[i] > 0) vmin = fmin(vmin, nvar[i]);
+    return isfinite(vmin) ? fmin(LSS_MM_SIGMA_MIN, LSS_MM_SIGMA_MIN_NOISE * sqrt(vmin)) : LSS_MM_SIGMA_MIN;
+}
+
+LSSDEF int lss_mm_sample_batched(lss_mm_post *p, const lss_mm_sample_opts *o, int nsamples, int batch,
+                                 float *samples, lss_mm_sample_stats *st) {
+    lss_mm_sample_stats tot;
+    int done = 0, s;
+    int64_t np;
+    if (!p || !o || !samples || nsamples < 1 || batch < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_sample_batched: bad argument");
+    np = lss_grid_npix(p->g);
+    memset(&tot, 0, sizeof tot);
+    while (done < nsamples) {
+        int nb = nsamples - done < batch ? nsamples - done : batch;
+        lss_mm_sample_stats one;
+        lss_mm_sample_opts b = *o;
+        b.nchains = nb;
+        b.first_chain = o->first_chain + (uint64_t)done;
+        b.progress = NULL;
+        if ((s = lss_mm_sample(p, &b, samples + (int64_t)done * np, &one)) != LSS_OK) return s;
+        tot.hmc_steps = one.hmc_steps;
+        tot.levels = one.levels;
+        tot.ode_steps += one.ode_steps * nb;
+        tot.ode_rejected += one.ode_rejected * nb;
+        tot.accept_rate += one.accept_rate * nb;
+        tot.evals_per_chain += one.evals_per_chain * nb;
+        tot.hmc_evals_per_chain += one.hmc_evals_per_chain * nb;
+        tot.ode_evals_per_chain += one.ode_evals_per_chain * nb;
+        tot.seconds += one.seconds;
+        done += nb;
+        if (o->progress) o->progress(o->progress_user, (double)done / nsamples);
+    }
+    tot.ode_steps /= nsamples;
+    tot.ode_rejected /= nsamples;
+    tot.accept_rate /= nsamples;
+    tot.evals_per_chain /= nsamples;
+    tot.hmc_evals_per_chain /= nsamples;
+    tot.ode_evals_per_chain /= nsamples;
+    if (st) *st = tot;
+    return LSS_OK;
+}
+
+/* ---- Kaiser-Squires scan */
+LSSDEF const double *lss_mm_ks_scales(void) {
+    static const double sc[LSS_MM_KS_NSCALES] = {0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0};
+    return sc;
+}
+
+LSSDEF int lss_mm_ks_best(const lss_grid *g, int nfields, const float *shear, const float *kappa,
+                          const float *mask, int nscales, const double *scales, double *rmse, int *best) {
+    float *ks;
+    double *acc;
+    int f, k, s = LSS_OK;
+    int64_t np;
+    if (!g || !shear || !kappa || !scales || !best || nfields < 1 || nscales < 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_ks_best: bad argument");
+    np = lss_grid_npix(g);
+    ks = (float *)LSS_MALLOC(sizeof(float) * (size_t)np);
+    acc = (double *)LSS_MALLOC(sizeof(double) * (size_t)nscales);
+    if (!ks || !acc) {
+        LSS_FREE(ks);
+        LSS_FREE(acc);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_ks_best: out of memory");
+    }
+    for (k = 0; k < nscales; k++) acc[k] = 0;
+    for (f = 0; f < nfields && s == LSS_OK; f++)
+        for (k = 0; k < nscales && s == LSS_OK; k++) {
+            double e = 0;
+            s = lss_mm_ks(g, shear + 2 * f * np, shear + (2 * f + 1) * np, scales[k], ks, NULL);
+            if (s == LSS_OK) s = lss_mm_metrics(np, ks, kappa + f * np, mask, &e, NULL);
+            acc[k] += e / nfields;
+        }
+    if (s == LSS_OK) {
+        *best = 0;
+        for (k = 1; k < nscales; k++)
+            if (acc[k] < acc[*best]) *best = k;
+        if (rmse) memcpy(rmse, acc, sizeof(double) * (size_t)nscales);
+    }
+    LSS_FREE(ks);
+    LSS_FREE(acc);
+    return s;
+}
+
+/* ---- detection */
+LSSDEF double lss_mm_detect_theta(int h, int w) {
+    return fmin(LSS_MM_DETECT_THETA_PIX, 0.25 * (h < w ? h : w));
+}
+
+LSSDEF int lss_mm_filtered_std(const lss_grid *g, const float *map, const float *mask, double theta_pix,
+                               double *std) {
+    float *f;
+    double a = 0, a2 = 0, c = 0;
+    int64_t i, np;
+    int s;
+    if (!g || !map || !std) return lss_seterr(LSS_ERR_ARG, "lss_mm_filtered_std: NULL argument");
+    np = lss_grid_npix(g);
+    if (!(f = (float *)LSS_MALLOC(sizeof(float) * (size_t)np))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_filtered_std: out of memory");
+    if ((s = lss_mm_starlet_filter(g, map, theta_pix, f)) == LSS_OK) {
+        for (i = 0; i < np; i++)
+            if (!mask || mask[i] > 0) a += f[i], a2 += (double)f[i] * f[i], c++;
+        if (c < 2) s = lss_seterr(LSS_ERR_ARG, "lss_mm_filtered_std: fewer than 2 observed pixels");
+        else *std = sqrt(fmax(a2 / c - (a / c) * (a / c), 0));
+    }
+    LSS_FREE(f);
+    return s;
+}
+
+LSSDEF int lss_mm_detect_peak(const lss_grid *g, const float *map, double theta_pix, double xc, double yc,
+                              double *peak) {
+    float *f;
+    double mx = -INFINITY, rad = LSS_MM_DETECT_DISC * theta_pix;
+    int s, x, y, h, w;
+    if (!g || !map || !peak) return lss_seterr(LSS_ERR_ARG, "lss_mm_detect_peak: NULL argument");
+    if (!isfinite(xc) || !isfinite(yc)) return lss_seterr(LSS_ERR_ARG, "lss_mm_detect_peak: position not finite");
+    h = lss_grid_h(g);
+    w = lss_grid_w(g);
+    if (!(f = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(g)))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_detect_peak: out of memory");
+    if ((s = lss_mm_starlet_filter(g, map, theta_pix, f)) == LSS_OK) {
+        for (y = 0; y < h; y++)
+            for (x = 0; x < w; x++) {
+                double dx = x + 0.5 - xc, dy = y + 0.5 - yc;
+                if (dx * dx + dy * dy <= rad * rad) mx = fmax(mx, f[(int64_t)y * w + x]);
+            }
+        if (!(mx > -INFINITY)) s = lss_seterr(LSS_ERR_RANGE, "lss_mm_detect_peak: no pixel within %g pixels of (%g, %g)", rad, xc, yc);
+        else *peak = mx;
+    }
+    LSS_FREE(f);
+    return s;
+}
+
+LSSDEF int lss_mm_detect_rate(const lss_grid *g, int n, const float *maps, double theta_pix, double xc,
+                              double yc, double level, double *rate) {
+    int k, s, det = 0;
+    double pk;
+    if (!g || !maps || !rate || n < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_detect_rate: bad argument");
+    for (k = 0; k < n; k++) {
+        if ((s = lss_mm_detect_peak(g, maps + (int64_t)k * lss_grid_npix(g), theta_pix, xc, yc, &pk)) != LSS_OK) return s;
+        det += pk > level;
+    }
+    *rate = (double)det / n;
+    return LSS_OK;
+}
+
+/* ---- mock data sets */
+LSSDEF uint64_t lss_mm_field_stream(lss_set set, uint64_t i) {
+    return lss_stream(LSS_STREAM_MM_FIELD, lss_set_index(set, i), 0);
+}
+
+LSSDEF int lss_mm_field(const lss_grid *big, const double *pk_big, double lambda, int h, int w, uint64_t seed,
+                        lss_set set, uint64_t i, float *kappa) {
+    return lss_mm_mock_kappa(big, pk_big, lambda, h, w, seed, lss_mm_field_stream(set, i), kappa);
+}
+
+LSSDEF void lss_mm_mock_free(lss_mm_mock *m) {
+    if (!m) return;
+    LSS_FREE(m->kappa); LSS_FREE(m->shear); LSS_FREE(m->nvar); LSS_FREE(m->mask); LSS_FREE(m->count);
+    LSS_FREE(m->ell); LSS_FREE(m->cl);
+    lss_mm_catalogue_free(&m->cat);
+    LSS_FREE(m);
+}
+
+static lss_mm_mock *lss__mm_mock_alloc(int h, int w, int K, int nell) {
+    lss_mm_mock *m = (lss_mm_mock *)LSS_MALLOC(sizeof *m);
+    int64_t np = (int64_t)h * w;
+    if (!m) return NULL;
+    memset(m, 0, sizeof *m);
+    m->h = h;
+    m->w = w;
+    m->nfields = K;
+    m->nell = nell;
+    m->kappa = (float *)LSS_MALLOC(sizeof(float) * (size_t)(K * np));
+    m->shear = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * K * np));
+    m->nvar = (float *)LSS_MALLOC(sizeof(float) * (size_t)np);
+    m->mask = (float *)LSS_MALLOC(sizeof(float) * (size_t)np);
+    m->count = (float *)LSS_MALLOC(sizeof(float) * (size_t)np);
+    m->ell = (double *)LSS_MALLOC(sizeof(double) * (size_t)nell);
+    m->cl = (double *)LSS_MALLOC(sizeof(double) * (size_t)nell);
+    if (!m->kappa || !m->shear || !m->nvar || !m->mask || !m->count || !m->ell || !m->cl) {
+        lss_mm_mock_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+LSSDEF int lss_mm_mock_grid(const lss_mm_mock *m, int pad, lss_grid **g, double **pk) {
+    int s;
+    if (g) *g = NULL;
+    if (pk) *pk = NULL;
+    if (!m || !g || !pk || pad < 1 || pad > 64) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_grid: bad argument");
+    if ((s = lss_grid_create(pad * m->h, pad * m->w, m->pix_arcmin, g)) != LSS_OK) return s;
+    *pk = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(*g));
+    if (!*pk) s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_grid: out of memory");
+    else s = lss_grid_spectrum(*g, m->ell, m->cl, m->nell, *pk);
+    if (s != LSS_OK) {
+        LSS_FREE(*pk);
+        lss_grid_free(*g);
+        *pk = NULL;
+        *g = NULL;
+    }
+    return s;
+}
+
+LSSDEF int lss_mm_mock_create(const lss_mm_mock_opts *o, lss_mm_mock **out) {
+    lss_mm_mock_opts d;
+    lss_mm_mock *m;
+    lss_grid *g = NULL, *big = NULL;
+    double *pkb = NULL;
+    int s, f, k;
+    int64_t np;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_create: out is NULL");
+    *out = NULL;
+    memset(&d, 0, sizeof d);
+    if (o) d = *o;
+    if (d.size == 0) d.size = 64;
+    if (d.nfields == 0) d.nfields = 4;
+    if (d.pad == 0) d.pad = 2;
+    if (d.pix_arcmin == 0) d.pix_arcmin = LSS_MM_COSMOS_PIX_ARCMIN;
+    if (d.nell == 0) d.nell = 200;
+    if (d.size < 8 || d.size > 4096 || d.nfields < 1 || d.nfields > 100000 || d.pad < 1 || d.pad > 8 || d.nell < 2 ||
+        d.nell > 100000 || !(d.pix_arcmin > 0) || d.pix_arcmin > 60 || d.shift < 0 || !isfinite(d.shift))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_create: bad options (size %d, fields %d, pad %d, pixel %g, shift %g)",
+                          d.size, d.nfields, d.pad, d.pix_arcmin, d.shift);
+    if (d.gaussian) d.shift = 0;
+    else if (d.shift == 0 && (s = lss_mm_theory_kappa_empty(NULL, "cosmos", &d.shift)) != LSS_OK) return s;
+    if (!(m = lss__mm_mock_alloc(d.size, d.size, d.nfields, d.nell))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_create: out of memory");
+    m->pix_arcmin = d.pix_arcmin;
+    m->shift = d.shift;
+    m->seed = d.seed;
+    np = (int64_t)d.size * d.size;
+    for (k = 0; k < d.nell; k++) m->ell[k] = pow(10.0, 0.5 + 5.0 * k / (d.nell - 1));
+    s = lss_mm_theory_ckk(NULL, "cosmos", d.nell, m->ell, m->cl);
+    if (s == LSS_OK) s = lss_grid_create(d.size, d.size, d.pix_arcmin, &g);
+    if (s == LSS_OK) s = lss_mm_mock_grid(m, d.pad, &big, &pkb);
+    if (s == LSS_OK) s = lss_mm_mock_mask(d.size, d.size, &d.survey, d.seed, m->mask);
+    if (s == LSS_OK) s = lss_mm_mock_noise_map(g, m->mask, &d.survey, d.seed, m->count, m->nvar);
+    for (f = 0; f < d.nfields && s == LSS_OK; f++) {
+        s = lss_mm_field(big, pkb, d.shift, d.size, d.size, d.seed, LSS_SET_TEST, (uint64_t)f, m->kappa + f * np);
+        if (s == LSS_OK)
+            s = lss_mm_mock_shear(g, m->kappa + f * np, m->nvar, d.seed, lss_stream(LSS_STREAM_MM_NOISE, lss_set_index(LSS_SET_TEST, (uint64_t)f), 0),
+                                  m->shear + 2 * f * np, m->shear + (2 * f + 1) * np);
+    }
+    if (s == LSS_OK && d.catalogue) {
+        double se = d.survey.sigma_e > 0 ? d.survey.sigma_e : LSS_MM_COSMOS_SIGMA_E;
+        int64_t ng = 0, i, q, j = 0;
+        float *g1 = (float *)LSS_MALLOC(sizeof(float) * (size_t)np), *g2 = (float *)LSS_MALLOC(sizeof(float) * (size_t)np);
+        lss_rng r;
+        for (i = 0; i < np; i++) ng += (int64_t)m->count[i];
+        if (!g1 || !g2) s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_create: out of memory");
+        if (s == LSS_OK) s = lss__mm_cat_alloc(&m->cat, ng);
+        if (s == LSS_OK) s = lss_mm_kappa_to_shear(g, m->kappa, NULL, g1, g2);
+        if (s == LSS_OK) {
+            lss_rng_for(&r, d.seed, LSS_STREAM_MM_NOISE, lss_set_index(LSS_SET_TEST, 0), LSS_MM_SUB_CATALOGUE);
+            for (i = 0; i < np; i++)
+                for (q = 0; q < (int64_t)m->count[i]; q++, j++) {
+                    m->cat.x[j] = (double)(i % d.size) + lss_rng_uniform(&r);
+                    m->cat.y[j] = (double)(i / d.size) + lss_rng_uniform(&r);
+                    m->cat.e1[j] = g1[i] + se * lss_rng_normal(&r);
+                    m->cat.e2[j] = g2[i] + se * lss_rng_normal(&r);
+                    m->cat.w[j] = 1.0;
+                }
+        }
+        LSS_FREE(g1);
+        LSS_FREE(g2);
+    }
+    lss_grid_free(g);
+    lss_grid_free(big);
+    LSS_FREE(pkb);
+    if (s != LSS_OK) {
+        lss_mm_mock_free(m);
+        return s;
+    }
+    *out = m;
+    return LSS_OK;
+}
+
+static int lss__mm_path(char *buf, size_t n, const char *dir, const char *name) {
+    if ((size_t)snprintf(buf, n, "%s/%s", dir, name) >= n) return lss_seterr(LSS_ERR_ARG, "path %s/%s is too long", dir, name);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_mock_save(const lss_mm_mock *m, const char *dir) {
+    char p[4096];
+    int64_t s3[3], s4[4], s2[2];
+    int s, k;
+    double *d;
+    if (!m || !dir) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_save: NULL argument");
+    s3[0] = m->nfields; s3[1] = m->h; s3[2] = m->w;
+    s4[0] = m->nfields; s4[1] = 2; s4[2] = m->h; s4[3] = m->w;
+    s2[0] = m->h; s2[1] = m->w;
+    if ((s = lss__mm_path(p, sizeof p, dir, "kappa.npy")) || (s = lss_npy_save(p, LSS_F32, 3, s3, m->kappa))) return s;
+    if ((s = lss__mm_path(p, sizeof p, dir, "shear.npy")) || (s = lss_npy_save(p, LSS_F32, 4, s4, m->shear))) return s;
+    if ((s = lss__mm_path(p, sizeof p, dir, "noise_var.npy")) || (s = lss_npy_save(p, LSS_F32, 2, s2, m->nvar))) return s;
+    if ((s = lss__mm_path(p, sizeof p, dir, "mask.npy")) || (s = lss_npy_save(p, LSS_F32, 2, s2, m->mask))) return s;
+    if ((s = lss__mm_path(p, sizeof p, dir, "count.npy")) || (s = lss_npy_save(p, LSS_F32, 2, s2, m->count))) return s;
+    {
+        const char *hd[6] = {"h", "w", "pixel_arcmin", "shift", "nfields", "seed"};
+        double row[6];
+        row[0] = m->h; row[1] = m->w; row[2] = m->pix_arcmin; row[3] = m->shift; row[4] = m->nfields; row[5] = (double)m->seed;
+        if ((s = lss__mm_path(p, sizeof p, dir, "grid.csv")) || (s = lss_csv_write(p, 6, hd, 1, row))) return s;
+    }
+    if (!(d = (double *)LSS_MALLOC(sizeof(double) * (size_t)(4 * (m->nell > m->cat.n ? m->nell : m->cat.n) + 4))))
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_save: out of memory");
+    {
+        const char *hd[2] = {"ell", "cl"};
+        for (k = 0; k < m->nell; k++) d[2 * k] = m->ell[k], d[2 * k + 1] = m->cl[k];
+        if ((s = lss__mm_path(p, sizeof p, dir, "ps.csv")) == LSS_OK) s = lss_csv_write(p, 2, hd, m->nell, d);
+    }
+    if (s == LSS_OK && m->cat.n > 0) {
+        const char *hd[4] = {"x", "y", "e1", "e2"};
+        int64_t j;
+        for (j = 0; j < m->cat.n; j++) d[4 * j] = m->cat.x[j], d[4 * j + 1] = m->cat.y[j], d[4 * j + 2] = m->cat.e1[j], d[4 * j + 3] = m->cat.e2[j];
+        if ((s = lss__mm_path(p, sizeof p, dir, "catalogue.csv")) == LSS_OK) s = lss_csv_write(p, 4, hd, m->cat.n, d);
+    }
+    LSS_FREE(d);
+    return s;
+}
+
+/* Loads NPY dir/name as float with the expected shape (ndim entries of want). */
+static int lss__mm_load_arr(const char *dir, const char *name, int ndim, const int64_t *want, float **out) {
+    char p[4096];
+    int nd, s, k;
+    int64_t sh[LSS_MAX_DIM];
+    *out = NULL;
+    if ((s = lss__mm_path(p, sizeof p, dir, name)) != LSS_OK) return s;
+    if ((s = lss_npy_load_f32(p, out, &nd, sh)) != LSS_OK) return s;
+    for (k = 0; k < ndim && nd == ndim; k++)
+        if (sh[k] != want[k]) break;
+    if (nd != ndim || k < ndim) {
+        LSS_FREE(*out);
+        *out = NULL;
+        return lss_seterr(LSS_ERR_SHAPE, "%s: the array's shape does not match grid.csv", p);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out) {
+    char p[4096];
+    lss_csv c;
+    lss_mm_mock *m;
+    int s, h, w, K, ce, cc, k;
+    int64_t i, s2[2], s3[3], s4[4];
+    double pix, shift;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_load: out is NULL");
+    *out = NULL;
+    if (!dir) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_load: NULL directory");
+    if ((s = lss__mm_path(p, sizeof p, dir, "grid.csv")) || (s = lss_csv_read(p, &c))) return s;
+    if (c.nrows < 1 || lss_csv_col(&c, "h") < 0 || lss_csv_col(&c, "w") < 0 || lss_csv_col(&c, "pixel_arcmin") < 0 ||
+        lss_csv_col(&c, "nfields") < 0) {
+        lss_csv_free(&c);
+        return lss_seterr(LSS_ERR_FORMAT, "%s: needs columns h, w, pixel_arcmin, nfields", p);
+    }
+    h = (int)c.data[lss_csv_col(&c, "h")];
+    w = (int)c.data[lss_csv_col(&c, "w")];
+    K = (int)c.data[lss_csv_col(&c, "nfields")];
+    pix = c.data[lss_csv_col(&c, "pixel_arcmin")];
+    shift = lss_csv_col(&c, "shift") >= 0 ? c.data[lss_csv_col(&c, "shift")] : 0.0;
+    i = lss_csv_col(&c, "seed") >= 0 ? (int64_t)c.data[lss_csv_col(&c, "seed")] : 0;
+    lss_csv_free(&c);
+    if (h < 2 || w < 2 || h > 32768 || w > 32768 || K < 1 || K > 100000 || !(pix > 0) || !isfinite(pix) || !(shift >= 0) || !isfinite(shift))
+        return lss_seterr(LSS_ERR_FORMAT, "%s: bad grid (h %d, w %d, nfields %d, pixel %g, shift %g)", p, h, w, K, pix, shift);
+    if ((s = lss__mm_path(p, sizeof p, dir, "ps.csv")) || (s = lss_csv_read(p, &c))) return s;
+    ce = lss_csv_col(&c, "ell");
+    cc = lss_csv_col(&c, "cl");
+    if (ce < 0 || cc < 0 || c.nrows < 2) {
+        lss_csv_free(&c);
+        return lss_seterr(LSS_ERR_FORMAT, "%s: needs columns ell and cl and at least 2 rows", p);
+    }
+    if (!(m = lss__mm_mock_alloc(h, w, K, (int)c.nrows))) {
+        lss_csv_free(&c);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_load: out of memory");
+    }
+    for (k = 0; k < m->nell; k++) m->ell[k] = c.data[(int64_t)k * c.ncols + ce], m->cl[k] = c.data[(int64_t)k * c.ncols + cc];
+    lss_csv_free(&c);
+    m->pix_arcmin = pix;
+    m->shift = shift;
+    m->seed = (uint64_t)i;
+    s2[0] = h; s2[1] = w;
+    s3[0] = K; s3[1] = h; s3[2] = w;
+    s4[0] = K; s4[1] = 2; s4[2] = h; s4[3] = w;
+    LSS_FREE(m->kappa); LSS_FREE(m->shear); LSS_FREE(m->nvar); LSS_FREE(m->mask); LSS_FREE(m->count);
+    m->kappa = m->shear = m->nvar = m->mask = m->count = NULL;
+    if ((s = lss__mm_load_arr(dir, "kappa.npy", 3, s3, &m->kappa)) || (s = lss__mm_load_arr(dir, "shear.npy", 4, s4, &m->shear)) ||
+        (s = lss__mm_load_arr(dir, "noise_var.npy", 2, s2, &m->nvar)) || (s = lss__mm_load_arr(dir, "mask.npy", 2, s2, &m->mask))) {
+        lss_mm_mock_free(m);
+        return s;
+    }
+    if (lss__mm_load_arr(dir, "count.npy", 2, s2, &m->count) != LSS_OK) {
+        /* counts are optional: the data need only the noise variance */
+        if (!(m->count = (float *)LSS_MALLOC(sizeof(float) * (size_t)(h * w)))) {
+            lss_mm_mock_free(m);
+            return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_load: out of memory");
+        }
+        memset(m->count, 0, sizeof(float) * (size_t)(h * w));
+    }
+    for (i = 0; i < (int64_t)h * w; i++)
+        if (!(m->nvar[i] > 0) || !isfinite(m->nvar[i])) {
+            lss_mm_mock_free(m);
+            return lss_seterr(LSS_ERR_FORMAT, "%s/noise_var.npy: pixel %lld is not > 0", dir, (long long)i);
+        }
+    *out = m;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
+                                const lss_mm_train_opts *to, lss_mm_net **out, double *final_loss) {
+    lss_grid *big = NULL;
+    double *pk = NULL, *pkb = NULL;
+    lss_mm_train_opts d;
+    lss_mm_net *net = NULL;
+    int s;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_train_on_mock: out is NULL");
+    *out = NULL;
+    if (!g || !m || !to) return lss_seterr(LSS_ERR_ARG, "lss_mm_train_on_mock: NULL argument");
+    if (lss_grid_h(g) != m->h || lss_grid_w(g) != m->w) return lss_seterr(LSS_ERR_SHAPE, "lss_mm_train_on_mock: the grid is not the mock's");
+    if (!(pk = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(g)))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_train_on_mock: out of memory");
+    s = lss_grid_spectrum(g, m->ell, m->cl, m->nell, pk);
+    if (s == LSS_OK) s = lss_mm_mock_grid(m, 2, &big, &pkb);
+    if (s == LSS_OK) s = lss_mm_net_create(g, pk, no, &net);
+    if (s == LSS_OK) {
+        d = *to;
+        d.big = big;
+        d.pk_big = pkb;
+        d.lambda = m->shift;
+        d.nvar = m->nvar;
+        s = lss_mm_net_train(net, &d, final_loss);
+    }
+    lss_grid_free(big);
+    LSS_FREE(pk);
+    LSS_FREE(pkb);
+    if (s != LSS_OK) {
+        lss_mm_net_free(net);
+        return s;
+    }
+    *out = net;
+    return LSS_OK;
+}
+
+/* ---- evaluation */
+LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r) {
+    if (!r) return;
+    LSS_FREE(r->rmse); LSS_FREE(r->r); LSS_FREE(r->ell); LSS_FREE(r->cl_theory); LSS_FREE(r->cl_truth);
+    LSS_FREE(r->cl_sims_mean); LSS_FREE(r->cl_sims_std); LSS_FREE(r->cl_samples_mean); LSS_FREE(r->cl_samples_std);
+    LSS_FREE(r->cl_wiener); LSS_FREE(r->cl_post_mean); LSS_FREE(r->frac_within_2sigma);
+    LSS_FREE(r->truth); LSS_FREE(r->ks); LSS_FREE(r->wiener); LSS_FREE(r->post_mean); LSS_FREE(r->post_std);
+    LSS_FREE(r->samples); LSS_FREE(r->deepmass);
+    LSS_FREE(r);
+}
+
+#define LSS__MM_NEWD(n) (double *)LSS_MALLOC(sizeof(double) * (size_t)(n))
+#define LSS__MM_NEWF(n) (float *)LSS_MALLOC(sizeof(float) * (size_t)(n))
+
+LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_eval_result **out) {
+    lss_mm_eval_opts d;
+    lss_mm_eval_result *R;
+    lss_grid *g = NULL, *big = NULL;
+    double *pk = NULL, *pkb = NULL, *edges = NULL, *cl_sim = NULL, *cl_smp = NULL;
+    float *smp = NULL, *sim = NULL, *est = NULL;
+    int s = LSS_OK, f, k, q, best = 0, nf, nb, ns, nsim;
+    int64_t np;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_eval: out is NULL");
+    *out = NULL;
+    if (!m || !o) return lss_seterr(LSS_ERR_ARG, "lss_mm_eval: NULL argument");
+    d = *o;
+    nf = d.nfields > 0 && d.nfields < m->nfields ? d.nfields : m->nfields;
+    ns = d.nsamples ? d.nsamples : 16;
+    nb = d.nbins ? d.nbins : LSS_MM_SPECTRUM_BINS;
+    nsim = d.nsims ? d.nsims : 32;
+    if (d.batch == 0) d.batch = 16;
+    if (ns < 2 || nb < 1 || nsim < 2 || d.batch < 1 || d.nfields < 0 || nf >= (int)LSS_MM_SUB_WIENER_SIGNAL)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_eval: need nsamples >= 2, nsims >= 2, nbins >= 1, batch >= 1 (got %d, %d, %d, %d)", ns, nsim, nb, d.batch);
+    np = (int64_t)m->h * m->w;
+    R = (lss_mm_eval_result *)LSS_MALLOC(sizeof *R);
+    if (!R) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval: out of memory");
+    memset(R, 0, sizeof *R);
+    R->nfields = nf; R->nsamples = ns; R->nbins = nb; R->h = m->h; R->w = m->w;
+    R->nmethods = d.deepmass ? 4 : 3;
+    R->nsample_maps = ns < 3 ? ns : 3;
+    R->rmse = LSS__MM_NEWD(nf * LSS_MM_NMETHODS); R->r = LSS__MM_NEWD(nf * LSS_MM_NMETHODS);
+    R->ell = LSS__MM_NEWD(nb); R->cl_theory = LSS__MM_NEWD(nb); R->cl_truth = LSS__MM_NEWD(nb);
+    R->cl_sims_mean = LSS__MM_NEWD(nb); R->cl_sims_std = LSS__MM_NEWD(nb); R->cl_samples_mean = LSS__MM_NEWD(nb);
+    R->cl_samples_std = LSS__MM_NEWD(nb); R->cl_wiener = LSS__MM_NEWD(nb); R->cl_post_mean = LSS__MM_NEWD(nb);
+    R->frac_within_2sigma = LSS__MM_NEWD(nb);
+    R->truth = LSS__MM_NEWF(np); R->ks = LSS__MM_NEWF(np); R->wiener = LSS__MM_NEWF(np); R->post_mean = LSS__MM_NEWF(np);
+    R->post_std = LSS__MM_NEWF(np); R->samples = LSS__MM_NEWF(R->nsample_maps * np);
+    if (d.deepmass) R->deepmass = LSS__MM_NEWF(np);
+    edges = LSS__MM_NEWD(nb + 1); cl_sim = LSS__MM_NEWD((int64_t)nsim * nb); cl_smp = LSS__MM_NEWD((int64_t)ns * nb);
+    smp = LSS__MM_NEWF((int64_t)ns * np); sim = LSS__MM_NEWF(np); est = LSS__MM_NEWF(2 * np);
+    if (!R->rmse || !R->r || !R->ell || !R->cl_theory || !R->cl_truth || !R->cl_sims_mean || !R->cl_sims_std ||
+        !R->cl_samples_mean || !R->cl_samples_std || !R->cl_wiener || !R->cl_post_mean || !R->frac_within_2sigma ||
+        !R->truth || !R->ks || !R->wiener || !R->post_mean || !R->post_std || !R->samples || (d.deepmass && !R->deepmass) ||
+        !edges || !cl_sim || !cl_smp || !smp || !sim || !est) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval: out of memory");
+        goto done;
+    }
+    for (k = 0; k < nf * LSS_MM_NMETHODS; k++) R->rmse[k] = R->r[k] = NAN;
+    if ((s = lss_mm_mock_grid(m, 1, &g, &pk)) || (s = lss_mm_mock_grid(m, 2, &big, &pkb))) goto done;
+    if ((s = lss_mm_ks_best(g, nf, m->shear, m->kappa, m->mask, LSS_MM_KS_NSCALES, lss_mm_ks_scales(), NULL, &best))) goto done;
+    R->ks_smoothing = lss_mm_ks_scales()[best];
+    if (d.sample.sigma_min == 0) d.sample.sigma_min = lss_mm_auto_sigma_min(np, m->nvar);
+    R->sigma_min = d.sample.sigma_min;
+    /* figure 6: the prior's spectra from simulations of the fiducial set (never the mock's fields) */
+    if ((s = lss_grid_ps_edges(g, nb, edges))) goto done;
+    for (q = 0; q < nsim && s == LSS_OK; q++) {
+        s = lss_mm_field(big, pkb, m->shift, m->h, m->w, m->seed, LSS_SET_FIDUCIAL, (uint64_t)q, sim);
+        if (s == LSS_OK) s = lss_grid_ps(g, sim, NULL, edges, nb, R->ell, cl_sim + (int64_t)q * nb);
+    }
+    if (s == LSS_OK) s = lss_grid_bin_spectrum(g, pk, edges, nb, R->cl_theory);
+    for (f = 0; f < nf && s == LSS_OK; f++) {
+        lss_mm_post *post = NULL;
+        lss_mm_sample_stats st;
+        const float *g1 = m->shear + 2 * f * np, *g2 = m->shear + (2 * f + 1) * np, *truth = m->kappa + f * np;
+        double *rm = R->rmse + f * LSS_MM_NMETHODS, *rr = R->r + f * LSS_MM_NMETHODS;
+        float *ks = est, *wf = est + np;
+        if (d.progress) d.progress(d.progress_user, f, nf);
+        if ((s = lss_mm_ks(g, g1, g2, R->ks_smoothing, ks, NULL)) ||
+            (s = lss_mm_metrics(np, ks, truth, m->mask, &rm[LSS_MM_METHOD_KS], &rr[LSS_MM_METHOD_KS])) ||
+            (s = lss_mm_wiener(g, pk, g1, g2, m->nvar, NULL, wf, NULL, NULL)) ||
+            (s = lss_mm_metrics(np, wf, truth, m->mask, &rm[LSS_MM_METHOD_WIENER], &rr[LSS_MM_METHOD_WIENER])))
+            break;
+        if (f == 0) {
+            memcpy(R->truth, truth, sizeof(float) * (size_t)np);
+            memcpy(R->ks, ks, sizeof(float) * (size_t)np);
+            memcpy(R->wiener, wf, sizeof(float) * (size_t)np);
+        }
+        if (d.deepmass) {
+            if ((s = lss_mm_net_deepmass(d.deepmass, g1, g2, ks)) ||
+                (s = lss_mm_metrics(np, ks, truth, m->mask, &rm[LSS_MM_METHOD_DEEPMASS], &rr[LSS_MM_METHOD_DEEPMASS])))
+                break;
+            if (f == 0) memcpy(R->deepmass, ks, sizeof(float) * (size_t)np);
+        }
+        if ((s = lss_mm_post_create(g, pk, g1, g2, m->nvar, &post))) break;
+        if (d.prior) lss_mm_post_set_residual(post, lss_mm_net_residual, d.prior);
+        {
+            lss_mm_sample_opts so = d.sample;
+            so.job = (uint32_t)f;
+            so.progress = NULL;
+            s = lss_mm_sample_batched(post, &so, ns, d.batch, smp, &st);
+        }
+        lss_mm_post_free(post);
+        if (s == LSS_OK) s = lss_mm_mean_std(ns, np, smp, ks, f == 0 ? R->post_std : NULL);
+        if (s == LSS_OK) s = lss_mm_metrics(np, ks, truth, m->mask, &rm[LSS_MM_METHOD_POSTERIOR], &rr[LSS_MM_METHOD_POSTERIOR]);
+        if (s != LSS_OK) break;
+        R->cost.evals_per_chain += st.evals_per_chain / nf;
+        R->cost.accept_rate += st.accept_rate / nf;
+        R->cost.seconds += st.seconds;
+        R->cost.levels = st.levels;
+        R->cost.hmc_steps = st.hmc_steps;
+        if (f == 0) {
+            memcpy(R->samples, smp, sizeof(float) * (size_t)(R->nsample_maps * np));
+            for (k = 0; k < ns && s == LSS_OK; k++) s = lss_grid_ps(g, smp + (int64_t)k * np, NULL, edges, nb, NULL, cl_smp + (int64_t)k * nb);
+            if (s == LSS_OK) s = lss_grid_ps(g, truth, NULL, edges, nb, NULL, R->cl_truth);
+            if (s == LSS_OK) s = lss_grid_ps(g, wf, NULL, edges, nb, NULL, R->cl_wiener);
+            if (s == LSS_OK) s = lss_grid_ps(g, ks, NULL, edges, nb, NULL, R->cl_post_mean);
+            memcpy(R->post_mean, ks, sizeof(float) * (size_t)np);
+        }
+    }
+    if (s != LSS_OK) goto done;
+    for (k = 0; k < LSS_MM_NMETHODS; k++) {
+        double a = 0, a2 = 0, b = 0, b2 = 0;
+        for (f = 0; f < nf; f++) {
+            double e = R->rmse[f * LSS_MM_NMETHODS + k], c = R->r[f * LSS_MM_NMETHODS + k];
+            a += e / nf; a2 += e * e / nf; b += c / nf; b2 += c * c / nf;
+        }
+        R->mean_rmse[k] = a; R->std_rmse[k] = sqrt(fmax(a2 - a * a, 0));
+        R->mean_r[k] = b; R->std_r[k] = sqrt(fmax(b2 - b * b, 0));
+    }
+    R->bins_within_1sigma = 0;
+    for (k = 0; k < nb; k++) {
+        double sm = 0, ss = 0, pm = 0, pv = 0, fin = 0;
+        for (q = 0; q < nsim; q++) sm += cl_sim[(int64_t)q * nb + k] / nsim;
+        for (q = 0; q < nsim; q++) ss += pow(cl_sim[(int64_t)q * nb + k] - sm, 2) / (nsim - 1);
+        ss = sqrt(ss);
+        for (q = 0; q < ns; q++) pm += cl_smp[(int64_t)q * nb + k] / ns;
+        for (q = 0; q < ns; q++) {
+            pv += pow(cl_smp[(int64_t)q * nb + k] - pm, 2) / (ns - 1);
+            fin += fabs(cl_smp[(int64_t)q * nb + k] - sm) <= 2 * ss;
+        }
+        R->cl_sims_mean[k] = sm; R->cl_sims_std[k] = ss;
+        R->cl_samples_mean[k] = pm; R->cl_samples_std[k] = sqrt(pv);
+        R->frac_within_2sigma[k] = fin / ns;
+        R->bins_within_1sigma += fabs(pm - sm) <= ss;
+    }
+done:
+    lss_grid_free(g); lss_grid_free(big);
+    LSS_FREE(pk); LSS_FREE(pkb); LSS_FREE(edges); LSS_FREE(cl_sim); LSS_FREE(cl_smp); LSS_FREE(smp); LSS_FREE(sim); LSS_FREE(est);
+    if (s != LSS_OK) {
+        lss_mm_eval_free(R);
+        return s;
+    }
+    *out = R;
+    return LSS_OK;
+}
+
+/* ---- detection experiment */
+LSSDEF void lss_mm_detect_free(lss_mm_detect_result *r) {
+    if (!r) return;
+    LSS_FREE(r->mass); LSS_FREE(r->snr); LSS_FREE(r->rate); LSS_FREE(r->rs_arcmin); LSS_FREE(r->kappa_s);
+    LSS_FREE(r);
+}
+
+LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_mm_detect_result **out) {
+    lss_mm_detect_opts d;
+    lss_mm_detect_result *R;
+    lss_grid *g = NULL;
+    double *pk = NULL, xc, yc, tb_std = 0, level;
+    float *smp = NULL, *mean = NULL, *g1 = NULL, *g2 = NULL, *nk = NULL, *z1 = NULL, *z2 = NULL, *f1 = NULL;
+    lss_cosmo *cos = NULL;
+    lss_params par;
+    int s = LSS_OK, k, ns;
+    int64_t np, i;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_detect: out is NULL");
+    *out = NULL;
+    if (!m || !o || (o->nmasses > 0 && !o->masses)) return lss_seterr(LSS_ERR_ARG, "lss_mm_detect: NULL argument");
+    d = *o;
+    ns = d.nsamples ? d.nsamples : 16;
+    if (d.batch == 0) d.batch = 16;
+    if (d.theta_pix == 0) d.theta_pix = lss_mm_detect_theta(m->h, m->w);
+    if (d.threshold == 0) d.threshold = LSS_MM_DETECT_THRESHOLD;
+    if (d.field < 0 || d.field >= m->nfields || d.nmasses < 0 || d.nmasses + 1 >= (int)LSS_MM_SUB_WIENER_SIGNAL || ns < 2 || d.batch < 1 ||
+        !(d.theta_pix > 0) || !(d.threshold > 0))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_detect: bad options (field %d of %d, %d halos, %d samples, theta %g, threshold %g)",
+                          d.field, m->nfields, d.nmasses, ns, d.theta_pix, d.threshold);
+    for (k = 0; k < d.nmasses; k++)
+        if (!(d.masses[k] > 1e10 && d.masses[k] < 1e17)) return lss_seterr(LSS_ERR_RANGE, "lss_mm_detect: mass %g outside (1e10, 1e17) Msun", d.masses[k]);
+    np = (int64_t)m->h * m->w;
+    R = (lss_mm_detect_result *)LSS_MALLOC(sizeof *R);
+    if (!R) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_detect: out of memory");
+    memset(R, 0, sizeof *R);
+    R->nrows = d.nmasses + 1;
+    R->theta_pix = d.theta_pix;
+    R->mass = LSS__MM_NEWD(R->nrows); R->snr = LSS__MM_NEWD(R->nrows); R->rate = LSS__MM_NEWD(R->nrows);
+    R->rs_arcmin = LSS__MM_NEWD(R->nrows); R->kappa_s = LSS__MM_NEWD(R->nrows);
+    smp = LSS__MM_NEWF((int64_t)ns * np); mean = LSS__MM_NEWF(np); g1 = LSS__MM_NEWF(np); g2 = LSS__MM_NEWF(np);
+    nk = LSS__MM_NEWF(np); z1 = LSS__MM_NEWF(np); z2 = LSS__MM_NEWF(np); f1 = LSS__MM_NEWF(np);
+    if (!R->mass || !R->snr || !R->rate || !R->rs_arcmin || !R->kappa_s || !smp || !mean || !g1 || !g2 || !nk || !z1 || !z2 || !f1) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_detect: out of memory");
+        goto done;
+    }
+    xc = 0.5 * m->w;
+    yc = 0.5 * m->h;
+    if ((s = lss_mm_mock_grid(m, 1, &g, &pk))) goto done;
+    lss_mm_params_planck15(&par);
+    if ((s = lss_cosmo_create(&par, &cos))) goto done;
+    if (d.sample.sigma_min == 0) d.sample.sigma_min = lss_mm_auto_sigma_min(np, m->nvar);
+    for (k = 0; k <= d.nmasses && s == LSS_OK; k++) {
+        lss_mm_post *post;
+        lss_mm_sample_opts so = d.sample;
+        double rate;
+        memcpy(g1, m->shear + 2 * d.field * np, sizeof(float) * (size_t)np);
+        memcpy(g2, m->shear + (2 * d.field + 1) * np, sizeof(float) * (size_t)np);
+        R->mass[k] = R->snr[k] = R->rs_arcmin[k] = R->kappa_s[k] = 0;
+        if (k > 0) {
+            lss_mm_nfw hl;
+            double rs, kss, mx = 0;
+            memset(&hl, 0, sizeof hl);
+            hl.m200 = d.masses[k - 1];
+            hl.c200 = 1.0;
+            hl.z_l = 0.5;
+            hl.z_s = 1.0;
+            if ((s = lss_mm_nfw_params(cos, &hl, &rs, &kss))) break;
+            memset(nk, 0, sizeof(float) * (size_t)np);
+            memset(z1, 0, sizeof(float) * (size_t)np);
+            memset(z2, 0, sizeof(float) * (size_t)np);
+            if ((s = lss_mm_nfw_add(g, rs, kss, xc, yc, 0, z1, z2, nk))) break;
+            for (i = 0; i < np; i++)
+                if (m->nvar[i] < 0.5 * LSS_MM_EMPTY_VAR) g1[i] += z1[i], g2[i] += z2[i];
+            if ((s = lss_mm_starlet_filter(g, nk, d.theta_pix, f1))) break;
+            for (i = 0; i < np; i++) mx = fmax(mx, f1[i]);
+            R->mass[k] = hl.m200;
+            R->snr[k] = mx / tb_std;
+            R->rs_arcmin[k] = rs;
+            R->kappa_s[k] = kss;
+        }
+        if ((s = lss_mm_post_create(g, pk, g1, g2, m->nvar, &post))) break;
+        so.job = (uint32_t)k;
+        s = lss_mm_sample_batched(post, &so, ns, d.batch, smp, NULL);
+        lss_mm_post_free(post);
+        if (s != LSS_OK) break;
+        if (k == 0) {
+            /* the background: the filtered posterior mean without halo sets the level */
+            if ((s = lss_mm_mean_std(ns, np, smp, mean, NULL)) ||
+                (s = lss_mm_filtered_std(g, mean, m->mask, d.theta_pix, &R->background_std)) ||
+                (s = lss_mm_filtered_std(g, m->kappa + d.field * np, m->mask, d.theta_pix, &tb_std)))
+                break;
+            if (!(tb_std > 0)) tb_std = 1e-30;
+        }
+        level = d.threshold * R->background_std;
+        if ((s = lss_mm_detect_rate(g, ns, smp, d.theta_pix, xc, yc, level, &rate))) break;
+        R->rate[k] = rate;
+    }
+done:
+    lss_cosmo_free(cos);
+    lss_grid_free(g);
+    LSS_FREE(pk); LSS_FREE(smp); LSS_FREE(mean); LSS_FREE(g1); LSS_FREE(g2); LSS_FREE(nk); LSS_FREE(z1); LSS_FREE(z2); LSS_FREE(f1);
+    if (s != LSS_OK) {
+        lss_mm_detect_free(R);
+        return s;
+    }
+    *out = R;
+    return LSS_OK;
+}
+
+
+/* ---- result files */
+static void lss__mm_panel(lss_image *im, int x, int y, const float *m, int h, int w, int sc, double lo, double hi, const char *title) {
+    static const unsigned char black[3] = {0, 0, 0};
+    lss_image_text(im, x, y, title, black, 1);
+    lss_image_map(im, x, y + 14, m, h, w, lo, hi, sc);
+}
+
+LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
+    char p[4096];
+    int s, f, k, b, nf, nb, h, w, sc, pw, ph;
+    double *fr, *sp, tab[6 * LSS_MM_NMETHODS], lo = 1e9, hi = -1e9, smax = 0;
+    int64_t i;
+    lss_image im;
+    if (!R || !dir) return lss_seterr(LSS_ERR_ARG, "lss_mm_eval_save: NULL argument");
+    nf = R->nfields; nb = R->nbins; h = R->h; w = R->w;
+    fr = (double *)LSS_MALLOC(sizeof(double) * (size_t)(9 * nf));
+    sp = (double *)LSS_MALLOC(sizeof(double) * (size_t)(11 * nb));
+    if (!fr || !sp) {
+        LSS_FREE(fr);
+        LSS_FREE(sp);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval_save: out of memory");
+    }
+    for (k = 0; k < R->nmethods; k++) {
+        double row[6];
+        row[0] = k; row[1] = k == LSS_MM_METHOD_KS ? R->ks_smoothing : 0; row[2] = R->mean_rmse[k]; row[3] = R->std_rmse[k];
+        row[4] = R->mean_r[k]; row[5] = R->std_r[k];
+        memcpy(tab + 6 * k, row, sizeof row);
+    }
+    for (f = 0; f < nf; f++) {
+        fr[9 * f] = f;
+        for (k = 0; k < LSS_MM_NMETHODS; k++) fr[9 * f + 1 + 2 * k] = R->rmse[f * LSS_MM_NMETHODS + k], fr[9 * f + 2 + 2 * k] = R->r[f * LSS_MM_NMETHODS + k];
+    }
+    for (b = 0; b < nb; b++) {
+        double row[11];
+        row[0] = R->ell[b]; row[1] = R->cl_theory[b]; row[2] = R->cl_truth[b]; row[3] = R->cl_sims_mean[b]; row[4] = R->cl_sims_std[b];
+        row[5] = R->cl_samples_mean[b]; row[6] = R->cl_samples_std[b]; row[7] = R->cl_wiener[b]; row[8] = R->cl_post_mean[b];
+        row[9] = R->frac_within_2sigma[b]; row[10] = fabs(R->cl_samples_mean[b] - R->cl_sims_mean[b]) <= R->cl_sims_std[b];
+        memcpy(sp + 11 * b, row, sizeof row);
+    }
+    {
+        const char *ht[6] = {"method", "smoothing_arcmin", "rmse", "rmse_std", "r", "r_std"};
+        const char *hf[9] = {"field", "ks_rmse", "ks_r", "wiener_rmse", "wiener_r", "post_rmse", "post_r", "deepmass_rmse", "deepmass_r"};
+        const char *hs[11] = {"ell", "theory", "truth", "sims_mean", "sims_std", "samples_mean", "samples_std", "wiener", "posterior_mean",
+                              "frac_samples_within_2sigma", "mean_within_1sigma"};
+        const double *ys[5];
+        const char *lab[5] = {"theory", "truth", "simulations", "posterior samples", "Wiener"};
+        lss_plot_opts po;
+        ys[0] = R->cl_theory; ys[1] = R->cl_truth; ys[2] = R->cl_sims_mean; ys[3] = R->cl_samples_mean; ys[4] = R->cl_wiener;
+        memset(&po, 0, sizeof po);
+        po.title = "convergence power spectra (field 0)";
+        po.xlabel = "ell";
+        po.ylabel = "C_ell";
+        po.logx = po.logy = 1;
+        s = lss__mm_path(p, sizeof p, dir, "table1.csv");
+        if (s == LSS_OK) s = lss_csv_write(p, 6, ht, R->nmethods, tab);
+        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "fields.csv")) == LSS_OK) s = lss_csv_write(p, 9, hf, nf, fr);
+        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.csv")) == LSS_OK) s = lss_csv_write(p, 11, hs, nb, sp);
+        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.png")) == LSS_OK) s = lss_plot_lines(p, &po, 5, nb, R->ell, ys, lab);
+    }
+    LSS_FREE(fr);
+    LSS_FREE(sp);
+    if (s != LSS_OK) return s;
+    sc = 512 / (h > w ? h : w);
+    sc = sc < 1 ? 1 : sc > 2 ? 2 : sc;
+    pw = w * sc + 20;
+    ph = h * sc + 30;
+    for (i = 0; i < (int64_t)h * w; i++) lo = fmin(lo, R->truth[i]), hi = fmax(hi, R->truth[i]), smax = fmax(smax, R->post_std[i]);
+    if ((s = lss_image_init(&im, 4 * pw, 2 * ph)) != LSS_OK) return s;
+    lss__mm_panel(&im, 0, 0, R->truth, h, w, sc, lo, hi, "truth");
+    lss__mm_panel(&im, pw, 0, R->ks, h, w, sc, lo, hi, "Kaiser-Squires");
+    lss__mm_panel(&im, 2 * pw, 0, R->wiener, h, w, sc, lo, hi, "Wiener");
+    lss__mm_panel(&im, 3 * pw, 0, R->post_mean, h, w, sc, lo, hi, "posterior mean");
+    lss__mm_panel(&im, 0, ph, R->post_std, h, w, sc, 0, smax, "posterior std");
+    for (k = 0; k < R->nsample_maps; k++) lss__mm_panel(&im, (1 + k) * pw, ph, R->samples + (int64_t)k * h * w, h, w, sc, lo, hi, "sample");
+    if ((s = lss__mm_path(p, sizeof p, dir, "figure7.png")) == LSS_OK) s = lss_image_save_png(&im, p);
+    lss_image_free(&im);
+    if (s == LSS_OK && R->deepmass && (s = lss__mm_path(p, sizeof p, dir, "deepmass0.png")) == LSS_OK)
+        s = lss_png_map(p, R->deepmass, h, w, 0, 0, "DeepMass (field 0)", 512 / (h > w ? h : w) > 1 ? 512 / (h > w ? h : w) : 1);
+    return s;
+}
+
+LSSDEF int lss_mm_detect_save(const lss_mm_detect_result *R, const char *dir) {
+    char p[4096];
+    const char *hd[5] = {"mass_msun", "snr_input", "detection_rate", "rs_arcmin", "kappa_s"}, *lab[1] = {"posterior samples"};
+    const double *yy[1];
+    double *rows;
+    lss_plot_opts po;
+    int k, s;
+    if (!R || !dir) return lss_seterr(LSS_ERR_ARG, "lss_mm_detect_save: NULL argument");
+    if (!(rows = (double *)LSS_MALLOC(sizeof(double) * (size_t)(5 * R->nrows)))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_detect_save: out of memory");
+    for (k = 0; k < R->nrows; k++)
+        rows[5 * k] = R->mass[k], rows[5 * k + 1] = R->snr[k], rows[5 * k + 2] = R->rate[k], rows[5 * k + 3] = R->rs_arcmin[k], rows[5 * k + 4] = R->kappa_s[k];
+    s = lss__mm_path(p, sizeof p, dir, "detect.csv");
+    if (s == LSS_OK) s = lss_csv_write(p, 5, hd, R->nrows, rows);
+    LSS_FREE(rows);
+    memset(&po, 0, sizeof po);
+    po.title = "cluster detection rate vs input SNR";
+    po.xlabel = "input SNR";
+    po.ylabel = "detection rate";
+    yy[0] = R->rate;
+    if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "detect.png")) == LSS_OK) s = lss_plot_lines(p, &po, 1, R->nrows, R->snr, yy, lab);
     return s;
 }
 

@@ -1,8 +1,71 @@
-/* lss_nn.h - tensors, reverse-mode autodiff, layers, losses, optimizers and checkpoints for
- * neural networks on the CPU. Part of lss; includes lss_core.h.
+/* lss_nn.h - tensors, reverse-mode autodiff, layers, losses, optimizers, checkpoints and the training
+ * loop for neural networks, computed on the CPU. Part of lss; includes lss_core.h.
  *
  * In exactly one C file:   #define LSS_NN_IMPLEMENTATION   before   #include "lss_nn.h"
  * (and LSS_CORE_IMPLEMENTATION once somewhere). Build with -fopenmp (optional) and -lm.
+ *
+ * CPU and GPU. Every network, operation, loss, optimizer and the training loop of this header run
+ * on the CPU (OpenMP threads, the built-in SGEMM or LSS_CBLAS). The GPU API declared at the end
+ * (with LSS_CUDA) is a set of primitives implemented in lss_gpu.cu: SGEMM on cuBLAS, cuDNN
+ * convolutions, element-wise kernels, the Adam update and Philox draws, each with a parity test
+ * against the CPU code (tests/test_gpu.c, skipped without a device). No network or operation of
+ * this header dispatches to them yet.
+ *
+ * Contents (the order of the declarations below)
+ *   1. tensors           lss_tensor, lss_tensor_create/_free, lss_shape_count
+ *   2. parameter store   lss_store_create/_free, lss_store_add, lss_store_buffer, lss_store_get,
+ *                        lss_store_tensor, lss_store_ntensors, lss_store_nparams, lss_store_size,
+ *                        lss_store_data, lss_store_grad, lss_store_zero_grad, lss_store_grad_norm,
+ *                        lss_store_copy, lss_store_status
+ *   3. graph             lss_graph_create/_free, lss_graph_reset, lss_graph_set_training,
+ *                        lss_graph_training, lss_graph_set_record, lss_graph_status,
+ *                        lss_graph_memory, lss_tensor_new, lss_view, lss_backward, lss_backward_seed
+ *   4. operations        lss_op_matmul, lss_op_dense, lss_op_conv2d (any kernel, stride, padding),
+ *                        lss_op_conv2d_transpose, lss_op_avgpool2d, lss_op_upsample2d (nearest),
+ *                        lss_op_concat, lss_op_add, lss_op_sub, lss_op_mul (numpy broadcasting),
+ *                        lss_op_scale, lss_op_add_scalar, lss_op_relu, lss_op_leaky_relu,
+ *                        lss_op_softplus, lss_op_tanh, lss_op_sigmoid, lss_op_exp, lss_op_ln,
+ *                        lss_op_batchnorm (train/eval), lss_op_spectral_norm (power iteration),
+ *                        lss_op_reshape, lss_op_flatten, lss_op_sum, lss_op_mean,
+ *                        lss_op_global_avgpool
+ *   5. losses            lss_op_mse, lss_op_l1, lss_op_gauss_nll (DeepLSS eq. 14, Cholesky factor
+ *                        of the precision), lss_op_gmm_nll, lss_gmm_width and lss_gmm_logpdf
+ *                        (mixture density network), lss_op_dsm_loss (denoising score matching),
+ *                        lss_op_wgan_critic_loss
+ *   6. optimizers        lss_optim_create/_free, lss_optim_step, lss_optim_lr, lss_optim_steps,
+ *                        lss_optim_last_norm, lss_optim_set_lr: SGD with momentum, Adam, AdamW,
+ *                        RMSProp; step, cosine and exponential schedules; gradient clipping by
+ *                        global norm or by a percentile of the history of norms (DeepLSS: 50th
+ *                        percentile of the last 10,000, each tensor clipped to it)
+ *   7. checkpoints       lss_ckpt_save, lss_ckpt_load, lss_crc32
+ *   8. training loop     lss_train (lss_train_net, lss_train_opts, lss_train_result)
+ *   9. SGEMM             lss_sgemm, lss_nn_threads
+ *  10. blocks            lss_op_activate, lss_mlp_init/_forward, lss_resblock_init/_forward,
+ *                        lss_resnet_init/_forward (the DeepLSS CNN), lss_unet_init/_forward
+ *  11. GPU primitives    (LSS_CUDA; lss_gpu.cu) lss_gpu_device_count, lss_gpu_init/_free,
+ *                        lss_gpu_name, lss_gpu_set_tf32, lss_gpu_sync, buffers (lss_gpu_alloc,
+ *                        lss_gpu_allocf, lss_gpu_dealloc, lss_gpu_upload[f], lss_gpu_download[f],
+ *                        lss_gpu_memset, lss_gpu_zerof), lss_gpu_sgemm, lss_gpu_conv2d_* ,
+ *                        lss_gpu_unary[_backward], lss_gpu_binary[_backward], lss_gpu_adam,
+ *                        lss_gpu_rand_*. The map-domain kernels (shape noise, random flips,
+ *                        scaling for networks) are declared in lss_maps.h.
+ *
+ * API conventions
+ *   - Outputs come last: a function that creates an object returns a status and hands the object
+ *     out through a trailing `**out` (lss_store_create(seed, &st), lss_optim_create(st, &opts, &o),
+ *     lss_tensor_create(ndim, shape, &t), lss_gpu_allocf(ctx, n, &d)); arrays a function fills come
+ *     after its inputs (lss_gmm_logpdf(..., logp)). Copies keep memcpy's order (destination first:
+ *     lss_gpu_upload/download) and text buffers snprintf's (buf, n).
+ *   - Opaque objects pair _create and _free (lss_store, lss_graph, lss_optim, lss_tensor); public
+ *     structs the caller owns are set up by _init (lss_mlp_init, lss_resblock_init, lss_resnet_init,
+ *     lss_unet_init: their tensors live in the store, so they need no _free). Every _free accepts
+ *     NULL.
+ *   - Functions that can fail on their inputs return an int status (LSS_OK = 0 or a negative
+ *     LSS_ERR_* of lss_core.h) with the message in lss_last_error(); library code never prints or
+ *     exits.
+ *   - Graph operations are named lss_op_*, return a new graph-owned tensor, and return NULL on
+ *     failure with the status kept in the graph (see "Errors are sticky" below).
+ *   - Everything the library allocates goes through LSS_MALLOC/LSS_REALLOC/LSS_FREE.
  *
  * The pieces
  *   lss_tensor   float32 data in NCHW order (up to 4 dimensions) and an optional gradient.
@@ -12,65 +75,67 @@
  *                one loop and a checkpoint is one table. Initialisers (He, Glorot) draw from Philox:
  *                tensor i of a store with seed s uses stream i, so weights are a pure function of
  *                (seed, registration order).
- *   lss_graph    a tape. A model is plain C code calling operations (lss_op_conv2d, lss_op_relu, ...) on a
- *                graph; each returns a new tensor owned by the graph. lss_backward walks the tape in
- *                reverse and ACCUMULATES into the store's gradients. lss_graph_reset forgets the
- *                tensors but keeps the memory, so a training loop allocates nothing after its first
- *                step. Errors are sticky: an operation that fails (bad shapes, no memory) returns
- *                NULL and records the failure; any operation given a NULL input returns NULL, so a
- *                forward pass is written without checks and tested once (lss_graph_status, or the
- *                status returned by lss_backward).
- *   lss_optim    SGD with momentum, Adam, AdamW, RMSProp; learning-rate schedules; gradient clipping
- *                by global norm or by a percentile of the history of norms (DeepLSS: 50th percentile
- *                of the last 10,000, each tensor clipped to it).
- *   checkpoints  lss_ckpt_save/lss_ckpt_load: one versioned binary file (magic, version, named
- *                tensors with shapes, CRC32) written atomically; loading validates everything and
- *                names the offending tensor; the optimizer state is saved too, so a resumed run
- *                continues bit for bit.
- *   operations   lss_op_matmul, lss_op_dense, lss_op_conv2d (any kernel, stride, padding),
- *                lss_op_conv2d_transpose, lss_op_avgpool2d, lss_op_upsample2d (nearest), lss_op_concat, lss_op_add,
- *                lss_op_sub, lss_op_mul (numpy broadcasting), lss_op_scale, lss_op_add_scalar, lss_op_relu,
- *                lss_op_leaky_relu, lss_op_softplus, lss_op_tanh, lss_op_sigmoid, lss_op_exp, lss_op_ln, lss_op_batchnorm
- *                (train/eval), lss_op_spectral_norm (power iteration), lss_op_reshape, lss_op_flatten,
- *                lss_op_sum, lss_op_mean, lss_op_global_avgpool.
- *   losses       lss_op_mse, lss_op_l1, lss_op_gauss_nll (DeepLSS eq. 14, Cholesky factor of the precision),
- *                lss_op_gmm_nll and lss_gmm_logpdf (mixture density network), lss_op_dsm_loss (denoising
- *                score matching), lss_op_wgan_critic_loss.
- *   blocks       lss_mlp, lss_resblock (optionally strided, projection shortcut, batch norm,
- *                average-pool downsampling), lss_resnet (the DeepLSS CNN), lss_unet (3 scales,
- *                residual blocks, batch norm, noise-level conditioning).
- * A graph is backpropagated once; lss_graph_reset invalidates every tensor it returned.
+ *   lss_graph    a tape. A model is plain C code calling operations (lss_op_conv2d, lss_op_relu, ...)
+ *                on a graph; each returns a new tensor owned by the graph. lss_backward walks the
+ *                tape in reverse and ACCUMULATES into the store's gradients. lss_graph_reset forgets
+ *                the tensors but keeps the memory, so a training loop allocates nothing after its
+ *                first step. Errors are sticky: an operation that fails (bad shapes, no memory)
+ *                returns NULL and records the failure; any operation given a NULL input returns
+ *                NULL, so a forward pass is written without checks and tested once
+ *                (lss_graph_status, or the status returned by lss_backward). A graph is
+ *                backpropagated once; lss_graph_reset invalidates every tensor it returned.
+ *                Each operation is one place in the implementation: its forward function records a
+ *                tape node with its backward function and typed parameters, and the backward
+ *                function sits next to it (element-wise operations are one line of
+ *                LSS__UNARY(name, threshold, forward, backward)).
+ *   lss_optim    see 6. above. A step whose gradient is not finite returns LSS_ERR_NUMERIC and
+ *                changes nothing.
+ *   checkpoints  one versioned binary file (magic, version, named tensors with shapes, CRC32)
+ *                written atomically; loading validates everything and names the offending tensor;
+ *                the optimizer state is saved too, so a resumed run continues bit for bit.
+ *   lss_train    the project's one training loop: steps through a callback, held-out evaluation,
+ *                loss CSV, plateau stopping, keep-best, checkpoints every k steps and exact resume,
+ *                for one network or several trained together (see "training loop" below).
  * Convolutions run as im2col + SGEMM (batched over the samples: one GEMM per layer and pass). When
  * a gradient is recorded the forward keeps its column buffer for the weight gradient, so a
  * training graph needs about C_in kh kw / stride^2 floats per input pixel per layer (about 0.5 GB
  * for the DeepLSS ResNet at a batch of 32 maps of 8 x 64 x 64, 16 times that at 384 x 384);
  * evaluation graphs reuse one scratch buffer sized for the largest layer.
  *
- * Example: a small MLP fitted by Adam (error handling shortened)
- *     lss_store *st; lss_graph *g; lss_optim *opt; lss_mlp net;
- *     int sizes[] = {2, 64, 64, 1};
- *     lss_store_create(42, &st);                                   // seed of the initialisers
- *     lss_mlp_init(&net, st, "mlp", 3, sizes, LSS_ACT_RELU);       // 2 -> 64 -> 64 -> 1
- *     lss_optim_opts oo = {0}; oo.kind = LSS_OPT_ADAM; oo.lr = 1e-3;
- *     lss_optim_create(st, &oo, &opt);
- *     lss_graph_create(&g);
- *     for (int step = 0; step < 1000; step++) {
- *         float xb[32 * 2], yb[32];  fill_batch(step, xb, yb);   // your data
- *         lss_graph_reset(g);
- *         lss_tensor *x = lss_view(g, xb, 2, (int64_t[]){32, 2});
- *         lss_tensor *y = lss_view(g, yb, 2, (int64_t[]){32, 1});
- *         lss_tensor *loss = lss_op_mse(g, lss_mlp_forward(g, &net, x), y);
- *         lss_store_zero_grad(st);
- *         if (lss_backward(g, loss) || lss_optim_step(opt)) { puts(lss_last_error()); break; }
+ * Example: a small MLP fitted by Adam through lss_train (error handling shortened)
+ *     typedef struct { lss_store *st; lss_optim *opt; lss_graph *g, *ge; lss_mlp net; } model;
+ *     static int step(void *u, int64_t t, double *loss) {      // one optimizer step on batch t
+ *         model *m = u; float xb[32 * 2], yb[32];  fill_batch(t, xb, yb);   // your data
+ *         lss_graph_reset(m->g);
+ *         lss_tensor *x = lss_view(m->g, xb, 2, (int64_t[]){32, 2});
+ *         lss_tensor *y = lss_view(m->g, yb, 2, (int64_t[]){32, 1});
+ *         lss_tensor *l = lss_op_mse(m->g, lss_mlp_forward(m->g, &m->net, x), y);
+ *         lss_store_zero_grad(m->st);
+ *         int s = lss_backward(m->g, l);
+ *         if (s) return s;
+ *         loss[0] = l->data[0];
+ *         return lss_optim_step(m->opt);
  *     }
- *     lss_ckpt_save("mlp.ckpt", st, opt);          // lss_ckpt_load(path, st, opt) resumes
- *     lss_graph_free(g); lss_optim_free(opt); lss_store_free(st);
+ *     // eval(void *u, double *loss): the same on the held-out set in m->ge (lss_graph_set_training 0)
+ *     model m; int sizes[] = {2, 64, 64, 1};
+ *     lss_store_create(42, &m.st);                                 // seed of the initialisers
+ *     lss_mlp_init(&m.net, m.st, "mlp", 3, sizes, LSS_ACT_RELU);   // 2 -> 64 -> 64 -> 1
+ *     lss_optim_opts oo = {0}; oo.kind = LSS_OPT_ADAM; oo.lr = 1e-3;
+ *     lss_optim_create(m.st, &oo, &m.opt);
+ *     lss_graph_create(&m.g); lss_graph_create(&m.ge); lss_graph_set_training(m.ge, 0);
+ *     lss_train_net net = {"mlp", m.st, m.opt, "mlp.ckpt"};
+ *     lss_train_opts to = {0}; to.steps = 1000; to.eval_every = 50; to.ckpt_every = 200;
+ *     to.loss_csv = "loss.csv"; to.resume = 1; to.step = step; to.eval = eval; to.user = &m;
+ *     if (lss_train(&net, 1, &to, NULL)) puts(lss_last_error());   // rerun: resumes exactly
+ *     lss_graph_free(m.g); lss_graph_free(m.ge); lss_optim_free(m.opt); lss_store_free(m.st);
  *
  * Options (define before including)
  *   LSS_MALLOC/LSS_REALLOC/LSS_FREE   allocator (all three or none; see lss_core.h)
  *   LSS_CBLAS        use a system cblas_sgemm (link -lopenblas or -lcblas) instead of the built-in
  *                    blocked SGEMM
  *   LSS_NO_OPENMP    ignore OpenMP even when compiled with -fopenmp
+ *   LSS_CUDA         declare the GPU primitives (link build/lss_gpu.o, -lcudnn -lcublas -lcudart
+ *                    -lstdc++); the CPU code is the same with or without it
  * The built-in SGEMM (packed panels, 6 x 16 register tiles) uses AVX2/FMA intrinsics when __AVX2__
  * and __FMA__ are defined (-march=native) and portable C otherwise; it is threaded with OpenMP over
  * blocks of C. Results do not depend on the number of threads: every output element is computed by
@@ -78,11 +143,11 @@
  * A graph sizes its packing buffers for omp_get_max_threads() at creation and never uses more
  * threads than that.
  *
- * Conventions. Shapes: dense input [N, in] (any [N, ...] is flattened), dense weight [in, out],
- * conv weight [C_out, C_in, kh, kw], transposed-conv weight [C_in, C_out, kh, kw] (as PyTorch),
- * batch-norm statistics per channel (axis 1). Losses return a 0-D tensor (one element).
+ * Shapes. Dense input [N, in] (any [N, ...] is flattened), dense weight [in, out], conv weight
+ * [C_out, C_in, kh, kw], transposed-conv weight [C_in, C_out, kh, kw] (as PyTorch), batch-norm
+ * statistics per channel (axis 1). Losses return a 0-D tensor (one element).
  *
- * Version 0.1.0.
+ * Version 0.2.0.
  */
 #ifndef LSS_NN_H
 #define LSS_NN_H
@@ -113,9 +178,9 @@ typedef struct lss_tensor {
 } lss_tensor;
 enum { LSS_T_PARAM = 1, LSS_T_BUFFER = 2, LSS_T_OWNED = 4 };
 
-/* A standalone tensor that owns its data (zero-filled; no gradient). Free with lss_tensor_free.
- * NULL on failure (message set). */
-LSSDEF lss_tensor *lss_tensor_create(int ndim, const int64_t *shape);
+/* A standalone tensor that owns its data (zero-filled; no gradient), returned in *t (NULL on
+ * failure). LSS_ERR_SHAPE for a bad shape, LSS_ERR_NOMEM. Free with lss_tensor_free. */
+LSSDEF int lss_tensor_create(int ndim, const int64_t *shape, lss_tensor **t);
 LSSDEF void lss_tensor_free(lss_tensor *t);
 /* Number of elements of a shape; -1 when ndim is outside 0..4 or a size is < 1 or it overflows. */
 LSSDEF int64_t lss_shape_count(int ndim, const int64_t *shape);
@@ -321,10 +386,99 @@ LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim 
 /* Validates the whole file first (magic, version, sizes against the file length, CRC32, every
  * store tensor present with its shape, optimizer state of the same kind and size when o != NULL)
  * and changes nothing unless all is right; errors name the file and the tensor. Tensors in the
- * file that the store lacks are an error too. */
+ * file that the store lacks are an error too, except the "optim.*" ones (read only when o != NULL)
+ * and the "train.*" state that lss_train adds. */
 LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o);
 /* CRC32 (IEEE 802.3, as zlib's crc32) of a buffer, continuing from `crc` (start with 0). */
 LSSDEF uint32_t lss_crc32(uint32_t crc, const void *buf, size_t n);
+
+/* ---------------------------------------------------------------- training loop
+ * The one training loop of the project (DeepLSS networks, the MDN, the mass-mapping prior and every
+ * generator): it owns the step count, the held-out evaluations, plateau stopping, checkpoints with
+ * exact resume and the loss CSV; the caller owns the model and the data through two callbacks.
+ * Several networks can train together on the same data (DeepLSS trains up to six): they share the
+ * step counter, are evaluated together and checkpointed as one consistent set.
+ *
+ * Steps. The loop's step count is the optimizers' (lss_optim_steps), which must all be equal at the
+ * start (else LSS_ERR_STATE naming both steps). It calls step(user, t, loss) for t = t0 .. steps-1;
+ * after each call every optimizer must have taken exactly one step (lss_optim_step once per network,
+ * else LSS_ERR_STATE). A step that returns LSS_ERR_NUMERIC is skipped: it is counted, its losses are
+ * left out of the training means, and the step count of every optimizer that did not step still
+ * moves on by one (no parameter changes, the learning-rate schedule advances). Any other non-zero
+ * status of step or eval stops the loop and is returned as is (nothing more is written).
+ *
+ * Evaluations and the loss CSV. After step count n = t + 1 is reached, a row is made when n is a
+ * multiple of eval_every, at n = steps and when the plateau rule stops the run: columns step (= n),
+ * train_<name> for each network (mean of its finite training losses since the previous row; NaN
+ * when no step succeeded in between), then valid_<name> for each network when eval is given (its
+ * held-out loss at n). Without eval there are no valid_ columns. Rows are kept in memory and the
+ * file is rewritten (atomically, lss_csv_write) at every checkpoint.
+ *
+ * Plateau and best. A network improves when its held-out loss is below its best so far minus
+ * min_delta (NaN never improves). With patience > 0 the run stops after an evaluation at which no
+ * network has improved in its last `patience` evaluations. keep_best snapshots each network's store
+ * (lss_store_copy) at each improvement and copies the snapshot back into the network when lss_train
+ * returns LSS_OK; the checkpoints keep the last parameters (so that resume is exact) and hold the
+ * snapshot too ("train.best").
+ *
+ * Checkpoints and resume. When n is a multiple of ckpt_every, at n = steps and at a plateau stop,
+ * the loss CSV is written, then each network with a ckpt_path (lss_ckpt_save format, each file
+ * atomic) with the loop's state as extra "train.*" tensors (training-loss sums, plateau counters,
+ * best losses, skipped steps), which lss_ckpt_load ignores. With resume = 1 every network needs a
+ * ckpt_path: when none of the files exists the run starts afresh; when only some exist it is
+ * LSS_ERR_STATE; otherwise all are loaded (validated as by lss_ckpt_load), must be at one step
+ * (else LSS_ERR_STATE naming both steps), and the CSV rows with step <= that step are read back
+ * (the header must match). The loop then continues, and the parameters and the CSV at the end are
+ * bitwise those of an uninterrupted run provided step() is a pure function of (state, t) and the
+ * previous run stopped at a checkpoint that was not also an extra evaluation: a run killed at any
+ * point resumes from its last checkpoint exactly; a run ended by a smaller `steps` ends with an
+ * evaluation at that step, so it resumes exactly when that step is a multiple of eval_every (or
+ * when there is no eval). A run whose checkpoints show the plateau stop stays stopped, and
+ * checkpoints past `steps` are LSS_ERR_STATE. */
+typedef struct {
+    const char *name;        /* column names "train_<name>", "valid_<name>": 1..64 characters without
+                                comma, quote, space or line break; distinct; NULL allowed when nnet is
+                                1 (then "loss") */
+    lss_store *store;        /* parameters (required) */
+    lss_optim *optim;        /* optimizer of this store (required); its step count is the loop's */
+    const char *ckpt_path;   /* checkpoint file (NULL: none; required with resume) */
+} lss_train_net;
+typedef struct {
+    int64_t steps;           /* total optimizer steps (required, >= 1) */
+    int eval_every;          /* a CSV row and held-out evaluation every eval_every steps (0: only at
+                                the end) */
+    int ckpt_every;          /* checkpoints and loss CSV every ckpt_every steps (0: only at the end) */
+    const char *loss_csv;    /* step, train_<name>..., valid_<name>... (NULL: none) */
+    int resume;              /* 1: continue from the checkpoints when they exist (see above) */
+    int patience;            /* plateau stop after `patience` evaluations in which no network improved
+                                (0: run all steps; > 0 needs eval) */
+    double min_delta;        /* improvement that counts (absolute, >= 0; 0: any decrease) */
+    int keep_best;           /* 1: return with each network's parameters of its best held-out
+                                evaluation (needs eval) */
+    /* One optimizer step of every network: draw a batch for `step` (0-based, a pure function of the
+       step so that resume is exact), forward, backward, lss_optim_step; loss[k] receives network k's
+       training loss. Return LSS_OK, LSS_ERR_NUMERIC for a skipped step (counted), or an error. */
+    int (*step)(void *user, int64_t step, double *loss);
+    /* Held-out loss of every network (loss[k]); NULL: no held-out evaluation. Must not change the
+       parameters (use an evaluation graph). */
+    int (*eval)(void *user, double *loss);
+    /* Optional: called after every step with the step count done, the total, and the training and
+       held-out columns of the last row (NaN before the first row; valid is NULL without eval). */
+    void (*progress)(void *user, int64_t step, int64_t steps, const double *train, const double *valid);
+    void *user;
+} lss_train_opts;
+typedef struct {
+    int64_t steps_done;      /* optimizer step count at return (resumed steps included) */
+    int64_t skipped;         /* steps that returned LSS_ERR_NUMERIC (resumed ones included) */
+    int stopped_early;       /* 1: the plateau rule stopped the run */
+    int64_t best_step;       /* step of the best mean held-out loss (-1: no evaluation) */
+    double seconds, seconds_step;  /* wall time of this call and of its step callbacks */
+} lss_train_result;
+/* Runs the loop over nnet networks (see above). res may be NULL; it is filled on errors too.
+ * LSS_ERR_ARG for NULL nets or o, nnet < 1, steps < 1, a NULL step callback, patience or keep_best
+ * without eval, negative counts, a bad, missing or duplicate name, a network without store or
+ * optimizer, shared stores or checkpoint paths, resume without a checkpoint path. */
+LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss_train_result *res);
 
 /* ---------------------------------------------------------------- SGEMM
  * C = alpha op(A) op(B) + beta C, row-major; op(A) is M x K (A stored M x K with lda, or K x M when
@@ -338,7 +492,8 @@ LSSDEF int lss_nn_threads(void);
 
 /* ---------------------------------------------------------------- blocks */
 typedef enum { LSS_ACT_RELU = 0, LSS_ACT_LEAKY, LSS_ACT_TANH, LSS_ACT_SOFTPLUS, LSS_ACT_NONE } lss_act;
-LSSDEF lss_tensor *lss_activate(lss_graph *g, lss_tensor *x, lss_act act); /* LEAKY: slope 0.2 */
+/* The activation `act` as a graph operation (LEAKY: slope 0.2; NONE: x itself). */
+LSSDEF lss_tensor *lss_op_activate(lss_graph *g, lss_tensor *x, lss_act act);
 
 #define LSS_MLP_MAX 16
 typedef struct {
@@ -411,9 +566,11 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
 
 /* ==== GPU API (LSS_CUDA) ==== */
 #ifdef LSS_CUDA
-/* The CUDA backend (lss_gpu.cu, built with nvcc and linked with -lcudnn -lcublas -lcudart; define
- * LSS_CUDA to see these declarations). A context owns one device's stream, cuBLAS and cuDNN handles
- * and a workspace; all work is queued on its stream. Functions return LSS_OK or LSS_ERR_CUDA with a
+/* GPU primitives (lss_gpu.cu, built with nvcc and linked with -lcudnn -lcublas -lcudart; define
+ * LSS_CUDA to see these declarations). They are tested for parity with the CPU code of this header
+ * (tests/test_gpu.c, skipped without a device); no network or operation of this header calls them.
+ * A context owns one device's stream, cuBLAS and cuDNN handles and a workspace; all work is queued
+ * on its stream. Functions return LSS_OK or LSS_ERR_CUDA with a
  * message naming the failed call, its error string, file and line (LSS_ERR_ARG for bad arguments,
  * LSS_ERR_UNSUPPORTED when there is no device). Pointers named d... or passed to kernels are device
  * memory from lss_gpu_alloc; host pointers are named as such. A context is used by one thread at a
@@ -421,7 +578,10 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
  * element-wise kernels round every operation as the CPU code does); lss_gpu_set_tf32 opts into TF32
  * tensor cores for SGEMM and convolutions. Results are deterministic: the same calls on the same
  * device give bitwise the same outputs (deterministic cuDNN algorithms only). */
+#ifndef LSS_GPU_TYPE_DECLARED /* also declared by lss_maps.h's GPU map kernels */
+#define LSS_GPU_TYPE_DECLARED
 typedef struct lss_gpu lss_gpu;
+#endif
 
 /* Number of CUDA devices; *n = 0 and LSS_OK when there is no driver or no device. */
 LSSDEF int lss_gpu_device_count(int *n);
@@ -438,8 +598,8 @@ LSSDEF int lss_gpu_set_tf32(lss_gpu *ctx, int on);
 LSSDEF int lss_gpu_sync(lss_gpu *ctx);
 
 /* ---- device buffers (the caller frees what it allocates with lss_gpu_dealloc) */
-LSSDEF int lss_gpu_alloc(lss_gpu *ctx, void **dptr, size_t bytes);     /* uninitialised */
-LSSDEF int lss_gpu_allocf(lss_gpu *ctx, float **dptr, int64_t n);       /* n floats, uninitialised */
+LSSDEF int lss_gpu_alloc(lss_gpu *ctx, size_t bytes, void **dptr);     /* uninitialised */
+LSSDEF int lss_gpu_allocf(lss_gpu *ctx, int64_t n, float **dptr);       /* n floats, uninitialised */
 LSSDEF void lss_gpu_dealloc(lss_gpu *ctx, void *dptr);                  /* NULL allowed */
 /* Copies (synchronous: the host buffer may be reused when they return). */
 LSSDEF int lss_gpu_upload(lss_gpu *ctx, void *dst, const void *host_src, size_t bytes);
@@ -495,7 +655,9 @@ LSSDEF int lss_gpu_binary_backward(lss_gpu *ctx, lss_gpu_binop op, const float *
 LSSDEF int lss_gpu_adam(lss_gpu *ctx, float *w, const float *g, float *m, float *v, int64_t n, double lr,
                         double beta1, double beta2, double eps, double weight_decay, int adamw, int64_t t);
 
-/* ---- DeepLSS noise from the Philox streams of lss_core.h. Layouts: the fills reproduce the
+/* ---- Philox draws on the device, the streams of lss_core.h (the map-domain kernels built on them,
+ * lss_gpu_shape_noise, lss_gpu_random_flip and lss_gpu_scale_for_network, are declared in lss_maps.h).
+ * Layouts: the fills reproduce the
  * sequential lss_rng draws of (seed, stream) started at block counter0 (lss_rng_init +
  * lss_rng_seek(counter0)): u32 and uniformf element i is word i % 4 of block counter0 + i / 4;
  * uniform (double) element i is words 2 (i % 2), 2 (i % 2) + 1 of block counter0 + i / 2; normal
@@ -506,20 +668,6 @@ LSSDEF int lss_gpu_rand_uniformf(lss_gpu *ctx, float *d, int64_t n, uint64_t see
 LSSDEF int lss_gpu_rand_uniform(lss_gpu *ctx, double *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
 LSSDEF int lss_gpu_rand_normal(lss_gpu *ctx, double *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
 LSSDEF int lss_gpu_rand_normalf(lss_gpu *ctx, float *d, int64_t n, uint64_t seed, uint64_t stream, uint64_t counter0);
-/* Shape noise on nmaps maps of npix pixels: kappa[j][k] = (float)(kappa + sigma_e / sqrt(N') eps) in
- * double with N' = max(N, 1) (mode LSS_SHAPE_NOISE_PAPER = 0) or N + 1 (LSS_SHAPE_NOISE_CODE = 1), N =
- * counts[j][k], eps = the float normal of element k of map j's stream host_streams[j] (normalf layout,
- * counter0 = 0). The CPU's lss_sim_observe draws its normals sequentially by a ziggurat, which a
- * per-pixel kernel cannot reproduce: this layout is the GPU's own (same distribution, other values). */
-LSSDEF int lss_gpu_shape_noise(lss_gpu *ctx, float *kappa, const float *counts, int nmaps, int64_t npix,
-                               double sigma_e, int mode, uint64_t seed, const uint64_t *host_streams);
-/* Random flips of nfield fields of nchan x h x w (dst and src must not overlap): field f uses word 0
- * of block counter0 + f of (seed, stream): bit 0 flips up-down, bit 1 left-right (lss_mosaic's bits). */
-LSSDEF int lss_gpu_random_flip(lss_gpu *ctx, const float *src, float *dst, int nfield, int nchan, int h, int w,
-                               uint64_t seed, uint64_t stream, uint64_t counter0);
-/* Appendix-E scaling of nsamples stacks [2 nbins][npix] in place, as lss_scale_for_network. */
-LSSDEF int lss_gpu_scale_for_network(lss_gpu *ctx, float *maps, int nsamples, int nbins, int64_t npix,
-                                     double kappa_scale);
 #endif
 /* ==== END GPU API ==== */
 
@@ -634,24 +782,26 @@ static void lss__shape_str(const lss_tensor *t, char *buf, size_t cap) {
     if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-LSSDEF lss_tensor *lss_tensor_create(int ndim, const int64_t *shape) {
+LSSDEF int lss_tensor_create(int ndim, const int64_t *shape, lss_tensor **out) {
     int64_t n = lss_shape_count(ndim, shape);
     lss_tensor *t;
     int i;
-    if (n < 0) { lss_seterr(LSS_ERR_SHAPE, "lss_tensor_create: bad shape (ndim %d)", ndim); return NULL; }
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_tensor_create: NULL argument");
+    *out = NULL;
+    if (n < 0) return lss_seterr(LSS_ERR_SHAPE, "lss_tensor_create: bad shape (ndim %d)", ndim);
     t = (lss_tensor *)LSS_MALLOC(sizeof *t);
-    if (!t) { lss_seterr(LSS_ERR_NOMEM, "lss_tensor_create: out of memory"); return NULL; }
+    if (!t) return lss_seterr(LSS_ERR_NOMEM, "lss_tensor_create: out of memory");
     memset(t, 0, sizeof *t);
     t->data = (float *)LSS_MALLOC((size_t)n * sizeof(float));
     if (!t->data) {
         LSS_FREE(t);
-        lss_seterr(LSS_ERR_NOMEM, "lss_tensor_create: out of memory for %lld floats", (long long)n);
-        return NULL;
+        return lss_seterr(LSS_ERR_NOMEM, "lss_tensor_create: out of memory for %lld floats", (long long)n);
     }
     memset(t->data, 0, (size_t)n * sizeof(float));
     t->ndim = ndim; t->n = n; t->flags = LSS_T_OWNED;
     for (i = 0; i < ndim; i++) t->shape[i] = shape[i];
-    return t;
+    *out = t;
+    return LSS_OK;
 }
 
 LSSDEF void lss_tensor_free(lss_tensor *t) {
@@ -1201,23 +1351,29 @@ typedef struct lss__blk {
     size_t cap, used;
 } lss__blk;
 
-enum {
-    LSS__OP_MATMUL = 1, LSS__OP_DENSE, LSS__OP_CONV, LSS__OP_CONVT, LSS__OP_AVGPOOL, LSS__OP_UPSAMPLE,
-    LSS__OP_CONCAT, LSS__OP_ADD, LSS__OP_SUB, LSS__OP_MUL, LSS__OP_SCALE, LSS__OP_ADDS, LSS__OP_RELU,
-    LSS__OP_LEAKY, LSS__OP_SOFTPLUS, LSS__OP_TANH, LSS__OP_SIGMOID, LSS__OP_EXP, LSS__OP_LOG, LSS__OP_BN,
-    LSS__OP_SN, LSS__OP_SUM, LSS__OP_MEAN, LSS__OP_GAP, LSS__OP_MSE, LSS__OP_L1, LSS__OP_GNLL,
-    LSS__OP_GMM, LSS__OP_DSM, LSS__OP_WGAN
+/* A tape entry. Every operation is defined in one place: its forward function (lss_op_xxx) computes
+ * the output and records a node with its backward function and its parameters; the backward function
+ * (lss__xxx_bwd, written just above the forward) adds the gradient of `out` to the gradients of the
+ * inputs that have one. Adding an operation touches nothing else. */
+typedef struct lss__node lss__node;
+struct lss__node {
+    void (*backward)(lss__node *nd);
+    struct lss_graph *g;          /* the graph (SGEMM workspace) */
+    lss_tensor *out, *in[3];
+    union {                       /* the operation's parameters, one struct per family */
+        struct { int stride, pad; float *col, *tmp; } conv;   /* im2col columns, output buffer */
+        struct { int stride, pad; float *xt, *col; } convt;   /* input as [C, N HW], columns */
+        struct { int k, stride; } pool;
+        struct { int factor; } up;
+        struct { int64_t outer, ia, ib; } cat;                 /* blocks of ia and ib floats, outer times */
+        struct { int op; } bin;                                /* LSS__BIN_* */
+        struct { float p; } unary;                             /* slope, factor or constant */
+        struct { float *mean, *invstd; int train; } bn;        /* per channel */
+        struct { float *u, *v; float sigma; int64_t rows; } sn;
+        struct { int K; } gmm;
+    } p;
+    lss__node *prev;
 };
-
-typedef struct lss__node {
-    int op;
-    lss_tensor *out, *in[4];
-    int64_t ip[8];
-    float fp[4];
-    float *aux[3];
-    double *daux;
-    struct lss__node *prev;
-} lss__node;
 
 struct lss_graph {
     lss__blk *blk;     /* current block first */
@@ -1397,12 +1553,13 @@ static int lss__wants_grad(lss_graph *g, lss_tensor *a, lss_tensor *b, lss_tenso
     return g->record && ((a && a->grad) || (b && b->grad) || (c && c->grad));
 }
 
-static lss__node *lss__record(lss_graph *g, int op, lss_tensor *out, lss_tensor *a, lss_tensor *b, lss_tensor *c) {
+static lss__node *lss__record(lss_graph *g, void (*backward)(lss__node *), lss_tensor *out, lss_tensor *a,
+                              lss_tensor *b, lss_tensor *c) {
     lss__node *nd;
     if (!out->grad) return NULL; /* nothing flows back */
     nd = (lss__node *)lss__zalloc(g, sizeof *nd);
     if (!nd) return NULL;
-    nd->op = op; nd->out = out; nd->in[0] = a; nd->in[1] = b; nd->in[2] = c;
+    nd->backward = backward; nd->g = g; nd->out = out; nd->in[0] = a; nd->in[1] = b; nd->in[2] = c;
     nd->prev = g->tape;
     g->tape = nd;
     return nd;
@@ -1416,11 +1573,21 @@ static lss_tensor *lss__shape_err(lss_graph *g, const char *op, lss_tensor *a, l
     return lss__fail(g, LSS_ERR_SHAPE, "%s: incompatible shapes %s", op, msg);
 }
 
-#define LSS__REC(g, nd, op, out, a, b, c)                                                         \
-    lss__node *nd = lss__record(g, op, out, a, b, c);                                             \
+/* Records `out` with its backward function (nothing when no gradient flows); returns NULL from the
+ * operation when the node cannot be allocated. */
+#define LSS__REC(g, nd, backward, out, a, b, c)                                                   \
+    lss__node *nd = lss__record(g, backward, out, a, b, c);                                       \
     if ((out)->grad && !nd) return NULL
 
 /* ---------------------------------------------------------------- matmul and dense */
+static void lss__matmul_bwd(lss__node *nd) {
+    lss_tensor *y = nd->out, *a = nd->in[0], *b = nd->in[1];
+    const float *go = y->grad;
+    lss_graph *g = nd->g;
+    int64_t M = a->shape[0], K = a->shape[1], N = b->shape[1];
+    if (a->grad) lss__sgemm_ws(0, 1, M, K, N, 1.0f, go, N, b->data, N, 1.0f, a->grad, K, g->ws, g->wst);
+    if (b->grad) lss__sgemm_ws(1, 0, K, N, M, 1.0f, a->data, K, go, N, 1.0f, b->grad, N, g->ws, g->wst);
+}
 LSSDEF lss_tensor *lss_op_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b) {
     lss_tensor *y;
     int64_t sh[2];
@@ -1432,12 +1599,27 @@ LSSDEF lss_tensor *lss_op_matmul(lss_graph *g, lss_tensor *a, lss_tensor *b) {
     lss__sgemm_ws(0, 0, sh[0], sh[1], a->shape[1], 1.0f, a->data, a->shape[1], b->data, sh[1], 0.0f, y->data,
                   sh[1], g->ws, g->wst);
     {
-        LSS__REC(g, nd, LSS__OP_MATMUL, y, a, b, NULL);
+        LSS__REC(g, nd, lss__matmul_bwd, y, a, b, NULL);
         (void)nd;
     }
     return y;
 }
 
+static void lss__dense_bwd(lss__node *nd) {
+    lss_tensor *y = nd->out, *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
+    const float *go = y->grad;
+    lss_graph *g = nd->g;
+    int64_t M = y->shape[0], N = y->shape[1], K = a->n / M, j;
+    if (a->grad) lss__sgemm_ws(0, 1, M, K, N, 1.0f, go, N, b->data, N, 1.0f, a->grad, K, g->ws, g->wst);
+    if (b->grad) lss__sgemm_ws(1, 0, K, N, M, 1.0f, a->data, K, go, N, 1.0f, b->grad, N, g->ws, g->wst);
+    if (c && c->grad)
+        for (j = 0; j < N; j++) {
+            double s = 0;
+            int64_t i;
+            for (i = 0; i < M; i++) s += go[i * N + j];
+            c->grad[j] += (float)s;
+        }
+}
 LSSDEF lss_tensor *lss_op_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b) {
     lss_tensor *y;
     int64_t sh[2], nin, i, j;
@@ -1456,7 +1638,7 @@ LSSDEF lss_tensor *lss_op_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_
     lss__sgemm_ws(0, 0, sh[0], sh[1], nin, 1.0f, x->data, nin, w->data, sh[1], b ? 1.0f : 0.0f, y->data, sh[1],
                   g->ws, g->wst);
     {
-        LSS__REC(g, nd, LSS__OP_DENSE, y, x, w, b);
+        LSS__REC(g, nd, lss__dense_bwd, y, x, w, b);
         (void)nd;
     }
     return y;
@@ -1642,6 +1824,24 @@ static void lss__chan_sum_add(const float *g, int64_t N, int64_t C, int64_t P, f
     }
 }
 
+static void lss__conv2d_bwd(lss__node *nd) {
+    lss_tensor *y = nd->out, *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
+    const float *go = y->grad;
+    lss_graph *g = nd->g;
+    int64_t N = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3];
+    int64_t Co = b->shape[0], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
+    int64_t K = C * kh * kw, NP = N * Ho * Wo;
+    float *col = nd->p.conv.col, *gt = nd->p.conv.tmp; /* the forward's output buffer is reused for dY^T */
+    lss__ncp_to_cnp(go, N, Co, Ho * Wo, gt);
+    if (b->grad)
+        lss__sgemm_ws(0, LSS__PANEL ? 3 : 1, Co, K, NP, 1.0f, gt, NP, col, LSS__PANEL ? K : NP, 1.0f, b->grad, K, g->ws, g->wst);
+    if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
+    if (a->grad) {
+        /* dcol = W^T dY^T, written over col (no longer needed) */
+        lss__sgemm_ws(1, 0, K, NP, Co, 1.0f, b->data, K, gt, NP, 0.0f, col, NP, g->ws, g->wst);
+        lss__col2im_add(col, N, C, H, W, (int)kh, (int)kw, nd->p.conv.stride, nd->p.conv.pad, Ho, Wo, a->grad);
+    }
+}
 LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
     lss_tensor *y;
     int64_t N, C, H, W, Co, kh, kw, Ho, Wo, sh[4], K, NP;
@@ -1682,12 +1882,28 @@ LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss
     lss__sgemm_ws(0, LSS__PANEL ? 2 : 0, Co, NP, K, 1.0f, w->data, K, col, NP, b ? 1.0f : 0.0f, tmp, NP, g->ws, g->wst);
     lss__cnp_to_ncp(tmp, N, Co, Ho * Wo, y->data, 0);
     {
-        LSS__REC(g, nd, LSS__OP_CONV, y, x, w, b);
-        if (nd) { nd->aux[0] = col; nd->aux[1] = tmp; nd->ip[0] = stride; nd->ip[1] = pad; }
+        LSS__REC(g, nd, lss__conv2d_bwd, y, x, w, b);
+        if (nd) { nd->p.conv.col = col; nd->p.conv.tmp = tmp; nd->p.conv.stride = stride; nd->p.conv.pad = pad; }
     }
     return y;
 }
 
+static void lss__conv2d_transpose_bwd(lss__node *nd) {
+    lss_tensor *y = nd->out, *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
+    const float *go = y->grad;
+    lss_graph *g = nd->g;
+    int64_t N = a->shape[0], Ci = a->shape[1], H = a->shape[2], W = a->shape[3];
+    int64_t Co = b->shape[1], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
+    int64_t M = Co * kh * kw, NHW = N * H * W;
+    float *xt = nd->p.convt.xt, *col = nd->p.convt.col;
+    lss__im2col(go, N, Co, Ho, Wo, (int)kh, (int)kw, nd->p.convt.stride, nd->p.convt.pad, H, W, col, NULL, g->wst);
+    if (b->grad) lss__sgemm_ws(0, 1, Ci, M, NHW, 1.0f, xt, NHW, col, NHW, 1.0f, b->grad, M, g->ws, g->wst);
+    if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
+    if (a->grad) {
+        lss__sgemm_ws(0, 0, Ci, NHW, M, 1.0f, b->data, M, col, NHW, 0.0f, xt, NHW, g->ws, g->wst);
+        lss__cnp_to_ncp(xt, N, Ci, H * W, a->grad, 1);
+    }
+}
 LSSDEF lss_tensor *lss_op_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
                                         int pad, int outpad) {
     lss_tensor *y;
@@ -1729,13 +1945,30 @@ LSSDEF lss_tensor *lss_op_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tens
         }
     }
     {
-        LSS__REC(g, nd, LSS__OP_CONVT, y, x, w, b);
-        if (nd) { nd->aux[0] = xt; nd->aux[1] = col; nd->ip[0] = stride; nd->ip[1] = pad; }
+        LSS__REC(g, nd, lss__conv2d_transpose_bwd, y, x, w, b);
+        if (nd) { nd->p.convt.xt = xt; nd->p.convt.col = col; nd->p.convt.stride = stride; nd->p.convt.pad = pad; }
     }
     return y;
 }
 
 /* ---------------------------------------------------------------- pooling, upsampling, concat */
+static void lss__avgpool2d_bwd(lss__node *nd) {
+    lss_tensor *y = nd->out, *a = nd->in[0];
+    const float *go = y->grad;
+    int k = nd->p.pool.k, s = nd->p.pool.stride;
+    int64_t H = a->shape[2], W = a->shape[3], Ho = y->shape[2], Wo = y->shape[3], pl;
+    float inv = 1.0f / (float)(k * k);
+    if (!a->grad) return;
+    for (pl = 0; pl < a->shape[0] * a->shape[1]; pl++) {
+        float *gx = a->grad + pl * H * W;
+        const float *gy = go + pl * Ho * Wo;
+        int64_t oy, ox, i, j;
+        for (oy = 0; oy < Ho; oy++)
+            for (ox = 0; ox < Wo; ox++)
+                for (i = 0; i < k; i++)
+                    for (j = 0; j < k; j++) gx[(oy * s + i) * W + ox * s + j] += gy[oy * Wo + ox] * inv;
+    }
+}
 LSSDEF lss_tensor *lss_op_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stride) {
     lss_tensor *y;
     int64_t sh[4], pl, H, W, Ho, Wo;
@@ -1763,12 +1996,31 @@ LSSDEF lss_tensor *lss_op_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stri
             }
     }
     {
-        LSS__REC(g, nd, LSS__OP_AVGPOOL, y, x, NULL, NULL);
-        if (nd) { nd->ip[0] = k; nd->ip[1] = stride; }
+        LSS__REC(g, nd, lss__avgpool2d_bwd, y, x, NULL, NULL);
+        if (nd) { nd->p.pool.k = k; nd->p.pool.stride = stride; }
     }
     return y;
 }
 
+static void lss__upsample2d_bwd(lss__node *nd) {
+    lss_tensor *y = nd->out, *a = nd->in[0];
+    const float *go = y->grad;
+    int64_t f = nd->p.up.factor, H = a->shape[2], W = a->shape[3], Wo = y->shape[3], pl;
+    if (!a->grad) return;
+    LSS__PRAGMA(omp parallel for schedule(static) if (y->n > 1048576))
+    for (pl = 0; pl < a->shape[0] * a->shape[1]; pl++) {
+        float *gx = a->grad + pl * H * W;
+        const float *gy = go + pl * H * f * Wo;
+        int64_t iy, ix, i, j;
+        for (iy = 0; iy < H; iy++)
+            for (ix = 0; ix < W; ix++) {
+                float s = 0;
+                for (i = 0; i < f; i++)
+                    for (j = 0; j < f; j++) s += gy[(iy * f + i) * Wo + ix * f + j];
+                gx[iy * W + ix] += s;
+            }
+    }
+}
 LSSDEF lss_tensor *lss_op_upsample2d(lss_graph *g, lss_tensor *x, int f) {
     lss_tensor *y;
     int64_t sh[4], pl, H, W, Ho, Wo;
@@ -1788,12 +2040,21 @@ LSSDEF lss_tensor *lss_op_upsample2d(lss_graph *g, lss_tensor *x, int f) {
             for (ox = 0; ox < Wo; ox++) ys[oy * Wo + ox] = xs[(oy / f) * W + ox / f];
     }
     {
-        LSS__REC(g, nd, LSS__OP_UPSAMPLE, y, x, NULL, NULL);
-        if (nd) nd->ip[0] = f;
+        LSS__REC(g, nd, lss__upsample2d_bwd, y, x, NULL, NULL);
+        if (nd) nd->p.up.factor = f;
     }
     return y;
 }
 
+static void lss__concat_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1];
+    const float *go = nd->out->grad;
+    int64_t outer = nd->p.cat.outer, ia = nd->p.cat.ia, ib = nd->p.cat.ib, o, k;
+    for (o = 0; o < outer; o++) {
+        if (a->grad) for (k = 0; k < ia; k++) a->grad[o * ia + k] += go[o * (ia + ib) + k];
+        if (b->grad) for (k = 0; k < ib; k++) b->grad[o * ib + k] += go[o * (ia + ib) + ia + k];
+    }
+}
 LSSDEF lss_tensor *lss_op_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis) {
     lss_tensor *y;
     int64_t sh[LSS_NN_MAXDIM], outer = 1, ia = 1, ib = 1, o;
@@ -1814,8 +2075,8 @@ LSSDEF lss_tensor *lss_op_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int
         memcpy(y->data + o * (ia + ib) + ia, b->data + o * ib, (size_t)ib * sizeof(float));
     }
     {
-        LSS__REC(g, nd, LSS__OP_CONCAT, y, a, b, NULL);
-        if (nd) { nd->ip[0] = outer; nd->ip[1] = ia; nd->ip[2] = ib; }
+        LSS__REC(g, nd, lss__concat_bwd, y, a, b, NULL);
+        if (nd) { nd->p.cat.outer = outer; nd->p.cat.ia = ia; nd->p.cat.ib = ib; }
     }
     return y;
 }
@@ -1842,6 +2103,39 @@ static int lss__bcast(const lss_tensor *a, const lss_tensor *b, int *ndim, lss__
     return 1;
 }
 
+enum { LSS__BIN_ADD = 0, LSS__BIN_SUB, LSS__BIN_MUL };
+
+static void lss__binary_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1], *y = nd->out;
+    const float *go = y->grad;
+    int op = nd->p.bin.op;
+    if (a->n == y->n && b->n == y->n) {
+        int64_t k, n = y->n;
+        if (a->grad) {
+            if (op == LSS__BIN_MUL) { for (k = 0; k < n; k++) a->grad[k] += go[k] * b->data[k]; }
+            else { for (k = 0; k < n; k++) a->grad[k] += go[k]; }
+        }
+        if (b->grad) {
+            if (op == LSS__BIN_MUL) { for (k = 0; k < n; k++) b->grad[k] += go[k] * a->data[k]; }
+            else if (op == LSS__BIN_SUB) { for (k = 0; k < n; k++) b->grad[k] -= go[k]; }
+            else { for (k = 0; k < n; k++) b->grad[k] += go[k]; }
+        }
+    } else {
+        lss__bc bc;
+        int ndim;
+        int64_t i0, i1, i2, i3, k = 0;
+        lss__bcast(a, b, &ndim, &bc);
+        for (i0 = 0; i0 < bc.sh[0]; i0++)
+            for (i1 = 0; i1 < bc.sh[1]; i1++)
+                for (i2 = 0; i2 < bc.sh[2]; i2++)
+                    for (i3 = 0; i3 < bc.sh[3]; i3++, k++) {
+                        int64_t ia = i0 * bc.sa[0] + i1 * bc.sa[1] + i2 * bc.sa[2] + i3 * bc.sa[3];
+                        int64_t ib = i0 * bc.sb[0] + i1 * bc.sb[1] + i2 * bc.sb[2] + i3 * bc.sb[3];
+                        if (a->grad) a->grad[ia] += op == LSS__BIN_MUL ? go[k] * b->data[ib] : go[k];
+                        if (b->grad) b->grad[ib] += op == LSS__BIN_MUL ? go[k] * a->data[ia] : op == LSS__BIN_SUB ? -go[k] : go[k];
+                    }
+    }
+}
 static lss_tensor *lss__binary(lss_graph *g, lss_tensor *a, lss_tensor *b, int op, const char *name) {
     lss_tensor *y;
     lss__bc bc;
@@ -1856,8 +2150,8 @@ static lss_tensor *lss__binary(lss_graph *g, lss_tensor *a, lss_tensor *b, int o
         int64_t k, n = y->n;
         float *o = y->data;
         const float *pa = a->data, *pb = b->data;
-        if (op == LSS__OP_ADD) { for (k = 0; k < n; k++) o[k] = pa[k] + pb[k]; }
-        else if (op == LSS__OP_SUB) { for (k = 0; k < n; k++) o[k] = pa[k] - pb[k]; }
+        if (op == LSS__BIN_ADD) { for (k = 0; k < n; k++) o[k] = pa[k] + pb[k]; }
+        else if (op == LSS__BIN_SUB) { for (k = 0; k < n; k++) o[k] = pa[k] - pb[k]; }
         else { for (k = 0; k < n; k++) o[k] = pa[k] * pb[k]; }
     } else {
         int64_t i0, i1, i2, i3, k = 0;
@@ -1867,18 +2161,18 @@ static lss_tensor *lss__binary(lss_graph *g, lss_tensor *a, lss_tensor *b, int o
                     for (i3 = 0; i3 < bc.sh[3]; i3++, k++) {
                         float va = a->data[i0 * bc.sa[0] + i1 * bc.sa[1] + i2 * bc.sa[2] + i3 * bc.sa[3]];
                         float vb = b->data[i0 * bc.sb[0] + i1 * bc.sb[1] + i2 * bc.sb[2] + i3 * bc.sb[3]];
-                        y->data[k] = op == LSS__OP_ADD ? va + vb : op == LSS__OP_SUB ? va - vb : va * vb;
+                        y->data[k] = op == LSS__BIN_ADD ? va + vb : op == LSS__BIN_SUB ? va - vb : va * vb;
                     }
     }
     {
-        LSS__REC(g, nd2, op, y, a, b, NULL);
-        if (nd2) for (i = 0; i < 4; i++) { nd2->ip[i] = bc.sh[i]; }
+        LSS__REC(g, nd2, lss__binary_bwd, y, a, b, NULL);
+        if (nd2) nd2->p.bin.op = op;
     }
     return y;
 }
-LSSDEF lss_tensor *lss_op_add(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_ADD, "lss_op_add"); }
-LSSDEF lss_tensor *lss_op_sub(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_SUB, "lss_op_sub"); }
-LSSDEF lss_tensor *lss_op_mul(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__OP_MUL, "lss_op_mul"); }
+LSSDEF lss_tensor *lss_op_add(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__BIN_ADD, "lss_op_add"); }
+LSSDEF lss_tensor *lss_op_sub(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__BIN_SUB, "lss_op_sub"); }
+LSSDEF lss_tensor *lss_op_mul(lss_graph *g, lss_tensor *a, lss_tensor *b) { return lss__binary(g, a, b, LSS__BIN_MUL, "lss_op_mul"); }
 
 /* ---------------------------------------------------------------- elementwise unary operations */
 static float lss__softplusf(float x) { return x > 20.0f ? x : x < -20.0f ? expf(x) : log1pf(expf(x)); }
@@ -1887,43 +2181,85 @@ static float lss__sigmoidf(float x) {
     else { float e = expf(x); return e / (1.0f + e); }
 }
 
-static lss_tensor *lss__unary(lss_graph *g, lss_tensor *x, int op, float p, const char *name) {
-    lss_tensor *y;
-    int64_t k, n;
-    const float *a;
-    float *o;
-    if (!lss__enter(g, name, 1, x, NULL, NULL)) return NULL;
-    y = lss__new(g, x->ndim, x->shape, lss__wants_grad(g, x, NULL, NULL), 0);
-    if (!y) return NULL;
-    n = x->n; a = x->data; o = y->data;
-    switch (op) {
-    case LSS__OP_SCALE: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = p * a[k]; break;
-    case LSS__OP_ADDS: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = a[k] + p; break;
-    case LSS__OP_RELU: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = a[k] > 0 ? a[k] : 0.0f; break;
-    case LSS__OP_LEAKY: LSS__PRAGMA(omp parallel for if (n > 1048576)) for (k = 0; k < n; k++) o[k] = a[k] > 0 ? a[k] : p * a[k]; break;
-    case LSS__OP_SOFTPLUS: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = lss__softplusf(a[k]); break;
-    case LSS__OP_TANH: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = tanhf(a[k]); break;
-    case LSS__OP_SIGMOID: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = lss__sigmoidf(a[k]); break;
-    case LSS__OP_EXP: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = expf(a[k]); break;
-    default: LSS__PRAGMA(omp parallel for if (n > 262144)) for (k = 0; k < n; k++) o[k] = logf(a[k]); break;
+/* An element-wise operation in one line: LSS__UNARY(name, threshold, forward, backward) defines
+ * lss__name_bwd (gx[k] += backward) and lss__name_fwd (o[k] = forward), where a = x, o = y, go = dy,
+ * p = the operation's float parameter; the forward runs with OpenMP above `threshold` elements. */
+#define LSS__UNARY(name, thr, fwd, bwd)                                                          \
+    static void lss__##name##_bwd(lss__node *nd) {                                                \
+        const float *go = nd->out->grad, *a = nd->in[0]->data, *o = nd->out->data;                \
+        float *gx = nd->in[0]->grad, p = nd->p.unary.p;                                           \
+        int64_t k, n = nd->in[0]->n;                                                              \
+        (void)a; (void)o; (void)p;                                                                \
+        if (gx) for (k = 0; k < n; k++) gx[k] += bwd;                                             \
+    }                                                                                             \
+    static lss_tensor *lss__##name##_fwd(lss_graph *g, lss_tensor *x, float p, const char *opname) { \
+        lss_tensor *y;                                                                            \
+        int64_t k, n;                                                                             \
+        const float *a;                                                                           \
+        float *o;                                                                                 \
+        if (!lss__enter(g, opname, 1, x, NULL, NULL)) return NULL;                                \
+        y = lss__new(g, x->ndim, x->shape, lss__wants_grad(g, x, NULL, NULL), 0);                 \
+        if (!y) return NULL;                                                                      \
+        n = x->n; a = x->data; o = y->data;                                                       \
+        (void)p;                                                                                  \
+        LSS__PRAGMA(omp parallel for if (n > thr)) for (k = 0; k < n; k++) o[k] = fwd;            \
+        {                                                                                         \
+            LSS__REC(g, nd, lss__##name##_bwd, y, x, NULL, NULL);                                 \
+            if (nd) nd->p.unary.p = p;                                                            \
+        }                                                                                         \
+        return y;                                                                                 \
     }
-    {
-        LSS__REC(g, nd, op, y, x, NULL, NULL);
-        if (nd) nd->fp[0] = p;
-    }
-    return y;
-}
-LSSDEF lss_tensor *lss_op_scale(lss_graph *g, lss_tensor *x, float s) { return lss__unary(g, x, LSS__OP_SCALE, s, "lss_op_scale"); }
-LSSDEF lss_tensor *lss_op_add_scalar(lss_graph *g, lss_tensor *x, float c) { return lss__unary(g, x, LSS__OP_ADDS, c, "lss_op_add_scalar"); }
-LSSDEF lss_tensor *lss_op_relu(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_RELU, 0, "lss_op_relu"); }
-LSSDEF lss_tensor *lss_op_leaky_relu(lss_graph *g, lss_tensor *x, float slope) { return lss__unary(g, x, LSS__OP_LEAKY, slope, "lss_op_leaky_relu"); }
-LSSDEF lss_tensor *lss_op_softplus(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SOFTPLUS, 0, "lss_op_softplus"); }
-LSSDEF lss_tensor *lss_op_tanh(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_TANH, 0, "lss_op_tanh"); }
-LSSDEF lss_tensor *lss_op_sigmoid(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_SIGMOID, 0, "lss_op_sigmoid"); }
-LSSDEF lss_tensor *lss_op_exp(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_EXP, 0, "lss_op_exp"); }
-LSSDEF lss_tensor *lss_op_ln(lss_graph *g, lss_tensor *x) { return lss__unary(g, x, LSS__OP_LOG, 0, "lss_op_ln"); }
+LSS__UNARY(scale, 1048576, p * a[k], p * go[k])
+LSS__UNARY(add_scalar, 1048576, a[k] + p, go[k])
+LSS__UNARY(relu, 1048576, a[k] > 0 ? a[k] : 0.0f, a[k] > 0 ? go[k] : 0.0f)
+LSS__UNARY(leaky_relu, 1048576, a[k] > 0 ? a[k] : p * a[k], a[k] > 0 ? go[k] : p * go[k])
+LSS__UNARY(softplus, 262144, lss__softplusf(a[k]), go[k] * lss__sigmoidf(a[k]))
+LSS__UNARY(tanh, 262144, tanhf(a[k]), go[k] * (1.0f - o[k] * o[k]))
+LSS__UNARY(sigmoid, 262144, lss__sigmoidf(a[k]), go[k] * o[k] * (1.0f - o[k]))
+LSS__UNARY(exp, 262144, expf(a[k]), go[k] * o[k])
+LSS__UNARY(ln, 262144, logf(a[k]), go[k] / a[k])
+#undef LSS__UNARY
+LSSDEF lss_tensor *lss_op_scale(lss_graph *g, lss_tensor *x, float s) { return lss__scale_fwd(g, x, s, "lss_op_scale"); }
+LSSDEF lss_tensor *lss_op_add_scalar(lss_graph *g, lss_tensor *x, float c) { return lss__add_scalar_fwd(g, x, c, "lss_op_add_scalar"); }
+LSSDEF lss_tensor *lss_op_relu(lss_graph *g, lss_tensor *x) { return lss__relu_fwd(g, x, 0, "lss_op_relu"); }
+LSSDEF lss_tensor *lss_op_leaky_relu(lss_graph *g, lss_tensor *x, float slope) { return lss__leaky_relu_fwd(g, x, slope, "lss_op_leaky_relu"); }
+LSSDEF lss_tensor *lss_op_softplus(lss_graph *g, lss_tensor *x) { return lss__softplus_fwd(g, x, 0, "lss_op_softplus"); }
+LSSDEF lss_tensor *lss_op_tanh(lss_graph *g, lss_tensor *x) { return lss__tanh_fwd(g, x, 0, "lss_op_tanh"); }
+LSSDEF lss_tensor *lss_op_sigmoid(lss_graph *g, lss_tensor *x) { return lss__sigmoid_fwd(g, x, 0, "lss_op_sigmoid"); }
+LSSDEF lss_tensor *lss_op_exp(lss_graph *g, lss_tensor *x) { return lss__exp_fwd(g, x, 0, "lss_op_exp"); }
+LSSDEF lss_tensor *lss_op_ln(lss_graph *g, lss_tensor *x) { return lss__ln_fwd(g, x, 0, "lss_op_ln"); }
 
 /* ---------------------------------------------------------------- normalisation */
+static void lss__batchnorm_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
+    const float *go = nd->out->grad;
+    int64_t N = a->shape[0], C = a->shape[1], P = a->ndim == 4 ? a->shape[2] * a->shape[3] : 1, ch;
+    const float *mean = nd->p.bn.mean, *invstd = nd->p.bn.invstd;
+    int train = nd->p.bn.train;
+    LSS__PRAGMA(omp parallel for schedule(static) if (a->n > 1048576))
+    for (ch = 0; ch < C; ch++) {
+        double sdy = 0, sdyx = 0, M = (double)(N * P);
+        float m = mean[ch], is = invstd[ch], gm = b ? b->data[ch] : 1.0f;
+        int64_t n, p;
+        for (n = 0; n < N; n++) {
+            const float *xr = a->data + (n * C + ch) * P, *gr = go + (n * C + ch) * P;
+            for (p = 0; p < P; p++) { sdy += gr[p]; sdyx += gr[p] * (xr[p] - m) * is; }
+        }
+        if (b && b->grad) b->grad[ch] += (float)sdyx;
+        if (c && c->grad) c->grad[ch] += (float)sdy;
+        if (a->grad)
+            for (n = 0; n < N; n++) {
+                const float *xr = a->data + (n * C + ch) * P, *gr = go + (n * C + ch) * P;
+                float *gx = a->grad + (n * C + ch) * P;
+                if (train) {
+                    float k1 = gm * is, mdy = (float)(sdy / M), mdyx = (float)(sdyx / M);
+                    for (p = 0; p < P; p++) gx[p] += k1 * (gr[p] - mdy - (xr[p] - m) * is * mdyx);
+                } else {
+                    for (p = 0; p < P; p++) gx[p] += gr[p] * gm * is;
+                }
+            }
+    }
+}
 LSSDEF lss_tensor *lss_op_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gamma, lss_tensor *beta,
                                  lss_tensor *running_mean, lss_tensor *running_var, float momentum, float eps) {
     lss_tensor *y;
@@ -1984,12 +2320,24 @@ LSSDEF lss_tensor *lss_op_batchnorm(lss_graph *g, lss_tensor *x, lss_tensor *gam
         }
     }
     {
-        LSS__REC(g, nd, LSS__OP_BN, y, x, gamma, beta);
-        if (nd) { nd->aux[0] = mean; nd->aux[1] = invstd; nd->ip[0] = train; }
+        LSS__REC(g, nd, lss__batchnorm_bwd, y, x, gamma, beta);
+        if (nd) { nd->p.bn.mean = mean; nd->p.bn.invstd = invstd; nd->p.bn.train = train; }
     }
     return y;
 }
 
+static void lss__spectral_norm_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0];
+    const float *go = nd->out->grad;
+    int64_t R = nd->p.sn.rows, Cc = a->n / R, i, j;
+    double sg = nd->p.sn.sigma, gw = 0;
+    const float *u = nd->p.sn.u, *v = nd->p.sn.v;
+    if (!a->grad) return;
+    for (i = 0; i < a->n; i++) gw += (double)go[i] * a->data[i];
+    for (i = 0; i < R; i++)
+        for (j = 0; j < Cc; j++)
+            a->grad[i * Cc + j] += (float)(go[i * Cc + j] / sg - gw / (sg * sg) * u[i] * v[j]);
+}
 LSSDEF lss_tensor *lss_op_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor *u, int iters) {
     lss_tensor *y;
     int64_t R, Cc, i, j, k;
@@ -2043,8 +2391,8 @@ LSSDEF lss_tensor *lss_op_spectral_norm(lss_graph *g, lss_tensor *w, lss_tensor 
     inv = (float)(1.0 / sigma);
     for (k = 0; k < w->n; k++) y->data[k] = w->data[k] * inv;
     {
-        LSS__REC(g, nd, LSS__OP_SN, y, w, NULL, NULL);
-        if (nd) { nd->aux[0] = fu; nd->aux[1] = fv; nd->fp[0] = (float)sigma; nd->ip[0] = R; }
+        LSS__REC(g, nd, lss__spectral_norm_bwd, y, w, NULL, NULL);
+        if (nd) { nd->p.sn.u = fu; nd->p.sn.v = fv; nd->p.sn.sigma = (float)sigma; nd->p.sn.rows = R; }
     }
     return y;
 }
@@ -2079,30 +2427,52 @@ static lss_tensor *lss__scalar_out(lss_graph *g, lss_tensor *a, lss_tensor *b, l
     return lss__new(g, 0, NULL, lss__wants_grad(g, a, b, c), 0);
 }
 
+static void lss__sum_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0];
+    float v = nd->out->grad[0];
+    int64_t k;
+    if (a->grad) for (k = 0; k < a->n; k++) a->grad[k] += v;
+}
 LSSDEF lss_tensor *lss_op_sum(lss_graph *g, lss_tensor *x) {
     lss_tensor *y;
     if (!lss__enter(g, "lss_op_sum", 1, x, NULL, NULL)) return NULL;
     if (!(y = lss__scalar_out(g, x, NULL, NULL))) return NULL;
     y->data[0] = (float)lss__dsum(x->data, x->n);
     {
-        LSS__REC(g, nd, LSS__OP_SUM, y, x, NULL, NULL);
+        LSS__REC(g, nd, lss__sum_bwd, y, x, NULL, NULL);
         (void)nd;
     }
     return y;
 }
 
+static void lss__mean_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0];
+    float v = (float)(nd->out->grad[0] / (double)a->n);
+    int64_t k;
+    if (a->grad) for (k = 0; k < a->n; k++) a->grad[k] += v;
+}
 LSSDEF lss_tensor *lss_op_mean(lss_graph *g, lss_tensor *x) {
     lss_tensor *y;
     if (!lss__enter(g, "lss_op_mean", 1, x, NULL, NULL)) return NULL;
     if (!(y = lss__scalar_out(g, x, NULL, NULL))) return NULL;
     y->data[0] = (float)(lss__dsum(x->data, x->n) / (double)x->n);
     {
-        LSS__REC(g, nd, LSS__OP_MEAN, y, x, NULL, NULL);
+        LSS__REC(g, nd, lss__mean_bwd, y, x, NULL, NULL);
         (void)nd;
     }
     return y;
 }
 
+static void lss__global_avgpool_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *y = nd->out;
+    const float *go = y->grad;
+    int64_t P = a->shape[2] * a->shape[3], pl, p;
+    if (a->grad)
+        for (pl = 0; pl < y->n; pl++) {
+            float v = (float)(go[pl] / (double)P);
+            for (p = 0; p < P; p++) a->grad[pl * P + p] += v;
+        }
+}
 LSSDEF lss_tensor *lss_op_global_avgpool(lss_graph *g, lss_tensor *x) {
     lss_tensor *y;
     int64_t sh[2], P, pl;
@@ -2117,14 +2487,35 @@ LSSDEF lss_tensor *lss_op_global_avgpool(lss_graph *g, lss_tensor *x) {
         y->data[pl] = (float)(s / (double)P);
     }
     {
-        LSS__REC(g, nd, LSS__OP_GAP, y, x, NULL, NULL);
+        LSS__REC(g, nd, lss__global_avgpool_bwd, y, x, NULL, NULL);
         (void)nd;
     }
     return y;
 }
 
 /* ---------------------------------------------------------------- losses */
-static lss_tensor *lss__pair_loss(lss_graph *g, lss_tensor *p, lss_tensor *t, int op, const char *name) {
+static void lss__mse_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1];
+    double sc = nd->out->grad[0] / (double)a->n;
+    int64_t k;
+    if (a->grad)
+        for (k = 0; k < a->n; k++) {
+            double d = (double)a->data[k] - b->data[k];
+            a->grad[k] += (float)(2.0 * d * sc);
+        }
+}
+static void lss__l1_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1];
+    double sc = nd->out->grad[0] / (double)a->n;
+    int64_t k;
+    if (a->grad)
+        for (k = 0; k < a->n; k++) {
+            double d = (double)a->data[k] - b->data[k];
+            a->grad[k] += (float)(d > 0 ? sc : d < 0 ? -sc : 0.0);
+        }
+}
+/* mean (p - t)^2 (l1 = 0) or mean |p - t| (l1 = 1) */
+static lss_tensor *lss__pair_loss(lss_graph *g, lss_tensor *p, lss_tensor *t, int l1, const char *name) {
     lss_tensor *y;
     int64_t k;
     double s = 0;
@@ -2133,17 +2524,17 @@ static lss_tensor *lss__pair_loss(lss_graph *g, lss_tensor *p, lss_tensor *t, in
     if (!(y = lss__scalar_out(g, p, NULL, NULL))) return NULL;
     for (k = 0; k < p->n; k++) {
         double d = (double)p->data[k] - t->data[k];
-        s += op == LSS__OP_MSE ? d * d : fabs(d);
+        s += !l1 ? d * d : fabs(d);
     }
     y->data[0] = (float)(s / (double)p->n);
     {
-        LSS__REC(g, nd, op, y, p, t, NULL);
+        LSS__REC(g, nd, l1 ? lss__l1_bwd : lss__mse_bwd, y, p, t, NULL);
         (void)nd;
     }
     return y;
 }
-LSSDEF lss_tensor *lss_op_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_MSE, "lss_op_mse"); }
-LSSDEF lss_tensor *lss_op_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, LSS__OP_L1, "lss_op_l1"); }
+LSSDEF lss_tensor *lss_op_mse(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, 0, "lss_op_mse"); }
+LSSDEF lss_tensor *lss_op_l1(lss_graph *g, lss_tensor *pred, lss_tensor *target) { return lss__pair_loss(g, pred, target, 1, "lss_op_l1"); }
 
 static double lss__softplus(double x) { return x > 30 ? x : x < -30 ? exp(x) : log1p(exp(x)); }
 static double lss__sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x)); }
@@ -2176,6 +2567,35 @@ LSSDEF int64_t lss_gmm_width(int K, int d) {
 
 static int lss__target_dim(const lss_tensor *t) { return t->ndim <= 1 ? 1 : (int)(t->n / t->shape[0]); }
 
+static void lss__gauss_nll_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1];
+    int64_t N = a->shape[0], w = a->n / N, n;
+    int d = lss__target_dim(b), i, j;
+    double sc = nd->out->grad[0] / (double)N;
+    if (!a->grad) return;
+    for (n = 0; n < N; n++) {
+        const float *o = a->data + n * w, *tri = o + d;
+        float *gmu = a->grad + n * w, *gtri = gmu + d;
+        double yy[64], r[64], z[64], ld, q;
+        for (i = 0; i < d; i++) yy[i] = b->data[n * d + i];
+        lss__chol_terms(o, tri, yy, d, r, z, &ld, &q);
+        /* value q - 2 sum log L_ii; dq/dmu = -2 L z; dq/dL_ij = 2 z_j r_i */
+        for (i = 0; i < d; i++) {
+            const float *row = tri + i * (i + 1) / 2;
+            double lz = 0;
+            for (j = 0; j < i; j++) lz += (double)row[j] * z[j];
+            lz += (lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS) * z[i];
+            gmu[i] += (float)(sc * -2.0 * lz);
+        }
+        for (i = 0; i < d; i++) {
+            const float *row = tri + i * (i + 1) / 2;
+            float *grow = gtri + i * (i + 1) / 2;
+            for (j = 0; j < i; j++) grow[j] += (float)(sc * 2.0 * z[j] * r[i]);
+            grow[i] += (float)(sc * (2.0 * z[i] * r[i] - 2.0 / (lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS)) *
+                               lss__sigmoid(row[i]));
+        }
+    }
+}
 LSSDEF lss_tensor *lss_op_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *target) {
     lss_tensor *y;
     int64_t N, n;
@@ -2196,7 +2616,7 @@ LSSDEF lss_tensor *lss_op_gauss_nll(lss_graph *g, lss_tensor *out, lss_tensor *t
     }
     y->data[0] = (float)(tot / (double)N);
     {
-        LSS__REC(g, nd, LSS__OP_GNLL, y, out, target, NULL);
+        LSS__REC(g, nd, lss__gauss_nll_bwd, y, out, target, NULL);
         (void)nd;
     }
     return y;
@@ -2252,6 +2672,18 @@ static double lss__gmm_one(const float *o, const double *y, int K, int d, double
     return -lse;
 }
 
+static void lss__gmm_nll_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1];
+    int64_t N = a->shape[0], w = a->n / N, n;
+    int d = lss__target_dim(b), K = nd->p.gmm.K, i;
+    double sc = nd->out->grad[0] / (double)N;
+    if (!a->grad) return;
+    for (n = 0; n < N; n++) {
+        double yy[64], work[256 + 128];
+        for (i = 0; i < d; i++) yy[i] = b->data[n * d + i];
+        lss__gmm_one(a->data + n * w, yy, K, d, work, a->grad + n * w, sc);
+    }
+}
 LSSDEF lss_tensor *lss_op_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *target, int K) {
     lss_tensor *y;
     int64_t N, n;
@@ -2271,8 +2703,8 @@ LSSDEF lss_tensor *lss_op_gmm_nll(lss_graph *g, lss_tensor *out, lss_tensor *tar
     }
     y->data[0] = (float)(tot / (double)N);
     {
-        LSS__REC(g, nd, LSS__OP_GMM, y, out, target, NULL);
-        if (nd) nd->ip[0] = K;
+        LSS__REC(g, nd, lss__gmm_nll_bwd, y, out, target, NULL);
+        if (nd) nd->p.gmm.K = K;
     }
     return y;
 }
@@ -2290,6 +2722,17 @@ LSSDEF int lss_gmm_logpdf(const float *out, const double *y, int64_t n, int K, i
     return LSS_OK;
 }
 
+static void lss__dsm_loss_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
+    int64_t N = a->shape[0], per = a->n / N, n, k;
+    double sc = nd->out->grad[0] / (double)a->n;
+    if (!a->grad) return;
+    for (n = 0; n < N; n++) {
+        double sg = c->data[n];
+        for (k = n * per; k < (n + 1) * per; k++)
+            a->grad[k] += (float)(sc * 2.0 * (b->data[k] + sg * a->data[k]) * sg);
+    }
+}
 LSSDEF lss_tensor *lss_op_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, lss_tensor *sigma) {
     lss_tensor *y;
     int64_t N, per, n, k;
@@ -2304,303 +2747,33 @@ LSSDEF lss_tensor *lss_op_dsm_loss(lss_graph *g, lss_tensor *r, lss_tensor *u, l
     }
     y->data[0] = (float)(s / (double)r->n);
     {
-        LSS__REC(g, nd, LSS__OP_DSM, y, r, u, sigma);
+        LSS__REC(g, nd, lss__dsm_loss_bwd, y, r, u, sigma);
         (void)nd;
     }
     return y;
 }
 
+static void lss__wgan_critic_loss_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *b = nd->in[1];
+    const float *go = nd->out->grad;
+    int64_t k;
+    float vr = (float)(-go[0] / (double)a->n), vf = (float)(go[0] / (double)b->n);
+    if (a->grad) for (k = 0; k < a->n; k++) a->grad[k] += vr;
+    if (b->grad) for (k = 0; k < b->n; k++) b->grad[k] += vf;
+}
 LSSDEF lss_tensor *lss_op_wgan_critic_loss(lss_graph *g, lss_tensor *real, lss_tensor *fake) {
     lss_tensor *y;
     if (!lss__enter(g, "lss_op_wgan_critic_loss", 2, real, fake, NULL)) return NULL;
     if (!(y = lss__scalar_out(g, real, fake, NULL))) return NULL;
     y->data[0] = (float)(lss__dsum(fake->data, fake->n) / (double)fake->n - lss__dsum(real->data, real->n) / (double)real->n);
     {
-        LSS__REC(g, nd, LSS__OP_WGAN, y, real, fake, NULL);
+        LSS__REC(g, nd, lss__wgan_critic_loss_bwd, y, real, fake, NULL);
         (void)nd;
     }
     return y;
 }
 
 /* ================================================================ backward */
-static void lss__bwd_binary(lss__node *nd) {
-    lss_tensor *a = nd->in[0], *b = nd->in[1], *y = nd->out;
-    const float *go = y->grad;
-    int op = nd->op;
-    if (a->n == y->n && b->n == y->n) {
-        int64_t k, n = y->n;
-        if (a->grad) {
-            if (op == LSS__OP_MUL) { for (k = 0; k < n; k++) a->grad[k] += go[k] * b->data[k]; }
-            else { for (k = 0; k < n; k++) a->grad[k] += go[k]; }
-        }
-        if (b->grad) {
-            if (op == LSS__OP_MUL) { for (k = 0; k < n; k++) b->grad[k] += go[k] * a->data[k]; }
-            else if (op == LSS__OP_SUB) { for (k = 0; k < n; k++) b->grad[k] -= go[k]; }
-            else { for (k = 0; k < n; k++) b->grad[k] += go[k]; }
-        }
-    } else {
-        lss__bc bc;
-        int ndim;
-        int64_t i0, i1, i2, i3, k = 0;
-        lss__bcast(a, b, &ndim, &bc);
-        for (i0 = 0; i0 < bc.sh[0]; i0++)
-            for (i1 = 0; i1 < bc.sh[1]; i1++)
-                for (i2 = 0; i2 < bc.sh[2]; i2++)
-                    for (i3 = 0; i3 < bc.sh[3]; i3++, k++) {
-                        int64_t ia = i0 * bc.sa[0] + i1 * bc.sa[1] + i2 * bc.sa[2] + i3 * bc.sa[3];
-                        int64_t ib = i0 * bc.sb[0] + i1 * bc.sb[1] + i2 * bc.sb[2] + i3 * bc.sb[3];
-                        if (a->grad) a->grad[ia] += op == LSS__OP_MUL ? go[k] * b->data[ib] : go[k];
-                        if (b->grad) b->grad[ib] += op == LSS__OP_MUL ? go[k] * a->data[ia] : op == LSS__OP_SUB ? -go[k] : go[k];
-                    }
-    }
-}
-
-static void lss__bwd_unary(lss__node *nd) {
-    lss_tensor *x = nd->in[0], *y = nd->out;
-    const float *go = y->grad, *a = x->data, *o = y->data;
-    float *gx = x->grad, p = nd->fp[0];
-    int64_t k, n = x->n;
-    if (!gx) return;
-    switch (nd->op) {
-    case LSS__OP_SCALE: for (k = 0; k < n; k++) gx[k] += p * go[k]; break;
-    case LSS__OP_ADDS: for (k = 0; k < n; k++) gx[k] += go[k]; break;
-    case LSS__OP_RELU: for (k = 0; k < n; k++) gx[k] += a[k] > 0 ? go[k] : 0.0f; break;
-    case LSS__OP_LEAKY: for (k = 0; k < n; k++) gx[k] += a[k] > 0 ? go[k] : p * go[k]; break;
-    case LSS__OP_SOFTPLUS: for (k = 0; k < n; k++) gx[k] += go[k] * lss__sigmoidf(a[k]); break;
-    case LSS__OP_TANH: for (k = 0; k < n; k++) gx[k] += go[k] * (1.0f - o[k] * o[k]); break;
-    case LSS__OP_SIGMOID: for (k = 0; k < n; k++) gx[k] += go[k] * o[k] * (1.0f - o[k]); break;
-    case LSS__OP_EXP: for (k = 0; k < n; k++) gx[k] += go[k] * o[k]; break;
-    default: for (k = 0; k < n; k++) gx[k] += go[k] / a[k]; break;
-    }
-}
-
-static int lss__bwd_node(lss_graph *g, lss__node *nd) {
-    lss_tensor *y = nd->out, *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
-    const float *go = y->grad;
-    switch (nd->op) {
-    case LSS__OP_MATMUL: {
-        int64_t M = a->shape[0], K = a->shape[1], N = b->shape[1];
-        if (a->grad) lss__sgemm_ws(0, 1, M, K, N, 1.0f, go, N, b->data, N, 1.0f, a->grad, K, g->ws, g->wst);
-        if (b->grad) lss__sgemm_ws(1, 0, K, N, M, 1.0f, a->data, K, go, N, 1.0f, b->grad, N, g->ws, g->wst);
-        break;
-    }
-    case LSS__OP_DENSE: {
-        int64_t M = y->shape[0], N = y->shape[1], K = a->n / M, j;
-        if (a->grad) lss__sgemm_ws(0, 1, M, K, N, 1.0f, go, N, b->data, N, 1.0f, a->grad, K, g->ws, g->wst);
-        if (b->grad) lss__sgemm_ws(1, 0, K, N, M, 1.0f, a->data, K, go, N, 1.0f, b->grad, N, g->ws, g->wst);
-        if (c && c->grad)
-            for (j = 0; j < N; j++) {
-                double s = 0;
-                int64_t i;
-                for (i = 0; i < M; i++) s += go[i * N + j];
-                c->grad[j] += (float)s;
-            }
-        break;
-    }
-    case LSS__OP_CONV: {
-        int64_t N = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3];
-        int64_t Co = b->shape[0], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
-        int64_t K = C * kh * kw, NP = N * Ho * Wo;
-        float *col = nd->aux[0], *gt = nd->aux[1]; /* the forward's output buffer is reused for dY^T */
-        lss__ncp_to_cnp(go, N, Co, Ho * Wo, gt);
-        if (b->grad)
-            lss__sgemm_ws(0, LSS__PANEL ? 3 : 1, Co, K, NP, 1.0f, gt, NP, col, LSS__PANEL ? K : NP, 1.0f, b->grad, K, g->ws, g->wst);
-        if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
-        if (a->grad) {
-            /* dcol = W^T dY^T, written over col (no longer needed) */
-            lss__sgemm_ws(1, 0, K, NP, Co, 1.0f, b->data, K, gt, NP, 0.0f, col, NP, g->ws, g->wst);
-            lss__col2im_add(col, N, C, H, W, (int)kh, (int)kw, (int)nd->ip[0], (int)nd->ip[1], Ho, Wo, a->grad);
-        }
-        break;
-    }
-    case LSS__OP_CONVT: {
-        int64_t N = a->shape[0], Ci = a->shape[1], H = a->shape[2], W = a->shape[3];
-        int64_t Co = b->shape[1], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
-        int64_t M = Co * kh * kw, NHW = N * H * W;
-        float *xt = nd->aux[0], *col = nd->aux[1];
-        lss__im2col(go, N, Co, Ho, Wo, (int)kh, (int)kw, (int)nd->ip[0], (int)nd->ip[1], H, W, col, NULL, g->wst);
-        if (b->grad) lss__sgemm_ws(0, 1, Ci, M, NHW, 1.0f, xt, NHW, col, NHW, 1.0f, b->grad, M, g->ws, g->wst);
-        if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
-        if (a->grad) {
-            lss__sgemm_ws(0, 0, Ci, NHW, M, 1.0f, b->data, M, col, NHW, 0.0f, xt, NHW, g->ws, g->wst);
-            lss__cnp_to_ncp(xt, N, Ci, H * W, a->grad, 1);
-        }
-        break;
-    }
-    case LSS__OP_AVGPOOL: {
-        int k = (int)nd->ip[0], s = (int)nd->ip[1];
-        int64_t H = a->shape[2], W = a->shape[3], Ho = y->shape[2], Wo = y->shape[3], pl;
-        float inv = 1.0f / (float)(k * k);
-        if (!a->grad) break;
-        for (pl = 0; pl < a->shape[0] * a->shape[1]; pl++) {
-            float *gx = a->grad + pl * H * W;
-            const float *gy = go + pl * Ho * Wo;
-            int64_t oy, ox, i, j;
-            for (oy = 0; oy < Ho; oy++)
-                for (ox = 0; ox < Wo; ox++)
-                    for (i = 0; i < k; i++)
-                        for (j = 0; j < k; j++) gx[(oy * s + i) * W + ox * s + j] += gy[oy * Wo + ox] * inv;
-        }
-        break;
-    }
-    case LSS__OP_UPSAMPLE: {
-        int64_t f = nd->ip[0], H = a->shape[2], W = a->shape[3], Wo = y->shape[3], pl;
-        if (!a->grad) break;
-        LSS__PRAGMA(omp parallel for schedule(static) if (y->n > 1048576))
-        for (pl = 0; pl < a->shape[0] * a->shape[1]; pl++) {
-            float *gx = a->grad + pl * H * W;
-            const float *gy = go + pl * H * f * Wo;
-            int64_t iy, ix, i, j;
-            for (iy = 0; iy < H; iy++)
-                for (ix = 0; ix < W; ix++) {
-                    float s = 0;
-                    for (i = 0; i < f; i++)
-                        for (j = 0; j < f; j++) s += gy[(iy * f + i) * Wo + ix * f + j];
-                    gx[iy * W + ix] += s;
-                }
-        }
-        break;
-    }
-    case LSS__OP_CONCAT: {
-        int64_t outer = nd->ip[0], ia = nd->ip[1], ib = nd->ip[2], o, k;
-        for (o = 0; o < outer; o++) {
-            if (a->grad) for (k = 0; k < ia; k++) a->grad[o * ia + k] += go[o * (ia + ib) + k];
-            if (b->grad) for (k = 0; k < ib; k++) b->grad[o * ib + k] += go[o * (ia + ib) + ia + k];
-        }
-        break;
-    }
-    case LSS__OP_ADD: case LSS__OP_SUB: case LSS__OP_MUL: lss__bwd_binary(nd); break;
-    case LSS__OP_SCALE: case LSS__OP_ADDS: case LSS__OP_RELU: case LSS__OP_LEAKY: case LSS__OP_SOFTPLUS:
-    case LSS__OP_TANH: case LSS__OP_SIGMOID: case LSS__OP_EXP: case LSS__OP_LOG: lss__bwd_unary(nd); break;
-    case LSS__OP_BN: {
-        int64_t N = a->shape[0], C = a->shape[1], P = a->ndim == 4 ? a->shape[2] * a->shape[3] : 1, ch;
-        const float *mean = nd->aux[0], *invstd = nd->aux[1];
-        int train = (int)nd->ip[0];
-        LSS__PRAGMA(omp parallel for schedule(static) if (a->n > 1048576))
-        for (ch = 0; ch < C; ch++) {
-            double sdy = 0, sdyx = 0, M = (double)(N * P);
-            float m = mean[ch], is = invstd[ch], gm = b ? b->data[ch] : 1.0f;
-            int64_t n, p;
-            for (n = 0; n < N; n++) {
-                const float *xr = a->data + (n * C + ch) * P, *gr = go + (n * C + ch) * P;
-                for (p = 0; p < P; p++) { sdy += gr[p]; sdyx += gr[p] * (xr[p] - m) * is; }
-            }
-            if (b && b->grad) b->grad[ch] += (float)sdyx;
-            if (c && c->grad) c->grad[ch] += (float)sdy;
-            if (a->grad)
-                for (n = 0; n < N; n++) {
-                    const float *xr = a->data + (n * C + ch) * P, *gr = go + (n * C + ch) * P;
-                    float *gx = a->grad + (n * C + ch) * P;
-                    if (train) {
-                        float k1 = gm * is, mdy = (float)(sdy / M), mdyx = (float)(sdyx / M);
-                        for (p = 0; p < P; p++) gx[p] += k1 * (gr[p] - mdy - (xr[p] - m) * is * mdyx);
-                    } else {
-                        for (p = 0; p < P; p++) gx[p] += gr[p] * gm * is;
-                    }
-                }
-        }
-        break;
-    }
-    case LSS__OP_SN: {
-        int64_t R = nd->ip[0], Cc = a->n / R, i, j;
-        double sg = nd->fp[0], gw = 0;
-        const float *u = nd->aux[0], *v = nd->aux[1];
-        if (!a->grad) break;
-        for (i = 0; i < a->n; i++) gw += (double)go[i] * a->data[i];
-        for (i = 0; i < R; i++)
-            for (j = 0; j < Cc; j++)
-                a->grad[i * Cc + j] += (float)(go[i * Cc + j] / sg - gw / (sg * sg) * u[i] * v[j]);
-        break;
-    }
-    case LSS__OP_SUM: case LSS__OP_MEAN: {
-        float v = nd->op == LSS__OP_SUM ? go[0] : (float)(go[0] / (double)a->n);
-        int64_t k;
-        if (a->grad) for (k = 0; k < a->n; k++) a->grad[k] += v;
-        break;
-    }
-    case LSS__OP_GAP: {
-        int64_t P = a->shape[2] * a->shape[3], pl, p;
-        if (a->grad)
-            for (pl = 0; pl < y->n; pl++) {
-                float v = (float)(go[pl] / (double)P);
-                for (p = 0; p < P; p++) a->grad[pl * P + p] += v;
-            }
-        break;
-    }
-    case LSS__OP_MSE: case LSS__OP_L1: {
-        double sc = go[0] / (double)a->n;
-        int64_t k;
-        if (a->grad)
-            for (k = 0; k < a->n; k++) {
-                double d = (double)a->data[k] - b->data[k];
-                a->grad[k] += (float)(nd->op == LSS__OP_MSE ? 2.0 * d * sc : (d > 0 ? sc : d < 0 ? -sc : 0.0));
-            }
-        break;
-    }
-    case LSS__OP_GNLL: {
-        int64_t N = a->shape[0], w = a->n / N, n;
-        int d = lss__target_dim(b), i, j;
-        double sc = go[0] / (double)N;
-        if (!a->grad) break;
-        for (n = 0; n < N; n++) {
-            const float *o = a->data + n * w, *tri = o + d;
-            float *gmu = a->grad + n * w, *gtri = gmu + d;
-            double yy[64], r[64], z[64], ld, q;
-            for (i = 0; i < d; i++) yy[i] = b->data[n * d + i];
-            lss__chol_terms(o, tri, yy, d, r, z, &ld, &q);
-            /* value q - 2 sum log L_ii; dq/dmu = -2 L z; dq/dL_ij = 2 z_j r_i */
-            for (i = 0; i < d; i++) {
-                const float *row = tri + i * (i + 1) / 2;
-                double lz = 0;
-                for (j = 0; j < i; j++) lz += (double)row[j] * z[j];
-                lz += (lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS) * z[i];
-                gmu[i] += (float)(sc * -2.0 * lz);
-            }
-            for (i = 0; i < d; i++) {
-                const float *row = tri + i * (i + 1) / 2;
-                float *grow = gtri + i * (i + 1) / 2;
-                for (j = 0; j < i; j++) grow[j] += (float)(sc * 2.0 * z[j] * r[i]);
-                grow[i] += (float)(sc * (2.0 * z[i] * r[i] - 2.0 / (lss__softplus(row[i]) + LSS_CHOL_DIAG_EPS)) *
-                                   lss__sigmoid(row[i]));
-            }
-        }
-        break;
-    }
-    case LSS__OP_GMM: {
-        int64_t N = a->shape[0], w = a->n / N, n;
-        int d = lss__target_dim(b), K = (int)nd->ip[0], i;
-        double sc = go[0] / (double)N;
-        if (!a->grad) break;
-        for (n = 0; n < N; n++) {
-            double yy[64], work[256 + 128];
-            for (i = 0; i < d; i++) yy[i] = b->data[n * d + i];
-            lss__gmm_one(a->data + n * w, yy, K, d, work, a->grad + n * w, sc);
-        }
-        break;
-    }
-    case LSS__OP_DSM: {
-        int64_t N = a->shape[0], per = a->n / N, n, k;
-        double sc = go[0] / (double)a->n;
-        if (!a->grad) break;
-        for (n = 0; n < N; n++) {
-            double sg = c->data[n];
-            for (k = n * per; k < (n + 1) * per; k++)
-                a->grad[k] += (float)(sc * 2.0 * (b->data[k] + sg * a->data[k]) * sg);
-        }
-        break;
-    }
-    case LSS__OP_WGAN: {
-        int64_t k;
-        float vr = (float)(-go[0] / (double)a->n), vf = (float)(go[0] / (double)b->n);
-        if (a->grad) for (k = 0; k < a->n; k++) a->grad[k] += vr;
-        if (b->grad) for (k = 0; k < b->n; k++) b->grad[k] += vf;
-        break;
-    }
-    default: return lss_seterr(LSS_ERR_STATE, "lss_backward: corrupted tape (operation %d)", nd->op);
-    }
-    return LSS_OK;
-}
-
 LSSDEF int lss_backward_seed(lss_graph *g, lss_tensor *y, const float *dy) {
     lss__node *nd;
     int64_t k;
@@ -2610,10 +2783,7 @@ LSSDEF int lss_backward_seed(lss_graph *g, lss_tensor *y, const float *dy) {
     if (!g->record) return lss_seterr(LSS_ERR_STATE, "lss_backward: the graph is in evaluation mode (nothing recorded)");
     if (!y->grad) return lss_seterr(LSS_ERR_STATE, "lss_backward: the tensor does not depend on any trainable tensor");
     for (k = 0; k < y->n; k++) y->grad[k] += dy[k];
-    for (nd = g->tape; nd; nd = nd->prev) {
-        int s = lss__bwd_node(g, nd);
-        if (s) return s;
-    }
+    for (nd = g->tape; nd; nd = nd->prev) nd->backward(nd);
     return LSS_OK;
 }
 
@@ -2865,7 +3035,16 @@ static int lss__little_endian(void) {
     return c == 1;
 }
 
-LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim *o) {
+/* An extra 1-D tensor of a checkpoint (the training loop's "train.*" state). */
+typedef struct {
+    const char *name;
+    uint32_t dtype;   /* 1 f32, 2 f64 */
+    int64_t n;
+    void *data;       /* written from / read into */
+} lss__ckx;
+
+/* lss_ckpt_save plus nx extra tensors after the optimizer state. */
+static int lss__ckpt_write(const char *path, const lss_store *st, const lss_optim *o, int nx, const lss__ckx *x) {
     lss_wfile wf;
     lss__cw w;
     uint32_t count;
@@ -2874,7 +3053,7 @@ LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim 
     if (!lss__little_endian()) return lss_seterr(LSS_ERR_UNSUPPORTED, "lss_ckpt_save: big-endian hosts are not supported");
     if (st->status) return lss_seterr(LSS_ERR_STATE, "lss_ckpt_save: the store is in a failed state");
     if (o && o->st != st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_save: the optimizer belongs to another store");
-    count = (uint32_t)st->n + (o ? (o->size > 0 ? 4u : 2u) + (o->hist ? 1u : 0u) : 0u);
+    count = (uint32_t)st->n + (o ? (o->size > 0 ? 4u : 2u) + (o->hist ? 1u : 0u) : 0u) + (uint32_t)nx;
     if ((s = lss_wfile_open(&wf, path)) != LSS_OK) return s;
     w.f = wf.f; w.crc = 0; w.bad = 0;
     lss__cw_put(&w, lss__ck_magic, 8);
@@ -2898,6 +3077,7 @@ LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim 
         }
         if (o->hist) { sh = o->o.clip_history; lss__cw_tensor(&w, "optim.hist", 2, 1, &sh, o->hist, 8); }
     }
+    for (i = 0; i < nx; i++) lss__cw_tensor(&w, x[i].name, x[i].dtype, 1, &x[i].n, x[i].data, x[i].dtype == 1 ? 4 : 8);
     {
         uint32_t c = w.crc;
         if (!w.bad && fwrite(&c, 1, 4, w.f) != 4) w.bad = 1;
@@ -2907,6 +3087,10 @@ LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim 
         return lss_seterr(LSS_ERR_IO, "lss_ckpt_save: write error on '%s'", path);
     }
     return lss_wfile_commit(&wf);
+}
+
+LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim *o) {
+    return lss__ckpt_write(path, st, o, 0, NULL);
 }
 
 typedef struct {
@@ -2938,7 +3122,9 @@ static int lss__ck_check(const char *path, const lss__ckent *e, const char *name
     return LSS_OK;
 }
 
-LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o) {
+/* lss_ckpt_load plus nx extra tensors: each one found (1-D, its dtype and n elements, else an error)
+ * is copied into x[i].data and found[i] set to 1, an absent one leaves found[i] = 0. */
+static int lss__ckpt_read(const char *path, lss_store *st, lss_optim *o, int nx, const lss__ckx *x, int *found) {
     FILE *f;
     unsigned char *buf = NULL;
     lss__ckent *ent = NULL;
@@ -3017,7 +3203,7 @@ LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o) {
     for (i = 0; i < count; i++) {
         char nm[4100];
         memcpy(nm, ent[i].name, ent[i].nlen); nm[ent[i].nlen] = 0;
-        if (ent[i].nlen >= 6 && !memcmp(nm, "optim.", 6)) continue;
+        if (ent[i].nlen >= 6 && (!memcmp(nm, "optim.", 6) || !memcmp(nm, "train.", 6))) continue;
         if (!lss_store_get(st, nm)) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': tensor '%s' is not in the model", path, nm); goto done; }
     }
     if (o) {
@@ -3052,7 +3238,16 @@ LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o) {
             }
         }
     }
+    for (k = 0; k < nx; k++) {
+        const lss__ckent *e = lss__ck_find(ent, count, x[k].name);
+        if (e && (s = lss__ck_check(path, e, x[k].name, x[k].dtype, 1, &x[k].n)) != LSS_OK) goto done;
+    }
     /* everything is valid: copy */
+    for (k = 0; k < nx; k++) {
+        const lss__ckent *e = lss__ck_find(ent, count, x[k].name);
+        found[k] = e != NULL;
+        if (e) memcpy(x[k].data, e->data, (size_t)x[k].n * (x[k].dtype == 1 ? 4 : 8));
+    }
     for (i = 0; i < (uint32_t)st->n; i++) {
         lss_tensor *t = st->t[i];
         memcpy(t->data, lss__ck_find(ent, count, t->name)->data, (size_t)t->n * 4);
@@ -3077,8 +3272,313 @@ done:
     return s;
 }
 
+LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o) {
+    return lss__ckpt_read(path, st, o, 0, NULL, NULL);
+}
+
+/* ================================================================ training loop */
+/* Loop state saved with each network's checkpoint as "train.state" (f64), ignored by lss_ckpt_load. */
+enum {
+    LSS__TS_TAG = 0,   /* 1 */
+    LSS__TS_STEP,      /* steps done (equals the optimizer's count) */
+    LSS__TS_SUM,       /* training losses of this network since the last CSV row: sum, count */
+    LSS__TS_CNT,
+    LSS__TS_BEST,      /* best held-out loss of this network (+inf: none yet), its step (-1), */
+    LSS__TS_BESTSTEP,
+    LSS__TS_SINCE,     /* evaluations since it improved, */
+    LSS__TS_MBEST,     /* best mean held-out loss of all networks and its step, */
+    LSS__TS_MBESTSTEP,
+    LSS__TS_SKIPPED,   /* skipped steps, */
+    LSS__TS_EVALS,     /* evaluations done */
+    LSS__TS_N
+};
+
+typedef struct {
+    char name[72];
+    lss_store *best;       /* keep_best: parameters of the best evaluation */
+    double sum, best_v;
+    int64_t cnt, best_step, since;
+} lss__tnet;
+
+/* A store with the tensors (names, shapes, kinds) of `src`, for snapshots. */
+static int lss__store_clone(const lss_store *src, lss_store **out) {
+    lss_store *d;
+    int i, s;
+    if ((s = lss_store_create(src->seed, &d)) != LSS_OK) return s;
+    for (i = 0; i < src->n; i++) {
+        const lss_tensor *t = src->t[i];
+        lss__store_add(d, t->name, t->ndim, t->shape, LSS_INIT_ZERO, 0.0f, (t->flags & LSS_T_BUFFER) != 0);
+    }
+    if ((s = d->status) != LSS_OK) { lss_store_free(d); return s; }
+    *out = d;
+    return LSS_OK;
+}
+
+static int lss__csv_name_ok(const char *s) {
+    size_t n = strlen(s), i;
+    if (n == 0 || n > 64) return 0;
+    for (i = 0; i < n; i++)
+        if (s[i] == ',' || s[i] == '"' || s[i] == '\n' || s[i] == '\r' || s[i] == ' ') return 0;
+    return 1;
+}
+
+static void lss__train_state(const lss__tnet *tn, int64_t t, double mbest, int64_t mbest_step, int64_t skipped,
+                             int64_t evals, double *v) {
+    v[LSS__TS_TAG] = 1; v[LSS__TS_STEP] = (double)t; v[LSS__TS_SUM] = tn->sum; v[LSS__TS_CNT] = (double)tn->cnt;
+    v[LSS__TS_BEST] = tn->best_v; v[LSS__TS_BESTSTEP] = (double)tn->best_step; v[LSS__TS_SINCE] = (double)tn->since;
+    v[LSS__TS_MBEST] = mbest; v[LSS__TS_MBESTSTEP] = (double)mbest_step; v[LSS__TS_SKIPPED] = (double)skipped;
+    v[LSS__TS_EVALS] = (double)evals;
+}
+
+LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss_train_result *res) {
+    lss__tnet *tn = NULL;
+    double *loss = NULL, *valid = NULL, *lastrow = NULL, *rows = NULL, mbest = HUGE_VAL, t_start = lss_time_now();
+    double seconds_step = 0;
+    char **hdr = NULL;
+    int64_t t0 = 0, t, nrows = 0, caprows = 0, mbest_step = -1, skipped = 0, evals = 0;
+    int k, j, s = LSS_OK, ncols, stop = 0, early = 0;
+    if (res) { memset(res, 0, sizeof *res); res->best_step = -1; }
+    /* ---- arguments */
+    if (!nets || !o) return lss_seterr(LSS_ERR_ARG, "lss_train: NULL argument");
+    if (nnet < 1) return lss_seterr(LSS_ERR_ARG, "lss_train: nnet is %d (need >= 1)", nnet);
+    if (o->steps < 1) return lss_seterr(LSS_ERR_ARG, "lss_train: steps is %lld (need >= 1)", (long long)o->steps);
+    if (!o->step) return lss_seterr(LSS_ERR_ARG, "lss_train: the step callback is NULL");
+    if (o->eval_every < 0 || o->ckpt_every < 0 || o->patience < 0)
+        return lss_seterr(LSS_ERR_ARG, "lss_train: eval_every %d, ckpt_every %d, patience %d (need >= 0)", o->eval_every,
+                          o->ckpt_every, o->patience);
+    if (!(o->min_delta >= 0) || !isfinite(o->min_delta))
+        return lss_seterr(LSS_ERR_ARG, "lss_train: min_delta %g (need a finite value >= 0)", o->min_delta);
+    if ((o->patience > 0 || o->keep_best) && !o->eval)
+        return lss_seterr(LSS_ERR_ARG, "lss_train: %s needs the eval callback", o->patience > 0 ? "plateau stopping (patience)" : "keep_best");
+    for (k = 0; k < nnet; k++) {
+        const char *nm = nets[k].name ? nets[k].name : (nnet == 1 ? "loss" : NULL);
+        if (!nm) return lss_seterr(LSS_ERR_ARG, "lss_train: network %d has no name (names are required with several networks)", k);
+        if (!lss__csv_name_ok(nm))
+            return lss_seterr(LSS_ERR_ARG, "lss_train: network %d: name '%s' is empty, longer than 64 characters or holds "
+                              "a comma, quote, space or line break", k, nm);
+        if (!nets[k].store || !nets[k].optim)
+            return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s' has no %s", nm, nets[k].store ? "optimizer" : "store");
+        if (nets[k].optim->st != nets[k].store)
+            return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s': the optimizer belongs to another store", nm);
+        if (nets[k].store->status)
+            return lss_seterr(LSS_ERR_STATE, "lss_train: network '%s': the store is in a failed state", nm);
+        if (o->resume && !nets[k].ckpt_path)
+            return lss_seterr(LSS_ERR_ARG, "lss_train: resume needs a checkpoint path for every network ('%s' has none)", nm);
+        for (j = 0; j < k; j++) {
+            const char *nj = nets[j].name ? nets[j].name : "loss";
+            if (!strcmp(nj, nm)) return lss_seterr(LSS_ERR_ARG, "lss_train: networks %d and %d are both named '%s'", j, k, nm);
+            if (nets[j].store == nets[k].store)
+                return lss_seterr(LSS_ERR_ARG, "lss_train: networks '%s' and '%s' share a store", nj, nm);
+            if (nets[j].ckpt_path && nets[k].ckpt_path && !strcmp(nets[j].ckpt_path, nets[k].ckpt_path))
+                return lss_seterr(LSS_ERR_ARG, "lss_train: networks '%s' and '%s' share the checkpoint '%s'", nj, nm, nets[k].ckpt_path);
+        }
+    }
+    ncols = 1 + nnet * (o->eval ? 2 : 1);
+    tn = (lss__tnet *)LSS_MALLOC((size_t)nnet * sizeof *tn);
+    loss = (double *)LSS_MALLOC((size_t)(4 * nnet) * sizeof(double));
+    lastrow = (double *)LSS_MALLOC((size_t)ncols * sizeof(double));
+    hdr = (char **)LSS_MALLOC((size_t)ncols * sizeof(char *));
+    if (tn) memset(tn, 0, (size_t)nnet * sizeof *tn);
+    if (hdr) memset(hdr, 0, (size_t)ncols * sizeof(char *));
+    if (!tn || !loss || !lastrow || !hdr) { s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory"); goto out; }
+    valid = loss + 2 * nnet;
+    for (j = 0; j < ncols; j++) lastrow[j] = NAN;
+    for (k = 0; k < nnet; k++) {
+        snprintf(tn[k].name, sizeof tn[k].name, "%s", nets[k].name ? nets[k].name : "loss");
+        tn[k].best_v = HUGE_VAL; tn[k].best_step = -1;
+        if (o->keep_best && (s = lss__store_clone(nets[k].store, &tn[k].best)) != LSS_OK) goto out;
+    }
+    for (j = 0; j < ncols; j++) {
+        hdr[j] = (char *)LSS_MALLOC(80);
+        if (!hdr[j]) { s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory"); goto out; }
+        if (j == 0) snprintf(hdr[j], 80, "step");
+        else if (j <= nnet) snprintf(hdr[j], 80, "train_%s", tn[j - 1].name);
+        else snprintf(hdr[j], 80, "valid_%s", tn[j - 1 - nnet].name);
+    }
+    /* ---- resume: every checkpoint or none */
+    if (o->resume) {
+        int have = 0, first = -1, miss = -1;
+        for (k = 0; k < nnet; k++) {
+            FILE *f = fopen(nets[k].ckpt_path, "rb");
+            if (f) { fclose(f); have++; if (first < 0) first = k; }
+            else if (miss < 0) miss = k;
+        }
+        if (have > 0 && have < nnet) {
+            s = lss_seterr(LSS_ERR_STATE, "lss_train: cannot resume: checkpoint '%s' exists but '%s' does not",
+                           nets[first].ckpt_path, nets[miss].ckpt_path);
+            goto out;
+        }
+        for (k = 0; k < nnet && have; k++) {
+            double st[LSS__TS_N];
+            lss__ckx x[2];
+            int found[2] = {0, 0};
+            x[0].name = "train.state"; x[0].dtype = 2; x[0].n = LSS__TS_N; x[0].data = st;
+            if (o->keep_best) { x[1].name = "train.best"; x[1].dtype = 1; x[1].n = nets[k].store->size; x[1].data = tn[k].best->data; }
+            if ((s = lss__ckpt_read(nets[k].ckpt_path, nets[k].store, nets[k].optim, o->keep_best && nets[k].store->size > 0 ? 2 : 1, x, found)) != LSS_OK)
+                goto out;
+            if (!found[0]) continue; /* written by lss_ckpt_save: no loop state, start it afresh */
+            if (st[LSS__TS_TAG] != 1 || st[LSS__TS_STEP] != (double)nets[k].optim->t) {
+                s = lss_seterr(LSS_ERR_FORMAT, "lss_train: checkpoint '%s': loop state at step %g, optimizer at step %lld",
+                               nets[k].ckpt_path, st[LSS__TS_STEP], (long long)nets[k].optim->t);
+                goto out;
+            }
+            tn[k].sum = st[LSS__TS_SUM]; tn[k].cnt = (int64_t)st[LSS__TS_CNT]; tn[k].best_v = st[LSS__TS_BEST];
+            tn[k].best_step = (int64_t)st[LSS__TS_BESTSTEP]; tn[k].since = (int64_t)st[LSS__TS_SINCE];
+            mbest = st[LSS__TS_MBEST]; mbest_step = (int64_t)st[LSS__TS_MBESTSTEP];
+            skipped = (int64_t)st[LSS__TS_SKIPPED]; evals = (int64_t)st[LSS__TS_EVALS];
+            if (o->keep_best && tn[k].best_step >= 0 && !found[1] && nets[k].store->size > 0) {
+                s = lss_seterr(LSS_ERR_FORMAT, "lss_train: checkpoint '%s' holds no best parameters (written without keep_best)",
+                               nets[k].ckpt_path);
+                goto out;
+            }
+        }
+    }
+    /* ---- the step count: that of the optimizers, all equal */
+    t0 = nets[0].optim->t;
+    for (k = 1; k < nnet; k++)
+        if (nets[k].optim->t != t0) {
+            s = lss_seterr(LSS_ERR_STATE, "lss_train: network '%s' is at step %lld but '%s' at step %lld%s", tn[0].name,
+                           (long long)t0, tn[k].name, (long long)nets[k].optim->t,
+                           o->resume ? " (checkpoints of different steps)" : "");
+            goto out;
+        }
+    if (t0 > o->steps) {
+        s = lss_seterr(LSS_ERR_STATE, "lss_train: the networks are at step %lld, past steps = %lld", (long long)t0,
+                       (long long)o->steps);
+        goto out;
+    }
+    /* ---- the loss CSV rows of the steps already done */
+    if (o->resume && o->loss_csv && t0 > 0) {
+        lss_csv c;
+        int64_t r;
+        memset(&c, 0, sizeof c);
+        if ((s = lss_csv_read(o->loss_csv, &c)) != LSS_OK) {
+            s = lss_seterr(s, "lss_train: cannot resume the loss CSV: %s", lss_last_error());
+            goto out;
+        }
+        for (j = 0; j < ncols && c.ncols == ncols; j++)
+            if (strcmp(c.names[j], hdr[j])) break;
+        if (c.ncols != ncols || j < ncols) {
+            lss_csv_free(&c);
+            s = lss_seterr(LSS_ERR_FORMAT, "lss_train: loss CSV '%s' has other columns than this run (%d, expected %d: step, "
+                           "train_<name>...%s)", o->loss_csv, c.ncols, ncols, o->eval ? ", valid_<name>..." : "");
+            goto out;
+        }
+        for (r = 0; r < c.nrows && c.data[r * ncols] <= (double)t0; r++) {}
+        if (r > 0) {
+            rows = (double *)LSS_MALLOC((size_t)(r * ncols) * sizeof(double));
+            if (!rows) { lss_csv_free(&c); s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory"); goto out; }
+            memcpy(rows, c.data, (size_t)(r * ncols) * sizeof(double));
+            memcpy(lastrow, rows + (r - 1) * ncols, (size_t)ncols * sizeof(double));
+            nrows = caprows = r;
+        }
+        lss_csv_free(&c);
+    }
+    /* a run that the plateau rule already stopped stays stopped */
+    if (o->patience > 0 && evals > 0) {
+        for (k = 0; k < nnet && tn[k].since >= o->patience; k++) {}
+        if (k == nnet) stop = early = 1;
+    }
+    /* ---- the loop */
+    for (t = t0; t < o->steps && !stop; t++) {
+        int64_t done = t + 1;
+        int ev, ck;
+        double ts;
+        for (k = 0; k < nnet; k++) loss[k] = NAN;
+        ts = lss_time_now();
+        s = o->step(o->user, t, loss);
+        seconds_step += lss_time_now() - ts;
+        if (s != LSS_OK && s != LSS_ERR_NUMERIC) goto out;
+        for (k = 0; k < nnet; k++) {
+            int64_t c = nets[k].optim->t;
+            if (c == done) continue;
+            if (c == t && s == LSS_ERR_NUMERIC) { nets[k].optim->t++; continue; } /* skipped: the count moves on */
+            s = lss_seterr(LSS_ERR_STATE, "lss_train: after step %lld network '%s' has taken %lld optimizer steps (expected %lld:"
+                           " the step callback must call lss_optim_step once per network, or return LSS_ERR_NUMERIC)",
+                           (long long)t, tn[k].name, (long long)c, (long long)done);
+            goto out;
+        }
+        if (s == LSS_ERR_NUMERIC) skipped++;
+        else
+            for (k = 0; k < nnet; k++)
+                if (isfinite(loss[k])) { tn[k].sum += loss[k]; tn[k].cnt++; }
+        s = LSS_OK;
+        ev = done == o->steps || (o->eval_every > 0 && done % o->eval_every == 0);
+        if (ev) {
+            double *row;
+            if (nrows == caprows) {
+                int64_t nc = caprows ? 2 * caprows : 64;
+                double *nr = (double *)LSS_REALLOC(rows, (size_t)(nc * ncols) * sizeof(double));
+                if (!nr) { s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory for the loss rows"); goto out; }
+                rows = nr; caprows = nc;
+            }
+            row = rows + nrows * ncols;
+            row[0] = (double)done;
+            for (k = 0; k < nnet; k++) {
+                row[1 + k] = tn[k].cnt ? tn[k].sum / (double)tn[k].cnt : NAN;
+                tn[k].sum = 0; tn[k].cnt = 0;
+            }
+            if (o->eval) {
+                double mean = 0;
+                int all = 1;
+                for (k = 0; k < nnet; k++) valid[k] = NAN;
+                if ((s = o->eval(o->user, valid)) != LSS_OK) goto out;
+                evals++;
+                for (k = 0; k < nnet; k++) {
+                    row[1 + nnet + k] = valid[k];
+                    mean += valid[k];
+                    if (valid[k] < tn[k].best_v - o->min_delta) {
+                        tn[k].best_v = valid[k]; tn[k].best_step = done; tn[k].since = 0;
+                        if (tn[k].best && (s = lss_store_copy(tn[k].best, nets[k].store)) != LSS_OK) goto out;
+                    } else tn[k].since++;
+                    if (tn[k].since < o->patience || o->patience == 0) all = 0;
+                }
+                mean /= nnet;
+                if (mean < mbest) { mbest = mean; mbest_step = done; }
+                if (all && done < o->steps) stop = early = 1;
+            }
+            memcpy(lastrow, row, (size_t)ncols * sizeof(double));
+            nrows++;
+        }
+        if (o->progress) o->progress(o->user, done, o->steps, lastrow + 1, o->eval ? lastrow + 1 + nnet : NULL);
+        ck = done == o->steps || stop || (o->ckpt_every > 0 && done % o->ckpt_every == 0);
+        if (ck) {
+            /* the CSV first: a run killed before its checkpoints are all written resumes from the previous
+               ones and drops the rows past them */
+            if (o->loss_csv && (s = lss_csv_write(o->loss_csv, ncols, (const char *const *)hdr, nrows, rows)) != LSS_OK) goto out;
+            for (k = 0; k < nnet; k++) {
+                double st[LSS__TS_N];
+                lss__ckx x[2];
+                if (!nets[k].ckpt_path) continue;
+                lss__train_state(&tn[k], done, mbest, mbest_step, skipped, evals, st);
+                x[0].name = "train.state"; x[0].dtype = 2; x[0].n = LSS__TS_N; x[0].data = st;
+                if (tn[k].best) { x[1].name = "train.best"; x[1].dtype = 1; x[1].n = nets[k].store->size; x[1].data = tn[k].best->data; }
+                s = lss__ckpt_write(nets[k].ckpt_path, nets[k].store, nets[k].optim, tn[k].best && nets[k].store->size > 0 ? 2 : 1, x);
+                if (s != LSS_OK) goto out;
+            }
+        }
+    }
+    /* ---- keep_best: each network back to its best evaluation */
+    for (k = 0; k < nnet; k++)
+        if (tn[k].best && tn[k].best_step >= 0 && (s = lss_store_copy(nets[k].store, tn[k].best)) != LSS_OK) goto out;
+    s = LSS_OK;
+out:
+    if (res) {
+        res->steps_done = nets && nnet >= 1 && nets[0].optim ? nets[0].optim->t : 0;
+        res->skipped = skipped;
+        res->stopped_early = early;
+        res->best_step = mbest_step;
+        res->seconds = lss_time_now() - t_start;
+        res->seconds_step = seconds_step;
+    }
+    if (tn) for (k = 0; k < nnet; k++) lss_store_free(tn[k].best);
+    if (hdr) for (j = 0; j < ncols; j++) LSS_FREE(hdr[j]);
+    LSS_FREE(hdr); LSS_FREE(tn); LSS_FREE(loss); LSS_FREE(lastrow); LSS_FREE(rows);
+    return s;
+}
+
 /* ================================================================ blocks */
-LSSDEF lss_tensor *lss_activate(lss_graph *g, lss_tensor *x, lss_act act) {
+LSSDEF lss_tensor *lss_op_activate(lss_graph *g, lss_tensor *x, lss_act act) {
     switch (act) {
     case LSS_ACT_RELU: return lss_op_relu(g, x);
     case LSS_ACT_LEAKY: return lss_op_leaky_relu(g, x, 0.2f);
@@ -3117,7 +3617,7 @@ LSSDEF lss_tensor *lss_mlp_forward(lss_graph *g, const lss_mlp *m, lss_tensor *x
     if (!m) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_mlp_forward: NULL network"); return NULL; }
     for (i = 0; i < m->nlayers; i++) {
         x = lss_op_dense(g, x, m->w[i], m->b[i]);
-        if (i < m->nlayers - 1) x = lss_activate(g, x, m->act);
+        if (i < m->nlayers - 1) x = lss_op_activate(g, x, m->act);
     }
     return x;
 }
@@ -3179,14 +3679,14 @@ LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, ls
         h = lss_op_conv2d(g, x, rb->w1, rb->b1, 1, p);
         if (rb->stride == 2) h = lss_op_avgpool2d(g, h, 2, 2);
     } else h = lss_op_conv2d(g, x, rb->w1, rb->b1, rb->stride, p);
-    h = lss_activate(g, lss__norm(g, rb, 0, h), rb->act);
+    h = lss_op_activate(g, lss__norm(g, rb, 0, h), rb->act);
     h = lss__norm(g, rb, 1, lss_op_conv2d(g, h, rb->w2, rb->b2, 1, p));
     if (rb->wp) {
         if (rb->pool) sk = lss_op_conv2d(g, rb->stride == 2 ? lss_op_avgpool2d(g, x, 2, 2) : x, rb->wp, rb->bp, 1, 0);
         else sk = lss_op_conv2d(g, x, rb->wp, rb->bp, rb->stride, 0);
         sk = lss__norm(g, rb, 2, sk);
     } else sk = x;
-    return lss_activate(g, lss_op_add(g, h, sk), rb->act);
+    return lss_op_activate(g, lss_op_add(g, h, sk), rb->act);
 }
 
 LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, const lss_resnet_opts *opts) {

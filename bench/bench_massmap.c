@@ -21,7 +21,7 @@ typedef struct {
 } result;
 
 static result run(int n, int nchains, int paper, const double *ell, const double *cl, int nell) {
-    lss_mm_grid *g;
+    lss_grid *g;
     double *pk, nvar = 0.305 * 0.305 / 6.03, pstd = 0, rz = 0, sr = 0;
     int64_t np = (int64_t)n * n;
     float *kap, *g1, *g2, *nv, *wf, *smp, *mean, *sd;
@@ -29,7 +29,7 @@ static result run(int n, int nchains, int paper, const double *ell, const double
     lss_mm_sample_opts so;
     lss_mm_sample_stats st;
     result r;
-    if (lss_mm_grid_create(n, n, LSS_MM_COSMOS_PIX_ARCMIN, &g)) exit(1);
+    if (lss_grid_create(n, n, LSS_MM_COSMOS_PIX_ARCMIN, &g)) exit(1);
     pk = (double *)calloc((size_t)np, sizeof(double));
     kap = (float *)calloc((size_t)np, 4);
     g1 = (float *)calloc((size_t)np, 4);
@@ -39,29 +39,17 @@ static result run(int n, int nchains, int paper, const double *ell, const double
     mean = (float *)calloc((size_t)np, 4);
     sd = (float *)calloc((size_t)np, 4);
     smp = (float *)calloc((size_t)(np * nchains), 4);
-    lss_mm_grid_spectrum(g, ell, cl, nell, pk);
+    lss_grid_spectrum(g, ell, cl, nell, pk);
     for (int64_t i = 0; i < np; i++) nv[i] = (float)nvar;
-    lss_mm_gaussian_field(g, pk, 3, 0, kap);
+    lss_field_gaussian(g, pk, 3, 0, kap);
     lss_mm_mock_shear(g, kap, nv, 4, 0, g1, g2);
     lss_mm_wiener_fourier(g, pk, g1, g2, nvar, wf, &pstd);
     lss_mm_post_create(g, pk, g1, g2, nv, &post);
     memset(&so, 0, sizeof so);
     so.nchains = nchains;
     so.seed = 9;
-    if (paper) {
-        so.sigma_max = 1.0;
-        so.anneal = 0.98;
-        so.steps_per_level = 12;
-        so.mass = LSS_MM_MASS_IDENTITY;
-        so.mh = LSS_MM_MH_PATH;
-    } else {
-        so.sigma_max = 1.0;
-        so.anneal = 0.6;
-        so.steps_per_level = 2;
-        so.final_steps = 10;
-        so.mass = LSS_MM_MASS_FOURIER;
-    }
-    so.sigma_min = 8e-3;
+    lss_mm_sample_preset(paper ? LSS_MM_SCHEDULE_PAPER : LSS_MM_SCHEDULE_FAST, &so);
+    so.sigma_min = LSS_MM_SIGMA_MIN;
     if (lss_mm_sample(post, &so, smp, &st)) {
         fprintf(stderr, "bench_massmap: %s\n", lss_last_error());
         exit(1);
@@ -77,7 +65,7 @@ static result run(int n, int nchains, int paper, const double *ell, const double
     r.mean_z = sqrt(rz / np) / (pstd / sqrt(nchains));
     r.acc = st.accept_rate;
     lss_mm_post_free(post);
-    lss_mm_grid_free(g);
+    lss_grid_free(g);
     free(pk); free(kap); free(g1); free(g2); free(nv); free(wf); free(mean); free(sd); free(smp);
     return r;
 }

@@ -11,7 +11,9 @@
 #define LSS_CORE_IMPLEMENTATION
 #define LSS_NN_IMPLEMENTATION
 #define LSS_INFER_IMPLEMENTATION
+#define LSS_MAPS_IMPLEMENTATION
 #include "lss_infer.h"
+#include "lss_maps.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +65,10 @@ int main(int argc, char **argv) {
     mkdir("build", 0755);
     mkdir("build/bench", 0755);
     mkdir(dir, 0755);
-    if (lss_prior_deeplss(&pr, 0, fid)) die("prior");
+    if (lss_prior_init(&pr, LSS_NPARAM_LINEAR, lss_table1()->lo, lss_table1()->hi) ||
+        lss_prior_set_names(&pr, lss_table1()->name))
+        die("prior");
+    memcpy(fid, lss_table1()->fiducial, sizeof(double) * LSS_NPARAM_LINEAR);
     for (j = 0; j < P; j++) {
         lo[j] = pr.lo[j];
         hi[j] = pr.hi[j];

@@ -118,12 +118,10 @@ static void test_pipeline(void) {
         dl_cfg c2 = c;
         c2.ckpt_every = 30;
         CHECK_OK(dl_ctx_open(&x2, &c2, dir2));
-        x2.cosmo = (double *)malloc(sizeof(double) * 2 * (size_t)c.ncosmo);
-        x2.pool = (float *)LSS_MALLOC(sizeof(float) * (size_t)(c.ncosmo * (c.nf_train + c.nf_test)) * (size_t)x2.fsize);
-        CHECK(x2.cosmo && x2.pool, "alloc");
-        if (x2.cosmo && x2.pool) {
-            memcpy(x2.cosmo, x.cosmo, sizeof(double) * 2 * (size_t)c.ncosmo);
-            memcpy(x2.pool, x.pool, sizeof(float) * (size_t)(c.ncosmo * (c.nf_train + c.nf_test)) * (size_t)x2.fsize);
+        CHECK_OK(lss_pool_init(&x2.pool, c.ncosmo, c.nf_train, c.nf_test, DL_NBINS, c.nside));
+        if (x2.pool.fields) {
+            memcpy(x2.pool.cosmo, x.pool.cosmo, sizeof(double) * 2 * (size_t)c.ncosmo);
+            memcpy(x2.pool.fields, x.pool.fields, sizeof(float) * (size_t)(c.ncosmo * (c.nf_train + c.nf_test)) * (size_t)x2.pool.field_size);
             to.mask = 1 | (1 << 3);   /* cnn_comb and psd_comb */
             to.steps_override = 30;   /* stop half way (the schedule still spans c.steps) */
             CHECK_OK(dl_train(&x2, &to));
@@ -170,21 +168,21 @@ static void test_calibration_simple(void) {
     snprintf(dir, sizeof dir, "%s/simple", tmpdir);
     lss_drv_mkdirs(dir);
     CHECK_OK(dl_ctx_open(&x, &c, dir));
-    x.cosmo = (double *)malloc(sizeof(double) * 2 * (size_t)c.ncosmo);
-    if (!x.cosmo) { CHECK(0, "alloc"); return; }
-    dl_grid(&c, x.cosmo);
-    for (k = 0; k < DL_NP; k++) sig[k] = 0.05 * (dl_hi[k] - dl_lo[k]);
+    CHECK_OK(lss_pool_init(&x.pool, c.ncosmo, c.nf_train, c.nf_test, DL_NBINS, 2));
+    if (!x.pool.cosmo) return;
+    CHECK_OK(lss_pool_grid(c.seed, c.ncosmo, x.pool.cosmo));
+    for (k = 0; k < DL_NP; k++) sig[k] = 0.05 * (lss_table1()->hi[k] - lss_table1()->lo[k]);
     lss_rng_init(&r, 99, 0);
     for (set = 0; set < DL_NSET; set++) {
         int n = dl_set_size(&c, set);
         double *tt = (double *)malloc(sizeof(double) * (size_t)n * DL_NP), *tp = (double *)malloc(sizeof(double) * (size_t)n * DL_NP);
         if (!tt || !tp) { CHECK(0, "alloc"); free(tt); free(tp); break; }
         for (i = 0; i < n; i++) {
-            dl_draw d;
-            dl_set_draw(&x, set, i, &d);
+            lss_pool_draw d;
+            CHECK_OK(lss_pool_eval_draw(&x.pool, c.seed, set, i, set == LSS_DRAWS_MDN ? c.pred_per_cosmo : c.check_rep, &d));
             for (k = 0; k < DL_NP; k++) {
-                tt[i * DL_NP + k] = d.th[k];
-                tp[i * DL_NP + k] = d.th[k] + sig[k] * lss_rng_normal(&r);
+                tt[i * DL_NP + k] = d.theta[k];
+                tp[i * DL_NP + k] = d.theta[k] + sig[k] * lss_rng_normal(&r);
             }
         }
         snprintf(name, sizeof name, "theta_%s.npy", dl_set_name[set]);
@@ -227,7 +225,7 @@ static void test_calibration_simple(void) {
             if (m > 0) {
                 /* b_g (continuous in the training set, unlike the grid cosmology): the posterior cannot be
                    narrower than the summary noise (overconfidence) and the MDN's broadening must stay moderate */
-                double med = dl_pct(sd, m, 50);
+                double med = lss_percentile(sd, m, 50);
                 CHECK(med >= 0.85 * sig[4] && med <= 2.0 * sig[4], "posterior std of b_g %.4f vs the summary noise %.4f "
                       "(want 0.85-2 times)", med, sig[4]);
             }

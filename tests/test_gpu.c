@@ -40,7 +40,7 @@ static void fill_uniform(float *a, int64_t n, float lo, float hi, uint64_t seed)
 
 static float *dev_copy(const float *h, int64_t n) {
     float *d = NULL;
-    if (lss_gpu_allocf(G, &d, n) != LSS_OK) return NULL;
+    if (lss_gpu_allocf(G, n, &d) != LSS_OK) return NULL;
     if (lss_gpu_uploadf(G, d, h, n) != LSS_OK) { lss_gpu_dealloc(G, d); return NULL; }
     return d;
 }
@@ -192,7 +192,7 @@ static void test_sgemm(void) {
     sgemm_case(0, 1, 5, 6, 0, 2, 0);           /* K = 0: C = beta C */
     sgemm_case(0, 0, 256, 192, g_asan ? 64 : 320, 0, 0);
     sgemm_case(1, 0, 128, 96, 200, 0, 1);      /* TF32 opt-in */
-    CHECK_OK(lss_gpu_allocf(G, &d, 16));
+    CHECK_OK(lss_gpu_allocf(G, 16, &d));
     CHECK_ERR(lss_gpu_sgemm(G, 0, 0, 2, 2, 4, 1.0f, d, 3, d, 2, 0.0f, d, 2), LSS_ERR_ARG); /* lda < K */
     CHECK_ERR(lss_gpu_sgemm(G, 0, 0, -1, 2, 2, 1.0f, d, 2, d, 2, 0.0f, d, 2), LSS_ERR_ARG);
     lss_gpu_dealloc(G, d);
@@ -275,8 +275,8 @@ static void conv_case_run(const conv_case *c) {
     }
     dX = dev_copy(tx->data, nx); dW = dev_copy(tw->data, nw); dB = c->bias ? dev_copy(tb->data, c->Co) : NULL;
     dDY = dev_copy(dy, ny);
-    CHECK_OK(lss_gpu_allocf(G, &dY, ny));
-    CHECK_OK(lss_gpu_allocf(G, &dDX, nx)); CHECK_OK(lss_gpu_allocf(G, &dDW, nw)); CHECK_OK(lss_gpu_allocf(G, &dDB, c->Co));
+    CHECK_OK(lss_gpu_allocf(G, ny, &dY));
+    CHECK_OK(lss_gpu_allocf(G, nx, &dDX)); CHECK_OK(lss_gpu_allocf(G, nw, &dDW)); CHECK_OK(lss_gpu_allocf(G, c->Co, &dDB));
     for (rep = 0; rep < 2; rep++) {
         CHECK_OK(lss_gpu_uploadf(G, dDX, g0x, nx)); CHECK_OK(lss_gpu_uploadf(G, dDW, g0w, nw));
         CHECK_OK(lss_gpu_uploadf(G, dDB, g0b, c->Co));
@@ -338,7 +338,7 @@ static void test_conv(void) {
     lss_gpu_conv_shape bad = {1, 1, 4, 4, 1, 3, 3, 0, 0};
     float *d = NULL;
     for (i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i]);
-    CHECK_OK(lss_gpu_allocf(G, &d, 64));
+    CHECK_OK(lss_gpu_allocf(G, 64, &d));
     CHECK_ERR(lss_gpu_conv2d_forward(G, &bad, d, d, NULL, d), LSS_ERR_ARG); /* stride 0 */
     bad.stride = 1;
     CHECK_ERR(lss_gpu_conv2d_forward(G, &bad, d, NULL, NULL, d), LSS_ERR_ARG);
@@ -365,8 +365,8 @@ static void test_elementwise(void) {
     float *dX = NULL, *dY = NULL, *dDY = NULL, *dG = NULL, *dB = NULL, *dG2 = NULL;
     fill_uniform(dy, n, -2, 2, 31);
     fill_uniform(g0, n, -1, 1, 32);
-    CHECK_OK(lss_gpu_allocf(G, &dX, n)); CHECK_OK(lss_gpu_allocf(G, &dY, n)); CHECK_OK(lss_gpu_allocf(G, &dG, n));
-    CHECK_OK(lss_gpu_allocf(G, &dB, n)); CHECK_OK(lss_gpu_allocf(G, &dG2, n));
+    CHECK_OK(lss_gpu_allocf(G, n, &dX)); CHECK_OK(lss_gpu_allocf(G, n, &dY)); CHECK_OK(lss_gpu_allocf(G, n, &dG));
+    CHECK_OK(lss_gpu_allocf(G, n, &dB)); CHECK_OK(lss_gpu_allocf(G, n, &dG2));
     dDY = dev_copy(dy, n);
     for (o = 0; o < sizeof ops / sizeof ops[0]; o++) {
         lss_store *st = NULL;
@@ -522,7 +522,7 @@ static void test_adam(void) {
         w0 = malloc(sizeof(float) * n); gr = malloc(sizeof(float) * n); gw = malloc(sizeof(float) * n);
         memcpy(w0, tw->data, sizeof(float) * n);
         dW = dev_copy(w0, n);
-        CHECK_OK(lss_gpu_allocf(G, &dG, n)); CHECK_OK(lss_gpu_allocf(G, &dM, n)); CHECK_OK(lss_gpu_allocf(G, &dV, n));
+        CHECK_OK(lss_gpu_allocf(G, n, &dG)); CHECK_OK(lss_gpu_allocf(G, n, &dM)); CHECK_OK(lss_gpu_allocf(G, n, &dV));
         CHECK_OK(lss_gpu_zerof(G, dM, n)); CHECK_OK(lss_gpu_zerof(G, dV, n));
         for (step = 0; step < 6; step++) {
             fill_uniform(gr, n, -1, 1, 100 + (uint64_t)step);
@@ -554,7 +554,7 @@ static void test_philox_fills(void) {
     double *hd = malloc(sizeof(double) * n), *gd = malloc(sizeof(double) * n);
     void *dbuf = NULL;
     lss_rng r;
-    CHECK_OK(lss_gpu_alloc(G, &dbuf, sizeof(double) * n));
+    CHECK_OK(lss_gpu_alloc(G, sizeof(double) * n, &dbuf));
     du = (uint32_t *)dbuf;
     /* u32: the lss_rng_u32 sequence from block c0 */
     lss_rng_init(&r, seed, stream); lss_rng_seek(&r, c0);
@@ -630,7 +630,7 @@ static void test_shape_noise(void) {
     lss_rng_init(&r, 62, 0);
     for (i = 0; i < tot; i++) cnt[i] = (float)lss_rng_poisson(&r, 1.5);
     dC = dev_copy(cnt, tot);
-    CHECK_OK(lss_gpu_allocf(G, &dK, tot));
+    CHECK_OK(lss_gpu_allocf(G, tot, &dK));
     for (mode = 0; mode < 2; mode++) {
         for (j = 0; j < NMAPS; j++) {
             lss_rng_init(&r, seed, streams[j]);
@@ -681,7 +681,7 @@ static void test_flip_and_scale(void) {
     }
     CHECK(seen[0] + seen[1] + seen[2] + seen[3] >= 3, "the flip test draws too few of the four flip patterns");
     dS = dev_copy(src, tot);
-    CHECK_OK(lss_gpu_allocf(G, &dD, tot));
+    CHECK_OK(lss_gpu_allocf(G, tot, &dD));
     CHECK_OK(lss_gpu_random_flip(G, dS, dD, nf, nc, h, w, seed, stream, c0));
     CHECK_OK(lss_gpu_downloadf(G, got, dD, tot));
     CHECK(!memcmp(got, ref, sizeof(float) * tot), "random flips differ from the CPU loop");
@@ -724,12 +724,12 @@ static void test_buffers_and_errors(void) {
         CHECK(other == NULL, "failed lss_gpu_init left a context");
     }
     /* an impossible allocation fails with a message naming cudaMalloc and this source file */
-    CHECK_ERR(lss_gpu_alloc(G, &p, (size_t)1 << 60), LSS_ERR_NOMEM);
+    CHECK_ERR(lss_gpu_alloc(G, (size_t)1 << 60, &p), LSS_ERR_NOMEM);
     CHECK(strstr(lss_last_error(), "cudaMalloc") && strstr(lss_last_error(), "lss_gpu.cu"),
           "allocation failure message '%s'", lss_last_error());
     CHECK(p == NULL, "failed allocation left a pointer");
     for (i = 0; i < 100; i++) h[i] = (unsigned char)(i * 7 + 1);
-    CHECK_OK(lss_gpu_alloc(G, &p, 100));
+    CHECK_OK(lss_gpu_alloc(G, 100, &p));
     CHECK_OK(lss_gpu_upload(G, p, h, 100));
     CHECK_OK(lss_gpu_memset(G, (unsigned char *)p + 10, 0xAB, 20));
     CHECK_OK(lss_gpu_download(G, back, p, 100));

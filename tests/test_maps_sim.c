@@ -608,8 +608,108 @@ static void test_mosaic(void) {
         }
     CHECK(ok, "every slot is one field with flips");
     for (k = 0; k < G * G; k++) CHECK(seen[k] == 1, "field %d placed once (%d)", k, seen[k]);
-    CHECK(out[0] != 0 || out[1] != 1, "the mosaic is shuffled");
+    /* the placement and both flips are random: of 36 fields, each flip is expected on 18 (binomial std 3),
+       and a random permutation leaves on average one field in its own slot */
+    {
+        int nfy = 0, nfx = 0, moved = 0;
+        for (y = 0; y < G; y++)
+            for (x = 0; x < G; x++) {
+                float c0 = out[(y * N) * G * N + x * N], id = out[G * N * G * N + (y * N) * G * N + x * N];
+                double cy = fmod(c0, 1000.0);
+                nfy += cy >= 10 * (N - 1);
+                nfx += fmod(cy, 10.0) >= N - 1;
+                moved += (int)id != y * G + x;
+            }
+        CHECK(nfy >= 6 && nfy <= 30, "up-down flips on %d of 36 fields (want 6..30)", nfy);
+        CHECK(nfx >= 6 && nfx <= 30, "left-right flips on %d of 36 fields (want 6..30)", nfx);
+        CHECK(moved >= 30, "only %d of 36 fields left their own slot", moved);
+    }
     CHECK_ERR(lss_mosaic(fp, 0, 2, N, 9, 0, out), LSS_ERR_ARG);
+}
+
+/* ------------------------------------------------------------------ the observation recipe */
+/* lss-sim's maps (lss_survey_simulate: fresh fields) and deeplss's (lss_pool_observe: pool fields) both end in
+ * lss_survey_observe: with the same fields, parameters and (seed, index) they are equal bit for bit, and
+ * different surveys or data sets give different maps. */
+static void test_survey_recipe(void) {
+    lss_params p;
+    lss_cosmo *c = NULL;
+    lss_sim_opts o;
+    lss_sim *sim;
+    lss_survey_opts so;
+    lss_survey *sv = NULL;
+    lss_survey_work *w = NULL;
+    lss_pool pool;
+    lss_pool_draw d;
+    float *m1, *m2, *fields;
+    double *s1, *s2;
+    const float *fp[4];
+    int64_t msz, ssz, i;
+    int k, same = 1, diff = 0;
+    uint64_t seed = 17, index = lss_set_index(LSS_SET_TRAIN, 5);
+    memset(&o, 0, sizeof o);
+    o.nside = 16;
+    o.pixel_arcmin = 18.75;
+    lss_params_fiducial(&p);
+    sim = make_sim(&p, &o, &c);
+    memset(&so, 0, sizeof so);
+    so.grid = 2; so.nell = 4; so.ell_min = 72; so.ell_max = 576;
+    CHECK_OK(lss_survey_create(sim, &so, &sv));
+    CHECK_OK(lss_survey_work_create(sv, &w));
+    if (!sv || !w) return;
+    msz = lss_survey_map_size(sv);
+    ssz = lss_survey_spec_size(sv);
+    CHECK(msz == 8 * 32 * 32 && ssz == 36 * 4, "sizes %lld, %lld", (long long)msz, (long long)ssz);
+    m1 = (float *)malloc(sizeof(float) * (size_t)msz); m2 = (float *)malloc(sizeof(float) * (size_t)msz);
+    s1 = (double *)malloc(sizeof(double) * (size_t)ssz); s2 = (double *)malloc(sizeof(double) * (size_t)ssz);
+    fields = (float *)malloc(sizeof(float) * 4 * lss_sim_field_size(sim));
+    /* lss-sim's path */
+    CHECK_OK(lss_survey_simulate(sv, sim, w, &p, seed, index, m1, s1));
+    /* the same fields put in a pool at cosmology 0 (the fiducial), observed through deeplss's path */
+    CHECK_OK(lss_pool_init(&pool, 1, 4, 1, g_nb, 16));
+    for (k = 0; k < 4; k++) {
+        lss_sim_work *sw = NULL;
+        CHECK_OK(lss_sim_work_create(sim, &sw));
+        CHECK_OK(lss_sim_field(sim, sw, seed, lss_survey_field_index(sv, index, k), fields + (size_t)k * lss_sim_field_size(sim)));
+        lss_sim_work_free(sw);
+        fp[k] = fields + (size_t)k * lss_sim_field_size(sim);
+    }
+    CHECK_OK(lss_survey_observe(sv, w, fp, &p, seed, index, m2, s2));
+    for (i = 0; i < msz; i++) same &= m1[i] == m2[i];
+    for (i = 0; i < ssz; i++) same &= s1[i] == s2[i] || (s1[i] != s1[i] && s2[i] != s2[i]);
+    CHECK(same, "lss_survey_simulate and lss_survey_observe on the same fields differ");
+    /* a pool draw whose fields are those four: the pool's field choice is its own, so place the same field
+       in every slot and compare with lss_survey_observe on four copies of it */
+    if (pool.fields) {
+        pool.cosmo[0] = p.omega_m; pool.cosmo[1] = p.sigma_8;
+        for (k = 0; k < 5; k++) memcpy(pool.fields + (size_t)k * pool.field_size, fields, sizeof(float) * (size_t)pool.field_size);
+        lss_pool_draw_random(&pool, seed, index, 0, &d);
+        lss_params_from_vec(d.theta, LSS_NPARAM_LINEAR, &p);
+        for (k = 0; k < 4; k++) fp[k] = fields;
+        CHECK_OK(lss_pool_observe(&pool, sv, w, &d, seed, m1, s1));
+        CHECK_OK(lss_survey_observe(sv, w, fp, &p, seed, index, m2, s2));
+        same = 1;
+        for (i = 0; i < msz; i++) same &= m1[i] == m2[i];
+        CHECK(same, "lss_pool_observe differs from lss_survey_observe on the same fields");
+        /* another data set with the same item number: a different map */
+        d.index = lss_set_index(LSS_SET_TEST, 5);
+        CHECK_OK(lss_pool_observe(&pool, sv, w, &d, seed, m2, NULL));
+        for (i = 0; i < msz; i++) diff += m1[i] != m2[i];
+        CHECK(diff > msz / 2, "surveys of two data sets share %lld of %lld pixels", (long long)(msz - diff), (long long)msz);
+    }
+    CHECK(lss_survey_field_index(sv, lss_set_index(LSS_SET_TEST, 0), 3) == lss_set_index(LSS_SET_TEST, 3), "field index");
+    CHECK(lss_survey_field_index(sv, 0, 4) == LSS_STREAM_INDEX_MAX, "field 4 of a 2 x 2 survey is invalid");
+    so.grid = 65;
+    {
+        lss_survey *bad = NULL;
+        CHECK_ERR(lss_survey_create(sim, &so, &bad), LSS_ERR_ARG);
+    }
+    lss_pool_free(&pool);
+    free(m1); free(m2); free(s1); free(s2); free(fields);
+    lss_survey_work_free(w);
+    lss_survey_free(sv);
+    lss_sim_free(sim);
+    lss_cosmo_free(c);
 }
 
 /* ------------------------------------------------------------------ Sobol and priors */
@@ -714,6 +814,7 @@ int main(void) {
     RUN(test_determinism);
     RUN(test_set_cosmo_and_zeropad);
     RUN(test_mosaic);
+    RUN(test_survey_recipe);
     RUN(test_sobol);
     RUN(test_errors);
     lss_nz_free(g_nz, g_nb);

@@ -101,8 +101,8 @@ static void test_operators(void) {
     int sizes[3][2] = {{6, 8}, {5, 7}, {8, 8}};
     for (int t = 0; t < 3; t++) {
         int h = sizes[t][0], w = sizes[t][1], n = h * w;
-        lss_mm_grid *g;
-        CHECK_OK(lss_mm_grid_create(h, w, 1.0, &g));
+        lss_grid *g;
+        CHECK_OK(lss_grid_create(h, w, 1.0, &g));
         float *kE = fmalloc(n), *kB = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n);
         double *r1 = dmalloc(n), *r2 = dmalloc(n), md = 0, mr = 0;
         white(n, 10 + t, kE);
@@ -115,13 +115,13 @@ static void test_operators(void) {
         }
         CHECK(md <= 1e-5 * mr, "kappa->shear %dx%d vs brute-force DFT: max diff %.3g (scale %.3g)", h, w, md, mr);
         free(kE); free(kB); free(g1); free(g2); free(r1); free(r2);
-        lss_mm_grid_free(g);
+        lss_grid_free(g);
     }
     /* round trips on a 64 x 48 grid: gamma -> kappa -> gamma for an E-mode field, pure B to zero E */
     {
         int h = 64, w = 48, n = h * w;
-        lss_mm_grid *g;
-        CHECK_OK(lss_mm_grid_create(h, w, 0.5, &g));
+        lss_grid *g;
+        CHECK_OK(lss_grid_create(h, w, 0.5, &g));
         float *k = fmalloc(n), *kb = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *k2 = fmalloc(n), *kb2 = fmalloc(n);
         float *h1 = fmalloc(n), *h2 = fmalloc(n);
         white(n, 3, k);
@@ -149,7 +149,7 @@ static void test_operators(void) {
         /* smoothing a delta: unit sum and variance sigma^2 per axis */
         memset(k, 0, sizeof(float) * n);
         k[(h / 2) * w + w / 2] = 1.0f;
-        CHECK_OK(lss_mm_smooth(g, k, k2, 1.0)); /* 1 arcmin = 2 pixels */
+        CHECK_OK(lss_grid_smooth(g, k, k2, 1.0)); /* 1 arcmin = 2 pixels */
         double sum = 0, vx = 0, vy = 0;
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++) {
@@ -161,14 +161,14 @@ static void test_operators(void) {
         CHECK_CLOSE(sum, 1.0, 0, 1e-5, "smoothed delta sums to 1");
         CHECK_CLOSE(vx, 4.0, 1e-3, 0, "smoothing variance along x (sigma = 2 px)");
         CHECK_CLOSE(vy, 4.0, 1e-3, 0, "smoothing variance along y");
-        CHECK_ERR(lss_mm_smooth(g, k, k2, -1.0), LSS_ERR_ARG);
+        CHECK_ERR(lss_grid_smooth(g, k, k2, -1.0), LSS_ERR_ARG);
         free(k); free(kb); free(g1); free(g2); free(k2); free(kb2); free(h1); free(h2); free(zero);
-        lss_mm_grid_free(g);
+        lss_grid_free(g);
     }
     {
-        lss_mm_grid *g = NULL;
-        CHECK_ERR(lss_mm_grid_create(1, 8, 1.0, &g), LSS_ERR_ARG);
-        CHECK_ERR(lss_mm_grid_create(8, 8, 0.0, &g), LSS_ERR_ARG);
+        lss_grid *g = NULL;
+        CHECK_ERR(lss_grid_create(1, 8, 1.0, &g), LSS_ERR_ARG);
+        CHECK_ERR(lss_grid_create(8, 8, 0.0, &g), LSS_ERR_ARG);
         CHECK(g == NULL, "no grid on failure");
     }
 }
@@ -183,39 +183,44 @@ static void test_fields(void) {
     int h = 64, w = 64, n = h * w, nreal = asan_mode() ? 8 : 24, nb = 8;
     double ell[120], cl[120];
     CHECK_OK(theory(ell, cl, 120));
-    lss_mm_grid *g;
-    CHECK_OK(lss_mm_grid_create(h, w, 1.0, &g));
+    lss_grid *g;
+    CHECK_OK(lss_grid_create(h, w, 1.0, &g));
     double *pk = dmalloc(n), *pg = dmalloc(n), th[8], acc[8] = {0}, acc2[8] = {0}, cnt[8] = {0};
-    CHECK_OK(lss_mm_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK_OK(lss_grid_spectrum(g, ell, cl, 120, pk));
     CHECK(pk[0] == 0.0, "k = 0 cell of the grid spectrum is 0");
     {   /* interpolation at one cell: (ky, kx) = (0, 3) has ell = 2 pi 3/64 / pix */
-        double l = lss_mm_grid_ell(g, 3), pix = M_PI / 180 / 60;
+        double l = lss_grid_ell(g, 3), pix = M_PI / 180 / 60;
         CHECK_REL(l, 2 * M_PI * 3.0 / 64 / pix, 1e-12, "ell of a Fourier cell");
         int j = 0;
         while (ell[j + 1] < l) j++;
         double c = cl[j] + (cl[j + 1] - cl[j]) * (l - ell[j]) / (ell[j + 1] - ell[j]);
         CHECK_REL(pk[3], c / (pix * pix), 1e-12, "P_pix = C_ell / pix^2");
     }
-    CHECK_OK(lss_mm_bin_spectrum(g, pk, nb, 0, 0, th));
+    double edges[9];
+    CHECK_OK(lss_grid_ps_edges(g, nb, edges));
+    CHECK_OK(lss_grid_bin_spectrum(g, pk, edges, nb, th));
     /* the binned spectrum of Gaussian fields converges to the binned theory: per bin the estimate
        of nreal maps has relative std sqrt(2 / (modes per bin * nreal)) (half the cells are
        independent for a real field); tolerance 5 sigma */
     float *f = fmalloc(n);
     for (int r = 0; r < nreal; r++) {
         double c[8];
-        CHECK_OK(lss_mm_gaussian_field(g, pk, 5, (uint64_t)r, f));
-        CHECK_OK(lss_mm_power_spectrum(g, f, NULL, nb, 0, 0, NULL, c));
+        CHECK_OK(lss_field_gaussian(g, pk, 5, (uint64_t)r, f));
+        CHECK_OK(lss_grid_ps(g, f, NULL, edges, nb, NULL, c));
         for (int b = 0; b < nb; b++) acc[b] += c[b] / nreal;
     }
-    {
-        double lmin = 2 * M_PI / (64 * M_PI / 180 / 60), lmax = M_PI / (M_PI / 180 / 60);
+    {   /* the binning convention coded independently: edge_b <= ell < edge_b+1, log edges from the
+           fundamental to the Nyquist multipole (the Nyquist modes included), mean ell per bin */
+        double lmin = 2 * M_PI / (64 * M_PI / 180 / 60), lmax = M_PI / (M_PI / 180 / 60), lsum[8] = {0}, em[8], c[8];
+        for (int b = 0; b <= nb; b++) CHECK_REL(edges[b], lmin * pow(lmax / lmin, (double)b / nb), 2e-9, "log-spaced edge");
         for (int64_t i = 1; i < n; i++) {
-            double l = lss_mm_grid_ell(g, i);
-            if (l < lmin || l > lmax) continue;
-            int b = (int)floor(log(l / lmin) / log(lmax / lmin) * nb);
-            if (b >= nb) b = nb - 1;
-            cnt[b] += 1;
+            double l = lss_grid_ell(g, i);
+            for (int b = 0; b < nb; b++)
+                if (l >= edges[b] && l < edges[b + 1]) cnt[b] += 1, lsum[b] += l;
         }
+        CHECK_OK(lss_grid_ps(g, f, NULL, edges, nb, em, c));
+        for (int b = 0; b < nb; b++) CHECK_REL(em[b], lsum[b] / cnt[b], 1e-12, "mean ell of a bin's modes");
+        CHECK_ERR(lss_grid_ps(g, f, NULL, edges, 0, NULL, c), LSS_ERR_ARG);
     }
     for (int b = 0; b < nb; b++) {
         double tol = 5 * sqrt(2.0 / (cnt[b] * nreal)) * 1.5;  /* 1.5: spectrum varies inside a bin */
@@ -223,14 +228,14 @@ static void test_fields(void) {
     }
     /* lognormal: target spectrum reproduced, one-point floor -lambda respected */
     double lambda = 0.03;
-    CHECK_OK(lss_mm_lognormal_spectrum(g, pk, lambda, pg));
+    CHECK_OK(lss_field_lognormal_spectrum(g, pk, lambda, pg));
     double fmin = 1e9;
     for (int b = 0; b < nb; b++) acc2[b] = 0;
     for (int r = 0; r < nreal; r++) {
         double c[8];
-        CHECK_OK(lss_mm_lognormal_field(g, pg, lambda, 6, (uint64_t)r, f));
+        CHECK_OK(lss_field_lognormal(g, pg, lambda, 6, (uint64_t)r, f));
         for (int i = 0; i < n; i++) fmin = fmin < f[i] ? fmin : f[i];
-        CHECK_OK(lss_mm_power_spectrum(g, f, NULL, nb, 0, 0, NULL, c));
+        CHECK_OK(lss_grid_ps(g, f, NULL, edges, nb, NULL, c));
         for (int b = 0; b < nb; b++) acc2[b] += c[b] / nreal;
     }
     for (int b = 0; b < nb; b++) {
@@ -241,9 +246,9 @@ static void test_fields(void) {
     CHECK(fmin > -lambda * 1.5, "lognormal field bounded below (min %g, shift %g; mean removal moves it)", fmin, lambda);
     /* errors */
     double badell[2] = {10, 5}, badcl[2] = {1, 1};
-    CHECK_ERR(lss_mm_grid_spectrum(g, badell, badcl, 2, pk), LSS_ERR_ARG);
+    CHECK_ERR(lss_grid_spectrum(g, badell, badcl, 2, pk), LSS_ERR_ARG);
     free(f); free(pk); free(pg);
-    lss_mm_grid_free(g);
+    lss_grid_free(g);
 }
 
 /* Dense reference of the Wiener system (S^-1 + A^T W A) from real-space kernels computed by direct
@@ -338,22 +343,22 @@ static void dense_wiener(int h, int w, const double *pk, const float *nvar, cons
     free(L); free(ks); free(k1); free(k2); free(b);
 }
 
-static void setup_cosmos_like(int h, int w, double pix, lss_mm_grid **g, double **pk) {
+static void setup_cosmos_like(int h, int w, double pix, lss_grid **g, double **pk) {
     double ell[120], cl[120];
     CHECK_OK(theory(ell, cl, 120));
-    CHECK_OK(lss_mm_grid_create(h, w, pix, g));
+    CHECK_OK(lss_grid_create(h, w, pix, g));
     *pk = dmalloc(h * w);
-    CHECK_OK(lss_mm_grid_spectrum(*g, ell, cl, 120, *pk));
+    CHECK_OK(lss_grid_spectrum(*g, ell, cl, 120, *pk));
 }
 
 static void test_wiener(void) {
     int h = asan_mode() ? 16 : 32, w = h, n = h * w;
-    lss_mm_grid *g;
+    lss_grid *g;
     double *pk;
     setup_cosmos_like(h, w, 2.0, &g, &pk);
     float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *mask = fmalloc(n);
     float *wf = fmalloc(n), *wi = fmalloc(n);
-    CHECK_OK(lss_mm_gaussian_field(g, pk, 11, 0, kap));
+    CHECK_OK(lss_field_gaussian(g, pk, 11, 0, kap));
     /* uniform noise: exact Fourier Wiener = iterative solution */
     for (int i = 0; i < n; i++) nv[i] = 3e-4f;
     CHECK_OK(lss_mm_mock_shear(g, kap, nv, 12, 0, g1, g2));
@@ -400,7 +405,7 @@ static void test_wiener(void) {
     CHECK_ERR(lss_mm_wiener(g, pk, g1, g2, nv, NULL, wi, NULL, NULL), LSS_ERR_ARG);
     free(M); free(x); free(cnt);
     free(kap); free(g1); free(g2); free(nv); free(mask); free(wf); free(wi); free(pk);
-    lss_mm_grid_free(g);
+    lss_grid_free(g);
 }
 
 /* Section 7.1: with the Gaussian prior and uniform noise, annealed HMC + ODE samples reproduce the
@@ -410,13 +415,13 @@ static void test_gaussian_validation(void) {
     /* 2 arcmin pixels with shape noise of variance 3e-5 per pixel: the signal-to-noise per Fourier
        cell stays above ~1 over the whole grid, so the mean of 256 samples resolves every ell bin */
     double nvar = 3e-5;
-    lss_mm_grid *g;
+    lss_grid *g;
     double *pk;
     setup_cosmos_like(h, w, 2.0, &g, &pk);
     float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *wf = fmalloc(n);
     float *smp = fmalloc((int64_t)ns * n), *mean = fmalloc(n), *sd = fmalloc(n), *res = fmalloc(n);
     for (int i = 0; i < n; i++) nv[i] = (float)nvar;
-    CHECK_OK(lss_mm_gaussian_field(g, pk, 31, 0, kap));
+    CHECK_OK(lss_field_gaussian(g, pk, 31, 0, kap));
     CHECK_OK(lss_mm_mock_shear(g, kap, nv, 32, 0, g1, g2));
     double pstd;
     CHECK_OK(lss_mm_wiener_fourier(g, pk, g1, g2, nvar, wf, &pstd));
@@ -427,10 +432,8 @@ static void test_gaussian_validation(void) {
     so.seed = 5;
     /* a short schedule (13 levels, 34 HMC steps) with the Fourier mass matrix; the last temperature
        (1e-3, variance 1e-6) lies well below the noise variance, then the ODE runs to t = 0 */
+    CHECK_OK(lss_mm_sample_preset(LSS_MM_SCHEDULE_FAST, &so));
     so.sigma_max = 0.3;
-    so.anneal = 0.6;
-    so.steps_per_level = 2;
-    so.final_steps = 10;
     so.sigma_min = 1e-3;
     so.ode_t_end = -1;
     lss_mm_sample_stats st;
@@ -445,9 +448,10 @@ static void test_gaussian_validation(void) {
     printf("  posterior mean vs Wiener: residual RMS %.4f of the Wiener RMS (sampling noise alone %.4f)\n", rr,
            pstd / sqrt(ns) / rms(n, wf));
     CHECK(rr <= 0.05, "posterior mean matches the Wiener filter: residual RMS %.4f of Wiener RMS", rr);
-    double ps_m[6], ps_w[6];
-    CHECK_OK(lss_mm_power_spectrum(g, mean, NULL, nb, 0, 0, NULL, ps_m));
-    CHECK_OK(lss_mm_power_spectrum(g, wf, NULL, nb, 0, 0, NULL, ps_w));
+    double ps_m[6], ps_w[6], edges[7];
+    CHECK_OK(lss_grid_ps_edges(g, nb, edges));
+    CHECK_OK(lss_grid_ps(g, mean, NULL, edges, nb, NULL, ps_m));
+    CHECK_OK(lss_grid_ps(g, wf, NULL, edges, nb, NULL, ps_w));
     for (int b = 0; b < nb; b++) {
         printf("  bin %d: power ratio mean/Wiener %.4f\n", b, ps_m[b] / ps_w[b]);
         CHECK_CLOSE(ps_m[b] / ps_w[b], 1.0, 0, 0.05, "posterior-mean / Wiener power in an ell bin");
@@ -464,7 +468,7 @@ static void test_gaussian_validation(void) {
     CHECK(within / n >= 0.9, "per-pixel std within 10%% for %.3f of pixels", within / n);
     free(kap); free(g1); free(g2); free(nv); free(wf); free(smp); free(mean); free(sd); free(res); free(pk);
     lss_mm_post_free(post);
-    lss_mm_grid_free(g);
+    lss_grid_free(g);
 }
 
 
@@ -588,8 +592,8 @@ static void test_nfw(void) {
     lss_cosmo_free(c);
     /* KS of the injected shear recovers the injected convergence (mean removed, periodic grid) */
     int h = 128, w = 128, n = h * w;
-    lss_mm_grid *g;
-    CHECK_OK(lss_mm_grid_create(h, w, 0.29, &g));
+    lss_grid *g;
+    CHECK_OK(lss_grid_create(h, w, 0.29, &g));
     float *g1 = fmalloc(n), *g2 = fmalloc(n), *kap = fmalloc(n), *ke = fmalloc(n), *kb = fmalloc(n);
     CHECK_OK(lss_mm_nfw_add(g, 3.0, 0.05, 64.0, 64.0, 4, g1, g2, kap));
     CHECK_OK(lss_mm_shear_to_kappa(g, g1, g2, ke, kb));
@@ -619,7 +623,7 @@ static void test_nfw(void) {
         free(f); free(o);
     }
     free(g1); free(g2); free(kap); free(ke); free(kb);
-    lss_mm_grid_free(g);
+    lss_grid_free(g);
 }
 
 /* A tiny end-to-end run: mock fields -> galaxy catalogue -> binning -> KS, Wiener, posterior mean. */
@@ -630,12 +634,12 @@ static void test_end_to_end(void) {
     CHECK_OK(lss_mm_theory_kappa_empty(NULL, "cosmos", &shift));
     /* empty-beam convergence of a z ~ 1 source population: 0.0644 at z_s = 1 for CCL's cosmology */
     CHECK(shift > 0.04 && shift < 0.12, "empty-beam convergence of the COSMOS n(z): %g", shift);
-    lss_mm_grid *g, *big;
-    CHECK_OK(lss_mm_grid_create(h, w, 0.29, &g));
-    CHECK_OK(lss_mm_grid_create(2 * h, 2 * w, 0.29, &big));
+    lss_grid *g, *big;
+    CHECK_OK(lss_grid_create(h, w, 0.29, &g));
+    CHECK_OK(lss_grid_create(2 * h, 2 * w, 0.29, &big));
     double *pk = dmalloc(n), *pkb = dmalloc(4 * n), acc[3] = {0}, accr[3] = {0};
-    CHECK_OK(lss_mm_grid_spectrum(g, ell, cl, 120, pk));
-    CHECK_OK(lss_mm_grid_spectrum(big, ell, cl, 120, pkb));
+    CHECK_OK(lss_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK_OK(lss_grid_spectrum(big, ell, cl, 120, pkb));
     float *kap = fmalloc(n), *mask = fmalloc(n), *cnt = fmalloc(n), *nv = fmalloc(n), *t1 = fmalloc(n), *t2 = fmalloc(n);
     float *g1 = fmalloc(n), *g2 = fmalloc(n), *bv = fmalloc(n), *bc = fmalloc(n), *ks = fmalloc(n), *wf = fmalloc(n);
     float *smp = fmalloc((int64_t)ns * n), *mean = fmalloc(n);
@@ -708,20 +712,20 @@ static void test_end_to_end(void) {
     CHECK(acc[2] <= acc[1] * 1.06, "posterior-mean RMSE %.4f within Monte Carlo error of Wiener %.4f", acc[2], acc[1]);
     free(pk); free(pkb); free(kap); free(mask); free(cnt); free(nv); free(t1); free(t2); free(g1); free(g2);
     free(bv); free(bc); free(ks); free(wf); free(smp); free(mean);
-    lss_mm_grid_free(g);
-    lss_mm_grid_free(big);
+    lss_grid_free(g);
+    lss_grid_free(big);
 }
 
 /* A known residual: the exact score of N(0, P' + sigma^2) with 1/P' = 1/P + c, minus the Gaussian
  * score the sampler passes in; the posterior is then the Wiener posterior of spectrum P'. */
 typedef struct {
-    const lss_mm_grid *g;
+    const lss_grid *g;
     double *pk2;
     int calls;
 } known_res;
 static int known_residual(void *user, int n, const float *x, const float *sg, const float *sigma, float *out) {
     known_res *k = (known_res *)user;
-    int64_t np = (int64_t)lss_mm_grid_h(k->g) * lss_mm_grid_w(k->g);
+    int64_t np = (int64_t)lss_grid_h(k->g) * lss_grid_w(k->g);
     int s = lss_mm_gauss_score(k->g, k->pk2, n, x, sigma, out, NULL);
     for (int64_t i = 0; i < n * np; i++) out[i] -= sg[i];
     k->calls++;
@@ -731,7 +735,7 @@ static int known_residual(void *user, int n, const float *x, const float *sg, co
 static void test_residual_sampling(void) {
     int h = 32, w = 32, n = h * w, ns = 256;
     double nvar = 3e-5;
-    lss_mm_grid *g;
+    lss_grid *g;
     double *pk;
     setup_cosmos_like(h, w, 2.0, &g, &pk);
     double *pk2 = dmalloc(n), pmed = pk[n / 2 + 3];
@@ -739,7 +743,7 @@ static void test_residual_sampling(void) {
     float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *wf = fmalloc(n), *wf0 = fmalloc(n);
     float *smp = fmalloc((int64_t)ns * n), *mean = fmalloc(n), *sd = fmalloc(n), *res = fmalloc(n);
     for (int i = 0; i < n; i++) nv[i] = (float)nvar;
-    CHECK_OK(lss_mm_gaussian_field(g, pk2, 41, 0, kap));
+    CHECK_OK(lss_field_gaussian(g, pk2, 41, 0, kap));
     CHECK_OK(lss_mm_mock_shear(g, kap, nv, 42, 0, g1, g2));
     double pstd, pstd0;
     CHECK_OK(lss_mm_wiener_fourier(g, pk2, g1, g2, nvar, wf, &pstd));
@@ -751,10 +755,8 @@ static void test_residual_sampling(void) {
     lss_mm_sample_opts so = {0};
     so.nchains = ns;
     so.seed = 6;
+    CHECK_OK(lss_mm_sample_preset(LSS_MM_SCHEDULE_FAST, &so));
     so.sigma_max = 0.3;
-    so.anneal = 0.6;
-    so.steps_per_level = 2;
-    so.final_steps = 10;
     so.sigma_min = 1e-3;
     so.ode_t_end = -1;
     lss_mm_sample_stats st;
@@ -791,7 +793,7 @@ static void test_residual_sampling(void) {
     }
     lss_mm_post_free(post);
     free(kap); free(g1); free(g2); free(nv); free(wf); free(wf0); free(smp); free(mean); free(sd); free(res); free(pk); free(pk2);
-    lss_mm_grid_free(g);
+    lss_grid_free(g);
 }
 
 static void test_neural(void) {
@@ -799,12 +801,12 @@ static void test_neural(void) {
     double ell[120], cl[120], shift;
     CHECK_OK(theory(ell, cl, 120));
     CHECK_OK(lss_mm_theory_kappa_empty(NULL, "cosmos", &shift));
-    lss_mm_grid *g, *big;
-    CHECK_OK(lss_mm_grid_create(h, w, 1.0, &g));
-    CHECK_OK(lss_mm_grid_create(2 * h, 2 * w, 1.0, &big));
+    lss_grid *g, *big;
+    CHECK_OK(lss_grid_create(h, w, 1.0, &g));
+    CHECK_OK(lss_grid_create(2 * h, 2 * w, 1.0, &big));
     double *pk = dmalloc(n), *pkb = dmalloc(4 * n);
-    CHECK_OK(lss_mm_grid_spectrum(g, ell, cl, 120, pk));
-    CHECK_OK(lss_mm_grid_spectrum(big, ell, cl, 120, pkb));
+    CHECK_OK(lss_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK_OK(lss_grid_spectrum(big, ell, cl, 120, pkb));
     for (int dm = 0; dm < 2; dm++) {
         lss_mm_net *net, *net2;
         lss_mm_net_opts no = {4, dm, 3};
@@ -909,28 +911,28 @@ static void test_neural(void) {
     }
     {
         lss_mm_net *bad;
-        lss_mm_grid *g2;
-        CHECK_OK(lss_mm_grid_create(18, 16, 1.0, &g2));
+        lss_grid *g2;
+        CHECK_OK(lss_grid_create(18, 16, 1.0, &g2));
         double *p2 = dmalloc(18 * 16);
         CHECK_ERR(lss_mm_net_create(g2, p2, NULL, &bad), LSS_ERR_SHAPE);
         free(p2);
-        lss_mm_grid_free(g2);
+        lss_grid_free(g2);
     }
     free(pk); free(pkb);
-    lss_mm_grid_free(g);
-    lss_mm_grid_free(big);
+    lss_grid_free(g);
+    lss_grid_free(big);
 }
 
 /* Same seed, same samples bit for bit whatever the thread count (independent-chain mode). */
 static void test_determinism(void) {
 #ifdef _OPENMP
     int h = 16, w = 16, n = h * w, nc = 6;
-    lss_mm_grid *g;
+    lss_grid *g;
     double *pk;
     setup_cosmos_like(h, w, 2.0, &g, &pk);
     float *kap = fmalloc(n), *g1 = fmalloc(n), *g2 = fmalloc(n), *nv = fmalloc(n), *a = fmalloc(nc * n), *b = fmalloc(nc * n);
     for (int i = 0; i < n; i++) nv[i] = i % 5 ? 3e-4f : (float)LSS_MM_EMPTY_VAR;
-    CHECK_OK(lss_mm_gaussian_field(g, pk, 81, 0, kap));
+    CHECK_OK(lss_field_gaussian(g, pk, 81, 0, kap));
     CHECK_OK(lss_mm_mock_shear(g, kap, nv, 82, 0, g1, g2));
     lss_mm_post *post;
     CHECK_OK(lss_mm_post_create(g, pk, g1, g2, nv, &post));
@@ -952,10 +954,113 @@ static void test_determinism(void) {
     CHECK(memcmp(a, b, sizeof(float) * 2 * n) == 0, "chain c does not depend on how many chains run");
     lss_mm_post_free(post);
     free(kap); free(g1); free(g2); free(nv); free(a); free(b); free(pk);
-    lss_mm_grid_free(g);
+    lss_grid_free(g);
 #else
     SKIP("built without OpenMP");
 #endif
+}
+
+
+/* The residual score's sign: a score network trained on Gaussian maps with 4 times the power of its
+ * Gaussian prior must lower the held-out DSM loss below the Gaussian prior's, with the residual taken
+ * exactly as the sampler takes it (lss_mm_net_residual). A residual of the wrong sign raises it instead. */
+static void test_neural_sign(void) {
+    int h = 16, w = 16, n = h * w;
+    double ell[120], cl[120], ln, lg;
+    CHECK_OK(theory(ell, cl, 120));
+    lss_grid *g, *big;
+    CHECK_OK(lss_grid_create(h, w, 1.0, &g));
+    CHECK_OK(lss_grid_create(2 * h, 2 * w, 1.0, &big));
+    double *pk = dmalloc(n), *pkb = dmalloc(4 * n);
+    CHECK_OK(lss_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK_OK(lss_grid_spectrum(big, ell, cl, 120, pkb));
+    double var = 0;
+    for (int i = 0; i < 4 * n; i++) pkb[i] *= 4.0, var += pkb[i] / (4 * n);
+    lss_mm_net *net;
+    lss_mm_net_opts no = {4, 0, 3};
+    lss_mm_train_opts to = {0};
+    to.steps = asan_mode() ? 40 : 150;
+    to.batch = 8;
+    to.lr = 3e-3;
+    to.s = sqrt(var); /* noise levels of the order of the signal: there the prior matters */
+    to.big = big;
+    to.pk_big = pkb;
+    to.seed = 7;
+    CHECK_OK(lss_mm_net_create(g, pk, &no, &net));
+    CHECK_OK(lss_mm_net_train(net, &to, NULL));
+    CHECK_OK(lss_mm_net_heldout(net, &to, 8, &ln, &lg));
+    printf("  held-out DSM loss: Gaussian prior %.5f, with the trained residual %.5f\n", lg, ln);
+    CHECK(ln < lg - 0.002, "the trained residual lowers the held-out DSM loss (%.5f -> %.5f): its sign is right", lg, ln);
+    CHECK_ERR(lss_mm_net_heldout(net, &to, 0, &ln, &lg), LSS_ERR_ARG);
+    lss_mm_net_free(net);
+    lss_grid_free(g);
+    lss_grid_free(big);
+    free(pk); free(pkb);
+}
+
+/* Training maps (LSS_SET_TRAIN) never coincide with the mock's fields (LSS_SET_TEST) of the same seed. */
+static void test_streams(void) {
+    lss_mm_mock_opts mo = {0};
+    lss_mm_mock *m;
+    mo.size = 16;
+    mo.nfields = 3;
+    mo.seed = 1;
+    CHECK_OK(lss_mm_mock_create(&mo, &m));
+    int64_t np = 16 * 16;
+    lss_grid *big;
+    double *pkb;
+    CHECK_OK(lss_mm_mock_grid(m, 2, &big, &pkb));
+    float *t = fmalloc(np), *v = fmalloc(np);
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(lss_mm_field(big, pkb, m->shift, 16, 16, 1, LSS_SET_TEST, (uint64_t)i, v));
+        CHECK(memcmp(v, m->kappa + i * np, sizeof(float) * np) == 0, "mock field %d is test-set field %d", i, i);
+        for (int j = 0; j < 3; j++) {
+            CHECK_OK(lss_mm_field(big, pkb, m->shift, 16, 16, 1, LSS_SET_TRAIN, (uint64_t)j, t));
+            CHECK(maxdiff(np, t, m->kappa + i * np) > 0.1 * maxabs(np, t), "training map %d differs from mock field %d (same seed)", j, i);
+        }
+    }
+    CHECK(lss_mm_field_stream(LSS_SET_TRAIN, 0) != lss_mm_field_stream(LSS_SET_TEST, 0), "train and test streams differ");
+    /* a saved mock reads back the same */
+    lss_mm_mock *m2;
+    CHECK_OK(lss_mm_mock_save(m, "build"));
+    CHECK_OK(lss_mm_mock_load("build", &m2));
+    CHECK(m2->nfields == 3 && m2->h == 16 && memcmp(m2->shear, m->shear, sizeof(float) * 2 * 3 * np) == 0, "mock round trip");
+    CHECK(fabs(m2->shift - m->shift) <= 1e-5 * m->shift && m2->nell == m->nell && m2->seed == 1, "mock metadata read by name");
+    lss_mm_mock_free(m2);
+    CHECK_ERR(lss_mm_mock_load("build/no_such_mock_dir", &m2), LSS_ERR_IO);
+    free(t); free(v); free(pkb);
+    lss_grid_free(big);
+    lss_mm_mock_free(m);
+}
+
+/* Library parts of the experiments: presets, batches, detection criterion. */
+static void test_experiment_parts(void) {
+    lss_mm_sample_opts a = {0};
+    lss_mm_schedule sc;
+    CHECK_OK(lss_mm_schedule_parse("fast", &sc));
+    CHECK_OK(lss_mm_sample_preset(sc, &a));
+    CHECK(a.anneal == 0.6 && a.steps_per_level == 2 && a.final_steps == 10 && a.mass == LSS_MM_MASS_FOURIER, "fast preset");
+    CHECK_ERR(lss_mm_schedule_parse("slow", &sc), LSS_ERR_ARG);
+    float nv[4] = {1e-6f, 1.0f, 1.0f, (float)LSS_MM_EMPTY_VAR};
+    CHECK_CLOSE(lss_mm_auto_sigma_min(4, nv), 1e-4, 1e-6, 0, "sigma_min below the smallest noise std");
+    /* a delta of height 1 at the centre is detected in the disc, not outside */
+    int h = 32, w = 32;
+    lss_grid *g;
+    CHECK_OK(lss_grid_create(h, w, 1.0, &g));
+    float *m = fmalloc(h * w);
+    m[16 * w + 16] = 1.0f;
+    double pk1, pk2, rate;
+    CHECK_OK(lss_mm_detect_peak(g, m, 4.0, 16.5, 16.5, &pk1));
+    CHECK_OK(lss_mm_detect_peak(g, m, 4.0, 4.5, 4.5, &pk2));
+    CHECK_CLOSE(pk1, lss_mm_starlet_u(0, 4.0), 1e-5, 1e-7, "peak at the halo is the kernel's centre value");
+    CHECK(pk2 < 0.1 * pk1, "no peak far from it (%g vs %g)", pk2, pk1);
+    CHECK_OK(lss_mm_detect_rate(g, 1, m, 4.0, 16.5, 16.5, 0.5 * pk1, &rate));
+    CHECK(rate == 1.0, "detected above half the peak");
+    CHECK_OK(lss_mm_detect_rate(g, 1, m, 4.0, 16.5, 16.5, 2 * pk1, &rate));
+    CHECK(rate == 0.0, "not detected above the peak");
+    CHECK_CLOSE(lss_mm_detect_theta(32, 32), 8.0, 0, 1e-12, "aperture capped at a quarter of the field");
+    free(m);
+    lss_grid_free(g);
 }
 
 int main(void) {
@@ -969,6 +1074,9 @@ int main(void) {
     RUN(test_end_to_end);
     RUN(test_residual_sampling);
     RUN(test_neural);
+    RUN(test_neural_sign);
+    RUN(test_streams);
+    RUN(test_experiment_parts);
     RUN(test_determinism);
     LSS_TEST_END();
 }

@@ -1,9 +1,11 @@
 /* test_nn.c - tests of lss_nn.h: every operation and loss against a naive double-precision
  * reference written here (forward values) and against central finite differences of that reference
  * (gradients); Gaussian NLL against an independent Cholesky computation; optimizers against
- * hand-written updates; SGEMM against a double loop; thread-count independence; checkpoints (round
- * trip, corrupt files, bit-identical resume); a small CNN that learns the amplitude of Gaussian
- * random fields. */
+ * hand-written updates (RMSProp with and without momentum and weight decay); SGEMM against a double
+ * loop; thread-count independence; checkpoints (round trip, corrupt files, bit-identical resume);
+ * the training loop lss_train (loss CSV against the step losses, bitwise resume after an interruption
+ * or an error, plateau stopping, keep_best, refused arguments and checkpoint sets); a small CNN that
+ * learns the amplitude of Gaussian random fields. */
 #define LSS_CORE_IMPLEMENTATION
 #define LSS_NN_IMPLEMENTATION
 #include "lss_nn.h"
@@ -750,6 +752,46 @@ static void test_optim(void) {
     }
 }
 
+/* RMSProp (PyTorch form) against a hand-written update in double: v = rho v + (1 - rho) g^2 with
+ * g = grad + wd w, step s = g / (sqrt(v) + eps), with momentum b = mu b + s, w -= lr b (else
+ * w -= lr s). Non-default rho and a large eps so that each term matters; gradients vary per step. */
+static void test_rmsprop(void) {
+    const double lr = 0.02, rho = 0.8, eps = 1e-2, wd = 0.05;
+    for (int with_mom = 0; with_mom < 2; with_mom++)
+        for (int with_wd = 0; with_wd < 2; with_wd++) {
+            lss_store *st;
+            lss_optim *o;
+            lss_optim_opts oo;
+            double w[4] = {0.7, -1.3, 2.1, 0.05}, v[4] = {0}, b[4] = {0}, mu = with_mom ? 0.7 : 0.0, dec = with_wd ? wd : 0.0;
+            char what[96];
+            memset(&oo, 0, sizeof oo);
+            oo.kind = LSS_OPT_RMSPROP; oo.lr = lr; oo.rho = rho; oo.eps = eps; oo.momentum = mu; oo.weight_decay = dec;
+            CHECK_OK(lss_store_create(1, &st));
+            lss_tensor *t = lss_store_add(st, "w", 1, (int64_t[]){4}, LSS_INIT_ZERO);
+            for (int i = 0; i < 4; i++) t->data[i] = (float)w[i];
+            CHECK_OK(lss_optim_create(st, &oo, &o));
+            for (int step = 0; step < 8; step++) {
+                for (int i = 0; i < 4; i++) t->grad[i] = (float)(sin(1.0 + 0.7 * step + 1.3 * i) * (1 + i) + 0.3 * t->data[i]);
+                for (int i = 0; i < 4; i++) {
+                    double g = (double)t->grad[i] + dec * w[i];
+                    v[i] = rho * v[i] + (1 - rho) * g * g;
+                    double s = g / (sqrt(v[i]) + eps);
+                    if (with_mom) { b[i] = mu * b[i] + s; s = b[i]; }
+                    w[i] -= lr * s;
+                }
+                CHECK_OK(lss_optim_step(o));
+            }
+            for (int i = 0; i < 4; i++) {
+                snprintf(what, sizeof what, "RMSProp (momentum %s, weight decay %s) after 8 steps, w[%d]",
+                         with_mom ? "0.7" : "none", with_wd ? "0.05" : "none", i);
+                CHECK_CLOSE(t->data[i], w[i], 1e-5, 1e-6, what);
+            }
+            CHECK(lss_optim_steps(o) == 8, "RMSProp step count");
+            lss_optim_free(o);
+            lss_store_free(st);
+        }
+}
+
 /* ------------------------------------------------------------------ store, errors */
 static void test_store_errors(void) {
     lss_store *st;
@@ -994,6 +1036,352 @@ static void test_checkpoint(void) {
     tnet_free(&b);
 }
 
+/* ------------------------------------------------------------------ training loop */
+/* A linear regression y = x . (0.5, -1, 2) + 0.3 fitted by one dense layer; batch t is a pure
+ * function of t; the held-out set is 64 fixed samples. */
+#define TR_MAXSTEP 200
+typedef struct {
+    lss_store *st;
+    lss_optim *opt;
+    lss_graph *g, *ge;
+    lss_mlp m;
+    uint64_t data_seed;
+    float xe[64 * 3], ye[64];
+    double steploss[TR_MAXSTEP];  /* training loss of each step, as the step returned it */
+    int nan_at, fail_at, no_step_at;
+    int eval_mode;                /* 0 real, 1 flat, 2 decreasing, 3 small decrease, 4 minimum at the 3rd
+                                     evaluation, 5 minimum at optimizer step 30 */
+    int nevals;
+    double evals[64];
+    float *snap[64];              /* parameters at each evaluation (keep_best test) */
+} treg;
+
+static int treg_make(treg *r, uint64_t init_seed, uint64_t data_seed) {
+    int sizes[2] = {3, 1};
+    lss_optim_opts oo;
+    lss_rng rng;
+    memset(r, 0, sizeof *r);
+    r->nan_at = r->fail_at = r->no_step_at = -1;
+    r->data_seed = data_seed;
+    if (lss_store_create(init_seed, &r->st) || lss_mlp_init(&r->m, r->st, "reg", 1, sizes, LSS_ACT_NONE)) return -1;
+    memset(&oo, 0, sizeof oo);
+    oo.kind = LSS_OPT_ADAM; oo.lr = 0.05; oo.sched = LSS_SCHED_COSINE; oo.total_steps = 60; oo.lr_min = 0.005;
+    if (lss_optim_create(r->st, &oo, &r->opt) || lss_graph_create(&r->g) || lss_graph_create(&r->ge)) return -1;
+    lss_graph_set_training(r->ge, 0);
+    lss_rng_init(&rng, data_seed, 1000000);
+    for (int i = 0; i < 64; i++) {
+        for (int j = 0; j < 3; j++) r->xe[i * 3 + j] = (float)lss_rng_normal(&rng);
+        r->ye[i] = 0.5f * r->xe[i * 3] - r->xe[i * 3 + 1] + 2.0f * r->xe[i * 3 + 2] + 0.3f;
+    }
+    return 0;
+}
+static void treg_free(treg *r) {
+    for (int i = 0; i < 64; i++) free(r->snap[i]);
+    lss_graph_free(r->g); lss_graph_free(r->ge); lss_optim_free(r->opt); lss_store_free(r->st);
+}
+static int treg_step1(treg *r, int64_t t, double *loss) {
+    float x[16 * 3], y[16];
+    lss_rng rng;
+    int s;
+    if (t == r->fail_at) return lss_seterr(LSS_ERR_IO, "treg: simulated failure at step %lld", (long long)t);
+    if (t == r->no_step_at) return LSS_OK;
+    lss_rng_init(&rng, r->data_seed, (uint64_t)t);
+    for (int i = 0; i < 16; i++) {
+        for (int j = 0; j < 3; j++) x[i * 3 + j] = (float)lss_rng_normal(&rng);
+        y[i] = 0.5f * x[i * 3] - x[i * 3 + 1] + 2.0f * x[i * 3 + 2] + 0.3f + 0.05f * (float)lss_rng_normal(&rng);
+    }
+    lss_graph_reset(r->g);
+    lss_tensor *l = lss_op_mse(r->g, lss_mlp_forward(r->g, &r->m, lss_view(r->g, x, 2, (int64_t[]){16, 3})),
+                               lss_view(r->g, y, 2, (int64_t[]){16, 1}));
+    lss_store_zero_grad(r->st);
+    if ((s = lss_backward(r->g, l))) return s;
+    *loss = l->data[0];
+    if (t < TR_MAXSTEP) r->steploss[t] = l->data[0];
+    if (t == r->nan_at) r->m.w[0]->grad[1] = NAN;
+    return lss_optim_step(r->opt);
+}
+static int treg_eval1(treg *r, double *loss) {
+    double v;
+    if (r->eval_mode == 0) {
+        lss_graph_reset(r->ge);
+        lss_tensor *l = lss_op_mse(r->ge, lss_mlp_forward(r->ge, &r->m, lss_view(r->ge, r->xe, 2, (int64_t[]){64, 3})),
+                                   lss_view(r->ge, r->ye, 2, (int64_t[]){64, 1}));
+        if (!l) return lss_graph_status(r->ge);
+        v = l->data[0];
+    } else if (r->eval_mode == 1) v = 1.0;
+    else if (r->eval_mode == 2) v = 1.0 / (1.0 + r->nevals);
+    else if (r->eval_mode == 3) v = 1.0 - 1e-4 * r->nevals;
+    else if (r->eval_mode == 4) v = fabs(r->nevals - 2.0) + 1.0;
+    else v = fabs((double)lss_optim_steps(r->opt) - 30.0) + 1.0;
+    if (r->nevals < 64) {
+        r->evals[r->nevals] = v;
+        r->snap[r->nevals] = malloc(sizeof(float) * (size_t)lss_store_size(r->st));
+        memcpy(r->snap[r->nevals], lss_store_data(r->st), sizeof(float) * (size_t)lss_store_size(r->st));
+    }
+    r->nevals++;
+    *loss = v;
+    return LSS_OK;
+}
+static int treg_step(void *u, int64_t t, double *loss) { return treg_step1((treg *)u, t, loss); }
+static int treg_eval(void *u, double *loss) { return treg_eval1((treg *)u, loss); }
+/* two regressions trained together (different data and initial weights) */
+static int treg2_step(void *u, int64_t t, double *loss) {
+    treg *r = (treg *)u;
+    int s = treg_step1(&r[0], t, &loss[0]), s2 = treg_step1(&r[1], t, &loss[1]);
+    return s ? s : s2;
+}
+static int treg2_eval(void *u, double *loss) {
+    treg *r = (treg *)u;
+    int s = treg_eval1(&r[0], &loss[0]);
+    return s ? s : treg_eval1(&r[1], &loss[1]);
+}
+
+static int file_equal(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int eq = fa && fb, ca, cb;
+    while (eq) {
+        ca = fgetc(fa); cb = fgetc(fb);
+        if (ca != cb) eq = 0;
+        if (ca == EOF || cb == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return eq;
+}
+static int store_equal(lss_store *a, lss_store *b) {
+    return lss_store_size(a) == lss_store_size(b) &&
+           !memcmp(lss_store_data(a), lss_store_data(b), sizeof(float) * (size_t)lss_store_size(a));
+}
+
+static int64_t prog_calls, prog_last;
+static double prog_valid;
+static void treg_progress(void *u, int64_t step, int64_t steps, const double *train, const double *valid) {
+    (void)u; (void)steps; (void)train;
+    prog_calls++; prog_last = step; prog_valid = valid ? valid[0] : -1;
+}
+
+static lss_train_opts topts(treg *r, int64_t steps) {
+    lss_train_opts o;
+    memset(&o, 0, sizeof o);
+    o.steps = steps; o.step = treg_step; o.eval = treg_eval; o.user = r;
+    return o;
+}
+
+static void test_train(void) {
+    const char *csv = "build/test_nn_train.csv", *ck = "build/test_nn_train.ckpt";
+    /* ---- a regression with a held-out set: CSV header, rows, means, learning */
+    {
+        treg r;
+        lss_train_result res;
+        lss_csv c;
+        lss_train_net net = {"reg", NULL, NULL, NULL};
+        CHECK(treg_make(&r, 1, 2) == 0, "make regression: %s", lss_last_error());
+        net.store = r.st; net.optim = r.opt; net.ckpt_path = ck;
+        lss_train_opts o = topts(&r, 60);
+        o.eval_every = 10; o.ckpt_every = 20; o.loss_csv = csv; o.progress = treg_progress;
+        remove(ck);
+        prog_calls = 0;
+        CHECK_OK(lss_train(&net, 1, &o, &res));
+        CHECK(prog_calls == 60 && prog_last == 60 && prog_valid == r.evals[5], "progress after every step with the last row");
+        CHECK(res.steps_done == 60 && res.skipped == 0 && !res.stopped_early, "60 steps done (%lld, skipped %lld)",
+              (long long)res.steps_done, (long long)res.skipped);
+        CHECK(lss_optim_steps(r.opt) == 60 && r.nevals == 6, "optimizer at step 60, 6 evaluations (%d)", r.nevals);
+        memset(&c, 0, sizeof c);
+        CHECK_OK(lss_csv_read(csv, &c));
+        CHECK(c.ncols == 3 && c.nrows == 6, "CSV has 3 columns and 6 rows (%d, %lld)", c.ncols, (long long)c.nrows);
+        if (c.ncols == 3 && c.nrows == 6) {
+            CHECK(!strcmp(c.names[0], "step") && !strcmp(c.names[1], "train_reg") && !strcmp(c.names[2], "valid_reg"),
+                  "CSV header step,train_reg,valid_reg");
+            for (int i = 0; i < 6; i++) {
+                double mean = 0;
+                for (int t = 10 * i; t < 10 * i + 10; t++) mean += r.steploss[t];
+                mean /= 10;
+                CHECK(c.data[i * 3] == 10.0 * (i + 1), "row %d at step %d", i, 10 * (i + 1));
+                CHECK_CLOSE(c.data[i * 3 + 1], mean, 1e-8, 0, "train column = mean of the 10 step losses");
+                CHECK_CLOSE(c.data[i * 3 + 2], r.evals[i], 1e-8, 0, "valid column = held-out loss");
+            }
+            CHECK(c.data[5 * 3 + 2] < 0.1 * c.data[2], "held-out loss fell 10-fold (%g -> %g)", c.data[2], c.data[17]);
+        }
+        lss_csv_free(&c);
+        CHECK(res.best_step == 60, "best held-out loss at the last step (%lld)", (long long)res.best_step);
+        /* the checkpoint loads with plain lss_ckpt_load (the loop state is ignored) */
+        {
+            treg q;
+            CHECK(treg_make(&q, 9, 2) == 0, "make");
+            CHECK_OK(lss_ckpt_load(ck, q.st, q.opt));
+            CHECK(store_equal(q.st, r.st) && lss_optim_steps(q.opt) == 60, "final checkpoint holds the final parameters");
+            treg_free(&q);
+        }
+        treg_free(&r);
+    }
+    /* ---- interrupted runs resume bit for bit: (a) uninterrupted 60 steps; (b) steps = 30, then resume to
+     * 60 in new objects; (c) a run stopped by an error at step 47 (checkpoints every 15 steps, so its last one,
+     * at 45, falls between two rows) resumed to 60.
+     * A NaN gradient at step 25 is skipped in all of them; keep_best is on and the held-out loss is
+     * lowest at step 30, so the best parameters must survive the checkpoints of (b) and (c). */
+    {
+        treg a, b, c;
+        lss_train_result ra, rb, rc;
+        lss_train_net na = {"reg", NULL, NULL, "build/test_nn_ta.ckpt"}, nb = {"reg", NULL, NULL, "build/test_nn_tb.ckpt"},
+                      nc = {"reg", NULL, NULL, "build/test_nn_tc.ckpt"};
+        remove(na.ckpt_path); remove(nb.ckpt_path); remove(nc.ckpt_path);
+        CHECK(treg_make(&a, 1, 3) == 0 && treg_make(&b, 1, 3) == 0 && treg_make(&c, 1, 3) == 0, "make");
+        a.nan_at = b.nan_at = c.nan_at = 25;
+        a.eval_mode = b.eval_mode = c.eval_mode = 5;
+        na.store = a.st; na.optim = a.opt;
+        lss_train_opts o = topts(&a, 60);
+        o.eval_every = 10; o.ckpt_every = 20; o.loss_csv = "build/test_nn_ta.csv"; o.keep_best = 1; o.resume = 1;
+        CHECK_OK(lss_train(&na, 1, &o, &ra));
+        CHECK(ra.skipped == 1 && ra.steps_done == 60, "NaN step skipped and counted (%lld)", (long long)ra.skipped);
+        CHECK(ra.best_step == 30 && a.snap[2] && !memcmp(lss_store_data(a.st), a.snap[2], sizeof(float) * (size_t)lss_store_size(a.st)),
+              "uninterrupted run returns the parameters of step 30 (best step %lld)", (long long)ra.best_step);
+        /* (b) */
+        nb.store = b.st; nb.optim = b.opt;
+        o = topts(&b, 30);
+        o.eval_every = 10; o.ckpt_every = 20; o.loss_csv = "build/test_nn_tb.csv"; o.keep_best = 1; o.resume = 1;
+        CHECK_OK(lss_train(&nb, 1, &o, &rb));
+        CHECK(lss_optim_steps(b.opt) == 30, "first part stops at 30");
+        treg_free(&b);
+        CHECK(treg_make(&b, 77, 3) == 0, "make (other initial weights)");
+        b.nan_at = 25; b.eval_mode = 5;
+        nb.store = b.st; nb.optim = b.opt;
+        o.steps = 60; o.user = &b;
+        CHECK_OK(lss_train(&nb, 1, &o, &rb));
+        CHECK(store_equal(a.st, b.st), "steps = 30 then resumed to 60: parameters bitwise equal to the uninterrupted run");
+        CHECK(file_equal("build/test_nn_ta.csv", "build/test_nn_tb.csv"), "resumed loss CSV byte for byte equal");
+        CHECK(rb.skipped == 1 && rb.best_step == ra.best_step, "skipped steps and best step carried over (%lld, %lld vs %lld)",
+              (long long)rb.skipped, (long long)rb.best_step, (long long)ra.best_step);
+        CHECK(file_equal(na.ckpt_path, nb.ckpt_path), "final checkpoints byte for byte equal");
+        /* (c) */
+        c.fail_at = 47;
+        nc.store = c.st; nc.optim = c.opt;
+        o = topts(&c, 60);
+        o.eval_every = 10; o.ckpt_every = 15; o.loss_csv = "build/test_nn_tc.csv"; o.keep_best = 1; o.resume = 1;
+        CHECK_ERR(lss_train(&nc, 1, &o, &rc), LSS_ERR_IO);
+        CHECK(rc.steps_done == 47, "the error stops the loop at once (step %lld)", (long long)rc.steps_done);
+        treg_free(&c);
+        CHECK(treg_make(&c, 78, 3) == 0, "make");
+        c.nan_at = 25; c.eval_mode = 5;
+        nc.store = c.st; nc.optim = c.opt; o.user = &c;
+        CHECK_OK(lss_train(&nc, 1, &o, &rc));
+        CHECK(store_equal(a.st, c.st), "run stopped at 47, resumed from its checkpoint at 45: parameters bitwise equal");
+        CHECK(file_equal("build/test_nn_ta.csv", "build/test_nn_tc.csv"), "and the loss CSV byte for byte");
+        /* resuming a finished run does nothing */
+        CHECK_OK(lss_train(&nc, 1, &o, &rc));
+        CHECK(lss_optim_steps(c.opt) == 60 && store_equal(a.st, c.st), "resuming a finished run changes nothing");
+        o.steps = 50;
+        CHECK_ERR(lss_train(&nc, 1, &o, &rc), LSS_ERR_STATE);
+        treg_free(&a); treg_free(&b); treg_free(&c);
+        remove(na.ckpt_path); remove(nb.ckpt_path); remove(nc.ckpt_path);
+        remove("build/test_nn_ta.csv"); remove("build/test_nn_tb.csv"); remove("build/test_nn_tc.csv");
+    }
+    /* ---- plateau stopping */
+    {
+        const int modes[3] = {1, 2, 3};
+        for (int i = 0; i < 3; i++) {
+            treg r;
+            lss_train_result res;
+            lss_train_net net = {"reg", NULL, NULL, NULL};
+            CHECK(treg_make(&r, 1, 4) == 0, "make");
+            r.eval_mode = modes[i];
+            net.store = r.st; net.optim = r.opt;
+            lss_train_opts o = topts(&r, 100);
+            o.eval_every = 5; o.patience = 3; o.min_delta = modes[i] == 3 ? 1e-3 : 0;
+            CHECK_OK(lss_train(&net, 1, &o, &res));
+            if (modes[i] == 2)
+                CHECK(!res.stopped_early && res.steps_done == 100 && r.nevals == 20,
+                      "decreasing held-out loss: no plateau stop (%lld steps)", (long long)res.steps_done);
+            else /* evaluations 2, 3, 4 do not improve on the first: stop at step 20 */
+                CHECK(res.stopped_early && res.steps_done == 20 && r.nevals == 4,
+                      "%s held-out loss: plateau stop after 3 evaluations without improvement (%lld steps, %d evaluations)",
+                      modes[i] == 1 ? "flat" : "slowly decreasing (below min_delta)", (long long)res.steps_done, r.nevals);
+            treg_free(&r);
+        }
+    }
+    /* ---- keep_best: held-out losses 3, 2, 1, 2, 3, 4 at steps 10..60: parameters of step 30 come back */
+    {
+        treg r;
+        lss_train_result res;
+        lss_train_net net = {"reg", NULL, NULL, NULL};
+        CHECK(treg_make(&r, 1, 5) == 0, "make");
+        r.eval_mode = 4;
+        net.store = r.st; net.optim = r.opt;
+        lss_train_opts o = topts(&r, 60);
+        o.eval_every = 10; o.keep_best = 1;
+        CHECK_OK(lss_train(&net, 1, &o, &res));
+        CHECK(r.nevals == 6 && res.best_step == 30, "best evaluation at step 30 (%lld)", (long long)res.best_step);
+        CHECK(r.snap[2] && !memcmp(lss_store_data(r.st), r.snap[2], sizeof(float) * (size_t)lss_store_size(r.st)),
+              "keep_best restores the parameters of the best evaluation");
+        CHECK(r.snap[5] && memcmp(r.snap[2], r.snap[5], sizeof(float) * (size_t)lss_store_size(r.st)),
+              "and they differ from the last ones");
+        treg_free(&r);
+    }
+    /* ---- two networks: columns, mismatched checkpoints, partial checkpoints, bad arguments */
+    {
+        treg r[2];
+        lss_train_result res;
+        lss_train_net nets[2] = {{"a", NULL, NULL, "build/test_nn_t2a.ckpt"}, {"b", NULL, NULL, "build/test_nn_t2b.ckpt"}};
+        lss_csv c;
+        remove(nets[0].ckpt_path); remove(nets[1].ckpt_path);
+        CHECK(treg_make(&r[0], 1, 6) == 0 && treg_make(&r[1], 2, 7) == 0, "make");
+        nets[0].store = r[0].st; nets[0].optim = r[0].opt; nets[1].store = r[1].st; nets[1].optim = r[1].opt;
+        lss_train_opts o;
+        memset(&o, 0, sizeof o);
+        o.steps = 20; o.step = treg2_step; o.eval = treg2_eval; o.user = r; o.eval_every = 10; o.loss_csv = csv;
+        CHECK_OK(lss_train(nets, 2, &o, &res));
+        memset(&c, 0, sizeof c);
+        CHECK_OK(lss_csv_read(csv, &c));
+        CHECK(c.ncols == 5 && c.nrows == 2 && !strcmp(c.names[1], "train_a") && !strcmp(c.names[2], "train_b") &&
+              !strcmp(c.names[3], "valid_a") && !strcmp(c.names[4], "valid_b"), "two networks: step,train_a,train_b,valid_a,valid_b");
+        if (c.ncols == 5 && c.nrows == 2) CHECK_CLOSE(c.data[9], r[1].evals[1], 1e-8, 0, "valid_b of the second row");
+        lss_csv_free(&c);
+        /* checkpoints of different steps are refused, naming both steps */
+        CHECK_OK(lss_ckpt_save(nets[0].ckpt_path, r[0].st, r[0].opt));
+        double l1;
+        CHECK_OK(treg_step1(&r[1], 20, &l1));
+        CHECK_OK(lss_ckpt_save(nets[1].ckpt_path, r[1].st, r[1].opt));
+        o.resume = 1; o.steps = 40;
+        CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_STATE);
+        CHECK(strstr(lss_last_error(), "step 20") && strstr(lss_last_error(), "step 21"), "both steps named: %s", lss_last_error());
+        o.resume = 0;
+        CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_STATE); /* optimizers at 20 and 21 */
+        remove(nets[1].ckpt_path);
+        o.resume = 1;
+        CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_STATE); /* only one checkpoint exists */
+        CHECK(strstr(lss_last_error(), "does not") != NULL, "missing checkpoint named: %s", lss_last_error());
+        /* a step callback that does not step every optimizer */
+        treg_free(&r[0]); treg_free(&r[1]);
+        CHECK(treg_make(&r[0], 1, 6) == 0 && treg_make(&r[1], 2, 7) == 0, "make");
+        nets[0].store = r[0].st; nets[0].optim = r[0].opt; nets[1].store = r[1].st; nets[1].optim = r[1].opt;
+        r[1].no_step_at = 3;
+        o.resume = 0; o.loss_csv = NULL; nets[0].ckpt_path = nets[1].ckpt_path = NULL;
+        CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_STATE);
+        CHECK(strstr(lss_last_error(), "'b'") != NULL, "names the network: %s", lss_last_error());
+        /* arguments */
+        int64_t steps0 = lss_optim_steps(r[0].opt);
+        lss_train_opts bad = o;
+        CHECK_ERR(lss_train(NULL, 2, &o, &res), LSS_ERR_ARG);
+        CHECK_ERR(lss_train(nets, 0, &o, &res), LSS_ERR_ARG);
+        CHECK_ERR(lss_train(nets, 2, NULL, &res), LSS_ERR_ARG);
+        bad.steps = 0; CHECK_ERR(lss_train(nets, 2, &bad, &res), LSS_ERR_ARG);
+        bad = o; bad.step = NULL; CHECK_ERR(lss_train(nets, 2, &bad, &res), LSS_ERR_ARG);
+        bad = o; bad.eval = NULL; bad.patience = 2; CHECK_ERR(lss_train(nets, 2, &bad, &res), LSS_ERR_ARG);
+        bad = o; bad.eval = NULL; bad.keep_best = 1; CHECK_ERR(lss_train(nets, 2, &bad, &res), LSS_ERR_ARG);
+        bad = o; bad.resume = 1; CHECK_ERR(lss_train(nets, 2, &bad, &res), LSS_ERR_ARG);
+        bad = o; bad.min_delta = -1; CHECK_ERR(lss_train(nets, 2, &bad, &res), LSS_ERR_ARG);
+        nets[1].name = "a";
+        CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_ARG);
+        CHECK(strstr(lss_last_error(), "'a'") != NULL, "duplicate name reported: %s", lss_last_error());
+        nets[1].name = "b,c"; CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_ARG);
+        nets[1].name = NULL; CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_ARG);
+        nets[1].name = "b"; nets[1].optim = NULL; CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_ARG);
+        nets[1].optim = r[0].opt; CHECK_ERR(lss_train(nets, 2, &o, &res), LSS_ERR_ARG); /* optimizer of another store */
+        CHECK(lss_optim_steps(r[0].opt) == steps0, "refused calls change nothing");
+        treg_free(&r[0]); treg_free(&r[1]);
+        remove(csv); remove(ck); remove("build/test_nn_t2a.ckpt");
+    }
+}
+
 /* ------------------------------------------------------------------ blocks */
 static void test_blocks(void) {
     lss_store *st;
@@ -1161,9 +1549,11 @@ int main(void) {
     RUN(test_losses);
     RUN(test_gauss_independent);
     RUN(test_optim);
+    RUN(test_rmsprop);
     RUN(test_store_errors);
     RUN(test_threads);
     RUN(test_checkpoint);
+    RUN(test_train);
     RUN(test_blocks);
     RUN(test_unet_sigma);
     RUN(test_cnn_learns);

@@ -1,7 +1,8 @@
 /* test_nn_fault.c - allocation-failure injection for lss_nn.h. LSS_MALLOC/LSS_REALLOC/LSS_FREE are
  * replaced by an allocator that fails on the N-th call; a scenario (store and graph creation, a
  * training step with convolutions, batch norm, a residual block, Adam with percentile clipping,
- * checkpoint save and load, SGEMM) is run for N = 1, 2, ... until it completes. Every run must
+ * checkpoint save and load, SGEMM, then lss_train with a loss CSV, keep_best, checkpoints and a
+ * resume) is run for N = 1, 2, ... until it completes. Every run must
  * either complete or return an error status with a message, and leave no allocation behind (a live
  * counter here; ASan's leak check as well under make test-asan). */
 #include <stdlib.h>
@@ -49,8 +50,8 @@ static int scenario(int save) {
     for (int k = 0; k < 12; k++) y[k] = (float)k / 12.0f;
     for (int k = 0; k < 64 * 64; k++) A[k] = (float)(k % 7);
     {
-        lss_tensor *t = lss_tensor_create(3, (int64_t[]){2, 3, 4});
-        if (!t) { s = LSS_ERR_NOMEM; goto done; }
+        lss_tensor *t;
+        if ((s = lss_tensor_create(3, (int64_t[]){2, 3, 4}, &t))) goto done;
         lss_tensor_free(t);
     }
     if ((s = lss_store_create(3, &st))) goto done;
@@ -96,17 +97,76 @@ done:
     return s;
 }
 
+/* ---- lss_train: a tiny regression trained 4 steps, then resumed to 6 */
+typedef struct {
+    lss_store *st;
+    lss_optim *opt;
+    lss_graph *g;
+    lss_mlp m;
+} ftr;
+static int ftr_step(void *u, int64_t t, double *loss) {
+    ftr *f = (ftr *)u;
+    float x[8 * 2], y[8];
+    int s;
+    for (int k = 0; k < 8; k++) {
+        x[2 * k] = (float)((k * 5 + t * 3) % 7) / 7.0f; x[2 * k + 1] = (float)((k * 3 + t) % 5) / 5.0f;
+        y[k] = x[2 * k] - 2.0f * x[2 * k + 1];
+    }
+    lss_graph_reset(f->g);
+    lss_tensor *l = lss_op_mse(f->g, lss_mlp_forward(f->g, &f->m, lss_view(f->g, x, 2, (int64_t[]){8, 2})),
+                               lss_view(f->g, y, 2, (int64_t[]){8, 1}));
+    lss_store_zero_grad(f->st);
+    if ((s = lss_backward(f->g, l))) return s;
+    loss[0] = l->data[0];
+    return lss_optim_step(f->opt);
+}
+static int ftr_eval(void *u, double *loss) {
+    ftr *f = (ftr *)u;
+    loss[0] = 1.0 / (1.0 + (double)((lss_optim_steps(f->opt) * 7) % 5));
+    return LSS_OK;
+}
+static int train_scenario(void) {
+    const char *csv = "build/test_nn_fault_train.csv", *ck = "build/test_nn_fault_train.ckpt";
+    ftr f;
+    int s, sizes[3] = {2, 4, 1};
+    memset(&f, 0, sizeof f);
+    remove(csv); remove(ck);
+    if ((s = lss_store_create(5, &f.st))) goto done;
+    if ((s = lss_mlp_init(&f.m, f.st, "m", 2, sizes, LSS_ACT_TANH))) goto done;
+    if ((s = lss_optim_create(f.st, NULL, &f.opt))) goto done;
+    if ((s = lss_graph_create(&f.g))) goto done;
+    {
+        lss_train_net net = {"m", NULL, NULL, NULL};
+        lss_train_opts o;
+        net.store = f.st; net.optim = f.opt; net.ckpt_path = ck;
+        memset(&o, 0, sizeof o);
+        o.steps = 4; o.eval_every = 2; o.ckpt_every = 3; o.loss_csv = csv; o.resume = 1; o.keep_best = 1;
+        o.patience = 5; o.step = ftr_step; o.eval = ftr_eval; o.user = &f;
+        if ((s = lss_train(&net, 1, &o, NULL))) goto done;
+        o.steps = 6;
+        s = lss_train(&net, 1, &o, NULL);
+    }
+done:
+    lss_graph_free(f.g);
+    lss_optim_free(f.opt);
+    lss_store_free(f.st);
+    remove(csv); remove(ck);
+    return s;
+}
+
 static void test_fault(void) {
     int completed = 0, failures = 0, silent = 0, leaks = 0, nomsg = 0;
     long n;
     fi_fail_at = -1;
     CHECK_OK(scenario(1)); /* writes the checkpoint the runs below load */
+    CHECK_OK(train_scenario());
     CHECK(fi_live == 0, "no allocation left after a clean run (%ld live)", fi_live);
     for (n = 1; n < 2000; n++) {
         int s;
         fi_calls = 0; fi_fail_at = n; fi_failed = 0; fi_live = 0;
         lss_clearerr();
         s = scenario(n % 2);
+        if (s == LSS_OK) s = train_scenario();
         if (fi_live != 0) { leaks++; printf("  failing allocation %ld: %ld allocations leaked (status %d)\n", n, fi_live, s); }
         if (!fi_failed) { completed = s == LSS_OK; break; }
         if (s == LSS_OK) silent++; /* a failure the library absorbed (graph pool merge): result still valid */
