@@ -23,6 +23,8 @@
  *                 validated against the file length (lss_npy_load, _load_mem, _load_f32, _save).
  *   atomic files  lss_wfile: a temporary file in the same directory renamed into place on success.
  *   CSV           lss_csv_write, lss_csv_read (header row, numeric columns), lss_csv_col (by name).
+ *   smoothing     the one separable Gaussian smoothing: lss_gauss_kernel, lss_conv_sep (valid mode
+ *                 on a padded source), lss_conv_sep_zeropad (zeros outside the map).
  *   pictures      PNG through stb_image_write: an RGB canvas (lss_image_init/_free) with text,
  *                 lines, colour-mapped maps (viridis), colour bars, line plots (lss_plot_lines).
  *
@@ -346,6 +348,24 @@ LSSDEF int lss_csv_read(const char *path, lss_csv *out);
 LSSDEF void lss_csv_free(lss_csv *c);
 /* Index of a column by name, or -1. */
 LSSDEF int lss_csv_col(const lss_csv *c, const char *name);
+
+/* ---------------------------------------------------------------- smoothing
+ * The one separable Gaussian smoothing of the project (maps, histograms of corner plots). */
+#define LSS_GAUSS_MAX_HW 64   /* largest kernel half-width in pixels */
+/* Normalised Gaussian kernel k[0 .. 2 hw] of standard deviation sigma (pixels), truncated at
+ * hw = (int)(truncate sigma) clamped to [1, LSS_GAUSS_MAX_HW]; k must hold 2 LSS_GAUSS_MAX_HW + 1
+ * floats. Returns hw, or -1 (LSS_ERR_ARG set) for sigma or truncate not > 0 and finite. */
+LSSDEF int lss_gauss_kernel(double sigma, double truncate, float *k);
+/* Separable convolution on a padded source ("valid" mode): for y < ny, x < nx,
+ * dst[y nx + x] = sum_s sum_t k[s] k[t] src[(y + s) stride + x + t], s, t in [0, 2 hw]; src holds
+ * ny + 2 hw rows of at least nx + 2 hw values, tmp (ny + 2 hw) nx floats. Sums run in index order
+ * (results do not depend on threads). */
+LSSDEF void lss_conv_sep(const float *src, int stride, int ny, int nx, const float *k, int hw, float *tmp,
+                         float *dst);
+/* In-place separable smoothing of an h x w map with zeros outside it; tmp holds
+ * (h + 2 hw)(w + 2 hw) + (h + 2 hw) w floats (lss_conv_sep_zeropad_tmp). */
+LSSDEF int64_t lss_conv_sep_zeropad_tmp(int h, int w, int hw);
+LSSDEF int lss_conv_sep_zeropad(float *map, int h, int w, const float *k, int hw, float *tmp);
 
 /* ---------------------------------------------------------------- pictures */
 typedef struct {
@@ -1049,6 +1069,59 @@ done:
     fclose(f);
     if (s) lss_csv_free(out);
     return s;
+}
+
+/* ---------------------------------------------------------------- smoothing */
+LSSDEF int lss_gauss_kernel(double sigma, double truncate, float *k) {
+    double sum = 0;
+    int hw, t;
+    if (!k || !(sigma > 0) || !(truncate > 0) || !(sigma < 1e30) || !(truncate < 1e30)) {
+        lss_seterr(LSS_ERR_ARG, "lss_gauss_kernel: sigma %g and truncate %g must be > 0 and finite", sigma, truncate);
+        return -1;
+    }
+    hw = truncate * sigma >= LSS_GAUSS_MAX_HW ? LSS_GAUSS_MAX_HW : (int)(truncate * sigma);
+    if (hw < 1) hw = 1;
+    for (t = -hw; t <= hw; t++) sum += exp(-0.5 * t * t / (sigma * sigma));
+    for (t = -hw; t <= hw; t++) k[t + hw] = (float)(exp(-0.5 * t * t / (sigma * sigma)) / sum);
+    return hw;
+}
+
+LSSDEF void lss_conv_sep(const float *src, int stride, int ny, int nx, const float *k, int hw, float *tmp,
+                         float *dst) {
+    int y, x, t, rows = ny + 2 * hw;
+    for (y = 0; y < rows; y++) {
+        const float *r = src + (size_t)y * (size_t)stride;
+        float *o = tmp + (size_t)y * (size_t)nx;
+        for (x = 0; x < nx; x++) {
+            float a = 0;
+            for (t = 0; t <= 2 * hw; t++) a += k[t] * r[x + t];
+            o[x] = a;
+        }
+    }
+    for (y = 0; y < ny; y++) {
+        float *o = dst + (size_t)y * (size_t)nx;
+        for (x = 0; x < nx; x++) o[x] = 0;
+        for (t = 0; t <= 2 * hw; t++) {
+            const float *r = tmp + (size_t)(y + t) * (size_t)nx;
+            float kt = k[t];
+            for (x = 0; x < nx; x++) o[x] += kt * r[x];
+        }
+    }
+}
+
+LSSDEF int64_t lss_conv_sep_zeropad_tmp(int h, int w, int hw) {
+    if (h < 1 || w < 1 || hw < 0) return 0;
+    return ((int64_t)h + 2 * hw) * ((int64_t)w + 2 * hw) + ((int64_t)h + 2 * hw) * w;
+}
+
+LSSDEF int lss_conv_sep_zeropad(float *map, int h, int w, const float *k, int hw, float *tmp) {
+    int64_t W = (int64_t)w + 2 * hw, H = (int64_t)h + 2 * hw, y;
+    if (!map || !k || !tmp || h < 1 || w < 1 || hw < 0 || hw > LSS_GAUSS_MAX_HW)
+        return lss_seterr(LSS_ERR_ARG, "lss_conv_sep_zeropad: bad arguments (map %d x %d, half-width %d)", h, w, hw);
+    memset(tmp, 0, sizeof(float) * (size_t)(H * W));
+    for (y = 0; y < h; y++) memcpy(tmp + (size_t)((y + hw) * W + hw), map + (size_t)y * (size_t)w, sizeof(float) * (size_t)w);
+    lss_conv_sep(tmp, (int)W, h, w, k, hw, tmp + (size_t)(H * W), map);
+    return LSS_OK;
 }
 
 /* ---------------------------------------------------------------- pictures */

@@ -29,6 +29,12 @@
  *     report's numbers: lss_constraint_summary (stds, S8, FoM, 68% HPD area with LSS_DEEPLSS_HPD_*),
  *     lss_coverage (calibration of 68% intervals). The Table I prior box comes from lss_maps.h
  *     (lss_table1), which this header does not include: callers pass its lo/hi to lss_prior_init.
+ *   - DeepLSS runs: the configuration (lss_deeplss_cfg: small and paper presets, key = value files with
+ *     every value checked), the networks of a run (lss_deeplss_sumnet_create), the MDN and MCMC stages on
+ *     a run directory (lss_deeplss_mdn_stage, lss_deeplss_mcmc_stage; the chain table lss_deeplss_jobs and
+ *     its files lss_deeplss_jobs_save), the report's numbers read back by column name
+ *     (lss_deeplss_numbers_read, lss_deeplss_gains_save) and its figures (lss_deeplss_corners,
+ *     lss_deeplss_sensitivity_save, lss_deeplss_loss_png).
  *   Conventions: outputs last; opaque objects via lss_xxx_create(..., **out)/lss_xxx_free; caller-owned
  *   structs lss_xxx_init/lss_xxx_free; library code allocates with LSS_MALLOC and frees with LSS_FREE.
  *
@@ -566,6 +572,175 @@ typedef struct {
 LSSDEF int lss_deeplss_chains(lss_mdn *const *mdn, int nmdn, int ncopy, const lss_chain_opts *o, lss_deeplss_job *jobs,
                               int njobs, int (*progress)(int done, int total, void *user), void *user);
 
+/* ---------------------------------------------------------------- DeepLSS runs
+ * What the deeplss driver, a second driver and the tests share about one run: the configuration (scale
+ * presets and a key = value file), the networks' names, the chain table of section V built from the
+ * predictions and its result files, the report's numbers read back from the run's CSV files, and the
+ * figures (corner plots of figures 2-4, sensitivity maps of figure 6, the loss curves). Functions taking
+ * `dir` read and write these fixed names in it:
+ *   loss.csv, loss.png                      training (lss_sumnet_train) and its figure
+ *   mdn_check.csv                           kind, probe, dmu_median/lo/hi, dsig_median/lo/hi per network
+ *   mcmc_fid.csv, chain_fid_<net>.npy       per fiducial mock of each network; the kept chains
+ *   calibration.csv                         per calibration mock and parameter
+ *   gains.csv                               Table II
+ *   corner_<probe>.png, s8_aia.png          figures 2-4
+ *   sensitivity.npy/.csv/.png               figure 6
+ * where <net> is <kind>_<probe> (lss_deeplss_kind_name, lss_deeplss_probe_name), e.g. cnn_comb. The
+ * parameter names, true values and prior box of Table I live in lss_maps.h (lss_table1), which this
+ * header does not include: callers pass them. */
+#define LSS_DEEPLSS_NNET 6    /* {cnn, psd} x {comb, wl, gc}: network k = kind * 3 + probe */
+#define LSS_DEEPLSS_NBINS 4   /* tomographic bins: map channels kappa_g 0-3, delta_g 4-7 */
+/* "cnn", "psd" (kind 0, 1); probe 0, 1, 2: "comb", "wl", "gc", or with long_name "combined", "lensing",
+   "clustering". NULL outside these ranges. */
+LSSDEF const char *lss_deeplss_kind_name(int kind);
+LSSDEF const char *lss_deeplss_probe_name(int probe, int long_name);
+
+/* The sizes of a run. Two presets: LSS_DEEPLSS_SMALL, one 5 x 5 deg field of 32 x 32 pixels of 9.375 arcmin,
+   a small CNN and a few thousand steps (the demo; CPU minutes); LSS_DEEPLSS_PAPER, 6 x 6 mosaics of 64 x 64
+   fields of 4.6875 arcmin (lss_maps.h's LSS_DEEPLSS_PIXEL_ARCMIN) and the networks, steps and sample sizes of
+   the paper and its released code. */
+typedef enum { LSS_DEEPLSS_SMALL = 0, LSS_DEEPLSS_PAPER = 1 } lss_deeplss_scale;
+typedef struct {
+    int scale, nside, grid;       /* lss_deeplss_scale; field pixels per side; mosaic of grid x grid fields */
+    double pixel_arcmin;
+    int ncosmo, nf_train, nf_test;/* pool: grid cosmologies x (training + held-out) noise-free fields */
+    int nconv, nres, channels, kernel;  /* CNN (lss_sumnet_opts) */
+    double cnn_in_std;            /* > 0: CNN input channels scaled to this standard deviation */
+    int psd_width, nell;          /* PSD network width; ell bins of the spectra over [ell_min, ell_max] */
+    double ell_min, ell_max;
+    int batch, steps, eval_every, ckpt_every, ntest;   /* training (lss_sumnet_train_opts) */
+    double lr_cnn, lr_psd, clip_pct;  /* Adam learning rates; gradient clipping percentile */
+    int cosine;                   /* 1: cosine decay of the learning rate to 5%; 0: constant (the paper) */
+    int pred_per_cosmo, ncal, nfid, ncheck, check_rep;  /* draw sets of section IV (lss_maps.h's LSS_DRAWS_*) */
+    int mdn_width, mdn_layers, mdn_K, mdn_epochs;
+    int mdn_robust;               /* 1: robust scaler for the summaries; 0: min-max + normal quantile (appendix C) */
+    int walkers, burn, nsteps;    /* MCMC */
+    uint64_t seed;
+} lss_deeplss_cfg;
+/* The preset `scale` (LSS_ERR_ARG for another value), seed 1. */
+LSSDEF int lss_deeplss_cfg_defaults(lss_deeplss_cfg *c, int scale);
+/* "small" -> LSS_DEEPLSS_SMALL, "paper" -> LSS_DEEPLSS_PAPER; LSS_ERR_ARG (negative) for another name. */
+LSSDEF int lss_deeplss_scale_parse(const char *name);
+LSSDEF const char *lss_deeplss_scale_name(int scale);   /* NULL for an unknown scale */
+/* Sets one value by its key (the field's name: "nside", "lr_cnn", "seed", ...) from text: an integer key
+   takes a decimal integer, a real key a finite number, each within the key's range (inclusive): scale 0-1,
+   nside 8-4096, grid 1-64, pixel_arcmin 1e-3-1e4, ncosmo, nf_train, nf_test 1-1e6, nconv 1-16, nres 0-64,
+   channels 1-4096, kernel 1-31, psd_width 1-65536, nell 1-63, ell_min, ell_max 1e-3-1e7, batch 1-4096,
+   steps 1-1e9, eval_every, ckpt_every 0-1e9, ntest 0-1e6, lr_cnn, lr_psd 1e-12-0.999, clip_pct 1e-6-100,
+   pred_per_cosmo 1-1e7, ncal 0-1e7, nfid 1-1e7, ncheck 0-1e6, check_rep 1-1e6, mdn_width 1-65536,
+   mdn_layers 1-16, mdn_K 1-64, mdn_epochs 1-1e7, walkers 14-1e6, burn 0-1e8, nsteps 1-1e8, cosine and
+   mdn_robust 0-1, cnn_in_std 0-1e6, seed any 64-bit value. LSS_ERR_ARG naming the key for an unknown key
+   or a bad value, and c unchanged. */
+LSSDEF int lss_deeplss_cfg_set(lss_deeplss_cfg *c, const char *key, const char *value);
+/* LSS_OK when every value lies in its key's range and the values fit together (walkers even and at least
+   2 x 7, ell_min < ell_max, set sizes ncosmo x pred_per_cosmo and ncheck x check_rep below 2^31); else
+   LSS_ERR_ARG naming the first bad value. */
+LSSDEF int lss_deeplss_cfg_check(const lss_deeplss_cfg *c);
+/* Saves every key as "key = value" lines (reals with 17 digits: a load gives the same struct back). A
+   configuration that fails lss_deeplss_cfg_check is not saved (LSS_ERR_ARG). Atomic. */
+LSSDEF int lss_deeplss_cfg_save(const lss_deeplss_cfg *c, const char *path);
+/* Reads a file of lss_deeplss_cfg_save ("key = value" or "key value" lines; blank lines and lines starting
+   with '#' skipped): every key exactly once, each value valid, the whole checked; LSS_ERR_IO when the file
+   cannot be read, LSS_ERR_FORMAT naming the file and line for an unknown, repeated, missing or bad key (c
+   unchanged). */
+LSSDEF int lss_deeplss_cfg_load(lss_deeplss_cfg *c, const char *path);
+/* The MDN options of a run (width, layers, K, epochs, batch, the scaler; seed from the stream
+   (seed, LSS_STREAM_MDN, 0, 0)). */
+LSSDEF int lss_deeplss_mdn_opts(const lss_deeplss_cfg *c, lss_mdn_opts *mo);
+/* Network k (kind * 3 + probe) of a run for surveys of side x side pixels and 2 LSS_DEEPLSS_NBINS channels:
+   the CNN takes all channels (comb), kappa_g (wl) or delta_g (gc); the PSD network the spectra pairs q with
+   bit `probe` set in pair_probe[q] (npairs pairs, at most 256). batch: the largest batch. with_optimizer:
+   Adam (Keras's eps 1e-7) at lr_cnn or lr_psd, per-tensor clipping at the clip_pct percentile, cosine decay
+   when cfg.cosine. Initialisation from (seed, LSS_STREAM_NET_INIT, 0, k). */
+LSSDEF int lss_deeplss_sumnet_create(const lss_deeplss_cfg *c, int k, int batch, int side, int npairs, const int *pair_probe,
+                                     int with_optimizer, lss_sumnet **out);
+/* DIR/loss.png from DIR/loss.csv: every loss column against the step (no figure, LSS_OK, while the CSV has
+   no row). */
+LSSDEF int lss_deeplss_loss_png(const char *dir, const char *title);
+
+/* The chain table of section V. */
+typedef struct {
+    int nnet;                                /* networks, 1..LSS_DEEPLSS_NNET; MDN i belongs to network id[i] */
+    int id[LSS_DEEPLSS_NNET];                /* network k = kind * 3 + probe, distinct */
+    int nfid;                                /* noisy mock observations at the fiducial parameters (>= 1) */
+    const double *fid[LSS_DEEPLSS_NNET];     /* [nfid][7] summaries of those mocks per network (required) */
+    const double *fiducial;                  /* [7] the fiducial parameters (required) */
+    int ncal;                                /* calibration mocks (>= 0) */
+    const double *cal[LSS_DEEPLSS_NNET];     /* [ncal][7] their summaries per network (NULL: none for it) */
+    const double *cal_theta;                 /* [ncal][7] their true parameters (required with a cal[i]) */
+    uint64_t seed;                           /* the draws of lss_mdn_mode: stream (seed, LSS_STREAM_MDN, 1, id[i]) */
+    int mode_nsamp;                          /* draws for the most likely observation (0: 2000) */
+} lss_deeplss_plan;
+/* The jobs for lss_deeplss_chains, in this order: for each network i, the most likely observation at
+   `fiducial` (lss_mdn_mode of mdn[i]; when no draw falls inside the MDN's range, the per-component median
+   of fid[i]) with its chain kept, then the nfid rows of fid[i], all started at `fiducial`; then for each
+   network with cal[i], its ncal rows started at their truths cal_theta. mdn[i] is network i's MDN.
+   *jobs is LSS_MALLOC'd (lss_deeplss_jobs_free), *njobs its length. */
+LSSDEF int lss_deeplss_jobs(const lss_deeplss_plan *p, lss_mdn *const *mdn, lss_deeplss_job **jobs, int *njobs);
+LSSDEF void lss_deeplss_jobs_free(lss_deeplss_job *jobs, int njobs);
+/* The results of the jobs of lss_deeplss_jobs (run by lss_deeplss_chains) in DIR: mcmc_fid.csv (kind,
+   probe, mock (-1: the most likely observation), ok, std_<names[k]>, std_S8, fom_det, area68, acceptance),
+   chain_fid_<net>.npy (float64 [n, 7], the kept chains) and calibration.csv (kind, mock, param, truth,
+   lo68, hi68, inside, ok; inside NaN when not analysed). names: the 7 parameter names. *nfail (may be
+   NULL): the jobs not analysed. */
+LSSDEF int lss_deeplss_jobs_save(const lss_deeplss_plan *p, const lss_deeplss_job *jobs, int njobs, const char *const *names,
+                                 const char *dir, int *nfail);
+
+/* The stages of a run that need no maps, on the files in DIR, for the networks in mask (bit k for
+   network k). The MDN stage (appendix C): for each network an MDN (lss_deeplss_mdn_opts) fitted to
+   DIR/theta_mdn.npy -> DIR/pred_mdn_<net>.npy, saved as DIR/mdn_<net>.ckpt; when c->ncheck > 0, checked
+   against DIR/pred_check_<net>.npy at the check draws of DIR/theta_check.npy (lss_mdn_check, 1000 samples,
+   stream (seed, LSS_STREAM_CHECK, k)) into DIR/mdn_check_<net>.csv, and all networks' summaries into
+   DIR/mdn_check.csv. fit (may be NULL): per network k, its epochs, best epoch and best validation loss. */
+typedef struct {
+    int epochs, best_epoch;
+    double best_val;
+} lss_deeplss_fit_info;
+LSSDEF int lss_deeplss_mdn_stage(const char *dir, const lss_deeplss_cfg *c, int mask, lss_deeplss_fit_info *fit);
+/* The MCMC stage (section V): ncopy copies (one per thread, at most 64) of each DIR/mdn_<net>.ckpt, the
+   fiducial summaries DIR/pred_fid_<net>.npy and, for the combined-probe networks when c->ncal > 0,
+   DIR/pred_cal_<net>.npy with their truths DIR/theta_cal.npy, make the plan of lss_deeplss_jobs (fiducial
+   parameters `fiducial`, mode draws from c->seed); the chains run by lss_deeplss_chains with co and
+   progress, and their results go to DIR by lss_deeplss_jobs_save (names: the 7 parameter names). *njobs
+   and *nfail (each may be NULL): the chains run and those not analysed. */
+LSSDEF int lss_deeplss_mcmc_stage(const char *dir, const lss_deeplss_cfg *c, int mask, const lss_chain_opts *co,
+                                  const double *fiducial, const char *const *names, int ncopy,
+                                  int (*progress)(int done, int total, void *user), void *user, int *njobs, int *nfail);
+
+/* The numbers of the report, read by column name from the files in DIR. */
+typedef struct {
+    double gain[3][LSS_DEEPLSS_NGAIN][3];   /* probe, row, median/p16/p84: PSD over CNN (lss_deeplss_gains) */
+    int64_t ngain[3];                       /* mocks paired for each probe set */
+    double fom[LSS_DEEPLSS_NNET][2][3];     /* network, 1/sqrt(det C) and 1/area68, median/p16/p84 */
+    double loss[2][3];                      /* last held-out loss of loss.csv, kind x probe (NaN: none) */
+    int64_t loss_step;                      /* its step (-1: no loss.csv) */
+    int have_cal;                           /* calibration.csv read (ncal > 0) */
+    int64_t cal_n[2];                       /* combined-probe CNN, PSD: mocks analysed */
+    double cal_frac[2], cal_par[2][LSS_DEEPLSS_NPARAM];   /* coverage of the 68% intervals (lss_coverage) */
+    int have_check[LSS_DEEPLSS_NNET];       /* mdn_check.csv has the network */
+    double check[LSS_DEEPLSS_NNET][6];      /* dmu median, lo, hi; dsig median, lo, hi */
+} lss_deeplss_numbers;
+/* mcmc_fid.csv is required (nfid mocks per network; names: the 7 parameter names of its columns); loss.csv,
+   calibration.csv (read when ncal > 0) and mdn_check.csv are optional, but one that exists must have its
+   columns (LSS_ERR_FORMAT naming the file and column). */
+LSSDEF int lss_deeplss_numbers_read(const char *dir, int nfid, int ncal, const char *const *names, lss_deeplss_numbers *r);
+/* gains.csv (probe, param (row of lss_deeplss_gains), gain_median, gain_p16, gain_p84, nmocks,
+   fom_cnn_median, fom_psd_median: the FoM columns on rows 8 and 9) at path. */
+LSSDEF int lss_deeplss_gains_save(const lss_deeplss_numbers *r, const char *path);
+
+/* Figures 2-4 from DIR/chain_fid_<net>.npy (a missing file leaves out its figures; a malformed one is
+   LSS_ERR_FORMAT): DIR/corner_<probe>.png (CNN vs PSD, for each probe set with both chains) and DIR/s8_aia.png
+   (S8 - A_IA of the three CNNs, when all three exist). names, truth, lo, hi: the 7 parameters' names, true
+   values and axis ranges. *nfig (may be NULL): the figures written. */
+LSSDEF int lss_deeplss_corners(const char *dir, const char *const *names, const double *truth, const double *lo,
+                               const double *hi, int *nfig);
+/* Figure 6 from one survey map [2 LSS_DEEPLSS_NBINS][side][side] and its sensitivities sens
+   [2][2 LSS_DEEPLSS_NBINS][side][side] (lss_sumnet_sensitivity: d A_IA / dm, then d sigma_8 / dm):
+   DIR/sensitivity.npy (sens as float32), DIR/sensitivity.csv (channel, rms_dAIA_dm, rms_dsigma8_dm, rms_map)
+   and DIR/sensitivity.png (rows: the map, the two sensitivities; each panel on its own symmetric scale,
+   delta_g of the map on [-1, 1]). rms [8][3] (may be NULL): the CSV's three RMS columns. */
+LSSDEF int lss_deeplss_sensitivity_save(const float *map, const float *sens, int side, const char *dir, double (*rms)[3]);
+
 #ifdef __cplusplus
 }
 #endif
@@ -576,8 +751,10 @@ LSSDEF int lss_deeplss_chains(lss_mdn *const *mdn, int nmdn, int ncopy, const ls
 #ifndef LSS_INFER_IMPLEMENTATION_DONE
 #define LSS_INFER_IMPLEMENTATION_DONE
 
+#include <errno.h>
 #include <fftw3.h>
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 #if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
 #include <omp.h>
@@ -2555,37 +2732,29 @@ LSSDEF int lss_fom_det(const double *x, int64_t n, int d, int i, int j, double *
     return LSS_OK;
 }
 
-/* Separable Gaussian smoothing of a [ny][nx] grid (sigma in cells; zero outside). */
+/* Gaussian smoothing of a [ny][nx] grid (sigma in cells, zeros outside; ny = 1: along x only) by the one
+ * separable smoothing of lss_core.h (lss_gauss_kernel, lss_conv_sep_zeropad), in float. The kernel is
+ * normalised and reaches ceil(4 sigma) cells (at most LSS_GAUSS_MAX_HW; sigma above 1e6, infinity included, acts as
+ * 1e6: a flat kernel). sigma not > 0: no smoothing. */
 static int lss__smooth2(double *h, int nx, int ny, double sigma) {
-    int r, k, i, j;
-    double *ker, *tmp;
+    float k[2 * LSS_GAUSS_MAX_HW + 1], *f;
+    double r;
+    size_t i, n = (size_t)nx * (size_t)ny;
+    int hw, st;
     if (!(sigma > 0)) return LSS_OK;
-    r = (int)ceil(4 * sigma);
-    ker = (double *)LSS_MALLOC(sizeof(double) * (size_t)(2 * r + 1));
-    tmp = (double *)LSS_MALLOC(sizeof(double) * (size_t)nx * (size_t)ny);
-    if (!ker || !tmp) {
-        LSS_FREE(ker);
-        LSS_FREE(tmp);
-        return lss_seterr(LSS_ERR_NOMEM, "smooth: out of memory");
-    }
-    for (k = -r; k <= r; k++) ker[k + r] = exp(-0.5 * k * k / (sigma * sigma));
-    for (j = 0; j < ny; j++)
-        for (i = 0; i < nx; i++) {
-            double s = 0;
-            for (k = -r; k <= r; k++)
-                if (i + k >= 0 && i + k < nx) s += ker[k + r] * h[(size_t)j * nx + i + k];
-            tmp[(size_t)j * nx + i] = s;
-        }
-    for (j = 0; j < ny; j++)
-        for (i = 0; i < nx; i++) {
-            double s = 0;
-            for (k = -r; k <= r; k++)
-                if (j + k >= 0 && j + k < ny) s += ker[k + r] * tmp[(size_t)(j + k) * nx + i];
-            h[(size_t)j * nx + i] = s;
-        }
-    LSS_FREE(ker);
-    LSS_FREE(tmp);
-    return LSS_OK;
+    if (!h || nx < 1 || ny < 1) return lss_seterr(LSS_ERR_ARG, "smooth: bad grid %d x %d", nx, ny);
+    if (sigma > 1e6) sigma = 1e6;   /* flat over the largest kernel already */
+    r = ceil(4 * sigma);
+    if (r > LSS_GAUSS_MAX_HW) r = LSS_GAUSS_MAX_HW;
+    if ((hw = lss_gauss_kernel(sigma, (r + 0.5) / sigma, k)) < 0) return LSS_ERR_ARG;
+    f = (float *)LSS_MALLOC(sizeof(float) * (n + (size_t)lss_conv_sep_zeropad_tmp(ny, nx, hw)));
+    if (!f) return lss_seterr(LSS_ERR_NOMEM, "smooth: out of memory");
+    for (i = 0; i < n; i++) f[i] = (float)h[i];
+    st = lss_conv_sep_zeropad(f, ny, nx, k, hw, f + n);
+    /* one row: the pass across rows met zeros but for the kernel's centre */
+    for (i = 0; i < n && st == LSS_OK; i++) h[i] = ny == 1 ? (double)f[i] / k[hw] : (double)f[i];
+    LSS_FREE(f);
+    return st;
 }
 
 /* Density level t of a grid such that the cells with value >= t hold a fraction `level` of the
@@ -2810,7 +2979,7 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
                         double a = (x[c][(size_t)t * d + i] - lo[i]) / (hi[i] - lo[i]) * B;
                         if (a >= 0 && a < B) grid[(int)a] += 1;
                     }
-                    lss__smooth2(grid, B, 1, o.smooth);
+                    if ((st = lss__smooth2(grid, B, 1, o.smooth)) != LSS_OK) goto fail;
                     for (k = 0; k < B; k++) mx = fmax(mx, grid[k]);
                     for (k = 0; k < B; k++) {
                         double px = x0 + 2 + (k + 0.5) * (P - 6) / (double)B, py = y0 + P - 4 - (P - 12) * grid[k] / (mx > 0 ? mx : 1);
@@ -2821,7 +2990,7 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
                     size_t nn = (size_t)B * B;
                     double t68, t95;
                     lss__hist2(x[c], n[c], d, i, j, B, B, lo[i], hi[i], lo[j], hi[j], grid);
-                    lss__smooth2(grid, B, B, o.smooth);
+                    if ((st = lss__smooth2(grid, B, B, o.smooth)) != LSS_OK) goto fail;
                     t68 = lss__hpd_level(grid, nn, 0.68);
                     t95 = lss__hpd_level(grid, nn, 0.95);
                     {
@@ -2884,6 +3053,7 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
             if (o.labels[c]) lss_image_text(&im, lx + 26, ly - 3, o.labels[c], black, 1);
         }
     st = lss_image_save_png(&im, path);
+fail:
     lss_image_free(&im);
     LSS_FREE(lo);
     LSS_FREE(grid);
@@ -3550,6 +3720,786 @@ LSS__IOMP(omp critical(lss_deeplss_chains))
         return lss_seterr(status, "%s", msg);
     }
     return LSS_OK;
+}
+
+/* ---------------------------------------------------------------- DeepLSS runs */
+static const char *const lss__dl_kind[2] = {"cnn", "psd"};
+static const char *const lss__dl_probe[2][3] = {{"comb", "wl", "gc"}, {"combined", "lensing", "clustering"}};
+
+LSSDEF const char *lss_deeplss_kind_name(int kind) { return kind == 0 || kind == 1 ? lss__dl_kind[kind] : NULL; }
+LSSDEF const char *lss_deeplss_probe_name(int probe, int long_name) {
+    return probe >= 0 && probe < 3 ? lss__dl_probe[long_name != 0][probe] : NULL;
+}
+
+/* dir/name from a format; LSS_ERR_ARG when it does not fit. */
+static int lss__dl_path(char *buf, size_t n, const char *dir, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    int m;
+    va_start(ap, fmt);
+    m = vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (!dir || m < 0 || m >= (int)sizeof name || snprintf(buf, n, "%s/%s", dir, name) >= (int)n)
+        return lss_seterr(LSS_ERR_ARG, "path %s/%s is too long", dir ? dir : "(null)", name);
+    return LSS_OK;
+}
+
+LSSDEF int lss_deeplss_cfg_defaults(lss_deeplss_cfg *c, int scale) {
+    if (!c) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_cfg_defaults: NULL configuration");
+    if (scale != LSS_DEEPLSS_SMALL && scale != LSS_DEEPLSS_PAPER)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_cfg_defaults: scale %d is neither small (0) nor paper (1)", scale);
+    memset(c, 0, sizeof *c);
+    c->scale = scale; c->seed = 1; c->clip_pct = 50; c->batch = 32; c->ntest = 256;
+    if (scale == LSS_DEEPLSS_SMALL) {   /* one 5 x 5 deg field at half the paper's resolution */
+        c->nside = 32; c->grid = 1; c->pixel_arcmin = 9.375; c->ncosmo = 64; c->nf_train = 16; c->nf_test = 8;
+        c->nconv = 3; c->nres = 1; c->channels = 32; c->kernel = 3; c->cnn_in_std = 0.1;
+        c->psd_width = 256; c->nell = 8; c->ell_min = 72; c->ell_max = 1152;
+        c->steps = 4000; c->eval_every = 100; c->ckpt_every = 500; c->lr_cnn = 1e-3; c->lr_psd = 1e-3; c->cosine = 1;
+        c->pred_per_cosmo = 128; c->ncal = 60; c->nfid = 24; c->ncheck = 16; c->check_rep = 32;
+        c->mdn_width = 128; c->mdn_layers = 2; c->mdn_K = 3; c->mdn_epochs = 600; c->mdn_robust = 1;
+        c->walkers = 32; c->burn = 150; c->nsteps = 250;
+    } else {                            /* 6 x 6 mosaics of 64 x 64 fields, the released code's CNN and PSD network */
+        c->nside = 64; c->grid = 6; c->pixel_arcmin = 4.6875; c->ncosmo = 57; c->nf_train = 36; c->nf_test = 36;
+        c->nconv = 4; c->nres = 10; c->channels = 128; c->kernel = 5;
+        c->psd_width = 1024; c->nell = 20; c->ell_min = 36; c->ell_max = 2304;
+        c->steps = 900000; c->eval_every = 1000; c->ckpt_every = 5000; c->ntest = 32; c->lr_cnn = 5e-5; c->lr_psd = 2.5e-3;
+        c->pred_per_cosmo = 1000; c->ncal = 200; c->nfid = 200; c->ncheck = 50; c->check_rep = 100;
+        c->mdn_width = 256; c->mdn_layers = 3; c->mdn_K = 4; c->mdn_epochs = 1000;
+        c->walkers = 256; c->burn = 100; c->nsteps = 500;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_deeplss_scale_parse(const char *name) {
+    if (name && !strcmp(name, "small")) return LSS_DEEPLSS_SMALL;
+    if (name && !strcmp(name, "paper")) return LSS_DEEPLSS_PAPER;
+    return lss_seterr(LSS_ERR_ARG, "scale '%s' is neither small nor paper", name ? name : "(null)");
+}
+
+LSSDEF const char *lss_deeplss_scale_name(int scale) {
+    return scale == LSS_DEEPLSS_SMALL ? "small" : scale == LSS_DEEPLSS_PAPER ? "paper" : NULL;
+}
+
+/* Every key of the configuration file: type ('i' int, 'd' double, 'u' uint64), place and range. */
+typedef struct {
+    const char *key;
+    char type;
+    size_t off;
+    double lo, hi;
+} lss__dl_key;
+#define LSS__DLK(t, f, lo, hi) {#f, t, offsetof(lss_deeplss_cfg, f), lo, hi}
+static const lss__dl_key lss__dl_keys[] = {
+    LSS__DLK('i', scale, 0, 1), LSS__DLK('i', nside, 8, 4096), LSS__DLK('i', grid, 1, 64), LSS__DLK('d', pixel_arcmin, 1e-3, 1e4),
+    LSS__DLK('i', ncosmo, 1, 1e6), LSS__DLK('i', nf_train, 1, 1e6), LSS__DLK('i', nf_test, 1, 1e6), LSS__DLK('i', nconv, 1, 16),
+    LSS__DLK('i', nres, 0, 64), LSS__DLK('i', channels, 1, 4096), LSS__DLK('i', kernel, 1, 31), LSS__DLK('i', psd_width, 1, 65536),
+    LSS__DLK('i', nell, 1, 63), LSS__DLK('d', ell_min, 1e-3, 1e7), LSS__DLK('d', ell_max, 1e-3, 1e7), LSS__DLK('i', batch, 1, 4096),
+    LSS__DLK('i', steps, 1, 1e9), LSS__DLK('i', eval_every, 0, 1e9), LSS__DLK('i', ckpt_every, 0, 1e9), LSS__DLK('i', ntest, 0, 1e6),
+    LSS__DLK('d', lr_cnn, 1e-12, 0.999), LSS__DLK('d', lr_psd, 1e-12, 0.999), LSS__DLK('d', clip_pct, 1e-6, 100),
+    LSS__DLK('i', pred_per_cosmo, 1, 1e7), LSS__DLK('i', ncal, 0, 1e7), LSS__DLK('i', nfid, 1, 1e7), LSS__DLK('i', ncheck, 0, 1e6),
+    LSS__DLK('i', check_rep, 1, 1e6), LSS__DLK('i', mdn_width, 1, 65536), LSS__DLK('i', mdn_layers, 1, 16), LSS__DLK('i', mdn_K, 1, 64),
+    LSS__DLK('i', mdn_epochs, 1, 1e7), LSS__DLK('i', walkers, 2 * LSS_DEEPLSS_NPARAM, 1e6), LSS__DLK('i', burn, 0, 1e8),
+    LSS__DLK('i', nsteps, 1, 1e8), LSS__DLK('i', cosine, 0, 1), LSS__DLK('i', mdn_robust, 0, 1), LSS__DLK('d', cnn_in_std, 0, 1e6),
+    LSS__DLK('u', seed, 0, 0)};
+#undef LSS__DLK
+#define LSS__DL_NKEYS ((int)(sizeof lss__dl_keys / sizeof lss__dl_keys[0]))
+
+static int lss__dl_key_find(const char *key) {
+    int k;
+    for (k = 0; key && k < LSS__DL_NKEYS; k++)
+        if (!strcmp(lss__dl_keys[k].key, key)) return k;
+    return -1;
+}
+
+/* The value of key k as a double (seed: 0). */
+static double lss__dl_key_get(const lss_deeplss_cfg *c, int k) {
+    const char *p = (const char *)c + lss__dl_keys[k].off;
+    return lss__dl_keys[k].type == 'i' ? (double)*(const int *)p : lss__dl_keys[k].type == 'd' ? *(const double *)p : 0.0;
+}
+
+LSSDEF int lss_deeplss_cfg_set(lss_deeplss_cfg *c, const char *key, const char *value) {
+    int k = lss__dl_key_find(key);
+    const lss__dl_key *d;
+    char *end;
+    if (!c || !value) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_cfg_set: NULL argument");
+    if (k < 0) return lss_seterr(LSS_ERR_ARG, "unknown key '%s'", key ? key : "(null)");
+    d = &lss__dl_keys[k];
+    errno = 0;
+    if (d->type == 'u') {
+        unsigned long long v;
+        if (!(*value >= '0' && *value <= '9')) return lss_seterr(LSS_ERR_ARG, "%s = '%s' is not an unsigned integer", key, value);
+        v = strtoull(value, &end, 10);
+        if (*end || errno == ERANGE) return lss_seterr(LSS_ERR_ARG, "%s = '%s' is not a 64-bit unsigned integer", key, value);
+        *(uint64_t *)((char *)c + d->off) = (uint64_t)v;
+    } else if (d->type == 'i') {
+        long long v = strtoll(value, &end, 10);
+        if (!*value || *end || errno == ERANGE) return lss_seterr(LSS_ERR_ARG, "%s = '%s' is not an integer", key, value);
+        if (v < (long long)d->lo || v > (long long)d->hi)
+            return lss_seterr(LSS_ERR_ARG, "%s = %lld is outside [%.0f, %.0f]", key, v, d->lo, d->hi);
+        *(int *)((char *)c + d->off) = (int)v;
+    } else {
+        double v = strtod(value, &end);
+        if (!*value || *end || errno == ERANGE || !(v > -HUGE_VAL && v < HUGE_VAL))
+            return lss_seterr(LSS_ERR_ARG, "%s = '%s' is not a finite number", key, value);
+        if (v < d->lo || v > d->hi) return lss_seterr(LSS_ERR_ARG, "%s = %g is outside [%g, %g]", key, v, d->lo, d->hi);
+        *(double *)((char *)c + d->off) = v;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_deeplss_cfg_check(const lss_deeplss_cfg *c) {
+    int k;
+    if (!c) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_cfg_check: NULL configuration");
+    for (k = 0; k < LSS__DL_NKEYS; k++) {
+        double v = lss__dl_key_get(c, k);
+        if (lss__dl_keys[k].type != 'u' && !(v >= lss__dl_keys[k].lo && v <= lss__dl_keys[k].hi))
+            return lss_seterr(LSS_ERR_ARG, "%s = %g is outside [%g, %g]", lss__dl_keys[k].key, v, lss__dl_keys[k].lo, lss__dl_keys[k].hi);
+    }
+    if (c->walkers % 2) return lss_seterr(LSS_ERR_ARG, "walkers = %d is odd (two half-ensembles)", c->walkers);
+    if (!(c->ell_min < c->ell_max)) return lss_seterr(LSS_ERR_ARG, "ell_min = %g is not below ell_max = %g", c->ell_min, c->ell_max);
+    if ((int64_t)c->ncosmo * c->pred_per_cosmo > INT32_MAX || (int64_t)c->ncheck * c->check_rep > INT32_MAX ||
+        (int64_t)c->grid * c->nside > 65536)
+        return lss_seterr(LSS_ERR_ARG, "ncosmo x pred_per_cosmo, ncheck x check_rep or grid x nside is too large");
+    return LSS_OK;
+}
+
+LSSDEF int lss_deeplss_cfg_save(const lss_deeplss_cfg *c, const char *path) {
+    lss_wfile w;
+    int s, k;
+    if (!path) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_cfg_save: NULL path");
+    if ((s = lss_deeplss_cfg_check(c))) return s;
+    if ((s = lss_wfile_open(&w, path))) return s;
+    fprintf(w.f, "# DeepLSS run configuration (key = value)\n");
+    for (k = 0; k < LSS__DL_NKEYS; k++) {
+        const lss__dl_key *d = &lss__dl_keys[k];
+        const char *p = (const char *)c + d->off;
+        if (d->type == 'u') fprintf(w.f, "%s = %llu\n", d->key, (unsigned long long)*(const uint64_t *)p);
+        else if (d->type == 'i') fprintf(w.f, "%s = %d\n", d->key, *(const int *)p);
+        else fprintf(w.f, "%s = %.17g\n", d->key, *(const double *)p);
+    }
+    return lss_wfile_commit(&w);
+}
+
+LSSDEF int lss_deeplss_cfg_load(lss_deeplss_cfg *c, const char *path) {
+    char line[1024], *p, *key, *val, *e;
+    unsigned char seen[LSS__DL_NKEYS];
+    lss_deeplss_cfg t;
+    FILE *f;
+    int ln = 0, k, s = LSS_OK;
+    if (!c || !path) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_cfg_load: NULL argument");
+    if (!(f = fopen(path, "r"))) return lss_seterr(LSS_ERR_IO, "cannot read %s", path);
+    memset(seen, 0, sizeof seen);
+    lss_deeplss_cfg_defaults(&t, LSS_DEEPLSS_SMALL);
+    while (s == LSS_OK && fgets(line, sizeof line, f)) {
+        ln++;
+        if (!strchr(line, '\n') && !feof(f)) { s = lss_seterr(LSS_ERR_FORMAT, "%s:%d: line too long", path, ln); break; }
+        for (p = line; *p == ' ' || *p == '\t'; p++) {}
+        if (!*p || *p == '\n' || *p == '\r' || *p == '#') continue;
+        for (key = p; *p && *p != '=' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r'; p++) {}
+        e = p;
+        for (; *p == ' ' || *p == '\t'; p++) {}
+        if (*p == '=') p++;
+        for (; *p == ' ' || *p == '\t'; p++) {}
+        val = p;
+        for (p = val + strlen(val); p > val && (p[-1] == ' ' || p[-1] == '\t' || p[-1] == '\n' || p[-1] == '\r'); p--) {}
+        *p = 0;
+        *e = 0;
+        if ((k = lss__dl_key_find(key)) < 0) s = lss_seterr(LSS_ERR_FORMAT, "%s:%d: unknown key '%s'", path, ln, key);
+        else if (seen[k]++) s = lss_seterr(LSS_ERR_FORMAT, "%s:%d: key '%s' given twice", path, ln, key);
+        else if (lss_deeplss_cfg_set(&t, key, val)) s = lss_seterr(LSS_ERR_FORMAT, "%s:%d: %s", path, ln, lss_last_error());
+    }
+    if (s == LSS_OK && ferror(f)) s = lss_seterr(LSS_ERR_IO, "%s: read error", path);
+    fclose(f);
+    for (k = 0; k < LSS__DL_NKEYS && s == LSS_OK; k++)
+        if (!seen[k]) s = lss_seterr(LSS_ERR_FORMAT, "%s: missing key '%s'", path, lss__dl_keys[k].key);
+    if (s == LSS_OK && lss_deeplss_cfg_check(&t)) s = lss_seterr(LSS_ERR_FORMAT, "%s: %s", path, lss_last_error());
+    if (s == LSS_OK) *c = t;
+    return s;
+}
+
+LSSDEF int lss_deeplss_mdn_opts(const lss_deeplss_cfg *c, lss_mdn_opts *mo) {
+    if (!c || !mo) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_mdn_opts: NULL argument");
+    memset(mo, 0, sizeof *mo);
+    mo->nhidden = c->mdn_layers; mo->width = c->mdn_width; mo->K = c->mdn_K; mo->max_epochs = c->mdn_epochs;
+    mo->seed = lss_stream_key(c->seed, LSS_STREAM_MDN, 0, 0);
+    mo->batch = c->scale == LSS_DEEPLSS_SMALL ? 512 : 5000;
+    mo->lr = 1e-3;
+    mo->patience = 50;
+    if (c->mdn_robust) mo->scale_p = LSS_SCALE_ROBUST;
+    return LSS_OK;
+}
+
+LSSDEF int lss_deeplss_sumnet_create(const lss_deeplss_cfg *c, int k, int batch, int side, int npairs, const int *pair_probe,
+                                     int with_optimizer, lss_sumnet **out) {
+    lss_sumnet_opts so;
+    lss_optim_opts oo;
+    int use[256], q, probe = k % 3;
+    if (!c || !out || k < 0 || k >= LSS_DEEPLSS_NNET || npairs < 0 || npairs > 256 || (npairs > 0 && !pair_probe))
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_sumnet_create: NULL argument, network %d or %d pairs", k, npairs);
+    memset(&so, 0, sizeof so);
+    so.kind = k / 3 == 0 ? LSS_SUMNET_CNN : LSS_SUMNET_PSD;
+    so.batch = batch;
+    so.map_ch = 2 * LSS_DEEPLSS_NBINS; so.side = side;
+    so.nch = probe == 0 ? 2 * LSS_DEEPLSS_NBINS : LSS_DEEPLSS_NBINS;
+    so.ch0 = probe == 2 ? LSS_DEEPLSS_NBINS : 0;
+    so.nconv = c->nconv; so.nres = c->nres; so.channels = c->channels; so.kernel = c->kernel; so.in_std = c->cnn_in_std;
+    for (q = 0; q < npairs; q++) use[q] = (pair_probe[q] >> probe) & 1;
+    so.npairs = npairs; so.nell = c->nell; so.use_pair = use; so.width = c->psd_width;
+    so.seed = c->seed;
+    so.sub = (uint32_t)k;
+    if (with_optimizer) {
+        memset(&oo, 0, sizeof oo);
+        oo.kind = LSS_OPT_ADAM;
+        oo.lr = k / 3 == 0 ? c->lr_cnn : c->lr_psd;
+        oo.eps = 1e-7;   /* Keras's Adam */
+        oo.clip = LSS_CLIP_PERCENTILE; oo.clip_percentile = c->clip_pct; oo.clip_history = 10000;
+        if (c->cosine) { oo.sched = LSS_SCHED_COSINE; oo.total_steps = c->steps; oo.lr_min = 0.05 * oo.lr; }
+        so.optim = &oo;
+    }
+    return lss_sumnet_create(&so, out);
+}
+
+LSSDEF int lss_deeplss_loss_png(const char *dir, const char *title) {
+    char csv[4096], png[4096];
+    lss_csv lc;
+    lss_plot_opts po;
+    double *cols, *ys[64];
+    int s, j, n;
+    int64_t i;
+    if ((s = lss__dl_path(csv, sizeof csv, dir, "loss.csv")) || (s = lss__dl_path(png, sizeof png, dir, "loss.png"))) return s;
+    if ((s = lss_csv_read(csv, &lc))) return s;
+    n = lc.ncols - 1 < 64 ? lc.ncols - 1 : 64;
+    if (n < 1 || lc.nrows < 1 || lc.nrows > INT32_MAX) {   /* nothing to draw yet: no figure */
+        lss_csv_free(&lc);
+        return LSS_OK;
+    }
+    if (!(cols = (double *)LSS_MALLOC(sizeof(double) * (size_t)lc.nrows * (size_t)(n + 1)))) {
+        lss_csv_free(&lc);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_loss_png: out of memory");
+    }
+    for (j = 0; j <= n; j++) {
+        for (i = 0; i < lc.nrows; i++) cols[j * lc.nrows + i] = lc.data[i * lc.ncols + j];
+        if (j) ys[j - 1] = cols + j * lc.nrows;
+    }
+    memset(&po, 0, sizeof po);
+    po.title = title; po.xlabel = lc.names[0]; po.ylabel = "loss"; po.width = 900; po.height = 560;
+    s = lss_plot_lines(png, &po, n, (int)lc.nrows, cols, (const double *const *)ys, (const char *const *)lc.names + 1);
+    LSS_FREE(cols);
+    lss_csv_free(&lc);
+    return s;
+}
+
+/* Jobs the plan makes: *nfidjobs of the fiducial mocks and *ncaljobs of calibration; LSS_ERR_ARG for a bad plan. */
+static int lss__dl_plan_check(const lss_deeplss_plan *p, int *nfidjobs, int *ncaljobs) {
+    int i, j, ncn = 0;
+    int64_t nf, nc;
+    if (!p || p->nnet < 1 || p->nnet > LSS_DEEPLSS_NNET || p->nfid < 1 || p->ncal < 0 || !p->fiducial || p->mode_nsamp < 0)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_plan: NULL plan, %d networks, %d fiducial or %d calibration mocks",
+                          p ? p->nnet : 0, p ? p->nfid : 0, p ? p->ncal : 0);
+    for (i = 0; i < p->nnet; i++) {
+        if (p->id[i] < 0 || p->id[i] >= LSS_DEEPLSS_NNET || !p->fid[i])
+            return lss_seterr(LSS_ERR_ARG, "lss_deeplss_plan: network %d has id %d or no fiducial summaries", i, p->id[i]);
+        for (j = 0; j < i; j++)
+            if (p->id[j] == p->id[i]) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_plan: network id %d twice", p->id[i]);
+        ncn += p->cal[i] != NULL && p->ncal > 0;
+    }
+    if (ncn > 0 && !p->cal_theta) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_plan: calibration summaries without cal_theta");
+    nf = (int64_t)p->nnet * (1 + (int64_t)p->nfid);
+    nc = (int64_t)ncn * p->ncal;
+    if (nf + nc > INT32_MAX / 2) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_plan: %lld jobs are too many", (long long)(nf + nc));
+    *nfidjobs = (int)nf;
+    *ncaljobs = (int)nc;
+    return LSS_OK;
+}
+
+LSSDEF int lss_deeplss_jobs(const lss_deeplss_plan *p, lss_mdn *const *mdn, lss_deeplss_job **jobs, int *njobs) {
+    const int NP = LSS_DEEPLSS_NPARAM;
+    int nf, nc, i, q, k, n = 0, s;
+    lss_deeplss_job *J;
+    double *col;
+    if (!mdn || !jobs || !njobs) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_jobs: NULL argument");
+    *jobs = NULL;
+    *njobs = 0;
+    if ((s = lss__dl_plan_check(p, &nf, &nc))) return s;
+    for (i = 0; i < p->nnet; i++)
+        if (!mdn[i] || mdn[i]->p != NP || mdn[i]->d != NP)
+            return lss_seterr(LSS_ERR_ARG, "lss_deeplss_jobs: MDN %d is NULL or not of %d parameters and summaries", i, NP);
+    J = (lss_deeplss_job *)LSS_MALLOC(sizeof *J * (size_t)(nf + nc));
+    col = (double *)LSS_MALLOC(sizeof(double) * (size_t)p->nfid);
+    if (!J || !col) {
+        LSS_FREE(J);
+        LSS_FREE(col);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_jobs: out of memory");
+    }
+    memset(J, 0, sizeof *J * (size_t)(nf + nc));
+    for (i = 0; i < p->nnet; i++) {
+        lss_rng r;
+        lss_deeplss_job *j = &J[n++];
+        lss_rng_for(&r, p->seed, LSS_STREAM_MDN, 1, (uint32_t)p->id[i]);
+        s = lss_mdn_mode(mdn[i], p->fiducial, p->mode_nsamp > 0 ? p->mode_nsamp : 2000, &r, j->obs);
+        if (s == LSS_ERR_RANGE) {   /* no draw inside the MDN's summary range: the median of the noisy mocks */
+            for (k = 0; k < NP; k++) {
+                for (q = 0; q < p->nfid; q++) col[q] = p->fid[i][(size_t)q * NP + k];
+                j->obs[k] = lss_percentile(col, p->nfid, 50);
+            }
+            lss_clearerr();
+            s = LSS_OK;
+        }
+        if (s) {
+            LSS_FREE(J);
+            LSS_FREE(col);
+            return s;
+        }
+        j->mdn = i; j->keep = 1;
+        memcpy(j->start, p->fiducial, sizeof j->start);
+        for (q = 0; q < p->nfid; q++, n++) {
+            J[n].mdn = i;
+            memcpy(J[n].obs, p->fid[i] + (size_t)q * NP, sizeof J[n].obs);
+            memcpy(J[n].start, p->fiducial, sizeof J[n].start);
+        }
+    }
+    for (i = 0; i < p->nnet; i++)
+        for (q = 0; q < p->ncal && p->cal[i]; q++, n++) {
+            J[n].mdn = i;
+            memcpy(J[n].obs, p->cal[i] + (size_t)q * NP, sizeof J[n].obs);
+            memcpy(J[n].start, p->cal_theta + (size_t)q * NP, sizeof J[n].start);
+        }
+    LSS_FREE(col);
+    *jobs = J;
+    *njobs = n;
+    return LSS_OK;
+}
+
+LSSDEF void lss_deeplss_jobs_free(lss_deeplss_job *jobs, int njobs) {
+    int i;
+    if (!jobs) return;
+    for (i = 0; i < njobs; i++) LSS_FREE(jobs[i].flat);
+    LSS_FREE(jobs);
+}
+
+LSSDEF int lss_deeplss_jobs_save(const lss_deeplss_plan *p, const lss_deeplss_job *jobs, int njobs, const char *const *names,
+                                 const char *dir, int *nfail) {
+    const int NP = LSS_DEEPLSS_NPARAM, W = 8 + LSS_DEEPLSS_NPARAM;
+    const char *h1[8 + LSS_DEEPLSS_NPARAM], *h2[8] = {"kind", "mock", "param", "truth", "lo68", "hi68", "inside", "ok"};
+    char hb[LSS_DEEPLSS_NPARAM + 1][64], path[4096];
+    int nf, nc, i, q, k, m, s, fails = 0;
+    int64_t n = 0;
+    double *rows;
+    if (nfail) *nfail = 0;
+    if ((s = lss__dl_plan_check(p, &nf, &nc))) return s;
+    if (!jobs || !names || !dir || njobs != nf + nc)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_jobs_save: NULL argument or %d jobs for a plan of %d", njobs, nf + nc);
+    for (k = 0; k <= NP; k++) {
+        if (k < NP && !names[k]) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_jobs_save: parameter %d has no name", k);
+        snprintf(hb[k], sizeof hb[k], "std_%s", k < NP ? names[k] : "S8");
+        h1[4 + k] = hb[k];
+    }
+    h1[0] = "kind"; h1[1] = "probe"; h1[2] = "mock"; h1[3] = "ok";
+    h1[5 + NP] = "fom_det"; h1[6 + NP] = "area68"; h1[7 + NP] = "acceptance";
+    rows = (double *)LSS_MALLOC(sizeof(double) * ((size_t)nf * W + (size_t)nc * NP * 8 + 1));
+    if (!rows) return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_jobs_save: out of memory");
+    for (i = 0, m = 0; i < p->nnet; i++)
+        for (q = -1; q < p->nfid; q++, m++, n++) {
+            const lss_deeplss_job *j = &jobs[m];
+            double *r = rows + (size_t)n * W;
+            r[0] = p->id[i] / 3; r[1] = p->id[i] % 3; r[2] = q; r[3] = j->ok;
+            memcpy(r + 4, j->c.std, sizeof(double) * (NP + 1));
+            r[5 + NP] = j->c.fom_det; r[6 + NP] = j->c.area68; r[7 + NP] = j->acc;
+            fails += !j->ok;
+            if (j->flat) {
+                int64_t sh[2];
+                sh[0] = j->nflat; sh[1] = NP;
+                if ((s = lss__dl_path(path, sizeof path, dir, "chain_fid_%s_%s.npy", lss__dl_kind[p->id[i] / 3], lss__dl_probe[0][p->id[i] % 3])) ||
+                    (s = lss_npy_save(path, LSS_F64, 2, sh, j->flat)))
+                    goto out;
+            }
+        }
+    if ((s = lss__dl_path(path, sizeof path, dir, "mcmc_fid.csv")) || (s = lss_csv_write(path, W, h1, n, rows))) goto out;
+    for (i = 0, n = 0; i < p->nnet; i++)
+        for (q = 0; q < p->ncal && p->cal[i]; q++, m++) {
+            const lss_deeplss_job *j = &jobs[m];
+            fails += !j->ok;
+            for (k = 0; k < NP; k++, n++) {
+                double *r = rows + (size_t)n * 8;
+                r[0] = p->id[i] / 3; r[1] = q; r[2] = k; r[3] = j->start[k]; r[4] = j->c.lo68[k]; r[5] = j->c.hi68[k];
+                r[6] = j->ok ? (j->start[k] >= r[4] && j->start[k] <= r[5]) : NAN;
+                r[7] = j->ok;
+            }
+        }
+    if ((s = lss__dl_path(path, sizeof path, dir, "calibration.csv")) == LSS_OK) s = lss_csv_write(path, 8, h2, n, rows);
+    if (nfail) *nfail = fails;
+out:
+    LSS_FREE(rows);
+    return s;
+}
+
+/* Reads dir/name into cv (zeroed first); *have 0 and LSS_OK when the file does not exist. */
+static int lss__dl_csv(const char *dir, const char *name, lss_csv *cv, char *path, size_t np, int *have) {
+    FILE *f;
+    int s;
+    memset(cv, 0, sizeof *cv);
+    *have = 0;
+    if ((s = lss__dl_path(path, np, dir, "%s", name))) return s;
+    if (!(f = fopen(path, "r"))) return LSS_OK;
+    fclose(f);
+    if ((s = lss_csv_read(path, cv))) return s;
+    *have = 1;
+    return LSS_OK;
+}
+
+/* Column indices by name; LSS_ERR_FORMAT naming the file and the first missing column. */
+static int lss__dl_cols(const lss_csv *cv, const char *file, int n, const char *const *names, int *col) {
+    int i;
+    for (i = 0; i < n; i++)
+        if ((col[i] = lss_csv_col(cv, names[i])) < 0) return lss_seterr(LSS_ERR_FORMAT, "%s: no column '%s'", file, names[i]);
+    return LSS_OK;
+}
+
+LSSDEF int lss_deeplss_numbers_read(const char *dir, int nfid, int ncal, const char *const *names, lss_deeplss_numbers *r) {
+    const int NP = LSS_DEEPLSS_NPARAM;
+    static const char *const cn[5] = {"kind", "mock", "param", "inside", "ok"};
+    static const char *const mn[8] = {"kind", "probe", "dmu_median", "dmu_lo", "dmu_hi", "dsig_median", "dsig_lo", "dsig_hi"};
+    const char *fn[7 + LSS_DEEPLSS_NPARAM];
+    char hb[LSS_DEEPLSS_NPARAM + 1][64], path[4096], cname[64];
+    int col[7 + LSS_DEEPLSS_NPARAM], k, p, kind, s, have;
+    lss_csv cv;
+    lss_constraint *cs = NULL;
+    double *ins = NULL;
+    int64_t i;
+    if (!r || !dir || !names || nfid < 1 || ncal < 0)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_numbers_read: NULL argument, %d fiducial or %d calibration mocks", nfid, ncal);
+    memset(r, 0, sizeof *r);
+    for (k = 0; k < LSS_DEEPLSS_NNET; k++) r->loss[k / 3][k % 3] = NAN;
+    r->loss_step = -1;
+    /* the held-out losses at the end of training */
+    if ((s = lss__dl_csv(dir, "loss.csv", &cv, path, sizeof path, &have))) goto out;
+    for (k = 0; k < LSS_DEEPLSS_NNET && have && cv.nrows > 0; k++) {
+        snprintf(cname, sizeof cname, "valid_%s_%s", lss__dl_kind[k / 3], lss__dl_probe[0][k % 3]);
+        if ((col[0] = lss_csv_col(&cv, cname)) >= 0) r->loss[k / 3][k % 3] = cv.data[(cv.nrows - 1) * cv.ncols + col[0]];
+        r->loss_step = (int64_t)cv.data[(cv.nrows - 1) * cv.ncols];
+    }
+    lss_csv_free(&cv);
+    /* per-mock constraints of every network at the fiducial parameters */
+    if ((s = lss__dl_path(path, sizeof path, dir, "mcmc_fid.csv")) || (s = lss_csv_read(path, &cv))) goto out;
+    fn[0] = "kind"; fn[1] = "probe"; fn[2] = "mock"; fn[3] = "ok";
+    for (k = 0; k <= NP; k++) {
+        if (k < NP && !names[k]) { s = lss_seterr(LSS_ERR_ARG, "lss_deeplss_numbers_read: parameter %d has no name", k); goto out; }
+        snprintf(hb[k], sizeof hb[k], "std_%s", k < NP ? names[k] : "S8");
+        fn[4 + k] = hb[k];
+    }
+    fn[5 + NP] = "fom_det"; fn[6 + NP] = "area68";
+    if ((s = lss__dl_cols(&cv, path, 7 + NP, fn, col))) goto out;
+    if (!(cs = (lss_constraint *)LSS_MALLOC(sizeof(lss_constraint) * LSS_DEEPLSS_NNET * (size_t)nfid))) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_numbers_read: out of memory");
+        goto out;
+    }
+    for (i = 0; i < (int64_t)LSS_DEEPLSS_NNET * nfid; i++) lss__constraint_nan(&cs[i]);
+    for (i = 0; i < cv.nrows; i++) {
+        const double *v = cv.data + i * cv.ncols;
+        int kd = (int)v[col[0]], pr = (int)v[col[1]], m = (int)v[col[2]];
+        lss_constraint *q;
+        if (kd < 0 || kd > 1 || pr < 0 || pr > 2 || !(v[col[2]] >= 0 && v[col[2]] < nfid) || v[col[3]] != 1) continue;
+        q = cs + (size_t)(kd * 3 + pr) * nfid + m;
+        for (k = 0; k <= NP; k++) q->std[k] = v[col[4 + k]];
+        q->fom_det = v[col[5 + NP]];
+        q->area68 = v[col[6 + NP]];
+    }
+    lss_csv_free(&cv);
+    for (p = 0; p < 3; p++)
+        if ((r->ngain[p] = lss_deeplss_gains(cs + (size_t)(3 + p) * nfid, cs + (size_t)p * nfid, nfid, r->gain[p])) < 0) {
+            s = (int)r->ngain[p];
+            goto out;
+        }
+    for (k = 0; k < LSS_DEEPLSS_NNET; k++) {
+        int64_t nk = lss_deeplss_fom(cs + (size_t)k * nfid, nfid, r->fom[k]);
+        if (nk < 0) { s = (int)nk; goto out; }
+    }
+    /* calibration: coverage of the 68% intervals of the combined-probe networks (NaN for mocks not analysed) */
+    if (ncal > 0) {
+        if ((s = lss__dl_csv(dir, "calibration.csv", &cv, path, sizeof path, &have))) goto out;
+        if (have) {
+            if ((s = lss__dl_cols(&cv, path, 5, cn, col))) goto out;
+            if (!(ins = (double *)LSS_MALLOC(sizeof(double) * (size_t)ncal * NP))) {
+                s = lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_numbers_read: out of memory");
+                goto out;
+            }
+            r->have_cal = 1;
+            for (kind = 0; kind < 2; kind++) {
+                for (i = 0; i < (int64_t)ncal * NP; i++) ins[i] = NAN;
+                for (i = 0; i < cv.nrows; i++) {
+                    const double *v = cv.data + i * cv.ncols;
+                    if ((int)v[col[0]] == kind && v[col[4]] == 1 && v[col[1]] >= 0 && v[col[1]] < ncal && v[col[2]] >= 0 && v[col[2]] < NP)
+                        ins[(int)v[col[1]] * NP + (int)v[col[2]]] = v[col[3]];
+                }
+                r->cal_n[kind] = lss_coverage(ins, ncal, NP, &r->cal_frac[kind], r->cal_par[kind]);
+            }
+            lss_csv_free(&cv);
+        }
+    }
+    /* the MDN check of appendix C per network */
+    if ((s = lss__dl_csv(dir, "mdn_check.csv", &cv, path, sizeof path, &have))) goto out;
+    if (have && (s = lss__dl_cols(&cv, path, 8, mn, col))) goto out;
+    for (i = 0; have && i < cv.nrows; i++) {
+        const double *v = cv.data + i * cv.ncols;
+        int kd = (int)v[col[0]], pr = (int)v[col[1]];
+        if (kd < 0 || kd > 1 || pr < 0 || pr > 2) continue;
+        r->have_check[kd * 3 + pr] = 1;
+        for (k = 0; k < 6; k++) r->check[kd * 3 + pr][k] = v[col[2 + k]];
+    }
+    s = LSS_OK;
+out:
+    lss_csv_free(&cv);
+    LSS_FREE(cs);
+    LSS_FREE(ins);
+    return s;
+}
+
+LSSDEF int lss_deeplss_gains_save(const lss_deeplss_numbers *r, const char *path) {
+    const int NP = LSS_DEEPLSS_NPARAM, NG = LSS_DEEPLSS_NGAIN;
+    static const char *const hdr[8] = {"probe", "param", "gain_median", "gain_p16", "gain_p84", "nmocks", "fom_cnn_median", "fom_psd_median"};
+    double rows[3 * LSS_DEEPLSS_NGAIN * 8];
+    int p, k;
+    if (!r || !path) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_gains_save: NULL argument");
+    for (p = 0; p < 3; p++)
+        for (k = 0; k < NG; k++) {
+            double *v = rows + (p * NG + k) * 8;
+            v[0] = p; v[1] = k; v[2] = r->gain[p][k][0]; v[3] = r->gain[p][k][1]; v[4] = r->gain[p][k][2]; v[5] = (double)r->ngain[p];
+            v[6] = k > NP ? r->fom[p][k - NP - 1][0] : NAN;
+            v[7] = k > NP ? r->fom[3 + p][k - NP - 1][0] : NAN;
+        }
+    return lss_csv_write(path, 8, hdr, 3 * NG, rows);
+}
+
+LSSDEF int lss_deeplss_corners(const char *dir, const char *const *names, const double *truth, const double *lo,
+                               const double *hi, int *nfig) {
+    const int NP = LSS_DEEPLSS_NPARAM;
+    static const char *const lb[2] = {"CNN", "PSD"}, *const lb3[3] = {"comb", "WL", "GC"}, *const nmz[2] = {"S8", "A_IA"};
+    static const double l2[2] = {0.3, -6}, h2[2] = {1.3, 6};
+    lss_array a[LSS_DEEPLSS_NNET];
+    double *sa[3] = {0}, tr[2];
+    const double *xs[3];
+    int64_t ns[3];
+    char title[128], path[4096];
+    lss_corner_opts co;
+    int k, p, s = LSS_OK, nf = 0;
+    int64_t i;
+    memset(a, 0, sizeof a);
+    if (nfig) *nfig = 0;
+    if (!dir || !names || !truth || !lo || !hi) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_corners: NULL argument");
+    for (k = 0; k < LSS_DEEPLSS_NNET && s == LSS_OK; k++) {
+        FILE *f;
+        if ((s = lss__dl_path(path, sizeof path, dir, "chain_fid_%s_%s.npy", lss__dl_kind[k / 3], lss__dl_probe[0][k % 3]))) break;
+        if (!(f = fopen(path, "rb"))) continue;
+        fclose(f);
+        if ((s = lss_npy_load(path, &a[k]))) break;
+        if (a[k].dtype != LSS_F64 || a[k].ndim != 2 || a[k].shape[1] != NP || a[k].shape[0] < 2)
+            s = lss_seterr(LSS_ERR_FORMAT, "%s: expected a float64 chain [n >= 2, %d]", path, NP);
+    }
+    for (p = 0; p < 3 && s == LSS_OK; p++) {   /* figures 2 and 3 */
+        if (!a[p].data || !a[3 + p].data) continue;
+        memset(&co, 0, sizeof co);
+        co.names = names; co.labels = lb; co.truth = truth; co.lo = lo; co.hi = hi;
+        snprintf(title, sizeof title, "DeepLSS %s probes at the fiducial parameters: CNN vs PSD", lss__dl_probe[1][p]);
+        co.title = title;
+        xs[0] = (const double *)a[p].data; xs[1] = (const double *)a[3 + p].data; ns[0] = a[p].shape[0]; ns[1] = a[3 + p].shape[0];
+        if ((s = lss__dl_path(path, sizeof path, dir, "corner_%s.png", lss__dl_probe[0][p])) == LSS_OK &&
+            (s = lss_corner_png(path, 2, xs, ns, NP, &co)) == LSS_OK)
+            nf++;
+    }
+    for (p = 0; p < 3 && s == LSS_OK && a[0].data && a[1].data && a[2].data; p++) {   /* figure 4 */
+        const double *x = (const double *)a[p].data;
+        ns[p] = a[p].shape[0];
+        if (!(sa[p] = (double *)LSS_MALLOC(sizeof(double) * 2 * (size_t)ns[p]))) {
+            s = lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_corners: out of memory");
+            break;
+        }
+        for (i = 0; i < ns[p]; i++) {
+            sa[p][2 * i] = lss_s8(x[i * NP], x[i * NP + 1]);
+            sa[p][2 * i + 1] = x[i * NP + 2];
+        }
+        xs[p] = sa[p];
+        if (p == 2) {
+            tr[0] = lss_s8(truth[0], truth[1]);
+            tr[1] = truth[2];
+            memset(&co, 0, sizeof co);
+            co.names = nmz; co.labels = lb3; co.truth = tr; co.lo = l2; co.hi = h2; co.panel = 300; co.title = "S8-A_IA, CNN (fig. 4)";
+            if ((s = lss__dl_path(path, sizeof path, dir, "s8_aia.png")) == LSS_OK && (s = lss_corner_png(path, 3, xs, ns, 2, &co)) == LSS_OK) nf++;
+        }
+    }
+    for (p = 0; p < 3; p++) LSS_FREE(sa[p]);
+    for (k = 0; k < LSS_DEEPLSS_NNET; k++) lss_array_free(&a[k]);
+    if (nfig) *nfig = nf;
+    return s;
+}
+
+LSSDEF int lss_deeplss_sensitivity_save(const float *map, const float *sens, int side, const char *dir, double (*rms)[3]) {
+    const int NC = 2 * LSS_DEEPLSS_NBINS, lw = 150, top = 30;
+    static const char *const rl[3] = {"map m", "dA_IA/dm", "dsigma_8/dm"};
+    static const char *const hdr[4] = {"channel", "rms_dAIA_dm", "rms_dsigma8_dm", "rms_map"};
+    static const unsigned char black[3] = {0, 0, 0};
+    double rows[2 * LSS_DEEPLSS_NBINS * 4];
+    char path[4096];
+    int64_t plane, sh[4];
+    int s, ch, row, sc;
+    int64_t i;
+    lss_image im;
+    if (!map || !sens || !dir || side < 1 || side > 4096)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_sensitivity_save: NULL argument or side %d", side);
+    plane = (int64_t)side * side;
+    sc = side <= 64 ? (side <= 32 ? 4 : 2) : 1;
+    sh[0] = 2; sh[1] = NC; sh[2] = side; sh[3] = side;
+    if ((s = lss__dl_path(path, sizeof path, dir, "sensitivity.npy")) || (s = lss_npy_save(path, LSS_F32, 4, sh, sens))) return s;
+    for (ch = 0; ch < NC; ch++) {   /* per-channel RMS */
+        double u = 0, v = 0, m = 0;
+        for (i = 0; i < plane; i++) {
+            double a = sens[ch * plane + i], b = sens[(NC + ch) * plane + i], c = map[ch * plane + i];
+            u += a * a; v += b * b; m += c * c;
+        }
+        rows[ch * 4] = ch; rows[ch * 4 + 1] = sqrt(u / plane); rows[ch * 4 + 2] = sqrt(v / plane); rows[ch * 4 + 3] = sqrt(m / plane);
+        if (rms) { rms[ch][0] = rows[ch * 4 + 1]; rms[ch][1] = rows[ch * 4 + 2]; rms[ch][2] = rows[ch * 4 + 3]; }
+    }
+    if ((s = lss__dl_path(path, sizeof path, dir, "sensitivity.csv")) || (s = lss_csv_write(path, 4, hdr, NC, rows))) return s;
+    if ((s = lss_image_init(&im, lw + NC * (side * sc + 8) + 70, top + 3 * (side * sc + 22) + 10))) return s;
+    lss_image_text(&im, 8, 8, "Sensitivity of the combined-probe CNN (section VI): kappa_g bins 1-4, delta_g bins 1-4", black, 1);
+    for (row = 0; row < 3; row++) {
+        int y0 = top + row * (side * sc + 22);
+        lss_image_text(&im, 8, y0 + side * sc / 2, rl[row], black, 1);
+        for (ch = 0; ch < NC; ch++) {
+            const float *mp = row == 0 ? map + ch * plane : sens + ((int64_t)(row - 1) * NC + ch) * plane;
+            double a = 0;
+            char lab[32];
+            for (i = 0; i < plane; i++) if (fabs(mp[i]) > a) a = fabs(mp[i]);
+            if (row == 0 && ch >= LSS_DEEPLSS_NBINS) a = 1;   /* delta_g on a fixed scale */
+            lss_image_map(&im, lw + ch * (side * sc + 8), y0, mp, side, side, a > 0 ? -a : -1, a > 0 ? a : 1, sc);
+            snprintf(lab, sizeof lab, "%s%d", ch < LSS_DEEPLSS_NBINS ? "k" : "d", ch % LSS_DEEPLSS_NBINS + 1);
+            lss_image_text(&im, lw + ch * (side * sc + 8), y0 + side * sc + 4, lab, black, 1);
+        }
+    }
+    if ((s = lss__dl_path(path, sizeof path, dir, "sensitivity.png")) == LSS_OK) s = lss_image_save_png(&im, path);
+    lss_image_free(&im);
+    return s;
+}
+
+/* DIR/name (a format with one string) as a float64 [n][7] array; n_expect >= 0 checks the rows. */
+static int lss__dl_load7(const char *dir, const char *fmt, const char *a, int64_t n_expect, int64_t *n, double **v) {
+    char path[4096];
+    lss_array r;
+    int s;
+    *v = NULL;
+    if ((s = lss__dl_path(path, sizeof path, dir, fmt, a)) || (s = lss_npy_load(path, &r))) return s;
+    if (r.dtype != LSS_F64 || r.ndim != 2 || r.shape[1] != LSS_DEEPLSS_NPARAM || r.shape[0] < 1 || (n_expect >= 0 && r.shape[0] != n_expect)) {
+        lss_array_free(&r);
+        return lss_seterr(LSS_ERR_FORMAT, "%s: expected a float64 array [%lld, %d]", path, (long long)n_expect, LSS_DEEPLSS_NPARAM);
+    }
+    *n = r.shape[0];
+    *v = (double *)r.data;
+    return LSS_OK;
+}
+
+static int lss__dl_mask_check(const char *dir, const lss_deeplss_cfg *c, int mask, const char *who) {
+    if (!dir || !c || mask <= 0 || mask >= (1 << LSS_DEEPLSS_NNET))
+        return lss_seterr(LSS_ERR_ARG, "%s: NULL directory or configuration, or network mask %d", who, mask);
+    return lss_deeplss_cfg_check(c);
+}
+
+LSSDEF int lss_deeplss_mdn_stage(const char *dir, const lss_deeplss_cfg *c, int mask, lss_deeplss_fit_info *fit) {
+    const int NP = LSS_DEEPLSS_NPARAM;
+    static const char *const hdr[8] = {"kind", "probe", "dmu_median", "dmu_lo", "dmu_hi", "dsig_median", "dsig_lo", "dsig_hi"};
+    int k, i, s, nr = 0, nck, NR;
+    int64_t n = 0, n2;
+    double *tt = NULL, *tp = NULL, *ct = NULL, *cp = NULL, *ctu = NULL, *dmu = NULL, *dsig = NULL, rows[LSS_DEEPLSS_NNET * 8];
+    char path[4096], net[16];
+    lss_mdn *m = NULL;
+    lss_mdn_opts mo;
+    lss_mdn_check_summary cs;
+    if ((s = lss__dl_mask_check(dir, c, mask, "lss_deeplss_mdn_stage"))) return s;
+    nck = c->ncheck > 0 ? c->ncheck : 1;
+    NR = c->ncheck * c->check_rep;
+    lss_deeplss_mdn_opts(c, &mo);
+    if ((s = lss__dl_load7(dir, "theta_mdn.npy", NULL, -1, &n, &tt)) ||
+        (c->ncheck > 0 && (s = lss__dl_load7(dir, "theta_check.npy", NULL, NR, &n2, &ct))))
+        goto out;
+    dmu = (double *)LSS_MALLOC(sizeof(double) * (size_t)nck * NP);
+    dsig = (double *)LSS_MALLOC(sizeof(double) * (size_t)nck * NP);
+    ctu = (double *)LSS_MALLOC(sizeof(double) * (size_t)nck * NP);
+    if (!dmu || !dsig || !ctu) { s = lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_mdn_stage: out of memory"); goto out; }
+    for (i = 0; i < c->ncheck; i++) memcpy(ctu + i * NP, ct + (size_t)i * c->check_rep * NP, sizeof(double) * NP);
+    for (k = 0; k < LSS_DEEPLSS_NNET; k++) {
+        if (!((mask >> k) & 1)) continue;
+        snprintf(net, sizeof net, "%s_%s", lss__dl_kind[k / 3], lss__dl_probe[0][k % 3]);
+        if ((s = lss__dl_load7(dir, "pred_mdn_%s.npy", net, n, &n2, &tp)) || (s = lss_mdn_create(NP, NP, &mo, &m)) ||
+            (s = lss_mdn_fit(m, tt, tp, n, &mo)) || (s = lss__dl_path(path, sizeof path, dir, "mdn_%s.ckpt", net)) ||
+            (s = lss_mdn_save(m, path)))
+            goto out;
+        if (fit) { fit[k].epochs = m->epochs; fit[k].best_epoch = m->best_epoch; fit[k].best_val = m->best_val; }
+        if (c->ncheck > 0) {   /* the MDN's samples against held-out simulated summaries at the same theta_t */
+            double *r = rows + nr++ * 8;
+            if ((s = lss__dl_load7(dir, "pred_check_%s.npy", net, NR, &n2, &cp)) ||
+                (s = lss_mdn_check(m, ctu, c->ncheck, cp, c->check_rep, 1000, lss_stream_key(c->seed, LSS_STREAM_CHECK, (uint64_t)k, 0), dmu, dsig)) ||
+                (s = lss__dl_path(path, sizeof path, dir, "mdn_check_%s.csv", net)) || (s = lss_mdn_check_report(dmu, dsig, c->ncheck, NP, path, &cs)))
+                goto out;
+            r[0] = k / 3; r[1] = k % 3; r[2] = cs.dmu_median; r[3] = cs.dmu_lo; r[4] = cs.dmu_hi;
+            r[5] = cs.dsig_median; r[6] = cs.dsig_lo; r[7] = cs.dsig_hi;
+        }
+        lss_mdn_free(m); m = NULL;
+        LSS_FREE(tp); tp = NULL;
+        LSS_FREE(cp); cp = NULL;
+    }
+    if (nr > 0 && (s = lss__dl_path(path, sizeof path, dir, "mdn_check.csv")) == LSS_OK) s = lss_csv_write(path, 8, hdr, nr, rows);
+out:
+    lss_mdn_free(m);
+    LSS_FREE(tt); LSS_FREE(tp); LSS_FREE(ct); LSS_FREE(cp); LSS_FREE(ctu); LSS_FREE(dmu); LSS_FREE(dsig);
+    return s;
+}
+
+LSSDEF int lss_deeplss_mcmc_stage(const char *dir, const lss_deeplss_cfg *c, int mask, const lss_chain_opts *co,
+                                  const double *fiducial, const char *const *names, int ncopy,
+                                  int (*progress)(int done, int total, void *user), void *user, int *njobs, int *nfail) {
+    lss_mdn **mdn = NULL;
+    lss_mdn_opts mo;
+    lss_deeplss_plan pl;
+    lss_deeplss_job *jobs = NULL;
+    double *arr[2 * LSS_DEEPLSS_NNET + 1] = {0};
+    int64_t n;
+    char path[4096], net[16];
+    int i, k, t, nj = 0, s;
+    if (njobs) *njobs = 0;
+    if (nfail) *nfail = 0;
+    if ((s = lss__dl_mask_check(dir, c, mask, "lss_deeplss_mcmc_stage"))) return s;
+    if (!co || !fiducial || !names || ncopy < 1 || ncopy > 64)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_mcmc_stage: NULL argument or %d copies (1..64)", ncopy);
+    memset(&pl, 0, sizeof pl);
+    lss_deeplss_mdn_opts(c, &mo);
+    pl.nfid = c->nfid; pl.ncal = c->ncal; pl.fiducial = fiducial; pl.seed = c->seed;
+    for (k = 0; k < LSS_DEEPLSS_NNET; k++) if ((mask >> k) & 1) pl.id[pl.nnet++] = k;
+    if (!(mdn = (lss_mdn **)LSS_MALLOC(sizeof *mdn * (size_t)ncopy * (size_t)pl.nnet)))
+        return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_mcmc_stage: out of memory");
+    memset(mdn, 0, sizeof *mdn * (size_t)ncopy * (size_t)pl.nnet);
+    for (i = 0; i < pl.nnet; i++) {   /* per network: the MDN copies, its fiducial and (combined probes) calibration summaries */
+        k = pl.id[i];
+        snprintf(net, sizeof net, "%s_%s", lss__dl_kind[k / 3], lss__dl_probe[0][k % 3]);
+        if ((s = lss__dl_path(path, sizeof path, dir, "mdn_%s.ckpt", net))) goto out;
+        for (t = 0; t < ncopy; t++)
+            if ((s = lss_mdn_create(LSS_DEEPLSS_NPARAM, LSS_DEEPLSS_NPARAM, &mo, &mdn[t * pl.nnet + i])) || (s = lss_mdn_load(mdn[t * pl.nnet + i], path)))
+                goto out;
+        if ((s = lss__dl_load7(dir, "pred_fid_%s.npy", net, c->nfid, &n, &arr[i]))) goto out;
+        pl.fid[i] = arr[i];
+        if (k % 3 || c->ncal <= 0) continue;
+        if ((s = lss__dl_load7(dir, "pred_cal_%s.npy", net, c->ncal, &n, &arr[LSS_DEEPLSS_NNET + i])) ||
+            (!arr[2 * LSS_DEEPLSS_NNET] && (s = lss__dl_load7(dir, "theta_cal.npy", NULL, c->ncal, &n, &arr[2 * LSS_DEEPLSS_NNET]))))
+            goto out;
+        pl.cal[i] = arr[LSS_DEEPLSS_NNET + i];
+        pl.cal_theta = arr[2 * LSS_DEEPLSS_NNET];
+    }
+    if ((s = lss_deeplss_jobs(&pl, mdn, &jobs, &nj)) || (s = lss_deeplss_chains(mdn, pl.nnet, ncopy, co, jobs, nj, progress, user)) ||
+        (s = lss_deeplss_jobs_save(&pl, jobs, nj, names, dir, nfail)))
+        goto out;
+    if (njobs) *njobs = nj;
+out:
+    for (i = 0; i < ncopy * pl.nnet; i++) lss_mdn_free(mdn[i]);
+    for (i = 0; i <= 2 * LSS_DEEPLSS_NNET; i++) LSS_FREE(arr[i]);
+    LSS_FREE(mdn);
+    lss_deeplss_jobs_free(jobs, nj);
+    return s;
 }
 
 #endif /* LSS_INFER_IMPLEMENTATION_DONE */

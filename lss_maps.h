@@ -649,6 +649,160 @@ LSSDEF int lss_ps_compute(lss_ps *ps, const float *maps, int cross, int mode, do
 /* Bins a per-mode power given on the half-complex grid p2d[ny][nx/2+1] (already in C_ell units) into out[nbins]
    with the same modes and weights as lss_ps_compute. */
 LSSDEF void lss_ps_bin2d(const lss_ps *ps, const double *p2d, double *out);
+/* ---- map statistics: histograms, peaks, Minkowski functionals, bispectrum, SSIM, distances ---- */
+/* Public names lss_stat_*. Per-map statistics take a grid (shape and pixel scale; field size = side x pixel) and
+ * a stack maps[n][h][w] (n >= 1; a single map is n = 1) and write, for nv values per map, each[n][nv] (may be
+ * NULL), mean[nv] and std[nv] over the stack (population std, ddof 0; either may be NULL). Every map is checked
+ * for NaN/inf first. Options (lss_stat_opts, NULL or zeroed = defaults) apply to every per-map statistic:
+ * smoothing first (periodic FFT Gaussian, lss_grid_smooth) and, with norm, thresholds in units of each (smoothed)
+ * map's standard deviation (ddof 0, as LensTools' norm=True).
+ *
+ * Conventions, each reproducing a reference library (versions named in the tests):
+ *   - lss_stat_ps: LSS_STAT_PS_SECTION is the section's binning (lss_grid_ps: full Fourier plane, edge_b <= ell <
+ *     edge_{b+1}, mean over modes, ell = mean ell of the modes, empty bins NaN). LSS_STAT_PS_LENSTOOLS is
+ *     ConvergenceMap.powerSpectrum of LensTools 1.2: the rfft2 half plane (columns 0..w/2, each cell once),
+ *     bins edge_b < ell <= edge_{b+1} (open below, closed above), value pix^2 |F|^2 / (h w) averaged over the
+ *     bin's cells, empty bins 0, ell = bin midpoints; ell_x = min(i, h - i) 2 pi / (h pix) along rows as
+ *     LensTools (rectangular maps: each axis its own fundamental; square maps are LensTools exactly).
+ *   - lss_stat_bispectrum: LensTools 1.2 ConvergenceMap.bispectrum (square maps only): for every rfft2 cell k1
+ *     with ell1 < last edge, k2 = trunc(R k1) with R the 120-degree rotation (equilateral; cells whose angle
+ *     exceeds 120 degrees skipped as LensTools) or k2 = -trunc(ratio k1) (folded, ratio in (0, 1), default 0.5,
+ *     the cGAN paper's choice), k3 = -k1 - k2; legs outside the half plane read as conjugates, legs beyond
+ *     +-(h/2) skipped; value Re(F1 F2 F3) pix^4 / (h w), mean per bin of ell1 (edge_b < ell1 <= edge_{b+1}),
+ *     empty bins 0, ell = midpoints.
+ *   - lss_stat_hist: numpy.histogram: bins [e_b, e_{b+1}), the last one closed; LSS_STAT_HIST_COUNTS the counts,
+ *     LSS_STAT_HIST_DENSITY count / (in-range total x bin width in edge units) (numpy density=True; with norm this
+ *     is LensTools' ConvergenceMap.pdf).
+ *   - peaks: LSS_STAT_PEAKS_LENSTOOLS, a pixel strictly above its 8 neighbours with periodic wrap-around at the
+ *     borders (LensTools' extern/peaks.c: every pixel, border pixels included, is tested against the opposite
+ *     side); LSS_STAT_PEAKS_5X5, the cGAN paper's code: strictly above its 24 neighbours in the 5 x 5 window,
+ *     neighbours outside the map ignored (no wrap). lss_stat_peak_counts follows LensTools' peakCount for both:
+ *     bins [t_b sigma, t_{b+1} sigma), value count / (t_{b+1} - t_b) (a differential count; multiply by the
+ *     width for plain counts); sigma = the map's std with norm, else 1.
+ *   - lss_stat_minkowski: LensTools 1.2 minkowskiFunctionals on its finite differences with periodic wrap:
+ *     g_x = (m[x+1] - m[x-1]) / 2 along columns, g_y along rows, h_xx = (m[x+2] + m[x-2] - 2 m) / 4,
+ *     h_xy = (m[x+1,y+1] + m[x-1,y-1] - m[x-1,y+1] - m[x+1,y-1]) / 4; for thresholds t[0..nbins]:
+ *     V0[b] = fraction of pixels >= (t_b + t_{b+1}) sigma / 2; V1[b] = sum over pixels in [t_b sigma,
+ *     t_{b+1} sigma) of |g| / 4 / (npix (t_{b+1} - t_b)); V2[b] the same sum of (2 g_x g_y h_xy - g_x^2 h_yy -
+ *     g_y^2 h_xx) / (2 pi |g|^2) (pixels with g = 0: (2 h_xy - h_xx - h_yy) / (4 pi), as LensTools). Output per map:
+ *     [V0[nbins], V1[nbins], V2[nbins]]. Derivatives are per pixel (no pixel-scale factor).
+ * Between sets: lss_stat_wasserstein1 (scipy.stats.wasserstein_distance, optional weights), Pearson correlation
+ * matrices (numpy.corrcoef) and their Frobenius comparisons (the cGAN paper's eq. 3 and the norm of the
+ * difference), relative differences of mean statistics, SSIM (scikit-image 0.19 structural_similarity), MS-SSIM
+ * (TensorFlow tf.image.ssim_multiscale), the SSIM significance of the cGAN paper (eq. 4) and the Frechet distance
+ * of two Gaussian fits (pytorch-fid's calculate_frechet_distance, matrix square root by symmetric
+ * eigen-decompositions). lss_stat_compare gathers them into rows statistic/value/scatter. */
+enum { LSS_STAT_PS_SECTION = 0, LSS_STAT_PS_LENSTOOLS = 1 };
+enum { LSS_STAT_PEAKS_LENSTOOLS = 0, LSS_STAT_PEAKS_5X5 = 1 };
+enum { LSS_STAT_HIST_COUNTS = 0, LSS_STAT_HIST_DENSITY = 1 };
+enum { LSS_STAT_BISP_EQUILATERAL = 0, LSS_STAT_BISP_FOLDED = 1 };
+typedef struct {
+    double smooth_arcmin; /* > 0: Gaussian smoothing of every map first (lss_grid_smooth); 0: none */
+    int norm;             /* 1: histogram edges, peak and Minkowski thresholds in units of the map's std */
+    int ps_mode;          /* LSS_STAT_PS_SECTION (default) or LSS_STAT_PS_LENSTOOLS */
+    int peaks;            /* LSS_STAT_PEAKS_LENSTOOLS (default) or LSS_STAT_PEAKS_5X5 */
+    int hist;             /* LSS_STAT_HIST_COUNTS (default) or LSS_STAT_HIST_DENSITY */
+    double fold_ratio;    /* folded bispectrum: 0 = 0.5 (LensTools' default), else in (0, 1) */
+} lss_stat_opts;
+
+/* Power spectrum on edges[nbins + 1] (>= 0, increasing); ell[nbins] (may be NULL) as the mode says. */
+LSSDEF int lss_stat_ps(const lss_grid *g, const float *maps, int n, const double *edges, int nbins,
+                       const lss_stat_opts *o, double *ell, double *each, double *mean, double *std);
+/* Bispectrum (config LSS_STAT_BISP_EQUILATERAL or LSS_STAT_BISP_FOLDED) on the same edges; square grids. */
+LSSDEF int lss_stat_bispectrum(const lss_grid *g, const float *maps, int n, int config, const double *edges,
+                               int nbins, const lss_stat_opts *o, double *ell, double *each, double *mean,
+                               double *std);
+/* Pixel histogram on edges[nbins + 1] (finite, increasing, any sign). */
+LSSDEF int lss_stat_hist(const lss_grid *g, const float *maps, int n, const double *edges, int nbins,
+                         const lss_stat_opts *o, double *each, double *mean, double *std);
+/* Peaks of one map (after the options' smoothing): *npeaks receives their number; the first min(number, cap)
+   are written in raster order as pixel index y w + x (pos, may be NULL) and height (may be NULL; divided by the
+   map's std with norm, as LensTools' locatePeaks). A map never has more than h w / 2 peaks. */
+LSSDEF int lss_stat_peaks(const lss_grid *g, const float *map, const lss_stat_opts *o, int64_t *pos,
+                          double *height, int64_t cap, int64_t *npeaks);
+/* Peak-height histogram on thresholds[nbins + 1] (LensTools' peakCount normalisation, see above). */
+LSSDEF int lss_stat_peak_counts(const lss_grid *g, const float *maps, int n, const double *thresholds, int nbins,
+                                const lss_stat_opts *o, double *each, double *mean, double *std);
+/* Minkowski functionals on thresholds[nbins + 1]: 3 nbins values per map, [V0 | V1 | V2]. */
+LSSDEF int lss_stat_minkowski(const lss_grid *g, const float *maps, int n, const double *thresholds, int nbins,
+                              const lss_stat_opts *o, double *each, double *mean, double *std);
+
+/* Wasserstein-1 distance of two 1-D samples u[nu], v[nv] with optional weights (NULL: equal; else finite,
+   >= 0, positive sum), scipy's CDF formula: sum over the merged sorted values of |U(x) - V(x)| dx. */
+LSSDEF int lss_stat_wasserstein1(const double *u, const double *uw, int64_t nu, const double *v, const double *vw,
+                                 int64_t nv, double *out);
+/* Pearson correlation matrix r[d][d] of x[n][d] (n samples of d values, n >= 2; numpy.corrcoef(x, rowvar=False)).
+   A value with zero variance is an error (LSS_ERR_NUMERIC). */
+LSSDEF int lss_stat_corr(const double *x, int n, int d, double *r);
+/* Correlation matrices R_a of xa[na][d] and R_b of xb[nb][d]: *frob = ||R_a - R_b||_F and *frac = (||R_a||_F -
+   ||R_b||_F) / ||R_b||_F (the cGAN paper's eq. 3, a the generated set, b the reference); either may be NULL. */
+LSSDEF int lss_stat_corr_frob(const double *xa, int na, const double *xb, int nb, int d, double *frob, double *frac);
+/* Relative difference of the mean statistics of sa[na][d] and the reference sb[nb][d]: diff = (mean_a - mean_b)
+   / |mean_b|, scatter = std_b / |mean_b| (ddof 0: the reference's band of one map); NaN where mean_b = 0. */
+LSSDEF int lss_stat_reldiff(const double *sa, int na, const double *sb, int nb, int d, double *diff, double *scatter);
+
+typedef struct {
+    double data_range;    /* the images' dynamic range; 0: max - min over both images of the pair */
+    int win_size;         /* SSIM window (odd): 0 = 7 (uniform) or 2 int(3.5 sigma + 0.5) + 1 (gaussian) */
+    int gaussian;         /* SSIM: 1 = Gaussian weights (skimage gaussian_weights=True, truncate 3.5) */
+    int population_cov;   /* SSIM: 1 = population covariance (use_sample_covariance=False); 0 = N/(N-1) */
+    double k1, k2;        /* 0 = 0.01, 0.03 */
+    double sigma;         /* Gaussian width in pixels: 0 = 1.5 (both SSIM and MS-SSIM) */
+    int filter_size;      /* MS-SSIM Gaussian filter: 0 = 11 */
+    int nscales;          /* MS-SSIM scales: 0 = 5 with TensorFlow's power factors */
+    const double *power;  /* MS-SSIM power factors [nscales]; NULL = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333) */
+} lss_ssim_opts;
+/* SSIM of two h x w maps, scikit-image 0.19 structural_similarity in double precision: filters with 'reflect'
+   borders (uniform window or Gaussian), the SSIM map cropped by (win_size - 1) / 2 and averaged. */
+LSSDEF int lss_stat_ssim(const float *a, const float *b, int h, int w, const lss_ssim_opts *o, double *out);
+/* MS-SSIM of two h x w maps, TensorFlow ssim_multiscale in double precision: per scale an fspecial Gaussian
+   with 'VALID' borders, cs and luminance; 2 x 2 average pooling between scales (odd sides padded by repeating
+   the last row/column, TensorFlow's SYMMETRIC pad); relu; product of powers. Every scale must be at least
+   filter_size on each side (h, w >= filter_size 2^(nscales-1) roughly), else LSS_ERR_SHAPE. */
+LSSDEF int lss_stat_msssim(const float *a, const float *b, int h, int w, const lss_ssim_opts *o, double *out);
+/* Mean and std (ddof 0) of (MS-)SSIM over pairs: b NULL = pairs of distinct maps of a (the within-set
+   diversity score), else pairs (a_i, b_j). npairs 0 = every pair (i < j within a set); npairs > 0 = that many
+   pairs drawn from the (seed, LSS_STREAM_CHECK) stream. */
+LSSDEF int lss_stat_ssim_set(const float *a, int na, const float *b, int nb, int h, int w, int multiscale,
+                             int64_t npairs, uint64_t seed, const lss_ssim_opts *o, double *mean, double *std);
+/* The cGAN paper's eq. 4: s = (mean_a - mean_b) / ((std_a + std_b) / 2) of within-set SSIM scores. */
+LSSDEF double lss_stat_ssim_significance(double mean_a, double std_a, double mean_b, double std_b);
+/* Frechet distance |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2) of feature sets fa[na][d],
+   fb[nb][d] (na, nb >= 2; covariances ddof 1 as pytorch-fid; d <= 2048). standardize = 1: both sets first
+   scaled by the mean and std (ddof 0) of fb per feature, as the cGAN paper does (which reports sqrt(FD)). */
+LSSDEF int lss_stat_frechet(const double *fa, int na, const double *fb, int nb, int d, int standardize, double *out);
+
+/* Two-set comparison of the validation suite: a (generated) against b (reference), both [n][h][w] on grid g. */
+typedef struct {
+    char name[40];        /* e.g. "w1_pixels", "ps_rel_3", "mink_v1_rel_7", "corr_frac", "ssim_significance" */
+    double value;         /* the statistic */
+    double scatter;       /* its scale: see lss_stat_compare */
+} lss_stat_row;
+typedef struct {
+    lss_stat_opts stat;   /* smoothing, modes, fold ratio */
+    const double *ell_edges; int nell;        /* spectra and bispectrum edges (NULL: 8 log bins of the grid) */
+    const double *thresholds; int nthr;       /* peaks and Minkowski thresholds in units of b's pixel std
+                                                 (NULL: 13 edges from -2 to 4) */
+    int64_t ssim_pairs;   /* within-set pairs for the SSIM significance (0 = 200); < 0: skip SSIM */
+    uint64_t seed;        /* pair draws */
+    /* Learnt features for the Frechet row (NULL: no such row): features(user, maps, n, h, w, feat) fills
+       feat[n][nfeatures] for the n maps [n][h][w] as given (no smoothing) and returns LSS_OK or an LSS_ERR_*
+       status (setting the message). The caller computes them (e.g. a network's last hidden layer). */
+    int (*features)(void *user, const float *maps, int n, int h, int w, double *feat);
+    int nfeatures;        /* 1..2048 */
+    void *features_user;
+} lss_stat_compare_opts;
+/* Rows (at most cap; *nrows receives how many were written):
+     w1_pixels, w1_peaks: W1 of pixel and peak values, both sets standardised by b's pixel mean and std (the
+       paper's normalisation); scatter = the same W1 between the two halves of b (its null level);
+     ps_rel_<b>, bisp_rel_<b>, mink_v<k>_rel_<b>: lss_stat_reldiff of the per-map statistics (scatter =
+       std_b / |mean_b|); peaks/Minkowski thresholds scaled by b's pixel std;
+     corr_frac: eq. 3 of the power-spectrum correlation matrices (scatter: the same between b's halves);
+     ssim_significance: eq. 4 of within-set SSIM (MS-SSIM when the maps allow 5 scales), scatter = 1;
+     frechet_features (with o->features): sqrt of the Frechet distance of the features, both sets standardised by
+       b's features (the cGAN paper's score); scatter = the same between the two halves of b (its null level). */
+LSSDEF int lss_stat_compare(const lss_grid *g, const float *a, int na, const float *b, int nb,
+                            const lss_stat_compare_opts *o, lss_stat_row *rows, int cap, int *nrows);
 /* ==== END STATISTICS DECLARATIONS ==== */
 /* ==== GPU MAP KERNELS (LSS_CUDA; implemented in lss_gpu.cu) ==== */
 #ifdef LSS_CUDA
@@ -2372,56 +2526,6 @@ LSSDEF void lss_sim_get_info(const lss_sim *s, lss_sim_info *f) {
     f->ell_n = s->ell_n; f->ell = s->ell; f->cl = s->cl;
 }
 
-/* Separable smoothing of src (rows x cols with row stride `stride`, the region around the output) into
-   dst[n][n]: output pixel (y, x) is centred on src (y + h, x + h). Kernel kk of half-width h (>= 0). */
-static void lss__smooth_region(const float *src, int stride, int n, int h, const float *kk, float *tmp, float *dst) {
-    int y, x, t, rows = n + 2 * h;
-    for (y = 0; y < rows; y++) {
-        const float *r = src + (size_t)y * stride;
-        float *o = tmp + (size_t)y * n;
-        for (x = 0; x < n; x++) {
-            float a = 0;
-            for (t = 0; t <= 2 * h; t++) a += kk[t] * r[x + t];
-            o[x] = a;
-        }
-    }
-    for (y = 0; y < n; y++) {
-        float *o = dst + (size_t)y * n;
-        for (x = 0; x < n; x++) o[x] = 0;
-        for (t = 0; t <= 2 * h; t++) {
-            const float *r = tmp + (size_t)(y + t) * n;
-            float kt = kk[t];
-            for (x = 0; x < n; x++) o[x] += kt * r[x];
-        }
-    }
-}
-
-LSSDEF void lss_smooth_zeropad(float *map, int h, int w, double sigma_px, float *tmp) {
-    float kk[2 * LSS__KMAX + 1];
-    double sum = 0;
-    int hw, k, y, x;
-    if (!(sigma_px > 0) || !map || !tmp || h < 1 || w < 1) return;
-    hw = (int)(5 * sigma_px);
-    if (hw < 1) hw = 1;
-    if (hw > LSS__KMAX) hw = LSS__KMAX;
-    for (k = -hw; k <= hw; k++) sum += exp(-0.5 * k * k / (sigma_px * sigma_px));
-    for (k = -hw; k <= hw; k++) kk[k + hw] = (float)(exp(-0.5 * k * k / (sigma_px * sigma_px)) / sum);
-    for (y = 0; y < h; y++)
-        for (x = 0; x < w; x++) {
-            float a = 0;
-            for (k = -hw; k <= hw; k++)
-                if (x + k >= 0 && x + k < w) a += kk[k + hw] * map[(size_t)y * w + x + k];
-            tmp[(size_t)y * w + x] = a;
-        }
-    for (y = 0; y < h; y++)
-        for (x = 0; x < w; x++) {
-            float a = 0;
-            for (k = -hw; k <= hw; k++)
-                if (y + k >= 0 && y + k < h) a += kk[k + hw] * tmp[(size_t)(y + k) * w + x];
-            map[(size_t)y * w + x] = a;
-        }
-}
-
 LSSDEF int lss_sim_field(const lss_sim *s, lss_sim_work *w, uint64_t seed, uint64_t index, float *out) {
     int M, Mh, n, h, R, off, d, i, y, x, nb;
     size_t RR, nn;
@@ -2474,14 +2578,14 @@ LSSDEF int lss_sim_field(const lss_sim *s, lss_sim_work *w, uint64_t seed, uint6
             if (wg[i] != 0) for (p = 0; p < RR; p++) ag[p] += wg[i] * w->tmp[p];
         }
     }
-    /* smoothing (grid mode) and cut-out */
+    /* smoothing (grid mode: lss_conv_sep on the region of half-width hw around the output) and cut-out */
     for (i = 0; i < 3 * nb; i++) {
         int bin = i % nb, probe = i < 2 * nb ? 0 : 1, hw = s->khw[probe * nb + bin];
         float *dst = out + (size_t)i * nn;
         const float *src = w->acc + (size_t)i * RR;
         if (s->o.smooth_mode == LSS_SMOOTH_GRID && hw > 0)
-            lss__smooth_region(src + (size_t)(h - hw) * R + (h - hw), R, n, hw,
-                               s->kern + ((size_t)probe * nb + bin) * (2 * LSS__KMAX + 1), w->tmp, dst);
+            lss_conv_sep(src + (size_t)(h - hw) * R + (h - hw), R, n, n, s->kern + ((size_t)probe * nb + bin) * (2 * LSS__KMAX + 1),
+                         hw, w->tmp, dst);
         else
             for (y = 0; y < n; y++) memcpy(dst + (size_t)y * n, src + (size_t)(y + h) * R + h, sizeof(float) * (size_t)n);
     }
@@ -2749,180 +2853,8 @@ struct lss_ps {
     fftwf_complex *X;     /* [nchan][ny][nxh] */
     fftwf_plan plan;
 };
-
-/* The binning convention of every binned spectrum: the bin b with edges[b] <= ell < edges[b + 1], or -1. */
-static int lss__ps_bin_of(const double *edges, int nbins, double ell) {
-    int lo = 0, hi = nbins;
-    if (!(ell >= edges[0]) || !(ell < edges[nbins])) return -1;
-    while (hi - lo > 1) {
-        int m = (lo + hi) / 2;
-        if (ell >= edges[m]) lo = m;
-        else hi = m;
-    }
-    return lo;
-}
-
-static int lss__ps_check_edges(const double *edges, int nbins, const char *fn) {
-    int b;
-    if (!edges || nbins < 1 || nbins > 100000) return lss_seterr(LSS_ERR_ARG, "%s: need edges and 1 <= nbins <= 100000 (got %d)", fn, nbins);
-    for (b = 0; b < nbins; b++)
-        if (!(edges[b + 1] > edges[b]) || !(edges[b] >= 0) || !isfinite(edges[b + 1]))
-            return lss_seterr(LSS_ERR_ARG, "%s: bin edges must increase from >= 0 (edge %d)", fn, b);
-    return LSS_OK;
-}
-
-LSSDEF int lss_ps_edges(double lmin, double lmax, int nbins, double dl_min, double *edges) {
-    int k, it;
-    double lo, hi;
-    if (!edges || nbins < 1 || nbins > 100000 || !(lmin > 0) || !(lmax > lmin) || !isfinite(lmax) || !(dl_min >= 0))
-        return lss_seterr(LSS_ERR_ARG, "power-spectrum bins: need 0 < lmin < lmax, nbins >= 1, dl_min >= 0 "
-                          "(got %g, %g, %d, %g)", lmin, lmax, nbins, dl_min);
-    if (dl_min > 0 && lmin + nbins * dl_min > lmax * (1 + 1e-12))
-        return lss_seterr(LSS_ERR_ARG, "power-spectrum bins: %d bins of at least %g do not fit in %g..%g", nbins,
-                          dl_min, lmin, lmax);
-    if (dl_min <= 0) {
-        for (k = 0; k <= nbins; k++) edges[k] = lmin * pow(lmax / lmin, (double)k / nbins);
-        edges[nbins] = lmax;
-        return LSS_OK;
-    }
-    /* ratio r with e_{k+1} = max(r e_k, e_k + dl_min) reaching lmax after nbins steps (bisection) */
-    lo = 1; hi = pow(lmax / lmin, 1.0 / nbins);
-    for (it = 0; it < 200; it++) {
-        double r = 0.5 * (lo + hi), e = lmin;
-        for (k = 0; k < nbins; k++) e = r * e > e + dl_min ? r * e : e + dl_min;
-        if (e > lmax) hi = r; else lo = r;
-    }
-    edges[0] = lmin;
-    for (k = 0; k < nbins; k++) edges[k + 1] = lo * edges[k] > edges[k] + dl_min ? lo * edges[k] : edges[k] + dl_min;
-    edges[nbins] = lmax;
-    return LSS_OK;
-}
-
-LSSDEF void lss_ps_free(lss_ps *ps) {
-    if (!ps) return;
-    if (ps->plan) {
-LSS__MOMP(omp critical(lss_fftw_plan))
-        fftwf_destroy_plan(ps->plan);
-    }
-    if (ps->in) fftwf_free(ps->in);
-    if (ps->X) fftwf_free(ps->X);
-    LSS_FREE(ps->edges); LSS_FREE(ps->ell); LSS_FREE(ps->nmodes); LSS_FREE(ps->bin); LSS_FREE(ps->wgt);
-    LSS_FREE(ps->wsum);
-    LSS_FREE(ps);
-}
-
-LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const double *edges, int nbins,
-                         lss_ps **out) {
-    lss_ps *ps;
-    int i, j, b;
-    size_t nm;
-    if (out) *out = NULL;
-    if (!out || !edges) return lss_seterr(LSS_ERR_ARG, "lss_ps_create: NULL argument");
-    if (ny < 2 || nx < 2 || ny > 65536 || nx > 65536 || (double)ny * nx > 1e9 || nchan < 1 || nchan > 1024 ||
-        nbins < 1 || nbins > 100000 || !(pixel_arcmin > 0) || !isfinite(pixel_arcmin))
-        return lss_seterr(LSS_ERR_ARG, "lss_ps_create: bad sizes (%d x %d maps, %d channels, %d bins, pixel %g arcmin)",
-                          ny, nx, nchan, nbins, pixel_arcmin);
-    if ((b = lss__ps_check_edges(edges, nbins, "lss_ps_create")) != LSS_OK) return b;
-    ps = (lss_ps *)LSS_MALLOC(sizeof *ps);
-    if (!ps) return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: out of memory");
-    memset(ps, 0, sizeof *ps);
-    ps->ny = ny; ps->nx = nx; ps->nxh = nx / 2 + 1; ps->nchan = nchan; ps->nbins = nbins;
-    ps->pix_rad = pixel_arcmin * LSS__ARCMIN;
-    ps->norm = ps->pix_rad * ps->pix_rad / ((double)ny * nx);
-    nm = (size_t)ny * ps->nxh;
-    ps->edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nbins + 1));
-    ps->ell = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbins);
-    ps->wsum = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbins);
-    ps->nmodes = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
-    ps->bin = (int *)LSS_MALLOC(sizeof(int) * nm);
-    ps->wgt = (double *)LSS_MALLOC(sizeof(double) * nm);
-    ps->in = (float *)fftwf_malloc(sizeof(float) * (size_t)ny * nx);
-    ps->X = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * nm * (size_t)nchan);
-    if (!ps->edges || !ps->ell || !ps->wsum || !ps->nmodes || !ps->bin || !ps->wgt || !ps->in || !ps->X) {
-        lss_ps_free(ps);
-        return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: out of memory");
-    }
-    memcpy(ps->edges, edges, sizeof(double) * (size_t)(nbins + 1));
-    for (b = 0; b < nbins; b++) { ps->ell[b] = 0; ps->wsum[b] = 0; ps->nmodes[b] = 0; }
-    for (i = 0; i < ny; i++) {
-        double ky = lss__fidx(i, ny) / (ny * ps->pix_rad);
-        for (j = 0; j < ps->nxh; j++) {
-            double kx = j / (nx * ps->pix_rad), ell = 2 * LSS__PI * sqrt(kx * kx + ky * ky);
-            double wg = (j == 0 || (nx % 2 == 0 && j == nx / 2)) ? 1 : 2;
-            size_t k = (size_t)i * ps->nxh + j;
-            int lo;
-            ps->bin[k] = -1;
-            ps->wgt[k] = wg;
-            if (i == 0 && j == 0) continue;
-            if ((lo = lss__ps_bin_of(edges, nbins, ell)) < 0) continue;
-            ps->bin[k] = lo;
-            ps->ell[lo] += wg * ell;
-            ps->wsum[lo] += wg;
-            ps->nmodes[lo] += (int64_t)wg;
-        }
-    }
-    for (b = 0; b < nbins; b++) ps->ell[b] = ps->wsum[b] > 0 ? ps->ell[b] / ps->wsum[b] : NAN;
-LSS__MOMP(omp critical(lss_fftw_plan))
-    ps->plan = fftwf_plan_dft_r2c_2d(ny, nx, ps->in, ps->X, FFTW_ESTIMATE);
-    if (!ps->plan) { lss_ps_free(ps); return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: FFTW plan failed"); }
-    *out = ps;
-    return LSS_OK;
-}
-
-LSSDEF int lss_ps_nbins(const lss_ps *ps) { return ps ? ps->nbins : 0; }
-LSSDEF int lss_ps_npairs(const lss_ps *ps, int cross) { return ps ? (cross ? ps->nchan * (ps->nchan + 1) / 2 : ps->nchan) : 0; }
-LSSDEF void lss_ps_pair(const lss_ps *ps, int cross, int p, int *i, int *j) {
-    int a, n = ps->nchan;
-    if (!cross) { *i = *j = p; return; }
-    for (a = 0; a < n; a++) {
-        if (p < n - a) { *i = a; *j = a + p; return; }
-        p -= n - a;
-    }
-    *i = *j = -1;
-}
-LSSDEF const double *lss_ps_ell(const lss_ps *ps) { return ps ? ps->ell : NULL; }
-LSSDEF const int64_t *lss_ps_nmodes(const lss_ps *ps) { return ps ? ps->nmodes : NULL; }
-
-LSSDEF int lss_ps_compute(lss_ps *ps, const float *maps, int cross, int mode, double *out) {
-    int c, p, np, b;
-    size_t nm, npix, k;
-    if (!ps || !maps || !out) return lss_seterr(LSS_ERR_ARG, "lss_ps_compute: NULL argument");
-    nm = (size_t)ps->ny * ps->nxh; npix = (size_t)ps->ny * ps->nx;
-    for (c = 0; c < ps->nchan; c++) {
-        memcpy(ps->in, maps + (size_t)c * npix, sizeof(float) * npix);
-        fftwf_execute_dft_r2c(ps->plan, ps->in, ps->X + (size_t)c * nm);
-    }
-    np = lss_ps_npairs(ps, cross);
-    for (p = 0; p < np; p++) {
-        int i, j;
-        fftwf_complex *A, *B;
-        double *o = out + (size_t)p * ps->nbins;
-        lss_ps_pair(ps, cross, p, &i, &j);
-        A = ps->X + (size_t)i * nm; B = ps->X + (size_t)j * nm;
-        for (b = 0; b < ps->nbins; b++) o[b] = 0;
-        for (k = 0; k < nm; k++) {
-            double re, v;
-            if (ps->bin[k] < 0) continue;
-            re = (double)A[k][0] * B[k][0] + (double)A[k][1] * B[k][1];
-            if (mode == LSS_PS_ABS) {
-                double im = (double)A[k][1] * B[k][0] - (double)A[k][0] * B[k][1];
-                v = sqrt(re * re + im * im);
-            } else v = re;
-            o[ps->bin[k]] += ps->wgt[k] * v;
-        }
-        for (b = 0; b < ps->nbins; b++) o[b] = ps->wsum[b] > 0 ? o[b] * ps->norm / ps->wsum[b] : NAN;
-    }
-    return LSS_OK;
-}
-
-LSSDEF void lss_ps_bin2d(const lss_ps *ps, const double *p2d, double *out) {
-    size_t k, nm = (size_t)ps->ny * ps->nxh;
-    int b;
-    for (b = 0; b < ps->nbins; b++) out[b] = 0;
-    for (k = 0; k < nm; k++)
-        if (ps->bin[k] >= 0) out[ps->bin[k]] += ps->wgt[k] * p2d[k];
-    for (b = 0; b < ps->nbins; b++) out[b] = ps->wsum[b] > 0 ? out[b] / ps->wsum[b] : NAN;
-}
+/* (the lss_ps functions, lss_ps_edges and the binning rule lss__ps_bin_of are in the STATISTICS
+   implementation below) */
 
 LSSDEF int lss_sim_expected_ps(const lss_sim *s, const lss_params *p, const lss_cosmo *limber, const lss_ps *ps,
                                double *out) {
@@ -3480,8 +3412,217 @@ LSSDEF int lss_pool_batch(const lss_pool *pool, const lss_survey *sv, lss_survey
     return s;
 }
 /* ==== STATISTICS IMPLEMENTATION ==== */
-/* (lss_ps_edges, the lss_ps estimator and lss_smooth_zeropad are implemented above, next to the forward
-   model that uses them; the binning rule of every binned spectrum is lss__ps_bin_of.) */
+/* (struct lss_ps is defined above, before lss_sim_expected_ps that reads it; the binning rule of every
+   binned spectrum is lss__ps_bin_of.) */
+
+/* ---- binned spectra of map stacks: bin edges, the lss_ps estimator */
+/* The binning convention of every binned spectrum: the bin b with edges[b] <= ell < edges[b + 1], or -1. */
+static int lss__ps_bin_of(const double *edges, int nbins, double ell) {
+    int lo = 0, hi = nbins;
+    if (!(ell >= edges[0]) || !(ell < edges[nbins])) return -1;
+    while (hi - lo > 1) {
+        int m = (lo + hi) / 2;
+        if (ell >= edges[m]) lo = m;
+        else hi = m;
+    }
+    return lo;
+}
+
+static int lss__ps_check_edges(const double *edges, int nbins, const char *fn) {
+    int b;
+    if (!edges || nbins < 1 || nbins > 100000) return lss_seterr(LSS_ERR_ARG, "%s: need edges and 1 <= nbins <= 100000 (got %d)", fn, nbins);
+    for (b = 0; b < nbins; b++)
+        if (!(edges[b + 1] > edges[b]) || !(edges[b] >= 0) || !isfinite(edges[b + 1]))
+            return lss_seterr(LSS_ERR_ARG, "%s: bin edges must increase from >= 0 (edge %d)", fn, b);
+    return LSS_OK;
+}
+
+LSSDEF int lss_ps_edges(double lmin, double lmax, int nbins, double dl_min, double *edges) {
+    int k, it;
+    double lo, hi;
+    if (!edges || nbins < 1 || nbins > 100000 || !(lmin > 0) || !(lmax > lmin) || !isfinite(lmax) || !(dl_min >= 0))
+        return lss_seterr(LSS_ERR_ARG, "power-spectrum bins: need 0 < lmin < lmax, nbins >= 1, dl_min >= 0 "
+                          "(got %g, %g, %d, %g)", lmin, lmax, nbins, dl_min);
+    if (dl_min > 0 && lmin + nbins * dl_min > lmax * (1 + 1e-12))
+        return lss_seterr(LSS_ERR_ARG, "power-spectrum bins: %d bins of at least %g do not fit in %g..%g", nbins,
+                          dl_min, lmin, lmax);
+    if (dl_min <= 0) {
+        for (k = 0; k <= nbins; k++) edges[k] = lmin * pow(lmax / lmin, (double)k / nbins);
+        edges[nbins] = lmax;
+        return LSS_OK;
+    }
+    /* ratio r with e_{k+1} = max(r e_k, e_k + dl_min) reaching lmax after nbins steps (bisection) */
+    lo = 1; hi = pow(lmax / lmin, 1.0 / nbins);
+    for (it = 0; it < 200; it++) {
+        double r = 0.5 * (lo + hi), e = lmin;
+        for (k = 0; k < nbins; k++) e = r * e > e + dl_min ? r * e : e + dl_min;
+        if (e > lmax) hi = r; else lo = r;
+    }
+    edges[0] = lmin;
+    for (k = 0; k < nbins; k++) edges[k + 1] = lo * edges[k] > edges[k] + dl_min ? lo * edges[k] : edges[k] + dl_min;
+    edges[nbins] = lmax;
+    return LSS_OK;
+}
+
+LSSDEF void lss_ps_free(lss_ps *ps) {
+    if (!ps) return;
+    if (ps->plan) {
+LSS__MOMP(omp critical(lss_fftw_plan))
+        fftwf_destroy_plan(ps->plan);
+    }
+    if (ps->in) fftwf_free(ps->in);
+    if (ps->X) fftwf_free(ps->X);
+    LSS_FREE(ps->edges); LSS_FREE(ps->ell); LSS_FREE(ps->nmodes); LSS_FREE(ps->bin); LSS_FREE(ps->wgt);
+    LSS_FREE(ps->wsum);
+    LSS_FREE(ps);
+}
+
+LSSDEF int lss_ps_create(int ny, int nx, double pixel_arcmin, int nchan, const double *edges, int nbins,
+                         lss_ps **out) {
+    lss_ps *ps;
+    int i, j, b;
+    size_t nm;
+    if (out) *out = NULL;
+    if (!out || !edges) return lss_seterr(LSS_ERR_ARG, "lss_ps_create: NULL argument");
+    if (ny < 2 || nx < 2 || ny > 65536 || nx > 65536 || (double)ny * nx > 1e9 || nchan < 1 || nchan > 1024 ||
+        nbins < 1 || nbins > 100000 || !(pixel_arcmin > 0) || !isfinite(pixel_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "lss_ps_create: bad sizes (%d x %d maps, %d channels, %d bins, pixel %g arcmin)",
+                          ny, nx, nchan, nbins, pixel_arcmin);
+    if ((b = lss__ps_check_edges(edges, nbins, "lss_ps_create")) != LSS_OK) return b;
+    ps = (lss_ps *)LSS_MALLOC(sizeof *ps);
+    if (!ps) return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: out of memory");
+    memset(ps, 0, sizeof *ps);
+    ps->ny = ny; ps->nx = nx; ps->nxh = nx / 2 + 1; ps->nchan = nchan; ps->nbins = nbins;
+    ps->pix_rad = pixel_arcmin * LSS__ARCMIN;
+    ps->norm = ps->pix_rad * ps->pix_rad / ((double)ny * nx);
+    nm = (size_t)ny * ps->nxh;
+    ps->edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nbins + 1));
+    ps->ell = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbins);
+    ps->wsum = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbins);
+    ps->nmodes = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)nbins);
+    ps->bin = (int *)LSS_MALLOC(sizeof(int) * nm);
+    ps->wgt = (double *)LSS_MALLOC(sizeof(double) * nm);
+    ps->in = (float *)fftwf_malloc(sizeof(float) * (size_t)ny * nx);
+    ps->X = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * nm * (size_t)nchan);
+    if (!ps->edges || !ps->ell || !ps->wsum || !ps->nmodes || !ps->bin || !ps->wgt || !ps->in || !ps->X) {
+        lss_ps_free(ps);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: out of memory");
+    }
+    memcpy(ps->edges, edges, sizeof(double) * (size_t)(nbins + 1));
+    for (b = 0; b < nbins; b++) { ps->ell[b] = 0; ps->wsum[b] = 0; ps->nmodes[b] = 0; }
+    for (i = 0; i < ny; i++) {
+        double ky = lss__fidx(i, ny) / (ny * ps->pix_rad);
+        for (j = 0; j < ps->nxh; j++) {
+            double kx = j / (nx * ps->pix_rad), ell = 2 * LSS__PI * sqrt(kx * kx + ky * ky);
+            double wg = (j == 0 || (nx % 2 == 0 && j == nx / 2)) ? 1 : 2;
+            size_t k = (size_t)i * ps->nxh + j;
+            int lo;
+            ps->bin[k] = -1;
+            ps->wgt[k] = wg;
+            if (i == 0 && j == 0) continue;
+            if ((lo = lss__ps_bin_of(edges, nbins, ell)) < 0) continue;
+            ps->bin[k] = lo;
+            ps->ell[lo] += wg * ell;
+            ps->wsum[lo] += wg;
+            ps->nmodes[lo] += (int64_t)wg;
+        }
+    }
+    for (b = 0; b < nbins; b++) ps->ell[b] = ps->wsum[b] > 0 ? ps->ell[b] / ps->wsum[b] : NAN;
+LSS__MOMP(omp critical(lss_fftw_plan))
+    ps->plan = fftwf_plan_dft_r2c_2d(ny, nx, ps->in, ps->X, FFTW_ESTIMATE);
+    if (!ps->plan) { lss_ps_free(ps); return lss_seterr(LSS_ERR_NOMEM, "lss_ps_create: FFTW plan failed"); }
+    *out = ps;
+    return LSS_OK;
+}
+
+LSSDEF int lss_ps_nbins(const lss_ps *ps) { return ps ? ps->nbins : 0; }
+LSSDEF int lss_ps_npairs(const lss_ps *ps, int cross) { return ps ? (cross ? ps->nchan * (ps->nchan + 1) / 2 : ps->nchan) : 0; }
+LSSDEF void lss_ps_pair(const lss_ps *ps, int cross, int p, int *i, int *j) {
+    int a, n;
+    if (!i || !j) return;
+    *i = *j = -1;
+    if (!ps || p < 0 || p >= lss_ps_npairs(ps, cross)) return;
+    n = ps->nchan;
+    if (!cross) { *i = *j = p; return; }
+    for (a = 0; a < n; a++) {
+        if (p < n - a) { *i = a; *j = a + p; return; }
+        p -= n - a;
+    }
+}
+LSSDEF const double *lss_ps_ell(const lss_ps *ps) { return ps ? ps->ell : NULL; }
+LSSDEF const int64_t *lss_ps_nmodes(const lss_ps *ps) { return ps ? ps->nmodes : NULL; }
+
+LSSDEF int lss_ps_compute(lss_ps *ps, const float *maps, int cross, int mode, double *out) {
+    int c, p, np, b;
+    size_t nm, npix, k;
+    if (!ps || !maps || !out) return lss_seterr(LSS_ERR_ARG, "lss_ps_compute: NULL argument");
+    nm = (size_t)ps->ny * ps->nxh; npix = (size_t)ps->ny * ps->nx;
+    for (c = 0; c < ps->nchan; c++) {
+        memcpy(ps->in, maps + (size_t)c * npix, sizeof(float) * npix);
+        fftwf_execute_dft_r2c(ps->plan, ps->in, ps->X + (size_t)c * nm);
+    }
+    np = lss_ps_npairs(ps, cross);
+    for (p = 0; p < np; p++) {
+        int i, j;
+        fftwf_complex *A, *B;
+        double *o = out + (size_t)p * ps->nbins;
+        lss_ps_pair(ps, cross, p, &i, &j);
+        A = ps->X + (size_t)i * nm; B = ps->X + (size_t)j * nm;
+        for (b = 0; b < ps->nbins; b++) o[b] = 0;
+        for (k = 0; k < nm; k++) {
+            double re, v;
+            if (ps->bin[k] < 0) continue;
+            re = (double)A[k][0] * B[k][0] + (double)A[k][1] * B[k][1];
+            if (mode == LSS_PS_ABS) {
+                double im = (double)A[k][1] * B[k][0] - (double)A[k][0] * B[k][1];
+                v = sqrt(re * re + im * im);
+            } else v = re;
+            o[ps->bin[k]] += ps->wgt[k] * v;
+        }
+        for (b = 0; b < ps->nbins; b++) o[b] = ps->wsum[b] > 0 ? o[b] * ps->norm / ps->wsum[b] : NAN;
+    }
+    return LSS_OK;
+}
+
+LSSDEF void lss_ps_bin2d(const lss_ps *ps, const double *p2d, double *out) {
+    size_t k, nm;
+    int b;
+    if (!ps || !p2d || !out) return;
+    nm = (size_t)ps->ny * ps->nxh;
+    for (b = 0; b < ps->nbins; b++) out[b] = 0;
+    for (k = 0; k < nm; k++)
+        if (ps->bin[k] >= 0) out[ps->bin[k]] += ps->wgt[k] * p2d[k];
+    for (b = 0; b < ps->nbins; b++) out[b] = ps->wsum[b] > 0 ? out[b] / ps->wsum[b] : NAN;
+}
+
+/* ---- smoothing with zeros outside the map */
+LSSDEF void lss_smooth_zeropad(float *map, int h, int w, double sigma_px, float *tmp) {
+    float kk[2 * LSS__KMAX + 1];
+    double sum = 0;
+    int hw, k, y, x;
+    if (!(sigma_px > 0) || !map || !tmp || h < 1 || w < 1) return;
+    hw = (int)(5 * sigma_px);
+    if (hw < 1) hw = 1;
+    if (hw > LSS__KMAX) hw = LSS__KMAX;
+    for (k = -hw; k <= hw; k++) sum += exp(-0.5 * k * k / (sigma_px * sigma_px));
+    for (k = -hw; k <= hw; k++) kk[k + hw] = (float)(exp(-0.5 * k * k / (sigma_px * sigma_px)) / sum);
+    for (y = 0; y < h; y++)
+        for (x = 0; x < w; x++) {
+            float a = 0;
+            for (k = -hw; k <= hw; k++)
+                if (x + k >= 0 && x + k < w) a += kk[k + hw] * map[(size_t)y * w + x + k];
+            tmp[(size_t)y * w + x] = a;
+        }
+    for (y = 0; y < h; y++)
+        for (x = 0; x < w; x++) {
+            float a = 0;
+            for (k = -hw; k <= hw; k++)
+                if (y + k >= 0 && y + k < h) a += kk[k + hw] * tmp[(size_t)(y + k) * w + x];
+            map[(size_t)y * w + x] = a;
+        }
+}
+
+/* ---- flat-sky grids */
 struct lss_grid {
     int h, w;
     int64_t n;
@@ -3913,6 +4054,1231 @@ LSSDEF int lss_grid_smooth(const lss_grid *g, const float *in, float *out, doubl
     for (i = 0; i < n; i++) out[i] = a[i][0];
     lss_grid_ws_put(w, &tmp);
     return LSS_OK;
+}
+/* ---- map statistics: histograms, peaks, Minkowski functionals, bispectrum, SSIM, distances ---- */
+static const lss_stat_opts lss__stat_default_opts = {0, 0, 0, 0, 0, 0};
+
+static int lss__stat_check_maps(const lss_grid *g, const float *maps, int n, const char *fn) {
+    int64_t i, np;
+    int m;
+    if (!g || !maps) return lss_seterr(LSS_ERR_ARG, "%s: NULL grid or maps", fn);
+    if (n < 1) return lss_seterr(LSS_ERR_SHAPE, "%s: need at least one map (got %d)", fn, n);
+    np = g->n;
+    for (m = 0; m < n; m++)
+        for (i = 0; i < np; i++)
+            if (!isfinite(maps[(int64_t)m * np + i]))
+                return lss_seterr(LSS_ERR_ARG, "%s: map %d pixel (%lld, %lld) is %g (NaN/inf)", fn, m,
+                                  (long long)(i / g->w), (long long)(i % g->w), (double)maps[(int64_t)m * np + i]);
+    return LSS_OK;
+}
+
+static int lss__stat_check_opts(const lss_stat_opts *o, const char *fn) {
+    if (!(o->smooth_arcmin >= 0) || !isfinite(o->smooth_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "%s: smoothing scale %g must be finite and >= 0", fn, o->smooth_arcmin);
+    if (o->ps_mode != LSS_STAT_PS_SECTION && o->ps_mode != LSS_STAT_PS_LENSTOOLS)
+        return lss_seterr(LSS_ERR_ARG, "%s: unknown power-spectrum mode %d", fn, o->ps_mode);
+    if (o->peaks != LSS_STAT_PEAKS_LENSTOOLS && o->peaks != LSS_STAT_PEAKS_5X5)
+        return lss_seterr(LSS_ERR_ARG, "%s: unknown peak definition %d", fn, o->peaks);
+    if (o->hist != LSS_STAT_HIST_COUNTS && o->hist != LSS_STAT_HIST_DENSITY)
+        return lss_seterr(LSS_ERR_ARG, "%s: unknown histogram normalisation %d", fn, o->hist);
+    if (o->fold_ratio != 0 && !(o->fold_ratio > 0 && o->fold_ratio < 1))
+        return lss_seterr(LSS_ERR_ARG, "%s: folding ratio %g must lie in (0, 1)", fn, o->fold_ratio);
+    return LSS_OK;
+}
+
+/* Thresholds of any sign: nbins >= 1, finite, strictly increasing. */
+static int lss__stat_check_thr(const double *t, int nbins, const char *fn) {
+    int b;
+    if (!t) return lss_seterr(LSS_ERR_ARG, "%s: thresholds are NULL", fn);
+    if (nbins < 1 || nbins > 1000000) return lss_seterr(LSS_ERR_ARG, "%s: need at least 2 thresholds (got %d bins)", fn, nbins);
+    for (b = 0; b <= nbins; b++) {
+        if (!isfinite(t[b])) return lss_seterr(LSS_ERR_ARG, "%s: threshold %d is %g", fn, b, t[b]);
+        if (b && !(t[b] > t[b - 1]))
+            return lss_seterr(LSS_ERR_ARG, "%s: thresholds must increase strictly (%d: %g after %g)", fn, b, t[b], t[b - 1]);
+    }
+    return LSS_OK;
+}
+
+/* Population mean and std (ddof 0) over the stack of each[n][nv]. */
+static void lss__stat_reduce(const double *each, int n, int nv, double *mean, double *std) {
+    int v, m;
+    for (v = 0; v < nv; v++) {
+        double s = 0, q = 0, mu;
+        for (m = 0; m < n; m++) s += each[(int64_t)m * nv + v];
+        mu = s / n;
+        for (m = 0; m < n; m++) {
+            double d = each[(int64_t)m * nv + v] - mu;
+            q += d * d;
+        }
+        if (mean) mean[v] = mu;
+        if (std) std[v] = sqrt(q / n);
+    }
+}
+
+/* Runs fn over every map of a stack: prepares the (smoothed) map in float and double, and its std. */
+typedef int (*lss__stat_fn)(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                            const void *arg, double *out);
+typedef struct {
+    const double *edges;
+    int nbins, config;
+    double *ell;
+} lss__stat_arg;
+
+static double lss__stat_std(const double *x, int64_t n) {
+    double s = 0, q = 0, mu;
+    int64_t i;
+    for (i = 0; i < n; i++) s += x[i];
+    mu = s / (double)n;
+    for (i = 0; i < n; i++) q += (x[i] - mu) * (x[i] - mu);
+    return sqrt(q / (double)n);
+}
+
+static int lss__stat_run(const lss_grid *g, const float *maps, int n, const lss_stat_opts *o, lss__stat_fn fn,
+                         const void *arg, int nv, double *each, double *mean, double *std, const char *name) {
+    float *mf = NULL;
+    double *md = NULL, *own = NULL;
+    int64_t i, np;
+    int m, s = LSS_OK;
+    if ((s = lss__stat_check_maps(g, maps, n, name)) != LSS_OK) return s;
+    if ((s = lss__stat_check_opts(o, name)) != LSS_OK) return s;
+    np = g->n;
+    mf = (float *)LSS_MALLOC(sizeof(float) * (size_t)np);
+    md = (double *)LSS_MALLOC(sizeof(double) * (size_t)np);
+    if (!each) own = each = (double *)LSS_MALLOC(sizeof(double) * (size_t)n * (size_t)nv);
+    if (!mf || !md || !each) {
+        s = lss_seterr(LSS_ERR_NOMEM, "%s: out of memory", name);
+        goto done;
+    }
+    for (m = 0; m < n && s == LSS_OK; m++) {
+        const float *src = maps + (int64_t)m * np;
+        double sigma = 1.0;
+        if (o->smooth_arcmin > 0) {
+            if ((s = lss_grid_smooth(g, src, mf, o->smooth_arcmin)) != LSS_OK) break;
+        } else memcpy(mf, src, sizeof(float) * (size_t)np);
+        for (i = 0; i < np; i++) md[i] = mf[i];
+        if (o->norm) {
+            sigma = lss__stat_std(md, np);
+            if (!(sigma > 0)) {
+                s = lss_seterr(LSS_ERR_NUMERIC, "%s: map %d is constant: thresholds in units of its std are undefined", name, m);
+                break;
+            }
+        }
+        s = fn(g, mf, md, sigma, o, arg, each + (int64_t)m * nv);
+    }
+    if (s == LSS_OK) lss__stat_reduce(each, n, nv, mean, std);
+done:
+    LSS_FREE(mf);
+    LSS_FREE(md);
+    LSS_FREE(own);
+    return s;
+}
+
+/* The LensTools bin of a multipole: edges[b] < l <= edges[b + 1], or -1. */
+static int lss__stat_bin_lt(const double *e, int nbins, double l) {
+    int lo = 0, hi = nbins;
+    if (!(l > e[0]) || !(l <= e[nbins])) return -1;
+    while (hi - lo > 1) { /* invariant: e[lo] < l <= e[hi] */
+        int mid = (lo + hi) / 2;
+        if (l > e[mid]) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* The bin [t_b s, t_{b+1} s) of a value, or -1 (thresholds scaled exactly as LensTools: t[b] * s). */
+static int lss__stat_bin_thr(const double *t, int nbins, double s, double v) {
+    int lo = 0, hi = nbins;
+    if (!(v >= t[0] * s) || !(v < t[nbins] * s)) return -1;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (v >= t[mid] * s) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Unnormalised double FFT of a real map into the workspace buffer c (full plane). */
+static int lss__stat_fft(const lss_grid *g, const double *md, lss_grid_ws **w, lss_grid_ws *tmp) {
+    int64_t i;
+    if (!(*w = lss_grid_ws_get(g, tmp))) return LSS_ERR_NOMEM;
+    for (i = 0; i < g->n; i++) {
+        (*w)->c[i][0] = md[i];
+        (*w)->c[i][1] = 0;
+    }
+    lss_grid_fft_d(g, (*w)->c, -1);
+    return LSS_OK;
+}
+
+static int lss__stat_ps_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                            const void *arg, double *out) {
+    const lss__stat_arg *a = (const lss__stat_arg *)arg;
+    lss_grid_ws tmp, *w;
+    int64_t *hits;
+    int iy, ix, b, s, h = g->h, W = g->w;
+    double lpy, lpx;
+    (void)sigma;
+    if (o->ps_mode == LSS_STAT_PS_SECTION) return lss_grid_ps(g, mf, NULL, a->edges, a->nbins, a->ell, out);
+    hits = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)a->nbins);
+    if (!hits) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_ps: out of memory");
+    if ((s = lss__stat_fft(g, md, &w, &tmp)) != LSS_OK) {
+        LSS_FREE(hits);
+        return s;
+    }
+    for (b = 0; b < a->nbins; b++) {
+        out[b] = 0;
+        hits[b] = 0;
+    }
+    lpy = 360.0 / (h * g->pix_arcmin / 60.0);
+    lpx = 360.0 / (W * g->pix_arcmin / 60.0);
+    for (iy = 0; iy < h; iy++) {
+        double lx = (iy < h - iy ? iy : h - iy) * lpy;
+        for (ix = 0; ix <= W / 2; ix++) {
+            double ly = ix * lpx, l = sqrt(lx * lx + ly * ly);
+            const double *c = w->c[(int64_t)iy * W + ix];
+            if ((b = lss__stat_bin_lt(a->edges, a->nbins, l)) < 0) continue;
+            out[b] += c[0] * c[0] + c[1] * c[1];
+            hits[b]++;
+        }
+    }
+    lss_grid_ws_put(w, &tmp);
+    for (b = 0; b < a->nbins; b++)
+        if (hits[b] > 0) out[b] = g->pix_rad * g->pix_rad / ((double)h * W) * out[b] / (double)hits[b];
+    if (a->ell)
+        for (b = 0; b < a->nbins; b++) a->ell[b] = 0.5 * (a->edges[b] + a->edges[b + 1]);
+    LSS_FREE(hits);
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_ps(const lss_grid *g, const float *maps, int n, const double *edges, int nbins,
+                       const lss_stat_opts *o, double *ell, double *each, double *mean, double *std) {
+    lss__stat_arg a;
+    int s;
+    if (!o) o = &lss__stat_default_opts;
+    if ((s = lss__ps_check_edges(edges, nbins, "lss_stat_ps")) != LSS_OK) return s;
+    a.edges = edges;
+    a.nbins = nbins;
+    a.config = 0;
+    a.ell = ell;
+    return lss__stat_run(g, maps, n, o, lss__stat_ps_one, &a, nbins, each, mean, std, "lss_stat_ps");
+}
+
+/* LensTools' second leg of a triangle from the first (integer wavenumbers); 1 = skip this k1. */
+static int lss__stat_leg2(int config, double ratio, int kx1, int ky1, int *kx2, int *ky2) {
+    if (config == LSS_STAT_BISP_EQUILATERAL) {
+        const double S120 = 0.8660254037844386, C120 = -0.5, T120 = -1.7320508075688772;
+        if (kx1 < 0 && ky1 < kx1 * T120) return 1;
+        *kx2 = (int)(C120 * kx1 - S120 * ky1);
+        *ky2 = (int)(S120 * kx1 + C120 * ky1);
+    } else {
+        *kx2 = -(int)(ratio * kx1);
+        *ky2 = -(int)(ratio * ky1);
+    }
+    return 0;
+}
+
+/* Reads the rfft2 cell of wavenumber (kx, ky) from the full-plane FFT; 1 = outside LensTools' bounds. */
+static int lss__stat_leg(lss_cdouble *c, int N, int kx, int ky, double *re, double *im) {
+    int ny = N / 2 + 1, conj = 0;
+    if (ky < 0) {
+        kx = -kx;
+        ky = -ky;
+        conj = 1;
+    }
+    if (ky >= ny || kx <= -ny || kx >= ny) return 1;
+    if (kx < 0) kx += N;
+    *re = c[(int64_t)kx * N + ky][0];
+    *im = conj ? -c[(int64_t)kx * N + ky][1] : c[(int64_t)kx * N + ky][1];
+    return 0;
+}
+
+static int lss__stat_bisp_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                              const void *arg, double *out) {
+    const lss__stat_arg *a = (const lss__stat_arg *)arg;
+    lss_grid_ws tmp, *w;
+    int64_t *hits;
+    int i, j, b, s, N = g->h, ny = N / 2 + 1;
+    double angle = N * g->pix_arcmin / 60.0, lpix = 360.0 / angle, ratio = o->fold_ratio > 0 ? o->fold_ratio : 0.5;
+    double norm = pow(angle * LSS__PI / 180.0, 4) / pow((double)N, 6);
+    (void)mf;
+    (void)sigma;
+    hits = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)a->nbins);
+    if (!hits) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_bispectrum: out of memory");
+    if ((s = lss__stat_fft(g, md, &w, &tmp)) != LSS_OK) {
+        LSS_FREE(hits);
+        return s;
+    }
+    for (b = 0; b < a->nbins; b++) {
+        out[b] = 0;
+        hits[b] = 0;
+    }
+    for (i = 0; i < N; i++) {
+        int kx1 = i < (N >> 1) ? i : i - N;
+        for (j = 0; j < ny; j++) {
+            int ky1 = j, kx2, ky2;
+            double l = sqrt((double)(kx1 * kx1 + ky1 * ky1)) * lpix, r1, i1, r2, i2, r3, i3;
+            if (l >= a->edges[a->nbins]) continue;
+            if (lss__stat_leg2(a->config, ratio, kx1, ky1, &kx2, &ky2)) continue;
+            if (lss__stat_leg(w->c, N, kx2, ky2, &r2, &i2)) continue;
+            if (lss__stat_leg(w->c, N, -kx1 - kx2, -ky1 - ky2, &r3, &i3)) continue;
+            if ((b = lss__stat_bin_lt(a->edges, a->nbins, l)) < 0) continue;
+            r1 = w->c[(int64_t)i * N + j][0];
+            i1 = w->c[(int64_t)i * N + j][1];
+            hits[b]++;
+            out[b] += r1 * r2 * r3 - r1 * i2 * i3 - i1 * r2 * i3 - i1 * i2 * r3;
+        }
+    }
+    lss_grid_ws_put(w, &tmp);
+    for (b = 0; b < a->nbins; b++)
+        if (hits[b] > 0) out[b] = norm * out[b] / (double)hits[b];
+    if (a->ell)
+        for (b = 0; b < a->nbins; b++) a->ell[b] = 0.5 * (a->edges[b] + a->edges[b + 1]);
+    LSS_FREE(hits);
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_bispectrum(const lss_grid *g, const float *maps, int n, int config, const double *edges,
+                               int nbins, const lss_stat_opts *o, double *ell, double *each, double *mean,
+                               double *std) {
+    lss__stat_arg a;
+    int s;
+    if (!o) o = &lss__stat_default_opts;
+    if (!g) return lss_seterr(LSS_ERR_ARG, "lss_stat_bispectrum: NULL grid");
+    if (g->h != g->w)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_stat_bispectrum: the triangle rotations need a square map (got %d x %d)", g->h, g->w);
+    if (config != LSS_STAT_BISP_EQUILATERAL && config != LSS_STAT_BISP_FOLDED)
+        return lss_seterr(LSS_ERR_ARG, "lss_stat_bispectrum: unknown configuration %d (equilateral 0, folded 1)", config);
+    if ((s = lss__ps_check_edges(edges, nbins, "lss_stat_bispectrum")) != LSS_OK) return s;
+    a.edges = edges;
+    a.nbins = nbins;
+    a.config = config;
+    a.ell = ell;
+    return lss__stat_run(g, maps, n, o, lss__stat_bisp_one, &a, nbins, each, mean, std, "lss_stat_bispectrum");
+}
+
+static int lss__stat_hist_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                              const void *arg, double *out) {
+    const lss__stat_arg *a = (const lss__stat_arg *)arg;
+    const double *e = a->edges;
+    int64_t i, tot = 0;
+    int b, nb = a->nbins;
+    double lo = e[0] * sigma, hi = e[nb] * sigma;
+    (void)mf;
+    for (b = 0; b < nb; b++) out[b] = 0;
+    for (i = 0; i < g->n; i++) {
+        double v = md[i];
+        if (!(v >= lo) || !(v <= hi)) continue;
+        if (v == hi) b = nb - 1;
+        else b = lss__stat_bin_thr(e, nb, sigma, v);
+        if (b < 0) continue;
+        out[b] += 1.0;
+        tot++;
+    }
+    if (o->hist == LSS_STAT_HIST_DENSITY)
+        for (b = 0; b < nb; b++) out[b] = tot ? out[b] / ((double)tot * (e[b + 1] - e[b])) : NAN;
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_hist(const lss_grid *g, const float *maps, int n, const double *edges, int nbins,
+                         const lss_stat_opts *o, double *each, double *mean, double *std) {
+    lss__stat_arg a;
+    int s;
+    if (!o) o = &lss__stat_default_opts;
+    if ((s = lss__stat_check_thr(edges, nbins, "lss_stat_hist")) != LSS_OK) return s;
+    a.edges = edges;
+    a.nbins = nbins;
+    a.config = 0;
+    a.ell = NULL;
+    return lss__stat_run(g, maps, n, o, lss__stat_hist_one, &a, nbins, each, mean, std, "lss_stat_hist");
+}
+
+/* Peak test of pixel (y, x): LensTools' 8 periodic neighbours, or the 24 neighbours of a 5 x 5 window inside
+   the map. */
+static int lss__stat_is_peak(const double *m, int h, int w, int y, int x, int mode) {
+    double v = m[(int64_t)y * w + x];
+    int dy, dx;
+    if (mode == LSS_STAT_PEAKS_LENSTOOLS) {
+        for (dy = -1; dy <= 1; dy++)
+            for (dx = -1; dx <= 1; dx++) {
+                int yy = (y + dy + h) % h, xx = (x + dx + w) % w;
+                if ((dy || dx) && !(v > m[(int64_t)yy * w + xx])) return 0;
+            }
+        return 1;
+    }
+    for (dy = -2; dy <= 2; dy++)
+        for (dx = -2; dx <= 2; dx++) {
+            int yy = y + dy, xx = x + dx;
+            if ((!dy && !dx) || yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+            if (!(v > m[(int64_t)yy * w + xx])) return 0;
+        }
+    return 1;
+}
+
+typedef struct {
+    int64_t *pos;
+    double *height;
+    int64_t cap, count;
+} lss__stat_peak_arg;
+
+static int lss__stat_peaks_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                               const void *arg, double *out) {
+    lss__stat_peak_arg *a = (lss__stat_peak_arg *)(void *)(uintptr_t)arg;
+    int y, x;
+    (void)mf;
+    (void)out;
+    a->count = 0;
+    for (y = 0; y < g->h; y++)
+        for (x = 0; x < g->w; x++)
+            if (lss__stat_is_peak(md, g->h, g->w, y, x, o->peaks)) {
+                if (a->count < a->cap) {
+                    if (a->pos) a->pos[a->count] = (int64_t)y * g->w + x;
+                    if (a->height) a->height[a->count] = md[(int64_t)y * g->w + x] / sigma;
+                }
+                a->count++;
+            }
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_peaks(const lss_grid *g, const float *map, const lss_stat_opts *o, int64_t *pos,
+                          double *height, int64_t cap, int64_t *npeaks) {
+    lss__stat_peak_arg a;
+    double dummy;
+    int s;
+    if (!o) o = &lss__stat_default_opts;
+    if (!npeaks) return lss_seterr(LSS_ERR_ARG, "lss_stat_peaks: npeaks is NULL");
+    *npeaks = 0;
+    if (cap < 0) return lss_seterr(LSS_ERR_ARG, "lss_stat_peaks: capacity %lld < 0", (long long)cap);
+    a.pos = pos;
+    a.height = height;
+    a.cap = cap;
+    a.count = 0;
+    s = lss__stat_run(g, map, 1, o, lss__stat_peaks_one, &a, 1, &dummy, NULL, NULL, "lss_stat_peaks");
+    if (s == LSS_OK) *npeaks = a.count;
+    return s;
+}
+
+static int lss__stat_pcount_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                                const void *arg, double *out) {
+    const lss__stat_arg *a = (const lss__stat_arg *)arg;
+    int y, x, b;
+    (void)mf;
+    for (b = 0; b < a->nbins; b++) out[b] = 0;
+    for (y = 0; y < g->h; y++)
+        for (x = 0; x < g->w; x++) {
+            double v = md[(int64_t)y * g->w + x];
+            if ((b = lss__stat_bin_thr(a->edges, a->nbins, sigma, v)) < 0) continue;
+            if (lss__stat_is_peak(md, g->h, g->w, y, x, o->peaks)) out[b] += 1.0;
+        }
+    for (b = 0; b < a->nbins; b++) out[b] /= a->edges[b + 1] - a->edges[b];
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_peak_counts(const lss_grid *g, const float *maps, int n, const double *thresholds, int nbins,
+                                const lss_stat_opts *o, double *each, double *mean, double *std) {
+    lss__stat_arg a;
+    int s;
+    if (!o) o = &lss__stat_default_opts;
+    if ((s = lss__stat_check_thr(thresholds, nbins, "lss_stat_peak_counts")) != LSS_OK) return s;
+    a.edges = thresholds;
+    a.nbins = nbins;
+    a.config = 0;
+    a.ell = NULL;
+    return lss__stat_run(g, maps, n, o, lss__stat_pcount_one, &a, nbins, each, mean, std, "lss_stat_peak_counts");
+}
+
+static int lss__stat_mink_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                              const void *arg, double *out) {
+    const lss__stat_arg *a = (const lss__stat_arg *)arg;
+    const double *t = a->edges;
+    int nb = a->nbins, h = g->h, w = g->w, y, x, b;
+    int64_t *cnt, np = g->n;
+    double *v0 = out, *v1 = out + nb, *v2 = out + 2 * nb, npix = (double)np;
+    (void)mf;
+    (void)o;
+    cnt = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)(nb + 1));
+    if (!cnt) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_minkowski: out of memory");
+    for (b = 0; b < 3 * nb; b++) out[b] = 0;
+    for (b = 0; b <= nb; b++) cnt[b] = 0;
+    for (y = 0; y < h; y++) {
+        const double *r0 = md + (int64_t)y * w, *rp1 = md + (int64_t)((y + 1) % h) * w, *rm1 = md + (int64_t)((y - 1 + h) % h) * w;
+        const double *rp2 = md + (int64_t)((y + 2) % h) * w, *rm2 = md + (int64_t)((y - 2 + 2 * h) % h) * w;
+        for (x = 0; x < w; x++) {
+            int xp1 = (x + 1) % w, xm1 = (x - 1 + w) % w, xp2 = (x + 2) % w, xm2 = (x - 2 + 2 * w) % w, lo, hi;
+            double v = r0[x], gx, gy, hxx, hyy, hxy, i1, i2, g2;
+            /* V0: number of midpoints (t_b + t_{b+1}) sigma / 2 that v reaches */
+            lo = 0;
+            hi = nb;
+            if (!(v >= (t[0] + t[1]) * sigma / 2)) lo = -1;
+            else {
+                while (hi - lo > 1) { /* v >= mid[lo], v < mid[hi] (mid[nb] = +inf) */
+                    int m = (lo + hi) / 2;
+                    if (v >= (t[m] + t[m + 1]) * sigma / 2) lo = m;
+                    else hi = m;
+                }
+            }
+            cnt[lo + 1]++;
+            if ((b = lss__stat_bin_thr(t, nb, sigma, v)) < 0) continue;
+            gx = (r0[xp1] - r0[xm1]) / 2.0;
+            gy = (rp1[x] - rm1[x]) / 2.0;
+            hxx = (r0[xp2] + r0[xm2] - 2 * v) / 4.0;
+            hyy = (rp2[x] + rm2[x] - 2 * v) / 4.0;
+            hxy = (rp1[xp1] + rm1[xm1] - rp1[xm1] - rm1[xp1]) / 4.0;
+            g2 = gx * gx + gy * gy;
+            i1 = 0.25 * sqrt(g2);
+            if (g2 == 0.0) i2 = (2 * hxy - hxx - hyy) / (4.0 * LSS__PI);
+            else i2 = ((2 * gx * gy * hxy - gx * gx * hyy - gy * gy * hxx) / g2) / (2.0 * LSS__PI);
+            v1[b] += i1 / (npix * (t[b + 1] - t[b]));
+            v2[b] += i2 / (npix * (t[b + 1] - t[b]));
+        }
+    }
+    /* V0[b] = pixels reaching midpoint b = those whose count of reached midpoints exceeds b */
+    {
+        int64_t acc = 0;
+        for (b = nb - 1; b >= 0; b--) {
+            acc += cnt[b + 1];
+            v0[b] = (double)acc / npix;
+        }
+    }
+    LSS_FREE(cnt);
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_minkowski(const lss_grid *g, const float *maps, int n, const double *thresholds, int nbins,
+                              const lss_stat_opts *o, double *each, double *mean, double *std) {
+    lss__stat_arg a;
+    int s;
+    if (!o) o = &lss__stat_default_opts;
+    if ((s = lss__stat_check_thr(thresholds, nbins, "lss_stat_minkowski")) != LSS_OK) return s;
+    if (g && (g->h < 3 || g->w < 3))
+        return lss_seterr(LSS_ERR_SHAPE, "lss_stat_minkowski: the finite differences need a map of at least 3 x 3 (got %d x %d)", g->h, g->w);
+    a.edges = thresholds;
+    a.nbins = nbins;
+    a.config = 0;
+    a.ell = NULL;
+    return lss__stat_run(g, maps, n, o, lss__stat_mink_one, &a, 3 * nbins, each, mean, std, "lss_stat_minkowski");
+}
+
+/* ---- distances between sets */
+typedef struct {
+    double v, w;
+} lss__stat_vw;
+static int lss__stat_vw_cmp(const void *a, const void *b) {
+    double x = ((const lss__stat_vw *)a)->v, y = ((const lss__stat_vw *)b)->v;
+    return x < y ? -1 : x > y;
+}
+static int lss__stat_dbl_cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int lss__stat_sample(const double *x, const double *wt, int64_t n, lss__stat_vw *out, double *total, const char *which) {
+    int64_t i;
+    double t = 0;
+    for (i = 0; i < n; i++) {
+        if (!isfinite(x[i])) return lss_seterr(LSS_ERR_ARG, "lss_stat_wasserstein1: %s value %lld is %g", which, (long long)i, x[i]);
+        out[i].v = x[i];
+        out[i].w = wt ? wt[i] : 1.0;
+        if (!(out[i].w >= 0) || !isfinite(out[i].w))
+            return lss_seterr(LSS_ERR_ARG, "lss_stat_wasserstein1: %s weight %lld is %g (must be finite and >= 0)", which, (long long)i, out[i].w);
+    }
+    qsort(out, (size_t)n, sizeof *out, lss__stat_vw_cmp);
+    for (i = 0; i < n; i++) t += out[i].w; /* numpy cumsum order (sorted) */
+    if (!(t > 0)) return lss_seterr(LSS_ERR_ARG, "lss_stat_wasserstein1: %s weights sum to %g (must be > 0)", which, t);
+    *total = t;
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_wasserstein1(const double *u, const double *uw, int64_t nu, const double *v, const double *vw,
+                                 int64_t nv, double *out) {
+    lss__stat_vw *su = NULL, *sv = NULL;
+    double *all = NULL, tu = 0, tv = 0, cu = 0, cv = 0, acc = 0;
+    int64_t i, iu = 0, iv = 0, n;
+    int s = LSS_OK;
+    if (!u || !v || !out) return lss_seterr(LSS_ERR_ARG, "lss_stat_wasserstein1: NULL argument");
+    if (nu < 1 || nv < 1) return lss_seterr(LSS_ERR_SHAPE, "lss_stat_wasserstein1: empty sample (%lld and %lld values)", (long long)nu, (long long)nv);
+    n = nu + nv;
+    su = (lss__stat_vw *)LSS_MALLOC(sizeof *su * (size_t)nu);
+    sv = (lss__stat_vw *)LSS_MALLOC(sizeof *sv * (size_t)nv);
+    all = (double *)LSS_MALLOC(sizeof *all * (size_t)n);
+    if (!su || !sv || !all) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_stat_wasserstein1: out of memory");
+        goto done;
+    }
+    if ((s = lss__stat_sample(u, uw, nu, su, &tu, "first")) != LSS_OK) goto done;
+    if ((s = lss__stat_sample(v, vw, nv, sv, &tv, "second")) != LSS_OK) goto done;
+    for (i = 0; i < nu; i++) all[i] = su[i].v;
+    for (i = 0; i < nv; i++) all[nu + i] = sv[i].v;
+    qsort(all, (size_t)n, sizeof *all, lss__stat_dbl_cmp);
+    /* CDFs at all[k] with searchsorted(..., 'right') semantics, then sum |U - V| (all[k+1] - all[k]) */
+    for (i = 0; i + 1 < n; i++) {
+        double du, dv;
+        while (iu < nu && su[iu].v <= all[i]) cu += su[iu++].w;
+        while (iv < nv && sv[iv].v <= all[i]) cv += sv[iv++].w;
+        du = uw ? cu / tu : (double)iu / (double)nu;
+        dv = vw ? cv / tv : (double)iv / (double)nv;
+        acc += fabs(du - dv) * (all[i + 1] - all[i]);
+    }
+    *out = acc;
+done:
+    LSS_FREE(su);
+    LSS_FREE(sv);
+    LSS_FREE(all);
+    return s;
+}
+
+static int lss__stat_check_rows(const double *x, int n, int d, int nmin, const char *fn, const char *which) {
+    int64_t i;
+    if (!x) return lss_seterr(LSS_ERR_ARG, "%s: %s is NULL", fn, which);
+    if (n < nmin || d < 1) return lss_seterr(LSS_ERR_SHAPE, "%s: %s has %d rows of %d values (need >= %d rows, >= 1 value)", fn, which, n, d, nmin);
+    for (i = 0; i < (int64_t)n * d; i++)
+        if (!isfinite(x[i])) return lss_seterr(LSS_ERR_ARG, "%s: %s row %lld value %lld is %g", fn, which, (long long)(i / d), (long long)(i % d), x[i]);
+    return LSS_OK;
+}
+
+/* Column means and covariance c[d][d] with divisor n - ddof. */
+static void lss__stat_cov(const double *x, int n, int d, int ddof, double *mu, double *c) {
+    int i, j, k;
+    for (j = 0; j < d; j++) {
+        double s = 0;
+        for (k = 0; k < n; k++) s += x[(int64_t)k * d + j];
+        mu[j] = s / n;
+    }
+    for (i = 0; i < d; i++)
+        for (j = i; j < d; j++) {
+            double s = 0;
+            for (k = 0; k < n; k++) s += (x[(int64_t)k * d + i] - mu[i]) * (x[(int64_t)k * d + j] - mu[j]);
+            c[(int64_t)i * d + j] = c[(int64_t)j * d + i] = s / (n - ddof);
+        }
+}
+
+LSSDEF int lss_stat_corr(const double *x, int n, int d, double *r) {
+    double *mu;
+    int i, j, s;
+    if (!r) return lss_seterr(LSS_ERR_ARG, "lss_stat_corr: output is NULL");
+    if ((s = lss__stat_check_rows(x, n, d, 2, "lss_stat_corr", "x")) != LSS_OK) return s;
+    mu = (double *)LSS_MALLOC(sizeof(double) * (size_t)d);
+    if (!mu) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_corr: out of memory");
+    lss__stat_cov(x, n, d, 1, mu, r);
+    LSS_FREE(mu);
+    for (i = 0; i < d; i++)
+        if (!(r[(int64_t)i * d + i] > 0))
+            return lss_seterr(LSS_ERR_NUMERIC, "lss_stat_corr: value %d has zero variance over the %d samples", i, n);
+    for (i = 0; i < d; i++)
+        for (j = 0; j < d; j++)
+            if (i != j) {
+                double c = r[(int64_t)i * d + j] / sqrt(r[(int64_t)i * d + i]) / sqrt(r[(int64_t)j * d + j]);
+                r[(int64_t)i * d + j] = c > 1 ? 1 : c < -1 ? -1 : c;
+            }
+    for (i = 0; i < d; i++) r[(int64_t)i * d + i] = 1.0;
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_corr_frob(const double *xa, int na, const double *xb, int nb, int d, double *frob, double *frac) {
+    double *ra, *rb, fa = 0, fb = 0, fd = 0;
+    int64_t i, dd = (int64_t)d * d;
+    int s;
+    if (d < 1 || d > 65536) return lss_seterr(LSS_ERR_SHAPE, "lss_stat_corr_frob: %d values per sample", d);
+    ra = (double *)LSS_MALLOC(sizeof(double) * (size_t)dd * 2);
+    if (!ra) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_corr_frob: out of memory");
+    rb = ra + dd;
+    if ((s = lss_stat_corr(xa, na, d, ra)) == LSS_OK && (s = lss_stat_corr(xb, nb, d, rb)) == LSS_OK) {
+        for (i = 0; i < dd; i++) {
+            fa += ra[i] * ra[i];
+            fb += rb[i] * rb[i];
+            fd += (ra[i] - rb[i]) * (ra[i] - rb[i]);
+        }
+        if (frob) *frob = sqrt(fd);
+        if (frac) *frac = (sqrt(fa) - sqrt(fb)) / sqrt(fb);
+    }
+    LSS_FREE(ra);
+    return s;
+}
+
+LSSDEF int lss_stat_reldiff(const double *sa, int na, const double *sb, int nb, int d, double *diff, double *scatter) {
+    double *m;
+    int j, s;
+    if ((s = lss__stat_check_rows(sa, na, d, 1, "lss_stat_reldiff", "first set")) != LSS_OK) return s;
+    if ((s = lss__stat_check_rows(sb, nb, d, 1, "lss_stat_reldiff", "reference set")) != LSS_OK) return s;
+    m = (double *)LSS_MALLOC(sizeof(double) * (size_t)d * 3);
+    if (!m) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_reldiff: out of memory");
+    lss__stat_reduce(sa, na, d, m, NULL);
+    lss__stat_reduce(sb, nb, d, m + d, m + 2 * d);
+    for (j = 0; j < d; j++) {
+        double mb = fabs(m[d + j]);
+        if (diff) diff[j] = mb > 0 ? (m[j] - m[d + j]) / mb : NAN;
+        if (scatter) scatter[j] = mb > 0 ? m[2 * d + j] / mb : NAN;
+    }
+    LSS_FREE(m);
+    return LSS_OK;
+}
+
+/* ---- SSIM (scikit-image) and MS-SSIM (TensorFlow) */
+/* scipy.ndimage 'reflect' index (d c b a | a b c d) for any offset. */
+static int lss__stat_reflect(int i, int n) {
+    int p = 2 * n;
+    i %= p;
+    if (i < 0) i += p;
+    return i < n ? i : p - 1 - i;
+}
+
+/* Separable correlation of x[h][w] with k[2r+1] along both axes, 'reflect' borders; tmp h*w. */
+static void lss__stat_filter(const double *x, int h, int w, const double *k, int r, double *tmp, double *out) {
+    int y, X, j;
+    for (y = 0; y < h; y++)
+        for (X = 0; X < w; X++) {
+            double s = 0;
+            for (j = -r; j <= r; j++) s += k[j + r] * x[(int64_t)y * w + lss__stat_reflect(X + j, w)];
+            tmp[(int64_t)y * w + X] = s;
+        }
+    for (y = 0; y < h; y++)
+        for (X = 0; X < w; X++) {
+            double s = 0;
+            for (j = -r; j <= r; j++) s += k[j + r] * tmp[(int64_t)lss__stat_reflect(y + j, h) * w + X];
+            out[(int64_t)y * w + X] = s;
+        }
+}
+
+static int lss__stat_ssim_pair_check(const float *a, const float *b, int h, int w, const char *fn) {
+    int64_t i;
+    if (!a || !b) return lss_seterr(LSS_ERR_ARG, "%s: NULL map", fn);
+    if (h < 1 || w < 1) return lss_seterr(LSS_ERR_SHAPE, "%s: map of %d x %d", fn, h, w);
+    for (i = 0; i < (int64_t)h * w; i++)
+        if (!isfinite(a[i]) || !isfinite(b[i]))
+            return lss_seterr(LSS_ERR_ARG, "%s: pixel (%lld, %lld) is NaN/inf", fn, (long long)(i / w), (long long)(i % w));
+    return LSS_OK;
+}
+
+static double lss__stat_range(const float *a, const float *b, int64_t n) {
+    double lo = a[0], hi = a[0];
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        if (a[i] < lo) lo = a[i];
+        if (a[i] > hi) hi = a[i];
+        if (b[i] < lo) lo = b[i];
+        if (b[i] > hi) hi = b[i];
+    }
+    return hi - lo;
+}
+
+LSSDEF int lss_stat_ssim(const float *a, const float *b, int h, int w, const lss_ssim_opts *o, double *out) {
+    static const lss_ssim_opts dflt = {0, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
+    double *buf, *k, sigma, k1, k2, R, c1, c2, cov_norm, acc = 0;
+    double *xa, *xb, *ux, *uy, *uxx, *uyy, *uxy, *tmp;
+    int64_t i, np = (int64_t)h * w;
+    int win, r, y, x, s;
+    if (!o) o = &dflt;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_stat_ssim: output is NULL");
+    if ((s = lss__stat_ssim_pair_check(a, b, h, w, "lss_stat_ssim")) != LSS_OK) return s;
+    sigma = o->sigma > 0 ? o->sigma : 1.5;
+    k1 = o->k1 > 0 ? o->k1 : 0.01;
+    k2 = o->k2 > 0 ? o->k2 : 0.03;
+    if (!(o->sigma >= 0) || !(o->k1 >= 0) || !(o->k2 >= 0) || !(o->data_range >= 0) || !isfinite(o->data_range))
+        return lss_seterr(LSS_ERR_ARG, "lss_stat_ssim: sigma, k1, k2 and data_range must be finite and >= 0");
+    win = o->win_size > 0 ? o->win_size : (o->gaussian ? 2 * (int)(3.5 * sigma + 0.5) + 1 : 7);
+    if (win % 2 == 0 || win > h || win > w)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_stat_ssim: window %d must be odd and fit the %d x %d map", win, h, w);
+    R = o->data_range > 0 ? o->data_range : lss__stat_range(a, b, np);
+    if (!(R > 0)) return lss_seterr(LSS_ERR_NUMERIC, "lss_stat_ssim: both maps are constant and equal (data range 0)");
+    r = (win - 1) / 2;
+    buf = (double *)LSS_MALLOC(sizeof(double) * ((size_t)np * 8 + (size_t)win));
+    if (!buf) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_ssim: out of memory");
+    xa = buf; xb = xa + np; ux = xb + np; uy = ux + np; uxx = uy + np; uyy = uxx + np; uxy = uyy + np; tmp = uxy + np;
+    k = tmp + np;
+    if (o->gaussian) {
+        /* scipy gaussian_filter1d: radius int(truncate sigma + 0.5) (the window follows win_size when given) */
+        double ks = 0;
+        for (y = -r; y <= r; y++) ks += (k[y + r] = exp(-0.5 * y * y / (sigma * sigma)));
+        for (y = 0; y < win; y++) k[y] /= ks;
+    } else
+        for (y = 0; y < win; y++) k[y] = 1.0 / win;
+    for (i = 0; i < np; i++) {
+        xa[i] = a[i];
+        xb[i] = b[i];
+    }
+    lss__stat_filter(xa, h, w, k, r, tmp, ux);
+    lss__stat_filter(xb, h, w, k, r, tmp, uy);
+    for (i = 0; i < np; i++) uxy[i] = xa[i] * xa[i];
+    lss__stat_filter(uxy, h, w, k, r, tmp, uxx);
+    for (i = 0; i < np; i++) uxy[i] = xb[i] * xb[i];
+    lss__stat_filter(uxy, h, w, k, r, tmp, uyy);
+    for (i = 0; i < np; i++) xa[i] *= xb[i];
+    lss__stat_filter(xa, h, w, k, r, tmp, uxy);
+    cov_norm = o->population_cov ? 1.0 : (double)win * win / ((double)win * win - 1);
+    c1 = (k1 * R) * (k1 * R);
+    c2 = (k2 * R) * (k2 * R);
+    for (y = r; y < h - r; y++)
+        for (x = r; x < w - r; x++) {
+            int64_t j = (int64_t)y * w + x;
+            double vx = cov_norm * (uxx[j] - ux[j] * ux[j]), vy = cov_norm * (uyy[j] - uy[j] * uy[j]);
+            double vxy = cov_norm * (uxy[j] - ux[j] * uy[j]);
+            double A1 = 2 * ux[j] * uy[j] + c1, A2 = 2 * vxy + c2, B1 = ux[j] * ux[j] + uy[j] * uy[j] + c1, B2 = vx + vy + c2;
+            acc += (A1 * A2) / (B1 * B2);
+        }
+    *out = acc / ((double)(h - 2 * r) * (w - 2 * r));
+    LSS_FREE(buf);
+    return LSS_OK;
+}
+
+/* TensorFlow's per-scale SSIM and cs: 'VALID' Gaussian filter k[f] (separable), means over the valid region. */
+static void lss__stat_tf_scale(const double *x, const double *y, int h, int w, const double *k, int f, double c1, double c2,
+                               double *tmp, double *ssim, double *cs) {
+    int oh = h - f + 1, ow = w - f + 1, i, j, t, q;
+    double acc_s = 0, acc_c = 0;
+    /* five filtered maps: x, y, x y, x^2 + y^2 ... computed per output pixel by the separable sums */
+    double *rows = tmp; /* [5][h][ow] */
+    for (i = 0; i < h; i++)
+        for (j = 0; j < ow; j++) {
+            double sx = 0, sy = 0, sxy = 0, sq = 0;
+            for (t = 0; t < f; t++) {
+                double xv = x[(int64_t)i * w + j + t], yv = y[(int64_t)i * w + j + t];
+                sx += k[t] * xv;
+                sy += k[t] * yv;
+                sxy += k[t] * (xv * yv);
+                sq += k[t] * (xv * xv + yv * yv);
+            }
+            rows[(int64_t)i * ow + j] = sx;
+            rows[(int64_t)h * ow + (int64_t)i * ow + j] = sy;
+            rows[2 * (int64_t)h * ow + (int64_t)i * ow + j] = sxy;
+            rows[3 * (int64_t)h * ow + (int64_t)i * ow + j] = sq;
+        }
+    for (i = 0; i < oh; i++)
+        for (j = 0; j < ow; j++) {
+            double m[4] = {0, 0, 0, 0}, num0, den0, lum, c;
+            for (q = 0; q < 4; q++)
+                for (t = 0; t < f; t++) m[q] += k[t] * rows[q * (int64_t)h * ow + (int64_t)(i + t) * ow + j];
+            num0 = m[0] * m[1] * 2.0;
+            den0 = m[0] * m[0] + m[1] * m[1];
+            lum = (num0 + c1) / (den0 + c1);
+            c = (m[2] * 2.0 - num0 + c2) / (m[3] - den0 + c2);
+            acc_s += lum * c;
+            acc_c += c;
+        }
+    *ssim = acc_s / ((double)oh * ow);
+    *cs = acc_c / ((double)oh * ow);
+}
+
+LSSDEF int lss_stat_msssim(const float *a, const float *b, int h, int w, const lss_ssim_opts *o, double *out) {
+    static const lss_ssim_opts dflt = {0, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
+    static const double tfw[5] = {0.0448, 0.2856, 0.3001, 0.2363, 0.1333};
+    const double *pw;
+    double *buf, *x, *y, *nx, *ny, *tmp, *k, sigma, k1, k2, R, c1, c2, ks = 0, res = 1.0;
+    int64_t i, np = (int64_t)h * w;
+    int f, ns, sc, ch = h, cw = w, t, s;
+    if (!o) o = &dflt;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_stat_msssim: output is NULL");
+    if ((s = lss__stat_ssim_pair_check(a, b, h, w, "lss_stat_msssim")) != LSS_OK) return s;
+    if (!(o->sigma >= 0) || !(o->k1 >= 0) || !(o->k2 >= 0) || !(o->data_range >= 0) || !isfinite(o->data_range))
+        return lss_seterr(LSS_ERR_ARG, "lss_stat_msssim: sigma, k1, k2 and data_range must be finite and >= 0");
+    sigma = o->sigma > 0 ? o->sigma : 1.5;
+    k1 = o->k1 > 0 ? o->k1 : 0.01;
+    k2 = o->k2 > 0 ? o->k2 : 0.03;
+    f = o->filter_size > 0 ? o->filter_size : 11;
+    ns = o->nscales > 0 ? o->nscales : 5;
+    if (!o->power && ns > 5) return lss_seterr(LSS_ERR_ARG, "lss_stat_msssim: %d scales need explicit power factors", ns);
+    pw = o->power ? o->power : tfw;
+    for (sc = 0; sc < ns; sc++)
+        if (!isfinite(pw[sc])) return lss_seterr(LSS_ERR_ARG, "lss_stat_msssim: power factor %d is %g", sc, pw[sc]);
+    for (sc = 0; sc < ns; sc++) {
+        if (ch < f || cw < f)
+            return lss_seterr(LSS_ERR_SHAPE, "lss_stat_msssim: scale %d is %d x %d, smaller than the %d-pixel filter "
+                              "(map %d x %d too small for %d scales)", sc, ch, cw, f, h, w, ns);
+        ch = (ch + 1) / 2;
+        cw = (cw + 1) / 2;
+    }
+    R = o->data_range > 0 ? o->data_range : lss__stat_range(a, b, np);
+    if (!(R > 0)) return lss_seterr(LSS_ERR_NUMERIC, "lss_stat_msssim: both maps are constant and equal (data range 0)");
+    c1 = (k1 * R) * (k1 * R);
+    c2 = (k2 * R) * (k2 * R);
+    buf = (double *)LSS_MALLOC(sizeof(double) * ((size_t)np * 9 + (size_t)f));
+    if (!buf) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_msssim: out of memory");
+    x = buf; y = x + np; nx = y + np; ny = nx + np; tmp = ny + np; k = tmp + 4 * np;
+    for (t = 0; t < f; t++) ks += (k[t] = exp(-0.5 * (t - (f - 1) / 2.0) * (t - (f - 1) / 2.0) / (sigma * sigma)));
+    for (t = 0; t < f; t++) k[t] /= ks;
+    for (i = 0; i < np; i++) {
+        x[i] = a[i];
+        y[i] = b[i];
+    }
+    ch = h;
+    cw = w;
+    for (sc = 0; sc < ns; sc++) {
+        double ssim, cs, v;
+        if (sc > 0) { /* SYMMETRIC pad of odd sides at the end, then 2 x 2 average pooling */
+            int nh = (ch + 1) / 2, nw = (cw + 1) / 2, i2, j2;
+            for (i2 = 0; i2 < nh; i2++)
+                for (j2 = 0; j2 < nw; j2++) {
+                    int y0 = 2 * i2, y1 = 2 * i2 + 1 < ch ? 2 * i2 + 1 : ch - 1;
+                    int x0 = 2 * j2, x1 = 2 * j2 + 1 < cw ? 2 * j2 + 1 : cw - 1;
+                    nx[(int64_t)i2 * nw + j2] = (x[(int64_t)y0 * cw + x0] + x[(int64_t)y0 * cw + x1] + x[(int64_t)y1 * cw + x0] + x[(int64_t)y1 * cw + x1]) / 4.0;
+                    ny[(int64_t)i2 * nw + j2] = (y[(int64_t)y0 * cw + x0] + y[(int64_t)y0 * cw + x1] + y[(int64_t)y1 * cw + x0] + y[(int64_t)y1 * cw + x1]) / 4.0;
+                }
+            ch = nh;
+            cw = nw;
+            memcpy(x, nx, sizeof(double) * (size_t)ch * cw);
+            memcpy(y, ny, sizeof(double) * (size_t)ch * cw);
+        }
+        lss__stat_tf_scale(x, y, ch, cw, k, f, c1, c2, tmp, &ssim, &cs);
+        v = sc == ns - 1 ? ssim : cs;
+        if (v < 0) v = 0; /* relu */
+        res *= pow(v, pw[sc]);
+    }
+    *out = res;
+    LSS_FREE(buf);
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_ssim_set(const float *a, int na, const float *b, int nb, int h, int w, int multiscale,
+                             int64_t npairs, uint64_t seed, const lss_ssim_opts *o, double *mean, double *std) {
+    int64_t np = (int64_t)h * w, total, k;
+    double s1 = 0, s2 = 0, v, mu;
+    lss_rng r;
+    int s = LSS_OK, i, j;
+    if (!a || (b && nb < 1) || na < 1 || h < 1 || w < 1)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_stat_ssim_set: need maps (got %d and %d maps of %d x %d)", na, b ? nb : 0, h, w);
+    if (!b && na < 2) return lss_seterr(LSS_ERR_SHAPE, "lss_stat_ssim_set: within-set pairs need at least 2 maps (got %d)", na);
+    if (npairs < 0) return lss_seterr(LSS_ERR_ARG, "lss_stat_ssim_set: %lld pairs", (long long)npairs);
+    total = b ? (int64_t)na * nb : (int64_t)na * (na - 1) / 2;
+    if (npairs == 0) npairs = total;
+    lss_rng_for(&r, seed, LSS_STREAM_CHECK, 0, 7u);
+    i = 0;
+    j = b ? 0 : 1;
+    for (k = 0; k < npairs; k++) {
+        const float *x, *y;
+        if (npairs == total) { /* every pair in order */
+            x = a + (int64_t)i * np;
+            y = b ? b + (int64_t)j * np : a + (int64_t)j * np;
+            if (++j >= (b ? nb : na)) {
+                i++;
+                j = b ? 0 : i + 1;
+            }
+        } else {
+            int p = (int)lss_rng_below(&r, (uint32_t)na), q;
+            if (b) q = (int)lss_rng_below(&r, (uint32_t)nb);
+            else {
+                q = (int)lss_rng_below(&r, (uint32_t)(na - 1));
+                if (q >= p) q++;
+            }
+            x = a + (int64_t)p * np;
+            y = b ? b + (int64_t)q * np : a + (int64_t)q * np;
+        }
+        s = multiscale ? lss_stat_msssim(x, y, h, w, o, &v) : lss_stat_ssim(x, y, h, w, o, &v);
+        if (s != LSS_OK) return s;
+        s1 += v;
+        s2 += v * v;
+    }
+    mu = s1 / (double)npairs;
+    if (mean) *mean = mu;
+    if (std) *std = sqrt(fmax(s2 / (double)npairs - mu * mu, 0.0));
+    return LSS_OK;
+}
+
+LSSDEF double lss_stat_ssim_significance(double mean_a, double std_a, double mean_b, double std_b) {
+    return (mean_a - mean_b) / ((std_a + std_b) / 2.0);
+}
+
+/* Cyclic Jacobi eigen-decomposition of the symmetric a[d][d] (destroyed): eigenvalues ev[d], eigenvectors as the
+   columns of v[d][d] (may be NULL). */
+static int lss__stat_jacobi(double *a, int d, double *ev, double *v) {
+    int sweep, p, q, k;
+    if (v)
+        for (p = 0; p < d; p++)
+            for (q = 0; q < d; q++) v[(int64_t)p * d + q] = p == q;
+    for (sweep = 0; sweep < 100; sweep++) {
+        double off = 0, tot = 0;
+        for (p = 0; p < d; p++)
+            for (q = 0; q < d; q++) {
+                double x = a[(int64_t)p * d + q] * a[(int64_t)p * d + q];
+                tot += x;
+                if (p != q) off += x;
+            }
+        if (off <= 1e-30 * tot || off == 0) break;
+        for (p = 0; p < d - 1; p++)
+            for (q = p + 1; q < d; q++) {
+                double apq = a[(int64_t)p * d + q], app, aqq, th, t, c, sn;
+                if (apq == 0) continue;
+                app = a[(int64_t)p * d + p];
+                aqq = a[(int64_t)q * d + q];
+                th = (aqq - app) / (2 * apq);
+                t = (th >= 0 ? 1.0 : -1.0) / (fabs(th) + sqrt(th * th + 1));
+                c = 1 / sqrt(t * t + 1);
+                sn = t * c;
+                for (k = 0; k < d; k++) { /* columns p, q */
+                    double akp = a[(int64_t)k * d + p], akq = a[(int64_t)k * d + q];
+                    a[(int64_t)k * d + p] = c * akp - sn * akq;
+                    a[(int64_t)k * d + q] = sn * akp + c * akq;
+                }
+                for (k = 0; k < d; k++) { /* rows p, q */
+                    double apk = a[(int64_t)p * d + k], aqk = a[(int64_t)q * d + k];
+                    a[(int64_t)p * d + k] = c * apk - sn * aqk;
+                    a[(int64_t)q * d + k] = sn * apk + c * aqk;
+                }
+                if (v)
+                    for (k = 0; k < d; k++) {
+                        double vkp = v[(int64_t)k * d + p], vkq = v[(int64_t)k * d + q];
+                        v[(int64_t)k * d + p] = c * vkp - sn * vkq;
+                        v[(int64_t)k * d + q] = sn * vkp + c * vkq;
+                    }
+            }
+    }
+    if (sweep == 100) return lss_seterr(LSS_ERR_NUMERIC, "Frechet distance: the eigen-decomposition did not converge");
+    for (p = 0; p < d; p++) ev[p] = a[(int64_t)p * d + p];
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_frechet(const double *fa, int na, const double *fb, int nb, int d, int standardize, double *out) {
+    double *buf, *xa, *xb, *mua, *mub, *ca, *cb, *v, *ev, *sa, *m, dm = 0, tr = 0, trs = 0;
+    int64_t dd = (int64_t)d * d;
+    int i, j, k, s;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_stat_frechet: output is NULL");
+    if ((s = lss__stat_check_rows(fa, na, d, 2, "lss_stat_frechet", "first feature set")) != LSS_OK) return s;
+    if ((s = lss__stat_check_rows(fb, nb, d, 2, "lss_stat_frechet", "second feature set")) != LSS_OK) return s;
+    if (d > 2048) return lss_seterr(LSS_ERR_SHAPE, "lss_stat_frechet: %d features (at most 2048)", d);
+    buf = (double *)LSS_MALLOC(sizeof(double) * ((size_t)(na + nb) * d + 6 * (size_t)dd + 3 * (size_t)d));
+    if (!buf) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_frechet: out of memory");
+    xa = buf; xb = xa + (int64_t)na * d; ca = xb + (int64_t)nb * d; cb = ca + dd; v = cb + dd; sa = v + dd; m = sa + dd;
+    mua = m + 2 * dd; mub = mua + d; ev = mub + d;
+    memcpy(xa, fa, sizeof(double) * (size_t)na * d);
+    memcpy(xb, fb, sizeof(double) * (size_t)nb * d);
+    if (standardize) {
+        lss__stat_reduce(fb, nb, d, mub, ev);
+        for (j = 0; j < d; j++) {
+            if (!(ev[j] > 0)) {
+                LSS_FREE(buf);
+                return lss_seterr(LSS_ERR_NUMERIC, "lss_stat_frechet: feature %d of the reference set has zero std", j);
+            }
+            for (i = 0; i < na; i++) xa[(int64_t)i * d + j] = (xa[(int64_t)i * d + j] - mub[j]) / ev[j];
+            for (i = 0; i < nb; i++) xb[(int64_t)i * d + j] = (xb[(int64_t)i * d + j] - mub[j]) / ev[j];
+        }
+    }
+    lss__stat_cov(xa, na, d, 1, mua, ca);
+    lss__stat_cov(xb, nb, d, 1, mub, cb);
+    for (j = 0; j < d; j++) {
+        dm += (mua[j] - mub[j]) * (mua[j] - mub[j]);
+        tr += ca[(int64_t)j * d + j] + cb[(int64_t)j * d + j];
+    }
+    /* sqrt(C_a) = V diag(sqrt(max(l, 0))) V^T */
+    memcpy(m, ca, sizeof(double) * (size_t)dd);
+    if ((s = lss__stat_jacobi(m, d, ev, v)) != LSS_OK) goto done;
+    for (i = 0; i < d; i++)
+        for (j = 0; j < d; j++) {
+            double acc = 0;
+            for (k = 0; k < d; k++) acc += v[(int64_t)i * d + k] * sqrt(fmax(ev[k], 0.0)) * v[(int64_t)j * d + k];
+            sa[(int64_t)i * d + j] = acc;
+        }
+    /* M = sqrt(C_a) C_b sqrt(C_a), symmetric positive semi-definite; tr sqrt(M) = sum sqrt(eigenvalues) */
+    for (i = 0; i < d; i++)
+        for (j = 0; j < d; j++) {
+            double acc = 0;
+            for (k = 0; k < d; k++) acc += cb[(int64_t)i * d + k] * sa[(int64_t)k * d + j];
+            v[(int64_t)i * d + j] = acc;
+        }
+    for (i = 0; i < d; i++)
+        for (j = i; j < d; j++) {
+            double acc = 0;
+            for (k = 0; k < d; k++) acc += sa[(int64_t)i * d + k] * v[(int64_t)k * d + j];
+            m[(int64_t)i * d + j] = m[(int64_t)j * d + i] = acc;
+        }
+    if ((s = lss__stat_jacobi(m, d, ev, NULL)) != LSS_OK) goto done;
+    for (k = 0; k < d; k++) trs += sqrt(fmax(ev[k], 0.0));
+    *out = dm + tr - 2 * trs;
+done:
+    LSS_FREE(buf);
+    return s;
+}
+
+/* ---- the two-set comparison */
+static int lss__stat_row(lss_stat_row *rows, int cap, int *nr, const char *name, int idx, double v, double sc) {
+    if (*nr >= cap) return lss_seterr(LSS_ERR_RANGE, "lss_stat_compare: more than %d rows (raise the capacity)", cap);
+    if (idx >= 0) snprintf(rows[*nr].name, sizeof rows[*nr].name, "%s_%d", name, idx);
+    else snprintf(rows[*nr].name, sizeof rows[*nr].name, "%s", name);
+    rows[*nr].value = v;
+    rows[*nr].scatter = sc;
+    (*nr)++;
+    return LSS_OK;
+}
+
+/* The frechet_features row of lss_stat_compare: features of both sets from the caller's extractor. */
+static int lss__stat_frechet_row(const lss_grid *g, const float *a, int na, const float *b, int nb,
+                                 const lss_stat_compare_opts *o, lss_stat_row *rows, int cap, int *nr) {
+    int d = o->nfeatures, hb = nb / 2, s;
+    int64_t i;
+    double *fa, *fb, fd = 0, fh = 0;
+    if (d < 1 || d > 2048) return lss_seterr(LSS_ERR_ARG, "lss_stat_compare: %d features (need 1..2048)", d);
+    fa = (double *)LSS_MALLOC(sizeof(double) * (size_t)na * (size_t)d);
+    fb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb * (size_t)d);
+    if (!fa || !fb) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_stat_compare: out of memory");
+        goto done;
+    }
+    lss_clearerr();
+    if ((s = o->features(o->features_user, a, na, g->h, g->w, fa)) == LSS_OK)
+        s = o->features(o->features_user, b, nb, g->h, g->w, fb);
+    if (s != LSS_OK) {
+        if (!lss_last_error()[0]) lss_seterr(s, "lss_stat_compare: the feature extractor failed (%s)", lss_strerror(s));
+        goto done;
+    }
+    for (i = 0; i < (int64_t)na * d; i++)
+        if (!isfinite(fa[i])) { s = lss_seterr(LSS_ERR_NUMERIC, "lss_stat_compare: feature %d of map %d of a is %g", (int)(i % d), (int)(i / d), fa[i]); goto done; }
+    for (i = 0; i < (int64_t)nb * d; i++)
+        if (!isfinite(fb[i])) { s = lss_seterr(LSS_ERR_NUMERIC, "lss_stat_compare: feature %d of map %d of b is %g", (int)(i % d), (int)(i / d), fb[i]); goto done; }
+    if ((s = lss_stat_frechet(fa, na, fb, nb, d, 1, &fd)) != LSS_OK) goto done;
+    if ((s = lss_stat_frechet(fb, hb, fb + (int64_t)hb * d, nb - hb, d, 1, &fh)) != LSS_OK) goto done;
+    s = lss__stat_row(rows, cap, nr, "frechet_features", -1, sqrt(fd > 0 ? fd : 0), sqrt(fh > 0 ? fh : 0));
+done:
+    LSS_FREE(fa);
+    LSS_FREE(fb);
+    return s;
+}
+
+/* Standardised peak heights of every map of a stack into a growing array. */
+static int lss__stat_all_peaks(const lss_grid *g, const float *maps, int n, const lss_stat_opts *o, double mu, double sd,
+                               double **out, int64_t *count) {
+    int64_t cap = 0, tot = 0, np, cnt;
+    double *h = NULL;
+    int m, s;
+    for (m = 0; m < n; m++) {
+        if ((s = lss_stat_peaks(g, maps + (int64_t)m * g->n, o, NULL, NULL, 0, &np)) != LSS_OK) goto fail;
+        cap += np;
+    }
+    h = (double *)LSS_MALLOC(sizeof(double) * (size_t)(cap > 0 ? cap : 1));
+    if (!h) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_compare: out of memory");
+    for (m = 0; m < n; m++) {
+        if ((s = lss_stat_peaks(g, maps + (int64_t)m * g->n, o, NULL, h + tot, cap - tot, &cnt)) != LSS_OK) goto fail;
+        tot += cnt;
+    }
+    for (np = 0; np < tot; np++) h[np] = (h[np] - mu) / sd;
+    *out = h;
+    *count = tot;
+    return LSS_OK;
+fail:
+    LSS_FREE(h);
+    return s;
+}
+
+LSSDEF int lss_stat_compare(const lss_grid *g, const float *a, int na, const float *b, int nb,
+                            const lss_stat_compare_opts *o, lss_stat_row *rows, int cap, int *nrows) {
+    static const double dthr[13] = {-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4};
+    lss_stat_compare_opts dflt;
+    lss_stat_opts so;
+    double edges_own[9], *thr = NULL, *pa = NULL, *pb = NULL, *sa = NULL, *sb = NULL, *diff = NULL, *scat = NULL;
+    double *pka = NULL, *pkb = NULL, mu = 0, sd = 0, v, sc;
+    const double *edges;
+    int64_t i, np, nall, npa = 0, npb = 0;
+    int nell, nthr, nr = 0, s, k, hb, nmax;
+    if (!nrows) return lss_seterr(LSS_ERR_ARG, "lss_stat_compare: nrows is NULL");
+    *nrows = 0;
+    if (!rows || cap < 1) return lss_seterr(LSS_ERR_ARG, "lss_stat_compare: no room for rows");
+    if (!o) {
+        memset(&dflt, 0, sizeof dflt);
+        o = &dflt;
+    }
+    if (nb < 4 || na < 2)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_stat_compare: need >= 2 maps in the first set and >= 4 in the reference (got %d, %d)", na, nb);
+    if ((s = lss__stat_check_maps(g, a, na, "lss_stat_compare")) != LSS_OK) return s;
+    if ((s = lss__stat_check_maps(g, b, nb, "lss_stat_compare")) != LSS_OK) return s;
+    so = o->stat;
+    so.norm = 0;
+    if (o->ell_edges) {
+        edges = o->ell_edges;
+        nell = o->nell;
+    } else {
+        if ((s = lss_grid_ps_edges(g, 8, edges_own)) != LSS_OK) return s;
+        edges = edges_own;
+        nell = 8;
+    }
+    if ((s = lss__ps_check_edges(edges, nell, "lss_stat_compare")) != LSS_OK) return s;
+    nthr = o->thresholds ? o->nthr : 12;
+    if ((s = lss__stat_check_thr(o->thresholds ? o->thresholds : dthr, nthr, "lss_stat_compare")) != LSS_OK) return s;
+    np = g->n;
+    nall = (int64_t)(na > nb ? na : nb) * np;
+    nmax = na > nb ? na : nb;
+    pa = (double *)LSS_MALLOC(sizeof(double) * (size_t)nall);
+    pb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nall);
+    thr = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nthr + 1));
+    sa = (double *)LSS_MALLOC(sizeof(double) * (size_t)nmax * 3 * (size_t)(nell > nthr ? nell : nthr));
+    sb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nmax * 3 * (size_t)(nell > nthr ? nell : nthr));
+    diff = (double *)LSS_MALLOC(sizeof(double) * 6 * (size_t)(nell > nthr ? nell : nthr));
+    if (!pa || !pb || !thr || !sa || !sb || !diff) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_stat_compare: out of memory");
+        goto done;
+    }
+    scat = diff + 3 * (nell > nthr ? nell : nthr);
+    /* reference pixel mean and std (the paper's normalisation of both sets) */
+    for (i = 0; i < (int64_t)nb * np; i++) mu += b[i];
+    mu /= (double)nb * np;
+    for (i = 0; i < (int64_t)nb * np; i++) sd += (b[i] - mu) * (b[i] - mu);
+    sd = sqrt(sd / ((double)nb * np));
+    if (!(sd > 0)) {
+        s = lss_seterr(LSS_ERR_NUMERIC, "lss_stat_compare: the reference maps are constant");
+        goto done;
+    }
+    for (i = 0; i < (int64_t)na * np; i++) pa[i] = (a[i] - mu) / sd;
+    for (i = 0; i < (int64_t)nb * np; i++) pb[i] = (b[i] - mu) / sd;
+    hb = nb / 2;
+    if ((s = lss_stat_wasserstein1(pa, NULL, (int64_t)na * np, pb, NULL, (int64_t)nb * np, &v)) != LSS_OK) goto done;
+    if ((s = lss_stat_wasserstein1(pb, NULL, (int64_t)hb * np, pb + (int64_t)hb * np, NULL, (int64_t)(nb - hb) * np, &sc)) != LSS_OK) goto done;
+    if ((s = lss__stat_row(rows, cap, &nr, "w1_pixels", -1, v, sc)) != LSS_OK) goto done;
+    /* peak heights */
+    if ((s = lss__stat_all_peaks(g, a, na, &so, mu, sd, &pka, &npa)) != LSS_OK) goto done;
+    if ((s = lss__stat_all_peaks(g, b, nb, &so, mu, sd, &pkb, &npb)) != LSS_OK) goto done;
+    if (npa > 0 && npb > 0) {
+        int64_t nh;
+        double *pkh = NULL;
+        if ((s = lss_stat_wasserstein1(pka, NULL, npa, pkb, NULL, npb, &v)) != LSS_OK) goto done;
+        if ((s = lss__stat_all_peaks(g, b, hb, &so, mu, sd, &pkh, &nh)) != LSS_OK) goto done;
+        sc = NAN;
+        if (nh > 0 && nh < npb) s = lss_stat_wasserstein1(pkh, NULL, nh, pkb + nh, NULL, npb - nh, &sc);
+        LSS_FREE(pkh);
+        if (s != LSS_OK) goto done;
+        if ((s = lss__stat_row(rows, cap, &nr, "w1_peaks", -1, v, sc)) != LSS_OK) goto done;
+    }
+    /* power spectra and their correlation matrices */
+    if ((s = lss_stat_ps(g, a, na, edges, nell, &so, NULL, sa, NULL, NULL)) != LSS_OK) goto done;
+    if ((s = lss_stat_ps(g, b, nb, edges, nell, &so, NULL, sb, NULL, NULL)) != LSS_OK) goto done;
+    if ((s = lss_stat_reldiff(sa, na, sb, nb, nell, diff, scat)) != LSS_OK) goto done;
+    for (k = 0; k < nell; k++)
+        if ((s = lss__stat_row(rows, cap, &nr, "ps_rel", k, diff[k], scat[k])) != LSS_OK) goto done;
+    if (lss_stat_corr_frob(sa, na, sb, nb, nell, NULL, &v) == LSS_OK &&
+        lss_stat_corr_frob(sb, hb, sb + (int64_t)hb * nell, nb - hb, nell, NULL, &sc) == LSS_OK) {
+        if ((s = lss__stat_row(rows, cap, &nr, "corr_frac", -1, v, sc)) != LSS_OK) goto done;
+    }
+    /* folded bispectrum (the paper's configuration) on square maps */
+    if (g->h == g->w) {
+        if ((s = lss_stat_bispectrum(g, a, na, LSS_STAT_BISP_FOLDED, edges, nell, &so, NULL, sa, NULL, NULL)) != LSS_OK) goto done;
+        if ((s = lss_stat_bispectrum(g, b, nb, LSS_STAT_BISP_FOLDED, edges, nell, &so, NULL, sb, NULL, NULL)) != LSS_OK) goto done;
+        if ((s = lss_stat_reldiff(sa, na, sb, nb, nell, diff, scat)) != LSS_OK) goto done;
+        for (k = 0; k < nell; k++)
+            if ((s = lss__stat_row(rows, cap, &nr, "bisp_rel", k, diff[k], scat[k])) != LSS_OK) goto done;
+    }
+    /* Minkowski functionals on thresholds scaled by the reference std */
+    for (k = 0; k <= nthr; k++) thr[k] = (o->thresholds ? o->thresholds[k] : dthr[k]) * sd + mu;
+    if ((s = lss_stat_minkowski(g, a, na, thr, nthr, &so, sa, NULL, NULL)) != LSS_OK) goto done;
+    if ((s = lss_stat_minkowski(g, b, nb, thr, nthr, &so, sb, NULL, NULL)) != LSS_OK) goto done;
+    if ((s = lss_stat_reldiff(sa, na, sb, nb, 3 * nthr, diff, scat)) != LSS_OK) goto done;
+    for (k = 0; k < 3 * nthr; k++) {
+        static const char *const nm[3] = {"mink_v0_rel", "mink_v1_rel", "mink_v2_rel"};
+        if ((s = lss__stat_row(rows, cap, &nr, nm[k / nthr], k % nthr, diff[k], scat[k])) != LSS_OK) goto done;
+    }
+    /* SSIM significance (eq. 4) of within-set scores */
+    if (o->ssim_pairs >= 0) {
+        int ms = g->h >= 176 && g->w >= 176;
+        int64_t pairs = o->ssim_pairs > 0 ? o->ssim_pairs : 200;
+        double ma, sda, mb, sdb;
+        if ((s = lss_stat_ssim_set(a, na, NULL, 0, g->h, g->w, ms, pairs, o->seed, NULL, &ma, &sda)) != LSS_OK) goto done;
+        if ((s = lss_stat_ssim_set(b, nb, NULL, 0, g->h, g->w, ms, pairs, o->seed, NULL, &mb, &sdb)) != LSS_OK) goto done;
+        if ((s = lss__stat_row(rows, cap, &nr, "ssim_significance", -1, lss_stat_ssim_significance(ma, sda, mb, sdb), 1.0)) != LSS_OK) goto done;
+    }
+    /* Frechet distance of caller-computed features */
+    if (o->features && (s = lss__stat_frechet_row(g, a, na, b, nb, o, rows, cap, &nr)) != LSS_OK) goto done;
+    *nrows = nr;
+done:
+    LSS_FREE(pa);
+    LSS_FREE(pb);
+    LSS_FREE(thr);
+    LSS_FREE(sa);
+    LSS_FREE(sb);
+    LSS_FREE(diff);
+    LSS_FREE(pka);
+    LSS_FREE(pkb);
+    return s;
 }
 /* ==== END STATISTICS IMPLEMENTATION ==== */
 /* ==== END MAPS IMPLEMENTATION ==== */

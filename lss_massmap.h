@@ -12,7 +12,8 @@
  * Contents (public function groups)
  *   operators            lss_mm_kappa_to_shear, lss_mm_shear_to_kappa, lss_mm_ks
  *   theory               lss_mm_params_planck15, lss_mm_theory_ckk, lss_mm_theory_kappa_empty
- *   data                 lss_mm_catalogue_load/_free, lss_mm_bin
+ *   data                 lss_mm_catalogue_load/_free, lss_mm_bin, lss_mm_bin_sky, lss_mm_sky_to_pix,
+ *                        lss_mm_pix_to_sky, lss_mm_sky_shear, lss_mm_sky_json, lss_mm_shear_load
  *   mock pieces          lss_mm_mock_mask, lss_mm_mock_noise_map, lss_mm_mock_shear, lss_mm_mock_kappa,
  *                        lss_mm_field, lss_mm_field_stream
  *   mock data sets       lss_mm_mock_create/_free, lss_mm_mock_save, lss_mm_mock_load, lss_mm_mock_grid
@@ -32,6 +33,13 @@
  * Conventions (used everywhere, files included); grids, FFT normalisation, multipoles and spectrum
  * binning are those of the STATISTICS section of lss_maps.h.
  *   - A map is a float array [H, W] indexed [y, x] (row y, column x, as an image), C order.
+ *   - Sky positions (ra/dec catalogues, lss_mm_sky): gnomonic projection about a tangent point; x increases
+ *     to the WEST (east is left, the sky as seen) and y to the north, unless flip_ra (x to the east).
+ *     Ellipticities of ra/dec catalogues are expected in the sky frame (+e1 along RA, +e2 along the
+ *     north-east diagonal, angles from east towards north); on the grid e2 changes sign (x to the west is a
+ *     mirror of the east-north frame) after a rotation by the angle between the local north and the grid's y
+ *     axis: g1 + i g2 = conj(e exp(2i dtheta)) (see lss_mm_sky). e2_sign = -1 reads catalogues of the other
+ *     handedness. Pixel catalogues are used as given (x, y and e1, e2 in the grid frame).
  *   - gamma1 + i gamma2 = F^-1[ ((k_x^2 - k_y^2) + 2i k_x k_y) / k^2  F[kappa_E + i kappa_B] ] (the spin-2
  *     tables lss_grid_cos2/sin2): the operator P is unitary (P^dagger P = 1) for every k != 0 and its
  *     k = 0 cell is 0. On even grids the Nyquist cell carries the sign of the other frequency, which keeps
@@ -79,7 +87,9 @@
  * independent and run one per thread; with one they advance in lock step so that the network
  * sees whole batches.
  * Neural prior (lss_mm_net_*): the U-net of lss_nn.h as the residual score (eqs. 23-24) or as the
- * DeepMass baseline; trained on simulated maps drawn on the fly; checkpoints in lss_nn's format.
+ * DeepMass baseline; trained on simulated maps drawn on the fly by the training loop of lss_nn.h
+ * (lss_train: held-out loss, loss CSV, plateau stop, checkpoints with exact resume); checkpoints in
+ * lss_nn's format.
  *
  * Options: LSS_MALLOC/LSS_REALLOC/LSS_FREE (see lss_core.h); LSS_NO_OPENMP ignores OpenMP.
  * Threads: a grid holds one FFT workspace per OpenMP thread; functions of this header may be called
@@ -163,22 +173,77 @@ typedef struct {
 LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalogue *cat);
 LSSDEF void lss_mm_catalogue_free(lss_mm_catalogue *cat);
 
+/* The sky coordinates of a grid: gnomonic (tangent-plane) projection about the tangent point (ra0,
+ * dec0). With xi, eta the standard coordinates (radians; xi towards the east, eta towards the north):
+ *     cos c = sin dec0 sin dec + cos dec0 cos dec cos(ra - ra0),
+ *     xi = cos dec sin(ra - ra0) / cos c,   eta = (cos dec0 sin dec - sin dec0 cos dec cos(ra - ra0)) / cos c,
+ * a position maps to the continuous pixel coordinates (pixel [j] spans [j, j + 1))
+ *     x = x0 - xi / pix   (default: x increases to the WEST, east is left, the sky as seen)
+ *     x = x0 + xi / pix   (flip_ra = 1: x increases to the east, along RA; a mirror image of the sky)
+ *     y = y0 + eta / pix  (y increases to the north).
+ * Ellipticities (and shears) of the sky frame: e = |e| exp(2i phi) with phi measured at the galaxy
+ * from the local east (increasing RA) towards the local north, i.e. +e1 along RA, +e2 along the
+ * north-east diagonal (the frame of most published catalogues). On the grid the angle of the same
+ * direction is phi + dtheta (tangent plane, eta towards north: dtheta = atan2(xi sin dec0,
+ * cos dec0 - eta sin dec0) is the angle between the local north and the eta axis, 0 on the central
+ * meridian and at dec0 = 0), then pi - (phi + dtheta) with x to the west (a mirror). Hence
+ *     x to the west (default):  g1 = Re[e exp(2i dtheta)],  g2 = -Im[e exp(2i dtheta)]   (e2 changes sign)
+ *     x to the east (flip_ra):  g1 = Re[e exp(2i dtheta)],  g2 = +Im[e exp(2i dtheta)],
+ * which makes the shear of a mass tangential on the grid as on the sky (KS E mode positive on it). */
+typedef struct {
+    double ra0, dec0;      /* tangent point (degrees) */
+    double pix_arcmin;     /* pixel size on the tangent plane (arcmin, > 0) */
+    double x0, y0;         /* continuous pixel coordinates of the tangent point */
+    int flip_ra;           /* 0: x to the west (east left); 1: x to the east */
+} lss_mm_sky;
+/* (ra, dec) in degrees -> continuous pixel coordinates. LSS_ERR_RANGE for a position 90 degrees or more
+ * from the tangent point (no gnomonic image), LSS_ERR_ARG for a bad frame or non-finite input. */
+LSSDEF int lss_mm_sky_to_pix(const lss_mm_sky *s, double ra, double dec, double *x, double *y);
+/* Continuous pixel coordinates -> (ra in [0, 360), dec) in degrees; the exact inverse of lss_mm_sky_to_pix. */
+LSSDEF int lss_mm_pix_to_sky(const lss_mm_sky *s, double x, double y, double *ra, double *dec);
+/* Ellipticity (e1, e2) of the sky frame at (ra, dec) -> (g1, g2) of the grid frame (see above). */
+LSSDEF int lss_mm_sky_shear(const lss_mm_sky *s, double ra, double dec, double e1, double e2, double *g1,
+                            double *g2);
+/* A shear map file: NPY [2, H, W] (gamma1, gamma2), or field `field` of a stack [K, 2, H, W], into one
+ * allocation *g of 2 H W floats (gamma2 = *g + H W; free with LSS_FREE). LSS_ERR_SHAPE for another shape,
+ * a missing field or a map smaller than 2 x 2, LSS_ERR_FORMAT for a non-finite value. */
+LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int *w);
+
+/* The frame as a JSON object (projection, ra0_deg, dec0_deg, pixel_arcmin, ref_pixel_xy, x_axis, y_axis,
+ * ellipticity_frame with the e2_sign used) into buf of n bytes; LSS_ERR_RANGE when it does not fit. */
+LSSDEF int lss_mm_sky_json(const lss_mm_sky *s, int e2_sign, char *buf, size_t n);
+
 typedef struct {
     int h, w;              /* grid size; 0: the bounding box of the positions */
     double pix_arcmin;     /* pixel size for ra/dec input (0: LSS_MM_COSMOS_PIX_ARCMIN) */
     double sigma_e;        /* shape noise per component; 0: estimated from the catalogue */
-    double x0, y0;         /* pixel (or ra/dec) origin of the grid; used when set_origin = 1 */
+    double x0, y0;         /* pixel catalogues: pixel origin of the grid; used when set_origin = 1 */
     int set_origin;
+    /* ra/dec catalogues (see lss_mm_sky) */
+    double ra0, dec0;      /* tangent point (degrees); used when set_centre = 1 (else: the mean direction of the
+                              galaxies) */
+    int set_centre;
+    int flip_ra;           /* 1: x increases to the east (default 0: to the west, east left) */
+    int e2_sign;           /* 0 or 1: e2 as given (ra/dec: the sky frame of lss_mm_sky); -1: e2 of the other
+                              handedness (e.g. measured in image pixels with x to the west), negated first
+                              (both kinds of catalogue) */
 } lss_mm_bin_opts;
 /* Bins a catalogue: g1, g2 = weighted mean ellipticity per pixel, nvar = sigma_e^2 sum w^2/(sum w)^2
  * (sigma_e^2/N for unit weights; LSS_MM_EMPTY_VAR and shear 0 where empty), count = galaxies per
- * pixel (may be NULL). Pixel coordinates: galaxy at (x, y) falls in pixel [floor(y), floor(x)].
- * ra/dec: x = (ra - ra_min) cos(dec_mid) / pix, y = (dec - dec_min) / pix. The arrays must hold h*w
- * values: call with g1 == NULL first to get *h_out, *w_out. Galaxies outside are dropped and
+ * pixel (may be NULL). Pixel coordinates: galaxy at (x, y) falls in pixel [floor(y), floor(x)], its
+ * (e1, e2) used as given. ra/dec: the position projected by lss_mm_sky_to_pix with the frame of
+ * lss_mm_bin_sky, the ellipticity turned into the grid frame by lss_mm_sky_shear. The arrays must hold
+ * h*w values: call with g1 == NULL first to get *h_out, *w_out. Galaxies outside are dropped and
  * counted in *dropped (may be NULL). */
 LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int *h_out, int *w_out,
                       float *g1, float *g2, float *nvar, float *count, int64_t *dropped,
                       double *sigma_e_used);
+/* The sky frame and grid size lss_mm_bin uses for a ra/dec catalogue: tangent point (ra0, dec0) or the
+ * galaxies' mean direction; with h, w given the tangent point sits at the grid centre (x0 = w/2,
+ * y0 = h/2), else the grid is the bounding box of the projected positions. LSS_ERR_ARG for a pixel
+ * catalogue, LSS_ERR_RANGE for galaxies 80 degrees or more from the tangent point. */
+LSSDEF int lss_mm_bin_sky(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, lss_mm_sky *sky, int *h,
+                          int *w);
 
 typedef struct {
     double ngal_arcmin2;   /* galaxies per arcmin^2 of observed pixels (0: LSS_MM_COSMOS_NGAL) */
@@ -372,7 +437,7 @@ LSSDEF int lss_mm_net_residual(void *net, int n, const float *x, const float *sc
 LSSDEF int lss_mm_net_deepmass(lss_mm_net *net, const float *g1, const float *g2, float *kappa);
 
 typedef struct {
-    int steps;             /* 0: 1000 */
+    int steps;             /* total optimizer steps of the network (0: 1000) */
     int batch;             /* 0: 16 */
     double lr;             /* Adam learning rate (0: 1e-3), divided by 10 at 40% and 80% of the steps */
     double s;              /* DSM noise scale: sigma = s N(0, 1) (0: 0.2) */
@@ -382,19 +447,43 @@ typedef struct {
     const double *pk_big;        /* its convergence spectrum (required) */
     const float *nvar;           /* DeepMass: the survey's per-pixel noise variance (required then) */
     uint64_t seed;
-    void (*progress)(void *user, int step, double loss);
+    void (*progress)(void *user, int step, double loss);  /* after every step (loss NaN: step skipped) */
     void *progress_user;
+    /* the loop (lss_train of lss_nn.h) */
+    const char *ckpt;      /* checkpoint: weights, batch-norm statistics, spectral-norm vectors, optimizer and
+                              loop state (readable by lss_mm_net_load/_open); NULL: none */
+    int ckpt_every;        /* checkpoint every ckpt_every steps and at the end (0: eval_every) */
+    int resume;            /* 1: continue from ckpt when it exists (needs ckpt and, past step 0, loss_csv when
+                              one is named); the result is bitwise that of an uninterrupted run */
+    const char *loss_csv;  /* loss table: step, train_loss, valid_loss (NULL: none) */
+    int eval_every;        /* held-out evaluation and a CSV row every eval_every steps (0: at the end only) */
+    int eval_batches;      /* batches of `batch` held-out maps per evaluation (0: 4) */
+    int patience;          /* stop after `patience` evaluations without a lower held-out loss (0: never) */
 } lss_mm_train_opts;
-/* Trains the network; *final_loss (may be NULL) receives the mean loss of the last 10% of steps. */
-LSSDEF int lss_mm_net_train(lss_mm_net *net, const lss_mm_train_opts *o, double *final_loss);
+typedef struct {
+    double final_loss;     /* mean training loss over the last 10% of the steps, of those this call ran (NaN: none) */
+    double valid_loss;     /* held-out loss at the last evaluation (lss_mm_net_heldout's loss_net; NaN: none) */
+    double valid_base;     /* its baseline on the same batches (loss_base; NaN: none) */
+    lss_train_result loop; /* steps done, skipped steps, plateau stop, time */
+} lss_mm_train_result;
+/* Trains the network through lss_train: step t draws batch t of the training set (maps
+ * lss_mm_field_stream(LSS_SET_TRAIN, t batch + j), noise LSS_STREAM_MM_DSM at lss_set_index(LSS_SET_TRAIN, t)),
+ * so that every step is a pure function of its index and a resumed run is exact; the held-out evaluation
+ * is lss_mm_net_heldout on eval_batches batches. The optimizer is created at the first call (its schedule
+ * from `steps`); a later call continues its step count up to `steps`. A step with a non-finite loss or
+ * gradient is skipped (counted in res->loop.skipped); LSS_ERR_NUMERIC when every step run was. res may be
+ * NULL. */
+LSSDEF int lss_mm_net_train(lss_mm_net *net, const lss_mm_train_opts *o, lss_mm_train_result *res);
 
-/* Held-out denoising-score-matching loss of a score network against the Gaussian prior alone, on
- * nbatch batches of o->batch maps drawn from the validation set (LSS_SET_VALID, never trained on) with
- * the noise of the training recipe: loss_net = mean (u + sigma (s_G + r))^2 with r from
- * lss_mm_net_residual (the residual exactly as the sampler uses it), loss_gauss the same with r = 0. Both
- * use the same maps, noise levels and u. o as for lss_mm_net_train (big, pk_big, lambda, s, batch, seed). */
+/* Held-out loss on nbatch batches of o->batch maps of the validation set (LSS_SET_VALID, never trained
+ * on; batch k from the streams of lss_mm_net_train with LSS_SET_VALID), with the noise of the training
+ * recipe. Score network: loss_net = mean (u + sigma (s_G + r))^2 with r the residual as
+ * lss_mm_net_residual computes it (what the sampler uses), loss_base the same with r = 0 (the Gaussian
+ * prior alone). DeepMass: loss_net = mean (prediction - truth)^2 and loss_base = mean truth^2 (the zero
+ * map), both in units of the output scale. o as for lss_mm_net_train (big, pk_big, lambda, s, batch,
+ * nvar, seed). */
 LSSDEF int lss_mm_net_heldout(lss_mm_net *net, const lss_mm_train_opts *o, int nbatch, double *loss_net,
-                              double *loss_gauss);
+                              double *loss_base);
 /* A network from a checkpoint of lss_mm_net_save for maps of grid g with prior pk: the architecture is
  * read from the file (lss_mm_net_probe); want_deepmass selects the kind required. Free with
  * lss_mm_net_free (g must outlive it). */
@@ -498,9 +587,9 @@ LSSDEF int lss_mm_mock_grid(const lss_mm_mock *m, int pad, lss_grid **g, double 
 /* Trains a network on maps drawn on the fly like the fields of mock m (its spectrum, shift and, for
  * DeepMass, noise) on a grid twice its size: creates the network for grid g (the mock's grid) with
  * options no, fills the big, pk_big, lambda and nvar of a copy of to from the mock and runs
- * lss_mm_net_train. *final_loss (may be NULL) as there. */
+ * lss_mm_net_train. res (may be NULL) as there. */
 LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
-                                const lss_mm_train_opts *to, lss_mm_net **out, double *final_loss);
+                                const lss_mm_train_opts *to, lss_mm_train_result *res, lss_mm_net **out);
 
 /* ---------------------------------------------------------------- evaluation (Table 1, figures 6-7) */
 enum { LSS_MM_METHOD_KS = 0, LSS_MM_METHOD_WIENER = 1, LSS_MM_METHOD_POSTERIOR = 2,
@@ -863,21 +952,207 @@ LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalog
     return LSS_OK;
 }
 
+/* ---- sky coordinates: gnomonic projection and the ellipticity frame */
+#define LSS__MM_DEG (M_PI / 180.0)
+
+static int lss__mm_sky_ok(const lss_mm_sky *s, const char *fn) {
+    if (!s) return lss_seterr(LSS_ERR_ARG, "%s: NULL frame", fn);
+    if (!isfinite(s->ra0) || !(s->dec0 >= -90.0 && s->dec0 <= 90.0) || !(s->pix_arcmin > 0) || !isfinite(s->pix_arcmin) ||
+        !isfinite(s->x0) || !isfinite(s->y0))
+        return lss_seterr(LSS_ERR_ARG, "%s: bad frame (tangent point %g, %g; pixel %g arcmin; reference pixel %g, %g)", fn, s->ra0,
+                          s->dec0, s->pix_arcmin, s->x0, s->y0);
+    return LSS_OK;
+}
+
+/* Standard coordinates (xi east, eta north; radians) and cos c of a position; 0 when cos c <= 0. */
+static int lss__mm_gnomonic(const lss_mm_sky *s, double ra, double dec, double *xi, double *eta, double *cosc) {
+    double d0 = s->dec0 * LSS__MM_DEG, d = dec * LSS__MM_DEG, da = (ra - s->ra0) * LSS__MM_DEG;
+    double c = sin(d0) * sin(d) + cos(d0) * cos(d) * cos(da);
+    *cosc = c;
+    if (!(c > 0)) return 0;
+    *xi = cos(d) * sin(da) / c;
+    *eta = (cos(d0) * sin(d) - sin(d0) * cos(d) * cos(da)) / c;
+    return 1;
+}
+
+LSSDEF int lss_mm_sky_to_pix(const lss_mm_sky *s, double ra, double dec, double *x, double *y) {
+    double xi, eta, c, pix;
+    int st;
+    if ((st = lss__mm_sky_ok(s, "lss_mm_sky_to_pix")) != LSS_OK) return st;
+    if (!x || !y || !isfinite(ra) || !(dec >= -90.0 && dec <= 90.0))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_sky_to_pix: bad position (%g, %g) or NULL output", ra, dec);
+    if (!lss__mm_gnomonic(s, ra, dec, &xi, &eta, &c))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_sky_to_pix: (%g, %g) is 90 degrees or more from the tangent point (%g, %g)", ra,
+                          dec, s->ra0, s->dec0);
+    pix = s->pix_arcmin / 60.0 * LSS__MM_DEG;
+    *x = s->x0 + (s->flip_ra ? xi : -xi) / pix;
+    *y = s->y0 + eta / pix;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_pix_to_sky(const lss_mm_sky *s, double x, double y, double *ra, double *dec) {
+    double pix, xi, eta, d0, a, den;
+    int st;
+    if ((st = lss__mm_sky_ok(s, "lss_mm_pix_to_sky")) != LSS_OK) return st;
+    if (!ra || !dec || !isfinite(x) || !isfinite(y)) return lss_seterr(LSS_ERR_ARG, "lss_mm_pix_to_sky: bad pixel (%g, %g) or NULL output", x, y);
+    pix = s->pix_arcmin / 60.0 * LSS__MM_DEG;
+    xi = (s->flip_ra ? 1.0 : -1.0) * (x - s->x0) * pix;
+    eta = (y - s->y0) * pix;
+    d0 = s->dec0 * LSS__MM_DEG;
+    den = cos(d0) - eta * sin(d0);
+    a = s->ra0 + atan2(xi, den) / LSS__MM_DEG;
+    *dec = atan2(sin(d0) + eta * cos(d0), sqrt(xi * xi + den * den)) / LSS__MM_DEG;
+    a = fmod(a, 360.0);
+    if (a < 0) a += 360.0;
+    if (a >= 360.0) a = 0.0;
+    *ra = a;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_sky_shear(const lss_mm_sky *s, double ra, double dec, double e1, double e2, double *g1,
+                            double *g2) {
+    double xi, eta, c, d0, dt, c2, s2, r1, r2;
+    int st;
+    if ((st = lss__mm_sky_ok(s, "lss_mm_sky_shear")) != LSS_OK) return st;
+    if (!g1 || !g2 || !isfinite(ra) || !(dec >= -90.0 && dec <= 90.0) || !isfinite(e1) || !isfinite(e2))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_sky_shear: bad input or NULL output");
+    if (!lss__mm_gnomonic(s, ra, dec, &xi, &eta, &c))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_sky_shear: (%g, %g) is 90 degrees or more from the tangent point", ra, dec);
+    d0 = s->dec0 * LSS__MM_DEG;
+    dt = atan2(xi * sin(d0), cos(d0) - eta * sin(d0)); /* local north against the eta axis */
+    c2 = cos(2 * dt);
+    s2 = sin(2 * dt);
+    r1 = e1 * c2 - e2 * s2;
+    r2 = e1 * s2 + e2 * c2;
+    *g1 = r1;
+    *g2 = s->flip_ra ? r2 : -r2;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int *w) {
+    float *d;
+    int nd, s;
+    int64_t sh[LSS_MAX_DIM], n, off = 0, i;
+    if (!path || !g || !h || !w) return lss_seterr(LSS_ERR_ARG, "lss_mm_shear_load: NULL argument");
+    *g = NULL;
+    if ((s = lss_npy_load_f32(path, &d, &nd, sh)) != LSS_OK) return s;
+    if (nd == 3 && sh[0] == 2 && field == 0) *h = (int)sh[1], *w = (int)sh[2];
+    else if (nd == 4 && sh[1] == 2 && field >= 0 && field < sh[0]) *h = (int)sh[2], *w = (int)sh[3], off = (int64_t)field * 2 * sh[2] * sh[3];
+    else {
+        LSS_FREE(d);
+        return lss_seterr(LSS_ERR_SHAPE, "%s: expected shear [2, H, W] or [K, 2, H, W] holding field %d", path, field);
+    }
+    n = (int64_t)*h * *w;
+    if (*h < 2 || *w < 2) {
+        LSS_FREE(d);
+        return lss_seterr(LSS_ERR_SHAPE, "%s: map %d x %d too small", path, *h, *w);
+    }
+    for (i = 0; i < 2 * n; i++)
+        if (!isfinite(d[off + i])) {
+            LSS_FREE(d);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: non-finite shear at value %lld", path, (long long)i);
+        }
+    if (off > 0) memmove(d, d + off, sizeof(float) * (size_t)(2 * n));
+    *g = d;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_sky_json(const lss_mm_sky *s, int e2_sign, char *buf, size_t n) {
+    int st, k;
+    if ((st = lss__mm_sky_ok(s, "lss_mm_sky_json")) != LSS_OK) return st;
+    if (!buf || n < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_sky_json: no buffer");
+    k = snprintf(buf, n, "{\"projection\": \"gnomonic\", \"ra0_deg\": %.12g, \"dec0_deg\": %.12g, \"pixel_arcmin\": %.12g, "
+                 "\"ref_pixel_xy\": [%.12g, %.12g], \"ref_pixel_note\": \"continuous pixel coordinates of the tangent point; pixel [j] "
+                 "spans [j, j + 1)\", \"x_axis\": \"%s\", \"y_axis\": \"north\", \"ellipticity_frame\": \"sky: +e1 along RA, +e2 "
+                 "north-east; e2 read times %d, rotated to the tangent-plane axes, %s on the grid\"}", s->ra0, s->dec0, s->pix_arcmin,
+                 s->x0, s->y0, s->flip_ra ? "east" : "west", e2_sign < 0 ? -1 : 1, s->flip_ra ? "e2 kept" : "e2 negated");
+    if (k < 0 || (size_t)k >= n) return lss_seterr(LSS_ERR_RANGE, "lss_mm_sky_json: buffer of %zu bytes too small", n);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_bin_sky(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, lss_mm_sky *sky, int *h, int *w) {
+    lss_mm_bin_opts def;
+    lss_mm_sky k;
+    double vx = 0, vy = 0, vz = 0, vn, xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+    int64_t i;
+    int s;
+    if (!cat || cat->n < 1 || !cat->x || !sky || !h || !w) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin_sky: empty catalogue or NULL output");
+    if (!cat->radec) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin_sky: the catalogue has pixel positions, not ra/dec");
+    if (!o) {
+        memset(&def, 0, sizeof def);
+        o = &def;
+    }
+    if (o->h < 0 || o->w < 0 || o->pix_arcmin < 0 || !isfinite(o->pix_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_bin_sky: negative size or bad pixel");
+    memset(&k, 0, sizeof k);
+    k.pix_arcmin = o->pix_arcmin > 0 ? o->pix_arcmin : LSS_MM_COSMOS_PIX_ARCMIN;
+    k.flip_ra = o->flip_ra ? 1 : 0;
+    for (i = 0; i < cat->n; i++)
+        if (!isfinite(cat->x[i]) || !(cat->y[i] >= -90.0 && cat->y[i] <= 90.0))
+            return lss_seterr(LSS_ERR_ARG, "lss_mm_bin_sky: galaxy %lld at (%g, %g) is not a sky position", (long long)i, cat->x[i], cat->y[i]);
+    if (o->set_centre) {
+        k.ra0 = o->ra0;
+        k.dec0 = o->dec0;
+    } else {
+        for (i = 0; i < cat->n; i++) {
+            double a = cat->x[i] * LSS__MM_DEG, d = cat->y[i] * LSS__MM_DEG;
+            vx += cos(d) * cos(a);
+            vy += cos(d) * sin(a);
+            vz += sin(d);
+        }
+        vn = sqrt(vx * vx + vy * vy + vz * vz);
+        if (!(vn > 1e-6 * (double)cat->n))
+            return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin_sky: the galaxies have no mean direction (they cover the sky)");
+        k.ra0 = atan2(vy, vx) / LSS__MM_DEG;
+        if (k.ra0 < 0) k.ra0 += 360.0;
+        k.dec0 = asin(vz / vn) / LSS__MM_DEG;
+    }
+    if ((s = lss__mm_sky_ok(&k, "lss_mm_bin_sky")) != LSS_OK) return s;
+    for (i = 0; i < cat->n; i++) {
+        double xi, eta, c;
+        if (!lss__mm_gnomonic(&k, cat->x[i], cat->y[i], &xi, &eta, &c) || c < cos(80.0 * LSS__MM_DEG))
+            return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin_sky: galaxy %lld at (%g, %g) is 80 degrees or more from the tangent point (%g, %g)",
+                              (long long)i, cat->x[i], cat->y[i], k.ra0, k.dec0);
+        if (!k.flip_ra) xi = -xi;
+        if (xi < xmin) xmin = xi;
+        if (xi > xmax) xmax = xi;
+        if (eta < ymin) ymin = eta;
+        if (eta > ymax) ymax = eta;
+    }
+    if (o->h > 0 && o->w > 0) {
+        *h = o->h;
+        *w = o->w;
+        k.x0 = 0.5 * o->w;
+        k.y0 = 0.5 * o->h;
+    } else {
+        double pix = k.pix_arcmin / 60.0 * LSS__MM_DEG, nx = (xmax - xmin) / pix, ny = (ymax - ymin) / pix;
+        if (!(nx < 1e8 && ny < 1e8)) return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin_sky: the field is too large for pixels of %g arcmin", k.pix_arcmin);
+        *w = (int)floor(nx) + 1;
+        *h = (int)floor(ny) + 1;
+        k.x0 = -xmin / pix;
+        k.y0 = -ymin / pix;
+    }
+    *sky = k;
+    return LSS_OK;
+}
+
 LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int *h_out, int *w_out,
                       float *g1, float *g2, float *nvar, float *count, int64_t *dropped,
                       double *sigma_e_used) {
     lss_mm_bin_opts def;
-    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY, cosd = 1, pix = 1;
+    lss_mm_sky sky;
+    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY, esign;
     double se, *sw = NULL, *sw2 = NULL, *s1 = NULL, *s2 = NULL;
     int64_t i, n, drop = 0;
-    int h, w;
+    int h, w, s;
     if (!cat || cat->n < 1 || !cat->x) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin: empty catalogue");
     if (!o) {
         memset(&def, 0, sizeof def);
         o = &def;
     }
-    if (o->h < 0 || o->w < 0 || o->pix_arcmin < 0 || o->sigma_e < 0)
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_bin: negative size, pixel or sigma_e");
+    if (o->h < 0 || o->w < 0 || o->pix_arcmin < 0 || o->sigma_e < 0 || o->e2_sign < -1 || o->e2_sign > 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_bin: negative size, pixel or sigma_e, or e2_sign %d not -1, 0 or 1", o->e2_sign);
+    esign = o->e2_sign < 0 ? -1.0 : 1.0;
     for (i = 0; i < cat->n; i++) {
         if (cat->x[i] < xmin) xmin = cat->x[i];
         if (cat->x[i] > xmax) xmax = cat->x[i];
@@ -885,19 +1160,7 @@ LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int
         if (cat->y[i] > ymax) ymax = cat->y[i];
     }
     if (cat->radec) {
-        pix = (o->pix_arcmin > 0 ? o->pix_arcmin : LSS_MM_COSMOS_PIX_ARCMIN) / 60.0;
-        if (o->set_origin) {
-            xmin = o->x0;
-            ymin = o->y0;
-        }
-        cosd = cos(0.5 * (ymin + ymax) * M_PI / 180.0);
-        if (o->h > 0 && o->w > 0) {
-            h = o->h;
-            w = o->w;
-        } else {
-            w = (int)floor((xmax - xmin) * cosd / pix) + 1;
-            h = (int)floor((ymax - ymin) / pix) + 1;
-        }
+        if ((s = lss_mm_bin_sky(cat, o, &sky, &h, &w)) != LSS_OK) return s;
     } else {
         if (!o->set_origin) {
             xmin = o->h > 0 && o->w > 0 ? 0.0 : floor(xmin);
@@ -937,11 +1200,12 @@ LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int
     {
         double m2 = 0, wsum = 0;
         for (i = 0; i < cat->n; i++) {
-            double px, py;
+            double px, py, e1 = cat->e1[i], e2 = esign * cat->e2[i];
             int64_t ix, iy, k;
             if (cat->radec) {
-                px = (cat->x[i] - xmin) * cosd / pix;
-                py = (cat->y[i] - ymin) / pix;
+                /* lss_mm_bin_sky checked every position: these cannot fail */
+                lss_mm_sky_to_pix(&sky, cat->x[i], cat->y[i], &px, &py);
+                lss_mm_sky_shear(&sky, cat->x[i], cat->y[i], cat->e1[i], esign * cat->e2[i], &e1, &e2);
             } else {
                 px = cat->x[i] - xmin;
                 py = cat->y[i] - ymin;
@@ -955,8 +1219,8 @@ LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int
             k = iy * w + ix;
             sw[k] += cat->w[i];
             sw2[k] += cat->w[i] * cat->w[i];
-            s1[k] += cat->w[i] * cat->e1[i];
-            s2[k] += cat->w[i] * cat->e2[i];
+            s1[k] += cat->w[i] * e1;
+            s2[k] += cat->w[i] * e2;
             if (count) count[k] += 1.0f;
             m2 += cat->w[i] * 0.5 * (cat->e1[i] * cat->e1[i] + cat->e2[i] * cat->e2[i]);
             wsum += cat->w[i];
@@ -1326,47 +1590,17 @@ static int lss__mm_wiener_common(const lss_grid *g, const double *pk, const floa
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_wiener(const lss_grid *g, const double *pk, const float *g1, const float *g2,
-                         const float *nvar, const lss_mm_wiener_opts *o, float *kE, int *iters,
-                         double *relres) {
-    lss_grid_ws tmp, *w;
-    double *buf, *winv, *y1, *y2, *x;
-    int64_t i, n;
-    int s;
-    if (!g || !pk || !g1 || !g2 || !nvar || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener: NULL argument");
-    if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener", &buf, 8)) != LSS_OK) return s;
-    if (!(w = lss_grid_ws_get(g, &tmp))) {
-        LSS_FREE(buf);
-        return LSS_ERR_NOMEM;
-    }
-    n = lss_grid_npix(g);
-    winv = buf;
-    y1 = buf + n;
-    y2 = buf + 2 * n;
-    x = buf + 3 * n;
-    for (i = 0; i < n; i++) {
-        winv[i] = 1.0 / (double)nvar[i];
-        y1[i] = g1[i];
-        y2[i] = g2[i];
-    }
-    s = lss__mm_pcg(g, w, pk, winv, y1, y2, o, x, buf + 4 * n, iters, relres);
-    if (s == LSS_OK)
-        for (i = 0; i < n; i++) kE[i] = (float)x[i];
-    lss_grid_ws_put(w, &tmp);
-    LSS_FREE(buf);
-    return s;
-}
-
-LSSDEF int lss_mm_wiener_sample(const lss_grid *g, const double *pk, const float *g1,
-                                const float *g2, const float *nvar, const lss_mm_wiener_opts *o,
-                                uint64_t seed, uint64_t index, float *kE) {
+/* The Wiener solve of lss_mm_wiener (sample = 0: kE = W gamma) and of lss_mm_wiener_sample (sample = 1:
+ * kE = s + W(gamma - A s - n), s and n from the streams of (seed, index)). */
+static int lss__mm_wiener_solve(const lss_grid *g, const double *pk, const float *g1, const float *g2,
+                                const float *nvar, const lss_mm_wiener_opts *o, int sample, uint64_t seed,
+                                uint64_t index, float *kE, int *iters, double *relres, const char *fn) {
     lss_grid_ws tmp, *w;
     double *buf, *winv, *y1, *y2, *x, *sg;
     int64_t i, n;
     int s;
-    lss_rng r;
-    if (!g || !pk || !g1 || !g2 || !nvar || !kE) return lss_seterr(LSS_ERR_ARG, "lss_mm_wiener_sample: NULL argument");
-    if ((s = lss__mm_wiener_common(g, pk, nvar, "lss_mm_wiener_sample", &buf, 9)) != LSS_OK) return s;
+    if (!g || !pk || !g1 || !g2 || !nvar || !kE) return lss_seterr(LSS_ERR_ARG, "%s: NULL argument", fn);
+    if ((s = lss__mm_wiener_common(g, pk, nvar, fn, &buf, 9)) != LSS_OK) return s;
     if (!(w = lss_grid_ws_get(g, &tmp))) {
         LSS_FREE(buf);
         return LSS_ERR_NOMEM;
@@ -1377,18 +1611,20 @@ LSSDEF int lss_mm_wiener_sample(const lss_grid *g, const double *pk, const float
     y2 = buf + 2 * n;
     x = buf + 3 * n;
     sg = buf + 8 * n;
-    /* s ~ N(0, S), drawn into kE first (it is overwritten at the end) */
-    if ((s = lss_field_gaussian(g, pk, seed, lss_stream(LSS_STREAM_MM_CHAIN, index, LSS_MM_SUB_WIENER_SIGNAL), kE)) != LSS_OK) {
-        lss_grid_ws_put(w, &tmp);
-        LSS_FREE(buf);
-        return s;
+    for (i = 0; i < n; i++) {
+        winv[i] = 1.0 / (double)nvar[i];
+        y1[i] = g1[i];
+        y2[i] = g2[i];
+        sg[i] = 0;
     }
-    for (i = 0; i < n; i++) sg[i] = kE[i];
-    /* A s (double) */
-    {
+    /* constrained realisation: s ~ N(0, S) (drawn into kE, overwritten at the end) and the data
+       y = gamma - A s - n */
+    if (sample && (s = lss_field_gaussian(g, pk, seed, lss_stream(LSS_STREAM_MM_CHAIN, index, LSS_MM_SUB_WIENER_SIGNAL), kE)) == LSS_OK) {
         lss_cdouble *c = w->c;
         double sc = 1.0 / (double)n;
+        lss_rng r;
         for (i = 0; i < n; i++) {
+            sg[i] = kE[i];
             c[i][0] = sg[i];
             c[i][1] = 0;
         }
@@ -1402,17 +1638,28 @@ LSSDEF int lss_mm_wiener_sample(const lss_grid *g, const double *pk, const float
         lss_rng_for(&r, seed, LSS_STREAM_MM_CHAIN, index, LSS_MM_SUB_WIENER_NOISE);
         for (i = 0; i < n; i++) {
             double sd = sqrt((double)nvar[i]);
-            winv[i] = 1.0 / (double)nvar[i];
-            y1[i] = g1[i] - c[i][0] - sd * lss_rng_normal(&r);
-            y2[i] = g2[i] - c[i][1] - sd * lss_rng_normal(&r);
+            y1[i] = y1[i] - c[i][0] - sd * lss_rng_normal(&r);
+            y2[i] = y2[i] - c[i][1] - sd * lss_rng_normal(&r);
         }
     }
-    s = lss__mm_pcg(g, w, pk, winv, y1, y2, o, x, buf + 4 * n, NULL, NULL);
+    if (s == LSS_OK) s = lss__mm_pcg(g, w, pk, winv, y1, y2, o, x, buf + 4 * n, iters, relres);
     if (s == LSS_OK)
         for (i = 0; i < n; i++) kE[i] = (float)(sg[i] + x[i]);
     lss_grid_ws_put(w, &tmp);
     LSS_FREE(buf);
     return s;
+}
+
+LSSDEF int lss_mm_wiener(const lss_grid *g, const double *pk, const float *g1, const float *g2,
+                         const float *nvar, const lss_mm_wiener_opts *o, float *kE, int *iters,
+                         double *relres) {
+    return lss__mm_wiener_solve(g, pk, g1, g2, nvar, o, 0, 0, 0, kE, iters, relres, "lss_mm_wiener");
+}
+
+LSSDEF int lss_mm_wiener_sample(const lss_grid *g, const double *pk, const float *g1,
+                                const float *g2, const float *nvar, const lss_mm_wiener_opts *o,
+                                uint64_t seed, uint64_t index, float *kE) {
+    return lss__mm_wiener_solve(g, pk, g1, g2, nvar, o, 1, seed, index, kE, NULL, NULL, "lss_mm_wiener_sample");
 }
 
 LSSDEF int lss_mm_wiener_apply(const lss_grid *g, const double *pk, const float *nvar,
@@ -2372,17 +2619,14 @@ struct lss_mm_net {
     lss_tensor *scale;    /* [2]: input and output scales (DeepMass) */
     float *in, *aux, *sig;
     int cap;
-    float **su;           /* spectral-norm power-iteration vectors per conv weight */
-    int nsu;
+    lss_tensor **sn;      /* per store tensor: its spectral-norm power-iteration vector (a store buffer,
+                             so that checkpoints carry it), NULL for tensors that are not conv weights */
+    int nsn;
 };
 
 LSSDEF void lss_mm_net_free(lss_mm_net *n) {
-    int i;
     if (!n) return;
-    if (n->su) {
-        for (i = 0; i < n->nsu; i++) LSS_FREE(n->su[i]);
-        LSS_FREE(n->su);
-    }
+    LSS_FREE(n->sn);
     lss_optim_free(n->opt);
     lss_graph_free(n->gr);
     lss_store_free(n->st);
@@ -2391,6 +2635,31 @@ LSSDEF void lss_mm_net_free(lss_mm_net *n) {
     LSS_FREE(n->aux);
     LSS_FREE(n->sig);
     LSS_FREE(n);
+}
+
+/* One spectral-norm vector u (C_out values, drawn from lss_stream(LSS_STREAM_NET_INIT, t,
+ * LSS_MM_SUB_SPECTRAL) for store tensor t) per convolution weight, as store buffers "massmap.sn<t>":
+ * checkpoints carry them, so that a resumed training continues the power iteration exactly. */
+static int lss__mm_sn_create(lss_mm_net *n) {
+    int t, nt = lss_store_ntensors(n->st);
+    n->sn = (lss_tensor **)LSS_MALLOC(sizeof(lss_tensor *) * (size_t)nt);
+    if (!n->sn) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_create: out of memory");
+    memset(n->sn, 0, sizeof(lss_tensor *) * (size_t)nt);
+    n->nsn = nt;
+    for (t = 0; t < nt; t++) {
+        lss_tensor *w = lss_store_tensor(n->st, t), *u;
+        int64_t rows[1], i;
+        char nm[32];
+        lss_rng r;
+        if (!(w->flags & LSS_T_PARAM) || w->ndim != 4) continue;
+        rows[0] = w->shape[0];
+        snprintf(nm, sizeof nm, "massmap.sn%d", t);
+        if (!(u = lss_store_buffer(n->st, nm, 1, rows, LSS_INIT_ZERO, 0.0f))) return lss_store_status(n->st);
+        lss_rng_for(&r, n->o.seed, LSS_STREAM_NET_INIT, (uint64_t)t, LSS_MM_SUB_SPECTRAL);
+        for (i = 0; i < rows[0]; i++) u->data[i] = (float)lss_rng_normal(&r);
+        n->sn[t] = u;
+    }
+    return LSS_OK;
 }
 
 LSSDEF int lss_mm_net_create(const lss_grid *g, const double *pk, const lss_mm_net_opts *o,
@@ -2434,7 +2703,7 @@ LSSDEF int lss_mm_net_create(const lss_grid *g, const double *pk, const lss_mm_n
     }
     n->meta = lss_store_buffer(n->st, "massmap.meta", 1, one, LSS_INIT_ZERO, 0.0f);
     n->scale = lss_store_buffer(n->st, "massmap.scale", 1, two, LSS_INIT_ZERO, 1.0f);
-    if ((s = lss_store_status(n->st)) != LSS_OK) {
+    if ((s = lss_store_status(n->st)) != LSS_OK || (s = lss__mm_sn_create(n)) != LSS_OK) {
         lss_mm_net_free(n);
         return s;
     }
@@ -2587,32 +2856,18 @@ LSSDEF int lss_mm_net_deepmass(lss_mm_net *n, const float *g1, const float *g2, 
 }
 
 /* Projects every convolution weight to spectral norm <= 1 (one power iteration per call on the
- * weight reshaped to [C_out, rest], the vector kept between calls). */
-static int lss__mm_spectral(lss_mm_net *n) {
-    int t, k = 0, nt = lss_store_ntensors(n->st);
-    if (!n->su) {
-        n->su = (float **)LSS_MALLOC(sizeof(float *) * (size_t)nt);
-        if (!n->su) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory");
-        memset(n->su, 0, sizeof(float *) * (size_t)nt);
-        n->nsu = nt;
-    }
-    for (t = 0; t < nt; t++) {
+ * weight reshaped to [C_out, rest], the vector u kept between calls in the store; v is scratch). */
+static void lss__mm_spectral(lss_mm_net *n, float *v) {
+    int t;
+    for (t = 0; t < n->nsn; t++) {
         lss_tensor *w = lss_store_tensor(n->st, t);
         int64_t rows, cols, i, j;
-        double nu = 0, sig = 0;
-        float *u, *v;
-        if (!(w->flags & LSS_T_PARAM) || w->ndim != 4) continue;
+        double nu = 0, sig;
+        float *u;
+        if (!n->sn[t]) continue;
         rows = w->shape[0];
         cols = w->n / rows;
-        if (!n->su[t]) {
-            lss_rng r;
-            n->su[t] = (float *)LSS_MALLOC(sizeof(float) * (size_t)(rows + cols));
-            if (!n->su[t]) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory");
-            lss_rng_for(&r, n->o.seed, LSS_STREAM_NET_INIT, (uint64_t)t, LSS_MM_SUB_SPECTRAL);
-            for (i = 0; i < rows; i++) n->su[t][i] = (float)lss_rng_normal(&r);
-        }
-        u = n->su[t];
-        v = u + rows;
+        u = n->sn[t]->data;
         for (j = 0; j < cols; j++) {
             double a = 0;
             for (i = 0; i < rows; i++) a += (double)w->data[i * cols + j] * u[i];
@@ -2632,35 +2887,211 @@ static int lss__mm_spectral(lss_mm_net *n) {
         for (i = 0; i < rows; i++) u[i] = (float)(u[i] / (sig + 1e-12));
         if (sig > 1.0)
             for (i = 0; i < w->n; i++) w->data[i] = (float)(w->data[i] / sig);
-        k++;
+    }
+}
+
+/* ---- training: batches, the step, the held-out loss, the loop (lss_train of lss_nn.h) */
+typedef struct {
+    lss_mm_net *n;
+    lss_mm_train_opts d;  /* defaults applied */
+    int b, nlast;
+    int64_t np;
+    double *pg;           /* Gaussian spectrum of the training fields on d.big */
+    float *fbig, *truth, *u, *sgs, *sig, *v;
+    lss_grid_ws tmp, *w;
+    double lsum, valid, base;
+    int64_t lcnt, ran, skipped;
+} lss__mm_tr;
+
+static void lss__mm_tr_close(lss__mm_tr *t) {
+    if (t->w) lss_grid_ws_put(t->w, &t->tmp);
+    LSS_FREE(t->pg); LSS_FREE(t->fbig); LSS_FREE(t->truth); LSS_FREE(t->u); LSS_FREE(t->sgs); LSS_FREE(t->sig);
+    LSS_FREE(t->v);
+    memset(t, 0, sizeof *t);
+}
+
+/* Defaults, checks of what batches need (grid, spectrum, shift, noise map), workspaces. */
+static int lss__mm_tr_open(lss__mm_tr *t, lss_mm_net *n, const lss_mm_train_opts *o, const char *fn) {
+    int s = LSS_OK, k;
+    int64_t vmax = 1, nb;
+    memset(t, 0, sizeof *t);
+    t->n = n;
+    t->d = *o;
+    if (t->d.batch == 0) t->d.batch = 16;
+    if (t->d.s == 0) t->d.s = 0.2;
+    if (t->d.eval_batches == 0) t->d.eval_batches = 4;
+    if (t->d.batch < 1 || t->d.batch > (1 << 20) || !(t->d.s > 0) || !isfinite(t->d.s) || !(t->d.lambda >= 0) ||
+        !isfinite(t->d.lambda) || t->d.eval_batches < 1)
+        return lss_seterr(LSS_ERR_RANGE, "%s: bad options (batch %d, noise scale %g, shift %g, evaluation batches %d)", fn,
+                          t->d.batch, t->d.s, t->d.lambda, t->d.eval_batches);
+    if (!t->d.big || !t->d.pk_big || lss_grid_h(t->d.big) < lss_grid_h(n->g) || lss_grid_w(t->d.big) < lss_grid_w(n->g))
+        return lss_seterr(LSS_ERR_ARG, "%s: a training grid at least as large as the maps is required", fn);
+    if (n->o.deepmass && !t->d.nvar) return lss_seterr(LSS_ERR_ARG, "%s: DeepMass training needs the survey noise map", fn);
+    if ((s = lss__mm_check_pk(t->d.big, t->d.pk_big, fn)) != LSS_OK) return s;
+    if (t->d.nvar && (s = lss__mm_check_nvar(n->g, t->d.nvar, fn)) != LSS_OK) return s;
+    t->b = t->d.batch;
+    t->np = lss_grid_npix(n->g);
+    nb = lss_grid_npix(t->d.big);
+    for (k = 0; k < n->nsn; k++)
+        if (n->sn[k] && lss_store_tensor(n->st, k)->n / n->sn[k]->n > vmax) vmax = lss_store_tensor(n->st, k)->n / n->sn[k]->n;
+    t->pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb);
+    t->fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)nb);
+    t->truth = (float *)LSS_MALLOC(sizeof(float) * (size_t)(t->b * t->np));
+    t->u = (float *)LSS_MALLOC(sizeof(float) * (size_t)(t->b * t->np));
+    t->sgs = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * t->b * t->np));
+    t->sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)t->b);
+    t->v = (float *)LSS_MALLOC(sizeof(float) * (size_t)vmax);
+    if (!t->pg || !t->fbig || !t->truth || !t->u || !t->sgs || !t->sig || !t->v) {
+        lss__mm_tr_close(t);
+        return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory", fn);
+    }
+    if (t->d.lambda > 0) s = lss_field_lognormal_spectrum(t->d.big, t->d.pk_big, t->d.lambda, t->pg);
+    else memcpy(t->pg, t->d.pk_big, sizeof(double) * (size_t)nb);
+    if (s == LSS_OK) s = lss__mm_net_reserve(n, t->b);
+    if (s == LSS_OK && !(t->w = lss_grid_ws_get(n->g, &t->tmp))) s = LSS_ERR_NOMEM;
+    if (s != LSS_OK) lss__mm_tr_close(t);
+    t->valid = t->base = NAN;
+    return s;
+}
+
+/* Batch `index` of data set `set`, a pure function of (seed, set, index): b cut-outs of the large field
+ * (streams lss_mm_field_stream(set, index b + j)) and the noise of stream (LSS_STREAM_MM_DSM,
+ * lss_set_index(set, index)), prepared as the network's input n->in. Score network: sig[j] = s N(0, 1),
+ * u the unit noise, sgs the Gaussian score at |sig| of x = truth + sig u, input [x, sig^2 sgs] (as
+ * lss_mm_net_residual builds it). DeepMass: input the scaled KS maps of the noisy masked shear, u the
+ * scaled truth. */
+static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
+    lss_mm_net *n = t->n;
+    int64_t np = t->np, i;
+    int j, s = LSS_OK;
+    lss_rng r;
+    for (j = 0; j < t->b && s == LSS_OK; j++)
+        s = lss__mm_cutout(t->d.big, t->pg, t->d.lambda, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed,
+                           lss_mm_field_stream(set, index * (uint64_t)t->b + (uint64_t)j), t->fbig, t->truth + j * np);
+    if (s != LSS_OK) return s;
+    lss_rng_for(&r, t->d.seed, LSS_STREAM_MM_DSM, lss_set_index(set, index), 0);
+    for (j = 0; j < t->b; j++) {
+        float *uj = t->u + j * np, *tj = t->truth + j * np;
+        if (!n->o.deepmass) {
+            float sj = (float)(t->d.s * lss_rng_normal(&r)), s2 = sj * sj, *sgj = t->sgs + j * np;
+            float *xin = n->in + 2 * (int64_t)j * np, *gin = xin + np;
+            t->sig[j] = sj;
+            for (i = 0; i < np; i++) {
+                uj[i] = (float)lss_rng_normal(&r);
+                xin[i] = tj[i] + sj * uj[i];
+            }
+            lss__mm_gscore1(n->g, t->w, n->pkf, xin, fabsf(sj), sgj);
+            for (i = 0; i < np; i++) gin[i] = s2 * sgj[i];
+        } else {
+            float *g1 = t->sgs, *g2 = t->sgs + np;
+            lss__mm_k2g(n->g, t->w, tj, NULL, g1, g2);
+            for (i = 0; i < np; i++) {
+                double n1 = lss_rng_normal(&r), n2 = lss_rng_normal(&r);
+                if (t->d.nvar[i] >= 0.5 * LSS_MM_EMPTY_VAR) g1[i] = g2[i] = 0.0f;
+                else {
+                    double sd = sqrt((double)t->d.nvar[i]);
+                    g1[i] += (float)(sd * n1);
+                    g2[i] += (float)(sd * n2);
+                }
+            }
+            lss__mm_dm_input(n, t->w, j, g1, g2);
+            for (i = 0; i < np; i++) uj[i] = tj[i] / n->scale->data[1];
+        }
     }
     return LSS_OK;
 }
 
-LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *final_loss) {
-    lss_mm_train_opts d;
+/* lss_train step: one optimizer step on training batch `step`. A non-finite loss skips the step. */
+static int lss__mm_train_step(void *user, int64_t step, double *loss) {
+    lss__mm_tr *t = (lss__mm_tr *)user;
+    lss_mm_net *n = t->n;
+    int64_t sh4[4], s1[1];
+    lss_tensor *y, *l;
+    int s;
+    sh4[0] = t->b; sh4[1] = 1; sh4[2] = lss_grid_h(n->g); sh4[3] = lss_grid_w(n->g); s1[0] = t->b;
+    if ((s = lss__mm_batch(t, LSS_SET_TRAIN, (uint64_t)step)) != LSS_OK) return s;
+    if ((s = lss__mm_net_forward(n, t->b, n->o.deepmass ? NULL : t->sig, NULL, 1, &y)) != LSS_OK) return s;
+    if (!n->o.deepmass) {
+        /* residual DSM (eq. 24): (u + sigma (r + s_G))^2 */
+        y = lss_op_add(n->gr, y, lss_view(n->gr, t->sgs, 4, sh4));
+        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->u, 4, sh4), lss_view(n->gr, t->sig, 1, s1));
+    } else
+        l = lss_op_mse(n->gr, y, lss_view(n->gr, t->u, 4, sh4));
+    if (!l) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_net_train: loss graph failed");
+    loss[0] = l->data[0];
+    t->ran++;
+    if (isfinite(loss[0])) {
+        lss_store_zero_grad(n->st);
+        if ((s = lss_backward(n->gr, l)) == LSS_OK && (s = lss_optim_step(n->opt)) == LSS_OK && !t->d.no_spectral)
+            lss__mm_spectral(n, t->v);
+    } else
+        s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_net_train: the loss is not finite at step %lld", (long long)step);
+    if (s == LSS_ERR_NUMERIC) t->skipped++;
+    else if (s == LSS_OK && step >= t->d.steps - t->nlast) t->lsum += loss[0], t->lcnt++;
+    if (t->d.progress && (s == LSS_OK || s == LSS_ERR_NUMERIC)) t->d.progress(t->d.progress_user, (int)(step + 1), loss[0]);
+    return s;
+}
+
+/* Held-out loss on nbatch batches of LSS_SET_VALID; the evaluation graph changes nothing in the network. */
+static int lss__mm_heldout_run(lss__mm_tr *t, int nbatch, double *loss_net, double *loss_base) {
+    lss_mm_net *n = t->n;
+    double ln = 0, lb = 0;
+    int64_t i, np = t->np;
+    int bt, j, s = LSS_OK;
+    lss_tensor *y;
+    for (bt = 0; bt < nbatch && s == LSS_OK; bt++) {
+        if ((s = lss__mm_batch(t, LSS_SET_VALID, (uint64_t)bt)) != LSS_OK) break;
+        if ((s = lss__mm_net_forward(n, t->b, n->o.deepmass ? NULL : t->sig, NULL, 0, &y)) != LSS_OK) break;
+        for (j = 0; j < t->b; j++)
+            for (i = 0; i < np; i++) {
+                double u = t->u[j * np + i], r = y->data[j * np + i], e0, e1;
+                if (!n->o.deepmass) {
+                    e0 = u + (double)t->sig[j] * t->sgs[j * np + i];
+                    e1 = e0 + (double)t->sig[j] * r;
+                } else {
+                    e0 = u;
+                    e1 = r - u;
+                }
+                lb += e0 * e0;
+                ln += e1 * e1;
+            }
+    }
+    if (s != LSS_OK) return s;
+    *loss_net = ln / ((double)nbatch * t->b * np);
+    *loss_base = lb / ((double)nbatch * t->b * np);
+    return LSS_OK;
+}
+
+static int lss__mm_train_eval(void *user, double *loss) {
+    lss__mm_tr *t = (lss__mm_tr *)user;
+    int s = lss__mm_heldout_run(t, t->d.eval_batches, &t->valid, &t->base);
+    if (s == LSS_OK) loss[0] = t->valid;
+    return s;
+}
+
+LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, lss_mm_train_result *res) {
+    lss__mm_tr t;
+    lss_train_net tn;
+    lss_train_opts lo;
+    lss_train_result lr0, *lr = res ? &res->loop : &lr0;
     lss_optim_opts oo;
-    double *pg = NULL, lsum = 0;
-    float *fbig = NULL, *truth = NULL, *u = NULL, *sgs = NULL, *sig = NULL;
-    int s = LSS_OK, step, j, nlast, b;
-    int64_t np, i;
-    lss_grid_ws tmp, *w = NULL;
-    lss_rng r;
+    lss_mm_train_opts d;
+    int s;
+    if (res) {
+        memset(res, 0, sizeof *res);
+        res->final_loss = res->valid_loss = res->valid_base = NAN;
+        res->loop.best_step = -1;
+    }
     if (!n || !o) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: NULL argument");
     d = *o;
     if (d.steps == 0) d.steps = 1000;
-    if (d.batch == 0) d.batch = 16;
     if (d.lr == 0) d.lr = 1e-3;
-    if (d.s == 0) d.s = 0.2;
-    if (d.steps < 1 || d.batch < 1 || !(d.lr > 0) || !(d.s > 0) || d.lambda < 0)
-        return lss_seterr(LSS_ERR_RANGE, "lss_mm_net_train: bad options (steps %d, batch %d, lr %g, s %g)", d.steps, d.batch, d.lr, d.s);
-    if (!d.big || !d.pk_big || lss_grid_h(d.big) < lss_grid_h(n->g) || lss_grid_w(d.big) < lss_grid_w(n->g))
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: a training grid at least as large as the maps is required");
-    if (n->o.deepmass && !d.nvar) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: DeepMass training needs the survey noise map");
-    if ((s = lss__mm_check_pk(d.big, d.pk_big, "lss_mm_net_train")) != LSS_OK) return s;
-    if (d.nvar && (s = lss__mm_check_nvar(n->g, d.nvar, "lss_mm_net_train")) != LSS_OK) return s;
-    b = d.batch;
-    np = lss_grid_npix(n->g);
+    if (d.steps < 1 || !(d.lr > 0) || !isfinite(d.lr) || d.eval_every < 0 || d.ckpt_every < 0 || d.patience < 0)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_net_train: bad options (steps %d, lr %g, eval_every %d, ckpt_every %d, patience %d)",
+                          d.steps, d.lr, d.eval_every, d.ckpt_every, d.patience);
+    if (d.resume && !d.ckpt) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_train: resume needs a checkpoint path");
+    if ((s = lss__mm_tr_open(&t, n, &d, "lss_mm_net_train")) != LSS_OK) return s;
+    t.nlast = d.steps / 10 > 0 ? d.steps / 10 : 1;
     if (!n->opt) {
         memset(&oo, 0, sizeof oo);
         oo.kind = LSS_OPT_ADAM;
@@ -2668,174 +3099,56 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, double *f
         oo.sched = LSS_SCHED_STEP;
         oo.step_size = (int64_t)(0.4 * d.steps) > 0 ? (int64_t)(0.4 * d.steps) : 1;
         oo.gamma = 0.1;
-        if ((s = lss_optim_create(n->st, &oo, &n->opt)) != LSS_OK) return s;
-    }
-    if ((s = lss__mm_net_reserve(n, b)) != LSS_OK) return s;
-    n->scale = lss_store_get(n->st, "massmap.scale");
-    pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(d.big));
-    fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(d.big));
-    truth = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
-    u = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
-    sgs = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * b * np));
-    sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
-    if (!pg || !fbig || !truth || !u || !sgs || !sig) {
-        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_train: out of memory");
-        goto done;
-    }
-    if (d.lambda > 0) s = lss_field_lognormal_spectrum(d.big, d.pk_big, d.lambda, pg);
-    else memcpy(pg, d.pk_big, sizeof(double) * (size_t)lss_grid_npix(d.big));
-    if (s != LSS_OK) goto done;
-    if (!(w = lss_grid_ws_get(n->g, &tmp))) {
-        s = LSS_ERR_NOMEM;
-        goto done;
+        if ((s = lss_optim_create(n->st, &oo, &n->opt)) != LSS_OK) {
+            lss__mm_tr_close(&t);
+            return s;
+        }
     }
     if (n->o.deepmass) {
         /* scales: inputs by the typical KS noise, output by the prior pixel std */
         double mv = 0, cnt = 0, pv = 0;
-        for (i = 0; i < np; i++)
+        int64_t i;
+        for (i = 0; i < t.np; i++)
             if (d.nvar[i] < 0.5 * LSS_MM_EMPTY_VAR) mv += d.nvar[i], cnt++;
-        for (i = 0; i < lss_grid_npix(n->g); i++) pv += n->pkf[i];
+        for (i = 0; i < t.np; i++) pv += n->pkf[i];
         n->scale->data[0] = (float)(cnt > 0 ? 1.0 / sqrt(mv / cnt) : 1.0);
-        n->scale->data[1] = (float)sqrt(pv / (double)lss_grid_npix(n->g));
+        n->scale->data[1] = (float)sqrt(pv / (double)t.np);
     }
-    nlast = d.steps / 10 > 0 ? d.steps / 10 : 1;
-    for (step = 0; step < d.steps && s == LSS_OK; step++) {
-        int64_t sh4[4] = {b, 1, lss_grid_h(n->g), lss_grid_w(n->g)}, s1[1] = {b};
-        lss_tensor *y, *loss;
-        /* a batch of simulated maps of the training set (lognormal or Gaussian cut-outs of the large
-           grid) and the step's noise: a pure function of (seed, step) */
-        for (j = 0; j < b && s == LSS_OK; j++)
-            s = lss__mm_cutout(d.big, pg, d.lambda, lss_grid_h(n->g), lss_grid_w(n->g), d.seed,
-                               lss_mm_field_stream(LSS_SET_TRAIN, (uint64_t)step * (uint64_t)b + (uint64_t)j), fbig, truth + j * np);
-        lss_rng_for(&r, d.seed, LSS_STREAM_MM_DSM, lss_set_index(LSS_SET_TRAIN, (uint64_t)step), 0);
-        if (s != LSS_OK) break;
-        if (!n->o.deepmass) {
-            for (j = 0; j < b; j++) {
-                float sj = (float)(d.s * lss_rng_normal(&r)), s2 = sj * sj;
-                float *uj = u + j * np, *xin = n->in + 2 * (int64_t)j * np, *gin = xin + np, *sgj = sgs + j * np;
-                sig[j] = sj;
-                for (i = 0; i < np; i++) {
-                    uj[i] = (float)lss_rng_normal(&r);
-                    xin[i] = truth[j * np + i] + sj * uj[i];
-                }
-                lss__mm_gscore1(n->g, w, n->pkf, xin, fabsf(sj), sgj);
-                for (i = 0; i < np; i++) gin[i] = s2 * sgj[i];
-            }
-            if ((s = lss__mm_net_forward(n, b, sig, NULL, 1, &y)) != LSS_OK) break;
-            /* residual DSM (eq. 24): (u + sigma (r + s_G))^2 */
-            y = lss_op_add(n->gr, y, lss_view(n->gr, sgs, 4, sh4));
-            loss = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, u, 4, sh4), lss_view(n->gr, sig, 1, s1));
-        } else {
-            /* DeepMass: noisy masked shear -> KS (E, B) -> kappa, MSE */
-            float *g1 = sgs, *g2 = sgs + np;
-            for (j = 0; j < b; j++) {
-                lss__mm_k2g(n->g, w, truth + j * np, NULL, g1, g2);
-                for (i = 0; i < np; i++) {
-                    double n1 = lss_rng_normal(&r), n2 = lss_rng_normal(&r);
-                    if (d.nvar[i] >= 0.5 * LSS_MM_EMPTY_VAR) g1[i] = g2[i] = 0.0f;
-                    else {
-                        double sd = sqrt((double)d.nvar[i]);
-                        g1[i] += (float)(sd * n1);
-                        g2[i] += (float)(sd * n2);
-                    }
-                }
-                lss__mm_dm_input(n, w, j, g1, g2);
-                for (i = 0; i < np; i++) u[j * np + i] = truth[j * np + i] / n->scale->data[1];
-            }
-            if ((s = lss__mm_net_forward(n, b, NULL, NULL, 1, &y)) != LSS_OK) break;
-            loss = lss_op_mse(n->gr, y, lss_view(n->gr, u, 4, sh4));
-        }
-        lss_store_zero_grad(n->st);
-        if ((s = lss_backward(n->gr, loss)) != LSS_OK) break;
-        if ((s = lss_optim_step(n->opt)) != LSS_OK) break;
-        if (!d.no_spectral && (s = lss__mm_spectral(n)) != LSS_OK) break;
-        if (!isfinite(loss->data[0])) {
-            s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_net_train: the loss is not finite at step %d", step);
-            break;
-        }
-        if (step >= d.steps - nlast) lsum += loss->data[0];
-        if (d.progress) d.progress(d.progress_user, step + 1, loss->data[0]);
-        n->scale = lss_store_get(n->st, "massmap.scale");
+    memset(&tn, 0, sizeof tn);
+    tn.store = n->st;
+    tn.optim = n->opt;
+    tn.ckpt_path = d.ckpt;
+    memset(&lo, 0, sizeof lo);
+    lo.steps = d.steps;
+    lo.eval_every = d.eval_every;
+    lo.ckpt_every = d.ckpt_every > 0 ? d.ckpt_every : d.eval_every;
+    lo.loss_csv = d.loss_csv;
+    lo.resume = d.resume;
+    lo.patience = d.patience;
+    lo.step = lss__mm_train_step;
+    lo.eval = lss__mm_train_eval;
+    lo.user = &t;
+    s = lss_train(&tn, 1, &lo, lr);
+    if (s == LSS_OK && t.ran > 0 && t.skipped == t.ran)
+        s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_net_train: the loss was not finite at any of the %lld steps run", (long long)t.ran);
+    if (res) {
+        res->final_loss = t.lcnt > 0 ? t.lsum / (double)t.lcnt : NAN;
+        res->valid_loss = t.valid;
+        res->valid_base = t.base;
     }
-    if (s == LSS_OK && final_loss) *final_loss = lsum / nlast;
-done:
-    if (w) lss_grid_ws_put(w, &tmp);
-    LSS_FREE(pg);
-    LSS_FREE(fbig);
-    LSS_FREE(truth);
-    LSS_FREE(u);
-    LSS_FREE(sgs);
-    LSS_FREE(sig);
+    lss__mm_tr_close(&t);
     return s;
 }
 
-
 /* ---- held-out loss and checkpoints */
 LSSDEF int lss_mm_net_heldout(lss_mm_net *n, const lss_mm_train_opts *o, int nbatch, double *loss_net,
-                              double *loss_gauss) {
-    lss_grid_ws tmp, *w = NULL;
-    float *fbig = NULL, *x = NULL, *u = NULL, *sg = NULL, *r = NULL, *sig = NULL, *sga = NULL;
-    double *pg = NULL, ln = 0, lg = 0, ns;
-    int s = LSS_OK, bt, j, b;
-    int64_t np, i;
-    lss_rng rng;
-    if (!n || !o || !loss_net || !loss_gauss || nbatch < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: bad argument");
-    if (n->o.deepmass) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: a score network is needed");
-    if (!o->big || !o->pk_big || lss_grid_h(o->big) < lss_grid_h(n->g) || lss_grid_w(o->big) < lss_grid_w(n->g))
-        return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: a map grid at least as large as the maps is required");
-    b = o->batch > 0 ? o->batch : 16;
-    ns = o->s > 0 ? o->s : 0.2;
-    if (o->lambda < 0 || !isfinite(o->lambda)) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: shift %g must be >= 0", o->lambda);
-    np = lss_grid_npix(n->g);
-    pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(o->big));
-    fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(o->big));
-    x = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
-    u = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
-    sg = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
-    r = (float *)LSS_MALLOC(sizeof(float) * (size_t)(b * np));
-    sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
-    sga = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
-    if (!pg || !fbig || !x || !u || !sg || !r || !sig || !sga) {
-        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_heldout: out of memory");
-        goto done;
-    }
-    if (o->lambda > 0) s = lss_field_lognormal_spectrum(o->big, o->pk_big, o->lambda, pg);
-    else if ((s = lss__mm_check_pk(o->big, o->pk_big, "lss_mm_net_heldout")) == LSS_OK)
-        memcpy(pg, o->pk_big, sizeof(double) * (size_t)lss_grid_npix(o->big));
-    if (s != LSS_OK) goto done;
-    if (!(w = lss_grid_ws_get(n->g, &tmp))) {
-        s = LSS_ERR_NOMEM;
-        goto done;
-    }
-    for (bt = 0; bt < nbatch && s == LSS_OK; bt++) {
-        lss_rng_for(&rng, o->seed, LSS_STREAM_MM_DSM, lss_set_index(LSS_SET_VALID, (uint64_t)bt), 0);
-        for (j = 0; j < b && s == LSS_OK; j++) {
-            float *xj = x + j * np, *uj = u + j * np;
-            s = lss__mm_cutout(o->big, pg, o->lambda, lss_grid_h(n->g), lss_grid_w(n->g), o->seed,
-                               lss_mm_field_stream(LSS_SET_VALID, (uint64_t)bt * (uint64_t)b + (uint64_t)j), fbig, xj);
-            sig[j] = (float)(ns * lss_rng_normal(&rng));
-            sga[j] = fabsf(sig[j]);
-            for (i = 0; i < np; i++) {
-                uj[i] = (float)lss_rng_normal(&rng);
-                xj[i] += sig[j] * uj[i];
-            }
-            if (s == LSS_OK) lss__mm_gscore1(n->g, w, n->pkf, xj, sga[j], sg + j * np);
-        }
-        if (s == LSS_OK) s = lss_mm_net_residual(n, b, x, sg, sig, r);
-        for (j = 0; j < b && s == LSS_OK; j++)
-            for (i = 0; i < np; i++) {
-                double e0 = u[j * np + i] + (double)sig[j] * sg[j * np + i], e1 = e0 + (double)sig[j] * r[j * np + i];
-                lg += e0 * e0;
-                ln += e1 * e1;
-            }
-    }
-    if (s == LSS_OK) {
-        *loss_net = ln / ((double)nbatch * b * np);
-        *loss_gauss = lg / ((double)nbatch * b * np);
-    }
-done:
-    if (w) lss_grid_ws_put(w, &tmp);
-    LSS_FREE(pg); LSS_FREE(fbig); LSS_FREE(x); LSS_FREE(u); LSS_FREE(sg); LSS_FREE(r); LSS_FREE(sig); LSS_FREE(sga);
+                              double *loss_base) {
+    lss__mm_tr t;
+    int s;
+    if (!n || !o || !loss_net || !loss_base || nbatch < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: bad argument");
+    if ((s = lss__mm_tr_open(&t, n, o, "lss_mm_net_heldout")) != LSS_OK) return s;
+    s = lss__mm_heldout_run(&t, nbatch, loss_net, loss_base);
+    lss__mm_tr_close(&t);
     return s;
 }
 
@@ -3308,7 +3621,7 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out) {
 }
 
 LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
-                                const lss_mm_train_opts *to, lss_mm_net **out, double *final_loss) {
+                                const lss_mm_train_opts *to, lss_mm_train_result *res, lss_mm_net **out) {
     lss_grid *big = NULL;
     double *pk = NULL, *pkb = NULL;
     lss_mm_train_opts d;
@@ -3328,7 +3641,7 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
         d.pk_big = pkb;
         d.lambda = m->shift;
         d.nvar = m->nvar;
-        s = lss_mm_net_train(net, &d, final_loss);
+        s = lss_mm_net_train(net, &d, res);
     }
     lss_grid_free(big);
     LSS_FREE(pk);

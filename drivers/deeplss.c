@@ -1,17 +1,12 @@
-/* deeplss - the DeepLSS experiment end to end (Kacprzak & Fluri 2022, sections III-VI):
- * a pool of noise-free tomographic fields, CNN and power-spectrum networks trained with the
- * likelihood loss (eq. 14), network summaries for many (parameters, noise) draws, a mixture
- * density network likelihood (appendix C), ensemble MCMC at the fiducial parameters, the gains
- * table (Table II), corner plots and sensitivity maps (section VI).
- *
- *   deeplss sim | train | predict | mdn | mcmc | report | all      (see deeplss --help)
- *
- * Wiring only: the pool and observation recipe are lss_maps.h's (lss_pool_*, lss_survey_*), the
- * training loop, MDN, chains and the report's numbers lss_infer.h's (lss_sumnet_train, lss_mdn_fit,
- * lss_deeplss_chains, lss_deeplss_gains, lss_deeplss_fom, lss_coverage). Every subcommand works in one
- * directory (--out DIR); `sim` (or `train`, which simulates the pool when it is missing) writes
- * DIR/deeplss.cfg with the sizes of the run, which later subcommands read.
- */
+/* deeplss - the DeepLSS experiment end to end (Kacprzak & Fluri 2022, sections III-VI): a pool of noise-free
+ * tomographic fields, CNN and power-spectrum networks trained with the likelihood loss (eq. 14), network summaries
+ * for many (parameters, noise) draws, MDN likelihoods (appendix C), ensemble MCMC at the fiducial parameters, the
+ * gains table (Table II), corner plots and sensitivity maps (section VI).
+ *     deeplss sim | train | predict | mdn | mcmc | report | all      (see deeplss --help)
+ * Wiring only: the pool and observation recipe are lss_maps.h's (lss_pool_*, lss_survey_*); the configuration,
+ * networks, training, MDN and MCMC stages, the report's numbers and figures lss_infer.h's (lss_deeplss_*,
+ * lss_sumnet_train). Every subcommand works in one directory (--out DIR); `sim` (or `train`, which simulates the
+ * pool when it is missing) writes DIR/deeplss.cfg with the sizes of the run, which later subcommands read. */
 #define _POSIX_C_SOURCE 200809L
 #define LSS_CORE_IMPLEMENTATION
 #define LSS_MAPS_IMPLEMENTATION
@@ -30,112 +25,21 @@
 #include <omp.h>
 #endif
 
-#define DL_NBINS 4                  /* tomographic bins */
-#define DL_NNET 6                   /* {cnn, psd} x {comb, wl, gc}: network k = kind * 3 + probe */
+#define DL_NBINS LSS_DEEPLSS_NBINS
+#define DL_NNET LSS_DEEPLSS_NNET    /* network k = kind * 3 + probe */
 #define DL_NP LSS_DEEPLSS_NPARAM    /* Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g */
-static const char *const dl_kind[2] = {"cnn", "psd"}, *const dl_probe[3] = {"comb", "wl", "gc"};
-static const char *const dl_probe_long[3] = {"combined", "lensing", "clustering"};
+static char dl_net[DL_NNET][16];    /* "cnn_comb", ..., "psd_gc" */
 static const char *const dl_set_name[LSS_DRAWS_NSETS] = {"mdn", "cal", "fid", "check"};
-
-/* ------------------------------------------------------------------ configuration (DIR/deeplss.cfg) */
-typedef struct {
-    int scale, nside, grid;     /* 0 small, 1 paper; field pixels per side; mosaic grid x grid fields */
-    double pixel_arcmin;
-    int ncosmo, nf_train, nf_test, nconv, nres, channels, kernel;
-    double cnn_in_std;          /* > 0: CNN input channels scaled to this standard deviation */
-    int psd_width, nell;
-    double ell_min, ell_max;
-    int batch, steps, eval_every, ckpt_every, ntest;
-    double lr_cnn, lr_psd, clip_pct;
-    int cosine;                 /* 1: cosine decay of the learning rate to 5%; 0: constant (the paper) */
-    int pred_per_cosmo, ncal, nfid, ncheck, check_rep, mdn_width, mdn_layers, mdn_K, mdn_epochs;
-    int mdn_robust;             /* 1: robust scaler for the summaries; 0: min-max + normal quantile (appendix C) */
-    int walkers, burn, nsteps;
-    uint64_t seed;
-} dl_cfg;
-
-static void dl_cfg_defaults(dl_cfg *c, int scale) {
-    memset(c, 0, sizeof *c);
-    c->scale = scale; c->seed = 1; c->clip_pct = 50; c->batch = 32; c->ntest = 256;
-    if (scale == 0) {   /* one 5 x 5 deg field at half the paper's resolution (32 x 32 pixels of 9.375 arcmin) */
-        c->nside = 32; c->grid = 1; c->pixel_arcmin = 9.375; c->ncosmo = 64; c->nf_train = 16; c->nf_test = 8;
-        c->nconv = 3; c->nres = 1; c->channels = 32; c->kernel = 3; c->cnn_in_std = 0.1;
-        c->psd_width = 256; c->nell = 8; c->ell_min = 72; c->ell_max = 1152;
-        c->steps = 4000; c->eval_every = 100; c->ckpt_every = 500; c->lr_cnn = 1e-3; c->lr_psd = 1e-3; c->cosine = 1;
-        c->pred_per_cosmo = 128; c->ncal = 60; c->nfid = 24; c->ncheck = 16; c->check_rep = 32;
-        c->mdn_width = 128; c->mdn_layers = 2; c->mdn_K = 3; c->mdn_epochs = 600; c->mdn_robust = 1;
-        c->walkers = 32; c->burn = 150; c->nsteps = 250;
-    } else {            /* the paper: 6 x 6 mosaics of 64 x 64 fields, the released code's CNN and PSD network */
-        c->nside = 64; c->grid = 6; c->pixel_arcmin = LSS_DEEPLSS_PIXEL_ARCMIN; c->ncosmo = 57; c->nf_train = 36; c->nf_test = 36;
-        c->nconv = 4; c->nres = 10; c->channels = 128; c->kernel = 5;
-        c->psd_width = 1024; c->nell = 20; c->ell_min = 36; c->ell_max = 2304;
-        c->steps = 900000; c->eval_every = 1000; c->ckpt_every = 5000; c->ntest = 32; c->lr_cnn = 5e-5; c->lr_psd = 2.5e-3;
-        c->pred_per_cosmo = 1000; c->ncal = 200; c->nfid = 200; c->ncheck = 50; c->check_rep = 100;
-        c->mdn_width = 256; c->mdn_layers = 3; c->mdn_K = 4; c->mdn_epochs = 1000;
-        c->walkers = 256; c->burn = 100; c->nsteps = 500;
-    }
-}
-
-#define DL_CFG_FIELDS(X) \
-    X(int, scale) X(int, nside) X(int, grid) X(double, pixel_arcmin) X(int, ncosmo) X(int, nf_train) \
-    X(int, nf_test) X(int, nconv) X(int, nres) X(int, channels) X(int, kernel) X(int, psd_width) X(int, nell) \
-    X(double, ell_min) X(double, ell_max) X(int, batch) X(int, steps) X(int, eval_every) X(int, ckpt_every) \
-    X(int, ntest) X(double, lr_cnn) X(double, lr_psd) X(double, clip_pct) X(int, pred_per_cosmo) X(int, ncal) \
-    X(int, nfid) X(int, ncheck) X(int, check_rep) X(int, mdn_width) X(int, mdn_layers) X(int, mdn_K) \
-    X(int, mdn_epochs) X(int, walkers) X(int, burn) X(int, nsteps) X(int, cosine) X(int, mdn_robust) X(double, cnn_in_std)
-
-static int dl_cfg_save(const dl_cfg *c, const char *dir) {
-    char path[4096];
-    lss_wfile w;
-    int s;
-    snprintf(path, sizeof path, "%s/deeplss.cfg", dir);
-    if ((s = lss_wfile_open(&w, path)) != LSS_OK) return s;
-#define X(t, fld) fprintf(w.f, "%s %.17g\n", #fld, (double)c->fld);
-    DL_CFG_FIELDS(X)
-#undef X
-    fprintf(w.f, "seed %llu\n", (unsigned long long)c->seed);
-    return lss_wfile_commit(&w);
-}
-
-static int dl_cfg_load(dl_cfg *c, const char *dir) {
-    char path[4096], key[64];
-    double v;
-    unsigned long long sd;
-    FILE *f;
-    int nread = 0;
-    snprintf(path, sizeof path, "%s/deeplss.cfg", dir);
-    if (!(f = fopen(path, "r"))) return lss_seterr(LSS_ERR_IO, "cannot read %s (run 'deeplss sim' or 'deeplss train' first)", path);
-    dl_cfg_defaults(c, 0);
-    while (fscanf(f, "%63s", key) == 1) {
-        if (!strcmp(key, "seed")) {
-            if (fscanf(f, "%llu", &sd) != 1) break;
-            c->seed = sd; nread++;
-            continue;
-        }
-        if (fscanf(f, "%lf", &v) != 1) break;
-#define X(t, fld) if (!strcmp(key, #fld)) { c->fld = (t)v; nread++; continue; }
-        DL_CFG_FIELDS(X)
-#undef X
-        fclose(f);
-        return lss_seterr(LSS_ERR_FORMAT, "%s: unknown key '%s'", path, key);
-    }
-    fclose(f);
-    if (nread < 36) return lss_seterr(LSS_ERR_FORMAT, "%s: truncated or malformed (%d keys)", path, nread);
-    if (c->nside < 8 || c->grid < 1 || c->ncosmo < 1 || c->nf_train < 1 || c->nf_test < 1 || c->batch < 1 || c->nell < 1 ||
-        c->nell > 63 || !(c->pixel_arcmin > 0) || c->walkers < 2 * DL_NP || c->walkers % 2 || c->nsteps < 1 || c->burn < 0 ||
-        c->ncheck < 0 || c->check_rep < 1 || c->nfid < 1 || c->ncal < 0 || c->pred_per_cosmo < 1 || c->steps < 1 || c->ntest < 0)
-        return lss_seterr(LSS_ERR_FORMAT, "%s: values out of range", path);
-    return LSS_OK;
-}
 
 /* ------------------------------------------------------------------ the run: pool, survey recipe, per-thread buffers */
 typedef struct {
-    dl_cfg c;
+    lss_deeplss_cfg c;
     char dir[4096];
     lss_pool pool;
     lss_cosmo *cosmo0;
     lss_nz *nz;
     int nzb, nthreads, npairs, pair_probe[64];   /* pair q belongs to probe set p when bit p is set */
+    lss_sim_opts so;
     lss_sim *sim;
     lss_survey *sv;
     lss_survey_work **work;
@@ -146,38 +50,29 @@ static void dl_ctx_free(dl_ctx *x) {
     int t;
     if (x->work) for (t = 0; t < x->nthreads; t++) lss_survey_work_free(x->work[t]);
     free(x->work);
-    lss_survey_free(x->sv);
-    lss_sim_free(x->sim);
-    lss_cosmo_free(x->cosmo0);
+    lss_survey_free(x->sv); lss_sim_free(x->sim); lss_cosmo_free(x->cosmo0);
     if (x->nz) lss_nz_free(x->nz, x->nzb);
     lss_pool_free(&x->pool);
     memset(x, 0, sizeof *x);
 }
 
-static void dl_sim_opts(const dl_cfg *c, lss_sim_opts *o) {
-    memset(o, 0, sizeof *o);
-    o->nside = c->nside;
-    o->pixel_arcmin = c->pixel_arcmin;
-}
-
-static int dl_ctx_open(dl_ctx *x, const dl_cfg *c, const char *dir) {
+static int dl_ctx_open(dl_ctx *x, const lss_deeplss_cfg *c, const char *dir) {
     lss_params p;
-    lss_sim_opts so;
     lss_survey_opts vo;
     int s, t, q, i, j;
     memset(x, 0, sizeof *x);
     x->c = *c;
     snprintf(x->dir, sizeof x->dir, "%s", dir);
+    x->nthreads = 1;
 #ifdef _OPENMP
     x->nthreads = omp_get_max_threads();
-#else
-    x->nthreads = 1;
 #endif
     lss_params_fiducial(&p);
     if ((s = lss_cosmo_create(&p, &x->cosmo0)) || (s = lss_nz_builtin("deeplss", &x->nz, &x->nzb))) return s;
     if (x->nzb != DL_NBINS) return lss_seterr(LSS_ERR_STATE, "expected 4 tomographic bins, got %d", x->nzb);
-    dl_sim_opts(c, &so);
-    if ((s = lss_sim_create(x->cosmo0, x->nz, x->nzb, &so, &x->sim))) return s;
+    x->so.nside = c->nside;
+    x->so.pixel_arcmin = c->pixel_arcmin;
+    if ((s = lss_sim_create(x->cosmo0, x->nz, x->nzb, &x->so, &x->sim))) return s;
     memset(&vo, 0, sizeof vo);
     vo.grid = c->grid; vo.nell = c->nell; vo.ell_min = c->ell_min; vo.ell_max = c->ell_max;
     if ((s = lss_survey_create(x->sim, &vo, &x->sv))) return s;
@@ -192,75 +87,55 @@ static int dl_ctx_open(dl_ctx *x, const dl_cfg *c, const char *dir) {
     return LSS_OK;
 }
 
-static const char *dl_path(const dl_ctx *x, char *buf, size_t n, const char *fmt, const char *a, const char *b, const char *c) {
+/* DIR/name, name from a format with one string argument */
+static const char *dl_path(const dl_ctx *x, char *buf, size_t n, const char *fmt, const char *a) {
     char name[256];
-    snprintf(name, sizeof name, fmt, a, b, c);
+    snprintf(name, sizeof name, fmt, a);
     if (snprintf(buf, n, "%s/%s", x->dir, name) >= (int)n) buf[n - 1] = 0;
     return buf;
 }
 
-static int dl_save(const dl_ctx *x, const char *name, int64_t n, const double *v) {
-    char path[4400];
-    int64_t sh[2] = {n, DL_NP};
-    return lss_npy_save(dl_path(x, path, sizeof path, "%s", name, 0, 0), LSS_F64, 2, sh, v);
-}
-
-/* Loads a float64 [n][7] array; n_expect >= 0 checks the rows. */
-static int dl_load(const dl_ctx *x, const char *name, int64_t n_expect, int64_t *n, double **v) {
-    char path[4400];
-    lss_array a;
-    int s;
-    if ((s = lss_npy_load(dl_path(x, path, sizeof path, "%s", name, 0, 0), &a))) return s;
-    if (a.dtype != LSS_F64 || a.ndim != 2 || a.shape[1] != DL_NP || (n_expect >= 0 && a.shape[0] != n_expect)) {
-        lss_array_free(&a);
-        return lss_seterr(LSS_ERR_FORMAT, "%s: expected a float64 array [%lld, %d]", path, (long long)n_expect, DL_NP);
-    }
-    *n = a.shape[0];
-    *v = (double *)a.data;
-    return LSS_OK;
-}
-
 static int dl_progress(int done, int total, void *user) {
+    ((dl_ctx *)user)->pr.total = total;
     lss_drv_progress_update(&((dl_ctx *)user)->pr, done);
-    (void)total;
     return 0;
+}
+
+static int dl_net_create(const dl_ctx *x, int k, int batch, int with_opt, lss_sumnet **out) {
+    return lss_deeplss_sumnet_create(&x->c, k, batch, lss_survey_side(x->sv), x->npairs, x->pair_probe, with_opt, out);
 }
 
 /* ------------------------------------------------------------------ pool of noise-free fields */
 static int dl_pool_simulate(dl_ctx *x) {
-    const dl_cfg *c = &x->c;
-    lss_sim_opts so;
+    const lss_deeplss_cfg *c = &x->c;
     char path[4400];
     int64_t sh[5] = {c->ncosmo, c->nf_train + c->nf_test, 3 * DL_NBINS, c->nside, c->nside};
     int s;
     if ((s = lss_pool_init(&x->pool, c->ncosmo, c->nf_train, c->nf_test, DL_NBINS, c->nside))) return s;
-    dl_sim_opts(c, &so);
     lss_drv_progress_init(&x->pr, "deeplss sim: cosmologies", c->ncosmo);
-    if ((s = lss_pool_simulate(&x->pool, x->nz, &so, c->seed, dl_progress, x))) return s;
+    if ((s = lss_pool_simulate(&x->pool, x->nz, &x->so, c->seed, dl_progress, x))) return s;
     lss_drv_progress_end(&x->pr);
-    if ((s = lss_npy_save(dl_path(x, path, sizeof path, "pool_fields.npy", 0, 0, 0), LSS_F32, 5, sh, x->pool.fields))) return s;
+    if ((s = lss_npy_save(dl_path(x, path, sizeof path, "pool_fields.npy", 0), LSS_F32, 5, sh, x->pool.fields))) return s;
     sh[1] = 2;
-    return lss_npy_save(dl_path(x, path, sizeof path, "pool_cosmo.npy", 0, 0, 0), LSS_F64, 2, sh, x->pool.cosmo);
+    return lss_npy_save(dl_path(x, path, sizeof path, "pool_cosmo.npy", 0), LSS_F64, 2, sh, x->pool.cosmo);
 }
 
 /* pool_cosmo.npy, and pool_fields.npy when with_fields (the MDN and MCMC stages need only the grid). */
 static int dl_pool_load(dl_ctx *x, int with_fields) {
-    const dl_cfg *c = &x->c;
+    const lss_deeplss_cfg *c = &x->c;
     char path[4400];
     lss_array a;
     int s, nd;
     int64_t sh[LSS_MAX_DIM];
     float *f = NULL;
     if ((s = lss_pool_init(&x->pool, c->ncosmo, c->nf_train, c->nf_test, DL_NBINS, with_fields ? c->nside : 2))) return s;
-    if ((s = lss_npy_load(dl_path(x, path, sizeof path, "pool_cosmo.npy", 0, 0, 0), &a))) return s;
-    if (a.dtype != LSS_F64 || a.ndim != 2 || a.shape[0] != c->ncosmo || a.shape[1] != 2) {
-        lss_array_free(&a);
-        return lss_seterr(LSS_ERR_FORMAT, "%s: expected float64 [%d, 2]", path, c->ncosmo);
-    }
-    memcpy(x->pool.cosmo, a.data, sizeof(double) * 2 * (size_t)c->ncosmo);
+    if ((s = lss_npy_load(dl_path(x, path, sizeof path, "pool_cosmo.npy", 0), &a))) return s;
+    s = a.dtype != LSS_F64 || a.ndim != 2 || a.shape[0] != c->ncosmo || a.shape[1] != 2
+        ? lss_seterr(LSS_ERR_FORMAT, "%s: expected float64 [%d, 2]", path, c->ncosmo) : LSS_OK;
+    if (s == LSS_OK) memcpy(x->pool.cosmo, a.data, sizeof(double) * 2 * (size_t)c->ncosmo);
     lss_array_free(&a);
-    if (!with_fields) return LSS_OK;
-    if ((s = lss_npy_load_f32(dl_path(x, path, sizeof path, "pool_fields.npy", 0, 0, 0), &f, &nd, sh))) return s;
+    if (s || !with_fields) return s;
+    if ((s = lss_npy_load_f32(dl_path(x, path, sizeof path, "pool_fields.npy", 0), &f, &nd, sh))) return s;
     if (nd != 5 || sh[0] != c->ncosmo || sh[1] != c->nf_train + c->nf_test || sh[2] != 3 * DL_NBINS || sh[3] != c->nside ||
         sh[4] != c->nside) {
         LSS_FREE(f);
@@ -269,35 +144,6 @@ static int dl_pool_load(dl_ctx *x, int with_fields) {
     LSS_FREE(x->pool.fields);
     x->pool.fields = f;
     return LSS_OK;
-}
-
-/* ------------------------------------------------------------------ networks */
-static int dl_net_create(const dl_ctx *x, int k, int batch, int with_opt, lss_sumnet **out) {
-    const dl_cfg *c = &x->c;
-    lss_sumnet_opts so;
-    lss_optim_opts oo;
-    int use[64], q, probe = k % 3;
-    memset(&so, 0, sizeof so);
-    so.kind = k / 3 == 0 ? LSS_SUMNET_CNN : LSS_SUMNET_PSD;
-    so.batch = batch;
-    so.map_ch = 2 * DL_NBINS; so.side = lss_survey_side(x->sv);
-    so.nch = probe == 0 ? 2 * DL_NBINS : DL_NBINS;
-    so.ch0 = probe == 2 ? DL_NBINS : 0;
-    so.nconv = c->nconv; so.nres = c->nres; so.channels = c->channels; so.kernel = c->kernel; so.in_std = c->cnn_in_std;
-    for (q = 0; q < x->npairs; q++) use[q] = (x->pair_probe[q] >> probe) & 1;
-    so.npairs = x->npairs; so.nell = c->nell; so.use_pair = use; so.width = c->psd_width;
-    so.seed = c->seed;
-    so.sub = (uint32_t)k;
-    if (with_opt) {
-        memset(&oo, 0, sizeof oo);
-        oo.kind = LSS_OPT_ADAM;
-        oo.lr = k / 3 == 0 ? c->lr_cnn : c->lr_psd;
-        oo.eps = 1e-7; /* Keras's Adam */
-        oo.clip = LSS_CLIP_PERCENTILE; oo.clip_percentile = c->clip_pct; oo.clip_history = 10000;
-        if (c->cosine) { oo.sched = LSS_SCHED_COSINE; oo.total_steps = c->steps; oo.lr_min = 0.05 * oo.lr; }
-        so.optim = &oo;
-    }
-    return lss_sumnet_create(&so, out);
 }
 
 /* ------------------------------------------------------------------ train */
@@ -312,57 +158,30 @@ static void dl_train_progress(void *user, int64_t step, int64_t steps, const dou
     (void)steps; (void)train; (void)valid;
 }
 
-/* loss.png from loss.csv: every column against the first */
-static int dl_plot_csv(const char *csv, const char *png, const char *title) {
-    lss_csv lc;
-    lss_plot_opts po;
-    double *cols = NULL, *ys[64];
-    int s, j, n;
-    int64_t i;
-    if ((s = lss_csv_read(csv, &lc))) return s;
-    n = lc.ncols - 1 < 64 ? lc.ncols - 1 : 64;
-    if (n < 1 || lc.nrows < 1) { lss_csv_free(&lc); return LSS_OK; }
-    if (!(cols = (double *)malloc(sizeof(double) * (size_t)lc.nrows * (size_t)(n + 1)))) { lss_csv_free(&lc); return lss_seterr(LSS_ERR_NOMEM, "out of memory"); }
-    for (j = 0; j <= n; j++) {
-        for (i = 0; i < lc.nrows; i++) cols[j * lc.nrows + i] = lc.data[i * lc.ncols + j];
-        if (j) ys[j - 1] = cols + j * lc.nrows;
-    }
-    memset(&po, 0, sizeof po);
-    po.title = title; po.xlabel = lc.names[0]; po.ylabel = "loss"; po.width = 900; po.height = 560;
-    s = lss_plot_lines(png, &po, n, lc.nrows, cols, (const double *const *)ys, (const char *const *)lc.names + 1);
-    free(cols);
-    lss_csv_free(&lc);
-    return s;
-}
-
-static int dl_train(dl_ctx *x, int mask, int resume, int steps_override) {
-    const dl_cfg *c = &x->c;
+static int dl_train(dl_ctx *x, int mask, int resume) {
+    const lss_deeplss_cfg *c = &x->c;
     lss_sumnet *nets[DL_NNET] = {0};
-    char names[DL_NNET][16], ck[DL_NNET][4400], lpath[4400], ppath[4400];
+    char ck[DL_NNET][4400], lpath[4400];
     const char *np[DL_NNET], *cp[DL_NNET];
-    int nn = 0, k, s = LSS_OK, B = c->batch, NT = c->ntest, nstd = c->scale == 0 ? 512 : 64, i;
+    int nn = 0, k, s = LSS_OK, B = c->batch, NT = c->ntest, nstd = c->scale == LSS_DEEPLSS_SMALL ? 512 : 64, i;
     int64_t msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
     float *maps = (float *)malloc(sizeof(float) * (size_t)(NT > B ? NT : B) * (size_t)msz);
     double *spec = (double *)malloc(sizeof(double) * (size_t)(NT > nstd ? NT : nstd) * (size_t)ssz);
     double *th = (double *)malloc(sizeof(double) * (size_t)(NT > 1 ? NT : 1) * DL_NP);
     lss_sumnet_train_opts to;
     lss_train_result res;
+    FILE *f;
     if (!maps || !spec || !th) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto out; }
     for (k = 0; k < DL_NNET; k++) {
         if (!((mask >> k) & 1)) continue;
         if ((s = dl_net_create(x, k, B > 64 ? B : 64, 1, &nets[nn]))) goto out;
-        snprintf(names[nn], sizeof names[nn], "%s_%s", dl_kind[k / 3], dl_probe[k % 3]);
-        dl_path(x, ck[nn], sizeof ck[nn], "net_%s.ckpt", names[nn], 0, 0);
-        if (resume) {
-            FILE *f = fopen(ck[nn], "rb");
-            if (!f) { s = lss_seterr(LSS_ERR_IO, "--resume: no checkpoint %s", ck[nn]); goto out; }
-            fclose(f);
-        }
-        np[nn] = names[nn]; cp[nn] = ck[nn];
-        fprintf(stderr, "deeplss train: %s network: %lld trainable parameters\n", names[nn], (long long)lss_store_nparams(nets[nn]->store));
+        dl_path(x, ck[nn], sizeof ck[nn], "net_%s.ckpt", dl_net[k]);
+        if (resume && !(f = fopen(ck[nn], "rb"))) { s = lss_seterr(LSS_ERR_IO, "--resume: no checkpoint %s", ck[nn]); goto out; }
+        if (resume) fclose(f);
+        np[nn] = dl_net[k]; cp[nn] = ck[nn];
+        fprintf(stderr, "deeplss train: %s network: %lld trainable parameters\n", dl_net[k], (long long)lss_store_nparams(nets[nn]->store));
         nn++;
     }
-    if (nn == 0) { s = lss_seterr(LSS_ERR_ARG, "no network selected"); goto out; }
     /* input standardisation from nstd training draws (PSD: their spectra; CNN: the last batch of maps; the
        lensing channels carry unit-variance noise after appendix E, the clustering ones a few tenths) */
     for (i = 0; i < nstd && s == LSS_OK; i += B)
@@ -375,9 +194,8 @@ static int dl_train(dl_ctx *x, int mask, int resume, int steps_override) {
     if (s == LSS_OK && NT > 0) s = lss_pool_batch(&x->pool, x->sv, x->work, x->nthreads, LSS_SET_VALID, 0, NT, 1, c->seed, maps, spec, th);
     if (s) goto out;
     memset(&to, 0, sizeof to);
-    to.steps = steps_override > 0 ? steps_override : c->steps;
-    to.batch = B; to.eval_every = c->eval_every; to.ckpt_every = c->ckpt_every; to.resume = resume;
-    to.loss_csv = dl_path(x, lpath, sizeof lpath, "loss.csv", 0, 0, 0);
+    to.steps = c->steps; to.batch = B; to.eval_every = c->eval_every; to.ckpt_every = c->ckpt_every; to.resume = resume;
+    to.loss_csv = dl_path(x, lpath, sizeof lpath, "loss.csv", 0);
     to.map_size = msz; to.spec_size = ssz;
     to.draw = dl_draw; to.progress = dl_train_progress; to.user = x;
     to.ntest = NT; to.test_maps = maps; to.test_spec = spec; to.test_theta = th;
@@ -387,8 +205,7 @@ static int dl_train(dl_ctx *x, int mask, int resume, int steps_override) {
     if (res.skipped) fprintf(stderr, "deeplss train: %lld steps skipped (non-finite gradients)\n", (long long)res.skipped);
     fprintf(stderr, "deeplss train: %d networks at step %lld in %.1f s (%.3f s per training step: data, forward, backward, update)\n",
             nn, (long long)res.steps_done, res.seconds, res.seconds_step / (double)(to.steps > 0 ? to.steps : 1));
-    s = dl_plot_csv(lpath, dl_path(x, ppath, sizeof ppath, "loss.png", 0, 0, 0),
-                    "DeepLSS likelihood loss (eq. 14): train (running mean) and held-out");
+    s = lss_deeplss_loss_png(x->dir, "DeepLSS likelihood loss (eq. 14): train (running mean) and held-out");
 out:
     for (k = 0; k < DL_NNET; k++) lss_sumnet_free(nets[k]);
     free(maps); free(spec); free(th);
@@ -396,16 +213,11 @@ out:
 }
 
 /* ------------------------------------------------------------------ predict: summaries of the draw sets of section IV */
-static int dl_set_size(const dl_cfg *c, int set) {
-    return set == LSS_DRAWS_MDN ? c->ncosmo * c->pred_per_cosmo : set == LSS_DRAWS_CAL ? c->ncal
-         : set == LSS_DRAWS_FID ? c->nfid : c->ncheck * c->check_rep;
-}
-
 static int dl_predict(dl_ctx *x, int mask) {
-    const dl_cfg *c = &x->c;
+    const lss_deeplss_cfg *c = &x->c;
     lss_sumnet *nets[DL_NNET] = {0};
-    int kk[DL_NNET], nn = 0, k, s = LSS_OK, set, CH = c->scale == 0 ? 128 : c->batch, i, j;
-    int64_t msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
+    int kk[DL_NNET], nn = 0, k, s = LSS_OK, set, CH = c->scale == LSS_DEEPLSS_SMALL ? 128 : c->batch, i, j;
+    int64_t msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv), sh[2] = {0, DL_NP};
     float *maps = (float *)malloc(sizeof(float) * (size_t)CH * (size_t)msz);
     double *spec = (double *)malloc(sizeof(double) * (size_t)CH * (size_t)ssz), *pred[DL_NNET] = {0}, *tht = NULL;
     lss_pool_draw *dr = (lss_pool_draw *)malloc(sizeof(lss_pool_draw) * (size_t)CH);
@@ -414,12 +226,14 @@ static int dl_predict(dl_ctx *x, int mask) {
     for (k = 0; k < DL_NNET; k++) {
         if (!((mask >> k) & 1)) continue;
         if ((s = dl_net_create(x, k, CH, 0, &nets[nn])) ||
-            (s = lss_ckpt_load(dl_path(x, path, sizeof path, "net_%s_%s.ckpt", dl_kind[k / 3], dl_probe[k % 3], 0), nets[nn]->store, NULL)))
+            (s = lss_ckpt_load(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[k]), nets[nn]->store, NULL)))
             goto out;
         kk[nn++] = k;
     }
     for (set = 0; set < LSS_DRAWS_NSETS; set++) {
-        int n = dl_set_size(c, set), per = set == LSS_DRAWS_MDN ? c->pred_per_cosmo : c->check_rep;
+        int per = set == LSS_DRAWS_MDN ? c->pred_per_cosmo : c->check_rep;
+        int n = set == LSS_DRAWS_MDN ? c->ncosmo * c->pred_per_cosmo : set == LSS_DRAWS_CAL ? c->ncal
+              : set == LSS_DRAWS_FID ? c->nfid : c->ncheck * c->check_rep;
         if (n <= 0) continue;
         if (!(tht = (double *)malloc(sizeof(double) * (size_t)n * DL_NP))) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto out; }
         for (k = 0; k < nn; k++)
@@ -441,11 +255,11 @@ static int dl_predict(dl_ctx *x, int mask) {
             lss_drv_progress_update(&x->pr, i + nb);
         }
         lss_drv_progress_end(&x->pr);
-        snprintf(name, sizeof name, "theta_%s.npy", dl_set_name[set]);
-        if ((s = dl_save(x, name, n, tht))) goto out;
+        sh[0] = n;
+        if ((s = lss_npy_save(dl_path(x, path, sizeof path, "theta_%s.npy", dl_set_name[set]), LSS_F64, 2, sh, tht))) goto out;
         for (k = 0; k < nn; k++) {
-            snprintf(name, sizeof name, "pred_%s_%s_%s.npy", dl_set_name[set], dl_kind[kk[k] / 3], dl_probe[kk[k] % 3]);
-            if ((s = dl_save(x, name, n, pred[k]))) goto out;
+            snprintf(name, sizeof name, "pred_%s_%%s.npy", dl_set_name[set]);
+            if ((s = lss_npy_save(dl_path(x, path, sizeof path, name, dl_net[kk[k]]), LSS_F64, 2, sh, pred[k]))) goto out;
             free(pred[k]);
             pred[k] = NULL;
         }
@@ -458,185 +272,329 @@ out:
     return s;
 }
 
-/* ------------------------------------------------------------------ MDN likelihoods and their check (appendix C) */
-static void dl_mdn_opts(const dl_cfg *c, lss_mdn_opts *mo) {
-    memset(mo, 0, sizeof *mo);
-    mo->nhidden = c->mdn_layers; mo->width = c->mdn_width; mo->K = c->mdn_K; mo->max_epochs = c->mdn_epochs;
-    mo->seed = lss_stream_key(c->seed, LSS_STREAM_MDN, 0, 0);
-    mo->batch = c->scale == 0 ? 512 : 5000;
-    mo->lr = 1e-3;
-    mo->patience = 50;
-    if (c->mdn_robust) mo->scale_p = LSS_SCALE_ROBUST;
-}
-
+/* ------------------------------------------------------------------ MDN likelihoods (appendix C) and MCMC (section V) */
 static int dl_mdn(dl_ctx *x, int mask) {
-    const dl_cfg *c = &x->c;
-    int k, i, s = LSS_OK, nr = 0, nck = c->ncheck > 0 ? c->ncheck : 1;
-    int64_t n, n2;
-    double *tt = NULL, *tp = NULL, *ct = NULL, *cp = NULL, *ctu = NULL, *dmu = NULL, *dsig = NULL, rows[DL_NNET * 8];
-    char name[128], path[4400];
-    lss_mdn *m = NULL;
-    lss_mdn_opts mo;
-    lss_mdn_check_summary cs;
-    const char *hdr[8] = {"kind", "probe", "dmu_median", "dmu_lo", "dmu_hi", "dsig_median", "dsig_lo", "dsig_hi"};
-    dl_mdn_opts(c, &mo);
-    if ((s = dl_load(x, "theta_mdn.npy", -1, &n, &tt)) || (s = dl_load(x, "theta_check.npy", (int64_t)c->ncheck * c->check_rep, &n2, &ct)))
-        goto out;
-    dmu = (double *)malloc(sizeof(double) * (size_t)nck * DL_NP);
-    dsig = (double *)malloc(sizeof(double) * (size_t)nck * DL_NP);
-    ctu = (double *)malloc(sizeof(double) * (size_t)nck * DL_NP);
-    if (!dmu || !dsig || !ctu) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto out; }
-    for (i = 0; i < c->ncheck; i++) memcpy(ctu + i * DL_NP, ct + (size_t)i * c->check_rep * DL_NP, sizeof(double) * DL_NP);
-    for (k = 0; k < DL_NNET; k++) {
-        if (!((mask >> k) & 1)) continue;
-        snprintf(name, sizeof name, "pred_mdn_%s_%s.npy", dl_kind[k / 3], dl_probe[k % 3]);
-        if ((s = dl_load(x, name, n, &n2, &tp)) || (s = lss_mdn_create(DL_NP, DL_NP, &mo, &m)) || (s = lss_mdn_fit(m, tt, tp, n, &mo)) ||
-            (s = lss_mdn_save(m, dl_path(x, path, sizeof path, "mdn_%s_%s.ckpt", dl_kind[k / 3], dl_probe[k % 3], 0))))
-            goto out;
-        fprintf(stderr, "deeplss mdn %s_%s: %d epochs, best validation loss %.4f at epoch %d\n", dl_kind[k / 3], dl_probe[k % 3],
-                m->epochs, m->best_val, m->best_epoch);
-        if (c->ncheck > 0) {   /* the MDN's samples against held-out simulated summaries at the same theta_t */
-            snprintf(name, sizeof name, "pred_check_%s_%s.npy", dl_kind[k / 3], dl_probe[k % 3]);
-            if ((s = dl_load(x, name, (int64_t)c->ncheck * c->check_rep, &n2, &cp)) ||
-                (s = lss_mdn_check(m, ctu, c->ncheck, cp, c->check_rep, 1000, lss_stream_key(c->seed, LSS_STREAM_CHECK, (uint64_t)k, 0), dmu, dsig)) ||
-                (s = lss_mdn_check_report(dmu, dsig, c->ncheck, DL_NP, dl_path(x, path, sizeof path, "mdn_check_%s_%s.csv", dl_kind[k / 3], dl_probe[k % 3], 0), &cs)))
-                goto out;
-            rows[nr * 8] = k / 3; rows[nr * 8 + 1] = k % 3;
-            rows[nr * 8 + 2] = cs.dmu_median; rows[nr * 8 + 3] = cs.dmu_lo; rows[nr * 8 + 4] = cs.dmu_hi;
-            rows[nr * 8 + 5] = cs.dsig_median; rows[nr * 8 + 6] = cs.dsig_lo; rows[nr * 8 + 7] = cs.dsig_hi;
-            nr++;
-        }
-        lss_mdn_free(m); m = NULL;
-        free(tp); tp = NULL;
-        free(cp); cp = NULL;
-    }
-    if (nr > 0) s = lss_csv_write(dl_path(x, path, sizeof path, "mdn_check.csv", 0, 0, 0), 8, hdr, nr, rows);
-out:
-    lss_mdn_free(m);
-    free(tt); free(tp); free(ct); free(cp); free(ctu); free(dmu); free(dsig);
+    lss_deeplss_fit_info fit[DL_NNET];
+    int k, s = lss_deeplss_mdn_stage(x->dir, &x->c, mask, fit);
+    for (k = 0; k < DL_NNET && s == LSS_OK; k++)
+        if ((mask >> k) & 1)
+            fprintf(stderr, "deeplss mdn %s: %d epochs, best validation loss %.4f at epoch %d\n", dl_net[k], fit[k].epochs, fit[k].best_val,
+                    fit[k].best_epoch);
     return s;
 }
 
-/* ------------------------------------------------------------------ MCMC: the job table of section V */
 static int dl_mcmc(dl_ctx *x, int mask) {
-    const dl_cfg *c = &x->c;
+    const lss_deeplss_cfg *c = &x->c;
     const lss_param_table *t1 = lss_table1();
-    int NT = x->nthreads > 64 ? 64 : x->nthreads, nm = 0, slot[DL_NNET], k, i, q, tc, nj = 0, nfail = 0, s;
-    lss_mdn **mdn = NULL;
-    lss_mdn_opts mo;
+    int k, i, nj = 0, nfail = 0, s;
     lss_prior pr;
     lss_chain_opts co;
-    lss_deeplss_job *jobs = NULL;
-    double *fidp = NULL, *calp = NULL, *calt = NULL, mid[DL_NP], *rows = NULL;
-    int64_t n;
-    char name[160], path[4400], hb[DL_NP + 1][32];
-    const char *h1[4 + DL_NP + 4], *h2[8] = {"kind", "mock", "param", "truth", "lo68", "hi68", "inside", "ok"};
+    double mid[DL_NP];
     memset(&pr, 0, sizeof pr);
-    dl_mdn_opts(c, &mo);
-    for (k = 0; k < DL_NNET; k++) slot[k] = (mask >> k) & 1 ? nm++ : -1;
-    /* the prior: Table I box and the convex hull of the grid in (Omega_m, sigma_8) */
-    if ((s = lss_prior_init(&pr, DL_NP, t1->lo, t1->hi)) || (s = lss_prior_set_names(&pr, t1->name)) ||
-        (c->ncosmo >= 3 && (s = lss_prior_set_hull(&pr, 0, 1, x->pool.cosmo, c->ncosmo))))
-        goto out;
-    mdn = (lss_mdn **)calloc((size_t)NT * (size_t)nm, sizeof *mdn);
-    jobs = (lss_deeplss_job *)calloc((size_t)(nm * (1 + c->nfid) + 2 * c->ncal) + 1, sizeof *jobs);
-    rows = (double *)calloc((size_t)(nm * (1 + c->nfid) + 2 * c->ncal * DL_NP) * 16 + 1, sizeof(double));
-    if (!mdn || !jobs || !rows) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto out; }
-    for (k = 0; k < DL_NNET; k++) {
-        if (slot[k] < 0) continue;
-        dl_path(x, path, sizeof path, "mdn_%s_%s.ckpt", dl_kind[k / 3], dl_probe[k % 3]);
-        for (tc = 0; tc < NT; tc++)
-            if ((s = lss_mdn_create(DL_NP, DL_NP, &mo, &mdn[tc * nm + slot[k]])) || (s = lss_mdn_load(mdn[tc * nm + slot[k]], path))) goto out;
-        snprintf(name, sizeof name, "pred_fid_%s_%s.npy", dl_kind[k / 3], dl_probe[k % 3]);
-        if ((s = dl_load(x, name, c->nfid, &n, &fidp))) goto out;
-        /* section V: the most likely prediction at the fiducial parameters (the MDN's mode there); when no draw
-           falls inside the MDN's summary range, the per-component median of the noisy fiducial predictions */
-        {
-            lss_rng r;
-            lss_deeplss_job *j = &jobs[nj++];
-            lss_rng_for(&r, c->seed, LSS_STREAM_MDN, 1, (uint32_t)k);
-            s = lss_mdn_mode(mdn[slot[k]], t1->fiducial, 2000, &r, j->obs);
-            if (s == LSS_ERR_RANGE) {
-                double *col = (double *)malloc(sizeof(double) * (size_t)c->nfid);
-                if (!col) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto out; }
-                for (i = 0; i < DL_NP; i++) {
-                    for (q = 0; q < c->nfid; q++) col[q] = fidp[q * DL_NP + i];
-                    j->obs[i] = lss_percentile(col, c->nfid, 50);
-                }
-                free(col);
-                s = LSS_OK;
-            }
-            if (s) goto out;
-            j->mdn = slot[k]; j->keep = 1;
-            memcpy(j->start, t1->fiducial, sizeof j->start);
-        }
-        for (i = 0; i < c->nfid; i++, nj++) {
-            jobs[nj].mdn = slot[k];
-            memcpy(jobs[nj].obs, fidp + (size_t)i * DL_NP, sizeof jobs[nj].obs);
-            memcpy(jobs[nj].start, t1->fiducial, sizeof jobs[nj].start);
-        }
-        free(fidp); fidp = NULL;
-    }
-    /* calibration mocks: the combined-probe networks at random grid cosmologies and nuisance parameters */
-    for (k = 0; k < DL_NNET; k += 3) {
-        if (slot[k] < 0 || c->ncal <= 0) continue;
-        snprintf(name, sizeof name, "pred_cal_%s_comb.npy", dl_kind[k / 3]);
-        if ((s = dl_load(x, name, c->ncal, &n, &calp)) || (!calt && (s = dl_load(x, "theta_cal.npy", c->ncal, &n, &calt)))) goto out;
-        for (i = 0; i < c->ncal; i++, nj++) {
-            jobs[nj].mdn = slot[k];
-            memcpy(jobs[nj].obs, calp + (size_t)i * DL_NP, sizeof jobs[nj].obs);
-            memcpy(jobs[nj].start, calt + (size_t)i * DL_NP, sizeof jobs[nj].start);
-        }
-        free(calp); calp = NULL;
-    }
     /* walkers in a ball of 1e-3 of the prior width around the truth, pulled towards the grid's mean cosmology
-       and the middle of the nuisance box when outside the prior */
-    for (k = 0; k < DL_NP; k++) mid[k] = 0.5 * (t1->lo[k] + t1->hi[k]);
-    mid[0] = mid[1] = 0;
+       and the middle of the nuisance box when outside the prior (Table I box and the grid's convex hull) */
+    for (k = 0; k < DL_NP; k++) mid[k] = k < 2 ? 0 : 0.5 * (t1->lo[k] + t1->hi[k]);
     for (i = 0; i < c->ncosmo; i++) { mid[0] += x->pool.cosmo[2 * i] / c->ncosmo; mid[1] += x->pool.cosmo[2 * i + 1] / c->ncosmo; }
     memset(&co, 0, sizeof co);
     co.prior = &pr; co.walkers = c->walkers; co.burn = c->burn; co.steps = c->nsteps; co.seed = c->seed; co.spread = 1e-3; co.mid = mid;
-    lss_drv_progress_init(&x->pr, "deeplss mcmc: chains", nj);
-    if ((s = lss_deeplss_chains(mdn, nm, NT, &co, jobs, nj, dl_progress, x))) goto out;
-    lss_drv_progress_end(&x->pr);
-    /* per fiducial mock: mcmc_fid.csv (mock -1: the most likely observation, whose chain is kept); calibration.csv */
-    h1[0] = "kind"; h1[1] = "probe"; h1[2] = "mock"; h1[3] = "ok";
-    for (k = 0; k <= DL_NP; k++) { snprintf(hb[k], sizeof hb[k], "std_%s", k < DL_NP ? t1->name[k] : "S8"); h1[4 + k] = hb[k]; }
-    h1[5 + DL_NP] = "fom_det"; h1[6 + DL_NP] = "area68"; h1[7 + DL_NP] = "acceptance";
-    for (k = 0, i = 0, n = 0; k < DL_NNET; k++) {
-        if (slot[k] < 0) continue;
-        for (q = -1; q < c->nfid; q++, i++, n++) {
-            lss_deeplss_job *j = &jobs[i];
-            double *r = rows + (size_t)n * (8 + DL_NP);
-            r[0] = k / 3; r[1] = k % 3; r[2] = q; r[3] = j->ok;
-            memcpy(r + 4, j->c.std, sizeof(double) * (DL_NP + 1));
-            r[5 + DL_NP] = j->c.fom_det; r[6 + DL_NP] = j->c.area68; r[7 + DL_NP] = j->acc;
-            nfail += !j->ok;
-            if (j->flat) {
-                int64_t sh[2] = {j->nflat, DL_NP};
-                if ((s = lss_npy_save(dl_path(x, path, sizeof path, "chain_fid_%s_%s.npy", dl_kind[k / 3], dl_probe[k % 3], 0), LSS_F64, 2, sh, j->flat))) goto out;
-            }
-        }
+    lss_drv_progress_init(&x->pr, "deeplss mcmc: chains", 0);   /* the total comes with the first report */
+    if (!(s = lss_prior_init(&pr, DL_NP, t1->lo, t1->hi)) && !(s = lss_prior_set_names(&pr, t1->name)) &&
+        !(c->ncosmo >= 3 && (s = lss_prior_set_hull(&pr, 0, 1, x->pool.cosmo, c->ncosmo))) &&
+        !(s = lss_deeplss_mcmc_stage(x->dir, c, mask, &co, t1->fiducial, t1->name, x->nthreads > 64 ? 64 : x->nthreads, dl_progress, x,
+                                     &nj, &nfail))) {
+        lss_drv_progress_end(&x->pr);
+        fprintf(stderr, "deeplss mcmc: %d chains (%d with the observation outside the MDN's range)\n", nj, nfail);
     }
-    if ((s = lss_csv_write(dl_path(x, path, sizeof path, "mcmc_fid.csv", 0, 0, 0), 8 + DL_NP, h1, n, rows))) goto out;
-    for (n = 0; i < nj; i++) {
-        lss_deeplss_job *j = &jobs[i];
-        nfail += !j->ok;
-        for (k = 0; k < DL_NP; k++, n++) {
-            double *r = rows + (size_t)n * 8;
-            r[0] = i < nj - (slot[0] >= 0 && slot[3] >= 0 ? c->ncal : 0) ? (slot[0] >= 0 ? 0 : 1) : 1;
-            r[1] = (i - (nj - c->ncal * ((slot[0] >= 0) + (slot[3] >= 0)))) % c->ncal;
-            r[2] = k; r[3] = j->start[k]; r[4] = j->c.lo68[k]; r[5] = j->c.hi68[k];
-            r[6] = j->ok ? (j->start[k] >= r[4] && j->start[k] <= r[5]) : NAN;
-            r[7] = j->ok;
-        }
-    }
-    s = lss_csv_write(dl_path(x, path, sizeof path, "calibration.csv", 0, 0, 0), 8, h2, n, rows);
-    fprintf(stderr, "deeplss mcmc: %d chains (%d with the observation outside the MDN's range)\n", nj, nfail);
-out:
-    if (mdn) for (i = 0; i < NT * nm; i++) lss_mdn_free(mdn[i]);
-    if (jobs) for (i = 0; i < nj; i++) LSS_FREE(jobs[i].flat);
-    free(mdn); free(jobs); free(rows); free(fidp); free(calp); free(calt);
     lss_prior_free(&pr);
     return s;
+}
+
+/* ------------------------------------------------------------------ report */
+/* Figure 6: d theta_p / d m of the combined-probe CNN for A_IA and sigma_8 at the first fiducial mock. */
+static int dl_sensitivity(dl_ctx *x) {
+    const int M = lss_survey_side(x->sv);
+    const int64_t plane = (int64_t)M * M;
+    float *map = (float *)malloc(sizeof(float) * (size_t)(6 * DL_NBINS) * (size_t)plane);
+    lss_sumnet *net = NULL;
+    lss_pool_draw d;
+    char path[4400];
+    int s;
+    if (!map) return lss_seterr(LSS_ERR_NOMEM, "out of memory");
+    if (!(s = dl_net_create(x, 0, 1, 0, &net)) && !(s = lss_ckpt_load(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[0]), net->store, NULL)) &&
+        !(s = lss_pool_eval_draw(&x->pool, x->c.seed, LSS_DRAWS_FID, 0, 1, &d)) &&
+        !(s = lss_pool_observe_many(&x->pool, x->sv, x->work, x->nthreads, &d, 1, x->c.seed, map, NULL)) &&
+        !(s = lss_sumnet_sensitivity(net, map, map + 2 * DL_NBINS * plane)))
+        s = lss_deeplss_sensitivity_save(map, map + 2 * DL_NBINS * plane, M, x->dir, NULL);
+    lss_sumnet_free(net);
+    free(map);
+    return s;
+}
+
+/* One row of a table with the columns lensing, clustering, combined: fmt with the three values v[probe][0..2]. */
+static void dl_row(FILE *md, const char *label, const char *fmt, const double *v0, const double *v1, const double *v2) {
+    const double *v[3] = {v0, v1, v2};
+    int p;
+    fprintf(md, "| %s |", label);
+    for (p = 1; p <= 3; p++) fprintf(md, fmt, v[p % 3][0], v[p % 3][1], v[p % 3][2]);
+    fprintf(md, "\n");
+}
+
+/* gains.csv, the figures and REPORT.md */
+static int dl_report(dl_ctx *x, const char *timings) {
+    const lss_deeplss_cfg *c = &x->c;
+    const lss_param_table *t1 = lss_table1();
+    static const char *const nk[2] = {"CNN", "PSD"}, *const fk[2] = {"1/sqrt(det C)", "1/area68"};
+    static const char *const hdr3 = "| lensing | clustering | combined |\n|---|---|---|---|\n";
+    lss_deeplss_numbers r;
+    char path[4400], lab[64];
+    lss_wfile w;
+    FILE *md;
+    int s, p, k, i, j, fails = 0;
+    if ((s = lss_deeplss_numbers_read(x->dir, c->nfid, c->ncal, t1->name, &r)) ||
+        (s = lss_deeplss_gains_save(&r, dl_path(x, path, sizeof path, "gains.csv", 0))) ||
+        (s = lss_deeplss_corners(x->dir, t1->name, t1->fiducial, t1->lo, t1->hi, NULL)) || (s = dl_sensitivity(x)) ||
+        (s = lss_wfile_open(&w, dl_path(x, path, sizeof path, "REPORT.md", 0))))
+        return s;
+    md = w.f;
+    fprintf(md, "# DeepLSS: CNN vs power-spectrum constraints (%s scale)\n\nEvery number below comes from this run (`deeplss` with "
+                "seed %llu, files in this directory).\n\n## Setup\n\n", lss_deeplss_scale_name(c->scale), (unsigned long long)c->seed);
+    fprintf(md, "- Survey: %d x %d field(s) of %d x %d pixels of %.4g arcmin (%.3g deg^2), 4 tomographic bins, kappa_g and delta_g "
+                "(8 channels); Table I priors; noise, field choice and flips drawn on the fly.\n- Pool: %d grid cosmologies (Omega_m, "
+                "sigma_8; the fiducial first, then a scrambled Sobol set over the prior box) x %d training + %d held-out noise-free "
+                "lognormal fields.\n", c->grid, c->grid, c->nside, c->nside, c->pixel_arcmin,
+            pow(c->grid * c->nside * c->pixel_arcmin / 60.0, 2), c->ncosmo, c->nf_train, c->nf_test);
+    fprintf(md, "- CNN: %d strided %dx%d convolutions to %d channels, %d residual block(s), dense output of %d (means + Cholesky of the "
+                "precision); PSD network: all auto and cross spectra in %d ell bins (%.0f-%.0f) -> 2 x %d ReLU -> %d. Loss eq. 14; Adam "
+                "(lr CNN %.3g, PSD %.3g); per-tensor gradient clipping at the %.0fth percentile of the norm history; batch %d; %d steps. "
+                "Targets Omega_m, S8, 0.1 A_IA, eta_IA, b_g, eta_bg, r_g (appendix E), undone at prediction.\n",
+            c->nconv, c->kernel, c->kernel, c->channels, c->nres, LSS_DEEPLSS_NOUT, c->nell, c->ell_min, c->ell_max, c->psd_width,
+            LSS_DEEPLSS_NOUT, c->lr_cnn, c->lr_psd, c->clip_pct, c->batch, c->steps);
+    fprintf(md, "- MDN: %d x %d ReLU, K = %d; trained on %d (theta_t, theta_p) pairs per network (%d Sobol nuisance draws per grid "
+                "cosmology, held-out fields). MCMC: %d walkers, %d burn-in + %d steps; prior: Table I box and the convex hull of the "
+                "grid in (Omega_m, sigma_8).\n\nTraining and held-out loss: [loss.csv](loss.csv), ![loss](loss.png)\n\n", c->mdn_layers,
+            c->mdn_width, c->mdn_K, c->ncosmo * c->pred_per_cosmo, c->pred_per_cosmo, c->walkers, c->burn, c->nsteps);
+    if (r.loss_step >= 0) {
+        fprintf(md, "Held-out loss (eq. 14, mean over %d held-out surveys) at step %lld; lower is better:\n\n| network %s", c->ntest,
+                (long long)r.loss_step, hdr3);
+        for (i = 0; i < 2; i++) fprintf(md, "| %s | %.2f | %.2f | %.2f |\n", nk[i], r.loss[i][1], r.loss[i][2], r.loss[i][0]);
+    }
+    fprintf(md, "\n## Gains (layout of Table II)\n\nstd(theta | PSD) / std(theta | CNN), median over %lld noisy mock observations at "
+                "the fiducial parameters (each mock analysed by both networks); in brackets the 16-84%% range over mocks. > 1 means the "
+                "CNN is tighter. FoM rows: FoM_CNN / FoM_PSD with FoM = 1/sqrt(det Cov(Omega_m, sigma_8)) and 1/area of the 68%% region "
+                "(%d x %d histogram over [%g, %g] x [%g, %g], %g bin smoothing).\n\n| parameter %s", (long long)r.ngain[0],
+            LSS_DEEPLSS_HPD_BINS, LSS_DEEPLSS_HPD_BINS, LSS_DEEPLSS_HPD_XLO, LSS_DEEPLSS_HPD_XHI, LSS_DEEPLSS_HPD_YLO, LSS_DEEPLSS_HPD_YHI,
+            LSS_DEEPLSS_HPD_SMOOTH, hdr3);
+    for (k = 0; k < LSS_DEEPLSS_NGAIN; k++)
+        dl_row(md, k < DL_NP ? t1->name[k] : k == DL_NP ? "S8" : k == DL_NP + 1 ? "FoM (det)" : "FoM (68% area)", " %.2f [%.2f, %.2f] |",
+               r.gain[0][k], r.gain[1][k], r.gain[2][k]);
+    fprintf(md, "\nTable: [gains.csv](gains.csv); per-mock values: [mcmc_fid.csv](mcmc_fid.csv).\n\n"
+                "### Figures of merit (Omega_m - sigma_8), median [16-84%%] over the noisy mocks\n\n| network %s", hdr3);
+    for (i = 0; i < 4; i++) {   /* CNN, PSD x 1/sqrt(det C), 1/area68 */
+        snprintf(lab, sizeof lab, "%s, %s", nk[i / 2], fk[i % 2]);
+        dl_row(md, lab, " %.4g [%.4g, %.4g] |", r.fom[i / 2 * 3][i % 2], r.fom[i / 2 * 3 + 1][i % 2], r.fom[i / 2 * 3 + 2][i % 2]);
+    }
+    fprintf(md, "\n## What this run shows\n\n");
+    for (p = 0; p < 3; p++)
+        for (k = 0; k <= DL_NP; k++)   /* CNN at least as tight as PSD within the scatter: 84th percentile of the ratio >= 1 */
+            if (!(r.gain[p][k][2] >= 1.0))
+                fprintf(md, "%s- %s probes, %s: median ratio %.3f [%.3f, %.3f]\n", fails++ ? "" : "Parameters where the CNN is NOT at "
+                        "least as tight as the PSD network within the scatter over mocks (84th percentile of the std ratio below 1):\n\n",
+                        lss_deeplss_probe_name(p, 1), k < DL_NP ? t1->name[k] : "S8", r.gain[p][k][0], r.gain[p][k][1], r.gain[p][k][2]);
+    if (!fails) fprintf(md, "- For every parameter and probe set the CNN is at least as tight as the PSD network within the scatter over mocks.\n");
+    else
+        fprintf(md, "\nReason: the held-out losses measure how informative each network's summaries are, independently of the MDN and "
+                    "the sampler (CNN vs PSD: lensing %.2f vs %.2f, clustering %.2f vs %.2f, combined %.2f vs %.2f; lower is better). "
+                    "One 25 deg^2 field at 9.375 arcmin, dominated by shape and shot noise and made of lognormal shells, should carry "
+                    "little non-Gaussian information beyond its spectra, so the CNN has little to gain over the PSD network and must first "
+                    "learn to compute the auto and cross spectra (above all the lensing x clustering cross spectra, which break the bias "
+                    "and IA degeneracies) that the PSD network is given; a small CNN trained for a few thousand steps on a CPU has not "
+                    "finished learning that. Where a parameter is prior-dominated the ratio scatters around 1.\n",
+                r.loss[0][1], r.loss[1][1], r.loss[0][2], r.loss[1][2], r.loss[0][0], r.loss[1][0]);
+    for (i = 0; i < 2; i++)
+        for (p = 1; p < 3; p++) {
+            int ok = r.fom[i * 3][0][0] > r.fom[i * 3 + p][0][0];
+            fprintf(md, "- %s: combined-probe FoM %.4g %s the %s-only FoM %.4g%s\n", nk[i], r.fom[i * 3][0][0], ok ? "above" : "NOT above",
+                    lss_deeplss_probe_name(p, 1), r.fom[i * 3 + p][0][0], ok ? "." : " (the combined probes should add information: with "
+                    "this short training the combined network has not learnt to use both probes fully).");
+        }
+    fprintf(md, "\n## Calibration\n\n");
+    if (r.have_cal) {
+        fprintf(md, "Fraction of true values inside the 68%% interval (16-84 percentiles of the posterior), over mock observations at "
+                    "random grid cosmologies and nuisance parameters (held-out fields and fresh noise), all 7 parameters pooled "
+                    "(expected 0.68 +- 0.10):\n\n| network | mocks | fraction | ");
+        for (k = 0; k < DL_NP; k++) fprintf(md, "%s | ", t1->name[k]);
+        fprintf(md, "\n|---|---|---|---|---|---|---|---|---|---|");   /* 3 + 7 columns */
+        for (i = 0; i < 2; i++) {
+            fprintf(md, "\n| %s combined | %lld | %.3f | ", nk[i], (long long)r.cal_n[i], r.cal_frac[i]);
+            for (k = 0; k < DL_NP; k++) fprintf(md, "%.2f | ", r.cal_par[i][k]);
+        }
+        fprintf(md, "\n\nPer mock and parameter: [calibration.csv](calibration.csv).\n");
+    } else fprintf(md, "No calibration.csv in this directory.\n");
+    fprintf(md, "\nMDN check of appendix C (dmu = (mean_MDN - mean_sim)/std_sim, dsig = (std_MDN - std_sim)/std_sim at held-out theta_t, "
+                "median [16-84%%]): [mdn_check.csv](mdn_check.csv)\n\n");
+    for (k = 0, j = 0; k < DL_NNET; k++)
+        if (r.have_check[k]) {
+            const double *v = r.check[k];
+            fprintf(md, "%s| %s %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] |\n", j++ ? "" : "| network | dmu | dsig |\n|---|---|---|\n",
+                    lss_deeplss_kind_name(k / 3), lss_deeplss_probe_name(k % 3, 0), v[0], v[1], v[2], v[3], v[4], v[5]);
+        }
+    fprintf(md, "\n## Figures\n\n"
+                "- Figure 2 (combined probes, CNN vs PSD, at the most likely prediction for the fiducial parameters): ![corner comb](corner_comb.png)\n"
+                "- Figure 3 (single probes): ![corner wl](corner_wl.png) ![corner gc](corner_gc.png)\n"
+                "- Figure 4 (S8 - A_IA, CNN): ![s8 aia](s8_aia.png)\n"
+                "- Figure 6 (sensitivity maps d theta_p / d m of the combined-probe CNN for A_IA and sigma_8 at one fiducial observation; "
+                "per-channel RMS in [sensitivity.csv](sensitivity.csv), arrays in sensitivity.npy): ![sensitivity](sensitivity.png)\n");
+    if (timings && *timings) fprintf(md, "\n## Timings\n\n%s\n", timings);
+    return lss_wfile_commit(&w);
+}
+
+/* ------------------------------------------------------------------ command line */
+static const char *const dl_cmds[7] = {"sim", "train", "predict", "mdn", "mcmc", "report", "all"};
+static const char *const dl_about[7] = {
+    "Simulates the pool of noise-free fields and writes DIR/deeplss.cfg with the sizes of the run.",
+    "Trains the CNN and PSD networks for combined, lensing-only and clustering-only maps (the pool is simulated first\n"
+    "when DIR has none). Sizes apply to a new run only.",
+    "Network summaries for the draw sets of section IV (MDN training, calibration, fiducial and check draws), as NPY.",
+    "Fits the MDN likelihood of every network and checks it against held-out summaries (appendix C).",
+    "Ensemble MCMC with the MDN likelihoods: the most likely and the noisy fiducial observations, calibration mocks.",
+    "Gains table, figures of merit, calibration, corner plots, sensitivity maps and DIR/REPORT.md.",
+    "sim, train, predict, mdn, mcmc and report in order (the demo)."};
+static const char *const dl_example[7] = {
+    "deeplss sim --scale small --out out/deeplss", "deeplss train --out out/deeplss --steps 4000 --resume",
+    "deeplss predict --out out/deeplss", "deeplss mdn --out out/deeplss", "deeplss mcmc --out out/deeplss --nets cnn",
+    "deeplss report --out out/deeplss", "deeplss all --scale small --out out/deeplss"};
+
+/* 1 when --name (or --name=...) is on the command line. */
+static int dl_given(int argc, char **argv, const char *name) {
+    size_t n = strlen(name);
+    int i;
+    for (i = 2; i < argc; i++)
+        if (!strncmp(argv[i], "--", 2) && !strncmp(argv[i] + 2, name, n) && (!argv[i][2 + n] || argv[i][2 + n] == '=')) return 1;
+    return 0;
+}
+
+/* Bit kind * 3 + probe for every listed network and probe set; exits 2 on an unknown name. */
+static int dl_mask(const char *nets, const char *probes) {
+    const char *lists[2] = {nets, probes};
+    char buf[256], *tok, *sv = NULL;
+    int m[2] = {0, 0}, l, q, k, mask = 0;
+    for (l = 0; l < 2; l++) {
+        snprintf(buf, sizeof buf, "%s", lists[l]);
+        for (tok = strtok_r(buf, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) {
+            for (q = 0; q < (l ? 3 : 2) && strcmp(tok, l ? lss_deeplss_probe_name(q, 0) : lss_deeplss_kind_name(q)); q++) {}
+            if (q == (l ? 3 : 2)) lss_drv_die(2, "option %s: unknown name '%s'", l ? "--probes" : "--nets", tok);
+            m[l] |= 1 << q;
+        }
+    }
+    for (k = 0; k < DL_NNET; k++) if ((m[0] >> (k / 3) & 1) && (m[1] >> (k % 3) & 1)) mask |= 1 << k;
+    if (!mask) lss_drv_die(2, "no network selected by --nets %s --probes %s", nets, probes);
+    return mask;
+}
+
+int main(int argc, char **argv) {
+    const char *out = "out/deeplss", *nets = "cnn,psd", *probes = "comb,wl,gc", *scale_s = "small";
+    int ci, resume = 0, mask, s, i, n = 0, fresh, have_cfg, have_pool;
+    double t0 = lss_time_now(), tp;
+    char path[4400], timings[2048] = "", extra[256], name[32], usage[64];
+    lss_deeplss_cfg cfg, d;
+    dl_ctx x;
+    FILE *f;
+    /* the commands an option belongs to (bit ci); NEW: sizes of a new run (refused for an existing one), CFG: saved in deeplss.cfg */
+    enum { C_SIM = 1, C_TRAIN = 2, C_SEL = 4 | 8 | 16, C_ALL = 64, C_ANY = 127, C_NEWRUN = C_SIM | C_TRAIN | C_ALL, NEW = 1, CFG = 2 };
+    struct { lss_drv_opt o; int cmds, use; } tab[] = {
+        {{"scale", LSS_DRV_STR, &scale_s, 0, 0, 0, "small: one 32 x 32 field of 9.375 arcmin, a small CNN; paper: 6 x 6 mosaics of 64 x 64, the released code's CNN"}, C_NEWRUN, 0},
+        {{"ncosmo", LSS_DRV_INT, &d.ncosmo, 3, 100000, 0, "grid cosmologies in the pool (paper 57)"}, C_NEWRUN, NEW},
+        {{"nfield", LSS_DRV_INT, &d.nf_train, 1, 100000, 0, "noise-free training fields per cosmology (held-out: half as many, at least 1)"}, C_NEWRUN, NEW},
+        {{"seed", LSS_DRV_U64, &d.seed, 0, 0, 0, "seed of everything"}, C_NEWRUN, NEW},
+        {{"pred-per-cosmo", LSS_DRV_INT, &d.pred_per_cosmo, 1, 1000000, 0, "Sobol nuisance draws per grid cosmology for the MDN"}, C_NEWRUN, NEW},
+        {{"ncal", LSS_DRV_INT, &d.ncal, 0, 1000000, 0, "calibration mocks at random parameters"}, C_NEWRUN, NEW},
+        {{"nfid", LSS_DRV_INT, &d.nfid, 1, 1000000, 0, "noisy mocks at the fiducial parameters for the gains"}, C_NEWRUN, NEW},
+        {{"mcmc-steps", LSS_DRV_INT, &d.nsteps, 10, 10000000, 0, "MCMC steps after burn-in"}, C_NEWRUN, NEW},
+        {{"steps", LSS_DRV_INT, &d.steps, 1, 100000000, 0, "optimizer steps (paper 900000)"}, C_TRAIN | C_ALL, CFG},
+        {{"batch", LSS_DRV_INT, &d.batch, 1, 4096, 0, "surveys per step"}, C_TRAIN | C_ALL, CFG},
+        {{"lr-cnn", LSS_DRV_DOUBLE, &d.lr_cnn, 1e-12, 0.999, 0, "CNN Adam learning rate (paper 5e-5, constant; small: cosine decay to 5%)"}, C_TRAIN | C_ALL, CFG},
+        {{"lr-psd", LSS_DRV_DOUBLE, &d.lr_psd, 1e-12, 0.999, 0, "PSD network Adam learning rate (paper 2.5e-3)"}, C_TRAIN | C_ALL, CFG},
+        {{"nets", LSS_DRV_STR, &nets, 0, 0, 0, "which networks, comma-separated"}, C_TRAIN | C_SEL, 0},
+        {{"probes", LSS_DRV_STR, &probes, 0, 0, 0, "which probe sets, comma-separated"}, C_TRAIN | C_SEL, 0},
+        {{"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"}, C_TRAIN, 0},
+        {{"out", LSS_DRV_STR, &out, 0, 0, 0, "working directory"}, C_ANY, 0}};
+    const int ntab = (int)(sizeof tab / sizeof tab[0]);
+    lss_drv_opt opts[sizeof tab / sizeof tab[0] + 1];
+    lss_drv_cmd cmd = {"deeplss", "deeplss COMMAND [options]",
+                       "The DeepLSS experiment (Kacprzak & Fluri 2022): CNN and power-spectrum networks trained with the likelihood\n"
+                       "loss on tomographic lensing + clustering maps, MDN likelihoods, ensemble MCMC, gains.\n"
+                       "commands: sim, train, predict, mdn, mcmc, report, all ('deeplss COMMAND --help' lists a command's options)",
+                       "deeplss all --scale small --out out/deeplss"};
+    lss_drv_prog = "deeplss";
+    for (i = 0; i < DL_NNET; i++) snprintf(dl_net[i], sizeof dl_net[i], "%s_%s", lss_deeplss_kind_name(i / 3), lss_deeplss_probe_name(i % 3, 0));
+    lss_deeplss_cfg_defaults(&d, LSS_DEEPLSS_SMALL);
+    opts[0].name = NULL;
+    if (argc >= 2 && argv[1][0] == '-') lss_drv_parse(&cmd, opts, argc, argv);   /* --help exits 0, another option 2 */
+    if (argc < 2 || argv[1][0] == '-') lss_drv_die(2, "no command: sim, train, predict, mdn, mcmc, report or all (see deeplss --help)");
+    for (ci = 0; ci < 7 && strcmp(argv[1], dl_cmds[ci]); ci++) {}
+    if (ci == 7) lss_drv_die(2, "unknown command '%s' (see deeplss --help)", argv[1]);
+    for (i = 0; i < ntab; i++) if ((tab[i].cmds >> ci) & 1) opts[n++] = tab[i].o;
+    opts[n].name = NULL;
+    snprintf(name, sizeof name, "deeplss %s", dl_cmds[ci]);
+    snprintf(usage, sizeof usage, "%s [options]", name);
+    cmd.name = name; cmd.usage = usage; cmd.about = dl_about[ci]; cmd.example = dl_example[ci];
+    lss_drv_parse(&cmd, opts, argc - 1, argv + 1);
+    if (lss_deeplss_scale_parse(scale_s) < 0) lss_drv_die(2, "option --scale: '%s' is not small or paper", scale_s);
+    mask = ci == 6 ? (1 << DL_NNET) - 1 : dl_mask(nets, probes);
+    snprintf(path, sizeof path, "%s/deeplss.cfg", out);
+    if ((have_cfg = (f = fopen(path, "r")) != NULL)) fclose(f);
+    fresh = ci == 6 || ci == 0 || (ci == 1 && !have_cfg);
+    if (fresh) {   /* a new run: the preset, then the sizes given */
+        if (resume) lss_drv_die(2, "--resume: no deeplss.cfg in %s", out);
+        lss_drv_mkdirs(out);
+        lss_deeplss_cfg_defaults(&cfg, lss_deeplss_scale_parse(scale_s));
+        if (dl_given(argc, argv, "nfield")) cfg.nf_test = d.nf_train / 2 > 0 ? d.nf_train / 2 : 1;
+    } else {
+        if (!have_cfg) lss_drv_die(2, "no deeplss.cfg in %s (run 'deeplss sim' or 'deeplss train' first)", out);
+        lss_drv_check(lss_deeplss_cfg_load(&cfg, path), "deeplss.cfg");
+        if (dl_given(argc, argv, "scale") && strcmp(scale_s, lss_deeplss_scale_name(cfg.scale)))
+            lss_drv_die(2, "--scale %s differs from the run in %s (scale %s)", scale_s, out, lss_deeplss_scale_name(cfg.scale));
+    }
+    for (i = 0; i < ntab; i++) {   /* options given: copied from d into the same field of cfg */
+        if (!tab[i].use || !((tab[i].cmds >> ci) & 1) || !dl_given(argc, argv, tab[i].o.name)) continue;
+        if (tab[i].use == NEW && !fresh) lss_drv_die(2, "--%s only applies to a new run; %s already has a pool", tab[i].o.name, out);
+        memcpy((char *)&cfg + ((char *)tab[i].o.dst - (char *)&d), tab[i].o.dst, tab[i].o.kind == LSS_DRV_INT ? sizeof(int) : sizeof(double));
+    }
+    lss_drv_check(lss_deeplss_cfg_check(&cfg), "options");
+    lss_drv_check(dl_ctx_open(&x, &cfg, out), "setup");
+    if (ci <= 1 || ci == 6) lss_drv_check(lss_deeplss_cfg_save(&cfg, path), "deeplss.cfg");
+    snprintf(extra, sizeof extra, "\"command\": \"%s\", \"scale\": \"%s\", \"steps\": %d, \"batch\": %d", dl_cmds[ci],
+             lss_deeplss_scale_name(cfg.scale), cfg.steps, cfg.batch);
+    lss_drv_check(lss_drv_runjson(out, argc, argv, cfg.seed, extra), "run.json");
+    tp = lss_time_now();
+    snprintf(path, sizeof path, "%s/pool_fields.npy", out);
+    if ((have_pool = (f = fopen(path, "rb")) != NULL)) fclose(f);
+    s = ci == 0 || ci == 6 || (ci == 1 && !have_pool) ? dl_pool_simulate(&x) : dl_pool_load(&x, ci == 1 || ci == 2 || ci == 5);
+    lss_drv_check(s, "pool");
+#define DL_STAGE(c, what, call) if (ci == c || ci == 6) { tp = lss_time_now(); lss_drv_check(call, what); \
+        snprintf(timings + strlen(timings), sizeof timings - strlen(timings), "- %s: %.1f s\n", what, lss_time_now() - tp); }
+    snprintf(timings, sizeof timings, "- pool (sim or load): %.1f s\n", lss_time_now() - tp);
+    DL_STAGE(1, "train", dl_train(&x, mask, resume))
+    DL_STAGE(2, "predict", dl_predict(&x, mask))
+    DL_STAGE(3, "mdn", dl_mdn(&x, mask))
+    DL_STAGE(4, "mcmc", dl_mcmc(&x, mask))
+#undef DL_STAGE
+    if (ci == 5 || ci == 6) {
+        lss_wfile tw;
+        snprintf(path, sizeof path, "%s/timings.md", out);
+        if (ci == 6) {   /* a report on its own shows the timings of the run that made the files */
+            snprintf(timings + strlen(timings), sizeof timings - strlen(timings), "- total before the report: %.1f s on %d thread(s)\n",
+                     lss_time_now() - t0, x.nthreads);
+            lss_drv_check(lss_wfile_open(&tw, path), "timings.md");
+            fputs(timings, tw.f);
+            lss_drv_check(lss_wfile_commit(&tw), "timings.md");
+        } else if ((f = fopen(path, "r"))) {
+            timings[fread(timings, 1, sizeof timings - 1, f)] = 0;
+            fclose(f);
+        } else timings[0] = 0;
+        lss_drv_check(dl_report(&x, timings), "report");
+    }
+    fprintf(stderr, "deeplss %s: done in %.1f s (%s)\n", dl_cmds[ci], lss_time_now() - t0, out);
+    dl_ctx_free(&x);
+    return 0;
 }

@@ -54,6 +54,7 @@ table() { # table1.csv -> markdown rows
     echo "|---|---|---|"
     table "$OUT/eval_neural/table1.csv"
     echo
+    awk -F, 'NR > 1 { last = $0 } END { split(last, v, ","); printf "Training (prior/loss.csv): at step %d the training DSM loss is %.4f, the held-out loss (validation maps) %.4f.\n\n", v[1], v[2], v[3] }' "$OUT/prior/loss.csv"
     echo "One field, 8 samples. A U-net this small and this briefly trained is not expected to beat the"
     echo "Wiener filter; the paper's prior is trained for 45,000 steps on a GPU (\`--scale paper\`)."
     echo

@@ -4,66 +4,33 @@
 #define LSS_MAPS_IMPLEMENTATION
 #include "lss_maps.h"
 #include "drivers/lss_driver.h"
-#include <getopt.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: lss-sim [options]\n"
-            "\n"
-            "Simulates DeepLSS maps (Kacprzak & Fluri 2022, section II): lognormal matter shells from the Halofit\n"
-            "Limber spectra, Born projection into 4 tomographic bins, intrinsic alignments, galaxy bias and\n"
-            "stochasticity, Poisson galaxy counts and shape noise. A map has 8 channels: kappa_g of bins 1-4, then\n"
-            "delta_g = N / nbar - 1 of bins 1-4 (without noise: kappa + A_IA kappa_IA and b delta_r). Fields are\n"
-            "5 x 5 deg, 64 x 64 pixels of 4.6875 arcmin; with --mosaic a map is a 900 deg^2 survey of 6 x 6 fields\n"
-            "(384 x 384) placed at random with random flips.\n"
-            "\n"
-            "output (in DIR)\n"
-            "  maps.npy     float32 [N, 8, H, W]\n"
-            "  params.csv   one row per map: index and the 9 Table I parameters\n"
-            "  example.png  map 0: kappa_g (top) and delta_g (bottom) of the 4 bins, with colour bars\n"
-            "  run.json     options, seed, version, timing\n"
-            "\n"
-            "options\n"
-            "  --out DIR          output directory (default out/sim)\n"
-            "  --n N              number of maps (default 4)\n"
-            "  --seed S           random seed (default 1); map i is a pure function of (seed, i)\n"
-            "  --fiducial         Table I fiducial parameters for every map (default)\n"
-            "  --prior            each map's parameters from the Table I priors (Sobol sequence, shifted by the seed)\n"
-            "  --omega-m X --sigma-8 X --a-ia X --eta-ia X --b-g X --eta-bg X --r-g X --b-g2 X --eta-bg2 X\n"
-            "                     fix one parameter (overrides --prior for it); values must lie in the Table I priors\n"
-            "  --noise | --no-noise   with (default) or without galaxy and shape noise\n"
-            "  --smoothing R      Gaussian smoothing scale in Mpc/h (section II B): clustering at R, lensing at\n"
-            "                     min(R, 4); 0 turns smoothing off (default 8 with linear bias, 4 with non-linear)\n"
-            "  --bias B           linear (eq. 10, default), nonlinear (eq. 13: b delta + b2 delta^2), or\n"
-            "                     nonlinear-code (b delta + b2 sign(delta) delta^2 / 2, the released code)\n"
-            "  --poisson P        exact (default), anscombe (Gaussian-unbiased inverse), anscombe-paper (appendix F)\n"
-            "  --mosaic           6 x 6 fields per map (survey of 900 deg^2)\n"
-            "  --scale            apply the appendix E scaling before networks (kappa_g x 18.45)\n"
-            "  --bins NAME        n(z): deeplss (default) or a text FILE with columns z n_1 .. n_4\n"
-            "  --help             this text\n"
-            "\n"
-            "examples\n"
-            "  lss-sim --out out/sim --n 8 --seed 3\n"
-            "  lss-sim --out out/train --n 1000 --prior --mosaic\n"
-            "  lss-sim --out out/clean --n 200 --no-noise --smoothing 0 --sigma-8 0.8\n"
-            "\n"
-            "OMP_NUM_THREADS sets the number of threads; results do not depend on it. Bad input (unknown option,\n"
-            "value outside its range, unreadable or malformed file) gives one line on stderr and exit status 2.\n");
-}
+static const char *const about =
+    "Simulates DeepLSS maps (Kacprzak & Fluri 2022, section II): lognormal matter shells from the Halofit\n"
+    "Limber spectra, Born projection into 4 tomographic bins, intrinsic alignments, galaxy bias and\n"
+    "stochasticity, Poisson galaxy counts and shape noise. A map has 8 channels: kappa_g of bins 1-4, then\n"
+    "delta_g = N / nbar - 1 of bins 1-4 (without noise: kappa + A_IA kappa_IA and b delta_r). Fields are\n"
+    "5 x 5 deg, 64 x 64 pixels of 4.6875 arcmin; with --mosaic a map is a 900 deg^2 survey of 6 x 6 fields\n"
+    "(384 x 384) placed at random with random flips.\n"
+    "Map i is survey lss_set_index(SET, i) of the observation recipe of lss_maps.h (lss_survey_simulate): fresh\n"
+    "fields, noise, appendix E scaling (--scale) and mosaic, a pure function of (seed, SET, i); with --scale it is\n"
+    "the map deeplss's pool path (lss_pool_observe) gives for the same fields, parameters and (seed, index).\n"
+    "Output in DIR: maps.npy float32 [N, 8, H, W]; params.csv (index and the 9 Table I parameters of each map);\n"
+    "example.png (map 0: kappa_g top, delta_g bottom, with colour bars); run.json (options, seed, version, timing).\n"
+    "A parameter option fixes that Table I parameter for every map (overriding --prior); it must lie in its prior.\n"
+    "OMP_NUM_THREADS sets the number of threads; results do not depend on it. Bad input (unknown option,\n"
+    "value outside its range, unreadable or malformed file) gives one line on stderr and exit status 2.";
 
-enum { O_OUT = 1000, O_N, O_SEED, O_FID, O_PRIOR, O_OM, O_S8, O_AIA, O_EIA, O_BG, O_EBG, O_RG, O_BG2, O_EBG2, O_NOISE,
-       O_NONOISE, O_SMOOTH, O_BIAS, O_POIS, O_MOSAIC, O_SCALE, O_BINS, O_HELP };
-
-static const char *par_names[9] = {"omega_m", "sigma_8", "a_ia", "eta_ia", "b_g", "eta_bg", "r_g", "b_g2", "eta_bg2"};
-
-static double *par_slot(lss_params *p, int k) {
-    double *s[9];
-    s[0] = &p->omega_m; s[1] = &p->sigma_8; s[2] = &p->a_ia; s[3] = &p->eta_ia; s[4] = &p->b_g; s[5] = &p->eta_bg;
-    s[6] = &p->r_g; s[7] = &p->b_g2; s[8] = &p->eta_bg2;
-    return s[k];
+/* 1 when --name (or --name=...) is on the command line */
+static int given(int argc, char **argv, const char *name) {
+    size_t n = strlen(name);
+    int i;
+    for (i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--", 2) && !strncmp(argv[i] + 2, name, n) && (!argv[i][2 + n] || argv[i][2 + n] == '=')) return 1;
+    return 0;
 }
 
 /* example.png: 2 rows (kappa_g, delta_g) x nb bins, each map with its colour bar */
@@ -94,115 +61,109 @@ static int write_example(const char *path, const float *m, int nb, int h, int w)
 }
 
 int main(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"out", 1, 0, O_OUT}, {"n", 1, 0, O_N}, {"seed", 1, 0, O_SEED}, {"fiducial", 0, 0, O_FID}, {"prior", 0, 0, O_PRIOR},
-        {"omega-m", 1, 0, O_OM}, {"sigma-8", 1, 0, O_S8}, {"a-ia", 1, 0, O_AIA}, {"eta-ia", 1, 0, O_EIA}, {"b-g", 1, 0, O_BG},
-        {"eta-bg", 1, 0, O_EBG}, {"r-g", 1, 0, O_RG}, {"b-g2", 1, 0, O_BG2}, {"eta-bg2", 1, 0, O_EBG2},
-        {"noise", 0, 0, O_NOISE}, {"no-noise", 0, 0, O_NONOISE}, {"smoothing", 1, 0, O_SMOOTH}, {"bias", 1, 0, O_BIAS},
-        {"poisson", 1, 0, O_POIS}, {"mosaic", 0, 0, O_MOSAIC}, {"scale", 0, 0, O_SCALE}, {"bins", 1, 0, O_BINS},
-        {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
-    const char *out = "out/sim", *bins_name = "deeplss";
-    long long n = 4;
+    const lss_param_table *t1 = lss_table1();
+    const char *out = "out/sim", *bins_name = "deeplss", *bias = "linear", *poisson = "exact", *set_name = "train";
+    static const char *const set_names[4] = {"train", "valid", "test", "fiducial"};
+    int n = 4, prior = 0, fiducial = 0, noise = 0, nonoise = 0, mosaic = 0, scale = 0, nb, k, st = LSS_OK, set, no_opt = 0;
     uint64_t seed = 1;
-    int prior = 0, noise = 1, mosaic = 0, scale = 0, c, nb, k, fixed[9] = {0}, ndim, st = LSS_OK, grid = 6;
-    double fixval[9], smooth = -1, kscale;
+    double fixval[LSS_NPARAM_TABLE1], smooth = -1;
+    char optname[LSS_NPARAM_TABLE1][16], help[LSS_NPARAM_TABLE1][64];
     lss_params fid, *pars;
-    lss_noise_opts no;
+    lss_survey_opts vo;
     lss_sim_opts so;
     lss_nz *nz = NULL;
     lss_cosmo *c0 = NULL;
     lss_sim *sim0 = NULL;
+    lss_survey *sv = NULL;
     lss_sim_info inf;
     float *maps;
-    int64_t shape[4];
-    size_t per_map, fsz, osz;
-    int H, W;
+    int64_t shape[4], per_map, done = 0;
+    int H, W, ndim;
     char path[4200], extra[1024];
     double t0 = lss_time_now();
-    int64_t done = 0;
     lss_drv_progress prog;
-
+    lss_drv_opt opts[16 + LSS_NPARAM_TABLE1 + 1] = {
+        {"out", LSS_DRV_STR, &out, 0, 0, 0, "output directory"},
+        {"n", LSS_DRV_INT, &n, 1, 100000000, 0, "number of maps"},
+        {"seed", LSS_DRV_U64, &seed, 0, 0, 0, "random seed; map i is a pure function of (seed, SET, i)"},
+        {"set", LSS_DRV_STR, &set_name, 0, 0, 0, "data set of the maps' indices: train, valid, test or fiducial"},
+        {"fiducial", LSS_DRV_FLAG, &fiducial, 0, 0, 0, "Table I fiducial parameters for every map (the default)"},
+        {"prior", LSS_DRV_FLAG, &prior, 0, 0, 0, "each map's parameters from the Table I priors (Sobol sequence, shifted by the seed)"},
+        {"noise", LSS_DRV_FLAG, &noise, 0, 0, 0, "galaxy and shape noise (the default)"},
+        {"no-noise", LSS_DRV_FLAG, &nonoise, 0, 0, 0, "no galaxy or shape noise"},
+        {"smoothing", LSS_DRV_DOUBLE, &smooth, 0, 50, 0, "Gaussian smoothing in Mpc/h: clustering at R, lensing at min(R, 4); 0: off; "
+                                                         "unset: 8 with linear bias, 4 with non-linear"},
+        {"bias", LSS_DRV_STR, &bias, 0, 0, 0, "linear (eq. 10), nonlinear (eq. 13), nonlinear-code (b delta + b2 sign(delta) delta^2 / 2)"},
+        {"poisson", LSS_DRV_STR, &poisson, 0, 0, 0, "exact, anscombe (Gaussian-unbiased inverse) or anscombe-paper (appendix F)"},
+        {"mosaic", LSS_DRV_FLAG, &mosaic, 0, 0, 0, "6 x 6 fields per map (survey of 900 deg^2)"},
+        {"scale", LSS_DRV_FLAG, &scale, 0, 0, 0, "apply the appendix E scaling before networks (as deeplss)"},
+        {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE with columns z n_1 .. n_4"}};
+    const lss_drv_cmd cmd = {"lss-sim", "lss-sim [options]", about, "lss-sim --out out/train --n 1000 --prior --mosaic --scale"};
     lss_drv_prog = "lss-sim";
-    memset(&no, 0, sizeof no);
-    memset(&so, 0, sizeof so);
-    lss_params_fiducial(&fid);
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case O_OUT: out = optarg; break;
-        case O_N: n = lss_drv_int("--n", optarg, 1, 100000000); break;
-        case O_SEED: seed = (uint64_t)lss_drv_int("--seed", optarg, 0, (long long)1 << 62); break;
-        case O_FID: prior = 0; break;
-        case O_PRIOR: prior = 1; break;
-        case O_OM: case O_S8: case O_AIA: case O_EIA: case O_BG: case O_EBG: case O_RG: case O_BG2: case O_EBG2:
-            k = c - O_OM;
-            fixed[k] = 1;
-            fixval[k] = lss_drv_double(opts[5 + k].name, optarg);
-            break;
-        case O_NOISE: noise = 1; break;
-        case O_NONOISE: noise = 0; break;
-        case O_SMOOTH:
-            smooth = lss_drv_double("--smoothing", optarg);
-            if (!(smooth >= 0 && smooth <= 50)) lss_drv_die(2, "option --smoothing: %g is outside [0, 50] Mpc/h", smooth);
-            break;
-        case O_BIAS:
-            if (!strcmp(optarg, "linear")) no.bias = LSS_BIAS_LINEAR;
-            else if (!strcmp(optarg, "nonlinear")) no.bias = LSS_BIAS_NONLINEAR;
-            else if (!strcmp(optarg, "nonlinear-code")) no.bias = LSS_BIAS_NONLINEAR_CODE;
-            else lss_drv_die(2, "option --bias: '%s' is not linear, nonlinear or nonlinear-code", optarg);
-            break;
-        case O_POIS:
-            if (!strcmp(optarg, "exact")) no.poisson = LSS_POISSON_EXACT;
-            else if (!strcmp(optarg, "anscombe")) no.poisson = LSS_POISSON_ANSCOMBE;
-            else if (!strcmp(optarg, "anscombe-paper")) no.poisson = LSS_POISSON_ANSCOMBE_PAPER;
-            else lss_drv_die(2, "option --poisson: '%s' is not exact, anscombe or anscombe-paper", optarg);
-            break;
-        case O_MOSAIC: mosaic = 1; break;
-        case O_SCALE: scale = 1; break;
-        case O_BINS: bins_name = optarg; break;
-        case O_HELP: usage(stdout); return 0;
-        default: lss_drv_die(2, "unknown option (see --help)");
-        }
+    for (k = 0; k < LSS_NPARAM_TABLE1; k++) {   /* --omega-m ... --eta-bg2 from Table I */
+        int q;
+        snprintf(optname[k], sizeof optname[k], "%s", t1->key[k]);
+        for (q = 0; optname[k][q]; q++) if (optname[k][q] == '_') optname[k][q] = '-';
+        snprintf(help[k], sizeof help[k], "fix %s (prior [%g, %g])", t1->name[k], t1->lo[k], t1->hi[k]);
+        fixval[k] = t1->fiducial[k];
+        opts[14 + k].name = optname[k]; opts[14 + k].kind = LSS_DRV_DOUBLE; opts[14 + k].dst = &fixval[k];
+        opts[14 + k].lo = t1->lo[k]; opts[14 + k].hi = t1->hi[k]; opts[14 + k].help = help[k];
     }
-    if (optind < argc) lss_drv_die(2, "unexpected argument '%s' (see --help)", argv[optind]);
-    no.no_noise = !noise;
-    if (smooth < 0) smooth = no.bias == LSS_BIAS_LINEAR ? 8 : 4;
+    lss_drv_parse(&cmd, opts, argc, argv);
+    if (prior && fiducial) lss_drv_die(2, "--prior and --fiducial exclude each other");
+    if (noise && nonoise) lss_drv_die(2, "--noise and --no-noise exclude each other");
+    for (set = 0; set < 4 && strcmp(set_name, set_names[set]); set++) {}
+    if (set == 4) lss_drv_die(2, "option --set: '%s' is not train, valid, test or fiducial", set_name);
+    memset(&vo, 0, sizeof vo);
+    memset(&so, 0, sizeof so);
+    if (!strcmp(bias, "linear")) vo.noise.bias = LSS_BIAS_LINEAR;
+    else if (!strcmp(bias, "nonlinear")) vo.noise.bias = LSS_BIAS_NONLINEAR;
+    else if (!strcmp(bias, "nonlinear-code")) vo.noise.bias = LSS_BIAS_NONLINEAR_CODE;
+    else lss_drv_die(2, "option --bias: '%s' is not linear, nonlinear or nonlinear-code", bias);
+    if (!strcmp(poisson, "exact")) vo.noise.poisson = LSS_POISSON_EXACT;
+    else if (!strcmp(poisson, "anscombe")) vo.noise.poisson = LSS_POISSON_ANSCOMBE;
+    else if (!strcmp(poisson, "anscombe-paper")) vo.noise.poisson = LSS_POISSON_ANSCOMBE_PAPER;
+    else lss_drv_die(2, "option --poisson: '%s' is not exact, anscombe or anscombe-paper", poisson);
+    vo.noise.no_noise = nonoise;
+    vo.no_scale = !scale;
+    vo.grid = mosaic ? 6 : 1;
+    if (smooth < 0) smooth = vo.noise.bias == LSS_BIAS_LINEAR ? 8 : 4;
     if (smooth == 0) { so.r_wl = -1; so.r_gc = -1; }
     else { so.r_gc = smooth; so.r_wl = smooth < 4 ? smooth : 4; }
-    for (k = 0; k < 9; k++) if (fixed[k]) *par_slot(&fid, k) = fixval[k];
+    lss_params_fiducial(&fid);
+    for (k = 0; k < LSS_NPARAM_TABLE1; k++) no_opt |= given(argc, argv, optname[k]) << k;   /* fixed parameters */
+    lss_drv_check(lss_params_from_vec(fixval, LSS_NPARAM_TABLE1, &fid), "parameters");
     lss_drv_check(lss_params_check(&fid), "parameters");
     if (!strcmp(bins_name, "deeplss")) lss_drv_check(lss_nz_builtin("deeplss", &nz, &nb), "--bins");
     else lss_drv_check(lss_nz_load(bins_name, &nz, &nb), "--bins");
     if (nb != 4) lss_drv_die(2, "--bins: %d redshift bins (the DeepLSS maps need 4)", nb);
     /* parameters of every map */
-    ndim = no.bias == LSS_BIAS_LINEAR ? 7 : 9;
-    pars = (lss_params *)malloc(sizeof(lss_params) * (size_t)n);
-    if (!pars) lss_drv_die(1, "out of memory");
+    ndim = vo.noise.bias == LSS_BIAS_LINEAR ? LSS_NPARAM_LINEAR : LSS_NPARAM_TABLE1;
+    if (!(pars = (lss_params *)malloc(sizeof(lss_params) * (size_t)n))) lss_drv_die(1, "out of memory");
     for (k = 0; k < n; k++) {
         pars[k] = fid;
         if (prior) {
-            double u[9];
+            double u[LSS_NPARAM_TABLE1], v[LSS_NPARAM_TABLE1];
             int d;
             lss_drv_check(lss_sobol((uint64_t)k + 1, ndim, seed, u), "Sobol");
             lss_drv_check(lss_params_from_unit(u, ndim, &pars[k]), "prior");
-            for (d = 0; d < 9; d++) if (fixed[d]) *par_slot(&pars[k], d) = fixval[d];
+            lss_params_to_vec(&pars[k], LSS_NPARAM_TABLE1, v);
+            for (d = 0; d < LSS_NPARAM_TABLE1; d++) if ((no_opt >> d) & 1) v[d] = fixval[d];
+            lss_drv_check(lss_params_from_vec(v, LSS_NPARAM_TABLE1, &pars[k]), "prior parameters");
             lss_drv_check(lss_params_check(&pars[k]), "prior parameters");
         }
     }
     lss_drv_mkdirs(out);
     lss_drv_check(lss_cosmo_create(&fid, &c0), "cosmology");
     lss_drv_check(lss_sim_create(c0, nz, nb, &so, &sim0), "simulator");
+    lss_drv_check(lss_survey_create(sim0, &vo, &sv), "survey");
     lss_sim_get_info(sim0, &inf);
-    fsz = lss_sim_field_size(sim0);
-    osz = lss_sim_obs_size(sim0);
-    H = W = inf.nside * (mosaic ? grid : 1);
-    per_map = (size_t)2 * nb * H * W;
-    maps = (float *)malloc(sizeof(float) * per_map * (size_t)n);
-    if (!maps) lss_drv_die(1, "out of memory for %lld maps (%.1f GB)", n, 4.0 * per_map * n / 1e9);
-    kscale = lss_kappa_net_scale(no.sigma_e ? no.sigma_e : LSS_DEEPLSS_SIGMA_E,
-                                 no.ngal_arcmin2 ? no.ngal_arcmin2 : LSS_DEEPLSS_NGAL_ARCMIN2, inf.pixel_arcmin);
-    fprintf(stderr, "lss-sim: %lld %s of %d x %d, %s parameters, %s, %d shells drawn, %d thread(s)\n", n,
-            mosaic ? "mosaics" : "fields", H, W, prior ? "prior" : "fiducial", noise ? "with noise" : "noise-free",
-            inf.nshell_drawn,
+    H = W = lss_survey_side(sv);
+    per_map = lss_survey_map_size(sv);
+    maps = (float *)malloc(sizeof(float) * (size_t)per_map * (size_t)n);
+    if (!maps) lss_drv_die(1, "out of memory for %d maps (%.1f GB)", n, 4.0 * (double)per_map * n / 1e9);
+    fprintf(stderr, "lss-sim: %d %s of %d x %d, %s parameters, %s, %d shells drawn, %d thread(s)\n", n, mosaic ? "mosaics" : "fields",
+            H, W, prior ? "prior" : "fiducial", nonoise ? "noise-free" : "with noise", inf.nshell_drawn,
 #ifdef _OPENMP
             omp_get_max_threads()
 #else
@@ -215,21 +176,10 @@ int main(int argc, char **argv) {
 #endif
     {
         lss_sim *sim = sim0, *own = NULL;
-        lss_sim_work *w = NULL;
-        int nf = mosaic ? grid * grid : 1, f, r = LSS_OK;
-        float *fld = (float *)malloc(sizeof(float) * fsz), *obs = (float *)malloc(sizeof(float) * osz * (size_t)nf);
-        const float *fp[64];
-        long long i;
-        if (prior) r = lss_sim_create(c0, nz, nb, &so, &own), sim = own;
-        if (r == LSS_OK) r = lss_sim_work_create(sim, &w);
-        if (r == LSS_OK && (!fld || !obs)) r = lss_seterr(LSS_ERR_NOMEM, "out of memory");
-        if (r != LSS_OK) {
-#ifdef _OPENMP
-#pragma omp critical(lss_sim_driver)
-#endif
-            { if (st == LSS_OK) { st = r; fprintf(stderr, "lss-sim: error: %s\n", lss_last_error()); } }
-        }
-        for (f = 0; f < nf; f++) fp[f] = obs + (size_t)f * osz;
+        lss_survey_work *w = NULL;
+        int r = LSS_OK, i;
+        if (prior) r = lss_sim_create(c0, nz, nb, &so, &own), sim = own;   /* one cosmology per map: a simulator per thread */
+        if (r == LSS_OK) r = lss_survey_work_create(sv, &w);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -241,22 +191,13 @@ int main(int argc, char **argv) {
                 if (r == LSS_OK) r = lss_sim_set_cosmo(sim, ci);
                 lss_cosmo_free(ci);
             }
-            for (f = 0; f < nf && r == LSS_OK; f++) {
-                uint64_t idx = (uint64_t)i * (uint64_t)nf + (uint64_t)f;
-                r = lss_sim_field(sim, w, seed, idx, fld);
-                if (r == LSS_OK) r = lss_sim_observe(sim, w, fld, &pars[i], &no, seed, idx, obs + (size_t)f * osz);
-            }
-            if (r == LSS_OK) {
-                float *dst = maps + (size_t)i * per_map;
-                if (mosaic) r = lss_mosaic(fp, grid, 2 * nb, inf.nside, seed, (uint64_t)i, dst);
-                else memcpy(dst, obs, sizeof(float) * osz);
-                if (r == LSS_OK && scale) lss_scale_for_network(dst, nb, (int64_t)H * W, kscale);
-            }
+            if (r == LSS_OK)
+                r = lss_survey_simulate(sv, sim, w, &pars[i], seed, lss_set_index((lss_set)set, (uint64_t)i), maps + (size_t)i * per_map, NULL);
             if (r != LSS_OK) {
 #ifdef _OPENMP
 #pragma omp critical(lss_sim_driver)
 #endif
-                { if (st == LSS_OK) { st = r; fprintf(stderr, "lss-sim: error: map %lld: %s\n", i, lss_last_error()); } }
+                { if (st == LSS_OK) { st = r; fprintf(stderr, "lss-sim: error: map %d: %s\n", i, lss_last_error()); } }
             }
 #ifdef _OPENMP
 #pragma omp atomic
@@ -274,10 +215,14 @@ int main(int argc, char **argv) {
                 lss_drv_progress_update(&prog, dn);
             }
         }
-        lss_sim_work_free(w);
+        if (r != LSS_OK && st == LSS_OK) {
+#ifdef _OPENMP
+#pragma omp critical(lss_sim_driver)
+#endif
+            { if (st == LSS_OK) { st = r; fprintf(stderr, "lss-sim: error: %s\n", lss_last_error()); } }
+        }
+        lss_survey_work_free(w);
         lss_sim_free(own);
-        free(fld);
-        free(obs);
     }
     if (st != LSS_OK) exit(st == LSS_ERR_NOMEM || st == LSS_ERR_NUMERIC ? 1 : 2);
     lss_drv_progress_end(&prog);
@@ -285,32 +230,32 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/maps.npy", out);
     lss_drv_check(lss_npy_save(path, LSS_F32, 4, shape, maps), "maps.npy");
     {
-        double *rows = (double *)malloc(sizeof(double) * 10 * (size_t)n);
-        const char *hdr[10];
+        double *rows = (double *)malloc(sizeof(double) * (1 + LSS_NPARAM_TABLE1) * (size_t)n);
+        const char *hdr[1 + LSS_NPARAM_TABLE1];
         if (!rows) lss_drv_die(1, "out of memory");
         hdr[0] = "index";
-        for (k = 0; k < 9; k++) hdr[k + 1] = par_names[k];
+        for (k = 0; k < LSS_NPARAM_TABLE1; k++) hdr[k + 1] = t1->key[k];
         for (k = 0; k < n; k++) {
-            int d;
-            rows[(size_t)k * 10] = k;
-            for (d = 0; d < 9; d++) rows[(size_t)k * 10 + 1 + d] = *par_slot(&pars[k], d);
+            rows[(size_t)k * (1 + LSS_NPARAM_TABLE1)] = k;
+            lss_params_to_vec(&pars[k], LSS_NPARAM_TABLE1, rows + (size_t)k * (1 + LSS_NPARAM_TABLE1) + 1);
         }
         snprintf(path, sizeof path, "%s/params.csv", out);
-        lss_drv_check(lss_csv_write(path, 10, hdr, n, rows), "params.csv");
+        lss_drv_check(lss_csv_write(path, 1 + LSS_NPARAM_TABLE1, hdr, n, rows), "params.csv");
         free(rows);
     }
     snprintf(path, sizeof path, "%s/example.png", out);
     lss_drv_check(write_example(path, maps, nb, H, W), "example.png");
     snprintf(extra, sizeof extra,
-             "\"n\": %lld, \"mode\": \"%s\", \"mosaic\": %d, \"noise\": %d, \"smoothing_mpc_h\": %g, \"bias\": %d, "
-             "\"poisson\": %d, \"scaled\": %d, \"bins\": \"%s\", \"shape\": [%lld, %d, %d, %d], \"shells_drawn\": %d, "
+             "\"n\": %d, \"set\": \"%s\", \"mode\": \"%s\", \"mosaic\": %d, \"noise\": %d, \"smoothing_mpc_h\": %g, \"bias\": %d, "
+             "\"poisson\": %d, \"scaled\": %d, \"bins\": \"%s\", \"shape\": [%d, %d, %d, %d], \"shells_drawn\": %d, "
              "\"clipped_gaussian_power\": %.3g, \"seconds\": %.3f",
-             n, prior ? "prior" : "fiducial", mosaic, noise, smooth, no.bias, no.poisson, scale, bins_name, n, 2 * nb, H, W,
-             inf.nshell_drawn, inf.clip_max, lss_time_now() - t0);
+             n, set_name, prior ? "prior" : "fiducial", mosaic, !nonoise, smooth, vo.noise.bias, vo.noise.poisson, scale, bins_name, n,
+             2 * nb, H, W, inf.nshell_drawn, inf.clip_max, lss_time_now() - t0);
     lss_drv_check(lss_drv_runjson(out, argc, argv, seed, extra), "run.json");
     fprintf(stderr, "lss-sim: wrote %s/maps.npy, params.csv, example.png, run.json\n", out);
     free(maps);
     free(pars);
+    lss_survey_free(sv);
     lss_sim_free(sim0);
     lss_cosmo_free(c0);
     lss_nz_free(nz, nb);

@@ -41,28 +41,14 @@ static void save_png(const char *dir, const char *name, const float *m, int h, i
     snprintf(p, sizeof p, "%s%s%s", dir ? dir : "", dir ? "/" : "", name);
     lss_drv_check(lss_png_map(p, m, h, w, lo, hi, title, png_scale(h, w)), p);
 }
-static void save_csv(const char *dir, const char *name, int nc, const char *const *hd, int64_t nr, const double *d) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    lss_drv_check(lss_csv_write(p, nc, hd, nr, d), p);
+static const char *jnum(char *b, double x) { /* a JSON number, null when not finite */
+    return isfinite(x) ? (snprintf(b, 32, "%.6g", x), b) : "null";
 }
 
-/* Shear [2, H, W] or field `field` of [K, 2, H, W] into g1, g2 (one allocation: g2 = g1 + H W). */
+/* Shear [2, H, W] or field `field` of [K, 2, H, W] into g1, g2 (one allocation: g2 = g1 + H W; LSS_FREE). */
 static float *load_shear(const char *path, int field, int *h, int *w) {
-    float *d, *g;
-    int nd;
-    int64_t sh[LSS_MAX_DIM], n, off = 0;
-    lss_drv_check(lss_npy_load_f32(path, &d, &nd, sh), path);
-    if (nd == 3 && sh[0] == 2 && field == 0) *h = (int)sh[1], *w = (int)sh[2];
-    else if (nd == 4 && sh[1] == 2 && field < sh[0]) *h = (int)sh[2], *w = (int)sh[3], off = (int64_t)field * 2 * sh[2] * sh[3];
-    else lss_drv_die(2, "%s: expected shear [2, H, W] or [K, 2, H, W] holding field %d", path, field);
-    if (*h < 2 || *w < 2) lss_drv_die(2, "%s: map too small", path);
-    n = (int64_t)*h * *w;
-    g = (float *)xcalloc(2 * n, sizeof(float));
-    memcpy(g, d + off, sizeof(float) * (size_t)(2 * n));
-    for (int64_t i = 0; i < 2 * n; i++)
-        if (!isfinite(g[i])) lss_drv_die(2, "%s: non-finite shear at value %lld", path, (long long)i);
-    LSS_FREE(d);
+    float *g;
+    lss_drv_check(lss_mm_shear_load(path, field, &g, h, w), path);
     return g;
 }
 
@@ -94,7 +80,7 @@ static void load_data(const char *shear, int field, const char *nvp, const char 
     free(ell); free(cl); lss_csv_free(&c);
 }
 static void free_data(data_in *d) {
-    lss_grid_free(d->grid), free(d->g), free(d->pk), LSS_FREE(d->nv);
+    lss_grid_free(d->grid), LSS_FREE(d->g), free(d->pk), LSS_FREE(d->nv);
 }
 
 static lss_mm_mock *open_mock(const char *dir) {
@@ -142,7 +128,7 @@ static int cmd_ks(int argc, char **argv) {
     save_npy(NULL, out, 3, sh, k);
     if (png) save_png(NULL, png, k, h, w, "Kaiser-Squires E", 0, 0);
     fprintf(stderr, "massmap ks: wrote %s ([2, %d, %d], smoothing %g arcmin)\n", out, h, w, smooth);
-    lss_grid_free(g); free(s); free(k);
+    lss_grid_free(g); LSS_FREE(s); free(k);
     return 0;
 }
 /* ---------------------------------------------------------------- wiener */
@@ -236,24 +222,39 @@ static int cmd_mock(int argc, char **argv) {
 }
 /* ---------------------------------------------------------------- bin */
 static int cmd_bin(int argc, char **argv) {
-    const char *cp = NULL, *out = NULL;
+    const char *cp = NULL, *out = NULL, *centre = NULL;
     lss_mm_bin_opts bo = {0};
     lss_mm_catalogue cat;
+    lss_mm_sky k;
     int radec = 0, size = 0, h, w;
     int64_t drop;
-    double se;
+    double se, *c2;
+    bo.e2_sign = 1;
     lss_drv_opt opts[] = {{"catalogue", LSS_DRV_STR, &cp, 0, 0, 1, "CSV (x,y or ra,dec, e1, e2[, w]) or NPY [n, 4|5]"},
                           {"out", LSS_DRV_STR, &out, 0, 0, 1, "output directory"}, {"size", LSS_DRV_INT, &size, 0, 16384, 0, "N x N grid (0: the bounding box)"},
                           {"pixel-arcmin", LSS_DRV_DOUBLE, &bo.pix_arcmin, 0, 600, 0, "pixel for ra/dec input (0: 0.29)"},
                           {"sigma-e", LSS_DRV_DOUBLE, &bo.sigma_e, 0, 10, 0, "shape noise (0: estimated)"},
-                          {"radec", LSS_DRV_FLAG, &radec, 0, 0, 0, "NPY columns are ra, dec"}, OPT_END};
+                          {"radec", LSS_DRV_FLAG, &radec, 0, 0, 0, "NPY columns are ra, dec"},
+                          {"centre", LSS_DRV_STR, &centre, 0, 0, 0, "RA,DEC of the tangent point, degrees (default: mean direction)"},
+                          {"flip-ra", LSS_DRV_FLAG, &bo.flip_ra, 0, 0, 0, "x increases to the east (RA to the right; e2 kept)"},
+                          {"e2-sign", LSS_DRV_INT, &bo.e2_sign, -1, 1, 0, "-1: negate the catalogue's e2 first (other handedness)"}, OPT_END};
     lss_drv_cmd cmd = {"massmap bin", "massmap bin --catalogue CAT --out DIR [options]",
-                       "Bins a shear catalogue: shear.npy [2, H, W], noise_var.npy (sigma_e^2 sum w^2/(sum w)^2, 1e10 where empty),\ncount.npy, count.png, run.json.",
+                       "Bins a shear catalogue: shear.npy [2, H, W], noise_var.npy (sigma_e^2 sum w^2/(sum w)^2, 1e10 where empty),\n"
+                       "count.npy, count.png, run.json. Maps are [y, x]. ra/dec (degrees): gnomonic projection about the tangent point,\n"
+                       "y to the north, x to the WEST (east left, the sky as seen; --flip-ra: x to the east). e1, e2 are expected in\n"
+                       "the sky frame: +e1 along RA, +e2 along the north-east diagonal (angles from east towards north); they are\n"
+                       "rotated to the local tangent-plane axes and e2 changes sign on the west-pointing grid. Catalogues whose e2 has\n"
+                       "the other handedness: --e2-sign -1. The frame (centre, pixel, orientation, reference pixel) goes to run.json.",
                        "massmap bin --catalogue out/mm/catalogue.csv --size 64 --out out/mm/binned"};
     lss_drv_parse(&cmd, opts, argc, argv);
     if (size == 1) lss_drv_die(2, "option --size: 1 is too small");
+    if (bo.e2_sign == 0) lss_drv_die(2, "option --e2-sign: must be 1 or -1");
+    if (centre && (lss_drv_list("--centre", centre, &c2) != 2 || !(c2[1] >= -90 && c2[1] <= 90)))
+        lss_drv_die(2, "option --centre: '%s' is not RA,DEC in degrees", centre);
+    if (centre) bo.set_centre = 1, bo.ra0 = c2[0], bo.dec0 = c2[1], free(c2);
     bo.h = bo.w = size;
     lss_drv_check(lss_mm_catalogue_load(cp, radec, &cat), cp);
+    if ((centre || bo.flip_ra) && !cat.radec) lss_drv_die(2, "options --centre and --flip-ra are for ra/dec catalogues");
     lss_drv_check(lss_mm_bin(&cat, &bo, &h, &w, NULL, NULL, NULL, NULL, NULL, NULL), "bin");
     int64_t np = (int64_t)h * w, s3[3] = {2, h, w};
     float *sh = (float *)xcalloc(2 * np, sizeof(float)), *nv = (float *)xcalloc(np, sizeof(float)), *cnt = (float *)xcalloc(np, sizeof(float));
@@ -263,8 +264,10 @@ static int cmd_bin(int argc, char **argv) {
     save_npy(out, "noise_var.npy", 2, s3 + 1, nv);
     save_npy(out, "count.npy", 2, s3 + 1, cnt);
     save_png(out, "count.png", cnt, h, w, "galaxies per pixel", 0, 0);
-    char extra[256];
-    snprintf(extra, sizeof extra, "\"h\": %d, \"w\": %d, \"galaxies\": %lld, \"dropped\": %lld, \"sigma_e\": %.6g", h, w, (long long)cat.n, (long long)drop, se);
+    char extra[1024], sky[640] = "null";
+    if (cat.radec) lss_drv_check(lss_mm_bin_sky(&cat, &bo, &k, &h, &w), "bin"), lss_drv_check(lss_mm_sky_json(&k, bo.e2_sign, sky, sizeof sky), "sky");
+    snprintf(extra, sizeof extra, "\"h\": %d, \"w\": %d, \"galaxies\": %lld, \"dropped\": %lld, \"sigma_e\": %.6g, \"sky\": %s", h, w,
+             (long long)cat.n, (long long)drop, se, sky);
     lss_drv_check(lss_drv_runjson(out, argc, argv, 0, extra), "run.json");
     fprintf(stderr, "massmap bin: %lld galaxies (%lld dropped) on %d x %d, sigma_e %.4f; wrote %s\n", (long long)cat.n, (long long)drop, h, w, se, out);
     free(sh); free(nv); free(cnt); lss_mm_catalogue_free(&cat);
@@ -379,19 +382,12 @@ static int cmd_eval(int argc, char **argv) {
     return 0;
 }
 /* ---------------------------------------------------------------- train-prior */
-typedef struct {
-    double *loss;
-    int n;
-    lss_drv_progress pr;
-} train_log;
-static void train_cb(void *u, int step, double loss) {
-    train_log *t = (train_log *)u;
-    if (step - 1 < t->n) t->loss[step - 1] = loss, lss_drv_progress_update(&t->pr, step);
-}
+static void train_cb(void *u, int step, double loss) { (void)loss, lss_drv_progress_update((lss_drv_progress *)u, step); }
 static int cmd_train(int argc, char **argv) {
-    const char *mdir = NULL, *out = NULL, *scale = NULL;
+    const char *mdir = NULL, *out = NULL, *scale = NULL, *csv = NULL;
     lss_mm_net_opts no = {16, 0, 1};
     lss_mm_train_opts to = {0};
+    lss_mm_train_result tr;
     int nospec = 0;
     to.steps = 300, to.batch = 8, to.lr = 1e-3, to.s = 0.2;
     lss_drv_opt opts[] = {{"mock", LSS_DRV_STR, &mdir, 0, 0, 1, "directory of massmap mock (ps.csv, grid.csv, noise_var.npy)"},
@@ -401,42 +397,46 @@ static int cmd_train(int argc, char **argv) {
                           {"noise-scale", LSS_DRV_DOUBLE, &to.s, 1e-9, 9.999, 0, "DSM noise scale s (sigma = s N(0, 1))"},
                           {"deepmass", LSS_DRV_FLAG, &no.deepmass, 0, 0, 0, "train the DeepMass baseline instead"},
                           {"no-spectral", LSS_DRV_FLAG, &nospec, 0, 0, 0, "no spectral-norm projection"}, OPT_SEED(no.seed),
+                          {"eval-every", LSS_DRV_INT, &to.eval_every, 0, 100000000, 0, "held-out loss and checkpoint every N steps (0: steps/20)"},
+                          {"patience", LSS_DRV_INT, &to.patience, 0, 1000000, 0, "stop after N evaluations without improvement (0: never)"},
+                          {"resume", LSS_DRV_FLAG, &to.resume, 0, 0, 0, "continue from the checkpoint in --out (same options)"},
+                          {"loss-csv", LSS_DRV_STR, &csv, 0, 0, 0, "loss table (default: loss.csv next to the checkpoint)"},
                           {"scale", LSS_DRV_STR, &scale, 0, 0, 0, "small or paper (45000 steps, batch 32, c0 32, lr 1e-4)"}, OPT_END};
     lss_drv_cmd cmd = {"massmap train-prior", "massmap train-prior --mock DIR --out DIR [options]",
                        "Trains the U-net on maps of the training set (never the mock's fields) drawn on the fly like the mock's: residual\n"
                        "denoising score matching (eq. 24) or, with --deepmass, MSE from KS maps of noisy masked shear. Adam, lr / 10 at 40%\n"
-                       "and 80% of the steps. Writes prior.ckpt (or deepmass.ckpt), loss.csv and run.json.",
+                       "and 80% of the steps. Held-out loss on maps of the validation set. Writes prior.ckpt (or deepmass.ckpt: weights,\n"
+                       "optimizer and loop state; --resume continues it bit for bit), loss.csv (step, train_loss, valid_loss), run.json.",
                        "massmap train-prior --mock out/mm --out out/mm/prior --steps 300"};
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--scale") && !strcmp(argv[i + 1], "paper")) to.steps = 45000, to.batch = 32, no.c0 = 32, to.lr = 1e-4;
     lss_drv_parse(&cmd, opts, argc, argv);
     if (scale && strcmp(scale, "small") && strcmp(scale, "paper")) lss_drv_die(2, "option --scale: '%s' is not small or paper", scale);
+    if (to.eval_every == 0) to.eval_every = to.steps / 20 > 0 ? to.steps / 20 : 1;
     lss_mm_mock *m = open_mock(mdir);
     lss_grid *g;
     lss_mm_net *net;
-    train_log tl = {(double *)xcalloc(to.steps, sizeof(double)), to.steps, {0}};
-    double fl, *d = (double *)xcalloc(2 * (int64_t)to.steps, sizeof(double));
-    char p[4096], extra[512];
-    to.no_spectral = nospec;
-    to.seed = no.seed;
-    to.progress = train_cb;
-    to.progress_user = &tl;
+    lss_drv_progress pr;
+    char ck[4096], lc[4096], extra[768], j1[32], j2[32], j3[32];
+    snprintf(ck, sizeof ck, "%s/%s", out, no.deepmass ? "deepmass.ckpt" : "prior.ckpt");
+    snprintf(lc, sizeof lc, "%s/loss.csv", out);
+    to.ckpt = ck, to.loss_csv = csv ? csv : lc, to.no_spectral = nospec, to.seed = no.seed, to.progress = train_cb, to.progress_user = &pr;
     lss_drv_check(lss_grid_create(m->h, m->w, m->pix_arcmin, &g), "grid");
     lss_drv_mkdirs(out);
-    lss_drv_progress_init(&tl.pr, no.deepmass ? "massmap train DeepMass" : "massmap train prior", to.steps);
-    lss_drv_check(lss_mm_train_on_mock(g, m, &no, &to, &net, &fl), "training");
-    lss_drv_progress_end(&tl.pr);
-    snprintf(p, sizeof p, "%s/%s", out, no.deepmass ? "deepmass.ckpt" : "prior.ckpt");
-    lss_drv_check(lss_mm_net_save(net, p), p);
-    const char *hd[2] = {"step", "loss"};
-    for (int i = 0; i < to.steps; i++) d[2 * i] = i + 1, d[2 * i + 1] = tl.loss[i];
-    save_csv(out, "loss.csv", 2, hd, to.steps, d);
-    snprintf(extra, sizeof extra, "\"network\": \"%s\", \"c0\": %d, \"parameters\": %lld, \"steps\": %d, \"batch\": %d, \"lr\": %g, \"noise_scale\": %g, "
-             "\"spectral_norm\": %d, \"final_loss\": %.6g, \"maps\": \"%dx%d\", \"data_set\": \"train\"", no.deepmass ? "deepmass" : "score", no.c0,
-             (long long)lss_mm_net_nparams(net), to.steps, to.batch, to.lr, to.s, !nospec, fl, m->h, m->w);
+    lss_drv_progress_init(&pr, no.deepmass ? "massmap train DeepMass" : "massmap train prior", to.steps);
+    lss_drv_check(lss_mm_train_on_mock(g, m, &no, &to, &tr, &net), "training");
+    lss_drv_progress_end(&pr);
+    snprintf(extra, sizeof extra, "\"network\": \"%s\", \"c0\": %d, \"parameters\": %lld, \"steps\": %d, \"steps_done\": %lld, \"skipped\": %lld, "
+             "\"stopped_early\": %d, \"batch\": %d, \"lr\": %g, \"noise_scale\": %g, \"spectral_norm\": %d, \"final_loss\": %s, \"valid_loss\": %s, "
+             "\"valid_baseline\": %s, \"eval_every\": %d, \"maps\": \"%dx%d\", \"data_set\": \"train\", \"valid_set\": \"valid\"",
+             no.deepmass ? "deepmass" : "score", no.c0, (long long)lss_mm_net_nparams(net), to.steps, (long long)tr.loop.steps_done,
+             (long long)tr.loop.skipped, tr.loop.stopped_early, to.batch, to.lr, to.s, !nospec, jnum(j1, tr.final_loss),
+             jnum(j2, tr.valid_loss), jnum(j3, tr.valid_base), to.eval_every, m->h, m->w);
     lss_drv_check(lss_drv_runjson(out, argc, argv, no.seed, extra), "run.json");
-    fprintf(stderr, "massmap train-prior: %lld parameters, %d steps, final loss %.4g; wrote %s\n", (long long)lss_mm_net_nparams(net), to.steps, fl, out);
-    lss_mm_net_free(net); lss_grid_free(g); lss_mm_mock_free(m); free(tl.loss); free(d);
+    fprintf(stderr, "massmap train-prior: %lld parameters, %lld steps%s, held-out loss %.4g (%s alone %.4g); wrote %s\n",
+            (long long)lss_mm_net_nparams(net), (long long)tr.loop.steps_done, tr.loop.stopped_early ? " (plateau stop)" : "", tr.valid_loss,
+            no.deepmass ? "zero map" : "Gaussian prior", tr.valid_base, out);
+    lss_mm_net_free(net); lss_grid_free(g); lss_mm_mock_free(m);
     return 0;
 }
 /* ---------------------------------------------------------------- detect */

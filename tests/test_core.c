@@ -519,6 +519,44 @@ static void test_alloc_failures(void) {
     CHECK(t_live == 0, "no live allocations at the end (%ld)", t_live);
 }
 
+/* Separable Gaussian smoothing against a direct double-precision 2-D sum with the same truncated,
+ * normalised kernel; the zero-padded version against the same sum with zeros outside the map. */
+static void test_smoothing(void) {
+    enum { H = 13, W = 17 };
+    float k[2 * LSS_GAUSS_MAX_HW + 1], map[H * W], orig[H * W], *tmp;
+    double sum = 0, maxd = 0;
+    int hw, y, x, s, t;
+    lss_rng r;
+    hw = lss_gauss_kernel(1.5, 4.0, k);
+    CHECK(hw == 6, "half-width (int)(4 * 1.5) = 6, got %d", hw);
+    for (t = 0; t <= 2 * hw; t++) sum += k[t];
+    CHECK_CLOSE(sum, 1.0, 0, 1e-6, "kernel sums to 1");
+    CHECK_CLOSE(k[hw + 1] / k[hw], exp(-0.5 / 2.25), 1e-6, 0, "Gaussian ratio of neighbouring taps");
+    CHECK(lss_gauss_kernel(0.0, 4.0, k) == -1 && lss_gauss_kernel(NAN, 4.0, k) == -1, "sigma <= 0 or NaN refused");
+    CHECK(lss_gauss_kernel(1e3, 4.0, k) == LSS_GAUSS_MAX_HW, "half-width clamped to the maximum");
+    CHECK(lss_gauss_kernel(0.1, 4.0, k) == 1, "half-width at least 1");
+    hw = lss_gauss_kernel(1.5, 3.0, k);
+    lss_rng_init(&r, 5, 0);
+    for (y = 0; y < H * W; y++) orig[y] = map[y] = (float)lss_rng_normal(&r);
+    tmp = (float *)malloc(sizeof(float) * (size_t)lss_conv_sep_zeropad_tmp(H, W, hw));
+    CHECK(tmp != NULL, "tmp");
+    if (!tmp) return;
+    CHECK_OK(lss_conv_sep_zeropad(map, H, W, k, hw, tmp));
+    for (y = 0; y < H; y++)
+        for (x = 0; x < W; x++) {
+            double ref = 0;
+            for (s = -hw; s <= hw; s++)
+                for (t = -hw; t <= hw; t++)
+                    if (y + s >= 0 && y + s < H && x + t >= 0 && x + t < W)
+                        ref += (double)k[s + hw] * k[t + hw] * orig[(y + s) * W + x + t];
+            if (fabs(map[y * W + x] - ref) > maxd) maxd = fabs(map[y * W + x] - ref);
+        }
+    CHECK(maxd < 1e-5, "zero-padded smoothing equals the direct 2-D sum (max |diff| %.3g)", maxd);
+    CHECK_ERR(lss_conv_sep_zeropad(map, 0, W, k, hw, tmp), LSS_ERR_ARG);
+    CHECK_ERR(lss_conv_sep_zeropad(map, H, W, k, LSS_GAUSS_MAX_HW + 1, tmp), LSS_ERR_ARG);
+    free(tmp);
+}
+
 int main(void) {
     RUN(test_errors);
     RUN(test_philox_kat);
@@ -528,5 +566,6 @@ int main(void) {
     RUN(test_csv);
     RUN(test_png);
     RUN(test_alloc_failures);
+    RUN(test_smoothing);
     LSS_TEST_END();
 }

@@ -981,6 +981,21 @@ static void test_summaries(void) {
         printf("  HPD 68%% area of exp(-x-y): %.4f (%.4f)\n", aexp, 0.5 * t68 * t68);
         CHECK_REL(aexp, 0.5 * t68 * t68, 0.03, "68% area of exp(-x - y)");
     }
+    /* Smoothed histograms (lss_core.h's separable Gaussian): all samples in one cell of a 101 x 101 grid smoothed by
+     * sigma = 2 cells give a Gaussian whose 68% region covers -2 ln(0.32) pi sigma^2 = 28.6 cells (the cell staircase
+     * moves it by a few cells); an enormous sigma is clamped to the largest kernel and still succeeds. */
+    {
+        double pt[2 * 50] = {0}, area, big;
+        int it;
+        for (it = 0; it < 50; it++) { pt[2 * it] = 0.5; pt[2 * it + 1] = 0.5; }
+        memset(&ho, 0, sizeof ho);
+        ho.bins = 101; ho.xlo = 0; ho.xhi = 1; ho.ylo = 0; ho.yhi = 1; ho.smooth = 2;
+        CHECK_OK(lss_hpd_area(pt, 50, 2, 0, 1, &ho, &area, NULL));
+        CHECK_CLOSE(area * 101 * 101, -2 * log(0.32) * 3.14159265358979323846 * 4, 0.1, 0, "68% cells of a smoothed point");
+        ho.smooth = 1e300;
+        CHECK_OK(lss_hpd_area(pt, 50, 2, 0, 1, &ho, &big, NULL));
+        CHECK(big > area && big <= 1.0, "68%% area with a clamped kernel: %g", big);
+    }
     /* std ratio ("gain"): a chain scaled by 2 is twice as wide */
     {
         double *y = (double *)malloc(sizeof(double) * 2000), ratio[2];
@@ -1063,6 +1078,30 @@ static void test_plots_and_files(void) {
     free(x[1]);
 }
 
+
+/* The report's numbers on constructed constraints: the reference twice as wide as the network on every mock, a
+ * FoM ratio of 3, areas in the ratio 4; a mock not analysed by one of the two (NaN) is left out of the gains. */
+static void test_deeplss_gains(void) {
+    lss_constraint a[5], b[5];
+    double g[LSS_DEEPLSS_NGAIN][3], f[2][3], ins[3 * 2] = {1, 0, 1, 1, NAN, 1}, frac, fk[2];
+    int i, k;
+    for (i = 0; i < 5; i++) {
+        for (k = 0; k <= LSS_DEEPLSS_NPARAM; k++) { a[i].std[k] = 2.0 * (i + 1); b[i].std[k] = i + 1.0; }
+        a[i].fom_det = 10.0 * (i + 1); b[i].fom_det = 30.0 * (i + 1);
+        a[i].area68 = 4.0; b[i].area68 = 1.0;
+    }
+    b[4].std[0] = NAN;
+    CHECK(lss_deeplss_gains(a, b, 5, g) == 4, "4 paired mocks");
+    for (k = 0; k <= LSS_DEEPLSS_NPARAM; k++) CHECK(g[k][0] == 2 && g[k][1] == 2 && g[k][2] == 2, "std gain %d: %g", k, g[k][0]);
+    CHECK(g[LSS_DEEPLSS_NPARAM + 1][0] == 3 && g[LSS_DEEPLSS_NPARAM + 2][0] == 4, "FoM gains %g, %g", g[LSS_DEEPLSS_NPARAM + 1][0],
+          g[LSS_DEEPLSS_NPARAM + 2][0]);
+    CHECK(lss_deeplss_fom(a, 5, f) == 5 && f[0][0] == 30 && fabs(f[0][1] - 16.4) < 1e-12 && f[1][0] == 0.25, "FoM median %g [%g], 1/area %g",
+          f[0][0], f[0][1], f[1][0]);
+    CHECK(lss_deeplss_gains(a, b, 0, g) == 0 && isnan(g[0][0]), "no mocks: NaN gains");
+    CHECK(lss_deeplss_gains(NULL, b, 2, g) == LSS_ERR_ARG, "NULL reference refused");
+    CHECK(lss_coverage(ins, 3, 2, &frac, fk) == 2 && frac == 0.8 && fk[0] == 1 && fk[1] == 2.0 / 3, "coverage %g", frac);
+}
+
 int main(void) {
     mkdir("build", 0755);
     RUN(test_norm_ppf);
@@ -1081,6 +1120,7 @@ int main(void) {
     RUN(test_emcee_progress);
     RUN(test_hmc);
     RUN(test_summaries);
+    RUN(test_deeplss_gains);
     RUN(test_plots_and_files);
     LSS_TEST_END();
 }

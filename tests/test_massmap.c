@@ -544,6 +544,170 @@ static void test_binning(void) {
         CHECK_OK(lss_npy_save(npy, LSS_F64, 2, shp3, arr));
         CHECK_ERR(lss_mm_catalogue_load(npy, 0, &c3), LSS_ERR_SHAPE);
     }
+    /* shear map files: [2, H, W] and field 1 of [K, 2, H, W] */
+    {
+        float st[2 * 2 * 2 * 3], *gl;
+        int64_t s4[4] = {2, 2, 2, 3};
+        int hh, ww;
+        for (int i = 0; i < 24; i++) st[i] = (float)i;
+        CHECK_OK(lss_npy_save("build/test_massmap_shear.npy", LSS_F32, 4, s4, st));
+        CHECK_OK(lss_mm_shear_load("build/test_massmap_shear.npy", 1, &gl, &hh, &ww));
+        CHECK(hh == 2 && ww == 3 && gl[0] == 12.0f && gl[11] == 23.0f, "field 1 of a shear stack");
+        LSS_FREE(gl);
+        CHECK_ERR(lss_mm_shear_load("build/test_massmap_shear.npy", 2, &gl, &hh, &ww), LSS_ERR_SHAPE);
+        st[13] = NAN;
+        CHECK_OK(lss_npy_save("build/test_massmap_shear.npy", LSS_F32, 4, s4, st));
+        CHECK_ERR(lss_mm_shear_load("build/test_massmap_shear.npy", 1, &gl, &hh, &ww), LSS_ERR_FORMAT);
+        CHECK_OK(lss_mm_shear_load("build/test_massmap_shear.npy", 0, &gl, &hh, &ww)); /* field 0 is finite */
+        CHECK(gl[0] == 0.0f && gl[11] == 11.0f, "field 0 of a shear stack");
+        LSS_FREE(gl);
+    }
+}
+
+/* ---- sky frame: spherical references coded independently of the library */
+static double sph_sep(double a1, double d1, double a2, double d2) { /* radians, haversine */
+    double r = M_PI / 180, sd = sin(0.5 * (d2 - d1) * r), sa = sin(0.5 * (a2 - a1) * r);
+    return 2 * asin(sqrt(sd * sd + cos(d1 * r) * cos(d2 * r) * sa * sa));
+}
+static double sph_bearing(double a1, double d1, double a2, double d2) { /* from 1 towards 2, north through east */
+    double r = M_PI / 180, da = (a2 - a1) * r;
+    return atan2(sin(da) * cos(d2 * r), cos(d1 * r) * sin(d2 * r) - sin(d1 * r) * cos(d2 * r) * cos(da));
+}
+static double wrap360(double a) { a = fmod(a, 360.0); return a < 0 ? a + 360.0 : a; }
+
+static void test_sky(void) {
+    /* round trip and the projection against spherical trigonometry, both orientations */
+    double centres[4][2] = {{150.0, 2.0}, {30.0, 60.0}, {0.3, -20.0}, {359.9, 59.5}};
+    for (int c = 0; c < 4; c++)
+        for (int flip = 0; flip < 2; flip++) {
+            lss_mm_sky k = {centres[c][0], centres[c][1], 0.5, 120.3, 117.1, flip};
+            double worst = 0, wsep = 0, wang = 0, x, y, ra, dec;
+            int rok = 1, st = 0;
+            for (int a = -10; a <= 10; a++)
+                for (int b = -10; b <= 10; b++) {
+                    double d = k.dec0 + 0.1 * b, r = wrap360(k.ra0 + 0.1 * a / cos(k.dec0 * M_PI / 180));
+                    st |= lss_mm_sky_to_pix(&k, r, d, &x, &y) | lss_mm_pix_to_sky(&k, x, y, &ra, &dec);
+                    rok &= ra >= 0 && ra < 360;
+                    worst = fmax(worst, sph_sep(r, d, ra, dec) * 180 / M_PI);
+                    /* gnomonic: distance tan(separation), direction the bearing (x to the west unless flipped) */
+                    double xi = (flip ? 1 : -1) * (x - k.x0) * 0.5 / 60 * M_PI / 180, eta = (y - k.y0) * 0.5 / 60 * M_PI / 180;
+                    double sep = sph_sep(k.ra0, k.dec0, r, d);
+                    wsep = fmax(wsep, fabs(atan(hypot(xi, eta)) - sep));
+                    if (sep > 1e-4) {
+                        double dd = atan2(xi, eta) - sph_bearing(k.ra0, k.dec0, r, d);
+                        wang = fmax(wang, fabs(atan2(sin(dd), cos(dd))));
+                    }
+                }
+            CHECK(worst < 1e-6, "centre (%g, %g) flip %d: sky -> pixel -> sky within %.2e deg over 2 x 2 deg", k.ra0, k.dec0, flip, worst);
+            CHECK(rok && st == 0, "RA returned in [0, 360), every conversion succeeded");
+            CHECK(wsep < 1e-10 && wang < 1e-9, "gnomonic distance (%.1e rad) and direction (%.1e rad) from spherical trigonometry", wsep, wang);
+            /* orientation: east is left (x decreases) unless flipped, north is up */
+            CHECK_OK(lss_mm_sky_to_pix(&k, wrap360(k.ra0 + 0.05), k.dec0, &x, &y));
+            CHECK(flip ? x > k.x0 : x < k.x0, "a position east of the centre has x %s x0 (flip %d)", flip ? ">" : "<", flip);
+            CHECK_OK(lss_mm_sky_to_pix(&k, k.ra0, k.dec0 + 0.05, &x, &y));
+            CHECK(y > k.y0, "north is +y");
+        }
+    {
+        lss_mm_sky k = {10, 20, 1, 0, 0, 0}, bad = {10, 95, 1, 0, 0, 0};
+        double x, y;
+        CHECK_ERR(lss_mm_sky_to_pix(&k, 190, -20, &x, &y), LSS_ERR_RANGE);
+        CHECK_ERR(lss_mm_sky_to_pix(&bad, 10, 20, &x, &y), LSS_ERR_ARG);
+        CHECK_ERR(lss_mm_sky_to_pix(&k, NAN, 20, &x, &y), LSS_ERR_ARG);
+    }
+    /* an NFW halo at a known sky position: a catalogue sheared tangentially on the sphere */
+    double halos[2][4] = {{150.0, 2.0, 150.21, 2.13}, {0.0, 60.0, 359.7, 60.25}}; /* field centre, halo */
+    for (int c = 0; c < 2; c++) {
+        int n = 60000, h = 64, w = 64;
+        double ra0 = halos[c][0], dec0 = halos[c][1], rah = halos[c][2], dech = halos[c][3], rs = 2.0, ks = 0.6, pix = 1.5;
+        double *ra = dmalloc(n), *dec = dmalloc(n), *e1 = dmalloc(n), *e2 = dmalloc(n), *e2o = dmalloc(n), *wt = dmalloc(n);
+        lss_rng r;
+        lss_rng_init(&r, 5, 9);
+        for (int i = 0; i < n; i++) {
+            dec[i] = dec0 + 0.85 * (2 * lss_rng_uniform(&r) - 1);
+            ra[i] = wrap360(ra0 + 0.85 * (2 * lss_rng_uniform(&r) - 1) / cos(dec[i] * M_PI / 180));
+            double th = sph_sep(rah, dech, ra[i], dec[i]) * 180 / M_PI * 60, gt = ks * lss_mm_nfw_g(fmax(th / rs, 1e-6));
+            double phi = M_PI / 2 - sph_bearing(ra[i], dec[i], rah, dech); /* from local east towards north */
+            e1[i] = -gt * cos(2 * phi);
+            e2[i] = -gt * sin(2 * phi);
+            e2o[i] = -e2[i];
+            wt[i] = 1;
+        }
+        lss_mm_catalogue cat = {n, 1, ra, dec, e1, e2, wt};
+        lss_mm_bin_opts bo = {0};
+        bo.h = h, bo.w = w, bo.pix_arcmin = pix, bo.sigma_e = 0.3, bo.set_centre = 1, bo.ra0 = ra0, bo.dec0 = dec0;
+        int64_t np = (int64_t)h * w, drop;
+        float *g = fmalloc(2 * np), *go = fmalloc(2 * np), *gf = fmalloc(2 * np), *nv = fmalloc(np), *kE = fmalloc(np), *kB = fmalloc(np);
+        lss_mm_sky sky, skyf;
+        int hh, ww;
+        CHECK_OK(lss_mm_bin_sky(&cat, &bo, &sky, &hh, &ww));
+        CHECK(hh == h && ww == w && sky.x0 == 32 && sky.y0 == 32 && sky.ra0 == ra0 && sky.flip_ra == 0, "the frame of the binning");
+        CHECK_OK(lss_mm_bin(&cat, &bo, &hh, &ww, g, g + np, nv, NULL, &drop, NULL));
+        /* every galaxy's shear on the grid is tangential about the halo's pixel */
+        {
+            double xh, yh, wc = 0, wt_ = 0;
+            int st = 0;
+            CHECK_OK(lss_mm_sky_to_pix(&sky, rah, dech, &xh, &yh));
+            for (int i = 0; i < n; i++) {
+                double x, y, a, b;
+                st |= lss_mm_sky_to_pix(&sky, ra[i], dec[i], &x, &y) | lss_mm_sky_shear(&sky, ra[i], dec[i], e1[i], e2[i], &a, &b);
+                if (hypot(x - xh, y - yh) * pix < 2) continue;
+                double ph = atan2(y - yh, x - xh), gt = -(a * cos(2 * ph) + b * sin(2 * ph)), gx = a * sin(2 * ph) - b * cos(2 * ph);
+                double gts = hypot(e1[i], e2[i]);
+                wc = fmax(wc, fabs(gx) / gts);
+                wt_ = fmax(wt_, fabs(gt / gts - 1));
+            }
+            printf("  halo at (%g, %g): grid shear about the halo pixel: |cross|/|shear| <= %.2e, |tangential/|shear| - 1| <= %.2e\n", rah,
+                   dech, wc, wt_);
+            CHECK(st == 0, "every galaxy projected");
+            CHECK(wc < 2e-3 && wt_ < 2e-3, "shear tangential on the grid (cross %.2e, tangential %.2e)", wc, wt_);
+        }
+        /* Kaiser-Squires: positive E peak at the halo, no B mode */
+        lss_grid *gr;
+        CHECK_OK(lss_grid_create(h, w, pix, &gr));
+        CHECK_OK(lss_mm_ks(gr, g, g + np, 2.0, kE, kB));
+        int64_t im = 0;
+        for (int64_t i = 1; i < np; i++)
+            if (kE[i] > kE[im]) im = i;
+        double pra, pdec;
+        CHECK_OK(lss_mm_pix_to_sky(&sky, im % w + 0.5, im / w + 0.5, &pra, &pdec));
+        double off = sph_sep(pra, pdec, rah, dech) * 180 / M_PI * 60, bmax = maxabs(np, kB), emin = 0;
+        for (int64_t i = 0; i < np; i++) emin = fmin(emin, kE[i]);
+        printf("  KS E peak %.4f at (%.4f, %.4f), %.2f arcmin from the halo; max |B| %.4f, min E %.4f\n", kE[im], pra, pdec, off, bmax, emin);
+        CHECK(off < 1.5 * pix, "E peak at the halo (%.2f arcmin away)", off);
+        CHECK(kE[im] > 0 && -emin < 0.3 * kE[im], "the peak is positive (%.4f; min E %.4f)", kE[im], emin);
+        CHECK(bmax < 0.1 * kE[im], "B small against the E peak (%.4f vs %.4f)", bmax, kE[im]);
+        /* the catalogue with e2 of the other handedness and e2_sign = -1: the same maps */
+        cat.e2 = e2o;
+        bo.e2_sign = -1;
+        CHECK_OK(lss_mm_bin(&cat, &bo, &hh, &ww, go, go + np, nv, NULL, &drop, NULL));
+        CHECK(memcmp(g, go, sizeof(float) * 2 * np) == 0, "e2 negated with e2_sign -1 gives the same maps");
+        /* flip_ra: the mirror image, e2 of the other sign; the peak maps back to the halo */
+        cat.e2 = e2;
+        bo.e2_sign = 0;
+        bo.flip_ra = 1;
+        CHECK_OK(lss_mm_bin_sky(&cat, &bo, &skyf, &hh, &ww));
+        CHECK_OK(lss_mm_bin(&cat, &bo, &hh, &ww, gf, gf + np, nv, NULL, &drop, NULL));
+        double dm = 0;
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                dm = fmax(dm, fmax(fabs(gf[y * w + (w - 1 - x)] - g[y * w + x]), fabs(gf[np + y * w + (w - 1 - x)] + g[np + y * w + x])));
+        CHECK(dm == 0, "flip_ra: g1(x) = g1(w - 1 - x), g2 negated (max diff %g)", dm);
+        CHECK_OK(lss_mm_ks(gr, gf, gf + np, 2.0, kE, kB));
+        im = 0;
+        for (int64_t i = 1; i < np; i++)
+            if (kE[i] > kE[im]) im = i;
+        CHECK_OK(lss_mm_pix_to_sky(&skyf, im % w + 0.5, im / w + 0.5, &pra, &pdec));
+        CHECK(sph_sep(pra, pdec, rah, dech) * 180 / M_PI * 60 < 1.5 * pix, "flipped map: E peak at the halo");
+        bo.e2_sign = 2;
+        CHECK_ERR(lss_mm_bin(&cat, &bo, &hh, &ww, gf, gf + np, nv, NULL, &drop, NULL), LSS_ERR_ARG);
+        /* the frame written with the output */
+        char js[1024];
+        CHECK_OK(lss_mm_sky_json(&sky, -1, js, sizeof js));
+        CHECK(strstr(js, "\"x_axis\": \"west\"") && strstr(js, "\"ref_pixel_xy\": [32, 32]") && strstr(js, "times -1"), "frame JSON: %s", js);
+        CHECK_ERR(lss_mm_sky_json(&sky, 1, js, 40), LSS_ERR_RANGE);
+        lss_grid_free(gr);
+        free(ra); free(dec); free(e1); free(e2); free(e2o); free(wt); free(g); free(go); free(gf); free(nv); free(kE); free(kB);
+    }
 }
 
 static void test_metrics(void) {
@@ -826,23 +990,28 @@ static void test_neural(void) {
         to.pk_big = pkb;
         to.nvar = nv;
         to.seed = 5;
-        CHECK_OK(lss_mm_net_train(net, &to, &fl));
+        lss_mm_train_result tres;
+        CHECK_OK(lss_mm_net_train(net, &to, &tres));
+        fl = tres.final_loss;
         CHECK(isfinite(fl) && fl > 0, "%s training loss finite (%g)", dm ? "DeepMass" : "DSM", fl);
         /* loss of the trained network vs the untrained one on the same batches: training helps */
         {
             lss_mm_net *fresh;
             CHECK_OK(lss_mm_net_create(g, pk, &no, &fresh));
             lss_mm_train_opts t0 = to;
+            lss_mm_train_result r0, r1;
             double l0, l1;
             t0.steps = 10;
             t0.lr = 1e-12; /* a step that changes nothing measurable: the loss of the weights as they are */
             t0.seed = 99;
             t0.no_spectral = 1;
-            CHECK_OK(lss_mm_net_train(fresh, &t0, &l0));
+            CHECK_OK(lss_mm_net_train(fresh, &t0, &r0));
+            l0 = r0.final_loss;
             CHECK_OK(lss_mm_net_save(net, "build/test_massmap_net.ckpt"));
             CHECK_OK(lss_mm_net_create(g, pk, &no, &net2));
             CHECK_OK(lss_mm_net_load(net2, "build/test_massmap_net.ckpt"));
-            CHECK_OK(lss_mm_net_train(net2, &t0, &l1));
+            CHECK_OK(lss_mm_net_train(net2, &t0, &r1));
+            l1 = r1.final_loss;
             printf("  %s: loss of the untrained network %.4f, after %d steps %.4f (held-out batches)\n", dm ? "DeepMass" : "DSM", l0, steps, l1);
             CHECK(l1 < l0, "%s training lowers the held-out loss (%.4f -> %.4f)", dm ? "DeepMass" : "DSM", l0, l1);
             lss_mm_net_free(fresh);
@@ -998,6 +1167,140 @@ static void test_neural_sign(void) {
     free(pk); free(pkb);
 }
 
+/* ---- training loop: interrupted and resumed runs end bitwise as an uninterrupted one */
+static int copy_file(const char *from, const char *to) {
+    FILE *a = fopen(from, "rb"), *b;
+    char buf[65536];
+    size_t k;
+    if (!a) return -1;
+    if (!(b = fopen(to, "wb"))) { fclose(a); return -1; }
+    while ((k = fread(buf, 1, sizeof buf, a)) > 0) fwrite(buf, 1, k, b);
+    fclose(a);
+    return fclose(b);
+}
+static int same_file(const char *p, const char *q) {
+    FILE *a = fopen(p, "rb"), *b = fopen(q, "rb");
+    int ca, cb, same = a && b;
+    while (same) {
+        ca = fgetc(a); cb = fgetc(b);
+        if (ca != cb) same = 0;
+        if (ca == EOF) break;
+    }
+    if (a) fclose(a);
+    if (b) fclose(b);
+    return same;
+}
+typedef struct { int calls, copy_at; } resume_cb;
+/* At step copy_at the files hold the checkpoint of an earlier step: keep them, as a killed run leaves them. */
+static void resume_progress(void *u, int step, double loss) {
+    resume_cb *c = (resume_cb *)u;
+    (void)loss;
+    c->calls++;
+    if (step == c->copy_at) {
+        copy_file("build/test_mm_runA.ckpt", "build/test_mm_runB.ckpt");
+        copy_file("build/test_mm_runA.csv", "build/test_mm_runB.csv");
+    }
+}
+static void test_train_resume(void) {
+    int h = 16, w = 16, n = h * w;
+    double ell[120], cl[120], shift;
+    CHECK_OK(theory(ell, cl, 120));
+    CHECK_OK(lss_mm_theory_kappa_empty(NULL, "cosmos", &shift));
+    lss_grid *g, *big;
+    CHECK_OK(lss_grid_create(h, w, 1.0, &g));
+    CHECK_OK(lss_grid_create(2 * h, 2 * w, 1.0, &big));
+    double *pk = dmalloc(n), *pkb = dmalloc(4 * n);
+    CHECK_OK(lss_grid_spectrum(g, ell, cl, 120, pk));
+    CHECK_OK(lss_grid_spectrum(big, ell, cl, 120, pkb));
+    float *nv = fmalloc(n);
+    for (int i = 0; i < n; i++) nv[i] = (i % 5 == 0) ? (float)LSS_MM_EMPTY_VAR : 0.01f;
+    for (int dm = 0; dm < 2; dm++) {
+        lss_mm_net_opts no = {4, dm, 3};
+        lss_mm_net *a, *b;
+        lss_mm_train_opts to = {0};
+        lss_mm_train_result ra, rb;
+        resume_cb ca = {0, 6}, cb = {0, -1};
+        to.steps = 12;
+        to.batch = 2;
+        to.lr = 3e-3;
+        to.lambda = shift;
+        to.big = big;
+        to.pk_big = pkb;
+        to.nvar = nv;
+        to.seed = 11;
+        to.eval_every = 4;
+        to.eval_batches = 2;
+        to.progress = resume_progress;
+        remove("build/test_mm_runA.ckpt"); remove("build/test_mm_runA.csv");
+        remove("build/test_mm_runB.ckpt"); remove("build/test_mm_runB.csv");
+        /* run A: uninterrupted; its files at step 6 are those of the checkpoint at step 4 */
+        CHECK_OK(lss_mm_net_create(g, pk, &no, &a));
+        to.ckpt = "build/test_mm_runA.ckpt";
+        to.loss_csv = "build/test_mm_runA.csv";
+        to.progress_user = &ca;
+        CHECK_OK(lss_mm_net_train(a, &to, &ra));
+        CHECK(ra.loop.steps_done == 12 && ca.calls == 12 && ra.loop.skipped == 0, "run A: 12 steps (%lld)", (long long)ra.loop.steps_done);
+        CHECK(isfinite(ra.valid_loss) && ra.valid_loss > 0 && isfinite(ra.valid_base) && ra.valid_base > 0,
+              "%s held-out loss %g, baseline %g", dm ? "DeepMass" : "DSM", ra.valid_loss, ra.valid_base);
+        /* run B: a fresh network resumed from the files left at step 6 */
+        CHECK_OK(lss_mm_net_create(g, pk, &no, &b));
+        to.ckpt = "build/test_mm_runB.ckpt";
+        to.loss_csv = "build/test_mm_runB.csv";
+        to.progress_user = &cb;
+        to.resume = 1;
+        CHECK_OK(lss_mm_net_train(b, &to, &rb));
+        CHECK(cb.calls == 8 && rb.loop.steps_done == 12, "run B resumed at step 4 and ran 8 steps (%d)", cb.calls);
+        CHECK_OK(lss_mm_net_save(a, "build/test_mm_finalA.ckpt"));
+        CHECK_OK(lss_mm_net_save(b, "build/test_mm_finalB.ckpt"));
+        CHECK(same_file("build/test_mm_finalA.ckpt", "build/test_mm_finalB.ckpt"), "%s: resumed weights bitwise equal to the uninterrupted run's",
+              dm ? "DeepMass" : "DSM");
+        CHECK(same_file("build/test_mm_runA.csv", "build/test_mm_runB.csv"), "resumed loss CSV equal to the uninterrupted run's");
+        CHECK(rb.valid_loss == ra.valid_loss, "same final held-out loss (%.9g, %.9g)", rb.valid_loss, ra.valid_loss);
+        /* the loss CSV: step, train_loss, valid_loss at steps 4, 8, 12 */
+        lss_csv c;
+        CHECK_OK(lss_csv_read("build/test_mm_runA.csv", &c));
+        CHECK(c.ncols == 3 && lss_csv_col(&c, "step") == 0 && lss_csv_col(&c, "train_loss") == 1 && lss_csv_col(&c, "valid_loss") == 2,
+              "loss CSV columns step, train_loss, valid_loss");
+        CHECK(c.nrows == 3, "three evaluations (%lld rows)", (long long)c.nrows);
+        for (int64_t r = 0; r < c.nrows && c.ncols == 3; r++)
+            CHECK(c.data[r * 3] == 4.0 * (r + 1) && isfinite(c.data[r * 3 + 1]) && c.data[r * 3 + 1] > 0 && isfinite(c.data[r * 3 + 2]) &&
+                  c.data[r * 3 + 2] > 0, "row %lld: step %g train %g valid %g", (long long)r, c.data[r * 3], c.data[r * 3 + 1], c.data[r * 3 + 2]);
+        if (c.nrows == 3 && c.ncols == 3) CHECK_CLOSE(c.data[8], ra.valid_loss, 1e-6, 0, "last valid_loss is the reported held-out loss");
+        lss_csv_free(&c);
+        /* the held-out loss of lss_train's evaluation is lss_mm_net_heldout's */
+        double ln, lb;
+        CHECK_OK(lss_mm_net_heldout(a, &to, 2, &ln, &lb));
+        CHECK(ln == ra.valid_loss && lb == ra.valid_base, "lss_mm_net_heldout reproduces the last evaluation");
+        /* resuming a finished run does nothing */
+        cb.calls = 0;
+        CHECK_OK(lss_mm_net_train(b, &to, &rb));
+        CHECK(cb.calls == 0 && rb.loop.steps_done == 12, "a finished run stays finished");
+        lss_mm_net_free(a);
+        lss_mm_net_free(b);
+    }
+    /* plateau stop: with a learning rate that cannot move the weights the held-out loss stops improving */
+    {
+        lss_mm_net_opts no = {4, 0, 3};
+        lss_mm_net *a;
+        lss_mm_train_opts to = {0};
+        lss_mm_train_result r;
+        to.steps = 40; to.batch = 2; to.lr = 1e-12; to.big = big; to.pk_big = pkb; to.seed = 11;
+        to.eval_every = 1; to.eval_batches = 1; to.patience = 2;
+        CHECK_OK(lss_mm_net_create(g, pk, &no, &a));
+        CHECK_OK(lss_mm_net_train(a, &to, &r));
+        CHECK(r.loop.stopped_early == 1 && r.loop.steps_done < 40, "plateau stop after %lld steps", (long long)r.loop.steps_done);
+        to.resume = 1;
+        CHECK_ERR(lss_mm_net_train(a, &to, &r), LSS_ERR_ARG); /* resume without a checkpoint path */
+        to.resume = 0;
+        to.patience = -1;
+        CHECK_ERR(lss_mm_net_train(a, &to, &r), LSS_ERR_RANGE);
+        lss_mm_net_free(a);
+    }
+    free(nv); free(pk); free(pkb);
+    lss_grid_free(g);
+    lss_grid_free(big);
+}
+
 /* Training maps (LSS_SET_TRAIN) never coincide with the mock's fields (LSS_SET_TEST) of the same seed. */
 static void test_streams(void) {
     lss_mm_mock_opts mo = {0};
@@ -1069,12 +1372,14 @@ int main(void) {
     RUN(test_wiener);
     RUN(test_gaussian_validation);
     RUN(test_binning);
+    RUN(test_sky);
     RUN(test_metrics);
     RUN(test_nfw);
     RUN(test_end_to_end);
     RUN(test_residual_sampling);
     RUN(test_neural);
     RUN(test_neural_sign);
+    RUN(test_train_resume);
     RUN(test_streams);
     RUN(test_experiment_parts);
     RUN(test_determinism);
