@@ -102,7 +102,7 @@ test-asan: deps build/runner $(ATESTS) $(DRIVERS)
 
 # The references the benchmarks compare against (OpenBLAS, PyTorch, emcee) are installed for the
 # benchmarks only; the library never needs them.
-BENCH_DEBS = libopenblas0 python3-numpy python3-torch python3-emcee
+BENCH_DEBS = libopenblas0 python3-numpy python3-torch python3-emcee python3-scipy python3-skimage
 bench-deps:
 	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
