@@ -61,7 +61,15 @@
  *                by lss-sim and deeplss); DeepLSS data: lss_pool_init/_simulate/_grid, lss_pool_draw_random,
  *                lss_pool_eval_draw, lss_pool_observe/_many.
  *   PARAMETERS   lss_sobol, lss_params_from_unit (Table I box).
- *   STATISTICS   grids, FFTs, smoothing, power spectra and the other map statistics: see the STATISTICS section.
+ *   STATISTICS   (its own manual heads the section) flat-sky grid and FFT workspaces lss_grid_*, fields
+ *                lss_field_gaussian/_lognormal, grid spectra and binned auto/cross spectra lss_grid_spectrum,
+ *                lss_grid_ps, the DeepLSS estimator lss_ps_*, smoothing lss_grid_smooth, lss_smooth_zeropad;
+ *                map statistics lss_stat_* (LensTools power spectrum and bispectrum, histograms, peaks and
+ *                peak counts, Minkowski functionals, SSIM/MS-SSIM, Wasserstein-1, correlation matrices,
+ *                Frechet distance, two-set comparison lss_stat_compare).
+ *   GPU MAP KERNELS (LSS_CUDA; implemented in lss_gpu.cu) lss_gpu_shape_noise, lss_gpu_random_flip,
+ *                lss_gpu_scale_for_network: DeepLSS noise and augmentation on device buffers, tested against
+ *                the CPU when a device exists.
  * Conventions: outputs last; created opaque objects through a trailing **out with _create/_free; caller-owned
  * public structs with _init/_free (lss_pool); every random draw under the user's seed and a named stream of
  * lss_core.h (SHELL, PHASE, POISSON, SHAPE, MOSAIC, COSMO, NUISANCE), indices from lss_set_index.
