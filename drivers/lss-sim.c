@@ -67,7 +67,7 @@ int main(int argc, char **argv) {
     int n = 4, prior = 0, fiducial = 0, noise = 0, nonoise = 0, mosaic = 0, scale = 0, nb, k, st = LSS_OK, set, no_opt = 0;
     uint64_t seed = 1;
     double fixval[LSS_NPARAM_TABLE1], smooth = -1;
-    char optname[LSS_NPARAM_TABLE1][16], help[LSS_NPARAM_TABLE1][64];
+    lss_drv_table1_text t1txt;
     lss_params fid, *pars;
     lss_survey_opts vo;
     lss_sim_opts so;
@@ -100,15 +100,7 @@ int main(int argc, char **argv) {
         {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE with columns z n_1 .. n_4"}};
     const lss_drv_cmd cmd = {"lss-sim", "lss-sim [options]", about, "lss-sim --out out/train --n 1000 --prior --mosaic --scale"};
     lss_drv_prog = "lss-sim";
-    for (k = 0; k < LSS_NPARAM_TABLE1; k++) {   /* --omega-m ... --eta-bg2 from Table I */
-        int q;
-        snprintf(optname[k], sizeof optname[k], "%s", t1->key[k]);
-        for (q = 0; optname[k][q]; q++) if (optname[k][q] == '_') optname[k][q] = '-';
-        snprintf(help[k], sizeof help[k], "fix %s (prior [%g, %g])", t1->name[k], t1->lo[k], t1->hi[k]);
-        fixval[k] = t1->fiducial[k];
-        opts[14 + k].name = optname[k]; opts[14 + k].kind = LSS_DRV_DOUBLE; opts[14 + k].dst = &fixval[k];
-        opts[14 + k].lo = t1->lo[k]; opts[14 + k].hi = t1->hi[k]; opts[14 + k].help = help[k];
-    }
+    lss_drv_table1_opts(opts + 14, fixval, &t1txt);   /* --omega-m ... --eta-bg2 from Table I */
     lss_drv_parse(&cmd, opts, argc, argv);
     if (prior && fiducial) lss_drv_die(2, "--prior and --fiducial exclude each other");
     if (noise && nonoise) lss_drv_die(2, "--noise and --no-noise exclude each other");
@@ -131,7 +123,7 @@ int main(int argc, char **argv) {
     if (smooth == 0) { so.r_wl = -1; so.r_gc = -1; }
     else { so.r_gc = smooth; so.r_wl = smooth < 4 ? smooth : 4; }
     lss_params_fiducial(&fid);
-    for (k = 0; k < LSS_NPARAM_TABLE1; k++) no_opt |= given(argc, argv, optname[k]) << k;   /* fixed parameters */
+    for (k = 0; k < LSS_NPARAM_TABLE1; k++) no_opt |= given(argc, argv, t1txt.name[k]) << k;   /* fixed parameters */
     lss_drv_check(lss_params_from_vec(fixval, LSS_NPARAM_TABLE1, &fid), "parameters");
     lss_drv_check(lss_params_check(&fid), "parameters");
     if (!strcmp(bins_name, "deeplss")) lss_drv_check(lss_nz_builtin("deeplss", &nz, &nb), "--bins");

@@ -87,19 +87,12 @@ int main(int argc, char **argv) {
     char path[4096], extra[512];
     lss_wfile w;
     FILE *f;
-    const lss_drv_opt opts[] = {
-        {"omega-m", LSS_DRV_DOUBLE, &p.omega_m, 0, 0, 0, "Omega_m"},
-        {"sigma-8", LSS_DRV_DOUBLE, &p.sigma_8, 0, 0, 0, "sigma_8"},
+    double t1val[LSS_NPARAM_TABLE1];
+    lss_drv_table1_text t1txt;
+    lss_drv_opt opts[16 + LSS_NPARAM_TABLE1 + 1] = {
         {"omega-b", LSS_DRV_DOUBLE, &p.omega_b, 0, 0, 0, "Omega_b"},
         {"h", LSS_DRV_DOUBLE, &p.h, 0, 0, 0, "H0 / (100 km/s/Mpc)"},
         {"n-s", LSS_DRV_DOUBLE, &p.n_s, 0, 0, 0, "spectral index"},
-        {"a-ia", LSS_DRV_DOUBLE, &p.a_ia, 0, 0, 0, "NLA amplitude A_IA"},
-        {"eta-ia", LSS_DRV_DOUBLE, &p.eta_ia, 0, 0, 0, "IA redshift exponent"},
-        {"b-g", LSS_DRV_DOUBLE, &p.b_g, 0, 0, 0, "galaxy bias b_g"},
-        {"eta-bg", LSS_DRV_DOUBLE, &p.eta_bg, 0, 0, 0, "bias redshift exponent"},
-        {"r-g", LSS_DRV_DOUBLE, &p.r_g, 0, 0, 0, "stochasticity r_g"},
-        {"b-g2", LSS_DRV_DOUBLE, &p.b_g2, 0, 0, 0, "second-order bias"},
-        {"eta-bg2", LSS_DRV_DOUBLE, &p.eta_bg2, 0, 0, 0, "its redshift exponent"},
         {"c1-rho-crit", LSS_DRV_DOUBLE, &p.c1_rho_crit, 1e-12, 1, 0, "NLA constant (0: 0.0134; CCL uses 0.0138768)"},
         {"nowiggle", LSS_DRV_FLAG, &nowiggle, 0, 0, 0, "Eisenstein-Hu transfer function without baryon wiggles"},
         {"linear", LSS_DRV_FLAG, &p.linear, 0, 0, 0, "linear P(k) wherever the non-linear one is used"},
@@ -118,6 +111,7 @@ int main(int argc, char **argv) {
                               "lss-theory cl --nell 40 --lmin 20 --lmax 5000 --png cl.png > cl.csv"};
     lss_drv_prog = "lss-theory";
     lss_params_fiducial(&p);
+    lss_drv_table1_opts(opts + 16, t1val, &t1txt); /* --omega-m ... --eta-bg2 from Table I */
     if (argc < 2 || strncmp(argv[1], "--", 2) == 0) {
         lss_drv_parse(&info, opts, argc, argv); /* --help exits; other options need a command first */
         lss_drv_die(2, "no command: background, pk or cl (see --help)");
@@ -132,6 +126,7 @@ int main(int argc, char **argv) {
         sub.name = name;
         lss_drv_parse(&sub, opts, argc - 1, argv + 1);
     }
+    lss_drv_check(lss_params_from_vec(t1val, LSS_NPARAM_TABLE1, &p), "parameters");
     if (nowiggle) p.transfer = LSS_TRANSFER_EH_NOWIGGLE;
     if (!strcmp(termname, "all")) terms = LSS_CL_ALL;
     else if (!strcmp(termname, "gg")) terms = LSS_CL_GG;

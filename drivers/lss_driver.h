@@ -185,6 +185,31 @@ static inline void lss_drv_parse(const lss_drv_cmd *cmd, const lss_drv_opt *opts
         if (opts[i].required && !seen[i]) lss_drv_die(2, "%s%soption --%s is required (see %s --help)", who, sep, opts[i].name, cmd->name);
 }
 
+#ifdef LSS_MAPS_H
+/* The Table I parameters as options --omega-m ... --eta-bg2 (names, ranges and defaults from
+ * lss_table1(), the one source): fills opts[0 .. LSS_NPARAM_TABLE1 - 1] to write into vals[]. */
+typedef struct {
+    char name[LSS_NPARAM_TABLE1][16], help[LSS_NPARAM_TABLE1][64];
+} lss_drv_table1_text;
+static inline void lss_drv_table1_opts(lss_drv_opt *opts, double *vals, lss_drv_table1_text *txt) {
+    const lss_param_table *t1 = lss_table1();
+    int k, q;
+    for (k = 0; k < LSS_NPARAM_TABLE1; k++) {
+        snprintf(txt->name[k], sizeof txt->name[k], "%s", t1->key[k]);
+        for (q = 0; txt->name[k][q]; q++) if (txt->name[k][q] == '_') txt->name[k][q] = '-';
+        snprintf(txt->help[k], sizeof txt->help[k], "%s (Table I prior [%g, %g])", t1->name[k], t1->lo[k], t1->hi[k]);
+        vals[k] = t1->fiducial[k];
+        opts[k].name = txt->name[k];
+        opts[k].kind = LSS_DRV_DOUBLE;
+        opts[k].dst = &vals[k];
+        opts[k].lo = t1->lo[k];
+        opts[k].hi = t1->hi[k];
+        opts[k].required = 0;
+        opts[k].help = txt->help[k];
+    }
+}
+#endif
+
 /* mkdir -p; exits 2 when the directory cannot be made. */
 static inline void lss_drv_mkdirs(const char *dir) {
     char buf[4096];
