@@ -838,6 +838,77 @@ LSSDEF int lss_gpu_scale_for_network(lss_gpu *ctx, float *maps, int nsamples, in
                                      double kappa_scale);
 #endif
 /* ==== END GPU MAP KERNELS ==== */
+/* ==== N-BODY DECLARATIONS (particle-mesh light cones) ==== */
+/* Particle-mesh N-body simulations that make the matter shells of the forward model (the second generator of
+ * ARCHITECTURE section 3; the lognormal one is lss_sim's default). One run: Gaussian initial modes of the
+ * project's linear P(k) (Eisenstein-Hu, sigma_8-normalised) at z = 0 scaled back to z_init, second-order LPT
+ * displacements and momenta of particles on a grid, then kick-drift-kick steps in the scale factor with the
+ * FastPM kick and drift factors (Feng, Chu, Seljak & McDonald 2016, MNRAS 463, 2273, arXiv:1603.00476), which make
+ * the linear growth of the large scales exact whatever the step count. Cloud-in-cell mass assignment and
+ * readout on a force mesh (default 2x the particle grid per dimension); gravity solved in Fourier space.
+ * Particles crossing the observer's past light cone during a drift are moved to the crossing and painted into
+ * flat-sky shell maps (gnomonic projection around the line of sight, the box replicated along it with a
+ * random rotation and shift per replica). The shells are what lss_sim's lognormal generator draws: density
+ * contrasts of redshift shells on a pixel grid, so that projection, IA, bias, stochasticity, noise, smoothing
+ * and mosaics work unchanged (lss_sim_use_shells).
+ *
+ * Units: comoving positions in Mpc/h, box side L; time variable a; momenta p = a^2 dx/dt in units of H0 Mpc/h.
+ * Determinism: every random number comes from Philox streams keyed by (seed, LSS_STREAM_NBODY_IC, index) and
+ * (seed, LSS_STREAM_NBODY_CONE, index, cone); mass assignment accumulates in 64-bit fixed point, so sums do not
+ * depend on the order of the particles; FFTs are batches of single-threaded 1-D/2-D FFTW plans made with
+ * FFTW_ESTIMATE and shared out over threads: a run gives the same bits at any thread count and after a
+ * checkpoint and restart. */
+
+enum { LSS_NB_STEP_LINEAR_A = 0, LSS_NB_STEP_LOG_A = 1 };
+typedef struct {
+    double box;          /* box side in Mpc/h; 0: 500 */
+    int np;              /* particles per side (np^3 particles); 0: 256; even, 8..4096 */
+    int mesh;            /* force mesh per side; 0: 2 np; >= np */
+    int steps;           /* kick-drift-kick steps from a_init to a = 1; 0: 20 */
+    double z_init;       /* starting redshift; 0: 9 */
+    int spacing;         /* LSS_NB_STEP_LINEAR_A (default) or LSS_NB_STEP_LOG_A */
+    int lpt_order;       /* 1 (Zel'dovich) or 2; 0: 2 */
+    int fixed_amp;       /* 1: initial mode amplitudes fixed to sqrt(P) (random phases only) */
+} lss_nbody_opts;
+
+typedef struct {
+    int side;            /* pixels per side of each shell map; even, 8..4096 */
+    double pixel_arcmin; /* pixel size (gnomonic coordinates at the centre) */
+    int nshell;          /* shells 0..nshell-1 between z_edges[b] and z_edges[b+1] */
+    const double *z_edges; /* [nshell + 1] increasing, z_edges[0] >= 0; copied */
+    int ncone;           /* light cones painted from one run (each its own replica rotations/shifts); 0: 1 */
+} lss_lightcone_opts;
+
+/* A set of N-body shell maps: what a run produces and what a shell library stores per cosmology. */
+typedef struct {
+    int ncone, nshell, side;
+    double pixel_arcmin;
+    double *z_edges;      /* [nshell + 1] */
+    float *delta;         /* [ncone][nshell][side][side] density contrast N / <N> - 1 per pixel of each shell */
+    lss_params params;    /* the cosmology of the run (only its cosmological fields matter) */
+    uint64_t seed, index; /* the run's random streams */
+    lss_nbody_opts nbody; /* how it was made (defaults filled in) */
+    double seconds;       /* wall time of the run (0 if unknown) */
+} lss_shellset;
+LSSDEF void lss_shellset_free(lss_shellset *s);   /* frees the arrays, zeroes the struct */
+/* Progress callback of a run: after each step (step = 1..steps), with the scale factor reached and the seconds
+   since the run (or its resumption) started. */
+typedef void (*lss_nbody_progress_fn)(int step, int steps, double a, double seconds, void *user);
+/* Bytes a run of these options will allocate at its peak (particles, meshes, shell accumulators); lc may be NULL. */
+LSSDEF int64_t lss_nbody_memory(const lss_nbody_opts *o, const lss_lightcone_opts *lc);
+/* One light-cone run for cosmology c: initial conditions from (seed, index), o->steps steps to a = 1, the shells
+   of lc painted for lc->ncone cones. out (caller's struct) receives the shell set (free with lss_shellset_free).
+   checkpoint: NULL, or a path where the run state is saved (atomically) after steps; when the file exists and
+   belongs to the same run (cosmology, options, seed, index) the run resumes from it and gives the identical
+   result; it is removed when the run completes. fn (may be NULL) reports progress. Errors: LSS_ERR_ARG for
+   impossible geometry (the cone wider than the box at its deepest shell, shells deeper than z_init, ...) with
+   the reason, LSS_ERR_NOMEM naming the bytes needed. */
+LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
+                               uint64_t seed, uint64_t index, const char *checkpoint, lss_nbody_progress_fn fn,
+                               void *user, lss_shellset *out);
+/* ==== END N-BODY DECLARATIONS ==== */
+/* ==== SHELL LIBRARY DECLARATIONS (N-body shells on disk, used by lss_sim) ==== */
+/* ==== END SHELL LIBRARY DECLARATIONS ==== */
 /* ==== END MAPS DECLARATIONS ==== */
 
 #ifdef __cplusplus
@@ -5289,6 +5360,16 @@ done:
     return s;
 }
 /* ==== END STATISTICS IMPLEMENTATION ==== */
+/* ==== N-BODY IMPLEMENTATION ==== */
+LSSDEF void lss_shellset_free(lss_shellset *s) {
+    if (!s) return;
+    LSS_FREE(s->z_edges);
+    LSS_FREE(s->delta);
+    memset(s, 0, sizeof *s);
+}
+/* ==== END N-BODY IMPLEMENTATION ==== */
+/* ==== SHELL LIBRARY IMPLEMENTATION ==== */
+/* ==== END SHELL LIBRARY IMPLEMENTATION ==== */
 /* ==== END MAPS IMPLEMENTATION ==== */
 
 #endif /* LSS_MAPS_IMPLEMENTATION_DONE */
