@@ -351,6 +351,22 @@ LSSDEF void lss_csv_free(lss_csv *c);
 /* Index of a column by name, or -1. */
 LSSDEF int lss_csv_col(const lss_csv *c, const char *name);
 
+/* ---------------------------------------------------------------- JSON records
+ * A reader for the flat JSON records the project writes (run.json, N-body shell metadata): one object whose
+ * members are numbers, strings, true/false/null or arrays of numbers; members holding objects or other arrays
+ * are skipped (validated, not kept). Duplicate keys: the first wins. Malformed text is LSS_ERR_FORMAT naming
+ * the byte offset. Limits: 16 MB of text, 64 levels of nesting, 1,000,000 numbers. */
+typedef struct lss_json lss_json;
+LSSDEF int lss_json_parse(const char *text, size_t len, lss_json **out);
+LSSDEF int lss_json_load(const char *path, lss_json **out);
+LSSDEF void lss_json_free(lss_json *j);
+/* Member values: LSS_ERR_FORMAT naming the key when it is missing or of another type (true/false read as 1/0
+   by lss_json_num). The pointers stay valid until lss_json_free. */
+LSSDEF int lss_json_num(const lss_json *j, const char *key, double *v);
+LSSDEF int lss_json_str(const lss_json *j, const char *key, const char **s);
+LSSDEF int lss_json_array(const lss_json *j, const char *key, const double **v, int *n);
+LSSDEF int lss_json_has(const lss_json *j, const char *key);   /* 1 when the member exists */
+
 /* ---------------------------------------------------------------- smoothing
  * The one separable Gaussian smoothing of the project (maps, histograms of corner plots). */
 #define LSS_GAUSS_MAX_HW 64   /* largest kernel half-width in pixels */
@@ -981,6 +997,310 @@ LSSDEF int lss_csv_col(const lss_csv *c, const char *name) {
     for (i = 0; i < c->ncols; i++)
         if (!strcmp(c->names[i], name)) return i;
     return -1;
+}
+
+/* ---------------------------------------------------------------- JSON records */
+typedef struct {
+    char *key, *str;   /* str: string members */
+    double num;        /* numbers, true/false */
+    double *arr;       /* number arrays */
+    int type;          /* 1 number, 2 string, 3 array, 4 null, 5 skipped */
+    int n;
+} lss__jmem;
+struct lss_json {
+    lss__jmem *m;
+    int n, cap;
+};
+typedef struct {
+    const char *s;
+    size_t i, len;
+    int depth;
+    long nnum;
+} lss__jp;
+static void lss__jws(lss__jp *p) {
+    while (p->i < p->len && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r')) p->i++;
+}
+static int lss__jerr(const lss__jp *p, const char *what) {
+    return lss_seterr(LSS_ERR_FORMAT, "JSON: %s at byte %lu", what, (unsigned long)p->i);
+}
+/* string at p->i (after the quote check); *out (may be NULL: skip) gets a malloc'd UTF-8 copy */
+static int lss__jstring(lss__jp *p, char **out) {
+    size_t cap = 16, n = 0;
+    char *b = NULL;
+    if (p->i >= p->len || p->s[p->i] != '"') return lss__jerr(p, "expected a string");
+    p->i++;
+    if (out && !(b = (char *)LSS_MALLOC(cap))) return lss_seterr(LSS_ERR_NOMEM, "JSON: out of memory");
+    for (;;) {
+        unsigned c;
+        char e[4];
+        int ne = 1;
+        if (p->i >= p->len) { LSS_FREE(b); return lss__jerr(p, "unterminated string"); }
+        c = (unsigned char)p->s[p->i++];
+        if (c == '"') break;
+        if (c < 0x20) { LSS_FREE(b); return lss__jerr(p, "control character in a string"); }
+        e[0] = (char)c;
+        if (c == '\\') {
+            if (p->i >= p->len) { LSS_FREE(b); return lss__jerr(p, "unterminated string"); }
+            c = (unsigned char)p->s[p->i++];
+            switch (c) {
+            case '"': case '\\': case '/': e[0] = (char)c; break;
+            case 'b': e[0] = '\b'; break;
+            case 'f': e[0] = '\f'; break;
+            case 'n': e[0] = '\n'; break;
+            case 'r': e[0] = '\r'; break;
+            case 't': e[0] = '\t'; break;
+            case 'u': {
+                unsigned u = 0;
+                int k;
+                for (k = 0; k < 4; k++) {
+                    int h = p->i < p->len ? p->s[p->i] : 0;
+                    u <<= 4;
+                    if (h >= '0' && h <= '9') u |= (unsigned)(h - '0');
+                    else if (h >= 'a' && h <= 'f') u |= (unsigned)(h - 'a' + 10);
+                    else if (h >= 'A' && h <= 'F') u |= (unsigned)(h - 'A' + 10);
+                    else { LSS_FREE(b); return lss__jerr(p, "bad \\u escape"); }
+                    p->i++;
+                }
+                if (u == 0) { LSS_FREE(b); return lss__jerr(p, "\\u0000 in a string"); }
+                if (u < 0x80) e[0] = (char)u;
+                else if (u < 0x800) { e[0] = (char)(0xC0 | (u >> 6)); e[1] = (char)(0x80 | (u & 63)); ne = 2; }
+                else { e[0] = (char)(0xE0 | (u >> 12)); e[1] = (char)(0x80 | ((u >> 6) & 63)); e[2] = (char)(0x80 | (u & 63)); ne = 3; }
+                break;
+            }
+            default: LSS_FREE(b); return lss__jerr(p, "bad escape in a string");
+            }
+        }
+        if (b) {
+            if (n + (size_t)ne + 1 > cap) {
+                char *nb2;
+                cap *= 2;
+                if (!(nb2 = (char *)LSS_REALLOC(b, cap))) { LSS_FREE(b); return lss_seterr(LSS_ERR_NOMEM, "JSON: out of memory"); }
+                b = nb2;
+            }
+            memcpy(b + n, e, (size_t)ne);
+            n += (size_t)ne;
+        }
+    }
+    if (b) { b[n] = 0; *out = b; }
+    return LSS_OK;
+}
+static int lss__jnumber(lss__jp *p, double *v) {
+    size_t j = p->i, k;
+    char buf[64], *end;
+    if (j < p->len && p->s[j] == '-') j++;
+    if (j >= p->len || !(p->s[j] >= '0' && p->s[j] <= '9')) return lss__jerr(p, "expected a value");
+    while (j < p->len && ((p->s[j] >= '0' && p->s[j] <= '9') || p->s[j] == '.' || p->s[j] == 'e' || p->s[j] == 'E' ||
+                          p->s[j] == '+' || p->s[j] == '-'))
+        j++;
+    k = j - p->i;
+    if (k >= sizeof buf) return lss__jerr(p, "number too long");
+    memcpy(buf, p->s + p->i, k);
+    buf[k] = 0;
+    *v = strtod(buf, &end);
+    if (end != buf + k) return lss__jerr(p, "malformed number");
+    if (++p->nnum > 1000000) return lss__jerr(p, "more than 1,000,000 numbers");
+    p->i = j;
+    return LSS_OK;
+}
+static int lss__jword(lss__jp *p, const char *w) {
+    size_t n = strlen(w);
+    if (p->len - p->i < n || memcmp(p->s + p->i, w, n)) return 0;
+    p->i += n;
+    return 1;
+}
+/* any value, not kept */
+static int lss__jskip(lss__jp *p) {
+    int st;
+    double v;
+    lss__jws(p);
+    if (p->i >= p->len) return lss__jerr(p, "unexpected end");
+    if (p->s[p->i] == '"') return lss__jstring(p, NULL);
+    if (lss__jword(p, "true") || lss__jword(p, "false") || lss__jword(p, "null")) return LSS_OK;
+    if (p->s[p->i] == '{' || p->s[p->i] == '[') {
+        char close = p->s[p->i] == '{' ? '}' : ']';
+        if (++p->depth > 64) return lss__jerr(p, "nesting deeper than 64");
+        p->i++;
+        lss__jws(p);
+        if (p->i < p->len && p->s[p->i] == close) { p->i++; p->depth--; return LSS_OK; }
+        for (;;) {
+            if (close == '}') {
+                lss__jws(p);
+                if ((st = lss__jstring(p, NULL))) return st;
+                lss__jws(p);
+                if (p->i >= p->len || p->s[p->i] != ':') return lss__jerr(p, "expected ':'");
+                p->i++;
+            }
+            if ((st = lss__jskip(p))) return st;
+            lss__jws(p);
+            if (p->i < p->len && p->s[p->i] == ',') { p->i++; continue; }
+            if (p->i < p->len && p->s[p->i] == close) { p->i++; p->depth--; return LSS_OK; }
+            return lss__jerr(p, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
+    }
+    return lss__jnumber(p, &v);
+}
+LSSDEF void lss_json_free(lss_json *j) {
+    int k;
+    if (!j) return;
+    for (k = 0; k < j->n; k++) {
+        LSS_FREE(j->m[k].key);
+        LSS_FREE(j->m[k].str);
+        LSS_FREE(j->m[k].arr);
+    }
+    LSS_FREE(j->m);
+    LSS_FREE(j);
+}
+LSSDEF int lss_json_parse(const char *text, size_t len, lss_json **out) {
+    lss__jp p;
+    lss_json *j;
+    int st = LSS_OK;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_json_parse: NULL out");
+    *out = NULL;
+    if (!text && len) return lss_seterr(LSS_ERR_ARG, "lss_json_parse: NULL text");
+    if (len > ((size_t)16 << 20)) return lss_seterr(LSS_ERR_FORMAT, "JSON: text of %lu bytes (at most 16 MB)", (unsigned long)len);
+    if (!(j = (lss_json *)LSS_MALLOC(sizeof *j))) return lss_seterr(LSS_ERR_NOMEM, "JSON: out of memory");
+    memset(j, 0, sizeof *j);
+    memset(&p, 0, sizeof p);
+    p.s = text;
+    p.len = len;
+    lss__jws(&p);
+    if (p.i >= p.len || p.s[p.i] != '{') { st = lss__jerr(&p, "expected '{'"); goto done; }
+    p.i++;
+    p.depth = 1;
+    lss__jws(&p);
+    if (p.i < p.len && p.s[p.i] == '}') p.i++;
+    else
+        for (;;) {
+            lss__jmem m;
+            memset(&m, 0, sizeof m);
+            lss__jws(&p);
+            if ((st = lss__jstring(&p, &m.key))) goto done;
+            lss__jws(&p);
+            if (p.i >= p.len || p.s[p.i] != ':') { LSS_FREE(m.key); st = lss__jerr(&p, "expected ':'"); goto done; }
+            p.i++;
+            lss__jws(&p);
+            if (p.i < p.len && p.s[p.i] == '"') { m.type = 2; st = lss__jstring(&p, &m.str); }
+            else if (lss__jword(&p, "true")) { m.type = 1; m.num = 1; }
+            else if (lss__jword(&p, "false")) { m.type = 1; m.num = 0; }
+            else if (lss__jword(&p, "null")) m.type = 4;
+            else if (p.i < p.len && p.s[p.i] == '[') {
+                /* an array of numbers is kept; anything else in it makes the member skipped */
+                size_t save = p.i;
+                int cap = 0, bad = 0;
+                p.i++;
+                m.type = 3;
+                lss__jws(&p);
+                if (p.i < p.len && p.s[p.i] == ']') p.i++;
+                else
+                    for (;;) {
+                        double v;
+                        lss__jws(&p);
+                        if (p.i >= p.len || !(p.s[p.i] == '-' || (p.s[p.i] >= '0' && p.s[p.i] <= '9'))) { bad = 1; break; }
+                        if ((st = lss__jnumber(&p, &v))) break;
+                        if (m.n == cap) {
+                            double *na;
+                            cap = cap ? 2 * cap : 8;
+                            if (!(na = (double *)LSS_REALLOC(m.arr, sizeof(double) * (size_t)cap))) {
+                                st = lss_seterr(LSS_ERR_NOMEM, "JSON: out of memory");
+                                break;
+                            }
+                            m.arr = na;
+                        }
+                        m.arr[m.n++] = v;
+                        lss__jws(&p);
+                        if (p.i < p.len && p.s[p.i] == ',') { p.i++; continue; }
+                        if (p.i < p.len && p.s[p.i] == ']') { p.i++; break; }
+                        st = lss__jerr(&p, "expected ',' or ']'");
+                        break;
+                    }
+                if (!st && bad) {
+                    LSS_FREE(m.arr);
+                    m.arr = NULL;
+                    m.n = 0;
+                    m.type = 5;
+                    p.i = save;
+                    st = lss__jskip(&p);
+                }
+            } else if (p.i < p.len && p.s[p.i] == '{') { m.type = 5; st = lss__jskip(&p); }
+            else { m.type = 1; st = lss__jnumber(&p, &m.num); }
+            if (st) { LSS_FREE(m.key); LSS_FREE(m.str); LSS_FREE(m.arr); goto done; }
+            if (j->n == j->cap) {
+                lss__jmem *nm;
+                j->cap = j->cap ? 2 * j->cap : 16;
+                if (!(nm = (lss__jmem *)LSS_REALLOC(j->m, sizeof(lss__jmem) * (size_t)j->cap))) {
+                    LSS_FREE(m.key); LSS_FREE(m.str); LSS_FREE(m.arr);
+                    st = lss_seterr(LSS_ERR_NOMEM, "JSON: out of memory");
+                    goto done;
+                }
+                j->m = nm;
+            }
+            j->m[j->n++] = m;
+            lss__jws(&p);
+            if (p.i < p.len && p.s[p.i] == ',') { p.i++; continue; }
+            if (p.i < p.len && p.s[p.i] == '}') { p.i++; break; }
+            st = lss__jerr(&p, "expected ',' or '}'");
+            goto done;
+        }
+    lss__jws(&p);
+    if (p.i != p.len) st = lss__jerr(&p, "text after the object");
+done:
+    if (st) { lss_json_free(j); return st; }
+    *out = j;
+    return LSS_OK;
+}
+LSSDEF int lss_json_load(const char *path, lss_json **out) {
+    FILE *f;
+    char *buf;
+    long n;
+    size_t got;
+    int st;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_json_load: NULL out");
+    *out = NULL;
+    if (!path) return lss_seterr(LSS_ERR_ARG, "lss_json_load: NULL path");
+    if (!(f = fopen(path, "rb"))) return lss_seterr(LSS_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return lss_seterr(LSS_ERR_IO, "cannot read '%s': not a regular file", path);
+    }
+    if (n > (16L << 20)) { fclose(f); return lss_seterr(LSS_ERR_FORMAT, "'%s': %ld bytes (a JSON record is at most 16 MB)", path, n); }
+    if (!(buf = (char *)LSS_MALLOC((size_t)n + 1))) { fclose(f); return lss_seterr(LSS_ERR_NOMEM, "out of memory reading '%s'", path); }
+    got = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    if (got != (size_t)n) { LSS_FREE(buf); return lss_seterr(LSS_ERR_IO, "cannot read '%s': short read", path); }
+    st = lss_json_parse(buf, got, out);
+    LSS_FREE(buf);
+    if (st) return lss_seterr(st, "'%s': %s", path, lss_last_error());
+    return LSS_OK;
+}
+static const lss__jmem *lss__jfind(const lss_json *j, const char *key) {
+    int k;
+    if (!j || !key) return NULL;
+    for (k = 0; k < j->n; k++)
+        if (!strcmp(j->m[k].key, key)) return &j->m[k];
+    return NULL;
+}
+LSSDEF int lss_json_has(const lss_json *j, const char *key) { return lss__jfind(j, key) != NULL; }
+LSSDEF int lss_json_num(const lss_json *j, const char *key, double *v) {
+    const lss__jmem *m = lss__jfind(j, key);
+    if (!m) return lss_seterr(LSS_ERR_FORMAT, "JSON: no member \"%s\"", key ? key : "");
+    if (m->type != 1) return lss_seterr(LSS_ERR_FORMAT, "JSON: member \"%s\" is not a number", key);
+    if (v) *v = m->num;
+    return LSS_OK;
+}
+LSSDEF int lss_json_str(const lss_json *j, const char *key, const char **s) {
+    const lss__jmem *m = lss__jfind(j, key);
+    if (!m) return lss_seterr(LSS_ERR_FORMAT, "JSON: no member \"%s\"", key ? key : "");
+    if (m->type != 2) return lss_seterr(LSS_ERR_FORMAT, "JSON: member \"%s\" is not a string", key);
+    if (s) *s = m->str;
+    return LSS_OK;
+}
+LSSDEF int lss_json_array(const lss_json *j, const char *key, const double **v, int *n) {
+    const lss__jmem *m = lss__jfind(j, key);
+    if (!m) return lss_seterr(LSS_ERR_FORMAT, "JSON: no member \"%s\"", key ? key : "");
+    if (m->type != 3) return lss_seterr(LSS_ERR_FORMAT, "JSON: member \"%s\" is not an array of numbers", key);
+    if (v) *v = m->arr;
+    if (n) *n = m->n;
+    return LSS_OK;
 }
 
 static char *lss__trim(char *s) {

@@ -908,6 +908,36 @@ LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, cons
                                void *user, lss_shellset *out);
 /* ==== END N-BODY DECLARATIONS ==== */
 /* ==== SHELL LIBRARY DECLARATIONS (N-body shells on disk, used by lss_sim) ==== */
+/* A shell set on disk is a pair STEM.npy (float32 [ncone][nshell][side][side], the density contrasts) and
+ * STEM.json (cosmology, seed, index, geometry, z edges, N-body options, wall time). Both are written atomically,
+ * the JSON last, so that its presence marks a complete entry. A shell library is a directory of entries
+ * DIR/shells_0000, DIR/shells_0001, ... (consecutive from 0), one per cosmology, as `lss-sim nbody` writes it.
+ *
+ * Drawing fields from shells: lss_sim_use_shells(sim, set) makes lss_sim_field take each drawn shell from the
+ * set instead of a lognormal draw; everything downstream (projection, IA, bias, stochasticity, noise, smoothing,
+ * mosaics) is unchanged. Field `index` is view v = index mod (8 ncone) of the set: cone v mod ncone, then one of
+ * the 8 flips and transposes ((v / ncone): bit 0 flips rows, bit 1 columns, bit 2 transposes) of the central
+ * region the simulator needs (nside + 2 x its smoothing margin; lss_sim_shell_side). A set of ncone cones thus
+ * gives 8 ncone distinct fields per cosmology (not independent: the 8 views of a cone share its structure);
+ * indices beyond repeat them, with other noise. */
+LSSDEF int lss_shellset_save(const lss_shellset *s, const char *stem);
+/* Loads and validates STEM.npy + STEM.json (shapes agree, z edges increasing, pixel size > 0, cosmology
+   physical, every value finite and >= -1): LSS_ERR_FORMAT / LSS_ERR_IO naming the file and the problem. */
+LSSDEF int lss_shellset_load(const char *stem, lss_shellset *out);
+/* DIR/shells_NNNN (no extension) into buf. */
+LSSDEF int lss_shell_lib_stem(const char *dir, int i, char *buf, size_t n);
+/* Number of complete consecutive entries of a library (0 for an empty or missing directory). */
+LSSDEF int lss_shell_lib_count(const char *dir, int *n);
+/* The cosmology of entry i (its JSON only; other fields of p from lss_params_fiducial). */
+LSSDEF int lss_shell_lib_params(const char *dir, int i, lss_params *p);
+/* Pixels per side the simulator needs from a shell set (nside + 2 x its smoothing margin). */
+LSSDEF int lss_sim_shell_side(const lss_sim *sim);
+/* Attach a shell set (NULL: back to lognormal shells). The set must outlive its use and is only read. Checks:
+   same pixel size (relative 1e-9), side >= lss_sim_shell_side with an even difference, every shell the
+   simulator draws present in the set with the same z edges (1e-9), and the simulator's cosmology equal to the
+   set's (Omega_m, sigma_8, Omega_b, h, n_s); lss_sim_set_cosmo to another cosmology then fails until another
+   set is attached. LSS_ERR_ARG naming the mismatch. Not safe while other threads use sim. */
+LSSDEF int lss_sim_use_shells(lss_sim *sim, const lss_shellset *set);
 /* ==== END SHELL LIBRARY DECLARATIONS ==== */
 /* ==== END MAPS DECLARATIONS ==== */
 
@@ -2185,6 +2215,10 @@ struct lss_sim {
     fftw_plan d_c2r, d_r2c;
     fftwf_plan g_c2r, f_r2c, f_c2r;
     lss__zig zig;
+    lss_params cp;                     /* the current cosmology's parameters */
+    const lss_shellset *shells;        /* N-body shells (lss_sim_use_shells) or NULL: lognormal */
+    int *shell_of;                     /* [nshell] index of each shell in the set (-1: absent) */
+    int shells_other_cosmo;            /* 1 after lss_sim_set_cosmo moved away from the set's cosmology */
 };
 #define LSS__KMAX 64
 
@@ -2240,7 +2274,7 @@ LSSDEF void lss_sim_free(lss_sim *s) {
     LSS_FREE(s->zmean); LSS_FREE(s->szmean); LSS_FREE(s->z_lo); LSS_FREE(s->z_hi); LSS_FREE(s->chi_lo); LSS_FREE(s->chi_hi);
     LSS_FREE(s->draw); LSS_FREE(s->w_wl); LSS_FREE(s->w_ia); LSS_FREE(s->w_g); LSS_FREE(s->w_tot);
     LSS_FREE(s->sig_wl); LSS_FREE(s->sig_gc); LSS_FREE(s->khw); LSS_FREE(s->kern); LSS_FREE(s->ell);
-    LSS_FREE(s->cl); LSS_FREE(s->hvar);
+    LSS_FREE(s->cl); LSS_FREE(s->hvar); LSS_FREE(s->shell_of);
     if (s->amp) fftwf_free(s->amp);
     if (s->dreal) fftw_free(s->dreal);
     if (s->dcplx) fftw_free(s->dcplx);
@@ -2323,6 +2357,14 @@ static double lss__nz_integral(const lss_nz *b, double za, double zb, const lss_
     return s;
 }
 
+static int lss__same_cosmo(const lss_params *a, const lss_params *b) {
+    const double x[5] = {a->omega_m, a->sigma_8, a->omega_b, a->h, a->n_s}, y[5] = {b->omega_m, b->sigma_8, b->omega_b, b->h, b->n_s};
+    int k;
+    for (k = 0; k < 5; k++)
+        if (!(fabs(x[k] - y[k]) <= 1e-12 * fabs(y[k]))) return 0;
+    return a->transfer == b->transfer;
+}
+
 LSSDEF int lss_sim_set_cosmo(lss_sim *s, const lss_cosmo *c) {
     static const double gx[8] = {-0.9602898564975363, -0.7966664774136267, -0.5255324099163290, -0.1834346424956498,
                                  0.1834346424956498, 0.5255324099163290, 0.7966664774136267, 0.9602898564975363};
@@ -2331,6 +2373,8 @@ LSSDEF int lss_sim_set_cosmo(lss_sim *s, const lss_cosmo *c) {
     int b, i, k, d, st, M, Mh, pass;
     if (!s || !c) return lss_seterr(LSS_ERR_ARG, "lss_sim_set_cosmo: NULL argument");
     M = s->M; Mh = M / 2 + 1;
+    s->cp = *lss_cosmo_params(c);
+    s->shells_other_cosmo = s->shells && !lss__same_cosmo(&s->cp, &s->shells->params);
     for (b = 0; b < s->nshell; b++) {
         s->chi_lo[b] = lss_cosmo_chi(c, s->z_lo[b]);
         s->chi_hi[b] = lss_cosmo_chi(c, s->z_hi[b]);
@@ -2615,10 +2659,32 @@ LSSDEF int lss_sim_field(const lss_sim *s, lss_sim_work *w, uint64_t seed, uint6
     h = s->hmax; R = n + 2 * h; RR = (size_t)R * R; nn = (size_t)n * n;
     off = (M - n) / 2 - h;
     memset(w->acc, 0, sizeof(float) * 3 * (size_t)nb * RR);
+    if (s->shells && s->shells_other_cosmo)
+        return lss_seterr(LSS_ERR_ARG, "field %llu: the attached N-body shells were made for Omega_m = %g, sigma_8 = %g, not "
+                          "the simulator's Omega_m = %g, sigma_8 = %g", (unsigned long long)index, s->shells->params.omega_m,
+                          s->shells->params.sigma_8, s->cp.omega_m, s->cp.sigma_8);
     for (d = 0; d < s->ndraw; d++) {
         int b = s->draw[d], i0, j;
         const float *a = s->amp + (size_t)d * M * Mh;
         float hv = s->hvar[d], wl[LSS_SIM_MAX_BINS], wi[LSS_SIM_MAX_BINS], wg[LSS_SIM_MAX_BINS];
+        for (i = 0; i < nb; i++) {
+            wl[i] = (float)s->w_wl[i * s->nshell + b];
+            wi[i] = (float)s->w_ia[i * s->nshell + b];
+            wg[i] = (float)s->w_g[i * s->nshell + b];
+        }
+        if (s->shells) {
+            /* N-body shell: view v of the set (cone, then flips/transpose) of the central R x R region */
+            const lss_shellset *sh = s->shells;
+            int S = sh->side, o0 = (S - R) / 2, v = (int)(index % (8 * (uint64_t)sh->ncone)), t = v / sh->ncone;
+            const float *src = sh->delta + ((size_t)(v % sh->ncone) * sh->nshell + (size_t)s->shell_of[b]) * S * S;
+            for (y = 0; y < R; y++)
+                for (x = 0; x < R; x++) {
+                    int yy = (t & 1) ? R - 1 - y : y, xx = (t & 2) ? R - 1 - x : x, q;
+                    if (t & 4) { q = yy; yy = xx; xx = q; }
+                    w->tmp[(size_t)y * R + x] = src[(size_t)(o0 + yy) * S + o0 + xx];
+                }
+            goto project;
+        }
         lss__normals(&s->zig, seed, lss_stream(LSS_STREAM_SHELL, index, (uint32_t)b), w->noise, 2 * (int64_t)M * Mh);
         for (i0 = 0; i0 < M; i0++)
             for (j = 0; j < Mh; j++) {
@@ -2639,16 +2705,12 @@ LSSDEF int lss_sim_field(const lss_sim *s, lss_sim_work *w, uint64_t seed, uint6
             }
         }
         fftwf_execute_dft_c2r(s->g_c2r, w->gc, w->gr);
-        for (i = 0; i < nb; i++) {
-            wl[i] = (float)s->w_wl[i * s->nshell + b];
-            wi[i] = (float)s->w_ia[i * s->nshell + b];
-            wg[i] = (float)s->w_g[i * s->nshell + b];
-        }
         for (y = 0; y < R; y++) {
             const float *g = w->gr + (size_t)(off + y) * M + off;
             float *t = w->tmp + (size_t)y * R;
             for (x = 0; x < R; x++) t[x] = expf(g[x] - hv) - 1.0f;
         }
+    project:
         for (i = 0; i < nb; i++) {
             float *ak = w->acc + (size_t)i * RR, *ai = w->acc + (size_t)(nb + i) * RR, *ag = w->acc + (size_t)(2 * nb + i) * RR;
             size_t p;
@@ -5369,6 +5431,218 @@ LSSDEF void lss_shellset_free(lss_shellset *s) {
 }
 /* ==== END N-BODY IMPLEMENTATION ==== */
 /* ==== SHELL LIBRARY IMPLEMENTATION ==== */
+LSSDEF int lss_shellset_save(const lss_shellset *s, const char *stem) {
+    char *path;
+    size_t n;
+    int64_t shape[4];
+    lss_wfile w;
+    int st, b;
+    if (!s || !stem || !*stem) return lss_seterr(LSS_ERR_ARG, "lss_shellset_save: NULL argument");
+    if (s->ncone < 1 || s->nshell < 1 || s->side < 1 || !s->delta || !s->z_edges)
+        return lss_seterr(LSS_ERR_ARG, "lss_shellset_save: empty shell set");
+    n = strlen(stem) + 8;
+    if (!(path = (char *)LSS_MALLOC(n))) return lss_seterr(LSS_ERR_NOMEM, "lss_shellset_save: out of memory");
+    shape[0] = s->ncone; shape[1] = s->nshell; shape[2] = s->side; shape[3] = s->side;
+    snprintf(path, n, "%s.npy", stem);
+    if ((st = lss_npy_save(path, LSS_F32, 4, shape, s->delta)) != LSS_OK) { LSS_FREE(path); return st; }
+    snprintf(path, n, "%s.json", stem);
+    if ((st = lss_wfile_open(&w, path)) != LSS_OK) { LSS_FREE(path); return st; }
+    fprintf(w.f, "{\n  \"generator\": \"lss particle-mesh light cone\",\n  \"format\": 1,\n");
+    fprintf(w.f, "  \"omega_m\": %.17g,\n  \"sigma_8\": %.17g,\n  \"omega_b\": %.17g,\n  \"h\": %.17g,\n  \"n_s\": %.17g,\n"
+                 "  \"transfer\": %d,\n", s->params.omega_m, s->params.sigma_8, s->params.omega_b, s->params.h, s->params.n_s,
+            s->params.transfer);
+    fprintf(w.f, "  \"seed\": %llu,\n  \"index\": %llu,\n  \"ncone\": %d,\n  \"nshell\": %d,\n  \"side\": %d,\n"
+                 "  \"pixel_arcmin\": %.17g,\n  \"z_edges\": [", (unsigned long long)s->seed, (unsigned long long)s->index,
+            s->ncone, s->nshell, s->side, s->pixel_arcmin);
+    for (b = 0; b <= s->nshell; b++) fprintf(w.f, "%s%.17g", b ? ", " : "", s->z_edges[b]);
+    fprintf(w.f, "],\n  \"box_mpc_h\": %.17g,\n  \"np\": %d,\n  \"mesh\": %d,\n  \"steps\": %d,\n  \"z_init\": %.17g,\n"
+                 "  \"spacing\": \"%s\",\n  \"lpt_order\": %d,\n  \"fixed_amp\": %d,\n  \"seconds\": %.3f\n}\n",
+            s->nbody.box, s->nbody.np, s->nbody.mesh, s->nbody.steps, s->nbody.z_init,
+            s->nbody.spacing == LSS_NB_STEP_LOG_A ? "log_a" : "linear_a", s->nbody.lpt_order, s->nbody.fixed_amp, s->seconds);
+    st = lss_wfile_commit(&w);
+    LSS_FREE(path);
+    return st;
+}
+
+/* integer member in [lo, hi] */
+static int lss__jint(const lss_json *j, const char *path, const char *key, double lo, double hi, double *v) {
+    int st = lss_json_num(j, key, v);
+    if (st) return lss_seterr(st, "'%s': %s", path, lss_last_error());
+    if (!(*v >= lo && *v <= hi) || *v != floor(*v))
+        return lss_seterr(LSS_ERR_FORMAT, "'%s': \"%s\" is %g (need an integer in %g..%g)", path, key, *v, lo, hi);
+    return LSS_OK;
+}
+
+static int lss__shellset_meta(const char *path, lss_shellset *o) {
+    lss_json *j = NULL;
+    const double *ze;
+    const char *sp;
+    double v;
+    int st, nze, b;
+    if ((st = lss_json_load(path, &j)) != LSS_OK) return st;
+#define LSS__JN(key, dst) do { if ((st = lss_json_num(j, key, &v)) != LSS_OK) { st = lss_seterr(st, "'%s': %s", path, lss_last_error()); goto out; } \
+                               if (!isfinite(v)) { st = lss_seterr(LSS_ERR_FORMAT, "'%s': \"%s\" is not finite", path, key); goto out; } dst = v; } while (0)
+#define LSS__JI(key, dst, lo, hi) do { if ((st = lss__jint(j, path, key, lo, hi, &v)) != LSS_OK) goto out; dst = v; } while (0)
+    lss_params_fiducial(&o->params);
+    LSS__JN("omega_m", o->params.omega_m);
+    LSS__JN("sigma_8", o->params.sigma_8);
+    LSS__JN("omega_b", o->params.omega_b);
+    LSS__JN("h", o->params.h);
+    LSS__JN("n_s", o->params.n_s);
+    LSS__JI("transfer", o->params.transfer, 0, 1);
+    LSS__JI("seed", o->seed, 0, 9007199254740992.0);
+    LSS__JI("index", o->index, 0, 9007199254740992.0);
+    LSS__JI("ncone", o->ncone, 1, 4096);
+    LSS__JI("nshell", o->nshell, 1, 4096);
+    LSS__JI("side", o->side, 2, 4096);
+    LSS__JN("pixel_arcmin", o->pixel_arcmin);
+    LSS__JN("box_mpc_h", o->nbody.box);
+    LSS__JI("np", o->nbody.np, 1, 1 << 20);
+    LSS__JI("mesh", o->nbody.mesh, 1, 1 << 20);
+    LSS__JI("steps", o->nbody.steps, 1, 1 << 20);
+    LSS__JN("z_init", o->nbody.z_init);
+    LSS__JI("lpt_order", o->nbody.lpt_order, 1, 2);
+    LSS__JI("fixed_amp", o->nbody.fixed_amp, 0, 1);
+    LSS__JN("seconds", o->seconds);
+#undef LSS__JN
+#undef LSS__JI
+    if ((st = lss_json_str(j, "spacing", &sp)) != LSS_OK) { st = lss_seterr(st, "'%s': %s", path, lss_last_error()); goto out; }
+    if (!strcmp(sp, "log_a")) o->nbody.spacing = LSS_NB_STEP_LOG_A;
+    else if (!strcmp(sp, "linear_a")) o->nbody.spacing = LSS_NB_STEP_LINEAR_A;
+    else { st = lss_seterr(LSS_ERR_FORMAT, "'%s': unknown step spacing (need linear_a or log_a)", path); goto out; }
+    if (!(o->pixel_arcmin > 0.01 && o->pixel_arcmin < 600)) {
+        st = lss_seterr(LSS_ERR_FORMAT, "'%s': pixel size %g arcmin (need 0.01..600)", path, o->pixel_arcmin);
+        goto out;
+    }
+    if ((st = lss_params_check_physical(&o->params)) != LSS_OK) { st = lss_seterr(LSS_ERR_FORMAT, "'%s': %s", path, lss_last_error()); goto out; }
+    if ((st = lss_json_array(j, "z_edges", &ze, &nze)) != LSS_OK) { st = lss_seterr(st, "'%s': %s", path, lss_last_error()); goto out; }
+    if (nze != o->nshell + 1) {
+        st = lss_seterr(LSS_ERR_FORMAT, "'%s': %d shell edges for %d shells (need %d)", path, nze, o->nshell, o->nshell + 1);
+        goto out;
+    }
+    for (b = 0; b < nze; b++)
+        if (!(ze[b] >= 0 && ze[b] <= 20) || (b && !(ze[b] > ze[b - 1]))) {
+            st = lss_seterr(LSS_ERR_FORMAT, "'%s': shell edges must increase within 0..20 (edge %d is %g)", path, b, ze[b]);
+            goto out;
+        }
+    if (!(o->z_edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)nze))) { st = lss_seterr(LSS_ERR_NOMEM, "out of memory"); goto out; }
+    memcpy(o->z_edges, ze, sizeof(double) * (size_t)nze);
+out:
+    lss_json_free(j);
+    return st;
+}
+
+LSSDEF int lss_shellset_load(const char *stem, lss_shellset *out) {
+    char *path = NULL;
+    size_t n, k, cnt;
+    float *data = NULL;
+    int ndim = 0, st;
+    int64_t shape[LSS_MAX_DIM];
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_shellset_load: NULL out");
+    memset(out, 0, sizeof *out);
+    if (!stem || !*stem) return lss_seterr(LSS_ERR_ARG, "lss_shellset_load: empty path");
+    n = strlen(stem) + 8;
+    if (!(path = (char *)LSS_MALLOC(n))) return lss_seterr(LSS_ERR_NOMEM, "lss_shellset_load: out of memory");
+    snprintf(path, n, "%s.json", stem);
+    if ((st = lss__shellset_meta(path, out)) != LSS_OK) goto fail;
+    snprintf(path, n, "%s.npy", stem);
+    if ((st = lss_npy_load_f32(path, &data, &ndim, shape)) != LSS_OK) goto fail;
+    if (ndim != 4 || shape[0] != out->ncone || shape[1] != out->nshell || shape[2] != out->side || shape[3] != out->side) {
+        st = lss_seterr(LSS_ERR_SHAPE, "'%s': shape does not match its JSON [%d, %d, %d, %d]", path, out->ncone, out->nshell,
+                        out->side, out->side);
+        goto fail;
+    }
+    cnt = (size_t)out->ncone * out->nshell * out->side * out->side;
+    for (k = 0; k < cnt; k++)
+        if (!(data[k] >= -1.0f - 1e-5f) || !isfinite(data[k])) {
+            st = lss_seterr(LSS_ERR_FORMAT, "'%s': value %g at element %lu (a density contrast must be finite and >= -1)", path,
+                            (double)data[k], (unsigned long)k);
+            goto fail;
+        }
+    out->delta = data;
+    LSS_FREE(path);
+    return LSS_OK;
+fail:
+    LSS_FREE(data);
+    LSS_FREE(path);
+    lss_shellset_free(out);
+    return st;
+}
+
+LSSDEF int lss_shell_lib_stem(const char *dir, int i, char *buf, size_t n) {
+    if (!dir || !buf || i < 0 || i > 999999) return lss_seterr(LSS_ERR_ARG, "lss_shell_lib_stem: bad arguments");
+    if ((size_t)snprintf(buf, n, "%s/shells_%04d", dir, i) >= n) return lss_seterr(LSS_ERR_ARG, "library path too long");
+    return LSS_OK;
+}
+
+LSSDEF int lss_shell_lib_count(const char *dir, int *n) {
+    char stem[4096], path[4200];
+    int i;
+    if (!dir || !n) return lss_seterr(LSS_ERR_ARG, "lss_shell_lib_count: NULL argument");
+    for (i = 0; i < 1000000; i++) {
+        FILE *f;
+        if (lss_shell_lib_stem(dir, i, stem, sizeof stem)) return LSS_ERR_ARG;
+        snprintf(path, sizeof path, "%s.json", stem);
+        if (!(f = fopen(path, "rb"))) break;
+        fclose(f);
+    }
+    *n = i;
+    return LSS_OK;
+}
+
+LSSDEF int lss_shell_lib_params(const char *dir, int i, lss_params *p) {
+    char stem[4096], path[4200];
+    lss_shellset s;
+    int st;
+    if (!p) return lss_seterr(LSS_ERR_ARG, "lss_shell_lib_params: NULL p");
+    if ((st = lss_shell_lib_stem(dir, i, stem, sizeof stem)) != LSS_OK) return st;
+    snprintf(path, sizeof path, "%s.json", stem);
+    memset(&s, 0, sizeof s);
+    if ((st = lss__shellset_meta(path, &s)) != LSS_OK) return st;
+    *p = s.params;
+    lss_shellset_free(&s);
+    return LSS_OK;
+}
+
+LSSDEF int lss_sim_shell_side(const lss_sim *s) { return s ? s->n + 2 * s->hmax : 0; }
+
+LSSDEF int lss_sim_use_shells(lss_sim *s, const lss_shellset *sh) {
+    int b, j, R, *map;
+    if (!s) return lss_seterr(LSS_ERR_ARG, "lss_sim_use_shells: NULL simulator");
+    if (!sh) { s->shells = NULL; s->shells_other_cosmo = 0; return LSS_OK; }
+    R = lss_sim_shell_side(s);
+    if (!sh->delta || !sh->z_edges || sh->ncone < 1 || sh->nshell < 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_sim_use_shells: empty shell set");
+    if (!(fabs(sh->pixel_arcmin - s->o.pixel_arcmin) <= 1e-9 * s->o.pixel_arcmin))
+        return lss_seterr(LSS_ERR_ARG, "N-body shells have %g arcmin pixels, the simulator %g", sh->pixel_arcmin, s->o.pixel_arcmin);
+    if (sh->side < R || (sh->side - R) % 2)
+        return lss_seterr(LSS_ERR_ARG, "N-body shells of %d x %d pixels: the simulator needs at least %d x %d (its %d-pixel fields "
+                          "and a smoothing margin of %d), with an even difference", sh->side, sh->side, R, R, s->n, s->hmax);
+    if (!lss__same_cosmo(&s->cp, &sh->params))
+        return lss_seterr(LSS_ERR_ARG, "N-body shells were made for Omega_m = %g, sigma_8 = %g, Omega_b = %g, h = %g, n_s = %g; the "
+                          "simulator's cosmology is Omega_m = %g, sigma_8 = %g, Omega_b = %g, h = %g, n_s = %g",
+                          sh->params.omega_m, sh->params.sigma_8, sh->params.omega_b, sh->params.h, sh->params.n_s,
+                          s->cp.omega_m, s->cp.sigma_8, s->cp.omega_b, s->cp.h, s->cp.n_s);
+    if (!(map = (int *)LSS_MALLOC(sizeof(int) * (size_t)s->nshell))) return lss_seterr(LSS_ERR_NOMEM, "lss_sim_use_shells: out of memory");
+    for (b = 0; b < s->nshell; b++) {
+        map[b] = -1;
+        for (j = 0; j < sh->nshell; j++)
+            if (fabs(sh->z_edges[j] - s->z_lo[b]) <= 1e-9 * (1 + s->z_lo[b]) &&
+                fabs(sh->z_edges[j + 1] - s->z_hi[b]) <= 1e-9 * (1 + s->z_hi[b])) { map[b] = j; break; }
+    }
+    for (j = 0; j < s->ndraw; j++)
+        if (map[s->draw[j]] < 0) {
+            int bb = s->draw[j];
+            LSS_FREE(map);
+            return lss_seterr(LSS_ERR_ARG, "N-body shells lack the simulator's shell %g < z < %g (the set has %d shells up to z = %g)",
+                              s->z_lo[bb], s->z_hi[bb], sh->nshell, sh->z_edges[sh->nshell]);
+        }
+    LSS_FREE(s->shell_of);
+    s->shell_of = map;
+    s->shells = sh;
+    s->shells_other_cosmo = 0;
+    return LSS_OK;
+}
 /* ==== END SHELL LIBRARY IMPLEMENTATION ==== */
 /* ==== END MAPS IMPLEMENTATION ==== */
 
