@@ -498,6 +498,14 @@ LSSDEF int lss_pool_grid(uint64_t seed, int ncosmo, double *cosmo);
    progress (may be NULL) is called after each cosmology; a non-zero return stops with LSS_ERR_STATE. */
 LSSDEF int lss_pool_simulate(lss_pool *pool, const lss_nz *nz, const lss_sim_opts *so, uint64_t seed,
                              int (*progress)(int done, int total, void *user), void *user);
+/* The same from an N-body shell library (lss-sim nbody; SHELL LIBRARY section): pool->ncosmo must equal the
+   library's entries, and pool->cosmo receives their (Omega_m, sigma_8) (entry 0 should be the fiducial, as
+   `lss-sim nbody --cosmologies N` makes it). Each entry's cones are split: held-out fields come from the last
+   max(1, ncone / 4) cones, training fields from the others, so that no held-out field shares structure with a
+   training field; field f of a part is view f mod (8 x its cones) (cone, then flip/transpose; see
+   lss_sim_use_shells), so fields beyond the available views repeat them (logged once). Needs ncone >= 2. */
+LSSDEF int lss_pool_simulate_library(lss_pool *pool, const lss_nz *nz, const lss_sim_opts *so, const char *dir,
+                                     int (*progress)(int done, int total, void *user), void *user);
 /* One draw. index: the survey (lss_set_index(set, i)); its nuisance parameters, grid cosmology and field
    choice come from stream (seed, LSS_STREAM_NUISANCE, index), its noise and mosaic from (seed, index). */
 typedef struct {
@@ -723,6 +731,13 @@ LSSDEF int lss_stat_bispectrum(const lss_grid *g, const float *maps, int n, int 
 /* Pixel histogram on edges[nbins + 1] (finite, increasing, any sign). */
 LSSDEF int lss_stat_hist(const lss_grid *g, const float *maps, int n, const double *edges, int nbins,
                          const lss_stat_opts *o, double *each, double *mean, double *std);
+/* One-point moments of each map (after the options' smoothing), computed in double about the map's mean:
+   out per map [LSS_STAT_NMOMENTS] = mean, standard deviation (ddof 0), skewness m3 / m2^1.5, excess kurtosis
+   m4 / m2^2 - 3, and the lensing normalisations S3 = m3 / m2^2 and S4 = (m4 - 3 m2^2) / m2^3 (m_k: central
+   moments). A constant map gives NaN for the last four. */
+#define LSS_STAT_NMOMENTS 6
+LSSDEF int lss_stat_moments(const lss_grid *g, const float *maps, int n, const lss_stat_opts *o, double *each,
+                            double *mean, double *std);
 /* Peaks of one map (after the options' smoothing): *npeaks receives their number; the first min(number, cap)
    are written in raster order as pixel index y w + x (pos, may be NULL) and height (may be NULL; divided by the
    map's std with norm, as LensTools' locatePeaks). A map never has more than h w / 2 peaks. */
@@ -3432,6 +3447,79 @@ LSSDEF int lss_pool_simulate(lss_pool *pool, const lss_nz *nz, const lss_sim_opt
     return s;
 }
 
+LSSDEF int lss_pool_simulate_library(lss_pool *pool, const lss_nz *nz, const lss_sim_opts *so, const char *dir,
+                                     int (*progress)(int done, int total, void *user), void *user) {
+    lss_sim *sim = NULL;
+    int k, s = LSS_OK, nf, nlib = 0, warned = 0;
+    if (!pool || !pool->fields || !nz || !dir) return lss_seterr(LSS_ERR_ARG, "lss_pool_simulate_library: NULL or empty pool");
+    if ((s = lss_shell_lib_count(dir, &nlib)) != LSS_OK) return s;
+    if (nlib != pool->ncosmo)
+        return lss_seterr(LSS_ERR_ARG, "shell library %s has %d complete entries, the pool %d cosmologies", dir, nlib, pool->ncosmo);
+    nf = pool->nf_train + pool->nf_test;
+    for (k = 0; k < pool->ncosmo && s == LSS_OK; k++) {
+        lss_shellset set;
+        lss_cosmo *cc = NULL;
+        char stem[4096];
+        float *dst = pool->fields + (size_t)k * (size_t)nf * (size_t)pool->field_size;
+        int nhold, ntr;
+        if ((s = lss_shell_lib_stem(dir, k, stem, sizeof stem)) != LSS_OK || (s = lss_shellset_load(stem, &set)) != LSS_OK) break;
+        nhold = set.ncone / 4 > 1 ? set.ncone / 4 : 1;
+        ntr = set.ncone - nhold;
+        if (ntr < 1) {
+            s = lss_seterr(LSS_ERR_ARG, "%s: %d light cone(s); the pool needs at least 2 (training and held-out)", stem, set.ncone);
+            lss_shellset_free(&set);
+            break;
+        }
+        if (!warned && (pool->nf_train > 8 * ntr || pool->nf_test > 8 * nhold)) {
+            lss_log(1, "shell library %s: %d training and %d held-out fields per cosmology from %d + %d views: views repeat", dir,
+                    pool->nf_train, pool->nf_test, 8 * ntr, 8 * nhold);
+            warned = 1;
+        }
+        pool->cosmo[2 * k] = set.params.omega_m;
+        pool->cosmo[2 * k + 1] = set.params.sigma_8;
+        if ((s = lss_cosmo_create(&set.params, &cc)) == LSS_OK) {
+            s = sim ? lss_sim_set_cosmo(sim, cc) : lss_sim_create(cc, nz, pool->nbins, so, &sim);
+            if (s == LSS_OK && (int64_t)lss_sim_field_size(sim) != pool->field_size)
+                s = lss_seterr(LSS_ERR_ARG, "lss_pool_simulate_library: simulator fields of %lld floats, the pool's of %lld",
+                               (long long)lss_sim_field_size(sim), (long long)pool->field_size);
+            if (s == LSS_OK) s = lss_sim_use_shells(sim, &set);
+        }
+        lss_cosmo_free(cc);
+        if (s == LSS_OK) {
+            int st = LSS_OK;
+LSS__MOMP(omp parallel)
+            {
+                lss_sim_work *w = NULL;
+                int f, mine = lss_sim_work_create(sim, &w);
+                if (mine != LSS_OK) {
+LSS__MOMP(omp critical(lss_pool_lib_err))
+                    st = mine;
+                }
+LSS__MOMP(omp for schedule(dynamic, 1))
+                for (f = 0; f < nf; f++) {
+                    int test = f >= pool->nf_train, g = test ? f - pool->nf_train : f, nc = test ? nhold : ntr;
+                    int v = g % (8 * nc), cone = (test ? ntr : 0) + v % nc, r;
+                    if (!w) continue;
+                    r = lss_sim_field(sim, w, 0, (uint64_t)(v / nc) * (uint64_t)set.ncone + (uint64_t)cone,
+                                      dst + (size_t)f * (size_t)pool->field_size);
+                    if (r != LSS_OK) {
+LSS__MOMP(omp critical(lss_pool_lib_err))
+                        st = r;
+                    }
+                }
+                lss_sim_work_free(w);
+            }
+            s = st;
+        }
+        if (sim) lss_sim_use_shells(sim, NULL);
+        lss_shellset_free(&set);
+        if (s == LSS_OK && progress && progress(k + 1, pool->ncosmo, user))
+            s = lss_seterr(LSS_ERR_STATE, "lss_pool_simulate_library: stopped by the progress callback");
+    }
+    lss_sim_free(sim);
+    return s;
+}
+
 LSSDEF void lss_pool_draw_random(const lss_pool *pool, uint64_t seed, uint64_t index, int test, lss_pool_draw *d) {
     const lss_param_table *t = lss_table1();
     lss_rng r;
@@ -4494,6 +4582,37 @@ LSSDEF int lss_stat_bispectrum(const lss_grid *g, const float *maps, int n, int 
     a.config = config;
     a.ell = ell;
     return lss__stat_run(g, maps, n, o, lss__stat_bisp_one, &a, nbins, each, mean, std, "lss_stat_bispectrum");
+}
+
+static int lss__stat_moments_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,
+                                  const void *a, double *out) {
+    int64_t k, np = (int64_t)g->h * g->w;
+    double m = 0, m2 = 0, m3 = 0, m4 = 0;
+    (void)mf; (void)sigma; (void)o; (void)a;
+    for (k = 0; k < np; k++) m += md[k];
+    m /= (double)np;
+    for (k = 0; k < np; k++) {
+        double d = md[k] - m, d2 = d * d;
+        m2 += d2; m3 += d2 * d; m4 += d2 * d2;
+    }
+    m2 /= (double)np; m3 /= (double)np; m4 /= (double)np;
+    out[0] = m;
+    out[1] = sqrt(m2);
+    if (m2 > 0) {
+        out[2] = m3 / pow(m2, 1.5);
+        out[3] = m4 / (m2 * m2) - 3;
+        out[4] = m3 / (m2 * m2);
+        out[5] = (m4 - 3 * m2 * m2) / (m2 * m2 * m2);
+    } else out[2] = out[3] = out[4] = out[5] = NAN;
+    return LSS_OK;
+}
+
+LSSDEF int lss_stat_moments(const lss_grid *g, const float *maps, int n, const lss_stat_opts *o, double *each,
+                            double *mean, double *std) {
+    lss__stat_arg a;
+    if (!o) o = &lss__stat_default_opts;
+    memset(&a, 0, sizeof a);
+    return lss__stat_run(g, maps, n, o, lss__stat_moments_one, &a, LSS_STAT_NMOMENTS, each, mean, std, "lss_stat_moments");
 }
 
 static int lss__stat_hist_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,

@@ -574,7 +574,34 @@ static void test_errors_compare(void) {
     free(m);
 }
 
+/* One-point moments against closed forms: a two-valued map (Bernoulli p = 1/4 scaled by 2 and shifted by -1:
+   mean -1/2, variance 3/4, skewness 2/sqrt(3), excess kurtosis -2/3) and a symmetric +-1 map (kurtosis -2). */
+static void test_moments(void) {
+    lss_grid *g = NULL;
+    float m[2][16];
+    double each[2 * LSS_STAT_NMOMENTS], mean[LSS_STAT_NMOMENTS], std[LSS_STAT_NMOMENTS];
+    int k;
+    for (k = 0; k < 16; k++) { m[0][k] = (k % 4 == 1) ? 1.0f : -1.0f; m[1][k] = (k / 2) % 2 ? 1.0f : -1.0f; }
+    CHECK_OK(lss_grid_create(4, 4, 1.0, &g));
+    CHECK_OK(lss_stat_moments(g, &m[0][0], 2, NULL, each, mean, std));
+    CHECK_CLOSE(each[0], -0.5, 0, 1e-15, "mean");
+    CHECK_CLOSE(each[1], sqrt(0.75), 1e-15, 0, "std");
+    CHECK_CLOSE(each[2], 2 / sqrt(3.0), 1e-14, 0, "skewness");
+    CHECK_CLOSE(each[3], -2.0 / 3.0, 1e-14, 0, "excess kurtosis");
+    CHECK_CLOSE(each[4], (2 / sqrt(3.0)) / sqrt(0.75), 1e-14, 0, "S3 = skewness / std");
+    CHECK_CLOSE(each[5], (-2.0 / 3.0) / 0.75, 1e-14, 0, "S4 = kurtosis / variance");
+    CHECK_CLOSE(each[LSS_STAT_NMOMENTS + 2], 0, 0, 1e-15, "symmetric map: skewness 0");
+    CHECK_CLOSE(each[LSS_STAT_NMOMENTS + 3], -2, 1e-14, 0, "symmetric map: kurtosis -2");
+    CHECK_CLOSE(mean[3], (-2.0 / 3.0 - 2) / 2, 1e-14, 0, "mean over maps");
+    CHECK_CLOSE(std[3], (2 - 2.0 / 3.0) / 2, 1e-14, 0, "population std over maps");
+    for (k = 0; k < 16; k++) m[0][k] = 3;
+    CHECK_OK(lss_stat_moments(g, &m[0][0], 1, NULL, each, NULL, NULL));
+    CHECK(each[1] == 0 && isnan(each[2]) && isnan(each[5]), "constant map: std 0, NaN shape moments");
+    lss_grid_free(g);
+}
+
 int main(void) {
+    RUN(test_moments);
     RUN(test_lenstools);
     RUN(test_lenstools_lattice_bins);
     RUN(test_distances);
