@@ -5,6 +5,7 @@
 #   make bench      benchmarks (figures go to BENCHMARKS.md by hand, with the machine)
 #   make cuda       compile lss_gpu.cu with nvcc (a no-op message when nvcc is absent)
 #   make deps       install the Debian packages the build needs (as root), or say how
+#   make fuzz       libFuzzer on every reader, FUZZ_SECONDS each (clang; make deps FUZZ=1 installs it)
 
 CC       ?= cc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -34,7 +35,7 @@ GPU_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas 
 endif
 endif
 
-.PHONY: all demo test test-asan bench bench-deps cuda clean deps check-headers docs
+.PHONY: all demo test test-asan bench bench-deps cuda clean deps check-headers docs fuzz fuzz-seeds
 
 all: deps $(DRIVERS)
 
@@ -42,6 +43,9 @@ deps:
 	@missing=""; \
 	[ -f /usr/include/fftw3.h ] || missing="$$missing libfftw3-dev"; \
 	[ -f $(STB_INC)/stb_image_write.h ] || missing="$$missing libstb-dev"; \
+	if [ -n "$(FUZZ)" ]; then command -v $(FUZZ_CC) >/dev/null || missing="$$missing clang"; \
+	  printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' | \
+	  $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null 2>/dev/null || missing="$$missing libclang-rt-dev"; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "deps: installing$$missing"; \
@@ -126,3 +130,46 @@ docs: deps bin/lss-theory bin/lss-sim
 
 clean:
 	rm -rf build bin out/demo
+
+# Fuzzing: one libFuzzer harness per reader (fuzz/fuzz_*.c), built with clang and ASan + UBSan. make test replays
+# the committed seeds (fuzz/corpus/<name>/) and every past finding (fuzz/regress/<name>/) with gcc through
+# tests/test_fuzz_corpus.c, so the serial build never needs clang.
+#   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="npy csv ..."]   run each harness; findings land in build/fuzz/<name>/
+#   make fuzz-seeds                                            rewrite the seed corpora (fuzz/mkseeds.c)
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_CFLAGS   = -std=c11 -O1 -g -Wno-unknown-pragmas -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_SRC      = fuzz/fuzz_common.h $(HEADERS)
+
+build/fuzz/bin/%: fuzz/fuzz_%.c $(FUZZ_SRC)
+	@mkdir -p build/fuzz/bin
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $< -o $@ $(LDLIBS_ALL)
+
+fuzz:
+	@$(MAKE) --no-print-directory deps FUZZ=1
+	@$(MAKE) --no-print-directory $(patsubst %,build/fuzz/bin/%,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/$$t/corpus build/fuzz/$$t/tmp; \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  TMPDIR=$$PWD/build/fuzz/$$t/tmp ./build/fuzz/bin/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/$$t/ -print_final_stats=1 build/fuzz/$$t/corpus fuzz/corpus/$$t \
+	    $$( [ -d fuzz/regress/$$t ] && echo fuzz/regress/$$t ) > build/fuzz/$$t/log 2>&1; st=$$?; \
+	  grep -E '^(Done [0-9]+ runs|==[0-9]+==ERROR|SUMMARY)' build/fuzz/$$t/log; \
+	  [ $$st = 0 ] || echo "fuzz $$t: exit status $$st (log: build/fuzz/$$t/log)"; \
+	  if ls build/fuzz/$$t/crash-* build/fuzz/$$t/leak-* build/fuzz/$$t/timeout-* build/fuzz/$$t/oom-* >/dev/null 2>&1; then \
+	    echo "fuzz $$t: FINDINGS in build/fuzz/$$t/ (copy each input to fuzz/regress/$$t/ once fixed)"; exit 1; fi; \
+	done
+
+build/fuzz_mkseeds: fuzz/mkseeds.c fuzz/fuzz_ckpt.c $(FUZZ_SRC) | deps
+	@mkdir -p build
+	$(CC) -std=c11 -O1 $(WARN) -fopenmp -I. -I$(STB_INC) $< -o $@ $(LDLIBS_ALL)
+
+fuzz-seeds: build/fuzz_mkseeds
+	./build/fuzz_mkseeds
+
+# the replay test compiles the harnesses in
+build/tests/test_fuzz_corpus build/asan/test_fuzz_corpus: $(wildcard fuzz/*.c fuzz/*.h)
+# the hardening tests also catch float-to-int casts of NaN or 1e300 under gcc (clang's UBSan has it by default)
+build/asan/test_fuzz_corpus build/asan/test_hardening_input: SAN += -fsanitize=float-cast-overflow

@@ -21,12 +21,19 @@
  *                 draw's stream is decided, so training and evaluation data never share one.
  *   arrays, NPY   lss_array; NPY read/write (v1/v2/v3 headers; <f4 <f8 <i4 <i8; C order),
  *                 validated against the file length (lss_npy_load, _load_mem, _load_f32, _save).
- *   atomic files  lss_wfile: a temporary file in the same directory renamed into place on success.
+ *   atomic files  lss_wfile: a temporary file in the same directory renamed into place on success
+ *                 (written through symbolic links to their target; devices, FIFOs and /dev/stdout
+ *                 written directly); prepare/commit for sets of files; a commit hook (drivers
+ *                 publish a run's outputs together); clean-up of temporary files of dead processes.
  *   CSV           lss_csv_write, lss_csv_read (header row, numeric columns), lss_csv_col (by name).
  *   smoothing     the one separable Gaussian smoothing: lss_gauss_kernel, lss_conv_sep (valid mode
  *                 on a padded source), lss_conv_sep_zeropad (zeros outside the map).
- *   pictures      PNG through stb_image_write: an RGB canvas (lss_image_init/_free) with text,
- *                 lines, colour-mapped maps (viridis), colour bars, line plots (lss_plot_lines).
+ *   pictures      PNG through stb_image_write: an RGB canvas (lss_image_init/_free) with
+ *                 anti-aliased text of any size (also vertical), lines, colour-mapped maps (viridis;
+ *                 RdBu centred on zero for signed maps), framed colour bars, map panels with their
+ *                 colour bar, line plots (lss_plot_lines: log ticks at 1-2-5 x 10^k, per-series
+ *                 colours, dashes, markers, error bars, shaded bands, a spike-robust y range, a
+ *                 legend where the curves are not).
  *
  * Conventions of every lss header (one rule each)
  *   - Status: functions that can fail on input return int (LSS_OK or a negative code) and set the
@@ -142,7 +149,9 @@ enum {
 LSSDEF const char *lss_strerror(int status);
 /* Message of the last failure in this thread ("" when none). */
 LSSDEF const char *lss_last_error(void);
-/* Records a failure (printf-style message) for this thread and returns `status`. */
+/* Records a failure (printf-style message) for this thread and returns `status`. The message is one
+ * printable line: control bytes, DEL and bytes that are not well-formed UTF-8 (say, quoted from a binary
+ * file) are written as \xNN. Arguments may include lss_last_error(). */
 LSSDEF int lss_seterr(int status, const char *fmt, ...)
 #if defined(__GNUC__) || defined(__clang__)
     __attribute__((format(printf, 2, 3)))
@@ -306,6 +315,10 @@ LSSDEF size_t lss_dtype_size(lss_dtype t);
 LSSDEF int64_t lss_array_count(const lss_array *a); /* product of the shape (1 for 0-D) */
 LSSDEF void lss_array_free(lss_array *a);           /* frees data, zeroes the struct */
 
+/* Opens `path` for reading (binary): the one way the readers of the project open a file. LSS_ERR_IO
+ * naming the path and the reason when it cannot ("No such file or directory", "is a directory", ...).
+ * *size (may be NULL) gets the length of a regular file in bytes, -1 for a pipe, terminal or device. */
+LSSDEF int lss_fopen_read(const char *path, FILE **f, int64_t *size);
 /* Loads an NPY file (v1, v2 or v3 header; <f4 <f8 <i4 <i8; C order). On failure `a` is zeroed
  * and nothing is allocated. The caller frees with lss_array_free. */
 LSSDEF int lss_npy_load(const char *path, lss_array *a);
@@ -318,18 +331,50 @@ LSSDEF int lss_npy_load_f32(const char *path, float **data, int *ndim, int64_t *
 LSSDEF int lss_npy_save(const char *path, lss_dtype t, int ndim, const int64_t *shape,
                         const void *data);
 
-/* ---------------------------------------------------------------- atomic files */
+/* ---------------------------------------------------------------- atomic files
+ * Every file the library writes goes through lss_wfile. What `path` names decides how:
+ *   - nothing, or a regular file: a temporary file "<path>.tmp.<pid>.<n>" in the same directory,
+ *     flushed, fsync'ed and renamed into place by lss_wfile_commit (the mode of a replaced file is
+ *     kept); readers never see a partial file, and a failed write leaves the old file untouched.
+ *   - a symbolic link (a chain of them, dangling or not): the same on the link's final target,
+ *     the temporary file next to the target; the link stays a link.
+ *   - a device, FIFO, socket or terminal (/dev/null, /dev/stdout, a named pipe): written directly
+ *     ("direct" mode: opened for writing and streamed, no temporary file, no rename; opening a FIFO
+ *     waits for its reader). Such a file is never replaced by a regular file.
+ *   - a directory: LSS_ERR_IO "is a directory".
+ * Temporary files of a killed process are left behind; lss_wfile_clean_orphans removes them. */
 typedef struct {
     FILE *f;
-    char *path, *tmp; /* owned */
+    char *path, *tmp; /* owned; path is the resolved target; tmp is NULL in direct mode */
+    int direct;       /* 1: writing straight into a device, FIFO or other non-regular file */
+    int prepared;     /* 1: lss_wfile_prepare succeeded (the data is on disk under tmp, f closed) */
 } lss_wfile;
-/* Opens a temporary file next to `path` for writing ("wb"). */
+/* Opens `path` for writing ("wb") as described above. */
 LSSDEF int lss_wfile_open(lss_wfile *w, const char *path);
-/* Flushes, closes and renames into place; on any failure removes the temporary file and leaves
- * an existing `path` untouched. Always releases w. */
+/* Flushes, fsyncs and closes the temporary file without renaming it (first half of a commit, to
+ * write a set of files that are all renamed once all are written). On failure removes the
+ * temporary file and releases w. */
+LSSDEF int lss_wfile_prepare(lss_wfile *w);
+/* Prepares (when not done yet) and renames into place; on any failure removes the temporary file
+ * and leaves an existing `path` untouched. Always releases w. */
 LSSDEF int lss_wfile_commit(lss_wfile *w);
-/* Discards the temporary file. */
+/* Discards the temporary file (in direct mode: closes the file; what was written stays written). */
 LSSDEF void lss_wfile_abort(lss_wfile *w);
+/* Process-wide commit hook (NULL: none; set it before any thread writes). lss_wfile_commit calls
+ * fn(tmp, path, user) after the data is on disk and before the rename: a return value > 0 means
+ * that the hook took the temporary file over (it renames or removes it later; the commit then
+ * succeeds without renaming), 0 lets the commit rename it now, < 0 fails the commit with that
+ * status (the temporary file is removed). Drivers use it to publish a run's outputs all together
+ * (drivers/lss_driver.h). Direct-mode files never reach the hook. */
+typedef int (*lss_wfile_hook_fn)(const char *tmp, const char *path, void *user);
+LSSDEF void lss_wfile_set_hook(lss_wfile_hook_fn fn, void *user);
+/* Removes the temporary files "<name>.tmp.<pid>.<n>" in `dir` (regular files only) whose process
+ * is gone (no process `pid` on this machine); files of live processes are kept. *nremoved (may be
+ * NULL) gets the count. LSS_ERR_IO when dir cannot be read; LSS_ERR_UNSUPPORTED off POSIX. */
+LSSDEF int lss_wfile_clean_orphans(const char *dir, int *nremoved);
+/* 1 when `name` (a file name or path) has the form of a temporary file "<name>.tmp.<pid>.<n>";
+ * *pid (may be NULL) gets the pid. */
+LSSDEF int lss_wfile_is_temp(const char *name, long *pid);
 
 /* ---------------------------------------------------------------- CSV */
 /* Writes `nrows` rows of `ncols` doubles (row-major) under a header row, atomically. Values are
@@ -400,26 +445,77 @@ LSSDEF void lss_image_line(lss_image *im, double x0, double y0, double x1, doubl
 LSSDEF void lss_image_text(lss_image *im, int x, int y, const char *s, const unsigned char c[3],
                            int scale);
 LSSDEF int lss_image_text_width(const char *s, int scale);
-/* Viridis colour for t in [0, 1] (clamped; NaN gives grey). */
+/* Anti-aliased text of any size: `size` 1 is the font's own (capitals 7 pixels high), 1.5 the tick
+ * labels of the plots below (about matplotlib's 10 pt at 100 dpi). (x, y) is the top left corner;
+ * _vertical draws it rotated to read upwards, (x, y) then being its bottom left corner. */
+LSSDEF void lss_image_text_size(lss_image *im, int x, int y, const char *s, const unsigned char c[3],
+                                double size);
+LSSDEF void lss_image_text_vertical(lss_image *im, int x, int y, const char *s,
+                                    const unsigned char c[3], double size);
+LSSDEF int lss_image_text_width_size(const char *s, double size);
+/* Font sizes of the figures: tick labels, axis labels and legends, titles. */
+#define LSS_FONT_TICK 1.5
+#define LSS_FONT_LABEL 1.7
+#define LSS_FONT_TITLE 2.0
+/* Colour maps, t in [0, 1] (clamped; NaN gives grey): viridis (perceptually uniform, for values of
+ * one sign), RdBu_r (diverging: blue below the middle, white at it, red above; for signed maps on a
+ * range centred on zero), greys (white to black). */
+enum { LSS_CMAP_VIRIDIS = 0, LSS_CMAP_RDBU = 1, LSS_CMAP_GREYS = 2 };
 LSSDEF void lss_viridis(double t, unsigned char c[3]);
-/* Draws a map [h][w] at (x, y), each pixel as a scale x scale block, coloured over [vmin, vmax]. */
+LSSDEF void lss_rdbu(double t, unsigned char c[3]);
+LSSDEF void lss_colormap(int cmap, double t, unsigned char c[3]);
+/* Draws a map [h][w] at (x, y), each pixel as a scale x scale block, coloured over [vmin, vmax]
+ * (viridis; _cmap: any of the maps above). */
 LSSDEF void lss_image_map(lss_image *im, int x, int y, const float *map, int h, int w,
                           double vmin, double vmax, int scale);
-/* A vertical colour bar of size bw x bh at (x, y) with tick labels on its right. */
+LSSDEF void lss_image_map_cmap(lss_image *im, int x, int y, const float *map, int h, int w,
+                               double vmin, double vmax, int scale, int cmap);
+/* A vertical colour bar of size bw x bh at (x, y), framed, with tick marks and labels on its right
+ * (a gap between mark and label, so that "0.1" never reads "-0.1"). */
 LSSDEF void lss_image_colorbar(lss_image *im, int x, int y, int bw, int bh, double vmin,
                                double vmax);
+LSSDEF void lss_image_colorbar_cmap(lss_image *im, int x, int y, int bw, int bh, double vmin,
+                                    double vmax, int cmap);
+/* The width a colour bar of width bw takes with its labels. */
+LSSDEF int lss_image_colorbar_width(int bw, int bh, double vmin, double vmax);
+/* Range of a map for drawing: vmin == vmax on input picks the finite min and max (with
+ * LSS_CMAP_RDBU: -m..m with m the largest |value|, so that zero is white). */
+LSSDEF void lss_map_range(const float *map, int64_t n, int cmap, double *vmin, double *vmax);
+/* A map panel: a title above, the map, its colour bar on the right. Returns the panel's width
+ * (lss_image_map_panel_size gives width and height without drawing). vmin == vmax: lss_map_range. */
+LSSDEF int lss_image_map_panel(lss_image *im, int x, int y, const float *map, int h, int w,
+                               double vmin, double vmax, int scale, int cmap, const char *title);
+LSSDEF void lss_image_map_panel_size(int h, int w, double vmin, double vmax, int scale, int *pw,
+                                     int *ph);
 LSSDEF int lss_image_save_png(const lss_image *im, const char *path); /* atomic */
 
 /* One map as a PNG with a title and a colour bar. vmin == vmax picks the finite min and max. */
 LSSDEF int lss_png_map(const char *path, const float *map, int h, int w, double vmin, double vmax,
                        const char *title, int scale);
+/* The same with a colour map (LSS_CMAP_RDBU with vmin == vmax: centred on zero). */
+LSSDEF int lss_png_map_cmap(const char *path, const float *map, int h, int w, double vmin,
+                            double vmax, const char *title, int scale, int cmap);
 
 /* A line plot: nseries curves of n points each (x shared; y[s] per series), optional log axes
- * (non-positive values are skipped there), a legend from labels (may be NULL). */
+ * (non-positive values are skipped there; ticks at 1, 2, 5 x 10^k or at powers of ten), a legend
+ * from labels (may be NULL; placed in the corner of the axes with the fewest points, or outside).
+ * Lines leaving the axes are clipped. The optional per-series arrays style the curves the way
+ * matplotlib's defaults would: distinct colours, dashed lines, markers, error bars, shaded bands. */
+enum { LSS_LINE_SOLID = 0, LSS_LINE_DASHED = 1, LSS_LINE_NONE = 2 };
 typedef struct {
     const char *title, *xlabel, *ylabel;
     int logx, logy;
     int width, height; /* 0: 640 x 480 */
+    const int *color;  /* colour index of each series for lss_series_color (NULL: the series index) */
+    const int *style;  /* LSS_LINE_SOLID, _DASHED or _NONE (markers only) of each series (NULL: solid) */
+    const int *marker; /* 1: a filled circle at each point of the series (NULL: none) */
+    const double *const *yerr;    /* error bars +- yerr[s][i] (NULL, or NULL entries: none) */
+    const double *const *band_lo; /* a shaded band between band_lo[s] and band_hi[s] behind the */
+    const double *const *band_hi; /*   series (NULL, or NULL entries: none) */
+    int robust_y;      /* 1: a spike at the start of the curves (the first points of a loss) does
+                          not set the y range: it is clipped at the top of the axes */
+    int legend_out;    /* 1: the legend outside the axes, on the right */
+    double ylo, yhi;   /* a fixed y range when ylo < yhi */
 } lss_plot_opts;
 LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries, int n,
                           const double *x, const double *const *y, const char *const *labels);
@@ -488,11 +584,41 @@ LSSDEF const char *lss_strerror(int s) {
 LSSDEF const char *lss_last_error(void) { return lss__errmsg; }
 LSSDEF void lss_clearerr(void) { lss__errmsg[0] = 0; }
 
+/* Copies a message, escaping what a terminal should not receive raw: control bytes, DEL and bytes that
+ * are not part of well-formed UTF-8 become \xNN (text quoted from a binary file stays one printable line). */
+static void lss__msg_escape(const char *s, char *d, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s;
+    size_t o = 0;
+    while (*p) {
+        size_t k = 0, j;
+        if (*p >= 0x20 && *p < 0x7f) k = 1;
+        else if (*p >= 0xc2 && *p <= 0xf4) {
+            size_t need = *p < 0xe0 ? 2 : *p < 0xf0 ? 3 : 4;
+            for (j = 1; j < need && (p[j] & 0xc0) == 0x80; j++) {}
+            if (j == need) k = need;
+        }
+        if (k) {
+            if (o + k >= n) break;
+            memcpy(d + o, p, k);
+            o += k;
+            p += k;
+        } else {
+            if (o + 4 >= n) break;
+            d[o++] = '\\'; d[o++] = 'x'; d[o++] = hex[*p >> 4]; d[o++] = hex[*p & 15];
+            p++;
+        }
+    }
+    d[o] = 0;
+}
+
 LSSDEF int lss_seterr(int status, const char *fmt, ...) {
+    char raw[sizeof lss__errmsg]; /* formatted apart: a message may quote lss_last_error() itself */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(lss__errmsg, sizeof lss__errmsg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    lss__msg_escape(raw, lss__errmsg, sizeof lss__errmsg);
     return status;
 }
 
@@ -662,6 +788,13 @@ LSSDEF void lss_array_free(lss_array *a) {
 }
 
 /* ---------------------------------------------------------------- atomic files */
+#if defined(LSS__POSIX)
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#endif
+
 static char *lss__strdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *d = (char *)LSS_MALLOC(n);
@@ -669,60 +802,230 @@ static char *lss__strdup(const char *s) {
     return d;
 }
 
+static lss_wfile_hook_fn lss__wfile_hook = NULL;
+static void *lss__wfile_hook_user = NULL;
+
+LSSDEF void lss_wfile_set_hook(lss_wfile_hook_fn fn, void *user) {
+    lss__wfile_hook = fn;
+    lss__wfile_hook_user = user;
+}
+
+LSSDEF int lss_wfile_is_temp(const char *name, long *pid) {
+    const char *b, *p, *q;
+    long v = 0;
+    if (!name) return 0;
+    b = strrchr(name, '/');
+    b = b ? b + 1 : name;
+    for (p = strstr(b, ".tmp."), q = NULL; p; p = strstr(p + 1, ".tmp.")) q = p; /* the last ".tmp." */
+    if (!q || q == b) return 0;
+    p = q + 5;
+    if (*p < '0' || *p > '9') return 0;
+    for (; *p >= '0' && *p <= '9'; p++)
+        if (v < 100000000000L) v = v * 10 + (*p - '0');
+    if (*p++ != '.' || *p < '0' || *p > '9') return 0;
+    while (*p >= '0' && *p <= '9') p++;
+    if (*p) return 0;
+    if (pid) *pid = v;
+    return 1;
+}
+
+#if defined(LSS__POSIX)
+/* The end of the chain of symbolic links that starts at `path`: each link's contents, relative ones
+ * taken from the link's directory. NULL with errno set on failure (ELOOP after 40 links). *fdlink
+ * (may be NULL) is set to 1 when a link of the chain lies in /proc or /dev/fd (a file descriptor's
+ * "magic" link such as /dev/stdout: what it names is an open file, not a path to replace). */
+static char *lss__wfile_follow(const char *path, int *fdlink) {
+    char *cur = lss__strdup(path);
+    int hops;
+    if (fdlink) *fdlink = 0;
+    for (hops = 0; cur && hops < 40; hops++) {
+        struct stat st;
+        char buf[4096], *next;
+        ssize_t n;
+        if (lstat(cur, &st) != 0 || !S_ISLNK(st.st_mode)) return cur; /* the end (may not exist) */
+        if (fdlink && (!strncmp(cur, "/proc/", 6) || !strncmp(cur, "/dev/fd/", 8))) *fdlink = 1;
+        n = readlink(cur, buf, sizeof buf - 1);
+        if (n < 0 || n >= (ssize_t)sizeof buf - 1) {
+            if (n >= 0) errno = ENAMETOOLONG;
+            LSS_FREE(cur);
+            return NULL;
+        }
+        buf[n] = 0;
+        if (buf[0] == '/' || !strchr(cur, '/')) next = lss__strdup(buf);
+        else {
+            size_t dl = (size_t)(strrchr(cur, '/') - cur) + 1;
+            next = (char *)LSS_MALLOC(dl + (size_t)n + 1);
+            if (next) { memcpy(next, cur, dl); memcpy(next + dl, buf, (size_t)n + 1); }
+        }
+        LSS_FREE(cur);
+        cur = next;
+    }
+    if (cur) { LSS_FREE(cur); errno = ELOOP; }
+    else errno = ENOMEM;
+    return NULL;
+}
+#endif
+
 LSSDEF int lss_wfile_open(lss_wfile *w, const char *path) {
     static unsigned counter = 0;
     size_t n;
+    char *target = NULL;
+    int direct = 0, keepmode = -1, fdlink = 0;
+    if (!w) return lss_seterr(LSS_ERR_ARG, "lss_wfile_open: NULL argument");
     memset(w, 0, sizeof *w);
     if (!path || !*path) return lss_seterr(LSS_ERR_ARG, "empty output path");
-    n = strlen(path) + 64;
-    w->path = lss__strdup(path);
-    w->tmp = (char *)LSS_MALLOC(n);
-    if (!w->path || !w->tmp) {
-        LSS_FREE(w->path); LSS_FREE(w->tmp);
-        w->path = w->tmp = NULL;
+#if defined(LSS__POSIX)
+    {
+        struct stat ls, st;
+        if (lstat(path, &ls) == 0) {
+            if (S_ISLNK(ls.st_mode)) {
+                if (stat(path, &st) != 0) { /* a dangling link: create its final target */
+                    if (errno != ENOENT || !(target = lss__wfile_follow(path, NULL)))
+                        return lss_seterr(LSS_ERR_IO, "cannot write '%s': cannot resolve the symbolic link: %s", path,
+                                          strerror(errno));
+                } else if (S_ISDIR(st.st_mode)) {
+                    return lss_seterr(LSS_ERR_IO, "cannot write '%s': it is a link to a directory", path);
+                } else if (S_ISREG(st.st_mode)) {
+                    struct stat rs;
+                    if (!(target = lss__wfile_follow(path, &fdlink)) || fdlink || stat(target, &rs) != 0 ||
+                        rs.st_dev != st.st_dev || rs.st_ino != st.st_ino) {
+                        /* an open file descriptor's link (/dev/stdout redirected to a file): write
+                           into that open file, appending, as the shell's redirection would */
+                        LSS_FREE(target);
+                        target = NULL;
+                        direct = fdlink = 1;
+                    }
+                    keepmode = (int)(st.st_mode & 07777);
+                } else direct = 1; /* a link to a device, FIFO, socket or terminal (/dev/stdout) */
+            } else if (S_ISDIR(ls.st_mode)) {
+                return lss_seterr(LSS_ERR_IO, "cannot write '%s': it is a directory", path);
+            } else if (!S_ISREG(ls.st_mode)) {
+                direct = 1;
+            } else keepmode = (int)(ls.st_mode & 07777);
+        }
+    }
+#endif
+    if (!target && !(target = lss__strdup(path))) return lss_seterr(LSS_ERR_NOMEM, "out of memory opening '%s'", path);
+    w->path = target;
+    if (direct) {
+        w->direct = 1;
+        if (!(w->f = fopen(path, fdlink ? "ab" : "wb"))) {
+            int e = errno;
+            LSS_FREE(w->path);
+            w->path = NULL;
+            return lss_seterr(LSS_ERR_IO, "cannot write '%s' (not a regular file: written directly): %s", path, strerror(e));
+        }
+        return LSS_OK;
+    }
+    n = strlen(target) + 64;
+    if (!(w->tmp = (char *)LSS_MALLOC(n))) {
+        LSS_FREE(w->path);
+        w->path = NULL;
         return lss_seterr(LSS_ERR_NOMEM, "out of memory opening '%s'", path);
     }
 #if defined(LSS__POSIX)
-    snprintf(w->tmp, n, "%s.tmp.%ld.%u", path, (long)getpid(), counter++);
+    snprintf(w->tmp, n, "%s.tmp.%ld.%u", target, (long)getpid(), counter++);
 #else
-    snprintf(w->tmp, n, "%s.tmp.%u", path, counter++);
+    snprintf(w->tmp, n, "%s.tmp.%u", target, counter++);
 #endif
-    w->f = fopen(w->tmp, "wb");
-    if (!w->f) {
+    if (!(w->f = fopen(w->tmp, "wb"))) {
         int e = errno;
+        char *slash = strrchr(target, '/');
+        if (e == ENOENT) {
+            if (slash) *slash = 0;
+            lss_seterr(LSS_ERR_IO, "cannot write '%s': no directory '%s'", path, !slash ? "." : slash == target ? "/" : target);
+        } else lss_seterr(LSS_ERR_IO, "cannot write '%s': %s", path, strerror(e));
         LSS_FREE(w->path); LSS_FREE(w->tmp);
         w->path = w->tmp = NULL;
-        return lss_seterr(LSS_ERR_IO, "cannot write '%s': %s", path, strerror(e));
+        return LSS_ERR_IO;
     }
+#if defined(LSS__POSIX)
+    if (keepmode >= 0) (void)fchmod(fileno(w->f), (mode_t)keepmode);
+#else
+    (void)keepmode;
+#endif
     return LSS_OK;
 }
 
 LSSDEF void lss_wfile_abort(lss_wfile *w) {
+    if (!w) return;
     if (w->f) fclose(w->f);
     if (w->tmp) remove(w->tmp);
     LSS_FREE(w->path); LSS_FREE(w->tmp);
     memset(w, 0, sizeof *w);
 }
 
-LSSDEF int lss_wfile_commit(lss_wfile *w) {
+LSSDEF int lss_wfile_prepare(lss_wfile *w) {
     int bad = 0, e = 0;
-    if (!w->f) return lss_seterr(LSS_ERR_STATE, "file not open");
+    if (!w || (!w->f && !w->prepared)) return lss_seterr(LSS_ERR_STATE, "file not open");
+    if (w->prepared) return LSS_OK;
     if (ferror(w->f) || fflush(w->f) != 0) { bad = 1; e = errno; }
 #if defined(LSS__POSIX)
-    if (!bad && fsync(fileno(w->f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
+    if (!bad && !w->direct && fsync(fileno(w->f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
 #endif
     if (fclose(w->f) != 0 && !bad) { bad = 1; e = errno; }
     w->f = NULL;
-    if (!bad && rename(w->tmp, w->path) != 0) { bad = 2; e = errno; }
     if (bad) {
-        int s = lss_seterr(LSS_ERR_IO, "cannot %s '%s': %s", bad == 2 ? "rename into" : "write",
-                           w->path, e ? strerror(e) : "write error");
+        int s = lss_seterr(LSS_ERR_IO, "cannot write '%s': %s", w->path, e ? strerror(e) : "write error");
         lss_wfile_abort(w);
         return s;
     }
+    w->prepared = 1;
+    return LSS_OK;
+}
+
+LSSDEF int lss_wfile_commit(lss_wfile *w) {
+    int s, h = 0;
+    if (!w || (!w->f && !w->prepared)) return lss_seterr(LSS_ERR_STATE, "file not open");
+    if ((s = lss_wfile_prepare(w)) != LSS_OK) return s;
+    if (!w->direct && lss__wfile_hook) {
+        lss_clearerr();
+        h = lss__wfile_hook(w->tmp, w->path, lss__wfile_hook_user);
+        if (h < 0) {
+            if (!lss_last_error()[0]) lss_seterr(h, "cannot publish '%s'", w->path);
+            lss_wfile_abort(w);
+            return h;
+        }
+    }
+    if (!w->direct && h == 0 && rename(w->tmp, w->path) != 0) {
+        s = lss_seterr(LSS_ERR_IO, "cannot rename into '%s': %s", w->path, strerror(errno));
+        lss_wfile_abort(w);
+        return s;
+    }
+    if (h > 0) { LSS_FREE(w->tmp); w->tmp = NULL; } /* the hook owns the temporary file now */
     LSS_FREE(w->path); LSS_FREE(w->tmp);
     memset(w, 0, sizeof *w);
     return LSS_OK;
+}
+
+LSSDEF int lss_wfile_clean_orphans(const char *dir, int *nremoved) {
+    int n = 0;
+    if (nremoved) *nremoved = 0;
+    if (!dir || !*dir) return lss_seterr(LSS_ERR_ARG, "lss_wfile_clean_orphans: empty directory");
+#if defined(LSS__POSIX)
+    {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        long me = (long)getpid();
+        if (!d) return lss_seterr(LSS_ERR_IO, "cannot read the directory '%s': %s", dir, strerror(errno));
+        while ((e = readdir(d)) != NULL) {
+            long pid;
+            char p[4096];
+            struct stat st;
+            if (!lss_wfile_is_temp(e->d_name, &pid) || pid <= 0 || pid == me || pid > INT_MAX) continue;
+            if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive (or not ours to judge) */
+            if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= sizeof p) continue;
+            if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+            if (remove(p) == 0) n++;
+        }
+        closedir(d);
+    }
+    if (nremoved) *nremoved = n;
+    return LSS_OK;
+#else
+    (void)n;
+    return lss_seterr(LSS_ERR_UNSUPPORTED, "lss_wfile_clean_orphans needs POSIX");
+#endif
 }
 
 /* ---------------------------------------------------------------- NPY */
@@ -860,24 +1163,61 @@ LSSDEF int lss_npy_load_mem(const void *buf, size_t len, lss_array *a) {
     return LSS_OK;
 }
 
+#if defined(LSS__POSIX)
+#include <sys/stat.h>
+#endif
+LSSDEF int lss_fopen_read(const char *path, FILE **f, int64_t *size) {
+    FILE *g;
+    int64_t n = -1;
+    if (f) *f = NULL;
+    if (size) *size = -1;
+    if (!path || !f) return lss_seterr(LSS_ERR_ARG, "lss_fopen_read: NULL argument");
+    if (!*path) return lss_seterr(LSS_ERR_IO, "cannot read '': empty path");
+    if (!(g = fopen(path, "rb"))) return lss_seterr(LSS_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
+#if defined(LSS__POSIX)
+    {
+        struct stat st;
+        if (fstat(fileno(g), &st) != 0) {
+            int e = errno;
+            fclose(g);
+            return lss_seterr(LSS_ERR_IO, "cannot read '%s': %s", path, strerror(e));
+        }
+        if (S_ISDIR(st.st_mode)) {
+            fclose(g);
+            return lss_seterr(LSS_ERR_IO, "cannot read '%s': is a directory", path);
+        }
+        if (S_ISREG(st.st_mode)) n = (int64_t)st.st_size;
+    }
+#else
+    {
+        long l;
+        if (fseek(g, 0, SEEK_END) == 0 && (l = ftell(g)) >= 0 && fseek(g, 0, SEEK_SET) == 0) n = (int64_t)l;
+        else clearerr(g);
+    }
+#endif
+    *f = g;
+    if (size) *size = n;
+    return LSS_OK;
+}
+
 LSSDEF int lss_npy_load(const char *path, lss_array *a) {
     FILE *f;
-    long sz;
+    int64_t sz;
     unsigned char *buf;
     int s;
     memset(a, 0, sizeof *a);
     if (!path) return lss_seterr(LSS_ERR_ARG, "NULL path");
-    f = fopen(path, "rb");
-    if (!f) return lss_seterr(LSS_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    if ((s = lss_fopen_read(path, &f, &sz)) != LSS_OK) return s;
+    if (sz < 0 || (uint64_t)sz >= (uint64_t)SIZE_MAX) {
         fclose(f);
-        return lss_seterr(LSS_ERR_IO, "cannot read '%s'", path);
+        return lss_seterr(LSS_ERR_IO, "cannot read '%s': not a regular file", path);
     }
     buf = (unsigned char *)LSS_MALLOC((size_t)sz + 1);
-    if (!buf) { fclose(f); return lss_seterr(LSS_ERR_NOMEM, "out of memory reading '%s'", path); }
+    if (!buf) { fclose(f); return lss_seterr(LSS_ERR_NOMEM, "out of memory reading '%s' (%lld bytes)", path, (long long)sz); }
     if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        int e = ferror(f) ? errno : 0;
         fclose(f); LSS_FREE(buf);
-        return lss_seterr(LSS_ERR_IO, "cannot read '%s'", path);
+        return lss_seterr(LSS_ERR_IO, "cannot read '%s': %s", path, e ? strerror(e) : "the file shrank while being read");
     }
     fclose(f);
     s = lss_npy_load_mem(buf, (size_t)sz, a);
@@ -1251,18 +1591,18 @@ done:
 LSSDEF int lss_json_load(const char *path, lss_json **out) {
     FILE *f;
     char *buf;
-    long n;
+    int64_t n;
     size_t got;
     int st;
     if (!out) return lss_seterr(LSS_ERR_ARG, "lss_json_load: NULL out");
     *out = NULL;
     if (!path) return lss_seterr(LSS_ERR_ARG, "lss_json_load: NULL path");
-    if (!(f = fopen(path, "rb"))) return lss_seterr(LSS_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    if ((st = lss_fopen_read(path, &f, &n)) != LSS_OK) return st;
+    if (n < 0) {
         fclose(f);
         return lss_seterr(LSS_ERR_IO, "cannot read '%s': not a regular file", path);
     }
-    if (n > (16L << 20)) { fclose(f); return lss_seterr(LSS_ERR_FORMAT, "'%s': %ld bytes (a JSON record is at most 16 MB)", path, n); }
+    if (n > (16L << 20)) { fclose(f); return lss_seterr(LSS_ERR_FORMAT, "'%s': %lld bytes (a JSON record is at most 16 MB)", path, (long long)n); }
     if (!(buf = (char *)LSS_MALLOC((size_t)n + 1))) { fclose(f); return lss_seterr(LSS_ERR_NOMEM, "out of memory reading '%s'", path); }
     got = fread(buf, 1, (size_t)n, f);
     fclose(f);
@@ -1318,8 +1658,7 @@ LSSDEF int lss_csv_read(const char *path, lss_csv *out) {
     int64_t lineno = 0, rcap = 0;
     int s = LSS_OK;
     memset(out, 0, sizeof *out);
-    f = fopen(path, "rb");
-    if (!f) return lss_seterr(LSS_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if ((s = lss_fopen_read(path, &f, NULL)) != LSS_OK) return s;
     for (;;) {
         /* read one line of any length */
         size_t len = 0;
@@ -1386,7 +1725,8 @@ LSSDEF int lss_csv_read(const char *path, lss_csv *out) {
         }
         if (ch == EOF) break;
     }
-    if (!out->names) s = lss_seterr(LSS_ERR_FORMAT, "'%s' is empty (no header row)", path);
+    if (ferror(f)) s = lss_seterr(LSS_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
+    else if (!out->names) s = lss_seterr(LSS_ERR_FORMAT, "'%s' is empty (no header row)", path);
 done:
     LSS_FREE(line);
     fclose(f);
@@ -1560,19 +1900,146 @@ LSSDEF void lss_viridis(double t, unsigned char c[3]) {
     for (k = 0; k < 3; k++) c[k] = (unsigned char)floor(v[i][k] + f * (v[i + 1][k] - v[i][k]) + 0.5);
 }
 
-LSSDEF void lss_image_map(lss_image *im, int x, int y, const float *map, int h, int w,
-                          double vmin, double vmax, int scale) {
+/* Anti-aliased text: the font's quads filled into a 4 x 4 supersampled coverage mask, box-filtered
+ * down and blended over the image. */
+static void lss__text_aa(lss_image *im, int x, int y, const char *s, const unsigned char c[3], double size, int vertical) {
+#ifndef LSS_NO_PNG
+    static LSS__TLS float buf[16 * 4 * 1200];
+    char tmp[512];
+    const int S = 4;
+    int nq, q, W, H, MW, MH, u, v;
+    unsigned char *mask;
+    if (!im || !im->rgb || !s || !*s || !(size > 0) || size > 64) return;
+    snprintf(tmp, sizeof tmp, "%s", s);
+    nq = stb_easy_font_print(0, 0, tmp, NULL, buf, (int)sizeof buf);
+    W = (int)ceil(stb_easy_font_width(tmp) * size) + 2;
+    H = (int)ceil(12 * size) + 2;
+    MW = W * S; MH = H * S;
+    if (!(mask = (unsigned char *)LSS_MALLOC((size_t)MW * (size_t)MH))) return;
+    memset(mask, 0, (size_t)MW * (size_t)MH);
+    for (q = 0; q < nq; q++) {
+        const float *v0 = buf + q * 16, *v2 = buf + q * 16 + 8;
+        int xa = (int)floor(fmin(v0[0], v2[0]) * size * S + 0.5), xb = (int)floor(fmax(v0[0], v2[0]) * size * S + 0.5);
+        int ya = (int)floor(fmin(v0[1], v2[1]) * size * S + 0.5), yb = (int)floor(fmax(v0[1], v2[1]) * size * S + 0.5);
+        if (xb - xa < S && size >= 1) xb = xa + S; /* strokes at least one pixel wide */
+        if (yb - ya < S && size >= 1) yb = ya + S;
+        for (v = ya < 0 ? 0 : ya; v < yb && v < MH; v++)
+            for (u = xa < 0 ? 0 : xa; u < xb && u < MW; u++) mask[(size_t)v * MW + u] = 1;
+    }
+    for (v = 0; v < H; v++)
+        for (u = 0; u < W; u++) {
+            int a = 0, i, j, px, py;
+            for (j = 0; j < S; j++)
+                for (i = 0; i < S; i++) a += mask[(size_t)(v * S + j) * MW + u * S + i];
+            if (!a) continue;
+            if (vertical) { px = x + v; py = y - u; }
+            else { px = x + u; py = y + v; }
+            if (px < 0 || py < 0 || px >= im->w || py >= im->h) continue;
+            {
+                unsigned char *p = im->rgb + 3 * ((size_t)py * im->w + px);
+                double al = (double)a / (S * S);
+                int k;
+                if (al > 0.999) al = 1;
+                for (k = 0; k < 3; k++) p[k] = (unsigned char)floor(p[k] * (1 - al) + c[k] * al + 0.5);
+            }
+        }
+    LSS_FREE(mask);
+#else
+    (void)im; (void)x; (void)y; (void)s; (void)c; (void)size; (void)vertical;
+#endif
+}
+
+LSSDEF void lss_image_text_size(lss_image *im, int x, int y, const char *s, const unsigned char c[3], double size) {
+    lss__text_aa(im, x, y, s, c, size, 0);
+}
+
+LSSDEF void lss_image_text_vertical(lss_image *im, int x, int y, const char *s, const unsigned char c[3], double size) {
+    lss__text_aa(im, x, y, s, c, size, 1);
+}
+
+LSSDEF int lss_image_text_width_size(const char *s, double size) {
+    if (!s) return 0;
+#ifndef LSS_NO_PNG
+    return (int)ceil((stb_easy_font_width((char *)s) - 1) * size);
+#else
+    return (int)ceil(strlen(s) * 6 * size);
+#endif
+}
+
+/* RdBu_r (matplotlib's RdBu reversed): 11 anchor colours interpolated linearly */
+LSSDEF void lss_rdbu(double t, unsigned char c[3]) {
+    static const unsigned char v[11][3] = {{5, 48, 97}, {33, 102, 172}, {67, 147, 195}, {146, 197, 222}, {209, 229, 240},
+                                           {247, 247, 247}, {253, 219, 199}, {244, 165, 130}, {214, 96, 77}, {178, 24, 43},
+                                           {103, 0, 31}};
+    double f;
+    int i, k;
+    if (t != t) { c[0] = c[1] = c[2] = 160; return; }
+    if (t < 0) t = 0;
+    if (t > 1) t = 1;
+    f = t * 10;
+    i = (int)f;
+    if (i > 9) i = 9;
+    f -= i;
+    for (k = 0; k < 3; k++) c[k] = (unsigned char)floor(v[i][k] + f * (v[i + 1][k] - v[i][k]) + 0.5);
+}
+
+LSSDEF void lss_colormap(int cmap, double t, unsigned char c[3]) {
+    if (cmap == LSS_CMAP_RDBU) lss_rdbu(t, c);
+    else if (cmap == LSS_CMAP_GREYS) {
+        if (t != t) { c[0] = 255; c[1] = 200; c[2] = 200; return; }
+        t = t < 0 ? 0 : t > 1 ? 1 : t;
+        c[0] = c[1] = c[2] = (unsigned char)floor(255 * (1 - t) + 0.5);
+    } else lss_viridis(t, c);
+}
+
+LSSDEF void lss_image_map_cmap(lss_image *im, int x, int y, const float *map, int h, int w, double vmin, double vmax, int scale,
+                               int cmap) {
     int i, j;
     double span = vmax - vmin;
+    if (!im || !map) return;
     if (scale < 1) scale = 1;
     if (!(span > 0)) span = 1;
     for (i = 0; i < h; i++)
         for (j = 0; j < w; j++) {
             unsigned char c[3];
             double val = map[(size_t)i * w + j];
-            lss_viridis(isfinite(val) ? (val - vmin) / span : NAN, c);
+            lss_colormap(cmap, isfinite(val) ? (val - vmin) / span : NAN, c);
             lss_image_rect(im, x + j * scale, y + i * scale, x + (j + 1) * scale, y + (i + 1) * scale, c);
         }
+}
+
+LSSDEF void lss_image_map(lss_image *im, int x, int y, const float *map, int h, int w, double vmin, double vmax, int scale) {
+    lss_image_map_cmap(im, x, y, map, h, w, vmin, vmax, scale, LSS_CMAP_VIRIDIS);
+}
+
+LSSDEF void lss_map_range(const float *map, int64_t n, int cmap, double *vmin, double *vmax) {
+    double lo = INFINITY, hi = -INFINITY;
+    int64_t i;
+    if (*vmin != *vmax) return;
+    for (i = 0; map && i < n; i++)
+        if (isfinite(map[i])) {
+            if (map[i] < lo) lo = map[i];
+            if (map[i] > hi) hi = map[i];
+        }
+    if (!(lo <= hi)) lo = 0, hi = 1;
+    if (cmap == LSS_CMAP_RDBU) {
+        double m = fmax(fabs(lo), fabs(hi));
+        lo = m > 0 ? -m : -1;
+        hi = m > 0 ? m : 1;
+    }
+    if (lo == hi) lo -= 0.5, hi += 0.5;
+    *vmin = lo;
+    *vmax = hi;
+}
+
+/* "1e-05" -> "1e-5", "1e+06" -> "1e6" */
+static void lss__tidy_exp(char *b) {
+    char *e = strchr(b, 'e'), *d;
+    if (!e) return;
+    d = e + 1;
+    if (*d == '+') memmove(d, d + 1, strlen(d + 1) + 1);
+    else if (*d == '-') d++;
+    while (d[0] == '0' && d[1]) memmove(d, d + 1, strlen(d + 1) + 1);
 }
 
 LSSDEF void lss_format_tick(double v, char *buf, size_t n) {
@@ -1581,6 +2048,7 @@ LSSDEF void lss_format_tick(double v, char *buf, size_t n) {
     else if (a >= 1e-3 && a < 1e5) {
         snprintf(buf, n, "%.4g", v);
     } else snprintf(buf, n, "%.2g", v);
+    lss__tidy_exp(buf);
 }
 
 static double lss__nice_step(double span, int target) {
@@ -1591,24 +2059,108 @@ static double lss__nice_step(double span, int target) {
     return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * mag;
 }
 
-LSSDEF void lss_image_colorbar(lss_image *im, int x, int y, int bw, int bh, double vmin, double vmax) {
-    static const unsigned char black[3] = {0, 0, 0};
-    int i;
-    double step, t;
+/* Tick values of a linear range: multiples of a 1-2-5 step, about `target` of them, at most max. */
+static int lss__lin_ticks(double lo, double hi, int target, double *t, int max) {
+    double step = lss__nice_step(hi - lo, target), v;
+    int n = 0;
+    if (!(hi > lo) || !isfinite(lo) || !isfinite(hi)) return 0;
+    for (v = ceil(lo / step - 1e-9) * step; v <= hi + 1e-9 * step && n < max; v += step) t[n++] = fabs(v) < 1e-9 * step ? 0.0 : v;
+    return n;
+}
+
+/* Tick values of a log10 range [lo, hi] (in log10 units): 1, 2, 5 x 10^k over up to 2.5 decades (all
+ * of 1..9 under one), powers of ten beyond (every other one past 8 decades). *minor: 1 when the
+ * ticks are decades and the 2..9 x 10^k marks should be drawn unlabelled. Fewer than two in range:
+ * linear ticks of the values themselves. Returns the count (values, not logarithms). */
+static int lss__log_ticks(double lo, double hi, double *t, int max, int *minor) {
+    static const double m1[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, m125[3] = {1, 2, 5};
+    const double *m;
+    int nm, k, j, n = 0, every = 1;
+    double span = hi - lo;
+    *minor = 0;
+    if (!(span > 0) || !isfinite(lo) || !isfinite(hi)) return 0;
+    if (span <= 1) m = m1, nm = 9;
+    else if (span <= 2.5) m = m125, nm = 3;
+    else {
+        m = m1, nm = 1;
+        *minor = 1;
+        if (span > 8) every = (int)ceil(span / 8);
+    }
+    for (k = (int)floor(lo) - 1; k <= (int)ceil(hi) + 1 && n < max; k++) {
+        if (every > 1 && ((k % every) + every) % every) continue;
+        for (j = 0; j < nm && n < max; j++) {
+            double v = m[j] * pow(10, k), lv = log10(v);
+            if (lv >= lo - 1e-9 && lv <= hi + 1e-9) t[n++] = v;
+        }
+    }
+    if (n >= 2) return n;
+    *minor = 0;
+    return lss__lin_ticks(pow(10, lo), pow(10, hi), 4, t, max);
+}
+
+LSSDEF int lss_image_colorbar_width(int bw, int bh, double vmin, double vmax) {
+    double t[32];
+    int n = vmax > vmin ? lss__lin_ticks(vmin, vmax, bh >= 200 ? 6 : bh >= 100 ? 4 : 3, t, 32) : 0, i, wmax = 0;
+    for (i = 0; i < n; i++) {
+        char lab[32];
+        int tw;
+        lss_format_tick(t[i], lab, sizeof lab);
+        tw = lss_image_text_width_size(lab, LSS_FONT_TICK);
+        if (tw > wmax) wmax = tw;
+    }
+    return bw + 4 + 5 + wmax + 2;
+}
+
+LSSDEF void lss_image_colorbar_cmap(lss_image *im, int x, int y, int bw, int bh, double vmin, double vmax, int cmap) {
+    static const unsigned char black[3] = {0, 0, 0}, frame[3] = {60, 60, 60};
+    double t[32];
+    int i, n;
+    if (!im || bw < 1 || bh < 2) return;
     for (i = 0; i < bh; i++) {
         unsigned char c[3];
-        lss_viridis(1.0 - (double)i / (bh > 1 ? bh - 1 : 1), c);
+        lss_colormap(cmap, 1.0 - (double)i / (bh - 1), c);
         lss_image_rect(im, x, y + i, x + bw, y + i + 1, c);
     }
+    /* frame */
+    lss_image_rect(im, x - 1, y - 1, x + bw + 1, y, frame);
+    lss_image_rect(im, x - 1, y + bh, x + bw + 1, y + bh + 1, frame);
+    lss_image_rect(im, x - 1, y - 1, x, y + bh + 1, frame);
+    lss_image_rect(im, x + bw, y - 1, x + bw + 1, y + bh + 1, frame);
     if (!(vmax > vmin)) return;
-    step = lss__nice_step(vmax - vmin, 5);
-    for (t = ceil(vmin / step) * step; t <= vmax + 1e-9 * step; t += step) {
+    n = lss__lin_ticks(vmin, vmax, bh >= 200 ? 6 : bh >= 100 ? 4 : 3, t, 32);
+    for (i = 0; i < n; i++) {
         char lab[32];
-        int yy = y + (int)floor((1.0 - (t - vmin) / (vmax - vmin)) * (bh - 1) + 0.5);
-        lss_image_rect(im, x + bw, yy, x + bw + 4, yy + 1, black);
-        lss_format_tick(fabs(t) < 1e-12 * step ? 0.0 : t, lab, sizeof lab);
-        lss_image_text(im, x + bw + 6, yy - 4, lab, black, 1);
+        int yy = y + (int)floor((1.0 - (t[i] - vmin) / (vmax - vmin)) * (bh - 1) + 0.5);
+        lss_image_rect(im, x + bw + 1, yy, x + bw + 4, yy + 1, frame); /* the mark: 3 pixels, then a 5-pixel gap */
+        lss_format_tick(t[i], lab, sizeof lab);
+        lss_image_text_size(im, x + bw + 9, yy - (int)floor(3.5 * LSS_FONT_TICK + 0.5), lab, black, LSS_FONT_TICK);
     }
+}
+
+LSSDEF void lss_image_colorbar(lss_image *im, int x, int y, int bw, int bh, double vmin, double vmax) {
+    lss_image_colorbar_cmap(im, x, y, bw, bh, vmin, vmax, LSS_CMAP_VIRIDIS);
+}
+
+#define LSS__PANEL_TITLE 22 /* pixels above a map panel for its title */
+LSSDEF void lss_image_map_panel_size(int h, int w, double vmin, double vmax, int scale, int *pw, int *ph) {
+    int bw = 12;
+    if (scale < 1) scale = 1;
+    if (pw) *pw = w * scale + 8 + lss_image_colorbar_width(bw, h * scale, vmin, vmax);
+    if (ph) *ph = LSS__PANEL_TITLE + h * scale + 8;
+}
+
+LSSDEF int lss_image_map_panel(lss_image *im, int x, int y, const float *map, int h, int w, double vmin, double vmax, int scale,
+                               int cmap, const char *title) {
+    static const unsigned char black[3] = {0, 0, 0};
+    int pw;
+    if (!im || !map || h < 1 || w < 1) return 0;
+    if (scale < 1) scale = 1;
+    lss_map_range(map, (int64_t)h * w, cmap, &vmin, &vmax);
+    if (title) lss_image_text_size(im, x, y + 2, title, black, LSS_FONT_LABEL);
+    lss_image_map_cmap(im, x, y + LSS__PANEL_TITLE, map, h, w, vmin, vmax, scale, cmap);
+    lss_image_colorbar_cmap(im, x + w * scale + 8, y + LSS__PANEL_TITLE, 12, h * scale, vmin, vmax, cmap);
+    lss_image_map_panel_size(h, w, vmin, vmax, scale, &pw, NULL);
+    return pw;
 }
 
 #ifndef LSS_NO_PNG
@@ -1635,116 +2187,334 @@ LSSDEF int lss_image_save_png(const lss_image *im, const char *path) {
 }
 #endif
 
-LSSDEF int lss_png_map(const char *path, const float *map, int h, int w, double vmin, double vmax,
-                       const char *title, int scale) {
-    static const unsigned char black[3] = {0, 0, 0};
+LSSDEF int lss_png_map_cmap(const char *path, const float *map, int h, int w, double vmin, double vmax, const char *title, int scale,
+                            int cmap) {
     lss_image im;
-    int s, i, W, H;
-    if (!map || h <= 0 || w <= 0) return lss_seterr(LSS_ERR_ARG, "bad map for '%s'", path);
+    int s, W, H, pw, ph;
+    if (!map || h <= 0 || w <= 0 || h > 32768 || w > 32768) return lss_seterr(LSS_ERR_ARG, "bad map for '%s'", path ? path : "(null)");
     if (scale <= 0) scale = w >= 256 ? 1 : (256 + w - 1) / w;
-    if (vmin == vmax) {
-        double lo = INFINITY, hi = -INFINITY;
-        for (i = 0; i < h * w; i++)
-            if (isfinite(map[i])) {
-                if (map[i] < lo) lo = map[i];
-                if (map[i] > hi) hi = map[i];
-            }
-        if (!(lo <= hi)) lo = 0, hi = 1;
-        if (lo == hi) lo -= 0.5, hi += 0.5;
-        vmin = lo;
-        vmax = hi;
-    }
-    W = w * scale + 110;
-    H = h * scale + 40;
+    lss_map_range(map, (int64_t)h * w, cmap, &vmin, &vmax);
+    lss_image_map_panel_size(h, w, vmin, vmax, scale, &pw, &ph);
+    W = pw + 20;
+    if (title && lss_image_text_width_size(title, LSS_FONT_LABEL) + 20 > W) W = lss_image_text_width_size(title, LSS_FONT_LABEL) + 20;
+    H = ph + 16;
     if ((s = lss_image_init(&im, W, H)) != 0) return s;
-    if (title) lss_image_text(&im, 10, 8, title, black, 1);
-    lss_image_map(&im, 10, 30, map, h, w, vmin, vmax, scale);
-    lss_image_colorbar(&im, 10 + w * scale + 10, 30, 14, h * scale, vmin, vmax);
+    lss_image_map_panel(&im, 10, 8, map, h, w, vmin, vmax, scale, cmap, title);
     s = lss_image_save_png(&im, path);
     lss_image_free(&im);
     return s;
 }
 
+LSSDEF int lss_png_map(const char *path, const float *map, int h, int w, double vmin, double vmax, const char *title, int scale) {
+    return lss_png_map_cmap(path, map, h, w, vmin, vmax, title, scale, LSS_CMAP_VIRIDIS);
+}
+
+/* tab10, then tab20's lighter shades: 20 distinct colours before they repeat */
 LSSDEF void lss_series_color(int i, unsigned char c[3]) {
-    static const unsigned char t[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40}, {148, 103, 189},
-                                           {140, 86, 75}, {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
-    int k = ((i % 10) + 10) % 10;
+    static const unsigned char t[20][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40}, {148, 103, 189},
+                                           {140, 86, 75}, {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207},
+                                           {174, 199, 232}, {255, 187, 120}, {152, 223, 138}, {255, 152, 150}, {197, 176, 213},
+                                           {196, 156, 148}, {247, 182, 210}, {199, 199, 199}, {219, 219, 141}, {158, 218, 229}};
+    int k = ((i % 20) + 20) % 20;
     c[0] = t[k][0]; c[1] = t[k][1]; c[2] = t[k][2];
 }
 
-LSSDEF void lss_plot_lines_into(lss_image *im, int x0, int y0, int pw, int ph,
-                                const lss_plot_opts *o, int nseries, int n, const double *x,
-                                const double *const *y, const char *const *labels) {
-    static const unsigned char black[3] = {0, 0, 0}, grey[3] = {225, 225, 225};
-    double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY, step, t;
-    int s, i, lx = x0 + 70, ly = y0 + 30, lw = pw - 90, lh = ph - 75;
-    int logx = o && o->logx, logy = o && o->logy;
+
+/* Liang-Barsky: clips the segment to [xl, xr] x [yt, yb]; 0 when nothing is left. */
+static int lss__clip(double *x0, double *y0, double *x1, double *y1, double xl, double yt, double xr, double yb) {
+    double t0 = 0, t1 = 1, dx = *x1 - *x0, dy = *y1 - *y0, p[4], q[4];
+    int k;
+    p[0] = -dx; q[0] = *x0 - xl; p[1] = dx; q[1] = xr - *x0; p[2] = -dy; q[2] = *y0 - yt; p[3] = dy; q[3] = yb - *y0;
+    for (k = 0; k < 4; k++) {
+        if (p[k] == 0) { if (q[k] < 0) return 0; continue; }
+        {
+            double r = q[k] / p[k];
+            if (p[k] < 0) { if (r > t1) return 0; if (r > t0) t0 = r; }
+            else { if (r < t0) return 0; if (r < t1) t1 = r; }
+        }
+    }
+    *x1 = *x0 + t1 * dx; *y1 = *y0 + t1 * dy;
+    *x0 = *x0 + t0 * dx; *y0 = *y0 + t0 * dy;
+    return 1;
+}
+
+/* A segment, solid or dashed (7 on, 4 off, the pattern carried along a polyline by *phase). */
+static void lss__seg(lss_image *im, double x0, double y0, double x1, double y1, const unsigned char c[3], int thick, int dashed,
+                     double *phase) {
+    double len = sqrt((x1 - x0) * (x1 - x0) + (y1 - y0) * (y1 - y0)), pos = 0;
+    if (!dashed) { lss_image_line(im, x0, y0, x1, y1, c, thick); return; }
+    if (!(len > 0) || !(len < 1e6)) return;
+    while (pos < len) {
+        double p = fmod(*phase + pos, 11.0), e;
+        if (p < 7) {
+            e = fmin(len, pos + 7 - p);
+            lss_image_line(im, x0 + (x1 - x0) * pos / len, y0 + (y1 - y0) * pos / len, x0 + (x1 - x0) * e / len, y0 + (y1 - y0) * e / len, c,
+                           thick);
+        } else e = fmin(len, pos + 11 - p);
+        pos = e;
+    }
+    *phase = fmod(*phase + len, 11.0);
+}
+
+static void lss__disc(lss_image *im, double cx, double cy, double r, const unsigned char c[3]) {
+    int x, y, x0 = (int)floor(cx - r), x1 = (int)ceil(cx + r), y0 = (int)floor(cy - r), y1 = (int)ceil(cy + r);
+    for (y = y0; y <= y1; y++)
+        for (x = x0; x <= x1; x++)
+            if ((x - cx) * (x - cx) + (y - cy) * (y - cy) <= r * r + 0.25) lss_image_rect(im, x, y, x + 1, y + 1, c);
+}
+
+static void lss__blend_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3], double a) {
+    int x, y, k;
+    if (x0 < 0) x0 = 0;
+    if (y0 < 0) y0 = 0;
+    if (x1 > im->w) x1 = im->w;
+    if (y1 > im->h) y1 = im->h;
+    for (y = y0; y < y1; y++)
+        for (x = x0; x < x1; x++) {
+            unsigned char *p = im->rgb + 3 * ((size_t)y * im->w + x);
+            for (k = 0; k < 3; k++) p[k] = (unsigned char)floor(p[k] * (1 - a) + c[k] * a + 0.5);
+        }
+}
+
+LSSDEF void lss_plot_lines_into(lss_image *im, int x0, int y0, int pw, int ph, const lss_plot_opts *o, int nseries, int n,
+                                const double *x, const double *const *y, const char *const *labels) {
+    static const unsigned char black[3] = {0, 0, 0}, grid[3] = {232, 232, 232}, frame[3] = {40, 40, 40}, lgb[3] = {205, 205, 205};
+    static const unsigned char white[3] = {255, 255, 255};
+    const double fs = LSS_FONT_TICK;
+    double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY, rlo = INFINITY, rhi = -INFINITY, xt[64], yt[64];
+    int s, i, k, lx, ly, lw, lh, nxt, nyt, xminor = 0, yminor = 0, ytw = 0, lgw = 0, lgh = 0, nleg = 0, rowh;
+    int logx = o && o->logx, logy = o && o->logy, nskip = n >= 4 && o && o->robust_y ? 1 : 0;
+    if (!im || !im->rgb || !x || !y || nseries < 1 || n < 1) return;
 #define LSS__TX(v) (logx ? log10(v) : (v))
 #define LSS__TY(v) (logy ? log10(v) : (v))
+#define LSS__OKX(v) (isfinite(v) && (!logx || (v) > 0))
+#define LSS__OKY(v) (isfinite(v) && (!logy || (v) > 0))
+    /* ---- the data range (transformed), with bands and error bars; rlo/rhi without the first nskip points */
     for (i = 0; i < n; i++) {
-        if (!isfinite(x[i]) || (logx && x[i] <= 0)) continue;
-        if (LSS__TX(x[i]) < xlo) xlo = LSS__TX(x[i]);
-        if (LSS__TX(x[i]) > xhi) xhi = LSS__TX(x[i]);
+        if (!LSS__OKX(x[i])) continue;
+        xlo = fmin(xlo, LSS__TX(x[i]));
+        xhi = fmax(xhi, LSS__TX(x[i]));
         for (s = 0; s < nseries; s++) {
-            double v = y[s][i];
-            if (!isfinite(v) || (logy && v <= 0)) continue;
-            if (LSS__TY(v) < ylo) ylo = LSS__TY(v);
-            if (LSS__TY(v) > yhi) yhi = LSS__TY(v);
+            double v[4];
+            int nv = 0, q;
+            if (y[s]) v[nv++] = y[s][i];
+            if (y[s] && o && o->yerr && o->yerr[s] && isfinite(o->yerr[s][i])) v[nv++] = y[s][i] - o->yerr[s][i], v[nv++] = y[s][i] + o->yerr[s][i];
+            if (o && o->band_lo && o->band_hi && o->band_lo[s] && o->band_hi[s]) v[nv++] = o->band_lo[s][i], v[nv++] = o->band_hi[s][i];
+            for (q = 0; q < nv && q < 4; q++) {
+                if (!LSS__OKY(v[q])) continue;
+                ylo = fmin(ylo, LSS__TY(v[q]));
+                yhi = fmax(yhi, LSS__TY(v[q]));
+                if (i >= nskip) rlo = fmin(rlo, LSS__TY(v[q])), rhi = fmax(rhi, LSS__TY(v[q]));
+            }
         }
     }
     if (!(xlo <= xhi)) xlo = 0, xhi = 1;
     if (!(ylo <= yhi)) ylo = 0, yhi = 1;
+    if (nskip && rlo <= rhi) { /* a spike among the first points: the rest sets the range */
+        double sp = fmax(rhi - rlo, 1e-300);
+        if (yhi > rhi + 0.5 * sp) yhi = rhi;
+        if (ylo < rlo - 0.5 * sp) ylo = rlo;
+    }
+    if (o && o->ylo < o->yhi && (!logy || o->ylo > 0)) ylo = LSS__TY(o->ylo), yhi = LSS__TY(o->yhi);
     if (xlo == xhi) xlo -= 0.5, xhi += 0.5;
     if (ylo == yhi) ylo -= 0.5, yhi += 0.5;
-    { double m = 0.04 * (yhi - ylo); ylo -= m; yhi += m; }
-    if (lw < 10 || lh < 10) return;
-    /* grid and ticks */
-    step = logx ? (xhi - xlo > 1.5 ? 1 : lss__nice_step(xhi - xlo, 5)) : lss__nice_step(xhi - xlo, 6);
-    for (t = ceil(xlo / step) * step; t <= xhi + 1e-9 * step; t += step) {
+    {
+        double mx = 0.04 * (xhi - xlo), my = 0.05 * (yhi - ylo);
+        xlo -= mx; xhi += mx;
+        if (!(o && o->ylo < o->yhi)) ylo -= my, yhi += my;
+    }
+    /* ---- ticks */
+    nxt = logx ? lss__log_ticks(xlo, xhi, xt, 64, &xminor) : lss__lin_ticks(xlo, xhi, pw >= 500 ? 7 : 4, xt, 64);
+    nyt = logy ? lss__log_ticks(ylo, yhi, yt, 64, &yminor) : lss__lin_ticks(ylo, yhi, ph >= 400 ? 6 : 4, yt, 64);
+    for (k = 0; k < nyt; k++) {
         char lab[32];
-        int px = lx + (int)floor((t - xlo) / (xhi - xlo) * lw + 0.5);
-        lss_image_rect(im, px, ly, px + 1, ly + lh, grey);
-        lss_format_tick(logx ? pow(10, t) : (fabs(t) < 1e-12 * step ? 0.0 : t), lab, sizeof lab);
-        lss_image_text(im, px - lss_image_text_width(lab, 1) / 2, ly + lh + 6, lab, black, 1);
+        lss_format_tick(yt[k], lab, sizeof lab);
+        ytw = lss_image_text_width_size(lab, fs) > ytw ? lss_image_text_width_size(lab, fs) : ytw;
     }
-    step = logy ? (yhi - ylo > 1.5 ? (double)(int)ceil((yhi - ylo) / 6) : lss__nice_step(yhi - ylo, 5)) : lss__nice_step(yhi - ylo, 6);
-    for (t = ceil(ylo / step) * step; t <= yhi + 1e-9 * step; t += step) {
-        char lab[32];
-        int py = ly + lh - (int)floor((t - ylo) / (yhi - ylo) * lh + 0.5);
-        lss_image_rect(im, lx, py, lx + lw, py + 1, grey);
-        lss_format_tick(logy ? pow(10, t) : (fabs(t) < 1e-12 * step ? 0.0 : t), lab, sizeof lab);
-        lss_image_text(im, lx - 6 - lss_image_text_width(lab, 1), py - 4, lab, black, 1);
-    }
-    lss_image_rect(im, lx, ly, lx + lw, ly + 1, black);
-    lss_image_rect(im, lx, ly + lh, lx + lw, ly + lh + 1, black);
-    lss_image_rect(im, lx, ly, lx + 1, ly + lh, black);
-    lss_image_rect(im, lx + lw, ly, lx + lw + 1, ly + lh + 1, black);
-    /* curves */
-    for (s = 0; s < nseries; s++) {
-        unsigned char c[3];
-        int have = 0;
-        double px0 = 0, py0 = 0;
-        lss_series_color(s, c);
-        for (i = 0; i < n; i++) {
-            double v = y[s][i], px, py;
-            if (!isfinite(v) || !isfinite(x[i]) || (logy && v <= 0) || (logx && x[i] <= 0)) { have = 0; continue; }
-            px = lx + (LSS__TX(x[i]) - xlo) / (xhi - xlo) * lw;
-            py = ly + lh - (LSS__TY(v) - ylo) / (yhi - ylo) * lh;
-            if (have) lss_image_line(im, px0, py0, px, py, c, 2);
-            else if (n == 1) lss_image_rect(im, (int)px - 2, (int)py - 2, (int)px + 3, (int)py + 3, c);
-            px0 = px; py0 = py; have = 1;
+    /* ---- the legend's size */
+    rowh = (int)ceil(12 * fs);
+    for (s = 0; labels && s < nseries; s++)
+        if (labels[s]) {
+            int tw = lss_image_text_width_size(labels[s], fs);
+            if (tw > lgw) lgw = tw;
+            nleg++;
         }
-        if (labels && labels[s]) {
-            int ry = ly + 8 + 12 * s;
-            lss_image_rect(im, lx + lw - 120, ry + 3, lx + lw - 104, ry + 5, c);
-            lss_image_text(im, lx + lw - 100, ry, labels[s], black, 1);
+    if (nleg) lgw += 8 + 28 + 6 + 8, lgh = nleg * rowh + 10;
+    /* ---- layout */
+    lx = x0 + 10 + (o && o->ylabel ? (int)ceil(12 * LSS_FONT_LABEL) + 6 : 0) + ytw + 8;
+    ly = y0 + (o && o->title ? (int)ceil(12 * LSS_FONT_TITLE) + 12 : 14);
+    lw = x0 + pw - lx - (o && o->legend_out && nleg ? lgw + 24 : 20);
+    lh = y0 + ph - ly - (int)ceil(9 * fs) - 14 - (o && o->xlabel ? (int)ceil(12 * LSS_FONT_LABEL) + 6 : 0);
+    if (lw < 20 || lh < 20) return;
+    {
+        const double XL = lx, XR = lx + lw, YT = ly, YB = ly + lh;
+#define LSS__PX(v) (XL + (LSS__TX(v) - xlo) / (xhi - xlo) * lw)
+#define LSS__PY(v) (YB - (LSS__TY(v) - ylo) / (yhi - ylo) * lh)
+        /* grid */
+        for (k = 0; k < nxt; k++) {
+            int px = (int)floor(lx + ((logx ? log10(xt[k]) : xt[k]) - xlo) / (xhi - xlo) * lw + 0.5);
+            lss_image_rect(im, px, ly + 1, px + 1, ly + lh, grid);
         }
+        for (k = 0; k < nyt; k++) {
+            int py = (int)floor(YB - ((logy ? log10(yt[k]) : yt[k]) - ylo) / (yhi - ylo) * lh + 0.5);
+            lss_image_rect(im, lx + 1, py, lx + lw, py + 1, grid);
+        }
+        /* bands */
+        for (s = 0; o && o->band_lo && o->band_hi && s < nseries; s++) {
+            unsigned char c[3];
+            const double *bl = o->band_lo[s], *bh = o->band_hi[s];
+            if (!bl || !bh) continue;
+            lss_series_color(o->color ? o->color[s] : s, c);
+            for (i = 0; i + 1 < n; i++) {
+                double pa, pb;
+                int px;
+                if (!LSS__OKX(x[i]) || !LSS__OKX(x[i + 1]) || !LSS__OKY(bl[i]) || !LSS__OKY(bh[i]) || !LSS__OKY(bl[i + 1]) ||
+                    !LSS__OKY(bh[i + 1]))
+                    continue;
+                pa = LSS__PX(x[i]); pb = LSS__PX(x[i + 1]);
+                for (px = (int)ceil(fmin(pa, pb)); px < (int)ceil(fmax(pa, pb)); px++) {
+                    double f = pb != pa ? (px + 0.5 - pa) / (pb - pa) : 0, lo, hi;
+                    if (px < lx + 1 || px >= lx + lw) continue;
+                    lo = LSS__PY(bl[i]) + f * (LSS__PY(bl[i + 1]) - LSS__PY(bl[i]));
+                    hi = LSS__PY(bh[i]) + f * (LSS__PY(bh[i + 1]) - LSS__PY(bh[i]));
+                    lss__blend_rect(im, px, (int)floor(fmax(fmin(lo, hi), YT + 1) + 0.5), px + 1, (int)floor(fmin(fmax(lo, hi), YB) + 0.5), c, 0.25);
+                }
+            }
+        }
+        /* curves, error bars, markers */
+        for (s = 0; s < nseries; s++) {
+            unsigned char c[3];
+            int st = o && o->style ? o->style[s] : LSS_LINE_SOLID, have = 0, mk = o && o->marker && o->marker[s];
+            double pxp = 0, pyp = 0, phase = 0;
+            if (!y[s]) continue;
+            lss_series_color(o && o->color ? o->color[s] : s, c);
+            for (i = 0; i < n; i++) {
+                double v = y[s][i], px, py;
+                if (!LSS__OKX(x[i]) || !LSS__OKY(v)) { have = 0; continue; }
+                px = LSS__PX(x[i]); py = LSS__PY(v);
+                if (have && st != LSS_LINE_NONE) {
+                    double a = pxp, b = pyp, cc = px, d = py;
+                    if (lss__clip(&a, &b, &cc, &d, XL, YT, XR, YB)) lss__seg(im, a, b, cc, d, c, 2, st == LSS_LINE_DASHED, &phase);
+                }
+                pxp = px; pyp = py; have = 1;
+            }
+            for (i = 0; i < n; i++) {
+                double v = y[s][i], px, py;
+                if (!LSS__OKX(x[i]) || !LSS__OKY(v)) continue;
+                px = LSS__PX(x[i]); py = LSS__PY(v);
+                if (o && o->yerr && o->yerr[s] && isfinite(o->yerr[s][i]) && o->yerr[s][i] > 0) {
+                    double e = o->yerr[s][i], a = px, b, cc = px, d;
+                    b = LSS__OKY(v + e) ? LSS__PY(v + e) : YT;
+                    d = LSS__OKY(v - e) ? LSS__PY(v - e) : YB;
+                    if (lss__clip(&a, &b, &cc, &d, XL, YT, XR, YB)) {
+                        lss_image_line(im, a, b, cc, d, c, 2);
+                        if (b > YT) lss_image_rect(im, (int)px - 4, (int)floor(b + 0.5) - 1, (int)px + 5, (int)floor(b + 0.5) + 1, c);
+                        if (d < YB) lss_image_rect(im, (int)px - 4, (int)floor(d + 0.5) - 1, (int)px + 5, (int)floor(d + 0.5) + 1, c);
+                    }
+                }
+                if ((mk || st == LSS_LINE_NONE || n == 1) && px >= XL && px <= XR && py >= YT && py <= YB) {
+                    lss__disc(im, px, py, 4.5, white);
+                    lss__disc(im, px, py, 3.5, c);
+                } else if (px >= XL && px <= XR && py >= YT && py <= YB && (i == 0 || !LSS__OKX(x[i - 1]) || !LSS__OKY(y[s][i - 1])) &&
+                           (i == n - 1 || !LSS__OKX(x[i + 1]) || !LSS__OKY(y[s][i + 1])))
+                    lss__disc(im, px, py, 2.5, c); /* a point without neighbours: a dot, not nothing */
+            }
+        }
+        /* frame, ticks, labels */
+        lss_image_rect(im, lx, ly, lx + lw + 1, ly + 1, frame);
+        lss_image_rect(im, lx, ly + lh, lx + lw + 1, ly + lh + 1, frame);
+        lss_image_rect(im, lx, ly, lx + 1, ly + lh + 1, frame);
+        lss_image_rect(im, lx + lw, ly, lx + lw + 1, ly + lh + 1, frame);
+        for (k = 0; k < nxt; k++) {
+            char lab[32];
+            int px = (int)floor(lx + ((logx ? log10(xt[k]) : xt[k]) - xlo) / (xhi - xlo) * lw + 0.5);
+            lss_image_rect(im, px, ly + lh + 1, px + 1, ly + lh + 5, frame);
+            lss_format_tick(xt[k], lab, sizeof lab);
+            lss_image_text_size(im, px - lss_image_text_width_size(lab, fs) / 2, ly + lh + 8, lab, black, fs);
+        }
+        for (k = 0; k < nyt; k++) {
+            char lab[32];
+            int py = (int)floor(YB - ((logy ? log10(yt[k]) : yt[k]) - ylo) / (yhi - ylo) * lh + 0.5);
+            lss_image_rect(im, lx - 4, py, lx, py + 1, frame);
+            lss_format_tick(yt[k], lab, sizeof lab);
+            lss_image_text_size(im, lx - 8 - lss_image_text_width_size(lab, fs), py - (int)floor(3.5 * fs + 0.5), lab, black, fs);
+        }
+        if (xminor || yminor) { /* unlabelled marks at 2..9 x 10^k */
+            int kk, j;
+            for (kk = -330; kk <= 330; kk++)
+                for (j = 2; j <= 9; j++) {
+                    double lv = log10(j) + kk;
+                    if (xminor && lv > xlo && lv < xhi) {
+                        int px = (int)floor(lx + (lv - xlo) / (xhi - xlo) * lw + 0.5);
+                        lss_image_rect(im, px, ly + lh + 1, px + 1, ly + lh + 3, frame);
+                    }
+                    if (yminor && lv > ylo && lv < yhi) {
+                        int py = (int)floor(YB - (lv - ylo) / (yhi - ylo) * lh + 0.5);
+                        lss_image_rect(im, lx - 2, py, lx, py + 1, frame);
+                    }
+                }
+        }
+        if (o && o->title)
+            lss_image_text_size(im, lx + lw / 2 - lss_image_text_width_size(o->title, LSS_FONT_TITLE) / 2, y0 + 8, o->title, black, LSS_FONT_TITLE);
+        if (o && o->xlabel)
+            lss_image_text_size(im, lx + lw / 2 - lss_image_text_width_size(o->xlabel, LSS_FONT_LABEL) / 2, ly + lh + 10 + (int)ceil(9 * fs),
+                                o->xlabel, black, LSS_FONT_LABEL);
+        if (o && o->ylabel)
+            lss_image_text_vertical(im, x0 + 8, ly + lh / 2 + lss_image_text_width_size(o->ylabel, LSS_FONT_LABEL) / 2, o->ylabel, black,
+                                    LSS_FONT_LABEL);
+        /* legend: outside on the right, or in the corner of the axes with the fewest points under it */
+        if (nleg) {
+            int bx, by, best = -1, bestn = 0, cnd;
+            if (o && o->legend_out) bx = lx + lw + 12, by = ly;
+            else {
+                for (cnd = 0; cnd < 4; cnd++) {
+                    int cx = cnd == 0 || cnd == 3 ? lx + lw - 8 - lgw : lx + 8, cy = cnd < 2 ? ly + 8 : ly + lh - 8 - lgh, cntp = 0;
+                    for (s = 0; s < nseries; s++)
+                        for (i = 0; y[s] && i < n; i++) {
+                            int q;
+                            for (q = 0; q < (i + 1 < n ? 8 : 1); q++) {
+                                double xa, ya;
+                                if (!LSS__OKX(x[i]) || !LSS__OKY(y[s][i])) break;
+                                xa = LSS__PX(x[i]); ya = LSS__PY(y[s][i]);
+                                if (q > 0) {
+                                    if (!LSS__OKX(x[i + 1]) || !LSS__OKY(y[s][i + 1])) break;
+                                    xa += (LSS__PX(x[i + 1]) - xa) * q / 8.0;
+                                    ya += (LSS__PY(y[s][i + 1]) - ya) * q / 8.0;
+                                }
+                                if (xa >= cx - 4 && xa <= cx + lgw + 4 && ya >= cy - 4 && ya <= cy + lgh + 4) cntp++;
+                            }
+                        }
+                    if (best < 0 || cntp < bestn) best = cnd, bestn = cntp;
+                }
+                bx = best == 0 || best == 3 ? lx + lw - 8 - lgw : lx + 8;
+                by = best < 2 ? ly + 8 : ly + lh - 8 - lgh;
+            }
+            lss_image_rect(im, bx, by, bx + lgw, by + lgh, white);
+            lss_image_rect(im, bx, by, bx + lgw, by + 1, lgb);
+            lss_image_rect(im, bx, by + lgh - 1, bx + lgw, by + lgh, lgb);
+            lss_image_rect(im, bx, by, bx + 1, by + lgh, lgb);
+            lss_image_rect(im, bx + lgw - 1, by, bx + lgw, by + lgh, lgb);
+            for (s = 0, k = 0; s < nseries; s++) {
+                unsigned char c[3];
+                int st = o && o->style ? o->style[s] : LSS_LINE_SOLID, ry = by + 5 + k * rowh + rowh / 2;
+                double ph2 = 0;
+                if (!labels[s]) continue;
+                lss_series_color(o && o->color ? o->color[s] : s, c);
+                if (o && o->band_lo && o->band_hi && o->band_lo[s] && o->band_hi[s]) lss__blend_rect(im, bx + 8, ry - 5, bx + 36, ry + 6, c, 0.25);
+                if (st != LSS_LINE_NONE) lss__seg(im, bx + 8, ry, bx + 36, ry, c, 2, st == LSS_LINE_DASHED, &ph2);
+                if (o && ((o->marker && o->marker[s]) || st == LSS_LINE_NONE)) { lss__disc(im, bx + 22, ry, 4.5, white); lss__disc(im, bx + 22, ry, 3.5, c); }
+                if (o && o->yerr && o->yerr[s]) lss_image_line(im, bx + 22, ry - 6, bx + 22, ry + 6, c, 2);
+                lss_image_text_size(im, bx + 42, ry - (int)floor(3.5 * fs + 0.5), labels[s], black, fs);
+                k++;
+            }
+        }
+#undef LSS__PX
+#undef LSS__PY
     }
-    if (o && o->title) lss_image_text(im, lx + lw / 2 - lss_image_text_width(o->title, 1) / 2, y0 + 10, o->title, black, 1);
-    if (o && o->xlabel) lss_image_text(im, lx + lw / 2 - lss_image_text_width(o->xlabel, 1) / 2, ly + lh + 24, o->xlabel, black, 1);
-    if (o && o->ylabel) lss_image_text(im, x0 + 4, y0 + 10, o->ylabel, black, 1);
 #undef LSS__TX
 #undef LSS__TY
+#undef LSS__OKX
+#undef LSS__OKY
 }
 
 LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries, int n,
@@ -1761,3 +2531,27 @@ LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries,
 
 #endif /* LSS_CORE_IMPLEMENTATION_DONE */
 #endif /* LSS_CORE_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under the MIT License (the file LICENSE).
+------------------------------------------------------------------------------
+MIT License
+Copyright (c) 2026 the lss authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/

@@ -636,6 +636,13 @@ LSSDEF int lss_deeplss_cfg_set(lss_deeplss_cfg *c, const char *key, const char *
    2 x 7, ell_min < ell_max, set sizes ncosmo x pred_per_cosmo and ncheck x check_rep below 2^31); else
    LSS_ERR_ARG naming the first bad value. */
 LSSDEF int lss_deeplss_cfg_check(const lss_deeplss_cfg *c);
+/* What a run of configuration c holds in memory, in bytes (estimates, before anything is allocated): the pool
+   of noise-free fields (ncosmo x (nf_train + nf_test) x 3 LSS_DEEPLSS_NBINS x nside^2 floats) and the training
+   of the largest network (the CNN's activations, gradients and im2col buffers at batch x (grid nside)^2 pixels:
+   nconv stride-2 convolutions to `channels`, 2 nres convolutions at the last resolution). Either output may
+   be NULL. lss_deeplss_cfg_check refuses a configuration above LSS_DEEPLSS_MAX_BYTES in either. */
+#define LSS_DEEPLSS_MAX_BYTES 1099511627776.0   /* 1 TiB */
+LSSDEF void lss_deeplss_cfg_memory(const lss_deeplss_cfg *c, double *pool_bytes, double *train_bytes);
 /* Saves every key as "key = value" lines (reals with 17 digits: a load gives the same struct back). A
    configuration that fails lss_deeplss_cfg_check is not saved (LSS_ERR_ARG). Atomic. */
 LSSDEF int lss_deeplss_cfg_save(const lss_deeplss_cfg *c, const char *path);
@@ -2932,8 +2939,17 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
     B = o.bins > 0 ? o.bins : 40;
     if (o.smooth == 0) o.smooth = 1.2;
     if (P < 40 || P > 2000 || B < 4 || B > 1000 || d > 30) return lss_seterr(LSS_ERR_ARG, "corner_png: panel %d, bins %d or d %d out of range", P, B, d);
+    margin = 100;                          /* the y names (vertical) and tick labels; the x ones below */
+    top = o.title ? 46 : 16;
     W = margin + d * P + 20;
-    H = top + d * P + margin;
+    H = top + d * P + margin - 20;
+    {   /* the legend (chains, the 68/95% key, the truth) in the empty upper right: the canvas grows to hold it */
+        int lgw = lss_image_text_width_size("68% (thick), 95% (thin)", LSS_FONT_TICK), lxl = margin + (d > 1 ? (d / 2 + 1) * P : P / 2);
+        for (c = 0; o.labels && c < nchains; c++)
+            if (o.labels[c] && lss_image_text_width_size(o.labels[c], LSS_FONT_TICK) > lgw) lgw = lss_image_text_width_size(o.labels[c], LSS_FONT_TICK);
+        if (d == 1) lxl = margin + P + 20;
+        if (lxl + 40 + lgw + 16 > W) W = lxl + 40 + lgw + 16;
+    }
     lo = (double *)LSS_MALLOC(sizeof(double) * (size_t)d * 2);
     grid = (double *)LSS_MALLOC(sizeof(double) * (size_t)B * B);
     if (!lo || !grid || (st = lss_image_init(&im, W, H)) != LSS_OK) {
@@ -2957,7 +2973,7 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
             hi[i] = b;
         }
     }
-    if (o.title) lss_image_text(&im, margin, 8, o.title, black, 2);
+    if (o.title) lss_image_text_size(&im, margin, 10, o.title, black, LSS_FONT_TITLE);
     for (j = 0; j < d; j++)     /* row */
         for (i = 0; i <= j; i++) { /* column */
             int x0 = margin + i * P, y0 = top + j * P, k;
@@ -3019,12 +3035,13 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
                     double px = x0 + 2 + (tv - lo[i]) / (hi[i] - lo[i]) * (P - 6);
                     lss_image_line(&im, px, y0 + P - 4, px, y0 + P, black, 1);
                     lss_format_tick(fabs(tv) < 1e-12 * step ? 0.0 : tv, buf, sizeof buf);
-                    lss_image_text(&im, (int)px - lss_image_text_width(buf, 1) / 2, y0 + P + 2, buf, black, 1);
+                    lss_image_text_size(&im, (int)px - lss_image_text_width_size(buf, LSS_FONT_TICK) / 2, y0 + P + 4, buf, black, LSS_FONT_TICK);
                 }
                 {
                     char nb[32];
                     const char *nm = o.names && o.names[i] ? o.names[i] : (snprintf(nb, sizeof nb, "p%d", i), nb);
-                    lss_image_text(&im, x0 + P / 2 - lss_image_text_width(nm, 2) / 2, y0 + P + 16, nm, black, 2);
+                    lss_image_text_size(&im, x0 + P / 2 - lss_image_text_width_size(nm, LSS_FONT_LABEL) / 2, y0 + P + 26, nm, black,
+                                        LSS_FONT_LABEL);
                 }
             }
             if (i == 0 && j > 0) {
@@ -3033,25 +3050,37 @@ LSSDEF int lss_corner_png(const char *path, int nchains, const double *const *x,
                     double py = y0 + P - 4 - (tv - lo[j]) / (hi[j] - lo[j]) * (P - 6);
                     lss_image_line(&im, x0 - 2, py, x0 + 2, py, black, 1);
                     lss_format_tick(fabs(tv) < 1e-12 * step ? 0.0 : tv, buf, sizeof buf);
-                    lss_image_text(&im, x0 - 4 - lss_image_text_width(buf, 1), (int)py - 4, buf, black, 1);
+                    lss_image_text_size(&im, x0 - 6 - lss_image_text_width_size(buf, LSS_FONT_TICK), (int)py - 5, buf, black, LSS_FONT_TICK);
                 }
                 {
                     char nb[32];
                     const char *nm = o.names && o.names[j] ? o.names[j] : (snprintf(nb, sizeof nb, "p%d", j), nb);
-                    int wdt = lss_image_text_width(nm, 1);
-                    lss_image_text(&im, 2, y0 + P / 2 + 6, nm, black, 1);
-                    (void)wdt;
+                    lss_image_text_vertical(&im, 10, y0 + P / 2 + lss_image_text_width_size(nm, LSS_FONT_LABEL) / 2, nm, black, LSS_FONT_LABEL);
                 }
             }
         }
-    if (o.labels) /* legend in the empty upper right */
-        for (c = 0; c < nchains; c++) {
+    {   /* legend in the empty upper right: the chains, the contour key (as getdist: 68% and 95% regions), the truth */
+        int lx = d == 1 ? margin + P + 20 : margin + (d / 2 + 1) * P, ly = top + 14, rh = (int)ceil(12 * LSS_FONT_TICK) + 2;
+        static const unsigned char dark[3] = {60, 60, 60};
+        for (c = 0; o.labels && c < nchains; c++, ly += rh) {
             unsigned char col[3];
-            int lx = margin + (d > 1 ? (d / 2 + 1) * P : P / 2), ly = top + 10 + 18 * c;
             lss_series_color(c, col);
-            lss_image_rect(&im, lx, ly, lx + 20, ly + 4, col);
-            if (o.labels[c]) lss_image_text(&im, lx + 26, ly - 3, o.labels[c], black, 1);
+            lss_image_rect(&im, lx, ly - 1, lx + 28, ly + 2, col);
+            if (o.labels[c]) lss_image_text_size(&im, lx + 36, ly - 5, o.labels[c], black, LSS_FONT_TICK);
         }
+        if (d > 1) {
+            lss_image_rect(&im, lx, ly - 1, lx + 28, ly + 1, dark);
+            lss_image_text_size(&im, lx + 36, ly - 5, "68% region (thick)", black, LSS_FONT_TICK);
+            ly += rh;
+            lss_image_rect(&im, lx, ly, lx + 28, ly + 1, dark);
+            lss_image_text_size(&im, lx + 36, ly - 5, "95% region (thin)", black, LSS_FONT_TICK);
+            ly += rh;
+        }
+        if (o.truth) {
+            lss_image_rect(&im, lx, ly, lx + 28, ly + 1, red);
+            lss_image_text_size(&im, lx + 36, ly - 5, "truth", black, LSS_FONT_TICK);
+        }
+    }
     st = lss_image_save_png(&im, path);
 fail:
     lss_image_free(&im);
@@ -3859,7 +3888,34 @@ LSSDEF int lss_deeplss_cfg_check(const lss_deeplss_cfg *c) {
     if ((int64_t)c->ncosmo * c->pred_per_cosmo > INT32_MAX || (int64_t)c->ncheck * c->check_rep > INT32_MAX ||
         (int64_t)c->grid * c->nside > 65536)
         return lss_seterr(LSS_ERR_ARG, "ncosmo x pred_per_cosmo, ncheck x check_rep or grid x nside is too large");
+    {
+        double pool, train;
+        lss_deeplss_cfg_memory(c, &pool, &train);
+        if (pool > LSS_DEEPLSS_MAX_BYTES || train > LSS_DEEPLSS_MAX_BYTES)
+            return lss_seterr(LSS_ERR_RANGE, "the run would hold %.3g GB of pool fields and %.3g GB to train a network (at most %.0f GB each): "
+                              "fewer cosmologies, fields, channels, a smaller batch or maps", pool / 1e9, train / 1e9, LSS_DEEPLSS_MAX_BYTES / 1e9);
+    }
     return LSS_OK;
+}
+
+LSSDEF void lss_deeplss_cfg_memory(const lss_deeplss_cfg *c, double *pool_bytes, double *train_bytes) {
+    double pool = 0, train = 0;
+    if (c) {
+        double S = (double)c->grid * c->nside, B = c->batch, C = c->channels, k2 = (double)c->kernel * c->kernel, cin = 2 * LSS_DEEPLSS_NBINS;
+        double acts = B * cin * S * S, cols = 0, s = S;
+        int i;
+        pool = (double)c->ncosmo * ((double)c->nf_train + c->nf_test) * 3 * LSS_DEEPLSS_NBINS * (double)c->nside * c->nside * 4;
+        for (i = 0; i < c->nconv; i++) {   /* stride-2 convolutions */
+            s = ceil(s / 2);
+            acts += B * C * s * s;
+            cols += B * (i ? C : cin) * k2 * s * s;
+        }
+        acts += 2.0 * c->nres * B * C * s * s;   /* residual blocks at the last resolution */
+        cols += 2.0 * c->nres * B * C * k2 * s * s;
+        train = 4 * (2 * acts + cols);           /* values and gradients of every activation, im2col buffers */
+    }
+    if (pool_bytes) *pool_bytes = pool;
+    if (train_bytes) *train_bytes = train;
 }
 
 LSSDEF int lss_deeplss_cfg_save(const lss_deeplss_cfg *c, const char *path) {
@@ -3886,7 +3942,7 @@ LSSDEF int lss_deeplss_cfg_load(lss_deeplss_cfg *c, const char *path) {
     FILE *f;
     int ln = 0, k, s = LSS_OK;
     if (!c || !path) return lss_seterr(LSS_ERR_ARG, "lss_deeplss_cfg_load: NULL argument");
-    if (!(f = fopen(path, "r"))) return lss_seterr(LSS_ERR_IO, "cannot read %s", path);
+    if ((s = lss_fopen_read(path, &f, NULL)) != LSS_OK) return s;
     memset(seen, 0, sizeof seen);
     lss_deeplss_cfg_defaults(&t, LSS_DEEPLSS_SMALL);
     while (s == LSS_OK && fgets(line, sizeof line, f)) {
@@ -3907,7 +3963,7 @@ LSSDEF int lss_deeplss_cfg_load(lss_deeplss_cfg *c, const char *path) {
         else if (seen[k]++) s = lss_seterr(LSS_ERR_FORMAT, "%s:%d: key '%s' given twice", path, ln, key);
         else if (lss_deeplss_cfg_set(&t, key, val)) s = lss_seterr(LSS_ERR_FORMAT, "%s:%d: %s", path, ln, lss_last_error());
     }
-    if (s == LSS_OK && ferror(f)) s = lss_seterr(LSS_ERR_IO, "%s: read error", path);
+    if (s == LSS_OK && ferror(f)) s = lss_seterr(LSS_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
     fclose(f);
     for (k = 0; k < LSS__DL_NKEYS && s == LSS_OK; k++)
         if (!seen[k]) s = lss_seterr(LSS_ERR_FORMAT, "%s: missing key '%s'", path, lss__dl_keys[k].key);
@@ -3981,8 +4037,26 @@ LSSDEF int lss_deeplss_loss_png(const char *dir, const char *title) {
         if (j) ys[j - 1] = cols + j * lc.nrows;
     }
     memset(&po, 0, sizeof po);
-    po.title = title; po.xlabel = lc.names[0]; po.ylabel = "loss"; po.width = 900; po.height = 560;
-    s = lss_plot_lines(png, &po, n, (int)lc.nrows, cols, (const double *const *)ys, (const char *const *)lc.names + 1);
+    po.title = title; po.xlabel = lc.names[0]; po.ylabel = "loss"; po.width = 1000; po.height = 560;
+    {   /* one colour per network, its training loss solid and its held-out loss dashed; the legend outside; a spike
+           of the first steps does not set the y range */
+        int col[64], sty[64], k, nc = 0;
+        char lab[64][96];
+        const char *labp[64];
+        for (j = 0; j < n; j++) {
+            const char *nm = lc.names[j + 1], *net = !strncmp(nm, "train_", 6) || !strncmp(nm, "valid_", 6) ? nm + 6 : nm;
+            sty[j] = !strncmp(nm, "valid_", 6) ? LSS_LINE_DASHED : LSS_LINE_SOLID;
+            for (k = 0; k < j; k++) {
+                const char *o2 = lc.names[k + 1];
+                if (!strcmp(!strncmp(o2, "train_", 6) || !strncmp(o2, "valid_", 6) ? o2 + 6 : o2, net)) break;
+            }
+            col[j] = k < j ? col[k] : nc++;
+            snprintf(lab[j], sizeof lab[j], "%s (%s)", net, !strncmp(nm, "valid_", 6) ? "held-out" : !strncmp(nm, "train_", 6) ? "train" : "loss");
+            labp[j] = lab[j];
+        }
+        po.color = col; po.style = sty; po.robust_y = 1; po.legend_out = 1;
+        s = lss_plot_lines(png, &po, n, (int)lc.nrows, cols, (const double *const *)ys, labp);
+    }
     LSS_FREE(cols);
     lss_csv_free(&lc);
     return s;
@@ -4147,6 +4221,9 @@ static int lss__dl_csv(const char *dir, const char *name, lss_csv *cv, char *pat
 }
 
 /* Column indices by name; LSS_ERR_FORMAT naming the file and the first missing column. */
+/* A table cell that must hold an integer in [lo, hi]: the integer, or -1 (NaN, 1e300, 2.5: never cast). */
+static int lss__dl_int(double v, int lo, int hi) { return v >= lo && v <= hi && v == floor(v) ? (int)v : -1; }
+
 static int lss__dl_cols(const lss_csv *cv, const char *file, int n, const char *const *names, int *col) {
     int i;
     for (i = 0; i < n; i++)
@@ -4175,7 +4252,10 @@ LSSDEF int lss_deeplss_numbers_read(const char *dir, int nfid, int ncal, const c
     for (k = 0; k < LSS_DEEPLSS_NNET && have && cv.nrows > 0; k++) {
         snprintf(cname, sizeof cname, "valid_%s_%s", lss__dl_kind[k / 3], lss__dl_probe[0][k % 3]);
         if ((col[0] = lss_csv_col(&cv, cname)) >= 0) r->loss[k / 3][k % 3] = cv.data[(cv.nrows - 1) * cv.ncols + col[0]];
-        r->loss_step = (int64_t)cv.data[(cv.nrows - 1) * cv.ncols];
+        {
+            double st0 = cv.data[(cv.nrows - 1) * cv.ncols];
+            r->loss_step = st0 >= 0 && st0 <= 9e15 && st0 == floor(st0) ? (int64_t)st0 : -1;
+        }
     }
     lss_csv_free(&cv);
     /* per-mock constraints of every network at the fiducial parameters */
@@ -4195,9 +4275,9 @@ LSSDEF int lss_deeplss_numbers_read(const char *dir, int nfid, int ncal, const c
     for (i = 0; i < (int64_t)LSS_DEEPLSS_NNET * nfid; i++) lss__constraint_nan(&cs[i]);
     for (i = 0; i < cv.nrows; i++) {
         const double *v = cv.data + i * cv.ncols;
-        int kd = (int)v[col[0]], pr = (int)v[col[1]], m = (int)v[col[2]];
+        int kd = lss__dl_int(v[col[0]], 0, 1), pr = lss__dl_int(v[col[1]], 0, 2), m = lss__dl_int(v[col[2]], 0, nfid - 1);
         lss_constraint *q;
-        if (kd < 0 || kd > 1 || pr < 0 || pr > 2 || !(v[col[2]] >= 0 && v[col[2]] < nfid) || v[col[3]] != 1) continue;
+        if (kd < 0 || pr < 0 || m < 0 || v[col[3]] != 1) continue;
         q = cs + (size_t)(kd * 3 + pr) * nfid + m;
         for (k = 0; k <= NP; k++) q->std[k] = v[col[4 + k]];
         q->fom_det = v[col[5 + NP]];
@@ -4227,8 +4307,8 @@ LSSDEF int lss_deeplss_numbers_read(const char *dir, int nfid, int ncal, const c
                 for (i = 0; i < (int64_t)ncal * NP; i++) ins[i] = NAN;
                 for (i = 0; i < cv.nrows; i++) {
                     const double *v = cv.data + i * cv.ncols;
-                    if ((int)v[col[0]] == kind && v[col[4]] == 1 && v[col[1]] >= 0 && v[col[1]] < ncal && v[col[2]] >= 0 && v[col[2]] < NP)
-                        ins[(int)v[col[1]] * NP + (int)v[col[2]]] = v[col[3]];
+                    int mk = lss__dl_int(v[col[1]], 0, ncal - 1), pk = lss__dl_int(v[col[2]], 0, NP - 1);
+                    if (lss__dl_int(v[col[0]], 0, 1) == kind && v[col[4]] == 1 && mk >= 0 && pk >= 0) ins[mk * NP + pk] = v[col[3]];
                 }
                 r->cal_n[kind] = lss_coverage(ins, ncal, NP, &r->cal_frac[kind], r->cal_par[kind]);
             }
@@ -4240,8 +4320,8 @@ LSSDEF int lss_deeplss_numbers_read(const char *dir, int nfid, int ncal, const c
     if (have && (s = lss__dl_cols(&cv, path, 8, mn, col))) goto out;
     for (i = 0; have && i < cv.nrows; i++) {
         const double *v = cv.data + i * cv.ncols;
-        int kd = (int)v[col[0]], pr = (int)v[col[1]];
-        if (kd < 0 || kd > 1 || pr < 0 || pr > 2) continue;
+        int kd = lss__dl_int(v[col[0]], 0, 1), pr = lss__dl_int(v[col[1]], 0, 2);
+        if (kd < 0 || pr < 0) continue;
         r->have_check[kd * 3 + pr] = 1;
         for (k = 0; k < 6; k++) r->check[kd * 3 + pr][k] = v[col[2 + k]];
     }
@@ -4358,20 +4438,30 @@ LSSDEF int lss_deeplss_sensitivity_save(const float *map, const float *sens, int
         if (rms) { rms[ch][0] = rows[ch * 4 + 1]; rms[ch][1] = rows[ch * 4 + 2]; rms[ch][2] = rows[ch * 4 + 3]; }
     }
     if ((s = lss__dl_path(path, sizeof path, dir, "sensitivity.csv")) || (s = lss_csv_write(path, 4, hdr, NC, rows))) return s;
-    if ((s = lss_image_init(&im, lw + NC * (side * sc + 8) + 70, top + 3 * (side * sc + 22) + 10))) return s;
-    lss_image_text(&im, 8, 8, "Sensitivity of the combined-probe CNN (section VI): kappa_g bins 1-4, delta_g bins 1-4", black, 1);
-    for (row = 0; row < 3; row++) {
-        int y0 = top + row * (side * sc + 22);
-        lss_image_text(&im, 8, y0 + side * sc / 2, rl[row], black, 1);
-        for (ch = 0; ch < NC; ch++) {
-            const float *mp = row == 0 ? map + ch * plane : sens + ((int64_t)(row - 1) * NC + ch) * plane;
-            double a = 0;
-            char lab[32];
-            for (i = 0; i < plane; i++) if (fabs(mp[i]) > a) a = fabs(mp[i]);
-            if (row == 0 && ch >= LSS_DEEPLSS_NBINS) a = 1;   /* delta_g on a fixed scale */
-            lss_image_map(&im, lw + ch * (side * sc + 8), y0, mp, side, side, a > 0 ? -a : -1, a > 0 ? a : 1, sc);
-            snprintf(lab, sizeof lab, "%s%d", ch < LSS_DEEPLSS_NBINS ? "k" : "d", ch % LSS_DEEPLSS_NBINS + 1);
-            lss_image_text(&im, lw + ch * (side * sc + 8), y0 + side * sc + 4, lab, black, 1);
+    /* panels of at least 160 pixels, each with its colour bar: the maps on viridis, the sensitivities (signed
+       gradients) on the diverging RdBu map centred on zero, each panel on its own symmetric range */
+    sc = (160 + side - 1) / side;
+    sc = sc < 1 ? 1 : sc;
+    {
+        int pw = 0, ph = 0, cw, chh;
+        lss_image_map_panel_size(side, side, -0.0125, 0.0125, sc, &cw, &chh); /* the widest labels: "-0.0125" */
+        pw = cw + 12;
+        ph = chh + 8;
+        if ((s = lss_image_init(&im, lw + NC * pw + 10, top + 14 + 3 * ph + 10))) return s;
+        lss_image_text_size(&im, 8, 8, "Sensitivity of the combined-probe CNN (section VI, figure 6): kappa_g bins 1-4, delta_g bins 1-4",
+                            black, LSS_FONT_LABEL);
+        for (row = 0; row < 3; row++) {
+            int y0 = top + 14 + row * ph;
+            lss_image_text_size(&im, 8, y0 + 22 + side * sc / 2 - 8, rl[row], black, LSS_FONT_LABEL);
+            for (ch = 0; ch < NC; ch++) {
+                const float *mp = row == 0 ? map + ch * plane : sens + ((int64_t)(row - 1) * NC + ch) * plane;
+                double lo = 0, hi = 0;
+                char lab[48];
+                snprintf(lab, sizeof lab, "%s %s%d", row == 0 ? "m" : row == 1 ? "dA_IA/dm" : "ds8/dm", ch < LSS_DEEPLSS_NBINS ? "kappa" : "delta",
+                         ch % LSS_DEEPLSS_NBINS + 1);
+                if (row == 0) lss_map_range(mp, plane, LSS_CMAP_VIRIDIS, &lo, &hi);
+                lss_image_map_panel(&im, lw + ch * pw, y0, mp, side, side, lo, hi, sc, row == 0 ? LSS_CMAP_VIRIDIS : LSS_CMAP_RDBU, lab);
+            }
         }
     }
     if ((s = lss__dl_path(path, sizeof path, dir, "sensitivity.png")) == LSS_OK) s = lss_image_save_png(&im, path);
@@ -4504,3 +4594,27 @@ out:
 
 #endif /* LSS_INFER_IMPLEMENTATION_DONE */
 #endif /* LSS_INFER_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under the MIT License (the file LICENSE).
+------------------------------------------------------------------------------
+MIT License
+Copyright (c) 2026 the lss authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/

@@ -115,6 +115,10 @@ extern "C" {
 #endif
 
 #define LSS_MM_EMPTY_VAR 1e10          /* noise variance of an empty or masked pixel (eq. 26) */
+#define LSS_MM_SHEAR_MAX 10.0          /* largest |e1|, |e2| of a catalogue (a larger one is a unit error or a -99
+                                          flag, not a measurement) */
+#define LSS_MM_SHEAR_MAP_MAX 1e3       /* largest |gamma| of a shear map read from a file (1e38 would make inf maps) */
+#define LSS_MM_WEIGHT_MAX 1e10         /* largest catalogue weight */
 #define LSS_MM_COSMOS_PIX_ARCMIN 0.29  /* COSMOS mock: 360 x 360 pixels of 0.29 arcmin */
 #define LSS_MM_COSMOS_NPIX 360
 #define LSS_MM_COSMOS_SIGMA_E 0.305    /* shape noise per component */
@@ -169,7 +173,9 @@ typedef struct {
     double *x, *y, *e1, *e2, *w;
 } lss_mm_catalogue;
 /* CSV with a header naming x,y or ra,dec, e1,e2 and optionally w or weight; or NPY [n, 4|5] with
- * columns (x, y, e1, e2[, w]) (radec_npy = 1 reads the first two as ra, dec). */
+ * columns (x, y, e1, e2[, w]) (radec_npy = 1 reads the first two as ra, dec). Every value checked: finite
+ * positions (|ra| <= 360, |dec| <= 90 degrees), |e1|, |e2| <= LSS_MM_SHEAR_MAX, weights in [0, LSS_MM_WEIGHT_MAX];
+ * LSS_ERR_FORMAT naming the galaxy, the column and the value otherwise. */
 LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalogue *cat);
 LSSDEF void lss_mm_catalogue_free(lss_mm_catalogue *cat);
 
@@ -206,7 +212,8 @@ LSSDEF int lss_mm_sky_shear(const lss_mm_sky *s, double ra, double dec, double e
                             double *g2);
 /* A shear map file: NPY [2, H, W] (gamma1, gamma2), or field `field` of a stack [K, 2, H, W], into one
  * allocation *g of 2 H W floats (gamma2 = *g + H W; free with LSS_FREE). LSS_ERR_SHAPE for another shape,
- * a missing field or a map smaller than 2 x 2, LSS_ERR_FORMAT for a non-finite value. */
+ * a missing field or a map smaller than 2 x 2 (or above 65536 a side), LSS_ERR_FORMAT naming the pixel for a value
+ * that is not finite or exceeds LSS_MM_SHEAR_MAP_MAX in modulus. */
 LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int *w);
 
 /* The frame as a JSON object (projection, ra0_deg, dec0_deg, pixel_arcmin, ref_pixel_xy, x_axis, y_axis,
@@ -238,6 +245,12 @@ typedef struct {
 LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int *h_out, int *w_out,
                       float *g1, float *g2, float *nvar, float *count, int64_t *dropped,
                       double *sigma_e_used);
+/* Grids of lss_mm_bin: at most LSS_MM_BIN_MAX_PIX pixels (8192 x 8192: 1 GB of float maps written, 2 GB more
+ * while binning); a grid sized from the galaxies' bounding box (h, w not given) beyond LSS_MM_BIN_SPARSE_PIX
+ * pixels needs a galaxy per 1000 pixels (two stray positions make no 4096 x 4096 map). LSS_ERR_RANGE
+ * otherwise, with the size and what it would cost. */
+#define LSS_MM_BIN_MAX_PIX ((int64_t)1 << 26)
+#define LSS_MM_BIN_SPARSE_PIX ((int64_t)1 << 20)
 /* The sky frame and grid size lss_mm_bin uses for a ra/dec catalogue: tangent point (ra0, dec0) or the
  * galaxies' mean direction; with h, w given the tangent point sits at the grid centre (x0 = w/2,
  * y0 = h/2), else the grid is the bounding box of the projected positions. LSS_ERR_ARG for a pixel
@@ -375,7 +388,9 @@ LSSDEF int lss_mm_mean_std(int n, int64_t npix, const float *maps, float *mean, 
 
 /* ---------------------------------------------------------------- metrics */
 /* RMSE (eq. 27) and Pearson r (eq. 28) of est against truth over pixels with mask > 0 (mask NULL:
- * all), each map's mean over those pixels subtracted first. Either output may be NULL. */
+ * all), each map's mean over those pixels subtracted first. Either output may be NULL. LSS_ERR_RANGE when
+ * the truth is constant over them (no signal: a mock of zero fields), LSS_ERR_NUMERIC for non-finite maps;
+ * r is NaN for a constant estimate. */
 LSSDEF int lss_mm_metrics(int64_t npix, const float *est, const float *truth, const float *mask,
                           double *rmse, double *r);
 
@@ -613,6 +628,7 @@ typedef struct {
     double ks_smoothing, sigma_min;
     double *rmse, *r;                           /* [nfields][LSS_MM_NMETHODS], NaN where not run */
     double mean_rmse[LSS_MM_NMETHODS], std_rmse[LSS_MM_NMETHODS], mean_r[LSS_MM_NMETHODS], std_r[LSS_MM_NMETHODS];
+                                                /* std over fields (ddof 0): NaN ("nan" in table1.csv, n/a) for one field */
     /* figure 6 (field 0), [nbins] each */
     double *ell, *cl_theory, *cl_truth, *cl_sims_mean, *cl_sims_std, *cl_samples_mean, *cl_samples_std,
         *cl_wiener, *cl_post_mean, *frac_within_2sigma;
@@ -646,6 +662,7 @@ typedef struct {
     int nrows;             /* 1 + nmasses; row 0: no halo (the false-detection rate) */
     double *mass, *snr, *rate, *rs_arcmin, *kappa_s;
     double background_std, theta_pix;
+    int nsamples;          /* posterior samples per row (the binomial error of a rate: sqrt(r (1 - r) / nsamples)) */
 } lss_mm_detect_result;
 /* Section 7.3: each NFW halo's shear added at the field centre to the noisy shear (observed pixels);
  * a posterior sample detects it when lss_mm_detect_peak exceeds threshold x the filtered std (observed
@@ -668,6 +685,8 @@ LSSDEF int lss_mm_detect_save(const lss_mm_detect_result *r, const char *dir);
 #ifndef LSS_MASSMAP_IMPLEMENTATION_DONE
 #define LSS_MASSMAP_IMPLEMENTATION_DONE
 
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
@@ -938,11 +957,20 @@ LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalog
         lss_csv_free(&c);
     }
     for (i = 0; i < cat->n; i++) {
-        if (!isfinite(cat->x[i]) || !isfinite(cat->y[i]) || !isfinite(cat->e1[i]) || !isfinite(cat->e2[i]) ||
-            !isfinite(cat->w[i]) || cat->w[i] < 0) {
+        const char *what = NULL;
+        double v = 0;
+        if (!isfinite(cat->x[i]) || (cat->radec && !(fabs(cat->x[i]) <= 360))) what = cat->radec ? "ra" : "x", v = cat->x[i];
+        else if (!isfinite(cat->y[i]) || (cat->radec && !(fabs(cat->y[i]) <= 90))) what = cat->radec ? "dec" : "y", v = cat->y[i];
+        else if (!(fabs(cat->e1[i]) <= LSS_MM_SHEAR_MAX)) what = "e1", v = cat->e1[i];
+        else if (!(fabs(cat->e2[i]) <= LSS_MM_SHEAR_MAX)) what = "e2", v = cat->e2[i];
+        else if (!(cat->w[i] >= 0 && cat->w[i] <= LSS_MM_WEIGHT_MAX)) what = "weight", v = cat->w[i];
+        if (what) {
             int64_t bad = i;
+            int e = what[0] == 'e';
             lss_mm_catalogue_free(cat);
-            return lss_seterr(LSS_ERR_FORMAT, "%s: galaxy %lld has a non-finite value or a negative weight", path, (long long)bad);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: galaxy %lld: %s = %g (need %s)", path, (long long)bad, what, v,
+                              e ? "|e| <= 10" : what[0] == 'w' ? "a weight in [0, 1e10]" : what[0] == 'r' ? "|ra| <= 360 degrees" :
+                              what[0] == 'd' ? "|dec| <= 90 degrees" : "a finite number");
         }
     }
     if (cat->n == 0) {
@@ -1036,6 +1064,10 @@ LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int
     if (!path || !g || !h || !w) return lss_seterr(LSS_ERR_ARG, "lss_mm_shear_load: NULL argument");
     *g = NULL;
     if ((s = lss_npy_load_f32(path, &d, &nd, sh)) != LSS_OK) return s;
+    if (nd >= 3 && (sh[nd - 2] > 65536 || sh[nd - 1] > 65536)) {
+        LSS_FREE(d);
+        return lss_seterr(LSS_ERR_SHAPE, "%s: maps of %lld x %lld pixels (at most 65536 a side)", path, (long long)sh[nd - 2], (long long)sh[nd - 1]);
+    }
     if (nd == 3 && sh[0] == 2 && field == 0) *h = (int)sh[1], *w = (int)sh[2];
     else if (nd == 4 && sh[1] == 2 && field >= 0 && field < sh[0]) *h = (int)sh[2], *w = (int)sh[3], off = (int64_t)field * 2 * sh[2] * sh[3];
     else {
@@ -1048,9 +1080,11 @@ LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int
         return lss_seterr(LSS_ERR_SHAPE, "%s: map %d x %d too small", path, *h, *w);
     }
     for (i = 0; i < 2 * n; i++)
-        if (!isfinite(d[off + i])) {
+        if (!(fabsf(d[off + i]) <= (float)LSS_MM_SHEAR_MAP_MAX)) {
+            double v = d[off + i];
             LSS_FREE(d);
-            return lss_seterr(LSS_ERR_FORMAT, "%s: non-finite shear at value %lld", path, (long long)i);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: field %d: gamma%d at pixel (%lld, %lld) is %g (need a finite |gamma| <= %g)", path, field,
+                              (int)(i / n) + 1, (long long)(i % n / *w), (long long)(i % *w), v, LSS_MM_SHEAR_MAP_MAX);
         }
     if (off > 0) memmove(d, d + off, sizeof(float) * (size_t)(2 * n));
     *g = d;
@@ -1168,17 +1202,29 @@ LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int
         } else {
             xmin = o->x0;
             ymin = o->y0;
+            if (!isfinite(xmin) || !isfinite(ymin)) return lss_seterr(LSS_ERR_ARG, "lss_mm_bin: origin (%g, %g) is not finite", xmin, ymin);
         }
         if (o->h > 0 && o->w > 0) {
             h = o->h;
             w = o->w;
         } else {
-            w = (int)floor(xmax - xmin) + 1;
-            h = (int)floor(ymax - ymin) + 1;
+            /* the bounding box, sized in double before it becomes an int (positions of 1e300 are no grid) */
+            double bw = floor(xmax - xmin) + 1, bh = floor(ymax - ymin) + 1;
+            if (!(bw >= 1 && bh >= 1 && bw * bh <= LSS_MM_BIN_MAX_PIX))
+                return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin: the galaxies span %.6g x %.6g pixels (x %g..%g, y %g..%g); a grid holds at "
+                                  "most %.0f pixels: check the coordinates or give the grid size", bh, bw, xmin, xmax, ymin, ymax,
+                                  (double)LSS_MM_BIN_MAX_PIX);
+            w = (int)bw;
+            h = (int)bh;
         }
     }
-    if (h < 2 || w < 2 || (int64_t)h * w > ((int64_t)1 << 28))
-        return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin: grid %d x %d is too small or too large", h, w);
+    if (h < 2 || w < 2 || (int64_t)h * w > LSS_MM_BIN_MAX_PIX)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin: a grid of %d x %d pixels is too %s (2 x 2 to %lld pixels)", h, w, h < 2 || w < 2 ? "small" : "large",
+                          (long long)LSS_MM_BIN_MAX_PIX);
+    if (!(o->h > 0 && o->w > 0) && (int64_t)h * w > LSS_MM_BIN_SPARSE_PIX && (double)h * w > 1000.0 * (double)cat->n)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin: the bounding box of the %lld galaxies is %d x %d pixels (%.0f pixels per galaxy, %.3g MB "
+                          "of maps): give the grid size or check the coordinates", (long long)cat->n, h, w, (double)h * w / (double)cat->n,
+                          16e-6 * (double)h * w);
     if (h_out) *h_out = h;
     if (w_out) *w_out = w;
     if (!g1) return LSS_OK;
@@ -1210,12 +1256,14 @@ LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int
                 px = cat->x[i] - xmin;
                 py = cat->y[i] - ymin;
             }
-            ix = (int64_t)floor(px);
-            iy = (int64_t)floor(py);
-            if (ix < 0 || iy < 0 || ix >= w || iy >= h || cat->w[i] <= 0) {
+            if (!(px >= 0 && px < w && py >= 0 && py < h) || cat->w[i] <= 0) { /* compared as doubles: no cast of 1e300 */
                 drop++;
                 continue;
             }
+            ix = (int64_t)floor(px);
+            iy = (int64_t)floor(py);
+            if (ix >= w) ix = w - 1; /* px just below w */
+            if (iy >= h) iy = h - 1;
             k = iy * w + ix;
             sw[k] += cat->w[i];
             sw2[k] += cat->w[i] * cat->w[i];
@@ -2479,8 +2527,13 @@ LSSDEF int lss_mm_metrics(int64_t npix, const float *est, const float *truth, co
             vtt += b * b;
             vet += a * b;
         }
+    if (!isfinite(se) || !isfinite(vee) || !isfinite(vtt))
+        return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_metrics: the maps hold non-finite values");
+    if (!(vtt > 0)) /* a field without signal (an all-zero mock) would give RMSE 0 and a meaningless r */
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_metrics: the true map is constant (%g) over the %.0f observed pixels: no signal to compare with",
+                          mt, cnt);
     if (rmse) *rmse = sqrt(se / cnt);
-    if (r) *r = (vee > 0 && vtt > 0) ? vet / sqrt(vee * vtt) : 0.0;
+    if (r) *r = vee > 0 ? vet / sqrt(vee * vtt) : NAN; /* a constant estimate has no correlation: NaN, not 0 */
     return LSS_OK;
 }
 
@@ -2724,14 +2777,36 @@ LSSDEF int lss_mm_net_save(const lss_mm_net *n, const char *path) {
     return lss_ckpt_save(path, n->st, NULL);
 }
 
+/* The architecture in a "massmap.meta" tensor (c0, deepmass, h, w as floats): each value checked before it
+ * becomes an int (NaN, 1e300 or a fraction is LSS_ERR_FORMAT naming the file, the field and the value). */
+static int lss__mm_meta_ints(const char *path, const float *m, int *v) {
+    static const char *const name[4] = {"c0 (U-net width)", "deepmass", "map height", "map width"};
+    static const double lo[4] = {1, 0, 2, 2}, hi[4] = {512, 1, 65536, 65536};
+    int k;
+    for (k = 0; k < 4; k++) {
+        double x = (double)m[k];
+        if (!(x >= lo[k] && x <= hi[k]) || x != floor(x))
+            return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.meta %s is %g (an integer in [%g, %g] is needed)", path, name[k], x, lo[k], hi[k]);
+        v[k] = (int)x;
+    }
+    return LSS_OK;
+}
+
 LSSDEF int lss_mm_net_load(lss_mm_net *n, const char *path) {
     int s;
     lss_tensor *m;
     if (!n || !path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_load: NULL argument");
     if ((s = lss_ckpt_load(path, n->st, NULL)) != LSS_OK) return s;
     m = lss_store_get(n->st, "massmap.meta");
-    if (!m || (int)m->data[0] != n->o.c0 || (int)m->data[1] != n->o.deepmass || (int)m->data[2] != lss_grid_h(n->g) || (int)m->data[3] != lss_grid_w(n->g))
-        return lss_seterr(LSS_ERR_FORMAT, "%s: checkpoint is for another network or map size", path);
+    if (!m) return lss_seterr(LSS_ERR_FORMAT, "%s: checkpoint is for another network or map size", path);
+    {
+        int v[4];
+        if ((s = lss__mm_meta_ints(path, m->data, v)) != LSS_OK) return s;
+        if (v[0] != n->o.c0 || v[1] != n->o.deepmass || v[2] != lss_grid_h(n->g) || v[3] != lss_grid_w(n->g))
+            return lss_seterr(LSS_ERR_FORMAT, "%s: checkpoint is for a network of width %d (%s) on %d x %d maps, not width %d (%s) on %d x %d",
+                              path, v[0], v[1] ? "DeepMass" : "score", v[2], v[3], n->o.c0, n->o.deepmass ? "DeepMass" : "score",
+                              lss_grid_h(n->g), lss_grid_w(n->g));
+    }
     return LSS_OK;
 }
 
@@ -2743,11 +2818,13 @@ LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, in
     uint32_t ver, nt, i, len, dt, nd, k;
     int64_t sh[8], cnt;
     char name[256];
+    int s0;
     if (!path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_probe: NULL path");
-    f = fopen(path, "rb");
-    if (!f) return lss_seterr(LSS_ERR_IO, "%s: cannot open", path);
+    if ((s0 = lss_fopen_read(path, &f, NULL)) != LSS_OK) return s0;
     if (!lss__mm_rd(f, magic, 8) || memcmp(magic, "LSSNNCK1", 8) || !lss__mm_rd(f, &ver, 4) || !lss__mm_rd(f, &nt, 4)) {
+        int e = ferror(f) ? errno : 0;
         fclose(f);
+        if (e) return lss_seterr(LSS_ERR_IO, "%s: cannot read: %s", path, strerror(e));
         return lss_seterr(LSS_ERR_FORMAT, "%s: not an lss network checkpoint", path);
     }
     for (i = 0; i < nt; i++) {
@@ -2756,21 +2833,27 @@ LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, in
         name[len] = 0;
         cnt = 1;
         for (k = 0; k < nd; k++) {
-            if (!lss__mm_rd(f, &sh[k], 8) || sh[k] < 0) { cnt = -1; break; }
+            /* every size positive and the product below 2^46 elements (the checkpoint reader's limit) */
+            if (!lss__mm_rd(f, &sh[k], 8) || sh[k] < 1 || sh[k] > ((int64_t)1 << 40) || cnt > ((int64_t)1 << 46) / sh[k]) {
+                cnt = -1;
+                break;
+            }
             cnt *= sh[k];
         }
         if (cnt < 0 || (dt != 1 && dt != 2 && dt != 4)) break;
         if (!strcmp(name, "massmap.meta") && dt == 1 && cnt == 4) {
             float m[4];
+            int v[4], s;
             if (!lss__mm_rd(f, m, sizeof m)) break;
             fclose(f);
-            if (c0) *c0 = (int)m[0];
-            if (deepmass) *deepmass = (int)m[1];
-            if (h) *h = (int)m[2];
-            if (w) *w = (int)m[3];
+            if ((s = lss__mm_meta_ints(path, m, v)) != LSS_OK) return s;
+            if (c0) *c0 = v[0];
+            if (deepmass) *deepmass = v[1];
+            if (h) *h = v[2];
+            if (w) *w = v[3];
             return LSS_OK;
         }
-        if (fseek(f, (long)(cnt * (dt == 1 ? 4 : 8)), SEEK_CUR) != 0) break;
+        if (cnt > (int64_t)(LONG_MAX / 8) || fseek(f, (long)(cnt * (dt == 1 ? 4 : 8)), SEEK_CUR) != 0) break;
     }
     fclose(f);
     return lss_seterr(LSS_ERR_FORMAT, "%s: no massmap network description in the checkpoint", path);
@@ -3568,15 +3651,43 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out) {
         lss_csv_free(&c);
         return lss_seterr(LSS_ERR_FORMAT, "%s: needs columns h, w, pixel_arcmin, nfields", p);
     }
-    h = (int)c.data[lss_csv_col(&c, "h")];
-    w = (int)c.data[lss_csv_col(&c, "w")];
-    K = (int)c.data[lss_csv_col(&c, "nfields")];
+    {
+        /* every value range-checked as a double before it becomes an integer (NaN, 1e300, 2.5 are errors) */
+        static const char *const key[4] = {"h", "w", "nfields", "seed"};
+        static const double hi[4] = {32768, 32768, 100000, 18446744073709551615.0};
+        double v[4];
+        for (k = 0; k < 4; k++) {
+            int col = lss_csv_col(&c, key[k]);
+            v[k] = col >= 0 ? c.data[col] : 0.0;
+            if (!(v[k] >= (k < 2 ? 2 : k == 2 ? 1 : 0) && v[k] <= hi[k]) || v[k] != floor(v[k]) || (k == 3 && v[k] >= hi[3])) {
+                double bad = v[k];
+                lss_csv_free(&c);
+                return lss_seterr(LSS_ERR_FORMAT, "%s: %s = %g is not an integer in [%d, %.0f]", p, key[k], bad, k < 2 ? 2 : k == 2 ? 1 : 0, hi[k]);
+            }
+        }
+        h = (int)v[0];
+        w = (int)v[1];
+        K = (int)v[2];
+        i = (int64_t)(uint64_t)v[3];
+    }
     pix = c.data[lss_csv_col(&c, "pixel_arcmin")];
     shift = lss_csv_col(&c, "shift") >= 0 ? c.data[lss_csv_col(&c, "shift")] : 0.0;
-    i = lss_csv_col(&c, "seed") >= 0 ? (int64_t)c.data[lss_csv_col(&c, "seed")] : 0;
     lss_csv_free(&c);
-    if (h < 2 || w < 2 || h > 32768 || w > 32768 || K < 1 || K > 100000 || !(pix > 0) || !isfinite(pix) || !(shift >= 0) || !isfinite(shift))
-        return lss_seterr(LSS_ERR_FORMAT, "%s: bad grid (h %d, w %d, nfields %d, pixel %g, shift %g)", p, h, w, K, pix, shift);
+    if (!(pix > 0) || !(pix <= 600) || !(shift >= 0) || !(shift <= 1e3))
+        return lss_seterr(LSS_ERR_FORMAT, "%s: pixel_arcmin = %g (need (0, 600]) or shift = %g (need [0, 1000])", p, pix, shift);
+    if ((int64_t)K * h * w > ((int64_t)1 << 28))
+        return lss_seterr(LSS_ERR_RANGE, "%s: %d fields of %d x %d pixels (%.3g GB of maps) exceed the 2^28 pixels a mock may hold", p, K, h, w,
+                          16.0 * K * h * w / 1e9);
+    {
+        /* the files must hold those fields before anything is allocated for them */
+        FILE *f;
+        int64_t sz;
+        if ((s = lss__mm_path(p, sizeof p, dir, "shear.npy")) != LSS_OK || (s = lss_fopen_read(p, &f, &sz)) != LSS_OK) return s;
+        fclose(f);
+        if (sz >= 0 && sz < (int64_t)K * 2 * h * w * 4)
+            return lss_seterr(LSS_ERR_FORMAT, "%s: %lld bytes cannot hold the %d fields of [2, %d, %d] float32 that grid.csv announces", p,
+                              (long long)sz, K, h, w);
+    }
     if ((s = lss__mm_path(p, sizeof p, dir, "ps.csv")) || (s = lss_csv_read(p, &c))) return s;
     ce = lss_csv_col(&c, "ell");
     cc = lss_csv_col(&c, "cl");
@@ -3688,6 +3799,22 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
     if (ns < 2 || nb < 1 || nsim < 2 || d.batch < 1 || d.nfields < 0 || nf >= (int)LSS_MM_SUB_WIENER_SIGNAL)
         return lss_seterr(LSS_ERR_RANGE, "lss_mm_eval: need nsamples >= 2, nsims >= 2, nbins >= 1, batch >= 1 (got %d, %d, %d, %d)", ns, nsim, nb, d.batch);
     np = (int64_t)m->h * m->w;
+    /* the data first (before minutes of simulations): every field evaluated must hold signal where observed */
+    for (f = 0; f < nf; f++) {
+        const float *t = m->kappa + (int64_t)f * np;
+        float lo = INFINITY, hi = -INFINITY;
+        int64_t i, nobs = 0;
+        for (i = 0; i < np; i++)
+            if (m->mask[i] > 0) {
+                nobs++;
+                if (t[i] < lo) lo = t[i];
+                if (t[i] > hi) hi = t[i];
+            }
+        if (nobs < 2) return lss_seterr(LSS_ERR_RANGE, "lss_mm_eval: the mask has %lld observed pixels (2 or more are needed)", (long long)nobs);
+        if (!(hi > lo))
+            return lss_seterr(LSS_ERR_RANGE, "lss_mm_eval: field %d of the mock has a constant convergence (%g) over its observed pixels: "
+                              "no signal for Table 1", f, (double)lo);
+    }
     R = (lss_mm_eval_result *)LSS_MALLOC(sizeof *R);
     if (!R) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval: out of memory");
     memset(R, 0, sizeof *R);
@@ -3780,8 +3907,8 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
             double e = R->rmse[f * LSS_MM_NMETHODS + k], c = R->r[f * LSS_MM_NMETHODS + k];
             a += e / nf; a2 += e * e / nf; b += c / nf; b2 += c * c / nf;
         }
-        R->mean_rmse[k] = a; R->std_rmse[k] = sqrt(fmax(a2 - a * a, 0));
-        R->mean_r[k] = b; R->std_r[k] = sqrt(fmax(b2 - b * b, 0));
+        R->mean_rmse[k] = a; R->std_rmse[k] = nf > 1 ? sqrt(fmax(a2 - a * a, 0)) : NAN; /* one field: no scatter (n/a), not 0 */
+        R->mean_r[k] = b; R->std_r[k] = nf > 1 ? sqrt(fmax(b2 - b * b, 0)) : NAN;
     }
     R->bins_within_1sigma = 0;
     for (k = 0; k < nb; k++) {
@@ -3847,6 +3974,7 @@ LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_
     memset(R, 0, sizeof *R);
     R->nrows = d.nmasses + 1;
     R->theta_pix = d.theta_pix;
+    R->nsamples = ns;
     R->mass = LSS__MM_NEWD(R->nrows); R->snr = LSS__MM_NEWD(R->nrows); R->rate = LSS__MM_NEWD(R->nrows);
     R->rs_arcmin = LSS__MM_NEWD(R->nrows); R->kappa_s = LSS__MM_NEWD(R->nrows);
     smp = LSS__MM_NEWF((int64_t)ns * np); mean = LSS__MM_NEWF(np); g1 = LSS__MM_NEWF(np); g2 = LSS__MM_NEWF(np);
@@ -3922,9 +4050,7 @@ done:
 
 /* ---- result files */
 static void lss__mm_panel(lss_image *im, int x, int y, const float *m, int h, int w, int sc, double lo, double hi, const char *title) {
-    static const unsigned char black[3] = {0, 0, 0};
-    lss_image_text(im, x, y, title, black, 1);
-    lss_image_map(im, x, y + 14, m, h, w, lo, hi, sc);
+    lss_image_map_panel(im, x, y, m, h, w, lo, hi, sc, LSS_CMAP_VIRIDIS, title); /* title, map, colour bar */
 }
 
 LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
@@ -3977,23 +4103,63 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
         if (s == LSS_OK) s = lss_csv_write(p, 6, ht, R->nmethods, tab);
         if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "fields.csv")) == LSS_OK) s = lss_csv_write(p, 9, hf, nf, fr);
         if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.csv")) == LSS_OK) s = lss_csv_write(p, 11, hs, nb, sp);
-        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.png")) == LSS_OK) s = lss_plot_lines(p, &po, 5, nb, R->ell, ys, lab);
+        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.png")) == LSS_OK) {
+            /* figure 6: the simulations' mean with their +-1 sigma band, the posterior samples' mean with the samples'
+               scatter as error bars, the Wiener map dashed (biased low by construction), the theory dotted grey */
+            static const int col[5] = {7, 0, 2, 3, 4}, sty[5] = {LSS_LINE_DASHED, LSS_LINE_SOLID, LSS_LINE_SOLID, LSS_LINE_SOLID,
+                                                                  LSS_LINE_DASHED}, mk[5] = {0, 0, 0, 1, 0};
+            double *bl = (double *)LSS_MALLOC(sizeof(double) * (size_t)(2 * nb + 1)), *bh = bl ? bl + nb : NULL;
+            const double *blo[5] = {NULL, NULL, NULL, NULL, NULL}, *bhi[5] = {NULL, NULL, NULL, NULL, NULL}, *ye[5] = {NULL, NULL, NULL, NULL, NULL};
+            if (!bl) s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval_save: out of memory");
+            else {
+                for (b = 0; b < nb; b++) { /* on the log axis a band reaching zero stops at a tenth of the mean */
+                    bl[b] = fmax(R->cl_sims_mean[b] - R->cl_sims_std[b], 0.1 * R->cl_sims_mean[b]);
+                    bh[b] = R->cl_sims_mean[b] + R->cl_sims_std[b];
+                }
+                blo[2] = bl; bhi[2] = bh; ye[3] = R->cl_samples_std;
+                lab[2] = "simulations (mean, 1 sigma)";
+                lab[3] = "posterior samples (mean, std)";
+                po.color = col; po.style = sty; po.marker = mk; po.band_lo = blo; po.band_hi = bhi; po.yerr = ye;
+                po.width = 760; po.height = 540;
+                s = lss_plot_lines(p, &po, 5, nb, R->ell, ys, lab);
+                LSS_FREE(bl);
+            }
+        }
     }
     LSS_FREE(fr);
     LSS_FREE(sp);
     if (s != LSS_OK) return s;
-    sc = 512 / (h > w ? h : w);
-    sc = sc < 1 ? 1 : sc > 2 ? 2 : sc;
-    pw = w * sc + 20;
-    ph = h * sc + 30;
+    /* figure 7: panels of at least 256 pixels, each with its colour bar; the truth, the reconstructions and the
+       samples share the truth's range (so that their amplitudes compare), the std its own */
+    sc = (256 + (h > w ? h : w) - 1) / (h > w ? h : w);
+    sc = sc < 1 ? 1 : sc > 8 ? 8 : sc;
     for (i = 0; i < (int64_t)h * w; i++) lo = fmin(lo, R->truth[i]), hi = fmax(hi, R->truth[i]), smax = fmax(smax, R->post_std[i]);
-    if ((s = lss_image_init(&im, 4 * pw, 2 * ph)) != LSS_OK) return s;
-    lss__mm_panel(&im, 0, 0, R->truth, h, w, sc, lo, hi, "truth");
-    lss__mm_panel(&im, pw, 0, R->ks, h, w, sc, lo, hi, "Kaiser-Squires");
-    lss__mm_panel(&im, 2 * pw, 0, R->wiener, h, w, sc, lo, hi, "Wiener");
-    lss__mm_panel(&im, 3 * pw, 0, R->post_mean, h, w, sc, lo, hi, "posterior mean");
-    lss__mm_panel(&im, 0, ph, R->post_std, h, w, sc, 0, smax, "posterior std");
-    for (k = 0; k < R->nsample_maps; k++) lss__mm_panel(&im, (1 + k) * pw, ph, R->samples + (int64_t)k * h * w, h, w, sc, lo, hi, "sample");
+    if (!(hi > lo)) lo = -1, hi = 1;
+    if (!(smax > 0)) smax = 1;
+    {
+        int pw2, ph2;
+        lss_image_map_panel_size(h, w, lo, hi, sc, &pw, &ph);
+        lss_image_map_panel_size(h, w, 0, smax, sc, &pw2, &ph2);
+        pw = (pw > pw2 ? pw : pw2) + 14;
+        ph += 10;
+    }
+    if ((s = lss_image_init(&im, 4 * pw + 10, 2 * ph + 40)) != LSS_OK) return s;
+    {
+        static const unsigned char black[3] = {0, 0, 0};
+        char t[160];
+        snprintf(t, sizeof t, "field 0: truth, reconstructions and posterior samples (convergence, common colour scale)");
+        lss_image_text_size(&im, 10, 8, t, black, LSS_FONT_LABEL);
+    }
+    lss__mm_panel(&im, 10, 40, R->truth, h, w, sc, lo, hi, "truth");
+    lss__mm_panel(&im, 10 + pw, 40, R->ks, h, w, sc, lo, hi, "Kaiser-Squires");
+    lss__mm_panel(&im, 10 + 2 * pw, 40, R->wiener, h, w, sc, lo, hi, "Wiener");
+    lss__mm_panel(&im, 10 + 3 * pw, 40, R->post_mean, h, w, sc, lo, hi, "posterior mean");
+    lss__mm_panel(&im, 10, 40 + ph, R->post_std, h, w, sc, 0, smax, "posterior std");
+    for (k = 0; k < R->nsample_maps && k < 3; k++) {
+        char t[32];
+        snprintf(t, sizeof t, "posterior sample %d", k + 1);
+        lss__mm_panel(&im, 10 + (1 + k) * pw, 40 + ph, R->samples + (int64_t)k * h * w, h, w, sc, lo, hi, t);
+    }
     if ((s = lss__mm_path(p, sizeof p, dir, "figure7.png")) == LSS_OK) s = lss_image_save_png(&im, p);
     lss_image_free(&im);
     if (s == LSS_OK && R->deepmass && (s = lss__mm_path(p, sizeof p, dir, "deepmass0.png")) == LSS_OK)
@@ -4003,7 +4169,7 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
 
 LSSDEF int lss_mm_detect_save(const lss_mm_detect_result *R, const char *dir) {
     char p[4096];
-    const char *hd[5] = {"mass_msun", "snr_input", "detection_rate", "rs_arcmin", "kappa_s"}, *lab[1] = {"posterior samples"};
+    const char *hd[5] = {"mass_msun", "snr_input", "detection_rate", "rs_arcmin", "kappa_s"}, *lab[1] = {"posterior samples (binomial 1-sigma)"};
     const double *yy[1];
     double *rows;
     lss_plot_opts po;
@@ -4014,15 +4180,48 @@ LSSDEF int lss_mm_detect_save(const lss_mm_detect_result *R, const char *dir) {
         rows[5 * k] = R->mass[k], rows[5 * k + 1] = R->snr[k], rows[5 * k + 2] = R->rate[k], rows[5 * k + 3] = R->rs_arcmin[k], rows[5 * k + 4] = R->kappa_s[k];
     s = lss__mm_path(p, sizeof p, dir, "detect.csv");
     if (s == LSS_OK) s = lss_csv_write(p, 5, hd, R->nrows, rows);
-    LSS_FREE(rows);
     memset(&po, 0, sizeof po);
-    po.title = "cluster detection rate vs input SNR";
-    po.xlabel = "input SNR";
+    po.title = "cluster detection rate vs input SNR (figure 9)";
+    po.xlabel = "input SNR of the halo";
     po.ylabel = "detection rate";
+    po.ylo = -0.05; po.yhi = 1.05;   /* a rate: the whole [0, 1] */
     yy[0] = R->rate;
-    if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "detect.png")) == LSS_OK) s = lss_plot_lines(p, &po, 1, R->nrows, R->snr, yy, lab);
+    for (k = 0; k < R->nrows; k++) /* binomial standard error of each rate, in the rows' spare room */
+        rows[k] = R->nsamples > 0 ? sqrt(fmax(R->rate[k] * (1 - R->rate[k]), 0) / R->nsamples) : NAN;
+    {
+        const double *ye[1];
+        int mk[1] = {1};
+        ye[0] = rows;
+        po.yerr = ye; po.marker = mk;
+        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "detect.png")) == LSS_OK) s = lss_plot_lines(p, &po, 1, R->nrows, R->snr, yy, lab);
+    }
+    LSS_FREE(rows);
     return s;
 }
 
 #endif /* LSS_MASSMAP_IMPLEMENTATION_DONE */
 #endif /* LSS_MASSMAP_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under the MIT License (the file LICENSE).
+------------------------------------------------------------------------------
+MIT License
+Copyright (c) 2026 the lss authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/

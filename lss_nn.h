@@ -422,13 +422,17 @@ LSSDEF uint32_t lss_crc32(uint32_t crc, const void *buf, size_t n);
  * snapshot too ("train.best").
  *
  * Checkpoints and resume. When n is a multiple of ckpt_every, at n = steps and at a plateau stop,
- * the loss CSV is written, then each network with a ckpt_path (lss_ckpt_save format, each file
- * atomic) with the loop's state as extra "train.*" tensors (training-loss sums, plateau counters,
- * best losses, skipped steps), which lss_ckpt_load ignores. With resume = 1 every network needs a
- * ckpt_path: when none of the files exists the run starts afresh; when only some exist it is
- * LSS_ERR_STATE; otherwise all are loaded (validated as by lss_ckpt_load), must be at one step
- * (else LSS_ERR_STATE naming both steps), and the CSV rows with step <= that step are read back
- * (the header must match). The loop then continues, and the parameters and the CSV at the end are
+ * every network with a ckpt_path is checkpointed (lss_ckpt_save format) with the loop's state as
+ * extra "train.*" tensors (training-loss sums, plateau counters, best losses, skipped steps), which
+ * lss_ckpt_load ignores, as one set: all files are written and synced under temporary names first
+ * (a failure there, such as a full disk, returns the error and leaves every network at its previous
+ * checkpoint), then the loss CSV is written, then the files are renamed into place. With resume = 1
+ * every network needs a ckpt_path: when none of the files exists the run starts afresh; when only
+ * some exist it is LSS_ERR_STATE; otherwise all are loaded (validated as by lss_ckpt_load), must be
+ * at one step (else LSS_ERR_STATE naming both steps), and the CSV rows with step <= that step are
+ * read back by column name (every column of this run must be there). Columns of other networks (a
+ * directory's networks resumed a few at a time) are kept, all their rows, merged with this run's
+ * rows by step. The loop then continues, and the parameters and the CSV at the end are
  * bitwise those of an uninterrupted run provided step() is a pure function of (state, t) and the
  * previous run stopped at a checkpoint that was not also an extra evaluation: a run killed at any
  * point resumes from its last checkpoint exactly; a run ended by a smaller `steps` ends with an
@@ -681,6 +685,7 @@ LSSDEF int lss_gpu_rand_normalf(lss_gpu *ctx, float *d, int64_t n, uint64_t seed
 #ifndef LSS_NN_IMPLEMENTATION_DONE
 #define LSS_NN_IMPLEMENTATION_DONE
 
+#include <errno.h>
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -3043,8 +3048,11 @@ typedef struct {
     void *data;       /* written from / read into */
 } lss__ckx;
 
-/* lss_ckpt_save plus nx extra tensors after the optimizer state. */
-static int lss__ckpt_write(const char *path, const lss_store *st, const lss_optim *o, int nx, const lss__ckx *x) {
+/* lss_ckpt_save plus nx extra tensors after the optimizer state. keep != NULL: the file is written and
+   synced under its temporary name and handed back through *keep (lss_wfile_prepare) for the caller to
+   rename with lss_wfile_commit or discard with lss_wfile_abort (a checkpoint set renamed all together). */
+static int lss__ckpt_write(const char *path, const lss_store *st, const lss_optim *o, int nx, const lss__ckx *x,
+                           lss_wfile *keep) {
     lss_wfile wf;
     lss__cw w;
     uint32_t count;
@@ -3086,11 +3094,15 @@ static int lss__ckpt_write(const char *path, const lss_store *st, const lss_opti
         lss_wfile_abort(&wf);
         return lss_seterr(LSS_ERR_IO, "lss_ckpt_save: write error on '%s'", path);
     }
+    if (keep) { /* written and synced under the temporary name; the caller renames (or discards) it */
+        if ((s = lss_wfile_prepare(&wf)) == LSS_OK) *keep = wf;
+        return s;
+    }
     return lss_wfile_commit(&wf);
 }
 
 LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim *o) {
-    return lss__ckpt_write(path, st, o, 0, NULL);
+    return lss__ckpt_write(path, st, o, 0, NULL, NULL);
 }
 
 typedef struct {
@@ -3128,26 +3140,26 @@ static int lss__ckpt_read(const char *path, lss_store *st, lss_optim *o, int nx,
     FILE *f;
     unsigned char *buf = NULL;
     lss__ckent *ent = NULL;
-    long flen;
+    int64_t flen;
     size_t len, pos;
     uint32_t ver, count, crc, i;
     int s = LSS_OK, k;
     if (!path || !st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_load: NULL argument");
     if (!lss__little_endian()) return lss_seterr(LSS_ERR_UNSUPPORTED, "lss_ckpt_load: big-endian hosts are not supported");
     if (o && o->st != st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_load: the optimizer belongs to another store");
-    f = fopen(path, "rb");
-    if (!f) return lss_seterr(LSS_ERR_IO, "checkpoint '%s': cannot open", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (flen = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    if ((s = lss_fopen_read(path, &f, &flen)) != LSS_OK) return lss_seterr(s, "checkpoint: %s", lss_last_error());
+    if (flen < 0 || (uint64_t)flen >= (uint64_t)SIZE_MAX) {
         fclose(f);
-        return lss_seterr(LSS_ERR_IO, "checkpoint '%s': cannot determine the size", path);
+        return lss_seterr(LSS_ERR_IO, "checkpoint '%s': not a regular file", path);
     }
     len = (size_t)flen;
     if (len < 20) { fclose(f); return lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': too short (%zu bytes)", path, len); }
     buf = (unsigned char *)LSS_MALLOC(len);
     if (!buf) { fclose(f); return lss_seterr(LSS_ERR_NOMEM, "checkpoint '%s': out of memory (%zu bytes)", path, len); }
     if (fread(buf, 1, len, f) != len) {
+        int e = ferror(f) ? errno : 0;
         fclose(f); LSS_FREE(buf);
-        return lss_seterr(LSS_ERR_IO, "checkpoint '%s': read error", path);
+        return lss_seterr(LSS_ERR_IO, "checkpoint '%s': cannot read: %s", path, e ? strerror(e) : "the file shrank while being read");
     }
     fclose(f);
     if (memcmp(buf, lss__ck_magic, 8) != 0) { s = lss_seterr(LSS_ERR_FORMAT, "checkpoint '%s': not an lss checkpoint (bad magic)", path); goto done; }
@@ -3298,6 +3310,7 @@ typedef struct {
     lss_store *best;       /* keep_best: parameters of the best evaluation */
     double sum, best_v;
     int64_t cnt, best_step, since;
+    lss_wfile ck;          /* its checkpoint, written and not yet renamed into place */
 } lss__tnet;
 
 /* A store with the tensors (names, shapes, kinds) of `src`, for snapshots. */
@@ -3330,7 +3343,117 @@ static void lss__train_state(const lss__tnet *tn, int64_t t, double mbest, int64
     v[LSS__TS_EVALS] = (double)evals;
 }
 
+/* The loss-CSV columns of networks that are not in this run, kept when it resumes (a subset of the networks
+   of a directory resumed alone keeps the others' history): rows merged with this run's by step. */
+typedef struct {
+    int n;          /* such columns */
+    char **name;    /* their names */
+    int64_t nrows;
+    double *rows;   /* nrows x (1 + n): step, then the columns (rows where one of them is finite) */
+} lss__tcsv;
+
+static void lss__train_csv_free(lss__tcsv *f) {
+    int j;
+    if (f->name) for (j = 0; j < f->n; j++) LSS_FREE(f->name[j]);
+    LSS_FREE(f->name); LSS_FREE(f->rows);
+    memset(f, 0, sizeof *f);
+}
+
+/* This run's rows (ncols columns) and the kept columns, merged by step, written atomically. */
+static int lss__train_csv_write(const char *path, int ncols, char *const *hdr, int64_t nrows, const double *rows, const lss__tcsv *f) {
+    int64_t i = 0, q = 0, m = 0;
+    int nc = ncols + f->n, j, s;
+    double *out;
+    const char **names;
+    if (f->n == 0) return lss_csv_write(path, ncols, (const char *const *)hdr, nrows, rows);
+    out = (double *)LSS_MALLOC((size_t)((nrows + f->nrows) * nc + 1) * sizeof(double));
+    names = (const char **)LSS_MALLOC((size_t)nc * sizeof(char *));
+    if (!out || !names) { LSS_FREE(out); LSS_FREE(names); return lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory for the loss CSV"); }
+    for (j = 0; j < nc; j++) names[j] = j < ncols ? hdr[j] : f->name[j - ncols];
+    while (i < nrows || q < f->nrows) {
+        double si = i < nrows ? rows[i * ncols] : HUGE_VAL, sq = q < f->nrows ? f->rows[q * (1 + f->n)] : HUGE_VAL;
+        double st = si < sq ? si : sq, *row = out + m * nc;
+        row[0] = st;
+        for (j = 1; j < ncols; j++) row[j] = si == st ? rows[i * ncols + j] : NAN;
+        for (j = 0; j < f->n; j++) row[ncols + j] = sq == st ? f->rows[q * (1 + f->n) + 1 + j] : NAN;
+        if (si == st) i++;
+        if (sq == st) q++;
+        m++;
+    }
+    s = lss_csv_write(path, nc, names, m, out);
+    LSS_FREE(out); LSS_FREE(names);
+    return s;
+}
+
+/* Resume: the rows of this run's columns with step <= t0 (into *rows, *nrows, the last into lastrow) and the
+   other columns (into *f). Every column of this run must be in the file. */
+static int lss__train_csv_resume(const char *path, int ncols, char *const *hdr, int64_t t0, double **rows, int64_t *nrows,
+                                 double *lastrow, lss__tcsv *f) {
+    lss_csv c;
+    int *map = NULL, *fc = NULL, j, q, s = LSS_OK;
+    int64_t r, n = 0;
+    memset(&c, 0, sizeof c);
+    if ((s = lss_csv_read(path, &c)) != LSS_OK) return lss_seterr(s, "lss_train: cannot resume the loss CSV: %s", lss_last_error());
+    map = (int *)LSS_MALLOC((size_t)(ncols + c.ncols + 1) * sizeof(int));
+    if (!map) { s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory"); goto done; }
+    fc = map + ncols;
+    if (c.ncols < 1 || strcmp(c.names[0], "step")) {
+        s = lss_seterr(LSS_ERR_FORMAT, "lss_train: loss CSV '%s' does not start with a step column", path);
+        goto done;
+    }
+    map[0] = 0;
+    for (j = 1; j < ncols; j++)
+        if ((map[j] = lss_csv_col(&c, hdr[j])) < 1) {
+            s = lss_seterr(LSS_ERR_FORMAT, "lss_train: loss CSV '%s' has no column %s (this run's columns: step, train_<name>...%s)",
+                           path, hdr[j], ncols > 1 && !strncmp(hdr[ncols - 1], "valid_", 6) ? ", valid_<name>..." : "");
+            goto done;
+        }
+    for (q = 1; q < c.ncols; q++) {
+        for (j = 1; j < ncols && map[j] != q; j++) {}
+        if (j == ncols) fc[f->n++] = q;
+    }
+    if (f->n > 0) {
+        f->name = (char **)LSS_MALLOC((size_t)f->n * sizeof(char *));
+        f->rows = (double *)LSS_MALLOC((size_t)(c.nrows * (1 + f->n) + 1) * sizeof(double));
+        if (f->name) memset(f->name, 0, (size_t)f->n * sizeof(char *));
+        if (!f->name || !f->rows) { s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory"); goto done; }
+        for (j = 0; j < f->n; j++)
+            if (!(f->name[j] = (char *)LSS_MALLOC(strlen(c.names[fc[j]]) + 1))) {
+                s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory");
+                goto done;
+            } else strcpy(f->name[j], c.names[fc[j]]);
+    }
+    if (c.nrows > 0 && !(*rows = (double *)LSS_MALLOC((size_t)(c.nrows * ncols) * sizeof(double)))) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory");
+        goto done;
+    }
+    for (r = 0; r < c.nrows; r++) {
+        const double *cr = c.data + r * c.ncols;
+        int any = 0;
+        if (!isfinite(cr[0])) continue;
+        for (j = 0; j < f->n && !any; j++) any = !isnan(cr[fc[j]]);
+        if (any) { /* a row of the other networks */
+            double *fr = f->rows + f->nrows * (1 + f->n);
+            fr[0] = cr[0];
+            for (j = 0; j < f->n; j++) fr[1 + j] = cr[fc[j]];
+            f->nrows++;
+        }
+        if (cr[0] > (double)t0) { if (f->n == 0) break; continue; }
+        for (j = 1, any = f->n == 0; j < ncols && !any; j++) any = !isnan(cr[map[j]]);
+        if (!any) continue; /* only the other networks have values at this step */
+        for (j = 0; j < ncols; j++) (*rows)[n * ncols + j] = cr[map[j]];
+        n++;
+    }
+    *nrows = n;
+    if (n > 0) memcpy(lastrow, *rows + (n - 1) * ncols, (size_t)ncols * sizeof(double));
+done:
+    LSS_FREE(map);
+    lss_csv_free(&c);
+    return s;
+}
+
 LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss_train_result *res) {
+    lss__tcsv fx = {0, NULL, 0, NULL};
     lss__tnet *tn = NULL;
     double *loss = NULL, *valid = NULL, *lastrow = NULL, *rows = NULL, mbest = HUGE_VAL, t_start = lss_time_now();
     double seconds_step = 0;
@@ -3449,30 +3572,9 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
     }
     /* ---- the loss CSV rows of the steps already done */
     if (o->resume && o->loss_csv && t0 > 0) {
-        lss_csv c;
-        int64_t r;
-        memset(&c, 0, sizeof c);
-        if ((s = lss_csv_read(o->loss_csv, &c)) != LSS_OK) {
-            s = lss_seterr(s, "lss_train: cannot resume the loss CSV: %s", lss_last_error());
-            goto out;
-        }
-        for (j = 0; j < ncols && c.ncols == ncols; j++)
-            if (strcmp(c.names[j], hdr[j])) break;
-        if (c.ncols != ncols || j < ncols) {
-            lss_csv_free(&c);
-            s = lss_seterr(LSS_ERR_FORMAT, "lss_train: loss CSV '%s' has other columns than this run (%d, expected %d: step, "
-                           "train_<name>...%s)", o->loss_csv, c.ncols, ncols, o->eval ? ", valid_<name>..." : "");
-            goto out;
-        }
-        for (r = 0; r < c.nrows && c.data[r * ncols] <= (double)t0; r++) {}
-        if (r > 0) {
-            rows = (double *)LSS_MALLOC((size_t)(r * ncols) * sizeof(double));
-            if (!rows) { lss_csv_free(&c); s = lss_seterr(LSS_ERR_NOMEM, "lss_train: out of memory"); goto out; }
-            memcpy(rows, c.data, (size_t)(r * ncols) * sizeof(double));
-            memcpy(lastrow, rows + (r - 1) * ncols, (size_t)ncols * sizeof(double));
-            nrows = caprows = r;
-        }
-        lss_csv_free(&c);
+        if ((s = lss__train_csv_resume(o->loss_csv, ncols, hdr, t0, &rows, &nrows, lastrow, &fx)) != LSS_OK) goto out;
+        caprows = rows ? nrows : 0;
+        if (rows && nrows == 0) { LSS_FREE(rows); rows = NULL; }
     }
     /* a run that the plateau rule already stopped stays stopped */
     if (o->patience > 0 && evals > 0) {
@@ -3543,9 +3645,10 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
         if (o->progress) o->progress(o->user, done, o->steps, lastrow + 1, o->eval ? lastrow + 1 + nnet : NULL);
         ck = done == o->steps || stop || (o->ckpt_every > 0 && done % o->ckpt_every == 0);
         if (ck) {
-            /* the CSV first: a run killed before its checkpoints are all written resumes from the previous
-               ones and drops the rows past them */
-            if (o->loss_csv && (s = lss_csv_write(o->loss_csv, ncols, (const char *const *)hdr, nrows, rows)) != LSS_OK) goto out;
+            /* one consistent set: every checkpoint is written and synced under its temporary name first
+               (a full disk fails here and leaves every network at its previous checkpoint), then the
+               CSV (a run killed before its checkpoints are renamed resumes from the previous ones and
+               drops the rows past them), then the checkpoints are renamed into place one after the other */
             for (k = 0; k < nnet; k++) {
                 double st[LSS__TS_N];
                 lss__ckx x[2];
@@ -3553,9 +3656,13 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
                 lss__train_state(&tn[k], done, mbest, mbest_step, skipped, evals, st);
                 x[0].name = "train.state"; x[0].dtype = 2; x[0].n = LSS__TS_N; x[0].data = st;
                 if (tn[k].best) { x[1].name = "train.best"; x[1].dtype = 1; x[1].n = nets[k].store->size; x[1].data = tn[k].best->data; }
-                s = lss__ckpt_write(nets[k].ckpt_path, nets[k].store, nets[k].optim, tn[k].best && nets[k].store->size > 0 ? 2 : 1, x);
+                s = lss__ckpt_write(nets[k].ckpt_path, nets[k].store, nets[k].optim, tn[k].best && nets[k].store->size > 0 ? 2 : 1, x,
+                                    &tn[k].ck);
                 if (s != LSS_OK) goto out;
             }
+            if (o->loss_csv && (s = lss__train_csv_write(o->loss_csv, ncols, hdr, nrows, rows, &fx)) != LSS_OK) goto out;
+            for (k = 0; k < nnet; k++)
+                if (tn[k].ck.prepared && (s = lss_wfile_commit(&tn[k].ck)) != LSS_OK) goto out;
         }
     }
     /* ---- keep_best: each network back to its best evaluation */
@@ -3571,7 +3678,12 @@ out:
         res->seconds = lss_time_now() - t_start;
         res->seconds_step = seconds_step;
     }
-    if (tn) for (k = 0; k < nnet; k++) lss_store_free(tn[k].best);
+    if (tn)
+        for (k = 0; k < nnet; k++) {
+            lss_store_free(tn[k].best);
+            if (tn[k].ck.prepared || tn[k].ck.f) lss_wfile_abort(&tn[k].ck); /* a set not renamed: discarded */
+        }
+    lss__train_csv_free(&fx);
     if (hdr) for (j = 0; j < ncols; j++) LSS_FREE(hdr[j]);
     LSS_FREE(hdr); LSS_FREE(tn); LSS_FREE(loss); LSS_FREE(lastrow); LSS_FREE(rows);
     return s;
@@ -3829,3 +3941,27 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
 
 #endif /* LSS_NN_IMPLEMENTATION_DONE */
 #endif /* LSS_NN_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under the MIT License (the file LICENSE).
+------------------------------------------------------------------------------
+MIT License
+Copyright (c) 2026 the lss authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/

@@ -23,7 +23,6 @@ static const char *const about =
 static FILE *open_out(const char *dir, const char *cmd, lss_wfile *w, char *path, size_t n) {
     int s;
     if (!dir) return stdout;
-    lss_drv_mkdirs(dir);
     snprintf(path, n, "%s/%s.csv", dir, cmd);
     s = lss_wfile_open(w, path);
     lss_drv_check(s, "output");
@@ -39,8 +38,8 @@ static void close_out(const char *dir, lss_wfile *w, int argc, char **argv, cons
         lss_wfile_abort(w);
         lss_drv_die(1, "error writing into '%s'", dir);
     }
-    lss_drv_check(lss_wfile_commit(w), "output");
-    lss_drv_check(lss_drv_runjson(dir, argc, argv, 0, extra), "run.json");
+    lss_drv_check(lss_wfile_commit(w), "output"); /* published with the picture by lss_drv_outputs_done */
+    (void)argc, (void)argv, (void)extra;
 }
 
 static void draw_png(const char *path, int nbins, const double *ell, int nell, const double *out) {
@@ -143,6 +142,8 @@ int main(int argc, char **argv) {
     if (nk && strcmp(cmd, "pk")) lss_drv_die(2, "--k applies to the pk command only");
     if (nz && !strcmp(cmd, "cl")) lss_drv_die(2, "--z does not apply to the cl command");
     lss_drv_check(lss_params_check(&p), "parameters");
+    lss_drv_outputs_begin(outdir, 1); /* every output checked before the work, published together at the end */
+    if (png) lss_drv_out_file(png);
     lss_drv_check(lss_cosmo_create(&p, &c), "cosmology");
     snprintf(extra, sizeof extra,
              "\"command\": \"%s\", \"omega_m\": %.17g, \"sigma_8\": %.17g, \"omega_b\": %.17g, \"h\": %.17g, \"n_s\": %.17g, "
@@ -212,6 +213,7 @@ int main(int argc, char **argv) {
         free(out);
         lss_nz_free(b, nb);
     }
+    lss_drv_outputs_done(argc, argv, 0, extra);
     lss_cosmo_free(c);
     free(zs);
     free(ks);

@@ -16,23 +16,31 @@
 
 static const char *lss_drv_prog = "lss";
 
-/* One line on stderr ("prog: error: ...") and exit with `code` (2 for bad input, 1 otherwise). */
+/* One line on stderr ("prog: error: ...") and exit with `code` (2 for bad input, 1 otherwise). The
+ * message goes through lss_seterr first: control bytes and bytes that are not UTF-8 (an option or a
+ * file name typed or pasted from a binary) are printed as \xNN, never raw. */
 static inline void lss_drv_die(int code, const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
-    fprintf(stderr, "%s: error: ", lss_drv_prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    lss_seterr(LSS_ERR_ARG, "%s", msg);
+    fprintf(stderr, "%s: error: %s\n", lss_drv_prog, lss_last_error());
     exit(code);
 }
 
 /* Exits with the library's last error when status is not LSS_OK. Input errors (format, range,
- * argument, shape, I/O on a named file) exit 2, others 1. */
+ * argument, shape, I/O on a named file) exit 2, others 1. `what` (a file, an option, a step)
+ * prefixes the message unless the message already names it (no "a.npy: a.npy: ..."). */
 static inline void lss_drv_check(int status, const char *what) {
+    const char *m;
+    int code;
     if (status == LSS_OK) return;
-    lss_drv_die(status == LSS_ERR_NOMEM || status == LSS_ERR_NUMERIC || status == LSS_ERR_CUDA ? 1 : 2,
-                "%s: %s", what, lss_last_error()[0] ? lss_last_error() : lss_strerror(status));
+    m = lss_last_error()[0] ? lss_last_error() : lss_strerror(status);
+    code = status == LSS_ERR_NOMEM || status == LSS_ERR_NUMERIC || status == LSS_ERR_CUDA ? 1 : 2;
+    if (what && *what && !strstr(m, what)) lss_drv_die(code, "%s: %s", what, m);
+    lss_drv_die(code, "%s", m);
 }
 
 static inline double lss_drv_double(const char *opt, const char *s) {
@@ -228,26 +236,80 @@ static inline void lss_drv_mkdirs(const char *dir) {
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) lss_drv_die(2, "'%s' is not a directory", dir);
 }
 
-static inline void lss_drv_json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+/* The JSON string literal of s (quotes included) into buf of n bytes: '"' and '\' escaped, control
+ * bytes as \u00XX, well-formed UTF-8 kept, any other byte as \u00XX (its Latin-1 reading: the text
+ * stays valid JSON). Returns the length it needs (like snprintf); truncated at a whole escape. */
+static inline void lss__drv_put(char *buf, size_t n, size_t *o, int *room, const char *e, size_t k) {
+    if (buf && *room && *o + k < n) {
+        memcpy(buf + *o, e, k);
+        buf[*o + k] = 0;
+    } else *room = 0; /* stop writing at a whole escape; keep counting */
+    *o += k;
+}
+static inline size_t lss_drv_json_escape(char *buf, size_t n, const char *s) {
+    size_t o = 0;
+    int room = 1;
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    if (buf && n) buf[0] = 0;
+    lss__drv_put(buf, n, &o, &room, "\"", 1);
+    while (*p) {
+        char e[8];
+        size_t k = 0, used = 1, j;
+        if (*p == '"' || *p == '\\') e[0] = '\\', e[1] = (char)*p, k = 2;
+        else if (*p >= 0x20 && *p < 0x80) e[0] = (char)*p, k = 1;
+        else if (*p >= 0xc2 && *p <= 0xf4) {
+            size_t need = *p < 0xe0 ? 2 : *p < 0xf0 ? 3 : 4;
+            for (j = 1; j < need && (p[j] & 0xc0) == 0x80; j++) {}
+            if (j == need) memcpy(e, p, need), k = used = need;
+        }
+        if (!k) snprintf(e, sizeof e, "\\u%04x", (unsigned)*p), k = 6;
+        lss__drv_put(buf, n, &o, &room, e, k);
+        p += used;
     }
-    fputc('"', f);
+    lss__drv_put(buf, n, &o, &room, "\"", 1);
+    return o;
+}
+
+static inline void lss_drv_json_str(FILE *f, const char *s) {
+    size_t n = lss_drv_json_escape(NULL, 0, s) + 1;
+    char *b = (char *)malloc(n);
+    if (!b) lss_drv_die(1, "out of memory");
+    lss_drv_json_escape(b, n, s);
+    fputs(b, f);
+    free(b);
 }
 
 /* Writes DIR/run.json: program, version, command line, seed, UTC time, and `extra` (a JSON
- * fragment of further "key": value pairs, or NULL). Atomic. */
+ * fragment of further "key": value pairs, or NULL; strings in it escaped with lss_drv_json_escape).
+ * Atomic. The file is always valid JSON: a fragment that is not (a value truncated by a fixed
+ * buffer, an unescaped path, a nan) is kept as the string "record_text" with "record_error" saying
+ * why, and a warning line goes to stderr. */
 static inline int lss_drv_runjson(const char *dir, int argc, char **argv, uint64_t seed, const char *extra) {
     char path[4096], when[64];
     lss_wfile w;
     time_t t = time(NULL);
     struct tm tmv;
-    int i, s;
-    snprintf(path, sizeof path, "%s/run.json", dir);
+    int i, s, extra_ok = 1;
+    char jerr[1024] = "";
+    if (extra && *extra) { /* the fragment must make an object of its own */
+        size_t n = strlen(extra);
+        char *obj = (char *)malloc(n + 3);
+        lss_json *j = NULL;
+        if (!obj) return lss_seterr(LSS_ERR_NOMEM, "run.json: out of memory");
+        obj[0] = '{';
+        memcpy(obj + 1, extra, n);
+        obj[n + 1] = '}';
+        obj[n + 2] = 0;
+        if (lss_json_parse(obj, n + 2, &j) != LSS_OK) {
+            extra_ok = 0;
+            snprintf(jerr, sizeof jerr, "%s", lss_last_error());
+            fprintf(stderr, "%s: warning: run.json: the run's record is not valid JSON (%s); kept as text\n", lss_drv_prog, jerr);
+        }
+        lss_json_free(j);
+        free(obj);
+    }
+    if (snprintf(path, sizeof path, "%s/run.json", dir) >= (int)sizeof path)
+        return lss_seterr(LSS_ERR_ARG, "run.json: output directory name too long");
     if ((s = lss_wfile_open(&w, path)) != 0) return s;
     gmtime_r(&t, &tmv);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tmv);
@@ -259,9 +321,227 @@ static inline int lss_drv_runjson(const char *dir, int argc, char **argv, uint64
         lss_drv_json_str(w.f, argv[i]);
     }
     fprintf(w.f, "],\n  \"seed\": %llu,\n  \"time_utc\": \"%s\"", (unsigned long long)seed, when);
-    if (extra && *extra) fprintf(w.f, ",\n  %s", extra);
+    if (extra && *extra && extra_ok) fprintf(w.f, ",\n  %s", extra);
+    else if (extra && *extra) {
+        fputs(",\n  \"record_text\": ", w.f);
+        lss_drv_json_str(w.f, extra);
+        fputs(",\n  \"record_error\": ", w.f);
+        lss_drv_json_str(w.f, jerr);
+    }
     fprintf(w.f, "\n}\n");
     return lss_wfile_commit(&w);
+}
+
+/* ---------------------------------------------------------------- output sets
+ * A run's outputs are complete or absent. Before the work, lss_drv_outputs_begin(DIR, staged)
+ * makes DIR, checks that it can be written (exit 2 otherwise) and removes the temporary files
+ * "*.tmp.<pid>.<n>" that killed runs left there (only those whose process is gone); each output
+ * file named on the command line is checked the same way by lss_drv_out_file (a directory, a
+ * read-only place or a missing directory exits 2 before any work; devices, FIFOs and symbolic
+ * links are fine: lss_wfile writes through them). During the run every file written through
+ * lss_wfile (NPY, CSV, PNG, checkpoints) is recorded by a commit hook; with staged = 1 it stays
+ * under its temporary name until lss_drv_outputs_publish (or _done) renames them all into place,
+ * so that a run that fails (lss_drv_die, a signal, a full disk) leaves the previous files as they
+ * were and no partial set: the temporary files are removed at exit, and a kill -9 leaves them to
+ * the next run's clean-up. staged = 0 (training: checkpoints must land as they are written, so that
+ * --resume works) records only. lss_drv_outputs_done writes DIR/run.json last, with the list of
+ * outputs and "complete": true; an unstaged run removes DIR/run.json at the start, so that a
+ * run.json always describes a complete set. Commits must come from one thread at a time. */
+#include <fcntl.h>
+#include <signal.h>
+typedef struct {
+    char *tmp, *path; /* tmp: NULL once in place */
+} lss_drv_outfile;
+static struct {
+    int on, staged, done, n, cap, nmade;
+    lss_drv_outfile *f;
+    char dir[4096];
+    char *made[64];    /* directories this run created (removed again, when empty, by a run that fails) */
+    volatile sig_atomic_t busy;
+} lss_drv_outs;
+
+static inline char *lss_drv__strdup(const char *s) {
+    char *d = (char *)malloc(strlen(s) + 1);
+    if (!d) lss_drv_die(1, "out of memory");
+    return strcpy(d, s);
+}
+static int lss_drv__out_hook(const char *tmp, const char *path, void *user) {
+    int i;
+    (void)user;
+    lss_drv_outs.busy = 1;
+    for (i = 0; i < lss_drv_outs.n && strcmp(lss_drv_outs.f[i].path, path); i++) {}
+    if (i == lss_drv_outs.n) {
+        if (i == lss_drv_outs.cap) {
+            int nc = lss_drv_outs.cap ? 2 * lss_drv_outs.cap : 32;
+            lss_drv_outfile *nf = (lss_drv_outfile *)realloc(lss_drv_outs.f, sizeof *nf * (size_t)nc);
+            if (!nf) { lss_drv_outs.busy = 0; return lss_seterr(LSS_ERR_NOMEM, "out of memory recording '%s'", path); }
+            lss_drv_outs.f = nf, lss_drv_outs.cap = nc;
+        }
+        lss_drv_outs.f[i].path = lss_drv__strdup(path);
+        lss_drv_outs.f[i].tmp = NULL;
+        lss_drv_outs.n++;
+    }
+    if (lss_drv_outs.f[i].tmp) { /* written again in this run: the newer version replaces the older */
+        remove(lss_drv_outs.f[i].tmp);
+        free(lss_drv_outs.f[i].tmp);
+        lss_drv_outs.f[i].tmp = NULL;
+    }
+    if (lss_drv_outs.staged) lss_drv_outs.f[i].tmp = lss_drv__strdup(tmp);
+    lss_drv_outs.busy = 0;
+    return lss_drv_outs.staged ? 1 : 0;
+}
+static void lss_drv__outputs_atexit(void) {
+    int i, k = 0;
+    if (lss_drv_outs.done) return;
+    for (i = 0; i < lss_drv_outs.n; i++)
+        if (lss_drv_outs.f[i].tmp) { remove(lss_drv_outs.f[i].tmp); k++; }
+    for (i = lss_drv_outs.nmade - 1; i >= 0; i--) rmdir(lss_drv_outs.made[i]); /* only empty ones go */
+    if (k) fprintf(stderr, "%s: the run did not finish: none of its %d output file(s) written, earlier files left as they were\n",
+                   lss_drv_prog, k);
+}
+static void lss_drv__outputs_signal(int sig) {
+    int i;
+    if (!lss_drv_outs.busy)
+        for (i = 0; i < lss_drv_outs.n; i++)
+            if (lss_drv_outs.f[i].tmp) unlink(lss_drv_outs.f[i].tmp);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+/* Exits 2 unless `dir` (made when missing) takes new files; then removes its orphaned temporary files. */
+static inline void lss_drv_out_dir(const char *dir) {
+    char probe[4200], buf[4096];
+    int fd, n;
+    size_t i, len = strlen(dir);
+    struct stat st;
+    if (len == 0 || len >= sizeof buf) lss_drv_die(2, "bad output directory '%s'", dir);
+    strcpy(buf, dir);
+    for (i = 1; i <= len; i++) /* mkdir -p, remembering what it made */
+        if (buf[i] == '/' || buf[i] == 0) {
+            char c = buf[i];
+            buf[i] = 0;
+            if (mkdir(buf, 0777) == 0) {
+                if (lss_drv_outs.nmade < 64) lss_drv_outs.made[lss_drv_outs.nmade++] = lss_drv__strdup(buf);
+            } else if (errno != EEXIST) lss_drv_die(2, "cannot create '%s': %s", buf, strerror(errno));
+            buf[i] = c;
+        }
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) lss_drv_die(2, "'%s' is not a directory", dir);
+    snprintf(probe, sizeof probe, "%s/.lss-write-check.tmp.%ld.0", dir, (long)getpid());
+    if ((fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 && errno != EEXIST)
+        lss_drv_die(2, "cannot write into '%s': %s", dir, strerror(errno));
+    if (fd >= 0) close(fd), unlink(probe);
+    if (lss_wfile_clean_orphans(dir, &n) == LSS_OK && n > 0)
+        fprintf(stderr, "%s: removed %d temporary file(s) of an earlier, interrupted run in %s\n", lss_drv_prog, n, dir);
+}
+/* Exits 2 unless the output file `path` can be written (see above); cleans its directory's orphans. */
+static inline void lss_drv_out_file(const char *path) {
+    struct stat st;
+    lss_wfile w;
+    char *slash;
+    int n;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) lss_drv_die(2, "cannot write '%s': it is a directory", path);
+        if (!S_ISREG(st.st_mode)) {
+            if (access(path, W_OK) != 0) lss_drv_die(2, "cannot write '%s': %s", path, strerror(errno));
+            return; /* a device or FIFO: written directly */
+        }
+    }
+    if (lss_wfile_open(&w, path) != LSS_OK) lss_drv_die(2, "%s", lss_last_error());
+    if (w.direct) { lss_wfile_abort(&w); return; }
+    if ((slash = strrchr(w.path, '/')) != NULL) *slash = 0;
+    if (lss_wfile_clean_orphans(slash ? (*w.path ? w.path : "/") : ".", &n) == LSS_OK && n > 0)
+        fprintf(stderr, "%s: removed %d temporary file(s) of an earlier, interrupted run next to %s\n", lss_drv_prog, n, path);
+    if (slash) *slash = '/';
+    lss_wfile_abort(&w);
+}
+/* Starts recording (see above); dir: the run's output directory (NULL: files named by options only). */
+static inline void lss_drv_outputs_begin(const char *dir, int staged) {
+    static int hooked = 0;
+    if (!hooked) { /* first: a failure from here on removes what this run made */
+        hooked = 1;
+        atexit(lss_drv__outputs_atexit);
+        signal(SIGINT, lss_drv__outputs_signal);
+        signal(SIGTERM, lss_drv__outputs_signal);
+        signal(SIGHUP, lss_drv__outputs_signal);
+    }
+    if (dir) {
+        if (strlen(dir) >= sizeof lss_drv_outs.dir - 16) lss_drv_die(2, "output directory name too long");
+        lss_drv_out_dir(dir);
+        snprintf(lss_drv_outs.dir, sizeof lss_drv_outs.dir, "%s", dir);
+        if (!staged) {
+            char p[4200];
+            snprintf(p, sizeof p, "%s/run.json", dir);
+            if (remove(p) != 0 && errno != ENOENT) lss_drv_die(2, "cannot remove the old '%s': %s", p, strerror(errno));
+        }
+    } else lss_drv_outs.dir[0] = 0;
+    lss_drv_outs.on = 1, lss_drv_outs.staged = staged, lss_drv_outs.done = 0;
+    lss_wfile_set_hook(lss_drv__out_hook, NULL);
+}
+/* A staged set without a directory: checks the output files a and b (NULL: none) and begins. */
+static inline void lss_drv_outputs_files(const char *a, const char *b) {
+    if (a) lss_drv_out_file(a);
+    if (b) lss_drv_out_file(b);
+    lss_drv_outputs_begin(NULL, 1);
+}
+/* Renames every staged output into place (exit 1 naming the file when one cannot be). */
+static inline void lss_drv_outputs_publish(void) {
+    int i;
+    for (i = 0; i < lss_drv_outs.n; i++) {
+        if (!lss_drv_outs.f[i].tmp) continue;
+        if (rename(lss_drv_outs.f[i].tmp, lss_drv_outs.f[i].path) != 0)
+            lss_drv_die(1, "cannot rename into '%s': %s", lss_drv_outs.f[i].path, strerror(errno));
+        free(lss_drv_outs.f[i].tmp);
+        lss_drv_outs.f[i].tmp = NULL;
+    }
+}
+/* Staging on or off from now on (publishes what is pending first). */
+static inline void lss_drv_outputs_stage(int staged) {
+    lss_drv_outputs_publish();
+    lss_drv_outs.staged = staged;
+}
+/* Publishes the outputs, then (with a directory) writes DIR/run.json as lss_drv_runjson does, with
+ * `extra` followed by "outputs" (the files written, relative to DIR where they lie in it) and
+ * "complete": true. Exits on failure. */
+static inline void lss_drv_outputs_done(int argc, char **argv, uint64_t seed, const char *extra) {
+    size_t cap = (extra ? strlen(extra) : 0) + 64, len, dl = strlen(lss_drv_outs.dir);
+    char *x;
+    int i;
+    lss_drv_outputs_publish();
+    lss_wfile_set_hook(NULL, NULL);
+    lss_drv_outs.done = 1;
+    if (!dl) return;
+    for (i = 0; i < lss_drv_outs.n; i++) cap += 6 * strlen(lss_drv_outs.f[i].path) + 4;
+    x = (char *)malloc(cap);
+    if (!x) lss_drv_die(1, "out of memory");
+    len = (size_t)snprintf(x, cap, "%s%s\"outputs\": [", extra && *extra ? extra : "", extra && *extra ? ", " : "");
+    for (i = 0; i < lss_drv_outs.n; i++) {
+        const char *p = lss_drv_outs.f[i].path;
+        if (!strncmp(p, lss_drv_outs.dir, dl) && p[dl] == '/') p += dl + 1;
+        if (!strcmp(p, "run.json")) continue;
+        len += (size_t)snprintf(x + len, cap - len, "%s\"", x[len - 1] == '[' ? "" : ", ");
+        for (; *p; p++) {
+            unsigned char c = (unsigned char)*p;
+            if (c == '"' || c == '\\') len += (size_t)snprintf(x + len, cap - len, "\\%c", c);
+            else if (c < 0x20) len += (size_t)snprintf(x + len, cap - len, "\\u%04x", c);
+            else x[len++] = (char)c, x[len] = 0;
+        }
+        len += (size_t)snprintf(x + len, cap - len, "\"");
+    }
+    snprintf(x + len, cap - len, "], \"complete\": true");
+    lss_drv_check(lss_drv_runjson(lss_drv_outs.dir, argc, argv, seed, x), "run.json");
+    free(x);
+}
+
+/* Says on stderr what a run will hold (WHAT lists its parts) and exits with status 2, naming REDUCE, the
+ * options that shrink it, when that exceeds this machine's physical memory. */
+static inline void lss_drv_memory(const char *what, double bytes, const char *reduce) {
+    double phys = 0;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psz > 0) phys = (double)pages * (double)psz;
+#endif
+    fprintf(stderr, "%s: needs about %.3g GB\n", what, bytes / 1e9);
+    if (phys > 0 && bytes > phys)
+        lss_drv_die(2, "%s: needs about %.3g GB and this machine has %.3g GB: reduce %s", what, bytes / 1e9, phys / 1e9, reduce);
 }
 
 /* Progress on stderr: a live line with rate and time left on a terminal, otherwise one line

@@ -9,7 +9,6 @@
 #define LSS_MASSMAP_IMPLEMENTATION
 #include "lss_massmap.h"
 #include "drivers/lss_driver.h"
-
 static const char *usage_main =
     "usage: massmap COMMAND [options]   (massmap COMMAND --help for each)\n"
     "commands:\n"
@@ -25,7 +24,6 @@ static const char *usage_main =
     "example: massmap mock --scale small --out out/mm && massmap eval --mock out/mm --out out/mm/eval\n";
 
 #define PNG_SIZE 512 /* target size of map pictures, pixels */
-
 static void *xcalloc(int64_t n, size_t sz) {
     void *p = calloc((size_t)(n > 0 ? n : 1), sz);
     return p ? p : (lss_drv_die(1, "out of memory"), NULL);
@@ -41,8 +39,8 @@ static void save_png(const char *dir, const char *name, const float *m, int h, i
     snprintf(p, sizeof p, "%s%s%s", dir ? dir : "", dir ? "/" : "", name);
     lss_drv_check(lss_png_map(p, m, h, w, lo, hi, title, png_scale(h, w)), p);
 }
-static const char *jnum(char *b, double x) { /* a JSON number, null when not finite */
-    return isfinite(x) ? (snprintf(b, 32, "%.6g", x), b) : "null";
+static const char *jnum(char *b, double x, const char *fmt, const char *nan) { /* x in fmt, nan when not finite */
+    return isfinite(x) ? (snprintf(b, 32, fmt, x), b) : nan;
 }
 
 /* Shear [2, H, W] or field `field` of [K, 2, H, W] into g1, g2 (one allocation: g2 = g1 + H W; LSS_FREE). */
@@ -120,14 +118,14 @@ static int cmd_ks(int argc, char **argv) {
     lss_drv_cmd cmd = {"massmap ks", "massmap ks --shear S.npy --out K.npy [options]", "Kaiser-Squires (eqs. 5-7) and Gaussian smoothing of both modes.",
                        "massmap ks --shear out/mm/shear.npy --out ks.npy --smooth-arcmin 1"};
     lss_grid *g;
-    lss_drv_parse(&cmd, opts, argc, argv);
+    lss_drv_parse(&cmd, opts, argc, argv), lss_drv_outputs_files(out, png);
     float *s = load_shear(shear, field, &h, &w), *k = (float *)xcalloc(2 * (int64_t)h * w, sizeof(float));
     int64_t sh[3] = {2, h, w};
     lss_drv_check(lss_grid_create(h, w, pix, &g), "grid");
     lss_drv_check(lss_mm_ks(g, s, s + (int64_t)h * w, smooth, k, k + (int64_t)h * w), "ks");
     save_npy(NULL, out, 3, sh, k);
     if (png) save_png(NULL, png, k, h, w, "Kaiser-Squires E", 0, 0);
-    fprintf(stderr, "massmap ks: wrote %s ([2, %d, %d], smoothing %g arcmin)\n", out, h, w, smooth);
+    lss_drv_outputs_done(argc, argv, 0, NULL), fprintf(stderr, "massmap ks: wrote %s ([2, %d, %d], smoothing %g arcmin)\n", out, h, w, smooth);
     lss_grid_free(g); LSS_FREE(s); free(k);
     return 0;
 }
@@ -151,7 +149,7 @@ static int cmd_wiener(int argc, char **argv) {
                        "massmap wiener --shear out/mm/shear.npy --noise-var out/mm/noise_var.npy --ps out/mm/ps.csv --out wf.npy"};
     lss_mm_wiener_opts wo = {0};
     data_in d;
-    lss_drv_parse(&cmd, opts, argc, argv);
+    lss_drv_parse(&cmd, opts, argc, argv), lss_drv_outputs_files(out, png);
     wo.tol = tol;
     wo.max_iter = maxit;
     load_data(shear, field, nvp, psp, pix, &d);
@@ -162,7 +160,7 @@ static int cmd_wiener(int argc, char **argv) {
     int64_t sh[3] = {1 + nsamp, d.h, d.w};
     save_npy(NULL, out, nsamp ? 3 : 2, nsamp ? sh : sh + 1, k);
     if (png) save_png(NULL, png, k, d.h, d.w, "Wiener filter", 0, 0);
-    fprintf(stderr, "massmap wiener: %d iterations, relative residual %.2e; wrote %s\n", it, rel, out);
+    lss_drv_outputs_done(argc, argv, 0, NULL), fprintf(stderr, "massmap wiener: %d iterations, relative residual %.2e; wrote %s\n", it, rel, out);
     free_data(&d);
     free(k);
     return 0;
@@ -200,7 +198,7 @@ static int cmd_mock(int argc, char **argv) {
     if (mo.survey.observed != 0 && !(mo.survey.observed > 0.05)) lss_drv_die(2, "option --observed: %g must be in (0.05, 1]", mo.survey.observed);
     mo.shift = shift < 0 ? 0 : shift;
     if (shift == 0) mo.gaussian = 1;
-    lss_drv_mkdirs(out);
+    lss_drv_outputs_begin(out, 1);
     lss_drv_check(lss_mm_mock_create(&mo, &m), "mock");
     lss_drv_check(lss_mm_mock_save(m, out), out);
     int n = m->h;
@@ -215,7 +213,7 @@ static int cmd_mock(int argc, char **argv) {
     char extra[512];
     snprintf(extra, sizeof extra, "\"size\": %d, \"nfields\": %d, \"pixel_arcmin\": %g, \"lognormal_shift\": %g, \"observed_fraction\": %.4f, \"data_set\": \"test\"",
              n, m->nfields, m->pix_arcmin, m->shift, (double)nobs / np);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, mo.seed, extra), "run.json");
+    lss_drv_outputs_done(argc, argv, mo.seed, extra);
     fprintf(stderr, "massmap mock: %d fields of %d x %d (%.1f%% observed, shift %.4f) in %s\n", m->nfields, n, n, 100.0 * nobs / np, m->shift, out);
     lss_mm_mock_free(m);
     return 0;
@@ -231,7 +229,7 @@ static int cmd_bin(int argc, char **argv) {
     double se, *c2;
     bo.e2_sign = 1;
     lss_drv_opt opts[] = {{"catalogue", LSS_DRV_STR, &cp, 0, 0, 1, "CSV (x,y or ra,dec, e1, e2[, w]) or NPY [n, 4|5]"},
-                          {"out", LSS_DRV_STR, &out, 0, 0, 1, "output directory"}, {"size", LSS_DRV_INT, &size, 0, 16384, 0, "N x N grid (0: the bounding box)"},
+                          {"out", LSS_DRV_STR, &out, 0, 0, 1, "output directory"}, {"size", LSS_DRV_INT, &size, 0, 8192, 0, "N x N grid (0: the bounding box)"},
                           {"pixel-arcmin", LSS_DRV_DOUBLE, &bo.pix_arcmin, 0, 600, 0, "pixel for ra/dec input (0: 0.29)"},
                           {"sigma-e", LSS_DRV_DOUBLE, &bo.sigma_e, 0, 10, 0, "shape noise (0: estimated)"},
                           {"radec", LSS_DRV_FLAG, &radec, 0, 0, 0, "NPY columns are ra, dec"},
@@ -257,9 +255,11 @@ static int cmd_bin(int argc, char **argv) {
     if ((centre || bo.flip_ra) && !cat.radec) lss_drv_die(2, "options --centre and --flip-ra are for ra/dec catalogues");
     lss_drv_check(lss_mm_bin(&cat, &bo, &h, &w, NULL, NULL, NULL, NULL, NULL, NULL), "bin");
     int64_t np = (int64_t)h * w, s3[3] = {2, h, w};
+    fprintf(stderr, "massmap bin: %lld galaxies on a %d x %d grid: writes %.3g MB (shear.npy, noise_var.npy, count.npy, count.png), "
+            "needs %.3g MB of memory\n", (long long)cat.n, h, w, 16e-6 * (double)np + 3e-6 * (double)np, 48e-6 * (double)np);
+    lss_drv_outputs_begin(out, 1);
     float *sh = (float *)xcalloc(2 * np, sizeof(float)), *nv = (float *)xcalloc(np, sizeof(float)), *cnt = (float *)xcalloc(np, sizeof(float));
     lss_drv_check(lss_mm_bin(&cat, &bo, &h, &w, sh, sh + np, nv, cnt, &drop, &se), "bin");
-    lss_drv_mkdirs(out);
     save_npy(out, "shear.npy", 3, s3, sh);
     save_npy(out, "noise_var.npy", 2, s3 + 1, nv);
     save_npy(out, "count.npy", 2, s3 + 1, cnt);
@@ -268,7 +268,7 @@ static int cmd_bin(int argc, char **argv) {
     if (cat.radec) lss_drv_check(lss_mm_bin_sky(&cat, &bo, &k, &h, &w), "bin"), lss_drv_check(lss_mm_sky_json(&k, bo.e2_sign, sky, sizeof sky), "sky");
     snprintf(extra, sizeof extra, "\"h\": %d, \"w\": %d, \"galaxies\": %lld, \"dropped\": %lld, \"sigma_e\": %.6g, \"sky\": %s", h, w,
              (long long)cat.n, (long long)drop, se, sky);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, 0, extra), "run.json");
+    lss_drv_outputs_done(argc, argv, 0, extra);
     fprintf(stderr, "massmap bin: %lld galaxies (%lld dropped) on %d x %d, sigma_e %.4f; wrote %s\n", (long long)cat.n, (long long)drop, h, w, se, out);
     free(sh); free(nv); free(cnt); lss_mm_catalogue_free(&cat);
     return 0;
@@ -300,7 +300,7 @@ static int cmd_sample(int argc, char **argv) {
     data_in d;
     so.seed = 1;
     lss_drv_parse(&cmd, opts, argc, argv);
-    sampling_setup(sched, scale, &nsamp, &batch, &so);
+    sampling_setup(sched, scale, &nsamp, &batch, &so), lss_drv_outputs_begin(out, 1);
     load_data(shear, field, nvp, psp, pix, &d);
     lss_drv_check(lss_mm_post_create(d.grid, d.pk, d.g, d.g + d.np, d.nv, &post), "posterior");
     if (prior) {
@@ -314,7 +314,6 @@ static int cmd_sample(int argc, char **argv) {
     lss_drv_progress_init(&pr, "massmap sample", 1000);
     lss_drv_check(lss_mm_sample_batched(post, &so, nsamp, batch, smp, &st), "sampling"), lss_drv_progress_end(&pr);
     lss_drv_check(lss_mm_mean_std(nsamp, d.np, smp, ms, ms + d.np), "mean");
-    lss_drv_mkdirs(out);
     int64_t s3[3] = {nsamp, d.h, d.w};
     save_npy(out, "samples.npy", 3, s3, smp);
     save_npy(out, "mean.npy", 2, s3 + 1, ms);
@@ -326,7 +325,7 @@ static int cmd_sample(int argc, char **argv) {
     snprintf(extra, sizeof extra, "\"schedule\": \"%s\", \"sigma_min\": %g, \"nsamples\": %d, \"levels\": %lld, \"hmc_steps\": %lld, "
              "\"accept_rate\": %.4f, \"score_evals_per_sample\": %.1f, \"seconds\": %.2f",
              sched, so.sigma_min, nsamp, (long long)st.levels, (long long)st.hmc_steps, st.accept_rate, st.evals_per_chain, st.seconds);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, so.seed, extra), "run.json");
+    lss_drv_outputs_done(argc, argv, so.seed, extra);
     fprintf(stderr, "massmap sample: %d samples, %.1f score evaluations each, acceptance %.3f, %.1f s; wrote %s\n", nsamp, st.evals_per_chain,
             st.accept_rate, st.seconds, out);
     lss_mm_post_free(post); lss_mm_net_free(net);
@@ -361,13 +360,15 @@ static int cmd_eval(int argc, char **argv) {
     if (prior) eo.prior = open_net(prior, &g, &pk, m, 0);
     if (dmp) eo.deepmass = open_net(dmp, &g, &pk, m, 1);
     eo.progress = eval_progress;
-    lss_drv_mkdirs(out);
+    lss_drv_outputs_begin(out, 1);
     lss_drv_check(lss_mm_eval(m, &eo, &R), "eval");
     lss_drv_check(lss_mm_eval_save(R, out), out);
     int nf = R->nfields, nb = R->nbins, nr = R->nmethods;
+    char j1[32], j2[32];
     fprintf(stderr, "Table 1 (%d fields of %d x %d, %d samples each; posterior: %s prior):\n", nf, R->h, R->w, R->nsamples, prior ? "Gaussian + U-net residual" : "Gaussian");
-    for (int k = 0; k < nr; k++)
-        fprintf(stderr, "  %-16s RMSE %.4e  r %.3f\n", k == 0 ? "KS" : k == 1 ? "Wiener" : k == 2 ? "posterior mean" : "DeepMass", R->mean_rmse[k], R->mean_r[k]);
+    for (int k = 0; k < nr; k++) /* one field: no scatter over fields, n/a */
+        fprintf(stderr, "  %-16s RMSE %.4e (std %s)  r %.3f (std %s)\n", k == 0 ? "KS" : k == 1 ? "Wiener" : k == 2 ? "posterior mean" : "DeepMass",
+                R->mean_rmse[k], jnum(j1, R->std_rmse[k], "%.2e", "n/a"), R->mean_r[k], jnum(j2, R->std_r[k], "%.3f", "n/a"));
     fprintf(stderr, "figure 6: posterior samples' mean C_ell within 1 sigma of the simulations in %d of %d ell bins\n", R->bins_within_1sigma, nb);
     char extra[1024];
     snprintf(extra, sizeof extra,
@@ -377,7 +378,7 @@ static int cmd_eval(int argc, char **argv) {
              nf, R->nsamples, sched, R->sigma_min, R->ks_smoothing, R->mean_rmse[0], R->mean_r[0], R->mean_rmse[1], R->mean_r[1], R->mean_rmse[2],
              R->mean_r[2], R->cost.evals_per_chain, R->cost.seconds, R->bins_within_1sigma, prior != NULL, dmp ? R->mean_rmse[3] : 0.0,
              dmp ? R->mean_r[3] : 0.0);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, eo.sample.seed, extra), "run.json");
+    lss_drv_outputs_done(argc, argv, eo.sample.seed, extra);
     lss_mm_eval_free(R); lss_mm_net_free(eo.prior); lss_mm_net_free(eo.deepmass); lss_grid_free(g); LSS_FREE(pk); lss_mm_mock_free(m);
     return 0;
 }
@@ -422,7 +423,7 @@ static int cmd_train(int argc, char **argv) {
     snprintf(lc, sizeof lc, "%s/loss.csv", out);
     to.ckpt = ck, to.loss_csv = csv ? csv : lc, to.no_spectral = nospec, to.seed = no.seed, to.progress = train_cb, to.progress_user = &pr;
     lss_drv_check(lss_grid_create(m->h, m->w, m->pix_arcmin, &g), "grid");
-    lss_drv_mkdirs(out);
+    lss_drv_outputs_begin(out, 0), csv ? lss_drv_out_file(csv) : (void)0;
     lss_drv_progress_init(&pr, no.deepmass ? "massmap train DeepMass" : "massmap train prior", to.steps);
     lss_drv_check(lss_mm_train_on_mock(g, m, &no, &to, &tr, &net), "training");
     lss_drv_progress_end(&pr);
@@ -430,9 +431,9 @@ static int cmd_train(int argc, char **argv) {
              "\"stopped_early\": %d, \"batch\": %d, \"lr\": %g, \"noise_scale\": %g, \"spectral_norm\": %d, \"final_loss\": %s, \"valid_loss\": %s, "
              "\"valid_baseline\": %s, \"eval_every\": %d, \"maps\": \"%dx%d\", \"data_set\": \"train\", \"valid_set\": \"valid\"",
              no.deepmass ? "deepmass" : "score", no.c0, (long long)lss_mm_net_nparams(net), to.steps, (long long)tr.loop.steps_done,
-             (long long)tr.loop.skipped, tr.loop.stopped_early, to.batch, to.lr, to.s, !nospec, jnum(j1, tr.final_loss),
-             jnum(j2, tr.valid_loss), jnum(j3, tr.valid_base), to.eval_every, m->h, m->w);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, no.seed, extra), "run.json");
+             (long long)tr.loop.skipped, tr.loop.stopped_early, to.batch, to.lr, to.s, !nospec, jnum(j1, tr.final_loss, "%.6g", "null"),
+             jnum(j2, tr.valid_loss, "%.6g", "null"), jnum(j3, tr.valid_base, "%.6g", "null"), to.eval_every, m->h, m->w);
+    lss_drv_outputs_done(argc, argv, no.seed, extra);
     fprintf(stderr, "massmap train-prior: %lld parameters, %lld steps%s, held-out loss %.4g (%s alone %.4g); wrote %s\n",
             (long long)lss_mm_net_nparams(net), (long long)tr.loop.steps_done, tr.loop.stopped_early ? " (plateau stop)" : "", tr.valid_loss,
             no.deepmass ? "zero map" : "Gaussian prior", tr.valid_base, out);
@@ -465,7 +466,7 @@ static int cmd_detect(int argc, char **argv) {
     sampling_setup(sched, scale, &dop.nsamples, &dop.batch, &dop.sample);
     lss_mm_mock *m = open_mock(mdir);
     if (dop.field >= m->nfields) lss_drv_die(2, "option --field: %d outside [0, %d)", dop.field, m->nfields);
-    lss_drv_mkdirs(out);
+    lss_drv_outputs_begin(out, 1);
     lss_drv_check(lss_mm_detect(m, &dop, &R), "detect");
     for (int k = 0; k < R->nrows; k++)
         fprintf(stderr, "  M = %.3g Msun: input SNR %.2f, detected in %.0f%% of %d samples\n", R->mass[k], R->snr[k], 100 * R->rate[k], dop.nsamples);
@@ -473,7 +474,7 @@ static int cmd_detect(int argc, char **argv) {
     char extra[256];
     snprintf(extra, sizeof extra, "\"theta_pix\": %g, \"threshold\": %g, \"nsamples\": %d, \"background_std\": %.6g", R->theta_pix, dop.threshold,
              dop.nsamples, R->background_std);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, dop.sample.seed, extra), "run.json");
+    lss_drv_outputs_done(argc, argv, dop.sample.seed, extra);
     lss_mm_detect_free(R); lss_mm_mock_free(m); free(masses);
     return 0;
 }
