@@ -160,8 +160,13 @@ typedef struct { int n; double *z, *nz; double zmean; } lss_nz;  /* one tabulate
 /* Built-in sets: "deeplss" (the 4 DeepLSS Stage-III bins) or "cosmos" (1 COSMOS-like distribution).
    *bins is an array of *nbins lss_nz, freed with lss_nz_free. */
 LSSDEF int  lss_nz_builtin(const char *name, lss_nz **bins, int *nbins);
-/* Text file: '#' comments, then rows "z n_1 [n_2 ...]" (whitespace or comma separated); z strictly increasing,
-   n >= 0 and finite, each column with a positive integral. Freed with lss_nz_free. */
+/* Limits of a tabulated n(z) (the matter power tables end at z = 20; a table beyond would cost minutes and GBs). */
+#define LSS_NZ_ZMAX 20.0          /* largest z of a row */
+#define LSS_NZ_MAX_ROWS 100000    /* rows of a table */
+#define LSS_NZ_MAX_BINS 64        /* n(z) columns (tomographic bins) */
+/* Text file: '#' comments, then rows "z n_1 [n_2 ...]" (whitespace or comma separated); z strictly increasing
+   within [0, LSS_NZ_ZMAX], n >= 0 and finite, each column with a positive integral, at most LSS_NZ_MAX_ROWS rows and
+   LSS_NZ_MAX_BINS columns of n. LSS_ERR_FORMAT naming the file, line and value otherwise. Freed with lss_nz_free. */
 LSSDEF int  lss_nz_load(const char *path, lss_nz **bins, int *nbins);
 /* From arrays: z[n], nz[nbins][n] row-major (nz[b*n + i]). Same validation as lss_nz_load. */
 LSSDEF int  lss_nz_from_table(const double *z, const double *nz, int n, int nbins, lss_nz **bins);
@@ -506,6 +511,12 @@ LSSDEF int lss_pool_simulate(lss_pool *pool, const lss_nz *nz, const lss_sim_opt
    lss_sim_use_shells), so fields beyond the available views repeat them (logged once). Needs ncone >= 2. */
 LSSDEF int lss_pool_simulate_library(lss_pool *pool, const lss_nz *nz, const lss_sim_opts *so, const char *dir,
                                      int (*progress)(int done, int total, void *user), void *user);
+/* Saves a pool in DIR as pool_cosmo.npy (float64 [ncosmo, 2]) and pool_fields.npy (float32 [ncosmo,
+   nf_train + nf_test, 3 nbins, nside, nside]), each atomically. */
+LSSDEF int lss_pool_save(const lss_pool *pool, const char *dir);
+/* Loads them into a pool made by lss_pool_init with the sizes of the saved one: LSS_ERR_FORMAT naming the
+   file when a type or shape differs. with_fields = 0 reads only pool_cosmo.npy (pool->fields untouched). */
+LSSDEF int lss_pool_load(lss_pool *pool, const char *dir, int with_fields);
 /* One draw. index: the survey (lss_set_index(set, i)); its nuisance parameters, grid cosmology and field
    choice come from stream (seed, LSS_STREAM_NUISANCE, index), its noise and mosaic from (seed, index). */
 typedef struct {
@@ -909,7 +920,10 @@ LSSDEF void lss_shellset_free(lss_shellset *s);   /* frees the arrays, zeroes th
 /* Progress callback of a run: after each step (step = 1..steps), with the scale factor reached and the seconds
    since the run (or its resumption) started. */
 typedef void (*lss_nbody_progress_fn)(int step, int steps, double a, double seconds, void *user);
-/* Bytes a run of these options will allocate at its peak (particles, meshes, shell accumulators); lc may be NULL. */
+/* Bytes a run of these options will allocate at its peak (particles, meshes, shell accumulators); lc may be NULL.
+   -1 for invalid options. A run that needs more than the machine's physical memory is refused before allocating
+   (LSS_ERR_NOMEM naming the GB). About 28 bytes per particle, 4 mesh^3 bytes (the padded force mesh, which also
+   holds the initial-condition fields) and 8 mesh^2 bytes per thread. */
 LSSDEF int64_t lss_nbody_memory(const lss_nbody_opts *o, const lss_lightcone_opts *lc);
 /* One light-cone run for cosmology c: initial conditions from (seed, index), o->steps steps to a = 1, the shells
    of lc painted for lc->ncone cones. out (caller's struct) receives the shell set (free with lss_shellset_free).
@@ -921,6 +935,114 @@ LSSDEF int64_t lss_nbody_memory(const lss_nbody_opts *o, const lss_lightcone_opt
 LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
                                uint64_t seed, uint64_t index, const char *checkpoint, lss_nbody_progress_fn fn,
                                void *user, lss_shellset *out);
+/* Makes the lss_nbody_lightcone running in this thread stop after the step it is in (call it from the progress
+   callback): the state is saved to the checkpoint (when one is given) and the run returns LSS_ERR_STATE
+   ("cancelled after step k"); running it again with the same checkpoint resumes it. */
+LSSDEF void lss_nbody_cancel(void);
+
+/* Lower-level API (what lss_nbody_lightcone is made of; validation and benchmarks use it).
+ * Method, as implemented:
+ *  - Initial conditions: delta_k of the z = 0 linear field drawn per signed integer wave vector m = (mx, my, mz)
+ *    (k = 2 pi m / L) from Philox block lss_philox_block(seed, lss_stream(LSS_STREAM_NBODY_IC, index, 0), counter)
+ *    with counter = (mx mod 2^21) << 42 | (my mod 2^21) << 21 | (mz mod 2^21) of the representative of {m, -m}
+ *    with mz > 0, or mz = 0 and my > 0, or mz = my = 0 and mx > 0 (the other one is its complex conjugate):
+ *    |delta_k| = sqrt(P(k)/L^3 * -ln u1) (sqrt(P/L^3) with fixed_amp), phase 2 pi u2, u1, u2 the two doubles of
+ *    the block; so a mode is the same at every particle resolution. Nyquist modes (any |m_i| = np/2) and m = 0
+ *    are zero. delta(x) = sum_k delta_k e^{i k.x}.
+ *  - 2LPT (Crocce, Pueblas & Scoccimarro 2006): x = q + D1 Psi1 + D2 Psi2, Psi1 = -grad phi1, lap phi1 = delta,
+ *    Psi2 = grad phi2, lap phi2 = sum_{i<j} (phi1,ii phi1,jj - phi1,ij^2), D2 = -3/7 D1^2 Omega_m(a)^(-1/143)
+ *    (Bouchet et al. 1995 fit; dD2/da from the same formula), p = a^3 E (D1' Psi1 + D2' Psi2); q on the grid
+ *    i L / np. D1 is the exact flat-LCDM growth D ~ E(a) int_0^a da'/(a'E)^3, D1(1) = 1 (lss_nbody_growth).
+ *  - Positions are unsigned 32-bit fixed point (unit L / 2^32: periodic wrap exact, cells and CIC fractions
+ *    exact integers), momenta p = a^2 dx/dt (H0 = 1, Mpc/h) in float.
+ *  - Steps: nodes a_i linear (or uniform in ln a) from a_init to 1, half-step nodes at the midpoints in that
+ *    variable; kick-drift-kick with the FastPM factors (Feng et al. 2016, arXiv:1603.00476, eqs. 22-24):
+ *    drift (D1(a_f) - D1(a_i)) / g_p(a_c), kick (g_p(a_f) - g_p(a_i)) / g_f(a_c), g_p = a^3 E dD1/da,
+ *    g_f = a^2 E dg_p/da = 3/2 Omega_m D1 (exact for LCDM). The force applied is -grad psi with
+ *    lap psi = 3/2 Omega_m delta (= a phi, phi the potential of lap phi = 3/2 Omega_m delta / a, since dp/dt =
+ *    -grad phi and dt = da / (a E)), so the large scales grow exactly as D1 at any step count. State between
+ *    steps: positions at a_i, momenta at a_{i+1/2}; the forces after the last drift are not computed.
+ *  - Force: CIC painting of the particles on the mesh in 64-bit fixed point (each particle exactly
+ *    lss_nbody_mass_unit = 2^min(31, 62 - ceil(log2 np^3)), split exactly over its 8 cells); Poisson kernel
+ *    psi_k = -3/2 Omega_m delta_k / k^2 (exact inverse Laplacian, no CIC deconvolution, Nyquist modes kept); one
+ *    inverse FFT; then the 4-point finite-difference gradient [8 (psi_{i+1} - psi_{i-1}) - (psi_{i+2} - psi_{i-2})]
+ *    / (12 h) taken in real space and read out with CIC at each particle (a finite-difference gradient as in
+ *    FastPM; in Fourier space it is i (8 sin kh - sin 2kh) / (6h)). Two FFTs per step (a spectral gradient would
+ *    need four and one more mesh of memory).
+ *  - FFTs: 2-D r2c/c2r plane transforms (one per x plane), then the 1-D transforms along x, per ky row in chunks of
+ *    16 columns gathered into a per-thread buffer; single-threaded FFTW_ESTIMATE plans shared out over OpenMP
+ *    threads; all particle loops in fixed blocks and all sums in integers or in a fixed order: the same bits at any
+ *    thread count (tested at 1 and 2).
+ *  - Light cone: observer at (L/2, L/2, 0) of replica 0, replica k covers kL <= z < (k+1)L; cone c draws for
+ *    replica k, from lss_rng_for(seed, LSS_STREAM_NBODY_CONE, index, c) sought to block 16 k, one of the 48
+ *    signed axis permutations (lss_rng_below(48)) and a periodic shift of whole particle spacings
+ *    (lss_rng_below(np) per axis) plus one sub-spacing offset per cone (3 u32 at block 2^40): the Lagrangian
+ *    lattice stays continuous across replica faces (no gap or double layer of particles there) and the observer
+ *    sits at a random place in a lattice cell. Transverse images (x +- L,
+ *    y +- L) of the replica fill the field where it is wider than the box minus a pixel. During each drift, a
+ *    particle whose distance r from the observer goes from r < chi(a_i) to r >= chi(a_f) crosses the cone: the
+ *    crossing t in [0, 1] (x linear in D1 within a drift) solves |x(t)| = chi(t) (chi(t) linear between 65 nodes
+ *    uniform in t over the step, regula falsi to 1e-7 Mpc/h); the particle at the crossing is painted (CIC in gnomonic
+ *    u = x/z, v = y/z, pixels of pixel_arcmin in u, v, side x side centred on the axis; rows v, columns u;
+ *    fixed point) into the shell containing |x|. delta = N / (nbar Omega_pix (chi_hi^3 - chi_lo^3) / 3) - 1 with
+ *    the exact gnomonic pixel solid angle Omega_pix = int du dv (1 + u^2 + v^2)^(-3/2).
+ *  - Checkpoints (lss_nbody_lightcone): written after a step when 30 s have passed since the run started or
+ *    since the last one was written, and when cancelled; a fingerprint (FNV-1a of the cosmology, the options with
+ *    defaults filled, the light cone, seed, index and format version) identifies the run. */
+typedef struct lss_nbody lss_nbody;
+/* Timings of a run so far (wall seconds, summed over steps). */
+typedef struct {
+    double ic;      /* initial conditions (with the first force) */
+    double steps;   /* all lss_nbody_step calls (drift + light cone + paint + FFTs + force readout and kick) */
+    double fft;     /* the force FFTs inside the steps (2 of mesh^3 per step) */
+    double paint;   /* CIC painting (bucketing particles by plane and fixed-point sums) inside the steps */
+    double force;   /* Poisson kernel, gradient readout and kick inside the steps */
+    double drift;   /* drift and light-cone crossings inside the steps */
+    int nsteps;     /* steps timed */
+    int nforce;     /* force computations timed inside the steps */
+} lss_nbody_stats;
+/* Particles at z_init (2LPT) with their first half kick, ready to step. c must outlive the object. lc may be NULL
+   (no light cone); with lc, the shells of every step's drift are painted. Errors as lss_nbody_lightcone. */
+LSSDEF int lss_nbody_create(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc, uint64_t seed,
+                            uint64_t index, lss_nbody **out);
+LSSDEF void lss_nbody_free(lss_nbody *s);
+/* One kick-drift-kick step (drift a_i -> a_{i+1}, then the force at a_{i+1} and the kick to a_{i+3/2}).
+   LSS_ERR_STATE when all steps are done. */
+LSSDEF int lss_nbody_step(lss_nbody *s);
+LSSDEF int lss_nbody_steps_done(const lss_nbody *s);
+LSSDEF double lss_nbody_a(const lss_nbody *s);      /* scale factor of the positions (a_i) */
+LSSDEF double lss_nbody_a_next(const lss_nbody *s); /* a_{i+1}: the latest a the functions below accept */
+LSSDEF void lss_nbody_get_stats(const lss_nbody *s, lss_nbody_stats *st);
+LSSDEF const lss_nbody_opts *lss_nbody_get_opts(const lss_nbody *s);  /* the options with defaults filled */
+/* One particle's mass in the 64-bit fixed-point sums of the meshes and shells (a power of two, at most 2^31). */
+LSSDEF int64_t lss_nbody_mass_unit(const lss_nbody *s);
+/* The shells painted so far as a shell set (complete after the last step). LSS_ERR_STATE without a light cone. */
+LSSDEF int lss_nbody_shells(const lss_nbody *s, lss_shellset *out);
+/* Below, a is a scale factor in [lss_nbody_a, lss_nbody_a_next] (0: lss_nbody_a): the particles are drifted there
+   with the current momenta (as a drift would move them) without changing the state. mesh: even, 8..4096; when
+   it equals the force mesh, that mesh is the (overwritten) workspace, otherwise one is allocated for the call. */
+/* CIC density contrast on a mesh^3 grid: delta[(x mesh + y) mesh + z] (may be NULL), and the fixed-point total
+   mass (exactly np^3 lss_nbody_mass_unit(s) when every particle is accounted for) in *mass (may be NULL). */
+LSSDEF int lss_nbody_density(lss_nbody *s, double a, int mesh, float *delta, int64_t *mass);
+/* Matter power spectrum of the particles: CIC on the mesh, the window deconvolved (|W|^2 = prod sinc^4(pi m_i /
+   mesh)), shot noise L^3/np^3 times the CIC aliasing sum prod (1 - 2/3 sin^2(pi m_i / mesh)) subtracted when
+   subtract_shot (Jing 2005), linear bins b dk <= |k| < (b+1) dk with dk = k_Nyq / nbins, k_Nyq = pi mesh / L.
+   Out: k[b] the mean |k| of the bin's modes, pk[b] in (Mpc/h)^3, nmodes[b] the grid wave vectors in it (m and -m
+   both counted, so the Gaussian error is pk sqrt(2 / nmodes)); empty bins give 0. Any output may be NULL.
+   Particles that started on a lattice have almost no Poisson noise on large scales: subtracting L^3/np^3 there
+   biases P low by that amount (2.4% at k = 0.03 h/Mpc for np 64 in 500 Mpc/h); compare with subtract_shot = 0
+   below k_Nyq(particles)/2 or so. */
+LSSDEF int lss_nbody_power(lss_nbody *s, double a, int mesh, int nbins, int subtract_shot, double *k, double *pk,
+                           int64_t *nmodes);
+/* Fourier modes of the particle density by direct summation (no mesh, no window): out[2 j], out[2 j + 1] = real
+   and imaginary part of (1/np^3) sum_particles exp(-i k.x) for the integer wave vector kvec[3 j .. 3 j + 2]
+   (k = 2 pi kvec / L); the same convention as delta_k above. */
+LSSDEF int lss_nbody_modes(lss_nbody *s, double a, int nk, const int *kvec, double *out);
+/* The drawn z = 0 linear modes delta_k of the run's initial conditions (0 for Nyquist and m = 0). */
+LSSDEF int lss_nbody_linear_mode(const lss_nbody *s, int nk, const int *kvec, double *out);
+/* Exact linear growth of flat LCDM (no radiation) normalised to D1(1) = 1 and its derivative dD1/da (either
+   output may be NULL); what the steps use. */
+LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd1da);
 /* ==== END N-BODY DECLARATIONS ==== */
 /* ==== SHELL LIBRARY DECLARATIONS (N-body shells on disk, used by lss_sim) ==== */
 /* A shell set on disk is a pair STEM.npy (float32 [ncone][nshell][side][side], the density contrasts) and
@@ -964,6 +1086,7 @@ LSSDEF int lss_sim_use_shells(lss_sim *sim, const lss_shellset *set);
 #ifdef LSS_MAPS_IMPLEMENTATION
 #ifndef LSS_MAPS_IMPLEMENTATION_DONE
 #define LSS_MAPS_IMPLEMENTATION_DONE
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -1685,8 +1808,11 @@ LSSDEF int lss_nz_from_table(const double *z, const double *nz, int n, int nbins
     if (!z || !nz) return lss_seterr(LSS_ERR_ARG, "lss_nz_from_table: NULL table");
     if (n < 2) return lss_seterr(LSS_ERR_FORMAT, "n(z) table: %d rows, at least 2 are needed", n);
     if (nbins < 1) return lss_seterr(LSS_ERR_FORMAT, "n(z) table: no n(z) column (at least z and one n)");
+    if (n > LSS_NZ_MAX_ROWS || nbins > LSS_NZ_MAX_BINS)
+        return lss_seterr(LSS_ERR_FORMAT, "n(z) table: %d rows of %d bins (at most %d rows and %d bins)", n, nbins, LSS_NZ_MAX_ROWS, LSS_NZ_MAX_BINS);
     for (i = 0; i < n; i++) {
-        if (!isfinite(z[i]) || z[i] < 0) return lss_seterr(LSS_ERR_FORMAT, "n(z) table: row %d: z = %g is not a finite z >= 0", i + 1, z[i]);
+        if (!(z[i] >= 0 && z[i] <= LSS_NZ_ZMAX))
+            return lss_seterr(LSS_ERR_FORMAT, "n(z) table: row %d: z = %g is outside [0, %g]", i + 1, z[i], LSS_NZ_ZMAX);
         if (i > 0 && !(z[i] > z[i - 1]))
             return lss_seterr(LSS_ERR_FORMAT, "n(z) table: z is not strictly increasing at row %d (%g after %g)", i + 1, z[i], z[i - 1]);
     }
@@ -1764,8 +1890,7 @@ LSSDEF int lss_nz_load(const char *path, lss_nz **bins, int *nbins) {
     if (!bins || !nbins || !path) return lss_seterr(LSS_ERR_ARG, "lss_nz_load: NULL argument");
     *bins = NULL;
     *nbins = 0;
-    f = fopen(path, "r");
-    if (!f) return lss_seterr(LSS_ERR_IO, "cannot open n(z) file '%s'", path);
+    if ((s = lss_fopen_read(path, &f, NULL)) != LSS_OK) return lss_seterr(s, "n(z) file: %s", lss_last_error());
     while ((len = lss__getline(f, &line, &cap)) >= 0) {
         char *p = line, *end;
         int nc = 0;
@@ -1792,15 +1917,26 @@ LSSDEF int lss_nz_load(const char *path, lss_nz **bins, int *nbins) {
             nc++;
             p = end;
         }
+        if (nc == 0) continue; /* only separators before a comment: a blank line */
         if (ncol == 0) ncol = nc;
         if (nc != ncol) {
             s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s', line %ld: %d columns, the first row has %d", path, lineno, nc, ncol);
             goto done;
         }
+        /* the limits while reading: a huge or runaway table stops at its first bad line */
+        if (!(vals[nv - nc] >= 0 && vals[nv - nc] <= LSS_NZ_ZMAX)) {
+            s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s', line %ld: z = %g is outside [0, %g]", path, lineno, vals[nv - nc], LSS_NZ_ZMAX);
+            goto done;
+        }
+        if (nc - 1 > LSS_NZ_MAX_BINS || nrow >= LSS_NZ_MAX_ROWS) {
+            s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s', line %ld: more than %d rows or %d n(z) columns", path, lineno, LSS_NZ_MAX_ROWS,
+                           LSS_NZ_MAX_BINS);
+            goto done;
+        }
         nrow++;
     }
     if (len == -2) { s = lss_seterr(LSS_ERR_NOMEM, "lss_nz_load: out of memory"); goto done; }
-    if (ferror(f)) { s = lss_seterr(LSS_ERR_IO, "error reading n(z) file '%s'", path); goto done; }
+    if (ferror(f)) { s = lss_seterr(LSS_ERR_IO, "cannot read n(z) file '%s': %s", path, strerror(errno)); goto done; }
     if (nrow == 0) { s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s' has no data rows", path); goto done; }
     if (ncol < 2) { s = lss_seterr(LSS_ERR_FORMAT, "n(z) file '%s': %d column, need z and at least one n(z)", path, ncol); goto done; }
     z = (double *)LSS_MALLOC(sizeof(double) * (size_t)nrow);
@@ -3445,6 +3581,47 @@ LSSDEF int lss_pool_simulate(lss_pool *pool, const lss_nz *nz, const lss_sim_opt
     }
     lss_sim_free(sim);
     return s;
+}
+
+LSSDEF int lss_pool_save(const lss_pool *pool, const char *dir) {
+    char path[4200];
+    int64_t sh[5];
+    int s;
+    if (!pool || !pool->cosmo || !pool->fields || !dir) return lss_seterr(LSS_ERR_ARG, "lss_pool_save: NULL or empty pool");
+    sh[0] = pool->ncosmo, sh[1] = pool->nf_train + pool->nf_test, sh[2] = 3 * pool->nbins, sh[3] = sh[4] = pool->nside;
+    snprintf(path, sizeof path, "%s/pool_fields.npy", dir);
+    if ((s = lss_npy_save(path, LSS_F32, 5, sh, pool->fields)) != LSS_OK) return s;
+    sh[1] = 2;
+    snprintf(path, sizeof path, "%s/pool_cosmo.npy", dir);
+    return lss_npy_save(path, LSS_F64, 2, sh, pool->cosmo);
+}
+
+LSSDEF int lss_pool_load(lss_pool *pool, const char *dir, int with_fields) {
+    char path[4200];
+    lss_array a;
+    int s, nd, k;
+    int64_t sh[LSS_MAX_DIM], want[5];
+    float *f = NULL;
+    if (!pool || !pool->cosmo || !dir) return lss_seterr(LSS_ERR_ARG, "lss_pool_load: NULL or uninitialised pool");
+    snprintf(path, sizeof path, "%s/pool_cosmo.npy", dir);
+    if ((s = lss_npy_load(path, &a)) != LSS_OK) return s;
+    s = a.dtype != LSS_F64 || a.ndim != 2 || a.shape[0] != pool->ncosmo || a.shape[1] != 2
+        ? lss_seterr(LSS_ERR_FORMAT, "%s: expected float64 [%d, 2]", path, pool->ncosmo) : LSS_OK;
+    if (s == LSS_OK) memcpy(pool->cosmo, a.data, sizeof(double) * 2 * (size_t)pool->ncosmo);
+    lss_array_free(&a);
+    if (s != LSS_OK || !with_fields) return s;
+    snprintf(path, sizeof path, "%s/pool_fields.npy", dir);
+    if ((s = lss_npy_load_f32(path, &f, &nd, sh)) != LSS_OK) return s;
+    want[0] = pool->ncosmo, want[1] = pool->nf_train + pool->nf_test, want[2] = 3 * pool->nbins, want[3] = want[4] = pool->nside;
+    for (k = 0; k < 5 && nd == 5 && sh[k] == want[k]; k++) {}
+    if (k < 5) {
+        LSS_FREE(f);
+        return lss_seterr(LSS_ERR_FORMAT, "%s: expected float32 [%lld, %lld, %lld, %lld, %lld]", path, (long long)want[0],
+                          (long long)want[1], (long long)want[2], (long long)want[3], (long long)want[4]);
+    }
+    LSS_FREE(pool->fields);
+    pool->fields = f;
+    return LSS_OK;
 }
 
 LSSDEF int lss_pool_simulate_library(lss_pool *pool, const lss_nz *nz, const lss_sim_opts *so, const char *dir,
@@ -5548,6 +5725,1388 @@ LSSDEF void lss_shellset_free(lss_shellset *s) {
     LSS_FREE(s->delta);
     memset(s, 0, sizeof *s);
 }
+
+/* ---- N-body: internals ---- */
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+#if defined(__cplusplus)
+#define LSS__NB_TLS thread_local
+#elif defined(_MSC_VER)
+#define LSS__NB_TLS __declspec(thread)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
+#define LSS__NB_TLS _Thread_local
+#else
+#define LSS__NB_TLS __thread
+#endif
+#define LSS__NB_BLOCK 8192          /* particles per block of every particle loop (fixed: same bits at any thread count) */
+#define LSS__NB_TWO32 4294967296.0
+#define LSS__NB_CKPT_SECONDS 30.0   /* a checkpoint at most every 30 s of steps */
+#define LSS__NB_TN 65               /* chi(t) nodes per drift, uniform in t */
+#define LSS__NB_FORMAT 1            /* checkpoint format version (part of the fingerprint) */
+#define LSS__NB_TWOPI 6.283185307179586476925
+
+static LSS__NB_TLS int lss__nb_cancelled = 0;
+LSSDEF void lss_nbody_cancel(void) { lss__nb_cancelled = 1; }
+
+static int lss__nb_nthreads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ---- growth: D(a) ~ E(a) int_0^a da'/(a'E)^3 (flat LCDM without radiation) ---- */
+static const double lss__nb_glx[8] = {-0.9602898564975363, -0.7966664774136267, -0.5255324099163290, -0.1834346424956498,
+                                      0.1834346424956498,  0.5255324099163290,  0.7966664774136267,  0.9602898564975363};
+static const double lss__nb_glw[8] = {0.1012285362903763, 0.2223810344533745, 0.3137066458778873, 0.3626837833783620,
+                                      0.3626837833783620, 0.3137066458778873, 0.2223810344533745, 0.1012285362903763};
+/* int_0^a da' a'^(3/2) (om + ol a'^3)^(-3/2) = int_0^a da'/(a'E)^3: a series of (ol a^3/om) below a = 0.05, then
+   8-point Gauss-Legendre on panels of at most 0.02 in a */
+static double lss__nb_gint(double om, double ol, double a) {
+    static const double cn[7] = {1.0, -1.5, 1.875, -2.1875, 2.4609375, -2.70703125, 2.9326171875};
+    double a0 = a < 0.05 ? a : 0.05, u = ol / om * a0 * a0 * a0, un = 1, s = 0, h;
+    int n, np, i, j;
+    for (n = 0; n < 7; n++) { s += cn[n] * un / (2.5 + 3 * n); un *= u; }
+    s *= pow(a0, 2.5) / (om * sqrt(om));
+    if (a <= a0) return s;
+    np = (int)ceil((a - a0) / 0.02);
+    h = (a - a0) / np;
+    for (i = 0; i < np; i++) {
+        double m = a0 + (i + 0.5) * h, t = 0;
+        for (j = 0; j < 8; j++) {
+            double x = m + 0.5 * h * lss__nb_glx[j], w = om + ol * x * x * x;
+            t += lss__nb_glw[j] * x * sqrt(x) / (w * sqrt(w));
+        }
+        s += 0.5 * h * t;
+    }
+    return s;
+}
+/* unnormalised D(a) = 5/2 om E I(a) and dD/da = 5/2 om (E' I + E / (aE)^3) */
+static void lss__nb_growth_raw(double om, double ol, double a, double *d, double *dd) {
+    double e = sqrt(om / (a * a * a) + ol), ie = lss__nb_gint(om, ol, a), ae = a * e;
+    double ep = -1.5 * om / (a * a * a * a * e);
+    *d = 2.5 * om * e * ie;
+    *dd = 2.5 * om * (ep * ie + e / (ae * ae * ae));
+}
+
+/* ---- FFTs: 2-D plane transforms, then 1-D transforms along x ---- */
+/* The x transforms of one ky row are done in chunks of LSS__NB_FFTW columns gathered into a small contiguous
+   per-thread buffer (strided transforms over the whole mesh thrash the cache at n >= 256). */
+#define LSS__NB_FFTW 16
+typedef struct {
+    int n, cp;                   /* grid side; complex entries per row (n/2 + 1 rounded up to a multiple of 4) */
+    int nthr;                    /* thread buffers */
+    fftwf_plan r2c, c2r;         /* one plane */
+    fftwf_plan f1, b1, f1r, b1r; /* x transforms of LSS__NB_FFTW columns, and of the remainder */
+    fftwf_complex *tbuf;         /* [nthr][n][LSS__NB_FFTW] */
+} lss__nbfft;
+
+static int lss__nb_cp(int n) { return (n / 2 + 1 + 3) & ~3; }
+/* floats of a padded n^3 grid: [x][y][2 cp] (real) = [x][y][cp] (complex) */
+static size_t lss__nb_gridfloats(int n) { return (size_t)n * (size_t)n * (size_t)(2 * lss__nb_cp(n)); }
+
+static void lss__nbfft_free(lss__nbfft *f) {
+LSS__MOMP(omp critical(lss_fftw_plan))
+    {
+        if (f->r2c) fftwf_destroy_plan(f->r2c);
+        if (f->c2r) fftwf_destroy_plan(f->c2r);
+        if (f->f1) fftwf_destroy_plan(f->f1);
+        if (f->b1) fftwf_destroy_plan(f->b1);
+        if (f->f1r) fftwf_destroy_plan(f->f1r);
+        if (f->b1r) fftwf_destroy_plan(f->b1r);
+    }
+    if (f->tbuf) fftwf_free(f->tbuf);
+    memset(f, 0, sizeof *f);
+}
+
+/* plans for grids of side n laid out as above, made on buf (FFTW_ESTIMATE does not touch it); executed on any grid
+   of the same layout whose start has buf's alignment (planes keep it: cp is a multiple of 4) */
+static int lss__nbfft_init(lss__nbfft *f, int n, float *buf, int nthr) {
+    int nn[2], rin[2], cin[2], cp = lss__nb_cp(n), ok, len = n, w = LSS__NB_FFTW, wr = (n / 2 + 1) % LSS__NB_FFTW;
+    fftwf_complex *cb = (fftwf_complex *)buf;
+    memset(f, 0, sizeof *f);
+    f->n = n;
+    f->cp = cp;
+    f->nthr = nthr;
+    f->tbuf = (fftwf_complex *)fftwf_malloc(sizeof(fftwf_complex) * (size_t)nthr * n * LSS__NB_FFTW);
+    if (!f->tbuf) return lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory for FFT buffers");
+    nn[0] = nn[1] = n;
+    rin[0] = n; rin[1] = 2 * cp;
+    cin[0] = n; cin[1] = cp;
+LSS__MOMP(omp critical(lss_fftw_plan))
+    {
+        f->r2c = fftwf_plan_many_dft_r2c(2, nn, 1, buf, rin, 1, 0, cb, cin, 1, 0, FFTW_ESTIMATE);
+        f->c2r = fftwf_plan_many_dft_c2r(2, nn, 1, cb, cin, 1, 0, buf, rin, 1, 0, FFTW_ESTIMATE);
+        f->f1 = fftwf_plan_many_dft(1, &len, w, f->tbuf, NULL, w, 1, f->tbuf, NULL, w, 1, FFTW_FORWARD, FFTW_ESTIMATE);
+        f->b1 = fftwf_plan_many_dft(1, &len, w, f->tbuf, NULL, w, 1, f->tbuf, NULL, w, 1, FFTW_BACKWARD, FFTW_ESTIMATE);
+        if (wr) {
+            f->f1r = fftwf_plan_many_dft(1, &len, wr, f->tbuf, NULL, wr, 1, f->tbuf, NULL, wr, 1, FFTW_FORWARD, FFTW_ESTIMATE);
+            f->b1r = fftwf_plan_many_dft(1, &len, wr, f->tbuf, NULL, wr, 1, f->tbuf, NULL, wr, 1, FFTW_BACKWARD, FFTW_ESTIMATE);
+        }
+    }
+    ok = f->r2c && f->c2r && f->f1 && f->b1 && (!wr || (f->f1r && f->b1r));
+    if (!ok) {
+        lss__nbfft_free(f);
+        return lss_seterr(LSS_ERR_NOMEM, "N-body: FFTW could not plan the %d^3 transforms", n);
+    }
+    return LSS_OK;
+}
+
+/* the x transforms of every (ky, kz) column */
+static void lss__nbfft_x(const lss__nbfft *f, fftwf_complex *cb, int fwd) {
+    int n = f->n, cp = f->cp, ncol = n / 2 + 1, T = lss__nb_nthreads(), ky;
+    if (T > f->nthr) T = f->nthr;
+LSS__MOMP(omp parallel for schedule(dynamic, 1) num_threads(T))
+    for (ky = 0; ky < n; ky++) {
+        int t = 0, c0, x;
+        fftwf_complex *tb;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        tb = f->tbuf + (size_t)t * n * LSS__NB_FFTW;
+        for (c0 = 0; c0 < ncol; c0 += LSS__NB_FFTW) {
+            int w = ncol - c0 < LSS__NB_FFTW ? ncol - c0 : LSS__NB_FFTW;
+            for (x = 0; x < n; x++) memcpy(tb + (size_t)x * w, cb + ((size_t)x * n + ky) * cp + c0, sizeof(fftwf_complex) * (size_t)w);
+            if (w == LSS__NB_FFTW) fftwf_execute_dft(fwd ? f->f1 : f->b1, tb, tb);
+            else fftwf_execute_dft(fwd ? f->f1r : f->b1r, tb, tb);
+            for (x = 0; x < n; x++) memcpy(cb + ((size_t)x * n + ky) * cp + c0, tb + (size_t)x * w, sizeof(fftwf_complex) * (size_t)w);
+        }
+    }
+    (void)cp;
+}
+
+/* unnormalised forward transform in place: real [x][y][z] -> complex [kx][ky][kz], kz = 0..n/2 */
+static void lss__nbfft_fwd(const lss__nbfft *f, float *buf) {
+    int n = f->n, cp = f->cp, i;
+    fftwf_complex *cb = (fftwf_complex *)buf;
+LSS__MOMP(omp parallel for schedule(dynamic, 1))
+    for (i = 0; i < n; i++) fftwf_execute_dft_r2c(f->r2c, buf + (size_t)i * n * 2 * cp, cb + (size_t)i * n * cp);
+    lss__nbfft_x(f, cb, 1);
+}
+/* unnormalised backward transform in place (Hermitian input) */
+static void lss__nbfft_bwd(const lss__nbfft *f, float *buf) {
+    int n = f->n, cp = f->cp, i;
+    fftwf_complex *cb = (fftwf_complex *)buf;
+    lss__nbfft_x(f, cb, 0);
+LSS__MOMP(omp parallel for schedule(dynamic, 1))
+    for (i = 0; i < n; i++) fftwf_execute_dft_c2r(f->c2r, cb + (size_t)i * n * cp, buf + (size_t)i * n * 2 * cp);
+}
+
+/* ---- the run ---- */
+typedef struct {
+    unsigned char perm[3], flip[3];
+    uint32_t shift[3];
+} lss__nbrep;
+
+struct lss_nbody {
+    const lss_cosmo *c;
+    lss_nbody_opts o;            /* defaults filled */
+    double om, ol, L, d2norm;
+    uint64_t seed, index;
+    int np, n, steps, step;
+    int64_t N, one;              /* particles; one particle's mass in the fixed-point sums */
+    uint32_t *pos;               /* [N][3] fixed point, unit L / 2^32 */
+    float *mom;                  /* [N][3] p = a^2 dx/dt */
+    float *work;                 /* force mesh (padded n^3), also the initial-condition fields */
+    size_t work_floats;
+    lss__nbfft fm;               /* plans of the force mesh */
+    void *ord;                   /* [N] particle indices by mesh plane (uint32, or uint64 when N >= 2^32) */
+    int ord64;
+    int nthr;                    /* threads the painting buffers hold */
+    int64_t *hist, *pbuf;        /* painting: histograms and offsets, per-thread plane accumulators */
+    double *a_node, *a_half;     /* [steps + 1], [steps] */
+    double *d_node, *gp_node, *d_half, *gp_half;
+    double maxp;                 /* max |p_d| (bounds the drift of a step for the light cone) */
+    /* light cone */
+    int lc, ncone, nshell, side, nrep;
+    double pix;                  /* pixel side in radians (gnomonic coordinates) */
+    double *z_edges, *chi_edges; /* [nshell + 1] */
+    int64_t *acc;                /* [ncone][nshell][side][side] fixed point */
+    lss__nbrep *rep;             /* [ncone][nrep] */
+    lss_nbody_stats st;
+};
+
+static void lss__nb_fill_opts(const lss_nbody_opts *in, lss_nbody_opts *o) {
+    if (in) *o = *in;
+    else memset(o, 0, sizeof *o);
+    if (o->box == 0) o->box = 500;
+    if (o->np == 0) o->np = 256;
+    if (o->mesh == 0) o->mesh = 2 * o->np;
+    if (o->steps == 0) o->steps = 20;
+    if (o->z_init == 0) o->z_init = 9;
+    if (o->lpt_order == 0) o->lpt_order = 2;
+}
+
+static int lss__nb_check_opts(const lss_nbody_opts *o) {
+    if (!(o->box > 0) || !isfinite(o->box) || o->box > 1e6)
+        return lss_seterr(LSS_ERR_ARG, "N-body: box side %g Mpc/h must be in (0, 1e6]", o->box);
+    if (o->np < 8 || o->np > 4096 || o->np % 2)
+        return lss_seterr(LSS_ERR_ARG, "N-body: np = %d particles per side must be even and in 8..4096", o->np);
+    if (o->mesh < o->np || o->mesh > 8192 || o->mesh % 2)
+        return lss_seterr(LSS_ERR_ARG, "N-body: force mesh %d must be even, at least np = %d and at most 8192", o->mesh,
+                          o->np);
+    if (o->steps < 1 || o->steps > 100000)
+        return lss_seterr(LSS_ERR_ARG, "N-body: %d steps (want 1..100000)", o->steps);
+    if (!(o->z_init > 0) || !(o->z_init <= 1000))
+        return lss_seterr(LSS_ERR_ARG, "N-body: z_init = %g must be in (0, 1000]", o->z_init);
+    if (o->spacing != LSS_NB_STEP_LINEAR_A && o->spacing != LSS_NB_STEP_LOG_A)
+        return lss_seterr(LSS_ERR_ARG, "N-body: spacing %d (want LSS_NB_STEP_LINEAR_A or LSS_NB_STEP_LOG_A)", o->spacing);
+    if (o->lpt_order != 1 && o->lpt_order != 2)
+        return lss_seterr(LSS_ERR_ARG, "N-body: lpt_order %d (want 1 or 2)", o->lpt_order);
+    if (o->fixed_amp != 0 && o->fixed_amp != 1)
+        return lss_seterr(LSS_ERR_ARG, "N-body: fixed_amp %d (want 0 or 1)", o->fixed_amp);
+    return LSS_OK;
+}
+
+static int lss__nb_check_lc(const lss_lightcone_opts *lc) {
+    int b, ncone = lc->ncone ? lc->ncone : 1;
+    if (lc->side < 8 || lc->side > 4096 || lc->side % 2)
+        return lss_seterr(LSS_ERR_ARG, "light cone: side %d must be even and in 8..4096", lc->side);
+    if (!(lc->pixel_arcmin > 0) || !(lc->pixel_arcmin * lc->side <= 60.0 * 90))
+        return lss_seterr(LSS_ERR_ARG, "light cone: pixel %g arcmin x %d pixels (want a positive pixel, field below 90 deg)",
+                          lc->pixel_arcmin, lc->side);
+    if (lc->nshell < 1 || lc->nshell > 100000 || !lc->z_edges)
+        return lss_seterr(LSS_ERR_ARG, "light cone: %d shells%s (want 1..100000 and their z_edges)", lc->nshell,
+                          lc->z_edges ? "" : " without z_edges");
+    if (ncone < 1 || ncone > (int)LSS_STREAM_SUB_MAX)
+        return lss_seterr(LSS_ERR_ARG, "light cone: ncone %d (want 1..%u)", lc->ncone, LSS_STREAM_SUB_MAX);
+    if (!(lc->z_edges[0] >= 0) || !isfinite(lc->z_edges[0]))
+        return lss_seterr(LSS_ERR_ARG, "light cone: first shell edge z = %g must be >= 0", lc->z_edges[0]);
+    for (b = 0; b < lc->nshell; b++)
+        if (!(lc->z_edges[b + 1] > lc->z_edges[b]) || !isfinite(lc->z_edges[b + 1]))
+            return lss_seterr(LSS_ERR_ARG, "light cone: shell edges must increase (z_edges[%d] = %g, z_edges[%d] = %g)", b,
+                              lc->z_edges[b], b + 1, lc->z_edges[b + 1]);
+    return LSS_OK;
+}
+
+/* bytes of the run's own buffers at their peak */
+static int64_t lss__nb_bytes(const lss_nbody_opts *o, const lss_lightcone_opts *lc, int nthr) {
+    int64_t np = o->np, N = np * np * np, n = o->mesh, b;
+    int64_t mesh = 4 * (int64_t)lss__nb_gridfloats(o->mesh);
+    int64_t ic = (o->lpt_order == 2 ? 4 : 2) * 4 * (int64_t)lss__nb_gridfloats(o->np);
+    b = N * 24 + N * (N > (int64_t)0xFFFFFFFF ? 8 : 4);      /* positions, momenta, plane order */
+    b += (mesh > ic ? mesh : ic);                            /* force mesh / initial-condition fields */
+    b += (int64_t)nthr * (n * n * 8 + (n + 1) * 8);          /* plane accumulators and histograms of the painting */
+    b += (int64_t)o->steps * 6 * 8 + 4096;
+    if (lc) {
+        int64_t nc = lc->ncone ? lc->ncone : 1, pix = (int64_t)lc->side * lc->side;
+        b += nc * lc->nshell * pix * (8 + 4) + (int64_t)(lc->nshell + 1) * 16;
+        b += nc * 64 * (int64_t)sizeof(lss__nbrep);
+    }
+    return b;
+}
+
+LSSDEF int64_t lss_nbody_memory(const lss_nbody_opts *o, const lss_lightcone_opts *lc) {
+    lss_nbody_opts f;
+    lss__nb_fill_opts(o, &f);
+    if (lss__nb_check_opts(&f) != LSS_OK) return -1;
+    if (lc && lss__nb_check_lc(lc) != LSS_OK) return -1;
+    return lss__nb_bytes(&f, lc, lss__nb_nthreads());
+}
+
+static double lss__nb_physmem(void) {
+#if (defined(__unix__) || defined(__APPLE__)) && defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psz > 0) return (double)pages * (double)psz;
+#endif
+    return 0;
+}
+
+/* growth factors at a: D1, g_p = a^3 E dD1/da */
+static void lss__nb_dg(const lss_nbody *s, double a, double *d, double *gp) {
+    double dr, ddr, e = sqrt(s->om / (a * a * a) + s->ol);
+    lss__nb_growth_raw(s->om, s->ol, a, &dr, &ddr);
+    *d = dr / s->d2norm;
+    *gp = a * a * a * e * ddr / s->d2norm;
+}
+
+/* the drawn z = 0 mode of integer wave vector (mx, my, mz): delta_k = re + i im */
+static void lss__nb_mode(const lss_nbody *s, int mx, int my, int mz, double *re, double *im) {
+    int h = s->np / 2, sg = 1;
+    uint64_t ctr, stream = lss_stream(LSS_STREAM_NBODY_IC, s->index, 0);
+    uint32_t w[4];
+    double u1, u2, k, pk, amp;
+    *re = *im = 0;
+    if (abs(mx) >= h || abs(my) >= h || abs(mz) >= h || (mx == 0 && my == 0 && mz == 0)) return;
+    if (mz < 0 || (mz == 0 && (my < 0 || (my == 0 && mx < 0)))) { mx = -mx; my = -my; mz = -mz; sg = -1; }
+    ctr = ((uint64_t)((uint32_t)mx & 0x1FFFFFu) << 42) | ((uint64_t)((uint32_t)my & 0x1FFFFFu) << 21) |
+          (uint64_t)((uint32_t)mz & 0x1FFFFFu);
+    lss_philox_block_inline(s->seed, stream, ctr, w);
+    u1 = lss_u32x2_to_double_inline(w[0], w[1]);
+    u2 = lss_u32x2_to_double_inline(w[2], w[3]);
+    k = LSS__NB_TWOPI / s->L * sqrt((double)mx * mx + (double)my * my + (double)mz * mz);
+    pk = lss_cosmo_pk_lin(s->c, k, 0);
+    amp = sqrt(pk / (s->L * s->L * s->L));
+    if (!s->o.fixed_amp) amp *= sqrt(-log(u1));
+    *re = amp * cos(LSS__NB_TWOPI * u2);
+    *im = sg * amp * sin(LSS__NB_TWOPI * u2);
+}
+
+static int lss__nb_fidx(int i, int n) { return i <= n / 2 ? i : i - n; }
+
+/* round to the nearest integer (halves away from zero) */
+static int64_t lss__nb_round(double v) { return (int64_t)(v >= 0 ? v + 0.5 : v - 0.5); }
+
+/* position component d of particle m drifted by dq (position units per unit momentum) */
+static uint32_t lss__nb_x(const lss_nbody *s, int64_t m, int d, double dq) {
+    uint32_t x = s->pos[3 * m + d];
+    if (dq != 0) x += (uint32_t)lss__nb_round((double)s->mom[3 * m + d] * dq);
+    return x;
+}
+
+static int64_t lss__nb_ord_get(const void *ord, int big, int64_t i) {
+    return big ? (int64_t)((const uint64_t *)ord)[i] : (int64_t)((const uint32_t *)ord)[i];
+}
+static void lss__nb_ord_set(void *ord, int big, int64_t i, int64_t v) {
+    if (big) ((uint64_t *)ord)[i] = (uint64_t)v;
+    else ((uint32_t *)ord)[i] = (uint32_t)v;
+}
+
+/* CIC density contrast of the particles drifted by dq (position units per unit momentum) on the padded grid `mesh`
+   of side n (NULL: only the mass), in 64-bit fixed point: particles are bucketed by x plane (per-thread
+   histograms), then every plane is summed from its two buckets into a per-thread n x n int64 accumulator. The
+   sums are exact, so the result does not depend on the order of the particles or on the threads. hist holds
+   T n and pbuf T n^2 int64. */
+static void lss__nb_paint(lss_nbody *s, double dq, float *mesh, int n, int T, int64_t *hist, int64_t *pbuf,
+                          int64_t *mass) {
+    int64_t N = s->N, nb = (N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    int64_t *start = hist + (size_t)T * n, *ptot = start + n + 1;
+    size_t R = (size_t)(2 * lss__nb_cp(n));
+    double norm = (double)n * n * n / ((double)N * (double)s->one);
+    int p;
+LSS__MOMP(omp parallel num_threads(T))
+    {
+        int t = 0, nt = 1, q;
+        int64_t b, b0, b1, m, *h, *buf;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        h = hist + (size_t)t * n;
+        buf = pbuf + (size_t)t * n * n;
+        b0 = nb * t / nt;
+        b1 = nb * (t + 1) / nt;
+        memset(h, 0, sizeof(int64_t) * (size_t)n);
+        for (b = b0; b < b1; b++) {
+            int64_t e = (b + 1) * LSS__NB_BLOCK < N ? (b + 1) * LSS__NB_BLOCK : N;
+            for (m = b * LSS__NB_BLOCK; m < e; m++) h[((uint64_t)lss__nb_x(s, m, 0, dq) * (uint64_t)n) >> 32]++;
+        }
+LSS__MOMP(omp barrier)
+LSS__MOMP(omp single)
+        {
+            int64_t run = 0;
+            int u;
+            for (q = 0; q < n; q++) {
+                start[q] = run;
+                for (u = 0; u < nt; u++) {
+                    int64_t cnt = hist[(size_t)u * n + q];
+                    hist[(size_t)u * n + q] = run;
+                    run += cnt;
+                }
+            }
+            start[n] = run;
+        }
+        for (b = b0; b < b1; b++) {
+            int64_t e = (b + 1) * LSS__NB_BLOCK < N ? (b + 1) * LSS__NB_BLOCK : N;
+            for (m = b * LSS__NB_BLOCK; m < e; m++) {
+                int ix = (int)(((uint64_t)lss__nb_x(s, m, 0, dq) * (uint64_t)n) >> 32);
+                lss__nb_ord_set(s->ord, s->ord64, h[ix]++, m);
+            }
+        }
+LSS__MOMP(omp barrier)
+LSS__MOMP(omp for schedule(dynamic, 1))
+        for (p = 0; p < n; p++) {
+            int half, y, z;
+            int64_t tot = 0;
+            memset(buf, 0, sizeof(int64_t) * (size_t)n * n);
+            for (half = 0; half < 2; half++) {
+                /* bucket p - 1 adds the x + 1 part of its particles, bucket p their x part */
+                int qb = half ? p : (p + n - 1) % n;
+                int64_t i, i1 = start[qb + 1];
+                for (i = start[qb]; i < i1; i++) {
+                    int64_t mm = lss__nb_ord_get(s->ord, s->ord64, i);
+                    uint64_t tx = (uint64_t)lss__nb_x(s, mm, 0, dq) * (uint64_t)n;
+                    uint64_t ty = (uint64_t)lss__nb_x(s, mm, 1, dq) * (uint64_t)n;
+                    uint64_t tz = (uint64_t)lss__nb_x(s, mm, 2, dq) * (uint64_t)n;
+                    int iy = (int)(ty >> 32), iz = (int)(tz >> 32), iy1 = iy + 1 == n ? 0 : iy + 1, iz1 = iz + 1 == n ? 0 : iz + 1;
+                    uint32_t fy = (uint32_t)ty, fz = (uint32_t)tz;
+                    int64_t w1 = (int64_t)(((uint64_t)s->one * (uint32_t)tx) >> 32);
+                    int64_t wx = half ? s->one - w1 : w1;
+                    int64_t wy1 = (int64_t)(((uint64_t)wx * fy) >> 32), wy0 = wx - wy1;
+                    int64_t w01 = (int64_t)(((uint64_t)wy0 * fz) >> 32), w11 = (int64_t)(((uint64_t)wy1 * fz) >> 32);
+                    buf[(size_t)iy * n + iz] += wy0 - w01;
+                    buf[(size_t)iy * n + iz1] += w01;
+                    buf[(size_t)iy1 * n + iz] += wy1 - w11;
+                    buf[(size_t)iy1 * n + iz1] += w11;
+                }
+            }
+            for (y = 0; y < n; y++) {
+                const int64_t *br = buf + (size_t)y * n;
+                float *row = mesh ? mesh + ((size_t)p * n + y) * R : NULL;
+                for (z = 0; z < n; z++) {
+                    tot += br[z];
+                    if (row) row[z] = (float)((double)br[z] * norm - 1.0);
+                }
+            }
+            ptot[p] = tot;
+        }
+    }
+    if (mass) {
+        int64_t tot = 0;
+        for (p = 0; p < n; p++) tot += ptot[p];
+        *mass = tot;
+    }
+}
+/* int64 entries of hist for lss__nb_paint */
+static size_t lss__nb_histlen(int n, int T) { return (size_t)T * n + 2 * (size_t)n + 1; }
+
+/* force at the positions and kick p -= kfac grad psi, lap psi = 3/2 Om delta (see the declarations) */
+static void lss__nb_force(lss_nbody *s, double kfac, int T, int64_t *hist, int64_t *pbuf) {
+    int n = s->n, cp = s->fm.cp, x;
+    size_t R = (size_t)(2 * cp);
+    int64_t b, nb = (s->N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    double t0 = lss_time_now(), t1, t2, t3, t4, kf = LSS__NB_TWOPI / s->L, maxp = 0;
+    double pre = -1.5 * s->om / ((double)n * n * n);
+    float inv12h = (float)(n / (12.0 * s->L)), kk = (float)kfac;
+    const float *phi = s->work;
+    fftwf_complex *cb = (fftwf_complex *)s->work;
+    lss__nb_paint(s, 0, s->work, n, T, hist, pbuf, NULL);
+    t1 = lss_time_now();
+    lss__nbfft_fwd(&s->fm, s->work);
+    t2 = lss_time_now();
+LSS__MOMP(omp parallel for schedule(static))
+    for (x = 0; x < n; x++) {
+        int y, z, fx = lss__nb_fidx(x, n);
+        for (y = 0; y < n; y++) {
+            int fy = lss__nb_fidx(y, n);
+            fftwf_complex *row = cb + ((size_t)x * n + y) * cp;
+            for (z = 0; z <= n / 2; z++) {
+                double k2 = kf * kf * ((double)fx * fx + (double)fy * fy + (double)z * z);
+                float f = k2 > 0 ? (float)(pre / k2) : 0.0f;
+                row[z][0] *= f;
+                row[z][1] *= f;
+            }
+        }
+    }
+    t3 = lss_time_now();
+    lss__nbfft_bwd(&s->fm, s->work);
+    t4 = lss_time_now();
+    /* readout: the 4-point gradient at the 8 CIC corners; along each axis the transverse bilinear weights are
+       applied first to the 6 stencil planes (the two operations commute) */
+LSS__MOMP(omp parallel for schedule(static, 1) reduction(max : maxp))
+    for (b = 0; b < nb; b++) {
+        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->N ? (b + 1) * LSS__NB_BLOCK : s->N;
+        for (m = b * LSS__NB_BLOCK; m < e; m++) {
+            uint64_t tx = (uint64_t)s->pos[3 * m] * (uint64_t)n, ty = (uint64_t)s->pos[3 * m + 1] * (uint64_t)n;
+            uint64_t tz = (uint64_t)s->pos[3 * m + 2] * (uint64_t)n;
+            int ix = (int)(tx >> 32), iy = (int)(ty >> 32), iz = (int)(tz >> 32), o, d;
+            float pmax = 0;
+            float fx = (float)((uint32_t)tx * (1.0 / LSS__NB_TWO32)), fy = (float)((uint32_t)ty * (1.0 / LSS__NB_TWO32));
+            float fz = (float)((uint32_t)tz * (1.0 / LSS__NB_TWO32));
+            float gx = 1 - fx, gy = 1 - fy, gz = 1 - fz, bv[6], g[3];
+            float wyz00 = gy * gz, wyz01 = gy * fz, wyz10 = fy * gz, wyz11 = fy * fz;
+            float wxz00 = gx * gz, wxz01 = gx * fz, wxz10 = fx * gz, wxz11 = fx * fz;
+            float wxy00 = gx * gy, wxy01 = gx * fy, wxy10 = fx * gy, wxy11 = fx * fy;
+            const float *rx0[6], *rx1[6];
+            size_t X[6], Y[6], Z[6], Y2, Y3, Z2, Z3, X2, X3;
+            int vx, vy, vz;
+            for (o = 0; o < 6; o++) {
+                vx = ix + o - 2; vy = iy + o - 2; vz = iz + o - 2;
+                vx = vx < 0 ? vx + n : vx >= n ? vx - n : vx;
+                vy = vy < 0 ? vy + n : vy >= n ? vy - n : vy;
+                vz = vz < 0 ? vz + n : vz >= n ? vz - n : vz;
+                X[o] = (size_t)vx * n;
+                Y[o] = (size_t)vy;
+                Z[o] = (size_t)vz;
+            }
+            X2 = X[2]; X3 = X[3]; Y2 = Y[2]; Y3 = Y[3]; Z2 = Z[2]; Z3 = Z[3];
+            /* x stencil: rows (X[o], iy) and (X[o], iy + 1) */
+            for (o = 0; o < 6; o++) {
+                rx0[o] = phi + (X[o] + Y2) * R;
+                rx1[o] = phi + (X[o] + Y3) * R;
+                bv[o] = wyz00 * rx0[o][Z2] + wyz01 * rx0[o][Z3] + wyz10 * rx1[o][Z2] + wyz11 * rx1[o][Z3];
+            }
+            g[0] = gx * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fx * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
+            /* y stencil: rows (ix, Y[o]) and (ix + 1, Y[o]) */
+            for (o = 0; o < 6; o++) {
+                const float *r0 = phi + (X2 + Y[o]) * R, *r1 = phi + (X3 + Y[o]) * R;
+                bv[o] = wxz00 * r0[Z2] + wxz01 * r0[Z3] + wxz10 * r1[Z2] + wxz11 * r1[Z3];
+            }
+            g[1] = gy * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fy * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
+            /* z stencil: the four rows of the cell */
+            {
+                const float *r00 = rx0[2], *r01 = rx1[2], *r10 = rx0[3], *r11 = rx1[3];
+                for (o = 0; o < 6; o++) {
+                    size_t zo = Z[o];
+                    bv[o] = wxy00 * r00[zo] + wxy01 * r01[zo] + wxy10 * r10[zo] + wxy11 * r11[zo];
+                }
+            }
+            g[2] = gz * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fz * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
+            for (d = 0; d < 3; d++) {
+                float pv = s->mom[3 * m + d] - kk * (g[d] * inv12h), ap = pv < 0 ? -pv : pv;
+                s->mom[3 * m + d] = pv;
+                pmax = ap > pmax ? ap : pmax;
+            }
+            if (pmax > maxp) maxp = pmax;
+        }
+    }
+    s->maxp = maxp;
+    s->st.paint += t1 - t0;
+    s->st.fft += (t2 - t1) + (t4 - t3);
+    s->st.force += (t3 - t2) + (lss_time_now() - t4);
+}
+
+/* dst = f(k) src on the half-complex layout of an n grid: kind 0: k_a k_b / k^2, 1: i k_a / k^2, 2: -i k_a / k^2;
+   times scale; Nyquist modes, k = 0 and the padding zeroed */
+static void lss__nb_kfill(int n, double L, const float *src, float *dst, int kind, int da, int db, double scale) {
+    int cp = lss__nb_cp(n), x;
+    double kf = LSS__NB_TWOPI / L;
+LSS__MOMP(omp parallel for schedule(static))
+    for (x = 0; x < n; x++) {
+        int y, z;
+        double kv[3];
+        kv[0] = kf * lss__nb_fidx(x, n);
+        for (y = 0; y < n; y++) {
+            kv[1] = kf * lss__nb_fidx(y, n);
+            for (z = 0; z < cp; z++) {
+                size_t i = 2 * (((size_t)x * n + y) * cp + z);
+                double k2, f, re = src[i], im = src[i + 1];
+                kv[2] = kf * z;
+                if (z >= n / 2 || x == n / 2 || y == n / 2 || (x == 0 && y == 0 && z == 0)) {
+                    dst[i] = dst[i + 1] = 0;
+                    continue;
+                }
+                k2 = kv[0] * kv[0] + kv[1] * kv[1] + kv[2] * kv[2];
+                if (kind == 0) {
+                    f = scale * kv[da] * kv[db] / k2;
+                    dst[i] = (float)(f * re);
+                    dst[i + 1] = (float)(f * im);
+                } else {
+                    f = (kind == 1 ? scale : -scale) * kv[da] / k2;
+                    dst[i] = (float)(-f * im);
+                    dst[i + 1] = (float)(f * re);
+                }
+            }
+        }
+    }
+}
+
+/* 2LPT initial conditions at a_node[0] */
+static int lss__nb_ic(lss_nbody *s) {
+    int np = s->np, cp = lss__nb_cp(np), lpt2 = s->o.lpt_order == 2, d, x, st, q;
+    size_t F = lss__nb_gridfloats(np), R = (size_t)(2 * cp);
+    float *B0 = s->work, *B1 = B0 + F, *B2 = lpt2 ? B1 + F : NULL, *B3 = lpt2 ? B1 + 2 * F : NULL; /* 2 or 4 fields */
+    lss__nbfft f;
+    double a = s->a_node[0], e = sqrt(s->om / (a * a * a) + s->ol), d1, gp1, d2 = 0, gp2 = 0;
+    double sc = LSS__NB_TWO32 / s->L;
+    static const int pairs[3][2] = {{0, 1}, {0, 2}, {1, 2}};
+    if ((st = lss__nbfft_init(&f, np, B0, lss__nb_nthreads())) != LSS_OK) return st;
+    lss__nb_dg(s, a, &d1, &gp1);
+    if (lpt2) {
+        double oma = s->om / (a * a * a * e * e), f1 = a * (gp1 / (a * a * a * e)) / d1;
+        d2 = -3.0 / 7.0 * d1 * d1 * pow(oma, -1.0 / 143.0);
+        gp2 = a * a * e * d2 * (2 * f1 + 3 * (1 - oma) / 143.0);
+    }
+    /* the z = 0 linear modes */
+LSS__MOMP(omp parallel for schedule(dynamic, 1))
+    for (x = 0; x < np; x++) {
+        int y, z;
+        for (y = 0; y < np; y++)
+            for (z = 0; z < cp; z++) {
+                size_t j = 2 * (((size_t)x * np + y) * cp + z);
+                double re = 0, im = 0;
+                if (z <= np / 2) lss__nb_mode(s, lss__nb_fidx(x, np), lss__nb_fidx(y, np), z, &re, &im);
+                B0[j] = (float)re;
+                B0[j + 1] = (float)im;
+            }
+    }
+    if (lpt2) {
+        /* S = sum_{i<j} phi_ii phi_jj - phi_ij^2 in B3, then its transform */
+        int64_t ii, nf = (int64_t)F;
+        lss__nb_kfill(np, s->L, B0, B1, 0, 0, 0, 1);
+        lss__nbfft_bwd(&f, B1);
+        lss__nb_kfill(np, s->L, B0, B2, 0, 1, 1, 1);
+        lss__nbfft_bwd(&f, B2);
+LSS__MOMP(omp parallel for schedule(static))
+        for (ii = 0; ii < nf; ii++) { B3[ii] = B1[ii] * B2[ii]; B1[ii] += B2[ii]; }
+        lss__nb_kfill(np, s->L, B0, B2, 0, 2, 2, 1);
+        lss__nbfft_bwd(&f, B2);
+LSS__MOMP(omp parallel for schedule(static))
+        for (ii = 0; ii < nf; ii++) B3[ii] += B1[ii] * B2[ii];
+        for (q = 0; q < 3; q++) {
+            lss__nb_kfill(np, s->L, B0, B2, 0, pairs[q][0], pairs[q][1], 1);
+            lss__nbfft_bwd(&f, B2);
+LSS__MOMP(omp parallel for schedule(static))
+            for (ii = 0; ii < nf; ii++) B3[ii] -= B2[ii] * B2[ii];
+        }
+        lss__nbfft_fwd(&f, B3);
+    }
+    for (d = 0; d < 3; d++) {
+        lss__nb_kfill(np, s->L, B0, B1, 1, d, 0, 1);
+        lss__nbfft_bwd(&f, B1);
+        if (lpt2) {
+            lss__nb_kfill(np, s->L, B3, B2, 2, d, 0, 1.0 / ((double)np * np * np));
+            lss__nbfft_bwd(&f, B2);
+        }
+LSS__MOMP(omp parallel for schedule(static))
+        for (x = 0; x < np; x++) {
+            int y, z, g[3];
+            g[0] = x;
+            for (y = 0; y < np; y++) {
+                g[1] = y;
+                for (z = 0; z < np; z++) {
+                    size_t fi = ((size_t)x * np + y) * R + z;
+                    int64_t m = ((int64_t)x * np + y) * np + z;
+                    double p1 = B1[fi], p2 = lpt2 ? B2[fi] : 0;
+                    uint32_t q0;
+                    g[2] = z;
+                    q0 = (uint32_t)(((uint64_t)g[d] << 32) / (uint64_t)np);
+                    s->pos[3 * m + d] = q0 + (uint32_t)lss__nb_round((d1 * p1 + d2 * p2) * sc);
+                    s->mom[3 * m + d] = (float)(gp1 * p1 + gp2 * p2);
+                }
+            }
+        }
+    }
+    lss__nbfft_free(&f);
+    return LSS_OK;
+}
+
+/* ---- light cone ---- */
+typedef struct {
+    int active, k0, k1;
+    double chi_i, chi_f, zlo, zhi, mg, xlim;
+    double cn[LSS__NB_TN];          /* chi at t = j / (LSS__NB_TN - 1) */
+} lss__nbstep;
+
+static void lss__nb_lc_setup(const lss_nbody *s, int i, double dqm, lss__nbstep *q) {
+    enum { NA = 8 * (LSS__NB_TN - 1) + 1 };
+    double ai = s->a_node[i], af = s->a_node[i + 1], di = s->d_node[i], df = s->d_node[i + 1];
+    double lo, hi, ub, ct, tg[NA];
+    int j, g = 0;
+    memset(q, 0, sizeof *q);
+    if (!s->lc) return;
+    lo = s->chi_edges[0];
+    hi = s->chi_edges[s->nshell];
+    /* t(a) = (D1(a) - D1(a_i)) / (D1(a_f) - D1(a_i)) on a fine grid in a, inverted linearly at the t nodes */
+    for (j = 0; j < NA; j++) {
+        double a = ai + (af - ai) * j / (NA - 1), d, gp;
+        lss__nb_dg(s, a, &d, &gp);
+        tg[j] = j == 0 ? 0 : j == NA - 1 ? 1 : (d - di) / (df - di);
+    }
+    for (j = 0; j < LSS__NB_TN; j++) {
+        double t = (double)j / (LSS__NB_TN - 1), a;
+        if (j == 0) a = ai;
+        else if (j == LSS__NB_TN - 1) a = af;
+        else {
+            while (g < NA - 2 && tg[g + 1] < t) g++;
+            a = ai + (af - ai) * (g + (t - tg[g]) / (tg[g + 1] - tg[g])) / (NA - 1);
+        }
+        q->cn[j] = lss_cosmo_chi(s->c, 1 / a - 1);
+    }
+    q->chi_i = q->cn[0];
+    q->chi_f = q->cn[LSS__NB_TN - 1];
+    q->mg = s->maxp * fabs(dqm) * 1.7320508075688772 + 1e-3;
+    if (q->chi_f >= hi + q->mg || q->chi_i <= lo - q->mg) return;
+    ub = (s->side / 2 + 1) * s->pix;
+    ct = 1 / sqrt(1 + 2 * ub * ub);
+    q->zhi = (q->chi_i < hi ? q->chi_i : hi) + q->mg;
+    q->zlo = (q->chi_f > lo ? q->chi_f : lo) * ct - q->mg;
+    q->xlim = q->zhi * ub + q->mg;
+    q->k0 = (int)floor(q->zlo / s->L);
+    q->k1 = (int)floor(q->zhi / s->L);
+    if (q->k0 < 0) q->k0 = 0;
+    if (q->k1 > s->nrep - 1) q->k1 = s->nrep - 1;
+    q->active = q->k0 <= q->k1;
+}
+
+static double lss__nb_chi_t(const lss__nbstep *q, double t) {
+    double u = t * (LSS__NB_TN - 1);
+    int j = (int)u;
+    if (j < 0) j = 0;
+    if (j > LSS__NB_TN - 2) j = LSS__NB_TN - 2;
+    return q->cn[j] + (q->cn[j + 1] - q->cn[j]) * (u - j);
+}
+
+static void lss__nb_acc_add(int64_t *p, int64_t w) {
+LSS__MOMP(omp atomic)
+    *p += w;
+}
+
+/* one image of a particle at P (observer frame, start of the drift) moving by dP: paint its crossing */
+static void lss__nb_lc_cross(lss_nbody *s, const lss__nbstep *q, int c, double px, double py, double pz, double dx,
+                             double dy, double dz) {
+    double f0 = sqrt(px * px + py * py + pz * pz) - q->chi_i, f1, ta = 0, tb = 1, fa, fb, t = 0, cx, cy, cz, chi;
+    double u, v, gx, gy, fx, fy;
+    int it, last = 0, lo, hi, b, i0, j0, a, side = s->side;
+    int64_t *acc;
+    if (f0 >= 0) return;
+    f1 = sqrt((px + dx) * (px + dx) + (py + dy) * (py + dy) + (pz + dz) * (pz + dz)) - q->chi_f;
+    if (f1 < 0) return;
+    fa = f0;
+    fb = f1;
+    for (it = 0; it < 60; it++) { /* Illinois regula falsi */
+        double ft, x, y, z;
+        t = (ta * fb - tb * fa) / (fb - fa);
+        x = px + t * dx; y = py + t * dy; z = pz + t * dz;
+        ft = sqrt(x * x + y * y + z * z) - lss__nb_chi_t(q, t);
+        if (fabs(ft) < 1e-7) break;
+        if (ft < 0) { ta = t; fa = ft; if (last == -1) fb *= 0.5; last = -1; }
+        else { tb = t; fb = ft; if (last == 1) fa *= 0.5; last = 1; }
+    }
+    cx = px + t * dx; cy = py + t * dy; cz = pz + t * dz;
+    chi = sqrt(cx * cx + cy * cy + cz * cz);
+    if (!(cz > 0) || chi < s->chi_edges[0] || chi >= s->chi_edges[s->nshell]) return;
+    lo = 0; hi = s->nshell;
+    while (hi - lo > 1) {
+        int m = (lo + hi) >> 1;
+        if (s->chi_edges[m] <= chi) lo = m;
+        else hi = m;
+    }
+    b = lo;
+    u = cx / cz; v = cy / cz;
+    gx = u / s->pix + side / 2 - 0.5;
+    gy = v / s->pix + side / 2 - 0.5;
+    if (!(gx >= -1 && gx < side && gy >= -1 && gy < side)) return;
+    i0 = (int)floor(gx); j0 = (int)floor(gy);
+    fx = gx - i0; fy = gy - j0;
+    acc = s->acc + ((size_t)c * s->nshell + b) * side * side;
+    for (a = 0; a < 2; a++) {
+        int64_t w1x = lss__nb_round(fx * (double)s->one), wx = a ? w1x : s->one - w1x;
+        int64_t wy1 = lss__nb_round(fy * (double)wx), wy0 = wx - wy1;
+        int col = i0 + a;
+        if (col < 0 || col >= side) continue;
+        if (j0 >= 0) lss__nb_acc_add(acc + (size_t)j0 * side + col, wy0);
+        if (j0 + 1 < side) lss__nb_acc_add(acc + (size_t)(j0 + 1) * side + col, wy1);
+    }
+}
+
+static void lss__nb_lc_particle(lss_nbody *s, const lss__nbstep *q, const uint32_t x0[3], const int64_t du[3]) {
+    double sc = s->L / LSS__NB_TWO32, L = s->L, hl = 0.5 * s->L;
+    int c, k, ix, iy;
+    for (c = 0; c < s->ncone; c++)
+        for (k = q->k0; k <= q->k1; k++) {
+            const lss__nbrep *r = s->rep + (size_t)c * s->nrep + k;
+            uint32_t y0, y1, y2 = (r->flip[2] ? 0u - x0[r->perm[2]] : x0[r->perm[2]]) + r->shift[2];
+            double Z = y2 * sc + k * L, X, Y, dx, dy, dz;
+            if (Z < q->zlo || Z > q->zhi) continue;
+            y0 = (r->flip[0] ? 0u - x0[r->perm[0]] : x0[r->perm[0]]) + r->shift[0];
+            y1 = (r->flip[1] ? 0u - x0[r->perm[1]] : x0[r->perm[1]]) + r->shift[1];
+            X = y0 * sc - hl;
+            Y = y1 * sc - hl;
+            dx = (double)(r->flip[0] ? -du[r->perm[0]] : du[r->perm[0]]) * sc;
+            dy = (double)(r->flip[1] ? -du[r->perm[1]] : du[r->perm[1]]) * sc;
+            dz = (double)(r->flip[2] ? -du[r->perm[2]] : du[r->perm[2]]) * sc;
+            for (ix = -1; ix <= 1; ix++) {
+                double xs = X + ix * L;
+                if (fabs(xs) > q->xlim) continue;
+                for (iy = -1; iy <= 1; iy++) {
+                    double ys = Y + iy * L;
+                    if (fabs(ys) > q->xlim) continue;
+                    lss__nb_lc_cross(s, q, c, xs, ys, Z, dx, dy, dz);
+                }
+            }
+        }
+}
+
+/* drift a_i -> a_{i+1} with the momenta of a_{i+1/2}, painting the light-cone crossings */
+static void lss__nb_drift(lss_nbody *s, int i) {
+    double dqm = (s->d_node[i + 1] - s->d_node[i]) / s->gp_half[i], dq = dqm * LSS__NB_TWO32 / s->L;
+    int64_t b, nb = (s->N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    lss__nbstep q;
+    lss__nb_lc_setup(s, i, dqm, &q);
+LSS__MOMP(omp parallel for schedule(static, 1))
+    for (b = 0; b < nb; b++) {
+        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->N ? (b + 1) * LSS__NB_BLOCK : s->N;
+        for (m = b * LSS__NB_BLOCK; m < e; m++) {
+            uint32_t x0[3];
+            int64_t du[3];
+            int d;
+            for (d = 0; d < 3; d++) {
+                x0[d] = s->pos[3 * m + d];
+                du[d] = lss__nb_round((double)s->mom[3 * m + d] * dq);
+                s->pos[3 * m + d] = x0[d] + (uint32_t)du[d];
+            }
+            if (q.active) lss__nb_lc_particle(s, &q, x0, du);
+        }
+    }
+}
+
+/* ---- the run object ---- */
+LSSDEF void lss_nbody_free(lss_nbody *s) {
+    if (!s) return;
+    lss__nbfft_free(&s->fm);
+    if (s->work) fftwf_free(s->work);
+    LSS_FREE(s->pos); LSS_FREE(s->mom); LSS_FREE(s->ord); LSS_FREE(s->hist); LSS_FREE(s->pbuf);
+    LSS_FREE(s->a_node); LSS_FREE(s->a_half); LSS_FREE(s->d_node); LSS_FREE(s->gp_node); LSS_FREE(s->d_half);
+    LSS_FREE(s->gp_half); LSS_FREE(s->z_edges); LSS_FREE(s->chi_edges); LSS_FREE(s->acc); LSS_FREE(s->rep);
+    LSS_FREE(s);
+}
+
+/* validation, geometry, allocation, tables and plans (no particles yet) */
+static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const lss_lightcone_opts *lc, uint64_t seed,
+                         uint64_t index, lss_nbody **out) {
+    static const unsigned char perms[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+    lss_nbody_opts o;
+    lss_nbody *s;
+    int st, i, T = lss__nb_nthreads();
+    double bytes, phys, chi_max = 0, pix = 0, a0, dd;
+    int64_t N;
+    if (out) *out = NULL;
+    if (!c || !out) return lss_seterr(LSS_ERR_ARG, "N-body: NULL cosmology or output");
+    lss__nb_fill_opts(oin, &o);
+    if ((st = lss__nb_check_opts(&o)) != LSS_OK) return st;
+    if (lc) {
+        double zmax;
+        if ((st = lss__nb_check_lc(lc)) != LSS_OK) return st;
+        zmax = lc->z_edges[lc->nshell];
+        if (!(zmax < o.z_init))
+            return lss_seterr(LSS_ERR_ARG, "light cone: the deepest shell edge z = %g is not below z_init = %g (the run "
+                                           "starts there)", zmax, o.z_init);
+        chi_max = lss_cosmo_chi(c, zmax);
+        pix = lc->pixel_arcmin * LSS__ARCMIN;
+        if (lc->side * pix * chi_max > o.box)
+            return lss_seterr(LSS_ERR_ARG, "light cone: the field (%d pixels of %g arcmin = %.3f deg) is %.1f Mpc/h wide "
+                                           "at the deepest shell edge (z = %g, chi = %.1f Mpc/h), wider than the box "
+                                           "(%g Mpc/h)", lc->side, lc->pixel_arcmin, lc->side * lc->pixel_arcmin / 60.0,
+                              lc->side * pix * chi_max, zmax, chi_max, o.box);
+    }
+    bytes = (double)lss__nb_bytes(&o, lc, T);
+    phys = lss__nb_physmem();
+    if (phys > 0 && bytes > phys)
+        return lss_seterr(LSS_ERR_NOMEM, "N-body: np = %d, mesh = %d need %.2f GB, more than this machine's %.2f GB",
+                          o.np, o.mesh, bytes / 1e9, phys / 1e9);
+    s = (lss_nbody *)LSS_MALLOC(sizeof *s);
+    if (!s) goto nomem;
+    memset(s, 0, sizeof *s);
+    s->c = c;
+    s->o = o;
+    s->om = c->om;
+    s->ol = c->ol;
+    s->L = o.box;
+    s->seed = seed;
+    s->index = index;
+    s->np = o.np;
+    s->n = o.mesh;
+    s->steps = o.steps;
+    N = s->N = (int64_t)o.np * o.np * o.np;
+    s->ord64 = N > (int64_t)0xFFFFFFFF;
+    {   /* 2^min(31, 62 - ceil(log2 N)): the total N one < 2^62, and one * (a 32-bit fraction) < 2^63 */
+        int lg = 0;
+        while (((int64_t)1 << lg) < N) lg++;
+        s->one = (int64_t)1 << (62 - lg < 31 ? 62 - lg : 31);
+    }
+    lss__nb_growth_raw(s->om, s->ol, 1.0, &s->d2norm, &dd);
+    s->pos = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)N);
+    s->mom = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)N);
+    s->ord = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)N);
+    {
+        size_t mf = lss__nb_gridfloats(s->n), icf = (size_t)(o.lpt_order == 2 ? 4 : 2) * lss__nb_gridfloats(s->np);
+        s->work_floats = mf > icf ? mf : icf;
+        s->work = (float *)fftwf_malloc(sizeof(float) * s->work_floats);
+    }
+    s->nthr = T;
+    s->hist = (int64_t *)LSS_MALLOC(sizeof(int64_t) * lss__nb_histlen(s->n, T));
+    s->pbuf = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)T * s->n * s->n);
+    s->a_node = (double *)LSS_MALLOC(sizeof(double) * (size_t)(o.steps + 1));
+    s->d_node = (double *)LSS_MALLOC(sizeof(double) * (size_t)(o.steps + 1));
+    s->gp_node = (double *)LSS_MALLOC(sizeof(double) * (size_t)(o.steps + 1));
+    s->a_half = (double *)LSS_MALLOC(sizeof(double) * (size_t)o.steps);
+    s->d_half = (double *)LSS_MALLOC(sizeof(double) * (size_t)o.steps);
+    s->gp_half = (double *)LSS_MALLOC(sizeof(double) * (size_t)o.steps);
+    if (!s->pos || !s->mom || !s->ord || !s->work || !s->hist || !s->pbuf || !s->a_node || !s->d_node || !s->gp_node ||
+        !s->a_half || !s->d_half || !s->gp_half)
+        goto nomem;
+    a0 = 1 / (1 + o.z_init);
+    for (i = 0; i <= o.steps; i++) {
+        double f = (double)i / o.steps, fh = (i + 0.5) / o.steps;
+        if (o.spacing == LSS_NB_STEP_LOG_A) {
+            s->a_node[i] = i == o.steps ? 1.0 : exp(log(a0) * (1 - f));
+            if (i < o.steps) s->a_half[i] = exp(log(a0) * (1 - fh));
+        } else {
+            s->a_node[i] = i == o.steps ? 1.0 : a0 + (1 - a0) * f;
+            if (i < o.steps) s->a_half[i] = a0 + (1 - a0) * fh;
+        }
+    }
+    for (i = 0; i <= o.steps; i++) {
+        lss__nb_dg(s, s->a_node[i], &s->d_node[i], &s->gp_node[i]);
+        if (i < o.steps) lss__nb_dg(s, s->a_half[i], &s->d_half[i], &s->gp_half[i]);
+    }
+    if (lc) {
+        int b, cc, k;
+        s->lc = 1;
+        s->ncone = lc->ncone ? lc->ncone : 1;
+        s->nshell = lc->nshell;
+        s->side = lc->side;
+        s->pix = pix;
+        s->nrep = (int)floor(chi_max / s->L) + 2;
+        s->z_edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(s->nshell + 1));
+        s->chi_edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(s->nshell + 1));
+        s->acc = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->ncone * s->nshell * s->side * s->side);
+        s->rep = (lss__nbrep *)LSS_MALLOC(sizeof(lss__nbrep) * (size_t)s->ncone * s->nrep);
+        if (!s->z_edges || !s->chi_edges || !s->acc || !s->rep) goto nomem;
+        memset(s->acc, 0, sizeof(int64_t) * (size_t)s->ncone * s->nshell * s->side * s->side);
+        for (b = 0; b <= s->nshell; b++) {
+            s->z_edges[b] = lc->z_edges[b];
+            s->chi_edges[b] = lss_cosmo_chi(c, lc->z_edges[b]);
+        }
+        for (cc = 0; cc < s->ncone; cc++) {
+            lss_rng r;
+            uint32_t sub[3];
+            int d;
+            lss_rng_for(&r, seed, LSS_STREAM_NBODY_CONE, index, (uint32_t)cc);
+            /* one sub-lattice offset per cone (block 2^40): the observer at a random place in the lattice cell */
+            lss_rng_seek(&r, (uint64_t)1 << 40);
+            for (d = 0; d < 3; d++) sub[d] = (uint32_t)(((uint64_t)lss_rng_u32(&r) * ((uint64_t)1 << 32) / (uint64_t)o.np) >> 32);
+            for (k = 0; k < s->nrep; k++) {
+                lss__nbrep *rp = s->rep + (size_t)cc * s->nrep + k;
+                uint32_t e;
+                lss_rng_seek(&r, 16 * (uint64_t)k);
+                e = lss_rng_below(&r, 48);
+                for (d = 0; d < 3; d++) {
+                    rp->perm[d] = perms[e / 8][d];
+                    rp->flip[d] = (unsigned char)((e >> d) & 1u);
+                }
+                /* whole particle spacings plus the cone's offset: the lattice stays continuous across replica faces */
+                for (d = 0; d < 3; d++)
+                    rp->shift[d] = (uint32_t)(((uint64_t)lss_rng_below(&r, (uint32_t)o.np) << 32) / (uint64_t)o.np) + sub[d];
+            }
+        }
+    }
+    if ((st = lss__nbfft_init(&s->fm, s->n, s->work, T)) != LSS_OK) { lss_nbody_free(s); return st; }
+    *out = s;
+    return LSS_OK;
+nomem:
+    lss_nbody_free(s);
+    return lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory (np = %d, mesh = %d need %.2f GB)", o.np, o.mesh, bytes / 1e9);
+}
+
+/* initial conditions and the first half kick */
+static int lss__nb_start(lss_nbody *s) {
+    double t0 = lss_time_now(), kf;
+    int st;
+    if ((st = lss__nb_ic(s)) != LSS_OK) return st;
+    kf = (s->gp_half[0] - s->gp_node[0]) / (1.5 * s->om * s->d_node[0]);
+    lss__nb_force(s, kf, s->nthr < lss__nb_nthreads() ? s->nthr : lss__nb_nthreads(), s->hist, s->pbuf);
+    s->step = 0;
+    memset(&s->st, 0, sizeof s->st);
+    s->st.ic = lss_time_now() - t0;
+    return LSS_OK;
+}
+
+LSSDEF int lss_nbody_create(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc, uint64_t seed,
+                            uint64_t index, lss_nbody **out) {
+    lss_nbody *s;
+    int st = lss__nb_setup(c, o, lc, seed, index, &s);
+    if (st != LSS_OK) return st;
+    if ((st = lss__nb_start(s)) != LSS_OK) { lss_nbody_free(s); return st; }
+    *out = s;
+    return LSS_OK;
+}
+
+LSSDEF int lss_nbody_step(lss_nbody *s) {
+    double t0;
+    int i;
+    if (!s) return lss_seterr(LSS_ERR_ARG, "N-body: NULL run");
+    if (s->step >= s->steps) return lss_seterr(LSS_ERR_STATE, "N-body: all %d steps are done", s->steps);
+    t0 = lss_time_now();
+    i = s->step;
+    lss__nb_drift(s, i);
+    s->st.drift += lss_time_now() - t0;
+    if (i + 1 < s->steps) {
+        double kf = (s->gp_half[i + 1] - s->gp_half[i]) / (1.5 * s->om * s->d_node[i + 1]);
+        int T = lss__nb_nthreads();
+        lss__nb_force(s, kf, T < s->nthr ? T : s->nthr, s->hist, s->pbuf);
+        s->st.nforce++;
+    }
+    s->step++;
+    s->st.nsteps++;
+    s->st.steps += lss_time_now() - t0;
+    return LSS_OK;
+}
+
+LSSDEF int lss_nbody_steps_done(const lss_nbody *s) { return s ? s->step : 0; }
+LSSDEF double lss_nbody_a(const lss_nbody *s) { return s ? s->a_node[s->step] : NAN; }
+LSSDEF double lss_nbody_a_next(const lss_nbody *s) {
+    return s ? s->a_node[s->step < s->steps ? s->step + 1 : s->step] : NAN;
+}
+LSSDEF void lss_nbody_get_stats(const lss_nbody *s, lss_nbody_stats *st) {
+    if (!st) return;
+    if (s) *st = s->st;
+    else memset(st, 0, sizeof *st);
+}
+LSSDEF const lss_nbody_opts *lss_nbody_get_opts(const lss_nbody *s) { return s ? &s->o : NULL; }
+LSSDEF int64_t lss_nbody_mass_unit(const lss_nbody *s) { return s ? s->one : 0; }
+
+LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd1da) {
+    double dr, ddr, n1, dn1;
+    if (!c || !(a > 0) || !(a <= 100)) return lss_seterr(LSS_ERR_ARG, "N-body growth: need a cosmology and 0 < a <= 100 (a = %g)", a);
+    lss__nb_growth_raw(c->om, c->ol, a, &dr, &ddr);
+    lss__nb_growth_raw(c->om, c->ol, 1.0, &n1, &dn1);
+    if (d1) *d1 = dr / n1;
+    if (dd1da) *dd1da = ddr / n1;
+    return LSS_OK;
+}
+
+/* drift (position units per unit momentum) that brings the positions to a */
+static int lss__nb_query_dq(const lss_nbody *s, double a, double *dq) {
+    double ai = s->a_node[s->step], an = lss_nbody_a_next(s), d, gp;
+    *dq = 0;
+    if (a == 0 || a == ai) return LSS_OK;
+    if (!(a > ai && a <= an))
+        return lss_seterr(LSS_ERR_RANGE, "N-body: a = %g is outside [%g, %g], where the particles can be placed now "
+                                         "(step %d of %d)", a, ai, an, s->step, s->steps);
+    lss__nb_dg(s, a, &d, &gp);
+    *dq = (d - s->d_node[s->step]) / s->gp_half[s->step] * LSS__NB_TWO32 / s->L;
+    return LSS_OK;
+}
+
+/* a painted grid of side m at a: the force mesh when m == n, otherwise buffers of its own (*own = 1) */
+static int lss__nb_grid(lss_nbody *s, double a, int m, float **buf, lss__nbfft *f, int *own, int want_fft,
+                        int64_t *mass) {
+    double dq;
+    int st, T = lss__nb_nthreads();
+    int64_t *hist = NULL, *pbuf = NULL;
+    *own = 0;
+    *buf = NULL;
+    if ((st = lss__nb_query_dq(s, a, &dq)) != LSS_OK) return st;
+    if (m < 8 || m > 4096 || m % 2) return lss_seterr(LSS_ERR_ARG, "N-body: mesh %d must be even and in 8..4096", m);
+    if (m == s->n) {
+        *buf = s->work;
+        if (want_fft) *f = s->fm;
+        lss__nb_paint(s, dq, s->work, m, T < s->nthr ? T : s->nthr, s->hist, s->pbuf, mass);
+        return LSS_OK;
+    }
+    *buf = (float *)fftwf_malloc(sizeof(float) * lss__nb_gridfloats(m));
+    hist = (int64_t *)LSS_MALLOC(sizeof(int64_t) * lss__nb_histlen(m, T));
+    pbuf = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)T * m * m);
+    if (!*buf || !hist || !pbuf) {
+        if (*buf) fftwf_free(*buf);
+        *buf = NULL;
+        LSS_FREE(hist); LSS_FREE(pbuf);
+        return lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory for a %d^3 mesh (%.2f GB)", m,
+                          4.0 * (double)lss__nb_gridfloats(m) / 1e9);
+    }
+    *own = 1;
+    lss__nb_paint(s, dq, *buf, m, T, hist, pbuf, mass);
+    LSS_FREE(hist);
+    LSS_FREE(pbuf);
+    if (want_fft && (st = lss__nbfft_init(f, m, *buf, T)) != LSS_OK) {
+        fftwf_free(*buf);
+        *buf = NULL;
+        *own = 0;
+        return st;
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_nbody_density(lss_nbody *s, double a, int mesh, float *delta, int64_t *mass) {
+    float *buf;
+    lss__nbfft f;
+    int own, st, x;
+    if (!s) return lss_seterr(LSS_ERR_ARG, "N-body: NULL run");
+    if ((st = lss__nb_grid(s, a, mesh, &buf, &f, &own, 0, mass)) != LSS_OK) return st;
+    if (delta) {
+        size_t R = (size_t)(2 * lss__nb_cp(mesh));
+LSS__MOMP(omp parallel for schedule(static))
+        for (x = 0; x < mesh; x++) {
+            int y;
+            for (y = 0; y < mesh; y++)
+                memcpy(delta + ((size_t)x * mesh + y) * mesh, buf + ((size_t)x * mesh + y) * R, sizeof(float) * (size_t)mesh);
+        }
+    }
+    if (own) fftwf_free(buf);
+    return LSS_OK;
+}
+
+static double lss__nb_sinc(double x) { return x == 0 ? 1.0 : sin(x) / x; }
+
+LSSDEF int lss_nbody_power(lss_nbody *s, double a, int mesh, int nbins, int subtract_shot, double *k, double *pk,
+                           int64_t *nmodes) {
+    float *buf;
+    lss__nbfft f;
+    int own, st, x, b, cp;
+    double *part, kf, dk, V, shot, inv, pi = LSS__NB_TWOPI / 2;
+    if (!s) return lss_seterr(LSS_ERR_ARG, "N-body: NULL run");
+    if (nbins < 1 || nbins > 100000) return lss_seterr(LSS_ERR_ARG, "N-body power: %d bins (want 1..100000)", nbins);
+    part = (double *)LSS_MALLOC(sizeof(double) * 3 * (size_t)nbins * (mesh > 0 && mesh <= 4096 ? mesh : 1));
+    if (!part) return lss_seterr(LSS_ERR_NOMEM, "N-body power: out of memory");
+    if ((st = lss__nb_grid(s, a, mesh, &buf, &f, &own, 1, NULL)) != LSS_OK) { LSS_FREE(part); return st; }
+    lss__nbfft_fwd(&f, buf);
+    cp = f.cp;
+    kf = LSS__NB_TWOPI / s->L;
+    dk = pi * mesh / s->L / nbins;
+    V = s->L * s->L * s->L;
+    shot = subtract_shot ? V / (double)s->N : 0;
+    inv = 1.0 / ((double)mesh * mesh * mesh);
+LSS__MOMP(omp parallel for schedule(dynamic, 1))
+    for (x = 0; x < mesh; x++) {
+        int y, z, mx = lss__nb_fidx(x, mesh);
+        double *pp = part + (size_t)x * 3 * nbins, sx = sin(pi * mx / mesh), wx = lss__nb_sinc(pi * mx / mesh);
+        const fftwf_complex *cb = (const fftwf_complex *)buf;
+        memset(pp, 0, sizeof(double) * 3 * (size_t)nbins);
+        for (y = 0; y < mesh; y++) {
+            int my = lss__nb_fidx(y, mesh);
+            double sy = sin(pi * my / mesh), wy = lss__nb_sinc(pi * my / mesh);
+            for (z = 0; z <= mesh / 2; z++) {
+                double kk = kf * sqrt((double)mx * mx + (double)my * my + (double)z * z), sz, wz, w2, cc, re, im, p;
+                int bb;
+                if (kk == 0) continue;
+                bb = (int)(kk / dk);
+                if (bb >= nbins) continue;
+                sz = sin(pi * z / mesh);
+                wz = lss__nb_sinc(pi * z / mesh);
+                w2 = wx * wy * wz;
+                w2 = w2 * w2;
+                w2 = w2 * w2;
+                cc = (1 - 2.0 / 3.0 * sx * sx) * (1 - 2.0 / 3.0 * sy * sy) * (1 - 2.0 / 3.0 * sz * sz);
+                re = cb[((size_t)x * mesh + y) * cp + z][0] * inv;
+                im = cb[((size_t)x * mesh + y) * cp + z][1] * inv;
+                p = ((re * re + im * im) * V - shot * cc) / w2;
+                {
+                    double w = (z == 0 || z == mesh / 2) ? 1 : 2;
+                    pp[3 * bb] += w;
+                    pp[3 * bb + 1] += w * kk;
+                    pp[3 * bb + 2] += w * p;
+                }
+            }
+        }
+    }
+    for (b = 0; b < nbins; b++) {
+        double w = 0, sk = 0, sp = 0;
+        for (x = 0; x < mesh; x++) {
+            w += part[(size_t)x * 3 * nbins + 3 * b];
+            sk += part[(size_t)x * 3 * nbins + 3 * b + 1];
+            sp += part[(size_t)x * 3 * nbins + 3 * b + 2];
+        }
+        if (k) k[b] = w > 0 ? sk / w : 0;
+        if (pk) pk[b] = w > 0 ? sp / w : 0;
+        if (nmodes) nmodes[b] = (int64_t)w;
+    }
+    LSS_FREE(part);
+    if (own) {
+        lss__nbfft_free(&f);
+        fftwf_free(buf);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_nbody_modes(lss_nbody *s, double a, int nk, const int *kvec, double *out) {
+    double dq, *part;
+    int64_t b, nb;
+    int st, j;
+    if (!s || nk < 0 || (nk > 0 && (!kvec || !out))) return lss_seterr(LSS_ERR_ARG, "N-body modes: NULL argument or nk < 0");
+    if ((st = lss__nb_query_dq(s, a, &dq)) != LSS_OK) return st;
+    if (nk == 0) return LSS_OK;
+    nb = (s->N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    part = (double *)LSS_MALLOC(sizeof(double) * 2 * (size_t)nk * (size_t)nb);
+    if (!part) return lss_seterr(LSS_ERR_NOMEM, "N-body modes: out of memory");
+LSS__MOMP(omp parallel for schedule(static, 1))
+    for (b = 0; b < nb; b++) {
+        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->N ? (b + 1) * LSS__NB_BLOCK : s->N;
+        double *pp = part + (size_t)b * 2 * nk;
+        int jj;
+        memset(pp, 0, sizeof(double) * 2 * (size_t)nk);
+        for (m = b * LSS__NB_BLOCK; m < e; m++) {
+            uint32_t x0 = lss__nb_x(s, m, 0, dq), x1 = lss__nb_x(s, m, 1, dq), x2 = lss__nb_x(s, m, 2, dq);
+            for (jj = 0; jj < nk; jj++) {
+                uint32_t ph = (uint32_t)kvec[3 * jj] * x0 + (uint32_t)kvec[3 * jj + 1] * x1 + (uint32_t)kvec[3 * jj + 2] * x2;
+                double ang = ph * (LSS__NB_TWOPI / LSS__NB_TWO32);
+                pp[2 * jj] += cos(ang);
+                pp[2 * jj + 1] -= sin(ang);
+            }
+        }
+    }
+    for (j = 0; j < nk; j++) {
+        double re = 0, im = 0;
+        for (b = 0; b < nb; b++) {
+            re += part[(size_t)b * 2 * nk + 2 * j];
+            im += part[(size_t)b * 2 * nk + 2 * j + 1];
+        }
+        out[2 * j] = re / (double)s->N;
+        out[2 * j + 1] = im / (double)s->N;
+    }
+    LSS_FREE(part);
+    return LSS_OK;
+}
+
+LSSDEF int lss_nbody_linear_mode(const lss_nbody *s, int nk, const int *kvec, double *out) {
+    int j;
+    if (!s || nk < 0 || (nk > 0 && (!kvec || !out))) return lss_seterr(LSS_ERR_ARG, "N-body linear modes: NULL argument or nk < 0");
+    for (j = 0; j < nk; j++) lss__nb_mode(s, kvec[3 * j], kvec[3 * j + 1], kvec[3 * j + 2], &out[2 * j], &out[2 * j + 1]);
+    return LSS_OK;
+}
+
+/* exact solid angle of the gnomonic rectangle [u0, u1] x [v0, v1] */
+static double lss__nb_omega_f(double u, double v) { return atan(u * v / sqrt(1 + u * u + v * v)); }
+static double lss__nb_omega(double u0, double u1, double v0, double v1) {
+    return lss__nb_omega_f(u1, v1) - lss__nb_omega_f(u0, v1) - lss__nb_omega_f(u1, v0) + lss__nb_omega_f(u0, v0);
+}
+
+LSSDEF int lss_nbody_shells(const lss_nbody *s, lss_shellset *out) {
+    size_t np2, i;
+    double *om, nbar;
+    int b, c, side;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "N-body shells: NULL output");
+    memset(out, 0, sizeof *out);
+    if (!s) return lss_seterr(LSS_ERR_ARG, "N-body shells: NULL run");
+    if (!s->lc) return lss_seterr(LSS_ERR_STATE, "N-body shells: the run has no light cone");
+    side = s->side;
+    np2 = (size_t)side * side;
+    om = (double *)LSS_MALLOC(sizeof(double) * np2);
+    out->z_edges = (double *)LSS_MALLOC(sizeof(double) * (size_t)(s->nshell + 1));
+    out->delta = (float *)LSS_MALLOC(sizeof(float) * (size_t)s->ncone * s->nshell * np2);
+    if (!om || !out->z_edges || !out->delta) {
+        LSS_FREE(om);
+        lss_shellset_free(out);
+        return lss_seterr(LSS_ERR_NOMEM, "N-body shells: out of memory");
+    }
+    for (i = 0; i < np2; i++) {
+        int iu = (int)(i % side), iv = (int)(i / side);
+        double u0 = (iu - side / 2) * s->pix, v0 = (iv - side / 2) * s->pix;
+        om[i] = lss__nb_omega(u0, u0 + s->pix, v0, v0 + s->pix);
+    }
+    nbar = (double)s->N / (s->L * s->L * s->L);
+    for (c = 0; c < s->ncone; c++)
+        for (b = 0; b < s->nshell; b++) {
+            double lo = s->chi_edges[b], hi = s->chi_edges[b + 1], vol = nbar * (hi * hi * hi - lo * lo * lo) / 3;
+            const int64_t *a = s->acc + ((size_t)c * s->nshell + b) * np2;
+            float *d = out->delta + ((size_t)c * s->nshell + b) * np2;
+            for (i = 0; i < np2; i++) d[i] = (float)((double)a[i] / (double)s->one / (vol * om[i]) - 1.0);
+        }
+    LSS_FREE(om);
+    memcpy(out->z_edges, s->z_edges, sizeof(double) * (size_t)(s->nshell + 1));
+    out->ncone = s->ncone;
+    out->nshell = s->nshell;
+    out->side = side;
+    out->pixel_arcmin = s->pix / LSS__ARCMIN;
+    out->params = *lss_cosmo_params(s->c);
+    out->seed = s->seed;
+    out->index = s->index;
+    out->nbody = s->o;
+    out->seconds = 0;
+    return LSS_OK;
+}
+
+/* ---- checkpoints ---- */
+static uint64_t lss__nb_fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = (const unsigned char *)p;
+    while (n--) { h ^= *b++; h *= 0x100000001b3ULL; }
+    return h;
+}
+static uint64_t lss__nb_fingerprint(const lss_nbody *s) {
+    const lss_params *p = lss_cosmo_params(s->c);
+    uint64_t h = 0xcbf29ce484222325ULL, u[2];
+    double dv[9];
+    int iv[12];
+    dv[0] = p->omega_m; dv[1] = p->sigma_8; dv[2] = p->omega_b; dv[3] = p->h; dv[4] = p->n_s; dv[5] = p->t_cmb;
+    dv[6] = s->o.box; dv[7] = s->o.z_init; dv[8] = s->lc ? s->pix : 0;
+    iv[0] = LSS__NB_FORMAT; iv[1] = p->transfer; iv[2] = s->o.np; iv[3] = s->o.mesh; iv[4] = s->o.steps;
+    iv[5] = s->o.spacing; iv[6] = s->o.lpt_order; iv[7] = s->o.fixed_amp; iv[8] = s->lc; iv[9] = s->ncone;
+    iv[10] = s->nshell; iv[11] = s->side;
+    u[0] = s->seed; u[1] = s->index;
+    h = lss__nb_fnv(h, dv, sizeof dv);
+    h = lss__nb_fnv(h, iv, sizeof iv);
+    h = lss__nb_fnv(h, u, sizeof u);
+    if (s->lc) h = lss__nb_fnv(h, s->z_edges, sizeof(double) * (size_t)(s->nshell + 1));
+    return h;
+}
+static int64_t lss__nb_nacc(const lss_nbody *s) { return s->lc ? (int64_t)s->ncone * s->nshell * s->side * s->side : 0; }
+
+static int lss__nb_save(const lss_nbody *s, const char *path) {
+    lss_wfile w;
+    int st, ok;
+    uint64_t fp = lss__nb_fingerprint(s);
+    int64_t hdr[6], nacc = lss__nb_nacc(s);
+    size_t n3 = 3 * (size_t)s->N;
+    hdr[0] = s->step; hdr[1] = s->steps; hdr[2] = s->N; hdr[3] = nacc; hdr[4] = s->np; hdr[5] = s->n;
+    if ((st = lss_wfile_open(&w, path)) != LSS_OK) return st;
+    ok = fwrite("LSSNBCK1", 1, 8, w.f) == 8 && fwrite(&fp, sizeof fp, 1, w.f) == 1 && fwrite(hdr, sizeof hdr, 1, w.f) == 1 &&
+         fwrite(&s->maxp, sizeof s->maxp, 1, w.f) == 1 && fwrite(s->pos, sizeof(uint32_t), n3, w.f) == n3 &&
+         fwrite(s->mom, sizeof(float), n3, w.f) == n3 &&
+         (nacc == 0 || fwrite(s->acc, sizeof(int64_t), (size_t)nacc, w.f) == (size_t)nacc) &&
+         fwrite("LSSNBEND", 1, 8, w.f) == 8;
+    if (!ok) {
+        lss_wfile_abort(&w);
+        return lss_seterr(LSS_ERR_IO, "N-body: writing the checkpoint '%s' failed", path);
+    }
+    return lss_wfile_commit(&w);
+}
+
+/* resumes from path when it exists (*loaded = 1); LSS_ERR_ARG when it belongs to another run */
+static int lss__nb_load(lss_nbody *s, const char *path, int *loaded) {
+    FILE *f = fopen(path, "rb");
+    char mg[8];
+    uint64_t fp, mine = lss__nb_fingerprint(s);
+    int64_t hdr[6], nacc = lss__nb_nacc(s);
+    size_t n3 = 3 * (size_t)s->N;
+    int ok;
+    *loaded = 0;
+    if (!f) return LSS_OK;
+    if (fread(mg, 1, 8, f) != 8 || memcmp(mg, "LSSNBCK1", 8) != 0) {
+        fclose(f);
+        return lss_seterr(LSS_ERR_FORMAT, "N-body: '%s' is not an N-body checkpoint", path);
+    }
+    if (fread(&fp, sizeof fp, 1, f) != 1 || fp != mine) {
+        fclose(f);
+        return lss_seterr(LSS_ERR_ARG, "N-body: checkpoint '%s' belongs to another run (fingerprint %016llx, this run "
+                                       "%016llx: cosmology, options, light cone, seed or index differ)", path,
+                          (unsigned long long)fp, (unsigned long long)mine);
+    }
+    if (fread(hdr, sizeof hdr, 1, f) != 1 || hdr[0] < 0 || hdr[0] > s->steps || hdr[1] != s->steps || hdr[2] != s->N ||
+        hdr[3] != nacc || hdr[4] != s->np || hdr[5] != s->n) {
+        fclose(f);
+        return lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is inconsistent with its fingerprint", path);
+    }
+    ok = fread(&s->maxp, sizeof s->maxp, 1, f) == 1 && fread(s->pos, sizeof(uint32_t), n3, f) == n3 &&
+         fread(s->mom, sizeof(float), n3, f) == n3 &&
+         (nacc == 0 || fread(s->acc, sizeof(int64_t), (size_t)nacc, f) == (size_t)nacc) && fread(mg, 1, 8, f) == 8 &&
+         memcmp(mg, "LSSNBEND", 8) == 0;
+    fclose(f);
+    if (!ok) return lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is truncated", path);
+    s->step = (int)hdr[0];
+    *loaded = 1;
+    return LSS_OK;
+}
+
+LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
+                               uint64_t seed, uint64_t index, const char *checkpoint, lss_nbody_progress_fn fn,
+                               void *user, lss_shellset *out) {
+    lss_nbody *s = NULL;
+    int st, loaded = 0, ck = checkpoint && *checkpoint;
+    double t0 = lss_time_now(), tsave;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "N-body light cone: NULL output");
+    memset(out, 0, sizeof *out);
+    if (!lc) return lss_seterr(LSS_ERR_ARG, "N-body light cone: no light-cone options");
+    lss__nb_cancelled = 0;
+    if ((st = lss__nb_setup(c, o, lc, seed, index, &s)) != LSS_OK) return st;
+    if (ck && (st = lss__nb_load(s, checkpoint, &loaded)) != LSS_OK) goto done;
+    if (!loaded && (st = lss__nb_start(s)) != LSS_OK) goto done;
+    tsave = lss_time_now();
+    while (s->step < s->steps) {
+        if ((st = lss_nbody_step(s)) != LSS_OK) goto done;
+        if (fn) fn(s->step, s->steps, s->a_node[s->step], lss_time_now() - t0, user);
+        if (lss__nb_cancelled) {
+            lss__nb_cancelled = 0;
+            if (ck && (st = lss__nb_save(s, checkpoint)) != LSS_OK) goto done;
+            st = lss_seterr(LSS_ERR_STATE, "N-body: run cancelled after step %d of %d%s%s%s", s->step, s->steps,
+                            ck ? " (state saved to '" : " (no checkpoint: the run is lost)", ck ? checkpoint : "",
+                            ck ? "')" : "");
+            goto done;
+        }
+        if (ck && s->step < s->steps && lss_time_now() - tsave >= LSS__NB_CKPT_SECONDS) {
+            if ((st = lss__nb_save(s, checkpoint)) != LSS_OK) goto done;
+            tsave = lss_time_now();
+        }
+    }
+    if ((st = lss_nbody_shells(s, out)) != LSS_OK) goto done;
+    out->seconds = lss_time_now() - t0;
+    if (ck) remove(checkpoint);
+done:
+    lss_nbody_free(s);
+    return st;
+}
 /* ==== END N-BODY IMPLEMENTATION ==== */
 /* ==== SHELL LIBRARY IMPLEMENTATION ==== */
 LSSDEF int lss_shellset_save(const lss_shellset *s, const char *stem) {
@@ -5767,3 +7326,27 @@ LSSDEF int lss_sim_use_shells(lss_sim *s, const lss_shellset *sh) {
 
 #endif /* LSS_MAPS_IMPLEMENTATION_DONE */
 #endif /* LSS_MAPS_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under the MIT License (the file LICENSE).
+------------------------------------------------------------------------------
+MIT License
+Copyright (c) 2026 the lss authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/

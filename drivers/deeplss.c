@@ -44,6 +44,7 @@ typedef struct {
     lss_survey *sv;
     lss_survey_work **work;
     lss_drv_progress pr;
+    const char *library;   /* N-body shell library of the pool (lss-sim nbody), or NULL: lognormal shells */
 } dl_ctx;
 
 static void dl_ctx_free(dl_ctx *x) {
@@ -106,44 +107,23 @@ static int dl_net_create(const dl_ctx *x, int k, int batch, int with_opt, lss_su
 }
 
 /* ------------------------------------------------------------------ pool of noise-free fields */
-static int dl_pool_simulate(dl_ctx *x) {
+static int dl_pool_simulate(dl_ctx *x) {   /* lognormal shells, or the light cones of an N-body library */
     const lss_deeplss_cfg *c = &x->c;
-    char path[4400];
-    int64_t sh[5] = {c->ncosmo, c->nf_train + c->nf_test, 3 * DL_NBINS, c->nside, c->nside};
     int s;
     if ((s = lss_pool_init(&x->pool, c->ncosmo, c->nf_train, c->nf_test, DL_NBINS, c->nside))) return s;
     lss_drv_progress_init(&x->pr, "deeplss sim: cosmologies", c->ncosmo);
-    if ((s = lss_pool_simulate(&x->pool, x->nz, &x->so, c->seed, dl_progress, x))) return s;
+    s = x->library ? lss_pool_simulate_library(&x->pool, x->nz, &x->so, x->library, dl_progress, x)
+                   : lss_pool_simulate(&x->pool, x->nz, &x->so, c->seed, dl_progress, x);
+    if (s) return s;
     lss_drv_progress_end(&x->pr);
-    if ((s = lss_npy_save(dl_path(x, path, sizeof path, "pool_fields.npy", 0), LSS_F32, 5, sh, x->pool.fields))) return s;
-    sh[1] = 2;
-    return lss_npy_save(dl_path(x, path, sizeof path, "pool_cosmo.npy", 0), LSS_F64, 2, sh, x->pool.cosmo);
+    return lss_pool_save(&x->pool, x->dir);
 }
 
 /* pool_cosmo.npy, and pool_fields.npy when with_fields (the MDN and MCMC stages need only the grid). */
 static int dl_pool_load(dl_ctx *x, int with_fields) {
     const lss_deeplss_cfg *c = &x->c;
-    char path[4400];
-    lss_array a;
-    int s, nd;
-    int64_t sh[LSS_MAX_DIM];
-    float *f = NULL;
-    if ((s = lss_pool_init(&x->pool, c->ncosmo, c->nf_train, c->nf_test, DL_NBINS, with_fields ? c->nside : 2))) return s;
-    if ((s = lss_npy_load(dl_path(x, path, sizeof path, "pool_cosmo.npy", 0), &a))) return s;
-    s = a.dtype != LSS_F64 || a.ndim != 2 || a.shape[0] != c->ncosmo || a.shape[1] != 2
-        ? lss_seterr(LSS_ERR_FORMAT, "%s: expected float64 [%d, 2]", path, c->ncosmo) : LSS_OK;
-    if (s == LSS_OK) memcpy(x->pool.cosmo, a.data, sizeof(double) * 2 * (size_t)c->ncosmo);
-    lss_array_free(&a);
-    if (s || !with_fields) return s;
-    if ((s = lss_npy_load_f32(dl_path(x, path, sizeof path, "pool_fields.npy", 0), &f, &nd, sh))) return s;
-    if (nd != 5 || sh[0] != c->ncosmo || sh[1] != c->nf_train + c->nf_test || sh[2] != 3 * DL_NBINS || sh[3] != c->nside ||
-        sh[4] != c->nside) {
-        LSS_FREE(f);
-        return lss_seterr(LSS_ERR_FORMAT, "%s: shape does not match deeplss.cfg", path);
-    }
-    LSS_FREE(x->pool.fields);
-    x->pool.fields = f;
-    return LSS_OK;
+    int s = lss_pool_init(&x->pool, c->ncosmo, c->nf_train, c->nf_test, DL_NBINS, with_fields ? c->nside : 2);
+    return s ? s : lss_pool_load(&x->pool, x->dir, with_fields);
 }
 
 /* ------------------------------------------------------------------ train */
@@ -492,10 +472,10 @@ static int dl_mask(const char *nets, const char *probes) {
 }
 
 int main(int argc, char **argv) {
-    const char *out = "out/deeplss", *nets = "cnn,psd", *probes = "comb,wl,gc", *scale_s = "small";
+    const char *out = "out/deeplss", *nets = "cnn,psd", *probes = "comb,wl,gc", *scale_s = "small", *library = NULL;
     int ci, resume = 0, mask, s, i, n = 0, fresh, have_cfg, have_pool;
     double t0 = lss_time_now(), tp;
-    char path[4400], timings[2048] = "", extra[256], name[32], usage[64];
+    char path[4400], timings[2048] = "", extra[8192], name[32], usage[64];
     lss_deeplss_cfg cfg, d;
     dl_ctx x;
     FILE *f;
@@ -504,6 +484,7 @@ int main(int argc, char **argv) {
     struct { lss_drv_opt o; int cmds, use; } tab[] = {
         {{"scale", LSS_DRV_STR, &scale_s, 0, 0, 0, "small: one 32 x 32 field of 9.375 arcmin, a small CNN; paper: 6 x 6 mosaics of 64 x 64, the released code's CNN"}, C_NEWRUN, 0},
         {{"ncosmo", LSS_DRV_INT, &d.ncosmo, 3, 100000, 0, "grid cosmologies in the pool (paper 57)"}, C_NEWRUN, NEW},
+        {{"library", LSS_DRV_STR, &library, 0, 0, 0, "N-body shell library (lss-sim nbody): the pool from its light cones, ncosmo its entries"}, C_NEWRUN, 0},
         {{"nfield", LSS_DRV_INT, &d.nf_train, 1, 100000, 0, "noise-free training fields per cosmology (held-out: half as many, at least 1)"}, C_NEWRUN, NEW},
         {{"seed", LSS_DRV_U64, &d.seed, 0, 0, 0, "seed of everything"}, C_NEWRUN, NEW},
         {{"pred-per-cosmo", LSS_DRV_INT, &d.pred_per_cosmo, 1, 1000000, 0, "Sobol nuisance draws per grid cosmology for the MDN"}, C_NEWRUN, NEW},
@@ -546,10 +527,12 @@ int main(int argc, char **argv) {
     fresh = ci == 6 || ci == 0 || (ci == 1 && !have_cfg);
     if (fresh) {   /* a new run: the preset, then the sizes given */
         if (resume) lss_drv_die(2, "--resume: no deeplss.cfg in %s", out);
-        lss_drv_mkdirs(out);
         lss_deeplss_cfg_defaults(&cfg, lss_deeplss_scale_parse(scale_s));
         if (dl_given(argc, argv, "nfield")) cfg.nf_test = d.nf_train / 2 > 0 ? d.nf_train / 2 : 1;
+        if (library) lss_drv_check(lss_shell_lib_count(library, &d.ncosmo), library), cfg.ncosmo = d.ncosmo;
+        if (library && dl_given(argc, argv, "ncosmo")) lss_drv_die(2, "--ncosmo: the pool of --library %s has its %d entries", library, d.ncosmo);
     } else {
+        if (library) lss_drv_die(2, "--library only applies to a new run; %s already has a pool", out);
         if (!have_cfg) lss_drv_die(2, "no deeplss.cfg in %s (run 'deeplss sim' or 'deeplss train' first)", out);
         lss_drv_check(lss_deeplss_cfg_load(&cfg, path), "deeplss.cfg");
         if (dl_given(argc, argv, "scale") && strcmp(scale_s, lss_deeplss_scale_name(cfg.scale)))
@@ -560,18 +543,26 @@ int main(int argc, char **argv) {
         if (tab[i].use == NEW && !fresh) lss_drv_die(2, "--%s only applies to a new run; %s already has a pool", tab[i].o.name, out);
         memcpy((char *)&cfg + ((char *)tab[i].o.dst - (char *)&d), tab[i].o.dst, tab[i].o.kind == LSS_DRV_INT ? sizeof(int) : sizeof(double));
     }
-    lss_drv_check(lss_deeplss_cfg_check(&cfg), "options");
-    lss_drv_check(dl_ctx_open(&x, &cfg, out), "setup");
+    lss_drv_check(lss_deeplss_cfg_check(&cfg), "options"), lss_drv_outputs_begin(out, ci != 1 && ci != 6); /* train: unstaged */
+    if (ci <= 1 || ci == 6) { /* what the run will hold, said (and checked against this machine) before it allocates */
+        double pool, train;
+        char what[160];
+        lss_deeplss_cfg_memory(&cfg, &pool, &train);
+        snprintf(what, sizeof what, "deeplss %s (pool of fields %.3g GB, training a network %.3g GB)", dl_cmds[ci], pool / 1e9, train / 1e9);
+        lss_drv_memory(what, pool + train, "the configuration (ncosmo, nfield, batch, channels, nside, grid)");
+    }
+    lss_drv_check(dl_ctx_open(&x, &cfg, out), "setup"), x.library = library;
     if (ci <= 1 || ci == 6) lss_drv_check(lss_deeplss_cfg_save(&cfg, path), "deeplss.cfg");
-    snprintf(extra, sizeof extra, "\"command\": \"%s\", \"scale\": \"%s\", \"steps\": %d, \"batch\": %d", dl_cmds[ci],
-             lss_deeplss_scale_name(cfg.scale), cfg.steps, cfg.batch);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, cfg.seed, extra), "run.json");
+    i = snprintf(extra, sizeof extra, "\"command\": \"%s\", \"scale\": \"%s\", \"steps\": %d, \"batch\": %d, \"model\": \"%s\"", dl_cmds[ci],
+                 lss_deeplss_scale_name(cfg.scale), cfg.steps, cfg.batch, library ? "nbody" : "lognormal");
+    if (library && (i += snprintf(extra + i, sizeof extra - i, ", \"library\": "), lss_drv_json_escape(extra + i, sizeof extra - i, library) >= sizeof extra - i))
+        lss_drv_die(2, "option --library: path too long");
     tp = lss_time_now();
     snprintf(path, sizeof path, "%s/pool_fields.npy", out);
     if ((have_pool = (f = fopen(path, "rb")) != NULL)) fclose(f);
     s = ci == 0 || ci == 6 || (ci == 1 && !have_pool) ? dl_pool_simulate(&x) : dl_pool_load(&x, ci == 1 || ci == 2 || ci == 5);
     lss_drv_check(s, "pool");
-#define DL_STAGE(c, what, call) if (ci == c || ci == 6) { tp = lss_time_now(); lss_drv_check(call, what); \
+#define DL_STAGE(c, what, call) if (ci == c || ci == 6) { tp = lss_time_now(); lss_drv_outputs_stage(c != 1); lss_drv_check(call, what); lss_drv_outputs_publish(); \
         snprintf(timings + strlen(timings), sizeof timings - strlen(timings), "- %s: %.1f s\n", what, lss_time_now() - tp); }
     snprintf(timings, sizeof timings, "- pool (sim or load): %.1f s\n", lss_time_now() - tp);
     DL_STAGE(1, "train", dl_train(&x, mask, resume))
@@ -594,6 +585,7 @@ int main(int argc, char **argv) {
         } else timings[0] = 0;
         lss_drv_check(dl_report(&x, timings), "report");
     }
+    lss_drv_outputs_done(argc, argv, cfg.seed, extra); /* publishes the last stage's files, then run.json */
     fprintf(stderr, "deeplss %s: done in %.1f s (%s)\n", dl_cmds[ci], lss_time_now() - t0, out);
     dl_ctx_free(&x);
     return 0;

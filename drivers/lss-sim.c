@@ -20,6 +20,9 @@ static const char *const about =
     "the map deeplss's pool path (lss_pool_observe) gives for the same fields, parameters and (seed, index).\n"
     "Output in DIR: maps.npy float32 [N, 8, H, W]; params.csv (index and the 9 Table I parameters of each map);\n"
     "example.png (map 0: kappa_g top, delta_g bottom, with colour bars); run.json (options, seed, version, timing).\n"
+    "--model nbody draws the matter shells from an N-body shell library (lss-sim nbody) instead of lognormal fields:\n"
+    "map i uses library entry i mod N (its Omega_m, sigma_8, Omega_b, h, n_s; the other parameters as below) and\n"
+    "field views of its light cones (8 flips/transposes per cone; see lss_sim_use_shells).\n"
     "A parameter option fixes that Table I parameter for every map (overriding --prior); it must lie in its prior.\n"
     "OMP_NUM_THREADS sets the number of threads; results do not depend on it. Bad input (unknown option,\n"
     "value outside its range, unreadable or malformed file) gives one line on stderr and exit status 2.";
@@ -60,9 +63,223 @@ static int write_example(const char *path, const float *m, int nb, int h, int w)
     return st;
 }
 
+/* ---------------------------------------------------------------- lss-sim nbody: shell libraries */
+static const char *const about_nbody =
+    "Runs particle-mesh N-body light cones (2LPT initial conditions, FastPM kick-drift-kick steps, particles painted\n"
+    "into redshift shells as they cross the light cone; lss_maps.h N-BODY section) for a set of cosmologies and\n"
+    "stores their matter shells as a library: DIR/shells_NNNN.npy (float32 [ncone, nshell, side, side], density\n"
+    "contrasts) and DIR/shells_NNNN.json (cosmology, seed, geometry, z edges, N-body options, wall time), plus\n"
+    "DIR/cosmologies.csv and DIR/run.json. Cosmologies: --cosmologies N: the fiducial, then scrambled Sobol points of\n"
+    "(Omega_m, sigma_8) in the Table I prior (deeplss's pool grid for the same seed; other parameters fiducial), or --list FILE (CSV with columns omega_m, sigma_8 and optionally\n"
+    "omega_b, h, n_s), or --fiducial. Cosmology i uses initial modes (seed, i); --same-seed gives every cosmology\n"
+    "the modes of index 0 (common random numbers). A library is resumable: finished entries are kept and a killed\n"
+    "run resumes its cosmology from DIR/shells_NNNN.ckpt with the identical result. Maps are then drawn with\n"
+    "`lss-sim --model nbody --library DIR` (or deeplss), with IA, bias, stochasticity and noise applied on the fly.\n"
+    "Defaults make the DeepLSS light cone (7.5 x 7.5 deg: a 5 x 5 deg field and its smoothing margin, 4.6875 arcmin\n"
+    "pixels, the dz = 0.05 shells up to the deepest redshift the n(z) bins need).";
+
+typedef struct { int step, steps; double t0; int k, n; } nb_prog;
+static void nb_progress(int step, int steps, double a, double sec, void *user) {
+    nb_prog *p = (nb_prog *)user;
+    (void)sec;
+    fprintf(stderr, "lss-sim nbody: cosmology %d/%d: step %d/%d, z = %.3f, %.1f s\n", p->k + 1, p->n, step, steps, 1 / a - 1,
+            lss_time_now() - p->t0);
+}
+
+static int nbody_main(int argc, char **argv) {
+    const char *out = "out/shells", *list = NULL, *bins_name = "deeplss", *spacing = "linear";
+    int ncos = 0, fid = 0, same = 0, side = 0, ncone = 4, nshell, i, k, st, nb, ne, have;
+    uint64_t seed = 1;
+    double zmax = 0, pixel = LSS_DEEPLSS_PIXEL_ARCMIN, t0 = lss_time_now(), *edges, need = 0;
+    lss_nbody_opts no;
+    lss_lightcone_opts lc;
+    lss_params *cp = NULL, fidp;
+    lss_nz *nz = NULL;
+    char stem[4200], path[4300], extra[1024];
+    memset(&no, 0, sizeof no);
+    no.box = 0; no.np = 256; no.steps = 20; no.z_init = 9; no.lpt_order = 2;
+    {
+        lss_drv_opt opts[] = {
+            {"out", LSS_DRV_STR, &out, 0, 0, 0, "library directory"},
+            {"cosmologies", LSS_DRV_INT, &ncos, 1, 100000, 0, "number of cosmologies: the fiducial, then Sobol points of (Omega_m, sigma_8)"},
+            {"list", LSS_DRV_STR, &list, 0, 0, 0, "CSV of cosmologies (columns omega_m, sigma_8 [, omega_b, h, n_s])"},
+            {"fiducial", LSS_DRV_FLAG, &fid, 0, 0, 0, "one cosmology: the Table I fiducial"},
+            {"seed", LSS_DRV_U64, &seed, 0, 9007199254740991.0, 0, "random seed of the initial modes and replica rotations"},
+            {"same-seed", LSS_DRV_FLAG, &same, 0, 0, 0, "the same initial modes (index 0) for every cosmology"},
+            {"box", LSS_DRV_DOUBLE, &no.box, 0, 1e5, 0, "box side in Mpc/h (0: the smallest multiple of 50 that holds the cone, >= 500)"},
+            {"np", LSS_DRV_INT, &no.np, 8, 4096, 0, "particles per side (np^3 particles; even)"},
+            {"mesh", LSS_DRV_INT, &no.mesh, 0, 8192, 0, "force mesh per side (0: 2 np)"},
+            {"steps", LSS_DRV_INT, &no.steps, 1, 10000, 0, "kick-drift-kick steps from z-init to z = 0"},
+            {"z-init", LSS_DRV_DOUBLE, &no.z_init, 1, 200, 0, "starting redshift"},
+            {"spacing", LSS_DRV_STR, &spacing, 0, 0, 0, "steps linear or log in the scale factor"},
+            {"lpt", LSS_DRV_INT, &no.lpt_order, 1, 2, 0, "order of the initial displacements (1: Zel'dovich, 2: 2LPT)"},
+            {"fixed-amp", LSS_DRV_FLAG, &no.fixed_amp, 0, 0, 0, "initial mode amplitudes fixed to sqrt(P) (random phases only)"},
+            {"ncone", LSS_DRV_INT, &ncone, 1, 64, 0, "light cones painted per run (8 field views each)"},
+            {"side", LSS_DRV_INT, &side, 0, 4096, 0, "shell map pixels per side (0: 64 plus the smoothing margin deeplss needs, >= 96)"},
+            {"pixel", LSS_DRV_DOUBLE, &pixel, 0.01, 600, 0, "pixel size in arcmin"},
+            {"zmax", LSS_DRV_DOUBLE, &zmax, 0, 10, 0, "deepest shell edge (0: the deepest shell the n(z) bins reach)"},
+            {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE (sets the default zmax)"},
+            {NULL, LSS_DRV_FLAG, NULL, 0, 0, 0, NULL}};
+        const lss_drv_cmd cmd = {"lss-sim nbody", "lss-sim nbody [options]", about_nbody,
+                                 "lss-sim nbody --cosmologies 8 --out out/shells --np 128 --steps 12"};
+        lss_drv_parse(&cmd, opts, argc, argv);
+    }
+    if ((ncos > 0) + (list != NULL) + fid != 1) lss_drv_die(2, "give exactly one of --cosmologies N, --list FILE, --fiducial");
+    if (!strcmp(spacing, "linear")) no.spacing = LSS_NB_STEP_LINEAR_A;
+    else if (!strcmp(spacing, "log")) no.spacing = LSS_NB_STEP_LOG_A;
+    else lss_drv_die(2, "option --spacing: '%s' is not linear or log", spacing);
+    if (no.np % 2) lss_drv_die(2, "option --np: %d is odd (need an even number)", no.np);
+    if (no.mesh && no.mesh < no.np) lss_drv_die(2, "option --mesh: %d is smaller than --np %d", no.mesh, no.np);
+    lss_params_fiducial(&fidp);
+    /* cosmologies */
+    if (fid) ncos = 1;
+    if (list) {
+        lss_csv t;
+        int cm, cs, cb, ch, cn;
+        lss_drv_check(lss_csv_read(list, &t), list);
+        cm = lss_csv_col(&t, "omega_m"); cs = lss_csv_col(&t, "sigma_8");
+        cb = lss_csv_col(&t, "omega_b"); ch = lss_csv_col(&t, "h"); cn = lss_csv_col(&t, "n_s");
+        if (cm < 0 || cs < 0) lss_drv_die(2, "%s: need columns omega_m and sigma_8", list);
+        if (t.nrows < 1 || t.nrows > 100000) lss_drv_die(2, "%s: %lld cosmologies (need 1..100000)", list, (long long)t.nrows);
+        ncos = (int)t.nrows;
+        if (!(cp = (lss_params *)malloc(sizeof *cp * (size_t)ncos))) lss_drv_die(1, "out of memory");
+        for (i = 0; i < ncos; i++) {
+            const double *r = t.data + (size_t)i * t.ncols;
+            cp[i] = fidp;
+            cp[i].omega_m = r[cm]; cp[i].sigma_8 = r[cs];
+            if (cb >= 0) cp[i].omega_b = r[cb];
+            if (ch >= 0) cp[i].h = r[ch];
+            if (cn >= 0) cp[i].n_s = r[cn];
+            if (lss_params_check(&cp[i]) != LSS_OK) lss_drv_die(2, "%s: row %d: %s", list, i + 1, lss_last_error());
+        }
+        lss_csv_free(&t);
+    } else {
+        /* the fiducial first, then scrambled Sobol points: deeplss's pool grid for the same seed (lss_pool_grid) */
+        double *g = (double *)malloc(sizeof(double) * 2 * (size_t)ncos);
+        if (!(cp = (lss_params *)malloc(sizeof *cp * (size_t)ncos)) || !g) lss_drv_die(1, "out of memory");
+        lss_drv_check(lss_pool_grid(seed, ncos, g), "cosmologies");
+        for (i = 0; i < ncos; i++) {
+            cp[i] = fidp;
+            cp[i].omega_m = g[2 * i];
+            cp[i].sigma_8 = g[2 * i + 1];
+        }
+        free(g);
+    }
+    /* shells and geometry from the n(z) and the default simulator */
+    if (!strcmp(bins_name, "deeplss")) lss_drv_check(lss_nz_builtin("deeplss", &nz, &nb), "--bins");
+    else lss_drv_check(lss_nz_load(bins_name, &nz, &nb), "--bins");
+    {
+        lss_cosmo *c;
+        lss_sim *sim;
+        lss_sim_info inf;
+        lss_drv_check(lss_cosmo_create(&fidp, &c), "cosmology");
+        lss_drv_check(lss_sim_create(c, nz, nb, NULL, &sim), "simulator");
+        lss_sim_get_info(sim, &inf);
+        if (zmax <= 0)
+            for (k = 0; k < inf.nshell; k++) {
+                double w = 0;
+                for (i = 0; i < inf.nbins; i++) w += fabs(inf.w_wl[i * inf.nshell + k]) + fabs(inf.w_g[i * inf.nshell + k]);
+                if (w > 0) zmax = inf.z_hi[k];
+            }
+        if (side == 0) side = lss_sim_shell_side(sim) > 96 ? lss_sim_shell_side(sim) : 96;
+        lss_sim_free(sim);
+        lss_cosmo_free(c);
+    }
+    if (side % 2) lss_drv_die(2, "option --side: %d is odd (need an even number)", side);
+    {
+        lss_shell_opts so;
+        memset(&so, 0, sizeof so);
+        so.zmax = 3.5;
+        ne = lss_shell_edges(&so, NULL, 0);
+        if (ne < 0) lss_drv_check(ne, "shells");
+        if (!(edges = (double *)malloc(sizeof(double) * (size_t)(ne + 1)))) lss_drv_die(1, "out of memory");
+        lss_shell_edges(&so, edges, ne + 1);
+        for (nshell = 0; nshell < ne && edges[nshell] < zmax - 1e-9; nshell++) {}
+        if (nshell < 1) lss_drv_die(2, "option --zmax: %g gives no shell", zmax);
+    }
+    /* the box must hold the cone at its deepest shell for every cosmology */
+    for (i = 0; i < ncos; i++) {
+        lss_cosmo *c;
+        lss_drv_check(lss_cosmo_create(&cp[i], &c), "cosmology");
+        {
+            double w = side * pixel / 60.0 * (3.14159265358979 / 180) * lss_cosmo_chi(c, edges[nshell]);
+            if (w > need) need = w;
+        }
+        lss_cosmo_free(c);
+    }
+    if (no.box == 0) { no.box = 50 * ceil(1.02 * need / 50); if (no.box < 500) no.box = 500; }
+    else if (no.box < need)
+        lss_drv_die(2, "option --box: the %d-pixel cone is %.0f Mpc/h wide at z = %g (needs a box of at least that)", side, need,
+                    edges[nshell]);
+    memset(&lc, 0, sizeof lc);
+    lc.side = side; lc.pixel_arcmin = pixel; lc.nshell = nshell; lc.z_edges = edges; lc.ncone = ncone;
+    {
+        int64_t mem = lss_nbody_memory(&no, &lc);
+        fprintf(stderr, "lss-sim nbody: %d cosmolog%s, %d^3 particles in %g Mpc/h, mesh %d, %d steps from z = %g, %d cone(s) of %d x %d "
+                        "pixels of %g arcmin, %d shells to z = %g\n", ncos, ncos == 1 ? "y" : "ies", no.np, no.box,
+                no.mesh ? no.mesh : 2 * no.np, no.steps, no.z_init, ncone, side, side, pixel, nshell, edges[nshell]);
+        if (mem < 0) lss_drv_die(2, "%s", lss_last_error());
+        lss_drv_memory("lss-sim nbody (particles, force mesh, shells)", (double)mem, "--np, --mesh, --side or --ncone");
+    }
+    lss_drv_outputs_begin(out, 0); /* unstaged: finished entries and checkpoints land as written (resumable) */
+    lss_drv_check(lss_shell_lib_count(out, &have), out);
+    /* entries already there must be this library's */
+    for (i = 0; i < have && i < ncos; i++) {
+        lss_shellset e;
+        lss_drv_check(lss_shell_lib_stem(out, i, stem, sizeof stem), "library");
+        lss_drv_check(lss_shellset_load(stem, &e), stem);
+        if (e.params.omega_m != cp[i].omega_m || e.params.sigma_8 != cp[i].sigma_8 || e.nbody.np != no.np || e.nbody.box != no.box ||
+            e.nbody.steps != no.steps || e.side != side || e.ncone != ncone || e.nshell != nshell || e.seed != seed ||
+            e.index != (same ? 0u : (uint64_t)i))
+            lss_drv_die(2, "%s holds entry %d made with other options or cosmology (Omega_m %g, sigma_8 %g, np %d, box %g); "
+                           "use another --out", out, i, e.params.omega_m, e.params.sigma_8, e.nbody.np, e.nbody.box);
+        lss_shellset_free(&e);
+    }
+    if (have > 0) fprintf(stderr, "lss-sim nbody: %d of %d entries already in %s; resuming\n", have < ncos ? have : ncos, ncos, out);
+    for (i = have; i < ncos; i++) {
+        lss_cosmo *c;
+        lss_shellset s;
+        nb_prog pr;
+        char ck[4400];
+        pr.k = i; pr.n = ncos; pr.t0 = lss_time_now();
+        lss_drv_check(lss_cosmo_create(&cp[i], &c), "cosmology");
+        lss_drv_check(lss_shell_lib_stem(out, i, stem, sizeof stem), "library");
+        snprintf(ck, sizeof ck, "%s.ckpt", stem);
+        fprintf(stderr, "lss-sim nbody: cosmology %d/%d: Omega_m = %.4f, sigma_8 = %.4f\n", i + 1, ncos, cp[i].omega_m, cp[i].sigma_8);
+        st = lss_nbody_lightcone(c, &no, &lc, seed, same ? 0 : (uint64_t)i, ck, nb_progress, &pr, &s);
+        lss_cosmo_free(c);
+        if (st != LSS_OK) lss_drv_die(st == LSS_ERR_NOMEM ? 1 : 2, "cosmology %d: %s", i + 1, lss_last_error());
+        lss_drv_check(lss_shellset_save(&s, stem), stem);
+        lss_shellset_free(&s);
+    }
+    {
+        double *rows = (double *)malloc(sizeof(double) * 6 * (size_t)ncos);
+        const char *hdr[6] = {"index", "omega_m", "sigma_8", "omega_b", "h", "n_s"};
+        if (!rows) lss_drv_die(1, "out of memory");
+        for (i = 0; i < ncos; i++) {
+            double *r = rows + 6 * (size_t)i;
+            r[0] = i; r[1] = cp[i].omega_m; r[2] = cp[i].sigma_8; r[3] = cp[i].omega_b; r[4] = cp[i].h; r[5] = cp[i].n_s;
+        }
+        snprintf(path, sizeof path, "%s/cosmologies.csv", out);
+        lss_drv_check(lss_csv_write(path, 6, hdr, ncos, rows), "cosmologies.csv");
+        free(rows);
+    }
+    snprintf(extra, sizeof extra,
+             "\"cosmologies\": %d, \"box_mpc_h\": %g, \"np\": %d, \"mesh\": %d, \"steps\": %d, \"z_init\": %g, \"ncone\": %d, "
+             "\"side\": %d, \"pixel_arcmin\": %g, \"nshell\": %d, \"zmax\": %g, \"same_seed\": %d, \"seconds\": %.3f",
+             ncos, no.box, no.np, no.mesh ? no.mesh : 2 * no.np, no.steps, no.z_init, ncone, side, pixel, nshell, edges[nshell], same,
+             lss_time_now() - t0);
+    lss_drv_outputs_done(argc, argv, seed, extra);
+    fprintf(stderr, "lss-sim nbody: library of %d cosmologies in %s (%.1f s)\n", ncos, out, lss_time_now() - t0);
+    free(cp);
+    free(edges);
+    lss_nz_free(nz, nb);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const lss_param_table *t1 = lss_table1();
-    const char *out = "out/sim", *bins_name = "deeplss", *bias = "linear", *poisson = "exact", *set_name = "train";
+    const char *out = "out/sim", *bins_name = "deeplss", *model = "lognormal", *library = NULL, *bias = "linear", *poisson = "exact", *set_name = "train";
     static const char *const set_names[4] = {"train", "valid", "test", "fiducial"};
     int n = 4, prior = 0, fiducial = 0, noise = 0, nonoise = 0, mosaic = 0, scale = 0, nb, k, st = LSS_OK, set, no_opt = 0;
     uint64_t seed = 1;
@@ -79,10 +296,12 @@ int main(int argc, char **argv) {
     float *maps;
     int64_t shape[4], per_map, done = 0;
     int H, W, ndim;
-    char path[4200], extra[1024];
+    char path[4200], extra[8192], bins_js[4096];
     double t0 = lss_time_now();
     lss_drv_progress prog;
-    lss_drv_opt opts[16 + LSS_NPARAM_TABLE1 + 1] = {
+    int nlib = 0, nbody = 0;
+    lss_shellset *sets = NULL;
+    lss_drv_opt opts[18 + LSS_NPARAM_TABLE1 + 1] = {
         {"out", LSS_DRV_STR, &out, 0, 0, 0, "output directory"},
         {"n", LSS_DRV_INT, &n, 1, 100000000, 0, "number of maps"},
         {"seed", LSS_DRV_U64, &seed, 0, 0, 0, "random seed; map i is a pure function of (seed, SET, i)"},
@@ -97,15 +316,22 @@ int main(int argc, char **argv) {
         {"poisson", LSS_DRV_STR, &poisson, 0, 0, 0, "exact, anscombe (Gaussian-unbiased inverse) or anscombe-paper (appendix F)"},
         {"mosaic", LSS_DRV_FLAG, &mosaic, 0, 0, 0, "6 x 6 fields per map (survey of 900 deg^2)"},
         {"scale", LSS_DRV_FLAG, &scale, 0, 0, 0, "apply the appendix E scaling before networks (as deeplss)"},
-        {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE with columns z n_1 .. n_4"}};
-    const lss_drv_cmd cmd = {"lss-sim", "lss-sim [options]", about, "lss-sim --out out/train --n 1000 --prior --mosaic --scale"};
+        {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE with columns z n_1 .. n_4"},
+        {"model", LSS_DRV_STR, &model, 0, 0, 0, "matter shells: lognormal, or nbody (from --library; map i uses entry i mod N)"},
+        {"library", LSS_DRV_STR, &library, 0, 0, 0, "N-body shell library directory (lss-sim nbody) for --model nbody"}};
+    const lss_drv_cmd cmd = {"lss-sim", "lss-sim [options]  |  lss-sim nbody [options] (N-body shell libraries; see lss-sim nbody --help)", about, "lss-sim --out out/train --n 1000 --prior --mosaic --scale"};
     lss_drv_prog = "lss-sim";
-    lss_drv_table1_opts(opts + 14, fixval, &t1txt);   /* --omega-m ... --eta-bg2 from Table I */
+    if (argc > 1 && !strcmp(argv[1], "nbody")) return nbody_main(argc - 1, argv + 1);
+    lss_drv_table1_opts(opts + 16, fixval, &t1txt);   /* --omega-m ... --eta-bg2 from Table I */
     lss_drv_parse(&cmd, opts, argc, argv);
     if (prior && fiducial) lss_drv_die(2, "--prior and --fiducial exclude each other");
     if (noise && nonoise) lss_drv_die(2, "--noise and --no-noise exclude each other");
     for (set = 0; set < 4 && strcmp(set_name, set_names[set]); set++) {}
     if (set == 4) lss_drv_die(2, "option --set: '%s' is not train, valid, test or fiducial", set_name);
+    if (!strcmp(model, "nbody")) nbody = 1;
+    else if (strcmp(model, "lognormal")) lss_drv_die(2, "option --model: '%s' is not lognormal or nbody", model);
+    if (nbody && !library) lss_drv_die(2, "--model nbody needs --library DIR (made by lss-sim nbody)");
+    if (!nbody && library) lss_drv_die(2, "--library needs --model nbody");
     memset(&vo, 0, sizeof vo);
     memset(&so, 0, sizeof so);
     if (!strcmp(bias, "linear")) vo.noise.bias = LSS_BIAS_LINEAR;
@@ -129,6 +355,30 @@ int main(int argc, char **argv) {
     if (!strcmp(bins_name, "deeplss")) lss_drv_check(lss_nz_builtin("deeplss", &nz, &nb), "--bins");
     else lss_drv_check(lss_nz_load(bins_name, &nz, &nb), "--bins");
     if (nb != 4) lss_drv_die(2, "--bins: %d redshift bins (the DeepLSS maps need 4)", nb);
+    if (nbody) {
+        char stem[4200];
+        if ((no_opt >> LSS_P_OMEGA_M) & 1 || (no_opt >> LSS_P_SIGMA_8) & 1)
+            lss_drv_die(2, "--omega-m and --sigma-8 cannot be fixed with --model nbody: the library's cosmologies are used");
+        lss_drv_check(lss_shell_lib_count(library, &nlib), library);
+        if (nlib < 1) lss_drv_die(2, "--library %s: no complete entry (shells_0000.json and .npy; make one with lss-sim nbody)", library);
+        if (!(sets = (lss_shellset *)calloc((size_t)nlib, sizeof *sets))) lss_drv_die(1, "out of memory");
+        for (k = 0; k < nlib; k++) {
+            lss_drv_check(lss_shell_lib_stem(library, k, stem, sizeof stem), "library");
+            lss_drv_check(lss_shellset_load(stem, &sets[k]), stem);
+        }
+    }
+    lss_drv_check(lss_cosmo_create(&fid, &c0), "cosmology");
+    lss_drv_check(lss_sim_create(c0, nz, nb, &so, &sim0), "simulator");
+    lss_drv_check(lss_survey_create(sim0, &vo, &sv), "survey");
+    lss_sim_get_info(sim0, &inf);
+    H = W = lss_survey_side(sv);
+    per_map = lss_survey_map_size(sv);
+    { /* what the run holds, said (and checked against this machine) before anything is allocated or written */
+        char what[96];
+        snprintf(what, sizeof what, "lss-sim (%d maps of %lld floats and their parameters)", n, (long long)per_map);
+        lss_drv_memory(what, (double)n * (4.0 * (double)per_map + sizeof(lss_params)), "--n");
+    }
+    lss_drv_outputs_begin(out, 1);
     /* parameters of every map */
     ndim = vo.noise.bias == LSS_BIAS_LINEAR ? LSS_NPARAM_LINEAR : LSS_NPARAM_TABLE1;
     if (!(pars = (lss_params *)malloc(sizeof(lss_params) * (size_t)n))) lss_drv_die(1, "out of memory");
@@ -142,20 +392,18 @@ int main(int argc, char **argv) {
             lss_params_to_vec(&pars[k], LSS_NPARAM_TABLE1, v);
             for (d = 0; d < LSS_NPARAM_TABLE1; d++) if ((no_opt >> d) & 1) v[d] = fixval[d];
             lss_drv_check(lss_params_from_vec(v, LSS_NPARAM_TABLE1, &pars[k]), "prior parameters");
-            lss_drv_check(lss_params_check(&pars[k]), "prior parameters");
         }
+        if (nbody) {
+            const lss_params *e = &sets[k % nlib].params;
+            pars[k].omega_m = e->omega_m; pars[k].sigma_8 = e->sigma_8; pars[k].omega_b = e->omega_b;
+            pars[k].h = e->h; pars[k].n_s = e->n_s; pars[k].transfer = e->transfer;
+        }
+        if (lss_params_check(&pars[k]) != LSS_OK) lss_drv_die(2, "map %d: %s", k, lss_last_error());
     }
-    lss_drv_mkdirs(out);
-    lss_drv_check(lss_cosmo_create(&fid, &c0), "cosmology");
-    lss_drv_check(lss_sim_create(c0, nz, nb, &so, &sim0), "simulator");
-    lss_drv_check(lss_survey_create(sim0, &vo, &sv), "survey");
-    lss_sim_get_info(sim0, &inf);
-    H = W = lss_survey_side(sv);
-    per_map = lss_survey_map_size(sv);
     maps = (float *)malloc(sizeof(float) * (size_t)per_map * (size_t)n);
     if (!maps) lss_drv_die(1, "out of memory for %d maps (%.1f GB)", n, 4.0 * (double)per_map * n / 1e9);
-    fprintf(stderr, "lss-sim: %d %s of %d x %d, %s parameters, %s, %d shells drawn, %d thread(s)\n", n, mosaic ? "mosaics" : "fields",
-            H, W, prior ? "prior" : "fiducial", nonoise ? "noise-free" : "with noise", inf.nshell_drawn,
+    fprintf(stderr, "lss-sim: %d %s of %d x %d, %s parameters, %s, %d %s shells, %d thread(s)\n", n, mosaic ? "mosaics" : "fields",
+            H, W, prior ? "prior" : "fiducial", nonoise ? "noise-free" : "with noise", inf.nshell_drawn, nbody ? "N-body" : "lognormal",
 #ifdef _OPENMP
             omp_get_max_threads()
 #else
@@ -170,17 +418,18 @@ int main(int argc, char **argv) {
         lss_sim *sim = sim0, *own = NULL;
         lss_survey_work *w = NULL;
         int r = LSS_OK, i;
-        if (prior) r = lss_sim_create(c0, nz, nb, &so, &own), sim = own;   /* one cosmology per map: a simulator per thread */
+        if (prior || nbody) r = lss_sim_create(c0, nz, nb, &so, &own), sim = own;   /* one cosmology per map: a simulator per thread */
         if (r == LSS_OK) r = lss_survey_work_create(sv, &w);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (i = 0; i < n; i++) {
             if (r != LSS_OK) continue;
-            if (prior) {
+            if (prior || nbody) {
                 lss_cosmo *ci = NULL;
                 r = lss_cosmo_create(&pars[i], &ci);
                 if (r == LSS_OK) r = lss_sim_set_cosmo(sim, ci);
+                if (r == LSS_OK && nbody) r = lss_sim_use_shells(sim, &sets[i % nlib]);
                 lss_cosmo_free(ci);
             }
             if (r == LSS_OK)
@@ -237,19 +486,22 @@ int main(int argc, char **argv) {
     }
     snprintf(path, sizeof path, "%s/example.png", out);
     lss_drv_check(write_example(path, maps, nb, H, W), "example.png");
+    if (lss_drv_json_escape(bins_js, sizeof bins_js, bins_name) >= sizeof bins_js) lss_drv_die(2, "option --bins: name too long");
     snprintf(extra, sizeof extra,
              "\"n\": %d, \"set\": \"%s\", \"mode\": \"%s\", \"mosaic\": %d, \"noise\": %d, \"smoothing_mpc_h\": %g, \"bias\": %d, "
-             "\"poisson\": %d, \"scaled\": %d, \"bins\": \"%s\", \"shape\": [%d, %d, %d, %d], \"shells_drawn\": %d, "
-             "\"clipped_gaussian_power\": %.3g, \"seconds\": %.3f",
-             n, set_name, prior ? "prior" : "fiducial", mosaic, !nonoise, smooth, vo.noise.bias, vo.noise.poisson, scale, bins_name, n,
-             2 * nb, H, W, inf.nshell_drawn, inf.clip_max, lss_time_now() - t0);
-    lss_drv_check(lss_drv_runjson(out, argc, argv, seed, extra), "run.json");
+             "\"poisson\": %d, \"scaled\": %d, \"bins\": %s, \"shape\": [%d, %d, %d, %d], \"shells_drawn\": %d, "
+             "\"clipped_gaussian_power\": %.3g, \"model\": \"%s\", \"library_entries\": %d, \"seconds\": %.3f",
+             n, set_name, prior ? "prior" : "fiducial", mosaic, !nonoise, smooth, vo.noise.bias, vo.noise.poisson, scale, bins_js, n,
+             2 * nb, H, W, inf.nshell_drawn, inf.clip_max, model, nlib, lss_time_now() - t0);
+    lss_drv_outputs_done(argc, argv, seed, extra);
     fprintf(stderr, "lss-sim: wrote %s/maps.npy, params.csv, example.png, run.json\n", out);
     free(maps);
     free(pars);
     lss_survey_free(sv);
     lss_sim_free(sim0);
     lss_cosmo_free(c0);
+    for (k = 0; k < nlib; k++) lss_shellset_free(&sets[k]);
+    free(sets);
     lss_nz_free(nz, nb);
     return 0;
 }
