@@ -6,10 +6,13 @@
  *      spectrum of the same simulator with continuous Limber Halofit C_ell (lss_sim_expected_ps with limber).
  *   B. 1 arcmin pixels, a single narrow source bin at z = 1 (n(z) Gaussian, sigma_z = 0.02), no smoothing: the
  *      same one-point statistics at the pixel scale and after Gaussian smoothing of 1 and 2 arcmin.
- * Shell sets are made by `bin/lss-sim nbody` into build/bench/ (kept and reused: delete the directory to remake).
+ * Shell sets are made by `bin/lss-sim nbody` into build/bench/ (kept and reused; a larger nbox adds boxes to
+ * them; delete the directory to remake): nbox independent boxes of the fiducial cosmology (a --list of nbox
+ * fiducial rows: initial modes (seed 1, box index)), each painted into ncone cones; all cones are pooled.
  * Errors of means: the standard deviation over cones / sqrt(cones) for N-body (the 8 views of a cone are not
- * independent), over fields / sqrt(fields) for lognormal.
- * Usage: bench_nbody_maps [np [ncone [steps]]]   (defaults 256 4 20) */
+ * independent; cones of one box share its structure at low redshift, so these errors are somewhat optimistic),
+ * over fields / sqrt(fields) for lognormal.
+ * Usage: bench_nbody_maps [np [ncone [steps [nbox]]]]   (defaults 256 4 20 8) */
 #define _POSIX_C_SOURCE 200809L
 #define LSS_CORE_IMPLEMENTATION
 #define LSS_MAPS_IMPLEMENTATION
@@ -53,10 +56,6 @@ static void mean_err(const double *x, int n, int per, double *m, double *e) {
     *e = ng > 1 ? sqrt((s2 / ng - *m * *m) * ng / (ng - 1) / ng) : NAN;
 }
 
-static int have_lib(const char *dir) {
-    int n = 0;
-    return lss_shell_lib_count(dir, &n) == LSS_OK && n > 0;
-}
 
 /* one geometry: the N-body views (sim with the set) and nlog lognormal fields; stats for nbins kappa channels at
    the given smoothings; writes rows to csv */
@@ -147,6 +146,7 @@ static void spectra(FILE *csv, lss_sim *sim, const lss_shellset *set, const lss_
     for (i = 0; i < nb; i++) printf("   bin %d", i + 1);
     printf("\n");
     for (b = 0; b < 20; b++) {
+        if (!(lss_ps_ell(ps)[b] > 0) || !(expv[b] > 0)) continue;   /* no modes in the bin */
         printf("%-8.0f", lss_ps_ell(ps)[b]);
         for (i = 0; i < nb; i++)
             for (pi = 0; pi < np; pi++) {
@@ -165,9 +165,51 @@ static void spectra(FILE *csv, lss_sim *sim, const lss_shellset *set, const lss_
     lss_sim_work_free(w);
 }
 
+/* the first nbox entries of a library (same cosmology and geometry) as one set of nbox x ncone cones */
+static void load_merged(const char *dir, int nbox, lss_shellset *set) {
+    char stem[600];
+    int k;
+    size_t per;
+    for (k = 0; k < nbox; k++) {
+        lss_shellset e;
+        lss_shell_lib_stem(dir, k, stem, sizeof stem);
+        if (lss_shellset_load(stem, &e)) die(stem);
+        if (k == 0) {
+            *set = e;
+            per = (size_t)e.ncone * e.nshell * e.side * e.side;
+            set->delta = realloc(set->delta, sizeof(float) * per * (size_t)nbox);
+            if (!set->delta) die("memory");
+            set->seconds = e.seconds;
+            continue;
+        }
+        per = (size_t)e.ncone * e.nshell * e.side * e.side;
+        if (e.ncone != set->ncone / k || e.nshell != set->nshell || e.side != set->side) die("library entries of another geometry");
+        memcpy(set->delta + per * (size_t)k, e.delta, sizeof(float) * per);
+        set->seconds += e.seconds;
+        lss_shellset_free(&e);
+        (void)0;
+    }
+    set->ncone *= nbox;
+}
+
+static void make_lib(const char *dir, int nbox, const char *opts) {
+    char cmd[1400], list[600];
+    int k;
+    FILE *f;
+    snprintf(list, sizeof list, "%s.list.csv", dir);
+    if (!(f = fopen(list, "w"))) die(list);
+    fprintf(f, "omega_m,sigma_8\n");
+    for (k = 0; k < nbox; k++) fprintf(f, "%.17g,%.17g\n", 0.29, 0.71);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "bin/lss-sim nbody --list %s --out %s %s", list, dir, opts);
+    fprintf(stderr, "bench_nbody_maps: %s\n", cmd);
+    if (system(cmd)) { fprintf(stderr, "bench_nbody_maps: the shell library could not be made (make bin/lss-sim first)\n"); exit(1); }
+}
+
 int main(int argc, char **argv) {
     int np = argc > 1 ? atoi(argv[1]) : 256, ncone = argc > 2 ? atoi(argv[2]) : 4, steps = argc > 3 ? atoi(argv[3]) : 20, nb;
-    char cmd[1024], stem[600];
+    int nbox = argc > 4 ? atoi(argv[4]) : 8;
+    char cmd[1024];
     lss_params p;
     lss_cosmo *c = NULL;
     lss_nz *nz = NULL;
@@ -183,16 +225,11 @@ int main(int argc, char **argv) {
     lss_params_fiducial(&p);
     if (lss_cosmo_create(&p, &c)) die("cosmology");
     /* A: DeepLSS geometry */
-    if (!have_lib("build/bench/nbody_deeplss")) {
-        snprintf(cmd, sizeof cmd, "bin/lss-sim nbody --fiducial --out build/bench/nbody_deeplss --np %d --ncone %d --steps %d", np, ncone,
-                 steps);
-        fprintf(stderr, "bench_nbody_maps: %s\n", cmd);
-        if (system(cmd)) { fprintf(stderr, "bench_nbody_maps: the shell set could not be made (make bin/lss-sim first)\n"); return 1; }
-    }
-    lss_shell_lib_stem("build/bench/nbody_deeplss", 0, stem, sizeof stem);
-    if (lss_shellset_load(stem, &set)) die(stem);
-    printf("DeepLSS geometry: shell set %s (%d^3 particles, box %g Mpc/h, mesh %d, %d steps, %d cones; %.0f s)\n", stem, set.nbody.np,
-           set.nbody.box, set.nbody.mesh, set.nbody.steps, set.ncone, set.seconds);
+    snprintf(cmd, sizeof cmd, "--np %d --ncone %d --steps %d", np, ncone, steps);
+    make_lib("build/bench/nbody_deeplss", nbox, cmd);
+    load_merged("build/bench/nbody_deeplss", nbox, &set);
+    printf("DeepLSS geometry: %d boxes (%d^3 particles, %g Mpc/h, mesh %d, %d steps), %d cones in all; %.0f s of N-body\n", nbox,
+           set.nbody.np, set.nbody.box, set.nbody.mesh, set.nbody.steps, set.ncone, set.seconds);
     if (lss_nz_builtin("deeplss", &nz, &nb)) die("n(z)");
     memset(&so, 0, sizeof so);
     if (lss_sim_create(c, nz, nb, &so, &sim)) die("simulator");
@@ -210,16 +247,12 @@ int main(int argc, char **argv) {
         for (z = 0.9; z < 1.1005; z += 0.005) fprintf(f, "%.3f %.8g\n", z, exp(-0.5 * pow((z - 1) / 0.02, 2)));
         fclose(f);
     }
-    if (!have_lib("build/bench/nbody_1arcmin")) {
-        snprintf(cmd, sizeof cmd, "bin/lss-sim nbody --fiducial --out build/bench/nbody_1arcmin --np %d --ncone %d --steps %d "
-                                  "--bins build/bench/nz_z1.txt --pixel 1 --side 132 --box 150", np, ncone, steps);
-        fprintf(stderr, "bench_nbody_maps: %s\n", cmd);
-        if (system(cmd)) { fprintf(stderr, "bench_nbody_maps: the 1-arcmin shell set could not be made\n"); return 1; }
-    }
-    lss_shell_lib_stem("build/bench/nbody_1arcmin", 0, stem, sizeof stem);
-    if (lss_shellset_load(stem, &set)) die(stem);
-    printf("\n1 arcmin: shell set %s (%d^3 particles, box %g Mpc/h, mesh %d, %d steps, %d cones; %.0f s)\n", stem, set.nbody.np,
-           set.nbody.box, set.nbody.mesh, set.nbody.steps, set.ncone, set.seconds);
+    snprintf(cmd, sizeof cmd, "--np %d --ncone %d --steps %d --bins build/bench/nz_z1.txt --pixel 1 --side 132 --box 150", np, ncone,
+             steps);
+    make_lib("build/bench/nbody_1arcmin", nbox, cmd);
+    load_merged("build/bench/nbody_1arcmin", nbox, &set);
+    printf("\n1 arcmin: %d boxes (%d^3 particles, %g Mpc/h, mesh %d, %d steps), %d cones in all; %.0f s of N-body\n", nbox,
+           set.nbody.np, set.nbody.box, set.nbody.mesh, set.nbody.steps, set.ncone, set.seconds);
     if (lss_nz_load("build/bench/nz_z1.txt", &nz, &nb)) die("n(z)");
     memset(&so, 0, sizeof so);
     so.nside = 128; so.pixel_arcmin = 1; so.r_wl = so.r_gc = -1;

@@ -286,12 +286,98 @@ static void test_sim_shells(void) {
     lss_nz_free(nz, nb);
 }
 
+/* the DeepLSS pool from a library: training fields from the first cones, held-out fields from the last,
+   each the view lss_sim_use_shells gives; pool save and load round trip; the errors */
+static void test_pool_library(void) {
+    lss_params p;
+    lss_cosmo *c = NULL;
+    lss_nz *nz = NULL;
+    lss_sim *sim = NULL;
+    lss_sim_work *w = NULL;
+    lss_sim_info inf;
+    lss_sim_opts so;
+    lss_shellset s;
+    lss_pool pool, back;
+    char lib[400], stem[512], path[600];
+    int nb, n = 16, f, k, bad = 0;
+    float *g = NULL;
+    size_t fs;
+    lss_params_fiducial(&p);
+    memset(&so, 0, sizeof so);
+    so.nside = n;
+    so.r_wl = so.r_gc = -1;
+    so.no_pixwin = 1;
+    memset(&pool, 0, sizeof pool);
+    memset(&back, 0, sizeof back);
+    snprintf(lib, sizeof lib, "%s/lib", tmpdir);
+    CHECK(mkdir(lib, 0700) == 0, "library directory made");
+    CHECK_OK(lss_cosmo_create(&p, &c));
+    CHECK_OK(lss_nz_builtin("deeplss", &nz, &nb));
+    CHECK_OK(lss_sim_create(c, nz, nb, &so, &sim));
+    CHECK_OK(lss_sim_work_create(sim, &w));
+    if (!sim || !w) return;
+    lss_sim_get_info(sim, &inf);
+    CHECK(make_set(&p, &inf, n + 4, 4, &s) == 0, "set of 4 cones built");
+    CHECK_OK(lss_shell_lib_stem(lib, 0, stem, sizeof stem));
+    CHECK_OK(lss_shellset_save(&s, stem));
+    CHECK_OK(lss_sim_use_shells(sim, &s));
+    fs = lss_sim_field_size(sim);
+    g = malloc(sizeof(float) * fs);
+    CHECK_OK(lss_pool_init(&pool, 1, 3, 2, nb, n));
+    CHECK((size_t)pool.field_size == fs, "pool field of the simulator's size");
+    CHECK_OK(lss_pool_simulate_library(&pool, nz, &so, lib, NULL, NULL));
+    CHECK(pool.cosmo[0] == p.omega_m && pool.cosmo[1] == p.sigma_8, "pool cosmology from the entry");
+    /* 4 cones: 3 for training (field f = cone f, as it is), 1 held out (field f = cone 3, transform f) */
+    for (f = 0; f < 5 && g; f++) {
+        uint64_t v = f < 3 ? (uint64_t)f : (uint64_t)(3 + 4 * (f - 3));
+        const float *a = pool.fields + (size_t)f * fs;
+        CHECK_OK(lss_sim_field(sim, w, 1, v, g));
+        for (k = 0; k < (int)fs; k++) bad += a[k] != g[k];
+    }
+    CHECK(bad == 0, "pool fields are the views of the training and held-out cones (%d values differ)", bad);
+    /* save and load */
+    CHECK_OK(lss_pool_save(&pool, tmpdir));
+    CHECK_OK(lss_pool_init(&back, 1, 3, 2, nb, n));
+    CHECK_OK(lss_pool_load(&back, tmpdir, 1));
+    CHECK(back.cosmo[0] == pool.cosmo[0] && back.cosmo[1] == pool.cosmo[1] &&
+          memcmp(back.fields, pool.fields, sizeof(float) * fs * 5) == 0, "pool round trip bit for bit");
+    lss_pool_free(&back);
+    CHECK_OK(lss_pool_init(&back, 1, 4, 2, nb, n));
+    CHECK_ERR(lss_pool_load(&back, tmpdir, 1), LSS_ERR_FORMAT);
+    CHECK(strstr(lss_last_error(), "pool_fields.npy") != NULL, "shape mismatch names the file: %s", lss_last_error());
+    CHECK_OK(lss_pool_load(&back, tmpdir, 0));   /* the grid alone */
+    lss_pool_free(&back);
+    CHECK_OK(lss_pool_init(&back, 2, 3, 2, nb, n));
+    CHECK_ERR(lss_pool_load(&back, tmpdir, 0), LSS_ERR_FORMAT);
+    CHECK_ERR(lss_pool_simulate_library(&back, nz, &so, lib, NULL, NULL), LSS_ERR_ARG);   /* 2 cosmologies, 1 entry */
+    lss_pool_free(&back);
+    /* one cone cannot be split */
+    lss_shellset_free(&s);
+    CHECK(make_set(&p, &inf, n + 4, 1, &s) == 0, "set of 1 cone built");
+    CHECK_OK(lss_shellset_save(&s, stem));
+    CHECK_ERR(lss_pool_simulate_library(&pool, nz, &so, lib, NULL, NULL), LSS_ERR_ARG);
+    CHECK(strstr(lss_last_error(), "at least 2") != NULL, "message: %s", lss_last_error());
+    snprintf(path, sizeof path, "%s.npy", stem); remove(path);
+    snprintf(path, sizeof path, "%s.json", stem); remove(path);
+    snprintf(path, sizeof path, "%s/pool_fields.npy", tmpdir); remove(path);
+    snprintf(path, sizeof path, "%s/pool_cosmo.npy", tmpdir); remove(path);
+    rmdir(lib);
+    free(g);
+    lss_pool_free(&pool);
+    lss_shellset_free(&s);
+    lss_sim_work_free(w);
+    lss_sim_free(sim);
+    lss_cosmo_free(c);
+    lss_nz_free(nz, nb);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/lss_test_shell_lib.%ld", (long)getpid());
     if (mkdtemp(strcat(tmpdir, ".XXXXXX")) == NULL) { printf("cannot make a temporary directory\n"); return 1; }
     RUN(test_json);
     RUN(test_disk);
     RUN(test_sim_shells);
+    RUN(test_pool_library);
     rmdir(tmpdir);
     LSS_TEST_END();
 }
