@@ -183,7 +183,7 @@ static void load_merged(const char *dir, int nbox, lss_shellset *set) {
             continue;
         }
         per = (size_t)e.ncone * e.nshell * e.side * e.side;
-        if (e.ncone != set->ncone / k || e.nshell != set->nshell || e.side != set->side) die("library entries of another geometry");
+        if (e.ncone != set->ncone || e.nshell != set->nshell || e.side != set->side) die("library entries of another geometry");
         memcpy(set->delta + per * (size_t)k, e.delta, sizeof(float) * per);
         set->seconds += e.seconds;
         lss_shellset_free(&e);
