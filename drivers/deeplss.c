@@ -472,7 +472,7 @@ static int dl_mask(const char *nets, const char *probes) {
 }
 
 int main(int argc, char **argv) {
-    const char *out = "out/deeplss", *nets = "cnn,psd", *probes = "comb,wl,gc", *scale_s = "small", *library = NULL;
+    const char *out = "out/deeplss", *nets = "cnn,psd", *probes = "comb,wl,gc", *scale_s = "small", *library = NULL, *model = "lognormal";
     int ci, resume = 0, mask, s, i, n = 0, fresh, have_cfg, have_pool;
     double t0 = lss_time_now(), tp;
     char path[4400], timings[2048] = "", extra[8192], name[32], usage[64];
@@ -484,6 +484,7 @@ int main(int argc, char **argv) {
     struct { lss_drv_opt o; int cmds, use; } tab[] = {
         {{"scale", LSS_DRV_STR, &scale_s, 0, 0, 0, "small: one 32 x 32 field of 9.375 arcmin, a small CNN; paper: 6 x 6 mosaics of 64 x 64, the released code's CNN"}, C_NEWRUN, 0},
         {{"ncosmo", LSS_DRV_INT, &d.ncosmo, 3, 100000, 0, "grid cosmologies in the pool (paper 57)"}, C_NEWRUN, NEW},
+        {{"model", LSS_DRV_STR, &model, 0, 0, 0, "shells of the pool: lognormal, or nbody (from --library)"}, C_NEWRUN, 0},
         {{"library", LSS_DRV_STR, &library, 0, 0, 0, "N-body shell library (lss-sim nbody): the pool from its light cones, ncosmo its entries"}, C_NEWRUN, 0},
         {{"nfield", LSS_DRV_INT, &d.nf_train, 1, 100000, 0, "noise-free training fields per cosmology (held-out: half as many, at least 1)"}, C_NEWRUN, NEW},
         {{"seed", LSS_DRV_U64, &d.seed, 0, 0, 0, "seed of everything"}, C_NEWRUN, NEW},
@@ -521,6 +522,8 @@ int main(int argc, char **argv) {
     cmd.name = name; cmd.usage = usage; cmd.about = dl_about[ci]; cmd.example = dl_example[ci];
     lss_drv_parse(&cmd, opts, argc - 1, argv + 1);
     if (lss_deeplss_scale_parse(scale_s) < 0) lss_drv_die(2, "option --scale: '%s' is not small or paper", scale_s);
+    if (strcmp(model, "lognormal") && strcmp(model, "nbody")) lss_drv_die(2, "option --model: '%s' is not lognormal or nbody", model);
+    if (!strcmp(model, "nbody") != (library != NULL)) lss_drv_die(2, "--model nbody and --library DIR go together (make DIR with lss-sim nbody)");
     mask = ci == 6 ? (1 << DL_NNET) - 1 : dl_mask(nets, probes);
     snprintf(path, sizeof path, "%s/deeplss.cfg", out);
     if ((have_cfg = (f = fopen(path, "r")) != NULL)) fclose(f);

@@ -221,8 +221,8 @@ static int nbody_main(int argc, char **argv) {
         if (mem < 0) lss_drv_die(2, "%s", lss_last_error());
         lss_drv_memory("lss-sim nbody (particles, force mesh, shells)", (double)mem, "--np, --mesh, --side or --ncone");
     }
-    lss_drv_outputs_begin(out, 0); /* unstaged: finished entries and checkpoints land as written (resumable) */
-    lss_drv_check(lss_shell_lib_count(out, &have), out);
+    have = 0;
+    if (access(out, F_OK) == 0) lss_drv_check(lss_shell_lib_count(out, &have), out);
     /* entries already there must be this library's */
     for (i = 0; i < have && i < ncos; i++) {
         lss_shellset e;
@@ -235,6 +235,7 @@ static int nbody_main(int argc, char **argv) {
                            "use another --out", out, i, e.params.omega_m, e.params.sigma_8, e.nbody.np, e.nbody.box);
         lss_shellset_free(&e);
     }
+    lss_drv_outputs_begin(out, 0); /* unstaged: finished entries and checkpoints land as written (resumable) */
     if (have > 0) fprintf(stderr, "lss-sim nbody: %d of %d entries already in %s; resuming\n", have < ncos ? have : ncos, ncos, out);
     for (i = have; i < ncos; i++) {
         lss_cosmo *c;
