@@ -1882,22 +1882,27 @@ LSSDEF void lss_image_text(lss_image *im, int x, int y, const char *s, const uns
     }
 }
 
+/* colour of t in [0, 1] from n anchor colours interpolated linearly; nan: grey g */
+static void lss__cmap(const unsigned char (*v)[3], int n, double t, int g, unsigned char c[3]) {
+    double f;
+    int i, k;
+    if (t != t) { c[0] = c[1] = c[2] = (unsigned char)g; return; }
+    if (t < 0) t = 0;
+    if (t > 1) t = 1;
+    f = t * (n - 1);
+    i = (int)f;
+    if (i > n - 2) i = n - 2;
+    f -= i;
+    for (k = 0; k < 3; k++) c[k] = (unsigned char)floor(v[i][k] + f * (v[i + 1][k] - v[i][k]) + 0.5);
+}
+
 /* viridis, 16 anchor colours interpolated linearly */
 LSSDEF void lss_viridis(double t, unsigned char c[3]) {
     static const unsigned char v[16][3] = {
         {68, 1, 84}, {72, 26, 108}, {71, 47, 125}, {65, 68, 135}, {57, 86, 140}, {49, 104, 142},
         {42, 120, 142}, {35, 136, 142}, {31, 152, 139}, {34, 168, 132}, {53, 183, 121},
         {84, 197, 104}, {122, 209, 81}, {165, 219, 54}, {210, 226, 27}, {253, 231, 37}};
-    double f;
-    int i, k;
-    if (t != t) { c[0] = c[1] = c[2] = 128; return; }
-    if (t < 0) t = 0;
-    if (t > 1) t = 1;
-    f = t * 15;
-    i = (int)f;
-    if (i > 14) i = 14;
-    f -= i;
-    for (k = 0; k < 3; k++) c[k] = (unsigned char)floor(v[i][k] + f * (v[i + 1][k] - v[i][k]) + 0.5);
+    lss__cmap(v, 16, t, 128, c);
 }
 
 /* Anti-aliased text: the font's quads filled into a 4 x 4 supersampled coverage mask, box-filtered
@@ -1971,16 +1976,7 @@ LSSDEF void lss_rdbu(double t, unsigned char c[3]) {
     static const unsigned char v[11][3] = {{5, 48, 97}, {33, 102, 172}, {67, 147, 195}, {146, 197, 222}, {209, 229, 240},
                                            {247, 247, 247}, {253, 219, 199}, {244, 165, 130}, {214, 96, 77}, {178, 24, 43},
                                            {103, 0, 31}};
-    double f;
-    int i, k;
-    if (t != t) { c[0] = c[1] = c[2] = 160; return; }
-    if (t < 0) t = 0;
-    if (t > 1) t = 1;
-    f = t * 10;
-    i = (int)f;
-    if (i > 9) i = 9;
-    f -= i;
-    for (k = 0; k < 3; k++) c[k] = (unsigned char)floor(v[i][k] + f * (v[i + 1][k] - v[i][k]) + 0.5);
+    lss__cmap(v, 11, t, 160, c);
 }
 
 LSSDEF void lss_colormap(int cmap, double t, unsigned char c[3]) {
