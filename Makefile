@@ -131,19 +131,19 @@ docs: deps bin/lss-theory bin/lss-sim
 clean:
 	rm -rf build bin out/demo
 
-# Fuzzing: one libFuzzer harness per reader (fuzz/fuzz_*.c), built with clang and ASan + UBSan. make test replays
-# the committed seeds (fuzz/corpus/<name>/) and every past finding (fuzz/regress/<name>/) with gcc through
+# Fuzzing: one libFuzzer harness per reader (tests/fuzz/fuzz_*.c), built with clang and ASan + UBSan. make test replays
+# the committed seeds (tests/fuzz/corpus/<name>/) and every past finding (tests/fuzz/regress/<name>/) with gcc through
 # tests/test_fuzz_corpus.c, so the serial build never needs clang.
 #   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="npy csv ..."]   run each harness; findings land in build/fuzz/<name>/
-#   make fuzz-seeds                                            rewrite the seed corpora (fuzz/mkseeds.c)
+#   make fuzz-seeds                                            rewrite the seed corpora (tests/fuzz/mkseeds.c)
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_TARGETS ?= $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_CFLAGS   = -std=c11 -O1 -g -Wno-unknown-pragmas -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_SRC      = fuzz/fuzz_common.h $(HEADERS)
+FUZZ_SRC      = tests/fuzz/fuzz_common.h $(HEADERS)
 
-build/fuzz/bin/%: fuzz/fuzz_%.c $(FUZZ_SRC)
+build/fuzz/bin/%: tests/fuzz/fuzz_%.c $(FUZZ_SRC)
 	@mkdir -p build/fuzz/bin
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $< -o $@ $(LDLIBS_ALL)
 
@@ -154,15 +154,15 @@ fuzz:
 	  mkdir -p build/fuzz/$$t/corpus build/fuzz/$$t/tmp; \
 	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
 	  TMPDIR=$$PWD/build/fuzz/$$t/tmp ./build/fuzz/bin/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
-	    -artifact_prefix=build/fuzz/$$t/ -print_final_stats=1 build/fuzz/$$t/corpus fuzz/corpus/$$t \
-	    $$( [ -d fuzz/regress/$$t ] && echo fuzz/regress/$$t ) > build/fuzz/$$t/log 2>&1; st=$$?; \
+	    -artifact_prefix=build/fuzz/$$t/ -print_final_stats=1 build/fuzz/$$t/corpus tests/fuzz/corpus/$$t \
+	    $$( [ -d tests/fuzz/regress/$$t ] && echo tests/fuzz/regress/$$t ) > build/fuzz/$$t/log 2>&1; st=$$?; \
 	  grep -E '^(Done [0-9]+ runs|==[0-9]+==ERROR|SUMMARY)' build/fuzz/$$t/log; \
 	  [ $$st = 0 ] || echo "fuzz $$t: exit status $$st (log: build/fuzz/$$t/log)"; \
 	  if ls build/fuzz/$$t/crash-* build/fuzz/$$t/leak-* build/fuzz/$$t/timeout-* build/fuzz/$$t/oom-* >/dev/null 2>&1; then \
-	    echo "fuzz $$t: FINDINGS in build/fuzz/$$t/ (copy each input to fuzz/regress/$$t/ once fixed)"; exit 1; fi; \
+	    echo "fuzz $$t: FINDINGS in build/fuzz/$$t/ (copy each input to tests/fuzz/regress/$$t/ once fixed)"; exit 1; fi; \
 	done
 
-build/fuzz_mkseeds: fuzz/mkseeds.c fuzz/fuzz_ckpt.c $(FUZZ_SRC) | deps
+build/fuzz_mkseeds: tests/fuzz/mkseeds.c tests/fuzz/fuzz_ckpt.c $(FUZZ_SRC) | deps
 	@mkdir -p build
 	$(CC) -std=c11 -O1 $(WARN) -fopenmp -I. -I$(STB_INC) $< -o $@ $(LDLIBS_ALL)
 
@@ -170,6 +170,6 @@ fuzz-seeds: build/fuzz_mkseeds
 	./build/fuzz_mkseeds
 
 # the replay test compiles the harnesses in
-build/tests/test_fuzz_corpus build/asan/test_fuzz_corpus: $(wildcard fuzz/*.c fuzz/*.h)
+build/tests/test_fuzz_corpus build/asan/test_fuzz_corpus: $(wildcard tests/fuzz/*.c tests/fuzz/*.h)
 # the hardening tests also catch float-to-int casts of NaN or 1e300 under gcc (clang's UBSan has it by default)
 build/asan/test_fuzz_corpus build/asan/test_hardening_input: SAN += -fsanitize=float-cast-overflow

@@ -1,5 +1,5 @@
-/* test_fuzz_corpus.c - the fuzz harnesses of fuzz/ without libFuzzer: every file of fuzz/corpus/<name>/ (seed
- * inputs) and fuzz/regress/<name>/ (every input a fuzzer ever crashed, hung or tripped a sanitizer with) is fed
+/* test_fuzz_corpus.c - the fuzz harnesses of tests/fuzz/ without libFuzzer: every file of tests/fuzz/corpus/<name>/ (seed
+ * inputs) and tests/fuzz/regress/<name>/ (every input a fuzzer ever crashed, hung or tripped a sanitizer with) is fed
  * to the harness's entry point. A harness aborts on anything wrong (a reader that accepts an impossible value, a
  * message with raw control bytes); the sanitizer build (make test-asan) also catches memory errors, leaks and
  * undefined behaviour. Runs from the repository root; each input counts as one check. */
@@ -8,34 +8,34 @@
 #include "tests/lss_test.h"
 
 #define LLVMFuzzerTestOneInput fuzz_npy
-#include "fuzz/fuzz_npy.c"
+#include "tests/fuzz/fuzz_npy.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_csv
-#include "fuzz/fuzz_csv.c"
+#include "tests/fuzz/fuzz_csv.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_nz
-#include "fuzz/fuzz_nz.c"
+#include "tests/fuzz/fuzz_nz.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_catalogue
-#include "fuzz/fuzz_catalogue.c"
+#include "tests/fuzz/fuzz_catalogue.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_mock
-#include "fuzz/fuzz_mock.c"
+#include "tests/fuzz/fuzz_mock.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_mmckpt
-#include "fuzz/fuzz_mmckpt.c"
+#include "tests/fuzz/fuzz_mmckpt.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_ckpt
-#include "fuzz/fuzz_ckpt.c"
+#include "tests/fuzz/fuzz_ckpt.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_cfg
-#include "fuzz/fuzz_cfg.c"
+#include "tests/fuzz/fuzz_cfg.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_json
-#include "fuzz/fuzz_json.c"
+#include "tests/fuzz/fuzz_json.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_report
-#include "fuzz/fuzz_report.c"
+#include "tests/fuzz/fuzz_report.c"
 #undef LLVMFuzzerTestOneInput
 
 typedef int (*fuzz_fn)(const uint8_t *, size_t);
@@ -84,8 +84,8 @@ int main(void) {
     for (k = 0; k < sizeof harness / sizeof harness[0]; k++) {
         char dc[256], dr[256];
         int nc, nr;
-        snprintf(dc, sizeof dc, "fuzz/corpus/%s", harness[k].name);
-        snprintf(dr, sizeof dr, "fuzz/regress/%s", harness[k].name);
+        snprintf(dc, sizeof dc, "tests/fuzz/corpus/%s", harness[k].name);
+        snprintf(dr, sizeof dr, "tests/fuzz/regress/%s", harness[k].name);
         nc = replay(harness[k].name, dc, harness[k].fn);
         nr = replay(harness[k].name, dr, harness[k].fn);
         CHECK(nc >= harness[k].min_seeds, "%s: %d seed inputs in %s (want %d or more)", harness[k].name, nc, dc, harness[k].min_seeds);

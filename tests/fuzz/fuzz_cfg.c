@@ -1,6 +1,6 @@
 /* fuzz_cfg.c - driver configuration files: deeplss.cfg (lss_deeplss_cfg_load); a configuration that loads
  * must pass lss_deeplss_cfg_check and save and load back to the same struct. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lss_deeplss_cfg c, d;

@@ -1,7 +1,7 @@
 /* fuzz_catalogue.c - shear catalogues: lss_mm_catalogue_load (CSV, or NPY [n, 4|5]), then binning with
  * lss_mm_bin (the size query, and the maps when the grid is small). The first byte chooses: bit 0 NPY, bit 1
  * ra/dec NPY columns, bit 2 a fixed 16 x 16 grid, bit 3 --flip-ra, bit 4 e2 sign -1. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lss_mm_catalogue cat;

@@ -1,6 +1,6 @@
 /* fuzz_npy.c - NPY reader: lss_npy_load_mem on the bytes, then the file path (lss_npy_load_f32) and the shear-map
  * reader of lss_massmap.h on it (lss_mm_shear_load, fields 0 and 1). */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lss_array a;

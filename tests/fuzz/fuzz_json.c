@@ -1,5 +1,5 @@
 /* fuzz_json.c - the flat JSON records (run.json, shell metadata): lss_json_parse and the member getters. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lss_json *j = NULL;

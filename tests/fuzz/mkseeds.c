@@ -1,10 +1,10 @@
-/* mkseeds.c - writes the seed corpora of the fuzz harnesses into fuzz/corpus/<name>/ (run from the
+/* mkseeds.c - writes the seed corpora of the fuzz harnesses into tests/fuzz/corpus/<name>/ (run from the
  * repository root: make fuzz-seeds). The seeds are committed; this program documents how they were made. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 #include <errno.h>
 
 int fuzz_ckpt_model(lss_store **st, lss_optim **o);
-#include "fuzz/fuzz_ckpt.c"
+#include "tests/fuzz/fuzz_ckpt.c"
 
 static void die(const char *what) {
     fprintf(stderr, "mkseeds: %s: %s\n", what, lss_last_error());
@@ -14,10 +14,10 @@ static void die(const char *what) {
 static void put(const char *name, const char *seed, const void *data, size_t n) {
     char p[512];
     FILE *f;
-    snprintf(p, sizeof p, "fuzz/corpus/%s", name);
-    mkdir("fuzz/corpus", 0777);
+    snprintf(p, sizeof p, "tests/fuzz/corpus/%s", name);
+    mkdir("tests/fuzz/corpus", 0777);
     mkdir(p, 0777);
-    snprintf(p, sizeof p, "fuzz/corpus/%s/%s", name, seed);
+    snprintf(p, sizeof p, "tests/fuzz/corpus/%s/%s", name, seed);
     if (!(f = fopen(p, "wb")) || (n && fwrite(data, 1, n, f) != n) || fclose(f) != 0) {
         fprintf(stderr, "mkseeds: cannot write %s: %s\n", p, strerror(errno));
         exit(1);
@@ -215,6 +215,6 @@ int main(void) {
     put_text("json", "run", "{\n  \"program\": \"lss-sim\",\n  \"version\": \"0.1.0\",\n  \"argv\": [\"lss-sim\", \"--out\", \"a\\\"b\"],\n"
                             "  \"seed\": 1,\n  \"time_utc\": \"2025-01-01T00:00:00Z\", \"a\": [1, -2.5e3, 0],\n  \"sky\": {\"x\": [1, [2]]}, \"ok\": true, \"n\": null\n}\n");
     put_text("json", "unicode", "{\"k\\u00e9y\": \"\\u20ac\\n\", \"e\": []}");
-    printf("mkseeds: corpora written under fuzz/corpus/\n");
+    printf("mkseeds: corpora written under tests/fuzz/corpus/\n");
     return 0;
 }

@@ -1,9 +1,9 @@
-/* fuzz_common.h - what the lss fuzz harnesses share (fuzz/fuzz_*.c).
+/* fuzz_common.h - what the lss fuzz harnesses share (tests/fuzz/fuzz_*.c).
  *
  * Each harness defines LLVMFuzzerTestOneInput for one reader of the project. Built two ways:
  *   - with libFuzzer (make fuzz: clang -fsanitize=fuzzer,address,undefined), which mutates inputs;
  *   - without it (tests/test_fuzz_corpus.c, gcc, part of make test), which feeds every file of
- *     fuzz/corpus/<name>/ and fuzz/regress/<name>/ to the same entry point.
+ *     tests/fuzz/corpus/<name>/ and tests/fuzz/regress/<name>/ to the same entry point.
  * A harness must never crash, leak, hang or trip a sanitizer on any input: the readers return a
  * status. Readers that take a path get the bytes through a private temporary file (fuzz_path). */
 #ifndef LSS_FUZZ_COMMON_H

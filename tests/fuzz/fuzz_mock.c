@@ -1,6 +1,6 @@
 /* fuzz_mock.c - mass-mapping mock directories (lss_mm_mock_load): the input is split at "\n@@\n" into
  * grid.csv, ps.csv, kappa.npy, shear.npy, noise_var.npy, mask.npy and count.npy (missing parts: no file). */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const char *const names[7] = {"grid.csv", "ps.csv", "kappa.npy", "shear.npy", "noise_var.npy", "mask.npy", "count.npy"};

@@ -1,6 +1,6 @@
 /* fuzz_nz.c - n(z) tables: lss_nz_load, then what a reader does with a table (mean, interpolation, the
  * per-bin amplitudes of eqs. 8-9). */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lss_nz *b = NULL;

@@ -1,12 +1,12 @@
 /* fuzz_ckpt.c - lss_nn.h checkpoints: lss_ckpt_load into a small store with an Adam optimizer (percentile
  * clipping, so that every "optim.*" tensor is read), with and without the optimizer. The harness writes the
  * input with its CRC32 recomputed (fuzz_write_crc): mutations reach the parser behind the checksum. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 static lss_store *fz_st;
 static lss_optim *fz_opt;
 
-/* The model of the seeds (fuzz/mkseeds.c makes the same one). */
+/* The model of the seeds (tests/fuzz/mkseeds.c makes the same one). */
 int fuzz_ckpt_model(lss_store **st, lss_optim **o) {
     int64_t s1[2] = {3, 4}, s2[1] = {4}, s3[4] = {2, 1, 3, 3};
     lss_optim_opts oo;

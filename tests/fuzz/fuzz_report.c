@@ -1,7 +1,7 @@
 /* fuzz_report.c - the tables a DeepLSS run reads back for its report (lss_deeplss_numbers_read): the input is
  * split at "\n@@\n" into mcmc_fid.csv, loss.csv, calibration.csv and mdn_check.csv (missing parts: no file);
  * 4 fiducial and 3 calibration mocks. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const char *const files[4] = {"mcmc_fid.csv", "loss.csv", "calibration.csv", "mdn_check.csv"};

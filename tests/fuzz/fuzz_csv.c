@@ -1,5 +1,5 @@
 /* fuzz_csv.c - CSV tables: lss_csv_read and lss_csv_col. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lss_csv c;

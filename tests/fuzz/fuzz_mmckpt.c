@@ -1,7 +1,7 @@
 /* fuzz_mmckpt.c - mass-mapping network checkpoints: lss_mm_net_probe (the architecture in "massmap.meta"),
  * then, for an 8 x 8 network of width <= 4, the whole load (lss_mm_net_open). The CRC32 is recomputed
  * (fuzz_write_crc) so that mutations reach the parser. */
-#include "fuzz/fuzz_common.h"
+#include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static lss_grid *g = NULL;
