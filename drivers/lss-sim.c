@@ -70,18 +70,23 @@ static const char *const about_nbody =
     "stores their matter shells as a library: DIR/shells_NNNN.npy (float32 [ncone, nshell, side, side], density\n"
     "contrasts) and DIR/shells_NNNN.json (cosmology, seed, geometry, z edges, N-body options, wall time), plus\n"
     "DIR/cosmologies.csv and DIR/run.json. Cosmologies: --cosmologies N: the fiducial, then scrambled Sobol points of\n"
-    "(Omega_m, sigma_8) in the Table I prior (deeplss's pool grid for the same seed; other parameters fiducial), or --list FILE (CSV with columns omega_m, sigma_8 and optionally\n"
-    "omega_b, h, n_s), or --fiducial. Cosmology i uses initial modes (seed, i); --same-seed gives every cosmology\n"
-    "the modes of index 0 (common random numbers). A library is resumable: finished entries are kept and a killed\n"
-    "run resumes its cosmology from DIR/shells_NNNN.ckpt with the identical result. Maps are then drawn with\n"
-    "`lss-sim --model nbody --library DIR` (or deeplss), with IA, bias, stochasticity and noise applied on the fly.\n"
+    "(Omega_m, sigma_8) in the Table I prior (deeplss's pool grid for the same seed; other parameters fiducial),\n"
+    "or --list FILE (CSV with columns omega_m, sigma_8 and optionally omega_b, h, n_s), or --fiducial. Cosmology i\n"
+    "uses initial modes (seed, i); --same-seed gives every cosmology the modes of index 0 (common random numbers).\n"
+    "A library is resumable: finished entries are kept and an interrupted run resumes its cosmology from\n"
+    "DIR/shells_NNNN.ckpt (saved every 30 s, and after the current step on Ctrl-C or SIGTERM, which then stop the\n"
+    "run) with the identical result. Maps are then drawn with\n"
+    "`lss-sim --model nbody --library DIR` (or `deeplss --model nbody --library DIR`), with IA, bias, stochasticity and noise applied on the fly.\n"
     "Defaults make the DeepLSS light cone (7.5 x 7.5 deg: a 5 x 5 deg field and its smoothing margin, 4.6875 arcmin\n"
     "pixels, the dz = 0.05 shells up to the deepest redshift the n(z) bins need).";
 
 typedef struct { int step, steps; double t0; int k, n; } nb_prog;
+static volatile sig_atomic_t nb_signal = 0; /* SIGINT or SIGTERM received: checkpoint after this step and stop */
+static void nb_on_signal(int sig) { nb_signal = sig; }
 static void nb_progress(int step, int steps, double a, double sec, void *user) {
     nb_prog *p = (nb_prog *)user;
     (void)sec;
+    if (nb_signal) lss_nbody_cancel();   /* the run saves its state after this step and returns */
     fprintf(stderr, "lss-sim nbody: cosmology %d/%d: step %d/%d, z = %.3f, %.1f s\n", p->k + 1, p->n, step, steps, 1 / a - 1,
             lss_time_now() - p->t0);
 }
@@ -236,12 +241,15 @@ static int nbody_main(int argc, char **argv) {
         lss_shellset_free(&e);
     }
     lss_drv_outputs_begin(out, 0); /* unstaged: finished entries and checkpoints land as written (resumable) */
+    signal(SIGINT, nb_on_signal);   /* a checkpoint, then exit: the same command resumes */
+    signal(SIGTERM, nb_on_signal);
     if (have > 0) fprintf(stderr, "lss-sim nbody: %d of %d entries already in %s; resuming\n", have < ncos ? have : ncos, ncos, out);
     for (i = have; i < ncos; i++) {
         lss_cosmo *c;
         lss_shellset s;
         nb_prog pr;
         char ck[4400];
+        if (nb_signal) lss_drv_die(128 + nb_signal, "interrupted before cosmology %d; run the same command again to resume", i + 1);
         pr.k = i; pr.n = ncos; pr.t0 = lss_time_now();
         lss_drv_check(lss_cosmo_create(&cp[i], &c), "cosmology");
         lss_drv_check(lss_shell_lib_stem(out, i, stem, sizeof stem), "library");
@@ -249,6 +257,8 @@ static int nbody_main(int argc, char **argv) {
         fprintf(stderr, "lss-sim nbody: cosmology %d/%d: Omega_m = %.4f, sigma_8 = %.4f\n", i + 1, ncos, cp[i].omega_m, cp[i].sigma_8);
         st = lss_nbody_lightcone(c, &no, &lc, seed, same ? 0 : (uint64_t)i, ck, nb_progress, &pr, &s);
         lss_cosmo_free(c);
+        if (st != LSS_OK && nb_signal)
+            lss_drv_die(128 + nb_signal, "interrupted in cosmology %d: %s; run the same command again to resume", i + 1, lss_last_error());
         if (st != LSS_OK) lss_drv_die(st == LSS_ERR_NOMEM ? 1 : 2, "cosmology %d: %s", i + 1, lss_last_error());
         lss_drv_check(lss_shellset_save(&s, stem), stem);
         lss_shellset_free(&s);
