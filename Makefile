@@ -37,6 +37,9 @@ endif
 
 .PHONY: all demo test test-asan bench bench-deps cuda clean deps check-headers docs fuzz fuzz-seeds
 
+# Builds use every core (the tests and drivers compile independently; each needs about 0.3 GB).
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 1)
+
 all: deps $(DRIVERS)
 
 deps:
@@ -107,7 +110,7 @@ test-asan: deps build/runner $(ATESTS) $(DRIVERS)
 # The references the benchmarks compare against (OpenBLAS, PyTorch, emcee) are installed for the
 # benchmarks only; the library never needs them.
 BENCH_DEBS = libopenblas0 python3-numpy python3-torch python3-emcee python3-scipy python3-skimage
-bench-deps:
+bench-deps: deps
 	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
