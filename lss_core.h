@@ -1805,8 +1805,9 @@ LSSDEF void lss_image_free(lss_image *im) {
     memset(im, 0, sizeof *im);
 }
 
-LSSDEF void lss_image_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3]) {
-    int x, y;
+/* the rectangle [x0, x1) x [y0, y1), clipped, blended over the image with opacity a (1: painted) */
+static void lss__blend_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3], double a) {
+    int x, y, k;
     if (x0 < 0) x0 = 0;
     if (y0 < 0) y0 = 0;
     if (x1 > im->w) x1 = im->w;
@@ -1814,8 +1815,12 @@ LSSDEF void lss_image_rect(lss_image *im, int x0, int y0, int x1, int y1, const 
     for (y = y0; y < y1; y++)
         for (x = x0; x < x1; x++) {
             unsigned char *p = im->rgb + 3 * ((size_t)y * im->w + x);
-            p[0] = c[0]; p[1] = c[1]; p[2] = c[2];
+            for (k = 0; k < 3; k++) p[k] = a >= 1 ? c[k] : (unsigned char)floor(p[k] * (1 - a) + c[k] * a + 0.5);
         }
+}
+
+LSSDEF void lss_image_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3]) {
+    lss__blend_rect(im, x0, y0, x1, y1, c, 1.0);
 }
 
 LSSDEF void lss_image_line(lss_image *im, double x0, double y0, double x1, double y1,
@@ -2259,18 +2264,6 @@ static void lss__disc(lss_image *im, double cx, double cy, double r, const unsig
             if ((x - cx) * (x - cx) + (y - cy) * (y - cy) <= r * r + 0.25) lss_image_rect(im, x, y, x + 1, y + 1, c);
 }
 
-static void lss__blend_rect(lss_image *im, int x0, int y0, int x1, int y1, const unsigned char c[3], double a) {
-    int x, y, k;
-    if (x0 < 0) x0 = 0;
-    if (y0 < 0) y0 = 0;
-    if (x1 > im->w) x1 = im->w;
-    if (y1 > im->h) y1 = im->h;
-    for (y = y0; y < y1; y++)
-        for (x = x0; x < x1; x++) {
-            unsigned char *p = im->rgb + 3 * ((size_t)y * im->w + x);
-            for (k = 0; k < 3; k++) p[k] = (unsigned char)floor(p[k] * (1 - a) + c[k] * a + 0.5);
-        }
-}
 
 LSSDEF void lss_plot_lines_into(lss_image *im, int x0, int y0, int pw, int ph, const lss_plot_opts *o, int nseries, int n,
                                 const double *x, const double *const *y, const char *const *labels) {

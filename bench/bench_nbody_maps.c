@@ -118,7 +118,7 @@ static void spectra(FILE *csv, lss_sim *sim, const lss_shellset *set, const lss_
     lss_noise_opts no;
     lss_params q = *p;
     double edges[21], *est, *acc, *expv;
-    int nb, n, nv = 8 * set->ncone, v, i, b, np, pi, pj;
+    int nb, n, nv = 8 * set->ncone, v, i, b, np, pi;
     float *f, *m;
     lss_sim_get_info(sim, &inf);
     nb = inf.nbins; n = inf.nside;
@@ -159,7 +159,6 @@ static void spectra(FILE *csv, lss_sim *sim, const lss_shellset *set, const lss_
             }
         printf("\n");
     }
-    (void)pj;
     free(est); free(acc); free(expv); free(f); free(m);
     lss_ps_free(ps);
     lss_sim_work_free(w);
@@ -187,7 +186,6 @@ static void load_merged(const char *dir, int nbox, lss_shellset *set) {
         memcpy(set->delta + per * (size_t)k, e.delta, sizeof(float) * per);
         set->seconds += e.seconds;
         lss_shellset_free(&e);
-        (void)0;
     }
     set->ncone *= nbox;
 }
