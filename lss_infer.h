@@ -35,6 +35,7 @@
  *     its files lss_deeplss_jobs_save), the report's numbers read back by column name
  *     (lss_deeplss_numbers_read, lss_deeplss_gains_save) and its figures (lss_deeplss_corners,
  *     lss_deeplss_sensitivity_save, lss_deeplss_loss_png).
+ *   - Fisher forecasts from simulations: lss_fisher_from_sims/_free, lss_fisher_fom, lss_fisher_fom_ratio, _sigma_ratio.
  *   Conventions: outputs last; opaque objects via lss_xxx_create(..., **out)/lss_xxx_free; caller-owned
  *   structs lss_xxx_init/lss_xxx_free; library code allocates with LSS_MALLOC and frees with LSS_FREE.
  *
@@ -432,7 +433,13 @@ typedef struct {
     int batch;                   /* largest batch (required) */
     int map_ch, side, ch0, nch;  /* CNN input */
     int nconv, nres, channels, kernel;   /* CNN architecture (lss_resnet_opts) */
+    int pool, hidden;            /* CNN head (lss_resnet_opts: global average pool, hidden dense width) */
     double in_std;               /* CNN: each channel scaled to this standard deviation (0: unscaled) */
+    int products;                /* CNN: extra input channels, products m_a m_b of a channel a of the first half of the
+                                    nch channels and b of the second (DeepLSS comb: kappa_g bins x delta_g bins):
+                                    0 none, 1 matching bins (b = a + nch/2), 2 every pair (at most 8 x 8), each
+                                    needing an even nch >= 2; 3 every pair a <= b of all nch channels, squares
+                                    included (nch <= 10). Each standardised like the maps. */
     int npairs, nell;            /* PSD input */
     const int *use_pair;         /* PSD: [npairs] (NULL: every pair) */
     int width;                   /* PSD hidden width */
@@ -450,14 +457,23 @@ typedef struct {
     lss_mlp mlp;
     lss_tensor *fmu, *fsd;       /* PSD feature mean and std (buffers) */
     lss_tensor *cscale;          /* CNN per-channel input scale (buffer) */
+    lss_tensor *tmu, *tsd;       /* target mean and std over the prior (buffers; 0 and 1 until set) */
+    int nprod, pa[64], pb[64];   /* CNN product channels nch + k = m_pa[k] m_pb[k] (channel indices within nch) */
     float *xin;                  /* [batch][input] */
+    float *yst;                  /* [batch][7] standardised targets */
 } lss_sumnet;
-/* Creates the network (*out freed with lss_sumnet_free); the options are copied (use_pair too). */
+/* Creates the network (*out freed with lss_sumnet_free); the options are copied (use_pair too). The
+   output layer starts at zero weights, zero mean biases and the diagonal biases of the precision Cholesky
+   factor at softplus^-1(1 - LSS_CHOL_DIAG_EPS): before training the network predicts the target mean
+   with unit precision in standardised units (lss_sumnet_set_targets), whatever the input. */
 LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out);
 LSSDEF void lss_sumnet_free(lss_sumnet *n);
 /* Input standardisation from ns examples: the CNN's per-channel scale in_std / std over the maps,
    the PSD network's per-feature mean and std of the spectra (non-finite values ignored). */
 LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double *spec, int ns);
+/* Target standardisation from ns parameter draws of the prior, theta [ns][7]: the network's outputs are
+   (y - mean) / std of the appendix E targets y (checkpointed buffers; unset: mean 0, std 1). */
+LSSDEF int lss_sumnet_set_targets(lss_sumnet *n, const double *theta, int ns);
 /* Row i of the input batch from one map [map_ch][side][side] or spectra [npairs][nell]. */
 LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double *spec);
 /* Gaussian NLL (eq. 14) of the nb rows in the batch against targets y [nb][7]; train != 0: backward
@@ -468,6 +484,68 @@ LSSDEF int lss_sumnet_predict(lss_sumnet *n, int nb, double *theta);
 /* Section VI: d theta_k / d m for k = A_IA (sens[0]) and sigma_8 (sens[1]) of a CNN at one map:
    sens [2][nch][side][side], gradients with respect to the unscaled map. */
 LSSDEF int lss_sumnet_sensitivity(lss_sumnet *n, const float *map, float *sens);
+
+/* ---------------------------------------------------------------- Fisher forecasts from simulations */
+/* Fisher matrices of data summaries (power spectra, moments, network outputs) at a fiducial point from
+ * simulations, with jackknife errors, to compare summaries computed on the same simulations.
+ * Inputs: fid [nfid][d], the summaries of nfid simulations at the fiducial theta0; plus, minus [p][nder][d], the
+ * summaries at theta0 + step_a e_a and theta0 - step_a e_a, realisation i of plus and of minus sharing their random
+ * numbers (common random numbers: the difference is the response to the parameter, not noise).
+ *   derivatives  delta_a,i = (plus_a,i - minus_a,i) / (2 step_a),   dmu_a = (1/nder) sum_i delta_a,i
+ *   covariance   C = 1/(nfid - 1) sum_i (fid_i - mean)(fid_i - mean)^T, inverted by Cholesky in double after
+ *                scaling to unit diagonal; Psi = h C^-1 with the Hartlap factor h = (nfid - d - 2) / (nfid - 1)
+ *                (E[Psi] = C_true^-1 for Gaussian summaries)
+ *   raw Fisher   F_raw_ab = dmu_a^T Psi dmu_b
+ *   noise bias   derivative noise biases F_raw up: E[F_raw_ab] = F_ab + tr(Psi Sigma_ab) / nder, Sigma_ab the cross
+ *                covariance of delta_a,i and delta_b,i over i. With its unbiased estimate
+ *                S_ab = 1/(nder - 1) sum_i (delta_a,i - dmu_a)(delta_b,i - dmu_b)^T:
+ *                F_ab = F_raw_ab - tr(Psi S_ab) / nder          (nder < 2: no correction, F = F_raw)
+ *                The correction is unbiased to first order (Psi independent of the derivative set) but, with too
+ *                few derivative simulations, can leave F not positive definite.
+ *   forecast     cov = (F + P)^-1, P = diag(1 / prior_sigma_a^2) (0 where prior_sigma_a <= 0 or inf);
+ *                sigma_a = sqrt(cov_aa); FoM(i, j) = 1 / sqrt(cov_ii cov_jj - cov_ij^2)
+ *   errors       delete-block jackknife: fid and each derivative set are cut into B = nblock contiguous blocks
+ *                (rows [b n / B, (b + 1) n / B)); replicate b drops block b of both and redoes everything (mean,
+ *                covariance and Hartlap factor with nfid - n_b, dmu and correction with nder - m_b; a replicate
+ *                with fewer than 2 derivative simulations gets no correction); for x with replicates x_b,
+ *                err = sqrt((B - 1)/B sum_b (x_b - mean_b x_b)^2). A replicate's covariance is the total sums of x
+ *                and x x^T (centred on the mean) minus the block's: cost O(nfid d^2 + B d^3 + B nder p d^2),
+ *                memory O(threads d^2); the replicates run in parallel (OpenMP), results do not depend on the
+ *                number of threads. */
+typedef struct {
+    int p, d;           /* parameters, summary dimension */
+    int64_t nfid, nder; /* simulations used for the covariance and per derivative */
+    int nblock;         /* jackknife blocks (0: no jackknife) */
+    int nbad;           /* jackknife replicates whose F + prior is not positive definite (errors NaN then) */
+    double hartlap;     /* (nfid - d - 2) / (nfid - 1) applied to the inverse covariance */
+    double *F;          /* [p][p] Fisher matrix, derivative-noise bias removed */
+    double *F_raw;      /* [p][p] without the derivative-noise correction */
+    double *cov;        /* [p][p] (F + prior)^-1, the forecast covariance */
+    double *sigma;      /* [p] marginal sqrt(cov_kk) */
+    double *sigma_err;  /* [p] delete-block jackknife standard error of sigma (NaN without a jackknife) */
+    double *dmu;        /* [p][d] mean derivatives */
+    double *jcov;     /* [nblock][p][p] cov of each jackknife replicate (NaN for a bad one); NULL: none */
+} lss_fisher;
+/* Fills *out (overwritten: free an earlier result first; zeroed on failure). prior_sigma [p] or NULL: Gaussian
+   prior widths added to F (entries <= 0 or inf: none). nblock: jackknife blocks, 2 .. nder (0: min(20, nder);
+   < 0: no jackknife); every replicate must keep more than d + 2 fiducial simulations.
+   LSS_ERR_ARG: a NULL input, p < 1, d < 1, nder < 1, nfid <= d + 2 (the message says how many are needed), a step
+   not > 0 and finite, a NaN prior width, bad nblock, a non-finite summary (naming the set, row and column).
+   LSS_ERR_NUMERIC: the covariance of the summaries is not positive definite (naming the summary that is constant
+   or a linear combination of the others), or F + prior is not ("more derivative simulations needed" when only
+   the derivative-noise correction made it so). LSS_ERR_NOMEM. */
+LSSDEF int lss_fisher_from_sims(const double *fid, int64_t nfid, const double *plus, const double *minus, int64_t nder,
+                                int p, int d, const double *step, const double *prior_sigma, int nblock, lss_fisher *out);
+LSSDEF void lss_fisher_free(lss_fisher *f);
+/* The figure of merit 1/sqrt(det) of the 2x2 block (i, j) of f->cov; err (may be NULL): its jackknife error
+   (NaN without a jackknife or with bad replicates). NaN (and LSS_ERR_ARG in lss_last_error) for bad arguments. */
+LSSDEF double lss_fisher_fom(const lss_fisher *f, int i, int j, double *err);
+/* Paired ratios of two forecasts from the same simulations (say two summaries of the same maps): FoM_a / FoM_b of
+   the block (i, j), and sigma_a[k] / sigma_b[k], each with the jackknife error of the ratio from the per-replicate
+   values (the shared noise cancels). a and b must have the same p, nfid, nder and nblock (else NaN, err NaN). */
+LSSDEF double lss_fisher_fom_ratio(const lss_fisher *a, const lss_fisher *b, int i, int j, double *err);
+LSSDEF double lss_fisher_sigma_ratio(const lss_fisher *a, const lss_fisher *b, int k, double *err);
+
 
 /* ---------------------------------------------------------------- DeepLSS report numbers */
 /* Per-mock constraint summary of one MCMC run: std of the 7 parameters and S8, FoM 1/sqrt(det C) and
@@ -515,6 +593,8 @@ typedef struct {
     int eval_every, ckpt_every;  /* as lss_train_opts (0: only at the end) */
     const char *loss_csv;        /* NULL: none */
     int resume;                  /* 1: continue from the checkpoints (every network needs one) */
+    int patience;                /* > 0: plateau stop after `patience` evaluations in which no network's held-out
+                                    loss improved, each network returned at its best evaluation (needs ntest) */
     int64_t map_size, spec_size; /* floats of one map (CNN input layout) and doubles of one spectra set
                                     (PSD input layout); each must match the networks of its kind */
     /* fills maps [n][map_size], spec [n][spec_size] and the parameters theta [n][LSS_DEEPLSS_NPARAM] */
@@ -596,7 +676,9 @@ LSSDEF const char *lss_deeplss_kind_name(int kind);
 LSSDEF const char *lss_deeplss_probe_name(int probe, int long_name);
 
 /* The sizes of a run. Two presets: LSS_DEEPLSS_SMALL, one 5 x 5 deg field of 32 x 32 pixels of 9.375 arcmin,
-   a small CNN and a few thousand steps (the demo; CPU minutes); LSS_DEEPLSS_PAPER, 6 x 6 mosaics of 64 x 64
+   256 grid cosmologies, a small CNN (3 strided 3 x 3 convolutions to 32 channels, one residual block, the products
+   of every pair of its input maps as extra channels, global average pooling and a hidden layer of 256) and up to
+   40000 steps with a plateau stop (about half an hour on 2 CPU cores); LSS_DEEPLSS_PAPER, 6 x 6 mosaics of 64 x 64
    fields of 4.6875 arcmin (lss_maps.h's LSS_DEEPLSS_PIXEL_ARCMIN) and the networks, steps and sample sizes of
    the paper and its released code. */
 typedef enum { LSS_DEEPLSS_SMALL = 0, LSS_DEEPLSS_PAPER = 1 } lss_deeplss_scale;
@@ -606,11 +688,18 @@ typedef struct {
     int ncosmo, nf_train, nf_test;/* pool: grid cosmologies x (training + held-out) noise-free fields */
     int nconv, nres, channels, kernel;  /* CNN (lss_sumnet_opts) */
     double cnn_in_std;            /* > 0: CNN input channels scaled to this standard deviation */
+    int cnn_products;             /* CNN product channels (lss_sumnet_opts.products): 1, 2 kappa_i delta_j of the combined-probe
+                                     CNN; 3 all channel pairs of every CNN; 0 none */
+    int cnn_pool, cnn_hidden;     /* CNN head: global average pool (1) or flatten (0); hidden dense width (0: none) */
     int psd_width, nell;          /* PSD network width; ell bins of the spectra over [ell_min, ell_max] */
     double ell_min, ell_max;
     int batch, steps, eval_every, ckpt_every, ntest;   /* training (lss_sumnet_train_opts) */
     double lr_cnn, lr_psd, clip_pct;  /* Adam learning rates; gradient clipping percentile */
     int cosine;                   /* 1: cosine decay of the learning rate to 5%; 0: constant (the paper) */
+    int patience;                 /* > 0: stop when no network's held-out loss improved over `patience` evaluations,
+                                     and keep each network's best parameters; 0: run every step */
+    int ps_estimator;             /* spectra of the PSD networks: 0 Re(X_i X_j*) (LSS_PS_REAL), 1 |X_i X_j*| (the
+                                     released code's, LSS_PS_ABS) */
     int pred_per_cosmo, ncal, nfid, ncheck, check_rep;  /* draw sets of section IV (lss_maps.h's LSS_DRAWS_*) */
     int mdn_width, mdn_layers, mdn_K, mdn_epochs;
     int mdn_robust;               /* 1: robust scaler for the summaries; 0: min-max + normal quantile (appendix C) */
@@ -629,7 +718,7 @@ LSSDEF const char *lss_deeplss_scale_name(int scale);   /* NULL for an unknown s
    steps 1-1e9, eval_every, ckpt_every 0-1e9, ntest 0-1e6, lr_cnn, lr_psd 1e-12-0.999, clip_pct 1e-6-100,
    pred_per_cosmo 1-1e7, ncal 0-1e7, nfid 1-1e7, ncheck 0-1e6, check_rep 1-1e6, mdn_width 1-65536,
    mdn_layers 1-16, mdn_K 1-64, mdn_epochs 1-1e7, walkers 14-1e6, burn 0-1e8, nsteps 1-1e8, cosine and
-   mdn_robust 0-1, cnn_in_std 0-1e6, seed any 64-bit value. LSS_ERR_ARG naming the key for an unknown key
+   mdn_robust 0-1, cnn_in_std 0-1e6, patience 0-1e6, ps_estimator 0-1, cnn_products 0-3, cnn_pool 0-1, cnn_hidden 0-65536, seed any 64-bit value. LSS_ERR_ARG naming the key for an unknown key
    or a bad value, and c unchanged. */
 LSSDEF int lss_deeplss_cfg_set(lss_deeplss_cfg *c, const char *key, const char *value);
 /* LSS_OK when every value lies in its key's range and the values fit together (walkers even and at least
@@ -3163,11 +3252,28 @@ LSSDEF void lss_sumnet_free(lss_sumnet *n) {
     lss_graph_free(n->g);
     lss_store_free(n->store);
     LSS_FREE(n->xin);
+    LSS_FREE(n->yst);
     LSS_FREE((void *)n->o.use_pair);
     LSS_FREE(n);
 }
 
 static int lss__sumnet_uses(const lss_sumnet *n, int q) { return !n->o.use_pair || n->o.use_pair[q]; }
+
+/* The CNN's input channels of one map: the nch scaled channels, then the scaled product channels. dst [nch + nprod][plane]. */
+static void lss__sumnet_fill(const lss_sumnet *n, const float *map, float *dst) {
+    size_t plane = (size_t)n->o.side * (size_t)n->o.side, p;
+    int ch;
+    for (ch = 0; ch < n->o.nch; ch++) {
+        const float *src = map + (size_t)(n->o.ch0 + ch) * plane;
+        float *d = dst + (size_t)ch * plane, sc = n->cscale->data[ch];
+        for (p = 0; p < plane; p++) d[p] = src[p] * sc;
+    }
+    for (ch = 0; ch < n->nprod; ch++) {
+        const float *a = map + (size_t)(n->o.ch0 + n->pa[ch]) * plane, *b = map + (size_t)(n->o.ch0 + n->pb[ch]) * plane;
+        float *d = dst + (size_t)(n->o.nch + ch) * plane, sc = n->cscale->data[n->o.nch + ch];
+        for (p = 0; p < plane; p++) d[p] = a[p] * b[p] * sc;
+    }
+}
 
 LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out) {
     lss_sumnet *n;
@@ -3180,6 +3286,11 @@ LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out) {
     if (o->kind == LSS_SUMNET_CNN && (o->nch < 1 || o->ch0 < 0 || o->ch0 + o->nch > o->map_ch || o->side < 1))
         return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: CNN channels %d..%d of %d, side %d", o->ch0, o->ch0 + o->nch - 1,
                           o->map_ch, o->side);
+    if (o->kind == LSS_SUMNET_CNN && (o->products < 0 || o->products > 3 || ((o->products == 1 || o->products == 2) &&
+                                                                              (o->nch % 2 || o->nch > 16)) ||
+                                      (o->products == 3 && o->nch > 10)))
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: product channels %d need an even number of channels up to 16 (%d)",
+                          o->products, o->nch);
     if (o->kind == LSS_SUMNET_PSD && (o->npairs < 1 || o->nell < 1 || o->width < 1))
         return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: PSD input %d x %d or width %d", o->npairs, o->nell, o->width);
     n = (lss_sumnet *)LSS_MALLOC(sizeof *n);
@@ -3205,12 +3316,22 @@ LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out) {
         lss_resnet_opts ro;
         int64_t shc[1];
         memset(&ro, 0, sizeof ro);
-        ro.in_ch = o->nch; ro.in_h = o->side; ro.in_w = o->side; ro.nout = LSS_DEEPLSS_NOUT;
+        for (q = 0; o->products && o->products < 3 && q < o->nch / 2; q++) {
+            int b2;
+            for (b2 = o->nch / 2; b2 < o->nch; b2++)
+                if (o->products == 2 || b2 == q + o->nch / 2) { n->pa[n->nprod] = q; n->pb[n->nprod] = b2; n->nprod++; }
+        }
+        for (q = 0; o->products == 3 && q < o->nch; q++) {
+            int b2;
+            for (b2 = q; b2 < o->nch; b2++) { n->pa[n->nprod] = q; n->pb[n->nprod] = b2; n->nprod++; }
+        }
+        ro.in_ch = o->nch + n->nprod; ro.in_h = o->side; ro.in_w = o->side; ro.nout = LSS_DEEPLSS_NOUT;
         ro.nconv = o->nconv; ro.nres = o->nres; ro.channels = o->channels; ro.kernel = o->kernel;
+        ro.pool = o->pool; ro.hidden = o->hidden;
         if ((s = lss_resnet_init(&n->cnn, n->store, "cnn", &ro))) { lss_sumnet_free(n); return s; }
-        shc[0] = o->nch;
+        shc[0] = o->nch + n->nprod;
         n->cscale = lss_store_buffer(n->store, "cnn.chan_scale", 1, shc, LSS_INIT_ZERO, 1.0f);
-        nin = (size_t)o->nch * (size_t)o->side * (size_t)o->side;
+        nin = (size_t)(o->nch + n->nprod) * (size_t)o->side * (size_t)o->side;
     } else {
         int sizes[4];
         int64_t sh[1];
@@ -3221,9 +3342,21 @@ LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out) {
         n->fsd = lss_store_buffer(n->store, "psd.feat_std", 1, sh, LSS_INIT_ZERO, 1.0f);
         nin = (size_t)n->nfeat;
     }
-    if ((s = lss_store_status(n->store))) { lss_sumnet_free(n); return s; }
+    {   /* target standardisation; the output layer at zero: the prior mean with unit precision */
+        int64_t sht[1] = {LSS_DEEPLSS_NPARAM};
+        lss_tensor *hw = o->kind == LSS_SUMNET_CNN ? n->cnn.dw : n->mlp.w[n->mlp.nlayers - 1];
+        lss_tensor *hb = o->kind == LSS_SUMNET_CNN ? n->cnn.db : n->mlp.b[n->mlp.nlayers - 1];
+        n->tmu = lss_store_buffer(n->store, "target.mean", 1, sht, LSS_INIT_ZERO, 0.0f);
+        n->tsd = lss_store_buffer(n->store, "target.std", 1, sht, LSS_INIT_ZERO, 1.0f);
+        if ((s = lss_store_status(n->store))) { lss_sumnet_free(n); return s; }
+        memset(hw->data, 0, sizeof(float) * (size_t)hw->n);
+        memset(hb->data, 0, sizeof(float) * (size_t)hb->n);
+        for (q = 0; q < LSS_DEEPLSS_NPARAM; q++)
+            hb->data[LSS_DEEPLSS_NPARAM + q * (q + 1) / 2 + q] = (float)log(expm1(1.0 - LSS_CHOL_DIAG_EPS));
+    }
     n->xin = (float *)LSS_MALLOC(sizeof(float) * (size_t)o->batch * nin);
-    if (!n->xin) { lss_sumnet_free(n); return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory"); }
+    n->yst = (float *)LSS_MALLOC(sizeof(float) * (size_t)o->batch * LSS_DEEPLSS_NPARAM);
+    if (!n->xin || !n->yst) { lss_sumnet_free(n); return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory"); }
     if (o->optim && (s = lss_optim_create(n->store, o->optim, &n->optim))) { lss_sumnet_free(n); return s; }
     *out = n;
     return LSS_OK;
@@ -3235,11 +3368,15 @@ LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double
     if (n->o.kind == LSS_SUMNET_CNN) {
         int64_t plane = (int64_t)n->o.side * n->o.side, msz = (int64_t)n->o.map_ch * plane, p;
         if (!maps) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL maps");
-        for (ch = 0; ch < n->o.nch; ch++) {
+        for (ch = 0; ch < n->o.nch + n->nprod; ch++) {
             double s1 = 0, s2 = 0, v, cnt = (double)ns * (double)plane;
             for (i = 0; i < ns; i++) {
-                const float *mp = maps + i * msz + (int64_t)(n->o.ch0 + ch) * plane;
-                for (p = 0; p < plane; p++) { s1 += mp[p]; s2 += (double)mp[p] * mp[p]; }
+                const float *mp = maps + i * msz + (int64_t)(n->o.ch0 + (ch < n->o.nch ? ch : n->pa[ch - n->o.nch])) * plane;
+                const float *mq = maps + i * msz + (int64_t)(n->o.ch0 + (ch < n->o.nch ? ch : n->pb[ch - n->o.nch])) * plane;
+                if (ch < n->o.nch)
+                    for (p = 0; p < plane; p++) { s1 += mp[p]; s2 += (double)mp[p] * mp[p]; }
+                else
+                    for (p = 0; p < plane; p++) { double y = (double)mp[p] * mq[p]; s1 += y; s2 += y * y; }
             }
             v = s2 / cnt - (s1 / cnt) * (s1 / cnt);
             n->cscale->data[ch] = (float)(n->o.in_std > 0 && v > 0 ? n->o.in_std / sqrt(v) : 1.0);
@@ -3265,17 +3402,36 @@ LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double
     return LSS_OK;
 }
 
+LSSDEF int lss_sumnet_set_targets(lss_sumnet *n, const double *theta, int ns) {
+    int i, k;
+    if (!n || !theta || ns < 2) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: NULL argument or %d draws (>= 2)", ns);
+    for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) {
+        double s1 = 0, s2 = 0, m, v;
+        for (i = 0; i < ns; i++) {
+            double y[LSS_DEEPLSS_NPARAM];
+            lss_deeplss_to_target(theta + (size_t)i * LSS_DEEPLSS_NPARAM, y);
+            if (!isfinite(y[k])) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: draw %d has a non-finite parameter", i);
+            s1 += y[k];
+        }
+        m = s1 / ns;
+        for (i = 0; i < ns; i++) {
+            double y[LSS_DEEPLSS_NPARAM];
+            lss_deeplss_to_target(theta + (size_t)i * LSS_DEEPLSS_NPARAM, y);
+            s2 += (y[k] - m) * (y[k] - m);
+        }
+        v = s2 / (ns - 1);
+        if (!(v > 0)) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: target %d does not vary over the %d draws", k, ns);
+        n->tmu->data[k] = (float)m;
+        n->tsd->data[k] = (float)sqrt(v);
+    }
+    return LSS_OK;
+}
+
 LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double *spec) {
     if (!n || i < 0 || i >= n->o.batch) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: row %d outside the batch", i);
     if (n->o.kind == LSS_SUMNET_CNN) {
-        size_t plane = (size_t)n->o.side * (size_t)n->o.side, p;
-        int ch;
         if (!map) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: NULL map");
-        for (ch = 0; ch < n->o.nch; ch++) {
-            const float *src = map + (size_t)(n->o.ch0 + ch) * plane;
-            float *dst = n->xin + ((size_t)i * n->o.nch + ch) * plane, sc = n->cscale->data[ch];
-            for (p = 0; p < plane; p++) dst[p] = src[p] * sc;
-        }
+        lss__sumnet_fill(n, map, n->xin + (size_t)i * (size_t)(n->o.nch + n->nprod) * (size_t)n->o.side * (size_t)n->o.side);
     } else {
         int q, b, f = 0;
         if (!spec) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: NULL spectra");
@@ -3296,7 +3452,7 @@ static lss_tensor *lss__sumnet_forward(lss_sumnet *n, lss_tensor *in) {
 
 static lss_tensor *lss__sumnet_view(lss_sumnet *n, int nb) {
     if (n->o.kind == LSS_SUMNET_CNN) {
-        int64_t sh[4] = {nb, n->o.nch, n->o.side, n->o.side};
+        int64_t sh[4] = {nb, n->o.nch + n->nprod, n->o.side, n->o.side};
         return lss_view(n->g, n->xin, 4, sh);
     } else {
         int64_t sh[2] = {nb, n->nfeat};
@@ -3307,13 +3463,15 @@ static lss_tensor *lss__sumnet_view(lss_sumnet *n, int nb) {
 LSSDEF int lss_sumnet_loss(lss_sumnet *n, int nb, const float *y, int train, double *loss) {
     lss_tensor *out, *tg, *l;
     int64_t sh[2] = {nb, LSS_DEEPLSS_NPARAM};
-    int s;
+    int s, i;
     if (!n || !y || !loss || nb < 1 || nb > n->o.batch) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_loss: bad arguments (batch %d)", nb);
     if (train && !n->optim) return lss_seterr(LSS_ERR_STATE, "lss_sumnet_loss: training a network created without an optimizer");
     lss_graph_reset(n->g);
     lss_graph_set_training(n->g, train);
     out = lss__sumnet_forward(n, lss__sumnet_view(n, nb));
-    tg = lss_view(n->g, (float *)y, 2, sh);
+    for (i = 0; i < nb * LSS_DEEPLSS_NPARAM; i++)
+        n->yst[i] = (y[i] - n->tmu->data[i % LSS_DEEPLSS_NPARAM]) / n->tsd->data[i % LSS_DEEPLSS_NPARAM];
+    tg = lss_view(n->g, n->yst, 2, sh);
     l = out && tg ? lss_op_gauss_nll(n->g, out, tg) : NULL;
     if (!l) return lss_graph_status(n->g) ? lss_graph_status(n->g) : lss_seterr(LSS_ERR_STATE, "lss_sumnet_loss: no loss");
     *loss = l->data[0];
@@ -3333,7 +3491,7 @@ LSSDEF int lss_sumnet_predict(lss_sumnet *n, int nb, double *theta) {
     if (!out) return lss_graph_status(n->g) ? lss_graph_status(n->g) : lss_seterr(LSS_ERR_STATE, "lss_sumnet_predict: no output");
     for (i = 0; i < nb; i++) {
         double y[LSS_DEEPLSS_NPARAM];
-        for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) y[k] = out->data[(size_t)i * LSS_DEEPLSS_NOUT + k];
+        for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) y[k] = n->tmu->data[k] + n->tsd->data[k] * out->data[(size_t)i * LSS_DEEPLSS_NOUT + k];
         lss_deeplss_from_target(y, theta + (size_t)i * LSS_DEEPLSS_NPARAM);
     }
     return LSS_OK;
@@ -3348,28 +3506,27 @@ LSSDEF int lss_sumnet_sensitivity(lss_sumnet *n, const float *map, float *sens) 
     if (!n || !map || !sens || n->o.kind != LSS_SUMNET_CNN)
         return lss_seterr(LSS_ERR_ARG, "lss_sumnet_sensitivity: needs a CNN, a map and an output");
     plane = (int64_t)n->o.side * n->o.side;
-    sh[0] = 1; sh[1] = n->o.nch; sh[2] = n->o.side; sh[3] = n->o.side;
+    sh[0] = 1; sh[1] = n->o.nch + n->nprod; sh[2] = n->o.side; sh[3] = n->o.side;
     if ((s = lss_store_create(1, &ist))) return s;
     in = lss_store_add(ist, "input", 4, sh, LSS_INIT_ZERO);
     if (!in) { s = lss_store_status(ist); goto out; }
     for (which = 0; which < 2; which++) {
         double om, s8v;
-        for (k = 0; k < n->o.nch; k++) {
-            int64_t q;
-            for (q = 0; q < plane; q++) in->data[k * plane + q] = map[(n->o.ch0 + k) * plane + q] * n->cscale->data[k];
-        }
+        lss__sumnet_fill(n, map, in->data);
         lss_graph_reset(n->g);
         lss_graph_set_training(n->g, 0);
         lss_graph_set_record(n->g, 1);
         out = lss_resnet_forward(n->g, &n->cnn, in);
         if (!out) { s = lss_graph_status(n->g) ? lss_graph_status(n->g) : LSS_ERR_STATE; goto out; }
         for (k = 0; k < LSS_DEEPLSS_NOUT; k++) dy[k] = 0;
-        om = out->data[0] > LSS_DEEPLSS_OM_FLOOR ? out->data[0] : LSS_DEEPLSS_OM_FLOOR;
-        s8v = out->data[1];
-        if (which == 0) dy[2] = (float)(1.0 / LSS_DEEPLSS_AIA_TARGET);          /* A_IA = y_2 / 0.1 */
+        /* targets y = mean + std * output */
+        om = n->tmu->data[0] + n->tsd->data[0] * out->data[0];
+        om = om > LSS_DEEPLSS_OM_FLOOR ? om : LSS_DEEPLSS_OM_FLOOR;
+        s8v = n->tmu->data[1] + n->tsd->data[1] * out->data[1];
+        if (which == 0) dy[2] = (float)(n->tsd->data[2] / LSS_DEEPLSS_AIA_TARGET);   /* A_IA = y_2 / 0.1 */
         else {                                                                   /* sigma_8 = S8 (Omega_m / pivot)^-e */
-            dy[1] = (float)pow(om / LSS_S8_PIVOT, -LSS_S8_EXPONENT);
-            dy[0] = (float)(-LSS_S8_EXPONENT * s8v * pow(om / LSS_S8_PIVOT, -LSS_S8_EXPONENT - 1) / LSS_S8_PIVOT);
+            dy[1] = (float)(n->tsd->data[1] * pow(om / LSS_S8_PIVOT, -LSS_S8_EXPONENT));
+            dy[0] = (float)(n->tsd->data[0] * -LSS_S8_EXPONENT * s8v * pow(om / LSS_S8_PIVOT, -LSS_S8_EXPONENT - 1) / LSS_S8_PIVOT);
         }
         lss_store_zero_grad(ist);
         lss_store_zero_grad(n->store);
@@ -3379,11 +3536,514 @@ LSSDEF int lss_sumnet_sensitivity(lss_sumnet *n, const float *map, float *sens) 
             for (q = 0; q < plane; q++)
                 sens[((size_t)which * n->o.nch + k) * plane + q] = in->grad[k * plane + q] * n->cscale->data[k];
         }
+        for (k = 0; k < n->nprod; k++) {   /* x = m_a m_b scale: d/dm_a += d/dx m_b scale, d/dm_b += d/dx m_a scale */
+            const float *ma = map + (size_t)(n->o.ch0 + n->pa[k]) * plane, *mb = map + (size_t)(n->o.ch0 + n->pb[k]) * plane;
+            const float *gk = in->grad + (size_t)(n->o.nch + k) * plane;
+            float sc = n->cscale->data[n->o.nch + k], *sa = sens + ((size_t)which * n->o.nch + n->pa[k]) * plane;
+            float *sb = sens + ((size_t)which * n->o.nch + n->pb[k]) * plane;
+            int64_t q;
+            for (q = 0; q < plane; q++) { sa[q] += gk[q] * mb[q] * sc; sb[q] += gk[q] * ma[q] * sc; }
+        }
     }
 out:
     lss_store_free(ist);
     return s;
 }
+
+/* ---------------------------------------------------------------- Fisher forecasts from simulations */
+#define LSS__FISHER_TILE 32       /* fiducial rows per Gram update */
+#define LSS__FISHER_COLS 128      /* right-hand sides per whitening pass (about) */
+#define LSS__FISHER_W 16          /* columns per register block of the whitening */
+#define LSS__FISHER_PIVOT 1e-12   /* smallest Cholesky pivot of a unit-diagonal matrix */
+
+typedef struct {
+    const double *fid, *plus, *minus, *step, *P;   /* P [p]: prior precisions (0: none) */
+    int64_t nfid, nder;
+    int p, d, nb;                                  /* nb blocks (1 without a jackknife) */
+    const double *mu, *S2, *s1b, *s1;              /* fiducial mean [d], centred sums x x^T [d][d] (lower), x [nb][d], [d] */
+    const double *dsb, *ds;                        /* sums of delta per block [nb][p][d] and in all [p][d] */
+} lss__fisher_ctx;
+
+static int64_t lss__fisher_lo(int64_t n, int nb, int b) { return n * b / nb; }
+
+/* S[j][k] += sum_{i0 <= i < i1} (x_i - mu)_j (x_i - mu)_k for j0 <= j < j1, k <= j, LSS__FISHER_TILE rows at a time
+   (a short last tile padded with zero rows) and LSS__FISHER_W entries of a row of S in registers; t: [TILE][d]
+   workspace. The order of the sums depends on i0, i1 only. */
+static void lss__fisher_gram(const double *x, int d, int64_t i0, int64_t i1, const double *mu, int j0, int j1, double *S,
+                             double *t) {
+    double a[LSS__FISHER_TILE], acc[LSS__FISHER_W];
+    int64_t i;
+    int j, k, r, c, k0;
+    for (i = i0; i < i1; i += LSS__FISHER_TILE) {
+        int nr = i1 - i < LSS__FISHER_TILE ? (int)(i1 - i) : LSS__FISHER_TILE;
+        for (r = 0; r < LSS__FISHER_TILE; r++)
+            for (k = 0; k < j1; k++) t[(size_t)r * d + k] = r < nr ? x[(size_t)(i + r) * d + k] - mu[k] : 0.0;
+        for (j = j0; j < j1; j++) {
+            double *Sj = S + (size_t)j * d;
+            for (r = 0; r < LSS__FISHER_TILE; r++) a[r] = t[(size_t)r * d + j];
+            for (k0 = 0; k0 + LSS__FISHER_W <= j + 1; k0 += LSS__FISHER_W) {
+                for (c = 0; c < LSS__FISHER_W; c++) acc[c] = 0;
+                for (r = 0; r < LSS__FISHER_TILE; r++) {
+                    const double *tr = t + (size_t)r * d + k0;
+                    double ar = a[r];
+                    for (c = 0; c < LSS__FISHER_W; c++) acc[c] += ar * tr[c];
+                }
+                for (c = 0; c < LSS__FISHER_W; c++) Sj[k0 + c] += acc[c];
+            }
+            for (k = k0; k <= j; k++) {
+                double v = 0;
+                for (r = 0; r < LSS__FISHER_TILE; r++) v += a[r] * t[(size_t)r * d + k];
+                Sj[k] += v;
+            }
+        }
+    }
+}
+
+/* sum_k a_k b_k in four interleaved partial sums (a fixed order) */
+static double lss__fisher_dot(const double *a, const double *b, int n) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int k = 0;
+    for (; k + 4 <= n; k += 4) {
+        s0 += a[k] * b[k]; s1 += a[k + 1] * b[k + 1]; s2 += a[k + 2] * b[k + 2]; s3 += a[k + 3] * b[k + 3];
+    }
+    for (; k < n; k++) s0 += a[k] * b[k];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* In-place Cholesky A = L L^T of the lower triangle of the n x n row-major A with unit diagonal (pivots below
+   LSS__FISHER_PIVOT fail). Returns -1, or the row that failed. */
+static int lss__fisher_chol(double *A, int n) {
+    int i, j;
+    for (i = 0; i < n; i++) {
+        double *Li = A + (size_t)i * n;
+        for (j = 0; j <= i; j++) {
+            const double *Lj = A + (size_t)j * n;
+            double s = Li[j] - lss__fisher_dot(Li, Lj, j);
+            if (j < i) Li[j] = s / Lj[j];
+            else {
+                if (!(s > LSS__FISHER_PIVOT)) return i;
+                Li[i] = sqrt(s);
+            }
+        }
+    }
+    return -1;
+}
+
+/* B [n][m] <- L^-1 B (forward substitution on m right-hand sides stored as columns; m a multiple of
+   LSS__FISHER_W: one panel of LSS__FISHER_W columns at a time, the sums of a row held in registers). */
+static void lss__fisher_fwd(const double *L, int n, double *B, int m) {
+    double acc[LSS__FISHER_W];
+    int i, j, c, c0;
+    for (c0 = 0; c0 < m; c0 += LSS__FISHER_W)
+        for (i = 0; i < n; i++) {
+            const double *Li = L + (size_t)i * n;
+            double inv = 1.0 / Li[i], *bi = B + (size_t)i * m + c0;
+            for (c = 0; c < LSS__FISHER_W; c++) acc[c] = bi[c];
+            for (j = 0; j < i; j++) {
+                const double *bj = B + (size_t)j * m + c0;
+                double l = Li[j];
+                for (c = 0; c < LSS__FISHER_W; c++) acc[c] -= l * bj[c];
+            }
+            for (c = 0; c < LSS__FISHER_W; c++) bi[c] = acc[c] * inv;
+        }
+}
+
+/* inv = A^-1 of the symmetric n x n A (scaled to unit diagonal, Cholesky); w: n * n + n. Returns -1, or the row
+   at which A is not positive definite. */
+static int lss__fisher_spd_inv(const double *A, int n, double *inv, double *w) {
+    double *L = w, *s = w + (size_t)n * n;
+    int i, j, k, f;
+    for (i = 0; i < n; i++) {
+        if (!(A[(size_t)i * n + i] > 0) || !isfinite(A[(size_t)i * n + i])) return i;
+        s[i] = 1.0 / sqrt(A[(size_t)i * n + i]);
+    }
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) L[(size_t)i * n + j] = j <= i ? A[(size_t)i * n + j] * s[i] * s[j] : 0.0;
+    if ((f = lss__fisher_chol(L, n)) >= 0) return f;
+    for (j = 0; j < n; j++) {            /* L^-1 in the upper triangle of inv, column j: L x = e_j */
+        for (i = 0; i < n; i++) {
+            double v = i == j ? 1.0 : 0.0;
+            if (i < j) { inv[(size_t)i * n + j] = 0; continue; }
+            for (k = j; k < i; k++) v -= L[(size_t)i * n + k] * inv[(size_t)k * n + j];
+            inv[(size_t)i * n + j] = v / L[(size_t)i * n + i];
+        }
+    }
+    for (i = 0; i < n; i++)              /* (L^-T L^-1)_ij = sum_k Linv_ki Linv_kj, k >= max(i, j); lower part */
+        for (j = 0; j <= i; j++) {
+            double v = 0;
+            for (k = i; k < n; k++) v += inv[(size_t)k * n + i] * inv[(size_t)k * n + j];
+            L[(size_t)i * n + j] = v;
+        }
+    for (i = 0; i < n; i++)
+        for (j = 0; j <= i; j++) inv[(size_t)i * n + j] = inv[(size_t)j * n + i] = L[(size_t)i * n + j] * s[i] * s[j];
+    return -1;
+}
+
+/* One replicate: rb = -1 all simulations, else without block rb. F, Fraw, cov [p][p]; dmu [p][d] or NULL.
+   *cf: 0, k + 1 (covariance not positive definite at summary k) or -(k + 1) (summary k constant); *ff: 0, 1
+   (F + P not positive definite, F_raw + P is) or 2 + k (F_raw + P not, at parameter k); returns LSS_ERR_NOMEM or
+   LSS_OK. */
+static int lss__fisher_rep(const lss__fisher_ctx *c, int rb, double *F, double *Fraw, double *dmu, double *cov, int *cf,
+                           int *ff, double *hout) {
+    const int p = c->p, d = c->d;
+    int64_t n = c->nfid, nd = c->nder, f0 = 0, f1 = 0, g0 = 0, g1 = 0, i;
+    int ni = LSS__FISHER_COLS / p > 0 ? LSS__FISHER_COLS / p : 1, j, k, a, b, m;
+    size_t bufn = (size_t)d * (size_t)((ni * p + LSS__FISHER_W - 1) / LSS__FISHER_W * LSS__FISHER_W);
+    double *C, *sc, *s1, *dm, *buf, *t, *Q, *W, h, corr;
+    *cf = *ff = 0;
+    C = (double *)LSS_MALLOC(sizeof(double) * ((size_t)d * d + 2 * (size_t)d + (size_t)p * d + bufn +
+                                                LSS__FISHER_TILE * (size_t)d + (size_t)p * p * 3 + (size_t)p));
+    if (!C) return LSS_ERR_NOMEM;
+    sc = C + (size_t)d * d; s1 = sc + d; dm = s1 + d; buf = dm + (size_t)p * d; t = buf + bufn;
+    Q = t + LSS__FISHER_TILE * (size_t)d; W = Q + (size_t)p * p;
+    if (rb >= 0) {
+        f0 = lss__fisher_lo(c->nfid, c->nb, rb); f1 = lss__fisher_lo(c->nfid, c->nb, rb + 1);
+        g0 = lss__fisher_lo(c->nder, c->nb, rb); g1 = lss__fisher_lo(c->nder, c->nb, rb + 1);
+        n -= f1 - f0; nd -= g1 - g0;
+    }
+    /* covariance of the kept fiducial rows: total sums minus the block's */
+    for (k = 0; k < d; k++) s1[k] = c->s1[k] - (rb >= 0 ? c->s1b[(size_t)rb * d + k] : 0.0);
+    if (rb >= 0) {
+        for (j = 0; j < d; j++) memset(C + (size_t)j * d, 0, sizeof(double) * (size_t)(j + 1));
+        lss__fisher_gram(c->fid, d, f0, f1, c->mu, 0, d, C, t);
+        for (j = 0; j < d; j++)
+            for (k = 0; k <= j; k++) C[(size_t)j * d + k] = c->S2[(size_t)j * d + k] - C[(size_t)j * d + k];
+    } else
+        for (j = 0; j < d; j++) memcpy(C + (size_t)j * d, c->S2 + (size_t)j * d, sizeof(double) * (size_t)(j + 1));
+    for (j = 0; j < d; j++)
+        for (k = 0; k <= j; k++) C[(size_t)j * d + k] = (C[(size_t)j * d + k] - s1[j] * s1[k] / (double)n) / (double)(n - 1);
+    for (k = 0; k < d; k++) {
+        double v = C[(size_t)k * d + k];
+        if (!(v > 0) || !isfinite(v)) { *cf = -(k + 1); LSS_FREE(C); return LSS_OK; }
+        sc[k] = 1.0 / sqrt(v);
+    }
+    for (j = 0; j < d; j++)
+        for (k = 0; k <= j; k++) C[(size_t)j * d + k] *= sc[j] * sc[k];
+    if ((k = lss__fisher_chol(C, d)) >= 0) { *cf = k + 1; LSS_FREE(C); return LSS_OK; }
+    h = (double)(n - d - 2) / (double)(n - 1);
+    if (hout) *hout = h;
+    /* mean derivatives, whitened: w_a = L^-1 D^-1/2 dmu_a, F_raw = h w_a . w_b */
+    m = (p + LSS__FISHER_W - 1) / LSS__FISHER_W * LSS__FISHER_W;
+    memset(buf, 0, sizeof(double) * (size_t)d * m);
+    for (a = 0; a < p; a++)
+        for (k = 0; k < d; k++) {
+            size_t q = (size_t)a * d + k;
+            dm[q] = (c->ds[q] - (rb >= 0 ? c->dsb[(size_t)rb * p * d + q] : 0.0)) / (double)nd;
+            buf[(size_t)k * m + a] = dm[q] * sc[k];
+        }
+    if (dmu) memcpy(dmu, dm, sizeof(double) * (size_t)p * d);
+    lss__fisher_fwd(C, d, buf, m);
+    for (a = 0; a < p; a++)
+        for (b = 0; b <= a; b++) {
+            double v = 0;
+            for (k = 0; k < d; k++) v += buf[(size_t)k * m + a] * buf[(size_t)k * m + b];
+            Fraw[a * p + b] = Fraw[b * p + a] = h * v;
+        }
+    /* derivative-noise bias tr(Psi S_ab) / nder from the whitened residuals, ni realisations per pass */
+    memset(Q, 0, sizeof(double) * (size_t)p * p);
+    if (nd >= 2) {
+        int64_t i0 = 0;
+        while (i0 < c->nder) {
+            int nc = 0;
+            int64_t idx[LSS__FISHER_COLS];
+            for (i = i0; i < c->nder && nc < ni; i++)
+                if (rb < 0 || i < g0 || i >= g1) idx[nc++] = i;
+            i0 = i;
+            if (nc == 0) continue;
+            m = (nc * p + LSS__FISHER_W - 1) / LSS__FISHER_W * LSS__FISHER_W;   /* columns a nc + j, zero padded */
+            if (m > nc * p)
+                for (k = 0; k < d; k++) memset(buf + (size_t)k * m + nc * p, 0, sizeof(double) * (size_t)(m - nc * p));
+            for (a = 0; a < p; a++) {
+                double inv2h = 0.5 / c->step[a];
+                for (j = 0; j < nc; j++) {
+                    size_t row = ((size_t)a * (size_t)c->nder + (size_t)idx[j]) * (size_t)d;
+                    const double *xp = c->plus + row, *xm = c->minus + row;
+                    for (k = 0; k < d; k++)
+                        buf[(size_t)k * m + a * nc + j] = ((xp[k] - xm[k]) * inv2h - dm[(size_t)a * d + k]) * sc[k];
+                }
+            }
+            lss__fisher_fwd(C, d, buf, m);
+            for (a = 0; a < p; a++)
+                for (b = 0; b <= a; b++) {
+                    double v = 0;
+                    for (k = 0; k < d; k++) {
+                        const double *za = buf + (size_t)k * m + a * nc, *zb = buf + (size_t)k * m + b * nc;
+                        for (j = 0; j < nc; j++) v += za[j] * zb[j];
+                    }
+                    Q[a * p + b] += v;
+                }
+        }
+    }
+    corr = nd >= 2 ? h / ((double)(nd - 1) * (double)nd) : 0.0;
+    for (a = 0; a < p; a++)
+        for (b = 0; b <= a; b++) F[a * p + b] = F[b * p + a] = Fraw[a * p + b] - corr * Q[a * p + b];
+    /* forecast covariance (F + P)^-1 */
+    for (a = 0; a < p; a++)
+        for (b = 0; b < p; b++) Q[a * p + b] = F[a * p + b] + (a == b ? c->P[a] : 0.0);
+    if (lss__fisher_spd_inv(Q, p, cov, W) >= 0) {
+        for (a = 0; a < p; a++)
+            for (b = 0; b < p; b++) Q[a * p + b] = Fraw[a * p + b] + (a == b ? c->P[a] : 0.0);
+        k = lss__fisher_spd_inv(Q, p, cov, W);
+        *ff = k < 0 ? 1 : 2 + k;
+        for (a = 0; a < p * p; a++) cov[a] = NAN;
+    }
+    LSS_FREE(C);
+    return LSS_OK;
+}
+
+static double lss__fisher_fom2(const double *cov, int p, int i, int j) {
+    double det = cov[i * p + i] * cov[j * p + j] - cov[i * p + j] * cov[j * p + i];
+    return det > 0 ? 1.0 / sqrt(det) : NAN;
+}
+
+/* sqrt((B - 1)/B sum_b (x_b - mean)^2); NaN if any x_b is not finite. */
+static double lss__fisher_jk(const double *x, int nb) {
+    double mean = 0, v = 0;
+    int b;
+    if (nb < 2) return NAN;
+    for (b = 0; b < nb; b++) {
+        if (!isfinite(x[b])) return NAN;
+        mean += x[b];
+    }
+    mean /= nb;
+    for (b = 0; b < nb; b++) v += (x[b] - mean) * (x[b] - mean);
+    return sqrt((double)(nb - 1) / nb * v);
+}
+
+LSSDEF void lss_fisher_free(lss_fisher *f) {
+    if (!f) return;
+    LSS_FREE(f->F); LSS_FREE(f->F_raw); LSS_FREE(f->cov); LSS_FREE(f->sigma); LSS_FREE(f->sigma_err);
+    LSS_FREE(f->dmu); LSS_FREE(f->jcov);
+    memset(f, 0, sizeof *f);
+}
+
+LSSDEF int lss_fisher_from_sims(const double *fid, int64_t nfid, const double *plus, const double *minus, int64_t nder,
+                                int p, int d, const double *step, const double *prior_sigma, int nblock, lss_fisher *out) {
+    const char *fn = "lss_fisher_from_sims";
+    lss__fisher_ctx c;
+    double *mu = NULL, *S2 = NULL, *s1b = NULL, *s1 = NULL, *dsb = NULL, *ds = NULL, *P = NULL, *Fr = NULL, *x = NULL;
+    int *cf = NULL, *ff = NULL, *st = NULL;
+    int64_t i;
+    int a, j, k, b, nb, jk, nrep, nchunk, par, gram_nomem = 0, s = LSS_OK;
+    size_t q;
+    if (out) memset(out, 0, sizeof *out);
+    if (!fid || !plus || !minus || !step || !out)
+        return lss_seterr(LSS_ERR_ARG, "%s: NULL %s", fn,
+                          !fid ? "fid" : !plus ? "plus" : !minus ? "minus" : !step ? "step" : "out");
+    if (p < 1 || d < 1 || nder < 1)
+        return lss_seterr(LSS_ERR_ARG, "%s: need p >= 1 parameters, d >= 1 summaries and nder >= 1 derivative simulations "
+                          "(p = %d, d = %d, nder = %lld)", fn, p, d, (long long)nder);
+    if (nfid <= (int64_t)d + 2)
+        return lss_seterr(LSS_ERR_ARG, "%s: %lld fiducial simulations for d = %d summaries: the inverse covariance needs "
+                          "nfid > d + 2, at least %lld (and many more for a precise Fisher matrix)", fn, (long long)nfid, d,
+                          (long long)d + 3);
+    for (a = 0; a < p; a++)
+        if (!(step[a] > 0) || !isfinite(step[a]))
+            return lss_seterr(LSS_ERR_ARG, "%s: step[%d] = %g: steps must be > 0 and finite", fn, a, step[a]);
+    if (prior_sigma)
+        for (a = 0; a < p; a++)
+            if (isnan(prior_sigma[a])) return lss_seterr(LSS_ERR_ARG, "%s: prior_sigma[%d] is NaN", fn, a);
+    if (nblock == 0) nblock = nder < 20 ? (int)nder : 20;
+    jk = nblock > 0;
+    if (jk) {
+        int64_t big = (nfid + nblock - 1) / nblock;
+        if (nblock < 2 || nblock > nder)
+            return lss_seterr(LSS_ERR_ARG, "%s: %d jackknife blocks for %lld derivative simulations: need 2 .. nder blocks "
+                              "(nblock < 0: no jackknife)", fn, nblock, (long long)nder);
+        if (nfid - big <= (int64_t)d + 2)
+            return lss_seterr(LSS_ERR_ARG, "%s: a jackknife replicate keeps %lld of %lld fiducial simulations, not more than "
+                              "d + 2 = %d: use fewer blocks than %d, more simulations, or nblock < 0 (no jackknife)", fn,
+                              (long long)(nfid - big), (long long)nfid, d + 2, nblock);
+    }
+    nb = jk ? nblock : 1;
+    for (i = 0; i < nfid; i++)
+        for (k = 0; k < d; k++)
+            if (!isfinite(fid[(size_t)i * d + k]))
+                return lss_seterr(LSS_ERR_ARG, "%s: fid row %lld, summary %d is not finite (%g)", fn, (long long)i, k,
+                                  fid[(size_t)i * d + k]);
+    for (a = 0; a < p; a++)
+        for (i = 0; i < nder; i++)
+            for (k = 0; k < d; k++) {
+                q = ((size_t)a * (size_t)nder + (size_t)i) * (size_t)d + (size_t)k;
+                if (!isfinite(plus[q]) || !isfinite(minus[q]))
+                    return lss_seterr(LSS_ERR_ARG, "%s: %s row %lld of parameter %d, summary %d is not finite (%g)", fn,
+                                      !isfinite(plus[q]) ? "plus" : "minus", (long long)i, a, k,
+                                      !isfinite(plus[q]) ? plus[q] : minus[q]);
+            }
+    nrep = 1 + (jk ? nb : 0);
+    mu = (double *)LSS_MALLOC(sizeof(double) * (size_t)d);
+    S2 = (double *)LSS_MALLOC(sizeof(double) * (size_t)d * d);
+    s1b = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb * d);
+    s1 = (double *)LSS_MALLOC(sizeof(double) * (size_t)d);
+    dsb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb * p * d);
+    ds = (double *)LSS_MALLOC(sizeof(double) * (size_t)p * d);
+    P = (double *)LSS_MALLOC(sizeof(double) * (size_t)p);
+    Fr = (double *)LSS_MALLOC(sizeof(double) * (size_t)nrep * p * p * 2);
+    st = (int *)LSS_MALLOC(sizeof(int) * (size_t)nrep * 3);
+    out->F = (double *)LSS_MALLOC(sizeof(double) * (size_t)p * p);
+    out->F_raw = (double *)LSS_MALLOC(sizeof(double) * (size_t)p * p);
+    out->cov = (double *)LSS_MALLOC(sizeof(double) * (size_t)p * p);
+    out->sigma = (double *)LSS_MALLOC(sizeof(double) * (size_t)p);
+    out->sigma_err = (double *)LSS_MALLOC(sizeof(double) * (size_t)p);
+    out->dmu = (double *)LSS_MALLOC(sizeof(double) * (size_t)p * d);
+    if (jk) out->jcov = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb * p * p);
+    x = (double *)LSS_MALLOC(sizeof(double) * (size_t)(nrep > p ? nrep : p));
+    if (!mu || !S2 || !s1b || !s1 || !dsb || !ds || !P || !Fr || !st || !out->F || !out->F_raw || !out->cov || !out->sigma ||
+        !out->sigma_err || !out->dmu || (jk && !out->jcov) || !x) {
+        s = lss_seterr(LSS_ERR_NOMEM, "%s: out of memory (d = %d)", fn, d);
+        goto done;
+    }
+    cf = st; ff = st + nrep;
+    for (a = 0; a < p; a++) P[a] = prior_sigma && prior_sigma[a] > 0 && isfinite(prior_sigma[a]) ?
+                                   1.0 / (prior_sigma[a] * prior_sigma[a]) : 0.0;
+    /* fiducial mean, block sums of the centred rows, and the centred Gram matrix (lower triangle) */
+    for (k = 0; k < d; k++) mu[k] = 0;
+    for (i = 0; i < nfid; i++)
+        for (k = 0; k < d; k++) mu[k] += fid[(size_t)i * d + k];
+    for (k = 0; k < d; k++) { mu[k] /= (double)nfid; s1[k] = 0; }
+    for (b = 0; b < nb; b++) {
+        double *sb = s1b + (size_t)b * d;
+        for (k = 0; k < d; k++) sb[k] = 0;
+        for (i = lss__fisher_lo(nfid, nb, b); i < lss__fisher_lo(nfid, nb, b + 1); i++)
+            for (k = 0; k < d; k++) sb[k] += fid[(size_t)i * d + k] - mu[k];
+        for (k = 0; k < d; k++) s1[k] += sb[k];
+    }
+    /* threads only for work worth their start (about 1e7 multiply-adds); the results do not depend on them */
+    par = (double)nfid * d * d + (double)nrep * (double)nder * p * (double)d * d > 1e7;
+    (void)par;
+    memset(S2, 0, sizeof(double) * (size_t)d * d);
+    nchunk = 4;                 /* row ranges of about equal area, a few per thread (each reads every row) */
+#if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
+    nchunk = 4 * omp_get_max_threads();
+#endif
+    if (nchunk > d) nchunk = d;
+LSS__IOMP(omp parallel for schedule(dynamic, 1) if(par))
+    for (j = 0; j < nchunk; j++) {
+        int j0 = (int)(d * sqrt((double)j / nchunk)), j1 = j + 1 == nchunk ? d : (int)(d * sqrt((double)(j + 1) / nchunk));
+        double *t;
+        if (j1 <= j0) continue;
+        t = (double *)LSS_MALLOC(sizeof(double) * LSS__FISHER_TILE * (size_t)d);
+        if (!t) { gram_nomem = 1; continue; }
+        lss__fisher_gram(fid, d, 0, nfid, mu, j0, j1, S2, t);
+        LSS_FREE(t);
+    }
+    /* block sums of the derivatives */
+    memset(dsb, 0, sizeof(double) * (size_t)nb * p * d);
+    memset(ds, 0, sizeof(double) * (size_t)p * d);
+    for (b = 0; b < nb; b++)
+        for (a = 0; a < p; a++) {
+            double *sb = dsb + ((size_t)b * p + a) * d, inv2h = 0.5 / step[a];
+            for (i = lss__fisher_lo(nder, nb, b); i < lss__fisher_lo(nder, nb, b + 1); i++) {
+                q = ((size_t)a * (size_t)nder + (size_t)i) * (size_t)d;
+                for (k = 0; k < d; k++) sb[k] += (plus[q + k] - minus[q + k]) * inv2h;
+            }
+            for (k = 0; k < d; k++) ds[(size_t)a * d + k] += sb[k];
+        }
+    c.fid = fid; c.plus = plus; c.minus = minus; c.step = step; c.P = P;
+    c.nfid = nfid; c.nder = nder; c.p = p; c.d = d; c.nb = nb;
+    c.mu = mu; c.S2 = S2; c.s1b = s1b; c.s1 = s1; c.dsb = dsb; c.ds = ds;
+    /* replicate 0: every simulation; replicate 1 + b: without block b */
+    if (gram_nomem) { s = lss_seterr(LSS_ERR_NOMEM, "%s: out of memory (d = %d)", fn, d); goto done; }
+    for (j = 0; j < nrep; j++) st[2 * nrep + j] = 0;
+LSS__IOMP(omp parallel for schedule(dynamic, 1) if(par))
+    for (j = 0; j < nrep; j++) {
+        double *Fj = Fr + (size_t)j * p * p * 2;
+        if (lss__fisher_rep(&c, j - 1, Fj, Fj + (size_t)p * p, j ? NULL : out->dmu,
+                            j ? out->jcov + (size_t)(j - 1) * p * p : out->cov, &cf[j], &ff[j], j ? NULL : &out->hartlap))
+            st[2 * nrep + j] = 1;
+    }
+    for (j = 0; j < nrep; j++)
+        if (st[2 * nrep + j]) { s = lss_seterr(LSS_ERR_NOMEM, "%s: out of memory (d = %d)", fn, d); goto done; }
+    for (j = 0; j < nrep; j++)
+        if (cf[j]) {
+            char where[96] = "";
+            int kk = cf[j] > 0 ? cf[j] - 1 : -cf[j] - 1;
+            if (j) snprintf(where, sizeof where, " in the jackknife replicate without block %d of %d", j - 1, nb);
+            if (cf[j] < 0)
+                s = lss_seterr(LSS_ERR_NUMERIC, "%s: the covariance of the d = %d summaries is singular%s: summary %d has zero "
+                               "variance over the fiducial simulations", fn, d, where, kk);
+            else
+                s = lss_seterr(LSS_ERR_NUMERIC, "%s: the covariance of the d = %d summaries is not positive definite%s: "
+                               "summary %d is (nearly) a linear combination of summaries 0..%d (conditional variance below "
+                               "%g of its variance); drop it", fn, d, where, kk, kk - 1, LSS__FISHER_PIVOT);
+            goto done;
+        }
+    if (ff[0] == 1) {
+        s = lss_seterr(LSS_ERR_NUMERIC, "%s: Fisher matrix not positive definite: more derivative simulations needed "
+                       "(nder = %lld; F_raw + prior is positive definite, the derivative-noise correction removed too much)",
+                       fn, (long long)nder);
+        goto done;
+    }
+    if (ff[0] >= 2) {
+        s = lss_seterr(LSS_ERR_NUMERIC, "%s: Fisher matrix (plus prior) not positive definite even without the "
+                       "derivative-noise correction, at parameter %d: the summaries (and the prior) do not constrain "
+                       "every parameter", fn, ff[0] - 2);
+        goto done;
+    }
+    out->p = p; out->d = d; out->nfid = nfid; out->nder = nder; out->nblock = jk ? nb : 0;
+    memcpy(out->F, Fr, sizeof(double) * (size_t)p * p);
+    memcpy(out->F_raw, Fr + (size_t)p * p, sizeof(double) * (size_t)p * p);
+    for (a = 0; a < p; a++) out->sigma[a] = sqrt(out->cov[a * p + a]);
+    for (j = 1; j < nrep; j++) out->nbad += ff[j] != 0;
+    for (a = 0; a < p; a++) {
+        for (j = 1; j < nrep; j++) x[j - 1] = sqrt(out->jcov[((size_t)(j - 1) * p + a) * p + a]);
+        out->sigma_err[a] = jk ? lss__fisher_jk(x, nb) : NAN;
+    }
+done:
+    LSS_FREE(mu); LSS_FREE(S2); LSS_FREE(s1b); LSS_FREE(s1); LSS_FREE(dsb); LSS_FREE(ds); LSS_FREE(P); LSS_FREE(Fr);
+    LSS_FREE(st); LSS_FREE(x);
+    if (s != LSS_OK) lss_fisher_free(out);
+    return s;
+}
+
+LSSDEF double lss_fisher_fom(const lss_fisher *f, int i, int j, double *err) {
+    double *x;
+    int b;
+    if (err) *err = NAN;
+    if (!f || !f->cov || i < 0 || j < 0 || i >= f->p || j >= f->p || i == j) {
+        lss_seterr(LSS_ERR_ARG, "lss_fisher_fom: bad arguments (parameters %d, %d of %d)", i, j, f ? f->p : 0);
+        return NAN;
+    }
+    if (err && f->nblock >= 2 && f->jcov && (x = (double *)LSS_MALLOC(sizeof(double) * (size_t)f->nblock))) {
+        for (b = 0; b < f->nblock; b++) x[b] = lss__fisher_fom2(f->jcov + (size_t)b * f->p * f->p, f->p, i, j);
+        *err = lss__fisher_jk(x, f->nblock);
+        LSS_FREE(x);
+    }
+    return lss__fisher_fom2(f->cov, f->p, i, j);
+}
+
+/* Shared part of the ratio helpers: what = 0 FoM (i, j), 1 sigma_i. */
+static double lss__fisher_ratio(const lss_fisher *a, const lss_fisher *b, int what, int i, int j, double *err) {
+    double *x, r;
+    int k, p;
+    if (err) *err = NAN;
+    if (!a || !b || !a->cov || !b->cov || a->p != b->p || a->nfid != b->nfid || a->nder != b->nder ||
+        a->nblock != b->nblock || i < 0 || i >= a->p || (what == 0 && (j < 0 || j >= a->p || j == i)))
+        return NAN;
+    p = a->p;
+    if (what == 0) r = lss__fisher_fom2(a->cov, p, i, j) / lss__fisher_fom2(b->cov, p, i, j);
+    else r = a->sigma[i] / b->sigma[i];
+    if (err && a->nblock >= 2 && a->jcov && b->jcov &&
+        (x = (double *)LSS_MALLOC(sizeof(double) * (size_t)a->nblock))) {
+        for (k = 0; k < a->nblock; k++) {
+            const double *ca = a->jcov + (size_t)k * p * p, *cb = b->jcov + (size_t)k * p * p;
+            x[k] = what == 0 ? lss__fisher_fom2(ca, p, i, j) / lss__fisher_fom2(cb, p, i, j)
+                             : sqrt(ca[i * p + i]) / sqrt(cb[i * p + i]);
+        }
+        *err = lss__fisher_jk(x, a->nblock);
+        LSS_FREE(x);
+    }
+    return r;
+}
+
+LSSDEF double lss_fisher_fom_ratio(const lss_fisher *a, const lss_fisher *b, int i, int j, double *err) {
+    return lss__fisher_ratio(a, b, 0, i, j, err);
+}
+
+LSSDEF double lss_fisher_sigma_ratio(const lss_fisher *a, const lss_fisher *b, int k, double *err) {
+    return lss__fisher_ratio(a, b, 1, k, 0, err);
+}
+
 
 /* ---------------------------------------------------------------- DeepLSS report numbers */
 LSSDEF int lss_constraint_summary(const double *x, int64_t n, lss_constraint *c) {
@@ -3606,6 +4266,7 @@ LSSDEF int lss_sumnet_train(lss_sumnet *const *nets, int nnet, const char *const
     to.ckpt_every = o->ckpt_every;
     to.loss_csv = o->loss_csv;
     to.resume = o->resume;
+    if (o->patience > 0 && o->ntest > 0) { to.patience = o->patience; to.keep_best = 1; }
     to.step = lss__sumnet_train_step;
     to.eval = o->ntest > 0 ? lss__sumnet_train_eval : NULL;
     to.progress = o->progress ? lss__sumnet_train_progress : NULL;
@@ -3780,11 +4441,13 @@ LSSDEF int lss_deeplss_cfg_defaults(lss_deeplss_cfg *c, int scale) {
     memset(c, 0, sizeof *c);
     c->scale = scale; c->seed = 1; c->clip_pct = 50; c->batch = 32; c->ntest = 256;
     if (scale == LSS_DEEPLSS_SMALL) {   /* one 5 x 5 deg field at half the paper's resolution */
-        c->nside = 32; c->grid = 1; c->pixel_arcmin = 9.375; c->ncosmo = 64; c->nf_train = 16; c->nf_test = 8;
-        c->nconv = 3; c->nres = 1; c->channels = 32; c->kernel = 3; c->cnn_in_std = 0.1;
+        c->nside = 32; c->grid = 1; c->pixel_arcmin = 9.375; c->ncosmo = 256; c->nf_train = 16; c->nf_test = 8;
+        c->nconv = 3; c->nres = 1; c->channels = 32; c->kernel = 3; c->cnn_in_std = 1;
+        c->cnn_pool = 1; c->cnn_hidden = 256; c->cnn_products = 3;
         c->psd_width = 256; c->nell = 8; c->ell_min = 72; c->ell_max = 1152;
-        c->steps = 4000; c->eval_every = 100; c->ckpt_every = 500; c->lr_cnn = 1e-3; c->lr_psd = 1e-3; c->cosine = 1;
-        c->pred_per_cosmo = 128; c->ncal = 60; c->nfid = 24; c->ncheck = 16; c->check_rep = 32;
+        c->steps = 40000; c->eval_every = 500; c->ckpt_every = 5000; c->patience = 20;
+        c->lr_cnn = 1e-3; c->lr_psd = 1e-3; c->cosine = 1;
+        c->pred_per_cosmo = 32; c->ncal = 100; c->nfid = 24; c->ncheck = 16; c->check_rep = 32;
         c->mdn_width = 128; c->mdn_layers = 2; c->mdn_K = 3; c->mdn_epochs = 600; c->mdn_robust = 1;
         c->walkers = 32; c->burn = 150; c->nsteps = 250;
     } else {                            /* 6 x 6 mosaics of 64 x 64 fields, the released code's CNN and PSD network */
@@ -3828,6 +4491,8 @@ static const lss__dl_key lss__dl_keys[] = {
     LSS__DLK('i', check_rep, 1, 1e6), LSS__DLK('i', mdn_width, 1, 65536), LSS__DLK('i', mdn_layers, 1, 16), LSS__DLK('i', mdn_K, 1, 64),
     LSS__DLK('i', mdn_epochs, 1, 1e7), LSS__DLK('i', walkers, 2 * LSS_DEEPLSS_NPARAM, 1e6), LSS__DLK('i', burn, 0, 1e8),
     LSS__DLK('i', nsteps, 1, 1e8), LSS__DLK('i', cosine, 0, 1), LSS__DLK('i', mdn_robust, 0, 1), LSS__DLK('d', cnn_in_std, 0, 1e6),
+    LSS__DLK('i', patience, 0, 1e6), LSS__DLK('i', ps_estimator, 0, 1), LSS__DLK('i', cnn_products, 0, 3),
+    LSS__DLK('i', cnn_pool, 0, 1), LSS__DLK('i', cnn_hidden, 0, 65536),
     LSS__DLK('u', seed, 0, 0)};
 #undef LSS__DLK
 #define LSS__DL_NKEYS ((int)(sizeof lss__dl_keys / sizeof lss__dl_keys[0]))
@@ -3998,6 +4663,8 @@ LSSDEF int lss_deeplss_sumnet_create(const lss_deeplss_cfg *c, int k, int batch,
     so.nch = probe == 0 ? 2 * LSS_DEEPLSS_NBINS : LSS_DEEPLSS_NBINS;
     so.ch0 = probe == 2 ? LSS_DEEPLSS_NBINS : 0;
     so.nconv = c->nconv; so.nres = c->nres; so.channels = c->channels; so.kernel = c->kernel; so.in_std = c->cnn_in_std;
+    so.products = probe == 0 || c->cnn_products == 3 ? c->cnn_products : 0;
+    so.pool = c->cnn_pool; so.hidden = c->cnn_hidden;
     for (q = 0; q < npairs; q++) use[q] = (pair_probe[q] >> probe) & 1;
     so.npairs = npairs; so.nell = c->nell; so.use_pair = use; so.width = c->psd_width;
     so.seed = c->seed;

@@ -336,8 +336,11 @@ LSSDEF int lss_sim_fields(const lss_sim *sim, uint64_t seed, uint64_t first, int
 enum { LSS_POISSON_EXACT = 0,          /* lss_rng_poisson */
        LSS_POISSON_ANSCOMBE = 1,       /* z ~ N(2 sqrt(lam + 3/8), 1), N = round(max((z^2 - 1)/4 - 3/8, 0)):
                                           the algebraic inverse, unbiased for a unit-variance Gaussian */
-       LSS_POISSON_ANSCOMBE_PAPER = 2  /* appendix F as printed (F1-F3); its mean is high by about 1/4 count
-                                          (5% at lam = 5, 0.5% at lam = 55) */ };
+       LSS_POISSON_ANSCOMBE_PAPER = 2, /* appendix F as printed (F1-F3); its mean is high by about 1/4 count
+                                          (5% at lam = 5, 0.5% at lam = 55) */
+       LSS_POISSON_INVERSE = 3         /* exact, one uniform per pixel by inversion (lss_poisson_quantile): with
+                                          common random numbers the counts move monotonically with the mean;
+                                          for finite-difference derivatives */ };
 enum { LSS_BIAS_LINEAR = 0,            /* n (1 + b delta_r), eq. 10 */
        LSS_BIAS_NONLINEAR = 1,         /* n (1 + b delta_r + b2 delta_r^2), eq. 13 */
        LSS_BIAS_NONLINEAR_CODE = 2     /* n (1 + b delta_r + 1/2 b2 sign(delta_r) delta_r^2): the released code */ };
@@ -428,7 +431,8 @@ LSSDEF int lss_params_from_unit(const double *u, int ndim, lss_params *p);
  *   1. field k observed (lss_sim_observe) with the noise stream (seed, lss_survey_field_index(sv, index, k));
  *   2. appendix E scaling for networks (lss_scale_for_network; off with no_scale);
  *   3. the mosaic of the grid^2 fields, placement and flips from stream (seed, index) (lss_mosaic);
- *   4. all auto and cross spectra of the 2 nbins channels in nell log-spaced bins (lss_ps_compute, LSS_PS_REAL).
+ *   4. all auto and cross spectra of the 2 nbins channels in nell log-spaced bins (lss_ps_compute, mode ps_mode:
+ *      LSS_PS_REAL by default).
  * lss-sim writes lss_survey_simulate's maps and deeplss trains on lss_pool_observe's, which both end in
  * lss_survey_observe: the same fields, parameters and (seed, index) give the same map, bit for bit.
  * `index` is an item of a data set (lss_set_index): training, validation and test surveys never share draws.
@@ -448,6 +452,7 @@ typedef struct {
     lss_noise_opts noise;   /* observation options (zeroed: defaults) */
     int nell;               /* spectra in nell log-spaced ell bins (0: no spectra) */
     double ell_min, ell_max;/* bin range (0: 36 and 4536) */
+    int ps_mode;            /* spectra estimator: LSS_PS_REAL (0, Re X_i X_j*) or LSS_PS_ABS (1, |X_i X_j*|) */
 } lss_survey_opts;
 typedef struct lss_survey lss_survey;            /* opaque; read-only after creation */
 typedef struct lss_survey_work lss_survey_work;  /* per-thread buffers */
@@ -480,6 +485,31 @@ LSSDEF int lss_survey_observe(const lss_survey *sv, lss_survey_work *w, const fl
    lss_survey_observe. */
 LSSDEF int lss_survey_simulate(const lss_survey *sv, const lss_sim *fsim, lss_survey_work *w, const lss_params *p,
                                uint64_t seed, uint64_t index, float *map, double *spec);
+
+/* ---- Finite-difference simulation sets (Fisher forecasts from simulations)
+ * Observation i of variant v: v = 0 at the parameters p0, survey index lss_set_index(LSS_SET_FISHER, i) (the
+ * covariance set); v = 1 + 2a and v = 2 + 2a at p0 with parameter a (LSS_P_* order, a < na) moved by +step[a]
+ * and -step[a], survey index lss_set_index(LSS_SET_FISHER, LSS_FDSIMS_DER_BASE + i) for every +- variant: the
+ * same Gaussian phases, stochasticity phases, mosaic, shape noise and Poisson uniforms (common random numbers,
+ * so that the difference of a pair is the response to the parameter, not noise). Omega_m and sigma_8 change
+ * the fields (one simulator per variant, built with the same options), the other parameters only the
+ * observation. Give the survey noise.poisson = LSS_POISSON_INVERSE: the exact sampler draws a variable
+ * number of uniforms per count, so that a shifted mean reshuffles every later count of the map. */
+#define LSS_FDSIMS_DER_BASE ((uint64_t)1 << 39)
+typedef struct lss_fdsims lss_fdsims;   /* opaque; read-only after creation (one lss_survey_work per thread) */
+/* sv: the survey recipe (only read; must outlive the set); bins, so: the simulator's n(z) and options; every
+   variant's parameters must pass lss_params_check (LSS_ERR_RANGE naming the variant), steps must be > 0 and
+   finite, na <= LSS_NPARAM_TABLE1. */
+LSSDEF int lss_fdsims_create(const lss_survey *sv, const lss_nz *bins, int nbins, const lss_sim_opts *so, const lss_params *p0,
+                             int na, const double *step, lss_fdsims **out);
+LSSDEF void lss_fdsims_free(lss_fdsims *f);
+LSSDEF int lss_fdsims_nvariants(const lss_fdsims *f);   /* 1 + 2 na */
+/* The parameters of variant v (LSS_ERR_ARG outside 0 .. 2 na). */
+LSSDEF int lss_fdsims_params(const lss_fdsims *f, int v, lss_params *p);
+/* Observation i (< LSS_FDSIMS_DER_BASE) of variant v: map [2 nbins][side][side] and spec [npairs][nell] (may be
+   NULL), as lss_survey_simulate. */
+LSSDEF int lss_fdsims_observe(const lss_fdsims *f, lss_survey_work *w, int v, uint64_t i, uint64_t seed, float *map,
+                              double *spec);
 
 /* ---- DeepLSS training data: a pool of noise-free fields at grid cosmologies, and draws from it
  * Section III: noise-free fields are expensive, observations cheap. The pool holds nf_train training and
@@ -749,6 +779,15 @@ LSSDEF int lss_stat_hist(const lss_grid *g, const float *maps, int n, const doub
 #define LSS_STAT_NMOMENTS 6
 LSSDEF int lss_stat_moments(const lss_grid *g, const float *maps, int n, const lss_stat_opts *o, double *each,
                             double *mean, double *std);
+/* Joint one-point moments of nch maps of one observation, maps [nch][npix] (e.g. the kappa and delta channels
+   of a DeepLSS map), about each map's mean (d_a = x_a - mean_a), in double: for every channel a the central
+   moments <d_a^2>, <d_a^3>, <d_a^4>, then for every pair a < b (a-major) <d_a d_b>, <d_a^2 d_b>, <d_a d_b^2>.
+   out[lss_stat_joint_moments_size(nch)] = 3 nch + 3 nch (nch - 1) / 2 values. The summary "power spectra +
+   moments" of the Fisher forecasts; the mixed moments carry the kappa x delta couplings of intrinsic
+   alignments and galaxy bias. LSS_ERR_ARG for NULL pointers, nch < 1 or npix < 2; non-finite pixels give
+   LSS_ERR_NUMERIC. */
+LSSDEF int lss_stat_joint_moments_size(int nch);
+LSSDEF int lss_stat_joint_moments(const float *maps, int nch, int64_t npix, double *out);
 /* Peaks of one map (after the options' smoothing): *npeaks receives their number; the first min(number, cap)
    are written in raster order as pixel index y w + x (pos, may be NULL) and height (may be NULL; divided by the
    map's std with norm, as LensTools' locatePeaks). A map never has more than h w / 2 peaks. */
@@ -3054,7 +3093,7 @@ LSSDEF int lss_sim_observe(const lss_sim *s, lss_sim_work *w, const float *field
     if (no.ngal_arcmin2 == 0) no.ngal_arcmin2 = LSS_DEEPLSS_NGAL_ARCMIN2;
     if (no.max_rate == 0) no.max_rate = 1e5;
     if (!(no.sigma_e > 0) || !(no.ngal_arcmin2 > 0) || !(no.max_rate > 0) || !isfinite(no.sigma_e) ||
-        !isfinite(no.ngal_arcmin2) || no.poisson < 0 || no.poisson > 2 || no.bias < 0 || no.bias > 2 ||
+        !isfinite(no.ngal_arcmin2) || no.poisson < 0 || no.poisson > 3 || no.bias < 0 || no.bias > 2 ||
         no.shape_noise < 0 || no.shape_noise > 1)
         return lss_seterr(LSS_ERR_ARG, "noise options: need positive sigma_e, galaxy density and max_rate and known "
                           "modes (sigma_e %g, n_gal %g, max_rate %g, poisson %d, bias %d, shape noise %d)", no.sigma_e,
@@ -3083,8 +3122,9 @@ LSSDEF int lss_sim_observe(const lss_sim *s, lss_sim_work *w, const float *field
             float *cnt = w->counts + (size_t)i * nn, *eps = w->fr;
             lss_rng_init(&r, seed, lss_stream(LSS_STREAM_POISSON, index, (uint32_t)i));
             for (k = 0; k < nn; k++) {
-                double c = no.poisson == LSS_POISSON_EXACT ? (double)lss_rng_poisson(&r, lam[k])
-                                                           : lss_poisson_anscombe(&r, lam[k], no.poisson);
+                double c = no.poisson == LSS_POISSON_EXACT     ? (double)lss_rng_poisson(&r, lam[k])
+                           : no.poisson == LSS_POISSON_INVERSE ? (double)lss_rng_poisson_inv(&r, lam[k])
+                                                               : lss_poisson_anscombe(&r, lam[k], no.poisson);
                 if (c < 0) return lss_seterr(LSS_ERR_NUMERIC, "Poisson draw failed for mean %g", (double)lam[k]);
                 cnt[k] = (float)c;
             }
@@ -3372,10 +3412,10 @@ LSSDEF int lss_survey_create(const lss_sim *sim, const lss_survey_opts *o, lss_s
     sv->nbins = inf.nbins;
     sv->side = sv->grid * inf.nside;
     sv->nell = sv->o.nell;
-    if (sv->grid < 1 || sv->grid > 64 || sv->nell < 0 || sv->nell > 4096) {
-        int g = sv->grid, ne = sv->nell;
+    if (sv->grid < 1 || sv->grid > 64 || sv->nell < 0 || sv->nell > 4096 || (sv->o.ps_mode != LSS_PS_REAL && sv->o.ps_mode != LSS_PS_ABS)) {
+        int g = sv->grid, ne = sv->nell, pm = sv->o.ps_mode;
         lss_survey_free(sv);
-        return lss_seterr(LSS_ERR_ARG, "lss_survey_create: grid %d outside 1..64 or %d ell bins", g, ne);
+        return lss_seterr(LSS_ERR_ARG, "lss_survey_create: grid %d outside 1..64, %d ell bins or spectra mode %d", g, ne, pm);
     }
     sv->npairs = 2 * inf.nbins * (2 * inf.nbins + 1) / 2;
     sv->kscale = lss_kappa_net_scale(sv->o.noise.sigma_e > 0 ? sv->o.noise.sigma_e : LSS_DEEPLSS_SIGMA_E,
@@ -3471,7 +3511,7 @@ LSSDEF int lss_survey_observe(const lss_survey *sv, lss_survey_work *w, const fl
         fp[k] = o;
     }
     if ((s = lss_mosaic(fp, sv->grid, 2 * sv->nbins, sv->nside, seed, index, map)) != LSS_OK) return s;
-    if (spec) return lss_ps_compute(w->ps, map, 1, LSS_PS_REAL, spec);
+    if (spec) return lss_ps_compute(w->ps, map, 1, sv->o.ps_mode, spec);
     return LSS_OK;
 }
 
@@ -3493,6 +3533,86 @@ LSSDEF int lss_survey_simulate(const lss_survey *sv, const lss_sim *fsim, lss_su
         fp[k] = w->fields + (size_t)k * fsz;
     }
     return lss_survey_observe(sv, w, fp, p, seed, index, map, spec);
+}
+
+/* ---------------------------------------------------------------- finite-difference simulation sets */
+struct lss_fdsims {
+    const lss_survey *sv;
+    int na;
+    lss_params p[1 + 2 * LSS_NPARAM_TABLE1];
+    lss_sim *sim[1 + 2 * LSS_NPARAM_TABLE1];   /* NULL: the fiducial simulator sim[0] */
+};
+
+LSSDEF void lss_fdsims_free(lss_fdsims *f) {
+    int v;
+    if (!f) return;
+    for (v = 0; v < 1 + 2 * f->na; v++) lss_sim_free(f->sim[v]);
+    LSS_FREE(f);
+}
+
+LSSDEF int lss_fdsims_create(const lss_survey *sv, const lss_nz *bins, int nbins, const lss_sim_opts *so, const lss_params *p0,
+                             int na, const double *step, lss_fdsims **out) {
+    lss_fdsims *f;
+    double v0[LSS_NPARAM_TABLE1];
+    int a, v, s;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_fdsims_create: NULL out");
+    *out = NULL;
+    if (!sv || !bins || !p0 || (na > 0 && !step) || na < 0 || na > LSS_NPARAM_TABLE1)
+        return lss_seterr(LSS_ERR_ARG, "lss_fdsims_create: NULL argument or %d parameters (0..%d)", na, LSS_NPARAM_TABLE1);
+    for (a = 0; a < na; a++)
+        if (!(step[a] > 0) || !isfinite(step[a]))
+            return lss_seterr(LSS_ERR_ARG, "lss_fdsims_create: step %g of parameter %s is not positive and finite", step[a],
+                              lss_table1()->name[a]);
+    f = (lss_fdsims *)LSS_MALLOC(sizeof *f);
+    if (!f) return lss_seterr(LSS_ERR_NOMEM, "lss_fdsims_create: out of memory");
+    memset(f, 0, sizeof *f);
+    f->sv = sv;
+    f->na = na;
+    lss_params_to_vec(p0, LSS_NPARAM_TABLE1, v0);
+    for (v = 0; v < 1 + 2 * na; v++) {
+        double vv[LSS_NPARAM_TABLE1];
+        lss_cosmo *c = NULL;
+        memcpy(vv, v0, sizeof vv);
+        f->p[v] = *p0;
+        if (v > 0) vv[(v - 1) / 2] += (v % 2 ? 1 : -1) * step[(v - 1) / 2];
+        lss_params_from_vec(vv, LSS_NPARAM_TABLE1, &f->p[v]);
+        if ((s = lss_params_check(&f->p[v])) != LSS_OK) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", lss_last_error());
+            lss_fdsims_free(f);
+            return v == 0 ? lss_seterr(s, "lss_fdsims_create: fiducial parameters: %s", msg)
+                          : lss_seterr(s, "lss_fdsims_create: %s %c %g: %s", lss_table1()->name[(v - 1) / 2], v % 2 ? '+' : '-',
+                                       step[(v - 1) / 2], msg);
+        }
+        if (v > 0 && (v - 1) / 2 > LSS_P_SIGMA_8) continue;   /* same fields as the fiducial */
+        if ((s = lss_cosmo_create(&f->p[v], &c)) == LSS_OK) s = lss_sim_create(c, bins, nbins, so, &f->sim[v]);
+        lss_cosmo_free(c);
+        if (s == LSS_OK && (lss_sim_field_size(f->sim[v]) != lss_sim_field_size(sv->sim) ||
+                            lss_sim_obs_size(f->sim[v]) != lss_sim_obs_size(sv->sim)))
+            s = lss_seterr(LSS_ERR_ARG, "lss_fdsims_create: the simulator options give other sizes than the survey's");
+        if (s != LSS_OK) { lss_fdsims_free(f); return s; }
+    }
+    *out = f;
+    return LSS_OK;
+}
+
+LSSDEF int lss_fdsims_nvariants(const lss_fdsims *f) { return f ? 1 + 2 * f->na : 0; }
+
+LSSDEF int lss_fdsims_params(const lss_fdsims *f, int v, lss_params *p) {
+    if (!f || !p || v < 0 || v > 2 * f->na) return lss_seterr(LSS_ERR_ARG, "lss_fdsims_params: variant %d outside 0..%d", v, f ? 2 * f->na : 0);
+    *p = f->p[v];
+    return LSS_OK;
+}
+
+LSSDEF int lss_fdsims_observe(const lss_fdsims *f, lss_survey_work *w, int v, uint64_t i, uint64_t seed, float *map,
+                              double *spec) {
+    const lss_sim *sim;
+    if (!f || !w || !map || v < 0 || v > 2 * f->na || i >= LSS_FDSIMS_DER_BASE)
+        return lss_seterr(LSS_ERR_ARG, "lss_fdsims_observe: NULL argument, variant %d or observation %llu out of range", v,
+                          (unsigned long long)i);
+    sim = f->sim[v] ? f->sim[v] : f->sim[0];
+    return lss_survey_simulate(f->sv, sim, w, &f->p[v], seed, lss_set_index(LSS_SET_FISHER, v == 0 ? i : LSS_FDSIMS_DER_BASE + i),
+                               map, spec);
 }
 
 /* ---------------------------------------------------------------- DeepLSS pool and draws */
@@ -4790,6 +4910,47 @@ LSSDEF int lss_stat_moments(const lss_grid *g, const float *maps, int n, const l
     if (!o) o = &lss__stat_default_opts;
     memset(&a, 0, sizeof a);
     return lss__stat_run(g, maps, n, o, lss__stat_moments_one, &a, LSS_STAT_NMOMENTS, each, mean, std, "lss_stat_moments");
+}
+
+LSSDEF int lss_stat_joint_moments_size(int nch) { return nch < 1 ? 0 : 3 * nch + 3 * nch * (nch - 1) / 2; }
+
+LSSDEF int lss_stat_joint_moments(const float *maps, int nch, int64_t npix, double *out) {
+    double mean[64], *d;
+    int64_t k;
+    int a, b, o;
+    if (!maps || !out || nch < 1 || nch > 64 || npix < 2)
+        return lss_seterr(LSS_ERR_ARG, "lss_stat_joint_moments: NULL argument, %d channels (1..64) or %lld pixels", nch, (long long)npix);
+    d = (double *)LSS_MALLOC(sizeof(double) * (size_t)nch * (size_t)npix);
+    if (!d) return lss_seterr(LSS_ERR_NOMEM, "lss_stat_joint_moments: out of memory");
+    for (a = 0; a < nch; a++) {
+        const float *x = maps + (size_t)a * (size_t)npix;
+        double s = 0;
+        for (k = 0; k < npix; k++) {
+            if (!isfinite(x[k])) {
+                LSS_FREE(d);
+                return lss_seterr(LSS_ERR_NUMERIC, "lss_stat_joint_moments: channel %d pixel %lld is not finite", a, (long long)k);
+            }
+            s += x[k];
+        }
+        mean[a] = s / (double)npix;
+        for (k = 0; k < npix; k++) d[(size_t)a * npix + k] = x[k] - mean[a];
+    }
+    for (a = 0; a < nch; a++) {
+        const double *u = d + (size_t)a * npix;
+        double m2 = 0, m3 = 0, m4 = 0;
+        for (k = 0; k < npix; k++) { double q = u[k] * u[k]; m2 += q; m3 += q * u[k]; m4 += q * q; }
+        out[3 * a] = m2 / (double)npix; out[3 * a + 1] = m3 / (double)npix; out[3 * a + 2] = m4 / (double)npix;
+    }
+    o = 3 * nch;
+    for (a = 0; a < nch; a++)
+        for (b = a + 1; b < nch; b++, o += 3) {
+            const double *u = d + (size_t)a * npix, *v = d + (size_t)b * npix;
+            double c11 = 0, c21 = 0, c12 = 0;
+            for (k = 0; k < npix; k++) { double uv = u[k] * v[k]; c11 += uv; c21 += uv * u[k]; c12 += uv * v[k]; }
+            out[o] = c11 / (double)npix; out[o + 1] = c21 / (double)npix; out[o + 2] = c12 / (double)npix;
+        }
+    LSS_FREE(d);
+    return LSS_OK;
 }
 
 static int lss__stat_hist_one(const lss_grid *g, const float *mf, const double *md, double sigma, const lss_stat_opts *o,

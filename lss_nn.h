@@ -389,6 +389,10 @@ LSSDEF int lss_ckpt_save(const char *path, const lss_store *st, const lss_optim 
  * file that the store lacks are an error too, except the "optim.*" ones (read only when o != NULL)
  * and the "train.*" state that lss_train adds. */
 LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o);
+/* As lss_ckpt_load without an optimizer, then, when the file holds the best-evaluation snapshot of a
+ * keep_best training run (lss_train's "train.best"), those parameters instead of the last ones.
+ * *best (may be NULL) says which: 1 the snapshot, 0 the last parameters. */
+LSSDEF int lss_ckpt_load_best(const char *path, lss_store *st, int *best);
 /* CRC32 (IEEE 802.3, as zlib's crc32) of a buffer, continuing from `crc` (start with 0). */
 LSSDEF uint32_t lss_crc32(uint32_t crc, const void *buf, size_t n);
 
@@ -534,13 +538,17 @@ typedef struct {
     int in_ch, in_h, in_w;   /* input maps [N, in_ch, in_h, in_w] (required) */
     int nout;                /* required */
     int nconv, nres, channels, kernel;
+    int pool;                /* 1: global average pool of the last features instead of flatten (translation invariant
+                                summaries; any input size); 0: flatten (the paper) */
+    int hidden;              /* > 0: one hidden dense layer of this width with ReLU before the output; 0: none (the paper) */
 } lss_resnet_opts;
 #define LSS_RESNET_MAXCONV 8
 #define LSS_RESNET_MAXRES 32
 typedef struct {
     lss_resnet_opts o;
     int out_h, out_w;        /* spatial size after the strided convolutions */
-    lss_tensor *cw[LSS_RESNET_MAXCONV], *cb[LSS_RESNET_MAXCONV], *dw, *db;
+    lss_tensor *cw[LSS_RESNET_MAXCONV], *cb[LSS_RESNET_MAXCONV], *dw, *db;   /* dw, db: the output layer */
+    lss_tensor *hw, *hb;     /* hidden dense layer (NULL without) */
     lss_resblock rb[LSS_RESNET_MAXRES];
 } lss_resnet;
 LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, const lss_resnet_opts *opts);
@@ -3288,6 +3296,25 @@ LSSDEF int lss_ckpt_load(const char *path, lss_store *st, lss_optim *o) {
     return lss__ckpt_read(path, st, o, 0, NULL, NULL);
 }
 
+LSSDEF int lss_ckpt_load_best(const char *path, lss_store *st, int *best) {
+    lss__ckx x;
+    float *tmp;
+    int found = 0, s;
+    if (best) *best = 0;
+    if (!path || !st) return lss_seterr(LSS_ERR_ARG, "lss_ckpt_load_best: NULL path or store");
+    if (st->size < 1) return lss__ckpt_read(path, st, NULL, 0, NULL, NULL);
+    tmp = (float *)LSS_MALLOC(sizeof(float) * (size_t)st->size);
+    if (!tmp) return lss_seterr(LSS_ERR_NOMEM, "lss_ckpt_load_best: out of memory");
+    x.name = "train.best"; x.dtype = 1; x.n = st->size; x.data = tmp;
+    s = lss__ckpt_read(path, st, NULL, 1, &x, &found);
+    if (s == LSS_OK && found) {
+        memcpy(st->data, tmp, sizeof(float) * (size_t)st->size);
+        if (best) *best = 1;
+    }
+    LSS_FREE(tmp);
+    return s;
+}
+
 /* ================================================================ training loop */
 /* Loop state saved with each network's checkpoint as "train.state" (f64), ignored by lss_ckpt_load. */
 enum {
@@ -3813,7 +3840,8 @@ LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, con
     if (o.channels == 0) o.channels = 128;
     if (o.kernel == 0) o.kernel = 5;
     if (o.in_ch < 1 || o.in_h < 1 || o.in_w < 1 || o.nout < 1 || o.nconv < 1 || o.nconv > LSS_RESNET_MAXCONV ||
-        o.nres < 0 || o.nres > LSS_RESNET_MAXRES || o.channels < 1 || o.kernel < 1 || strlen(name) > 120)
+        o.nres < 0 || o.nres > LSS_RESNET_MAXRES || o.channels < 1 || o.kernel < 1 || strlen(name) > 120 || o.pool < 0 ||
+        o.pool > 1 || o.hidden < 0 || o.hidden > 65536)
         return lss_seterr(LSS_ERR_ARG, "lss_resnet_init: bad options (input %d x %d x %d, nout %d, nconv %d (1..%d), "
                           "nres %d (0..%d), channels %d, kernel %d)", o.in_ch, o.in_h, o.in_w, o.nout, o.nconv,
                           LSS_RESNET_MAXCONV, o.nres, LSS_RESNET_MAXRES, o.channels, o.kernel);
@@ -3834,7 +3862,14 @@ LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, con
     }
     {
         int64_t sw[2], sb[1];
-        sw[0] = (int64_t)c * h * w; sw[1] = o.nout; sb[0] = o.nout;
+        sw[0] = o.pool ? (int64_t)c : (int64_t)c * h * w;
+        if (o.hidden > 0) {
+            sw[1] = o.hidden; sb[0] = o.hidden;
+            snprintf(nm, sizeof nm, "%s.hidden.w", name); net->hw = lss_store_add(st, nm, 2, sw, LSS_INIT_HE);
+            snprintf(nm, sizeof nm, "%s.hidden.b", name); net->hb = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+            sw[0] = o.hidden;
+        }
+        sw[1] = o.nout; sb[0] = o.nout;
         snprintf(nm, sizeof nm, "%s.dense.w", name); net->dw = lss_store_add(st, nm, 2, sw, LSS_INIT_GLOROT);
         snprintf(nm, sizeof nm, "%s.dense.b", name); net->db = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
         if ((s = lss_store_status(st))) return s;
@@ -3848,7 +3883,9 @@ LSSDEF lss_tensor *lss_resnet_forward(lss_graph *g, const lss_resnet *net, lss_t
     if (!net) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resnet_forward: NULL network"); return NULL; }
     for (i = 0; i < net->o.nconv; i++) x = lss_op_relu(g, lss_op_conv2d(g, x, net->cw[i], net->cb[i], 2, net->o.kernel / 2));
     for (i = 0; i < net->o.nres; i++) x = lss_resblock_forward(g, &net->rb[i], x);
-    return lss_op_dense(g, lss_op_flatten(g, x), net->dw, net->db);
+    x = net->o.pool ? lss_op_global_avgpool(g, x) : lss_op_flatten(g, x);
+    if (net->hw) x = lss_op_relu(g, lss_op_dense(g, x, net->hw, net->hb));
+    return lss_op_dense(g, x, net->dw, net->db);
 }
 
 LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss_unet_opts *opts) {

@@ -75,7 +75,7 @@ static int dl_ctx_open(dl_ctx *x, const lss_deeplss_cfg *c, const char *dir) {
     x->so.pixel_arcmin = c->pixel_arcmin;
     if ((s = lss_sim_create(x->cosmo0, x->nz, x->nzb, &x->so, &x->sim))) return s;
     memset(&vo, 0, sizeof vo);
-    vo.grid = c->grid; vo.nell = c->nell; vo.ell_min = c->ell_min; vo.ell_max = c->ell_max;
+    vo.grid = c->grid; vo.nell = c->nell; vo.ell_min = c->ell_min; vo.ell_max = c->ell_max; vo.ps_mode = c->ps_estimator;
     if ((s = lss_survey_create(x->sim, &vo, &x->sv))) return s;
     if (!(x->work = (lss_survey_work **)calloc((size_t)x->nthreads, sizeof *x->work))) return lss_seterr(LSS_ERR_NOMEM, "out of memory");
     for (t = 0; t < x->nthreads; t++)
@@ -147,7 +147,7 @@ static int dl_train(dl_ctx *x, int mask, int resume) {
     int64_t msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
     float *maps = (float *)malloc(sizeof(float) * (size_t)(NT > B ? NT : B) * (size_t)msz);
     double *spec = (double *)malloc(sizeof(double) * (size_t)(NT > nstd ? NT : nstd) * (size_t)ssz);
-    double *th = (double *)malloc(sizeof(double) * (size_t)(NT > 1 ? NT : 1) * DL_NP);
+    double *th = (double *)malloc(sizeof(double) * (size_t)(NT > nstd ? NT : nstd) * DL_NP);
     lss_sumnet_train_opts to;
     lss_train_result res;
     FILE *f;
@@ -163,18 +163,21 @@ static int dl_train(dl_ctx *x, int mask, int resume) {
         nn++;
     }
     /* input standardisation from nstd training draws (PSD: their spectra; CNN: the last batch of maps; the
-       lensing channels carry unit-variance noise after appendix E, the clustering ones a few tenths) */
+       lensing channels carry unit-variance noise after appendix E, the clustering ones a few tenths); the
+       targets standardised over the same draws of the prior */
     for (i = 0; i < nstd && s == LSS_OK; i += B)
         s = lss_pool_batch(&x->pool, x->sv, x->work, x->nthreads, LSS_SET_TRAIN, (uint64_t)i, nstd - i < B ? nstd - i : B, 0,
-                           c->seed, maps, spec + (size_t)i * ssz, NULL);
+                           c->seed, maps, spec + (size_t)i * ssz, th + (size_t)i * DL_NP);
     for (k = 0; k < nn && s == LSS_OK; k++)
-        s = nets[k]->o.kind == LSS_SUMNET_PSD ? lss_sumnet_standardise(nets[k], NULL, spec, nstd)
-                                              : lss_sumnet_standardise(nets[k], maps, NULL, (nstd - 1) % B + 1);
+        if (!(s = nets[k]->o.kind == LSS_SUMNET_PSD ? lss_sumnet_standardise(nets[k], NULL, spec, nstd)
+                                                    : lss_sumnet_standardise(nets[k], maps, NULL, (nstd - 1) % B + 1)))
+            s = lss_sumnet_set_targets(nets[k], th, nstd);
     /* the held-out set: fixed draws of the validation set on the pool's held-out fields */
     if (s == LSS_OK && NT > 0) s = lss_pool_batch(&x->pool, x->sv, x->work, x->nthreads, LSS_SET_VALID, 0, NT, 1, c->seed, maps, spec, th);
     if (s) goto out;
     memset(&to, 0, sizeof to);
     to.steps = c->steps; to.batch = B; to.eval_every = c->eval_every; to.ckpt_every = c->ckpt_every; to.resume = resume;
+    to.patience = c->patience;
     to.loss_csv = dl_path(x, lpath, sizeof lpath, "loss.csv", 0);
     to.map_size = msz; to.spec_size = ssz;
     to.draw = dl_draw; to.progress = dl_train_progress; to.user = x;
@@ -206,7 +209,7 @@ static int dl_predict(dl_ctx *x, int mask) {
     for (k = 0; k < DL_NNET; k++) {
         if (!((mask >> k) & 1)) continue;
         if ((s = dl_net_create(x, k, CH, 0, &nets[nn])) ||
-            (s = lss_ckpt_load(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[k]), nets[nn]->store, NULL)))
+            (s = lss_ckpt_load_best(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[k]), nets[nn]->store, NULL)))
             goto out;
         kk[nn++] = k;
     }
@@ -249,6 +252,179 @@ static int dl_predict(dl_ctx *x, int mask) {
 out:
     for (k = 0; k < DL_NNET; k++) { lss_sumnet_free(nets[k]); free(pred[k]); }
     free(tht); free(maps); free(spec); free(dr);
+    return s;
+}
+
+/* ------------------------------------------------------------------ Fisher forecasts: summary efficiency */
+/* Steps of the central differences (Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g): a few per cent of each prior box,
+   where the responses are linear to well below the derivatives' Monte Carlo error. */
+static const double dl_fstep[DL_NP] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
+#define DL_NSUM 5   /* summaries per probe set: PS Re, PS abs, PS Re + moments, CNN, PSD network */
+static const char *const dl_sum_name[DL_NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "cnn", "psd"};
+
+/* Summaries of fiducial and finite-difference observations (lss_fdsims: common random numbers, one Poisson uniform per
+   pixel) for every probe set: both power-spectrum estimators, the joint one-point moments of the probe's channels and the
+   trained networks' predictions; the Fisher matrix of each summary (lss_fisher_from_sims, Table I box as a flat prior of the
+   same variance), written to fisher.csv and fisher.md. */
+static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
+    const lss_deeplss_cfg *c = &x->c;
+    const lss_param_table *t1 = lss_table1();
+    const int nv = 1 + 2 * DL_NP, CH = 256, nell = c->nell, T = x->nthreads;
+    const int64_t N = (int64_t)nfid + (int64_t)(nv - 1) * nder, msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
+    const int64_t plane = (int64_t)lss_survey_side(x->sv) * lss_survey_side(x->sv);
+    int dps[3] = {0, 0, 0}, dmo[3], off[3 * 3 + DL_NNET], dtot = 0, k, p, q, b, s = LSS_OK, nn = 0, kk[DL_NNET];
+    lss_survey_opts vo;
+    lss_survey *fsv = NULL;
+    lss_survey_work **fw = (lss_survey_work **)calloc((size_t)T, sizeof *fw);
+    lss_ps **psa = (lss_ps **)calloc((size_t)T, sizeof *psa);
+    lss_fdsims *fd = NULL;
+    lss_params p0;
+    lss_sumnet *nets[DL_NNET] = {0};
+    lss_fisher F[3][DL_NSUM];
+    double *edges = (double *)malloc(sizeof(double) * (size_t)(nell + 1)), *X = NULL, *spec = NULL, *sab = NULL, *th = NULL, prior[DL_NP];
+    float *maps = NULL;
+    char path[4400];
+    lss_wfile w;
+    memset(F, 0, sizeof F);
+    for (p = 0; p < 3; p++) {   /* dimensions: spectra of the probe's pairs, moments of its channels */
+        for (q = 0; q < x->npairs; q++) dps[p] += (x->pair_probe[q] >> p) & 1 ? nell : 0;
+        dmo[p] = lss_stat_joint_moments_size(p == 0 ? 2 * DL_NBINS : DL_NBINS);
+    }
+    for (b = 0; b < 9; b++) { off[b] = dtot; dtot += b < 6 ? dps[b % 3] : dmo[b % 3]; }   /* blocks: re[3], abs[3], moments[3] */
+    for (k = 0; k < DL_NNET; k++) { off[9 + k] = dtot; dtot += DL_NP; }
+    for (k = 0; k < DL_NP; k++) prior[k] = (t1->hi[k] - t1->lo[k]) / sqrt(12.0);
+    lss_params_fiducial(&p0);
+    memset(&vo, 0, sizeof vo);
+    vo.grid = c->grid; vo.nell = nell; vo.ell_min = c->ell_min; vo.ell_max = c->ell_max; vo.noise.poisson = LSS_POISSON_INVERSE;
+    if (!fw || !psa || !edges || !(X = (double *)malloc(sizeof(double) * (size_t)N * (size_t)dtot)) ||
+        !(maps = (float *)malloc(sizeof(float) * (size_t)CH * (size_t)msz)) || !(spec = (double *)malloc(sizeof(double) * (size_t)CH * (size_t)ssz)) ||
+        !(sab = (double *)malloc(sizeof(double) * (size_t)CH * (size_t)ssz)) || !(th = (double *)malloc(sizeof(double) * (size_t)CH * DL_NP))) {
+        s = lss_seterr(LSS_ERR_NOMEM, "out of memory (%lld observations x %d summaries)", (long long)N, dtot);
+        goto out;
+    }
+    if ((s = lss_ps_edges(c->ell_min, c->ell_max, nell, c->ell_min, edges)) || (s = lss_survey_create(x->sim, &vo, &fsv)) ||
+        (s = lss_fdsims_create(fsv, x->nz, x->nzb, &x->so, &p0, DL_NP, dl_fstep, &fd)))
+        goto out;
+    for (k = 0; k < T && s == LSS_OK; k++)
+        if (!(s = lss_survey_work_create(fsv, &fw[k])))
+            s = lss_ps_create(lss_survey_side(x->sv), lss_survey_side(x->sv), c->pixel_arcmin, 2 * DL_NBINS, edges, nell, &psa[k]);
+    for (k = 0; k < DL_NNET && s == LSS_OK; k++)
+        if ((mask >> k) & 1) {
+            if (!(s = dl_net_create(x, k, CH, 0, &nets[nn])) &&
+                !(s = lss_ckpt_load_best(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[k]), nets[nn]->store, NULL)))
+                kk[nn++] = k;
+        }
+    if (s) goto out;
+    lss_drv_progress_init(&x->pr, "deeplss fisher: observations", N);
+    for (int64_t r0 = 0; r0 < N && s == LSS_OK; r0 += CH) {
+        int nb = (int)(N - r0 < CH ? N - r0 : CH), j, err = LSS_OK;
+        char msg[1024] = "";
+LSS__IOMP(omp parallel for schedule(dynamic, 4))
+        for (j = 0; j < nb; j++) {
+            int t = 0, v, e, pp, qq, f;
+            int64_t r = r0 + j, i;
+            double *row = X + (size_t)r * (size_t)dtot, *sr = spec + (size_t)j * ssz, *sa = sab + (size_t)j * ssz;
+            float *m = maps + (size_t)j * msz;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+#endif
+            v = r < nfid ? 0 : 1 + (int)((r - nfid) / nder);
+            i = r < nfid ? r : (r - nfid) % nder;
+            e = lss_fdsims_observe(fd, fw[t], v, (uint64_t)i, c->seed, m, sr);
+            if (!e) e = lss_ps_compute(psa[t], m, 1, LSS_PS_ABS, sa);
+            for (pp = 0; pp < 3 && !e; pp++) {
+                for (qq = 0, f = 0; qq < x->npairs; qq++)
+                    if ((x->pair_probe[qq] >> pp) & 1) {
+                        memcpy(row + off[pp] + f, sr + (size_t)qq * nell, sizeof(double) * (size_t)nell);
+                        memcpy(row + off[3 + pp] + f, sa + (size_t)qq * nell, sizeof(double) * (size_t)nell);
+                        f += nell;
+                    }
+                e = lss_stat_joint_moments(m + (pp == 2 ? DL_NBINS : 0) * plane, pp == 0 ? 2 * DL_NBINS : DL_NBINS, plane, row + off[6 + pp]);
+            }
+            if (c->ps_estimator == LSS_PS_ABS) memcpy(sr, sa, sizeof(double) * (size_t)ssz);   /* the PSD networks' input */
+LSS__IOMP(omp critical(dl_fisher))
+            if (e && !err) { err = e; snprintf(msg, sizeof msg, "%s", lss_last_error()); }
+        }
+        if (err) { s = lss_seterr(err, "%s", msg); break; }
+        for (k = 0; k < nn && s == LSS_OK; k++) {
+            for (j = 0; j < nb && s == LSS_OK; j++) s = lss_sumnet_input(nets[k], j, maps + (size_t)j * msz, spec + (size_t)j * ssz);
+            if (!s) s = lss_sumnet_predict(nets[k], nb, th);
+            for (j = 0; j < nb && s == LSS_OK; j++)
+                memcpy(X + (size_t)(r0 + j) * dtot + off[9 + kk[k]], th + (size_t)j * DL_NP, sizeof(double) * DL_NP);
+        }
+        lss_drv_progress_update(&x->pr, r0 + nb);
+    }
+    if (s) goto out;
+    lss_drv_progress_end(&x->pr);
+    /* the Fisher matrix of every summary: columns gathered from the blocks */
+    for (p = 0; p < 3 && s == LSS_OK; p++)
+        for (b = 0; b < DL_NSUM && s == LSS_OK; b++) {
+            int blk[2] = {b == 1 ? 3 + p : b == 3 ? 9 + p : b == 4 ? 12 + p : p, b == 2 ? 6 + p : -1}, d = 0, nbk = b == 2 ? 2 : 1, u;
+            int dim[2];
+            double *fid, *pl, *mi;
+            if ((b >= 3 && !((mask >> (blk[0] - 9)) & 1)) || !((mask >> p) & 1 || (mask >> (3 + p)) & 1)) continue;   /* probes asked */
+            for (u = 0; u < nbk; u++) { dim[u] = blk[u] < 3 || (blk[u] >= 3 && blk[u] < 6) ? dps[p] : blk[u] < 9 ? dmo[p] : DL_NP; d += dim[u]; }
+            fid = (double *)malloc(sizeof(double) * (size_t)N * (size_t)d);
+            if (!fid) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); break; }
+            for (int64_t r = 0; r < N; r++)
+                for (u = 0, q = 0; u < nbk; q += dim[u], u++)
+                    memcpy(fid + (size_t)r * d + q, X + (size_t)r * dtot + off[blk[u]], sizeof(double) * (size_t)dim[u]);
+            pl = fid + (size_t)nfid * d;   /* variants in order +0, -0, +1, -1, ...: plus/minus [7][nder][d] */
+            mi = (double *)malloc(sizeof(double) * (size_t)DL_NP * (size_t)nder * (size_t)d);
+            if (!mi) { free(fid); s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); break; }
+            for (k = 0; k < DL_NP; k++) {
+                memcpy(mi + (size_t)k * nder * d, pl + (size_t)(2 * k + 1) * nder * d, sizeof(double) * (size_t)nder * d);
+                memmove(pl + (size_t)k * nder * d, pl + (size_t)(2 * k) * nder * d, sizeof(double) * (size_t)nder * d);
+            }
+            s = lss_fisher_from_sims(fid, nfid, pl, mi, nder, DL_NP, d, dl_fstep, prior, 0, &F[p][b]);
+            if (s) s = lss_seterr(s, "Fisher matrix of %s (%s probes, %d summaries): %s", dl_sum_name[b], lss_deeplss_probe_name(p, 1), d,
+                                  lss_last_error());
+            free(fid); free(mi);
+        }
+    if (s || (s = lss_wfile_open(&w, dl_path(x, path, sizeof path, "fisher.csv", 0)))) goto out;
+    fprintf(w.f, "probe,summary,fom,fom_err,fom_ratio_ps_re,fom_ratio_ps_re_err,fom_ratio_ps_abs,fom_ratio_ps_abs_err");
+    for (k = 0; k < DL_NP; k++) fprintf(w.f, ",sigma_%s,sigma_%s_err", t1->name[k], t1->name[k]);
+    fprintf(w.f, "\n");
+    for (p = 0; p < 3; p++)
+        for (b = 0; b < DL_NSUM; b++) {
+            double e0, e1, e2, fo, r1, r2;
+            if (!F[p][b].F) continue;
+            fo = lss_fisher_fom(&F[p][b], 0, 1, &e0);
+            r1 = lss_fisher_fom_ratio(&F[p][b], &F[p][0], 0, 1, &e1);
+            r2 = lss_fisher_fom_ratio(&F[p][b], &F[p][1], 0, 1, &e2);
+            fprintf(w.f, "%s,%s,%.6g,%.3g,%.5f,%.3g,%.5f,%.3g", lss_deeplss_probe_name(p, 0), dl_sum_name[b], fo, e0, r1, e1, r2, e2);
+            for (k = 0; k < DL_NP; k++) fprintf(w.f, ",%.6g,%.3g", F[p][b].sigma[k], F[p][b].sigma_err[k]);
+            fprintf(w.f, "\n");
+        }
+    if ((s = lss_wfile_commit(&w)) || (s = lss_wfile_open(&w, dl_path(x, path, sizeof path, "fisher.md", 0)))) goto out;
+    fprintf(w.f, "Fisher forecasts at the fiducial parameters from %d fresh observations (covariance, Hartlap factor) and %d pairs per "
+                 "parameter at theta +- h (central differences with common random numbers; derivative noise bias removed), Table I box as "
+                 "a Gaussian prior of the same variance. FoM = 1/sqrt(det Cov(Omega_m, sigma_8)); errors: jackknife over 20 blocks, ratios "
+                 "paired (same observations). Efficiency = FoM / FoM of the power spectra (Re X_i X_j*); |.|: against the released code's "
+                 "|X_i X_j*| spectra. A network below 0.9 is flagged undertrained. [fisher.csv](fisher.csv) has every sigma.\n\n"
+                 "| probes | summary | FoM | efficiency (Re) | efficiency (abs) | sigma(A_IA) / PS | sigma(r_g) / PS | |\n"
+                 "|---|---|---|---|---|---|---|---|\n", nfid, nder);
+    for (p = 0; p < 3; p++)
+        for (b = 0; b < DL_NSUM; b++) {
+            double e0, e1, e2, ea, er, fo, r1, r2, ra, rr;
+            if (!F[p][b].F) continue;
+            fo = lss_fisher_fom(&F[p][b], 0, 1, &e0);
+            r1 = lss_fisher_fom_ratio(&F[p][b], &F[p][0], 0, 1, &e1);
+            r2 = lss_fisher_fom_ratio(&F[p][b], &F[p][1], 0, 1, &e2);
+            ra = lss_fisher_sigma_ratio(&F[p][b], &F[p][0], LSS_P_A_IA, &ea);
+            rr = lss_fisher_sigma_ratio(&F[p][b], &F[p][0], LSS_P_R_G, &er);
+            fprintf(w.f, "| %s | %s | %.4g +- %.2g | %.3f +- %.3f | %.3f +- %.3f | %.3f +- %.3f | %.3f +- %.3f | %s |\n", lss_deeplss_probe_name(p, 1),
+                    dl_sum_name[b], fo, e0, r1, e1, r2, e2, ra, ea, rr, er, b >= 3 && r1 < 0.9 ? "undertrained" : "");
+        }
+    s = lss_wfile_commit(&w);
+    fprintf(stderr, "deeplss fisher: %lld observations (%d fiducial, %d x %d finite-difference pairs): fisher.csv\n", (long long)N, nfid,
+            DL_NP, nder);
+out:
+    for (p = 0; p < 3; p++) for (b = 0; b < DL_NSUM; b++) lss_fisher_free(&F[p][b]);
+    for (k = 0; k < DL_NNET; k++) lss_sumnet_free(nets[k]);
+    for (k = 0; k < T; k++) { if (fw) lss_survey_work_free(fw[k]); if (psa) lss_ps_free(psa[k]); }
+    lss_fdsims_free(fd); lss_survey_free(fsv);
+    free(fw); free(psa); free(edges); free(X); free(maps); free(spec); free(sab); free(th);
     return s;
 }
 
@@ -300,7 +476,7 @@ static int dl_sensitivity(dl_ctx *x) {
     char path[4400];
     int s;
     if (!map) return lss_seterr(LSS_ERR_NOMEM, "out of memory");
-    if (!(s = dl_net_create(x, 0, 1, 0, &net)) && !(s = lss_ckpt_load(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[0]), net->store, NULL)) &&
+    if (!(s = dl_net_create(x, 0, 1, 0, &net)) && !(s = lss_ckpt_load_best(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[0]), net->store, NULL)) &&
         !(s = lss_pool_eval_draw(&x->pool, x->c.seed, LSS_DRAWS_FID, 0, 1, &d)) &&
         !(s = lss_pool_observe_many(&x->pool, x->sv, x->work, x->nthreads, &d, 1, x->c.seed, map, NULL)) &&
         !(s = lss_sumnet_sensitivity(net, map, map + 2 * DL_NBINS * plane)))
@@ -328,7 +504,7 @@ static int dl_report(dl_ctx *x, const char *timings) {
     lss_deeplss_numbers r;
     char path[4400], lab[64];
     lss_wfile w;
-    FILE *md;
+    FILE *md, *f;
     int s, p, k, i, j, fails = 0;
     if ((s = lss_deeplss_numbers_read(x->dir, c->nfid, c->ncal, t1->name, &r)) ||
         (s = lss_deeplss_gains_save(&r, dl_path(x, path, sizeof path, "gains.csv", 0))) ||
@@ -343,12 +519,16 @@ static int dl_report(dl_ctx *x, const char *timings) {
                 "sigma_8; the fiducial first, then a scrambled Sobol set over the prior box) x %d training + %d held-out noise-free "
                 "lognormal fields.\n", c->grid, c->grid, c->nside, c->nside, c->pixel_arcmin,
             pow(c->grid * c->nside * c->pixel_arcmin / 60.0, 2), c->ncosmo, c->nf_train, c->nf_test);
-    fprintf(md, "- CNN: %d strided %dx%d convolutions to %d channels, %d residual block(s), dense output of %d (means + Cholesky of the "
-                "precision); PSD network: all auto and cross spectra in %d ell bins (%.0f-%.0f) -> 2 x %d ReLU -> %d. Loss eq. 14; Adam "
-                "(lr CNN %.3g, PSD %.3g); per-tensor gradient clipping at the %.0fth percentile of the norm history; batch %d; %d steps. "
-                "Targets Omega_m, S8, 0.1 A_IA, eta_IA, b_g, eta_bg, r_g (appendix E), undone at prediction.\n",
-            c->nconv, c->kernel, c->kernel, c->channels, c->nres, LSS_DEEPLSS_NOUT, c->nell, c->ell_min, c->ell_max, c->psd_width,
-            LSS_DEEPLSS_NOUT, c->lr_cnn, c->lr_psd, c->clip_pct, c->batch, c->steps);
+    fprintf(md, "- CNN: %s%d strided %dx%d convolutions to %d channels, %d residual block(s), %s%s, dense output of %d (means + Cholesky "
+                "of the precision, starting at zero: the prior mean with unit precision); PSD network: all auto and cross spectra "
+                "(%s) in %d ell bins (%.0f-%.0f) -> 2 x %d ReLU -> %d. Loss eq. 14; Adam (lr CNN %.3g, PSD %.3g%s); per-tensor gradient "
+                "clipping at the %.0fth percentile of the norm history; batch %d; up to %d steps%s. Targets Omega_m, S8, 0.1 A_IA, eta_IA, "
+                "b_g, eta_bg, r_g (appendix E), standardised over the prior draws, undone at prediction.\n",
+            c->cnn_products == 3 ? "maps and the products of every pair of maps as input, " : c->cnn_products ? "maps and kappa_i delta_j "
+            "products as input, " : "", c->nconv, c->kernel, c->kernel, c->channels, c->nres, c->cnn_pool ? "global average pooling" : "flatten",
+            c->cnn_hidden ? ", a hidden dense layer" : "", LSS_DEEPLSS_NOUT, c->ps_estimator ? "|X_i X_j*|" : "Re X_i X_j*", c->nell,
+            c->ell_min, c->ell_max, c->psd_width, LSS_DEEPLSS_NOUT, c->lr_cnn, c->lr_psd, c->cosine ? ", cosine decay" : "", c->clip_pct,
+            c->batch, c->steps, c->patience ? " (plateau stop, best held-out parameters kept)" : "");
     fprintf(md, "- MDN: %d x %d ReLU, K = %d; trained on %d (theta_t, theta_p) pairs per network (%d Sobol nuisance draws per grid "
                 "cosmology, held-out fields). MCMC: %d walkers, %d burn-in + %d steps; prior: Table I box and the convex hull of the "
                 "grid in (Omega_m, sigma_8).\n\nTraining and held-out loss: [loss.csv](loss.csv), ![loss](loss.png)\n\n", c->mdn_layers,
@@ -373,6 +553,13 @@ static int dl_report(dl_ctx *x, const char *timings) {
         snprintf(lab, sizeof lab, "%s, %s", nk[i / 2], fk[i % 2]);
         dl_row(md, lab, " %.4g [%.4g, %.4g] |", r.fom[i / 2 * 3][i % 2], r.fom[i / 2 * 3 + 1][i % 2], r.fom[i / 2 * 3 + 2][i % 2]);
     }
+    fprintf(md, "\n## Summary efficiency (Fisher forecasts)\n\n");
+    if ((f = fopen(dl_path(x, path, sizeof path, "fisher.md", 0), "r"))) {   /* deeplss fisher's table */
+        char buf[4096];
+        size_t nr;
+        while ((nr = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, nr, md);
+        fclose(f);
+    } else fprintf(md, "No fisher.md in this directory (run `deeplss fisher`).\n");
     fprintf(md, "\n## What this run shows\n\n");
     for (p = 0; p < 3; p++)
         for (k = 0; k <= DL_NP; k++)   /* CNN at least as tight as PSD within the scatter: 84th percentile of the ratio >= 1 */
@@ -382,20 +569,17 @@ static int dl_report(dl_ctx *x, const char *timings) {
                         lss_deeplss_probe_name(p, 1), k < DL_NP ? t1->name[k] : "S8", r.gain[p][k][0], r.gain[p][k][1], r.gain[p][k][2]);
     if (!fails) fprintf(md, "- For every parameter and probe set the CNN is at least as tight as the PSD network within the scatter over mocks.\n");
     else
-        fprintf(md, "\nReason: the held-out losses measure how informative each network's summaries are, independently of the MDN and "
-                    "the sampler (CNN vs PSD: lensing %.2f vs %.2f, clustering %.2f vs %.2f, combined %.2f vs %.2f; lower is better). "
-                    "One 25 deg^2 field at 9.375 arcmin, dominated by shape and shot noise and made of lognormal shells, should carry "
-                    "little non-Gaussian information beyond its spectra, so the CNN has little to gain over the PSD network and must first "
-                    "learn to compute the auto and cross spectra (above all the lensing x clustering cross spectra, which break the bias "
-                    "and IA degeneracies) that the PSD network is given; a small CNN trained for a few thousand steps on a CPU has not "
-                    "finished learning that. Where a parameter is prior-dominated the ratio scatters around 1.\n",
+        fprintf(md, "\nThe held-out losses (CNN vs PSD: lensing %.2f vs %.2f, clustering %.2f vs %.2f, combined %.2f vs %.2f; lower is "
+                    "better) and the Fisher efficiencies above measure each summary's information independently of the MDN and the "
+                    "sampler: a CNN whose efficiency is below 1 carries less than the power spectra it could compute from its maps, "
+                    "and the spectra + moments row bounds what one-point non-Gaussian information adds at this size.\n",
                 r.loss[0][1], r.loss[1][1], r.loss[0][2], r.loss[1][2], r.loss[0][0], r.loss[1][0]);
     for (i = 0; i < 2; i++)
         for (p = 1; p < 3; p++) {
             int ok = r.fom[i * 3][0][0] > r.fom[i * 3 + p][0][0];
             fprintf(md, "- %s: combined-probe FoM %.4g %s the %s-only FoM %.4g%s\n", nk[i], r.fom[i * 3][0][0], ok ? "above" : "NOT above",
-                    lss_deeplss_probe_name(p, 1), r.fom[i * 3 + p][0][0], ok ? "." : " (the combined probes should add information: with "
-                    "this short training the combined network has not learnt to use both probes fully).");
+                    lss_deeplss_probe_name(p, 1), r.fom[i * 3 + p][0][0], ok ? "." : " (the combined maps hold the single-probe maps: "
+                    "the combined network has not learnt all that its inputs carry).");
         }
     fprintf(md, "\n## Calibration\n\n");
     if (r.have_cal) {
@@ -429,8 +613,8 @@ static int dl_report(dl_ctx *x, const char *timings) {
 }
 
 /* ------------------------------------------------------------------ command line */
-static const char *const dl_cmds[7] = {"sim", "train", "predict", "mdn", "mcmc", "report", "all"};
-static const char *const dl_about[7] = {
+static const char *const dl_cmds[8] = {"sim", "train", "predict", "mdn", "mcmc", "report", "all", "fisher"};
+static const char *const dl_about[8] = {
     "Simulates the pool of noise-free fields and writes DIR/deeplss.cfg with the sizes of the run.",
     "Trains the CNN and PSD networks for combined, lensing-only and clustering-only maps (the pool is simulated first\n"
     "when DIR has none). Sizes apply to a new run only.",
@@ -438,11 +622,14 @@ static const char *const dl_about[7] = {
     "Fits the MDN likelihood of every network and checks it against held-out summaries (appendix C).",
     "Ensemble MCMC with the MDN likelihoods: the most likely and the noisy fiducial observations, calibration mocks.",
     "Gains table, figures of merit, calibration, corner plots, sensitivity maps and DIR/REPORT.md.",
-    "sim, train, predict, mdn, mcmc and report in order (the demo)."};
-static const char *const dl_example[7] = {
+    "sim, train, predict, fisher, mdn, mcmc and report in order (the demo).",
+    "Fisher forecasts at the fiducial parameters for the power spectra (Re and |.| estimators), spectra + one-point moments\n"
+    "and every trained network's summary: fresh observations at the fiducial and central differences with common random\n"
+    "numbers; fisher.csv (FoM, per-parameter sigma, efficiencies against both spectra, jackknife errors)."};
+static const char *const dl_example[8] = {
     "deeplss sim --scale small --out out/deeplss", "deeplss train --out out/deeplss --steps 4000 --resume",
     "deeplss predict --out out/deeplss", "deeplss mdn --out out/deeplss", "deeplss mcmc --out out/deeplss --nets cnn",
-    "deeplss report --out out/deeplss", "deeplss all --scale small --out out/deeplss"};
+    "deeplss report --out out/deeplss", "deeplss all --scale small --out out/deeplss", "deeplss fisher --out out/deeplss --fisher-nder 400"};
 
 /* 1 when --name (or --name=...) is on the command line. */
 static int dl_given(int argc, char **argv, const char *name) {
@@ -473,14 +660,15 @@ static int dl_mask(const char *nets, const char *probes) {
 
 int main(int argc, char **argv) {
     const char *out = "out/deeplss", *nets = "cnn,psd", *probes = "comb,wl,gc", *scale_s = "small", *library = NULL, *model = "lognormal";
-    int ci, resume = 0, mask, s, i, n = 0, fresh, have_cfg, have_pool;
+    int ci, resume = 0, mask, s, i, n = 0, fresh, have_cfg, have_pool, fnfid = 0, fnder = 0;
     double t0 = lss_time_now(), tp;
     char path[4400], timings[2048] = "", extra[8192], name[32], usage[64];
     lss_deeplss_cfg cfg, d;
     dl_ctx x;
     FILE *f;
     /* the commands an option belongs to (bit ci); NEW: sizes of a new run (refused for an existing one), CFG: saved in deeplss.cfg */
-    enum { C_SIM = 1, C_TRAIN = 2, C_SEL = 4 | 8 | 16, C_ALL = 64, C_ANY = 127, C_NEWRUN = C_SIM | C_TRAIN | C_ALL, NEW = 1, CFG = 2 };
+    enum { C_SIM = 1, C_TRAIN = 2, C_SEL = 4 | 8 | 16 | 128, C_ALL = 64, C_FISHER = 128, C_ANY = 255, C_NEWRUN = C_SIM | C_TRAIN | C_ALL,
+           NEW = 1, CFG = 2 };
     struct { lss_drv_opt o; int cmds, use; } tab[] = {
         {{"scale", LSS_DRV_STR, &scale_s, 0, 0, 0, "small: one 32 x 32 field of 9.375 arcmin, a small CNN; paper: 6 x 6 mosaics of 64 x 64, the released code's CNN"}, C_NEWRUN, 0},
         {{"ncosmo", LSS_DRV_INT, &d.ncosmo, 3, 100000, 0, "grid cosmologies in the pool (paper 57)"}, C_NEWRUN, NEW},
@@ -499,22 +687,26 @@ int main(int argc, char **argv) {
         {{"nets", LSS_DRV_STR, &nets, 0, 0, 0, "which networks, comma-separated"}, C_TRAIN | C_SEL, 0},
         {{"probes", LSS_DRV_STR, &probes, 0, 0, 0, "which probe sets, comma-separated"}, C_TRAIN | C_SEL, 0},
         {{"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"}, C_TRAIN, 0},
+        {{"patience", LSS_DRV_INT, &d.patience, 0, 1000000, 0, "stop when no held-out loss improved over this many evaluations (0: all steps)"}, C_TRAIN | C_ALL, CFG},
+        {{"ps-estimator", LSS_DRV_INT, &d.ps_estimator, 0, 1, 0, "spectra of the PSD networks: 0 Re(X_i X_j*), 1 |X_i X_j*| (the released code)"}, C_NEWRUN, NEW},
+        {{"fisher-nfid", LSS_DRV_INT, &fnfid, 0, 10000000, 0, "Fisher: fiducial observations for the covariance (0: 4000 small, 20000 paper)"}, C_FISHER | C_ALL, 0},
+        {{"fisher-nder", LSS_DRV_INT, &fnder, 0, 10000000, 0, "Fisher: observation pairs per parameter for the derivatives (0: 400 small, 2000 paper)"}, C_FISHER | C_ALL, 0},
         {{"out", LSS_DRV_STR, &out, 0, 0, 0, "working directory"}, C_ANY, 0}};
     const int ntab = (int)(sizeof tab / sizeof tab[0]);
     lss_drv_opt opts[sizeof tab / sizeof tab[0] + 1];
     lss_drv_cmd cmd = {"deeplss", "deeplss COMMAND [options]",
                        "The DeepLSS experiment (Kacprzak & Fluri 2022): CNN and power-spectrum networks trained with the likelihood\n"
                        "loss on tomographic lensing + clustering maps, MDN likelihoods, ensemble MCMC, gains.\n"
-                       "commands: sim, train, predict, mdn, mcmc, report, all ('deeplss COMMAND --help' lists a command's options)",
+                       "commands: sim, train, predict, fisher, mdn, mcmc, report, all ('deeplss COMMAND --help' lists a command's options)",
                        "deeplss all --scale small --out out/deeplss"};
     lss_drv_prog = "deeplss";
     for (i = 0; i < DL_NNET; i++) snprintf(dl_net[i], sizeof dl_net[i], "%s_%s", lss_deeplss_kind_name(i / 3), lss_deeplss_probe_name(i % 3, 0));
     lss_deeplss_cfg_defaults(&d, LSS_DEEPLSS_SMALL);
     opts[0].name = NULL;
     if (argc >= 2 && argv[1][0] == '-') lss_drv_parse(&cmd, opts, argc, argv);   /* --help exits 0, another option 2 */
-    if (argc < 2 || argv[1][0] == '-') lss_drv_die(2, "no command: sim, train, predict, mdn, mcmc, report or all (see deeplss --help)");
-    for (ci = 0; ci < 7 && strcmp(argv[1], dl_cmds[ci]); ci++) {}
-    if (ci == 7) lss_drv_die(2, "unknown command '%s' (see deeplss --help)", argv[1]);
+    if (argc < 2 || argv[1][0] == '-') lss_drv_die(2, "no command: sim, train, predict, fisher, mdn, mcmc, report or all (see deeplss --help)");
+    for (ci = 0; ci < 8 && strcmp(argv[1], dl_cmds[ci]); ci++) {}
+    if (ci == 8) lss_drv_die(2, "unknown command '%s' (see deeplss --help)", argv[1]);
     for (i = 0; i < ntab; i++) if ((tab[i].cmds >> ci) & 1) opts[n++] = tab[i].o;
     opts[n].name = NULL;
     snprintf(name, sizeof name, "deeplss %s", dl_cmds[ci]);
@@ -570,6 +762,9 @@ int main(int argc, char **argv) {
     snprintf(timings, sizeof timings, "- pool (sim or load): %.1f s\n", lss_time_now() - tp);
     DL_STAGE(1, "train", dl_train(&x, mask, resume))
     DL_STAGE(2, "predict", dl_predict(&x, mask))
+    if (!fnfid) fnfid = cfg.scale == LSS_DEEPLSS_SMALL ? 4000 : 20000;
+    if (!fnder) fnder = cfg.scale == LSS_DEEPLSS_SMALL ? 400 : 2000;
+    DL_STAGE(7, "fisher", dl_fisher(&x, mask, fnfid, fnder))
     DL_STAGE(3, "mdn", dl_mdn(&x, mask))
     DL_STAGE(4, "mcmc", dl_mcmc(&x, mask))
 #undef DL_STAGE

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The DeepLSS part of `make demo`: the small pipeline end to end (pool of lognormal fields, CNN and
-# power-spectrum networks for combined, lensing-only and clustering-only maps, MDN likelihoods,
-# ensemble MCMC, gains table, calibration, corner plots, sensitivity maps) into OUTDIR/deeplss,
+# power-spectrum networks for combined, lensing-only and clustering-only maps, Fisher forecasts of the
+# summaries' efficiency, MDN likelihoods, ensemble MCMC, gains table, calibration, corner plots,
+# sensitivity maps) into OUTDIR/deeplss,
 # with its REPORT.md. Run from the repository root after `make all`:
 #     sh drivers/demo_deeplss.sh OUTDIR
 set -eu
@@ -21,12 +22,14 @@ mkdir -p "$DIR"
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export OMP_WAIT_POLICY
 start=$(date +%s)
-./bin/deeplss all --scale small --out "$DIR"
+# The shortened run: the small preset with 5000 training steps instead of up to 40000 (the full run,
+# `deeplss all --scale small`, takes about 40 minutes on 2 cores; README.md gives its numbers).
+./bin/deeplss all --scale small --steps 5000 --out "$DIR"
 end=$(date +%s)
 ncpu=$(nproc 2>/dev/null || echo "?")
 {
     echo
-    echo "Wall time of this part (\`sh drivers/demo_deeplss.sh $OUT\`, \`deeplss all --scale small\`):" \
+    echo "Wall time of this part (\`sh drivers/demo_deeplss.sh $OUT\`, \`deeplss all --scale small --steps 5000\`):" \
          "$((end - start)) s on $ncpu CPU(s)."
 } >> "$DIR/REPORT.md"
 echo "deeplss demo: $DIR/REPORT.md ($((end - start)) s)"

@@ -324,7 +324,7 @@ int main(int argc, char **argv) {
         {"smoothing", LSS_DRV_DOUBLE, &smooth, 0, 50, 0, "Gaussian smoothing in Mpc/h: clustering at R, lensing at min(R, 4); 0: off; "
                                                          "unset: 8 with linear bias, 4 with non-linear"},
         {"bias", LSS_DRV_STR, &bias, 0, 0, 0, "linear (eq. 10), nonlinear (eq. 13), nonlinear-code (b delta + b2 sign(delta) delta^2 / 2)"},
-        {"poisson", LSS_DRV_STR, &poisson, 0, 0, 0, "exact, anscombe (Gaussian-unbiased inverse) or anscombe-paper (appendix F)"},
+        {"poisson", LSS_DRV_STR, &poisson, 0, 0, 0, "exact, inverse (exact, one uniform per pixel: common random numbers), anscombe (Gaussian-unbiased inverse) or anscombe-paper (appendix F)"},
         {"mosaic", LSS_DRV_FLAG, &mosaic, 0, 0, 0, "6 x 6 fields per map (survey of 900 deg^2)"},
         {"scale", LSS_DRV_FLAG, &scale, 0, 0, 0, "apply the appendix E scaling before networks (as deeplss)"},
         {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE with columns z n_1 .. n_4"},
@@ -350,9 +350,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(bias, "nonlinear-code")) vo.noise.bias = LSS_BIAS_NONLINEAR_CODE;
     else lss_drv_die(2, "option --bias: '%s' is not linear, nonlinear or nonlinear-code", bias);
     if (!strcmp(poisson, "exact")) vo.noise.poisson = LSS_POISSON_EXACT;
+    else if (!strcmp(poisson, "inverse")) vo.noise.poisson = LSS_POISSON_INVERSE;
     else if (!strcmp(poisson, "anscombe")) vo.noise.poisson = LSS_POISSON_ANSCOMBE;
     else if (!strcmp(poisson, "anscombe-paper")) vo.noise.poisson = LSS_POISSON_ANSCOMBE_PAPER;
-    else lss_drv_die(2, "option --poisson: '%s' is not exact, anscombe or anscombe-paper", poisson);
+    else lss_drv_die(2, "option --poisson: '%s' is not exact, inverse, anscombe or anscombe-paper", poisson);
     vo.noise.no_noise = nonoise;
     vo.no_scale = !scale;
     vo.grid = mosaic ? 6 : 1;

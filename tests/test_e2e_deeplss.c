@@ -433,7 +433,7 @@ static void test_cfg(void) {
     int i;
     CHECK_OK(lss_deeplss_cfg_defaults(&a, LSS_DEEPLSS_SMALL));
     CHECK_OK(lss_deeplss_cfg_check(&a));
-    CHECK(a.nside == 32 && a.grid == 1 && a.walkers == 32 && a.steps == 4000, "small preset");
+    CHECK(a.nside == 32 && a.grid == 1 && a.walkers == 32 && a.steps == 40000 && a.ncosmo == 256 && a.patience == 20 && a.cnn_products == 3, "small preset");
     CHECK_OK(lss_deeplss_cfg_defaults(&b, LSS_DEEPLSS_PAPER));
     CHECK_OK(lss_deeplss_cfg_check(&b));
     CHECK(b.nside == 64 && b.grid == 6 && b.pixel_arcmin == LSS_DEEPLSS_PIXEL_ARCMIN && b.steps == 900000 && b.nres == 10,
@@ -652,7 +652,8 @@ static void test_cli(void) {
         {"", 2}, {"frobnicate", 2}, {"--help", 0}, {"train --help", 0}, {"train --steps ten --out D", 2},
         {"train --scale huge --out D", 2}, {"mcmc --nets rnn --out D", 2}, {"report --out D", 2}, {"report --nets cnn --out D", 2},
         {"predict --out D/bad", 2}, {"train --ncal 5 --out D/good", 2}, {"train --scale paper --out D/good", 2},
-        {"mcmc --out D/good", 2}, {"sim --mcmc-steps 5 --out D/new", 2}};
+        {"mcmc --out D/good", 2}, {"sim --mcmc-steps 5 --out D/new", 2}, {"fisher --help", 0}, {"fisher --fisher-nfid -5 --out D/good", 2},
+        {"fisher --out D/good", 2}, {"fisher --patience 3 --out D/good", 2}};
     char cmd[900], p[500], args[400], *q;
     FILE *f;
     int i;
@@ -675,6 +676,31 @@ static void test_cli(void) {
         if ((q = strstr(args, " D"))) snprintf(q, sizeof args - (size_t)(q - args), " %s/cli%s", tmpdir, strstr(cases[i].args, " D") + 2);
         snprintf(cmd, sizeof cmd, "bin/deeplss %s", args);
         CHECK(run(cmd) == cases[i].rc, "'%s' should exit %d", cmd, cases[i].rc);
+    }
+    {   /* a tiny run through the driver: sim, train, fisher (PSD lensing network, small Fisher sets) */
+        char dir[400], line[600];
+        int rows = 0, ps_self = 0, have_net = 0;
+        snprintf(dir, sizeof dir, "%s/cli/fisher", tmpdir);
+        snprintf(cmd, sizeof cmd, "bin/deeplss train --ncosmo 3 --nfield 2 --steps 20 --nets psd --probes wl --out '%s' 2>/dev/null", dir);
+        CHECK(run(cmd) == 0, "tiny deeplss train");
+        snprintf(cmd, sizeof cmd, "bin/deeplss fisher --nets psd --probes wl --fisher-nfid 240 --fisher-nder 24 --out '%s' 2>/dev/null", dir);
+        CHECK(run(cmd) == 0, "deeplss fisher on the tiny run");
+        snprintf(p, sizeof p, "%s/fisher.csv", dir);
+        if ((f = fopen(p, "r"))) {
+            while (fgets(line, sizeof line, f)) {
+                rows++;
+                if (!strncmp(line, "wl,ps_re,", 9)) {
+                    double fo, fe, r1;
+                    ps_self = sscanf(line + 9, "%lf,%lf,%lf", &fo, &fe, &r1) == 3 && fo > 0 && fabs(r1 - 1) < 1e-9;
+                }
+                have_net |= !strncmp(line, "wl,psd,", 7);
+            }
+            fclose(f);
+        }
+        CHECK(rows == 5 && ps_self && have_net, "fisher.csv: header + 4 lensing rows (%d), the spectra's efficiency against themselves 1, "
+              "the network's row", rows);
+        snprintf(p, sizeof p, "%s/run.json", dir);
+        CHECK(access(p, R_OK) == 0, "run.json of the fisher command");
     }
     snprintf(cmd, sizeof cmd, "bin/lss-sim --omega-m 0.9 --out '%s/cli/s'", tmpdir);
     CHECK(run(cmd) == 2, "lss-sim with Omega_m outside its prior should exit 2");

@@ -1235,6 +1235,20 @@ static void test_train(void) {
         CHECK(ra.skipped == 1 && ra.steps_done == 60, "NaN step skipped and counted (%lld)", (long long)ra.skipped);
         CHECK(ra.best_step == 30 && a.snap[2] && !memcmp(lss_store_data(a.st), a.snap[2], sizeof(float) * (size_t)lss_store_size(a.st)),
               "uninterrupted run returns the parameters of step 30 (best step %lld)", (long long)ra.best_step);
+        {   /* its checkpoint holds the last parameters and the best snapshot: lss_ckpt_load_best gives the snapshot */
+            treg l;
+            int best = -1;
+            CHECK(treg_make(&l, 5, 3) == 0, "make");
+            CHECK_OK(lss_ckpt_load(na.ckpt_path, l.st, NULL));
+            CHECK(a.snap[5] && !memcmp(lss_store_data(l.st), a.snap[5], sizeof(float) * (size_t)lss_store_size(l.st)),
+                  "lss_ckpt_load: the last parameters (step 60)");
+            CHECK_OK(lss_ckpt_load_best(na.ckpt_path, l.st, &best));
+            CHECK(best == 1 && !memcmp(lss_store_data(l.st), a.snap[2], sizeof(float) * (size_t)lss_store_size(l.st)),
+                  "lss_ckpt_load_best: the best snapshot (step 30), flagged (%d)", best);
+            CHECK_ERR(lss_ckpt_load_best(NULL, l.st, &best), LSS_ERR_ARG);
+            CHECK_ERR(lss_ckpt_load_best("build/no_such_file.ckpt", l.st, &best), LSS_ERR_IO);
+            treg_free(&l);
+        }
         /* (b) */
         nb.store = b.st; nb.optim = b.opt;
         o = topts(&b, 30);

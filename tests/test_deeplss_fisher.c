@@ -1,0 +1,286 @@
+/* Tests of the pieces of the DeepLSS summary-efficiency forecasts: finite-difference simulation sets with common
+ * random numbers (lss_fdsims_*), the joint one-point moments (lss_stat_joint_moments), the selectable spectra
+ * estimator of the survey recipe, and the summary networks' start (zero output layer, standardised targets:
+ * the prior mean with unit precision whatever the input). */
+#define LSS_CORE_IMPLEMENTATION
+#define LSS_MAPS_IMPLEMENTATION
+#define LSS_NN_IMPLEMENTATION
+#define LSS_INFER_IMPLEMENTATION
+#include "lss_core.h"
+#include "lss_maps.h"
+#include "lss_nn.h"
+#include "lss_infer.h"
+#include "tests/lss_test.h"
+#include <stdlib.h>
+
+static lss_nz *g_nz = NULL;
+static int g_nb = 0;
+
+/* ------------------------------------------------------------------ joint moments against a direct sum */
+static void test_joint_moments(void) {
+    enum { C = 3, NP = 500 };
+    float m[C * NP];
+    double out[64], mean[C];
+    lss_rng r;
+    int a, b, o;
+    lss_rng_init(&r, 5, 0);
+    for (int64_t k = 0; k < C * NP; k++) m[k] = (float)(lss_rng_normal(&r) + (k >= NP ? 0.5 * m[k - NP] * m[k - NP] : 0) + 0.3);
+    CHECK(lss_stat_joint_moments_size(C) == 18 && lss_stat_joint_moments_size(8) == 108 && lss_stat_joint_moments_size(0) == 0,
+          "sizes %d %d", lss_stat_joint_moments_size(C), lss_stat_joint_moments_size(8));
+    CHECK_OK(lss_stat_joint_moments(m, C, NP, out));
+    for (a = 0; a < C; a++) {
+        long double s = 0;
+        for (int k = 0; k < NP; k++) s += m[a * NP + k];
+        mean[a] = (double)(s / NP);
+    }
+    for (a = 0; a < C; a++)
+        for (int e = 2; e <= 4; e++) {
+            long double s = 0;
+            for (int k = 0; k < NP; k++) s += powl((long double)m[a * NP + k] - mean[a], e);
+            CHECK_CLOSE(out[3 * a + e - 2], (double)(s / NP), 1e-12, 1e-14, "central moment of one channel");
+        }
+    o = 3 * C;
+    for (a = 0; a < C; a++)
+        for (b = a + 1; b < C; b++, o += 3) {
+            long double s11 = 0, s21 = 0, s12 = 0;
+            for (int k = 0; k < NP; k++) {
+                long double u = (long double)m[a * NP + k] - mean[a], v = (long double)m[b * NP + k] - mean[b];
+                s11 += u * v; s21 += u * u * v; s12 += u * v * v;
+            }
+            CHECK_CLOSE(out[o], (double)(s11 / NP), 1e-12, 1e-14, "<d_a d_b>");
+            CHECK_CLOSE(out[o + 1], (double)(s21 / NP), 1e-12, 1e-14, "<d_a^2 d_b>");
+            CHECK_CLOSE(out[o + 2], (double)(s12 / NP), 1e-12, 1e-14, "<d_a d_b^2>");
+        }
+    CHECK(fabs(out[3 * 1 + 1]) > 0.1, "the quadratic channel is skewed (m3 %.3g): the check can tell moments apart", out[4]);
+    m[NP + 7] = NAN;
+    CHECK_ERR(lss_stat_joint_moments(m, C, NP, out), LSS_ERR_NUMERIC);
+    CHECK_ERR(lss_stat_joint_moments(NULL, C, NP, out), LSS_ERR_ARG);
+    CHECK_ERR(lss_stat_joint_moments(m, 0, NP, out), LSS_ERR_ARG);
+    CHECK_ERR(lss_stat_joint_moments(m, C, 1, out), LSS_ERR_ARG);
+}
+
+/* ------------------------------------------------------------------ finite-difference sets */
+static void test_fdsims(void) {
+    lss_sim_opts o;
+    lss_survey_opts so;
+    lss_params p0, pv;
+    lss_cosmo *c = NULL;
+    lss_sim *sim = NULL;
+    lss_survey *sv = NULL, *sve = NULL;
+    lss_survey_work *w = NULL, *we = NULL;
+    lss_fdsims *fd = NULL, *fde = NULL;
+    const double step[LSS_NPARAM_LINEAR] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
+    float *m0, *m1, *m2, *m3;
+    double *s0, *s1;
+    int64_t msz, ssz, plane, k;
+    int v;
+    memset(&o, 0, sizeof o);
+    o.nside = 16; o.pixel_arcmin = 18.75;
+    lss_params_fiducial(&p0);
+    CHECK_OK(lss_cosmo_create(&p0, &c));
+    CHECK_OK(lss_sim_create(c, g_nz, g_nb, &o, &sim));
+    memset(&so, 0, sizeof so);
+    so.grid = 1; so.nell = 4; so.ell_min = 72; so.ell_max = 576; so.noise.poisson = LSS_POISSON_INVERSE;
+    CHECK_OK(lss_survey_create(sim, &so, &sv));
+    so.noise.poisson = LSS_POISSON_EXACT;
+    CHECK_OK(lss_survey_create(sim, &so, &sve));
+    CHECK_OK(lss_survey_work_create(sv, &w));
+    CHECK_OK(lss_survey_work_create(sve, &we));
+    CHECK_OK(lss_fdsims_create(sv, g_nz, g_nb, &o, &p0, LSS_NPARAM_LINEAR, step, &fd));
+    CHECK_OK(lss_fdsims_create(sve, g_nz, g_nb, &o, &p0, LSS_NPARAM_LINEAR, step, &fde));
+    if (!fd || !fde || !w || !we) return;
+    CHECK(lss_fdsims_nvariants(fd) == 1 + 2 * LSS_NPARAM_LINEAR, "variants %d", lss_fdsims_nvariants(fd));
+    msz = lss_survey_map_size(sv); ssz = lss_survey_spec_size(sv); plane = 16 * 16;
+    m0 = malloc(sizeof(float) * (size_t)msz); m1 = malloc(sizeof(float) * (size_t)msz);
+    m2 = malloc(sizeof(float) * (size_t)msz); m3 = malloc(sizeof(float) * (size_t)msz);
+    s0 = malloc(sizeof(double) * (size_t)ssz); s1 = malloc(sizeof(double) * (size_t)ssz);
+    /* the fiducial variant is lss_survey_simulate at the Fisher set's index */
+    CHECK_OK(lss_fdsims_observe(fd, w, 0, 3, 9, m0, s0));
+    CHECK_OK(lss_survey_simulate(sv, sim, w, &p0, 9, lss_set_index(LSS_SET_FISHER, 3), m1, s1));
+    CHECK(!memcmp(m0, m1, sizeof(float) * (size_t)msz) && !memcmp(s0, s1, sizeof(double) * (size_t)ssz),
+          "variant 0 = lss_survey_simulate(LSS_SET_FISHER, i), bit for bit");
+    /* parameters of the variants */
+    for (v = 0; v < lss_fdsims_nvariants(fd); v++) {
+        double a[LSS_NPARAM_TABLE1], b[LSS_NPARAM_TABLE1];
+        int i, ok = 1;
+        CHECK_OK(lss_fdsims_params(fd, v, &pv));
+        lss_params_to_vec(&p0, LSS_NPARAM_TABLE1, a);
+        lss_params_to_vec(&pv, LSS_NPARAM_TABLE1, b);
+        for (i = 0; i < LSS_NPARAM_TABLE1; i++) {
+            double want = a[i] + (v > 0 && i == (v - 1) / 2 ? (v % 2 ? 1 : -1) * step[i] : 0);
+            ok &= fabs(b[i] - want) < 1e-15;
+        }
+        CHECK(ok, "variant %d moves exactly its parameter by its step", v);
+    }
+    CHECK_ERR(lss_fdsims_params(fd, 15, &pv), LSS_ERR_ARG);
+    /* common random numbers: b_g +- 0.05 only changes the galaxy rates (by nbar 0.1 |delta|, a few of the 880 per pixel);
+       with one Poisson uniform per pixel the counts of the pair move by about that much, while the exact sampler
+       reshuffles every draw after the first count that differs (|N+ - N-| ~ 2 sqrt(lambda / pi) ~ 33); the lensing
+       channels follow through the shape noise sigma_e / sqrt(N) */
+    {
+        int vp = 1 + 2 * LSS_P_B_G, vm = vp + 1;
+        double fi = 0, fe = 0, dk = 0, dke = 0, nbar = LSS_DEEPLSS_NGAL_ARCMIN2 * 18.75 * 18.75;
+        CHECK_OK(lss_fdsims_observe(fd, w, vp, 1, 9, m0, NULL));
+        CHECK_OK(lss_fdsims_observe(fd, w, vm, 1, 9, m1, NULL));
+        CHECK_OK(lss_fdsims_observe(fde, we, vp, 1, 9, m2, NULL));
+        CHECK_OK(lss_fdsims_observe(fde, we, vm, 1, 9, m3, NULL));
+        for (k = 4 * plane; k < 8 * plane; k++) { fi += fabs(m0[k] - m1[k]) * nbar; fe += fabs(m2[k] - m3[k]) * nbar; }
+        for (k = 0; k < 4 * plane; k++) { dk += fabs(m0[k] - m1[k]); dke += fabs(m2[k] - m3[k]); }
+        fi /= 4.0 * plane; fe /= 4.0 * plane; dk /= 4.0 * plane; dke /= 4.0 * plane;
+        printf("b_g +- 0.05: mean |N+ - N-| per pixel %.2f (one uniform per pixel) vs %.2f (exact sampler); mean |kappa+ - kappa-| "
+               "%.4f vs %.4f\n", fi, fe, dk, dke);
+        CHECK(fi > 0 && fi < 0.4 * fe && fe > 15, "counts move by about the change of the rate with one uniform per pixel (%.2f) and "
+              "are reshuffled by the exact sampler (%.2f)", fi, fe);
+        CHECK(dk > 0 && dk < 0.4 * dke, "lensing pixels follow the counts: %.4f vs %.4f", dk, dke);
+    }
+    /* cosmology steps: other fields, same phases: the pair is almost perfectly correlated and the mean response of the
+       lensing variance has the sign of the parameter (sigma_8 up: larger kappa) */
+    {
+        double sxy = 0, sxx = 0, syy = 0, vp = 0, vm = 0;
+        int vpl = 1 + 2 * LSS_P_SIGMA_8;
+        CHECK_OK(lss_fdsims_params(fd, vpl, &pv));
+        CHECK_OK(lss_fdsims_observe(fd, w, vpl, 2, 9, m0, NULL));
+        CHECK_OK(lss_fdsims_observe(fd, w, vpl + 1, 2, 9, m1, NULL));
+        CHECK_OK(lss_fdsims_observe(fd, w, 0, 2, 9, m2, NULL));   /* the fiducial set: other fields */
+        for (k = 3 * plane; k < 4 * plane; k++) {
+            sxy += (double)m0[k] * m1[k]; sxx += (double)m0[k] * m0[k]; syy += (double)m1[k] * m1[k];
+        }
+        CHECK(sxy / sqrt(sxx * syy) > 0.99, "sigma_8 +- 0.02 pair: correlation %.5f > 0.99 (common phases)", sxy / sqrt(sxx * syy));
+        sxy = sxx = syy = 0;
+        for (k = 3 * plane; k < 4 * plane; k++) { sxy += (double)m0[k] * m2[k]; sxx += (double)m0[k] * m0[k]; syy += (double)m2[k] * m2[k]; }
+        CHECK(fabs(sxy / sqrt(sxx * syy)) < 0.5, "the covariance set's fields are independent of the derivative set's (correlation %.3f)",
+              sxy / sqrt(sxx * syy));
+        /* noise-free response: a survey without noise shows the signal variance grow with sigma_8 in every bin */
+        {
+            lss_survey *sn = NULL;
+            lss_survey_work *wn = NULL;
+            lss_fdsims *fn = NULL;
+            int ok = 1, bin;
+            so.noise.no_noise = 1;
+            CHECK_OK(lss_survey_create(sim, &so, &sn));
+            CHECK_OK(lss_survey_work_create(sn, &wn));
+            CHECK_OK(lss_fdsims_create(sn, g_nz, g_nb, &o, &p0, LSS_NPARAM_LINEAR, step, &fn));
+            if (fn && wn) {
+                CHECK_OK(lss_fdsims_observe(fn, wn, vpl, 2, 9, m0, NULL));
+                CHECK_OK(lss_fdsims_observe(fn, wn, vpl + 1, 2, 9, m1, NULL));
+                for (bin = 0; bin < 4; bin++) {
+                    vp = vm = 0;
+                    for (k = bin * plane; k < (bin + 1) * plane; k++) { vp += (double)m0[k] * m0[k]; vm += (double)m1[k] * m1[k]; }
+                    ok &= vp > vm;
+                }
+                CHECK(ok, "noise-free lensing variance larger at sigma_8 + step in every bin");
+            }
+            lss_fdsims_free(fn); lss_survey_work_free(wn); lss_survey_free(sn);
+        }
+    }
+    /* bad input */
+    {
+        lss_fdsims *bad = NULL;
+        double st2[LSS_NPARAM_LINEAR];
+        memcpy(st2, step, sizeof st2);
+        st2[3] = 0;
+        CHECK_ERR(lss_fdsims_create(sv, g_nz, g_nb, &o, &p0, LSS_NPARAM_LINEAR, st2, &bad), LSS_ERR_ARG);
+        st2[3] = 0.4; st2[LSS_P_R_G] = 0.5;   /* r_g 0.7 + 0.5 leaves the Table I prior */
+        CHECK_ERR(lss_fdsims_create(sv, g_nz, g_nb, &o, &p0, LSS_NPARAM_LINEAR, st2, &bad), LSS_ERR_RANGE);
+        CHECK(bad == NULL, "nothing created on error");
+        CHECK_ERR(lss_fdsims_create(NULL, g_nz, g_nb, &o, &p0, LSS_NPARAM_LINEAR, step, &bad), LSS_ERR_ARG);
+        CHECK_ERR(lss_fdsims_observe(fd, w, 15, 0, 9, m0, NULL), LSS_ERR_ARG);
+        CHECK_ERR(lss_fdsims_observe(fd, w, 0, LSS_FDSIMS_DER_BASE, 9, m0, NULL), LSS_ERR_ARG);
+    }
+    /* the spectra estimator of the survey recipe: |X_i X_j*| >= |Re X_i X_j*| pair by pair, equal for auto spectra */
+    {
+        lss_survey *sa = NULL;
+        int ok = 1, okauto = 1, q, b, i, j;
+        so.noise.no_noise = 0; so.ps_mode = LSS_PS_ABS; so.noise.poisson = LSS_POISSON_INVERSE;   /* sv's recipe but |.| */
+        CHECK_OK(lss_survey_create(sim, &so, &sa));
+        CHECK_OK(lss_survey_simulate(sv, sim, w, &p0, 9, 5, m0, s0));
+        CHECK_OK(lss_survey_simulate(sa, sim, w, &p0, 9, 5, m1, s1));
+        for (q = 0; q < lss_survey_npairs(sv); q++) {
+            lss_survey_pair(sv, q, &i, &j);
+            for (b = 0; b < 4; b++) {
+                double re = s0[q * 4 + b], ab = s1[q * 4 + b];
+                ok &= ab >= fabs(re) * (1 - 1e-12);
+                if (i == j) okauto &= fabs(ab - re) <= 1e-12 * fabs(re);
+            }
+        }
+        CHECK(ok && okauto, "|X_i X_j*| spectra bound the real-part ones and equal them for auto spectra");
+        so.ps_mode = 2;
+        CHECK_ERR(lss_survey_create(sim, &so, &sve), LSS_ERR_ARG);
+        lss_survey_free(sa);
+    }
+    free(m0); free(m1); free(m2); free(m3); free(s0); free(s1);
+    lss_fdsims_free(fd); lss_fdsims_free(fde);
+    lss_survey_work_free(w); lss_survey_work_free(we);
+    lss_survey_free(sv); lss_survey_free(sve); lss_sim_free(sim); lss_cosmo_free(c);
+}
+
+/* ------------------------------------------------------------------ summary networks start at the prior mean */
+static void test_sumnet_start(void) {
+    lss_sumnet_opts so;
+    lss_sumnet *n = NULL;
+    enum { NS = 400, NB = 16 };
+    double th[NS * 7], pred[NB * 7], mean[7] = {0}, sd[7] = {0}, y[7], thm[7], loss, ref = 0;
+    float maps[NB * 2 * 16 * 16], yt[NB * 7];
+    const lss_param_table *t = lss_table1();
+    lss_rng r;
+    int i, k, kind;
+    lss_rng_init(&r, 11, 0);
+    for (i = 0; i < NS; i++)
+        for (k = 0; k < 7; k++) th[i * 7 + k] = t->lo[k] + (t->hi[k] - t->lo[k]) * lss_rng_uniform(&r);
+    for (k = 0; k < 7; k++) {   /* target mean and std, computed here independently */
+        double s1 = 0, s2 = 0;
+        for (i = 0; i < NS; i++) { lss_deeplss_to_target(th + i * 7, y); s1 += y[k]; }
+        mean[k] = s1 / NS;
+        for (i = 0; i < NS; i++) { lss_deeplss_to_target(th + i * 7, y); s2 += (y[k] - mean[k]) * (y[k] - mean[k]); }
+        sd[k] = sqrt(s2 / (NS - 1));
+    }
+    lss_deeplss_from_target(mean, thm);
+    for (i = 0; i < NB * 2 * 16 * 16; i++) maps[i] = (float)(3 * lss_rng_normal(&r));
+    for (kind = 0; kind < 2; kind++) {
+        double spec[NB * 3 * 4];
+        for (i = 0; i < NB * 12; i++) spec[i] = exp(lss_rng_normal(&r));
+        memset(&so, 0, sizeof so);
+        so.kind = kind; so.batch = NB; so.map_ch = 2; so.side = 16; so.ch0 = 0; so.nch = 2;
+        so.nconv = 2; so.nres = 1; so.channels = 8; so.kernel = 3; so.in_std = 1;
+        so.npairs = 3; so.nell = 4; so.width = 16; so.seed = 3;
+        CHECK_OK(lss_sumnet_create(&so, &n));
+        if (!n) return;
+        CHECK_OK(lss_sumnet_standardise(n, maps, spec, NB));
+        CHECK_OK(lss_sumnet_set_targets(n, th, NS));
+        for (k = 0; k < 7; k++) {
+            CHECK_CLOSE(n->tmu->data[k], mean[k], 1e-6, 1e-7, "target mean");
+            CHECK_CLOSE(n->tsd->data[k], sd[k], 1e-6, 0, "target std");
+        }
+        for (i = 0; i < NB; i++) CHECK_OK(lss_sumnet_input(n, i, maps + i * 2 * 256, spec + i * 12));
+        CHECK_OK(lss_sumnet_predict(n, NB, pred));
+        {
+            int ok = 1;
+            for (i = 0; i < NB; i++)
+                for (k = 0; k < 7; k++) ok &= fabs(pred[i * 7 + k] - thm[k]) <= 1e-5 * (fabs(thm[k]) + 1e-3);
+            CHECK(ok, "%s before training: every input predicts the prior's target mean", kind ? "PSD" : "CNN");
+        }
+        /* loss at the start: unit precision in standardised units, ||(y - mean) / std||^2 */
+        ref = 0;
+        for (i = 0; i < NB; i++) {
+            lss_deeplss_to_target(th + i * 7, y);
+            for (k = 0; k < 7; k++) {
+                yt[i * 7 + k] = (float)y[k];
+                ref += pow(((double)(float)y[k] - n->tmu->data[k]) / n->tsd->data[k], 2) / NB;
+            }
+        }
+        CHECK_OK(lss_sumnet_loss(n, NB, yt, 0, &loss));
+        CHECK_CLOSE(loss, ref, 1e-4, 1e-4, "start loss = mean squared standardised target (unit precision, log det 0)");
+        CHECK_ERR(lss_sumnet_set_targets(n, th, 1), LSS_ERR_ARG);
+        lss_sumnet_free(n);
+        n = NULL;
+    }
+}
+
+int main(void) {
+    if (lss_nz_builtin("deeplss", &g_nz, &g_nb) != LSS_OK) { printf("n(z): %s\n", lss_last_error()); return 1; }
+    test_joint_moments();
+    test_fdsims();
+    test_sumnet_start();
+    lss_nz_free(g_nz, g_nb);
+    LSS_TEST_END();
+}
