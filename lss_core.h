@@ -299,7 +299,9 @@ typedef enum {
     LSS_SET_VALID = 1,         /* held-out data seen during training (early stopping, plateaus) */
     LSS_SET_TEST = 2,          /* evaluation data and mocks, never trained on */
     LSS_SET_FIDUCIAL = 3,      /* fiducial-cosmology draws (covariances, calibration) */
-    LSS_SET_FISHER = 4,        /* Fisher-forecast simulations: fresh fields at the fiducial and at finite-difference steps */
+    LSS_SET_DEEPLSS_CAL = 4,   /* DeepLSS calibration mocks (lss_maps.h's LSS_DRAWS_CAL) */
+    LSS_SET_DEEPLSS_CHECK = 5, /* DeepLSS MDN check draws (LSS_DRAWS_CHECK) */
+    LSS_SET_FISHER = 6,        /* Fisher-forecast simulations: fresh fields at the fiducial and at finite-difference steps */
     LSS_SET_NSETS = 16
 } lss_set;
 #define LSS_STREAM_INDEX_MAX ((uint64_t)1 << 44)  /* index < 2^44 */

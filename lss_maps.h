@@ -564,8 +564,6 @@ LSSDEF void lss_pool_draw_random(const lss_pool *pool, uint64_t seed, uint64_t i
    LSS_DRAWS_FID   the fiducial parameters, fresh noise and held-out fields;
    LSS_DRAWS_CHECK per draws at each of a set of random parameter points (item i: point i / per). */
 enum { LSS_DRAWS_MDN = 0, LSS_DRAWS_CAL, LSS_DRAWS_FID, LSS_DRAWS_CHECK, LSS_DRAWS_NSETS };
-#define LSS_SET_DEEPLSS_CAL ((lss_set)4)    /* data sets of the registry used only here */
-#define LSS_SET_DEEPLSS_CHECK ((lss_set)5)
 LSSDEF int lss_pool_eval_draw(const lss_pool *pool, uint64_t seed, int which, int64_t i, int per, lss_pool_draw *d);
 /* The draw's survey: grid^2 pool fields chosen by the draw's stream, then lss_survey_observe. */
 LSSDEF int lss_pool_observe(const lss_pool *pool, const lss_survey *sv, lss_survey_work *w, const lss_pool_draw *d,
