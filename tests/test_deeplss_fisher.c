@@ -205,7 +205,11 @@ static void test_fdsims(void) {
         }
         CHECK(ok && okauto, "|X_i X_j*| spectra bound the real-part ones and equal them for auto spectra");
         so.ps_mode = 2;
-        CHECK_ERR(lss_survey_create(sim, &so, &sve), LSS_ERR_ARG);
+        {
+            lss_survey *none = NULL;
+            CHECK_ERR(lss_survey_create(sim, &so, &none), LSS_ERR_ARG);
+            CHECK(none == NULL, "no survey on error");
+        }
         lss_survey_free(sa);
     }
     free(m0); free(m1); free(m2); free(m3); free(s0); free(s1);
