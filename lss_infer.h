@@ -472,7 +472,8 @@ LSSDEF void lss_sumnet_free(lss_sumnet *n);
    the PSD network's per-feature mean and std of the spectra (non-finite values ignored). */
 LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double *spec, int ns);
 /* Target standardisation from ns parameter draws of the prior, theta [ns][7]: the network's outputs are
-   (y - mean) / std of the appendix E targets y (checkpointed buffers; unset: mean 0, std 1). */
+   (y - mean) / std of the appendix E targets y (lss_chain_stats: std with ddof 0; checkpointed buffers; unset: mean 0,
+   std 1). */
 LSSDEF int lss_sumnet_set_targets(lss_sumnet *n, const double *theta, int ns);
 /* Row i of the input batch from one map [map_ch][side][side] or spectra [npairs][nell]. */
 LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double *spec);
@@ -537,6 +538,11 @@ typedef struct {
 LSSDEF int lss_fisher_from_sims(const double *fid, int64_t nfid, const double *plus, const double *minus, int64_t nder,
                                 int p, int d, const double *step, const double *prior_sigma, int nblock, lss_fisher *out);
 LSSDEF void lss_fisher_free(lss_fisher *f);
+/* The same from a table of many summaries, X [nfid + 2 p nder][ld]: rows [0, nfid) fiducial, then p blocks of nder rows
+   at +step (parameter a: rows nfid + a nder + i), then p blocks at -step (lss_maps.h's lss_fdsims_observe_rows layout);
+   the summary is the ncol columns cols[] of every row (any order, each < ld). */
+LSSDEF int lss_fisher_from_table(const double *X, int64_t ld, const int *cols, int ncol, int64_t nfid, int64_t nder, int p,
+                                 const double *step, const double *prior_sigma, int nblock, lss_fisher *out);
 /* The figure of merit 1/sqrt(det) of the 2x2 block (i, j) of f->cov; err (may be NULL): its jackknife error
    (NaN without a jackknife or with bad replicates). NaN (and LSS_ERR_ARG in lss_last_error) for bad arguments. */
 LSSDEF double lss_fisher_fom(const lss_fisher *f, int i, int j, double *err);
@@ -823,6 +829,20 @@ LSSDEF int lss_deeplss_numbers_read(const char *dir, int nfid, int ncal, const c
 /* gains.csv (probe, param (row of lss_deeplss_gains), gain_median, gain_p16, gain_p84, nmocks,
    fom_cnn_median, fom_psd_median: the FoM columns on rows 8 and 9) at path. */
 LSSDEF int lss_deeplss_gains_save(const lss_deeplss_numbers *r, const char *path);
+/* fisher.csv and fisher.md in dir from the summary-efficiency forecasts of `deeplss fisher`: F[probe * nsum + s] for the 3
+   probe sets (lss_deeplss_probe_name order) and nsum summaries named sum_names; a forecast with F == NULL is skipped.
+   Summary 0 must be the power spectra Re(X_i X_j*) and summary 1 the |X_i X_j*| spectra: every summary's efficiency is
+   its FoM(Omega_m, sigma_8) over theirs (paired jackknife errors, lss_fisher_fom_ratio), with its sigma(A_IA) and
+   sigma(r_g) over the Re spectra's; summaries from first_net on are networks, flagged "undertrained" below
+   LSS_DEEPLSS_UNDERTRAINED. fisher.csv also has every sigma (names: the 7 parameter names). Each file atomic. */
+#define LSS_DEEPLSS_UNDERTRAINED 0.9
+/* The report's calibration section (coverage of the 68% intervals per network and parameter) and the MDN check table of
+   appendix C from numbers read by lss_deeplss_numbers_read, as Markdown on md (names: the 7 parameter names). */
+LSSDEF void lss_deeplss_calibration_md(const lss_deeplss_numbers *r, const char *const *names, FILE *md);
+/* The report's summary-efficiency section: a heading, then dir/fisher.md copied to md (or a line saying it is absent). */
+LSSDEF void lss_deeplss_fisher_md(const char *dir, FILE *md);
+LSSDEF int lss_deeplss_fisher_save(const char *dir, const lss_fisher *F, int nsum, const char *const *sum_names, int first_net,
+                                   const char *const *names, int64_t nfid, int64_t nder);
 
 /* Figures 2-4 from DIR/chain_fid_<net>.npy (a missing file leaves out its figures; a malformed one is
    LSS_ERR_FORMAT): DIR/corner_<probe>.png (CNN vs PSD, for each probe set with both chains) and DIR/s8_aia.png
@@ -3403,28 +3423,21 @@ LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double
 }
 
 LSSDEF int lss_sumnet_set_targets(lss_sumnet *n, const double *theta, int ns) {
-    int i, k;
+    lss_param_stats st[LSS_DEEPLSS_NPARAM];
+    double *y;
+    int i, k, s;
     if (!n || !theta || ns < 2) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: NULL argument or %d draws (>= 2)", ns);
-    for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) {
-        double s1 = 0, s2 = 0, m, v;
-        for (i = 0; i < ns; i++) {
-            double y[LSS_DEEPLSS_NPARAM];
-            lss_deeplss_to_target(theta + (size_t)i * LSS_DEEPLSS_NPARAM, y);
-            if (!isfinite(y[k])) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: draw %d has a non-finite parameter", i);
-            s1 += y[k];
-        }
-        m = s1 / ns;
-        for (i = 0; i < ns; i++) {
-            double y[LSS_DEEPLSS_NPARAM];
-            lss_deeplss_to_target(theta + (size_t)i * LSS_DEEPLSS_NPARAM, y);
-            s2 += (y[k] - m) * (y[k] - m);
-        }
-        v = s2 / (ns - 1);
-        if (!(v > 0)) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: target %d does not vary over the %d draws", k, ns);
-        n->tmu->data[k] = (float)m;
-        n->tsd->data[k] = (float)sqrt(v);
-    }
-    return LSS_OK;
+    if (!(y = (double *)LSS_MALLOC(sizeof(double) * (size_t)ns * LSS_DEEPLSS_NPARAM)))
+        return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_set_targets: out of memory");
+    for (i = 0; i < ns; i++) lss_deeplss_to_target(theta + (size_t)i * LSS_DEEPLSS_NPARAM, y + (size_t)i * LSS_DEEPLSS_NPARAM);
+    for (i = 0, s = LSS_OK; i < ns * LSS_DEEPLSS_NPARAM && s == LSS_OK; i++)
+        if (!isfinite(y[i])) s = lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: draw %d has a non-finite parameter", i / LSS_DEEPLSS_NPARAM);
+    if (s == LSS_OK) s = lss_chain_stats(y, ns, LSS_DEEPLSS_NPARAM, st, NULL);
+    LSS_FREE(y);
+    for (k = 0; k < LSS_DEEPLSS_NPARAM && s == LSS_OK; k++)
+        if (!(st[k].std > 0)) s = lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_targets: target %d does not vary over the %d draws", k, ns);
+    for (k = 0; k < LSS_DEEPLSS_NPARAM && s == LSS_OK; k++) { n->tmu->data[k] = (float)st[k].mean; n->tsd->data[k] = (float)st[k].std; }
+    return s;
 }
 
 LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double *spec) {
@@ -3815,6 +3828,27 @@ LSSDEF void lss_fisher_free(lss_fisher *f) {
     LSS_FREE(f->F); LSS_FREE(f->F_raw); LSS_FREE(f->cov); LSS_FREE(f->sigma); LSS_FREE(f->sigma_err);
     LSS_FREE(f->dmu); LSS_FREE(f->jcov);
     memset(f, 0, sizeof *f);
+}
+
+LSSDEF int lss_fisher_from_table(const double *X, int64_t ld, const int *cols, int ncol, int64_t nfid, int64_t nder, int p,
+                                 const double *step, const double *prior_sigma, int nblock, lss_fisher *out) {
+    int64_t n, r;
+    double *Y;
+    int k, s;
+    if (out) memset(out, 0, sizeof *out);
+    if (!X || !cols || ncol < 1 || ld < 1 || nfid < 0 || nder < 0 || p < 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_fisher_from_table: NULL argument or bad sizes (%d columns of %lld)", ncol, (long long)ld);
+    for (k = 0; k < ncol; k++)
+        if (cols[k] < 0 || cols[k] >= ld) return lss_seterr(LSS_ERR_ARG, "lss_fisher_from_table: column %d outside 0..%lld", cols[k], (long long)ld - 1);
+    n = nfid + 2 * (int64_t)p * nder;
+    if (!(Y = (double *)LSS_MALLOC(sizeof(double) * (size_t)n * (size_t)ncol)))
+        return lss_seterr(LSS_ERR_NOMEM, "lss_fisher_from_table: out of memory (%lld rows x %d columns)", (long long)n, ncol);
+    for (r = 0; r < n; r++)
+        for (k = 0; k < ncol; k++) Y[(size_t)r * ncol + k] = X[(size_t)r * (size_t)ld + (size_t)cols[k]];
+    s = lss_fisher_from_sims(Y, nfid, Y + (size_t)nfid * ncol, Y + ((size_t)nfid + (size_t)p * nder) * ncol, nder, p, ncol, step,
+                             prior_sigma, nblock, out);
+    LSS_FREE(Y);
+    return s;
 }
 
 LSSDEF int lss_fisher_from_sims(const double *fid, int64_t nfid, const double *plus, const double *minus, int64_t nder,
@@ -4998,6 +5032,94 @@ out:
     LSS_FREE(cs);
     LSS_FREE(ins);
     return s;
+}
+
+LSSDEF int lss_deeplss_fisher_save(const char *dir, const lss_fisher *F, int nsum, const char *const *sum_names, int first_net,
+                                   const char *const *names, int64_t nfid, int64_t nder) {
+    enum { A_IA = 2, R_G = 6 };   /* parameter order of Table I */
+    char path[4096];
+    lss_wfile w;
+    int p, b, k, md, s;
+    if (!dir || !F || nsum < 2 || !sum_names || !names)
+        return lss_seterr(LSS_ERR_ARG, "lss_deeplss_fisher_save: NULL argument or %d summaries (the two spectra first)", nsum);
+    for (md = 0; md < 2; md++) {
+        if ((s = lss__dl_path(path, sizeof path, dir, md ? "fisher.md" : "fisher.csv")) || (s = lss_wfile_open(&w, path))) return s;
+        if (!md) {
+            fprintf(w.f, "probe,summary,fom,fom_err,fom_ratio_ps_re,fom_ratio_ps_re_err,fom_ratio_ps_abs,fom_ratio_ps_abs_err");
+            for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) fprintf(w.f, ",sigma_%s,sigma_%s_err", names[k], names[k]);
+            fprintf(w.f, "\n");
+        } else
+            fprintf(w.f, "Fisher forecasts at the fiducial parameters from %lld fresh observations (covariance, Hartlap factor) and %lld "
+                         "pairs per parameter at theta +- h (central differences with common random numbers; derivative noise bias "
+                         "removed), Table I box as a Gaussian prior of the same variance. FoM = 1/sqrt(det Cov(%s, %s)); errors: "
+                         "jackknife, ratios paired (same observations). Efficiency = FoM / FoM of the power spectra (Re X_i X_j*); "
+                         "|.|: against the released code's |X_i X_j*| spectra. A network below %.2g is flagged undertrained. "
+                         "[fisher.csv](fisher.csv) has every sigma.\n\n| probes | summary | FoM | efficiency (Re) | efficiency (abs) "
+                         "| sigma(%s) / PS | sigma(%s) / PS | |\n|---|---|---|---|---|---|---|---|\n", (long long)nfid, (long long)nder,
+                    names[0], names[1], LSS_DEEPLSS_UNDERTRAINED, names[A_IA], names[R_G]);
+        for (p = 0; p < 3; p++)
+            for (b = 0; b < nsum; b++) {
+                const lss_fisher *f = F + p * nsum + b, *re = F + p * nsum, *ab = F + p * nsum + 1;
+                double e0, e1, e2, ea, er, fo, r1, r2, ra, rr;
+                if (!f->F) continue;
+                fo = lss_fisher_fom(f, 0, 1, &e0);
+                r1 = lss_fisher_fom_ratio(f, re, 0, 1, &e1);
+                r2 = lss_fisher_fom_ratio(f, ab, 0, 1, &e2);
+                ra = lss_fisher_sigma_ratio(f, re, A_IA, &ea);
+                rr = lss_fisher_sigma_ratio(f, re, R_G, &er);
+                if (!md) {
+                    fprintf(w.f, "%s,%s,%.6g,%.3g,%.5f,%.3g,%.5f,%.3g", lss_deeplss_probe_name(p, 0), sum_names[b], fo, e0, r1, e1, r2, e2);
+                    for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) fprintf(w.f, ",%.6g,%.3g", f->sigma[k], f->sigma_err[k]);
+                    fprintf(w.f, "\n");
+                } else
+                    fprintf(w.f, "| %s | %s | %.4g +- %.2g | %.3f +- %.3f | %.3f +- %.3f | %.3f +- %.3f | %.3f +- %.3f | %s |\n",
+                            lss_deeplss_probe_name(p, 1), sum_names[b], fo, e0, r1, e1, r2, e2, ra, ea, rr, er,
+                            b >= first_net && r1 < LSS_DEEPLSS_UNDERTRAINED ? "undertrained" : "");
+            }
+        if ((s = lss_wfile_commit(&w))) return s;
+    }
+    return LSS_OK;
+}
+
+LSSDEF void lss_deeplss_fisher_md(const char *dir, FILE *md) {
+    char path[4096], buf[4096];
+    size_t nr;
+    FILE *f;
+    if (!md) return;
+    fprintf(md, "\n## Summary efficiency (Fisher forecasts)\n\n");
+    if (lss__dl_path(path, sizeof path, dir, "fisher.md") || !(f = fopen(path, "r"))) {
+        fprintf(md, "No fisher.md in this directory (run `deeplss fisher`).\n");
+        lss_clearerr();
+        return;
+    }
+    while ((nr = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, nr, md);
+    fclose(f);
+}
+
+LSSDEF void lss_deeplss_calibration_md(const lss_deeplss_numbers *r, const char *const *names, FILE *md) {
+    int i, j, k;
+    if (!r || !names || !md) return;
+    fprintf(md, "\n## Calibration\n\n");
+    if (r->have_cal) {
+        fprintf(md, "Fraction of true values inside the 68%% interval (16-84 percentiles of the posterior), over mock observations at "
+                    "random grid cosmologies and nuisance parameters (held-out fields and fresh noise), all 7 parameters pooled "
+                    "(expected 0.68; bar 0.68 +- 0.06):\n\n| network | mocks | fraction | ");
+        for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) fprintf(md, "%s | ", names[k]);
+        fprintf(md, "\n|---|---|---|---|---|---|---|---|---|---|");   /* 3 + 7 columns */
+        for (i = 0; i < 2; i++) {
+            fprintf(md, "\n| %s combined | %lld | %.3f | ", i ? "PSD" : "CNN", (long long)r->cal_n[i], r->cal_frac[i]);
+            for (k = 0; k < LSS_DEEPLSS_NPARAM; k++) fprintf(md, "%.2f | ", r->cal_par[i][k]);
+        }
+        fprintf(md, "\n\nPer mock and parameter: [calibration.csv](calibration.csv).\n");
+    } else fprintf(md, "No calibration.csv in this directory.\n");
+    fprintf(md, "\nMDN check of appendix C (dmu = (mean_MDN - mean_sim)/std_sim, dsig = (std_MDN - std_sim)/std_sim at held-out theta_t, "
+                "median [16-84%%]): [mdn_check.csv](mdn_check.csv)\n\n");
+    for (k = 0, j = 0; k < LSS_DEEPLSS_NNET; k++)
+        if (r->have_check[k]) {
+            const double *v = r->check[k];
+            fprintf(md, "%s| %s %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] |\n", j++ ? "" : "| network | dmu | dsig |\n|---|---|---|\n",
+                    lss_deeplss_kind_name(k / 3), lss_deeplss_probe_name(k % 3, 0), v[0], v[1], v[2], v[3], v[4], v[5]);
+        }
 }
 
 LSSDEF int lss_deeplss_gains_save(const lss_deeplss_numbers *r, const char *path) {

@@ -510,6 +510,16 @@ LSSDEF int lss_fdsims_params(const lss_fdsims *f, int v, lss_params *p);
    NULL), as lss_survey_simulate. */
 LSSDEF int lss_fdsims_observe(const lss_fdsims *f, lss_survey_work *w, int v, uint64_t i, uint64_t seed, float *map,
                               double *spec);
+/* The whole set as nfid + 2 na nder rows, in the layout lss_fisher_from_sims reads: rows [0, nfid) the fiducial
+   observations, then na blocks of nder rows at +step (parameter a: rows nfid + a nder + i), then na blocks at -step
+   (rows nfid + (na + a) nder + i); pair i of every block shares its random numbers. Rows r0 .. r0 + n - 1 into
+   maps [n][map_size] and spec [n][spec_size] (may be NULL), in parallel (OpenMP; works[nwork], one per thread,
+   nwork >= the number of threads); identical whatever the thread count. */
+LSSDEF int lss_fdsims_observe_rows(const lss_fdsims *f, lss_survey_work *const *works, int nwork, uint64_t seed, int64_t nfid,
+                                   int64_t nder, int64_t r0, int n, float *maps, double *spec);
+/* The spectra of the channels ch0 .. ch0 + nch - 1 among all pairs of a survey's spectra spec [npairs][nell]: the
+   pairs (i, j) with both channels in the range, in pair order, into out [nch (nch + 1) / 2][nell]. */
+LSSDEF int lss_survey_select_spectra(const lss_survey *sv, const double *spec, int ch0, int nch, double *out);
 
 /* ---- DeepLSS training data: a pool of noise-free fields at grid cosmologies, and draws from it
  * Section III: noise-free fields are expensive, observations cheap. The pool holds nf_train training and
@@ -3611,6 +3621,51 @@ LSSDEF int lss_fdsims_observe(const lss_fdsims *f, lss_survey_work *w, int v, ui
     sim = f->sim[v] ? f->sim[v] : f->sim[0];
     return lss_survey_simulate(f->sv, sim, w, &f->p[v], seed, lss_set_index(LSS_SET_FISHER, v == 0 ? i : LSS_FDSIMS_DER_BASE + i),
                                map, spec);
+}
+
+LSSDEF int lss_fdsims_observe_rows(const lss_fdsims *f, lss_survey_work *const *works, int nwork, uint64_t seed, int64_t nfid,
+                                   int64_t nder, int64_t r0, int n, float *maps, double *spec) {
+    int64_t msz, ssz, total;
+    int j, err = LSS_OK;
+    char msg[1024] = "";
+    if (!f || !works || !maps || nwork < 1 || nfid < 0 || nder < 0 || n < 0 || r0 < 0)
+        return lss_seterr(LSS_ERR_ARG, "lss_fdsims_observe_rows: NULL argument or negative size");
+    total = nfid + 2 * (int64_t)f->na * nder;
+    if (r0 + n > total) return lss_seterr(LSS_ERR_ARG, "lss_fdsims_observe_rows: rows %lld..%lld of %lld", (long long)r0,
+                                          (long long)(r0 + n - 1), (long long)total);
+    if (spec && f->sv->nell == 0) return lss_seterr(LSS_ERR_ARG, "lss_fdsims_observe_rows: spectra asked of a survey without ell bins");
+#ifdef _OPENMP
+    if (omp_get_max_threads() > nwork) return lss_seterr(LSS_ERR_ARG, "lss_fdsims_observe_rows: %d work buffers for %d threads", nwork,
+                                                         omp_get_max_threads());
+#endif
+    msz = lss_survey_map_size(f->sv);
+    ssz = lss_survey_spec_size(f->sv);
+LSS__MOMP(omp parallel for schedule(dynamic, 4))
+    for (j = 0; j < n; j++) {
+        int64_t r = r0 + j, q = r - nfid;
+        int t = 0, v = r < nfid ? 0 : 1 + 2 * (int)(q / nder % f->na) + (int)(q / nder / f->na), e;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        e = lss_fdsims_observe(f, works[t], v, (uint64_t)(r < nfid ? r : q % nder), seed, maps + (size_t)j * msz,
+                               spec ? spec + (size_t)j * ssz : NULL);
+        if (e) {
+LSS__MOMP(omp critical(lss_fdsims_rows))
+            if (!err) { err = e; snprintf(msg, sizeof msg, "%s", lss_last_error()); }
+        }
+    }
+    return err ? lss_seterr(err, "%s", msg) : LSS_OK;
+}
+
+LSSDEF int lss_survey_select_spectra(const lss_survey *sv, const double *spec, int ch0, int nch, double *out) {
+    int a, b, q = 0, k = 0;
+    if (!sv || !spec || !out || ch0 < 0 || nch < 1 || ch0 + nch > 2 * sv->nbins)
+        return lss_seterr(LSS_ERR_ARG, "lss_survey_select_spectra: NULL argument or channels %d..%d of %d", ch0, ch0 + nch - 1,
+                          sv ? 2 * sv->nbins : 0);
+    for (a = 0; a < 2 * sv->nbins; a++)
+        for (b = a; b < 2 * sv->nbins; b++, q++)
+            if (a >= ch0 && b < ch0 + nch) memcpy(out + (size_t)(k++) * sv->nell, spec + (size_t)q * sv->nell, sizeof(double) * (size_t)sv->nell);
+    return LSS_OK;
 }
 
 /* ---------------------------------------------------------------- DeepLSS pool and draws */

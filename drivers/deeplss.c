@@ -262,33 +262,33 @@ static const double dl_fstep[DL_NP] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
 #define DL_NSUM 5   /* summaries per probe set: PS Re, PS abs, PS Re + moments, CNN, PSD network */
 static const char *const dl_sum_name[DL_NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "cnn", "psd"};
 
-/* Summaries of fiducial and finite-difference observations (lss_fdsims: common random numbers, one Poisson uniform per
-   pixel) for every probe set: both power-spectrum estimators, the joint one-point moments of the probe's channels and the
-   trained networks' predictions; the Fisher matrix of each summary (lss_fisher_from_sims, Table I box as a flat prior of the
-   same variance), written to fisher.csv and fisher.md. */
+/* Summaries of the rows of a finite-difference set (lss_fdsims_observe_rows: common random numbers, one Poisson uniform per
+   pixel) for every probe set asked: both spectra estimators, the joint one-point moments of the probe's channels and the
+   trained networks' predictions; the Fisher matrix of each summary (Table I box as a flat prior of the same variance) into
+   fisher.csv and fisher.md (lss_deeplss_fisher_save). */
 static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
     const lss_deeplss_cfg *c = &x->c;
     const lss_param_table *t1 = lss_table1();
-    const int nv = 1 + 2 * DL_NP, CH = 256, nell = c->nell, T = x->nthreads;
-    const int64_t N = (int64_t)nfid + (int64_t)(nv - 1) * nder, msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
+    const int CH = 256, nell = c->nell, T = x->nthreads;
+    const int64_t N = (int64_t)nfid + 2 * DL_NP * (int64_t)nder, msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
     const int64_t plane = (int64_t)lss_survey_side(x->sv) * lss_survey_side(x->sv);
-    int dps[3] = {0, 0, 0}, dmo[3], off[3 * 3 + DL_NNET], dtot = 0, k, p, q, b, s = LSS_OK, nn = 0, kk[DL_NNET];
+    int dps[3], dmo[3], off[9 + DL_NNET], dtot = 0, k, p, b, j, s = LSS_OK, nn = 0, kk[DL_NNET], *cols = NULL;
     lss_survey_opts vo;
     lss_survey *fsv = NULL;
     lss_survey_work **fw = (lss_survey_work **)calloc((size_t)T, sizeof *fw);
-    lss_ps **psa = (lss_ps **)calloc((size_t)T, sizeof *psa);
+    lss_ps *psa = NULL;
     lss_fdsims *fd = NULL;
     lss_params p0;
     lss_sumnet *nets[DL_NNET] = {0};
-    lss_fisher F[3][DL_NSUM];
+    lss_fisher F[3 * DL_NSUM];
     double *edges = (double *)malloc(sizeof(double) * (size_t)(nell + 1)), *X = NULL, *spec = NULL, *sab = NULL, *th = NULL, prior[DL_NP];
     float *maps = NULL;
     char path[4400];
-    lss_wfile w;
     memset(F, 0, sizeof F);
-    for (p = 0; p < 3; p++) {   /* dimensions: spectra of the probe's pairs, moments of its channels */
-        for (q = 0; q < x->npairs; q++) dps[p] += (x->pair_probe[q] >> p) & 1 ? nell : 0;
-        dmo[p] = lss_stat_joint_moments_size(p == 0 ? 2 * DL_NBINS : DL_NBINS);
+    for (p = 0; p < 3; p++) {   /* channels of a probe set: all, kappa_g, delta_g */
+        int nch = p ? DL_NBINS : 2 * DL_NBINS;
+        dps[p] = nch * (nch + 1) / 2 * nell;
+        dmo[p] = lss_stat_joint_moments_size(nch);
     }
     for (b = 0; b < 9; b++) { off[b] = dtot; dtot += b < 6 ? dps[b % 3] : dmo[b % 3]; }   /* blocks: re[3], abs[3], moments[3] */
     for (k = 0; k < DL_NNET; k++) { off[9 + k] = dtot; dtot += DL_NP; }
@@ -296,56 +296,39 @@ static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
     lss_params_fiducial(&p0);
     memset(&vo, 0, sizeof vo);
     vo.grid = c->grid; vo.nell = nell; vo.ell_min = c->ell_min; vo.ell_max = c->ell_max; vo.noise.poisson = LSS_POISSON_INVERSE;
-    if (!fw || !psa || !edges || !(X = (double *)malloc(sizeof(double) * (size_t)N * (size_t)dtot)) ||
+    if (!fw || !edges || !(X = (double *)malloc(sizeof(double) * (size_t)N * (size_t)dtot)) ||
         !(maps = (float *)malloc(sizeof(float) * (size_t)CH * (size_t)msz)) || !(spec = (double *)malloc(sizeof(double) * (size_t)CH * (size_t)ssz)) ||
-        !(sab = (double *)malloc(sizeof(double) * (size_t)CH * (size_t)ssz)) || !(th = (double *)malloc(sizeof(double) * (size_t)CH * DL_NP))) {
+        !(sab = (double *)malloc(sizeof(double) * (size_t)ssz)) || !(th = (double *)malloc(sizeof(double) * (size_t)CH * DL_NP)) ||
+        !(cols = (int *)malloc(sizeof(int) * (size_t)dtot))) {
         s = lss_seterr(LSS_ERR_NOMEM, "out of memory (%lld observations x %d summaries)", (long long)N, dtot);
         goto out;
     }
     if ((s = lss_ps_edges(c->ell_min, c->ell_max, nell, c->ell_min, edges)) || (s = lss_survey_create(x->sim, &vo, &fsv)) ||
-        (s = lss_fdsims_create(fsv, x->nz, x->nzb, &x->so, &p0, DL_NP, dl_fstep, &fd)))
+        (s = lss_fdsims_create(fsv, x->nz, x->nzb, &x->so, &p0, DL_NP, dl_fstep, &fd)) ||
+        (s = lss_ps_create(lss_survey_side(x->sv), lss_survey_side(x->sv), c->pixel_arcmin, 2 * DL_NBINS, edges, nell, &psa)))
         goto out;
-    for (k = 0; k < T && s == LSS_OK; k++)
-        if (!(s = lss_survey_work_create(fsv, &fw[k])))
-            s = lss_ps_create(lss_survey_side(x->sv), lss_survey_side(x->sv), c->pixel_arcmin, 2 * DL_NBINS, edges, nell, &psa[k]);
+    for (k = 0; k < T && s == LSS_OK; k++) s = lss_survey_work_create(fsv, &fw[k]);
     for (k = 0; k < DL_NNET && s == LSS_OK; k++)
-        if ((mask >> k) & 1) {
-            if (!(s = dl_net_create(x, k, CH, 0, &nets[nn])) &&
-                !(s = lss_ckpt_load_best(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[k]), nets[nn]->store, NULL)))
-                kk[nn++] = k;
-        }
+        if ((mask >> k) & 1 && !(s = dl_net_create(x, k, CH, 0, &nets[nn])) &&
+            !(s = lss_ckpt_load_best(dl_path(x, path, sizeof path, "net_%s.ckpt", dl_net[k]), nets[nn]->store, NULL)))
+            kk[nn++] = k;
     if (s) goto out;
     lss_drv_progress_init(&x->pr, "deeplss fisher: observations", N);
     for (int64_t r0 = 0; r0 < N && s == LSS_OK; r0 += CH) {
-        int nb = (int)(N - r0 < CH ? N - r0 : CH), j, err = LSS_OK;
-        char msg[1024] = "";
-LSS__IOMP(omp parallel for schedule(dynamic, 4))
-        for (j = 0; j < nb; j++) {
-            int t = 0, v, e, pp, qq, f;
-            int64_t r = r0 + j, i;
-            double *row = X + (size_t)r * (size_t)dtot, *sr = spec + (size_t)j * ssz, *sa = sab + (size_t)j * ssz;
-            float *m = maps + (size_t)j * msz;
-#ifdef _OPENMP
-            t = omp_get_thread_num();
-#endif
-            v = r < nfid ? 0 : 1 + (int)((r - nfid) / nder);
-            i = r < nfid ? r : (r - nfid) % nder;
-            e = lss_fdsims_observe(fd, fw[t], v, (uint64_t)i, c->seed, m, sr);
-            if (!e) e = lss_ps_compute(psa[t], m, 1, LSS_PS_ABS, sa);
-            for (pp = 0; pp < 3 && !e; pp++) {
-                for (qq = 0, f = 0; qq < x->npairs; qq++)
-                    if ((x->pair_probe[qq] >> pp) & 1) {
-                        memcpy(row + off[pp] + f, sr + (size_t)qq * nell, sizeof(double) * (size_t)nell);
-                        memcpy(row + off[3 + pp] + f, sa + (size_t)qq * nell, sizeof(double) * (size_t)nell);
-                        f += nell;
-                    }
-                e = lss_stat_joint_moments(m + (pp == 2 ? DL_NBINS : 0) * plane, pp == 0 ? 2 * DL_NBINS : DL_NBINS, plane, row + off[6 + pp]);
+        int nb = (int)(N - r0 < CH ? N - r0 : CH);
+        if ((s = lss_fdsims_observe_rows(fd, fw, T, c->seed, nfid, nder, r0, nb, maps, spec))) break;
+        for (j = 0; j < nb && s == LSS_OK; j++) {
+            double *row = X + (size_t)(r0 + j) * dtot, *sr = spec + (size_t)j * ssz;
+            const float *m = maps + (size_t)j * msz;
+            s = lss_ps_compute(psa, m, 1, LSS_PS_ABS, sab);
+            for (p = 0; p < 3 && s == LSS_OK; p++) {
+                int ch0 = p == 2 ? DL_NBINS : 0, nch = p ? DL_NBINS : 2 * DL_NBINS;
+                if (!(s = lss_survey_select_spectra(x->sv, sr, ch0, nch, row + off[p])) &&
+                    !(s = lss_survey_select_spectra(x->sv, sab, ch0, nch, row + off[3 + p])))
+                    s = lss_stat_joint_moments(m + ch0 * plane, nch, plane, row + off[6 + p]);
             }
-            if (c->ps_estimator == LSS_PS_ABS) memcpy(sr, sa, sizeof(double) * (size_t)ssz);   /* the PSD networks' input */
-LSS__IOMP(omp critical(dl_fisher))
-            if (e && !err) { err = e; snprintf(msg, sizeof msg, "%s", lss_last_error()); }
+            if (c->ps_estimator == LSS_PS_ABS) memcpy(sr, sab, sizeof(double) * (size_t)ssz);   /* the PSD networks' input */
         }
-        if (err) { s = lss_seterr(err, "%s", msg); break; }
         for (k = 0; k < nn && s == LSS_OK; k++) {
             for (j = 0; j < nb && s == LSS_OK; j++) s = lss_sumnet_input(nets[k], j, maps + (size_t)j * msz, spec + (size_t)j * ssz);
             if (!s) s = lss_sumnet_predict(nets[k], nb, th);
@@ -356,75 +339,26 @@ LSS__IOMP(omp critical(dl_fisher))
     }
     if (s) goto out;
     lss_drv_progress_end(&x->pr);
-    /* the Fisher matrix of every summary: columns gathered from the blocks */
+    /* the Fisher matrix of every summary of the probe sets asked: its columns of the table (rows in the layout of
+       lss_fdsims_observe_rows, which lss_fisher_from_table reads) */
     for (p = 0; p < 3 && s == LSS_OK; p++)
         for (b = 0; b < DL_NSUM && s == LSS_OK; b++) {
-            int blk[2] = {b == 1 ? 3 + p : b == 3 ? 9 + p : b == 4 ? 12 + p : p, b == 2 ? 6 + p : -1}, d = 0, nbk = b == 2 ? 2 : 1, u;
-            int dim[2];
-            double *fid, *pl, *mi;
-            if ((b >= 3 && !((mask >> (blk[0] - 9)) & 1)) || !((mask >> p) & 1 || (mask >> (3 + p)) & 1)) continue;   /* probes asked */
-            for (u = 0; u < nbk; u++) { dim[u] = blk[u] < 3 || (blk[u] >= 3 && blk[u] < 6) ? dps[p] : blk[u] < 9 ? dmo[p] : DL_NP; d += dim[u]; }
-            fid = (double *)malloc(sizeof(double) * (size_t)N * (size_t)d);
-            if (!fid) { s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); break; }
-            for (int64_t r = 0; r < N; r++)
-                for (u = 0, q = 0; u < nbk; q += dim[u], u++)
-                    memcpy(fid + (size_t)r * d + q, X + (size_t)r * dtot + off[blk[u]], sizeof(double) * (size_t)dim[u]);
-            pl = fid + (size_t)nfid * d;   /* variants in order +0, -0, +1, -1, ...: plus/minus [7][nder][d] */
-            mi = (double *)malloc(sizeof(double) * (size_t)DL_NP * (size_t)nder * (size_t)d);
-            if (!mi) { free(fid); s = lss_seterr(LSS_ERR_NOMEM, "out of memory"); break; }
-            for (k = 0; k < DL_NP; k++) {
-                memcpy(mi + (size_t)k * nder * d, pl + (size_t)(2 * k + 1) * nder * d, sizeof(double) * (size_t)nder * d);
-                memmove(pl + (size_t)k * nder * d, pl + (size_t)(2 * k) * nder * d, sizeof(double) * (size_t)nder * d);
-            }
-            s = lss_fisher_from_sims(fid, nfid, pl, mi, nder, DL_NP, d, dl_fstep, prior, 0, &F[p][b]);
-            if (s) s = lss_seterr(s, "Fisher matrix of %s (%s probes, %d summaries): %s", dl_sum_name[b], lss_deeplss_probe_name(p, 1), d,
-                                  lss_last_error());
-            free(fid); free(mi);
+            int o0 = off[b == 1 ? 3 + p : b == 3 ? 9 + p : b == 4 ? 12 + p : p], n0 = b < 3 ? dps[p] : DL_NP, d = n0 + (b == 2 ? dmo[p] : 0);
+            if ((b >= 3 && !((mask >> (b == 3 ? p : 3 + p)) & 1)) || !((mask >> p) & 1 || (mask >> (3 + p)) & 1)) continue;
+            for (j = 0; j < d; j++) cols[j] = j < n0 ? o0 + j : off[6 + p] + j - n0;   /* spectra + moments: two blocks */
+            if ((s = lss_fisher_from_table(X, dtot, cols, d, nfid, nder, DL_NP, dl_fstep, prior, 0, &F[p * DL_NSUM + b])))
+                s = lss_seterr(s, "Fisher matrix of %s (%s probes, %d summaries): %s", dl_sum_name[b], lss_deeplss_probe_name(p, 1), d,
+                               lss_last_error());
         }
-    if (s || (s = lss_wfile_open(&w, dl_path(x, path, sizeof path, "fisher.csv", 0)))) goto out;
-    fprintf(w.f, "probe,summary,fom,fom_err,fom_ratio_ps_re,fom_ratio_ps_re_err,fom_ratio_ps_abs,fom_ratio_ps_abs_err");
-    for (k = 0; k < DL_NP; k++) fprintf(w.f, ",sigma_%s,sigma_%s_err", t1->name[k], t1->name[k]);
-    fprintf(w.f, "\n");
-    for (p = 0; p < 3; p++)
-        for (b = 0; b < DL_NSUM; b++) {
-            double e0, e1, e2, fo, r1, r2;
-            if (!F[p][b].F) continue;
-            fo = lss_fisher_fom(&F[p][b], 0, 1, &e0);
-            r1 = lss_fisher_fom_ratio(&F[p][b], &F[p][0], 0, 1, &e1);
-            r2 = lss_fisher_fom_ratio(&F[p][b], &F[p][1], 0, 1, &e2);
-            fprintf(w.f, "%s,%s,%.6g,%.3g,%.5f,%.3g,%.5f,%.3g", lss_deeplss_probe_name(p, 0), dl_sum_name[b], fo, e0, r1, e1, r2, e2);
-            for (k = 0; k < DL_NP; k++) fprintf(w.f, ",%.6g,%.3g", F[p][b].sigma[k], F[p][b].sigma_err[k]);
-            fprintf(w.f, "\n");
-        }
-    if ((s = lss_wfile_commit(&w)) || (s = lss_wfile_open(&w, dl_path(x, path, sizeof path, "fisher.md", 0)))) goto out;
-    fprintf(w.f, "Fisher forecasts at the fiducial parameters from %d fresh observations (covariance, Hartlap factor) and %d pairs per "
-                 "parameter at theta +- h (central differences with common random numbers; derivative noise bias removed), Table I box as "
-                 "a Gaussian prior of the same variance. FoM = 1/sqrt(det Cov(Omega_m, sigma_8)); errors: jackknife over 20 blocks, ratios "
-                 "paired (same observations). Efficiency = FoM / FoM of the power spectra (Re X_i X_j*); |.|: against the released code's "
-                 "|X_i X_j*| spectra. A network below 0.9 is flagged undertrained. [fisher.csv](fisher.csv) has every sigma.\n\n"
-                 "| probes | summary | FoM | efficiency (Re) | efficiency (abs) | sigma(A_IA) / PS | sigma(r_g) / PS | |\n"
-                 "|---|---|---|---|---|---|---|---|\n", nfid, nder);
-    for (p = 0; p < 3; p++)
-        for (b = 0; b < DL_NSUM; b++) {
-            double e0, e1, e2, ea, er, fo, r1, r2, ra, rr;
-            if (!F[p][b].F) continue;
-            fo = lss_fisher_fom(&F[p][b], 0, 1, &e0);
-            r1 = lss_fisher_fom_ratio(&F[p][b], &F[p][0], 0, 1, &e1);
-            r2 = lss_fisher_fom_ratio(&F[p][b], &F[p][1], 0, 1, &e2);
-            ra = lss_fisher_sigma_ratio(&F[p][b], &F[p][0], LSS_P_A_IA, &ea);
-            rr = lss_fisher_sigma_ratio(&F[p][b], &F[p][0], LSS_P_R_G, &er);
-            fprintf(w.f, "| %s | %s | %.4g +- %.2g | %.3f +- %.3f | %.3f +- %.3f | %.3f +- %.3f | %.3f +- %.3f | %s |\n", lss_deeplss_probe_name(p, 1),
-                    dl_sum_name[b], fo, e0, r1, e1, r2, e2, ra, ea, rr, er, b >= 3 && r1 < 0.9 ? "undertrained" : "");
-        }
-    s = lss_wfile_commit(&w);
-    fprintf(stderr, "deeplss fisher: %lld observations (%d fiducial, %d x %d finite-difference pairs): fisher.csv\n", (long long)N, nfid,
-            DL_NP, nder);
+    if (!s && !(s = lss_deeplss_fisher_save(x->dir, F, DL_NSUM, dl_sum_name, 3, t1->name, nfid, nder)))
+        fprintf(stderr, "deeplss fisher: %lld observations (%d fiducial, %d x 2 x %d finite-difference): fisher.csv, fisher.md\n",
+                (long long)N, nfid, DL_NP, nder);
 out:
-    for (p = 0; p < 3; p++) for (b = 0; b < DL_NSUM; b++) lss_fisher_free(&F[p][b]);
+    for (k = 0; k < 3 * DL_NSUM; k++) lss_fisher_free(&F[k]);
     for (k = 0; k < DL_NNET; k++) lss_sumnet_free(nets[k]);
-    for (k = 0; k < T; k++) { if (fw) lss_survey_work_free(fw[k]); if (psa) lss_ps_free(psa[k]); }
-    lss_fdsims_free(fd); lss_survey_free(fsv);
-    free(fw); free(psa); free(edges); free(X); free(maps); free(spec); free(sab); free(th);
+    for (k = 0; k < T && fw; k++) lss_survey_work_free(fw[k]);
+    lss_fdsims_free(fd); lss_survey_free(fsv); lss_ps_free(psa);
+    free(fw); free(edges); free(X); free(maps); free(spec); free(sab); free(th); free(cols);
     return s;
 }
 
@@ -504,8 +438,8 @@ static int dl_report(dl_ctx *x, const char *timings) {
     lss_deeplss_numbers r;
     char path[4400], lab[64];
     lss_wfile w;
-    FILE *md, *f;
-    int s, p, k, i, j, fails = 0;
+    FILE *md;
+    int s, p, k, i, fails = 0;
     if ((s = lss_deeplss_numbers_read(x->dir, c->nfid, c->ncal, t1->name, &r)) ||
         (s = lss_deeplss_gains_save(&r, dl_path(x, path, sizeof path, "gains.csv", 0))) ||
         (s = lss_deeplss_corners(x->dir, t1->name, t1->fiducial, t1->lo, t1->hi, NULL)) || (s = dl_sensitivity(x)) ||
@@ -553,13 +487,7 @@ static int dl_report(dl_ctx *x, const char *timings) {
         snprintf(lab, sizeof lab, "%s, %s", nk[i / 2], fk[i % 2]);
         dl_row(md, lab, " %.4g [%.4g, %.4g] |", r.fom[i / 2 * 3][i % 2], r.fom[i / 2 * 3 + 1][i % 2], r.fom[i / 2 * 3 + 2][i % 2]);
     }
-    fprintf(md, "\n## Summary efficiency (Fisher forecasts)\n\n");
-    if ((f = fopen(dl_path(x, path, sizeof path, "fisher.md", 0), "r"))) {   /* deeplss fisher's table */
-        char buf[4096];
-        size_t nr;
-        while ((nr = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, nr, md);
-        fclose(f);
-    } else fprintf(md, "No fisher.md in this directory (run `deeplss fisher`).\n");
+    lss_deeplss_fisher_md(x->dir, md);
     fprintf(md, "\n## What this run shows\n\n");
     for (p = 0; p < 3; p++)
         for (k = 0; k <= DL_NP; k++)   /* CNN at least as tight as PSD within the scatter: 84th percentile of the ratio >= 1 */
@@ -581,27 +509,7 @@ static int dl_report(dl_ctx *x, const char *timings) {
                     lss_deeplss_probe_name(p, 1), r.fom[i * 3 + p][0][0], ok ? "." : " (the combined maps hold the single-probe maps: "
                     "the combined network has not learnt all that its inputs carry).");
         }
-    fprintf(md, "\n## Calibration\n\n");
-    if (r.have_cal) {
-        fprintf(md, "Fraction of true values inside the 68%% interval (16-84 percentiles of the posterior), over mock observations at "
-                    "random grid cosmologies and nuisance parameters (held-out fields and fresh noise), all 7 parameters pooled "
-                    "(expected 0.68 +- 0.10):\n\n| network | mocks | fraction | ");
-        for (k = 0; k < DL_NP; k++) fprintf(md, "%s | ", t1->name[k]);
-        fprintf(md, "\n|---|---|---|---|---|---|---|---|---|---|");   /* 3 + 7 columns */
-        for (i = 0; i < 2; i++) {
-            fprintf(md, "\n| %s combined | %lld | %.3f | ", nk[i], (long long)r.cal_n[i], r.cal_frac[i]);
-            for (k = 0; k < DL_NP; k++) fprintf(md, "%.2f | ", r.cal_par[i][k]);
-        }
-        fprintf(md, "\n\nPer mock and parameter: [calibration.csv](calibration.csv).\n");
-    } else fprintf(md, "No calibration.csv in this directory.\n");
-    fprintf(md, "\nMDN check of appendix C (dmu = (mean_MDN - mean_sim)/std_sim, dsig = (std_MDN - std_sim)/std_sim at held-out theta_t, "
-                "median [16-84%%]): [mdn_check.csv](mdn_check.csv)\n\n");
-    for (k = 0, j = 0; k < DL_NNET; k++)
-        if (r.have_check[k]) {
-            const double *v = r.check[k];
-            fprintf(md, "%s| %s %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] |\n", j++ ? "" : "| network | dmu | dsig |\n|---|---|---|\n",
-                    lss_deeplss_kind_name(k / 3), lss_deeplss_probe_name(k % 3, 0), v[0], v[1], v[2], v[3], v[4], v[5]);
-        }
+    lss_deeplss_calibration_md(&r, t1->name, md);
     fprintf(md, "\n## Figures\n\n"
                 "- Figure 2 (combined probes, CNN vs PSD, at the most likely prediction for the fiducial parameters): ![corner comb](corner_comb.png)\n"
                 "- Figure 3 (single probes): ![corner wl](corner_wl.png) ![corner gc](corner_gc.png)\n"

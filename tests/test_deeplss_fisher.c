@@ -12,6 +12,9 @@
 #include "lss_infer.h"
 #include "tests/lss_test.h"
 #include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static lss_nz *g_nz = NULL;
 static int g_nb = 0;
@@ -173,6 +176,42 @@ static void test_fdsims(void) {
             lss_fdsims_free(fn); lss_survey_work_free(wn); lss_survey_free(sn);
         }
     }
+    /* the whole set as rows (fiducial, +step blocks, -step blocks), in parallel: each row is its variant's observation */
+    {
+        lss_survey_work *ws[64];
+        float *rows = malloc(sizeof(float) * (size_t)msz * 6);
+        int nw = 1, ok = 1, j;
+        const int64_t nf = 2, nd = 2;
+#ifdef _OPENMP
+        nw = omp_get_max_threads() < 64 ? omp_get_max_threads() : 64;
+#endif
+        for (j = 0; j < nw; j++) CHECK_OK(lss_survey_work_create(sv, &ws[j]));
+        /* rows 0-1 fiducial; 2 + 2a + i: +step of parameter a; 2 + 14 + 2a + i: -step */
+        CHECK_OK(lss_fdsims_observe_rows(fd, ws, nw, 9, nf, nd, 12, 6, rows, NULL));   /* rows 12..17: +a = 5, 6, then -a = 0 */
+        for (j = 0; j < 6; j++) {
+            int64_t r = 12 + j, q = r - nf, blk = q / nd;
+            int v = 1 + 2 * (int)(blk % 7) + (int)(blk / 7);
+            CHECK_OK(lss_fdsims_observe(fd, w, v, (uint64_t)(q % nd), 9, m0, NULL));
+            ok &= !memcmp(m0, rows + (size_t)j * msz, sizeof(float) * (size_t)msz);
+        }
+        CHECK(ok, "rows 12..17 are the observations of variants 11, 11, 13, 13, 2, 2 (pairs 0, 1)");
+        CHECK_ERR(lss_fdsims_observe_rows(fd, ws, nw, 9, nf, nd, 28, 3, rows, NULL), LSS_ERR_ARG);   /* 30 rows in all */
+        for (j = 0; j < nw; j++) lss_survey_work_free(ws[j]);
+        free(rows);
+    }
+    /* spectra of a channel range: the pairs with both channels inside, in pair order */
+    {
+        double sel[36 * 4];
+        int q, i, j, k = 0, ok = 1;
+        CHECK_OK(lss_survey_simulate(sv, sim, w, &p0, 9, 7, m0, s0));
+        CHECK_OK(lss_survey_select_spectra(sv, s0, 4, 4, sel));
+        for (q = 0; q < lss_survey_npairs(sv); q++) {
+            lss_survey_pair(sv, q, &i, &j);
+            if (i >= 4 && j < 8) ok &= !memcmp(sel + 4 * k++, s0 + 4 * q, sizeof(double) * 4);
+        }
+        CHECK(ok && k == 10, "delta_g channels: the 10 pairs of bins 5-8 (%d)", k);
+        CHECK_ERR(lss_survey_select_spectra(sv, s0, 6, 4, sel), LSS_ERR_ARG);
+    }
     /* bad input */
     {
         lss_fdsims *bad = NULL;
@@ -236,7 +275,7 @@ static void test_sumnet_start(void) {
         for (i = 0; i < NS; i++) { lss_deeplss_to_target(th + i * 7, y); s1 += y[k]; }
         mean[k] = s1 / NS;
         for (i = 0; i < NS; i++) { lss_deeplss_to_target(th + i * 7, y); s2 += (y[k] - mean[k]) * (y[k] - mean[k]); }
-        sd[k] = sqrt(s2 / (NS - 1));
+        sd[k] = sqrt(s2 / NS);   /* ddof 0, as lss_chain_stats */
     }
     lss_deeplss_from_target(mean, thm);
     for (i = 0; i < NB * 2 * 16 * 16; i++) maps[i] = (float)(3 * lss_rng_normal(&r));

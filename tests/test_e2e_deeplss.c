@@ -311,6 +311,15 @@ static void test_pipeline(void) {
             CHECK(nr.have_cal && nr.cal_n[0] == lss_coverage(ins, 6, NP, &frac, NULL) && fabs(nr.cal_frac[0] - frac) < 1e-12,
                   "coverage %g over %lld mocks (memory %g)", nr.cal_frac[0], (long long)nr.cal_n[0], frac);
             for (k = 0; k < 6; k++) CHECK(nr.have_check[k] && isfinite(nr.check[k][0]), "MDN check of network %d", k);
+            {   /* the report's calibration section: one row per network with the coverage read back, 6 MDN check rows */
+                char buf[8192], want[64];
+                FILE *tf = tmpfile();
+                size_t nb = 0;
+                if (tf) { lss_deeplss_calibration_md(&nr, t1->name, tf); rewind(tf); nb = fread(buf, 1, sizeof buf - 1, tf); fclose(tf); }
+                buf[nb] = 0;
+                snprintf(want, sizeof want, "| CNN combined | %lld | %.3f |", (long long)nr.cal_n[0], nr.cal_frac[0]);
+                CHECK(strstr(buf, "## Calibration") && strstr(buf, want) && strstr(buf, "| psd gc |"), "calibration section:\n%s", buf);
+            }
             snprintf(p, sizeof p, "%s/gains.csv", dir);
             CHECK_OK(lss_deeplss_gains_save(&nr, p));
             memset(&lc, 0, sizeof lc);
