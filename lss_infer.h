@@ -440,6 +440,9 @@ typedef struct {
                                     0 none, 1 matching bins (b = a + nch/2), 2 every pair (at most 8 x 8), each
                                     needing an even nch >= 2; 3 every pair a <= b of all nch channels, squares
                                     included (nch <= 10). Each standardised like the maps. */
+    int hybrid;                  /* CNN: 1 concatenates the standardised spectra (the PSD network's input: npairs, nell,
+                                    use_pair) to the pooled convolutional features before the hidden and output layers, a
+                                    diagnostic that is at least as informative as the spectra by construction; 0 none */
     int npairs, nell;            /* PSD input */
     const int *use_pair;         /* PSD: [npairs] (NULL: every pair) */
     int width;                   /* PSD hidden width */
@@ -449,7 +452,7 @@ typedef struct {
 } lss_sumnet_opts;
 typedef struct {
     lss_sumnet_opts o;
-    int nfeat;                   /* PSD input features */
+    int nfeat;                   /* PSD input features (hybrid CNN: its spectra features) */
     lss_store *store;
     lss_optim *optim;
     lss_graph *g;
@@ -461,6 +464,7 @@ typedef struct {
     int nprod, pa[64], pb[64];   /* CNN product channels nch + k = m_pa[k] m_pb[k] (channel indices within nch) */
     float *xin;                  /* [batch][input] */
     float *yst;                  /* [batch][7] standardised targets */
+    float *xsp;                  /* hybrid CNN: [batch][nfeat] standardised spectra */
 } lss_sumnet;
 /* Creates the network (*out freed with lss_sumnet_free); the options are copied (use_pair too). The
    output layer starts at zero weights, zero mean biases and the diagonal biases of the precision Cholesky
@@ -469,7 +473,8 @@ typedef struct {
 LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out);
 LSSDEF void lss_sumnet_free(lss_sumnet *n);
 /* Input standardisation from ns examples: the CNN's per-channel scale in_std / std over the maps,
-   the PSD network's per-feature mean and std of the spectra (non-finite values ignored). */
+   the PSD network's per-feature mean and std of the spectra (non-finite values ignored). A hybrid CNN
+   takes both; either may be NULL to set the other part alone (two calls with their own ns). */
 LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double *spec, int ns);
 /* Target standardisation from ns parameter draws of the prior, theta [ns][7]: the network's outputs are
    (y - mean) / std of the appendix E targets y (lss_chain_stats: std with ddof 0; checkpointed buffers; unset: mean 0,
@@ -697,6 +702,7 @@ typedef struct {
     int cnn_products;             /* CNN product channels (lss_sumnet_opts.products): 1, 2 kappa_i delta_j of the combined-probe
                                      CNN; 3 all channel pairs of every CNN; 0 none */
     int cnn_pool, cnn_hidden;     /* CNN head: global average pool (1) or flatten (0); hidden dense width (0: none) */
+    int cnn_hybrid;               /* 1: hybrid CNNs, the standardised spectra joined to the pooled features (lss_sumnet_opts) */
     int psd_width, nell;          /* PSD network width; ell bins of the spectra over [ell_min, ell_max] */
     double ell_min, ell_max;
     int batch, steps, eval_every, ckpt_every, ntest;   /* training (lss_sumnet_train_opts) */
@@ -724,7 +730,7 @@ LSSDEF const char *lss_deeplss_scale_name(int scale);   /* NULL for an unknown s
    steps 1-1e9, eval_every, ckpt_every 0-1e9, ntest 0-1e6, lr_cnn, lr_psd 1e-12-0.999, clip_pct 1e-6-100,
    pred_per_cosmo 1-1e7, ncal 0-1e7, nfid 1-1e7, ncheck 0-1e6, check_rep 1-1e6, mdn_width 1-65536,
    mdn_layers 1-16, mdn_K 1-64, mdn_epochs 1-1e7, walkers 14-1e6, burn 0-1e8, nsteps 1-1e8, cosine and
-   mdn_robust 0-1, cnn_in_std 0-1e6, patience 0-1e6, ps_estimator 0-1, cnn_products 0-3, cnn_pool 0-1, cnn_hidden 0-65536, seed any 64-bit value. LSS_ERR_ARG naming the key for an unknown key
+   mdn_robust 0-1, cnn_in_std 0-1e6, patience 0-1e6, ps_estimator 0-1, cnn_products 0-3, cnn_pool 0-1, cnn_hidden 0-65536, cnn_hybrid 0-1, seed any 64-bit value. LSS_ERR_ARG naming the key for an unknown key
    or a bad value, and c unchanged. */
 LSSDEF int lss_deeplss_cfg_set(lss_deeplss_cfg *c, const char *key, const char *value);
 /* LSS_OK when every value lies in its key's range and the values fit together (walkers even and at least
@@ -3273,6 +3279,7 @@ LSSDEF void lss_sumnet_free(lss_sumnet *n) {
     lss_store_free(n->store);
     LSS_FREE(n->xin);
     LSS_FREE(n->yst);
+    LSS_FREE(n->xsp);
     LSS_FREE((void *)n->o.use_pair);
     LSS_FREE(n);
 }
@@ -3313,13 +3320,16 @@ LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out) {
                           o->products, o->nch);
     if (o->kind == LSS_SUMNET_PSD && (o->npairs < 1 || o->nell < 1 || o->width < 1))
         return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: PSD input %d x %d or width %d", o->npairs, o->nell, o->width);
+    if (o->kind == LSS_SUMNET_CNN && (o->hybrid < 0 || o->hybrid > 1 || (o->hybrid && (o->npairs < 1 || o->nell < 1))))
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_create: hybrid %d needs spectra (%d pairs x %d multipole bins)", o->hybrid,
+                          o->npairs, o->nell);
     n = (lss_sumnet *)LSS_MALLOC(sizeof *n);
     if (!n) return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory");
     memset(n, 0, sizeof *n);
     n->o = *o;
     n->o.use_pair = NULL;
     n->o.optim = NULL;
-    if (o->kind == LSS_SUMNET_PSD) {
+    if (o->kind == LSS_SUMNET_PSD || o->hybrid) {
         int *up = (int *)LSS_MALLOC(sizeof(int) * (size_t)o->npairs);
         if (!up) { lss_sumnet_free(n); return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory"); }
         for (q = 0; q < o->npairs; q++) up[q] = o->use_pair ? o->use_pair[q] != 0 : 1;
@@ -3347,8 +3357,17 @@ LSSDEF int lss_sumnet_create(const lss_sumnet_opts *o, lss_sumnet **out) {
         }
         ro.in_ch = o->nch + n->nprod; ro.in_h = o->side; ro.in_w = o->side; ro.nout = LSS_DEEPLSS_NOUT;
         ro.nconv = o->nconv; ro.nres = o->nres; ro.channels = o->channels; ro.kernel = o->kernel;
-        ro.pool = o->pool; ro.hidden = o->hidden;
+        ro.pool = o->pool; ro.hidden = o->hidden; ro.nextra = o->hybrid ? n->nfeat : 0;
         if ((s = lss_resnet_init(&n->cnn, n->store, "cnn", &ro))) { lss_sumnet_free(n); return s; }
+        if (o->hybrid) {
+            int64_t shf[1] = {n->nfeat};
+            n->fmu = lss_store_buffer(n->store, "psd.feat_mean", 1, shf, LSS_INIT_ZERO, 0.0f);
+            n->fsd = lss_store_buffer(n->store, "psd.feat_std", 1, shf, LSS_INIT_ZERO, 1.0f);
+            if (!(n->xsp = (float *)LSS_MALLOC(sizeof(float) * (size_t)o->batch * (size_t)n->nfeat))) {
+                lss_sumnet_free(n);
+                return lss_seterr(LSS_ERR_NOMEM, "lss_sumnet_create: out of memory");
+            }
+        }
         shc[0] = o->nch + n->nprod;
         n->cscale = lss_store_buffer(n->store, "cnn.chan_scale", 1, shc, LSS_INIT_ZERO, 1.0f);
         nin = (size_t)(o->nch + n->nprod) * (size_t)o->side * (size_t)o->side;
@@ -3387,8 +3406,8 @@ LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double
     if (!n || ns < 1) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL network or %d examples", ns);
     if (n->o.kind == LSS_SUMNET_CNN) {
         int64_t plane = (int64_t)n->o.side * n->o.side, msz = (int64_t)n->o.map_ch * plane, p;
-        if (!maps) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL maps");
-        for (ch = 0; ch < n->o.nch + n->nprod; ch++) {
+        if (!maps && !(n->o.hybrid && spec)) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL maps");
+        for (ch = 0; maps && ch < n->o.nch + n->nprod; ch++) {
             double s1 = 0, s2 = 0, v, cnt = (double)ns * (double)plane;
             for (i = 0; i < ns; i++) {
                 const float *mp = maps + i * msz + (int64_t)(n->o.ch0 + (ch < n->o.nch ? ch : n->pa[ch - n->o.nch])) * plane;
@@ -3401,7 +3420,7 @@ LSSDEF int lss_sumnet_standardise(lss_sumnet *n, const float *maps, const double
             v = s2 / cnt - (s1 / cnt) * (s1 / cnt);
             n->cscale->data[ch] = (float)(n->o.in_std > 0 && v > 0 ? n->o.in_std / sqrt(v) : 1.0);
         }
-        return LSS_OK;
+        if (!n->o.hybrid || !spec) return LSS_OK;
     }
     if (!spec) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_standardise: NULL spectra");
     for (q = 0; q < n->o.npairs; q++) {
@@ -3440,27 +3459,37 @@ LSSDEF int lss_sumnet_set_targets(lss_sumnet *n, const double *theta, int ns) {
     return s;
 }
 
+/* The standardised spectra features of one input into dst [nfeat] (non-finite values as 0). */
+static void lss__sumnet_spec(const lss_sumnet *n, const double *spec, float *dst) {
+    int q, b, f = 0;
+    for (q = 0; q < n->o.npairs; q++) {
+        if (!lss__sumnet_uses(n, q)) continue;
+        for (b = 0; b < n->o.nell; b++, f++) {
+            double v = (spec[q * n->o.nell + b] - n->fmu->data[f]) / n->fsd->data[f];
+            dst[f] = isfinite(v) ? (float)v : 0.0f;
+        }
+    }
+}
+
 LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double *spec) {
     if (!n || i < 0 || i >= n->o.batch) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: row %d outside the batch", i);
+    if ((n->o.kind != LSS_SUMNET_CNN || n->o.hybrid) && !spec) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: NULL spectra");
     if (n->o.kind == LSS_SUMNET_CNN) {
         if (!map) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: NULL map");
         lss__sumnet_fill(n, map, n->xin + (size_t)i * (size_t)(n->o.nch + n->nprod) * (size_t)n->o.side * (size_t)n->o.side);
-    } else {
-        int q, b, f = 0;
-        if (!spec) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_input: NULL spectra");
-        for (q = 0; q < n->o.npairs; q++) {
-            if (!lss__sumnet_uses(n, q)) continue;
-            for (b = 0; b < n->o.nell; b++, f++) {
-                double v = (spec[q * n->o.nell + b] - n->fmu->data[f]) / n->fsd->data[f];
-                n->xin[(size_t)i * n->nfeat + f] = isfinite(v) ? (float)v : 0.0f;
-            }
-        }
-    }
+        if (n->o.hybrid) lss__sumnet_spec(n, spec, n->xsp + (size_t)i * n->nfeat);
+    } else
+        lss__sumnet_spec(n, spec, n->xin + (size_t)i * n->nfeat);
     return LSS_OK;
 }
 
 static lss_tensor *lss__sumnet_forward(lss_sumnet *n, lss_tensor *in) {
-    return n->o.kind == LSS_SUMNET_CNN ? lss_resnet_forward(n->g, &n->cnn, in) : lss_mlp_forward(n->g, &n->mlp, in);
+    if (n->o.kind != LSS_SUMNET_CNN) return lss_mlp_forward(n->g, &n->mlp, in);
+    if (n->o.hybrid && in) {
+        int64_t sh[2] = {in->shape[0], n->nfeat};
+        return lss_resnet_forward_extra(n->g, &n->cnn, in, lss_view(n->g, n->xsp, 2, sh));
+    }
+    return lss_resnet_forward(n->g, &n->cnn, in);
 }
 
 static lss_tensor *lss__sumnet_view(lss_sumnet *n, int nb) {
@@ -3518,6 +3547,9 @@ LSSDEF int lss_sumnet_sensitivity(lss_sumnet *n, const float *map, float *sens) 
     int s = LSS_OK, which, k;
     if (!n || !map || !sens || n->o.kind != LSS_SUMNET_CNN)
         return lss_seterr(LSS_ERR_ARG, "lss_sumnet_sensitivity: needs a CNN, a map and an output");
+    if (n->o.hybrid)
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_sensitivity: a hybrid CNN's spectra path has no map gradient here; "
+                          "sensitivity maps need a plain CNN");
     plane = (int64_t)n->o.side * n->o.side;
     sh[0] = 1; sh[1] = n->o.nch + n->nprod; sh[2] = n->o.side; sh[3] = n->o.side;
     if ((s = lss_store_create(1, &ist))) return s;
@@ -4526,7 +4558,7 @@ static const lss__dl_key lss__dl_keys[] = {
     LSS__DLK('i', mdn_epochs, 1, 1e7), LSS__DLK('i', walkers, 2 * LSS_DEEPLSS_NPARAM, 1e6), LSS__DLK('i', burn, 0, 1e8),
     LSS__DLK('i', nsteps, 1, 1e8), LSS__DLK('i', cosine, 0, 1), LSS__DLK('i', mdn_robust, 0, 1), LSS__DLK('d', cnn_in_std, 0, 1e6),
     LSS__DLK('i', patience, 0, 1e6), LSS__DLK('i', ps_estimator, 0, 1), LSS__DLK('i', cnn_products, 0, 3),
-    LSS__DLK('i', cnn_pool, 0, 1), LSS__DLK('i', cnn_hidden, 0, 65536),
+    LSS__DLK('i', cnn_pool, 0, 1), LSS__DLK('i', cnn_hidden, 0, 65536), LSS__DLK('i', cnn_hybrid, 0, 1),
     LSS__DLK('u', seed, 0, 0)};
 #undef LSS__DLK
 #define LSS__DL_NKEYS ((int)(sizeof lss__dl_keys / sizeof lss__dl_keys[0]))
@@ -4698,7 +4730,7 @@ LSSDEF int lss_deeplss_sumnet_create(const lss_deeplss_cfg *c, int k, int batch,
     so.ch0 = probe == 2 ? LSS_DEEPLSS_NBINS : 0;
     so.nconv = c->nconv; so.nres = c->nres; so.channels = c->channels; so.kernel = c->kernel; so.in_std = c->cnn_in_std;
     so.products = probe == 0 || c->cnn_products == 3 ? c->cnn_products : 0;
-    so.pool = c->cnn_pool; so.hidden = c->cnn_hidden;
+    so.pool = c->cnn_pool; so.hidden = c->cnn_hidden; so.hybrid = so.kind == LSS_SUMNET_CNN ? c->cnn_hybrid : 0;
     for (q = 0; q < npairs; q++) use[q] = (pair_probe[q] >> probe) & 1;
     so.npairs = npairs; so.nell = c->nell; so.use_pair = use; so.width = c->psd_width;
     so.seed = c->seed;

@@ -541,6 +541,8 @@ typedef struct {
     int pool;                /* 1: global average pool of the last features instead of flatten (translation invariant
                                 summaries; any input size); 0: flatten (the paper) */
     int hidden;              /* > 0: one hidden dense layer of this width with ReLU before the output; 0: none (the paper) */
+    int nextra;              /* > 0: features [N, nextra] given to lss_resnet_forward_extra are concatenated to the pooled
+                                (or flattened) convolutional features before the hidden and output layers; 0: none */
 } lss_resnet_opts;
 #define LSS_RESNET_MAXCONV 8
 #define LSS_RESNET_MAXRES 32
@@ -553,6 +555,8 @@ typedef struct {
 } lss_resnet;
 LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, const lss_resnet_opts *opts);
 LSSDEF lss_tensor *lss_resnet_forward(lss_graph *g, const lss_resnet *net, lss_tensor *x);
+/* The same with the extra features [N, nextra] (required when nextra > 0, else must be NULL). */
+LSSDEF lss_tensor *lss_resnet_forward_extra(lss_graph *g, const lss_resnet *net, lss_tensor *x, lss_tensor *extra);
 
 /* A 3-scale U-net with residual blocks and batch norm: stem conv 3x3 + BN + ReLU to c0; residual
  * block at full size (skip s0); 2 x 2 average pool + residual block to c1 (skip s1); 2 x 2 average
@@ -3841,7 +3845,7 @@ LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, con
     if (o.kernel == 0) o.kernel = 5;
     if (o.in_ch < 1 || o.in_h < 1 || o.in_w < 1 || o.nout < 1 || o.nconv < 1 || o.nconv > LSS_RESNET_MAXCONV ||
         o.nres < 0 || o.nres > LSS_RESNET_MAXRES || o.channels < 1 || o.kernel < 1 || strlen(name) > 120 || o.pool < 0 ||
-        o.pool > 1 || o.hidden < 0 || o.hidden > 65536)
+        o.pool > 1 || o.hidden < 0 || o.hidden > 65536 || o.nextra < 0 || o.nextra > 65536)
         return lss_seterr(LSS_ERR_ARG, "lss_resnet_init: bad options (input %d x %d x %d, nout %d, nconv %d (1..%d), "
                           "nres %d (0..%d), channels %d, kernel %d)", o.in_ch, o.in_h, o.in_w, o.nout, o.nconv,
                           LSS_RESNET_MAXCONV, o.nres, LSS_RESNET_MAXRES, o.channels, o.kernel);
@@ -3862,7 +3866,7 @@ LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, con
     }
     {
         int64_t sw[2], sb[1];
-        sw[0] = o.pool ? (int64_t)c : (int64_t)c * h * w;
+        sw[0] = (o.pool ? (int64_t)c : (int64_t)c * h * w) + o.nextra;
         if (o.hidden > 0) {
             sw[1] = o.hidden; sb[0] = o.hidden;
             snprintf(nm, sizeof nm, "%s.hidden.w", name); net->hw = lss_store_add(st, nm, 2, sw, LSS_INIT_HE);
@@ -3879,11 +3883,23 @@ LSSDEF int lss_resnet_init(lss_resnet *net, lss_store *st, const char *name, con
 }
 
 LSSDEF lss_tensor *lss_resnet_forward(lss_graph *g, const lss_resnet *net, lss_tensor *x) {
+    return lss_resnet_forward_extra(g, net, x, NULL);
+}
+
+LSSDEF lss_tensor *lss_resnet_forward_extra(lss_graph *g, const lss_resnet *net, lss_tensor *x, lss_tensor *extra) {
     int i;
     if (!net) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resnet_forward: NULL network"); return NULL; }
+    if ((net->o.nextra > 0) != (extra != NULL) ||
+        (extra && (!x || extra->ndim != 2 || extra->shape[0] != x->shape[0] || extra->shape[1] != net->o.nextra))) {
+        if (g && !g->status)
+            g->status = lss_seterr(LSS_ERR_SHAPE, "lss_resnet_forward_extra: the network takes %d extra features per input; got %s",
+                                   net->o.nextra, extra ? "a tensor of another shape" : "none");
+        return NULL;
+    }
     for (i = 0; i < net->o.nconv; i++) x = lss_op_relu(g, lss_op_conv2d(g, x, net->cw[i], net->cb[i], 2, net->o.kernel / 2));
     for (i = 0; i < net->o.nres; i++) x = lss_resblock_forward(g, &net->rb[i], x);
     x = net->o.pool ? lss_op_global_avgpool(g, x) : lss_op_flatten(g, x);
+    if (extra) x = lss_op_concat(g, x, extra, 1);
     if (net->hw) x = lss_op_relu(g, lss_op_dense(g, x, net->hw, net->hb));
     return lss_op_dense(g, x, net->dw, net->db);
 }

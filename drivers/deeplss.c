@@ -114,9 +114,8 @@ static int dl_pool_simulate(dl_ctx *x) {   /* lognormal shells, or the light con
     lss_drv_progress_init(&x->pr, "deeplss sim: cosmologies", c->ncosmo);
     s = x->library ? lss_pool_simulate_library(&x->pool, x->nz, &x->so, x->library, dl_progress, x)
                    : lss_pool_simulate(&x->pool, x->nz, &x->so, c->seed, dl_progress, x);
-    if (s) return s;
-    lss_drv_progress_end(&x->pr);
-    return lss_pool_save(&x->pool, x->dir);
+    if (!s) lss_drv_progress_end(&x->pr);
+    return s ? s : lss_pool_save(&x->pool, x->dir);
 }
 
 /* pool_cosmo.npy, and pool_fields.npy when with_fields (the MDN and MCMC stages need only the grid). */
@@ -134,8 +133,7 @@ static int dl_draw(void *user, int64_t step, int n, float *maps, double *spec, d
 }
 
 static void dl_train_progress(void *user, int64_t step, int64_t steps, const double *train, const double *valid) {
-    lss_drv_progress_update(&((dl_ctx *)user)->pr, step);
-    (void)steps; (void)train; (void)valid;
+    lss_drv_progress_update(&((dl_ctx *)user)->pr, step); (void)steps; (void)train; (void)valid;
 }
 
 static int dl_train(dl_ctx *x, int mask, int resume) {
@@ -170,7 +168,8 @@ static int dl_train(dl_ctx *x, int mask, int resume) {
                            c->seed, maps, spec + (size_t)i * ssz, th + (size_t)i * DL_NP);
     for (k = 0; k < nn && s == LSS_OK; k++)
         if (!(s = nets[k]->o.kind == LSS_SUMNET_PSD ? lss_sumnet_standardise(nets[k], NULL, spec, nstd)
-                                                    : lss_sumnet_standardise(nets[k], maps, NULL, (nstd - 1) % B + 1)))
+                                                    : lss_sumnet_standardise(nets[k], maps, NULL, (nstd - 1) % B + 1)) &&
+            !(s = nets[k]->o.hybrid ? lss_sumnet_standardise(nets[k], NULL, spec, nstd) : LSS_OK))
             s = lss_sumnet_set_targets(nets[k], th, nstd);
     /* the held-out set: fixed draws of the validation set on the pool's held-out fields */
     if (s == LSS_OK && NT > 0) s = lss_pool_batch(&x->pool, x->sv, x->work, x->nthreads, LSS_SET_VALID, 0, NT, 1, c->seed, maps, spec, th);
@@ -259,8 +258,8 @@ out:
 /* Steps of the central differences (Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g): a few per cent of each prior box,
    where the responses are linear to well below the derivatives' Monte Carlo error. */
 static const double dl_fstep[DL_NP] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
-#define DL_NSUM 5   /* summaries per probe set: PS Re, PS abs, PS Re + moments, CNN, PSD network */
-static const char *const dl_sum_name[DL_NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "cnn", "psd"};
+#define DL_NSUM 6   /* summaries per probe set: PS Re, PS abs, PS Re + moments, one-point moments alone, CNN, PSD network */
+static const char *dl_sum_name[DL_NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "moments", "cnn", "psd"};
 
 /* Summaries of the rows of a finite-difference set (lss_fdsims_observe_rows: common random numbers, one Poisson uniform per
    pixel) for every probe set asked: both spectra estimators, the joint one-point moments of the probe's channels and the
@@ -343,22 +342,23 @@ static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
        lss_fdsims_observe_rows, which lss_fisher_from_table reads) */
     for (p = 0; p < 3 && s == LSS_OK; p++)
         for (b = 0; b < DL_NSUM && s == LSS_OK; b++) {
-            int o0 = off[b == 1 ? 3 + p : b == 3 ? 9 + p : b == 4 ? 12 + p : p], n0 = b < 3 ? dps[p] : DL_NP, d = n0 + (b == 2 ? dmo[p] : 0);
-            if ((b >= 3 && !((mask >> (b == 3 ? p : 3 + p)) & 1)) || !((mask >> p) & 1 || (mask >> (3 + p)) & 1)) continue;
+            int o0 = off[b == 1 ? 3 + p : b == 3 ? 6 + p : b == 4 ? 9 + p : b == 5 ? 12 + p : p], n0 = b < 3 ? dps[p] : b == 3 ? dmo[p] : DL_NP;
+            int d = n0 + (b == 2 ? dmo[p] : 0);
+            if ((b >= 4 && !((mask >> (b == 4 ? p : 3 + p)) & 1)) || !((mask >> p) & 1 || (mask >> (3 + p)) & 1)) continue;
             for (j = 0; j < d; j++) cols[j] = j < n0 ? o0 + j : off[6 + p] + j - n0;   /* spectra + moments: two blocks */
             if ((s = lss_fisher_from_table(X, dtot, cols, d, nfid, nder, DL_NP, dl_fstep, prior, 0, &F[p * DL_NSUM + b])))
                 s = lss_seterr(s, "Fisher matrix of %s (%s probes, %d summaries): %s", dl_sum_name[b], lss_deeplss_probe_name(p, 1), d,
                                lss_last_error());
         }
-    if (!s && !(s = lss_deeplss_fisher_save(x->dir, F, DL_NSUM, dl_sum_name, 3, t1->name, nfid, nder)))
+    dl_sum_name[4] = c->cnn_hybrid ? "hybrid_cnn" : "cnn";
+    if (!s && !(s = lss_deeplss_fisher_save(x->dir, F, DL_NSUM, dl_sum_name, 4, t1->name, nfid, nder)))
         fprintf(stderr, "deeplss fisher: %lld observations (%d fiducial, %d x 2 x %d finite-difference): fisher.csv, fisher.md\n",
                 (long long)N, nfid, DL_NP, nder);
 out:
     for (k = 0; k < 3 * DL_NSUM; k++) lss_fisher_free(&F[k]);
     for (k = 0; k < DL_NNET; k++) lss_sumnet_free(nets[k]);
     for (k = 0; k < T && fw; k++) lss_survey_work_free(fw[k]);
-    lss_fdsims_free(fd); lss_survey_free(fsv); lss_ps_free(psa);
-    free(fw); free(edges); free(X); free(maps); free(spec); free(sab); free(th); free(cols);
+    lss_fdsims_free(fd); lss_survey_free(fsv); lss_ps_free(psa); free(fw); free(edges); free(X); free(maps); free(spec); free(sab); free(th); free(cols);
     return s;
 }
 
@@ -367,8 +367,7 @@ static int dl_mdn(dl_ctx *x, int mask) {
     lss_deeplss_fit_info fit[DL_NNET];
     int k, s = lss_deeplss_mdn_stage(x->dir, &x->c, mask, fit);
     for (k = 0; k < DL_NNET && s == LSS_OK; k++)
-        if ((mask >> k) & 1)
-            fprintf(stderr, "deeplss mdn %s: %d epochs, best validation loss %.4f at epoch %d\n", dl_net[k], fit[k].epochs, fit[k].best_val,
+        if ((mask >> k) & 1) fprintf(stderr, "deeplss mdn %s: %d epochs, best validation loss %.4f at epoch %d\n", dl_net[k], fit[k].epochs, fit[k].best_val,
                     fit[k].best_epoch);
     return s;
 }
@@ -423,7 +422,7 @@ static int dl_sensitivity(dl_ctx *x) {
 /* One row of a table with the columns lensing, clustering, combined: fmt with the three values v[probe][0..2]. */
 static void dl_row(FILE *md, const char *label, const char *fmt, const double *v0, const double *v1, const double *v2) {
     const double *v[3] = {v0, v1, v2};
-    int p;
+    int p;   /* columns: lensing (1), clustering (2), combined (0) */
     fprintf(md, "| %s |", label);
     for (p = 1; p <= 3; p++) fprintf(md, fmt, v[p % 3][0], v[p % 3][1], v[p % 3][2]);
     fprintf(md, "\n");
@@ -442,7 +441,7 @@ static int dl_report(dl_ctx *x, const char *timings) {
     int s, p, k, i, fails = 0;
     if ((s = lss_deeplss_numbers_read(x->dir, c->nfid, c->ncal, t1->name, &r)) ||
         (s = lss_deeplss_gains_save(&r, dl_path(x, path, sizeof path, "gains.csv", 0))) ||
-        (s = lss_deeplss_corners(x->dir, t1->name, t1->fiducial, t1->lo, t1->hi, NULL)) || (s = dl_sensitivity(x)) ||
+        (s = lss_deeplss_corners(x->dir, t1->name, t1->fiducial, t1->lo, t1->hi, NULL)) || (!x->c.cnn_hybrid && (s = dl_sensitivity(x))) ||
         (s = lss_wfile_open(&w, dl_path(x, path, sizeof path, "REPORT.md", 0))))
         return s;
     md = w.f;
@@ -453,14 +452,15 @@ static int dl_report(dl_ctx *x, const char *timings) {
                 "sigma_8; the fiducial first, then a scrambled Sobol set over the prior box) x %d training + %d held-out noise-free "
                 "lognormal fields.\n", c->grid, c->grid, c->nside, c->nside, c->pixel_arcmin,
             pow(c->grid * c->nside * c->pixel_arcmin / 60.0, 2), c->ncosmo, c->nf_train, c->nf_test);
-    fprintf(md, "- CNN: %s%d strided %dx%d convolutions to %d channels, %d residual block(s), %s%s, dense output of %d (means + Cholesky "
+    fprintf(md, "- CNN: %s%d strided %dx%d convolutions to %d channels, %d residual block(s), %s%s%s, dense output of %d (means + Cholesky "
                 "of the precision, starting at zero: the prior mean with unit precision); PSD network: all auto and cross spectra "
                 "(%s) in %d ell bins (%.0f-%.0f) -> 2 x %d ReLU -> %d. Loss eq. 14; Adam (lr CNN %.3g, PSD %.3g%s); per-tensor gradient "
                 "clipping at the %.0fth percentile of the norm history; batch %d; up to %d steps%s. Targets Omega_m, S8, 0.1 A_IA, eta_IA, "
                 "b_g, eta_bg, r_g (appendix E), standardised over the prior draws, undone at prediction.\n",
             c->cnn_products == 3 ? "maps and the products of every pair of maps as input, " : c->cnn_products ? "maps and kappa_i delta_j "
             "products as input, " : "", c->nconv, c->kernel, c->kernel, c->channels, c->nres, c->cnn_pool ? "global average pooling" : "flatten",
-            c->cnn_hidden ? ", a hidden dense layer" : "", LSS_DEEPLSS_NOUT, c->ps_estimator ? "|X_i X_j*|" : "Re X_i X_j*", c->nell,
+            c->cnn_hidden ? ", a hidden dense layer" : "", c->cnn_hybrid ? " (hybrid: the standardised spectra of its probes joined to the pooled "
+            "features, at least as informative as the spectra by construction; no sensitivity maps)" : "", LSS_DEEPLSS_NOUT, c->ps_estimator ? "|X_i X_j*|" : "Re X_i X_j*", c->nell,
             c->ell_min, c->ell_max, c->psd_width, LSS_DEEPLSS_NOUT, c->lr_cnn, c->lr_psd, c->cosine ? ", cosine decay" : "", c->clip_pct,
             c->batch, c->steps, c->patience ? " (plateau stop, best held-out parameters kept)" : "");
     fprintf(md, "- MDN: %d x %d ReLU, K = %d; trained on %d (theta_t, theta_p) pairs per network (%d Sobol nuisance draws per grid "
@@ -515,7 +515,8 @@ static int dl_report(dl_ctx *x, const char *timings) {
                 "- Figure 3 (single probes): ![corner wl](corner_wl.png) ![corner gc](corner_gc.png)\n"
                 "- Figure 4 (S8 - A_IA, CNN): ![s8 aia](s8_aia.png)\n"
                 "- Figure 6 (sensitivity maps d theta_p / d m of the combined-probe CNN for A_IA and sigma_8 at one fiducial observation; "
-                "per-channel RMS in [sensitivity.csv](sensitivity.csv), arrays in sensitivity.npy): ![sensitivity](sensitivity.png)\n");
+                "per-channel RMS in [sensitivity.csv](sensitivity.csv), arrays in sensitivity.npy): %s\n",
+            c->cnn_hybrid ? "not drawn (hybrid CNNs: the spectra path has no map gradient)" : "![sensitivity](sensitivity.png)");
     if (timings && *timings) fprintf(md, "\n## Timings\n\n%s\n", timings);
     return lss_wfile_commit(&w);
 }
@@ -597,6 +598,7 @@ int main(int argc, char **argv) {
         {{"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"}, C_TRAIN, 0},
         {{"patience", LSS_DRV_INT, &d.patience, 0, 1000000, 0, "stop when no held-out loss improved over this many evaluations (0: all steps)"}, C_TRAIN | C_ALL, CFG},
         {{"ps-estimator", LSS_DRV_INT, &d.ps_estimator, 0, 1, 0, "spectra of the PSD networks: 0 Re(X_i X_j*), 1 |X_i X_j*| (the released code)"}, C_NEWRUN, NEW},
+        {{"cnn-hybrid", LSS_DRV_INT, &d.cnn_hybrid, 0, 1, 0, "1: hybrid CNNs, the standardised spectra joined to the pooled CNN features (a diagnostic, >= the spectra by construction; no sensitivity maps)"}, C_NEWRUN, NEW},
         {{"fisher-nfid", LSS_DRV_INT, &fnfid, 0, 10000000, 0, "Fisher: fiducial observations for the covariance (0: 4000 small, 20000 paper)"}, C_FISHER | C_ALL, 0},
         {{"fisher-nder", LSS_DRV_INT, &fnder, 0, 10000000, 0, "Fisher: observation pairs per parameter for the derivatives (0: 400 small, 2000 paper)"}, C_FISHER | C_ALL, 0},
         {{"out", LSS_DRV_STR, &out, 0, 0, 0, "working directory"}, C_ANY, 0}};

@@ -706,10 +706,30 @@ static void test_cli(void) {
             }
             fclose(f);
         }
-        CHECK(rows == 5 && ps_self && have_net, "fisher.csv: header + 4 lensing rows (%d), the spectra's efficiency against themselves 1, "
+        CHECK(rows == 6 && ps_self && have_net, "fisher.csv: header + 5 lensing rows (%d), the spectra's efficiency against themselves 1, "
               "the network's row", rows);
         snprintf(p, sizeof p, "%s/run.json", dir);
         CHECK(access(p, R_OK) == 0, "run.json of the fisher command");
+    }
+    {   /* a hybrid CNN (spectra joined to the CNN features) through the driver: trains, and fisher names it */
+        char dir[400], line[600];
+        int have_hyb = 0, have_mom = 0;
+        snprintf(dir, sizeof dir, "%s/cli/hybrid", tmpdir);
+        snprintf(cmd, sizeof cmd, "bin/deeplss train --ncosmo 3 --nfield 2 --steps 20 --cnn-hybrid 1 --nets cnn --probes gc --out '%s' 2>/dev/null", dir);
+        CHECK(run(cmd) == 0, "tiny hybrid deeplss train");
+        snprintf(cmd, sizeof cmd, "bin/deeplss fisher --nets cnn --probes gc --fisher-nfid 240 --fisher-nder 24 --out '%s' 2>/dev/null", dir);
+        CHECK(run(cmd) == 0, "deeplss fisher on the tiny hybrid run");
+        snprintf(p, sizeof p, "%s/fisher.csv", dir);
+        if ((f = fopen(p, "r"))) {
+            while (fgets(line, sizeof line, f)) {
+                have_hyb |= !strncmp(line, "gc,hybrid_cnn,", 14);
+                have_mom |= !strncmp(line, "gc,moments,", 11);
+            }
+            fclose(f);
+        }
+        CHECK(have_hyb && have_mom, "fisher.csv of a hybrid run: the hybrid_cnn row (%d) and the one-point moments row (%d)", have_hyb, have_mom);
+        snprintf(cmd, sizeof cmd, "bin/deeplss train --cnn-hybrid 2 --out '%s/cli/hybrid2' 2>/dev/null", tmpdir);
+        CHECK(run(cmd) == 2, "--cnn-hybrid 2 refused");
     }
     snprintf(cmd, sizeof cmd, "bin/lss-sim --omega-m 0.9 --out '%s/cli/s'", tmpdir);
     CHECK(run(cmd) == 2, "lss-sim with Omega_m outside its prior should exit 2");
