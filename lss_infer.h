@@ -5085,7 +5085,9 @@ LSSDEF int lss_deeplss_fisher_save(const char *dir, const lss_fisher *F, int nsu
                          "pairs per parameter at theta +- h (central differences with common random numbers; derivative noise bias "
                          "removed), Table I box as a Gaussian prior of the same variance. FoM = 1/sqrt(det Cov(%s, %s)); errors: "
                          "jackknife, ratios paired (same observations). Efficiency = FoM / FoM of the power spectra (Re X_i X_j*); "
-                         "|.|: against the released code's |X_i X_j*| spectra. A network below %.2g is flagged undertrained. "
+                         "|.|: against the released code's |X_i X_j*| spectra. ps_re+moments: the spectra with the one-point joint moments of "
+                         "the maps (the bound for a network that adds one-point information); moments: those moments alone (the level of "
+                         "a network that learns only the pixel statistics). A network below %.2g is flagged undertrained. "
                          "[fisher.csv](fisher.csv) has every sigma.\n\n| probes | summary | FoM | efficiency (Re) | efficiency (abs) "
                          "| sigma(%s) / PS | sigma(%s) / PS | |\n|---|---|---|---|---|---|---|---|\n", (long long)nfid, (long long)nder,
                     names[0], names[1], LSS_DEEPLSS_UNDERTRAINED, names[A_IA], names[R_G]);
