@@ -443,12 +443,14 @@ static void test_sumnet_hybrid(void) {
     printf("held-out loss after %d steps: hybrid %.3f, plain CNN %.3f\n", STEPS, loss[1], loss[0]);
     CHECK(loss[1] < loss[0] - 2.0, "held-out loss: hybrid %.3f well below the plain CNN %.3f when only the spectra are informative",
           loss[1], loss[0]);
+    lss_sumnet_free(n[0]);
+    lss_sumnet_free(n[1]);
     memset(&so, 0, sizeof so);
     so.kind = LSS_SUMNET_CNN; so.batch = 2; so.map_ch = 2; so.side = 16; so.nch = 2; so.nconv = 1; so.channels = 4; so.kernel = 3;
     so.hybrid = 1;
+    n[0] = NULL;
     CHECK_ERR(lss_sumnet_create(&so, &n[0]), LSS_ERR_ARG);   /* hybrid without spectra */
-    lss_sumnet_free(n[0]);
-    lss_sumnet_free(n[1]);
+    CHECK(n[0] == NULL, "no network left behind by a refused hybrid");
 }
 
 int main(void) {
