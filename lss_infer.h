@@ -840,7 +840,10 @@ LSSDEF int lss_deeplss_gains_save(const lss_deeplss_numbers *r, const char *path
    Summary 0 must be the power spectra Re(X_i X_j*) and summary 1 the |X_i X_j*| spectra: every summary's efficiency is
    its FoM(Omega_m, sigma_8) over theirs (paired jackknife errors, lss_fisher_fom_ratio), with its sigma(A_IA) and
    sigma(r_g) over the Re spectra's; summaries from first_net on are networks, flagged "undertrained" below
-   LSS_DEEPLSS_UNDERTRAINED. fisher.csv also has every sigma (names: the 7 parameter names). Each file atomic. */
+   LSS_DEEPLSS_UNDERTRAINED. fisher.csv also has every sigma (names: the 7 parameter names). When a summary is named
+   "moments" (the one-point moments alone), fisher.md ends with a reading of each network row against it: below it, near
+   it (undertrained and within 0.15 above: the network learnt about the pixel statistics only), or beyond it. Each file
+   atomic. */
 #define LSS_DEEPLSS_UNDERTRAINED 0.9
 /* The report's calibration section (coverage of the 68% intervals per network and parameter) and the MDN check table of
    appendix C from numbers read by lss_deeplss_numbers_read, as Markdown on md (names: the 7 parameter names). */
@@ -5066,6 +5069,35 @@ out:
     return s;
 }
 
+/* fisher.md's reading of the network rows against the one-point moments alone (the summary named "moments"): a network
+   below them has not learnt the pixel statistics; an undertrained one within LSS__DL_NEAR_MOMENTS above them has learnt
+   about what they carry and little of the spectra's scale dependence. */
+#define LSS__DL_NEAR_MOMENTS 0.15
+static void lss__dl_fisher_reading(FILE *f, const lss_fisher *F, int nsum, const char *const *sum_names, int first_net) {
+    int p, b, im = -1, n = 0;
+    for (b = 0; b < nsum; b++) if (sum_names[b] && !strcmp(sum_names[b], "moments")) im = b;
+    for (p = 0; p < 3 && im >= 0; p++)
+        for (b = first_net; b < nsum; b++) {
+            const lss_fisher *net = F + p * nsum + b, *mo = F + p * nsum + im, *re = F + p * nsum;
+            double e1, em, r1, rm;
+            if (!net->F || !mo->F || !re->F) continue;
+            r1 = lss_fisher_fom_ratio(net, re, 0, 1, &e1);
+            rm = lss_fisher_fom_ratio(mo, re, 0, 1, &em);
+            if (!isfinite(r1) || !isfinite(rm)) continue;
+            if (!n++) fprintf(f, "\nReading of the network rows against the one-point moments alone:\n\n");
+            if (r1 < rm - 2 * sqrt((isfinite(e1) ? e1 * e1 : 0) + (isfinite(em) ? em * em : 0)))
+                fprintf(f, "- %s %s: efficiency %.3f, below the one-point moments alone (%.3f): it has not yet learnt all that the "
+                           "pixel statistics carry.\n", lss_deeplss_probe_name(p, 1), sum_names[b], r1, rm);
+            else if (r1 < LSS_DEEPLSS_UNDERTRAINED && r1 <= rm + LSS__DL_NEAR_MOMENTS)
+                fprintf(f, "- %s %s: efficiency %.3f, near the one-point moments alone (%.3f): it has learnt about what the pixel "
+                           "statistics carry and little of the spectra's scale dependence.\n", lss_deeplss_probe_name(p, 1),
+                        sum_names[b], r1, rm);
+            else
+                fprintf(f, "- %s %s: efficiency %.3f against %.3f for the one-point moments alone: beyond the pixel statistics.\n",
+                        lss_deeplss_probe_name(p, 1), sum_names[b], r1, rm);
+        }
+}
+
 LSSDEF int lss_deeplss_fisher_save(const char *dir, const lss_fisher *F, int nsum, const char *const *sum_names, int first_net,
                                    const char *const *names, int64_t nfid, int64_t nder) {
     enum { A_IA = 2, R_G = 6 };   /* parameter order of Table I */
@@ -5110,6 +5142,7 @@ LSSDEF int lss_deeplss_fisher_save(const char *dir, const lss_fisher *F, int nsu
                             lss_deeplss_probe_name(p, 1), sum_names[b], fo, e0, r1, e1, r2, e2, ra, ea, rr, er,
                             b >= first_net && r1 < LSS_DEEPLSS_UNDERTRAINED ? "undertrained" : "");
             }
+        if (md) lss__dl_fisher_reading(w.f, F, nsum, sum_names, first_net);
         if ((s = lss_wfile_commit(&w))) return s;
     }
     return LSS_OK;

@@ -12,6 +12,7 @@
 #include "lss_infer.h"
 #include "tests/lss_test.h"
 #include <stdlib.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -453,6 +454,56 @@ static void test_sumnet_hybrid(void) {
     CHECK(n[0] == NULL, "no network left behind by a refused hybrid");
 }
 
+/* fisher.md reads each network row against the one-point moments alone: a synthetic linear model whose "network" is
+   exactly the moments' columns (near them, undertrained) and another that is the spectra's columns (beyond them) */
+static void test_fisher_reading(void) {
+    enum { P = 7, D = 12, NF = 400, ND = 40, NSUM = 6 };
+    static double X[(NF + 2 * P * ND) * D];
+    const double step[P] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
+    const char *sum_names[NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "moments", "cnn", "psd"};
+    const int c0[NSUM] = {0, 0, 0, 10, 10, 0}, nc[NSUM] = {10, 10, 12, 2, 2, 10};
+    lss_fisher F[3 * NSUM];
+    double slope[D][P], prior[P];
+    char dir[] = "/tmp/lss_test_fisher_XXXXXX", path[128], text[8192];
+    int r, j, a, b, cols[D];
+    size_t n;
+    FILE *f;
+    memset(F, 0, sizeof F);
+    memset(slope, 0, sizeof slope);
+    for (j = 0; j < 10; j++) slope[j][j % P] = 1.0 / step[j % P] * 0.05;          /* the spectra: every parameter */
+    slope[10][0] = 0.3 / step[0] * 0.05; slope[11][1] = 0.3 / step[1] * 0.05;      /* the moments: weaker, Omega_m and sigma_8 */
+    for (r = 0; r < NF + 2 * P * ND; r++) {
+        int blk = r < NF ? -1 : (r - NF) / ND, i = r < NF ? r : (r - NF) % ND;
+        double sg = blk < P ? 1.0 : -1.0;
+        lss_rng q;
+        lss_rng_init(&q, 32, (uint64_t)(r < NF ? r : NF + i));   /* common random numbers for the pairs of a block */
+        for (j = 0; j < D; j++) {
+            X[(size_t)r * D + j] = lss_rng_normal(&q);
+            if (blk >= 0) X[(size_t)r * D + j] += sg * slope[j][blk % P] * step[blk % P];
+        }
+    }
+    for (j = 0; j < P; j++) prior[j] = (lss_table1()->hi[j] - lss_table1()->lo[j]) / sqrt(12.0);   /* as deeplss fisher */
+    for (b = 0; b < NSUM; b++) {
+        for (j = 0; j < nc[b]; j++) cols[j] = c0[b] + j;
+        CHECK_OK(lss_fisher_from_table(X, D, cols, nc[b], NF, ND, P, step, prior, 0, &F[b]));
+    }
+    if (!mkdtemp(dir)) { CHECK(0, "temporary directory"); return; }
+    CHECK_OK(lss_deeplss_fisher_save(dir, F, NSUM, sum_names, 4, lss_table1()->name, NF, ND));
+    snprintf(path, sizeof path, "%s/fisher.md", dir);
+    text[0] = 0;
+    if ((f = fopen(path, "r"))) { n = fread(text, 1, sizeof text - 1, f); text[n] = 0; fclose(f); }
+    CHECK(strstr(text, "combined cnn: efficiency") && strstr(text, "near the one-point moments alone"),
+          "a network that is the moments is read as near them");
+    CHECK(strstr(text, "combined psd: efficiency 1.000") && strstr(text, "beyond the pixel statistics"),
+          "a network that is the spectra is read as beyond the moments");
+    CHECK(!strstr(text, "lensing cnn"), "probe sets without forecasts are left out");
+    remove(path);
+    snprintf(path, sizeof path, "%s/fisher.csv", dir);
+    remove(path);
+    rmdir(dir);
+    for (a = 0; a < 3 * NSUM; a++) lss_fisher_free(&F[a]);
+}
+
 int main(void) {
     if (lss_nz_builtin("deeplss", &g_nz, &g_nb) != LSS_OK) { printf("n(z): %s\n", lss_last_error()); return 1; }
     test_joint_moments();
@@ -460,6 +511,7 @@ int main(void) {
     test_sumnet_start();
     test_resnet_extra();
     test_sumnet_hybrid();
+    test_fisher_reading();
     lss_nz_free(g_nz, g_nb);
     LSS_TEST_END();
 }
