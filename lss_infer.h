@@ -842,8 +842,8 @@ LSSDEF int lss_deeplss_gains_save(const lss_deeplss_numbers *r, const char *path
    sigma(r_g) over the Re spectra's; summaries from first_net on are networks, flagged "undertrained" below
    LSS_DEEPLSS_UNDERTRAINED. fisher.csv also has every sigma (names: the 7 parameter names). When a summary is named
    "moments" (the one-point moments alone), fisher.md ends with a reading of each network row against it: below it, near
-   it (undertrained and within 0.15 above: the network learnt about the pixel statistics only), or beyond it. Each file
-   atomic. */
+   it (undertrained and within 0.15 above: the network learnt about the pixel statistics only), or beyond it; networks on
+   the spectra (names starting "psd") see no pixels and are not read. Each file atomic. */
 #define LSS_DEEPLSS_UNDERTRAINED 0.9
 /* The report's calibration section (coverage of the 68% intervals per network and parameter) and the MDN check table of
    appendix C from numbers read by lss_deeplss_numbers_read, as Markdown on md (names: the 7 parameter names). */
@@ -5069,7 +5069,7 @@ out:
     return s;
 }
 
-/* fisher.md's reading of the network rows against the one-point moments alone (the summary named "moments"): a network
+/* fisher.md's reading of the map networks' rows against the one-point moments alone (the summary named "moments"): a network
    below them has not learnt the pixel statistics; an undertrained one within LSS__DL_NEAR_MOMENTS above them has learnt
    about what they carry and little of the spectra's scale dependence. */
 #define LSS__DL_NEAR_MOMENTS 0.15
@@ -5080,7 +5080,7 @@ static void lss__dl_fisher_reading(FILE *f, const lss_fisher *F, int nsum, const
         for (b = first_net; b < nsum; b++) {
             const lss_fisher *net = F + p * nsum + b, *mo = F + p * nsum + im, *re = F + p * nsum;
             double e1, em, r1, rm;
-            if (!net->F || !mo->F || !re->F) continue;
+            if (!net->F || !mo->F || !re->F || !strncmp(sum_names[b], "psd", 3)) continue;   /* spectra networks: not read */
             r1 = lss_fisher_fom_ratio(net, re, 0, 1, &e1);
             rm = lss_fisher_fom_ratio(mo, re, 0, 1, &em);
             if (!isfinite(r1) || !isfinite(rm)) continue;

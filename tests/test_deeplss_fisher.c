@@ -460,7 +460,7 @@ static void test_fisher_reading(void) {
     enum { P = 7, D = 12, NF = 400, ND = 40, NSUM = 6 };
     static double X[(NF + 2 * P * ND) * D];
     const double step[P] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
-    const char *sum_names[NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "moments", "cnn", "psd"};
+    const char *sum_names[NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "moments", "cnn", "hybrid_cnn"};
     const int c0[NSUM] = {0, 0, 0, 10, 10, 0}, nc[NSUM] = {10, 10, 12, 2, 2, 10};
     lss_fisher F[3 * NSUM];
     double slope[D][P], prior[P];
@@ -494,8 +494,16 @@ static void test_fisher_reading(void) {
     if ((f = fopen(path, "r"))) { n = fread(text, 1, sizeof text - 1, f); text[n] = 0; fclose(f); }
     CHECK(strstr(text, "combined cnn: efficiency") && strstr(text, "near the one-point moments alone"),
           "a network that is the moments is read as near them");
-    CHECK(strstr(text, "combined psd: efficiency 1.000") && strstr(text, "beyond the pixel statistics"),
+    CHECK(strstr(text, "combined hybrid_cnn: efficiency 1.000") && strstr(text, "beyond the pixel statistics"),
           "a network that is the spectra is read as beyond the moments");
+    lss_fisher_free(&F[5]);   /* the same summary named as a spectra network is not read */
+    for (j = 0; j < nc[5]; j++) cols[j] = c0[5] + j;
+    CHECK_OK(lss_fisher_from_table(X, D, cols, nc[5], NF, ND, P, step, prior, 0, &F[5]));
+    sum_names[5] = "psd";
+    CHECK_OK(lss_deeplss_fisher_save(dir, F, NSUM, sum_names, 4, lss_table1()->name, NF, ND));
+    text[0] = 0;
+    if ((f = fopen(path, "r"))) { n = fread(text, 1, sizeof text - 1, f); text[n] = 0; fclose(f); }
+    CHECK(strstr(text, "| combined | psd |") && !strstr(text, "combined psd: efficiency"), "a spectra network's row is not read");
     CHECK(!strstr(text, "lensing cnn"), "probe sets without forecasts are left out");
     remove(path);
     snprintf(path, sizeof path, "%s/fisher.csv", dir);
