@@ -843,8 +843,13 @@ LSSDEF int lss_deeplss_gains_save(const lss_deeplss_numbers *r, const char *path
    LSS_DEEPLSS_UNDERTRAINED. fisher.csv also has every sigma (names: the 7 parameter names). When a summary is named
    "moments" (the one-point moments alone), fisher.md ends with a reading of each network row against it: below it, near
    it (undertrained and within 0.15 above: the network learnt about the pixel statistics only), or beyond it; networks on
-   the spectra (names starting "psd") see no pixels and are not read. Each file atomic. */
+   the spectra (names starting "psd") see no pixels and are not read; with a summary "psd" among the networks, each map
+   network's FoM over it follows (paired jackknife error). Each file atomic. */
 #define LSS_DEEPLSS_UNDERTRAINED 0.9
+/* Steps h of the central differences of the summary-efficiency forecasts (Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg,
+   r_g): a few per cent of each prior box, where the responses are linear to well below the derivatives' Monte Carlo
+   error. */
+static const double lss_deeplss_fisher_step[LSS_DEEPLSS_NPARAM] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
 /* The report's calibration section (coverage of the 68% intervals per network and parameter) and the MDN check table of
    appendix C from numbers read by lss_deeplss_numbers_read, as Markdown on md (names: the 7 parameter names). */
 LSSDEF void lss_deeplss_calibration_md(const lss_deeplss_numbers *r, const char *const *names, FILE *md);
@@ -5074,18 +5079,22 @@ out:
    about what they carry and little of the spectra's scale dependence. */
 #define LSS__DL_NEAR_MOMENTS 0.15
 static void lss__dl_fisher_reading(FILE *f, const lss_fisher *F, int nsum, const char *const *sum_names, int first_net) {
-    int p, b, im = -1, n = 0;
-    for (b = 0; b < nsum; b++) if (sum_names[b] && !strcmp(sum_names[b], "moments")) im = b;
+    int p, b, im = -1, ip = -1, n = 0;
+    for (b = 0; b < nsum; b++) {
+        if (sum_names[b] && !strcmp(sum_names[b], "moments")) im = b;
+        if (b >= first_net && sum_names[b] && !strcmp(sum_names[b], "psd")) ip = b;
+    }
     for (p = 0; p < 3 && im >= 0; p++)
         for (b = first_net; b < nsum; b++) {
             const lss_fisher *net = F + p * nsum + b, *mo = F + p * nsum + im, *re = F + p * nsum;
-            double e1, em, r1, rm;
+            double e1, em, r1, rm, sd;
             if (!net->F || !mo->F || !re->F || !strncmp(sum_names[b], "psd", 3)) continue;   /* spectra networks: not read */
             r1 = lss_fisher_fom_ratio(net, re, 0, 1, &e1);
             rm = lss_fisher_fom_ratio(mo, re, 0, 1, &em);
             if (!isfinite(r1) || !isfinite(rm)) continue;
+            sd = 2 * sqrt((isfinite(e1) ? e1 * e1 : 0) + (isfinite(em) ? em * em : 0));
             if (!n++) fprintf(f, "\nReading of the network rows against the one-point moments alone:\n\n");
-            if (r1 < rm - 2 * sqrt((isfinite(e1) ? e1 * e1 : 0) + (isfinite(em) ? em * em : 0)))
+            if (r1 < rm - sd)
                 fprintf(f, "- %s %s: efficiency %.3f, below the one-point moments alone (%.3f): it has not yet learnt all that the "
                            "pixel statistics carry.\n", lss_deeplss_probe_name(p, 1), sum_names[b], r1, rm);
             else if (r1 < LSS_DEEPLSS_UNDERTRAINED && r1 <= rm + LSS__DL_NEAR_MOMENTS)
@@ -5093,8 +5102,12 @@ static void lss__dl_fisher_reading(FILE *f, const lss_fisher *F, int nsum, const
                            "statistics carry and little of the spectra's scale dependence.\n", lss_deeplss_probe_name(p, 1),
                         sum_names[b], r1, rm);
             else
-                fprintf(f, "- %s %s: efficiency %.3f against %.3f for the one-point moments alone: beyond the pixel statistics.\n",
-                        lss_deeplss_probe_name(p, 1), sum_names[b], r1, rm);
+                fprintf(f, "- %s %s: efficiency %.3f against %.3f for the one-point moments alone: %s.\n", lss_deeplss_probe_name(p, 1),
+                        sum_names[b], r1, rm, r1 > rm + sd ? "beyond the pixel statistics" : "at their level, within twice the errors");
+            if (ip >= 0 && F[p * nsum + ip].F) {   /* against the spectra network of the same probes, paired */
+                double ep, rp = lss_fisher_fom_ratio(net, F + p * nsum + ip, 0, 1, &ep);
+                if (isfinite(rp)) fprintf(f, "  FoM over the PSD network's, paired on the same observations: %.3f +- %.3f.\n", rp, ep);
+            }
         }
 }
 

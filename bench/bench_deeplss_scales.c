@@ -23,7 +23,7 @@
 #endif
 
 #define NP LSS_DEEPLSS_NPARAM
-static const double fstep[NP] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};   /* as deeplss fisher */
+static const double *const fstep = lss_deeplss_fisher_step;   /* as deeplss fisher */
 
 static int forecast(const char *label, const double *X, int ld, const int *cols, int d, int nfid, int nder, const double *prior,
                     double ref) {

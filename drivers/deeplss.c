@@ -255,11 +255,7 @@ out:
 }
 
 /* ------------------------------------------------------------------ Fisher forecasts: summary efficiency */
-/* Steps of the central differences (Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g): a few per cent of each prior box,
-   where the responses are linear to well below the derivatives' Monte Carlo error. */
-static const double dl_fstep[DL_NP] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
 #define DL_NSUM 6   /* summaries per probe set: PS Re, PS abs, PS Re + moments, one-point moments alone, CNN, PSD network */
-static const char *dl_sum_name[DL_NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "moments", "cnn", "psd"};
 
 /* Summaries of the rows of a finite-difference set (lss_fdsims_observe_rows: common random numbers, one Poisson uniform per
    pixel) for every probe set asked: both spectra estimators, the joint one-point moments of the probe's channels and the
@@ -268,6 +264,8 @@ static const char *dl_sum_name[DL_NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "
 static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
     const lss_deeplss_cfg *c = &x->c;
     const lss_param_table *t1 = lss_table1();
+    const double *dl_fstep = lss_deeplss_fisher_step;
+    const char *dl_sum_name[DL_NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "moments", c->cnn_hybrid ? "hybrid_cnn" : "cnn", "psd"};
     const int CH = 256, nell = c->nell, T = x->nthreads;
     const int64_t N = (int64_t)nfid + 2 * DL_NP * (int64_t)nder, msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
     const int64_t plane = (int64_t)lss_survey_side(x->sv) * lss_survey_side(x->sv);
@@ -350,7 +348,6 @@ static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
                 s = lss_seterr(s, "Fisher matrix of %s (%s probes, %d summaries): %s", dl_sum_name[b], lss_deeplss_probe_name(p, 1), d,
                                lss_last_error());
         }
-    dl_sum_name[4] = c->cnn_hybrid ? "hybrid_cnn" : "cnn";
     if (!s && !(s = lss_deeplss_fisher_save(x->dir, F, DL_NSUM, dl_sum_name, 4, t1->name, nfid, nder)))
         fprintf(stderr, "deeplss fisher: %lld observations (%d fiducial, %d x 2 x %d finite-difference): fisher.csv, fisher.md\n",
                 (long long)N, nfid, DL_NP, nder);

@@ -459,7 +459,7 @@ static void test_sumnet_hybrid(void) {
 static void test_fisher_reading(void) {
     enum { P = 7, D = 12, NF = 400, ND = 40, NSUM = 6 };
     static double X[(NF + 2 * P * ND) * D];
-    const double step[P] = {0.01, 0.02, 0.3, 0.4, 0.05, 0.2, 0.03};
+    const double *step = lss_deeplss_fisher_step;
     const char *sum_names[NSUM] = {"ps_re", "ps_abs", "ps_re+moments", "moments", "cnn", "hybrid_cnn"};
     const int c0[NSUM] = {0, 0, 0, 10, 10, 0}, nc[NSUM] = {10, 10, 12, 2, 2, 10};
     lss_fisher F[3 * NSUM];
@@ -504,6 +504,12 @@ static void test_fisher_reading(void) {
     text[0] = 0;
     if ((f = fopen(path, "r"))) { n = fread(text, 1, sizeof text - 1, f); text[n] = 0; fclose(f); }
     CHECK(strstr(text, "| combined | psd |") && !strstr(text, "combined psd: efficiency"), "a spectra network's row is not read");
+    {   /* the cnn (the moments' columns) against the psd (the spectra's): the paired ratio equals the efficiencies' ratio */
+        const char *q = strstr(text, "paired on the same observations: ");
+        double rp = q ? atof(q + strlen("paired on the same observations: ")) : NAN;
+        double want = lss_fisher_fom_ratio(&F[4], &F[0], 0, 1, NULL) / lss_fisher_fom_ratio(&F[5], &F[0], 0, 1, NULL);
+        CHECK(fabs(rp - want) < 1.5e-3 * want && want < 0.9, "paired FoM over the PSD network %.4f (expected %.4f)", rp, want);
+    }
     CHECK(!strstr(text, "lensing cnn"), "probe sets without forecasts are left out");
     remove(path);
     snprintf(path, sizeof path, "%s/fisher.csv", dir);
