@@ -450,6 +450,9 @@ typedef struct {
     lss_store *store;        /* parameters (required) */
     lss_optim *optim;        /* optimizer of this store (required); its step count is the loop's */
     const char *ckpt_path;   /* checkpoint file (NULL: none; required with resume) */
+    int substeps;            /* optimizer steps of this network per loop step (0 or 1: one; a WGAN
+                                critic takes n_critic): its optimizer's step count is substeps times
+                                the loop's, and every count above applies to loop steps */
 } lss_train_net;
 typedef struct {
     int64_t steps;           /* total optimizer steps (required, >= 1) */
@@ -476,7 +479,7 @@ typedef struct {
     void *user;
 } lss_train_opts;
 typedef struct {
-    int64_t steps_done;      /* optimizer step count at return (resumed steps included) */
+    int64_t steps_done;      /* loop step count at return (resumed steps included) */
     int64_t skipped;         /* steps that returned LSS_ERR_NUMERIC (resumed ones included) */
     int stopped_early;       /* 1: the plateau rule stopped the run */
     int64_t best_step;       /* step of the best mean held-out loss (-1: no evaluation) */
@@ -579,6 +582,94 @@ typedef struct {
 LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss_unet_opts *opts);
 /* x [N, in_ch, H, W]; sigma [N] noise levels (required when sigma_cond, else may be NULL). */
 LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor *x, lss_tensor *sigma);
+
+/* ---- plain convolutional networks and the conditional WGAN-GP (the cGAN mass-map emulator)
+ * lss_convnet is the cGAN paper's critic and regressor (Perraudin et al. 2021, Tables A1 and A2):
+ * nconv convolutions (kernel k[i], stride stride[i], zero padding (k[i] - 1) / 2, so that a stride-s
+ * layer divides an even side by s), LeakyReLU after each; flatten; the nextra conditioning values
+ * concatenated (the critic's d5); ndense hidden dense layers with LeakyReLU; a linear output layer
+ * of nout values (the critic 1, the regressor 2). There are no normalisation layers, so that the
+ * gradient penalty's per-sample input gradients are those of independent samples. A trace (may be
+ * NULL) keeps the pre-activations of the LeakyReLUs of one forward pass (lss_wgan_gp_step's tangent
+ * pass) and the last hidden features (the regressor's features for the Frechet distance).
+ * Tensors "<name>.conv<i>.w/.b", "<name>.dense<i>.w/.b" (He initialisation, zero biases). */
+#define LSS_CONVNET_MAX 8
+typedef struct {
+    int in_ch, side;                 /* input [N, in_ch, side, side] (required) */
+    int nconv;                       /* 1..LSS_CONVNET_MAX convolutions */
+    int ch[LSS_CONVNET_MAX], k[LSS_CONVNET_MAX], stride[LSS_CONVNET_MAX];
+    int ndense;                      /* 0..LSS_CONVNET_MAX hidden dense layers */
+    int width[LSS_CONVNET_MAX];
+    int nextra;                      /* conditioning values per sample (0: none) */
+    int nout;                        /* outputs (required) */
+    float slope;                     /* LeakyReLU slope (0: 0.2, the paper's) */
+} lss_convnet_opts;
+typedef struct {
+    lss_convnet_opts o;
+    int hw[LSS_CONVNET_MAX + 1];     /* side before convolution i; hw[nconv] after the last */
+    int nflat;                       /* flattened convolutional features */
+    lss_tensor *cw[LSS_CONVNET_MAX], *cb[LSS_CONVNET_MAX];
+    lss_tensor *dw[LSS_CONVNET_MAX + 1], *db[LSS_CONVNET_MAX + 1];   /* [ndense] is the output layer */
+} lss_convnet;
+typedef struct {
+    lss_tensor *pre[2 * LSS_CONVNET_MAX];  /* pre-activation of every LeakyReLU, in forward order */
+    int npre;
+    lss_tensor *feat;                /* last hidden layer after its activation [N, width] (with no
+                                        dense layer: the flattened convolutional features) */
+} lss_convnet_trace;
+LSSDEF int lss_convnet_init(lss_convnet *net, lss_store *st, const char *name, const lss_convnet_opts *opts);
+/* x [N, in_ch, side, side]; extra [N, nextra] (required when nextra > 0, else NULL); out [N, nout]. */
+LSSDEF lss_tensor *lss_convnet_forward(lss_graph *g, const lss_convnet *net, lss_tensor *x, lss_tensor *extra,
+                                       lss_convnet_trace *tr);
+
+/* lss_convgen is the cGAN paper's generator (Table A1): input [N, nin] (the rescaled latent of
+ * lss_cgan_latent); ndense hidden dense layers with ReLU, then a dense layer to ch0 side0^2 values
+ * with ReLU, reshaped to [N, ch0, side0, side0]; nup transposed convolutions (kernel k[i], stride
+ * stride[i], padding (k[i] - 1) / 2, output padding stride[i] - 1, so each multiplies the side by
+ * stride[i]; k[i] odd) to ch[i] channels, each followed by ReLU except the last, which is followed by
+ * out_act (default ReLU: positive maps, as the paper). Output [N, ch[nup-1], side, side].
+ * Tensors "<name>.dense<i>.w/.b", "<name>.up<i>.w/.b". */
+typedef struct {
+    int nin;                         /* latent length (required) */
+    int ndense;                      /* 0..LSS_CONVNET_MAX - 1 hidden dense layers before the reshape layer */
+    int width[LSS_CONVNET_MAX];
+    int ch0, side0;                  /* the reshaped tensor (required) */
+    int nup;                         /* 1..LSS_CONVNET_MAX transposed convolutions */
+    int ch[LSS_CONVNET_MAX], k[LSS_CONVNET_MAX], stride[LSS_CONVNET_MAX];
+    lss_act out_act;                 /* LSS_ACT_RELU (0, default), or any other activation */
+} lss_convgen_opts;
+typedef struct {
+    lss_convgen_opts o;
+    int side;                        /* output side */
+    lss_tensor *dw[LSS_CONVNET_MAX], *db[LSS_CONVNET_MAX], *uw[LSS_CONVNET_MAX], *ub[LSS_CONVNET_MAX];
+} lss_convgen;
+LSSDEF int lss_convgen_init(lss_convgen *net, lss_store *st, const char *name, const lss_convgen_opts *opts);
+LSSDEF lss_tensor *lss_convgen_forward(lss_graph *g, const lss_convgen *net, lss_tensor *z);
+
+/* The cGAN paper's conditioning of the latent (eq. 2), one block per parameter: z[n][nlatent] is split
+ * into nparam equal blocks (nlatent a multiple of nparam, block length m); block j of sample i is
+ * rescaled to the length l0 + (l1 - l0) (y[i][j] - lo[j]) / (hi[j] - lo[j]), l0 = 0.1 sqrt(m),
+ * l1 = sqrt(m), keeping its direction. Values outside [lo, hi] extrapolate linearly (a length <= 0 is
+ * LSS_ERR_RANGE). out may equal z. LSS_ERR_ARG for a zero block or bad sizes. */
+LSSDEF int lss_cgan_latent(const float *z, const float *y, int n, int nlatent, int nparam, const double *lo,
+                           const double *hi, float *out);
+
+/* The critic objective of WGAN-GP (Gulrajani et al. 2017; the cGAN paper's eq. 1) for one batch:
+ *   L = mean_i D(fake_i, y_i) - mean_i D(real_i, y_i) + lambda mean_i (|grad_x D(xh_i, y_i)|_2 - 1)^2,
+ * xh_i = eps_i real_i + (1 - eps_i) fake_i (eps_i in [0, 1], given by the caller), and ADDS dL/dtheta
+ * to the gradients of the critic's store st (the caller zeroes them first and steps the optimizer).
+ * The penalty's gradient is exact (not a finite difference): with v_i = grad_x D(xh_i) held fixed,
+ * d|v_i|/dtheta = (v_i / |v_i|) . d(grad_x D(xh_i))/dtheta, the parameter gradient of the directional
+ * derivative of D along v_i / |v_i|. For a network of convolutions, dense layers and LeakyReLUs that
+ * derivative is the same network without biases and with every LeakyReLU replaced by its slope at
+ * xh_i (fixed: the second derivative of a LeakyReLU is zero almost everywhere) applied to v_i; it is
+ * computed as a second "tangent" pass on g2 and backpropagated. g and g2: two graphs (reset here).
+ * real, fake [n][in_ch side^2]; y [n][nextra] (NULL when nextra = 0). wdist, gp, gnorm (each may be
+ * NULL) receive mean D(real) - mean D(fake) (the critic's Wasserstein estimate), mean (|grad| - 1)^2
+ * and mean |grad|. */
+LSSDEF int lss_wgan_gp_step(lss_graph *g, lss_graph *g2, lss_store *st, const lss_convnet *critic,
+                            const float *real, const float *fake, const float *y, const float *eps, int n,
+                            double lambda, double *wdist, double *gp, double *gnorm);
 
 /* ==== GPU API (LSS_CUDA) ==== */
 #ifdef LSS_CUDA
@@ -3483,6 +3574,7 @@ done:
     return s;
 }
 
+#define LSS__TSUB(nets, k) ((nets)[k].substeps > 1 ? (int64_t)(nets)[k].substeps : (int64_t)1)
 LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss_train_result *res) {
     lss__tcsv fx = {0, NULL, 0, NULL};
     lss__tnet *tn = NULL;
@@ -3514,6 +3606,8 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
             return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s' has no %s", nm, nets[k].store ? "optimizer" : "store");
         if (nets[k].optim->st != nets[k].store)
             return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s': the optimizer belongs to another store", nm);
+        if (nets[k].substeps < 0 || nets[k].substeps > 1000)
+            return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s': substeps %d (0..1000)", nm, nets[k].substeps);
         if (nets[k].store->status)
             return lss_seterr(LSS_ERR_STATE, "lss_train: network '%s': the store is in a failed state", nm);
         if (o->resume && !nets[k].ckpt_path)
@@ -3571,7 +3665,7 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
             if ((s = lss__ckpt_read(nets[k].ckpt_path, nets[k].store, nets[k].optim, o->keep_best && nets[k].store->size > 0 ? 2 : 1, x, found)) != LSS_OK)
                 goto out;
             if (!found[0]) continue; /* written by lss_ckpt_save: no loop state, start it afresh */
-            if (st[LSS__TS_TAG] != 1 || st[LSS__TS_STEP] != (double)nets[k].optim->t) {
+            if (st[LSS__TS_TAG] != 1 || st[LSS__TS_STEP] * LSS__TSUB(nets, k) != (double)nets[k].optim->t) {
                 s = lss_seterr(LSS_ERR_FORMAT, "lss_train: checkpoint '%s': loop state at step %g, optimizer at step %lld",
                                nets[k].ckpt_path, st[LSS__TS_STEP], (long long)nets[k].optim->t);
                 goto out;
@@ -3588,9 +3682,9 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
         }
     }
     /* ---- the step count: that of the optimizers, all equal */
-    t0 = nets[0].optim->t;
-    for (k = 1; k < nnet; k++)
-        if (nets[k].optim->t != t0) {
+    t0 = nets[0].optim->t / LSS__TSUB(nets, 0);
+    for (k = 0; k < nnet; k++)
+        if (nets[k].optim->t != t0 * LSS__TSUB(nets, k)) {
             s = lss_seterr(LSS_ERR_STATE, "lss_train: network '%s' is at step %lld but '%s' at step %lld%s", tn[0].name,
                            (long long)t0, tn[k].name, (long long)nets[k].optim->t,
                            o->resume ? " (checkpoints of different steps)" : "");
@@ -3623,12 +3717,12 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
         seconds_step += lss_time_now() - ts;
         if (s != LSS_OK && s != LSS_ERR_NUMERIC) goto out;
         for (k = 0; k < nnet; k++) {
-            int64_t c = nets[k].optim->t;
-            if (c == done) continue;
-            if (c == t && s == LSS_ERR_NUMERIC) { nets[k].optim->t++; continue; } /* skipped: the count moves on */
+            int64_t c = nets[k].optim->t, sub = LSS__TSUB(nets, k);
+            if (c == done * sub) continue;
+            if (c >= t * sub && c < done * sub && s == LSS_ERR_NUMERIC) { nets[k].optim->t = done * sub; continue; } /* skipped */
             s = lss_seterr(LSS_ERR_STATE, "lss_train: after step %lld network '%s' has taken %lld optimizer steps (expected %lld:"
-                           " the step callback must call lss_optim_step once per network, or return LSS_ERR_NUMERIC)",
-                           (long long)t, tn[k].name, (long long)c, (long long)done);
+                           " the step callback must call lss_optim_step substeps times per network, or return LSS_ERR_NUMERIC)",
+                           (long long)t, tn[k].name, (long long)c, (long long)(done * sub));
             goto out;
         }
         if (s == LSS_ERR_NUMERIC) skipped++;
@@ -3702,7 +3796,7 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
     s = LSS_OK;
 out:
     if (res) {
-        res->steps_done = nets && nnet >= 1 && nets[0].optim ? nets[0].optim->t : 0;
+        res->steps_done = nets && nnet >= 1 && nets[0].optim ? nets[0].optim->t / LSS__TSUB(nets, 0) : 0;
         res->skipped = skipped;
         res->stopped_early = early;
         res->best_step = mbest_step;
@@ -3990,6 +4084,277 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
         h = lss_op_mul(g, h, inv);
     }
     return h;
+}
+
+
+/* ---------------------------------------------------------------- convnet, convgen, WGAN-GP */
+LSSDEF int lss_convnet_init(lss_convnet *net, lss_store *st, const char *name, const lss_convnet_opts *opts) {
+    lss_convnet_opts o;
+    char part[32];
+    int i, s, side, c;
+    int64_t fin;
+    if (!net || !st || !name || !opts) return lss_seterr(LSS_ERR_ARG, "lss_convnet_init: NULL argument");
+    memset(net, 0, sizeof *net);
+    o = *opts;
+    if (o.slope == 0) o.slope = 0.2f;
+    if (strlen(name) > 120 || o.in_ch < 1 || o.side < 1 || o.nconv < 1 || o.nconv > LSS_CONVNET_MAX || o.ndense < 0 ||
+        o.ndense > LSS_CONVNET_MAX || o.nextra < 0 || o.nextra > 65536 || o.nout < 1 || !(o.slope >= 0 && o.slope < 1))
+        return lss_seterr(LSS_ERR_ARG, "lss_convnet_init: bad options (input %d x %d x %d, %d convolutions (1..%d), %d dense "
+                          "(0..%d), nextra %d, nout %d, slope %g)", o.in_ch, o.side, o.side, o.nconv, LSS_CONVNET_MAX, o.ndense,
+                          LSS_CONVNET_MAX, o.nextra, o.nout, (double)o.slope);
+    side = o.side; c = o.in_ch;
+    for (i = 0; i < o.nconv; i++) {
+        int p = (o.k[i] - 1) / 2;
+        if (o.ch[i] < 1 || o.k[i] < 1 || o.stride[i] < 1 || side + 2 * p < o.k[i])
+            return lss_seterr(LSS_ERR_ARG, "lss_convnet_init: convolution %d: %d channels, kernel %d, stride %d on a side of %d",
+                              i, o.ch[i], o.k[i], o.stride[i], side);
+        net->hw[i] = side;
+        snprintf(part, sizeof part, "conv%d", i);
+        if ((s = lss__conv_init(st, name, part, o.ch[i], c, o.k[i], 1, &net->cw[i], &net->cb[i]))) return s;
+        side = (side + 2 * p - o.k[i]) / o.stride[i] + 1;
+        c = o.ch[i];
+    }
+    net->hw[o.nconv] = side;
+    fin = (int64_t)c * side * side;
+    if (fin > (1 << 26)) return lss_seterr(LSS_ERR_ARG, "lss_convnet_init: %lld flattened features", (long long)fin);
+    net->nflat = (int)fin;
+    fin += o.nextra;
+    for (i = 0; i <= o.ndense; i++) {
+        char nm[200];
+        int64_t sw[2], sb[1];
+        int last = i == o.ndense;
+        if (!last && o.width[i] < 1) return lss_seterr(LSS_ERR_ARG, "lss_convnet_init: dense layer %d has width %d", i, o.width[i]);
+        sw[0] = fin; sw[1] = last ? o.nout : o.width[i]; sb[0] = sw[1];
+        snprintf(nm, sizeof nm, "%s.dense%d.w", name, i);
+        net->dw[i] = lss_store_add(st, nm, 2, sw, last ? LSS_INIT_GLOROT : LSS_INIT_HE);
+        snprintf(nm, sizeof nm, "%s.dense%d.b", name, i);
+        net->db[i] = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        fin = sw[1];
+    }
+    if ((s = lss_store_status(st))) return s;
+    net->o = o;
+    return LSS_OK;
+}
+
+LSSDEF lss_tensor *lss_convnet_forward(lss_graph *g, const lss_convnet *net, lss_tensor *x, lss_tensor *extra,
+                                       lss_convnet_trace *tr) {
+    int i;
+    const lss_convnet_opts *o;
+    if (tr) memset(tr, 0, sizeof *tr);
+    if (!lss__enter(g, "lss_convnet_forward", 1, x, NULL, NULL)) return NULL;
+    if (!net) return lss__fail(g, LSS_ERR_ARG, "%s: NULL network%s", "lss_convnet_forward", NULL);
+    o = &net->o;
+    if (x->ndim != 4 || x->shape[1] != o->in_ch || x->shape[2] != o->side || x->shape[3] != o->side)
+        return lss__shape_err(g, "lss_convnet_forward (input must be [N, in_ch, side, side])", x, NULL);
+    if ((o->nextra > 0) != (extra != NULL) ||
+        (extra && (extra->ndim != 2 || extra->shape[0] != x->shape[0] || extra->shape[1] != o->nextra)))
+        return lss__shape_err(g, "lss_convnet_forward (extra must be [N, nextra], and only with nextra > 0)", x, extra);
+    for (i = 0; i < o->nconv; i++) {
+        x = lss_op_conv2d(g, x, net->cw[i], net->cb[i], o->stride[i], (o->k[i] - 1) / 2);
+        if (tr && x) tr->pre[tr->npre++] = x;
+        x = lss_op_leaky_relu(g, x, o->slope);
+    }
+    x = lss_op_flatten(g, x);
+    if (extra) x = lss_op_concat(g, x, extra, 1);
+    if (tr) tr->feat = x;
+    for (i = 0; i < o->ndense; i++) {
+        x = lss_op_dense(g, x, net->dw[i], net->db[i]);
+        if (tr && x) tr->pre[tr->npre++] = x;
+        x = lss_op_leaky_relu(g, x, o->slope);
+        if (tr) tr->feat = x;
+    }
+    return lss_op_dense(g, x, net->dw[o->ndense], net->db[o->ndense]);
+}
+
+LSSDEF int lss_convgen_init(lss_convgen *net, lss_store *st, const char *name, const lss_convgen_opts *opts) {
+    lss_convgen_opts o;
+    char nm[200];
+    int i, side, c;
+    int64_t fin;
+    if (!net || !st || !name || !opts) return lss_seterr(LSS_ERR_ARG, "lss_convgen_init: NULL argument");
+    memset(net, 0, sizeof *net);
+    o = *opts;
+    if (strlen(name) > 120 || o.nin < 1 || o.ndense < 0 || o.ndense > LSS_CONVNET_MAX - 1 || o.ch0 < 1 || o.side0 < 1 ||
+        o.nup < 1 || o.nup > LSS_CONVNET_MAX || (int)o.out_act < 0 || o.out_act > LSS_ACT_NONE ||
+        (int64_t)o.ch0 * o.side0 * o.side0 > (1 << 26))
+        return lss_seterr(LSS_ERR_ARG, "lss_convgen_init: bad options (nin %d, %d dense (0..%d), reshape %d x %d x %d, %d "
+                          "transposed convolutions (1..%d))", o.nin, o.ndense, LSS_CONVNET_MAX - 1, o.ch0, o.side0, o.side0,
+                          o.nup, LSS_CONVNET_MAX);
+    fin = o.nin;
+    for (i = 0; i <= o.ndense; i++) {
+        int64_t sw[2], sb[1];
+        int last = i == o.ndense;
+        if (!last && o.width[i] < 1) return lss_seterr(LSS_ERR_ARG, "lss_convgen_init: dense layer %d has width %d", i, o.width[i]);
+        sw[0] = fin; sw[1] = last ? (int64_t)o.ch0 * o.side0 * o.side0 : o.width[i]; sb[0] = sw[1];
+        snprintf(nm, sizeof nm, "%s.dense%d.w", name, i); net->dw[i] = lss_store_add(st, nm, 2, sw, LSS_INIT_HE);
+        snprintf(nm, sizeof nm, "%s.dense%d.b", name, i); net->db[i] = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        fin = sw[1];
+    }
+    side = o.side0; c = o.ch0;
+    for (i = 0; i < o.nup; i++) {
+        int64_t sw[4], sb[1];
+        if (o.ch[i] < 1 || o.k[i] < 1 || o.k[i] % 2 == 0 || o.stride[i] < 1 || side > (1 << 14) / o.stride[i])
+            return lss_seterr(LSS_ERR_ARG, "lss_convgen_init: transposed convolution %d: %d channels, kernel %d (odd), stride %d",
+                              i, o.ch[i], o.k[i], o.stride[i]);
+        sw[0] = c; sw[1] = o.ch[i]; sw[2] = o.k[i]; sw[3] = o.k[i]; sb[0] = o.ch[i];
+        snprintf(nm, sizeof nm, "%s.up%d.w", name, i); net->uw[i] = lss_store_add(st, nm, 4, sw, LSS_INIT_HE);
+        snprintf(nm, sizeof nm, "%s.up%d.b", name, i); net->ub[i] = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        side *= o.stride[i];
+        c = o.ch[i];
+    }
+    if ((i = lss_store_status(st))) return i;
+    net->o = o; net->side = side;
+    return LSS_OK;
+}
+
+LSSDEF lss_tensor *lss_convgen_forward(lss_graph *g, const lss_convgen *net, lss_tensor *z) {
+    int i;
+    int64_t sh[4];
+    const lss_convgen_opts *o;
+    if (!lss__enter(g, "lss_convgen_forward", 1, z, NULL, NULL)) return NULL;
+    if (!net) return lss__fail(g, LSS_ERR_ARG, "%s: NULL network%s", "lss_convgen_forward", NULL);
+    o = &net->o;
+    if (z->ndim != 2 || z->shape[1] != o->nin) return lss__shape_err(g, "lss_convgen_forward (latent must be [N, nin])", z, NULL);
+    for (i = 0; i <= o->ndense; i++) z = lss_op_relu(g, lss_op_dense(g, z, net->dw[i], net->db[i]));
+    sh[0] = z ? z->shape[0] : 0; sh[1] = o->ch0; sh[2] = o->side0; sh[3] = o->side0;
+    z = lss_op_reshape(g, z, 4, sh);
+    for (i = 0; i < o->nup; i++) {
+        z = lss_op_conv2d_transpose(g, z, net->uw[i], net->ub[i], o->stride[i], (o->k[i] - 1) / 2, o->stride[i] - 1);
+        z = i < o->nup - 1 ? lss_op_relu(g, z) : lss_op_activate(g, z, o->out_act);
+    }
+    return z;
+}
+
+LSSDEF int lss_cgan_latent(const float *z, const float *y, int n, int nlatent, int nparam, const double *lo,
+                           const double *hi, float *out) {
+    int i, j, m;
+    if (!z || !y || !lo || !hi || !out || n < 0 || nlatent < 1 || nparam < 1 || nlatent % nparam)
+        return lss_seterr(LSS_ERR_ARG, "lss_cgan_latent: bad arguments (latent %d, %d parameters: the latent length must be a "
+                          "multiple of the parameter count)", nlatent, nparam);
+    for (j = 0; j < nparam; j++)
+        if (!(hi[j] > lo[j]) || !isfinite(hi[j] - lo[j]))
+            return lss_seterr(LSS_ERR_ARG, "lss_cgan_latent: parameter %d range [%g, %g] is empty", j, lo[j], hi[j]);
+    m = nlatent / nparam;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < nparam; j++) {
+            const float *zb = z + (size_t)i * nlatent + (size_t)j * m;
+            float *ob = out + (size_t)i * nlatent + (size_t)j * m;
+            double nrm = 0, l0 = 0.1 * sqrt((double)m), l1 = sqrt((double)m), len, yv = y[(size_t)i * nparam + j];
+            int q;
+            for (q = 0; q < m; q++) nrm += (double)zb[q] * zb[q];
+            nrm = sqrt(nrm);
+            if (!(nrm > 0) || !isfinite(nrm) || !isfinite(yv))
+                return lss_seterr(LSS_ERR_ARG, "lss_cgan_latent: sample %d, block %d: zero or non-finite latent or parameter", i, j);
+            len = l0 + (l1 - l0) * (yv - lo[j]) / (hi[j] - lo[j]);
+            if (!(len > 0))
+                return lss_seterr(LSS_ERR_RANGE, "lss_cgan_latent: parameter %d = %g lies too far below its range [%g, %g] "
+                                  "(latent length %g)", j, yv, lo[j], hi[j], len);
+            for (q = 0; q < m; q++) ob[q] = (float)(zb[q] * (len / nrm));
+        }
+    return LSS_OK;
+}
+
+/* The tangent pass of lss_wgan_gp_step: the critic without biases, LeakyReLU slopes fixed from tr, applied to v. */
+static lss_tensor *lss__convnet_tangent(lss_graph *g, const lss_convnet *net, const lss_convnet_trace *tr, lss_tensor *v) {
+    const lss_convnet_opts *o = &net->o;
+    int i, q = 0;
+    for (i = 0; i <= o->ndense + o->nconv && v; i++) {
+        lss_tensor *pre, *mask;
+        int64_t j;
+        if (i < o->nconv) v = lss_op_conv2d(g, v, net->cw[i], NULL, o->stride[i], (o->k[i] - 1) / 2);
+        else {
+            int d = i - o->nconv;
+            if (d == 0) {
+                v = lss_op_flatten(g, v);
+                if (v && o->nextra > 0) v = lss_op_concat(g, v, lss_tensor_new(g, 2, (int64_t[]){v->shape[0], o->nextra}), 1);
+            }
+            v = lss_op_dense(g, v, net->dw[d], NULL);
+            if (d == o->ndense) break;
+        }
+        if (!v) break;
+        pre = tr->pre[q++];
+        mask = lss_tensor_new(g, v->ndim, v->shape);
+        if (!mask) return NULL;
+        for (j = 0; j < v->n; j++) mask->data[j] = pre->data[j] > 0 ? 1.0f : o->slope;
+        v = lss_op_mul(g, v, mask);
+    }
+    return v;
+}
+
+LSSDEF int lss_wgan_gp_step(lss_graph *g, lss_graph *g2, lss_store *st, const lss_convnet *critic,
+                            const float *real, const float *fake, const float *y, const float *eps, int n,
+                            double lambda, double *wdist, double *gp, double *gnorm) {
+    lss_convnet_trace tr;
+    lss_tensor *xh, *yt = NULL, *out, *tout, *v;
+    float *save = NULL, *dy = NULL, *both = NULL, *yy = NULL;
+    int64_t d, np, sh[4], i, j;
+    double sgp = 0, sgn = 0, dr = 0, dfk = 0;
+    int s = LSS_OK;
+    if (!g || !g2 || !st || !critic || !real || !fake || !eps || n < 1 || !(lambda >= 0) || (critic->o.nextra > 0 && !y))
+        return lss_seterr(LSS_ERR_ARG, "lss_wgan_gp_step: bad arguments (n %d, lambda %g)", n, lambda);
+    d = (int64_t)critic->o.in_ch * critic->o.side * critic->o.side;
+    np = lss_store_size(st);
+    sh[0] = n; sh[1] = critic->o.in_ch; sh[2] = critic->o.side; sh[3] = critic->o.side;
+    save = (float *)LSS_MALLOC(sizeof(float) * (size_t)(np > 0 ? np : 1));
+    dy = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * n));
+    both = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * n * d));
+    if (critic->o.nextra > 0) yy = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * n * critic->o.nextra));
+    if (!save || !dy || !both || (critic->o.nextra > 0 && !yy)) { s = lss_seterr(LSS_ERR_NOMEM, "lss_wgan_gp_step: out of memory"); goto out; }
+    /* 1. per-sample input gradients at the interpolates (the store's gradients are kept aside) */
+    memcpy(save, lss_store_grad(st), sizeof(float) * (size_t)np);
+    lss_graph_reset(g);
+    lss_graph_set_training(g, 1);
+    xh = lss__new(g, 4, sh, 1, 0);
+    if (xh)
+        for (i = 0; i < n; i++)
+            for (j = 0; j < d; j++) {
+                float e = eps[i];
+                xh->data[i * d + j] = e * real[i * d + j] + (1.0f - e) * fake[i * d + j];
+            }
+    if (critic->o.nextra > 0) yt = lss_view(g, (float *)y, 2, (int64_t[]){n, critic->o.nextra});
+    out = lss_convnet_forward(g, critic, xh, yt, &tr);
+    for (i = 0; i < n; i++) dy[i] = 1.0f;
+    if (!out) { s = lss_graph_status(g) ? lss_graph_status(g) : LSS_ERR_STATE; goto out; }
+    s = lss_backward_seed(g, out, dy);
+    memcpy(lss_store_grad(st), save, sizeof(float) * (size_t)np);
+    if (s) goto out;
+    /* 2. the tangent pass along v_i = c_i grad_i, c_i = 2 lambda (|grad_i| - 1) / (|grad_i| n) */
+    lss_graph_reset(g2);
+    lss_graph_set_training(g2, 1);
+    v = lss_tensor_new(g2, 4, sh);
+    if (!v) { s = lss_graph_status(g2); goto out; }
+    for (i = 0; i < n; i++) {
+        double nrm = 0, c;
+        for (j = 0; j < d; j++) nrm += (double)xh->grad[i * d + j] * xh->grad[i * d + j];
+        nrm = sqrt(nrm);
+        sgn += nrm; sgp += (nrm - 1) * (nrm - 1);
+        c = nrm > 0 ? 2 * lambda * (nrm - 1) / (nrm * n) : 0;
+        for (j = 0; j < d; j++) v->data[i * d + j] = (float)(c * xh->grad[i * d + j]);
+    }
+    if (lambda > 0) {
+        tout = lss__convnet_tangent(g2, critic, &tr, v);
+        if (!tout) { s = lss_graph_status(g2) ? lss_graph_status(g2) : LSS_ERR_STATE; goto out; }
+        if ((s = lss_backward_seed(g2, tout, dy))) goto out;
+    }
+    /* 3. the Wasserstein term on real and fake together */
+    memcpy(both, real, sizeof(float) * (size_t)(n * d));
+    memcpy(both + n * d, fake, sizeof(float) * (size_t)(n * d));
+    if (yy) {
+        memcpy(yy, y, sizeof(float) * (size_t)(n * critic->o.nextra));
+        memcpy(yy + (size_t)n * critic->o.nextra, y, sizeof(float) * (size_t)(n * critic->o.nextra));
+    }
+    lss_graph_reset(g);
+    sh[0] = 2 * n;
+    out = lss_convnet_forward(g, critic, lss_view(g, both, 4, sh), yy ? lss_view(g, yy, 2, (int64_t[]){2 * n, critic->o.nextra}) : NULL, NULL);
+    if (!out) { s = lss_graph_status(g) ? lss_graph_status(g) : LSS_ERR_STATE; goto out; }
+    for (i = 0; i < n; i++) { dy[i] = -1.0f / n; dy[n + i] = 1.0f / n; dr += out->data[i]; dfk += out->data[n + i]; }
+    if ((s = lss_backward_seed(g, out, dy))) goto out;
+    if (wdist) *wdist = (dr - dfk) / n;
+    if (gp) *gp = sgp / n;
+    if (gnorm) *gnorm = sgn / n;
+out:
+    LSS_FREE(save); LSS_FREE(dy); LSS_FREE(both); LSS_FREE(yy);
+    return s;
 }
 
 #endif /* LSS_NN_IMPLEMENTATION_DONE */

@@ -1,0 +1,346 @@
+/* Tests of the cGAN emulator's pieces in lss_nn.h: the WGAN-GP critic objective and its exact penalty gradient
+ * (lss_wgan_gp_step) against an independent double-precision computation of the same loss whose gradients are
+ * finite differences (input gradients nested inside parameter differences), two RMSProp steps of a tiny critic
+ * against the same reference, the latent rescaling of the paper's eq. 2, the generator's shapes and gradients,
+ * and lss_train with several optimizer steps per loop step (the critic's n_critic) including exact resume. */
+#define LSS_CORE_IMPLEMENTATION
+#define LSS_NN_IMPLEMENTATION
+#include "lss_core.h"
+#include "lss_nn.h"
+#include "tests/lss_test.h"
+#include <stdlib.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ an independent double-precision critic */
+typedef struct {
+    const lss_convnet *net;
+    const double *th;        /* parameters in the store's layout */
+    int64_t off_cw[LSS_CONVNET_MAX], off_cb[LSS_CONVNET_MAX], off_dw[LSS_CONVNET_MAX + 1], off_db[LSS_CONVNET_MAX + 1];
+} ref_critic;
+
+static double ref_forward(const ref_critic *r, const double *x, const double *y) {
+    const lss_convnet_opts *o = &r->net->o;
+    static double a[4096], b[4096];
+    int c = o->in_ch, side = o->side, i, n;
+    memcpy(a, x, sizeof(double) * (size_t)(c * side * side));
+    for (i = 0; i < o->nconv; i++) {
+        int co, ci, oy, ox, ky, kx, k = o->k[i], s = o->stride[i], p = (k - 1) / 2, os = r->net->hw[i + 1];
+        for (co = 0; co < o->ch[i]; co++)
+            for (oy = 0; oy < os; oy++)
+                for (ox = 0; ox < os; ox++) {
+                    double v = r->th[r->off_cb[i] + co];
+                    for (ci = 0; ci < c; ci++)
+                        for (ky = 0; ky < k; ky++)
+                            for (kx = 0; kx < k; kx++) {
+                                int iy = oy * s - p + ky, ix = ox * s - p + kx;
+                                if (iy < 0 || ix < 0 || iy >= side || ix >= side) continue;
+                                v += r->th[r->off_cw[i] + ((co * c + ci) * k + ky) * k + kx] * a[(ci * side + iy) * side + ix];
+                            }
+                    b[(co * os + oy) * os + ox] = v > 0 ? v : o->slope * v;
+                }
+        c = o->ch[i]; side = os;
+        memcpy(a, b, sizeof(double) * (size_t)(c * side * side));
+    }
+    n = c * side * side;
+    for (i = 0; i < o->nextra; i++) a[n + i] = y[i];
+    n += o->nextra;
+    for (i = 0; i <= o->ndense; i++) {
+        int w = i == o->ndense ? o->nout : o->width[i], j, q;
+        for (j = 0; j < w; j++) {
+            double v = r->th[r->off_db[i] + j];
+            for (q = 0; q < n; q++) v += a[q] * r->th[r->off_dw[i] + (int64_t)q * w + j];
+            b[j] = i == o->ndense ? v : (v > 0 ? v : o->slope * v);
+        }
+        memcpy(a, b, sizeof(double) * (size_t)w);
+        n = w;
+    }
+    return a[0];
+}
+
+/* The WGAN-GP critic loss in double, the input gradients by central differences. */
+static double ref_loss(const ref_critic *r, const float *real, const float *fake, const float *y, const float *eps, int n,
+                       double lambda) {
+    const lss_convnet_opts *o = &r->net->o;
+    int d = o->in_ch * o->side * o->side, i, j;
+    double *x = (double *)malloc(sizeof(double) * (size_t)d), yd[8], L = 0;
+    for (i = 0; i < n; i++) {
+        double g2 = 0, dr, df;
+        for (j = 0; j < o->nextra; j++) yd[j] = y[i * o->nextra + j];
+        for (j = 0; j < d; j++) x[j] = real[i * d + j];
+        dr = ref_forward(r, x, yd);
+        for (j = 0; j < d; j++) x[j] = fake[i * d + j];
+        df = ref_forward(r, x, yd);
+        for (j = 0; j < d; j++) x[j] = (double)eps[i] * real[i * d + j] + (1.0 - eps[i]) * fake[i * d + j];
+        for (j = 0; j < d; j++) {
+            const double h = 1e-7;
+            double x0 = x[j], fp, fm;
+            x[j] = x0 + h; fp = ref_forward(r, x, yd);
+            x[j] = x0 - h; fm = ref_forward(r, x, yd);
+            x[j] = x0;
+            g2 += ((fp - fm) / (2 * h)) * ((fp - fm) / (2 * h));
+        }
+        L += (df - dr) / n + lambda * (sqrt(g2) - 1) * (sqrt(g2) - 1) / n;
+    }
+    free(x);
+    return L;
+}
+
+static void ref_setup(ref_critic *r, const lss_convnet *net, const lss_store *st, const double *th) {
+    int i;
+    const float *base = lss_store_data(st);
+    memset(r, 0, sizeof *r);
+    r->net = net; r->th = th;
+    for (i = 0; i < net->o.nconv; i++) { r->off_cw[i] = net->cw[i]->data - base; r->off_cb[i] = net->cb[i]->data - base; }
+    for (i = 0; i <= net->o.ndense; i++) { r->off_dw[i] = net->dw[i]->data - base; r->off_db[i] = net->db[i]->data - base; }
+}
+
+/* Gradient of ref_loss over every parameter by central differences. */
+static void ref_grad(ref_critic *r, double *th, int64_t np, const float *real, const float *fake, const float *y,
+                     const float *eps, int n, double lambda, double *g) {
+    int64_t q;
+    for (q = 0; q < np; q++) {
+        const double h = 1e-5;
+        double t0 = th[q], lp, lm;
+        th[q] = t0 + h; lp = ref_loss(r, real, fake, y, eps, n, lambda);
+        th[q] = t0 - h; lm = ref_loss(r, real, fake, y, eps, n, lambda);
+        th[q] = t0;
+        g[q] = (lp - lm) / (2 * h);
+    }
+}
+
+static void tiny_critic(lss_store **st, lss_convnet *net) {
+    lss_convnet_opts o;
+    memset(&o, 0, sizeof o);
+    o.in_ch = 1; o.side = 6; o.nconv = 2;
+    o.ch[0] = 3; o.k[0] = 3; o.stride[0] = 1;
+    o.ch[1] = 4; o.k[1] = 5; o.stride[1] = 2;
+    o.ndense = 1; o.width[0] = 5; o.nextra = 2; o.nout = 1;
+    CHECK_OK(lss_store_create(21, st));
+    CHECK_OK(lss_convnet_init(net, *st, "critic", &o));
+}
+
+static void fill_batch(int n, int d, float *real, float *fake, float *y, float *eps, uint64_t seed) {
+    lss_rng r;
+    int i;
+    lss_rng_init(&r, seed, 0);
+    for (i = 0; i < n * d; i++) { real[i] = (float)(lss_rng_normal(&r) + 0.5); fake[i] = (float)(0.7 * lss_rng_normal(&r)); }
+    for (i = 0; i < 2 * n; i++) y[i] = (float)lss_rng_uniform(&r);
+    for (i = 0; i < n; i++) eps[i] = (float)lss_rng_uniform(&r);
+}
+
+static void test_gp_gradient(void) {
+    enum { N = 2, D = 36 };
+    lss_store *st = NULL;
+    lss_convnet net;
+    lss_graph *g = NULL, *g2 = NULL;
+    float real[N * D], fake[N * D], y[2 * N], eps[N];
+    double wd, gp, gn, *th, *gref, num = 0, den = 0, maxd = 0, maxg = 0, lref;
+    int64_t np, q;
+    ref_critic r;
+    tiny_critic(&st, &net);
+    CHECK_OK(lss_graph_create(&g));
+    CHECK_OK(lss_graph_create(&g2));
+    fill_batch(N, D, real, fake, y, eps, 3);
+    np = lss_store_size(st);
+    th = (double *)malloc(sizeof(double) * np);
+    gref = (double *)malloc(sizeof(double) * np);
+    for (q = 0; q < np; q++) th[q] = lss_store_data(st)[q];
+    ref_setup(&r, &net, st, th);
+    lss_store_zero_grad(st);
+    CHECK_OK(lss_wgan_gp_step(g, g2, st, &net, real, fake, y, eps, N, 10.0, &wd, &gp, &gn));
+    ref_grad(&r, th, np, real, fake, y, eps, N, 10.0, gref);
+    lref = ref_loss(&r, real, fake, y, eps, N, 10.0);
+    CHECK_REL(-wd + 10.0 * gp, lref, 1e-4, "critic loss -W + lambda GP against the double-precision reference");
+    CHECK(gn > 0.01 && gp > 0, "gradient norm %g, penalty %g", gn, gp);
+    for (q = 0; q < np; q++) {
+        double dq = lss_store_grad(st)[q] - gref[q];
+        num += dq * dq; den += gref[q] * gref[q];
+        if (fabs(dq) > maxd) maxd = fabs(dq);
+        if (fabs(gref[q]) > maxg) maxg = fabs(gref[q]);
+    }
+    CHECK(sqrt(num / den) < 1e-3 && maxd < 1e-3 * maxg, "critic gradient vs finite differences of the double-precision "
+          "loss: relative L2 %.3g, max |diff| %.3g of max |g| %.3g over %lld parameters", sqrt(num / den), maxd, maxg, (long long)np);
+    /* the penalty's share of the gradient is large: without it (lambda 0) the gradient is far off */
+    {
+        double num0 = 0;
+        lss_store_zero_grad(st);
+        CHECK_OK(lss_wgan_gp_step(g, g2, st, &net, real, fake, y, eps, N, 0.0, NULL, NULL, NULL));
+        for (q = 0; q < np; q++) { double dq = lss_store_grad(st)[q] - gref[q]; num0 += dq * dq; }
+        CHECK(sqrt(num0 / den) > 0.05, "the penalty changes the gradient (relative L2 without it %.3g)", sqrt(num0 / den));
+    }
+    /* two RMSProp steps (the paper's optimizer) against the same steps taken on the reference */
+    {
+        lss_optim *opt = NULL;
+        lss_optim_opts oo;
+        double v[4096], maxp = 0, lr = 1e-3, rho = 0.9;
+        int step;
+        memset(&oo, 0, sizeof oo);
+        /* eps 1e-3: a parameter whose gradient is zero up to the reference's finite-difference noise then moves by
+           nothing in both (with eps 1e-8 the noise's sign would decide a full step) */
+        oo.kind = LSS_OPT_RMSPROP; oo.lr = lr; oo.rho = rho; oo.eps = 1e-3;
+        CHECK_OK(lss_optim_create(st, &oo, &opt));
+        memset(v, 0, sizeof v);
+        for (step = 0; step < 2; step++) {
+            lss_store_zero_grad(st);
+            CHECK_OK(lss_wgan_gp_step(g, g2, st, &net, real, fake, y, eps, N, 10.0, NULL, NULL, NULL));
+            CHECK_OK(lss_optim_step(opt));
+            ref_grad(&r, th, np, real, fake, y, eps, N, 10.0, gref);
+            for (q = 0; q < np; q++) {
+                v[q] = rho * v[q] + (1 - rho) * gref[q] * gref[q];
+                th[q] -= lr * gref[q] / (sqrt(v[q]) + 1e-3);
+            }
+        }
+        for (q = 0; q < np; q++) if (fabs(lss_store_data(st)[q] - th[q]) > maxp) maxp = fabs(lss_store_data(st)[q] - th[q]);
+        /* a step is at most 1/eps-Lipschitz in the gradient: the gradients' agreement above (maxd) bounds the difference */
+        CHECK(maxp < 3 * lr * maxd / 1e-3 + 1e-6, "parameters after two RMSProp steps differ from the reference by %.3g (bound "
+              "%.3g from the gradients' agreement %.3g; a step moves a parameter by up to %.3g)", maxp, 3 * lr * maxd / 1e-3 + 1e-6,
+              maxd, lr / sqrt(1 - rho));
+        printf("gradient agreement: max |diff| %.3g of max |g| %.3g; parameters after two steps within %.3g\n", maxd, maxg, maxp);
+        lss_optim_free(opt);
+    }
+    free(th); free(gref);
+    lss_graph_free(g); lss_graph_free(g2); lss_store_free(st);
+}
+
+/* ------------------------------------------------------------------ eq. 2 */
+static void test_latent(void) {
+    enum { N = 4, L = 8 };
+    float z[N * L], out[N * L], y[N * 2];
+    double lo[2] = {0.1, 0.5}, hi[2] = {0.5, 1.1};
+    lss_rng r;
+    int i, j, q;
+    lss_rng_init(&r, 1, 0);
+    for (i = 0; i < N * L; i++) z[i] = (float)lss_rng_normal(&r);
+    for (i = 0; i < N; i++) { y[2 * i] = (float)(0.1 + 0.4 * i / 3.0); y[2 * i + 1] = (float)(1.1 - 0.6 * i / 3.0); }
+    CHECK_OK(lss_cgan_latent(z, y, N, L, 2, lo, hi, out));
+    for (i = 0; i < N; i++)
+        for (j = 0; j < 2; j++) {
+            double nz = 0, no = 0, dot = 0, want = 0.2 + (2 - 0.2) * (y[2 * i + j] - lo[j]) / (hi[j] - lo[j]);
+            for (q = 0; q < 4; q++) {
+                double a = z[i * L + j * 4 + q], b = out[i * L + j * 4 + q];
+                nz += a * a; no += b * b; dot += a * b;
+            }
+            CHECK_REL(sqrt(no), want, 1e-6, "block length l0 + (l1 - l0) (y - lo) / (hi - lo), l0 = 0.1 sqrt(4), l1 = sqrt(4)");
+            CHECK_REL(dot / sqrt(nz * no), 1.0, 1e-6, "direction kept");
+        }
+    CHECK_ERR(lss_cgan_latent(z, y, N, 7, 2, lo, hi, out), LSS_ERR_ARG);
+    y[0] = -1.0f;
+    CHECK_ERR(lss_cgan_latent(z, y, N, L, 2, lo, hi, out), LSS_ERR_RANGE);
+}
+
+/* ------------------------------------------------------------------ generator */
+static void test_generator(void) {
+    lss_store *st = NULL;
+    lss_convgen gen;
+    lss_convgen_opts o;
+    lss_graph *g = NULL;
+    float z[2 * 6];
+    lss_tensor *out, *loss;
+    lss_rng r;
+    int i, ok = 1;
+    memset(&o, 0, sizeof o);
+    o.nin = 6; o.ndense = 1; o.width[0] = 7; o.ch0 = 3; o.side0 = 2; o.nup = 3;
+    o.ch[0] = 4; o.k[0] = 3; o.stride[0] = 2;
+    o.ch[1] = 2; o.k[1] = 5; o.stride[1] = 2;
+    o.ch[2] = 1; o.k[2] = 3; o.stride[2] = 1;
+    CHECK_OK(lss_store_create(4, &st));
+    CHECK_OK(lss_convgen_init(&gen, st, "gen", &o));
+    CHECK(gen.side == 8, "output side %d (2 x 2 x 2)", gen.side);
+    CHECK_OK(lss_graph_create(&g));
+    lss_rng_init(&r, 9, 0);
+    for (i = 0; i < 12; i++) z[i] = (float)lss_rng_normal(&r);
+    out = lss_convgen_forward(g, &gen, lss_view(g, z, 2, (int64_t[]){2, 6}));
+    CHECK(out && out->ndim == 4 && out->shape[0] == 2 && out->shape[1] == 1 && out->shape[2] == 8 && out->shape[3] == 8,
+          "generator output shape");
+    for (i = 0; out && i < out->n; i++) if (!(out->data[i] >= 0)) ok = 0;
+    CHECK(ok, "ReLU output is non-negative");
+    /* gradient of sum(out^2) by central differences for a few parameters of every tensor */
+    loss = lss_op_sum(g, lss_op_mul(g, out, out));
+    lss_store_zero_grad(st);
+    CHECK_OK(lss_backward(g, loss));
+    for (i = 0; i < lss_store_ntensors(st); i++) {
+        lss_tensor *t = lss_store_tensor(st, i);
+        int64_t q = (t->n * 7 / 13) % t->n;
+        double f0 = t->data[q], lp, lm, h = 1e-2 * (fabs(f0) > 0.1 ? fabs(f0) : 0.1), fd;
+        lss_graph *g3 = NULL;
+        lss_graph_create(&g3);
+        lss_graph_set_training(g3, 0);
+        t->data[q] = (float)(f0 + h);
+        out = lss_convgen_forward(g3, &gen, lss_view(g3, z, 2, (int64_t[]){2, 6}));
+        lp = lss_op_sum(g3, lss_op_mul(g3, out, out))->data[0];
+        lss_graph_reset(g3);
+        t->data[q] = (float)(f0 - h);
+        out = lss_convgen_forward(g3, &gen, lss_view(g3, z, 2, (int64_t[]){2, 6}));
+        lm = lss_op_sum(g3, lss_op_mul(g3, out, out))->data[0];
+        t->data[q] = (float)f0;
+        fd = (lp - lm) / (2 * h);
+        CHECK_CLOSE(t->grad[q], fd, 2e-2, 1e-3 * (1 + fabs(fd)), t->name);
+        lss_graph_free(g3);
+    }
+    CHECK(lss_convgen_init(&gen, st, "bad", &(lss_convgen_opts){.nin = 0}) == LSS_ERR_ARG, "bad options refused");
+    lss_graph_free(g); lss_store_free(st);
+}
+
+/* ------------------------------------------------------------------ several optimizer steps per loop step */
+typedef struct { lss_store *sa, *sb; lss_optim *oa, *ob; } sub_model;
+static int sub_step(void *u, int64_t t, double *loss) {
+    sub_model *m = (sub_model *)u;
+    int k, s;
+    for (k = 0; k < 3; k++) {   /* the "critic": three steps towards 1 + t */
+        float *w = lss_store_data(m->sa);
+        lss_store_zero_grad(m->sa);
+        lss_store_grad(m->sa)[0] = 2 * (w[0] - (float)(1 + t));
+        if ((s = lss_optim_step(m->oa))) return s;
+    }
+    lss_store_zero_grad(m->sb);
+    lss_store_grad(m->sb)[0] = 2 * (lss_store_data(m->sb)[0] - lss_store_data(m->sa)[0]);
+    loss[0] = lss_store_data(m->sa)[0]; loss[1] = lss_store_data(m->sb)[0];
+    return lss_optim_step(m->ob);
+}
+static void sub_run(int64_t steps, int resume, const char *dir, float *wa, float *wb, int64_t *ta) {
+    sub_model m;
+    lss_optim_opts oo;
+    lss_train_net nets[2];
+    lss_train_opts to;
+    char pa[512], pb[512], pc[512];
+    memset(&m, 0, sizeof m); memset(&oo, 0, sizeof oo); memset(nets, 0, sizeof nets); memset(&to, 0, sizeof to);
+    lss_store_create(1, &m.sa); lss_store_create(2, &m.sb);
+    lss_store_add(m.sa, "w", 1, (int64_t[]){1}, LSS_INIT_ZERO);
+    lss_store_add(m.sb, "w", 1, (int64_t[]){1}, LSS_INIT_ZERO);
+    oo.kind = LSS_OPT_RMSPROP; oo.lr = 0.05;
+    lss_optim_create(m.sa, &oo, &m.oa); lss_optim_create(m.sb, &oo, &m.ob);
+    snprintf(pa, sizeof pa, "%s/critic.ckpt", dir); snprintf(pb, sizeof pb, "%s/gen.ckpt", dir); snprintf(pc, sizeof pc, "%s/loss.csv", dir);
+    nets[0].name = "critic"; nets[0].store = m.sa; nets[0].optim = m.oa; nets[0].ckpt_path = pa; nets[0].substeps = 3;
+    nets[1].name = "gen"; nets[1].store = m.sb; nets[1].optim = m.ob; nets[1].ckpt_path = pb;
+    to.steps = steps; to.ckpt_every = 2; to.eval_every = 2; to.loss_csv = pc; to.resume = resume; to.step = sub_step; to.user = &m;
+    CHECK_OK(lss_train(nets, 2, &to, NULL));
+    *wa = lss_store_data(m.sa)[0]; *wb = lss_store_data(m.sb)[0]; *ta = lss_optim_steps(m.oa);
+    lss_optim_free(m.oa); lss_optim_free(m.ob); lss_store_free(m.sa); lss_store_free(m.sb);
+}
+static void test_train_substeps(void) {
+    char d1[] = "build/test_cgan_XXXXXX", d2[] = "build/test_cgan_XXXXXX", p[600];
+    float a1, b1, a2, b2;
+    int64_t t1, t2;
+    if (!mkdtemp(d1) || !mkdtemp(d2)) { CHECK(0, "mkdtemp under build/"); return; }
+    sub_run(6, 0, d1, &a1, &b1, &t1);
+    CHECK(t1 == 18, "critic optimizer took %lld steps (6 loop steps x 3)", (long long)t1);
+    sub_run(4, 1, d2, &a2, &b2, &t2);      /* stopped at step 4, resumed to 6 */
+    sub_run(6, 1, d2, &a2, &b2, &t2);
+    CHECK(a1 == a2 && b1 == b2 && t2 == 18, "resume with substeps is exact (%.9g %.9g vs %.9g %.9g)", a1, b1, a2, b2);
+    {   /* a step callback that takes the wrong number of critic steps is refused */
+        lss_train_net nets[1];
+        memset(nets, 0, sizeof nets);
+        nets[0].substeps = -1;
+        CHECK(lss_train(nets, 1, &(lss_train_opts){.steps = 1, .step = sub_step}, NULL) == LSS_ERR_ARG, "negative substeps refused");
+    }
+    snprintf(p, sizeof p, "rm -rf %s %s", d1, d2);
+    if (system(p) != 0) CHECK(0, "cleanup");
+}
+
+int main(void) {
+    RUN(test_gp_gradient);
+    RUN(test_latent);
+    RUN(test_generator);
+    RUN(test_train_substeps);
+    LSS_TEST_END();
+}
