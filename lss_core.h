@@ -292,6 +292,7 @@ typedef enum {
     LSS_STREAM_CHECK = 19,     /* validation draws (calibration checks, diagnostics) */
     LSS_STREAM_NBODY_IC = 20,  /* lss_maps.h: N-body initial Gaussian modes (index = run) */
     LSS_STREAM_NBODY_CONE = 21,/* lss_maps.h: light-cone replica rotations and shifts (index = run, sub = cone) */
+    LSS_STREAM_GAN = 22,       /* lss_nn.h: generator latents and penalty interpolation weights (index = step or map) */
     LSS_STREAM_NPURPOSES
 } lss_purpose;
 typedef enum {
@@ -928,7 +929,7 @@ LSSDEF const char *lss_purpose_name(lss_purpose purpose) {
     static const char *const names[LSS_STREAM_NPURPOSES] = {
         "?", "shell", "phase", "poisson", "shape", "mosaic", "cosmo", "nuisance", "net_init", "batch", "mdn", "mcmc",
         "mm_field", "mm_mask", "mm_counts", "mm_noise", "mm_chain", "mm_dsm", "mm_halo", "check", "nbody_ic",
-        "nbody_cone"};
+        "nbody_cone", "gan"};
     return ((int)purpose > 0 && (int)purpose < LSS_STREAM_NPURPOSES) ? names[purpose] : "?";
 }
 

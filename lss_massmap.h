@@ -282,6 +282,18 @@ LSSDEF int lss_mm_mock_shear(const lss_grid *g, const float *kappa, const float 
  * lambda = 0; the cut-out's mean is removed. */
 LSSDEF int lss_mm_mock_kappa(const lss_grid *big, const double *pk_big, double lambda, int h,
                              int w, uint64_t seed, uint64_t stream, float *kappa);
+/* Convergence maps [side][side] of one cosmology p (NULL: lss_mm_params_planck15) for the source
+ * distribution nz (as lss_mm_theory_ckk), pixels of pix_arcmin: shifted lognormal fields (shift = the
+ * empty-beam convergence of nz, lss_mm_theory_kappa_empty; spectrum C_kk with Halofit) on a grid pad
+ * times larger, the centre cut out (as lss_mm_mock_kappa: not periodic; mean removed). The theory is
+ * computed once by _create; lss_mm_kappa_draw then gives map i from (seed, LSS_STREAM_MM_FIELD,
+ * index0 + i), so any subset is reproducible, in parallel over maps. The training maps of the cGAN
+ * emulator (drivers/cgan.c). */
+typedef struct lss_mm_kappa_gen lss_mm_kappa_gen;
+LSSDEF int lss_mm_kappa_gen_create(const lss_params *p, const char *nz, int side, int pad, double pix_arcmin,
+                                   lss_mm_kappa_gen **out);
+LSSDEF void lss_mm_kappa_gen_free(lss_mm_kappa_gen *kg);
+LSSDEF int lss_mm_kappa_draw(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t index0, int n, float *out);
 
 /* ---------------------------------------------------------------- estimators */
 /* Exact Wiener filter for uniform noise (variance nvar per pixel and component; eq. 14):
@@ -1442,6 +1454,68 @@ LSSDEF int lss_mm_mock_kappa(const lss_grid *big, const double *pk_big, double l
     LSS_FREE(f);
     LSS_FREE(pg);
     return s;
+}
+
+struct lss_mm_kappa_gen {
+    lss_grid *big;
+    double *pg, lambda;
+    int side;
+};
+LSSDEF void lss_mm_kappa_gen_free(lss_mm_kappa_gen *kg) {
+    if (!kg) return;
+    lss_grid_free(kg->big);
+    LSS_FREE(kg->pg);
+    LSS_FREE(kg);
+}
+LSSDEF int lss_mm_kappa_gen_create(const lss_params *p, const char *nz, int side, int pad, double pix_arcmin,
+                                   lss_mm_kappa_gen **out) {
+    enum { NELL = 400 };
+    lss_mm_kappa_gen *kg;
+    double ell[NELL], cl[NELL], *pk = NULL;
+    int s, i;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_kappa_gen_create: NULL output");
+    *out = NULL;
+    if (side < 4 || pad < 1 || pad > 16 || (int64_t)side * pad > 16384 || !(pix_arcmin > 0))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_kappa_gen_create: bad arguments (side %d, pad %d, pixel %g arcmin)", side, pad, pix_arcmin);
+    kg = (lss_mm_kappa_gen *)LSS_MALLOC(sizeof *kg);
+    if (!kg) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_kappa_gen_create: out of memory");
+    memset(kg, 0, sizeof *kg);
+    kg->side = side;
+    for (i = 0; i < NELL; i++) ell[i] = exp(log(1e5) * i / (NELL - 1));
+    if ((s = lss_mm_theory_ckk(p, nz, NELL, ell, cl)) || (s = lss_mm_theory_kappa_empty(p, nz, &kg->lambda)) ||
+        (s = lss_grid_create(side * pad, side * pad, pix_arcmin, &kg->big)))
+        goto fail;
+    pk = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(kg->big));
+    kg->pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(kg->big));
+    if (!pk || !kg->pg) { s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_kappa_gen_create: out of memory"); goto fail; }
+    if ((s = lss_grid_spectrum(kg->big, ell, cl, NELL, pk)) || (s = lss_field_lognormal_spectrum(kg->big, pk, kg->lambda, kg->pg))) goto fail;
+    LSS_FREE(pk);
+    *out = kg;
+    return LSS_OK;
+fail:
+    LSS_FREE(pk);
+    lss_mm_kappa_gen_free(kg);
+    return s;
+}
+LSSDEF int lss_mm_kappa_draw(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t index0, int n, float *out) {
+    int i, bad = LSS_OK;
+    if (!kg || !out || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_mm_kappa_draw: bad arguments");
+#pragma omp parallel
+    {
+        float *f = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(kg->big));
+#pragma omp for schedule(dynamic)
+        for (i = 0; i < n; i++) {
+            int si = f ? lss__mm_cutout(kg->big, kg->pg, kg->lambda, kg->side, kg->side, seed,
+                                        lss_stream(LSS_STREAM_MM_FIELD, index0 + (uint64_t)i, 0), f, out + (size_t)i * kg->side * kg->side)
+                       : lss_seterr(LSS_ERR_NOMEM, "lss_mm_kappa_draw: out of memory");
+            if (si != LSS_OK) {
+#pragma omp critical
+                bad = si;
+            }
+        }
+        LSS_FREE(f);
+    }
+    return bad;
 }
 
 /* ---- Wiener filter (double precision) */

@@ -671,6 +671,54 @@ LSSDEF int lss_wgan_gp_step(lss_graph *g, lss_graph *g2, lss_store *st, const ls
                             const float *real, const float *fake, const float *y, const float *eps, int n,
                             double lambda, double *wdist, double *gp, double *gnorm);
 
+/* The conditional WGAN-GP of the cGAN paper as one object: critic, generator, their optimizers and the
+ * training iteration (n_critic critic steps with the gradient penalty, then one generator step), for maps
+ * [in_ch, side, side] conditioned on nparam parameters. The maps the networks see are x = kappa / scale +
+ * offset (positive for a ReLU generator); the two numbers are a buffer of the generator's store
+ * ("<gen>.xform"), so that a generator checkpoint is self-contained. Randomness: the latents and penalty
+ * weights of iteration t come from (seed, LSS_STREAM_GAN, t, sub = critic step or n_critic for the
+ * generator step), generated maps from (seed, LSS_STREAM_GAN, lss_set_index(LSS_SET_TEST, index), 0): a
+ * resumed run and a re-run sampling give bitwise the same numbers. */
+typedef struct {
+    lss_convnet_opts critic;        /* nextra must equal nparam, nout 1 */
+    lss_convgen_opts gen;           /* nin = the latent length, a multiple of nparam */
+    int nparam;                     /* 1..8 conditioning parameters */
+    double lo[8], hi[8];            /* their ranges for eq. 2 */
+    double lambda;                  /* gradient-penalty weight (0: 10, the paper's) */
+    int n_critic;                   /* critic steps per generator step (0: 5, the paper's) */
+    int batch;                      /* maps per step (0: 64, the paper's) */
+    lss_optim_opts opt_critic, opt_gen;  /* (zeroed: RMSProp, learning rate 1e-5, the paper's) */
+    uint64_t seed;                  /* initial weights and training draws */
+} lss_cgan_opts;
+typedef struct {
+    lss_cgan_opts o;
+    lss_store *sc, *sg;             /* critic and generator parameters */
+    lss_optim *oc, *og;
+    lss_convnet critic;
+    lss_convgen gen;
+    lss_tensor *xform;              /* [2]: scale, offset */
+    lss_graph *g, *g2, *ge;         /* training graphs and an evaluation graph */
+    float *real, *fake, *y, *z, *eps;
+} lss_cgan;
+/* Builds the networks ("critic", "gen" in their stores) and optimizers. Free with lss_cgan_free. */
+LSSDEF int lss_cgan_init(lss_cgan *m, const lss_cgan_opts *opts);
+LSSDEF void lss_cgan_free(lss_cgan *m);
+/* One training iteration t: for k = 0 .. n_critic-1, draw(user, t, k, maps, y) fills a batch of real maps
+ * (network units, [batch][in_ch side^2]) and their parameters ([batch][nparam]); generated maps at the same
+ * parameters; one critic step. Then one generator step at the parameters of the last batch. stats (may be
+ * NULL) receives [critic loss -W + lambda GP, W estimate, GP, mean |grad|, generator loss -mean D(G)] of the
+ * last critic step and the generator step. Returns LSS_ERR_NUMERIC (parameters of that network unchanged)
+ * when a gradient is not finite. */
+LSSDEF int lss_cgan_step(lss_cgan *m, int64_t t, int (*draw)(void *user, int64_t t, int k, float *maps, float *y),
+                         void *user, double *stats);
+/* n maps from the latents z[n][nin] (NULL: drawn from the stream of maps index0, index0 + 1, ...) at
+ * parameters y[n][nparam], in network units (kappa = (x - offset) * scale: lss_cgan_to_kappa) into
+ * out[n][in_ch side^2]. */
+LSSDEF int lss_cgan_generate(lss_cgan *m, const float *z, const float *y, int n, uint64_t index0, float *out);
+/* Network units to convergence and back, in place, on n values. */
+LSSDEF void lss_cgan_to_kappa(const lss_cgan *m, float *x, int64_t n);
+LSSDEF void lss_cgan_from_kappa(const lss_cgan *m, float *x, int64_t n);
+
 /* ==== GPU API (LSS_CUDA) ==== */
 #ifdef LSS_CUDA
 /* GPU primitives (lss_gpu.cu, built with nvcc and linked with -lcudnn -lcublas -lcudart; define
@@ -4354,6 +4402,163 @@ LSSDEF int lss_wgan_gp_step(lss_graph *g, lss_graph *g2, lss_store *st, const ls
     if (gnorm) *gnorm = sgn / n;
 out:
     LSS_FREE(save); LSS_FREE(dy); LSS_FREE(both); LSS_FREE(yy);
+    return s;
+}
+
+
+LSSDEF void lss_cgan_free(lss_cgan *m) {
+    if (!m) return;
+    lss_optim_free(m->oc); lss_optim_free(m->og);
+    lss_store_free(m->sc); lss_store_free(m->sg);
+    lss_graph_free(m->g); lss_graph_free(m->g2); lss_graph_free(m->ge);
+    LSS_FREE(m->real); LSS_FREE(m->fake); LSS_FREE(m->y); LSS_FREE(m->z); LSS_FREE(m->eps);
+    memset(m, 0, sizeof *m);
+}
+
+LSSDEF int lss_cgan_init(lss_cgan *m, const lss_cgan_opts *opts) {
+    lss_cgan_opts o;
+    int s, j;
+    int64_t d;
+    if (!m || !opts) return lss_seterr(LSS_ERR_ARG, "lss_cgan_init: NULL argument");
+    memset(m, 0, sizeof *m);
+    o = *opts;
+    if (o.lambda == 0) o.lambda = 10;
+    if (o.n_critic == 0) o.n_critic = 5;
+    if (o.batch == 0) o.batch = 64;
+    if (o.opt_critic.lr == 0 && o.opt_critic.kind == LSS_OPT_ADAM) { o.opt_critic.kind = LSS_OPT_RMSPROP; o.opt_critic.lr = 1e-5; }
+    if (o.opt_gen.lr == 0 && o.opt_gen.kind == LSS_OPT_ADAM) { o.opt_gen.kind = LSS_OPT_RMSPROP; o.opt_gen.lr = 1e-5; }
+    if (o.nparam < 1 || o.nparam > 8 || o.critic.nextra != o.nparam || o.critic.nout != 1 || o.gen.nin % o.nparam ||
+        !(o.lambda >= 0) || o.n_critic < 1 || o.n_critic > 100 || o.batch < 1 || o.batch > 65536)
+        return lss_seterr(LSS_ERR_ARG, "lss_cgan_init: bad options (%d parameters, critic extra %d and outputs %d, latent %d, "
+                          "lambda %g, n_critic %d, batch %d)", o.nparam, o.critic.nextra, o.critic.nout, o.gen.nin, o.lambda,
+                          o.n_critic, o.batch);
+    for (j = 0; j < o.nparam; j++)
+        if (!(o.hi[j] > o.lo[j])) return lss_seterr(LSS_ERR_ARG, "lss_cgan_init: parameter %d range [%g, %g] is empty", j, o.lo[j], o.hi[j]);
+    if ((s = lss_store_create(lss_stream(LSS_STREAM_NET_INIT, o.seed, 0), &m->sc)) ||
+        (s = lss_store_create(lss_stream(LSS_STREAM_NET_INIT, o.seed, 1), &m->sg)) ||
+        (s = lss_convnet_init(&m->critic, m->sc, "critic", &o.critic)) || (s = lss_convgen_init(&m->gen, m->sg, "gen", &o.gen)))
+        goto fail;
+    if (m->gen.side != o.critic.side || m->gen.o.ch[m->gen.o.nup - 1] != o.critic.in_ch) {
+        s = lss_seterr(LSS_ERR_ARG, "lss_cgan_init: the generator makes %d x %d x %d maps, the critic takes %d x %d x %d",
+                       m->gen.o.ch[m->gen.o.nup - 1], m->gen.side, m->gen.side, o.critic.in_ch, o.critic.side, o.critic.side);
+        goto fail;
+    }
+    m->xform = lss_store_buffer(m->sg, "gen.xform", 1, (int64_t[]){2}, LSS_INIT_ZERO, 0);
+    if ((s = lss_store_status(m->sg))) goto fail;
+    m->xform->data[0] = 1; m->xform->data[1] = 0;
+    if ((s = lss_optim_create(m->sc, &o.opt_critic, &m->oc)) || (s = lss_optim_create(m->sg, &o.opt_gen, &m->og)) ||
+        (s = lss_graph_create(&m->g)) || (s = lss_graph_create(&m->g2)) || (s = lss_graph_create(&m->ge)))
+        goto fail;
+    lss_graph_set_training(m->ge, 0);
+    d = (int64_t)o.critic.in_ch * o.critic.side * o.critic.side;
+    m->real = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * d));
+    m->fake = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * d));
+    m->y = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * o.nparam));
+    m->z = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * o.gen.nin));
+    m->eps = (float *)LSS_MALLOC(sizeof(float) * (size_t)o.batch);
+    if (!m->real || !m->fake || !m->y || !m->z || !m->eps) { s = lss_seterr(LSS_ERR_NOMEM, "lss_cgan_init: out of memory"); goto fail; }
+    m->o = o;
+    return LSS_OK;
+fail:
+    lss_cgan_free(m);
+    return s ? s : LSS_ERR_STATE;
+}
+
+LSSDEF void lss_cgan_to_kappa(const lss_cgan *m, float *x, int64_t n) {
+    int64_t i;
+    float s = m->xform->data[0], c = m->xform->data[1];
+    for (i = 0; i < n; i++) x[i] = (x[i] - c) * s;
+}
+LSSDEF void lss_cgan_from_kappa(const lss_cgan *m, float *x, int64_t n) {
+    int64_t i;
+    float s = m->xform->data[0], c = m->xform->data[1];
+    for (i = 0; i < n; i++) x[i] = x[i] / s + c;
+}
+
+/* Generator forward of n latents (already rescaled) on graph g into a tensor. */
+static lss_tensor *lss__cgan_gen(lss_cgan *m, lss_graph *g, const float *y, const float *z, int n, float *zh) {
+    if (lss_cgan_latent(z, y, n, m->o.gen.nin, m->o.nparam, m->o.lo, m->o.hi, zh)) return NULL;
+    return lss_convgen_forward(g, &m->gen, lss_view(g, zh, 2, (int64_t[]){n, m->o.gen.nin}));
+}
+
+static void lss__cgan_normals(uint64_t seed, uint64_t index, uint32_t sub, float *z, int64_t n) {
+    lss_rng r;
+    int64_t i;
+    lss_rng_init(&r, seed, lss_stream(LSS_STREAM_GAN, index, sub));
+    for (i = 0; i < n; i++) z[i] = (float)lss_rng_normal(&r);
+}
+
+LSSDEF int lss_cgan_generate(lss_cgan *m, const float *z, const float *y, int n, uint64_t index0, float *out) {
+    int i0, s = LSS_OK, B;
+    int64_t d;
+    float *zz, *zh;
+    if (!m || !m->sg || !y || !out || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_cgan_generate: bad arguments");
+    B = m->o.batch;
+    d = (int64_t)m->o.critic.in_ch * m->o.critic.side * m->o.critic.side;
+    zz = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * B * m->o.gen.nin));
+    if (!zz) return lss_seterr(LSS_ERR_NOMEM, "lss_cgan_generate: out of memory");
+    zh = zz + (size_t)B * m->o.gen.nin;
+    for (i0 = 0; i0 < n && s == LSS_OK; i0 += B) {
+        int nb = n - i0 < B ? n - i0 : B, i;
+        lss_tensor *x;
+        if (z) memcpy(zz, z + (size_t)i0 * m->o.gen.nin, sizeof(float) * (size_t)(nb * m->o.gen.nin));
+        else
+            for (i = 0; i < nb; i++)
+                lss__cgan_normals(m->o.seed, lss_set_index(LSS_SET_TEST, index0 + (uint64_t)(i0 + i)), 0, zz + (size_t)i * m->o.gen.nin,
+                                  m->o.gen.nin);
+        lss_graph_reset(m->ge);
+        x = lss__cgan_gen(m, m->ge, y + (size_t)i0 * m->o.nparam, zz, nb, zh);
+        if (!x) { s = lss_graph_status(m->ge) ? lss_graph_status(m->ge) : lss_seterr(LSS_ERR_ARG, "lss_cgan_generate: %s", lss_last_error()); break; }
+        memcpy(out + (size_t)i0 * d, x->data, sizeof(float) * (size_t)(nb * d));
+    }
+    LSS_FREE(zz);
+    return s;
+}
+
+LSSDEF int lss_cgan_step(lss_cgan *m, int64_t t, int (*draw)(void *user, int64_t t, int k, float *maps, float *y),
+                         void *user, double *stats) {
+    int k, s, B, i, numeric = 0;
+    int64_t d;
+    double wd = NAN, gp = NAN, gn = NAN, gl = NAN;
+    float *zh;
+    lss_tensor *x, *out, *loss;
+    if (!m || !m->sc || !draw || t < 0) return lss_seterr(LSS_ERR_ARG, "lss_cgan_step: bad arguments");
+    B = m->o.batch;
+    d = (int64_t)m->o.critic.in_ch * m->o.critic.side * m->o.critic.side;
+    zh = (float *)LSS_MALLOC(sizeof(float) * (size_t)(B * m->o.gen.nin));
+    if (!zh) return lss_seterr(LSS_ERR_NOMEM, "lss_cgan_step: out of memory");
+    for (k = 0; k < m->o.n_critic; k++) {
+        lss_rng r;
+        if ((s = draw(user, t, k, m->real, m->y))) goto out;
+        lss__cgan_normals(m->o.seed, (uint64_t)t, (uint32_t)k, m->z, (int64_t)B * m->o.gen.nin);
+        lss_rng_init(&r, m->o.seed, lss_stream(LSS_STREAM_GAN, (uint64_t)t, 2048u + (uint32_t)k));
+        for (i = 0; i < B; i++) m->eps[i] = (float)lss_rng_uniform(&r);
+        lss_graph_reset(m->ge);
+        if (!(x = lss__cgan_gen(m, m->ge, m->y, m->z, B, zh))) { s = lss_graph_status(m->ge) ? lss_graph_status(m->ge) : LSS_ERR_ARG; goto out; }
+        memcpy(m->fake, x->data, sizeof(float) * (size_t)(B * d));
+        lss_store_zero_grad(m->sc);
+        if ((s = lss_wgan_gp_step(m->g, m->g2, m->sc, &m->critic, m->real, m->fake, m->y, m->eps, B, m->o.lambda, &wd, &gp, &gn)))
+            goto out;
+        s = lss_optim_step(m->oc);
+        if (s == LSS_ERR_NUMERIC) numeric = 1;
+        else if (s) goto out;
+    }
+    /* the generator step at the last batch's parameters */
+    lss__cgan_normals(m->o.seed, (uint64_t)t, (uint32_t)m->o.n_critic, m->z, (int64_t)B * m->o.gen.nin);
+    lss_graph_reset(m->g);
+    x = lss__cgan_gen(m, m->g, m->y, m->z, B, zh);
+    out = lss_convnet_forward(m->g, &m->critic, x, lss_view(m->g, m->y, 2, (int64_t[]){B, m->o.nparam}), NULL);
+    loss = lss_op_scale(m->g, lss_op_mean(m->g, out), -1.0f);
+    lss_store_zero_grad(m->sg);
+    if ((s = lss_backward(m->g, loss))) goto out;
+    gl = loss->data[0];
+    s = lss_optim_step(m->og);
+    if (s == LSS_ERR_NUMERIC) numeric = 1;
+    else if (s) goto out;
+    s = numeric ? lss_seterr(LSS_ERR_NUMERIC, "lss_cgan_step: a gradient at iteration %lld is not finite", (long long)t) : LSS_OK;
+out:
+    if (stats) { stats[0] = -wd + m->o.lambda * gp; stats[1] = wd; stats[2] = gp; stats[3] = gn; stats[4] = gl; }
+    LSS_FREE(zh);
     return s;
 }
 
