@@ -15,7 +15,8 @@
  *   data                 lss_mm_catalogue_load/_free, lss_mm_bin, lss_mm_bin_sky, lss_mm_sky_to_pix,
  *                        lss_mm_pix_to_sky, lss_mm_sky_shear, lss_mm_sky_json, lss_mm_shear_load
  *   mock pieces          lss_mm_mock_mask, lss_mm_mock_noise_map, lss_mm_mock_shear, lss_mm_mock_kappa,
- *                        lss_mm_field, lss_mm_field_stream
+ *                        lss_mm_field, lss_mm_field_stream; convergence maps of any cosmology (the cGAN
+ *                        emulator's training data) lss_mm_kappa_gen_create/_free, lss_mm_kappa_draw
  *   mock data sets       lss_mm_mock_create/_free, lss_mm_mock_save, lss_mm_mock_load, lss_mm_mock_grid
  *   estimators           lss_mm_wiener_fourier, lss_mm_wiener, lss_mm_wiener_sample, lss_mm_wiener_apply,
  *                        lss_mm_gauss_score

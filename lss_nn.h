@@ -41,7 +41,11 @@
  *   8. training loop     lss_train (lss_train_net, lss_train_opts, lss_train_result)
  *   9. SGEMM             lss_sgemm, lss_nn_threads
  *  10. blocks            lss_op_activate, lss_mlp_init/_forward, lss_resblock_init/_forward,
- *                        lss_resnet_init/_forward (the DeepLSS CNN), lss_unet_init/_forward
+ *                        lss_resnet_init/_forward (the DeepLSS CNN), lss_unet_init/_forward;
+ *                        the cGAN emulator (Perraudin et al. 2021): lss_convnet_init/_forward (critic
+ *                        and regressor), lss_convgen_init/_forward (generator), lss_cgan_latent (eq. 2),
+ *                        lss_wgan_gp_step (WGAN-GP critic step, exact penalty gradient),
+ *                        lss_cgan_opts_paper, lss_cgan_init/_free/_step/_generate/_to_kappa/_from_kappa
  *  11. GPU primitives    (LSS_CUDA; lss_gpu.cu) lss_gpu_device_count, lss_gpu_init/_free,
  *                        lss_gpu_name, lss_gpu_set_tf32, lss_gpu_sync, buffers (lss_gpu_alloc,
  *                        lss_gpu_allocf, lss_gpu_dealloc, lss_gpu_upload[f], lss_gpu_download[f],
@@ -700,6 +704,15 @@ typedef struct {
     lss_graph *g, *g2, *ge;         /* training graphs and an evaluation graph */
     float *real, *fake, *y, *z, *eps;
 } lss_cgan;
+/* The paper's networks (Tables A1, A2) scaled: the critic convolves side x side maps with a 7 x 7 layer
+ * of w0 channels, then nstride stride-2 layers (5 x 5, the last 3 x 3) doubling the channels, then dense
+ * layers of wdense, wdense / 2, wdense / 4 (the parameters concatenated before them) and one output; the
+ * generator mirrors it: latent nlatent, dense layers of wdense / 2 and wdense, one to the critic's last
+ * feature map, nstride stride-2 transposed convolutions (3 x 3 first, then 5 x 5) halving the channels,
+ * a 7 x 7 transposed convolution to one channel. The paper: side 128, nstride 4, w0 32, wdense 512,
+ * nlatent 128. Sets o->critic, o->gen and nparam = 2 (other fields untouched); LSS_ERR_ARG when side is
+ * not a multiple of 2^nstride or the sizes are out of range. */
+LSSDEF int lss_cgan_opts_paper(int side, int nstride, int w0, int wdense, int nlatent, lss_cgan_opts *o);
 /* Builds the networks ("critic", "gen" in their stores) and optimizers. Free with lss_cgan_free. */
 LSSDEF int lss_cgan_init(lss_cgan *m, const lss_cgan_opts *opts);
 LSSDEF void lss_cgan_free(lss_cgan *m);
@@ -4413,6 +4426,31 @@ LSSDEF void lss_cgan_free(lss_cgan *m) {
     lss_graph_free(m->g); lss_graph_free(m->g2); lss_graph_free(m->ge);
     LSS_FREE(m->real); LSS_FREE(m->fake); LSS_FREE(m->y); LSS_FREE(m->z); LSS_FREE(m->eps);
     memset(m, 0, sizeof *m);
+}
+
+LSSDEF int lss_cgan_opts_paper(int side, int nstride, int w0, int wdense, int nlatent, lss_cgan_opts *o) {
+    int i;
+    lss_convnet_opts *cr;
+    lss_convgen_opts *g;
+    if (!o || nstride < 1 || nstride >= LSS_CONVNET_MAX || side < 4 || side > 16384 || side % (1 << nstride) || w0 < 1 ||
+        (int64_t)w0 << nstride > 65536 || wdense < 4 || wdense > 65536 || nlatent < 2 || nlatent % 2)
+        return lss_seterr(LSS_ERR_ARG, "lss_cgan_opts_paper: side %d with %d stride-2 layers, widths %d and %d, latent %d (even)", side,
+                          nstride, w0, wdense, nlatent);
+    cr = &o->critic;
+    g = &o->gen;
+    memset(cr, 0, sizeof *cr);
+    memset(g, 0, sizeof *g);
+    cr->in_ch = 1; cr->side = side; cr->nconv = nstride + 1;
+    cr->ch[0] = w0; cr->k[0] = 7; cr->stride[0] = 1;
+    for (i = 1; i <= nstride; i++) { cr->ch[i] = w0 << i; cr->k[i] = i == nstride ? 3 : 5; cr->stride[i] = 2; }
+    cr->ndense = 3; cr->width[0] = wdense; cr->width[1] = wdense / 2; cr->width[2] = wdense / 4;
+    cr->nextra = 2; cr->nout = 1;
+    g->nin = nlatent; g->ndense = 2; g->width[0] = wdense / 2; g->width[1] = wdense;
+    g->ch0 = w0 << nstride; g->side0 = side >> nstride; g->nup = nstride + 1;
+    for (i = 0; i < nstride; i++) { g->ch[i] = w0 << (nstride - 1 - i); g->k[i] = i == 0 ? 3 : 5; g->stride[i] = 2; }
+    g->ch[nstride] = 1; g->k[nstride] = 7; g->stride[nstride] = 1;
+    o->nparam = 2;
+    return LSS_OK;
 }
 
 LSSDEF int lss_cgan_init(lss_cgan *m, const lss_cgan_opts *opts) {

@@ -35,6 +35,10 @@ sh drivers/demo_deeplss.sh "$OUT"
 step "massmap"
 sh drivers/demo_massmap.sh "$OUT"
 
+# 5. Emulator: conditional WGAN-GP
+step "cgan"
+sh drivers/demo_cgan.sh "$OUT"
+
 T1=$(date +%s)
 {
     echo "# lss demo report"
@@ -95,6 +99,10 @@ T1=$(date +%s)
     echo "## 4. Mass mapping"
     echo
     sed -e 's|\](\([^)]*\))|](massmap/\1)|g' -e 's|^#|##|' "$OUT/massmap/REPORT.md"
+    echo
+    echo "## 5. Emulator"
+    echo
+    sed -e 's|\](\([^)]*\))|](cgan/\1)|g' -e 's|^#|##|' "$OUT/cgan/REPORT.md"
 } > "$OUT/REPORT.md.tmp"
 mv "$OUT/REPORT.md.tmp" "$OUT/REPORT.md"
 step "done: $OUT/REPORT.md"

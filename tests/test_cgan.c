@@ -337,7 +337,42 @@ static void test_train_substeps(void) {
     if (system(p) != 0) CHECK(0, "cleanup");
 }
 
+/* ------------------------------------------------------------------ the paper's Table A1 */
+static void test_paper_nets(void) {
+    lss_cgan_opts o;
+    lss_cgan m;
+    lss_convnet_trace tr;
+    lss_tensor *out, *x;
+    static float map[128 * 128], z[128];
+    float y[2] = {0.3f, 0.8f};
+    /* critic d0..d4 outputs and d6..d8 widths of Table A1 */
+    const int64_t conv[5][3] = {{32, 128, 128}, {64, 64, 64}, {128, 32, 32}, {256, 16, 16}, {512, 8, 8}}, dense[3] = {512, 256, 128};
+    int ok = 1, i;
+    memset(&o, 0, sizeof o);
+    CHECK_OK(lss_cgan_opts_paper(128, 4, 32, 512, 128, &o));
+    o.lo[0] = 0.1, o.hi[0] = 0.5, o.lo[1] = 0.4, o.hi[1] = 1.4, o.batch = 1;
+    CHECK_OK(lss_cgan_init(&m, &o));
+    CHECK(m.critic.nflat == 32768 && m.critic.dw[0]->shape[0] == 32770, "d5: 8 x 8 x 512 flattened + 2 parameters = %d + 2",
+          m.critic.nflat);
+    for (i = 0; i < 128 * 128; i++) map[i] = (float)(i % 13) / 13.0f;
+    for (i = 0; i < 128; i++) z[i] = (float)(i % 7) - 3.0f;
+    out = lss_convnet_forward(m.g, &m.critic, lss_view(m.g, map, 4, (int64_t[]){1, 1, 128, 128}), lss_view(m.g, y, 2, (int64_t[]){1, 2}), &tr);
+    CHECK(out && out->n == 1 && tr.npre == 8, "critic output and 8 LeakyReLU layers");
+    for (i = 0; i < 5 && out; i++)
+        if (tr.pre[i]->shape[1] != conv[i][0] || tr.pre[i]->shape[2] != conv[i][1] || tr.pre[i]->shape[3] != conv[i][2]) ok = 0;
+    for (i = 0; i < 3 && out; i++) if (tr.pre[5 + i]->shape[1] != dense[i]) ok = 0;
+    CHECK(ok, "critic layer sizes of Table A1 (d0-d4, d6-d8)");
+    CHECK(m.gen.dw[2]->shape[1] == 32768 && m.gen.dw[0]->shape[1] == 256 && m.gen.dw[1]->shape[1] == 512, "generator g0-g2: 256, 512, 32768");
+    x = lss_convgen_forward(m.g, &m.gen, lss_view(m.g, z, 2, (int64_t[]){1, 128}));
+    CHECK(x && x->shape[1] == 1 && x->shape[2] == 128 && x->shape[3] == 128, "generator output 128 x 128 x 1 (g8)");
+    CHECK(m.gen.uw[0]->shape[0] == 512 && m.gen.uw[0]->shape[1] == 256 && m.gen.uw[0]->shape[2] == 3 && m.gen.uw[3]->shape[1] == 32 &&
+          m.gen.uw[3]->shape[2] == 5 && m.gen.uw[4]->shape[2] == 7, "g4 3 x 3 to 256, g7 5 x 5 to 32, g8 7 x 7");
+    CHECK_ERR(lss_cgan_opts_paper(100, 4, 32, 512, 128, &o), LSS_ERR_ARG);
+    lss_cgan_free(&m);
+}
+
 int main(void) {
+    RUN(test_paper_nets);
     RUN(test_gp_gradient);
     RUN(test_latent);
     RUN(test_generator);

@@ -107,12 +107,7 @@ static void test_cgan_e2e(void) {
         CHECK(nd == 3 && sh[0] == 5 && sh[1] == 32 && sh[2] == 32, "samples [5, 32, 32]");
         /* the same generator rebuilt here: the demo networks (w0 8, latent 64), grid ranges of the data */
         memset(&o, 0, sizeof o);
-        o.critic.in_ch = 1, o.critic.side = 32, o.critic.nconv = 4, o.critic.ch[0] = 8, o.critic.k[0] = 7, o.critic.stride[0] = 1;
-        for (int i = 1; i <= 3; i++) o.critic.ch[i] = 8 << i, o.critic.k[i] = i == 3 ? 3 : 5, o.critic.stride[i] = 2;
-        o.critic.ndense = 3, o.critic.width[0] = 256, o.critic.width[1] = 128, o.critic.width[2] = 64, o.critic.nextra = 2, o.critic.nout = 1;
-        o.gen.nin = 64, o.gen.ndense = 2, o.gen.width[0] = 128, o.gen.width[1] = 256, o.gen.ch0 = 64, o.gen.side0 = 4, o.gen.nup = 4;
-        for (int i = 0; i < 3; i++) o.gen.ch[i] = 8 << (2 - i), o.gen.k[i] = i == 0 ? 3 : 5, o.gen.stride[i] = 2;
-        o.gen.ch[3] = 1, o.gen.k[3] = 7, o.gen.stride[3] = 1;
+        CHECK_OK(lss_cgan_opts_paper(32, 3, 8, 256, 64, &o));
         o.nparam = 2, o.lo[0] = 0.2, o.hi[0] = 0.4, o.lo[1] = 0.6, o.hi[1] = 1.0, o.batch = 4, o.seed = 7;
         CHECK_OK(lss_cgan_init(&m, &o));
         snprintf(p2, sizeof p2, "%s/gen.ckpt", d1);
