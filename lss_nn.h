@@ -358,6 +358,10 @@ typedef struct {
     double weight_decay; /* AdamW: decoupled (w -= lr wd w); SGD/RMSProp/Adam: added to the gradient */
     double momentum;     /* SGD (heavy ball, PyTorch form) and RMSProp; default 0 */
     double rho;          /* RMSProp decay; 0: 0.9 */
+    int rms_tf;          /* RMSProp in TensorFlow 1's form (tf.compat.v1.train.RMSPropOptimizer, the cGAN paper's
+                            code): mean square initialised to 1 (not 0), step g / sqrt(v + eps) with eps inside
+                            the root (0: 1e-10, TensorFlow's default), momentum m = mu m + lr g / sqrt(v + eps),
+                            w -= m. 0: PyTorch's form (below). */
     lss_sched sched;     /* learning-rate schedule over optimizer steps t = 0, 1, ... */
     int64_t step_size;   /* STEP: lr x gamma every step_size steps */
     double gamma;        /* STEP and EXP (lr gamma^t); 0: 0.1 for STEP, 0.999 for EXP */
@@ -2987,7 +2991,7 @@ LSSDEF int lss_optim_create(lss_store *st, const lss_optim_opts *opts, lss_optim
     if (d.lr == 0) d.lr = 1e-3;
     if (d.beta1 == 0) d.beta1 = 0.9;
     if (d.beta2 == 0) d.beta2 = 0.999;
-    if (d.eps == 0) d.eps = 1e-8;
+    if (d.eps == 0) d.eps = d.kind == LSS_OPT_RMSPROP && d.rms_tf ? 1e-10 : 1e-8;
     if (d.rho == 0) d.rho = 0.9;
     if (d.gamma == 0) d.gamma = d.sched == LSS_SCHED_STEP ? 0.1 : 0.999;
     if (d.clip_percentile == 0) d.clip_percentile = 50;
@@ -3019,6 +3023,10 @@ LSSDEF int lss_optim_create(lss_store *st, const lss_optim_opts *opts, lss_optim
     }
     memset(o->m, 0, (size_t)st->size * sizeof(float));
     memset(o->v, 0, (size_t)st->size * sizeof(float));
+    if (d.kind == LSS_OPT_RMSPROP && d.rms_tf) {
+        int64_t k;
+        for (k = 0; k < st->size; k++) o->v[k] = 1.0f;
+    }
     if (o->hist) memset(o->hist, 0, (size_t)d.clip_history * sizeof(double));
     *op = o;
     return LSS_OK;
@@ -3154,9 +3162,15 @@ LSSDEF int lss_optim_step(lss_optim *o) {
         default: { /* RMSProp (PyTorch form): v = rho v + (1 - rho) g^2; step g / (sqrt(v) + eps) */
             float rho = (float)o->o.rho, mu = (float)o->o.momentum, flr = (float)lr, eps = (float)o->o.eps,
                   fwd = (float)wd;
+            int tf = o->o.rms_tf;
             for (k = 0; k < n; k++) {
                 float gk = gr[k] + fwd * w[k], s;
                 v[k] = rho * v[k] + (1.0f - rho) * gk * gk;
+                if (tf) { /* TensorFlow 1: eps inside the root, the learning rate inside the momentum */
+                    m[k] = mu * m[k] + flr * (gk / sqrtf(v[k] + eps));
+                    w[k] -= m[k];
+                    continue;
+                }
                 s = gk / (sqrtf(v[k]) + eps);
                 if (mu != 0.0f) { m[k] = mu * m[k] + s; s = m[k]; }
                 w[k] -= flr * s;

@@ -78,7 +78,8 @@ static void cfg_nets(const cfg *c, lss_cgan_opts *o, lss_convnet_opts *reg) {
     *reg = o->critic, reg->nextra = 0, reg->nout = 2;
     o->nparam = 2, o->lo[0] = c->om[0], o->hi[0] = c->om[c->paper ? 48 : 24], o->lo[1] = c->s8[0], o->hi[1] = c->s8[c->paper ? 48 : 24];
     o->batch = c->batch, o->seed = c->seed;
-    if (c->rmsprop) o->opt_critic.kind = o->opt_gen.kind = LSS_OPT_RMSPROP, o->opt_critic.lr = o->opt_gen.lr = c->lr;
+    if (c->rmsprop) /* the paper's code: TensorFlow 1's RMSProp */
+        o->opt_critic.kind = o->opt_gen.kind = LSS_OPT_RMSPROP, o->opt_critic.lr = o->opt_gen.lr = c->lr, o->opt_critic.rms_tf = o->opt_gen.rms_tf = 1;
     else o->opt_critic.lr = o->opt_gen.lr = c->lr, o->opt_critic.beta1 = o->opt_gen.beta1 = 0.5, o->opt_critic.beta2 = o->opt_gen.beta2 = 0.9;
 }
 
@@ -319,7 +320,7 @@ static int cmd_train(int argc, char **argv) {
                           {"regressor-steps", LSS_DRV_INT, &c.reg_steps, 1, 100000000, 0, "regressor training steps"},
                           {"batch", LSS_DRV_INT, &c.batch, 1, 256, 0, "maps per step"},
                           {"lr", LSS_DRV_DOUBLE, &c.lr, 1e-8, 1, 0, "GAN learning rate"},
-                          {"rmsprop", LSS_DRV_INT, &rmsprop, -1, 1, 0, "1: RMSProp (the paper's), 0: Adam (0.5, 0.9); -1: the scale's"},
+                          {"rmsprop", LSS_DRV_INT, &rmsprop, -1, 1, 0, "1: RMSProp in TensorFlow 1's form (the paper's), 0: Adam (0.5, 0.9); -1: the scale's"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and loss row every N iterations"},
                           {"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"}, OPT_END};
     lss_drv_cmd cmd = {"cgan train", "cgan train [--dir DIR] [options]",

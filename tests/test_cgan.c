@@ -371,7 +371,37 @@ static void test_paper_nets(void) {
     lss_cgan_free(&m);
 }
 
+/* ------------------------------------------------------------------ RMSProp in TensorFlow 1's form */
+static void test_rmsprop_tf(void) {
+    lss_store *st = NULL;
+    lss_optim *o = NULL;
+    lss_optim_opts oo;
+    lss_tensor *w;
+    const double g[3][2] = {{0.5, -2.0}, {0.1, 3.0}, {-1.0, 0.0}}, lr = 0.01, rho = 0.9, mu = 0.5, eps = 1e-10;
+    double ms[2] = {1, 1}, mom[2] = {0, 0}, ref[2] = {0.3, -0.7};
+    int t, i;
+    memset(&oo, 0, sizeof oo);
+    oo.kind = LSS_OPT_RMSPROP; oo.rms_tf = 1; oo.lr = lr; oo.rho = rho; oo.momentum = mu;
+    CHECK_OK(lss_store_create(1, &st));
+    w = lss_store_add(st, "w", 1, (int64_t[]){2}, LSS_INIT_ZERO);
+    w->data[0] = 0.3f; w->data[1] = -0.7f;
+    CHECK_OK(lss_optim_create(st, &oo, &o));
+    for (t = 0; t < 3; t++) {   /* tf.raw_ops.ApplyRMSProp: ms = rho ms + (1 - rho) g^2; mom = mu mom + lr g / sqrt(ms + eps); w -= mom */
+        lss_store_grad(st)[0] = (float)g[t][0]; lss_store_grad(st)[1] = (float)g[t][1];
+        CHECK_OK(lss_optim_step(o));
+        for (i = 0; i < 2; i++) {
+            ms[i] = rho * ms[i] + (1 - rho) * g[t][i] * g[t][i];
+            mom[i] = mu * mom[i] + lr * g[t][i] / sqrt(ms[i] + eps);
+            ref[i] -= mom[i];
+        }
+    }
+    CHECK_REL(w->data[0], ref[0], 1e-6, "TensorFlow RMSProp, parameter 0 after 3 steps (accumulator starts at 1)");
+    CHECK_REL(w->data[1], ref[1], 1e-6, "TensorFlow RMSProp, parameter 1 after 3 steps");
+    lss_optim_free(o); lss_store_free(st);
+}
+
 int main(void) {
+    RUN(test_rmsprop_tf);
     RUN(test_paper_nets);
     RUN(test_gp_gradient);
     RUN(test_latent);
