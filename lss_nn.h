@@ -611,6 +611,10 @@ typedef struct {
     int nextra;                      /* conditioning values per sample (0: none) */
     int nout;                        /* outputs (required) */
     float slope;                     /* LeakyReLU slope (0: 0.2, the paper's) */
+    int proj;                        /* 1 (needs nextra > 0, ndense >= 1, nout 1): projection conditioning (Miyato &
+                                        Koyama 2018) added to the output: phi . (extra P), phi the last hidden features,
+                                        P [nextra, width] ("<name>.proj.w", zero at the start, so that the network starts
+                                        as without it); the extra values are still concatenated before the dense layers */
 } lss_convnet_opts;
 typedef struct {
     lss_convnet_opts o;
@@ -618,6 +622,7 @@ typedef struct {
     int nflat;                       /* flattened convolutional features */
     lss_tensor *cw[LSS_CONVNET_MAX], *cb[LSS_CONVNET_MAX];
     lss_tensor *dw[LSS_CONVNET_MAX + 1], *db[LSS_CONVNET_MAX + 1];   /* [ndense] is the output layer */
+    lss_tensor *pw;                  /* projection [nextra, width] (NULL without proj) */
 } lss_convnet;
 typedef struct {
     lss_tensor *pre[2 * LSS_CONVNET_MAX];  /* pre-activation of every LeakyReLU, in forward order */
@@ -4206,9 +4211,25 @@ LSSDEF int lss_convnet_init(lss_convnet *net, lss_store *st, const char *name, c
         net->db[i] = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
         fin = sw[1];
     }
+    if (o.proj) {
+        char nm[200];
+        if (o.nextra < 1 || o.ndense < 1 || o.nout != 1)
+            return lss_seterr(LSS_ERR_ARG, "lss_convnet_init: projection conditioning needs extra values, a hidden dense layer and one output");
+        snprintf(nm, sizeof nm, "%s.proj.w", name);
+        net->pw = lss_store_add(st, nm, 2, (int64_t[]){o.nextra, o.width[o.ndense - 1]}, LSS_INIT_ZERO);
+    }
     if ((s = lss_store_status(st))) return s;
     net->o = o;
     return LSS_OK;
+}
+
+/* phi . (extra P) per sample: [N, 1]. */
+static lss_tensor *lss__convnet_proj(lss_graph *g, const lss_convnet *net, lss_tensor *phi, lss_tensor *extra) {
+    lss_tensor *ones = lss_tensor_new(g, 2, (int64_t[]){net->pw ? net->pw->shape[1] : 1, 1});
+    int64_t j;
+    if (!ones) return NULL;
+    for (j = 0; j < ones->n; j++) ones->data[j] = 1.0f;
+    return lss_op_dense(g, lss_op_mul(g, phi, lss_op_dense(g, extra, net->pw, NULL)), ones, NULL);
 }
 
 LSSDEF lss_tensor *lss_convnet_forward(lss_graph *g, const lss_convnet *net, lss_tensor *x, lss_tensor *extra,
@@ -4238,6 +4259,7 @@ LSSDEF lss_tensor *lss_convnet_forward(lss_graph *g, const lss_convnet *net, lss
         x = lss_op_leaky_relu(g, x, o->slope);
         if (tr) tr->feat = x;
     }
+    if (net->pw) return lss_op_add(g, lss_op_dense(g, x, net->dw[o->ndense], net->db[o->ndense]), lss__convnet_proj(g, net, x, extra));
     return lss_op_dense(g, x, net->dw[o->ndense], net->db[o->ndense]);
 }
 
@@ -4330,7 +4352,8 @@ LSSDEF int lss_cgan_latent(const float *z, const float *y, int n, int nlatent, i
 }
 
 /* The tangent pass of lss_wgan_gp_step: the critic without biases, LeakyReLU slopes fixed from tr, applied to v. */
-static lss_tensor *lss__convnet_tangent(lss_graph *g, const lss_convnet *net, const lss_convnet_trace *tr, lss_tensor *v) {
+static lss_tensor *lss__convnet_tangent(lss_graph *g, const lss_convnet *net, const lss_convnet_trace *tr, lss_tensor *v,
+                                        lss_tensor *extra) {
     const lss_convnet_opts *o = &net->o;
     int i, q = 0;
     for (i = 0; i <= o->ndense + o->nconv && v; i++) {
@@ -4343,8 +4366,13 @@ static lss_tensor *lss__convnet_tangent(lss_graph *g, const lss_convnet *net, co
                 v = lss_op_flatten(g, v);
                 if (v && o->nextra > 0) v = lss_op_concat(g, v, lss_tensor_new(g, 2, (int64_t[]){v->shape[0], o->nextra}), 1);
             }
+            if (d == o->ndense) { /* the output layer, and the projection (bilinear: phi's tangent times extra P) */
+                lss_tensor *phi = v;
+                v = lss_op_dense(g, phi, net->dw[d], NULL);
+                if (net->pw) v = lss_op_add(g, v, lss__convnet_proj(g, net, phi, extra));
+                break;
+            }
             v = lss_op_dense(g, v, net->dw[d], NULL);
-            if (d == o->ndense) break;
         }
         if (!v) break;
         pre = tr->pre[q++];
@@ -4407,7 +4435,8 @@ LSSDEF int lss_wgan_gp_step(lss_graph *g, lss_graph *g2, lss_store *st, const ls
         for (j = 0; j < d; j++) v->data[i * d + j] = (float)(c * xh->grad[i * d + j]);
     }
     if (lambda > 0) {
-        tout = lss__convnet_tangent(g2, critic, &tr, v);
+        tout = lss__convnet_tangent(g2, critic, &tr, v,
+                                    critic->o.nextra > 0 ? lss_view(g2, (float *)y, 2, (int64_t[]){n, critic->o.nextra}) : NULL);
         if (!tout) { s = lss_graph_status(g2) ? lss_graph_status(g2) : LSS_ERR_STATE; goto out; }
         if ((s = lss_backward_seed(g2, tout, dy))) goto out;
     }

@@ -35,7 +35,7 @@ static void *xcalloc(int64_t n, size_t sz) {
 typedef struct {
     int paper, side, pad, ntrain, ntest, ncos, iters, reg_steps, batch, w0, nlatent;
     double pix, lr, reg_lr;
-    int rmsprop;
+    int rmsprop, proj;
     uint64_t seed;
     double om[MAXCOS], s8[MAXCOS];
     int split[MAXCOS];                 /* 0 training, 1 held-out inside the grid, 2 held-out outside */
@@ -65,7 +65,7 @@ static void cfg_scale(cfg *c, const char *scale) {
         c->nlatent = 128, c->lr = 1e-5, c->reg_lr = 3e-5, c->rmsprop = 1;
     else if (!strcmp(scale, "small") || !strcmp(scale, "demo"))
         c->side = 32, c->ntrain = 1000, c->ntest = 400, c->iters = 2000, c->reg_steps = 3000, c->batch = 32, c->w0 = 16, c->nlatent = 64,
-        c->lr = 1e-4, c->reg_lr = 3e-4;
+        c->lr = 1e-4, c->reg_lr = 3e-4, c->proj = 1;
     else lss_drv_die(2, "option --scale: '%s' is not small, demo or paper", scale);
     if (!strcmp(scale, "demo")) c->ntrain = 240, c->ntest = 120, c->iters = 150, c->reg_steps = 400, c->w0 = 8;
     cfg_grid(c);
@@ -76,6 +76,7 @@ static void cfg_nets(const cfg *c, lss_cgan_opts *o, lss_convnet_opts *reg) {
     memset(o, 0, sizeof *o);
     lss_drv_check(lss_cgan_opts_paper(c->side, c->paper ? 4 : 3, c->w0, c->paper ? 512 : 256, c->nlatent, o), "networks");
     *reg = o->critic, reg->nextra = 0, reg->nout = 2;
+    o->critic.proj = c->proj;
     o->nparam = 2, o->lo[0] = c->om[0], o->hi[0] = c->om[c->paper ? 48 : 24], o->lo[1] = c->s8[0], o->hi[1] = c->s8[c->paper ? 48 : 24];
     o->batch = c->batch, o->seed = c->seed;
     if (c->rmsprop) /* the paper's code: TensorFlow 1's RMSProp */
@@ -308,7 +309,7 @@ static void trainer_close(trainer *T) {
 
 static int cmd_train(int argc, char **argv) {
     const char *dir = "out/cgan", *what = "all", *scale = "small";
-    int resume = 0, every = 100, rmsprop = -1;
+    int resume = 0, every = 100, rmsprop = -1, proj = -1;
     cfg c;
     cfg_scale(&c, "small");
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1]; else if (!strcmp(argv[i], "--scale")) scale = argv[i + 1];
@@ -321,6 +322,7 @@ static int cmd_train(int argc, char **argv) {
                           {"batch", LSS_DRV_INT, &c.batch, 1, 256, 0, "maps per step"},
                           {"lr", LSS_DRV_DOUBLE, &c.lr, 1e-8, 1, 0, "GAN learning rate"},
                           {"rmsprop", LSS_DRV_INT, &rmsprop, -1, 1, 0, "1: RMSProp in TensorFlow 1's form (the paper's), 0: Adam (0.5, 0.9); -1: the scale's"},
+                          {"proj", LSS_DRV_INT, &proj, -1, 1, 0, "1: projection conditioning in the critic, 0: the paper's concatenation only; -1: the scale's (1; paper 0)"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and loss row every N iterations"},
                           {"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"}, OPT_END};
     lss_drv_cmd cmd = {"cgan train", "cgan train [--dir DIR] [options]",
@@ -331,6 +333,7 @@ static int cmd_train(int argc, char **argv) {
                        "cgan train --dir out/cgan --iterations 2000"};
     lss_drv_parse(&cmd, opts, argc, argv);
     if (rmsprop >= 0) c.rmsprop = rmsprop;
+    if (proj >= 0) c.proj = proj;
     int do_reg = !strcmp(what, "all") || !strcmp(what, "regressor"), do_gan = !strcmp(what, "all") || !strcmp(what, "gan");
     if (!do_reg && !do_gan) lss_drv_die(2, "option --what: '%s' is not all, regressor or gan", what);
     trainer T;
@@ -393,8 +396,9 @@ static int cmd_train(int argc, char **argv) {
                 gres.seconds_step / (gres.steps_done > 0 ? (double)gres.steps_done : 1), m.o.n_critic, c.batch);
     }
     char extra[512];
-    snprintf(extra, sizeof extra, "\"iterations\": %d, \"regressor_steps\": %d, \"batch\": %d, \"lr\": %g, \"optimizer\": \"%s\", \"seconds_gan\": %.1f, "
-             "\"seconds_regressor\": %.1f, \"xform_scale\": %g, \"xform_offset\": %g", c.iters, c.reg_steps, c.batch, c.lr, c.rmsprop ? "rmsprop" : "adam",
+    snprintf(extra, sizeof extra, "\"iterations\": %d, \"regressor_steps\": %d, \"batch\": %d, \"lr\": %g, \"optimizer\": \"%s\", \"critic_projection\": %d, "
+             "\"seconds_gan\": %.1f, \"seconds_regressor\": %.1f, \"xform_scale\": %g, \"xform_offset\": %g", c.iters, c.reg_steps, c.batch, c.lr,
+             c.rmsprop ? "rmsprop" : "adam", c.proj,
              gres.seconds, res.seconds, m.xform->data[0], m.xform->data[1]);
     lss_drv_outputs_done(argc, argv, c.seed, extra);
     free(tr), free(te), free(tp), free(vm), free(T.vparams), trainer_close(&T);

@@ -15,7 +15,7 @@
 typedef struct {
     const lss_convnet *net;
     const double *th;        /* parameters in the store's layout */
-    int64_t off_cw[LSS_CONVNET_MAX], off_cb[LSS_CONVNET_MAX], off_dw[LSS_CONVNET_MAX + 1], off_db[LSS_CONVNET_MAX + 1];
+    int64_t off_cw[LSS_CONVNET_MAX], off_cb[LSS_CONVNET_MAX], off_dw[LSS_CONVNET_MAX + 1], off_db[LSS_CONVNET_MAX + 1], off_pw;
 } ref_critic;
 
 static double ref_forward(const ref_critic *r, const double *x, const double *y) {
@@ -49,6 +49,9 @@ static double ref_forward(const ref_critic *r, const double *x, const double *y)
         for (j = 0; j < w; j++) {
             double v = r->th[r->off_db[i] + j];
             for (q = 0; q < n; q++) v += a[q] * r->th[r->off_dw[i] + (int64_t)q * w + j];
+            if (i == o->ndense && r->net->pw) /* projection: phi . (y P) */
+                for (q = 0; q < n; q++)
+                    for (int e = 0; e < o->nextra; e++) v += a[q] * y[e] * r->th[r->off_pw + (int64_t)e * n + q];
             b[j] = i == o->ndense ? v : (v > 0 ? v : o->slope * v);
         }
         memcpy(a, b, sizeof(double) * (size_t)w);
@@ -92,6 +95,7 @@ static void ref_setup(ref_critic *r, const lss_convnet *net, const lss_store *st
     r->net = net; r->th = th;
     for (i = 0; i < net->o.nconv; i++) { r->off_cw[i] = net->cw[i]->data - base; r->off_cb[i] = net->cb[i]->data - base; }
     for (i = 0; i <= net->o.ndense; i++) { r->off_dw[i] = net->dw[i]->data - base; r->off_db[i] = net->db[i]->data - base; }
+    if (net->pw) r->off_pw = net->pw->data - base;
 }
 
 /* Gradient of ref_loss over every parameter by central differences. */
@@ -114,9 +118,14 @@ static void tiny_critic(lss_store **st, lss_convnet *net) {
     o.in_ch = 1; o.side = 6; o.nconv = 2;
     o.ch[0] = 3; o.k[0] = 3; o.stride[0] = 1;
     o.ch[1] = 4; o.k[1] = 5; o.stride[1] = 2;
-    o.ndense = 1; o.width[0] = 5; o.nextra = 2; o.nout = 1;
+    o.ndense = 1; o.width[0] = 5; o.nextra = 2; o.nout = 1; o.proj = 1;
     CHECK_OK(lss_store_create(21, st));
     CHECK_OK(lss_convnet_init(net, *st, "critic", &o));
+    if (net->pw) {   /* the projection starts at zero: give it values so that its gradients are tested */
+        lss_rng r;
+        lss_rng_init(&r, 77, 0);
+        for (int64_t i = 0; i < net->pw->n; i++) net->pw->data[i] = (float)(0.5 * lss_rng_normal(&r));
+    }
 }
 
 static void fill_batch(int n, int d, float *real, float *fake, float *y, float *eps, uint64_t seed) {
