@@ -1501,16 +1501,22 @@ fail:
 LSSDEF int lss_mm_kappa_draw(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t index0, int n, float *out) {
     int i, bad = LSS_OK;
     if (!kg || !out || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_mm_kappa_draw: bad arguments");
+#ifdef LSS__MM_OMP
 #pragma omp parallel
+#endif
     {
         float *f = (float *)LSS_MALLOC(sizeof(float) * (size_t)lss_grid_npix(kg->big));
+#ifdef LSS__MM_OMP
 #pragma omp for schedule(dynamic)
+#endif
         for (i = 0; i < n; i++) {
             int si = f ? lss__mm_cutout(kg->big, kg->pg, kg->lambda, kg->side, kg->side, seed,
                                         lss_stream(LSS_STREAM_MM_FIELD, index0 + (uint64_t)i, 0), f, out + (size_t)i * kg->side * kg->side)
                        : lss_seterr(LSS_ERR_NOMEM, "lss_mm_kappa_draw: out of memory");
             if (si != LSS_OK) {
+#ifdef LSS__MM_OMP
 #pragma omp critical
+#endif
                 bad = si;
             }
         }

@@ -458,9 +458,6 @@ typedef struct {
     lss_store *store;        /* parameters (required) */
     lss_optim *optim;        /* optimizer of this store (required); its step count is the loop's */
     const char *ckpt_path;   /* checkpoint file (NULL: none; required with resume) */
-    int substeps;            /* optimizer steps of this network per loop step (0 or 1: one; a WGAN
-                                critic takes n_critic): its optimizer's step count is substeps times
-                                the loop's, and every count above applies to loop steps */
 } lss_train_net;
 typedef struct {
     int64_t steps;           /* total optimizer steps (required, >= 1) */
@@ -474,6 +471,9 @@ typedef struct {
     double min_delta;        /* improvement that counts (absolute, >= 0; 0: any decrease) */
     int keep_best;           /* 1: return with each network's parameters of its best held-out
                                 evaluation (needs eval) */
+    const int *substeps;     /* [nnet] optimizer steps of each network per loop step (NULL, 0 or 1: one;
+                                a WGAN critic takes n_critic, 1..1000): network k's optimizer step count
+                                is substeps[k] times the loop's, and the counts above are loop steps */
     /* One optimizer step of every network: draw a batch for `step` (0-based, a pure function of the
        step so that resume is exact), forward, backward, lss_optim_step; loss[k] receives network k's
        training loss. Return LSS_OK, LSS_ERR_NUMERIC for a skipped step (counted), or an error. */
@@ -3654,7 +3654,7 @@ done:
     return s;
 }
 
-#define LSS__TSUB(nets, k) ((nets)[k].substeps > 1 ? (int64_t)(nets)[k].substeps : (int64_t)1)
+#define LSS__TSUB(nets, k) (o && o->substeps && o->substeps[k] > 1 ? (int64_t)o->substeps[k] : (int64_t)1)
 LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss_train_result *res) {
     lss__tcsv fx = {0, NULL, 0, NULL};
     lss__tnet *tn = NULL;
@@ -3686,8 +3686,8 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
             return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s' has no %s", nm, nets[k].store ? "optimizer" : "store");
         if (nets[k].optim->st != nets[k].store)
             return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s': the optimizer belongs to another store", nm);
-        if (nets[k].substeps < 0 || nets[k].substeps > 1000)
-            return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s': substeps %d (0..1000)", nm, nets[k].substeps);
+        if (o->substeps && (o->substeps[k] < 0 || o->substeps[k] > 1000))
+            return lss_seterr(LSS_ERR_ARG, "lss_train: network '%s': substeps %d (0..1000)", nm, o->substeps[k]);
         if (nets[k].store->status)
             return lss_seterr(LSS_ERR_STATE, "lss_train: network '%s': the store is in a failed state", nm);
         if (o->resume && !nets[k].ckpt_path)

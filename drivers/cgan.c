@@ -373,7 +373,7 @@ static int cmd_train(int argc, char **argv) {
     if (do_reg) {
         char ck[4096], lc[4096];
         snprintf(ck, sizeof ck, "%s/regressor.ckpt", dir), snprintf(lc, sizeof lc, "%s/loss_regressor.csv", dir);
-        lss_train_net net = {"regressor", T.rs, T.ro, ck, 0};
+        lss_train_net net = {"regressor", T.rs, T.ro, ck};
         lss_train_opts to = {.steps = c.reg_steps, .eval_every = every, .ckpt_every = every, .loss_csv = lc, .resume = resume, .keep_best = 1,
                              .step = reg_step, .eval = reg_eval, .progress = progress, .user = &T};
         lss_drv_progress_init(&c.prog, "cgan train: regressor steps", c.reg_steps);
@@ -386,8 +386,9 @@ static int cmd_train(int argc, char **argv) {
     if (do_gan) {
         char ck1[4096], ck2[4096], lc[4096];
         snprintf(ck1, sizeof ck1, "%s/critic.ckpt", dir), snprintf(ck2, sizeof ck2, "%s/gen.ckpt", dir), snprintf(lc, sizeof lc, "%s/loss_gan.csv", dir);
-        lss_train_net nets[2] = {{"critic", m.sc, m.oc, ck1, m.o.n_critic}, {"generator", m.sg, m.og, ck2, 0}};
-        lss_train_opts to = {.steps = c.iters, .eval_every = every, .ckpt_every = every, .loss_csv = lc, .resume = resume, .step = gan_step,
+        lss_train_net nets[2] = {{"critic", m.sc, m.oc, ck1}, {"generator", m.sg, m.og, ck2}};
+        int sub[2] = {m.o.n_critic, 1};
+        lss_train_opts to = {.steps = c.iters, .eval_every = every, .ckpt_every = every, .loss_csv = lc, .resume = resume, .substeps = sub, .step = gan_step,
                              .progress = progress, .user = &T};
         lss_drv_progress_init(&c.prog, "cgan train: generator iterations", c.iters);
         lss_drv_check(lss_train(nets, 2, &to, &gres), "GAN training");

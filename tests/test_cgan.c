@@ -319,9 +319,9 @@ static void sub_run(int64_t steps, int resume, const char *dir, float *wa, float
     oo.kind = LSS_OPT_RMSPROP; oo.lr = 0.05;
     lss_optim_create(m.sa, &oo, &m.oa); lss_optim_create(m.sb, &oo, &m.ob);
     snprintf(pa, sizeof pa, "%s/critic.ckpt", dir); snprintf(pb, sizeof pb, "%s/gen.ckpt", dir); snprintf(pc, sizeof pc, "%s/loss.csv", dir);
-    nets[0].name = "critic"; nets[0].store = m.sa; nets[0].optim = m.oa; nets[0].ckpt_path = pa; nets[0].substeps = 3;
+    nets[0].name = "critic"; nets[0].store = m.sa; nets[0].optim = m.oa; nets[0].ckpt_path = pa;
     nets[1].name = "gen"; nets[1].store = m.sb; nets[1].optim = m.ob; nets[1].ckpt_path = pb;
-    to.steps = steps; to.ckpt_every = 2; to.eval_every = 2; to.loss_csv = pc; to.resume = resume; to.step = sub_step; to.user = &m;
+    to.substeps = (const int[]){3, 1}; to.steps = steps; to.ckpt_every = 2; to.eval_every = 2; to.loss_csv = pc; to.resume = resume; to.step = sub_step; to.user = &m;
     CHECK_OK(lss_train(nets, 2, &to, NULL));
     *wa = lss_store_data(m.sa)[0]; *wb = lss_store_data(m.sb)[0]; *ta = lss_optim_steps(m.oa);
     lss_optim_free(m.oa); lss_optim_free(m.ob); lss_store_free(m.sa); lss_store_free(m.sb);
@@ -336,11 +336,33 @@ static void test_train_substeps(void) {
     sub_run(4, 1, d2, &a2, &b2, &t2);      /* stopped at step 4, resumed to 6 */
     sub_run(6, 1, d2, &a2, &b2, &t2);
     CHECK(a1 == a2 && b1 == b2 && t2 == 18, "resume with substeps is exact (%.9g %.9g vs %.9g %.9g)", a1, b1, a2, b2);
-    {   /* a step callback that takes the wrong number of critic steps is refused */
+    {   /* substeps that disagree with the step callback (3 critic steps) are an error, and so are negative ones */
+        sub_model m;
+        lss_optim_opts oo;
+        lss_train_net nets[2];
+        memset(&m, 0, sizeof m); memset(&oo, 0, sizeof oo); memset(nets, 0, sizeof nets);
+        lss_store_create(1, &m.sa); lss_store_create(2, &m.sb);
+        lss_store_add(m.sa, "w", 1, (int64_t[]){1}, LSS_INIT_ZERO);
+        lss_store_add(m.sb, "w", 1, (int64_t[]){1}, LSS_INIT_ZERO);
+        lss_optim_create(m.sa, &oo, &m.oa); lss_optim_create(m.sb, &oo, &m.ob);
+        nets[0].name = "critic"; nets[0].store = m.sa; nets[0].optim = m.oa;
+        nets[1].name = "gen"; nets[1].store = m.sb; nets[1].optim = m.ob;
+        CHECK(lss_train(nets, 2, &(lss_train_opts){.steps = 2, .step = sub_step, .user = &m, .substeps = (const int[]){2, 1}}, NULL) ==
+              LSS_ERR_STATE, "3 critic steps with substeps 2: %s", lss_last_error());
+        lss_optim_free(m.oa); lss_optim_free(m.ob); lss_store_free(m.sa); lss_store_free(m.sb);
+    }
+    {
         lss_train_net nets[1];
-        memset(nets, 0, sizeof nets);
-        nets[0].substeps = -1;
-        CHECK(lss_train(nets, 1, &(lss_train_opts){.steps = 1, .step = sub_step}, NULL) == LSS_ERR_ARG, "negative substeps refused");
+        sub_model m;
+        lss_optim_opts oo;
+        memset(nets, 0, sizeof nets); memset(&oo, 0, sizeof oo);
+        lss_store_create(1, &m.sa);
+        lss_store_add(m.sa, "w", 1, (int64_t[]){1}, LSS_INIT_ZERO);
+        lss_optim_create(m.sa, &oo, &m.oa);
+        nets[0].store = m.sa; nets[0].optim = m.oa;
+        CHECK(lss_train(nets, 1, &(lss_train_opts){.steps = 1, .step = sub_step, .substeps = (const int[]){-1}}, NULL) == LSS_ERR_ARG &&
+              strstr(lss_last_error(), "substeps"), "negative substeps refused: %s", lss_last_error());
+        lss_optim_free(m.oa); lss_store_free(m.sa);
     }
     snprintf(p, sizeof p, "rm -rf %s %s", d1, d2);
     if (system(p) != 0) CHECK(0, "cleanup");
