@@ -551,6 +551,7 @@ typedef struct {
     int64_t total;
     double t0, last;
     int tty;
+    int64_t base;   /* work done before this run (a resumed training): set at the first update to its count - 1 */
 } lss_drv_progress;
 
 static inline void lss_drv_progress_init(lss_drv_progress *p, const char *label, int64_t total) {
@@ -558,10 +559,13 @@ static inline void lss_drv_progress_init(lss_drv_progress *p, const char *label,
     p->total = total;
     p->t0 = p->last = lss_time_now();
     p->tty = isatty(2);
+    p->base = -1;
 }
 
 static inline void lss_drv_progress_update(lss_drv_progress *p, int64_t done) {
-    double now = lss_time_now(), el = now - p->t0, rate = el > 0 ? done / el : 0;
+    double now = lss_time_now(), el = now - p->t0, rate;
+    if (p->base < 0) p->base = done > 0 ? done - 1 : 0;
+    rate = el > 0 ? (double)(done - p->base) / el : 0;
     double left = rate > 0 ? (p->total - done) / rate : 0;
     if (now - p->last < (p->tty ? 0.2 : 5.0) && done < p->total) return;
     p->last = now;
