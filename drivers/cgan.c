@@ -149,8 +149,7 @@ static int cmd_data(int argc, char **argv) {
     lss_drv_progress_init(&c.prog, "cgan data: cosmologies", c.ncos);
     for (int k = 0, it = 0; k < c.ncos; k++) {
         lss_params p;
-        lss_mm_params_planck15(&p);
-        p.omega_m = c.om[k], p.sigma_8 = c.s8[k];
+        lss_mm_params_planck15(&p), p.omega_m = c.om[k], p.sigma_8 = c.s8[k];
         uint64_t base = (uint64_t)k << 24;
         lss_mm_kappa_gen *kg;
         lss_drv_check(lss_mm_kappa_gen_create(&p, "cosmos", c.side, c.pad, c.pix, &kg), "convergence model");
@@ -160,8 +159,7 @@ static int cmd_data(int argc, char **argv) {
             it++;
         }
         lss_drv_check(lss_mm_kappa_draw(kg, c.seed, lss_set_index(LSS_SET_TEST, base), 2 * c.ntest, te + (int64_t)k * 2 * c.ntest * d), "test maps");
-        lss_mm_kappa_gen_free(kg);
-        lss_drv_progress_update(&c.prog, k + 1);
+        lss_mm_kappa_gen_free(kg), lss_drv_progress_update(&c.prog, k + 1);
     }
     lss_drv_progress_end(&c.prog);
     char p[4096];
@@ -204,20 +202,18 @@ static void sym_copy(const float *src, float *dst, int side, unsigned sym) {
             dst[y * side + x] = sym & 4 ? src[sx * side + sy] : src[sy * side + sx];
         }
 }
-static void draw_batch(trainer *T, int64_t t, int k, int B, float *maps, float *y) {
+/* Batch k of step t (k = 1000: the regressor's): maps drawn uniformly, each under one of the 8 symmetries. */
+static int gan_draw(void *u, int64_t t, int k, float *maps, float *y) {
+    trainer *T = (trainer *)u;
     lss_rng r;
     int d = T->c->side * T->c->side;
     lss_rng_init(&r, T->c->seed, lss_stream(LSS_STREAM_BATCH, (uint64_t)t, (uint32_t)k));
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < T->c->batch; b++) {
         int64_t j = (int64_t)(lss_rng_uniform(&r) * T->nmaps);
         j = j < T->nmaps ? j : T->nmaps - 1;
         sym_copy(T->maps + j * d, maps + (int64_t)b * d, T->c->side, lss_rng_below(&r, 8));
         y[2 * b] = T->params[2 * j], y[2 * b + 1] = T->params[2 * j + 1];
     }
-}
-static int gan_draw(void *u, int64_t t, int k, float *maps, float *y) {
-    trainer *T = (trainer *)u;
-    draw_batch(T, t, k, T->c->batch, maps, y);
     return LSS_OK;
 }
 static int gan_step(void *u, int64_t t, double *loss) {
@@ -239,7 +235,7 @@ static int reg_step(void *u, int64_t t, double *loss) {
     trainer *T = (trainer *)u;
     int B = T->c->batch;
     float tg[2 * 256];
-    draw_batch(T, t, 1000, B, T->xb, T->yb);
+    gan_draw(T, t, 1000, T->xb, T->yb);
     reg_target(T, T->yb, tg, B);
     lss_graph_reset(T->rg), lss_graph_set_training(T->rg, 1);
     lss_tensor *o = lss_convnet_forward(T->rg, &T->reg, lss_view(T->rg, T->xb, 4, (int64_t[]){B, 1, T->c->side, T->c->side}), NULL, NULL);
@@ -499,7 +495,7 @@ static int cmd_interpolate(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- evaluation */
 enum { NPS = 6, NPIX = 18, NPK = 12 };
-typedef struct { double ps, pix, peak, w1pix, w1peak, frechet, ssim, corr; } scores;
+typedef struct { double ps, pix, peak, w1pix, w1peak, frechet, ssim, corr, bisp, mink; } scores;
 static int feat_cb(void *u, const float *maps, int n, int h, int w, double *feat) {
     trainer *T = (trainer *)u;
     float *x = (float *)xcalloc((int64_t)n * h * w, sizeof(float));
@@ -543,13 +539,15 @@ static void score(trainer *T, const lss_grid *g, const float *a, const float *b,
     co.stat.peaks = LSS_STAT_PEAKS_5X5, co.ssim_pairs = ssim_pairs, co.ell_edges = edges, co.nell = NPS, co.seed = T->c->seed, co.features = feat_cb, co.features_user = T;
     co.nfeatures = T->reg.o.width[T->reg.o.ndense - 1];
     lss_drv_check(lss_stat_compare(g, a, n, b, n, &co, rows, 256, &nr), "comparison");
-    sc->w1pix = sc->w1peak = sc->frechet = sc->ssim = sc->corr = NAN;
+    sc->w1pix = sc->w1peak = sc->frechet = sc->ssim = sc->corr = NAN, sc->bisp = sc->mink = 0;
     for (int i = 0; i < nr; i++) {
         if (!strcmp(rows[i].name, "w1_pixels")) sc->w1pix = rows[i].value;
         if (!strcmp(rows[i].name, "w1_peaks")) sc->w1peak = rows[i].value;
         if (!strcmp(rows[i].name, "frechet_features")) sc->frechet = rows[i].value;
         if (!strcmp(rows[i].name, "ssim_significance")) sc->ssim = rows[i].value;
         if (!strcmp(rows[i].name, "corr_frac")) sc->corr = rows[i].value;
+        if (!strncmp(rows[i].name, "bisp_rel", 8) || !strncmp(rows[i].name, "mink_", 5)) /* largest relative difference */
+            rows[i].name[0] == 'b' ? (sc->bisp = fmax(sc->bisp, fabs(rows[i].value))) : (sc->mink = fmax(sc->mink, fabs(rows[i].value)));
     }
 }
 static double corr(const double *x, const double *y, int64_t n) {
@@ -568,7 +566,8 @@ static int cmd_eval(int argc, char **argv) {
     lss_drv_cmd cmd = {"cgan eval", "cgan eval [--dir DIR] [--n N]",
                        "At every cosmology: n generated maps and two independent simulated sets A, B; generated vs A and, as the noise\n"
                        "floor, B vs A: largest relative error of the mean power spectrum (6 log bins, fundamental to Nyquist), of the pixel\n"
-                       "and 5 x 5 peak histograms (bins holding >= 1% of A's counts), W1 of pixels and peaks, sqrt Frechet distance of the\n"
+                       "and 5 x 5 peak histograms (bins holding >= 1% of A's counts), of the folded bispectrum and the Minkowski functionals\n"
+                       "(13 thresholds), W1 of pixels and peaks, sqrt Frechet distance of the\n"
                        "regressor's last hidden features, SSIM significance (eq. 4), correlation-matrix distance (eq. 3); regressor\n"
                        "predictions on generated and simulated maps. Writes DIR/eval/eval.csv, table.md, ps_*.png, hist_*.png, maps_*.png.",
                        "cgan eval --dir out/cgan"};
@@ -578,7 +577,7 @@ static int cmd_eval(int argc, char **argv) {
     lss_cgan m;
     cfg_load(&c, dir, NULL), trainer_open(&T, &c, &m, dir, 1);
     if (n == 0 || n > c.ntest) n = c.ntest;
-    int d = c.side * c.side, ncol = 24;
+    int d = c.side * c.side, ncol = 28;
     float *te = load_maps(dir, "test.npy", (int64_t)c.ncos * 2 * c.ntest, c.side), *gm = (float *)xcalloc((int64_t)n * d, sizeof(float));
     float *y = (float *)xcalloc(2 * n, sizeof(float)), *pr = (float *)xcalloc(2 * n, sizeof(float));
     double *rows = (double *)xcalloc(c.ncos * ncol, sizeof(double)), edges[NPS + 1], ell[NPS];
@@ -610,8 +609,9 @@ static int cmd_eval(int argc, char **argv) {
         }
         score(&T, g, gm, A, n, edges, &sg, ps[0], hp[0], hk[0], ell);
         score(&T, g, B, A, n, edges, &sf, ps[1], hp[1], hk[1], NULL);
-        double *r = rows + (int64_t)k * ncol, v[24] = {k, c.om[k], c.s8[k], c.split[k], sg.ps, sf.ps, sg.pix, sf.pix, sg.peak, sf.peak, sg.w1pix, sf.w1pix,
-                                                       sg.w1peak, sf.w1peak, sg.frechet, sf.frechet, sg.ssim, sf.ssim, sg.corr, sf.corr, mp[0], mp[1], mp[2], mp[3]};
+        double *r = rows + (int64_t)k * ncol, v[28] = {k, c.om[k], c.s8[k], c.split[k], sg.ps, sf.ps, sg.pix, sf.pix, sg.peak, sf.peak, sg.w1pix, sf.w1pix,
+                                                       sg.w1peak, sf.w1peak, sg.frechet, sf.frechet, sg.ssim, sf.ssim, sg.corr, sf.corr, mp[0], mp[1], mp[2], mp[3],
+                                                       sg.bisp, sf.bisp, sg.mink, sf.mink};
         memcpy(r, v, sizeof v);
         if (c.split[k] || k == 0 || k == c.ncos / 2 - 3) { /* figures at two training and every held-out cosmology */
             const double *yy[4] = {ps[0], ps[1]};
@@ -633,9 +633,10 @@ static int cmd_eval(int argc, char **argv) {
         lss_drv_progress_update(&c.prog, k + 1);
     }
     lss_drv_progress_end(&c.prog);
-    const char *hdr[24] = {"index", "omega_m", "sigma_8", "split", "ps_err", "ps_err_floor", "pix_err", "pix_err_floor", "peak_err", "peak_err_floor",
+    const char *hdr[28] = {"index", "omega_m", "sigma_8", "split", "ps_err", "ps_err_floor", "pix_err", "pix_err_floor", "peak_err", "peak_err_floor",
                            "w1_pixels", "w1_pixels_floor", "w1_peaks", "w1_peaks_floor", "frechet", "frechet_floor", "ssim_signif", "ssim_signif_floor",
-                           "corr_frac", "corr_frac_floor", "pred_om_gen", "pred_s8_gen", "pred_om_sim", "pred_s8_sim"};
+                           "corr_frac", "corr_frac_floor", "pred_om_gen", "pred_s8_gen", "pred_om_sim", "pred_s8_sim",
+                           "bisp_err", "bisp_err_floor", "mink_err", "mink_err_floor"};
     snprintf(p, sizeof p, "%s/eval.csv", od), lss_drv_check(lss_csv_write(p, ncol, hdr, c.ncos, rows), p);
     /* the regressor's response: per-map correlation of predictions with the requested parameters, over every cosmology */
     int64_t nt = (int64_t)c.ncos * n;
@@ -657,15 +658,15 @@ static int cmd_eval(int argc, char **argv) {
     fprintf(f, "# cGAN validation: %d generated vs %d simulated maps per cosmology (%d x %d, %.3g arcmin pixels)\n\n", n, n, c.side, c.side, c.pix);
     fprintf(f, "Errors are the largest relative difference over the bins; `floor` is the same number for a second simulated set (B vs A).\n"
                "Bars: 10%% at training cosmologies, 15%% at held-out interpolation ones (extrapolation: reported only).\n\n");
-    fprintf(f, "| Omega_m | sigma_8 | split | C_ell err (floor) | pixel hist err (floor) | peak hist err (floor) | W1 pix (floor) | W1 peaks (floor) | sqrt FD (floor) | SSIM signif (floor) | corr frac (floor) | regressor on gen (sim) |\n");
-    fprintf(f, "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    fprintf(f, "| Omega_m | sigma_8 | split | C_ell err (floor) | pixel hist err (floor) | peak hist err (floor) | W1 pix (floor) | W1 peaks (floor) | sqrt FD (floor) | SSIM signif (floor) | corr frac (floor) | bispectrum err (floor) | Minkowski err (floor) | regressor on gen (sim) |\n");
+    fprintf(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int k = 0; k < c.ncos; k++) {
         double *r = rows + (int64_t)k * ncol, bar = c.split[k] == 0 ? 0.10 : 0.15;
         int ok = r[4] <= bar && r[6] <= bar && r[8] <= bar;
         if (c.split[k] < 2 && !ok) bad++;
-        fprintf(f, "| %.3f | %.3f | %s%s | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.2f (%.2f) | %.2f (%.2f) | %.3f (%.3f) | %.3f, %.3f (%.3f, %.3f) |\n",
+        fprintf(f, "| %.3f | %.3f | %s%s | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.2f (%.2f) | %.2f (%.2f) | %.3f (%.3f) | %.2f (%.2f) | %.2f (%.2f) | %.3f, %.3f (%.3f, %.3f) |\n",
                 r[1], r[2], split_name[c.split[k]], c.split[k] < 2 && !ok ? " **over bar**" : "", r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-                r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21], r[22], r[23]);
+                r[14], r[15], r[16], r[17], r[18], r[19], r[24], r[25], r[26], r[27], r[20], r[21], r[22], r[23]);
     }
     fprintf(f, "\n%d of %d training and interpolation cosmologies over their bar.\n\n", bad, c.ncos - 2);
     fprintf(f, "Regressor, across the %d cosmologies: correlation of the mean prediction at each cosmology with the requested parameters, "

@@ -133,7 +133,7 @@ static void test_cgan_e2e(void) {
         int ok = 1;
         snprintf(p1, sizeof p1, "%s/eval/eval.csv", d1);
         CHECK_OK(lss_csv_read(p1, &c));
-        CHECK(c.nrows == 31 && c.ncols == 24, "eval.csv has 31 rows of 24 columns");
+        CHECK(c.nrows == 31 && c.ncols == 28, "eval.csv has 31 rows of 28 columns");
         for (int64_t i = 0; i < c.nrows; i++)
             for (int j = 4; j < 10; j++) if (!isfinite(c.data[i * c.ncols + j])) ok = 0;
         CHECK(ok, "finite spectrum and histogram errors");
