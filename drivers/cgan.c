@@ -142,8 +142,7 @@ static int cmd_data(int argc, char **argv) {
     for (int k = 0; k < c.ncos; k++) ntr += c.split[k] == 0;
     lss_drv_memory("the training and test maps", 4.0 * d * ((double)ntr * c.ntrain + 2.0 * c.ncos * c.ntest), "--ntrain or --ntest");
     char dd[3000];
-    snprintf(dd, sizeof dd, "%s/data", dir);
-    lss_drv_outputs_begin(dd, 1);
+    snprintf(dd, sizeof dd, "%s/data", dir), lss_drv_outputs_begin(dd, 1);
     float *tr = (float *)xcalloc((int64_t)ntr * c.ntrain * d, sizeof(float)), *te = (float *)xcalloc((int64_t)c.ncos * 2 * c.ntest * d, sizeof(float));
     float *tp = (float *)xcalloc((int64_t)ntr * c.ntrain * 2, sizeof(float));
     lss_drv_progress_init(&c.prog, "cgan data: cosmologies", c.ncos);
@@ -339,15 +338,16 @@ static int cmd_train(int argc, char **argv) {
     for (int k = 0; k < c.ncos; k++) ntr += c.split[k] == 0;
     float *tr = load_maps(dir, "train.npy", (int64_t)ntr * c.ntrain, c.side), *te = load_maps(dir, "test.npy", (int64_t)c.ncos * 2 * c.ntest, c.side);
     char p[4096];
-    int nd;
+    int nd, bad = 0;
     int64_t sh[LSS_MAX_DIM];
-    float *tp;
+    float *tp = NULL;
     snprintf(p, sizeof p, "%s/data/train_params.npy", dir), lss_drv_check(lss_npy_load_f32(p, &tp, &nd, sh), p);
     if (nd != 2 || sh[0] != (int64_t)ntr * c.ntrain || sh[1] != 2) lss_drv_die(2, "%s: expected [%d, 2]", p, ntr * c.ntrain);
     /* network units: kappa / scale + offset, scale = the training maps' pixel std, offset putting their minimum at 0.5 */
     double s1 = 0, s2 = 0, mn = 1e30;
     int64_t ntot = (int64_t)ntr * c.ntrain * d;
-    for (int64_t i = 0; i < ntot; i++) s1 += tr[i], s2 += (double)tr[i] * tr[i], mn = tr[i] < mn ? tr[i] : mn;
+    for (int64_t i = 0; i < ntot; i++) s1 += tr[i], s2 += (double)tr[i] * tr[i], mn = tr[i] < mn ? tr[i] : mn, bad |= !isfinite(tr[i]);
+    if (bad || !(s2 > 0)) lss_drv_die(2, "%s/data/train.npy: the maps hold a non-finite value or are all zero", dir);
     double sd = sqrt(s2 / ntot - (s1 / ntot) * (s1 / ntot));
     m.xform->data[0] = (float)sd, m.xform->data[1] = (float)(0.5 - mn / sd);
     lss_cgan_from_kappa(&m, tr, ntot);

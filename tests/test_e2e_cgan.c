@@ -155,6 +155,13 @@ static void test_cgan_e2e(void) {
         if ((f = fopen(p2, "r+b"))) { fseek(f, 200, SEEK_SET); fputc(0x5a, f); fclose(f); }
         CHECK(run("sample --dir %s --out %s", d2, p1) == 2 && stderr_one_line() && !exists(p1), "corrupted checkpoint: exit 2, no output");
     }
+    {   /* a NaN in the training maps */
+        FILE *f;
+        float nan = NAN;
+        snprintf(p2, sizeof p2, "%s/data/train.npy", d2);
+        if ((f = fopen(p2, "r+b"))) { fseek(f, 128 + 4 * 100, SEEK_SET); fwrite(&nan, 4, 1, f); fclose(f); }
+        CHECK(run("train --dir %s --scale demo --iterations 1%s", d2, NULL) == 2 && stderr_one_line(), "NaN in train.npy: exit 2");
+    }
     CHECK(run("--help%s%s", NULL, NULL) == 0, "--help");
 }
 
