@@ -16,8 +16,9 @@ it=$(grep -o '"iterations": [0-9]*' "$OUT/run.json" | cut -d' ' -f2)
 {
     echo "# Emulator: conditional WGAN-GP"
     echo
-    echo "A demo-size conditional WGAN-GP (Perraudin et al. 2021 architecture with one stage fewer and an eighth of the"
-    echo "widths: 32 x 32 maps of 2.34 arcmin pixels) trained for $it generator iterations ($((T1 - T0)) s in all, on 25 training"
+    echo "A demo-size conditional WGAN-GP (Perraudin et al. 2021 architecture with one stage fewer, a quarter of the"
+    echo "convolution widths and half the dense ones: 32 x 32 maps of 2.34 arcmin pixels) trained for $it generator"
+    echo "iterations ($((T1 - T0)) s in all, on 25 training"
     echo "cosmologies of 240 maps each). This is far from converged: the demo shows the pipeline (data, training, samples,"
     echo "validation suite at held-out cosmologies, interpolation), not the emulator's accuracy; README.md gives the"
     echo "small-scale run's table. Simulated (sets A and B) and generated maps at a held-out cosmology:"
