@@ -411,12 +411,13 @@ LSSDEF uint32_t lss_crc32(uint32_t crc, const void *buf, size_t n);
  * Several networks can train together on the same data (DeepLSS trains up to six): they share the
  * step counter, are evaluated together and checkpointed as one consistent set.
  *
- * Steps. The loop's step count is the optimizers' (lss_optim_steps), which must all be equal at the
- * start (else LSS_ERR_STATE naming both steps). It calls step(user, t, loss) for t = t0 .. steps-1;
- * after each call every optimizer must have taken exactly one step (lss_optim_step once per network,
- * else LSS_ERR_STATE). A step that returns LSS_ERR_NUMERIC is skipped: it is counted, its losses are
- * left out of the training means, and the step count of every optimizer that did not step still
- * moves on by one (no parameter changes, the learning-rate schedule advances). Any other non-zero
+ * Steps. The loop's step count is the optimizers' (lss_optim_steps; divided by substeps[k] for a
+ * network with several optimizer steps per loop step, see lss_train_opts), which must all be equal at
+ * the start (else LSS_ERR_STATE naming both steps). It calls step(user, t, loss) for t = t0 .. steps-1;
+ * after each call every optimizer must have taken exactly one step (substeps[k] for network k), else
+ * LSS_ERR_STATE. A step that returns LSS_ERR_NUMERIC is skipped: it is counted, its losses are left
+ * out of the training means, and the step count of every optimizer that did not complete its steps
+ * is moved on to the loop's (no parameter changes, the learning-rate schedule advances). Any other non-zero
  * status of step or eval stops the loop and is returned as is (nothing more is written).
  *
  * Evaluations and the loss CSV. After step count n = t + 1 is reached, a row is made when n is a
