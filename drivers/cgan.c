@@ -390,7 +390,7 @@ static int cmd_train(int argc, char **argv) {
         lss_drv_check(lss_train(nets, 2, &to, &gres), "GAN training");
         lss_drv_progress_end(&c.prog);
         fprintf(stderr, "cgan train: %lld iterations, %.3f s each (%d critic steps + 1 generator step, batch %d)\n", (long long)gres.steps_done,
-                gres.seconds_step / (gres.steps_done > 0 ? (double)gres.steps_done : 1), m.o.n_critic, c.batch);
+                gres.seconds_step / (double)(gres.steps_done - c.prog.base > 0 ? gres.steps_done - c.prog.base : 1), m.o.n_critic, c.batch);
     }
     char extra[512];
     snprintf(extra, sizeof extra, "\"iterations\": %d, \"regressor_steps\": %d, \"batch\": %d, \"lr\": %g, \"optimizer\": \"%s\", \"critic_projection\": %d, "
