@@ -712,7 +712,7 @@ typedef struct {
     lss_convgen gen;
     lss_tensor *xform;              /* [2]: scale, offset */
     lss_graph *g, *g2, *ge;         /* training graphs and an evaluation graph */
-    float *real, *fake, *y, *z, *eps;
+    float *real, *fake, *y, *z, *eps, *zh;  /* batch buffers (zh: the rescaled latents) */
 } lss_cgan;
 /* The paper's networks (Tables A1, A2) scaled: the critic convolves side x side maps with a 7 x 7 layer
  * of w0 channels, then nstride stride-2 layers (5 x 5, the last 3 x 3) doubling the channels, then dense
@@ -4468,7 +4468,7 @@ LSSDEF void lss_cgan_free(lss_cgan *m) {
     lss_optim_free(m->oc); lss_optim_free(m->og);
     lss_store_free(m->sc); lss_store_free(m->sg);
     lss_graph_free(m->g); lss_graph_free(m->g2); lss_graph_free(m->ge);
-    LSS_FREE(m->real); LSS_FREE(m->fake); LSS_FREE(m->y); LSS_FREE(m->z); LSS_FREE(m->eps);
+    LSS_FREE(m->real); LSS_FREE(m->fake); LSS_FREE(m->y); LSS_FREE(m->z); LSS_FREE(m->eps); LSS_FREE(m->zh);
     memset(m, 0, sizeof *m);
 }
 
@@ -4538,7 +4538,8 @@ LSSDEF int lss_cgan_init(lss_cgan *m, const lss_cgan_opts *opts) {
     m->y = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * o.nparam));
     m->z = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * o.gen.nin));
     m->eps = (float *)LSS_MALLOC(sizeof(float) * (size_t)o.batch);
-    if (!m->real || !m->fake || !m->y || !m->z || !m->eps) { s = lss_seterr(LSS_ERR_NOMEM, "lss_cgan_init: out of memory"); goto fail; }
+    m->zh = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * o.gen.nin));
+    if (!m->real || !m->fake || !m->y || !m->z || !m->eps || !m->zh) { s = lss_seterr(LSS_ERR_NOMEM, "lss_cgan_init: out of memory"); goto fail; }
     m->o = o;
     return LSS_OK;
 fail:
@@ -4607,8 +4608,7 @@ LSSDEF int lss_cgan_step(lss_cgan *m, int64_t t, int (*draw)(void *user, int64_t
     if (!m || !m->sc || !draw || t < 0) return lss_seterr(LSS_ERR_ARG, "lss_cgan_step: bad arguments");
     B = m->o.batch;
     d = (int64_t)m->o.critic.in_ch * m->o.critic.side * m->o.critic.side;
-    zh = (float *)LSS_MALLOC(sizeof(float) * (size_t)(B * m->o.gen.nin));
-    if (!zh) return lss_seterr(LSS_ERR_NOMEM, "lss_cgan_step: out of memory");
+    zh = m->zh;
     for (k = 0; k < m->o.n_critic; k++) {
         lss_rng r;
         if ((s = draw(user, t, k, m->real, m->y))) goto out;
@@ -4640,7 +4640,6 @@ LSSDEF int lss_cgan_step(lss_cgan *m, int64_t t, int (*draw)(void *user, int64_t
     s = numeric ? lss_seterr(LSS_ERR_NUMERIC, "lss_cgan_step: a gradient at iteration %lld is not finite", (long long)t) : LSS_OK;
 out:
     if (stats) { stats[0] = -wd + m->o.lambda * gp; stats[1] = wd; stats[2] = gp; stats[3] = gn; stats[4] = gl; }
-    LSS_FREE(zh);
     return s;
 }
 
