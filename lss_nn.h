@@ -582,10 +582,14 @@ typedef struct {
     int c0;                  /* channels at full size; 0 means 32 (then 2 c0, 4 c0) */
     int sigma_cond;
     float sigma_eps;
+    int no_batchnorm;        /* 1: no batch norm anywhere (biased convolutions instead): outputs independent of the
+                                batch's other samples, as a diffusion model at mixed noise levels needs; 0: as above */
+    int sigma_log;           /* 1: the noise channels hold ln(|sigma_n|) / 4 instead of sigma_n (noise levels spanning
+                                decades); the output is still divided by |sigma_n| + sigma_eps */
 } lss_unet_opts;
 typedef struct {
     lss_unet_opts o;
-    lss_tensor *stem_w, *stem_bn[4], *up1_w, *up1_b, *up2_w, *up2_b, *head_w, *head_b;
+    lss_tensor *stem_w, *stem_b, *stem_bn[4], *up1_w, *up1_b, *up2_w, *up2_b, *head_w, *head_b;
     lss_resblock enc0, enc1, enc2, mid, dec1, dec0;
 } lss_unet;
 LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss_unet_opts *opts);
@@ -4094,12 +4098,13 @@ LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss
     u->o = o;
     {
         lss_tensor *nob;
-        if ((s = lss__conv_init(st, name, "stem", c0, o.in_ch + cc, 3, 0, &u->stem_w, &nob))) return s;
+        if ((s = lss__conv_init(st, name, "stem", c0, o.in_ch + cc, 3, o.no_batchnorm ? 1 : 0, &u->stem_w, &nob))) return s;
+        u->stem_b = nob;
     }
-    if ((s = lss__bn_init(st, name, "stem_bn", c0, u->stem_bn))) return s;
+    if (!o.no_batchnorm && (s = lss__bn_init(st, name, "stem_bn", c0, u->stem_bn))) return s;
 #define LSS__RB(field, part, ci, co, str)                                                          \
     snprintf(nm, sizeof nm, "%s.%s", name, part);                                                  \
-    if ((s = lss_resblock_init(&u->field, st, nm, ci, co, 3, str, 1, 1, LSS_ACT_RELU))) return s
+    if ((s = lss_resblock_init(&u->field, st, nm, ci, co, 3, str, !o.no_batchnorm, 1, LSS_ACT_RELU))) return s
     LSS__RB(enc0, "enc0", c0, c0, 1);
     LSS__RB(enc1, "enc1", c0, c1, 2);
     LSS__RB(enc2, "enc2", c1, c2, 2);
@@ -4122,13 +4127,15 @@ LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss
 }
 
 /* A [N, 1, H, W] map of sigma_n (no gradient). */
-static lss_tensor *lss__sigma_map(lss_graph *g, const lss_tensor *sigma, int64_t N, int64_t H, int64_t W) {
+static lss_tensor *lss__sigma_map(lss_graph *g, const lss_tensor *sigma, int64_t N, int64_t H, int64_t W, int logsig) {
     int64_t sh[4], n, p;
     lss_tensor *m;
     sh[0] = N; sh[1] = 1; sh[2] = H; sh[3] = W;
     if (!(m = lss_tensor_new(g, 4, sh))) return NULL;
-    for (n = 0; n < N; n++)
-        for (p = 0; p < H * W; p++) m->data[n * H * W + p] = sigma->data[n];
+    for (n = 0; n < N; n++) {
+        float v = logsig ? logf(fabsf(sigma->data[n])) * 0.25f : sigma->data[n];
+        for (p = 0; p < H * W; p++) m->data[n * H * W + p] = v;
+    }
     return m;
 }
 
@@ -4142,14 +4149,15 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
     N = x->shape[0]; H = x->shape[2]; W = x->shape[3];
     if (u->o.sigma_cond) {
         if (!sigma || sigma->n != N) return lss__shape_err(g, "lss_unet_forward (sigma needs one value per sample)", x, sigma);
-        x = lss_op_concat(g, x, lss__sigma_map(g, sigma, N, H, W), 1);
+        x = lss_op_concat(g, x, lss__sigma_map(g, sigma, N, H, W, u->o.sigma_log), 1);
     }
-    h = lss_op_conv2d(g, x, u->stem_w, NULL, 1, 1);
-    h = lss_op_relu(g, lss_op_batchnorm(g, h, u->stem_bn[0], u->stem_bn[1], u->stem_bn[2], u->stem_bn[3], 0.9f, 1e-5f));
+    h = lss_op_conv2d(g, x, u->stem_w, u->stem_b, 1, 1);
+    if (!u->o.no_batchnorm) h = lss_op_batchnorm(g, h, u->stem_bn[0], u->stem_bn[1], u->stem_bn[2], u->stem_bn[3], 0.9f, 1e-5f);
+    h = lss_op_relu(g, h);
     s0 = lss_resblock_forward(g, &u->enc0, h);
     s1 = lss_resblock_forward(g, &u->enc1, s0);
     h = lss_resblock_forward(g, &u->enc2, s1);
-    if (u->o.sigma_cond) h = lss_op_concat(g, h, lss__sigma_map(g, sigma, N, H / 4, W / 4), 1);
+    if (u->o.sigma_cond) h = lss_op_concat(g, h, lss__sigma_map(g, sigma, N, H / 4, W / 4, u->o.sigma_log), 1);
     h = lss_resblock_forward(g, &u->mid, h);
     h = lss_op_conv2d_transpose(g, h, u->up1_w, u->up1_b, 2, 0, 0);
     h = lss_resblock_forward(g, &u->dec1, lss_op_concat(g, h, s1, 1));
