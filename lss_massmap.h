@@ -2281,9 +2281,48 @@ static int lss__mm_hmc_step(lss__mm_hmc *h) {
     return LSS_OK;
 }
 
-/* Dormand-Prince 5(4) on all chains together from t0 down to t1 (t0 > t1 >= 0). */
-static int lss__mm_ode(lss_mm_post *p, int B, float *x, double t0, double t1, double rtol, double atol,
-                       float *buf, float *sig, int64_t *nsteps, int64_t *nrej, lss_grid_ws *fixed, int64_t *nev) {
+/* Score callback of the probability-flow integrator: the score of n maps x [n, N] at noise levels sigma [n]
+ * into out [n, N]; rows [n] (NULL: 0 .. n-1) says which of the integrator's maps they are. */
+typedef int (*lss__mm_score_fn)(void *user, int n, const int *rows, const float *x, const float *sigma, float *out);
+
+/* Score evaluation of the maps of groups act[0 .. na) (gs maps each) at stage input src into dst: in place
+ * when one group holds every map, else packed into xp/kp and scattered back. Then dst *= -1/2. */
+static int lss__mm_pf_eval(lss__mm_score_fn f, void *user, int B, int gs, int64_t N, int na, const int *act,
+                           const double *tq, const float *src, float *dst, float *xp, float *kp, float *sig,
+                           int *rows) {
+    int64_t i, GN = (int64_t)gs * N;
+    int a, j, n = 0, st;
+    if (na == 1 && gs == B) {
+        for (j = 0; j < B; j++) sig[j] = (float)sqrt(tq[act[0]] > 0 ? tq[act[0]] : 0);
+        if ((st = f(user, B, NULL, src, sig, dst)) != LSS_OK) return st;
+        for (i = 0; i < (int64_t)B * N; i++) dst[i] *= -0.5f;
+        return LSS_OK;
+    }
+    for (a = 0; a < na; a++) {
+        memcpy(xp + (int64_t)a * GN, src + (int64_t)act[a] * GN, sizeof(float) * (size_t)GN);
+        for (j = 0; j < gs; j++) {
+            sig[n] = (float)sqrt(tq[act[a]] > 0 ? tq[act[a]] : 0);
+            rows[n++] = act[a] * gs + j;
+        }
+    }
+    if ((st = f(user, n, rows, xp, sig, kp)) != LSS_OK) return st;
+    for (a = 0; a < na; a++) {
+        float *d = dst + (int64_t)act[a] * GN;
+        const float *k = kp + (int64_t)a * GN;
+        for (i = 0; i < GN; i++) d[i] = k[i] * -0.5f;
+    }
+    return LSS_OK;
+}
+
+/* The probability-flow ODE dx/dt = -1/2 score(x, sqrt t) (t = sigma^2), the one integrator of this header
+ * (lss_mm_sample, lss_mm_diff_sample): Dormand-Prince 5(4) with error control from t0 down to t1 (t0 > t1 >= 0)
+ * on B maps of N pixels in x, updated in place. joint = 1: one step size for all maps and one error norm (RMS
+ * over every pixel of every map), as lss_mm_sample's chains; joint = 0: each map its own step size and error
+ * norm, the maps still running evaluated together, so that a map's path does not depend on the others.
+ * nsteps and nrej (accepted and rejected steps) are summed over the maps (joint: counted once). fn names the
+ * caller in errors. */
+static int lss__mm_pf_ode(int B, int64_t N, float *x, double t0, double t1, double rtol, double atol, int joint,
+                          lss__mm_score_fn f, void *user, const char *fn, int64_t *nsteps, int64_t *nrej) {
     static const double c[7] = {0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0};
     static const double a[7][6] = {{0, 0, 0, 0, 0, 0},
                                    {0.2, 0, 0, 0, 0, 0},
@@ -2293,57 +2332,125 @@ static int lss__mm_ode(lss_mm_post *p, int B, float *x, double t0, double t1, do
                                    {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656, 0},
                                    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84}};
     static const double e[7] = {71.0 / 57600, 0, -71.0 / 16695, 71.0 / 1920, -17253.0 / 339200, 22.0 / 525, -1.0 / 40};
-    int64_t N = lss_grid_npix(p->g), M = (int64_t)B * N, i;
-    float *k[7], *xn = buf + 7 * M, *xtmp = buf + 8 * M;
-    double t = t0, h, err;
-    int st, j, q, r, have_k1 = 0;
-    for (q = 0; q < 7; q++) k[q] = buf + q * M;
-    h = -(t0 - t1) / 8.0;
+    int G = joint ? 1 : B, gs = joint ? B : 1, g, na, q, r, st = LSS_OK, ak;
+    int64_t M = (int64_t)B * N, GN = (int64_t)gs * N, i;
+    float *mem, *k[7], *xn, *xtmp, *xp = NULL, *kp = NULL, *sig;
+    double *t, *h, *tq;
+    int64_t *ns, *nr;
+    int *act, *need, *rows, *hk1;
+    size_t nf = (size_t)(9 * M + (G > 1 ? 2 * M : 0) + B);
+    mem = (float *)LSS_MALLOC(sizeof(float) * nf);
+    t = (double *)LSS_MALLOC(sizeof(double) * (size_t)G * 3);
+    ns = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)G * 2);
+    act = (int *)LSS_MALLOC(sizeof(int) * (size_t)(3 * G + B));
     *nsteps = *nrej = 0;
-    while (t > t1) {
-        if (t + h < t1) h = t1 - t;
-        if (!have_k1) {
-            for (j = 0; j < B; j++) sig[j] = (float)sqrt(t > 0 ? t : 0);
-            if ((st = lss__mm_post_eval(p, B, x, sig, k[0], NULL, NULL, fixed, nev)) != LSS_OK) return st;
-            for (i = 0; i < M; i++) k[0][i] *= -0.5f;
-            have_k1 = 1;
-        }
-        for (q = 1; q < 7; q++) {
-            double tq = t + c[q] * h;
-            for (i = 0; i < M; i++) {
-                double v = x[i];
-                for (r = 0; r < q; r++) v += h * a[q][r] * k[r][i];
-                xtmp[i] = (float)v;
-            }
-            if (q == 6) memcpy(xn, xtmp, sizeof(float) * (size_t)M);
-            for (j = 0; j < B; j++) sig[j] = (float)sqrt(tq > 0 ? tq : 0);
-            if ((st = lss__mm_post_eval(p, B, xtmp, sig, k[q], NULL, NULL, fixed, nev)) != LSS_OK) return st;
-            for (i = 0; i < M; i++) k[q][i] *= -0.5f;
-        }
-        err = 0;
-        for (i = 0; i < M; i++) {
-            double d = 0, sc;
-            for (q = 0; q < 7; q++) d += e[q] * k[q][i];
-            d *= h;
-            sc = atol + rtol * fmax(fabs((double)x[i]), fabs((double)xn[i]));
-            err += (d / sc) * (d / sc);
-        }
-        err = sqrt(err / (double)M);
-        if (!isfinite(err)) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_sample: the ODE produced NaN");
-        if (err <= 1.0) {
-            t += h;
-            if (t < t1 + 1e-12 * t0) t = t1;
-            memcpy(x, xn, sizeof(float) * (size_t)M);
-            memcpy(k[0], k[6], sizeof(float) * (size_t)M);
-            (*nsteps)++;
-            h *= fmin(5.0, fmax(0.2, 0.9 * pow(err > 1e-10 ? err : 1e-10, -0.2)));
-        } else {
-            (*nrej)++;
-            h *= fmax(0.2, 0.9 * pow(err, -0.2));
-        }
-        if (*nsteps + *nrej > 100000) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_sample: the ODE needs more than 100000 steps");
+    if (!mem || !t || !ns || !act) {
+        LSS_FREE(mem); LSS_FREE(t); LSS_FREE(ns); LSS_FREE(act);
+        return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory for the ODE of %d maps", fn, B);
     }
-    return LSS_OK;
+    for (q = 0; q < 7; q++) k[q] = mem + q * M;
+    xn = mem + 7 * M;
+    xtmp = mem + 8 * M;
+    if (G > 1) {
+        xp = mem + 9 * M;
+        kp = xp + M;
+    }
+    sig = mem + 9 * M + (G > 1 ? 2 * M : 0);
+    h = t + G;
+    tq = h + G;
+    nr = ns + G;
+    need = act + G;
+    hk1 = need + G;
+    rows = hk1 + G;
+    for (g = 0; g < G; g++) {
+        t[g] = t0;
+        h[g] = -(t0 - t1) / 8.0;
+        hk1[g] = 0;
+        ns[g] = nr[g] = 0;
+    }
+    for (;;) {
+        int nn = 0;
+        na = 0;
+        for (g = 0; g < G; g++)
+            if (t[g] > t1) {
+                if (t[g] + h[g] < t1) h[g] = t1 - t[g];
+                act[na++] = g;
+                if (!hk1[g]) need[nn++] = g;
+            }
+        if (na == 0) break;
+        if (nn > 0) {
+            for (g = 0; g < nn; g++) tq[need[g]] = t[need[g]];
+            if ((st = lss__mm_pf_eval(f, user, B, gs, N, nn, need, tq, x, k[0], xp, kp, sig, rows)) != LSS_OK) break;
+            for (g = 0; g < nn; g++) hk1[need[g]] = 1;
+        }
+        for (q = 1; q < 7 && st == LSS_OK; q++) {
+            for (ak = 0; ak < na; ak++) {
+                int64_t i0 = (int64_t)act[ak] * GN, i1 = i0 + GN;
+                double hg = h[act[ak]];
+                tq[act[ak]] = t[act[ak]] + c[q] * hg;
+                for (i = i0; i < i1; i++) {
+                    double v = x[i];
+                    for (r = 0; r < q; r++) v += hg * a[q][r] * k[r][i];
+                    xtmp[i] = (float)v;
+                }
+                if (q == 6) memcpy(xn + i0, xtmp + i0, sizeof(float) * (size_t)GN);
+            }
+            st = lss__mm_pf_eval(f, user, B, gs, N, na, act, tq, xtmp, k[q], xp, kp, sig, rows);
+        }
+        if (st != LSS_OK) break;
+        for (ak = 0; ak < na; ak++) {
+            int64_t i0 = (int64_t)act[ak] * GN, i1 = i0 + GN;
+            double err = 0, hg;
+            g = act[ak];
+            hg = h[g];
+            for (i = i0; i < i1; i++) {
+                double d = 0, sc;
+                for (q = 0; q < 7; q++) d += e[q] * k[q][i];
+                d *= hg;
+                sc = atol + rtol * fmax(fabs((double)x[i]), fabs((double)xn[i]));
+                err += (d / sc) * (d / sc);
+            }
+            err = sqrt(err / (double)GN);
+            if (!isfinite(err)) {
+                st = lss_seterr(LSS_ERR_NUMERIC, "%s: the ODE produced NaN", fn);
+                break;
+            }
+            if (err <= 1.0) {
+                t[g] += hg;
+                if (t[g] < t1 + 1e-12 * t0) t[g] = t1;
+                memcpy(x + i0, xn + i0, sizeof(float) * (size_t)GN);
+                memcpy(k[0] + i0, k[6] + i0, sizeof(float) * (size_t)GN);
+                ns[g]++;
+                h[g] *= fmin(5.0, fmax(0.2, 0.9 * pow(err > 1e-10 ? err : 1e-10, -0.2)));
+            } else {
+                nr[g]++;
+                h[g] *= fmax(0.2, 0.9 * pow(err, -0.2));
+            }
+            if (ns[g] + nr[g] > 100000) {
+                st = lss_seterr(LSS_ERR_NUMERIC, "%s: the ODE needs more than 100000 steps", fn);
+                break;
+            }
+        }
+        if (st != LSS_OK) break;
+    }
+    for (g = 0; g < G; g++) {
+        *nsteps += ns[g];
+        *nrej += nr[g];
+    }
+    LSS_FREE(mem); LSS_FREE(t); LSS_FREE(ns); LSS_FREE(act);
+    return st;
+}
+
+/* lss_mm_sample's score for the integrator: the tempered posterior score of the chains. */
+typedef struct {
+    lss_mm_post *p;
+    lss_grid_ws *fixed;
+    int64_t *nev;
+} lss__mm_ode_post;
+static int lss__mm_ode_post_score(void *user, int n, const int *rows, const float *x, const float *sigma, float *out) {
+    lss__mm_ode_post *u = (lss__mm_ode_post *)user;
+    (void)rows;
+    return lss__mm_post_eval(u->p, n, x, sigma, out, NULL, NULL, u->fixed, u->nev);
 }
 
 /* Runs chains [chain0, chain0 + B) of a resolved option set; fixed: serial with one workspace. */
@@ -2444,14 +2551,13 @@ static int lss__mm_sample_run(lss_mm_post *p, const lss_mm_sample_opts *o, int c
     st->hmc_evals_per_chain = (double)h.nev / h.B;
     /* probability-flow ODE from t = sigma_min^2 */
     if (s == LSS_OK && !d.no_ode && d.sigma_min * d.sigma_min > d.ode_t_end) {
-        float *buf = (float *)LSS_MALLOC(sizeof(float) * (size_t)(9 * M));
+        lss__mm_ode_post u;
         int64_t ns = 0, nr = 0;
-        if (!buf) s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample: out of memory for the ODE");
-        else {
-            s = lss__mm_ode(p, h.B, h.x, d.sigma_min * d.sigma_min, d.ode_t_end, d.ode_rtol, d.ode_atol, buf, h.sig, &ns, &nr,
-                            fixed, &ev1);
-            LSS_FREE(buf);
-        }
+        u.p = p;
+        u.fixed = fixed;
+        u.nev = &ev1;
+        s = lss__mm_pf_ode(h.B, N, h.x, d.sigma_min * d.sigma_min, d.ode_t_end, d.ode_rtol, d.ode_atol, 1,
+                           lss__mm_ode_post_score, &u, "lss_mm_sample", &ns, &nr);
         st->ode_steps = ns;
         st->ode_rejected = nr;
         st->ode_evals_per_chain = (double)ev1 / h.B;
