@@ -293,6 +293,7 @@ typedef enum {
     LSS_STREAM_NBODY_IC = 20,  /* lss_maps.h: N-body initial Gaussian modes (index = run) */
     LSS_STREAM_NBODY_CONE = 21,/* lss_maps.h: light-cone replica rotations and shifts (index = run, sub = cone) */
     LSS_STREAM_GAN = 22,       /* lss_nn.h: generator latents and penalty interpolation weights (index = step or map) */
+    LSS_STREAM_FLOW = 23,      /* lss_nn.h: normalizing-flow latents of generated maps (index = map) */
     LSS_STREAM_NPURPOSES
 } lss_purpose;
 typedef enum {

@@ -22,7 +22,8 @@
  *                        lss_graph_memory, lss_tensor_new, lss_view, lss_backward, lss_backward_seed
  *   4. operations        lss_op_matmul, lss_op_dense, lss_op_conv2d (any kernel, stride, padding),
  *                        lss_op_conv2d_transpose, lss_op_avgpool2d, lss_op_upsample2d (nearest),
- *                        lss_op_concat, lss_op_add, lss_op_sub, lss_op_mul (numpy broadcasting),
+ *                        lss_op_concat, lss_op_slice, lss_op_squeeze2d, lss_op_logabsdet,
+ *                        lss_op_add, lss_op_sub, lss_op_mul (numpy broadcasting),
  *                        lss_op_scale, lss_op_add_scalar, lss_op_relu, lss_op_leaky_relu,
  *                        lss_op_softplus, lss_op_tanh, lss_op_sigmoid, lss_op_exp, lss_op_ln,
  *                        lss_op_batchnorm (train/eval), lss_op_spectral_norm (power iteration),
@@ -46,6 +47,9 @@
  *                        and regressor), lss_convgen_init/_forward (generator), lss_cgan_latent (eq. 2),
  *                        lss_wgan_gp_step (WGAN-GP critic step, exact penalty gradient),
  *                        lss_cgan_opts_paper, lss_cgan_init/_free/_step/_generate/_to_kappa/_from_kappa
+ *                        the normalizing flow (multiscale affine coupling): lss_flow_create/_free/_store/
+ *                        _options/_dim, lss_flow_set_transform/_get_transform/_to_flow/_to_kappa,
+ *                        lss_flow_nll, lss_flow_encode, lss_flow_forward/_inverse/_logp/_sample
  *  11. GPU primitives    (LSS_CUDA; lss_gpu.cu) lss_gpu_device_count, lss_gpu_init/_free,
  *                        lss_gpu_name, lss_gpu_set_tf32, lss_gpu_sync, buffers (lss_gpu_alloc,
  *                        lss_gpu_allocf, lss_gpu_dealloc, lss_gpu_upload[f], lss_gpu_download[f],
@@ -278,6 +282,14 @@ LSSDEF lss_tensor *lss_op_avgpool2d(lss_graph *g, lss_tensor *x, int k, int stri
 LSSDEF lss_tensor *lss_op_upsample2d(lss_graph *g, lss_tensor *x, int factor);
 /* Concatenation of two tensors along `axis` (other sizes equal). */
 LSSDEF lss_tensor *lss_op_concat(lss_graph *g, lss_tensor *a, lss_tensor *b, int axis);
+/* Elements [start, start + len) of axis `axis` (channel split of coupling layers). */
+LSSDEF lss_tensor *lss_op_slice(lss_graph *g, lss_tensor *x, int axis, int64_t start, int64_t len);
+/* Space to depth: [N, C, H, W] -> [N, 4C, H/2, W/2] (H, W even), output channel 4c + 2i + j holding
+ * x[c, 2y + i, 2x + j]; inverse = 1 undoes it ([N, 4C, H, W] -> [N, C, 2H, 2W]). A permutation: no Jacobian. */
+LSSDEF lss_tensor *lss_op_squeeze2d(lss_graph *g, lss_tensor *x, int inverse);
+/* ln |det A| of a square matrix A ([n, n] or [n, n, 1, 1]) as a 0-D tensor; its gradient is A^-T.
+ * LU with partial pivoting in double precision; a singular matrix is LSS_ERR_NUMERIC. */
+LSSDEF lss_tensor *lss_op_logabsdet(lss_graph *g, lss_tensor *a);
 /* Elementwise a + b and a * b with numpy broadcasting (shapes aligned on the right; a size-1 or
  * missing dimension is broadcast). */
 LSSDEF lss_tensor *lss_op_add(lss_graph *g, lss_tensor *a, lss_tensor *b);
@@ -745,6 +757,75 @@ LSSDEF int lss_cgan_generate(lss_cgan *m, const float *z, const float *y, int n,
 /* Network units to convergence and back, in place, on n values. */
 LSSDEF void lss_cgan_to_kappa(const lss_cgan *m, float *x, int64_t n);
 LSSDEF void lss_cgan_from_kappa(const lss_cgan *m, float *x, int64_t n);
+
+/* ---- normalizing flow (multiscale affine-coupling flow of the RealNVP / Glow family)
+ * Maps x [N, 1, h, w] (the flow's space) to latents z ~ N(0, 1) by an invertible network with exact
+ * log-determinant (Dinh et al. 2017, RealNVP; Kingma & Dhariwal 2018, Glow):
+ *   level 0: `steps` x [actnorm, checkerboard affine coupling] (the mask's parity alternates);
+ *   level l = 1..levels: squeeze (lss_op_squeeze2d: C -> 4C, side / 2), then `steps` x [actnorm,
+ *   invertible 1x1 convolution (or a fixed channel reversal), channel affine coupling]; below the last
+ *   level half of the channels leave as latents (split) and the other half go on.
+ * Actnorm: y = (x + b) exp(ls) per channel, initialised from the first training batch (zero mean, unit
+ * variance per channel; log-det h w sum ls). 1x1 convolution: y = W x per pixel, W a random rotation at
+ * the start (log-det h w ln|det W|). Affine coupling: the kept part x_a (channel half, or the checkerboard
+ * cells) feeds a conditioner conv3x3 -> ReLU -> conv1x1 -> ReLU -> conv3x3 (zero-initialised, so every
+ * coupling starts as the identity) that gives (r, t); s = g tanh(r) (g learnt per channel, 1 at the start)
+ * and the other part becomes x_b exp(s) + t (log-det sum s). With ncond > 0 the conditioning values
+ * (given already scaled to about unit range) enter every conditioner as constant input channels.
+ * Log-density: ln p(x) = sum ln N(z; 0, 1) + sum log-dets; a latent vector of a map is the concatenation
+ * of the split latents in level order and the last level's output (lss_flow_dim values).
+ * The transform between convergence and the flow's space is part of the model (kept in its store, so
+ * checkpoints carry it): LSS_FLOW_AFFINE y = (kappa - mean) / std, or LSS_FLOW_LOG (the lognormal
+ * model of kappa) y = (ln(kappa + shift) - mean) / std, defined for kappa > -shift. Densities of
+ * convergence maps include its Jacobian: ln p(kappa) = ln p(y) + sum_i ln |dy_i / dkappa_i|. The maps
+ * are continuous, so no dequantisation noise is added: these are densities, and bits per dimension at
+ * a quantisation step delta follow as -ln p(kappa) / (D ln 2) - log2 delta (delta well below the
+ * noise; it only shifts every model by the same constant). */
+enum { LSS_FLOW_AFFINE = 0, LSS_FLOW_LOG = 1 };
+#define LSS_FLOW_MAXLEVELS 6
+#define LSS_FLOW_MAXCOND 8
+typedef struct {
+    int h, w;                /* map size, multiples of 2^levels (required) */
+    int levels;              /* squeezes, 1..LSS_FLOW_MAXLEVELS (0: 3) */
+    int steps;               /* flow steps per level, 1..32 (0: 4) */
+    int hidden;              /* conditioner channels (0: 32) */
+    int ncond;               /* conditioning values per map, 0..LSS_FLOW_MAXCOND */
+    int permute;             /* 1: fixed channel reversal instead of the 1x1 convolutions */
+    uint64_t seed;           /* initialisation */
+} lss_flow_opts;
+typedef struct lss_flow lss_flow;
+LSSDEF int lss_flow_create(const lss_flow_opts *o, lss_flow **out);
+LSSDEF void lss_flow_free(lss_flow *f);
+LSSDEF lss_store *lss_flow_store(lss_flow *f);     /* parameters and buffers (for lss_optim, lss_ckpt_*) */
+LSSDEF const lss_flow_opts *lss_flow_options(const lss_flow *f);   /* with defaults filled in */
+LSSDEF int64_t lss_flow_dim(const lss_flow *f);    /* h w */
+/* The transform between convergence and the flow's space (kind LSS_FLOW_AFFINE or LSS_FLOW_LOG; std > 0;
+ * shift > 0 for the log form). Without a call the transform is the identity (affine, mean 0, std 1). */
+LSSDEF int lss_flow_set_transform(lss_flow *f, int kind, double shift, double mean, double std);
+LSSDEF void lss_flow_get_transform(const lss_flow *f, int *kind, double *shift, double *mean, double *std);
+/* kappa [n h w] -> y (may alias); logjac [n] (may be NULL) receives sum_i ln |dy_i / dkappa_i| per map.
+ * LSS_ERR_NUMERIC naming the map for a non-finite value, LSS_ERR_RANGE for kappa <= -shift (log form). */
+LSSDEF int lss_flow_to_flow(const lss_flow *f, int n, const float *kappa, float *y, double *logjac);
+LSSDEF void lss_flow_to_kappa(const lss_flow *f, int n, const float *y, float *kappa);
+/* Training objective in a graph: x [N, 1, h, w] in the flow's space, cond [N, ncond] (NULL when ncond 0);
+ * returns the 0-D mean negative log-likelihood per dimension, -sum_n ln p(x_n) / (N h w) (nats, flow
+ * space), ready for lss_backward. logp [N] (may be NULL) receives ln p(x_n) per map. The first call in
+ * a training graph initialises the actnorm layers from this batch (data-dependent initialisation). */
+LSSDEF lss_tensor *lss_flow_nll(lss_graph *g, lss_flow *f, lss_tensor *x, lss_tensor *cond, double *logp);
+/* The latents of x in a graph, [N, lss_flow_dim] (differentiable: Jacobians, latent-space work; never initialises
+ * the actnorm layers). */
+LSSDEF lss_tensor *lss_flow_encode(lss_graph *g, lss_flow *f, lss_tensor *x, lss_tensor *cond);
+/* Without a graph: latents z [n lss_flow_dim] (may be NULL) and ln p (logp [n], may be NULL) of maps y
+ * in the flow's space. Work is done in chunks of at most 64 maps. */
+LSSDEF int lss_flow_forward(lss_flow *f, int n, const float *y, const float *cond, float *z, double *logp);
+/* The inverse: maps y [n h w] in the flow's space from latents z. */
+LSSDEF int lss_flow_inverse(lss_flow *f, int n, const float *z, const float *cond, float *y);
+/* ln p(kappa) per map [n] for convergence maps (the transform's Jacobian included). */
+LSSDEF int lss_flow_logp(lss_flow *f, int n, const float *kappa, const float *cond, double *logp);
+/* n convergence maps at a temperature (latents N(0, temperature^2)); map i uses the stream
+ * (LSS_STREAM_FLOW, index0 + i) under seed, so any subset is reproducible. */
+LSSDEF int lss_flow_sample(lss_flow *f, int n, const float *cond, double temperature, uint64_t seed, uint64_t index0,
+                           float *kappa);
 
 /* ==== GPU API (LSS_CUDA) ==== */
 #ifdef LSS_CUDA
@@ -1554,6 +1635,9 @@ struct lss__node {
         struct { float *mean, *invstd; int train; } bn;        /* per channel */
         struct { float *u, *v; float sigma; int64_t rows; } sn;
         struct { int K; } gmm;
+        struct { int64_t outer, full, off, len; } sl;          /* slice: blocks of len floats at off of full */
+        struct { int inv; } sq;
+        struct { double *inv; int n; } det;                     /* A^-1 (row-major) */
     } p;
     lss__node *prev;
 };
@@ -2672,6 +2756,148 @@ LSSDEF lss_tensor *lss_op_global_avgpool(lss_graph *g, lss_tensor *x) {
     {
         LSS__REC(g, nd, lss__global_avgpool_bwd, y, x, NULL, NULL);
         (void)nd;
+    }
+    return y;
+}
+
+/* ---------------------------------------------------------------- slices, squeeze, log-determinant */
+static void lss__slice_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0];
+    const float *go = nd->out->grad;
+    int64_t o, k, outer = nd->p.sl.outer, full = nd->p.sl.full, off = nd->p.sl.off, len = nd->p.sl.len;
+    if (!a->grad) return;
+    for (o = 0; o < outer; o++)
+        for (k = 0; k < len; k++) a->grad[o * full + off + k] += go[o * len + k];
+}
+LSSDEF lss_tensor *lss_op_slice(lss_graph *g, lss_tensor *x, int axis, int64_t start, int64_t len) {
+    lss_tensor *y;
+    int64_t sh[LSS_NN_MAXDIM], outer = 1, inner = 1, o;
+    int i;
+    if (!lss__enter(g, "lss_op_slice", 1, x, NULL, NULL)) return NULL;
+    if (axis < 0 || axis >= x->ndim || start < 0 || len < 1 || start + len > x->shape[axis])
+        return lss__fail(g, LSS_ERR_SHAPE, "%s: slice outside the axis%s", "lss_op_slice", NULL);
+    for (i = 0; i < x->ndim; i++) {
+        sh[i] = i == axis ? len : x->shape[i];
+        if (i < axis) outer *= x->shape[i];
+        if (i > axis) inner *= x->shape[i];
+    }
+    y = lss__new(g, x->ndim, sh, lss__wants_grad(g, x, NULL, NULL), 0);
+    if (!y) return NULL;
+    for (o = 0; o < outer; o++)
+        memcpy(y->data + o * len * inner, x->data + o * x->shape[axis] * inner + start * inner, (size_t)(len * inner) * sizeof(float));
+    {
+        LSS__REC(g, nd, lss__slice_bwd, y, x, NULL, NULL);
+        if (nd) { nd->p.sl.outer = outer; nd->p.sl.full = x->shape[axis] * inner; nd->p.sl.off = start * inner; nd->p.sl.len = len * inner; }
+    }
+    return y;
+}
+
+/* Moves between the fine layout [N, C, 2h, 2w] and the squeezed one [N, 4C, h, w]; to_coarse = 1 copies (or
+ * adds) fine into coarse, else coarse into fine. */
+static void lss__squeeze_move(const float *src, float *dst, int64_t N, int64_t C, int64_t h, int64_t w, int to_coarse, int add) {
+    int64_t n, c, y, x, i, j;
+    for (n = 0; n < N; n++)
+        for (c = 0; c < C; c++)
+            for (i = 0; i < 2; i++)
+                for (j = 0; j < 2; j++)
+                    for (y = 0; y < h; y++)
+                        for (x = 0; x < w; x++) {
+                            int64_t fi = ((n * C + c) * 2 * h + 2 * y + i) * 2 * w + 2 * x + j;
+                            int64_t ci = ((n * 4 * C + 4 * c + 2 * i + j) * h + y) * w + x;
+                            if (to_coarse) { if (add) dst[ci] += src[fi]; else dst[ci] = src[fi]; }
+                            else { if (add) dst[fi] += src[ci]; else dst[fi] = src[ci]; }
+                        }
+}
+static void lss__squeeze_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0], *y = nd->out;
+    if (!a->grad) return;
+    if (!nd->p.sq.inv) lss__squeeze_move(y->grad, a->grad, a->shape[0], a->shape[1], y->shape[2], y->shape[3], 0, 1);
+    else lss__squeeze_move(y->grad, a->grad, a->shape[0], y->shape[1], a->shape[2], a->shape[3], 1, 1);
+}
+LSSDEF lss_tensor *lss_op_squeeze2d(lss_graph *g, lss_tensor *x, int inverse) {
+    lss_tensor *y;
+    int64_t sh[4];
+    if (!lss__enter(g, "lss_op_squeeze2d", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim != 4 || (!inverse && (x->shape[2] % 2 || x->shape[3] % 2)) || (inverse && x->shape[1] % 4))
+        return lss__shape_err(g, inverse ? "lss_op_squeeze2d (inverse: [N, 4C, H, W])" : "lss_op_squeeze2d ([N, C, H, W], H and W even)", x, NULL);
+    sh[0] = x->shape[0];
+    if (!inverse) { sh[1] = 4 * x->shape[1]; sh[2] = x->shape[2] / 2; sh[3] = x->shape[3] / 2; }
+    else { sh[1] = x->shape[1] / 4; sh[2] = 2 * x->shape[2]; sh[3] = 2 * x->shape[3]; }
+    y = lss__new(g, 4, sh, lss__wants_grad(g, x, NULL, NULL), 0);
+    if (!y) return NULL;
+    if (!inverse) lss__squeeze_move(x->data, y->data, sh[0], x->shape[1], sh[2], sh[3], 1, 0);
+    else lss__squeeze_move(x->data, y->data, sh[0], sh[1], x->shape[2], x->shape[3], 0, 0);
+    {
+        LSS__REC(g, nd, lss__squeeze_bwd, y, x, NULL, NULL);
+        if (nd) nd->p.sq.inv = inverse ? 1 : 0;
+    }
+    return y;
+}
+
+/* LU decomposition with partial pivoting of a[n*n] (row-major, in place); ln|det| and, when inv is not NULL, the
+ * inverse. Returns 0 when singular. */
+static int lss__lu_logdet(double *a, int n, int *piv, double *logdet, double *inv) {
+    int i, j, k;
+    double ld = 0;
+    for (k = 0; k < n; k++) {
+        int p = k;
+        for (i = k + 1; i < n; i++) if (fabs(a[i * n + k]) > fabs(a[p * n + k])) p = i;
+        piv[k] = p;
+        if (!(fabs(a[p * n + k]) > 0) || !isfinite(a[p * n + k])) return 0;
+        if (p != k) for (j = 0; j < n; j++) { double t = a[k * n + j]; a[k * n + j] = a[p * n + j]; a[p * n + j] = t; }
+        ld += log(fabs(a[k * n + k]));
+        for (i = k + 1; i < n; i++) {
+            double f = a[i * n + k] / a[k * n + k];
+            a[i * n + k] = f;
+            for (j = k + 1; j < n; j++) a[i * n + j] -= f * a[k * n + j];
+        }
+    }
+    *logdet = ld;
+    if (inv) {
+        int c;
+        for (c = 0; c < n; c++) {
+            double *x = inv + (size_t)c * n;   /* column c of the inverse, stored as row c (transposed below) */
+            for (i = 0; i < n; i++) x[i] = i == c ? 1.0 : 0.0;
+            for (k = 0; k < n; k++) if (piv[k] != k) { double t = x[k]; x[k] = x[piv[k]]; x[piv[k]] = t; }
+            for (i = 0; i < n; i++) for (j = 0; j < i; j++) x[i] -= a[i * n + j] * x[j];
+            for (i = n - 1; i >= 0; i--) {
+                for (j = i + 1; j < n; j++) x[i] -= a[i * n + j] * x[j];
+                x[i] /= a[i * n + i];
+            }
+        }
+        for (i = 0; i < n; i++)
+            for (j = i + 1; j < n; j++) { double t = inv[i * n + j]; inv[i * n + j] = inv[j * n + i]; inv[j * n + i] = t; }
+    }
+    return 1;
+}
+static void lss__logabsdet_bwd(lss__node *nd) {
+    lss_tensor *a = nd->in[0];
+    int n = nd->p.det.n, i, j;
+    float gv = nd->out->grad[0];
+    if (!a->grad) return;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) a->grad[i * n + j] += (float)(gv * nd->p.det.inv[j * n + i]);
+}
+LSSDEF lss_tensor *lss_op_logabsdet(lss_graph *g, lss_tensor *a) {
+    lss_tensor *y;
+    double *m, *inv, ld;
+    int *piv, n, i;
+    if (!lss__enter(g, "lss_op_logabsdet", 1, a, NULL, NULL)) return NULL;
+    if (!((a->ndim == 2 || (a->ndim == 4 && a->shape[2] == 1 && a->shape[3] == 1)) && a->shape[0] == a->shape[1] &&
+          a->shape[0] <= 4096))
+        return lss__shape_err(g, "lss_op_logabsdet (a square matrix [n, n] or [n, n, 1, 1], n <= 4096)", a, NULL);
+    n = (int)a->shape[0];
+    m = (double *)lss__alloc(g, sizeof(double) * (size_t)n * n);
+    inv = (double *)lss__alloc(g, sizeof(double) * (size_t)n * n);
+    piv = (int *)lss__alloc(g, sizeof(int) * (size_t)n);
+    if (!m || !inv || !piv) return NULL;
+    for (i = 0; i < n * n; i++) m[i] = a->data[i];
+    if (!lss__lu_logdet(m, n, piv, &ld, inv)) return lss__fail(g, LSS_ERR_NUMERIC, "%s: the matrix is singular%s", "lss_op_logabsdet", NULL);
+    if (!(y = lss__scalar_out(g, a, NULL, NULL))) return NULL;
+    y->data[0] = (float)ld;
+    {
+        LSS__REC(g, nd, lss__logabsdet_bwd, y, a, NULL, NULL);
+        if (nd) { nd->p.det.inv = inv; nd->p.det.n = n; }
     }
     return y;
 }
@@ -4648,6 +4874,535 @@ LSSDEF int lss_cgan_step(lss_cgan *m, int64_t t, int (*draw)(void *user, int64_t
     s = numeric ? lss_seterr(LSS_ERR_NUMERIC, "lss_cgan_step: a gradient at iteration %lld is not finite", (long long)t) : LSS_OK;
 out:
     if (stats) { stats[0] = -wd + m->o.lambda * gp; stats[1] = wd; stats[2] = gp; stats[3] = gn; stats[4] = gl; }
+    return s;
+}
+
+/* ---------------------------------------------------------------- normalizing flow */
+enum { LSS__FL_ACTNORM = 0, LSS__FL_CONV1, LSS__FL_CHECKER, LSS__FL_CHANNEL, LSS__FL_SQUEEZE, LSS__FL_SPLIT };
+typedef struct {
+    int kind, c, h, w;       /* channels and size of the layer's input (squeeze: before it) */
+    int64_t zoff;            /* split: offset of its latents in a map's latent vector */
+    float *mask;             /* checkerboard: kept cells 1 (h w), then their complement (h w) */
+    lss_tensor *p[7];        /* actnorm b, ls; conv1 W; coupling w1, b1, w2, b2, w3, b3, g */
+} lss__flayer;
+struct lss_flow {
+    lss_flow_opts o;
+    lss_store *st;
+    lss__flayer *L;
+    int nl;
+    int64_t zlast;           /* offset of the last level's output in the latent vector */
+    lss_tensor *xf;          /* buffer: transform kind, shift, mean, std */
+    lss_tensor *init;        /* buffer: 1 once the actnorm layers are initialised */
+    lss_graph *g;            /* evaluation graph of forward / inverse */
+};
+
+LSSDEF void lss_flow_free(lss_flow *f) {
+    int i;
+    if (!f) return;
+    for (i = 0; i < f->nl; i++) LSS_FREE(f->L[i].mask);
+    LSS_FREE(f->L);
+    lss_store_free(f->st);
+    lss_graph_free(f->g);
+    LSS_FREE(f);
+}
+LSSDEF lss_store *lss_flow_store(lss_flow *f) { return f ? f->st : NULL; }
+LSSDEF const lss_flow_opts *lss_flow_options(const lss_flow *f) { return f ? &f->o : NULL; }
+LSSDEF int64_t lss_flow_dim(const lss_flow *f) { return f ? (int64_t)f->o.h * f->o.w : 0; }
+
+static int lss__flow_add(lss_flow *f, int kind, int c, int h, int w, int *cap) {
+    lss__flayer *l;
+    if (f->nl == *cap) {
+        int nc = *cap ? 2 * *cap : 64;
+        lss__flayer *nl = (lss__flayer *)LSS_REALLOC(f->L, sizeof *nl * (size_t)nc);
+        if (!nl) return lss_seterr(LSS_ERR_NOMEM, "lss_flow_create: out of memory");
+        f->L = nl;
+        *cap = nc;
+    }
+    l = &f->L[f->nl++];
+    memset(l, 0, sizeof *l);
+    l->kind = kind; l->c = c; l->h = h; l->w = w;
+    return LSS_OK;
+}
+
+/* Parameters of layer i (tensors "flow.<i>.<part>"). */
+static int lss__flow_params(lss_flow *f, int i) {
+    lss__flayer *l = &f->L[i];
+    lss_store *st = f->st;
+    char nm[64];
+    int64_t sh[4];
+    int hid = f->o.hidden, k;
+#define LSS__FLP(j, part, nd, s0, s1, s2, s3, ini)                                                  \
+    sh[0] = s0; sh[1] = s1; sh[2] = s2; sh[3] = s3;                                                \
+    snprintf(nm, sizeof nm, "flow.%d.%s", i, part);                                               \
+    l->p[j] = lss_store_add(st, nm, nd, sh, ini)
+    switch (l->kind) {
+    case LSS__FL_ACTNORM:
+        LSS__FLP(0, "b", 4, 1, l->c, 1, 1, LSS_INIT_ZERO);
+        LSS__FLP(1, "ls", 4, 1, l->c, 1, 1, LSS_INIT_ZERO);
+        break;
+    case LSS__FL_CONV1:
+        sh[0] = l->c; sh[1] = l->c; sh[2] = 1; sh[3] = 1;
+        snprintf(nm, sizeof nm, "flow.%d.W", i);
+        l->p[0] = f->o.permute ? lss_store_buffer(st, nm, 4, sh, LSS_INIT_ZERO, 0.0f) : lss_store_add(st, nm, 4, sh, LSS_INIT_NORMAL);
+        if (!l->p[0]) break;
+        if (f->o.permute) {
+            for (k = 0; k < l->c; k++) l->p[0]->data[k * l->c + (l->c - 1 - k)] = 1.0f;
+        } else { /* Gram-Schmidt: a random rotation (in double; rows of W) */
+            int n = l->c, a, b, j;
+            double *m = (double *)LSS_MALLOC(sizeof(double) * (size_t)n * n);
+            if (!m) return lss_seterr(LSS_ERR_NOMEM, "lss_flow_create: out of memory");
+            for (j = 0; j < n * n; j++) m[j] = l->p[0]->data[j];
+            for (a = 0; a < n; a++) {
+                double nr = 0;
+                for (b = 0; b < a; b++) {
+                    double d = 0;
+                    for (j = 0; j < n; j++) d += m[a * n + j] * m[b * n + j];
+                    for (j = 0; j < n; j++) m[a * n + j] -= d * m[b * n + j];
+                }
+                for (j = 0; j < n; j++) nr += m[a * n + j] * m[a * n + j];
+                nr = sqrt(nr);
+                for (j = 0; j < n; j++) m[a * n + j] = nr > 0 ? m[a * n + j] / nr : (j == a);
+            }
+            for (j = 0; j < n * n; j++) l->p[0]->data[j] = (float)m[j];
+            LSS_FREE(m);
+        }
+        break;
+    case LSS__FL_CHECKER:
+    case LSS__FL_CHANNEL: {
+        int ca = l->kind == LSS__FL_CHECKER ? l->c : l->c / 2, cb = l->kind == LSS__FL_CHECKER ? l->c : l->c - l->c / 2;
+        LSS__FLP(0, "w1", 4, hid, ca + f->o.ncond, 3, 3, LSS_INIT_HE);
+        LSS__FLP(1, "b1", 1, hid, 1, 1, 1, LSS_INIT_ZERO);
+        LSS__FLP(2, "w2", 4, hid, hid, 1, 1, LSS_INIT_HE);
+        LSS__FLP(3, "b2", 1, hid, 1, 1, 1, LSS_INIT_ZERO);
+        LSS__FLP(4, "w3", 4, 2 * cb, hid, 3, 3, LSS_INIT_ZERO);
+        LSS__FLP(5, "b3", 1, 2 * cb, 1, 1, 1, LSS_INIT_ZERO);
+        LSS__FLP(6, "g", 4, 1, cb, 1, 1, LSS_INIT_ONE);
+        break;
+    }
+    default: break;
+    }
+#undef LSS__FLP
+    return lss_store_status(st);
+}
+
+LSSDEF int lss_flow_create(const lss_flow_opts *opts, lss_flow **out) {
+    lss_flow *f;
+    lss_flow_opts o;
+    int cap = 0, s, lv, k, c = 1, h, w, i;
+    int64_t zo = 0, sh[1];
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_flow_create: NULL output");
+    *out = NULL;
+    if (!opts) return lss_seterr(LSS_ERR_ARG, "lss_flow_create: NULL options");
+    o = *opts;
+    if (o.levels == 0) o.levels = 3;
+    if (o.steps == 0) o.steps = 4;
+    if (o.hidden == 0) o.hidden = 32;
+    if (o.levels < 1 || o.levels > LSS_FLOW_MAXLEVELS || o.steps < 1 || o.steps > 32 || o.hidden < 1 || o.hidden > 4096 ||
+        o.ncond < 0 || o.ncond > LSS_FLOW_MAXCOND || o.h < 2 || o.w < 2 || o.h > 65536 || o.w > 65536 ||
+        o.h % (1 << o.levels) || o.w % (1 << o.levels))
+        return lss_seterr(LSS_ERR_ARG, "lss_flow_create: bad options (maps %d x %d must be multiples of 2^levels, levels %d "
+                          "(1..%d), steps %d (1..32), hidden %d, ncond %d (0..%d))", o.h, o.w, o.levels, LSS_FLOW_MAXLEVELS,
+                          o.steps, o.hidden, o.ncond, LSS_FLOW_MAXCOND);
+    f = (lss_flow *)LSS_MALLOC(sizeof *f);
+    if (!f) return lss_seterr(LSS_ERR_NOMEM, "lss_flow_create: out of memory");
+    memset(f, 0, sizeof *f);
+    f->o = o;
+    if ((s = lss_store_create(o.seed, &f->st)) != LSS_OK || (s = lss_graph_create(&f->g)) != LSS_OK) { lss_flow_free(f); return s; }
+    lss_graph_set_training(f->g, 0);
+    h = o.h; w = o.w;
+    for (k = 0; k < o.steps && s == LSS_OK; k++) {
+        if ((s = lss__flow_add(f, LSS__FL_ACTNORM, c, h, w, &cap)) != LSS_OK) break;
+        if ((s = lss__flow_add(f, LSS__FL_CHECKER, c, h, w, &cap)) != LSS_OK) break;
+        f->L[f->nl - 1].zoff = k % 2; /* the mask's parity */
+    }
+    for (lv = 1; lv <= o.levels && s == LSS_OK; lv++) {
+        if ((s = lss__flow_add(f, LSS__FL_SQUEEZE, c, h, w, &cap)) != LSS_OK) break;
+        c *= 4; h /= 2; w /= 2;
+        for (k = 0; k < o.steps && s == LSS_OK; k++) {
+            if ((s = lss__flow_add(f, LSS__FL_ACTNORM, c, h, w, &cap)) != LSS_OK) break;
+            if ((s = lss__flow_add(f, LSS__FL_CONV1, c, h, w, &cap)) != LSS_OK) break;
+            s = lss__flow_add(f, LSS__FL_CHANNEL, c, h, w, &cap);
+        }
+        if (s == LSS_OK && lv < o.levels) {
+            if ((s = lss__flow_add(f, LSS__FL_SPLIT, c, h, w, &cap)) != LSS_OK) break;
+            f->L[f->nl - 1].zoff = zo;
+            zo += (int64_t)(c - c / 2) * h * w;
+            c /= 2;
+        }
+    }
+    f->zlast = zo;
+    for (i = 0; i < f->nl && s == LSS_OK; i++) {
+        lss__flayer *l = &f->L[i];
+        if (l->kind == LSS__FL_CHECKER) {
+            int64_t p, n = (int64_t)l->h * l->w;
+            if (!(l->mask = (float *)LSS_MALLOC(sizeof(float) * 2 * (size_t)n))) { s = lss_seterr(LSS_ERR_NOMEM, "lss_flow_create: out of memory"); break; }
+            for (p = 0; p < n; p++) {
+                int keep = (int)((p / l->w + p % l->w + l->zoff) % 2 == 0);
+                l->mask[p] = (float)keep;
+                l->mask[n + p] = (float)!keep;
+            }
+        }
+        s = lss__flow_params(f, i);
+    }
+    if (s == LSS_OK) {
+        sh[0] = 4;
+        f->xf = lss_store_buffer(f->st, "flow.transform", 1, sh, LSS_INIT_ZERO, 0.0f);
+        sh[0] = 1;
+        f->init = lss_store_buffer(f->st, "flow.init", 1, sh, LSS_INIT_ZERO, 0.0f);
+        if ((s = lss_store_status(f->st)) == LSS_OK) f->xf->data[3] = 1.0f;
+    }
+    if (s != LSS_OK) { lss_flow_free(f); return s; }
+    *out = f;
+    return LSS_OK;
+}
+
+LSSDEF int lss_flow_set_transform(lss_flow *f, int kind, double shift, double mean, double std) {
+    if (!f) return lss_seterr(LSS_ERR_ARG, "lss_flow_set_transform: NULL flow");
+    if ((kind != LSS_FLOW_AFFINE && kind != LSS_FLOW_LOG) || !(std > 0) || !isfinite(std) || !isfinite(mean) ||
+        (kind == LSS_FLOW_LOG && !(shift > 0 && isfinite(shift))))
+        return lss_seterr(LSS_ERR_ARG, "lss_flow_set_transform: bad transform (kind %d, shift %g, mean %g, std %g)", kind, shift, mean, std);
+    f->xf->data[0] = (float)kind;
+    f->xf->data[1] = (float)(kind == LSS_FLOW_LOG ? shift : 0);
+    f->xf->data[2] = (float)mean;
+    f->xf->data[3] = (float)std;
+    return LSS_OK;
+}
+LSSDEF void lss_flow_get_transform(const lss_flow *f, int *kind, double *shift, double *mean, double *std) {
+    if (kind) *kind = f ? (int)f->xf->data[0] : 0;
+    if (shift) *shift = f ? f->xf->data[1] : 0;
+    if (mean) *mean = f ? f->xf->data[2] : 0;
+    if (std) *std = f ? f->xf->data[3] : 1;
+}
+LSSDEF int lss_flow_to_flow(const lss_flow *f, int n, const float *kappa, float *y, double *logjac) {
+    int kind, i;
+    double sh, mu, sd;
+    int64_t D, p;
+    if (!f || !kappa || !y || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_flow_to_flow: bad arguments");
+    lss_flow_get_transform(f, &kind, &sh, &mu, &sd);
+    D = lss_flow_dim(f);
+    for (i = 0; i < n; i++) {
+        double lj = -(double)D * log(sd);
+        for (p = 0; p < D; p++) {
+            double k = kappa[(int64_t)i * D + p], v;
+            if (!isfinite(k)) return lss_seterr(LSS_ERR_NUMERIC, "lss_flow_to_flow: map %d pixel %lld is not finite", i, (long long)p);
+            if (kind == LSS_FLOW_LOG) {
+                if (!(k + sh > 0))
+                    return lss_seterr(LSS_ERR_RANGE, "lss_flow_to_flow: map %d pixel %lld: kappa %g <= -shift %g (outside the "
+                                      "lognormal transform's support)", i, (long long)p, k, -sh);
+                v = log(k + sh);
+                lj -= v;
+            } else v = k;
+            y[(int64_t)i * D + p] = (float)((v - mu) / sd);
+        }
+        if (logjac) logjac[i] = lj;
+    }
+    return LSS_OK;
+}
+LSSDEF void lss_flow_to_kappa(const lss_flow *f, int n, const float *y, float *kappa) {
+    int kind;
+    double sh, mu, sd;
+    int64_t p, N;
+    if (!f || !y || !kappa || n < 0) return;
+    lss_flow_get_transform(f, &kind, &sh, &mu, &sd);
+    N = (int64_t)n * lss_flow_dim(f);
+    for (p = 0; p < N; p++) {
+        double v = mu + sd * y[p];
+        kappa[p] = (float)(kind == LSS_FLOW_LOG ? exp(v) - sh : v);
+    }
+}
+
+/* Conditioning values as constant maps [N, ncond, h, w]. */
+static lss_tensor *lss__flow_cmap(lss_graph *g, const lss_tensor *cond, int64_t N, int nc, int h, int w) {
+    int64_t sh[4], n, k, p;
+    lss_tensor *m;
+    sh[0] = N; sh[1] = nc; sh[2] = h; sh[3] = w;
+    if (!(m = lss_tensor_new(g, 4, sh))) return NULL;
+    for (n = 0; n < N; n++)
+        for (k = 0; k < nc; k++)
+            for (p = 0; p < (int64_t)h * w; p++) m->data[(n * nc + k) * h * w + p] = cond->data[n * nc + k];
+    return m;
+}
+/* The coupling's (s, t): s = g tanh(r) (masked for the checkerboard). xa: the conditioner's input. */
+static int lss__flow_st(lss_graph *g, const lss__flayer *l, lss_tensor *xa, lss_tensor *cond, int nc, lss_tensor **s,
+                        lss_tensor **t) {
+    int cb = l->kind == LSS__FL_CHECKER ? l->c : l->c - l->c / 2;
+    lss_tensor *h = xa, *o;
+    if (nc > 0) h = lss_op_concat(g, h, lss__flow_cmap(g, cond, xa->shape[0], nc, l->h, l->w), 1);
+    h = lss_op_relu(g, lss_op_conv2d(g, h, l->p[0], l->p[1], 1, 1));
+    h = lss_op_relu(g, lss_op_conv2d(g, h, l->p[2], l->p[3], 1, 0));
+    o = lss_op_conv2d(g, h, l->p[4], l->p[5], 1, 1);
+    *s = lss_op_mul(g, lss_op_tanh(g, lss_op_slice(g, o, 1, 0, cb)), l->p[6]);
+    *t = lss_op_slice(g, o, 1, cb, cb);
+    if (l->kind == LSS__FL_CHECKER) {
+        int64_t sh[4];
+        lss_tensor *mc;
+        sh[0] = 1; sh[1] = 1; sh[2] = l->h; sh[3] = l->w;
+        mc = lss_view(g, l->mask + (int64_t)l->h * l->w, 4, sh);
+        *s = lss_op_mul(g, *s, mc);
+        *t = lss_op_mul(g, *t, mc);
+    }
+    return *s && *t ? LSS_OK : lss_graph_status(g);
+}
+static lss_tensor *lss__flow_acc(lss_graph *g, lss_tensor *tot, lss_tensor *term) { return tot ? lss_op_add(g, tot, term) : term; }
+
+/* Forward pass: returns sum_n ln p(x_n) as a 0-D tensor; lp [N] (may be NULL) per map; z [N D] (may be NULL). */
+static lss_tensor *lss__flow_run(lss_graph *g, lss_flow *f, lss_tensor *x, lss_tensor *cond, double *lp, float *z, lss_tensor **zt,
+                                 int allow_init) {
+    int64_t N, D = lss_flow_dim(f), n, p;
+    int i, nc = f->o.ncond, init = allow_init && lss_graph_training(g) && f->init->data[0] == 0;
+    lss_tensor *tot = NULL, *s, *t;
+    if (zt) *zt = NULL;
+    if (!lss__enter(g, "lss_flow_nll", 1, x, NULL, NULL)) return NULL;
+    if (x->ndim != 4 || x->shape[1] != 1 || x->shape[2] != f->o.h || x->shape[3] != f->o.w)
+        return lss__shape_err(g, "lss_flow_nll (maps must be [N, 1, h, w] of the flow's size)", x, NULL);
+    N = x->shape[0];
+    if (nc > 0 && (!cond || cond->n != N * nc)) return lss__shape_err(g, "lss_flow_nll (cond must be [N, ncond])", x, cond);
+    if (lp) for (n = 0; n < N; n++) lp[n] = -0.5 * (double)D * log(2 * 3.14159265358979323846);
+    for (i = 0; i < f->nl && x; i++) {
+        lss__flayer *l = &f->L[i];
+        int64_t hw = (int64_t)l->h * l->w, per = x->n / N;
+        switch (l->kind) {
+        case LSS__FL_ACTNORM:
+            if (init) { /* zero mean and unit variance per channel on this batch */
+                int c;
+                for (c = 0; c < l->c; c++) {
+                    double m = 0, v = 0;
+                    for (n = 0; n < N; n++)
+                        for (p = 0; p < hw; p++) m += x->data[(n * l->c + c) * hw + p];
+                    m /= (double)(N * hw);
+                    for (n = 0; n < N; n++)
+                        for (p = 0; p < hw; p++) { double d = x->data[(n * l->c + c) * hw + p] - m; v += d * d; }
+                    v /= (double)(N * hw);
+                    l->p[0]->data[c] = (float)-m;
+                    l->p[1]->data[c] = (float)-log(sqrt(v) + 1e-6);
+                }
+            }
+            x = lss_op_mul(g, lss_op_add(g, x, l->p[0]), lss_op_exp(g, l->p[1]));
+            tot = lss__flow_acc(g, tot, lss_op_scale(g, lss_op_sum(g, l->p[1]), (float)(N * hw)));
+            if (lp) {
+                double sl = 0;
+                int c;
+                for (c = 0; c < l->c; c++) sl += l->p[1]->data[c];
+                for (n = 0; n < N; n++) lp[n] += (double)hw * sl;
+            }
+            break;
+        case LSS__FL_CONV1:
+            x = lss_op_conv2d(g, x, l->p[0], NULL, 1, 0);
+            if (!f->o.permute) {
+                lss_tensor *ld = lss_op_logabsdet(g, l->p[0]);
+                tot = lss__flow_acc(g, tot, lss_op_scale(g, ld, (float)(N * hw)));
+                if (lp && ld) for (n = 0; n < N; n++) lp[n] += (double)hw * ld->data[0];
+            }
+            break;
+        case LSS__FL_CHECKER: {
+            int64_t sh[4];
+            sh[0] = 1; sh[1] = 1; sh[2] = l->h; sh[3] = l->w;
+            if (lss__flow_st(g, l, lss_op_mul(g, x, lss_view(g, l->mask, 4, sh)), cond, nc, &s, &t) != LSS_OK) return NULL;
+            x = lss_op_add(g, lss_op_mul(g, x, lss_op_exp(g, s)), t);
+            tot = lss__flow_acc(g, tot, lss_op_sum(g, s));
+            if (lp) for (n = 0; n < N; n++) lp[n] += lss__dsum(s->data + n * (s->n / N), s->n / N);
+            break;
+        }
+        case LSS__FL_CHANNEL: {
+            int ca = l->c / 2, cb = l->c - ca;
+            lss_tensor *xa = lss_op_slice(g, x, 1, 0, ca), *xb = lss_op_slice(g, x, 1, ca, cb);
+            if (lss__flow_st(g, l, xa, cond, nc, &s, &t) != LSS_OK) return NULL;
+            x = lss_op_concat(g, xa, lss_op_add(g, lss_op_mul(g, xb, lss_op_exp(g, s)), t), 1);
+            tot = lss__flow_acc(g, tot, lss_op_sum(g, s));
+            if (lp) for (n = 0; n < N; n++) lp[n] += lss__dsum(s->data + n * (s->n / N), s->n / N);
+            break;
+        }
+        case LSS__FL_SQUEEZE: x = lss_op_squeeze2d(g, x, 0); break;
+        case LSS__FL_SPLIT: {
+            int ck = l->c / 2;
+            lss_tensor *zz = lss_op_slice(g, x, 1, ck, l->c - ck);
+            if (!zz) return NULL;
+            tot = lss__flow_acc(g, tot, lss_op_scale(g, lss_op_sum(g, lss_op_mul(g, zz, zz)), -0.5f));
+            per = zz->n / N;
+            if (zt) {
+                int64_t s2[2];
+                s2[0] = N; s2[1] = per;
+                *zt = *zt ? lss_op_concat(g, *zt, lss_op_reshape(g, zz, 2, s2), 1) : lss_op_reshape(g, zz, 2, s2);
+            }
+            for (n = 0; n < N; n++) {
+                if (lp) lp[n] -= 0.5 * lss__dsumsq(zz->data + n * per, per);
+                if (z) memcpy(z + n * D + l->zoff, zz->data + n * per, sizeof(float) * (size_t)per);
+            }
+            x = lss_op_slice(g, x, 1, 0, ck);
+            break;
+        }
+        default: break;
+        }
+    }
+    if (!x) return NULL;
+    {
+        int64_t per = x->n / N;
+        tot = lss__flow_acc(g, tot, lss_op_scale(g, lss_op_sum(g, lss_op_mul(g, x, x)), -0.5f));
+        if (zt) {
+            int64_t s2[2];
+            s2[0] = N; s2[1] = per;
+            *zt = *zt ? lss_op_concat(g, *zt, lss_op_reshape(g, x, 2, s2), 1) : lss_op_reshape(g, x, 2, s2);
+        }
+        for (n = 0; n < N; n++) {
+            if (lp) lp[n] -= 0.5 * lss__dsumsq(x->data + n * per, per);
+            if (z) memcpy(z + n * D + f->zlast, x->data + n * per, sizeof(float) * (size_t)per);
+        }
+    }
+    tot = lss_op_add_scalar(g, tot, (float)(-0.5 * (double)(N * D) * log(2 * 3.14159265358979323846)));
+    if (tot && init) f->init->data[0] = 1.0f;
+    return tot;
+}
+
+LSSDEF lss_tensor *lss_flow_nll(lss_graph *g, lss_flow *f, lss_tensor *x, lss_tensor *cond, double *logp) {
+    lss_tensor *tot;
+    if (!f) return lss__fail(g, LSS_ERR_ARG, "%s: NULL flow%s", "lss_flow_nll", NULL);
+    tot = lss__flow_run(g, f, x, cond, logp, NULL, NULL, 1);
+    return tot ? lss_op_scale(g, tot, (float)(-1.0 / ((double)x->shape[0] * (double)lss_flow_dim(f)))) : NULL;
+}
+
+LSSDEF lss_tensor *lss_flow_encode(lss_graph *g, lss_flow *f, lss_tensor *x, lss_tensor *cond) {
+    lss_tensor *z = NULL;
+    if (!f) return lss__fail(g, LSS_ERR_ARG, "%s: NULL flow%s", "lss_flow_encode", NULL);
+    return lss__flow_run(g, f, x, cond, NULL, NULL, &z, 0) ? z : NULL;
+}
+
+#define LSS__FLOW_CHUNK 64
+LSSDEF int lss_flow_forward(lss_flow *f, int n, const float *y, const float *cond, float *z, double *logp) {
+    int i0, s = LSS_OK;
+    int64_t D;
+    if (!f || !y || n < 0 || (f->o.ncond > 0 && !cond)) return lss_seterr(LSS_ERR_ARG, "lss_flow_forward: bad arguments");
+    D = lss_flow_dim(f);
+    for (i0 = 0; i0 < n && s == LSS_OK; i0 += LSS__FLOW_CHUNK) {
+        int m = n - i0 < LSS__FLOW_CHUNK ? n - i0 : LSS__FLOW_CHUNK;
+        int64_t sh[4], sc[2];
+        lss_tensor *x, *c = NULL;
+        lss_graph_reset(f->g);
+        sh[0] = m; sh[1] = 1; sh[2] = f->o.h; sh[3] = f->o.w;
+        sc[0] = m; sc[1] = f->o.ncond;
+        x = lss_view(f->g, (float *)(y + (int64_t)i0 * D), 4, sh);
+        if (f->o.ncond > 0) c = lss_view(f->g, (float *)(cond + (int64_t)i0 * f->o.ncond), 2, sc);
+        if (!lss__flow_run(f->g, f, x, c, logp ? logp + i0 : NULL, z ? z + (int64_t)i0 * D : NULL, NULL, 0)) s = lss_graph_status(f->g);
+    }
+    lss_graph_reset(f->g);
+    return s;
+}
+
+LSSDEF int lss_flow_inverse(lss_flow *f, int n, const float *z, const float *cond, float *y) {
+    int i0, s = LSS_OK;
+    int64_t D;
+    if (!f || !z || !y || n < 0 || (f->o.ncond > 0 && !cond)) return lss_seterr(LSS_ERR_ARG, "lss_flow_inverse: bad arguments");
+    D = lss_flow_dim(f);
+    for (i0 = 0; i0 < n && s == LSS_OK; i0 += LSS__FLOW_CHUNK) {
+        int m = n - i0 < LSS__FLOW_CHUNK ? n - i0 : LSS__FLOW_CHUNK, i, nc = f->o.ncond;
+        lss_graph *g = f->g;
+        int64_t sh[4], sc[2], j, k;
+        lss_tensor *x, *c = NULL, *sv, *t;
+        const lss__flayer *last = &f->L[f->nl - 1];
+        lss_graph_reset(g);
+        sc[0] = m; sc[1] = nc;
+        if (nc > 0) c = lss_view(g, (float *)(cond + (int64_t)i0 * nc), 2, sc);
+        /* the last level's output */
+        sh[0] = m; sh[1] = last->kind == LSS__FL_SQUEEZE ? 4 * last->c : last->c;
+        sh[2] = last->kind == LSS__FL_SQUEEZE ? last->h / 2 : last->h; sh[3] = last->kind == LSS__FL_SQUEEZE ? last->w / 2 : last->w;
+        if (!(x = lss_tensor_new(g, 4, sh))) { s = lss_graph_status(g); break; }
+        for (j = 0; j < m; j++) memcpy(x->data + j * (x->n / m), z + (i0 + j) * D + f->zlast, sizeof(float) * (size_t)(x->n / m));
+        for (i = f->nl - 1; i >= 0 && x; i--) {
+            const lss__flayer *l = &f->L[i];
+            switch (l->kind) {
+            case LSS__FL_ACTNORM:
+                x = lss_op_sub(g, lss_op_mul(g, x, lss_op_exp(g, lss_op_scale(g, l->p[1], -1.0f))), l->p[0]);
+                break;
+            case LSS__FL_CONV1: {
+                int64_t sw[4];
+                lss_tensor *wi;
+                double *a, *inv, ld;
+                int *piv, ok;
+                sw[0] = l->c; sw[1] = l->c; sw[2] = 1; sw[3] = 1;
+                a = (double *)LSS_MALLOC(sizeof(double) * 2 * (size_t)l->c * l->c);
+                piv = (int *)LSS_MALLOC(sizeof(int) * (size_t)l->c);
+                if (!a || !piv) { LSS_FREE(a); LSS_FREE(piv); s = lss_seterr(LSS_ERR_NOMEM, "lss_flow_inverse: out of memory"); x = NULL; break; }
+                inv = a + (size_t)l->c * l->c;
+                for (k = 0; k < (int64_t)l->c * l->c; k++) a[k] = l->p[0]->data[k];
+                ok = lss__lu_logdet(a, l->c, piv, &ld, inv);
+                wi = ok ? lss_tensor_new(g, 4, sw) : NULL;
+                if (wi) for (k = 0; k < (int64_t)l->c * l->c; k++) wi->data[k] = (float)inv[k];
+                LSS_FREE(a); LSS_FREE(piv);
+                if (!ok) { s = lss_seterr(LSS_ERR_NUMERIC, "lss_flow_inverse: a 1x1 convolution is singular"); x = NULL; break; }
+                x = lss_op_conv2d(g, x, wi, NULL, 1, 0);
+                break;
+            }
+            case LSS__FL_CHECKER: {
+                int64_t mh[4];
+                mh[0] = 1; mh[1] = 1; mh[2] = l->h; mh[3] = l->w;
+                if (lss__flow_st(g, l, lss_op_mul(g, x, lss_view(g, l->mask, 4, mh)), c, nc, &sv, &t) != LSS_OK) { x = NULL; break; }
+                x = lss_op_mul(g, lss_op_sub(g, x, t), lss_op_exp(g, lss_op_scale(g, sv, -1.0f)));
+                break;
+            }
+            case LSS__FL_CHANNEL: {
+                int ca = l->c / 2, cb = l->c - ca;
+                lss_tensor *xa = lss_op_slice(g, x, 1, 0, ca), *xb = lss_op_slice(g, x, 1, ca, cb);
+                if (lss__flow_st(g, l, xa, c, nc, &sv, &t) != LSS_OK) { x = NULL; break; }
+                x = lss_op_concat(g, xa, lss_op_mul(g, lss_op_sub(g, xb, t), lss_op_exp(g, lss_op_scale(g, sv, -1.0f))), 1);
+                break;
+            }
+            case LSS__FL_SQUEEZE: x = lss_op_squeeze2d(g, x, 1); break;
+            case LSS__FL_SPLIT: {
+                int64_t zs[4], per;
+                lss_tensor *zz;
+                zs[0] = m; zs[1] = l->c - l->c / 2; zs[2] = l->h; zs[3] = l->w;
+                if (!(zz = lss_tensor_new(g, 4, zs))) { x = NULL; break; }
+                per = zz->n / m;
+                for (j = 0; j < m; j++) memcpy(zz->data + j * per, z + (i0 + j) * D + l->zoff, sizeof(float) * (size_t)per);
+                x = lss_op_concat(g, x, zz, 1);
+                break;
+            }
+            default: break;
+            }
+        }
+        if (!x) { if (s == LSS_OK) s = lss_graph_status(g); break; }
+        memcpy(y + (int64_t)i0 * D, x->data, sizeof(float) * (size_t)(m * D));
+    }
+    lss_graph_reset(f->g);
+    return s;
+}
+
+LSSDEF int lss_flow_logp(lss_flow *f, int n, const float *kappa, const float *cond, double *logp) {
+    float *y;
+    double *lj;
+    int s, i;
+    if (!f || !kappa || !logp || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_flow_logp: bad arguments");
+    y = (float *)LSS_MALLOC(sizeof(float) * (size_t)((int64_t)n * lss_flow_dim(f) + 1));
+    lj = (double *)LSS_MALLOC(sizeof(double) * (size_t)(n + 1));
+    if (!y || !lj) { LSS_FREE(y); LSS_FREE(lj); return lss_seterr(LSS_ERR_NOMEM, "lss_flow_logp: out of memory"); }
+    s = lss_flow_to_flow(f, n, kappa, y, lj);
+    if (s == LSS_OK) s = lss_flow_forward(f, n, y, cond, NULL, logp);
+    if (s == LSS_OK) for (i = 0; i < n; i++) logp[i] += lj[i];
+    LSS_FREE(y); LSS_FREE(lj);
+    return s;
+}
+
+LSSDEF int lss_flow_sample(lss_flow *f, int n, const float *cond, double temperature, uint64_t seed, uint64_t index0,
+                           float *kappa) {
+    float *z;
+    int64_t D, p;
+    int i, s;
+    if (!f || !kappa || n < 0 || !(temperature >= 0) || !isfinite(temperature))
+        return lss_seterr(LSS_ERR_ARG, "lss_flow_sample: bad arguments (temperature %g)", temperature);
+    D = lss_flow_dim(f);
+    z = (float *)LSS_MALLOC(sizeof(float) * (size_t)((int64_t)n * D + 1));
+    if (!z) return lss_seterr(LSS_ERR_NOMEM, "lss_flow_sample: out of memory");
+    for (i = 0; i < n; i++) {
+        lss_rng r;
+        lss_rng_init(&r, seed, lss_stream(LSS_STREAM_FLOW, index0 + (uint64_t)i, 0));
+        for (p = 0; p < D; p++) z[(int64_t)i * D + p] = (float)(temperature * lss_rng_normal(&r));
+    }
+    s = lss_flow_inverse(f, n, z, cond, kappa);
+    if (s == LSS_OK) {
+        lss_flow_to_kappa(f, n, kappa, kappa);
+        for (p = 0; p < (int64_t)n * D; p++)
+            if (!isfinite(kappa[p])) { s = lss_seterr(LSS_ERR_NUMERIC, "lss_flow_sample: map %lld is not finite", (long long)(p / D)); break; }
+    }
+    LSS_FREE(z);
     return s;
 }
 
