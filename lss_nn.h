@@ -791,6 +791,8 @@ typedef struct {
     int hidden;              /* conditioner channels (0: 32) */
     int ncond;               /* conditioning values per map, 0..LSS_FLOW_MAXCOND */
     int permute;             /* 1: fixed channel reversal instead of the 1x1 convolutions */
+    int periodic;            /* 1: the conditioners' 3x3 convolutions wrap around the edges (periodic maps);
+                                0: zero padding (cut-outs of a larger sky) */
     uint64_t seed;           /* initialisation */
 } lss_flow_opts;
 typedef struct lss_flow lss_flow;
@@ -5122,15 +5124,26 @@ static lss_tensor *lss__flow_cmap(lss_graph *g, const lss_tensor *cond, int64_t 
             for (p = 0; p < (int64_t)h * w; p++) m->data[(n * nc + k) * h * w + p] = cond->data[n * nc + k];
     return m;
 }
+/* Circular padding by one cell on each side of [N, C, H, W]. */
+static lss_tensor *lss__wrap1(lss_graph *g, lss_tensor *x) {
+    int64_t H, W;
+    if (!x) return NULL;
+    H = x->shape[2]; W = x->shape[3];
+    x = lss_op_concat(g, lss_op_concat(g, lss_op_slice(g, x, 3, W - 1, 1), x, 3), lss_op_slice(g, x, 3, 0, 1), 3);
+    return lss_op_concat(g, lss_op_concat(g, lss_op_slice(g, x, 2, H - 1, 1), x, 2), lss_op_slice(g, x, 2, 0, 1), 2);
+}
+static lss_tensor *lss__flow_conv3(lss_graph *g, int periodic, lss_tensor *x, lss_tensor *w, lss_tensor *b) {
+    return periodic ? lss_op_conv2d(g, lss__wrap1(g, x), w, b, 1, 0) : lss_op_conv2d(g, x, w, b, 1, 1);
+}
 /* The coupling's (s, t): s = g tanh(r) (masked for the checkerboard). xa: the conditioner's input. */
-static int lss__flow_st(lss_graph *g, const lss__flayer *l, lss_tensor *xa, lss_tensor *cond, int nc, lss_tensor **s,
-                        lss_tensor **t) {
+static int lss__flow_st(lss_graph *g, const lss__flayer *l, lss_tensor *xa, lss_tensor *cond, int nc, int periodic,
+                        lss_tensor **s, lss_tensor **t) {
     int cb = l->kind == LSS__FL_CHECKER ? l->c : l->c - l->c / 2;
     lss_tensor *h = xa, *o;
     if (nc > 0) h = lss_op_concat(g, h, lss__flow_cmap(g, cond, xa->shape[0], nc, l->h, l->w), 1);
-    h = lss_op_relu(g, lss_op_conv2d(g, h, l->p[0], l->p[1], 1, 1));
+    h = lss_op_relu(g, lss__flow_conv3(g, periodic, h, l->p[0], l->p[1]));
     h = lss_op_relu(g, lss_op_conv2d(g, h, l->p[2], l->p[3], 1, 0));
-    o = lss_op_conv2d(g, h, l->p[4], l->p[5], 1, 1);
+    o = lss__flow_conv3(g, periodic, h, l->p[4], l->p[5]);
     *s = lss_op_mul(g, lss_op_tanh(g, lss_op_slice(g, o, 1, 0, cb)), l->p[6]);
     *t = lss_op_slice(g, o, 1, cb, cb);
     if (l->kind == LSS__FL_CHECKER) {
@@ -5197,7 +5210,7 @@ static lss_tensor *lss__flow_run(lss_graph *g, lss_flow *f, lss_tensor *x, lss_t
         case LSS__FL_CHECKER: {
             int64_t sh[4];
             sh[0] = 1; sh[1] = 1; sh[2] = l->h; sh[3] = l->w;
-            if (lss__flow_st(g, l, lss_op_mul(g, x, lss_view(g, l->mask, 4, sh)), cond, nc, &s, &t) != LSS_OK) return NULL;
+            if (lss__flow_st(g, l, lss_op_mul(g, x, lss_view(g, l->mask, 4, sh)), cond, nc, f->o.periodic, &s, &t) != LSS_OK) return NULL;
             x = lss_op_add(g, lss_op_mul(g, x, lss_op_exp(g, s)), t);
             tot = lss__flow_acc(g, tot, lss_op_sum(g, s));
             if (lp) for (n = 0; n < N; n++) lp[n] += lss__dsum(s->data + n * (s->n / N), s->n / N);
@@ -5206,7 +5219,7 @@ static lss_tensor *lss__flow_run(lss_graph *g, lss_flow *f, lss_tensor *x, lss_t
         case LSS__FL_CHANNEL: {
             int ca = l->c / 2, cb = l->c - ca;
             lss_tensor *xa = lss_op_slice(g, x, 1, 0, ca), *xb = lss_op_slice(g, x, 1, ca, cb);
-            if (lss__flow_st(g, l, xa, cond, nc, &s, &t) != LSS_OK) return NULL;
+            if (lss__flow_st(g, l, xa, cond, nc, f->o.periodic, &s, &t) != LSS_OK) return NULL;
             x = lss_op_concat(g, xa, lss_op_add(g, lss_op_mul(g, xb, lss_op_exp(g, s)), t), 1);
             tot = lss__flow_acc(g, tot, lss_op_sum(g, s));
             if (lp) for (n = 0; n < N; n++) lp[n] += lss__dsum(s->data + n * (s->n / N), s->n / N);
@@ -5334,14 +5347,14 @@ LSSDEF int lss_flow_inverse(lss_flow *f, int n, const float *z, const float *con
             case LSS__FL_CHECKER: {
                 int64_t mh[4];
                 mh[0] = 1; mh[1] = 1; mh[2] = l->h; mh[3] = l->w;
-                if (lss__flow_st(g, l, lss_op_mul(g, x, lss_view(g, l->mask, 4, mh)), c, nc, &sv, &t) != LSS_OK) { x = NULL; break; }
+                if (lss__flow_st(g, l, lss_op_mul(g, x, lss_view(g, l->mask, 4, mh)), c, nc, f->o.periodic, &sv, &t) != LSS_OK) { x = NULL; break; }
                 x = lss_op_mul(g, lss_op_sub(g, x, t), lss_op_exp(g, lss_op_scale(g, sv, -1.0f)));
                 break;
             }
             case LSS__FL_CHANNEL: {
                 int ca = l->c / 2, cb = l->c - ca;
                 lss_tensor *xa = lss_op_slice(g, x, 1, 0, ca), *xb = lss_op_slice(g, x, 1, ca, cb);
-                if (lss__flow_st(g, l, xa, c, nc, &sv, &t) != LSS_OK) { x = NULL; break; }
+                if (lss__flow_st(g, l, xa, c, nc, f->o.periodic, &sv, &t) != LSS_OK) { x = NULL; break; }
                 x = lss_op_concat(g, xa, lss_op_mul(g, lss_op_sub(g, xb, t), lss_op_exp(g, lss_op_scale(g, sv, -1.0f))), 1);
                 break;
             }
