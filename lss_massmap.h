@@ -16,7 +16,8 @@
  *                        lss_mm_pix_to_sky, lss_mm_sky_shear, lss_mm_sky_json, lss_mm_shear_load
  *   mock pieces          lss_mm_mock_mask, lss_mm_mock_noise_map, lss_mm_mock_shear, lss_mm_mock_kappa,
  *                        lss_mm_field, lss_mm_field_stream; convergence maps of any cosmology (the cGAN
- *                        emulator's training data) lss_mm_kappa_gen_create/_free, lss_mm_kappa_draw
+ *                        emulator's training data) lss_mm_kappa_gen_create/_free, lss_mm_kappa_draw,
+ *                        lss_mm_kappa_draw_mean
  *   mock data sets       lss_mm_mock_create/_free, lss_mm_mock_save, lss_mm_mock_load, lss_mm_mock_grid
  *   estimators           lss_mm_wiener_fourier, lss_mm_wiener, lss_mm_wiener_sample, lss_mm_wiener_apply,
  *                        lss_mm_gauss_score
@@ -30,6 +31,10 @@
  *   neural prior         lss_mm_net_create/_free, lss_mm_net_open, lss_mm_net_save/_load/_probe,
  *                        lss_mm_net_residual, lss_mm_net_deepmass, lss_mm_net_train, lss_mm_net_heldout,
  *                        lss_mm_train_on_mock
+ *   diffusion generator  lss_mm_diff_create/_free, lss_mm_diff_nparams, lss_mm_diff_options, lss_mm_diff_save,
+ *                        lss_mm_diff_open, lss_mm_diff_set_score, lss_mm_diff_set_ode, lss_mm_diff_score,
+ *                        lss_mm_diff_train, lss_mm_diff_loss, lss_mm_diff_sample (ancestral, DDIM, probability-flow
+ *                        ODE), lss_mm_diff_nll (variational bound on -ln p, nats)
  *
  * Conventions (used everywhere, files included); grids, FFT normalisation, multipoles and spectrum
  * binning are those of the STATISTICS section of lss_maps.h.
@@ -55,7 +60,9 @@
  *   - Randomness through the registry of lss_core.h: convergence fields LSS_STREAM_MM_FIELD with data sets
  *     (mocks and evaluation LSS_SET_TEST, training LSS_SET_TRAIN, held-out LSS_SET_VALID, comparison
  *     simulations LSS_SET_FIDUCIAL), masks MM_MASK, counts MM_COUNTS, noise MM_NOISE, chains MM_CHAIN
- *     (index = chain, sub = job), DSM noise MM_DSM. No seed is derived by arithmetic.
+ *     (index = chain, sub = job), DSM noise MM_DSM; the diffusion generator sub LSS_MM_SUB_DIFF of MM_DSM
+ *     (training noise) and MM_CHAIN (index = sample), LSS_MM_SUB_DIFF_NLL of MM_DSM (its likelihood bound).
+ *     No seed is derived by arithmetic.
  *   - Outputs last; created objects through a trailing **out; _create/_free pairs.
  *
  * Example: Wiener filter and posterior samples of a mock field (error checks shortened)
@@ -295,6 +302,11 @@ LSSDEF int lss_mm_kappa_gen_create(const lss_params *p, const char *nz, int side
                                    lss_mm_kappa_gen **out);
 LSSDEF void lss_mm_kappa_gen_free(lss_mm_kappa_gen *kg);
 LSSDEF int lss_mm_kappa_draw(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t index0, int n, float *out);
+/* The same maps with keep_mean = 1: the cut-outs as drawn, each keeping its own mean (a fluctuation of the larger
+ * field), so that the maps fill all h w dimensions (a density over them exists: the flow and diffusion generators'
+ * data); keep_mean = 0 is lss_mm_kappa_draw. A shifted lognormal map then lies above -shift
+ * (lss_mm_theory_kappa_empty of the source distribution). */
+LSSDEF int lss_mm_kappa_draw_mean(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t index0, int n, int keep_mean, float *out);
 
 /* ---------------------------------------------------------------- estimators */
 /* Exact Wiener filter for uniform noise (variance nvar per pixel and component; eq. 14):
@@ -517,6 +529,132 @@ LSSDEF int lss_mm_net_heldout(lss_mm_net *net, const lss_mm_train_opts *o, int n
  * lss_mm_net_free (g must outlive it). */
 LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk, int want_deepmass,
                            lss_mm_net **out);
+
+/* ---------------------------------------------------------------- diffusion generator (score-based)
+ * A generator of convergence maps: the variance-exploding score SDE (Song et al. 2021) in the
+ * mass-mapping convention. Data are standardised, y = (kappa - mean) / std (mean and std are options,
+ * kept in the checkpoint), and noised as x = y + sigma n, n ~ N(0, I), sigma in [sigma_min, sigma_max];
+ * time t = sigma^2 and the probability-flow ODE dx/dt = -1/2 s(x, sqrt t). The score s is the U-net of
+ * lss_nn.h without batch norm (a sample's output does not depend on the others of its batch, which mix
+ * noise levels) with the noise input ln(sigma) / 4 (sigma_log), output divided by sigma + 1e-3; ncond
+ * conditioning values per map (cosmological parameters, say) enter as constant input channels mapped to
+ * [-1, 1] by [cond_lo, cond_hi]. Training loss mean (n + sigma s(y + sigma n, sigma))^2 (lss_op_dsm_loss)
+ * with ln sigma uniform on [ln sigma_min, ln sigma_max]: the likelihood weighting of the bound below.
+ * Defaults sigma_min = 2e-3, sigma_max = 80 for unit-variance data: sigma_max^2 = 6400 times the data
+ * variance, so that N(0, sigma_max^2 + 1) is the noised data's law up to 1/sigma_max^2 (the prior term of
+ * the bound is 8e-5 nats per pixel for unit-variance modes); sigma_min well below the smallest mode's
+ * standard deviation (the bound's gap is 1/2 ln(1 + sigma_min^2 / v) per Fourier mode of variance v,
+ * 2e-6 nats at v = 1, 0.02 nats at v = 1e-4) and above float32's resolution of a unit-variance map.
+ *
+ * Samplers (lss_mm_diff_sample), all on nsteps + 1 geometric levels sigma_max = s_0 > ... > s_nsteps =
+ * sigma_min, from x = sqrt(sigma_max^2 + 1) z (the prior of the bound), ending with the Tweedie denoising
+ * step x + sigma_min^2 s(x, sigma_min) (the posterior mean of y given x at sigma_min):
+ *   LSS_MM_DIFF_ANCESTRAL  reverse-diffusion (SMLD ancestral) step from s_i to s_{i+1}:
+ *                          x + (s_i^2 - s_{i+1}^2) s(x, s_i) + sqrt((s_i^2 - s_{i+1}^2) s_{i+1}^2 / s_i^2) z;
+ *   LSS_MM_DIFF_DDIM       deterministic DDIM (eta = 0), in VE form the Euler step of the ODE in sigma:
+ *                          x + (s_{i+1} - s_i)(-s_i s(x, s_i));
+ *   LSS_MM_DIFF_ODE        the probability-flow ODE from t = sigma_max^2 to sigma_min^2 by Dormand-Prince RK45
+ *                          (the integrator of lss_mm_sample), each map with its own step-size control
+ *                          (tolerances lss_mm_diff_set_ode); nsteps is not used.
+ * Score evaluations per map: nsteps + 1 (ancestral, DDIM), the RK45 stages + 1 (ODE).
+ *
+ * Likelihood bound (lss_mm_diff_nll), in nats, on -ln p(kappa): the continuous-time variational bound of
+ * Kingma et al. 2021 in VE form. With SNR = 1/sigma^2, L_inf = -1/2 int SNR'(t) E||y - y_hat||^2 dt, y_hat =
+ * x + sigma^2 s, becomes int E||n + sigma s||^2 d ln sigma (the factor is 1: y - y_hat = -sigma (n + sigma s)),
+ * and -ln p(y) <= KL(N(y, sigma_max^2) || N(0, sigma_max^2 + 1)) + D/2 ln(2 pi e sigma_min^2) + L_inf, the
+ * middle term the expected -ln N(y; y + sigma_min n, sigma_min^2) (the decoder), D = h w. For Gaussian data and
+ * the exact score it sums, in expectation, to the entropy plus 1/2 ln(1 + sigma_min^2 / v) per mode of variance
+ * v plus the prior mismatch (tests/test_diffusion.c). L_inf is estimated by Monte Carlo over nsig stratified
+ * ln sigma (one uniform draw and one noise map per stratum, the control variate -(||n||^2 - D)/(1 + sigma^2)^2
+ * of zero mean added; standard error from pairs of adjacent strata, an overestimate);
+ * D ln std turns -ln p(y) into -ln p(kappa). Bits per dimension: nll / (D ln 2).
+ *
+ * Randomness (streams of lss_core.h, sub LSS_MM_SUB_DIFF): training batch t draws its noise levels and noise
+ * from (LSS_STREAM_MM_DSM, lss_set_index(LSS_SET_TRAIN, t)), held-out batch k from (MM_DSM,
+ * lss_set_index(LSS_SET_VALID, k)); sample i from (LSS_STREAM_MM_CHAIN, i): its start and ancestral noise, so
+ * that it is a pure function of (seed, i) whatever the batch or threads; the bound of the j-th map of a call
+ * from (MM_DSM, j, LSS_MM_SUB_DIFF_NLL). Checkpoints in lss_nn's format with the options ("massmap.diff.meta",
+ * float32: the model uses the float-rounded sigma_min, sigma_max, mean, std and ranges). */
+#define LSS_MM_DIFF_NCOND_MAX 8
+#define LSS_MM_DIFF_SIGMA_MIN 2e-3     /* default noise range for unit-variance (standardised) data */
+#define LSS_MM_DIFF_SIGMA_MAX 80.0
+#define LSS_MM_SUB_DIFF 4093u          /* diffusion generator: training and held-out noise (MM_DSM), samplers (MM_CHAIN) */
+#define LSS_MM_SUB_DIFF_NLL 4092u      /* diffusion generator: noise of the likelihood bound (MM_DSM) */
+typedef struct {
+    int h, w;              /* map size (multiples of 4, 4 .. 4096; required) */
+    int c0;                /* U-net width (0: 32) */
+    int ncond;             /* conditioning values per map, 0 .. LSS_MM_DIFF_NCOND_MAX */
+    double cond_lo[LSS_MM_DIFF_NCOND_MAX], cond_hi[LSS_MM_DIFF_NCOND_MAX]; /* value lo -> -1, hi -> +1 */
+    double sigma_min, sigma_max;  /* noise range of standardised maps (0: LSS_MM_DIFF_SIGMA_MIN / _MAX) */
+    double mean, std;      /* standardisation y = (kappa - mean) / std (std 0: 1) */
+    uint64_t seed;         /* initialisation */
+} lss_mm_diff_opts;
+typedef struct lss_mm_diff lss_mm_diff;
+/* A score of standardised maps: out [n, h, w] = grad ln p_sigma(x) at x [n, h, w], sigma [n] (> 0), cond
+ * [n, ncond] (raw values; NULL when ncond = 0). Returns LSS_OK or an error status. */
+typedef int (*lss_mm_diff_score_fn)(void *user, int n, const float *x, const float *sigma, const float *cond,
+                                    float *out);
+/* A model with freshly initialised weights. LSS_ERR_RANGE for bad options. Free with lss_mm_diff_free. */
+LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out);
+LSSDEF void lss_mm_diff_free(lss_mm_diff *d);
+LSSDEF int64_t lss_mm_diff_nparams(const lss_mm_diff *d);
+/* The model's options, defaults resolved and float-rounded as the model uses them. */
+LSSDEF int lss_mm_diff_options(const lss_mm_diff *d, lss_mm_diff_opts *o);
+/* Checkpoint of the weights and options (lss_nn format); lss_mm_diff_open rebuilds the model from such a
+ * file alone (a training checkpoint of lss_mm_diff_train too). */
+LSSDEF int lss_mm_diff_save(const lss_mm_diff *d, const char *path);
+LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out);
+/* Replaces the network by fn (training is then refused), for validation with an exact score; fn NULL
+ * restores the network. */
+LSSDEF void lss_mm_diff_set_score(lss_mm_diff *d, lss_mm_diff_score_fn fn, void *user);
+/* RK45 tolerances of LSS_MM_DIFF_ODE on standardised maps (0: rtol 1e-4, atol 1e-4). */
+LSSDEF int lss_mm_diff_set_ode(lss_mm_diff *d, double rtol, double atol);
+/* The model's score (network or set_score) of n standardised maps x at noise levels sigma [n] with cond
+ * [n, ncond] (raw; NULL when ncond = 0) into out [n, h, w]. */
+LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float *sigma, const float *cond,
+                             float *out);
+/* Training data: fills maps [n, h, w] (kappa units) and cond [n, ncond] (NULL when ncond = 0) with batch
+ * `index` of data set `set` (LSS_SET_TRAIN, LSS_SET_VALID); a pure function of its arguments (exact resume). */
+typedef int (*lss_mm_diff_draw_fn)(void *user, int set, int64_t index, int n, float *maps, float *cond);
+typedef struct {
+    int steps;             /* total optimizer steps (0: 1000) */
+    int batch;             /* 0: 16 */
+    double lr;             /* Adam, cosine decay from lr to lr / 20 over `steps` (0: 1e-3); gradient norm clipped to 1 */
+    uint64_t seed;         /* noise levels and noise */
+    lss_mm_diff_draw_fn draw;  /* required */
+    void *user;
+    const char *ckpt;      /* checkpoint (weights, options, optimizer, loop state; NULL: none) */
+    int ckpt_every;        /* 0: eval_every */
+    int resume;            /* 1: continue from ckpt when it exists: bitwise an uninterrupted run */
+    const char *loss_csv;  /* step, train_loss, valid_loss (NULL: none) */
+    int eval_every;        /* held-out loss every eval_every steps (0: at the end) */
+    int eval_batches;      /* held-out batches of `batch` maps (0: 4) */
+    int patience;          /* plateau stop after `patience` evaluations without improvement (0: never) */
+    void (*progress)(void *user, int step, double loss);  /* after every step */
+    void *progress_user;
+} lss_mm_diff_train_opts;
+/* Trains the network through lss_train (steps, evaluation, CSV, checkpoints and resume as there): step t
+ * draws training batch t and its noise (see Randomness), loss as above. A later call continues the
+ * optimizer's step count up to `steps`. A non-finite map or condition from draw is LSS_ERR_ARG naming the
+ * batch, map and pixel (it stops the run); a non-finite loss skips the step. res may be NULL. */
+LSSDEF int lss_mm_diff_train(lss_mm_diff *d, const lss_mm_diff_train_opts *o, lss_train_result *res);
+/* Denoising loss of n given maps (kappa units) with cond [n, ncond]: mean (n + sigma s)^2 over maps and
+ * pixels with the noise levels and noise of stream (LSS_STREAM_MM_DSM, index, LSS_MM_SUB_DIFF) of seed,
+ * drawn as a training batch draws them (index lss_set_index(LSS_SET_TRAIN, t) with the same seed and the
+ * batch's maps gives training step t's loss). */
+LSSDEF int lss_mm_diff_loss(lss_mm_diff *d, int n, const float *maps, const float *cond, uint64_t seed,
+                            uint64_t index, double *loss);
+enum { LSS_MM_DIFF_ANCESTRAL = 0, LSS_MM_DIFF_DDIM = 1, LSS_MM_DIFF_ODE = 2 };
+/* n maps (kappa units) into out [n, h, w]: map j is sample index0 + j of seed (stream above), cond [n, ncond]
+ * its condition (NULL when ncond = 0). nsteps >= 1 levels for ANCESTRAL and DDIM (unused by ODE). nevals (may
+ * be NULL) receives the single-map score evaluations. LSS_ERR_NUMERIC when a sample is not finite. */
+LSSDEF int lss_mm_diff_sample(lss_mm_diff *d, int method, int nsteps, int n, const float *cond, uint64_t seed,
+                              uint64_t index0, float *out, int64_t *nevals);
+/* Upper bound (above) on -ln p(kappa) in nats for each of n maps [n, h, w] (kappa units) with cond [n,
+ * ncond], nsig >= 2 (even) stratified noise levels per map; se (may be NULL) the Monte Carlo standard error
+ * of each value. */
+LSSDEF int lss_mm_diff_nll(lss_mm_diff *d, int n, const float *maps, const float *cond, int nsig, uint64_t seed,
+                           double *nll, double *se);
 
 /* ---------------------------------------------------------------- sampling presets and batches */
 typedef enum {
@@ -1418,8 +1556,8 @@ LSSDEF int lss_mm_mock_shear(const lss_grid *g, const float *kappa, const float 
 
 /* The h x w centre of a field of Gaussian spectrum pg on `big` (shifted lognormal with shift lambda > 0,
    Gaussian when lambda = 0), mean removed; fbig holds big's pixels. */
-static int lss__mm_cutout(const lss_grid *big, const double *pg, double lambda, int h, int w, uint64_t seed,
-                          uint64_t stream, float *fbig, float *kappa) {
+static int lss__mm_cutout_k(const lss_grid *big, const double *pg, double lambda, int h, int w, uint64_t seed,
+                            uint64_t stream, float *fbig, float *kappa, int keep_mean) {
     int64_t i, n = (int64_t)h * w;
     int s, y, y0 = (lss_grid_h(big) - h) / 2, x0 = (lss_grid_w(big) - w) / 2;
     double mean = 0;
@@ -1428,10 +1566,15 @@ static int lss__mm_cutout(const lss_grid *big, const double *pg, double lambda, 
     if (s != LSS_OK) return s;
     for (y = 0; y < h; y++)
         memcpy(kappa + (int64_t)y * w, fbig + (int64_t)(y + y0) * lss_grid_w(big) + x0, sizeof(float) * (size_t)w);
+    if (keep_mean) return LSS_OK;
     for (i = 0; i < n; i++) mean += kappa[i];
     mean /= (double)n;
     for (i = 0; i < n; i++) kappa[i] = (float)(kappa[i] - mean);
     return LSS_OK;
+}
+static int lss__mm_cutout(const lss_grid *big, const double *pg, double lambda, int h, int w, uint64_t seed,
+                          uint64_t stream, float *fbig, float *kappa) {
+    return lss__mm_cutout_k(big, pg, lambda, h, w, seed, stream, fbig, kappa, 0);
 }
 
 LSSDEF int lss_mm_mock_kappa(const lss_grid *big, const double *pk_big, double lambda, int h,
@@ -1499,6 +1642,9 @@ fail:
     return s;
 }
 LSSDEF int lss_mm_kappa_draw(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t index0, int n, float *out) {
+    return lss_mm_kappa_draw_mean(kg, seed, index0, n, 0, out);
+}
+LSSDEF int lss_mm_kappa_draw_mean(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t index0, int n, int keep_mean, float *out) {
     int i, bad = LSS_OK;
     if (!kg || !out || n < 0) return lss_seterr(LSS_ERR_ARG, "lss_mm_kappa_draw: bad arguments");
 #ifdef LSS__MM_OMP
@@ -1510,8 +1656,9 @@ LSSDEF int lss_mm_kappa_draw(const lss_mm_kappa_gen *kg, uint64_t seed, uint64_t
 #pragma omp for schedule(dynamic)
 #endif
         for (i = 0; i < n; i++) {
-            int si = f ? lss__mm_cutout(kg->big, kg->pg, kg->lambda, kg->side, kg->side, seed,
-                                        lss_stream(LSS_STREAM_MM_FIELD, index0 + (uint64_t)i, 0), f, out + (size_t)i * kg->side * kg->side)
+            int si = f ? lss__mm_cutout_k(kg->big, kg->pg, kg->lambda, kg->side, kg->side, seed,
+                                          lss_stream(LSS_STREAM_MM_FIELD, index0 + (uint64_t)i, 0), f, out + (size_t)i * kg->side * kg->side,
+                                          keep_mean)
                        : lss_seterr(LSS_ERR_NOMEM, "lss_mm_kappa_draw: out of memory");
             if (si != LSS_OK) {
 #ifdef LSS__MM_OMP
@@ -2999,14 +3146,16 @@ LSSDEF int lss_mm_net_load(lss_mm_net *n, const char *path) {
 
 static int lss__mm_rd(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
 
-LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, int *w) {
+/* Finds the float32 tensor `name` of n values in an lss_nn checkpoint without loading the file: *found = 1 and
+ * out filled, or *found = 0. LSS_ERR_IO / LSS_ERR_FORMAT when the file cannot be read or is no checkpoint. */
+static int lss__mm_ckpt_find(const char *path, const char *name_want, int64_t nwant, float *out, int *found) {
     FILE *f;
     char magic[8];
     uint32_t ver, nt, i, len, dt, nd, k;
     int64_t sh[8], cnt;
     char name[256];
     int s0;
-    if (!path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_probe: NULL path");
+    *found = 0;
     if ((s0 = lss_fopen_read(path, &f, NULL)) != LSS_OK) return s0;
     if (!lss__mm_rd(f, magic, 8) || memcmp(magic, "LSSNNCK1", 8) || !lss__mm_rd(f, &ver, 4) || !lss__mm_rd(f, &nt, 4)) {
         int e = ferror(f) ? errno : 0;
@@ -3028,22 +3177,29 @@ LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, in
             cnt *= sh[k];
         }
         if (cnt < 0 || (dt != 1 && dt != 2 && dt != 4)) break;
-        if (!strcmp(name, "massmap.meta") && dt == 1 && cnt == 4) {
-            float m[4];
-            int v[4], s;
-            if (!lss__mm_rd(f, m, sizeof m)) break;
-            fclose(f);
-            if ((s = lss__mm_meta_ints(path, m, v)) != LSS_OK) return s;
-            if (c0) *c0 = v[0];
-            if (deepmass) *deepmass = v[1];
-            if (h) *h = v[2];
-            if (w) *w = v[3];
-            return LSS_OK;
+        if (!strcmp(name, name_want) && dt == 1 && cnt == nwant) {
+            if (!lss__mm_rd(f, out, sizeof(float) * (size_t)nwant)) break;
+            *found = 1;
+            break;
         }
         if (cnt > (int64_t)(LONG_MAX / 8) || fseek(f, (long)(cnt * (dt == 1 ? 4 : 8)), SEEK_CUR) != 0) break;
     }
     fclose(f);
-    return lss_seterr(LSS_ERR_FORMAT, "%s: no massmap network description in the checkpoint", path);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_net_probe(const char *path, int *c0, int *deepmass, int *h, int *w) {
+    float m[4];
+    int v[4], s, found;
+    if (!path) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_probe: NULL path");
+    if ((s = lss__mm_ckpt_find(path, "massmap.meta", 4, m, &found)) != LSS_OK) return s;
+    if (!found) return lss_seterr(LSS_ERR_FORMAT, "%s: no massmap network description in the checkpoint", path);
+    if ((s = lss__mm_meta_ints(path, m, v)) != LSS_OK) return s;
+    if (c0) *c0 = v[0];
+    if (deepmass) *deepmass = v[1];
+    if (h) *h = v[2];
+    if (w) *w = v[3];
+    return LSS_OK;
 }
 
 static int lss__mm_net_reserve(lss_mm_net *n, int b) {
@@ -3445,6 +3601,661 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
     }
     *out = net;
     return LSS_OK;
+}
+
+/* ---- diffusion generator */
+#define LSS__MM_DIFF_META 25   /* tag, h, w, c0, ncond, sigma_min, sigma_max, mean, std, cond_lo[8], cond_hi[8] */
+#define LSS__MM_DIFF_CHUNK 32  /* maps per network evaluation and per sampler batch */
+struct lss_mm_diff {
+    lss_mm_diff_opts o;   /* resolved, float-rounded */
+    int64_t np;
+    int cin;
+    lss_store *st;
+    lss_unet u;
+    lss_graph *gr;
+    lss_optim *opt;
+    lss_tensor *meta;
+    float *in, *sig, *nz, *y, *cnd;  /* [cap cin np], [cap], [cap np], [cap np], [cap ncond] */
+    int cap;
+    lss_mm_diff_score_fn fn;
+    void *fn_user;
+    double rtol, atol;
+};
+
+LSSDEF void lss_mm_diff_free(lss_mm_diff *d) {
+    if (!d) return;
+    lss_optim_free(d->opt);
+    lss_graph_free(d->gr);
+    lss_store_free(d->st);
+    LSS_FREE(d->in); LSS_FREE(d->sig); LSS_FREE(d->nz); LSS_FREE(d->y); LSS_FREE(d->cnd);
+    LSS_FREE(d);
+}
+
+static int lss__mm_diff_reserve(lss_mm_diff *d, int b) {
+    size_t m;
+    if (b <= d->cap) return LSS_OK;
+    m = sizeof(float) * (size_t)b * (size_t)d->np;
+    LSS_FREE(d->in); LSS_FREE(d->sig); LSS_FREE(d->nz); LSS_FREE(d->y); LSS_FREE(d->cnd);
+    d->in = (float *)LSS_MALLOC(m * (size_t)d->cin);
+    d->sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
+    d->nz = (float *)LSS_MALLOC(m);
+    d->y = (float *)LSS_MALLOC(m);
+    d->cnd = (float *)LSS_MALLOC(sizeof(float) * (size_t)b * (size_t)(d->o.ncond > 0 ? d->o.ncond : 1));
+    d->cap = 0;
+    if (!d->in || !d->sig || !d->nz || !d->y || !d->cnd)
+        return lss_seterr(LSS_ERR_NOMEM, "diffusion model: out of memory for a batch of %d maps", b);
+    d->cap = b;
+    return LSS_OK;
+}
+
+/* x rounded to float32 (through memory, so that no optimisation keeps the double) */
+static double lss__mm_f32(double x) {
+    volatile float f = (float)x;
+    return f;
+}
+
+/* Options with defaults, checked and float-rounded (what the checkpoint stores). */
+static int lss__mm_diff_resolve(const lss_mm_diff_opts *in, lss_mm_diff_opts *o, const char *fn) {
+    int k;
+    *o = *in;
+    if (o->c0 == 0) o->c0 = 32;
+    if (o->sigma_min == 0) o->sigma_min = LSS_MM_DIFF_SIGMA_MIN;
+    if (o->sigma_max == 0) o->sigma_max = LSS_MM_DIFF_SIGMA_MAX;
+    if (o->std == 0) o->std = 1;
+    if (o->h < 4 || o->w < 4 || o->h > 4096 || o->w > 4096 || o->h % 4 || o->w % 4)
+        return lss_seterr(LSS_ERR_SHAPE, "%s: map %d x %d must have sides that are multiples of 4 in [4, 4096]", fn, o->h, o->w);
+    if (o->c0 < 1 || o->c0 > 512) return lss_seterr(LSS_ERR_RANGE, "%s: width c0 %d outside [1, 512]", fn, o->c0);
+    if (o->ncond < 0 || o->ncond > LSS_MM_DIFF_NCOND_MAX)
+        return lss_seterr(LSS_ERR_RANGE, "%s: ncond %d outside [0, %d]", fn, o->ncond, LSS_MM_DIFF_NCOND_MAX);
+    o->sigma_min = lss__mm_f32(o->sigma_min);
+    o->sigma_max = lss__mm_f32(o->sigma_max);
+    o->mean = lss__mm_f32(o->mean);
+    o->std = lss__mm_f32(o->std);
+    if (!(o->sigma_min > 0) || !isfinite(o->sigma_max) || !(o->sigma_max > o->sigma_min))
+        return lss_seterr(LSS_ERR_RANGE, "%s: noise range sigma_min %g, sigma_max %g (0 < sigma_min < sigma_max, finite, needed)",
+                          fn, in->sigma_min, in->sigma_max);
+    if (!isfinite(o->mean) || !(o->std > 0) || !isfinite(o->std))
+        return lss_seterr(LSS_ERR_RANGE, "%s: standardisation mean %g, std %g (finite, std > 0, needed)", fn, in->mean, in->std);
+    for (k = 0; k < LSS_MM_DIFF_NCOND_MAX; k++) {
+        if (k >= o->ncond) {
+            o->cond_lo[k] = o->cond_hi[k] = 0;
+            continue;
+        }
+        o->cond_lo[k] = lss__mm_f32(o->cond_lo[k]);
+        o->cond_hi[k] = lss__mm_f32(o->cond_hi[k]);
+        if (!isfinite(o->cond_lo[k]) || !isfinite(o->cond_hi[k]) || !(o->cond_hi[k] > o->cond_lo[k]))
+            return lss_seterr(LSS_ERR_RANGE, "%s: condition %d range [%g, %g] (finite, lo < hi, needed)", fn, k, in->cond_lo[k], in->cond_hi[k]);
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
+    lss_mm_diff *d;
+    lss_unet_opts uo;
+    int s, k;
+    int64_t nm[1] = {LSS__MM_DIFF_META};
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_create: out is NULL");
+    *out = NULL;
+    if (!o) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_create: NULL options");
+    d = (lss_mm_diff *)LSS_MALLOC(sizeof *d);
+    if (!d) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_create: out of memory");
+    memset(d, 0, sizeof *d);
+    if ((s = lss__mm_diff_resolve(o, &d->o, "lss_mm_diff_create")) != LSS_OK) {
+        LSS_FREE(d);
+        return s;
+    }
+    d->np = (int64_t)d->o.h * d->o.w;
+    d->cin = 1 + d->o.ncond;
+    if ((s = lss_store_create(d->o.seed, &d->st)) != LSS_OK || (s = lss_graph_create(&d->gr)) != LSS_OK) {
+        lss_mm_diff_free(d);
+        return s;
+    }
+    memset(&uo, 0, sizeof uo);
+    uo.in_ch = d->cin;
+    uo.out_ch = 1;
+    uo.c0 = d->o.c0;
+    uo.sigma_cond = 1;
+    uo.no_batchnorm = 1;
+    uo.sigma_log = 1;
+    if ((s = lss_unet_init(&d->u, d->st, "unet", &uo)) != LSS_OK) {
+        lss_mm_diff_free(d);
+        return s;
+    }
+    d->meta = lss_store_buffer(d->st, "massmap.diff.meta", 1, nm, LSS_INIT_ZERO, 0.0f);
+    if ((s = lss_store_status(d->st)) != LSS_OK) {
+        lss_mm_diff_free(d);
+        return s;
+    }
+    {
+        float *m = d->meta->data;
+        m[0] = 1;
+        m[1] = (float)d->o.h;
+        m[2] = (float)d->o.w;
+        m[3] = (float)d->o.c0;
+        m[4] = (float)d->o.ncond;
+        m[5] = (float)d->o.sigma_min;
+        m[6] = (float)d->o.sigma_max;
+        m[7] = (float)d->o.mean;
+        m[8] = (float)d->o.std;
+        for (k = 0; k < LSS_MM_DIFF_NCOND_MAX; k++) {
+            m[9 + k] = (float)d->o.cond_lo[k];
+            m[17 + k] = (float)d->o.cond_hi[k];
+        }
+    }
+    d->rtol = d->atol = 1e-4;
+    *out = d;
+    return LSS_OK;
+}
+
+LSSDEF int64_t lss_mm_diff_nparams(const lss_mm_diff *d) { return d ? lss_store_nparams(d->st) : 0; }
+
+LSSDEF int lss_mm_diff_options(const lss_mm_diff *d, lss_mm_diff_opts *o) {
+    if (!d || !o) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_options: NULL argument");
+    *o = d->o;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_diff_save(const lss_mm_diff *d, const char *path) {
+    if (!d || !path) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_save: NULL argument");
+    return lss_ckpt_save(path, d->st, NULL);
+}
+
+LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
+    float m[LSS__MM_DIFF_META];
+    lss_mm_diff_opts o;
+    lss_mm_diff *d;
+    int s, found, k;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_open: out is NULL");
+    *out = NULL;
+    if (!path) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_open: NULL path");
+    if ((s = lss__mm_ckpt_find(path, "massmap.diff.meta", LSS__MM_DIFF_META, m, &found)) != LSS_OK) return s;
+    if (!found) return lss_seterr(LSS_ERR_FORMAT, "%s: no diffusion-model description in the checkpoint", path);
+    for (k = 0; k < 5; k++)
+        if (!isfinite(m[k]) || m[k] != floorf(m[k]) || m[k] < 0 || m[k] > 65536)
+            return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta value %d is %g (an integer is needed)", path, k, (double)m[k]);
+    if (m[0] != 1) return lss_seterr(LSS_ERR_FORMAT, "%s: diffusion-model description version %g (1 expected)", path, (double)m[0]);
+    memset(&o, 0, sizeof o);
+    o.h = (int)m[1];
+    o.w = (int)m[2];
+    o.c0 = (int)m[3];
+    o.ncond = (int)m[4];
+    o.sigma_min = m[5];
+    o.sigma_max = m[6];
+    o.mean = m[7];
+    o.std = m[8];
+    for (k = 0; k < LSS_MM_DIFF_NCOND_MAX; k++) {
+        o.cond_lo[k] = m[9 + k];
+        o.cond_hi[k] = m[17 + k];
+    }
+    if (o.c0 == 0 || o.std == 0 || o.sigma_min == 0 || o.sigma_max == 0)
+        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta holds zero width, std or noise level", path);
+    if ((s = lss_mm_diff_create(&o, &d)) != LSS_OK) {
+        lss_seterr(s, "%s: bad diffusion-model description: %s", path, lss_last_error());
+        return s;
+    }
+    if ((s = lss_ckpt_load(path, d->st, NULL)) != LSS_OK) {
+        lss_mm_diff_free(d);
+        return s;
+    }
+    *out = d;
+    return LSS_OK;
+}
+
+LSSDEF void lss_mm_diff_set_score(lss_mm_diff *d, lss_mm_diff_score_fn fn, void *user) {
+    if (!d) return;
+    d->fn = fn;
+    d->fn_user = fn ? user : NULL;
+}
+
+LSSDEF int lss_mm_diff_set_ode(lss_mm_diff *d, double rtol, double atol) {
+    if (!d) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_set_ode: NULL model");
+    if (rtol == 0) rtol = 1e-4;
+    if (atol == 0) atol = 1e-4;
+    if (!(rtol > 0) || !(atol > 0) || !isfinite(rtol) || !isfinite(atol))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_set_ode: tolerances rtol %g, atol %g must be positive", rtol, atol);
+    d->rtol = rtol;
+    d->atol = atol;
+    return LSS_OK;
+}
+
+/* Network input of b maps into d->in: channel 0 = x, then the mapped conditions as constant channels. */
+static void lss__mm_diff_input(lss_mm_diff *d, int b, const float *x, const float *cond) {
+    int64_t np = d->np, i;
+    int j, k;
+    for (j = 0; j < b; j++) {
+        float *dst = d->in + (int64_t)j * d->cin * np;
+        memcpy(dst, x + j * np, sizeof(float) * (size_t)np);
+        for (k = 0; k < d->o.ncond; k++) {
+            float v = (float)(2.0 * ((double)cond[j * d->o.ncond + k] - d->o.cond_lo[k]) / (d->o.cond_hi[k] - d->o.cond_lo[k]) - 1.0);
+            float *ck = dst + (int64_t)(1 + k) * np;
+            for (i = 0; i < np; i++) ck[i] = v;
+        }
+    }
+}
+
+/* Network forward of the prepared input (b maps) at noise levels d->sig; the output tensor in *res. */
+static int lss__mm_diff_forward(lss_mm_diff *d, int b, int training, lss_tensor **res) {
+    int64_t sh[4], s1[1];
+    lss_tensor *y;
+    sh[0] = b; sh[1] = d->cin; sh[2] = d->o.h; sh[3] = d->o.w; s1[0] = b;
+    lss_graph_reset(d->gr);
+    lss_graph_set_training(d->gr, training);
+    y = lss_unet_forward(d->gr, &d->u, lss_view(d->gr, d->in, 4, sh), lss_view(d->gr, d->sig, 1, s1));
+    if (!y) return lss_graph_status(d->gr) ? lss_graph_status(d->gr) : lss_seterr(LSS_ERR_STATE, "diffusion model: forward failed");
+    *res = y;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float *sigma, const float *cond, float *out) {
+    int j0, b, j, s;
+    if (!d || !x || !sigma || !out || n < 1 || (d->o.ncond > 0 && !cond))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_score: bad argument (n %d; cond needed when ncond > 0)", n);
+    for (j = 0; j < n; j++)
+        if (!(sigma[j] > 0) || !isfinite(sigma[j])) return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_score: noise level %d is %g", j, (double)sigma[j]);
+    if (d->fn) return d->fn(d->fn_user, n, x, sigma, d->o.ncond > 0 ? cond : NULL, out);
+    for (j0 = 0; j0 < n; j0 += b) {
+        lss_tensor *y;
+        b = n - j0 < LSS__MM_DIFF_CHUNK ? n - j0 : LSS__MM_DIFF_CHUNK;
+        if ((s = lss__mm_diff_reserve(d, b)) != LSS_OK) return s;
+        lss__mm_diff_input(d, b, x + j0 * d->np, d->o.ncond > 0 ? cond + j0 * d->o.ncond : NULL);
+        memcpy(d->sig, sigma + j0, sizeof(float) * (size_t)b);
+        if ((s = lss__mm_diff_forward(d, b, 0, &y)) != LSS_OK) return s;
+        memcpy(out + j0 * d->np, y->data, sizeof(float) * (size_t)b * (size_t)d->np);
+    }
+    return LSS_OK;
+}
+
+/* Maps and conditions of a call checked finite; standardised maps into y. */
+static int lss__mm_diff_check(const lss_mm_diff *d, int n, const float *maps, const float *cond, float *y, const char *fn,
+                              const char *what, int code) {
+    int64_t i, np = d->np;
+    int j, k;
+    for (j = 0; j < n; j++) {
+        for (i = 0; i < np; i++) {
+            float v = maps[j * np + i];
+            if (!isfinite(v)) return lss_seterr(code, "%s: %smap %d pixel %lld is %g", fn, what, j, (long long)i, (double)v);
+            if (y) y[j * np + i] = (float)(((double)v - d->o.mean) / d->o.std);
+        }
+        for (k = 0; k < d->o.ncond; k++)
+            if (!isfinite(cond[j * d->o.ncond + k]))
+                return lss_seterr(code, "%s: %scondition %d of map %d is %g", fn, what, k, j, (double)cond[j * d->o.ncond + k]);
+    }
+    return LSS_OK;
+}
+
+/* The noise of a batch of b standardised maps y from r: per map sigma_j = exp(U(ln sigma_min, ln sigma_max))
+ * then its h w normals; sig [b], nz [b np], x = y + sigma n [b np]. */
+static void lss__mm_diff_noise(const lss_mm_diff *d, lss_rng *r, int b, const float *y, float *sig, float *nz, float *x) {
+    double lmin = log(d->o.sigma_min), lmax = log(d->o.sigma_max);
+    int64_t np = d->np, i;
+    int j;
+    for (j = 0; j < b; j++) {
+        float sj = (float)exp(lmin + (lmax - lmin) * lss_rng_uniform(r));
+        sig[j] = sj;
+        for (i = 0; i < np; i++) {
+            nz[j * np + i] = (float)lss_rng_normal(r);
+            x[j * np + i] = y[j * np + i] + sj * nz[j * np + i];
+        }
+    }
+}
+
+LSSDEF int lss_mm_diff_loss(lss_mm_diff *d, int n, const float *maps, const float *cond, uint64_t seed, uint64_t index,
+                            double *loss) {
+    float *buf;
+    lss_rng r;
+    int64_t np, i, M;
+    int s, j;
+    double acc = 0;
+    if (!d || !maps || !loss || n < 1 || (d->o.ncond > 0 && !cond))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_loss: bad argument (n %d; cond needed when ncond > 0)", n);
+    np = d->np;
+    M = (int64_t)n * np;
+    buf = (float *)LSS_MALLOC(sizeof(float) * (size_t)(4 * M + n));
+    if (!buf) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_loss: out of memory");
+    if ((s = lss__mm_diff_check(d, n, maps, cond, buf, "lss_mm_diff_loss", "", LSS_ERR_NUMERIC)) == LSS_OK) {
+        float *y = buf, *nz = buf + M, *x = buf + 2 * M, *sc = buf + 3 * M, *sig = buf + 4 * M;
+        lss_rng_for(&r, seed, LSS_STREAM_MM_DSM, index, LSS_MM_SUB_DIFF);
+        lss__mm_diff_noise(d, &r, n, y, sig, nz, x);
+        if ((s = lss_mm_diff_score(d, n, x, sig, cond, sc)) == LSS_OK) {
+            for (j = 0; j < n; j++)
+                for (i = 0; i < np; i++) {
+                    double e = (double)nz[j * np + i] + (double)sig[j] * sc[j * np + i];
+                    acc += e * e;
+                }
+            *loss = acc / (double)M;
+        }
+    }
+    LSS_FREE(buf);
+    return s;
+}
+
+/* ---- training */
+typedef struct {
+    lss_mm_diff *d;
+    lss_mm_diff_train_opts o;  /* defaults applied */
+    float *maps, *cond, *x;
+    double valid;
+} lss__mm_dtr;
+
+/* Batch `index` of data set `set`: draw, check, standardise, noise; network input in d->in, noise in d->nz. */
+static int lss__mm_dtr_batch(lss__mm_dtr *t, int set, int64_t index) {
+    lss_mm_diff *d = t->d;
+    lss_rng r;
+    int s, b = t->o.batch;
+    char what[64];
+    if ((s = t->o.draw(t->o.user, set, index, b, t->maps, d->o.ncond > 0 ? t->cond : NULL)) != LSS_OK) return s;
+    snprintf(what, sizeof what, "%s batch %lld ", set == LSS_SET_VALID ? "held-out" : "training", (long long)index);
+    if ((s = lss__mm_diff_check(d, b, t->maps, t->cond, d->y, "lss_mm_diff_train", what, LSS_ERR_ARG)) != LSS_OK) return s;
+    lss_rng_for(&r, t->o.seed, LSS_STREAM_MM_DSM, lss_set_index((lss_set)set, (uint64_t)index), LSS_MM_SUB_DIFF);
+    lss__mm_diff_noise(d, &r, b, d->y, d->sig, d->nz, t->x);
+    lss__mm_diff_input(d, b, t->x, t->cond);
+    return LSS_OK;
+}
+
+static int lss__mm_dtr_step(void *user, int64_t step, double *loss) {
+    lss__mm_dtr *t = (lss__mm_dtr *)user;
+    lss_mm_diff *d = t->d;
+    int64_t sh[4], s1[1];
+    lss_tensor *y, *l;
+    int s;
+    sh[0] = t->o.batch; sh[1] = 1; sh[2] = d->o.h; sh[3] = d->o.w; s1[0] = t->o.batch;
+    if ((s = lss__mm_dtr_batch(t, LSS_SET_TRAIN, step)) != LSS_OK) return s;
+    if ((s = lss__mm_diff_forward(d, t->o.batch, 1, &y)) != LSS_OK) return s;
+    l = lss_op_dsm_loss(d->gr, y, lss_view(d->gr, d->nz, 4, sh), lss_view(d->gr, d->sig, 1, s1));
+    if (!l) return lss_graph_status(d->gr) ? lss_graph_status(d->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_diff_train: loss graph failed");
+    loss[0] = l->data[0];
+    if (isfinite(loss[0])) {
+        lss_store_zero_grad(d->st);
+        if ((s = lss_backward(d->gr, l)) == LSS_OK) s = lss_optim_step(d->opt);
+    } else
+        s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_train: the loss is not finite at step %lld", (long long)step);
+    if (t->o.progress && (s == LSS_OK || s == LSS_ERR_NUMERIC)) t->o.progress(t->o.progress_user, (int)(step + 1), loss[0]);
+    return s;
+}
+
+static int lss__mm_dtr_eval(void *user, double *loss) {
+    lss__mm_dtr *t = (lss__mm_dtr *)user;
+    lss_mm_diff *d = t->d;
+    int64_t i, np = d->np;
+    int k, j, s, b = t->o.batch;
+    double acc = 0;
+    for (k = 0; k < t->o.eval_batches; k++) {
+        lss_tensor *y;
+        if ((s = lss__mm_dtr_batch(t, LSS_SET_VALID, k)) != LSS_OK) return s;
+        if ((s = lss__mm_diff_forward(d, b, 0, &y)) != LSS_OK) return s;
+        for (j = 0; j < b; j++)
+            for (i = 0; i < np; i++) {
+                double e = (double)d->nz[j * np + i] + (double)d->sig[j] * y->data[j * np + i];
+                acc += e * e;
+            }
+    }
+    loss[0] = t->valid = acc / ((double)t->o.eval_batches * b * np);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_diff_train(lss_mm_diff *d, const lss_mm_diff_train_opts *o, lss_train_result *res) {
+    lss__mm_dtr t;
+    lss_train_net tn;
+    lss_train_opts lo;
+    lss_optim_opts oo;
+    int s;
+    if (res) {
+        memset(res, 0, sizeof *res);
+        res->best_step = -1;
+    }
+    if (!d || !o) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_train: NULL argument");
+    if (d->fn) return lss_seterr(LSS_ERR_STATE, "lss_mm_diff_train: an external score is set (lss_mm_diff_set_score); restore the network first");
+    memset(&t, 0, sizeof t);
+    t.d = d;
+    t.o = *o;
+    if (t.o.steps == 0) t.o.steps = 1000;
+    if (t.o.batch == 0) t.o.batch = 16;
+    if (t.o.lr == 0) t.o.lr = 1e-3;
+    if (t.o.eval_batches == 0) t.o.eval_batches = 4;
+    if (!t.o.draw) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_train: a draw callback is required");
+    if (t.o.steps < 1 || t.o.batch < 1 || t.o.batch > 4096 || !(t.o.lr > 0) || !isfinite(t.o.lr) || t.o.eval_every < 0 ||
+        t.o.ckpt_every < 0 || t.o.patience < 0 || t.o.eval_batches < 1)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_train: bad options (steps %d, batch %d, lr %g, eval_every %d, ckpt_every %d, patience %d, eval_batches %d)",
+                          t.o.steps, t.o.batch, t.o.lr, t.o.eval_every, t.o.ckpt_every, t.o.patience, t.o.eval_batches);
+    if (t.o.resume && !t.o.ckpt) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_train: resume needs a checkpoint path");
+    if ((s = lss__mm_diff_reserve(d, t.o.batch)) != LSS_OK) return s;
+    t.maps = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * (int64_t)t.o.batch * d->np));
+    t.cond = (float *)LSS_MALLOC(sizeof(float) * (size_t)t.o.batch * (size_t)(d->o.ncond > 0 ? d->o.ncond : 1));
+    if (!t.maps || !t.cond) {
+        LSS_FREE(t.maps);
+        LSS_FREE(t.cond);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_train: out of memory");
+    }
+    t.x = t.maps + (int64_t)t.o.batch * d->np;
+    t.valid = NAN;
+    if (!d->opt) {
+        memset(&oo, 0, sizeof oo);
+        oo.kind = LSS_OPT_ADAM;
+        oo.lr = t.o.lr;
+        oo.sched = LSS_SCHED_COSINE;
+        oo.total_steps = t.o.steps;
+        oo.lr_min = t.o.lr / 20;
+        oo.clip = LSS_CLIP_NORM;
+        oo.clip_norm = 1.0;
+        if ((s = lss_optim_create(d->st, &oo, &d->opt)) != LSS_OK) {
+            LSS_FREE(t.maps);
+            LSS_FREE(t.cond);
+            return s;
+        }
+    }
+    memset(&tn, 0, sizeof tn);
+    tn.store = d->st;
+    tn.optim = d->opt;
+    tn.ckpt_path = t.o.ckpt;
+    memset(&lo, 0, sizeof lo);
+    lo.steps = t.o.steps;
+    lo.eval_every = t.o.eval_every;
+    lo.ckpt_every = t.o.ckpt_every > 0 ? t.o.ckpt_every : t.o.eval_every;
+    lo.loss_csv = t.o.loss_csv;
+    lo.resume = t.o.resume;
+    lo.patience = t.o.patience;
+    lo.step = lss__mm_dtr_step;
+    lo.eval = lss__mm_dtr_eval;
+    lo.user = &t;
+    s = lss_train(&tn, 1, &lo, res);
+    LSS_FREE(t.maps);
+    LSS_FREE(t.cond);
+    return s;
+}
+
+/* ---- sampling */
+typedef struct {
+    lss_mm_diff *d;
+    const float *cond;   /* the batch's conditions [B, ncond] or NULL */
+    float *cbuf;         /* packed conditions */
+    int64_t nev;
+} lss__mm_dode;
+
+static int lss__mm_dode_score(void *user, int n, const int *rows, const float *x, const float *sigma, float *out) {
+    lss__mm_dode *u = (lss__mm_dode *)user;
+    const float *c = u->cond;
+    int j, k, nc = u->d->o.ncond;
+    if (c && rows) {
+        for (j = 0; j < n; j++)
+            for (k = 0; k < nc; k++) u->cbuf[j * nc + k] = c[rows[j] * nc + k];
+        c = u->cbuf;
+    }
+    u->nev += n;
+    return lss_mm_diff_score(u->d, n, x, sigma, c, out);
+}
+
+LSSDEF int lss_mm_diff_sample(lss_mm_diff *d, int method, int nsteps, int n, const float *cond, uint64_t seed,
+                              uint64_t index0, float *out, int64_t *nevals) {
+    int64_t np, i, nev = 0;
+    int j0, b, j, k, s = LSS_OK, nc;
+    float *x = NULL, *sc = NULL, *sig = NULL, *cbuf = NULL;
+    lss_rng *r = NULL;
+    double smin, smax, s0;
+    if (nevals) *nevals = 0;
+    if (!d || !out || n < 1 || (d && d->o.ncond > 0 && !cond))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_sample: bad argument (n %d; cond needed when ncond > 0)", n);
+    if (method < LSS_MM_DIFF_ANCESTRAL || method > LSS_MM_DIFF_ODE) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_sample: unknown method %d", method);
+    if (method != LSS_MM_DIFF_ODE && (nsteps < 1 || nsteps > 1000000))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_sample: nsteps %d outside [1, 1000000]", nsteps);
+    if (index0 >= LSS_STREAM_INDEX_MAX || (uint64_t)n > LSS_STREAM_INDEX_MAX - index0)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_sample: sample indices past 2^44");
+    nc = d->o.ncond;
+    for (j = 0; j < n * nc; j++)
+        if (!isfinite(cond[j])) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_sample: condition %d of map %d is %g", j % nc, j / nc, (double)cond[j]);
+    np = d->np;
+    smin = d->o.sigma_min;
+    smax = d->o.sigma_max;
+    b = n < LSS__MM_DIFF_CHUNK ? n : LSS__MM_DIFF_CHUNK;
+    x = (float *)LSS_MALLOC(sizeof(float) * (size_t)b * (size_t)np);
+    sc = (float *)LSS_MALLOC(sizeof(float) * (size_t)b * (size_t)np);
+    sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
+    cbuf = (float *)LSS_MALLOC(sizeof(float) * (size_t)b * (size_t)(nc > 0 ? nc : 1));
+    r = (lss_rng *)LSS_MALLOC(sizeof(lss_rng) * (size_t)b);
+    if (!x || !sc || !sig || !cbuf || !r) s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_sample: out of memory");
+    s0 = sqrt(smax * smax + 1.0);
+    for (j0 = 0; s == LSS_OK && j0 < n; j0 += b) {
+        const float *cj = nc > 0 ? cond + (int64_t)j0 * nc : NULL;
+        b = n - j0 < LSS__MM_DIFF_CHUNK ? n - j0 : LSS__MM_DIFF_CHUNK;
+        for (j = 0; j < b; j++) {
+            lss_rng_for(&r[j], seed, LSS_STREAM_MM_CHAIN, index0 + (uint64_t)(j0 + j), LSS_MM_SUB_DIFF);
+            for (i = 0; i < np; i++) x[j * np + i] = (float)(s0 * lss_rng_normal(&r[j]));
+        }
+        if (method == LSS_MM_DIFF_ODE) {
+            lss__mm_dode u;
+            int64_t ns, nr;
+            u.d = d;
+            u.cond = cj;
+            u.cbuf = cbuf;
+            u.nev = 0;
+            s = lss__mm_pf_ode(b, np, x, smax * smax, smin * smin, d->rtol, d->atol, 0, lss__mm_dode_score, &u,
+                               "lss_mm_diff_sample", &ns, &nr);
+            nev += u.nev;
+        } else {
+            double lr = log(smin / smax);
+            for (k = 0; s == LSS_OK && k < nsteps; k++) {
+                double cur = k == 0 ? smax : smax * exp(lr * k / nsteps);
+                double nxt = k + 1 == nsteps ? smin : smax * exp(lr * (k + 1) / nsteps);
+                double a, sd = 0;
+                for (j = 0; j < b; j++) sig[j] = (float)cur;
+                if ((s = lss_mm_diff_score(d, b, x, sig, cj, sc)) != LSS_OK) break;
+                nev += b;
+                if (method == LSS_MM_DIFF_ANCESTRAL) {
+                    a = cur * cur - nxt * nxt;
+                    sd = sqrt(a * nxt * nxt / (cur * cur));
+                } else
+                    a = cur * (cur - nxt);
+                for (j = 0; j < b; j++)
+                    for (i = 0; i < np; i++) {
+                        double v = (double)x[j * np + i] + a * sc[j * np + i];
+                        if (method == LSS_MM_DIFF_ANCESTRAL) v += sd * lss_rng_normal(&r[j]);
+                        x[j * np + i] = (float)v;
+                    }
+            }
+        }
+        if (s != LSS_OK) break;
+        /* Tweedie: the posterior mean of y given x at sigma_min */
+        for (j = 0; j < b; j++) sig[j] = (float)smin;
+        if ((s = lss_mm_diff_score(d, b, x, sig, cj, sc)) != LSS_OK) break;
+        nev += b;
+        for (j = 0; j < b; j++)
+            for (i = 0; i < np; i++) {
+                double v = (double)x[j * np + i] + smin * smin * sc[j * np + i];
+                float kv = (float)(d->o.mean + d->o.std * v);
+                if (!isfinite(kv)) {
+                    s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_sample: sample %llu is not finite", (unsigned long long)(index0 + (uint64_t)(j0 + j)));
+                    break;
+                }
+                out[(int64_t)(j0 + j) * np + i] = kv;
+            }
+    }
+    LSS_FREE(x); LSS_FREE(sc); LSS_FREE(sig); LSS_FREE(cbuf); LSS_FREE(r);
+    if (nevals) *nevals = nev;
+    return s;
+}
+
+/* ---- likelihood bound */
+LSSDEF int lss_mm_diff_nll(lss_mm_diff *d, int n, const float *maps, const float *cond, int nsig, uint64_t seed,
+                           double *nll, double *se) {
+    int64_t np, i, rows, r0, M;
+    int s, j, k, b, nc;
+    float *y = NULL, *x = NULL, *nz = NULL, *sc = NULL, *sig = NULL, *cb = NULL;
+    double *f = NULL, lmin, lmax, L, D, umin, umax, V, cst;
+    lss_rng r;
+    if (!d || !maps || !nll || n < 1 || (d && d->o.ncond > 0 && !cond))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_nll: bad argument (n %d; cond needed when ncond > 0)", n);
+    if (nsig < 2 || nsig % 2 || nsig > 1000000) return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_nll: nsig %d must be even, 2 .. 1000000", nsig);
+    np = d->np;
+    nc = d->o.ncond;
+    M = (int64_t)n * np;
+    y = (float *)LSS_MALLOC(sizeof(float) * (size_t)M);
+    x = (float *)LSS_MALLOC(sizeof(float) * (size_t)(LSS__MM_DIFF_CHUNK * np));
+    nz = (float *)LSS_MALLOC(sizeof(float) * (size_t)(LSS__MM_DIFF_CHUNK * np));
+    sc = (float *)LSS_MALLOC(sizeof(float) * (size_t)(LSS__MM_DIFF_CHUNK * np));
+    sig = (float *)LSS_MALLOC(sizeof(float) * LSS__MM_DIFF_CHUNK);
+    cb = (float *)LSS_MALLOC(sizeof(float) * (size_t)(LSS__MM_DIFF_CHUNK * (nc > 0 ? nc : 1)));
+    f = (double *)LSS_MALLOC(sizeof(double) * (size_t)n * (size_t)nsig);
+    if (!y || !x || !nz || !sc || !sig || !cb || !f) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_nll: out of memory");
+        goto done;
+    }
+    if ((s = lss__mm_diff_check(d, n, maps, cond, y, "lss_mm_diff_nll", "", LSS_ERR_NUMERIC)) != LSS_OK) goto done;
+    lmin = log(d->o.sigma_min);
+    lmax = log(d->o.sigma_max);
+    L = lmax - lmin;
+    /* rows (map j, stratum k) in order, LSS__MM_DIFF_CHUNK per score call; map j's draws in stratum order */
+    rows = (int64_t)n * nsig;
+    for (r0 = 0; r0 < rows; r0 += b) {
+        b = rows - r0 < LSS__MM_DIFF_CHUNK ? (int)(rows - r0) : LSS__MM_DIFF_CHUNK;
+        for (k = 0; k < b; k++) {
+            int64_t row = r0 + k;
+            int jm = (int)(row / nsig), st = (int)(row % nsig);
+            const float *yj = y + (int64_t)jm * np;
+            float sk;
+            if (st == 0) lss_rng_for(&r, seed, LSS_STREAM_MM_DSM, (uint64_t)jm, LSS_MM_SUB_DIFF_NLL);
+            sk = (float)exp(lmin + L * (st + lss_rng_uniform(&r)) / nsig);
+            sig[k] = sk;
+            for (i = 0; i < np; i++) {
+                nz[k * np + i] = (float)lss_rng_normal(&r);
+                x[k * np + i] = yj[i] + sk * nz[k * np + i];
+            }
+            for (j = 0; j < nc; j++) cb[k * nc + j] = cond[jm * nc + j];
+        }
+        if ((s = lss_mm_diff_score(d, b, x, sig, nc > 0 ? cb : NULL, sc)) != LSS_OK) goto done;
+        for (k = 0; k < b; k++) {
+            /* ||n + sigma s||^2 - beta (||n||^2 - D), beta = 1/(1 + sigma^2)^2: the same expectation, the
+               noise's chi-square removed where it dominates (sigma << 1 for unit-variance data) */
+            double a = 0, nn = 0, s2 = (double)sig[k] * sig[k], beta = 1.0 / ((1.0 + s2) * (1.0 + s2));
+            for (i = 0; i < np; i++) {
+                double e = (double)nz[k * np + i] + (double)sig[k] * sc[k * np + i];
+                a += e * e;
+                nn += (double)nz[k * np + i] * nz[k * np + i];
+            }
+            a -= beta * (nn - (double)np);
+            if (!isfinite(a)) {
+                s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_nll: the score of map %lld is not finite", (long long)((r0 + k) / nsig));
+                goto done;
+            }
+            f[r0 + k] = a;
+        }
+    }
+    /* prior KL(N(y, umax) || N(0, umax + 1)) + decoder D/2 ln(2 pi e umin) + L_inf + D ln std */
+    D = (double)np;
+    umin = d->o.sigma_min * d->o.sigma_min;
+    umax = d->o.sigma_max * d->o.sigma_max;
+    V = umax + 1.0;
+    cst = 0.5 * D * (umax / V - 1.0 + log(V / umax)) + 0.5 * D * (log(2.0 * M_PI * umin) + 1.0) + D * log(d->o.std);
+    for (j = 0; j < n; j++) {
+        double yy = 0, li = 0, v = 0;
+        const double *fj = f + (int64_t)j * nsig;
+        for (i = 0; i < np; i++) yy += (double)y[j * np + i] * y[j * np + i];
+        for (k = 0; k < nsig; k++) li += fj[k];
+        for (k = 0; k < nsig; k += 2) v += (fj[k] - fj[k + 1]) * (fj[k] - fj[k + 1]);
+        nll[j] = cst + yy / (2.0 * V) + L * li / nsig;
+        if (se) se[j] = L / nsig * sqrt(v);
+    }
+done:
+    LSS_FREE(y); LSS_FREE(x); LSS_FREE(nz); LSS_FREE(sc); LSS_FREE(sig); LSS_FREE(cb); LSS_FREE(f);
+    return s;
 }
 
 /* ---- presets and batches */

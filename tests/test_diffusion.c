@@ -1,0 +1,584 @@
+/* Tests of the diffusion generator of lss_massmap.h (lss_mm_diff_*): the training loss against a
+ * double-precision reimplementation and, with the exact score of a periodic Gaussian random field, against
+ * its analytic expectation; the three samplers against their exact per-mode response for Gaussian data; the
+ * likelihood bound against the exact -ln p of the field and its computed gap; checkpoints, exact resume and
+ * bad inputs. LSS_DIFF_LONG=1 adds the trained-network check (a U-net trained on a field, its samples'
+ * spectra paired against exact-score samples drawn from the same noise). */
+#define LSS_CORE_IMPLEMENTATION
+#define LSS_MAPS_IMPLEMENTATION
+#define LSS_NN_IMPLEMENTATION
+#define LSS_MASSMAP_IMPLEMENTATION
+#include "lss_massmap.h"
+#include "tests/lss_test.h"
+
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static int asan_mode(void) {
+    const char *s = getenv("LSS_TEST_ASAN");
+    return s && *s == '1';
+}
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* ---- a periodic Gaussian random field: spectrum, draws, exact score, exact -ln p */
+typedef struct {
+    lss_grid *g;
+    int n;             /* side */
+    int64_t N;
+    double *pk;        /* grid spectrum (kappa units), pk[0] > 0: a non-degenerate density */
+    double std;        /* pixel standard deviation */
+    double *v;         /* standardised mode variances pk / sstd^2 of the model's standardisation */
+    double sstd;
+    int calls;
+} grf;
+
+static void grf_init(grf *f, int n, double slope) {
+    memset(f, 0, sizeof *f);
+    f->n = n;
+    f->N = (int64_t)n * n;
+    lss_grid_create(n, n, 1.0, &f->g);
+    f->pk = (double *)malloc(sizeof(double) * f->N);
+    f->v = (double *)malloc(sizeof(double) * f->N);
+    double k0 = 1.0 / n, m = 0;
+    for (int64_t i = 0; i < f->N; i++) {
+        f->pk[i] = pow(lss_grid_k2(f->g, i) + k0 * k0, -slope / 2);
+        m += f->pk[i];
+    }
+    m /= f->N;  /* pixel variance = mean of pk */
+    for (int64_t i = 0; i < f->N; i++) f->pk[i] *= 4e-4 / m;
+    f->std = 0.02;
+
+}
+static void grf_standardise(grf *f, double sstd) {
+    f->sstd = sstd;
+    for (int64_t i = 0; i < f->N; i++) f->v[i] = f->pk[i] / (sstd * sstd);
+}
+static void grf_free(grf *f) {
+    lss_grid_free(f->g);
+    free(f->pk);
+    free(f->v);
+}
+static void grf_draw(const grf *f, uint64_t seed, uint64_t i0, int n, float *out) {
+    for (int j = 0; j < n; j++) lss_field_gaussian(f->g, f->pk, seed, lss_stream(LSS_STREAM_CHECK, i0 + j, 7), out + j * f->N);
+}
+/* |F x|^2 / N per cell, in double */
+static void grf_modes(const grf *f, const float *x, double *q) {
+    lss_cdouble *c = (lss_cdouble *)malloc(sizeof(lss_cdouble) * f->N);
+    for (int64_t i = 0; i < f->N; i++) c[i][0] = x[i], c[i][1] = 0;
+    lss_grid_fft_d(f->g, c, -1);
+    for (int64_t i = 0; i < f->N; i++) q[i] = (c[i][0] * c[i][0] + c[i][1] * c[i][1]) / f->N;
+    free(c);
+}
+/* out = F^-1[gain F x] */
+static void grf_filter(const grf *f, const float *x, const double *gain, double *out) {
+    lss_cdouble *c = (lss_cdouble *)malloc(sizeof(lss_cdouble) * f->N);
+    for (int64_t i = 0; i < f->N; i++) c[i][0] = x[i], c[i][1] = 0;
+    lss_grid_fft_d(f->g, c, -1);
+    for (int64_t i = 0; i < f->N; i++) c[i][0] *= gain[i] / f->N, c[i][1] *= gain[i] / f->N;
+    lss_grid_fft_d(f->g, c, +1);
+    for (int64_t i = 0; i < f->N; i++) out[i] = c[i][0];
+    free(c);
+}
+/* exact score of the standardised field at noise sigma: -F^-1[F x / (v + sigma^2)] */
+static int grf_score(void *user, int n, const float *x, const float *sigma, const float *cond, float *out) {
+    grf *f = (grf *)user;
+    double *gain = (double *)malloc(sizeof(double) * f->N), *o = (double *)malloc(sizeof(double) * f->N);
+    (void)cond;
+    for (int j = 0; j < n; j++) {
+        double s2 = (double)sigma[j] * sigma[j];
+        for (int64_t i = 0; i < f->N; i++) gain[i] = -1.0 / (f->v[i] + s2);
+        grf_filter(f, x + j * f->N, gain, o);
+        for (int64_t i = 0; i < f->N; i++) out[j * f->N + i] = (float)o[i];
+    }
+    f->calls += n;
+    free(gain);
+    free(o);
+    return LSS_OK;
+}
+/* exact -ln p(kappa) of a map in kappa units */
+static double grf_nll(const grf *f, const float *kappa) {
+    double *q = (double *)malloc(sizeof(double) * f->N), s = 0;
+    grf_modes(f, kappa, q);
+    for (int64_t i = 0; i < f->N; i++) s += 0.5 * log(2 * M_PI * f->pk[i]) + q[i] / (2 * f->pk[i]);
+    free(q);
+    return s;
+}
+
+static lss_mm_diff *make_model(int n, int c0, int ncond, double smin, double smax, double std, uint64_t seed) {
+    lss_mm_diff_opts o;
+    lss_mm_diff *d = NULL;
+    memset(&o, 0, sizeof o);
+    o.h = o.w = n;
+    o.c0 = c0;
+    o.ncond = ncond;
+    for (int k = 0; k < ncond; k++) o.cond_lo[k] = 0.1 * (k + 1), o.cond_hi[k] = 1.0 + k;
+    o.sigma_min = smin;
+    o.sigma_max = smax;
+    o.std = std;
+    o.seed = seed;
+    if (lss_mm_diff_create(&o, &d)) printf("create: %s\n", lss_last_error());
+    return d;
+}
+
+/* ---- (a) the loss */
+typedef struct {
+    const grf *f;
+    int ncond;
+    double last;
+    int nanmap;
+} drawer;
+static int draw_grf(void *user, int set, int64_t index, int n, float *maps, float *cond) {
+    drawer *dr = (drawer *)user;
+    grf_draw(dr->f, 100 + (uint64_t)set, (uint64_t)index * n, n, maps);
+    for (int j = 0; j < n * dr->ncond; j++) cond[j] = (float)(0.3 + 0.01 * ((index * n * dr->ncond + j) % 37));
+    if (dr->nanmap && index == 1) maps[5] = NAN;
+    return LSS_OK;
+}
+static void progress_last(void *user, int step, double loss) {
+    (void)step;
+    ((drawer *)user)->last = loss;
+}
+
+static void test_loss_network(void) {
+    grf f;
+    grf_init(&f, 16, 2.0);
+    lss_mm_diff *d = make_model(16, 8, 2, 0, 0, f.std, 5);
+    int n = 8;
+    int64_t N = f.N;
+    float *maps = (float *)malloc(sizeof(float) * n * N), cond[16], *x = (float *)malloc(sizeof(float) * n * N);
+    float *nz = (float *)malloc(sizeof(float) * n * N), *sc = (float *)malloc(sizeof(float) * n * N), sig[8];
+    drawer dr = {&f, 2, NAN, 0};
+    draw_grf(&dr, LSS_SET_TRAIN, 0, n, maps, cond);
+    double l1 = NAN, l2 = 0;
+    uint64_t idx = lss_set_index(LSS_SET_TRAIN, 0);
+    CHECK_OK(lss_mm_diff_loss(d, n, maps, cond, 77, idx, &l1));
+    /* the documented recipe, reimplemented: stream (MM_DSM, index, LSS_MM_SUB_DIFF); per map a uniform for
+       ln sigma then h w normals; x = y + sigma n in float; loss mean (n + sigma s)^2 in double */
+    lss_rng r;
+    lss_rng_for(&r, 77, LSS_STREAM_MM_DSM, idx, LSS_MM_SUB_DIFF);
+    lss_mm_diff_opts o;
+    memset(&o, 0, sizeof o);
+    lss_mm_diff_options(d, &o);
+    for (int j = 0; j < n; j++) {
+        sig[j] = (float)exp(log(o.sigma_min) + (log(o.sigma_max) - log(o.sigma_min)) * lss_rng_uniform(&r));
+        for (int64_t i = 0; i < N; i++) {
+            nz[j * N + i] = (float)lss_rng_normal(&r);
+            float y = (float)(((double)maps[j * N + i] - o.mean) / o.std);
+            x[j * N + i] = y + sig[j] * nz[j * N + i];
+        }
+    }
+    CHECK_OK(lss_mm_diff_score(d, n, x, sig, cond, sc));
+    for (int64_t i = 0; i < n * N; i++) {
+        double e = (double)nz[i] + (double)sig[i / N] * sc[i];
+        l2 += e * e;
+    }
+    l2 /= (double)(n * N);
+    CHECK_REL(l1, l2, 1e-12, "lss_mm_diff_loss against the double reimplementation");
+    CHECK(l1 > 0.05 && l1 < 1e6, "untrained loss %g", l1);
+    /* the training step's loss (graph, lss_op_dsm_loss in float) on the same batch, same weights */
+    lss_mm_diff_train_opts to;
+    memset(&to, 0, sizeof to);
+    to.steps = 1;
+    to.batch = n;
+    to.seed = 77;
+    to.draw = draw_grf;
+    to.user = &dr;
+    to.progress = progress_last;
+    to.progress_user = &dr;
+    to.eval_batches = 1;
+    CHECK_OK(lss_mm_diff_train(d, &to, NULL));
+    CHECK_REL(dr.last, l2, 2e-5, "training step loss (float graph) against the double reimplementation");
+    printf("  untrained loss %.6f (library) %.6f (reimplementation) %.6f (training step)\n", l1, l2, dr.last);
+    free(maps); free(x); free(nz); free(sc);
+    lss_mm_diff_free(d);
+    grf_free(&f);
+}
+
+/* expected loss with the exact score: (1/(L N)) sum_k 1/2 ln[(umax/(v+umax)) ((v+umin)/umin)] */
+static double loss_expected(const grf *f, double smin, double smax) {
+    double L = log(smax / smin), umin = smin * smin, umax = smax * smax, s = 0;
+    for (int64_t k = 0; k < f->N; k++) s += 0.5 * (log(umax / (f->v[k] + umax)) - log(umin / (f->v[k] + umin)));
+    return s / (L * f->N);
+}
+
+static void test_loss_analytic(void) {
+    grf f;
+    grf_init(&f, 16, 2.0);
+    grf_standardise(&f, f.std);
+    lss_mm_diff *d = make_model(16, 4, 0, 0, 0, f.std, 1);
+    lss_mm_diff_set_score(d, grf_score, &f);
+    int M = asan_mode() ? 200 : 2000;
+    float *map = (float *)malloc(sizeof(float) * f.N);
+    double s = 0, s2 = 0;
+    for (int j = 0; j < M; j++) {
+        double l;
+        grf_draw(&f, 9, j, 1, map);
+        lss_mm_diff_loss(d, 1, map, NULL, 3, (uint64_t)j, &l);
+        s += l;
+        s2 += l * l;
+    }
+    double m = s / M, se = sqrt((s2 / M - m * m) / (M - 1)), e = loss_expected(&f, LSS_MM_DIFF_SIGMA_MIN, LSS_MM_DIFF_SIGMA_MAX);
+    printf("  exact-score loss %.5f +- %.5f, analytic %.5f\n", m, se, e);
+    CHECK(fabs(m - e) < 4 * se, "Monte Carlo loss %g +- %g vs analytic %g", m, se, e);
+    CHECK(se < 0.05 * e, "standard error %g too large for the test to mean anything", se);
+    free(map);
+    lss_mm_diff_free(d);
+    grf_free(&f);
+}
+
+/* ---- (b) samplers with the exact score: per-mode responses */
+/* per mode k the discrete gain (DDIM) or variance (ancestral) of the sampler, Tweedie included */
+static void sampler_theory(const grf *f, int method, int nsteps, double smin, double smax, double *gain, double *var) {
+    double lr = log(smin / smax);
+    for (int64_t k = 0; k < f->N; k++) {
+        double v = f->v[k], g = 1, V = smax * smax + 1, tw = v / (v + smin * smin);
+        if (method == LSS_MM_DIFF_ODE) g = sqrt((v + smin * smin) / (v + smax * smax));
+        else
+            for (int i = 0; i < nsteps; i++) {
+                double c = i == 0 ? smax : smax * exp(lr * i / nsteps), n = i + 1 == nsteps ? smin : smax * exp(lr * (i + 1) / nsteps);
+                if (method == LSS_MM_DIFF_DDIM) g *= 1 - c * (c - n) / (v + c * c);
+                else {
+                    double a = 1 - (c * c - n * n) / (v + c * c);
+                    V = a * a * V + (c * c - n * n) * n * n / (c * c);
+                }
+            }
+        gain[k] = g * tw;
+        var[k] = method == LSS_MM_DIFF_ANCESTRAL ? V * tw * tw : (smax * smax + 1) * gain[k] * gain[k];
+    }
+}
+
+/* radial bins of |k| (cycles per pixel): [0.5 fundamental .. Nyquist] in nb bins, k = 0 left out */
+static int kbin(const grf *f, int64_t i, int nb) {
+    double k = sqrt(lss_grid_k2(f->g, i)) * f->n;
+    if (i == 0) return -1;
+    int b = (int)((k - 1) / ((f->n / 2.0) * sqrt(2.0) - 1 + 1e-9) * nb);
+    return b < 0 ? 0 : (b >= nb ? nb - 1 : b);
+}
+/* binned mean of |F x|^2/N over samples vs prediction var; z-score per bin from the exact Gaussian scatter
+   (mode k and -k are the same mode: counted together) */
+static double spectrum_z(const grf *f, int n, const float *x, const double *var, int nb, double *ratio) {
+    double *q = (double *)malloc(sizeof(double) * f->N), est[16] = {0}, pred[16] = {0}, vv[16] = {0}, zmax = 0;
+    int cnt[16] = {0};
+    for (int j = 0; j < n; j++) {
+        grf_modes(f, x + j * f->N, q);
+        for (int64_t i = 0; i < f->N; i++) {
+            int b = kbin(f, i, nb);
+            if (b >= 0) est[b] += q[i] / f->v[i];
+        }
+    }
+    for (int64_t i = 0; i < f->N; i++) {
+        int b = kbin(f, i, nb);
+        if (b < 0) continue;
+        cnt[b]++;
+        pred[b] += var[i] / f->v[i];
+        /* variance of the bin sum: q/v is (var/v) Exp(1) for a complex mode, counted twice (its twin -k is
+           the same mode, so 4 (var/v)^2 per pair, 2 per cell), and (var/v) chi2_1 for a real one (2 per cell) */
+        vv[b] += 2.0 * (var[i] / f->v[i]) * (var[i] / f->v[i]);
+    }
+    for (int b = 0; b < nb; b++) {
+        double e = est[b] / (n * cnt[b]), p = pred[b] / cnt[b], sd = sqrt(vv[b] / n) / cnt[b];
+        double z = (e - p) / sd;
+        if (ratio) ratio[b] = e;
+        if (fabs(z) > zmax) zmax = fabs(z);
+    }
+    free(q);
+    return zmax;
+}
+
+static void test_samplers_exact(void) {
+    grf f;
+    grf_init(&f, 16, 2.0);
+    grf_standardise(&f, f.std);
+    lss_mm_diff *d = make_model(16, 4, 0, 0, 0, f.std, 1);
+    lss_mm_diff_set_score(d, grf_score, &f);
+    int n = 64, nb = 6;
+    int64_t N = f.N;
+    double smax = LSS_MM_DIFF_SIGMA_MAX;
+    float *out = (float *)malloc(sizeof(float) * n * N), *start = (float *)malloc(sizeof(float) * N), *one = (float *)malloc(sizeof(float) * 5 * N);
+    double *gain = (double *)malloc(sizeof(double) * N), *var = (double *)malloc(sizeof(double) * N), *pred = (double *)malloc(sizeof(double) * N);
+    const char *names[3] = {"ancestral-200", "DDIM-50", "ODE"};
+    int steps[3] = {200, 50, 0};
+    lss_mm_diff_opts o;
+    memset(&o, 0, sizeof o);
+    lss_mm_diff_options(d, &o);
+    for (int m = 0; m < 3; m++) {
+        int64_t nev = 0;
+        double t0 = now();
+        CHECK_OK(lss_mm_diff_sample(d, m, steps[m], n, NULL, 11, 1000, out, &nev));
+        double dt = now() - t0;
+        sampler_theory(&f, m, steps[m], o.sigma_min, o.sigma_max, gain, var);
+        /* standardise the samples */
+        for (int64_t i = 0; i < n * N; i++) out[i] = (float)((out[i] - o.mean) / o.std);
+        double rat[16], z = spectrum_z(&f, n, out, var, nb, rat);
+        printf("  %-14s %5.1f evals/map %.4f s/map; binned P/P_true of 64 samples:", names[m], (double)nev / n, dt / n);
+        for (int b = 0; b < nb; b++) printf(" %.3f", rat[b] / 1.0);
+        double lo = 1e9, hi = 0;
+        for (int64_t k = 1; k < N; k++) lo = fmin(lo, var[k] / f.v[k]), hi = fmax(hi, var[k] / f.v[k]);
+        printf("; exact response P/P_true in [%.4f, %.4f]\n", lo, hi);
+        CHECK(z < 4, "%s: binned spectrum %.2f sigma from its exact prediction", names[m], z);
+        if (m != LSS_MM_DIFF_ANCESTRAL) {
+            /* deterministic: every sample is the exact linear response to its start x = sqrt(smax^2+1) z */
+            double emax = 0, rm = 0;
+            for (int j = 0; j < 8; j++) {
+                lss_rng r;
+                lss_rng_for(&r, 11, LSS_STREAM_MM_CHAIN, 1000 + j, LSS_MM_SUB_DIFF);
+                for (int64_t i = 0; i < N; i++) start[i] = (float)(sqrt(smax * smax + 1) * lss_rng_normal(&r));
+                grf_filter(&f, start, gain, pred);
+                for (int64_t i = 0; i < N; i++) {
+                    emax = fmax(emax, fabs(out[j * N + i] - pred[i]));
+                    rm += pred[i] * pred[i];
+                }
+            }
+            rm = sqrt(rm / (8 * N));
+            printf("  %-14s max |sample - exact response| / rms = %.2e\n", names[m], emax / rm);
+            CHECK(emax < (m == LSS_MM_DIFF_ODE ? 2e-3 : 1e-4) * rm, "%s: samples differ from the exact response by %g (rms %g)", names[m], emax, rm);
+        }
+        /* sample i is a pure function of (seed, i): one call of 5 maps vs five calls of one */
+        CHECK_OK(lss_mm_diff_sample(d, m, steps[m] ? 20 : 0, 5, NULL, 11, 2000, one, NULL));
+        int same = 1;
+        for (int j = 0; j < 5; j++) {
+            CHECK_OK(lss_mm_diff_sample(d, m, steps[m] ? 20 : 0, 1, NULL, 11, 2000 + j, start, NULL));
+            if (memcmp(start, one + j * N, sizeof(float) * N)) same = 0;
+        }
+        CHECK(same, "%s: sample i depends on the batch it was drawn in", names[m]);
+    }
+    free(out); free(start); free(one); free(gain); free(var); free(pred);
+    lss_mm_diff_free(d);
+    grf_free(&f);
+}
+
+/* network samplers: sample i a pure function of (seed, i) whatever the batch (no batch norm) */
+static void test_sampler_batch_network(void) {
+    lss_mm_diff *d = make_model(16, 4, 2, 0, 0, 0.02, 3);
+    float cond[10], *all = (float *)malloc(sizeof(float) * 5 * 256), one[256];
+    for (int j = 0; j < 10; j++) cond[j] = 0.2f + 0.05f * j;
+    lss_mm_diff_set_ode(d, 1e-3, 1e-3);
+    for (int m = 0; m < 3; m++) {
+        CHECK_OK(lss_mm_diff_sample(d, m, 6, 5, cond, 4, 50, all, NULL));
+        int same = 1;
+        for (int j = 0; j < 5; j++) {
+            CHECK_OK(lss_mm_diff_sample(d, m, 6, 1, cond + 2 * j, 4, 50 + j, one, NULL));
+            if (memcmp(one, all + j * 256, sizeof one)) same = 0;
+        }
+        CHECK(same, "network sampler %d: sample i depends on the batch", m);
+    }
+    free(all);
+    lss_mm_diff_free(d);
+}
+
+
+/* ---- (c) the likelihood bound with the exact score */
+/* the bound's expectation over the noise for one map (analytic), kappa units */
+static double bound_expected(const grf *f, const float *kappa, double smin, double smax, double sstd) {
+    double umin = smin * smin, umax = smax * smax, V = umax + 1, D = (double)f->N, yy = 0, s;
+    float *y = (float *)malloc(sizeof(float) * f->N);
+    double *q = (double *)malloc(sizeof(double) * f->N);
+    for (int64_t i = 0; i < f->N; i++) y[i] = (float)(kappa[i] / sstd), yy += (double)y[i] * y[i];
+    grf_modes(f, y, q);
+    s = 0.5 * D * (umax / V - 1 + log(V / umax)) + yy / (2 * V) + 0.5 * D * (log(2 * M_PI * umin) + 1) + D * log(sstd);
+    for (int64_t k = 0; k < f->N; k++) {
+        double v = f->v[k];
+        s += 0.5 * (log(umax / (v + umax)) - (q[k] - v) / (v + umax)) - 0.5 * (log(umin / (v + umin)) - (q[k] - v) / (v + umin));
+    }
+    free(y);
+    free(q);
+    return s;
+}
+/* expected gap E[bound] - E[-ln p] for the field: decoder and prior mismatch per mode */
+static double bound_gap(const grf *f, double smin, double smax) {
+    double umin = smin * smin, umax = smax * smax, V = umax + 1, g = 0;
+    for (int64_t k = 0; k < f->N; k++) {
+        double v = f->v[k];
+        g += 0.5 * log(1 + umin / v) + 0.5 * ((umax + v) / V - 1 - log((umax + v) / V));
+    }
+    return g;
+}
+
+static void test_nll_exact(void) {
+    grf f;
+    grf_init(&f, 16, 2.0);
+    int M = asan_mode() ? 8 : 32, nsig = 256;
+    float *maps = (float *)malloc(sizeof(float) * M * f.N);
+    double *nll = (double *)malloc(sizeof(double) * M), *se = (double *)malloc(sizeof(double) * M);
+    grf_draw(&f, 21, 0, M, maps);
+    for (int pass = 0; pass < 2; pass++) {
+        double sstd = pass == 0 ? f.std : 2.5 * f.std, smin = pass == 0 ? 0.2 : 0.08, smax = 80;
+        grf_standardise(&f, sstd);
+        lss_mm_diff *d = make_model(16, 4, 0, smin, smax, sstd, 1);
+        lss_mm_diff_opts o;
+        memset(&o, 0, sizeof o);
+        lss_mm_diff_options(d, &o);
+        lss_mm_diff_set_score(d, grf_score, &f);
+        CHECK_OK(lss_mm_diff_nll(d, M, maps, NULL, nsig, 5, nll, se));
+        double G = bound_gap(&f, o.sigma_min, o.sigma_max), dm = 0, dm2 = 0, am = 0, am2 = 0, sem = 0;
+        int bad = 0;
+        for (int j = 0; j < M; j++) {
+            double ex = grf_nll(&f, maps + j * f.N), an = bound_expected(&f, maps + j * f.N, o.sigma_min, o.sigma_max, o.std);
+            if (fabs(nll[j] - an) > 4 * se[j]) bad++;
+            dm += nll[j] - ex;
+            dm2 += (nll[j] - ex) * (nll[j] - ex);
+            am += an - ex;
+            am2 += (an - ex) * (an - ex);
+            sem += se[j];
+        }
+        dm /= M;
+        am /= M;
+        double sdm = sqrt((dm2 / M - dm * dm) / (M - 1)), sda = sqrt((am2 / M - am * am) / (M - 1));
+        printf("  std %.3f: bound - exact -ln p = %.4f +- %.4f nats (Monte Carlo), %.4f +- %.4f (analytic expectation per map); gap %.4f; mean MC s.e. per map %.4f\n",
+               o.std, dm, sdm, am, sda, G, sem / M);
+        CHECK(bad == 0, "%d of %d maps: Monte Carlo bound more than 4 s.e. from its analytic expectation", bad, M);
+        CHECK(fabs(am - G) < 4 * sda + 1e-9, "analytic bound - exact %g vs gap %g (+- %g)", am, G, sda);
+        CHECK(fabs(dm - G) < 4 * sdm, "Monte Carlo bound - exact %g vs gap %g (+- %g)", dm, G, sdm);
+        CHECK(am > 0 && G > 0, "bound below the exact value: %g", am);
+        CHECK(G < 0.1 * f.N && dm > 4 * sdm, "gap %g nats not small, or not resolved (%g +- %g)", G, dm, sdm);
+        lss_mm_diff_free(d);
+    }
+    free(maps); free(nll); free(se);
+    grf_free(&f);
+}
+
+/* ---- (e) checkpoints, resume, bad inputs */
+typedef struct {
+    drawer dr;
+    int fail_at;
+} failing;
+static int draw_fail(void *user, int set, int64_t index, int n, float *maps, float *cond) {
+    failing *fl = (failing *)user;
+    if (set == LSS_SET_TRAIN && index == fl->fail_at) return lss_seterr(LSS_ERR_IO, "interrupted");
+    return draw_grf(&fl->dr, set, index, n, maps, cond);
+}
+static int file_eq(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int eq = fa && fb, ca, cb;
+    while (eq && (ca = fgetc(fa)) != EOF) eq = (cb = fgetc(fb)) == ca;
+    if (eq) eq = fgetc(fb) == EOF;
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return eq;
+}
+
+static void test_checkpoints(void) {
+    grf f;
+    grf_init(&f, 16, 2.0);
+    char dir[] = "/tmp/lss_diff_XXXXXX", pa[96], pb[96], ca[96], cb[96], ps[96];
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(pa, sizeof pa, "%s/a.ckpt", dir); snprintf(pb, sizeof pb, "%s/b.ckpt", dir);
+    snprintf(ca, sizeof ca, "%s/a.csv", dir); snprintf(cb, sizeof cb, "%s/b.csv", dir); snprintf(ps, sizeof ps, "%s/s.ckpt", dir);
+    failing fl = {{&f, 1, NAN, 0}, -1};
+    lss_mm_diff_train_opts to;
+    memset(&to, 0, sizeof to);
+    to.steps = 6; to.batch = 4; to.lr = 1e-3; to.seed = 8; to.draw = draw_fail; to.user = &fl;
+    to.eval_every = 3; to.ckpt_every = 3; to.eval_batches = 1; to.resume = 1;
+    to.ckpt = pa; to.loss_csv = ca;
+    lss_mm_diff *a = make_model(16, 4, 1, 0, 0, f.std, 2), *b = make_model(16, 4, 1, 0, 0, f.std, 2), *c;
+    CHECK_OK(lss_mm_diff_train(a, &to, NULL));
+    to.ckpt = pb; to.loss_csv = cb; fl.fail_at = 4;
+    CHECK_ERR(lss_mm_diff_train(b, &to, NULL), LSS_ERR_IO);   /* stops in step 4, checkpoint at 3 */
+    lss_mm_diff_free(b);
+    b = make_model(16, 4, 1, 0, 0, f.std, 2);
+    fl.fail_at = -1;
+    lss_train_result res;
+    CHECK_OK(lss_mm_diff_train(b, &to, &res));
+    CHECK(res.steps_done == 6, "resumed run ended at step %lld", (long long)res.steps_done);
+    float x[2 * 256], sig[2] = {0.01f, 3.0f}, cond[2] = {0.3f, 0.7f}, sa[2 * 256], sb[2 * 256];
+    for (int i = 0; i < 512; i++) x[i] = (float)sin(0.37 * i);
+    CHECK_OK(lss_mm_diff_score(a, 2, x, sig, cond, sa));
+    CHECK_OK(lss_mm_diff_score(b, 2, x, sig, cond, sb));
+    CHECK(!memcmp(sa, sb, sizeof sa), "an interrupted and resumed training differs from an uninterrupted one");
+    CHECK(file_eq(ca, cb), "loss CSVs of the interrupted and uninterrupted runs differ");
+    /* save / open round trip; a training checkpoint opens too */
+    CHECK_OK(lss_mm_diff_save(a, ps));
+    c = NULL;
+    CHECK_OK(lss_mm_diff_open(ps, &c));
+    if (c) {
+        lss_mm_diff_opts oa, oc;
+        lss_mm_diff_options(a, &oa);
+        lss_mm_diff_options(c, &oc);
+        oc.seed = oa.seed;
+        CHECK(!memcmp(&oa, &oc, sizeof oa), "options differ after save/open (h %d/%d c0 %d/%d ncond %d/%d smin %g/%g smax %g/%g mean %g/%g std %g/%g lo %g/%g)",
+              oa.h, oc.h, oa.c0, oc.c0, oa.ncond, oc.ncond, oa.sigma_min, oc.sigma_min, oa.sigma_max, oc.sigma_max, oa.mean, oc.mean, oa.std, oc.std, oa.cond_lo[0], oc.cond_lo[0]);
+        CHECK_OK(lss_mm_diff_score(c, 2, x, sig, cond, sb));
+        CHECK(!memcmp(sa, sb, sizeof sa), "scores differ after save/open");
+        CHECK(lss_mm_diff_nparams(c) == lss_mm_diff_nparams(a) && lss_mm_diff_nparams(a) > 1000, "parameter count");
+        lss_mm_diff_free(c);
+    }
+    c = NULL;
+    CHECK_OK(lss_mm_diff_open(pa, &c));
+    lss_mm_diff_free(c);
+    /* bad inputs */
+    lss_mm_diff_opts o;
+    memset(&o, 0, sizeof o);
+    o.h = o.w = 16; o.sigma_min = 1; o.sigma_max = 1;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    o.sigma_min = 2; o.sigma_max = 1;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    o.sigma_min = NAN; o.sigma_max = 1;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    o.sigma_min = 0; o.sigma_max = 0; o.h = 18;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_SHAPE);
+    o.h = 16; o.ncond = 9;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    o.ncond = 1; o.cond_lo[0] = 1; o.cond_hi[0] = 1;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    o.ncond = 0; o.std = -1;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    CHECK(c == NULL, "a failed create hands out a model");
+    float maps[2 * 256];
+    grf_draw(&f, 1, 0, 2, maps);
+    maps[300] = NAN;
+    double l, nl[2];
+    CHECK_ERR(lss_mm_diff_loss(a, 2, maps, cond, 1, 0, &l), LSS_ERR_NUMERIC);
+    CHECK_ERR(lss_mm_diff_nll(a, 2, maps, cond, 4, 1, nl, NULL), LSS_ERR_NUMERIC);
+    maps[300] = 0;
+    cond[1] = INFINITY;
+    CHECK_ERR(lss_mm_diff_loss(a, 2, maps, cond, 1, 0, &l), LSS_ERR_NUMERIC);
+    CHECK_ERR(lss_mm_diff_sample(a, 0, 4, 2, cond, 1, 0, maps, NULL), LSS_ERR_NUMERIC);
+    cond[1] = 0.5f;
+    CHECK_ERR(lss_mm_diff_loss(a, 2, maps, NULL, 1, 0, &l), LSS_ERR_ARG);
+    CHECK_ERR(lss_mm_diff_nll(a, 2, maps, cond, 3, 1, nl, NULL), LSS_ERR_RANGE);
+    CHECK_ERR(lss_mm_diff_sample(a, 7, 4, 2, cond, 1, 0, maps, NULL), LSS_ERR_ARG);
+    CHECK_ERR(lss_mm_diff_sample(a, 0, 0, 2, cond, 1, 0, maps, NULL), LSS_ERR_RANGE);
+    sig[0] = 0;
+    CHECK_ERR(lss_mm_diff_score(a, 2, x, sig, cond, sa), LSS_ERR_RANGE);
+    CHECK_ERR(lss_mm_diff_open("/nonexistent/x.ckpt", &c), LSS_ERR_IO);
+    CHECK_ERR(lss_mm_diff_open(ca, &c), LSS_ERR_FORMAT);    /* a CSV, not a checkpoint */
+    {   /* a checkpoint of another network */
+        lss_store *st;
+        int64_t sh[1] = {3};
+        lss_store_create(1, &st);
+        lss_store_buffer(st, "other", 1, sh, LSS_INIT_ZERO, 0.0f);
+        lss_ckpt_save(ps, st, NULL);
+        lss_store_free(st);
+        CHECK_ERR(lss_mm_diff_open(ps, &c), LSS_ERR_FORMAT);
+    }
+    /* a NaN map from the training data: a clear error naming the batch */
+    lss_mm_diff_free(b);
+    b = make_model(16, 4, 1, 0, 0, f.std, 2);
+    fl.dr.nanmap = 1;
+    to.ckpt = NULL; to.loss_csv = NULL; to.resume = 0;
+    CHECK_ERR(lss_mm_diff_train(b, &to, NULL), LSS_ERR_ARG);
+    CHECK(strstr(lss_last_error(), "batch 1") != NULL, "message '%s' does not name the batch", lss_last_error());
+    lss_mm_diff_set_score(b, grf_score, &f);
+    CHECK_ERR(lss_mm_diff_train(b, &to, NULL), LSS_ERR_STATE);
+    lss_mm_diff_free(a);
+    lss_mm_diff_free(b);
+    remove(pa); remove(pb); remove(ca); remove(cb); remove(ps);
+    snprintf(pa, sizeof pa, "%s/a.ckpt.best", dir); remove(pa);
+    rmdir(dir);
+    grf_free(&f);
+}
+
+int main(void) {
+    RUN(test_loss_network);
+    RUN(test_loss_analytic);
+    RUN(test_samplers_exact);
+    RUN(test_sampler_batch_network);
+    RUN(test_nll_exact);
+    RUN(test_checkpoints);
+    LSS_TEST_END();
+}
