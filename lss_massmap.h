@@ -536,7 +536,8 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
  * kept in the checkpoint), and noised as x = y + sigma n, n ~ N(0, I), sigma in [sigma_min, sigma_max];
  * time t = sigma^2 and the probability-flow ODE dx/dt = -1/2 s(x, sqrt t). The score s is the U-net of
  * lss_nn.h without batch norm (a sample's output does not depend on the others of its batch, which mix
- * noise levels) with the noise input ln(sigma) / 4 (sigma_log), output divided by sigma + 1e-3; ncond
+ * noise levels) with the input x / sqrt(1 + sigma^2) and the noise input ln(sigma) / 4 (sigma_log), output
+ * divided by sigma + 1e-3; ncond
  * conditioning values per map (cosmological parameters, say) enter as constant input channels mapped to
  * [-1, 1] by [cond_lo, cond_hi]. Training loss mean (n + sigma s(y + sigma n, sigma))^2 (lss_op_dsm_loss)
  * with ln sigma uniform on [ln sigma_min, ln sigma_max]: the likelihood weighting of the bound below.
@@ -3818,13 +3819,15 @@ LSSDEF int lss_mm_diff_set_ode(lss_mm_diff *d, double rtol, double atol) {
     return LSS_OK;
 }
 
-/* Network input of b maps into d->in: channel 0 = x, then the mapped conditions as constant channels. */
-static void lss__mm_diff_input(lss_mm_diff *d, int b, const float *x, const float *cond) {
+/* Network input of b maps into d->in: channel 0 = x / sqrt(1 + sigma^2) (unit variance for standardised data at
+ * every noise level), then the mapped conditions as constant channels. */
+static void lss__mm_diff_input(lss_mm_diff *d, int b, const float *x, const float *sigma, const float *cond) {
     int64_t np = d->np, i;
     int j, k;
     for (j = 0; j < b; j++) {
         float *dst = d->in + (int64_t)j * d->cin * np;
-        memcpy(dst, x + j * np, sizeof(float) * (size_t)np);
+        float cin = (float)(1.0 / sqrt(1.0 + (double)sigma[j] * sigma[j]));
+        for (i = 0; i < np; i++) dst[i] = cin * x[j * np + i];
         for (k = 0; k < d->o.ncond; k++) {
             float v = (float)(2.0 * ((double)cond[j * d->o.ncond + k] - d->o.cond_lo[k]) / (d->o.cond_hi[k] - d->o.cond_lo[k]) - 1.0);
             float *ck = dst + (int64_t)(1 + k) * np;
@@ -3857,7 +3860,7 @@ LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float 
         lss_tensor *y;
         b = n - j0 < LSS__MM_DIFF_CHUNK ? n - j0 : LSS__MM_DIFF_CHUNK;
         if ((s = lss__mm_diff_reserve(d, b)) != LSS_OK) return s;
-        lss__mm_diff_input(d, b, x + j0 * d->np, d->o.ncond > 0 ? cond + j0 * d->o.ncond : NULL);
+        lss__mm_diff_input(d, b, x + j0 * d->np, sigma + j0, d->o.ncond > 0 ? cond + j0 * d->o.ncond : NULL);
         memcpy(d->sig, sigma + j0, sizeof(float) * (size_t)b);
         if ((s = lss__mm_diff_forward(d, b, 0, &y)) != LSS_OK) return s;
         memcpy(out + j0 * d->np, y->data, sizeof(float) * (size_t)b * (size_t)d->np);
@@ -3948,7 +3951,7 @@ static int lss__mm_dtr_batch(lss__mm_dtr *t, int set, int64_t index) {
     if ((s = lss__mm_diff_check(d, b, t->maps, t->cond, d->y, "lss_mm_diff_train", what, LSS_ERR_ARG)) != LSS_OK) return s;
     lss_rng_for(&r, t->o.seed, LSS_STREAM_MM_DSM, lss_set_index((lss_set)set, (uint64_t)index), LSS_MM_SUB_DIFF);
     lss__mm_diff_noise(d, &r, b, d->y, d->sig, d->nz, t->x);
-    lss__mm_diff_input(d, b, t->x, t->cond);
+    lss__mm_diff_input(d, b, t->x, d->sig, t->cond);
     return LSS_OK;
 }
 

@@ -212,7 +212,7 @@ static void test_loss_analytic(void) {
     grf_standardise(&f, f.std);
     lss_mm_diff *d = make_model(16, 4, 0, 0, 0, f.std, 1);
     lss_mm_diff_set_score(d, grf_score, &f);
-    int M = asan_mode() ? 200 : 2000;
+    int M = 2000;
     float *map = (float *)malloc(sizeof(float) * f.N);
     double s = 0, s2 = 0;
     for (int j = 0; j < M; j++) {
