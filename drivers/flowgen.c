@@ -261,7 +261,7 @@ static void mean_std(const float *x, int64_t n, double *mu, double *sd) {
 
 static int cmd_train(int argc, char **argv) {
     const char *dir = "out/flowgen", *model = NULL;
-    int resume = 0, every = 100;
+    int resume = 0, every = 100, sched = 0;
     cfg c;
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
     cfg_load(&c, dir);
@@ -275,6 +275,8 @@ static int cmd_train(int argc, char **argv) {
                           {"hidden", LSS_DRV_INT, &c.hidden, 1, 4096, 0, "flow: conditioner channels"},
                           {"c0", LSS_DRV_INT, &c.c0, 1, 1024, 0, "diffusion: U-net width"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
+                          {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "
+                           "and resumed later is exact when both use the final length)"},
                           {"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoint in DIR/MODEL"}, OPT_END};
     lss_drv_cmd cmd = {"flowgen train", "flowgen train --model flow|diffusion [--dir DIR] [options]",
                        "flow: multiscale affine-coupling flow on ln(kappa + shift) standardised (the lognormal transform; its Jacobian\n"
@@ -310,7 +312,7 @@ static int cmd_train(int argc, char **argv) {
         lss_drv_check(lss_flow_to_flow(T.f, (int)T.nv, va, va, NULL), "held-out maps");
         T.maps = tr, T.vmaps = va;
         lss_optim_opts oo = {0};
-        oo.lr = c.lr, oo.sched = LSS_SCHED_COSINE, oo.total_steps = c.steps, oo.lr_min = c.lr / 20, oo.clip = LSS_CLIP_NORM, oo.clip_norm = 100;
+        oo.lr = c.lr, oo.sched = LSS_SCHED_COSINE, oo.total_steps = sched > 0 ? sched : c.steps, oo.lr_min = c.lr / 20, oo.clip = LSS_CLIP_NORM, oo.clip_norm = 100;
         lss_drv_check(lss_optim_create(lss_flow_store(T.f), &oo, &T.o), "optimizer"), lss_drv_check(lss_graph_create(&T.g), "graph");
         double arch[4] = {c.side, lss_flow_options(T.f)->levels, lss_flow_options(T.f)->steps, lss_flow_options(T.f)->hidden};
         snprintf(p2, sizeof p2, "%s/arch.csv", md), lss_drv_check(lss_csv_write(p2, 4, arch_cols, 1, arch), p2);
