@@ -39,6 +39,10 @@ sh drivers/demo_massmap.sh "$OUT"
 step "cgan"
 sh drivers/demo_cgan.sh "$OUT"
 
+# 6. Generators: normalizing flow and diffusion model
+step "flowgen"
+sh drivers/demo_flowgen.sh "$OUT"
+
 T1=$(date +%s)
 {
     echo "# lss demo report"
@@ -103,6 +107,10 @@ T1=$(date +%s)
     echo "## 5. Emulator"
     echo
     sed -e 's|\](\([^)]*\))|](cgan/\1)|g' -e 's|^#|##|' "$OUT/cgan/REPORT.md"
+    echo
+    echo "## 6. Generators"
+    echo
+    sed -e 's|\](\([^)]*\))|](flowgen/\1)|g' -e 's|^#|##|' "$OUT/flowgen/REPORT.md"
 } > "$OUT/REPORT.md.tmp"
 mv "$OUT/REPORT.md.tmp" "$OUT/REPORT.md"
 step "done: $OUT/REPORT.md"

@@ -2,8 +2,8 @@
  * double-precision reimplementation and, with the exact score of a periodic Gaussian random field, against
  * its analytic expectation; the three samplers against their exact per-mode response for Gaussian data; the
  * likelihood bound against the exact -ln p of the field and its computed gap; checkpoints, exact resume and
- * bad inputs. LSS_DIFF_LONG=1 adds the trained-network check (a U-net trained on a field, its samples'
- * spectra paired against exact-score samples drawn from the same noise). */
+ * bad inputs. The trained-network check (a U-net trained on a field, its samples' spectra paired against
+ * exact-score samples drawn from the same noise) is bench/diffusion_grf.c. */
 #define LSS_CORE_IMPLEMENTATION
 #define LSS_MAPS_IMPLEMENTATION
 #define LSS_NN_IMPLEMENTATION
