@@ -193,14 +193,6 @@ typedef struct {
     int64_t nv;
     float *xb, *yb;
 } trainer;
-/* A training map with one of the 8 symmetries of the square (random transposition and flips). */
-static void sym_copy(const float *src, float *dst, int side, unsigned sym) {
-    for (int y = 0; y < side; y++)
-        for (int x = 0; x < side; x++) {
-            int sy = sym & 1 ? side - 1 - y : y, sx = sym & 2 ? side - 1 - x : x;
-            dst[y * side + x] = sym & 4 ? src[sx * side + sy] : src[sy * side + sx];
-        }
-}
 /* Batch k of step t (k = 1000: the regressor's): maps drawn uniformly, each under one of the 8 symmetries. */
 static int gan_draw(void *u, int64_t t, int k, float *maps, float *y) {
     trainer *T = (trainer *)u;
@@ -210,7 +202,7 @@ static int gan_draw(void *u, int64_t t, int k, float *maps, float *y) {
     for (int b = 0; b < T->c->batch; b++) {
         int64_t j = (int64_t)(lss_rng_uniform(&r) * T->nmaps);
         j = j < T->nmaps ? j : T->nmaps - 1;
-        sym_copy(T->maps + j * d, maps + (int64_t)b * d, T->c->side, lss_rng_below(&r, 8));
+        lss_drv_sym_copy(T->maps + j * d, maps + (int64_t)b * d, T->c->side, lss_rng_below(&r, 8));
         y[2 * b] = T->params[2 * j], y[2 * b + 1] = T->params[2 * j + 1];
     }
     return LSS_OK;
@@ -403,17 +395,6 @@ static int cmd_train(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------- sampling and pictures */
-/* A row of map panels (one colour range for all) as a PNG. */
-static void png_row(const char *path, const float *maps, int n, int side, const char *const *titles, double lo, double hi) {
-    int sc = side >= 128 ? 2 : 256 / side, pw, ph;
-    lss_image im;
-    if (lo == hi) lss_map_range(maps, (int64_t)n * side * side, LSS_CMAP_VIRIDIS, &lo, &hi);
-    lss_image_map_panel_size(side, side, lo, hi, sc, &pw, &ph);
-    lss_drv_check(lss_image_init(&im, n * (pw + 8) + 8, ph + 16), path);
-    for (int i = 0; i < n; i++) lss_image_map_panel(&im, 8 + i * (pw + 8), 8, maps + (int64_t)i * side * side, side, side, lo, hi, sc, LSS_CMAP_VIRIDIS, titles[i]);
-    lss_drv_check(lss_image_save_png(&im, path), path);
-    lss_image_free(&im);
-}
 static int cmd_sample(int argc, char **argv) {
     const char *dir = "out/cgan", *out = NULL;
     double om = 0.3, s8 = 0.8;
@@ -442,7 +423,7 @@ static int cmd_sample(int argc, char **argv) {
     const char *tt[4] = {t[0], t[1], t[2], t[3]};
     for (int i = 0; i < 4; i++) snprintf(t[i], 48, "Om %.3g s8 %.3g #%d", om, s8, i);
     snprintf(png, sizeof png, "%s.png", out);
-    png_row(png, x, n < 4 ? n : 4, c.side, tt, 0, 0);
+    lss_drv_png_row(png, x, n < 4 ? n : 4, c.side, tt, 0, 0);
     lss_drv_outputs_done(argc, argv, c.seed, NULL);
     fprintf(stderr, "cgan sample: %d maps at Omega_m %g, sigma_8 %g -> %s\n", n, om, s8, out);
     free(x), free(y), trainer_close(&T);
@@ -485,7 +466,7 @@ static int cmd_interpolate(int argc, char **argv) {
         lss_drv_check(lss_cgan_generate(&m, z, y, n, 0, x), "generating");
         lss_cgan_to_kappa(&m, x, (int64_t)n * d);
         snprintf(p, sizeof p, "%s/interp_%s.npy", od, which ? "omegam" : "sigma8"), lss_drv_check(lss_npy_save(p, LSS_F32, 3, (int64_t[]){n, c.side, c.side}, x), p);
-        snprintf(p, sizeof p, "%s/interp_%s.png", od, which ? "omegam" : "sigma8"), png_row(p, x, n, c.side, tt, 0, 0);
+        snprintf(p, sizeof p, "%s/interp_%s.png", od, which ? "omegam" : "sigma8"), lss_drv_png_row(p, x, n, c.side, tt, 0, 0);
     }
     lss_drv_outputs_done(argc, argv, c.seed, NULL);
     fprintf(stderr, "cgan interpolate: 2 x %d maps in %s\n", n, od);
@@ -627,7 +608,7 @@ static int cmd_eval(int argc, char **argv) {
             snprintf(p, sizeof p, "%s/peaks_%02d.png", od, k), lss_drv_check(lss_plot_lines(p, &po, 2, NPK, xh, (const double *const *)yh, lab), p);
             float *row = (float *)xcalloc(4 * d, sizeof(float));
             memcpy(row, A, sizeof(float) * d), memcpy(row + d, B, sizeof(float) * d), memcpy(row + 2 * d, gm, sizeof(float) * 2 * d);
-            snprintf(p, sizeof p, "%s/maps_%02d.png", od, k), png_row(p, row, 4, c.side, tt, 0, 0), free(row);
+            snprintf(p, sizeof p, "%s/maps_%02d.png", od, k), lss_drv_png_row(p, row, 4, c.side, tt, 0, 0), free(row);
             fig++;
         }
         lss_drv_progress_update(&c.prog, k + 1);

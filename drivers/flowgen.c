@@ -195,13 +195,6 @@ typedef struct {
     int64_t nmaps, nv;
     float *xb;
 } trainer;
-static void sym_copy(const float *src, float *dst, int side, unsigned sym) {
-    for (int y = 0; y < side; y++)
-        for (int x = 0; x < side; x++) {
-            int sy = sym & 1 ? side - 1 - y : y, sx = sym & 2 ? side - 1 - x : x;
-            dst[y * side + x] = sym & 4 ? src[sx * side + sy] : src[sy * side + sx];
-        }
-}
 /* Batch t: maps drawn uniformly, each under one of the 8 symmetries of the square (the field is isotropic). */
 static void draw_batch(const trainer *T, int64_t t, int n, float *out) {
     lss_rng r;
@@ -210,7 +203,7 @@ static void draw_batch(const trainer *T, int64_t t, int n, float *out) {
     for (int b = 0; b < n; b++) {
         int64_t j = (int64_t)(lss_rng_uniform(&r) * T->nmaps);
         j = j < T->nmaps ? j : T->nmaps - 1;
-        sym_copy(T->maps + j * d, out + (int64_t)b * d, T->c->side, lss_rng_below(&r, 8));
+        lss_drv_sym_copy(T->maps + j * d, out + (int64_t)b * d, T->c->side, lss_rng_below(&r, 8));
     }
 }
 static int flow_step(void *u, int64_t t, double *loss) {
@@ -386,16 +379,6 @@ static double generate(const cfg *c, const char *dir, int kind, const sample_opt
     }
     return (lss_time_now() - t0) / (n > 0 ? n : 1);
 }
-static void png_row(const char *path, const float *maps, int n, int side, const char *const *titles, double lo, double hi) {
-    int sc = side >= 128 ? 2 : 256 / side, pw, ph;
-    lss_image im;
-    if (lo == hi) lss_map_range(maps, (int64_t)n * side * side, LSS_CMAP_VIRIDIS, &lo, &hi);
-    lss_image_map_panel_size(side, side, lo, hi, sc, &pw, &ph);
-    lss_drv_check(lss_image_init(&im, n * (pw + 8) + 8, ph + 16), path);
-    for (int i = 0; i < n; i++) lss_image_map_panel(&im, 8 + i * (pw + 8), 8, maps + (int64_t)i * side * side, side, side, lo, hi, sc, LSS_CMAP_VIRIDIS, titles[i]);
-    lss_drv_check(lss_image_save_png(&im, path), path);
-    lss_image_free(&im);
-}
 #define SAMPLE_OPTS(so, sampler)                                                                                                   \
     {"temperature", LSS_DRV_DOUBLE, &so.temperature, 0, 10, 0, "flow: latent temperature"},                                       \
     {"sampler", LSS_DRV_STR, &sampler, 0, 0, 0, "diffusion: ancestral, ddim or ode (probability-flow ODE, RK45)"},                 \
@@ -426,7 +409,7 @@ static int cmd_sample(int argc, char **argv) {
     double spm = generate(&c, dir, kind, &so, n, index, x);
     lss_drv_check(lss_npy_save(out, LSS_F32, 3, (int64_t[]){n, c.side, c.side}, x), out);
     const char *tt[4] = {"sample 0", "sample 1", "sample 2", "sample 3"};
-    png_row(png, x, n < 4 ? n : 4, c.side, tt, 0, 0);
+    lss_drv_png_row(png, x, n < 4 ? n : 4, c.side, tt, 0, 0);
     lss_drv_outputs_done(argc, argv, c.seed, NULL);
     fprintf(stderr, "flowgen sample: %d maps in %.2f s (%.4f s per map) -> %s\n", n, spm * n, spm, out);
     free(x);
@@ -579,7 +562,7 @@ static int cmd_eval(int argc, char **argv) {
         float *row = (float *)xcalloc(6 * d, sizeof(float));
         const char *tt[6] = {"simulated", "simulated", "simulated", "generated", "generated", "generated"};
         memcpy(row, A, sizeof(float) * 3 * d), memcpy(row + 3 * d, G, sizeof(float) * (size_t)(n < 3 ? n : 3) * d);
-        snprintf(p, sizeof p, "%s/maps.png", od), png_row(p, row, 6, c.side, tt, 0, 0), free(row);
+        snprintf(p, sizeof p, "%s/maps.png", od), lss_drv_png_row(p, row, 6, c.side, tt, 0, 0), free(row);
         lss_plot_opts po = {0};
         const char *lab[3] = {"simulated A", "simulated B", kind ? "diffusion" : "flow"};
         const double *yy[3] = {sa.ps, sb.ps, sg.ps};

@@ -578,4 +578,27 @@ static inline void lss_drv_progress_end(lss_drv_progress *p) {
     fprintf(stderr, "%s%s: done, %lld in %.1f s\n", p->tty ? "\r" : "", p->label, (long long)p->total,
             lss_time_now() - p->t0);
 }
+
+/* ---- map helpers of the generator drivers (cgan, flowgen); they need lss_core.h included first */
+#ifdef LSS_CORE_H
+/* A square map under one of the 8 symmetries of the square: bit 0 flips rows, bit 1 columns, bit 2 transposes. */
+static inline void lss_drv_sym_copy(const float *src, float *dst, int side, unsigned sym) {
+    for (int y = 0; y < side; y++)
+        for (int x = 0; x < side; x++) {
+            int sy = sym & 1 ? side - 1 - y : y, sx = sym & 2 ? side - 1 - x : x;
+            dst[y * side + x] = sym & 4 ? src[sx * side + sy] : src[sy * side + sx];
+        }
+}
+/* A row of map panels (one colour range for all; lo == hi: the maps' range) as a PNG. */
+static inline void lss_drv_png_row(const char *path, const float *maps, int n, int side, const char *const *titles, double lo, double hi) {
+    int sc = side >= 128 ? 2 : 256 / side, pw, ph;
+    lss_image im;
+    if (lo == hi) lss_map_range(maps, (int64_t)n * side * side, LSS_CMAP_VIRIDIS, &lo, &hi);
+    lss_image_map_panel_size(side, side, lo, hi, sc, &pw, &ph);
+    lss_drv_check(lss_image_init(&im, n * (pw + 8) + 8, ph + 16), path);
+    for (int i = 0; i < n; i++) lss_image_map_panel(&im, 8 + i * (pw + 8), 8, maps + (int64_t)i * side * side, side, side, lo, hi, sc, LSS_CMAP_VIRIDIS, titles[i]);
+    lss_drv_check(lss_image_save_png(&im, path), path);
+    lss_image_free(&im);
+}
+#endif
 #endif
