@@ -70,8 +70,6 @@ static void test_ops(void) {
         int64_t nin = op == 3 ? m->n : x->n;
         lss_tensor *in = op == 3 ? m : x;
         float *wv;
-        double (*f)(lss_graph *, lss_tensor *, lss_tensor *, float *, lss_tensor **);
-        (void)f;
         /* forward with a fixed random weighting */
         lss_graph_reset(g);
         lss_store_zero_grad(st);
@@ -230,7 +228,6 @@ static void test_logdet(void) {
             }
             CHECK(row == 16, "Jacobian rows: %s", lss_last_error());
             CHECK_OK(lss_flow_forward(f, 1, x->data, cv, NULL, &lp));
-            for (j = 0; j < 16; j++) zz += 0.0;
             zz = 0;
             for (j = 0; j < 16; j++) zz += (double)zl[j] * zl[j];
             /* ln p = -|z|^2 / 2 - D ln(2 pi) / 2 + ln|det J| */
