@@ -542,10 +542,11 @@ LSSDEF lss_tensor *lss_mlp_forward(lss_graph *g, const lss_mlp *m, lss_tensor *x
 /* Residual block (ResNet v1): h = act(norm(conv_k(x, stride))), h = norm(conv_k(h)),
  * out = act(h + skip), skip = x, or norm(conv_1x1(x, stride)) when the stride is not 1 or the
  * channel count changes. pool = 1 downsamples by 2 x 2 average pooling of the main path (after the
- * first convolution) and of the shortcut instead of strided convolutions. Padding k/2 ("same").
+ * first convolution) and of the shortcut instead of strided convolutions. Padding k/2 ("same"): zeros,
+ * or the opposite edge's pixels when `periodic` is set (after init; for periodic maps, k/2 <= the map's side).
  * Tensors "<name>.conv1.w" etc.; batch-norm running statistics are store buffers. */
 typedef struct {
-    int cin, cout, kernel, stride, batchnorm, pool;
+    int cin, cout, kernel, stride, batchnorm, pool, periodic;
     lss_act act;
     lss_tensor *w1, *b1, *w2, *b2, *wp, *bp;          /* convolutions (biases NULL with batch norm) */
     lss_tensor *bn[3][4];                             /* per norm: gamma, beta, running mean, running var */
@@ -598,6 +599,7 @@ typedef struct {
                                 batch's other samples, as a diffusion model at mixed noise levels needs; 0: as above */
     int sigma_log;           /* 1: the noise channels hold ln(|sigma_n|) / 4 instead of sigma_n (noise levels spanning
                                 decades); the output is still divided by |sigma_n| + sigma_eps */
+    int periodic;            /* 1: every 3x3 convolution pads with the opposite edge (periodic maps) instead of zeros */
 } lss_unet_opts;
 typedef struct {
     lss_unet_opts o;
@@ -4215,6 +4217,20 @@ LSSDEF int lss_resblock_init(lss_resblock *rb, lss_store *st, const char *name, 
     return LSS_OK;
 }
 
+/* x [N, C, H, W] padded by p pixels on each side with the opposite edge's pixels (periodic padding). */
+static lss_tensor *lss__wrap(lss_graph *g, lss_tensor *x, int64_t p) {
+    int64_t H, W;
+    if (!x || p == 0) return x;
+    H = x->shape[2]; W = x->shape[3];
+    if (p > H || p > W) return lss__fail(g, LSS_ERR_SHAPE, "%s: periodic padding wider than the map%s", "lss_resblock_forward", NULL);
+    x = lss_op_concat(g, lss_op_concat(g, lss_op_slice(g, x, 3, W - p, p), x, 3), lss_op_slice(g, x, 3, 0, p), 3);
+    return lss_op_concat(g, lss_op_concat(g, lss_op_slice(g, x, 2, H - p, p), x, 2), lss_op_slice(g, x, 2, 0, p), 2);
+}
+/* convolution with "same" padding p: zeros, or periodic */
+static lss_tensor *lss__conv_same(lss_graph *g, int periodic, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int p) {
+    return periodic ? lss_op_conv2d(g, lss__wrap(g, x, p), w, b, stride, 0) : lss_op_conv2d(g, x, w, b, stride, p);
+}
+
 static lss_tensor *lss__norm(lss_graph *g, const lss_resblock *rb, int i, lss_tensor *x) {
     if (!rb->batchnorm) return x;
     return lss_op_batchnorm(g, x, rb->bn[i][0], rb->bn[i][1], rb->bn[i][2], rb->bn[i][3], 0.9f, 1e-5f);
@@ -4226,11 +4242,11 @@ LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, ls
     if (!rb) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resblock_forward: NULL block"); return NULL; }
     p = rb->kernel / 2;
     if (rb->pool) {
-        h = lss_op_conv2d(g, x, rb->w1, rb->b1, 1, p);
+        h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, 1, p);
         if (rb->stride == 2) h = lss_op_avgpool2d(g, h, 2, 2);
-    } else h = lss_op_conv2d(g, x, rb->w1, rb->b1, rb->stride, p);
+    } else h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, rb->stride, p);
     h = lss_op_activate(g, lss__norm(g, rb, 0, h), rb->act);
-    h = lss__norm(g, rb, 1, lss_op_conv2d(g, h, rb->w2, rb->b2, 1, p));
+    h = lss__norm(g, rb, 1, lss__conv_same(g, rb->periodic, h, rb->w2, rb->b2, 1, p));
     if (rb->wp) {
         if (rb->pool) sk = lss_op_conv2d(g, rb->stride == 2 ? lss_op_avgpool2d(g, x, 2, 2) : x, rb->wp, rb->bp, 1, 0);
         else sk = lss_op_conv2d(g, x, rb->wp, rb->bp, rb->stride, 0);
@@ -4340,6 +4356,7 @@ LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss
     LSS__RB(dec1, "dec1", 2 * c1, c1, 1);
     LSS__RB(dec0, "dec0", 2 * c0, c0, 1);
 #undef LSS__RB
+    u->enc0.periodic = u->enc1.periodic = u->enc2.periodic = u->mid.periodic = u->dec1.periodic = u->dec0.periodic = o.periodic ? 1 : 0;
     {
         int64_t sw[4], sb[1];
         sw[0] = c2; sw[1] = c1; sw[2] = 2; sw[3] = 2; sb[0] = c1;
@@ -4379,7 +4396,7 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
         if (!sigma || sigma->n != N) return lss__shape_err(g, "lss_unet_forward (sigma needs one value per sample)", x, sigma);
         x = lss_op_concat(g, x, lss__sigma_map(g, sigma, N, H, W, u->o.sigma_log), 1);
     }
-    h = lss_op_conv2d(g, x, u->stem_w, u->stem_b, 1, 1);
+    h = lss__conv_same(g, u->o.periodic, x, u->stem_w, u->stem_b, 1, 1);
     if (!u->o.no_batchnorm) h = lss_op_batchnorm(g, h, u->stem_bn[0], u->stem_bn[1], u->stem_bn[2], u->stem_bn[3], 0.9f, 1e-5f);
     h = lss_op_relu(g, h);
     s0 = lss_resblock_forward(g, &u->enc0, h);
@@ -4391,7 +4408,7 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
     h = lss_resblock_forward(g, &u->dec1, lss_op_concat(g, h, s1, 1));
     h = lss_op_conv2d_transpose(g, h, u->up2_w, u->up2_b, 2, 0, 0);
     h = lss_resblock_forward(g, &u->dec0, lss_op_concat(g, h, s0, 1));
-    h = lss_op_conv2d(g, h, u->head_w, u->head_b, 1, 1);
+    h = lss__conv_same(g, u->o.periodic, h, u->head_w, u->head_b, 1, 1);
     if (u->o.sigma_cond && h) {
         int64_t sh[4], n;
         lss_tensor *inv;
@@ -5125,15 +5142,8 @@ static lss_tensor *lss__flow_cmap(lss_graph *g, const lss_tensor *cond, int64_t 
     return m;
 }
 /* Circular padding by one cell on each side of [N, C, H, W]. */
-static lss_tensor *lss__wrap1(lss_graph *g, lss_tensor *x) {
-    int64_t H, W;
-    if (!x) return NULL;
-    H = x->shape[2]; W = x->shape[3];
-    x = lss_op_concat(g, lss_op_concat(g, lss_op_slice(g, x, 3, W - 1, 1), x, 3), lss_op_slice(g, x, 3, 0, 1), 3);
-    return lss_op_concat(g, lss_op_concat(g, lss_op_slice(g, x, 2, H - 1, 1), x, 2), lss_op_slice(g, x, 2, 0, 1), 2);
-}
 static lss_tensor *lss__flow_conv3(lss_graph *g, int periodic, lss_tensor *x, lss_tensor *w, lss_tensor *b) {
-    return periodic ? lss_op_conv2d(g, lss__wrap1(g, x), w, b, 1, 0) : lss_op_conv2d(g, x, w, b, 1, 1);
+    return lss__conv_same(g, periodic, x, w, b, 1, 1);
 }
 /* The coupling's (s, t): s = g tanh(r) (masked for the checkerboard). xa: the conditioner's input. */
 static int lss__flow_st(lss_graph *g, const lss__flayer *l, lss_tensor *xa, lss_tensor *cond, int nc, int periodic,

@@ -2,7 +2,7 @@
  * spectrum): training time, held-out loss against the exact score's, the samplers' binned power spectra
  * (64 samples; network over exact-score samples drawn from the same noise, and over the true spectrum),
  * seconds per sample, and the likelihood bound in bits per dimension against the exact value.
- * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] */
+ * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] [periodic 1] */
 #define LSS_IMPLEMENTATION
 #include "lss_massmap.h"
 #include <stdio.h>
@@ -41,7 +41,7 @@ static int score(void *u, int n, const float *x, const float *sigma, const float
 }
 int main(int argc, char **argv) {
     int side = argc > 1 ? atoi(argv[1]) : 16, c0 = argc > 2 ? atoi(argv[2]) : 16, steps = argc > 3 ? atoi(argv[3]) : 2000;
-    int batch = argc > 4 ? atoi(argv[4]) : 32, nb = 6, n = 64;
+    int batch = argc > 4 ? atoi(argv[4]) : 32, nb = 6, n = 64, periodic = argc > 5 ? atoi(argv[5]) : 1;
     grf f;
     lss_grid_create(side, side, 1.0, &f.g);
     f.N = (int64_t)side * side;
@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < f.N; i++) f.v[i] = f.pk[i] / (sd * sd);
     lss_mm_diff_opts o;
     memset(&o, 0, sizeof o);
-    o.h = o.w = side; o.c0 = c0; o.std = sd; o.seed = 1;
+    o.h = o.w = side; o.c0 = c0; o.std = sd; o.seed = 1; o.periodic = periodic;
     lss_mm_diff *d;
     if (lss_mm_diff_create(&o, &d)) { puts(lss_last_error()); return 1; }
     lss_mm_diff_train_opts to;
@@ -76,13 +76,37 @@ int main(int argc, char **argv) {
     lss_mm_diff_loss(d, 64, maps, NULL, 9, 0, &le);
     lss_mm_diff_set_score(d, NULL, NULL);
     printf("held-out loss (64 maps): network %.5f, exact score %.5f\n", ln, le);
+    /* the excess loss per noise level: (1 + sigma^2)(n + sigma s)^2 at fixed sigma, network minus exact, same noise */
+    {
+        float *x = malloc(sizeof(float) * 64 * f.N), *nz = malloc(sizeof(float) * 64 * f.N), *sc = malloc(sizeof(float) * 64 * f.N), sg[64];
+        lss_rng r;
+        printf("excess loss per noise level (sigma: network - exact, exact):");
+        for (double sgm = 2e-3; sgm < 100; sgm *= 4) {
+            double l[2] = {0, 0};
+            lss_rng_for(&r, 4, 0, (uint64_t)(sgm * 1e4), 0);
+            for (int64_t i = 0; i < 64 * f.N; i++) nz[i] = (float)lss_rng_normal(&r), x[i] = (float)(maps[i] / sd + sgm * nz[i]);
+            for (int j = 0; j < 64; j++) sg[j] = (float)sgm;
+            for (int e = 0; e < 2; e++) {
+                if (e) lss_mm_diff_set_score(d, score, &f);
+                lss_mm_diff_score(d, 64, x, sg, NULL, sc);
+                for (int64_t i = 0; i < 64 * f.N; i++) {
+                    double q = nz[i] + sgm * sc[i];
+                    l[e] += (1 + sgm * sgm) * q * q / (64.0 * f.N);
+                }
+            }
+            lss_mm_diff_set_score(d, NULL, NULL);
+            printf(" %.3g: %+.4f (%.4f)", sgm, l[0] - l[1], l[1]);
+        }
+        printf("\n");
+        free(x); free(nz); free(sc);
+    }
     /* spectra */
     double edges[16], cl_true[16], ca[16], cb[16], sa[16], sb[16];
     lss_grid_ps_edges(f.g, nb, edges);
     lss_grid_bin_spectrum(f.g, f.pk, edges, nb, cl_true);
-    const char *names[3] = {"ancestral-200", "DDIM-50", "ODE"};
-    int ns[3] = {200, 50, 0};
-    for (int meth = 0; meth < 3; meth++) {
+    const char *names[4] = {"ancestral-1000", "DDIM-50", "ODE", "DDIM2-50"};
+    int ns[4] = {1000, 50, 0, 50};
+    for (int meth = 0; meth < 4; meth++) {
         int64_t ev;
         t0 = now();
         lss_mm_diff_sample(d, meth, ns[meth], n, NULL, 5, 0, a, &ev);

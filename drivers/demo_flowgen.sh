@@ -14,7 +14,7 @@ T1=$(date +%s)
 $FG bpd --dir "$OUT" --model flow > "$OUT/bpd_flow.txt"
 $FG bpd --dir "$OUT" --model diffusion --nsig 16 > "$OUT/bpd_diffusion.txt"
 $FG eval --dir "$OUT" --model flow > "$OUT/eval_flow.txt"
-$FG eval --dir "$OUT" --model diffusion --n 64 --sampler ancestral --sampler-steps 100 > "$OUT/eval_diffusion.txt"
+$FG eval --dir "$OUT" --model diffusion --n 64 --sampler ddim2 --sampler-steps 50 > "$OUT/eval_diffusion.txt"
 T2=$(date +%s)
 {
     echo "# Generators: normalizing flow and diffusion model"
