@@ -532,8 +532,9 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
 
 /* ---------------------------------------------------------------- diffusion generator (score-based)
  * A generator of convergence maps: the variance-exploding score SDE (Song et al. 2021) in the
- * mass-mapping convention. Data are standardised, y = (kappa - mean) / std (mean and std are options,
- * kept in the checkpoint), and noised as x = y + sigma n, n ~ N(0, I), sigma in [sigma_min, sigma_max];
+ * mass-mapping convention. Data are standardised, y = (kappa - mean) / std, or y = (ln(kappa + shift) - mean) / std
+ * with the log transform (transform, shift, mean and std are options, kept in the checkpoint; samples are mapped
+ * back, densities carry the Jacobian), and noised as x = y + sigma n, n ~ N(0, I), sigma in [sigma_min, sigma_max];
  * time t = sigma^2 and the probability-flow ODE dx/dt = -1/2 s(x, sqrt t). The network F is the U-net of
  * lss_nn.h without batch norm (a sample's output does not depend on the others of its batch, which mix
  * noise levels) with the input c_in x, c_in = 1 / sqrt(1 + sigma^2), and the noise input ln(sigma) / 4
@@ -581,7 +582,8 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
  * v plus the prior mismatch (tests/test_diffusion.c). L_inf is estimated by Monte Carlo over nsig stratified
  * ln sigma (one uniform draw and one noise map per stratum, the control variate -(||n||^2 - D)/(1 + sigma^2)^2
  * of zero mean added; standard error from pairs of adjacent strata, an overestimate);
- * D ln std turns -ln p(y) into -ln p(kappa). Bits per dimension: nll / (D ln 2).
+ * D ln std turns -ln p(y) into -ln p(kappa), and with the log transform the sum over pixels of ln(kappa + shift) as
+ * well (-ln |dy/dkappa|). Bits per dimension: nll / (D ln 2).
  *
  * Randomness (streams of lss_core.h, sub LSS_MM_SUB_DIFF): training batch t draws its noise levels and noise
  * from (LSS_STREAM_MM_DSM, lss_set_index(LSS_SET_TRAIN, t)), held-out batch k from (MM_DSM,
@@ -590,6 +592,7 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
  * from (MM_DSM, j, LSS_MM_SUB_DIFF_NLL). Checkpoints in lss_nn's format with the options ("massmap.diff.meta",
  * float32: the model uses the float-rounded sigma_min, sigma_max, mean, std and ranges). */
 #define LSS_MM_DIFF_NCOND_MAX 8
+enum { LSS_MM_DIFF_AFFINE = 0, LSS_MM_DIFF_LOG = 1 };
 #define LSS_MM_DIFF_SIGMA_MIN 2e-3     /* default noise range for unit-variance (standardised) data */
 #define LSS_MM_DIFF_SIGMA_MAX 80.0
 #define LSS_MM_SUB_DIFF 4093u          /* diffusion generator: training and held-out noise (MM_DSM), samplers (MM_CHAIN) */
@@ -600,7 +603,10 @@ typedef struct {
     int ncond;             /* conditioning values per map, 0 .. LSS_MM_DIFF_NCOND_MAX */
     double cond_lo[LSS_MM_DIFF_NCOND_MAX], cond_hi[LSS_MM_DIFF_NCOND_MAX]; /* value lo -> -1, hi -> +1 */
     double sigma_min, sigma_max;  /* noise range of standardised maps (0: LSS_MM_DIFF_SIGMA_MIN / _MAX) */
-    double mean, std;      /* standardisation y = (kappa - mean) / std (std 0: 1) */
+    double mean, std;      /* standardisation y = (kappa - mean) / std (std 0: 1), or of ln(kappa + shift) */
+    int transform;         /* LSS_MM_DIFF_AFFINE (0): y = (kappa - mean) / std; LSS_MM_DIFF_LOG (1): y = (ln(kappa +
+                              shift) - mean) / std, for shifted-lognormal-like maps (kappa > -shift everywhere) */
+    double shift;          /* LSS_MM_DIFF_LOG: > 0 (the empty-beam convergence of the maps, say) */
     int periodic;          /* 1: periodic maps (the U-net pads with the opposite edge); 0: zero padding */
     uint64_t seed;         /* initialisation */
 } lss_mm_diff_opts;
@@ -3619,7 +3625,8 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
 }
 
 /* ---- diffusion generator */
-#define LSS__MM_DIFF_META 26   /* tag, h, w, c0, ncond, sigma_min, sigma_max, mean, std, cond_lo[8], cond_hi[8], periodic */
+#define LSS__MM_DIFF_META 28   /* tag, h, w, c0, ncond, sigma_min, sigma_max, mean, std, cond_lo[8], cond_hi[8], periodic,
+                                  transform, shift */
 #define LSS__MM_DIFF_CHUNK 32  /* maps per network evaluation and per sampler batch */
 struct lss_mm_diff {
     lss_mm_diff_opts o;   /* resolved, float-rounded */
@@ -3683,6 +3690,12 @@ static int lss__mm_diff_resolve(const lss_mm_diff_opts *in, lss_mm_diff_opts *o,
     if (o->ncond < 0 || o->ncond > LSS_MM_DIFF_NCOND_MAX)
         return lss_seterr(LSS_ERR_RANGE, "%s: ncond %d outside [0, %d]", fn, o->ncond, LSS_MM_DIFF_NCOND_MAX);
     if (o->periodic != 0 && o->periodic != 1) return lss_seterr(LSS_ERR_RANGE, "%s: periodic %d must be 0 or 1", fn, o->periodic);
+    if (o->transform != LSS_MM_DIFF_AFFINE && o->transform != LSS_MM_DIFF_LOG)
+        return lss_seterr(LSS_ERR_RANGE, "%s: transform %d is not LSS_MM_DIFF_AFFINE or LSS_MM_DIFF_LOG", fn, o->transform);
+    if (o->transform == LSS_MM_DIFF_AFFINE) o->shift = 0;
+    o->shift = lss__mm_f32(o->shift);
+    if (o->transform == LSS_MM_DIFF_LOG && (!(o->shift > 0) || !isfinite(o->shift)))
+        return lss_seterr(LSS_ERR_RANGE, "%s: the log transform needs a positive finite shift (got %g)", fn, in->shift);
     o->sigma_min = lss__mm_f32(o->sigma_min);
     o->sigma_max = lss__mm_f32(o->sigma_max);
     o->mean = lss__mm_f32(o->mean);
@@ -3760,6 +3773,8 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
             m[17 + k] = (float)d->o.cond_hi[k];
         }
         m[25] = (float)d->o.periodic;
+        m[26] = (float)d->o.transform;
+        m[27] = (float)d->o.shift;
     }
     d->rtol = d->atol = 1e-4;
     *out = d;
@@ -3789,7 +3804,7 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
     if (!path) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_open: NULL path");
     memset(m, 0, sizeof m);
     if ((s = lss__mm_ckpt_find(path, "massmap.diff.meta", LSS__MM_DIFF_META, m, &found)) != LSS_OK) return s;
-    if (!found && (s = lss__mm_ckpt_find(path, "massmap.diff.meta", 25, m, &found)) != LSS_OK) return s;
+    if (!found && (s = lss__mm_ckpt_find(path, "massmap.diff.meta", 25, m, &found)) != LSS_OK) return s;  /* version 1 */
     if (!found) return lss_seterr(LSS_ERR_FORMAT, "%s: no diffusion-model description in the checkpoint", path);
     for (k = 0; k < 5; k++)
         if (!isfinite(m[k]) || m[k] != floorf(m[k]) || m[k] < 0 || m[k] > 65536)
@@ -3814,6 +3829,10 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
     if (m[25] != 0 && m[25] != 1)
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta periodic flag is %g (0 or 1 expected)", path, (double)m[25]);
     o.periodic = (int)m[25];
+    if (m[26] != LSS_MM_DIFF_AFFINE && m[26] != LSS_MM_DIFF_LOG)
+        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta transform is %g (0 or 1 expected)", path, (double)m[26]);
+    o.transform = (int)m[26];
+    o.shift = m[27];
     if (o.c0 == 0 || o.std == 0 || o.sigma_min == 0 || o.sigma_max == 0)
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta holds zero width, std or noise level", path);
     if ((s = lss_mm_diff_create(&o, &d)) != LSS_OK) {
@@ -3910,7 +3929,10 @@ static int lss__mm_diff_check(const lss_mm_diff *d, int n, const float *maps, co
         for (i = 0; i < np; i++) {
             float v = maps[j * np + i];
             if (!isfinite(v)) return lss_seterr(code, "%s: %smap %d pixel %lld is %g", fn, what, j, (long long)i, (double)v);
-            if (y) y[j * np + i] = (float)(((double)v - d->o.mean) / d->o.std);
+            if (d->o.transform == LSS_MM_DIFF_LOG && !((double)v + d->o.shift > 0))
+                return lss_seterr(code, "%s: %smap %d pixel %lld is %g, not above -shift = %g (the log transform)", fn, what, j,
+                                  (long long)i, (double)v, -d->o.shift);
+            if (y) y[j * np + i] = (float)(((d->o.transform == LSS_MM_DIFF_LOG ? log((double)v + d->o.shift) : (double)v) - d->o.mean) / d->o.std);
         }
         for (k = 0; k < d->o.ncond; k++)
             if (!isfinite(cond[j * d->o.ncond + k]))
@@ -4224,7 +4246,7 @@ LSSDEF int lss_mm_diff_sample(lss_mm_diff *d, int method, int nsteps, int n, con
         for (j = 0; j < b; j++)
             for (i = 0; i < np; i++) {
                 double v = (double)x[j * np + i] + smin * smin * sc[j * np + i];
-                float kv = (float)(d->o.mean + d->o.std * v);
+                float kv = (float)(d->o.transform == LSS_MM_DIFF_LOG ? exp(d->o.mean + d->o.std * v) - d->o.shift : d->o.mean + d->o.std * v);
                 if (!isfinite(kv)) {
                     s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_sample: sample %llu is not finite", (unsigned long long)(index0 + (uint64_t)(j0 + j)));
                     break;
@@ -4302,19 +4324,22 @@ LSSDEF int lss_mm_diff_nll(lss_mm_diff *d, int n, const float *maps, const float
             f[r0 + k] = a;
         }
     }
-    /* prior KL(N(y, umax) || N(0, umax + 1)) + decoder D/2 ln(2 pi e umin) + L_inf + D ln std */
+    /* prior KL(N(y, umax) || N(0, umax + 1)) + decoder D/2 ln(2 pi e umin) + L_inf + D ln std (+ sum ln(kappa + shift),
+       the log transform's Jacobian: dy/dkappa = 1 / (std (kappa + shift))) */
     D = (double)np;
     umin = d->o.sigma_min * d->o.sigma_min;
     umax = d->o.sigma_max * d->o.sigma_max;
     V = umax + 1.0;
     cst = 0.5 * D * (umax / V - 1.0 + log(V / umax)) + 0.5 * D * (log(2.0 * M_PI * umin) + 1.0) + D * log(d->o.std);
     for (j = 0; j < n; j++) {
-        double yy = 0, li = 0, v = 0;
+        double yy = 0, li = 0, v = 0, jac = 0;
         const double *fj = f + (int64_t)j * nsig;
         for (i = 0; i < np; i++) yy += (double)y[j * np + i] * y[j * np + i];
+        if (d->o.transform == LSS_MM_DIFF_LOG)
+            for (i = 0; i < np; i++) jac += log((double)maps[(int64_t)j * np + i] + d->o.shift);
         for (k = 0; k < nsig; k++) li += fj[k];
         for (k = 0; k < nsig; k += 2) v += (fj[k] - fj[k + 1]) * (fj[k] - fj[k + 1]);
-        nll[j] = cst + yy / (2.0 * V) + L * li / nsig;
+        nll[j] = cst + yy / (2.0 * V) + jac + L * li / nsig;
         if (se) se[j] = L / nsig * sqrt(v);
     }
 done:

@@ -13,7 +13,7 @@ for m in flow diffusion; do
     printf '%-10s training: %s s per step (batch 32)\n' $m "$(grep -o '"seconds_per_step": [0-9.e-]*' "$D/$m/run.json" | cut -d' ' -f2)"
 done
 $FG sample --dir "$D" --model flow --n 64 --out "$D/s.npy" 2>&1 | sed -n 's/.*(\(.*\) s per map).*/flow       sampling: \1 s per map (64 maps)/p'
-for s in "ancestral 200" "ddim 50" "ode 0"; do
+for s in "ancestral 1000" "ddim 50" "ddim2 50" "ode 0"; do
     set -- $s
     $FG sample --dir "$D" --model diffusion --sampler "$1" --sampler-steps $([ "$2" = 0 ] && echo 1 || echo "$2") --n 32 --out "$D/s.npy" 2>&1 |
         sed -n "s/.*(\(.*\) s per map).*/diffusion  sampling, $1 $2: \1 s per map (32 maps)/p"

@@ -58,6 +58,11 @@ static void cfg_save(const cfg *c, const char *dd) {
     double row[9] = {c->scale, c->side, c->pix, c->pad, c->ntrain, c->nvalid, c->ntest, (double)c->seed, c->lambda};
     snprintf(p, sizeof p, "%s/info.csv", dd), lss_drv_check(lss_csv_write(p, 9, info_cols, 1, row), p);
 }
+/* --help asked for: a command prints its help without a data set (defaults of the small scale) */
+static int cfg_help_asked(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}
 static void cfg_load(cfg *c, const char *dir) {
     char p[4096];
     lss_csv t;
@@ -71,6 +76,10 @@ static void cfg_load(cfg *c, const char *dir) {
     c->ntest = (int)t.data[6], c->seed = (uint64_t)t.data[7], c->lambda = t.data[8];
     if (c->side < 8 || c->side % 16 || !(c->lambda > 0)) lss_drv_die(2, "%s: inconsistent (side %d, shift %g)", p, c->side, c->lambda);
     lss_csv_free(&t);
+}
+static void cfg_load_args(cfg *c, const char *dir, int argc, char **argv) {
+    if (cfg_help_asked(argc, argv)) cfg_scale(c, "small");
+    else cfg_load(c, dir);
 }
 static float *load_maps(const char *path, int64_t *n, int side) {
     float *d;
@@ -244,20 +253,25 @@ static void diff_progress(void *u, int step, double loss) {
     (void)loss;
     lss_drv_progress_update(&((trainer *)u)->c->prog, step + 1);
 }
-static void mean_std(const float *x, int64_t n, double *mu, double *sd) {
+/* mean and standard deviation of x, or of ln(x + shift) when shift > 0 */
+static void mean_std_of(const float *x, int64_t n, double shift, double *mu, double *sd) {
     double s = 0, s2 = 0;
-    for (int64_t i = 0; i < n; i++) s += x[i];
+    for (int64_t i = 0; i < n; i++) s += shift > 0 ? log(x[i] + shift) : x[i];
     s /= (double)n;
-    for (int64_t i = 0; i < n; i++) s2 += (x[i] - s) * (x[i] - s);
+    for (int64_t i = 0; i < n; i++) {
+        double v = shift > 0 ? log(x[i] + shift) : x[i];
+        s2 += (v - s) * (v - s);
+    }
     *mu = s, *sd = sqrt(s2 / (double)n);
 }
+static void mean_std(const float *x, int64_t n, double *mu, double *sd) { mean_std_of(x, n, 0, mu, sd); }
 
 static int cmd_train(int argc, char **argv) {
-    const char *dir = "out/flowgen", *model = NULL;
+    const char *dir = "out/flowgen", *model = NULL, *transform = "log";
     int resume = 0, every = 100, sched = 0;
     cfg c;
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
-    cfg_load(&c, dir);
+    cfg_load_args(&c, dir, argc, argv);
     lss_drv_opt opts[] = {{"dir", LSS_DRV_STR, &dir, 0, 0, 0, "experiment directory (from flowgen data)"},
                           {"model", LSS_DRV_STR, &model, 0, 0, 1, "flow or diffusion"},
                           {"steps", LSS_DRV_INT, &c.steps, 1, 100000000, 0, "optimizer steps"},
@@ -267,6 +281,7 @@ static int cmd_train(int argc, char **argv) {
                           {"flow-steps", LSS_DRV_INT, &c.fsteps, 1, 32, 0, "flow: coupling steps per level"},
                           {"hidden", LSS_DRV_INT, &c.hidden, 1, 4096, 0, "flow: conditioner channels"},
                           {"c0", LSS_DRV_INT, &c.c0, 1, 1024, 0, "diffusion: U-net width"},
+                          {"transform", LSS_DRV_STR, &transform, 0, 0, 0, "diffusion: log (ln(kappa + shift) standardised, as the flow) or affine"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
                           {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "
                            "and resumed later is exact when both use the final length)"},
@@ -274,8 +289,8 @@ static int cmd_train(int argc, char **argv) {
     lss_drv_cmd cmd = {"flowgen train", "flowgen train --model flow|diffusion [--dir DIR] [options]",
                        "flow: multiscale affine-coupling flow on ln(kappa + shift) standardised (the lognormal transform; its Jacobian\n"
                        "is part of every likelihood), maximum likelihood, Adam with cosine decay; loss = nats per dimension in the flow's\n"
-                       "space. diffusion: variance-exploding score model (U-net without batch norm) trained by denoising score matching\n"
-                       "over log-uniform noise levels. Random transpositions and flips of the training maps. Writes DIR/MODEL/model.ckpt,\n"
+                       "space. diffusion: variance-exploding score model (U-net without batch norm, EDM preconditioning) trained by denoising\n"
+                       "score matching over log-uniform noise levels, on the same lognormal transform (--transform affine: kappa standardised). Random transpositions and flips of the training maps. Writes DIR/MODEL/model.ckpt,\n"
                        "loss.csv, run.json (and arch.csv for the flow).",
                        "flowgen train --dir out/flowgen --model flow --steps 3000"};
     lss_drv_parse(&cmd, opts, argc, argv);
@@ -325,7 +340,10 @@ static int cmd_train(int argc, char **argv) {
         lss_mm_diff *m;
         memset(&o, 0, sizeof o);
         o.h = o.w = c.side, o.c0 = c.c0, o.seed = lss_stream(LSS_STREAM_NET_INIT, c.seed, 6);
-        mean_std(tr, T.nmaps * d, &mu, &sd);
+        if (strcmp(transform, "log") && strcmp(transform, "affine")) lss_drv_die(2, "option --transform: '%s' is not log or affine", transform);
+        o.transform = strcmp(transform, "log") ? LSS_MM_DIFF_AFFINE : LSS_MM_DIFF_LOG;
+        o.shift = o.transform == LSS_MM_DIFF_LOG ? c.lambda : 0;
+        mean_std_of(tr, T.nmaps * d, o.shift, &mu, &sd);
         o.mean = mu, o.std = sd;
         T.maps = tr, T.vmaps = va;
         lss_drv_check(lss_mm_diff_create(&o, &m), "diffusion model");
@@ -335,8 +353,9 @@ static int cmd_train(int argc, char **argv) {
         to.ckpt_every = every, to.resume = resume, to.loss_csv = p2, to.eval_every = every, to.progress = diff_progress, to.progress_user = &T;
         lss_drv_check(lss_mm_diff_train(m, &to, &res), "training");
         snprintf(extra, sizeof extra, "\"model\": \"diffusion\", \"steps\": %d, \"batch\": %d, \"lr\": %g, \"c0\": %d, \"parameters\": %lld, "
-                 "\"seconds\": %.1f, \"seconds_per_step\": %.4f, \"mean\": %g, \"std\": %g",
-                 c.steps, c.batch, c.lr, c.c0, (long long)lss_mm_diff_nparams(m), res.seconds, res.seconds_step / (res.steps_done > 0 ? res.steps_done : 1), mu, sd);
+                 "\"seconds\": %.1f, \"seconds_per_step\": %.4f, \"transform\": \"%s\", \"shift\": %g, \"mean\": %g, \"std\": %g",
+                 c.steps, c.batch, c.lr, c.c0, (long long)lss_mm_diff_nparams(m), res.seconds, res.seconds_step / (res.steps_done > 0 ? res.steps_done : 1),
+                 transform, o.shift, mu, sd);
         lss_mm_diff_free(m);
     }
     lss_drv_progress_end(&c.prog);
@@ -400,7 +419,7 @@ static int cmd_sample(int argc, char **argv) {
     int kind = model_kind(model);
     so.sampler = sampler_kind(sampler);
     cfg c;
-    cfg_load(&c, dir);
+    cfg_load_args(&c, dir, argc, argv);
     int64_t d = (int64_t)c.side * c.side;
     lss_drv_memory("the samples", 4.0 * (double)d * n, "--n");
     float *x = (float *)xcalloc(n * d, sizeof(float));
@@ -434,7 +453,7 @@ static int cmd_bpd(int argc, char **argv) {
     lss_drv_parse(&cmd, opts, argc, argv);
     int kind = model_kind(model);
     cfg c;
-    cfg_load(&c, dir);
+    cfg_load_args(&c, dir, argc, argv);
     int64_t n, d = (int64_t)c.side * c.side;
     float *te = load_set(dir, "test_a.npy", &n, c.side);
     double *nll = (double *)xcalloc(n, sizeof(double)), *se = (double *)xcalloc(n, sizeof(double)), t0 = lss_time_now();
@@ -501,7 +520,7 @@ static int cmd_eval(int argc, char **argv) {
     int kind = model_kind(model);
     so.sampler = sampler_kind(sampler);
     cfg c;
-    cfg_load(&c, dir);
+    cfg_load_args(&c, dir, argc, argv);
     int64_t na, nb, d = (int64_t)c.side * c.side;
     float *A = load_set(dir, "test_a.npy", &na, c.side), *B = load_set(dir, "test_b.npy", &nb, c.side);
     if (n == 0) n = (int)na;

@@ -2,8 +2,9 @@
  * double-precision reimplementation and, with the exact score of a periodic Gaussian random field, against
  * its analytic expectation; the four samplers against their exact per-mode response for Gaussian data; the
  * likelihood bound against the exact -ln p of the field and its computed gap; checkpoints, exact resume and
- * bad inputs. The trained-network check (a U-net trained on a field, its samples' spectra paired against
- * exact-score samples drawn from the same noise) is bench/diffusion_grf.c. */
+ * bad inputs; the periodic option and the log transform. The trained-network check (a U-net trained on a
+ * field, its samples' spectra paired against exact-score samples drawn from the same noise) is
+ * bench/diffusion_grf.c. */
 #define LSS_CORE_IMPLEMENTATION
 #define LSS_MAPS_IMPLEMENTATION
 #define LSS_NN_IMPLEMENTATION
@@ -438,6 +439,79 @@ static void test_periodic(void) {
     CHECK(emax[0] > 1e-3 * rms, "zero-padded score shift-equivariant (%g): the test cannot tell the two apart", emax[0]);
 }
 
+/* log transform: a model of kappa = exp(g) - shift with y = ln(kappa + shift) / std is the affine model of g with the
+   same weights: its samples are exp(affine samples) - shift and its bound the affine bound of g plus sum g (the
+   Jacobian); maps at or below -shift are refused; the checkpoint keeps transform and shift */
+static void test_log_transform(void) {
+    grf f;
+    grf_init(&f, 16, 2.0);
+    const int n = 4;
+    const double shift = 0.5;
+    int64_t N = f.N;
+    float *g = (float *)malloc(sizeof(float) * n * N), *k = (float *)malloc(sizeof(float) * n * N);
+    float *sa = (float *)malloc(sizeof(float) * n * N), *sb = (float *)malloc(sizeof(float) * n * N);
+    double na[4], nb[4], sa_se[4], sb_se[4];
+    grf_draw(&f, 21, 0, n, g);
+    for (int64_t i = 0; i < n * N; i++) {
+        g[i] = (float)(g[i] + log(shift));
+        k[i] = (float)(exp((double)g[i]) - shift);
+        g[i] = (float)log((double)k[i] + shift);  /* the affine model sees exactly what the log model computes */
+    }
+    lss_mm_diff_opts o;
+    lss_mm_diff *a = NULL, *b = NULL, *c = NULL;
+    memset(&o, 0, sizeof o);
+    o.h = o.w = 16; o.c0 = 4; o.mean = log(shift); o.std = f.std; o.seed = 13;
+    CHECK_OK(lss_mm_diff_create(&o, &a));
+    o.transform = LSS_MM_DIFF_LOG; o.shift = shift;
+    CHECK_OK(lss_mm_diff_create(&o, &b));
+    if (!a || !b) return;
+    CHECK_OK(lss_mm_diff_nll(a, n, g, NULL, 8, 3, na, sa_se));
+    CHECK_OK(lss_mm_diff_nll(b, n, k, NULL, 8, 3, nb, sb_se));
+    double emax = 0;
+    for (int j = 0; j < n; j++) {
+        double jac = 0;
+        for (int64_t i = 0; i < N; i++) jac += log((double)k[j * N + i] + shift);
+        emax = fmax(emax, fabs(nb[j] - na[j] - jac) / fabs(na[j]));
+        if (j == 0) printf("  map 0: bound %.4f nats (log model of kappa), %.4f (affine model of ln(kappa + shift)), Jacobian %.4f\n", nb[0], na[0], jac);
+    }
+    /* y agrees to float rounding (the log in double vs the float g): 1e-6 of the bound */
+    CHECK(emax < 1e-6, "log-model bound minus affine bound differs from the Jacobian by %g relative", emax);
+    CHECK_OK(lss_mm_diff_sample(a, LSS_MM_DIFF_DDIM2, 8, n, NULL, 5, 0, sa, NULL));
+    CHECK_OK(lss_mm_diff_sample(b, LSS_MM_DIFF_DDIM2, 8, n, NULL, 5, 0, sb, NULL));
+    emax = 0;
+    for (int64_t i = 0; i < n * N; i++) emax = fmax(emax, fabs((double)sb[i] - (exp((double)sa[i]) - shift)) / (exp((double)sa[i])));
+    CHECK(emax < 1e-5, "log-model samples differ from exp(affine samples) - shift by %g relative", emax);
+    CHECK(sb[0] > -shift, "a log-model sample below -shift");
+    /* checkpoint keeps transform and shift */
+    char path[] = "/tmp/lss_test_difflog_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    CHECK_OK(lss_mm_diff_save(b, path));
+    CHECK_OK(lss_mm_diff_open(path, &c));
+    if (c) {
+        lss_mm_diff_opts oc;
+        memset(&oc, 0, sizeof oc);
+        lss_mm_diff_options(c, &oc);
+        CHECK(oc.transform == LSS_MM_DIFF_LOG && oc.shift == (double)(float)shift, "reopened transform %d shift %g", oc.transform, oc.shift);
+        lss_mm_diff_free(c);
+    }
+    remove(path);
+    /* bad inputs */
+    double l;
+    k[3 * N + 7] = (float)(-shift);
+    CHECK_ERR(lss_mm_diff_nll(b, n, k, NULL, 8, 3, nb, NULL), LSS_ERR_NUMERIC);
+    CHECK(strstr(lss_last_error(), "pixel 7") != NULL, "error names the pixel: %s", lss_last_error());
+    CHECK_ERR(lss_mm_diff_loss(b, n, k, NULL, 1, 0, &l), LSS_ERR_NUMERIC);
+    o.shift = 0;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    o.transform = 2; o.shift = 1;
+    CHECK_ERR(lss_mm_diff_create(&o, &c), LSS_ERR_RANGE);
+    lss_mm_diff_free(a);
+    lss_mm_diff_free(b);
+    free(g); free(k); free(sa); free(sb);
+    grf_free(&f);
+}
+
 /* ---- (c) the likelihood bound with the exact score */
 /* the bound's expectation over the noise for one map (analytic), kappa units */
 static double bound_expected(const grf *f, const float *kappa, double smin, double smax, double sstd) {
@@ -645,6 +719,7 @@ int main(void) {
     RUN(test_samplers_exact);
     RUN(test_sampler_batch_network);
     RUN(test_periodic);
+    RUN(test_log_transform);
     RUN(test_nll_exact);
     RUN(test_checkpoints);
     LSS_TEST_END();

@@ -144,7 +144,7 @@ static void test_flowgen_e2e(void) {
     CHECK(run("eval --dir %s --model flow", d1, NULL) == 0, "flow eval runs");
     snprintf(p1, sizeof p1, "%s/flow/eval/suite.csv", d1), snprintf(p2, sizeof p2, "%s/flow/eval/curves.csv", d1);
     CHECK(exists(p1) && exists(p2), "eval writes the suite and the curves");
-    CHECK(run("eval --dir %s --model diffusion --sampler ddim --sampler-steps 4", d1, NULL) == 0, "diffusion eval runs");
+    CHECK(run("eval --dir %s --model diffusion --sampler ddim2 --sampler-steps 4", d1, NULL) == 0, "diffusion eval runs");
     /* bad input */
     CHECK(run("train --dir %s/none --model flow", dir, NULL) == 2 && stderr_one_line(), "missing data set: exit 2");
     CHECK(run("train --dir %s --model gan", d1, NULL) == 2 && stderr_one_line(), "unknown model: exit 2");
