@@ -295,6 +295,7 @@ static int cmd_train(int argc, char **argv) {
                        "flowgen train --dir out/flowgen --model flow --steps 3000"};
     lss_drv_parse(&cmd, opts, argc, argv);
     int kind = model_kind(model);
+    if (strcmp(transform, "log") && strcmp(transform, "affine")) lss_drv_die(2, "option --transform: '%s' is not log or affine", transform);
     char md[4096], p[4200], p2[4200];
     snprintf(md, sizeof md, "%s/%s", dir, model);
     lss_drv_outputs_begin(md, 0);
@@ -340,7 +341,6 @@ static int cmd_train(int argc, char **argv) {
         lss_mm_diff *m;
         memset(&o, 0, sizeof o);
         o.h = o.w = c.side, o.c0 = c.c0, o.seed = lss_stream(LSS_STREAM_NET_INIT, c.seed, 6);
-        if (strcmp(transform, "log") && strcmp(transform, "affine")) lss_drv_die(2, "option --transform: '%s' is not log or affine", transform);
         o.transform = strcmp(transform, "log") ? LSS_MM_DIFF_AFFINE : LSS_MM_DIFF_LOG;
         o.shift = o.transform == LSS_MM_DIFF_LOG ? c.lambda : 0;
         mean_std_of(tr, T.nmaps * d, o.shift, &mu, &sd);
@@ -402,12 +402,12 @@ static double generate(const cfg *c, const char *dir, int kind, const sample_opt
 #define SAMPLE_OPTS(so, sampler)                                                                                                   \
     {"temperature", LSS_DRV_DOUBLE, &so.temperature, 0, 10, 0, "flow: latent temperature"},                                       \
     {"sampler", LSS_DRV_STR, &sampler, 0, 0, 0, "diffusion: ancestral, ddim, ddim2 (second-order DDIM) or ode (probability-flow ODE, RK45)"},                 \
-    {"sampler-steps", LSS_DRV_INT, &so.nsteps, 1, 100000, 0, "diffusion: steps of the ancestral and DDIM samplers (ancestral is first order: about 1000 for 1% power)"}
+    {"sampler-steps", LSS_DRV_INT, &so.nsteps, 0, 100000, 0, "diffusion: steps of the ancestral and DDIM samplers (0: 50 for ddim and ddim2, 1000 for the first-order ancestral)"}
 static int cmd_sample(int argc, char **argv) {
     const char *dir = "out/flowgen", *model = NULL, *out = NULL, *sampler = "ddim2";
     int n = 16;
     uint64_t index = 0;
-    sample_opts so = {1.0, LSS_MM_DIFF_DDIM2, 50};
+    sample_opts so = {1.0, LSS_MM_DIFF_DDIM2, 0};
     lss_drv_opt opts[] = {{"dir", LSS_DRV_STR, &dir, 0, 0, 0, "experiment directory (trained)"}, {"model", LSS_DRV_STR, &model, 0, 0, 1, "flow or diffusion"},
                           {"n", LSS_DRV_INT, &n, 1, 10000000, 0, "maps"}, {"index", LSS_DRV_U64, &index, 0, 0, 0, "stream index of the first map"},
                           SAMPLE_OPTS(so, sampler),
@@ -418,6 +418,7 @@ static int cmd_sample(int argc, char **argv) {
     lss_drv_parse(&cmd, opts, argc, argv);
     int kind = model_kind(model);
     so.sampler = sampler_kind(sampler);
+    if (so.nsteps == 0) so.nsteps = so.sampler == LSS_MM_DIFF_ANCESTRAL ? 1000 : 50;
     cfg c;
     cfg_load_args(&c, dir, argc, argv);
     int64_t d = (int64_t)c.side * c.side;
@@ -506,7 +507,7 @@ static void summarise(const lss_grid *g, const float *maps, int n, const double 
 static int cmd_eval(int argc, char **argv) {
     const char *dir = "out/flowgen", *model = NULL, *sampler = "ddim2";
     int n = 0;
-    sample_opts so = {1.0, LSS_MM_DIFF_DDIM2, 50};
+    sample_opts so = {1.0, LSS_MM_DIFF_DDIM2, 0};
     lss_drv_opt opts[] = {{"dir", LSS_DRV_STR, &dir, 0, 0, 0, "experiment directory (trained)"}, {"model", LSS_DRV_STR, &model, 0, 0, 1, "flow or diffusion"},
                           {"n", LSS_DRV_INT, &n, 8, 10000000, 0, "generated maps (0: as many as a test set)"}, SAMPLE_OPTS(so, sampler), OPT_END};
     lss_drv_cmd cmd = {"flowgen eval", "flowgen eval --model flow|diffusion [--dir DIR] [options]",
@@ -519,6 +520,7 @@ static int cmd_eval(int argc, char **argv) {
     lss_drv_parse(&cmd, opts, argc, argv);
     int kind = model_kind(model);
     so.sampler = sampler_kind(sampler);
+    if (so.nsteps == 0) so.nsteps = so.sampler == LSS_MM_DIFF_ANCESTRAL ? 1000 : 50;
     cfg c;
     cfg_load_args(&c, dir, argc, argv);
     int64_t na, nb, d = (int64_t)c.side * c.side;

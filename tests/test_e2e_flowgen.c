@@ -149,6 +149,8 @@ static void test_flowgen_e2e(void) {
     CHECK(run("train --dir %s/none --model flow", dir, NULL) == 2 && stderr_one_line(), "missing data set: exit 2");
     CHECK(run("train --dir %s --model gan", d1, NULL) == 2 && stderr_one_line(), "unknown model: exit 2");
     CHECK(run("sample --dir %s --model diffusion --sampler euler --out %s/x.npy", d1, dir) == 2 && stderr_one_line(), "unknown sampler: exit 2");
+    CHECK(run("train --dir %s --model diffusion --transform sqrt", d1, NULL) == 2 && stderr_one_line(), "unknown transform: exit 2");
+    CHECK(run("train --dir %s/none --model flow --help", dir, NULL) == 0, "--help without a data set: exit 0");
     {
         FILE *f;
         snprintf(p2, sizeof p2, "%s/flow/model.ckpt", d2);
