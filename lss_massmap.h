@@ -33,8 +33,8 @@
  *                        lss_mm_train_on_mock
  *   diffusion generator  lss_mm_diff_create/_free, lss_mm_diff_nparams, lss_mm_diff_options, lss_mm_diff_save,
  *                        lss_mm_diff_open, lss_mm_diff_set_score, lss_mm_diff_set_ode, lss_mm_diff_score,
- *                        lss_mm_diff_train, lss_mm_diff_loss, lss_mm_diff_sample (ancestral, DDIM, probability-flow
- *                        ODE), lss_mm_diff_nll (variational bound on -ln p, nats)
+ *                        lss_mm_diff_train, lss_mm_diff_loss, lss_mm_diff_sample (ancestral, DDIM, second-order
+ *                        DDIM, probability-flow ODE), lss_mm_diff_nll (variational bound on -ln p, nats)
  *
  * Conventions (used everywhere, files included); grids, FFT normalisation, multipoles and spectrum
  * binning are those of the STATISTICS section of lss_maps.h.
