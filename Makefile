@@ -62,11 +62,11 @@ bin/%: drivers/%.c $(HEADERS) drivers/lss_driver.h | deps
 	@mkdir -p bin
 	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDLIBS_ALL)
 
-build/tests/%: tests/%.c $(HEADERS) tests/lss_test.h $(GPU_OBJ) | deps
+build/tests/%: tests/%.c $(HEADERS) tests/lss_test.h tests/lss_e2e.h $(GPU_OBJ) | deps
 	@mkdir -p build/tests
 	$(CC) $(CFLAGS_ALL) $(GPU_FLAGS) $< $(GPU_OBJ) -o $@ $(LDLIBS_ALL) $(GPU_LIBS)
 
-build/asan/%: tests/%.c $(HEADERS) tests/lss_test.h | deps
+build/asan/%: tests/%.c $(HEADERS) tests/lss_test.h tests/lss_e2e.h | deps
 	@mkdir -p build/asan
 	$(CC) -std=c11 $(ARCH) $(WARN) -fopenmp -I. -I$(STB_INC) $(SAN) $< -o $@ $(LDLIBS_ALL)
 

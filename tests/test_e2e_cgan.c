@@ -26,33 +26,8 @@
 static char dir[256];
 static const char *prog = "bin/cgan";
 
-static int run(const char *fmt, const char *a, const char *b) {
-    char args[2048], cmd[4096];
-    int st;
-    snprintf(args, sizeof args, fmt, a ? a : "", b ? b : "");
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/stdout.txt' 2> '%s/stderr.txt'", prog, args, dir, dir);
-    st = system(cmd);
-    return st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-static int same_file(const char *a, const char *b) {
-    char cmd[1400];
-    snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", a, b);
-    return system(cmd) == 0;
-}
-static int exists(const char *p) { struct stat s; return stat(p, &s) == 0; }
-static int stderr_one_line(void) {
-    char p[512], buf[4096];
-    FILE *f;
-    size_t n;
-    int lines = 0;
-    snprintf(p, sizeof p, "%s/stderr.txt", dir);
-    if (!(f = fopen(p, "r"))) return 0;
-    n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    for (size_t i = 0; i < n; i++) lines += buf[i] == '\n';
-    return lines == 1 && strstr(buf, "error") != NULL;
-}
+#include "tests/lss_e2e.h"
+
 
 #define TRAIN_ARGS "--scale demo --iterations 4 --regressor-steps 4 --batch 4 --checkpoint-every 2"
 

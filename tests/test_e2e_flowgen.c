@@ -23,33 +23,9 @@
 static char dir[256];
 static const char *prog = "bin/flowgen";
 
-static int run(const char *fmt, const char *a, const char *b) {
-    char args[2048], cmd[4096];
-    int st;
-    snprintf(args, sizeof args, fmt, a ? a : "", b ? b : "");
-    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 '%s' %s > '%s/stdout.txt' 2> '%s/stderr.txt'", prog, args, dir, dir);
-    st = system(cmd);
-    return st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-static int same_file(const char *a, const char *b) {
-    char cmd[3000];
-    snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", a, b);
-    return system(cmd) == 0;
-}
-static int exists(const char *p) { struct stat s; return stat(p, &s) == 0; }
-static int stderr_one_line(void) {
-    char p[512], buf[4096];
-    FILE *f;
-    size_t n;
-    int lines = 0;
-    snprintf(p, sizeof p, "%s/stderr.txt", dir);
-    if (!(f = fopen(p, "r"))) return 0;
-    n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    for (size_t i = 0; i < n; i++) lines += buf[i] == '\n';
-    return lines == 1 && strstr(buf, "error") != NULL;
-}
+#define LSS_E2E_ENV "OMP_NUM_THREADS=2 "
+#include "tests/lss_e2e.h"
+
 static float *load(const char *p, int64_t *n) {
     float *d = NULL;
     int nd;
