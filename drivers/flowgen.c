@@ -290,7 +290,8 @@ static int cmd_train(int argc, char **argv) {
                        "flow: multiscale affine-coupling flow on ln(kappa + shift) standardised (the lognormal transform; its Jacobian\n"
                        "is part of every likelihood), maximum likelihood, Adam with cosine decay; loss = nats per dimension in the flow's\n"
                        "space. diffusion: variance-exploding score model (U-net without batch norm, EDM preconditioning) trained by denoising\n"
-                       "score matching over log-uniform noise levels, on the same lognormal transform (--transform affine: kappa standardised). Random transpositions and flips of the training maps. Writes DIR/MODEL/model.ckpt,\n"
+                       "score matching over log-uniform noise levels, on the same lognormal transform (--transform affine: kappa\n"
+                       "standardised). Random transpositions and flips of the training maps. Writes DIR/MODEL/model.ckpt,\n"
                        "loss.csv, run.json (and arch.csv for the flow).",
                        "flowgen train --dir out/flowgen --model flow --steps 3000"};
     lss_drv_parse(&cmd, opts, argc, argv);
