@@ -6,6 +6,7 @@
 #   make cuda       compile lss_gpu.cu with nvcc (a no-op message when nvcc is absent)
 #   make deps       install the Debian packages the build needs (as root), or say how
 #   make fuzz       libFuzzer on every reader, FUZZ_SECONDS each (clang; make deps FUZZ=1 installs it)
+#   make mpi        the drivers built with MPI into bin/mpi/ (mpicc; make deps MPI=1 installs OpenMPI)
 
 CC       ?= cc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -26,6 +27,14 @@ ATESTS   := $(patsubst tests/%.c,build/asan/%,$(TESTSRC))
 BENCHES  := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
 DEBS      = libfftw3-dev libstb-dev
 
+# MPI is a build option: the serial build never needs it. With mpicc present, `make test` also builds
+# the MPI programs (build/mpi/, bin/mpi/) and tests/test_mpi runs them under mpirun.
+MPICC    ?= $(shell command -v mpicc 2>/dev/null)
+MPI_DRIVERS := $(patsubst drivers/%.c,bin/mpi/%,$(wildcard drivers/*.c))
+ifneq ($(strip $(MPICC)),)
+MPI_TEST_BINS = build/mpi/mpi_check build/mpi/mpi_check_serial bin/mpi/lss-sim
+endif
+
 # CUDA objects join the tests when nvcc exists (lss_gpu.cu compiled for sm_90 plus PTX).
 ifneq ($(strip $(NVCC)),)
 ifneq ($(wildcard lss_gpu.cu),)
@@ -35,7 +44,7 @@ GPU_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas 
 endif
 endif
 
-.PHONY: all demo test test-asan bench bench-deps cuda clean deps check-headers docs fuzz fuzz-seeds
+.PHONY: all demo test test-asan bench bench-deps cuda clean deps check-headers docs fuzz fuzz-seeds mpi
 
 # Builds use every core (the tests and drivers compile independently; each needs about 0.3 GB).
 MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 1)
@@ -46,6 +55,8 @@ deps:
 	@missing=""; \
 	[ -f /usr/include/fftw3.h ] || missing="$$missing libfftw3-dev"; \
 	[ -f $(STB_INC)/stb_image_write.h ] || missing="$$missing libstb-dev"; \
+	if [ -n "$(MPI)" ]; then command -v mpicc >/dev/null || missing="$$missing libopenmpi-dev"; \
+	  command -v mpirun >/dev/null || missing="$$missing openmpi-bin"; fi; \
 	if [ -n "$(FUZZ)" ]; then command -v $(FUZZ_CC) >/dev/null || missing="$$missing clang"; \
 	  printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' | \
 	  $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null 2>/dev/null || missing="$$missing libclang-rt-dev"; fi; \
@@ -74,6 +85,22 @@ build/bench/%: bench/%.c $(HEADERS) | deps
 	@mkdir -p build/bench
 	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDLIBS_ALL)
 
+bin/mpi/%: drivers/%.c $(HEADERS) drivers/lss_driver.h | deps
+	@mkdir -p bin/mpi
+	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(LDLIBS_ALL)
+
+build/mpi/mpi_check: tests/mpi_check.c $(HEADERS) | deps
+	@mkdir -p build/mpi
+	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(LDLIBS_ALL)
+
+build/mpi/mpi_check_serial: tests/mpi_check.c $(HEADERS) | deps
+	@mkdir -p build/mpi
+	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDLIBS_ALL)
+
+mpi: deps
+	@if [ -z "$(strip $(MPICC))" ]; then echo "mpi: mpicc not found; install OpenMPI with: make deps MPI=1 (as root)"; exit 1; fi
+	@$(MAKE) --no-print-directory $(MPI_DRIVERS) && echo "mpi: drivers built with MPI in bin/mpi/ (run them with mpirun -np N)"
+
 build/runner: tests/runner.c
 	@mkdir -p build
 	$(CC) -std=c11 -O2 $(WARN) $< -o $@
@@ -101,7 +128,7 @@ check-headers: | deps
 	$(CC) -std=c11 -O0 $(WARN) -pedantic -fopenmp -I. -I$(STB_INC) -c build/hdr/all.c -o build/hdr/all.o && \
 	echo "check-headers: all headers implemented together in one file"
 
-test: deps check-headers build/runner $(TESTS) $(DRIVERS)
+test: deps check-headers build/runner $(TESTS) $(DRIVERS) $(MPI_TEST_BINS)
 	@./build/runner $(TESTS)
 
 test-asan: deps build/runner $(ATESTS) $(DRIVERS)

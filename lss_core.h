@@ -552,6 +552,36 @@ LSSDEF void lss_series_color(int i, unsigned char c[3]);
 /* Formats a tick value compactly ("0.5", "1e-08", "100"). */
 LSSDEF void lss_format_tick(double v, char *buf, size_t n);
 
+
+/* ---------------------------------------------------------------- MPI (optional)
+ * Built with -DLSS_MPI (compile with mpicc: `make mpi`), the drivers run under mpirun: every rank
+ * runs the same program (SPMD), work is split by index in fixed blocks (lss_mpi_block) and results
+ * are exchanged so that every number is the one the serial run computes (see lss_dp_grad in
+ * lss_nn.h, lss_emcee in lss_infer.h, lss-sim). Files are written by rank 0 only: on the other ranks
+ * lss_wfile_open writes into /dev/null, so checkpoints, NPY, CSV and PNG files have one writer.
+ * MPI errors are fatal (MPI_ERRORS_ARE_FATAL): a rank that dies makes mpirun stop the whole job.
+ * Without LSS_MPI (the serial build, no MPI dependency) every function below is its one-process
+ * version: rank 0 of 1, exchanges do nothing. */
+/* Initialises MPI (MPI_Init_thread, funneled) once; later calls do nothing. LSS_ERR_STATE when
+ * MPI cannot start. Without LSS_MPI: LSS_OK. */
+LSSDEF int lss_mpi_init(int *argc, char ***argv);
+/* MPI_Finalize when lss_mpi_init started MPI (call once, at the end of main). */
+LSSDEF void lss_mpi_finalize(void);
+LSSDEF int lss_mpi_rank(void);   /* this process's rank (0 before lss_mpi_init or without LSS_MPI) */
+LSSDEF int lss_mpi_size(void);   /* number of ranks (1 before lss_mpi_init or without LSS_MPI) */
+/* The block of items [*lo, *hi) of n items that `rank` of `size` owns: contiguous, in rank order,
+ * sizes differing by at most one (the first n mod size ranks one more). */
+LSSDEF void lss_mpi_block(int64_t n, int rank, int size, int64_t *lo, int64_t *hi);
+/* buf holds n items of `item` bytes; each rank has filled its lss_mpi_block of them. On return every
+ * rank holds all n items (bytes copied, nothing added). LSS_ERR_ARG for n < 0 or a NULL buf with n > 0. */
+LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item);
+/* Copies `bytes` bytes of buf from rank `root` to every rank. */
+LSSDEF int lss_mpi_bcast(void *buf, size_t bytes, int root);
+/* Waits for every rank. */
+LSSDEF void lss_mpi_barrier(void);
+/* Bytes this process has sent by lss_mpi_allgather and lss_mpi_bcast so far (communication volume). */
+LSSDEF double lss_mpi_bytes_sent(void);
+
 #ifdef __cplusplus
 }
 #endif
@@ -964,6 +994,11 @@ LSSDEF void lss_array_free(lss_array *a) {
 #include <sys/types.h>
 #endif
 
+static int lss__mpi_rank = 0, lss__mpi_size = 1; /* see "MPI" below */
+#ifdef LSS_MPI
+static int lss__mpi_started = 0;
+#endif
+static double lss__mpi_sent = 0;
 static char *lss__strdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *d = (char *)LSS_MALLOC(n);
@@ -1043,6 +1078,16 @@ LSSDEF int lss_wfile_open(lss_wfile *w, const char *path) {
     if (!w) return lss_seterr(LSS_ERR_ARG, "lss_wfile_open: NULL argument");
     memset(w, 0, sizeof *w);
     if (!path || !*path) return lss_seterr(LSS_ERR_ARG, "empty output path");
+    if (lss__mpi_rank != 0) { /* under MPI one writer: rank 0 (see "MPI" in the header) */
+        if (!(w->path = lss__strdup(path))) return lss_seterr(LSS_ERR_NOMEM, "out of memory opening '%s'", path);
+        if (!(w->f = fopen("/dev/null", "wb"))) {
+            LSS_FREE(w->path);
+            w->path = NULL;
+            return lss_seterr(LSS_ERR_IO, "cannot open /dev/null: %s", strerror(errno));
+        }
+        w->direct = 1;
+        return LSS_OK;
+    }
 #if defined(LSS__POSIX)
     {
         struct stat ls, st;
@@ -2685,6 +2730,101 @@ LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries,
     s = lss_image_save_png(&im, path);
     lss_image_free(&im);
     return s;
+}
+
+/* ---------------------------------------------------------------- MPI */
+#ifdef LSS_MPI
+#include <mpi.h>
+#endif
+LSSDEF int lss_mpi_init(int *argc, char ***argv) {
+#ifdef LSS_MPI
+    int on = 0, prov = 0;
+    MPI_Initialized(&on);
+    if (!on) {
+        if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &prov) != MPI_SUCCESS)
+            return lss_seterr(LSS_ERR_STATE, "MPI could not start (MPI_Init_thread failed)");
+        lss__mpi_started = 1;
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
+    MPI_Comm_rank(MPI_COMM_WORLD, &lss__mpi_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &lss__mpi_size);
+#else
+    (void)argc, (void)argv;
+#endif
+    return LSS_OK;
+}
+LSSDEF void lss_mpi_finalize(void) {
+#ifdef LSS_MPI
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (lss__mpi_started && !fin) MPI_Finalize();
+    lss__mpi_started = 0;
+#endif
+}
+LSSDEF int lss_mpi_rank(void) { return lss__mpi_rank; }
+LSSDEF int lss_mpi_size(void) { return lss__mpi_size; }
+LSSDEF double lss_mpi_bytes_sent(void) { return lss__mpi_sent; }
+LSSDEF void lss_mpi_block(int64_t n, int rank, int size, int64_t *lo, int64_t *hi) {
+    int64_t q, r;
+    if (size < 1) size = 1;
+    if (rank < 0) rank = 0;
+    if (rank > size) rank = size;
+    if (n < 0) n = 0;
+    q = n / size, r = n % size;
+    *lo = (int64_t)rank * q + (rank < r ? rank : r);
+    *hi = *lo + q + (rank < r ? 1 : 0);
+}
+LSSDEF int lss_mpi_bcast(void *buf, size_t bytes, int root) {
+#ifdef LSS_MPI
+    size_t o = 0;
+    if (lss__mpi_size <= 1 || bytes == 0) return LSS_OK;
+    if (!buf) return lss_seterr(LSS_ERR_ARG, "lss_mpi_bcast: NULL buffer");
+    if (root < 0 || root >= lss__mpi_size) return lss_seterr(LSS_ERR_ARG, "lss_mpi_bcast: root %d of %d ranks", root, lss__mpi_size);
+    while (o < bytes) { /* in pieces below 2^30 bytes (MPI counts are int) */
+        size_t k = bytes - o < ((size_t)1 << 30) ? bytes - o : ((size_t)1 << 30);
+        MPI_Bcast((char *)buf + o, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
+        o += k;
+    }
+    if (lss__mpi_rank == root) lss__mpi_sent += (double)bytes;
+#else
+    (void)buf, (void)bytes, (void)root;
+#endif
+    return LSS_OK;
+}
+LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item) {
+    if (n < 0 || (n > 0 && !buf)) return lss_seterr(LSS_ERR_ARG, "lss_mpi_allgather: %lld items, buffer %p", (long long)n, buf);
+#ifdef LSS_MPI
+    if (lss__mpi_size > 1 && n > 0) {
+        int r, s = lss__mpi_size, small = (double)n * (double)item < 1.0e9;
+        int64_t lo, hi;
+        if (small) { /* one MPI_Allgatherv */
+            int *cnt = (int *)LSS_MALLOC(sizeof(int) * 2 * (size_t)s);
+            if (!cnt) return lss_seterr(LSS_ERR_NOMEM, "lss_mpi_allgather: out of memory");
+            for (r = 0; r < s; r++) {
+                lss_mpi_block(n, r, s, &lo, &hi);
+                cnt[r] = (int)((hi - lo) * (int64_t)item);
+                cnt[s + r] = (int)(lo * (int64_t)item);
+            }
+            MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, cnt, cnt + s, MPI_BYTE, MPI_COMM_WORLD);
+            lss__mpi_sent += (double)cnt[lss__mpi_rank] * (s - 1);
+            LSS_FREE(cnt);
+        } else /* each rank's block in turn */
+            for (r = 0; r < s; r++) {
+                double before = lss__mpi_sent;
+                lss_mpi_block(n, r, s, &lo, &hi);
+                lss_mpi_bcast((char *)buf + (size_t)lo * item, (size_t)(hi - lo) * item, r);
+                if (r == lss__mpi_rank) lss__mpi_sent = before + (double)(hi - lo) * (double)item * (s - 1);
+            }
+    }
+#else
+    (void)item;
+#endif
+    return LSS_OK;
+}
+LSSDEF void lss_mpi_barrier(void) {
+#ifdef LSS_MPI
+    if (lss__mpi_size > 1) MPI_Barrier(MPI_COMM_WORLD);
+#endif
 }
 
 #endif /* LSS_CORE_IMPLEMENTATION_DONE */

@@ -1483,11 +1483,35 @@ static int lss__emcee_eval(lss_emcee *e, const double *x, int n, double *lp, lss
         memcpy(e->bx + (size_t)nin * d, x + (size_t)k * d, sizeof(double) * (size_t)d);
         e->bmap[nin++] = k;
     }
-    if (nin > 0) {
+    if (nin > 0 && lss_mpi_size() > 1) {
+        /* under MPI: each rank evaluates its block of the points, then every rank gets all values */
+        int64_t lo, hi;
+        int r, size = lss_mpi_size(), bad = -1;
+        double *stv = (double *)LSS_MALLOC(sizeof(double) * (size_t)size);
+        if (!stv) return lss_seterr(LSS_ERR_NOMEM, "emcee: out of memory");
+        lss_mpi_block(nin, lss_mpi_rank(), size, &lo, &hi);
+        st = hi > lo ? f(e->bx + (size_t)lo * d, (int)(hi - lo), d, e->blp + lo, user) : LSS_OK;
+        if (st != LSS_OK && !lss_last_error()[0]) lss_seterr(st, "emcee: the log-probability callback failed (status %d)", st);
+        lss_mpi_block(size, lss_mpi_rank(), size, &lo, &hi);
+        stv[lo] = st;
+        lss_mpi_allgather(stv, size, sizeof(double));
+        for (r = 0; r < size && bad < 0; r++)
+            if (stv[r] != LSS_OK) bad = r;
+        if (bad >= 0) {
+            int sb = (int)stv[bad];
+            LSS_FREE(stv);
+            if (bad == lss_mpi_rank()) return st;
+            return lss_seterr(sb, "emcee: the log-probability callback failed on rank %d (status %d; that rank reports why)", bad, sb);
+        }
+        LSS_FREE(stv);
+        lss_mpi_allgather(e->blp, nin, sizeof(double));
+    } else if (nin > 0) {
         if ((st = f(e->bx, nin, d, e->blp, user)) != LSS_OK) {
             if (!lss_last_error()[0]) lss_seterr(st, "emcee: the log-probability callback failed (status %d)", st);
             return st;
         }
+    }
+    if (nin > 0) {
         for (k = 0; k < nin; k++) {
             double v = e->blp[k];
             if (v != v || v == INFINITY) {

@@ -512,6 +512,34 @@ typedef struct {
  * optimizer, shared stores or checkpoint paths, resume without a checkpoint path. */
 LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss_train_result *res);
 
+/* ---------------------------------------------------------------- data-parallel gradients
+ * The gradient of a global batch as the ordered sum of the gradients of nshard fixed shards
+ * (lss_dp_shard splits the batch). fn(user, shard, nshard, loss) computes shard `shard`'s forward and
+ * backward into the store's gradient (already zeroed), with the shard's loss weighted by its share
+ * of the batch (so that the shard losses add up to the batch loss); it writes that loss to *loss
+ * and returns LSS_OK, LSS_ERR_NUMERIC (the whole step is then skipped) or an error. lss_dp_grad
+ * leaves in the store's gradient g = g_0 + g_1 + ... + g_{nshard-1}, added in that order, and in
+ * *loss the batch loss; the caller then calls lss_optim_step. Every shard starts from the parameters
+ * and buffers of the step's start; after the call the buffers (batch-norm running statistics,
+ * spectral-norm vectors) are those that the last shard's forward left (batch norm thus normalises
+ * each shard by its own statistics).
+ * Under MPI (lss_core.h) rank r computes the shards of its lss_mpi_block; the shard gradients are
+ * exchanged (lss_mpi_allgather) before the ordered sum, so that the gradient, the loss and every
+ * parameter after lss_optim_step are bitwise those of the serial run with the same nshard, at any
+ * rank count (ranks beyond nshard idle), and a run resumed with another rank count continues
+ * exactly. Communication per step: lss_dp_bytes.
+ * A failed shard fails the step on every rank: LSS_ERR_NUMERIC when any shard returned it, else the
+ * first failing shard's status, with a message naming the shard and the rank. */
+typedef struct lss_dp lss_dp;
+typedef int (*lss_dp_fn)(void *user, int shard, int nshard, double *loss);
+LSSDEF int lss_dp_create(lss_store *st, int nshard, lss_dp **out);  /* nshard 1..4096 */
+LSSDEF void lss_dp_free(lss_dp *d);
+LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss);
+/* Samples [*lo, *hi) of shard `shard` of a batch of n (contiguous, sizes differing by at most one). */
+LSSDEF void lss_dp_shard(int64_t n, int shard, int nshard, int64_t *lo, int64_t *hi);
+/* Bytes one lss_dp_grad sends from this process (0 in a one-process run). */
+LSSDEF double lss_dp_bytes(const lss_dp *d);
+
 /* ---------------------------------------------------------------- SGEMM
  * C = alpha op(A) op(B) + beta C, row-major; op(A) is M x K (A stored M x K with lda, or K x M when
  * transa), op(B) is K x N. Threaded with OpenMP; the result does not depend on the thread count.
@@ -4127,6 +4155,123 @@ out:
     if (hdr) for (j = 0; j < ncols; j++) LSS_FREE(hdr[j]);
     LSS_FREE(hdr); LSS_FREE(tn); LSS_FREE(loss); LSS_FREE(lastrow); LSS_FREE(rows);
     return s;
+}
+
+/* ================================================================ data-parallel gradients */
+struct lss_dp {
+    lss_store *st;
+    int nshard;
+    float *g, *snap; /* [nshard][size] shard gradients; the store's data at the step's start */
+    double *meta;    /* [nshard][2]: loss, status */
+};
+LSSDEF void lss_dp_shard(int64_t n, int shard, int nshard, int64_t *lo, int64_t *hi) { lss_mpi_block(n, shard, nshard, lo, hi); }
+LSSDEF void lss_dp_free(lss_dp *d) {
+    if (!d) return;
+    LSS_FREE(d->g); LSS_FREE(d->snap); LSS_FREE(d->meta);
+    LSS_FREE(d);
+}
+LSSDEF int lss_dp_create(lss_store *st, int nshard, lss_dp **out) {
+    lss_dp *d;
+    size_t n;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_dp_create: NULL argument");
+    *out = NULL;
+    if (!st) return lss_seterr(LSS_ERR_ARG, "lss_dp_create: NULL store");
+    if (nshard < 1 || nshard > 4096) return lss_seterr(LSS_ERR_ARG, "lss_dp_create: %d shards (1..4096)", nshard);
+    if (!(d = (lss_dp *)LSS_MALLOC(sizeof *d))) return lss_seterr(LSS_ERR_NOMEM, "lss_dp_create: out of memory");
+    memset(d, 0, sizeof *d);
+    d->st = st, d->nshard = nshard;
+    n = (size_t)(st->size > 0 ? st->size : 1);
+    d->g = (float *)LSS_MALLOC(sizeof(float) * n * (size_t)nshard);
+    d->snap = (float *)LSS_MALLOC(sizeof(float) * n);
+    d->meta = (double *)LSS_MALLOC(sizeof(double) * 2 * (size_t)nshard);
+    if (!d->g || !d->snap || !d->meta) {
+        lss_dp_free(d);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_dp_create: out of memory for %d shard gradients of %lld floats", nshard,
+                          (long long)st->size);
+    }
+    *out = d;
+    return LSS_OK;
+}
+/* the rank whose block holds shard s */
+static int lss__dp_owner(int nshard, int s) {
+    int k, size = lss_mpi_size();
+    for (k = 0; k < size; k++) {
+        int64_t a, b;
+        lss_mpi_block(nshard, k, size, &a, &b);
+        if (s >= a && s < b) return k;
+    }
+    return 0;
+}
+LSSDEF double lss_dp_bytes(const lss_dp *d) {
+    int size = lss_mpi_size(), r = lss_mpi_rank();
+    int64_t lo, hi;
+    if (!d || size <= 1) return 0;
+    lss_mpi_block(d->nshard, r, size, &lo, &hi);
+    return (double)(hi - lo) * (double)(size - 1) * ((double)d->st->size * sizeof(float) + 2 * sizeof(double)) +
+           (r == lss__dp_owner(d->nshard, d->nshard - 1) ? (double)d->st->size * sizeof(float) : 0.0);
+}
+LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
+    int64_t lo, hi, n, i;
+    int s, fail = -1, numeric = 0, rank = lss_mpi_rank();
+    size_t bytes;
+    char msg[512] = "";
+    if (!d || !fn || !loss) return lss_seterr(LSS_ERR_ARG, "lss_dp_grad: NULL argument");
+    n = d->st->size;
+    bytes = sizeof(float) * (size_t)n;
+    *loss = NAN;
+    lss_mpi_block(d->nshard, rank, lss_mpi_size(), &lo, &hi);
+    if (n > 0) memcpy(d->snap, d->st->data, bytes);
+    for (s = (int)lo; s < (int)hi; s++) {
+        double l = NAN;
+        int st;
+        if (n > 0) memcpy(d->st->data, d->snap, bytes);
+        lss_store_zero_grad(d->st);
+        lss_clearerr();
+        st = fn(user, s, d->nshard, &l);
+        d->meta[2 * s] = l, d->meta[2 * s + 1] = st;
+        if (st != LSS_OK && st != LSS_ERR_NUMERIC && !msg[0] && fail < 0) {
+            fail = s;
+            snprintf(msg, sizeof msg, "%s", lss_last_error()[0] ? lss_last_error() : lss_strerror(st));
+        }
+        if (n > 0) memcpy(d->g + (size_t)s * (size_t)n, d->st->grad, bytes);
+    }
+    if (lss_mpi_size() > 1) { /* every rank joins every exchange, failed shards or not */
+        int st;
+        if ((st = lss_mpi_allgather(d->meta, d->nshard, 2 * sizeof(double))) != LSS_OK) return st;
+        if (n > 0 && (st = lss_mpi_allgather(d->g, d->nshard, bytes)) != LSS_OK) return st;
+        if (n > 0 && (st = lss_mpi_bcast(d->st->data, bytes, lss__dp_owner(d->nshard, d->nshard - 1))) != LSS_OK) return st;
+    }
+    fail = -1;
+    for (s = 0; s < d->nshard; s++) {
+        int st = (int)d->meta[2 * s + 1];
+        if (st == LSS_ERR_NUMERIC) numeric = 1;
+        else if (st != LSS_OK && fail < 0) fail = s;
+    }
+    if (fail >= 0) {
+        int r = lss__dp_owner(d->nshard, fail), st = (int)d->meta[2 * fail + 1];
+        if (r == rank && msg[0]) return lss_seterr(st, "shard %d of %d (rank %d): %s", fail, d->nshard, r, msg);
+        return lss_seterr(st, "shard %d of %d failed on rank %d (status %d; that rank reports why)", fail, d->nshard, r, st);
+    }
+    if (numeric) return lss_seterr(LSS_ERR_NUMERIC, "lss_dp_grad: a shard's loss or gradient is not finite");
+    if (n > 0) { /* the ordered sum */
+        float *g = d->st->grad;
+        const float *gall = d->g;
+        int ns = d->nshard;
+        (void)s;
+        /* each element is summed over the shards in shard order (threads split the elements only) */
+#if defined(_OPENMP)
+#pragma omp parallel for if (n > 65536) schedule(static)
+#endif
+        for (i = 0; i < n; i++) {
+            float v = gall[i];
+            int k;
+            for (k = 1; k < ns; k++) v += gall[(size_t)k * (size_t)n + (size_t)i];
+            g[i] = v;
+        }
+    }
+    *loss = d->meta[0];
+    for (s = 1; s < d->nshard; s++) *loss += d->meta[2 * s];
+    return LSS_OK;
 }
 
 /* ================================================================ blocks */

@@ -305,7 +305,7 @@ int main(int argc, char **argv) {
     lss_survey *sv = NULL;
     lss_sim_info inf;
     float *maps;
-    int64_t shape[4], per_map, done = 0;
+    int64_t shape[4], per_map, done = 0, blo = 0, bhi = 0;
     int H, W, ndim;
     char path[4200], extra[8192], bins_js[4096];
     double t0 = lss_time_now();
@@ -414,15 +414,18 @@ int main(int argc, char **argv) {
     }
     maps = (float *)malloc(sizeof(float) * (size_t)per_map * (size_t)n);
     if (!maps) lss_drv_die(1, "out of memory for %d maps (%.1f GB)", n, 4.0 * (double)per_map * n / 1e9);
-    fprintf(stderr, "lss-sim: %d %s of %d x %d, %s parameters, %s, %d %s shells, %d thread(s)\n", n, mosaic ? "mosaics" : "fields",
+    if (lss_mpi_rank() == 0)
+    fprintf(stderr, "lss-sim: %d %s of %d x %d, %s parameters, %s, %d %s shells, %d thread(s)%s\n", n, mosaic ? "mosaics" : "fields",
             H, W, prior ? "prior" : "fiducial", nonoise ? "noise-free" : "with noise", inf.nshell_drawn, nbody ? "N-body" : "lognormal",
 #ifdef _OPENMP
             omp_get_max_threads()
 #else
             1
 #endif
-    );
-    lss_drv_progress_init(&prog, "lss-sim", n);
+            , lss_mpi_size() > 1 ? " per rank (MPI: maps split in blocks of the index)" : "");
+    /* under MPI each rank simulates its block of the maps (a map is a pure function of its index) */
+    lss_mpi_block(n, lss_mpi_rank(), lss_mpi_size(), &blo, &bhi);
+    lss_drv_progress_init(&prog, "lss-sim", bhi - blo);
 #ifdef _OPENMP
 #pragma omp parallel
 #endif
@@ -435,7 +438,7 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (i = 0; i < n; i++) {
+        for (i = (int)blo; i < (int)bhi; i++) {
             if (r != LSS_OK) continue;
             if (prior || nbody) {
                 lss_cosmo *ci = NULL;
@@ -477,8 +480,9 @@ int main(int argc, char **argv) {
         lss_survey_work_free(w);
         lss_sim_free(own);
     }
-    if (st != LSS_OK) exit(st == LSS_ERR_NOMEM || st == LSS_ERR_NUMERIC ? 1 : 2);
+    if (st != LSS_OK) lss_drv_die(st == LSS_ERR_NOMEM || st == LSS_ERR_NUMERIC ? 1 : 2, "the simulation stopped (the failing map is named above)");
     lss_drv_progress_end(&prog);
+    lss_drv_check(lss_mpi_allgather(maps, n, sizeof(float) * (size_t)per_map), "gathering the maps");
     shape[0] = n; shape[1] = 2 * nb; shape[2] = H; shape[3] = W;
     snprintf(path, sizeof path, "%s/maps.npy", out);
     lss_drv_check(lss_npy_save(path, LSS_F32, 4, shape, maps), "maps.npy");

@@ -13,8 +13,14 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LSS_MPI
+#include <mpi.h>
+#endif
 
 static const char *lss_drv_prog = "lss";
+#ifdef LSS_MPI
+static FILE *lss_drv_errf = NULL; /* ranks other than 0: their original stderr, for errors only */
+#endif
 
 /* One line on stderr ("prog: error: ...") and exit with `code` (2 for bad input, 1 otherwise). The
  * message goes through lss_seterr first: control bytes and bytes that are not UTF-8 (an option or a
@@ -26,8 +32,39 @@ static inline void lss_drv_die(int code, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     lss_seterr(LSS_ERR_ARG, "%s", msg);
+#ifdef LSS_MPI
+    if (lss_mpi_size() > 1) { /* one rank's failure stops the whole job (the others are killed) */
+        FILE *e = lss_drv_errf ? lss_drv_errf : stderr;
+        fprintf(e, "%s: error: rank %d of %d: %s\n", lss_drv_prog, lss_mpi_rank(), lss_mpi_size(), lss_last_error());
+        fflush(e);
+        MPI_Abort(MPI_COMM_WORLD, code);
+    }
+#endif
     fprintf(stderr, "%s: error: %s\n", lss_drv_prog, lss_last_error());
     exit(code);
+}
+
+/* Under MPI (make mpi): starts MPI once, at the first option parse; every rank parses the same
+ * options. Ranks other than 0 print nothing (stdout and stderr go to /dev/null; their fatal errors,
+ * lss_drv_die, still reach the original stderr) and write no files (lss_core.h). MPI_Finalize runs at exit. Without LSS_MPI: nothing. */
+static inline void lss_drv_mpi_start(void) {
+#ifdef LSS_MPI
+    static int started = 0;
+    if (started) return;
+    started = 1;
+    if (lss_mpi_init(NULL, NULL) != LSS_OK) {
+        fprintf(stderr, "%s: error: %s\n", lss_drv_prog, lss_last_error());
+        exit(1);
+    }
+    atexit(lss_mpi_finalize);
+    if (lss_mpi_rank() != 0) {
+        int fd = dup(2);
+        if (fd < 0 || !(lss_drv_errf = fdopen(fd, "w")) || !freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) {
+            fprintf(stderr, "%s: error: rank %d cannot silence its output\n", lss_drv_prog, lss_mpi_rank());
+            exit(1);
+        }
+    }
+#endif
 }
 
 /* Exits with the library's last error when status is not LSS_OK. Input errors (format, range,
@@ -132,6 +169,7 @@ static inline void lss_drv_parse(const lss_drv_cmd *cmd, const lss_drv_opt *opts
     size_t pl = strlen(lss_drv_prog);
     if (strncmp(who, lss_drv_prog, pl) == 0) who = who[pl] == ' ' ? who + pl + 1 : who[pl] ? who : "";
     const char *sep = *who ? ": " : "";
+    lss_drv_mpi_start();
     for (o = opts; o && o->name; o++) n++;
     if (n > 256) lss_drv_die(1, "%s%soption table too long", who, sep);
     memset(seen, 0, sizeof seen);
@@ -321,6 +359,7 @@ static inline int lss_drv_runjson(const char *dir, int argc, char **argv, uint64
         lss_drv_json_str(w.f, argv[i]);
     }
     fprintf(w.f, "],\n  \"seed\": %llu,\n  \"time_utc\": \"%s\"", (unsigned long long)seed, when);
+    fprintf(w.f, ",\n  \"mpi_ranks\": %d", lss_mpi_size());
     if (extra && *extra && extra_ok) fprintf(w.f, ",\n  %s", extra);
     else if (extra && *extra) {
         fputs(",\n  \"record_text\": ", w.f);
@@ -429,7 +468,7 @@ static inline void lss_drv_out_dir(const char *dir) {
     if ((fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 && errno != EEXIST)
         lss_drv_die(2, "cannot write into '%s': %s", dir, strerror(errno));
     if (fd >= 0) close(fd), unlink(probe);
-    if (lss_wfile_clean_orphans(dir, &n) == LSS_OK && n > 0)
+    if (lss_mpi_rank() == 0 && lss_wfile_clean_orphans(dir, &n) == LSS_OK && n > 0)
         fprintf(stderr, "%s: removed %d temporary file(s) of an earlier, interrupted run in %s\n", lss_drv_prog, n, dir);
 }
 /* Exits 2 unless the output file `path` can be written (see above); cleans its directory's orphans. */
@@ -448,7 +487,7 @@ static inline void lss_drv_out_file(const char *path) {
     if (lss_wfile_open(&w, path) != LSS_OK) lss_drv_die(2, "%s", lss_last_error());
     if (w.direct) { lss_wfile_abort(&w); return; }
     if ((slash = strrchr(w.path, '/')) != NULL) *slash = 0;
-    if (lss_wfile_clean_orphans(slash ? (*w.path ? w.path : "/") : ".", &n) == LSS_OK && n > 0)
+    if (lss_mpi_rank() == 0 && lss_wfile_clean_orphans(slash ? (*w.path ? w.path : "/") : ".", &n) == LSS_OK && n > 0)
         fprintf(stderr, "%s: removed %d temporary file(s) of an earlier, interrupted run next to %s\n", lss_drv_prog, n, path);
     if (slash) *slash = '/';
     lss_wfile_abort(&w);
@@ -568,6 +607,7 @@ static inline void lss_drv_progress_update(lss_drv_progress *p, int64_t done) {
     rate = el > 0 ? (double)(done - p->base) / el : 0;
     double left = rate > 0 ? (p->total - done) / rate : 0;
     if (now - p->last < (p->tty ? 0.2 : 5.0) && done < p->total) return;
+    if (lss_mpi_rank() != 0) return; /* under MPI rank 0 reports */
     p->last = now;
     fprintf(stderr, "%s%s: %lld/%lld (%.3g/s, %.0f s left)%s", p->tty ? "\r" : "", p->label, (long long)done,
             (long long)p->total, rate, left, p->tty ? "   " : "\n");
@@ -575,6 +615,7 @@ static inline void lss_drv_progress_update(lss_drv_progress *p, int64_t done) {
 }
 
 static inline void lss_drv_progress_end(lss_drv_progress *p) {
+    if (lss_mpi_rank() != 0) return;
     fprintf(stderr, "%s%s: done, %lld in %.1f s\n", p->tty ? "\r" : "", p->label, (long long)p->total,
             lss_time_now() - p->t0);
 }
