@@ -1,0 +1,182 @@
+/* test_mpi.c - data-parallel gradients (lss_dp) in one process, and, when mpirun and the MPI builds
+ * exist (make test builds them where mpicc is), the MPI runs against the serial ones: training
+ * steps, resume with another rank count, sampler chains and simulated maps bitwise identical with
+ * 1, 2 and 3 ranks; a killed rank stops the job and leaves the last checkpoint intact. */
+#define _POSIX_C_SOURCE 200809L
+#define LSS_IMPLEMENTATION
+#include "lss_core.h"
+#include "lss_nn.h"
+#include "lss_test.h"
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+/* ---- lss_mpi_block: a partition in rank order, sizes differing by at most one */
+static void test_block(void) {
+    int64_t n, lo, hi;
+    int size, r, ok = 1;
+    for (n = 0; n <= 40; n++)
+        for (size = 1; size <= 7; size++) {
+            int64_t next = 0, mn = n, mx = 0;
+            for (r = 0; r < size; r++) {
+                lss_mpi_block(n, r, size, &lo, &hi);
+                if (lo != next || hi < lo) ok = 0;
+                next = hi;
+                if (hi - lo < mn) mn = hi - lo;
+                if (hi - lo > mx) mx = hi - lo;
+            }
+            if (next != n || mx - mn > 1) ok = 0;
+        }
+    CHECK(ok, "lss_mpi_block is not a balanced partition in rank order");
+    CHECK(lss_mpi_rank() == 0 && lss_mpi_size() == 1, "one process: rank %d of %d", lss_mpi_rank(), lss_mpi_size());
+}
+
+/* ---- lss_dp in one process: the shard sum is the batch gradient; failures name the shard */
+typedef struct {
+    lss_store *st;
+    lss_graph *g;
+    lss_tensor *w, *b;
+    float x[10 * 3], y[10];
+    int fail_shard, fail_status;
+} lin;
+
+static int lin_shard(void *u, int s, int ns, double *loss) {
+    lin *m = (lin *)u;
+    int64_t lo, hi, xs[2], ys[2];
+    lss_tensor *l;
+    int st;
+    if (s == m->fail_shard) return m->fail_status == LSS_ERR_NUMERIC ? LSS_ERR_NUMERIC : lss_seterr(m->fail_status, "bad data in shard");
+    lss_dp_shard(10, s, ns, &lo, &hi);
+    xs[0] = ys[0] = hi - lo, xs[1] = 3, ys[1] = 1;
+    lss_graph_reset(m->g);
+    l = lss_op_mse(m->g, lss_op_dense(m->g, lss_view(m->g, m->x + 3 * lo, 2, xs), m->w, m->b), lss_view(m->g, m->y + lo, 2, ys));
+    l = lss_op_scale(m->g, l, (float)(hi - lo) / 10.0f);
+    if ((st = lss_backward(m->g, l)) != LSS_OK) return st;
+    *loss = l->data[0];
+    return LSS_OK;
+}
+
+static void test_dp_serial(void) {
+    lin m;
+    lss_dp *d1 = NULL, *d4 = NULL;
+    float g1[4], g4[4];
+    double l1 = 0, l4 = 0, ref = 0;
+    int i;
+    lss_rng r;
+    int64_t sw[2] = {3, 1}, sb[1] = {1};
+    memset(&m, 0, sizeof m);
+    m.fail_shard = -1;
+    CHECK_OK(lss_store_create(1, &m.st));
+    m.w = lss_store_add(m.st, "w", 2, sw, LSS_INIT_GLOROT);
+    m.b = lss_store_add(m.st, "b", 1, sb, LSS_INIT_ZERO);
+    CHECK_OK(lss_store_status(m.st));
+    CHECK_OK(lss_graph_create(&m.g));
+    lss_rng_init(&r, 2, 0);
+    for (i = 0; i < 30; i++) m.x[i] = (float)lss_rng_normal(&r);
+    for (i = 0; i < 10; i++) m.y[i] = (float)lss_rng_normal(&r);
+    CHECK_OK(lss_dp_create(m.st, 1, &d1));
+    CHECK_OK(lss_dp_create(m.st, 4, &d4));
+    CHECK_OK(lss_dp_grad(d1, lin_shard, &m, &l1));
+    memcpy(g1, lss_store_grad(m.st), sizeof g1);
+    CHECK_OK(lss_dp_grad(d4, lin_shard, &m, &l4));
+    memcpy(g4, lss_store_grad(m.st), sizeof g4);
+    /* the loss by hand: mean squared residual over the whole batch */
+    for (i = 0; i < 10; i++) {
+        const float *w = lss_store_data(m.st);
+        double p = w[0] * m.x[3 * i] + w[1] * m.x[3 * i + 1] + w[2] * m.x[3 * i + 2] + w[3] - m.y[i];
+        ref += p * p / 10;
+    }
+    CHECK_CLOSE(l1, ref, 1e-5, 0, "one shard: batch loss");
+    CHECK_CLOSE(l4, ref, 1e-5, 0, "four shards: batch loss");
+    for (i = 0; i < 4; i++) CHECK_CLOSE(g4[i], g1[i], 1e-5, 1e-7, "four shards: gradient = one-shard gradient");
+    CHECK(lss_dp_bytes(d4) == 0, "one process sends nothing");
+    m.fail_shard = 2, m.fail_status = LSS_ERR_NUMERIC;
+    CHECK_ERR(lss_dp_grad(d4, lin_shard, &m, &l4), LSS_ERR_NUMERIC);
+    m.fail_status = LSS_ERR_SHAPE;
+    CHECK_ERR(lss_dp_grad(d4, lin_shard, &m, &l4), LSS_ERR_SHAPE);
+    CHECK(strstr(lss_last_error(), "shard 2 of 4") && strstr(lss_last_error(), "bad data"), "message: %s", lss_last_error());
+    CHECK_ERR(lss_dp_create(m.st, 0, &d1), LSS_ERR_ARG);
+    lss_dp_free(d4);
+    lss_graph_free(m.g);
+    lss_store_free(m.st);
+}
+
+/* ---- under mpirun */
+static int exists(const char *p) { struct stat s; return stat(p, &s) == 0; }
+
+static int sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    int st;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* 1 when the files are byte for byte the same */
+static int same(const char *a, const char *b) { return sh("cmp -s '%s' '%s'", a, b) == 0; }
+
+#define MPIRUN "mpirun --oversubscribe -np"
+#define T "build/test_mpi"
+
+static void test_mpi_runs(void) {
+    int k;
+    char a[512], b[512];
+    if (sh("command -v mpirun >/dev/null 2>&1") != 0) { SKIP("no mpirun (make deps MPI=1 installs OpenMPI)"); return; }
+    if (!exists("build/mpi/mpi_check") || !exists("build/mpi/mpi_check_serial") || !exists("bin/mpi/lss-sim") || !exists("bin/lss-sim")) {
+        SKIP("the MPI programs are not built (make test builds them when mpicc exists)");
+        return;
+    }
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1); /* CI runs as root */
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1); /* containers without ptrace between processes */
+    setenv("OMP_NUM_THREADS", "1", 1);
+    CHECK(sh("rm -rf " T " && mkdir -p " T "/s0 " T "/e0 " T "/m0") == 0, "cannot make " T);
+    /* serial references */
+    CHECK(sh("build/mpi/mpi_check_serial train " T "/s0 8 > " T "/log 2>&1") == 0, "serial training failed");
+    CHECK(sh("build/mpi/mpi_check_serial emcee " T "/e0 > " T "/log 2>&1") == 0, "serial sampler failed");
+    CHECK(sh("bin/lss-sim --out " T "/m0 --n 7 --seed 5 --prior > " T "/log 2>&1") == 0, "serial lss-sim failed");
+    for (k = 1; k <= 3; k++) {
+        CHECK(sh("mkdir -p " T "/s%d " T "/e%d && " MPIRUN " %d build/mpi/mpi_check train " T "/s%d 8 > " T "/log 2>&1", k, k, k, k) == 0,
+              "training under mpirun -np %d failed", k);
+        snprintf(a, sizeof a, T "/s0/params.bin"), snprintf(b, sizeof b, T "/s%d/params.bin", k);
+        CHECK(same(a, b), "training with %d rank(s): parameters differ from the serial run", k);
+        snprintf(a, sizeof a, T "/s0/net.ckpt"), snprintf(b, sizeof b, T "/s%d/net.ckpt", k);
+        CHECK(same(a, b), "training with %d rank(s): checkpoint differs from the serial run", k);
+        snprintf(a, sizeof a, T "/s0/loss.csv"), snprintf(b, sizeof b, T "/s%d/loss.csv", k);
+        CHECK(same(a, b), "training with %d rank(s): loss CSV differs from the serial run", k);
+        CHECK(sh(MPIRUN " %d build/mpi/mpi_check emcee " T "/e%d > " T "/log 2>&1", k, k) == 0, "sampler under mpirun -np %d failed", k);
+        snprintf(a, sizeof a, T "/e0/chain.npy"), snprintf(b, sizeof b, T "/e%d/chain.npy", k);
+        CHECK(same(a, b), "sampler with %d rank(s): chain differs from the serial run", k);
+        CHECK(sh(MPIRUN " %d bin/mpi/lss-sim --out " T "/m%d --n 7 --seed 5 --prior > " T "/log 2>&1", k, k) == 0, "lss-sim under mpirun -np %d failed", k);
+        snprintf(a, sizeof a, T "/m0/maps.npy"), snprintf(b, sizeof b, T "/m%d/maps.npy", k);
+        CHECK(same(a, b), "lss-sim with %d rank(s): maps differ from the serial run", k);
+        snprintf(a, sizeof a, T "/m0/params.csv"), snprintf(b, sizeof b, T "/m%d/params.csv", k);
+        CHECK(same(a, b), "lss-sim with %d rank(s): parameters differ from the serial run", k);
+    }
+    /* resume with another rank count (2 ranks to step 4, then 3 ranks with 2 threads each to step 8) */
+    CHECK(sh("mkdir -p " T "/r && " MPIRUN " 2 build/mpi/mpi_check train " T "/r 4 > " T "/log 2>&1 && OMP_NUM_THREADS=2 " MPIRUN
+             " 3 build/mpi/mpi_check train " T "/r 8 > " T "/log 2>&1") == 0, "training resumed under another rank count failed");
+    CHECK(same(T "/s0/params.bin", T "/r/params.bin") && same(T "/s0/loss.csv", T "/r/loss.csv"),
+          "a run resumed with 3 ranks after 4 steps on 2 differs from the serial run");
+    /* a rank killed at step 5: the job stops, the checkpoint of step 4 is intact and resumes exactly */
+    k = sh("mkdir -p " T "/k && LSS_TEST_KILL=1:5 timeout 120 " MPIRUN " 2 build/mpi/mpi_check train " T "/k 8 > " T "/klog 2>&1");
+    CHECK(k != 0 && k != 124, "mpirun with a killed rank: exit status %d (want non-zero, no hang)", k);
+    CHECK(sh("grep -q 'exited on signal 9' " T "/klog") == 0, "mpirun did not say which rank died (see " T "/klog)");
+    CHECK(sh("build/mpi/mpi_check_serial train " T "/k 8 > " T "/log 2>&1") == 0, "resume after the killed run failed");
+    CHECK(same(T "/s0/params.bin", T "/k/params.bin"), "the run resumed after a killed rank differs from the serial run");
+    /* bad input under mpirun: one clear message and a non-zero exit */
+    k = sh(MPIRUN " 2 bin/mpi/lss-sim --out " T "/bad --n 0 > " T "/blog 2>&1");
+    CHECK(k == 2, "lss-sim --n 0 under mpirun: exit status %d (want 2)", k);
+    CHECK(sh("grep -q 'option --n' " T "/blog") == 0, "lss-sim --n 0 under mpirun: no message naming the option");
+}
+
+int main(void) {
+    RUN(test_block);
+    RUN(test_dp_serial);
+    if (getenv("LSS_TEST_ASAN")) SKIP("the MPI runs belong to make test (this is the sanitizer build)");
+    else RUN(test_mpi_runs);
+    LSS_TEST_END();
+}
