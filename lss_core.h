@@ -1188,7 +1188,7 @@ LSSDEF int lss_wfile_prepare(lss_wfile *w) {
     return LSS_OK;
 }
 
-LSSDEF int lss_wfile_commit(lss_wfile *w) {
+static int lss__wfile_commit1(lss_wfile *w) {
     int s, h = 0;
     if (!w || (!w->f && !w->prepared)) return lss_seterr(LSS_ERR_STATE, "file not open");
     if ((s = lss_wfile_prepare(w)) != LSS_OK) return s;
@@ -1210,6 +1210,16 @@ LSSDEF int lss_wfile_commit(lss_wfile *w) {
     LSS_FREE(w->path); LSS_FREE(w->tmp);
     memset(w, 0, sizeof *w);
     return LSS_OK;
+}
+
+static void lss__mpi_after_write(void);
+/* Under MPI every rank commits the same files (rank 0 for real, the others into /dev/null); the
+ * barrier after each commit outside parallel regions lets any rank read a file as soon as the code
+ * that wrote it has returned. */
+LSSDEF int lss_wfile_commit(lss_wfile *w) {
+    int s = lss__wfile_commit1(w);
+    lss__mpi_after_write();
+    return s;
 }
 
 LSSDEF int lss_wfile_clean_orphans(const char *dir, int *nremoved) {
@@ -2735,6 +2745,9 @@ LSSDEF int lss_plot_lines(const char *path, const lss_plot_opts *o, int nseries,
 /* ---------------------------------------------------------------- MPI */
 #ifdef LSS_MPI
 #include <mpi.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #endif
 LSSDEF int lss_mpi_init(int *argc, char ***argv) {
 #ifdef LSS_MPI
@@ -2820,6 +2833,14 @@ LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item) {
     (void)item;
 #endif
     return LSS_OK;
+}
+static void lss__mpi_after_write(void) {
+#ifdef LSS_MPI
+#ifdef _OPENMP
+    if (omp_in_parallel()) return;
+#endif
+    if (lss__mpi_size > 1) MPI_Barrier(MPI_COMM_WORLD);
+#endif
 }
 LSSDEF void lss_mpi_barrier(void) {
 #ifdef LSS_MPI

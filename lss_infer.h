@@ -465,6 +465,8 @@ typedef struct {
     float *xin;                  /* [batch][input] */
     float *yst;                  /* [batch][7] standardised targets */
     float *xsp;                  /* hybrid CNN: [batch][nfeat] standardised spectra */
+    lss_dp *dp;                  /* data-parallel training (lss_sumnet_set_shards; NULL: one shard) */
+    int r0;                      /* first batch row of the views (a shard's) */
 } lss_sumnet;
 /* Creates the network (*out freed with lss_sumnet_free); the options are copied (use_pair too). The
    output layer starts at zero weights, zero mean biases and the diagonal biases of the precision Cholesky
@@ -485,6 +487,11 @@ LSSDEF int lss_sumnet_input(lss_sumnet *n, int i, const float *map, const double
 /* Gaussian NLL (eq. 14) of the nb rows in the batch against targets y [nb][7]; train != 0: backward
    and one optimizer step (LSS_ERR_NUMERIC when the gradient is not finite: the step is skipped). */
 LSSDEF int lss_sumnet_loss(lss_sumnet *n, int nb, const float *y, int train, double *loss);
+/* Data-parallel training steps (lss_dp_grad of lss_nn.h): the batch of each training lss_sumnet_loss split
+   into nshard fixed shards whose gradients are added in order; under MPI the ranks compute the shards,
+   and the parameters after every step are bitwise those of a serial run with the same nshard, at any
+   rank count. nshard 1 (the default): the whole batch at once. */
+LSSDEF int lss_sumnet_set_shards(lss_sumnet *n, int nshard);
 /* Parameters (targets undone) of the nb rows: theta [nb][7]. */
 LSSDEF int lss_sumnet_predict(lss_sumnet *n, int nb, double *theta);
 /* Section VI: d theta_k / d m for k = A_IA (sens[0]) and sigma_8 (sens[1]) of a CNN at one map:
@@ -3313,6 +3320,7 @@ LSSDEF void lss_sumnet_free(lss_sumnet *n) {
     LSS_FREE(n->yst);
     LSS_FREE(n->xsp);
     LSS_FREE((void *)n->o.use_pair);
+    lss_dp_free(n->dp);
     LSS_FREE(n);
 }
 
@@ -3519,19 +3527,61 @@ static lss_tensor *lss__sumnet_forward(lss_sumnet *n, lss_tensor *in) {
     if (n->o.kind != LSS_SUMNET_CNN) return lss_mlp_forward(n->g, &n->mlp, in);
     if (n->o.hybrid && in) {
         int64_t sh[2] = {in->shape[0], n->nfeat};
-        return lss_resnet_forward_extra(n->g, &n->cnn, in, lss_view(n->g, n->xsp, 2, sh));
+        return lss_resnet_forward_extra(n->g, &n->cnn, in, lss_view(n->g, n->xsp + (size_t)n->r0 * (size_t)n->nfeat, 2, sh));
     }
     return lss_resnet_forward(n->g, &n->cnn, in);
 }
 
+/* rows r0 .. r0 + nb - 1 of the input batch */
 static lss_tensor *lss__sumnet_view(lss_sumnet *n, int nb) {
     if (n->o.kind == LSS_SUMNET_CNN) {
         int64_t sh[4] = {nb, n->o.nch + n->nprod, n->o.side, n->o.side};
-        return lss_view(n->g, n->xin, 4, sh);
+        return lss_view(n->g, n->xin + (size_t)n->r0 * (size_t)(sh[1] * sh[2] * sh[3]), 4, sh);
     } else {
         int64_t sh[2] = {nb, n->nfeat};
-        return lss_view(n->g, n->xin, 2, sh);
+        return lss_view(n->g, n->xin + (size_t)n->r0 * (size_t)n->nfeat, 2, sh);
     }
+}
+
+LSSDEF int lss_sumnet_set_shards(lss_sumnet *n, int nshard) {
+    lss_dp *d = NULL;
+    int s;
+    if (!n) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_shards: NULL network");
+    if (nshard < 1 || nshard > n->o.batch)
+        return lss_seterr(LSS_ERR_ARG, "lss_sumnet_set_shards: %d shards for batches of at most %d", nshard, n->o.batch);
+    if (nshard > 1 && (s = lss_dp_create(n->store, nshard, &d)) != LSS_OK) return s;
+    lss_dp_free(n->dp);
+    n->dp = d;
+    return LSS_OK;
+}
+
+typedef struct {
+    lss_sumnet *n;
+    int nb;
+} lss__sumnet_sh;
+/* lss_dp_fn: the loss of rows of shard s, weighted by their share of the batch, and its gradient */
+static int lss__sumnet_shard(void *u, int s, int ns, double *loss) {
+    lss__sumnet_sh *a = (lss__sumnet_sh *)u;
+    lss_sumnet *n = a->n;
+    int64_t lo, hi, sh[2];
+    lss_tensor *out, *tg, *l;
+    int st;
+    lss_dp_shard(a->nb, s, ns, &lo, &hi);
+    *loss = 0;
+    if (hi == lo) return LSS_OK; /* more shards than rows: this one adds nothing */
+    sh[0] = hi - lo, sh[1] = LSS_DEEPLSS_NPARAM;
+    n->r0 = (int)lo;
+    lss_graph_reset(n->g);
+    lss_graph_set_training(n->g, 1);
+    out = lss__sumnet_forward(n, lss__sumnet_view(n, (int)(hi - lo)));
+    tg = lss_view(n->g, n->yst + (size_t)lo * LSS_DEEPLSS_NPARAM, 2, sh);
+    n->r0 = 0;
+    l = out && tg ? lss_op_gauss_nll(n->g, out, tg) : NULL;
+    l = lss_op_scale(n->g, l, (float)(hi - lo) / (float)a->nb);
+    if (!l) return lss_graph_status(n->g) ? lss_graph_status(n->g) : lss_seterr(LSS_ERR_STATE, "lss_sumnet_loss: no loss");
+    if ((st = lss_backward(n->g, l)) != LSS_OK) return st;
+    *loss = l->data[0];
+    return isfinite(*loss) ? LSS_OK : LSS_ERR_NUMERIC;
 }
 
 LSSDEF int lss_sumnet_loss(lss_sumnet *n, int nb, const float *y, int train, double *loss) {
@@ -3540,11 +3590,17 @@ LSSDEF int lss_sumnet_loss(lss_sumnet *n, int nb, const float *y, int train, dou
     int s, i;
     if (!n || !y || !loss || nb < 1 || nb > n->o.batch) return lss_seterr(LSS_ERR_ARG, "lss_sumnet_loss: bad arguments (batch %d)", nb);
     if (train && !n->optim) return lss_seterr(LSS_ERR_STATE, "lss_sumnet_loss: training a network created without an optimizer");
+    for (i = 0; i < nb * LSS_DEEPLSS_NPARAM; i++)
+        n->yst[i] = (y[i] - n->tmu->data[i % LSS_DEEPLSS_NPARAM]) / n->tsd->data[i % LSS_DEEPLSS_NPARAM];
+    if (train && n->dp) { /* data-parallel: the shards' gradients added in order (lss_dp_grad) */
+        lss__sumnet_sh a;
+        a.n = n, a.nb = nb;
+        if ((s = lss_dp_grad(n->dp, lss__sumnet_shard, &a, loss)) != LSS_OK) return s;
+        return lss_optim_step(n->optim);
+    }
     lss_graph_reset(n->g);
     lss_graph_set_training(n->g, train);
     out = lss__sumnet_forward(n, lss__sumnet_view(n, nb));
-    for (i = 0; i < nb * LSS_DEEPLSS_NPARAM; i++)
-        n->yst[i] = (y[i] - n->tmu->data[i % LSS_DEEPLSS_NPARAM]) / n->tsd->data[i % LSS_DEEPLSS_NPARAM];
     tg = lss_view(n->g, n->yst, 2, sh);
     l = out && tg ? lss_op_gauss_nll(n->g, out, tg) : NULL;
     if (!l) return lss_graph_status(n->g) ? lss_graph_status(n->g) : lss_seterr(LSS_ERR_STATE, "lss_sumnet_loss: no loss");
@@ -4276,7 +4332,8 @@ static int lss__sumnet_all(lss__sumnet_train_state *S, int train, double *loss) 
     const lss_sumnet_train_opts *o = S->o;
     int k, status = LSS_OK, numeric = 0;
     char msg[512] = "";
-LSS__IOMP(omp parallel for schedule(dynamic, 1))
+    /* under MPI the networks take turns (their data-parallel steps exchange gradients in one order) */
+LSS__IOMP(omp parallel for schedule(dynamic, 1) if (lss_mpi_size() == 1))
     for (k = 0; k < S->nnet; k++) {
         lss_sumnet *n = S->nets[k];
         int s = LSS_OK;

@@ -696,7 +696,8 @@ LSSDEF double lss_mm_auto_sigma_min(int64_t npix, const float *nvar);
 /* nsamples posterior samples in calls of at most `batch` chains: chains o->first_chain, ... in order, so
  * that the samples do not depend on the batch size without a residual score. o->progress (if any)
  * receives the fraction of samples done. st (may be NULL): HMC steps and levels of a chain, the rest
- * averaged over chains, seconds summed. */
+ * averaged over chains, seconds summed. Under MPI (lss_core.h) the batches are split over the ranks in
+ * blocks and every rank returns all samples: bitwise those of the serial run (seconds: this rank's). */
 LSSDEF int lss_mm_sample_batched(lss_mm_post *p, const lss_mm_sample_opts *o, int nsamples, int batch,
                                  float *samples, lss_mm_sample_stats *st);
 
@@ -4391,6 +4392,76 @@ LSSDEF double lss_mm_auto_sigma_min(int64_t npix, const float *nvar) {
     return isfinite(vmin) ? fmin(LSS_MM_SIGMA_MIN, LSS_MM_SIGMA_MIN_NOISE * sqrt(vmin)) : LSS_MM_SIGMA_MIN;
 }
 
+/* Under MPI: the same calls of lss_mm_sample as the serial loop below (batch k: chains k batch ..), the
+ * batches split over the ranks in blocks, the samples and the per-batch statistics exchanged and the
+ * statistics added up in batch order: samples and statistics (but seconds, the slowest rank's) are
+ * those of the serial run. */
+static int lss__mm_sample_mpi(lss_mm_post *p, const lss_mm_sample_opts *o, int nsamples, int batch, float *samples,
+                              lss_mm_sample_stats *st) {
+    enum { NS = 10 };
+    int64_t np = lss_grid_npix(p->g), nbt = ((int64_t)nsamples + batch - 1) / batch, lo, hi, k;
+    float *buf = (float *)LSS_MALLOC(sizeof(float) * (size_t)(nbt * batch * np));
+    double *row = (double *)LSS_MALLOC(sizeof(double) * NS * (size_t)nbt), mx = 0;
+    lss_mm_sample_stats tot;
+    int s = LSS_OK, bad = -1;
+    if (!buf || !row) {
+        LSS_FREE(buf); LSS_FREE(row);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_sample_batched: out of memory for %d samples", nsamples);
+    }
+    memset(&tot, 0, sizeof tot);
+    lss_mpi_block(nbt, lss_mpi_rank(), lss_mpi_size(), &lo, &hi);
+    for (k = lo; k < hi; k++) {
+        int done = (int)(k * batch), nb = nsamples - done < batch ? nsamples - done : batch;
+        lss_mm_sample_stats one;
+        lss_mm_sample_opts b = *o;
+        double *r = row + NS * k;
+        memset(&one, 0, sizeof one);
+        b.nchains = nb;
+        b.first_chain = o->first_chain + (uint64_t)done;
+        b.progress = NULL;
+        r[0] = s == LSS_OK ? lss_mm_sample(p, &b, buf + k * batch * np, &one) : s;
+        if (s == LSS_OK) s = (int)r[0];
+        r[1] = (double)one.hmc_steps, r[2] = (double)one.levels, r[3] = (double)one.ode_steps, r[4] = (double)one.ode_rejected;
+        r[5] = one.accept_rate, r[6] = one.evals_per_chain, r[7] = one.hmc_evals_per_chain, r[8] = one.ode_evals_per_chain;
+        r[9] = one.seconds;
+        if (o->progress && lss_mpi_rank() == 0) o->progress(o->progress_user, (double)(k - lo + 1) / (double)(hi - lo));
+    }
+    lss_mpi_allgather(row, nbt, NS * sizeof(double));
+    for (k = 0; k < nbt && bad < 0; k++)
+        if ((int)row[NS * k] != LSS_OK) bad = (int)k;
+    if (bad >= 0) {
+        int code = (int)row[NS * bad];
+        LSS_FREE(buf); LSS_FREE(row);
+        if (s != LSS_OK && bad >= lo && bad < hi) return s;
+        return lss_seterr(code, "lss_mm_sample_batched: batch %d failed on another rank (status %d; that rank reports why)", bad, code);
+    }
+    lss_mpi_allgather(buf, nbt, sizeof(float) * (size_t)(batch * np));
+    memcpy(samples, buf, sizeof(float) * (size_t)((int64_t)nsamples * np));
+    for (k = 0; k < nbt; k++) { /* the serial loop's sums, in its order */
+        const double *r = row + NS * k;
+        int nb = nsamples - (int)(k * batch) < batch ? nsamples - (int)(k * batch) : batch;
+        tot.hmc_steps = (int64_t)r[1];
+        tot.levels = (int64_t)r[2];
+        tot.ode_steps += (int64_t)r[3] * nb;
+        tot.ode_rejected += (int64_t)r[4] * nb;
+        tot.accept_rate += r[5] * nb;
+        tot.evals_per_chain += r[6] * nb;
+        tot.hmc_evals_per_chain += r[7] * nb;
+        tot.ode_evals_per_chain += r[8] * nb;
+    }
+    for (k = lo; k < hi; k++) mx += row[NS * k + 9];
+    tot.seconds = mx;
+    tot.ode_steps /= nsamples;
+    tot.ode_rejected /= nsamples;
+    tot.accept_rate /= nsamples;
+    tot.evals_per_chain /= nsamples;
+    tot.hmc_evals_per_chain /= nsamples;
+    tot.ode_evals_per_chain /= nsamples;
+    if (st) *st = tot;
+    LSS_FREE(buf); LSS_FREE(row);
+    return LSS_OK;
+}
+
 LSSDEF int lss_mm_sample_batched(lss_mm_post *p, const lss_mm_sample_opts *o, int nsamples, int batch,
                                  float *samples, lss_mm_sample_stats *st) {
     lss_mm_sample_stats tot;
@@ -4399,6 +4470,7 @@ LSSDEF int lss_mm_sample_batched(lss_mm_post *p, const lss_mm_sample_opts *o, in
     if (!p || !o || !samples || nsamples < 1 || batch < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_sample_batched: bad argument");
     np = lss_grid_npix(p->g);
     memset(&tot, 0, sizeof tot);
+    if (lss_mpi_size() > 1) return lss__mm_sample_mpi(p, o, nsamples, batch, samples, st);
     while (done < nsamples) {
         int nb = nsamples - done < batch ? nsamples - done : batch;
         lss_mm_sample_stats one;

@@ -29,6 +29,7 @@
 #define DL_NNET LSS_DEEPLSS_NNET    /* network k = kind * 3 + probe */
 #define DL_NP LSS_DEEPLSS_NPARAM    /* Omega_m, sigma_8, A_IA, eta_IA, b_g, eta_bg, r_g */
 static char dl_net[DL_NNET][16];    /* "cnn_comb", ..., "psd_gc" */
+static int dl_shards = 0;           /* --shards */
 static const char *const dl_set_name[LSS_DRAWS_NSETS] = {"mdn", "cal", "fid", "check"};
 
 /* ------------------------------------------------------------------ the run: pool, survey recipe, per-thread buffers */
@@ -153,6 +154,7 @@ static int dl_train(dl_ctx *x, int mask, int resume) {
     for (k = 0; k < DL_NNET; k++) {
         if (!((mask >> k) & 1)) continue;
         if ((s = dl_net_create(x, k, B > 64 ? B : 64, 1, &nets[nn]))) goto out;
+        if ((i = dl_shards ? dl_shards : lss_mpi_size()) > 1 && (s = lss_sumnet_set_shards(nets[nn], i < B ? i : B))) goto out;
         dl_path(x, ck[nn], sizeof ck[nn], "net_%s.ckpt", dl_net[k]);
         if (resume && !(f = fopen(ck[nn], "rb"))) { s = lss_seterr(LSS_ERR_IO, "--resume: no checkpoint %s", ck[nn]); goto out; }
         if (resume) fclose(f);
@@ -593,6 +595,7 @@ int main(int argc, char **argv) {
         {{"nets", LSS_DRV_STR, &nets, 0, 0, 0, "which networks, comma-separated"}, C_TRAIN | C_SEL, 0},
         {{"probes", LSS_DRV_STR, &probes, 0, 0, 0, "which probe sets, comma-separated"}, C_TRAIN | C_SEL, 0},
         {{"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"}, C_TRAIN, 0},
+        {{"shards", LSS_DRV_INT, &dl_shards, 0, 4096, 0, "data-parallel shards of each batch, gradients added in order (0: 1, or the number of ranks under mpirun); the same shards train bitwise the same at any rank count"}, C_TRAIN | C_ALL, 0},
         {{"patience", LSS_DRV_INT, &d.patience, 0, 1000000, 0, "stop when no held-out loss improved over this many evaluations (0: all steps)"}, C_TRAIN | C_ALL, CFG},
         {{"ps-estimator", LSS_DRV_INT, &d.ps_estimator, 0, 1, 0, "spectra of the PSD networks: 0 Re(X_i X_j*), 1 |X_i X_j*| (the released code)"}, C_NEWRUN, NEW},
         {{"cnn-hybrid", LSS_DRV_INT, &d.cnn_hybrid, 0, 1, 0, "1: hybrid CNNs, the standardised spectra joined to the pooled CNN features (a diagnostic, >= the spectra by construction; no sensitivity maps)"}, C_NEWRUN, NEW},

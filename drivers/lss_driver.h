@@ -531,6 +531,7 @@ static inline void lss_drv_outputs_publish(void) {
         free(lss_drv_outs.f[i].tmp);
         lss_drv_outs.f[i].tmp = NULL;
     }
+    lss_mpi_barrier(); /* under MPI: the other ranks may read what rank 0 published */
 }
 /* Staging on or off from now on (publishes what is pending first). */
 static inline void lss_drv_outputs_stage(int staged) {

@@ -125,7 +125,8 @@ static void test_mpi_runs(void) {
     int k;
     char a[512], b[512];
     if (sh("command -v mpirun >/dev/null 2>&1") != 0) { SKIP("no mpirun (make deps MPI=1 installs OpenMPI)"); return; }
-    if (!exists("build/mpi/mpi_check") || !exists("build/mpi/mpi_check_serial") || !exists("bin/mpi/lss-sim") || !exists("bin/lss-sim")) {
+    if (!exists("build/mpi/mpi_check") || !exists("build/mpi/mpi_check_serial") || !exists("bin/mpi/lss-sim") || !exists("bin/lss-sim") ||
+        !exists("bin/mpi/deeplss") || !exists("bin/mpi/massmap")) {
         SKIP("the MPI programs are not built (make test builds them when mpicc exists)");
         return;
     }
@@ -155,6 +156,26 @@ static void test_mpi_runs(void) {
         CHECK(same(a, b), "lss-sim with %d rank(s): maps differ from the serial run", k);
         snprintf(a, sizeof a, T "/m0/params.csv"), snprintf(b, sizeof b, T "/m%d/params.csv", k);
         CHECK(same(a, b), "lss-sim with %d rank(s): parameters differ from the serial run", k);
+    }
+    /* drivers: deeplss training with 6 shards (two networks, taking turns under MPI) and massmap posterior
+       samples in batches of 3 chains spread over the ranks */
+    CHECK(sh("bin/deeplss sim --out " T "/d0 --ncosmo 3 --nfield 1 > " T "/log 2>&1 && cp -r " T "/d0 " T "/d2 && cp -r " T "/d0 " T "/d3") == 0,
+          "deeplss sim failed");
+    CHECK(sh("bin/massmap mock --size 16 --nfields 1 --out " T "/mm > " T "/log 2>&1") == 0, "massmap mock failed");
+#define DLT " train --steps 6 --batch 12 --shards 6 --nets cnn,psd --probes comb --out " T
+#define MMS " sample --shear " T "/mm/shear.npy --noise-var " T "/mm/noise_var.npy --ps " T "/mm/ps.csv --nsamples 10 --batch 3 --out " T
+    CHECK(sh("bin/deeplss" DLT "/d0 > " T "/log 2>&1 && bin/massmap" MMS "/p0 > " T "/log 2>&1") == 0, "serial deeplss train / massmap sample failed");
+    for (k = 2; k <= 3; k++) {
+        const char *f[3] = {"net_cnn_comb.ckpt", "net_psd_comb.ckpt", "loss.csv"};
+        int j;
+        CHECK(sh(MPIRUN " %d bin/mpi/deeplss" DLT "/d%d > " T "/log 2>&1", k, k) == 0, "deeplss train under mpirun -np %d failed", k);
+        for (j = 0; j < 3; j++) {
+            snprintf(a, sizeof a, T "/d0/%s", f[j]), snprintf(b, sizeof b, T "/d%d/%s", k, f[j]);
+            CHECK(same(a, b), "deeplss train with %d ranks: %s differs from the serial run", k, f[j]);
+        }
+        CHECK(sh(MPIRUN " %d bin/mpi/massmap" MMS "/p%d > " T "/log 2>&1", k, k) == 0, "massmap sample under mpirun -np %d failed", k);
+        snprintf(a, sizeof a, T "/p0/samples.npy"), snprintf(b, sizeof b, T "/p%d/samples.npy", k);
+        CHECK(same(a, b), "massmap sample with %d ranks: samples differ from the serial run", k);
     }
     /* resume with another rank count (2 ranks to step 4, then 3 ranks with 2 threads each to step 8) */
     CHECK(sh("mkdir -p " T "/r && " MPIRUN " 2 build/mpi/mpi_check train " T "/r 4 > " T "/log 2>&1 && OMP_NUM_THREADS=2 " MPIRUN
