@@ -579,6 +579,11 @@ LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item);
 LSSDEF int lss_mpi_bcast(void *buf, size_t bytes, int root);
 /* Waits for every rank. */
 LSSDEF void lss_mpi_barrier(void);
+/* on = 1: this rank writes its files for real (work split by index where each rank writes files of its
+ * own, such as the entries of an N-body shell library), with no barrier after its commits; 0 (the
+ * default): the one-writer rule above. Call it on every rank, with a lss_mpi_barrier after turning it
+ * off, before another rank reads those files. */
+LSSDEF void lss_mpi_own_files(int on);
 /* Bytes this process has sent by lss_mpi_allgather and lss_mpi_bcast so far (communication volume). */
 LSSDEF double lss_mpi_bytes_sent(void);
 
@@ -994,7 +999,7 @@ LSSDEF void lss_array_free(lss_array *a) {
 #include <sys/types.h>
 #endif
 
-static int lss__mpi_rank = 0, lss__mpi_size = 1; /* see "MPI" below */
+static int lss__mpi_rank = 0, lss__mpi_size = 1, lss__mpi_own = 0; /* see "MPI" below */
 #ifdef LSS_MPI
 static int lss__mpi_started = 0;
 #endif
@@ -1078,7 +1083,7 @@ LSSDEF int lss_wfile_open(lss_wfile *w, const char *path) {
     if (!w) return lss_seterr(LSS_ERR_ARG, "lss_wfile_open: NULL argument");
     memset(w, 0, sizeof *w);
     if (!path || !*path) return lss_seterr(LSS_ERR_ARG, "empty output path");
-    if (lss__mpi_rank != 0) { /* under MPI one writer: rank 0 (see "MPI" in the header) */
+    if (lss__mpi_rank != 0 && !lss__mpi_own) { /* under MPI one writer: rank 0 (see "MPI" in the header) */
         if (!(w->path = lss__strdup(path))) return lss_seterr(LSS_ERR_NOMEM, "out of memory opening '%s'", path);
         if (!(w->f = fopen("/dev/null", "wb"))) {
             LSS_FREE(w->path);
@@ -2839,9 +2844,10 @@ static void lss__mpi_after_write(void) {
 #ifdef _OPENMP
     if (omp_in_parallel()) return;
 #endif
-    if (lss__mpi_size > 1) MPI_Barrier(MPI_COMM_WORLD);
+    if (lss__mpi_size > 1 && !lss__mpi_own) MPI_Barrier(MPI_COMM_WORLD);
 #endif
 }
+LSSDEF void lss_mpi_own_files(int on) { lss__mpi_own = on != 0; }
 LSSDEF void lss_mpi_barrier(void) {
 #ifdef LSS_MPI
     if (lss__mpi_size > 1) MPI_Barrier(MPI_COMM_WORLD);

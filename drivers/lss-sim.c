@@ -94,6 +94,7 @@ static void nb_progress(int step, int steps, double a, double sec, void *user) {
 static int nbody_main(int argc, char **argv) {
     const char *out = "out/shells", *list = NULL, *bins_name = "deeplss", *spacing = "linear";
     int ncos = 0, fid = 0, same = 0, side = 0, ncone = 4, nshell, i, k, st, nb, ne, have;
+    int64_t blo = 0, bhi = 0;
     uint64_t seed = 1;
     double zmax = 0, pixel = LSS_DEEPLSS_PIXEL_ARCMIN, t0 = lss_time_now(), *edges, need = 0;
     lss_nbody_opts no;
@@ -228,6 +229,7 @@ static int nbody_main(int argc, char **argv) {
     }
     have = 0;
     if (access(out, F_OK) == 0) lss_drv_check(lss_shell_lib_count(out, &have), out);
+    lss_drv_check(lss_mpi_bcast(&have, sizeof have, 0), "MPI"); /* rank 0's count, before any rank writes */
     /* entries already there must be this library's */
     for (i = 0; i < have && i < ncos; i++) {
         lss_shellset e;
@@ -244,7 +246,10 @@ static int nbody_main(int argc, char **argv) {
     signal(SIGINT, nb_on_signal);   /* a checkpoint, then exit: the same command resumes */
     signal(SIGTERM, nb_on_signal);
     if (have > 0) fprintf(stderr, "lss-sim nbody: %d of %d entries already in %s; resuming\n", have < ncos ? have : ncos, ncos, out);
-    for (i = have; i < ncos; i++) {
+    /* under MPI each rank runs and writes its block of the entries still to make */
+    lss_mpi_block(ncos > have ? ncos - have : 0, lss_mpi_rank(), lss_mpi_size(), &blo, &bhi);
+    lss_mpi_own_files(1);
+    for (i = have + (int)blo; i < have + (int)bhi; i++) {
         lss_cosmo *c;
         lss_shellset s;
         nb_prog pr;
@@ -263,6 +268,8 @@ static int nbody_main(int argc, char **argv) {
         lss_drv_check(lss_shellset_save(&s, stem), stem);
         lss_shellset_free(&s);
     }
+    lss_mpi_own_files(0);
+    lss_mpi_barrier();
     {
         double *rows = (double *)malloc(sizeof(double) * 6 * (size_t)ncos);
         const char *hdr[6] = {"index", "omega_m", "sigma_8", "omega_b", "h", "n_s"};

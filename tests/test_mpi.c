@@ -177,6 +177,18 @@ static void test_mpi_runs(void) {
         snprintf(a, sizeof a, T "/p0/samples.npy"), snprintf(b, sizeof b, T "/p%d/samples.npy", k);
         CHECK(same(a, b), "massmap sample with %d ranks: samples differ from the serial run", k);
     }
+    /* an N-body shell library: each rank runs and writes its block of the cosmologies */
+#define NBA " nbody --cosmologies 3 --np 16 --steps 4 --ncone 1 --side 16 --zmax 0.5 --out " T
+    CHECK(sh("bin/lss-sim" NBA "/n0 > " T "/log 2>&1") == 0, "serial lss-sim nbody failed");
+    for (k = 2; k <= 3; k++) {
+        const char *f[4] = {"shells_0000.npy", "shells_0001.npy", "shells_0002.npy", "cosmologies.csv"};
+        int j;
+        CHECK(sh(MPIRUN " %d bin/mpi/lss-sim" NBA "/n%d > " T "/log 2>&1", k, k) == 0, "lss-sim nbody under mpirun -np %d failed", k);
+        for (j = 0; j < 4; j++) {
+            snprintf(a, sizeof a, T "/n0/%s", f[j]), snprintf(b, sizeof b, T "/n%d/%s", k, f[j]);
+            CHECK(same(a, b), "lss-sim nbody with %d ranks: %s differs from the serial run", k, f[j]);
+        }
+    }
     /* resume with another rank count (2 ranks to step 4, then 3 ranks with 2 threads each to step 8) */
     CHECK(sh("mkdir -p " T "/r && " MPIRUN " 2 build/mpi/mpi_check train " T "/r 4 > " T "/log 2>&1 && OMP_NUM_THREADS=2 " MPIRUN
              " 3 build/mpi/mpi_check train " T "/r 8 > " T "/log 2>&1") == 0, "training resumed under another rank count failed");
