@@ -575,6 +575,13 @@ LSSDEF void lss_mpi_block(int64_t n, int rank, int size, int64_t *lo, int64_t *h
 /* buf holds n items of `item` bytes; each rank has filled its lss_mpi_block of them. On return every
  * rank holds all n items (bytes copied, nothing added). LSS_ERR_ARG for n < 0 or a NULL buf with n > 0. */
 LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item);
+/* The ordered sum of nshard float vectors of length n, the same bits on every rank as the serial loop
+ * out[i] = g_0[i] + g_1[i] + ... (added in shard order). Each rank holds in `mine` the vectors of its
+ * lss_mpi_block of the shards ([hi - lo][n]). Reduce-scatter then all-gather: rank r sums its
+ * lss_mpi_block of the elements over all shards (MPI_Alltoallv), then every rank gets every sum
+ * (MPI_Allgatherv); each rank sends about (its shards + 1) x n floats (2n when nshard equals the
+ * ranks), whatever the rank count. One process: the serial loop. out must not overlap mine. */
+LSSDEF int lss_mpi_sum_ordered(const float *mine, int nshard, int64_t n, float *out);
 /* Copies `bytes` bytes of buf from rank `root` to every rank. */
 LSSDEF int lss_mpi_bcast(void *buf, size_t bytes, int root);
 /* Waits for every rank. */
@@ -2837,6 +2844,66 @@ LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item) {
 #else
     (void)item;
 #endif
+    return LSS_OK;
+}
+LSSDEF int lss_mpi_sum_ordered(const float *mine, int nshard, int64_t n, float *out) {
+    int64_t i;
+    int k;
+    if (nshard < 1 || n < 0 || (n > 0 && (!mine || !out))) return lss_seterr(LSS_ERR_ARG, "lss_mpi_sum_ordered: %d shards of %lld", nshard, (long long)n);
+#ifdef LSS_MPI
+    if (lss__mpi_size > 1) {
+        int R = lss__mpi_size, me = lss__mpi_rank, r;
+        int64_t s0, s1, a, b, mylo, myhi, seg, nk;
+        int *sc = (int *)LSS_MALLOC(sizeof(int) * 4 * (size_t)R), *sd = sc + R, *rc = sd + R, *rd = rc + R;
+        float *sb, *rb;
+        lss_mpi_block(nshard, me, R, &s0, &s1);
+        lss_mpi_block(n, me, R, &mylo, &myhi);
+        seg = myhi - mylo;
+        nk = s1 - s0;
+        if (!sc) return lss_seterr(LSS_ERR_NOMEM, "lss_mpi_sum_ordered: out of memory");
+        if ((double)nk * (double)n > 2.0e9 || (double)nshard * (double)(seg + 1) > 2.0e9) {
+            LSS_FREE(sc);
+            return lss_seterr(LSS_ERR_ARG, "lss_mpi_sum_ordered: %d shards of %lld floats exceed MPI's int counts", nshard, (long long)n);
+        }
+        sb = (float *)LSS_MALLOC(sizeof(float) * (size_t)(nk * n + 1));
+        rb = (float *)LSS_MALLOC(sizeof(float) * (size_t)(nshard * seg + 1));
+        if (!sb || !rb) {
+            LSS_FREE(sc); LSS_FREE(sb); LSS_FREE(rb);
+            return lss_seterr(LSS_ERR_NOMEM, "lss_mpi_sum_ordered: out of memory");
+        }
+        /* to rank r: my shards' elements of its block, shard by shard */
+        for (r = 0, i = 0; r < R; r++) {
+            int64_t j, q0, q1;
+            lss_mpi_block(n, r, R, &a, &b);
+            sd[r] = (int)i;
+            for (j = 0; j < nk; j++, i += b - a) memcpy(sb + i, mine + j * n + a, sizeof(float) * (size_t)(b - a));
+            sc[r] = (int)(nk * (b - a));
+            lss_mpi_block(nshard, r, R, &q0, &q1); /* from rank r: its shards' part of my block, in shard order */
+            rc[r] = (int)((q1 - q0) * seg);
+            rd[r] = (int)(q0 * seg);
+        }
+        MPI_Alltoallv(sb, sc, sd, MPI_FLOAT, rb, rc, rd, MPI_FLOAT, MPI_COMM_WORLD);
+        for (r = 0; r < R; r++) if (r != me) lss__mpi_sent += 4.0 * sc[r];
+        for (i = 0; i < seg; i++) {
+            float v = rb[i];
+            for (k = 1; k < nshard; k++) v += rb[(size_t)k * (size_t)seg + (size_t)i];
+            out[mylo + i] = v;
+        }
+        for (r = 0; r < R; r++) {
+            lss_mpi_block(n, r, R, &a, &b);
+            rc[r] = (int)(b - a), rd[r] = (int)a;
+        }
+        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, out, rc, rd, MPI_FLOAT, MPI_COMM_WORLD);
+        lss__mpi_sent += 4.0 * (double)seg * (R - 1);
+        LSS_FREE(sc); LSS_FREE(sb); LSS_FREE(rb);
+        return LSS_OK;
+    }
+#endif
+    for (i = 0; i < n; i++) {
+        float v = mine[i];
+        for (k = 1; k < nshard; k++) v += mine[(size_t)k * (size_t)n + (size_t)i];
+        out[i] = v;
+    }
     return LSS_OK;
 }
 static void lss__mpi_after_write(void) {

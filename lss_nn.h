@@ -523,11 +523,12 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
  * and buffers of the step's start; after the call the buffers (batch-norm running statistics,
  * spectral-norm vectors) are those that the last shard's forward left (batch norm thus normalises
  * each shard by its own statistics).
- * Under MPI (lss_core.h) rank r computes the shards of its lss_mpi_block; the shard gradients are
- * exchanged (lss_mpi_allgather) before the ordered sum, so that the gradient, the loss and every
- * parameter after lss_optim_step are bitwise those of the serial run with the same nshard, at any
- * rank count (ranks beyond nshard idle), and a run resumed with another rank count continues
- * exactly. Communication per step: lss_dp_bytes.
+ * Under MPI (lss_core.h) rank r computes the shards of its lss_mpi_block and the ordered sum is made
+ * by lss_mpi_sum_ordered (reduce-scatter, then all-gather: about 2 x the store per rank and step when
+ * nshard equals the ranks), so that the gradient, the loss and every parameter after lss_optim_step are
+ * bitwise those of the serial run with the same nshard, at any rank count (ranks beyond nshard idle),
+ * and a run resumed with another rank count continues exactly. A store with buffers also receives
+ * them from the last shard's rank. Communication per step: lss_dp_bytes.
  * A failed shard fails the step on every rank: LSS_ERR_NUMERIC when any shard returned it, else the
  * first failing shard's status, with a message naming the shard and the rank. */
 typedef struct lss_dp lss_dp;
@@ -4207,8 +4208,14 @@ LSSDEF double lss_dp_bytes(const lss_dp *d) {
     int64_t lo, hi;
     if (!d || size <= 1) return 0;
     lss_mpi_block(d->nshard, r, size, &lo, &hi);
-    return (double)(hi - lo) * (double)(size - 1) * ((double)d->st->size * sizeof(float) + 2 * sizeof(double)) +
-           (r == lss__dp_owner(d->nshard, d->nshard - 1) ? (double)d->st->size * sizeof(float) : 0.0);
+    { /* lss_mpi_sum_ordered: my shards' parts of the others' element blocks, then my block to each */
+        int64_t a, b;
+        double v = (double)(hi - lo) * (double)(size - 1) * 2 * sizeof(double);
+        lss_mpi_block(d->st->size, r, size, &a, &b);
+        v += (double)(hi - lo) * (double)(d->st->size - (b - a)) * sizeof(float) + (double)(b - a) * (size - 1) * sizeof(float);
+        if (d->st->size > d->st->nparams && r == lss__dp_owner(d->nshard, d->nshard - 1)) v += (double)d->st->size * sizeof(float);
+        return v;
+    }
 }
 LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
     int64_t lo, hi, n, i;
@@ -4238,8 +4245,8 @@ LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
     if (lss_mpi_size() > 1) { /* every rank joins every exchange, failed shards or not */
         int st;
         if ((st = lss_mpi_allgather(d->meta, d->nshard, 2 * sizeof(double))) != LSS_OK) return st;
-        if (n > 0 && (st = lss_mpi_allgather(d->g, d->nshard, bytes)) != LSS_OK) return st;
-        if (n > 0 && (st = lss_mpi_bcast(d->st->data, bytes, lss__dp_owner(d->nshard, d->nshard - 1))) != LSS_OK) return st;
+        /* the buffers (running statistics, ...) that the last shard left; parameters do not change in a forward */
+        if (n > d->st->nparams && (st = lss_mpi_bcast(d->st->data, bytes, lss__dp_owner(d->nshard, d->nshard - 1))) != LSS_OK) return st;
     }
     fail = -1;
     for (s = 0; s < d->nshard; s++) {
@@ -4253,22 +4260,9 @@ LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
         return lss_seterr(st, "shard %d of %d failed on rank %d (status %d; that rank reports why)", fail, d->nshard, r, st);
     }
     if (numeric) return lss_seterr(LSS_ERR_NUMERIC, "lss_dp_grad: a shard's loss or gradient is not finite");
-    if (n > 0) { /* the ordered sum */
-        float *g = d->st->grad;
-        const float *gall = d->g;
-        int ns = d->nshard;
-        (void)s;
-        /* each element is summed over the shards in shard order (threads split the elements only) */
-#if defined(_OPENMP)
-#pragma omp parallel for if (n > 65536) schedule(static)
-#endif
-        for (i = 0; i < n; i++) {
-            float v = gall[i];
-            int k;
-            for (k = 1; k < ns; k++) v += gall[(size_t)k * (size_t)n + (size_t)i];
-            g[i] = v;
-        }
-    }
+    /* the ordered sum (under MPI: reduce-scatter and all-gather, the same bits) */
+    if (n > 0 && (s = lss_mpi_sum_ordered(d->g + (size_t)lo * (size_t)n, d->nshard, n, d->st->grad)) != LSS_OK) return s;
+    (void)i;
     *loss = d->meta[0];
     for (s = 1; s < d->nshard; s++) *loss += d->meta[2 * s];
     return LSS_OK;

@@ -4,6 +4,7 @@
  *                                        residual block with batch norm and a small ResNet; resumes from
  *                                        DIR/net.ckpt; writes DIR/net.ckpt, DIR/loss.csv, DIR/params.bin.
  *                                        LSS_TEST_KILL=RANK:STEP kills that rank (SIGKILL) at that step.
+ *   mpi_check sum                        lss_mpi_sum_ordered against the serial loop (prints "sum: ok")
  *   mpi_check emcee DIR                  the ensemble sampler with the walkers' log-probabilities split
  *                                        over the ranks; writes DIR/chain.npy and DIR/logp.npy.
  * Exit status 0 on success; errors on stderr. */
@@ -174,11 +175,39 @@ static int emcee(const char *dir) {
     return 0;
 }
 
+/* lss_mpi_sum_ordered against the serial loop for shard counts and lengths below, at and above the ranks */
+static int sum_check(void) {
+    static const int ns[5] = {1, 2, 3, 5, 7};
+    static const int64_t nn[5] = {0, 1, 2, 5, 1001};
+    int a, b, bad = 0;
+    for (a = 0; a < 5; a++)
+        for (b = 0; b < 5; b++) {
+            int K = ns[a], k;
+            int64_t n = nn[b], lo, hi, i;
+            float *g = (float *)malloc(sizeof(float) * (size_t)(K * n + 1)), *out = (float *)malloc(sizeof(float) * (size_t)(n + 1));
+            lss_rng r;
+            if (!g || !out) return die("out of memory");
+            lss_rng_init(&r, 4, (uint64_t)(a * 5 + b));
+            for (i = 0; i < K * n; i++) g[i] = (float)lss_rng_normal(&r) * (float)(1 + i % 7) * 1e3f;
+            lss_mpi_block(K, lss_mpi_rank(), lss_mpi_size(), &lo, &hi);
+            if (lss_mpi_sum_ordered(g + lo * n, K, n, out)) return die("lss_mpi_sum_ordered");
+            for (i = 0; i < n; i++) {
+                float v = g[i];
+                for (k = 1; k < K; k++) v += g[k * n + i];
+                if (memcmp(&v, out + i, sizeof v)) bad++;
+            }
+            free(g), free(out);
+        }
+    if (lss_mpi_rank() == 0) printf("sum: %s (%d ranks)\n", bad ? "DIFFERENT" : "ok", lss_mpi_size());
+    return bad != 0;
+}
+
 int main(int argc, char **argv) {
     int rc = 2;
     if (lss_mpi_init(&argc, &argv)) { fprintf(stderr, "mpi_check: %s\n", lss_last_error()); return 1; }
     if (argc >= 4 && !strcmp(argv[1], "train")) rc = train(argv[2], atoll(argv[3]), argc > 4 ? atoi(argv[4]) : 6);
     else if (argc >= 3 && !strcmp(argv[1], "emcee")) rc = emcee(argv[2]);
+    else if (argc >= 2 && !strcmp(argv[1], "sum")) rc = sum_check();
     else fprintf(stderr, "usage: mpi_check train DIR STEPS [NSHARD] | emcee DIR\n");
     lss_mpi_finalize();
     return rc;

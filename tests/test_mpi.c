@@ -148,6 +148,8 @@ static void test_mpi_runs(void) {
         CHECK(same(a, b), "training with %d rank(s): checkpoint differs from the serial run", k);
         snprintf(a, sizeof a, T "/s0/loss.csv"), snprintf(b, sizeof b, T "/s%d/loss.csv", k);
         CHECK(same(a, b), "training with %d rank(s): loss CSV differs from the serial run", k);
+        CHECK(sh(MPIRUN " %d build/mpi/mpi_check sum > " T "/sum 2>&1 && grep -q 'sum: ok' " T "/sum", k) == 0,
+              "lss_mpi_sum_ordered with %d rank(s) differs from the serial sum", k);
         CHECK(sh(MPIRUN " %d build/mpi/mpi_check emcee " T "/e%d > " T "/log 2>&1", k, k) == 0, "sampler under mpirun -np %d failed", k);
         snprintf(a, sizeof a, T "/e0/chain.npy"), snprintf(b, sizeof b, T "/e%d/chain.npy", k);
         CHECK(same(a, b), "sampler with %d rank(s): chain differs from the serial run", k);
