@@ -97,6 +97,10 @@ build/mpi/mpi_check_serial: tests/mpi_check.c $(HEADERS) | deps
 	@mkdir -p build/mpi
 	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDLIBS_ALL)
 
+build/mpi/%: bench/%.c $(HEADERS) | deps
+	@mkdir -p build/mpi
+	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(LDLIBS_ALL)
+
 mpi: deps
 	@if [ -z "$(strip $(MPICC))" ]; then echo "mpi: mpicc not found; install OpenMPI with: make deps MPI=1 (as root)"; exit 1; fi
 	@$(MAKE) --no-print-directory $(MPI_DRIVERS) && echo "mpi: drivers built with MPI in bin/mpi/ (run them with mpirun -np N)"

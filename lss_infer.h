@@ -175,6 +175,9 @@ typedef struct {
     void *progress_user;
     int64_t progress_every;  /* 0: 100 */
     double max_cond;         /* start check: condition number limit (0: 1e8; < 0: no check) */
+    int local;               /* under MPI (lss_core.h) the walkers' log-probabilities are split over the ranks
+                                (every rank must run the sampler; the chain is the serial one). 1: this process
+                                evaluates every walker (the caller splits other work, such as chains, over ranks) */
 } lss_emcee_opts;
 
 typedef struct {
@@ -645,13 +648,16 @@ typedef struct {
     uint64_t seed;
     double spread;               /* 0: 1e-3 */
     const double *mid;           /* [d] where walkers outside the prior are pulled (NULL: middle of the box) */
+    int local;                   /* lss_emcee_opts.local (lss_deeplss_chains sets it: it splits the chains) */
 } lss_chain_opts;
 /* One chain for the observation obs [d]: flat samples [*nflat][p] in *flat (LSS_MALLOC'd; free with
    LSS_FREE), the mean acceptance in *acc (may be NULL). LSS_ERR_RANGE when obs lies outside the MDN's
    summary range (lss_mdn_set_obs). */
 LSSDEF int lss_mdn_chain(lss_mdn *m, const double *obs, const double *start, const lss_chain_opts *o, uint64_t job,
                          double **flat, int64_t *nflat, double *acc);
-/* A table of DeepLSS chains (7 parameters) run in parallel: job i uses MDN jobs[i].mdn and stream index i. */
+/* A table of DeepLSS chains (7 parameters) run in parallel: job i uses MDN jobs[i].mdn and stream index i.
+   Under MPI (lss_core.h) each rank runs its block of the jobs and every rank returns all results, those of
+   the serial run. */
 typedef struct {
     int mdn;                                /* which MDN, 0..nmdn-1 */
     double obs[LSS_DEEPLSS_NPARAM];         /* observed summary */
@@ -1490,7 +1496,7 @@ static int lss__emcee_eval(lss_emcee *e, const double *x, int n, double *lp, lss
         memcpy(e->bx + (size_t)nin * d, x + (size_t)k * d, sizeof(double) * (size_t)d);
         e->bmap[nin++] = k;
     }
-    if (nin > 0 && lss_mpi_size() > 1) {
+    if (nin > 0 && lss_mpi_size() > 1 && !e->o.local) {
         /* under MPI: each rank evaluates its block of the points, then every rank gets all values */
         int64_t lo, hi;
         int r, size = lss_mpi_size(), bad = -1;
@@ -4491,6 +4497,7 @@ LSSDEF int lss_mdn_chain(lss_mdn *m, const double *obs, const double *start, con
     eo.seed = o->seed;
     eo.stream = lss_stream(LSS_STREAM_MCMC, job, 0);
     eo.prior = o->prior;
+    eo.local = o->local;
     if ((s = lss_walkers_init(o->prior, o->walkers, start, spread, mid, o->seed, job, p0)) != LSS_OK) goto out;
     if ((s = lss_emcee_create(o->walkers, d, &eo, &e)) != LSS_OK || (s = lss_emcee_start(e, p0, lss_mdn_loglike, m)) != LSS_OK ||
         (s = lss_emcee_run(e, o->burn, lss_mdn_loglike, m)) != LSS_OK)
@@ -4511,9 +4518,61 @@ static void lss__constraint_nan(lss_constraint *c) {
     c->std[LSS_DEEPLSS_NPARAM] = c->fom_det = c->area68 = NAN;
 }
 
+/* Under MPI: every rank gets every chain's results (status, acceptance, summary and the kept flat chains)
+ * from the rank whose block ran it. Returns the first failure of any rank (its message when it is this
+ * rank's). */
+static int lss__deeplss_chains_share(lss_deeplss_job *jobs, int njobs, int status, char *msg, size_t nmsg) {
+    enum { NV = 4 + (int)(sizeof(lss_constraint) / sizeof(double)) };
+    double *v = (double *)LSS_MALLOC(sizeof(double) * NV * (size_t)(njobs > 0 ? njobs : 1)), st[1];
+    int64_t lo, hi, i;
+    int r, size = lss_mpi_size(), bad = LSS_OK, *owner;
+    double *stv = (double *)LSS_MALLOC(sizeof(double) * (size_t)size);
+    owner = (int *)LSS_MALLOC(sizeof(int) * (size_t)(njobs > 0 ? njobs : 1));
+    if (!v || !stv || !owner) { LSS_FREE(v); LSS_FREE(stv); LSS_FREE(owner); return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_chains: out of memory"); }
+    lss_mpi_block(size, lss_mpi_rank(), size, &lo, &hi);
+    st[0] = status;
+    stv[lo] = st[0];
+    lss_mpi_allgather(stv, size, sizeof(double));
+    for (r = 0; r < size; r++) {
+        lss_mpi_block(njobs, r, size, &lo, &hi);
+        for (i = lo; i < hi; i++) owner[i] = r;
+        if (bad == LSS_OK && (int)stv[r] != LSS_OK) {
+            bad = (int)stv[r];
+            if (r != lss_mpi_rank()) snprintf(msg, nmsg, "lss_deeplss_chains: a chain failed on rank %d (status %d; that rank reports why)", r, bad);
+        }
+    }
+    if (bad == LSS_OK) {
+        lss_mpi_block(njobs, lss_mpi_rank(), size, &lo, &hi);
+        for (i = lo; i < hi; i++) {
+            double *w = v + NV * i;
+            w[0] = jobs[i].ok, w[1] = jobs[i].acc, w[2] = (double)jobs[i].nflat, w[3] = jobs[i].flat != NULL;
+            memcpy(w + 4, &jobs[i].c, sizeof(lss_constraint));
+        }
+        lss_mpi_allgather(v, njobs, NV * sizeof(double));
+        for (i = 0; i < njobs && bad == LSS_OK; i++) {
+            const double *w = v + NV * i;
+            int mine = owner[i] == lss_mpi_rank();
+            jobs[i].ok = (int)w[0], jobs[i].acc = w[1];
+            memcpy(&jobs[i].c, w + 4, sizeof(lss_constraint));
+            if (!mine) {
+                jobs[i].nflat = (int64_t)w[2];
+                jobs[i].flat = NULL;
+                if (w[3] != 0 && !(jobs[i].flat = (double *)LSS_MALLOC(sizeof(double) * LSS_DEEPLSS_NPARAM * (size_t)(jobs[i].nflat + 1))))
+                    bad = LSS_ERR_NOMEM, snprintf(msg, nmsg, "lss_deeplss_chains: out of memory for chain %lld", (long long)i);
+            }
+            if (w[3] != 0 && bad == LSS_OK)
+                lss_mpi_bcast(jobs[i].flat, sizeof(double) * LSS_DEEPLSS_NPARAM * (size_t)jobs[i].nflat, owner[i]);
+        }
+    }
+    LSS_FREE(v); LSS_FREE(stv); LSS_FREE(owner);
+    return bad;
+}
+
 LSSDEF int lss_deeplss_chains(lss_mdn *const *mdn, int nmdn, int ncopy, const lss_chain_opts *o, lss_deeplss_job *jobs,
                               int njobs, int (*progress)(int done, int total, void *user), void *user) {
     int i, k, status = LSS_OK, done = 0, nthr = ncopy;
+    int64_t jlo = 0, jhi = 0;
+    lss_chain_opts oc;
     char msg[512] = "";
     if (!mdn || !o || (!jobs && njobs > 0) || nmdn < 1 || ncopy < 1 || njobs < 0)
         return lss_seterr(LSS_ERR_ARG, "lss_deeplss_chains: NULL argument, %d MDNs, %d copies or %d jobs", nmdn, ncopy, njobs);
@@ -4527,8 +4586,11 @@ LSSDEF int lss_deeplss_chains(lss_mdn *const *mdn, int nmdn, int ncopy, const ls
         lss__constraint_nan(&jobs[i].c);
     }
     (void)nthr;
+    lss_mpi_block(njobs, lss_mpi_rank(), lss_mpi_size(), &jlo, &jhi); /* under MPI: each rank its block of chains */
+    oc = *o;
+    oc.local = 1;
 LSS__IOMP(omp parallel for schedule(dynamic) num_threads(nthr))
-    for (i = 0; i < njobs; i++) {
+    for (i = (int)jlo; i < (int)jhi; i++) {
         lss_deeplss_job *j = jobs + i;
         int tid = 0, s;
         double *flat = NULL;
@@ -4538,7 +4600,7 @@ LSS__IOMP(omp parallel for schedule(dynamic) num_threads(nthr))
 #endif
         if (status != LSS_OK) continue;
         if (tid >= ncopy) s = lss_seterr(LSS_ERR_STATE, "lss_deeplss_chains: thread %d has no MDN copy", tid);
-        else s = lss_mdn_chain(mdn[tid * nmdn + j->mdn], j->obs, j->start, o, (uint64_t)i, &flat, &nf, &j->acc);
+        else s = lss_mdn_chain(mdn[tid * nmdn + j->mdn], j->obs, j->start, &oc, (uint64_t)i, &flat, &nf, &j->acc);
         if (s == LSS_OK) s = lss_constraint_summary(flat, nf, &j->c);
         if (s == LSS_OK) {
             j->ok = 1;
@@ -4560,6 +4622,7 @@ LSS__IOMP(omp critical(lss_deeplss_chains))
             }
         }
     }
+    if (lss_mpi_size() > 1) status = lss__deeplss_chains_share(jobs, njobs, status, msg, sizeof msg);
     if (status != LSS_OK) {
         for (i = 0; i < njobs; i++) { LSS_FREE(jobs[i].flat); jobs[i].flat = NULL; jobs[i].nflat = 0; }
         return lss_seterr(status, "%s", msg);
