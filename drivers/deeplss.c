@@ -37,12 +37,10 @@ typedef struct {
     lss_deeplss_cfg c;
     char dir[4096];
     lss_pool pool;
-    lss_cosmo *cosmo0;
-    lss_nz *nz;
+    lss_cosmo *cosmo0; lss_nz *nz;
     int nzb, nthreads, npairs, pair_probe[64];   /* pair q belongs to probe set p when bit p is set */
     lss_sim_opts so;
-    lss_sim *sim;
-    lss_survey *sv;
+    lss_sim *sim; lss_survey *sv;
     lss_survey_work **work;
     lss_drv_progress pr;
     const char *library;   /* N-body shell library of the pool (lss-sim nbody), or NULL: lognormal shells */
@@ -271,6 +269,7 @@ static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
     const int CH = 256, nell = c->nell, T = x->nthreads;
     const int64_t N = (int64_t)nfid + 2 * DL_NP * (int64_t)nder, msz = lss_survey_map_size(x->sv), ssz = lss_survey_spec_size(x->sv);
     const int64_t plane = (int64_t)lss_survey_side(x->sv) * lss_survey_side(x->sv);
+    int64_t flo, fhi;   /* under MPI each rank observes its block of the rows (a row is a pure function of its index) */
     int dps[3], dmo[3], off[9 + DL_NNET], dtot = 0, k, p, b, j, s = LSS_OK, nn = 0, kk[DL_NNET], *cols = NULL;
     lss_survey_opts vo;
     lss_survey *fsv = NULL;
@@ -313,8 +312,9 @@ static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
             kk[nn++] = k;
     if (s) goto out;
     lss_drv_progress_init(&x->pr, "deeplss fisher: observations", N);
-    for (int64_t r0 = 0; r0 < N && s == LSS_OK; r0 += CH) {
-        int nb = (int)(N - r0 < CH ? N - r0 : CH);
+    lss_mpi_block(N, lss_mpi_rank(), lss_mpi_size(), &flo, &fhi);
+    for (int64_t r0 = flo; r0 < fhi && s == LSS_OK; r0 += CH) {
+        int nb = (int)(fhi - r0 < CH ? fhi - r0 : CH);
         if ((s = lss_fdsims_observe_rows(fd, fw, T, c->seed, nfid, nder, r0, nb, maps, spec))) break;
         for (j = 0; j < nb && s == LSS_OK; j++) {
             double *row = X + (size_t)(r0 + j) * dtot, *sr = spec + (size_t)j * ssz;
@@ -336,7 +336,7 @@ static int dl_fisher(dl_ctx *x, int mask, int nfid, int nder) {
         }
         lss_drv_progress_update(&x->pr, r0 + nb);
     }
-    if (s) goto out;
+    if (s || (s = lss_mpi_allgather(X, N, sizeof(double) * (size_t)dtot))) goto out;
     lss_drv_progress_end(&x->pr);
     /* the Fisher matrix of every summary of the probe sets asked: its columns of the table (rows in the layout of
        lss_fdsims_observe_rows, which lss_fisher_from_table reads) */

@@ -179,6 +179,13 @@ static void test_mpi_runs(void) {
         snprintf(a, sizeof a, T "/p0/samples.npy"), snprintf(b, sizeof b, T "/p%d/samples.npy", k);
         CHECK(same(a, b), "massmap sample with %d ranks: samples differ from the serial run", k);
     }
+    /* the whole DeepLSS pipeline (pool, training with 3 shards, predictions, Fisher rows, MDNs, chains) at 3 ranks */
+#define DLA " all --ncosmo 4 --nfield 1 --pred-per-cosmo 4 --ncal 3 --nfid 2 --mcmc-steps 10 --steps 4 --batch 6 --shards 3" \
+            " --fisher-nfid 600 --fisher-nder 6 --out " T
+    CHECK(sh("bin/deeplss" DLA "/a0 > " T "/log 2>&1") == 0, "serial deeplss all failed");
+    CHECK(sh(MPIRUN " 3 bin/mpi/deeplss" DLA "/a3 > " T "/log 2>&1") == 0, "deeplss all under mpirun -np 3 failed");
+    CHECK(sh("n=0; for f in $(cd " T "/a0 && ls | grep -E 'npy$|csv$|ckpt$'); do cmp -s " T "/a0/$f " T "/a3/$f || exit 1; n=$((n+1)); done;"
+             " [ $n -ge 40 ]") == 0, "deeplss all with 3 ranks: an output (NPY, CSV or checkpoint) differs from the serial run's");
     /* an N-body shell library: each rank runs and writes its block of the cosmologies */
 #define NBA " nbody --cosmologies 3 --np 16 --steps 4 --ncone 1 --side 16 --zmax 0.5 --out " T
     CHECK(sh("bin/lss-sim" NBA "/n0 > " T "/log 2>&1") == 0, "serial lss-sim nbody failed");
