@@ -30,6 +30,10 @@
  *   CSV           lss_csv_write, lss_csv_read (header row, numeric columns), lss_csv_col (by name).
  *   smoothing     the one separable Gaussian smoothing: lss_gauss_kernel, lss_conv_sep (valid mode
  *                 on a padded source), lss_conv_sep_zeropad (zeros outside the map).
+ *   MPI           optional (-DLSS_MPI): lss_mpi_init/_finalize/_rank/_size, lss_mpi_block (work by
+ *                 index), lss_mpi_allgather, lss_mpi_bcast, lss_mpi_sum_ordered (the same bits as the
+ *                 serial sum), lss_mpi_barrier, lss_mpi_own_files; one writer (rank 0). Without it:
+ *                 the one-process versions, no MPI dependency.
  *   pictures      PNG through stb_image_write: an RGB canvas (lss_image_init/_free) with
  *                 anti-aliased text of any size (also vertical), lines, colour-mapped maps (viridis;
  *                 RdBu centred on zero for signed maps), framed colour bars, map panels with their
@@ -1009,6 +1013,8 @@ LSSDEF void lss_array_free(lss_array *a) {
 static int lss__mpi_rank = 0, lss__mpi_size = 1, lss__mpi_own = 0; /* see "MPI" below */
 #ifdef LSS_MPI
 static int lss__mpi_started = 0;
+static float *lss__mpi_scratch = NULL; /* lss_mpi_sum_ordered's buffers */
+static size_t lss__mpi_scap = 0;
 #endif
 static double lss__mpi_sent = 0;
 static char *lss__strdup(const char *s) {
@@ -2784,6 +2790,8 @@ LSSDEF void lss_mpi_finalize(void) {
     MPI_Finalized(&fin);
     if (lss__mpi_started && !fin) MPI_Finalize();
     lss__mpi_started = 0;
+    LSS_FREE(lss__mpi_scratch);
+    lss__mpi_scratch = NULL, lss__mpi_scap = 0;
 #endif
 }
 LSSDEF int lss_mpi_rank(void) { return lss__mpi_rank; }
@@ -2865,18 +2873,22 @@ LSSDEF int lss_mpi_sum_ordered(const float *mine, int nshard, int64_t n, float *
             LSS_FREE(sc);
             return lss_seterr(LSS_ERR_ARG, "lss_mpi_sum_ordered: %d shards of %lld floats exceed MPI's int counts", nshard, (long long)n);
         }
-        sb = (float *)LSS_MALLOC(sizeof(float) * (size_t)(nk * n + 1));
-        rb = (float *)LSS_MALLOC(sizeof(float) * (size_t)(nshard * seg + 1));
-        if (!sb || !rb) {
-            LSS_FREE(sc); LSS_FREE(sb); LSS_FREE(rb);
-            return lss_seterr(LSS_ERR_NOMEM, "lss_mpi_sum_ordered: out of memory");
+        /* buffers kept between calls (fresh pages cost more than the exchange); one shard is sent in place */
+        if ((size_t)(nk * n + nshard * seg + 2) > lss__mpi_scap) {
+            size_t cap = (size_t)(nk * n + nshard * seg + 2);
+            float *nb = (float *)LSS_REALLOC(lss__mpi_scratch, sizeof(float) * cap);
+            if (!nb) { LSS_FREE(sc); return lss_seterr(LSS_ERR_NOMEM, "lss_mpi_sum_ordered: out of memory"); }
+            lss__mpi_scratch = nb, lss__mpi_scap = cap;
         }
+        sb = nk > 1 ? lss__mpi_scratch : (float *)mine;
+        rb = lss__mpi_scratch + (nk > 1 ? nk * n + 1 : 0);
         /* to rank r: my shards' elements of its block, shard by shard */
         for (r = 0, i = 0; r < R; r++) {
             int64_t j, q0, q1;
             lss_mpi_block(n, r, R, &a, &b);
-            sd[r] = (int)i;
-            for (j = 0; j < nk; j++, i += b - a) memcpy(sb + i, mine + j * n + a, sizeof(float) * (size_t)(b - a));
+            sd[r] = (int)(nk > 1 ? i : a);
+            if (nk > 1)
+                for (j = 0; j < nk; j++, i += b - a) memcpy(sb + i, mine + j * n + a, sizeof(float) * (size_t)(b - a));
             sc[r] = (int)(nk * (b - a));
             lss_mpi_block(nshard, r, R, &q0, &q1); /* from rank r: its shards' part of my block, in shard order */
             rc[r] = (int)((q1 - q0) * seg);
@@ -2895,7 +2907,7 @@ LSSDEF int lss_mpi_sum_ordered(const float *mine, int nshard, int64_t n, float *
         }
         MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, out, rc, rd, MPI_FLOAT, MPI_COMM_WORLD);
         lss__mpi_sent += 4.0 * (double)seg * (R - 1);
-        LSS_FREE(sc); LSS_FREE(sb); LSS_FREE(rb);
+        LSS_FREE(sc);
         return LSS_OK;
     }
 #endif

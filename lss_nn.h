@@ -40,6 +40,8 @@
  *                        percentile of the last 10,000, each tensor clipped to it)
  *   7. checkpoints       lss_ckpt_save, lss_ckpt_load, lss_crc32
  *   8. training loop     lss_train (lss_train_net, lss_train_opts, lss_train_result)
+ *                        data-parallel gradients: lss_dp_create/_free/_grad/_shard/_bytes (fixed
+ *                        shards summed in order; under MPI the ranks compute the shards, same bits)
  *   9. SGEMM             lss_sgemm, lss_nn_threads
  *  10. blocks            lss_op_activate, lss_mlp_init/_forward, lss_resblock_init/_forward,
  *                        lss_resnet_init/_forward (the DeepLSS CNN), lss_unet_init/_forward;

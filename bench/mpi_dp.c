@@ -1,6 +1,7 @@
 /* mpi_dp.c - data-parallel training step of the DeepLSS ResNet (lss_dp_grad + Adam) and its communication.
- *   build/bench/mpi_dp SCALE STEPS SHARDS            (serial build: the reference, any OMP_NUM_THREADS)
- *   mpirun -np R build/mpi/mpi_dp SCALE STEPS SHARDS  (make mpi-bench: the same program with -DLSS_MPI)
+ *   build/bench/mpi_dp SCALE STEPS SHARDS            (serial build: the reference, any OMP_NUM_THREADS;
+ *                                                     no arguments: small 10 2)
+ *   mpirun -np R build/mpi/mpi_dp SCALE STEPS SHARDS  (make build/mpi/mpi_dp: the same program with -DLSS_MPI)
  * SCALE: small (deeplss --scale small CNN: 8 x 32 x 32 maps, 3 strided 3 x 3 convolutions to 32 channels,
  * one residual block, pooled, hidden 256) or paper (8 x 64 x 64 maps, 4 strided 5 x 5 convolutions to 128
  * channels, 10 residual blocks, flatten: the paper's layer sizes); batch 32; Gaussian NLL of 7 targets.
@@ -53,12 +54,16 @@ int main(int argc, char **argv) {
     lss_rng g;
     int steps, shards, paper, t;
     int64_t i, nx;
-    double *sec, loss = 0, b0, bytes;
+    double *sec, loss = 0, b0, bytes, comm;
     uint64_t h = 1469598103934665603ull;
     const unsigned char *p;
     if (lss_mpi_init(&argc, &argv)) return 1;
+    if (argc == 1) { /* make bench: the small network, 10 steps, 2 shards */
+        static char *def[4] = {"mpi_dp", "small", "10", "2"};
+        argc = 4, argv = def;
+    }
     if (argc < 4 || (strcmp(argv[1], "small") && strcmp(argv[1], "paper"))) {
-        fprintf(stderr, "usage: mpi_dp small|paper STEPS SHARDS\n");
+        fprintf(stderr, "usage: mpi_dp [small|paper STEPS SHARDS]\n");
         return 2;
     }
     paper = !strcmp(argv[1], "paper");
@@ -94,14 +99,28 @@ int main(int argc, char **argv) {
         if (t >= 0) sec[t] = lss_time_now() - t0;
     }
     bytes = lss_mpi_bytes_sent() - b0;
+    { /* the exchange alone: lss_mpi_sum_ordered of the shards' gradients of this store */
+        int64_t P = lss_store_size(st), lo, hi;
+        float *gs, *out;
+        double t0;
+        lss_mpi_block(shards, lss_mpi_rank(), lss_mpi_size(), &lo, &hi);
+        gs = (float *)calloc((size_t)((hi - lo) * P + 1), sizeof(float)), out = (float *)malloc(sizeof(float) * (size_t)P);
+        if (!gs || !out) return 1;
+        lss_mpi_barrier();
+        t0 = lss_time_now();
+        for (t = 0; t < 5; t++) lss_mpi_sum_ordered(gs, shards, P, out);
+        lss_mpi_barrier();
+        comm = (lss_time_now() - t0) / 5;
+        free(gs), free(out);
+    }
     qsort(sec, (size_t)steps, sizeof(double), cmpd);
     p = (const unsigned char *)lss_store_data(st);
     for (i = 0; i < (int64_t)sizeof(float) * lss_store_size(st); i++) h = (h ^ p[i]) * 1099511628211ull;
     if (lss_mpi_rank() == 0)
         printf("mpi_dp %s: %d rank(s), %s thread(s) each, %d shards, batch %d: %.4f s per step (median of %d), %lld parameters, "
-               "%.3g MB sent per step by rank 0, loss %.6f, parameters hash %016llx\n",
+               "%.3g MB sent per step by rank 0 (the ordered sum alone: %.4f s), loss %.6f, parameters hash %016llx\n",
                argv[1], lss_mpi_size(), getenv("OMP_NUM_THREADS") ? getenv("OMP_NUM_THREADS") : "default", shards, NB, sec[steps / 2], steps,
-               (long long)lss_store_nparams(st), bytes / 1e6, loss, (unsigned long long)h);
+               (long long)lss_store_nparams(st), bytes / 1e6, comm, loss, (unsigned long long)h);
     lss_dp_free(dp); lss_optim_free(opt); lss_graph_free(r.g); lss_store_free(st);
     free(r.x), free(r.y), free(sec);
     lss_mpi_finalize();

@@ -18,7 +18,7 @@ for b in bin/lss-sim bin/massmap bin/mpi/lss-sim bin/mpi/massmap build/bench/mpi
 done
 rm -rf "$D" && mkdir -p "$D"
 bin/massmap mock --size 64 --nfields 1 --out "$D/mm" > /dev/null 2>&1
-MM="sample --shear $D/mm/shear.npy --noise-var $D/mm/noise_var.npy --ps $D/mm/ps.csv --nsamples 16 --batch 4"
+MM="sample --shear $D/mm/shear.npy --noise-var $D/mm/noise_var.npy --ps $D/mm/ps.csv --nsamples 64 --batch 4"
 now() { date +%s.%N; }
 # wall seconds of a command
 wall() { local t0 t1; t0=$(now); "$@" > "$D/last.log" 2>&1 || { cat "$D/last.log"; exit 1; }; t1=$(now); echo "$t1 - $t0" | bc -l; }
@@ -27,19 +27,20 @@ add() { T[$1]="${T[$1]:-} $2"; }
 step() { grep -o '[0-9.]* s per step' "$D/last.log" | cut -d' ' -f1; }
 for ((k = 1; k <= R; k++)); do
     echo "round $k of $R" >&2
-    add sim_serial_best "$(OMP_NUM_THREADS=$NC wall bin/lss-sim --out "$D/s" --n 48 --prior --seed $k)"
-    add sim_serial_1    "$(OMP_NUM_THREADS=1 wall bin/lss-sim --out "$D/s" --n 48 --prior --seed $k)"
-    add sim_mpi_1       "$(OMP_NUM_THREADS=1 wall mpirun --oversubscribe -np 1 bin/mpi/lss-sim --out "$D/s" --n 48 --prior --seed $k)"
-    add sim_mpi_2       "$(OMP_NUM_THREADS=1 wall mpirun --oversubscribe -np 2 bin/mpi/lss-sim --out "$D/s" --n 48 --prior --seed $k)"
+    add sim_serial_best "$(OMP_NUM_THREADS=$NC wall bin/lss-sim --out "$D/s" --n 192 --prior --seed $k)"
+    add sim_serial_1    "$(OMP_NUM_THREADS=1 wall bin/lss-sim --out "$D/s" --n 192 --prior --seed $k)"
+    add sim_mpi_1       "$(OMP_NUM_THREADS=1 wall mpirun --oversubscribe -np 1 bin/mpi/lss-sim --out "$D/s" --n 192 --prior --seed $k)"
+    add sim_mpi_2       "$(OMP_NUM_THREADS=1 wall mpirun --oversubscribe -np 2 bin/mpi/lss-sim --out "$D/s" --n 192 --prior --seed $k)"
     for sc in small paper; do
         n=$([ $sc = small ] && echo 20 || echo 3)
         OMP_NUM_THREADS=$NC build/bench/mpi_dp $sc $n 1 > "$D/last.log"; add train_${sc}_serial_best "$(step)"
         OMP_NUM_THREADS=1 build/bench/mpi_dp $sc $n 2 > "$D/last.log"; add train_${sc}_serial_1 "$(step)"
         OMP_NUM_THREADS=1 mpirun --oversubscribe -np 1 build/mpi/mpi_dp $sc $n 2 > "$D/last.log"; add train_${sc}_mpi_1 "$(step)"
         OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 build/mpi/mpi_dp $sc $n 2 > "$D/last.log"; add train_${sc}_mpi_2 "$(step)"
-        grep -o '[0-9.]* MB sent per step' "$D/last.log" > "$D/comm_$sc"
+        grep -o '[0-9.]* MB sent per step\|alone: [0-9.]* s' "$D/last.log" | tr '\n' ' ' > "$D/comm_$sc"
         grep -o 'parameters hash [0-9a-f]*' "$D/last.log" > "$D/hash_$sc"
     done
+    add start_mpi_2     "$(wall mpirun --oversubscribe -np 2 bin/mpi/lss-sim --help)"
     add mm_serial_best "$(OMP_NUM_THREADS=$NC wall bin/massmap $MM --out "$D/p")"
     add mm_serial_1    "$(OMP_NUM_THREADS=1 wall bin/massmap $MM --out "$D/p")"
     add mm_mpi_1       "$(OMP_NUM_THREADS=1 wall mpirun --oversubscribe -np 1 bin/mpi/massmap $MM --out "$D/p")"
@@ -52,10 +53,11 @@ row() { # name unit key invert(1: value is seconds of a fixed job -> rate = work
     local b s1 m1 m2; b=$(med ${T[${3}_serial_best]}); s1=$(med ${T[${3}_serial_1]}); m1=$(med ${T[${3}_mpi_1]}); m2=$(med ${T[${3}_mpi_2]})
     printf '%-34s %12.4g %12.4g %12.4g %12.4g %9.2fx\n' "$1 ($2)" "$b" "$s1" "$m1" "$m2" "$(echo "$b / $m2" | bc -l)"
 }
-row "lss-sim 48 maps --prior" "s" sim
+row "lss-sim 192 maps --prior" "s" sim
 row "DeepLSS CNN step, small" "s/step" train_small
 row "DeepLSS ResNet step, paper sizes" "s/step" train_paper
-row "massmap sample 16 chains 64x64" "s" mm
+row "massmap sample 64 chains 64x64" "s" mm
 echo "(2r / best: serial-best time over 2-rank time; > 1 means the 2-rank run is faster)"
-echo "communication per training step (rank 0, 2 ranks, 2 shards): small $(cat "$D/comm_small"), paper $(cat "$D/comm_paper")"
+echo "mpirun start-up and exit, 2 ranks (bin/mpi/lss-sim --help): $(med ${T[start_mpi_2]}) s (in the wall times of the lss-sim and massmap rows)"
+echo "communication per training step (rank 0, 2 ranks, 2 shards; 'alone': seconds of the ordered sum by itself): small $(cat "$D/comm_small"), paper $(cat "$D/comm_paper")"
 echo "parameters after training, 2 ranks vs 1 (same shards): small $(cat "$D/hash_small"), paper $(cat "$D/hash_paper")"
