@@ -535,7 +535,9 @@ LSSDEF int lss_train(lss_train_net *nets, int nnet, const lss_train_opts *o, lss
  * first failing shard's status, with a message naming the shard and the rank. */
 typedef struct lss_dp lss_dp;
 typedef int (*lss_dp_fn)(void *user, int shard, int nshard, double *loss);
-LSSDEF int lss_dp_create(lss_store *st, int nshard, lss_dp **out);  /* nshard 1..4096 */
+/* nshard 1..4096; under MPI create it after lss_mpi_init (it holds this rank's shards: memory
+ * ceil(nshard / ranks) + 1 times the store) */
+LSSDEF int lss_dp_create(lss_store *st, int nshard, lss_dp **out);
 LSSDEF void lss_dp_free(lss_dp *d);
 LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss);
 /* Samples [*lo, *hi) of shard `shard` of a batch of n (contiguous, sizes differing by at most one). */
@@ -4164,7 +4166,8 @@ out:
 struct lss_dp {
     lss_store *st;
     int nshard;
-    float *g, *snap; /* [nshard][size] shard gradients; the store's data at the step's start */
+    float *g, *snap; /* [this rank's shards][size] shard gradients; the store's data at the step's start */
+    int64_t lo, hi;  /* this rank's shards (lss_mpi_block at creation) */
     double *meta;    /* [nshard][2]: loss, status */
 };
 LSSDEF void lss_dp_shard(int64_t n, int shard, int nshard, int64_t *lo, int64_t *hi) { lss_mpi_block(n, shard, nshard, lo, hi); }
@@ -4183,8 +4186,9 @@ LSSDEF int lss_dp_create(lss_store *st, int nshard, lss_dp **out) {
     if (!(d = (lss_dp *)LSS_MALLOC(sizeof *d))) return lss_seterr(LSS_ERR_NOMEM, "lss_dp_create: out of memory");
     memset(d, 0, sizeof *d);
     d->st = st, d->nshard = nshard;
+    lss_mpi_block(nshard, lss_mpi_rank(), lss_mpi_size(), &d->lo, &d->hi);
     n = (size_t)(st->size > 0 ? st->size : 1);
-    d->g = (float *)LSS_MALLOC(sizeof(float) * n * (size_t)nshard);
+    d->g = (float *)LSS_MALLOC(sizeof(float) * n * (size_t)(d->hi > d->lo ? d->hi - d->lo : 1));
     d->snap = (float *)LSS_MALLOC(sizeof(float) * n);
     d->meta = (double *)LSS_MALLOC(sizeof(double) * 2 * (size_t)nshard);
     if (!d->g || !d->snap || !d->meta) {
@@ -4229,6 +4233,7 @@ LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
     bytes = sizeof(float) * (size_t)n;
     *loss = NAN;
     lss_mpi_block(d->nshard, rank, lss_mpi_size(), &lo, &hi);
+    if (lo != d->lo || hi != d->hi) return lss_seterr(LSS_ERR_STATE, "lss_dp_grad: created before MPI started (call lss_mpi_init first)");
     if (n > 0) memcpy(d->snap, d->st->data, bytes);
     for (s = (int)lo; s < (int)hi; s++) {
         double l = NAN;
@@ -4242,7 +4247,7 @@ LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
             fail = s;
             snprintf(msg, sizeof msg, "%s", lss_last_error()[0] ? lss_last_error() : lss_strerror(st));
         }
-        if (n > 0) memcpy(d->g + (size_t)s * (size_t)n, d->st->grad, bytes);
+        if (n > 0) memcpy(d->g + (size_t)(s - lo) * (size_t)n, d->st->grad, bytes);
     }
     if (lss_mpi_size() > 1) { /* every rank joins every exchange, failed shards or not */
         int st;
@@ -4263,7 +4268,7 @@ LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
     }
     if (numeric) return lss_seterr(LSS_ERR_NUMERIC, "lss_dp_grad: a shard's loss or gradient is not finite");
     /* the ordered sum (under MPI: reduce-scatter and all-gather, the same bits) */
-    if (n > 0 && (s = lss_mpi_sum_ordered(d->g + (size_t)lo * (size_t)n, d->nshard, n, d->st->grad)) != LSS_OK) return s;
+    if (n > 0 && (s = lss_mpi_sum_ordered(d->g, d->nshard, n, d->st->grad)) != LSS_OK) return s;
     (void)i;
     *loss = d->meta[0];
     for (s = 1; s < d->nshard; s++) *loss += d->meta[2 * s];
