@@ -35,10 +35,11 @@ for ((k = 1; k <= R; k++)); do
         n=$([ $sc = small ] && echo 20 || echo 3)
         OMP_NUM_THREADS=$NC build/bench/mpi_dp $sc $n 1 > "$D/last.log"; add train_${sc}_serial_best "$(step)"
         OMP_NUM_THREADS=1 build/bench/mpi_dp $sc $n 2 > "$D/last.log"; add train_${sc}_serial_1 "$(step)"
+        grep -o 'parameters hash [0-9a-f]*' "$D/last.log" > "$D/hash1_$sc"
         OMP_NUM_THREADS=1 mpirun --oversubscribe -np 1 build/mpi/mpi_dp $sc $n 2 > "$D/last.log"; add train_${sc}_mpi_1 "$(step)"
         OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 build/mpi/mpi_dp $sc $n 2 > "$D/last.log"; add train_${sc}_mpi_2 "$(step)"
         grep -o '[0-9.]* MB sent per step\|alone: [0-9.]* s' "$D/last.log" | tr '\n' ' ' > "$D/comm_$sc"
-        grep -o 'parameters hash [0-9a-f]*' "$D/last.log" > "$D/hash_$sc"
+        grep -o 'parameters hash [0-9a-f]*' "$D/last.log" > "$D/hash2_$sc"
     done
     add start_mpi_2     "$(wall mpirun --oversubscribe -np 2 bin/mpi/lss-sim --help)"
     add mm_serial_best "$(OMP_NUM_THREADS=$NC wall bin/massmap $MM --out "$D/p")"
@@ -60,4 +61,4 @@ row "massmap sample 64 chains 64x64" "s" mm
 echo "(2r / best: serial-best time over 2-rank time; > 1 means the 2-rank run is faster)"
 echo "mpirun start-up and exit, 2 ranks (bin/mpi/lss-sim --help): $(med ${T[start_mpi_2]}) s (in the wall times of the lss-sim and massmap rows)"
 echo "communication per training step (rank 0, 2 ranks, 2 shards; 'alone': seconds of the ordered sum by itself): small $(cat "$D/comm_small"), paper $(cat "$D/comm_paper")"
-echo "parameters after training, 2 ranks vs 1 (same shards): small $(cat "$D/hash_small"), paper $(cat "$D/hash_paper")"
+echo "parameters after training, serial build vs 2 ranks (2 shards each): small $(cat "$D/hash1_small") / $(cat "$D/hash2_small"), paper $(cat "$D/hash1_paper") / $(cat "$D/hash2_paper")"
