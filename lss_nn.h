@@ -4245,7 +4245,7 @@ LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
         d->meta[2 * s] = l, d->meta[2 * s + 1] = st;
         if (st != LSS_OK && st != LSS_ERR_NUMERIC && !msg[0] && fail < 0) {
             fail = s;
-            snprintf(msg, sizeof msg, "%s", lss_last_error()[0] ? lss_last_error() : lss_strerror(st));
+            snprintf(msg, sizeof msg, "%.480s", lss_last_error()[0] ? lss_last_error() : lss_strerror(st));
         }
         if (n > 0) memcpy(d->g + (size_t)(s - lo) * (size_t)n, d->st->grad, bytes);
     }

@@ -514,6 +514,7 @@ static inline void lss_drv_outputs_begin(const char *dir, int staged) {
     } else lss_drv_outs.dir[0] = 0;
     lss_drv_outs.on = 1, lss_drv_outs.staged = staged, lss_drv_outs.done = 0;
     lss_wfile_set_hook(lss_drv__out_hook, NULL);
+    lss_mpi_barrier(); /* under MPI: every rank has looked at DIR (resume checks, old files) before rank 0 writes */
 }
 /* A staged set without a directory: checks the output files a and b (NULL: none) and begins. */
 static inline void lss_drv_outputs_files(const char *a, const char *b) {
