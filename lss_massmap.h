@@ -499,6 +499,10 @@ typedef struct {
     int eval_every;        /* held-out evaluation and a CSV row every eval_every steps (0: at the end only) */
     int eval_batches;      /* batches of `batch` held-out maps per evaluation (0: 4) */
     int patience;          /* stop after `patience` evaluations without a lower held-out loss (0: never) */
+    int shards;            /* data-parallel steps (lss_dp_grad of lss_nn.h): each batch in this many fixed shards,
+                              gradients added in order; under MPI the ranks compute the shards and the run is
+                              bitwise the serial one with the same shards (0: 1, or the rank count under MPI); batch
+                              norm then normalises each shard by its own statistics */
 } lss_mm_train_opts;
 typedef struct {
     double final_loss;     /* mean training loss over the last 10% of the steps, of those this call ran (NaN: none) */
@@ -3241,12 +3245,13 @@ static int lss__mm_net_reserve(lss_mm_net *n, int b) {
 }
 
 /* Forward pass of a prepared input [b, 2, H, W] in n->in; output copied to out [b, H, W]. */
-static int lss__mm_net_forward(lss_mm_net *n, int b, const float *sigma, float *out, int training, lss_tensor **res) {
+/* the network on input rows r0 .. r0 + b - 1 of n->in */
+static int lss__mm_net_forward_rows(lss_mm_net *n, int r0, int b, const float *sigma, float *out, int training, lss_tensor **res) {
     int64_t sh[4] = {b, 2, lss_grid_h(n->g), lss_grid_w(n->g)}, s1[1] = {b};
     lss_tensor *x, *sg = NULL, *y;
     lss_graph_reset(n->gr);
     lss_graph_set_training(n->gr, training);
-    x = lss_view(n->gr, n->in, 4, sh);
+    x = lss_view(n->gr, n->in + (size_t)r0 * 2 * (size_t)lss_grid_npix(n->g), 4, sh);
     if (!n->o.deepmass) {
         memcpy(n->sig, sigma, sizeof(float) * (size_t)b);
         sg = lss_view(n->gr, n->sig, 1, s1);
@@ -3256,6 +3261,9 @@ static int lss__mm_net_forward(lss_mm_net *n, int b, const float *sigma, float *
     if (res) *res = y;
     if (out) memcpy(out, y->data, sizeof(float) * (size_t)b * (size_t)lss_grid_npix(n->g));
     return LSS_OK;
+}
+static int lss__mm_net_forward(lss_mm_net *n, int b, const float *sigma, float *out, int training, lss_tensor **res) {
+    return lss__mm_net_forward_rows(n, 0, b, sigma, out, training, res);
 }
 
 LSSDEF int lss_mm_net_residual(void *net, int b, const float *x, const float *score_gauss,
@@ -3349,6 +3357,7 @@ typedef struct {
     lss_grid_ws tmp, *w;
     double lsum, valid, base;
     int64_t lcnt, ran, skipped;
+    lss_dp *dp;           /* data-parallel steps (d.shards > 1, or MPI; NULL: the whole batch at once) */
 } lss__mm_tr;
 
 static void lss__mm_tr_close(lss__mm_tr *t) {
@@ -3449,6 +3458,30 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
     return LSS_OK;
 }
 
+/* lss_dp_fn: the loss of the rows of shard sh, weighted by their share of the batch, and its gradient */
+static int lss__mm_train_shard(void *user, int sh, int nsh, double *loss) {
+    lss__mm_tr *t = (lss__mm_tr *)user;
+    lss_mm_net *n = t->n;
+    int64_t lo, hi, sh4[4], s1[1], np = t->np;
+    lss_tensor *y, *l;
+    int s;
+    lss_dp_shard(t->b, sh, nsh, &lo, &hi);
+    *loss = 0;
+    if (hi == lo) return LSS_OK; /* more shards than maps: this one adds nothing */
+    sh4[0] = hi - lo; sh4[1] = 1; sh4[2] = lss_grid_h(n->g); sh4[3] = lss_grid_w(n->g); s1[0] = hi - lo;
+    if ((s = lss__mm_net_forward_rows(n, (int)lo, (int)(hi - lo), n->o.deepmass ? NULL : t->sig + lo, NULL, 1, &y)) != LSS_OK) return s;
+    if (!n->o.deepmass) {
+        y = lss_op_add(n->gr, y, lss_view(n->gr, t->sgs + lo * np, 4, sh4));
+        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->u + lo * np, 4, sh4), lss_view(n->gr, t->sig + lo, 1, s1));
+    } else
+        l = lss_op_mse(n->gr, y, lss_view(n->gr, t->u + lo * np, 4, sh4));
+    l = lss_op_scale(n->gr, l, (float)(hi - lo) / (float)t->b);
+    if (!l) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_net_train: loss graph failed");
+    if ((s = lss_backward(n->gr, l)) != LSS_OK) return s;
+    *loss = l->data[0];
+    return isfinite(*loss) ? LSS_OK : LSS_ERR_NUMERIC;
+}
+
 /* lss_train step: one optimizer step on training batch `step`. A non-finite loss skips the step. */
 static int lss__mm_train_step(void *user, int64_t step, double *loss) {
     lss__mm_tr *t = (lss__mm_tr *)user;
@@ -3458,6 +3491,15 @@ static int lss__mm_train_step(void *user, int64_t step, double *loss) {
     int s;
     sh4[0] = t->b; sh4[1] = 1; sh4[2] = lss_grid_h(n->g); sh4[3] = lss_grid_w(n->g); s1[0] = t->b;
     if ((s = lss__mm_batch(t, LSS_SET_TRAIN, (uint64_t)step)) != LSS_OK) return s;
+    if (t->dp) { /* data-parallel: the shards' gradients added in order (lss_dp_grad) */
+        t->ran++;
+        s = lss_dp_grad(t->dp, lss__mm_train_shard, t, &loss[0]);
+        if (s == LSS_OK && (s = lss_optim_step(n->opt)) == LSS_OK && !t->d.no_spectral) lss__mm_spectral(n, t->v);
+        if (s == LSS_ERR_NUMERIC) t->skipped++, loss[0] = NAN;
+        else if (s == LSS_OK && step >= t->d.steps - t->nlast) t->lsum += loss[0], t->lcnt++;
+        if (t->d.progress && (s == LSS_OK || s == LSS_ERR_NUMERIC)) t->d.progress(t->d.progress_user, (int)(step + 1), loss[0]);
+        return s;
+    }
     if ((s = lss__mm_net_forward(n, t->b, n->o.deepmass ? NULL : t->sig, NULL, 1, &y)) != LSS_OK) return s;
     if (!n->o.deepmass) {
         /* residual DSM (eq. 24): (u + sigma (r + s_G))^2 */
@@ -3576,7 +3618,17 @@ LSSDEF int lss_mm_net_train(lss_mm_net *n, const lss_mm_train_opts *o, lss_mm_tr
     lo.step = lss__mm_train_step;
     lo.eval = lss__mm_train_eval;
     lo.user = &t;
+    {
+        int k = d.shards > 0 ? d.shards : lss_mpi_size();
+        if (k > t.b) k = t.b;
+        if (k > 1 && (s = lss_dp_create(n->st, k, &t.dp)) != LSS_OK) {
+            lss__mm_tr_close(&t);
+            return s;
+        }
+    }
     s = lss_train(&tn, 1, &lo, lr);
+    lss_dp_free(t.dp);
+    t.dp = NULL;
     if (s == LSS_OK && t.ran > 0 && t.skipped == t.ran)
         s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_net_train: the loss was not finite at any of the %lld steps run", (long long)t.ran);
     if (res) {

@@ -400,6 +400,7 @@ static int cmd_train(int argc, char **argv) {
                           {"no-spectral", LSS_DRV_FLAG, &nospec, 0, 0, 0, "no spectral-norm projection"}, OPT_SEED(no.seed),
                           {"eval-every", LSS_DRV_INT, &to.eval_every, 0, 100000000, 0, "held-out loss and checkpoint every N steps (0: steps/20)"},
                           {"patience", LSS_DRV_INT, &to.patience, 0, 1000000, 0, "stop after N evaluations without improvement (0: never)"},
+                          {"shards", LSS_DRV_INT, &to.shards, 0, 4096, 0, "data-parallel shards of each batch (0: 1, or the ranks under mpirun; the same shards train bitwise the same at any rank count; batch norm per shard)"},
                           {"resume", LSS_DRV_FLAG, &to.resume, 0, 0, 0, "continue from the checkpoint in --out (same options)"},
                           {"loss-csv", LSS_DRV_STR, &csv, 0, 0, 0, "loss table (default: loss.csv next to the checkpoint)"},
                           {"scale", LSS_DRV_STR, &scale, 0, 0, 0, "small or paper (45000 steps, batch 32, c0 32, lr 1e-4)"}, OPT_END};

@@ -95,7 +95,9 @@ static void test_dp_serial(void) {
     m.fail_status = LSS_ERR_SHAPE;
     CHECK_ERR(lss_dp_grad(d4, lin_shard, &m, &l4), LSS_ERR_SHAPE);
     CHECK(strstr(lss_last_error(), "shard 2 of 4") && strstr(lss_last_error(), "bad data"), "message: %s", lss_last_error());
+    lss_dp_free(d1);
     CHECK_ERR(lss_dp_create(m.st, 0, &d1), LSS_ERR_ARG);
+    CHECK(d1 == NULL, "a failed lss_dp_create hands out NULL");
     lss_dp_free(d4);
     lss_graph_free(m.g);
     lss_store_free(m.st);
@@ -159,14 +161,16 @@ static void test_mpi_runs(void) {
         snprintf(a, sizeof a, T "/m0/params.csv"), snprintf(b, sizeof b, T "/m%d/params.csv", k);
         CHECK(same(a, b), "lss-sim with %d rank(s): parameters differ from the serial run", k);
     }
-    /* drivers: deeplss training with 6 shards (two networks, taking turns under MPI) and massmap posterior
-       samples in batches of 3 chains spread over the ranks */
+    /* drivers: deeplss training with 6 shards (two networks, taking turns under MPI), massmap posterior
+       samples in batches of 3 chains spread over the ranks, the mass-mapping U-net trained with 3 shards */
     CHECK(sh("bin/deeplss sim --out " T "/d0 --ncosmo 3 --nfield 1 > " T "/log 2>&1 && cp -r " T "/d0 " T "/d2 && cp -r " T "/d0 " T "/d3") == 0,
           "deeplss sim failed");
     CHECK(sh("bin/massmap mock --size 16 --nfields 1 --out " T "/mm > " T "/log 2>&1") == 0, "massmap mock failed");
 #define DLT " train --steps 6 --batch 12 --shards 6 --nets cnn,psd --probes comb --out " T
 #define MMS " sample --shear " T "/mm/shear.npy --noise-var " T "/mm/noise_var.npy --ps " T "/mm/ps.csv --nsamples 10 --batch 3 --out " T
-    CHECK(sh("bin/deeplss" DLT "/d0 > " T "/log 2>&1 && bin/massmap" MMS "/p0 > " T "/log 2>&1") == 0, "serial deeplss train / massmap sample failed");
+#define MMT " train-prior --mock " T "/mm --steps 6 --batch 6 --c0 4 --eval-every 2 --shards 3 --out " T
+    CHECK(sh("bin/deeplss" DLT "/d0 > " T "/log 2>&1 && bin/massmap" MMS "/p0 > " T "/log 2>&1 && bin/massmap" MMT "/q0 > " T "/log 2>&1") == 0,
+          "serial deeplss train / massmap sample / massmap train-prior failed");
     for (k = 2; k <= 3; k++) {
         const char *f[3] = {"net_cnn_comb.ckpt", "net_psd_comb.ckpt", "loss.csv"};
         int j;
@@ -175,6 +179,9 @@ static void test_mpi_runs(void) {
             snprintf(a, sizeof a, T "/d0/%s", f[j]), snprintf(b, sizeof b, T "/d%d/%s", k, f[j]);
             CHECK(same(a, b), "deeplss train with %d ranks: %s differs from the serial run", k, f[j]);
         }
+        CHECK(sh(MPIRUN " %d bin/mpi/massmap" MMT "/q%d > " T "/log 2>&1", k, k) == 0, "massmap train-prior under mpirun -np %d failed", k);
+        snprintf(a, sizeof a, T "/q0/prior.ckpt"), snprintf(b, sizeof b, T "/q%d/prior.ckpt", k);
+        CHECK(same(a, b), "massmap train-prior with %d ranks: the checkpoint differs from the serial run", k);
         CHECK(sh(MPIRUN " %d bin/mpi/massmap" MMS "/p%d > " T "/log 2>&1", k, k) == 0, "massmap sample under mpirun -np %d failed", k);
         snprintf(a, sizeof a, T "/p0/samples.npy"), snprintf(b, sizeof b, T "/p%d/samples.npy", k);
         CHECK(same(a, b), "massmap sample with %d ranks: samples differ from the serial run", k);
