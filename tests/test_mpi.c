@@ -163,7 +163,8 @@ static void test_mpi_runs(void) {
     }
     /* drivers: deeplss training with 6 shards (two networks, taking turns under MPI), massmap posterior
        samples in batches of 3 chains spread over the ranks, the mass-mapping U-net trained with 3 shards */
-    CHECK(sh("bin/deeplss sim --out " T "/d0 --ncosmo 3 --nfield 1 > " T "/log 2>&1 && cp -r " T "/d0 " T "/d2 && cp -r " T "/d0 " T "/d3") == 0,
+    CHECK(sh("bin/deeplss sim --out " T "/d0 --ncosmo 3 --nfield 1 > " T "/log 2>&1 && cp -r " T "/d0 " T "/d1 && cp -r " T "/d0 " T "/d2 && "
+             "cp -r " T "/d0 " T "/d3") == 0,
           "deeplss sim failed");
     CHECK(sh("bin/massmap mock --size 16 --nfields 1 --out " T "/mm > " T "/log 2>&1") == 0, "massmap mock failed");
 #define DLT " train --steps 6 --batch 12 --shards 6 --nets cnn,psd --probes comb --out " T
@@ -171,7 +172,7 @@ static void test_mpi_runs(void) {
 #define MMT " train-prior --mock " T "/mm --steps 6 --batch 6 --c0 4 --eval-every 2 --shards 3 --out " T
     CHECK(sh("bin/deeplss" DLT "/d0 > " T "/log 2>&1 && bin/massmap" MMS "/p0 > " T "/log 2>&1 && bin/massmap" MMT "/q0 > " T "/log 2>&1") == 0,
           "serial deeplss train / massmap sample / massmap train-prior failed");
-    for (k = 2; k <= 3; k++) {
+    for (k = 1; k <= 3; k++) {
         const char *f[3] = {"net_cnn_comb.ckpt", "net_psd_comb.ckpt", "loss.csv"};
         int j;
         CHECK(sh(MPIRUN " %d bin/mpi/deeplss" DLT "/d%d > " T "/log 2>&1", k, k) == 0, "deeplss train under mpirun -np %d failed", k);
