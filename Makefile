@@ -32,7 +32,7 @@ DEBS      = libfftw3-dev libstb-dev
 MPICC    ?= $(shell command -v mpicc 2>/dev/null)
 MPI_DRIVERS := $(patsubst drivers/%.c,bin/mpi/%,$(wildcard drivers/*.c))
 ifneq ($(strip $(MPICC)),)
-MPI_TEST_BINS = build/mpi/mpi_check build/mpi/mpi_check_serial bin/mpi/lss-sim bin/mpi/deeplss bin/mpi/massmap
+MPI_TEST_BINS = build/mpi/mpi_check build/mpi/mpi_check_serial bin/mpi/lss-sim bin/mpi/deeplss bin/mpi/massmap bin/mpi/flowgen
 endif
 
 # CUDA objects join the tests when nvcc exists (lss_gpu.cu compiled for sm_90 plus PTX).

@@ -657,6 +657,9 @@ typedef struct {
     int patience;          /* plateau stop after `patience` evaluations without improvement (0: never) */
     void (*progress)(void *user, int step, double loss);  /* after every step */
     void *progress_user;
+    int shards;            /* data-parallel steps (lss_dp_grad of lss_nn.h): each batch in this many fixed shards,
+                              gradients added in order; under MPI the ranks compute the shards and the run is
+                              bitwise the serial one with the same shards (0: 1, or the rank count under MPI) */
 } lss_mm_diff_train_opts;
 /* Trains the network through lss_train (steps, evaluation, CSV, checkpoints and resume as there): step t
  * draws training batch t and its noise (see Randomness), loss as above. A later call continues the
@@ -3935,16 +3938,21 @@ static void lss__mm_diff_input(lss_mm_diff *d, int b, const float *x, const floa
 }
 
 /* Network forward of the prepared input (b maps) at noise levels d->sig; the output tensor in *res. */
-static int lss__mm_diff_forward(lss_mm_diff *d, int b, int training, lss_tensor **res) {
+/* the U-net on input rows r0 .. r0 + b - 1 of d->in (noise levels d->sig[r0 ..]) */
+static int lss__mm_diff_forward_rows(lss_mm_diff *d, int r0, int b, int training, lss_tensor **res) {
     int64_t sh[4], s1[1];
     lss_tensor *y;
     sh[0] = b; sh[1] = d->cin; sh[2] = d->o.h; sh[3] = d->o.w; s1[0] = b;
     lss_graph_reset(d->gr);
     lss_graph_set_training(d->gr, training);
-    y = lss_unet_forward(d->gr, &d->u, lss_view(d->gr, d->in, 4, sh), lss_view(d->gr, d->sig, 1, s1));
+    y = lss_unet_forward(d->gr, &d->u, lss_view(d->gr, d->in + (size_t)r0 * (size_t)d->cin * (size_t)d->np, 4, sh),
+                         lss_view(d->gr, d->sig + r0, 1, s1));
     if (!y) return lss_graph_status(d->gr) ? lss_graph_status(d->gr) : lss_seterr(LSS_ERR_STATE, "diffusion model: forward failed");
     *res = y;
     return LSS_OK;
+}
+static int lss__mm_diff_forward(lss_mm_diff *d, int b, int training, lss_tensor **res) {
+    return lss__mm_diff_forward_rows(d, 0, b, training, res);
 }
 
 LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float *sigma, const float *cond, float *out) {
@@ -4046,6 +4054,7 @@ typedef struct {
     lss_mm_diff_train_opts o;  /* defaults applied */
     float *maps, *cond, *x;
     double valid;
+    lss_dp *dp;                /* data-parallel steps (o.shards > 1, or MPI); NULL: the whole batch at once */
 } lss__mm_dtr;
 
 /* Batch `index` of data set `set`: draw, check, standardise, noise; network input in d->in, the loss's target in d->nz. */
@@ -4076,6 +4085,26 @@ static int lss__mm_dtr_batch(lss__mm_dtr *t, int set, int64_t index) {
     return LSS_OK;
 }
 
+/* lss_dp_fn: the loss of the rows of shard sh, weighted by their share of the batch, and its gradient */
+static int lss__mm_dtr_shard(void *user, int sh, int nsh, double *loss) {
+    lss__mm_dtr *t = (lss__mm_dtr *)user;
+    lss_mm_diff *d = t->d;
+    int64_t lo, hi, sh4[4], s1[1];
+    lss_tensor *y, *l;
+    int s;
+    lss_dp_shard(t->o.batch, sh, nsh, &lo, &hi);
+    *loss = 0;
+    if (hi == lo) return LSS_OK; /* more shards than maps: this one adds nothing */
+    sh4[0] = hi - lo; sh4[1] = 1; sh4[2] = d->o.h; sh4[3] = d->o.w; s1[0] = hi - lo;
+    if ((s = lss__mm_diff_forward_rows(d, (int)lo, (int)(hi - lo), 1, &y)) != LSS_OK) return s;
+    l = lss_op_dsm_loss(d->gr, y, lss_view(d->gr, d->nz + lo * d->np, 4, sh4), lss_view(d->gr, d->sig + lo, 1, s1));
+    l = lss_op_scale(d->gr, l, (float)(hi - lo) / (float)t->o.batch);
+    if (!l) return lss_graph_status(d->gr) ? lss_graph_status(d->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_diff_train: loss graph failed");
+    if ((s = lss_backward(d->gr, l)) != LSS_OK) return s;
+    *loss = l->data[0];
+    return isfinite(*loss) ? LSS_OK : LSS_ERR_NUMERIC;
+}
+
 static int lss__mm_dtr_step(void *user, int64_t step, double *loss) {
     lss__mm_dtr *t = (lss__mm_dtr *)user;
     lss_mm_diff *d = t->d;
@@ -4084,6 +4113,13 @@ static int lss__mm_dtr_step(void *user, int64_t step, double *loss) {
     int s;
     sh[0] = t->o.batch; sh[1] = 1; sh[2] = d->o.h; sh[3] = d->o.w; s1[0] = t->o.batch;
     if ((s = lss__mm_dtr_batch(t, LSS_SET_TRAIN, step)) != LSS_OK) return s;
+    if (t->dp) { /* data-parallel: the shards' gradients added in order (lss_dp_grad) */
+        s = lss_dp_grad(t->dp, lss__mm_dtr_shard, t, &loss[0]);
+        if (s == LSS_OK) s = lss_optim_step(d->opt);
+        if (s == LSS_ERR_NUMERIC) loss[0] = NAN;
+        if (t->o.progress && (s == LSS_OK || s == LSS_ERR_NUMERIC)) t->o.progress(t->o.progress_user, (int)(step + 1), loss[0]);
+        return s;
+    }
     if ((s = lss__mm_diff_forward(d, t->o.batch, 1, &y)) != LSS_OK) return s;
     l = lss_op_dsm_loss(d->gr, y, lss_view(d->gr, d->nz, 4, sh), lss_view(d->gr, d->sig, 1, s1));
     if (!l) return lss_graph_status(d->gr) ? lss_graph_status(d->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_diff_train: loss graph failed");
@@ -4138,9 +4174,10 @@ LSSDEF int lss_mm_diff_train(lss_mm_diff *d, const lss_mm_diff_train_opts *o, ls
     if (t.o.eval_batches == 0) t.o.eval_batches = 4;
     if (!t.o.draw) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_train: a draw callback is required");
     if (t.o.steps < 1 || t.o.batch < 1 || t.o.batch > 4096 || !(t.o.lr > 0) || !isfinite(t.o.lr) || t.o.eval_every < 0 ||
-        t.o.ckpt_every < 0 || t.o.patience < 0 || t.o.eval_batches < 1)
-        return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_train: bad options (steps %d, batch %d, lr %g, eval_every %d, ckpt_every %d, patience %d, eval_batches %d)",
-                          t.o.steps, t.o.batch, t.o.lr, t.o.eval_every, t.o.ckpt_every, t.o.patience, t.o.eval_batches);
+        t.o.ckpt_every < 0 || t.o.patience < 0 || t.o.eval_batches < 1 || t.o.shards < 0 || t.o.shards > 4096)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_train: bad options (steps %d, batch %d, lr %g, eval_every %d, ckpt_every %d, patience %d, "
+                          "eval_batches %d, shards %d)", t.o.steps, t.o.batch, t.o.lr, t.o.eval_every, t.o.ckpt_every, t.o.patience,
+                          t.o.eval_batches, t.o.shards);
     if (t.o.resume && !t.o.ckpt) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_train: resume needs a checkpoint path");
     if ((s = lss__mm_diff_reserve(d, t.o.batch)) != LSS_OK) return s;
     t.maps = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * (int64_t)t.o.batch * d->np));
@@ -4181,7 +4218,17 @@ LSSDEF int lss_mm_diff_train(lss_mm_diff *d, const lss_mm_diff_train_opts *o, ls
     lo.step = lss__mm_dtr_step;
     lo.eval = lss__mm_dtr_eval;
     lo.user = &t;
+    {
+        int k = t.o.shards > 0 ? t.o.shards : lss_mpi_size();
+        if (k > t.o.batch) k = t.o.batch;
+        if (k > 1 && (s = lss_dp_create(d->st, k, &t.dp)) != LSS_OK) {
+            LSS_FREE(t.maps);
+            LSS_FREE(t.cond);
+            return s;
+        }
+    }
     s = lss_train(&tn, 1, &lo, res);
+    lss_dp_free(t.dp);
     LSS_FREE(t.maps);
     LSS_FREE(t.cond);
     return s;

@@ -203,6 +203,7 @@ typedef struct {
     const float *maps, *vmaps;          /* training maps (flow space for the flow, kappa for diffusion), held-out */
     int64_t nmaps, nv;
     float *xb;
+    lss_dp *dp;                         /* flow: data-parallel steps (--shards; NULL: the whole batch at once) */
 } trainer;
 /* Batch t: maps drawn uniformly, each under one of the 8 symmetries of the square (the field is isotropic). */
 static void draw_batch(const trainer *T, int64_t t, int n, float *out) {
@@ -215,10 +216,27 @@ static void draw_batch(const trainer *T, int64_t t, int n, float *out) {
         lss_drv_sym_copy(T->maps + j * d, out + (int64_t)b * d, T->c->side, lss_rng_below(&r, 8));
     }
 }
+/* lss_dp_fn: the flow's loss on the rows of shard sh, weighted by their share of the batch */
+static int flow_shard(void *u, int sh, int nsh, double *loss) {
+    trainer *T = (trainer *)u;
+    int64_t lo, hi, d = (int64_t)T->c->side * T->c->side;
+    lss_dp_shard(T->c->batch, sh, nsh, &lo, &hi);
+    lss_graph_reset(T->g), lss_graph_set_training(T->g, 1);
+    lss_tensor *l = lss_flow_nll(T->g, T->f, lss_view(T->g, T->xb + lo * d, 4, (int64_t[]){hi - lo, 1, T->c->side, T->c->side}), NULL, NULL);
+    l = lss_op_scale(T->g, l, (float)(hi - lo) / (float)T->c->batch);
+    int s = lss_backward(T->g, l);
+    if (s) return s;
+    *loss = l->data[0];
+    return isfinite(*loss) ? LSS_OK : LSS_ERR_NUMERIC;
+}
 static int flow_step(void *u, int64_t t, double *loss) {
     trainer *T = (trainer *)u;
     int B = T->c->batch;
     draw_batch(T, t, B, T->xb);
+    if (T->dp) {
+        int s = lss_dp_grad(T->dp, flow_shard, T, loss);
+        return s ? s : lss_optim_step(T->o);
+    }
     lss_graph_reset(T->g), lss_graph_set_training(T->g, 1);
     lss_store_zero_grad(lss_flow_store(T->f));
     lss_tensor *l = lss_flow_nll(T->g, T->f, lss_view(T->g, T->xb, 4, (int64_t[]){B, 1, T->c->side, T->c->side}), NULL, NULL);
@@ -268,7 +286,7 @@ static void mean_std(const float *x, int64_t n, double *mu, double *sd) { mean_s
 
 static int cmd_train(int argc, char **argv) {
     const char *dir = "out/flowgen", *model = NULL, *transform = "log";
-    int resume = 0, every = 100, sched = 0;
+    int resume = 0, every = 100, sched = 0, shards = 0;
     cfg c;
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
     cfg_load_args(&c, dir, argc, argv);
@@ -285,6 +303,8 @@ static int cmd_train(int argc, char **argv) {
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
                           {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "
                            "and resumed later is exact when both use the final length)"},
+                          {"shards", LSS_DRV_INT, &shards, 0, 1024, 0, "data-parallel shards of each batch (0: 1, or the ranks under mpirun; "
+                           "the same shards train bitwise the same at any rank count)"},
                           {"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoint in DIR/MODEL"}, OPT_END};
     lss_drv_cmd cmd = {"flowgen train", "flowgen train --model flow|diffusion [--dir DIR] [options]",
                        "flow: multiscale affine-coupling flow on ln(kappa + shift) standardised (the lognormal transform; its Jacobian\n"
@@ -331,7 +351,15 @@ static int cmd_train(int argc, char **argv) {
         lss_train_opts to = {0};
         to.steps = c.steps, to.eval_every = every, to.ckpt_every = every, to.loss_csv = p2, to.resume = resume;
         to.step = flow_step, to.eval = flow_eval, to.progress = progress, to.user = &T;
+        int k = shards ? shards : lss_mpi_size();
+        if (k > 1) { /* actnorm starts from the whole first batch, as without shards (a resumed run reloads it) */
+            lss_drv_check(lss_dp_create(lss_flow_store(T.f), k < c.batch ? k : c.batch, &T.dp), "shards");
+            draw_batch(&T, 0, c.batch, T.xb), lss_graph_reset(T.g), lss_graph_set_training(T.g, 1);
+            lss_drv_check(lss_flow_nll(T.g, T.f, lss_view(T.g, T.xb, 4, (int64_t[]){c.batch, 1, c.side, c.side}), NULL, NULL) ? LSS_OK
+                          : lss_graph_status(T.g), "actnorm initialisation");
+        }
         lss_drv_check(lss_train(&net, 1, &to, &res), "training");
+        lss_dp_free(T.dp);
         snprintf(extra, sizeof extra, "\"model\": \"flow\", \"steps\": %d, \"batch\": %d, \"lr\": %g, \"levels\": %d, \"flow_steps\": %d, \"hidden\": %d, "
                  "\"parameters\": %lld, \"seconds\": %.1f, \"seconds_per_step\": %.4f, \"transform\": \"log\", \"shift\": %g, \"mean\": %g, \"std\": %g",
                  c.steps, c.batch, c.lr, lss_flow_options(T.f)->levels, lss_flow_options(T.f)->steps, lss_flow_options(T.f)->hidden,
@@ -352,6 +380,7 @@ static int cmd_train(int argc, char **argv) {
         memset(&to, 0, sizeof to);
         to.steps = c.steps, to.batch = c.batch, to.lr = c.lr, to.seed = c.seed, to.draw = diff_draw, to.user = &T, to.ckpt = p;
         to.ckpt_every = every, to.resume = resume, to.loss_csv = p2, to.eval_every = every, to.progress = diff_progress, to.progress_user = &T;
+        to.shards = shards;
         lss_drv_check(lss_mm_diff_train(m, &to, &res), "training");
         snprintf(extra, sizeof extra, "\"model\": \"diffusion\", \"steps\": %d, \"batch\": %d, \"lr\": %g, \"c0\": %d, \"parameters\": %lld, "
                  "\"seconds\": %.1f, \"seconds_per_step\": %.4f, \"transform\": \"%s\", \"shift\": %g, \"mean\": %g, \"std\": %g",

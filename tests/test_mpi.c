@@ -128,7 +128,7 @@ static void test_mpi_runs(void) {
     char a[512], b[512];
     if (sh("command -v mpirun >/dev/null 2>&1") != 0) { SKIP("no mpirun (make deps MPI=1 installs OpenMPI)"); return; }
     if (!exists("build/mpi/mpi_check") || !exists("build/mpi/mpi_check_serial") || !exists("bin/mpi/lss-sim") || !exists("bin/lss-sim") ||
-        !exists("bin/mpi/deeplss") || !exists("bin/mpi/massmap")) {
+        !exists("bin/mpi/deeplss") || !exists("bin/mpi/massmap") || !exists("bin/mpi/flowgen")) {
         SKIP("the MPI programs are not built (make test builds them when mpicc exists)");
         return;
     }
@@ -194,6 +194,23 @@ static void test_mpi_runs(void) {
     CHECK(sh(MPIRUN " 3 bin/mpi/deeplss" DLA "/a3 > " T "/log 2>&1") == 0, "deeplss all under mpirun -np 3 failed");
     CHECK(sh("n=0; for f in $(cd " T "/a0 && ls | grep -E 'npy$|csv$|ckpt$'); do cmp -s " T "/a0/$f " T "/a3/$f || exit 1; n=$((n+1)); done;"
              " [ $n -ge 40 ]") == 0, "deeplss all with 3 ranks: an output (NPY, CSV or checkpoint) differs from the serial run's");
+    /* flowgen: the flow and the diffusion model trained with 3 shards */
+    CHECK(sh("bin/flowgen data --dir " T "/g0 --scale demo --ntrain 64 --nvalid 16 --ntest 16 > " T "/log 2>&1 && cp -r " T "/g0 " T "/g2 && "
+             "cp -r " T "/g0 " T "/g3") == 0, "flowgen data failed");
+#define FGT " --steps 4 --batch 6 --checkpoint-every 2 --shards 3 --dir " T
+    CHECK(sh("bin/flowgen train --model flow" FGT "/g0 > " T "/log 2>&1 && bin/flowgen train --model diffusion" FGT "/g0 > " T "/log 2>&1") == 0,
+          "serial flowgen train failed");
+    for (k = 2; k <= 3; k++) {
+        const char *f[4] = {"flow/model.ckpt", "flow/loss.csv", "diffusion/model.ckpt", "diffusion/loss.csv"};
+        int j;
+        CHECK(sh(MPIRUN " %d bin/mpi/flowgen train --model flow" FGT "/g%d > " T "/log 2>&1 && " MPIRUN
+                 " %d bin/mpi/flowgen train --model diffusion" FGT "/g%d > " T "/log 2>&1", k, k, k, k) == 0,
+              "flowgen train under mpirun -np %d failed", k);
+        for (j = 0; j < 4; j++) {
+            snprintf(a, sizeof a, T "/g0/%s", f[j]), snprintf(b, sizeof b, T "/g%d/%s", k, f[j]);
+            CHECK(same(a, b), "flowgen train with %d ranks: %s differs from the serial run", k, f[j]);
+        }
+    }
     /* an N-body shell library: each rank runs and writes its block of the cosmologies */
 #define NBA " nbody --cosmologies 3 --np 16 --steps 4 --ncone 1 --side 16 --zmax 0.5 --out " T
     CHECK(sh("bin/lss-sim" NBA "/n0 > " T "/log 2>&1") == 0, "serial lss-sim nbody failed");
