@@ -4491,6 +4491,16 @@ LSSDEF double lss_mm_auto_sigma_min(int64_t npix, const float *nvar) {
     return isfinite(vmin) ? fmin(LSS_MM_SIGMA_MIN, LSS_MM_SIGMA_MIN_NOISE * sqrt(vmin)) : LSS_MM_SIGMA_MIN;
 }
 
+/* the per-chain means of summed statistics (lss_mm_sample_batched) */
+static void lss__mm_stats_mean(lss_mm_sample_stats *t, int nsamples) {
+    t->ode_steps /= nsamples;
+    t->ode_rejected /= nsamples;
+    t->accept_rate /= nsamples;
+    t->evals_per_chain /= nsamples;
+    t->hmc_evals_per_chain /= nsamples;
+    t->ode_evals_per_chain /= nsamples;
+}
+
 /* Under MPI: the same calls of lss_mm_sample as the serial loop below (batch k: chains k batch ..), the
  * batches split over the ranks in blocks, the samples and the per-batch statistics exchanged and the
  * statistics added up in batch order: samples and statistics (but seconds, the slowest rank's) are
@@ -4550,12 +4560,7 @@ static int lss__mm_sample_mpi(lss_mm_post *p, const lss_mm_sample_opts *o, int n
     }
     for (k = lo; k < hi; k++) mx += row[NS * k + 9];
     tot.seconds = mx;
-    tot.ode_steps /= nsamples;
-    tot.ode_rejected /= nsamples;
-    tot.accept_rate /= nsamples;
-    tot.evals_per_chain /= nsamples;
-    tot.hmc_evals_per_chain /= nsamples;
-    tot.ode_evals_per_chain /= nsamples;
+    lss__mm_stats_mean(&tot, nsamples);
     if (st) *st = tot;
     LSS_FREE(buf); LSS_FREE(row);
     return LSS_OK;
@@ -4590,12 +4595,7 @@ LSSDEF int lss_mm_sample_batched(lss_mm_post *p, const lss_mm_sample_opts *o, in
         done += nb;
         if (o->progress) o->progress(o->progress_user, (double)done / nsamples);
     }
-    tot.ode_steps /= nsamples;
-    tot.ode_rejected /= nsamples;
-    tot.accept_rate /= nsamples;
-    tot.evals_per_chain /= nsamples;
-    tot.hmc_evals_per_chain /= nsamples;
-    tot.ode_evals_per_chain /= nsamples;
+    lss__mm_stats_mean(&tot, nsamples);
     if (st) *st = tot;
     return LSS_OK;
 }
