@@ -120,6 +120,16 @@ static int sh(const char *fmt, ...) {
 /* 1 when the files are byte for byte the same */
 static int same(const char *a, const char *b) { return sh("cmp -s '%s' '%s'", a, b) == 0; }
 
+/* each of the n files of run directory PREFIX0 equals its namesake in PREFIX<k> (one check per file) */
+static void same_files(const char *prefix, int k, const char *const *f, int n, const char *what) {
+    char a[512], b[512];
+    int j;
+    for (j = 0; j < n; j++) {
+        snprintf(a, sizeof a, "%s0/%s", prefix, f[j]), snprintf(b, sizeof b, "%s%d/%s", prefix, k, f[j]);
+        CHECK(same(a, b), "%s with %d rank(s): %s differs from the serial run", what, k, f[j]);
+    }
+}
+
 #define MPIRUN "mpirun --oversubscribe -np"
 #define T "build/test_mpi"
 
@@ -174,12 +184,8 @@ static void test_mpi_runs(void) {
           "serial deeplss train / massmap sample / massmap train-prior failed");
     for (k = 1; k <= 3; k++) {
         const char *f[3] = {"net_cnn_comb.ckpt", "net_psd_comb.ckpt", "loss.csv"};
-        int j;
         CHECK(sh(MPIRUN " %d bin/mpi/deeplss" DLT "/d%d > " T "/log 2>&1", k, k) == 0, "deeplss train under mpirun -np %d failed", k);
-        for (j = 0; j < 3; j++) {
-            snprintf(a, sizeof a, T "/d0/%s", f[j]), snprintf(b, sizeof b, T "/d%d/%s", k, f[j]);
-            CHECK(same(a, b), "deeplss train with %d ranks: %s differs from the serial run", k, f[j]);
-        }
+        same_files(T "/d", k, f, 3, "deeplss train");
         CHECK(sh(MPIRUN " %d bin/mpi/massmap" MMT "/q%d > " T "/log 2>&1", k, k) == 0, "massmap train-prior under mpirun -np %d failed", k);
         snprintf(a, sizeof a, T "/q0/prior.ckpt"), snprintf(b, sizeof b, T "/q%d/prior.ckpt", k);
         CHECK(same(a, b), "massmap train-prior with %d ranks: the checkpoint differs from the serial run", k);
@@ -202,26 +208,18 @@ static void test_mpi_runs(void) {
           "serial flowgen train failed");
     for (k = 2; k <= 3; k++) {
         const char *f[4] = {"flow/model.ckpt", "flow/loss.csv", "diffusion/model.ckpt", "diffusion/loss.csv"};
-        int j;
         CHECK(sh(MPIRUN " %d bin/mpi/flowgen train --model flow" FGT "/g%d > " T "/log 2>&1 && " MPIRUN
                  " %d bin/mpi/flowgen train --model diffusion" FGT "/g%d > " T "/log 2>&1", k, k, k, k) == 0,
               "flowgen train under mpirun -np %d failed", k);
-        for (j = 0; j < 4; j++) {
-            snprintf(a, sizeof a, T "/g0/%s", f[j]), snprintf(b, sizeof b, T "/g%d/%s", k, f[j]);
-            CHECK(same(a, b), "flowgen train with %d ranks: %s differs from the serial run", k, f[j]);
-        }
+        same_files(T "/g", k, f, 4, "flowgen train");
     }
     /* an N-body shell library: each rank runs and writes its block of the cosmologies */
 #define NBA " nbody --cosmologies 3 --np 16 --steps 4 --ncone 1 --side 16 --zmax 0.5 --out " T
     CHECK(sh("bin/lss-sim" NBA "/n0 > " T "/log 2>&1") == 0, "serial lss-sim nbody failed");
     for (k = 2; k <= 3; k++) {
         const char *f[4] = {"shells_0000.npy", "shells_0001.npy", "shells_0002.npy", "cosmologies.csv"};
-        int j;
         CHECK(sh(MPIRUN " %d bin/mpi/lss-sim" NBA "/n%d > " T "/log 2>&1", k, k) == 0, "lss-sim nbody under mpirun -np %d failed", k);
-        for (j = 0; j < 4; j++) {
-            snprintf(a, sizeof a, T "/n0/%s", f[j]), snprintf(b, sizeof b, T "/n%d/%s", k, f[j]);
-            CHECK(same(a, b), "lss-sim nbody with %d ranks: %s differs from the serial run", k, f[j]);
-        }
+        same_files(T "/n", k, f, 4, "lss-sim nbody");
     }
     /* resume with another rank count (2 ranks to step 4, then 3 ranks with 2 threads each to step 8) */
     CHECK(sh("mkdir -p " T "/r && " MPIRUN " 2 build/mpi/mpi_check train " T "/r 4 > " T "/log 2>&1 && OMP_NUM_THREADS=2 " MPIRUN
