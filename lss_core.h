@@ -31,7 +31,7 @@
  *   smoothing     the one separable Gaussian smoothing: lss_gauss_kernel, lss_conv_sep (valid mode
  *                 on a padded source), lss_conv_sep_zeropad (zeros outside the map).
  *   MPI           optional (-DLSS_MPI): lss_mpi_init/_finalize/_rank/_size, lss_mpi_block (work by
- *                 index), lss_mpi_allgather, lss_mpi_bcast, lss_mpi_sum_ordered (the same bits as the
+ *                 index), lss_mpi_allgather, lss_mpi_bcast, lss_mpi_agree, lss_mpi_sum_ordered (the same bits as the
  *                 serial sum), lss_mpi_barrier, lss_mpi_own_files; one writer (rank 0). Without it:
  *                 the one-process versions, no MPI dependency.
  *   pictures      PNG through stb_image_write: an RGB canvas (lss_image_init/_free) with
@@ -588,6 +588,10 @@ LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item);
 LSSDEF int lss_mpi_sum_ordered(const float *mine, int nshard, int64_t n, float *out);
 /* Copies `bytes` bytes of buf from rank `root` to every rank. */
 LSSDEF int lss_mpi_bcast(void *buf, size_t bytes, int root);
+/* The first failure of any rank: every rank passes its status; each gets the status of the lowest rank
+ * whose status is not LSS_OK (LSS_OK when none), and that rank in *rank (may be NULL; -1 when none).
+ * One process: its own status. Ranks must call it together. */
+LSSDEF int lss_mpi_agree(int status, int *rank);
 /* Waits for every rank. */
 LSSDEF void lss_mpi_barrier(void);
 /* on = 1: this rank writes its files for real (work split by index where each rank writes files of its
@@ -595,7 +599,8 @@ LSSDEF void lss_mpi_barrier(void);
  * default): the one-writer rule above. Call it on every rank, with a lss_mpi_barrier after turning it
  * off, before another rank reads those files. */
 LSSDEF void lss_mpi_own_files(int on);
-/* Bytes this process has sent by lss_mpi_allgather and lss_mpi_bcast so far (communication volume). */
+/* Bytes this process has sent so far by the exchanges above (a broadcast counts its bytes once per
+ * receiving rank): the communication volume. */
 LSSDEF double lss_mpi_bytes_sent(void);
 
 #ifdef __cplusplus
@@ -2818,7 +2823,7 @@ LSSDEF int lss_mpi_bcast(void *buf, size_t bytes, int root) {
         MPI_Bcast((char *)buf + o, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
         o += k;
     }
-    if (lss__mpi_rank == root) lss__mpi_sent += (double)bytes;
+    if (lss__mpi_rank == root) lss__mpi_sent += (double)bytes * (lss__mpi_size - 1);
 #else
     (void)buf, (void)bytes, (void)root;
 #endif
@@ -2843,10 +2848,8 @@ LSSDEF int lss_mpi_allgather(void *buf, int64_t n, size_t item) {
             LSS_FREE(cnt);
         } else /* each rank's block in turn */
             for (r = 0; r < s; r++) {
-                double before = lss__mpi_sent;
                 lss_mpi_block(n, r, s, &lo, &hi);
                 lss_mpi_bcast((char *)buf + (size_t)lo * item, (size_t)(hi - lo) * item, r);
-                if (r == lss__mpi_rank) lss__mpi_sent = before + (double)(hi - lo) * (double)item * (s - 1);
             }
     }
 #else
@@ -2917,6 +2920,25 @@ LSSDEF int lss_mpi_sum_ordered(const float *mine, int nshard, int64_t n, float *
         out[i] = v;
     }
     return LSS_OK;
+}
+LSSDEF int lss_mpi_agree(int status, int *rank) {
+    int r = -1, first = status;
+#ifdef LSS_MPI
+    if (lss__mpi_size > 1) {
+        int *all = (int *)LSS_MALLOC(sizeof(int) * (size_t)lss__mpi_size), k;
+        if (!all) MPI_Abort(MPI_COMM_WORLD, 1); /* cannot agree: stop every rank rather than hang */
+        MPI_Allgather(&status, 1, MPI_INT, all, 1, MPI_INT, MPI_COMM_WORLD);
+        first = LSS_OK;
+        for (k = 0; k < lss__mpi_size && r < 0; k++)
+            if (all[k] != LSS_OK) r = k, first = all[k];
+        LSS_FREE(all);
+        if (rank) *rank = r;
+        return first;
+    }
+#endif
+    if (status != LSS_OK) r = 0;
+    if (rank) *rank = r;
+    return first;
 }
 static void lss__mpi_after_write(void) {
 #ifdef LSS_MPI

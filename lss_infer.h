@@ -1499,24 +1499,14 @@ static int lss__emcee_eval(lss_emcee *e, const double *x, int n, double *lp, lss
     if (nin > 0 && lss_mpi_size() > 1 && !e->o.local) {
         /* under MPI: each rank evaluates its block of the points, then every rank gets all values */
         int64_t lo, hi;
-        int r, size = lss_mpi_size(), bad = -1;
-        double *stv = (double *)LSS_MALLOC(sizeof(double) * (size_t)size);
-        if (!stv) return lss_seterr(LSS_ERR_NOMEM, "emcee: out of memory");
-        lss_mpi_block(nin, lss_mpi_rank(), size, &lo, &hi);
+        int bad, sb;
+        lss_mpi_block(nin, lss_mpi_rank(), lss_mpi_size(), &lo, &hi);
         st = hi > lo ? f(e->bx + (size_t)lo * d, (int)(hi - lo), d, e->blp + lo, user) : LSS_OK;
         if (st != LSS_OK && !lss_last_error()[0]) lss_seterr(st, "emcee: the log-probability callback failed (status %d)", st);
-        lss_mpi_block(size, lss_mpi_rank(), size, &lo, &hi);
-        stv[lo] = st;
-        lss_mpi_allgather(stv, size, sizeof(double));
-        for (r = 0; r < size && bad < 0; r++)
-            if (stv[r] != LSS_OK) bad = r;
-        if (bad >= 0) {
-            int sb = (int)stv[bad];
-            LSS_FREE(stv);
+        if ((sb = lss_mpi_agree(st, &bad)) != LSS_OK) {
             if (bad == lss_mpi_rank()) return st;
             return lss_seterr(sb, "emcee: the log-probability callback failed on rank %d (status %d; that rank reports why)", bad, sb);
         }
-        LSS_FREE(stv);
         lss_mpi_allgather(e->blp, nin, sizeof(double));
     } else if (nin > 0) {
         if ((st = f(e->bx, nin, d, e->blp, user)) != LSS_OK) {
@@ -4523,23 +4513,19 @@ static void lss__constraint_nan(lss_constraint *c) {
  * rank's). */
 static int lss__deeplss_chains_share(lss_deeplss_job *jobs, int njobs, int status, char *msg, size_t nmsg) {
     enum { NV = 4 + (int)(sizeof(lss_constraint) / sizeof(double)) };
-    double *v = (double *)LSS_MALLOC(sizeof(double) * NV * (size_t)(njobs > 0 ? njobs : 1)), st[1];
+    double *v = (double *)LSS_MALLOC(sizeof(double) * NV * (size_t)(njobs > 0 ? njobs : 1));
     int64_t lo, hi, i;
-    int r, size = lss_mpi_size(), bad = LSS_OK, *owner;
-    double *stv = (double *)LSS_MALLOC(sizeof(double) * (size_t)size);
+    int r, size = lss_mpi_size(), bad, who, *owner;
     owner = (int *)LSS_MALLOC(sizeof(int) * (size_t)(njobs > 0 ? njobs : 1));
-    if (!v || !stv || !owner) { LSS_FREE(v); LSS_FREE(stv); LSS_FREE(owner); return lss_seterr(LSS_ERR_NOMEM, "lss_deeplss_chains: out of memory"); }
-    lss_mpi_block(size, lss_mpi_rank(), size, &lo, &hi);
-    st[0] = status;
-    stv[lo] = st[0];
-    lss_mpi_allgather(stv, size, sizeof(double));
+    if (!v || !owner) status = LSS_ERR_NOMEM, snprintf(msg, nmsg, "lss_deeplss_chains: out of memory");
+    if ((bad = lss_mpi_agree(status, &who)) != LSS_OK) { /* every rank learns of the first failure */
+        if (who != lss_mpi_rank()) snprintf(msg, nmsg, "lss_deeplss_chains: a chain failed on rank %d (status %d; that rank reports why)", who, bad);
+        LSS_FREE(v); LSS_FREE(owner);
+        return bad;
+    }
     for (r = 0; r < size; r++) {
         lss_mpi_block(njobs, r, size, &lo, &hi);
         for (i = lo; i < hi; i++) owner[i] = r;
-        if (bad == LSS_OK && (int)stv[r] != LSS_OK) {
-            bad = (int)stv[r];
-            if (r != lss_mpi_rank()) snprintf(msg, nmsg, "lss_deeplss_chains: a chain failed on rank %d (status %d; that rank reports why)", r, bad);
-        }
     }
     if (bad == LSS_OK) {
         lss_mpi_block(njobs, lss_mpi_rank(), size, &lo, &hi);
@@ -4564,7 +4550,7 @@ static int lss__deeplss_chains_share(lss_deeplss_job *jobs, int njobs, int statu
                 lss_mpi_bcast(jobs[i].flat, sizeof(double) * LSS_DEEPLSS_NPARAM * (size_t)jobs[i].nflat, owner[i]);
         }
     }
-    LSS_FREE(v); LSS_FREE(stv); LSS_FREE(owner);
+    LSS_FREE(v); LSS_FREE(owner);
     return bad;
 }
 

@@ -4219,12 +4219,12 @@ LSSDEF double lss_dp_bytes(const lss_dp *d) {
         double v = (double)(hi - lo) * (double)(size - 1) * 2 * sizeof(double);
         lss_mpi_block(d->st->size, r, size, &a, &b);
         v += (double)(hi - lo) * (double)(d->st->size - (b - a)) * sizeof(float) + (double)(b - a) * (size - 1) * sizeof(float);
-        if (d->st->size > d->st->nparams && r == lss__dp_owner(d->nshard, d->nshard - 1)) v += (double)d->st->size * sizeof(float);
+        if (d->st->size > d->st->nparams && r == lss__dp_owner(d->nshard, d->nshard - 1)) v += (double)d->st->size * sizeof(float) * (size - 1);
         return v;
     }
 }
 LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
-    int64_t lo, hi, n, i;
+    int64_t lo, hi, n;
     int s, fail = -1, numeric = 0, rank = lss_mpi_rank();
     size_t bytes;
     char msg[512] = "";
@@ -4269,7 +4269,6 @@ LSSDEF int lss_dp_grad(lss_dp *d, lss_dp_fn fn, void *user, double *loss) {
     if (numeric) return lss_seterr(LSS_ERR_NUMERIC, "lss_dp_grad: a shard's loss or gradient is not finite");
     /* the ordered sum (under MPI: reduce-scatter and all-gather, the same bits) */
     if (n > 0 && (s = lss_mpi_sum_ordered(d->g, d->nshard, n, d->st->grad)) != LSS_OK) return s;
-    (void)i;
     *loss = d->meta[0];
     for (s = 1; s < d->nshard; s++) *loss += d->meta[2 * s];
     return LSS_OK;

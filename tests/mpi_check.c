@@ -4,6 +4,7 @@
  *                                        residual block with batch norm and a small ResNet; resumes from
  *                                        DIR/net.ckpt; writes DIR/net.ckpt, DIR/loss.csv, DIR/params.bin.
  *                                        LSS_TEST_KILL=RANK:STEP kills that rank (SIGKILL) at that step.
+ *                                        (emcee: LSS_TEST_LOGP_FAIL=1 makes rank 1's log-probability fail.)
  *   mpi_check sum                        lss_mpi_sum_ordered against the serial loop (prints "sum: ok")
  *   mpi_check emcee DIR                  the ensemble sampler with the walkers' log-probabilities split
  *                                        over the ranks; writes DIR/chain.npy and DIR/logp.npy.
@@ -144,6 +145,7 @@ static int train(const char *dir, int64_t steps, int nshard) {
 static int logp(const double *x, int n, int d, double *lp, void *u) {
     int k;
     (void)u;
+    if (getenv("LSS_TEST_LOGP_FAIL") && lss_mpi_rank() == 1) return lss_seterr(LSS_ERR_RANGE, "test failure on rank 1");
     for (k = 0; k < n; k++) {
         const double *p = x + (size_t)k * d;
         double b = p[1] - 0.5 * p[0] * p[0];

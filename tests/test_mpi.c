@@ -220,6 +220,11 @@ static void test_mpi_runs(void) {
     CHECK(sh("grep -q 'exited on signal 9' " T "/klog") == 0, "mpirun did not say which rank died (see " T "/klog)");
     CHECK(sh("build/mpi/mpi_check_serial train " T "/k 8 > " T "/log 2>&1") == 0, "resume after the killed run failed");
     CHECK(same(T "/s0/params.bin", T "/k/params.bin"), "the run resumed after a killed rank differs from the serial run");
+    /* a log-probability that fails on rank 1 only: every rank learns of it (lss_mpi_agree), the job stops, no hang */
+    k = sh("mkdir -p " T "/ef && LSS_TEST_LOGP_FAIL=1 timeout 120 " MPIRUN " 2 build/mpi/mpi_check emcee " T "/ef > " T "/eflog 2>&1");
+    CHECK(k != 0 && k != 124, "a failing log-probability on rank 1: exit status %d (want non-zero, no hang)", k);
+    CHECK(sh("grep -q 'failed on rank 1' " T "/eflog && grep -q 'test failure on rank 1' " T "/eflog") == 0,
+          "the failing rank is not named, or its own message is missing (see " T "/eflog)");
     /* bad input under mpirun: one clear message and a non-zero exit */
     k = sh(MPIRUN " 2 bin/mpi/lss-sim --out " T "/bad --n 0 > " T "/blog 2>&1");
     CHECK(k == 2, "lss-sim --n 0 under mpirun: exit status %d (want 2)", k);
