@@ -27,12 +27,16 @@ ATESTS   := $(patsubst tests/%.c,build/asan/%,$(TESTSRC))
 BENCHES  := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
 DEBS      = libfftw3-dev libstb-dev
 
-# MPI is a build option: the serial build never needs it. With mpicc present, `make test` also builds
-# the MPI programs (build/mpi/, bin/mpi/) and tests/test_mpi runs them under mpirun.
+# MPI is a build option: the serial build never needs it. With mpicc and FFTW's MPI library present,
+# `make test` also builds the MPI programs (build/mpi/, bin/mpi/) and tests/test_mpi runs them under mpirun.
 MPICC    ?= $(shell command -v mpicc 2>/dev/null)
+FFTW_MPI_H := $(wildcard /usr/include/fftw3-mpi.h)
+MPI_LIBS  = -lfftw3f_mpi $(LDLIBS_ALL)
 MPI_DRIVERS := $(patsubst drivers/%.c,bin/mpi/%,$(wildcard drivers/*.c))
 ifneq ($(strip $(MPICC)),)
+ifneq ($(FFTW_MPI_H),)
 MPI_TEST_BINS = build/mpi/mpi_check build/mpi/mpi_check_serial bin/mpi/lss-sim bin/mpi/deeplss bin/mpi/massmap bin/mpi/flowgen
+endif
 endif
 
 # CUDA objects join the tests when nvcc exists (lss_gpu.cu compiled for sm_90 plus PTX).
@@ -56,7 +60,8 @@ deps:
 	[ -f /usr/include/fftw3.h ] || missing="$$missing libfftw3-dev"; \
 	[ -f $(STB_INC)/stb_image_write.h ] || missing="$$missing libstb-dev"; \
 	if [ -n "$(MPI)" ]; then command -v mpicc >/dev/null || missing="$$missing libopenmpi-dev"; \
-	  command -v mpirun >/dev/null || missing="$$missing openmpi-bin"; fi; \
+	  command -v mpirun >/dev/null || missing="$$missing openmpi-bin"; \
+	  [ -f /usr/include/fftw3-mpi.h ] || missing="$$missing libfftw3-mpi-dev"; fi; \
 	if [ -n "$(FUZZ)" ]; then command -v $(FUZZ_CC) >/dev/null || missing="$$missing clang"; \
 	  printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' | \
 	  $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null 2>/dev/null || missing="$$missing libclang-rt-dev"; fi; \
@@ -87,11 +92,11 @@ build/bench/%: bench/%.c $(HEADERS) | deps
 
 bin/mpi/%: drivers/%.c $(HEADERS) drivers/lss_driver.h | deps
 	@mkdir -p bin/mpi
-	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(LDLIBS_ALL)
+	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(MPI_LIBS)
 
 build/mpi/mpi_check: tests/mpi_check.c $(HEADERS) | deps
 	@mkdir -p build/mpi
-	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(LDLIBS_ALL)
+	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(MPI_LIBS)
 
 build/mpi/mpi_check_serial: tests/mpi_check.c $(HEADERS) | deps
 	@mkdir -p build/mpi
@@ -99,10 +104,10 @@ build/mpi/mpi_check_serial: tests/mpi_check.c $(HEADERS) | deps
 
 build/mpi/%: bench/%.c $(HEADERS) | deps
 	@mkdir -p build/mpi
-	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(LDLIBS_ALL)
+	$(MPICC) $(CFLAGS_ALL) -DLSS_MPI $< -o $@ $(MPI_LIBS)
 
-mpi: deps $(if $(strip $(MPICC)),$(MPI_DRIVERS))
-	@if [ -z "$(strip $(MPICC))" ]; then echo "mpi: mpicc not found; install OpenMPI with: make deps MPI=1 (as root)"; exit 1; fi
+mpi: deps $(if $(and $(strip $(MPICC)),$(FFTW_MPI_H)),$(MPI_DRIVERS))
+	@if [ -z "$(strip $(MPICC))" ] || [ -z "$(FFTW_MPI_H)" ]; then echo "mpi: mpicc or fftw3-mpi.h not found; install OpenMPI and FFTW-MPI with: make deps MPI=1 (as root)"; exit 1; fi
 	@echo "mpi: drivers built with MPI in bin/mpi/ (run them with mpirun -np N)"
 
 build/runner: tests/runner.c

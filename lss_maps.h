@@ -1090,6 +1090,26 @@ LSSDEF int lss_nbody_linear_mode(const lss_nbody *s, int nk, const int *kvec, do
 /* Exact linear growth of flat LCDM (no radiation) normalised to D1(1) = 1 and its derivative dD1/da (either
    output may be NULL); what the steps use. */
 LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd1da);
+/* One run over all the ranks of MPI_COMM_WORLD (built with LSS_MPI and started under mpirun with several ranks;
+ * otherwise exactly lss_nbody_create and lss_nbody_lightcone): a box too big for one machine. Each rank holds a slab
+ * of force-mesh x planes (FFTW-MPI's blocks of ceil(mesh / ranks); each slab needs at least 3 planes and at most
+ * mesh - 5) and the particles inside it, about 1/ranks of the particles and of the mesh (plus 5 ghost planes and
+ * 25% headroom for clustering). Forward FFT: the 2-D plane transforms of the slab, an FFTW-MPI transpose to slabs of
+ * ky rows, the 1-D x transforms; backward the reverse. The painting gets the particles of the plane before the
+ * slab from the left neighbour; the gradient's 4-point stencil gets 2 + 3 potential planes from the neighbours;
+ * after each drift, particles move to the rank of their slab (MPI_Alltoallv). Every sum is the serial run's
+ * (fixed-point painting and shells, the same plans on the same numbers): positions, momenta and shells are
+ * bitwise identical to the serial run at any rank count (tested at 1, 2 and 3). These are collective calls (every
+ * rank, the same arguments); lss_nbody_step and lss_nbody_shells too. No checkpoints; density, power and modes
+ * return LSS_ERR_STATE on a distributed run. */
+LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
+                                 uint64_t seed, uint64_t index, lss_nbody **out);
+LSSDEF int lss_nbody_lightcone_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
+                                    uint64_t seed, uint64_t index, lss_nbody_progress_fn fn, void *user,
+                                    lss_shellset *out);
+/* All np^3 positions and momenta ([np^3][3] in lattice order (x np + y) np + z; either may be NULL) on every rank
+   (collective in a distributed run, which then needs room for them all on each rank). */
+LSSDEF int lss_nbody_particles(const lss_nbody *s, uint32_t *pos, float *mom);
 /* ==== END N-BODY DECLARATIONS ==== */
 /* ==== SHELL LIBRARY DECLARATIONS (N-body shells on disk, used by lss_sim) ==== */
 /* A shell set on disk is a pair STEM.npy (float32 [ncone][nshell][side][side], the density contrasts) and
@@ -2286,6 +2306,9 @@ LSSDEF int lss_cl_tomo(const lss_cosmo *c, const lss_nz *bins, int nbins, const 
 
 /* ==== MAPS IMPLEMENTATION ==== */
 #include <fftw3.h>
+#ifdef LSS_MPI
+#include <fftw3-mpi.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #define LSS__MOMP(x) _Pragma(#x)
@@ -6068,44 +6091,77 @@ LSS__MOMP(omp critical(lss_fftw_plan))
     return LSS_OK;
 }
 
-/* the x transforms of every (ky, kz) column */
-static void lss__nbfft_x(const lss__nbfft *f, fftwf_complex *cb, int fwd) {
+/* The layout of a grid held here: real planes x0 .. x0 + nx - 1 ([x - x0][y][2 cp] floats), and after the forward
+   transform the complex rows ky = y0 .. y0 + ny - 1, entry (kx, ky, kz) at (kx sx + (ky - y0) sy) cp + kz. A serial
+   grid holds everything in place (sx = n, sy = 1); a distributed one (LSS_MPI) holds a slab of x planes, and its
+   transform ends transposed (sx = 1, sy = n: a slab of ky rows) after an FFTW-MPI transpose. */
+typedef struct {
+    int n, cp, x0, nx, y0, ny;
+    size_t sx, sy;               /* in rows of cp complex entries */
+    size_t floats;               /* floats of one grid buffer held here */
+    void *tp;                    /* FFTW-MPI transpose plan (distributed grids), NULL otherwise */
+} lss__nbgrid;
+
+static void lss__nbgrid_serial(lss__nbgrid *g, int n) {
+    memset(g, 0, sizeof *g);
+    g->n = n; g->cp = lss__nb_cp(n); g->nx = g->ny = n; g->sx = (size_t)n; g->sy = 1;
+    g->floats = lss__nb_gridfloats(n);
+}
+
+/* the x transforms of every (ky, kz) column held */
+static void lss__nbfft_x(const lss__nbfft *f, const lss__nbgrid *g, fftwf_complex *cb, int fwd) {
     int n = f->n, cp = f->cp, ncol = n / 2 + 1, T = lss__nb_nthreads(), ky;
     if (T > f->nthr) T = f->nthr;
 LSS__MOMP(omp parallel for schedule(dynamic, 1) num_threads(T))
-    for (ky = 0; ky < n; ky++) {
+    for (ky = g->y0; ky < g->y0 + g->ny; ky++) {
         int t = 0, c0, x;
-        fftwf_complex *tb;
+        fftwf_complex *tb, *col = cb + (size_t)(ky - g->y0) * g->sy * cp;
 #ifdef _OPENMP
         t = omp_get_thread_num();
 #endif
         tb = f->tbuf + (size_t)t * n * LSS__NB_FFTW;
         for (c0 = 0; c0 < ncol; c0 += LSS__NB_FFTW) {
             int w = ncol - c0 < LSS__NB_FFTW ? ncol - c0 : LSS__NB_FFTW;
-            for (x = 0; x < n; x++) memcpy(tb + (size_t)x * w, cb + ((size_t)x * n + ky) * cp + c0, sizeof(fftwf_complex) * (size_t)w);
+            for (x = 0; x < n; x++) memcpy(tb + (size_t)x * w, col + (size_t)x * g->sx * cp + c0, sizeof(fftwf_complex) * (size_t)w);
             if (w == LSS__NB_FFTW) fftwf_execute_dft(fwd ? f->f1 : f->b1, tb, tb);
             else fftwf_execute_dft(fwd ? f->f1r : f->b1r, tb, tb);
-            for (x = 0; x < n; x++) memcpy(cb + ((size_t)x * n + ky) * cp + c0, tb + (size_t)x * w, sizeof(fftwf_complex) * (size_t)w);
+            for (x = 0; x < n; x++) memcpy(col + (size_t)x * g->sx * cp + c0, tb + (size_t)x * w, sizeof(fftwf_complex) * (size_t)w);
         }
     }
-    (void)cp;
 }
 
-/* unnormalised forward transform in place: real [x][y][z] -> complex [kx][ky][kz], kz = 0..n/2 */
-static void lss__nbfft_fwd(const lss__nbfft *f, float *buf) {
+#ifdef LSS_MPI
+static void lss__nb_transpose(const lss__nbgrid *g, float *buf) {
+    fftwf_mpi_execute_r2r((fftwf_plan)g->tp, buf, buf);
+}
+#endif
+
+/* unnormalised forward transform in place: real [x][y][z] -> complex [kx][ky][kz], kz = 0..n/2 (in g's layout) */
+static void lss__nbfft_fwdg(const lss__nbfft *f, const lss__nbgrid *g, float *buf) {
     int n = f->n, cp = f->cp, i;
     fftwf_complex *cb = (fftwf_complex *)buf;
 LSS__MOMP(omp parallel for schedule(dynamic, 1))
-    for (i = 0; i < n; i++) fftwf_execute_dft_r2c(f->r2c, buf + (size_t)i * n * 2 * cp, cb + (size_t)i * n * cp);
-    lss__nbfft_x(f, cb, 1);
+    for (i = 0; i < g->nx; i++) fftwf_execute_dft_r2c(f->r2c, buf + (size_t)i * n * 2 * cp, cb + (size_t)i * n * cp);
+#ifdef LSS_MPI
+    if (g->tp) lss__nb_transpose(g, buf);
+#endif
+    lss__nbfft_x(f, g, cb, 1);
 }
 /* unnormalised backward transform in place (Hermitian input) */
-static void lss__nbfft_bwd(const lss__nbfft *f, float *buf) {
+static void lss__nbfft_bwdg(const lss__nbfft *f, const lss__nbgrid *g, float *buf) {
     int n = f->n, cp = f->cp, i;
     fftwf_complex *cb = (fftwf_complex *)buf;
-    lss__nbfft_x(f, cb, 0);
+    lss__nbfft_x(f, g, cb, 0);
+#ifdef LSS_MPI
+    if (g->tp) lss__nb_transpose(g, buf);
+#endif
 LSS__MOMP(omp parallel for schedule(dynamic, 1))
-    for (i = 0; i < n; i++) fftwf_execute_dft_c2r(f->c2r, cb + (size_t)i * n * cp, buf + (size_t)i * n * 2 * cp);
+    for (i = 0; i < g->nx; i++) fftwf_execute_dft_c2r(f->c2r, cb + (size_t)i * n * cp, buf + (size_t)i * n * 2 * cp);
+}
+static void lss__nbfft_fwd(const lss__nbfft *f, float *buf) {
+    lss__nbgrid g;
+    lss__nbgrid_serial(&g, f->n);
+    lss__nbfft_fwdg(f, &g, buf);
 }
 
 /* ---- the run ---- */
@@ -6126,6 +6182,14 @@ struct lss_nbody {
     float *work;                 /* force mesh (padded n^3), also the initial-condition fields */
     size_t work_floats;
     lss__nbfft fm;               /* plans of the force mesh */
+    lss__nbgrid gm;              /* the force mesh's layout (all of it, or this rank's slab) */
+    int64_t Nl;                  /* particles held here (N in a serial run) */
+    const float **plane;         /* [n] the potential's planes the readout may touch (NULL: not held here) */
+    /* a distributed run (lss_nbody_lightcone_dist): particles held by the rank of their force-mesh slab */
+    int dist, rank, size, blk;   /* blk: planes per slab (FFTW-MPI's default block) */
+    int64_t cap;                 /* particles pos, mom, gid and ord can hold */
+    int64_t *gid;                /* [cap] the particles' global indices (x np + y) np + z of their lattice site */
+    float *ghost;                /* [5][n][2 cp] potential planes x0 - 2, x0 - 1, x0 + nx, x0 + nx + 1, x0 + nx + 2 */
     void *ord;                   /* [N] particle indices by mesh plane (uint32, or uint64 when N >= 2^32) */
     int ord64;
     int nthr;                    /* threads the painting buffers hold */
@@ -6278,6 +6342,8 @@ static void lss__nb_ord_set(void *ord, int big, int64_t i, int64_t v) {
     else ((uint32_t *)ord)[i] = (uint32_t)v;
 }
 
+static void lss__nb_paint_planes(lss_nbody *s, int64_t N, double dq, float *mesh, int n, int p0, int pn, int T,
+                                 int64_t *hist, int64_t *pbuf, int64_t *mass);
 /* CIC density contrast of the particles drifted by dq (position units per unit momentum) on the padded grid `mesh`
    of side n (NULL: only the mass), in 64-bit fixed point: particles are bucketed by x plane (per-thread
    histograms), then every plane is summed from its two buckets into a per-thread n x n int64 accumulator. The
@@ -6285,10 +6351,16 @@ static void lss__nb_ord_set(void *ord, int big, int64_t i, int64_t v) {
    T n and pbuf T n^2 int64. */
 static void lss__nb_paint(lss_nbody *s, double dq, float *mesh, int n, int T, int64_t *hist, int64_t *pbuf,
                           int64_t *mass) {
-    int64_t N = s->N, nb = (N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    lss__nb_paint_planes(s, s->N, dq, mesh, n, 0, n, T, hist, pbuf, mass);
+}
+/* the same for the particles 0 .. N - 1 held here and the planes p0 .. p0 + pn - 1 (mesh holds them from p0; mass:
+   their total) */
+static void lss__nb_paint_planes(lss_nbody *s, int64_t N, double dq, float *mesh, int n, int p0, int pn, int T,
+                                 int64_t *hist, int64_t *pbuf, int64_t *mass) {
+    int64_t nb = (N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
     int64_t *start = hist + (size_t)T * n, *ptot = start + n + 1;
     size_t R = (size_t)(2 * lss__nb_cp(n));
-    double norm = (double)n * n * n / ((double)N * (double)s->one);
+    double norm = (double)n * n * n / ((double)s->N * (double)s->one);
     int p;
 LSS__MOMP(omp parallel num_threads(T))
     {
@@ -6331,7 +6403,7 @@ LSS__MOMP(omp single)
         }
 LSS__MOMP(omp barrier)
 LSS__MOMP(omp for schedule(dynamic, 1))
-        for (p = 0; p < n; p++) {
+        for (p = p0; p < p0 + pn; p++) {
             int half, y, z;
             int64_t tot = 0;
             memset(buf, 0, sizeof(int64_t) * (size_t)n * n);
@@ -6358,7 +6430,7 @@ LSS__MOMP(omp for schedule(dynamic, 1))
             }
             for (y = 0; y < n; y++) {
                 const int64_t *br = buf + (size_t)y * n;
-                float *row = mesh ? mesh + ((size_t)p * n + y) * R : NULL;
+                float *row = mesh ? mesh + ((size_t)(p - p0) * n + y) * R : NULL;
                 for (z = 0; z < n; z++) {
                     tot += br[z];
                     if (row) row[z] = (float)((double)br[z] * norm - 1.0);
@@ -6369,33 +6441,24 @@ LSS__MOMP(omp for schedule(dynamic, 1))
     }
     if (mass) {
         int64_t tot = 0;
-        for (p = 0; p < n; p++) tot += ptot[p];
+        for (p = p0; p < p0 + pn; p++) tot += ptot[p];
         *mass = tot;
     }
 }
 /* int64 entries of hist for lss__nb_paint */
 static size_t lss__nb_histlen(int n, int T) { return (size_t)T * n + 2 * (size_t)n + 1; }
 
-/* force at the positions and kick p -= kfac grad psi, lap psi = 3/2 Om delta (see the declarations) */
-static void lss__nb_force(lss_nbody *s, double kfac, int T, int64_t *hist, int64_t *pbuf) {
-    int n = s->n, cp = s->fm.cp, x;
-    size_t R = (size_t)(2 * cp);
-    int64_t b, nb = (s->N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
-    double t0 = lss_time_now(), t1, t2, t3, t4, kf = LSS__NB_TWOPI / s->L, maxp = 0;
-    double pre = -1.5 * s->om / ((double)n * n * n);
-    float inv12h = (float)(n / (12.0 * s->L)), kk = (float)kfac;
-    const float *phi = s->work;
-    fftwf_complex *cb = (fftwf_complex *)s->work;
-    lss__nb_paint(s, 0, s->work, n, T, hist, pbuf, NULL);
-    t1 = lss_time_now();
-    lss__nbfft_fwd(&s->fm, s->work);
-    t2 = lss_time_now();
+/* the Poisson kernel on the held rows of the transformed density: psi_k = -3/2 Om delta_k / k^2 / n^3 */
+static void lss__nb_kernel(const lss__nbgrid *g, float *buf, double L, double om) {
+    int n = g->n, cp = g->cp, x;
+    double kf = LSS__NB_TWOPI / L, pre = -1.5 * om / ((double)n * n * n);
+    fftwf_complex *cb = (fftwf_complex *)buf;
 LSS__MOMP(omp parallel for schedule(static))
     for (x = 0; x < n; x++) {
         int y, z, fx = lss__nb_fidx(x, n);
-        for (y = 0; y < n; y++) {
+        for (y = g->y0; y < g->y0 + g->ny; y++) {
             int fy = lss__nb_fidx(y, n);
-            fftwf_complex *row = cb + ((size_t)x * n + y) * cp;
+            fftwf_complex *row = cb + ((size_t)x * g->sx + (size_t)(y - g->y0) * g->sy) * cp;
             for (z = 0; z <= n / 2; z++) {
                 double k2 = kf * kf * ((double)fx * fx + (double)fy * fy + (double)z * z);
                 float f = k2 > 0 ? (float)(pre / k2) : 0.0f;
@@ -6404,14 +6467,46 @@ LSS__MOMP(omp parallel for schedule(static))
             }
         }
     }
+}
+
+static void lss__nb_readout(lss_nbody *s, double kfac);
+#ifdef LSS_MPI
+static int lss__nb_force_dist(lss_nbody *s, double kfac, int T);
+#endif
+/* force at the positions and kick p -= kfac grad psi, lap psi = 3/2 Om delta (see the declarations) */
+static int lss__nb_force(lss_nbody *s, double kfac, int T, int64_t *hist, int64_t *pbuf) {
+    double t0 = lss_time_now(), t1, t2, t3, t4;
+#ifdef LSS_MPI
+    if (s->dist) return lss__nb_force_dist(s, kfac, T);
+#endif
+    lss__nb_paint(s, 0, s->work, s->n, T, hist, pbuf, NULL);
+    t1 = lss_time_now();
+    lss__nbfft_fwdg(&s->fm, &s->gm, s->work);
+    t2 = lss_time_now();
+    lss__nb_kernel(&s->gm, s->work, s->L, s->om);
     t3 = lss_time_now();
-    lss__nbfft_bwd(&s->fm, s->work);
+    lss__nbfft_bwdg(&s->fm, &s->gm, s->work);
     t4 = lss_time_now();
+    lss__nb_readout(s, kfac);
+    s->st.paint += t1 - t0;
+    s->st.fft += (t2 - t1) + (t4 - t3);
+    s->st.force += (t3 - t2) + (lss_time_now() - t4);
+    return LSS_OK;
+}
+
+/* the kick of the particles held here with the potential's planes s->plane; s->maxp = their largest |p_d| */
+static void lss__nb_readout(lss_nbody *s, double kfac) {
+    int n = s->n, cp = s->fm.cp;
+    size_t R = (size_t)(2 * cp);
+    int64_t b, nb = (s->Nl + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    double maxp = 0;
+    float inv12h = (float)(n / (12.0 * s->L)), kk = (float)kfac;
+    const float *const *pl = s->plane;
     /* readout: the 4-point gradient at the 8 CIC corners; along each axis the transverse bilinear weights are
        applied first to the 6 stencil planes (the two operations commute) */
 LSS__MOMP(omp parallel for schedule(static, 1) reduction(max : maxp))
     for (b = 0; b < nb; b++) {
-        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->N ? (b + 1) * LSS__NB_BLOCK : s->N;
+        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->Nl ? (b + 1) * LSS__NB_BLOCK : s->Nl;
         for (m = b * LSS__NB_BLOCK; m < e; m++) {
             uint64_t tx = (uint64_t)s->pos[3 * m] * (uint64_t)n, ty = (uint64_t)s->pos[3 * m + 1] * (uint64_t)n;
             uint64_t tz = (uint64_t)s->pos[3 * m + 2] * (uint64_t)n;
@@ -6423,29 +6518,29 @@ LSS__MOMP(omp parallel for schedule(static, 1) reduction(max : maxp))
             float wyz00 = gy * gz, wyz01 = gy * fz, wyz10 = fy * gz, wyz11 = fy * fz;
             float wxz00 = gx * gz, wxz01 = gx * fz, wxz10 = fx * gz, wxz11 = fx * fz;
             float wxy00 = gx * gy, wxy01 = gx * fy, wxy10 = fx * gy, wxy11 = fx * fy;
-            const float *rx0[6], *rx1[6];
-            size_t X[6], Y[6], Z[6], Y2, Y3, Z2, Z3, X2, X3;
+            const float *rx0[6], *rx1[6], *X[6], *X2, *X3;
+            size_t Y[6], Z[6], Y2, Y3, Z2, Z3;
             int vx, vy, vz;
             for (o = 0; o < 6; o++) {
                 vx = ix + o - 2; vy = iy + o - 2; vz = iz + o - 2;
                 vx = vx < 0 ? vx + n : vx >= n ? vx - n : vx;
                 vy = vy < 0 ? vy + n : vy >= n ? vy - n : vy;
                 vz = vz < 0 ? vz + n : vz >= n ? vz - n : vz;
-                X[o] = (size_t)vx * n;
+                X[o] = pl[vx];
                 Y[o] = (size_t)vy;
                 Z[o] = (size_t)vz;
             }
             X2 = X[2]; X3 = X[3]; Y2 = Y[2]; Y3 = Y[3]; Z2 = Z[2]; Z3 = Z[3];
             /* x stencil: rows (X[o], iy) and (X[o], iy + 1) */
             for (o = 0; o < 6; o++) {
-                rx0[o] = phi + (X[o] + Y2) * R;
-                rx1[o] = phi + (X[o] + Y3) * R;
+                rx0[o] = X[o] + Y2 * R;
+                rx1[o] = X[o] + Y3 * R;
                 bv[o] = wyz00 * rx0[o][Z2] + wyz01 * rx0[o][Z3] + wyz10 * rx1[o][Z2] + wyz11 * rx1[o][Z3];
             }
             g[0] = gx * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fx * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
             /* y stencil: rows (ix, Y[o]) and (ix + 1, Y[o]) */
             for (o = 0; o < 6; o++) {
-                const float *r0 = phi + (X2 + Y[o]) * R, *r1 = phi + (X3 + Y[o]) * R;
+                const float *r0 = X2 + Y[o] * R, *r1 = X3 + Y[o] * R;
                 bv[o] = wxz00 * r0[Z2] + wxz01 * r0[Z3] + wxz10 * r1[Z2] + wxz11 * r1[Z3];
             }
             g[1] = gy * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fy * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
@@ -6467,25 +6562,23 @@ LSS__MOMP(omp parallel for schedule(static, 1) reduction(max : maxp))
         }
     }
     s->maxp = maxp;
-    s->st.paint += t1 - t0;
-    s->st.fft += (t2 - t1) + (t4 - t3);
-    s->st.force += (t3 - t2) + (lss_time_now() - t4);
 }
 
 /* dst = f(k) src on the half-complex layout of an n grid: kind 0: k_a k_b / k^2, 1: i k_a / k^2, 2: -i k_a / k^2;
    times scale; Nyquist modes, k = 0 and the padding zeroed */
-static void lss__nb_kfill(int n, double L, const float *src, float *dst, int kind, int da, int db, double scale) {
-    int cp = lss__nb_cp(n), x;
+static void lss__nb_kfill(const lss__nbgrid *g, double L, const float *src, float *dst, int kind, int da, int db,
+                          double scale) {
+    int n = g->n, cp = g->cp, x;
     double kf = LSS__NB_TWOPI / L;
 LSS__MOMP(omp parallel for schedule(static))
     for (x = 0; x < n; x++) {
         int y, z;
         double kv[3];
         kv[0] = kf * lss__nb_fidx(x, n);
-        for (y = 0; y < n; y++) {
+        for (y = g->y0; y < g->y0 + g->ny; y++) {
             kv[1] = kf * lss__nb_fidx(y, n);
             for (z = 0; z < cp; z++) {
-                size_t i = 2 * (((size_t)x * n + y) * cp + z);
+                size_t i = 2 * (((size_t)x * g->sx + (size_t)(y - g->y0) * g->sy) * cp + z);
                 double k2, f, re = src[i], im = src[i + 1];
                 kv[2] = kf * z;
                 if (z >= n / 2 || x == n / 2 || y == n / 2 || (x == 0 && y == 0 && z == 0)) {
@@ -6508,9 +6601,9 @@ LSS__MOMP(omp parallel for schedule(static))
 }
 
 /* 2LPT initial conditions at a_node[0] */
-static int lss__nb_ic(lss_nbody *s) {
+static int lss__nb_ic(lss_nbody *s, const lss__nbgrid *g) {
     int np = s->np, cp = lss__nb_cp(np), lpt2 = s->o.lpt_order == 2, d, x, st, q;
-    size_t F = lss__nb_gridfloats(np), R = (size_t)(2 * cp);
+    size_t F = (g->floats + 15) & ~(size_t)15, R = (size_t)(2 * cp);
     float *B0 = s->work, *B1 = B0 + F, *B2 = lpt2 ? B1 + F : NULL, *B3 = lpt2 ? B1 + 2 * F : NULL; /* 2 or 4 fields */
     lss__nbfft f;
     double a = s->a_node[0], e = sqrt(s->om / (a * a * a) + s->ol), d1, gp1, d2 = 0, gp2 = 0;
@@ -6527,9 +6620,9 @@ static int lss__nb_ic(lss_nbody *s) {
 LSS__MOMP(omp parallel for schedule(dynamic, 1))
     for (x = 0; x < np; x++) {
         int y, z;
-        for (y = 0; y < np; y++)
+        for (y = g->y0; y < g->y0 + g->ny; y++)
             for (z = 0; z < cp; z++) {
-                size_t j = 2 * (((size_t)x * np + y) * cp + z);
+                size_t j = 2 * (((size_t)x * g->sx + (size_t)(y - g->y0) * g->sy) * cp + z);
                 double re = 0, im = 0;
                 if (z <= np / 2) lss__nb_mode(s, lss__nb_fidx(x, np), lss__nb_fidx(y, np), z, &re, &im);
                 B0[j] = (float)re;
@@ -6538,45 +6631,46 @@ LSS__MOMP(omp parallel for schedule(dynamic, 1))
     }
     if (lpt2) {
         /* S = sum_{i<j} phi_ii phi_jj - phi_ij^2 in B3, then its transform */
-        int64_t ii, nf = (int64_t)F;
-        lss__nb_kfill(np, s->L, B0, B1, 0, 0, 0, 1);
-        lss__nbfft_bwd(&f, B1);
-        lss__nb_kfill(np, s->L, B0, B2, 0, 1, 1, 1);
-        lss__nbfft_bwd(&f, B2);
+        int64_t ii, nf = (int64_t)((size_t)g->nx * np * R);
+        lss__nb_kfill(g, s->L, B0, B1, 0, 0, 0, 1);
+        lss__nbfft_bwdg(&f, g, B1);
+        lss__nb_kfill(g, s->L, B0, B2, 0, 1, 1, 1);
+        lss__nbfft_bwdg(&f, g, B2);
 LSS__MOMP(omp parallel for schedule(static))
         for (ii = 0; ii < nf; ii++) { B3[ii] = B1[ii] * B2[ii]; B1[ii] += B2[ii]; }
-        lss__nb_kfill(np, s->L, B0, B2, 0, 2, 2, 1);
-        lss__nbfft_bwd(&f, B2);
+        lss__nb_kfill(g, s->L, B0, B2, 0, 2, 2, 1);
+        lss__nbfft_bwdg(&f, g, B2);
 LSS__MOMP(omp parallel for schedule(static))
         for (ii = 0; ii < nf; ii++) B3[ii] += B1[ii] * B2[ii];
         for (q = 0; q < 3; q++) {
-            lss__nb_kfill(np, s->L, B0, B2, 0, pairs[q][0], pairs[q][1], 1);
-            lss__nbfft_bwd(&f, B2);
+            lss__nb_kfill(g, s->L, B0, B2, 0, pairs[q][0], pairs[q][1], 1);
+            lss__nbfft_bwdg(&f, g, B2);
 LSS__MOMP(omp parallel for schedule(static))
             for (ii = 0; ii < nf; ii++) B3[ii] -= B2[ii] * B2[ii];
         }
-        lss__nbfft_fwd(&f, B3);
+        lss__nbfft_fwdg(&f, g, B3);
     }
     for (d = 0; d < 3; d++) {
-        lss__nb_kfill(np, s->L, B0, B1, 1, d, 0, 1);
-        lss__nbfft_bwd(&f, B1);
+        lss__nb_kfill(g, s->L, B0, B1, 1, d, 0, 1);
+        lss__nbfft_bwdg(&f, g, B1);
         if (lpt2) {
-            lss__nb_kfill(np, s->L, B3, B2, 2, d, 0, 1.0 / ((double)np * np * np));
-            lss__nbfft_bwd(&f, B2);
+            lss__nb_kfill(g, s->L, B3, B2, 2, d, 0, 1.0 / ((double)np * np * np));
+            lss__nbfft_bwdg(&f, g, B2);
         }
 LSS__MOMP(omp parallel for schedule(static))
-        for (x = 0; x < np; x++) {
-            int y, z, g[3];
-            g[0] = x;
+        for (x = g->x0; x < g->x0 + g->nx; x++) {
+            int y, z, gq[3];
+            gq[0] = x;
             for (y = 0; y < np; y++) {
-                g[1] = y;
+                gq[1] = y;
                 for (z = 0; z < np; z++) {
-                    size_t fi = ((size_t)x * np + y) * R + z;
-                    int64_t m = ((int64_t)x * np + y) * np + z;
+                    size_t fi = ((size_t)(x - g->x0) * np + y) * R + z;
+                    int64_t m = ((int64_t)(x - g->x0) * np + y) * np + z;
                     double p1 = B1[fi], p2 = lpt2 ? B2[fi] : 0;
                     uint32_t q0;
-                    g[2] = z;
-                    q0 = (uint32_t)(((uint64_t)g[d] << 32) / (uint64_t)np);
+                    gq[2] = z;
+                    if (d == 0 && s->gid) s->gid[m] = ((int64_t)x * np + y) * np + z;
+                    q0 = (uint32_t)(((uint64_t)gq[d] << 32) / (uint64_t)np);
                     s->pos[3 * m + d] = q0 + (uint32_t)lss__nb_round((d1 * p1 + d2 * p2) * sc);
                     s->mom[3 * m + d] = (float)(gp1 * p1 + gp2 * p2);
                 }
@@ -6727,12 +6821,12 @@ static void lss__nb_lc_particle(lss_nbody *s, const lss__nbstep *q, const uint32
 /* drift a_i -> a_{i+1} with the momenta of a_{i+1/2}, painting the light-cone crossings */
 static void lss__nb_drift(lss_nbody *s, int i) {
     double dqm = (s->d_node[i + 1] - s->d_node[i]) / s->gp_half[i], dq = dqm * LSS__NB_TWO32 / s->L;
-    int64_t b, nb = (s->N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    int64_t b, nb = (s->Nl + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
     lss__nbstep q;
     lss__nb_lc_setup(s, i, dqm, &q);
 LSS__MOMP(omp parallel for schedule(static, 1))
     for (b = 0; b < nb; b++) {
-        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->N ? (b + 1) * LSS__NB_BLOCK : s->N;
+        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->Nl ? (b + 1) * LSS__NB_BLOCK : s->Nl;
         for (m = b * LSS__NB_BLOCK; m < e; m++) {
             uint32_t x0[3];
             int64_t du[3];
@@ -6755,12 +6849,21 @@ LSSDEF void lss_nbody_free(lss_nbody *s) {
     LSS_FREE(s->pos); LSS_FREE(s->mom); LSS_FREE(s->ord); LSS_FREE(s->hist); LSS_FREE(s->pbuf);
     LSS_FREE(s->a_node); LSS_FREE(s->a_half); LSS_FREE(s->d_node); LSS_FREE(s->gp_node); LSS_FREE(s->d_half);
     LSS_FREE(s->gp_half); LSS_FREE(s->z_edges); LSS_FREE(s->chi_edges); LSS_FREE(s->acc); LSS_FREE(s->rep);
+    LSS_FREE(s->plane); LSS_FREE(s->gid);
+    if (s->ghost) fftwf_free(s->ghost);
+#ifdef LSS_MPI
+    if (s->gm.tp) fftwf_destroy_plan((fftwf_plan)s->gm.tp);
+#endif
     LSS_FREE(s);
 }
 
 /* validation, geometry, allocation, tables and plans (no particles yet) */
+#ifdef LSS_MPI
+static int lss__nb_dist_layout(lss_nbody *s, size_t *work_floats);
+static int lss__nb_dist_plan(lss_nbody *s);
+#endif
 static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const lss_lightcone_opts *lc, uint64_t seed,
-                         uint64_t index, lss_nbody **out) {
+                         uint64_t index, int dist, lss_nbody **out) {
     static const unsigned char perms[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
     lss_nbody_opts o;
     lss_nbody *s;
@@ -6788,7 +6891,7 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
     }
     bytes = (double)lss__nb_bytes(&o, lc, T);
     phys = lss__nb_physmem();
-    if (phys > 0 && bytes > phys)
+    if (phys > 0 && bytes > phys && !dist)
         return lss_seterr(LSS_ERR_NOMEM, "N-body: np = %d, mesh = %d need %.2f GB, more than this machine's %.2f GB",
                           o.np, o.mesh, bytes / 1e9, phys / 1e9);
     s = (lss_nbody *)LSS_MALLOC(sizeof *s);
@@ -6812,14 +6915,32 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
         s->one = (int64_t)1 << (62 - lg < 31 ? 62 - lg : 31);
     }
     lss__nb_growth_raw(s->om, s->ol, 1.0, &s->d2norm, &dd);
-    s->pos = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)N);
-    s->mom = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)N);
-    s->ord = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)N);
+    s->Nl = s->cap = N;
     {
         size_t mf = lss__nb_gridfloats(s->n), icf = (size_t)(o.lpt_order == 2 ? 4 : 2) * lss__nb_gridfloats(s->np);
         s->work_floats = mf > icf ? mf : icf;
-        s->work = (float *)fftwf_malloc(sizeof(float) * s->work_floats);
     }
+#ifdef LSS_MPI
+    if (dist) {
+        if ((st = lss__nb_dist_layout(s, &s->work_floats)) != LSS_OK) { lss_nbody_free(s); return st; }
+        bytes = (double)s->cap * (24 + 8 + (s->ord64 ? 8 : 4)) + 4.0 * (double)s->work_floats +
+                (double)T * (s->n * (double)s->n * 8 + (s->n + 1) * 8.0) + 20.0 * s->n * (2.0 * s->fm.cp + 2 * s->gm.cp);
+        if (phys > 0 && bytes > phys) {
+            st = lss_seterr(LSS_ERR_NOMEM, "N-body over %d ranks: np = %d, mesh = %d need %.2f GB per rank, more than "
+                            "this machine's %.2f GB", s->size, o.np, o.mesh, bytes / 1e9, phys / 1e9);
+            lss_nbody_free(s);
+            return st;
+        }
+    }
+#else
+    (void)dist;
+#endif
+    s->pos = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)s->cap);
+    s->mom = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)s->cap);
+    s->ord = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)s->cap);
+    if (s->dist) s->gid = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
+    s->work = (float *)fftwf_malloc(sizeof(float) * s->work_floats);
+    if (s->dist && !s->gid) goto nomem;
     s->nthr = T;
     s->hist = (int64_t *)LSS_MALLOC(sizeof(int64_t) * lss__nb_histlen(s->n, T));
     s->pbuf = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)T * s->n * s->n);
@@ -6889,6 +7010,15 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
         }
     }
     if ((st = lss__nbfft_init(&s->fm, s->n, s->work, T)) != LSS_OK) { lss_nbody_free(s); return st; }
+    s->plane = (const float **)LSS_MALLOC(sizeof(float *) * (size_t)s->n);
+    if (!s->plane) goto nomem;
+    if (!s->dist) {
+        lss__nbgrid_serial(&s->gm, s->n);
+        for (i = 0; i < s->n; i++) s->plane[i] = s->work + (size_t)i * s->n * 2 * s->gm.cp;
+    }
+#ifdef LSS_MPI
+    else if ((st = lss__nb_dist_plan(s)) != LSS_OK) { lss_nbody_free(s); return st; }
+#endif
     *out = s;
     return LSS_OK;
 nomem:
@@ -6897,12 +7027,23 @@ nomem:
 }
 
 /* initial conditions and the first half kick */
+#ifdef LSS_MPI
+static int lss__nb_dist_ic(lss_nbody *s);
+#endif
 static int lss__nb_start(lss_nbody *s) {
     double t0 = lss_time_now(), kf;
     int st;
-    if ((st = lss__nb_ic(s)) != LSS_OK) return st;
+    lss__nbgrid g;
+    lss__nbgrid_serial(&g, s->np);
+#ifdef LSS_MPI
+    if (s->dist) st = lss__nb_dist_ic(s);
+    else
+#endif
+        st = lss__nb_ic(s, &g);
+    if (st != LSS_OK) return st;
     kf = (s->gp_half[0] - s->gp_node[0]) / (1.5 * s->om * s->d_node[0]);
-    lss__nb_force(s, kf, s->nthr < lss__nb_nthreads() ? s->nthr : lss__nb_nthreads(), s->hist, s->pbuf);
+    st = lss__nb_force(s, kf, s->nthr < lss__nb_nthreads() ? s->nthr : lss__nb_nthreads(), s->hist, s->pbuf);
+    if (st != LSS_OK) return st;
     s->step = 0;
     memset(&s->st, 0, sizeof s->st);
     s->st.ic = lss_time_now() - t0;
@@ -6912,26 +7053,32 @@ static int lss__nb_start(lss_nbody *s) {
 LSSDEF int lss_nbody_create(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc, uint64_t seed,
                             uint64_t index, lss_nbody **out) {
     lss_nbody *s;
-    int st = lss__nb_setup(c, o, lc, seed, index, &s);
+    int st = lss__nb_setup(c, o, lc, seed, index, 0, &s);
     if (st != LSS_OK) return st;
     if ((st = lss__nb_start(s)) != LSS_OK) { lss_nbody_free(s); return st; }
     *out = s;
     return LSS_OK;
 }
 
+#ifdef LSS_MPI
+static int lss__nb_migrate(lss_nbody *s);
+#endif
 LSSDEF int lss_nbody_step(lss_nbody *s) {
     double t0;
-    int i;
+    int i, st;
     if (!s) return lss_seterr(LSS_ERR_ARG, "N-body: NULL run");
     if (s->step >= s->steps) return lss_seterr(LSS_ERR_STATE, "N-body: all %d steps are done", s->steps);
     t0 = lss_time_now();
     i = s->step;
     lss__nb_drift(s, i);
+#ifdef LSS_MPI
+    if (s->dist && (st = lss__nb_migrate(s)) != LSS_OK) return st;
+#endif
     s->st.drift += lss_time_now() - t0;
     if (i + 1 < s->steps) {
         double kf = (s->gp_half[i + 1] - s->gp_half[i]) / (1.5 * s->om * s->d_node[i + 1]);
         int T = lss__nb_nthreads();
-        lss__nb_force(s, kf, T < s->nthr ? T : s->nthr, s->hist, s->pbuf);
+        if ((st = lss__nb_force(s, kf, T < s->nthr ? T : s->nthr, s->hist, s->pbuf)) != LSS_OK) return st;
         s->st.nforce++;
     }
     s->step++;
@@ -6967,6 +7114,9 @@ LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd
 static int lss__nb_query_dq(const lss_nbody *s, double a, double *dq) {
     double ai = s->a_node[s->step], an = lss_nbody_a_next(s), d, gp;
     *dq = 0;
+    if (s->dist)
+        return lss_seterr(LSS_ERR_STATE, "N-body: density, power and modes are not available in a run distributed over "
+                                         "%d ranks (lss_nbody_particles gathers its particles)", s->size);
     if (a == 0 || a == ai) return LSS_OK;
     if (!(a > ai && a <= an))
         return lss_seterr(LSS_ERR_RANGE, "N-body: a = %g is outside [%g, %g], where the particles can be placed now "
@@ -7162,10 +7312,12 @@ LSSDEF int lss_nbody_shells(const lss_nbody *s, lss_shellset *out) {
     size_t np2, i;
     double *om, nbar;
     int b, c, side;
+    const int64_t *accs;
     if (!out) return lss_seterr(LSS_ERR_ARG, "N-body shells: NULL output");
     memset(out, 0, sizeof *out);
     if (!s) return lss_seterr(LSS_ERR_ARG, "N-body shells: NULL run");
     if (!s->lc) return lss_seterr(LSS_ERR_STATE, "N-body shells: the run has no light cone");
+    accs = s->acc;
     side = s->side;
     np2 = (size_t)side * side;
     om = (double *)LSS_MALLOC(sizeof(double) * np2);
@@ -7181,15 +7333,33 @@ LSSDEF int lss_nbody_shells(const lss_nbody *s, lss_shellset *out) {
         double u0 = (iu - side / 2) * s->pix, v0 = (iv - side / 2) * s->pix;
         om[i] = lss__nb_omega(u0, u0 + s->pix, v0, v0 + s->pix);
     }
+#ifdef LSS_MPI
+    if (s->dist) { /* each rank painted the crossings of its particles: the exact sum over the ranks */
+        size_t nacc = (size_t)s->ncone * s->nshell * np2, off;
+        int64_t *tot = (int64_t *)LSS_MALLOC(sizeof(int64_t) * nacc);
+        if (lss_mpi_agree(tot ? LSS_OK : LSS_ERR_NOMEM, NULL) != LSS_OK) {
+            LSS_FREE(tot); LSS_FREE(om);
+            lss_shellset_free(out);
+            return lss_seterr(LSS_ERR_NOMEM, "N-body shells: out of memory on a rank");
+        }
+        for (off = 0; off < nacc; off += (size_t)1 << 26) {
+            size_t cnt = nacc - off < ((size_t)1 << 26) ? nacc - off : ((size_t)1 << 26);
+            MPI_Allreduce(s->acc + off, tot + off, (int)cnt, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+        }
+        lss__mpi_sent += 8.0 * (double)nacc * 2 * (s->size - 1) / s->size;
+        accs = tot;
+    }
+#endif
     nbar = (double)s->N / (s->L * s->L * s->L);
     for (c = 0; c < s->ncone; c++)
         for (b = 0; b < s->nshell; b++) {
             double lo = s->chi_edges[b], hi = s->chi_edges[b + 1], vol = nbar * (hi * hi * hi - lo * lo * lo) / 3;
-            const int64_t *a = s->acc + ((size_t)c * s->nshell + b) * np2;
+            const int64_t *a = accs + ((size_t)c * s->nshell + b) * np2;
             float *d = out->delta + ((size_t)c * s->nshell + b) * np2;
             for (i = 0; i < np2; i++) d[i] = (float)((double)a[i] / (double)s->one / (vol * om[i]) - 1.0);
         }
     LSS_FREE(om);
+    if (accs != s->acc) LSS_FREE((void *)accs);
     memcpy(out->z_edges, s->z_edges, sizeof(double) * (size_t)(s->nshell + 1));
     out->ncone = s->ncone;
     out->nshell = s->nshell;
@@ -7294,7 +7464,7 @@ LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, cons
     memset(out, 0, sizeof *out);
     if (!lc) return lss_seterr(LSS_ERR_ARG, "N-body light cone: no light-cone options");
     lss__nb_cancelled = 0;
-    if ((st = lss__nb_setup(c, o, lc, seed, index, &s)) != LSS_OK) return st;
+    if ((st = lss__nb_setup(c, o, lc, seed, index, 0, &s)) != LSS_OK) return st;
     if (ck && (st = lss__nb_load(s, checkpoint, &loaded)) != LSS_OK) goto done;
     if (!loaded && (st = lss__nb_start(s)) != LSS_OK) goto done;
     tsave = lss_time_now();
@@ -7317,6 +7487,341 @@ LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, cons
     if ((st = lss_nbody_shells(s, out)) != LSS_OK) goto done;
     out->seconds = lss_time_now() - t0;
     if (ck) remove(checkpoint);
+done:
+    lss_nbody_free(s);
+    return st;
+}
+/* ---- one run over several ranks (LSS_MPI): slabs of x planes, FFTW-MPI transposes, particles exchanged ---- */
+#ifdef LSS_MPI
+/* a particle in transit between ranks */
+typedef struct {
+    uint32_t x[3];
+    float p[3];
+    int64_t id;
+} lss__nbpart;
+
+static void lss__nb_fftw_mpi_init(void) {
+    static int done = 0;
+LSS__MOMP(omp critical(lss_fftw_plan))
+    {
+        if (!done) { fftwf_mpi_init(); done = 1; }
+    }
+}
+
+/* the slab layout FFTW-MPI gives a grid of side n over the ranks (x planes, then ky rows after the transpose,
+   FFTW_MPI_DEFAULT_BLOCK = ceil(n / ranks) each); with buf, the in-place transpose plan of the grid on buf (every
+   rank must call it: planning is collective) */
+static int lss__nbgrid_dist(lss__nbgrid *g, int n, float *buf) {
+    ptrdiff_t nn[2], ln0, s0, ln1, s1, al;
+    size_t a, b;
+    memset(g, 0, sizeof *g);
+    g->n = n;
+    g->cp = lss__nb_cp(n);
+    nn[0] = nn[1] = n;
+    lss__nb_fftw_mpi_init();
+    al = fftwf_mpi_local_size_many_transposed(2, nn, 2 * g->cp, FFTW_MPI_DEFAULT_BLOCK, FFTW_MPI_DEFAULT_BLOCK,
+                                               MPI_COMM_WORLD, &ln0, &s0, &ln1, &s1);
+    g->x0 = (int)s0; g->nx = (int)ln0; g->y0 = (int)s1; g->ny = (int)ln1;
+    g->sx = 1; g->sy = (size_t)n;
+    a = (size_t)ln0 * n * 2 * g->cp;
+    b = (size_t)ln1 * n * 2 * g->cp;
+    g->floats = (size_t)al > a ? (size_t)al : a;
+    if (b > g->floats) g->floats = b;
+    if (g->floats < 16) g->floats = 16;
+    if (buf) {
+        fftwf_plan pl;
+LSS__MOMP(omp critical(lss_fftw_plan))
+        pl = fftwf_mpi_plan_many_transpose(n, n, 2 * g->cp, FFTW_MPI_DEFAULT_BLOCK, FFTW_MPI_DEFAULT_BLOCK, buf, buf,
+                                           MPI_COMM_WORLD, FFTW_ESTIMATE);
+        if (lss_mpi_agree(pl ? LSS_OK : LSS_ERR_NOMEM, NULL) != LSS_OK) {
+            if (pl) fftwf_destroy_plan(pl);
+            return lss_seterr(LSS_ERR_NOMEM, "N-body: FFTW-MPI could not plan the transpose of the %d^3 grid", n);
+        }
+        g->tp = (void *)pl;
+    }
+    return LSS_OK;
+}
+
+/* ranks, slabs and the buffers' sizes of a distributed run (before anything is allocated) */
+static int lss__nb_dist_layout(lss_nbody *s, size_t *work_floats) {
+    lss__nbgrid gi;
+    int n = s->n, P = lss_mpi_size(), last;
+    int64_t np2 = (int64_t)s->np * s->np, bq;
+    size_t icf;
+    s->dist = 1;
+    s->rank = lss_mpi_rank();
+    s->size = P;
+    s->blk = (n + P - 1) / P;
+    last = n - (P - 1) * s->blk;
+    if (last < 3 || s->blk + 5 > n)
+        return lss_seterr(LSS_ERR_ARG, "N-body over %d ranks: the force mesh of %d planes gives slabs of %d (the last %d); "
+                                       "each rank needs at least 3 planes and at most mesh - 5 (a finer mesh or fewer "
+                                       "ranks)", P, n, s->blk, last);
+    lss__nbgrid_dist(&s->gm, n, NULL);
+    if (s->gm.x0 != s->rank * s->blk || s->gm.nx != (s->rank == P - 1 ? last : s->blk))
+        return lss_seterr(LSS_ERR_STATE, "N-body: FFTW-MPI gave rank %d the planes %d..%d, not its block of %d", s->rank,
+                          s->gm.x0, s->gm.x0 + s->gm.nx - 1, s->blk);
+    lss__nbgrid_dist(&gi, s->np, NULL);
+    icf = (size_t)(s->o.lpt_order == 2 ? 4 : 2) * ((gi.floats + 15) & ~(size_t)15);
+    *work_floats = s->gm.floats > icf ? s->gm.floats : icf;
+    /* the lattice planes of the initial conditions, or the particles of a slab with some room for clustering */
+    bq = (int64_t)((s->np + P - 1) / P) * np2;
+    s->cap = (s->N + P - 1) / P;
+    s->cap += s->cap / 4 + 2 * np2;
+    if (bq > s->cap) s->cap = bq;
+    return LSS_OK;
+}
+
+/* the force mesh's transpose plan, the potential's ghost planes and the plane table of the readout */
+static int lss__nb_dist_plan(lss_nbody *s) {
+    int st, k, n = s->n;
+    size_t pf = (size_t)n * 2 * s->gm.cp;
+    if ((st = lss__nbgrid_dist(&s->gm, n, s->work)) != LSS_OK) return st;
+    s->ghost = (float *)fftwf_malloc(sizeof(float) * 5 * pf);
+    if (lss_mpi_agree(s->ghost ? LSS_OK : LSS_ERR_NOMEM, NULL) != LSS_OK)
+        return lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory for the ghost planes on a rank");
+    for (k = 0; k < n; k++) s->plane[k] = NULL;
+    for (k = 0; k < s->gm.nx; k++) s->plane[s->gm.x0 + k] = s->work + (size_t)k * pf;
+    s->plane[(s->gm.x0 - 2 + n) % n] = s->ghost;
+    s->plane[(s->gm.x0 - 1 + n) % n] = s->ghost + pf;
+    for (k = 0; k < 3; k++) s->plane[(s->gm.x0 + s->gm.nx + k) % n] = s->ghost + (2 + k) * pf;
+    return LSS_OK;
+}
+
+/* room for `need` particles in pos, mom, gid and ord (agreed over the ranks: every rank calls it) */
+static int lss__nb_reserve(lss_nbody *s, int64_t need) {
+    int st = LSS_OK, r;
+    if (need > s->cap) {
+        int64_t c = need + need / 4 + 1024;
+        uint32_t *p = (uint32_t *)LSS_REALLOC(s->pos, sizeof(uint32_t) * 3 * (size_t)c);
+        float *m;
+        int64_t *g;
+        void *o;
+        if (p) s->pos = p;
+        m = p ? (float *)LSS_REALLOC(s->mom, sizeof(float) * 3 * (size_t)c) : NULL;
+        if (m) s->mom = m;
+        g = m ? (int64_t *)LSS_REALLOC(s->gid, sizeof(int64_t) * (size_t)c) : NULL;
+        if (g) s->gid = g;
+        o = g ? LSS_REALLOC(s->ord, (s->ord64 ? 8 : 4) * (size_t)c) : NULL;
+        if (o) { s->ord = o; s->cap = c; }
+        else st = LSS_ERR_NOMEM;
+    }
+    if ((st = lss_mpi_agree(st, &r)) != LSS_OK)
+        return lss_seterr(LSS_ERR_NOMEM, "N-body: rank %d is out of memory for %lld particles", r, (long long)need);
+    return LSS_OK;
+}
+
+static int lss__nb_owner(const lss_nbody *s, uint32_t x) { return (int)((((uint64_t)x * (uint64_t)s->n) >> 32) / (uint64_t)s->blk); }
+
+/* every particle to the rank of its force-mesh slab (MPI_Alltoallv; the particles' order does not matter: every
+   sum over them is exact) */
+static int lss__nb_migrate(lss_nbody *s) {
+    int P = s->size, me = s->rank, r, st = LSS_OK;
+    int *cnt = (int *)LSS_MALLOC(sizeof(int) * 4 * (size_t)P), *rc, *sd, *rd;
+    int64_t m, k = 0, nout = 0, nin = 0;
+    lss__nbpart *sb = NULL, *rb = NULL;
+    MPI_Datatype t;
+    if (!cnt) MPI_Abort(MPI_COMM_WORLD, 1);
+    rc = cnt + P; sd = rc + P; rd = sd + P;
+    memset(cnt, 0, sizeof(int) * (size_t)P);
+    for (m = 0; m < s->Nl; m++) {
+        int o = lss__nb_owner(s, s->pos[3 * m]);
+        if (o != me) { cnt[o]++; nout++; }
+    }
+    sb = (lss__nbpart *)LSS_MALLOC(sizeof(lss__nbpart) * (size_t)(nout ? nout : 1));
+    if ((st = lss_mpi_agree(sb ? LSS_OK : LSS_ERR_NOMEM, &r)) != LSS_OK) {
+        LSS_FREE(sb); LSS_FREE(cnt);
+        return lss_seterr(LSS_ERR_NOMEM, "N-body: rank %d is out of memory for the particle exchange", r);
+    }
+    for (r = 0, sd[0] = 0; r < P; r++) if (r) sd[r] = sd[r - 1] + cnt[r - 1];
+    memcpy(rd, sd, sizeof(int) * (size_t)P); /* fill cursors */
+    for (m = 0; m < s->Nl; m++) {
+        int o = lss__nb_owner(s, s->pos[3 * m]), d;
+        if (o != me) {
+            lss__nbpart *q = sb + rd[o]++;
+            for (d = 0; d < 3; d++) { q->x[d] = s->pos[3 * m + d]; q->p[d] = s->mom[3 * m + d]; }
+            q->id = s->gid[m];
+        } else {
+            if (k != m) {
+                memcpy(s->pos + 3 * k, s->pos + 3 * m, 3 * sizeof(uint32_t));
+                memcpy(s->mom + 3 * k, s->mom + 3 * m, 3 * sizeof(float));
+                s->gid[k] = s->gid[m];
+            }
+            k++;
+        }
+    }
+    s->Nl = k;
+    MPI_Alltoall(cnt, 1, MPI_INT, rc, 1, MPI_INT, MPI_COMM_WORLD);
+    for (r = 0; r < P; r++) { rd[r] = (int)nin; nin += rc[r]; }
+    if ((st = lss__nb_reserve(s, s->Nl + nin)) == LSS_OK) {
+        rb = (lss__nbpart *)LSS_MALLOC(sizeof(lss__nbpart) * (size_t)(nin ? nin : 1));
+        if ((st = lss_mpi_agree(rb ? LSS_OK : LSS_ERR_NOMEM, &r)) != LSS_OK)
+            st = lss_seterr(LSS_ERR_NOMEM, "N-body: rank %d is out of memory for the particle exchange", r);
+    }
+    if (st == LSS_OK) {
+        MPI_Type_contiguous((int)sizeof(lss__nbpart), MPI_BYTE, &t);
+        MPI_Type_commit(&t);
+        MPI_Alltoallv(sb, cnt, sd, t, rb, rc, rd, t, MPI_COMM_WORLD);
+        MPI_Type_free(&t);
+        lss__mpi_sent += (double)nout * sizeof(lss__nbpart);
+        for (m = 0; m < nin; m++) {
+            int d;
+            for (d = 0; d < 3; d++) { s->pos[3 * (s->Nl + m) + d] = rb[m].x[d]; s->mom[3 * (s->Nl + m) + d] = rb[m].p[d]; }
+            s->gid[s->Nl + m] = rb[m].id;
+        }
+        s->Nl += nin;
+    }
+    LSS_FREE(sb); LSS_FREE(rb); LSS_FREE(cnt);
+    return st;
+}
+
+/* initial conditions on this rank's lattice planes (the np grid in slabs), then every particle to its owner */
+static int lss__nb_dist_ic(lss_nbody *s) {
+    lss__nbgrid g;
+    int st;
+    if ((st = lss__nbgrid_dist(&g, s->np, s->work)) != LSS_OK) return st;
+    s->Nl = (int64_t)g.nx * s->np * s->np;
+    st = lss__nb_ic(s, &g);
+    fftwf_destroy_plan((fftwf_plan)g.tp);
+    if (lss_mpi_agree(st, NULL) != LSS_OK) return st != LSS_OK ? st : lss_seterr(LSS_ERR_STATE, "N-body: the initial conditions failed on another rank");
+    return lss__nb_migrate(s);
+}
+
+/* the force of a distributed run: paint the slab (with the particles of the plane before it, sent by the left
+   neighbour), FFT with FFTW-MPI transposes, the kernel on the ky rows held, back, the potential's ghost planes
+   from both neighbours, then the readout; every number as in the serial run */
+static int lss__nb_force_dist(lss_nbody *s, double kfac, int T) {
+    int n = s->n, P = s->size, left = (s->rank + P - 1) % P, right = (s->rank + 1) % P, last = s->gm.x0 + s->gm.nx - 1;
+    int ns = 0, nr = 0, st, d;
+    size_t pf = (size_t)n * 2 * s->gm.cp;
+    int64_t m;
+    uint32_t *sb;
+    double t0 = lss_time_now(), t1, t2, t3, t4, mp;
+    for (m = 0; m < s->Nl; m++) ns += (int)((((uint64_t)s->pos[3 * m] * (uint64_t)n) >> 32) == (uint64_t)last);
+    sb = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)(ns ? ns : 1));
+    if ((st = lss_mpi_agree(sb ? LSS_OK : LSS_ERR_NOMEM, &d)) != LSS_OK) {
+        LSS_FREE(sb);
+        return lss_seterr(LSS_ERR_NOMEM, "N-body: rank %d is out of memory for the ghost particles", d);
+    }
+    for (m = 0, ns = 0; m < s->Nl; m++)
+        if ((((uint64_t)s->pos[3 * m] * (uint64_t)n) >> 32) == (uint64_t)last) memcpy(sb + 3 * (size_t)ns++, s->pos + 3 * m, 12);
+    MPI_Sendrecv(&ns, 1, MPI_INT, right, 71, &nr, 1, MPI_INT, left, 71, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if ((st = lss__nb_reserve(s, s->Nl + nr)) != LSS_OK) { LSS_FREE(sb); return st; }
+    MPI_Sendrecv(sb, 3 * ns, MPI_UINT32_T, right, 72, s->pos + 3 * s->Nl, 3 * nr, MPI_UINT32_T, left, 72, MPI_COMM_WORLD,
+                 MPI_STATUS_IGNORE);
+    lss__mpi_sent += 12.0 * ns;
+    LSS_FREE(sb);
+    lss__nb_paint_planes(s, s->Nl + nr, 0, s->work, n, s->gm.x0, s->gm.nx, T, s->hist, s->pbuf, NULL);
+    t1 = lss_time_now();
+    lss__nbfft_fwdg(&s->fm, &s->gm, s->work);
+    t2 = lss_time_now();
+    lss__nb_kernel(&s->gm, s->work, s->L, s->om);
+    t3 = lss_time_now();
+    lss__nbfft_bwdg(&s->fm, &s->gm, s->work);
+    lss__mpi_sent += 2 * 4.0 * (double)s->gm.nx * pf * (P - 1) / P;
+    /* planes x0 + nx .. x0 + nx + 2 from the right, x0 - 2 and x0 - 1 from the left */
+    MPI_Sendrecv(s->work, (int)(3 * pf), MPI_FLOAT, left, 73, s->ghost + 2 * pf, (int)(3 * pf), MPI_FLOAT, right, 73,
+                 MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    MPI_Sendrecv(s->work + (size_t)(s->gm.nx - 2) * pf, (int)(2 * pf), MPI_FLOAT, right, 74, s->ghost, (int)(2 * pf),
+                 MPI_FLOAT, left, 74, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    lss__mpi_sent += 4.0 * 5 * pf;
+    t4 = lss_time_now();
+    lss__nb_readout(s, kfac);
+    mp = s->maxp;
+    MPI_Allreduce(&mp, &s->maxp, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    s->st.paint += t1 - t0;
+    s->st.fft += (t2 - t1) + (t4 - t3);
+    s->st.force += (t3 - t2) + (lss_time_now() - t4);
+    return LSS_OK;
+}
+#endif
+
+LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
+                                 uint64_t seed, uint64_t index, lss_nbody **out) {
+#ifdef LSS_MPI
+    lss_nbody *s = NULL;
+    int st, r;
+    if (lss_mpi_size() > 1) {
+        st = lss__nb_setup(c, o, lc, seed, index, 1, &s);
+        if ((st = lss_mpi_agree(st, &r)) != LSS_OK) {
+            if (s) lss_nbody_free(s);
+            if (r != lss_mpi_rank()) lss_seterr(st, "N-body: the set-up failed on rank %d", r);
+            return st;
+        }
+        if ((st = lss__nb_start(s)) != LSS_OK) { lss_nbody_free(s); return st; }
+        *out = s;
+        return LSS_OK;
+    }
+#endif
+    return lss_nbody_create(c, o, lc, seed, index, out);
+}
+
+LSSDEF int lss_nbody_particles(const lss_nbody *s, uint32_t *pos, float *mom) {
+    int64_t m;
+    if (!s) return lss_seterr(LSS_ERR_ARG, "N-body particles: NULL run");
+    if (!s->dist) {
+        if (pos) memcpy(pos, s->pos, sizeof(uint32_t) * 3 * (size_t)s->N);
+        if (mom) memcpy(mom, s->mom, sizeof(float) * 3 * (size_t)s->N);
+        return LSS_OK;
+    }
+#ifdef LSS_MPI
+    {
+        int P = s->size, r, st, *cnt = (int *)LSS_MALLOC(sizeof(int) * 2 * (size_t)P), nl = (int)s->Nl, bad;
+        lss__nbpart *mine = (lss__nbpart *)LSS_MALLOC(sizeof(lss__nbpart) * (size_t)(s->Nl ? s->Nl : 1));
+        lss__nbpart *all = (lss__nbpart *)LSS_MALLOC(sizeof(lss__nbpart) * (size_t)s->N);
+        MPI_Datatype t;
+        if ((st = lss_mpi_agree(cnt && mine && all && s->N < INT32_MAX ? LSS_OK : LSS_ERR_NOMEM, &r)) != LSS_OK) {
+            LSS_FREE(cnt); LSS_FREE(mine); LSS_FREE(all);
+            return lss_seterr(LSS_ERR_NOMEM, "N-body particles: rank %d cannot hold the %lld particles", r, (long long)s->N);
+        }
+        for (m = 0; m < s->Nl; m++) {
+            int d;
+            for (d = 0; d < 3; d++) { mine[m].x[d] = s->pos[3 * m + d]; mine[m].p[d] = s->mom[3 * m + d]; }
+            mine[m].id = s->gid[m];
+        }
+        MPI_Allgather(&nl, 1, MPI_INT, cnt, 1, MPI_INT, MPI_COMM_WORLD);
+        for (r = 0, bad = 0; r < P; r++) { cnt[P + r] = bad; bad += cnt[r]; }
+        MPI_Type_contiguous((int)sizeof(lss__nbpart), MPI_BYTE, &t);
+        MPI_Type_commit(&t);
+        MPI_Allgatherv(mine, nl, t, all, cnt, cnt + P, t, MPI_COMM_WORLD);
+        MPI_Type_free(&t);
+        st = bad == s->N ? LSS_OK : lss_seterr(LSS_ERR_STATE, "N-body particles: the ranks hold %d particles, not %lld", bad,
+                                               (long long)s->N);
+        for (m = 0; st == LSS_OK && m < s->N; m++) {
+            int64_t id = all[m].id;
+            int d;
+            if (id < 0 || id >= s->N) { st = lss_seterr(LSS_ERR_STATE, "N-body particles: bad particle index %lld", (long long)id); break; }
+            for (d = 0; d < 3; d++) {
+                if (pos) pos[3 * id + d] = all[m].x[d];
+                if (mom) mom[3 * id + d] = all[m].p[d];
+            }
+        }
+        LSS_FREE(cnt); LSS_FREE(mine); LSS_FREE(all);
+        return st;
+    }
+#else
+    (void)m;
+    return lss_seterr(LSS_ERR_STATE, "N-body particles: a distributed run without LSS_MPI");
+#endif
+}
+
+LSSDEF int lss_nbody_lightcone_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
+                                    uint64_t seed, uint64_t index, lss_nbody_progress_fn fn, void *user,
+                                    lss_shellset *out) {
+    lss_nbody *s = NULL;
+    int st;
+    double t0 = lss_time_now();
+    if (lss_mpi_size() <= 1) return lss_nbody_lightcone(c, o, lc, seed, index, NULL, fn, user, out);
+    if (!out) return lss_seterr(LSS_ERR_ARG, "N-body light cone: NULL output");
+    memset(out, 0, sizeof *out);
+    if (!lc) return lss_seterr(LSS_ERR_ARG, "N-body light cone: no light-cone options");
+    if ((st = lss_nbody_create_dist(c, o, lc, seed, index, &s)) != LSS_OK) return st;
+    while (s->step < s->steps) {
+        if ((st = lss_nbody_step(s)) != LSS_OK) goto done;
+        if (fn) fn(s->step, s->steps, s->a_node[s->step], lss_time_now() - t0, user);
+    }
+    if ((st = lss_nbody_shells(s, out)) != LSS_OK) goto done;
+    out->seconds = lss_time_now() - t0;
 done:
     lss_nbody_free(s);
     return st;

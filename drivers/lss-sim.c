@@ -78,7 +78,9 @@ static const char *const about_nbody =
     "run) with the identical result. Maps are then drawn with\n"
     "`lss-sim --model nbody --library DIR` (or `deeplss --model nbody --library DIR`), with IA, bias, stochasticity and noise applied on the fly.\n"
     "Defaults make the DeepLSS light cone (7.5 x 7.5 deg: a 5 x 5 deg field and its smoothing margin, 4.6875 arcmin\n"
-    "pixels, the dz = 0.05 shells up to the deepest redshift the n(z) bins need).";
+    "pixels, the dz = 0.05 shells up to the deepest redshift the n(z) bins need). Under mpirun (bin/mpi/lss-sim) the\n"
+    "ranks share out the cosmologies, or with --split box every box runs over all the ranks (slabs of the force mesh and\n"
+    "their particles: a box too big for one machine), each entry bitwise the serial one.";
 
 typedef struct { int step, steps; double t0; int k, n; } nb_prog;
 static volatile sig_atomic_t nb_signal = 0; /* SIGINT or SIGTERM received: checkpoint after this step and stop */
@@ -92,8 +94,8 @@ static void nb_progress(int step, int steps, double a, double sec, void *user) {
 }
 
 static int nbody_main(int argc, char **argv) {
-    const char *out = "out/shells", *list = NULL, *bins_name = "deeplss", *spacing = "linear";
-    int ncos = 0, fid = 0, same = 0, side = 0, ncone = 4, nshell, i, k, st, nb, ne, have;
+    const char *out = "out/shells", *list = NULL, *bins_name = "deeplss", *spacing = "linear", *split = "cosmologies";
+    int ncos = 0, fid = 0, same = 0, side = 0, ncone = 4, nshell, i, k, st, nb, ne, have, boxsplit;
     int64_t blo = 0, bhi = 0;
     uint64_t seed = 1;
     double zmax = 0, pixel = LSS_DEEPLSS_PIXEL_ARCMIN, t0 = lss_time_now(), *edges, need = 0;
@@ -125,6 +127,7 @@ static int nbody_main(int argc, char **argv) {
             {"pixel", LSS_DRV_DOUBLE, &pixel, 0.01, 600, 0, "pixel size in arcmin"},
             {"zmax", LSS_DRV_DOUBLE, &zmax, 0, 10, 0, "deepest shell edge (0: the deepest shell the n(z) bins reach)"},
             {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE (sets the default zmax)"},
+            {"split", LSS_DRV_STR, &split, 0, 0, 0, "under mpirun: cosmologies (each rank runs whole boxes) or box (each box over all ranks, in slabs)"},
             {NULL, LSS_DRV_FLAG, NULL, 0, 0, 0, NULL}};
         const lss_drv_cmd cmd = {"lss-sim nbody", "lss-sim nbody [options]", about_nbody,
                                  "lss-sim nbody --cosmologies 8 --out out/shells --np 128 --steps 12"};
@@ -134,6 +137,8 @@ static int nbody_main(int argc, char **argv) {
     if (!strcmp(spacing, "linear")) no.spacing = LSS_NB_STEP_LINEAR_A;
     else if (!strcmp(spacing, "log")) no.spacing = LSS_NB_STEP_LOG_A;
     else lss_drv_die(2, "option --spacing: '%s' is not linear or log", spacing);
+    if (strcmp(split, "cosmologies") && strcmp(split, "box")) lss_drv_die(2, "option --split: '%s' is not cosmologies or box", split);
+    boxsplit = !strcmp(split, "box") && lss_mpi_size() > 1;
     if (no.np % 2) lss_drv_die(2, "option --np: %d is odd (need an even number)", no.np);
     if (no.mesh && no.mesh < no.np) lss_drv_die(2, "option --mesh: %d is smaller than --np %d", no.mesh, no.np);
     lss_params_fiducial(&fidp);
@@ -225,7 +230,10 @@ static int nbody_main(int argc, char **argv) {
                         "pixels of %g arcmin, %d shells to z = %g\n", ncos, ncos == 1 ? "y" : "ies", no.np, no.box,
                 no.mesh ? no.mesh : 2 * no.np, no.steps, no.z_init, ncone, side, side, pixel, nshell, edges[nshell]);
         if (mem < 0) lss_drv_die(2, "%s", lss_last_error());
-        lss_drv_memory("lss-sim nbody (particles, force mesh, shells)", (double)mem, "--np, --mesh, --side or --ncone");
+        if (boxsplit) /* each rank: its slab of particles and mesh (with room for clustering), all the shells */
+            mem = mem / lss_mpi_size() + mem / (4 * lss_mpi_size());
+        lss_drv_memory(boxsplit ? "lss-sim nbody (one rank's slab of particles and mesh)" : "lss-sim nbody (particles, force mesh, shells)",
+                       (double)mem, boxsplit ? "--np, --mesh, --side, --ncone or more ranks" : "--np, --mesh, --side or --ncone");
     }
     have = 0;
     if (access(out, F_OK) == 0) lss_drv_check(lss_shell_lib_count(out, &have), out);
@@ -246,9 +254,12 @@ static int nbody_main(int argc, char **argv) {
     signal(SIGINT, nb_on_signal);   /* a checkpoint, then exit: the same command resumes */
     signal(SIGTERM, nb_on_signal);
     if (have > 0) fprintf(stderr, "lss-sim nbody: %d of %d entries already in %s; resuming\n", have < ncos ? have : ncos, ncos, out);
-    /* under MPI each rank runs and writes its block of the entries still to make */
-    lss_mpi_block(ncos > have ? ncos - have : 0, lss_mpi_rank(), lss_mpi_size(), &blo, &bhi);
-    lss_mpi_own_files(1);
+    /* under MPI each rank runs and writes its block of the entries still to make (--split cosmologies), or every
+       rank takes part in every box and rank 0 writes (--split box: no checkpoints) */
+    if (boxsplit) blo = 0, bhi = ncos > have ? ncos - have : 0;
+    else lss_mpi_block(ncos > have ? ncos - have : 0, lss_mpi_rank(), lss_mpi_size(), &blo, &bhi);
+    if (boxsplit) fprintf(stderr, "lss-sim nbody: every box over %d ranks (no checkpoints: an interrupted box restarts)\n", lss_mpi_size());
+    lss_mpi_own_files(!boxsplit);
     for (i = have + (int)blo; i < have + (int)bhi; i++) {
         lss_cosmo *c;
         lss_shellset s;
@@ -260,7 +271,8 @@ static int nbody_main(int argc, char **argv) {
         lss_drv_check(lss_shell_lib_stem(out, i, stem, sizeof stem), "library");
         snprintf(ck, sizeof ck, "%s.ckpt", stem);
         fprintf(stderr, "lss-sim nbody: cosmology %d/%d: Omega_m = %.4f, sigma_8 = %.4f\n", i + 1, ncos, cp[i].omega_m, cp[i].sigma_8);
-        st = lss_nbody_lightcone(c, &no, &lc, seed, same ? 0 : (uint64_t)i, ck, nb_progress, &pr, &s);
+        st = boxsplit ? lss_nbody_lightcone_dist(c, &no, &lc, seed, same ? 0 : (uint64_t)i, nb_progress, &pr, &s)
+                      : lss_nbody_lightcone(c, &no, &lc, seed, same ? 0 : (uint64_t)i, ck, nb_progress, &pr, &s);
         lss_cosmo_free(c);
         if (st != LSS_OK && nb_signal)
             lss_drv_die(128 + nb_signal, "interrupted in cosmology %d: %s; run the same command again to resume", i + 1, lss_last_error());
