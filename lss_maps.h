@@ -7742,11 +7742,11 @@ LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, co
     lss_nbody *s = NULL;
     int st, r;
     if (lss_mpi_size() > 1) {
-        st = lss__nb_setup(c, o, lc, seed, index, 1, &s);
-        if ((st = lss_mpi_agree(st, &r)) != LSS_OK) {
+        int own = lss__nb_setup(c, o, lc, seed, index, 1, &s);
+        if ((st = lss_mpi_agree(own, &r)) != LSS_OK) {
             if (s) lss_nbody_free(s);
-            if (r != lss_mpi_rank()) lss_seterr(st, "N-body: the set-up failed on rank %d", r);
-            return st;
+            if (own == LSS_OK) return lss_seterr(st, "N-body: the set-up failed on rank %d (see its message)", r);
+            return own;
         }
         if ((st = lss__nb_start(s)) != LSS_OK) { lss_nbody_free(s); return st; }
         *out = s;

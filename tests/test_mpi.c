@@ -209,6 +209,34 @@ static void test_mpi_runs(void) {
         CHECK(sh(MPIRUN " %d bin/mpi/lss-sim" NBA "/n%d > " T "/log 2>&1", k, k) == 0, "lss-sim nbody under mpirun -np %d failed", k);
         same_files(T "/n", k, f, 4, "lss-sim nbody");
     }
+    /* one N-body box over 1-3 ranks (--split box): the library of the serial run */
+    CHECK(sh("rm -rf " T "/b0 && cp -r " T "/n0 " T "/b0") == 0, "copy of the serial library failed");
+    for (k = 1; k <= 3; k++) {
+        const char *f[4] = {"shells_0000.npy", "shells_0001.npy", "shells_0002.npy", "cosmologies.csv"};
+        CHECK(sh(MPIRUN " %d bin/mpi/lss-sim" NBA "/b%d --split box > " T "/log 2>&1", k, k) == 0,
+              "lss-sim nbody --split box under mpirun -np %d failed", k);
+        same_files(T "/b", k, f, 4, "lss-sim nbody --split box");
+    }
+    /* positions, momenta and shells of one box over 1-3 ranks (threads 1 or 2): 2LPT with a 2x force mesh, and
+       Zel'dovich with the mesh of the particle grid (slabs of 6, 6 and 4 planes at 3 ranks) */
+    {
+        static const char *cfg[2] = {"16 32 2", "16 16 1"};
+        const char *f[3] = {"pos.bin", "mom.bin", "shells.npy"};
+        int c;
+        for (c = 0; c < 2; c++) {
+            CHECK(sh("mkdir -p " T "/p0 && build/mpi/mpi_check_serial nbody " T "/p0 %s > " T "/log 2>&1", cfg[c]) == 0,
+                  "serial N-body run (%s) failed", cfg[c]);
+            for (k = 1; k <= 3; k++) {
+                CHECK(sh("mkdir -p " T "/p%d && OMP_NUM_THREADS=%d " MPIRUN " %d build/mpi/mpi_check nbody " T "/p%d %s > " T
+                         "/log 2>&1", k, 1 + k % 2, k, k, cfg[c]) == 0, "N-body run (%s) under mpirun -np %d failed", cfg[c], k);
+                same_files(T "/p", k, f, 3, "one N-body box");
+            }
+        }
+        /* too many ranks for the mesh: a clear error from every rank, no hang */
+        k = sh("mkdir -p " T "/pe && timeout 120 " MPIRUN " 5 build/mpi/mpi_check nbody " T "/pe 16 16 1 > " T "/pelog 2>&1");
+        CHECK(k != 0 && k != 124, "N-body over too many ranks: exit status %d (want a failure, not a hang)", k);
+        CHECK(sh("grep -q 'each rank needs at least 3 planes' " T "/pelog") == 0, "N-body over too many ranks: no clear message");
+    }
     /* resume with another rank count (2 ranks to step 4, then 3 ranks with 2 threads each to step 8) */
     CHECK(sh("mkdir -p " T "/r && " MPIRUN " 2 build/mpi/mpi_check train " T "/r 4 > " T "/log 2>&1 && OMP_NUM_THREADS=2 " MPIRUN
              " 3 build/mpi/mpi_check train " T "/r 8 > " T "/log 2>&1") == 0, "training resumed under another rank count failed");
