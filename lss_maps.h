@@ -1093,9 +1093,10 @@ LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd
 /* One run over all the ranks of MPI_COMM_WORLD (built with LSS_MPI and started under mpirun with several ranks;
  * otherwise exactly lss_nbody_create and lss_nbody_lightcone): a box too big for one machine. Each rank holds a slab
  * of force-mesh x planes (FFTW-MPI's blocks of ceil(mesh / ranks); each slab needs at least 3 planes and at most
- * mesh - 5) and the particles inside it, about 1/ranks of the particles and of the mesh (plus 5 ghost planes and
- * 25% headroom for clustering). Forward FFT: the 2-D plane transforms of the slab, an FFTW-MPI transpose to slabs of
- * ky rows, the 1-D x transforms; backward the reverse. The painting gets the particles of the plane before the
+ * mesh - 5) and the particles inside it, about 1/ranks of the particles and of the mesh (plus 5 ghost planes, a
+ * global index per particle and 6% headroom for clustering; the particle arrays grow when a slab gathers more).
+ * Forward FFT: the 2-D plane transforms of the slab, an in-place FFTW-MPI transpose to slabs of ky rows (no second
+ * mesh buffer), the 1-D x transforms; backward the reverse. The painting gets the particles of the plane before the
  * slab from the left neighbour; the gradient's 4-point stencil gets 2 + 3 potential planes from the neighbours;
  * after each drift, particles move to the rank of their slab (MPI_Alltoallv). Every sum is the serial run's
  * (fixed-point painting and shells, the same plans on the same numbers): positions, momenta and shells are
@@ -7564,10 +7565,11 @@ static int lss__nb_dist_layout(lss_nbody *s, size_t *work_floats) {
     lss__nbgrid_dist(&gi, s->np, NULL);
     icf = (size_t)(s->o.lpt_order == 2 ? 4 : 2) * ((gi.floats + 15) & ~(size_t)15);
     *work_floats = s->gm.floats > icf ? s->gm.floats : icf;
-    /* the lattice planes of the initial conditions, or the particles of a slab with some room for clustering */
+    /* the lattice planes of the initial conditions, or the particles of a slab with some room for clustering (the
+       arrays grow when a slab gathers more) */
     bq = (int64_t)((s->np + P - 1) / P) * np2;
     s->cap = (s->N + P - 1) / P;
-    s->cap += s->cap / 4 + 2 * np2;
+    s->cap += s->cap / 16 + 2 * np2;
     if (bq > s->cap) s->cap = bq;
     return LSS_OK;
 }

@@ -754,6 +754,10 @@ typedef struct {
     int batch;                      /* maps per step (0: 64, the paper's) */
     lss_optim_opts opt_critic, opt_gen;  /* (zeroed: RMSProp, learning rate 1e-5, the paper's) */
     uint64_t seed;                  /* initial weights and training draws */
+    int shards;                     /* data-parallel shards of each batch (lss_dp; 0 or 1: none; at most batch):
+                                       every critic and generator gradient is the ordered sum of the shards'
+                                       (the penalty and Wasserstein means taken per shard, weighted by its share),
+                                       bitwise the same at any MPI rank count */
 } lss_cgan_opts;
 typedef struct {
     lss_cgan_opts o;
@@ -764,6 +768,8 @@ typedef struct {
     lss_tensor *xform;              /* [2]: scale, offset */
     lss_graph *g, *g2, *ge;         /* training graphs and an evaluation graph */
     float *real, *fake, *y, *z, *eps, *zh;  /* batch buffers (zh: the rescaled latents) */
+    lss_dp *dpc, *dpg;              /* data-parallel gradients of critic and generator (shards > 1) */
+    double *shst;                   /* [shards][3] W estimate, penalty, mean |grad| of each critic shard */
 } lss_cgan;
 /* The paper's networks (Tables A1, A2) scaled: the critic convolves side x side maps with a 7 x 7 layer
  * of w0 channels, then nstride stride-2 layers (5 x 5, the last 3 x 3) doubling the channels, then dense
@@ -4866,6 +4872,7 @@ LSSDEF void lss_cgan_free(lss_cgan *m) {
     lss_optim_free(m->oc); lss_optim_free(m->og);
     lss_store_free(m->sc); lss_store_free(m->sg);
     lss_graph_free(m->g); lss_graph_free(m->g2); lss_graph_free(m->ge);
+    lss_dp_free(m->dpc); lss_dp_free(m->dpg); LSS_FREE(m->shst);
     LSS_FREE(m->real); LSS_FREE(m->fake); LSS_FREE(m->y); LSS_FREE(m->z); LSS_FREE(m->eps); LSS_FREE(m->zh);
     memset(m, 0, sizeof *m);
 }
@@ -4908,10 +4915,11 @@ LSSDEF int lss_cgan_init(lss_cgan *m, const lss_cgan_opts *opts) {
     if (o.opt_critic.lr == 0 && o.opt_critic.kind == LSS_OPT_ADAM) { o.opt_critic.kind = LSS_OPT_RMSPROP; o.opt_critic.lr = 1e-5; }
     if (o.opt_gen.lr == 0 && o.opt_gen.kind == LSS_OPT_ADAM) { o.opt_gen.kind = LSS_OPT_RMSPROP; o.opt_gen.lr = 1e-5; }
     if (o.nparam < 1 || o.nparam > 8 || o.critic.nextra != o.nparam || o.critic.nout != 1 || o.gen.nin % o.nparam ||
-        !(o.lambda >= 0) || o.n_critic < 1 || o.n_critic > 100 || o.batch < 1 || o.batch > 65536)
+        !(o.lambda >= 0) || o.n_critic < 1 || o.n_critic > 100 || o.batch < 1 || o.batch > 65536 || o.shards < 0 ||
+        o.shards > o.batch || o.shards > 4096)
         return lss_seterr(LSS_ERR_ARG, "lss_cgan_init: bad options (%d parameters, critic extra %d and outputs %d, latent %d, "
-                          "lambda %g, n_critic %d, batch %d)", o.nparam, o.critic.nextra, o.critic.nout, o.gen.nin, o.lambda,
-                          o.n_critic, o.batch);
+                          "lambda %g, n_critic %d, batch %d, shards %d)", o.nparam, o.critic.nextra, o.critic.nout, o.gen.nin,
+                          o.lambda, o.n_critic, o.batch, o.shards);
     for (j = 0; j < o.nparam; j++)
         if (!(o.hi[j] > o.lo[j])) return lss_seterr(LSS_ERR_ARG, "lss_cgan_init: parameter %d range [%g, %g] is empty", j, o.lo[j], o.hi[j]);
     if ((s = lss_store_create(lss_stream(LSS_STREAM_NET_INIT, o.seed, 0), &m->sc)) ||
@@ -4938,6 +4946,10 @@ LSSDEF int lss_cgan_init(lss_cgan *m, const lss_cgan_opts *opts) {
     m->eps = (float *)LSS_MALLOC(sizeof(float) * (size_t)o.batch);
     m->zh = (float *)LSS_MALLOC(sizeof(float) * (size_t)(o.batch * o.gen.nin));
     if (!m->real || !m->fake || !m->y || !m->z || !m->eps || !m->zh) { s = lss_seterr(LSS_ERR_NOMEM, "lss_cgan_init: out of memory"); goto fail; }
+    if (o.shards > 1) {
+        if ((s = lss_dp_create(m->sc, o.shards, &m->dpc)) || (s = lss_dp_create(m->sg, o.shards, &m->dpg))) goto fail;
+        if (!(m->shst = (double *)LSS_MALLOC(sizeof(double) * 3 * (size_t)o.shards))) { s = lss_seterr(LSS_ERR_NOMEM, "lss_cgan_init: out of memory"); goto fail; }
+    }
     m->o = o;
     return LSS_OK;
 fail:
@@ -4996,6 +5008,40 @@ LSSDEF int lss_cgan_generate(lss_cgan *m, const float *z, const float *y, int n,
     return s;
 }
 
+/* data-parallel shards of the critic and generator steps: the means of shard [lo, hi) weighted by (hi - lo) / B */
+static int lss__cgan_cshard(void *u, int sh, int ns, double *loss) {
+    lss_cgan *m = (lss_cgan *)u;
+    int64_t lo, hi, i, n = lss_store_size(m->sc), d = (int64_t)m->o.critic.in_ch * m->o.critic.side * m->o.critic.side;
+    double wd = 0, gp = 0, gn = 0, w;
+    float *g = lss_store_grad(m->sc), fw;
+    int s;
+    lss_dp_shard(m->o.batch, sh, ns, &lo, &hi);
+    w = (double)(hi - lo) / m->o.batch;
+    fw = (float)w;
+    s = lss_wgan_gp_step(m->g, m->g2, m->sc, &m->critic, m->real + lo * d, m->fake + lo * d, m->y + lo * m->o.nparam, m->eps + lo,
+                         (int)(hi - lo), m->o.lambda, &wd, &gp, &gn);
+    if (s) return s;
+    for (i = 0; i < n; i++) g[i] *= fw;
+    m->shst[3 * sh] = wd, m->shst[3 * sh + 1] = gp, m->shst[3 * sh + 2] = gn;
+    *loss = (-wd + m->o.lambda * gp) * w;
+    return LSS_OK;
+}
+static int lss__cgan_gshard(void *u, int sh, int ns, double *loss) {
+    lss_cgan *m = (lss_cgan *)u;
+    int64_t lo, hi, nin = m->o.gen.nin, np = m->o.nparam;
+    lss_tensor *x, *out, *l;
+    int s;
+    lss_dp_shard(m->o.batch, sh, ns, &lo, &hi);
+    lss_graph_reset(m->g);
+    x = lss__cgan_gen(m, m->g, m->y + lo * np, m->z + lo * nin, (int)(hi - lo), m->zh + lo * nin);
+    out = lss_convnet_forward(m->g, &m->critic, x, lss_view(m->g, m->y + lo * np, 2, (int64_t[]){hi - lo, np}), NULL);
+    l = lss_op_scale(m->g, lss_op_mean(m->g, out), -(float)(hi - lo) / (float)m->o.batch);
+    if (!l) return lss_graph_status(m->g) ? lss_graph_status(m->g) : LSS_ERR_STATE;
+    if ((s = lss_backward(m->g, l))) return s;
+    *loss = l->data[0];
+    return LSS_OK;
+}
+
 LSSDEF int lss_cgan_step(lss_cgan *m, int64_t t, int (*draw)(void *user, int64_t t, int k, float *maps, float *y),
                          void *user, double *stats) {
     int k, s, B, i, numeric = 0;
@@ -5016,25 +5062,47 @@ LSSDEF int lss_cgan_step(lss_cgan *m, int64_t t, int (*draw)(void *user, int64_t
         lss_graph_reset(m->ge);
         if (!(x = lss__cgan_gen(m, m->ge, m->y, m->z, B, zh))) { s = lss_graph_status(m->ge) ? lss_graph_status(m->ge) : LSS_ERR_ARG; goto out; }
         memcpy(m->fake, x->data, sizeof(float) * (size_t)(B * d));
-        lss_store_zero_grad(m->sc);
-        if ((s = lss_wgan_gp_step(m->g, m->g2, m->sc, &m->critic, m->real, m->fake, m->y, m->eps, B, m->o.lambda, &wd, &gp, &gn)))
-            goto out;
+        if (m->dpc) {
+            double cl;
+            int j;
+            if ((s = lss_dp_grad(m->dpc, lss__cgan_cshard, m, &cl)) == LSS_ERR_NUMERIC) { numeric = 1; continue; }
+            if (s || (s = lss_mpi_allgather(m->shst, m->o.shards, 3 * sizeof(double)))) goto out;
+            wd = gp = gn = 0;
+            for (j = 0; j < m->o.shards; j++) {
+                int64_t lo, hi;
+                double w;
+                lss_dp_shard(B, j, m->o.shards, &lo, &hi);
+                w = (double)(hi - lo) / B;
+                wd += w * m->shst[3 * j], gp += w * m->shst[3 * j + 1], gn += w * m->shst[3 * j + 2];
+            }
+        } else {
+            lss_store_zero_grad(m->sc);
+            if ((s = lss_wgan_gp_step(m->g, m->g2, m->sc, &m->critic, m->real, m->fake, m->y, m->eps, B, m->o.lambda, &wd, &gp, &gn)))
+                goto out;
+        }
         s = lss_optim_step(m->oc);
         if (s == LSS_ERR_NUMERIC) numeric = 1;
         else if (s) goto out;
     }
     /* the generator step at the last batch's parameters */
     lss__cgan_normals(m->o.seed, (uint64_t)t, (uint32_t)m->o.n_critic, m->z, (int64_t)B * m->o.gen.nin);
-    lss_graph_reset(m->g);
-    x = lss__cgan_gen(m, m->g, m->y, m->z, B, zh);
-    out = lss_convnet_forward(m->g, &m->critic, x, lss_view(m->g, m->y, 2, (int64_t[]){B, m->o.nparam}), NULL);
-    loss = lss_op_scale(m->g, lss_op_mean(m->g, out), -1.0f);
-    lss_store_zero_grad(m->sg);
-    if ((s = lss_backward(m->g, loss))) goto out;
-    gl = loss->data[0];
+    if (m->dpg) {
+        s = lss_dp_grad(m->dpg, lss__cgan_gshard, m, &gl);
+        if (s == LSS_ERR_NUMERIC) { numeric = 1; goto done; }
+        if (s) goto out;
+    } else {
+        lss_graph_reset(m->g);
+        x = lss__cgan_gen(m, m->g, m->y, m->z, B, zh);
+        out = lss_convnet_forward(m->g, &m->critic, x, lss_view(m->g, m->y, 2, (int64_t[]){B, m->o.nparam}), NULL);
+        loss = lss_op_scale(m->g, lss_op_mean(m->g, out), -1.0f);
+        lss_store_zero_grad(m->sg);
+        if ((s = lss_backward(m->g, loss))) goto out;
+        gl = loss->data[0];
+    }
     s = lss_optim_step(m->og);
     if (s == LSS_ERR_NUMERIC) numeric = 1;
     else if (s) goto out;
+done:
     s = numeric ? lss_seterr(LSS_ERR_NUMERIC, "lss_cgan_step: a gradient at iteration %lld is not finite", (long long)t) : LSS_OK;
 out:
     if (stats) { stats[0] = -wd + m->o.lambda * gp; stats[1] = wd; stats[2] = gp; stats[3] = gn; stats[4] = gl; }

@@ -35,7 +35,7 @@ static void *xcalloc(int64_t n, size_t sz) {
 typedef struct {
     int paper, side, pad, ntrain, ntest, ncos, iters, reg_steps, batch, w0, nlatent;
     double pix, lr, reg_lr;
-    int rmsprop, proj;
+    int rmsprop, proj, shards;
     uint64_t seed;
     double om[MAXCOS], s8[MAXCOS];
     int split[MAXCOS];                 /* 0 training, 1 held-out inside the grid, 2 held-out outside */
@@ -78,7 +78,7 @@ static void cfg_nets(const cfg *c, lss_cgan_opts *o, lss_convnet_opts *reg) {
     *reg = o->critic, reg->nextra = 0, reg->nout = 2;
     o->critic.proj = c->proj;
     o->nparam = 2, o->lo[0] = c->om[0], o->hi[0] = c->om[c->paper ? 48 : 24], o->lo[1] = c->s8[0], o->hi[1] = c->s8[c->paper ? 48 : 24];
-    o->batch = c->batch, o->seed = c->seed;
+    o->batch = c->batch, o->seed = c->seed, o->shards = c->shards > 1 ? c->shards : 0;
     if (c->rmsprop) /* the paper's code: TensorFlow 1's RMSProp */
         o->opt_critic.kind = o->opt_gen.kind = LSS_OPT_RMSPROP, o->opt_critic.lr = o->opt_gen.lr = c->lr, o->opt_critic.rms_tf = o->opt_gen.rms_tf = 1;
     else o->opt_critic.lr = o->opt_gen.lr = c->lr, o->opt_critic.beta1 = o->opt_gen.beta1 = 0.5, o->opt_critic.beta2 = o->opt_gen.beta2 = 0.9;
@@ -296,7 +296,7 @@ static void trainer_close(trainer *T) {
 
 static int cmd_train(int argc, char **argv) {
     const char *dir = "out/cgan", *what = "all", *scale = "small";
-    int resume = 0, every = 100, rmsprop = -1, proj = -1;
+    int resume = 0, every = 100, rmsprop = -1, proj = -1, shards = 0;
     cfg c;
     cfg_scale(&c, "small");
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1]; else if (!strcmp(argv[i], "--scale")) scale = argv[i + 1];
@@ -311,7 +311,9 @@ static int cmd_train(int argc, char **argv) {
                           {"rmsprop", LSS_DRV_INT, &rmsprop, -1, 1, 0, "1: RMSProp in TensorFlow 1's form (the paper's), 0: Adam (0.5, 0.9); -1: the scale's"},
                           {"proj", LSS_DRV_INT, &proj, -1, 1, 0, "1: projection conditioning in the critic, 0: the paper's concatenation only; -1: the scale's (1; paper 0)"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and loss row every N iterations"},
-                          {"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"}, OPT_END};
+                          {"resume", LSS_DRV_FLAG, &resume, 0, 0, 0, "continue from the checkpoints in DIR"},
+                          {"shards", LSS_DRV_INT, &shards, 0, 256, 0, "GAN: data-parallel shards of each batch (0: 1, or the ranks under mpirun; "
+                           "the same shards train bitwise the same at any rank count)"}, OPT_END};
     lss_drv_cmd cmd = {"cgan train", "cgan train [--dir DIR] [options]",
                        "Trains the regressor (MSE on parameters scaled to [-1, 1], Adam; held-out loss on the first test set of the training\n"
                        "cosmologies, best kept) and the conditional WGAN-GP (gradient penalty 10, 5 critic steps per generator step, latent\n"
@@ -321,6 +323,8 @@ static int cmd_train(int argc, char **argv) {
     lss_drv_parse(&cmd, opts, argc, argv);
     if (rmsprop >= 0) c.rmsprop = rmsprop;
     if (proj >= 0) c.proj = proj;
+    c.shards = shards ? shards : lss_mpi_size();
+    if (c.shards > c.batch) c.shards = c.batch;
     int do_reg = !strcmp(what, "all") || !strcmp(what, "regressor"), do_gan = !strcmp(what, "all") || !strcmp(what, "gan");
     if (!do_reg && !do_gan) lss_drv_die(2, "option --what: '%s' is not all, regressor or gan", what);
     trainer T;

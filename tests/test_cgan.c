@@ -402,6 +402,61 @@ static void test_paper_nets(void) {
     lss_cgan_free(&m);
 }
 
+/* ------------------------------------------------------------------ data-parallel shards */
+/* a batch of 6 smooth random maps with their parameters */
+static int shard_draw(void *u, int64_t t, int k, float *maps, float *y) {
+    lss_rng r;
+    int b, i;
+    (void)u;
+    lss_rng_init(&r, 5, lss_stream(LSS_STREAM_BATCH, (uint64_t)t, (uint32_t)k));
+    for (b = 0; b < 6; b++) {
+        double a = lss_rng_uniform(&r);
+        y[2 * b] = (float)(0.1 + 0.4 * a), y[2 * b + 1] = (float)(0.4 + lss_rng_uniform(&r));
+        for (i = 0; i < 16 * 16; i++) maps[b * 256 + i] = (float)(0.5 + a * sin(0.3 * i) + 0.1 * lss_rng_normal(&r));
+    }
+    return LSS_OK;
+}
+/* One iteration with the batch in 1, 2, 3 and 4 shards (sizes 6; 3 3; 2 2 2; 2 2 1 1) from the same weights, plain SGD:
+   the critic and generator parameters after it agree to float rounding (a shard weighted by anything but its share
+   of the batch, or a penalty not averaged per shard, moves them by the learning rate times the gradient) and the
+   statistics of the step agree too. */
+static void test_shards(void) {
+    lss_cgan_opts o;
+    lss_cgan m[4];
+    double st[4][5], dmax = 0, gmax = 0, smax = 0;
+    int k, i;
+    memset(&o, 0, sizeof o);
+    CHECK_OK(lss_cgan_opts_paper(16, 2, 4, 32, 8, &o));
+    o.lo[0] = 0.1, o.hi[0] = 0.5, o.lo[1] = 0.4, o.hi[1] = 1.4, o.batch = 6, o.n_critic = 1, o.seed = 3;
+    o.opt_critic.kind = o.opt_gen.kind = LSS_OPT_SGD, o.opt_critic.lr = o.opt_gen.lr = 0.05;
+    for (k = 0; k < 4; k++) {
+        o.shards = k ? k + 1 : 0;
+        CHECK_OK(lss_cgan_init(&m[k], &o));
+        CHECK_OK(lss_cgan_step(&m[k], 0, shard_draw, NULL, st[k]));
+    }
+    for (k = 1; k < 4; k++) {
+        const float *c0 = lss_store_data(m[0].sc), *c1 = lss_store_data(m[k].sc), *g0 = lss_store_data(m[0].sg), *g1 = lss_store_data(m[k].sg);
+        const float *s0 = lss_store_data(m[0].sc);
+        for (i = 0; i < lss_store_size(m[0].sc); i++) dmax = fmax(dmax, fabs((double)c1[i] - c0[i]) / (1e-3 + fabs((double)s0[i])));
+        for (i = 0; i < lss_store_size(m[0].sg); i++) gmax = fmax(gmax, fabs((double)g1[i] - g0[i]) / (1e-3 + fabs((double)g0[i])));
+        for (i = 0; i < 5; i++) smax = fmax(smax, fabs(st[k][i] - st[0][i]) / (1e-6 + fabs(st[0][i])));
+    }
+    printf("  shards 2-4 against one: critic parameters %.2g, generator %.2g, step statistics %.2g (relative)\n", dmax, gmax, smax);
+    CHECK(dmax < 1e-4 && gmax < 1e-4 && smax < 1e-4, "sharded steps equal the unsharded one to rounding (%.2g, %.2g, %.2g)", dmax, gmax, smax);
+    {   /* the step moved the critic: the comparison can fail */
+        lss_cgan f;
+        double mv = 0;
+        o.shards = 0;
+        CHECK_OK(lss_cgan_init(&f, &o));
+        for (i = 0; i < lss_store_size(f.sc); i++) mv = fmax(mv, fabs((double)lss_store_data(f.sc)[i] - lss_store_data(m[0].sc)[i]));
+        CHECK(mv > 1e-3, "one SGD step moves the critic by %.2g", mv);
+        lss_cgan_free(&f);
+    }
+    for (k = 0; k < 4; k++) lss_cgan_free(&m[k]);
+    o.shards = 7;
+    CHECK_ERR(lss_cgan_init(&m[0], &o), LSS_ERR_ARG); /* more shards than maps */
+}
+
 /* ------------------------------------------------------------------ RMSProp in TensorFlow 1's form */
 static void test_rmsprop_tf(void) {
     lss_store *st = NULL;
@@ -433,6 +488,7 @@ static void test_rmsprop_tf(void) {
 
 int main(void) {
     RUN(test_rmsprop_tf);
+    RUN(test_shards);
     RUN(test_paper_nets);
     RUN(test_gp_gradient);
     RUN(test_latent);
