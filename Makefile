@@ -35,7 +35,7 @@ MPI_LIBS  = -lfftw3f_mpi $(LDLIBS_ALL)
 MPI_DRIVERS := $(patsubst drivers/%.c,bin/mpi/%,$(wildcard drivers/*.c))
 ifneq ($(strip $(MPICC)),)
 ifneq ($(FFTW_MPI_H),)
-MPI_TEST_BINS = build/mpi/mpi_check build/mpi/mpi_check_serial bin/mpi/lss-sim bin/mpi/deeplss bin/mpi/massmap bin/mpi/flowgen
+MPI_TEST_BINS = build/mpi/mpi_check build/mpi/mpi_check_serial bin/mpi/lss-sim bin/mpi/deeplss bin/mpi/massmap bin/mpi/flowgen bin/mpi/cgan
 endif
 endif
 

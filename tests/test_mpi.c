@@ -137,7 +137,7 @@ static void test_mpi_runs(void) {
     int k;
     if (sh("command -v mpirun >/dev/null 2>&1") != 0) { SKIP("no mpirun (make deps MPI=1 installs OpenMPI)"); return; }
     if (!exists("build/mpi/mpi_check") || !exists("build/mpi/mpi_check_serial") || !exists("bin/mpi/lss-sim") || !exists("bin/lss-sim") ||
-        !exists("bin/mpi/deeplss") || !exists("bin/mpi/massmap") || !exists("bin/mpi/flowgen")) {
+        !exists("bin/mpi/deeplss") || !exists("bin/mpi/massmap") || !exists("bin/mpi/flowgen") || !exists("bin/mpi/cgan") || !exists("bin/cgan")) {
         SKIP("the MPI programs are not built (make test builds them when mpicc exists)");
         return;
     }
@@ -236,6 +236,16 @@ static void test_mpi_runs(void) {
         k = sh("mkdir -p " T "/pe && timeout 120 " MPIRUN " 5 build/mpi/mpi_check nbody " T "/pe 16 16 1 > " T "/pelog 2>&1");
         CHECK(k != 0 && k != 124, "N-body over too many ranks: exit status %d (want a failure, not a hang)", k);
         CHECK(sh("grep -q 'each rank needs at least 3 planes' " T "/pelog") == 0, "N-body over too many ranks: no clear message");
+    }
+    /* cGAN training with 3 shards: critic and generator checkpoints and losses of the serial run at 2 and 3 ranks */
+#define CGT " train --what gan --scale demo --iterations 4 --batch 6 --checkpoint-every 2 --shards 3 --dir " T
+    CHECK(sh("rm -rf " T "/c0 && bin/cgan data --dir " T "/c0 --scale demo --ntrain 8 --ntest 8 --seed 7 > " T "/log 2>&1 && bin/cgan" CGT
+             "/c0 > " T "/log 2>&1") == 0, "serial cgan data and train failed");
+    for (k = 2; k <= 3; k++) {
+        const char *f[3] = {"critic.ckpt", "gen.ckpt", "loss_gan.csv"};
+        CHECK(sh("rm -rf " T "/c%d && mkdir -p " T "/c%d && cp -r " T "/c0/data " T "/c%d/ && " MPIRUN " %d bin/mpi/cgan" CGT "/c%d > " T
+                 "/log 2>&1", k, k, k, k, k) == 0, "cgan train under mpirun -np %d failed", k);
+        same_files(T "/c", k, f, 3, "cgan train --shards 3");
     }
     /* resume with another rank count (2 ranks to step 4, then 3 ranks with 2 threads each to step 8) */
     CHECK(sh("mkdir -p " T "/r && " MPIRUN " 2 build/mpi/mpi_check train " T "/r 4 > " T "/log 2>&1 && OMP_NUM_THREADS=2 " MPIRUN
