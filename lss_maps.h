@@ -1095,8 +1095,10 @@ LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd
  * of force-mesh x planes (FFTW-MPI's blocks of ceil(mesh / ranks); each slab needs at least 3 planes and at most
  * mesh - 5) and the particles inside it, about 1/ranks of the particles and of the mesh (plus 5 ghost planes, a
  * global index per particle and 6% headroom for clustering; the particle arrays grow when a slab gathers more).
- * Forward FFT: the 2-D plane transforms of the slab, an in-place FFTW-MPI transpose to slabs of ky rows (no second
- * mesh buffer), the 1-D x transforms; backward the reverse. The painting gets the particles of the plane before the
+ * Forward FFT: the 2-D plane transforms of the slab, an FFTW-MPI transpose to slabs of ky rows, the 1-D x
+ * transforms; backward the reverse. The transposes go out of place through a second mesh slab per rank, or, with
+ * lean = 1, in place (no second slab: the least memory, but FFTW-MPI's in-place transpose is several times slower
+ * on large slabs; BENCHMARKS.md). The painting gets the particles of the plane before the
  * slab from the left neighbour; the gradient's 4-point stencil gets 2 + 3 potential planes from the neighbours;
  * after each drift, particles move to the rank of their slab (MPI_Alltoallv). Every sum is the serial run's
  * (fixed-point painting and shells, the same plans on the same numbers): positions, momenta and shells are
@@ -1104,9 +1106,9 @@ LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd
  * rank, the same arguments); lss_nbody_step and lss_nbody_shells too. No checkpoints; density, power and modes
  * return LSS_ERR_STATE on a distributed run. */
 LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
-                                 uint64_t seed, uint64_t index, lss_nbody **out);
+                                 uint64_t seed, uint64_t index, int lean, lss_nbody **out);
 LSSDEF int lss_nbody_lightcone_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
-                                    uint64_t seed, uint64_t index, lss_nbody_progress_fn fn, void *user,
+                                    uint64_t seed, uint64_t index, int lean, lss_nbody_progress_fn fn, void *user,
                                     lss_shellset *out);
 /* All np^3 positions and momenta ([np^3][3] in lattice order (x np + y) np + z; either may be NULL) on every rank
    (collective in a distributed run, which then needs room for them all on each rank). */
@@ -6137,12 +6139,20 @@ static void lss__nb_transpose(const lss__nbgrid *g, float *buf) {
 }
 #endif
 
-/* unnormalised forward transform in place: real [x][y][z] -> complex [kx][ky][kz], kz = 0..n/2 (in g's layout) */
-static void lss__nbfft_fwdg(const lss__nbfft *f, const lss__nbgrid *g, float *buf) {
+/* the 2-D transforms of nx planes in place (fwd: r2c, else c2r) */
+static void lss__nbfft_planes(const lss__nbfft *f, int nx, float *buf, int fwd) {
     int n = f->n, cp = f->cp, i;
     fftwf_complex *cb = (fftwf_complex *)buf;
 LSS__MOMP(omp parallel for schedule(dynamic, 1))
-    for (i = 0; i < g->nx; i++) fftwf_execute_dft_r2c(f->r2c, buf + (size_t)i * n * 2 * cp, cb + (size_t)i * n * cp);
+    for (i = 0; i < nx; i++) {
+        if (fwd) fftwf_execute_dft_r2c(f->r2c, buf + (size_t)i * n * 2 * cp, cb + (size_t)i * n * cp);
+        else fftwf_execute_dft_c2r(f->c2r, cb + (size_t)i * n * cp, buf + (size_t)i * n * 2 * cp);
+    }
+}
+/* unnormalised forward transform in place: real [x][y][z] -> complex [kx][ky][kz], kz = 0..n/2 (in g's layout) */
+static void lss__nbfft_fwdg(const lss__nbfft *f, const lss__nbgrid *g, float *buf) {
+    fftwf_complex *cb = (fftwf_complex *)buf;
+    lss__nbfft_planes(f, g->nx, buf, 1);
 #ifdef LSS_MPI
     if (g->tp) lss__nb_transpose(g, buf);
 #endif
@@ -6150,14 +6160,12 @@ LSS__MOMP(omp parallel for schedule(dynamic, 1))
 }
 /* unnormalised backward transform in place (Hermitian input) */
 static void lss__nbfft_bwdg(const lss__nbfft *f, const lss__nbgrid *g, float *buf) {
-    int n = f->n, cp = f->cp, i;
     fftwf_complex *cb = (fftwf_complex *)buf;
     lss__nbfft_x(f, g, cb, 0);
 #ifdef LSS_MPI
     if (g->tp) lss__nb_transpose(g, buf);
 #endif
-LSS__MOMP(omp parallel for schedule(dynamic, 1))
-    for (i = 0; i < g->nx; i++) fftwf_execute_dft_c2r(f->c2r, cb + (size_t)i * n * cp, buf + (size_t)i * n * 2 * cp);
+    lss__nbfft_planes(f, g->nx, buf, 0);
 }
 static void lss__nbfft_fwd(const lss__nbfft *f, float *buf) {
     lss__nbgrid g;
@@ -6191,6 +6199,9 @@ struct lss_nbody {
     int64_t cap;                 /* particles pos, mom, gid and ord can hold */
     int64_t *gid;                /* [cap] the particles' global indices (x np + y) np + z of their lattice site */
     float *ghost;                /* [5][n][2 cp] potential planes x0 - 2, x0 - 1, x0 + nx, x0 + nx + 1, x0 + nx + 2 */
+    int lean;                    /* 1: in-place transposes; 0: out of place through work2 */
+    float *work2;                /* the second mesh slab of the out-of-place transposes (NULL when lean) */
+    void *tpf, *tpb;             /* FFTW-MPI transposes work -> work2 and back (FFTW_DESTROY_INPUT) */
     void *ord;                   /* [N] particle indices by mesh plane (uint32, or uint64 when N >= 2^32) */
     int ord64;
     int nthr;                    /* threads the painting buffers hold */
@@ -6852,8 +6863,11 @@ LSSDEF void lss_nbody_free(lss_nbody *s) {
     LSS_FREE(s->gp_half); LSS_FREE(s->z_edges); LSS_FREE(s->chi_edges); LSS_FREE(s->acc); LSS_FREE(s->rep);
     LSS_FREE(s->plane); LSS_FREE(s->gid);
     if (s->ghost) fftwf_free(s->ghost);
+    if (s->work2) fftwf_free(s->work2);
 #ifdef LSS_MPI
     if (s->gm.tp) fftwf_destroy_plan((fftwf_plan)s->gm.tp);
+    if (s->tpf) fftwf_destroy_plan((fftwf_plan)s->tpf);
+    if (s->tpb) fftwf_destroy_plan((fftwf_plan)s->tpb);
 #endif
     LSS_FREE(s);
 }
@@ -6924,7 +6938,8 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
 #ifdef LSS_MPI
     if (dist) {
         if ((st = lss__nb_dist_layout(s, &s->work_floats)) != LSS_OK) { lss_nbody_free(s); return st; }
-        bytes = (double)s->cap * (24 + 8 + (s->ord64 ? 8 : 4)) + 4.0 * (double)s->work_floats +
+        s->lean = dist == 1;
+        bytes = (double)s->cap * (24 + 8 + (s->ord64 ? 8 : 4)) + 4.0 * (double)s->work_floats * (s->lean ? 1 : 2) +
                 (double)T * (s->n * (double)s->n * 8 + (s->n + 1) * 8.0) + 20.0 * s->n * (2.0 * s->fm.cp + 2 * s->gm.cp);
         if (phys > 0 && bytes > phys) {
             st = lss_seterr(LSS_ERR_NOMEM, "N-body over %d ranks: np = %d, mesh = %d need %.2f GB per rank, more than "
@@ -7578,7 +7593,25 @@ static int lss__nb_dist_layout(lss_nbody *s, size_t *work_floats) {
 static int lss__nb_dist_plan(lss_nbody *s) {
     int st, k, n = s->n;
     size_t pf = (size_t)n * 2 * s->gm.cp;
-    if ((st = lss__nbgrid_dist(&s->gm, n, s->work)) != LSS_OK) return st;
+    if (s->lean) {
+        if ((st = lss__nbgrid_dist(&s->gm, n, s->work)) != LSS_OK) return st;
+    } else { /* out of place: work -> work2 and back; FFTW_DESTROY_INPUT lets FFTW-MPI skip its in-place copies */
+        fftwf_plan a = NULL, b = NULL;
+        s->work2 = (float *)fftwf_malloc(sizeof(float) * s->gm.floats);
+        if (s->work2) {
+LSS__MOMP(omp critical(lss_fftw_plan))
+            {
+                a = fftwf_mpi_plan_many_transpose(n, n, 2 * s->gm.cp, FFTW_MPI_DEFAULT_BLOCK, FFTW_MPI_DEFAULT_BLOCK, s->work,
+                                                  s->work2, MPI_COMM_WORLD, FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
+                b = fftwf_mpi_plan_many_transpose(n, n, 2 * s->gm.cp, FFTW_MPI_DEFAULT_BLOCK, FFTW_MPI_DEFAULT_BLOCK, s->work2,
+                                                  s->work, MPI_COMM_WORLD, FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
+            }
+        }
+        s->tpf = (void *)a, s->tpb = (void *)b;
+        if (lss_mpi_agree(s->work2 && a && b ? LSS_OK : LSS_ERR_NOMEM, NULL) != LSS_OK)
+            return lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory for the second mesh slab or its FFTW-MPI transposes on a rank "
+                                             "(a lean run needs neither)");
+    }
     s->ghost = (float *)fftwf_malloc(sizeof(float) * 5 * pf);
     if (lss_mpi_agree(s->ghost ? LSS_OK : LSS_ERR_NOMEM, NULL) != LSS_OK)
         return lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory for the ghost planes on a rank");
@@ -7715,11 +7748,23 @@ static int lss__nb_force_dist(lss_nbody *s, double kfac, int T) {
     LSS_FREE(sb);
     lss__nb_paint_planes(s, s->Nl + nr, 0, s->work, n, s->gm.x0, s->gm.nx, T, s->hist, s->pbuf, NULL);
     t1 = lss_time_now();
-    lss__nbfft_fwdg(&s->fm, &s->gm, s->work);
-    t2 = lss_time_now();
-    lss__nb_kernel(&s->gm, s->work, s->L, s->om);
-    t3 = lss_time_now();
-    lss__nbfft_bwdg(&s->fm, &s->gm, s->work);
+    if (s->lean) {
+        lss__nbfft_fwdg(&s->fm, &s->gm, s->work);
+        t2 = lss_time_now();
+        lss__nb_kernel(&s->gm, s->work, s->L, s->om);
+        t3 = lss_time_now();
+        lss__nbfft_bwdg(&s->fm, &s->gm, s->work);
+    } else {
+        lss__nbfft_planes(&s->fm, s->gm.nx, s->work, 1);
+        fftwf_mpi_execute_r2r((fftwf_plan)s->tpf, s->work, s->work2);
+        lss__nbfft_x(&s->fm, &s->gm, (fftwf_complex *)s->work2, 1);
+        t2 = lss_time_now();
+        lss__nb_kernel(&s->gm, s->work2, s->L, s->om);
+        t3 = lss_time_now();
+        lss__nbfft_x(&s->fm, &s->gm, (fftwf_complex *)s->work2, 0);
+        fftwf_mpi_execute_r2r((fftwf_plan)s->tpb, s->work2, s->work);
+        lss__nbfft_planes(&s->fm, s->gm.nx, s->work, 0);
+    }
     lss__mpi_sent += 2 * 4.0 * (double)s->gm.nx * pf * (P - 1) / P;
     /* planes x0 + nx .. x0 + nx + 2 from the right, x0 - 2 and x0 - 1 from the left */
     MPI_Sendrecv(s->work, (int)(3 * pf), MPI_FLOAT, left, 73, s->ghost + 2 * pf, (int)(3 * pf), MPI_FLOAT, right, 73,
@@ -7739,12 +7784,12 @@ static int lss__nb_force_dist(lss_nbody *s, double kfac, int T) {
 #endif
 
 LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
-                                 uint64_t seed, uint64_t index, lss_nbody **out) {
+                                 uint64_t seed, uint64_t index, int lean, lss_nbody **out) {
 #ifdef LSS_MPI
     lss_nbody *s = NULL;
     int st, r;
     if (lss_mpi_size() > 1) {
-        int own = lss__nb_setup(c, o, lc, seed, index, 1, &s);
+        int own = lss__nb_setup(c, o, lc, seed, index, lean ? 1 : 2, &s);
         if ((st = lss_mpi_agree(own, &r)) != LSS_OK) {
             if (s) lss_nbody_free(s);
             if (own == LSS_OK) return lss_seterr(st, "N-body: the set-up failed on rank %d (see its message)", r);
@@ -7754,6 +7799,8 @@ LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, co
         *out = s;
         return LSS_OK;
     }
+#else
+    (void)lean;
 #endif
     return lss_nbody_create(c, o, lc, seed, index, out);
 }
@@ -7808,7 +7855,7 @@ LSSDEF int lss_nbody_particles(const lss_nbody *s, uint32_t *pos, float *mom) {
 }
 
 LSSDEF int lss_nbody_lightcone_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
-                                    uint64_t seed, uint64_t index, lss_nbody_progress_fn fn, void *user,
+                                    uint64_t seed, uint64_t index, int lean, lss_nbody_progress_fn fn, void *user,
                                     lss_shellset *out) {
     lss_nbody *s = NULL;
     int st;
@@ -7817,7 +7864,7 @@ LSSDEF int lss_nbody_lightcone_dist(const lss_cosmo *c, const lss_nbody_opts *o,
     if (!out) return lss_seterr(LSS_ERR_ARG, "N-body light cone: NULL output");
     memset(out, 0, sizeof *out);
     if (!lc) return lss_seterr(LSS_ERR_ARG, "N-body light cone: no light-cone options");
-    if ((st = lss_nbody_create_dist(c, o, lc, seed, index, &s)) != LSS_OK) return st;
+    if ((st = lss_nbody_create_dist(c, o, lc, seed, index, lean, &s)) != LSS_OK) return st;
     while (s->step < s->steps) {
         if ((st = lss_nbody_step(s)) != LSS_OK) goto done;
         if (fn) fn(s->step, s->steps, s->a_node[s->step], lss_time_now() - t0, user);

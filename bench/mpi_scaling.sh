@@ -41,6 +41,7 @@ for ((k = 1; k <= R; k++)); do
         grep -o '[0-9.]* MB sent per step' "$D/last.log" > "$D/nbcomm_$np"
         grep -o 'shells hash [0-9a-f]*' "$D/last.log" > "$D/nbhash2_$np"
         OMP_NUM_THREADS=1 mpirun --oversubscribe -np 3 build/mpi/mpi_nbody $np > "$D/last.log"; add nb${np}_mpi_3 "$(nbstep)"; add nbm${np}_mpi_3 "$(nbmem)"
+        OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 build/mpi/mpi_nbody $np $((2 * np)) 10 1 > "$D/last.log"; add nb${np}_lean_2 "$(nbstep)"; add nbm${np}_lean_2 "$(nbmem)"
     done
     [ "$ONLY" = nbody ] && continue
     add sim_serial_best "$(OMP_NUM_THREADS=$NC wall bin/lss-sim --out "$D/s" --n 192 --prior --seed $k)"
@@ -79,6 +80,7 @@ fi
 for np in 128 192; do
     row "one N-body box ${np}^3, mesh $((2 * np))" "s/step" nb$np
     row "  peak memory per rank" "MB" nbm$np
+    echo "  2 ranks, lean (in-place transposes): $(med ${T[nb${np}_lean_2]}) s/step, $(med ${T[nbm${np}_lean_2]}) MB per rank"
     echo "  3 ranks (oversubscribed): $(med ${T[nb${np}_mpi_3]}) s/step, $(med ${T[nbm${np}_mpi_3]}) MB per rank; rank 0 sends $(cat "$D/nbcomm_$np") at 2 ranks; shells serial / 2 ranks: $(cat "$D/nbhash1_$np") / $(cat "$D/nbhash2_$np")"
 done
 [ "$ONLY" = nbody ] && exit 0

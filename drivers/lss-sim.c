@@ -95,7 +95,7 @@ static void nb_progress(int step, int steps, double a, double sec, void *user) {
 
 static int nbody_main(int argc, char **argv) {
     const char *out = "out/shells", *list = NULL, *bins_name = "deeplss", *spacing = "linear", *split = "cosmologies";
-    int ncos = 0, fid = 0, same = 0, side = 0, ncone = 4, nshell, i, k, st, nb, ne, have, boxsplit;
+    int ncos = 0, fid = 0, same = 0, side = 0, ncone = 4, nshell, i, k, st, nb, ne, have, boxsplit, lean = 0;
     int64_t blo = 0, bhi = 0;
     uint64_t seed = 1;
     double zmax = 0, pixel = LSS_DEEPLSS_PIXEL_ARCMIN, t0 = lss_time_now(), *edges, need = 0;
@@ -128,6 +128,7 @@ static int nbody_main(int argc, char **argv) {
             {"zmax", LSS_DRV_DOUBLE, &zmax, 0, 10, 0, "deepest shell edge (0: the deepest shell the n(z) bins reach)"},
             {"bins", LSS_DRV_STR, &bins_name, 0, 0, 0, "n(z): deeplss or a text FILE (sets the default zmax)"},
             {"split", LSS_DRV_STR, &split, 0, 0, 0, "under mpirun: cosmologies (each rank runs whole boxes) or box (each box over all ranks, in slabs)"},
+            {"lean", LSS_DRV_FLAG, &lean, 0, 0, 0, "with --split box: in-place mesh transposes (one mesh slab less per rank, slower)"},
             {NULL, LSS_DRV_FLAG, NULL, 0, 0, 0, NULL}};
         const lss_drv_cmd cmd = {"lss-sim nbody", "lss-sim nbody [options]", about_nbody,
                                  "lss-sim nbody --cosmologies 8 --out out/shells --np 128 --steps 12"};
@@ -230,8 +231,8 @@ static int nbody_main(int argc, char **argv) {
                         "pixels of %g arcmin, %d shells to z = %g\n", ncos, ncos == 1 ? "y" : "ies", no.np, no.box,
                 no.mesh ? no.mesh : 2 * no.np, no.steps, no.z_init, ncone, side, side, pixel, nshell, edges[nshell]);
         if (mem < 0) lss_drv_die(2, "%s", lss_last_error());
-        if (boxsplit) /* each rank: its slab of particles and mesh (with room for clustering), all the shells */
-            mem = mem / lss_mpi_size() + mem / (4 * lss_mpi_size());
+        if (boxsplit) /* each rank: its slab of particles and mesh (with room for clustering; a second mesh slab unless lean) */
+            mem = mem / lss_mpi_size() + mem / ((lean ? 4 : 2) * lss_mpi_size());
         lss_drv_memory(boxsplit ? "lss-sim nbody (one rank's slab of particles and mesh)" : "lss-sim nbody (particles, force mesh, shells)",
                        (double)mem, boxsplit ? "--np, --mesh, --side, --ncone or more ranks" : "--np, --mesh, --side or --ncone");
     }
@@ -271,7 +272,7 @@ static int nbody_main(int argc, char **argv) {
         lss_drv_check(lss_shell_lib_stem(out, i, stem, sizeof stem), "library");
         snprintf(ck, sizeof ck, "%s.ckpt", stem);
         fprintf(stderr, "lss-sim nbody: cosmology %d/%d: Omega_m = %.4f, sigma_8 = %.4f\n", i + 1, ncos, cp[i].omega_m, cp[i].sigma_8);
-        st = boxsplit ? lss_nbody_lightcone_dist(c, &no, &lc, seed, same ? 0 : (uint64_t)i, nb_progress, &pr, &s)
+        st = boxsplit ? lss_nbody_lightcone_dist(c, &no, &lc, seed, same ? 0 : (uint64_t)i, lean, nb_progress, &pr, &s)
                       : lss_nbody_lightcone(c, &no, &lc, seed, same ? 0 : (uint64_t)i, ck, nb_progress, &pr, &s);
         lss_cosmo_free(c);
         if (st != LSS_OK && nb_signal)

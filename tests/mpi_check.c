@@ -8,8 +8,8 @@
  *   mpi_check sum                        lss_mpi_sum_ordered against the serial loop (prints "sum: ok")
  *   mpi_check emcee DIR                  the ensemble sampler with the walkers' log-probabilities split
  *                                        over the ranks; writes DIR/chain.npy and DIR/logp.npy.
- *   mpi_check nbody DIR NP MESH LPT      one particle-mesh light-cone run over all the ranks
- *                                        (lss_nbody_create_dist); writes DIR/pos.bin, DIR/mom.bin (every
+ *   mpi_check nbody DIR NP MESH LPT LEAN one particle-mesh light-cone run over all the ranks
+ *                                        (lss_nbody_create_dist, lean 0 or 1); writes DIR/pos.bin, DIR/mom.bin (every
  *                                        particle in lattice order) and DIR/shells.npy.
  * Exit status 0 on success; errors on stderr. */
 #define _POSIX_C_SOURCE 200809L
@@ -209,7 +209,7 @@ static int sum_check(void) {
 }
 
 /* a small light cone: 3 shells to z = 0.5 in two cones, 6 steps from z = 9 */
-static int nbody(const char *dir, int np, int mesh, int lpt) {
+static int nbody(const char *dir, int np, int mesh, int lpt, int lean) {
     static const double ze[4] = {0.05, 0.2, 0.35, 0.5};
     lss_params p;
     lss_cosmo *c = NULL;
@@ -232,7 +232,7 @@ static int nbody(const char *dir, int np, int mesh, int lpt) {
     o.box = 200; o.np = np; o.mesh = mesh; o.steps = 6; o.z_init = 9; o.lpt_order = lpt;
     memset(&lc, 0, sizeof lc);
     lc.side = 16; lc.pixel_arcmin = 20; lc.nshell = 3; lc.z_edges = ze; lc.ncone = 2;
-    if ((st = lss_nbody_create_dist(c, &o, &lc, 7, 3, &s)) != LSS_OK) goto done;
+    if ((st = lss_nbody_create_dist(c, &o, &lc, 7, 3, lean, &s)) != LSS_OK) goto done;
     while (lss_nbody_steps_done(s) < o.steps)
         if ((st = lss_nbody_step(s)) != LSS_OK) goto done;
     if ((st = lss_nbody_shells(s, &ss)) != LSS_OK) goto done;
@@ -264,8 +264,8 @@ int main(int argc, char **argv) {
     if (argc >= 4 && !strcmp(argv[1], "train")) rc = train(argv[2], atoll(argv[3]), argc > 4 ? atoi(argv[4]) : 6);
     else if (argc >= 3 && !strcmp(argv[1], "emcee")) rc = emcee(argv[2]);
     else if (argc >= 2 && !strcmp(argv[1], "sum")) rc = sum_check();
-    else if (argc >= 6 && !strcmp(argv[1], "nbody")) rc = nbody(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
-    else fprintf(stderr, "usage: mpi_check train DIR STEPS [NSHARD] | emcee DIR | sum | nbody DIR NP MESH LPT\n");
+    else if (argc >= 7 && !strcmp(argv[1], "nbody")) rc = nbody(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
+    else fprintf(stderr, "usage: mpi_check train DIR STEPS [NSHARD] | emcee DIR | sum | nbody DIR NP MESH LPT LEAN\n");
     lss_mpi_finalize();
     return rc;
 }

@@ -217,10 +217,11 @@ static void test_mpi_runs(void) {
               "lss-sim nbody --split box under mpirun -np %d failed", k);
         same_files(T "/b", k, f, 4, "lss-sim nbody --split box");
     }
-    /* positions, momenta and shells of one box over 1-3 ranks (threads 1 or 2): 2LPT with a 2x force mesh, and
-       Zel'dovich with the mesh of the particle grid (slabs of 6, 6 and 4 planes at 3 ranks) */
+    /* positions, momenta and shells of one box over 1-3 ranks (threads 1 or 2): 2LPT with a 2x force mesh and
+       out-of-place transposes, and Zel'dovich with the mesh of the particle grid (slabs of 6, 6 and 4 planes at 3
+       ranks) and in-place ones */
     {
-        static const char *cfg[2] = {"16 32 2", "16 16 1"};
+        static const char *cfg[2] = {"16 32 2 0", "16 16 1 1"};
         const char *f[3] = {"pos.bin", "mom.bin", "shells.npy"};
         int c;
         for (c = 0; c < 2; c++) {
@@ -233,7 +234,7 @@ static void test_mpi_runs(void) {
             }
         }
         /* too many ranks for the mesh: a clear error from every rank, no hang */
-        k = sh("mkdir -p " T "/pe && timeout 120 " MPIRUN " 5 build/mpi/mpi_check nbody " T "/pe 16 16 1 > " T "/pelog 2>&1");
+        k = sh("mkdir -p " T "/pe && timeout 120 " MPIRUN " 5 build/mpi/mpi_check nbody " T "/pe 16 16 1 0 > " T "/pelog 2>&1");
         CHECK(k != 0 && k != 124, "N-body over too many ranks: exit status %d (want a failure, not a hang)", k);
         CHECK(sh("grep -q 'each rank needs at least 3 planes' " T "/pelog") == 0, "N-body over too many ranks: no clear message");
     }
