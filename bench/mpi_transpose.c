@@ -1,6 +1,7 @@
-/* mpi_transpose.c - the slab transpose of a distributed N-body force mesh two ways: FFTW-MPI's in-place
- * transpose (what lss_nbody_create_dist uses: no second mesh buffer) and a plain MPI_Alltoallv of the same
- * blocks packed into a second slab buffer (faster, one more slab of memory per rank).
+/* mpi_transpose.c - the slab transpose of a distributed N-body force mesh three ways: FFTW-MPI's in-place
+ * transpose (lss_nbody_create_dist with lean = 1: no second mesh buffer), FFTW-MPI out of place into a second
+ * slab with FFTW_DESTROY_INPUT (the default), and a plain MPI_Alltoallv of the same blocks packed into a second
+ * slab buffer.
  *   mpirun -np R build/mpi/mpi_transpose [MESH [REPS]]     (make build/mpi/mpi_transpose; defaults 384, 10)
  * Layout as in lss_maps.h: x planes of [mesh][2 cp] floats, cp = mesh/2 + 1 rounded up to a multiple of 4,
  * slabs of ceil(mesh / R) planes. Prints the seconds per transpose of each (medians over REPS, after one
@@ -30,10 +31,13 @@ int main(int argc, char **argv) {
         size_t row = 2 * (size_t)cp, fl = (size_t)al > (size_t)blk * n * row ? (size_t)al : (size_t)blk * n * row;
         float *w = fftwf_alloc_real(fl), *sb = fftwf_alloc_real(fl);
         double *ta = malloc(sizeof(double) * (size_t)(reps + 1)), *tb = malloc(sizeof(double) * (size_t)(reps + 1));
+        double *tc = malloc(sizeof(double) * (size_t)(reps + 1));
         int *sc = malloc(sizeof(int) * 4 * (size_t)P), *sd = sc + P, *rc = sd + P, *rd = rc + P;
         fftwf_plan tp = fftwf_mpi_plan_many_transpose(n, n, 2 * cp, FFTW_MPI_DEFAULT_BLOCK, FFTW_MPI_DEFAULT_BLOCK, w, w, MPI_COMM_WORLD, FFTW_ESTIMATE);
+        fftwf_plan to = fftwf_mpi_plan_many_transpose(n, n, 2 * cp, FFTW_MPI_DEFAULT_BLOCK, FFTW_MPI_DEFAULT_BLOCK, w, sb, MPI_COMM_WORLD,
+                                                      FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
         MPI_Datatype t;
-        if (!w || !sb || !ta || !tb || !sc || !tp) { fprintf(stderr, "mpi_transpose: out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 1); }
+        if (!w || !sb || !ta || !tb || !tc || !sc || !tp || !to) { fprintf(stderr, "mpi_transpose: out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 1); }
         for (size_t i = 0; i < fl; i++) w[i] = (float)(i % 97);
         MPI_Type_contiguous((int)row, MPI_FLOAT, &t);
         MPI_Type_commit(&t);
@@ -52,6 +56,10 @@ int main(int argc, char **argv) {
             ta[it] = MPI_Wtime() - t0;
             MPI_Barrier(MPI_COMM_WORLD);
             t0 = MPI_Wtime();
+            fftwf_mpi_execute_r2r(to, w, sb);
+            tc[it] = MPI_Wtime() - t0;
+            MPI_Barrier(MPI_COMM_WORLD);
+            t0 = MPI_Wtime();
             for (k = 0; k < P; k++) { /* [x][ky][row] -> [dest][x][ky of dest][row], then into w */
                 int nk = sc[k] / (nx ? nx : 1), x;
                 for (x = 0; x < nx; x++)
@@ -62,12 +70,14 @@ int main(int argc, char **argv) {
         }
         qsort(ta + 1, (size_t)reps, sizeof(double), cmpd);
         qsort(tb + 1, (size_t)reps, sizeof(double), cmpd);
+        qsort(tc + 1, (size_t)reps, sizeof(double), cmpd);
         if (!r)
-            printf("mesh %d, %d ranks, slab %.1f MB: FFTW-MPI in-place transpose %.4f s, MPI_Alltoallv into a second slab %.4f s\n", n, P,
-                   4.0 * (double)nx * n * row / 1e6, ta[1 + reps / 2], tb[1 + reps / 2]);
+            printf("mesh %d, %d ranks, slab %.1f MB: FFTW-MPI in place %.4f s, FFTW-MPI out of place (destroying its input) %.4f s, "
+                   "MPI_Alltoallv into a second slab %.4f s\n", n, P, 4.0 * (double)nx * n * row / 1e6, ta[1 + reps / 2], tc[1 + reps / 2],
+                   tb[1 + reps / 2]);
         MPI_Type_free(&t);
-        fftwf_destroy_plan(tp);
-        fftwf_free(w), fftwf_free(sb), free(ta), free(tb), free(sc);
+        fftwf_destroy_plan(tp), fftwf_destroy_plan(to);
+        fftwf_free(w), fftwf_free(sb), free(ta), free(tb), free(tc), free(sc);
     }
     MPI_Finalize();
     return 0;
