@@ -1103,13 +1103,19 @@ LSSDEF int lss_nbody_growth(const lss_cosmo *c, double a, double *d1, double *dd
  * after each drift, particles move to the rank of their slab (MPI_Alltoallv). Every sum is the serial run's
  * (fixed-point painting and shells, the same plans on the same numbers): positions, momenta and shells are
  * bitwise identical to the serial run at any rank count (tested at 1, 2 and 3). These are collective calls (every
- * rank, the same arguments); lss_nbody_step and lss_nbody_shells too. No checkpoints; density, power and modes
- * return LSS_ERR_STATE on a distributed run. */
+ * rank, the same arguments); lss_nbody_step and lss_nbody_shells too. Density, power and modes return
+ * LSS_ERR_STATE on a distributed run.
+ * Checkpoints (lss_nbody_lightcone_dist, as lss_nbody_lightcone's: every 30 s of rank 0's clock and when cancelled
+ * on any rank): each rank writes its particles and light-cone sums to CHECKPOINT.sSTEP.rRANK, then rank 0 the
+ * index CHECKPOINT (written last: its presence marks a complete set; the previous set is then removed). Either kind
+ * of checkpoint, serial or distributed, resumes a run of either kind at any rank count with the identical result
+ * (every rank reads every part and keeps the particles of its slab); the files must be on a file system all ranks
+ * see. */
 LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
                                  uint64_t seed, uint64_t index, int lean, lss_nbody **out);
 LSSDEF int lss_nbody_lightcone_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
-                                    uint64_t seed, uint64_t index, int lean, lss_nbody_progress_fn fn, void *user,
-                                    lss_shellset *out);
+                                    uint64_t seed, uint64_t index, int lean, const char *checkpoint,
+                                    lss_nbody_progress_fn fn, void *user, lss_shellset *out);
 /* All np^3 positions and momenta ([np^3][3] in lattice order (x np + y) np + z; either may be NULL) on every rank
    (collective in a distributed run, which then needs room for them all on each rank). */
 LSSDEF int lss_nbody_particles(const lss_nbody *s, uint32_t *pos, float *mom);
@@ -6202,6 +6208,7 @@ struct lss_nbody {
     int lean;                    /* 1: in-place transposes; 0: out of place through work2 */
     float *work2;                /* the second mesh slab of the out-of-place transposes (NULL when lean) */
     void *tpf, *tpb;             /* FFTW-MPI transposes work -> work2 and back (FFTW_DESTROY_INPUT) */
+    int ck_step, ck_ranks;       /* the distributed checkpoint's parts on disk (step, ranks; 0 ranks: none) */
     void *ord;                   /* [N] particle indices by mesh plane (uint32, or uint64 when N >= 2^32) */
     int ord64;
     int nthr;                    /* threads the painting buffers hold */
@@ -7434,20 +7441,117 @@ static int lss__nb_save(const lss_nbody *s, const char *path) {
     return lss_wfile_commit(&w);
 }
 
-/* resumes from path when it exists (*loaded = 1); LSS_ERR_ARG when it belongs to another run */
-static int lss__nb_load(lss_nbody *s, const char *path, int *loaded) {
-    FILE *f = fopen(path, "rb");
+#ifdef LSS_MPI
+static int lss__nb_owner(const lss_nbody *s, uint32_t x);
+#endif
+/* ---- checkpoints of a distributed run: one file per rank and an index, loadable at any rank count ----
+ * PATH holds the index ("LSSNBDI1", fingerprint, header, the rank count R and the step S); PATH.sS.rK holds rank
+ * K's particles (positions, momenta, global indices) and its light-cone sums. Either kind of checkpoint (serial
+ * or distributed) resumes a run of either kind at any rank count: particles go to their slab's rank (or their
+ * lattice index), light-cone sums are added (exactly, in integers). */
+static void lss__nb_rankfile(char *buf, size_t n, const char *path, int64_t step, int64_t rank) {
+    snprintf(buf, n, "%s.s%lld.r%lld", path, (long long)step, (long long)rank);
+}
+/* room for `need` particles, on this rank only */
+static int lss__nb_grow(lss_nbody *s, int64_t need) {
+    int64_t c;
+    uint32_t *p;
+    float *m;
+    int64_t *g = s->gid;
+    void *o;
+    if (need <= s->cap) return LSS_OK;
+    c = need + need / 4 + 1024;
+    if (!(p = (uint32_t *)LSS_REALLOC(s->pos, sizeof(uint32_t) * 3 * (size_t)c))) return LSS_ERR_NOMEM;
+    s->pos = p;
+    if (!(m = (float *)LSS_REALLOC(s->mom, sizeof(float) * 3 * (size_t)c))) return LSS_ERR_NOMEM;
+    s->mom = m;
+    if (s->gid && !(g = (int64_t *)LSS_REALLOC(s->gid, sizeof(int64_t) * (size_t)c))) return LSS_ERR_NOMEM;
+    s->gid = g;
+    if (!(o = LSS_REALLOC(s->ord, (s->ord64 ? 8 : 4) * (size_t)c))) return LSS_ERR_NOMEM;
+    s->ord = o;
+    s->cap = c;
+    return LSS_OK;
+}
+static int lss__nb_owns(const lss_nbody *s, uint32_t x) {
+#ifdef LSS_MPI
+    return !s->dist || lss__nb_owner(s, x) == s->rank;
+#else
+    (void)s, (void)x;
+    return 1;
+#endif
+}
+/* particles [n] from f (positions, then momenta, then indices when gid is NULL... see the callers): kept at their
+   lattice index (serial) or appended when this rank owns them (distributed) */
+static int lss__nb_read_parts(lss_nbody *s, FILE *f, int64_t n, int with_gid, int64_t first, const char *name) {
+    enum { CH = 65536 };
+    uint32_t *pb = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * CH);
+    float *mb = (float *)LSS_MALLOC(sizeof(float) * 3 * CH);
+    int64_t *gb = (int64_t *)LSS_MALLOC(sizeof(int64_t) * CH), j, k, base = s->dist ? s->Nl : 0, kept = 0;
+    long p0 = ftell(f);
+    int st = LSS_OK;
+    if (!pb || !mb || !gb || p0 < 0) { st = lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory reading '%s'", name); goto out; }
+    /* indices first (they follow positions and momenta in a rank file), so that each particle lands in one pass */
+    for (j = 0; j < n; j += CH) {
+        int64_t c = n - j < CH ? n - j : CH;
+        if (with_gid) {
+            if (fseek(f, p0 + (long)(24 * n + 8 * j), SEEK_SET) || fread(gb, 8, (size_t)c, f) != (size_t)c) goto trunc;
+        } else
+            for (k = 0; k < c; k++) gb[k] = first + j + k;
+        if (fseek(f, p0 + (long)(12 * j), SEEK_SET) || fread(pb, 12, (size_t)c, f) != (size_t)c) goto trunc;
+        if (fseek(f, p0 + (long)(12 * n + 12 * j), SEEK_SET) || fread(mb, 12, (size_t)c, f) != (size_t)c) goto trunc;
+        for (k = 0; k < c; k++) {
+            int64_t at;
+            if (gb[k] < 0 || gb[k] >= s->N) { st = lss_seterr(LSS_ERR_FORMAT, "N-body: '%s' holds particle index %lld (of %lld)", name, (long long)gb[k], (long long)s->N); goto out; }
+            if (!lss__nb_owns(s, pb[3 * k])) continue;
+            if (s->dist) {
+                at = base + kept++;
+                if ((st = lss__nb_grow(s, at + 1)) != LSS_OK) { st = lss_seterr(st, "N-body: out of memory reading '%s'", name); goto out; }
+                s->gid[at] = gb[k];
+            } else at = gb[k];
+            memcpy(s->pos + 3 * at, pb + 3 * k, 12);
+            memcpy(s->mom + 3 * at, mb + 3 * k, 12);
+        }
+    }
+    if (s->dist) s->Nl = base + kept;
+    if (fseek(f, p0 + (long)((with_gid ? 32 : 24) * n), SEEK_SET)) goto trunc;
+    goto out;
+trunc:
+    st = lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is truncated", name);
+out:
+    LSS_FREE(pb); LSS_FREE(mb); LSS_FREE(gb);
+    return st;
+}
+/* light-cone sums [nacc] from f added to s->acc (add = 0: skipped) */
+static int lss__nb_read_acc(lss_nbody *s, FILE *f, int64_t nacc, int add, const char *name) {
+    int64_t j, k, buf[4096];
+    if (!add) return fseek(f, (long)(8 * nacc), SEEK_CUR) ? lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is truncated", name) : LSS_OK;
+    for (j = 0; j < nacc; j += 4096) {
+        int64_t c = nacc - j < 4096 ? nacc - j : 4096;
+        if (fread(buf, 8, (size_t)c, f) != (size_t)c) return lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is truncated", name);
+        for (k = 0; k < c; k++) s->acc[j + k] += buf[k];
+    }
+    return LSS_OK;
+}
+static int lss__nb_check_end(FILE *f, const char *name) {
     char mg[8];
+    return fread(mg, 1, 8, f) == 8 && !memcmp(mg, "LSSNBEND", 8) ? LSS_OK
+                                                                 : lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is truncated", name);
+}
+/* a checkpoint of either kind into s (this rank's share); *loaded = 1 when path exists. Rank 0 (or a serial run)
+   takes the light-cone sums. ck_step / ck_ranks: the rank files now on disk (-1 / 0 for a serial checkpoint). */
+static int lss__nb_load_any(lss_nbody *s, const char *path, int *loaded) {
+    FILE *f = fopen(path, "rb");
+    char mg[8], rp[4400];
     uint64_t fp, mine = lss__nb_fingerprint(s);
-    int64_t hdr[6], nacc = lss__nb_nacc(s);
-    size_t n3 = 3 * (size_t)s->N;
-    int ok;
+    int64_t hdr[6], nacc = lss__nb_nacc(s), ri[2], r;
+    int st = LSS_OK, dist_ck, take_acc = !s->dist || s->rank == 0;
     *loaded = 0;
     if (!f) return LSS_OK;
-    if (fread(mg, 1, 8, f) != 8 || memcmp(mg, "LSSNBCK1", 8) != 0) {
+    if (fread(mg, 1, 8, f) != 8 || (memcmp(mg, "LSSNBCK1", 8) && memcmp(mg, "LSSNBDI1", 8))) {
         fclose(f);
         return lss_seterr(LSS_ERR_FORMAT, "N-body: '%s' is not an N-body checkpoint", path);
     }
+    dist_ck = !memcmp(mg, "LSSNBDI1", 8);
     if (fread(&fp, sizeof fp, 1, f) != 1 || fp != mine) {
         fclose(f);
         return lss_seterr(LSS_ERR_ARG, "N-body: checkpoint '%s' belongs to another run (fingerprint %016llx, this run "
@@ -7455,19 +7559,57 @@ static int lss__nb_load(lss_nbody *s, const char *path, int *loaded) {
                           (unsigned long long)fp, (unsigned long long)mine);
     }
     if (fread(hdr, sizeof hdr, 1, f) != 1 || hdr[0] < 0 || hdr[0] > s->steps || hdr[1] != s->steps || hdr[2] != s->N ||
-        hdr[3] != nacc || hdr[4] != s->np || hdr[5] != s->n) {
+        hdr[3] != nacc || hdr[4] != s->np || hdr[5] != s->n || (dist_ck && (fread(ri, sizeof ri, 1, f) != 1 || ri[0] < 1 ||
+                                                                             ri[0] > 1 << 20 || ri[1] != hdr[0]))) {
         fclose(f);
         return lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is inconsistent with its fingerprint", path);
     }
-    ok = fread(&s->maxp, sizeof s->maxp, 1, f) == 1 && fread(s->pos, sizeof(uint32_t), n3, f) == n3 &&
-         fread(s->mom, sizeof(float), n3, f) == n3 &&
-         (nacc == 0 || fread(s->acc, sizeof(int64_t), (size_t)nacc, f) == (size_t)nacc) && fread(mg, 1, 8, f) == 8 &&
-         memcmp(mg, "LSSNBEND", 8) == 0;
-    fclose(f);
-    if (!ok) return lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is truncated", path);
+    if (s->lc) memset(s->acc, 0, sizeof(int64_t) * (size_t)nacc);
+    if (s->dist) s->Nl = 0;
+    if (!dist_ck) {
+        st = fread(&s->maxp, sizeof s->maxp, 1, f) == 1 ? LSS_OK : lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' is truncated", path);
+        if (st == LSS_OK) st = lss__nb_read_parts(s, f, s->N, 0, 0, path);
+        if (st == LSS_OK) st = lss__nb_read_acc(s, f, nacc, take_acc, path);
+        if (st == LSS_OK) st = lss__nb_check_end(f, path);
+        fclose(f);
+        s->ck_step = -1, s->ck_ranks = 0;
+    } else {
+        int64_t tot = 0;
+        if ((st = lss__nb_check_end(f, path)) != LSS_OK) { fclose(f); return st; }
+        fclose(f);
+        for (r = 0; r < ri[0] && st == LSS_OK; r++) {
+            int64_t h2[4];
+            uint64_t fp2;
+            lss__nb_rankfile(rp, sizeof rp, path, hdr[0], r);
+            if (!(f = fopen(rp, "rb"))) { st = lss_seterr(LSS_ERR_IO, "N-body: checkpoint part '%s' is missing", rp); break; }
+            if (fread(mg, 1, 8, f) != 8 || memcmp(mg, "LSSNBDR1", 8) || fread(&fp2, 8, 1, f) != 1 || fp2 != mine ||
+                fread(h2, sizeof h2, 1, f) != 1 || h2[0] != hdr[0] || h2[1] != r || h2[2] != ri[0] || h2[3] < 0 ||
+                h2[3] > s->N - tot || fread(&s->maxp, sizeof s->maxp, 1, f) != 1)
+                st = lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint part '%s' does not belong to '%s'", rp, path);
+            if (st == LSS_OK) st = lss__nb_read_parts(s, f, h2[3], 1, 0, rp);
+            if (st == LSS_OK) st = lss__nb_read_acc(s, f, nacc, take_acc, rp);
+            if (st == LSS_OK) st = lss__nb_check_end(f, rp);
+            tot += h2[3];
+            fclose(f);
+        }
+        if (st == LSS_OK && tot != s->N)
+            st = lss_seterr(LSS_ERR_FORMAT, "N-body: the parts of checkpoint '%s' hold %lld particles, not %lld", path, (long long)tot,
+                            (long long)s->N);
+        s->ck_step = (int)hdr[0], s->ck_ranks = (int)ri[0];
+    }
+    if (st != LSS_OK) return st;
     s->step = (int)hdr[0];
     *loaded = 1;
     return LSS_OK;
+}
+/* removes the rank files of the distributed checkpoint (step, ranks) of path (by one process) */
+static void lss__nb_remove_parts(const char *path, int step, int ranks) {
+    char rp[4400];
+    int r;
+    for (r = 0; r < ranks; r++) {
+        lss__nb_rankfile(rp, sizeof rp, path, step, r);
+        remove(rp);
+    }
 }
 
 LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
@@ -7481,7 +7623,7 @@ LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, cons
     if (!lc) return lss_seterr(LSS_ERR_ARG, "N-body light cone: no light-cone options");
     lss__nb_cancelled = 0;
     if ((st = lss__nb_setup(c, o, lc, seed, index, 0, &s)) != LSS_OK) return st;
-    if (ck && (st = lss__nb_load(s, checkpoint, &loaded)) != LSS_OK) goto done;
+    if (ck && (st = lss__nb_load_any(s, checkpoint, &loaded)) != LSS_OK) goto done;
     if (!loaded && (st = lss__nb_start(s)) != LSS_OK) goto done;
     tsave = lss_time_now();
     while (s->step < s->steps) {
@@ -7490,6 +7632,8 @@ LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, cons
         if (lss__nb_cancelled) {
             lss__nb_cancelled = 0;
             if (ck && (st = lss__nb_save(s, checkpoint)) != LSS_OK) goto done;
+            if (ck && s->ck_ranks > 0) lss__nb_remove_parts(checkpoint, s->ck_step, s->ck_ranks);
+            if (ck) s->ck_ranks = 0;
             st = lss_seterr(LSS_ERR_STATE, "N-body: run cancelled after step %d of %d%s%s%s", s->step, s->steps,
                             ck ? " (state saved to '" : " (no checkpoint: the run is lost)", ck ? checkpoint : "",
                             ck ? "')" : "");
@@ -7497,12 +7641,17 @@ LSSDEF int lss_nbody_lightcone(const lss_cosmo *c, const lss_nbody_opts *o, cons
         }
         if (ck && s->step < s->steps && lss_time_now() - tsave >= LSS__NB_CKPT_SECONDS) {
             if ((st = lss__nb_save(s, checkpoint)) != LSS_OK) goto done;
+            if (s->ck_ranks > 0) lss__nb_remove_parts(checkpoint, s->ck_step, s->ck_ranks); /* resumed from a distributed run */
+            s->ck_ranks = 0;
             tsave = lss_time_now();
         }
     }
     if ((st = lss_nbody_shells(s, out)) != LSS_OK) goto done;
     out->seconds = lss_time_now() - t0;
-    if (ck) remove(checkpoint);
+    if (ck) {
+        remove(checkpoint);
+        if (s->ck_ranks > 0) lss__nb_remove_parts(checkpoint, s->ck_step, s->ck_ranks);
+    }
 done:
     lss_nbody_free(s);
     return st;
@@ -7781,20 +7930,73 @@ static int lss__nb_force_dist(lss_nbody *s, double kfac, int T) {
     s->st.force += (t3 - t2) + (lss_time_now() - t4);
     return LSS_OK;
 }
+
+/* the checkpoint of a distributed run: every rank its part, then rank 0 the index; the previous parts removed */
+static int lss__nb_save_dist(lss_nbody *s, const char *path) {
+    char rp[4400];
+    lss_wfile w;
+    int st, ok = 0, r;
+    uint64_t fp = lss__nb_fingerprint(s);
+    int64_t hdr[6], h2[4], ri[2], nacc = lss__nb_nacc(s), m;
+    hdr[0] = s->step; hdr[1] = s->steps; hdr[2] = s->N; hdr[3] = nacc; hdr[4] = s->np; hdr[5] = s->n;
+    h2[0] = s->step; h2[1] = s->rank; h2[2] = s->size; h2[3] = s->Nl;
+    ri[0] = s->size; ri[1] = s->step;
+    lss__nb_rankfile(rp, sizeof rp, path, s->step, s->rank);
+    lss_mpi_own_files(1);
+    if ((st = lss_wfile_open(&w, rp)) == LSS_OK) {
+        ok = fwrite("LSSNBDR1", 1, 8, w.f) == 8 && fwrite(&fp, 8, 1, w.f) == 1 && fwrite(h2, sizeof h2, 1, w.f) == 1 &&
+             fwrite(&s->maxp, sizeof s->maxp, 1, w.f) == 1 &&
+             fwrite(s->pos, sizeof(uint32_t), 3 * (size_t)s->Nl, w.f) == 3 * (size_t)s->Nl &&
+             fwrite(s->mom, sizeof(float), 3 * (size_t)s->Nl, w.f) == 3 * (size_t)s->Nl &&
+             fwrite(s->gid, sizeof(int64_t), (size_t)s->Nl, w.f) == (size_t)s->Nl;
+        for (m = 0; ok && m < nacc; m += 4096) { /* this rank's light-cone sums (the parts add up) */
+            size_t c = (size_t)(nacc - m < 4096 ? nacc - m : 4096);
+            ok = fwrite(s->acc + m, sizeof(int64_t), c, w.f) == c;
+        }
+        ok = ok && fwrite("LSSNBEND", 1, 8, w.f) == 8;
+        if (!ok) { lss_wfile_abort(&w); st = lss_seterr(LSS_ERR_IO, "N-body: writing the checkpoint part '%s' failed", rp); }
+        else st = lss_wfile_commit(&w);
+    }
+    lss_mpi_own_files(0);
+    if (lss_mpi_agree(st, &r) != LSS_OK)
+        return st != LSS_OK ? st : lss_seterr(LSS_ERR_IO, "N-body: rank %d could not write its checkpoint part", r);
+    /* the index (rank 0 writes; the others' copies go to /dev/null and meet it at the commit's barrier) */
+    if ((st = lss_wfile_open(&w, path)) == LSS_OK) {
+        ok = fwrite("LSSNBDI1", 1, 8, w.f) == 8 && fwrite(&fp, 8, 1, w.f) == 1 && fwrite(hdr, sizeof hdr, 1, w.f) == 1 &&
+             fwrite(ri, sizeof ri, 1, w.f) == 1 && fwrite("LSSNBEND", 1, 8, w.f) == 8;
+        if (!ok) { lss_wfile_abort(&w); st = lss_seterr(LSS_ERR_IO, "N-body: writing the checkpoint '%s' failed", path); }
+        else st = lss_wfile_commit(&w);
+    }
+    if (lss_mpi_agree(st, &r) != LSS_OK)
+        return st != LSS_OK ? st : lss_seterr(LSS_ERR_IO, "N-body: rank %d could not write the checkpoint index", r);
+    if (s->rank == 0 && s->ck_ranks > 0 && s->ck_step != s->step) lss__nb_remove_parts(path, s->ck_step, s->ck_ranks);
+    s->ck_step = s->step, s->ck_ranks = s->size;
+    return LSS_OK;
+}
+
+/* set-up of a distributed run, agreed over the ranks */
+static int lss__nb_setup_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc, uint64_t seed,
+                              uint64_t index, int lean, lss_nbody **out) {
+    lss_nbody *s = NULL;
+    int own = lss__nb_setup(c, o, lc, seed, index, lean ? 1 : 2, &s), st, r;
+    *out = NULL;
+    if ((st = lss_mpi_agree(own, &r)) != LSS_OK) {
+        if (s) lss_nbody_free(s);
+        if (own == LSS_OK) return lss_seterr(st, "N-body: the set-up failed on rank %d (see its message)", r);
+        return own;
+    }
+    *out = s;
+    return LSS_OK;
+}
 #endif
 
 LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
                                  uint64_t seed, uint64_t index, int lean, lss_nbody **out) {
 #ifdef LSS_MPI
     lss_nbody *s = NULL;
-    int st, r;
+    int st;
     if (lss_mpi_size() > 1) {
-        int own = lss__nb_setup(c, o, lc, seed, index, lean ? 1 : 2, &s);
-        if ((st = lss_mpi_agree(own, &r)) != LSS_OK) {
-            if (s) lss_nbody_free(s);
-            if (own == LSS_OK) return lss_seterr(st, "N-body: the set-up failed on rank %d (see its message)", r);
-            return own;
-        }
+        if ((st = lss__nb_setup_dist(c, o, lc, seed, index, lean, &s)) != LSS_OK) return st;
         if ((st = lss__nb_start(s)) != LSS_OK) { lss_nbody_free(s); return st; }
         *out = s;
         return LSS_OK;
@@ -7855,25 +8057,71 @@ LSSDEF int lss_nbody_particles(const lss_nbody *s, uint32_t *pos, float *mom) {
 }
 
 LSSDEF int lss_nbody_lightcone_dist(const lss_cosmo *c, const lss_nbody_opts *o, const lss_lightcone_opts *lc,
-                                    uint64_t seed, uint64_t index, int lean, lss_nbody_progress_fn fn, void *user,
-                                    lss_shellset *out) {
+                                    uint64_t seed, uint64_t index, int lean, const char *checkpoint,
+                                    lss_nbody_progress_fn fn, void *user, lss_shellset *out) {
+#ifdef LSS_MPI
     lss_nbody *s = NULL;
-    int st;
-    double t0 = lss_time_now();
-    if (lss_mpi_size() <= 1) return lss_nbody_lightcone(c, o, lc, seed, index, NULL, fn, user, out);
+    int st, loaded = 0, ck = checkpoint && *checkpoint, r;
+    double t0 = lss_time_now(), tsave;
+    if (lss_mpi_size() <= 1) return lss_nbody_lightcone(c, o, lc, seed, index, checkpoint, fn, user, out);
     if (!out) return lss_seterr(LSS_ERR_ARG, "N-body light cone: NULL output");
     memset(out, 0, sizeof *out);
     if (!lc) return lss_seterr(LSS_ERR_ARG, "N-body light cone: no light-cone options");
-    if ((st = lss_nbody_create_dist(c, o, lc, seed, index, lean, &s)) != LSS_OK) return st;
+    lss__nb_cancelled = 0;
+    if ((st = lss__nb_setup_dist(c, o, lc, seed, index, lean, &s)) != LSS_OK) return st;
+    if (ck) {
+        int64_t nl, tot = 0;
+        int own = lss__nb_load_any(s, checkpoint, &loaded);
+        if ((st = lss_mpi_agree(own, &r)) != LSS_OK) {
+            if (own == LSS_OK) lss_seterr(st, "N-body: rank %d could not read the checkpoint '%s'", r, checkpoint);
+            goto done;
+        }
+        nl = s->Nl;
+        MPI_Allreduce(&nl, &tot, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+        if (loaded && tot != s->N) {
+            st = lss_seterr(LSS_ERR_FORMAT, "N-body: checkpoint '%s' gave the ranks %lld particles, not %lld", checkpoint,
+                            (long long)tot, (long long)s->N);
+            goto done;
+        }
+    }
+    if (!loaded && (st = lss__nb_start(s)) != LSS_OK) goto done;
+    tsave = lss_time_now();
     while (s->step < s->steps) {
+        int fl[2];
         if ((st = lss_nbody_step(s)) != LSS_OK) goto done;
         if (fn) fn(s->step, s->steps, s->a_node[s->step], lss_time_now() - t0, user);
+        /* a cancel on any rank, or rank 0's clock, decides for all */
+        fl[0] = lss__nb_cancelled;
+        fl[1] = ck && s->step < s->steps && s->rank == 0 && lss_time_now() - tsave >= LSS__NB_CKPT_SECONDS;
+        MPI_Allreduce(MPI_IN_PLACE, fl, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (fl[0]) {
+            lss__nb_cancelled = 0;
+            if (ck && (st = lss__nb_save_dist(s, checkpoint)) != LSS_OK) goto done;
+            st = lss_seterr(LSS_ERR_STATE, "N-body: run cancelled after step %d of %d%s%s%s", s->step, s->steps,
+                            ck ? " (state saved to '" : " (no checkpoint: the run is lost)", ck ? checkpoint : "", ck ? "')" : "");
+            goto done;
+        }
+        if (fl[1]) {
+            if ((st = lss__nb_save_dist(s, checkpoint)) != LSS_OK) goto done;
+            tsave = lss_time_now();
+        }
     }
     if ((st = lss_nbody_shells(s, out)) != LSS_OK) goto done;
     out->seconds = lss_time_now() - t0;
+    if (ck) {
+        if (s->rank == 0) {
+            remove(checkpoint);
+            if (s->ck_ranks > 0) lss__nb_remove_parts(checkpoint, s->ck_step, s->ck_ranks);
+        }
+        lss_mpi_barrier();
+    }
 done:
     lss_nbody_free(s);
     return st;
+#else
+    (void)lean;
+    return lss_nbody_lightcone(c, o, lc, seed, index, checkpoint, fn, user, out);
+#endif
 }
 /* ==== END N-BODY IMPLEMENTATION ==== */
 /* ==== SHELL LIBRARY IMPLEMENTATION ==== */

@@ -256,10 +256,10 @@ static int nbody_main(int argc, char **argv) {
     signal(SIGTERM, nb_on_signal);
     if (have > 0) fprintf(stderr, "lss-sim nbody: %d of %d entries already in %s; resuming\n", have < ncos ? have : ncos, ncos, out);
     /* under MPI each rank runs and writes its block of the entries still to make (--split cosmologies), or every
-       rank takes part in every box and rank 0 writes (--split box: no checkpoints) */
+       rank takes part in every box and rank 0 writes (--split box; each rank writes its checkpoint part) */
     if (boxsplit) blo = 0, bhi = ncos > have ? ncos - have : 0;
     else lss_mpi_block(ncos > have ? ncos - have : 0, lss_mpi_rank(), lss_mpi_size(), &blo, &bhi);
-    if (boxsplit) fprintf(stderr, "lss-sim nbody: every box over %d ranks (no checkpoints: an interrupted box restarts)\n", lss_mpi_size());
+    if (boxsplit) fprintf(stderr, "lss-sim nbody: every box over %d ranks%s\n", lss_mpi_size(), lean ? " (lean: in-place transposes)" : "");
     lss_mpi_own_files(!boxsplit);
     for (i = have + (int)blo; i < have + (int)bhi; i++) {
         lss_cosmo *c;
@@ -272,7 +272,7 @@ static int nbody_main(int argc, char **argv) {
         lss_drv_check(lss_shell_lib_stem(out, i, stem, sizeof stem), "library");
         snprintf(ck, sizeof ck, "%s.ckpt", stem);
         fprintf(stderr, "lss-sim nbody: cosmology %d/%d: Omega_m = %.4f, sigma_8 = %.4f\n", i + 1, ncos, cp[i].omega_m, cp[i].sigma_8);
-        st = boxsplit ? lss_nbody_lightcone_dist(c, &no, &lc, seed, same ? 0 : (uint64_t)i, lean, nb_progress, &pr, &s)
+        st = boxsplit ? lss_nbody_lightcone_dist(c, &no, &lc, seed, same ? 0 : (uint64_t)i, lean, ck, nb_progress, &pr, &s)
                       : lss_nbody_lightcone(c, &no, &lc, seed, same ? 0 : (uint64_t)i, ck, nb_progress, &pr, &s);
         lss_cosmo_free(c);
         if (st != LSS_OK && nb_signal)

@@ -11,6 +11,11 @@
  *   mpi_check nbody DIR NP MESH LPT LEAN one particle-mesh light-cone run over all the ranks
  *                                        (lss_nbody_create_dist, lean 0 or 1); writes DIR/pos.bin, DIR/mom.bin (every
  *                                        particle in lattice order) and DIR/shells.npy.
+ *   mpi_check nbody-ck DIR NP MESH LPT LEAN CANCEL
+ *                                        the same light cone through lss_nbody_lightcone_dist with the
+ *                                        checkpoint DIR/run.ckpt (resumed when it exists); CANCEL > 0:
+ *                                        the last rank cancels after that step (exit status 3); at the end
+ *                                        DIR/shells.npy.
  * Exit status 0 on success; errors on stderr. */
 #define _POSIX_C_SOURCE 200809L
 #define LSS_IMPLEMENTATION
@@ -258,14 +263,51 @@ done:
     return st == LSS_OK ? 0 : 1;
 }
 
+static int nb_cancel_at = 0;
+static void nb_prog(int step, int steps, double a, double sec, void *user) {
+    (void)steps, (void)a, (void)sec, (void)user;
+    if (step == nb_cancel_at && lss_mpi_rank() == lss_mpi_size() - 1) lss_nbody_cancel();
+}
+static int nbody_ck(const char *dir, int np, int mesh, int lpt, int lean, int cancel) {
+    static const double ze[4] = {0.05, 0.2, 0.35, 0.5};
+    lss_params p;
+    lss_cosmo *c = NULL;
+    lss_nbody_opts o;
+    lss_lightcone_opts lc;
+    lss_shellset ss;
+    int64_t sh[4];
+    char path[1024], ck[1024];
+    int st;
+    memset(&ss, 0, sizeof ss);
+    lss_params_fiducial(&p);
+    p.omega_m = 0.28;
+    if ((st = lss_cosmo_create(&p, &c)) != LSS_OK) goto done;
+    memset(&o, 0, sizeof o);
+    o.box = 200; o.np = np; o.mesh = mesh; o.steps = 6; o.z_init = 9; o.lpt_order = lpt;
+    memset(&lc, 0, sizeof lc);
+    lc.side = 16; lc.pixel_arcmin = 20; lc.nshell = 3; lc.z_edges = ze; lc.ncone = 2;
+    nb_cancel_at = cancel;
+    snprintf(ck, sizeof ck, "%s/run.ckpt", dir);
+    if ((st = lss_nbody_lightcone_dist(c, &o, &lc, 7, 3, lean, ck, nb_prog, NULL, &ss)) != LSS_OK) goto done;
+    sh[0] = ss.ncone, sh[1] = ss.nshell, sh[2] = ss.side, sh[3] = ss.side;
+    snprintf(path, sizeof path, "%s/shells.npy", dir);
+    st = lss_npy_save(path, LSS_F32, 4, sh, ss.delta);
+done:
+    if (st != LSS_OK) fprintf(stderr, "mpi_check nbody-ck (rank %d): %s\n", lss_mpi_rank(), lss_last_error());
+    lss_shellset_free(&ss);
+    lss_cosmo_free(c);
+    return st == LSS_OK ? 0 : cancel > 0 && st == LSS_ERR_STATE ? 3 : 1;
+}
+
 int main(int argc, char **argv) {
     int rc = 2;
     if (lss_mpi_init(&argc, &argv)) { fprintf(stderr, "mpi_check: %s\n", lss_last_error()); return 1; }
     if (argc >= 4 && !strcmp(argv[1], "train")) rc = train(argv[2], atoll(argv[3]), argc > 4 ? atoi(argv[4]) : 6);
     else if (argc >= 3 && !strcmp(argv[1], "emcee")) rc = emcee(argv[2]);
     else if (argc >= 2 && !strcmp(argv[1], "sum")) rc = sum_check();
+    else if (argc >= 8 && !strcmp(argv[1], "nbody-ck")) rc = nbody_ck(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]), atoi(argv[7]));
     else if (argc >= 7 && !strcmp(argv[1], "nbody")) rc = nbody(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
-    else fprintf(stderr, "usage: mpi_check train DIR STEPS [NSHARD] | emcee DIR | sum | nbody DIR NP MESH LPT LEAN\n");
+    else fprintf(stderr, "usage: mpi_check train DIR STEPS [NSHARD] | emcee DIR | sum | nbody DIR NP MESH LPT LEAN | nbody-ck DIR NP MESH LPT LEAN CANCEL\n");
     lss_mpi_finalize();
     return rc;
 }

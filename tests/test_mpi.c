@@ -233,6 +233,28 @@ static void test_mpi_runs(void) {
                 same_files(T "/p", k, f, 3, "one N-body box");
             }
         }
+        /* checkpoints of a split box: 2 ranks cancelled (by the last rank alone) after step 3, resumed on 3 ranks with
+           in-place transposes and cancelled after step 5, finished serially: the serial shells; and a serial
+           checkpoint finished on 2 ranks */
+#define NCK " nbody-ck " T "/q%d 16 32 2"
+        CHECK(sh("rm -rf " T "/q0 " T "/q1 " T "/q2 && mkdir -p " T "/q0 " T "/q1 " T "/q2 && build/mpi/mpi_check_serial" NCK " 0 0 > " T
+                 "/log 2>&1", 0) == 0, "serial N-body light cone with a checkpoint path failed");
+        CHECK(sh(MPIRUN " 2 build/mpi/mpi_check" NCK " 0 3 > " T "/log 2>&1", 1) != 0 && exists(T "/q1/run.ckpt") &&
+              exists(T "/q1/run.ckpt.s3.r0") && exists(T "/q1/run.ckpt.s3.r1"), "2 ranks cancelled after step 3: index and 2 parts");
+        CHECK(sh(MPIRUN " 3 build/mpi/mpi_check" NCK " 1 5 > " T "/log 2>&1", 1) != 0 && exists(T "/q1/run.ckpt.s5.r2") &&
+              !exists(T "/q1/run.ckpt.s3.r0"), "resumed on 3 ranks, cancelled after step 5: 3 new parts, the old ones removed");
+        CHECK(sh("build/mpi/mpi_check_serial" NCK " 0 0 > " T "/log 2>&1", 1) == 0 && !exists(T "/q1/run.ckpt") &&
+              !exists(T "/q1/run.ckpt.s5.r0"), "the serial run finishes from the 3-rank checkpoint and removes it");
+        CHECK(same(T "/q0/shells.npy", T "/q1/shells.npy"), "shells after 2 -> 3 -> 1 ranks equal the uninterrupted serial run");
+        CHECK(sh("build/mpi/mpi_check_serial" NCK " 0 2 > " T "/log 2>&1", 2) == 3 && exists(T "/q2/run.ckpt"),
+              "serial run cancelled after step 2 (exit 3, checkpoint kept)");
+        CHECK(sh(MPIRUN " 2 build/mpi/mpi_check" NCK " 0 0 > " T "/log 2>&1", 2) == 0 && same(T "/q0/shells.npy", T "/q2/shells.npy") &&
+              !exists(T "/q2/run.ckpt"), "a serial checkpoint finished on 2 ranks gives the serial shells");
+        /* a part missing: a clear error, nothing overwritten */
+        CHECK(sh("rm -rf " T "/q3 && mkdir -p " T "/q3 && " MPIRUN " 2 build/mpi/mpi_check" NCK " 0 2 > " T "/log 2>&1", 3) != 0 &&
+              sh("rm " T "/q3/run.ckpt.s2.r1 && build/mpi/mpi_check_serial" NCK " 0 0 > " T "/q3log 2>&1", 3) == 1 &&
+              sh("grep -q 'run.ckpt.s2.r1. is missing' " T "/q3log") == 0 && exists(T "/q3/run.ckpt") && exists(T "/q3/run.ckpt.s2.r0"),
+              "a checkpoint with a part missing: exit 1 naming the part, the checkpoint left as it was");
         /* too many ranks for the mesh: a clear error from every rank, no hang */
         k = sh("mkdir -p " T "/pe && timeout 120 " MPIRUN " 5 build/mpi/mpi_check nbody " T "/pe 16 16 1 0 > " T "/pelog 2>&1");
         CHECK(k != 0 && k != 124, "N-body over too many ranks: exit status %d (want a failure, not a hang)", k);
