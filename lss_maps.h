@@ -7480,8 +7480,9 @@ static int lss__nb_owns(const lss_nbody *s, uint32_t x) {
     return 1;
 #endif
 }
-/* particles [n] from f (positions, then momenta, then indices when gid is NULL... see the callers): kept at their
-   lattice index (serial) or appended when this rank owns them (distributed) */
+/* n particles from f at its current position: positions [n][3], momenta [n][3], then (with_gid, a rank's part)
+   their lattice indices [n] (a serial checkpoint holds them in lattice order from `first`). A serial run puts each
+   at its lattice index, a distributed one appends those of its slab. f is left after them. */
 static int lss__nb_read_parts(lss_nbody *s, FILE *f, int64_t n, int with_gid, int64_t first, const char *name) {
     enum { CH = 65536 };
     uint32_t *pb = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * CH);
@@ -7490,7 +7491,7 @@ static int lss__nb_read_parts(lss_nbody *s, FILE *f, int64_t n, int with_gid, in
     long p0 = ftell(f);
     int st = LSS_OK;
     if (!pb || !mb || !gb || p0 < 0) { st = lss_seterr(LSS_ERR_NOMEM, "N-body: out of memory reading '%s'", name); goto out; }
-    /* indices first (they follow positions and momenta in a rank file), so that each particle lands in one pass */
+    /* chunk by chunk: the indices, positions and momenta of the same particles */
     for (j = 0; j < n; j += CH) {
         int64_t c = n - j < CH ? n - j : CH;
         if (with_gid) {
@@ -7774,23 +7775,8 @@ LSS__MOMP(omp critical(lss_fftw_plan))
 
 /* room for `need` particles in pos, mom, gid and ord (agreed over the ranks: every rank calls it) */
 static int lss__nb_reserve(lss_nbody *s, int64_t need) {
-    int st = LSS_OK, r;
-    if (need > s->cap) {
-        int64_t c = need + need / 4 + 1024;
-        uint32_t *p = (uint32_t *)LSS_REALLOC(s->pos, sizeof(uint32_t) * 3 * (size_t)c);
-        float *m;
-        int64_t *g;
-        void *o;
-        if (p) s->pos = p;
-        m = p ? (float *)LSS_REALLOC(s->mom, sizeof(float) * 3 * (size_t)c) : NULL;
-        if (m) s->mom = m;
-        g = m ? (int64_t *)LSS_REALLOC(s->gid, sizeof(int64_t) * (size_t)c) : NULL;
-        if (g) s->gid = g;
-        o = g ? LSS_REALLOC(s->ord, (s->ord64 ? 8 : 4) * (size_t)c) : NULL;
-        if (o) { s->ord = o; s->cap = c; }
-        else st = LSS_ERR_NOMEM;
-    }
-    if ((st = lss_mpi_agree(st, &r)) != LSS_OK)
+    int r;
+    if (lss_mpi_agree(lss__nb_grow(s, need), &r) != LSS_OK)
         return lss_seterr(LSS_ERR_NOMEM, "N-body: rank %d is out of memory for %lld particles", r, (long long)need);
     return LSS_OK;
 }

@@ -213,10 +213,19 @@ static int sum_check(void) {
     return bad != 0;
 }
 
-/* a small light cone: 3 shells to z = 0.5 in two cones, 6 steps from z = 9 */
-static int nbody(const char *dir, int np, int mesh, int lpt, int lean) {
+/* a small light cone: 3 shells to z = 0.5 in two cones, 6 steps from z = 9, in a 200 Mpc/h box */
+static int nb_setup(int np, int mesh, int lpt, lss_cosmo **c, lss_nbody_opts *o, lss_lightcone_opts *lc) {
     static const double ze[4] = {0.05, 0.2, 0.35, 0.5};
     lss_params p;
+    lss_params_fiducial(&p);
+    p.omega_m = 0.28;
+    memset(o, 0, sizeof *o);
+    o->box = 200; o->np = np; o->mesh = mesh; o->steps = 6; o->z_init = 9; o->lpt_order = lpt;
+    memset(lc, 0, sizeof *lc);
+    lc->side = 16; lc->pixel_arcmin = 20; lc->nshell = 3; lc->z_edges = ze; lc->ncone = 2;
+    return lss_cosmo_create(&p, c);
+}
+static int nbody(const char *dir, int np, int mesh, int lpt, int lean) {
     lss_cosmo *c = NULL;
     lss_nbody_opts o;
     lss_lightcone_opts lc;
@@ -230,13 +239,7 @@ static int nbody(const char *dir, int np, int mesh, int lpt, int lean) {
     int st;
     FILE *f;
     memset(&ss, 0, sizeof ss);
-    lss_params_fiducial(&p);
-    p.omega_m = 0.28;
-    if ((st = lss_cosmo_create(&p, &c)) != LSS_OK) goto done;
-    memset(&o, 0, sizeof o);
-    o.box = 200; o.np = np; o.mesh = mesh; o.steps = 6; o.z_init = 9; o.lpt_order = lpt;
-    memset(&lc, 0, sizeof lc);
-    lc.side = 16; lc.pixel_arcmin = 20; lc.nshell = 3; lc.z_edges = ze; lc.ncone = 2;
+    if ((st = nb_setup(np, mesh, lpt, &c, &o, &lc)) != LSS_OK) goto done;
     if ((st = lss_nbody_create_dist(c, &o, &lc, 7, 3, lean, &s)) != LSS_OK) goto done;
     while (lss_nbody_steps_done(s) < o.steps)
         if ((st = lss_nbody_step(s)) != LSS_OK) goto done;
@@ -269,8 +272,6 @@ static void nb_prog(int step, int steps, double a, double sec, void *user) {
     if (step == nb_cancel_at && lss_mpi_rank() == lss_mpi_size() - 1) lss_nbody_cancel();
 }
 static int nbody_ck(const char *dir, int np, int mesh, int lpt, int lean, int cancel) {
-    static const double ze[4] = {0.05, 0.2, 0.35, 0.5};
-    lss_params p;
     lss_cosmo *c = NULL;
     lss_nbody_opts o;
     lss_lightcone_opts lc;
@@ -279,13 +280,7 @@ static int nbody_ck(const char *dir, int np, int mesh, int lpt, int lean, int ca
     char path[1024], ck[1024];
     int st;
     memset(&ss, 0, sizeof ss);
-    lss_params_fiducial(&p);
-    p.omega_m = 0.28;
-    if ((st = lss_cosmo_create(&p, &c)) != LSS_OK) goto done;
-    memset(&o, 0, sizeof o);
-    o.box = 200; o.np = np; o.mesh = mesh; o.steps = 6; o.z_init = 9; o.lpt_order = lpt;
-    memset(&lc, 0, sizeof lc);
-    lc.side = 16; lc.pixel_arcmin = 20; lc.nshell = 3; lc.z_edges = ze; lc.ncone = 2;
+    if ((st = nb_setup(np, mesh, lpt, &c, &o, &lc)) != LSS_OK) goto done;
     nb_cancel_at = cancel;
     snprintf(ck, sizeof ck, "%s/run.ckpt", dir);
     if ((st = lss_nbody_lightcone_dist(c, &o, &lc, 7, 3, lean, ck, nb_prog, NULL, &ss)) != LSS_OK) goto done;
