@@ -299,8 +299,10 @@ static int cmd_train(int argc, char **argv) {
     int resume = 0, every = 100, rmsprop = -1, proj = -1, shards = 0;
     cfg c;
     cfg_scale(&c, "small");
+    int help = 0;
+    for (int i = 1; i < argc; i++) help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1]; else if (!strcmp(argv[i], "--scale")) scale = argv[i + 1];
-    cfg_load(&c, dir, scale);
+    if (!help) cfg_load(&c, dir, scale); /* the defaults the data set implies (--help shows the scale's) */
     lss_drv_opt opts[] = {{"dir", LSS_DRV_STR, &dir, 0, 0, 0, "experiment directory (from cgan data)"},
                           {"scale", LSS_DRV_STR, &scale, 0, 0, 0, "small or demo: the step counts below (paper data sets read as paper)"},
                           {"what", LSS_DRV_STR, &what, 0, 0, 0, "all, regressor or gan"},

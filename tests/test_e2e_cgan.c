@@ -138,6 +138,7 @@ static void test_cgan_e2e(void) {
         CHECK(run("train --dir %s --scale demo --iterations 1%s", d2, NULL) == 2 && stderr_one_line(), "NaN in train.npy: exit 2");
     }
     CHECK(run("--help%s%s", NULL, NULL) == 0, "--help");
+    CHECK(run("train --dir %s/none --help%s", dir, NULL) == 0, "train --help without a data set: exit 0");
 }
 
 int main(void) {
