@@ -7781,7 +7781,15 @@ static int lss__nb_reserve(lss_nbody *s, int64_t need) {
     return LSS_OK;
 }
 
-static int lss__nb_owner(const lss_nbody *s, uint32_t x) { return (int)((((uint64_t)x * (uint64_t)s->n) >> 32) / (uint64_t)s->blk); }
+/* the force-mesh plane of position x, and the rank whose slab holds it */
+static int lss__nb_plane(const lss_nbody *s, uint32_t x) { return (int)(((uint64_t)x * (uint64_t)s->n) >> 32); }
+static int lss__nb_owner(const lss_nbody *s, uint32_t x) { return lss__nb_plane(s, x) / s->blk; }
+/* particle m as a record in transit */
+static void lss__nb_pack(const lss_nbody *s, int64_t m, lss__nbpart *q) {
+    int d;
+    for (d = 0; d < 3; d++) { q->x[d] = s->pos[3 * m + d]; q->p[d] = s->mom[3 * m + d]; }
+    q->id = s->gid[m];
+}
 
 /* every particle to the rank of its force-mesh slab (MPI_Alltoallv; the particles' order does not matter: every
    sum over them is exact) */
@@ -7794,8 +7802,9 @@ static int lss__nb_migrate(lss_nbody *s) {
     if (!cnt) MPI_Abort(MPI_COMM_WORLD, 1);
     rc = cnt + P; sd = rc + P; rd = sd + P;
     memset(cnt, 0, sizeof(int) * (size_t)P);
-    for (m = 0; m < s->Nl; m++) {
+    for (m = 0; m < s->Nl; m++) { /* destinations kept in ord (the painting's scratch) for the packing pass */
         int o = lss__nb_owner(s, s->pos[3 * m]);
+        lss__nb_ord_set(s->ord, s->ord64, m, o);
         if (o != me) { cnt[o]++; nout++; }
     }
     sb = (lss__nbpart *)LSS_MALLOC(sizeof(lss__nbpart) * (size_t)(nout ? nout : 1));
@@ -7806,12 +7815,9 @@ static int lss__nb_migrate(lss_nbody *s) {
     for (r = 0, sd[0] = 0; r < P; r++) if (r) sd[r] = sd[r - 1] + cnt[r - 1];
     memcpy(rd, sd, sizeof(int) * (size_t)P); /* fill cursors */
     for (m = 0; m < s->Nl; m++) {
-        int o = lss__nb_owner(s, s->pos[3 * m]), d;
-        if (o != me) {
-            lss__nbpart *q = sb + rd[o]++;
-            for (d = 0; d < 3; d++) { q->x[d] = s->pos[3 * m + d]; q->p[d] = s->mom[3 * m + d]; }
-            q->id = s->gid[m];
-        } else {
+        int o = (int)lss__nb_ord_get(s->ord, s->ord64, m);
+        if (o != me) lss__nb_pack(s, m, sb + rd[o]++);
+        else {
             if (k != m) {
                 memcpy(s->pos + 3 * k, s->pos + 3 * m, 3 * sizeof(uint32_t));
                 memcpy(s->mom + 3 * k, s->mom + 3 * m, 3 * sizeof(float));
@@ -7867,14 +7873,14 @@ static int lss__nb_force_dist(lss_nbody *s, double kfac, int T) {
     int64_t m;
     uint32_t *sb;
     double t0 = lss_time_now(), t1, t2, t3, t4, mp;
-    for (m = 0; m < s->Nl; m++) ns += (int)((((uint64_t)s->pos[3 * m] * (uint64_t)n) >> 32) == (uint64_t)last);
+    for (m = 0; m < s->Nl; m++) ns += lss__nb_plane(s, s->pos[3 * m]) == last;
     sb = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)(ns ? ns : 1));
     if ((st = lss_mpi_agree(sb ? LSS_OK : LSS_ERR_NOMEM, &d)) != LSS_OK) {
         LSS_FREE(sb);
         return lss_seterr(LSS_ERR_NOMEM, "N-body: rank %d is out of memory for the ghost particles", d);
     }
     for (m = 0, ns = 0; m < s->Nl; m++)
-        if ((((uint64_t)s->pos[3 * m] * (uint64_t)n) >> 32) == (uint64_t)last) memcpy(sb + 3 * (size_t)ns++, s->pos + 3 * m, 12);
+        if (lss__nb_plane(s, s->pos[3 * m]) == last) memcpy(sb + 3 * (size_t)ns++, s->pos + 3 * m, 12);
     MPI_Sendrecv(&ns, 1, MPI_INT, right, 71, &nr, 1, MPI_INT, left, 71, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     if ((st = lss__nb_reserve(s, s->Nl + nr)) != LSS_OK) { LSS_FREE(sb); return st; }
     MPI_Sendrecv(sb, 3 * ns, MPI_UINT32_T, right, 72, s->pos + 3 * s->Nl, 3 * nr, MPI_UINT32_T, left, 72, MPI_COMM_WORLD,
@@ -8011,11 +8017,7 @@ LSSDEF int lss_nbody_particles(const lss_nbody *s, uint32_t *pos, float *mom) {
             LSS_FREE(cnt); LSS_FREE(mine); LSS_FREE(all);
             return lss_seterr(LSS_ERR_NOMEM, "N-body particles: rank %d cannot hold the %lld particles", r, (long long)s->N);
         }
-        for (m = 0; m < s->Nl; m++) {
-            int d;
-            for (d = 0; d < 3; d++) { mine[m].x[d] = s->pos[3 * m + d]; mine[m].p[d] = s->mom[3 * m + d]; }
-            mine[m].id = s->gid[m];
-        }
+        for (m = 0; m < s->Nl; m++) lss__nb_pack(s, m, mine + m);
         MPI_Allgather(&nl, 1, MPI_INT, cnt, 1, MPI_INT, MPI_COMM_WORLD);
         for (r = 0, bad = 0; r < P; r++) { cnt[P + r] = bad; bad += cnt[r]; }
         MPI_Type_contiguous((int)sizeof(lss__nbpart), MPI_BYTE, &t);
