@@ -82,6 +82,11 @@ build/tests/%: tests/%.c $(HEADERS) tests/lss_test.h tests/lss_e2e.h $(GPU_OBJ) 
 	@mkdir -p build/tests
 	$(CC) $(CFLAGS_ALL) $(GPU_FLAGS) $< $(GPU_OBJ) -o $@ $(LDLIBS_ALL) $(GPU_LIBS)
 
+# the SGEMM kernel test is built for the baseline x86-64 instruction set: its vector kernels are chosen at run time
+ifeq ($(shell uname -m),x86_64)
+build/tests/test_gemm_kernels build/asan/test_gemm_kernels: ARCH = -march=x86-64
+endif
+
 build/asan/%: tests/%.c $(HEADERS) tests/lss_test.h tests/lss_e2e.h | deps
 	@mkdir -p build/asan
 	$(CC) -std=c11 $(ARCH) $(WARN) -fopenmp -I. -I$(STB_INC) $(SAN) $< -o $@ $(LDLIBS_ALL)

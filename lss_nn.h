@@ -42,7 +42,7 @@
  *   8. training loop     lss_train (lss_train_net, lss_train_opts, lss_train_result)
  *                        data-parallel gradients: lss_dp_create/_free/_grad/_shard/_bytes (fixed
  *                        shards summed in order; under MPI the ranks compute the shards, same bits)
- *   9. SGEMM             lss_sgemm, lss_nn_threads
+ *   9. SGEMM             lss_sgemm, lss_sgemm_kernel, lss_nn_threads
  *  10. blocks            lss_op_activate, lss_mlp_init/_forward, lss_resblock_init/_forward,
  *                        lss_resnet_init/_forward (the DeepLSS CNN), lss_unet_init/_forward;
  *                        the cGAN emulator (Perraudin et al. 2021): lss_convnet_init/_forward (critic
@@ -146,8 +146,9 @@
  *   LSS_NO_OPENMP    ignore OpenMP even when compiled with -fopenmp
  *   LSS_CUDA         declare the GPU primitives (link build/lss_gpu.o, -lcudnn -lcublas -lcudart
  *                    -lstdc++); the CPU code is the same with or without it
- * The built-in SGEMM (packed panels, 6 x 16 register tiles) uses AVX2/FMA intrinsics when __AVX2__
- * and __FMA__ are defined (-march=native) and portable C otherwise; it is threaded with OpenMP over
+ * The built-in SGEMM (packed panels of 6 rows and 16 columns) runs AVX-512 (12 x 32 register tiles)
+ * or AVX2/FMA (6 x 16) kernels on x86-64, chosen at run time from the CPU (lss_sgemm_kernel), and
+ * portable C elsewhere; it is threaded with OpenMP over
  * blocks of C. Results do not depend on the number of threads: every output element is computed by
  * the same sequence of operations, and reductions run in fixed-size chunks added in a fixed order.
  * A graph sizes its packing buffers for omp_get_max_threads() at creation and never uses more
@@ -552,6 +553,15 @@ LSSDEF double lss_dp_bytes(const lss_dp *d);
 LSSDEF int lss_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                      int64_t ldc);
+/* The built-in SGEMM's micro-kernel: 0 portable C, 1 AVX2 + FMA (6 x 16 tiles), 2 AVX-512F (12 x 32
+ * tiles). On x86-64 (GCC or clang) the vector kernels are compiled whatever -march says and the best
+ * one the CPU supports is chosen at the first call; the environment variable LSS_SGEMM_KERNEL=c|avx2
+ * caps it. lss_sgemm_kernel(want) caps it from the program (want < 0: no change) and returns the level
+ * in effect, never above what the CPU supports. Levels 1 and 2 give bitwise the same results (the same
+ * fused multiply-adds in the same order); level 0 rounds products and sums separately. Set it before
+ * starting threaded work. LSS_CBLAS builds use the system's SGEMM whatever the level says. */
+LSSDEF int lss_sgemm_kernel(int want);
+LSSDEF const char *lss_sgemm_kernel_name(int level); /* "c", "avx2", "avx512" */
 /* Number of OpenMP threads the library uses (1 without OpenMP). */
 LSSDEF int lss_nn_threads(void);
 
@@ -1001,7 +1011,13 @@ LSSDEF int lss_gpu_rand_normalf(lss_gpu *ctx, float *d, int64_t n, uint64_t seed
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && !defined(LSS_CBLAS)
 #include <immintrin.h>
-#define LSS__AVX2 1
+#define LSS__AVX2 1 /* AVX2 copies in im2col (compile time) */
+#endif
+#if !defined(LSS_CBLAS) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define LSS__X86 1 /* SGEMM kernels for AVX2 + FMA and AVX-512F, chosen at run time */
+#define LSS__TA2 __attribute__((target("avx2,fma")))
+#define LSS__TA5 __attribute__((target("avx512f,avx2,fma")))
 #endif
 #ifdef LSS_CBLAS
 #include <cblas.h>
@@ -1142,11 +1158,74 @@ LSSDEF uint32_t lss_crc32(uint32_t crc, const void *buf, size_t n) {
 #define LSS__NC 2048 /* largest column block of a task */
 #define LSS__GEMM_WS ((size_t)LSS__KC * LSS__NC + (size_t)LSS__MC * LSS__KC + 256)
 
+/* Kernel choice (see lss_sgemm_kernel): 0 portable C, 1 AVX2 + FMA, 2 AVX-512F. On x86-64 with GCC or
+ * clang the vector kernels are compiled with target attributes, whatever -march says, and chosen at
+ * run time from the CPU's features, so one binary runs the best kernel on every x86-64 CPU. */
+static int lss__gemm_lvl = -1;
+
+static int lss__gemm_cpu(void) {
+#ifdef LSS__X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+    return 0;
+}
+
+static int lss__gemm_level(void) {
+    int l = lss__gemm_lvl;
+    if (l < 0) {
+        const char *e = getenv("LSS_SGEMM_KERNEL");
+        int cpu = lss__gemm_cpu();
+        l = cpu;
+        if (e && !strcmp(e, "c")) l = 0;
+        else if (e && !strcmp(e, "avx2")) l = cpu < 1 ? cpu : 1;
+        lss__gemm_lvl = l;
+    }
+    return l;
+}
+
+LSSDEF int lss_sgemm_kernel(int want) {
+    int cpu = lss__gemm_cpu();
+    if (want < 0) return lss__gemm_level();
+    lss__gemm_lvl = want < cpu ? want : cpu;
+    return lss__gemm_lvl;
+}
+
+LSSDEF const char *lss_sgemm_kernel_name(int level) {
+    return level == 2 ? "avx512" : level == 1 ? "avx2" : level == 0 ? "c" : "unknown";
+}
+
 #ifndef LSS_CBLAS
-/* Micro-kernel: acc[6][16] = sum_k a[k*6 + i] b[k*16 + j]; c = alpha acc + beta c (beta 0: c not read). */
-static void lss__kern(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
-                      float beta) {
-#ifdef LSS__AVX2
+/* Every kernel computes each element of its tile by the same operations: acc = 0, then acc = a_ik b_kj + acc
+   for k in order (one rounding per step: fused multiply-add, or a product and a sum in portable C), then
+   c = alpha acc (beta 0: c not read) or c = beta c + alpha acc (alpha acc rounded first, then one fused
+   multiply-add). The AVX2 and AVX-512 kernels therefore give bitwise the same C. */
+
+/* Portable micro-kernel: acc[6][16] = sum_k a[k*6 + i] b[k*16 + j]. */
+static void lss__kern_c(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
+                        float beta) {
+    float acc[LSS__MR][LSS__NR];
+    int64_t k;
+    int i, j;
+    memset(acc, 0, sizeof acc);
+    for (k = 0; k < kc; k++) {
+        for (i = 0; i < LSS__MR; i++) {
+            float ai = a[i];
+            for (j = 0; j < LSS__NR; j++) acc[i][j] += ai * b[j];
+        }
+        a += LSS__MR; b += LSS__NR;
+    }
+    for (i = 0; i < LSS__MR; i++)
+        for (j = 0; j < LSS__NR; j++)
+            c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : beta * c[i * ldc + j] + alpha * acc[i][j];
+}
+
+#ifdef LSS__X86
+/* AVX2 + FMA: a 6 x 16 tile in 12 registers of 8 floats; rows >= m are neither computed nor stored
+   (m is 6, or 1-2 for the edge tiles of e.g. M = 128 = 21 x 6 + 2). */
+LSS__TA2 static void lss__kern_avx2(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
+                                    float beta) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
            c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
            c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(),
@@ -1164,6 +1243,7 @@ static void lss__kern(int64_t kc, const float *a, const float *b, float *c, int6
         a += 6; b += 16;
     }
     va = _mm256_set1_ps(alpha);
+    vb = _mm256_set1_ps(beta);
 #define LSS__ST(r, x0, x1)                                                                        \
     do {                                                                                          \
         float *cr = c + (r) * ldc;                                                                \
@@ -1175,60 +1255,134 @@ static void lss__kern(int64_t kc, const float *a, const float *b, float *c, int6
             _mm256_storeu_ps(cr + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), _mm256_mul_ps(va, x1))); \
         }                                                                                         \
     } while (0)
-    vb = _mm256_set1_ps(beta);
     LSS__ST(0, c00, c01); LSS__ST(1, c10, c11); LSS__ST(2, c20, c21);
     LSS__ST(3, c30, c31); LSS__ST(4, c40, c41); LSS__ST(5, c50, c51);
 #undef LSS__ST
-#else
-    float acc[LSS__MR][LSS__NR];
+}
+
+/* AVX2 + FMA, the first two rows of a tile only (into tmp, 16 floats a row, alpha 1, beta 0) */
+LSS__TA2 static void lss__kern2_avx2(int64_t kc, const float *a, const float *b, float *tmp) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+           c11 = _mm256_setzero_ps(), b0, b1, av;
     int64_t k;
-    int i, j;
-    memset(acc, 0, sizeof acc);
     for (k = 0; k < kc; k++) {
-        for (i = 0; i < LSS__MR; i++) {
-            float ai = a[i];
-            for (j = 0; j < LSS__NR; j++) acc[i][j] += ai * b[j];
-        }
-        a += LSS__MR; b += LSS__NR;
+        b0 = _mm256_load_ps(b + k * LSS__NR); b1 = _mm256_load_ps(b + k * LSS__NR + 8);
+        av = _mm256_broadcast_ss(a + k * LSS__MR); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a + k * LSS__MR + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
     }
-    for (i = 0; i < LSS__MR; i++)
-        for (j = 0; j < LSS__NR; j++)
-            c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : beta * c[i * ldc + j] + alpha * acc[i][j];
+    _mm256_storeu_ps(tmp, c00); _mm256_storeu_ps(tmp + 8, c01);
+    _mm256_storeu_ps(tmp + 16, c10); _mm256_storeu_ps(tmp + 24, c11);
+}
+
+/* AVX-512: a 6 x 16 tile, one 16-float register per row (edge tiles and a lone last panel) */
+LSS__TA5 static void lss__kern_avx512(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
+                                      float beta) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps(), c3 = _mm512_setzero_ps(),
+           c4 = _mm512_setzero_ps(), c5 = _mm512_setzero_ps(), bv, va, vb;
+    int64_t k;
+    for (k = 0; k < kc; k++) {
+        bv = _mm512_load_ps(b);
+        c0 = _mm512_fmadd_ps(_mm512_set1_ps(a[0]), bv, c0);
+        c1 = _mm512_fmadd_ps(_mm512_set1_ps(a[1]), bv, c1);
+        c2 = _mm512_fmadd_ps(_mm512_set1_ps(a[2]), bv, c2);
+        c3 = _mm512_fmadd_ps(_mm512_set1_ps(a[3]), bv, c3);
+        c4 = _mm512_fmadd_ps(_mm512_set1_ps(a[4]), bv, c4);
+        c5 = _mm512_fmadd_ps(_mm512_set1_ps(a[5]), bv, c5);
+        a += 6; b += 16;
+    }
+    va = _mm512_set1_ps(alpha);
+    vb = _mm512_set1_ps(beta);
+#define LSS__ST5(r, x)                                                                              \
+    do {                                                                                            \
+        float *cr = c + (r) * ldc;                                                                  \
+        if (beta == 0.0f) _mm512_storeu_ps(cr, _mm512_mul_ps(va, x));                               \
+        else _mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), _mm512_mul_ps(va, x)));  \
+    } while (0)
+    LSS__ST5(0, c0); LSS__ST5(1, c1); LSS__ST5(2, c2); LSS__ST5(3, c3); LSS__ST5(4, c4); LSS__ST5(5, c5);
+}
+
+/* AVX-512: a 12 x 32 tile from two A panels (rows 0-5 from a0, 6-11 from a1) and two B panels (columns
+   0-15 from b0, 16-31 from b1), in 24 registers: per k two loads of B, 12 broadcasts, 24 FMAs. */
+LSS__TA5 static void lss__kern_avx512_12x32(int64_t kc, const float *a0, const float *a1, const float *b0,
+                                            const float *b1, float *c, int64_t ldc, float alpha, float beta) {
+    __m512 x00 = _mm512_setzero_ps(), x01 = _mm512_setzero_ps(), x10 = _mm512_setzero_ps(), x11 = _mm512_setzero_ps(),
+           x20 = _mm512_setzero_ps(), x21 = _mm512_setzero_ps(), x30 = _mm512_setzero_ps(), x31 = _mm512_setzero_ps(),
+           x40 = _mm512_setzero_ps(), x41 = _mm512_setzero_ps(), x50 = _mm512_setzero_ps(), x51 = _mm512_setzero_ps(),
+           x60 = _mm512_setzero_ps(), x61 = _mm512_setzero_ps(), x70 = _mm512_setzero_ps(), x71 = _mm512_setzero_ps(),
+           x80 = _mm512_setzero_ps(), x81 = _mm512_setzero_ps(), x90 = _mm512_setzero_ps(), x91 = _mm512_setzero_ps(),
+           xa0 = _mm512_setzero_ps(), xa1 = _mm512_setzero_ps(), xb0 = _mm512_setzero_ps(), xb1 = _mm512_setzero_ps();
+    __m512 p, q, av, va, vb;
+    int64_t k;
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 4
 #endif
+    for (k = 0; k < kc; k++) {
+        p = _mm512_load_ps(b0); q = _mm512_load_ps(b1);
+        av = _mm512_set1_ps(a0[0]); x00 = _mm512_fmadd_ps(av, p, x00); x01 = _mm512_fmadd_ps(av, q, x01);
+        av = _mm512_set1_ps(a0[1]); x10 = _mm512_fmadd_ps(av, p, x10); x11 = _mm512_fmadd_ps(av, q, x11);
+        av = _mm512_set1_ps(a0[2]); x20 = _mm512_fmadd_ps(av, p, x20); x21 = _mm512_fmadd_ps(av, q, x21);
+        av = _mm512_set1_ps(a0[3]); x30 = _mm512_fmadd_ps(av, p, x30); x31 = _mm512_fmadd_ps(av, q, x31);
+        av = _mm512_set1_ps(a0[4]); x40 = _mm512_fmadd_ps(av, p, x40); x41 = _mm512_fmadd_ps(av, q, x41);
+        av = _mm512_set1_ps(a0[5]); x50 = _mm512_fmadd_ps(av, p, x50); x51 = _mm512_fmadd_ps(av, q, x51);
+        av = _mm512_set1_ps(a1[0]); x60 = _mm512_fmadd_ps(av, p, x60); x61 = _mm512_fmadd_ps(av, q, x61);
+        av = _mm512_set1_ps(a1[1]); x70 = _mm512_fmadd_ps(av, p, x70); x71 = _mm512_fmadd_ps(av, q, x71);
+        av = _mm512_set1_ps(a1[2]); x80 = _mm512_fmadd_ps(av, p, x80); x81 = _mm512_fmadd_ps(av, q, x81);
+        av = _mm512_set1_ps(a1[3]); x90 = _mm512_fmadd_ps(av, p, x90); x91 = _mm512_fmadd_ps(av, q, x91);
+        av = _mm512_set1_ps(a1[4]); xa0 = _mm512_fmadd_ps(av, p, xa0); xa1 = _mm512_fmadd_ps(av, q, xa1);
+        av = _mm512_set1_ps(a1[5]); xb0 = _mm512_fmadd_ps(av, p, xb0); xb1 = _mm512_fmadd_ps(av, q, xb1);
+        a0 += 6; a1 += 6; b0 += 16; b1 += 16;
+    }
+    va = _mm512_set1_ps(alpha);
+    vb = _mm512_set1_ps(beta);
+#define LSS__ST52(r, x, y)                                                                               \
+    do {                                                                                                 \
+        float *cr = c + (r) * ldc;                                                                       \
+        if (beta == 0.0f) {                                                                              \
+            _mm512_storeu_ps(cr, _mm512_mul_ps(va, x));                                                  \
+            _mm512_storeu_ps(cr + 16, _mm512_mul_ps(va, y));                                             \
+        } else {                                                                                         \
+            _mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), _mm512_mul_ps(va, x)));        \
+            _mm512_storeu_ps(cr + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, y))); \
+        }                                                                                                \
+    } while (0)
+    LSS__ST52(0, x00, x01); LSS__ST52(1, x10, x11); LSS__ST52(2, x20, x21); LSS__ST52(3, x30, x31);
+    LSS__ST52(4, x40, x41); LSS__ST52(5, x50, x51); LSS__ST52(6, x60, x61); LSS__ST52(7, x70, x71);
+    LSS__ST52(8, x80, x81); LSS__ST52(9, x90, x91); LSS__ST52(10, xa0, xa1); LSS__ST52(11, xb0, xb1);
+#undef LSS__ST52
+#undef LSS__ST5
+}
+#endif /* LSS__X86 */
+
+/* A full 6 x 16 tile with the kernel of level lv */
+static void lss__kern(int lv, int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
+                      float beta) {
+#ifdef LSS__X86
+    if (lv >= 2) { lss__kern_avx512(kc, a, b, c, ldc, alpha, beta); return; }
+    if (lv == 1) { lss__kern_avx2(kc, a, b, c, ldc, alpha, beta); return; }
+#endif
+    (void)lv;
+    lss__kern_c(kc, a, b, c, ldc, alpha, beta);
 }
 
 /* Edge tile: m x n valid elements of a 6 x 16 tile. */
-static void lss__kern_edge(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int m,
+static void lss__kern_edge(int lv, int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int m,
                            int n, float alpha, float beta) {
     float tmp[LSS__MR * LSS__NR];
     int i, j;
-#ifdef LSS__AVX2
-    if (m <= 2) { /* two rows only (e.g. M = 128 = 21 x 6 + 2): a third of the work */
-        __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
-               c11 = _mm256_setzero_ps(), b0, b1, av;
-        int64_t k;
-        for (k = 0; k < kc; k++) {
-            b0 = _mm256_load_ps(b + k * LSS__NR); b1 = _mm256_load_ps(b + k * LSS__NR + 8);
-            av = _mm256_broadcast_ss(a + k * LSS__MR); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-            av = _mm256_broadcast_ss(a + k * LSS__MR + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-        }
-        _mm256_storeu_ps(tmp, c00); _mm256_storeu_ps(tmp + 8, c01);
-        _mm256_storeu_ps(tmp + 16, c10); _mm256_storeu_ps(tmp + 24, c11);
-    } else
+#ifdef LSS__X86
+    if (lv == 1 && m <= 2) lss__kern2_avx2(kc, a, b, tmp); /* two rows only: a third of the work */
+    else
 #endif
-    lss__kern(kc, a, b, tmp, LSS__NR, 1.0f, 0.0f);
+    lss__kern(lv, kc, a, b, tmp, LSS__NR, 1.0f, 0.0f);
     for (i = 0; i < m; i++)
         for (j = 0; j < n; j++)
             c[i * ldc + j] = beta == 0.0f ? alpha * tmp[i * LSS__NR + j]
                                           : beta * c[i * ldc + j] + alpha * tmp[i * LSS__NR + j];
 }
 
-#endif /* !LSS_CBLAS */
-
-#ifndef LSS_CBLAS
-#ifdef LSS__AVX2
+#ifdef LSS__X86
 /* 8 x 8 transpose of r[0..7] in place. */
-static void lss__tr8(__m256 *r) {
+LSS__TA2 static inline void lss__tr8(__m256 *r) {
     __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
     __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
     __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -1242,33 +1396,90 @@ static void lss__tr8(__m256 *r) {
     r[4] = _mm256_permute2f128_ps(u0, u4, 0x31); r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
     r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
-#endif
+
+/* Packing fast paths (copies, so every path packs the same floats). tb 3, a full panel: 16 rows of k. */
+LSS__TA2 static void lss__pack_b3_avx2(const float *blk, float *d) {
+    int h, q, i;
+    for (h = 0; h < 2; h++)     /* k half: t = 8h .. 8h+7 */
+        for (q = 0; q < 2; q++) { /* j half: j = 8q .. 8q+7 */
+            __m256 r[8];
+            for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(blk + (8 * q + i) * 16 + 8 * h);
+            lss__tr8(r); /* r[t'] = values for k = 8h + t', j = 8q .. 8q+7 */
+            for (i = 0; i < 8; i++) _mm256_store_ps(d + (8 * h + i) * LSS__NR + 8 * q, r[i]);
+        }
+}
+/* tb 0, a full panel: rows k of 16 floats */
+LSS__TA2 static void lss__pack_b0_avx2(const float *sp, int64_t ldb, int64_t kc, float *d) {
+    int64_t k;
+    for (k = 0; k < kc; k++, sp += ldb) {
+        _mm256_store_ps(d + k * LSS__NR, _mm256_loadu_ps(sp));
+        _mm256_store_ps(d + k * LSS__NR + 8, _mm256_loadu_ps(sp + 8));
+    }
+}
+/* tb 0, the np full panels of a column block at once, row by row (B is read in its storage order);
+   returns np */
+LSS__TA2 static int64_t lss__pack_b0_rows_avx2(const float *sp, int64_t ldb, int64_t kc, int64_t np, float *d) {
+    int64_t k, j;
+    for (k = 0; k < kc; k++, sp += ldb)
+        for (j = 0; j < np; j++) {
+            _mm256_store_ps(d + (j * kc + k) * LSS__NR, _mm256_loadu_ps(sp + j * LSS__NR));
+            _mm256_store_ps(d + (j * kc + k) * LSS__NR + 8, _mm256_loadu_ps(sp + j * LSS__NR + 8));
+        }
+    return np;
+}
+/* tb 1, a full panel, k in steps of 8 (returns the k reached) */
+LSS__TA2 static int64_t lss__pack_b1_avx2(const float *s0, int64_t ldb, int64_t kc, float *d) {
+    int64_t k;
+    for (k = 0; k + 8 <= kc; k += 8) {
+        __m256 r[8], q[8];
+        int i;
+        for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(s0 + i * ldb + k);
+        for (i = 0; i < 8; i++) q[i] = _mm256_loadu_ps(s0 + (8 + i) * ldb + k);
+        lss__tr8(r);
+        lss__tr8(q);
+        for (i = 0; i < 8; i++) {
+            _mm256_store_ps(d + (k + i) * LSS__NR, r[i]);
+            _mm256_store_ps(d + (k + i) * LSS__NR + 8, q[i]);
+        }
+    }
+    return k;
+}
+/* ta 1, a full panel: 8-float copies (the 2 extra floats are overwritten next) */
+LSS__TA2 static void lss__pack_a1_avx2(const float *sp, int64_t lda, int64_t kc, float *d) {
+    int64_t k;
+    for (k = 0; k < kc; k++) _mm256_storeu_ps(d + k * LSS__MR, _mm256_loadu_ps(sp + k * lda));
+}
+/* ta 0, a full panel, k in steps of 8 (returns the k reached) */
+LSS__TA2 static int64_t lss__pack_a0_avx2(const float *s0, int64_t lda, int64_t kc, float *d) {
+    int64_t k;
+    for (k = 0; k + 8 <= kc; k += 8) {
+        __m256 r[8];
+        int q;
+        for (q = 0; q < 6; q++) r[q] = _mm256_loadu_ps(s0 + q * lda + k);
+        r[6] = r[7] = _mm256_setzero_ps();
+        lss__tr8(r);
+        for (q = 0; q < 8; q++) _mm256_storeu_ps(d + (k + q) * LSS__MR, r[q]);
+    }
+    return k;
+}
+#endif /* LSS__X86 */
 
 /* Packs a kc x 16 panel of op(B) (rows pc.., columns j0..j0+nn-1; zero beyond nn): d[k*16 + j]. */
 /* tb: 0 B is K x N row-major (ldb); 1 B is N x K row-major (op(B) = B^T); 3 op(B) = S^T where S
  * (N rows) is stored in panel layout S(r, c) = B[(c / 16) N 16 + r 16 + c % 16] with its column
  * count padded to a multiple of 16 (zeros); then kc is rounded up to 16 (the rows past kc land in
  * the next panel's slot, packed later, or in the workspace slack). Mode 2 (op(B) itself in panel
- * layout) needs no packing. */
-static void lss__pack_b(int tb, const float *B, int64_t ldb, int64_t N, int64_t pc, int64_t j0, int64_t kc,
+ * layout) needs no packing. lv: the kernel level (>= 1: the AVX2 copies). */
+static void lss__pack_b(int lv, int tb, const float *B, int64_t ldb, int64_t N, int64_t pc, int64_t j0, int64_t kc,
                         int64_t nn, float *d) {
     int64_t k = 0, j;
+    (void)lv;
     if (tb == 3) {
         for (k = 0; k < kc; k += 16) {
             const float *blk = B + ((pc + k) / 16) * N * 16 + j0 * 16; /* row j: blk[j*16 + t] = op(B)(pc+k+t, j0+j) */
             int64_t t;
-#ifdef LSS__AVX2
-            if (nn == LSS__NR) {
-                int h, q, i;
-                for (h = 0; h < 2; h++)     /* k half: t = 8h .. 8h+7 */
-                    for (q = 0; q < 2; q++) { /* j half: j = 8q .. 8q+7 */
-                        __m256 r[8];
-                        for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(blk + (8 * q + i) * 16 + 8 * h);
-                        lss__tr8(r); /* r[t'] = values for k = 8h + t', j = 8q .. 8q+7 */
-                        for (i = 0; i < 8; i++) _mm256_store_ps(d + (k + 8 * h + i) * LSS__NR + 8 * q, r[i]);
-                    }
-                continue;
-            }
+#ifdef LSS__X86
+            if (lv >= 1 && nn == LSS__NR) { lss__pack_b3_avx2(blk, d + k * LSS__NR); continue; }
 #endif
             for (t = 0; t < 16; t++) {
                 for (j = 0; j < nn; j++) d[(k + t) * LSS__NR + j] = blk[j * 16 + t];
@@ -1278,18 +1489,9 @@ static void lss__pack_b(int tb, const float *B, int64_t ldb, int64_t N, int64_t 
         return;
     }
     if (!tb) {
-        if (nn == LSS__NR) {
-            for (k = 0; k < kc; k++) {
-                const float *sp = B + (pc + k) * ldb + j0;
-#ifdef LSS__AVX2
-                _mm256_store_ps(d + k * LSS__NR, _mm256_loadu_ps(sp));
-                _mm256_store_ps(d + k * LSS__NR + 8, _mm256_loadu_ps(sp + 8));
-#else
-                for (j = 0; j < LSS__NR; j++) d[k * LSS__NR + j] = sp[j];
+#ifdef LSS__X86
+        if (lv >= 1 && nn == LSS__NR) { lss__pack_b0_avx2(B + pc * ldb + j0, ldb, kc, d); return; }
 #endif
-            }
-            return;
-        }
         for (k = 0; k < kc; k++) {
             const float *sp = B + (pc + k) * ldb + j0;
             for (j = 0; j < nn; j++) d[k * LSS__NR + j] = sp[j];
@@ -1297,22 +1499,8 @@ static void lss__pack_b(int tb, const float *B, int64_t ldb, int64_t N, int64_t 
         }
         return;
     }
-#ifdef LSS__AVX2
-    if (nn == LSS__NR) {
-        const float *s0 = B + j0 * ldb + pc;
-        for (; k + 8 <= kc; k += 8) {
-            __m256 r[8], q[8];
-            int i;
-            for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(s0 + i * ldb + k);
-            for (i = 0; i < 8; i++) q[i] = _mm256_loadu_ps(s0 + (8 + i) * ldb + k);
-            lss__tr8(r);
-            lss__tr8(q);
-            for (i = 0; i < 8; i++) {
-                _mm256_store_ps(d + (k + i) * LSS__NR, r[i]);
-                _mm256_store_ps(d + (k + i) * LSS__NR + 8, q[i]);
-            }
-        }
-    }
+#ifdef LSS__X86
+    if (lv >= 1 && nn == LSS__NR) k = lss__pack_b1_avx2(B + j0 * ldb + pc, ldb, kc, d);
 #endif
     for (; k < kc; k++) {
         const float *sp = B + j0 * ldb + (pc + k);
@@ -1323,14 +1511,13 @@ static void lss__pack_b(int tb, const float *B, int64_t ldb, int64_t N, int64_t 
 
 /* Packs a 6 x kc panel of op(A) (rows i0..i0+mm-1, zero beyond mm): d[k*6 + i]. May write 2 floats
  * past the panel (the workspace has room; later panels overwrite them). */
-static void lss__pack_a(int ta, const float *A, int64_t lda, int64_t pc, int64_t i0, int64_t kc, int64_t mm, float *d) {
+static void lss__pack_a(int lv, int ta, const float *A, int64_t lda, int64_t pc, int64_t i0, int64_t kc, int64_t mm,
+                        float *d) {
     int64_t k = 0, i;
+    (void)lv;
     if (ta) {
-#ifdef LSS__AVX2
-        if (mm == LSS__MR && i0 + 8 <= lda) { /* 8-float copies; the 2 extra floats are overwritten next */
-            for (k = 0; k < kc; k++) _mm256_storeu_ps(d + k * LSS__MR, _mm256_loadu_ps(A + (pc + k) * lda + i0));
-            return;
-        }
+#ifdef LSS__X86
+        if (lv >= 1 && mm == LSS__MR && i0 + 8 <= lda) { lss__pack_a1_avx2(A + pc * lda + i0, lda, kc, d); return; }
 #endif
         for (k = 0; k < kc; k++) {
             const float *sp = A + (pc + k) * lda + i0;
@@ -1339,36 +1526,33 @@ static void lss__pack_a(int ta, const float *A, int64_t lda, int64_t pc, int64_t
         }
         return;
     }
-#ifdef LSS__AVX2
-    if (mm == LSS__MR) {
-        const float *s0 = A + i0 * lda + pc;
-        for (; k + 8 <= kc; k += 8) {
-            __m256 r[8];
-            int q;
-            for (q = 0; q < 6; q++) r[q] = _mm256_loadu_ps(s0 + q * lda + k);
-            r[6] = r[7] = _mm256_setzero_ps();
-            lss__tr8(r);
-            for (q = 0; q < 8; q++) _mm256_storeu_ps(d + (k + q) * LSS__MR, r[q]);
-        }
-    }
+#ifdef LSS__X86
+    if (lv >= 1 && mm == LSS__MR) k = lss__pack_a0_avx2(A + i0 * lda + pc, lda, kc, d);
 #endif
     for (; k < kc; k++) {
         for (i = 0; i < mm; i++) d[k * LSS__MR + i] = A[(i0 + i) * lda + pc + k];
         for (i = mm; i < LSS__MR; i++) d[k * LSS__MR + i] = 0.0f;
     }
 }
+
+/* The 6 x 16 tile (ir, jr) of a block: full or edge */
+static void lss__tile(int lv, int64_t kc, const float *ap, const float *bq, float *cc, int64_t ldc, int mm, int nn,
+                      float alpha, float be) {
+    if (mm == LSS__MR && nn == LSS__NR) lss__kern(lv, kc, ap, bq, cc, ldc, alpha, be);
+    else lss__kern_edge(lv, kc, ap, bq, cc, ldc, mm, nn, alpha, be);
+}
 #endif /* !LSS_CBLAS */
 
 /* The blocked product. ws holds LSS__GEMM_WS floats for each of `wst` threads. C is cut into tasks
- * of LSS__MC rows x ncs columns (multiples of the 6 x 16 tile, so whether a tile is a full or an
- * edge tile depends only on M and N); each task packs its own panels and runs through K in blocks
+ * of whole LSS__MC-row blocks x ncs columns (multiples of the 6 x 16 tile, so whether a tile is a full
+ * or an edge tile depends only on M and N); each task packs its own panels and runs through K in blocks
  * of LSS__KC in order. Every element of C therefore sees the same operations whatever the number of
  * threads and whichever thread runs its task; the only synchronisation is the end of the loop. */
 static void lss__sgemm_ws(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                           int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
                           float *ws, int wst) {
     int64_t mb, nt, mg, bpg, ntask, task, ncs;
-    int par;
+    int par, lv;
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {
         int64_t i, j;
@@ -1377,24 +1561,31 @@ static void lss__sgemm_ws(int ta, int tb, int64_t M, int64_t N, int64_t K, float
         return;
     }
 #ifdef LSS_CBLAS
-    (void)ws; (void)wst; (void)mb; (void)nt; (void)mg; (void)bpg; (void)ntask; (void)task; (void)par; (void)ncs;
+    (void)ws; (void)wst; (void)mb; (void)nt; (void)mg; (void)bpg; (void)ntask; (void)task; (void)par; (void)ncs; (void)lv;
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M,
                 (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 #else
+    lv = lss__gemm_level();
     mb = (M + LSS__MC - 1) / LSS__MC;
     /* Tasks: column chunks of ncs (a multiple of 16 in [256, LSS__NC], about N / 8) times groups of
-     * row blocks, aiming at >= 8 tasks; the split depends on M and N only. A task packs each of its
-     * B panels once per K block and reuses it over its row blocks. */
-    ncs = ((N + 7) / 8 + LSS__NR - 1) / LSS__NR * LSS__NR;
-    if (ncs < 256) ncs = 256;
+     * row blocks, aiming at >= 8 tasks when threads share the work; one thread takes column chunks
+     * of up to LSS__NC and all the rows, so that it packs every panel of A and B only once. A task
+     * packs each of its B panels once per K block and reuses it over its row blocks. The split does
+     * not change the result: tile kinds depend on M and N only. */
+    par = wst > 1 && (double)M * (double)N * (double)K >= 16777216.0; /* below: too little work to share */
+    if (par) {
+        ncs = ((N + 7) / 8 + LSS__NR - 1) / LSS__NR * LSS__NR;
+        if (ncs < 256) ncs = 256;
+    } else
+        ncs = (N + LSS__NR - 1) / LSS__NR * LSS__NR;
     if (ncs > LSS__NC) ncs = LSS__NC;
     nt = (N + ncs - 1) / ncs;
-    mg = nt >= 8 ? 1 : (8 + nt - 1) / nt;
+    mg = !par || nt >= 8 ? 1 : (8 + nt - 1) / nt;
     if (mg > mb) mg = mb;
     bpg = (mb + mg - 1) / mg;
     mg = (mb + bpg - 1) / bpg;
     ntask = mg * nt;
-    par = ntask > 1 && wst > 1 && (double)M * (double)N * (double)K >= 16777216.0; /* below: too little work to share */
+    par = par && ntask > 1;
     (void)par;
     LSS__PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(wst) if (par))
     for (task = 0; task < ntask; task++) {
@@ -1411,27 +1602,42 @@ static void lss__sgemm_ws(int ta, int tb, int64_t M, int64_t N, int64_t K, float
         for (pc = 0; pc < K; pc += LSS__KC) {
             int64_t kc = K - pc < LSS__KC ? K - pc : LSS__KC, jp;
             float be = pc == 0 ? beta : 1.0f;
-            for (jp = 0; jp < npan; jp++) {
+            jp = 0;
+#ifdef LSS__X86
+            if (tb == 0 && lv >= 1) jp = lss__pack_b0_rows_avx2(B + pc * ldb + jc, ldb, kc, nc / LSS__NR, bp);
+#endif
+            for (; jp < npan; jp++) {
                 int64_t j0 = jc + jp * LSS__NR;
-                if (tb != 2) lss__pack_b(tb, B, ldb, N, pc, j0, kc, N - j0 < LSS__NR ? N - j0 : LSS__NR, bp + jp * kc * LSS__NR);
+                if (tb != 2) lss__pack_b(lv, tb, B, ldb, N, pc, j0, kc, N - j0 < LSS__NR ? N - j0 : LSS__NR, bp + jp * kc * LSS__NR);
             }
             for (ic = r0; ic < r1; ic += LSS__MC) {
                 int64_t mc = r1 - ic < LSS__MC ? r1 - ic : LSS__MC, mpan = (mc + LSS__MR - 1) / LSS__MR, ip, jr, ir;
+                /* tiles of 2 x 2 panels (12 x 32) at level 2, of one panel (6 x 16) otherwise */
+                int64_t step = lv >= 2 ? 2 : 1;
                 for (ip = 0; ip < mpan; ip++) {
                     int64_t i0 = ic + ip * LSS__MR;
-                    lss__pack_a(ta, A, lda, pc, i0, kc, M - i0 < LSS__MR ? M - i0 : LSS__MR, ap + ip * kc * LSS__MR);
+                    lss__pack_a(lv, ta, A, lda, pc, i0, kc, M - i0 < LSS__MR ? M - i0 : LSS__MR, ap + ip * kc * LSS__MR);
                 }
-                for (jr = 0; jr < npan; jr++)
-                    for (ir = 0; ir < mpan; ir++) {
-                        int64_t i0 = ic + ir * LSS__MR, j0 = jc + jr * LSS__NR;
-                        int mm = (int)(M - i0 < LSS__MR ? M - i0 : LSS__MR);
-                        int nn = (int)(N - j0 < LSS__NR ? N - j0 : LSS__NR);
-                        float *cc = C + i0 * ldc + j0;
-                        const float *bq = tb == 2 ? B + (j0 / LSS__NR) * K * LSS__NR + pc * LSS__NR : bp + jr * kc * LSS__NR;
-                        if (mm == LSS__MR && nn == LSS__NR)
-                            lss__kern(kc, ap + ir * kc * LSS__MR, bq, cc, ldc, alpha, be);
-                        else
-                            lss__kern_edge(kc, ap + ir * kc * LSS__MR, bq, cc, ldc, mm, nn, alpha, be);
+                for (jr = 0; jr < npan; jr += step)
+                    for (ir = 0; ir < mpan; ir += step) {
+                        int64_t i0 = ic + ir * LSS__MR, j0 = jc + jr * LSS__NR, u, v;
+#ifdef LSS__X86
+                        if (step == 2 && M - i0 >= 2 * LSS__MR && N - j0 >= 2 * LSS__NR && ir + 1 < mpan && jr + 1 < npan) {
+                            const float *b0 = tb == 2 ? B + (j0 / LSS__NR) * K * LSS__NR + pc * LSS__NR : bp + jr * kc * LSS__NR;
+                            const float *b1 = tb == 2 ? b0 + K * LSS__NR : b0 + kc * LSS__NR;
+                            lss__kern_avx512_12x32(kc, ap + ir * kc * LSS__MR, ap + (ir + 1) * kc * LSS__MR, b0, b1,
+                                                   C + i0 * ldc + j0, ldc, alpha, be);
+                            continue;
+                        }
+#endif
+                        for (v = jr; v < jr + step && v < npan; v++)
+                            for (u = ir; u < ir + step && u < mpan; u++) {
+                                int64_t i1 = ic + u * LSS__MR, j1 = jc + v * LSS__NR;
+                                int mm = (int)(M - i1 < LSS__MR ? M - i1 : LSS__MR);
+                                int nn = (int)(N - j1 < LSS__NR ? N - j1 : LSS__NR);
+                                const float *bq = tb == 2 ? B + (j1 / LSS__NR) * K * LSS__NR + pc * LSS__NR : bp + v * kc * LSS__NR;
+                                lss__tile(lv, kc, ap + u * kc * LSS__MR, bq, C + i1 * ldc + j1, ldc, mm, nn, alpha, be);
+                            }
                     }
             }
         }
@@ -1668,8 +1874,8 @@ struct lss__node {
     struct lss_graph *g;          /* the graph (SGEMM workspace) */
     lss_tensor *out, *in[3];
     union {                       /* the operation's parameters, one struct per family */
-        struct { int stride, pad; float *col, *tmp; } conv;   /* im2col columns, output buffer */
-        struct { int stride, pad; float *xt, *col; } convt;   /* input as [C, N HW], columns */
+        struct { int stride, pad; } conv;                     /* (im2col columns recomputed in backward) */
+        struct { int stride, pad; } convt;                    /* (x^T recomputed in backward) */
         struct { int k, stride; } pool;
         struct { int factor; } up;
         struct { int64_t outer, ia, ib; } cat;                 /* blocks of ia and ib floats, outer times */
@@ -2134,6 +2340,18 @@ static void lss__chan_sum_add(const float *g, int64_t N, int64_t C, int64_t P, f
     }
 }
 
+/* The scratch of a convolution with K = C kh kw rows of im2col, NP = N Ho Wo columns and Co output channels:
+   col (K rows of NP rounded up to 16, panel layout), then *tmp (Co NP), then *rowbuf (NP per thread). NULL
+   (the graph's status set) when there is no memory. */
+static float *lss__conv_scratch(lss_graph *g, int64_t K, int64_t NP, int64_t Co, float **tmp, float **rowbuf) {
+    size_t ncol = (size_t)(K * ((NP + 15) / 16 * 16)), ntmp = (size_t)(Co * NP), nrow = (size_t)NP * (size_t)g->wst;
+    float *col = lss__scratch(g, ncol + ntmp + nrow + 32);
+    if (!col) return NULL;
+    *tmp = col + (ncol + 15) / 16 * 16;
+    *rowbuf = *tmp + (ntmp + 15) / 16 * 16;
+    return col;
+}
+
 static void lss__conv2d_bwd(lss__node *nd) {
     lss_tensor *y = nd->out, *a = nd->in[0], *b = nd->in[1], *c = nd->in[2];
     const float *go = y->grad;
@@ -2141,10 +2359,15 @@ static void lss__conv2d_bwd(lss__node *nd) {
     int64_t N = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3];
     int64_t Co = b->shape[0], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
     int64_t K = C * kh * kw, NP = N * Ho * Wo;
-    float *col = nd->p.conv.col, *gt = nd->p.conv.tmp; /* the forward's output buffer is reused for dY^T */
+    float *gt, *rowbuf, *col = lss__conv_scratch(g, K, NP, Co, &gt, &rowbuf);
+    if (!col) return;
     lss__ncp_to_cnp(go, N, Co, Ho * Wo, gt);
-    if (b->grad)
+    if (b->grad) {
+        /* the forward's col again, from x (recomputing costs less than keeping it: see lss_op_conv2d) */
+        lss__im2col(a->data, N, C, H, W, (int)kh, (int)kw, nd->p.conv.stride, nd->p.conv.pad, Ho, Wo, col,
+                    LSS__PANEL ? rowbuf : NULL, g->wst);
         lss__sgemm_ws(0, LSS__PANEL ? 3 : 1, Co, K, NP, 1.0f, gt, NP, col, LSS__PANEL ? K : NP, 1.0f, b->grad, K, g->ws, g->wst);
+    }
     if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
     if (a->grad) {
         /* dcol = W^T dY^T, written over col (no longer needed) */
@@ -2169,20 +2392,11 @@ LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss
     y = lss__new(g, 4, sh, lss__wants_grad(g, x, w, b), 0);
     if (!y) return NULL;
     K = C * kh * kw; NP = N * Ho * Wo;
-    /* col in panel layout (columns padded to 16): the GEMM reads it without packing */
-    {
-        size_t ncol = (size_t)(K * ((NP + 15) / 16 * 16)), ntmp = (size_t)(Co * NP), nrow = (size_t)NP * (size_t)g->wst;
-        if (y->grad) { /* kept for the backward pass */
-            col = (float *)lss__alloc(g, ncol * sizeof(float));
-            tmp = (float *)lss__alloc(g, ntmp * sizeof(float));
-            rowbuf = (float *)lss__alloc(g, nrow * sizeof(float));
-        } else { /* inference: one scratch area reused by every layer */
-            col = lss__scratch(g, ncol + ntmp + nrow + 32);
-            tmp = col ? col + (ncol + 15) / 16 * 16 : NULL;
-            rowbuf = tmp ? tmp + (ntmp + 15) / 16 * 16 : NULL;
-        }
-        if (!col || !tmp || !rowbuf) return NULL;
-    }
+    /* col in panel layout (columns padded to 16): the GEMM reads it without packing. col, the output in
+       [Co, N P] order and im2col's row buffers live in the graph's scratch area, which every layer reuses:
+       the backward pass recomputes col from x instead of keeping it (lss__conv_scratch) */
+    col = lss__conv_scratch(g, K, NP, Co, &tmp, &rowbuf);
+    if (!col) return NULL;
     lss__im2col(x->data, N, C, H, W, (int)kh, (int)kw, stride, pad, Ho, Wo, col, LSS__PANEL ? rowbuf : NULL, g->wst);
     if (b) {
         int64_t c, p;
@@ -2193,7 +2407,7 @@ LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss
     lss__cnp_to_ncp(tmp, N, Co, Ho * Wo, y->data, 0);
     {
         LSS__REC(g, nd, lss__conv2d_bwd, y, x, w, b);
-        if (nd) { nd->p.conv.col = col; nd->p.conv.tmp = tmp; nd->p.conv.stride = stride; nd->p.conv.pad = pad; }
+        if (nd) { nd->p.conv.stride = stride; nd->p.conv.pad = pad; }
     }
     return y;
 }
@@ -2205,7 +2419,10 @@ static void lss__conv2d_transpose_bwd(lss__node *nd) {
     int64_t N = a->shape[0], Ci = a->shape[1], H = a->shape[2], W = a->shape[3];
     int64_t Co = b->shape[1], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
     int64_t M = Co * kh * kw, NHW = N * H * W;
-    float *xt = nd->p.convt.xt, *col = nd->p.convt.col;
+    float *xt = lss__scratch(g, (size_t)(Ci * NHW) + (size_t)(M * NHW) + 16), *col;
+    if (!xt) return;
+    col = xt + ((size_t)(Ci * NHW) + 15) / 16 * 16;
+    if (b->grad) lss__ncp_to_cnp(a->data, N, Ci, H * W, xt); /* x^T again (recomputed, not kept) */
     lss__im2col(go, N, Co, Ho, Wo, (int)kh, (int)kw, nd->p.convt.stride, nd->p.convt.pad, H, W, col, NULL, g->wst);
     if (b->grad) lss__sgemm_ws(0, 1, Ci, M, NHW, 1.0f, xt, NHW, col, NHW, 1.0f, b->grad, M, g->ws, g->wst);
     if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
@@ -2234,13 +2451,9 @@ LSSDEF lss_tensor *lss_op_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tens
     y = lss__new(g, 4, sh, lss__wants_grad(g, x, w, b), 1);
     if (!y) return NULL;
     HW = H * W; M = Co * kh * kw;
-    if (y->grad) {
-        xt = (float *)lss__alloc(g, (size_t)(Ci * N * HW) * sizeof(float));
-        col = (float *)lss__alloc(g, (size_t)(M * N * HW) * sizeof(float));
-    } else {
-        xt = lss__scratch(g, (size_t)(Ci * N * HW) + (size_t)(M * N * HW) + 16);
-        col = xt ? xt + ((size_t)(Ci * N * HW) + 15) / 16 * 16 : NULL;
-    }
+    /* x^T and col in the graph's scratch area (the backward pass recomputes x^T) */
+    xt = lss__scratch(g, (size_t)(Ci * N * HW) + (size_t)(M * N * HW) + 16);
+    col = xt ? xt + ((size_t)(Ci * N * HW) + 15) / 16 * 16 : NULL;
     if (!xt || !col) return NULL;
     lss__ncp_to_cnp(x->data, N, Ci, HW, xt);
     /* col [Co kh kw, N HW] = w^T [Co kh kw, Ci] x xt [Ci, N HW] */
@@ -2256,7 +2469,7 @@ LSSDEF lss_tensor *lss_op_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tens
     }
     {
         LSS__REC(g, nd, lss__conv2d_transpose_bwd, y, x, w, b);
-        if (nd) { nd->p.convt.xt = xt; nd->p.convt.col = col; nd->p.convt.stride = stride; nd->p.convt.pad = pad; }
+        if (nd) { nd->p.convt.stride = stride; nd->p.convt.pad = pad; }
     }
     return y;
 }
@@ -3236,7 +3449,7 @@ LSSDEF int lss_backward_seed(lss_graph *g, lss_tensor *y, const float *dy) {
     if (!y->grad) return lss_seterr(LSS_ERR_STATE, "lss_backward: the tensor does not depend on any trainable tensor");
     for (k = 0; k < y->n; k++) y->grad[k] += dy[k];
     for (nd = g->tape; nd; nd = nd->prev) nd->backward(nd);
-    return LSS_OK;
+    return g->status; /* a backward step that found no memory for its scratch set it */
 }
 
 LSSDEF int lss_backward(lss_graph *g, lss_tensor *loss) {

@@ -10,7 +10,9 @@
  * measurements (the best of both is kept, so a change of machine load between them matters less);
  * the ratio lss / PyTorch is printed for every thread count both ran. Each figure is the best of
  * the timed steps after a warm-up step; wall-clock time and process CPU time are both given (on a
- * shared machine the CPU time of the 1-thread runs is the steadier comparison).
+ * shared machine the CPU time of the 1-thread runs is the steadier comparison). Memory: what the steps need
+ * on top of what the process held before them (the high-water mark of the resident set minus the resident set
+ * before the first step: the graph's pool and scratch, packing buffers, gradients of activations), for both.
  *
  * Usage: build/bench/bench_resnet [steps]   (default 4 timed steps per thread count)
  */
@@ -21,13 +23,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-/* Runs the PyTorch reference and keeps the best wall (tt) and cpu (tc) time per thread count. */
-static void run_torch(double *tt, double *tc) {
+/* resident set now and its high-water mark, MB (Linux) */
+static double rss_mb(void) {
+    long pages = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+static double peak_mb(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0 : (double)ru.ru_maxrss / 1024.0;
+}
+
+/* Runs the PyTorch reference and keeps the best wall (tt) and cpu (tc) time per thread count, and the memory its
+   steps need (tm, MB: peak minus the resident set before the steps; the smallest of the runs). */
+static void run_torch(double *tt, double *tc, double *tm) {
     const char *py = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
     char cmd[256], line[512];
     FILE *p;
@@ -36,8 +55,10 @@ static void run_torch(double *tt, double *tc) {
     if (!p) return;
     while (fgets(line, sizeof line, p)) {
         int th;
-        double sec, cpu;
+        double sec, cpu, mb0, mb1, dmb;
         fputs(line, stdout);
+        if (sscanf(line, "torch memory: before steps %lf MB, peak %lf MB, steps +%lf MB", &mb0, &mb1, &dmb) == 3 && dmb < *tm)
+            *tm = dmb;
         if (sscanf(line, "torch threads %d forward+backward %lf seconds (cpu %lf", &th, &sec, &cpu) == 3 && th >= 1 && th <= 2) {
             if (sec < tt[th]) tt[th] = sec;
             if (cpu < tc[th]) tc[th] = cpu;
@@ -49,7 +70,8 @@ static void run_torch(double *tt, double *tc) {
 int main(int argc, char **argv) {
     const int B = 32, C = 8, S = 64, np = 7, nout = np + np * (np + 1) / 2;
     int steps = argc > 1 ? atoi(argv[1]) : 4;
-    double tl[3] = {0, 0, 0}, cl[3] = {0, 0, 0}, tt[3] = {1e30, 1e30, 1e30}, tc[3] = {1e30, 1e30, 1e30};
+    double tl[3] = {0, 0, 0}, cl[3] = {0, 0, 0}, tt[3] = {1e30, 1e30, 1e30}, tc[3] = {1e30, 1e30, 1e30}, tm = 1e30;
+    double mem0 = 0, mem1 = 0;
     lss_store *st;
     lss_graph *g;
     lss_resnet net;
@@ -68,7 +90,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < B * np; i++) y[i] = (float)lss_rng_normal(&r);
     printf("DeepLSS ResNet: batch %d x %d x %d x %d, 4 conv + 10 residual blocks at 128 channels, %d outputs, "
            "%lld parameters\n", B, C, S, S, nout, (long long)lss_store_nparams(st));
-    run_torch(tt, tc);                                 /* reference before ... */
+    run_torch(tt, tc, &tm);                            /* reference before ... */
+    mem0 = rss_mb();
     for (int t = 1; t <= 2; t++) {
         double best = 1e30, bcpu = 1e30;
 #ifdef _OPENMP
@@ -92,13 +115,18 @@ int main(int argc, char **argv) {
                (double)lss_graph_memory(g) / 1048576.0);
         fflush(stdout);
     }
-    run_torch(tt, tc);                                 /* ... and after (best of both) */
+    mem1 = peak_mb();
+    run_torch(tt, tc, &tm);                            /* ... and after (best of both) */
     for (int t = 1; t <= 2; t++) {
         if (tt[t] < 1e30)
             printf("threads %d: lss %.4f s, PyTorch %.4f s, ratio lss/PyTorch %.2f (process cpu time: lss %.4f s, "
                    "PyTorch %.4f s, ratio %.2f)\n", t, tl[t], tt[t], tl[t] / tt[t], cl[t], tc[t], cl[t] / tc[t]);
         else printf("threads %d: lss %.4f s, PyTorch reference unavailable (python3-torch not installed?)\n", t, tl[t]);
     }
+    printf("memory of the steps (peak resident set minus the resident set before them): lss %.0f MB (before %.0f MB, "
+           "peak %.0f MB)", mem1 - mem0, mem0, mem1);
+    if (tm < 1e30) printf(", PyTorch %.0f MB, ratio lss/PyTorch %.2f\n", tm, (mem1 - mem0) / tm);
+    else printf("\n");
     free(x); free(y);
     lss_graph_free(g);
     lss_store_free(st);

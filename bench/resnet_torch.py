@@ -6,10 +6,13 @@ blocks of two 5x5 convolutions at 128 channels (no normalisation), flatten, one 
 n + n(n+1)/2 = 35 outputs (n = 7); input a batch of 32 maps of 8 x 64 x 64; loss the Gaussian NLL
 with a Cholesky-parametrised precision (softplus diagonal + 1e-4), as lss_op_gauss_nll.
 Prints one line per thread count: "torch threads T forward+backward S seconds (cpu C s)" (best
-wall-clock and process CPU time of the timed steps after one warm-up step).
+wall-clock and process CPU time of the timed steps after one warm-up step), then "torch memory: before
+steps B MB, peak P MB, steps +D MB": the resident set before the first step (interpreter, library, net,
+data) and its high-water mark over all steps (getrusage), and their difference, what the steps need.
 
 Usage: python3 bench/resnet_torch.py [threads ...]   (default: 1 2)
 """
+import resource
 import sys
 import time
 
@@ -74,6 +77,7 @@ def main():
     y = torch.randn(32, N_PARAM)
     nparam = sum(p.numel() for p in net.parameters())
     print(f"torch {torch.__version__}, parameters {nparam}")
+    before = rss_mb()
     for t in threads:
         torch.set_num_threads(t)
         times, cpu = [], []
@@ -86,6 +90,17 @@ def main():
             cpu.append(time.process_time() - c0)
         print(f"torch threads {t} forward+backward {min(times[1:]):.4f} seconds (cpu {min(cpu[1:]):.4f} s)")
         sys.stdout.flush()
+    peak = peak_mb()
+    print(f"torch memory: before steps {before:.0f} MB, peak {peak:.0f} MB, steps +{peak - before:.0f} MB")
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1048576.0
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 if __name__ == "__main__":
