@@ -752,9 +752,10 @@ LSSDEF int lss_deeplss_cfg_set(lss_deeplss_cfg *c, const char *key, const char *
 LSSDEF int lss_deeplss_cfg_check(const lss_deeplss_cfg *c);
 /* What a run of configuration c holds in memory, in bytes (estimates, before anything is allocated): the pool
    of noise-free fields (ncosmo x (nf_train + nf_test) x 3 LSS_DEEPLSS_NBINS x nside^2 floats) and the training
-   of the largest network (the CNN's activations, gradients and im2col buffers at batch x (grid nside)^2 pixels:
-   nconv stride-2 convolutions to `channels`, 2 nres convolutions at the last resolution). Either output may
-   be NULL. lss_deeplss_cfg_check refuses a configuration above LSS_DEEPLSS_MAX_BYTES in either. */
+   of the largest network (the CNN's activations and their gradients, and the largest convolution's scratch,
+   at batch x (grid nside)^2 pixels: nconv stride-2 convolutions to `channels`, 2 nres convolutions at the last
+   resolution). Either output may be NULL. lss_deeplss_cfg_check refuses a configuration above
+   LSS_DEEPLSS_MAX_BYTES in either. */
 #define LSS_DEEPLSS_MAX_BYTES 1099511627776.0   /* 1 TiB */
 LSSDEF void lss_deeplss_cfg_memory(const lss_deeplss_cfg *c, double *pool_bytes, double *train_bytes);
 /* Saves every key as "key = value" lines (reals with 17 digits: a load gives the same struct back). A
@@ -4771,17 +4772,26 @@ LSSDEF void lss_deeplss_cfg_memory(const lss_deeplss_cfg *c, double *pool_bytes,
     double pool = 0, train = 0;
     if (c) {
         double S = (double)c->grid * c->nside, B = c->batch, C = c->channels, k2 = (double)c->kernel * c->kernel, cin = 2 * LSS_DEEPLSS_NBINS;
-        double acts = B * cin * S * S, cols = 0, s = S;
+        double acts = B * cin * S * S, scr = 0, s = S;
         int i;
         pool = (double)c->ncosmo * ((double)c->nf_train + c->nf_test) * 3 * LSS_DEEPLSS_NBINS * (double)c->nside * c->nside * 4;
-        for (i = 0; i < c->nconv; i++) {   /* stride-2 convolutions */
-            s = ceil(s / 2);
-            acts += B * C * s * s;
-            cols += B * (i ? C : cin) * k2 * s * s;
+        for (i = 0; i <= c->nconv; i++) {   /* stride-2 convolutions, then the residual blocks' (same shapes) */
+            double K = (i ? C : cin) * k2, P, per, nc, sc;
+            if (i < c->nconv) s = ceil(s / 2);
+            P = s * s;
+            /* the convolution's scratch: im2col columns of a chunk of samples (lss_nn.h: at most 2^25 floats
+               unless one sample needs more) and its output in [C, N P] order; every layer reuses it */
+            per = K * P;
+            nc = floor(33554432.0 / per);
+            nc = nc > B ? B : nc < 1 ? 1 : nc;
+            sc = nc * per + B * C * P;
+            if (sc > scr) scr = sc;
+            if (i < c->nconv) acts += B * C * s * s;
         }
         acts += 2.0 * c->nres * B * C * s * s;   /* residual blocks at the last resolution */
-        cols += 2.0 * c->nres * B * C * k2 * s * s;
-        train = 4 * (2 * acts + cols);           /* values and gradients of every activation, im2col buffers */
+        /* values and gradients of every convolution's and activation's output (4.5 floats per activation counted
+           here, measured on the ResNet: lss_graph_memory), the convolutions' scratch */
+        train = 4 * (4.5 * acts + scr);
     }
     if (pool_bytes) *pool_bytes = pool;
     if (train_bytes) *train_bytes = train;

@@ -2340,11 +2340,21 @@ static void lss__chan_sum_add(const float *g, int64_t N, int64_t C, int64_t P, f
     }
 }
 
-/* The scratch of a convolution with K = C kh kw rows of im2col, NP = N Ho Wo columns and Co output channels:
-   col (K rows of NP rounded up to 16, panel layout), then *tmp (Co NP), then *rowbuf (NP per thread). NULL
+/* Samples per im2col chunk: all N, or fewer when the columns of all N would exceed LSS__COL_MAX floats (the
+   convolution then runs chunk by chunk through one buffer: at 384 x 384 inputs, batch 32, the columns of
+   one layer would hold 3.8 GB). Depends on the shapes only, so results do not depend on the machine. */
+#define LSS__COL_MAX ((int64_t)1 << 25)
+static int64_t lss__col_max = LSS__COL_MAX; /* (a variable so that the tests can make chunks small) */
+static int64_t lss__conv_chunk(int64_t N, int64_t K, int64_t P) {
+    int64_t per = K * P, nc = per > 0 ? lss__col_max / per : N;
+    return nc >= N ? N : nc < 1 ? 1 : nc;
+}
+
+/* The scratch of a convolution with K = C kh kw rows of im2col, NPc columns per chunk and ntmp floats of output:
+   col (K rows of NPc rounded up to 16, panel layout), then *tmp (ntmp), then *rowbuf (NPc per thread). NULL
    (the graph's status set) when there is no memory. */
-static float *lss__conv_scratch(lss_graph *g, int64_t K, int64_t NP, int64_t Co, float **tmp, float **rowbuf) {
-    size_t ncol = (size_t)(K * ((NP + 15) / 16 * 16)), ntmp = (size_t)(Co * NP), nrow = (size_t)NP * (size_t)g->wst;
+static float *lss__conv_scratch(lss_graph *g, int64_t K, int64_t NPc, int64_t ntmp_, float **tmp, float **rowbuf) {
+    size_t ncol = (size_t)(K * ((NPc + 15) / 16 * 16)), ntmp = (size_t)ntmp_, nrow = (size_t)NPc * (size_t)g->wst;
     float *col = lss__scratch(g, ncol + ntmp + nrow + 32);
     if (!col) return NULL;
     *tmp = col + (ncol + 15) / 16 * 16;
@@ -2358,26 +2368,31 @@ static void lss__conv2d_bwd(lss__node *nd) {
     lss_graph *g = nd->g;
     int64_t N = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3];
     int64_t Co = b->shape[0], kh = b->shape[2], kw = b->shape[3], Ho = y->shape[2], Wo = y->shape[3];
-    int64_t K = C * kh * kw, NP = N * Ho * Wo;
-    float *gt, *rowbuf, *col = lss__conv_scratch(g, K, NP, Co, &gt, &rowbuf);
+    int64_t K = C * kh * kw, P = Ho * Wo, NP = N * P, nc = lss__conv_chunk(N, K, P), n0;
+    int st = nd->p.conv.stride, pd = nd->p.conv.pad;
+    float *gt, *rowbuf, *col = lss__conv_scratch(g, K, nc * P, Co * NP, &gt, &rowbuf);
     if (!col) return;
-    lss__ncp_to_cnp(go, N, Co, Ho * Wo, gt);
-    if (b->grad) {
-        /* the forward's col again, from x (recomputing costs less than keeping it: see lss_op_conv2d) */
-        lss__im2col(a->data, N, C, H, W, (int)kh, (int)kw, nd->p.conv.stride, nd->p.conv.pad, Ho, Wo, col,
-                    LSS__PANEL ? rowbuf : NULL, g->wst);
-        lss__sgemm_ws(0, LSS__PANEL ? 3 : 1, Co, K, NP, 1.0f, gt, NP, col, LSS__PANEL ? K : NP, 1.0f, b->grad, K, g->ws, g->wst);
-    }
-    if (c && c->grad) lss__chan_sum_add(go, N, Co, Ho * Wo, c->grad);
-    if (a->grad) {
-        /* dcol = W^T dY^T, written over col (no longer needed) */
-        lss__sgemm_ws(1, 0, K, NP, Co, 1.0f, b->data, K, gt, NP, 0.0f, col, NP, g->ws, g->wst);
-        lss__col2im_add(col, N, C, H, W, (int)kh, (int)kw, nd->p.conv.stride, nd->p.conv.pad, Ho, Wo, a->grad);
+    lss__ncp_to_cnp(go, N, Co, P, gt);
+    if (c && c->grad) lss__chan_sum_add(go, N, Co, P, c->grad);
+    for (n0 = 0; n0 < N; n0 += nc) {
+        int64_t m = N - n0 < nc ? N - n0 : nc, np = m * P;
+        if (b->grad) {
+            /* the forward's columns again, from x (recomputing costs less than keeping them: see lss_op_conv2d) */
+            lss__im2col(a->data + n0 * C * H * W, m, C, H, W, (int)kh, (int)kw, st, pd, Ho, Wo, col,
+                        LSS__PANEL ? rowbuf : NULL, g->wst);
+            lss__sgemm_ws(0, LSS__PANEL ? 3 : 1, Co, K, np, 1.0f, gt + n0 * P, NP, col, LSS__PANEL ? K : np, 1.0f, b->grad, K,
+                          g->ws, g->wst);
+        }
+        if (a->grad) {
+            /* dcol = W^T dY^T, written over col (no longer needed) */
+            lss__sgemm_ws(1, 0, K, np, Co, 1.0f, b->data, K, gt + n0 * P, NP, 0.0f, col, np, g->ws, g->wst);
+            lss__col2im_add(col, m, C, H, W, (int)kh, (int)kw, st, pd, Ho, Wo, a->grad + n0 * C * H * W);
+        }
     }
 }
 LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
     lss_tensor *y;
-    int64_t N, C, H, W, Co, kh, kw, Ho, Wo, sh[4], K, NP;
+    int64_t N, C, H, W, Co, kh, kw, Ho, Wo, sh[4], K, NP, nc, n0;
     float *col, *tmp, *rowbuf;
     if (!lss__enter(g, "lss_op_conv2d", 2, x, w, NULL)) return NULL;
     if (stride < 1 || pad < 0)
@@ -2395,15 +2410,21 @@ LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss
     /* col in panel layout (columns padded to 16): the GEMM reads it without packing. col, the output in
        [Co, N P] order and im2col's row buffers live in the graph's scratch area, which every layer reuses:
        the backward pass recomputes col from x instead of keeping it (lss__conv_scratch) */
-    col = lss__conv_scratch(g, K, NP, Co, &tmp, &rowbuf);
+    nc = lss__conv_chunk(N, K, Ho * Wo);
+    col = lss__conv_scratch(g, K, nc * Ho * Wo, Co * NP, &tmp, &rowbuf);
     if (!col) return NULL;
-    lss__im2col(x->data, N, C, H, W, (int)kh, (int)kw, stride, pad, Ho, Wo, col, LSS__PANEL ? rowbuf : NULL, g->wst);
     if (b) {
         int64_t c, p;
         for (c = 0; c < Co; c++)
             for (p = 0; p < NP; p++) tmp[c * NP + p] = b->data[c];
     }
-    lss__sgemm_ws(0, LSS__PANEL ? 2 : 0, Co, NP, K, 1.0f, w->data, K, col, NP, b ? 1.0f : 0.0f, tmp, NP, g->ws, g->wst);
+    for (n0 = 0; n0 < N; n0 += nc) { /* chunks of nc samples (one chunk unless the columns would be large) */
+        int64_t m = N - n0 < nc ? N - n0 : nc, np = m * Ho * Wo;
+        lss__im2col(x->data + n0 * C * H * W, m, C, H, W, (int)kh, (int)kw, stride, pad, Ho, Wo, col,
+                    LSS__PANEL ? rowbuf : NULL, g->wst);
+        lss__sgemm_ws(0, LSS__PANEL ? 2 : 0, Co, np, K, 1.0f, w->data, K, col, np, b ? 1.0f : 0.0f, tmp + n0 * Ho * Wo, NP,
+                      g->ws, g->wst);
+    }
     lss__cnp_to_ncp(tmp, N, Co, Ho * Wo, y->data, 0);
     {
         LSS__REC(g, nd, lss__conv2d_bwd, y, x, w, b);

@@ -6,7 +6,9 @@
  * outputs (sized for the 64 x 64 input: 128 x 4 x 4 -> 35); a batch of 32 maps of 8 x 64 x 64;
  * loss lss_op_gauss_nll. One step = graph reset + forward + loss + backward (no optimizer update).
  * The PyTorch reference is bench/resnet_torch.py (the same network and loss), run through
- * /usr/bin/python3 (Debian's python3-torch) or python3, once before and once after the lss
+ * /usr/bin/python3 (Debian's python3-torch) or python3, in one process per thread count with OMP_NUM_THREADS,
+ * OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set to it (set_num_threads alone leaves the BLAS pool at its default),
+ * once before and once after the lss
  * measurements (the best of both is kept, so a change of machine load between them matters less);
  * the ratio lss / PyTorch is printed for every thread count both ran. Each figure is the best of
  * the timed steps after a warm-up step; wall-clock time and process CPU time are both given (on a
@@ -14,7 +16,8 @@
  * on top of what the process held before them (the high-water mark of the resident set minus the resident set
  * before the first step: the graph's pool and scratch, packing buffers, gradients of activations), for both.
  *
- * Usage: build/bench/bench_resnet [steps]   (default 4 timed steps per thread count)
+ * Usage: build/bench/bench_resnet [steps] [size]   (default 4 timed steps per thread count, 64 x 64 maps; another
+ * size, e.g. 384 for the paper's 6 x 6 mosaics, runs lss alone with 2 threads)
  */
 #define _POSIX_C_SOURCE 200809L
 #define LSS_CORE_IMPLEMENTATION
@@ -48,28 +51,36 @@ static double peak_mb(void) {
    steps need (tm, MB: peak minus the resident set before the steps; the smallest of the runs). */
 static void run_torch(double *tt, double *tc, double *tm) {
     const char *py = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-    char cmd[256], line[512];
-    FILE *p;
-    snprintf(cmd, sizeof cmd, "%s bench/resnet_torch.py 1 2 2>&1", py);
-    p = popen(cmd, "r");
-    if (!p) return;
-    while (fgets(line, sizeof line, p)) {
-        int th;
-        double sec, cpu, mb0, mb1, dmb;
-        fputs(line, stdout);
-        if (sscanf(line, "torch memory: before steps %lf MB, peak %lf MB, steps +%lf MB", &mb0, &mb1, &dmb) == 3 && dmb < *tm)
-            *tm = dmb;
-        if (sscanf(line, "torch threads %d forward+backward %lf seconds (cpu %lf", &th, &sec, &cpu) == 3 && th >= 1 && th <= 2) {
-            if (sec < tt[th]) tt[th] = sec;
-            if (cpu < tc[th]) tc[th] = cpu;
+    char cmd[512], line[512];
+    /* one process per thread count, its BLAS and OpenMP pools limited to t threads, OpenBLAS free to pick its best
+       kernel */
+    for (int t = 1; t <= 2; t++) {
+        FILE *p;
+        snprintf(cmd, sizeof cmd,
+                 "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d "
+                 "MKL_NUM_THREADS=%d %s bench/resnet_torch.py %d 2>&1", t, t, t, py, t);
+        p = popen(cmd, "r");
+        if (!p) return;
+        while (fgets(line, sizeof line, p)) {
+            int th;
+            double sec, cpu, mb0, mb1, dmb;
+            fputs(line, stdout);
+            if (sscanf(line, "torch memory: before steps %lf MB, peak %lf MB, steps +%lf MB", &mb0, &mb1, &dmb) == 3 &&
+                dmb < *tm)
+                *tm = dmb;
+            if (sscanf(line, "torch threads %d forward+backward %lf seconds (cpu %lf", &th, &sec, &cpu) == 3 && th >= 1 &&
+                th <= 2) {
+                if (sec < tt[th]) tt[th] = sec;
+                if (cpu < tc[th]) tc[th] = cpu;
+            }
         }
+        pclose(p);
     }
-    pclose(p);
 }
 
 int main(int argc, char **argv) {
-    const int B = 32, C = 8, S = 64, np = 7, nout = np + np * (np + 1) / 2;
-    int steps = argc > 1 ? atoi(argv[1]) : 4;
+    const int B = 32, C = 8, np = 7, nout = np + np * (np + 1) / 2;
+    int steps = argc > 1 ? atoi(argv[1]) : 4, S = argc > 2 ? atoi(argv[2]) : 64;
     double tl[3] = {0, 0, 0}, cl[3] = {0, 0, 0}, tt[3] = {1e30, 1e30, 1e30}, tc[3] = {1e30, 1e30, 1e30}, tm = 1e30;
     double mem0 = 0, mem1 = 0;
     lss_store *st;
@@ -90,9 +101,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < B * np; i++) y[i] = (float)lss_rng_normal(&r);
     printf("DeepLSS ResNet: batch %d x %d x %d x %d, 4 conv + 10 residual blocks at 128 channels, %d outputs, "
            "%lld parameters\n", B, C, S, S, nout, (long long)lss_store_nparams(st));
-    run_torch(tt, tc, &tm);                            /* reference before ... */
+    if (S <= 0 || S % 16 || S > 1024) { fprintf(stderr, "size must be a multiple of 16 up to 1024\n"); return 2; }
+    if (S == 64) run_torch(tt, tc, &tm);               /* reference before ... */
     mem0 = rss_mb();
-    for (int t = 1; t <= 2; t++) {
+    for (int t = S == 64 ? 1 : 2; t <= 2; t++) {
         double best = 1e30, bcpu = 1e30;
 #ifdef _OPENMP
         omp_set_num_threads(t);
@@ -116,12 +128,13 @@ int main(int argc, char **argv) {
         fflush(stdout);
     }
     mem1 = peak_mb();
-    run_torch(tt, tc, &tm);                            /* ... and after (best of both) */
-    for (int t = 1; t <= 2; t++) {
+    if (S == 64) run_torch(tt, tc, &tm);               /* ... and after (best of both) */
+    for (int t = S == 64 ? 1 : 2; t <= 2; t++) {
         if (tt[t] < 1e30)
             printf("threads %d: lss %.4f s, PyTorch %.4f s, ratio lss/PyTorch %.2f (process cpu time: lss %.4f s, "
                    "PyTorch %.4f s, ratio %.2f)\n", t, tl[t], tt[t], tl[t] / tt[t], cl[t], tc[t], cl[t] / tc[t]);
-        else printf("threads %d: lss %.4f s, PyTorch reference unavailable (python3-torch not installed?)\n", t, tl[t]);
+        else printf("threads %d: lss %.4f s, PyTorch reference %s\n", t, tl[t],
+                    S == 64 ? "unavailable (python3-torch not installed?)" : "not run at this size");
     }
     printf("memory of the steps (peak resident set minus the resident set before them): lss %.0f MB (before %.0f MB, "
            "peak %.0f MB)", mem1 - mem0, mem0, mem1);

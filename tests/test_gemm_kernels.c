@@ -5,7 +5,9 @@
  *   - AVX2 and AVX-512 give bitwise the same C (the same fused multiply-adds in the same order), and so
  *     do a convolution's forward pass and its three gradients (the packed-panel GEMM modes);
  *   - each level gives bitwise the same C with 1 and 2 threads;
- *   - requests above the CPU's level are capped, LSS_SGEMM_KERNEL caps the first choice.
+ *   - requests above the CPU's level are capped, LSS_SGEMM_KERNEL caps the first choice;
+ *   - a convolution whose im2col columns are run in chunks of samples equals the one-piece run (forward and input
+ *     gradient bitwise, weight gradient to rounding).
  * The Makefile compiles this file for the baseline x86-64 instruction set (no AVX): the vector kernels
  * still run, chosen at run time, which is what a binary built once for many machines does. */
 #define _POSIX_C_SOURCE 200809L
@@ -155,6 +157,36 @@ static void test_conv(int cpu) {
     free(o1); free(o2);
 }
 
+/* a convolution run chunk by chunk (im2col of a few samples at a time) against the same run in one piece: the
+   forward pass and the input gradient bitwise equal (each output element sees the same operations), the weight
+   gradient within rounding (its sum over samples is split into chunks) */
+static void test_chunks(void) {
+    float *o1 = malloc(sizeof(float) * 200000), *o2 = malloc(sizeof(float) * 200000);
+    /* conv_run's output: z, dx, then the store's gradients (w 40 x 12 x 5 x 5, b 40, wt 40 x 7 x 4 x 4, bt 7) */
+    int64_t n1, n2, npar = 40 * 12 * 25 + 40 + 40 * 7 * 16 + 7;
+    int cpu = lss_sgemm_kernel(9);
+    n1 = conv_run(cpu, o1);
+    lss__col_max = 300 * 100; /* K = 300, P = 90: one sample per chunk */
+    CHECK(lss__conv_chunk(3, 300, 90) == 1 && lss__conv_chunk(3, 300, 40) == 2 && lss__conv_chunk(1, 300, 1000) == 1,
+          "chunk sizes (%lld, %lld)", (long long)lss__conv_chunk(3, 300, 90), (long long)lss__conv_chunk(3, 300, 40));
+    n2 = conv_run(cpu, o2);
+    lss__col_max = LSS__COL_MAX;
+    CHECK(n1 == n2 && n1 > npar && n1 < 200000, "both runs (%lld, %lld floats)", (long long)n1, (long long)n2);
+    if (n1 == n2 && n1 > npar && n1 < 200000) {
+        double md = 0, mx = 0;
+        CHECK(!memcmp(o1, o2, sizeof(float) * (size_t)(n1 - npar)), "chunked convolution: output and input gradient bitwise equal");
+        for (int64_t i = n1 - npar; i < n1; i++) {
+            md = fmax(md, fabs((double)o1[i] - o2[i]));
+            mx = fmax(mx, fabs((double)o1[i]));
+        }
+        CHECK(md <= 1e-5 * mx && mx > 0, "chunked convolution: parameter gradients within rounding (max |diff| %.3g of %.3g)",
+              md, mx);
+        CHECK(memcmp(o1 + n1 - npar, o2 + n1 - npar, sizeof(float) * 12000) != 0,
+              "the chunked run did run in chunks (its weight gradient's rounding differs)");
+    }
+    free(o1); free(o2);
+}
+
 int main(void) {
     int cpu = lss_sgemm_kernel(9); /* the CPU's best */
     printf("SGEMM kernels on this CPU: up to %s\n", lss_sgemm_kernel_name(cpu));
@@ -185,6 +217,8 @@ int main(void) {
     test_threads(cpu);
     printf("# test_conv\n");
     test_conv(cpu);
+    printf("# test_chunks\n");
+    test_chunks();
     lss_sgemm_kernel(cpu);
     LSS_TEST_END();
 }
