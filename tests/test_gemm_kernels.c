@@ -103,33 +103,47 @@ static void test_threads(int cpu) {
 /* a strided convolution (K = 12 x 5 x 5 = 300: two K blocks) and a transposed one, forward and backward,
    at level lv; out: y, dx, dw, db
    of both layers, concatenated */
+static int64_t g_npar = 0; /* trainable parameters of conv_run's store */
 static int64_t conv_run(int lv, float *out) {
     lss_store *st = NULL;
     lss_graph *g = NULL;
     int64_t xs[4] = {3, 12, 19, 17}, ws[4] = {40, 12, 5, 5}, bs[1] = {40}, ts[4] = {40, 7, 4, 4}, tb[1] = {7}, n = 0;
-    lss_tensor *w, *b, *wt, *bt, *x, *y, *z, *loss;
-    float *dx;
+    int64_t x2s[4] = {3, 12, 4, 4}, w2s[4] = {20, 12, 5, 5}, b2s[1] = {20};
+    lss_tensor *w, *b, *wt, *bt, *w2, *b2, *x, *x2, *y, *z, *y2, *loss;
+    float *dx, *dx2;
     lss_sgemm_kernel(lv);
     if (lss_store_create(7, &st) || lss_graph_create(&g)) return -1;
     w = lss_store_add(st, "w", 4, ws, LSS_INIT_HE);
     b = lss_store_add(st, "b", 1, bs, LSS_INIT_HE);
     wt = lss_store_add(st, "wt", 4, ts, LSS_INIT_HE);
     bt = lss_store_add(st, "bt", 1, tb, LSS_INIT_HE);
+    w2 = lss_store_add(st, "w2", 4, w2s, LSS_INIT_HE);
+    b2 = lss_store_add(st, "b2", 1, b2s, LSS_INIT_HE);
     x = lss_tensor_new(g, 4, xs);
+    x2 = lss_tensor_new(g, 4, x2s);
     dx = malloc(sizeof(float) * x->n);
-    if (!w || !b || !wt || !bt || !x || !dx) return -1;
+    dx2 = malloc(sizeof(float) * x2->n);
+    if (!w || !b || !wt || !bt || !w2 || !b2 || !x || !x2 || !dx || !dx2) return -1;
     fill(x->data, x->n, 5);
+    fill(x2->data, x2->n, 6);
     x->grad = dx;
+    x2->grad = dx2;
     memset(dx, 0, sizeof(float) * x->n);
+    memset(dx2, 0, sizeof(float) * x2->n);
     y = lss_op_conv2d(g, x, w, b, 2, 2);
     z = lss_op_conv2d_transpose(g, y, wt, bt, 2, 1, 1);
-    loss = lss_op_mean(g, lss_op_mul(g, z, z));
+    y2 = lss_op_conv2d(g, x2, w2, b2, 1, 2); /* 4 x 4 planes, 5 x 5 kernel: the 16-pixel im2col/col2im path */
+    loss = lss_op_add(g, lss_op_mean(g, lss_op_mul(g, z, z)), lss_op_mean(g, lss_op_mul(g, y2, y2)));
     lss_store_zero_grad(st);
     if (!loss || lss_backward(g, loss)) return -1;
     memcpy(out + n, z->data, sizeof(float) * z->n); n += z->n;
+    memcpy(out + n, y2->data, sizeof(float) * y2->n); n += y2->n;
     memcpy(out + n, dx, sizeof(float) * x->n); n += x->n;
-    memcpy(out + n, lss_store_grad(st), sizeof(float) * lss_store_nparams(st)); n += lss_store_nparams(st);
+    memcpy(out + n, dx2, sizeof(float) * x2->n); n += x2->n;
+    g_npar = lss_store_nparams(st);
+    memcpy(out + n, lss_store_grad(st), sizeof(float) * g_npar); n += g_npar;
     free(dx);
+    free(dx2);
     lss_graph_free(g);
     lss_store_free(st);
     return n;
@@ -162,10 +176,11 @@ static void test_conv(int cpu) {
    gradient within rounding (its sum over samples is split into chunks) */
 static void test_chunks(void) {
     float *o1 = malloc(sizeof(float) * 200000), *o2 = malloc(sizeof(float) * 200000);
-    /* conv_run's output: z, dx, then the store's gradients (w 40 x 12 x 5 x 5, b 40, wt 40 x 7 x 4 x 4, bt 7) */
-    int64_t n1, n2, npar = 40 * 12 * 25 + 40 + 40 * 7 * 16 + 7;
+    /* conv_run's output: z, y2, dx, dx2, then the store's gradients (w 40 x 12 x 5 x 5 first) */
+    int64_t n1, n2, npar;
     int cpu = lss_sgemm_kernel(9);
     n1 = conv_run(cpu, o1);
+    npar = g_npar;
     lss__col_max = 300 * 100; /* K = 300, P = 90: one sample per chunk */
     CHECK(lss__conv_chunk(3, 300, 90) == 1 && lss__conv_chunk(3, 300, 40) == 2 && lss__conv_chunk(1, 300, 1000) == 1,
           "chunk sizes (%lld, %lld)", (long long)lss__conv_chunk(3, 300, 90), (long long)lss__conv_chunk(3, 300, 40));
