@@ -4779,19 +4779,19 @@ LSSDEF void lss_deeplss_cfg_memory(const lss_deeplss_cfg *c, double *pool_bytes,
             double K = (i ? C : cin) * k2, P, per, nc, sc;
             if (i < c->nconv) s = ceil(s / 2);
             P = s * s;
-            /* the convolution's scratch: im2col columns of a chunk of samples (lss_nn.h: at most 2^25 floats
+            /* the convolution's scratch: im2col columns of a chunk of samples (lss_nn.h: at most 2^22 floats
                unless one sample needs more) and its output in [C, N P] order; every layer reuses it */
             per = K * P;
-            nc = floor(33554432.0 / per);
+            nc = floor(4194304.0 / per);
             nc = nc > B ? B : nc < 1 ? 1 : nc;
             sc = nc * per + B * C * P;
             if (sc > scr) scr = sc;
             if (i < c->nconv) acts += B * C * s * s;
         }
         acts += 2.0 * c->nres * B * C * s * s;   /* residual blocks at the last resolution */
-        /* values and gradients of every convolution's and activation's output (4.5 floats per activation counted
-           here, measured on the ResNet: lss_graph_memory), the convolutions' scratch */
-        train = 4 * (4.5 * acts + scr);
+        /* values and gradients of the layers' outputs (2.5 floats per activation counted here: convolutions and
+           their ReLU are one operation; calibrated on the ResNet with lss_graph_memory), the convolutions' scratch */
+        train = 4 * (2.5 * acts + scr);
     }
     if (pool_bytes) *pool_bytes = pool;
     if (train_bytes) *train_bytes = train;

@@ -20,7 +20,7 @@
  *   3. graph             lss_graph_create/_free, lss_graph_reset, lss_graph_set_training,
  *                        lss_graph_training, lss_graph_set_record, lss_graph_status,
  *                        lss_graph_memory, lss_tensor_new, lss_view, lss_backward, lss_backward_seed
- *   4. operations        lss_op_matmul, lss_op_dense, lss_op_conv2d (any kernel, stride, padding),
+ *   4. operations        lss_op_matmul, lss_op_dense, lss_op_conv2d (any kernel, stride, padding), lss_op_conv2d_relu,
  *                        lss_op_conv2d_transpose, lss_op_avgpool2d, lss_op_upsample2d (nearest),
  *                        lss_op_concat, lss_op_slice, lss_op_squeeze2d, lss_op_logabsdet,
  *                        lss_op_add, lss_op_sub, lss_op_mul (numpy broadcasting),
@@ -275,6 +275,10 @@ LSSDEF lss_tensor *lss_op_dense(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_
  * stride and zero padding in both directions; out [N, Co, (H+2p-kh)/s+1, (W+2p-kw)/s+1]. */
 LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
                               int pad);
+/* relu(lss_op_conv2d(...)) as one operation: the same values and gradients bit for bit, but the
+ * pre-activation and its gradient are never stored (half the memory of the two operations). */
+LSSDEF lss_tensor *lss_op_conv2d_relu(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride,
+                                   int pad);
 /* Transposed convolution (the adjoint of lss_op_conv2d): x [N,Ci,H,W], w [Ci,Co,kh,kw], b [Co] or NULL;
  * out [N, Co, (H-1)s - 2p + kh + outpad, (W-1)s - 2p + kw + outpad], 0 <= outpad < s. */
 LSSDEF lss_tensor *lss_op_conv2d_transpose(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b,
@@ -1874,7 +1878,7 @@ struct lss__node {
     struct lss_graph *g;          /* the graph (SGEMM workspace) */
     lss_tensor *out, *in[3];
     union {                       /* the operation's parameters, one struct per family */
-        struct { int stride, pad; } conv;                     /* (im2col columns recomputed in backward) */
+        struct { int stride, pad, relu; } conv;               /* (im2col columns recomputed in backward) */
         struct { int stride, pad; } convt;                    /* (x^T recomputed in backward) */
         struct { int k, stride; } pool;
         struct { int factor; } up;
@@ -2412,7 +2416,7 @@ static void lss__chan_sum_add(const float *g, int64_t N, int64_t C, int64_t P, f
 /* Samples per im2col chunk: all N, or fewer when the columns of all N would exceed LSS__COL_MAX floats (the
    convolution then runs chunk by chunk through one buffer: at 384 x 384 inputs, batch 32, the columns of
    one layer would hold 3.8 GB). Depends on the shapes only, so results do not depend on the machine. */
-#define LSS__COL_MAX ((int64_t)1 << 25)
+#define LSS__COL_MAX ((int64_t)1 << 22)
 static int64_t lss__col_max = LSS__COL_MAX; /* (a variable so that the tests can make chunks small) */
 static int64_t lss__conv_chunk(int64_t N, int64_t K, int64_t P) {
     int64_t per = K * P, nc = per > 0 ? lss__col_max / per : N;
@@ -2441,8 +2445,30 @@ static void lss__conv2d_bwd(lss__node *nd) {
     int st = nd->p.conv.stride, pd = nd->p.conv.pad;
     float *gt, *rowbuf, *col = lss__conv_scratch(g, K, nc * P, Co * NP, &gt, &rowbuf);
     if (!col) return;
-    lss__ncp_to_cnp(go, N, Co, P, gt);
-    if (c && c->grad) lss__chan_sum_add(go, N, Co, P, c->grad);
+    if (nd->p.conv.relu) { /* the ReLU's backward: dY masked where the output is 0 (0 + dy as the separate op adds) */
+        int64_t pl;
+        const float *yo = y->data;
+        LSS__PRAGMA(omp parallel for schedule(static) if (NP * Co > 1048576))
+        for (pl = 0; pl < N * Co; pl++) {
+            int64_t n = pl / Co, ch = pl % Co, p;
+            const float *gs = go + pl * P, *ys = yo + pl * P;
+            float *d = gt + ch * NP + n * P;
+            for (p = 0; p < P; p++) d[p] = ys[p] > 0 ? 0.0f + gs[p] : 0.0f;
+        }
+        if (c && c->grad) { /* per-channel sums in the order of lss__chan_sum_add */
+            int64_t ch;
+            LSS__PRAGMA(omp parallel for schedule(static) if (NP * Co > 1048576))
+            for (ch = 0; ch < Co; ch++) {
+                double sm = 0;
+                int64_t k;
+                for (k = 0; k < NP; k++) sm += gt[ch * NP + k];
+                c->grad[ch] += (float)sm;
+            }
+        }
+    } else {
+        lss__ncp_to_cnp(go, N, Co, P, gt);
+        if (c && c->grad) lss__chan_sum_add(go, N, Co, P, c->grad);
+    }
     for (n0 = 0; n0 < N; n0 += nc) {
         int64_t m = N - n0 < nc ? N - n0 : nc, np = m * P;
         if (b->grad) {
@@ -2459,7 +2485,7 @@ static void lss__conv2d_bwd(lss__node *nd) {
         }
     }
 }
-LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
+static lss_tensor *lss__conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad, int relu) {
     lss_tensor *y;
     int64_t N, C, H, W, Co, kh, kw, Ho, Wo, sh[4], K, NP, nc, n0;
     float *col, *tmp, *rowbuf;
@@ -2495,11 +2521,23 @@ LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss
                       g->ws, g->wst);
     }
     lss__cnp_to_ncp(tmp, N, Co, Ho * Wo, y->data, 0);
+    if (relu) {
+        int64_t k, ny = y->n;
+        float *o = y->data;
+        LSS__PRAGMA(omp parallel for if (ny > 1048576))
+        for (k = 0; k < ny; k++) o[k] = o[k] > 0 ? o[k] : 0.0f;
+    }
     {
         LSS__REC(g, nd, lss__conv2d_bwd, y, x, w, b);
-        if (nd) { nd->p.conv.stride = stride; nd->p.conv.pad = pad; }
+        if (nd) { nd->p.conv.stride = stride; nd->p.conv.pad = pad; nd->p.conv.relu = relu; }
     }
     return y;
+}
+LSSDEF lss_tensor *lss_op_conv2d(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
+    return lss__conv2d(g, x, w, b, stride, pad, 0);
+}
+LSSDEF lss_tensor *lss_op_conv2d_relu(lss_graph *g, lss_tensor *x, lss_tensor *w, lss_tensor *b, int stride, int pad) {
+    return lss__conv2d(g, x, w, b, stride, pad, 1);
 }
 
 static void lss__conv2d_transpose_bwd(lss__node *nd) {
@@ -4695,11 +4733,15 @@ LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, ls
     int p;
     if (!rb) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resblock_forward: NULL block"); return NULL; }
     p = rb->kernel / 2;
-    if (rb->pool) {
-        h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, 1, p);
-        if (rb->stride == 2) h = lss_op_avgpool2d(g, h, 2, 2);
-    } else h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, rb->stride, p);
-    h = lss_op_activate(g, lss__norm(g, rb, 0, h), rb->act);
+    if (!rb->pool && !rb->periodic && !rb->batchnorm && rb->act == LSS_ACT_RELU)
+        h = lss_op_conv2d_relu(g, x, rb->w1, rb->b1, rb->stride, p); /* the same as below, half the memory */
+    else {
+        if (rb->pool) {
+            h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, 1, p);
+            if (rb->stride == 2) h = lss_op_avgpool2d(g, h, 2, 2);
+        } else h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, rb->stride, p);
+        h = lss_op_activate(g, lss__norm(g, rb, 0, h), rb->act);
+    }
     h = lss__norm(g, rb, 1, lss__conv_same(g, rb->periodic, h, rb->w2, rb->b2, 1, p));
     if (rb->wp) {
         if (rb->pool) sk = lss_op_conv2d(g, rb->stride == 2 ? lss_op_avgpool2d(g, x, 2, 2) : x, rb->wp, rb->bp, 1, 0);
@@ -4773,7 +4815,7 @@ LSSDEF lss_tensor *lss_resnet_forward_extra(lss_graph *g, const lss_resnet *net,
                                    net->o.nextra, extra ? "a tensor of another shape" : "none");
         return NULL;
     }
-    for (i = 0; i < net->o.nconv; i++) x = lss_op_relu(g, lss_op_conv2d(g, x, net->cw[i], net->cb[i], 2, net->o.kernel / 2));
+    for (i = 0; i < net->o.nconv; i++) x = lss_op_conv2d_relu(g, x, net->cw[i], net->cb[i], 2, net->o.kernel / 2);
     for (i = 0; i < net->o.nres; i++) x = lss_resblock_forward(g, &net->rb[i], x);
     x = net->o.pool ? lss_op_global_avgpool(g, x) : lss_op_flatten(g, x);
     if (extra) x = lss_op_concat(g, x, extra, 1);

@@ -202,6 +202,59 @@ static void test_chunks(void) {
     free(o1); free(o2);
 }
 
+/* lss_op_conv2d_relu against lss_op_relu(lss_op_conv2d(...)): output, input gradient and parameter gradients bitwise
+   equal, with and without im2col chunks, strides 1 and 2, with and without bias; the graph holds less */
+static int conv_relu_run(int fused, int stride, int bias, float *out, int64_t *nout, size_t *mem) {
+    lss_store *st = NULL;
+    lss_graph *g = NULL;
+    int64_t xs[4] = {4, 5, 9, 8}, ws[4] = {6, 5, 3, 3}, bs[1] = {6}, n = 0;
+    lss_tensor *w, *b = NULL, *x, *y, *loss;
+    float *dx;
+    if (lss_store_create(3, &st) || lss_graph_create(&g)) return 1;
+    w = lss_store_add(st, "w", 4, ws, LSS_INIT_HE);
+    if (bias) b = lss_store_add(st, "b", 1, bs, LSS_INIT_HE);
+    x = lss_tensor_new(g, 4, xs);
+    dx = calloc((size_t)x->n, sizeof(float));
+    if (!w || (bias && !b) || !x || !dx) return 1;
+    fill(x->data, x->n, 9);
+    if (bias) fill(b->data, b->n, 10); /* non-zero biases: some outputs clipped by the ReLU */
+    x->grad = dx;
+    y = fused ? lss_op_conv2d_relu(g, x, w, b, stride, 1) : lss_op_relu(g, lss_op_conv2d(g, x, w, b, stride, 1));
+    /* a loss whose gradient is not uniform, with exact zeros where y is 0 */
+    loss = lss_op_sum(g, lss_op_mul(g, y, lss_op_add_scalar(g, y, 0.5f)));
+    lss_store_zero_grad(st);
+    if (!loss || lss_backward(g, loss)) return 1;
+    memcpy(out + n, y->data, sizeof(float) * y->n); n += y->n;
+    memcpy(out + n, dx, sizeof(float) * x->n); n += x->n;
+    memcpy(out + n, lss_store_grad(st), sizeof(float) * lss_store_nparams(st)); n += lss_store_nparams(st);
+    *nout = n;
+    *mem = lss_graph_memory(g);
+    free(dx);
+    lss_graph_free(g);
+    lss_store_free(st);
+    return 0;
+}
+static void test_conv_relu(void) {
+    float *o1 = malloc(sizeof(float) * 20000), *o2 = malloc(sizeof(float) * 20000);
+    for (int ch = 0; ch < 2; ch++)
+        for (int stride = 1; stride <= 2; stride++)
+            for (int bias = 0; bias < 2; bias++) {
+                int64_t n1 = 0, n2 = 0, zeros = 0;
+                size_t m1 = 0, m2 = 0;
+                lss__col_max = ch ? 45 * 40 : LSS__COL_MAX; /* K = 45, P = 72 or 20: chunks of 1 or 2 samples */
+                CHECK(!conv_relu_run(0, stride, bias, o1, &n1, &m1) && !conv_relu_run(1, stride, bias, o2, &n2, &m2),
+                      "conv + relu runs (stride %d, bias %d)", stride, bias);
+                for (int64_t i = 0; i < n1 / 4; i++) zeros += o1[i] == 0;
+                CHECK(n1 == n2 && n1 > 0 && !memcmp(o1, o2, sizeof(float) * (size_t)n1),
+                      "lss_op_conv2d_relu bitwise equal to relu(conv2d) (chunks %d, stride %d, bias %d; %lld clipped outputs)",
+                      ch, stride, bias, (long long)zeros);
+                CHECK(zeros > 0, "the ReLU clips some outputs (%lld)", (long long)zeros);
+                CHECK(m2 <= m1, "the fused operation's graph holds no more (%zu against %zu bytes)", m2, m1);
+            }
+    lss__col_max = LSS__COL_MAX;
+    free(o1); free(o2);
+}
+
 int main(void) {
     int cpu = lss_sgemm_kernel(9); /* the CPU's best */
     printf("SGEMM kernels on this CPU: up to %s\n", lss_sgemm_kernel_name(cpu));
@@ -234,6 +287,8 @@ int main(void) {
     test_conv(cpu);
     printf("# test_chunks\n");
     test_chunks();
+    printf("# test_conv_relu\n");
+    test_conv_relu();
     lss_sgemm_kernel(cpu);
     LSS_TEST_END();
 }
