@@ -578,7 +578,7 @@ int main(int argc, char **argv) {
     enum { C_SIM = 1, C_TRAIN = 2, C_SEL = 4 | 8 | 16 | 128, C_ALL = 64, C_FISHER = 128, C_ANY = 255, C_NEWRUN = C_SIM | C_TRAIN | C_ALL,
            NEW = 1, CFG = 2 };
     struct { lss_drv_opt o; int cmds, use; } tab[] = {
-        {{"scale", LSS_DRV_STR, &scale_s, 0, 0, 0, "small: one 32 x 32 field of 9.375 arcmin, a small CNN (about 40 min on 2 cores); paper: 6 x 6 mosaics of 64 x 64, the released code's CNN and 900000 steps: needs about 7 GB and GPU-class speed (the networks train on the CPU in this version: one step of batch 32 at 384 x 384 takes about 20 s on 2 cores, BENCHMARKS.md)"}, C_NEWRUN, 0},
+        {{"scale", LSS_DRV_STR, &scale_s, 0, 0, 0, "small: one 32 x 32 field of 9.375 arcmin, a small CNN (about 40 min on 2 cores); paper: 6 x 6 mosaics of 64 x 64, the released code's CNN and 900000 steps: needs about 4.5 GB and GPU-class speed (the networks train on the CPU in this version: one step of batch 32 at 384 x 384 takes about 16 s on 2 cores, BENCHMARKS.md)"}, C_NEWRUN, 0},
         {{"ncosmo", LSS_DRV_INT, &d.ncosmo, 3, 100000, 0, "grid cosmologies in the pool (paper 57)"}, C_NEWRUN, NEW},
         {{"model", LSS_DRV_STR, &model, 0, 0, 0, "shells of the pool: lognormal, or nbody (from --library)"}, C_NEWRUN, 0},
         {{"library", LSS_DRV_STR, &library, 0, 0, 0, "N-body shell library (lss-sim nbody): the pool from its light cones, ncosmo its entries"}, C_NEWRUN, 0},
