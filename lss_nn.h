@@ -2186,44 +2186,48 @@ static void lss__conv_table(int64_t H, int64_t W, int kh, int kw, int s, int pad
 /* im2col straight into the panel layout, AVX-512: the 16 columns of a panel (16 output pixels of any samples) are
    16 lanes; every row (channel, tap) is one masked gather of their inputs (zero in the padding) and one 64-byte
    store, so col is written in order. A copy: the same floats as the scalar path. Needs N C H W < 2^31. */
-LSS__TA5 static void lss__im2col_panels_avx512(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int kh,
-                                               int kw, int s, int pad, int64_t Ho, int64_t Wo, float *col, int wst) {
-    int64_t rows = C * kh * kw, P = Ho * Wo, NP = N * P, nq = (NP + 15) / 16, q;
-    (void)wst;
-    LSS__PRAGMA(omp parallel for schedule(static) num_threads(wst) if (rows * NP > 1048576))
-    for (q = 0; q < nq; q++) {
-        int32_t iy0[16], ix0[16], off[16];
-        int t, c, ki, kj;
-        float *d = col + q * rows * 16;
-        __m512i viy, vix, voff, vH = _mm512_set1_epi32((int)H), vW = _mm512_set1_epi32((int)W), z = _mm512_setzero_si512();
-        for (t = 0; t < 16; t++) {
-            int64_t j = q * 16 + t;
-            if (j < NP) {
-                int64_t n = j / P, p = j % P, oy = p / Wo, ox = p % Wo;
-                iy0[t] = (int32_t)(oy * s - pad);
-                ix0[t] = (int32_t)(ox * s - pad);
-                off[t] = (int32_t)(n * C * H * W + (int64_t)iy0[t] * W + ix0[t]);
-            } else { /* past the last column: never in the image */
-                iy0[t] = -(int32_t)(kh + 1);
-                ix0[t] = 0;
-                off[t] = 0;
+LSS__TA5 static void lss__im2col_panel_avx512(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int kh,
+                                              int kw, int s, int pad, int64_t Ho, int64_t Wo, float *col, int64_t q) {
+    int64_t rows = C * kh * kw, P = Ho * Wo, NP = N * P;
+    int32_t iy0[16], ix0[16], off[16];
+    int t, c, ki, kj;
+    float *d = col + q * rows * 16;
+    __m512i viy, vix, voff, vH = _mm512_set1_epi32((int)H), vW = _mm512_set1_epi32((int)W), z = _mm512_setzero_si512();
+    for (t = 0; t < 16; t++) {
+        int64_t j = q * 16 + t;
+        if (j < NP) {
+            int64_t n = j / P, p = j % P, oy = p / Wo, ox = p % Wo;
+            iy0[t] = (int32_t)(oy * s - pad);
+            ix0[t] = (int32_t)(ox * s - pad);
+            off[t] = (int32_t)(n * C * H * W + (int64_t)iy0[t] * W + ix0[t]);
+        } else { /* past the last column: never in the image */
+            iy0[t] = -(int32_t)(kh + 1);
+            ix0[t] = 0;
+            off[t] = 0;
+        }
+    }
+    viy = _mm512_loadu_si512((const void *)iy0);
+    vix = _mm512_loadu_si512((const void *)ix0);
+    voff = _mm512_loadu_si512((const void *)off);
+    for (c = 0; c < C; c++)
+        for (ki = 0; ki < kh; ki++) {
+            __m512i yy = _mm512_add_epi32(viy, _mm512_set1_epi32(ki));
+            __mmask16 my = _mm512_cmpge_epi32_mask(yy, z) & _mm512_cmplt_epi32_mask(yy, vH);
+            for (kj = 0; kj < kw; kj++, d += 16) {
+                __m512i xx = _mm512_add_epi32(vix, _mm512_set1_epi32(kj));
+                __mmask16 m = my & _mm512_cmpge_epi32_mask(xx, z) & _mm512_cmplt_epi32_mask(xx, vW);
+                __m512i idx = _mm512_add_epi32(voff, _mm512_set1_epi32((int)(c * H * W + ki * W + kj)));
+                _mm512_store_ps(d, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x, 4));
             }
         }
-        viy = _mm512_loadu_si512((const void *)iy0);
-        vix = _mm512_loadu_si512((const void *)ix0);
-        voff = _mm512_loadu_si512((const void *)off);
-        for (c = 0; c < C; c++)
-            for (ki = 0; ki < kh; ki++) {
-                __m512i yy = _mm512_add_epi32(viy, _mm512_set1_epi32(ki));
-                __mmask16 my = _mm512_cmpge_epi32_mask(yy, z) & _mm512_cmplt_epi32_mask(yy, vH);
-                for (kj = 0; kj < kw; kj++, d += 16) {
-                    __m512i xx = _mm512_add_epi32(vix, _mm512_set1_epi32(kj));
-                    __mmask16 m = my & _mm512_cmpge_epi32_mask(xx, z) & _mm512_cmplt_epi32_mask(xx, vW);
-                    __m512i idx = _mm512_add_epi32(voff, _mm512_set1_epi32((int)(c * H * W + ki * W + kj)));
-                    _mm512_store_ps(d, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x, 4));
-                }
-            }
-    }
+}
+/* all panels, threaded (the parallel loop outside the target function: compilers outline it without the target) */
+static void lss__im2col_panels_avx512(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int kh, int kw, int s,
+                                      int pad, int64_t Ho, int64_t Wo, float *col, int wst) {
+    int64_t rows = C * kh * kw, NP = N * Ho * Wo, nq = (NP + 15) / 16, q;
+    (void)wst; (void)rows;
+    LSS__PRAGMA(omp parallel for schedule(static) num_threads(wst) if (rows * NP > 1048576))
+    for (q = 0; q < nq; q++) lss__im2col_panel_avx512(x, N, C, H, W, kh, kw, s, pad, Ho, Wo, col, q);
 }
 /* the adjoint: x[tb[p]] += src[p] for the 16 pixels of each sample (distinct inputs within a tap, so a gather, an
    add and a scatter do exactly the scalar path's additions) */
