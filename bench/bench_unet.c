@@ -1,0 +1,129 @@
+/* bench_unet.c - forward + backward time and memory of the mass-mapping U-net (lss_unet of lss_nn.h, the
+ * noise-conditional score network of massmap train-prior) against PyTorch on the CPU, measured in the same run.
+ *
+ * Network as massmap builds it: 2 input channels (the map and its noise), noise-level conditioning, batch norm,
+ * c0 = 32 base channels (so 64 and 128 at the lower scales), one output channel; a batch of 32 maps of 64 x 64;
+ * loss: mean squared error against a fixed target. The PyTorch reference is bench/unet_torch.py (the same network:
+ * the parameter counts are printed side by side), run through /usr/bin/python3 (Debian's python3-torch) in one
+ * process per thread count with its OpenMP and BLAS pools limited to it, before and after the lss steps (best
+ * kept). Each figure is the best of the timed steps after a warm-up step; memory is the high-water mark of the
+ * resident set minus the resident set before the steps, for both.
+ *
+ * Usage: build/bench/bench_unet [steps] [c0] [side] [batch]   (defaults 4, 32, 64, 32)
+ */
+#define _POSIX_C_SOURCE 200809L
+#define LSS_CORE_IMPLEMENTATION
+#define LSS_NN_IMPLEMENTATION
+#include "lss_nn.h"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static double rss_mb(void) {
+    long pages = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+static double peak_mb(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0 : (double)ru.ru_maxrss / 1024.0;
+}
+
+static void run_torch(int c0, int side, int batch, double *tt, double *tm) {
+    const char *py = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+    char cmd[512], line[512];
+    for (int t = 1; t <= 2; t++) {
+        FILE *p;
+        snprintf(cmd, sizeof cmd,
+                 "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d "
+                 "MKL_NUM_THREADS=%d %s bench/unet_torch.py %d %d %d %d 2>&1", t, t, t, py, t, c0, side, batch);
+        if (!(p = popen(cmd, "r"))) return;
+        while (fgets(line, sizeof line, p)) {
+            int th;
+            double sec, cpu, mb0, mb1, dmb;
+            fputs(line, stdout);
+            if (sscanf(line, "torch memory: before steps %lf MB, peak %lf MB, steps +%lf MB", &mb0, &mb1, &dmb) == 3 &&
+                dmb < *tm)
+                *tm = dmb;
+            if (sscanf(line, "torch threads %d forward+backward %lf seconds (cpu %lf", &th, &sec, &cpu) == 3 && th >= 1 &&
+                th <= 2 && sec < tt[th])
+                tt[th] = sec;
+        }
+        pclose(p);
+    }
+}
+
+int main(int argc, char **argv) {
+    int steps = argc > 1 ? atoi(argv[1]) : 4, c0 = argc > 2 ? atoi(argv[2]) : 32, S = argc > 3 ? atoi(argv[3]) : 64;
+    int B = argc > 4 ? atoi(argv[4]) : 32;
+    double tl[3] = {0, 0, 0}, tt[3] = {1e30, 1e30, 1e30}, tm = 1e30, mem0, mem1;
+    lss_store *st;
+    lss_graph *g = NULL;
+    lss_unet u;
+    lss_unet_opts uo;
+    float *x, *y, *sg;
+    lss_rng r;
+    if (steps < 1 || c0 < 1 || c0 > 256 || S < 4 || S % 4 || S > 1024 || B < 1 || B > 1024) {
+        fprintf(stderr, "usage: bench_unet [steps >= 1] [c0 1..256] [side, a multiple of 4] [batch]\n");
+        return 2;
+    }
+    memset(&uo, 0, sizeof uo);
+    uo.in_ch = 2; uo.out_ch = 1; uo.c0 = c0; uo.sigma_cond = 1;
+    if (lss_store_create(1, &st) || lss_unet_init(&u, st, "unet", &uo)) { fprintf(stderr, "error: %s\n", lss_last_error()); return 1; }
+    x = malloc(sizeof(float) * (size_t)B * 2 * S * S);
+    y = malloc(sizeof(float) * (size_t)B * S * S);
+    sg = malloc(sizeof(float) * (size_t)B);
+    lss_rng_init(&r, 5, 0);
+    for (int64_t i = 0; i < (int64_t)B * 2 * S * S; i++) x[i] = (float)lss_rng_normal(&r);
+    for (int64_t i = 0; i < (int64_t)B * S * S; i++) y[i] = (float)lss_rng_normal(&r);
+    for (int i = 0; i < B; i++) sg[i] = (float)(0.1 + lss_rng_uniform(&r));
+    printf("mass-mapping U-net: batch %d x 2 x %d x %d, c0 %d, noise conditioning, batch norm, %lld parameters\n", B, S, S,
+           c0, (long long)lss_store_nparams(st));
+    run_torch(c0, S, B, tt, &tm);
+    mem0 = rss_mb();
+    for (int t = 1; t <= 2; t++) {
+        double best = 1e30;
+#ifdef _OPENMP
+        omp_set_num_threads(t);
+#endif
+        lss_graph_free(g);
+        if (lss_graph_create(&g)) { fprintf(stderr, "error: %s\n", lss_last_error()); return 1; }
+        for (int s = 0; s <= steps; s++) {
+            double t0 = lss_time_now(), dt;
+            lss_tensor *out, *l;
+            lss_graph_reset(g);
+            out = lss_unet_forward(g, &u, lss_view(g, x, 4, (int64_t[]){B, 2, S, S}), lss_view(g, sg, 1, (int64_t[]){B}));
+            l = lss_op_mse(g, out, lss_view(g, y, 4, (int64_t[]){B, 1, S, S}));
+            lss_store_zero_grad(st);
+            if (lss_backward(g, l)) { fprintf(stderr, "error: %s\n", lss_last_error()); return 1; }
+            dt = lss_time_now() - t0;
+            if (s > 0 && dt < best) best = dt;
+        }
+        tl[t] = best;
+        printf("lss   threads %d forward+backward %.4f seconds (graph pool %.0f MB)\n", t, best,
+               (double)lss_graph_memory(g) / 1048576.0);
+        fflush(stdout);
+    }
+    mem1 = peak_mb();
+    run_torch(c0, S, B, tt, &tm);
+    for (int t = 1; t <= 2; t++) {
+        if (tt[t] < 1e30) printf("threads %d: lss %.4f s, PyTorch %.4f s, ratio lss/PyTorch %.2f\n", t, tl[t], tt[t], tl[t] / tt[t]);
+        else printf("threads %d: lss %.4f s, PyTorch reference unavailable (python3-torch not installed?)\n", t, tl[t]);
+    }
+    printf("memory of the steps: lss %.0f MB", mem1 - mem0);
+    if (tm < 1e30) printf(", PyTorch %.0f MB, ratio lss/PyTorch %.2f\n", tm, (mem1 - mem0) / tm);
+    else printf("\n");
+    free(x); free(y); free(sg);
+    lss_graph_free(g);
+    lss_store_free(st);
+    return 0;
+}
