@@ -26,57 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/resource.h>
-#include <unistd.h>
+#include "bench/bench_torch.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-/* resident set now and its high-water mark, MB (Linux) */
-static double rss_mb(void) {
-    long pages = 0, res = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
-        fclose(f);
-    }
-    return (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
-}
-static double peak_mb(void) {
-    struct rusage ru;
-    return getrusage(RUSAGE_SELF, &ru) ? 0 : (double)ru.ru_maxrss / 1024.0;
-}
-
-/* Runs the PyTorch reference and keeps the best wall (tt) and cpu (tc) time per thread count, and the memory its
-   steps need (tm, MB: peak minus the resident set before the steps; the smallest of the runs). */
-static void run_torch(double *tt, double *tc, double *tm) {
-    const char *py = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-    char cmd[512], line[512];
-    /* one process per thread count, its BLAS and OpenMP pools limited to t threads, OpenBLAS free to pick its best
-       kernel */
-    for (int t = 1; t <= 2; t++) {
-        FILE *p;
-        snprintf(cmd, sizeof cmd,
-                 "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d "
-                 "MKL_NUM_THREADS=%d %s bench/resnet_torch.py %d 2>&1", t, t, t, py, t);
-        p = popen(cmd, "r");
-        if (!p) return;
-        while (fgets(line, sizeof line, p)) {
-            int th;
-            double sec, cpu, mb0, mb1, dmb;
-            fputs(line, stdout);
-            if (sscanf(line, "torch memory: before steps %lf MB, peak %lf MB, steps +%lf MB", &mb0, &mb1, &dmb) == 3 &&
-                dmb < *tm)
-                *tm = dmb;
-            if (sscanf(line, "torch threads %d forward+backward %lf seconds (cpu %lf", &th, &sec, &cpu) == 3 && th >= 1 &&
-                th <= 2) {
-                if (sec < tt[th]) tt[th] = sec;
-                if (cpu < tc[th]) tc[th] = cpu;
-            }
-        }
-        pclose(p);
-    }
-}
 
 int main(int argc, char **argv) {
     const int B = 32, C = 8, np = 7, nout = np + np * (np + 1) / 2;
@@ -102,8 +55,8 @@ int main(int argc, char **argv) {
     printf("DeepLSS ResNet: batch %d x %d x %d x %d, 4 conv + 10 residual blocks at 128 channels, %d outputs, "
            "%lld parameters\n", B, C, S, S, nout, (long long)lss_store_nparams(st));
     if (S <= 0 || S % 16 || S > 1024) { fprintf(stderr, "size must be a multiple of 16 up to 1024\n"); return 2; }
-    if (S == 64) run_torch(tt, tc, &tm);               /* reference before ... */
-    mem0 = rss_mb();
+    if (S == 64) bench_torch_run("bench/resnet_torch.py", "", tt, tc, &tm); /* reference before ... */
+    mem0 = bench_rss_mb();
     for (int t = S == 64 ? 1 : 2; t <= 2; t++) {
         double best = 1e30, bcpu = 1e30;
 #ifdef _OPENMP
@@ -127,8 +80,8 @@ int main(int argc, char **argv) {
                (double)lss_graph_memory(g) / 1048576.0);
         fflush(stdout);
     }
-    mem1 = peak_mb();
-    if (S == 64) run_torch(tt, tc, &tm);               /* ... and after (best of both) */
+    mem1 = bench_peak_mb();
+    if (S == 64) bench_torch_run("bench/resnet_torch.py", "", tt, tc, &tm); /* ... and after (best of both) */
     for (int t = S == 64 ? 1 : 2; t <= 2; t++) {
         if (tt[t] < 1e30)
             printf("threads %d: lss %.4f s, PyTorch %.4f s, ratio lss/PyTorch %.2f (process cpu time: lss %.4f s, "

@@ -17,50 +17,11 @@
 #include "lss_nn.h"
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
+#include "bench/bench_torch.h"
 #include <time.h>
-#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static double rss_mb(void) {
-    long pages = 0, res = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
-        fclose(f);
-    }
-    return (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
-}
-static double peak_mb(void) {
-    struct rusage ru;
-    return getrusage(RUSAGE_SELF, &ru) ? 0 : (double)ru.ru_maxrss / 1024.0;
-}
-
-static void run_torch(int c0, int side, int batch, double *tt, double *tm) {
-    const char *py = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-    char cmd[512], line[512];
-    for (int t = 1; t <= 2; t++) {
-        FILE *p;
-        snprintf(cmd, sizeof cmd,
-                 "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d "
-                 "MKL_NUM_THREADS=%d %s bench/unet_torch.py %d %d %d %d 2>&1", t, t, t, py, t, c0, side, batch);
-        if (!(p = popen(cmd, "r"))) return;
-        while (fgets(line, sizeof line, p)) {
-            int th;
-            double sec, cpu, mb0, mb1, dmb;
-            fputs(line, stdout);
-            if (sscanf(line, "torch memory: before steps %lf MB, peak %lf MB, steps +%lf MB", &mb0, &mb1, &dmb) == 3 &&
-                dmb < *tm)
-                *tm = dmb;
-            if (sscanf(line, "torch threads %d forward+backward %lf seconds (cpu %lf", &th, &sec, &cpu) == 3 && th >= 1 &&
-                th <= 2 && sec < tt[th])
-                tt[th] = sec;
-        }
-        pclose(p);
-    }
-}
 
 int main(int argc, char **argv) {
     int steps = argc > 1 ? atoi(argv[1]) : 4, c0 = argc > 2 ? atoi(argv[2]) : 32, S = argc > 3 ? atoi(argv[3]) : 64;
@@ -71,6 +32,7 @@ int main(int argc, char **argv) {
     lss_unet u;
     lss_unet_opts uo;
     float *x, *y, *sg;
+    char args[64];
     lss_rng r;
     if (steps < 1 || c0 < 1 || c0 > 256 || S < 4 || S % 4 || S > 1024 || B < 1 || B > 1024) {
         fprintf(stderr, "usage: bench_unet [steps >= 1] [c0 1..256] [side, a multiple of 4] [batch]\n");
@@ -88,8 +50,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < B; i++) sg[i] = (float)(0.1 + lss_rng_uniform(&r));
     printf("mass-mapping U-net: batch %d x 2 x %d x %d, c0 %d, noise conditioning, batch norm, %lld parameters\n", B, S, S,
            c0, (long long)lss_store_nparams(st));
-    run_torch(c0, S, B, tt, &tm);
-    mem0 = rss_mb();
+    snprintf(args, sizeof args, "%d %d %d", c0, S, B);
+    bench_torch_run("bench/unet_torch.py", args, tt, NULL, &tm);
+    mem0 = bench_rss_mb();
     for (int t = 1; t <= 2; t++) {
         double best = 1e30;
 #ifdef _OPENMP
@@ -113,8 +76,8 @@ int main(int argc, char **argv) {
                (double)lss_graph_memory(g) / 1048576.0);
         fflush(stdout);
     }
-    mem1 = peak_mb();
-    run_torch(c0, S, B, tt, &tm);
+    mem1 = bench_peak_mb();
+    bench_torch_run("bench/unet_torch.py", args, tt, NULL, &tm);
     for (int t = 1; t <= 2; t++) {
         if (tt[t] < 1e30) printf("threads %d: lss %.4f s, PyTorch %.4f s, ratio lss/PyTorch %.2f\n", t, tl[t], tt[t], tl[t] / tt[t]);
         else printf("threads %d: lss %.4f s, PyTorch reference unavailable (python3-torch not installed?)\n", t, tl[t]);
