@@ -82,17 +82,7 @@ int main(int argc, char **argv) {
     }
     mem1 = bench_peak_mb();
     if (S == 64) bench_torch_run("bench/resnet_torch.py", "", tt, tc, &tm); /* ... and after (best of both) */
-    for (int t = S == 64 ? 1 : 2; t <= 2; t++) {
-        if (tt[t] < 1e30)
-            printf("threads %d: lss %.4f s, PyTorch %.4f s, ratio lss/PyTorch %.2f (process cpu time: lss %.4f s, "
-                   "PyTorch %.4f s, ratio %.2f)\n", t, tl[t], tt[t], tl[t] / tt[t], cl[t], tc[t], cl[t] / tc[t]);
-        else printf("threads %d: lss %.4f s, PyTorch reference %s\n", t, tl[t],
-                    S == 64 ? "unavailable (python3-torch not installed?)" : "not run at this size");
-    }
-    printf("memory of the steps (peak resident set minus the resident set before them): lss %.0f MB (before %.0f MB, "
-           "peak %.0f MB)", mem1 - mem0, mem0, mem1);
-    if (tm < 1e30) printf(", PyTorch %.0f MB, ratio lss/PyTorch %.2f\n", tm, (mem1 - mem0) / tm);
-    else printf("\n");
+    bench_torch_report(S == 64 ? 1 : 2, tl, cl, tt, tc, tm, mem0, mem1, S == 64 ? NULL : "not run at this size");
     free(x); free(y);
     lss_graph_free(g);
     lss_store_free(st);

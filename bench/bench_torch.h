@@ -6,7 +6,8 @@
  * /usr/bin/python3 (Debian's python3-torch) or python3, with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and
  * MKL_NUM_THREADS set to T (torch.set_num_threads alone leaves the BLAS pool at its default) and OpenBLAS free to
  * pick its best kernel, echoes its output and keeps the best wall (tt[T]) and cpu (tc[T]) times and the smallest
- * memory of the steps (*tm, MB). Linux only (/proc, getrusage). */
+ * memory of the steps (*tm, MB); bench_torch_report prints the comparison. The scripts share bench/torch_bench.py.
+ * Linux only (/proc, getrusage). */
 #ifndef LSS_BENCH_TORCH_H
 #define LSS_BENCH_TORCH_H
 #include <stdio.h>
@@ -53,5 +54,25 @@ static void bench_torch_run(const char *script, const char *args, double *tt, do
         }
         pclose(p);
     }
+}
+
+/* The closing lines of a comparison: per thread count (from t0 to 2) lss's time tl[t] against PyTorch's tt[t]
+ * (and the process CPU times cl[t], tc[t] when both are given), or why there is no reference (`none`); then the
+ * memory of lss's steps (mem0: resident set before them, mem1: its high-water mark after) against PyTorch's tm. */
+static void bench_torch_report(int t0, const double *tl, const double *cl, const double *tt, const double *tc, double tm,
+                               double mem0, double mem1, const char *none) {
+    for (int t = t0; t <= 2; t++) {
+        if (tt[t] < 1e30) {
+            printf("threads %d: lss %.4f s, PyTorch %.4f s, ratio lss/PyTorch %.2f", t, tl[t], tt[t], tl[t] / tt[t]);
+            if (cl && tc) printf(" (process cpu time: lss %.4f s, PyTorch %.4f s, ratio %.2f)", cl[t], tc[t], cl[t] / tc[t]);
+            printf("\n");
+        } else
+            printf("threads %d: lss %.4f s, PyTorch reference %s\n", t, tl[t],
+                   none ? none : "unavailable (python3-torch not installed?)");
+    }
+    printf("memory of the steps (peak resident set minus the resident set before them): lss %.0f MB (before %.0f MB, "
+           "peak %.0f MB)", mem1 - mem0, mem0, mem1);
+    if (tm < 1e30) printf(", PyTorch %.0f MB, ratio lss/PyTorch %.2f\n", tm, (mem1 - mem0) / tm);
+    else printf("\n");
 }
 #endif

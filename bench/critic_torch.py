@@ -12,13 +12,12 @@ before steps B MB, peak P MB, steps +D MB".
 
 Usage: python3 bench/critic_torch.py threads [batch]
 """
-import resource
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch_bench import time_steps
 
 
 class Critic(nn.Module):
@@ -38,16 +37,10 @@ class Critic(nn.Module):
         return self.out(x)
 
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 1048576.0
-
-
 def main():
     t = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     b = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     torch.manual_seed(0)
-    torch.set_num_threads(t)
     net = Critic()
     opt = torch.optim.RMSprop(net.parameters(), lr=1e-4)
     real = torch.rand(b, 1, 32, 32) + 1.0
@@ -55,23 +48,16 @@ def main():
     y = torch.rand(b, 2)
     eps = torch.rand(b, 1, 1, 1)
     print(f"torch {torch.__version__}, parameters {sum(p.numel() for p in net.parameters())}")
-    before = rss_mb()
-    times, cpu = [], []
-    for _ in range(6):
-        t0, c0 = time.perf_counter(), time.process_time()
+
+    def step():
         opt.zero_grad(set_to_none=False)
         xh = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        dxh = net(xh, y)
-        g, = torch.autograd.grad(dxh.sum(), xh, create_graph=True)
+        g, = torch.autograd.grad(net(xh, y).sum(), xh, create_graph=True)
         gp = ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        loss = net(fake, y).mean() - net(real, y).mean() + 10 * gp
-        loss.backward()
+        (net(fake, y).mean() - net(real, y).mean() + 10 * gp).backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    print(f"torch threads {t} forward+backward {min(times[1:]):.4f} seconds (cpu {min(cpu[1:]):.4f} s)")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"torch memory: before steps {before:.0f} MB, peak {peak:.0f} MB, steps +{peak - before:.0f} MB")
+
+    time_steps(step, t, 6)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ data) and its high-water mark over all steps (getrusage), and their difference, 
 
 Usage: python3 bench/resnet_torch.py [threads ...]   (default: 1 2)
 """
-import resource
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch_bench import time_steps
 
 N_PARAM = 7
 N_OUT = N_PARAM + N_PARAM * (N_PARAM + 1) // 2
@@ -77,30 +76,13 @@ def main():
     y = torch.randn(32, N_PARAM)
     nparam = sum(p.numel() for p in net.parameters())
     print(f"torch {torch.__version__}, parameters {nparam}")
-    before = rss_mb()
+
+    def step():
+        net.zero_grad(set_to_none=False)
+        gauss_nll(net(x), y).backward()
+
     for t in threads:
-        torch.set_num_threads(t)
-        times, cpu = [], []
-        for step in range(4):
-            t0, c0 = time.perf_counter(), time.process_time()
-            net.zero_grad(set_to_none=False)
-            loss = gauss_nll(net(x), y)
-            loss.backward()
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        print(f"torch threads {t} forward+backward {min(times[1:]):.4f} seconds (cpu {min(cpu[1:]):.4f} s)")
-        sys.stdout.flush()
-    peak = peak_mb()
-    print(f"torch memory: before steps {before:.0f} MB, peak {peak:.0f} MB, steps +{peak - before:.0f} MB")
-
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 1048576.0
-
-
-def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        time_steps(step, t, 4)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ fixed target (the step's cost is the network's). Prints "torch threads T forward
 
 Usage: python3 bench/unet_torch.py threads [c0] [side] [batch]
 """
-import resource
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch_bench import time_steps
 
 
 class ResBlock(nn.Module):
@@ -80,36 +79,24 @@ class UNet(nn.Module):
         return self.head(y) / (sigma.abs().view(n, 1, 1, 1) + 1e-3)
 
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 1048576.0
-
-
 def main():
     t = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     c0 = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     side = int(sys.argv[3]) if len(sys.argv) > 3 else 64
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 32
     torch.manual_seed(0)
-    torch.set_num_threads(t)
     net = UNet(c0=c0)
     net.train()
     x = torch.randn(batch, 2, side, side)
     sigma = torch.rand(batch) + 0.1
     y = torch.randn(batch, 1, side, side)
     print(f"torch {torch.__version__}, parameters {sum(p.numel() for p in net.parameters())}")
-    before = rss_mb()
-    times, cpu = [], []
-    for _ in range(5):
-        t0, c0_ = time.perf_counter(), time.process_time()
+
+    def step():
         net.zero_grad(set_to_none=False)
-        loss = F.mse_loss(net(x, sigma), y)
-        loss.backward()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0_)
-    print(f"torch threads {t} forward+backward {min(times[1:]):.4f} seconds (cpu {min(cpu[1:]):.4f} s)")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"torch memory: before steps {before:.0f} MB, peak {peak:.0f} MB, steps +{peak - before:.0f} MB")
+        F.mse_loss(net(x, sigma), y).backward()
+
+    time_steps(step, t, 5)
 
 
 if __name__ == "__main__":
