@@ -588,8 +588,9 @@ static int cmd_eval(int argc, char **argv) {
             r[5] = ga[b] / ra[b] - 1, r[6] = fabs(ga[b] / ra[b]) * sqrt(pow(gs[b] / ga[b], 2) + pow(rs[b] / ra[b], 2));
             r[7] = ba[b] / ra[b] - 1, r[8] = fabs(ba[b] / ra[b]) * sqrt(pow(bs[b] / ba[b], 2) + pow(rs[b] / ra[b], 2));
             if (st == 0) worst_ps = fmax(worst_ps, fabs(r[5])), floor_ps = fmax(floor_ps, fabs(r[7]));
-            /* peak counts where the test set has at least 0.5 peaks per map and bin */
-            if (st == 1 && ra[b] * (thr[b + 1] - thr[b]) / sd >= 0.5) worst_pk = fmax(worst_pk, fabs(r[5])), floor_pk = fmax(floor_pk, fabs(r[7]));
+            /* peak counts where the test set has at least 0.5 peaks per map and bin (ra is a differential count per
+               unit kappa: times the bin's width in kappa, peaks per map) */
+            if (st == 1 && ra[b] * (thr[b + 1] - thr[b]) >= 0.5) worst_pk = fmax(worst_pk, fabs(r[5])), floor_pk = fmax(floor_pk, fabs(r[7]));
             nr++;
         }
     snprintf(p, sizeof p, "%s/curves.csv", od), lss_drv_check(lss_csv_write(p, NC, cols, nr, rows), p);
