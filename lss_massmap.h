@@ -542,7 +542,10 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
  * time t = sigma^2 and the probability-flow ODE dx/dt = -1/2 s(x, sqrt t). The network F is the U-net of
  * lss_nn.h without batch norm (a sample's output does not depend on the others of its batch, which mix
  * noise levels) with the input c_in x, c_in = 1 / sqrt(1 + sigma^2), and the noise input ln(sigma) / 4
- * (sigma_log); ncond conditioning values per map (cosmological parameters, say) enter as constant input
+ * (sigma_log), which also reaches every residual block through a per-channel bias (the noise-level embedding
+ * of lss_unet_opts.sigma_embed, `embed` frequencies; without it a block sees the noise level only through its
+ * input features, and the network's errors vary with sigma: on a Gaussian field 5% of the power in a
+ * mid-multipole bin after 6000 steps); ncond conditioning values per map (cosmological parameters, say) enter as constant input
  * channels mapped to [-1, 1] by [cond_lo, cond_hi]. It is preconditioned as in Karras et al. 2022 (EDM) for
  * unit data variance: the denoised map D = c_skip x + c_out F, c_skip = 1 / (1 + sigma^2), c_out = sigma /
  * sqrt(1 + sigma^2), and the score s = (D - x) / sigma^2 = -x / (1 + sigma^2) + F / (sigma sqrt(1 + sigma^2)):
@@ -612,6 +615,9 @@ typedef struct {
                               shift) - mean) / std, for shifted-lognormal-like maps (kappa > -shift everywhere) */
     double shift;          /* LSS_MM_DIFF_LOG: > 0 (the empty-beam convergence of the maps, say) */
     int periodic;          /* 1: periodic maps (the U-net pads with the opposite edge); 0: zero padding */
+    int embed;             /* frequencies of the U-net's per-block noise-level embedding (lss_unet_opts.sigma_embed),
+                              1..32 (0: 6; -1: none, the noise level enters as the two constant channels only, as
+                              checkpoints of version 2 do) */
     uint64_t seed;         /* initialisation */
 } lss_mm_diff_opts;
 typedef struct lss_mm_diff lss_mm_diff;
@@ -3681,8 +3687,9 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
 }
 
 /* ---- diffusion generator */
-#define LSS__MM_DIFF_META 28   /* tag, h, w, c0, ncond, sigma_min, sigma_max, mean, std, cond_lo[8], cond_hi[8], periodic,
-                                  transform, shift */
+#define LSS__MM_DIFF_META 29   /* tag, h, w, c0, ncond, sigma_min, sigma_max, mean, std, cond_lo[8], cond_hi[8], periodic,
+                                  transform, shift, embed (version 3; a model without the embedding keeps the 28
+                                  values of version 2) */
 #define LSS__MM_DIFF_CHUNK 32  /* maps per network evaluation and per sampler batch */
 struct lss_mm_diff {
     lss_mm_diff_opts o;   /* resolved, float-rounded */
@@ -3746,6 +3753,8 @@ static int lss__mm_diff_resolve(const lss_mm_diff_opts *in, lss_mm_diff_opts *o,
     if (o->ncond < 0 || o->ncond > LSS_MM_DIFF_NCOND_MAX)
         return lss_seterr(LSS_ERR_RANGE, "%s: ncond %d outside [0, %d]", fn, o->ncond, LSS_MM_DIFF_NCOND_MAX);
     if (o->periodic != 0 && o->periodic != 1) return lss_seterr(LSS_ERR_RANGE, "%s: periodic %d must be 0 or 1", fn, o->periodic);
+    if (o->embed == 0) o->embed = 6;
+    if (o->embed < -1 || o->embed > 32) return lss_seterr(LSS_ERR_RANGE, "%s: embed %d outside [1, 32] (0: 6, -1: none)", fn, o->embed);
     if (o->transform != LSS_MM_DIFF_AFFINE && o->transform != LSS_MM_DIFF_LOG)
         return lss_seterr(LSS_ERR_RANGE, "%s: transform %d is not LSS_MM_DIFF_AFFINE or LSS_MM_DIFF_LOG", fn, o->transform);
     if (o->transform == LSS_MM_DIFF_AFFINE) o->shift = 0;
@@ -3804,10 +3813,12 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
     uo.no_batchnorm = 1;
     uo.sigma_log = 1;
     uo.periodic = d->o.periodic;
+    uo.sigma_embed = d->o.embed > 0 ? d->o.embed : 0;
     if ((s = lss_unet_init(&d->u, d->st, "unet", &uo)) != LSS_OK) {
         lss_mm_diff_free(d);
         return s;
     }
+    if (d->o.embed < 0) nm[0] = LSS__MM_DIFF_META - 1; /* without the embedding: the version-2 description */
     d->meta = lss_store_buffer(d->st, "massmap.diff.meta", 1, nm, LSS_INIT_ZERO, 0.0f);
     if ((s = lss_store_status(d->st)) != LSS_OK) {
         lss_mm_diff_free(d);
@@ -3815,7 +3826,7 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
     }
     {
         float *m = d->meta->data;
-        m[0] = 2;
+        m[0] = d->o.embed < 0 ? 2 : 3;
         m[1] = (float)d->o.h;
         m[2] = (float)d->o.w;
         m[3] = (float)d->o.c0;
@@ -3831,6 +3842,7 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
         m[25] = (float)d->o.periodic;
         m[26] = (float)d->o.transform;
         m[27] = (float)d->o.shift;
+        if (d->o.embed > 0) m[28] = (float)d->o.embed;
     }
     d->rtol = d->atol = 1e-4;
     *out = d;
@@ -3860,6 +3872,7 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
     if (!path) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_open: NULL path");
     memset(m, 0, sizeof m);
     if ((s = lss__mm_ckpt_find(path, "massmap.diff.meta", LSS__MM_DIFF_META, m, &found)) != LSS_OK) return s;
+    if (!found && (s = lss__mm_ckpt_find(path, "massmap.diff.meta", 28, m, &found)) != LSS_OK) return s;  /* version 2 */
     if (!found && (s = lss__mm_ckpt_find(path, "massmap.diff.meta", 25, m, &found)) != LSS_OK) return s;  /* version 1 */
     if (!found) return lss_seterr(LSS_ERR_FORMAT, "%s: no diffusion-model description in the checkpoint", path);
     for (k = 0; k < 5; k++)
@@ -3868,7 +3881,7 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
     if (m[0] == 1)
         return lss_seterr(LSS_ERR_FORMAT, "%s: a diffusion model of the first parameterisation (noise prediction, no skip "
                           "connection); its weights mean something else now: train it again", path);
-    if (m[0] != 2) return lss_seterr(LSS_ERR_FORMAT, "%s: diffusion-model description version %g (2 expected)", path, (double)m[0]);
+    if (m[0] != 2 && m[0] != 3) return lss_seterr(LSS_ERR_FORMAT, "%s: diffusion-model description version %g (2 or 3 expected)", path, (double)m[0]);
     memset(&o, 0, sizeof o);
     o.h = (int)m[1];
     o.w = (int)m[2];
@@ -3889,6 +3902,10 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta transform is %g (0 or 1 expected)", path, (double)m[26]);
     o.transform = (int)m[26];
     o.shift = m[27];
+    if (m[0] == 2) o.embed = -1; /* version 2: no noise-level embedding */
+    else if (!(m[28] == -1 || (m[28] >= 1 && m[28] <= 32 && m[28] == floorf(m[28]))))
+        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta embedding frequencies %g (-1 or 1..32 expected)", path, (double)m[28]);
+    else o.embed = (int)m[28];
     if (o.c0 == 0 || o.std == 0 || o.sigma_min == 0 || o.sigma_max == 0)
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta holds zero width, std or noise level", path);
     if ((s = lss_mm_diff_create(&o, &d)) != LSS_OK) {

@@ -43,7 +43,7 @@
  *                        data-parallel gradients: lss_dp_create/_free/_grad/_shard/_bytes (fixed
  *                        shards summed in order; under MPI the ranks compute the shards, same bits)
  *   9. SGEMM             lss_sgemm, lss_sgemm_kernel, lss_nn_threads
- *  10. blocks            lss_op_activate, lss_mlp_init/_forward, lss_resblock_init/_forward,
+ *  10. blocks            lss_op_activate, lss_mlp_init/_forward, lss_resblock_init/_forward/_forward_bias,
  *                        lss_resnet_init/_forward (the DeepLSS CNN), lss_unet_init/_forward;
  *                        the cGAN emulator (Perraudin et al. 2021): lss_convnet_init/_forward (critic
  *                        and regressor), lss_convgen_init/_forward (generator), lss_cgan_latent (eq. 2),
@@ -601,6 +601,9 @@ typedef struct {
 LSSDEF int lss_resblock_init(lss_resblock *rb, lss_store *st, const char *name, int cin, int cout, int kernel,
                              int stride, int batchnorm, int pool, lss_act act);
 LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, lss_tensor *x);
+/* The same with a per-sample, per-channel bias [N, cout] (NULL: none) added after the first convolution (and its
+ * pooling), before its norm and activation: the noise-level embedding of a diffusion U-net (Ho et al. 2020). */
+LSSDEF lss_tensor *lss_resblock_forward_bias(lss_graph *g, const lss_resblock *rb, lss_tensor *x, lss_tensor *bias);
 
 /* The DeepLSS CNN: nconv convolutions (kernel k, stride 2, padding k/2, ReLU) to `channels`
  * channels, nres residual blocks of two k x k convolutions at `channels` (no normalisation), flatten,
@@ -636,7 +639,13 @@ LSSDEF lss_tensor *lss_resnet_forward_extra(lss_graph *g, const lss_resnet *net,
  * and a second residual block follows); transposed conv 2x2 stride 2 up, concatenation with the
  * skip and a residual block, twice; 3x3 conv to out_ch. With noise conditioning (sigma_cond = 1) a
  * constant map of sigma_n is concatenated to the input and at the bottleneck, and the output is
- * divided by (|sigma_n| + sigma_eps) (sigma_eps 0 means 1e-3). H and W must be multiples of 4. */
+ * divided by (|sigma_n| + sigma_eps) (sigma_eps 0 means 1e-3). H and W must be multiples of 4.
+ * With sigma_embed = F > 0 as well, every residual block also sees the noise level through a bias per channel
+ * after its first convolution (the time embedding of Ho et al. 2020): u = ln(|sigma_n|) / 4, the features e =
+ * [u, sin(2^j u), cos(2^j u), j = 0 .. F-1] (2 F + 1 values, no gradient), h = relu(dense(e)) of width 4 c0 shared
+ * by the blocks ("<name>.emb.w", ".emb.b"), and per block dense(h) -> cout ("<name>.<block>.emb.w", ".emb.b"),
+ * so that every scale can change its filters with the noise level rather than only through the two constant
+ * channels. */
 typedef struct {
     int in_ch, out_ch;       /* required */
     int c0;                  /* channels at full size; 0 means 32 (then 2 c0, 4 c0) */
@@ -647,10 +656,12 @@ typedef struct {
     int sigma_log;           /* 1: the noise channels hold ln(|sigma_n|) / 4 instead of sigma_n (noise levels spanning
                                 decades); the output is still divided by |sigma_n| + sigma_eps */
     int periodic;            /* 1: every 3x3 convolution pads with the opposite edge (periodic maps) instead of zeros */
+    int sigma_embed;         /* with sigma_cond: frequencies of the per-block noise-level embedding above, 0..32 (0: none) */
 } lss_unet_opts;
 typedef struct {
     lss_unet_opts o;
     lss_tensor *stem_w, *stem_b, *stem_bn[4], *up1_w, *up1_b, *up2_w, *up2_b, *head_w, *head_b;
+    lss_tensor *emb_w, *emb_b, *eproj_w[6], *eproj_b[6];   /* noise-level embedding (sigma_embed > 0; else NULL) */
     lss_resblock enc0, enc1, enc2, mid, dec1, dec0;
 } lss_unet;
 LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss_unet_opts *opts);
@@ -4733,17 +4744,28 @@ static lss_tensor *lss__norm(lss_graph *g, const lss_resblock *rb, int i, lss_te
 }
 
 LSSDEF lss_tensor *lss_resblock_forward(lss_graph *g, const lss_resblock *rb, lss_tensor *x) {
+    return lss_resblock_forward_bias(g, rb, x, NULL);
+}
+
+LSSDEF lss_tensor *lss_resblock_forward_bias(lss_graph *g, const lss_resblock *rb, lss_tensor *x, lss_tensor *bias) {
     lss_tensor *h, *sk;
     int p;
     if (!rb) { if (g && !g->status) g->status = lss_seterr(LSS_ERR_ARG, "lss_resblock_forward: NULL block"); return NULL; }
+    if (bias && x && (bias->ndim != 2 || bias->shape[0] != x->shape[0] || bias->shape[1] != rb->cout))
+        return lss__shape_err(g, "lss_resblock_forward_bias (bias must be [N, cout])", x, bias);
     p = rb->kernel / 2;
-    if (!rb->pool && !rb->periodic && !rb->batchnorm && rb->act == LSS_ACT_RELU)
+    if (!bias && !rb->pool && !rb->periodic && !rb->batchnorm && rb->act == LSS_ACT_RELU)
         h = lss_op_conv2d_relu(g, x, rb->w1, rb->b1, rb->stride, p); /* the same as below, half the memory */
     else {
         if (rb->pool) {
             h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, 1, p);
             if (rb->stride == 2) h = lss_op_avgpool2d(g, h, 2, 2);
         } else h = lss__conv_same(g, rb->periodic, x, rb->w1, rb->b1, rb->stride, p);
+        if (bias) {
+            int64_t sh[4];
+            sh[0] = bias->shape[0]; sh[1] = bias->shape[1]; sh[2] = 1; sh[3] = 1;
+            h = lss_op_add(g, h, lss_op_reshape(g, bias, 4, sh));
+        }
         h = lss_op_activate(g, lss__norm(g, rb, 0, h), rb->act);
     }
     h = lss__norm(g, rb, 1, lss__conv_same(g, rb->periodic, h, rb->w2, rb->b2, 1, p));
@@ -4836,8 +4858,10 @@ LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss
     o = *opts;
     if (o.c0 == 0) o.c0 = 32;
     if (o.sigma_eps == 0) o.sigma_eps = 1e-3f;
-    if (o.in_ch < 1 || o.out_ch < 1 || o.c0 < 1 || !(o.sigma_eps > 0) || strlen(name) > 120)
-        return lss_seterr(LSS_ERR_ARG, "lss_unet_init: bad options (in %d, out %d, c0 %d)", o.in_ch, o.out_ch, o.c0);
+    if (o.in_ch < 1 || o.out_ch < 1 || o.c0 < 1 || !(o.sigma_eps > 0) || strlen(name) > 120 || o.sigma_embed < 0 ||
+        o.sigma_embed > 32 || (o.sigma_embed > 0 && !o.sigma_cond))
+        return lss_seterr(LSS_ERR_ARG, "lss_unet_init: bad options (in %d, out %d, c0 %d, sigma_embed %d (0..32, with sigma_cond))",
+                          o.in_ch, o.out_ch, o.c0, o.sigma_embed);
     c0 = o.c0; c1 = 2 * c0; c2 = 4 * c0; cc = o.sigma_cond ? 1 : 0;
     u->o = o;
     {
@@ -4868,6 +4892,21 @@ LSSDEF int lss_unet_init(lss_unet *u, lss_store *st, const char *name, const lss
         if ((s = lss_store_status(st))) return s;
     }
     if ((s = lss__conv_init(st, name, "head", o.out_ch, c0, 3, 1, &u->head_w, &u->head_b))) return s;
+    if (o.sigma_embed > 0) {
+        static const char *blk[6] = {"enc0", "enc1", "enc2", "mid", "dec1", "dec0"};
+        int cout[6], k;
+        int64_t sw[2], sb[1];
+        cout[0] = c0; cout[1] = c1; cout[2] = c2; cout[3] = c2; cout[4] = c1; cout[5] = c0;
+        sw[0] = 2 * o.sigma_embed + 1; sw[1] = 4 * c0; sb[0] = 4 * c0;
+        snprintf(nm, sizeof nm, "%s.emb.w", name); u->emb_w = lss_store_add(st, nm, 2, sw, LSS_INIT_HE);
+        snprintf(nm, sizeof nm, "%s.emb.b", name); u->emb_b = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        for (k = 0; k < 6; k++) {
+            sw[0] = 4 * c0; sw[1] = cout[k]; sb[0] = cout[k];
+            snprintf(nm, sizeof nm, "%s.%s.emb.w", name, blk[k]); u->eproj_w[k] = lss_store_add(st, nm, 2, sw, LSS_INIT_GLOROT);
+            snprintf(nm, sizeof nm, "%s.%s.emb.b", name, blk[k]); u->eproj_b[k] = lss_store_add(st, nm, 1, sb, LSS_INIT_ZERO);
+        }
+        if ((s = lss_store_status(st))) return s;
+    }
     return LSS_OK;
 }
 
@@ -4878,14 +4917,14 @@ static lss_tensor *lss__sigma_map(lss_graph *g, const lss_tensor *sigma, int64_t
     sh[0] = N; sh[1] = 1; sh[2] = H; sh[3] = W;
     if (!(m = lss_tensor_new(g, 4, sh))) return NULL;
     for (n = 0; n < N; n++) {
-        float v = logsig ? logf(fabsf(sigma->data[n])) * 0.25f : sigma->data[n];
+        float v = logsig ? logf(fmaxf(fabsf(sigma->data[n]), 1e-30f)) * 0.25f : sigma->data[n]; /* sigma 0: finite */
         for (p = 0; p < H * W; p++) m->data[n * H * W + p] = v;
     }
     return m;
 }
 
 LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor *x, lss_tensor *sigma) {
-    lss_tensor *h, *s0, *s1;
+    lss_tensor *h, *s0, *s1, *eb[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
     int64_t N, H, W;
     if (!lss__enter(g, "lss_unet_forward", 1, x, NULL, NULL)) return NULL;
     if (!u) return lss__fail(g, LSS_ERR_ARG, "%s: NULL network%s", "lss_unet_forward", NULL);
@@ -4896,18 +4935,36 @@ LSSDEF lss_tensor *lss_unet_forward(lss_graph *g, const lss_unet *u, lss_tensor 
         if (!sigma || sigma->n != N) return lss__shape_err(g, "lss_unet_forward (sigma needs one value per sample)", x, sigma);
         x = lss_op_concat(g, x, lss__sigma_map(g, sigma, N, H, W, u->o.sigma_log), 1);
     }
+    if (u->o.sigma_cond && u->o.sigma_embed > 0) { /* the noise-level embedding: features, shared layer, per-block biases */
+        int64_t sh[2], n;
+        int j, F = u->o.sigma_embed;
+        lss_tensor *e, *he;
+        sh[0] = N; sh[1] = 2 * F + 1;
+        if (!(e = lss_tensor_new(g, 2, sh))) return NULL;
+        for (n = 0; n < N; n++) {
+            double uu = 0.25 * log(fmax(fabs((double)sigma->data[n]), 1e-30));
+            float *r = e->data + n * (2 * F + 1);
+            r[0] = (float)uu;
+            for (j = 0; j < F; j++) {
+                r[1 + 2 * j] = (float)sin(ldexp(uu, j));
+                r[2 + 2 * j] = (float)cos(ldexp(uu, j));
+            }
+        }
+        he = lss_op_relu(g, lss_op_dense(g, e, u->emb_w, u->emb_b));
+        for (j = 0; j < 6; j++) eb[j] = lss_op_dense(g, he, u->eproj_w[j], u->eproj_b[j]);
+    }
     h = lss__conv_same(g, u->o.periodic, x, u->stem_w, u->stem_b, 1, 1);
     if (!u->o.no_batchnorm) h = lss_op_batchnorm(g, h, u->stem_bn[0], u->stem_bn[1], u->stem_bn[2], u->stem_bn[3], 0.9f, 1e-5f);
     h = lss_op_relu(g, h);
-    s0 = lss_resblock_forward(g, &u->enc0, h);
-    s1 = lss_resblock_forward(g, &u->enc1, s0);
-    h = lss_resblock_forward(g, &u->enc2, s1);
+    s0 = lss_resblock_forward_bias(g, &u->enc0, h, eb[0]);
+    s1 = lss_resblock_forward_bias(g, &u->enc1, s0, eb[1]);
+    h = lss_resblock_forward_bias(g, &u->enc2, s1, eb[2]);
     if (u->o.sigma_cond) h = lss_op_concat(g, h, lss__sigma_map(g, sigma, N, H / 4, W / 4, u->o.sigma_log), 1);
-    h = lss_resblock_forward(g, &u->mid, h);
+    h = lss_resblock_forward_bias(g, &u->mid, h, eb[3]);
     h = lss_op_conv2d_transpose(g, h, u->up1_w, u->up1_b, 2, 0, 0);
-    h = lss_resblock_forward(g, &u->dec1, lss_op_concat(g, h, s1, 1));
+    h = lss_resblock_forward_bias(g, &u->dec1, lss_op_concat(g, h, s1, 1), eb[4]);
     h = lss_op_conv2d_transpose(g, h, u->up2_w, u->up2_b, 2, 0, 0);
-    h = lss_resblock_forward(g, &u->dec0, lss_op_concat(g, h, s0, 1));
+    h = lss_resblock_forward_bias(g, &u->dec0, lss_op_concat(g, h, s0, 1), eb[5]);
     h = lss__conv_same(g, u->o.periodic, h, u->head_w, u->head_b, 1, 1);
     if (u->o.sigma_cond && h) {
         int64_t sh[4], n;

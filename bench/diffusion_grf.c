@@ -1,8 +1,12 @@
 /* The diffusion generator of lss_massmap.h trained on a periodic Gaussian random field (power-law
  * spectrum): training time, held-out loss against the exact score's, the samplers' binned power spectra
- * (64 samples; network over exact-score samples drawn from the same noise, and over the true spectrum),
- * seconds per sample, and the likelihood bound in bits per dimension against the exact value.
- * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] [periodic 1] */
+ * (n samples; network over exact-score samples drawn from the same noise, with the paired standard error of that
+ * ratio, and over the true spectrum), seconds per sample, and the likelihood bound in bits per dimension against
+ * the exact value.
+ * Environment: DIFFUSION_GRF_CKPT=path checkpoints the training there and resumes from it (a finished run is
+ * evaluated again without training).
+ * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] [periodic 1] [n 64] [embed 0: 6, -1: none]
+ *                      [methods: a string of a (ancestral-1000), d (DDIM-50), o (ODE), 2 (DDIM2-50); default ad o2] */
 #define LSS_IMPLEMENTATION
 #include "lss_massmap.h"
 #include <stdio.h>
@@ -41,7 +45,13 @@ static int score(void *u, int n, const float *x, const float *sigma, const float
 }
 int main(int argc, char **argv) {
     int side = argc > 1 ? atoi(argv[1]) : 16, c0 = argc > 2 ? atoi(argv[2]) : 16, steps = argc > 3 ? atoi(argv[3]) : 2000;
-    int batch = argc > 4 ? atoi(argv[4]) : 32, nb = 6, n = 64, periodic = argc > 5 ? atoi(argv[5]) : 1;
+    int batch = argc > 4 ? atoi(argv[4]) : 32, nb = 6, periodic = argc > 5 ? atoi(argv[5]) : 1;
+    int n = argc > 6 ? atoi(argv[6]) : 64, embed = argc > 7 ? atoi(argv[7]) : 0;
+    const char *methods = argc > 8 ? argv[8] : "ado2";
+    if (side < 4 || side % 4 || c0 < 1 || steps < 1 || batch < 1 || n < 2) {
+        fprintf(stderr, "diffusion_grf: bad arguments (side a multiple of 4, c0, steps, batch >= 1, n >= 2)\n");
+        return 2;
+    }
     grf f;
     lss_grid_create(side, side, 1.0, &f.g);
     f.N = (int64_t)side * side;
@@ -54,13 +64,15 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < f.N; i++) f.v[i] = f.pk[i] / (sd * sd);
     lss_mm_diff_opts o;
     memset(&o, 0, sizeof o);
-    o.h = o.w = side; o.c0 = c0; o.std = sd; o.seed = 1; o.periodic = periodic;
+    o.h = o.w = side; o.c0 = c0; o.std = sd; o.seed = 1; o.periodic = periodic; o.embed = embed;
     lss_mm_diff *d;
     if (lss_mm_diff_create(&o, &d)) { puts(lss_last_error()); return 1; }
     lss_mm_diff_train_opts to;
     memset(&to, 0, sizeof to);
     to.steps = steps; to.batch = batch; to.lr = 2e-3; to.seed = 2; to.draw = draw; to.user = &f;
     to.eval_every = steps / 4 > 0 ? steps / 4 : 1; to.eval_batches = 4; to.loss_csv = "/tmp/diffusion_grf_loss.csv";
+    /* DIFFUSION_GRF_CKPT=path: checkpoints there and resumes (a finished run is evaluated again without training) */
+    if (getenv("DIFFUSION_GRF_CKPT")) to.ckpt = getenv("DIFFUSION_GRF_CKPT"), to.resume = 1;
     lss_train_result res;
     double t0 = now();
     if (lss_mm_diff_train(d, &to, &res)) { puts(lss_last_error()); return 1; }
@@ -101,13 +113,14 @@ int main(int argc, char **argv) {
         free(x); free(nz); free(sc);
     }
     /* spectra */
-    double edges[16], cl_true[16], ca[16], cb[16], sa[16], sb[16];
+    double edges[16], cl_true[16], ca[16], cb[16], sa[16], sb[16], *pa = malloc(sizeof(double) * n * nb), *pb = malloc(sizeof(double) * n * nb);
     lss_grid_ps_edges(f.g, nb, edges);
     lss_grid_bin_spectrum(f.g, f.pk, edges, nb, cl_true);
     const char *names[4] = {"ancestral-1000", "DDIM-50", "ODE", "DDIM2-50"};
     int ns[4] = {1000, 50, 0, 50};
     for (int meth = 0; meth < 4; meth++) {
         int64_t ev;
+        if (!strchr(methods, "ado2"[meth])) continue;
         t0 = now();
         lss_mm_diff_sample(d, meth, ns[meth], n, NULL, 5, 0, a, &ev);
         double ts = (now() - t0) / n;
@@ -119,10 +132,14 @@ int main(int argc, char **argv) {
         for (int j = 0; j < n; j++) {
             lss_grid_ps(f.g, a + j * f.N, NULL, edges, nb, NULL, ca);
             lss_grid_ps(f.g, b + j * f.N, NULL, edges, nb, NULL, cb);
-            for (int k = 0; k < nb; k++) sa[k] += ca[k] / n, sb[k] += cb[k] / n;
+            for (int k = 0; k < nb; k++) sa[k] += ca[k] / n, sb[k] += cb[k] / n, pa[j * nb + k] = ca[k], pb[j * nb + k] = cb[k];
         }
-        printf("%-14s %.4f s/sample (%.0f evals): P_net/P_exact-score:", names[meth], ts, (double)ev / n);
-        for (int k = 0; k < nb; k++) printf(" %.3f", sa[k] / sb[k]);
+        printf("%-14s %.4f s/sample (%.0f evals), %d samples: P_net/P_exact-score (paired s.e.):", names[meth], ts, (double)ev / n, n);
+        for (int k = 0; k < nb; k++) { /* ratio of means; delta-method error from the paired residuals a_j - R b_j */
+            double R = sa[k] / sb[k], v = 0;
+            for (int j = 0; j < n; j++) v += pow(pa[j * nb + k] - R * pb[j * nb + k], 2) / (n - 1);
+            printf(" %.3f (%.3f)", R, sqrt(v / n) / sb[k]);
+        }
         printf(" | P_net/P_true:");
         for (int k = 0; k < nb; k++) printf(" %.3f", sa[k] / cl_true[k]);
         printf(" | P_exact/P_true:");

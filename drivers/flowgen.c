@@ -286,7 +286,7 @@ static void mean_std(const float *x, int64_t n, double *mu, double *sd) { mean_s
 
 static int cmd_train(int argc, char **argv) {
     const char *dir = "out/flowgen", *model = NULL, *transform = "log";
-    int resume = 0, every = 100, sched = 0, shards = 0;
+    int resume = 0, every = 100, sched = 0, shards = 0, embed = 0;
     cfg c;
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
     cfg_load_args(&c, dir, argc, argv);
@@ -299,6 +299,7 @@ static int cmd_train(int argc, char **argv) {
                           {"flow-steps", LSS_DRV_INT, &c.fsteps, 1, 32, 0, "flow: coupling steps per level"},
                           {"hidden", LSS_DRV_INT, &c.hidden, 1, 4096, 0, "flow: conditioner channels"},
                           {"c0", LSS_DRV_INT, &c.c0, 1, 1024, 0, "diffusion: U-net width"},
+                          {"embed", LSS_DRV_INT, &embed, -1, 32, 0, "diffusion: frequencies of the noise-level embedding in every U-net block (0: 6; -1: none)"},
                           {"transform", LSS_DRV_STR, &transform, 0, 0, 0, "diffusion: log (ln(kappa + shift) standardised, as the flow) or affine"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
                           {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "
@@ -372,6 +373,7 @@ static int cmd_train(int argc, char **argv) {
         o.h = o.w = c.side, o.c0 = c.c0, o.seed = lss_stream(LSS_STREAM_NET_INIT, c.seed, 6);
         o.transform = strcmp(transform, "log") ? LSS_MM_DIFF_AFFINE : LSS_MM_DIFF_LOG;
         o.shift = o.transform == LSS_MM_DIFF_LOG ? c.lambda : 0;
+        o.embed = embed;
         mean_std_of(tr, T.nmaps * d, o.shift, &mu, &sd);
         o.mean = mu, o.std = sd;
         T.maps = tr, T.vmaps = va;
@@ -382,9 +384,10 @@ static int cmd_train(int argc, char **argv) {
         to.ckpt_every = every, to.resume = resume, to.loss_csv = p2, to.eval_every = every, to.progress = diff_progress, to.progress_user = &T;
         to.shards = shards;
         lss_drv_check(lss_mm_diff_train(m, &to, &res), "training");
-        snprintf(extra, sizeof extra, "\"model\": \"diffusion\", \"steps\": %d, \"batch\": %d, \"lr\": %g, \"c0\": %d, \"parameters\": %lld, "
+        lss_mm_diff_options(m, &o);
+        snprintf(extra, sizeof extra, "\"model\": \"diffusion\", \"steps\": %d, \"batch\": %d, \"lr\": %g, \"c0\": %d, \"embed\": %d, \"parameters\": %lld, "
                  "\"seconds\": %.1f, \"seconds_per_step\": %.4f, \"transform\": \"%s\", \"shift\": %g, \"mean\": %g, \"std\": %g",
-                 c.steps, c.batch, c.lr, c.c0, (long long)lss_mm_diff_nparams(m), res.seconds, res.seconds_step / (res.steps_done > 0 ? res.steps_done : 1),
+                 c.steps, c.batch, c.lr, c.c0, o.embed, (long long)lss_mm_diff_nparams(m), res.seconds, res.seconds_step / (res.steps_done > 0 ? res.steps_done : 1),
                  transform, o.shift, mu, sd);
         lss_mm_diff_free(m);
     }

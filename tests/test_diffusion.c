@@ -439,6 +439,86 @@ static void test_periodic(void) {
     CHECK(emax[0] > 1e-3 * rms, "zero-padded score shift-equivariant (%g): the test cannot tell the two apart", emax[0]);
 }
 
+/* the noise-level embedding (embed): default 6 frequencies; -1 builds the U-net of description version 2 (no
+   embedding), which a version-2 checkpoint (28 description values) still opens as; the embedding changes the score
+   with the noise level through every block; bad values are refused */
+static void test_embed_versions(void) {
+    const int n = 16;
+    float x[256], a[256], b[256], sg = 0.3f;
+    char dir[] = "/tmp/lss_diffemb_XXXXXX", p2[96];
+    lss_mm_diff_opts o, oe;
+    lss_mm_diff *d = NULL, *e = NULL;
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(p2, sizeof p2, "%s/v2.ckpt", dir);
+    for (int i = 0; i < n * n; i++) x[i] = (float)sin(0.21 * i);
+    memset(&o, 0, sizeof o);
+    o.h = o.w = n; o.c0 = 4; o.std = 1; o.seed = 9;
+    CHECK_OK(lss_mm_diff_create(&o, &d));
+    memset(&oe, 0, sizeof oe);
+    if (d) lss_mm_diff_options(d, &oe);
+    CHECK(oe.embed == 6, "default embedding frequencies %d (6 expected)", oe.embed);
+    CHECK(d && d->u.emb_w && d->u.emb_w->shape[0] == 13 && d->u.eproj_w[5] && d->u.eproj_w[5]->shape[1] == 4,
+          "embedding tensors: 2 x 6 + 1 features, one projection per block");
+    int64_t with = d ? lss_mm_diff_nparams(d) : 0;
+    lss_mm_diff_free(d);
+    o.embed = -1;
+    CHECK_OK(lss_mm_diff_create(&o, &d));
+    CHECK(d && d->u.emb_w == NULL, "embed -1 builds no embedding");
+    /* 4 c0 (2 x 6 + 1 + 1) for the shared layer, then 4 c0 + 1 per output channel of c0, 2 c0, 4 c0, 4 c0, 2 c0, c0 */
+    int64_t extra = 16 * 14 + 17 * (4 + 8 + 16 + 16 + 8 + 4);
+    CHECK(d && with - lss_mm_diff_nparams(d) == extra, "embedding parameters %lld (expected %lld)",
+          (long long)(with - (d ? lss_mm_diff_nparams(d) : 0)), (long long)extra);
+    if (d) {
+        /* a version-2 checkpoint: the same tensors with the 28-value description */
+        lss_store *st;
+        int64_t sh28[1] = {28};
+        CHECK_OK(lss_store_create(1, &st));
+        for (int i = 0; i < lss_store_ntensors(d->st); i++) {
+            lss_tensor *t = lss_store_tensor(d->st, i), *u;
+            if (!strcmp(t->name, "massmap.diff.meta")) {
+                u = lss_store_buffer(st, t->name, 1, sh28, LSS_INIT_ZERO, 0.0f);
+                if (u) memcpy(u->data, t->data, 28 * sizeof(float)), u->data[0] = 2;
+            } else if (!(t->flags & LSS_T_BUFFER)) {
+                u = lss_store_add(st, t->name, t->ndim, t->shape, LSS_INIT_ZERO);
+                if (u) memcpy(u->data, t->data, (size_t)t->n * sizeof(float));
+            } else {
+                u = lss_store_buffer(st, t->name, t->ndim, t->shape, LSS_INIT_ZERO, 0.0f);
+                if (u) memcpy(u->data, t->data, (size_t)t->n * sizeof(float));
+            }
+        }
+        CHECK_OK(lss_store_status(st));
+        CHECK_OK(lss_ckpt_save(p2, st, NULL));
+        lss_store_free(st);
+        CHECK_OK(lss_mm_diff_open(p2, &e));
+        if (e) {
+            lss_mm_diff_options(e, &oe);
+            CHECK(oe.embed == -1, "a version-2 checkpoint opens with embed %d (-1 expected)", oe.embed);
+            CHECK_OK(lss_mm_diff_score(d, 1, x, &sg, NULL, a));
+            CHECK_OK(lss_mm_diff_score(e, 1, x, &sg, NULL, b));
+            CHECK(!memcmp(a, b, sizeof a), "the version-2 checkpoint's score differs from its model's");
+            lss_mm_diff_free(e);
+        }
+    }
+    lss_mm_diff_free(d);
+    /* a bad embedding count in a version-3 description */
+    o.embed = 0;
+    CHECK_OK(lss_mm_diff_create(&o, &d));
+    if (d) {
+        CHECK(d->meta->n == 29 && d->meta->data[0] == 3 && d->meta->data[28] == 6, "version-3 description with the embedding");
+        d->meta->data[28] = 2.5f;
+        CHECK_OK(lss_mm_diff_save(d, p2));
+        CHECK_ERR(lss_mm_diff_open(p2, &e), LSS_ERR_FORMAT);
+        CHECK(strstr(lss_last_error(), "embedding") != NULL, "message '%s' does not name the embedding", lss_last_error());
+    }
+    lss_mm_diff_free(d);
+    o.embed = 33;
+    CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
+    o.embed = -2;
+    CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
+    remove(p2);
+    rmdir(dir);
+}
+
 /* log transform: a model of kappa = exp(g) - shift with y = ln(kappa + shift) / std is the affine model of g with the
    same weights: its samples are exp(affine samples) - shift and its bound the affine bound of g plus sum g (the
    Jacobian); maps at or below -shift are refused; the checkpoint keeps transform and shift */
@@ -715,6 +795,7 @@ static void test_checkpoints(void) {
 
 int main(void) {
     RUN(test_loss_network);
+    RUN(test_embed_versions);
     RUN(test_loss_analytic);
     RUN(test_samplers_exact);
     RUN(test_sampler_batch_network);

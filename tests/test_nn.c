@@ -1414,8 +1414,9 @@ static void test_blocks(void) {
         CHECK(net.out_h == 24 && net.out_w == 24, "384 -> 24 pixels after 4 stride-2 convolutions");
     }
     lss_store_free(st);
-    /* U-net: shapes, gradient reaches every trainable tensor, conditioning divides by |sigma| + eps */
-    {
+    /* U-net: shapes, gradient reaches every trainable tensor (with and without the noise-level embedding),
+       conditioning divides by |sigma| + eps */
+    for (int emb = 0; emb <= 3; emb += 3) {
         lss_unet u;
         lss_unet_opts uo;
         lss_graph *g;
@@ -1424,8 +1425,9 @@ static void test_blocks(void) {
         lss_rng_init(&r, 8, 0);
         for (int k = 0; k < 2 * 256; k++) x[k] = (float)lss_rng_normal(&r);
         CHECK_OK(lss_store_create(2, &st));
-        memset(&uo, 0, sizeof uo); uo.in_ch = 1; uo.out_ch = 1; uo.c0 = 4; uo.sigma_cond = 1;
+        memset(&uo, 0, sizeof uo); uo.in_ch = 1; uo.out_ch = 1; uo.c0 = 4; uo.sigma_cond = 1; uo.sigma_embed = emb;
         CHECK_OK(lss_unet_init(&u, st, "unet", &uo));
+        CHECK(emb == 0 ? u.emb_w == NULL : (u.emb_w && u.emb_w->shape[0] == 7 && u.eproj_w[2]->shape[1] == 16), "embedding tensors");
         CHECK_OK(lss_graph_create(&g));
         lss_tensor *y = lss_unet_forward(g, &u, lss_view(g, x, 4, (int64_t[]){2, 1, 16, 16}), lss_view(g, sg, 1, (int64_t[]){2}));
         CHECK(y && y->ndim == 4 && y->shape[0] == 2 && y->shape[1] == 1 && y->shape[2] == 16 && y->shape[3] == 16, "U-net output shape: %s", lss_last_error());
@@ -1439,8 +1441,30 @@ static void test_blocks(void) {
             for (int64_t k = 0; k < t->n; k++) s += fabs(t->grad[k]);
             if (!(s > 0)) { dead++; printf("  no gradient: %s\n", t->name); }
         }
-        CHECK(dead == 0, "every U-net tensor receives a gradient (%d without)", dead);
+        CHECK(dead == 0, "every U-net tensor receives a gradient (%d without; embedding %d)", dead, emb);
         lss_graph_free(g);
+        /* the embedding's gradients against central differences (the element of largest gradient of the shared
+           layer and of one block's projection) */
+        for (int which = 0; emb && which < 2; which++) {
+            lss_tensor *t = which ? u.eproj_w[3] : u.emb_w;
+            int64_t kb = 0;
+            for (int64_t k = 1; k < t->n; k++) if (fabsf(t->grad[k]) > fabsf(t->grad[kb])) kb = k;
+            double an = t->grad[kb], lp[2], h = 1e-3;
+            float w0 = t->data[kb];
+            for (int sgn = 0; sgn < 2; sgn++) {
+                lss_graph *gf;
+                t->data[kb] = w0 + (float)(sgn ? -h : h);
+                lss_graph_create(&gf);
+                lss_tensor *yf = lss_unet_forward(gf, &u, lss_view(gf, x, 4, (int64_t[]){2, 1, 16, 16}), lss_view(gf, sg, 1, (int64_t[]){2}));
+                lss_tensor *lf = yf ? lss_op_mean(gf, lss_op_mul(gf, yf, yf)) : NULL;
+                lp[sgn] = lf ? lf->data[0] : NAN;
+                lss_graph_free(gf);
+            }
+            t->data[kb] = w0;
+            double fd = (lp[0] - lp[1]) / ((double)(w0 + (float)h) - (double)(w0 - (float)h));
+            CHECK(fabs(fd - an) <= 0.02 * fabs(an) && fabs(an) > 0, "embedding gradient %s[%lld]: backprop %g, central difference %g",
+                  t->name, (long long)kb, an, fd);
+        }
         lss_store_free(st);
     }
 }
