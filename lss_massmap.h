@@ -661,7 +661,7 @@ typedef struct {
     int eval_every;        /* held-out loss every eval_every steps (0: at the end) */
     int eval_batches;      /* held-out batches of `batch` maps (0: 4) */
     int patience;          /* plateau stop after `patience` evaluations without improvement (0: never) */
-    void (*progress)(void *user, int step, double loss);  /* after every step */
+    void (*progress)(void *user, int step, double loss);  /* after every step; step = steps done (1-based) */
     void *progress_user;
     int shards;            /* data-parallel steps (lss_dp_grad of lss_nn.h): each batch in this many fixed shards,
                               gradients added in order; under MPI the ranks compute the shards and the run is

@@ -269,7 +269,7 @@ static int diff_draw(void *u, int set, int64_t index, int n, float *maps, float 
 }
 static void diff_progress(void *u, int step, double loss) {
     (void)loss;
-    lss_drv_progress_update(&((trainer *)u)->c->prog, step + 1);
+    lss_drv_progress_update(&((trainer *)u)->c->prog, step); /* step: steps done */
 }
 /* mean and standard deviation of x, or of ln(x + shift) when shift > 0 */
 static void mean_std_of(const float *x, int64_t n, double shift, double *mu, double *sd) {
