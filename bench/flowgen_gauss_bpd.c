@@ -7,9 +7,10 @@
  * generator's margin below them is what it learnt beyond two-point statistics.
  * Maps drawn by `flowgen data` are shifted lognormal cut-outs of a homogeneous field: ln(kappa + shift) is Gaussian
  * and stationary, so the last baseline is their exact density up to the estimation noise of the correlation function.
- * Usage: flowgen_gauss_bpd DIR [OUT.csv]   (DIR from `flowgen data`; reads DIR/data/{train,test_a}.npy and info.csv;
- * OUT.csv: map, nll_nats, bpd of the last baseline per held-out map, in the layout of `flowgen bpd`'s bpd.csv, for
- * paired differences) */
+ * Usage: flowgen_gauss_bpd DIR [OUT.csv [SAMPLES.npy]]   (DIR from `flowgen data`; reads DIR/data/{train,test_a}.npy
+ * and info.csv; OUT.csv: map, nll_nats, bpd of the last baseline per held-out map, in the layout of `flowgen bpd`'s
+ * bpd.csv, for paired differences; SAMPLES.npy: as many maps as test_a.npy drawn from the last baseline, the exact
+ * law up to estimation noise, for `flowgen eval --samples`: what a perfect generator's statistics look like) */
 #define LSS_IMPLEMENTATION
 #include "lss_maps.h"
 #include <stdio.h>
@@ -34,7 +35,7 @@ static float *load(const char *dir, const char *name, int64_t *n, int64_t *D) {
    averaged over every pixel pair at each displacement (the two-point content of a statistically homogeneous field,
    (2 side - 1)^2 parameters). */
 static void fit_eval(const float *tr, int64_t nt, const float *te, int64_t ne, int64_t side, double shift, int stationary,
-                     double *mean_nll, double *se, double *per_map) {
+                     double *mean_nll, double *se, double *per_map, float *draws, int64_t ndraw) {
     int64_t D = side * side, W = 2 * side - 1;
     double *mu = calloc(D, sizeof(double)), *C = calloc(D * D, sizeof(double)), *v = malloc(sizeof(double) * D), logdet = 0;
     double *xi = calloc(W * W, sizeof(double)), *cnt = calloc(W * W, sizeof(double));
@@ -94,10 +95,20 @@ static void fit_eval(const float *tr, int64_t nt, const float *te, int64_t ne, i
     }
     *mean_nll = s / ne;
     *se = sqrt((s2 / ne - (s / ne) * (s / ne)) / (ne - 1));
+    for (int64_t j = 0; j < ndraw; j++) { /* x = mu + L z, back through the transform */
+        lss_rng r;
+        lss_rng_init(&r, 20261207, (uint64_t)j);
+        for (int64_t i = 0; i < D; i++) v[i] = lss_rng_normal(&r);
+        for (int64_t a = 0; a < D; a++) {
+            double t = mu[a];
+            for (int64_t k = 0; k <= a; k++) t += C[a * D + k] * v[k];
+            draws[j * D + a] = (float)(shift > 0 ? exp(t) - shift : t);
+        }
+    }
     free(mu), free(C), free(v);
 }
 int main(int argc, char **argv) {
-    if (argc != 2 && argc != 3) { fprintf(stderr, "usage: flowgen_gauss_bpd DIR [OUT.csv]\n"); return 2; }
+    if (argc < 2 || argc > 4) { fprintf(stderr, "usage: flowgen_gauss_bpd DIR [OUT.csv [SAMPLES.npy]]\n"); return 2; }
     char p[4096];
     lss_csv t;
     snprintf(p, sizeof p, "%s/data/info.csv", argv[1]);
@@ -111,13 +122,15 @@ int main(int argc, char **argv) {
     const double delta = 1e-4, b = 1.0 / (D * log(2.0));
     const char *names[4] = {"kappa, full covariance", "kappa, stationary", "ln(kappa + shift), full covariance", "ln(kappa + shift), stationary"};
     double *pm = malloc(sizeof(double) * 3 * ne);
+    float *draws = argc == 4 ? malloc(sizeof(float) * ne * D) : NULL;
+    if (!pm || (argc == 4 && !draws)) { fprintf(stderr, "flowgen_gauss_bpd: out of memory\n"); return 1; }
     for (int k = 0; k < 4; k++) {
         double m, se;
-        fit_eval(tr, nt, te, ne, side, k >= 2 ? shift : 0, k % 2, &m, &se, k == 3 ? pm : NULL);
+        fit_eval(tr, nt, te, ne, side, k >= 2 ? shift : 0, k % 2, &m, &se, k == 3 ? pm : NULL, k == 3 ? draws : NULL, k == 3 && draws ? ne : 0);
         printf("Gaussian in %-36s %lld held-out maps: %.4f +- %.4f bits per dimension (delta %g)\n", names[k], (long long)ne,
                m * b - log2(delta), se * b, delta);
     }
-    if (argc == 3) {
+    if (argc >= 3) {
         static const char *cols[3] = {"map", "nll_nats", "bpd"};
         for (int64_t j = ne - 1; j >= 0; j--) {
             double nll = pm[j];
@@ -125,6 +138,10 @@ int main(int argc, char **argv) {
         }
         if (lss_csv_write(argv[2], 3, cols, ne, pm) != LSS_OK) { fprintf(stderr, "flowgen_gauss_bpd: %s\n", lss_last_error()); return 1; }
     }
-    free(tr), free(te), free(pm);
+    if (draws && lss_npy_save(argv[3], LSS_F32, 3, (int64_t[]){ne, side, side}, draws) != LSS_OK) {
+        fprintf(stderr, "flowgen_gauss_bpd: %s\n", lss_last_error());
+        return 1;
+    }
+    free(tr), free(te), free(pm), free(draws);
     return 0;
 }

@@ -538,12 +538,14 @@ static void summarise(const lss_grid *g, const float *maps, int n, const double 
     for (int b = 0; b < NPK; b++) s->pdf_se[b] = sd[b] / sqrt(n);
 }
 static int cmd_eval(int argc, char **argv) {
-    const char *dir = "out/flowgen", *model = NULL, *sampler = "ddim2";
+    const char *dir = "out/flowgen", *model = NULL, *sampler = "ddim2", *samples = NULL;
     int n = 0;
     sample_opts so = {1.0, LSS_MM_DIFF_DDIM2, 0};
-    lss_drv_opt opts[] = {{"dir", LSS_DRV_STR, &dir, 0, 0, 0, "experiment directory (trained)"}, {"model", LSS_DRV_STR, &model, 0, 0, 1, "flow or diffusion"},
+    lss_drv_opt opts[] = {{"dir", LSS_DRV_STR, &dir, 0, 0, 0, "experiment directory (trained)"}, {"model", LSS_DRV_STR, &model, 0, 0, 0, "flow or diffusion"},
+                          {"samples", LSS_DRV_STR, &samples, 0, 0, 0, "instead of --model: the maps of this NPY file [N, side, side] (another "
+                           "generator's, or a baseline's), results in DIR/samples/eval"},
                           {"n", LSS_DRV_INT, &n, 8, 10000000, 0, "generated maps (0: as many as a test set)"}, SAMPLE_OPTS(so, sampler), OPT_END};
-    lss_drv_cmd cmd = {"flowgen eval", "flowgen eval --model flow|diffusion [--dir DIR] [options]",
+    lss_drv_cmd cmd = {"flowgen eval", "flowgen eval --model flow|diffusion | --samples FILE [--dir DIR] [options]",
                        "Generated maps against the first test set, and the second test set against the first (the noise floor): the\n"
                        "power spectrum (8 log bins from the fundamental to the Nyquist multipole, edges x 0.99 so that none is empty), 5 x 5 peak counts and the pixel PDF\n"
                        "(thresholds in units of the test set's pixel std), each as the relative difference of the means per bin with its\n"
@@ -551,20 +553,29 @@ static int cmd_eval(int argc, char **argv) {
                        "Writes DIR/MODEL/eval/{curves.csv, suite.csv, samples.npy, maps.png, ps.png, peaks.png}.",
                        "flowgen eval --dir out/flowgen --model diffusion --sampler ddim2 --sampler-steps 50"};
     lss_drv_parse(&cmd, opts, argc, argv);
-    int kind = model_kind(model);
+    if (!model == !samples) lss_drv_die(2, "flowgen eval: give --model or --samples (one of them)");
+    int kind = samples ? -1 : model_kind(model);
+    if (samples) model = "samples";
     so.sampler = sampler_kind(sampler);
     if (so.nsteps == 0) so.nsteps = so.sampler == LSS_MM_DIFF_ANCESTRAL ? 1000 : 50;
     cfg c;
     cfg_load_args(&c, dir, argc, argv);
-    int64_t na, nb, d = (int64_t)c.side * c.side;
-    float *A = load_set(dir, "test_a.npy", &na, c.side), *B = load_set(dir, "test_b.npy", &nb, c.side);
+    int64_t na, nb, ng, d = (int64_t)c.side * c.side;
+    float *A = load_set(dir, "test_a.npy", &na, c.side), *B = load_set(dir, "test_b.npy", &nb, c.side), *G = NULL;
+    double spm = 0;
+    if (samples) {
+        G = load_maps(samples, &ng, c.side), n = (int)ng;
+        if (ng < 8) lss_drv_die(2, "%s: %lld maps; the statistics need at least 8", samples, (long long)ng);
+    }
     if (n == 0) n = (int)na;
     char od[4200], p[4400];
     snprintf(od, sizeof od, "%s/%s/eval", dir, model);
     lss_drv_outputs_begin(od, 1);
-    float *G = (float *)xcalloc(n * d, sizeof(float));
-    fprintf(stderr, "flowgen eval: generating %d maps...\n", n);
-    double spm = generate(&c, dir, kind, &so, n, (uint64_t)1 << 32, G);
+    if (!samples) {
+        G = (float *)xcalloc(n * d, sizeof(float));
+        fprintf(stderr, "flowgen eval: generating %d maps...\n", n);
+        spm = generate(&c, dir, kind, &so, n, (uint64_t)1 << 32, G);
+    }
     lss_grid *g;
     lss_drv_check(lss_grid_create(c.side, c.side, c.pix, &g), "grid");
     double ed[NPS + 1], thr[NPK + 1], hed[NPK + 1], mu, sd;
@@ -620,7 +631,7 @@ static int cmd_eval(int argc, char **argv) {
         memcpy(row, A, sizeof(float) * 3 * d), memcpy(row + 3 * d, G, sizeof(float) * (size_t)(n < 3 ? n : 3) * d);
         snprintf(p, sizeof p, "%s/maps.png", od), lss_drv_png_row(p, row, 6, c.side, tt, 0, 0), free(row);
         lss_plot_opts po = {0};
-        const char *lab[3] = {"simulated A", "simulated B", kind ? "diffusion" : "flow"};
+        const char *lab[3] = {"simulated A", "simulated B", kind == 1 ? "diffusion" : kind == 0 ? "flow" : "samples"};
         const double *yy[3] = {sa.ps, sb.ps, sg.ps};
         po.title = "power spectrum", po.xlabel = "ell", po.ylabel = "C_ell", po.logx = 1, po.logy = 1;
         snprintf(p, sizeof p, "%s/ps.png", od), lss_drv_check(lss_plot_lines(p, &po, 3, NPS, sa.ell, yy, lab), p);
@@ -633,7 +644,7 @@ static int cmd_eval(int argc, char **argv) {
     char extra[512];
     snprintf(extra, sizeof extra, "\"model\": \"%s\", \"sampler\": \"%s\", \"sampler_steps\": %d, \"temperature\": %g, \"generated\": %d, "
              "\"seconds_per_sample\": %.5f, \"max_ps_rel\": %.4f, \"max_ps_rel_floor\": %.4f, \"max_peaks_rel\": %.4f, \"max_peaks_rel_floor\": %.4f",
-             model, kind ? sampler : "-", so.nsteps, so.temperature, n, spm, worst_ps, floor_ps, worst_pk, floor_pk);
+             model, kind == 1 ? sampler : "-", so.nsteps, so.temperature, n, spm, worst_ps, floor_ps, worst_pk, floor_pk);
     lss_drv_outputs_done(argc, argv, c.seed, extra);
     printf("%s: %d maps (%.4f s each); largest |relative difference| per bin: power spectrum %.3f (floor %.3f), peak counts %.3f "
            "(floor %.3f)\n", model, n, spm, worst_ps, floor_ps, worst_pk, floor_pk);

@@ -5,7 +5,8 @@
  *  - flow train, stopped at a checkpoint and resumed, ends with a checkpoint bitwise equal to an uninterrupted run's
  *    and the same loss CSV (diffusion resume: tests/test_diffusion.c); diffusion train runs;
  *  - sample writes [n, side, side] maps equal to lss_flow_sample from the checkpoint; bpd writes a finite value per
- *    held-out map equal to lss_flow_logp's; eval writes the curves and the suite;
+ *    held-out map equal to lss_flow_logp's; eval writes the curves and the suite, and eval --samples on the flow's
+ *    generated maps writes the same curves;
  *  - bad input exits 2 with one line on stderr: a missing data set, an unknown model or sampler, a corrupted
  *    checkpoint (nothing written).
  * Skipped (counted) when bin/flowgen is not built. */
@@ -121,6 +122,26 @@ static void test_flowgen_e2e(void) {
     snprintf(p1, sizeof p1, "%s/flow/eval/suite.csv", d1), snprintf(p2, sizeof p2, "%s/flow/eval/curves.csv", d1);
     CHECK(exists(p1) && exists(p2), "eval writes the suite and the curves");
     CHECK(run("eval --dir %s --model diffusion --sampler ddim2 --sampler-steps 4", d1, NULL) == 0, "diffusion eval runs");
+    { /* eval --samples on the flow's own generated maps: the same curves */
+        lss_csv ta, tb;
+        char p3[600];
+        snprintf(p3, sizeof p3, "%s/flow/eval/samples.npy", d1);
+        CHECK(run("eval --dir %s --samples %s", d1, p3) == 0, "eval --samples runs");
+        snprintf(p3, sizeof p3, "%s/samples/eval/curves.csv", d1);
+        if (lss_csv_read(p2, &ta) == LSS_OK) {
+            if (lss_csv_read(p3, &tb) == LSS_OK) {
+                int same = ta.nrows == tb.nrows && ta.ncols == tb.ncols && ta.nrows > 0;
+                for (i = 0; same && i < ta.nrows * ta.ncols; i++) same = ta.data[i] == tb.data[i] || (isnan(ta.data[i]) && isnan(tb.data[i])); /* empty bins: NaN */
+                CHECK(same, "eval --samples of the flow's maps gives the flow's curves");
+                lss_csv_free(&tb);
+            } else CHECK(0, "eval --samples writes curves.csv");
+            lss_csv_free(&ta);
+        } else CHECK(0, "flow curves readable");
+        CHECK(run("eval --dir %s --model flow --samples %s", d1, p3) == 2 && stderr_one_line(), "--model and --samples: exit 2");
+        snprintf(p3, sizeof p3, "%s/x2.npy", dir);
+        CHECK(run("sample --dir %s --model flow --n 2 --out %s", d1, p3) == 0, "two maps");
+        CHECK(run("eval --dir %s --samples %s", d1, p3) == 2 && stderr_one_line(), "eval --samples with 2 maps: exit 2");
+    }
     /* bad input */
     CHECK(run("train --dir %s/none --model flow", dir, NULL) == 2 && stderr_one_line(), "missing data set: exit 2");
     CHECK(run("train --dir %s --model gan", d1, NULL) == 2 && stderr_one_line(), "unknown model: exit 2");
