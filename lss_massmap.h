@@ -542,10 +542,10 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
  * time t = sigma^2 and the probability-flow ODE dx/dt = -1/2 s(x, sqrt t). The network F is the U-net of
  * lss_nn.h without batch norm (a sample's output does not depend on the others of its batch, which mix
  * noise levels) with the input c_in x, c_in = 1 / sqrt(1 + sigma^2), and the noise input ln(sigma) / 4
- * (sigma_log), which also reaches every residual block through a per-channel bias (the noise-level embedding
- * of lss_unet_opts.sigma_embed, `embed` frequencies; without it a block sees the noise level only through its
- * input features, and the network's errors vary with sigma: on a Gaussian field 5% of the power in a
- * mid-multipole bin after 6000 steps); ncond conditioning values per map (cosmological parameters, say) enter as constant input
+ * (sigma_log), optionally also in every residual block through a per-channel bias (the noise-level embedding
+ * of lss_unet_opts.sigma_embed, `embed` frequencies; off by default: at the sizes of flowgen's small scale it
+ * trained to a higher held-out loss in the same steps and moved no power-spectrum bin of a Gaussian field closer
+ * to the truth); ncond conditioning values per map (cosmological parameters, say) enter as constant input
  * channels mapped to [-1, 1] by [cond_lo, cond_hi]. It is preconditioned as in Karras et al. 2022 (EDM) for
  * unit data variance: the denoised map D = c_skip x + c_out F, c_skip = 1 / (1 + sigma^2), c_out = sigma /
  * sqrt(1 + sigma^2), and the score s = (D - x) / sigma^2 = -x / (1 + sigma^2) + F / (sigma sqrt(1 + sigma^2)):
@@ -616,8 +616,7 @@ typedef struct {
     double shift;          /* LSS_MM_DIFF_LOG: > 0 (the empty-beam convergence of the maps, say) */
     int periodic;          /* 1: periodic maps (the U-net pads with the opposite edge); 0: zero padding */
     int embed;             /* frequencies of the U-net's per-block noise-level embedding (lss_unet_opts.sigma_embed),
-                              1..32 (0: 6; -1: none, the noise level enters as the two constant channels only, as
-                              checkpoints of version 2 do) */
+                              1..32; 0: none (the default), the noise level enters as the two constant channels only */
     uint64_t seed;         /* initialisation */
 } lss_mm_diff_opts;
 typedef struct lss_mm_diff lss_mm_diff;
@@ -3753,8 +3752,7 @@ static int lss__mm_diff_resolve(const lss_mm_diff_opts *in, lss_mm_diff_opts *o,
     if (o->ncond < 0 || o->ncond > LSS_MM_DIFF_NCOND_MAX)
         return lss_seterr(LSS_ERR_RANGE, "%s: ncond %d outside [0, %d]", fn, o->ncond, LSS_MM_DIFF_NCOND_MAX);
     if (o->periodic != 0 && o->periodic != 1) return lss_seterr(LSS_ERR_RANGE, "%s: periodic %d must be 0 or 1", fn, o->periodic);
-    if (o->embed == 0) o->embed = 6;
-    if (o->embed < -1 || o->embed > 32) return lss_seterr(LSS_ERR_RANGE, "%s: embed %d outside [1, 32] (0: 6, -1: none)", fn, o->embed);
+    if (o->embed < 0 || o->embed > 32) return lss_seterr(LSS_ERR_RANGE, "%s: embed %d outside [0, 32] (0: none)", fn, o->embed);
     if (o->transform != LSS_MM_DIFF_AFFINE && o->transform != LSS_MM_DIFF_LOG)
         return lss_seterr(LSS_ERR_RANGE, "%s: transform %d is not LSS_MM_DIFF_AFFINE or LSS_MM_DIFF_LOG", fn, o->transform);
     if (o->transform == LSS_MM_DIFF_AFFINE) o->shift = 0;
@@ -3818,7 +3816,7 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
         lss_mm_diff_free(d);
         return s;
     }
-    if (d->o.embed < 0) nm[0] = LSS__MM_DIFF_META - 1; /* without the embedding: the version-2 description */
+    if (d->o.embed == 0) nm[0] = LSS__MM_DIFF_META - 1; /* without the embedding: the version-2 description */
     d->meta = lss_store_buffer(d->st, "massmap.diff.meta", 1, nm, LSS_INIT_ZERO, 0.0f);
     if ((s = lss_store_status(d->st)) != LSS_OK) {
         lss_mm_diff_free(d);
@@ -3826,7 +3824,7 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
     }
     {
         float *m = d->meta->data;
-        m[0] = d->o.embed < 0 ? 2 : 3;
+        m[0] = d->o.embed == 0 ? 2 : 3;
         m[1] = (float)d->o.h;
         m[2] = (float)d->o.w;
         m[3] = (float)d->o.c0;
@@ -3902,9 +3900,9 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta transform is %g (0 or 1 expected)", path, (double)m[26]);
     o.transform = (int)m[26];
     o.shift = m[27];
-    if (m[0] == 2) o.embed = -1; /* version 2: no noise-level embedding */
-    else if (!(m[28] == -1 || (m[28] >= 1 && m[28] <= 32 && m[28] == floorf(m[28]))))
-        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta embedding frequencies %g (-1 or 1..32 expected)", path, (double)m[28]);
+    if (m[0] == 2) o.embed = 0; /* version 2: no noise-level embedding */
+    else if (!(m[28] >= 1 && m[28] <= 32 && m[28] == floorf(m[28])))
+        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta embedding frequencies %g (1..32 expected)", path, (double)m[28]);
     else o.embed = (int)m[28];
     if (o.c0 == 0 || o.std == 0 || o.sigma_min == 0 || o.sigma_max == 0)
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta holds zero width, std or noise level", path);

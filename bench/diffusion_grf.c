@@ -5,7 +5,7 @@
  * the exact value.
  * Environment: DIFFUSION_GRF_CKPT=path checkpoints the training there and resumes from it (a finished run is
  * evaluated again without training).
- * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] [periodic 1] [n 64] [embed 0: 6, -1: none]
+ * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] [periodic 1] [n 64] [embed 0: none, else frequencies]
  *                      [methods: a string of a (ancestral-1000), d (DDIM-50), o (ODE), 2 (DDIM2-50); default ad o2] */
 #define LSS_IMPLEMENTATION
 #include "lss_massmap.h"

@@ -299,7 +299,7 @@ static int cmd_train(int argc, char **argv) {
                           {"flow-steps", LSS_DRV_INT, &c.fsteps, 1, 32, 0, "flow: coupling steps per level"},
                           {"hidden", LSS_DRV_INT, &c.hidden, 1, 4096, 0, "flow: conditioner channels"},
                           {"c0", LSS_DRV_INT, &c.c0, 1, 1024, 0, "diffusion: U-net width"},
-                          {"embed", LSS_DRV_INT, &embed, -1, 32, 0, "diffusion: frequencies of the noise-level embedding in every U-net block (0: 6; -1: none)"},
+                          {"embed", LSS_DRV_INT, &embed, 0, 32, 0, "diffusion: frequencies of a noise-level embedding in every U-net block (0: none)"},
                           {"transform", LSS_DRV_STR, &transform, 0, 0, 0, "diffusion: log (ln(kappa + shift) standardised, as the flow) or affine"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
                           {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "

@@ -452,18 +452,18 @@ static void test_embed_versions(void) {
     snprintf(p2, sizeof p2, "%s/v2.ckpt", dir);
     for (int i = 0; i < n * n; i++) x[i] = (float)sin(0.21 * i);
     memset(&o, 0, sizeof o);
-    o.h = o.w = n; o.c0 = 4; o.std = 1; o.seed = 9;
+    o.h = o.w = n; o.c0 = 4; o.std = 1; o.seed = 9; o.embed = 6;
     CHECK_OK(lss_mm_diff_create(&o, &d));
     memset(&oe, 0, sizeof oe);
     if (d) lss_mm_diff_options(d, &oe);
-    CHECK(oe.embed == 6, "default embedding frequencies %d (6 expected)", oe.embed);
+    CHECK(oe.embed == 6, "embedding frequencies %d (6 expected)", oe.embed);
     CHECK(d && d->u.emb_w && d->u.emb_w->shape[0] == 13 && d->u.eproj_w[5] && d->u.eproj_w[5]->shape[1] == 4,
           "embedding tensors: 2 x 6 + 1 features, one projection per block");
     int64_t with = d ? lss_mm_diff_nparams(d) : 0;
     lss_mm_diff_free(d);
-    o.embed = -1;
+    o.embed = 0;
     CHECK_OK(lss_mm_diff_create(&o, &d));
-    CHECK(d && d->u.emb_w == NULL, "embed -1 builds no embedding");
+    CHECK(d && d->u.emb_w == NULL && d->meta->n == 28 && d->meta->data[0] == 2, "embed 0 (the default) builds no embedding, version-2 description");
     /* 4 c0 (2 x 6 + 1 + 1) for the shared layer, then 4 c0 + 1 per output channel of c0, 2 c0, 4 c0, 4 c0, 2 c0, c0 */
     int64_t extra = 16 * 14 + 17 * (4 + 8 + 16 + 16 + 8 + 4);
     CHECK(d && with - lss_mm_diff_nparams(d) == extra, "embedding parameters %lld (expected %lld)",
@@ -492,7 +492,7 @@ static void test_embed_versions(void) {
         CHECK_OK(lss_mm_diff_open(p2, &e));
         if (e) {
             lss_mm_diff_options(e, &oe);
-            CHECK(oe.embed == -1, "a version-2 checkpoint opens with embed %d (-1 expected)", oe.embed);
+            CHECK(oe.embed == 0, "a version-2 checkpoint opens with embed %d (0 expected)", oe.embed);
             CHECK_OK(lss_mm_diff_score(d, 1, x, &sg, NULL, a));
             CHECK_OK(lss_mm_diff_score(e, 1, x, &sg, NULL, b));
             CHECK(!memcmp(a, b, sizeof a), "the version-2 checkpoint's score differs from its model's");
@@ -501,7 +501,7 @@ static void test_embed_versions(void) {
     }
     lss_mm_diff_free(d);
     /* a bad embedding count in a version-3 description */
-    o.embed = 0;
+    o.embed = 6;
     CHECK_OK(lss_mm_diff_create(&o, &d));
     if (d) {
         CHECK(d->meta->n == 29 && d->meta->data[0] == 3 && d->meta->data[28] == 6, "version-3 description with the embedding");
@@ -513,7 +513,7 @@ static void test_embed_versions(void) {
     lss_mm_diff_free(d);
     o.embed = 33;
     CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
-    o.embed = -2;
+    o.embed = -1;
     CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
     remove(p2);
     rmdir(dir);
