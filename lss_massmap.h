@@ -32,7 +32,8 @@
  *                        lss_mm_net_residual, lss_mm_net_deepmass, lss_mm_net_train, lss_mm_net_heldout,
  *                        lss_mm_train_on_mock
  *   diffusion generator  lss_mm_diff_create/_free, lss_mm_diff_nparams, lss_mm_diff_options, lss_mm_diff_save,
- *                        lss_mm_diff_open, lss_mm_diff_set_score, lss_mm_diff_set_ode, lss_mm_diff_score,
+ *                        lss_mm_diff_open, lss_mm_diff_set_score, lss_mm_diff_set_ode, lss_mm_diff_set_gauss,
+ *                        lss_mm_diff_gauss_estimate, lss_mm_diff_score,
  *                        lss_mm_diff_train, lss_mm_diff_loss, lss_mm_diff_sample (ancestral, DDIM, second-order
  *                        DDIM, probability-flow ODE), lss_mm_diff_nll (variational bound on -ln p, nats)
  *
@@ -549,7 +550,9 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
  * channels mapped to [-1, 1] by [cond_lo, cond_hi]. It is preconditioned as in Karras et al. 2022 (EDM) for
  * unit data variance: the denoised map D = c_skip x + c_out F, c_skip = 1 / (1 + sigma^2), c_out = sigma /
  * sqrt(1 + sigma^2), and the score s = (D - x) / sigma^2 = -x / (1 + sigma^2) + F / (sigma sqrt(1 + sigma^2)):
- * F = 0 is the exact score of white unit-variance data, F predicts the noise at small sigma and the map at
+ * F = 0 is the exact score of white unit-variance data (with the Gaussian skip, gauss = 1, c_skip x becomes the
+ * Wiener filter F^-1[P / (P + sigma^2) F x] of a spectrum P and F = 0 the exact score of a stationary periodic
+ * Gaussian field of that spectrum: the hybrid of a Gaussian and a neural prior), F predicts the noise at small sigma and the map at
  * large sigma, so that an error of F never grows into an error of D larger than itself (a noise prediction
  * F = -n has D errors sigma times its own, ruinous for the deterministic samplers at sigma ~ 80). Training
  * loss mean (1 + sigma^2)(n + sigma s(y + sigma n, sigma))^2 = mean (F - (sigma y - n) / sqrt(1 + sigma^2))^2
@@ -617,6 +620,10 @@ typedef struct {
     int periodic;          /* 1: periodic maps (the U-net pads with the opposite edge); 0: zero padding */
     int embed;             /* frequencies of the U-net's per-block noise-level embedding (lss_unet_opts.sigma_embed),
                               1..32; 0: none (the default), the noise level enters as the two constant channels only */
+    int gauss;             /* 1: the skip term is the Wiener filter of a spectrum per DFT mode (lss_mm_diff_set_gauss):
+                              D = W_sigma x + c_out F with W_sigma = P / (P + sigma^2) mode by mode, so that F = 0 is the
+                              exact model of a stationary periodic Gaussian field of spectrum P and the network learns
+                              the rest; 0 (the default): c_skip = 1 / (1 + sigma^2), the same with P = 1 */
     uint64_t seed;         /* initialisation */
 } lss_mm_diff_opts;
 typedef struct lss_mm_diff lss_mm_diff;
@@ -639,6 +646,14 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out);
 LSSDEF void lss_mm_diff_set_score(lss_mm_diff *d, lss_mm_diff_score_fn fn, void *user);
 /* RK45 tolerances of LSS_MM_DIFF_ODE on standardised maps (0: rtol 1e-4, atol 1e-4). */
 LSSDEF int lss_mm_diff_set_ode(lss_mm_diff *d, double rtol, double atol);
+/* With gauss = 1: the spectrum P [h w] of the skip term, per DFT mode of the standardised maps (row-major, the
+ * unnormalised FFT's E|Y_k|^2 / (h w): 1 for white unit-variance maps; lss_mm_diff_gauss_estimate gives it from
+ * maps); stored in the checkpoint. Until set, P = 1. LSS_ERR_STATE without gauss, LSS_ERR_RANGE for a value that
+ * is not finite and positive. */
+LSSDEF int lss_mm_diff_set_gauss(lss_mm_diff *d, const double *pk);
+/* P of lss_mm_diff_set_gauss from n maps [n, h, w] in kappa units (the model's transform and standardisation
+ * applied): the mean periodogram. */
+LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *maps, double *pk);
 /* The model's score (network or set_score) of n standardised maps x at noise levels sigma [n] with cond
  * [n, ncond] (raw; NULL when ncond = 0) into out [n, h, w]. */
 LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float *sigma, const float *cond,
@@ -3686,9 +3701,9 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
 }
 
 /* ---- diffusion generator */
-#define LSS__MM_DIFF_META 29   /* tag, h, w, c0, ncond, sigma_min, sigma_max, mean, std, cond_lo[8], cond_hi[8], periodic,
-                                  transform, shift, embed (version 3; a model without the embedding keeps the 28
-                                  values of version 2) */
+#define LSS__MM_DIFF_META 30   /* tag, h, w, c0, ncond, sigma_min, sigma_max, mean, std, cond_lo[8], cond_hi[8], periodic,
+                                  transform, shift, embed, gauss (version 3; a model with neither keeps the 28 values
+                                  of version 2) */
 #define LSS__MM_DIFF_CHUNK 32  /* maps per network evaluation and per sampler batch */
 struct lss_mm_diff {
     lss_mm_diff_opts o;   /* resolved, float-rounded */
@@ -3698,7 +3713,9 @@ struct lss_mm_diff {
     lss_unet u;
     lss_graph *gr;
     lss_optim *opt;
-    lss_tensor *meta;
+    lss_tensor *meta, *gpk;          /* gpk: P of the Gaussian skip [h, w] (gauss; else NULL) */
+    lss_grid *gg;                     /* its FFT (gauss) */
+    lss_cdouble *gbuf;                /* [np] */
     float *in, *sig, *nz, *y, *cnd;  /* [cap cin np], [cap], [cap np], [cap np], [cap ncond] */
     int cap;
     lss_mm_diff_score_fn fn;
@@ -3711,6 +3728,8 @@ LSSDEF void lss_mm_diff_free(lss_mm_diff *d) {
     lss_optim_free(d->opt);
     lss_graph_free(d->gr);
     lss_store_free(d->st);
+    lss_grid_free(d->gg);
+    LSS_FREE(d->gbuf);
     LSS_FREE(d->in); LSS_FREE(d->sig); LSS_FREE(d->nz); LSS_FREE(d->y); LSS_FREE(d->cnd);
     LSS_FREE(d);
 }
@@ -3753,6 +3772,7 @@ static int lss__mm_diff_resolve(const lss_mm_diff_opts *in, lss_mm_diff_opts *o,
         return lss_seterr(LSS_ERR_RANGE, "%s: ncond %d outside [0, %d]", fn, o->ncond, LSS_MM_DIFF_NCOND_MAX);
     if (o->periodic != 0 && o->periodic != 1) return lss_seterr(LSS_ERR_RANGE, "%s: periodic %d must be 0 or 1", fn, o->periodic);
     if (o->embed < 0 || o->embed > 32) return lss_seterr(LSS_ERR_RANGE, "%s: embed %d outside [0, 32] (0: none)", fn, o->embed);
+    if (o->gauss != 0 && o->gauss != 1) return lss_seterr(LSS_ERR_RANGE, "%s: gauss %d must be 0 or 1", fn, o->gauss);
     if (o->transform != LSS_MM_DIFF_AFFINE && o->transform != LSS_MM_DIFF_LOG)
         return lss_seterr(LSS_ERR_RANGE, "%s: transform %d is not LSS_MM_DIFF_AFFINE or LSS_MM_DIFF_LOG", fn, o->transform);
     if (o->transform == LSS_MM_DIFF_AFFINE) o->shift = 0;
@@ -3816,15 +3836,31 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
         lss_mm_diff_free(d);
         return s;
     }
-    if (d->o.embed == 0) nm[0] = LSS__MM_DIFF_META - 1; /* without the embedding: the version-2 description */
+    if (d->o.embed == 0 && !d->o.gauss) nm[0] = 28; /* neither: the version-2 description */
     d->meta = lss_store_buffer(d->st, "massmap.diff.meta", 1, nm, LSS_INIT_ZERO, 0.0f);
+    if (d->o.gauss) {
+        int64_t sg[2];
+        int64_t i;
+        sg[0] = d->o.h; sg[1] = d->o.w;
+        d->gpk = lss_store_buffer(d->st, "massmap.diff.gauss", 2, sg, LSS_INIT_ZERO, 0.0f);
+        if (d->gpk)
+            for (i = 0; i < d->np; i++) d->gpk->data[i] = 1.0f;
+        if ((s = lss_grid_create(d->o.h, d->o.w, 1.0, &d->gg)) != LSS_OK) {
+            lss_mm_diff_free(d);
+            return s;
+        }
+        if (!(d->gbuf = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)d->np))) {
+            lss_mm_diff_free(d);
+            return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_create: out of memory");
+        }
+    }
     if ((s = lss_store_status(d->st)) != LSS_OK) {
         lss_mm_diff_free(d);
         return s;
     }
     {
         float *m = d->meta->data;
-        m[0] = d->o.embed == 0 ? 2 : 3;
+        m[0] = d->o.embed == 0 && !d->o.gauss ? 2 : 3;
         m[1] = (float)d->o.h;
         m[2] = (float)d->o.w;
         m[3] = (float)d->o.c0;
@@ -3840,7 +3876,7 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
         m[25] = (float)d->o.periodic;
         m[26] = (float)d->o.transform;
         m[27] = (float)d->o.shift;
-        if (d->o.embed > 0) m[28] = (float)d->o.embed;
+        if (m[0] == 3) m[28] = (float)d->o.embed, m[29] = (float)d->o.gauss;
     }
     d->rtol = d->atol = 1e-4;
     *out = d;
@@ -3900,10 +3936,12 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta transform is %g (0 or 1 expected)", path, (double)m[26]);
     o.transform = (int)m[26];
     o.shift = m[27];
-    if (m[0] == 2) o.embed = 0; /* version 2: no noise-level embedding */
-    else if (!(m[28] >= 1 && m[28] <= 32 && m[28] == floorf(m[28])))
-        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta embedding frequencies %g (1..32 expected)", path, (double)m[28]);
-    else o.embed = (int)m[28];
+    if (m[0] == 2) o.embed = 0, o.gauss = 0; /* version 2: neither the embedding nor the Gaussian skip */
+    else if (!(m[28] >= 0 && m[28] <= 32 && m[28] == floorf(m[28])))
+        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta embedding frequencies %g (0..32 expected)", path, (double)m[28]);
+    else if (m[29] != 0 && m[29] != 1)
+        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta Gaussian-skip flag %g (0 or 1 expected)", path, (double)m[29]);
+    else o.embed = (int)m[28], o.gauss = (int)m[29];
     if (o.c0 == 0 || o.std == 0 || o.sigma_min == 0 || o.sigma_max == 0)
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta holds zero width, std or noise level", path);
     if ((s = lss_mm_diff_create(&o, &d)) != LSS_OK) {
@@ -3933,6 +3971,67 @@ LSSDEF int lss_mm_diff_set_ode(lss_mm_diff *d, double rtol, double atol) {
     d->rtol = rtol;
     d->atol = atol;
     return LSS_OK;
+}
+
+LSSDEF int lss_mm_diff_set_gauss(lss_mm_diff *d, const double *pk) {
+    int64_t i;
+    if (!d || !pk) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_set_gauss: NULL argument");
+    if (!d->o.gauss) return lss_seterr(LSS_ERR_STATE, "lss_mm_diff_set_gauss: the model was created without gauss = 1");
+    for (i = 0; i < d->np; i++)
+        if (!(pk[i] > 0) || !isfinite(pk[i]) || !((float)pk[i] > 0))
+            return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_set_gauss: P[%lld] = %g is not finite and positive", (long long)i, pk[i]);
+    for (i = 0; i < d->np; i++) d->gpk->data[i] = (float)pk[i];
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *maps, double *pk) {
+    lss_grid *g = NULL;
+    lss_cdouble *c;
+    int64_t i, np;
+    int j, s;
+    if (!d || !maps || !pk || n < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_gauss_estimate: bad argument (n %d)", n);
+    np = d->np;
+    if ((s = lss_grid_create(d->o.h, d->o.w, 1.0, &g)) != LSS_OK) return s;
+    if (!(c = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)np))) {
+        lss_grid_free(g);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_gauss_estimate: out of memory");
+    }
+    for (i = 0; i < np; i++) pk[i] = 0;
+    for (j = 0; j < n && s == LSS_OK; j++) {
+        for (i = 0; i < np; i++) {
+            double k = maps[(int64_t)j * np + i], v;
+            if (d->o.transform == LSS_MM_DIFF_LOG && !(k + d->o.shift > 0)) {
+                s = lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_gauss_estimate: map %d pixel %lld: kappa %g <= -shift", j, (long long)i, k);
+                break;
+            }
+            v = ((d->o.transform == LSS_MM_DIFF_LOG ? log(k + d->o.shift) : k) - d->o.mean) / d->o.std;
+            if (!isfinite(v)) {
+                s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_gauss_estimate: map %d pixel %lld is not finite", j, (long long)i);
+                break;
+            }
+            c[i][0] = v, c[i][1] = 0;
+        }
+        if (s != LSS_OK) break;
+        lss_grid_fft_d(g, c, -1);
+        for (i = 0; i < np; i++) pk[i] += (c[i][0] * c[i][0] + c[i][1] * c[i][1]) / ((double)np * n);
+    }
+    LSS_FREE(c);
+    lss_grid_free(g);
+    return s;
+}
+
+/* out = F^-1 [m(P_k) F x] of one map, m = 1 / (P + sigma^2) (which 0) or sigma / (P + sigma^2) (which 1) */
+static void lss__mm_diff_gfilter(lss_mm_diff *d, const float *x, double sg, int which, float *out) {
+    int64_t i, np = d->np;
+    lss_cdouble *c = d->gbuf;
+    for (i = 0; i < np; i++) c[i][0] = x[i], c[i][1] = 0;
+    lss_grid_fft_d(d->gg, c, -1);
+    for (i = 0; i < np; i++) {
+        double m = (which ? sg : 1.0) / (((double)d->gpk->data[i] + sg * sg) * (double)np);
+        c[i][0] *= m, c[i][1] *= m;
+    }
+    lss_grid_fft_d(d->gg, c, +1);
+    for (i = 0; i < np; i++) out[i] = (float)c[i][0];
 }
 
 /* Network input of b maps into d->in: channel 0 = x / sqrt(1 + sigma^2) (unit variance for standardised data at
@@ -3985,12 +4084,17 @@ LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float 
         memcpy(d->sig, sigma + j0, sizeof(float) * (size_t)b);
         if ((s = lss__mm_diff_forward(d, b, 0, &y)) != LSS_OK) return s;
         for (j = 0; j < b; j++) {
-            /* s = (D - x) / sigma^2, D = c_skip x + c_out F: -x / (1 + sigma^2) + (F / sigma) / sqrt(1 + sigma^2) */
+            /* s = (D - x) / sigma^2, D = c_skip x + c_out F: -x / (1 + sigma^2) + (F / sigma) / sqrt(1 + sigma^2);
+               with the Gaussian skip -F^-1[F x / (P + sigma^2)] in place of the first term */
             double sg = sigma[j0 + j], a = -1.0 / (1.0 + sg * sg), c = 1.0 / sqrt(1.0 + sg * sg);
             const float *xj = x + (int64_t)(j0 + j) * d->np, *uj = y->data + (int64_t)j * d->np;
             float *oj = out + (int64_t)(j0 + j) * d->np;
             int64_t i;
-            for (i = 0; i < d->np; i++) oj[i] = (float)(a * xj[i] + c * uj[i]);
+            if (d->o.gauss) {
+                lss__mm_diff_gfilter(d, xj, sg, 0, oj);
+                for (i = 0; i < d->np; i++) oj[i] = (float)(c * uj[i] - (double)oj[i]);
+            } else
+                for (i = 0; i < d->np; i++) oj[i] = (float)(a * xj[i] + c * uj[i]);
         }
     }
     return LSS_OK;
@@ -4086,15 +4190,24 @@ static int lss__mm_dtr_batch(lss__mm_dtr *t, int set, int64_t index) {
     lss__mm_diff_input(d, b, t->x, d->sig, t->cond);
     {
         /* the loss (1 + sigma^2)(n + sigma s)^2 = (u + sigma U)^2 for the U-net's output U = F / sigma and
-           u = (n - sigma y) / sqrt(1 + sigma^2): lss_op_dsm_loss with u in place of the noise */
+           u = (n - sigma y) / sqrt(1 + sigma^2): lss_op_dsm_loss with u in place of the noise; with the Gaussian
+           skip u = sqrt(1 + sigma^2) (n - F^-1[sigma F x / (P + sigma^2)]) (the same for P = 1) */
         int64_t i;
         int j;
         for (j = 0; j < b; j++) {
             double sg = d->sig[j], c = 1.0 / sqrt(1.0 + sg * sg);
-            for (i = 0; i < d->np; i++) {
-                int64_t k = (int64_t)j * d->np + i;
-                d->nz[k] = (float)(c * ((double)d->nz[k] - sg * (double)d->y[k]));
-            }
+            if (d->o.gauss) {
+                float *fx = d->y + (int64_t)j * d->np; /* y is not needed further: it takes the filtered map */
+                lss__mm_diff_gfilter(d, t->x + (int64_t)j * d->np, sg, 1, fx);
+                for (i = 0; i < d->np; i++) {
+                    int64_t k = (int64_t)j * d->np + i;
+                    d->nz[k] = (float)(((double)d->nz[k] - (double)fx[i]) / c);
+                }
+            } else
+                for (i = 0; i < d->np; i++) {
+                    int64_t k = (int64_t)j * d->np + i;
+                    d->nz[k] = (float)(c * ((double)d->nz[k] - sg * (double)d->y[k]));
+                }
         }
     }
     return LSS_OK;

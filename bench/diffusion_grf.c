@@ -6,7 +6,8 @@
  * Environment: DIFFUSION_GRF_CKPT=path checkpoints the training there and resumes from it (a finished run is
  * evaluated again without training).
  * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] [periodic 1] [n 64] [embed 0: none, else frequencies]
- *                      [methods: a string of a (ancestral-1000), d (DDIM-50), o (ODE), 2 (DDIM2-50); default ad o2] */
+ *                      [methods: a string of a (ancestral-1000), d (DDIM-50), o (ODE), 2 (DDIM2-50); default ad o2]
+ *                      [gauss 0: 1 = the Gaussian skip with P estimated from 4096 training maps (the mean periodogram)] */
 #define LSS_IMPLEMENTATION
 #include "lss_massmap.h"
 #include <stdio.h>
@@ -48,7 +49,8 @@ int main(int argc, char **argv) {
     int batch = argc > 4 ? atoi(argv[4]) : 32, nb = 6, periodic = argc > 5 ? atoi(argv[5]) : 1;
     int n = argc > 6 ? atoi(argv[6]) : 64, embed = argc > 7 ? atoi(argv[7]) : 0;
     const char *methods = argc > 8 ? argv[8] : "ado2";
-    if (side < 4 || side % 4 || c0 < 1 || steps < 1 || batch < 1 || n < 2) {
+    int gauss = argc > 9 ? atoi(argv[9]) : 0;
+    if (side < 4 || side % 4 || c0 < 1 || steps < 1 || batch < 1 || n < 2 || (gauss != 0 && gauss != 1)) {
         fprintf(stderr, "diffusion_grf: bad arguments (side a multiple of 4, c0, steps, batch >= 1, n >= 2)\n");
         return 2;
     }
@@ -64,9 +66,18 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < f.N; i++) f.v[i] = f.pk[i] / (sd * sd);
     lss_mm_diff_opts o;
     memset(&o, 0, sizeof o);
-    o.h = o.w = side; o.c0 = c0; o.std = sd; o.seed = 1; o.periodic = periodic; o.embed = embed;
+    o.h = o.w = side; o.c0 = c0; o.std = sd; o.seed = 1; o.periodic = periodic; o.embed = embed; o.gauss = gauss;
     lss_mm_diff *d;
     if (lss_mm_diff_create(&o, &d)) { puts(lss_last_error()); return 1; }
+    if (gauss) { /* P from training maps, not from the true spectrum */
+        float *tm = malloc(sizeof(float) * 4096 * f.N);
+        double *pk = malloc(sizeof(double) * f.N), w = 0;
+        for (int k = 0; k < 128; k++) draw(&f, LSS_SET_TRAIN, 1000000 + k, 32, tm + (int64_t)k * 32 * f.N, NULL);
+        if (lss_mm_diff_gauss_estimate(d, 4096, tm, pk) || lss_mm_diff_set_gauss(d, pk)) { puts(lss_last_error()); return 1; }
+        for (int64_t i = 0; i < f.N; i++) w = fmax(w, fabs(pk[i] / f.v[i] - 1));
+        printf("Gaussian skip: P from 4096 training maps, worst mode %.3f off the true spectrum\n", w);
+        free(tm), free(pk);
+    }
     lss_mm_diff_train_opts to;
     memset(&to, 0, sizeof to);
     to.steps = steps; to.batch = batch; to.lr = 2e-3; to.seed = 2; to.draw = draw; to.user = &f;

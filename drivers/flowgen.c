@@ -286,7 +286,7 @@ static void mean_std(const float *x, int64_t n, double *mu, double *sd) { mean_s
 
 static int cmd_train(int argc, char **argv) {
     const char *dir = "out/flowgen", *model = NULL, *transform = "log";
-    int resume = 0, every = 100, sched = 0, shards = 0, embed = 0;
+    int resume = 0, every = 100, sched = 0, shards = 0, embed = 0, gauss = 0;
     cfg c;
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
     cfg_load_args(&c, dir, argc, argv);
@@ -300,6 +300,7 @@ static int cmd_train(int argc, char **argv) {
                           {"hidden", LSS_DRV_INT, &c.hidden, 1, 4096, 0, "flow: conditioner channels"},
                           {"c0", LSS_DRV_INT, &c.c0, 1, 1024, 0, "diffusion: U-net width"},
                           {"embed", LSS_DRV_INT, &embed, 0, 32, 0, "diffusion: frequencies of a noise-level embedding in every U-net block (0: none)"},
+                          {"gauss", LSS_DRV_INT, &gauss, 0, 1, 0, "diffusion: 1 = Gaussian skip (the Wiener filter of the training maps' mean periodogram; the network learns the rest)"},
                           {"transform", LSS_DRV_STR, &transform, 0, 0, 0, "diffusion: log (ln(kappa + shift) standardised, as the flow) or affine"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
                           {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "
@@ -373,11 +374,17 @@ static int cmd_train(int argc, char **argv) {
         o.h = o.w = c.side, o.c0 = c.c0, o.seed = lss_stream(LSS_STREAM_NET_INIT, c.seed, 6);
         o.transform = strcmp(transform, "log") ? LSS_MM_DIFF_AFFINE : LSS_MM_DIFF_LOG;
         o.shift = o.transform == LSS_MM_DIFF_LOG ? c.lambda : 0;
-        o.embed = embed;
+        o.embed = embed, o.gauss = gauss;
         mean_std_of(tr, T.nmaps * d, o.shift, &mu, &sd);
         o.mean = mu, o.std = sd;
         T.maps = tr, T.vmaps = va;
         lss_drv_check(lss_mm_diff_create(&o, &m), "diffusion model");
+        if (gauss) {
+            double *pk = (double *)xcalloc(d, sizeof(double));
+            lss_drv_check(lss_mm_diff_gauss_estimate(m, (int)T.nmaps, tr, pk), "Gaussian skip");
+            lss_drv_check(lss_mm_diff_set_gauss(m, pk), "Gaussian skip");
+            free(pk);
+        }
         lss_mm_diff_train_opts to;
         memset(&to, 0, sizeof to);
         to.steps = c.steps, to.batch = c.batch, to.lr = c.lr, to.seed = c.seed, to.draw = diff_draw, to.user = &T, to.ckpt = p;
@@ -385,9 +392,9 @@ static int cmd_train(int argc, char **argv) {
         to.shards = shards;
         lss_drv_check(lss_mm_diff_train(m, &to, &res), "training");
         lss_mm_diff_options(m, &o);
-        snprintf(extra, sizeof extra, "\"model\": \"diffusion\", \"steps\": %d, \"batch\": %d, \"lr\": %g, \"c0\": %d, \"embed\": %d, \"parameters\": %lld, "
+        snprintf(extra, sizeof extra, "\"model\": \"diffusion\", \"steps\": %d, \"batch\": %d, \"lr\": %g, \"c0\": %d, \"embed\": %d, \"gauss\": %d, \"parameters\": %lld, "
                  "\"seconds\": %.1f, \"seconds_per_step\": %.4f, \"transform\": \"%s\", \"shift\": %g, \"mean\": %g, \"std\": %g",
-                 c.steps, c.batch, c.lr, c.c0, o.embed, (long long)lss_mm_diff_nparams(m), res.seconds, res.seconds_step / (res.steps_done > 0 ? res.steps_done : 1),
+                 c.steps, c.batch, c.lr, c.c0, o.embed, o.gauss, (long long)lss_mm_diff_nparams(m), res.seconds, res.seconds_step / (res.steps_done > 0 ? res.steps_done : 1),
                  transform, o.shift, mu, sd);
         lss_mm_diff_free(m);
     }

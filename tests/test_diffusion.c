@@ -442,6 +442,110 @@ static void test_periodic(void) {
 /* the noise-level embedding (embed): default 6 frequencies; -1 builds the U-net of description version 2 (no
    embedding), which a version-2 checkpoint (28 description values) still opens as; the embedding changes the score
    with the noise level through every block; bad values are refused */
+/* The Gaussian skip (gauss = 1): with P = the field's standardised spectrum and the network's head zeroed, the
+   model's score is the exact score; the training step's float loss equals the double reimplementation through the
+   score (so the training target matches the score); P survives a checkpoint; the estimate from draws is the
+   spectrum within its sampling error; bad input refused. */
+static void test_gauss_skip(void) {
+    grf f;
+    grf_init(&f, 16, 2.0);
+    const int n = 8;
+    int64_t N = f.N, i;
+    lss_mm_diff_opts o;
+    lss_mm_diff *d = NULL, *e = NULL;
+    memset(&o, 0, sizeof o);
+    o.h = o.w = 16; o.c0 = 4; o.std = f.std; o.seed = 3; o.gauss = 1; o.periodic = 1;
+    CHECK_OK(lss_mm_diff_create(&o, &d));
+    if (!d) { grf_free(&f); return; }
+    lss_mm_diff_options(d, &o);
+    grf_standardise(&f, o.std);
+    float *maps = (float *)malloc(sizeof(float) * n * N), *a = (float *)malloc(sizeof(float) * n * N);
+    float *b = (float *)malloc(sizeof(float) * n * N), sig[8];
+    grf_draw(&f, 5, 0, n, maps);
+    for (int j = 0; j < n; j++) sig[j] = (float)(0.01 * pow(3.0, j));
+    for (i = 0; i < n * N; i++) maps[i] = (float)(maps[i] / o.std);
+    CHECK_ERR(lss_mm_diff_set_gauss(d, NULL), LSS_ERR_ARG);
+    {
+        double bad = f.v[3];
+        f.v[3] = 0;
+        CHECK_ERR(lss_mm_diff_set_gauss(d, f.v), LSS_ERR_RANGE);
+        f.v[3] = NAN;
+        CHECK_ERR(lss_mm_diff_set_gauss(d, f.v), LSS_ERR_RANGE);
+        f.v[3] = bad;
+    }
+    CHECK_OK(lss_mm_diff_set_gauss(d, f.v));
+    memset(d->u.head_w->data, 0, sizeof(float) * (size_t)d->u.head_w->n);
+    memset(d->u.head_b->data, 0, sizeof(float) * (size_t)d->u.head_b->n);
+    CHECK_OK(lss_mm_diff_score(d, n, maps, sig, NULL, a));
+    grf_score(&f, n, maps, sig, NULL, b);
+    double worst = 0, scale = 0;
+    for (i = 0; i < n * N; i++) worst = fmax(worst, fabs(a[i] - b[i])), scale = fmax(scale, fabs(b[i]));
+    CHECK(worst <= 1e-5 * scale, "head zeroed: score off the exact one by %g (scale %g)", worst, scale);
+    /* checkpoint: P and the flag survive */
+    {
+        char dir[] = "/tmp/lss_diffgs_XXXXXX", p[96];
+        if (mkdtemp(dir)) {
+            snprintf(p, sizeof p, "%s/g.ckpt", dir);
+            CHECK_OK(lss_mm_diff_save(d, p));
+            CHECK_OK(lss_mm_diff_open(p, &e));
+            if (e) {
+                lss_mm_diff_opts oe;
+                lss_mm_diff_options(e, &oe);
+                CHECK(oe.gauss == 1 && e->gpk && !memcmp(e->gpk->data, d->gpk->data, sizeof(float) * (size_t)N), "gauss flag and P restored");
+                CHECK_OK(lss_mm_diff_score(e, n, maps, sig, NULL, b));
+                CHECK(!memcmp(a, b, sizeof(float) * (size_t)(n * N)), "the reopened model's score is the saved one's");
+                lss_mm_diff_free(e);
+            }
+            remove(p), rmdir(dir);
+        } else CHECK(0, "mkdtemp");
+    }
+    lss_mm_diff_free(d);
+    /* training target against the score: a fresh model (random head), P of a flatter spectrum */
+    {
+        drawer dr = {&f, 0, NAN, 0};
+        float cond[1];
+        double *pk = (double *)malloc(sizeof(double) * N), l1 = NAN;
+        for (i = 0; i < N; i++) pk[i] = 0.5 + sqrt(f.v[i]);
+        o.seed = 4;
+        CHECK_OK(lss_mm_diff_create(&o, &d));
+        if (d) {
+            CHECK_OK(lss_mm_diff_set_gauss(d, pk));
+            float *tr = (float *)malloc(sizeof(float) * n * N);
+            draw_grf(&dr, LSS_SET_TRAIN, 0, n, tr, cond);
+            CHECK_OK(lss_mm_diff_loss(d, n, tr, NULL, 77, lss_set_index(LSS_SET_TRAIN, 0), &l1));
+            lss_mm_diff_train_opts to;
+            memset(&to, 0, sizeof to);
+            to.steps = 1, to.batch = n, to.seed = 77, to.draw = draw_grf, to.user = &dr;
+            to.progress = progress_last, to.progress_user = &dr, to.eval_batches = 1;
+            CHECK_OK(lss_mm_diff_train(d, &to, NULL));
+            CHECK_REL(dr.last, l1, 2e-5, "Gaussian skip: training step loss against lss_mm_diff_loss (through the score)");
+            printf("  Gaussian skip: untrained loss %.6f (score) %.6f (training step)\n", l1, dr.last);
+            free(tr);
+            /* the estimate from 2000 draws: each mode's periodogram has relative sd 1 (sqrt 2 for the real modes) */
+            int nd = 2000;
+            float *many = (float *)malloc(sizeof(float) * nd * N);
+            double *est = (double *)malloc(sizeof(double) * N), wz = 0;
+            grf_draw(&f, 9, 0, nd, many);
+            CHECK_OK(lss_mm_diff_gauss_estimate(d, nd, many, est));
+            for (i = 0; i < N; i++) wz = fmax(wz, fabs(est[i] / f.v[i] - 1) / (sqrt(2.0 / nd)));
+            CHECK(wz < 5, "periodogram estimate within 5 standard errors in every mode (worst %.2f)", wz);
+            many[17] = NAN;
+            CHECK_ERR(lss_mm_diff_gauss_estimate(d, nd, many, est), LSS_ERR_NUMERIC);
+            free(many), free(est);
+            lss_mm_diff_free(d);
+        }
+        o.gauss = 0;
+        CHECK_OK(lss_mm_diff_create(&o, &d));
+        if (d) CHECK_ERR(lss_mm_diff_set_gauss(d, pk), LSS_ERR_STATE);
+        lss_mm_diff_free(d);
+        o.gauss = 2;
+        CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
+        free(pk);
+    }
+    free(maps), free(a), free(b);
+    grf_free(&f);
+}
+
 static void test_embed_versions(void) {
     const int n = 16;
     float x[256], a[256], b[256], sg = 0.3f;
@@ -504,7 +608,7 @@ static void test_embed_versions(void) {
     o.embed = 6;
     CHECK_OK(lss_mm_diff_create(&o, &d));
     if (d) {
-        CHECK(d->meta->n == 29 && d->meta->data[0] == 3 && d->meta->data[28] == 6, "version-3 description with the embedding");
+        CHECK(d->meta->n == 30 && d->meta->data[0] == 3 && d->meta->data[28] == 6 && d->meta->data[29] == 0, "version-3 description with the embedding");
         d->meta->data[28] = 2.5f;
         CHECK_OK(lss_mm_diff_save(d, p2));
         CHECK_ERR(lss_mm_diff_open(p2, &e), LSS_ERR_FORMAT);
@@ -796,6 +900,7 @@ static void test_checkpoints(void) {
 int main(void) {
     RUN(test_loss_network);
     RUN(test_embed_versions);
+    RUN(test_gauss_skip);
     RUN(test_loss_analytic);
     RUN(test_samplers_exact);
     RUN(test_sampler_batch_network);

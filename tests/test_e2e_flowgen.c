@@ -6,7 +6,7 @@
  *    and the same loss CSV (diffusion resume: tests/test_diffusion.c); diffusion train runs;
  *  - sample writes [n, side, side] maps equal to lss_flow_sample from the checkpoint; bpd writes a finite value per
  *    held-out map equal to lss_flow_logp's; eval writes the curves and the suite, and eval --samples on the flow's
- *    generated maps writes the same curves;
+ *    generated maps writes the same curves; train --gauss 1 keeps the training maps' mean periodogram in its checkpoint;
  *  - bad input exits 2 with one line on stderr: a missing data set, an unknown model or sampler, a corrupted
  *    checkpoint (nothing written).
  * Skipped (counted) when bin/flowgen is not built. */
@@ -78,6 +78,30 @@ static void test_flowgen_e2e(void) {
     CHECK(same_file(p1, p2), "flow: resumed loss CSV = uninterrupted");
     CHECK(run("train --dir %s " DIFF_ARGS, d1, NULL) == 0, "diffusion train runs");
     CHECK(run("train --dir %s " DIFF_ARGS " --resume", d1, NULL) == 0, "diffusion train resumed at its end");
+    { /* the Gaussian skip: its spectrum is the training maps' mean periodogram, kept in the checkpoint */
+        lss_mm_diff *m = NULL;
+        CHECK(run("train --dir %s " DIFF_ARGS " --gauss 1", d2, NULL) == 0, "diffusion train --gauss 1 runs");
+        snprintf(p1, sizeof p1, "%s/diffusion/model.ckpt", d2);
+        CHECK_OK(lss_mm_diff_open(p1, &m));
+        if (m) {
+            lss_mm_diff_opts mo;
+            float *tr;
+            double *pk = (double *)malloc(sizeof(double) * 1024);
+            lss_mm_diff_options(m, &mo);
+            snprintf(p2, sizeof p2, "%s/data/train.npy", d2);
+            tr = load(p2, &n);
+            CHECK(mo.gauss == 1 && m->gpk, "the checkpoint holds the Gaussian skip");
+            if (tr && m->gpk) {
+                double w = 0;
+                CHECK_OK(lss_mm_diff_gauss_estimate(m, (int)n, tr, pk));
+                for (i = 0; i < 1024; i++) w = fmax(w, fabs(m->gpk->data[i] - pk[i]) / pk[i]);
+                CHECK(w < 1e-6, "its P is the training maps' mean periodogram (worst %g)", w);
+            }
+            free(tr), free(pk);
+            lss_mm_diff_free(m);
+        }
+        CHECK(run("train --dir %s " DIFF_ARGS " --gauss 2", d2, NULL) == 2 && stderr_one_line(), "--gauss 2: exit 2");
+    }
     snprintf(p1, sizeof p1, "%s/diffusion/loss.csv", d1);
     CHECK(exists(p1), "diffusion loss CSV");
     /* sample = lss_flow_sample from the checkpoint */
