@@ -623,7 +623,16 @@ typedef struct {
     int gauss;             /* 1: the skip term is the Wiener filter of a spectrum per DFT mode (lss_mm_diff_set_gauss):
                               D = W_sigma x + c_out F with W_sigma = P / (P + sigma^2) mode by mode, so that F = 0 is the
                               exact model of a stationary periodic Gaussian field of spectrum P and the network learns
-                              the rest; 0 (the default): c_skip = 1 / (1 + sigma^2), the same with P = 1 */
+                              the rest; 2: the same per mode of the orthonormal 2-D DCT-II (the DFT of the map mirrored
+                              to 2h x 2w), for maps that are not periodic (cut-outs of a larger field): the Gaussian of
+                              covariance C^T diag(P) C has no wrap-around between opposite edges, and the cosine basis
+                              nearly diagonalises a stationary field's covariance on a cut-out; 3: the Wiener filter
+                              of a full covariance S [hw x hw] (lss_mm_diff_set_gauss_cov), W_sigma = S (S + sigma^2)^-1
+                              through S's eigen-decomposition, so that F = 0 is the exact score of N(0, S): with the
+                              stationary covariance of cut-outs (lss_mm_diff_gauss_cov_estimate) the exact Gaussian law
+                              of a cut-out, edges included; h w <= 4096 (S's eigenvectors, h^2 w^2 floats, are in the
+                              checkpoint; setting S costs O((h w)^3)); 0 (the default): c_skip = 1 / (1 + sigma^2), the
+                              same with P = 1 */
     uint64_t seed;         /* initialisation */
 } lss_mm_diff_opts;
 typedef struct lss_mm_diff lss_mm_diff;
@@ -648,12 +657,25 @@ LSSDEF void lss_mm_diff_set_score(lss_mm_diff *d, lss_mm_diff_score_fn fn, void 
 LSSDEF int lss_mm_diff_set_ode(lss_mm_diff *d, double rtol, double atol);
 /* With gauss = 1: the spectrum P [h w] of the skip term, per DFT mode of the standardised maps (row-major, the
  * unnormalised FFT's E|Y_k|^2 / (h w): 1 for white unit-variance maps; lss_mm_diff_gauss_estimate gives it from
- * maps); stored in the checkpoint. Until set, P = 1. LSS_ERR_STATE without gauss, LSS_ERR_RANGE for a value that
- * is not finite and positive. */
+ * maps); with gauss = 2 the variances E c_k^2 of the orthonormal DCT-II coefficients [h w] (row-major in the two
+ * cosine indices; 1 for white unit-variance maps). Stored in the checkpoint. Until set, P = 1. LSS_ERR_STATE
+ * without gauss, LSS_ERR_RANGE for a value that is not finite and positive. */
 LSSDEF int lss_mm_diff_set_gauss(lss_mm_diff *d, const double *pk);
 /* P of lss_mm_diff_set_gauss from n maps [n, h, w] in kappa units (the model's transform and standardisation
- * applied): the mean periodogram. */
+ * applied): the mean periodogram (gauss = 1) or the mean squared DCT-II coefficients (gauss = 2). */
 LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *maps, double *pk);
+/* With gauss = 3: the covariance S [np x np], np = h w, of the standardised maps (row-major, symmetric; pixels
+ * row-major), eigen-decomposed (Householder tridiagonalisation and implicit QL, in double) into the skip's basis;
+ * eigenvalues below 1e-7 of the largest are raised to it (the stationary estimate below is not positive definite
+ * by construction: its few pairs at the largest displacements leave small negative eigenvalues), and LSS_ERR_RANGE
+ * for an S that is not finite and symmetric or has an eigenvalue below -0.05 of the largest (not a covariance). Until set, S = I.
+ * LSS_ERR_STATE unless gauss = 3 (and lss_mm_diff_set_gauss is LSS_ERR_STATE with gauss = 3). */
+LSSDEF int lss_mm_diff_set_gauss_cov(lss_mm_diff *d, const double *cov);
+/* S of lss_mm_diff_set_gauss_cov from n maps [n, h, w] in kappa units (the model's transform and standardisation
+ * applied) for a stationary field seen through cut-outs: S[p, q] = c(q - p), c(dy, dx) the mean over maps and over
+ * all pixel pairs at that displacement of y(p) y(p + d) (through zero-padded FFTs; no mean is removed, as in the
+ * periodogram). Any gauss; cov [np x np]. */
+LSSDEF int lss_mm_diff_gauss_cov_estimate(const lss_mm_diff *d, int n, const float *maps, double *cov);
 /* The model's score (network or set_score) of n standardised maps x at noise levels sigma [n] with cond
  * [n, ncond] (raw; NULL when ncond = 0) into out [n, h, w]. */
 LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float *sigma, const float *cond,
@@ -3713,7 +3735,10 @@ struct lss_mm_diff {
     lss_unet u;
     lss_graph *gr;
     lss_optim *opt;
-    lss_tensor *meta, *gpk;          /* gpk: P of the Gaussian skip [h, w] (gauss; else NULL) */
+    lss_tensor *meta, *gpk;          /* gpk: P of the Gaussian skip [h, w] (gauss; else NULL; gauss 3: eigenvalues) */
+    lss_tensor *gu;                   /* gauss 3: eigenvectors of S as rows [np, np] */
+    float *gt;                        /* gauss 3: scratch of the batched filter [2 gtn] */
+    int64_t gtn;
     lss_grid *gg;                     /* its FFT (gauss) */
     lss_cdouble *gbuf;                /* [np] */
     float *in, *sig, *nz, *y, *cnd;  /* [cap cin np], [cap], [cap np], [cap np], [cap ncond] */
@@ -3730,6 +3755,7 @@ LSSDEF void lss_mm_diff_free(lss_mm_diff *d) {
     lss_store_free(d->st);
     lss_grid_free(d->gg);
     LSS_FREE(d->gbuf);
+    LSS_FREE(d->gt);
     LSS_FREE(d->in); LSS_FREE(d->sig); LSS_FREE(d->nz); LSS_FREE(d->y); LSS_FREE(d->cnd);
     LSS_FREE(d);
 }
@@ -3772,7 +3798,10 @@ static int lss__mm_diff_resolve(const lss_mm_diff_opts *in, lss_mm_diff_opts *o,
         return lss_seterr(LSS_ERR_RANGE, "%s: ncond %d outside [0, %d]", fn, o->ncond, LSS_MM_DIFF_NCOND_MAX);
     if (o->periodic != 0 && o->periodic != 1) return lss_seterr(LSS_ERR_RANGE, "%s: periodic %d must be 0 or 1", fn, o->periodic);
     if (o->embed < 0 || o->embed > 32) return lss_seterr(LSS_ERR_RANGE, "%s: embed %d outside [0, 32] (0: none)", fn, o->embed);
-    if (o->gauss != 0 && o->gauss != 1) return lss_seterr(LSS_ERR_RANGE, "%s: gauss %d must be 0 or 1", fn, o->gauss);
+    if (o->gauss < 0 || o->gauss > 3)
+        return lss_seterr(LSS_ERR_RANGE, "%s: gauss %d must be 0 (none), 1 (DFT modes), 2 (DCT modes) or 3 (a covariance)", fn, o->gauss);
+    if (o->gauss == 3 && (int64_t)o->h * o->w > 4096)
+        return lss_seterr(LSS_ERR_RANGE, "%s: gauss 3 (a full covariance) needs h w <= 4096, not %d x %d (use 1 or 2)", fn, o->h, o->w);
     if (o->transform != LSS_MM_DIFF_AFFINE && o->transform != LSS_MM_DIFF_LOG)
         return lss_seterr(LSS_ERR_RANGE, "%s: transform %d is not LSS_MM_DIFF_AFFINE or LSS_MM_DIFF_LOG", fn, o->transform);
     if (o->transform == LSS_MM_DIFF_AFFINE) o->shift = 0;
@@ -3845,11 +3874,18 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
         d->gpk = lss_store_buffer(d->st, "massmap.diff.gauss", 2, sg, LSS_INIT_ZERO, 0.0f);
         if (d->gpk)
             for (i = 0; i < d->np; i++) d->gpk->data[i] = 1.0f;
-        if ((s = lss_grid_create(d->o.h, d->o.w, 1.0, &d->gg)) != LSS_OK) {
+        /* the DCT modes through the DFT of the map mirrored to 2h x 2w; gauss 3: S = I until set */
+        int ge = d->o.gauss == 2 ? 2 : 1;
+        if (d->o.gauss == 3) {
+            int64_t su[2];
+            su[0] = su[1] = d->np;
+            if ((d->gu = lss_store_buffer(d->st, "massmap.diff.gauss_u", 2, su, LSS_INIT_ZERO, 0.0f)))
+                for (i = 0; i < d->np; i++) d->gu->data[i * d->np + i] = 1.0f;
+        } else if ((s = lss_grid_create(ge * d->o.h, ge * d->o.w, 1.0, &d->gg)) != LSS_OK) {
             lss_mm_diff_free(d);
             return s;
         }
-        if (!(d->gbuf = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)d->np))) {
+        if (!(d->gbuf = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)(ge * ge) * (size_t)d->np))) {
             lss_mm_diff_free(d);
             return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_create: out of memory");
         }
@@ -3939,8 +3975,8 @@ LSSDEF int lss_mm_diff_open(const char *path, lss_mm_diff **out) {
     if (m[0] == 2) o.embed = 0, o.gauss = 0; /* version 2: neither the embedding nor the Gaussian skip */
     else if (!(m[28] >= 0 && m[28] <= 32 && m[28] == floorf(m[28])))
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta embedding frequencies %g (0..32 expected)", path, (double)m[28]);
-    else if (m[29] != 0 && m[29] != 1)
-        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta Gaussian-skip flag %g (0 or 1 expected)", path, (double)m[29]);
+    else if (m[29] != 0 && m[29] != 1 && m[29] != 2 && m[29] != 3)
+        return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta Gaussian-skip flag %g (0..3 expected)", path, (double)m[29]);
     else o.embed = (int)m[28], o.gauss = (int)m[29];
     if (o.c0 == 0 || o.std == 0 || o.sigma_min == 0 || o.sigma_max == 0)
         return lss_seterr(LSS_ERR_FORMAT, "%s: massmap.diff.meta holds zero width, std or noise level", path);
@@ -3976,7 +4012,8 @@ LSSDEF int lss_mm_diff_set_ode(lss_mm_diff *d, double rtol, double atol) {
 LSSDEF int lss_mm_diff_set_gauss(lss_mm_diff *d, const double *pk) {
     int64_t i;
     if (!d || !pk) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_set_gauss: NULL argument");
-    if (!d->o.gauss) return lss_seterr(LSS_ERR_STATE, "lss_mm_diff_set_gauss: the model was created without gauss = 1");
+    if (!d->o.gauss) return lss_seterr(LSS_ERR_STATE, "lss_mm_diff_set_gauss: the model was created without gauss = 1 or 2");
+    if (d->o.gauss == 3) return lss_seterr(LSS_ERR_STATE, "lss_mm_diff_set_gauss: gauss = 3 takes a covariance (lss_mm_diff_set_gauss_cov)");
     for (i = 0; i < d->np; i++)
         if (!(pk[i] > 0) || !isfinite(pk[i]) || !((float)pk[i] > 0))
             return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_set_gauss: P[%lld] = %g is not finite and positive", (long long)i, pk[i]);
@@ -3988,14 +4025,17 @@ LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *
     lss_grid *g = NULL;
     lss_cdouble *c;
     int64_t i, np;
-    int j, s;
+    int j, s, ge;
     if (!d || !maps || !pk || n < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_gauss_estimate: bad argument (n %d)", n);
     np = d->np;
-    if ((s = lss_grid_create(d->o.h, d->o.w, 1.0, &g)) != LSS_OK) return s;
-    if (!(c = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)np))) {
+    ge = d->o.gauss == 2 ? 2 : 1; /* gauss = 2: the DCT-II through the mirrored map (lss__mm_diff_mirror) */
+    if ((s = lss_grid_create(ge * d->o.h, ge * d->o.w, 1.0, &g)) != LSS_OK) return s;
+    /* c [ge^2 np] and, beyond it, the standardised map in double [np] */
+    if (!(c = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)(ge * ge) * (size_t)np + sizeof(double) * (size_t)np))) {
         lss_grid_free(g);
         return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_gauss_estimate: out of memory");
     }
+    double *y = (double *)(void *)(c + (int64_t)ge * ge * np);
     for (i = 0; i < np; i++) pk[i] = 0;
     for (j = 0; j < n && s == LSS_OK; j++) {
         for (i = 0; i < np; i++) {
@@ -4009,21 +4049,264 @@ LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *
                 s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_gauss_estimate: map %d pixel %lld is not finite", j, (long long)i);
                 break;
             }
-            c[i][0] = v, c[i][1] = 0;
+            y[i] = v;
         }
         if (s != LSS_OK) break;
-        lss_grid_fft_d(g, c, -1);
-        for (i = 0; i < np; i++) pk[i] += (c[i][0] * c[i][0] + c[i][1] * c[i][1]) / ((double)np * n);
+        if (ge == 2) {
+            int h = d->o.h, w = d->o.w, k1, k2;
+            for (k1 = 0; k1 < 2 * h; k1++)
+                for (k2 = 0; k2 < 2 * w; k2++) {
+                    int64_t e = (int64_t)k1 * 2 * w + k2;
+                    c[e][0] = y[(int64_t)(k1 < h ? k1 : 2 * h - 1 - k1) * w + (k2 < w ? k2 : 2 * w - 1 - k2)], c[e][1] = 0;
+                }
+            lss_grid_fft_d(g, c, -1);
+            for (k1 = 0; k1 < h; k1++)
+                for (k2 = 0; k2 < w; k2++) {
+                    int64_t e = (int64_t)k1 * 2 * w + k2;
+                    double a2 = (k1 ? 2.0 : 1.0) / h * (k2 ? 2.0 : 1.0) / w;
+                    pk[(int64_t)k1 * w + k2] += (c[e][0] * c[e][0] + c[e][1] * c[e][1]) * a2 / (16.0 * n);
+                }
+        } else {
+            for (i = 0; i < np; i++) c[i][0] = y[i], c[i][1] = 0;
+            lss_grid_fft_d(g, c, -1);
+            for (i = 0; i < np; i++) pk[i] += (c[i][0] * c[i][0] + c[i][1] * c[i][1]) / ((double)np * n);
+        }
     }
     LSS_FREE(c);
     lss_grid_free(g);
     return s;
 }
 
-/* out = F^-1 [m(P_k) F x] of one map, m = 1 / (P + sigma^2) (which 0) or sigma / (P + sigma^2) (which 1) */
+/* Eigen-decomposition of the symmetric a [n x n] (row-major, destroyed): eigenvalues ev [n] and the eigenvectors
+ * as the rows of z [n x n]. Householder reduction to tridiagonal form (each reflector applied to both sides as
+ * A - 2 v w^T - 2 w v^T, w = A v - (v^T A v) v, and accumulated into z), then the implicit QL iteration with
+ * Wilkinson's shift on the tridiagonal (rotations applied to z's rows). LSS_ERR_NUMERIC if it does not converge. */
+static int lss__mm_eigh(double *a, int n, double *ev, double *z) {
+    double *e = (double *)LSS_MALLOC(sizeof(double) * (size_t)(3 * n + 1)), *v = e + n, *w = v + n;
+    int i, j, k, l, it;
+    if (!e) return lss_seterr(LSS_ERR_NOMEM, "eigen-decomposition: out of memory");
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) z[(int64_t)i * n + j] = i == j;
+    for (k = 0; k + 2 < n; k++) {
+        int m = n - k - 1; /* the trailing block k+1 .. n-1 */
+        double nx = 0, alpha, nv = 0, vw = 0;
+        for (i = 0; i < m; i++) v[i] = a[(int64_t)(k + 1 + i) * n + k], nx += v[i] * v[i];
+        nx = sqrt(nx);
+        if (nx == 0) continue;
+        alpha = v[0] > 0 ? -nx : nx;
+        v[0] -= alpha;
+        for (i = 0; i < m; i++) nv += v[i] * v[i];
+        nv = sqrt(nv);
+        if (nv == 0) continue;
+        for (i = 0; i < m; i++) v[i] /= nv;
+        for (i = 0; i < m; i++) { /* w = A v on the block */
+            const double *ai = a + (int64_t)(k + 1 + i) * n + k + 1;
+            double t = 0;
+            for (j = 0; j < m; j++) t += ai[j] * v[j];
+            w[i] = t;
+        }
+        for (i = 0; i < m; i++) vw += v[i] * w[i];
+        for (i = 0; i < m; i++) w[i] -= vw * v[i];
+        for (i = 0; i < m; i++) {
+            double *ai = a + (int64_t)(k + 1 + i) * n + k + 1;
+            for (j = 0; j < m; j++) ai[j] -= 2 * (v[i] * w[j] + w[i] * v[j]);
+        }
+        a[(int64_t)(k + 1) * n + k] = a[(int64_t)k * n + k + 1] = alpha;
+        for (i = 1; i < m; i++) a[(int64_t)(k + 1 + i) * n + k] = a[(int64_t)k * n + k + 1 + i] = 0;
+        /* z <- H z (z's rows are Q^T's rows: Q = H_0 H_1 ..., Q^T = ... H_1 H_0): rows k+1.. of z */
+        for (j = 0; j < n; j++) w[j] = 0;
+        for (i = 0; i < m; i++) {
+            const double *zi = z + (int64_t)(k + 1 + i) * n;
+            for (j = 0; j < n; j++) w[j] += v[i] * zi[j];
+        }
+        for (i = 0; i < m; i++) {
+            double *zi = z + (int64_t)(k + 1 + i) * n;
+            for (j = 0; j < n; j++) zi[j] -= 2 * v[i] * w[j];
+        }
+    }
+    for (i = 0; i < n; i++) ev[i] = a[(int64_t)i * n + i], e[i] = i + 1 < n ? a[(int64_t)i * n + i + 1] : 0;
+    for (l = 0; l < n; l++) {
+        for (it = 0;; it++) {
+            int m;
+            double g, r, sn, c, p, f, b;
+            for (m = l; m + 1 < n; m++) {
+                double dd = fabs(ev[m]) + fabs(ev[m + 1]);
+                if (fabs(e[m]) <= 1e-15 * dd || e[m] == 0) break;
+            }
+            if (m == l) break;
+            if (it == 60) {
+                LSS_FREE(e);
+                return lss_seterr(LSS_ERR_NUMERIC, "eigen-decomposition: no convergence");
+            }
+            g = (ev[l + 1] - ev[l]) / (2 * e[l]);
+            r = hypot(g, 1.0);
+            g = ev[m] - ev[l] + e[l] / (g + (g >= 0 ? r : -r));
+            sn = c = 1, p = 0;
+            for (i = m - 1; i >= l; i--) {
+                f = sn * e[i], b = c * e[i];
+                e[i + 1] = r = hypot(f, g);
+                if (r == 0) {
+                    ev[i + 1] -= p, e[m] = 0;
+                    break;
+                }
+                sn = f / r, c = g / r;
+                g = ev[i + 1] - p;
+                r = (ev[i] - g) * sn + 2 * c * b;
+                p = sn * r;
+                ev[i + 1] = g + p;
+                g = c * r - b;
+                { /* the rotation on rows i, i+1 of z */
+                    double *zi = z + (int64_t)i * n, *zj = zi + n;
+                    for (j = 0; j < n; j++) {
+                        double t = zj[j];
+                        zj[j] = sn * zi[j] + c * t;
+                        zi[j] = c * zi[j] - sn * t;
+                    }
+                }
+            }
+            if (r == 0 && i >= l) continue;
+            ev[l] -= p, e[l] = g, e[m] = 0;
+        }
+    }
+    LSS_FREE(e);
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_diff_set_gauss_cov(lss_mm_diff *d, const double *cov) {
+    int64_t i, j, np;
+    double *a, *ev, *z, top = 0;
+    int s;
+    if (!d || !cov) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_set_gauss_cov: NULL argument");
+    if (d->o.gauss != 3) return lss_seterr(LSS_ERR_STATE, "lss_mm_diff_set_gauss_cov: the model was created without gauss = 3");
+    np = d->np;
+    for (i = 0; i < np; i++)
+        for (j = 0; j <= i; j++) {
+            double x = cov[i * np + j], y = cov[j * np + i];
+            if (!isfinite(x) || !isfinite(y) || fabs(x - y) > 1e-12 * (fabs(x) + fabs(y)))
+                return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_set_gauss_cov: S[%lld, %lld] = %g, S[%lld, %lld] = %g: not finite and symmetric",
+                                  (long long)i, (long long)j, x, (long long)j, (long long)i, y);
+        }
+    if (!(a = (double *)LSS_MALLOC(sizeof(double) * (size_t)(np * np * 2 + np))))
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_set_gauss_cov: out of memory");
+    z = a + np * np, ev = z + np * np;
+    memcpy(a, cov, sizeof(double) * (size_t)(np * np));
+    if ((s = lss__mm_eigh(a, (int)np, ev, z)) != LSS_OK) {
+        LSS_FREE(a);
+        return s;
+    }
+    for (i = 0; i < np; i++) top = fmax(top, ev[i]);
+    for (i = 0; i < np && s == LSS_OK; i++)
+        if (!(top > 0) || ev[i] < -0.05 * top)
+            s = lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_set_gauss_cov: eigenvalue %g against the largest %g: not a covariance", ev[i], top);
+    if (s == LSS_OK) {
+        for (i = 0; i < np; i++) d->gpk->data[i] = (float)fmax(ev[i], 1e-7 * top);
+        for (i = 0; i < np * np; i++) d->gu->data[i] = (float)z[i];
+    }
+    LSS_FREE(a);
+    return s;
+}
+
+LSSDEF int lss_mm_diff_gauss_cov_estimate(const lss_mm_diff *d, int n, const float *maps, double *cov) {
+    lss_grid *g = NULL;
+    lss_cdouble *c;
+    double *acc;
+    int64_t i, np;
+    int h, w, H, W, j, s;
+    if (!d || !maps || !cov || n < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_gauss_cov_estimate: bad argument (n %d)", n);
+    h = d->o.h, w = d->o.w, H = 2 * h, W = 2 * w, np = d->np;
+    if ((s = lss_grid_create(H, W, 1.0, &g)) != LSS_OK) return s;
+    if (!(c = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)(H * W) + sizeof(double) * (size_t)(H * W)))) {
+        lss_grid_free(g);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_gauss_cov_estimate: out of memory");
+    }
+    acc = (double *)(void *)(c + (int64_t)H * W);
+    for (i = 0; i < (int64_t)H * W; i++) acc[i] = 0;
+    for (j = 0; j < n && s == LSS_OK; j++) {
+        for (i = 0; i < (int64_t)H * W; i++) c[i][0] = c[i][1] = 0;
+        for (i = 0; i < np; i++) {
+            double k = maps[(int64_t)j * np + i], v;
+            if (d->o.transform == LSS_MM_DIFF_LOG && !(k + d->o.shift > 0)) {
+                s = lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_gauss_cov_estimate: map %d pixel %lld: kappa %g <= -shift", j, (long long)i, k);
+                break;
+            }
+            v = ((d->o.transform == LSS_MM_DIFF_LOG ? log(k + d->o.shift) : k) - d->o.mean) / d->o.std;
+            if (!isfinite(v)) {
+                s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_gauss_cov_estimate: map %d pixel %lld is not finite", j, (long long)i);
+                break;
+            }
+            c[(i / w) * W + i % w][0] = v;
+        }
+        if (s != LSS_OK) break;
+        /* the zero-padded map's |FFT|^2, transformed back: sum over pairs of y(p) y(p + d) at every displacement */
+        lss_grid_fft_d(g, c, -1);
+        for (i = 0; i < (int64_t)H * W; i++) c[i][0] = c[i][0] * c[i][0] + c[i][1] * c[i][1], c[i][1] = 0;
+        lss_grid_fft_d(g, c, +1);
+        for (i = 0; i < (int64_t)H * W; i++) acc[i] += c[i][0] / ((double)H * W);
+    }
+    if (s == LSS_OK)
+        for (int64_t p = 0; p < np; p++)
+            for (int64_t q = 0; q < np; q++) {
+                int dy = (int)(q / w - p / w), dx = (int)(q % w - p % w);
+                double pairs = (double)(h - abs(dy)) * (w - abs(dx));
+                cov[p * np + q] = acc[(int64_t)((dy + H) % H) * W + (dx + W) % W] / (pairs * n);
+            }
+    LSS_FREE(c);
+    lss_grid_free(g);
+    return s;
+}
+
+/* The h x w map x mirrored to 2h x 2w (x[i][j] for i < h, j < w, reflected about the far edges) into c: its DFT
+ * at (k1, k2), k < h and k < w, is 4 e^{i pi (k1/2h + k2/2w)} times the unnormalised DCT-II sum, so that the
+ * orthonormal coefficient is c_k^2 = |X_k|^2 a_k1^2 a_k2^2 / 16, a_0^2 = 1/h, a_k^2 = 2/h (the same in w). */
+static void lss__mm_diff_mirror(int h, int w, const float *x, lss_cdouble *c) {
+    int i, j;
+    for (i = 0; i < 2 * h; i++)
+        for (j = 0; j < 2 * w; j++) {
+            int64_t e = (int64_t)i * 2 * w + j;
+            c[e][0] = x[(int64_t)(i < h ? i : 2 * h - 1 - i) * w + (j < w ? j : 2 * w - 1 - j)], c[e][1] = 0;
+        }
+}
+
+/* out = F^-1 [m(P_k) F x] of one map, m = 1 / (P + sigma^2) (which 0) or sigma / (P + sigma^2) (which 1); with
+ * gauss = 2 the same per DCT-II mode, through the mirrored map: DFT modes k and 2h - k carry DCT index k, the
+ * modes k = h (zero for a mirrored map) are dropped, and the inverse DFT of the filtered modes is the mirrored
+ * filtered map, of which the first h x w block is kept. */
 static void lss__mm_diff_gfilter(lss_mm_diff *d, const float *x, double sg, int which, float *out) {
     int64_t i, np = d->np;
     lss_cdouble *c = d->gbuf;
+    if (d->o.gauss == 3) { /* U^T diag(m) U x, U's rows the eigenvectors; c[k][0] the coefficients */
+        const float *u = d->gu->data;
+        for (int64_t k = 0; k < np; k++) {
+            double t = 0;
+            for (i = 0; i < np; i++) t += (double)u[k * np + i] * x[i];
+            c[k][0] = t * (which ? sg : 1.0) / ((double)d->gpk->data[k] + sg * sg);
+        }
+        for (i = 0; i < np; i++) c[i][1] = 0;
+        for (int64_t k = 0; k < np; k++) {
+            const float *uk = u + k * np;
+            double ck = c[k][0];
+            for (i = 0; i < np; i++) c[i][1] += ck * uk[i];
+        }
+        for (i = 0; i < np; i++) out[i] = (float)c[i][1];
+        return;
+    }
+    if (d->o.gauss == 2) {
+        int h = d->o.h, w = d->o.w, k1, k2;
+        lss__mm_diff_mirror(h, w, x, c);
+        lss_grid_fft_d(d->gg, c, -1);
+        for (k1 = 0; k1 < 2 * h; k1++)
+            for (k2 = 0; k2 < 2 * w; k2++) {
+                int q1 = k1 <= h ? k1 : 2 * h - k1, q2 = k2 <= w ? k2 : 2 * w - k2;
+                int64_t e = (int64_t)k1 * 2 * w + k2;
+                double m = q1 == h || q2 == w ? 0.0
+                         : (which ? sg : 1.0) / (((double)d->gpk->data[(int64_t)q1 * w + q2] + sg * sg) * (double)(4 * np));
+                c[e][0] *= m, c[e][1] *= m;
+            }
+        lss_grid_fft_d(d->gg, c, +1);
+        for (k1 = 0; k1 < h; k1++)
+            for (k2 = 0; k2 < w; k2++) out[(int64_t)k1 * w + k2] = (float)c[(int64_t)k1 * 2 * w + k2][0];
+        return;
+    }
     for (i = 0; i < np; i++) c[i][0] = x[i], c[i][1] = 0;
     lss_grid_fft_d(d->gg, c, -1);
     for (i = 0; i < np; i++) {
@@ -4032,6 +4315,33 @@ static void lss__mm_diff_gfilter(lss_mm_diff *d, const float *x, double sg, int 
     }
     lss_grid_fft_d(d->gg, c, +1);
     for (i = 0; i < np; i++) out[i] = (float)c[i][0];
+}
+
+/* lss__mm_diff_gfilter of b maps x [b np] at noise levels sg [b] into out [b np]; with gauss = 3 as two SGEMMs
+ * (coefficients T = X U^T, scaled per map and mode, then T U), else map by map. */
+static int lss__mm_diff_gfilter_n(lss_mm_diff *d, int b, const float *x, const float *sg, int which, float *out) {
+    int64_t np = d->np, i;
+    int j;
+    if (d->o.gauss != 3) {
+        for (j = 0; j < b; j++) lss__mm_diff_gfilter(d, x + (int64_t)j * np, sg[j], which, out + (int64_t)j * np);
+        return LSS_OK;
+    }
+    if (d->gtn < (int64_t)b * np) { /* T and the result (out may be x) */
+        float *t = (float *)LSS_MALLOC(sizeof(float) * 2 * (size_t)b * (size_t)np);
+        if (!t) return lss_seterr(LSS_ERR_NOMEM, "diffusion model: out of memory (Gaussian skip)");
+        LSS_FREE(d->gt);
+        d->gt = t, d->gtn = (int64_t)b * np;
+    }
+    if (lss_sgemm(0, 1, b, np, np, 1.0f, x, np, d->gu->data, np, 0.0f, d->gt, np) != LSS_OK) return lss_seterr(LSS_ERR_NOMEM, "diffusion model: SGEMM failed (Gaussian skip)");
+    for (j = 0; j < b; j++) {
+        double s2 = (double)sg[j] * sg[j], f = which ? sg[j] : 1.0;
+        float *tj = d->gt + (int64_t)j * np;
+        for (i = 0; i < np; i++) tj[i] = (float)(tj[i] * f / ((double)d->gpk->data[i] + s2));
+    }
+    if (lss_sgemm(0, 0, b, np, np, 1.0f, d->gt, np, d->gu->data, np, 0.0f, d->gt + (int64_t)b * np, np) != LSS_OK)
+        return lss_seterr(LSS_ERR_NOMEM, "diffusion model: SGEMM failed (Gaussian skip)");
+    memcpy(out, d->gt + (int64_t)b * np, sizeof(float) * (size_t)b * (size_t)np);
+    return LSS_OK;
 }
 
 /* Network input of b maps into d->in: channel 0 = x / sqrt(1 + sigma^2) (unit variance for standardised data at
@@ -4083,6 +4393,7 @@ LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float 
         lss__mm_diff_input(d, b, x + j0 * d->np, sigma + j0, d->o.ncond > 0 ? cond + j0 * d->o.ncond : NULL);
         memcpy(d->sig, sigma + j0, sizeof(float) * (size_t)b);
         if ((s = lss__mm_diff_forward(d, b, 0, &y)) != LSS_OK) return s;
+        if (d->o.gauss && (s = lss__mm_diff_gfilter_n(d, b, x + j0 * d->np, sigma + j0, 0, out + j0 * d->np)) != LSS_OK) return s;
         for (j = 0; j < b; j++) {
             /* s = (D - x) / sigma^2, D = c_skip x + c_out F: -x / (1 + sigma^2) + (F / sigma) / sqrt(1 + sigma^2);
                with the Gaussian skip -F^-1[F x / (P + sigma^2)] in place of the first term */
@@ -4090,8 +4401,7 @@ LSSDEF int lss_mm_diff_score(lss_mm_diff *d, int n, const float *x, const float 
             const float *xj = x + (int64_t)(j0 + j) * d->np, *uj = y->data + (int64_t)j * d->np;
             float *oj = out + (int64_t)(j0 + j) * d->np;
             int64_t i;
-            if (d->o.gauss) {
-                lss__mm_diff_gfilter(d, xj, sg, 0, oj);
+            if (d->o.gauss) { /* oj holds the filtered map */
                 for (i = 0; i < d->np; i++) oj[i] = (float)(c * uj[i] - (double)oj[i]);
             } else
                 for (i = 0; i < d->np; i++) oj[i] = (float)(a * xj[i] + c * uj[i]);
@@ -4194,11 +4504,12 @@ static int lss__mm_dtr_batch(lss__mm_dtr *t, int set, int64_t index) {
            skip u = sqrt(1 + sigma^2) (n - F^-1[sigma F x / (P + sigma^2)]) (the same for P = 1) */
         int64_t i;
         int j;
+        /* y is not needed further with the skip: it takes the filtered maps */
+        if (d->o.gauss && (s = lss__mm_diff_gfilter_n(d, b, t->x, d->sig, 1, d->y)) != LSS_OK) return s;
         for (j = 0; j < b; j++) {
             double sg = d->sig[j], c = 1.0 / sqrt(1.0 + sg * sg);
             if (d->o.gauss) {
-                float *fx = d->y + (int64_t)j * d->np; /* y is not needed further: it takes the filtered map */
-                lss__mm_diff_gfilter(d, t->x + (int64_t)j * d->np, sg, 1, fx);
+                float *fx = d->y + (int64_t)j * d->np;
                 for (i = 0; i < d->np; i++) {
                     int64_t k = (int64_t)j * d->np + i;
                     d->nz[k] = (float)(((double)d->nz[k] - (double)fx[i]) / c);

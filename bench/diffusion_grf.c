@@ -7,7 +7,8 @@
  * evaluated again without training).
  * Usage: diffusion_grf [side 16] [c0 16] [steps 2000] [batch 32] [periodic 1] [n 64] [embed 0: none, else frequencies]
  *                      [methods: a string of a (ancestral-1000), d (DDIM-50), o (ODE), 2 (DDIM2-50); default ad o2]
- *                      [gauss 0: 1 = the Gaussian skip with P estimated from 4096 training maps (the mean periodogram)] */
+ *                      [gauss 0: 1 = the Gaussian skip with P estimated from 4096 training maps (the mean periodogram), 2 its
+ *                       DCT form, 3 the stationary covariance of those maps (lss_mm_diff_gauss_cov_estimate)] */
 #define LSS_IMPLEMENTATION
 #include "lss_massmap.h"
 #include <stdio.h>
@@ -50,7 +51,7 @@ int main(int argc, char **argv) {
     int n = argc > 6 ? atoi(argv[6]) : 64, embed = argc > 7 ? atoi(argv[7]) : 0;
     const char *methods = argc > 8 ? argv[8] : "ado2";
     int gauss = argc > 9 ? atoi(argv[9]) : 0;
-    if (side < 4 || side % 4 || c0 < 1 || steps < 1 || batch < 1 || n < 2 || (gauss != 0 && gauss != 1)) {
+    if (side < 4 || side % 4 || c0 < 1 || steps < 1 || batch < 1 || n < 2 || gauss < 0 || gauss > 3) {
         fprintf(stderr, "diffusion_grf: bad arguments (side a multiple of 4, c0, steps, batch >= 1, n >= 2)\n");
         return 2;
     }
@@ -69,13 +70,19 @@ int main(int argc, char **argv) {
     o.h = o.w = side; o.c0 = c0; o.std = sd; o.seed = 1; o.periodic = periodic; o.embed = embed; o.gauss = gauss;
     lss_mm_diff *d;
     if (lss_mm_diff_create(&o, &d)) { puts(lss_last_error()); return 1; }
-    if (gauss) { /* P from training maps, not from the true spectrum */
+    if (gauss) { /* P (or S) from training maps, not from the true spectrum */
         float *tm = malloc(sizeof(float) * 4096 * f.N);
-        double *pk = malloc(sizeof(double) * f.N), w = 0;
+        double *pk = malloc(sizeof(double) * f.N * (gauss == 3 ? f.N : 1)), w = 0;
         for (int k = 0; k < 128; k++) draw(&f, LSS_SET_TRAIN, 1000000 + k, 32, tm + (int64_t)k * 32 * f.N, NULL);
-        if (lss_mm_diff_gauss_estimate(d, 4096, tm, pk) || lss_mm_diff_set_gauss(d, pk)) { puts(lss_last_error()); return 1; }
-        for (int64_t i = 0; i < f.N; i++) w = fmax(w, fabs(pk[i] / f.v[i] - 1));
-        printf("Gaussian skip: P from 4096 training maps, worst mode %.3f off the true spectrum\n", w);
+        if (gauss == 3) {
+            if (lss_mm_diff_gauss_cov_estimate(d, 4096, tm, pk) || lss_mm_diff_set_gauss_cov(d, pk)) { puts(lss_last_error()); return 1; }
+            printf("Gaussian skip: the stationary covariance of 4096 training maps\n");
+        } else {
+            if (lss_mm_diff_gauss_estimate(d, 4096, tm, pk) || lss_mm_diff_set_gauss(d, pk)) { puts(lss_last_error()); return 1; }
+            if (gauss == 1)
+                for (int64_t i = 0; i < f.N; i++) w = fmax(w, fabs(pk[i] / f.v[i] - 1));
+            printf("Gaussian skip: P from 4096 training maps, worst mode %.3f off the true spectrum\n", w);
+        }
         free(tm), free(pk);
     }
     lss_mm_diff_train_opts to;

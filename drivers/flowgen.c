@@ -300,7 +300,8 @@ static int cmd_train(int argc, char **argv) {
                           {"hidden", LSS_DRV_INT, &c.hidden, 1, 4096, 0, "flow: conditioner channels"},
                           {"c0", LSS_DRV_INT, &c.c0, 1, 1024, 0, "diffusion: U-net width"},
                           {"embed", LSS_DRV_INT, &embed, 0, 32, 0, "diffusion: frequencies of a noise-level embedding in every U-net block (0: none)"},
-                          {"gauss", LSS_DRV_INT, &gauss, 0, 1, 0, "diffusion: 1 = Gaussian skip (the Wiener filter of the training maps' mean periodogram; the network learns the rest)"},
+                          {"gauss", LSS_DRV_INT, &gauss, 0, 3, 0, "diffusion: Gaussian skip, the Wiener filter of the training maps' two-point law (the network learns the rest): "
+                                                                 "1 per DFT mode (periodic maps), 2 per DCT mode, 3 their stationary covariance (cut-outs, sides <= 64); 0: none"},
                           {"transform", LSS_DRV_STR, &transform, 0, 0, 0, "diffusion: log (ln(kappa + shift) standardised, as the flow) or affine"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
                           {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "
@@ -379,7 +380,12 @@ static int cmd_train(int argc, char **argv) {
         o.mean = mu, o.std = sd;
         T.maps = tr, T.vmaps = va;
         lss_drv_check(lss_mm_diff_create(&o, &m), "diffusion model");
-        if (gauss) {
+        if (gauss == 3) {
+            double *cv = (double *)xcalloc((size_t)d * (size_t)d, sizeof(double));
+            lss_drv_check(lss_mm_diff_gauss_cov_estimate(m, (int)T.nmaps, tr, cv), "Gaussian skip");
+            lss_drv_check(lss_mm_diff_set_gauss_cov(m, cv), "Gaussian skip");
+            free(cv);
+        } else if (gauss) {
             double *pk = (double *)xcalloc(d, sizeof(double));
             lss_drv_check(lss_mm_diff_gauss_estimate(m, (int)T.nmaps, tr, pk), "Gaussian skip");
             lss_drv_check(lss_mm_diff_set_gauss(m, pk), "Gaussian skip");

@@ -538,12 +538,301 @@ static void test_gauss_skip(void) {
         CHECK_OK(lss_mm_diff_create(&o, &d));
         if (d) CHECK_ERR(lss_mm_diff_set_gauss(d, pk), LSS_ERR_STATE);
         lss_mm_diff_free(d);
-        o.gauss = 2;
+        o.gauss = 4;
+        CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
+        o.gauss = -1;
         CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
         free(pk);
     }
     free(maps), free(a), free(b);
     grf_free(&f);
+}
+
+/* The cosine-basis skip (gauss = 2), against a brute-force orthonormal DCT-II in double: with the head zeroed the
+   score is -C^T diag(1 / (P + sigma^2)) C x (the exact score of the Gaussian of covariance C^T diag(P) C) on a
+   non-square map; the estimate from draws of that Gaussian is P within its sampling error in every mode, and white
+   noise reads 1; the training step's loss equals the loss through the score; the flag and P survive a checkpoint. */
+static void dct_matrix(int n, double *m) { /* m[k n + i] = a_k cos(pi (2 i + 1) k / (2 n)) */
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < n; i++) m[k * n + i] = sqrt((k ? 2.0 : 1.0) / n) * cos(M_PI * (2 * i + 1) * k / (2.0 * n));
+}
+static void dct2(int h, int w, const double *ch, const double *cw, const double *x, int inverse, double *out) {
+    double *t = (double *)malloc(sizeof(double) * h * w);
+    for (int a = 0; a < h; a++) /* rows: t[a][j] = sum_i C(a,i) x[i][j] or its transpose */
+        for (int j = 0; j < w; j++) {
+            double v = 0;
+            for (int i = 0; i < h; i++) v += (inverse ? ch[i * h + a] : ch[a * h + i]) * x[i * w + j];
+            t[a * w + j] = v;
+        }
+    for (int a = 0; a < h; a++)
+        for (int b = 0; b < w; b++) {
+            double v = 0;
+            for (int j = 0; j < w; j++) v += (inverse ? cw[j * w + b] : cw[b * w + j]) * t[a * w + j];
+            out[a * w + b] = v;
+        }
+    free(t);
+}
+static void test_gauss_dct(void) {
+    const int h = 12, w = 16, n = 6, N = h * w;
+    lss_mm_diff_opts o;
+    lss_mm_diff *d = NULL, *e = NULL;
+    double *ch = (double *)malloc(sizeof(double) * h * h), *cw = (double *)malloc(sizeof(double) * w * w);
+    double *P = (double *)malloc(sizeof(double) * N), *xd = (double *)malloc(sizeof(double) * N);
+    double *cd = (double *)malloc(sizeof(double) * N);
+    float *x = (float *)malloc(sizeof(float) * n * N), *a = (float *)malloc(sizeof(float) * n * N), sig[6];
+    lss_rng r;
+    int64_t i;
+    dct_matrix(h, ch), dct_matrix(w, cw);
+    for (int k1 = 0; k1 < h; k1++)
+        for (int k2 = 0; k2 < w; k2++) P[k1 * w + k2] = 3.0 / (0.05 + 0.1 * (k1 * k1 + k2 * k2)) + 0.02;
+    memset(&o, 0, sizeof o);
+    o.h = h; o.w = w; o.c0 = 4; o.seed = 5; o.gauss = 2; o.periodic = 0;
+    CHECK_OK(lss_mm_diff_create(&o, &d));
+    if (!d) goto out;
+    CHECK_OK(lss_mm_diff_set_gauss(d, P));
+    memset(d->u.head_w->data, 0, sizeof(float) * (size_t)d->u.head_w->n);
+    memset(d->u.head_b->data, 0, sizeof(float) * (size_t)d->u.head_b->n);
+    lss_rng_for(&r, 21, LSS_STREAM_CHECK, 0, 0);
+    for (i = 0; i < n * N; i++) x[i] = (float)(3 * lss_rng_normal(&r));
+    for (int j = 0; j < n; j++) sig[j] = (float)(0.02 * pow(4.0, j));
+    CHECK_OK(lss_mm_diff_score(d, n, x, sig, NULL, a));
+    double worst = 0, scale = 0;
+    for (int j = 0; j < n; j++) {
+        for (i = 0; i < N; i++) xd[i] = x[j * N + i];
+        dct2(h, w, ch, cw, xd, 0, cd);
+        for (i = 0; i < N; i++) cd[i] *= -1.0 / (P[i] + (double)sig[j] * sig[j]);
+        dct2(h, w, ch, cw, cd, 1, xd);
+        for (i = 0; i < N; i++) worst = fmax(worst, fabs(a[j * N + i] - xd[i])), scale = fmax(scale, fabs(xd[i]));
+    }
+    CHECK(worst <= 1e-5 * scale, "DCT skip, head zeroed: score off the brute-force DCT score by %g (scale %g)", worst, scale);
+    /* the estimate: 3000 draws of C^T sqrt(P) z; every coefficient is real, so c^2 / P has relative sd sqrt(2) */
+    {
+        const int nd = 3000;
+        float *many = (float *)malloc(sizeof(float) * nd * N);
+        double *est = (double *)malloc(sizeof(double) * N), wz = 0, mw = 0;
+        for (int j = 0; j < nd; j++) {
+            for (i = 0; i < N; i++) cd[i] = sqrt(P[i]) * lss_rng_normal(&r);
+            dct2(h, w, ch, cw, cd, 1, xd);
+            for (i = 0; i < N; i++) many[j * N + i] = (float)xd[i];
+        }
+        CHECK_OK(lss_mm_diff_gauss_estimate(d, nd, many, est));
+        for (i = 0; i < N; i++) wz = fmax(wz, fabs(est[i] / P[i] - 1) / sqrt(2.0 / nd));
+        CHECK(wz < 5, "DCT estimate within 5 standard errors in every mode (worst %.2f)", wz);
+        for (i = 0; i < (int64_t)nd * N; i++) many[i] = (float)lss_rng_normal(&r);
+        CHECK_OK(lss_mm_diff_gauss_estimate(d, nd, many, est));
+        for (i = 0; i < N; i++) mw = fmax(mw, fabs(est[i] - 1) / sqrt(2.0 / nd));
+        CHECK(mw < 5, "DCT estimate of white noise: 1 within 5 standard errors in every mode (worst %.2f)", mw);
+        free(many), free(est);
+    }
+    /* checkpoint */
+    {
+        char dir[] = "/tmp/lss_diffgd_XXXXXX", p[96];
+        if (mkdtemp(dir)) {
+            snprintf(p, sizeof p, "%s/g.ckpt", dir);
+            CHECK_OK(lss_mm_diff_save(d, p));
+            CHECK_OK(lss_mm_diff_open(p, &e));
+            if (e) {
+                lss_mm_diff_opts oe;
+                float *b = (float *)malloc(sizeof(float) * n * N);
+                lss_mm_diff_options(e, &oe);
+                CHECK(oe.gauss == 2, "gauss = 2 restored");
+                CHECK_OK(lss_mm_diff_score(e, n, x, sig, NULL, b));
+                CHECK(!memcmp(a, b, sizeof(float) * (size_t)(n * N)), "the reopened DCT model's score is the saved one's");
+                free(b);
+                lss_mm_diff_free(e);
+            }
+            remove(p), rmdir(dir);
+        } else CHECK(0, "mkdtemp");
+    }
+    lss_mm_diff_free(d);
+    d = NULL;
+    /* the training target against the score (a fresh model: random head) */
+    {
+        grf f;
+        grf_init(&f, 16, 2.0);
+        drawer dr = {&f, 0, NAN, 0};
+        double l1 = NAN;
+        float cond[1], *tr = (float *)malloc(sizeof(float) * 8 * f.N);
+        o.h = o.w = 16; o.seed = 6; o.std = f.std;
+        CHECK_OK(lss_mm_diff_create(&o, &d));
+        if (d) {
+            double *pk = (double *)malloc(sizeof(double) * f.N);
+            for (i = 0; i < f.N; i++) pk[i] = 0.5 + 4.0 / (1 + (i / 16) * (i / 16) + (i % 16) * (i % 16));
+            CHECK_OK(lss_mm_diff_set_gauss(d, pk));
+            draw_grf(&dr, LSS_SET_TRAIN, 0, 8, tr, cond);
+            CHECK_OK(lss_mm_diff_loss(d, 8, tr, NULL, 78, lss_set_index(LSS_SET_TRAIN, 0), &l1));
+            lss_mm_diff_train_opts to;
+            memset(&to, 0, sizeof to);
+            to.steps = 1, to.batch = 8, to.seed = 78, to.draw = draw_grf, to.user = &dr;
+            to.progress = progress_last, to.progress_user = &dr, to.eval_batches = 1;
+            CHECK_OK(lss_mm_diff_train(d, &to, NULL));
+            CHECK_REL(dr.last, l1, 2e-5, "DCT skip: training step loss against lss_mm_diff_loss (through the score)");
+            free(pk);
+        }
+        free(tr);
+        grf_free(&f);
+    }
+out:
+    lss_mm_diff_free(d);
+    free(ch), free(cw), free(P), free(xd), free(cd), free(x), free(a);
+}
+
+/* The covariance skip (gauss = 3): the eigen-decomposition (A z_k = lambda_k z_k, z orthonormal) on random,
+   repeated-eigenvalue and 1 x 1 matrices; with the head zeroed the score solves (S + sigma^2 I) s = -x; the
+   stationary estimate equals a brute-force average over pixel pairs; the training step's loss equals the loss
+   through the score; the basis survives a checkpoint; bad input refused. */
+static void test_gauss_cov(void) {
+    lss_rng r;
+    lss_rng_for(&r, 31, LSS_STREAM_CHECK, 0, 0);
+    {
+        const int sizes[] = {1, 2, 3, 7, 40, 40};
+        for (int t = 0; t < 6; t++) {
+            int n = sizes[t];
+            double *a = (double *)malloc(sizeof(double) * n * n), *a0 = (double *)malloc(sizeof(double) * n * n);
+            double *z = (double *)malloc(sizeof(double) * n * n), *ev = (double *)malloc(sizeof(double) * n), na = 0, wr = 0, wo = 0;
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j <= i; j++) {
+                    double x = t == 5 ? (i == j) * (double)(1 + i % 3) : lss_rng_normal(&r); /* t 5: eigenvalues 1, 2, 3 repeated */
+                    a[i * n + j] = a[j * n + i] = x;
+                }
+            memcpy(a0, a, sizeof(double) * n * n);
+            for (int i = 0; i < n * n; i++) na = fmax(na, fabs(a0[i]));
+            CHECK_OK(lss__mm_eigh(a, n, ev, z));
+            for (int k = 0; k < n; k++) {
+                for (int i = 0; i < n; i++) {
+                    double t2 = 0;
+                    for (int j = 0; j < n; j++) t2 += a0[i * n + j] * z[k * n + j];
+                    wr = fmax(wr, fabs(t2 - ev[k] * z[k * n + i]));
+                }
+                for (int m = 0; m < n; m++) {
+                    double t2 = 0;
+                    for (int j = 0; j < n; j++) t2 += z[k * n + j] * z[m * n + j];
+                    wo = fmax(wo, fabs(t2 - (k == m)));
+                }
+            }
+            CHECK(wr <= 1e-11 * n * na && wo <= 1e-12 * n, "eigh n = %d: residual %g, orthonormality %g", n, wr, wo);
+            free(a), free(a0), free(z), free(ev);
+        }
+    }
+    const int h = 8, w = 12, N = h * w, n = 5;
+    double *S = (double *)malloc(sizeof(double) * N * N);
+    for (int p = 0; p < N; p++)
+        for (int q = 0; q < N; q++) {
+            double dy = q / w - p / w, dx = q % w - p % w;
+            S[p * N + q] = exp(-(dy * dy + dx * dx) / 6.0) + 0.05 * (p == q);
+        }
+    lss_mm_diff_opts o;
+    lss_mm_diff *d = NULL, *e = NULL;
+    memset(&o, 0, sizeof o);
+    o.h = h; o.w = w; o.c0 = 4; o.seed = 7; o.gauss = 3;
+    CHECK_OK(lss_mm_diff_create(&o, &d));
+    if (!d) { free(S); return; }
+    CHECK_ERR(lss_mm_diff_set_gauss(d, S), LSS_ERR_STATE);
+    S[5] += 0.1;
+    CHECK_ERR(lss_mm_diff_set_gauss_cov(d, S), LSS_ERR_RANGE);
+    S[5] -= 0.1;
+    {
+        double *neg = (double *)malloc(sizeof(double) * N * N);
+        for (int i = 0; i < N * N; i++) neg[i] = -S[i];
+        CHECK_ERR(lss_mm_diff_set_gauss_cov(d, neg), LSS_ERR_RANGE);
+        free(neg);
+    }
+    CHECK_OK(lss_mm_diff_set_gauss_cov(d, S));
+    memset(d->u.head_w->data, 0, sizeof(float) * (size_t)d->u.head_w->n);
+    memset(d->u.head_b->data, 0, sizeof(float) * (size_t)d->u.head_b->n);
+    float *x = (float *)malloc(sizeof(float) * n * N), *a = (float *)malloc(sizeof(float) * n * N), sig[5];
+    for (int i = 0; i < n * N; i++) x[i] = (float)lss_rng_normal(&r);
+    for (int j = 0; j < n; j++) sig[j] = (float)(0.01 * pow(5.0, j));
+    CHECK_OK(lss_mm_diff_score(d, n, x, sig, NULL, a));
+    double worst = 0;
+    for (int j = 0; j < n; j++)
+        for (int p = 0; p < N; p++) { /* (S + sigma^2) s + x = 0 */
+            double t = x[j * N + p] + (double)sig[j] * sig[j] * a[j * N + p];
+            for (int q = 0; q < N; q++) t += S[p * N + q] * a[j * N + q];
+            worst = fmax(worst, fabs(t));
+        }
+    CHECK(worst <= 2e-4, "covariance skip, head zeroed: (S + sigma^2) s + x off zero by %g", worst);
+    /* the stationary estimate against pairs counted by hand (standardisation: the model's mean 0, std 1) */
+    {
+        const int nd = 3;
+        float *m = (float *)malloc(sizeof(float) * nd * N);
+        double *est = (double *)malloc(sizeof(double) * N * N), wd = 0;
+        for (int i = 0; i < nd * N; i++) m[i] = (float)(1 + lss_rng_normal(&r));
+        CHECK_OK(lss_mm_diff_gauss_cov_estimate(d, nd, m, est));
+        for (int p = 0; p < N; p++)
+            for (int q = 0; q < N; q++) {
+                int dy = q / w - p / w, dx = q % w - p % w, cnt = 0;
+                double sum = 0;
+                for (int k = 0; k < nd; k++)
+                    for (int y = 0; y < h; y++)
+                        for (int xx = 0; xx < w; xx++)
+                            if (y + dy >= 0 && y + dy < h && xx + dx >= 0 && xx + dx < w)
+                                sum += (double)m[k * N + y * w + xx] * m[k * N + (y + dy) * w + xx + dx], cnt++;
+                wd = fmax(wd, fabs(est[p * N + q] - sum / cnt));
+            }
+        CHECK(wd <= 1e-12 * 10, "stationary covariance estimate against the pair average: %g", wd);
+        m[7] = NAN;
+        CHECK_ERR(lss_mm_diff_gauss_cov_estimate(d, nd, m, est), LSS_ERR_NUMERIC);
+        free(m), free(est);
+    }
+    /* checkpoint */
+    {
+        char dir[] = "/tmp/lss_diffgc_XXXXXX", p[96];
+        if (mkdtemp(dir)) {
+            snprintf(p, sizeof p, "%s/g.ckpt", dir);
+            CHECK_OK(lss_mm_diff_save(d, p));
+            CHECK_OK(lss_mm_diff_open(p, &e));
+            if (e) {
+                lss_mm_diff_opts oe;
+                float *b = (float *)malloc(sizeof(float) * n * N);
+                lss_mm_diff_options(e, &oe);
+                CHECK(oe.gauss == 3, "gauss = 3 restored");
+                CHECK_OK(lss_mm_diff_score(e, n, x, sig, NULL, b));
+                CHECK(!memcmp(a, b, sizeof(float) * (size_t)(n * N)), "the reopened covariance model's score is the saved one's");
+                free(b);
+                lss_mm_diff_free(e);
+            }
+            remove(p), rmdir(dir);
+        } else CHECK(0, "mkdtemp");
+    }
+    lss_mm_diff_free(d);
+    d = NULL;
+    /* the training target against the score (fresh model, random head), on the 16 x 16 field */
+    {
+        grf f;
+        grf_init(&f, 16, 2.0);
+        drawer dr = {&f, 0, NAN, 0};
+        double l1 = NAN;
+        float cond[1], *tr = (float *)malloc(sizeof(float) * 8 * f.N);
+        o.h = o.w = 16; o.seed = 8; o.std = f.std;
+        CHECK_OK(lss_mm_diff_create(&o, &d));
+        if (d) {
+            double *cv = (double *)malloc(sizeof(double) * f.N * f.N);
+            float *many = (float *)malloc(sizeof(float) * 64 * f.N);
+            draw_grf(&dr, LSS_SET_TRAIN, 5, 64, many, cond);
+            CHECK_OK(lss_mm_diff_gauss_cov_estimate(d, 64, many, cv));
+            CHECK_OK(lss_mm_diff_set_gauss_cov(d, cv));
+            draw_grf(&dr, LSS_SET_TRAIN, 0, 8, tr, cond);
+            CHECK_OK(lss_mm_diff_loss(d, 8, tr, NULL, 79, lss_set_index(LSS_SET_TRAIN, 0), &l1));
+            lss_mm_diff_train_opts to;
+            memset(&to, 0, sizeof to);
+            to.steps = 1, to.batch = 8, to.seed = 79, to.draw = draw_grf, to.user = &dr;
+            to.progress = progress_last, to.progress_user = &dr, to.eval_batches = 1;
+            CHECK_OK(lss_mm_diff_train(d, &to, NULL));
+            CHECK_REL(dr.last, l1, 2e-5, "covariance skip: training step loss against lss_mm_diff_loss (through the score)");
+            free(cv), free(many);
+        }
+        free(tr);
+        grf_free(&f);
+    }
+    lss_mm_diff_free(d);
+    o.h = o.w = 68;
+    CHECK_ERR(lss_mm_diff_create(&o, &d), LSS_ERR_RANGE);
+    o.h = o.w = 16; o.gauss = 1;
+    CHECK_OK(lss_mm_diff_create(&o, &d));
+    if (d) CHECK_ERR(lss_mm_diff_set_gauss_cov(d, S), LSS_ERR_STATE);
+    lss_mm_diff_free(d);
+    free(S), free(x), free(a);
 }
 
 static void test_embed_versions(void) {
@@ -901,6 +1190,8 @@ int main(void) {
     RUN(test_loss_network);
     RUN(test_embed_versions);
     RUN(test_gauss_skip);
+    RUN(test_gauss_dct);
+    RUN(test_gauss_cov);
     RUN(test_loss_analytic);
     RUN(test_samplers_exact);
     RUN(test_sampler_batch_network);

@@ -78,9 +78,11 @@ static void test_flowgen_e2e(void) {
     CHECK(same_file(p1, p2), "flow: resumed loss CSV = uninterrupted");
     CHECK(run("train --dir %s " DIFF_ARGS, d1, NULL) == 0, "diffusion train runs");
     CHECK(run("train --dir %s " DIFF_ARGS " --resume", d1, NULL) == 0, "diffusion train resumed at its end");
-    { /* the Gaussian skip: its spectrum is the training maps' mean periodogram, kept in the checkpoint */
+    for (int gs = 1; gs <= 3; gs++) { /* the Gaussian skip: the training maps' spectrum (DFT, DCT) or covariance, kept in the checkpoint */
         lss_mm_diff *m = NULL;
-        CHECK(run("train --dir %s " DIFF_ARGS " --gauss 1", d2, NULL) == 0, "diffusion train --gauss 1 runs");
+        char ga[16];
+        snprintf(ga, sizeof ga, " --gauss %d", gs);
+        CHECK(run("train --dir %s " DIFF_ARGS "%s", d2, ga) == 0, "diffusion train --gauss %d runs", gs);
         snprintf(p1, sizeof p1, "%s/diffusion/model.ckpt", d2);
         CHECK_OK(lss_mm_diff_open(p1, &m));
         if (m) {
@@ -90,17 +92,25 @@ static void test_flowgen_e2e(void) {
             lss_mm_diff_options(m, &mo);
             snprintf(p2, sizeof p2, "%s/data/train.npy", d2);
             tr = load(p2, &n);
-            CHECK(mo.gauss == 1 && m->gpk, "the checkpoint holds the Gaussian skip");
-            if (tr && m->gpk) {
+            CHECK(mo.gauss == gs && m->gpk, "the checkpoint holds the Gaussian skip %d", gs);
+            if (tr && m->gpk && gs == 3) { /* the eigenvalues sum to the trace of the stationary estimate */
+                double *cv = (double *)malloc(sizeof(double) * 1024 * 1024), tr0 = 0, tr1 = 0;
+                CHECK_OK(lss_mm_diff_gauss_cov_estimate(m, (int)n, tr, cv));
+                for (i = 0; i < 1024; i++) tr0 += cv[i * 1024 + i], tr1 += m->gpk->data[i];
+                CHECK(m->gu && fabs(tr1 / tr0 - 1) < 1e-4, "its eigenvalues sum to the covariance's trace (%g, %g)", tr1, tr0);
+                free(cv);
+            } else if (tr && m->gpk) {
                 double w = 0;
                 CHECK_OK(lss_mm_diff_gauss_estimate(m, (int)n, tr, pk));
                 for (i = 0; i < 1024; i++) w = fmax(w, fabs(m->gpk->data[i] - pk[i]) / pk[i]);
-                CHECK(w < 1e-6, "its P is the training maps' mean periodogram (worst %g)", w);
+                CHECK(w < 1e-6, "its P is the training maps' spectrum (worst %g)", w);
             }
             free(tr), free(pk);
             lss_mm_diff_free(m);
         }
-        CHECK(run("train --dir %s " DIFF_ARGS " --gauss 2", d2, NULL) == 2 && stderr_one_line(), "--gauss 2: exit 2");
+    }
+    {
+        CHECK(run("train --dir %s " DIFF_ARGS " --gauss 4", d2, NULL) == 2 && stderr_one_line(), "--gauss 4: exit 2");
     }
     snprintf(p1, sizeof p1, "%s/diffusion/loss.csv", d1);
     CHECK(exists(p1), "diffusion loss CSV");
