@@ -286,7 +286,7 @@ static void mean_std(const float *x, int64_t n, double *mu, double *sd) { mean_s
 
 static int cmd_train(int argc, char **argv) {
     const char *dir = "out/flowgen", *model = NULL, *transform = "log";
-    int resume = 0, every = 100, sched = 0, shards = 0, embed = 0, gauss = 0;
+    int resume = 0, every = 100, sched = 0, shards = 0, embed = 0, gauss = -1;
     cfg c;
     for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
     cfg_load_args(&c, dir, argc, argv);
@@ -300,8 +300,9 @@ static int cmd_train(int argc, char **argv) {
                           {"hidden", LSS_DRV_INT, &c.hidden, 1, 4096, 0, "flow: conditioner channels"},
                           {"c0", LSS_DRV_INT, &c.c0, 1, 1024, 0, "diffusion: U-net width"},
                           {"embed", LSS_DRV_INT, &embed, 0, 32, 0, "diffusion: frequencies of a noise-level embedding in every U-net block (0: none)"},
-                          {"gauss", LSS_DRV_INT, &gauss, 0, 3, 0, "diffusion: Gaussian skip, the Wiener filter of the training maps' two-point law (the network learns the rest): "
-                                                                 "1 per DFT mode (periodic maps), 2 per DCT mode, 3 their stationary covariance (cut-outs, sides <= 64); 0: none"},
+                          {"gauss", LSS_DRV_INT, &gauss, -1, 3, 0, "diffusion: Gaussian skip, the Wiener filter of the training maps' two-point law (the network learns the rest): "
+                                                                 "3 their stationary covariance (cut-outs; at most 64 x 64), 1 per DFT mode (periodic maps), 2 per DCT mode, 0 none; "
+                                                                 "-1: 3 up to 64 x 64, else 0 (the small and demo scales: 3)"},
                           {"transform", LSS_DRV_STR, &transform, 0, 0, 0, "diffusion: log (ln(kappa + shift) standardised, as the flow) or affine"},
                           {"checkpoint-every", LSS_DRV_INT, &every, 1, 1000000, 0, "checkpoint and held-out loss every N steps"},
                           {"schedule-steps", LSS_DRV_INT, &sched, 0, 100000000, 0, "flow: length of the cosine decay (0: --steps; a run stopped early "
@@ -375,6 +376,7 @@ static int cmd_train(int argc, char **argv) {
         o.h = o.w = c.side, o.c0 = c.c0, o.seed = lss_stream(LSS_STREAM_NET_INIT, c.seed, 6);
         o.transform = strcmp(transform, "log") ? LSS_MM_DIFF_AFFINE : LSS_MM_DIFF_LOG;
         o.shift = o.transform == LSS_MM_DIFF_LOG ? c.lambda : 0;
+        if (gauss < 0) gauss = d <= 4096 ? 3 : 0;
         o.embed = embed, o.gauss = gauss;
         mean_std_of(tr, T.nmaps * d, o.shift, &mu, &sd);
         o.mean = mu, o.std = sd;

@@ -78,6 +78,17 @@ static void test_flowgen_e2e(void) {
     CHECK(same_file(p1, p2), "flow: resumed loss CSV = uninterrupted");
     CHECK(run("train --dir %s " DIFF_ARGS, d1, NULL) == 0, "diffusion train runs");
     CHECK(run("train --dir %s " DIFF_ARGS " --resume", d1, NULL) == 0, "diffusion train resumed at its end");
+    { /* the default skip of 32 x 32 maps: their stationary covariance (gauss 3) */
+        lss_mm_diff *m = NULL;
+        snprintf(p1, sizeof p1, "%s/diffusion/model.ckpt", d1);
+        CHECK_OK(lss_mm_diff_open(p1, &m));
+        if (m) {
+            lss_mm_diff_opts mo;
+            lss_mm_diff_options(m, &mo);
+            CHECK(mo.gauss == 3 && m->gu, "default diffusion model: the covariance skip (gauss %d)", mo.gauss);
+            lss_mm_diff_free(m);
+        }
+    }
     for (int gs = 1; gs <= 3; gs++) { /* the Gaussian skip: the training maps' spectrum (DFT, DCT) or covariance, kept in the checkpoint */
         lss_mm_diff *m = NULL;
         char ga[16];
