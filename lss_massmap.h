@@ -33,7 +33,8 @@
  *                        lss_mm_train_on_mock
  *   diffusion generator  lss_mm_diff_create/_free, lss_mm_diff_nparams, lss_mm_diff_options, lss_mm_diff_save,
  *                        lss_mm_diff_open, lss_mm_diff_set_score, lss_mm_diff_set_ode, lss_mm_diff_set_gauss,
- *                        lss_mm_diff_gauss_estimate, lss_mm_diff_score,
+ *                        lss_mm_diff_gauss_estimate, lss_mm_diff_set_gauss_cov, lss_mm_diff_gauss_cov_estimate,
+ *                        lss_mm_diff_score,
  *                        lss_mm_diff_train, lss_mm_diff_loss, lss_mm_diff_sample (ancestral, DDIM, second-order
  *                        DDIM, probability-flow ODE), lss_mm_diff_nll (variational bound on -ln p, nats)
  *
@@ -552,7 +553,9 @@ LSSDEF int lss_mm_net_open(const char *path, const lss_grid *g, const double *pk
  * sqrt(1 + sigma^2), and the score s = (D - x) / sigma^2 = -x / (1 + sigma^2) + F / (sigma sqrt(1 + sigma^2)):
  * F = 0 is the exact score of white unit-variance data (with the Gaussian skip, gauss = 1, c_skip x becomes the
  * Wiener filter F^-1[P / (P + sigma^2) F x] of a spectrum P and F = 0 the exact score of a stationary periodic
- * Gaussian field of that spectrum: the hybrid of a Gaussian and a neural prior), F predicts the noise at small sigma and the map at
+ * Gaussian field of that spectrum: the hybrid of a Gaussian and a neural prior; gauss = 2 the same per DCT mode, and
+ * gauss = 3 the filter S (S + sigma^2)^-1 of a full covariance S, for cut-outs: the `gauss` option), F predicts the
+ * noise at small sigma and the map at
  * large sigma, so that an error of F never grows into an error of D larger than itself (a noise prediction
  * F = -n has D errors sigma times its own, ruinous for the deterministic samplers at sigma ~ 80). Training
  * loss mean (1 + sigma^2)(n + sigma s(y + sigma n, sigma))^2 = mean (F - (sigma y - n) / sqrt(1 + sigma^2))^2
