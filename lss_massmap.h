@@ -671,7 +671,8 @@ LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *
  * row-major), eigen-decomposed (Householder tridiagonalisation and implicit QL, in double) into the skip's basis;
  * eigenvalues below 1e-7 of the largest are raised to it (the stationary estimate below is not positive definite
  * by construction: its few pairs at the largest displacements leave small negative eigenvalues), and LSS_ERR_RANGE
- * for an S that is not finite and symmetric or has an eigenvalue below -0.05 of the largest (not a covariance). Until set, S = I.
+ * for an S that is not finite and symmetric (to 1e-6 relative; S + S^T over 2 is used) or has an eigenvalue below
+ * -0.05 of the largest (not a covariance). Until set, S = I.
  * LSS_ERR_STATE unless gauss = 3 (and lss_mm_diff_set_gauss is LSS_ERR_STATE with gauss = 3). */
 LSSDEF int lss_mm_diff_set_gauss_cov(lss_mm_diff *d, const double *cov);
 /* S of lss_mm_diff_set_gauss_cov from n maps [n, h, w] in kappa units (the model's transform and standardisation
@@ -4185,14 +4186,15 @@ LSSDEF int lss_mm_diff_set_gauss_cov(lss_mm_diff *d, const double *cov) {
     for (i = 0; i < np; i++)
         for (j = 0; j <= i; j++) {
             double x = cov[i * np + j], y = cov[j * np + i];
-            if (!isfinite(x) || !isfinite(y) || fabs(x - y) > 1e-12 * (fabs(x) + fabs(y)))
+            if (!isfinite(x) || !isfinite(y) || fabs(x - y) > 1e-6 * (fabs(x) + fabs(y)))
                 return lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_set_gauss_cov: S[%lld, %lld] = %g, S[%lld, %lld] = %g: not finite and symmetric",
                                   (long long)i, (long long)j, x, (long long)j, (long long)i, y);
         }
     if (!(a = (double *)LSS_MALLOC(sizeof(double) * (size_t)(np * np * 2 + np))))
         return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_set_gauss_cov: out of memory");
     z = a + np * np, ev = z + np * np;
-    memcpy(a, cov, sizeof(double) * (size_t)(np * np));
+    for (i = 0; i < np; i++) /* symmetric to rounding: the mean of S and its transpose */
+        for (j = 0; j < np; j++) a[i * np + j] = 0.5 * (cov[i * np + j] + cov[j * np + i]);
     if ((s = lss__mm_eigh(a, (int)np, ev, z)) != LSS_OK) {
         LSS_FREE(a);
         return s;
