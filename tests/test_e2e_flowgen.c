@@ -91,7 +91,7 @@ static void test_flowgen_e2e(void) {
     }
     for (int gs = 1; gs <= 3; gs++) { /* the Gaussian skip: the training maps' spectrum (DFT, DCT) or covariance, kept in the checkpoint */
         lss_mm_diff *m = NULL;
-        char ga[16];
+        char ga[32];
         snprintf(ga, sizeof ga, " --gauss %d", gs);
         CHECK(run("train --dir %s " DIFF_ARGS "%s", d2, ga) == 0, "diffusion train --gauss %d runs", gs);
         snprintf(p1, sizeof p1, "%s/diffusion/model.ckpt", d2);
