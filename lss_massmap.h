@@ -4025,6 +4025,21 @@ LSSDEF int lss_mm_diff_set_gauss(lss_mm_diff *d, const double *pk) {
     return LSS_OK;
 }
 
+/* Map j of maps [n, h, w] in kappa units, transformed and standardised as the model's data, into y [np] (double);
+ * LSS_ERR_RANGE below -shift (log transform), LSS_ERR_NUMERIC for a value that is not finite, naming fn. */
+static int lss__mm_diff_std_map(const lss_mm_diff *d, const float *maps, int j, const char *fn, double *y) {
+    int64_t i, np = d->np;
+    for (i = 0; i < np; i++) {
+        double k = maps[(int64_t)j * np + i], v;
+        if (d->o.transform == LSS_MM_DIFF_LOG && !(k + d->o.shift > 0))
+            return lss_seterr(LSS_ERR_RANGE, "%s: map %d pixel %lld: kappa %g <= -shift", fn, j, (long long)i, k);
+        v = ((d->o.transform == LSS_MM_DIFF_LOG ? log(k + d->o.shift) : k) - d->o.mean) / d->o.std;
+        if (!isfinite(v)) return lss_seterr(LSS_ERR_NUMERIC, "%s: map %d pixel %lld is not finite", fn, j, (long long)i);
+        y[i] = v;
+    }
+    return LSS_OK;
+}
+
 LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *maps, double *pk) {
     lss_grid *g = NULL;
     lss_cdouble *c;
@@ -4042,20 +4057,7 @@ LSSDEF int lss_mm_diff_gauss_estimate(const lss_mm_diff *d, int n, const float *
     double *y = (double *)(void *)(c + (int64_t)ge * ge * np);
     for (i = 0; i < np; i++) pk[i] = 0;
     for (j = 0; j < n && s == LSS_OK; j++) {
-        for (i = 0; i < np; i++) {
-            double k = maps[(int64_t)j * np + i], v;
-            if (d->o.transform == LSS_MM_DIFF_LOG && !(k + d->o.shift > 0)) {
-                s = lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_gauss_estimate: map %d pixel %lld: kappa %g <= -shift", j, (long long)i, k);
-                break;
-            }
-            v = ((d->o.transform == LSS_MM_DIFF_LOG ? log(k + d->o.shift) : k) - d->o.mean) / d->o.std;
-            if (!isfinite(v)) {
-                s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_gauss_estimate: map %d pixel %lld is not finite", j, (long long)i);
-                break;
-            }
-            y[i] = v;
-        }
-        if (s != LSS_OK) break;
+        if ((s = lss__mm_diff_std_map(d, maps, j, "lss_mm_diff_gauss_estimate", y)) != LSS_OK) break;
         if (ge == 2) {
             int h = d->o.h, w = d->o.w, k1, k2;
             for (k1 = 0; k1 < 2 * h; k1++)
@@ -4214,34 +4216,22 @@ LSSDEF int lss_mm_diff_set_gauss_cov(lss_mm_diff *d, const double *cov) {
 LSSDEF int lss_mm_diff_gauss_cov_estimate(const lss_mm_diff *d, int n, const float *maps, double *cov) {
     lss_grid *g = NULL;
     lss_cdouble *c;
-    double *acc;
+    double *acc, *y;
     int64_t i, np;
     int h, w, H, W, j, s;
     if (!d || !maps || !cov || n < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_diff_gauss_cov_estimate: bad argument (n %d)", n);
     h = d->o.h, w = d->o.w, H = 2 * h, W = 2 * w, np = d->np;
     if ((s = lss_grid_create(H, W, 1.0, &g)) != LSS_OK) return s;
-    if (!(c = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)(H * W) + sizeof(double) * (size_t)(H * W)))) {
+    if (!(c = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)(H * W) + sizeof(double) * (size_t)(H * W + np)))) {
         lss_grid_free(g);
         return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_gauss_cov_estimate: out of memory");
     }
-    acc = (double *)(void *)(c + (int64_t)H * W);
+    acc = (double *)(void *)(c + (int64_t)H * W), y = acc + (int64_t)H * W;
     for (i = 0; i < (int64_t)H * W; i++) acc[i] = 0;
     for (j = 0; j < n && s == LSS_OK; j++) {
+        if ((s = lss__mm_diff_std_map(d, maps, j, "lss_mm_diff_gauss_cov_estimate", y)) != LSS_OK) break;
         for (i = 0; i < (int64_t)H * W; i++) c[i][0] = c[i][1] = 0;
-        for (i = 0; i < np; i++) {
-            double k = maps[(int64_t)j * np + i], v;
-            if (d->o.transform == LSS_MM_DIFF_LOG && !(k + d->o.shift > 0)) {
-                s = lss_seterr(LSS_ERR_RANGE, "lss_mm_diff_gauss_cov_estimate: map %d pixel %lld: kappa %g <= -shift", j, (long long)i, k);
-                break;
-            }
-            v = ((d->o.transform == LSS_MM_DIFF_LOG ? log(k + d->o.shift) : k) - d->o.mean) / d->o.std;
-            if (!isfinite(v)) {
-                s = lss_seterr(LSS_ERR_NUMERIC, "lss_mm_diff_gauss_cov_estimate: map %d pixel %lld is not finite", j, (long long)i);
-                break;
-            }
-            c[(i / w) * W + i % w][0] = v;
-        }
-        if (s != LSS_OK) break;
+        for (i = 0; i < np; i++) c[(i / w) * W + i % w][0] = y[i];
         /* the zero-padded map's |FFT|^2, transformed back: sum over pairs of y(p) y(p + d) at every displacement */
         lss_grid_fft_d(g, c, -1);
         for (i = 0; i < (int64_t)H * W; i++) c[i][0] = c[i][0] * c[i][0] + c[i][1] * c[i][1], c[i][1] = 0;

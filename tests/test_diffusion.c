@@ -548,6 +548,45 @@ static void test_gauss_skip(void) {
     grf_free(&f);
 }
 
+/* Shared by the skip tests: the model d saved and reopened keeps its gauss flag and gives bitwise the score a of
+   n maps x at sig; and the training step's loss of a model equals lss_mm_diff_loss through its score. */
+static void skip_ckpt_check(const lss_mm_diff *d, int gauss, int n, const float *x, const float *sig, const float *a) {
+    char dir[] = "/tmp/lss_diffsk_XXXXXX", p[96];
+    lss_mm_diff *e = NULL;
+    int64_t N = (int64_t)d->o.h * d->o.w;
+    if (!mkdtemp(dir)) {
+        CHECK(0, "mkdtemp");
+        return;
+    }
+    snprintf(p, sizeof p, "%s/g.ckpt", dir);
+    CHECK_OK(lss_mm_diff_save(d, p));
+    CHECK_OK(lss_mm_diff_open(p, &e));
+    if (e) {
+        lss_mm_diff_opts oe;
+        float *b = (float *)malloc(sizeof(float) * n * N);
+        lss_mm_diff_options(e, &oe);
+        CHECK(oe.gauss == gauss, "gauss = %d restored", gauss);
+        CHECK_OK(lss_mm_diff_score(e, n, x, sig, NULL, b));
+        CHECK(!memcmp(a, b, sizeof(float) * (size_t)(n * N)), "gauss = %d: the reopened model's score is the saved one's", gauss);
+        free(b);
+        lss_mm_diff_free(e);
+    }
+    remove(p), rmdir(dir);
+}
+static void skip_target_check(lss_mm_diff *d, drawer *dr, uint64_t seed, const char *what) {
+    double l1 = NAN;
+    float cond[1], *tr = (float *)malloc(sizeof(float) * 8 * dr->f->N);
+    lss_mm_diff_train_opts to;
+    draw_grf(dr, LSS_SET_TRAIN, 0, 8, tr, cond);
+    CHECK_OK(lss_mm_diff_loss(d, 8, tr, NULL, seed, lss_set_index(LSS_SET_TRAIN, 0), &l1));
+    memset(&to, 0, sizeof to);
+    to.steps = 1, to.batch = 8, to.seed = seed, to.draw = draw_grf, to.user = dr;
+    to.progress = progress_last, to.progress_user = dr, to.eval_batches = 1;
+    CHECK_OK(lss_mm_diff_train(d, &to, NULL));
+    CHECK_REL(dr->last, l1, 2e-5, what);
+    free(tr);
+}
+
 /* The cosine-basis skip (gauss = 2), against a brute-force orthonormal DCT-II in double: with the head zeroed the
    score is -C^T diag(1 / (P + sigma^2)) C x (the exact score of the Gaussian of covariance C^T diag(P) C) on a
    non-square map; the estimate from draws of that Gaussian is P within its sampling error in every mode, and white
@@ -575,7 +614,7 @@ static void dct2(int h, int w, const double *ch, const double *cw, const double 
 static void test_gauss_dct(void) {
     const int h = 12, w = 16, n = 6, N = h * w;
     lss_mm_diff_opts o;
-    lss_mm_diff *d = NULL, *e = NULL;
+    lss_mm_diff *d = NULL;
     double *ch = (double *)malloc(sizeof(double) * h * h), *cw = (double *)malloc(sizeof(double) * w * w);
     double *P = (double *)malloc(sizeof(double) * N), *xd = (double *)malloc(sizeof(double) * N);
     double *cd = (double *)malloc(sizeof(double) * N);
@@ -624,26 +663,7 @@ static void test_gauss_dct(void) {
         CHECK(mw < 5, "DCT estimate of white noise: 1 within 5 standard errors in every mode (worst %.2f)", mw);
         free(many), free(est);
     }
-    /* checkpoint */
-    {
-        char dir[] = "/tmp/lss_diffgd_XXXXXX", p[96];
-        if (mkdtemp(dir)) {
-            snprintf(p, sizeof p, "%s/g.ckpt", dir);
-            CHECK_OK(lss_mm_diff_save(d, p));
-            CHECK_OK(lss_mm_diff_open(p, &e));
-            if (e) {
-                lss_mm_diff_opts oe;
-                float *b = (float *)malloc(sizeof(float) * n * N);
-                lss_mm_diff_options(e, &oe);
-                CHECK(oe.gauss == 2, "gauss = 2 restored");
-                CHECK_OK(lss_mm_diff_score(e, n, x, sig, NULL, b));
-                CHECK(!memcmp(a, b, sizeof(float) * (size_t)(n * N)), "the reopened DCT model's score is the saved one's");
-                free(b);
-                lss_mm_diff_free(e);
-            }
-            remove(p), rmdir(dir);
-        } else CHECK(0, "mkdtemp");
-    }
+    skip_ckpt_check(d, 2, n, x, sig, a);
     lss_mm_diff_free(d);
     d = NULL;
     /* the training target against the score (a fresh model: random head) */
@@ -651,25 +671,15 @@ static void test_gauss_dct(void) {
         grf f;
         grf_init(&f, 16, 2.0);
         drawer dr = {&f, 0, NAN, 0};
-        double l1 = NAN;
-        float cond[1], *tr = (float *)malloc(sizeof(float) * 8 * f.N);
         o.h = o.w = 16; o.seed = 6; o.std = f.std;
         CHECK_OK(lss_mm_diff_create(&o, &d));
         if (d) {
             double *pk = (double *)malloc(sizeof(double) * f.N);
             for (i = 0; i < f.N; i++) pk[i] = 0.5 + 4.0 / (1 + (i / 16) * (i / 16) + (i % 16) * (i % 16));
             CHECK_OK(lss_mm_diff_set_gauss(d, pk));
-            draw_grf(&dr, LSS_SET_TRAIN, 0, 8, tr, cond);
-            CHECK_OK(lss_mm_diff_loss(d, 8, tr, NULL, 78, lss_set_index(LSS_SET_TRAIN, 0), &l1));
-            lss_mm_diff_train_opts to;
-            memset(&to, 0, sizeof to);
-            to.steps = 1, to.batch = 8, to.seed = 78, to.draw = draw_grf, to.user = &dr;
-            to.progress = progress_last, to.progress_user = &dr, to.eval_batches = 1;
-            CHECK_OK(lss_mm_diff_train(d, &to, NULL));
-            CHECK_REL(dr.last, l1, 2e-5, "DCT skip: training step loss against lss_mm_diff_loss (through the score)");
+            skip_target_check(d, &dr, 78, "DCT skip: training step loss against lss_mm_diff_loss (through the score)");
             free(pk);
         }
-        free(tr);
         grf_free(&f);
     }
 out:
@@ -722,7 +732,7 @@ static void test_gauss_cov(void) {
             S[p * N + q] = exp(-(dy * dy + dx * dx) / 6.0) + 0.05 * (p == q);
         }
     lss_mm_diff_opts o;
-    lss_mm_diff *d = NULL, *e = NULL;
+    lss_mm_diff *d = NULL;
     memset(&o, 0, sizeof o);
     o.h = h; o.w = w; o.c0 = 4; o.seed = 7; o.gauss = 3;
     CHECK_OK(lss_mm_diff_create(&o, &d));
@@ -775,26 +785,7 @@ static void test_gauss_cov(void) {
         CHECK_ERR(lss_mm_diff_gauss_cov_estimate(d, nd, m, est), LSS_ERR_NUMERIC);
         free(m), free(est);
     }
-    /* checkpoint */
-    {
-        char dir[] = "/tmp/lss_diffgc_XXXXXX", p[96];
-        if (mkdtemp(dir)) {
-            snprintf(p, sizeof p, "%s/g.ckpt", dir);
-            CHECK_OK(lss_mm_diff_save(d, p));
-            CHECK_OK(lss_mm_diff_open(p, &e));
-            if (e) {
-                lss_mm_diff_opts oe;
-                float *b = (float *)malloc(sizeof(float) * n * N);
-                lss_mm_diff_options(e, &oe);
-                CHECK(oe.gauss == 3, "gauss = 3 restored");
-                CHECK_OK(lss_mm_diff_score(e, n, x, sig, NULL, b));
-                CHECK(!memcmp(a, b, sizeof(float) * (size_t)(n * N)), "the reopened covariance model's score is the saved one's");
-                free(b);
-                lss_mm_diff_free(e);
-            }
-            remove(p), rmdir(dir);
-        } else CHECK(0, "mkdtemp");
-    }
+    skip_ckpt_check(d, 3, n, x, sig, a);
     lss_mm_diff_free(d);
     d = NULL;
     /* the training target against the score (fresh model, random head), on the 16 x 16 field */
@@ -802,8 +793,7 @@ static void test_gauss_cov(void) {
         grf f;
         grf_init(&f, 16, 2.0);
         drawer dr = {&f, 0, NAN, 0};
-        double l1 = NAN;
-        float cond[1], *tr = (float *)malloc(sizeof(float) * 8 * f.N);
+        float cond[1];
         o.h = o.w = 16; o.seed = 8; o.std = f.std;
         CHECK_OK(lss_mm_diff_create(&o, &d));
         if (d) {
@@ -812,17 +802,9 @@ static void test_gauss_cov(void) {
             draw_grf(&dr, LSS_SET_TRAIN, 5, 64, many, cond);
             CHECK_OK(lss_mm_diff_gauss_cov_estimate(d, 64, many, cv));
             CHECK_OK(lss_mm_diff_set_gauss_cov(d, cv));
-            draw_grf(&dr, LSS_SET_TRAIN, 0, 8, tr, cond);
-            CHECK_OK(lss_mm_diff_loss(d, 8, tr, NULL, 79, lss_set_index(LSS_SET_TRAIN, 0), &l1));
-            lss_mm_diff_train_opts to;
-            memset(&to, 0, sizeof to);
-            to.steps = 1, to.batch = 8, to.seed = 79, to.draw = draw_grf, to.user = &dr;
-            to.progress = progress_last, to.progress_user = &dr, to.eval_batches = 1;
-            CHECK_OK(lss_mm_diff_train(d, &to, NULL));
-            CHECK_REL(dr.last, l1, 2e-5, "covariance skip: training step loss against lss_mm_diff_loss (through the score)");
+            skip_target_check(d, &dr, 79, "covariance skip: training step loss against lss_mm_diff_loss (through the score)");
             free(cv), free(many);
         }
-        free(tr);
         grf_free(&f);
     }
     lss_mm_diff_free(d);
