@@ -3744,7 +3744,7 @@ struct lss_mm_diff {
     float *gt;                        /* gauss 3: scratch of the batched filter [2 gtn] */
     int64_t gtn;
     lss_grid *gg;                     /* its FFT (gauss) */
-    lss_cdouble *gbuf;                /* [np] */
+    lss_cdouble *gbuf;                /* [np] (gauss 1), [4 np] (gauss 2), unused (gauss 3) */
     float *in, *sig, *nz, *y, *cnd;  /* [cap cin np], [cap], [cap np], [cap np], [cap ncond] */
     int cap;
     lss_mm_diff_score_fn fn;
@@ -3889,7 +3889,7 @@ LSSDEF int lss_mm_diff_create(const lss_mm_diff_opts *o, lss_mm_diff **out) {
             lss_mm_diff_free(d);
             return s;
         }
-        if (!(d->gbuf = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)(ge * ge) * (size_t)d->np))) {
+        if (d->o.gauss != 3 && !(d->gbuf = (lss_cdouble *)LSS_MALLOC(sizeof(lss_cdouble) * (size_t)(ge * ge) * (size_t)d->np))) {
             lss_mm_diff_free(d);
             return lss_seterr(LSS_ERR_NOMEM, "lss_mm_diff_create: out of memory");
         }
@@ -4265,26 +4265,10 @@ static void lss__mm_diff_mirror(int h, int w, const float *x, lss_cdouble *c) {
 /* out = F^-1 [m(P_k) F x] of one map, m = 1 / (P + sigma^2) (which 0) or sigma / (P + sigma^2) (which 1); with
  * gauss = 2 the same per DCT-II mode, through the mirrored map: DFT modes k and 2h - k carry DCT index k, the
  * modes k = h (zero for a mirrored map) are dropped, and the inverse DFT of the filtered modes is the mirrored
- * filtered map, of which the first h x w block is kept. */
+ * filtered map, of which the first h x w block is kept. gauss = 3 goes through lss__mm_diff_gfilter_n only. */
 static void lss__mm_diff_gfilter(lss_mm_diff *d, const float *x, double sg, int which, float *out) {
     int64_t i, np = d->np;
     lss_cdouble *c = d->gbuf;
-    if (d->o.gauss == 3) { /* U^T diag(m) U x, U's rows the eigenvectors; c[k][0] the coefficients */
-        const float *u = d->gu->data;
-        for (int64_t k = 0; k < np; k++) {
-            double t = 0;
-            for (i = 0; i < np; i++) t += (double)u[k * np + i] * x[i];
-            c[k][0] = t * (which ? sg : 1.0) / ((double)d->gpk->data[k] + sg * sg);
-        }
-        for (i = 0; i < np; i++) c[i][1] = 0;
-        for (int64_t k = 0; k < np; k++) {
-            const float *uk = u + k * np;
-            double ck = c[k][0];
-            for (i = 0; i < np; i++) c[i][1] += ck * uk[i];
-        }
-        for (i = 0; i < np; i++) out[i] = (float)c[i][1];
-        return;
-    }
     if (d->o.gauss == 2) {
         int h = d->o.h, w = d->o.w, k1, k2;
         lss__mm_diff_mirror(h, w, x, c);
