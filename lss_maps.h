@@ -5989,8 +5989,13 @@ LSSDEF void lss_shellset_free(lss_shellset *s) {
 #define LSS__NB_TWO32 4294967296.0
 #define LSS__NB_CKPT_SECONDS 30.0   /* a checkpoint at most every 30 s of steps */
 #define LSS__NB_TN 65               /* chi(t) nodes per drift, uniform in t */
+#define LSS__NB_SHTAB 4096          /* entries of the light cone's shell table */
 #define LSS__NB_FORMAT 1            /* checkpoint format version (part of the fingerprint) */
 #define LSS__NB_TWOPI 6.283185307179586476925
+
+/* test switches (the results are the same bits either way): 1 keeps a serial run's particles unsorted (every
+   painting and readout then takes its general path); 1 makes every thread add its light-cone crossings atomically */
+static int lss__nb_nosort = 0, lss__nb_lc_shared = 0;
 
 static LSS__NB_TLS int lss__nb_cancelled = 0;
 LSSDEF void lss_nbody_cancel(void) { lss__nb_cancelled = 1; }
@@ -6204,6 +6209,7 @@ struct lss_nbody {
     int dist, rank, size, blk;   /* blk: planes per slab (FFTW-MPI's default block) */
     int64_t cap;                 /* particles pos, mom, gid and ord can hold */
     int64_t *gid;                /* [cap] the particles' global indices (x np + y) np + z of their lattice site */
+    int64_t *gid2;               /* [cap] the cell sort's scratch for gid (distributed runs) */
     float *ghost;                /* [5][n][2 cp] potential planes x0 - 2, x0 - 1, x0 + nx, x0 + nx + 1, x0 + nx + 2 */
     int lean;                    /* 1: in-place transposes; 0: out of place through work2 */
     float *work2;                /* the second mesh slab of the out-of-place transposes (NULL when lean) */
@@ -6211,8 +6217,17 @@ struct lss_nbody {
     int ck_step, ck_ranks;       /* the distributed checkpoint's parts on disk (step, ranks; 0 ranks: none) */
     void *ord;                   /* [N] particle indices by mesh plane (uint32, or uint64 when N >= 2^32) */
     int ord64;
+    /* the particles are kept sorted by force-mesh cell row for cache locality: a serial run re-sorts them in every
+       drift, a distributed one after each migration (a stable counting sort into pos2 / mom2 / ord or gid2, then
+       the pointers are swapped) */
+    void *id;                    /* [N] lattice index (x np + y) np + z of each held particle (serial runs; ord's type) */
+    uint32_t *pos2;              /* [cap][3] the sort's scratch */
+    float *mom2;
+    int64_t *pstart;             /* [n / B n + 1] first sorted particle of each (y block, x plane) (lss__nb_rowkey) */
+    int sorted;                  /* 1: pos is sorted by (x, y) cell of the force mesh, pstart valid */
     int nthr;                    /* threads the painting buffers hold */
     int64_t *hist, *pbuf;        /* painting: histograms and offsets, per-thread plane accumulators */
+    float *rbuf;                 /* [nthr][lss__nb_rbuf_floats(n)] the force readout's per-thread scratch */
     double *a_node, *a_half;     /* [steps + 1], [steps] */
     double *d_node, *gp_node, *d_half, *gp_half;
     double maxp;                 /* max |p_d| (bounds the drift of a step for the light cone) */
@@ -6221,6 +6236,9 @@ struct lss_nbody {
     double pix;                  /* pixel side in radians (gnomonic coordinates) */
     double *z_edges, *chi_edges; /* [nshell + 1] */
     int64_t *acc;                /* [ncone][nshell][side][side] fixed point */
+    int64_t *tacc;               /* [ntacc][ncone][nshell][side][side] private sums of threads 1 .. ntacc (zero between drifts) */
+    int ntacc;
+    int *shtab;                  /* [LSS__NB_SHTAB] shell of chi = chi_edges[0] + k span / LSS__NB_SHTAB */
     lss__nbrep *rep;             /* [ncone][nrep] */
     lss_nbody_stats st;
 };
@@ -6283,7 +6301,8 @@ static int64_t lss__nb_bytes(const lss_nbody_opts *o, const lss_lightcone_opts *
     int64_t np = o->np, N = np * np * np, n = o->mesh, b;
     int64_t mesh = 4 * (int64_t)lss__nb_gridfloats(o->mesh);
     int64_t ic = (o->lpt_order == 2 ? 4 : 2) * 4 * (int64_t)lss__nb_gridfloats(o->np);
-    b = N * 24 + N * (N > (int64_t)0xFFFFFFFF ? 8 : 4);      /* positions, momenta, plane order */
+    /* positions, momenta, plane order; the cell sort's copies of positions and momenta, lattice indices */
+    b = 2 * (N * 24 + N * (N > (int64_t)0xFFFFFFFF ? 8 : 4)) + 8 * (n / 2 * n + 1);
     b += (mesh > ic ? mesh : ic);                            /* force mesh / initial-condition fields */
     b += (int64_t)nthr * (n * n * 8 + (n + 1) * 8);          /* plane accumulators and histograms of the painting */
     b += (int64_t)o->steps * 6 * 8 + 4096;
@@ -6344,13 +6363,25 @@ static void lss__nb_mode(const lss_nbody *s, int mx, int my, int mz, double *re,
 static int lss__nb_fidx(int i, int n) { return i <= n / 2 ? i : i - n; }
 
 /* round to the nearest integer (halves away from zero) */
-static int64_t lss__nb_round(double v) { return (int64_t)(v >= 0 ? v + 0.5 : v - 0.5); }
+static int64_t lss__nb_round(double v) { return (int64_t)(v + copysign(0.5, v)); } /* branch-free: signs are random */
 
 /* position component d of particle m drifted by dq (position units per unit momentum) */
 static uint32_t lss__nb_x(const lss_nbody *s, int64_t m, int d, double dq) {
     uint32_t x = s->pos[3 * m + d];
     if (dq != 0) x += (uint32_t)lss__nb_round((double)s->mom[3 * m + d] * dq);
     return x;
+}
+
+/* rows per y block of the cell sort: the largest of 16, 8, 4, 2 that divides the (even) mesh side n and is at most
+   n / 4 (2 below n = 16), so that B + 2 rows fit in an n x n buffer */
+static int lss__nb_yblk(int n) { return n % 16 == 0 && n >= 64 ? 16 : n % 8 == 0 && n >= 32 ? 8 : n % 4 == 0 && n >= 16 ? 4 : 2; }
+/* sort key of a fixed-point position on the force mesh of side n with y blocks of B rows: (y block, x plane, y row
+   in the block), so that the force readout walks x planes through a band of B rows (its 6-plane stencil stays
+   in cache) and each (y block, x plane) run is contiguous for the painting */
+static int64_t lss__nb_rowkey(const uint32_t *x, int n, int B) {
+    int ix = (int)(((uint64_t)x[0] * (uint64_t)n) >> 32), iy = (int)(((uint64_t)x[1] * (uint64_t)n) >> 32);
+    int lb = B == 16 ? 4 : B == 8 ? 3 : B == 4 ? 2 : 1; /* B is a power of 2: no division */
+    return (((int64_t)(iy >> lb) * n + ix) << lb) + (iy & (B - 1));
 }
 
 static int64_t lss__nb_ord_get(const void *ord, int big, int64_t i) {
@@ -6374,6 +6405,79 @@ static void lss__nb_paint(lss_nbody *s, double dq, float *mesh, int n, int T, in
 }
 /* the same for the particles 0 .. N - 1 held here and the planes p0 .. p0 + pn - 1 (mesh holds them from p0; mass:
    their total) */
+/* the CIC painting of a serial run sorted at its positions (lss__nb_rowkey; s->pstart): plane p takes the runs
+   (y block, p - 1) and (y block, p) band by band into a (B + 2) x n int64 accumulator per thread (rows y0 .. y0 + B;
+   row B carries into the next band, and the last band's into row 0 of the first). The same exact sums as
+   lss__nb_paint_planes. ptot[p]: the plane's total; pbuf holds T (B + 2) n int64. */
+static void lss__nb_paint_sorted(lss_nbody *s, float *mesh, int T, int64_t *ptot, int64_t *pbuf, int64_t *mass) {
+    int n = s->n, B = lss__nb_yblk(n), nyb = n / B, p;
+    size_t R = (size_t)(2 * lss__nb_cp(n));
+    double norm = (double)n * n * n / ((double)s->N * (double)s->one);
+    (void)T;
+LSS__MOMP(omp parallel for schedule(dynamic, 1) num_threads(T))
+    for (p = 0; p < n; p++) {
+        int t = 0, yb, half, r, z;
+        int64_t tot = 0, *buf, *row0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        buf = pbuf + (size_t)t * (B + 2) * n; /* rows 0 .. B of the band */
+        row0 = buf + (size_t)(B + 1) * n;     /* row 0 of the first band, completed at the end */
+        memset(buf, 0, sizeof(int64_t) * (size_t)(B + 1) * n);
+        for (yb = 0; yb < nyb; yb++) {
+            int y0 = yb * B;
+            if (yb > 0) { /* the last band's row B is this band's row 0 */
+                memcpy(buf, buf + (size_t)B * n, sizeof(int64_t) * (size_t)n);
+                memset(buf + n, 0, sizeof(int64_t) * (size_t)B * n);
+            }
+            for (half = 0; half < 2; half++) {
+                /* group (yb, p - 1) adds the x + 1 part of its particles, group (yb, p) their x part */
+                int qb = half ? p : (p + n - 1) % n;
+                int64_t i, i1 = s->pstart[(size_t)yb * n + qb + 1];
+                for (i = s->pstart[(size_t)yb * n + qb]; i < i1; i++) {
+                    const uint32_t *q = s->pos + 3 * i;
+                    uint64_t tx = (uint64_t)q[0] * (uint64_t)n, ty = (uint64_t)q[1] * (uint64_t)n, tz = (uint64_t)q[2] * (uint64_t)n;
+                    int ry = (int)(ty >> 32) - y0, iz = (int)(tz >> 32), iz1 = iz + 1 == n ? 0 : iz + 1;
+                    uint32_t fy = (uint32_t)ty, fz = (uint32_t)tz;
+                    int64_t w1 = (int64_t)(((uint64_t)s->one * (uint32_t)tx) >> 32);
+                    int64_t wx = half ? s->one - w1 : w1;
+                    int64_t wy1 = (int64_t)(((uint64_t)wx * fy) >> 32), wy0 = wx - wy1;
+                    int64_t w01 = (int64_t)(((uint64_t)wy0 * fz) >> 32), w11 = (int64_t)(((uint64_t)wy1 * fz) >> 32);
+                    int64_t *b0 = buf + (size_t)ry * n, *b1 = b0 + n;
+                    b0[iz] += wy0 - w01;
+                    b0[iz1] += w01;
+                    b1[iz] += wy1 - w11;
+                    b1[iz1] += w11;
+                }
+            }
+            if (yb == 0) memcpy(row0, buf, sizeof(int64_t) * (size_t)n);
+            for (r = yb == 0 ? 1 : 0; r < B; r++) {
+                const int64_t *br = buf + (size_t)r * n;
+                float *mr = mesh ? mesh + ((size_t)p * n + y0 + r) * R : NULL;
+                for (z = 0; z < n; z++) {
+                    tot += br[z];
+                    if (mr) mr[z] = (float)((double)br[z] * norm - 1.0);
+                }
+            }
+        }
+        { /* row 0: the first band's own part and the last band's carry (row n wraps to 0) */
+            const int64_t *cr = buf + (size_t)B * n;
+            float *mr = mesh ? mesh + (size_t)p * n * R : NULL;
+            for (z = 0; z < n; z++) {
+                int64_t v = row0[z] + cr[z];
+                tot += v;
+                if (mr) mr[z] = (float)((double)v * norm - 1.0);
+            }
+        }
+        ptot[p] = tot;
+    }
+    if (mass) {
+        int64_t tot = 0;
+        for (p = 0; p < n; p++) tot += ptot[p];
+        *mass = tot;
+    }
+}
+
 static void lss__nb_paint_planes(lss_nbody *s, int64_t N, double dq, float *mesh, int n, int p0, int pn, int T,
                                  int64_t *hist, int64_t *pbuf, int64_t *mass) {
     int64_t nb = (N + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
@@ -6381,6 +6485,10 @@ static void lss__nb_paint_planes(lss_nbody *s, int64_t N, double dq, float *mesh
     size_t R = (size_t)(2 * lss__nb_cp(n));
     double norm = (double)n * n * n / ((double)s->N * (double)s->one);
     int p;
+    if (dq == 0 && s->sorted && !s->dist && n == s->n && N == s->N && p0 == 0 && pn == n) {
+        lss__nb_paint_sorted(s, mesh, T, ptot, pbuf, mass);
+        return;
+    }
 LSS__MOMP(omp parallel num_threads(T))
     {
         int t = 0, nt = 1, q;
@@ -6513,71 +6621,166 @@ static int lss__nb_force(lss_nbody *s, double kfac, int T, int64_t *hist, int64_
     return LSS_OK;
 }
 
-/* the kick of the particles held here with the potential's planes s->plane; s->maxp = their largest |p_d| */
+/* floats of one thread's readout scratch (lss__nb_readout) for a force mesh of side n: two planes' gradient rows */
+static size_t lss__nb_rbuf_floats(int n) { return 6 * ((size_t)lss__nb_yblk(n) + 1) * ((size_t)n + 1); }
+
+#if defined(__cplusplus)
+#define LSS__NB_RESTRICT __restrict
+#else
+#define LSS__NB_RESTRICT restrict
+#endif
+/* d[j] = 8 (a[j] - b[j]) - (c[j] - e[j]): the 4-point difference (a, b at +-1, c, e at +-2), without 1 / 12 h */
+static void lss__nb_fd4(const float *LSS__NB_RESTRICT a, const float *LSS__NB_RESTRICT b, const float *LSS__NB_RESTRICT c,
+                        const float *LSS__NB_RESTRICT e, int w, float *LSS__NB_RESTRICT d) {
+    int j;
+LSS__MOMP(omp simd)
+    for (j = 0; j < w; j++) d[j] = 8 * (a[j] - b[j]) - (c[j] - e[j]);
+}
+static float lss__nb_fd1(float a, float b, float c, float e) { return 8 * (a - b) - (c - e); }
+/* the three gradient components (4-point differences without 1 / 12 h) of the potential planes pl (side n, row
+   stride R) on plane x, rows y0 .. y0 + nr - 1 (mod n), every z: G[d][r][z] with row length n + 1 (G[d][r][n] =
+   G[d][r][0], the periodic neighbour) */
+static void lss__nb_grad_rows(const float *const *pl, int n, size_t R, int x, int y0, int nr, float *G) {
+    size_t L = (size_t)n + 1;
+    const float *xp1 = pl[(x + 1) % n], *xm1 = pl[(x + n - 1) % n], *xp2 = pl[(x + 2) % n], *xm2 = pl[(x + n - 2) % n];
+    const float *p = pl[x];
+    int r, z;
+    for (r = 0; r < nr; r++) {
+        int y = (y0 + r) % n;
+        size_t o = (size_t)y * R;
+        const float *row = p + o;
+        float *gx = G + (size_t)r * L, *gy = G + ((size_t)nr + r) * L, *gz = G + ((size_t)2 * nr + r) * L;
+        lss__nb_fd4(xp1 + o, xm1 + o, xp2 + o, xm2 + o, n, gx);
+        lss__nb_fd4(p + (size_t)((y + 1) % n) * R, p + (size_t)((y + n - 1) % n) * R, p + (size_t)((y + 2) % n) * R,
+                    p + (size_t)((y + n - 2) % n) * R, n, gy);
+        if (n > 4) lss__nb_fd4(row + 3, row + 1, row + 4, row, n - 4, gz + 2);
+        for (z = 0; z < 4 && z < n; z++) { /* the wrapped ends: z = 0, 1, n - 2, n - 1 */
+            int zz = z < 2 ? z : n - 4 + z;
+            if (zz < 2 && z >= 2) continue;
+            gz[zz] = lss__nb_fd1(row[(zz + 1) % n], row[(zz + n - 1) % n], row[(zz + 2) % n], row[(zz + n - 2) % n]);
+        }
+        gx[n] = gx[0]; gy[n] = gy[0]; gz[n] = gz[0];
+    }
+}
+/* kick of particle m from its cell's corner gradients v[d][c][k] (corner c = 2 a + b at (x + a, y + b), k: z, z + 1);
+   returns max_d |p_d| */
+static float lss__nb_kick1(lss_nbody *s, int64_t m, int n, float v[3][4][2], float kk, float inv12h) {
+    const uint32_t *q = s->pos + 3 * m;
+    float fx = (float)((uint32_t)((uint64_t)q[0] * (uint64_t)n) * (1.0 / LSS__NB_TWO32));
+    float fy = (float)((uint32_t)((uint64_t)q[1] * (uint64_t)n) * (1.0 / LSS__NB_TWO32));
+    float fz = (float)((uint32_t)((uint64_t)q[2] * (uint64_t)n) * (1.0 / LSS__NB_TWO32));
+    float gx = 1 - fx, gy = 1 - fy, gz = 1 - fz, w[4], pmax = 0;
+    int d;
+    w[0] = gx * gy; w[1] = gx * fy; w[2] = fx * gy; w[3] = fx * fy;
+    for (d = 0; d < 3; d++) {
+        float g = w[0] * (gz * v[d][0][0] + fz * v[d][0][1]), pv, ap;
+        g += w[1] * (gz * v[d][1][0] + fz * v[d][1][1]);
+        g += w[2] * (gz * v[d][2][0] + fz * v[d][2][1]);
+        g += w[3] * (gz * v[d][3][0] + fz * v[d][3][1]);
+        pv = s->mom[3 * m + d] - kk * (g * inv12h);
+        ap = pv < 0 ? -pv : pv;
+        s->mom[3 * m + d] = pv;
+        pmax = ap > pmax ? ap : pmax;
+    }
+    return pmax;
+}
+
+/* the kick of the particles held here with the potential's planes s->plane; s->maxp = their largest |p_d|.
+   The force is the CIC interpolation of the 4-point finite-difference gradient at the 8 corners of the particle's
+   cell. A serial run sorted by lss__nb_rowkey computes the gradient rows once per (y block, x plane) and takes the
+   particles' corners from them; otherwise each particle computes its 24 corner values itself. Both give the same
+   bits (the same float operations on the same values), whatever the order, the runs or the threads. */
 static void lss__nb_readout(lss_nbody *s, double kfac) {
-    int n = s->n, cp = s->fm.cp;
-    size_t R = (size_t)(2 * cp);
-    int64_t b, nb = (s->Nl + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+    int n = s->n, cp = s->fm.cp, T = lss__nb_nthreads(), B = lss__nb_yblk(n), nyb = n / B;
+    size_t R = (size_t)(2 * cp), rbf = lss__nb_rbuf_floats(n), L = (size_t)n + 1;
     double maxp = 0;
     float inv12h = (float)(n / (12.0 * s->L)), kk = (float)kfac;
     const float *const *pl = s->plane;
-    /* readout: the 4-point gradient at the 8 CIC corners; along each axis the transverse bilinear weights are
-       applied first to the 6 stencil planes (the two operations commute) */
-LSS__MOMP(omp parallel for schedule(static, 1) reduction(max : maxp))
-    for (b = 0; b < nb; b++) {
-        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->Nl ? (b + 1) * LSS__NB_BLOCK : s->Nl;
-        for (m = b * LSS__NB_BLOCK; m < e; m++) {
-            uint64_t tx = (uint64_t)s->pos[3 * m] * (uint64_t)n, ty = (uint64_t)s->pos[3 * m + 1] * (uint64_t)n;
-            uint64_t tz = (uint64_t)s->pos[3 * m + 2] * (uint64_t)n;
-            int ix = (int)(tx >> 32), iy = (int)(ty >> 32), iz = (int)(tz >> 32), o, d;
-            float pmax = 0;
-            float fx = (float)((uint32_t)tx * (1.0 / LSS__NB_TWO32)), fy = (float)((uint32_t)ty * (1.0 / LSS__NB_TWO32));
-            float fz = (float)((uint32_t)tz * (1.0 / LSS__NB_TWO32));
-            float gx = 1 - fx, gy = 1 - fy, gz = 1 - fz, bv[6], g[3];
-            float wyz00 = gy * gz, wyz01 = gy * fz, wyz10 = fy * gz, wyz11 = fy * fz;
-            float wxz00 = gx * gz, wxz01 = gx * fz, wxz10 = fx * gz, wxz11 = fx * fz;
-            float wxy00 = gx * gy, wxy01 = gx * fy, wxy10 = fx * gy, wxy11 = fx * fy;
-            const float *rx0[6], *rx1[6], *X[6], *X2, *X3;
-            size_t Y[6], Z[6], Y2, Y3, Z2, Z3;
-            int vx, vy, vz;
-            for (o = 0; o < 6; o++) {
-                vx = ix + o - 2; vy = iy + o - 2; vz = iz + o - 2;
-                vx = vx < 0 ? vx + n : vx >= n ? vx - n : vx;
-                vy = vy < 0 ? vy + n : vy >= n ? vy - n : vy;
-                vz = vz < 0 ? vz + n : vz >= n ? vz - n : vz;
-                X[o] = pl[vx];
-                Y[o] = (size_t)vy;
-                Z[o] = (size_t)vz;
-            }
-            X2 = X[2]; X3 = X[3]; Y2 = Y[2]; Y3 = Y[3]; Z2 = Z[2]; Z3 = Z[3];
-            /* x stencil: rows (X[o], iy) and (X[o], iy + 1) */
-            for (o = 0; o < 6; o++) {
-                rx0[o] = X[o] + Y2 * R;
-                rx1[o] = X[o] + Y3 * R;
-                bv[o] = wyz00 * rx0[o][Z2] + wyz01 * rx0[o][Z3] + wyz10 * rx1[o][Z2] + wyz11 * rx1[o][Z3];
-            }
-            g[0] = gx * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fx * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
-            /* y stencil: rows (ix, Y[o]) and (ix + 1, Y[o]) */
-            for (o = 0; o < 6; o++) {
-                const float *r0 = X2 + Y[o] * R, *r1 = X3 + Y[o] * R;
-                bv[o] = wxz00 * r0[Z2] + wxz01 * r0[Z3] + wxz10 * r1[Z2] + wxz11 * r1[Z3];
-            }
-            g[1] = gy * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fy * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
-            /* z stencil: the four rows of the cell */
-            {
-                const float *r00 = rx0[2], *r01 = rx1[2], *r10 = rx0[3], *r11 = rx1[3];
-                for (o = 0; o < 6; o++) {
-                    size_t zo = Z[o];
-                    bv[o] = wxy00 * r00[zo] + wxy01 * r01[zo] + wxy10 * r10[zo] + wxy11 * r11[zo];
+    if (T > s->nthr) T = s->nthr;
+    if (s->sorted) {
+        /* chunks of 8 consecutive x planes of one y block: gradient rows of plane x + 1 computed once and reused as
+           plane x of the next group */
+        int nch = (n + 7) / 8, ch;
+LSS__MOMP(omp parallel for schedule(dynamic, 1) reduction(max : maxp) num_threads(T))
+        for (ch = 0; ch < nyb * nch; ch++) {
+            int yb = ch / nch, x0 = (ch % nch) * 8, x1 = x0 + 8 < n ? x0 + 8 : n, x, t = 0, y0 = yb * B, have0;
+            float *G0, *G1;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+#endif
+            G0 = s->rbuf + (size_t)t * rbf;
+            G1 = G0 + rbf / 2;
+            for (x = x0, have0 = 0; x < x1; x++) {
+                int64_t m, e = s->pstart[(size_t)yb * n + x + 1];
+                float *tmp;
+                if (s->pstart[(size_t)yb * n + x] == e) { /* no particles (a distributed run: outside its slab) */
+                    have0 = 0;
+                    continue;
                 }
+                if (!have0) lss__nb_grad_rows(pl, n, R, x, y0, B + 1, G0);
+                lss__nb_grad_rows(pl, n, R, (x + 1) % n, y0, B + 1, G1);
+                have0 = 1;
+                for (m = s->pstart[(size_t)yb * n + x]; m < e; m++) {
+                    const uint32_t *q = s->pos + 3 * m;
+                    uint64_t tx = (uint64_t)q[0] * (uint64_t)n, ty = (uint64_t)q[1] * (uint64_t)n, tz = (uint64_t)q[2] * (uint64_t)n;
+                    size_t off = (size_t)((int)(ty >> 32) - y0) * L + (size_t)(tz >> 32);
+                    const float *a0 = G0 + off, *a1 = G1 + off;
+                    float fx = (float)((uint32_t)tx * (1.0 / LSS__NB_TWO32)), fy = (float)((uint32_t)ty * (1.0 / LSS__NB_TWO32));
+                    float fz = (float)((uint32_t)tz * (1.0 / LSS__NB_TWO32)), gx = 1 - fx, gy = 1 - fy, gz = 1 - fz, pmax = 0;
+                    float w0 = gx * gy, w1 = gx * fy, w2 = fx * gy, w3 = fx * fy;
+                    int d;
+                    for (d = 0; d < 3; d++, a0 += (B + 1) * L, a1 += (B + 1) * L) {
+                        float g = w0 * (gz * a0[0] + fz * a0[1]), pv, ap;
+                        g += w1 * (gz * a0[L] + fz * a0[L + 1]);
+                        g += w2 * (gz * a1[0] + fz * a1[1]);
+                        g += w3 * (gz * a1[L] + fz * a1[L + 1]);
+                        pv = s->mom[3 * m + d] - kk * (g * inv12h);
+                        ap = pv < 0 ? -pv : pv;
+                        s->mom[3 * m + d] = pv;
+                        pmax = ap > pmax ? ap : pmax;
+                    }
+                    if (pmax > maxp) maxp = pmax;
+                }
+                tmp = G0; G0 = G1; G1 = tmp;
             }
-            g[2] = gz * (8 * (bv[3] - bv[1]) - (bv[4] - bv[0])) + fz * (8 * (bv[4] - bv[2]) - (bv[5] - bv[1]));
-            for (d = 0; d < 3; d++) {
-                float pv = s->mom[3 * m + d] - kk * (g[d] * inv12h), ap = pv < 0 ? -pv : pv;
-                s->mom[3 * m + d] = pv;
-                pmax = ap > pmax ? ap : pmax;
+        }
+    } else {
+        int64_t b, nb = (s->Nl + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
+LSS__MOMP(omp parallel for schedule(static, 1) reduction(max : maxp) num_threads(T))
+        for (b = 0; b < nb; b++) {
+            int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->Nl ? (b + 1) * LSS__NB_BLOCK : s->Nl;
+            for (m = b * LSS__NB_BLOCK; m < e; m++) {
+                const uint32_t *q = s->pos + 3 * m;
+                int ix = (int)(((uint64_t)q[0] * (uint64_t)n) >> 32), iy = (int)(((uint64_t)q[1] * (uint64_t)n) >> 32);
+                int iz = (int)(((uint64_t)q[2] * (uint64_t)n) >> 32), c, k, o;
+                float v[3][4][2], pm;
+                const float *X[6];
+                size_t Y[6];
+                int Z[6];
+                for (o = 0; o < 6; o++) { /* the stencil's planes, rows and columns i - 2 .. i + 3, wrapped */
+                    int vx = ix + o - 2, vy = iy + o - 2, vz = iz + o - 2;
+                    vx = vx < 0 ? vx + n : vx >= n ? vx - n : vx;
+                    vy = vy < 0 ? vy + n : vy >= n ? vy - n : vy;
+                    vz = vz < 0 ? vz + n : vz >= n ? vz - n : vz;
+                    X[o] = pl[vx];
+                    Y[o] = (size_t)vy * R;
+                    Z[o] = vz;
+                }
+                for (c = 0; c < 4; c++) { /* corner (ix + a, iy + b): stencil entries 2 + a and 2 + b */
+                    int xa = 2 + (c >> 1), yb = 2 + (c & 1);
+                    const float *row = X[xa] + Y[yb];
+                    const float *xp1 = X[xa + 1] + Y[yb], *xm1 = X[xa - 1] + Y[yb], *xp2 = X[xa + 2] + Y[yb], *xm2 = X[xa - 2] + Y[yb];
+                    const float *yp1 = X[xa] + Y[yb + 1], *ym1 = X[xa] + Y[yb - 1], *yp2 = X[xa] + Y[yb + 2], *ym2 = X[xa] + Y[yb - 2];
+                    for (k = 0; k < 2; k++) {
+                        int z = Z[2 + k];
+                        v[0][c][k] = lss__nb_fd1(xp1[z], xm1[z], xp2[z], xm2[z]);
+                        v[1][c][k] = lss__nb_fd1(yp1[z], ym1[z], yp2[z], ym2[z]);
+                        v[2][c][k] = lss__nb_fd1(row[Z[3 + k]], row[Z[1 + k]], row[Z[4 + k]], row[Z[k]]);
+                    }
+                }
+                pm = lss__nb_kick1(s, m, n, v, kk, inv12h);
+                if (pm > maxp) maxp = pm;
             }
-            if (pmax > maxp) maxp = pmax;
         }
     }
     s->maxp = maxp;
@@ -6761,15 +6964,22 @@ LSS__MOMP(omp atomic)
     *p += w;
 }
 
-/* one image of a particle at P (observer frame, start of the drift) moving by dP: paint its crossing */
-static void lss__nb_lc_cross(lss_nbody *s, const lss__nbstep *q, int c, double px, double py, double pz, double dx,
-                             double dy, double dz) {
-    double f0 = sqrt(px * px + py * py + pz * pz) - q->chi_i, f1, ta = 0, tb = 1, fa, fb, t = 0, cx, cy, cz, chi;
+/* one image of a particle at P (observer frame, start of the drift) moving by dP: paint its crossing into acc0
+   (own: this thread's private sums; else the shared ones, atomically) */
+static void lss__nb_lc_cross(lss_nbody *s, const lss__nbstep *q, int64_t *acc0, int own, int c, double px, double py,
+                             double pz, double dx, double dy, double dz) {
+    double r0 = px * px + py * py + pz * pz, r1, f0, f1, ta = 0, tb = 1, fa, fb, t = 0, cx, cy, cz, chi;
     double u, v, gx, gy, fx, fy;
-    int it, last = 0, lo, hi, b, i0, j0, a, side = s->side;
+    int it, last = 0, b, i0, j0, a, side = s->side;
     int64_t *acc;
+    /* squared distances first: they skip the square roots of the many images that do not cross (the margins keep
+       every decision that of the exact tests below) */
+    if (r0 >= q->chi_i * q->chi_i * (1 + 1e-12)) return;
+    r1 = (px + dx) * (px + dx) + (py + dy) * (py + dy) + (pz + dz) * (pz + dz);
+    if (r1 < q->chi_f * q->chi_f * (1 - 1e-12)) return;
+    f0 = sqrt(r0) - q->chi_i;
     if (f0 >= 0) return;
-    f1 = sqrt((px + dx) * (px + dx) + (py + dy) * (py + dy) + (pz + dz) * (pz + dz)) - q->chi_f;
+    f1 = sqrt(r1) - q->chi_f;
     if (f1 < 0) return;
     fa = f0;
     fb = f1;
@@ -6785,31 +6995,39 @@ static void lss__nb_lc_cross(lss_nbody *s, const lss__nbstep *q, int c, double p
     cx = px + t * dx; cy = py + t * dy; cz = pz + t * dz;
     chi = sqrt(cx * cx + cy * cy + cz * cz);
     if (!(cz > 0) || chi < s->chi_edges[0] || chi >= s->chi_edges[s->nshell]) return;
-    lo = 0; hi = s->nshell;
-    while (hi - lo > 1) {
-        int m = (lo + hi) >> 1;
-        if (s->chi_edges[m] <= chi) lo = m;
-        else hi = m;
+    /* the shell: the last edge <= chi, from the run's table of shells on a uniform grid in chi */
+    {
+        double e0 = s->chi_edges[0], span = s->chi_edges[s->nshell] - e0;
+        int k = (int)((chi - e0) / span * LSS__NB_SHTAB);
+        k = k < 0 ? 0 : k >= LSS__NB_SHTAB ? LSS__NB_SHTAB - 1 : k;
+        b = s->shtab[k];
+        while (b + 1 < s->nshell && s->chi_edges[b + 1] <= chi) b++;
+        while (b > 0 && s->chi_edges[b] > chi) b--;
     }
-    b = lo;
     u = cx / cz; v = cy / cz;
     gx = u / s->pix + side / 2 - 0.5;
     gy = v / s->pix + side / 2 - 0.5;
     if (!(gx >= -1 && gx < side && gy >= -1 && gy < side)) return;
     i0 = (int)floor(gx); j0 = (int)floor(gy);
     fx = gx - i0; fy = gy - j0;
-    acc = s->acc + ((size_t)c * s->nshell + b) * side * side;
+    acc = acc0 + ((size_t)c * s->nshell + b) * side * side;
     for (a = 0; a < 2; a++) {
         int64_t w1x = lss__nb_round(fx * (double)s->one), wx = a ? w1x : s->one - w1x;
         int64_t wy1 = lss__nb_round(fy * (double)wx), wy0 = wx - wy1;
         int col = i0 + a;
         if (col < 0 || col >= side) continue;
-        if (j0 >= 0) lss__nb_acc_add(acc + (size_t)j0 * side + col, wy0);
-        if (j0 + 1 < side) lss__nb_acc_add(acc + (size_t)(j0 + 1) * side + col, wy1);
+        if (own) {
+            if (j0 >= 0) acc[(size_t)j0 * side + col] += wy0;
+            if (j0 + 1 < side) acc[(size_t)(j0 + 1) * side + col] += wy1;
+        } else {
+            if (j0 >= 0) lss__nb_acc_add(acc + (size_t)j0 * side + col, wy0);
+            if (j0 + 1 < side) lss__nb_acc_add(acc + (size_t)(j0 + 1) * side + col, wy1);
+        }
     }
 }
 
-static void lss__nb_lc_particle(lss_nbody *s, const lss__nbstep *q, const uint32_t x0[3], const int64_t du[3]) {
+static void lss__nb_lc_particle(lss_nbody *s, const lss__nbstep *q, int64_t *acc0, int own, const uint32_t x0[3],
+                                const int64_t du[3]) {
     double sc = s->L / LSS__NB_TWO32, L = s->L, hl = 0.5 * s->L;
     int c, k, ix, iy;
     for (c = 0; c < s->ncone; c++)
@@ -6831,33 +7049,143 @@ static void lss__nb_lc_particle(lss_nbody *s, const lss__nbstep *q, const uint32
                 for (iy = -1; iy <= 1; iy++) {
                     double ys = Y + iy * L;
                     if (fabs(ys) > q->xlim) continue;
-                    lss__nb_lc_cross(s, q, c, xs, ys, Z, dx, dy, dz);
+                    lss__nb_lc_cross(s, q, acc0, own, c, xs, ys, Z, dx, dy, dz);
                 }
             }
         }
 }
 
-/* drift a_i -> a_{i+1} with the momenta of a_{i+1/2}, painting the light-cone crossings */
-static void lss__nb_drift(lss_nbody *s, int i) {
-    double dqm = (s->d_node[i + 1] - s->d_node[i]) / s->gp_half[i], dq = dqm * LSS__NB_TWO32 / s->L;
-    int64_t b, nb = (s->Nl + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK;
-    lss__nbstep q;
-    lss__nb_lc_setup(s, i, dqm, &q);
-LSS__MOMP(omp parallel for schedule(static, 1))
-    for (b = 0; b < nb; b++) {
-        int64_t m, e = (b + 1) * LSS__NB_BLOCK < s->Nl ? (b + 1) * LSS__NB_BLOCK : s->Nl;
-        for (m = b * LSS__NB_BLOCK; m < e; m++) {
-            uint32_t x0[3];
-            int64_t du[3];
-            int d;
-            for (d = 0; d < 3; d++) {
-                x0[d] = s->pos[3 * m + d];
-                du[d] = lss__nb_round((double)s->mom[3 * m + d] * dq);
-                s->pos[3 * m + d] = x0[d] + (uint32_t)du[d];
+/* the held particles in lattice order again (after the initial conditions or a checkpoint): id = index */
+static void lss__nb_unsort(lss_nbody *s) {
+    int64_t m;
+    s->sorted = 0;
+    if (!s->id) return;
+    for (m = 0; m < s->Nl; m++) lss__nb_ord_set(s->id, s->ord64, m, m);
+}
+
+/* the particles moved by dq (position units per unit momentum), painting the light-cone crossings of q when it is
+   active. A serial run also sorts its particles by lss__nb_rowkey of the new positions: a stable counting sort
+   (per-thread histograms in pbuf over contiguous particle ranges, so the order does not depend on the thread
+   count) into pos2 / mom2 / ord, whose pointers are then swapped with pos / mom / id. The painting and the force
+   readout then walk the mesh in order. No result depends on the particles' order (exact integer sums,
+   per-particle kicks and light-cone weights). */
+static void lss__nb_move(lss_nbody *s, double dq, const lss__nbstep *q) {
+    int64_t nb = (s->Nl + LSS__NB_BLOCK - 1) / LSS__NB_BLOCK, n2 = (int64_t)s->n * s->n;
+    /* a distributed run sorts only in its pass after the migration (dq = 0) */
+    int T = lss__nb_nthreads(), B = lss__nb_yblk(s->n);
+    int sort = s->pos2 && s->mom2 && !lss__nb_nosort && (s->dist ? s->gid && s->gid2 && dq == 0 : s->id != NULL);
+    int own = 0;
+    size_t nacc = s->lc ? (size_t)s->ncone * s->nshell * s->side * s->side : 0;
+    if (T > s->nthr) T = s->nthr;
+    /* light-cone sums: threads past the first paint into private copies (added exactly afterwards) where they take
+       at most 256 MB, else all add atomically into s->acc */
+    if (q->active && T > 1 && nacc * (size_t)(T - 1) * 8 <= ((size_t)256 << 20) && !lss__nb_lc_shared) {
+        if (!s->tacc || s->ntacc < T - 1) {
+            LSS_FREE(s->tacc);
+            s->ntacc = 0;
+            if ((s->tacc = (int64_t *)LSS_MALLOC(sizeof(int64_t) * nacc * (size_t)(T - 1))) != NULL) {
+                memset(s->tacc, 0, sizeof(int64_t) * nacc * (size_t)(T - 1));
+                s->ntacc = T - 1;
             }
-            if (q.active) lss__nb_lc_particle(s, &q, x0, du);
+        }
+        own = s->tacc != NULL;
+    }
+LSS__MOMP(omp parallel num_threads(T))
+    {
+        int t = 0, nt = 1;
+        int64_t b, b0, b1, m, *h, *acc0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        acc0 = own && t > 0 ? s->tacc + (size_t)(t - 1) * nacc : s->acc;
+        b0 = nb * t / nt;
+        b1 = nb * (t + 1) / nt;
+        h = s->pbuf + (size_t)t * n2;
+        if (sort) memset(h, 0, sizeof(int64_t) * (size_t)n2);
+        for (b = b0; b < b1; b++) {
+            int64_t e = (b + 1) * LSS__NB_BLOCK < s->Nl ? (b + 1) * LSS__NB_BLOCK : s->Nl;
+            for (m = b * LSS__NB_BLOCK; m < e; m++) {
+                uint32_t x0[3], x1[3];
+                int64_t du[3];
+                int d;
+                for (d = 0; d < 3; d++) {
+                    x0[d] = s->pos[3 * m + d];
+                    du[d] = lss__nb_round((double)s->mom[3 * m + d] * dq);
+                    x1[d] = x0[d] + (uint32_t)du[d];
+                }
+                if (q->active) lss__nb_lc_particle(s, q, acc0, own, x0, du);
+                if (sort) h[lss__nb_rowkey(x1, s->n, B)]++; /* the new position is written by the sort */
+                else memcpy(s->pos + 3 * m, x1, 12);
+            }
+        }
+        if (sort) {
+LSS__MOMP(omp barrier)
+LSS__MOMP(omp single)
+            {   /* offsets: key by key, thread by thread (the threads' ranges are in particle order) */
+                int64_t run = 0, k;
+                int u;
+                for (k = 0; k < n2; k++) {
+                    if (k % B == 0) s->pstart[k / B] = run;
+                    for (u = 0; u < nt; u++) {
+                        int64_t *c = s->pbuf + (size_t)u * n2 + k, cnt = *c;
+                        *c = run;
+                        run += cnt;
+                    }
+                }
+                s->pstart[n2 / B] = run;
+            }
+            for (b = b0; b < b1; b++) {
+                int64_t e = (b + 1) * LSS__NB_BLOCK < s->Nl ? (b + 1) * LSS__NB_BLOCK : s->Nl;
+                for (m = b * LSS__NB_BLOCK; m < e; m++) {
+                    uint32_t x1[3];
+                    int64_t to;
+                    int d;
+                    for (d = 0; d < 3; d++) x1[d] = s->pos[3 * m + d] + (uint32_t)lss__nb_round((double)s->mom[3 * m + d] * dq);
+                    to = h[lss__nb_rowkey(x1, s->n, B)]++;
+                    memcpy(s->pos2 + 3 * to, x1, 12);
+                    memcpy(s->mom2 + 3 * to, s->mom + 3 * m, 12);
+                    if (s->dist) s->gid2[to] = s->gid[m];
+                    else lss__nb_ord_set(s->ord, s->ord64, to, lss__nb_ord_get(s->id, s->ord64, m));
+                }
+            }
         }
     }
+    if (own) { /* the private light-cone sums into s->acc, exactly, and cleared for the next step */
+        int64_t k, nk = (int64_t)nacc;
+        int ntc = s->ntacc;
+LSS__MOMP(omp parallel for schedule(static) num_threads(T))
+        for (k = 0; k < nk; k++) {
+            int u;
+            for (u = 0; u < ntc; u++) {
+                int64_t *v = s->tacc + (size_t)u * nacc + k;
+                s->acc[k] += *v;
+                *v = 0;
+            }
+        }
+    }
+    if (sort) {
+        uint32_t *tp = s->pos;
+        float *tm = s->mom;
+        void *ti = s->id;
+        s->pos = s->pos2; s->pos2 = tp;
+        s->mom = s->mom2; s->mom2 = tm;
+        if (s->dist) {
+            int64_t *tg = s->gid;
+            s->gid = s->gid2; s->gid2 = tg;
+        } else {
+            s->id = s->ord; s->ord = ti;
+        }
+        s->sorted = 1;
+    }
+}
+
+/* drift a_i -> a_{i+1} with the momenta of a_{i+1/2}, painting the light-cone crossings (and sorting: lss__nb_move) */
+static void lss__nb_drift(lss_nbody *s, int i) {
+    double dqm = (s->d_node[i + 1] - s->d_node[i]) / s->gp_half[i];
+    lss__nbstep q;
+    lss__nb_lc_setup(s, i, dqm, &q);
+    lss__nb_move(s, dqm * LSS__NB_TWO32 / s->L, &q);
 }
 
 /* ---- the run object ---- */
@@ -6866,6 +7194,8 @@ LSSDEF void lss_nbody_free(lss_nbody *s) {
     lss__nbfft_free(&s->fm);
     if (s->work) fftwf_free(s->work);
     LSS_FREE(s->pos); LSS_FREE(s->mom); LSS_FREE(s->ord); LSS_FREE(s->hist); LSS_FREE(s->pbuf);
+    LSS_FREE(s->id); LSS_FREE(s->pos2); LSS_FREE(s->mom2); LSS_FREE(s->pstart); LSS_FREE(s->rbuf);
+    LSS_FREE(s->tacc); LSS_FREE(s->shtab); LSS_FREE(s->gid2);
     LSS_FREE(s->a_node); LSS_FREE(s->a_half); LSS_FREE(s->d_node); LSS_FREE(s->gp_node); LSS_FREE(s->d_half);
     LSS_FREE(s->gp_half); LSS_FREE(s->z_edges); LSS_FREE(s->chi_edges); LSS_FREE(s->acc); LSS_FREE(s->rep);
     LSS_FREE(s->plane); LSS_FREE(s->gid);
@@ -6946,7 +7276,7 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
     if (dist) {
         if ((st = lss__nb_dist_layout(s, &s->work_floats)) != LSS_OK) { lss_nbody_free(s); return st; }
         s->lean = dist == 1;
-        bytes = (double)s->cap * (24 + 8 + (s->ord64 ? 8 : 4)) + 4.0 * (double)s->work_floats * (s->lean ? 1 : 2) +
+        bytes = (double)s->cap * (2 * 24 + 2 * 8 + (s->ord64 ? 8 : 4)) + 4.0 * (double)s->work_floats * (s->lean ? 1 : 2) +
                 (double)T * (s->n * (double)s->n * 8 + (s->n + 1) * 8.0) + 20.0 * s->n * (2.0 * s->fm.cp + 2 * s->gm.cp);
         if (phys > 0 && bytes > phys) {
             st = lss_seterr(LSS_ERR_NOMEM, "N-body over %d ranks: np = %d, mesh = %d need %.2f GB per rank, more than "
@@ -6961,19 +7291,28 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
     s->pos = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)s->cap);
     s->mom = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)s->cap);
     s->ord = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)s->cap);
-    if (s->dist) s->gid = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
+    if (s->dist) {
+        s->gid = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
+        s->gid2 = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
+    } else
+        s->id = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)s->cap);
+    s->pos2 = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)s->cap);
+    s->mom2 = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)s->cap);
+    s->pstart = (int64_t *)LSS_MALLOC(sizeof(int64_t) * ((size_t)s->n / 2 * s->n + 1));
     s->work = (float *)fftwf_malloc(sizeof(float) * s->work_floats);
-    if (s->dist && !s->gid) goto nomem;
+    if (s->dist && (!s->gid || !s->gid2)) goto nomem;
+    if ((!s->dist && !s->id) || !s->pos2 || !s->mom2 || !s->pstart) goto nomem;
     s->nthr = T;
     s->hist = (int64_t *)LSS_MALLOC(sizeof(int64_t) * lss__nb_histlen(s->n, T));
     s->pbuf = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)T * s->n * s->n);
+    s->rbuf = (float *)LSS_MALLOC(sizeof(float) * (size_t)T * lss__nb_rbuf_floats(s->n));
     s->a_node = (double *)LSS_MALLOC(sizeof(double) * (size_t)(o.steps + 1));
     s->d_node = (double *)LSS_MALLOC(sizeof(double) * (size_t)(o.steps + 1));
     s->gp_node = (double *)LSS_MALLOC(sizeof(double) * (size_t)(o.steps + 1));
     s->a_half = (double *)LSS_MALLOC(sizeof(double) * (size_t)o.steps);
     s->d_half = (double *)LSS_MALLOC(sizeof(double) * (size_t)o.steps);
     s->gp_half = (double *)LSS_MALLOC(sizeof(double) * (size_t)o.steps);
-    if (!s->pos || !s->mom || !s->ord || !s->work || !s->hist || !s->pbuf || !s->a_node || !s->d_node || !s->gp_node ||
+    if (!s->pos || !s->mom || !s->ord || !s->work || !s->hist || !s->pbuf || !s->rbuf || !s->a_node || !s->d_node || !s->gp_node ||
         !s->a_half || !s->d_half || !s->gp_half)
         goto nomem;
     a0 = 1 / (1 + o.z_init);
@@ -7008,6 +7347,12 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
         for (b = 0; b <= s->nshell; b++) {
             s->z_edges[b] = lc->z_edges[b];
             s->chi_edges[b] = lss_cosmo_chi(c, lc->z_edges[b]);
+        }
+        if (!(s->shtab = (int *)LSS_MALLOC(sizeof(int) * LSS__NB_SHTAB))) goto nomem;
+        for (k = 0, b = 0; k < LSS__NB_SHTAB; k++) { /* the last edge <= the start of entry k */
+            double ch = s->chi_edges[0] + (s->chi_edges[s->nshell] - s->chi_edges[0]) * k / LSS__NB_SHTAB;
+            while (b + 1 < s->nshell && s->chi_edges[b + 1] <= ch) b++;
+            s->shtab[k] = b;
         }
         for (cc = 0; cc < s->ncone; cc++) {
             lss_rng r;
@@ -7064,6 +7409,12 @@ static int lss__nb_start(lss_nbody *s) {
 #endif
         st = lss__nb_ic(s, &g);
     if (st != LSS_OK) return st;
+    lss__nb_unsort(s);
+    if (!s->dist) { /* sorted by mesh cell for the first force (no move) */
+        lss__nbstep q0;
+        memset(&q0, 0, sizeof q0);
+        lss__nb_move(s, 0, &q0);
+    }
     kf = (s->gp_half[0] - s->gp_node[0]) / (1.5 * s->om * s->d_node[0]);
     st = lss__nb_force(s, kf, s->nthr < lss__nb_nthreads() ? s->nthr : lss__nb_nthreads(), s->hist, s->pbuf);
     if (st != LSS_OK) return st;
@@ -7095,7 +7446,13 @@ LSSDEF int lss_nbody_step(lss_nbody *s) {
     i = s->step;
     lss__nb_drift(s, i);
 #ifdef LSS_MPI
-    if (s->dist && (st = lss__nb_migrate(s)) != LSS_OK) return st;
+    if (s->dist) {
+        lss__nbstep q0;
+        s->sorted = 0;
+        if ((st = lss__nb_migrate(s)) != LSS_OK) return st;
+        memset(&q0, 0, sizeof q0);
+        lss__nb_move(s, 0, &q0); /* sorted by cell for the painting's and the readout's locality */
+    }
 #endif
     s->st.drift += lss_time_now() - t0;
     if (i + 1 < s->steps) {
@@ -7430,9 +7787,18 @@ static int lss__nb_save(const lss_nbody *s, const char *path) {
     hdr[0] = s->step; hdr[1] = s->steps; hdr[2] = s->N; hdr[3] = nacc; hdr[4] = s->np; hdr[5] = s->n;
     if ((st = lss_wfile_open(&w, path)) != LSS_OK) return st;
     ok = fwrite("LSSNBCK1", 1, 8, w.f) == 8 && fwrite(&fp, sizeof fp, 1, w.f) == 1 && fwrite(hdr, sizeof hdr, 1, w.f) == 1 &&
-         fwrite(&s->maxp, sizeof s->maxp, 1, w.f) == 1 && fwrite(s->pos, sizeof(uint32_t), n3, w.f) == n3 &&
-         fwrite(s->mom, sizeof(float), n3, w.f) == n3 &&
-         (nacc == 0 || fwrite(s->acc, sizeof(int64_t), (size_t)nacc, w.f) == (size_t)nacc) &&
+         fwrite(&s->maxp, sizeof s->maxp, 1, w.f) == 1;
+    if (ok && s->sorted) { /* in lattice order: pos2 / mom2 (free between drifts) take the particles by index */
+        int64_t m;
+        for (m = 0; m < s->N; m++) {
+            int64_t at = lss__nb_ord_get(s->id, s->ord64, m);
+            memcpy(s->pos2 + 3 * at, s->pos + 3 * m, 12);
+            memcpy(s->mom2 + 3 * at, s->mom + 3 * m, 12);
+        }
+        ok = fwrite(s->pos2, sizeof(uint32_t), n3, w.f) == n3 && fwrite(s->mom2, sizeof(float), n3, w.f) == n3;
+    } else if (ok)
+        ok = fwrite(s->pos, sizeof(uint32_t), n3, w.f) == n3 && fwrite(s->mom, sizeof(float), n3, w.f) == n3;
+    ok = ok && (nacc == 0 || fwrite(s->acc, sizeof(int64_t), (size_t)nacc, w.f) == (size_t)nacc) &&
          fwrite("LSSNBEND", 1, 8, w.f) == 8;
     if (!ok) {
         lss_wfile_abort(&w);
@@ -7467,6 +7833,12 @@ static int lss__nb_grow(lss_nbody *s, int64_t need) {
     s->mom = m;
     if (s->gid && !(g = (int64_t *)LSS_REALLOC(s->gid, sizeof(int64_t) * (size_t)c))) return LSS_ERR_NOMEM;
     s->gid = g;
+    if (s->gid2 && !(g = (int64_t *)LSS_REALLOC(s->gid2, sizeof(int64_t) * (size_t)c))) return LSS_ERR_NOMEM;
+    s->gid2 = g;
+    if (s->pos2 && !(p = (uint32_t *)LSS_REALLOC(s->pos2, sizeof(uint32_t) * 3 * (size_t)c))) return LSS_ERR_NOMEM;
+    s->pos2 = p;
+    if (s->mom2 && !(m = (float *)LSS_REALLOC(s->mom2, sizeof(float) * 3 * (size_t)c))) return LSS_ERR_NOMEM;
+    s->mom2 = m;
     if (!(o = LSS_REALLOC(s->ord, (s->ord64 ? 8 : 4) * (size_t)c))) return LSS_ERR_NOMEM;
     s->ord = o;
     s->cap = c;
@@ -7599,6 +7971,7 @@ static int lss__nb_load_any(lss_nbody *s, const char *path, int *loaded) {
         s->ck_step = (int)hdr[0], s->ck_ranks = (int)ri[0];
     }
     if (st != LSS_OK) return st;
+    lss__nb_unsort(s); /* a serial run holds each particle at its lattice index */
     s->step = (int)hdr[0];
     *loaded = 1;
     return LSS_OK;
@@ -8002,9 +8375,12 @@ LSSDEF int lss_nbody_create_dist(const lss_cosmo *c, const lss_nbody_opts *o, co
 LSSDEF int lss_nbody_particles(const lss_nbody *s, uint32_t *pos, float *mom) {
     int64_t m;
     if (!s) return lss_seterr(LSS_ERR_ARG, "N-body particles: NULL run");
-    if (!s->dist) {
-        if (pos) memcpy(pos, s->pos, sizeof(uint32_t) * 3 * (size_t)s->N);
-        if (mom) memcpy(mom, s->mom, sizeof(float) * 3 * (size_t)s->N);
+    if (!s->dist) { /* in lattice order (the run holds them sorted by mesh cell) */
+        for (m = 0; m < s->N; m++) {
+            int64_t at = s->id ? lss__nb_ord_get(s->id, s->ord64, m) : m;
+            if (pos) memcpy(pos + 3 * at, s->pos + 3 * m, 12);
+            if (mom) memcpy(mom + 3 * at, s->mom + 3 * m, 12);
+        }
         return LSS_OK;
     }
 #ifdef LSS_MPI

@@ -364,6 +364,87 @@ static void test_lightcone(void) {
 }
 
 /* ------------------------------------------------------------------ errors */
+/* ------------------------------------------------------------------ cell sort */
+/* A serial run sorts its particles by force-mesh cell row every drift and then paints and reads the force out by
+   bands of rows (lss__nb_paint_sorted, the band readout). Against the same run kept unsorted (lss__nb_nosort: the
+   general painting and the per-particle readout), and with the light-cone crossings added atomically by every
+   thread (lss__nb_lc_shared): the same bits of shells, positions and momenta, for meshes whose y blocks are 2, 4, 8
+   and 16 rows (n = 18, 24, 40, 64). The sort itself: the particles of every (y block, x plane) run of pstart lie
+   in it, and lss_nbody_particles gives the lattice order (each particle within 20 Mpc/h of its lattice site in a
+   300 Mpc/h box; a wrong permutation puts most of them boxes away). */
+static void test_cell_sort(void) {
+    static const int meshes[4] = {18, 24, 40, 64};
+    int k;
+    set_threads(2);
+    for (k = 0; k < 4; k++) {
+        lss_nbody_opts o;
+        lss_lightcone_opts lc;
+        lss_nbody *s[3] = {NULL, NULL, NULL};
+        uint32_t *pos[3];
+        float *mom[3];
+        lss_shellset sh[3];
+        int v, np = meshes[k] == 18 ? 18 : 16;
+        size_t N, nmap, m;
+        int64_t bad = 0, far = 0, g;
+        memset(sh, 0, sizeof sh);
+        memset(&o, 0, sizeof o);
+        o.box = 300; o.np = np; o.mesh = meshes[k]; o.steps = 6;
+        memset(&lc, 0, sizeof lc);
+        lc.side = 16; lc.pixel_arcmin = 20; lc.nshell = 5; lc.z_edges = g_ze; lc.ncone = 2;
+        N = (size_t)np * np * np;
+        nmap = 2 * 5 * 16 * 16;
+        for (v = 0; v < 3; v++) {
+            lss__nb_nosort = v == 1;
+            lss__nb_lc_shared = v == 2;
+            pos[v] = (uint32_t *)malloc(12 * N);
+            mom[v] = (float *)malloc(12 * N);
+            CHECK_OK(lss_nbody_create(g_c, &o, &lc, 11, 1, &s[v]));
+            if (!s[v] || !pos[v] || !mom[v]) break;
+            while (lss_nbody_steps_done(s[v]) < o.steps) CHECK_OK(lss_nbody_step(s[v]));
+            CHECK_OK(lss_nbody_shells(s[v], &sh[v]));
+            CHECK_OK(lss_nbody_particles(s[v], pos[v], mom[v]));
+        }
+        lss__nb_nosort = lss__nb_lc_shared = 0;
+        if (v < 3 || !sh[0].delta || !sh[1].delta || !sh[2].delta) {
+            CHECK(0, "mesh %d: the runs did not complete", meshes[k]);
+        } else {
+            CHECK(s[0]->sorted && !s[1]->sorted, "mesh %d: the default run is sorted, the switched one not", meshes[k]);
+            CHECK(memcmp(sh[0].delta, sh[1].delta, sizeof(float) * nmap) == 0, "mesh %d (y blocks of %d): sorted and "
+                  "unsorted runs give the same shell bits", meshes[k], lss__nb_yblk(meshes[k]));
+            CHECK(memcmp(sh[0].delta, sh[2].delta, sizeof(float) * nmap) == 0, "mesh %d: private and atomic light-cone "
+                  "sums give the same bits", meshes[k]);
+            CHECK(memcmp(pos[0], pos[1], 12 * N) == 0 && memcmp(mom[0], mom[1], 12 * N) == 0,
+                  "mesh %d: sorted and unsorted runs give the same particles in lattice order", meshes[k]);
+            /* every particle in its (y block, x plane) run */
+            for (g = 0; g < (int64_t)(meshes[k] / lss__nb_yblk(meshes[k])) * meshes[k]; g++) {
+                int64_t i;
+                for (i = s[0]->pstart[g]; i < s[0]->pstart[g + 1]; i++)
+                    bad += lss__nb_rowkey(s[0]->pos + 3 * i, meshes[k], lss__nb_yblk(meshes[k])) / lss__nb_yblk(meshes[k]) != g;
+            }
+            CHECK(bad == 0 && s[0]->pstart[(meshes[k] / lss__nb_yblk(meshes[k])) * meshes[k]] == (int64_t)N,
+                  "mesh %d: every particle lies in its run of the cell sort (%lld outside)", meshes[k], (long long)bad);
+            for (m = 0; m < N; m++) {
+                int d;
+                size_t q[3];
+                q[0] = m / ((size_t)np * np); q[1] = m / np % np; q[2] = m % np;
+                for (d = 0; d < 3; d++) {
+                    double site = (double)q[d] / np, x = pos[0][3 * m + d] / 4294967296.0, dx = x - site;
+                    dx -= floor(dx + 0.5);
+                    if (fabs(dx) * o.box > 20) { far++; break; }
+                }
+            }
+            CHECK(far == 0, "mesh %d: every particle within 20 Mpc/h of its lattice site (%lld beyond)", meshes[k],
+                  (long long)far);
+        }
+        for (v = 0; v < 3; v++) {
+            lss_shellset_free(&sh[v]);
+            lss_nbody_free(s[v]);
+            free(pos[v]);
+            free(mom[v]);
+        }
+    }
+}
+
 static void test_errors(void) {
     lss_nbody_opts o;
     lss_lightcone_opts lc;
@@ -429,6 +510,7 @@ int main(void) {
     RUN(test_linear_growth);
     RUN(test_mass_and_power);
     RUN(test_lightcone);
+    RUN(test_cell_sort);
     RUN(test_errors);
     lss_cosmo_free(g_c);
     LSS_TEST_END();
