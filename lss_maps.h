@@ -968,9 +968,11 @@ LSSDEF void lss_shellset_free(lss_shellset *s);   /* frees the arrays, zeroes th
    since the run (or its resumption) started. */
 typedef void (*lss_nbody_progress_fn)(int step, int steps, double a, double seconds, void *user);
 /* Bytes a run of these options will allocate at its peak (particles, meshes, shell accumulators); lc may be NULL.
-   -1 for invalid options. A run that needs more than the machine's physical memory is refused before allocating
-   (LSS_ERR_NOMEM naming the GB). About 28 bytes per particle, 4 mesh^3 bytes (the padded force mesh, which also
-   holds the initial-condition fields) and 8 mesh^2 bytes per thread. */
+   -1 for invalid options. About 56 bytes per particle (28 of them keep the particles sorted by force-mesh cell,
+   for speed), 4 mesh^3 bytes (the padded force mesh, which also holds the initial-condition fields) and 8 mesh^2
+   bytes per thread. A run whose sort buffers do not fit in the machine's physical memory goes without them (the
+   same results, slower steps); one that does not fit even then is refused before allocating (LSS_ERR_NOMEM
+   naming the GB). */
 LSSDEF int64_t lss_nbody_memory(const lss_nbody_opts *o, const lss_lightcone_opts *lc);
 /* One light-cone run for cosmology c: initial conditions from (seed, index), o->steps steps to a = 1, the shells
    of lc painted for lc->ncone cones. out (caller's struct) receives the shell set (free with lss_shellset_free).
@@ -5993,8 +5995,9 @@ LSSDEF void lss_shellset_free(lss_shellset *s) {
 #define LSS__NB_FORMAT 1            /* checkpoint format version (part of the fingerprint) */
 #define LSS__NB_TWOPI 6.283185307179586476925
 
-/* test switches (the results are the same bits either way): 1 keeps a serial run's particles unsorted (every
-   painting and readout then takes its general path); 1 makes every thread add its light-cone crossings atomically */
+/* test switches (the results are the same bits either way): lss__nb_nosort 1 keeps a serial run's particles unsorted
+   (every painting and readout then takes its general path), 2 also leaves the sort's buffers unallocated (as when
+   they do not fit); lss__nb_lc_shared 1 makes every thread add its light-cone crossings atomically */
 static int lss__nb_nosort = 0, lss__nb_lc_shared = 0;
 
 static LSS__NB_TLS int lss__nb_cancelled = 0;
@@ -6297,19 +6300,24 @@ static int lss__nb_check_lc(const lss_lightcone_opts *lc) {
 }
 
 /* bytes of the run's own buffers at their peak */
-static int64_t lss__nb_bytes(const lss_nbody_opts *o, const lss_lightcone_opts *lc, int nthr) {
-    int64_t np = o->np, N = np * np * np, n = o->mesh, b;
+static int lss__nb_yblk(int n);
+static size_t lss__nb_rbuf_floats(int n);
+/* bytes of the run's own buffers at their peak; sortbuf: with the cell sort's buffers (lss__nb_move) */
+static int64_t lss__nb_bytes(const lss_nbody_opts *o, const lss_lightcone_opts *lc, int nthr, int sortbuf) {
+    int64_t np = o->np, N = np * np * np, n = o->mesh, b, ob = N > (int64_t)0xFFFFFFFF ? 8 : 4;
     int64_t mesh = 4 * (int64_t)lss__nb_gridfloats(o->mesh);
     int64_t ic = (o->lpt_order == 2 ? 4 : 2) * 4 * (int64_t)lss__nb_gridfloats(o->np);
-    /* positions, momenta, plane order; the cell sort's copies of positions and momenta, lattice indices */
-    b = 2 * (N * 24 + N * (N > (int64_t)0xFFFFFFFF ? 8 : 4)) + 8 * (n / 2 * n + 1);
+    b = N * 24 + N * ob + 8 * (n / 2 * n + 1);              /* positions, momenta, plane order, sort runs */
+    if (sortbuf) b += N * (24 + ob);                         /* the sort's copies and the lattice indices */
     b += (mesh > ic ? mesh : ic);                            /* force mesh / initial-condition fields */
     b += (int64_t)nthr * (n * n * 8 + (n + 1) * 8);          /* plane accumulators and histograms of the painting */
+    b += (int64_t)nthr * 4 * (int64_t)lss__nb_rbuf_floats((int)n); /* the readout's gradient rows */
     b += (int64_t)o->steps * 6 * 8 + 4096;
     if (lc) {
-        int64_t nc = lc->ncone ? lc->ncone : 1, pix = (int64_t)lc->side * lc->side;
-        b += nc * lc->nshell * pix * (8 + 4) + (int64_t)(lc->nshell + 1) * 16;
+        int64_t nc = lc->ncone ? lc->ncone : 1, pix = (int64_t)lc->side * lc->side, nacc = nc * lc->nshell * pix;
+        b += nacc * (8 + 4) + (int64_t)(lc->nshell + 1) * 16 + 4 * LSS__NB_SHTAB;
         b += nc * 64 * (int64_t)sizeof(lss__nbrep);
+        if (nthr > 1 && nacc * (nthr - 1) * 8 <= ((int64_t)256 << 20)) b += nacc * (nthr - 1) * 8; /* threads' sums */
     }
     return b;
 }
@@ -6319,7 +6327,7 @@ LSSDEF int64_t lss_nbody_memory(const lss_nbody_opts *o, const lss_lightcone_opt
     lss__nb_fill_opts(o, &f);
     if (lss__nb_check_opts(&f) != LSS_OK) return -1;
     if (lc && lss__nb_check_lc(lc) != LSS_OK) return -1;
-    return lss__nb_bytes(&f, lc, lss__nb_nthreads());
+    return lss__nb_bytes(&f, lc, lss__nb_nthreads(), 1);
 }
 
 static double lss__nb_physmem(void) {
@@ -7222,6 +7230,7 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
     int st, i, T = lss__nb_nthreads();
     double bytes, phys, chi_max = 0, pix = 0, a0, dd;
     int64_t N;
+    int nosortbuf = lss__nb_nosort == 2;
     if (out) *out = NULL;
     if (!c || !out) return lss_seterr(LSS_ERR_ARG, "N-body: NULL cosmology or output");
     lss__nb_fill_opts(oin, &o);
@@ -7241,8 +7250,13 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
                                            "(%g Mpc/h)", lc->side, lc->pixel_arcmin, lc->side * lc->pixel_arcmin / 60.0,
                               lc->side * pix * chi_max, zmax, chi_max, o.box);
     }
-    bytes = (double)lss__nb_bytes(&o, lc, T);
+    bytes = (double)lss__nb_bytes(&o, lc, T, 1);
     phys = lss__nb_physmem();
+    /* the cell sort is for speed only (the same bits without it): dropped when its buffers do not fit */
+    if (phys > 0 && bytes > phys && !dist) {
+        nosortbuf = 1;
+        bytes = (double)lss__nb_bytes(&o, lc, T, 0);
+    }
     if (phys > 0 && bytes > phys && !dist)
         return lss_seterr(LSS_ERR_NOMEM, "N-body: np = %d, mesh = %d need %.2f GB, more than this machine's %.2f GB",
                           o.np, o.mesh, bytes / 1e9, phys / 1e9);
@@ -7276,8 +7290,10 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
     if (dist) {
         if ((st = lss__nb_dist_layout(s, &s->work_floats)) != LSS_OK) { lss_nbody_free(s); return st; }
         s->lean = dist == 1;
-        bytes = (double)s->cap * (2 * 24 + 2 * 8 + (s->ord64 ? 8 : 4)) + 4.0 * (double)s->work_floats * (s->lean ? 1 : 2) +
+        bytes = (double)s->cap * (24 + 8 + (s->ord64 ? 8 : 4)) + 4.0 * (double)s->work_floats * (s->lean ? 1 : 2) +
                 (double)T * (s->n * (double)s->n * 8 + (s->n + 1) * 8.0) + 20.0 * s->n * (2.0 * s->fm.cp + 2 * s->gm.cp);
+        if (phys > 0 && bytes + 32.0 * s->cap > phys) nosortbuf = 1; /* the cell sort only where it fits */
+        else bytes += 32.0 * s->cap;
         if (phys > 0 && bytes > phys) {
             st = lss_seterr(LSS_ERR_NOMEM, "N-body over %d ranks: np = %d, mesh = %d need %.2f GB per rank, more than "
                             "this machine's %.2f GB", s->size, o.np, o.mesh, bytes / 1e9, phys / 1e9);
@@ -7291,17 +7307,17 @@ static int lss__nb_setup(const lss_cosmo *c, const lss_nbody_opts *oin, const ls
     s->pos = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)s->cap);
     s->mom = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)s->cap);
     s->ord = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)s->cap);
-    if (s->dist) {
-        s->gid = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
-        s->gid2 = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
-    } else
-        s->id = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)s->cap);
-    s->pos2 = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)s->cap);
-    s->mom2 = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)s->cap);
+    if (s->dist) s->gid = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
+    if (!nosortbuf) { /* the cell sort's buffers (lss__nb_move) */
+        if (s->dist) s->gid2 = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)s->cap);
+        else s->id = LSS_MALLOC((s->ord64 ? 8 : 4) * (size_t)s->cap);
+        s->pos2 = (uint32_t *)LSS_MALLOC(sizeof(uint32_t) * 3 * (size_t)s->cap);
+        s->mom2 = (float *)LSS_MALLOC(sizeof(float) * 3 * (size_t)s->cap);
+        if ((s->dist ? !s->gid2 : !s->id) || !s->pos2 || !s->mom2) goto nomem;
+    }
     s->pstart = (int64_t *)LSS_MALLOC(sizeof(int64_t) * ((size_t)s->n / 2 * s->n + 1));
     s->work = (float *)fftwf_malloc(sizeof(float) * s->work_floats);
-    if (s->dist && (!s->gid || !s->gid2)) goto nomem;
-    if ((!s->dist && !s->id) || !s->pos2 || !s->mom2 || !s->pstart) goto nomem;
+    if ((s->dist && !s->gid) || !s->pstart) goto nomem;
     s->nthr = T;
     s->hist = (int64_t *)LSS_MALLOC(sizeof(int64_t) * lss__nb_histlen(s->n, T));
     s->pbuf = (int64_t *)LSS_MALLOC(sizeof(int64_t) * (size_t)T * s->n * s->n);
