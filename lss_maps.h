@@ -6695,9 +6695,10 @@ static float lss__nb_kick1(lss_nbody *s, int64_t m, int n, float v[3][4][2], flo
 
 /* the kick of the particles held here with the potential's planes s->plane; s->maxp = their largest |p_d|.
    The force is the CIC interpolation of the 4-point finite-difference gradient at the 8 corners of the particle's
-   cell. A serial run sorted by lss__nb_rowkey computes the gradient rows once per (y block, x plane) and takes the
-   particles' corners from them; otherwise each particle computes its 24 corner values itself. Both give the same
-   bits (the same float operations on the same values), whatever the order, the runs or the threads. */
+   cell. Particles sorted by lss__nb_rowkey (a serial run after every drift, a distributed one after every
+   migration) take their corners from gradient rows computed once per (y block, x plane); otherwise each particle
+   computes its 24 corner values itself. Both give the same bits (the same float operations on the same values),
+   whatever the order, the runs or the threads. */
 static void lss__nb_readout(lss_nbody *s, double kfac) {
     int n = s->n, cp = s->fm.cp, T = lss__nb_nthreads(), B = lss__nb_yblk(n), nyb = n / B;
     size_t R = (size_t)(2 * cp), rbf = lss__nb_rbuf_floats(n), L = (size_t)n + 1;
@@ -6737,6 +6738,7 @@ LSS__MOMP(omp parallel for schedule(dynamic, 1) reduction(max : maxp) num_thread
                     float fz = (float)((uint32_t)tz * (1.0 / LSS__NB_TWO32)), gx = 1 - fx, gy = 1 - fy, gz = 1 - fz, pmax = 0;
                     float w0 = gx * gy, w1 = gx * fy, w2 = fx * gy, w3 = fx * fy;
                     int d;
+                    /* lss__nb_kick1's operations, in its order, inlined */
                     for (d = 0; d < 3; d++, a0 += (B + 1) * L, a1 += (B + 1) * L) {
                         float g = w0 * (gz * a0[0] + fz * a0[1]), pv, ap;
                         g += w1 * (gz * a0[L] + fz * a0[L + 1]);
