@@ -5999,6 +5999,7 @@ LSSDEF void lss_shellset_free(lss_shellset *s) {
    (every painting and readout then takes its general path), 2 also leaves the sort's buffers unallocated (as when
    they do not fit); lss__nb_lc_shared 1 makes every thread add its light-cone crossings atomically */
 static int lss__nb_nosort = 0, lss__nb_lc_shared = 0;
+static int lss__nb_readout_vec = 1; /* 0: the scalar band readout only (a test switch; the same bits) */
 
 static LSS__NB_TLS int lss__nb_cancelled = 0;
 LSSDEF void lss_nbody_cancel(void) { lss__nb_cancelled = 1; }
@@ -6693,6 +6694,56 @@ static float lss__nb_kick1(lss_nbody *s, int64_t m, int n, float v[3][4][2], flo
     return pmax;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LSS_NO_AVX512)
+#include <immintrin.h>
+#define LSS__NB_AVX512 1
+/* the band readout's kick of 16 particles q[0..47] / p[0..47] from the gradient rows G0 (plane x) and G1 (plane
+   x + 1) of a band starting at row y0: lss__nb_kick1's float operations in its order, 16 lanes at a time (the
+   same bits); returns max |p_d| */
+__attribute__((target("avx512f"))) static float lss__nb_kick16(const uint32_t *q, float *p, int n, int y0, size_t L,
+                                                              size_t cs, const float *G0, const float *G1, float kk,
+                                                              float inv12h) {
+    const __m512i i3 = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45);
+    const __m512i nv = _mm512_set1_epi32(n);
+    const __m512 one = _mm512_set1_ps(1.0f), sc = _mm512_set1_ps(0x1p-32f), vk = _mm512_set1_ps(kk);
+    const __m512 vh = _mm512_set1_ps(inv12h);
+    __m512i ty = _mm512_i32gather_epi32(i3, (const void *)(q + 1), 4), tz = _mm512_i32gather_epi32(i3, (const void *)(q + 2), 4);
+    __m512i tx = _mm512_i32gather_epi32(i3, (const void *)q, 4), iy, iz, ev, od, off, offL;
+    __m512 fx, fy, fz, gx, gy, gz, w0, w1, w2, w3, pmax = _mm512_setzero_ps();
+    int d;
+    /* integer parts: the high 32 bits of the 64-bit products t n; fractions: the low 32 bits times 2^-32 */
+    ev = _mm512_mul_epu32(ty, nv); od = _mm512_mul_epu32(_mm512_srli_epi64(ty, 32), nv);
+    iy = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(ev, 32), od);
+    ev = _mm512_mul_epu32(tz, nv); od = _mm512_mul_epu32(_mm512_srli_epi64(tz, 32), nv);
+    iz = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(ev, 32), od);
+    fx = _mm512_mul_ps(_mm512_cvtepu32_ps(_mm512_mullo_epi32(tx, nv)), sc);
+    fy = _mm512_mul_ps(_mm512_cvtepu32_ps(_mm512_mullo_epi32(ty, nv)), sc);
+    fz = _mm512_mul_ps(_mm512_cvtepu32_ps(_mm512_mullo_epi32(tz, nv)), sc);
+    gx = _mm512_sub_ps(one, fx); gy = _mm512_sub_ps(one, fy); gz = _mm512_sub_ps(one, fz);
+    w0 = _mm512_mul_ps(gx, gy); w1 = _mm512_mul_ps(gx, fy); w2 = _mm512_mul_ps(fx, gy); w3 = _mm512_mul_ps(fx, fy);
+    off = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_sub_epi32(iy, _mm512_set1_epi32(y0)), _mm512_set1_epi32((int)L)), iz);
+    offL = _mm512_add_epi32(off, _mm512_set1_epi32((int)L));
+    for (d = 0; d < 3; d++) {
+        const float *a0 = G0 + (size_t)d * cs, *a1 = G1 + (size_t)d * cs;
+        __m512 g, t, pv, mv;
+#define LSS__NB_G(base, ix) _mm512_i32gather_ps(ix, base, 4)
+#define LSS__NB_PAIR(base, ix) _mm512_add_ps(_mm512_mul_ps(gz, LSS__NB_G(base, ix)), _mm512_mul_ps(fz, LSS__NB_G(base + 1, ix)))
+        g = _mm512_mul_ps(w0, LSS__NB_PAIR(a0, off));
+        g = _mm512_add_ps(g, _mm512_mul_ps(w1, LSS__NB_PAIR(a0, offL)));
+        g = _mm512_add_ps(g, _mm512_mul_ps(w2, LSS__NB_PAIR(a1, off)));
+        g = _mm512_add_ps(g, _mm512_mul_ps(w3, LSS__NB_PAIR(a1, offL)));
+#undef LSS__NB_PAIR
+#undef LSS__NB_G
+        mv = _mm512_i32gather_ps(i3, p + d, 4);
+        t = _mm512_mul_ps(vk, _mm512_mul_ps(g, vh));
+        pv = _mm512_sub_ps(mv, t);
+        _mm512_i32scatter_ps(p + d, i3, pv, 4);
+        pmax = _mm512_max_ps(pmax, _mm512_abs_ps(pv));
+    }
+    return _mm512_reduce_max_ps(pmax);
+}
+#endif
+
 /* the kick of the particles held here with the potential's planes s->plane; s->maxp = their largest |p_d|.
    The force is the CIC interpolation of the 4-point finite-difference gradient at the 8 corners of the particle's
    cell. Particles sorted by lss__nb_rowkey (a serial run after every drift, a distributed one after every
@@ -6705,6 +6756,11 @@ static void lss__nb_readout(lss_nbody *s, double kfac) {
     double maxp = 0;
     float inv12h = (float)(n / (12.0 * s->L)), kk = (float)kfac;
     const float *const *pl = s->plane;
+    int vec = 0; /* the AVX-512 kick of 16 particles (the same bits), where the CPU has it */
+#ifdef LSS__NB_AVX512
+    vec = lss__nb_readout_vec && __builtin_cpu_supports("avx512f");
+#endif
+    (void)vec;
     if (T > s->nthr) T = s->nthr;
     if (s->sorted) {
         /* chunks of 8 consecutive x planes of one y block: gradient rows of plane x + 1 computed once and reused as
@@ -6729,7 +6785,16 @@ LSS__MOMP(omp parallel for schedule(dynamic, 1) reduction(max : maxp) num_thread
                 if (!have0) lss__nb_grad_rows(pl, n, R, x, y0, B + 1, G0);
                 lss__nb_grad_rows(pl, n, R, (x + 1) % n, y0, B + 1, G1);
                 have0 = 1;
-                for (m = s->pstart[(size_t)yb * n + x]; m < e; m++) {
+                m = s->pstart[(size_t)yb * n + x];
+#ifdef LSS__NB_AVX512
+                if (vec && (int64_t)(B + 1) * L < INT32_MAX)
+                    for (; m + 16 <= e; m += 16) {
+                        float pm = lss__nb_kick16(s->pos + 3 * m, s->mom + 3 * m, n, y0, L, (size_t)(B + 1) * L, G0, G1, kk,
+                                                  inv12h);
+                        if (pm > maxp) maxp = pm;
+                    }
+#endif
+                for (; m < e; m++) {
                     const uint32_t *q = s->pos + 3 * m;
                     uint64_t tx = (uint64_t)q[0] * (uint64_t)n, ty = (uint64_t)q[1] * (uint64_t)n, tz = (uint64_t)q[2] * (uint64_t)n;
                     size_t off = (size_t)((int)(ty >> 32) - y0) * L + (size_t)(tz >> 32);

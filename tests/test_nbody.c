@@ -368,7 +368,7 @@ static void test_lightcone(void) {
 /* A serial run sorts its particles by force-mesh cell row every drift and then paints and reads the force out by
    bands of rows (lss__nb_paint_sorted, the band readout). Against the same run kept unsorted (lss__nb_nosort: the
    general painting and the per-particle readout), and with the light-cone crossings added atomically by every
-   thread (lss__nb_lc_shared): the same bits of shells, positions and momenta, for meshes whose y blocks are 2, 4, 8
+   thread (lss__nb_lc_shared) and the scalar band readout instead of the AVX-512 one: the same bits of shells, positions and momenta, for meshes whose y blocks are 2, 4, 8
    and 16 rows (n = 18, 24, 40, 64). The sort itself: the particles of every (y block, x plane) run of pstart lie
    in it, and lss_nbody_particles gives the lattice order (each particle within 20 Mpc/h of its lattice site in a
    300 Mpc/h box; a wrong permutation puts most of them boxes away). */
@@ -396,6 +396,7 @@ static void test_cell_sort(void) {
         for (v = 0; v < 3; v++) {
             lss__nb_nosort = v == 1 ? 1 + (k % 2) : 0; /* 2: the sort's buffers not even allocated */
             lss__nb_lc_shared = v == 2;
+            lss__nb_readout_vec = v != 2; /* v = 2: the scalar band readout as well */
             pos[v] = (uint32_t *)malloc(12 * N);
             mom[v] = (float *)malloc(12 * N);
             CHECK_OK(lss_nbody_create(g_c, &o, &lc, 11, 1, &s[v]));
@@ -405,14 +406,16 @@ static void test_cell_sort(void) {
             CHECK_OK(lss_nbody_particles(s[v], pos[v], mom[v]));
         }
         lss__nb_nosort = lss__nb_lc_shared = 0;
+        lss__nb_readout_vec = 1;
         if (v < 3 || !sh[0].delta || !sh[1].delta || !sh[2].delta) {
             CHECK(0, "mesh %d: the runs did not complete", meshes[k]);
         } else {
             CHECK(s[0]->sorted && !s[1]->sorted, "mesh %d: the default run is sorted, the switched one not", meshes[k]);
             CHECK(memcmp(sh[0].delta, sh[1].delta, sizeof(float) * nmap) == 0, "mesh %d (y blocks of %d): sorted and "
                   "unsorted runs give the same shell bits", meshes[k], lss__nb_yblk(meshes[k]));
-            CHECK(memcmp(sh[0].delta, sh[2].delta, sizeof(float) * nmap) == 0, "mesh %d: private and atomic light-cone "
-                  "sums give the same bits", meshes[k]);
+            CHECK(memcmp(sh[0].delta, sh[2].delta, sizeof(float) * nmap) == 0 && memcmp(mom[0], mom[2], 12 * N) == 0,
+                  "mesh %d: private and atomic light-cone sums, AVX-512 and scalar band readouts give the same bits",
+                  meshes[k]);
             CHECK(memcmp(pos[0], pos[1], 12 * N) == 0 && memcmp(mom[0], mom[1], 12 * N) == 0,
                   "mesh %d: sorted and unsorted runs give the same particles in lattice order", meshes[k]);
             /* every particle in its (y block, x plane) run */
