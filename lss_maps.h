@@ -6414,6 +6414,16 @@ static void lss__nb_paint(lss_nbody *s, double dq, float *mesh, int n, int T, in
 }
 /* the same for the particles 0 .. N - 1 held here and the planes p0 .. p0 + pn - 1 (mesh holds them from p0; mass:
    their total) */
+/* a particle's fixed-point CIC weights in one x plane (half 1: its own plane, 0: the next) from its position's
+   fractions (tx, ty, tz: the low 32 bits of x n): w[0..3] on the corners (y, z), (y, z + 1), (y + 1, z),
+   (y + 1, z + 1), summing exactly to its share of `one` */
+static void lss__nb_cicw(int64_t one, uint32_t tx, uint32_t fy, uint32_t fz, int half, int64_t w[4]) {
+    int64_t w1 = (int64_t)(((uint64_t)one * tx) >> 32), wx = half ? one - w1 : w1;
+    int64_t wy1 = (int64_t)(((uint64_t)wx * fy) >> 32), wy0 = wx - wy1;
+    int64_t w01 = (int64_t)(((uint64_t)wy0 * fz) >> 32), w11 = (int64_t)(((uint64_t)wy1 * fz) >> 32);
+    w[0] = wy0 - w01; w[1] = w01; w[2] = wy1 - w11; w[3] = w11;
+}
+
 /* the CIC painting of a serial run sorted at its positions (lss__nb_rowkey; s->pstart): plane p takes the runs
    (y block, p - 1) and (y block, p) band by band into a (B + 2) x n int64 accumulator per thread (rows y0 .. y0 + B;
    row B carries into the next band, and the last band's into row 0 of the first). The same exact sums as
@@ -6447,16 +6457,12 @@ LSS__MOMP(omp parallel for schedule(dynamic, 1) num_threads(T))
                     const uint32_t *q = s->pos + 3 * i;
                     uint64_t tx = (uint64_t)q[0] * (uint64_t)n, ty = (uint64_t)q[1] * (uint64_t)n, tz = (uint64_t)q[2] * (uint64_t)n;
                     int ry = (int)(ty >> 32) - y0, iz = (int)(tz >> 32), iz1 = iz + 1 == n ? 0 : iz + 1;
-                    uint32_t fy = (uint32_t)ty, fz = (uint32_t)tz;
-                    int64_t w1 = (int64_t)(((uint64_t)s->one * (uint32_t)tx) >> 32);
-                    int64_t wx = half ? s->one - w1 : w1;
-                    int64_t wy1 = (int64_t)(((uint64_t)wx * fy) >> 32), wy0 = wx - wy1;
-                    int64_t w01 = (int64_t)(((uint64_t)wy0 * fz) >> 32), w11 = (int64_t)(((uint64_t)wy1 * fz) >> 32);
-                    int64_t *b0 = buf + (size_t)ry * n, *b1 = b0 + n;
-                    b0[iz] += wy0 - w01;
-                    b0[iz1] += w01;
-                    b1[iz] += wy1 - w11;
-                    b1[iz1] += w11;
+                    int64_t w[4], *b0 = buf + (size_t)ry * n, *b1 = b0 + n;
+                    lss__nb_cicw(s->one, (uint32_t)tx, (uint32_t)ty, (uint32_t)tz, half, w);
+                    b0[iz] += w[0];
+                    b0[iz1] += w[1];
+                    b1[iz] += w[2];
+                    b1[iz1] += w[3];
                 }
             }
             if (yb == 0) memcpy(row0, buf, sizeof(int64_t) * (size_t)n);
@@ -6553,15 +6559,12 @@ LSS__MOMP(omp for schedule(dynamic, 1))
                     uint64_t ty = (uint64_t)lss__nb_x(s, mm, 1, dq) * (uint64_t)n;
                     uint64_t tz = (uint64_t)lss__nb_x(s, mm, 2, dq) * (uint64_t)n;
                     int iy = (int)(ty >> 32), iz = (int)(tz >> 32), iy1 = iy + 1 == n ? 0 : iy + 1, iz1 = iz + 1 == n ? 0 : iz + 1;
-                    uint32_t fy = (uint32_t)ty, fz = (uint32_t)tz;
-                    int64_t w1 = (int64_t)(((uint64_t)s->one * (uint32_t)tx) >> 32);
-                    int64_t wx = half ? s->one - w1 : w1;
-                    int64_t wy1 = (int64_t)(((uint64_t)wx * fy) >> 32), wy0 = wx - wy1;
-                    int64_t w01 = (int64_t)(((uint64_t)wy0 * fz) >> 32), w11 = (int64_t)(((uint64_t)wy1 * fz) >> 32);
-                    buf[(size_t)iy * n + iz] += wy0 - w01;
-                    buf[(size_t)iy * n + iz1] += w01;
-                    buf[(size_t)iy1 * n + iz] += wy1 - w11;
-                    buf[(size_t)iy1 * n + iz1] += w11;
+                    int64_t w[4];
+                    lss__nb_cicw(s->one, (uint32_t)tx, (uint32_t)ty, (uint32_t)tz, half, w);
+                    buf[(size_t)iy * n + iz] += w[0];
+                    buf[(size_t)iy * n + iz1] += w[1];
+                    buf[(size_t)iy1 * n + iz] += w[2];
+                    buf[(size_t)iy1 * n + iz1] += w[3];
                 }
             }
             for (y = 0; y < n; y++) {
