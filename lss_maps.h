@@ -6665,10 +6665,9 @@ static void lss__nb_grad_rows(const float *const *pl, int n, size_t R, int x, in
         lss__nb_fd4(xp1 + o, xm1 + o, xp2 + o, xm2 + o, n, gx);
         lss__nb_fd4(p + (size_t)((y + 1) % n) * R, p + (size_t)((y + n - 1) % n) * R, p + (size_t)((y + 2) % n) * R,
                     p + (size_t)((y + n - 2) % n) * R, n, gy);
-        if (n > 4) lss__nb_fd4(row + 3, row + 1, row + 4, row, n - 4, gz + 2);
-        for (z = 0; z < 4 && z < n; z++) { /* the wrapped ends: z = 0, 1, n - 2, n - 1 */
+        lss__nb_fd4(row + 3, row + 1, row + 4, row, n - 4, gz + 2); /* n >= 8 (lss__nb_check_opts) */
+        for (z = 0; z < 4; z++) { /* the wrapped ends: z = 0, 1, n - 2, n - 1 */
             int zz = z < 2 ? z : n - 4 + z;
-            if (zz < 2 && z >= 2) continue;
             gz[zz] = lss__nb_fd1(row[(zz + 1) % n], row[(zz + n - 1) % n], row[(zz + 2) % n], row[(zz + n - 2) % n]);
         }
         gx[n] = gx[0]; gy[n] = gy[0]; gz[n] = gz[0];
