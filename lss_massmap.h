@@ -23,13 +23,13 @@
  *                        lss_mm_gauss_score
  *   posterior, sampling  lss_mm_post_create/_free, lss_mm_post_set_residual, lss_mm_post_score,
  *                        lss_mm_sample, lss_mm_sample_batched, lss_mm_sample_preset, lss_mm_schedule_parse,
- *                        lss_mm_auto_sigma_min, lss_mm_mean_std
+ *                        lss_mm_auto_sigma_min, lss_mm_sampler_sigma_range, lss_mm_mean_std
  *   metrics, evaluation  lss_mm_metrics, lss_mm_ks_scales, lss_mm_ks_best, lss_mm_eval/_free, lss_mm_eval_save
  *   clusters, detection  lss_mm_nfw_params, lss_mm_nfw_f/_g, lss_mm_nfw_add, lss_mm_starlet_filter/_u,
  *                        lss_mm_detect_theta, lss_mm_filtered_std, lss_mm_detect_peak, lss_mm_detect_rate,
  *                        lss_mm_detect/_free, lss_mm_detect_save
  *   neural prior         lss_mm_net_create/_free, lss_mm_net_open, lss_mm_net_save/_load/_probe,
- *                        lss_mm_net_residual, lss_mm_net_deepmass, lss_mm_net_train, lss_mm_net_heldout,
+ *                        lss_mm_net_residual, lss_mm_net_deepmass, lss_mm_net_train, lss_mm_net_heldout, lss_mm_net_heldout_sigma, lss_mm_sigma_grid,
  *                        lss_mm_train_on_mock
  *   diffusion generator  lss_mm_diff_create/_free, lss_mm_diff_nparams, lss_mm_diff_options, lss_mm_diff_save,
  *                        lss_mm_diff_open, lss_mm_diff_set_score, lss_mm_diff_set_ode, lss_mm_diff_set_gauss,
@@ -452,7 +452,11 @@ LSSDEF double lss_mm_starlet_u(double r, double theta);
  *  - score residual (eqs. 20, 23, 24): inputs [x, sigma^2 s_G(x, sigma)] plus the noise level
  *    (a constant sigma channel, also at the bottleneck), output divided by |sigma| + 1e-3, trained
  *    by residual denoising score matching: loss mean (u + sigma (r + s_G))^2, sigma = s N(0, 1)
- *    (signed), u ~ N(0, 1), on simulated convergence maps drawn on the fly;
+ *    (signed; the reference's draw) or, for a share of each batch, log-uniform over the sampler's range,
+ *    u ~ N(0, 1), on simulated convergence maps drawn on the fly. The output convolution starts at zero,
+ *    so that an untrained hybrid prior is exactly the Gaussian one, and the output is gated by
+ *    v / (v + sigma^2), v the prior's pixel variance (checkpoint buffer "massmap.gate"): where the tempered
+ *    prior is Gaussian (sigma^2 >> v) the residual fades instead of adding noise to an exact score;
  *  - DeepMass baseline: inputs the KS E and B maps of the noisy masked shear, output kappa, MSE loss.
  * Convolution weights are projected to spectral norm <= 1 after every optimizer step when asked. */
 typedef struct {
@@ -482,7 +486,13 @@ typedef struct {
     int steps;             /* total optimizer steps of the network (0: 1000) */
     int batch;             /* 0: 16 */
     double lr;             /* Adam learning rate (0: 1e-3), divided by 10 at 40% and 80% of the steps */
-    double s;              /* DSM noise scale: sigma = s N(0, 1) (0: 0.2) */
+    double s;              /* DSM noise scale of the reference's draw sigma = s N(0, 1) (0: 0.2) */
+    double sigma_min, sigma_max;  /* the range of noise levels the sampler visits: a share sigma_mix of each batch
+                              (rows j with j / b < sigma_mix) draws |sigma| log-uniform on [sigma_min, sigma_max]
+                              with a random sign, the rest s N(0, 1); sigma_max 0: the reference's draw alone
+                              (lss_mm_train_on_mock fills the sampler's range when both are 0 and sigma_mix >= 0) */
+    double sigma_mix;      /* share of the batch drawn log-uniformly (0: 0.5 when sigma_max > 0; < 0: none, the
+                              reference's draw alone even in lss_mm_train_on_mock) */
     int no_spectral;       /* 1: no spectral-norm projection */
     double lambda;         /* lognormal shift of the training maps (0: Gaussian) */
     const lss_grid *big;      /* padded grid on which training maps are drawn (required) */
@@ -530,6 +540,16 @@ LSSDEF int lss_mm_net_train(lss_mm_net *net, const lss_mm_train_opts *o, lss_mm_
  * nvar, seed). */
 LSSDEF int lss_mm_net_heldout(lss_mm_net *net, const lss_mm_train_opts *o, int nbatch, double *loss_net,
                               double *loss_base);
+/* The held-out loss at fixed noise levels (score networks): for each sigmas[k] > 0 the maps of nbatch batches of
+ * the validation set (as lss_mm_net_heldout: the same maps and unit noise u at every level, x = truth +
+ * sigmas[k] u) give the DSM loss per map of the Gaussian score alone, mean (u + sigma s_G)^2, and of the hybrid,
+ * mean (u + sigma (s_G + r))^2: loss_gauss[k] and loss_net[k] are their means over the maps, se_diff[k] the
+ * standard error of the paired difference loss_net - loss_gauss over the maps (std ddof 1 / sqrt(maps); may be
+ * NULL). A zero-initialised network gives loss_net == loss_gauss exactly. */
+LSSDEF int lss_mm_net_heldout_sigma(lss_mm_net *net, const lss_mm_train_opts *o, int nbatch, int nsig,
+                                    const double *sigmas, double *loss_gauss, double *loss_net, double *se_diff);
+/* nsig noise levels geometric from sigma_min to sigma_max (the ends included; nsig >= 2) into out. */
+LSSDEF int lss_mm_sigma_grid(double sigma_min, double sigma_max, int nsig, double *out);
 /* A network from a checkpoint of lss_mm_net_save for maps of grid g with prior pk: the architecture is
  * read from the file (lss_mm_net_probe); want_deepmass selects the kind required. Free with
  * lss_mm_net_free (g must outlive it). */
@@ -746,6 +766,10 @@ LSSDEF const char *lss_mm_schedule_name(lss_mm_schedule s);
 /* sigma_min for noise variances nvar[npix]: LSS_MM_SIGMA_MIN unless the data are so precise that the
  * temperature would not lie well below the noise: then LSS_MM_SIGMA_MIN_NOISE x the smallest noise std. */
 LSSDEF double lss_mm_auto_sigma_min(int64_t npix, const float *nvar);
+/* The noise levels the default sampler visits for noise variances nvar[npix], the range a score prior is
+ * trained and judged on: *lo = lss_mm_auto_sigma_min / 4 (the probability-flow ODE continues below the last
+ * HMC temperature), *hi = 1 (the first temperature). */
+LSSDEF void lss_mm_sampler_sigma_range(int64_t npix, const float *nvar, double *lo, double *hi);
 /* nsamples posterior samples in calls of at most `batch` chains: chains o->first_chain, ... in order, so
  * that the samples do not depend on the batch size without a residual score. o->progress (if any)
  * receives the fraction of samples done. st (may be NULL): HMC steps and levels of a chain, the rest
@@ -827,8 +851,9 @@ LSSDEF int lss_mm_mock_grid(const lss_mm_mock *m, int pad, lss_grid **g, double 
 
 /* Trains a network on maps drawn on the fly like the fields of mock m (its spectrum, shift and, for
  * DeepMass, noise) on a grid twice its size: creates the network for grid g (the mock's grid) with
- * options no, fills the big, pk_big, lambda and nvar of a copy of to from the mock and runs
- * lss_mm_net_train. res (may be NULL) as there. */
+ * options no, fills the big, pk_big, lambda and nvar of a copy of to from the mock (and, for a score network
+ * whose to->sigma_min, sigma_max are 0 and sigma_mix >= 0, the noise range lss_mm_sampler_sigma_range) and
+ * runs lss_mm_net_train. res (may be NULL) as there. */
 LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
                                 const lss_mm_train_opts *to, lss_mm_train_result *res, lss_mm_net **out);
 
@@ -3079,7 +3104,8 @@ struct lss_mm_net {
     lss_optim *opt;
     lss_tensor *meta;     /* [4]: c0, deepmass, h, w */
     lss_tensor *scale;    /* [2]: input and output scales (DeepMass) */
-    float *in, *aux, *sig;
+    lss_tensor *gate;     /* [1] score networks: v, the prior's pixel variance, of the output gate v / (v + sigma^2) */
+    float *in, *aux, *sig, *gv;
     int cap;
     lss_tensor **sn;      /* per store tensor: its spectral-norm power-iteration vector (a store buffer,
                              so that checkpoints carry it), NULL for tensors that are not conv weights */
@@ -3096,6 +3122,7 @@ LSSDEF void lss_mm_net_free(lss_mm_net *n) {
     LSS_FREE(n->in);
     LSS_FREE(n->aux);
     LSS_FREE(n->sig);
+    LSS_FREE(n->gv);
     LSS_FREE(n);
 }
 
@@ -3163,8 +3190,19 @@ LSSDEF int lss_mm_net_create(const lss_grid *g, const double *pk, const lss_mm_n
         lss_mm_net_free(n);
         return s;
     }
+    if (!n->o.deepmass) { /* zero head: the residual starts at 0, the hybrid prior exactly at the Gaussian */
+        memset(n->u.head_w->data, 0, sizeof(float) * (size_t)n->u.head_w->n);
+        memset(n->u.head_b->data, 0, sizeof(float) * (size_t)n->u.head_b->n);
+    }
     n->meta = lss_store_buffer(n->st, "massmap.meta", 1, one, LSS_INIT_ZERO, 0.0f);
     n->scale = lss_store_buffer(n->st, "massmap.scale", 1, two, LSS_INIT_ZERO, 1.0f);
+    if (!n->o.deepmass) {
+        int64_t i, np = lss_grid_npix(g);
+        double v = 0;
+        for (i = 0; i < np; i++) v += n->pkf[i];
+        n->gate = lss_store_buffer(n->st, "massmap.gate", 1, two, LSS_INIT_ZERO, 0.0f);
+        if (n->gate) n->gate->data[0] = (float)(v / (double)np), n->gate->data[1] = 1.0f;
+    }
     if ((s = lss_store_status(n->st)) != LSS_OK || (s = lss__mm_sn_create(n)) != LSS_OK) {
         lss_mm_net_free(n);
         return s;
@@ -3284,11 +3322,13 @@ static int lss__mm_net_reserve(lss_mm_net *n, int b) {
     LSS_FREE(n->in);
     LSS_FREE(n->aux);
     LSS_FREE(n->sig);
+    LSS_FREE(n->gv);
     n->in = (float *)LSS_MALLOC(2 * m);
     n->aux = (float *)LSS_MALLOC(2 * m);
     n->sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
+    n->gv = (float *)LSS_MALLOC(sizeof(float) * (size_t)b);
     n->cap = 0;
-    if (!n->in || !n->aux || !n->sig) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory for a batch of %d", b);
+    if (!n->in || !n->aux || !n->sig || !n->gv) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory for a batch of %d", b);
     n->cap = b;
     return LSS_OK;
 }
@@ -3306,6 +3346,14 @@ static int lss__mm_net_forward_rows(lss_mm_net *n, int r0, int b, const float *s
         sg = lss_view(n->gr, n->sig, 1, s1);
     }
     y = lss_unet_forward(n->gr, &n->u, x, sg);
+    if (y && !n->o.deepmass) {
+        /* the output gate v / (v + sigma^2): the residual fades where the tempered prior is Gaussian */
+        int64_t g4[4] = {b, 1, 1, 1};
+        int j;
+        double v = n->gate->data[0];
+        for (j = 0; j < b; j++) n->gv[j] = (float)(v / (v + (double)sigma[j] * sigma[j]));
+        y = lss_op_mul(n->gr, y, lss_view(n->gr, n->gv, 4, g4));
+    }
     if (!y) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "massmap network: forward failed");
     if (res) *res = y;
     if (out) memcpy(out, y->data, sizeof(float) * (size_t)b * (size_t)lss_grid_npix(n->g));
@@ -3389,7 +3437,10 @@ static void lss__mm_spectral(lss_mm_net *n, float *v) {
             nu += a * a;
         }
         sig = sqrt(nu);
-        for (i = 0; i < rows; i++) u[i] = (float)(u[i] / (sig + 1e-12));
+        if (sig > 0)
+            for (i = 0; i < rows; i++) u[i] = (float)(u[i] / (sig + 1e-12));
+        else /* W = 0 (the zero-initialised head): a unit u, so that the iteration restarts once W moves */
+            for (i = 0; i < rows; i++) u[i] = (float)(1.0 / sqrt((double)rows));
         if (sig > 1.0)
             for (i = 0; i < w->n; i++) w->data[i] = (float)(w->data[i] / sig);
     }
@@ -3403,8 +3454,10 @@ typedef struct {
     int64_t np;
     double *pg;           /* Gaussian spectrum of the training fields on d.big */
     float *fbig, *truth, *u, *sgs, *sig, *v;
+    float *uw, *sw;       /* the loss's u and sigma, times sqrt(w(sigma)) (w = 1 for the reference's draw) */
     lss_grid_ws tmp, *w;
     double lsum, valid, base;
+    double fixed_sigma;   /* > 0: every map of a batch at this noise level (lss_mm_net_heldout_sigma) */
     int64_t lcnt, ran, skipped;
     lss_dp *dp;           /* data-parallel steps (d.shards > 1, or MPI; NULL: the whole batch at once) */
 } lss__mm_tr;
@@ -3412,6 +3465,7 @@ typedef struct {
 static void lss__mm_tr_close(lss__mm_tr *t) {
     if (t->w) lss_grid_ws_put(t->w, &t->tmp);
     LSS_FREE(t->pg); LSS_FREE(t->fbig); LSS_FREE(t->truth); LSS_FREE(t->u); LSS_FREE(t->sgs); LSS_FREE(t->sig);
+    LSS_FREE(t->uw); LSS_FREE(t->sw);
     LSS_FREE(t->v);
     memset(t, 0, sizeof *t);
 }
@@ -3426,10 +3480,16 @@ static int lss__mm_tr_open(lss__mm_tr *t, lss_mm_net *n, const lss_mm_train_opts
     if (t->d.batch == 0) t->d.batch = 16;
     if (t->d.s == 0) t->d.s = 0.2;
     if (t->d.eval_batches == 0) t->d.eval_batches = 4;
+    if (t->d.sigma_max > 0 && t->d.sigma_mix == 0) t->d.sigma_mix = 0.5;
     if (t->d.batch < 1 || t->d.batch > (1 << 20) || !(t->d.s > 0) || !isfinite(t->d.s) || !(t->d.lambda >= 0) ||
         !isfinite(t->d.lambda) || t->d.eval_batches < 1)
         return lss_seterr(LSS_ERR_RANGE, "%s: bad options (batch %d, noise scale %g, shift %g, evaluation batches %d)", fn,
                           t->d.batch, t->d.s, t->d.lambda, t->d.eval_batches);
+    if (!(t->d.sigma_max >= 0) || !isfinite(t->d.sigma_max) || !(t->d.sigma_min >= 0) || !isfinite(t->d.sigma_min) ||
+        !(t->d.sigma_mix <= 1) || !isfinite(t->d.sigma_mix) ||
+        (t->d.sigma_max > 0 && t->d.sigma_mix > 0 && !(t->d.sigma_min > 0 && t->d.sigma_min < t->d.sigma_max)))
+        return lss_seterr(LSS_ERR_RANGE, "%s: bad noise range (sigma_min %g, sigma_max %g, share %g): 0 < sigma_min < sigma_max and a "
+                          "share at most 1 are needed", fn, t->d.sigma_min, t->d.sigma_max, t->d.sigma_mix);
     if (!t->d.big || !t->d.pk_big || lss_grid_h(t->d.big) < lss_grid_h(n->g) || lss_grid_w(t->d.big) < lss_grid_w(n->g))
         return lss_seterr(LSS_ERR_ARG, "%s: a training grid at least as large as the maps is required", fn);
     if (n->o.deepmass && !t->d.nvar) return lss_seterr(LSS_ERR_ARG, "%s: DeepMass training needs the survey noise map", fn);
@@ -3444,10 +3504,12 @@ static int lss__mm_tr_open(lss__mm_tr *t, lss_mm_net *n, const lss_mm_train_opts
     t->fbig = (float *)LSS_MALLOC(sizeof(float) * (size_t)nb);
     t->truth = (float *)LSS_MALLOC(sizeof(float) * (size_t)(t->b * t->np));
     t->u = (float *)LSS_MALLOC(sizeof(float) * (size_t)(t->b * t->np));
+    t->uw = (float *)LSS_MALLOC(sizeof(float) * (size_t)(t->b * t->np));
+    t->sw = (float *)LSS_MALLOC(sizeof(float) * (size_t)t->b);
     t->sgs = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * t->b * t->np));
     t->sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)t->b);
     t->v = (float *)LSS_MALLOC(sizeof(float) * (size_t)vmax);
-    if (!t->pg || !t->fbig || !t->truth || !t->u || !t->sgs || !t->sig || !t->v) {
+    if (!t->pg || !t->fbig || !t->truth || !t->u || !t->sgs || !t->sig || !t->v || !t->uw || !t->sw) {
         lss__mm_tr_close(t);
         return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory", fn);
     }
@@ -3479,8 +3541,17 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
     for (j = 0; j < t->b; j++) {
         float *uj = t->u + j * np, *tj = t->truth + j * np;
         if (!n->o.deepmass) {
-            float sj = (float)(t->d.s * lss_rng_normal(&r)), s2 = sj * sj, *sgj = t->sgs + j * np;
+            float sj, s2, *sgj = t->sgs + j * np;
             float *xin = n->in + 2 * (int64_t)j * np, *gin = xin + np;
+            if (t->d.sigma_max > 0 && t->d.sigma_mix > 0 && (double)j < t->d.sigma_mix * t->b) {
+                /* log-uniform |sigma| on [sigma_min, sigma_max], random sign */
+                double a = lss_rng_uniform(&r), e = lss_rng_uniform(&r);
+                sj = (float)(t->d.sigma_min * exp(a * log(t->d.sigma_max / t->d.sigma_min)));
+                if (e < 0.5) sj = -sj;
+            } else
+                sj = (float)(t->d.s * lss_rng_normal(&r));
+            if (t->fixed_sigma > 0) sj = (float)t->fixed_sigma;
+            s2 = sj * sj;
             t->sig[j] = sj;
             for (i = 0; i < np; i++) {
                 uj[i] = (float)lss_rng_normal(&r);
@@ -3488,6 +3559,19 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
             }
             lss__mm_gscore1(n->g, t->w, n->pkf, xin, fabsf(sj), sgj);
             for (i = 0; i < np; i++) gin[i] = s2 * sgj[i];
+            {   /* over the sampler's range, each level weighted by w = L_G(sigma)^-3/4, L_G(sigma) = mean_k P_k / (P_k +
+                   sigma^2) the Gaussian score's expected loss there (1 at small sigma, ~ v / sigma^2 at large): levels
+                   whose loss is small still count. Exponent 3/4 from held-out comparisons of 1/2, 3/4 and 1: 1/2 leaves
+                   sigma > 0.1 unlearnt, 1 the smallest levels */
+                double wq = 1;
+                if (t->d.sigma_max > 0 && t->d.sigma_mix > 0) {
+                    double lg = 0;
+                    for (i = 0; i < np; i++) lg += n->pkf[i] / (n->pkf[i] + (double)s2);
+                    wq = lg > 0 ? pow((double)np / lg, 0.375) : 1; /* sqrt(w), w = L_G^-3/4 */
+                }
+                for (i = 0; i < np; i++) t->uw[j * np + i] = (float)(wq * uj[i]);
+                t->sw[j] = (float)(wq * sj);
+            }
         } else {
             float *g1 = t->sgs, *g2 = t->sgs + np;
             lss__mm_k2g(n->g, t->w, tj, NULL, g1, g2);
@@ -3521,7 +3605,7 @@ static int lss__mm_train_shard(void *user, int sh, int nsh, double *loss) {
     if ((s = lss__mm_net_forward_rows(n, (int)lo, (int)(hi - lo), n->o.deepmass ? NULL : t->sig + lo, NULL, 1, &y)) != LSS_OK) return s;
     if (!n->o.deepmass) {
         y = lss_op_add(n->gr, y, lss_view(n->gr, t->sgs + lo * np, 4, sh4));
-        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->u + lo * np, 4, sh4), lss_view(n->gr, t->sig + lo, 1, s1));
+        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->uw + lo * np, 4, sh4), lss_view(n->gr, t->sw + lo, 1, s1));
     } else
         l = lss_op_mse(n->gr, y, lss_view(n->gr, t->u + lo * np, 4, sh4));
     l = lss_op_scale(n->gr, l, (float)(hi - lo) / (float)t->b);
@@ -3553,7 +3637,7 @@ static int lss__mm_train_step(void *user, int64_t step, double *loss) {
     if (!n->o.deepmass) {
         /* residual DSM (eq. 24): (u + sigma (r + s_G))^2 */
         y = lss_op_add(n->gr, y, lss_view(n->gr, t->sgs, 4, sh4));
-        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->u, 4, sh4), lss_view(n->gr, t->sig, 1, s1));
+        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->uw, 4, sh4), lss_view(n->gr, t->sw, 1, s1));
     } else
         l = lss_op_mse(n->gr, y, lss_view(n->gr, t->u, 4, sh4));
     if (!l) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_net_train: loss graph failed");
@@ -3585,8 +3669,9 @@ static int lss__mm_heldout_run(lss__mm_tr *t, int nbatch, double *loss_net, doub
             for (i = 0; i < np; i++) {
                 double u = t->u[j * np + i], r = y->data[j * np + i], e0, e1;
                 if (!n->o.deepmass) {
-                    e0 = u + (double)t->sig[j] * t->sgs[j * np + i];
-                    e1 = e0 + (double)t->sig[j] * r;
+                    u = t->uw[j * np + i];
+                    e0 = u + (double)t->sw[j] * t->sgs[j * np + i];
+                    e1 = e0 + (double)t->sw[j] * r;
                 } else {
                     e0 = u;
                     e1 = r - u;
@@ -3697,6 +3782,67 @@ LSSDEF int lss_mm_net_heldout(lss_mm_net *n, const lss_mm_train_opts *o, int nba
     if (!n || !o || !loss_net || !loss_base || nbatch < 1) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout: bad argument");
     if ((s = lss__mm_tr_open(&t, n, o, "lss_mm_net_heldout")) != LSS_OK) return s;
     s = lss__mm_heldout_run(&t, nbatch, loss_net, loss_base);
+    lss__mm_tr_close(&t);
+    return s;
+}
+
+LSSDEF int lss_mm_sigma_grid(double sigma_min, double sigma_max, int nsig, double *out) {
+    int k;
+    if (!out || nsig < 2 || !(sigma_min > 0) || !(sigma_max > sigma_min) || !isfinite(sigma_max))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_sigma_grid: need 0 < sigma_min %g < sigma_max %g and at least 2 levels (%d)",
+                          sigma_min, sigma_max, nsig);
+    for (k = 0; k < nsig; k++) out[k] = sigma_min * exp(log(sigma_max / sigma_min) * k / (nsig - 1));
+    out[nsig - 1] = sigma_max;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_net_heldout_sigma(lss_mm_net *n, const lss_mm_train_opts *o, int nbatch, int nsig,
+                                    const double *sigmas, double *loss_gauss, double *loss_net, double *se_diff) {
+    lss__mm_tr t;
+    int s = LSS_OK, k, bt, j;
+    int64_t i, np;
+    double *d = NULL;
+    if (!n || !o || !sigmas || !loss_gauss || !loss_net || nbatch < 1 || nsig < 1)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout_sigma: bad argument");
+    if (n->o.deepmass) return lss_seterr(LSS_ERR_ARG, "lss_mm_net_heldout_sigma: a score network is needed, not DeepMass");
+    for (k = 0; k < nsig; k++)
+        if (!(sigmas[k] > 0) || !isfinite(sigmas[k]))
+            return lss_seterr(LSS_ERR_RANGE, "lss_mm_net_heldout_sigma: noise level %d is %g (must be > 0 and finite)", k, sigmas[k]);
+    if ((s = lss__mm_tr_open(&t, n, o, "lss_mm_net_heldout_sigma")) != LSS_OK) return s;
+    np = t.np;
+    if (!(d = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbatch * (size_t)t.b))) {
+        lss__mm_tr_close(&t);
+        return lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_heldout_sigma: out of memory");
+    }
+    for (k = 0; k < nsig && s == LSS_OK; k++) {
+        double lg = 0, ln = 0, md = 0, vd = 0;
+        int64_t m = (int64_t)nbatch * t.b, q;
+        t.fixed_sigma = sigmas[k];
+        for (bt = 0; bt < nbatch && s == LSS_OK; bt++) {
+            lss_tensor *y;
+            if ((s = lss__mm_batch(&t, LSS_SET_VALID, (uint64_t)bt)) != LSS_OK) break;
+            if ((s = lss__mm_net_forward(n, t.b, t.sig, NULL, 0, &y)) != LSS_OK) break;
+            for (j = 0; j < t.b; j++) {
+                double a = 0, b = 0, sg = t.sig[j];
+                for (i = 0; i < np; i++) {
+                    double e0 = t.u[j * np + i] + sg * t.sgs[j * np + i], e1 = e0 + sg * y->data[j * np + i];
+                    a += e0 * e0;
+                    b += e1 * e1;
+                }
+                lg += a / (double)np;
+                ln += b / (double)np;
+                d[(int64_t)bt * t.b + j] = (b - a) / (double)np;
+            }
+        }
+        if (s != LSS_OK) break;
+        for (q = 0; q < m; q++) md += d[q];
+        md /= (double)m;
+        for (q = 0; q < m; q++) vd += (d[q] - md) * (d[q] - md);
+        loss_gauss[k] = lg / (double)m;
+        loss_net[k] = ln / (double)m;
+        if (se_diff) se_diff[k] = m > 1 ? sqrt(vd / (double)(m - 1) / (double)m) : NAN;
+    }
+    LSS_FREE(d);
     lss__mm_tr_close(&t);
     return s;
 }
@@ -4909,6 +5055,11 @@ LSSDEF double lss_mm_auto_sigma_min(int64_t npix, const float *nvar) {
     return isfinite(vmin) ? fmin(LSS_MM_SIGMA_MIN, LSS_MM_SIGMA_MIN_NOISE * sqrt(vmin)) : LSS_MM_SIGMA_MIN;
 }
 
+LSSDEF void lss_mm_sampler_sigma_range(int64_t npix, const float *nvar, double *lo, double *hi) {
+    if (lo) *lo = fmin(lss_mm_auto_sigma_min(npix, nvar), sqrt(1e-5)); /* the default ODE's end, t = 1e-5 */
+    if (hi) *hi = 1.0;
+}
+
 /* the per-chain means of summed statistics (lss_mm_sample_batched) */
 static void lss__mm_stats_mean(lss_mm_sample_stats *t, int nsamples) {
     t->ode_steps /= nsamples;
@@ -5428,6 +5579,8 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
         d.pk_big = pkb;
         d.lambda = m->shift;
         d.nvar = m->nvar;
+        if (!net->o.deepmass && d.sigma_min == 0 && d.sigma_max == 0 && d.sigma_mix >= 0)
+            lss_mm_sampler_sigma_range((int64_t)m->h * m->w, m->nvar, &d.sigma_min, &d.sigma_max);
         s = lss_mm_net_train(net, &d, res);
     }
     lss_grid_free(big);
