@@ -859,7 +859,7 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
 
 /* ---------------------------------------------------------------- evaluation (Table 1, figures 6-7) */
 enum { LSS_MM_METHOD_KS = 0, LSS_MM_METHOD_WIENER = 1, LSS_MM_METHOD_POSTERIOR = 2,
-       LSS_MM_METHOD_DEEPMASS = 3, LSS_MM_NMETHODS = 4 };
+       LSS_MM_METHOD_DEEPMASS = 3, LSS_MM_METHOD_POSTERIOR_GAUSS = 4, LSS_MM_NMETHODS = 5 };
 typedef struct {
     int nfields;           /* the first nfields fields (0: all) */
     int nsamples;          /* posterior samples per field (0: 16; >= 2) */
@@ -874,12 +874,23 @@ typedef struct {
     void *progress_user;
 } lss_mm_eval_opts;
 typedef struct {
-    int nfields, nsamples, nbins, nmethods;     /* nmethods 3, or 4 with DeepMass */
+    int nfields, nsamples, nbins, nmethods;     /* nmethods: how many ran (ran[k] says which) */
+    int ran[LSS_MM_NMETHODS];                   /* KS, Wiener, posterior always; DeepMass with o->deepmass; the
+                                                   Gaussian-prior control (the same chains without the residual) with o->prior */
     int h, w;
     double ks_smoothing, sigma_min;
-    double *rmse, *r;                           /* [nfields][LSS_MM_NMETHODS], NaN where not run */
+    double *rmse, *r;                           /* [nfields][LSS_MM_NMETHODS], NaN where not run; the posterior rows'
+                                                   RMSE with the Monte Carlo term removed: sqrt(max(MSE - vbar / nsamples,
+                                                   0)), vbar the mean over observed pixels of the samples' variance (ddof 1)
+                                                   (the mean of nsamples samples adds vbar / nsamples to the MSE); r as measured */
+    double *rmse_raw;                           /* [nfields][LSS_MM_NMETHODS]: RMSE as measured (= rmse but for the posterior rows) */
     double mean_rmse[LSS_MM_NMETHODS], std_rmse[LSS_MM_NMETHODS], mean_r[LSS_MM_NMETHODS], std_r[LSS_MM_NMETHODS];
                                                 /* std over fields (ddof 0): NaN ("nan" in table1.csv, n/a) for one field */
+    double mean_rmse_raw[LSS_MM_NMETHODS];
+    double diff_rmse[LSS_MM_NMETHODS], se_diff_rmse[LSS_MM_NMETHODS], diff_r[LSS_MM_NMETHODS], se_diff_r[LSS_MM_NMETHODS];
+                                                /* paired against the Wiener filter on the same fields: mean over fields of
+                                                   (method - Wiener) and its standard error (std ddof 1 / sqrt(fields); NaN for
+                                                   one field) */
     /* figure 6 (field 0), [nbins] each */
     double *ell, *cl_theory, *cl_truth, *cl_sims_mean, *cl_sims_std, *cl_samples_mean, *cl_samples_std,
         *cl_wiener, *cl_post_mean, *frac_within_2sigma;
@@ -890,13 +901,17 @@ typedef struct {
     lss_mm_sample_stats cost;                   /* per sample, averaged over fields; seconds summed */
 } lss_mm_eval_result;
 /* Table 1 on the fields of a mock: Kaiser-Squires at the scanned best smoothing (lss_mm_ks_best), Wiener
- * filter, posterior mean (Gaussian prior plus o->prior), DeepMass; RMSE and Pearson r (lss_mm_metrics
- * over observed pixels) per field with their mean and standard deviation over fields; the spectra and
- * maps of field 0. Free with lss_mm_eval_free. */
+ * filter, posterior mean (Gaussian prior plus o->prior), DeepMass and, with o->prior, the Gaussian-prior
+ * posterior mean from the same chains' random numbers (the control at the same sample count); every method on
+ * the same fields. RMSE (posterior rows with the Monte Carlo term removed) and Pearson r (lss_mm_metrics over
+ * observed pixels) per field, their mean and standard deviation over fields and the paired differences against
+ * the Wiener filter with standard errors; the spectra and maps of field 0. Free with lss_mm_eval_free. */
 LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_eval_result **out);
 LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r);
-/* Writes into DIR (which must exist): table1.csv (method, smoothing_arcmin, rmse, rmse_std, r, r_std; methods
- * as LSS_MM_METHOD_*), fields.csv (per field), spectra.csv and spectra.png (figure 6), figure7.png (truth, KS,
+/* Writes into DIR (which must exist): table1.csv (one row per method that ran: method, smoothing_arcmin, rmse,
+ * rmse_std, r, r_std, rmse_minus_wiener, rmse_minus_wiener_se, r_minus_wiener, r_minus_wiener_se, rmse_measured;
+ * methods as LSS_MM_METHOD_*), fields.csv (per field: rmse and r of each method, nan where it did not run, and the
+ * posterior rows' measured RMSE), spectra.csv and spectra.png (figure 6), figure7.png (truth, KS,
  * Wiener, posterior mean, std, samples) and deepmass0.png when DeepMass ran. */
 LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *r, const char *dir);
 
@@ -5597,7 +5612,7 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
 /* ---- evaluation */
 LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r) {
     if (!r) return;
-    LSS_FREE(r->rmse); LSS_FREE(r->r); LSS_FREE(r->ell); LSS_FREE(r->cl_theory); LSS_FREE(r->cl_truth);
+    LSS_FREE(r->rmse); LSS_FREE(r->r); LSS_FREE(r->rmse_raw); LSS_FREE(r->ell); LSS_FREE(r->cl_theory); LSS_FREE(r->cl_truth);
     LSS_FREE(r->cl_sims_mean); LSS_FREE(r->cl_sims_std); LSS_FREE(r->cl_samples_mean); LSS_FREE(r->cl_samples_std);
     LSS_FREE(r->cl_wiener); LSS_FREE(r->cl_post_mean); LSS_FREE(r->frac_within_2sigma);
     LSS_FREE(r->truth); LSS_FREE(r->ks); LSS_FREE(r->wiener); LSS_FREE(r->post_mean); LSS_FREE(r->post_std);
@@ -5607,6 +5622,28 @@ LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r) {
 
 #define LSS__MM_NEWD(n) (double *)LSS_MALLOC(sizeof(double) * (size_t)(n))
 #define LSS__MM_NEWF(n) (float *)LSS_MALLOC(sizeof(float) * (size_t)(n))
+
+/* The posterior mean of ns samples into mean (and the std when sd != NULL), its metrics, and its RMSE with the
+ * Monte Carlo term removed: MSE - vbar / ns, vbar the mean over observed pixels of the samples' variance (ddof 1). */
+static int lss__mm_eval_post(int64_t np, int ns, const float *smp, float *mean, float *sd, const float *truth, const float *mask,
+                             double *rmse, double *rmse_raw, double *r) {
+    int s = lss_mm_mean_std(ns, np, smp, mean, sd);
+    double vb = 0, nobs = 0;
+    int64_t i;
+    int k;
+    if (s == LSS_OK) s = lss_mm_metrics(np, mean, truth, mask, rmse_raw, r);
+    if (s != LSS_OK) return s;
+    for (i = 0; i < np; i++) {
+        double v = 0;
+        if (!(mask[i] > 0)) continue;
+        for (k = 0; k < ns; k++) v += ((double)smp[(int64_t)k * np + i] - mean[i]) * ((double)smp[(int64_t)k * np + i] - mean[i]);
+        vb += v / (ns - 1);
+        nobs++;
+    }
+    vb = nobs > 0 ? vb / nobs : 0;
+    *rmse = sqrt(fmax(*rmse_raw * *rmse_raw - vb / ns, 0));
+    return LSS_OK;
+}
 
 LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_eval_result **out) {
     lss_mm_eval_opts d;
@@ -5648,9 +5685,13 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
     if (!R) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval: out of memory");
     memset(R, 0, sizeof *R);
     R->nfields = nf; R->nsamples = ns; R->nbins = nb; R->h = m->h; R->w = m->w;
-    R->nmethods = d.deepmass ? 4 : 3;
+    R->ran[LSS_MM_METHOD_KS] = R->ran[LSS_MM_METHOD_WIENER] = R->ran[LSS_MM_METHOD_POSTERIOR] = 1;
+    R->ran[LSS_MM_METHOD_DEEPMASS] = d.deepmass != NULL;
+    R->ran[LSS_MM_METHOD_POSTERIOR_GAUSS] = d.prior != NULL;
+    R->nmethods = 3 + R->ran[LSS_MM_METHOD_DEEPMASS] + R->ran[LSS_MM_METHOD_POSTERIOR_GAUSS];
     R->nsample_maps = ns < 3 ? ns : 3;
     R->rmse = LSS__MM_NEWD(nf * LSS_MM_NMETHODS); R->r = LSS__MM_NEWD(nf * LSS_MM_NMETHODS);
+    R->rmse_raw = LSS__MM_NEWD(nf * LSS_MM_NMETHODS);
     R->ell = LSS__MM_NEWD(nb); R->cl_theory = LSS__MM_NEWD(nb); R->cl_truth = LSS__MM_NEWD(nb);
     R->cl_sims_mean = LSS__MM_NEWD(nb); R->cl_sims_std = LSS__MM_NEWD(nb); R->cl_samples_mean = LSS__MM_NEWD(nb);
     R->cl_samples_std = LSS__MM_NEWD(nb); R->cl_wiener = LSS__MM_NEWD(nb); R->cl_post_mean = LSS__MM_NEWD(nb);
@@ -5660,14 +5701,14 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
     if (d.deepmass) R->deepmass = LSS__MM_NEWF(np);
     edges = LSS__MM_NEWD(nb + 1); cl_sim = LSS__MM_NEWD((int64_t)nsim * nb); cl_smp = LSS__MM_NEWD((int64_t)ns * nb);
     smp = LSS__MM_NEWF((int64_t)ns * np); sim = LSS__MM_NEWF(np); est = LSS__MM_NEWF(2 * np);
-    if (!R->rmse || !R->r || !R->ell || !R->cl_theory || !R->cl_truth || !R->cl_sims_mean || !R->cl_sims_std ||
+    if (!R->rmse || !R->r || !R->rmse_raw || !R->ell || !R->cl_theory || !R->cl_truth || !R->cl_sims_mean || !R->cl_sims_std ||
         !R->cl_samples_mean || !R->cl_samples_std || !R->cl_wiener || !R->cl_post_mean || !R->frac_within_2sigma ||
         !R->truth || !R->ks || !R->wiener || !R->post_mean || !R->post_std || !R->samples || (d.deepmass && !R->deepmass) ||
         !edges || !cl_sim || !cl_smp || !smp || !sim || !est) {
         s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval: out of memory");
         goto done;
     }
-    for (k = 0; k < nf * LSS_MM_NMETHODS; k++) R->rmse[k] = R->r[k] = NAN;
+    for (k = 0; k < nf * LSS_MM_NMETHODS; k++) R->rmse[k] = R->r[k] = R->rmse_raw[k] = NAN;
     if ((s = lss_mm_mock_grid(m, 1, &g, &pk)) || (s = lss_mm_mock_grid(m, 2, &big, &pkb))) goto done;
     if ((s = lss_mm_ks_best(g, nf, m->shear, m->kappa, m->mask, LSS_MM_KS_NSCALES, lss_mm_ks_scales(), NULL, &best))) goto done;
     R->ks_smoothing = lss_mm_ks_scales()[best];
@@ -5704,16 +5745,25 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
             if (f == 0) memcpy(R->deepmass, ks, sizeof(float) * (size_t)np);
         }
         if ((s = lss_mm_post_create(g, pk, g1, g2, m->nvar, &post))) break;
-        if (d.prior) lss_mm_post_set_residual(post, lss_mm_net_residual, d.prior);
-        {
+        if (d.prior) { /* the Gaussian-prior control first, from the same chains' random numbers */
+            lss_mm_sample_opts so = d.sample;
+            so.job = (uint32_t)f;
+            so.progress = NULL;
+            s = lss_mm_sample_batched(post, &so, ns, d.batch, smp, &st);
+            if (s == LSS_OK) s = lss__mm_eval_post(np, ns, smp, ks, NULL, truth, m->mask, &rm[LSS_MM_METHOD_POSTERIOR_GAUSS],
+                                                   &R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR_GAUSS],
+                                                   &rr[LSS_MM_METHOD_POSTERIOR_GAUSS]);
+            if (s == LSS_OK) lss_mm_post_set_residual(post, lss_mm_net_residual, d.prior);
+        }
+        if (s == LSS_OK) {
             lss_mm_sample_opts so = d.sample;
             so.job = (uint32_t)f;
             so.progress = NULL;
             s = lss_mm_sample_batched(post, &so, ns, d.batch, smp, &st);
         }
         lss_mm_post_free(post);
-        if (s == LSS_OK) s = lss_mm_mean_std(ns, np, smp, ks, f == 0 ? R->post_std : NULL);
-        if (s == LSS_OK) s = lss_mm_metrics(np, ks, truth, m->mask, &rm[LSS_MM_METHOD_POSTERIOR], &rr[LSS_MM_METHOD_POSTERIOR]);
+        if (s == LSS_OK) s = lss__mm_eval_post(np, ns, smp, ks, f == 0 ? R->post_std : NULL, truth, m->mask, &rm[LSS_MM_METHOD_POSTERIOR],
+                                               &R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR], &rr[LSS_MM_METHOD_POSTERIOR]);
         if (s != LSS_OK) break;
         R->cost.evals_per_chain += st.evals_per_chain / nf;
         R->cost.accept_rate += st.accept_rate / nf;
@@ -5730,14 +5780,28 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
         }
     }
     if (s != LSS_OK) goto done;
+    for (f = 0; f < nf * LSS_MM_NMETHODS; f++)
+        if (isnan(R->rmse_raw[f])) R->rmse_raw[f] = R->rmse[f];
     for (k = 0; k < LSS_MM_NMETHODS; k++) {
-        double a = 0, a2 = 0, b = 0, b2 = 0;
+        double a = 0, a2 = 0, b = 0, b2 = 0, ar = 0, dm = 0, dv = 0, rm2 = 0, rv = 0;
         for (f = 0; f < nf; f++) {
             double e = R->rmse[f * LSS_MM_NMETHODS + k], c = R->r[f * LSS_MM_NMETHODS + k];
             a += e / nf; a2 += e * e / nf; b += c / nf; b2 += c * c / nf;
+            ar += R->rmse_raw[f * LSS_MM_NMETHODS + k] / nf;
+            dm += (e - R->rmse[f * LSS_MM_NMETHODS + LSS_MM_METHOD_WIENER]) / nf;
+            rm2 += (c - R->r[f * LSS_MM_NMETHODS + LSS_MM_METHOD_WIENER]) / nf;
+        }
+        for (f = 0; f < nf; f++) {
+            double e = R->rmse[f * LSS_MM_NMETHODS + k] - R->rmse[f * LSS_MM_NMETHODS + LSS_MM_METHOD_WIENER];
+            double c = R->r[f * LSS_MM_NMETHODS + k] - R->r[f * LSS_MM_NMETHODS + LSS_MM_METHOD_WIENER];
+            dv += (e - dm) * (e - dm);
+            rv += (c - rm2) * (c - rm2);
         }
         R->mean_rmse[k] = a; R->std_rmse[k] = nf > 1 ? sqrt(fmax(a2 - a * a, 0)) : NAN; /* one field: no scatter (n/a), not 0 */
         R->mean_r[k] = b; R->std_r[k] = nf > 1 ? sqrt(fmax(b2 - b * b, 0)) : NAN;
+        R->mean_rmse_raw[k] = ar;
+        R->diff_rmse[k] = dm; R->se_diff_rmse[k] = nf > 1 ? sqrt(dv / (nf - 1) / nf) : NAN;
+        R->diff_r[k] = rm2; R->se_diff_r[k] = nf > 1 ? sqrt(rv / (nf - 1) / nf) : NAN;
     }
     R->bins_within_1sigma = 0;
     for (k = 0; k < nb; k++) {
@@ -5885,27 +5949,32 @@ static void lss__mm_panel(lss_image *im, int x, int y, const float *m, int h, in
 LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
     char p[4096];
     int s, f, k, b, nf, nb, h, w, sc, pw, ph;
-    double *fr, *sp, tab[6 * LSS_MM_NMETHODS], lo = 1e9, hi = -1e9, smax = 0;
+    double *fr, *sp, tab[11 * LSS_MM_NMETHODS], lo = 1e9, hi = -1e9, smax = 0;
+    int nrow = 0;
     int64_t i;
     lss_image im;
     if (!R || !dir) return lss_seterr(LSS_ERR_ARG, "lss_mm_eval_save: NULL argument");
     nf = R->nfields; nb = R->nbins; h = R->h; w = R->w;
-    fr = (double *)LSS_MALLOC(sizeof(double) * (size_t)(9 * nf));
+    fr = (double *)LSS_MALLOC(sizeof(double) * (size_t)(13 * nf));
     sp = (double *)LSS_MALLOC(sizeof(double) * (size_t)(11 * nb));
     if (!fr || !sp) {
         LSS_FREE(fr);
         LSS_FREE(sp);
         return lss_seterr(LSS_ERR_NOMEM, "lss_mm_eval_save: out of memory");
     }
-    for (k = 0; k < R->nmethods; k++) {
-        double row[6];
+    for (k = 0; k < LSS_MM_NMETHODS; k++) {
+        double row[11];
+        if (!R->ran[k]) continue;
         row[0] = k; row[1] = k == LSS_MM_METHOD_KS ? R->ks_smoothing : 0; row[2] = R->mean_rmse[k]; row[3] = R->std_rmse[k];
-        row[4] = R->mean_r[k]; row[5] = R->std_r[k];
-        memcpy(tab + 6 * k, row, sizeof row);
+        row[4] = R->mean_r[k]; row[5] = R->std_r[k]; row[6] = R->diff_rmse[k]; row[7] = R->se_diff_rmse[k]; row[8] = R->diff_r[k];
+        row[9] = R->se_diff_r[k]; row[10] = R->mean_rmse_raw[k];
+        memcpy(tab + 11 * nrow++, row, sizeof row);
     }
     for (f = 0; f < nf; f++) {
-        fr[9 * f] = f;
-        for (k = 0; k < LSS_MM_NMETHODS; k++) fr[9 * f + 1 + 2 * k] = R->rmse[f * LSS_MM_NMETHODS + k], fr[9 * f + 2 + 2 * k] = R->r[f * LSS_MM_NMETHODS + k];
+        fr[13 * f] = f;
+        for (k = 0; k < LSS_MM_NMETHODS; k++) fr[13 * f + 1 + 2 * k] = R->rmse[f * LSS_MM_NMETHODS + k], fr[13 * f + 2 + 2 * k] = R->r[f * LSS_MM_NMETHODS + k];
+        fr[13 * f + 11] = R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR];
+        fr[13 * f + 12] = R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR_GAUSS];
     }
     for (b = 0; b < nb; b++) {
         double row[11];
@@ -5915,8 +5984,10 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
         memcpy(sp + 11 * b, row, sizeof row);
     }
     {
-        const char *ht[6] = {"method", "smoothing_arcmin", "rmse", "rmse_std", "r", "r_std"};
-        const char *hf[9] = {"field", "ks_rmse", "ks_r", "wiener_rmse", "wiener_r", "post_rmse", "post_r", "deepmass_rmse", "deepmass_r"};
+        const char *ht[11] = {"method", "smoothing_arcmin", "rmse", "rmse_std", "r", "r_std", "rmse_minus_wiener", "rmse_minus_wiener_se",
+                              "r_minus_wiener", "r_minus_wiener_se", "rmse_measured"};
+        const char *hf[13] = {"field", "ks_rmse", "ks_r", "wiener_rmse", "wiener_r", "post_rmse", "post_r", "deepmass_rmse", "deepmass_r",
+                              "post_gauss_rmse", "post_gauss_r", "post_rmse_measured", "post_gauss_rmse_measured"};
         const char *hs[11] = {"ell", "theory", "truth", "sims_mean", "sims_std", "samples_mean", "samples_std", "wiener", "posterior_mean",
                               "frac_samples_within_2sigma", "mean_within_1sigma"};
         const double *ys[5];
@@ -5929,8 +6000,8 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
         po.ylabel = "C_ell";
         po.logx = po.logy = 1;
         s = lss__mm_path(p, sizeof p, dir, "table1.csv");
-        if (s == LSS_OK) s = lss_csv_write(p, 6, ht, R->nmethods, tab);
-        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "fields.csv")) == LSS_OK) s = lss_csv_write(p, 9, hf, nf, fr);
+        if (s == LSS_OK) s = lss_csv_write(p, 11, ht, nrow, tab);
+        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "fields.csv")) == LSS_OK) s = lss_csv_write(p, 13, hf, nf, fr);
         if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.csv")) == LSS_OK) s = lss_csv_write(p, 11, hs, nb, sp);
         if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.png")) == LSS_OK) {
             /* figure 6: the simulations' mean with their +-1 sigma band, the posterior samples' mean with the samples'

@@ -165,7 +165,71 @@ static void test_learns(void) {
     setup_free(&s);
 }
 
+/* Table 1's honest parts: every method on the same fields, paired differences against the Wiener filter, the
+ * posterior mean's RMSE with the Monte Carlo term removed, and the Gaussian-prior control from the same chains. */
+static void test_eval_paired(void) {
+    lss_mm_mock_opts mo = {0};
+    lss_mm_mock *m;
+    lss_mm_eval_opts eo = {0};
+    lss_mm_eval_result *R;
+    lss_grid *g;
+    double *pk;
+    lss_mm_net *zero;
+    lss_mm_net_opts no = {0};
+    int f, nf = 6;
+    mo.size = 32;
+    mo.nfields = nf;
+    mo.seed = 4;
+    CHECK_OK(lss_mm_mock_create(&mo, &m));
+    CHECK_OK(lss_mm_mock_grid(m, 1, &g, &pk));
+    eo.nsamples = 8;
+    eo.nsims = 4;
+    eo.sample.seed = 2;
+    CHECK_OK(lss_mm_sample_preset(LSS_MM_SCHEDULE_FAST, &eo.sample));
+    CHECK_OK(lss_mm_eval(m, &eo, &R));
+    CHECK(R->nmethods == 3 && R->ran[0] && R->ran[1] && R->ran[2] && !R->ran[3] && !R->ran[4], "methods run: %d", R->nmethods);
+    {   /* the Monte Carlo term: the mean of 8 samples carries vbar / 8 of extra MSE; removed, the Gaussian-prior posterior
+           mean is the Wiener filter's equal (its expectation is the Wiener map) */
+        double dr = 0, dc = 0;
+        for (f = 0; f < nf; f++) {
+            double raw = R->rmse_raw[f * LSS_MM_NMETHODS + 2], cor = R->rmse[f * LSS_MM_NMETHODS + 2], wf = R->rmse[f * LSS_MM_NMETHODS + 1];
+            CHECK(cor < raw && cor > 0.8 * raw, "field %d: corrected RMSE %g below the measured %g, by a Monte Carlo term", f, cor, raw);
+            dr += (raw - wf) / nf;
+            dc += (cor - wf) / nf;
+        }
+        CHECK_CLOSE(R->diff_rmse[2], dc, 1e-12, 0, "paired difference = mean of the per-field differences");
+        printf("  Gaussian prior, 8 samples: posterior mean - Wiener RMSE %.3e measured, %.3e +- %.1e corrected\n", dr, dc, R->se_diff_rmse[2]);
+        CHECK(fabs(dc) < 3 * R->se_diff_rmse[2] + 1e-4 * R->mean_rmse[1] && dr > dc, "corrected difference consistent with 0 (%g +- %g), measured above it (%g)",
+              dc, R->se_diff_rmse[2], dr);
+        CHECK(R->diff_rmse[1] == 0 && R->se_diff_rmse[1] == 0, "Wiener against itself: 0");
+    }
+    lss_mm_eval_free(R);
+    /* a zero residual (an untrained hybrid prior): the posterior and its Gaussian control are the same chains */
+    no.c0 = 4;
+    no.seed = 1;
+    CHECK_OK(lss_mm_net_create(g, pk, &no, &zero));
+    eo.prior = zero;
+    eo.nfields = 2;
+    CHECK_OK(lss_mm_eval(m, &eo, &R));
+    CHECK(R->nmethods == 4 && R->ran[4], "the control ran");
+    for (f = 0; f < 2; f++)
+        CHECK_CLOSE(R->rmse[f * LSS_MM_NMETHODS + 2], R->rmse[f * LSS_MM_NMETHODS + 4], 1e-5, 0, "zero residual: posterior = Gaussian control");
+    CHECK_OK(lss_mm_eval_save(R, "build"));
+    {
+        lss_csv t;
+        CHECK_OK(lss_csv_read("build/table1.csv", &t));
+        CHECK(t.nrows == 4 && t.ncols == 11 && lss_csv_col(&t, "rmse_minus_wiener_se") == 7, "table1.csv: one row per method run, 11 columns");
+        lss_csv_free(&t);
+    }
+    lss_mm_eval_free(R);
+    lss_mm_net_free(zero);
+    lss_grid_free(g);
+    LSS_FREE(pk);
+    lss_mm_mock_free(m);
+}
+
 int main(void) {
+    RUN(test_eval_paired);
     RUN(test_zero_start);
     RUN(test_learns);
     LSS_TEST_END();
