@@ -871,14 +871,18 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
  *    the halo's chi is drawn with density chi^2 in the shell, its position uniform in the pixel. No halo exclusion.
  *    Halos centred outside the padded grid are not drawn.
  *  - Painting: each halo's profile averaged over sub x sub points per pixel (sub = ceil(2 / r_s in pixels), within
- *    [2, 8]) on the pixels within r200m of the centre, then rescaled so that the stamp holds exactly the analytic
+ *    [4, 8]) on the pixels within r200m of the centre, then rescaled so that the stamp holds exactly the analytic
  *    total W M / (rho_m chi^2 Omega_pix) (the rescaling corrects the sub-pixel quadrature error; see lss_mm_halo_paint).
  *  - Smooth component: a Gaussian field of spectrum C_smooth = max(C_theory - C_1h - C_2h, 0), C_theory the Halofit
  *    C_kk of the n(z) (lss_mm_theory_ckk), C_1h = sum_b int_b dchi W^2 / chi^2 int dlnM dn/dlnM (M / rho_m)^2 u^2 and
  *    C_2h = sum_b C_b(ell) [int_b dchi W int dlnM dn/dlnM b (M / rho_m) u]^2 the spectra of the resolved halos as they
  *    are drawn (same shells and mass bins). It carries the mass below m_min, beyond z_max and the difference between
  *    the halo model and Halofit; it is independent of the halos (their cross-correlation with the unresolved mass is
- *    folded into its power). Where C_1h + C_2h exceeds C_theory the mock has more power than Halofit there.
+ *    folded into its power). Where C_1h + C_2h exceeds C_theory the mock has more power than Halofit there. On the
+ *    grid the smooth spectrum is P_theory - w^2 (P_1h + P_2h), clipped at 0, with w = sinc(pi f_x) sinc(pi f_y) the
+ *    window of the pixel-averaged halos, so that the map's spectrum is the theory's without a pixel window (as the
+ *    lognormal mocks and the Gaussian prior); the halo power beyond the Nyquist frequency that the painting aliases
+ *    back is included (the window times P_halo summed over the aliases f + n, |n_x|, |n_y| <= 2).
  * The model holds the tables (mass function per shell, lensing weights, spectra, the smooth spectrum on the padded
  * grid); lss_mm_halo_field draws one map from them. Random numbers: lss_rng_for(seed, LSS_STREAM_MM_FIELD,
  * lss_set_index(set, index), sub) with sub LSS_MM_SUB_HALO_SMOOTH (smooth field), LSS_MM_SUB_HALO_DENSITY + b (shell
@@ -5467,8 +5471,12 @@ static int lss__mm_halo_tables(lss_mm_halo_model *m, const lss_nz *src) {
         }
         m->halos_pix += m->ntot[b];
         /* shell spectra: linear density of the shell and the halo terms (NSUB midpoint nodes in chi) */
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(dynamic)
+#endif
         for (l = 0; l < nl; l++) {
             double ell = m->ell[l], clin = 0.0, a2h = 0.0, c1h = 0.0;
+            int i, q;
             for (i = 0; i < NSUB; i++) {
                 double chi = c1 + (i + 0.5) * (c2 - c1) / NSUB, dchi = (c2 - c1) / NSUB, z = lss_cosmo_z_of_chi(m->c, chi);
                 double k = (ell + 0.5) / chi, wl = lss__mm_halo_w(m, chi), p1 = 0.0, p2 = 0.0;
@@ -5579,7 +5587,32 @@ LSSDEF int lss_mm_halo_create(const lss_mm_halo_opts *o, lss_mm_halo_model **out
         s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_halo_create: out of memory");
         goto done;
     }
-    s = lss_grid_spectrum(m->big, m->ell, m->cl_sm, nl, m->pk_smooth);
+    {
+        /* the smooth spectrum cell by cell: P_theory - w^2 P_halo, w = sinc(pi f_x) sinc(pi f_y) the window of the halos'
+           pixel-averaged painting (f in cycles per pixel), summed over the aliases f + n (|n_x|, |n_y| <= 2), so that the
+           total matches the theory (which has no pixel window, as the lognormal mocks and the Gaussian prior) */
+        int64_t np = lss_grid_npix(m->big), q;
+        int H = lss_grid_h(m->big), W = lss_grid_w(m->big);
+        for (i = 0; i < nl; i++) tmp[i] = log(fmax(m->cl_1h[i] + m->cl_2h[i], 1e-300));
+        s = lss_grid_spectrum(m->big, m->ell, m->cl_th, nl, m->pk_smooth);
+        for (q = 0; q < np && s == LSS_OK; q++) {
+            int iy = (int)(q / W), ix = (int)(q % W), ay, ax;
+            double fy = (iy <= H / 2 ? iy : iy - H) / (double)H, fx = (ix <= W / 2 ? ix : ix - W) / (double)W, ph = 0.0;
+            if (q == 0) continue;
+            for (ay = -2; ay <= 2; ay++)
+                for (ax = -2; ax <= 2; ax++) {
+                    /* the alias at f + (ay, ax): its window and its halo power (log-log interpolation of the table) */
+                    double gy = fy + ay, gx = fx + ax, wy = gy == 0 ? 1.0 : sin(M_PI * gy) / (M_PI * gy);
+                    double wx = gx == 0 ? 1.0 : sin(M_PI * gx) / (M_PI * gx), el = 2.0 * M_PI * sqrt(gx * gx + gy * gy) / m->pix_rad;
+                    double t = log(el) / log(10.0) / 5.5 * (nl - 1);
+                    int j = (int)t;
+                    if (j < 0) j = 0, t = 0;
+                    if (j > nl - 2) j = nl - 2, t = nl - 1;
+                    ph += wx * wx * wy * wy * exp(tmp[j] + (tmp[j + 1] - tmp[j]) * (t - j)) / m->omega_pix;
+                }
+            m->pk_smooth[q] = d.no_smooth ? 0.0 : fmax(m->pk_smooth[q] - ph, 0.0);
+        }
+    }
 done:
     LSS_FREE(tmp);
     lss_nz_free(bins, nb);
@@ -5636,7 +5669,7 @@ static void lss__mm_halo_stamp(const lss_mm_halo_model *m, double mass, double c
     int sub = (int)ceil(2.0 / rs), iy0 = (int)floor(y - rt), iy1 = (int)floor(y + rt), ix0 = (int)floor(x - rt), ix1 = (int)floor(x + rt);
     int iy, ix, nx = ix1 - ix0 + 1, ny = iy1 - iy0 + 1, cache = (int64_t)nx * ny <= 1024;
     double buf[1024];
-    if (sub < 2) sub = 2;
+    if (sub < 4) sub = 4;
     if (sub > 8) sub = 8;
     for (iy = iy0; iy <= iy1; iy++)
         for (ix = ix0; ix <= ix1; ix++) {
