@@ -18,6 +18,10 @@
  *                        lss_mm_field, lss_mm_field_stream; convergence maps of any cosmology (the cGAN
  *                        emulator's training data) lss_mm_kappa_gen_create/_free, lss_mm_kappa_draw,
  *                        lss_mm_kappa_draw_mean
+ *   halo-model mocks     lss_mm_halo_create/_free, lss_mm_halo_field (halos from the Sheth-Tormen mass function with
+ *                        Duffy concentrations and projected truncated NFW profiles, modulated by shell densities, plus a
+ *                        Gaussian smooth part up to the Halofit C_kk), lss_mm_halo_sigma, _st_f, _dndlnm, _bias,
+ *                        _concentration, _r200m, _rho_m, _tnfw_f, _tnfw_u, _paint, _spectra, _counts
  *   mock data sets       lss_mm_mock_create/_free, lss_mm_mock_save, lss_mm_mock_load, lss_mm_mock_grid
  *   estimators           lss_mm_wiener_fourier, lss_mm_wiener, lss_mm_wiener_sample, lss_mm_wiener_apply,
  *                        lss_mm_gauss_score
@@ -817,7 +821,8 @@ typedef struct {
     int model;             /* LSS_MM_MODEL_LOGNORMAL or LSS_MM_MODEL_HALO (grid.csv column "model"; absent: lognormal) */
 } lss_mm_mock;
 /* Makes the whole mock: theory C_kk, mask (lss_mm_mock_mask), counts and noise (lss_mm_mock_noise_map),
- * per field the convergence (lss_mm_field, LSS_SET_TEST field f) and the noisy shear (stream
+ * per field the convergence (lss_mm_field, LSS_SET_TEST field f; with model LSS_MM_MODEL_HALO lss_mm_halo_field of a
+ * model with the default options at the mock's size, pad and pixel, fields in parallel) and the noisy shear (stream
  * lss_stream(LSS_STREAM_MM_NOISE, lss_set_index(LSS_SET_TEST, f), 0)), and the catalogue when asked
  * (positions uniform in their pixel, e = gamma + N(0, sigma_e)). Free with lss_mm_mock_free. */
 LSSDEF int lss_mm_mock_create(const lss_mm_mock_opts *o, lss_mm_mock **out);
@@ -833,7 +838,7 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out);
 LSSDEF int lss_mm_mock_grid(const lss_mm_mock *m, int pad, lss_grid **g, double **pk);
 
 /* Trains a network on maps drawn on the fly like the fields of mock m (its spectrum, shift and, for
- * DeepMass, noise) on a grid twice its size: creates the network for grid g (the mock's grid) with
+ * DeepMass, noise; halo-model maps, train_opts.halo, for a halo mock) on a grid twice its size: creates the network for grid g (the mock's grid) with
  * options no, fills the big, pk_big, lambda and nvar of a copy of to from the mock and runs
  * lss_mm_net_train. res (may be NULL) as there. */
 LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
