@@ -291,10 +291,11 @@ static void test_fields(void) {
            sh.se, sl.mean, sl.se, kh.mean, kh.se, kl.mean, kl.se);
     CHECK(sh.mean - sl.mean > 3 * sqrt(sh.se * sh.se + sl.se * sl.se), "halo skewness %.3f significantly above lognormal %.3f", sh.mean, sl.mean);
     CHECK(kh.mean - kl.mean > 3 * sqrt(kh.se * kh.se + kl.se * kl.se), "halo kurtosis %.2f significantly above lognormal %.2f", kh.mean, kl.mean);
-    /* power spectrum against the Halofit theory. Tolerance per bin: 3 standard errors of the mean over fields plus 3%
-       (the painted halos carry a few per cent more power than the model's u(k) and pixel window near the Nyquist
-       multipole, 37,000); bins above ell = 25,000 are not tested (there the excess reaches 5-10%, see
-       bench_halo_mocks) */
+    /* power spectrum against the Halofit theory. Tolerance per bin: 3 standard errors of the mean over fields plus 5%,
+       the systematic excess measured above ell = 1e4 (the halos of the maps carry 5-10% more power there than the
+       halo-model C_1h through the pixel window and its aliases, about 3-7% of the total; one halo alone matches its
+       windowed transform to 2% below ell = 25,000); bins above ell = 25,000 (the Nyquist multipole is 37,000), where
+       the sub-pixel quadrature adds up to 7% more, are not tested (see bench_halo_mocks) */
     {
         int nell = 0;
         const double *ell = NULL, *cth = NULL;
@@ -307,7 +308,7 @@ static void test_fields(void) {
         for (int b = 0; b < NB; b++) {
             ms r = meanse(cl + b, NF, NB);
             printf("  ell %6.0f: halo-model power / Halofit %.3f +- %.3f\n", ellm[b], r.mean / clt[b], r.se / clt[b]);
-            if (ellm[b] < 25000) CHECK_CLOSE(r.mean / clt[b], 1.0, 0, 3 * r.se / clt[b] + 0.03, "mean power / theory");
+            if (ellm[b] < 25000) CHECK_CLOSE(r.mean / clt[b], 1.0, 0, 3 * r.se / clt[b] + 0.05, "mean power / theory");
         }
         free(pk);
         free(cl);
