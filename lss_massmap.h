@@ -18,6 +18,10 @@
  *                        lss_mm_field, lss_mm_field_stream; convergence maps of any cosmology (the cGAN
  *                        emulator's training data) lss_mm_kappa_gen_create/_free, lss_mm_kappa_draw,
  *                        lss_mm_kappa_draw_mean
+ *   halo-model mocks     lss_mm_halo_create/_free, lss_mm_halo_field (halos from the Sheth-Tormen mass function with
+ *                        Duffy concentrations and projected truncated NFW profiles, modulated by shell densities, plus a
+ *                        Gaussian smooth part up to the Halofit C_kk), lss_mm_halo_sigma, _st_f, _dndlnm, _bias,
+ *                        _concentration, _r200m, _rho_m, _tnfw_f, _tnfw_u, _paint, _spectra, _counts
  *   mock data sets       lss_mm_mock_create/_free, lss_mm_mock_save, lss_mm_mock_load, lss_mm_mock_grid
  *   estimators           lss_mm_wiener_fourier, lss_mm_wiener, lss_mm_wiener_sample, lss_mm_wiener_apply,
  *                        lss_mm_gauss_score
@@ -482,6 +486,7 @@ LSSDEF int lss_mm_net_residual(void *net, int n, const float *x, const float *sc
 /* DeepMass prediction of kappa from a shear map (masked pixels: shear 0). */
 LSSDEF int lss_mm_net_deepmass(lss_mm_net *net, const float *g1, const float *g2, float *kappa);
 
+typedef struct lss_mm_halo_model lss_mm_halo_model;  /* halo-model convergence (lss_mm_halo_create) */
 typedef struct {
     int steps;             /* total optimizer steps of the network (0: 1000) */
     int batch;             /* 0: 16 */
@@ -515,6 +520,8 @@ typedef struct {
                               gradients added in order; under MPI the ranks compute the shards and the run is
                               bitwise the serial one with the same shards (0: 1, or the rank count under MPI); batch
                               norm then normalises each shard by its own statistics */
+    const lss_mm_halo_model *halo; /* non-NULL: training and held-out maps are lss_mm_halo_field(halo, h, w, seed, set,
+                              index b + j) instead of the lognormal cut-outs (big and pk_big still required) */
 } lss_mm_train_opts;
 typedef struct {
     double final_loss;     /* mean training loss over the last 10% of the steps, of those this call ran (NaN: none) */
@@ -820,7 +827,10 @@ typedef struct {
     int catalogue;         /* 1: a galaxy catalogue of field 0 as well */
     lss_mm_survey_opts survey;
     uint64_t seed;
+    int model;             /* LSS_MM_MODEL_LOGNORMAL (0) or LSS_MM_MODEL_HALO (1: lss_mm_halo_field, default halo options
+                              with this size, pad and pixel) */
 } lss_mm_mock_opts;
+enum { LSS_MM_MODEL_LOGNORMAL = 0, LSS_MM_MODEL_HALO = 1 };
 /* A mock data set: K fields of H x W pixels sharing one survey (mask, galaxy counts, noise). */
 typedef struct {
     int h, w, nfields;
@@ -832,15 +842,17 @@ typedef struct {
     double *ell, *cl;      /* [nell] the convergence spectrum (Planck 2015, COSMOS n(z)) */
     int nell;
     lss_mm_catalogue cat;  /* galaxies of field 0 (n = 0 when not made) */
+    int model;             /* LSS_MM_MODEL_LOGNORMAL or LSS_MM_MODEL_HALO (grid.csv column "model"; absent: lognormal) */
 } lss_mm_mock;
 /* Makes the whole mock: theory C_kk, mask (lss_mm_mock_mask), counts and noise (lss_mm_mock_noise_map),
- * per field the convergence (lss_mm_field, LSS_SET_TEST field f) and the noisy shear (stream
+ * per field the convergence (lss_mm_field, LSS_SET_TEST field f; with model LSS_MM_MODEL_HALO lss_mm_halo_field of a
+ * model with the default options at the mock's size, pad and pixel, fields in parallel) and the noisy shear (stream
  * lss_stream(LSS_STREAM_MM_NOISE, lss_set_index(LSS_SET_TEST, f), 0)), and the catalogue when asked
  * (positions uniform in their pixel, e = gamma + N(0, sigma_e)). Free with lss_mm_mock_free. */
 LSSDEF int lss_mm_mock_create(const lss_mm_mock_opts *o, lss_mm_mock **out);
 LSSDEF void lss_mm_mock_free(lss_mm_mock *m);
 /* Writes DIR (which must exist): kappa.npy [K,H,W], shear.npy [K,2,H,W], noise_var.npy, mask.npy,
- * count.npy, ps.csv (ell, cl), grid.csv (h, w, pixel_arcmin, shift, nfields, seed) and, with a catalogue,
+ * count.npy, ps.csv (ell, cl), grid.csv (h, w, pixel_arcmin, shift, nfields, seed, model) and, with a catalogue,
  * catalogue.csv (x, y, e1, e2). */
 LSSDEF int lss_mm_mock_save(const lss_mm_mock *m, const char *dir);
 /* Reads a directory written by lss_mm_mock_save (columns and metadata by name; shapes checked). */
@@ -850,12 +862,117 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out);
 LSSDEF int lss_mm_mock_grid(const lss_mm_mock *m, int pad, lss_grid **g, double **pk);
 
 /* Trains a network on maps drawn on the fly like the fields of mock m (its spectrum, shift and, for
- * DeepMass, noise) on a grid twice its size: creates the network for grid g (the mock's grid) with
- * options no, fills the big, pk_big, lambda and nvar of a copy of to from the mock (and, for a score network
- * whose to->sigma_min, sigma_max are 0 and sigma_mix >= 0, the noise range lss_mm_sampler_sigma_range) and
- * runs lss_mm_net_train. res (may be NULL) as there. */
+ * DeepMass, noise; halo-model maps, train_opts.halo, for a halo mock) on a grid twice its size: creates the
+ * network for grid g (the mock's grid) with options no, fills the big, pk_big, lambda and nvar of a copy of to
+ * from the mock (and, for a score network whose to->sigma_min, sigma_max are 0 and sigma_mix >= 0, the noise
+ * range lss_mm_sampler_sigma_range) and runs lss_mm_net_train. res (may be NULL) as there. */
 LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
                                 const lss_mm_train_opts *to, lss_mm_train_result *res, lss_mm_net **out);
+
+/* ---------------------------------------------------------------- halo-model convergence (mock pieces)
+ * A non-Gaussian convergence model with halo structure at arcminute resolution (issue 15, item 2): the map is
+ * the sum of the convergence of discrete halos and of a Gaussian smooth component, cut out of a grid pad times
+ * larger and mean-subtracted like lss_mm_mock_kappa. All masses in Msun/h, lengths comoving Mpc/h.
+ *  - sigma(M, z) = D+(z) sigma(R, 0), R = (3 M / (4 pi rho_m))^(1/3), sigma^2(R) = int dlnk k^3 P_lin(k, 0) / (2 pi^2)
+ *    W^2(kR), W(x) = 3 (sin x - x cos x) / x^3 (real-space top hat), P_lin of lss_cosmo (Eisenstein-Hu, sigma_8).
+ *  - Mass function: Sheth & Tormen (1999), MNRAS 308, 119, eq. 10 written per ln nu with nu = delta_c / sigma,
+ *    delta_c = 1.686: dn/dlnM = rho_m / M  nu f(nu) |dln nu / dlnM|,
+ *    nu f(nu) = A sqrt(2 q / pi) nu (1 + (q nu^2)^-p) exp(-q nu^2 / 2), A = 0.3222, q = 0.707, p = 0.3
+ *    (normalised: int nu f dln nu = 1). Bias: Sheth, Mo & Tormen (2001) / ST99 eq. 12,
+ *    b = 1 + (q nu^2 - 1) / delta_c + 2 p / (delta_c (1 + (q nu^2)^p)).
+ *    Mass definition: M = M200m (200 times the mean matter density). ST masses are friends-of-friends-like; taking
+ *    them as M200m is a simplification (the two differ by about 10% in mass).
+ *  - Concentration: Duffy et al. (2008), MNRAS 390, L64, Table 1, NFW, Delta = 200 mean, full sample (0 < z < 2):
+ *    c200m = 10.14 (M / 2e12)^-0.081 (1 + z)^-1.01 (extrapolated to z = 3).
+ *  - Profile: NFW truncated at r200m (spherical sharp truncation), projected analytically (Takada & Jain 2003, MNRAS
+ *    340, 580, eq. 27): Sigma(R) = M f_c / (2 pi r_s^2) F(R / r_s, c), f_c = 1 / (ln(1 + c) - c / (1 + c)),
+ *      x < 1:      F = -sqrt(c^2 - x^2) / ((1 - x^2)(1 + c)) + (1 - x^2)^-3/2 arccosh((x^2 + c) / (x (1 + c)))
+ *      1 < x < c:  F = -sqrt(c^2 - x^2) / ((1 - x^2)(1 + c)) - (x^2 - 1)^-3/2 arccos((x^2 + c) / (x (1 + c)))
+ *      x >= c:     F = 0;
+ *    its Fourier transform u(k) (Cooray & Sheth 2002, Phys. Rep. 372, 1, eq. 81; sine and cosine integrals).
+ *  - Lensing: a halo at comoving distance chi has kappa(theta) = W(chi) Sigma(chi theta) / rho_m, W the lensing
+ *    kernel of the source n(z) (lss_cl_lensing_kernel: 3/2 Om (H0/c)^2 chi (1 + z) int n (chi' - chi) / chi', the
+ *    Sigma / Sigma_crit of the sources behind the lens, averaged over n(z)); so int kappa dOmega = W M / (rho_m chi^2).
+ *  - Placement: nshells shells uniform in chi from z = 0.01 to z_max; per shell b, a Gaussian realisation delta_b of
+ *    the shell's projected linear density (Limber, C_b(ell) = int_b dchi P_lin((ell + 1/2) / chi, z) / (chi^2 Dchi^2))
+ *    on the padded grid; in every pixel the halo count of mass bin j is Poisson with mean
+ *    n_j(z_b) dV_pix max(1 + b_j delta_b, 0) (nmass bins in ln M from m_min to m_max; within a bin ln M follows the
+ *    power law through the mass function at the bin edges; the mass function at the shell's central redshift);
+ *    the halo's chi is drawn with density chi^2 in the shell, its position uniform in the pixel. No halo exclusion.
+ *    Halos centred outside the padded grid are not drawn.
+ *  - Painting: each halo's profile averaged over sub x sub points per pixel (sub = ceil(2 / r_s in pixels), within
+ *    [4, 8]) on the pixels within r200m of the centre, then rescaled so that the stamp holds exactly the analytic
+ *    total W M / (rho_m chi^2 Omega_pix) (the rescaling corrects the sub-pixel quadrature error; see lss_mm_halo_paint).
+ *  - Smooth component: a Gaussian field of spectrum C_smooth = max(C_theory - C_1h - C_2h, 0), C_theory the Halofit
+ *    C_kk of the n(z) (lss_mm_theory_ckk), C_1h = sum_b int_b dchi W^2 / chi^2 int dlnM dn/dlnM (M / rho_m)^2 u^2 and
+ *    C_2h = sum_b C_b(ell) [int_b dchi W int dlnM dn/dlnM b (M / rho_m) u]^2 the spectra of the resolved halos as they
+ *    are drawn (same shells and mass bins). It carries the mass below m_min, beyond z_max and the difference between
+ *    the halo model and Halofit; it is independent of the halos (their cross-correlation with the unresolved mass is
+ *    folded into its power). Where C_1h + C_2h exceeds C_theory the mock has more power than Halofit there. On the
+ *    grid the smooth spectrum is P_theory - w^2 (P_1h + P_2h), clipped at 0, with w = sinc(pi f_x) sinc(pi f_y) the
+ *    window of the pixel-averaged halos, so that the map's spectrum is the theory's without a pixel window (as the
+ *    lognormal mocks and the Gaussian prior); the halo power beyond the Nyquist frequency that the painting aliases
+ *    back is included (the window times P_halo summed over the aliases f + n, |n_x|, |n_y| <= 2).
+ *    Measured (bench_halo_mocks, tests/test_halo.c): one painted halo matches its windowed transform to 2% below
+ *    ell = 25,000 (7% at the Nyquist multipole, 37,000, for r_s of a pixel or more: the sub-pixel quadrature); the halos of
+ *    whole maps carry 5-10% more power than C_1h + C_2h above ell = 1e4 (cause not identified; candidates are the
+ *    edges of the non-periodic cut-outs and the clipping of 1 + b delta), so the maps exceed Halofit there by 3-7%.
+ * The model holds the tables (mass function per shell, lensing weights, spectra, the smooth spectrum on the padded
+ * grid); lss_mm_halo_field draws one map from them. Random numbers: lss_rng_for(seed, LSS_STREAM_MM_FIELD,
+ * lss_set_index(set, index), sub) with sub LSS_MM_SUB_HALO_SMOOTH (smooth field), LSS_MM_SUB_HALO_DENSITY + b (shell
+ * densities) and LSS_MM_SUB_HALO_CAT + b (halo counts, masses, positions), so a map is a pure function of
+ * (seed, set, index), whatever the thread count (one map is drawn by one thread). */
+#define LSS_MM_SUB_HALO_SMOOTH 1u    /* sub of the smooth component (sub 0 is the lognormal field) */
+#define LSS_MM_SUB_HALO_DENSITY 256u /* + shell: the shell's linear density */
+#define LSS_MM_SUB_HALO_CAT 1024u    /* + shell: halo counts, masses, distances and positions */
+#define LSS_MM_HALO_MAX_SHELLS 200
+typedef struct {
+    int size;              /* largest side of the fields (0: 128) */
+    int pad;               /* halos, densities and the smooth field on a grid pad times larger (0: 2) */
+    double pix_arcmin;     /* 0: LSS_MM_COSMOS_PIX_ARCMIN (0.29) */
+    double m_min, m_max;   /* halo masses M200m in Msun/h (0: 1e12 and 10^15.5); lower masses are in the smooth part */
+    int nshells;           /* lens shells (0: 30) */
+    double z_max;          /* farthest shell edge (0: 3) */
+    int nmass;             /* mass bins (0: 40) */
+    const lss_params *params;  /* cosmology (NULL: lss_mm_params_planck15) */
+    const char *nz;        /* source n(z) as lss_mm_theory_ckk (NULL: "cosmos") */
+    int no_smooth;         /* 1: halos only (diagnostics) */
+    int no_bias;           /* 1: halos not modulated by the shell densities (Poisson only; diagnostics) */
+} lss_mm_halo_opts;
+/* Builds the tables (about 0.5 s); o may be NULL (defaults). LSS_ERR_RANGE for bad options (negative or non-finite
+ * masses, m_min >= m_max, pixel <= 0, ...). Free with lss_mm_halo_free. */
+LSSDEF int lss_mm_halo_create(const lss_mm_halo_opts *o, lss_mm_halo_model **out);
+LSSDEF void lss_mm_halo_free(lss_mm_halo_model *m);
+/* Convergence field `index` of data set `set` (h x w <= the padded grid; the centre cut out, mean removed). */
+LSSDEF int lss_mm_halo_field(const lss_mm_halo_model *m, int h, int w, uint64_t seed, lss_set set, uint64_t index,
+                             float *kappa);
+/* The pieces, for tests and reports. sigma(M, z) with dln sigma / dln M (may be NULL), computed by the k integral;
+ * Sheth-Tormen nu f(nu) per ln nu; dn/dlnM in (h/Mpc)^3 and the bias at (M, z); Duffy c200m; r200m (comoving Mpc/h);
+ * the mean matter density rho_m in (Msun/h) / (Mpc/h)^3. NaN for bad arguments. */
+LSSDEF double lss_mm_halo_sigma(const lss_mm_halo_model *m, double mass, double z, double *dlns_dlnm);
+LSSDEF double lss_mm_halo_st_f(double nu);
+LSSDEF double lss_mm_halo_dndlnm(const lss_mm_halo_model *m, double mass, double z);
+LSSDEF double lss_mm_halo_bias(const lss_mm_halo_model *m, double mass, double z);
+LSSDEF double lss_mm_halo_concentration(double mass, double z);
+LSSDEF double lss_mm_halo_r200m(const lss_mm_halo_model *m, double mass);
+LSSDEF double lss_mm_halo_rho_m(const lss_mm_halo_model *m);
+/* Truncated NFW: F(x, c) of the projected profile above (x = R / r_s > 0) and the normalised Fourier transform
+ * u(k r_s, c) (u -> 1 as k -> 0). */
+LSSDEF double lss_mm_halo_tnfw_f(double x, double c);
+LSSDEF double lss_mm_halo_tnfw_u(double krs, double c);
+/* Adds the convergence of one halo of mass M at redshift z centred at continuous pixel coordinates (x, y) to an
+ * h x w map of the model's pixel (pixel [j] spans [j, j + 1); the part outside the map is dropped). total (may be
+ * NULL): the analytic sum over pixels of the whole stamp, W M / (rho_m chi^2 Omega_pix); raw (may be NULL): the
+ * sub-pixel quadrature sum before rescaling divided by total (1 up to the quadrature error). */
+LSSDEF int lss_mm_halo_paint(const lss_mm_halo_model *m, double mass, double z, double x, double y, int h, int w,
+                             float *kappa, double *total, double *raw);
+/* Views of the model's spectra on its ell table (owned by the model): theory (Halofit), 1-halo and 2-halo of the
+ * resolved halos, smooth component. Any output may be NULL. */
+LSSDEF int lss_mm_halo_spectra(const lss_mm_halo_model *m, int *nell, const double **ell, const double **cl_theory,
+                               const double **cl_1h, const double **cl_2h, const double **cl_smooth);
+/* Mean number of halos drawn per pixel of a field (all shells and masses) and the mean convergence they carry
+ * (removed with the map mean). Either may be NULL. */
+LSSDEF int lss_mm_halo_counts(const lss_mm_halo_model *m, double *halos_per_pixel, double *kappa_mean);
 
 /* ---------------------------------------------------------------- evaluation (Table 1, figures 6-7) */
 enum { LSS_MM_METHOD_KS = 0, LSS_MM_METHOD_WIENER = 1, LSS_MM_METHOD_POSTERIOR = 2,
@@ -3549,8 +3666,12 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
     int j, s = LSS_OK;
     lss_rng r;
     for (j = 0; j < t->b && s == LSS_OK; j++)
-        s = lss__mm_cutout(t->d.big, t->pg, t->d.lambda, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed,
-                           lss_mm_field_stream(set, index * (uint64_t)t->b + (uint64_t)j), t->fbig, t->truth + j * np);
+        if (t->d.halo)
+            s = lss_mm_halo_field(t->d.halo, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed, set, index * (uint64_t)t->b + (uint64_t)j,
+                                  t->truth + j * np);
+        else
+            s = lss__mm_cutout(t->d.big, t->pg, t->d.lambda, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed,
+                               lss_mm_field_stream(set, index * (uint64_t)t->b + (uint64_t)j), t->fbig, t->truth + j * np);
     if (s != LSS_OK) return s;
     lss_rng_for(&r, t->d.seed, LSS_STREAM_MM_DSM, lss_set_index(set, index), 0);
     for (j = 0; j < t->b; j++) {
@@ -5285,6 +5406,593 @@ LSSDEF int lss_mm_detect_rate(const lss_grid *g, int n, const float *maps, doubl
     return LSS_OK;
 }
 
+/* ---- halo-model convergence (see the declarations for the formulas and their sources) */
+#define LSS__MM_RHOCRIT0 2.77536627e11  /* critical density today, (Msun/h) / (Mpc/h)^3 */
+#define LSS__MM_DELTA_C 1.686           /* spherical-collapse threshold (ST99) */
+#define LSS__MM_ST_A 0.3222             /* Sheth & Tormen (1999) eq. 10 */
+#define LSS__MM_ST_Q 0.707
+#define LSS__MM_ST_P 0.3
+#define LSS__MM_HALO_NK 4096            /* ln k nodes of the sigma(R) integral, k in [1e-5, 1e5] h/Mpc */
+#define LSS__MM_HALO_NCHI 2048          /* nodes of the lensing-kernel table */
+#define LSS__MM_HALO_NELL 96            /* ell table of the spectra, 10^0 .. 10^5.5 */
+#define LSS__MM_HALO_ZMIN 0.01          /* nearest shell edge */
+
+struct lss_mm_halo_model {
+    lss_mm_halo_opts o;            /* defaults applied (params, nz pointers not kept) */
+    lss_params par;
+    lss_cosmo *c;
+    lss_grid *big;
+    double rho_m, pix_rad, omega_pix;
+    double *lnk, *kw;              /* sigma integral: ln k nodes and weights dlnk k^3 P_lin(k, 0) / (2 pi^2) */
+    double *wtab, dchi_w;          /* W(chi) on chi = i dchi_w, i < LSS__MM_HALO_NCHI */
+    double *chi_e, *z_mid;         /* shell edges [ns + 1] and central redshifts [ns] */
+    double *lnm_e;                 /* mass-bin edges [nm + 1] (ln M) */
+    double *cnt, *slope, *bias;    /* [ns][nm]: mean count per pixel volume, power-law slope of dn/dlnM, bias */
+    double *ntot, *btot, *bmax;    /* [ns]: sum cnt, sum cnt b, max b */
+    int nell;
+    double *ell, *cl_th, *cl_1h, *cl_2h, *cl_sm, *cl_lin;  /* [nell]; cl_lin [ns][nell] */
+    double *pk_smooth;             /* the smooth spectrum on the padded grid */
+    double kappa_mean, halos_pix;
+};
+
+static double lss__mm_tophat(double x, double *dw) {
+    double x2 = x * x;
+    if (x < 1e-2) {
+        if (dw) *dw = -x / 5.0 + x2 * x / 70.0;
+        return 1.0 - x2 / 10.0 + x2 * x2 / 280.0;
+    } else {
+        double sx = sin(x), cx = cos(x);
+        if (dw) *dw = 3.0 * (x2 * sx - 3.0 * sx + 3.0 * x * cx) / (x2 * x2);
+        return 3.0 * (sx - x * cx) / (x2 * x);
+    }
+}
+
+/* sigma(R, z = 0) and dln sigma / dln R by the k integral (trapezoid in ln k) */
+static double lss__mm_sigma_r(const lss_mm_halo_model *m, double r, double *dlns_dlnr) {
+    double s2 = 0, d2 = 0;
+    int i;
+    for (i = 0; i < LSS__MM_HALO_NK; i++) {
+        double k = exp(m->lnk[i]), dw, w = lss__mm_tophat(k * r, &dw);
+        s2 += m->kw[i] * w * w;
+        d2 += m->kw[i] * 2.0 * w * dw * k * r;
+    }
+    if (dlns_dlnr) *dlns_dlnr = 0.5 * d2 / s2;
+    return sqrt(s2);
+}
+
+LSSDEF double lss_mm_halo_rho_m(const lss_mm_halo_model *m) { return m ? m->rho_m : NAN; }
+
+LSSDEF double lss_mm_halo_sigma(const lss_mm_halo_model *m, double mass, double z, double *dlns_dlnm) {
+    double r, s, d;
+    if (!m || !(mass > 0) || !isfinite(mass) || !(z >= 0) || !isfinite(z)) return NAN;
+    r = cbrt(3.0 * mass / (4.0 * M_PI * m->rho_m));
+    s = lss__mm_sigma_r(m, r, &d);
+    if (dlns_dlnm) *dlns_dlnm = d / 3.0;
+    return s * lss_cosmo_growth(m->c, z);
+}
+
+LSSDEF double lss_mm_halo_st_f(double nu) {
+    double qn2 = LSS__MM_ST_Q * nu * nu;
+    if (!(nu > 0) || !isfinite(nu)) return nu == INFINITY ? 0.0 : NAN;
+    return LSS__MM_ST_A * sqrt(2.0 * LSS__MM_ST_Q / M_PI) * nu * (1.0 + pow(qn2, -LSS__MM_ST_P)) * exp(-0.5 * qn2);
+}
+static double lss__mm_st_bias(double nu) {
+    double qn2 = LSS__MM_ST_Q * nu * nu;
+    return 1.0 + (qn2 - 1.0) / LSS__MM_DELTA_C + 2.0 * LSS__MM_ST_P / (LSS__MM_DELTA_C * (1.0 + pow(qn2, LSS__MM_ST_P)));
+}
+
+LSSDEF double lss_mm_halo_dndlnm(const lss_mm_halo_model *m, double mass, double z) {
+    double d, s = lss_mm_halo_sigma(m, mass, z, &d);
+    if (!(s > 0)) return NAN;
+    /* nu = delta_c / sigma: dln nu / dln M = -dln sigma / dln M */
+    return m->rho_m / mass * lss_mm_halo_st_f(LSS__MM_DELTA_C / s) * fabs(d);
+}
+
+LSSDEF double lss_mm_halo_bias(const lss_mm_halo_model *m, double mass, double z) {
+    double s = lss_mm_halo_sigma(m, mass, z, NULL);
+    return s > 0 ? lss__mm_st_bias(LSS__MM_DELTA_C / s) : NAN;
+}
+
+LSSDEF double lss_mm_halo_concentration(double mass, double z) {
+    if (!(mass > 0) || !isfinite(mass) || !(z >= 0) || !isfinite(z)) return NAN;
+    return 10.14 * pow(mass / 2e12, -0.081) * pow(1.0 + z, -1.01);  /* Duffy et al. 2008, Table 1, 200 mean, full */
+}
+
+LSSDEF double lss_mm_halo_r200m(const lss_mm_halo_model *m, double mass) {
+    if (!m || !(mass > 0) || !isfinite(mass)) return NAN;
+    return cbrt(3.0 * mass / (4.0 * M_PI * 200.0 * m->rho_m));
+}
+
+static double lss__mm_tnfw_f(double x, double c) {
+    double x2 = x * x, a;
+    if (x >= c) return 0.0;
+    if (x < 1.0) {
+        a = (x2 + c) / (x * (1.0 + c));
+        return -sqrt(c * c - x2) / ((1.0 - x2) * (1.0 + c)) + log(a + sqrt(a * a - 1.0)) / ((1.0 - x2) * sqrt(1.0 - x2));
+    }
+    a = (x2 + c) / (x * (1.0 + c));
+    if (a > 1.0) a = 1.0;
+    return -sqrt(c * c - x2) / ((1.0 - x2) * (1.0 + c)) - acos(a) / ((x2 - 1.0) * sqrt(x2 - 1.0));
+}
+LSSDEF double lss_mm_halo_tnfw_f(double x, double c) {
+    const double e = 2e-4;  /* the two branches cancel near x = 1: linear interpolation across (error ~ F'' e^2) */
+    if (!(x > 0) || !(c > 0) || !isfinite(x) || !isfinite(c)) return NAN;
+    if (x < 1e-12) x = 1e-12;
+    if (fabs(x - 1.0) < e && c > 1.0 + e) {
+        double fa = lss__mm_tnfw_f(1.0 - e, c), fb = lss__mm_tnfw_f(1.0 + e, c);
+        return fa + (fb - fa) * (x - (1.0 - e)) / (2.0 * e);
+    }
+    return lss__mm_tnfw_f(x, c);
+}
+
+/* Sine and cosine integrals Si(x), Ci(x), x > 0: power series below 4, the continued fraction of E1(ix) above
+   (Numerical Recipes, section 6.9). */
+static void lss__mm_sici(double x, double *si, double *ci) {
+    if (x < 4.0) {
+        double t = x, s = x, cs = 0, x2 = x * x;
+        int n;
+        for (n = 1; n < 60; n++) {
+            double tc;
+            t *= -x2 / ((2.0 * n) * (2.0 * n + 1.0));  /* (-1)^n x^(2n+1) / (2n+1)! */
+            s += t / (2.0 * n + 1.0);
+            tc = t * (2.0 * n + 1.0) / x;              /* (-1)^n x^(2n) / (2n)! */
+            cs += tc / (2.0 * n);
+            if (fabs(t) < 1e-18 * fabs(s)) break;
+        }
+        *si = s;
+        *ci = 0.57721566490153286061 + log(x) + cs;
+    } else {
+        /* h = E1(ix) e^{ix} by Lentz: b = 1 + i x, ... (complex arithmetic on pairs) */
+        double br = 1.0, bi = x, cr = 1e300, ci_ = 0, dr, di, hr, hi, den;
+        int i;
+        den = br * br + bi * bi;
+        dr = br / den; di = -bi / den;
+        hr = dr; hi = di;
+        for (i = 2; i < 100000; i++) {
+            double a = -(double)(i - 1) * (i - 1), tr, ti, delr, deli;
+            br += 2.0;
+            /* d = 1 / (a d + b) */
+            tr = a * dr + br; ti = a * di + bi;
+            den = tr * tr + ti * ti;
+            dr = tr / den; di = -ti / den;
+            /* c = b + a / c */
+            den = cr * cr + ci_ * ci_;
+            tr = br + a * cr / den; ti = bi - a * ci_ / den;
+            cr = tr; ci_ = ti;
+            delr = cr * dr - ci_ * di; deli = cr * di + ci_ * dr;
+            tr = hr * delr - hi * deli; ti = hr * deli + hi * delr;
+            hr = tr; hi = ti;
+            if (fabs(delr - 1.0) + fabs(deli) < 1e-15) break;
+        }
+        {
+            double cx = cos(x), sx = sin(x), rr = hr * cx + hi * sx, ri = hi * cx - hr * sx;  /* h (cos x - i sin x) */
+            *ci = -rr;
+            *si = 0.5 * M_PI + ri;
+        }
+    }
+}
+
+LSSDEF double lss_mm_halo_tnfw_u(double krs, double c) {
+    double fc, sa, ca, sb, cb;
+    if (!(krs >= 0) || !(c > 0) || !isfinite(krs) || !isfinite(c)) return NAN;
+    if (krs < 1e-6) return 1.0;
+    fc = 1.0 / (log(1.0 + c) - c / (1.0 + c));
+    lss__mm_sici(krs, &sa, &ca);
+    lss__mm_sici((1.0 + c) * krs, &sb, &cb);
+    return fc * (sin(krs) * (sb - sa) - sin(c * krs) / ((1.0 + c) * krs) + cos(krs) * (cb - ca));
+}
+
+static double lss__mm_halo_w(const lss_mm_halo_model *m, double chi) {
+    double t = chi / m->dchi_w;
+    int i = (int)t;
+    if (i < 0) return 0.0;
+    if (i >= LSS__MM_HALO_NCHI - 1) return m->wtab[LSS__MM_HALO_NCHI - 1];
+    return m->wtab[i] + (m->wtab[i + 1] - m->wtab[i]) * (t - i);
+}
+
+LSSDEF void lss_mm_halo_free(lss_mm_halo_model *m) {
+    if (!m) return;
+    lss_cosmo_free(m->c);
+    lss_grid_free(m->big);
+    LSS_FREE(m->lnk); LSS_FREE(m->kw); LSS_FREE(m->wtab); LSS_FREE(m->chi_e); LSS_FREE(m->z_mid); LSS_FREE(m->lnm_e);
+    LSS_FREE(m->cnt); LSS_FREE(m->slope); LSS_FREE(m->bias); LSS_FREE(m->ntot); LSS_FREE(m->btot); LSS_FREE(m->bmax);
+    LSS_FREE(m->ell); LSS_FREE(m->cl_th); LSS_FREE(m->cl_1h); LSS_FREE(m->cl_2h); LSS_FREE(m->cl_sm); LSS_FREE(m->cl_lin);
+    LSS_FREE(m->pk_smooth);
+    LSS_FREE(m);
+}
+
+/* The per-shell tables: mass-bin counts, slopes and biases; the shells' linear spectra; the halo spectra. */
+static int lss__mm_halo_tables(lss_mm_halo_model *m, const lss_nz *src) {
+    const int ns = m->o.nshells, nm = m->o.nmass, nl = m->nell, NSUB = 4, NG = 3;
+    static const double gx[3] = {-0.7745966692414834, 0.0, 0.7745966692414834}, gw[3] = {5.0 / 9.0, 8.0 / 9.0, 5.0 / 9.0};
+    double chimax = m->chi_e[ns];
+    int b, j, i, l, q;
+    double sig_e[513], dls_e[513], sig_n[3 * 512];
+    /* sigma(M, 0) once per mass (sigma(M, z) = D+(z) sigma(M, 0)) */
+    for (j = 0; j <= nm; j++) sig_e[j] = lss_mm_halo_sigma(m, exp(m->lnm_e[j]), 0.0, dls_e + j);
+    for (j = 0; j < nm; j++)
+        for (q = 0; q < NG; q++) sig_n[NG * j + q] = lss_mm_halo_sigma(m, exp(m->lnm_e[j] + 0.5 * (m->lnm_e[1] - m->lnm_e[0]) * (1.0 + gx[q])), 0.0, NULL);
+    /* lensing kernel table */
+    m->dchi_w = chimax / (LSS__MM_HALO_NCHI - 1);
+    for (i = 0; i < LSS__MM_HALO_NCHI; i++) m->wtab[i] = i == 0 ? 0.0 : lss_cl_lensing_kernel(m->c, src, i * m->dchi_w);
+    for (i = 0; i < nl; i++) m->cl_1h[i] = m->cl_2h[i] = 0.0;
+    for (b = 0; b < ns; b++) {
+        double c1 = m->chi_e[b], c2 = m->chi_e[b + 1], zb = m->z_mid[b], vpix = m->omega_pix * (c2 * c2 * c2 - c1 * c1 * c1) / 3.0;
+        double *cb = m->cnt + (int64_t)b * nm, *sb = m->slope + (int64_t)b * nm, *bb = m->bias + (int64_t)b * nm;
+        double dlm = m->lnm_e[1] - m->lnm_e[0];
+        double nodes_lnm[3 * 512], nodes_w[3 * 512], nodes_n[3 * 512], nodes_b[3 * 512];
+        int nn = 0;
+        m->ntot[b] = m->btot[b] = 0.0;
+        m->bmax[b] = 0.0;
+        double gz = lss_cosmo_growth(m->c, zb);
+        for (j = 0; j < nm; j++) {
+            /* dn/dlnM = rho_m / M nu f(nu) |dln sigma / dln M| at the bin edges (lss_mm_halo_dndlnm) */
+            double na = m->rho_m / exp(m->lnm_e[j]) * lss_mm_halo_st_f(LSS__MM_DELTA_C / (gz * sig_e[j])) * fabs(dls_e[j]);
+            double nb = m->rho_m / exp(m->lnm_e[j + 1]) * lss_mm_halo_st_f(LSS__MM_DELTA_C / (gz * sig_e[j + 1])) * fabs(dls_e[j + 1]);
+            double s, n, mb;
+            if (!(na > 0) || !(nb > 0)) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_halo_create: mass function %g, %g at z = %g", na, nb, zb);
+            s = log(nb / na) / dlm;
+            n = fabs(s * dlm) < 1e-8 ? na * dlm : na * (exp(s * dlm) - 1.0) / s;  /* int over the bin of the power law */
+            /* bias at the bin's count-weighted mean ln M: Gauss nodes below give the theory; here a 3-node mean */
+            mb = 0.0;
+            for (q = 0; q < NG; q++) {
+                double lm = m->lnm_e[j] + 0.5 * dlm * (1.0 + gx[q]), w = 0.5 * dlm * gw[q] * na * exp(s * (lm - m->lnm_e[j]));
+                double bq = lss__mm_st_bias(LSS__MM_DELTA_C / (gz * sig_n[NG * j + q]));  /* lss_mm_halo_bias */
+                mb += w * bq;
+                nodes_lnm[nn] = lm;
+                nodes_w[nn] = w;  /* dn per node (the power law the sampler draws from) */
+                nodes_n[nn] = exp(lm) / m->rho_m;
+                nodes_b[nn] = bq;
+                nn++;
+            }
+            cb[j] = n * vpix;
+            sb[j] = s;
+            bb[j] = mb / n;
+            m->ntot[b] += cb[j];
+            m->btot[b] += cb[j] * bb[j];
+            if (bb[j] > m->bmax[b]) m->bmax[b] = bb[j];
+        }
+        m->halos_pix += m->ntot[b];
+        /* shell spectra: linear density of the shell and the halo terms (NSUB midpoint nodes in chi) */
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(dynamic)
+#endif
+        for (l = 0; l < nl; l++) {
+            double ell = m->ell[l], clin = 0.0, a2h = 0.0, c1h = 0.0;
+            int i, q;
+            for (i = 0; i < NSUB; i++) {
+                double chi = c1 + (i + 0.5) * (c2 - c1) / NSUB, dchi = (c2 - c1) / NSUB, z = lss_cosmo_z_of_chi(m->c, chi);
+                double k = (ell + 0.5) / chi, wl = lss__mm_halo_w(m, chi), p1 = 0.0, p2 = 0.0;
+                clin += dchi * lss_cosmo_pk_lin(m->c, k, z) / (chi * chi);
+                for (q = 0; q < nn; q++) {
+                    double mass = exp(nodes_lnm[q]), cc = lss_mm_halo_concentration(mass, z);
+                    double rs = lss_mm_halo_r200m(m, mass) / cc, u = lss_mm_halo_tnfw_u(k * rs, cc);
+                    p1 += nodes_w[q] * nodes_n[q] * nodes_n[q] * u * u;
+                    p2 += nodes_w[q] * nodes_b[q] * nodes_n[q] * u;
+                }
+                c1h += dchi * wl * wl / (chi * chi) * p1;
+                a2h += dchi * wl * p2;
+            }
+            clin /= (c2 - c1) * (c2 - c1);
+            m->cl_lin[(int64_t)b * nl + l] = clin;
+            m->cl_1h[l] += c1h;
+            if (!m->o.no_bias) m->cl_2h[l] += a2h * a2h * clin;
+        }
+        /* mean convergence of the shell's halos: int_b dchi W int dn M / rho_m */
+        {
+            double sw = 0.0, sm = 0.0;
+            for (i = 0; i < NSUB; i++) sw += lss__mm_halo_w(m, c1 + (i + 0.5) * (c2 - c1) / NSUB) * (c2 - c1) / NSUB;
+            for (q = 0; q < nn; q++) sm += nodes_w[q] * nodes_n[q];
+            m->kappa_mean += sw * sm;
+        }
+    }
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_halo_create(const lss_mm_halo_opts *o, lss_mm_halo_model **out) {
+    lss_mm_halo_opts d;
+    lss_mm_halo_model *m;
+    lss_nz *bins = NULL;
+    int nb = 0, s, i, ns, nm, nl = LSS__MM_HALO_NELL;
+    double *tmp = NULL;
+    if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_halo_create: out is NULL");
+    *out = NULL;
+    memset(&d, 0, sizeof d);
+    if (o) d = *o;
+    if (d.size == 0) d.size = 128;
+    if (d.pad == 0) d.pad = 2;
+    if (d.pix_arcmin == 0) d.pix_arcmin = LSS_MM_COSMOS_PIX_ARCMIN;
+    if (d.m_min == 0) d.m_min = 1e12;
+    if (d.m_max == 0) d.m_max = pow(10.0, 15.5);
+    if (d.nshells == 0) d.nshells = 30;
+    if (d.z_max == 0) d.z_max = 3.0;
+    if (d.nmass == 0) d.nmass = 40;
+    if (d.size < 8 || d.size > 4096 || d.pad < 1 || d.pad > 8 || (int64_t)d.size * d.pad > 16384)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_halo_create: bad grid (size %d, pad %d): need 8 <= size <= 4096, 1 <= pad <= 8", d.size, d.pad);
+    if (!(d.pix_arcmin > 0) || !(d.pix_arcmin <= 60))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_halo_create: pixel %g arcmin must be in (0, 60]", d.pix_arcmin);
+    if (!(d.m_min >= 1e6) || !(d.m_max <= 1e17) || !(d.m_min < d.m_max))
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_halo_create: masses [%g, %g] Msun/h: need 1e6 <= m_min < m_max <= 1e17", d.m_min, d.m_max);
+    if (d.nshells < 2 || d.nshells > LSS_MM_HALO_MAX_SHELLS || !(d.z_max > 0.05) || !(d.z_max <= 10) || d.nmass < 2 || d.nmass > 512)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_halo_create: bad options (shells %d in [2, %d], z_max %g in (0.05, 10], mass bins %d in [2, 512])",
+                          d.nshells, LSS_MM_HALO_MAX_SHELLS, d.z_max, d.nmass);
+    if (!(m = (lss_mm_halo_model *)LSS_MALLOC(sizeof *m))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_halo_create: out of memory");
+    memset(m, 0, sizeof *m);
+    if ((s = lss__mm_theory_setup(d.params, d.nz, &m->c, &bins, &nb)) != LSS_OK) {
+        LSS_FREE(m);
+        return s;
+    }
+    d.params = NULL;
+    d.nz = NULL;
+    m->o = d;
+    m->par = *lss_cosmo_params(m->c);
+    ns = d.nshells;
+    nm = d.nmass;
+    m->nell = nl;
+    m->rho_m = LSS__MM_RHOCRIT0 * m->par.omega_m;
+    m->pix_rad = d.pix_arcmin * LSS__MM_ARCMIN;
+    m->omega_pix = m->pix_rad * m->pix_rad;
+#define LSS__MM_HA(p, n) (p = (double *)LSS_MALLOC(sizeof(double) * (size_t)(n))) == NULL
+    if (LSS__MM_HA(m->lnk, LSS__MM_HALO_NK) || LSS__MM_HA(m->kw, LSS__MM_HALO_NK) || LSS__MM_HA(m->wtab, LSS__MM_HALO_NCHI) ||
+        LSS__MM_HA(m->chi_e, ns + 1) || LSS__MM_HA(m->z_mid, ns) || LSS__MM_HA(m->lnm_e, nm + 1) || LSS__MM_HA(m->cnt, ns * nm) ||
+        LSS__MM_HA(m->slope, ns * nm) || LSS__MM_HA(m->bias, ns * nm) || LSS__MM_HA(m->ntot, ns) || LSS__MM_HA(m->btot, ns) ||
+        LSS__MM_HA(m->bmax, ns) || LSS__MM_HA(m->ell, nl) || LSS__MM_HA(m->cl_th, nl) || LSS__MM_HA(m->cl_1h, nl) ||
+        LSS__MM_HA(m->cl_2h, nl) || LSS__MM_HA(m->cl_sm, nl) || LSS__MM_HA(m->cl_lin, ns * nl) ||
+        LSS__MM_HA(tmp, lss_cl_npairs(1) * nl)) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_halo_create: out of memory");
+        goto done;
+    }
+#undef LSS__MM_HA
+    {
+        /* sigma(R): trapezoid in ln k over [1e-5, 1e5] h/Mpc of k^3 P_lin(k, 0) / (2 pi^2) W^2(kR) */
+        double a = log(1e-5), bk = log(1e5), dk = (bk - a) / (LSS__MM_HALO_NK - 1);
+        for (i = 0; i < LSS__MM_HALO_NK; i++) {
+            double k = exp(a + i * dk);
+            m->lnk[i] = a + i * dk;
+            m->kw[i] = (i == 0 || i == LSS__MM_HALO_NK - 1 ? 0.5 : 1.0) * dk * k * k * k * lss_cosmo_pk_lin(m->c, k, 0.0) / (2.0 * M_PI * M_PI);
+        }
+    }
+    {
+        double c0 = lss_cosmo_chi(m->c, LSS__MM_HALO_ZMIN), c1 = lss_cosmo_chi(m->c, d.z_max);
+        for (i = 0; i <= ns; i++) m->chi_e[i] = c0 + (c1 - c0) * i / ns;
+        for (i = 0; i < ns; i++) m->z_mid[i] = lss_cosmo_z_of_chi(m->c, 0.5 * (m->chi_e[i] + m->chi_e[i + 1]));
+        for (i = 0; i <= nm; i++) m->lnm_e[i] = log(d.m_min) + (log(d.m_max) - log(d.m_min)) * i / nm;
+        for (i = 0; i < nl; i++) m->ell[i] = pow(10.0, 5.5 * i / (nl - 1));
+    }
+    if ((s = lss__mm_halo_tables(m, &bins[0])) != LSS_OK) goto done;
+    if ((s = lss_cl_tomo_terms(m->c, bins, 1, m->ell, nl, LSS_CL_GG, tmp)) != LSS_OK) goto done;
+    for (i = 0; i < nl; i++) {
+        m->cl_th[i] = tmp[i];
+        m->cl_sm[i] = d.no_smooth ? 0.0 : fmax(tmp[i] - m->cl_1h[i] - m->cl_2h[i], 0.0);
+    }
+    if ((s = lss_grid_create(d.size * d.pad, d.size * d.pad, d.pix_arcmin, &m->big)) != LSS_OK) goto done;
+    if (!(m->pk_smooth = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(m->big)))) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_halo_create: out of memory");
+        goto done;
+    }
+    {
+        /* the smooth spectrum cell by cell: P_theory - w^2 P_halo, w = sinc(pi f_x) sinc(pi f_y) the window of the halos'
+           pixel-averaged painting (f in cycles per pixel), summed over the aliases f + n (|n_x|, |n_y| <= 2), so that the
+           total matches the theory (which has no pixel window, as the lognormal mocks and the Gaussian prior) */
+        int64_t np = lss_grid_npix(m->big), q;
+        int H = lss_grid_h(m->big), W = lss_grid_w(m->big);
+        for (i = 0; i < nl; i++) tmp[i] = log(fmax(m->cl_1h[i] + m->cl_2h[i], 1e-300));
+        s = lss_grid_spectrum(m->big, m->ell, m->cl_th, nl, m->pk_smooth);
+        for (q = 0; q < np && s == LSS_OK; q++) {
+            int iy = (int)(q / W), ix = (int)(q % W), ay, ax;
+            double fy = (iy <= H / 2 ? iy : iy - H) / (double)H, fx = (ix <= W / 2 ? ix : ix - W) / (double)W, ph = 0.0;
+            if (q == 0) continue;
+            for (ay = -2; ay <= 2; ay++)
+                for (ax = -2; ax <= 2; ax++) {
+                    /* the alias at f + (ay, ax): its window and its halo power (log-log interpolation of the table) */
+                    double gy = fy + ay, gx = fx + ax, wy = gy == 0 ? 1.0 : sin(M_PI * gy) / (M_PI * gy);
+                    double wx = gx == 0 ? 1.0 : sin(M_PI * gx) / (M_PI * gx), el = 2.0 * M_PI * sqrt(gx * gx + gy * gy) / m->pix_rad;
+                    double t = log(el) / log(10.0) / 5.5 * (nl - 1);
+                    int j = (int)t;
+                    if (j < 0) j = 0, t = 0;
+                    if (j > nl - 2) j = nl - 2, t = nl - 1;
+                    ph += wx * wx * wy * wy * exp(tmp[j] + (tmp[j + 1] - tmp[j]) * (t - j)) / m->omega_pix;
+                }
+            m->pk_smooth[q] = d.no_smooth ? 0.0 : fmax(m->pk_smooth[q] - ph, 0.0);
+        }
+    }
+done:
+    LSS_FREE(tmp);
+    lss_nz_free(bins, nb);
+    if (s != LSS_OK) {
+        lss_mm_halo_free(m);
+        return s;
+    }
+    *out = m;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_halo_spectra(const lss_mm_halo_model *m, int *nell, const double **ell, const double **cl_theory,
+                               const double **cl_1h, const double **cl_2h, const double **cl_smooth) {
+    if (!m) return lss_seterr(LSS_ERR_ARG, "lss_mm_halo_spectra: NULL model");
+    if (nell) *nell = m->nell;
+    if (ell) *ell = m->ell;
+    if (cl_theory) *cl_theory = m->cl_th;
+    if (cl_1h) *cl_1h = m->cl_1h;
+    if (cl_2h) *cl_2h = m->cl_2h;
+    if (cl_smooth) *cl_smooth = m->cl_sm;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_halo_counts(const lss_mm_halo_model *m, double *halos_per_pixel, double *kappa_mean) {
+    if (!m) return lss_seterr(LSS_ERR_ARG, "lss_mm_halo_counts: NULL model");
+    if (halos_per_pixel) *halos_per_pixel = m->halos_pix;
+    if (kappa_mean) *kappa_mean = m->kappa_mean;
+    return LSS_OK;
+}
+
+/* Mean of F over sub x sub points of pixel (ix, iy) for a halo at (x, y), radii in pixels. */
+static double lss__mm_halo_pixf(int ix, int iy, double x, double y, double rs, double rt, double c, int sub) {
+    double sum = 0.0, r2t = rt * rt;
+    int a, b;
+    for (a = 0; a < sub; a++) {
+        double dy = iy + (a + 0.5) / sub - y;
+        for (b = 0; b < sub; b++) {
+            double dx = ix + (b + 0.5) / sub - x, r2 = dx * dx + dy * dy;
+            if (r2 < r2t) sum += lss_mm_halo_tnfw_f(sqrt(r2) / rs, c);
+        }
+    }
+    return sum / (sub * sub);
+}
+
+/* One halo of mass `mass` at comoving distance chi (redshift z), centre (x, y) in the map's pixel coordinates, added to
+   accd (double) or accf (float) of h x w pixels: sub-pixel mean of the profile on the pixels within r200m, rescaled to
+   the analytic total (all of it in the centre's pixel when no sub-pixel point falls inside r200m). */
+static void lss__mm_halo_stamp(const lss_mm_halo_model *m, double mass, double chi, double z, double x, double y, int h,
+                               int w, double *accd, float *accf, double *total, double *raw) {
+    double c = lss_mm_halo_concentration(mass, z), rtc = lss_mm_halo_r200m(m, mass), rsc = rtc / c;
+    double fc = 1.0 / (log(1.0 + c) - c / (1.0 + c)), wl = lss__mm_halo_w(m, chi);
+    double T = wl * mass / (m->rho_m * chi * chi * m->omega_pix);
+    double rt = rtc / chi / m->pix_rad, rs = rt / c, k0 = wl * mass * fc / (2.0 * M_PI * m->rho_m * rsc * rsc), sum = 0.0, norm;
+    int sub = (int)ceil(2.0 / rs), iy0 = (int)floor(y - rt), iy1 = (int)floor(y + rt), ix0 = (int)floor(x - rt), ix1 = (int)floor(x + rt);
+    int iy, ix, nx = ix1 - ix0 + 1, ny = iy1 - iy0 + 1, cache = (int64_t)nx * ny <= 1024;
+    double buf[1024];
+    if (sub < 4) sub = 4;
+    if (sub > 8) sub = 8;
+    for (iy = iy0; iy <= iy1; iy++)
+        for (ix = ix0; ix <= ix1; ix++) {
+            double v = lss__mm_halo_pixf(ix, iy, x, y, rs, rt, c, sub);
+            if (cache) buf[(iy - iy0) * nx + ix - ix0] = v;
+            sum += v;
+        }
+    if (total) *total = T;
+    if (raw) *raw = k0 * sum / T;
+    if (!(sum > 0)) {
+        iy = (int)floor(y);
+        ix = (int)floor(x);
+        if (iy >= 0 && iy < h && ix >= 0 && ix < w) {
+            if (accd) accd[(int64_t)iy * w + ix] += T;
+            else accf[(int64_t)iy * w + ix] += (float)T;
+        }
+        return;
+    }
+    norm = T / sum;
+    for (iy = iy0 < 0 ? 0 : iy0; iy <= iy1 && iy < h; iy++)
+        for (ix = ix0 < 0 ? 0 : ix0; ix <= ix1 && ix < w; ix++) {
+            double v = cache ? buf[(iy - iy0) * nx + ix - ix0] : lss__mm_halo_pixf(ix, iy, x, y, rs, rt, c, sub);
+            if (accd) accd[(int64_t)iy * w + ix] += norm * v;
+            else accf[(int64_t)iy * w + ix] += (float)(norm * v);
+        }
+}
+
+LSSDEF int lss_mm_halo_paint(const lss_mm_halo_model *m, double mass, double z, double x, double y, int h, int w,
+                             float *kappa, double *total, double *raw) {
+    double chi;
+    if (!m || !kappa) return lss_seterr(LSS_ERR_ARG, "lss_mm_halo_paint: NULL argument");
+    if (h < 1 || w < 1 || !(mass > 0) || !isfinite(mass) || !(z > 0) || !(z <= 10) || !isfinite(x) || !isfinite(y) ||
+        fabs(x) > 1e7 || fabs(y) > 1e7)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_halo_paint: bad halo (mass %g, z %g, centre %g, %g) or map %d x %d", mass, z, x, y, h, w);
+    chi = lss_cosmo_chi(m->c, z);
+    if (!(chi > 0)) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_halo_paint: distance %g at z = %g", chi, z);
+    lss__mm_halo_stamp(m, mass, chi, z, x, y, h, w, NULL, kappa, total, raw);
+    return LSS_OK;
+}
+
+/* Poisson(lam) by inversion of u (the pmf recursion for small means, lss_poisson_quantile above 30). */
+static int64_t lss__mm_poisson_u(double u, double lam) {
+    double p, f;
+    int64_t k = 0;
+    if (lam >= 30.0) return lss_poisson_quantile(u, lam);
+    p = f = exp(-lam);
+    while (u > f && k < 400) {
+        k++;
+        p *= lam / (double)k;
+        f += p;
+    }
+    return k;
+}
+
+LSSDEF int lss_mm_halo_field(const lss_mm_halo_model *m, int h, int w, uint64_t seed, lss_set set, uint64_t index,
+                             float *kappa) {
+    const int ns = m ? m->o.nshells : 0, nm = m ? m->o.nmass : 0;
+    int H, W, y0, x0, b, s = LSS_OK;
+    int64_t i, n;
+    float *fb = NULL;
+    double *pk = NULL, *acc = NULL, mean = 0.0;
+    uint64_t si;
+    if (!m || !kappa) return lss_seterr(LSS_ERR_ARG, "lss_mm_halo_field: NULL argument");
+    H = lss_grid_h(m->big);
+    W = lss_grid_w(m->big);
+    if (h < 2 || w < 2 || h > H || w > W)
+        return lss_seterr(LSS_ERR_SHAPE, "lss_mm_halo_field: a %d x %d field does not fit the model's %d x %d grid", h, w, H, W);
+    y0 = (H - h) / 2;
+    x0 = (W - w) / 2;
+    n = (int64_t)h * w;
+    si = lss_set_index(set, index);
+    fb = (float *)LSS_MALLOC(sizeof(float) * (size_t)H * (size_t)W);
+    pk = (double *)LSS_MALLOC(sizeof(double) * (size_t)H * (size_t)W);
+    acc = (double *)LSS_MALLOC(sizeof(double) * (size_t)n);
+    if (!fb || !pk || !acc) {
+        s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_halo_field: out of memory");
+        goto done;
+    }
+    for (i = 0; i < n; i++) acc[i] = 0.0;
+    for (b = 0; b < ns && s == LSS_OK; b++) {
+        const double *cb = m->cnt + (int64_t)b * nm, *sb = m->slope + (int64_t)b * nm, *bb = m->bias + (int64_t)b * nm;
+        double c1 = m->chi_e[b], c2 = m->chi_e[b + 1], dlm = m->lnm_e[1] - m->lnm_e[0], thr = -1.0 / m->bmax[b];
+        int mg = (int)ceil(lss_mm_halo_r200m(m, exp(m->lnm_e[nm])) / c1 / m->pix_rad) + 1, ya, yb, xa, xb, iy, ix;
+        lss_rng r;
+        if (!m->o.no_bias) {
+            s = lss_grid_spectrum(m->big, m->ell, m->cl_lin + (int64_t)b * m->nell, m->nell, pk);
+            if (s == LSS_OK) s = lss_field_gaussian(m->big, pk, seed, lss_stream(LSS_STREAM_MM_FIELD, si, LSS_MM_SUB_HALO_DENSITY + (uint32_t)b), fb);
+            if (s != LSS_OK) break;
+        }
+        if (mg > H + W) mg = H + W;
+        ya = y0 - mg < 0 ? 0 : y0 - mg;
+        yb = y0 + h + mg > H ? H : y0 + h + mg;
+        xa = x0 - mg < 0 ? 0 : x0 - mg;
+        xb = x0 + w + mg > W ? W : x0 + w + mg;
+        lss_rng_for(&r, seed, LSS_STREAM_MM_FIELD, si, LSS_MM_SUB_HALO_CAT + (uint32_t)b);
+        for (iy = ya; iy < yb; iy++)
+            for (ix = xa; ix < xb; ix++) {
+                double dl = m->o.no_bias ? 0.0 : (double)fb[(int64_t)iy * W + ix], lam = 0.0;
+                int64_t k, nh;
+                int j;
+                if (dl >= thr) lam = m->ntot[b] + m->btot[b] * dl;  /* every 1 + b_j delta >= 0 (ST biases are > 0) */
+                else
+                    for (j = 0; j < nm; j++) lam += cb[j] * fmax(1.0 + bb[j] * dl, 0.0);
+                nh = lss__mm_poisson_u(lss_rng_uniform(&r), lam);
+                for (k = 0; k < nh; k++) {
+                    double t = lss_rng_uniform(&r) * lam, acc_j = 0.0, v, lnm, chi, z, hx, hy;
+                    for (j = 0; j < nm - 1; j++) {
+                        acc_j += cb[j] * fmax(1.0 + bb[j] * dl, 0.0);
+                        if (t < acc_j) break;
+                    }
+                    v = lss_rng_uniform(&r);
+                    lnm = m->lnm_e[j] + (fabs(sb[j] * dlm) < 1e-8 ? v * dlm : log1p(v * expm1(sb[j] * dlm)) / sb[j]);
+                    chi = cbrt(c1 * c1 * c1 + lss_rng_uniform(&r) * (c2 * c2 * c2 - c1 * c1 * c1));
+                    z = lss_cosmo_z_of_chi(m->c, chi);
+                    hx = ix + lss_rng_uniform(&r) - x0;
+                    hy = iy + lss_rng_uniform(&r) - y0;
+                    lss__mm_halo_stamp(m, exp(lnm), chi, z, hx, hy, h, w, acc, NULL, NULL, NULL);
+                }
+            }
+    }
+    if (s == LSS_OK && !m->o.no_smooth) {
+        s = lss_field_gaussian(m->big, m->pk_smooth, seed, lss_stream(LSS_STREAM_MM_FIELD, si, LSS_MM_SUB_HALO_SMOOTH), fb);
+        if (s == LSS_OK) {
+            int y;
+            for (y = 0; y < h; y++)
+                for (i = 0; i < w; i++) acc[(int64_t)y * w + i] += fb[(int64_t)(y + y0) * W + x0 + i];
+        }
+    }
+    if (s == LSS_OK) {
+        for (i = 0; i < n; i++) mean += acc[i];
+        mean /= (double)n;
+        for (i = 0; i < n; i++) kappa[i] = (float)(acc[i] - mean);
+    }
+done:
+    LSS_FREE(fb);
+    LSS_FREE(pk);
+    LSS_FREE(acc);
+    return s;
+}
+
 /* ---- mock data sets */
 LSSDEF uint64_t lss_mm_field_stream(lss_set set, uint64_t i) {
     return lss_stream(LSS_STREAM_MM_FIELD, lss_set_index(set, i), 0);
@@ -5364,12 +6072,15 @@ LSSDEF int lss_mm_mock_create(const lss_mm_mock_opts *o, lss_mm_mock **out) {
         d.nell > 100000 || !(d.pix_arcmin > 0) || d.pix_arcmin > 60 || d.shift < 0 || !isfinite(d.shift))
         return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_create: bad options (size %d, fields %d, pad %d, pixel %g, shift %g)",
                           d.size, d.nfields, d.pad, d.pix_arcmin, d.shift);
+    if (d.model != LSS_MM_MODEL_LOGNORMAL && d.model != LSS_MM_MODEL_HALO)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_mock_create: unknown model %d (0 lognormal, 1 halo)", d.model);
     if (d.gaussian) d.shift = 0;
     else if (d.shift == 0 && (s = lss_mm_theory_kappa_empty(NULL, "cosmos", &d.shift)) != LSS_OK) return s;
     if (!(m = lss__mm_mock_alloc(d.size, d.size, d.nfields, d.nell))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_create: out of memory");
     m->pix_arcmin = d.pix_arcmin;
     m->shift = d.shift;
     m->seed = d.seed;
+    m->model = d.model;
     np = (int64_t)d.size * d.size;
     for (k = 0; k < d.nell; k++) m->ell[k] = pow(10.0, 0.5 + 5.0 * k / (d.nell - 1));
     s = lss_mm_theory_ckk(NULL, "cosmos", d.nell, m->ell, m->cl);
@@ -5377,8 +6088,36 @@ LSSDEF int lss_mm_mock_create(const lss_mm_mock_opts *o, lss_mm_mock **out) {
     if (s == LSS_OK) s = lss_mm_mock_grid(m, d.pad, &big, &pkb);
     if (s == LSS_OK) s = lss_mm_mock_mask(d.size, d.size, &d.survey, d.seed, m->mask);
     if (s == LSS_OK) s = lss_mm_mock_noise_map(g, m->mask, &d.survey, d.seed, m->count, m->nvar);
+    if (s == LSS_OK && d.model == LSS_MM_MODEL_HALO) {
+        /* halo fields: one per thread (each a pure function of its index) */
+        lss_mm_halo_model *hm = NULL;
+        lss_mm_halo_opts ho;
+        memset(&ho, 0, sizeof ho);
+        ho.size = d.size;
+        ho.pad = d.pad;
+        ho.pix_arcmin = d.pix_arcmin;
+        s = lss_mm_halo_create(&ho, &hm);
+        if (s == LSS_OK) {
+            int bad = LSS_OK;
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(dynamic)
+#endif
+            for (f = 0; f < d.nfields; f++) {
+                int sf = lss_mm_halo_field(hm, d.size, d.size, d.seed, LSS_SET_TEST, (uint64_t)f, m->kappa + f * np);
+                if (sf != LSS_OK) {
+#ifdef LSS__MM_OMP
+#pragma omp critical
+#endif
+                    bad = sf;
+                }
+            }
+            s = bad;
+        }
+        lss_mm_halo_free(hm);
+    }
     for (f = 0; f < d.nfields && s == LSS_OK; f++) {
-        s = lss_mm_field(big, pkb, d.shift, d.size, d.size, d.seed, LSS_SET_TEST, (uint64_t)f, m->kappa + f * np);
+        if (d.model == LSS_MM_MODEL_LOGNORMAL)
+            s = lss_mm_field(big, pkb, d.shift, d.size, d.size, d.seed, LSS_SET_TEST, (uint64_t)f, m->kappa + f * np);
         if (s == LSS_OK)
             s = lss_mm_mock_shear(g, m->kappa + f * np, m->nvar, d.seed, lss_stream(LSS_STREAM_MM_NOISE, lss_set_index(LSS_SET_TEST, (uint64_t)f), 0),
                                   m->shear + 2 * f * np, m->shear + (2 * f + 1) * np);
@@ -5437,10 +6176,11 @@ LSSDEF int lss_mm_mock_save(const lss_mm_mock *m, const char *dir) {
     if ((s = lss__mm_path(p, sizeof p, dir, "mask.npy")) || (s = lss_npy_save(p, LSS_F32, 2, s2, m->mask))) return s;
     if ((s = lss__mm_path(p, sizeof p, dir, "count.npy")) || (s = lss_npy_save(p, LSS_F32, 2, s2, m->count))) return s;
     {
-        const char *hd[6] = {"h", "w", "pixel_arcmin", "shift", "nfields", "seed"};
-        double row[6];
+        const char *hd[7] = {"h", "w", "pixel_arcmin", "shift", "nfields", "seed", "model"};
+        double row[7];
         row[0] = m->h; row[1] = m->w; row[2] = m->pix_arcmin; row[3] = m->shift; row[4] = m->nfields; row[5] = (double)m->seed;
-        if ((s = lss__mm_path(p, sizeof p, dir, "grid.csv")) || (s = lss_csv_write(p, 6, hd, 1, row))) return s;
+        row[6] = m->model;
+        if ((s = lss__mm_path(p, sizeof p, dir, "grid.csv")) || (s = lss_csv_write(p, 7, hd, 1, row))) return s;
     }
     if (!(d = (double *)LSS_MALLOC(sizeof(double) * (size_t)(4 * (m->nell > m->cat.n ? m->nell : m->cat.n) + 4))))
         return lss_seterr(LSS_ERR_NOMEM, "lss_mm_mock_save: out of memory");
@@ -5483,7 +6223,7 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out) {
     lss_mm_mock *m;
     int s, h, w, K, ce, cc, k;
     int64_t i, s2[2], s3[3], s4[4];
-    double pix, shift;
+    double pix, shift, model;
     if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_load: out is NULL");
     *out = NULL;
     if (!dir) return lss_seterr(LSS_ERR_ARG, "lss_mm_mock_load: NULL directory");
@@ -5514,7 +6254,10 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out) {
     }
     pix = c.data[lss_csv_col(&c, "pixel_arcmin")];
     shift = lss_csv_col(&c, "shift") >= 0 ? c.data[lss_csv_col(&c, "shift")] : 0.0;
+    model = lss_csv_col(&c, "model") >= 0 ? c.data[lss_csv_col(&c, "model")] : 0.0;  /* files before the column: lognormal */
     lss_csv_free(&c);
+    if (model != LSS_MM_MODEL_LOGNORMAL && model != LSS_MM_MODEL_HALO)
+        return lss_seterr(LSS_ERR_FORMAT, "%s: model = %g (need 0 lognormal or 1 halo)", p, model);
     if (!(pix > 0) || !(pix <= 600) || !(shift >= 0) || !(shift <= 1e3))
         return lss_seterr(LSS_ERR_FORMAT, "%s: pixel_arcmin = %g (need (0, 600]) or shift = %g (need [0, 1000])", p, pix, shift);
     if ((int64_t)K * h * w > ((int64_t)1 << 28))
@@ -5545,6 +6288,7 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out) {
     lss_csv_free(&c);
     m->pix_arcmin = pix;
     m->shift = shift;
+    m->model = (int)model;
     m->seed = (uint64_t)i;
     s2[0] = h; s2[1] = w;
     s3[0] = K; s3[1] = h; s3[2] = w;
@@ -5579,6 +6323,7 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
     double *pk = NULL, *pkb = NULL;
     lss_mm_train_opts d;
     lss_mm_net *net = NULL;
+    lss_mm_halo_model *hm = NULL;
     int s;
     if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_train_on_mock: out is NULL");
     *out = NULL;
@@ -5588,6 +6333,14 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
     s = lss_grid_spectrum(g, m->ell, m->cl, m->nell, pk);
     if (s == LSS_OK) s = lss_mm_mock_grid(m, 2, &big, &pkb);
     if (s == LSS_OK) s = lss_mm_net_create(g, pk, no, &net);
+    if (s == LSS_OK && m->model == LSS_MM_MODEL_HALO) {
+        /* the mock's model: halo fields of the default options at its pixel, on a grid twice the field */
+        lss_mm_halo_opts ho;
+        memset(&ho, 0, sizeof ho);
+        ho.size = m->h > m->w ? m->h : m->w;
+        ho.pix_arcmin = m->pix_arcmin;
+        s = lss_mm_halo_create(&ho, &hm);
+    }
     if (s == LSS_OK) {
         d = *to;
         d.big = big;
@@ -5596,8 +6349,10 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
         d.nvar = m->nvar;
         if (!net->o.deepmass && d.sigma_min == 0 && d.sigma_max == 0 && d.sigma_mix >= 0)
             lss_mm_sampler_sigma_range((int64_t)m->h * m->w, m->nvar, &d.sigma_min, &d.sigma_max);
+        if (hm) d.halo = hm;
         s = lss_mm_net_train(net, &d, res);
     }
+    lss_mm_halo_free(hm);
     lss_grid_free(big);
     LSS_FREE(pk);
     LSS_FREE(pkb);

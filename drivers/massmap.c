@@ -167,7 +167,7 @@ static int cmd_wiener(int argc, char **argv) {
 }
 /* ---------------------------------------------------------------- mock */
 static int cmd_mock(int argc, char **argv) {
-    const char *out = NULL, *scale = NULL;
+    const char *out = NULL, *scale = NULL, *model = "lognormal";
     lss_mm_mock_opts mo = {0};
     lss_mm_mock *m;
     double shift = -1;
@@ -183,9 +183,10 @@ static int cmd_mock(int argc, char **argv) {
                           {"sigma-e", LSS_DRV_DOUBLE, &mo.survey.sigma_e, 0, 10, 0, "shape noise (0: 0.305)"},
                           {"observed", LSS_DRV_DOUBLE, &mo.survey.observed, 0, 1, 0, "observed fraction (0: 0.534)"},
                           {"no-mask", LSS_DRV_FLAG, &mo.survey.no_mask, 0, 0, 0, "every pixel observed"},
-                          {"catalogue", LSS_DRV_FLAG, &mo.catalogue, 0, 0, 0, "also catalogue.csv (galaxies of field 0)"}, OPT_END};
+                          {"catalogue", LSS_DRV_FLAG, &mo.catalogue, 0, 0, 0, "also catalogue.csv (galaxies of field 0)"},
+                          {"model", LSS_DRV_STR, &model, 0, 0, 0, "lognormal, or halo (halos + smooth part, lss_mm_halo_field)"}, OPT_END};
     lss_drv_cmd cmd = {"massmap mock", "massmap mock --out DIR [options]",
-                       "COSMOS-like mocks (lss_mm_mock_create): shifted lognormal convergence with the Halofit C_kk of the COSMOS n(z)\n"
+                       "COSMOS-like mocks (lss_mm_mock_create): shifted lognormal (or, --model halo, halo-model) convergence with the Halofit C_kk of the COSMOS n(z)\n"
                        "(Planck 2015), an irregular mask, Poisson galaxy counts, shape noise, the noisy masked shear. Writes kappa.npy,\n"
                        "shear.npy, noise_var.npy, mask.npy, count.npy, ps.csv, grid.csv, PNGs, run.json (and catalogue.csv).",
                        "massmap mock --scale small --out out/mm"};
@@ -196,6 +197,8 @@ static int cmd_mock(int argc, char **argv) {
         }
     lss_drv_parse(&cmd, opts, argc, argv);
     if (mo.survey.observed != 0 && !(mo.survey.observed > 0.05)) lss_drv_die(2, "option --observed: %g must be in (0.05, 1]", mo.survey.observed);
+    if (strcmp(model, "lognormal") && strcmp(model, "halo")) lss_drv_die(2, "option --model: '%s' is not lognormal or halo", model);
+    mo.model = strcmp(model, "halo") ? LSS_MM_MODEL_LOGNORMAL : LSS_MM_MODEL_HALO;
     mo.shift = shift < 0 ? 0 : shift;
     if (shift == 0) mo.gaussian = 1;
     lss_drv_outputs_begin(out, 1);
@@ -211,8 +214,8 @@ static int cmd_mock(int argc, char **argv) {
     save_png(out, "ks0.png", ks, n, n, "KS, 1 arcmin (field 0)", 0, 0), lss_grid_free(g), free(ks);
     for (int64_t i = 0; i < np; i++) nobs += m->mask[i] > 0;
     char extra[512];
-    snprintf(extra, sizeof extra, "\"size\": %d, \"nfields\": %d, \"pixel_arcmin\": %g, \"lognormal_shift\": %g, \"observed_fraction\": %.4f, \"data_set\": \"test\"",
-             n, m->nfields, m->pix_arcmin, m->shift, (double)nobs / np);
+    snprintf(extra, sizeof extra, "\"size\": %d, \"nfields\": %d, \"pixel_arcmin\": %g, \"lognormal_shift\": %g, \"observed_fraction\": %.4f, \"data_set\": \"test\", \"model\": \"%s\"",
+             n, m->nfields, m->pix_arcmin, m->shift, (double)nobs / np, model);
     lss_drv_outputs_done(argc, argv, mo.seed, extra);
     fprintf(stderr, "massmap mock: %d fields of %d x %d (%.1f%% observed, shift %.4f) in %s\n", m->nfields, n, n, 100.0 * nobs / np, m->shift, out);
     lss_mm_mock_free(m);
