@@ -6,7 +6,10 @@
  * malformed files refused with a status and a message naming the problem (missing file, text named .fits,
  * truncated image and table, NAXIS 1, no e2 column, NaN and BLANK pixels, NaN e1, ra out of range, vector and
  * string columns, bad PIXSCALE, missing HDU); writers: NaN refused, a failed write leaves the old file as it was and
- * no temporary file, a symbolic link's target is written, /dev/null written directly.
+ * no temporary file, a symbolic link's target is written, /dev/null written directly. The massmap driver (when
+ * bin/massmap is built): bin of a FITS catalogue gives the maps of the same CSV catalogue, its --fits maps equal its
+ * NPY maps, wiener on FITS inputs equals wiener on NPY inputs, ks takes the pixel size from PIXSCALE, and a malformed
+ * FITS noise map exits 2 with the reader's message.
  * Runs under ASan + UBSan too (make build/asan/test_fits, LSS_TEST_ASAN=1). */
 #define _POSIX_C_SOURCE 200809L
 #define LSS_IMPLEMENTATION
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char dir[64] = "build/fits.XXXXXX";
@@ -65,18 +69,20 @@ static int temp_files(void) { /* temporary files "<name>.tmp.<pid>.<n>" left in 
     closedir(d);
     return n;
 }
-static void rm_dir(void) {
-    DIR *d = opendir(dir);
+static void rm_tree(const char *path) { /* what the test made: files, links and directories */
+    struct stat st;
+    DIR *d;
     struct dirent *e;
     char p[512];
-    if (!d) return;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        remove(p);
+    if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && (d = opendir(path)) != NULL) {
+        while ((e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+            rm_tree(p);
+        }
+        closedir(d);
     }
-    closedir(d);
-    rmdir(dir);
+    remove(path);
 }
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static double urand(void) { /* xorshift64*, [0, 1) */
@@ -686,6 +692,92 @@ static void test_atomic(void) {
     CHECK(temp_files() == 0, "no temporary file left (%d)", temp_files());
 }
 
+
+/* Runs a shell command; its exit status (-1: did not run). */
+static int run(const char *cmd) {
+    int st = system(cmd);
+    return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+static int maps_equal(const char *a, const char *b) { /* two map files (NPY or FITS) hold the same floats */
+    float *x = NULL, *y = NULL;
+    int nx = 0, ny = 0, ok, h, w, k;
+    int64_t sh[LSS_MAX_DIM], n = 1, i;
+    if (lss_mm_fits_path(a)) ok = lss_mm_fits_read_image(a, 0, &x, &h, &w, &k, NULL) == 0, nx = h * w * k;
+    else if ((ok = lss_npy_load_f32(a, &x, &k, sh) == 0))
+        for (i = 0, n = 1; i < k; i++) n *= sh[i], nx = (int)n;
+    if (lss_mm_fits_path(b)) ok = ok && lss_mm_fits_read_image(b, 0, &y, &h, &w, &k, NULL) == 0, ny = h * w * k;
+    else if (ok && (ok = lss_npy_load_f32(b, &y, &k, sh) == 0))
+        for (i = 0, n = 1; i < k; i++) n *= sh[i], ny = (int)n;
+    ok = ok && x && y && nx == ny && nx > 0 && !memcmp(x, y, sizeof(float) * (size_t)nx);
+    LSS_FREE(x), LSS_FREE(y);
+    return ok;
+}
+static void test_driver(void) {
+    enum { N = 2000 };
+    static double tab[N * 4];
+    double *x = tab, *y = tab + N, *e1 = tab + 2 * N, *e2 = tab + 3 * N, wt[N], row[N * 4], ps[2 * 40];
+    const char *hc[4] = {"x", "y", "e1", "e2"}, *hp[2] = {"ell", "cl"};
+    char cmd[2048], log[600];
+    lss_mm_catalogue c;
+    long n = 0;
+    unsigned char *txt;
+    int i;
+    if (access("bin/massmap", X_OK) != 0) {
+        SKIP("bin/massmap not built (make bin/massmap)");
+        return;
+    }
+    for (i = 0; i < N; i++) {
+        x[i] = (int)(16 * urand()) + 0.5, y[i] = (int)(16 * urand()) + 0.25, e1[i] = (int)(256 * urand()) / 256.0 - 0.5,
+        e2[i] = (int)(256 * urand()) / 512.0 - 0.25, wt[i] = 1;
+        row[4 * i] = x[i], row[4 * i + 1] = y[i], row[4 * i + 2] = e1[i], row[4 * i + 3] = e2[i];
+    }
+    for (i = 0; i < 40; i++) ps[2 * i] = 10 * pow(1.3, i), ps[2 * i + 1] = 1e-9 * pow(ps[2 * i] / 1000.0, -1.2);
+    c.n = N, c.radec = 0, c.x = x, c.y = y, c.e1 = e1, c.e2 = e2, c.w = wt;
+    CHECK_OK(lss_mm_fits_write_table(P(0, "dcat.fits"), &c));
+    CHECK_OK(lss_csv_write(P(0, "dcat.csv"), 4, hc, N, row));
+    CHECK_OK(lss_csv_write(P(0, "ps.csv"), 2, hp, 40, ps));
+    snprintf(log, sizeof log, "%s/log", dir);
+    snprintf(cmd, sizeof cmd, "bin/massmap bin --catalogue %s/dcat.fits --size 16 --fits --out %s/bf 2>%s", dir, dir, log);
+    CHECK(run(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "bin/massmap bin --catalogue %s/dcat.csv --size 16 --out %s/bc 2>%s", dir, dir, log);
+    CHECK(run(cmd) == 0, "%s", cmd);
+    CHECK(maps_equal(P(0, "bf/shear.npy"), P(1, "bc/shear.npy")) && maps_equal(P(0, "bf/noise_var.npy"), P(1, "bc/noise_var.npy")),
+          "bin: a FITS catalogue gives the maps of the CSV one");
+    CHECK(maps_equal(P(0, "bf/shear.npy"), P(1, "bf/shear.fits")) && maps_equal(P(0, "bf/noise_var.npy"), P(1, "bf/noise_var.fits")) &&
+              maps_equal(P(0, "bf/count.npy"), P(1, "bf/count.fits")),
+          "bin --fits: FITS maps equal the NPY maps");
+    snprintf(cmd, sizeof cmd, "bin/massmap wiener --shear %s/bf/shear.fits --noise-var %s/bf/noise_var.fits --ps %s/ps.csv --out %s/wf.fits 2>%s",
+             dir, dir, dir, dir, log);
+    CHECK(run(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "bin/massmap wiener --shear %s/bc/shear.npy --noise-var %s/bc/noise_var.npy --ps %s/ps.csv --out %s/wn.npy 2>%s",
+             dir, dir, dir, dir, log);
+    CHECK(run(cmd) == 0, "%s", cmd);
+    CHECK(maps_equal(P(0, "wf.fits"), P(1, "wn.npy")), "wiener: FITS inputs and output give the NPY result");
+    /* ks takes the pixel size of a FITS shear file: PIXSCALE 1 arcmin equals --pixel-arcmin 1, not the default */
+    {
+        float *g = NULL;
+        int h = 0, w = 0;
+        CHECK_OK(lss_mm_shear_load(P(0, "bc/shear.npy"), 0, &g, &h, &w));
+        if (g) CHECK_OK(lss_mm_fits_write_image(P(0, "s1.fits"), g, 2, h, w, 1.0));
+        LSS_FREE(g);
+    }
+    snprintf(cmd, sizeof cmd, "bin/massmap ks --shear %s/s1.fits --smooth-arcmin 2 --out %s/k1.fits 2>%s", dir, dir, log);
+    CHECK(run(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "bin/massmap ks --shear %s/bc/shear.npy --smooth-arcmin 2 --pixel-arcmin 1 --out %s/k1.npy 2>%s", dir, dir, log);
+    CHECK(run(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "bin/massmap ks --shear %s/bc/shear.npy --smooth-arcmin 2 --out %s/k029.npy 2>%s", dir, dir, log);
+    CHECK(run(cmd) == 0, "%s", cmd);
+    CHECK(maps_equal(P(0, "k1.fits"), P(1, "k1.npy")) && !maps_equal(P(0, "k1.fits"), P(1, "k029.npy")), "ks: PIXSCALE used as the pixel size");
+    /* a malformed noise map */
+    snprintf(cmd, sizeof cmd, "bin/massmap wiener --shear %s/bf/shear.fits --noise-var %s/text.fits --ps %s/ps.csv --out %s/bad.fits 2>%s",
+             dir, dir, dir, dir, log);
+    CHECK(run(cmd) == 2, "malformed noise map: exit 2");
+    txt = slurp(log, &n);
+    CHECK(txt && strstr((char *)txt, "text.fits") && strstr((char *)txt, "not a readable FITS file") && fsize(P(0, "bad.fits")) < 0,
+          "the driver says why: '%s'", txt ? (char *)txt : "");
+    free(txt);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) {
         printf("cannot create a directory under build/ (run from the repository root)\n");
@@ -699,7 +791,8 @@ int main(void) {
     RUN(test_tables);
     RUN(test_shear_load);
     RUN(test_atomic);
-    if (!lss_t_fail) rm_dir();
+    RUN(test_driver);
+    if (!lss_t_fail) rm_tree(dir);
     else printf("files kept in %s\n", dir);
     LSS_TEST_END();
 }
