@@ -1861,7 +1861,11 @@ LSSDEF int lss_mm_fits_write_image(const char *path, const float *data, int npla
         return lss__mm_fits_err(st, "lss_mm_fits_write_image", path);
     }
     fits_create_img(f, FLOAT_IMG, nplanes > 1 ? 3 : 2, ax, &st);
-    if (pix_arcmin > 0) fits_write_key_dbl(f, "PIXSCALE", pix_arcmin, -17, "pixel size (arcmin)", &st);
+    if (pix_arcmin > 0) { /* 15 significant digits when they give the same double back (0.29, not 0.28999999999999998) */
+        char t[40];
+        snprintf(t, sizeof t, "%.15g", pix_arcmin);
+        fits_write_key_dbl(f, "PIXSCALE", pix_arcmin, strtod(t, NULL) == pix_arcmin ? -15 : -17, "pixel size (arcmin)", &st);
+    }
     fits_write_key_str(f, "ORIGIN", "lss", "written by lss_massmap.h", &st);
     fits_write_comment(f, nplanes > 1 ? "Maps [K, H, W] in C order: NAXIS1 = W (x), NAXIS2 = H (y), NAXIS3 = K." :
                                         "A map [H, W] in C order: NAXIS1 = W (x), NAXIS2 = H (y).", &st);

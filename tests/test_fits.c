@@ -172,6 +172,12 @@ static void test_image_roundtrip(void) {
             CHECK(st == 0 && bitpix == -32 && naxis == 2 && ax[0] == w && ax[1] == h && !strcmp(origin, "lss") && ps == 0.29,
                   "header: status %d BITPIX %d NAXIS %d (%ld, %ld) ORIGIN '%s' PIXSCALE %g", st, bitpix, naxis, ax[0], ax[1], origin, ps);
             st = 0;
+            {
+                char card[FLEN_CARD] = "";
+                fits_read_card(f, "PIXSCALE", card, &st);
+                CHECK(st == 0 && strstr(card, " 0.29 /"), "PIXSCALE card in 15 digits: '%s'", card);
+            }
+            st = 0;
             CHECK(fits_read_key(f, TSTRING, "CTYPE1", cd, NULL, &st) == KEY_NO_EXIST && (st = 0, fits_read_key(f, TDOUBLE, "CDELT1", &ps, NULL, &st)) == KEY_NO_EXIST,
                   "no WCS keys");
             st = 0;
@@ -192,10 +198,13 @@ static void test_image_roundtrip(void) {
     CHECK(b && !memcmp(a, b, sizeof(float) * k * h * w), "cube bit for bit");
     CHECK(isnan(pix), "no PIXSCALE: NaN (%g)", pix);
     LSS_FREE(b), b = NULL;
-    /* pix_arcmin may be NULL; overwrite an existing file */
-    CHECK_OK(lss_mm_fits_write_image(P(0, "m3.fits"), a + 5, 2, h, w, 1.5));
-    CHECK_OK(lss_mm_fits_read_image(P(0, "m3.fits"), 0, &b, &hh, &ww, &np, NULL));
+    /* overwrite an existing file; a pixel size that needs 17 digits */
+    CHECK_OK(lss_mm_fits_write_image(P(0, "m3.fits"), a + 5, 2, h, w, 0.1 + 0.2));
+    CHECK_OK(lss_mm_fits_read_image(P(0, "m3.fits"), 0, &b, &hh, &ww, &np, &pix));
     CHECK(b && np == 2 && !memcmp(a + 5, b, sizeof(float) * 2 * h * w), "overwritten: 2 planes from a + 5");
+    CHECK(pix == 0.1 + 0.2, "PIXSCALE 0.1 + 0.2 back exactly: %.17g", pix);
+    LSS_FREE(b), b = NULL;
+    CHECK_OK(lss_mm_fits_read_image(P(0, "m3.fits"), 0, &b, &hh, &ww, &np, NULL)); /* pix_arcmin may be NULL */
     LSS_FREE(b), b = NULL;
     /* writer arguments */
     CHECK_ERR(lss_mm_fits_write_image(P(0, "bad.fits"), a, 1, 1, w, 1.0), LSS_ERR_ARG);
