@@ -38,6 +38,7 @@
 #include "tests/fuzz/fuzz_report.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_fits
+#define FUZZ_REPLAY
 #include "tests/fuzz/fuzz_fits.c"
 #undef LLVMFuzzerTestOneInput
 
