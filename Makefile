@@ -142,6 +142,9 @@ check-headers: | deps
 	for h in $(HEADERS); do printf '#include "%s"\n' $$h >> build/hdr/all.c; done; \
 	$(CC) -std=c11 -O0 $(WARN) -pedantic -fopenmp -I. -I$(STB_INC) -c build/hdr/all.c -o build/hdr/all.o && \
 	echo "check-headers: all headers implemented together in one file"
+	@printf '#define LSS_IMPLEMENTATION\n#define LSS_NO_FITS\n#include "lss_massmap.h"\n' > build/hdr/nofits.c; \
+	$(CC) -std=c11 -O2 $(WARN) -pedantic -I. -I$(STB_INC) -c build/hdr/nofits.c -o build/hdr/nofits.o && \
+	echo "check-headers: lss_massmap.h with LSS_NO_FITS (FITS compiled out, no cfitsio)"
 
 test: deps check-headers build/runner $(TESTS) $(DRIVERS) $(MPI_TEST_BINS)
 	@./build/runner $(TESTS)

@@ -1354,7 +1354,7 @@ LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int
     if (!path || !g || !h || !w) return lss_seterr(LSS_ERR_ARG, "lss_mm_shear_load: NULL argument");
     *g = NULL;
     if (lss_mm_fits_path(path)) { /* a cube of 2K planes (gamma1, gamma2 of field f: planes 2f, 2f + 1): [K, 2, H, W] */
-        int fh, fw, np;
+        int fh = 0, fw = 0, np = 0;
         if ((s = lss_mm_fits_read_image(path, 0, &d, &fh, &fw, &np, NULL)) != LSS_OK) return s;
         if (np % 2 || field < 0 || field >= np / 2) {
             LSS_FREE(d);
