@@ -16,7 +16,7 @@ ARCH     ?= -march=native
 OPT      ?= -O2
 WARN      = -Wall -Wextra -Werror
 CFLAGS_ALL = -std=c11 $(OPT) $(ARCH) $(WARN) -fopenmp -I. -I$(STB_INC) $(CFLAGS)
-LDLIBS_ALL = -lfftw3f -lfftw3 -lm $(LDLIBS)
+LDLIBS_ALL = -lfftw3f -lfftw3 -lcfitsio -lm $(LDLIBS)
 SAN       = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 
 HEADERS  := $(wildcard lss_*.h)
@@ -25,7 +25,7 @@ TESTSRC  := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TESTSRC))
 ATESTS   := $(patsubst tests/%.c,build/asan/%,$(TESTSRC))
 BENCHES  := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
-DEBS      = libfftw3-dev libstb-dev
+DEBS      = libfftw3-dev libcfitsio-dev libstb-dev
 
 # MPI is a build option: the serial build never needs it. With mpicc and FFTW's MPI library present,
 # `make test` also builds the MPI programs (build/mpi/, bin/mpi/) and tests/test_mpi runs them under mpirun.
@@ -58,6 +58,7 @@ all: deps $(DRIVERS)
 deps:
 	@missing=""; \
 	[ -f /usr/include/fftw3.h ] || missing="$$missing libfftw3-dev"; \
+	[ -f /usr/include/fitsio.h ] || missing="$$missing libcfitsio-dev"; \
 	[ -f $(STB_INC)/stb_image_write.h ] || missing="$$missing libstb-dev"; \
 	if [ -n "$(MPI)" ]; then command -v mpicc >/dev/null || missing="$$missing libopenmpi-dev"; \
 	  command -v mpirun >/dev/null || missing="$$missing openmpi-bin"; \
@@ -141,6 +142,9 @@ check-headers: | deps
 	for h in $(HEADERS); do printf '#include "%s"\n' $$h >> build/hdr/all.c; done; \
 	$(CC) -std=c11 -O0 $(WARN) -pedantic -fopenmp -I. -I$(STB_INC) -c build/hdr/all.c -o build/hdr/all.o && \
 	echo "check-headers: all headers implemented together in one file"
+	@printf '#define LSS_IMPLEMENTATION\n#define LSS_NO_FITS\n#include "lss_massmap.h"\n' > build/hdr/nofits.c; \
+	$(CC) -std=c11 -O2 $(WARN) -pedantic -I. -I$(STB_INC) -c build/hdr/nofits.c -o build/hdr/nofits.o && \
+	echo "check-headers: lss_massmap.h with LSS_NO_FITS (FITS compiled out, no cfitsio)"
 
 test: deps check-headers build/runner $(TESTS) $(DRIVERS) $(MPI_TEST_BINS)
 	@./build/runner $(TESTS)

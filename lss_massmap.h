@@ -7,13 +7,16 @@
  *
  * In exactly one C file:   #define LSS_MASSMAP_IMPLEMENTATION   before   #include "lss_massmap.h"
  * (and LSS_CORE_IMPLEMENTATION, LSS_MAPS_IMPLEMENTATION, LSS_NN_IMPLEMENTATION once somewhere). Link with
- * -lfftw3f -lfftw3 -lm (and -fopenmp for parallel chains).
+ * -lfftw3f -lfftw3 -lcfitsio -lm (and -fopenmp for parallel chains; -lcfitsio not needed with LSS_NO_FITS).
  *
  * Contents (public function groups)
  *   operators            lss_mm_kappa_to_shear, lss_mm_shear_to_kappa, lss_mm_ks
  *   theory               lss_mm_params_planck15, lss_mm_theory_ckk, lss_mm_theory_kappa_empty
  *   data                 lss_mm_catalogue_load/_free, lss_mm_bin, lss_mm_bin_sky, lss_mm_sky_to_pix,
  *                        lss_mm_pix_to_sky, lss_mm_sky_shear, lss_mm_sky_json, lss_mm_shear_load
+ *   FITS files           lss_mm_fits_path, lss_mm_fits_read_image, lss_mm_fits_write_image,
+ *                        lss_mm_fits_read_table, lss_mm_fits_write_table (cfitsio; maps, noise maps, masks,
+ *                        catalogues; lss_mm_catalogue_load and lss_mm_shear_load take .fits paths too)
  *   mock pieces          lss_mm_mock_mask, lss_mm_mock_noise_map, lss_mm_mock_shear, lss_mm_mock_kappa,
  *                        lss_mm_field, lss_mm_field_stream; convergence maps of any cosmology (the cGAN
  *                        emulator's training data) lss_mm_kappa_gen_create/_free, lss_mm_kappa_draw,
@@ -105,7 +108,8 @@
  * (lss_train: held-out loss, loss CSV, plateau stop, checkpoints with exact resume); checkpoints in
  * lss_nn's format.
  *
- * Options: LSS_MALLOC/LSS_REALLOC/LSS_FREE (see lss_core.h); LSS_NO_OPENMP ignores OpenMP.
+ * Options: LSS_MALLOC/LSS_REALLOC/LSS_FREE (see lss_core.h); LSS_NO_OPENMP ignores OpenMP; LSS_NO_FITS builds without
+ * cfitsio (the FITS functions then return LSS_ERR_UNSUPPORTED).
  * Threads: a grid holds one FFT workspace per OpenMP thread; functions of this header may be called
  * from the threads of one parallel region (nested regions fall back to a temporary workspace).
  * Create grids outside parallel regions (FFTW planning is not thread-safe).
@@ -187,7 +191,8 @@ typedef struct {
     double *x, *y, *e1, *e2, *w;
 } lss_mm_catalogue;
 /* CSV with a header naming x,y or ra,dec, e1,e2 and optionally w or weight; or NPY [n, 4|5] with
- * columns (x, y, e1, e2[, w]) (radec_npy = 1 reads the first two as ra, dec). Every value checked: finite
+ * columns (x, y, e1, e2[, w]) (radec_npy = 1 reads the first two as ra, dec); or a FITS table (a path ending in
+ * .fits, .fit, .fts[.gz]: lss_mm_fits_read_table of its first table; radec_npy unused). Every value checked: finite
  * positions (|ra| <= 360, |dec| <= 90 degrees), |e1|, |e2| <= LSS_MM_SHEAR_MAX, weights in [0, LSS_MM_WEIGHT_MAX];
  * LSS_ERR_FORMAT naming the galaxy, the column and the value otherwise. */
 LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalogue *cat);
@@ -224,10 +229,11 @@ LSSDEF int lss_mm_pix_to_sky(const lss_mm_sky *s, double x, double y, double *ra
 /* Ellipticity (e1, e2) of the sky frame at (ra, dec) -> (g1, g2) of the grid frame (see above). */
 LSSDEF int lss_mm_sky_shear(const lss_mm_sky *s, double ra, double dec, double e1, double e2, double *g1,
                             double *g2);
-/* A shear map file: NPY [2, H, W] (gamma1, gamma2), or field `field` of a stack [K, 2, H, W], into one
- * allocation *g of 2 H W floats (gamma2 = *g + H W; free with LSS_FREE). LSS_ERR_SHAPE for another shape,
- * a missing field or a map smaller than 2 x 2 (or above 65536 a side), LSS_ERR_FORMAT naming the pixel for a value
- * that is not finite or exceeds LSS_MM_SHEAR_MAP_MAX in modulus. */
+/* A shear map file: NPY [2, H, W] (gamma1, gamma2), or field `field` of a stack [K, 2, H, W]; or a FITS cube
+ * (lss_mm_fits_read_image, first image HDU) of 2 planes (gamma1, gamma2) or 2K planes for K fields (field f:
+ * planes 2f and 2f + 1); into one allocation *g of 2 H W floats (gamma2 = *g + H W; free with LSS_FREE).
+ * LSS_ERR_SHAPE for another shape, a missing field or a map smaller than 2 x 2 (or above 65536 a side),
+ * LSS_ERR_FORMAT naming the pixel for a value that is not finite or exceeds LSS_MM_SHEAR_MAP_MAX in modulus. */
 LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int *w);
 
 /* The frame as a JSON object (projection, ra0_deg, dec0_deg, pixel_arcmin, ref_pixel_xy, x_axis, y_axis,
@@ -271,6 +277,50 @@ LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int
  * catalogue, LSS_ERR_RANGE for galaxies 80 degrees or more from the tangent point. */
 LSSDEF int lss_mm_bin_sky(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, lss_mm_sky *sky, int *h,
                           int *w);
+
+/* ---------------------------------------------------------------- FITS files
+ * Maps and catalogues as survey teams distribute them, through cfitsio (link -lcfitsio; <fitsio.h> is
+ * included by the implementation only). With LSS_NO_FITS defined the functions exist and return
+ * LSS_ERR_UNSUPPORTED ("FITS support was compiled out"), so the header builds without cfitsio.
+ * A path is read as FITS when it ends in .fits, .fit, .fts (any case), optionally followed by .gz (gzip
+ * files are decompressed in memory by cfitsio); the name is never parsed as cfitsio's extended syntax.
+ * HDUs are numbered as cfitsio does: 1 is the primary HDU, 2 the first extension; hdu = 0 picks the first
+ * one that fits (an image with NAXIS > 0, or a table). Non-finite values are refused on reading (NaN pixels,
+ * BLANK integer pixels, TNULL cells): a masked pixel of this header is 0 shear with LSS_MM_EMPTY_VAR variance.
+ * Writers refuse non-finite values too, so that every file written reads back; they write through lss_wfile
+ * (the file is built in memory, then written to a temporary file renamed into place: an existing file is
+ * untouched on failure, a symbolic link's target is written, a device or pipe is written directly). */
+/* 1 when path names a FITS file by its extension (see above), else 0. */
+LSSDEF int lss_mm_fits_path(const char *path);
+/* Reads a 2-D image [H, W] (*nplanes = 1) or a 3-D cube [K, H, W] (*nplanes = K; FITS NAXIS1 = W = x,
+ * NAXIS2 = H = y, NAXIS3 = K) of HDU hdu (0: the first HDU holding an image, primary or IMAGE extension;
+ * tile-compressed images too) into *data, h w K floats (LSS_MALLOC'd; free with LSS_FREE). Any BITPIX
+ * (8, 16, 32, 64, -32, -64), BSCALE and BZERO applied. *pix_arcmin (may be NULL): the pixel size in arcmin from
+ * PIXSCALE (arcmin), else from the WCS in degrees, sqrt(CD1_1^2 + CD2_1^2) or |CDELT1| (CUNIT1 deg, arcmin
+ * or arcsec honoured), times 60; NaN when the header has none. Errors: LSS_ERR_IO for a file that cannot be
+ * opened, LSS_ERR_FORMAT for a file that is not FITS, truncated (fewer data bytes than the header
+ * announces), a missing or non-image HDU, an invalid PIXSCALE, or a pixel that is not finite (named
+ * [k, y, x]); LSS_ERR_SHAPE for NAXIS other than 2 or 3, sides outside 2..65536 or more than 65536 planes. */
+LSSDEF int lss_mm_fits_read_image(const char *path, int hdu, float **data, int *h, int *w, int *nplanes,
+                                  double *pix_arcmin);
+/* Writes data [nplanes, h, w] (nplanes = 1: a 2-D image) as the primary HDU of a FITS file: BITPIX -32,
+ * NAXIS 2 or 3, PIXSCALE = pix_arcmin (arcmin; no key when pix_arcmin is 0 or NaN), ORIGIN = 'lss', a comment
+ * naming the layout, CHECKSUM and DATASUM; no WCS. Sides 2..65536, 1..65536 planes; LSS_ERR_ARG naming the
+ * pixel for a value that is not finite. */
+LSSDEF int lss_mm_fits_write_image(const char *path, const float *data, int nplanes, int h, int w,
+                                   double pix_arcmin);
+/* Reads a shear catalogue from a table HDU (hdu 0: the first BINTABLE or ASCII table). Columns are found by
+ * name, case-insensitively: positions x, y (pixels) or else ra, dec (degrees; also alpha_j2000, delta_j2000,
+ * alphawin_j2000, deltawin_j2000; sets cat->radec = 1), ellipticities e1, e2 (or g1, g2), weights w or
+ * weight (optional: all 1 without). Columns must be scalar and numeric (any integer or float type, TSCAL and
+ * TZERO applied; TNULL cells read as NaN and are refused). Values are checked as by lss_mm_catalogue_load:
+ * LSS_ERR_FORMAT naming the galaxy, the table row (from 1), the column and the value. Free with
+ * lss_mm_catalogue_free. */
+LSSDEF int lss_mm_fits_read_table(const char *path, int hdu, lss_mm_catalogue *cat);
+/* Writes a catalogue as a BINTABLE extension (EXTNAME 'CATALOGUE') of columns ra, dec (TUNIT deg) or x, y
+ * (pixel), e1, e2, w, all 64-bit floats, after the checks of lss_mm_catalogue_load (LSS_ERR_ARG naming the
+ * galaxy otherwise): lss_mm_fits_read_table gives back the same catalogue bit for bit. */
+LSSDEF int lss_mm_fits_write_table(const char *path, const lss_mm_catalogue *cat);
 
 typedef struct {
     double ngal_arcmin2;   /* galaxies per arcmin^2 of observed pixels (0: LSS_MM_COSMOS_NGAL) */
@@ -1071,7 +1121,11 @@ LSSDEF int lss_mm_detect_save(const lss_mm_detect_result *r, const char *dir);
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#ifndef LSS_NO_FITS
+#include <fitsio.h>
+#endif
 #if defined(_OPENMP) && !defined(LSS_NO_OPENMP)
 #include <omp.h>
 #define LSS__MM_OMP 1
@@ -1267,11 +1321,41 @@ static int lss__mm_endswith(const char *s, const char *suf) {
     return a >= b && !strcmp(s + a - b, suf);
 }
 
+/* The checks of every catalogue read or written: finite positions (|ra| <= 360, |dec| <= 90 degrees), |e1|, |e2| <=
+ * LSS_MM_SHEAR_MAX, weights in [0, LSS_MM_WEIGHT_MAX], at least one galaxy. Returns status (LSS_ERR_FORMAT for a file
+ * read, LSS_ERR_ARG for one to write) with the message "PREFIX: galaxy i[ (table row r)]: COLUMN = v (need ...)", or
+ * LSS_OK. col: the five columns as the file names them (NULL: x or ra, y or dec, e1, e2, weight); row1 = 1 adds the
+ * table row (counted from 1). */
+static int lss__mm_cat_check(const lss_mm_catalogue *cat, const char *prefix, const char *const *col, int row1, int status) {
+    static const char *const pix[5] = {"x", "y", "e1", "e2", "weight"}, *const sky[5] = {"ra", "dec", "e1", "e2", "weight"};
+    int64_t i;
+    for (i = 0; i < cat->n; i++) {
+        int r = -1;
+        double v = 0;
+        if (!isfinite(cat->x[i]) || (cat->radec && !(fabs(cat->x[i]) <= 360))) r = 0, v = cat->x[i];
+        else if (!isfinite(cat->y[i]) || (cat->radec && !(fabs(cat->y[i]) <= 90))) r = 1, v = cat->y[i];
+        else if (!(fabs(cat->e1[i]) <= LSS_MM_SHEAR_MAX)) r = 2, v = cat->e1[i];
+        else if (!(fabs(cat->e2[i]) <= LSS_MM_SHEAR_MAX)) r = 3, v = cat->e2[i];
+        else if (!(cat->w[i] >= 0 && cat->w[i] <= LSS_MM_WEIGHT_MAX)) r = 4, v = cat->w[i];
+        if (r >= 0) {
+            char row[48] = "";
+            if (row1) snprintf(row, sizeof row, " (table row %lld)", (long long)i + 1);
+            return lss_seterr(status, "%s: galaxy %lld%s: %s = %g (need %s)", prefix, (long long)i, row,
+                              col && col[r] ? col[r] : (cat->radec ? sky : pix)[r], v,
+                              r == 2 || r == 3 ? "|e| <= 10" : r == 4 ? "a weight in [0, 1e10]" : !cat->radec ? "a finite number" :
+                              r == 0 ? "|ra| <= 360 degrees" : "|dec| <= 90 degrees");
+        }
+    }
+    if (cat->n == 0) return lss_seterr(status, "%s: the catalogue has no galaxies", prefix);
+    return LSS_OK;
+}
+
 LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalogue *cat) {
     int64_t i;
     int s;
     if (!path || !cat) return lss_seterr(LSS_ERR_ARG, "lss_mm_catalogue_load: NULL argument");
     memset(cat, 0, sizeof *cat);
+    if (lss_mm_fits_path(path)) return lss_mm_fits_read_table(path, 0, cat);
     if (lss__mm_endswith(path, ".npy")) {
         lss_array a;
         int nc;
@@ -1339,28 +1423,8 @@ LSSDEF int lss_mm_catalogue_load(const char *path, int radec_npy, lss_mm_catalog
         }
         lss_csv_free(&c);
     }
-    for (i = 0; i < cat->n; i++) {
-        const char *what = NULL;
-        double v = 0;
-        if (!isfinite(cat->x[i]) || (cat->radec && !(fabs(cat->x[i]) <= 360))) what = cat->radec ? "ra" : "x", v = cat->x[i];
-        else if (!isfinite(cat->y[i]) || (cat->radec && !(fabs(cat->y[i]) <= 90))) what = cat->radec ? "dec" : "y", v = cat->y[i];
-        else if (!(fabs(cat->e1[i]) <= LSS_MM_SHEAR_MAX)) what = "e1", v = cat->e1[i];
-        else if (!(fabs(cat->e2[i]) <= LSS_MM_SHEAR_MAX)) what = "e2", v = cat->e2[i];
-        else if (!(cat->w[i] >= 0 && cat->w[i] <= LSS_MM_WEIGHT_MAX)) what = "weight", v = cat->w[i];
-        if (what) {
-            int64_t bad = i;
-            int e = what[0] == 'e';
-            lss_mm_catalogue_free(cat);
-            return lss_seterr(LSS_ERR_FORMAT, "%s: galaxy %lld: %s = %g (need %s)", path, (long long)bad, what, v,
-                              e ? "|e| <= 10" : what[0] == 'w' ? "a weight in [0, 1e10]" : what[0] == 'r' ? "|ra| <= 360 degrees" :
-                              what[0] == 'd' ? "|dec| <= 90 degrees" : "a finite number");
-        }
-    }
-    if (cat->n == 0) {
-        lss_mm_catalogue_free(cat);
-        return lss_seterr(LSS_ERR_FORMAT, "%s: the catalogue has no galaxies", path);
-    }
-    return LSS_OK;
+    if ((s = lss__mm_cat_check(cat, path, NULL, 0, LSS_ERR_FORMAT)) != LSS_OK) lss_mm_catalogue_free(cat);
+    return s;
 }
 
 /* ---- sky coordinates: gnomonic projection and the ellipticity frame */
@@ -1446,7 +1510,16 @@ LSSDEF int lss_mm_shear_load(const char *path, int field, float **g, int *h, int
     int64_t sh[LSS_MAX_DIM], n, off = 0, i;
     if (!path || !g || !h || !w) return lss_seterr(LSS_ERR_ARG, "lss_mm_shear_load: NULL argument");
     *g = NULL;
-    if ((s = lss_npy_load_f32(path, &d, &nd, sh)) != LSS_OK) return s;
+    if (lss_mm_fits_path(path)) { /* a cube of 2K planes (gamma1, gamma2 of field f: planes 2f, 2f + 1): [K, 2, H, W] */
+        int fh = 0, fw = 0, np = 0;
+        if ((s = lss_mm_fits_read_image(path, 0, &d, &fh, &fw, &np, NULL)) != LSS_OK) return s;
+        if (np % 2 || field < 0 || field >= np / 2) {
+            LSS_FREE(d);
+            return lss_seterr(LSS_ERR_SHAPE, "%s: a FITS shear file is a cube of 2 planes (gamma1, gamma2) or 2K planes for K fields; "
+                              "this one has %d plane%s, field %d asked", path, np, np > 1 ? "s" : "", field);
+        }
+        nd = 4, sh[0] = np / 2, sh[1] = 2, sh[2] = fh, sh[3] = fw;
+    } else if ((s = lss_npy_load_f32(path, &d, &nd, sh)) != LSS_OK) return s;
     if (nd >= 3 && (sh[nd - 2] > 65536 || sh[nd - 1] > 65536)) {
         LSS_FREE(d);
         return lss_seterr(LSS_ERR_SHAPE, "%s: maps of %lld x %lld pixels (at most 65536 a side)", path, (long long)sh[nd - 2], (long long)sh[nd - 1]);
@@ -1675,6 +1748,418 @@ LSSDEF int lss_mm_bin(const lss_mm_catalogue *cat, const lss_mm_bin_opts *o, int
     if (drop == cat->n) return lss_seterr(LSS_ERR_RANGE, "lss_mm_bin: no galaxy falls on the %d x %d grid", h, w);
     return LSS_OK;
 }
+
+/* ---- FITS files */
+static int lss__mm_lc(int c) { return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c; }
+static int lss__mm_ieq(const char *a, const char *b) { /* case-insensitive equality (ASCII) */
+    for (; *a && *b; a++, b++)
+        if (lss__mm_lc((unsigned char)*a) != lss__mm_lc((unsigned char)*b)) return 0;
+    return !*a && !*b;
+}
+
+LSSDEF int lss_mm_fits_path(const char *path) {
+    static const char *const ext[] = {".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz"};
+    size_t n, k, m;
+    if (!path) return 0;
+    n = strlen(path);
+    for (k = 0; k < sizeof ext / sizeof ext[0]; k++)
+        if ((m = strlen(ext[k])) < n && lss__mm_ieq(path + n - m, ext[k])) return 1;
+    return 0;
+}
+
+#ifdef LSS_NO_FITS
+static int lss__mm_nofits(const char *fn, const char *path) {
+    return lss_seterr(LSS_ERR_UNSUPPORTED, "%s: %s: FITS support was compiled out (LSS_NO_FITS); rebuild without it and link "
+                      "-lcfitsio, or use NPY/CSV", fn, path ? path : "(null)");
+}
+LSSDEF int lss_mm_fits_read_image(const char *path, int hdu, float **data, int *h, int *w, int *nplanes, double *pix_arcmin) {
+    (void)hdu, (void)h, (void)w, (void)nplanes, (void)pix_arcmin;
+    if (data) *data = NULL;
+    return lss__mm_nofits("lss_mm_fits_read_image", path);
+}
+LSSDEF int lss_mm_fits_write_image(const char *path, const float *data, int nplanes, int h, int w, double pix_arcmin) {
+    (void)data, (void)nplanes, (void)h, (void)w, (void)pix_arcmin;
+    return lss__mm_nofits("lss_mm_fits_write_image", path);
+}
+LSSDEF int lss_mm_fits_read_table(const char *path, int hdu, lss_mm_catalogue *cat) {
+    (void)hdu;
+    if (cat) memset(cat, 0, sizeof *cat);
+    return lss__mm_nofits("lss_mm_fits_read_table", path);
+}
+LSSDEF int lss_mm_fits_write_table(const char *path, const lss_mm_catalogue *cat) {
+    (void)cat;
+    return lss__mm_nofits("lss_mm_fits_write_table", path);
+}
+#else
+#define LSS__MM_FITS_MAXHDU 10000            /* HDUs scanned for hdu = 0 */
+#define LSS__MM_FITS_ZPIX ((int64_t)1 << 28) /* pixels of a tile-compressed image at most (1 GB of floats) */
+
+/* A cfitsio failure as a status and message "PREFIX: WHAT: cfitsio's text (cfitsio status N)"; clears cfitsio's
+ * message stack. */
+static int lss__mm_fits_err(int st, const char *prefix, const char *what) {
+    char t[FLEN_STATUS];
+    int code = st == MEMORY_ALLOCATION ? LSS_ERR_NOMEM : st == FILE_NOT_OPENED ? LSS_ERR_IO : LSS_ERR_FORMAT;
+    fits_get_errstatus(st, t);
+    fits_clear_errmsg();
+    return lss_seterr(code, "%s: %s: %s (cfitsio status %d)", prefix, what, t, st);
+}
+
+/* Opens a FITS file for reading: the path through lss_fopen_read first (the project's messages for a missing file, a
+ * directory, no permission), then cfitsio without its extended file-name syntax. */
+static int lss__mm_fits_open(const char *path, fitsfile **f) {
+    FILE *fp;
+    int s, st = 0;
+    *f = NULL;
+    if ((s = lss_fopen_read(path, &fp, NULL)) != LSS_OK) return s;
+    fclose(fp);
+    if (fits_open_diskfile(f, path, READONLY, &st)) {
+        *f = NULL;
+        return lss__mm_fits_err(st, path, "not a readable FITS file");
+    }
+    return LSS_OK;
+}
+static void lss__mm_fits_close(fitsfile *f) {
+    int st = 0;
+    if (f) fits_close_file(f, &st);
+    fits_clear_errmsg();
+}
+
+/* Moves to HDU hdu (from 1), or with hdu = 0 to the first image HDU with NAXIS > 0 (table = 0) or the first table
+ * (table = 1); *at gets its number. */
+static int lss__mm_fits_seek(fitsfile *f, const char *path, int hdu, int table, int *at) {
+    int k, st = 0, type, naxis, nh = 0;
+    const char *want = table ? "a table (BINTABLE or TABLE)" : "an image with NAXIS > 0";
+    if (hdu < 0) return lss_seterr(LSS_ERR_ARG, "%s: HDU %d (need 0 for the first HDU holding %s, or 1, 2, ...)", path, hdu, want);
+    for (k = hdu ? hdu : 1; k <= (hdu ? hdu : LSS__MM_FITS_MAXHDU); k++) {
+        if (fits_movabs_hdu(f, k, &type, &st)) {
+            if (st != END_OF_FILE) {
+                char w[64];
+                snprintf(w, sizeof w, "HDU %d", k);
+                return lss__mm_fits_err(st, path, w);
+            }
+            fits_clear_errmsg();
+            st = 0;
+            fits_get_num_hdus(f, &nh, &st);
+            fits_clear_errmsg();
+            if (hdu) return lss_seterr(LSS_ERR_FORMAT, "%s: no HDU %d (the file has %d)", path, hdu, nh);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: no HDU holds %s (%d HDU%s)", path, want, nh, nh == 1 ? "" : "s");
+        }
+        naxis = 0;
+        if (fits_get_hdu_type(f, &type, &st) || (type == IMAGE_HDU && fits_get_img_dim(f, &naxis, &st))) {
+            char w[64];
+            snprintf(w, sizeof w, "HDU %d", k);
+            return lss__mm_fits_err(st, path, w);
+        }
+        if (table ? type == BINARY_TBL || type == ASCII_TBL : type == IMAGE_HDU && naxis > 0) {
+            *at = k;
+            return LSS_OK;
+        }
+        if (hdu)
+            return lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d is %s, not %s", path, hdu,
+                              type != IMAGE_HDU ? "a table" : naxis == 0 ? "an image with no data (NAXIS = 0)" : "an image", want);
+    }
+    return lss_seterr(LSS_ERR_FORMAT, "%s: no HDU holds %s among the first %d", path, want, LSS__MM_FITS_MAXHDU);
+}
+
+/* Data bytes the current HDU's header announces (from its data start) against the bytes the file holds. */
+static int lss__mm_fits_sized(fitsfile *f, const char *path, int hdu, LONGLONG need) {
+    LONGLONG hs, ds, de;
+    int st = 0;
+    if (fits_get_hduaddrll(f, &hs, &ds, &de, &st)) return lss__mm_fits_err(st, path, "HDU addresses");
+    if (need > f->Fptr->filesize - ds)
+        return lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d is truncated: its header announces %lld data bytes, the file holds %lld", path,
+                          hdu, (long long)need, (long long)(f->Fptr->filesize > ds ? f->Fptr->filesize - ds : 0));
+    return LSS_OK;
+}
+
+/* Pixel size (arcmin) from PIXSCALE (arcmin), else the WCS (CD1_1, CD2_1 or CDELT1 with CUNIT1); NaN when none. */
+static int lss__mm_fits_pixscale(fitsfile *f, const char *path, int hdu, double *pix) {
+    double v = 0, c1 = 0, c2 = 0, unit = 60.0;
+    char u[FLEN_VALUE];
+    int st = 0, h1, h2;
+    *pix = NAN;
+    if (!fits_read_key(f, TDOUBLE, "PIXSCALE", &v, NULL, &st)) {
+        if (!(v > 0 && v < 1e6))
+            return lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d: PIXSCALE = %g is not a pixel size in arcmin (need 0 < PIXSCALE < 1e6)", path, hdu, v);
+        *pix = v;
+        return LSS_OK;
+    }
+    if (st != KEY_NO_EXIST) {
+        fits_clear_errmsg();
+        return lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d: PIXSCALE is not a number (cfitsio status %d)", path, hdu, st);
+    }
+    st = 0, h1 = !fits_read_key(f, TDOUBLE, "CD1_1", &c1, NULL, &st);
+    st = 0, h2 = !fits_read_key(f, TDOUBLE, "CD2_1", &c2, NULL, &st);
+    if (h1 || h2) v = sqrt((h1 ? c1 * c1 : 0) + (h2 ? c2 * c2 : 0));
+    else if (st = 0, !fits_read_key(f, TDOUBLE, "CDELT1", &c1, NULL, &st)) v = fabs(c1);
+    else v = NAN;
+    st = 0;
+    if (!fits_read_key(f, TSTRING, "CUNIT1", u, NULL, &st)) {
+        if (lss__mm_ieq(u, "deg") || lss__mm_ieq(u, "degree") || lss__mm_ieq(u, "degrees")) unit = 60.0;
+        else if (lss__mm_ieq(u, "arcmin")) unit = 1.0;
+        else if (lss__mm_ieq(u, "arcsec")) unit = 1.0 / 60.0;
+        else unit = NAN; /* another unit: no pixel size */
+    }
+    fits_clear_errmsg();
+    if (v > 0 && isfinite(v * unit) && v * unit < 1e6) *pix = v * unit;
+    return LSS_OK;
+}
+
+LSSDEF int lss_mm_fits_read_image(const char *path, int hdu, float **data, int *h, int *w, int *nplanes, double *pix_arcmin) {
+    fitsfile *f;
+    int s, st = 0, at = 0, bitpix = 0, naxis = 0, anynul = 0, zip = 0;
+    LONGLONG ax[3] = {0, 0, 1}, n, i;
+    float nul, *d;
+    double pix;
+    if (data) *data = NULL;
+    if (!path || !data || !h || !w || !nplanes) return lss_seterr(LSS_ERR_ARG, "lss_mm_fits_read_image: NULL argument");
+    if ((s = lss__mm_fits_open(path, &f)) != LSS_OK) return s;
+    if ((s = lss__mm_fits_seek(f, path, hdu, 0, &at)) != LSS_OK || (s = lss__mm_fits_pixscale(f, path, at, &pix)) != LSS_OK) {
+        lss__mm_fits_close(f);
+        return s;
+    }
+    if (fits_get_img_paramll(f, 3, &bitpix, &naxis, ax, &st) || (zip = fits_is_compressed_image(f, &st), st)) {
+        lss__mm_fits_close(f);
+        return lss__mm_fits_err(st, path, "image parameters");
+    }
+    if (naxis != 2 && naxis != 3) {
+        lss__mm_fits_close(f);
+        return lss_seterr(LSS_ERR_SHAPE, "%s: HDU %d: NAXIS = %d (need a 2-D image [H, W] or a 3-D cube [K, H, W])", path, at, naxis);
+    }
+    if (ax[0] < 2 || ax[0] > 65536 || ax[1] < 2 || ax[1] > 65536 || ax[2] < 1 || ax[2] > 65536) {
+        lss__mm_fits_close(f);
+        return lss_seterr(LSS_ERR_SHAPE, "%s: HDU %d: image of %lld x %lld pixels and %lld planes (sides 2..65536, 1..65536 planes)", path,
+                          at, (long long)ax[1], (long long)ax[0], (long long)ax[2]);
+    }
+    n = ax[0] * ax[1] * ax[2];
+    if (zip && n > LSS__MM_FITS_ZPIX)
+        s = lss_seterr(LSS_ERR_SHAPE, "%s: HDU %d: a compressed image of %lld pixels (at most %lld)", path, at, (long long)n,
+                       (long long)LSS__MM_FITS_ZPIX);
+    else if (!zip) s = lss__mm_fits_sized(f, path, at, n * (bitpix < 0 ? -bitpix : bitpix) / 8);
+    if (s != LSS_OK) {
+        lss__mm_fits_close(f);
+        return s;
+    }
+    if (!(d = (float *)LSS_MALLOC(sizeof(float) * (size_t)n))) {
+        lss__mm_fits_close(f);
+        return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory for %lld pixels", path, (long long)n);
+    }
+    /* integer pixels equal to BLANK read as NaN; float pixels as stored (a null value would make cfitsio turn subnormals and -0
+     * into 0) */
+    nul = bitpix > 0 ? NAN : 0.0f;
+    if (fits_read_img(f, TFLOAT, 1, n, &nul, d, &anynul, &st)) {
+        LSS_FREE(d);
+        lss__mm_fits_close(f);
+        return lss__mm_fits_err(st, path, st == NUM_OVERFLOW ? "pixels beyond the float range" : "reading the pixels");
+    }
+    lss__mm_fits_close(f);
+    for (i = 0; i < n; i++)
+        if (!isfinite(d[i])) {
+            double v = d[i];
+            LSS_FREE(d);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d: pixel [%lld, %lld, %lld] ([plane, y, x]) is %s (need finite values: a masked pixel "
+                              "is 0 with a large noise variance)", path, at, (long long)(i / (ax[0] * ax[1])), (long long)(i / ax[0] % ax[1]),
+                              (long long)(i % ax[0]), isnan(v) ? "undefined (NaN or BLANK)" : v > 0 ? "inf" : "-inf");
+        }
+    *data = d, *w = (int)ax[0], *h = (int)ax[1], *nplanes = (int)ax[2];
+    if (pix_arcmin) *pix_arcmin = pix;
+    return LSS_OK;
+}
+
+/* Closes a FITS file built in memory by fits_create_memfile(&f, buf, sz, ...) (cfitsio may move *buf until it is closed;
+ * the file ends with its last HDU) and writes it through lss_wfile; frees *buf. st: cfitsio's status so far. */
+static int lss__mm_fits_put(const char *fn, const char *path, fitsfile *f, void **buf, size_t *sz, int st) {
+    LONGLONG hs, ds, de = 0;
+    int s = LSS_OK, st2 = 0;
+    lss_wfile wf;
+    if (!st) fits_write_chksum(f, &st);
+    if (!st) fits_get_hduaddrll(f, &hs, &ds, &de, &st);
+    fits_close_file(f, &st2);
+    if (!st && !st2 && (de <= 0 || (size_t)de > *sz)) st = MEMORY_ALLOCATION; /* not expected: the buffer holds the whole file */
+    if (st || st2) {
+        free(*buf);
+        *buf = NULL;
+        return lss__mm_fits_err(st ? st : st2, fn, path);
+    }
+    if ((s = lss_wfile_open(&wf, path)) == LSS_OK) {
+        if (fwrite(*buf, 1, (size_t)de, wf.f) != (size_t)de) {
+            int e = errno;
+            lss_wfile_abort(&wf);
+            s = lss_seterr(LSS_ERR_IO, "%s: cannot write '%s': %s", fn, path, strerror(e));
+        } else s = lss_wfile_commit(&wf);
+    }
+    free(*buf);
+    *buf = NULL;
+    return s;
+}
+
+LSSDEF int lss_mm_fits_write_image(const char *path, const float *data, int nplanes, int h, int w, double pix_arcmin) {
+    fitsfile *f = NULL;
+    void *buf = NULL;
+    size_t sz = 0;
+    int st = 0;
+    long ax[3];
+    int64_t i, n;
+    if (!path || !data) return lss_seterr(LSS_ERR_ARG, "lss_mm_fits_write_image: NULL argument");
+    if (h < 2 || h > 65536 || w < 2 || w > 65536 || nplanes < 1 || nplanes > 65536)
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_fits_write_image: %s: %d planes of %d x %d pixels (sides 2..65536, 1..65536 planes)", path,
+                          nplanes, h, w);
+    if (!(pix_arcmin == 0 || isnan(pix_arcmin) || (pix_arcmin > 0 && pix_arcmin < 1e6)))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_fits_write_image: %s: pixel size %g arcmin (need 0 < pix < 1e6, or 0 or NaN for none)", path,
+                          pix_arcmin);
+    n = (int64_t)nplanes * h * w;
+    for (i = 0; i < n; i++)
+        if (!isfinite(data[i]))
+            return lss_seterr(LSS_ERR_ARG, "lss_mm_fits_write_image: %s: pixel [%lld, %lld, %lld] ([plane, y, x]) is %g (the FITS maps of lss "
+                              "hold finite values)", path, (long long)(i / ((int64_t)h * w)), (long long)(i / w % h), (long long)(i % w), data[i]);
+    ax[0] = w, ax[1] = h, ax[2] = nplanes;
+    if (fits_create_memfile(&f, &buf, &sz, 0, realloc, &st)) {
+        free(buf);
+        return lss__mm_fits_err(st, "lss_mm_fits_write_image", path);
+    }
+    fits_create_img(f, FLOAT_IMG, nplanes > 1 ? 3 : 2, ax, &st);
+    if (pix_arcmin > 0) { /* 15 significant digits when they give the same double back (0.29, not 0.28999999999999998) */
+        char t[40];
+        snprintf(t, sizeof t, "%.15g", pix_arcmin);
+        fits_write_key_dbl(f, "PIXSCALE", pix_arcmin, strtod(t, NULL) == pix_arcmin ? -15 : -17, "pixel size (arcmin)", &st);
+    }
+    fits_write_key_str(f, "ORIGIN", "lss", "written by lss_massmap.h", &st);
+    fits_write_comment(f, nplanes > 1 ? "Maps [K, H, W] in C order: NAXIS1 = W (x), NAXIS2 = H (y), NAXIS3 = K." :
+                                        "A map [H, W] in C order: NAXIS1 = W (x), NAXIS2 = H (y).", &st);
+    fits_write_comment(f, "PIXSCALE: the pixel size in arcmin. No WCS: positions are pixels.", &st);
+    fits_write_img(f, TFLOAT, 1, (LONGLONG)n, (float *)data, &st);
+    return lss__mm_fits_put("lss_mm_fits_write_image", path, f, &buf, &sz, st);
+}
+
+/* The first column (from 1; 0: none) whose TTYPE equals one of names (in their order of preference), any case. */
+static int lss__mm_fits_col(fitsfile *f, int ncols, const char *const *names, const char **found) {
+    char key[FLEN_KEYWORD], val[FLEN_VALUE];
+    int k, j, st;
+    for (k = 0; names[k]; k++)
+        for (j = 1; j <= ncols; j++) {
+            st = 0;
+            if (fits_make_keyn("TTYPE", j, key, &st) || fits_read_key(f, TSTRING, key, val, NULL, &st)) continue;
+            if (lss__mm_ieq(val, names[k])) {
+                *found = names[k];
+                return j;
+            }
+        }
+    fits_clear_errmsg();
+    return 0;
+}
+
+LSSDEF int lss_mm_fits_read_table(const char *path, int hdu, lss_mm_catalogue *cat) {
+    static const char *const nx[] = {"x", NULL}, *const ny[] = {"y", NULL}, *const nra[] = {"ra", "alpha_j2000", "alphawin_j2000", NULL},
+                             *const ndec[] = {"dec", "delta_j2000", "deltawin_j2000", NULL}, *const ne1[] = {"e1", "g1", NULL},
+                             *const ne2[] = {"e2", "g2", NULL}, *const nw[] = {"w", "weight", NULL};
+    fitsfile *f;
+    const char *name[5] = {NULL, NULL, NULL, NULL, NULL};
+    int s, st = 0, at = 0, ncols = 0, col[5], tc[5] = {0, 0, 0, 0, 0}, k, radec = 0;
+    LONGLONG nrows = 0, rowlen = 0;
+    double *dst[5];
+    char pre[1100];
+    if (cat) memset(cat, 0, sizeof *cat);
+    if (!path || !cat) return lss_seterr(LSS_ERR_ARG, "lss_mm_fits_read_table: NULL argument");
+    if ((s = lss__mm_fits_open(path, &f)) != LSS_OK) return s;
+    if ((s = lss__mm_fits_seek(f, path, hdu, 1, &at)) != LSS_OK) {
+        lss__mm_fits_close(f);
+        return s;
+    }
+    if (fits_get_num_rowsll(f, &nrows, &st) || fits_get_num_cols(f, &ncols, &st) || fits_read_key(f, TLONGLONG, "NAXIS1", &rowlen, NULL, &st)) {
+        lss__mm_fits_close(f);
+        return lss__mm_fits_err(st, path, "table size");
+    }
+    col[0] = lss__mm_fits_col(f, ncols, nx, &name[0]);
+    col[1] = lss__mm_fits_col(f, ncols, ny, &name[1]);
+    if (!col[0] || !col[1]) {
+        col[0] = lss__mm_fits_col(f, ncols, nra, &name[0]);
+        col[1] = lss__mm_fits_col(f, ncols, ndec, &name[1]);
+        radec = 1;
+    }
+    col[2] = lss__mm_fits_col(f, ncols, ne1, &name[2]);
+    col[3] = lss__mm_fits_col(f, ncols, ne2, &name[3]);
+    col[4] = lss__mm_fits_col(f, ncols, nw, &name[4]);
+    for (k = 0; k < 4; k++)
+        if (!col[k]) {
+            static const char *const what[4] = {"x, y or ra, dec (or alpha_j2000, delta_j2000)", "x, y or ra, dec (or alpha_j2000, delta_j2000)",
+                                                "e1 (or g1)", "e2 (or g2)"};
+            lss__mm_fits_close(f);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d: the table has no column %s (a catalogue needs x, y or ra, dec, e1, e2 and "
+                              "optionally w)", path, at, what[k]);
+        }
+    for (k = 0; k < 5; k++) {
+        LONGLONG rep = 0, wid = 0;
+        if (!col[k]) continue;
+        if (fits_get_coltypell(f, col[k], &tc[k], &rep, &wid, &st)) {
+            lss__mm_fits_close(f);
+            return lss__mm_fits_err(st, path, "column type");
+        }
+        if (tc[k] <= 0 || tc[k] == TSTRING || tc[k] == TLOGICAL || tc[k] == TBIT || tc[k] == TCOMPLEX || tc[k] == TDBLCOMPLEX || rep != 1) {
+            lss__mm_fits_close(f);
+            return lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d: column %s is not a scalar number (cfitsio type %d, %lld per row)", path, at, name[k],
+                              tc[k], (long long)rep);
+        }
+    }
+    if (rowlen < 1 || nrows < 0 || (s = lss__mm_fits_sized(f, path, at, nrows > LLONG_MAX / rowlen ? LLONG_MAX : nrows * rowlen)) != LSS_OK) {
+        lss__mm_fits_close(f);
+        return s ? s : lss_seterr(LSS_ERR_FORMAT, "%s: HDU %d: table rows of %lld bytes", path, at, (long long)rowlen);
+    }
+    if ((s = lss__mm_cat_alloc(cat, (int64_t)nrows)) != LSS_OK) {
+        lss__mm_fits_close(f);
+        return s;
+    }
+    cat->radec = radec;
+    dst[0] = cat->x, dst[1] = cat->y, dst[2] = cat->e1, dst[3] = cat->e2, dst[4] = cat->w;
+    for (k = 0; k < 5; k++) {
+        int anynul = 0;
+        double nul = tc[k] == TFLOAT || tc[k] == TDOUBLE ? 0.0 : NAN; /* integer cells equal to TNULL read as NaN; floats as stored */
+        if (!col[k]) {
+            int64_t i;
+            for (i = 0; i < cat->n; i++) dst[k][i] = 1.0;
+        } else if (nrows > 0 && fits_read_col(f, TDOUBLE, col[k], 1, 1, nrows, &nul, dst[k], &anynul, &st)) {
+            char what[64];
+            snprintf(what, sizeof what, "HDU %d: reading column %s", at, name[k]);
+            lss_mm_catalogue_free(cat);
+            lss__mm_fits_close(f);
+            return lss__mm_fits_err(st, path, what);
+        }
+    }
+    lss__mm_fits_close(f);
+    snprintf(pre, sizeof pre, "%s: HDU %d", path, at);
+    if ((s = lss__mm_cat_check(cat, pre, name, 1, LSS_ERR_FORMAT)) != LSS_OK) lss_mm_catalogue_free(cat);
+    return s;
+}
+
+LSSDEF int lss_mm_fits_write_table(const char *path, const lss_mm_catalogue *cat) {
+    static const char *const pix[5] = {"x", "y", "e1", "e2", "w"}, *const sky[5] = {"ra", "dec", "e1", "e2", "w"},
+                             *const form[5] = {"1D", "1D", "1D", "1D", "1D"}, *const upix[5] = {"pixel", "pixel", "", "", ""},
+                             *const usky[5] = {"deg", "deg", "", "", ""};
+    fitsfile *f = NULL;
+    void *buf = NULL;
+    size_t sz = 0;
+    int s, st = 0;
+    char pre[1100];
+    if (!path || !cat || (cat->n > 0 && (!cat->x || !cat->y || !cat->e1 || !cat->e2 || !cat->w)))
+        return lss_seterr(LSS_ERR_ARG, "lss_mm_fits_write_table: NULL argument");
+    snprintf(pre, sizeof pre, "lss_mm_fits_write_table: %s", path);
+    if ((s = lss__mm_cat_check(cat, pre, NULL, 0, LSS_ERR_ARG)) != LSS_OK) return s;
+    if (fits_create_memfile(&f, &buf, &sz, 0, realloc, &st)) {
+        free(buf);
+        return lss__mm_fits_err(st, "lss_mm_fits_write_table", path);
+    }
+    fits_create_tbl(f, BINARY_TBL, (LONGLONG)cat->n, 5, (char **)(cat->radec ? sky : pix), (char **)form, (char **)(cat->radec ? usky : upix),
+                    "CATALOGUE", &st);
+    fits_write_key_str(f, "ORIGIN", "lss", "written by lss_massmap.h", &st);
+    fits_write_comment(f, cat->radec ? "Shear catalogue: ra, dec (degrees), e1, e2 (sky frame), w." :
+                                       "Shear catalogue: x, y (pixels), e1, e2 (grid frame), w.", &st);
+    fits_write_col(f, TDOUBLE, 1, 1, 1, (LONGLONG)cat->n, cat->x, &st);
+    fits_write_col(f, TDOUBLE, 2, 1, 1, (LONGLONG)cat->n, cat->y, &st);
+    fits_write_col(f, TDOUBLE, 3, 1, 1, (LONGLONG)cat->n, cat->e1, &st);
+    fits_write_col(f, TDOUBLE, 4, 1, 1, (LONGLONG)cat->n, cat->e2, &st);
+    fits_write_col(f, TDOUBLE, 5, 1, 1, (LONGLONG)cat->n, cat->w, &st);
+    return lss__mm_fits_put("lss_mm_fits_write_table", path, f, &buf, &sz, st);
+}
+#endif /* LSS_NO_FITS */
 
 /* ---- mocks */
 LSSDEF int lss_mm_mock_mask(int h, int w, const lss_mm_survey_opts *o, uint64_t seed, float *mask) {

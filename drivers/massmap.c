@@ -15,12 +15,13 @@ static const char *usage_main =
     "  ks       Kaiser-Squires (E and B) with optional Gaussian smoothing\n"
     "  wiener   Wiener filter (MAP under the Gaussian prior) with mask and per-pixel noise\n"
     "  mock     COSMOS-like mock fields: convergence, noisy masked shear, noise map, C_kk table\n"
-    "  bin      bin a shear catalogue (CSV or NPY) into shear and noise-variance maps\n"
+    "  bin      bin a shear catalogue (CSV, NPY or FITS table) into shear and noise-variance maps\n"
     "  train-prior  train the U-net score residual (denoising score matching) or the DeepMass baseline\n"
     "  sample   posterior samples, mean and standard deviation (annealed HMC + ODE)\n"
     "  eval     Table 1 comparison (KS, Wiener, posterior mean) on mock fields, figures 6 and 7\n"
     "  detect   NFW cluster detection rate against SNR with the starlet aperture filter (figure 9)\n"
-    "Maps are NPY arrays [H, W] indexed [y, x]; shear maps [2, H, W] (gamma1, gamma2).\n"
+    "Maps are NPY arrays [H, W] indexed [y, x]; shear maps [2, H, W] (gamma1, gamma2). Inputs and outputs named\n"
+    "*.fits (.fit, .fts, .fits.gz) are FITS images (a shear file: a cube of 2 planes, or 2K for K fields).\n"
     "example: massmap mock --scale small --out out/mm && massmap eval --mock out/mm --out out/mm/eval\n";
 
 #define PNG_SIZE 512 /* target size of map pictures, pixels */
@@ -29,10 +30,14 @@ static void *xcalloc(int64_t n, size_t sz) {
     return p ? p : (lss_drv_die(1, "out of memory"), NULL);
 }
 static int png_scale(int h, int w) { return PNG_SIZE / (h > w ? h : w) > 1 ? PNG_SIZE / (h > w ? h : w) : 1; }
-static void save_npy(const char *dir, const char *name, int nd, const int64_t *sh, const float *d) {
+static double out_pix = 0; /* pixel size (arcmin) recorded in FITS outputs (PIXSCALE; 0: none) */
+/* A map or stack: FITS when the name says so (lss_mm_fits_path), else NPY. */
+static void save_map(const char *dir, const char *name, int nd, const int64_t *sh, const float *d) {
     char p[4096];
     snprintf(p, sizeof p, "%s%s%s", dir ? dir : "", dir ? "/" : "", name);
-    lss_drv_check(lss_npy_save(p, LSS_F32, nd, sh, d), p);
+    if (!lss_mm_fits_path(p)) lss_drv_check(lss_npy_save(p, LSS_F32, nd, sh, d), p);
+    else if (nd != 2 && (nd != 3 || sh[0] > 65536)) lss_drv_die(2, "%s: FITS outputs hold maps or at most 65536 planes (use .npy)", p);
+    else lss_drv_check(lss_mm_fits_write_image(p, d, nd == 3 ? (int)sh[0] : 1, (int)sh[nd - 2], (int)sh[nd - 1], out_pix), p);
 }
 static void save_png(const char *dir, const char *name, const float *m, int h, int w, const char *title, double lo, double hi) {
     char p[4096];
@@ -50,7 +55,17 @@ static float *load_shear(const char *path, int field, int *h, int *w) {
     return g;
 }
 
-/* The inputs of wiener and sample: shear, noise map, spectrum table; the grid and its spectrum. */
+/* --pixel-arcmin 0: the pixel size in the header of a FITS shear file (PIXSCALE or WCS), else the COSMOS mock's. */
+static double pixel_size(double pix, const char *shear) {
+    double p = NAN;
+    float *m;
+    int h, w, k;
+    if (pix > 0) return out_pix = pix;
+    if (lss_mm_fits_path(shear)) lss_drv_check(lss_mm_fits_read_image(shear, 0, &m, &h, &w, &k, &p), shear), LSS_FREE(m);
+    return out_pix = isfinite(p) ? p : LSS_MM_COSMOS_PIX_ARCMIN;
+}
+#define OPT_PIX(v) {"pixel-arcmin", LSS_DRV_DOUBLE, &v, 0, 1e4, 0, "pixel size (arcmin; 0: PIXSCALE of a FITS shear file, else 0.29)"}
+/* The inputs of wiener and sample: shear, noise map (NPY or FITS [H, W]), spectrum table; the grid and its spectrum. */
 typedef struct {
     int h, w;
     int64_t np;
@@ -65,14 +80,15 @@ static void load_data(const char *shear, int field, const char *nvp, const char 
     double *ell, *cl;
     d->g = load_shear(shear, field, &d->h, &d->w);
     d->np = (int64_t)d->h * d->w;
-    lss_drv_check(lss_npy_load_f32(nvp, &d->nv, &hn, sh), nvp);
+    if (lss_mm_fits_path(nvp)) lss_drv_check(lss_mm_fits_read_image(nvp, 0, &d->nv, &ce, &cc, &hn, NULL), nvp), sh[0] = ce, sh[1] = cc, hn = hn == 1 ? 2 : 3;
+    else lss_drv_check(lss_npy_load_f32(nvp, &d->nv, &hn, sh), nvp);
     if (hn != 2 || sh[0] != d->h || sh[1] != d->w) lss_drv_die(2, "%s: the noise map must be [%d, %d] as the shear", nvp, d->h, d->w);
     lss_drv_check(lss_csv_read(psp, &c), psp);
     if ((ce = lss_csv_col(&c, "ell")) < 0 || (cc = lss_csv_col(&c, "cl")) < 0 || c.nrows < 2) lss_drv_die(2, "%s: needs columns ell and cl, 2 rows or more", psp);
     ell = (double *)xcalloc(c.nrows, sizeof(double));
     cl = (double *)xcalloc(c.nrows, sizeof(double));
     for (int64_t i = 0; i < c.nrows; i++) ell[i] = c.data[i * c.ncols + ce], cl[i] = c.data[i * c.ncols + cc];
-    lss_drv_check(lss_grid_create(d->h, d->w, pix, &d->grid), "grid");
+    lss_drv_check(lss_grid_create(d->h, d->w, pixel_size(pix, shear), &d->grid), "grid");
     d->pk = (double *)xcalloc(d->np, sizeof(double));
     lss_drv_check(lss_grid_spectrum(d->grid, ell, cl, (int)c.nrows, d->pk), psp);
     free(ell); free(cl); lss_csv_free(&c);
@@ -109,11 +125,11 @@ static void progress_cb(void *u, double frac) { lss_drv_progress_update((lss_drv
 /* ---------------------------------------------------------------- ks */
 static int cmd_ks(int argc, char **argv) {
     const char *shear = NULL, *out = NULL, *png = NULL;
-    double smooth = 0, pix = LSS_MM_COSMOS_PIX_ARCMIN;
+    double smooth = 0, pix = 0;
     int field = 0, h, w;
-    lss_drv_opt opts[] = {{"shear", LSS_DRV_STR, &shear, 0, 0, 1, "shear [2, H, W] or [K, 2, H, W] (NPY)"}, {"out", LSS_DRV_STR, &out, 0, 0, 1, "output [2, H, W] (E, B) NPY"},
-                          {"smooth-arcmin", LSS_DRV_DOUBLE, &smooth, 0, 1e4, 0, "Gaussian smoothing (arcmin)"},
-                          {"pixel-arcmin", LSS_DRV_DOUBLE, &pix, 1e-6, 1e4, 0, "pixel size (arcmin)"},
+    lss_drv_opt opts[] = {{"shear", LSS_DRV_STR, &shear, 0, 0, 1, "shear [2, H, W] or [K, 2, H, W] (NPY or FITS)"},
+                          {"out", LSS_DRV_STR, &out, 0, 0, 1, "output [2, H, W] (E, B): NPY, or FITS by its name"},
+                          {"smooth-arcmin", LSS_DRV_DOUBLE, &smooth, 0, 1e4, 0, "Gaussian smoothing (arcmin)"}, OPT_PIX(pix),
                           {"field", LSS_DRV_INT, &field, 0, 1 << 30, 0, "field of a [K, 2, H, W] stack"}, {"png", LSS_DRV_STR, &png, 0, 0, 0, "picture of the E map"}, OPT_END};
     lss_drv_cmd cmd = {"massmap ks", "massmap ks --shear S.npy --out K.npy [options]", "Kaiser-Squires (eqs. 5-7) and Gaussian smoothing of both modes.",
                        "massmap ks --shear out/mm/shear.npy --out ks.npy --smooth-arcmin 1"};
@@ -121,9 +137,9 @@ static int cmd_ks(int argc, char **argv) {
     lss_drv_parse(&cmd, opts, argc, argv), lss_drv_outputs_files(out, png);
     float *s = load_shear(shear, field, &h, &w), *k = (float *)xcalloc(2 * (int64_t)h * w, sizeof(float));
     int64_t sh[3] = {2, h, w};
-    lss_drv_check(lss_grid_create(h, w, pix, &g), "grid");
+    lss_drv_check(lss_grid_create(h, w, pixel_size(pix, shear), &g), "grid");
     lss_drv_check(lss_mm_ks(g, s, s + (int64_t)h * w, smooth, k, k + (int64_t)h * w), "ks");
-    save_npy(NULL, out, 3, sh, k);
+    save_map(NULL, out, 3, sh, k);
     if (png) save_png(NULL, png, k, h, w, "Kaiser-Squires E", 0, 0);
     lss_drv_outputs_done(argc, argv, 0, NULL), fprintf(stderr, "massmap ks: wrote %s ([2, %d, %d], smoothing %g arcmin)\n", out, h, w, smooth);
     lss_grid_free(g); LSS_FREE(s); free(k);
@@ -132,14 +148,13 @@ static int cmd_ks(int argc, char **argv) {
 /* ---------------------------------------------------------------- wiener */
 static int cmd_wiener(int argc, char **argv) {
     const char *shear = NULL, *nvp = NULL, *psp = NULL, *out = NULL, *png = NULL;
-    double pix = LSS_MM_COSMOS_PIX_ARCMIN, rel, tol = 1e-8;
+    double pix = 0, rel, tol = 1e-8;
     int field = 0, it, nsamp = 0, maxit = 5000;
     uint64_t seed = 1;
     lss_drv_opt opts[] = {{"shear", LSS_DRV_STR, &shear, 0, 0, 1, "shear [2, H, W] or [K, 2, H, W]"},
-                          {"noise-var", LSS_DRV_STR, &nvp, 0, 0, 1, "noise variance per pixel [H, W] (1e10 where masked)"},
-                          {"ps", LSS_DRV_STR, &psp, 0, 0, 1, "convergence spectrum CSV (columns ell, cl)"},
-                          {"pixel-arcmin", LSS_DRV_DOUBLE, &pix, 1e-6, 1e4, 0, "pixel size (arcmin)"},
-                          {"out", LSS_DRV_STR, &out, 0, 0, 1, "output NPY: [H, W], or [1 + M, H, W] with samples"},
+                          {"noise-var", LSS_DRV_STR, &nvp, 0, 0, 1, "noise variance per pixel [H, W] (1e10 where masked; NPY or FITS)"},
+                          {"ps", LSS_DRV_STR, &psp, 0, 0, 1, "convergence spectrum CSV (columns ell, cl)"}, OPT_PIX(pix),
+                          {"out", LSS_DRV_STR, &out, 0, 0, 1, "output [H, W], or [1 + M, H, W] with samples (NPY, or FITS by its name)"},
                           {"field", LSS_DRV_INT, &field, 0, 1 << 30, 0, "field of a stack"}, {"tol", LSS_DRV_DOUBLE, &tol, 1e-14, 0.5, 0, "relative residual of the solve"},
                           {"max-iter", LSS_DRV_INT, &maxit, 1, 1000000, 0, "iterations at most"},
                           {"samples", LSS_DRV_INT, &nsamp, 0, 100000, 0, "constrained realisations after the Wiener map"},
@@ -158,7 +173,7 @@ static int cmd_wiener(int argc, char **argv) {
     for (int s = 0; s < nsamp; s++)
         lss_drv_check(lss_mm_wiener_sample(d.grid, d.pk, d.g, d.g + d.np, d.nv, &wo, seed, (uint64_t)s, k + (int64_t)(1 + s) * d.np), "wiener sample");
     int64_t sh[3] = {1 + nsamp, d.h, d.w};
-    save_npy(NULL, out, nsamp ? 3 : 2, nsamp ? sh : sh + 1, k);
+    save_map(NULL, out, nsamp ? 3 : 2, nsamp ? sh : sh + 1, k);
     if (png) save_png(NULL, png, k, d.h, d.w, "Wiener filter", 0, 0);
     lss_drv_outputs_done(argc, argv, 0, NULL), fprintf(stderr, "massmap wiener: %d iterations, relative residual %.2e; wrote %s\n", it, rel, out);
     free_data(&d);
@@ -227,18 +242,19 @@ static int cmd_bin(int argc, char **argv) {
     lss_mm_bin_opts bo = {0};
     lss_mm_catalogue cat;
     lss_mm_sky k;
-    int radec = 0, size = 0, h, w;
+    int radec = 0, size = 0, h, w, fits = 0;
     int64_t drop;
     double se, *c2;
     bo.e2_sign = 1;
-    lss_drv_opt opts[] = {{"catalogue", LSS_DRV_STR, &cp, 0, 0, 1, "CSV (x,y or ra,dec, e1, e2[, w]) or NPY [n, 4|5]"},
+    lss_drv_opt opts[] = {{"catalogue", LSS_DRV_STR, &cp, 0, 0, 1, "CSV (x,y or ra,dec, e1, e2[, w]), NPY [n, 4|5] or FITS table"},
                           {"out", LSS_DRV_STR, &out, 0, 0, 1, "output directory"}, {"size", LSS_DRV_INT, &size, 0, 8192, 0, "N x N grid (0: the bounding box)"},
                           {"pixel-arcmin", LSS_DRV_DOUBLE, &bo.pix_arcmin, 0, 600, 0, "pixel for ra/dec input (0: 0.29)"},
                           {"sigma-e", LSS_DRV_DOUBLE, &bo.sigma_e, 0, 10, 0, "shape noise (0: estimated)"},
                           {"radec", LSS_DRV_FLAG, &radec, 0, 0, 0, "NPY columns are ra, dec"},
                           {"centre", LSS_DRV_STR, &centre, 0, 0, 0, "RA,DEC of the tangent point, degrees (default: mean direction)"},
                           {"flip-ra", LSS_DRV_FLAG, &bo.flip_ra, 0, 0, 0, "x increases to the east (RA to the right; e2 kept)"},
-                          {"e2-sign", LSS_DRV_INT, &bo.e2_sign, -1, 1, 0, "-1: negate the catalogue's e2 first (other handedness)"}, OPT_END};
+                          {"e2-sign", LSS_DRV_INT, &bo.e2_sign, -1, 1, 0, "-1: negate the catalogue's e2 first (other handedness)"},
+                          {"fits", LSS_DRV_FLAG, &fits, 0, 0, 0, "also shear.fits, noise_var.fits, count.fits"}, OPT_END};
     lss_drv_cmd cmd = {"massmap bin", "massmap bin --catalogue CAT --out DIR [options]",
                        "Bins a shear catalogue: shear.npy [2, H, W], noise_var.npy (sigma_e^2 sum w^2/(sum w)^2, 1e10 where empty),\n"
                        "count.npy, count.png, run.json. Maps are [y, x]. ra/dec (degrees): gnomonic projection about the tangent point,\n"
@@ -263,9 +279,11 @@ static int cmd_bin(int argc, char **argv) {
     lss_drv_outputs_begin(out, 1);
     float *sh = (float *)xcalloc(2 * np, sizeof(float)), *nv = (float *)xcalloc(np, sizeof(float)), *cnt = (float *)xcalloc(np, sizeof(float));
     lss_drv_check(lss_mm_bin(&cat, &bo, &h, &w, sh, sh + np, nv, cnt, &drop, &se), "bin");
-    save_npy(out, "shear.npy", 3, s3, sh);
-    save_npy(out, "noise_var.npy", 2, s3 + 1, nv);
-    save_npy(out, "count.npy", 2, s3 + 1, cnt);
+    save_map(out, "shear.npy", 3, s3, sh);
+    save_map(out, "noise_var.npy", 2, s3 + 1, nv);
+    save_map(out, "count.npy", 2, s3 + 1, cnt);
+    out_pix = cat.radec ? (bo.pix_arcmin > 0 ? bo.pix_arcmin : LSS_MM_COSMOS_PIX_ARCMIN) : 0; /* pixel catalogues: no sky size */
+    if (fits) save_map(out, "shear.fits", 3, s3, sh), save_map(out, "noise_var.fits", 2, s3 + 1, nv), save_map(out, "count.fits", 2, s3 + 1, cnt);
     save_png(out, "count.png", cnt, h, w, "galaxies per pixel", 0, 0);
     char extra[1024], sky[640] = "null";
     if (cat.radec) lss_drv_check(lss_mm_bin_sky(&cat, &bo, &k, &h, &w), "bin"), lss_drv_check(lss_mm_sky_json(&k, bo.e2_sign, sky, sizeof sky), "sky");
@@ -279,14 +297,14 @@ static int cmd_bin(int argc, char **argv) {
 /* ---------------------------------------------------------------- sample */
 static int cmd_sample(int argc, char **argv) {
     const char *shear = NULL, *nvp = NULL, *psp = NULL, *out = NULL, *sched = "fast", *prior = NULL, *scale = NULL;
-    double pix = LSS_MM_COSMOS_PIX_ARCMIN, smin = 0;
-    int field = 0, nsamp = 16, batch = 16;
+    double pix = 0, smin = 0;
+    int field = 0, nsamp = 16, batch = 16, fits = 0;
     lss_mm_sample_opts so = {0};
     lss_mm_sample_stats st;
     lss_drv_opt opts[] = {{"shear", LSS_DRV_STR, &shear, 0, 0, 1, "shear [2, H, W] or [K, 2, H, W]"},
-                          {"noise-var", LSS_DRV_STR, &nvp, 0, 0, 1, "noise variance per pixel [H, W]"},
-                          {"ps", LSS_DRV_STR, &psp, 0, 0, 1, "convergence spectrum CSV (columns ell, cl)"},
-                          {"pixel-arcmin", LSS_DRV_DOUBLE, &pix, 1e-6, 1e4, 0, "pixel size (arcmin)"}, {"out", LSS_DRV_STR, &out, 0, 0, 1, "output directory"},
+                          {"noise-var", LSS_DRV_STR, &nvp, 0, 0, 1, "noise variance per pixel [H, W] (NPY or FITS)"},
+                          {"ps", LSS_DRV_STR, &psp, 0, 0, 1, "convergence spectrum CSV (columns ell, cl)"}, OPT_PIX(pix),
+                          {"out", LSS_DRV_STR, &out, 0, 0, 1, "output directory"}, {"fits", LSS_DRV_FLAG, &fits, 0, 0, 0, "also mean.fits and std.fits"},
                           {"field", LSS_DRV_INT, &field, 0, 1 << 30, 0, "field of a stack"}, {"nsamples", LSS_DRV_INT, &nsamp, 1, 1000000, 0, "posterior samples"},
                           {"batch", LSS_DRV_INT, &batch, 1, 100000, 0, "chains per sampler call"},
                           {"schedule", LSS_DRV_STR, &sched, 0, 0, 0, "fast (validated against the exact Wiener posterior) or paper"},
@@ -295,7 +313,8 @@ static int cmd_sample(int argc, char **argv) {
                           {"prior", LSS_DRV_STR, &prior, 0, 0, 0, "score-residual checkpoint from train-prior"}, OPT_END};
     lss_drv_cmd cmd = {"massmap sample", "massmap sample --shear S.npy --noise-var N.npy --ps PS.csv --out DIR [options]",
                        "Posterior samples (annealed HMC from sigma = 1 to sigma_min, then the probability-flow ODE) under the Gaussian\n"
-                       "prior of PS.csv plus the U-net residual of --prior. Writes samples.npy [N, H, W], mean.npy, std.npy, PNGs, run.json.",
+                       "prior of PS.csv plus the U-net residual of --prior. Writes samples.npy [N, H, W], mean.npy, std.npy, PNGs, run.json\n"
+                       "(--fits: mean.fits, std.fits too, with the pixel size as PIXSCALE).",
                        "massmap sample --shear out/mm/shear.npy --noise-var out/mm/noise_var.npy --ps out/mm/ps.csv --out out/mm/post"};
     lss_mm_post *post;
     lss_mm_net *net = NULL;
@@ -318,9 +337,10 @@ static int cmd_sample(int argc, char **argv) {
     lss_drv_check(lss_mm_sample_batched(post, &so, nsamp, batch, smp, &st), "sampling"), lss_drv_progress_end(&pr);
     lss_drv_check(lss_mm_mean_std(nsamp, d.np, smp, ms, ms + d.np), "mean");
     int64_t s3[3] = {nsamp, d.h, d.w};
-    save_npy(out, "samples.npy", 3, s3, smp);
-    save_npy(out, "mean.npy", 2, s3 + 1, ms);
-    save_npy(out, "std.npy", 2, s3 + 1, ms + d.np);
+    save_map(out, "samples.npy", 3, s3, smp);
+    save_map(out, "mean.npy", 2, s3 + 1, ms);
+    save_map(out, "std.npy", 2, s3 + 1, ms + d.np);
+    if (fits) save_map(out, "mean.fits", 2, s3 + 1, ms), save_map(out, "std.fits", 2, s3 + 1, ms + d.np);
     save_png(out, "mean.png", ms, d.h, d.w, "posterior mean", 0, 0);
     save_png(out, "std.png", ms + d.np, d.h, d.w, "posterior std", 0, 0);
     save_png(out, "sample0.png", smp, d.h, d.w, "posterior sample", 0, 0);

@@ -37,6 +37,10 @@
 #define LLVMFuzzerTestOneInput fuzz_report
 #include "tests/fuzz/fuzz_report.c"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_fits
+#define FUZZ_REPLAY
+#include "tests/fuzz/fuzz_fits.c"
+#undef LLVMFuzzerTestOneInput
 
 typedef int (*fuzz_fn)(const uint8_t *, size_t);
 static const struct {
@@ -45,7 +49,7 @@ static const struct {
     int min_seeds; /* the committed corpus holds at least this many */
 } harness[] = {{"npy", fuzz_npy, 4},   {"csv", fuzz_csv, 3},       {"nz", fuzz_nz, 2},       {"catalogue", fuzz_catalogue, 4},
                {"mock", fuzz_mock, 1}, {"mmckpt", fuzz_mmckpt, 2}, {"ckpt", fuzz_ckpt, 2}, {"cfg", fuzz_cfg, 2},
-               {"json", fuzz_json, 2}, {"report", fuzz_report, 1}};
+               {"json", fuzz_json, 2}, {"report", fuzz_report, 1}, {"fits", fuzz_fits, 5}};
 
 /* Feeds every regular file of dir to fn; returns the number of files (-1: no directory). */
 static int replay(const char *name, const char *dir, fuzz_fn fn) {

@@ -2,6 +2,7 @@
  * repository root: make fuzz-seeds). The seeds are committed; this program documents how they were made. */
 #include "tests/fuzz/fuzz_common.h"
 #include <errno.h>
+#include <fitsio.h>
 
 int fuzz_ckpt_model(lss_store **st, lss_optim **o);
 #include "tests/fuzz/fuzz_ckpt.c"
@@ -210,6 +211,45 @@ int main(void) {
         n += (size_t)snprintf(t + n, sizeof t - n, "\n@@\nkind,mock,param,inside,ok\n0,0,0,1,1\n0,1,3,0,1\n1,2,6,1,1\n");
         n += (size_t)snprintf(t + n, sizeof t - n, "\n@@\nkind,probe,dmu_median,dmu_lo,dmu_hi,dsig_median,dsig_lo,dsig_hi\n0,0,0.1,0,0.2,1,0.9,1.1\n");
         put("report", "run", t, n);
+    }
+    /* FITS files (fuzz_fits): selector byte (HDU, shear field) + the file */
+    {
+        float img[8 * 8], sh[4 * 4 * 4];
+        double v[6] = {10, 20, 30, 40, 50, 60}, e[6] = {0.1, -0.2, 0.3, 0, 0.05, -0.01}, wt[6] = {1, 2, 0, 1, 1, 3};
+        lss_mm_catalogue c;
+        unsigned char sel0 = 0, sel2 = 2, sel4 = 4;
+        int i, st = 0;
+        fitsfile *f;
+        long ax[2] = {4, 3};
+        short i16[12];
+        for (i = 0; i < 64; i++) img[i] = (float)(i % 9) * 0.25f - 1;
+        for (i = 0; i < 64; i++) sh[i] = (float)((i % 13) - 6) * 0.01f;
+        if (lss_mm_fits_write_image(fuzz_file(1, "s.fits"), img, 1, 8, 8, 0.29)) die("fits image");
+        put_file("fits", "image", fuzz_file(1, "s.fits"), &sel0, 1);
+        if (lss_mm_fits_write_image(fuzz_file(1, "s.fits"), sh, 4, 4, 4, 1.0)) die("fits shear");
+        put_file("fits", "shear_field1", fuzz_file(1, "s.fits"), &sel4, 1);
+        c.n = 6, c.radec = 1, c.x = v, c.y = e, c.e1 = e, c.e2 = e, c.w = wt;
+        if (lss_mm_fits_write_table(fuzz_file(1, "s.fits"), &c)) die("fits table");
+        put_file("fits", "table_radec", fuzz_file(1, "s.fits"), &sel0, 1);
+        c.radec = 0;
+        if (lss_mm_fits_write_table(fuzz_file(1, "s.fits"), &c)) die("fits table");
+        put_file("fits", "table_xy_hdu2", fuzz_file(1, "s.fits"), &sel2, 1);
+        /* BITPIX 16 with BSCALE, BZERO, BLANK and a CD matrix, written by cfitsio */
+        for (i = 0; i < 12; i++) i16[i] = (short)(i * 100 - 600);
+        remove(fuzz_file(1, "s.fits"));
+        if (fits_create_diskfile(&f, fuzz_file(1, "s.fits"), &st) == 0) {
+            fits_create_img(f, SHORT_IMG, 2, ax, &st);
+            fits_write_key_dbl(f, "BSCALE", 0.5, -17, "", &st);
+            fits_write_key_dbl(f, "BZERO", 3.0, -17, "", &st);
+            fits_write_key_lng(f, "BLANK", -32768, "", &st);
+            fits_write_key_dbl(f, "CD1_1", -0.005, -17, "", &st);
+            fits_write_key_dbl(f, "CD2_1", 0.001, -17, "", &st);
+            fits_set_bscale(f, 1.0, 0.0, &st);
+            fits_write_img(f, TSHORT, 1, 12, i16, &st);
+            fits_close_file(f, &st);
+        }
+        if (st) die("fits i16");
+        put_file("fits", "i16_scaled", fuzz_file(1, "s.fits"), &sel0, 1);
     }
     /* JSON records */
     put_text("json", "run", "{\n  \"program\": \"lss-sim\",\n  \"version\": \"0.1.0\",\n  \"argv\": [\"lss-sim\", \"--out\", \"a\\\"b\"],\n"
