@@ -145,7 +145,7 @@ extern "C" {
 #define LSS_MM_COSMOS_OBSERVED 0.534   /* fraction of observed pixels */
 #define LSS_MM_SIGMA_MIN 8e-3          /* last HMC temperature of the reference */
 #define LSS_MM_SIGMA_MIN_NOISE 0.1     /* ... at most this times the smallest noise standard deviation */
-#define LSS_MM_DETECT_THETA_PIX 16.0   /* starlet aperture (pixels), at most a quarter of the field */
+#define LSS_MM_DETECT_THETA_PIX 16.0   /* starlet aperture (pixels), at most an eighth of the field */
 #define LSS_MM_DETECT_DISC 0.5         /* detection disc radius around the halo, in apertures */
 #define LSS_MM_DETECT_THRESHOLD 3.0    /* detection level in standard deviations of the background */
 #define LSS_MM_KS_NSCALES 8            /* smoothing scales scanned for Kaiser-Squires (lss_mm_ks_scales) */
@@ -572,6 +572,12 @@ typedef struct {
                               norm then normalises each shard by its own statistics */
     const lss_mm_halo_model *halo; /* non-NULL: training and held-out maps are lss_mm_halo_field(halo, h, w, seed, set,
                               index b + j) instead of the lognormal cut-outs (big and pk_big still required) */
+    const float *bank;     /* non-NULL: the training maps (LSS_SET_TRAIN; held-out maps are still drawn) come from this
+                              bank of nbank maps [nbank][H][W]: map i = t b + j is bank map i mod nbank under the
+                              symmetry (i / nbank) mod 8 of the square (mod 4, the flips, for H != W), so that maps
+                              that are slow to draw (halo model) are drawn once; lss_mm_train_on_mock draws such a
+                              bank of LSS_SET_TRAIN maps 0 .. nbank - 1 itself when bank is NULL and nbank > 0 */
+    int64_t nbank;
 } lss_mm_train_opts;
 typedef struct {
     double final_loss;     /* mean training loss over the last 10% of the steps, of those this call ran (NaN: none) */
@@ -845,7 +851,8 @@ LSSDEF int lss_mm_ks_best(const lss_grid *g, int nfields, const float *shear, co
                           const float *mask, int nscales, const double *scales, double *rmse, int *best);
 
 /* ---------------------------------------------------------------- cluster detection (section 7.3) */
-/* The default aperture for an h x w field: LSS_MM_DETECT_THETA_PIX, at most a quarter of the smaller side. */
+/* The default aperture for an h x w field: LSS_MM_DETECT_THETA_PIX, at most an eighth of the smaller side (the
+ * filter reaches 2 theta: a quarter-field aperture would cover the whole field). */
 LSSDEF double lss_mm_detect_theta(int h, int w);
 /* Standard deviation over the pixels with mask > 0 (mask NULL: all) of the starlet-filtered map. */
 LSSDEF int lss_mm_filtered_std(const lss_grid *g, const float *map, const float *mask, double theta_pix,
@@ -1083,11 +1090,13 @@ LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r);
 LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *r, const char *dir);
 
 typedef struct {
-    int field;             /* mock field (0) */
+    int field;             /* first mock field (0) */
+    int nfields;           /* fields pooled, field .. field + nfields - 1 (0: all from field on, at most 8) */
     int nmasses;           /* halos (M200 in Msun, c200 = 1, z_l = 0.5, z_s = 1); 0: none */
     const double *masses;
     int nsamples, batch;   /* 0: 16, 16; nsamples >= 2 */
-    lss_mm_sample_opts sample;  /* schedule and seed; the background run uses job 0, halo k job k + 1 */
+    lss_mm_sample_opts sample;  /* schedule and seed; row k (0: no halo) of pooled field q samples with job
+                                   k nfields + q */
     double theta_pix;      /* 0: lss_mm_detect_theta */
     double threshold;      /* 0: LSS_MM_DETECT_THRESHOLD */
 } lss_mm_detect_opts;
@@ -1095,13 +1104,19 @@ typedef struct {
     int nrows;             /* 1 + nmasses; row 0: no halo (the false-detection rate) */
     double *mass, *snr, *rate, *rs_arcmin, *kappa_s;
     double background_std, theta_pix;
-    int nsamples;          /* posterior samples per row (the binomial error of a rate: sqrt(r (1 - r) / nsamples)) */
+    double background_std_mean;  /* the reference's level for comparison: the filtered std of the posterior mean */
+    int nfields;           /* fields pooled */
+    int nsamples;          /* posterior samples per row, over all pooled fields (the binomial error of a rate:
+                              sqrt(r (1 - r) / nsamples)) */
 } lss_mm_detect_result;
-/* Section 7.3: each NFW halo's shear added at the field centre to the noisy shear (observed pixels);
- * a posterior sample detects it when lss_mm_detect_peak exceeds threshold x the filtered std (observed
- * pixels) of the posterior mean without halo. Input SNR (eq. 29): maximum of the filtered halo
- * convergence over the filtered std (observed pixels) of the true convergence. Free with
- * lss_mm_detect_free. */
+/* Section 7.3, with the background measured on what is thresholded: the posterior samples of nfields halo-free
+ * fields are starlet-filtered and background_std is the std of the filtered samples over observed pixels, pooled
+ * over the fields and samples (the reference's filtered posterior mean is shrunk: its std,
+ * background_std_mean, gives a level that the samples' own fluctuations cross). Each NFW halo's shear is added
+ * at the centre of every pooled field to its noisy shear (observed pixels); a sample detects it when
+ * lss_mm_detect_peak exceeds threshold x background_std. Row 0, no halo, is the false-detection rate of the
+ * same statistic on the halo-free samples. Input SNR (eq. 29): maximum of the filtered halo convergence over the
+ * filtered std (observed pixels) of the true convergence, pooled over the fields. Free with lss_mm_detect_free. */
 LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_mm_detect_result **out);
 LSSDEF void lss_mm_detect_free(lss_mm_detect_result *r);
 /* Writes DIR/detect.csv (mass_msun, snr_input, detection_rate, rs_arcmin, kappa_s; row 0 no halo) and
@@ -4107,6 +4122,8 @@ static int lss__mm_tr_open(lss__mm_tr *t, lss_mm_net *n, const lss_mm_train_opts
         (t->d.sigma_max > 0 && t->d.sigma_mix > 0 && !(t->d.sigma_min > 0 && t->d.sigma_min < t->d.sigma_max)))
         return lss_seterr(LSS_ERR_RANGE, "%s: bad noise range (sigma_min %g, sigma_max %g, share %g): 0 < sigma_min < sigma_max and a "
                           "share at most 1 are needed", fn, t->d.sigma_min, t->d.sigma_max, t->d.sigma_mix);
+    if (t->d.nbank < 0 || (t->d.bank && t->d.nbank < 1))
+        return lss_seterr(LSS_ERR_RANGE, "%s: a bank of %lld maps (1 or more are needed)", fn, (long long)t->d.nbank);
     if (!t->d.big || !t->d.pk_big || lss_grid_h(t->d.big) < lss_grid_h(n->g) || lss_grid_w(t->d.big) < lss_grid_w(n->g))
         return lss_seterr(LSS_ERR_ARG, "%s: a training grid at least as large as the maps is required", fn);
     if (n->o.deepmass && !t->d.nvar) return lss_seterr(LSS_ERR_ARG, "%s: DeepMass training needs the survey noise map", fn);
@@ -4150,11 +4167,39 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
     int64_t np = t->np, i;
     int j, s = LSS_OK;
     lss_rng r;
-    for (j = 0; j < t->b && s == LSS_OK; j++)
-        if (t->d.halo)
-            s = lss_mm_halo_field(t->d.halo, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed, set, index * (uint64_t)t->b + (uint64_t)j,
-                                  t->truth + j * np);
-        else
+    if (set == LSS_SET_TRAIN && t->d.bank) {
+        int H = lss_grid_h(n->g), W = lss_grid_w(n->g), y, x;
+        for (j = 0; j < t->b; j++) {
+            uint64_t q = index * (uint64_t)t->b + (uint64_t)j;
+            const float *src = t->d.bank + (int64_t)(q % (uint64_t)t->d.nbank) * np;
+            int sym = (int)((q / (uint64_t)t->d.nbank) % (H == W ? 8u : 4u)), fy = sym & 1, fx = (sym >> 1) & 1, tr = (sym >> 2) & 1;
+            float *dst = t->truth + j * np;
+            for (y = 0; y < H; y++)
+                for (x = 0; x < W; x++) {
+                    int sy = tr ? x : y, sx = tr ? y : x;
+                    if (fy) sy = H - 1 - sy;
+                    if (fx) sx = W - 1 - sx;
+                    dst[(int64_t)y * W + x] = src[(int64_t)sy * W + sx];
+                }
+        }
+    } else if (t->d.halo) {
+        int bad = LSS_OK;
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(dynamic)
+#endif
+        for (j = 0; j < t->b; j++) {
+            int sj = lss_mm_halo_field(t->d.halo, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed, set, index * (uint64_t)t->b + (uint64_t)j,
+                                       t->truth + j * np);
+            if (sj != LSS_OK) {
+#ifdef LSS__MM_OMP
+#pragma omp critical
+#endif
+                bad = sj;
+            }
+        }
+        s = bad;
+    } else
+        for (j = 0; j < t->b && s == LSS_OK; j++)
             s = lss__mm_cutout(t->d.big, t->pg, t->d.lambda, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed,
                                lss_mm_field_stream(set, index * (uint64_t)t->b + (uint64_t)j), t->fbig, t->truth + j * np);
     if (s != LSS_OK) return s;
@@ -5833,7 +5878,7 @@ LSSDEF int lss_mm_ks_best(const lss_grid *g, int nfields, const float *shear, co
 
 /* ---- detection */
 LSSDEF double lss_mm_detect_theta(int h, int w) {
-    return fmin(LSS_MM_DETECT_THETA_PIX, 0.25 * (h < w ? h : w));
+    return fmin(LSS_MM_DETECT_THETA_PIX, 0.125 * (h < w ? h : w));
 }
 
 LSSDEF int lss_mm_filtered_std(const lss_grid *g, const float *map, const float *mask, double theta_pix,
@@ -6809,6 +6854,7 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
     lss_mm_train_opts d;
     lss_mm_net *net = NULL;
     lss_mm_halo_model *hm = NULL;
+    float *bank = NULL;
     int s;
     if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_train_on_mock: out is NULL");
     *out = NULL;
@@ -6835,8 +6881,31 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
         if (!net->o.deepmass && d.sigma_min == 0 && d.sigma_max == 0 && d.sigma_mix >= 0)
             lss_mm_sampler_sigma_range((int64_t)m->h * m->w, m->nvar, &d.sigma_min, &d.sigma_max);
         if (hm) d.halo = hm;
-        s = lss_mm_net_train(net, &d, res);
+        if (hm && !d.bank && d.nbank > 0) { /* the training maps drawn once, in parallel */
+            int64_t np = (int64_t)m->h * m->w, q;
+            int bad = LSS_OK;
+            if (!(bank = (float *)LSS_MALLOC(sizeof(float) * (size_t)(np * d.nbank))))
+                s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_train_on_mock: out of memory for a bank of %lld maps", (long long)d.nbank);
+            else {
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(dynamic)
+#endif
+                for (q = 0; q < d.nbank; q++) {
+                    int sq = lss_mm_halo_field(hm, m->h, m->w, d.seed, LSS_SET_TRAIN, (uint64_t)q, bank + q * np);
+                    if (sq != LSS_OK) {
+#ifdef LSS__MM_OMP
+#pragma omp critical
+#endif
+                        bad = sq;
+                    }
+                }
+                s = bad;
+                d.bank = bank;
+            }
+        }
+        if (s == LSS_OK) s = lss_mm_net_train(net, &d, res);
     }
+    LSS_FREE(bank);
     lss_mm_halo_free(hm);
     lss_grid_free(big);
     LSS_FREE(pk);
@@ -7081,11 +7150,11 @@ LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_
     lss_mm_detect_opts d;
     lss_mm_detect_result *R;
     lss_grid *g = NULL;
-    double *pk = NULL, xc, yc, tb_std = 0, level;
-    float *smp = NULL, *mean = NULL, *g1 = NULL, *g2 = NULL, *nk = NULL, *z1 = NULL, *z2 = NULL, *f1 = NULL;
+    double *pk = NULL, xc, yc, tb_std = 0, level = 0, bsum = 0, bsum2 = 0, bn = 0, tsum2 = 0, tn = 0, msum2 = 0, mn = 0;
+    float *smp = NULL, *mean = NULL, *g1 = NULL, *g2 = NULL, *nk = NULL, *z1 = NULL, *z2 = NULL, *f1 = NULL, *hb = NULL;
     lss_cosmo *cos = NULL;
     lss_params par;
-    int s = LSS_OK, k, ns;
+    int s = LSS_OK, k, ns, nf, q, j;
     int64_t np, i;
     if (!out) return lss_seterr(LSS_ERR_ARG, "lss_mm_detect: out is NULL");
     *out = NULL;
@@ -7095,10 +7164,12 @@ LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_
     if (d.batch == 0) d.batch = 16;
     if (d.theta_pix == 0) d.theta_pix = lss_mm_detect_theta(m->h, m->w);
     if (d.threshold == 0) d.threshold = LSS_MM_DETECT_THRESHOLD;
-    if (d.field < 0 || d.field >= m->nfields || d.nmasses < 0 || d.nmasses + 1 >= (int)LSS_MM_SUB_WIENER_SIGNAL || ns < 2 || d.batch < 1 ||
+    nf = d.nfields > 0 ? d.nfields : (m->nfields - d.field < 8 ? m->nfields - d.field : 8);
+    if (d.field < 0 || d.field >= m->nfields || d.nfields < 0 || d.field + nf > m->nfields || nf < 1 ||
+        d.nmasses < 0 || (int64_t)(d.nmasses + 1) * nf >= (int64_t)LSS_MM_SUB_WIENER_SIGNAL || ns < 2 || d.batch < 1 ||
         !(d.theta_pix > 0) || !(d.threshold > 0))
-        return lss_seterr(LSS_ERR_RANGE, "lss_mm_detect: bad options (field %d of %d, %d halos, %d samples, theta %g, threshold %g)",
-                          d.field, m->nfields, d.nmasses, ns, d.theta_pix, d.threshold);
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_detect: bad options (fields %d .. %d of %d, %d halos, %d samples, theta %g, threshold %g)",
+                          d.field, d.field + nf - 1, m->nfields, d.nmasses, ns, d.theta_pix, d.threshold);
     for (k = 0; k < d.nmasses; k++)
         if (!(d.masses[k] > 1e10 && d.masses[k] < 1e17)) return lss_seterr(LSS_ERR_RANGE, "lss_mm_detect: mass %g outside (1e10, 1e17) Msun", d.masses[k]);
     np = (int64_t)m->h * m->w;
@@ -7107,12 +7178,14 @@ LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_
     memset(R, 0, sizeof *R);
     R->nrows = d.nmasses + 1;
     R->theta_pix = d.theta_pix;
-    R->nsamples = ns;
+    R->nfields = nf;
+    R->nsamples = ns * nf;
     R->mass = LSS__MM_NEWD(R->nrows); R->snr = LSS__MM_NEWD(R->nrows); R->rate = LSS__MM_NEWD(R->nrows);
     R->rs_arcmin = LSS__MM_NEWD(R->nrows); R->kappa_s = LSS__MM_NEWD(R->nrows);
     smp = LSS__MM_NEWF((int64_t)ns * np); mean = LSS__MM_NEWF(np); g1 = LSS__MM_NEWF(np); g2 = LSS__MM_NEWF(np);
     nk = LSS__MM_NEWF(np); z1 = LSS__MM_NEWF(np); z2 = LSS__MM_NEWF(np); f1 = LSS__MM_NEWF(np);
-    if (!R->mass || !R->snr || !R->rate || !R->rs_arcmin || !R->kappa_s || !smp || !mean || !g1 || !g2 || !nk || !z1 || !z2 || !f1) {
+    hb = LSS__MM_NEWF((int64_t)ns * nf * np); /* the halo-free samples of every pooled field */
+    if (!R->mass || !R->snr || !R->rate || !R->rs_arcmin || !R->kappa_s || !smp || !mean || !g1 || !g2 || !nk || !z1 || !z2 || !f1 || !hb) {
         s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_detect: out of memory");
         goto done;
     }
@@ -7122,56 +7195,85 @@ LSSDEF int lss_mm_detect(const lss_mm_mock *m, const lss_mm_detect_opts *o, lss_
     lss_mm_params_planck15(&par);
     if ((s = lss_cosmo_create(&par, &cos))) goto done;
     if (d.sample.sigma_min == 0) d.sample.sigma_min = lss_mm_auto_sigma_min(np, m->nvar);
-    for (k = 0; k <= d.nmasses && s == LSS_OK; k++) {
+    /* the background: filtered halo-free samples (and, for comparison, posterior means and the truth), pooled */
+    for (q = 0; q < nf && s == LSS_OK; q++) {
+        int fq = d.field + q;
         lss_mm_post *post;
         lss_mm_sample_opts so = d.sample;
-        double rate;
-        memcpy(g1, m->shear + 2 * d.field * np, sizeof(float) * (size_t)np);
-        memcpy(g2, m->shear + (2 * d.field + 1) * np, sizeof(float) * (size_t)np);
-        R->mass[k] = R->snr[k] = R->rs_arcmin[k] = R->kappa_s[k] = 0;
-        if (k > 0) {
-            lss_mm_nfw hl;
-            double rs, kss, mx = 0;
-            memset(&hl, 0, sizeof hl);
-            hl.m200 = d.masses[k - 1];
-            hl.c200 = 1.0;
-            hl.z_l = 0.5;
-            hl.z_s = 1.0;
-            if ((s = lss_mm_nfw_params(cos, &hl, &rs, &kss))) break;
-            memset(nk, 0, sizeof(float) * (size_t)np);
-            memset(z1, 0, sizeof(float) * (size_t)np);
-            memset(z2, 0, sizeof(float) * (size_t)np);
-            if ((s = lss_mm_nfw_add(g, rs, kss, xc, yc, 0, z1, z2, nk))) break;
+        float *hq = hb + (int64_t)q * ns * np;
+        if ((s = lss_mm_post_create(g, pk, m->shear + 2 * (int64_t)fq * np, m->shear + (2 * (int64_t)fq + 1) * np, m->nvar, &post))) break;
+        so.job = (uint32_t)q;
+        s = lss_mm_sample_batched(post, &so, ns, d.batch, hq, NULL);
+        lss_mm_post_free(post);
+        for (j = 0; j < ns && s == LSS_OK; j++)
+            if ((s = lss_mm_starlet_filter(g, hq + (int64_t)j * np, d.theta_pix, f1)) == LSS_OK)
+                for (i = 0; i < np; i++)
+                    if (m->mask[i] > 0) bsum += f1[i], bsum2 += (double)f1[i] * f1[i], bn++;
+        if (s == LSS_OK && (s = lss_mm_mean_std(ns, np, hq, mean, NULL)) == LSS_OK && (s = lss_mm_starlet_filter(g, mean, d.theta_pix, f1)) == LSS_OK)
+            for (i = 0; i < np; i++)
+                if (m->mask[i] > 0) msum2 += (double)f1[i] * f1[i], mn++;
+        if (s == LSS_OK && (s = lss_mm_starlet_filter(g, m->kappa + (int64_t)fq * np, d.theta_pix, f1)) == LSS_OK)
+            for (i = 0; i < np; i++)
+                if (m->mask[i] > 0) tsum2 += (double)f1[i] * f1[i], tn++;
+    }
+    if (s != LSS_OK) goto done;
+    if (!(bn > 1)) {
+        s = lss_seterr(LSS_ERR_RANGE, "lss_mm_detect: the mask has no observed pixels");
+        goto done;
+    }
+    R->background_std = sqrt(fmax(bsum2 / bn - (bsum / bn) * (bsum / bn), 0));
+    R->background_std_mean = sqrt(msum2 / mn);
+    tb_std = sqrt(tsum2 / tn);
+    if (!(tb_std > 0)) tb_std = 1e-30;
+    level = d.threshold * R->background_std;
+    {
+        double rate, acc = 0;
+        for (q = 0; q < nf && s == LSS_OK; q++)
+            if ((s = lss_mm_detect_rate(g, ns, hb + (int64_t)q * ns * np, d.theta_pix, xc, yc, level, &rate)) == LSS_OK) acc += rate / nf;
+        R->rate[0] = acc;
+        R->mass[0] = R->snr[0] = R->rs_arcmin[0] = R->kappa_s[0] = 0;
+    }
+    for (k = 1; k <= d.nmasses && s == LSS_OK; k++) {
+        lss_mm_nfw hl;
+        double rs, kss, mx = 0, acc = 0;
+        memset(&hl, 0, sizeof hl);
+        hl.m200 = d.masses[k - 1];
+        hl.c200 = 1.0;
+        hl.z_l = 0.5;
+        hl.z_s = 1.0;
+        if ((s = lss_mm_nfw_params(cos, &hl, &rs, &kss))) break;
+        memset(nk, 0, sizeof(float) * (size_t)np);
+        memset(z1, 0, sizeof(float) * (size_t)np);
+        memset(z2, 0, sizeof(float) * (size_t)np);
+        if ((s = lss_mm_nfw_add(g, rs, kss, xc, yc, 0, z1, z2, nk))) break;
+        if ((s = lss_mm_starlet_filter(g, nk, d.theta_pix, f1))) break;
+        for (i = 0; i < np; i++) mx = fmax(mx, f1[i]);
+        R->mass[k] = hl.m200;
+        R->snr[k] = mx / tb_std;
+        R->rs_arcmin[k] = rs;
+        R->kappa_s[k] = kss;
+        for (q = 0; q < nf && s == LSS_OK; q++) {
+            int fq = d.field + q;
+            lss_mm_post *post;
+            lss_mm_sample_opts so = d.sample;
+            double rate;
+            memcpy(g1, m->shear + 2 * (int64_t)fq * np, sizeof(float) * (size_t)np);
+            memcpy(g2, m->shear + (2 * (int64_t)fq + 1) * np, sizeof(float) * (size_t)np);
             for (i = 0; i < np; i++)
                 if (m->nvar[i] < 0.5 * LSS_MM_EMPTY_VAR) g1[i] += z1[i], g2[i] += z2[i];
-            if ((s = lss_mm_starlet_filter(g, nk, d.theta_pix, f1))) break;
-            for (i = 0; i < np; i++) mx = fmax(mx, f1[i]);
-            R->mass[k] = hl.m200;
-            R->snr[k] = mx / tb_std;
-            R->rs_arcmin[k] = rs;
-            R->kappa_s[k] = kss;
+            if ((s = lss_mm_post_create(g, pk, g1, g2, m->nvar, &post))) break;
+            so.job = (uint32_t)(k * nf + q);
+            s = lss_mm_sample_batched(post, &so, ns, d.batch, smp, NULL);
+            lss_mm_post_free(post);
+            if (s == LSS_OK && (s = lss_mm_detect_rate(g, ns, smp, d.theta_pix, xc, yc, level, &rate)) == LSS_OK) acc += rate / nf;
         }
-        if ((s = lss_mm_post_create(g, pk, g1, g2, m->nvar, &post))) break;
-        so.job = (uint32_t)k;
-        s = lss_mm_sample_batched(post, &so, ns, d.batch, smp, NULL);
-        lss_mm_post_free(post);
-        if (s != LSS_OK) break;
-        if (k == 0) {
-            /* the background: the filtered posterior mean without halo sets the level */
-            if ((s = lss_mm_mean_std(ns, np, smp, mean, NULL)) ||
-                (s = lss_mm_filtered_std(g, mean, m->mask, d.theta_pix, &R->background_std)) ||
-                (s = lss_mm_filtered_std(g, m->kappa + d.field * np, m->mask, d.theta_pix, &tb_std)))
-                break;
-            if (!(tb_std > 0)) tb_std = 1e-30;
-        }
-        level = d.threshold * R->background_std;
-        if ((s = lss_mm_detect_rate(g, ns, smp, d.theta_pix, xc, yc, level, &rate))) break;
-        R->rate[k] = rate;
+        R->rate[k] = acc;
     }
 done:
     lss_cosmo_free(cos);
     lss_grid_free(g);
     LSS_FREE(pk); LSS_FREE(smp); LSS_FREE(mean); LSS_FREE(g1); LSS_FREE(g2); LSS_FREE(nk); LSS_FREE(z1); LSS_FREE(z2); LSS_FREE(f1);
+    LSS_FREE(hb);
     if (s != LSS_OK) {
         lss_mm_detect_free(R);
         return s;

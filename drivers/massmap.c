@@ -420,7 +420,7 @@ static int cmd_train(int argc, char **argv) {
     lss_mm_net_opts no = {16, 0, 1};
     lss_mm_train_opts to = {0};
     lss_mm_train_result tr;
-    int nospec = 0;
+    int nospec = 0, bank = -1;
     to.steps = 300, to.batch = 8, to.lr = 1e-3, to.s = 0.2;
     lss_drv_opt opts[] = {{"mock", LSS_DRV_STR, &mdir, 0, 0, 1, "directory of massmap mock (ps.csv, grid.csv, noise_var.npy)"},
                           {"out", LSS_DRV_STR, &out, 0, 0, 1, "output directory"}, {"steps", LSS_DRV_INT, &to.steps, 1, 100000000, 0, "optimizer steps"},
@@ -430,6 +430,7 @@ static int cmd_train(int argc, char **argv) {
                           {"sigma-min", LSS_DRV_DOUBLE, &to.sigma_min, 0, 9.999, 0, "lowest noise level of the log-uniform draw (0: the sampler's, about 3e-3)"},
                           {"sigma-max", LSS_DRV_DOUBLE, &to.sigma_max, 0, 9.999, 0, "highest noise level (0: the sampler's first temperature, 1)"},
                           {"sigma-mix", LSS_DRV_DOUBLE, &to.sigma_mix, -1, 1, 0, "share of each batch drawn log-uniformly (0: 0.5; -1: the reference's draw alone)"},
+                          {"bank", LSS_DRV_INT, &bank, -1, 100000000, 0, "training maps drawn once and reused under the square's symmetries (-1: 1024 for halo mocks, none for lognormal ones; 0: none)"},
                           {"deepmass", LSS_DRV_FLAG, &no.deepmass, 0, 0, 0, "train the DeepMass baseline instead"},
                           {"no-spectral", LSS_DRV_FLAG, &nospec, 0, 0, 0, "no spectral-norm projection"}, OPT_SEED(no.seed),
                           {"eval-every", LSS_DRV_INT, &to.eval_every, 0, 100000000, 0, "held-out loss and checkpoint every N steps (0: steps/20)"},
@@ -456,6 +457,7 @@ static int cmd_train(int argc, char **argv) {
     lss_grid *g;
     lss_mm_net *net;
     lss_drv_progress pr;
+    to.nbank = bank >= 0 ? bank : m->model == LSS_MM_MODEL_HALO ? 1024 : 0;
     char ck[4096], lc[4096], extra[2048], j1[32], j2[32], j3[32];
     snprintf(ck, sizeof ck, "%s/%s", out, no.deepmass ? "deepmass.ckpt" : "prior.ckpt");
     snprintf(lc, sizeof lc, "%s/loss.csv", out);
@@ -480,8 +482,8 @@ static int cmd_train(int argc, char **argv) {
         ho.big = big, ho.pk_big = pkb, ho.lambda = m->shift, ho.nvar = m->nvar, ho.progress = NULL;
         lss_drv_check(lss_mm_sigma_grid(lo, hi, NS, sg), "noise levels");
         lss_drv_check(lss_mm_net_heldout_sigma(net, &ho, (127 + to.batch) / to.batch, NS, sg, lg, ln, se), "held-out loss per noise level");
-        L += (size_t)snprintf(hs, sizeof hs, ", \"sigma_range\": [%.4g, %.4g], \"sigma_mix\": %g, \"heldout_sigma\": [", lo, hi,
-                              to.sigma_mix < 0 ? 0.0 : to.sigma_mix > 0 ? to.sigma_mix : 0.5);
+        L += (size_t)snprintf(hs, sizeof hs, ", \"training_bank\": %lld, \"sigma_range\": [%.4g, %.4g], \"sigma_mix\": %g, \"heldout_sigma\": [",
+                              (long long)to.nbank, lo, hi, to.sigma_mix < 0 ? 0.0 : to.sigma_mix > 0 ? to.sigma_mix : 0.5);
         for (k = 0; k < NS; k++) {
             double r[6] = {sg[k], lg[k], ln[k], ln[k] - lg[k], se[k], se[k] > 0 ? (ln[k] - lg[k]) / se[k] : NAN};
             memcpy(tab + 6 * k, r, sizeof r);
@@ -519,14 +521,16 @@ static int cmd_detect(int argc, char **argv) {
                           {"masses", LSS_DRV_STR, &ms, 0, 0, 0, "halo masses M200 (Msun), comma-separated"},
                           {"nsamples", LSS_DRV_INT, &dop.nsamples, 2, 1000000, 0, "posterior samples"},
                           {"batch", LSS_DRV_INT, &dop.batch, 1, 100000, 0, "chains per sampler call"},
-                          {"theta", LSS_DRV_DOUBLE, &dop.theta_pix, 0, 1e4, 0, "aperture (pixels; 0: 16 or a quarter of the field)"},
+                          {"theta", LSS_DRV_DOUBLE, &dop.theta_pix, 0, 1e4, 0, "aperture (pixels; 0: 16 or an eighth of the field)"},
+                          {"nfields", LSS_DRV_INT, &dop.nfields, 0, 4000, 0, "fields pooled from --field on (0: all, at most 8)"},
                           {"threshold", LSS_DRV_DOUBLE, &dop.threshold, 1e-6, 1e6, 0, "detection level (background std)"},
                           {"field", LSS_DRV_INT, &dop.field, 0, 1 << 30, 0, "mock field"}, {"schedule", LSS_DRV_STR, &sched, 0, 0, 0, "fast or paper"},
                           OPT_SEED(dop.sample.seed), {"scale", LSS_DRV_STR, &scale, 0, 0, 0, "small or paper"}, OPT_END};
     lss_drv_cmd cmd = {"massmap detect", "massmap detect --mock DIR --out DIR [options]",
-                       "Section 7.3 (lss_mm_detect): NFW halos (c200 = 1, z = 0.5, sources at z = 1) added at the field centre; a posterior\n"
-                       "sample detects one when its starlet-filtered maximum within theta/2 of the centre exceeds threshold x the std of the\n"
-                       "filtered posterior mean without halo. Writes detect.csv (first row: no halo), detect.png (figure 9), run.json.",
+                       "Section 7.3 (lss_mm_detect): NFW halos (c200 = 1, z = 0.5, sources at z = 1) added at the centre of each pooled\n"
+                       "field; a posterior sample detects one when its starlet-filtered maximum within theta/2 of the centre exceeds\n"
+                       "threshold x the std of the filtered posterior samples of the halo-free fields, pooled. Row 0 (no halo) is the\n"
+                       "false-detection rate. Writes detect.csv (first row: no halo), detect.png (figure 9), run.json.",
                        "massmap detect --mock out/mm --out out/mm/detect"};
     lss_drv_parse(&cmd, opts, argc, argv);
     dop.nmasses = lss_drv_list("--masses", ms, &masses);
@@ -537,11 +541,13 @@ static int cmd_detect(int argc, char **argv) {
     lss_drv_outputs_begin(out, 1);
     lss_drv_check(lss_mm_detect(m, &dop, &R), "detect");
     for (int k = 0; k < R->nrows; k++)
-        fprintf(stderr, "  M = %.3g Msun: input SNR %.2f, detected in %.0f%% of %d samples\n", R->mass[k], R->snr[k], 100 * R->rate[k], dop.nsamples);
+        fprintf(stderr, "  M = %.3g Msun: input SNR %.2f, detected in %.1f%% of %d samples (%d fields)\n", R->mass[k], R->snr[k], 100 * R->rate[k],
+                R->nsamples, R->nfields);
     lss_drv_check(lss_mm_detect_save(R, out), out);
     char extra[256];
-    snprintf(extra, sizeof extra, "\"theta_pix\": %g, \"threshold\": %g, \"nsamples\": %d, \"background_std\": %.6g", R->theta_pix, dop.threshold,
-             dop.nsamples, R->background_std);
+    snprintf(extra, sizeof extra, "\"theta_pix\": %g, \"threshold\": %g, \"nsamples\": %d, \"fields\": %d, \"background_std\": %.6g, "
+             "\"background_std_of_mean\": %.6g, \"false_detection_rate\": %.6g", R->theta_pix, dop.threshold, R->nsamples, R->nfields,
+             R->background_std, R->background_std_mean, R->rate[0]);
     lss_drv_outputs_done(argc, argv, dop.sample.seed, extra);
     lss_mm_detect_free(R); lss_mm_mock_free(m); free(masses);
     return 0;

@@ -228,7 +228,45 @@ static void test_eval_paired(void) {
     lss_mm_mock_free(m);
 }
 
+/* Detection: the level from the filtered posterior samples of halo-free fields, pooled; the false-detection rate
+ * of the same statistic on those samples; rates rising with the halo's mass. */
+static void test_detect_pooled(void) {
+    lss_mm_mock_opts mo = {0};
+    lss_mm_mock *m;
+    lss_mm_detect_opts dop = {0};
+    lss_mm_detect_result *R;
+    double masses[2] = {5e14, 3e15};
+    mo.size = 32;
+    mo.nfields = 4;
+    mo.seed = 8;
+    CHECK_OK(lss_mm_mock_create(&mo, &m));
+    dop.nmasses = 2;
+    dop.masses = masses;
+    dop.nsamples = 24;
+    dop.sample.seed = 3;
+    CHECK_OK(lss_mm_sample_preset(LSS_MM_SCHEDULE_FAST, &dop.sample));
+    CHECK_OK(lss_mm_detect(m, &dop, &R));
+    printf("  detection on 4 pooled 32 x 32 fields, %d samples: background std %.4g (filtered posterior mean: %.4g); rates %.3f %.3f %.3f\n",
+           R->nsamples, R->background_std, R->background_std_mean, R->rate[0], R->rate[1], R->rate[2]);
+    CHECK(R->nfields == 4 && R->nsamples == 96 && R->theta_pix == 4, "pooled fields %d, samples %d, aperture %g (an eighth of the side)",
+          R->nfields, R->nsamples, R->theta_pix);
+    CHECK(R->background_std > 1.2 * R->background_std_mean, "the samples fluctuate more than their shrunk mean (%g vs %g)",
+          R->background_std, R->background_std_mean);
+    /* a 3-sigma level on the samples' own fluctuations: a Gaussian background's peak in the small disc crosses it in a
+       few per cent of the samples; 10% is over 2 binomial standard errors (3.1%) above the 5% target */
+    CHECK(R->rate[0] <= 0.10, "false-detection rate %g of %d halo-free samples", R->rate[0], R->nsamples);
+    CHECK(R->rate[2] > R->rate[1] && R->rate[1] > R->rate[0] && R->rate[2] - R->rate[0] > 3 * sqrt(R->rate[2] * (1 - R->rate[2]) / R->nsamples),
+          "rates rise with the mass, the largest by over 3 binomial standard errors: %g %g %g", R->rate[0], R->rate[1], R->rate[2]);
+    CHECK(R->snr[2] > R->snr[1] && R->snr[1] > 0, "input SNR rises with the mass");
+    lss_mm_detect_free(R);
+    dop.field = 2;
+    dop.nfields = 3;
+    CHECK_ERR(lss_mm_detect(m, &dop, &R), LSS_ERR_RANGE);
+    lss_mm_mock_free(m);
+}
+
 int main(void) {
+    RUN(test_detect_pooled);
     RUN(test_eval_paired);
     RUN(test_zero_start);
     RUN(test_learns);
