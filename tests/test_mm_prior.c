@@ -265,7 +265,48 @@ static void test_detect_pooled(void) {
     lss_mm_mock_free(m);
 }
 
+/* A bank of training maps: the first nbank training maps are the bank's maps as drawn (a run that stays within
+ * them equals one that draws them), later ones its maps under the square's symmetries (another run). */
+static void test_bank(void) {
+    setup s;
+    lss_mm_halo_opts ho = {0};
+    lss_mm_halo_model *hm;
+    lss_mm_net *a, *b, *c;
+    lss_mm_net_opts no = {0};
+    lss_mm_train_opts to = {0};
+    lss_mm_train_result ra, rb, rc;
+    int n = 16 * 16, q;
+    float *bank = (float *)calloc((size_t)8 * n, sizeof(float));
+    setup_make(16, &s);
+    ho.size = 16;
+    CHECK_OK(lss_mm_halo_create(&ho, &hm));
+    to.steps = 2, to.batch = 4, to.seed = 5, to.eval_batches = 1;
+    to = heldout_opts(&s, &to);
+    to.halo = hm;
+    for (q = 0; q < 8; q++) CHECK_OK(lss_mm_halo_field(hm, 16, 16, to.seed, LSS_SET_TRAIN, (uint64_t)q, bank + q * n));
+    no.c0 = 4, no.seed = 3;
+    CHECK_OK(lss_mm_net_create(s.g, s.pk, &no, &a));
+    CHECK_OK(lss_mm_net_create(s.g, s.pk, &no, &b));
+    CHECK_OK(lss_mm_net_create(s.g, s.pk, &no, &c));
+    CHECK_OK(lss_mm_net_train(a, &to, &ra));
+    to.bank = bank, to.nbank = 8;
+    CHECK_OK(lss_mm_net_train(b, &to, &rb));
+    CHECK(ra.final_loss == rb.final_loss && ra.valid_loss == rb.valid_loss, "within the bank: the same run as drawing the maps (%.9g %.9g)",
+          ra.final_loss, rb.final_loss);
+    to.nbank = 4; /* step 1 uses the first 4 maps flipped */
+    CHECK_OK(lss_mm_net_train(c, &to, &rc));
+    CHECK(rc.final_loss != rb.final_loss && isfinite(rc.final_loss), "past the bank: its maps under a symmetry (%.9g vs %.9g)", rc.final_loss,
+          rb.final_loss);
+    to.nbank = 0;
+    CHECK_ERR(lss_mm_net_train(c, &to, &rc), LSS_ERR_RANGE);
+    lss_mm_net_free(a); lss_mm_net_free(b); lss_mm_net_free(c);
+    lss_mm_halo_free(hm);
+    free(bank);
+    setup_free(&s);
+}
+
 int main(void) {
+    RUN(test_bank);
     RUN(test_detect_pooled);
     RUN(test_eval_paired);
     RUN(test_zero_start);
