@@ -4090,6 +4090,7 @@ typedef struct {
     lss_grid_ws tmp, *w;
     double lsum, valid, base;
     double fixed_sigma;   /* > 0: every map of a batch at this noise level (lss_mm_net_heldout_sigma) */
+    int keep_truth;       /* 1: the batch's maps are those already in truth (the same batch at another level) */
     int64_t lcnt, ran, skipped;
     lss_dp *dp;           /* data-parallel steps (d.shards > 1, or MPI; NULL: the whole batch at once) */
 } lss__mm_tr;
@@ -4167,7 +4168,9 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
     int64_t np = t->np, i;
     int j, s = LSS_OK;
     lss_rng r;
-    if (set == LSS_SET_TRAIN && t->d.bank) {
+    if (t->keep_truth)
+        ;
+    else if (set == LSS_SET_TRAIN && t->d.bank) {
         int H = lss_grid_h(n->g), W = lss_grid_w(n->g), y, x;
         for (j = 0; j < t->b; j++) {
             uint64_t q = index * (uint64_t)t->b + (uint64_t)j;
@@ -4476,37 +4479,39 @@ LSSDEF int lss_mm_net_heldout_sigma(lss_mm_net *n, const lss_mm_train_opts *o, i
             return lss_seterr(LSS_ERR_RANGE, "lss_mm_net_heldout_sigma: noise level %d is %g (must be > 0 and finite)", k, sigmas[k]);
     if ((s = lss__mm_tr_open(&t, n, o, "lss_mm_net_heldout_sigma")) != LSS_OK) return s;
     np = t.np;
-    if (!(d = (double *)LSS_MALLOC(sizeof(double) * (size_t)nbatch * (size_t)t.b))) {
+    if (!(d = (double *)LSS_MALLOC(sizeof(double) * (size_t)nsig * (size_t)nbatch * (size_t)t.b))) {
         lss__mm_tr_close(&t);
         return lss_seterr(LSS_ERR_NOMEM, "lss_mm_net_heldout_sigma: out of memory");
     }
-    for (k = 0; k < nsig && s == LSS_OK; k++) {
-        double lg = 0, ln = 0, md = 0, vd = 0;
+    {   /* batches outer, levels inner: each batch's maps drawn once (halo-model maps are slow to draw) */
         int64_t m = (int64_t)nbatch * t.b, q;
-        t.fixed_sigma = sigmas[k];
-        for (bt = 0; bt < nbatch && s == LSS_OK; bt++) {
-            lss_tensor *y;
-            if ((s = lss__mm_batch(&t, LSS_SET_VALID, (uint64_t)bt)) != LSS_OK) break;
-            if ((s = lss__mm_net_forward(n, t.b, t.sig, NULL, 0, &y)) != LSS_OK) break;
-            for (j = 0; j < t.b; j++) {
-                double a = 0, b = 0, sg = t.sig[j];
-                for (i = 0; i < np; i++) {
-                    double e0 = t.u[j * np + i] + sg * t.sgs[j * np + i], e1 = e0 + sg * y->data[j * np + i];
-                    a += e0 * e0;
-                    b += e1 * e1;
+        for (k = 0; k < nsig; k++) loss_gauss[k] = loss_net[k] = 0;
+        for (bt = 0; bt < nbatch && s == LSS_OK; bt++)
+            for (k = 0; k < nsig && s == LSS_OK; k++) {
+                lss_tensor *y;
+                t.fixed_sigma = sigmas[k];
+                t.keep_truth = k > 0;
+                if ((s = lss__mm_batch(&t, LSS_SET_VALID, (uint64_t)bt)) != LSS_OK) break;
+                if ((s = lss__mm_net_forward(n, t.b, t.sig, NULL, 0, &y)) != LSS_OK) break;
+                for (j = 0; j < t.b; j++) {
+                    double a = 0, b = 0, sg = t.sig[j];
+                    for (i = 0; i < np; i++) {
+                        double e0 = t.u[j * np + i] + sg * t.sgs[j * np + i], e1 = e0 + sg * y->data[j * np + i];
+                        a += e0 * e0;
+                        b += e1 * e1;
+                    }
+                    loss_gauss[k] += a / (double)np / (double)m;
+                    loss_net[k] += b / (double)np / (double)m;
+                    d[(int64_t)k * m + (int64_t)bt * t.b + j] = (b - a) / (double)np;
                 }
-                lg += a / (double)np;
-                ln += b / (double)np;
-                d[(int64_t)bt * t.b + j] = (b - a) / (double)np;
             }
+        for (k = 0; k < nsig && s == LSS_OK; k++) {
+            double md = 0, vd = 0;
+            for (q = 0; q < m; q++) md += d[(int64_t)k * m + q];
+            md /= (double)m;
+            for (q = 0; q < m; q++) vd += (d[(int64_t)k * m + q] - md) * (d[(int64_t)k * m + q] - md);
+            if (se_diff) se_diff[k] = m > 1 ? sqrt(vd / (double)(m - 1) / (double)m) : NAN;
         }
-        if (s != LSS_OK) break;
-        for (q = 0; q < m; q++) md += d[q];
-        md /= (double)m;
-        for (q = 0; q < m; q++) vd += (d[q] - md) * (d[q] - md);
-        loss_gauss[k] = lg / (double)m;
-        loss_net[k] = ln / (double)m;
-        if (se_diff) se_diff[k] = m > 1 ? sqrt(vd / (double)(m - 1) / (double)m) : NAN;
     }
     LSS_FREE(d);
     lss__mm_tr_close(&t);
