@@ -36,8 +36,8 @@
  *                        lss_mm_detect_theta, lss_mm_filtered_std, lss_mm_detect_peak, lss_mm_detect_rate,
  *                        lss_mm_detect/_free, lss_mm_detect_save
  *   neural prior         lss_mm_net_create/_free, lss_mm_net_open, lss_mm_net_save/_load/_probe,
- *                        lss_mm_net_residual, lss_mm_net_deepmass, lss_mm_net_train, lss_mm_net_heldout, lss_mm_net_heldout_sigma, lss_mm_sigma_grid,
- *                        lss_mm_train_on_mock
+ *                        lss_mm_net_residual, lss_mm_net_deepmass, lss_mm_net_train, lss_mm_net_heldout,
+ *                        lss_mm_net_heldout_sigma, lss_mm_sigma_grid, lss_mm_train_on_mock, lss_mm_heldout_sigma_on_mock
  *   diffusion generator  lss_mm_diff_create/_free, lss_mm_diff_nparams, lss_mm_diff_options, lss_mm_diff_save,
  *                        lss_mm_diff_open, lss_mm_diff_set_score, lss_mm_diff_set_ode, lss_mm_diff_set_gauss,
  *                        lss_mm_diff_gauss_estimate, lss_mm_diff_set_gauss_cov, lss_mm_diff_gauss_cov_estimate,
@@ -925,6 +925,10 @@ LSSDEF int lss_mm_mock_grid(const lss_mm_mock *m, int pad, lss_grid **g, double 
  * range lss_mm_sampler_sigma_range) and runs lss_mm_net_train. res (may be NULL) as there. */
 LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
                                 const lss_mm_train_opts *to, lss_mm_train_result *res, lss_mm_net **out);
+/* lss_mm_net_heldout_sigma on validation maps drawn like mock m's fields (its model, spectrum and shift, as
+ * lss_mm_train_on_mock trains): the held-out table of a prior trained on that mock. to: seed and batch. */
+LSSDEF int lss_mm_heldout_sigma_on_mock(lss_mm_net *net, const lss_mm_mock *m, const lss_mm_train_opts *to, int nbatch, int nsig,
+                                        const double *sigmas, double *loss_gauss, double *loss_net, double *se_diff);
 
 /* ---------------------------------------------------------------- halo-model convergence (mock pieces)
  * A non-Gaussian convergence model with halo structure at arcminute resolution (issue 15, item 2): the map is
@@ -6921,6 +6925,39 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
     }
     *out = net;
     return LSS_OK;
+}
+
+LSSDEF int lss_mm_heldout_sigma_on_mock(lss_mm_net *net, const lss_mm_mock *m, const lss_mm_train_opts *to, int nbatch, int nsig,
+                                        const double *sigmas, double *loss_gauss, double *loss_net, double *se_diff) {
+    lss_grid *big = NULL;
+    double *pkb = NULL;
+    lss_mm_halo_model *hm = NULL;
+    lss_mm_train_opts d;
+    int s;
+    if (!net || !m || !to) return lss_seterr(LSS_ERR_ARG, "lss_mm_heldout_sigma_on_mock: NULL argument");
+    s = lss_mm_mock_grid(m, 2, &big, &pkb);
+    if (s == LSS_OK && m->model == LSS_MM_MODEL_HALO) {
+        lss_mm_halo_opts ho;
+        memset(&ho, 0, sizeof ho);
+        ho.size = m->h > m->w ? m->h : m->w;
+        ho.pix_arcmin = m->pix_arcmin;
+        s = lss_mm_halo_create(&ho, &hm);
+    }
+    if (s == LSS_OK) {
+        d = *to;
+        d.big = big;
+        d.pk_big = pkb;
+        d.lambda = m->shift;
+        d.nvar = m->nvar;
+        d.halo = hm;
+        d.bank = NULL;
+        d.nbank = 0;
+        s = lss_mm_net_heldout_sigma(net, &d, nbatch, nsig, sigmas, loss_gauss, loss_net, se_diff);
+    }
+    lss_mm_halo_free(hm);
+    lss_grid_free(big);
+    LSS_FREE(pkb);
+    return s;
 }
 
 /* ---- evaluation */

@@ -472,16 +472,11 @@ static int cmd_train(int argc, char **argv) {
         enum { NS = 9 };
         static const char *hdr[6] = {"sigma", "loss_gauss", "loss_hybrid", "difference", "se_difference", "z"};
         double sg[NS], lg[NS], ln[NS], se[NS], tab[NS * 6], lo = to.sigma_min, hi = to.sigma_max;
-        lss_mm_train_opts ho = to;
-        lss_grid *big;
-        double *pkb;
         int k, below = 0;
         size_t L = 0;
         if (!(hi > 0) || !(lo > 0)) lss_mm_sampler_sigma_range((int64_t)m->h * m->w, m->nvar, &lo, &hi);
-        lss_drv_check(lss_mm_mock_grid(m, 2, &big, &pkb), "grid");
-        ho.big = big, ho.pk_big = pkb, ho.lambda = m->shift, ho.nvar = m->nvar, ho.progress = NULL;
         lss_drv_check(lss_mm_sigma_grid(lo, hi, NS, sg), "noise levels");
-        lss_drv_check(lss_mm_net_heldout_sigma(net, &ho, (127 + to.batch) / to.batch, NS, sg, lg, ln, se), "held-out loss per noise level");
+        lss_drv_check(lss_mm_heldout_sigma_on_mock(net, m, &to, (127 + to.batch) / to.batch, NS, sg, lg, ln, se), "held-out loss per noise level");
         L += (size_t)snprintf(hs, sizeof hs, ", \"training_bank\": %lld, \"sigma_range\": [%.4g, %.4g], \"sigma_mix\": %g, \"heldout_sigma\": [",
                               (long long)to.nbank, lo, hi, to.sigma_mix < 0 ? 0.0 : to.sigma_mix > 0 ? to.sigma_mix : 0.5);
         for (k = 0; k < NS; k++) {
@@ -494,7 +489,6 @@ static int cmd_train(int argc, char **argv) {
         snprintf(lc, sizeof lc, "%s/heldout_sigma.csv", out);
         lss_drv_check(lss_csv_write(lc, 6, hdr, NS, tab), lc);
         fprintf(stderr, "massmap train-prior: hybrid below the Gaussian score at %d of %d noise levels (held-out, heldout_sigma.csv)\n", below, NS);
-        lss_grid_free(big), LSS_FREE(pkb);
     }
     snprintf(extra, sizeof extra, "\"network\": \"%s\", \"c0\": %d, \"parameters\": %lld, \"steps\": %d, \"steps_done\": %lld, \"skipped\": %lld, "
              "\"stopped_early\": %d, \"batch\": %d, \"lr\": %g, \"noise_scale\": %g, \"spectral_norm\": %d, \"final_loss\": %s, \"valid_loss\": %s, "
