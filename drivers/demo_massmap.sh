@@ -12,7 +12,7 @@ $MM mock --scale small --out "$OUT/mock" --seed 1
 $MM eval --mock "$OUT/mock" --out "$OUT/eval_gauss" --nsamples 64 --seed 1
 $MM train-prior --mock "$OUT/mock" --out "$OUT/prior" --steps 200 --c0 8 --seed 1
 $MM train-prior --mock "$OUT/mock" --out "$OUT/deepmass" --deepmass --steps 200 --c0 8 --seed 1
-$MM eval --mock "$OUT/mock" --out "$OUT/eval_neural" --nsamples 16 --seed 1 \
+$MM eval --mock "$OUT/mock" --out "$OUT/eval_neural" --nsamples 8 --seed 1 \
     --prior "$OUT/prior/prior.ckpt" --deepmass "$OUT/deepmass/deepmass.ckpt"
 $MM detect --mock "$OUT/mock" --out "$OUT/detect" --nsamples 32 --seed 1
 T1=$(date +%s)
@@ -60,7 +60,7 @@ table() { # table1.csv -> markdown rows: method, RMSE, r, RMSE - Wiener (paired,
     echo "|---|---|---|---|"
     awk -F, 'NR > 1 { printf "| %.4f | %.5f | %.5f | %+.1f |\n", $1, $2, $3, $6 }' "$OUT/prior/heldout_sigma.csv"
     echo
-    echo "All 4 fields, 16 posterior samples each, every method on the same fields; RMSE - Wiener is the mean"
+    echo "All 4 fields, 8 posterior samples each, every method on the same fields; RMSE - Wiener is the mean"
     echo "paired difference over the fields with its standard error:"
     echo
     echo "| method | RMSE | r | RMSE - Wiener (paired) |"
