@@ -6856,6 +6856,28 @@ LSSDEF int lss_mm_mock_load(const char *dir, lss_mm_mock **out) {
     return LSS_OK;
 }
 
+/* The training options of maps drawn like mock m's fields: *d = *to with its grid twice the mock's (*big, *pkb), its
+ * shift and noise and, for a halo mock, a halo model of the default options at its pixel (*hm, else NULL). */
+static int lss__mm_mock_setup(const lss_mm_mock *m, const lss_mm_train_opts *to, lss_mm_train_opts *d, lss_grid **big, double **pkb,
+                              lss_mm_halo_model **hm) {
+    int s = lss_mm_mock_grid(m, 2, big, pkb);
+    *hm = NULL;
+    if (s == LSS_OK && m->model == LSS_MM_MODEL_HALO) {
+        lss_mm_halo_opts ho;
+        memset(&ho, 0, sizeof ho);
+        ho.size = m->h > m->w ? m->h : m->w;
+        ho.pix_arcmin = m->pix_arcmin;
+        s = lss_mm_halo_create(&ho, hm);
+    }
+    *d = *to;
+    d->big = *big;
+    d->pk_big = *pkb;
+    d->lambda = m->shift;
+    d->nvar = m->nvar;
+    if (*hm) d->halo = *hm;
+    return s;
+}
+
 LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const lss_mm_net_opts *no,
                                 const lss_mm_train_opts *to, lss_mm_train_result *res, lss_mm_net **out) {
     lss_grid *big = NULL;
@@ -6871,25 +6893,11 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
     if (lss_grid_h(g) != m->h || lss_grid_w(g) != m->w) return lss_seterr(LSS_ERR_SHAPE, "lss_mm_train_on_mock: the grid is not the mock's");
     if (!(pk = (double *)LSS_MALLOC(sizeof(double) * (size_t)lss_grid_npix(g)))) return lss_seterr(LSS_ERR_NOMEM, "lss_mm_train_on_mock: out of memory");
     s = lss_grid_spectrum(g, m->ell, m->cl, m->nell, pk);
-    if (s == LSS_OK) s = lss_mm_mock_grid(m, 2, &big, &pkb);
     if (s == LSS_OK) s = lss_mm_net_create(g, pk, no, &net);
-    if (s == LSS_OK && m->model == LSS_MM_MODEL_HALO) {
-        /* the mock's model: halo fields of the default options at its pixel, on a grid twice the field */
-        lss_mm_halo_opts ho;
-        memset(&ho, 0, sizeof ho);
-        ho.size = m->h > m->w ? m->h : m->w;
-        ho.pix_arcmin = m->pix_arcmin;
-        s = lss_mm_halo_create(&ho, &hm);
-    }
+    if (s == LSS_OK) s = lss__mm_mock_setup(m, to, &d, &big, &pkb, &hm);
     if (s == LSS_OK) {
-        d = *to;
-        d.big = big;
-        d.pk_big = pkb;
-        d.lambda = m->shift;
-        d.nvar = m->nvar;
         if (!net->o.deepmass && d.sigma_min == 0 && d.sigma_max == 0 && d.sigma_mix >= 0)
             lss_mm_sampler_sigma_range((int64_t)m->h * m->w, m->nvar, &d.sigma_min, &d.sigma_max);
-        if (hm) d.halo = hm;
         if (hm && !d.bank && d.nbank > 0) { /* the training maps drawn once, in parallel */
             int64_t np = (int64_t)m->h * m->w, q;
             int bad = LSS_OK;
@@ -6935,21 +6943,7 @@ LSSDEF int lss_mm_heldout_sigma_on_mock(lss_mm_net *net, const lss_mm_mock *m, c
     lss_mm_train_opts d;
     int s;
     if (!net || !m || !to) return lss_seterr(LSS_ERR_ARG, "lss_mm_heldout_sigma_on_mock: NULL argument");
-    s = lss_mm_mock_grid(m, 2, &big, &pkb);
-    if (s == LSS_OK && m->model == LSS_MM_MODEL_HALO) {
-        lss_mm_halo_opts ho;
-        memset(&ho, 0, sizeof ho);
-        ho.size = m->h > m->w ? m->h : m->w;
-        ho.pix_arcmin = m->pix_arcmin;
-        s = lss_mm_halo_create(&ho, &hm);
-    }
-    if (s == LSS_OK) {
-        d = *to;
-        d.big = big;
-        d.pk_big = pkb;
-        d.lambda = m->shift;
-        d.nvar = m->nvar;
-        d.halo = hm;
+    if ((s = lss__mm_mock_setup(m, to, &d, &big, &pkb, &hm)) == LSS_OK) {
         d.bank = NULL;
         d.nbank = 0;
         s = lss_mm_net_heldout_sigma(net, &d, nbatch, nsig, sigmas, loss_gauss, loss_net, se_diff);
