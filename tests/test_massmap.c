@@ -1361,7 +1361,8 @@ static void test_experiment_parts(void) {
     CHECK(rate == 1.0, "detected above half the peak");
     CHECK_OK(lss_mm_detect_rate(g, 1, m, 4.0, 16.5, 16.5, 2 * pk1, &rate));
     CHECK(rate == 0.0, "not detected above the peak");
-    CHECK_CLOSE(lss_mm_detect_theta(32, 32), 8.0, 0, 1e-12, "aperture capped at a quarter of the field");
+    CHECK_CLOSE(lss_mm_detect_theta(32, 32), 4.0, 0, 1e-12, "aperture capped at an eighth of the field");
+    CHECK_CLOSE(lss_mm_detect_theta(360, 360), LSS_MM_DETECT_THETA_PIX, 0, 1e-12, "the reference's 16 pixels on its 360 x 360 field");
     free(m);
     lss_grid_free(g);
 }
