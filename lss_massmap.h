@@ -504,7 +504,11 @@ LSSDEF double lss_mm_starlet_u(double r, double theta);
 /* ---------------------------------------------------------------- neural prior (lss_nn.h) */
 /* The U-net of lss_nn.h (3 scales, residual blocks, batch norm) used two ways:
  *  - score residual (eqs. 20, 23, 24): inputs [x, sigma^2 s_G(x, sigma)] plus the noise level
- *    (a constant sigma channel, also at the bottleneck), output divided by |sigma| + 1e-3, trained
+ *    (a constant sigma channel, also at the bottleneck); the output G (convergence units, sqrt(v) times the
+ *    head's) acts through the Gaussian's covariance, r = F^-1[ F[G] / (P_k + sigma^2) ] (P_0 = v; checkpoint
+ *    buffer "massmap.precond"): at low sigma the reference's r = G / sigma let errors on the largest scales, where
+ *    P_k >> sigma^2 and the loss barely sees them, move the Fourier-preconditioned chains by P_k / sigma per unit,
+ *    and chains sampling the prior alone ran away (rms x10); trained
  *    by residual denoising score matching: loss mean (u + sigma (r + s_G))^2, sigma = s N(0, 1)
  *    (signed; the reference's draw) or, for a share of each batch, log-uniform over the sampler's range,
  *    u ~ N(0, 1), on simulated convergence maps drawn on the fly. The output convolution starts at zero,
@@ -1060,7 +1064,8 @@ typedef struct {
     double *rmse, *r;                           /* [nfields][LSS_MM_NMETHODS], NaN where not run; the posterior rows'
                                                    RMSE with the Monte Carlo term removed: sqrt(max(MSE - vbar / nsamples,
                                                    0)), vbar the mean over observed pixels of the samples' variance (ddof 1)
-                                                   (the mean of nsamples samples adds vbar / nsamples to the MSE); r as measured */
+                                                   (the mean of nsamples samples adds vbar / nsamples to the MSE); their r
+                                                   likewise, r / sqrt(1 - (vbar / nsamples) / var(mean map)) */
     double *rmse_raw;                           /* [nfields][LSS_MM_NMETHODS]: RMSE as measured (= rmse but for the posterior rows) */
     double mean_rmse[LSS_MM_NMETHODS], std_rmse[LSS_MM_NMETHODS], mean_r[LSS_MM_NMETHODS], std_r[LSS_MM_NMETHODS];
                                                 /* std over fields (ddof 0): NaN ("nan" in table1.csv, n/a) for one field */
@@ -3741,6 +3746,8 @@ struct lss_mm_net {
     lss_tensor *meta;     /* [4]: c0, deepmass, h, w */
     lss_tensor *scale;    /* [2]: input and output scales (DeepMass) */
     lss_tensor *gate;     /* [1] score networks: v, the prior's pixel variance, of the output gate v / (v + sigma^2) */
+    lss_tensor *prec;     /* [2] score networks: marks the preconditioned residual r = (P + sigma^2)^-1 G (checkpoints
+                             without it were trained as r = G / sigma and are refused) */
     float *in, *aux, *sig, *gv;
     int cap;
     lss_tensor **sn;      /* per store tensor: its spectral-norm power-iteration vector (a store buffer,
@@ -3838,6 +3845,7 @@ LSSDEF int lss_mm_net_create(const lss_grid *g, const double *pk, const lss_mm_n
         for (i = 0; i < np; i++) v += n->pkf[i];
         n->gate = lss_store_buffer(n->st, "massmap.gate", 1, two, LSS_INIT_ZERO, 0.0f);
         if (n->gate) n->gate->data[0] = (float)(v / (double)np), n->gate->data[1] = 1.0f;
+        n->prec = lss_store_buffer(n->st, "massmap.precond", 1, two, LSS_INIT_ZERO, 1.0f);
     }
     if ((s = lss_store_status(n->st)) != LSS_OK || (s = lss__mm_sn_create(n)) != LSS_OK) {
         lss_mm_net_free(n);
@@ -3986,8 +3994,13 @@ static int lss__mm_net_forward_rows(lss_mm_net *n, int r0, int b, const float *s
         /* the output gate v / (v + sigma^2): the residual fades where the tempered prior is Gaussian */
         int64_t g4[4] = {b, 1, 1, 1};
         int j;
-        double v = n->gate->data[0];
-        for (j = 0; j < b; j++) n->gv[j] = (float)(v / (v + (double)sigma[j] * sigma[j]));
+        double v = n->gate->data[0], eps = n->u.o.sigma_eps;
+        /* times sqrt(v + sigma^2) (|sigma| + eps): the U-net's 1/(|sigma| + eps) undone, G in convergence units of the
+           noisy map's amplitude (at most sqrt(v) with the gate) */
+        for (j = 0; j < b; j++) {
+            double s2 = (double)sigma[j] * sigma[j];
+            n->gv[j] = (float)(v / (v + s2) * sqrt(v + s2) * (fabs((double)sigma[j]) + eps));
+        }
         y = lss_op_mul(n->gr, y, lss_view(n->gr, n->gv, 4, g4));
     }
     if (!y) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "massmap network: forward failed");
@@ -3997,6 +4010,34 @@ static int lss__mm_net_forward_rows(lss_mm_net *n, int r0, int b, const float *s
 }
 static int lss__mm_net_forward(lss_mm_net *n, int b, const float *sigma, float *out, int training, lss_tensor **res) {
     return lss__mm_net_forward_rows(n, 0, b, sigma, out, training, res);
+}
+
+/* The preconditioned residual: out_j = F^-1[ F[in_j] / (P_k + sigma_j^2) ] (P_0 = v for the mean) for the b maps of
+ * in (out may be in). The network's output G is a correction in convergence units; as a score it acts through the
+ * Gaussian's own covariance, so that its large scales, where P_k >> sigma^2 and the denoising loss barely sees them,
+ * cannot drive the sampler: in the Fourier-preconditioned HMC a unit of G moves a map by at most sqrt(v) at every
+ * scale, where r = G / sigma moved the largest scales by P_k / sigma and let the chains run away. Self-adjoint. */
+static int lss__mm_precond(const lss_mm_net *n, int b, const float *sigma, const float *in, float *out) {
+    lss_grid_ws tmp, *w;
+    int64_t i, np = lss_grid_npix(n->g);
+    int j;
+    float v0 = n->gate->data[0]; /* the mean, on which the Gaussian prior is flat: the pixel variance v as its scale */
+    if (!(w = lss_grid_ws_get(n->g, &tmp))) return lss_seterr(LSS_ERR_NOMEM, "massmap network: out of memory");
+    for (j = 0; j < b; j++) {
+        lss_cfloat *a = w->a;
+        float s2 = sigma[j] * sigma[j], sc = 1.0f / (float)np;
+        for (i = 0; i < np; i++) a[i][0] = in[j * np + i], a[i][1] = 0;
+        LSS__MM_FWD(n->g, a);
+        for (i = 0; i < np; i++) {
+            float den = (i == 0 ? v0 : n->pkf[i]) + s2, m = den > 0 ? sc / den : 0.0f;
+            a[i][0] *= m;
+            a[i][1] *= m;
+        }
+        LSS__MM_INV(n->g, a);
+        for (i = 0; i < np; i++) out[j * np + i] = a[i][0];
+    }
+    lss_grid_ws_put(w, &tmp);
+    return LSS_OK;
 }
 
 LSSDEF int lss_mm_net_residual(void *net, int b, const float *x, const float *score_gauss,
@@ -4015,7 +4056,8 @@ LSSDEF int lss_mm_net_residual(void *net, int b, const float *x, const float *sc
             n->in[(2 * (int64_t)j + 1) * np + i] = s2 * score_gauss[j * np + i];
         }
     }
-    return lss__mm_net_forward(n, b, sigma, out, 0, NULL);
+    if ((s = lss__mm_net_forward(n, b, sigma, out, 0, NULL)) != LSS_OK) return s;
+    return lss__mm_precond(n, b, sigma, out, out);
 }
 
 /* KS (E, B) of a shear map, scaled, into the input slot j. */
@@ -4091,6 +4133,7 @@ typedef struct {
     double *pg;           /* Gaussian spectrum of the training fields on d.big */
     float *fbig, *truth, *u, *sgs, *sig, *v;
     float *uw, *sw;       /* the loss's u and sigma, times sqrt(w(sigma)) (w = 1 for the reference's draw) */
+    float *r, *gy;        /* score networks: the preconditioned residual of a batch, the loss's gradient on the output */
     lss_grid_ws tmp, *w;
     double lsum, valid, base;
     double fixed_sigma;   /* > 0: every map of a batch at this noise level (lss_mm_net_heldout_sigma) */
@@ -4102,7 +4145,7 @@ typedef struct {
 static void lss__mm_tr_close(lss__mm_tr *t) {
     if (t->w) lss_grid_ws_put(t->w, &t->tmp);
     LSS_FREE(t->pg); LSS_FREE(t->fbig); LSS_FREE(t->truth); LSS_FREE(t->u); LSS_FREE(t->sgs); LSS_FREE(t->sig);
-    LSS_FREE(t->uw); LSS_FREE(t->sw);
+    LSS_FREE(t->uw); LSS_FREE(t->sw); LSS_FREE(t->r); LSS_FREE(t->gy);
     LSS_FREE(t->v);
     memset(t, 0, sizeof *t);
 }
@@ -4148,7 +4191,9 @@ static int lss__mm_tr_open(lss__mm_tr *t, lss_mm_net *n, const lss_mm_train_opts
     t->sgs = (float *)LSS_MALLOC(sizeof(float) * (size_t)(2 * t->b * t->np));
     t->sig = (float *)LSS_MALLOC(sizeof(float) * (size_t)t->b);
     t->v = (float *)LSS_MALLOC(sizeof(float) * (size_t)vmax);
-    if (!t->pg || !t->fbig || !t->truth || !t->u || !t->sgs || !t->sig || !t->v || !t->uw || !t->sw) {
+    t->r = (float *)LSS_MALLOC(sizeof(float) * (size_t)(t->b * t->np));
+    t->gy = (float *)LSS_MALLOC(sizeof(float) * (size_t)(t->b * t->np));
+    if (!t->pg || !t->fbig || !t->truth || !t->u || !t->sgs || !t->sig || !t->v || !t->uw || !t->sw || !t->r || !t->gy) {
         lss__mm_tr_close(t);
         return lss_seterr(LSS_ERR_NOMEM, "%s: out of memory", fn);
     }
@@ -4264,23 +4309,49 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
     return LSS_OK;
 }
 
+/* The residual DSM loss (eq. 24) of rows lo .. hi - 1 of the batch, mean (u + sigma (s_G + r))^2 (u, sigma times
+ * sqrt(w)) with r = lss__mm_precond(y) and y the network's output for those rows, times `scale`: *loss its value and
+ * *l a graph scalar sum(y * dloss/dy) whose backward pass gives the loss's gradient (the filter is applied outside
+ * the graph, once forward and, being self-adjoint, once on the gradient). */
+static int lss__mm_dsm_rows(lss__mm_tr *t, lss_tensor *y, int64_t lo, int64_t hi, double scale, lss_tensor **l, double *loss) {
+    lss_mm_net *n = t->n;
+    int64_t np = t->np, i, j, m = hi - lo;
+    double sum = 0, c = 2.0 * scale / ((double)m * (double)np);
+    int s;
+    *l = NULL;
+    if ((s = lss__mm_precond(n, (int)m, t->sig + lo, y->data, t->r + lo * np)) != LSS_OK) return s;
+    for (j = lo; j < hi; j++) {
+        double sw = t->sw[j];
+        for (i = 0; i < np; i++) {
+            double e = t->uw[j * np + i] + sw * ((double)t->sgs[j * np + i] + t->r[j * np + i]);
+            sum += e * e;
+            t->gy[j * np + i] = (float)(c * sw * e);
+        }
+    }
+    *loss = sum * scale / ((double)m * (double)np);
+    if ((s = lss__mm_precond(n, (int)m, t->sig + lo, t->gy + lo * np, t->gy + lo * np)) != LSS_OK) return s;
+    *l = lss_op_sum(n->gr, lss_op_mul(n->gr, y, lss_view(n->gr, t->gy + lo * np, y->ndim, y->shape)));
+    if (!*l) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_net_train: loss graph failed");
+    return isfinite(*loss) ? LSS_OK : lss_seterr(LSS_ERR_NUMERIC, "lss_mm_net_train: the loss is not finite");
+}
+
 /* lss_dp_fn: the loss of the rows of shard sh, weighted by their share of the batch, and its gradient */
 static int lss__mm_train_shard(void *user, int sh, int nsh, double *loss) {
     lss__mm_tr *t = (lss__mm_tr *)user;
     lss_mm_net *n = t->n;
-    int64_t lo, hi, sh4[4], s1[1], np = t->np;
+    int64_t lo, hi, sh4[4], np = t->np;
     lss_tensor *y, *l;
     int s;
     lss_dp_shard(t->b, sh, nsh, &lo, &hi);
     *loss = 0;
     if (hi == lo) return LSS_OK; /* more shards than maps: this one adds nothing */
-    sh4[0] = hi - lo; sh4[1] = 1; sh4[2] = lss_grid_h(n->g); sh4[3] = lss_grid_w(n->g); s1[0] = hi - lo;
+    sh4[0] = hi - lo; sh4[1] = 1; sh4[2] = lss_grid_h(n->g); sh4[3] = lss_grid_w(n->g);
     if ((s = lss__mm_net_forward_rows(n, (int)lo, (int)(hi - lo), n->o.deepmass ? NULL : t->sig + lo, NULL, 1, &y)) != LSS_OK) return s;
-    if (!n->o.deepmass) {
-        y = lss_op_add(n->gr, y, lss_view(n->gr, t->sgs + lo * np, 4, sh4));
-        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->uw + lo * np, 4, sh4), lss_view(n->gr, t->sw + lo, 1, s1));
-    } else
-        l = lss_op_mse(n->gr, y, lss_view(n->gr, t->u + lo * np, 4, sh4));
+    if (!n->o.deepmass) { /* residual DSM (eq. 24) */
+        if ((s = lss__mm_dsm_rows(t, y, lo, hi, (double)(hi - lo) / (double)t->b, &l, loss)) != LSS_OK) return s;
+        return lss_backward(n->gr, l);
+    }
+    l = lss_op_mse(n->gr, y, lss_view(n->gr, t->u + lo * np, 4, sh4));
     l = lss_op_scale(n->gr, l, (float)(hi - lo) / (float)t->b);
     if (!l) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_net_train: loss graph failed");
     if ((s = lss_backward(n->gr, l)) != LSS_OK) return s;
@@ -4292,10 +4363,10 @@ static int lss__mm_train_shard(void *user, int sh, int nsh, double *loss) {
 static int lss__mm_train_step(void *user, int64_t step, double *loss) {
     lss__mm_tr *t = (lss__mm_tr *)user;
     lss_mm_net *n = t->n;
-    int64_t sh4[4], s1[1];
+    int64_t sh4[4];
     lss_tensor *y, *l;
     int s;
-    sh4[0] = t->b; sh4[1] = 1; sh4[2] = lss_grid_h(n->g); sh4[3] = lss_grid_w(n->g); s1[0] = t->b;
+    sh4[0] = t->b; sh4[1] = 1; sh4[2] = lss_grid_h(n->g); sh4[3] = lss_grid_w(n->g);
     if ((s = lss__mm_batch(t, LSS_SET_TRAIN, (uint64_t)step)) != LSS_OK) return s;
     if (t->dp) { /* data-parallel: the shards' gradients added in order (lss_dp_grad) */
         t->ran++;
@@ -4309,12 +4380,14 @@ static int lss__mm_train_step(void *user, int64_t step, double *loss) {
     if ((s = lss__mm_net_forward(n, t->b, n->o.deepmass ? NULL : t->sig, NULL, 1, &y)) != LSS_OK) return s;
     if (!n->o.deepmass) {
         /* residual DSM (eq. 24): (u + sigma (r + s_G))^2 */
-        y = lss_op_add(n->gr, y, lss_view(n->gr, t->sgs, 4, sh4));
-        l = lss_op_dsm_loss(n->gr, y, lss_view(n->gr, t->uw, 4, sh4), lss_view(n->gr, t->sw, 1, s1));
-    } else
+        s = lss__mm_dsm_rows(t, y, 0, t->b, 1.0, &l, &loss[0]);
+        if (s != LSS_OK && s != LSS_ERR_NUMERIC) return s;
+        if (s == LSS_ERR_NUMERIC) loss[0] = NAN;
+    } else {
         l = lss_op_mse(n->gr, y, lss_view(n->gr, t->u, 4, sh4));
-    if (!l) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_net_train: loss graph failed");
-    loss[0] = l->data[0];
+        if (!l) return lss_graph_status(n->gr) ? lss_graph_status(n->gr) : lss_seterr(LSS_ERR_STATE, "lss_mm_net_train: loss graph failed");
+        loss[0] = l->data[0];
+    }
     t->ran++;
     if (isfinite(loss[0])) {
         lss_store_zero_grad(n->st);
@@ -4338,9 +4411,10 @@ static int lss__mm_heldout_run(lss__mm_tr *t, int nbatch, double *loss_net, doub
     for (bt = 0; bt < nbatch && s == LSS_OK; bt++) {
         if ((s = lss__mm_batch(t, LSS_SET_VALID, (uint64_t)bt)) != LSS_OK) break;
         if ((s = lss__mm_net_forward(n, t->b, n->o.deepmass ? NULL : t->sig, NULL, 0, &y)) != LSS_OK) break;
+        if (!n->o.deepmass && (s = lss__mm_precond(n, t->b, t->sig, y->data, t->r)) != LSS_OK) break;
         for (j = 0; j < t->b; j++)
             for (i = 0; i < np; i++) {
-                double u = t->u[j * np + i], r = y->data[j * np + i], e0, e1;
+                double u = t->u[j * np + i], r = n->o.deepmass ? y->data[j * np + i] : t->r[j * np + i], e0, e1;
                 if (!n->o.deepmass) {
                     u = t->uw[j * np + i];
                     e0 = u + (double)t->sw[j] * t->sgs[j * np + i];
@@ -4497,10 +4571,11 @@ LSSDEF int lss_mm_net_heldout_sigma(lss_mm_net *n, const lss_mm_train_opts *o, i
                 t.keep_truth = k > 0;
                 if ((s = lss__mm_batch(&t, LSS_SET_VALID, (uint64_t)bt)) != LSS_OK) break;
                 if ((s = lss__mm_net_forward(n, t.b, t.sig, NULL, 0, &y)) != LSS_OK) break;
+                if ((s = lss__mm_precond(n, t.b, t.sig, y->data, t.r)) != LSS_OK) break;
                 for (j = 0; j < t.b; j++) {
                     double a = 0, b = 0, sg = t.sig[j];
                     for (i = 0; i < np; i++) {
-                        double e0 = t.u[j * np + i] + sg * t.sgs[j * np + i], e1 = e0 + sg * y->data[j * np + i];
+                        double e0 = t.u[j * np + i] + sg * t.sgs[j * np + i], e1 = e0 + sg * t.r[j * np + i];
                         a += e0 * e0;
                         b += e1 * e1;
                     }
@@ -6987,6 +7062,18 @@ static int lss__mm_eval_post(int64_t np, int ns, const float *smp, float *mean, 
     }
     vb = nobs > 0 ? vb / nobs : 0;
     *rmse = sqrt(fmax(*rmse_raw * *rmse_raw - vb / ns, 0));
+    {   /* Pearson r likewise: the Monte Carlo noise adds vbar / ns to the estimate's variance over the pixels and
+           nothing to its covariance with the truth, so r_corrected = r / sqrt(1 - (vbar / ns) / var(mean)) */
+        double me = 0, ve = 0;
+        for (i = 0; i < np; i++)
+            if (mask[i] > 0) me += mean[i];
+        me = nobs > 0 ? me / nobs : 0;
+        for (i = 0; i < np; i++)
+            if (mask[i] > 0) ve += (mean[i] - me) * (mean[i] - me);
+        ve = nobs > 0 ? ve / nobs : 0;
+        if (isfinite(*r) && ve > 0) *r /= sqrt(fmax(1.0 - vb / ns / ve, 1e-6));
+        if (*r > 1) *r = 1;
+    }
     return LSS_OK;
 }
 
