@@ -30,7 +30,8 @@
  *                        lss_mm_gauss_score
  *   posterior, sampling  lss_mm_post_create/_free, lss_mm_post_set_residual, lss_mm_post_score,
  *                        lss_mm_sample, lss_mm_sample_batched, lss_mm_sample_preset, lss_mm_schedule_parse,
- *                        lss_mm_auto_sigma_min, lss_mm_sampler_sigma_range, lss_mm_mean_std
+ *                        lss_mm_auto_sigma_min, lss_mm_sampler_sigma_range, lss_mm_mean_std,
+ *                        lss_mm_exact_lognormal (the exact posterior of a lognormal mock's own model)
  *   metrics, evaluation  lss_mm_metrics, lss_mm_ks_scales, lss_mm_ks_best, lss_mm_eval/_free, lss_mm_eval_save
  *   clusters, detection  lss_mm_nfw_params, lss_mm_nfw_f/_g, lss_mm_nfw_add, lss_mm_starlet_filter/_u,
  *                        lss_mm_detect_theta, lss_mm_filtered_std, lss_mm_detect_peak, lss_mm_detect_rate,
@@ -845,6 +846,39 @@ LSSDEF void lss_mm_sampler_sigma_range(int64_t npix, const float *nvar, double *
 LSSDEF int lss_mm_sample_batched(lss_mm_post *p, const lss_mm_sample_opts *o, int nsamples, int batch,
                                  float *samples, lss_mm_sample_stats *st);
 
+/* ---------------------------------------------------------------- exact lognormal posterior (the ceiling)
+ * The posterior of a shifted lognormal convergence field given its shear, sampled exactly by HMC in the generator's
+ * white-noise variables (issue 15: how much any prior could gain over the Wiener filter on lognormal mocks). The
+ * model is lss_mm_mock_kappa's: xi ~ N(0, 1) on the grid `big`, g = F^-1[sqrt(pg) F xi] with pg the Gaussian
+ * spectrum of the shifted lognormal of spectrum pk_big and shift lambda (lss_field_lognormal_spectrum), kappa_big =
+ * lambda (exp(g - var_g / 2) - 1), kappa its h x w centre with the mean removed (lambda = 0: kappa_big = g, pg =
+ * pk_big: the Gaussian field); the data gamma = A kappa + noise of variance nvar per component (Kaiser-Squires A on
+ * the h x w grid g). Chains: identity mass, leapfrog step tuned during burn-in to an acceptance near 0.7 and then
+ * fixed, the number of leapfrog steps drawn uniformly in [leapfrog / 2, leapfrog]; chain c draws from
+ * lss_stream(LSS_STREAM_MM_CHAIN, job nchains + c, LSS_MM_SUB_EXACT). */
+#define LSS_MM_SUB_EXACT 4092u         /* exact lognormal posterior chains (purpose MM_CHAIN) */
+typedef struct {
+    int nchains;           /* independent chains (0: 4; at least 2, so that the Monte Carlo error can be measured) */
+    int burn;              /* iterations discarded per chain, while the step is tuned (0: 300) */
+    int iters;             /* iterations kept per chain (0: 200) */
+    int leapfrog;          /* largest number of leapfrog steps per iteration (0: 24) */
+    uint64_t seed;
+    uint32_t job;          /* independent runs on one seed (fields) */
+} lss_mm_exact_opts;
+typedef struct {
+    double accept;         /* mean acceptance after burn-in */
+    double step;           /* mean tuned leapfrog step */
+    double mc_var;         /* mean over the maps' pixels of the Monte Carlo variance of the posterior mean, from the spread
+                              of the chains' means (variance ddof 1 / nchains) */
+    double seconds;
+} lss_mm_exact_stats;
+/* The posterior mean of kappa (mean [h][w]), its pixel standard deviation (std, may be NULL) over all kept iterations
+ * of all chains, and st (may be NULL). g: the h x w grid of the data; big: a larger grid of the same pixel (the mock's
+ * twice-size grid); g1, g2, nvar [h][w] (masked pixels: nvar >= LSS_MM_EMPTY_VAR / 2, no data). */
+LSSDEF int lss_mm_exact_lognormal(const lss_grid *big, const double *pk_big, double lambda, const lss_grid *g,
+                                  const float *g1, const float *g2, const float *nvar, const lss_mm_exact_opts *o,
+                                  float *mean, float *std, lss_mm_exact_stats *st);
+
 /* ---------------------------------------------------------------- Kaiser-Squires smoothing scan */
 /* The LSS_MM_KS_NSCALES smoothing scales (arcmin) scanned by default: 0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3. */
 LSSDEF const double *lss_mm_ks_scales(void);
@@ -1041,7 +1075,7 @@ LSSDEF int lss_mm_halo_counts(const lss_mm_halo_model *m, double *halos_per_pixe
 
 /* ---------------------------------------------------------------- evaluation (Table 1, figures 6-7) */
 enum { LSS_MM_METHOD_KS = 0, LSS_MM_METHOD_WIENER = 1, LSS_MM_METHOD_POSTERIOR = 2,
-       LSS_MM_METHOD_DEEPMASS = 3, LSS_MM_METHOD_POSTERIOR_GAUSS = 4, LSS_MM_NMETHODS = 5 };
+       LSS_MM_METHOD_DEEPMASS = 3, LSS_MM_METHOD_POSTERIOR_GAUSS = 4, LSS_MM_METHOD_EXACT = 5, LSS_MM_NMETHODS = 6 };
 typedef struct {
     int nfields;           /* the first nfields fields (0: all) */
     int nsamples;          /* posterior samples per field (0: 16; >= 2) */
@@ -1052,13 +1086,18 @@ typedef struct {
     lss_mm_net *deepmass;  /* DeepMass network (NULL: no DeepMass row) */
     int nsims;             /* prior simulations for figure 6 (0: 32; >= 2; LSS_SET_FIDUCIAL fields) */
     int nbins;             /* spectrum bins (0: LSS_MM_SPECTRUM_BINS), edges from lss_grid_ps_edges */
+    int exact;             /* > 0 (lognormal or Gaussian mocks only): the exact posterior mean of the mock's own model
+                              (lss_mm_exact_lognormal, exact_opts with iters = exact per chain; field f with job f), the
+                              ceiling of what any prior could gain; its RMSE with the Monte Carlo term of its chains removed */
+    lss_mm_exact_opts exact_opts;
     void (*progress)(void *user, int field, int nfields);
     void *progress_user;
 } lss_mm_eval_opts;
 typedef struct {
     int nfields, nsamples, nbins, nmethods;     /* nmethods: how many ran (ran[k] says which) */
     int ran[LSS_MM_NMETHODS];                   /* KS, Wiener, posterior always; DeepMass with o->deepmass; the
-                                                   Gaussian-prior control (the same chains without the residual) with o->prior */
+                                                   Gaussian-prior control (the same chains without the residual) with o->prior;
+                                                   the exact lognormal posterior mean with o->exact */
     int h, w;
     double ks_smoothing, sigma_min;
     double *rmse, *r;                           /* [nfields][LSS_MM_NMETHODS], NaN where not run; the posterior rows'
@@ -1082,6 +1121,7 @@ typedef struct {
     float *truth, *ks, *wiener, *post_mean, *post_std, *samples, *deepmass;
     int nsample_maps;
     lss_mm_sample_stats cost;                   /* per sample, averaged over fields; seconds summed */
+    lss_mm_exact_stats exact_cost;              /* the exact posterior's, averaged over fields; seconds summed */
 } lss_mm_eval_result;
 /* Table 1 on the fields of a mock: Kaiser-Squires at the scanned best smoothing (lss_mm_ks_best), Wiener
  * filter, posterior mean (Gaussian prior plus o->prior), DeepMass and, with o->prior, the Gaussian-prior
@@ -1094,7 +1134,7 @@ LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r);
 /* Writes into DIR (which must exist): table1.csv (one row per method that ran: method, smoothing_arcmin, rmse,
  * rmse_std, r, r_std, rmse_minus_wiener, rmse_minus_wiener_se, r_minus_wiener, r_minus_wiener_se, rmse_measured;
  * methods as LSS_MM_METHOD_*), fields.csv (per field: rmse and r of each method, nan where it did not run, and the
- * posterior rows' measured RMSE), spectra.csv and spectra.png (figure 6), figure7.png (truth, KS,
+ * two sampled posterior rows' measured RMSE), spectra.csv and spectra.png (figure 6), figure7.png (truth, KS,
  * Wiener, posterior mean, std, samples) and deepmass0.png when DeepMass ran. */
 LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *r, const char *dir);
 
@@ -5762,6 +5802,207 @@ done:
 }
 
 /* ---- presets and batches */
+/* ---- exact lognormal posterior */
+typedef struct {
+    const lss_grid *big, *g;
+    const double *sq;      /* sqrt(pg) / n_big per Fourier cell */
+    double lambda, var;
+    const float *g1, *g2, *nvar;
+    int h, w, y0, x0;
+    double *fb, *eb;       /* big: the Gaussian field, d kappa / d g */
+    float *kc, *m1, *m2, *dk;  /* small: kappa, model shear (then residual), gradient in kappa */
+} lss__mm_ex;
+
+/* out = F^-1[sq F in] on the big grid (in and out may alias) */
+static void lss__mm_ex_filter(const lss__mm_ex *e, lss_grid_ws *wb, const double *in, double *out) {
+    int64_t i, n = lss_grid_npix(e->big);
+    lss_cdouble *c = wb->c;
+    for (i = 0; i < n; i++) c[i][0] = in[i], c[i][1] = 0;
+    LSS__MM_FWD_D(e->big, c);
+    for (i = 0; i < n; i++) c[i][0] *= e->sq[i], c[i][1] *= e->sq[i];
+    LSS__MM_INV_D(e->big, c);
+    for (i = 0; i < n; i++) out[i] = c[i][0];
+}
+
+/* log p(xi | data) (up to a constant) and its gradient in grad (n_big); the map kappa(xi) is left in e->kc */
+static double lss__mm_ex_logp(lss__mm_ex *e, lss_grid_ws *wb, lss_grid_ws *ws, const double *xi, double *grad) {
+    int64_t i, nb = lss_grid_npix(e->big), np = (int64_t)e->h * e->w;
+    int y, x, W = lss_grid_w(e->big);
+    double lp = 0, mean = 0;
+    lss__mm_ex_filter(e, wb, xi, e->fb);
+    for (i = 0; i < nb; i++) {
+        if (e->lambda > 0) {
+            double ex = exp(e->fb[i] - 0.5 * e->var);
+            e->eb[i] = e->lambda * ex;           /* d kappa / d g */
+            e->fb[i] = e->lambda * (ex - 1.0);   /* kappa on the big grid */
+        } else
+            e->eb[i] = 1.0;
+    }
+    for (y = 0; y < e->h; y++)
+        for (x = 0; x < e->w; x++) mean += e->kc[(int64_t)y * e->w + x] = (float)e->fb[(int64_t)(y + e->y0) * W + x + e->x0];
+    mean /= (double)np;
+    for (i = 0; i < np; i++) e->kc[i] = (float)(e->kc[i] - mean);
+    lss__mm_k2g(e->g, ws, e->kc, NULL, e->m1, e->m2);
+    for (i = 0; i < np; i++) {
+        if (e->nvar[i] >= (float)(0.5 * LSS_MM_EMPTY_VAR) || !(e->nvar[i] > 0)) {
+            e->m1[i] = e->m2[i] = 0;
+            continue;
+        }
+        {
+            double r1 = (double)e->g1[i] - e->m1[i], r2 = (double)e->g2[i] - e->m2[i];
+            lp -= 0.5 * (r1 * r1 + r2 * r2) / e->nvar[i];
+            e->m1[i] = (float)(r1 / e->nvar[i]);
+            e->m2[i] = (float)(r2 / e->nvar[i]);
+        }
+    }
+    lss__mm_g2k(e->g, ws, e->m1, e->m2, e->dk, NULL);  /* A^T (gamma - A kappa) / nvar */
+    mean = 0;
+    for (i = 0; i < np; i++) mean += e->dk[i];
+    mean /= (double)np;                                 /* the cut-out's mean is removed: project it out */
+    for (i = 0; i < nb; i++) grad[i] = 0;
+    for (y = 0; y < e->h; y++)
+        for (x = 0; x < e->w; x++) {
+            int64_t q = (int64_t)(y + e->y0) * W + x + e->x0;
+            grad[q] = (e->dk[(int64_t)y * e->w + x] - mean) * e->eb[q];
+        }
+    lss__mm_ex_filter(e, wb, grad, grad);
+    for (i = 0; i < nb; i++) {
+        lp -= 0.5 * xi[i] * xi[i];
+        grad[i] -= xi[i];
+    }
+    return lp;
+}
+
+LSSDEF int lss_mm_exact_lognormal(const lss_grid *big, const double *pk_big, double lambda, const lss_grid *g,
+                                  const float *g1, const float *g2, const float *nvar, const lss_mm_exact_opts *o,
+                                  float *mean, float *std, lss_mm_exact_stats *st) {
+    lss_mm_exact_opts d;
+    int64_t nb, np, i;
+    double *pg = NULL, *sq = NULL, *cm = NULL, *s2 = NULL, t0 = lss_time_now(), acc_sum = 0, step_sum = 0;
+    int s = LSS_OK, c;
+    if (!big || !pk_big || !g || !g1 || !g2 || !nvar || !mean) return lss_seterr(LSS_ERR_ARG, "lss_mm_exact_lognormal: NULL argument");
+    d = o ? *o : (lss_mm_exact_opts){0};
+    if (d.nchains == 0) d.nchains = 4;
+    if (d.burn == 0) d.burn = 300;
+    if (d.iters == 0) d.iters = 200;
+    if (d.leapfrog == 0) d.leapfrog = 24;
+    if (d.nchains < 2 || d.nchains > 4096 || d.burn < 1 || d.iters < 1 || d.leapfrog < 2 || d.leapfrog > 10000)
+        return lss_seterr(LSS_ERR_RANGE, "lss_mm_exact_lognormal: bad options (chains %d >= 2, burn-in %d, iterations %d, leapfrog steps %d >= 2)",
+                          d.nchains, d.burn, d.iters, d.leapfrog);
+    if (!(lambda >= 0) || !isfinite(lambda)) return lss_seterr(LSS_ERR_RANGE, "lss_mm_exact_lognormal: shift %g must be >= 0", lambda);
+    if (lss_grid_h(big) < lss_grid_h(g) || lss_grid_w(big) < lss_grid_w(g) || lss_grid_pix_rad(big) != lss_grid_pix_rad(g))
+        return lss_seterr(LSS_ERR_SHAPE, "lss_mm_exact_lognormal: the generator's grid must be at least the data's size, with the same pixel");
+    if ((s = lss__mm_check_pk(big, pk_big, "lss_mm_exact_lognormal")) != LSS_OK) return s;
+    if ((s = lss__mm_check_nvar(g, nvar, "lss_mm_exact_lognormal")) != LSS_OK) return s;
+    nb = lss_grid_npix(big);
+    np = lss_grid_npix(g);
+    for (i = 0; i < np; i++)
+        if (!isfinite(g1[i]) || !isfinite(g2[i])) return lss_seterr(LSS_ERR_NUMERIC, "lss_mm_exact_lognormal: shear pixel %lld is not finite", (long long)i);
+    pg = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb);
+    sq = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb);
+    cm = (double *)LSS_MALLOC(sizeof(double) * (size_t)(d.nchains * np));
+    s2 = (double *)LSS_MALLOC(sizeof(double) * (size_t)(d.nchains * np));
+    if (!pg || !sq || !cm || !s2) s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_exact_lognormal: out of memory");
+    if (s == LSS_OK) {
+        if (lambda > 0) s = lss_field_lognormal_spectrum(big, pk_big, lambda, pg);
+        else memcpy(pg, pk_big, sizeof(double) * (size_t)nb);
+    }
+    if (s == LSS_OK) {
+        double var = 0;
+        int bad = LSS_OK;
+        for (i = 0; i < nb; i++) var += pg[i], sq[i] = sqrt(pg[i]) / (double)nb;
+        var /= (double)nb;
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : acc_sum, step_sum)
+#endif
+        for (c = 0; c < d.nchains; c++) {
+            lss__mm_ex e;
+            lss_grid_ws tb, ts, *wb = NULL, *ws = NULL;
+            lss_rng r;
+            double *xi = NULL, *p = NULL, *gr = NULL, *x1 = NULL, *g1n = NULL, eps = 0.05, lp, acc = 0;
+            double *mc = cm + (int64_t)c * np, *sc = s2 + (int64_t)c * np;
+            int it, k, sj = LSS_OK;
+            memset(&e, 0, sizeof e);
+            e.big = big, e.g = g, e.sq = sq, e.lambda = lambda, e.var = var, e.g1 = g1, e.g2 = g2, e.nvar = nvar;
+            e.h = lss_grid_h(g), e.w = lss_grid_w(g), e.y0 = (lss_grid_h(big) - e.h) / 2, e.x0 = (lss_grid_w(big) - e.w) / 2;
+            e.fb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb);
+            e.eb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb);
+            e.kc = (float *)LSS_MALLOC(sizeof(float) * (size_t)(4 * np));
+            xi = (double *)LSS_MALLOC(sizeof(double) * (size_t)(5 * nb));
+            if (!e.fb || !e.eb || !e.kc || !xi || !(wb = lss_grid_ws_get(big, &tb)) || !(ws = lss_grid_ws_get(g, &ts)))
+                sj = LSS_ERR_NOMEM;
+            if (sj == LSS_OK) {
+                e.m1 = e.kc + np, e.m2 = e.kc + 2 * np, e.dk = e.kc + 3 * np;
+                p = xi + nb, gr = xi + 2 * nb, x1 = xi + 3 * nb, g1n = xi + 4 * nb;
+                lss_rng_init(&r, d.seed, lss_stream(LSS_STREAM_MM_CHAIN, (uint64_t)d.job * (uint64_t)d.nchains + (uint64_t)c, LSS_MM_SUB_EXACT));
+                for (i = 0; i < nb; i++) xi[i] = lss_rng_normal(&r);
+                for (i = 0; i < np; i++) mc[i] = sc[i] = 0;
+                lp = lss__mm_ex_logp(&e, wb, ws, xi, gr);
+                for (it = 0; it < d.burn + d.iters; it++) {
+                    int L = d.leapfrog / 2 + (int)(lss_rng_uniform(&r) * (d.leapfrog - d.leapfrog / 2 + 1));
+                    double k0 = 0, k1 = 0, lp1, a;
+                    if (L > d.leapfrog) L = d.leapfrog;
+                    for (i = 0; i < nb; i++) p[i] = lss_rng_normal(&r), k0 += 0.5 * p[i] * p[i];
+                    memcpy(x1, xi, sizeof(double) * (size_t)nb);
+                    memcpy(g1n, gr, sizeof(double) * (size_t)nb);
+                    lp1 = lp;
+                    for (k = 0; k < L; k++) {
+                        for (i = 0; i < nb; i++) p[i] += 0.5 * eps * g1n[i], x1[i] += eps * p[i];
+                        lp1 = lss__mm_ex_logp(&e, wb, ws, x1, g1n);
+                        for (i = 0; i < nb; i++) p[i] += 0.5 * eps * g1n[i];
+                    }
+                    for (i = 0; i < nb; i++) k1 += 0.5 * p[i] * p[i];
+                    a = exp(fmin(0.0, (lp1 - k1) - (lp - k0)));
+                    if (!isfinite(a)) a = 0;
+                    if (lss_rng_uniform(&r) < a) {
+                        memcpy(xi, x1, sizeof(double) * (size_t)nb);
+                        memcpy(gr, g1n, sizeof(double) * (size_t)nb);
+                        lp = lp1;
+                    }
+                    if (it < d.burn) eps *= exp(0.15 * (a - 0.7)); /* tuning; the step is fixed afterwards */
+                    else {
+                        acc += a;
+                        lss__mm_ex_logp(&e, wb, ws, xi, x1); /* kappa of the current state (x1: scratch gradient) */
+                        for (i = 0; i < np; i++) mc[i] += e.kc[i], sc[i] += (double)e.kc[i] * e.kc[i];
+                    }
+                }
+                for (i = 0; i < np; i++) mc[i] /= d.iters, sc[i] /= d.iters;
+                acc_sum += acc / d.iters;
+                step_sum += eps;
+            }
+            if (wb) lss_grid_ws_put(wb, &tb);
+            if (ws) lss_grid_ws_put(ws, &ts);
+            LSS_FREE(e.fb); LSS_FREE(e.eb); LSS_FREE(e.kc); LSS_FREE(xi);
+            if (sj != LSS_OK) {
+#ifdef LSS__MM_OMP
+#pragma omp critical
+#endif
+                bad = sj;
+            }
+        }
+        if (bad != LSS_OK) s = lss_seterr(bad, "lss_mm_exact_lognormal: out of memory");
+    }
+    if (s == LSS_OK) {
+        double mcv = 0;
+        for (i = 0; i < np; i++) {
+            double m = 0, m2 = 0, v = 0;
+            for (c = 0; c < d.nchains; c++) m += cm[(int64_t)c * np + i] / d.nchains, m2 += s2[(int64_t)c * np + i] / d.nchains;
+            for (c = 0; c < d.nchains; c++) v += (cm[(int64_t)c * np + i] - m) * (cm[(int64_t)c * np + i] - m);
+            mcv += v / (d.nchains - 1) / d.nchains;
+            mean[i] = (float)m;
+            if (std) std[i] = (float)sqrt(fmax(m2 - m * m, 0));
+        }
+        if (st) {
+            st->accept = acc_sum / d.nchains;
+            st->step = step_sum / d.nchains;
+            st->mc_var = mcv / (double)np;
+            st->seconds = lss_time_now() - t0;
+        }
+    }
+    LSS_FREE(pg); LSS_FREE(sq); LSS_FREE(cm); LSS_FREE(s2);
+    return s;
+}
+
 LSSDEF int lss_mm_sample_preset(lss_mm_schedule sch, lss_mm_sample_opts *o) {
     if (!o) return lss_seterr(LSS_ERR_ARG, "lss_mm_sample_preset: NULL options");
     switch (sch) {
@@ -7096,6 +7337,10 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
     if (d.batch == 0) d.batch = 16;
     if (ns < 2 || nb < 1 || nsim < 2 || d.batch < 1 || d.nfields < 0 || nf >= (int)LSS_MM_SUB_WIENER_SIGNAL)
         return lss_seterr(LSS_ERR_RANGE, "lss_mm_eval: need nsamples >= 2, nsims >= 2, nbins >= 1, batch >= 1 (got %d, %d, %d, %d)", ns, nsim, nb, d.batch);
+    if (d.exact < 0 || (d.exact > 0 && m->model != LSS_MM_MODEL_LOGNORMAL))
+        return lss_seterr(d.exact < 0 ? LSS_ERR_RANGE : LSS_ERR_UNSUPPORTED,
+                          "lss_mm_eval: the exact posterior (%d iterations) needs a lognormal or Gaussian mock, whose generator it inverts; "
+                          "this mock's model is %s", d.exact, m->model == LSS_MM_MODEL_HALO ? "the halo model" : "lognormal");
     np = (int64_t)m->h * m->w;
     /* the data first (before minutes of simulations): every field evaluated must hold signal where observed */
     for (f = 0; f < nf; f++) {
@@ -7120,7 +7365,8 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
     R->ran[LSS_MM_METHOD_KS] = R->ran[LSS_MM_METHOD_WIENER] = R->ran[LSS_MM_METHOD_POSTERIOR] = 1;
     R->ran[LSS_MM_METHOD_DEEPMASS] = d.deepmass != NULL;
     R->ran[LSS_MM_METHOD_POSTERIOR_GAUSS] = d.prior != NULL;
-    R->nmethods = 3 + R->ran[LSS_MM_METHOD_DEEPMASS] + R->ran[LSS_MM_METHOD_POSTERIOR_GAUSS];
+    R->ran[LSS_MM_METHOD_EXACT] = d.exact > 0;
+    R->nmethods = 3 + R->ran[LSS_MM_METHOD_DEEPMASS] + R->ran[LSS_MM_METHOD_POSTERIOR_GAUSS] + R->ran[LSS_MM_METHOD_EXACT];
     R->nsample_maps = ns < 3 ? ns : 3;
     R->rmse = LSS__MM_NEWD(nf * LSS_MM_NMETHODS); R->r = LSS__MM_NEWD(nf * LSS_MM_NMETHODS);
     R->rmse_raw = LSS__MM_NEWD(nf * LSS_MM_NMETHODS);
@@ -7175,6 +7421,34 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
                 (s = lss_mm_metrics(np, ks, truth, m->mask, &rm[LSS_MM_METHOD_DEEPMASS], &rr[LSS_MM_METHOD_DEEPMASS])))
                 break;
             if (f == 0) memcpy(R->deepmass, ks, sizeof(float) * (size_t)np);
+        }
+        if (d.exact > 0) { /* the exact posterior mean of the mock's model: the ceiling */
+            lss_mm_exact_opts eo = d.exact_opts;
+            lss_mm_exact_stats es;
+            double raw;
+            eo.iters = d.exact;
+            eo.seed = d.sample.seed;
+            eo.job = (uint32_t)f;
+            if ((s = lss_mm_exact_lognormal(big, pkb, m->shift, g, g1, g2, m->nvar, &eo, ks, NULL, &es)) ||
+                (s = lss_mm_metrics(np, ks, truth, m->mask, &raw, &rr[LSS_MM_METHOD_EXACT])))
+                break;
+            R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_EXACT] = raw;
+            rm[LSS_MM_METHOD_EXACT] = sqrt(fmax(raw * raw - es.mc_var, 0));
+            {   /* r likewise (as lss__mm_eval_post): the chains' Monte Carlo variance adds to the map's variance only */
+                double me = 0, ve = 0, no = 0;
+                int64_t i;
+                for (i = 0; i < np; i++)
+                    if (m->mask[i] > 0) me += ks[i], no++;
+                me /= no;
+                for (i = 0; i < np; i++)
+                    if (m->mask[i] > 0) ve += (ks[i] - me) * (ks[i] - me);
+                ve /= no;
+                if (ve > 0) rr[LSS_MM_METHOD_EXACT] = fmin(1.0, rr[LSS_MM_METHOD_EXACT] / sqrt(fmax(1.0 - es.mc_var / ve, 1e-6)));
+            }
+            R->exact_cost.accept += es.accept / nf;
+            R->exact_cost.step += es.step / nf;
+            R->exact_cost.mc_var += es.mc_var / nf;
+            R->exact_cost.seconds += es.seconds;
         }
         if ((s = lss_mm_post_create(g, pk, g1, g2, m->nvar, &post))) break;
         if (d.prior) { /* the Gaussian-prior control first, from the same chains' random numbers */
@@ -7415,12 +7689,13 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
     char p[4096];
     int s, f, k, b, nf, nb, h, w, sc, pw, ph;
     double *fr, *sp, tab[11 * LSS_MM_NMETHODS], lo = 1e9, hi = -1e9, smax = 0;
+    enum { FW = 3 + 2 * LSS_MM_NMETHODS }; /* fields.csv: field, (rmse, r) per method, the two measured RMSEs */
     int nrow = 0;
     int64_t i;
     lss_image im;
     if (!R || !dir) return lss_seterr(LSS_ERR_ARG, "lss_mm_eval_save: NULL argument");
     nf = R->nfields; nb = R->nbins; h = R->h; w = R->w;
-    fr = (double *)LSS_MALLOC(sizeof(double) * (size_t)(13 * nf));
+    fr = (double *)LSS_MALLOC(sizeof(double) * (size_t)(FW * nf));
     sp = (double *)LSS_MALLOC(sizeof(double) * (size_t)(11 * nb));
     if (!fr || !sp) {
         LSS_FREE(fr);
@@ -7436,10 +7711,10 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
         memcpy(tab + 11 * nrow++, row, sizeof row);
     }
     for (f = 0; f < nf; f++) {
-        fr[13 * f] = f;
-        for (k = 0; k < LSS_MM_NMETHODS; k++) fr[13 * f + 1 + 2 * k] = R->rmse[f * LSS_MM_NMETHODS + k], fr[13 * f + 2 + 2 * k] = R->r[f * LSS_MM_NMETHODS + k];
-        fr[13 * f + 11] = R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR];
-        fr[13 * f + 12] = R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR_GAUSS];
+        fr[FW * f] = f;
+        for (k = 0; k < LSS_MM_NMETHODS; k++) fr[FW * f + 1 + 2 * k] = R->rmse[f * LSS_MM_NMETHODS + k], fr[FW * f + 2 + 2 * k] = R->r[f * LSS_MM_NMETHODS + k];
+        fr[FW * f + FW - 2] = R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR];
+        fr[FW * f + FW - 1] = R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_POSTERIOR_GAUSS];
     }
     for (b = 0; b < nb; b++) {
         double row[11];
@@ -7451,8 +7726,8 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
     {
         const char *ht[11] = {"method", "smoothing_arcmin", "rmse", "rmse_std", "r", "r_std", "rmse_minus_wiener", "rmse_minus_wiener_se",
                               "r_minus_wiener", "r_minus_wiener_se", "rmse_measured"};
-        const char *hf[13] = {"field", "ks_rmse", "ks_r", "wiener_rmse", "wiener_r", "post_rmse", "post_r", "deepmass_rmse", "deepmass_r",
-                              "post_gauss_rmse", "post_gauss_r", "post_rmse_measured", "post_gauss_rmse_measured"};
+        const char *hf[FW] = {"field", "ks_rmse", "ks_r", "wiener_rmse", "wiener_r", "post_rmse", "post_r", "deepmass_rmse", "deepmass_r",
+                              "post_gauss_rmse", "post_gauss_r", "exact_rmse", "exact_r", "post_rmse_measured", "post_gauss_rmse_measured"};
         const char *hs[11] = {"ell", "theory", "truth", "sims_mean", "sims_std", "samples_mean", "samples_std", "wiener", "posterior_mean",
                               "frac_samples_within_2sigma", "mean_within_1sigma"};
         const double *ys[5];
@@ -7466,7 +7741,7 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
         po.logx = po.logy = 1;
         s = lss__mm_path(p, sizeof p, dir, "table1.csv");
         if (s == LSS_OK) s = lss_csv_write(p, 11, ht, nrow, tab);
-        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "fields.csv")) == LSS_OK) s = lss_csv_write(p, 13, hf, nf, fr);
+        if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "fields.csv")) == LSS_OK) s = lss_csv_write(p, FW, hf, nf, fr);
         if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.csv")) == LSS_OK) s = lss_csv_write(p, 11, hs, nb, sp);
         if (s == LSS_OK && (s = lss__mm_path(p, sizeof p, dir, "spectra.png")) == LSS_OK) {
             /* figure 6: the simulations' mean with their +-1 sigma band, the posterior samples' mean with the samples'

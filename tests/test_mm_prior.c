@@ -347,7 +347,95 @@ static void test_bank(void) {
     setup_free(&s);
 }
 
+/* The exact posterior of the mock's own model (lss_mm_exact_lognormal), the ceiling of any prior:
+ * - the gradient of its log density in the generator's white noise (shifted lognormal, cut-out, mean removed, masked
+ *   data) against central finite differences;
+ * - in the Gaussian limit on a periodic grid (the generator's grid = the data's, shift 0) the posterior is the Wiener
+ *   filter's: the chains' mean must equal the Wiener map within their own Monte Carlo error;
+ * - bad options and a halo mock are refused. */
+static void test_exact(void) {
+    lss_mm_mock_opts mo = {0};
+    lss_mm_mock *m;
+    lss_grid *g, *big;
+    double *pk, *pkb;
+    int np = 16 * 16;
+    mo.size = 16, mo.nfields = 1, mo.seed = 6;
+    CHECK_OK(lss_mm_mock_create(&mo, &m));
+    CHECK_OK(lss_mm_mock_grid(m, 1, &g, &pk));
+    CHECK_OK(lss_mm_mock_grid(m, 2, &big, &pkb));
+    {   /* gradient */
+        int64_t nb = lss_grid_npix(big), i;
+        double *pg = (double *)malloc(sizeof(double) * (size_t)nb), *sq = (double *)malloc(sizeof(double) * (size_t)nb), var = 0;
+        double *xi = (double *)malloc(sizeof(double) * (size_t)nb), *gr = (double *)malloc(sizeof(double) * (size_t)nb);
+        double *tmp = (double *)malloc(sizeof(double) * (size_t)nb), worst = 0;
+        float *buf = (float *)malloc(sizeof(float) * (size_t)4 * np);
+        lss__mm_ex e;
+        lss_grid_ws tb, ts, *wb, *ws;
+        lss_rng r;
+        CHECK_OK(lss_field_lognormal_spectrum(big, pkb, m->shift, pg));
+        for (i = 0; i < nb; i++) var += pg[i], sq[i] = sqrt(pg[i]) / (double)nb;
+        memset(&e, 0, sizeof e);
+        e.big = big, e.g = g, e.sq = sq, e.lambda = m->shift, e.var = var / (double)nb;
+        e.g1 = m->shear, e.g2 = m->shear + np, e.nvar = m->nvar, e.h = e.w = 16, e.y0 = e.x0 = 8;
+        e.fb = tmp; e.eb = (double *)malloc(sizeof(double) * (size_t)nb);
+        e.kc = buf, e.m1 = buf + np, e.m2 = buf + 2 * np, e.dk = buf + 3 * np;
+        wb = lss_grid_ws_get(big, &tb), ws = lss_grid_ws_get(g, &ts);
+        lss_rng_init(&r, 1, 2);
+        for (i = 0; i < nb; i++) xi[i] = lss_rng_normal(&r);
+        lss__mm_ex_logp(&e, wb, ws, xi, gr);
+        for (int t = 0; t < 12; t++) {
+            int64_t q = (int64_t)(lss_rng_uniform(&r) * nb);
+            double h = 1e-3, lp, lm, fd, xq = xi[q];
+            if (t < 6) q = (int64_t)(24 + t) * 32 + 12 + t; /* inside the cut-out, where the data act */
+            xq = xi[q];
+            xi[q] = xq + h; lp = lss__mm_ex_logp(&e, wb, ws, xi, tmp);
+            xi[q] = xq - h; lm = lss__mm_ex_logp(&e, wb, ws, xi, tmp);
+            xi[q] = xq;
+            fd = (lp - lm) / (2 * h);
+            worst = fmax(worst, fabs(fd - gr[q]) / fmax(fabs(gr[q]), 1.0));
+        }
+        CHECK(worst < 2e-3, "log-density gradient against central differences: worst relative error %g", worst);
+        lss_grid_ws_put(wb, &tb);
+        lss_grid_ws_put(ws, &ts);
+        free(pg); free(sq); free(xi); free(gr); free(tmp); free(buf); free(e.eb);
+    }
+    {   /* the Gaussian limit on a periodic grid: the Wiener filter */
+        lss_mm_exact_opts eo = {0};
+        lss_mm_exact_stats st;
+        float *mean = (float *)malloc(sizeof(float) * (size_t)np), *wf = (float *)malloc(sizeof(float) * (size_t)np);
+        double d2 = 0, mm = 0, mw = 0;
+        eo.seed = 4, eo.iters = 150, eo.burn = 150;
+        CHECK_OK(lss_mm_exact_lognormal(g, pk, 0.0, g, m->shear, m->shear + np, m->nvar, &eo, mean, NULL, &st));
+        CHECK_OK(lss_mm_wiener(g, pk, m->shear, m->shear + np, m->nvar, NULL, wf, NULL, NULL));
+        for (int i = 0; i < np; i++) mm += mean[i] / np, mw += wf[i] / np;
+        for (int i = 0; i < np; i++) d2 += ((mean[i] - mm) - (wf[i] - mw)) * ((mean[i] - mm) - (wf[i] - mw)) / np;
+        printf("  exact Gaussian posterior, 4 chains of 150: rms difference from the Wiener map %.3g, Monte Carlo rms %.3g; acceptance %.2f, step %.3f\n",
+               sqrt(d2), sqrt(st.mc_var), st.accept, st.step);
+        /* the chains' mean differs from the Wiener map by its Monte Carlo error alone (mc_var from the chains' spread; 3 x
+           in variance covers its estimate's scatter with 4 chains) */
+        CHECK(d2 < 3 * st.mc_var && st.mc_var > 0, "exact posterior mean = Wiener filter within Monte Carlo error (%g vs %g)", sqrt(d2), sqrt(st.mc_var));
+        CHECK(st.accept > 0.4 && st.accept < 0.95, "acceptance %g near the tuned 0.7", st.accept);
+        eo.nchains = 1;
+        CHECK_ERR(lss_mm_exact_lognormal(g, pk, 0.0, g, m->shear, m->shear + np, m->nvar, &eo, mean, NULL, &st), LSS_ERR_RANGE);
+        eo.nchains = 0;
+        CHECK_ERR(lss_mm_exact_lognormal(g, pk, -1.0, g, m->shear, m->shear + np, m->nvar, &eo, mean, NULL, &st), LSS_ERR_RANGE);
+        CHECK_ERR(lss_mm_exact_lognormal(g, pk, 0.0, big, m->shear, m->shear + np, m->nvar, &eo, mean, NULL, &st), LSS_ERR_SHAPE);
+        free(mean); free(wf);
+    }
+    {
+        lss_mm_eval_opts ev = {0};
+        lss_mm_eval_result *R = NULL;
+        m->model = LSS_MM_MODEL_HALO;
+        ev.exact = 10;
+        CHECK_ERR(lss_mm_eval(m, &ev, &R), LSS_ERR_UNSUPPORTED);
+        m->model = LSS_MM_MODEL_LOGNORMAL;
+    }
+    lss_grid_free(g); lss_grid_free(big); LSS_FREE(pk); LSS_FREE(pkb);
+    lss_mm_mock_free(m);
+}
+
 int main(void) {
+    RUN(test_exact);
     RUN(test_bank);
     RUN(test_detect_pooled);
     RUN(test_eval_paired);
