@@ -4246,6 +4246,27 @@ static int lss__mm_tr_open(lss__mm_tr *t, lss_mm_net *n, const lss_mm_train_opts
     return s;
 }
 
+/* Halo-model maps index0 .. index0 + n - 1 of data set `set` (lss_mm_halo_field) into out [n][h][w], drawn in
+ * parallel; the status of a failed draw (the last one seen) or LSS_OK. */
+static int lss__mm_halo_fields(const lss_mm_halo_model *hm, int h, int w, uint64_t seed, lss_set set, uint64_t index0, int64_t n,
+                               float *out) {
+    int64_t q;
+    int bad = LSS_OK;
+#ifdef LSS__MM_OMP
+#pragma omp parallel for schedule(dynamic)
+#endif
+    for (q = 0; q < n; q++) {
+        int sq = lss_mm_halo_field(hm, h, w, seed, set, index0 + (uint64_t)q, out + q * (int64_t)h * w);
+        if (sq != LSS_OK) {
+#ifdef LSS__MM_OMP
+#pragma omp critical
+#endif
+            bad = sq;
+        }
+    }
+    return bad;
+}
+
 /* Batch `index` of data set `set`, a pure function of (seed, set, index): b cut-outs of the large field
  * (streams lss_mm_field_stream(set, index b + j)) and the noise of stream (LSS_STREAM_MM_DSM,
  * lss_set_index(set, index)), prepared as the network's input n->in. Score network: sig[j] = s N(0, 1),
@@ -4274,23 +4295,9 @@ static int lss__mm_batch(lss__mm_tr *t, lss_set set, uint64_t index) {
                     dst[(int64_t)y * W + x] = src[(int64_t)sy * W + sx];
                 }
         }
-    } else if (t->d.halo) {
-        int bad = LSS_OK;
-#ifdef LSS__MM_OMP
-#pragma omp parallel for schedule(dynamic)
-#endif
-        for (j = 0; j < t->b; j++) {
-            int sj = lss_mm_halo_field(t->d.halo, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed, set, index * (uint64_t)t->b + (uint64_t)j,
-                                       t->truth + j * np);
-            if (sj != LSS_OK) {
-#ifdef LSS__MM_OMP
-#pragma omp critical
-#endif
-                bad = sj;
-            }
-        }
-        s = bad;
-    } else
+    } else if (t->d.halo)
+        s = lss__mm_halo_fields(t->d.halo, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed, set, index * (uint64_t)t->b, t->b, t->truth);
+    else
         for (j = 0; j < t->b && s == LSS_OK; j++)
             s = lss__mm_cutout(t->d.big, t->pg, t->d.lambda, lss_grid_h(n->g), lss_grid_w(n->g), t->d.seed,
                                lss_mm_field_stream(set, index * (uint64_t)t->b + (uint64_t)j), t->fbig, t->truth + j * np);
@@ -6952,22 +6959,7 @@ LSSDEF int lss_mm_mock_create(const lss_mm_mock_opts *o, lss_mm_mock **out) {
         ho.pad = d.pad;
         ho.pix_arcmin = d.pix_arcmin;
         s = lss_mm_halo_create(&ho, &hm);
-        if (s == LSS_OK) {
-            int bad = LSS_OK;
-#ifdef LSS__MM_OMP
-#pragma omp parallel for schedule(dynamic)
-#endif
-            for (f = 0; f < d.nfields; f++) {
-                int sf = lss_mm_halo_field(hm, d.size, d.size, d.seed, LSS_SET_TEST, (uint64_t)f, m->kappa + f * np);
-                if (sf != LSS_OK) {
-#ifdef LSS__MM_OMP
-#pragma omp critical
-#endif
-                    bad = sf;
-                }
-            }
-            s = bad;
-        }
+        if (s == LSS_OK) s = lss__mm_halo_fields(hm, d.size, d.size, d.seed, LSS_SET_TEST, 0, d.nfields, m->kappa);
         lss_mm_halo_free(hm);
     }
     for (f = 0; f < d.nfields && s == LSS_OK; f++) {
@@ -7215,24 +7207,11 @@ LSSDEF int lss_mm_train_on_mock(const lss_grid *g, const lss_mm_mock *m, const l
         if (!net->o.deepmass && d.sigma_min == 0 && d.sigma_max == 0 && d.sigma_mix >= 0)
             lss_mm_sampler_sigma_range((int64_t)m->h * m->w, m->nvar, &d.sigma_min, &d.sigma_max);
         if (hm && !d.bank && d.nbank > 0) { /* the training maps drawn once, in parallel */
-            int64_t np = (int64_t)m->h * m->w, q;
-            int bad = LSS_OK;
+            int64_t np = (int64_t)m->h * m->w;
             if (!(bank = (float *)LSS_MALLOC(sizeof(float) * (size_t)(np * d.nbank))))
                 s = lss_seterr(LSS_ERR_NOMEM, "lss_mm_train_on_mock: out of memory for a bank of %lld maps", (long long)d.nbank);
             else {
-#ifdef LSS__MM_OMP
-#pragma omp parallel for schedule(dynamic)
-#endif
-                for (q = 0; q < d.nbank; q++) {
-                    int sq = lss_mm_halo_field(hm, m->h, m->w, d.seed, LSS_SET_TRAIN, (uint64_t)q, bank + q * np);
-                    if (sq != LSS_OK) {
-#ifdef LSS__MM_OMP
-#pragma omp critical
-#endif
-                        bad = sq;
-                    }
-                }
-                s = bad;
+                s = lss__mm_halo_fields(hm, m->h, m->w, d.seed, LSS_SET_TRAIN, 0, d.nbank, bank);
                 d.bank = bank;
             }
         }
