@@ -5934,17 +5934,19 @@ LSSDEF int lss_mm_exact_lognormal(const lss_grid *big, const double *pk_big, dou
             e.h = lss_grid_h(g), e.w = lss_grid_w(g), e.y0 = (lss_grid_h(big) - e.h) / 2, e.x0 = (lss_grid_w(big) - e.w) / 2;
             e.fb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb);
             e.eb = (double *)LSS_MALLOC(sizeof(double) * (size_t)nb);
-            e.kc = (float *)LSS_MALLOC(sizeof(float) * (size_t)(4 * np));
+            e.kc = (float *)LSS_MALLOC(sizeof(float) * (size_t)(5 * np));
             xi = (double *)LSS_MALLOC(sizeof(double) * (size_t)(5 * nb));
             if (!e.fb || !e.eb || !e.kc || !xi || !(wb = lss_grid_ws_get(big, &tb)) || !(ws = lss_grid_ws_get(g, &ts)))
                 sj = LSS_ERR_NOMEM;
             if (sj == LSS_OK) {
+                float *kcur = e.kc + 4 * np; /* kappa of the chain's current state */
                 e.m1 = e.kc + np, e.m2 = e.kc + 2 * np, e.dk = e.kc + 3 * np;
                 p = xi + nb, gr = xi + 2 * nb, x1 = xi + 3 * nb, g1n = xi + 4 * nb;
                 lss_rng_init(&r, d.seed, lss_stream(LSS_STREAM_MM_CHAIN, (uint64_t)d.job * (uint64_t)d.nchains + (uint64_t)c, LSS_MM_SUB_EXACT));
                 for (i = 0; i < nb; i++) xi[i] = lss_rng_normal(&r);
                 for (i = 0; i < np; i++) mc[i] = sc[i] = 0;
                 lp = lss__mm_ex_logp(&e, wb, ws, xi, gr);
+                memcpy(kcur, e.kc, sizeof(float) * (size_t)np);
                 for (it = 0; it < d.burn + d.iters; it++) {
                     int L = d.leapfrog / 2 + (int)(lss_rng_uniform(&r) * (d.leapfrog - d.leapfrog / 2 + 1));
                     double k0 = 0, k1 = 0, lp1, a;
@@ -5964,13 +5966,13 @@ LSSDEF int lss_mm_exact_lognormal(const lss_grid *big, const double *pk_big, dou
                     if (lss_rng_uniform(&r) < a) {
                         memcpy(xi, x1, sizeof(double) * (size_t)nb);
                         memcpy(gr, g1n, sizeof(double) * (size_t)nb);
+                        memcpy(kcur, e.kc, sizeof(float) * (size_t)np); /* the last evaluation was the proposal's */
                         lp = lp1;
                     }
                     if (it < d.burn) eps *= exp(0.15 * (a - 0.7)); /* tuning; the step is fixed afterwards */
                     else {
                         acc += a;
-                        lss__mm_ex_logp(&e, wb, ws, xi, x1); /* kappa of the current state (x1: scratch gradient) */
-                        for (i = 0; i < np; i++) mc[i] += e.kc[i], sc[i] += (double)e.kc[i] * e.kc[i];
+                        for (i = 0; i < np; i++) mc[i] += kcur[i], sc[i] += (double)kcur[i] * kcur[i];
                     }
                 }
                 for (i = 0; i < np; i++) mc[i] /= d.iters, sc[i] /= d.iters;
