@@ -1135,7 +1135,7 @@ LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r);
  * rmse_std, r, r_std, rmse_minus_wiener, rmse_minus_wiener_se, r_minus_wiener, r_minus_wiener_se, rmse_measured;
  * methods as LSS_MM_METHOD_*), fields.csv (per field: rmse and r of each method, nan where it did not run, and the
  * two sampled posterior rows' measured RMSE), spectra.csv and spectra.png (figure 6), figure7.png (truth, KS,
- * Wiener, posterior mean, std, samples) and deepmass0.png when DeepMass ran. */
+ * Wiener, posterior mean, std, three samples, or two and DeepMass when it ran) and deepmass0.png when DeepMass ran. */
 LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *r, const char *dir);
 
 typedef struct {
@@ -7776,11 +7776,12 @@ LSSDEF int lss_mm_eval_save(const lss_mm_eval_result *R, const char *dir) {
     lss__mm_panel(&im, 10 + 2 * pw, 40, R->wiener, h, w, sc, lo, hi, "Wiener");
     lss__mm_panel(&im, 10 + 3 * pw, 40, R->post_mean, h, w, sc, lo, hi, "posterior mean");
     lss__mm_panel(&im, 10, 40 + ph, R->post_std, h, w, sc, 0, smax, "posterior std");
-    for (k = 0; k < R->nsample_maps && k < 3; k++) {
+    for (k = 0; k < R->nsample_maps && k < (R->deepmass ? 2 : 3); k++) {
         char t[32];
         snprintf(t, sizeof t, "posterior sample %d", k + 1);
         lss__mm_panel(&im, 10 + (1 + k) * pw, 40 + ph, R->samples + (int64_t)k * h * w, h, w, sc, lo, hi, t);
     }
+    if (R->deepmass) lss__mm_panel(&im, 10 + 3 * pw, 40 + ph, R->deepmass, h, w, sc, lo, hi, "DeepMass");
     if ((s = lss__mm_path(p, sizeof p, dir, "figure7.png")) == LSS_OK) s = lss_image_save_png(&im, p);
     lss_image_free(&im);
     if (s == LSS_OK && R->deepmass && (s = lss__mm_path(p, sizeof p, dir, "deepmass0.png")) == LSS_OK)
