@@ -7265,6 +7265,23 @@ LSSDEF void lss_mm_eval_free(lss_mm_eval_result *r) {
 #define LSS__MM_NEWD(n) (double *)LSS_MALLOC(sizeof(double) * (size_t)(n))
 #define LSS__MM_NEWF(n) (float *)LSS_MALLOC(sizeof(float) * (size_t)(n))
 
+/* Pearson r of a Monte Carlo estimate `mean` with the noise variance mc per pixel removed: the noise adds mc to the
+ * estimate's variance over the observed pixels and nothing to its covariance with the truth, so r / sqrt(1 - mc /
+ * var(mean)) (at most 1). */
+static double lss__mm_r_mc(int64_t np, const float *mean, const float *mask, double mc, double r) {
+    double me = 0, ve = 0, no = 0;
+    int64_t i;
+    for (i = 0; i < np; i++)
+        if (mask[i] > 0) me += mean[i], no++;
+    if (!(no > 0) || !isfinite(r)) return r;
+    me /= no;
+    for (i = 0; i < np; i++)
+        if (mask[i] > 0) ve += (mean[i] - me) * (mean[i] - me);
+    ve /= no;
+    if (ve > 0) r /= sqrt(fmax(1.0 - mc / ve, 1e-6));
+    return r > 1 ? 1 : r;
+}
+
 /* The posterior mean of ns samples into mean (and the std when sd != NULL), its metrics, and its RMSE with the
  * Monte Carlo term removed: MSE - vbar / ns, vbar the mean over observed pixels of the samples' variance (ddof 1). */
 static int lss__mm_eval_post(int64_t np, int ns, const float *smp, float *mean, float *sd, const float *truth, const float *mask,
@@ -7284,18 +7301,7 @@ static int lss__mm_eval_post(int64_t np, int ns, const float *smp, float *mean, 
     }
     vb = nobs > 0 ? vb / nobs : 0;
     *rmse = sqrt(fmax(*rmse_raw * *rmse_raw - vb / ns, 0));
-    {   /* Pearson r likewise: the Monte Carlo noise adds vbar / ns to the estimate's variance over the pixels and
-           nothing to its covariance with the truth, so r_corrected = r / sqrt(1 - (vbar / ns) / var(mean)) */
-        double me = 0, ve = 0;
-        for (i = 0; i < np; i++)
-            if (mask[i] > 0) me += mean[i];
-        me = nobs > 0 ? me / nobs : 0;
-        for (i = 0; i < np; i++)
-            if (mask[i] > 0) ve += (mean[i] - me) * (mean[i] - me);
-        ve = nobs > 0 ? ve / nobs : 0;
-        if (isfinite(*r) && ve > 0) *r /= sqrt(fmax(1.0 - vb / ns / ve, 1e-6));
-        if (*r > 1) *r = 1;
-    }
+    *r = lss__mm_r_mc(np, mean, mask, vb / ns, *r);
     return LSS_OK;
 }
 
@@ -7415,17 +7421,7 @@ LSSDEF int lss_mm_eval(const lss_mm_mock *m, const lss_mm_eval_opts *o, lss_mm_e
                 break;
             R->rmse_raw[f * LSS_MM_NMETHODS + LSS_MM_METHOD_EXACT] = raw;
             rm[LSS_MM_METHOD_EXACT] = sqrt(fmax(raw * raw - es.mc_var, 0));
-            {   /* r likewise (as lss__mm_eval_post): the chains' Monte Carlo variance adds to the map's variance only */
-                double me = 0, ve = 0, no = 0;
-                int64_t i;
-                for (i = 0; i < np; i++)
-                    if (m->mask[i] > 0) me += ks[i], no++;
-                me /= no;
-                for (i = 0; i < np; i++)
-                    if (m->mask[i] > 0) ve += (ks[i] - me) * (ks[i] - me);
-                ve /= no;
-                if (ve > 0) rr[LSS_MM_METHOD_EXACT] = fmin(1.0, rr[LSS_MM_METHOD_EXACT] / sqrt(fmax(1.0 - es.mc_var / ve, 1e-6)));
-            }
+            rr[LSS_MM_METHOD_EXACT] = lss__mm_r_mc(np, ks, m->mask, es.mc_var, rr[LSS_MM_METHOD_EXACT]);
             R->exact_cost.accept += es.accept / nf;
             R->exact_cost.step += es.step / nf;
             R->exact_cost.mc_var += es.mc_var / nf;
